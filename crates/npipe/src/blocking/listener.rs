@@ -1,0 +1,857 @@
+//! The server: a listener whose acceptor thread runs every handshake side by
+//! side, and the server end of each connection.
+//!
+//! The acceptor owns the listening socket. It reads each client's HELLO
+//! without blocking (a slow or silent client holds up no one and is dropped
+//! after the handshake timeout), checks it, and asks [`Admission`] whether an
+//! instance is free. Granted clients get OK and go to a queue that
+//! [`PipeListener::accept`] takes from; waiting clients stay with the acceptor
+//! until an instance frees or their wait runs out, when the acceptor tells
+//! them *timeout*. The server decides every outcome and tells the client, so
+//! a client is never handed to the application after it gave up.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::blocking::stream::{PipeStream, Setup};
+use crate::error::{Error, ErrorCode, Result};
+use crate::info::{max_instances_from_wire, ClientIdentity, End, PeerCredentials, PipeInfo};
+use crate::name::PipeName;
+use crate::namespace::{Namespace, Published};
+use crate::options::{Access, ImpersonationLevel, PipeType, ServerOptions, UNLIMITED_INSTANCES};
+use crate::proto::admission::{Admission, Arrival, Patience, Ticket};
+use crate::proto::handshake::{
+    Hello, HelloKind, PipeDescription, Reply, HELLO_MAX, WAIT_DEFAULT, WAIT_FOREVER, WAIT_NONE,
+};
+use crate::sys::{self, Events, PeerCred, PollEntry, Socket, Waker};
+
+/// Most connections the acceptor takes from the kernel per wake-up, so that
+/// handshakes in progress are not starved by a connect storm.
+const ACCEPT_BATCH: usize = 64;
+/// How long to stop accepting after running out of file descriptors.
+const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
+/// The first read of a handshake; the HELLO is small, but a request may be
+/// pipelined behind it.
+const FIRST_READ: usize = 4096;
+
+/// A client the acceptor connected, waiting for the application's `accept`.
+struct Ready {
+    socket: Socket,
+    leftover: Vec<u8>,
+    cred: PeerCred,
+    hello: Hello,
+    granted: Access,
+    cur_instances: u32,
+}
+
+/// State shared by the listener, the acceptor thread and server ends.
+struct Shared {
+    name: PipeName,
+    opts: ServerOptions,
+    ready: Mutex<VecDeque<Ready>>,
+    ready_cv: Condvar,
+    waker: Waker,
+    /// Instances given back since the acceptor last looked.
+    released: AtomicU32,
+    /// Connections the application took since the acceptor last looked.
+    accepted: AtomicU32,
+    /// Instances in use, for `info`.
+    active: AtomicU32,
+    shutdown: AtomicBool,
+    /// Set by the acceptor if it stops on an error.
+    failed: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn release_instance(&self) {
+        self.released.fetch_add(1, Ordering::SeqCst);
+        self.waker.wake();
+    }
+}
+
+/// A named pipe server: the name, its instances, and the clients waiting to
+/// be accepted. Made by [`ServerOptions::create`]; dropping it removes the
+/// name (connections already accepted stay connected).
+///
+/// ```
+/// use npipe::{ServerOptions, ClientOptions};
+///
+/// let name = format!("doc-listener-{}", std::process::id());
+/// let listener = ServerOptions::new().create(&name)?;
+///
+/// let server = std::thread::spawn(move || -> npipe::Result<()> {
+///     // ConnectNamedPipe, then echo one message
+///     let mut conn = listener.accept()?;
+///     let msg = conn.recv_message()?;
+///     conn.write_message(&msg)
+/// });
+///
+/// let reply = npipe::call(&name, b"hi", std::time::Duration::from_secs(1))?;
+/// assert_eq!(reply, b"hi");
+/// server.join().unwrap()?;
+/// # Ok::<(), npipe::Error>(())
+/// ```
+pub struct PipeListener {
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+    namespace: Namespace,
+    published: Published,
+}
+
+impl std::fmt::Debug for PipeListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipeListener")
+            .field("name", &self.shared.name.to_string())
+            .field("file", &self.published.file)
+            .finish()
+    }
+}
+
+impl PipeListener {
+    pub(crate) fn create(name: PipeName, opts: ServerOptions) -> Result<PipeListener> {
+        opts.validate()?;
+        if !name.is_local() {
+            return Err(Error::new(
+                ErrorCode::InvalidName,
+                format!(
+                    "{name}: a server can only create pipes on this machine (\\\\.\\pipe\\...)"
+                ),
+            ));
+        }
+        let namespace = Namespace::open_or_create()?;
+        let (socket, published) = namespace.bind(&name, opts.first_instance, 0o666)?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| Error::os(e, "cannot make the listening socket non-blocking"))?;
+        let shared = Arc::new(Shared {
+            name,
+            opts,
+            ready: Mutex::new(VecDeque::new()),
+            ready_cv: Condvar::new(),
+            waker: Waker::new().map_err(|e| Error::os(e, "cannot create an eventfd"))?,
+            released: AtomicU32::new(0),
+            accepted: AtomicU32::new(0),
+            active: AtomicU32::new(0),
+            shutdown: AtomicBool::new(false),
+            failed: Mutex::new(None),
+        });
+        let acceptor = Acceptor::new(Arc::clone(&shared), socket);
+        let thread = std::thread::Builder::new()
+            .name("npipe-acceptor".into())
+            .spawn(move || acceptor.run())
+            .map_err(|e| Error::os(e, "cannot start the acceptor thread"))?;
+        Ok(PipeListener {
+            shared,
+            acceptor: Some(thread),
+            namespace,
+            published,
+        })
+    }
+
+    /// Waits for a client (`ConnectNamedPipe`) and returns the connection.
+    pub fn accept(&self) -> Result<PipeServer> {
+        self.accept_inner(None)?
+            .ok_or_else(|| unreachable_timeout())
+    }
+
+    /// Waits up to `timeout` for a client: `Ok(None)` if none came.
+    pub fn accept_timeout(&self, timeout: Duration) -> Result<Option<PipeServer>> {
+        self.accept_inner(Some(timeout))
+    }
+
+    /// An iterator that accepts clients for ever.
+    pub fn incoming(&self) -> impl Iterator<Item = Result<PipeServer>> + '_ {
+        std::iter::repeat_with(|| self.accept())
+    }
+
+    fn accept_inner(&self, timeout: Option<Duration>) -> Result<Option<PipeServer>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let shared = &self.shared;
+        let mut queue = shared.ready.lock().expect("ready queue poisoned");
+        loop {
+            if let Some(ready) = queue.pop_front() {
+                let was_full = queue.len() + 1 >= shared.opts.accept_backlog as usize;
+                drop(queue);
+                shared.accepted.fetch_add(1, Ordering::SeqCst);
+                if was_full {
+                    shared.waker.wake();
+                }
+                return Ok(Some(PipeServer::new(Arc::clone(shared), ready)));
+            }
+            if let Some(msg) = shared.failed.lock().expect("poisoned").as_ref() {
+                return Err(Error::new(
+                    ErrorCode::Other,
+                    format!("the pipe stopped: {msg}"),
+                ));
+            }
+            queue = match deadline {
+                None => shared.ready_cv.wait(queue).expect("ready queue poisoned"),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok(None);
+                    }
+                    shared
+                        .ready_cv
+                        .wait_timeout(queue, d - now)
+                        .expect("ready queue poisoned")
+                        .0
+                }
+            };
+        }
+    }
+
+    /// The pipe's name.
+    pub fn name(&self) -> &PipeName {
+        &self.shared.name
+    }
+
+    /// The pipe as the server sees it (`GetNamedPipeInfo`).
+    pub fn info(&self) -> PipeInfo {
+        let o = &self.shared.opts;
+        PipeInfo {
+            name: self.shared.name.name().to_string(),
+            end: End::Server,
+            pipe_type: o.pipe_type,
+            direction: o.direction,
+            access: match (o.direction.server_reads(), o.direction.server_writes()) {
+                (true, false) => Access::Read,
+                (false, true) => Access::Write,
+                _ => Access::ReadWrite,
+            },
+            read_mode: o.effective_read_mode(),
+            max_instances: max_instances_from_wire(o.max_instances),
+            cur_instances: self.shared.active.load(Ordering::SeqCst),
+            in_buffer_size: o.in_buffer_size,
+            out_buffer_size: o.out_buffer_size,
+            max_message_size: o.max_message_size,
+            peer_max_message_size: 0,
+        }
+    }
+}
+
+fn unreachable_timeout() -> Error {
+    Error::new(
+        ErrorCode::Other,
+        "accept without a timeout returned nothing",
+    )
+}
+
+impl Drop for PipeListener {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.waker.wake();
+        if let Some(t) = self.acceptor.take() {
+            let _ = t.join();
+        }
+        self.namespace.remove(&self.published);
+    }
+}
+
+/// The server end of one connected client (one pipe instance). Reads,
+/// writes and everything common to both ends come from [`PipeStream`], to
+/// which it dereferences.
+///
+/// ```
+/// use npipe::{ServerOptions, ClientOptions};
+///
+/// let name = format!("doc-pipe-server-{}", std::process::id());
+/// let listener = ServerOptions::new().create(&name)?;
+/// let client = ClientOptions::new().open(&name)?;
+/// let server = listener.accept()?;
+///
+/// // GetNamedPipeClientProcessId, from the kernel:
+/// assert_eq!(server.client_process_id(), std::process::id());
+/// # drop(client);
+/// # Ok::<(), npipe::Error>(())
+/// ```
+pub struct PipeServer {
+    stream: PipeStream,
+    shared: Arc<Shared>,
+    impersonation: ImpersonationLevel,
+    holds_instance: bool,
+}
+
+impl std::fmt::Debug for PipeServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipeServer")
+            .field("stream", &self.stream)
+            .finish()
+    }
+}
+
+impl PipeServer {
+    fn new(shared: Arc<Shared>, ready: Ready) -> PipeServer {
+        let o = &shared.opts;
+        let setup = Setup {
+            name: shared.name.name().to_string(),
+            end: End::Server,
+            pipe_type: o.pipe_type,
+            direction: o.direction,
+            access: ready.granted,
+            max_instances: max_instances_from_wire(o.max_instances),
+            cur_instances: ready.cur_instances,
+            in_buffer: o.in_buffer_size,
+            out_buffer: o.out_buffer_size,
+            max_message: o.max_message_size,
+            peer_max_message: ready.hello.max_message,
+            peer: ready.cred.into(),
+        };
+        let stream = PipeStream::new(ready.socket, setup, o.effective_read_mode(), ready.leftover);
+        PipeServer {
+            impersonation: ready.hello.impersonation,
+            stream,
+            shared,
+            holds_instance: true,
+        }
+    }
+
+    /// Drops the client (`DisconnectNamedPipe`): unread data is discarded,
+    /// the instance is freed for the next client, and the client's next
+    /// operation fails (*pipe not connected* or *broken pipe*). Every later
+    /// operation on this end fails with *pipe not connected*.
+    pub fn disconnect(&mut self) -> Result<()> {
+        if !self.holds_instance {
+            return Err(Error::not_connected());
+        }
+        let _ = self.stream.socket().shutdown_both();
+        self.stream.mark_disconnected();
+        self.holds_instance = false;
+        self.shared.release_instance();
+        Ok(())
+    }
+
+    /// The client's credentials from the kernel (`SO_PEERCRED`).
+    pub fn client_credentials(&self) -> PeerCredentials {
+        self.stream.peer()
+    }
+
+    /// `GetNamedPipeClientProcessId`.
+    pub fn client_process_id(&self) -> u32 {
+        self.stream.peer().pid
+    }
+
+    /// The client's effective user id.
+    pub fn client_uid(&self) -> u32 {
+        self.stream.peer().uid
+    }
+
+    /// The client's effective group id.
+    pub fn client_gid(&self) -> u32 {
+        self.stream.peer().gid
+    }
+
+    /// The client's supplementary groups (`SO_PEERGROUPS`).
+    pub fn client_groups(&self) -> Result<Vec<u32>> {
+        self.stream
+            .socket()
+            .peer_groups()
+            .map_err(|e| Error::os(e, "cannot read the client's groups"))
+    }
+
+    /// The client's user name (`GetNamedPipeHandleState`'s `lpUserName`).
+    pub fn client_user_name(&self) -> Option<String> {
+        self.stream.peer().user_name()
+    }
+
+    /// `GetNamedPipeClientSessionId`: the client process's session id.
+    pub fn client_session_id(&self) -> Option<u32> {
+        self.stream.peer().session_id()
+    }
+
+    /// `GetNamedPipeClientComputerName`: `None` for a local client.
+    pub fn client_computer_name(&self) -> Option<String> {
+        None
+    }
+
+    /// Everything known about the client, in one go.
+    pub fn client_identity(&self) -> ClientIdentity {
+        let credentials = self.stream.peer();
+        ClientIdentity {
+            credentials,
+            groups: self.client_groups().unwrap_or_default(),
+            user_name: credentials.user_name(),
+            session_id: credentials.session_id(),
+        }
+    }
+
+    /// The level the client granted for its identity.
+    pub fn client_impersonation_level(&self) -> ImpersonationLevel {
+        self.impersonation
+    }
+
+    /// The pipe as this end sees it, with the current instance count.
+    pub fn info(&self) -> PipeInfo {
+        let mut info = self.stream.info();
+        info.cur_instances = self.shared.active.load(Ordering::SeqCst);
+        info
+    }
+}
+
+impl Deref for PipeServer {
+    type Target = PipeStream;
+    fn deref(&self) -> &PipeStream {
+        &self.stream
+    }
+}
+
+impl DerefMut for PipeServer {
+    fn deref_mut(&mut self) -> &mut PipeStream {
+        &mut self.stream
+    }
+}
+
+impl io::Read for PipeServer {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+impl io::Write for PipeServer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+impl Drop for PipeServer {
+    fn drop(&mut self) {
+        if self.holds_instance {
+            self.shared.release_instance();
+        }
+    }
+}
+
+/// A connection the acceptor is still handling.
+struct Pending {
+    socket: Socket,
+    cred: PeerCred,
+    buf: Vec<u8>,
+    stage: Stage,
+}
+
+enum Stage {
+    /// Reading HELLO until the deadline.
+    Handshake { deadline: Instant },
+    /// Waiting for an instance.
+    Waiting { hello: Hello, granted: Access },
+}
+
+struct Acceptor {
+    shared: Arc<Shared>,
+    listener: Socket,
+    admission: Admission,
+    pending: HashMap<Ticket, Pending>,
+    next_ticket: Ticket,
+    paused_until: Option<Instant>,
+}
+
+impl Acceptor {
+    fn new(shared: Arc<Shared>, listener: Socket) -> Acceptor {
+        let o = &shared.opts;
+        let limit = (o.max_instances != UNLIMITED_INSTANCES).then_some(o.max_instances);
+        let admission = Admission::new(limit, o.accept_backlog);
+        Acceptor {
+            shared,
+            listener,
+            admission,
+            pending: HashMap::new(),
+            next_ticket: 0,
+            paused_until: None,
+        }
+    }
+
+    fn run(mut self) {
+        if let Err(e) = self.serve() {
+            *self.shared.failed.lock().expect("poisoned") = Some(e.to_string());
+        }
+        // Wake any accept() so it sees the failure or the shutdown.
+        self.shared.ready_cv.notify_all();
+    }
+
+    fn serve(&mut self) -> io::Result<()> {
+        let mut tickets: Vec<Ticket> = Vec::new();
+        while !self.shared.shutdown.load(Ordering::SeqCst) {
+            self.apply_counters();
+            let now = Instant::now();
+            self.expire(now);
+
+            tickets.clear();
+            tickets.extend(self.pending.keys().copied());
+            let accepting = self.paused_until.is_none_or(|t| now >= t);
+            if accepting {
+                self.paused_until = None;
+            }
+            let timeout = self.next_timeout(now);
+
+            let (waker_ready, listener_ready, ready_tickets) = {
+                let mut fds = Vec::with_capacity(2 + tickets.len());
+                fds.push(PollEntry::new(&self.shared.waker, Events::IN));
+                fds.push(PollEntry::new(
+                    &self.listener,
+                    if accepting {
+                        Events::IN
+                    } else {
+                        Events::empty()
+                    },
+                ));
+                for t in &tickets {
+                    let p = &self.pending[t];
+                    let ev = match p.stage {
+                        Stage::Handshake { .. } => Events::IN,
+                        Stage::Waiting { .. } => Events::RDHUP,
+                    };
+                    fds.push(PollEntry::new(&p.socket, ev));
+                }
+                sys::poll(&mut fds, timeout)?;
+                let ready: Vec<(Ticket, Events)> = tickets
+                    .iter()
+                    .zip(&fds[2..])
+                    .filter(|(_, f)| !f.revents().is_empty())
+                    .map(|(t, f)| (*t, f.revents()))
+                    .collect();
+                (
+                    !fds[0].revents().is_empty(),
+                    !fds[1].revents().is_empty(),
+                    ready,
+                )
+            };
+            if waker_ready {
+                self.shared.waker.drain();
+            }
+            for (t, ev) in ready_tickets {
+                self.on_event(t, ev);
+            }
+            if listener_ready {
+                self.accept_batch();
+            }
+        }
+        Ok(())
+    }
+
+    fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        let handshakes = self.pending.values().filter_map(|p| match p.stage {
+            Stage::Handshake { deadline } => Some(deadline),
+            Stage::Waiting { .. } => None,
+        });
+        handshakes
+            .chain(self.admission.next_deadline())
+            .chain(self.paused_until)
+            .min()
+            .map(|d| d.saturating_duration_since(now))
+    }
+
+    fn apply_counters(&mut self) {
+        let released = self.shared.released.swap(0, Ordering::SeqCst);
+        let accepted = self.shared.accepted.swap(0, Ordering::SeqCst);
+        let mut granted = Vec::new();
+        if accepted > 0 {
+            granted.extend(self.admission.accepted(accepted));
+        }
+        for _ in 0..released {
+            granted.extend(self.admission.release());
+        }
+        self.publish_active();
+        self.grant_waiters(granted);
+    }
+
+    fn publish_active(&self) {
+        self.shared
+            .active
+            .store(self.admission.active(), Ordering::SeqCst);
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let late: Vec<Ticket> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| matches!(p.stage, Stage::Handshake { deadline } if deadline <= now))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in late {
+            // Silent or too slow: drop it without a word.
+            self.pending.remove(&t);
+        }
+        for t in self.admission.expire(now) {
+            if let Some(p) = self.pending.remove(&t) {
+                refuse(
+                    &p.socket,
+                    ErrorCode::Timeout,
+                    "every instance stayed busy for as long as the client would wait",
+                );
+            }
+        }
+    }
+
+    fn accept_batch(&mut self) {
+        for _ in 0..ACCEPT_BATCH {
+            match self.listener.accept_nonblocking() {
+                Ok(socket) => self.on_connection(socket),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+                    // Out of descriptors: leave clients in the kernel's
+                    // backlog and try again shortly.
+                    self.paused_until = Some(Instant::now() + FD_EXHAUSTED_PAUSE);
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn on_connection(&mut self, socket: Socket) {
+        let Ok(cred) = socket.peer_cred() else {
+            return;
+        };
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let deadline = Instant::now() + self.shared.opts.handshake_timeout;
+        self.pending.insert(
+            ticket,
+            Pending {
+                socket,
+                cred,
+                buf: Vec::new(),
+                stage: Stage::Handshake { deadline },
+            },
+        );
+        // The client usually sent HELLO right behind connect: try it now.
+        self.read_hello(ticket);
+    }
+
+    fn on_event(&mut self, ticket: Ticket, events: Events) {
+        let Some(p) = self.pending.get(&ticket) else {
+            return;
+        };
+        match p.stage {
+            Stage::Handshake { .. } => self.read_hello(ticket),
+            Stage::Waiting { .. } => {
+                if events.intersects(Events::RDHUP | Events::HUP | Events::ERR) {
+                    // The waiting client gave up.
+                    self.admission.cancel(ticket);
+                    self.pending.remove(&ticket);
+                }
+            }
+        }
+    }
+
+    fn read_hello(&mut self, ticket: Ticket) {
+        let Some(p) = self.pending.get_mut(&ticket) else {
+            return;
+        };
+        let room = (HELLO_MAX + FIRST_READ).saturating_sub(p.buf.len());
+        if p.buf.capacity() - p.buf.len() < room {
+            p.buf.reserve_exact(room);
+        }
+        match p
+            .socket
+            .recv_spare(&mut p.buf, sys::RecvFlagsLite::DontWait)
+        {
+            Ok(0) => {
+                self.pending.remove(&ticket);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => {
+                self.pending.remove(&ticket);
+                return;
+            }
+        }
+        match Hello::decode(&p.buf) {
+            Ok(None) => {}
+            Ok(Some((hello, used))) => {
+                let mut p = self.pending.remove(&ticket).expect("present");
+                let leftover = p.buf.split_off(used);
+                p.buf = leftover;
+                self.on_hello(ticket, p, hello);
+            }
+            Err(e) => {
+                let p = self.pending.remove(&ticket).expect("present");
+                let err: Error = e.into();
+                refuse(&p.socket, err.code(), err.message());
+            }
+        }
+    }
+
+    fn description(&self, granted: Access) -> PipeDescription {
+        let o = &self.shared.opts;
+        PipeDescription {
+            pipe_type: o.pipe_type,
+            direction: o.direction,
+            granted,
+            max_instances: o.max_instances,
+            cur_instances: self.admission.active(),
+            in_buffer: o.in_buffer_size,
+            out_buffer: o.out_buffer_size,
+            max_message: o.max_message_size,
+            default_timeout_ms: millis(o.default_timeout),
+            handshake_timeout_ms: millis(o.handshake_timeout),
+            name: self.shared.name.name().to_string(),
+        }
+    }
+
+    fn on_hello(&mut self, ticket: Ticket, p: Pending, hello: Hello) {
+        let o = &self.shared.opts;
+        let anonymous_query = hello.kind == HelloKind::Query && hello.name.is_empty();
+        if hello.name != self.shared.name.canonical() && !anonymous_query {
+            refuse(
+                &p.socket,
+                ErrorCode::FileNotFound,
+                &format!(
+                    "this server serves {:?}, not {:?}",
+                    self.shared.name.name(),
+                    hello.name
+                ),
+            );
+            return;
+        }
+        let allowed = o.direction.client_access();
+        if hello.kind == HelloKind::Query {
+            send_reply(&p.socket, &Reply::Info(self.description(allowed)));
+            return;
+        }
+        let granted = hello.access.unwrap_or(allowed);
+        if !granted.within(allowed) {
+            refuse(
+                &p.socket,
+                ErrorCode::AccessDenied,
+                &format!(
+                    "the pipe is {:?}: a client may {}",
+                    o.direction,
+                    match allowed {
+                        Access::Read => "only read",
+                        Access::Write => "only write",
+                        Access::ReadWrite => "read and write",
+                    }
+                ),
+            );
+            return;
+        }
+        if hello.pipelined && o.pipe_type == PipeType::Byte {
+            refuse(
+                &p.socket,
+                ErrorCode::BadPipe,
+                "a transaction needs a message-type pipe; this one is byte type",
+            );
+            return;
+        }
+        let now = Instant::now();
+        let patience = match hello.wait_ms {
+            WAIT_NONE => Patience::None,
+            WAIT_FOREVER => Patience::Forever,
+            WAIT_DEFAULT => Patience::Until(now + o.default_timeout),
+            ms => Patience::Until(now + Duration::from_millis(ms.into())),
+        };
+        match self.admission.arrive(ticket, patience) {
+            Arrival::Granted => self.connect(p, hello, granted),
+            Arrival::Busy => refuse(
+                &p.socket,
+                ErrorCode::PipeBusy,
+                "all pipe instances are busy (ask to wait, like WaitNamedPipe)",
+            ),
+            Arrival::Queued => {
+                let stage = Stage::Waiting { hello, granted };
+                self.pending.insert(ticket, Pending { stage, ..p });
+            }
+        }
+        self.publish_active();
+    }
+
+    /// Hands instances to waiters in order, skipping any that left.
+    fn grant_waiters(&mut self, mut granted: Vec<Ticket>) {
+        let mut i = 0;
+        while i < granted.len() {
+            let t = granted[i];
+            i += 1;
+            let Some(p) = self.pending.remove(&t) else {
+                granted.extend(self.admission.release_unaccepted());
+                continue;
+            };
+            if p.socket.peer_hung_up() {
+                granted.extend(self.admission.release_unaccepted());
+                continue;
+            }
+            match p.stage {
+                Stage::Waiting {
+                    hello,
+                    granted: access,
+                } => {
+                    let p = Pending {
+                        stage: Stage::Handshake {
+                            deadline: Instant::now(),
+                        },
+                        ..p
+                    };
+                    self.connect(p, hello, access);
+                }
+                Stage::Handshake { .. } => unreachable!("only waiters are queued"),
+            }
+        }
+        self.publish_active();
+    }
+
+    /// Sends OK and queues the connection for the application's `accept`.
+    /// The admission has already counted the instance as taken.
+    fn connect(&mut self, p: Pending, hello: Hello, granted: Access) {
+        let desc = self.description(granted);
+        let cur_instances = desc.cur_instances;
+        if !send_reply(&p.socket, &Reply::Connected(desc))
+            || p.socket.set_nonblocking(false).is_err()
+        {
+            let more = self.admission.release_unaccepted();
+            self.grant_waiters(more);
+            return;
+        }
+        let o = &self.shared.opts;
+        if o.out_buffer_size > 0 {
+            let _ = p.socket.set_send_buffer(o.out_buffer_size as usize);
+        }
+        let ready = Ready {
+            socket: p.socket,
+            leftover: p.buf,
+            cred: p.cred,
+            hello,
+            granted,
+            cur_instances,
+        };
+        self.shared
+            .ready
+            .lock()
+            .expect("ready queue poisoned")
+            .push_back(ready);
+        self.shared.ready_cv.notify_one();
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    d.as_millis().min(u128::from(u32::MAX - 2)) as u32
+}
+
+/// Sends a reply on a fresh connection without blocking; whether it all went.
+fn send_reply(socket: &Socket, reply: &Reply) -> bool {
+    let mut out = Vec::with_capacity(128);
+    if reply.encode(&mut out).is_err() {
+        return false;
+    }
+    // A new connection's send buffer is empty and the reply is small, so it
+    // goes in one call or the client is not worth waiting for.
+    matches!(socket.send_nonblocking(&out), Ok(n) if n == out.len())
+}
+
+fn refuse(socket: &Socket, code: ErrorCode, reason: &str) {
+    send_reply(
+        socket,
+        &Reply::Refused {
+            code: code.win32(),
+            reason: reason.to_string(),
+        },
+    );
+}

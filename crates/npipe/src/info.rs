@@ -1,0 +1,95 @@
+//! What an end knows about its pipe (`GetNamedPipeInfo`,
+//! `GetNamedPipeHandleState`) and about its peer (`GetNamedPipeClientProcessId`
+//! and friends).
+
+use crate::options::{Access, Direction, PipeType, ReadMode, UNLIMITED_INSTANCES};
+use crate::sys;
+
+/// Which end of a pipe a handle is (`PIPE_SERVER_END` / `PIPE_CLIENT_END`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum End {
+    /// The server's end.
+    Server,
+    /// The client's end.
+    Client,
+}
+
+/// A description of a pipe from one end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipeInfo {
+    /// The pipe's name as the server created it.
+    pub name: String,
+    /// This end.
+    pub end: End,
+    /// Byte or message type.
+    pub pipe_type: PipeType,
+    /// The open mode, seen from the server.
+    pub direction: Direction,
+    /// What this end may do.
+    pub access: Access,
+    /// This end's read mode.
+    pub read_mode: ReadMode,
+    /// The instance limit; `None` for unlimited.
+    pub max_instances: Option<u32>,
+    /// Instances in use (on the client end: when it connected).
+    pub cur_instances: u32,
+    /// The server's inbound buffer size hint (0: system default).
+    pub in_buffer_size: u32,
+    /// The server's outbound buffer size hint (0: system default).
+    pub out_buffer_size: u32,
+    /// The largest message this end accepts.
+    pub max_message_size: u32,
+    /// The largest message the other end accepts.
+    pub peer_max_message_size: u32,
+}
+
+pub(crate) fn max_instances_from_wire(n: u32) -> Option<u32> {
+    (n != UNLIMITED_INSTANCES).then_some(n)
+}
+
+/// The peer's identity as the kernel reported it when the connection was
+/// made (`SO_PEERCRED`), never what the peer claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerCredentials {
+    /// The peer's process id.
+    pub pid: u32,
+    /// The peer's effective user id.
+    pub uid: u32,
+    /// The peer's effective group id.
+    pub gid: u32,
+}
+
+impl From<sys::PeerCred> for PeerCredentials {
+    fn from(c: sys::PeerCred) -> Self {
+        PeerCredentials {
+            pid: c.pid,
+            uid: c.uid,
+            gid: c.gid,
+        }
+    }
+}
+
+impl PeerCredentials {
+    /// The user name of `uid`, if the system's user database has one.
+    pub fn user_name(&self) -> Option<String> {
+        sys::user_name(self.uid)
+    }
+
+    /// The session id of the peer process (`getsid`), if it still runs.
+    pub fn session_id(&self) -> Option<u32> {
+        sys::session_id(self.pid).ok()
+    }
+}
+
+/// Everything a server knows about a connected client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// pid, uid and gid from `SO_PEERCRED`.
+    pub credentials: PeerCredentials,
+    /// Supplementary groups from `SO_PEERGROUPS`.
+    pub groups: Vec<u32>,
+    /// The user's name, if the user database has one.
+    pub user_name: Option<String>,
+    /// The client process's session id (`GetNamedPipeClientSessionId`).
+    pub session_id: Option<u32>,
+}

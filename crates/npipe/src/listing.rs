@@ -1,0 +1,202 @@
+//! The pipes on this machine, like Sysinternals PipeList, and one pipe's
+//! description without connecting to it.
+//!
+//! Each live server answers a query handshake for its pipe with the pipe's
+//! name and shape; its process and user come from the kernel (`SO_PEERCRED`
+//! on the query connection). A query takes no instance.
+
+use std::time::Duration;
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::info::{max_instances_from_wire, PeerCredentials};
+use crate::name::PipeName;
+use crate::namespace::Namespace;
+use crate::options::{Direction, PipeType};
+use crate::proto::handshake::{Hello, HelloKind, Reply, REPLY_MAX, WAIT_NONE};
+use crate::sys::{RecvFlagsLite, Socket};
+
+/// How long a listing waits for each server's answer.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One pipe in the namespace, as its server describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedPipe {
+    /// The pipe's name as its server created it.
+    pub name: String,
+    /// The socket's file name in the namespace directory.
+    pub file: String,
+    /// The server process's pid and user, from the kernel.
+    pub server: PeerCredentials,
+    /// The server's user name.
+    pub server_user: Option<String>,
+    /// Byte or message.
+    pub pipe_type: PipeType,
+    /// The open mode.
+    pub direction: Direction,
+    /// The instance limit (`None`: unlimited).
+    pub max_instances: Option<u32>,
+    /// Instances in use.
+    pub cur_instances: u32,
+    /// In-buffer hint.
+    pub in_buffer_size: u32,
+    /// Out-buffer hint.
+    pub out_buffer_size: u32,
+    /// The largest message the server accepts.
+    pub max_message_size: u32,
+    /// The server's default wait.
+    pub default_timeout: Duration,
+}
+
+/// A namespace entry: a live pipe, or a socket nobody answers on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PipeEntry {
+    /// A server answered.
+    Served(ServedPipe),
+    /// The socket file is there but no server is (its server died), or it
+    /// did not answer: the file name and why.
+    Unresponsive {
+        /// The socket's file name.
+        file: String,
+        /// What went wrong, for people.
+        reason: String,
+    },
+}
+
+/// Every pipe in the namespace directory, in file-name order.
+///
+/// ```
+/// let name = format!("doc-list-{}", std::process::id());
+/// let _listener = npipe::ServerOptions::new().create(&name)?;
+/// let found = npipe::list_pipes()?.into_iter().any(|e| matches!(e,
+///     npipe::PipeEntry::Served(p) if p.name == name && p.server.pid == std::process::id()));
+/// assert!(found);
+/// # Ok::<(), npipe::Error>(())
+/// ```
+pub fn list_pipes() -> Result<Vec<PipeEntry>> {
+    let namespace = match Namespace::open_existing() {
+        Ok(ns) => ns,
+        Err(e) if e.code() == ErrorCode::FileNotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let files = namespace.socket_files()?;
+    Ok(files
+        .into_iter()
+        .map(|file| match query_file(&namespace, &file, None) {
+            Ok(p) => PipeEntry::Served(p),
+            Err(e) => PipeEntry::Unresponsive {
+                file,
+                reason: e.message().to_string(),
+            },
+        })
+        .collect())
+}
+
+/// Describes one pipe without taking an instance (`GetNamedPipeInfo` from
+/// outside, as `npipe info` shows it).
+pub fn query_pipe(name: impl TryInto<PipeName, Error = Error>) -> Result<ServedPipe> {
+    let name = name.try_into()?;
+    if !name.is_local() {
+        return Err(Error::new(
+            ErrorCode::BadNetPath,
+            format!("{name}: remote pipes cannot be queried yet"),
+        ));
+    }
+    let namespace = Namespace::open_existing()?;
+    query_file(&namespace, &name.file_name(), Some(&name)).map_err(|e| {
+        if e.code() == ErrorCode::FileNotFound {
+            Error::new(
+                ErrorCode::FileNotFound,
+                format!("{name} does not exist: no server is serving it"),
+            )
+        } else {
+            e
+        }
+    })
+}
+
+fn query_file(namespace: &Namespace, file: &str, name: Option<&PipeName>) -> Result<ServedPipe> {
+    let socket = namespace.connect_file(file)?;
+    let server: PeerCredentials = socket
+        .peer_cred()
+        .map_err(|e| Error::os(e, "cannot read the server's credentials"))?
+        .into();
+    // For a listing the name is not known: an empty name asks the server to
+    // describe whatever it serves there.
+    let asked = name.map_or_else(String::new, |n| n.canonical().to_string());
+    let hello = Hello {
+        kind: HelloKind::Query,
+        access: None,
+        read_mode: crate::options::ReadMode::Byte,
+        impersonation: crate::options::ImpersonationLevel::Identification,
+        wait_ms: WAIT_NONE,
+        max_message: 0,
+        pipelined: false,
+        name: asked,
+        principal: String::new(),
+        computer: String::new(),
+    };
+    let mut out = Vec::new();
+    hello.encode(&mut out).map_err(Error::from)?;
+    socket
+        .send(&out)
+        .map_err(|e| Error::os(e, "cannot send the query"))?;
+    let reply = read_reply(&socket)?;
+    match reply {
+        Reply::Info(d) => Ok(ServedPipe {
+            name: d.name,
+            file: file.to_string(),
+            server,
+            server_user: server.user_name(),
+            pipe_type: d.pipe_type,
+            direction: d.direction,
+            max_instances: max_instances_from_wire(d.max_instances),
+            cur_instances: d.cur_instances,
+            in_buffer_size: d.in_buffer,
+            out_buffer_size: d.out_buffer,
+            max_message_size: d.max_message,
+            default_timeout: Duration::from_millis(d.default_timeout_ms.into()),
+        }),
+        Reply::Refused { code, reason } => Err(Error::new(
+            ErrorCode::from_win32(code).unwrap_or(ErrorCode::Other),
+            reason,
+        )),
+        Reply::Connected(_) => Err(Error::new(
+            ErrorCode::BadPipe,
+            "the server answered a query with a connection",
+        )),
+    }
+}
+
+fn read_reply(socket: &Socket) -> Result<Reply> {
+    socket
+        .set_read_timeout(Some(QUERY_TIMEOUT))
+        .map_err(|e| Error::os(e, "cannot set a timeout"))?;
+    let mut buf = Vec::with_capacity(REPLY_MAX);
+    loop {
+        if let Some((reply, _)) = Reply::decode(&buf).map_err(Error::from)? {
+            return Ok(reply);
+        }
+        match socket.recv_spare(&mut buf, RecvFlagsLite::Block) {
+            Ok(0) => {
+                return Err(Error::new(
+                    ErrorCode::BrokenPipe,
+                    "the server closed the connection without answering",
+                ))
+            }
+            Ok(_) if buf.len() >= REPLY_MAX => {
+                return Err(Error::new(
+                    ErrorCode::BadPipe,
+                    "the server's answer is too long",
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(Error::new(
+                    ErrorCode::Timeout,
+                    "the server did not answer (is it hung?)",
+                ))
+            }
+            Err(e) => return Err(Error::os(e, "cannot read the server's answer")),
+        }
+    }
+}

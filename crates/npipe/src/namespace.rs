@@ -1,0 +1,376 @@
+//! The local namespace: one directory holding a socket per pipe name.
+//!
+//! `$NPIPE_DIR`, or `/tmp/.npipe`, created mode 1777 like `/tmp/.X11-unix`.
+//! npipe refuses a directory that is not owned by root or the current user,
+//! or that others may write to without the sticky bit: whoever controls the
+//! directory controls every name in it. Sockets are created atomically
+//! (bound under a temporary name, then hard-linked to the final one, which
+//! fails if the name exists), so two servers racing for a name cannot both
+//! win; a leftover socket whose server died (connect refused) is replaced, a
+//! live one never.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::name::PipeName;
+use crate::sys::{self, Dir, FileKind, Socket};
+
+/// The namespace directory when `NPIPE_DIR` is not set.
+pub const DEFAULT_DIR: &str = "/tmp/.npipe";
+
+/// How long a creator waits for another creator's directory lock.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// The namespace directory in effect: `$NPIPE_DIR` or [`DEFAULT_DIR`].
+pub fn directory() -> PathBuf {
+    std::env::var_os("NPIPE_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
+}
+
+/// The open, checked namespace directory.
+#[derive(Debug)]
+pub(crate) struct Namespace {
+    dir: Dir,
+}
+
+/// A pipe's socket file as created, to remove it only if it is still ours.
+#[derive(Debug)]
+pub(crate) struct Published {
+    pub file: String,
+    dev: u64,
+    ino: u64,
+}
+
+fn ns_error(code: ErrorCode, msg: String, err: Option<io::Error>) -> Error {
+    let e = Error::new(code, msg);
+    match err {
+        Some(err) => e.with_source(err),
+        None => e,
+    }
+}
+
+impl Namespace {
+    /// Opens the namespace, creating it if it does not exist (servers).
+    pub fn open_or_create() -> Result<Namespace> {
+        let path = directory();
+        match Dir::open_nofollow(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                match Dir::create(&path, 0o1777) {
+                    Ok(()) => {
+                        let dir = Namespace::open_checked(path.clone())?;
+                        // mkdir's mode went through the umask; set it exactly.
+                        dir.dir.chmod(0o1777).map_err(|e| {
+                            Error::os(e, &format!("cannot set the mode of {}", path.display()))
+                        })?;
+                        Ok(dir)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        Namespace::open_checked(path)
+                    }
+                    Err(e) => Err(Error::os(
+                        e,
+                        &format!("cannot create the pipe directory {}", path.display()),
+                    )),
+                }
+            }
+            _ => Namespace::open_checked(path),
+        }
+    }
+
+    /// Opens the namespace for a client: a missing directory means no pipe exists.
+    pub fn open_existing() -> Result<Namespace> {
+        Namespace::open_checked(directory())
+    }
+
+    fn open_checked(path: PathBuf) -> Result<Namespace> {
+        let dir = Dir::open_nofollow(&path).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => ns_error(
+                ErrorCode::FileNotFound,
+                format!(
+                    "no pipes exist: the pipe directory {} does not exist",
+                    path.display()
+                ),
+                Some(e),
+            ),
+            Some(libc::ELOOP) | Some(libc::ENOTDIR) => ns_error(
+                ErrorCode::AccessDenied,
+                format!(
+                    "refusing the pipe directory {}: it is a symbolic link or not a directory \
+                     (remove it, or set NPIPE_DIR)",
+                    path.display()
+                ),
+                Some(e),
+            ),
+            _ => Error::os(
+                e,
+                &format!("cannot open the pipe directory {}", path.display()),
+            ),
+        })?;
+        let info = dir
+            .info()
+            .map_err(|e| Error::os(e, &format!("cannot stat {}", path.display())))?;
+        let me = sys::effective_uid();
+        if info.uid != 0 && info.uid != me {
+            return Err(ns_error(
+                ErrorCode::AccessDenied,
+                format!(
+                    "refusing the pipe directory {}: it belongs to uid {}, not to root or you \
+                     (uid {me}); whoever owns it controls every pipe name in it. Remove it as \
+                     root, or set NPIPE_DIR to a directory of your own",
+                    path.display(),
+                    info.uid
+                ),
+                None,
+            ));
+        }
+        let others_write = info.mode & 0o022 != 0;
+        let sticky = info.mode & 0o1000 != 0;
+        if others_write && !sticky {
+            return Err(ns_error(
+                ErrorCode::AccessDenied,
+                format!(
+                    "refusing the pipe directory {}: others may write to it and it lacks the \
+                     sticky bit, so they could replace pipes (chmod 1777 it)",
+                    path.display()
+                ),
+                None,
+            ));
+        }
+        Ok(Namespace { dir })
+    }
+
+    /// Binds a listening socket under the pipe's name, atomically. A live
+    /// server on the name makes this fail: *access denied* with
+    /// `first_instance`, else *pipe busy* (instances of one name belong to one
+    /// process here).
+    pub fn bind(
+        &self,
+        name: &PipeName,
+        first_instance: bool,
+        mode: u32,
+    ) -> Result<(Socket, Published)> {
+        let file = name.file_name();
+        let (socket, tmp) = self.bind_temporary()?;
+        let result = self.publish(&socket, &tmp, &file, name, first_instance, mode);
+        let _ = self.dir.unlink(&tmp);
+        let (dev, ino) = result?;
+        Ok((socket, Published { file, dev, ino }))
+    }
+
+    fn bind_temporary(&self) -> Result<(Socket, String)> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let socket = Socket::stream().map_err(|e| Error::os(e, "cannot create a socket"))?;
+        let mut last = None;
+        for _ in 0..16 {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let tmp = format!(
+                ".tmp.{}.{}.{nanos:x}",
+                sys::process_id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            match socket.bind_in(&self.dir, &tmp) {
+                Ok(()) => return Ok((socket, tmp)),
+                // Someone planted a file under our temporary name: pick another.
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
+                Err(e) => return Err(self.io_error(e, "cannot bind a socket in")),
+            }
+        }
+        Err(self.io_error(
+            last.expect("loop ran"),
+            "cannot find a free temporary name in",
+        ))
+    }
+
+    fn io_error(&self, e: io::Error, what: &str) -> Error {
+        Error::os(
+            e,
+            &format!("{what} the pipe directory {}", self.dir.path().display()),
+        )
+    }
+
+    /// Takes the directory lock, links `tmp` to `file`, replacing a dead
+    /// server's socket if need be.
+    fn publish(
+        &self,
+        socket: &Socket,
+        tmp: &str,
+        file: &str,
+        name: &PipeName,
+        first_instance: bool,
+        mode: u32,
+    ) -> Result<(u64, u64)> {
+        self.dir
+            .chmod_entry(tmp, mode)
+            .map_err(|e| self.io_error(e, "cannot set the socket's mode in"))?;
+        socket
+            .listen(1024)
+            .map_err(|e| Error::os(e, "cannot listen on the pipe's socket"))?;
+        let _lock = self.lock()?;
+        for _ in 0..4 {
+            match self.dir.link(tmp, file) {
+                Ok(()) => {
+                    let info = self
+                        .dir
+                        .stat(file)
+                        .map_err(|e| self.io_error(e, "cannot stat the new pipe in"))?;
+                    return Ok((info.dev, info.ino));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    self.reclaim(file, name, first_instance)?;
+                }
+                Err(e) => return Err(self.io_error(e, "cannot create the pipe in")),
+            }
+        }
+        Err(Error::new(
+            ErrorCode::PipeBusy,
+            format!("{name}: another server keeps taking this name; try again"),
+        ))
+    }
+
+    /// The name exists: fail if a live server holds it, remove it if a dead
+    /// one left it behind.
+    fn reclaim(&self, file: &str, name: &PipeName, first_instance: bool) -> Result<()> {
+        let info = match self.dir.stat(file) {
+            Ok(info) => info,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.io_error(e, "cannot stat a pipe in")),
+        };
+        if info.kind != FileKind::Socket {
+            return Err(Error::new(
+                ErrorCode::AccessDenied,
+                format!(
+                    "{name}: the name is taken by a {} owned by uid {} at {}, not by a pipe; \
+                     npipe will not replace it",
+                    match info.kind {
+                        FileKind::Directory => "directory",
+                        FileKind::Symlink => "symbolic link",
+                        _ => "file",
+                    },
+                    info.uid,
+                    self.dir.path().join(file).display()
+                ),
+            ));
+        }
+        let probe = Socket::stream().map_err(|e| Error::os(e, "cannot create a socket"))?;
+        match probe.connect_in(&self.dir, file) {
+            Ok(()) => {
+                let who = probe
+                    .peer_cred()
+                    .map(|c| format!(" by pid {} (uid {})", c.pid, c.uid))
+                    .unwrap_or_default();
+                let (code, how) = if first_instance {
+                    (ErrorCode::AccessDenied, "and first_instance was asked for")
+                } else {
+                    (ErrorCode::PipeBusy, "and only one process may serve a name")
+                };
+                Err(Error::new(
+                    code,
+                    format!("{name} is already being served{who}, {how}"),
+                ))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => match self.dir.unlink(file) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::os(
+                    e,
+                    &format!(
+                        "{name}: a dead server of uid {} left its socket at {} and you may \
+                             not remove it; ask that user or root to delete it",
+                        info.uid,
+                        self.dir.path().join(file).display()
+                    ),
+                )
+                .with_code(ErrorCode::AccessDenied)),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io_error(e, "cannot probe an existing pipe in")),
+        }
+    }
+
+    fn lock(&self) -> Result<DirLock<'_>> {
+        let start = Instant::now();
+        loop {
+            match self.dir.try_lock() {
+                Ok(true) => return Ok(DirLock(&self.dir)),
+                Ok(false) if start.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Ok(false) => {
+                    return Err(Error::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "another process has held the lock of {} for {}s; is something stuck?",
+                            self.dir.path().display(),
+                            LOCK_WAIT.as_secs()
+                        ),
+                    ))
+                }
+                Err(e) => return Err(self.io_error(e, "cannot lock")),
+            }
+        }
+    }
+
+    /// Removes a pipe's socket if it is still the one we created.
+    pub fn remove(&self, bound: &Published) {
+        if let Ok(info) = self.dir.stat(&bound.file) {
+            if info.dev == bound.dev && info.ino == bound.ino {
+                let _ = self.dir.unlink(&bound.file);
+            }
+        }
+    }
+
+    /// Connects a new socket to the pipe's file.
+    pub fn connect(&self, name: &PipeName) -> Result<Socket> {
+        self.connect_file(&name.file_name()).map_err(|e| {
+            let code = e.code();
+            if code == ErrorCode::FileNotFound {
+                Error::new(
+                    ErrorCode::FileNotFound,
+                    format!("{name} does not exist: no server is serving it"),
+                )
+            } else {
+                e
+            }
+        })
+    }
+
+    /// Connects a new socket to a file in the namespace.
+    pub fn connect_file(&self, file: &str) -> Result<Socket> {
+        let socket = Socket::stream().map_err(|e| Error::os(e, "cannot create a socket"))?;
+        socket
+            .connect_in(&self.dir, file)
+            .map_err(|e| Error::os(e, &format!("cannot connect to {file}")))?;
+        Ok(socket)
+    }
+
+    /// The socket files in the namespace (temporary files left out).
+    pub fn socket_files(&self) -> Result<Vec<String>> {
+        let entries = self
+            .dir
+            .entries()
+            .map_err(|e| self.io_error(e, "cannot read"))?;
+        let mut files: Vec<String> = entries
+            .into_iter()
+            .filter(|(n, k)| *k == FileKind::Socket && !n.starts_with('.'))
+            .map(|(n, _)| n)
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+}
+
+struct DirLock<'a>(&'a Dir);
+
+impl Drop for DirLock<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}

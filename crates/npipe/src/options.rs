@@ -1,0 +1,375 @@
+//! Builders for servers and clients, and the small enums they take.
+//!
+//! These mirror `CreateNamedPipe`'s and `CreateFile`'s parameters. The
+//! [`ServerOptions`] builder makes a [`PipeListener`](crate::PipeListener), the
+//! [`ClientOptions`] builder a [`PipeClient`](crate::PipeClient).
+
+use std::time::Duration;
+
+use crate::blocking::{PipeClient, PipeListener};
+use crate::error::{Error, Result};
+use crate::name::PipeName;
+
+/// `PIPE_UNLIMITED_INSTANCES`: pass to [`ServerOptions::max_instances`] for no limit.
+pub const UNLIMITED_INSTANCES: u32 = 255;
+
+/// Which way data flows, seen from the server (`PIPE_ACCESS_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// `PIPE_ACCESS_INBOUND`: the client writes, the server reads.
+    Inbound,
+    /// `PIPE_ACCESS_OUTBOUND`: the server writes, the client reads.
+    Outbound,
+    /// `PIPE_ACCESS_DUPLEX`: both ends read and write.
+    Duplex,
+}
+
+impl Direction {
+    /// Whether the server end may read.
+    pub fn server_reads(self) -> bool {
+        matches!(self, Direction::Inbound | Direction::Duplex)
+    }
+    /// Whether the server end may write.
+    pub fn server_writes(self) -> bool {
+        matches!(self, Direction::Outbound | Direction::Duplex)
+    }
+    /// The access a client is allowed on a pipe of this direction.
+    pub fn client_access(self) -> Access {
+        match self {
+            Direction::Inbound => Access::Write,
+            Direction::Outbound => Access::Read,
+            Direction::Duplex => Access::ReadWrite,
+        }
+    }
+}
+
+/// Bytes or messages on the wire, fixed by the server (`PIPE_TYPE_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PipeType {
+    /// `PIPE_TYPE_BYTE`: a stream of bytes, no boundaries (the raw socket's data path).
+    Byte,
+    /// `PIPE_TYPE_MESSAGE`: each write is one message, delivered whole.
+    Message,
+}
+
+/// How one end reads (`PIPE_READMODE_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReadMode {
+    /// Read as a stream of bytes, across message boundaries.
+    Byte,
+    /// Read one message at a time; a short buffer gets part and *more data*.
+    Message,
+}
+
+/// The access a client asks for (`GENERIC_READ`, `GENERIC_WRITE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// Read only.
+    Read,
+    /// Write only.
+    Write,
+    /// Read and write.
+    ReadWrite,
+}
+
+impl Access {
+    /// Whether this includes reading.
+    pub fn reads(self) -> bool {
+        matches!(self, Access::Read | Access::ReadWrite)
+    }
+    /// Whether this includes writing.
+    pub fn writes(self) -> bool {
+        matches!(self, Access::Write | Access::ReadWrite)
+    }
+    /// Whether every right in `self` is also in `other`.
+    pub fn within(self, other: Access) -> bool {
+        (!self.reads() || other.reads()) && (!self.writes() || other.writes())
+    }
+}
+
+/// How long a client waits for a free instance (`WaitNamedPipe`).
+///
+/// Waiting and connecting are one step: a waiting client is handed the next
+/// free instance itself, first come first served, so no other client can take
+/// it between "an instance is free" and "I took it".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Wait {
+    /// Fail with *pipe busy* at once if every instance is busy (what
+    /// `CreateFile` alone does).
+    #[default]
+    NoWait,
+    /// `NMPWAIT_USE_DEFAULT_WAIT`: the server's default timeout.
+    ServerDefault,
+    /// Up to this long, then *timeout* (`ERROR_SEM_TIMEOUT`).
+    Timeout(Duration),
+    /// `NMPWAIT_WAIT_FOREVER`.
+    Forever,
+}
+
+/// What a client lets the server do with its identity
+/// (`SECURITY_IDENTIFICATION`, `SECURITY_IMPERSONATION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ImpersonationLevel {
+    /// The server may learn who the client is, but not act as it.
+    Identification,
+    /// The server may act as the client (Windows' default).
+    #[default]
+    Impersonation,
+}
+
+/// Options for creating a pipe server, like `CreateNamedPipe`'s parameters.
+///
+/// ```
+/// use npipe::{ServerOptions, ClientOptions, PipeType, Direction};
+/// use std::io::{Read, Write};
+///
+/// let name = format!("doc-server-options-{}", std::process::id());
+/// let listener = ServerOptions::new()
+///     .pipe_type(PipeType::Byte)
+///     .direction(Direction::Duplex)
+///     .max_instances(4)
+///     .create(&name)?;
+///
+/// let mut client = ClientOptions::new().open(&name)?;
+/// let mut server = listener.accept()?;
+/// client.write_all(b"ping")?;
+/// let mut buf = [0; 4];
+/// server.read_exact(&mut buf)?;
+/// assert_eq!(&buf, b"ping");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub(crate) direction: Direction,
+    pub(crate) pipe_type: PipeType,
+    pub(crate) read_mode: Option<ReadMode>,
+    pub(crate) max_instances: u32,
+    pub(crate) in_buffer_size: u32,
+    pub(crate) out_buffer_size: u32,
+    pub(crate) default_timeout: Duration,
+    pub(crate) max_message_size: u32,
+    pub(crate) first_instance: bool,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) accept_backlog: u32,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions::new()
+    }
+}
+
+impl ServerOptions {
+    /// Duplex, message type and message read mode, unlimited instances,
+    /// system buffer sizes, a 50 ms default wait, 64 MiB largest message.
+    pub fn new() -> ServerOptions {
+        ServerOptions {
+            direction: Direction::Duplex,
+            pipe_type: PipeType::Message,
+            read_mode: None,
+            max_instances: UNLIMITED_INSTANCES,
+            in_buffer_size: 0,
+            out_buffer_size: 0,
+            default_timeout: Duration::from_millis(50),
+            max_message_size: 64 << 20,
+            first_instance: false,
+            handshake_timeout: Duration::from_secs(5),
+            accept_backlog: 128,
+        }
+    }
+
+    /// The open mode: inbound, outbound or duplex (default).
+    pub fn direction(&mut self, direction: Direction) -> &mut Self {
+        self.direction = direction;
+        self
+    }
+
+    /// Byte or message (default) type.
+    pub fn pipe_type(&mut self, pipe_type: PipeType) -> &mut Self {
+        self.pipe_type = pipe_type;
+        self
+    }
+
+    /// The server end's read mode; defaults to the pipe type's. A byte-type
+    /// pipe refuses message read mode when created.
+    pub fn read_mode(&mut self, mode: ReadMode) -> &mut Self {
+        self.read_mode = Some(mode);
+        self
+    }
+
+    /// How many clients may be connected at once: 1..=254, or
+    /// [`UNLIMITED_INSTANCES`] (255, the default).
+    pub fn max_instances(&mut self, n: u32) -> &mut Self {
+        self.max_instances = n;
+        self
+    }
+
+    /// The inbound buffer size in bytes, a hint as on Windows (0: the system's).
+    pub fn in_buffer_size(&mut self, bytes: u32) -> &mut Self {
+        self.in_buffer_size = bytes;
+        self
+    }
+
+    /// The outbound buffer size in bytes, a hint as on Windows (0: the system's).
+    pub fn out_buffer_size(&mut self, bytes: u32) -> &mut Self {
+        self.out_buffer_size = bytes;
+        self
+    }
+
+    /// How long clients that ask for the server's default wait
+    /// ([`Wait::ServerDefault`]) wait; 50 ms unless set, as on Windows.
+    pub fn default_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.default_timeout = timeout;
+        self
+    }
+
+    /// The largest message this server accepts; a longer one is refused
+    /// before anything is allocated for it. Default 64 MiB.
+    pub fn max_message_size(&mut self, bytes: u32) -> &mut Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// `FILE_FLAG_FIRST_PIPE_INSTANCE`: fail with *access denied* if another
+    /// server already serves this name.
+    pub fn first_instance(&mut self, first: bool) -> &mut Self {
+        self.first_instance = first;
+        self
+    }
+
+    /// How long a client may take to send its handshake before it is dropped
+    /// (default 5 s). A slow client never delays others: handshakes run
+    /// side by side.
+    pub fn handshake_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How many connected clients may wait for the application's `accept`
+    /// (default 128). With unlimited instances, clients beyond this count as
+    /// busy until the application accepts.
+    pub fn accept_backlog(&mut self, n: u32) -> &mut Self {
+        self.accept_backlog = n;
+        self
+    }
+
+    /// The server end's read mode after defaults.
+    pub(crate) fn effective_read_mode(&self) -> ReadMode {
+        self.read_mode.unwrap_or(match self.pipe_type {
+            PipeType::Byte => ReadMode::Byte,
+            PipeType::Message => ReadMode::Message,
+        })
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !(1..=UNLIMITED_INSTANCES).contains(&self.max_instances) {
+            return Err(Error::invalid(format!(
+                "max_instances must be 1..=254, or 255 for unlimited; got {}",
+                self.max_instances
+            )));
+        }
+        if self.pipe_type == PipeType::Byte && self.effective_read_mode() == ReadMode::Message {
+            return Err(Error::invalid(
+                "a byte-type pipe cannot be read in message mode",
+            ));
+        }
+        if self.accept_backlog == 0 {
+            return Err(Error::invalid("accept_backlog must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Creates the pipe (`CreateNamedPipe`) and starts taking clients.
+    pub fn create(&self, name: impl TryInto<PipeName, Error = Error>) -> Result<PipeListener> {
+        PipeListener::create(name.try_into()?, self.clone())
+    }
+}
+
+/// Options for opening the client end, like `CreateFile` plus `WaitNamedPipe`.
+///
+/// ```
+/// use npipe::{ServerOptions, ClientOptions, Wait};
+/// use std::time::Duration;
+///
+/// let name = format!("doc-client-options-{}", std::process::id());
+/// let listener = ServerOptions::new().max_instances(1).create(&name)?;
+/// let first = ClientOptions::new().open(&name)?;
+///
+/// // The only instance is taken: busy at once, or time out after waiting.
+/// let busy = ClientOptions::new().open(&name).unwrap_err();
+/// assert_eq!(busy.code(), npipe::ErrorCode::PipeBusy);
+/// let late = ClientOptions::new()
+///     .wait(Wait::Timeout(Duration::from_millis(20)))
+///     .open(&name)
+///     .unwrap_err();
+/// assert_eq!(late.code(), npipe::ErrorCode::Timeout);
+/// # drop(first); drop(listener);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub(crate) access: Option<Access>,
+    pub(crate) read_mode: Option<ReadMode>,
+    pub(crate) wait: Wait,
+    pub(crate) impersonation: ImpersonationLevel,
+    pub(crate) max_message_size: u32,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions::new()
+    }
+}
+
+impl ClientOptions {
+    /// Access as the pipe's direction allows, read mode as the pipe type,
+    /// no wait, impersonation allowed, 64 MiB largest message.
+    pub fn new() -> ClientOptions {
+        ClientOptions {
+            access: None,
+            read_mode: None,
+            wait: Wait::NoWait,
+            impersonation: ImpersonationLevel::Impersonation,
+            max_message_size: 64 << 20,
+        }
+    }
+
+    /// Asks for exactly this access; the server refuses with *access denied*
+    /// if the pipe's direction does not allow it. Unset: whatever the
+    /// direction allows.
+    pub fn access(&mut self, access: Access) -> &mut Self {
+        self.access = Some(access);
+        self
+    }
+
+    /// This end's read mode; defaults to the pipe type's. Message read mode on
+    /// a byte-type pipe fails with `ERROR_INVALID_PARAMETER`.
+    pub fn read_mode(&mut self, mode: ReadMode) -> &mut Self {
+        self.read_mode = Some(mode);
+        self
+    }
+
+    /// How long to wait for a free instance (default: not at all).
+    pub fn wait(&mut self, wait: Wait) -> &mut Self {
+        self.wait = wait;
+        self
+    }
+
+    /// What the server may do with this client's identity.
+    pub fn impersonation_level(&mut self, level: ImpersonationLevel) -> &mut Self {
+        self.impersonation = level;
+        self
+    }
+
+    /// The largest message this client accepts. Default 64 MiB.
+    pub fn max_message_size(&mut self, bytes: u32) -> &mut Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Connects (`CreateFile` on the pipe name, after `WaitNamedPipe` if a
+    /// wait is set).
+    pub fn open(&self, name: impl TryInto<PipeName, Error = Error>) -> Result<PipeClient> {
+        PipeClient::connect(&name.try_into()?, self, None)
+    }
+}

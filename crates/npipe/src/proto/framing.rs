@@ -1,0 +1,245 @@
+//! Message-type framing: each message is a 4-byte little-endian length and
+//! then that many bytes. Byte-type pipes use no framing at all.
+//!
+//! [`Decoder`] tracks where a reader stands in the stream of messages: at a
+//! boundary, or inside a message with so many bytes still to come. It checks
+//! every length against the receiver's maximum before anything is sized by it.
+
+use super::ProtoError;
+
+/// Bytes in a message header.
+pub const HEADER_LEN: usize = 4;
+
+/// The header for a message of `len` bytes.
+pub fn header(len: u32) -> [u8; HEADER_LEN] {
+    len.to_le_bytes()
+}
+
+/// A reader's position in a stream of messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoder {
+    max: u32,
+    /// Bytes of the current message not yet consumed; `None` at a boundary.
+    remaining: Option<u32>,
+}
+
+/// What [`Decoder::scan`] found in buffered bytes, without consuming them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scan {
+    /// Payload bytes present in the buffer, across messages (headers excluded).
+    pub payload: usize,
+    /// Bytes left in the current message (or the next one, at a boundary),
+    /// counting those not yet received; 0 if no header is known yet.
+    pub message_left: u32,
+}
+
+impl Decoder {
+    /// A decoder at a message boundary that accepts messages up to `max` bytes.
+    pub fn new(max: u32) -> Decoder {
+        Decoder {
+            max,
+            remaining: None,
+        }
+    }
+
+    /// Whether the reader is inside a message.
+    pub fn in_message(&self) -> bool {
+        self.remaining.is_some()
+    }
+
+    /// Bytes of the current message still to be consumed, if inside one.
+    pub fn remaining(&self) -> Option<u32> {
+        self.remaining
+    }
+
+    /// At a boundary, reads a header from the front of `buf`. `Ok(None)` if
+    /// fewer than [`HEADER_LEN`] bytes are there; else the message's length,
+    /// and the caller consumes `HEADER_LEN` bytes.
+    ///
+    /// # Panics
+    /// If called inside a message.
+    pub fn start(&mut self, buf: &[u8]) -> Result<Option<u32>, ProtoError> {
+        assert!(self.remaining.is_none(), "start() inside a message");
+        let Some(h) = buf.first_chunk::<HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let len = u32::from_le_bytes(*h);
+        if len > self.max {
+            return Err(ProtoError::MessageTooLarge { len, max: self.max });
+        }
+        self.remaining = Some(len);
+        Ok(Some(len))
+    }
+
+    /// How many of `available` bytes belong to the current message.
+    pub fn take(&self, available: usize) -> usize {
+        self.remaining.map_or(0, |r| available.min(r as usize))
+    }
+
+    /// Records that `n` bytes of the current message were consumed; returns
+    /// `true` when that completes the message (the reader is at a boundary).
+    ///
+    /// # Panics
+    /// If `n` is more than the message has left.
+    pub fn consume(&mut self, n: usize) -> bool {
+        let r = self.remaining.expect("consume() at a boundary");
+        let n = u32::try_from(n)
+            .ok()
+            .filter(|&n| n <= r)
+            .expect("consumed past the message");
+        if r == n {
+            self.remaining = None;
+            true
+        } else {
+            self.remaining = Some(r - n);
+            false
+        }
+    }
+
+    /// Looks through buffered bytes without consuming them (for `peek`).
+    pub fn scan(&self, mut buf: &[u8]) -> Scan {
+        let mut scan = Scan::default();
+        let mut remaining = self.remaining;
+        let mut first = true;
+        loop {
+            let r = match remaining {
+                Some(r) => r,
+                None => match buf.first_chunk::<HEADER_LEN>() {
+                    Some(h) => {
+                        buf = &buf[HEADER_LEN..];
+                        u32::from_le_bytes(*h)
+                    }
+                    None => return scan,
+                },
+            };
+            if first {
+                scan.message_left = r;
+                first = false;
+            }
+            let n = buf.len().min(r as usize);
+            scan.payload += n;
+            buf = &buf[n..];
+            if n < r as usize {
+                return scan;
+            }
+            remaining = None;
+        }
+    }
+
+    /// Changes the largest message accepted from now on.
+    pub fn set_max(&mut self, max: u32) {
+        self.max = max;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(msgs: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in msgs {
+            out.extend_from_slice(&header(m.len() as u32));
+            out.extend_from_slice(m);
+        }
+        out
+    }
+
+    /// Drives a decoder over `wire` with reads of at most `chunk` bytes and
+    /// returns the messages it delimits.
+    fn decode_all(wire: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+        let mut d = Decoder::new(1 << 20);
+        let mut msgs = Vec::new();
+        let mut cur = Vec::new();
+        let mut at = 0;
+        while at < wire.len() {
+            if !d.in_message() {
+                let len = d.start(&wire[at..]).unwrap().unwrap();
+                at += HEADER_LEN;
+                if len == 0 {
+                    d.consume(0);
+                    msgs.push(Vec::new());
+                    continue;
+                }
+            }
+            let n = d.take(chunk.min(wire.len() - at));
+            cur.extend_from_slice(&wire[at..at + n]);
+            at += n;
+            if d.consume(n) {
+                msgs.push(std::mem::take(&mut cur));
+            }
+        }
+        msgs
+    }
+
+    #[test]
+    fn boundaries_survive_any_chunking() {
+        let msgs: Vec<&[u8]> = vec![b"hello", b"", b"x", &[7; 300], b""];
+        let wire = frames(&msgs);
+        for chunk in [1, 2, 3, 7, 64, 10_000] {
+            assert_eq!(decode_all(&wire, chunk), msgs, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn partial_header_waits() {
+        let mut d = Decoder::new(100);
+        assert_eq!(d.start(&[1, 0, 0]), Ok(None));
+        assert!(!d.in_message());
+        assert_eq!(d.start(&[3, 0, 0, 0, b'a']), Ok(Some(3)));
+        assert_eq!(d.take(10), 3);
+        assert!(!d.consume(2));
+        assert_eq!(d.remaining(), Some(1));
+        assert!(d.consume(1));
+    }
+
+    #[test]
+    fn oversize_is_refused_before_allocation() {
+        let mut d = Decoder::new(1024);
+        assert_eq!(
+            d.start(&header(u32::MAX)),
+            Err(ProtoError::MessageTooLarge {
+                len: u32::MAX,
+                max: 1024
+            })
+        );
+        assert!(!d.in_message());
+    }
+
+    #[test]
+    fn scan_counts_payload_and_current_message() {
+        let wire = frames(&[b"abcd", b"", b"xyz"]);
+        let d = Decoder::new(100);
+        assert_eq!(
+            d.scan(&wire),
+            Scan {
+                payload: 7,
+                message_left: 4
+            }
+        );
+        assert_eq!(
+            d.scan(&wire[..6]),
+            Scan {
+                payload: 2,
+                message_left: 4
+            }
+        );
+        assert_eq!(
+            d.scan(&wire[..2]),
+            Scan {
+                payload: 0,
+                message_left: 0
+            }
+        );
+        let mut inside = Decoder::new(100);
+        inside.start(&wire).unwrap();
+        inside.consume(1);
+        assert_eq!(
+            inside.scan(&wire[5..8]),
+            Scan {
+                payload: 3,
+                message_left: 3
+            }
+        );
+    }
+}

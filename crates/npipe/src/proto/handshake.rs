@@ -1,0 +1,600 @@
+//! Handshake v1: the client's HELLO and the server's REPLY, byte for byte as
+//! `docs/PROTOCOL.md` specifies. Pure functions over byte slices.
+//!
+//! Decoders take whatever bytes have arrived and answer "need more", "here it
+//! is and this many bytes were used", or an error. They check every length
+//! against its bound before looking further, and reject a bad magic as soon as
+//! its first byte is wrong, so a peer sending garbage is told at once.
+
+use super::{ProtoError, MAGIC, VERSION};
+use crate::options::{Access, Direction, ImpersonationLevel, PipeType, ReadMode};
+
+/// Most bytes a pipe name may take in UTF-8 (256 characters of up to 4 bytes).
+pub const MAX_NAME_BYTES: usize = 1024;
+/// Most bytes of a remote principal or computer name.
+pub const MAX_PRINCIPAL_BYTES: usize = 256;
+/// Most bytes of a refusal's explanation.
+pub const MAX_REASON_BYTES: usize = 512;
+
+/// Fixed part of HELLO.
+pub const HELLO_FIXED: usize = 24;
+/// The longest HELLO there can be.
+pub const HELLO_MAX: usize = HELLO_FIXED + MAX_NAME_BYTES + 2 * MAX_PRINCIPAL_BYTES;
+/// Fixed part of a REPLY (status and code).
+pub const REPLY_FIXED: usize = 12;
+/// Fixed part of the pipe description that follows an OK or INFO status.
+const DESC_FIXED: usize = 34;
+/// The longest REPLY there can be.
+pub const REPLY_MAX: usize = REPLY_FIXED + DESC_FIXED + MAX_NAME_BYTES + MAX_REASON_BYTES;
+
+/// The wait value meaning "no wait".
+pub const WAIT_NONE: u32 = 0;
+/// The wait value meaning "the server's default".
+pub const WAIT_DEFAULT: u32 = u32::MAX - 1;
+/// The wait value meaning "forever".
+pub const WAIT_FOREVER: u32 = u32::MAX;
+
+/// What the client wants from this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloKind {
+    /// Take an instance and talk.
+    Connect,
+    /// Only describe the pipe (for listings); takes no instance.
+    Query,
+}
+
+/// The client's opening message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Connect or query.
+    pub kind: HelloKind,
+    /// The access asked for; `None` means "whatever the direction allows".
+    pub access: Option<Access>,
+    /// The client's read mode (informational; the client enforces it).
+    pub read_mode: ReadMode,
+    /// What the server may do with the client's identity.
+    pub impersonation: ImpersonationLevel,
+    /// Wait in milliseconds, or one of `WAIT_NONE`, `WAIT_DEFAULT`, `WAIT_FOREVER`.
+    pub wait_ms: u32,
+    /// The largest message the client accepts.
+    pub max_message: u32,
+    /// A framed message follows the HELLO (a pipelined `transact`); the server
+    /// refuses this on a byte-type pipe.
+    pub pipelined: bool,
+    /// The canonical pipe name the client means (catches hashed-name
+    /// collisions). A query may leave it empty to ask what is served there.
+    pub name: String,
+    /// The remote principal, set only by the gateway.
+    pub principal: String,
+    /// The remote computer name, set only by the gateway.
+    pub computer: String,
+}
+
+/// The pipe as the server describes it in OK and INFO replies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipeDescription {
+    /// Byte or message.
+    pub pipe_type: PipeType,
+    /// Inbound, outbound, duplex (the server's view).
+    pub direction: Direction,
+    /// The access granted to this client (for INFO: what a client could get).
+    pub granted: Access,
+    /// Instance limit, 255 = unlimited.
+    pub max_instances: u32,
+    /// Instances in use, this one included.
+    pub cur_instances: u32,
+    /// Server's in-buffer hint.
+    pub in_buffer: u32,
+    /// Server's out-buffer hint.
+    pub out_buffer: u32,
+    /// The largest message the server accepts.
+    pub max_message: u32,
+    /// The server's default wait in milliseconds.
+    pub default_timeout_ms: u32,
+    /// The handshake timeout in milliseconds.
+    pub handshake_timeout_ms: u32,
+    /// The pipe's name as the server created it.
+    pub name: String,
+}
+
+/// The server's answer to HELLO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// An instance took the client.
+    Connected(PipeDescription),
+    /// Answer to a query.
+    Info(PipeDescription),
+    /// Refused, with the Win32 code and a reason for humans.
+    Refused {
+        /// A Win32 error number (`ERROR_PIPE_BUSY`, `ERROR_ACCESS_DENIED`, ...).
+        code: u32,
+        /// Why, for the user.
+        reason: String,
+    },
+}
+
+const STATUS_CONNECTED: u8 = 0;
+const STATUS_INFO: u8 = 1;
+const STATUS_REFUSED: u8 = 2;
+
+fn access_bits(a: Option<Access>) -> u8 {
+    match a {
+        None => 0,
+        Some(Access::Read) => 1,
+        Some(Access::Write) => 2,
+        Some(Access::ReadWrite) => 3,
+    }
+}
+
+fn access_from_bits(b: u8, field: &'static str) -> Result<Option<Access>, ProtoError> {
+    Ok(match b {
+        0 => None,
+        1 => Some(Access::Read),
+        2 => Some(Access::Write),
+        3 => Some(Access::ReadWrite),
+        v => {
+            return Err(ProtoError::BadValue {
+                field,
+                value: v.into(),
+            })
+        }
+    })
+}
+
+/// Checks what has arrived of the magic and version, so garbage and foreign
+/// versions are refused without waiting for more bytes.
+fn check_preamble(buf: &[u8]) -> Result<(), ProtoError> {
+    let n = buf.len().min(MAGIC.len());
+    if buf[..n] != MAGIC[..n] {
+        return Err(ProtoError::BadMagic);
+    }
+    if buf.len() > MAGIC.len() && buf[MAGIC.len()] != VERSION {
+        return Err(ProtoError::BadVersion(buf[MAGIC.len()]));
+    }
+    Ok(())
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn bounded_len(len: u16, max: usize, field: &'static str) -> Result<usize, ProtoError> {
+    let len = usize::from(len);
+    if len > max {
+        return Err(ProtoError::TooLong { field, len, max });
+    }
+    Ok(len)
+}
+
+fn utf8(bytes: &[u8], field: &'static str) -> Result<String, ProtoError> {
+    std::str::from_utf8(bytes)
+        .map(str::to_owned)
+        .map_err(|_| ProtoError::BadUtf8(field))
+}
+
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn str_len(s: &str, max: usize, field: &'static str) -> Result<u16, ProtoError> {
+    if s.len() > max {
+        return Err(ProtoError::TooLong {
+            field,
+            len: s.len(),
+            max,
+        });
+    }
+    Ok(s.len() as u16)
+}
+
+impl Hello {
+    /// Appends the encoded HELLO to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), ProtoError> {
+        let name_len = str_len(&self.name, MAX_NAME_BYTES, "name")?;
+        let principal_len = str_len(&self.principal, MAX_PRINCIPAL_BYTES, "principal")?;
+        let computer_len = str_len(&self.computer, MAX_PRINCIPAL_BYTES, "computer")?;
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        out.push(match self.kind {
+            HelloKind::Connect => 1,
+            HelloKind::Query => 2,
+        });
+        out.push(access_bits(self.access));
+        out.push(match self.read_mode {
+            ReadMode::Byte => 0,
+            ReadMode::Message => 1,
+        });
+        out.push(match self.impersonation {
+            ImpersonationLevel::Identification => 1,
+            ImpersonationLevel::Impersonation => 2,
+        });
+        out.push(u8::from(self.pipelined)); // flags: bit 0 = pipelined message
+        out.extend_from_slice(&name_len.to_le_bytes());
+        out.extend_from_slice(&self.wait_ms.to_le_bytes());
+        out.extend_from_slice(&self.max_message.to_le_bytes());
+        out.extend_from_slice(&principal_len.to_le_bytes());
+        out.extend_from_slice(&computer_len.to_le_bytes());
+        push_str(out, &self.name);
+        push_str(out, &self.principal);
+        push_str(out, &self.computer);
+        Ok(())
+    }
+
+    /// Decodes a HELLO from the start of `buf`: `Ok(None)` if more bytes are
+    /// needed, else the HELLO and how many bytes it took.
+    pub fn decode(buf: &[u8]) -> Result<Option<(Hello, usize)>, ProtoError> {
+        check_preamble(buf)?;
+        if buf.len() < HELLO_FIXED {
+            return Ok(None);
+        }
+        let kind = match buf[5] {
+            1 => HelloKind::Connect,
+            2 => HelloKind::Query,
+            v => {
+                return Err(ProtoError::BadValue {
+                    field: "kind",
+                    value: v.into(),
+                })
+            }
+        };
+        let access = access_from_bits(buf[6], "access")?;
+        let read_mode = match buf[7] {
+            0 => ReadMode::Byte,
+            1 => ReadMode::Message,
+            v => {
+                return Err(ProtoError::BadValue {
+                    field: "read mode",
+                    value: v.into(),
+                })
+            }
+        };
+        let impersonation = match buf[8] {
+            1 => ImpersonationLevel::Identification,
+            2 => ImpersonationLevel::Impersonation,
+            v => {
+                return Err(ProtoError::BadValue {
+                    field: "impersonation level",
+                    value: v.into(),
+                })
+            }
+        };
+        if buf[9] & !1 != 0 {
+            return Err(ProtoError::BadValue {
+                field: "flags",
+                value: buf[9].into(),
+            });
+        }
+        let pipelined = buf[9] & 1 != 0;
+        let name_len = bounded_len(u16_at(buf, 10), MAX_NAME_BYTES, "name")?;
+        let wait_ms = u32_at(buf, 12);
+        let max_message = u32_at(buf, 16);
+        let principal_len = bounded_len(u16_at(buf, 20), MAX_PRINCIPAL_BYTES, "principal")?;
+        let computer_len = bounded_len(u16_at(buf, 22), MAX_PRINCIPAL_BYTES, "computer")?;
+        let total = HELLO_FIXED + name_len + principal_len + computer_len;
+        if buf.len() < total {
+            return Ok(None);
+        }
+        let mut at = HELLO_FIXED;
+        let mut take = |len: usize, field| {
+            let s = utf8(&buf[at..at + len], field);
+            at += len;
+            s
+        };
+        let name = take(name_len, "name")?;
+        let principal = take(principal_len, "principal")?;
+        let computer = take(computer_len, "computer")?;
+        // Only a query may leave the name empty ("describe what you serve").
+        if name.is_empty() && kind == HelloKind::Connect {
+            return Err(ProtoError::BadValue {
+                field: "name length",
+                value: 0,
+            });
+        }
+        let hello = Hello {
+            kind,
+            access,
+            read_mode,
+            impersonation,
+            wait_ms,
+            max_message,
+            pipelined,
+            name,
+            principal,
+            computer,
+        };
+        Ok(Some((hello, total)))
+    }
+}
+
+impl Reply {
+    /// Appends the encoded REPLY to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), ProtoError> {
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        let (status, code) = match self {
+            Reply::Connected(_) => (STATUS_CONNECTED, 0),
+            Reply::Info(_) => (STATUS_INFO, 0),
+            Reply::Refused { code, .. } => (STATUS_REFUSED, *code),
+        };
+        out.push(status);
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&code.to_le_bytes());
+        match self {
+            Reply::Connected(d) | Reply::Info(d) => {
+                let name_len = str_len(&d.name, MAX_NAME_BYTES, "name")?;
+                out.push(match d.pipe_type {
+                    PipeType::Byte => 0,
+                    PipeType::Message => 1,
+                });
+                out.push(match d.direction {
+                    Direction::Inbound => 0,
+                    Direction::Outbound => 1,
+                    Direction::Duplex => 2,
+                });
+                out.push(access_bits(Some(d.granted)));
+                out.push(0);
+                for v in [
+                    d.max_instances,
+                    d.cur_instances,
+                    d.in_buffer,
+                    d.out_buffer,
+                    d.max_message,
+                    d.default_timeout_ms,
+                    d.handshake_timeout_ms,
+                ] {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+                out.extend_from_slice(&name_len.to_le_bytes());
+                push_str(out, &d.name);
+            }
+            Reply::Refused { reason, .. } => {
+                // Reasons are ours, but cut at a character boundary to the bound.
+                let mut end = reason.len().min(MAX_REASON_BYTES);
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                out.extend_from_slice(&(end as u16).to_le_bytes());
+                out.extend_from_slice(&reason.as_bytes()[..end]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes a REPLY from the start of `buf`: `Ok(None)` if more bytes are
+    /// needed, else the reply and how many bytes it took.
+    pub fn decode(buf: &[u8]) -> Result<Option<(Reply, usize)>, ProtoError> {
+        check_preamble(buf)?;
+        if buf.len() < REPLY_FIXED {
+            return Ok(None);
+        }
+        let status = buf[5];
+        let code = u32_at(buf, 8);
+        match status {
+            STATUS_CONNECTED | STATUS_INFO => {
+                if code != 0 {
+                    return Err(ProtoError::BadValue {
+                        field: "code",
+                        value: code.into(),
+                    });
+                }
+                let fixed = REPLY_FIXED + DESC_FIXED;
+                if buf.len() < fixed {
+                    return Ok(None);
+                }
+                let d = &buf[REPLY_FIXED..];
+                let pipe_type = match d[0] {
+                    0 => PipeType::Byte,
+                    1 => PipeType::Message,
+                    v => {
+                        return Err(ProtoError::BadValue {
+                            field: "pipe type",
+                            value: v.into(),
+                        })
+                    }
+                };
+                let direction = match d[1] {
+                    0 => Direction::Inbound,
+                    1 => Direction::Outbound,
+                    2 => Direction::Duplex,
+                    v => {
+                        return Err(ProtoError::BadValue {
+                            field: "direction",
+                            value: v.into(),
+                        })
+                    }
+                };
+                let granted =
+                    access_from_bits(d[2], "granted access")?.ok_or(ProtoError::BadValue {
+                        field: "granted access",
+                        value: 0,
+                    })?;
+                let name_len = bounded_len(u16_at(d, 32), MAX_NAME_BYTES, "name")?;
+                if buf.len() < fixed + name_len {
+                    return Ok(None);
+                }
+                let desc = PipeDescription {
+                    pipe_type,
+                    direction,
+                    granted,
+                    max_instances: u32_at(d, 4),
+                    cur_instances: u32_at(d, 8),
+                    in_buffer: u32_at(d, 12),
+                    out_buffer: u32_at(d, 16),
+                    max_message: u32_at(d, 20),
+                    default_timeout_ms: u32_at(d, 24),
+                    handshake_timeout_ms: u32_at(d, 28),
+                    name: utf8(&buf[fixed..fixed + name_len], "name")?,
+                };
+                let reply = if status == STATUS_CONNECTED {
+                    Reply::Connected(desc)
+                } else {
+                    Reply::Info(desc)
+                };
+                Ok(Some((reply, fixed + name_len)))
+            }
+            STATUS_REFUSED => {
+                if buf.len() < REPLY_FIXED + 2 {
+                    return Ok(None);
+                }
+                let len = bounded_len(u16_at(buf, REPLY_FIXED), MAX_REASON_BYTES, "reason")?;
+                let total = REPLY_FIXED + 2 + len;
+                if buf.len() < total {
+                    return Ok(None);
+                }
+                let reason = String::from_utf8_lossy(&buf[REPLY_FIXED + 2..total]).into_owned();
+                Ok(Some((Reply::Refused { code, reason }, total)))
+            }
+            v => Err(ProtoError::BadValue {
+                field: "status",
+                value: v.into(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> Hello {
+        Hello {
+            kind: HelloKind::Connect,
+            access: Some(Access::ReadWrite),
+            read_mode: ReadMode::Message,
+            impersonation: ImpersonationLevel::Identification,
+            wait_ms: 1234,
+            max_message: 1 << 20,
+            pipelined: true,
+            name: "échø".into(),
+            principal: String::new(),
+            computer: "host1".into(),
+        }
+    }
+
+    fn desc() -> PipeDescription {
+        PipeDescription {
+            pipe_type: PipeType::Message,
+            direction: Direction::Inbound,
+            granted: Access::Write,
+            max_instances: 255,
+            cur_instances: 3,
+            in_buffer: 4096,
+            out_buffer: 8192,
+            max_message: 65536,
+            default_timeout_ms: 50,
+            handshake_timeout_ms: 5000,
+            name: "Echo".into(),
+        }
+    }
+
+    #[test]
+    fn hello_round_trips_and_is_byte_exact() {
+        let mut out = Vec::new();
+        hello().encode(&mut out).unwrap();
+        assert_eq!(&out[..4], b"NPIP");
+        assert_eq!(out[4], 1);
+        assert_eq!(out[5], 1); // connect
+        assert_eq!(out[6], 3); // read|write
+        assert_eq!(out[7], 1); // message read mode
+        assert_eq!(out[8], 1); // identification
+        assert_eq!(u16::from_le_bytes([out[10], out[11]]), "échø".len() as u16);
+        assert_eq!(u32::from_le_bytes(out[12..16].try_into().unwrap()), 1234);
+        assert_eq!(out.len(), HELLO_FIXED + "échø".len() + 5);
+        let (h, used) = Hello::decode(&out).unwrap().unwrap();
+        assert_eq!(h, hello());
+        assert_eq!(used, out.len());
+    }
+
+    #[test]
+    fn hello_needs_every_byte_and_keeps_the_rest() {
+        let mut out = Vec::new();
+        hello().encode(&mut out).unwrap();
+        for cut in 0..out.len() {
+            assert_eq!(Hello::decode(&out[..cut]).unwrap(), None, "cut {cut}");
+        }
+        out.extend_from_slice(b"pipelined");
+        let (_, used) = Hello::decode(&out).unwrap().unwrap();
+        assert_eq!(&out[used..], b"pipelined");
+    }
+
+    #[test]
+    fn garbage_is_refused_at_the_first_wrong_byte() {
+        assert_eq!(Hello::decode(b"G"), Err(ProtoError::BadMagic));
+        assert_eq!(Hello::decode(b"NPX"), Err(ProtoError::BadMagic));
+        assert_eq!(Hello::decode(b"NPIP\x07"), Err(ProtoError::BadVersion(7)));
+        assert_eq!(
+            Hello::decode(b"GET / HTTP/1.1\r\n\r\n"),
+            Err(ProtoError::BadMagic)
+        );
+    }
+
+    #[test]
+    fn lengths_are_bounded_before_waiting_for_them() {
+        let mut out = Vec::new();
+        hello().encode(&mut out).unwrap();
+        out.truncate(HELLO_FIXED);
+        out[10..12].copy_from_slice(&u16::MAX.to_le_bytes());
+        assert!(matches!(
+            Hello::decode(&out),
+            Err(ProtoError::TooLong { field: "name", .. })
+        ));
+    }
+
+    #[test]
+    fn bad_fields_are_refused() {
+        let mut good = Vec::new();
+        hello().encode(&mut good).unwrap();
+        for (at, v) in [(5, 9u8), (6, 4), (7, 2), (8, 0), (9, 2)] {
+            let mut b = good.clone();
+            b[at] = v;
+            assert!(
+                matches!(Hello::decode(&b), Err(ProtoError::BadValue { .. })),
+                "byte {at}"
+            );
+        }
+        let mut b = good.clone();
+        b[HELLO_FIXED] = 0xff;
+        assert_eq!(Hello::decode(&b), Err(ProtoError::BadUtf8("name")));
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        for reply in [
+            Reply::Connected(desc()),
+            Reply::Info(desc()),
+            Reply::Refused {
+                code: 231,
+                reason: "all instances are busy".into(),
+            },
+        ] {
+            let mut out = Vec::new();
+            reply.encode(&mut out).unwrap();
+            for cut in 0..out.len() {
+                assert_eq!(Reply::decode(&out[..cut]).unwrap(), None, "cut {cut}");
+            }
+            out.extend_from_slice(b"xyz");
+            let (r, used) = Reply::decode(&out).unwrap().unwrap();
+            assert_eq!(r, reply);
+            assert_eq!(&out[used..], b"xyz");
+        }
+    }
+
+    #[test]
+    fn long_reasons_are_cut_on_a_char_boundary() {
+        let reply = Reply::Refused {
+            code: 5,
+            reason: "é".repeat(400),
+        };
+        let mut out = Vec::new();
+        reply.encode(&mut out).unwrap();
+        let (r, _) = Reply::decode(&out).unwrap().unwrap();
+        match r {
+            Reply::Refused { reason, .. } => assert_eq!(reason, "é".repeat(256)),
+            _ => unreachable!(),
+        }
+    }
+}

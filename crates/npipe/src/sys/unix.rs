@@ -1,0 +1,602 @@
+//! Linux: Unix domain stream sockets, directory operations, credentials.
+//!
+//! Safe wrappers over rustix where it has the call; libc (with `unsafe`,
+//! each block justified) where it does not: `SO_PEERGROUPS`, `SIOCOUTQ`,
+//! `getpwuid_r`.
+
+use std::ffi::CStr;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
+use rustix::net::{
+    AddressFamily, RecvFlags, SendAncillaryBuffer, SendFlags, Shutdown, SocketAddrUnix,
+    SocketFlags, SocketType,
+};
+
+/// The kernel's `sun_path` holds 108 bytes, NUL included.
+const SUN_PATH_MAX: usize = 107;
+
+fn retry<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => return r.map_err(io::Error::from),
+        }
+    }
+}
+
+/// Credentials of a socket's peer, from `SO_PEERCRED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Process id at connect (client) or listen (server) time.
+    pub pid: u32,
+    /// Effective user id.
+    pub uid: u32,
+    /// Effective group id.
+    pub gid: u32,
+}
+
+/// A connected or listening Unix domain stream socket.
+#[derive(Debug)]
+pub struct Socket(OwnedFd);
+
+impl AsFd for Socket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl From<Socket> for OwnedFd {
+    fn from(s: Socket) -> OwnedFd {
+        s.0
+    }
+}
+
+impl Socket {
+    /// A new, unbound stream socket (close-on-exec).
+    pub fn stream() -> io::Result<Socket> {
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
+        Ok(Socket(fd))
+    }
+
+    /// A connected pair (for tests and in-process plumbing).
+    pub fn pair() -> io::Result<(Socket, Socket)> {
+        let (a, b) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
+        Ok((Socket(a), Socket(b)))
+    }
+
+    /// Binds to `file` inside `dir`.
+    pub fn bind_in(&self, dir: &Dir, file: &str) -> io::Result<()> {
+        let addr = dir.socket_addr(file)?;
+        retry(|| rustix::net::bind(&self.0, &addr))
+    }
+
+    /// Connects to `file` inside `dir`.
+    pub fn connect_in(&self, dir: &Dir, file: &str) -> io::Result<()> {
+        let addr = dir.socket_addr(file)?;
+        match rustix::net::connect(&self.0, &addr) {
+            // A signal during a blocking connect leaves it completing in the
+            // background; wait for it rather than connect again.
+            Err(rustix::io::Errno::INTR) => {
+                self.wait(PollFlags::OUT, None)?;
+                match rustix::net::sockopt::socket_error(&self.0)? {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            r => r.map_err(io::Error::from),
+        }
+    }
+
+    /// Starts listening.
+    pub fn listen(&self, backlog: i32) -> io::Result<()> {
+        Ok(rustix::net::listen(&self.0, backlog)?)
+    }
+
+    /// Accepts one connection without blocking; the new socket is
+    /// non-blocking and close-on-exec.
+    pub fn accept_nonblocking(&self) -> io::Result<Socket> {
+        let fd = retry(|| {
+            rustix::net::accept_with(&self.0, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK)
+        })?;
+        Ok(Socket(fd))
+    }
+
+    /// Switches non-blocking mode.
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        Ok(rustix::io::ioctl_fionbio(&self.0, on)?)
+    }
+
+    /// Sends without raising `SIGPIPE`.
+    pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        retry(|| rustix::net::send(&self.0, buf, SendFlags::NOSIGNAL))
+    }
+
+    /// Sends without blocking or raising `SIGPIPE`.
+    pub fn send_nonblocking(&self, buf: &[u8]) -> io::Result<usize> {
+        retry(|| rustix::net::send(&self.0, buf, SendFlags::NOSIGNAL | SendFlags::DONTWAIT))
+    }
+
+    /// Sends several buffers in one call (`sendmsg`), without `SIGPIPE`.
+    pub fn send_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        retry(|| {
+            rustix::net::sendmsg(
+                &self.0,
+                bufs,
+                &mut SendAncillaryBuffer::default(),
+                SendFlags::NOSIGNAL,
+            )
+        })
+    }
+
+    /// Receives into `buf`; 0 at end of stream.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        retry(|| rustix::net::recv(&self.0, &mut *buf, RecvFlags::empty()).map(|(n, _)| n))
+    }
+
+    /// Receives into `buf` without blocking.
+    pub fn recv_nonblocking(&self, buf: &mut [u8]) -> io::Result<usize> {
+        retry(|| rustix::net::recv(&self.0, &mut *buf, RecvFlags::DONTWAIT).map(|(n, _)| n))
+    }
+
+    /// Receives into the spare capacity of `vec` (no zeroing), growing its
+    /// length by what arrived.
+    pub fn recv_spare(&self, vec: &mut Vec<u8>, flags: RecvFlagsLite) -> io::Result<usize> {
+        let flags = match flags {
+            RecvFlagsLite::Block => RecvFlags::empty(),
+            RecvFlagsLite::DontWait => RecvFlags::DONTWAIT,
+        };
+        retry(|| {
+            rustix::net::recv(&self.0, rustix::buffer::spare_capacity(vec), flags).map(|(n, _)| n)
+        })
+    }
+
+    /// Shuts down the sending side (the peer reads end of stream).
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        Ok(rustix::net::shutdown(&self.0, Shutdown::Write)?)
+    }
+
+    /// Shuts down both sides.
+    pub fn shutdown_both(&self) -> io::Result<()> {
+        Ok(rustix::net::shutdown(&self.0, Shutdown::Both)?)
+    }
+
+    /// Sets `SO_RCVTIMEO`.
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        let t = t.filter(|d| !d.is_zero());
+        Ok(rustix::net::sockopt::set_socket_timeout(
+            &self.0,
+            rustix::net::sockopt::Timeout::Recv,
+            t,
+        )?)
+    }
+
+    /// Sets `SO_SNDTIMEO`.
+    pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        let t = t.filter(|d| !d.is_zero());
+        Ok(rustix::net::sockopt::set_socket_timeout(
+            &self.0,
+            rustix::net::sockopt::Timeout::Send,
+            t,
+        )?)
+    }
+
+    /// Sets `SO_SNDBUF` (the kernel doubles it).
+    pub fn set_send_buffer(&self, bytes: usize) -> io::Result<()> {
+        Ok(rustix::net::sockopt::set_socket_send_buffer_size(
+            &self.0, bytes,
+        )?)
+    }
+
+    /// `SO_SNDBUF` as the kernel holds it.
+    pub fn send_buffer(&self) -> io::Result<usize> {
+        Ok(rustix::net::sockopt::socket_send_buffer_size(&self.0)?)
+    }
+
+    /// `SO_RCVBUF` as the kernel holds it.
+    pub fn recv_buffer(&self) -> io::Result<usize> {
+        Ok(rustix::net::sockopt::socket_recv_buffer_size(&self.0)?)
+    }
+
+    /// The peer's credentials from the kernel (`SO_PEERCRED`).
+    pub fn peer_cred(&self) -> io::Result<PeerCred> {
+        let c = rustix::net::sockopt::socket_peercred(&self.0)?;
+        Ok(PeerCred {
+            pid: c.pid.as_raw_pid() as u32,
+            uid: c.uid.as_raw(),
+            gid: c.gid.as_raw(),
+        })
+    }
+
+    /// The peer's supplementary groups from the kernel (`SO_PEERGROUPS`).
+    pub fn peer_groups(&self) -> io::Result<Vec<u32>> {
+        // NGROUPS_MAX on Linux is 65536; the kernel tells us the size needed.
+        let mut groups: Vec<libc::gid_t> = vec![0; 64];
+        loop {
+            let mut len = (groups.len() * size_of::<libc::gid_t>()) as libc::socklen_t;
+            // SAFETY: `groups` is a live buffer of `len` bytes that the kernel
+            // fills with gid_t values; `len` is updated to the bytes written
+            // (or needed, with ERANGE). The fd is a valid socket we own.
+            let r = unsafe {
+                libc::getsockopt(
+                    self.0.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_PEERGROUPS,
+                    groups.as_mut_ptr().cast(),
+                    &mut len,
+                )
+            };
+            let needed = len as usize / size_of::<libc::gid_t>();
+            if r == 0 {
+                groups.truncate(needed.min(groups.len()));
+                return Ok(groups);
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::ERANGE) || needed <= groups.len() || needed > 65536
+            {
+                return Err(err);
+            }
+            groups.resize(needed, 0);
+        }
+    }
+
+    /// Bytes written by this end that the peer has not read yet (`SIOCOUTQ`).
+    pub fn unread_by_peer(&self) -> io::Result<usize> {
+        let mut n: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one c_int through the pointer,
+        // which points at a live local. The fd is a valid socket we own.
+        let r = unsafe { libc::ioctl(self.0.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n.max(0) as usize)
+    }
+
+    /// Bytes waiting to be read (`FIONREAD`).
+    pub fn readable_bytes(&self) -> io::Result<usize> {
+        Ok(rustix::io::ioctl_fionread(&self.0)? as usize)
+    }
+
+    /// Waits until the socket is ready for `events` or `timeout` passes;
+    /// returns the events seen (empty on timeout).
+    pub fn wait(&self, events: PollFlags, timeout: Option<Duration>) -> io::Result<PollFlags> {
+        let mut fds = [PollFd::new(&self.0, events)];
+        let n = poll(&mut fds, timeout)?;
+        Ok(if n == 0 {
+            PollFlags::empty()
+        } else {
+            fds[0].revents()
+        })
+    }
+
+    /// Whether the peer has hung up (without consuming anything).
+    pub fn peer_hung_up(&self) -> bool {
+        self.wait(PollFlags::RDHUP, Some(Duration::ZERO))
+            .map(|r| r.intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR))
+            .unwrap_or(true)
+    }
+}
+
+/// Blocking or not, for [`Socket::recv_spare`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecvFlagsLite {
+    /// Wait for data.
+    Block,
+    /// Return `WouldBlock` if none.
+    DontWait,
+}
+
+pub use rustix::event::PollFd as PollEntry;
+pub use rustix::event::PollFlags as Events;
+
+/// `poll(2)`, retried on `EINTR` (with the full timeout again: callers
+/// recompute deadlines themselves).
+pub fn poll(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> io::Result<usize> {
+    let ts = timeout.map(|d| Timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: d.subsec_nanos().into(),
+    });
+    retry(|| rustix::event::poll(fds, ts.as_ref()))
+}
+
+/// An eventfd that wakes a polling thread.
+#[derive(Debug)]
+pub struct Waker(OwnedFd);
+
+impl AsFd for Waker {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl Waker {
+    /// A new waker, not signalled.
+    pub fn new() -> io::Result<Waker> {
+        let fd = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?;
+        Ok(Waker(fd))
+    }
+
+    /// Signals the waker.
+    pub fn wake(&self) {
+        // A full counter (EAGAIN) is still signalled: nothing to do.
+        let _ = retry(|| rustix::io::write(&self.0, &1u64.to_ne_bytes()));
+    }
+
+    /// Clears the signal.
+    pub fn drain(&self) {
+        let mut buf = [0u8; 8];
+        let _ = retry(|| rustix::io::read(&self.0, &mut buf));
+    }
+}
+
+/// What `stat` says of a file, as far as npipe cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileInfo {
+    /// Owner.
+    pub uid: u32,
+    /// Permission bits, sticky bit included.
+    pub mode: u32,
+    /// Device and inode, to tell one file from its replacement.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Kind.
+    pub kind: FileKind,
+}
+
+/// The kinds of file npipe tells apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// A directory.
+    Directory,
+    /// A Unix domain socket.
+    Socket,
+    /// A symbolic link.
+    Symlink,
+    /// Anything else.
+    Other,
+}
+
+fn file_info(st: &rustix::fs::Stat) -> FileInfo {
+    let kind = match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => FileKind::Directory,
+        FileType::Socket => FileKind::Socket,
+        FileType::Symlink => FileKind::Symlink,
+        _ => FileKind::Other,
+    };
+    FileInfo {
+        uid: st.st_uid,
+        mode: st.st_mode & 0o7777,
+        dev: st.st_dev,
+        ino: st.st_ino,
+        kind,
+    }
+}
+
+/// An open directory, used for every operation inside it (no path games).
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Dir {
+    /// Opens a directory, refusing to follow a symbolic link at its last
+    /// component.
+    pub fn open_nofollow(path: &Path) -> io::Result<Dir> {
+        let fd = retry(|| {
+            rustix::fs::open(
+                path,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        })?;
+        Ok(Dir {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Creates a directory with exactly `mode` (umask notwithstanding is done
+    /// by the caller with [`Dir::chmod`]).
+    pub fn create(path: &Path, mode: u32) -> io::Result<()> {
+        Ok(rustix::fs::mkdir(path, Mode::from_raw_mode(mode))?)
+    }
+
+    /// The path this directory was opened at.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `fstat` of the open directory itself.
+    pub fn info(&self) -> io::Result<FileInfo> {
+        Ok(file_info(&rustix::fs::fstat(&self.fd)?))
+    }
+
+    /// Sets the directory's own mode.
+    pub fn chmod(&self, mode: u32) -> io::Result<()> {
+        Ok(rustix::fs::fchmod(&self.fd, Mode::from_raw_mode(mode))?)
+    }
+
+    /// `lstat` of an entry.
+    pub fn stat(&self, name: &str) -> io::Result<FileInfo> {
+        Ok(file_info(&rustix::fs::statat(
+            &self.fd,
+            name,
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?))
+    }
+
+    /// Sets an entry's mode (the entry is ours and in a sticky directory, so
+    /// no one can swap it for a link meanwhile).
+    pub fn chmod_entry(&self, name: &str, mode: u32) -> io::Result<()> {
+        Ok(rustix::fs::chmodat(
+            &self.fd,
+            name,
+            Mode::from_raw_mode(mode),
+            AtFlags::empty(),
+        )?)
+    }
+
+    /// Hard-links `from` to `to`; fails with `EEXIST` if `to` exists. This is
+    /// the atomic "create if absent" for sockets.
+    pub fn link(&self, from: &str, to: &str) -> io::Result<()> {
+        Ok(rustix::fs::linkat(
+            &self.fd,
+            from,
+            &self.fd,
+            to,
+            AtFlags::empty(),
+        )?)
+    }
+
+    /// Removes an entry.
+    pub fn unlink(&self, name: &str) -> io::Result<()> {
+        Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())?)
+    }
+
+    /// Takes the directory's exclusive `flock` if free; `Ok(false)` if another
+    /// process holds it.
+    pub fn try_lock(&self) -> io::Result<bool> {
+        match rustix::fs::flock(&self.fd, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Releases the `flock`.
+    pub fn unlock(&self) -> io::Result<()> {
+        Ok(rustix::fs::flock(&self.fd, FlockOperation::Unlock)?)
+    }
+
+    /// The names of the entries (`.` and `..` left out) with their kinds.
+    pub fn entries(&self) -> io::Result<Vec<(String, FileKind)>> {
+        let mut dir = rustix::fs::Dir::read_from(&self.fd)?;
+        let mut out = Vec::new();
+        while let Some(entry) = dir.read() {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == "." || name == ".." {
+                continue;
+            }
+            let kind = match entry.file_type() {
+                FileType::Directory => FileKind::Directory,
+                FileType::Socket => FileKind::Socket,
+                FileType::Symlink => FileKind::Symlink,
+                _ => FileKind::Other,
+            };
+            out.push((name, kind));
+        }
+        Ok(out)
+    }
+
+    /// The address of `file` in this directory. When the full path would not
+    /// fit in `sun_path`, the directory is reached through this process's
+    /// `/proc/self/fd/N` link to it instead, so long paths never reach the user.
+    fn socket_addr(&self, file: &str) -> io::Result<SocketAddrUnix> {
+        let full = self.path.join(file);
+        if full.as_os_str().len() <= SUN_PATH_MAX {
+            return Ok(SocketAddrUnix::new(full.as_path())?);
+        }
+        let short = format!("/proc/self/fd/{}/{}", self.fd.as_raw_fd(), file);
+        if short.len() > SUN_PATH_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "socket file name too long even through /proc/self/fd",
+            ));
+        }
+        Ok(SocketAddrUnix::new(short.as_str())?)
+    }
+}
+
+/// The current process's effective user id.
+pub fn effective_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// The current process id.
+pub fn process_id() -> u32 {
+    rustix::process::getpid().as_raw_pid() as u32
+}
+
+/// The session id of a process (`getsid`).
+pub fn session_id(pid: u32) -> io::Result<u32> {
+    let pid = rustix::process::Pid::from_raw(pid as i32)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid 0"))?;
+    Ok(rustix::process::getsid(Some(pid))?.as_raw_pid() as u32)
+}
+
+/// The user name of `uid` from the system's user database, if it has one.
+pub fn user_name(uid: u32) -> Option<String> {
+    let mut buf: Vec<libc::c_char> = vec![0; 1024];
+    loop {
+        // SAFETY: all-zero bytes are a valid `passwd` (null pointers and zero
+        // ids); getpwuid_r overwrites it before we read it.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is to a live local or to `buf`, whose length
+        // is passed; getpwuid_r writes strings only inside `buf`.
+        let r =
+            unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+        if r == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        if r != 0 || result.is_null() || pwd.pw_name.is_null() {
+            return None;
+        }
+        // SAFETY: on success pw_name points at a NUL-terminated string inside
+        // `buf`, which is still alive.
+        let name = unsafe { CStr::from_ptr(pwd.pw_name) };
+        return Some(name.to_string_lossy().into_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_credentials_are_ours() {
+        let (a, _b) = Socket::pair().unwrap();
+        let c = a.peer_cred().unwrap();
+        assert_eq!(c.pid, process_id());
+        assert_eq!(c.uid, effective_uid());
+        let groups = a.peer_groups().unwrap();
+        assert!(groups.len() <= 65536);
+    }
+
+    #[test]
+    fn outq_counts_unread_bytes() {
+        let (a, b) = Socket::pair().unwrap();
+        a.send(b"hello").unwrap();
+        assert!(a.unread_by_peer().unwrap() > 0);
+        assert_eq!(b.readable_bytes().unwrap(), 5);
+        let mut buf = [0; 5];
+        assert_eq!(b.recv(&mut buf).unwrap(), 5);
+        assert_eq!(a.unread_by_peer().unwrap(), 0);
+    }
+
+    #[test]
+    fn root_has_a_name() {
+        assert_eq!(user_name(0).as_deref(), Some("root"));
+    }
+}
