@@ -1,1 +1,99 @@
-fn main() {}
+//! `npipe`: serve, call, list and inspect Windows-style named pipes on Linux.
+//!
+//! This file only parses the command line and dispatches; each command lives
+//! in `cmd/`, and `exit.rs` turns failures into messages and exit codes.
+
+#![forbid(unsafe_code)]
+
+mod cmd;
+mod exit;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+const ABOUT: &str = "Windows named pipes on Linux: serve, call, list and inspect them";
+
+const LONG_ABOUT: &str = r"Windows named pipes on Linux: serve, call, list and inspect them.
+
+npipe gives Linux the named pipes Windows services use (CreateNamedPipe,
+ConnectNamedPipe, CallNamedPipe, WaitNamedPipe, ...): message and byte pipes,
+inbound, outbound and duplex pipes, many instances of one name, clients that
+wait for a free instance, and the peer's process and user from the kernel.
+Pipes are Unix domain sockets in one directory, $NPIPE_DIR or /tmp/.npipe.
+
+Pipe names: \\.\pipe\NAME, //./pipe/NAME and a bare NAME all name the same
+local pipe. Names are case-insensitive, up to 256 characters, and may hold any
+character but a backslash. Quote backslashes in the shell:
+    npipe call '\\.\pipe\echo' hello
+
+Quick start:
+    npipe demo              a server and a client process talk over a pipe
+    npipe serve echo &      an echo server on \\.\pipe\echo
+    npipe call echo hello   CallNamedPipe: sends one message, prints the reply
+    npipe client echo       one message per line of input, prints each reply
+    npipe list              the pipes on this machine, like Sysinternals PipeList
+    npipe info echo         one pipe's type, direction, instances and owner
+
+Errors print as `npipe: <message> [ERROR_NAME (win32 code)]`, with the Windows
+error a ported program would have seen from GetLastError().";
+
+/// The top-level command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "npipe",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = exit::EXIT_CODES_HELP,
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Demo(cmd::demo::Args),
+    Serve(cmd::serve::Args),
+    Client(cmd::client::Args),
+    Call(cmd::call::Args),
+    List(cmd::list::Args),
+    Info(cmd::info::Args),
+    /// The demo's server process (started by `npipe demo`).
+    #[command(hide = true)]
+    DemoServer(cmd::demo::ServerArgs),
+    /// The demo's client process (started by `npipe demo`).
+    #[command(hide = true)]
+    DemoClient(cmd::demo::ClientArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Demo(args) => cmd::demo::run(args),
+        Command::Serve(args) => cmd::serve::run(args),
+        Command::Client(args) => cmd::client::run(args),
+        Command::Call(args) => cmd::call::run(args),
+        Command::List(args) => cmd::list::run(args),
+        Command::Info(args) => cmd::info::run(args),
+        Command::DemoServer(args) => cmd::demo::run_server(args),
+        Command::DemoClient(args) => cmd::demo::run_client(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -37,6 +37,8 @@ pub struct ServedPipe {
     pub max_instances: Option<u32>,
     /// Instances in use.
     pub cur_instances: u32,
+    /// Clients waiting for an instance.
+    pub waiting_clients: u32,
     /// In-buffer hint.
     pub in_buffer_size: u32,
     /// Out-buffer hint.
@@ -151,6 +153,7 @@ fn query_file(namespace: &Namespace, file: &str, name: Option<&PipeName>) -> Res
             direction: d.direction,
             max_instances: max_instances_from_wire(d.max_instances),
             cur_instances: d.cur_instances,
+            waiting_clients: d.waiting,
             in_buffer_size: d.in_buffer,
             out_buffer_size: d.out_buffer,
             max_message_size: d.max_message,

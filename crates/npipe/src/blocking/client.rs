@@ -51,16 +51,22 @@ fn wait_ms(wait: Wait) -> u32 {
         Wait::ServerDefault => WAIT_DEFAULT,
         Wait::Forever => WAIT_FOREVER,
         // Values that collide with the specials are clamped below them; a
-        // zero timeout means "no wait".
-        Wait::Timeout(d) => d.as_millis().min(u128::from(WAIT_DEFAULT - 1)) as u32,
+        // zero timeout means "no wait", and any other waits at least 1 ms.
+        Wait::Timeout(d) if d.is_zero() => WAIT_NONE,
+        Wait::Timeout(d) => d.as_millis().clamp(1, u128::from(WAIT_DEFAULT - 1)) as u32,
     }
 }
 
+/// The longest server default wait a client expects when it asks for the
+/// server's default; a server with a longer one should be waited for with an
+/// explicit timeout.
+const SERVER_DEFAULT_MAX: Duration = Duration::from_secs(60);
+
 /// How long to wait for the server's answer before calling it hung.
-fn answer_deadline(wait: Wait, server_default_guess: Duration) -> Option<Duration> {
+fn answer_deadline(wait: Wait) -> Option<Duration> {
     match wait {
         Wait::NoWait => Some(SERVER_SILENCE),
-        Wait::ServerDefault => Some(server_default_guess + SERVER_SILENCE),
+        Wait::ServerDefault => Some(SERVER_DEFAULT_MAX + SERVER_SILENCE),
         Wait::Timeout(d) => Some(d + SERVER_SILENCE),
         Wait::Forever => None,
     }
@@ -113,18 +119,15 @@ impl PipeClient {
         }
         let sent = send_all(&socket, &out);
 
-        let (reply, leftover) = read_reply(
-            &socket,
-            answer_deadline(opts.wait, Duration::from_millis(50)),
-        )
-        .map_err(|e| match sent {
-            // The server hung up on us mid-send; its reply, if any, was
-            // read above, so report the send failure.
-            Err(ref s) if e.code() == ErrorCode::BrokenPipe => {
-                Error::new(ErrorCode::BrokenPipe, format!("{name}: {s}"))
-            }
-            _ => e,
-        })?;
+        let (reply, leftover) =
+            read_reply(&socket, answer_deadline(opts.wait)).map_err(|e| match sent {
+                // The server hung up on us mid-send; its reply, if any, was
+                // read above, so report the send failure.
+                Err(ref s) if e.code() == ErrorCode::BrokenPipe => {
+                    Error::new(ErrorCode::BrokenPipe, format!("{name}: {s}"))
+                }
+                _ => e,
+            })?;
         let desc = match reply {
             Reply::Connected(desc) => desc,
             Reply::Refused { code, reason } => {
@@ -311,18 +314,27 @@ pub fn call(
 ) -> Result<Vec<u8>> {
     let name = name.try_into()?;
     let mut opts = ClientOptions::new();
-    opts.access(Access::ReadWrite)
-        .read_mode(ReadMode::Message)
-        .wait(if timeout.is_zero() {
-            Wait::NoWait
-        } else {
-            Wait::Timeout(timeout)
-        });
+    opts.access(Access::ReadWrite).wait(if timeout.is_zero() {
+        Wait::NoWait
+    } else {
+        Wait::Timeout(timeout)
+    });
+    let mut client = if request.len() <= PIPELINE_MAX {
+        // The server refuses a pipelined request on a byte pipe with BadPipe.
+        PipeClient::connect(&name, &opts, Some(request))?
+    } else {
+        let client = PipeClient::connect(&name, &opts, None)?;
+        if client.info().pipe_type == PipeType::Byte {
+            return Err(Error::new(
+                ErrorCode::BadPipe,
+                format!("{name}: a transaction needs a message-type pipe; this one is byte type"),
+            ));
+        }
+        client
+    };
     if request.len() <= PIPELINE_MAX {
-        let mut client = PipeClient::connect(&name, &opts, Some(request))?;
         client.recv_message()
     } else {
-        let mut client = PipeClient::connect(&name, &opts, None)?;
         client.transact(request)
     }
 }

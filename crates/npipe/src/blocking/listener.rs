@@ -155,8 +155,7 @@ impl PipeListener {
 
     /// Waits for a client (`ConnectNamedPipe`) and returns the connection.
     pub fn accept(&self) -> Result<PipeServer> {
-        self.accept_inner(None)?
-            .ok_or_else(|| unreachable_timeout())
+        self.accept_inner(None)?.ok_or_else(unreachable_timeout)
     }
 
     /// Waits up to `timeout` for a client: `Ok(None)` if none came.
@@ -694,6 +693,7 @@ impl Acceptor {
             max_message: o.max_message_size,
             default_timeout_ms: millis(o.default_timeout),
             handshake_timeout_ms: millis(o.handshake_timeout),
+            waiting: self.admission.waiting() as u32,
             name: self.shared.name.name().to_string(),
         }
     }
@@ -710,6 +710,16 @@ impl Acceptor {
                     self.shared.name.name(),
                     hello.name
                 ),
+            );
+            return;
+        }
+        if !hello.principal.is_empty() || !hello.computer.is_empty() {
+            // Remote identity is taken only from a trusted gateway, which
+            // this build does not have: a local peer claiming one is refused.
+            refuse(
+                &p.socket,
+                ErrorCode::AccessDenied,
+                "only a trusted npipe gateway may present a remote identity",
             );
             return;
         }

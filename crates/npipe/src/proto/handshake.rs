@@ -23,7 +23,7 @@ pub const HELLO_MAX: usize = HELLO_FIXED + MAX_NAME_BYTES + 2 * MAX_PRINCIPAL_BY
 /// Fixed part of a REPLY (status and code).
 pub const REPLY_FIXED: usize = 12;
 /// Fixed part of the pipe description that follows an OK or INFO status.
-const DESC_FIXED: usize = 34;
+const DESC_FIXED: usize = 38;
 /// The longest REPLY there can be.
 pub const REPLY_MAX: usize = REPLY_FIXED + DESC_FIXED + MAX_NAME_BYTES + MAX_REASON_BYTES;
 
@@ -93,6 +93,8 @@ pub struct PipeDescription {
     pub default_timeout_ms: u32,
     /// The handshake timeout in milliseconds.
     pub handshake_timeout_ms: u32,
+    /// Clients waiting for an instance.
+    pub waiting: u32,
     /// The pipe's name as the server created it.
     pub name: String,
 }
@@ -345,6 +347,7 @@ impl Reply {
                     d.max_message,
                     d.default_timeout_ms,
                     d.handshake_timeout_ms,
+                    d.waiting,
                 ] {
                     out.extend_from_slice(&v.to_le_bytes());
                 }
@@ -412,7 +415,7 @@ impl Reply {
                         field: "granted access",
                         value: 0,
                     })?;
-                let name_len = bounded_len(u16_at(d, 32), MAX_NAME_BYTES, "name")?;
+                let name_len = bounded_len(u16_at(d, 36), MAX_NAME_BYTES, "name")?;
                 if buf.len() < fixed + name_len {
                     return Ok(None);
                 }
@@ -427,6 +430,7 @@ impl Reply {
                     max_message: u32_at(d, 20),
                     default_timeout_ms: u32_at(d, 24),
                     handshake_timeout_ms: u32_at(d, 28),
+                    waiting: u32_at(d, 32),
                     name: utf8(&buf[fixed..fixed + name_len], "name")?,
                 };
                 let reply = if status == STATUS_CONNECTED {
@@ -487,6 +491,7 @@ mod tests {
             max_message: 65536,
             default_timeout_ms: 50,
             handshake_timeout_ms: 5000,
+            waiting: 7,
             name: "Echo".into(),
         }
     }

@@ -1,1 +1,12 @@
+//! Cross-process tests of the local pipe behaviour: every test runs the
+//! server and the client in different processes (this binary re-run as a
+//! child, see `common` and `roles`).
 
+mod common;
+mod roles;
+
+mod data;
+mod handshake;
+mod instances;
+mod names;
+mod peers;

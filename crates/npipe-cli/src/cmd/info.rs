@@ -1,0 +1,81 @@
+//! `npipe info`: one pipe's description (`GetNamedPipeInfo` from outside).
+
+use std::io::{self, Write};
+
+use serde_json::Value;
+
+use super::list::served_json;
+use super::CmdResult;
+use crate::exit::Failure;
+
+const LONG_ABOUT: &str = r"Describe one pipe without connecting to it (GetNamedPipeInfo).
+
+Asks the pipe's server to describe the pipe; takes no instance and disturbs no
+client. The server's pid and user come from the kernel. Prints `key: value`
+lines, or with --json one JSON object, with the same keys as `npipe list --json`:
+  name, file, state, pid, uid, user, type, direction, cur_instances,
+  max_instances (unlimited, or null in JSON), in_buffer_size, out_buffer_size,
+  max_message_size, default_timeout_ms (the wait of NMPWAIT_USE_DEFAULT_WAIT)";
+
+/// Arguments of `npipe info`.
+#[derive(Debug, clap::Args)]
+#[command(
+    about = "Describe one pipe: type, direction, instances, server (GetNamedPipeInfo)",
+    long_about = LONG_ABOUT,
+    after_help = "Examples:\n  npipe info echo\n  npipe info '\\\\.\\pipe\\echo' --json"
+)]
+pub struct Args {
+    /// The pipe's name: \\.\pipe\NAME, //./pipe/NAME or NAME.
+    pub name: String,
+
+    /// Print one JSON object instead of `key: value` lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `npipe info`.
+pub fn run(args: &Args) -> CmdResult {
+    let pipe = npipe::query_pipe(args.name.as_str())?;
+    let value = served_json(&pipe);
+    let mut out = io::stdout().lock();
+    let written = if args.json {
+        writeln!(out, "{value}")
+    } else {
+        write_fields(&mut out, &value)
+    };
+    written.and_then(|()| out.flush()).map_err(Failure::stdout)
+}
+
+fn write_fields(out: &mut impl Write, value: &Value) -> io::Result<()> {
+    let Value::Object(map) = value else {
+        return Ok(());
+    };
+    // In the order `served_json` builds them (serde_json sorts keys by default).
+    const ORDER: [&str; 14] = [
+        "name",
+        "file",
+        "state",
+        "pid",
+        "uid",
+        "user",
+        "type",
+        "direction",
+        "cur_instances",
+        "max_instances",
+        "in_buffer_size",
+        "out_buffer_size",
+        "max_message_size",
+        "default_timeout_ms",
+    ];
+    let width = ORDER.iter().map(|k| k.len()).max().unwrap_or(0) + 1;
+    for key in ORDER {
+        let shown = match map.get(key) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Null) if key == "max_instances" => "unlimited".to_string(),
+            Some(Value::Null) | None => "-".to_string(),
+            Some(v) => v.to_string(),
+        };
+        writeln!(out, "{:width$} {shown}", format!("{key}:"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! `npipe list`: the pipes on this machine, like Sysinternals PipeList.
+
+use std::io::{self, Write};
+
+use npipe::{PipeEntry, ServedPipe};
+use serde_json::{json, Value};
+
+use super::{direction_name, instances_text, type_name, user_text, CmdResult};
+use crate::exit::Failure;
+
+const LONG_ABOUT: &str = r#"List the pipes on this machine, like Sysinternals PipeList.
+
+Every pipe in the namespace directory ($NPIPE_DIR, default /tmp/.npipe) is asked
+to describe itself; the server's pid and user come from the kernel, not from
+the server. Asking takes no instance and disturbs no client.
+
+Columns: NAME, the server's PID and USER, TYPE (message or byte), DIRECTION
+(inbound, outbound or duplex, seen from the server) and INSTANCES in use out of
+the limit. A socket whose server died or does not answer is shown as
+`(stale: FILE, reason)`; the next server of that name replaces it.
+
+With --json, one JSON object per line:
+  {name, file, pid, uid, user, type, direction, cur_instances, max_instances,
+   in_buffer_size, out_buffer_size, max_message_size, default_timeout_ms,
+   state: "serving"}
+max_instances is null for unlimited; stale entries are
+  {file, state: "unresponsive", reason}"#;
+
+/// Arguments of `npipe list`.
+#[derive(Debug, clap::Args)]
+#[command(
+    about = "List the pipes on this machine (like Sysinternals PipeList)",
+    long_about = LONG_ABOUT,
+    after_help = "Examples:\n  npipe list\n  npipe list --json | jq -r 'select(.pid == 1234) | .name'"
+)]
+pub struct Args {
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The JSON description of a served pipe, shared with `npipe info`.
+pub fn served_json(p: &ServedPipe) -> Value {
+    json!({
+        "name": p.name,
+        "file": p.file,
+        "state": "serving",
+        "pid": p.server.pid,
+        "uid": p.server.uid,
+        "user": p.server_user,
+        "type": type_name(p.pipe_type),
+        "direction": direction_name(p.direction),
+        "cur_instances": p.cur_instances,
+        "max_instances": p.max_instances,
+        "in_buffer_size": p.in_buffer_size,
+        "out_buffer_size": p.out_buffer_size,
+        "max_message_size": p.max_message_size,
+        "default_timeout_ms": u64::try_from(p.default_timeout.as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+/// Runs `npipe list`.
+pub fn run(args: &Args) -> CmdResult {
+    let entries = npipe::list_pipes()?;
+    let mut out = io::stdout().lock();
+    let written = if args.json {
+        write_json(&mut out, &entries)
+    } else {
+        write_table(&mut out, &entries)
+    };
+    written.and_then(|()| out.flush()).map_err(Failure::stdout)
+}
+
+fn write_json(out: &mut impl Write, entries: &[PipeEntry]) -> io::Result<()> {
+    for entry in entries {
+        let value = match entry {
+            PipeEntry::Served(p) => served_json(p),
+            PipeEntry::Unresponsive { file, reason } => json!({
+                "file": file,
+                "state": "unresponsive",
+                "reason": reason,
+            }),
+        };
+        writeln!(out, "{value}")?;
+    }
+    Ok(())
+}
+
+fn write_table(out: &mut impl Write, entries: &[PipeEntry]) -> io::Result<()> {
+    let dir = npipe::namespace_directory();
+    let served = entries
+        .iter()
+        .filter(|e| matches!(e, PipeEntry::Served(_)))
+        .count();
+    let stale = entries.len() - served;
+    write!(out, "Pipes in {}: {served} serving", dir.display())?;
+    if stale > 0 {
+        write!(out, ", {stale} stale")?;
+    }
+    writeln!(out)?;
+    if served == 0 && stale == 0 {
+        return Ok(());
+    }
+
+    let header = ["NAME", "PID", "USER", "TYPE", "DIRECTION", "INSTANCES"];
+    let rows: Vec<Option<[String; 6]>> = entries
+        .iter()
+        .map(|e| match e {
+            PipeEntry::Served(p) => Some([
+                p.name.clone(),
+                p.server.pid.to_string(),
+                user_text(p.server_user.as_deref(), p.server.uid),
+                type_name(p.pipe_type).to_string(),
+                direction_name(p.direction).to_string(),
+                instances_text(p.cur_instances, p.max_instances),
+            ]),
+            _ => None,
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in rows.iter().flatten() {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    write_row(out, &header.map(String::from), &widths)?;
+    for row in rows.iter().flatten() {
+        write_row(out, row, &widths)?;
+    }
+    // Sockets left by servers that died, after the live pipes.
+    for entry in entries {
+        if let PipeEntry::Unresponsive { file, reason } = entry {
+            writeln!(out, "(stale: {file}, {reason})")?;
+        }
+    }
+    Ok(())
+}
+
+fn write_row(out: &mut impl Write, row: &[String; 6], widths: &[usize; 6]) -> io::Result<()> {
+    let mut line = String::new();
+    for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+        if i + 1 == row.len() {
+            line.push_str(cell);
+        } else {
+            let pad = width - cell.chars().count();
+            line.push_str(cell);
+            line.push_str(&" ".repeat(pad + 2));
+        }
+    }
+    writeln!(out, "{line}")
+}

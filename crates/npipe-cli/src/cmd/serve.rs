@@ -1,0 +1,359 @@
+//! `npipe serve`: an echo server, one thread per connected client.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use npipe::{Direction, ErrorCode, PipeServer, PipeType, ServerOptions, UNLIMITED_INSTANCES};
+
+use super::{direction_name, type_name, user_text, CmdResult};
+use crate::exit::Failure;
+
+/// How long an outbound server waits for a client to read its greeting
+/// (`FlushFileBuffers`) before closing the connection anyway.
+const GREETING_FLUSH: Duration = Duration::from_secs(5);
+
+const LONG_ABOUT: &str = r"Serve a pipe: an echo server that runs until interrupted.
+
+Creates the pipe (CreateNamedPipe) and serves every client that connects, each
+on its own thread, until SIGINT or SIGTERM. What it does with a client depends
+on the pipe's direction and type:
+
+  duplex, message   reads each message and writes it back, until the client
+                    closes the pipe
+  duplex, byte      echoes bytes back until the client closes its sending side
+                    (end of stream), then closes
+  in  (inbound)     the client writes, the server only reads: each message (or
+                    the bytes) is printed to stdout
+  out (outbound)    the server writes, the client only reads: each client gets
+                    the --greeting, then the server closes the connection
+
+Once the pipe exists, one line goes to stderr, so scripts can wait for it:
+    serving \\.\pipe\NAME (message, duplex, unlimited instances) as pid 1234
+Connections and their errors are logged to stderr; a failing client never
+stops the server.
+
+CreateNamedPipe to npipe serve:
+  PIPE_TYPE_MESSAGE | PIPE_READMODE_MESSAGE   --type message (the default)
+  PIPE_TYPE_BYTE | PIPE_READMODE_BYTE         --type byte
+  PIPE_ACCESS_INBOUND / OUTBOUND / DUPLEX     --direction in / out / duplex
+  nMaxInstances, PIPE_UNLIMITED_INSTANCES     --instances N / unlimited
+  FILE_FLAG_FIRST_PIPE_INSTANCE               --first-instance
+
+On Linux every instance of a name belongs to one server process: a second
+`npipe serve` of the same name fails (pipe busy, or access denied with
+--first-instance).";
+
+const AFTER_HELP: &str = r"Examples:
+  npipe serve echo                             message echo server, \\.\pipe\echo
+  npipe serve '\\.\pipe\logs' --direction in     print what clients write
+  npipe serve bytes --type byte --instances 4  byte echo, 4 clients at a time
+  npipe serve hello --direction out --greeting 'service ready'
+  npipe serve echo 2> >(grep -m1 serving)      wait for the start line in scripts";
+
+/// The pipe type, as `CreateNamedPipe`'s `PIPE_TYPE_*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TypeArg {
+    /// PIPE_TYPE_MESSAGE: each write is one message, delivered whole.
+    Message,
+    /// PIPE_TYPE_BYTE: a stream of bytes without boundaries.
+    Byte,
+}
+
+/// Which way data flows, seen from the server (`PIPE_ACCESS_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DirectionArg {
+    /// PIPE_ACCESS_INBOUND: clients write, the server reads.
+    #[value(name = "in", alias = "inbound")]
+    In,
+    /// PIPE_ACCESS_OUTBOUND: the server writes, clients read.
+    #[value(name = "out", alias = "outbound")]
+    Out,
+    /// PIPE_ACCESS_DUPLEX: both ends read and write.
+    Duplex,
+}
+
+/// Arguments of `npipe serve`.
+#[derive(Debug, clap::Args)]
+#[command(
+    about = "Serve a pipe: echo server (CreateNamedPipe + ConnectNamedPipe)",
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP
+)]
+pub struct Args {
+    /// The pipe's name: \\.\pipe\NAME, //./pipe/NAME or NAME.
+    pub name: String,
+
+    /// Message pipe (each write is one message) or byte pipe (a stream).
+    #[arg(long = "type", value_enum, default_value_t = TypeArg::Message)]
+    pub pipe_type: TypeArg,
+
+    /// How many clients may be connected at once: 1 to 254, or `unlimited`
+    ///
+    /// Clients beyond the limit get ERROR_PIPE_BUSY, or wait if they asked to.
+    #[arg(verbatim_doc_comment, long, value_name = "N|unlimited", value_parser = parse_instances, default_value = "unlimited")]
+    pub instances: u32,
+
+    /// Which way data flows, seen from the server
+    #[arg(long, value_enum, default_value_t = DirectionArg::Duplex)]
+    pub direction: DirectionArg,
+
+    /// Fail if the name is already served (FILE_FLAG_FIRST_PIPE_INSTANCE)
+    ///
+    /// Creating the pipe then fails with ERROR_ACCESS_DENIED instead of
+    /// ERROR_PIPE_BUSY: a guard against another process squatting the name.
+    #[arg(verbatim_doc_comment, long)]
+    pub first_instance: bool,
+
+    /// The largest message accepted from a client, in bytes [default: 64 MiB]
+    ///
+    /// A longer message is refused before anything is allocated for it.
+    #[arg(verbatim_doc_comment, long, value_name = "BYTES")]
+    pub max_message: Option<u32>,
+
+    /// What an outbound (--direction out) server sends each client.
+    #[arg(long, value_name = "TEXT", default_value = "hello from npipe serve")]
+    pub greeting: String,
+
+    /// Log only errors, not every connection.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+fn parse_instances(s: &str) -> Result<u32, String> {
+    if s.eq_ignore_ascii_case("unlimited") {
+        return Ok(UNLIMITED_INSTANCES);
+    }
+    match s.parse::<u32>() {
+        Ok(n) if (1..UNLIMITED_INSTANCES).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected 1 to {} or `unlimited`, got `{s}`",
+            UNLIMITED_INSTANCES - 1
+        )),
+    }
+}
+
+/// What every connection thread needs to know.
+struct Config {
+    pipe_type: PipeType,
+    direction: Direction,
+    greeting: String,
+    quiet: bool,
+}
+
+/// Runs `npipe serve`.
+pub fn run(args: &Args) -> CmdResult {
+    let pipe_type = match args.pipe_type {
+        TypeArg::Message => PipeType::Message,
+        TypeArg::Byte => PipeType::Byte,
+    };
+    let direction = match args.direction {
+        DirectionArg::In => Direction::Inbound,
+        DirectionArg::Out => Direction::Outbound,
+        DirectionArg::Duplex => Direction::Duplex,
+    };
+    let mut opts = ServerOptions::new();
+    opts.pipe_type(pipe_type)
+        .direction(direction)
+        .max_instances(args.instances)
+        .first_instance(args.first_instance);
+    if let Some(bytes) = args.max_message {
+        opts.max_message_size(bytes);
+    }
+    let listener = opts
+        .create(args.name.as_str())
+        .map_err(|e| create_failure(e, args))?;
+
+    let info = listener.info();
+    let instances = match info.max_instances {
+        None => "unlimited instances".to_string(),
+        Some(1) => "1 instance".to_string(),
+        Some(n) => format!("{n} instances"),
+    };
+    log(format_args!(
+        "serving {} ({}, {}, {}) as pid {}",
+        listener.name(),
+        type_name(info.pipe_type),
+        direction_name(info.direction),
+        instances,
+        std::process::id()
+    ));
+
+    let config = Arc::new(Config {
+        pipe_type,
+        direction,
+        greeting: args.greeting.clone(),
+        quiet: args.quiet,
+    });
+    let mut next_id: u64 = 0;
+    loop {
+        // `accept` fails only when the pipe itself stopped working; no
+        // single client can make it fail.
+        let conn = listener.accept().map_err(|e| {
+            Failure::from(e).hint("the pipe stopped accepting clients; restart the server")
+        })?;
+        next_id += 1;
+        let id = next_id;
+        let config = Arc::clone(&config);
+        let spawned = thread::Builder::new()
+            .name(format!("npipe-conn-{id}"))
+            .spawn(move || serve_connection(id, conn, &config));
+        if let Err(e) = spawned {
+            // The connection went down with the closure: the client sees a
+            // broken pipe and the instance is free again.
+            log(format_args!(
+                "connection {id}: cannot start a thread for it ({e}); dropped the client"
+            ));
+        }
+    }
+}
+
+fn create_failure(err: npipe::Error, args: &Args) -> Failure {
+    let name = &args.name;
+    let hint = match err.code() {
+        ErrorCode::PipeBusy => Some(format!(
+            "another process already serves this name (`npipe info {name}` shows which); \
+             on Linux every instance of a name belongs to one server process"
+        )),
+        ErrorCode::AccessDenied if args.first_instance => Some(format!(
+            "--first-instance: the name is already served (`npipe info {name}` shows by whom)"
+        )),
+        ErrorCode::AccessDenied => Some(format!(
+            "cannot create the pipe in {}; check that directory's owner and mode, or set \
+             NPIPE_DIR to another directory",
+            npipe::namespace_directory().display()
+        )),
+        _ => None,
+    };
+    let failure = Failure::from(err);
+    match hint {
+        Some(h) => failure.hint(h),
+        None => failure,
+    }
+}
+
+/// Serves one client on its own thread; logs, never panics the server.
+fn serve_connection(id: u64, mut conn: PipeServer, config: &Config) {
+    let pid = conn.client_process_id();
+    if !config.quiet {
+        let session = conn
+            .client_session_id()
+            .map_or_else(|| "unknown".to_string(), |s| s.to_string());
+        log(format_args!(
+            "connection {id}: client pid {pid}, user {} (uid {}), session {session}",
+            user_text(conn.client_user_name().as_deref(), conn.client_uid()),
+            conn.client_uid(),
+        ));
+    }
+    let result = match (config.direction, config.pipe_type) {
+        (Direction::Duplex, PipeType::Message) => echo_messages(&mut conn),
+        (Direction::Duplex, PipeType::Byte) => echo_bytes(&mut conn),
+        (Direction::Inbound, PipeType::Message) => print_messages(&mut conn),
+        (Direction::Inbound, PipeType::Byte) => print_bytes(&mut conn),
+        (Direction::Outbound, _) => greet(&mut conn, config),
+    };
+    match result {
+        Ok(done) if !config.quiet => log(format_args!("connection {id} (pid {pid}): {done}")),
+        Ok(_) => {}
+        Err(e) => log(format_args!("connection {id} (pid {pid}): {e}")),
+    }
+}
+
+/// Whether a read error means the client closed the pipe.
+fn closed(e: &npipe::Error) -> bool {
+    e.code() == ErrorCode::BrokenPipe
+}
+
+fn echo_messages(conn: &mut PipeServer) -> npipe::Result<String> {
+    let mut count: u64 = 0;
+    loop {
+        match conn.recv_message() {
+            Ok(msg) => {
+                conn.write_message(&msg)?;
+                count += 1;
+            }
+            Err(e) if closed(&e) => return Ok(format!("closed after {count} message(s)")),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn echo_bytes(conn: &mut PipeServer) -> npipe::Result<String> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total: u64 = 0;
+    loop {
+        let n = match conn.read(&mut buf) {
+            Ok(0) => return Ok(format!("end of stream after {total} byte(s); closed")),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(npipe::Error::from_io(e)),
+        };
+        conn.write_all(&buf[..n]).map_err(npipe::Error::from_io)?;
+        total += n as u64;
+    }
+}
+
+fn print_messages(conn: &mut PipeServer) -> npipe::Result<String> {
+    let mut count: u64 = 0;
+    loop {
+        match conn.recv_message() {
+            Ok(msg) => {
+                let mut out = io::stdout().lock();
+                out.write_all(&msg)
+                    .and_then(|()| out.write_all(b"\n"))
+                    .and_then(|()| out.flush())
+                    .map_err(stdout_error)?;
+                count += 1;
+            }
+            Err(e) if closed(&e) => return Ok(format!("closed after {count} message(s)")),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn print_bytes(conn: &mut PipeServer) -> npipe::Result<String> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total: u64 = 0;
+    loop {
+        let n = match conn.read(&mut buf) {
+            Ok(0) => return Ok(format!("end of stream after {total} byte(s)")),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(npipe::Error::from_io(e)),
+        };
+        let mut out = io::stdout().lock();
+        out.write_all(&buf[..n])
+            .and_then(|()| out.flush())
+            .map_err(stdout_error)?;
+        total += n as u64;
+    }
+}
+
+fn greet(conn: &mut PipeServer, config: &Config) -> npipe::Result<String> {
+    match config.pipe_type {
+        PipeType::Message => conn.write_message(config.greeting.as_bytes())?,
+        PipeType::Byte => {
+            let mut line = config.greeting.clone().into_bytes();
+            line.push(b'\n');
+            conn.write_all(&line).map_err(npipe::Error::from_io)?;
+        }
+    }
+    // As a Windows server would: FlushFileBuffers, then close.
+    conn.set_write_timeout(Some(GREETING_FLUSH))?;
+    conn.flush_buffers()?;
+    Ok("sent the greeting; closed".to_string())
+}
+
+/// A line on stderr; a closed stderr must not bring a connection down.
+fn log(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(io::stderr(), "{line}");
+}
+
+fn stdout_error(e: io::Error) -> npipe::Error {
+    npipe::Error::new(
+        ErrorCode::Other,
+        format!("cannot write to standard output: {e}"),
+    )
+}

@@ -1,0 +1,497 @@
+//! End-to-end tests of the `npipe` binary: every command runs as a real
+//! process, servers included.
+//!
+//! Each test uses its own pipe name (test name and this process's pid), waits
+//! for a server by querying the pipe until a deadline, and kills every server
+//! it started when it ends, pass or fail. Deadlines only stop hangs; nothing
+//! here measures speed.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The longest any single command may run before the test calls it hung.
+const HANG: Duration = Duration::from_secs(30);
+/// How long a server may take to come up.
+const STARTUP: Duration = Duration::from_secs(10);
+
+/// Exit codes, as documented in `npipe --help`.
+const EXIT_USAGE: i32 = 2;
+const EXIT_NOT_FOUND: i32 = 3;
+const EXIT_BUSY: i32 = 4;
+const EXIT_ACCESS_DENIED: i32 = 5;
+const EXIT_TIMEOUT: i32 = 6;
+
+fn npipe() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_npipe"))
+}
+
+/// A pipe name no other test (or test run) uses.
+fn unique(test: &str) -> String {
+    format!("cli-{test}-{}", std::process::id())
+}
+
+/// A running `npipe serve`, killed and reaped when dropped.
+struct Server {
+    name: String,
+    child: Child,
+}
+
+impl Server {
+    /// Starts `npipe serve NAME ARGS...` and waits until it answers queries.
+    fn start(name: &str, args: &[&str]) -> Server {
+        Server::start_with_stdout(name, args, Stdio::null())
+    }
+
+    fn start_with_stdout(name: &str, args: &[&str], stdout: Stdio) -> Server {
+        let child = npipe()
+            .arg("serve")
+            .arg(name)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start npipe serve");
+        let mut server = Server {
+            name: name.to_string(),
+            child,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            match npipe::query_pipe(self.name.as_str()) {
+                Ok(p) if p.server.pid == self.pid() => return,
+                Ok(p) => panic!("{} is served by pid {}, not ours", self.name, p.server.pid),
+                Err(e) => {
+                    if let Some(status) = self.child.try_wait().expect("try_wait") {
+                        panic!("npipe serve {} exited early: {status}", self.name);
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "npipe serve {} not ready in time: {e}",
+                        self.name
+                    );
+                    thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    fn take_stdout(&mut self) -> ChildStdout {
+        self.child.stdout.take().expect("server stdout is piped")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // A killed server leaves its socket file behind; the name is ours
+        // alone, so remove it rather than clutter `npipe list`.
+        if let Ok(name) = npipe::PipeName::parse(&self.name) {
+            let _ = std::fs::remove_file(npipe::namespace_directory().join(name.file_name()));
+        }
+    }
+}
+
+/// What a finished command did.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    #[track_caller]
+    fn assert_success(&self) -> &Run {
+        assert!(
+            self.status.success(),
+            "expected success, got {}\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    fn assert_code(&self, code: i32) -> &Run {
+        assert_eq!(
+            self.code(),
+            Some(code),
+            "wrong exit status {}\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+fn read_all(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// Runs `npipe ARGS...` with `input` on stdin (closed after it), and kills
+/// it if it hangs.
+fn run(args: &[&str], input: &[u8]) -> Run {
+    let mut child = npipe()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start npipe");
+    let stdout = read_all(child.stdout.take().expect("stdout"));
+    let stderr = read_all(child.stderr.take().expect("stderr"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_vec();
+    let writer = thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+        // Dropping stdin closes it: end of input.
+    });
+    let deadline = Instant::now() + HANG;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "npipe {args:?} hung; stderr so far:\n{}",
+                stderr.join().unwrap_or_default()
+            );
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let _ = writer.join();
+    Run {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+/// The JSON objects `npipe list --json` printed, one per line.
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// The number after `prefix` on the first line that starts with it.
+fn pid_after(text: &str, prefix: &str) -> u32 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{text}"))
+}
+
+// ------------------------------------------------------------------ tests ---
+
+#[test]
+fn demo_exits_zero_and_both_sides_report_each_others_pid() {
+    let name = unique("demo");
+    let run = run(&["demo", "--name", &name], b"");
+    run.assert_success();
+    let out = &run.stdout;
+    let server_pid = pid_after(out, "[demo] server is pid ");
+    let client_pid = pid_after(
+        out,
+        &format!("[demo] server is pid {server_pid}, client is pid "),
+    );
+    assert_eq!(pid_after(out, "[server] client process id: "), client_pid);
+    assert_eq!(pid_after(out, "[client] server process id: "), server_pid);
+    assert!(out.contains("[server] client user: "), "{out}");
+    assert!(out.contains("[server] client session id: "), "{out}");
+    assert!(out.contains("[client] server user: "), "{out}");
+    assert!(out.contains("[demo] ok"), "{out}");
+}
+
+#[test]
+fn call_gets_the_echo_of_a_message() {
+    let name = unique("call");
+    let _server = Server::start(&name, &[]);
+    let run = run(&["call", &name, "hello"], b"");
+    run.assert_success();
+    assert_eq!(run.stdout, "hello\n");
+
+    // The Windows spelling of the name, in another case, is the same pipe.
+    let full = format!(r"\\.\pipe\{}", name.to_uppercase());
+    let run = self::run(&["call", &full, "again", "--raw"], b"");
+    run.assert_success();
+    assert_eq!(run.stdout, "again");
+}
+
+#[test]
+fn list_shows_the_pipe_and_its_server_pid() {
+    let name = unique("list");
+    let server = Server::start(&name, &["--instances", "3"]);
+    let pid = server.pid().to_string();
+
+    let table = run(&["list"], b"");
+    table.assert_success();
+    assert!(
+        table.stdout.starts_with(&format!(
+            "Pipes in {}",
+            npipe::namespace_directory().display()
+        )),
+        "{}",
+        table.stdout
+    );
+    let row = table
+        .stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .unwrap_or_else(|| panic!("{name} not listed:\n{}", table.stdout));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1], pid, "{row}");
+    assert_eq!(&cells[3..], ["message", "duplex", "0/3"], "{row}");
+
+    let json = run(&["list", "--json"], b"");
+    json.assert_success();
+    let entry = json_lines(&json.stdout)
+        .into_iter()
+        .find(|v| v["name"] == name.as_str())
+        .unwrap_or_else(|| panic!("{name} not in JSON listing:\n{}", json.stdout));
+    assert_eq!(entry["pid"], server.pid());
+    assert_eq!(entry["type"], "message");
+    assert_eq!(entry["direction"], "duplex");
+    assert_eq!(entry["max_instances"], 3);
+    assert_eq!(entry["cur_instances"], 0);
+}
+
+#[test]
+fn info_json_describes_the_pipe() {
+    let name = unique("info");
+    let server = Server::start(&name, &["--type", "byte", "--direction", "in"]);
+    let run = run(&["info", &name, "--json"], b"");
+    run.assert_success();
+    let v: Value = serde_json::from_str(run.stdout.trim()).expect("one JSON object");
+    assert_eq!(v["name"], name.as_str());
+    assert_eq!(v["pid"], server.pid());
+    assert_eq!(
+        v["uid"].as_u64(),
+        Some(u64::from(rustix::process::geteuid().as_raw()))
+    );
+    assert_eq!(v["type"], "byte");
+    assert_eq!(v["direction"], "inbound");
+    assert_eq!(v["max_instances"], Value::Null);
+    assert_eq!(v["default_timeout_ms"], 50);
+    for key in [
+        "file",
+        "user",
+        "cur_instances",
+        "in_buffer_size",
+        "out_buffer_size",
+        "max_message_size",
+    ] {
+        assert!(v.get(key).is_some(), "no {key} in {v}");
+    }
+
+    let text = self::run(&["info", &name], b"");
+    text.assert_success();
+    assert!(
+        text.stdout
+            .lines()
+            .any(|l| l.starts_with("pid:") && l.ends_with(&format!(" {}", server.pid()))),
+        "{}",
+        text.stdout
+    );
+    assert!(text
+        .stdout
+        .lines()
+        .any(|l| l.starts_with("max_instances:") && l.ends_with("unlimited")));
+}
+
+#[test]
+fn client_echoes_each_line_of_piped_input() {
+    let name = unique("client");
+    let _server = Server::start(&name, &[]);
+    let run = run(&["client", &name], b"one\ntwo\r\nthree\n");
+    run.assert_success();
+    assert_eq!(run.stdout, "one\ntwo\nthree\n");
+}
+
+#[test]
+fn byte_pipe_serve_with_call_and_client() {
+    let name = unique("bytes");
+    let _server = Server::start(&name, &["--type", "byte"]);
+    let run = run(&["call", &name, "hello"], b"");
+    run.assert_success();
+    assert_eq!(run.stdout, "hello\n");
+
+    let raw = self::run(&["call", &name, "exact", "--raw"], b"");
+    raw.assert_success();
+    assert_eq!(raw.stdout, "exact");
+
+    let client = self::run(&["client", &name], b"a\nbb\nccc\n");
+    client.assert_success();
+    assert_eq!(client.stdout, "a\nbb\nccc\n");
+}
+
+#[test]
+fn inbound_server_prints_what_clients_write() {
+    let name = unique("inbound");
+    let mut server = Server::start_with_stdout(&name, &["--direction", "in"], Stdio::piped());
+    let (tx, rx) = mpsc::channel();
+    let stdout = server.take_stdout();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let run = run(&["client", &name], b"first\nsecond\n");
+    run.assert_success();
+    assert_eq!(run.stdout, "", "an inbound client reads nothing");
+    for expected in ["first", "second"] {
+        let got = rx.recv_timeout(HANG).expect("the server printed a line");
+        assert_eq!(got, expected);
+    }
+    // A call needs to read the reply: an inbound pipe refuses it.
+    self::run(&["call", &name, "x"], b"").assert_code(EXIT_ACCESS_DENIED);
+}
+
+#[test]
+fn outbound_server_greets_each_client() {
+    let name = unique("outbound");
+    let _server = Server::start(&name, &["--direction", "out", "--greeting", "welcome"]);
+    for _ in 0..2 {
+        let run = run(&["client", &name], b"");
+        run.assert_success();
+        assert_eq!(run.stdout, "welcome\n");
+    }
+}
+
+#[test]
+fn busy_and_timeout_have_their_own_exit_codes() {
+    let name = unique("busy");
+    let _server = Server::start(&name, &["--instances", "1"]);
+    // Hold the only instance from this process.
+    let mut holder = npipe::ClientOptions::new()
+        .open(name.as_str())
+        .expect("take the only instance");
+
+    let busy = run(&["call", &name, "x", "--timeout", "0"], b"");
+    busy.assert_code(EXIT_BUSY);
+    assert!(busy.stderr.contains("ERROR_PIPE_BUSY"), "{}", busy.stderr);
+
+    let late = run(&["call", &name, "x", "--timeout", "200"], b"");
+    late.assert_code(EXIT_TIMEOUT);
+    assert!(late.stderr.contains("ERROR_SEM_TIMEOUT"), "{}", late.stderr);
+
+    // The held connection still works, and releasing it frees the instance.
+    assert_eq!(
+        holder.transact(b"still here").expect("transact"),
+        b"still here"
+    );
+    drop(holder);
+    let run = run(&["call", &name, "free", "--timeout", "10000"], b"");
+    run.assert_success();
+    assert_eq!(run.stdout, "free\n");
+}
+
+#[test]
+fn a_second_server_of_the_same_name_is_refused() {
+    let name = unique("twice");
+    let _server = Server::start(&name, &[]);
+    let second = run(&["serve", &name], b"");
+    second.assert_code(EXIT_BUSY);
+    let first_only = run(&["serve", &name, "--first-instance"], b"");
+    first_only.assert_code(EXIT_ACCESS_DENIED);
+    assert!(
+        first_only.stderr.contains("ERROR_ACCESS_DENIED"),
+        "{}",
+        first_only.stderr
+    );
+}
+
+#[test]
+fn calling_a_missing_pipe_says_it_does_not_exist() {
+    let name = unique("nosuch");
+    for args in [
+        vec!["call", name.as_str(), "x"],
+        vec!["client", name.as_str()],
+        vec!["info", name.as_str()],
+    ] {
+        let run = run(&args, b"");
+        run.assert_code(EXIT_NOT_FOUND);
+        assert!(run.stderr.starts_with("npipe: "), "{}", run.stderr);
+        assert!(run.stderr.contains("does not exist"), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("ERROR_FILE_NOT_FOUND (2)"),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains("npipe list"),
+            "the hint names `npipe list`: {}",
+            run.stderr
+        );
+        assert_eq!(run.stdout, "");
+    }
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    run(&["call", r"a\b\c\d", "x"], b"").assert_code(EXIT_USAGE);
+    run(&["serve", "x", "--instances", "0"], b"").assert_code(EXIT_USAGE);
+    run(&["serve", "x", "--type", "stream"], b"").assert_code(EXIT_USAGE);
+    run(&["call", "x"], b"").assert_code(EXIT_USAGE);
+    run(&["bogus"], b"").assert_code(EXIT_USAGE);
+}
+
+#[test]
+fn every_command_has_help() {
+    let top = run(&["--help"], b"");
+    top.assert_success();
+    for needle in ["Exit codes:", "npipe demo", r"\\.\pipe\NAME", "NPIPE_DIR"] {
+        assert!(
+            top.stdout.contains(needle),
+            "no {needle:?} in:\n{}",
+            top.stdout
+        );
+    }
+    for sub in ["demo", "serve", "client", "call", "list", "info"] {
+        for flag in ["--help", "-h"] {
+            let run = run(&[sub, flag], b"");
+            run.assert_success();
+            assert!(
+                run.stdout.contains(&format!("Usage: npipe {sub}")),
+                "npipe {sub} {flag}:\n{}",
+                run.stdout
+            );
+        }
+        let via_help = run(&["help", sub], b"");
+        via_help.assert_success();
+        assert!(via_help.stdout.contains(&format!("Usage: npipe {sub}")));
+    }
+    // The demo's worker commands stay out of the listing.
+    assert!(!top.stdout.contains("demo-server"), "{}", top.stdout);
+}

@@ -1,0 +1,178 @@
+//! Cross-process plumbing: the test binary re-runs itself as a child process
+//! in a named role (see `roles.rs`), and the parent talks to it through the
+//! pipe under test and reads `@@` lines from its stdout.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// Stops a hung test; never a measure of speed.
+pub const HANG: Duration = Duration::from_secs(20);
+
+/// A pipe name no other test (or test run) uses.
+pub fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "t-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A child process running one role.
+pub struct Child {
+    child: std::process::Child,
+    lines: Receiver<String>,
+}
+
+/// Starts this test binary again as a child in `role`, with `env` set.
+pub fn spawn_with_env(role: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--exact",
+        "roles::child_entry",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("NPIPE_TEST_ROLE", role)
+    .env("NPIPE_TEST_ARGS", args.join("\u{1f}"))
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn child");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // libtest may print its "test ... " prefix on the same line.
+            if let Some(at) = line.find("@@") {
+                if tx.send(line[at + 2..].to_string()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Child { child, lines: rx }
+}
+
+/// Starts a child in `role`.
+pub fn spawn(role: &str, args: &[&str]) -> Child {
+    spawn_with_env(role, args, &[])
+}
+
+/// Starts a server child (`serve` role) and waits until it is ready.
+pub fn server(name: &str, opts: &[&str]) -> Child {
+    let mut args = vec![name];
+    args.extend_from_slice(opts);
+    let mut c = spawn("serve", &args);
+    c.expect("ready");
+    c
+}
+
+impl Child {
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next `@@` line, whatever it is.
+    pub fn next_line(&mut self) -> String {
+        match self.lines.recv_timeout(HANG) {
+            Ok(l) => l,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("child {} said nothing for {HANG:?}", self.pid())
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = self.child.wait();
+                panic!("child {} ended without saying more: {status:?}", self.pid())
+            }
+        }
+    }
+
+    /// Waits for the next `@@` line, which must start with `key`; returns the
+    /// rest of it.
+    pub fn expect(&mut self, key: &str) -> String {
+        let line = self.next_line();
+        match line.strip_prefix(key) {
+            Some(rest) => rest.trim().to_string(),
+            None => panic!("expected @@{key}..., child {} said @@{line}", self.pid()),
+        }
+    }
+
+    /// Writes a line to the child's stdin.
+    pub fn tell(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{line}").expect("write to child");
+        stdin.flush().expect("flush child stdin");
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Child {
+    /// Closes the child's stdin, which asks it to stop politely (servers
+    /// remove their socket), and kills it if it has not gone shortly after.
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(2) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.kill();
+    }
+}
+
+/// Retries `f` until it returns `Some`, or panics after [`HANG`].
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < HANG, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether this process runs as root (tests that need another user say so
+/// loudly when they cannot run).
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir_all(&p).expect("mkdir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,175 @@
+//! Hostile and broken handshakes: each gets a clear refusal (or is dropped
+//! at the handshake timeout) and no other client notices.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use npipe::proto::handshake::{Hello, HelloKind, Reply};
+use npipe::{ClientOptions, ErrorCode, ImpersonationLevel, ReadMode};
+
+use crate::common::{server, unique, HANG};
+
+fn raw(name: &str) -> UnixStream {
+    let path = npipe::namespace_directory().join(name.to_lowercase());
+    let s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(HANG)).unwrap();
+    s
+}
+
+fn read_reply(s: &mut UnixStream) -> Option<Reply> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        if let Some((r, _)) = Reply::decode(&buf).unwrap() {
+            return Some(r);
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn refused_code(s: &mut UnixStream) -> u32 {
+    match read_reply(s) {
+        Some(Reply::Refused { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn hello(name: &str) -> Hello {
+    Hello {
+        kind: HelloKind::Connect,
+        access: None,
+        read_mode: ReadMode::Message,
+        impersonation: ImpersonationLevel::Impersonation,
+        wait_ms: 0,
+        max_message: 1 << 20,
+        pipelined: false,
+        name: name.to_lowercase(),
+        principal: String::new(),
+        computer: String::new(),
+    }
+}
+
+fn still_serves(name: &str) {
+    assert_eq!(
+        npipe::call(name, b"alive", Duration::from_secs(5)).unwrap(),
+        b"alive"
+    );
+}
+
+#[test]
+fn garbage_gets_bad_pipe_and_others_are_served() {
+    let name = unique("garbage");
+    let _srv = server(&name, &[]);
+    let mut s = raw(&name);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(refused_code(&mut s), 230);
+    still_serves(&name);
+}
+
+#[test]
+fn an_unknown_version_is_refused_with_not_supported() {
+    let name = unique("version");
+    let _srv = server(&name, &[]);
+    let mut s = raw(&name);
+    s.write_all(b"NPIP\x09rest-of-a-future-hello").unwrap();
+    match read_reply(&mut s) {
+        Some(Reply::Refused { code, reason }) => {
+            assert_eq!(code, 50);
+            assert!(reason.contains("version 9"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    still_serves(&name);
+}
+
+#[test]
+fn an_oversized_length_is_refused_before_waiting_for_it() {
+    let name = unique("oversize");
+    let _srv = server(&name, &[]);
+    let mut bytes = Vec::new();
+    hello(&name).encode(&mut bytes).unwrap();
+    bytes.truncate(24);
+    bytes[10..12].copy_from_slice(&u16::MAX.to_le_bytes());
+    let mut s = raw(&name);
+    s.write_all(&bytes).unwrap();
+    assert_eq!(refused_code(&mut s), 230);
+    still_serves(&name);
+}
+
+#[test]
+fn a_message_larger_than_the_server_accepts_breaks_only_that_client() {
+    let name = unique("bigmsg");
+    let mut srv = server(&name, &["max_message=1024"]);
+    let mut bytes = Vec::new();
+    hello(&name).encode(&mut bytes).unwrap();
+    let mut s = raw(&name);
+    s.write_all(&bytes).unwrap();
+    assert!(matches!(read_reply(&mut s), Some(Reply::Connected(_))));
+    srv.expect("conn");
+    // Claim a 4 GiB message: the server refuses it without allocating.
+    s.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    assert_eq!(srv.expect("end"), "230");
+    // The client library itself refuses to send what the server won't take.
+    let mut c = ClientOptions::new().open(&name).unwrap();
+    let e = c.write_message(&[0u8; 2048]).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidParameter);
+    still_serves(&name);
+}
+
+#[test]
+fn silent_and_trickling_clients_do_not_delay_others() {
+    let name = unique("slowloris");
+    let _srv = server(&name, &["handshake_ms=1500"]);
+    // Ten silent clients and one that sends a byte at a time.
+    let silent: Vec<UnixStream> = (0..10).map(|_| raw(&name)).collect();
+    let mut trickle = raw(&name);
+    let mut bytes = Vec::new();
+    hello(&name).encode(&mut bytes).unwrap();
+    trickle.write_all(&bytes[..3]).unwrap();
+    // Everyone else is served meanwhile.
+    for _ in 0..5 {
+        still_serves(&name);
+    }
+    // After the handshake timeout the silent ones are dropped without a word.
+    for mut s in silent {
+        let mut b = [0u8; 16];
+        assert_eq!(
+            s.read(&mut b).unwrap(),
+            0,
+            "dropped at the handshake timeout"
+        );
+    }
+    let mut b = [0u8; 16];
+    assert_eq!(trickle.read(&mut b).unwrap(), 0);
+}
+
+#[test]
+fn a_wrong_name_in_the_hello_is_refused() {
+    let name = unique("wrongname");
+    let _srv = server(&name, &[]);
+    let mut s = raw(&name);
+    let mut bytes = Vec::new();
+    hello("someone-else").encode(&mut bytes).unwrap();
+    s.write_all(&bytes).unwrap();
+    assert_eq!(refused_code(&mut s), 2);
+    still_serves(&name);
+}
+
+#[test]
+fn a_local_client_cannot_claim_a_remote_identity() {
+    let name = unique("spoof");
+    let _srv = server(&name, &[]);
+    let mut s = raw(&name);
+    let mut h = hello(&name);
+    h.principal = "CN=admin".into();
+    h.computer = "trusted-host".into();
+    let mut bytes = Vec::new();
+    h.encode(&mut bytes).unwrap();
+    s.write_all(&bytes).unwrap();
+    assert_eq!(refused_code(&mut s), 5);
+    still_serves(&name);
+}

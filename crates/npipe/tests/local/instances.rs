@@ -1,0 +1,190 @@
+//! Instances: the limit, busy at once, waiting (first come first served,
+//! timeouts), first instance, and a server that dies.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use npipe::{ClientOptions, ErrorCode, ServerOptions, Wait};
+
+use crate::common::{eventually, server, spawn, unique, HANG};
+
+fn waiting(name: &str) -> u32 {
+    npipe::query_pipe(name).unwrap().waiting_clients
+}
+
+#[test]
+fn busy_at_once_without_wait() {
+    let name = unique("busy");
+    let _srv = server(&name, &["instances=2", "mode=hold"]);
+    let _a = ClientOptions::new().open(&name).unwrap();
+    let _b = ClientOptions::new().open(&name).unwrap();
+    let e = ClientOptions::new().open(&name).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::PipeBusy);
+    assert_eq!(e.win32_code(), 231);
+    let info = npipe::query_pipe(name.as_str()).unwrap();
+    assert_eq!((info.cur_instances, info.max_instances), (2, Some(2)));
+}
+
+#[test]
+fn waiters_are_served_first_come_first_served() {
+    let name = unique("fifo");
+    let _srv = server(&name, &["instances=1"]);
+    let holder = ClientOptions::new().open(&name).unwrap();
+    let order = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for i in 0..4u32 {
+            let (name, order) = (&name, &order);
+            s.spawn(move || {
+                let mut c = ClientOptions::new()
+                    .wait(Wait::Forever)
+                    .open(name.as_str())
+                    .unwrap();
+                order.lock().unwrap().push(i);
+                // Prove the connection works, then free the instance.
+                assert_eq!(c.transact(&i.to_le_bytes()).unwrap(), i.to_le_bytes());
+            });
+            // Queue them in a known order: wait until the server counts it.
+            eventually("the waiter to queue", || {
+                (waiting(name) == i + 1).then_some(())
+            });
+        }
+        drop(holder);
+    });
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3]);
+}
+
+#[test]
+fn wait_times_out_with_sem_timeout() {
+    let name = unique("waittimeout");
+    let _srv = server(&name, &["instances=1", "default_timeout_ms=100"]);
+    let _holder = ClientOptions::new().open(&name).unwrap();
+    let start = Instant::now();
+    let e = ClientOptions::new()
+        .wait(Wait::Timeout(Duration::from_millis(200)))
+        .open(&name)
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Timeout);
+    assert_eq!(e.win32_code(), 121);
+    assert!(
+        start.elapsed() >= Duration::from_millis(200),
+        "gave up before its wait"
+    );
+    // The server's default wait (NMPWAIT_USE_DEFAULT_WAIT).
+    let start = Instant::now();
+    let e = ClientOptions::new()
+        .wait(Wait::ServerDefault)
+        .open(&name)
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Timeout);
+    assert!(start.elapsed() >= Duration::from_millis(100));
+    // Expired waiters are gone from the queue.
+    assert_eq!(waiting(&name), 0);
+}
+
+#[test]
+fn a_waiter_gets_the_instance_when_it_frees() {
+    let name = unique("waitok");
+    let _srv = server(&name, &["instances=1"]);
+    let holder = ClientOptions::new().open(&name).unwrap();
+    std::thread::scope(|s| {
+        let w = s.spawn(|| {
+            ClientOptions::new()
+                .wait(Wait::Timeout(Duration::from_secs(10)))
+                .open(&name)
+                .map(|mut c| c.transact(b"late").unwrap())
+        });
+        eventually("the waiter to queue", || {
+            (waiting(&name) == 1).then_some(())
+        });
+        drop(holder);
+        assert_eq!(w.join().unwrap().unwrap(), b"late");
+    });
+}
+
+#[test]
+fn a_waiter_that_leaves_is_never_handed_to_the_server() {
+    let name = unique("leaver");
+    let mut srv = server(&name, &["instances=1", "mode=hold"]);
+    let holder = ClientOptions::new().open(&name).unwrap();
+    srv.expect("conn");
+    let mut waiter = spawn("wait_open", &[&name]);
+    eventually("the child to queue", || (waiting(&name) == 1).then_some(()));
+    let waiter_pid = waiter.pid();
+    waiter.kill();
+    eventually("the server to drop the waiter", || {
+        (waiting(&name) == 0).then_some(())
+    });
+    drop(holder);
+    assert_eq!(srv.expect("closed"), "");
+    // The next connection the server sees is ours, not the dead waiter's.
+    let _c = ClientOptions::new()
+        .wait(Wait::Timeout(HANG))
+        .open(&name)
+        .unwrap();
+    let line = srv.expect("conn");
+    let pid: u32 = line.split(' ').next().unwrap().parse().unwrap();
+    assert_ne!(pid, waiter_pid);
+    assert_eq!(pid, std::process::id());
+}
+
+#[test]
+fn first_instance_refuses_a_served_name() {
+    let name = unique("first");
+    let _srv = server(&name, &[]);
+    let e = ServerOptions::new()
+        .first_instance(true)
+        .create(name.as_str())
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AccessDenied);
+    // Without the flag: instances of one name belong to one process.
+    let e = ServerOptions::new().create(name.as_str()).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::PipeBusy);
+    assert!(e.to_string().contains("already being served"), "{e}");
+    // The original server is untouched.
+    assert_eq!(
+        npipe::call(&name, b"still", Duration::from_secs(5)).unwrap(),
+        b"still"
+    );
+}
+
+#[test]
+fn a_dead_servers_socket_is_reclaimed() {
+    let name = unique("reclaim");
+    let mut srv = server(&name, &[]);
+    let mut c = ClientOptions::new().open(&name).unwrap();
+    srv.kill();
+    // Its client learns at once.
+    assert_eq!(c.recv_message().unwrap_err().code(), ErrorCode::BrokenPipe);
+    // The socket file is left behind; a client is told the pipe is gone.
+    let e = ClientOptions::new().open(&name).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::FileNotFound);
+    let entry = npipe::list_pipes()
+        .unwrap()
+        .into_iter()
+        .find(|e| matches!(e, npipe::PipeEntry::Unresponsive { file, .. } if *file == name));
+    assert!(entry.is_some(), "the stale socket shows in listings");
+    // A new server (even with first_instance) takes the name over.
+    let listener = ServerOptions::new()
+        .first_instance(true)
+        .create(name.as_str())
+        .unwrap();
+    let _c = ClientOptions::new().open(&name).unwrap();
+    assert!(listener
+        .accept_timeout(Duration::from_secs(5))
+        .unwrap()
+        .is_some());
+}
+
+#[test]
+fn the_listener_removes_its_name_when_dropped() {
+    let name = unique("dropped");
+    let listener = ServerOptions::new().create(name.as_str()).unwrap();
+    assert!(npipe::query_pipe(name.as_str()).is_ok());
+    drop(listener);
+    assert_eq!(
+        npipe::query_pipe(name.as_str()).unwrap_err().code(),
+        ErrorCode::FileNotFound
+    );
+    let mut child = spawn("open", &[&name]);
+    assert!(child.expect("err").starts_with("2 "));
+}

@@ -1,0 +1,155 @@
+//! Names and the namespace directory: forms, case, long names, long
+//! directories, and the directory checks.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use npipe::{ClientOptions, ErrorCode, PipeName};
+
+use crate::common::{is_root, server, spawn_with_env, unique, TempDir};
+
+#[test]
+fn every_form_and_case_reaches_the_same_pipe() {
+    let base = unique("Case");
+    let name = format!("{base}-MiXeD");
+    let srv = server(&name, &[]);
+    let lower = name.to_lowercase();
+    let upper = name.to_uppercase();
+    for form in [
+        format!(r"\\.\pipe\{lower}"),
+        format!(r"\\.\PIPE\{upper}"),
+        format!("//./pipe/{name}"),
+        upper.clone(),
+    ] {
+        let mut c = ClientOptions::new().open(form.as_str()).unwrap();
+        assert_eq!(c.server_process_id(), srv.pid(), "{form}");
+        assert_eq!(c.transact(b"hi").unwrap(), b"hi");
+        assert_eq!(c.info().name, name, "the server's own spelling");
+    }
+}
+
+#[test]
+fn long_and_unusual_names_work() {
+    let tag = unique("long");
+    let long = format!("{tag}-{}", "é".repeat(256 - tag.chars().count() - 1));
+    assert_eq!(long.chars().count(), 256);
+    let odd = format!("{} with spaces, ünïcode & 'quotes'", unique("odd"));
+    for name in [&long, &odd] {
+        let srv = server(name, &[]);
+        let mut c = ClientOptions::new().open(name.as_str()).unwrap();
+        assert_eq!(c.server_process_id(), srv.pid());
+        assert_eq!(c.transact(b"ok").unwrap(), b"ok");
+        let listed = npipe::query_pipe(name.as_str()).unwrap();
+        assert_eq!(&listed.name, name, "the real name is recoverable");
+        assert!(listed.file.len() <= 64);
+    }
+    let too_long = "x".repeat(257);
+    let e = ClientOptions::new().open(too_long.as_str()).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidName);
+    let e = PipeName::parse(r"\\.\pipe\a\b").unwrap_err();
+    assert_eq!(e.win32_code(), 123);
+}
+
+#[test]
+fn remote_names_without_a_gateway_say_so() {
+    let e = ClientOptions::new()
+        .open(r"\\otherhost\pipe\x")
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::BadNetPath);
+    assert!(e.to_string().contains("gateway"), "{e}");
+}
+
+#[test]
+fn a_namespace_directory_longer_than_sun_path_works() {
+    let tmp = TempDir::new("longdir");
+    let deep = tmp.path().join("d".repeat(60)).join("e".repeat(60));
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::set_permissions(&deep, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    assert!(deep.as_os_str().len() > 108);
+    let dir = deep.to_str().unwrap();
+    let name = unique("deep");
+    let mut srv = spawn_with_env("create", &[&name], &[("NPIPE_DIR", dir)]);
+    let said = srv.expect("ok");
+    assert_eq!(said, dir);
+    let mut client = spawn_with_env("open", &[&name], &[("NPIPE_DIR", dir)]);
+    assert_eq!(client.expect("ok"), srv.pid().to_string());
+}
+
+fn create_in(dir: &str, name: &str) -> String {
+    let mut c = spawn_with_env("create", &[name], &[("NPIPE_DIR", dir)]);
+    c.next_line()
+}
+
+#[test]
+fn the_namespace_directory_is_created_sticky_and_world_writable() {
+    let tmp = TempDir::new("nsnew");
+    let dir = tmp.path().join("pipes");
+    let line = create_in(dir.to_str().unwrap(), &unique("x"));
+    assert!(line.starts_with("ok"), "{line}");
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o1777);
+}
+
+#[test]
+fn an_unsafe_namespace_directory_is_refused() {
+    let tmp = TempDir::new("nsbad");
+    // World-writable without the sticky bit: others could replace pipes.
+    let open = tmp.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let line = create_in(open.to_str().unwrap(), &unique("x"));
+    assert!(
+        line.starts_with("err 5 ") && line.contains("sticky"),
+        "{line}"
+    );
+    // A symbolic link in place of the directory.
+    let real = tmp.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let line = create_in(link.to_str().unwrap(), &unique("x"));
+    assert!(
+        line.starts_with("err 5 ") && line.contains("symbolic link"),
+        "{line}"
+    );
+    // A private directory of our own is fine.
+    let private = tmp.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(create_in(private.to_str().unwrap(), &unique("x")).starts_with("ok"));
+}
+
+#[test]
+fn a_namespace_directory_owned_by_another_user_is_refused() {
+    if !is_root() {
+        eprintln!("SKIPPED LOUDLY: a_namespace_directory_owned_by_another_user_is_refused needs root to chown");
+        return;
+    }
+    let tmp = TempDir::new("nsother");
+    let dir = tmp.path().join("theirs");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let line = create_in(dir.to_str().unwrap(), &unique("x"));
+    assert!(
+        line.starts_with("err 5 ") && line.contains("uid 65534"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_file_squatting_a_name_is_not_replaced() {
+    let tmp = TempDir::new("squat");
+    let dir = tmp.path().join("ns");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let name = unique("squatted");
+    std::fs::write(dir.join(&name), b"not a pipe").unwrap();
+    let line = create_in(dir.to_str().unwrap(), &name);
+    assert!(
+        line.starts_with("err 5 ") && line.contains("not by a pipe"),
+        "{line}"
+    );
+    assert_eq!(std::fs::read(dir.join(&name)).unwrap(), b"not a pipe");
+    let _ = Duration::ZERO;
+}

@@ -1,0 +1,60 @@
+//! Who is on the other end, from the kernel.
+
+use std::time::Duration;
+
+use npipe::ClientOptions;
+
+use crate::common::{server, spawn, unique};
+
+#[test]
+fn the_server_sees_the_client_process_and_user() {
+    let name = unique("whoclient");
+    let mut srv = server(&name, &["mode=hold"]);
+    let _c = ClientOptions::new().open(&name).unwrap();
+    let line = srv.expect("conn");
+    let fields: Vec<u32> = line.split(' ').map(|f| f.parse().unwrap()).collect();
+    let me = std::fs::metadata("/proc/self").unwrap();
+    assert_eq!(fields[0], std::process::id(), "client pid");
+    assert_eq!(
+        fields[1],
+        std::os::unix::fs::MetadataExt::uid(&me),
+        "client uid"
+    );
+    // Session id: the same as ours (getsid), since the child shares it.
+    let sid = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after = &sid[sid.rfind(')').unwrap() + 2..];
+    let session: u32 = after.split(' ').nth(3).unwrap().parse().unwrap();
+    assert_eq!(fields[2], session, "client session id");
+}
+
+#[test]
+fn the_client_sees_the_server_process_and_user() {
+    let name = unique("whoserver");
+    let srv = server(&name, &[]);
+    let c = ClientOptions::new().open(&name).unwrap();
+    assert_eq!(c.server_process_id(), srv.pid());
+    let me = std::fs::metadata("/proc/self").unwrap();
+    assert_eq!(c.server_uid(), std::os::unix::fs::MetadataExt::uid(&me));
+    assert_eq!(c.server_credentials().pid, srv.pid());
+    // And a client in another process sees the same server.
+    let mut child = spawn("open", &[&name]);
+    assert_eq!(child.expect("ok"), srv.pid().to_string());
+    assert_eq!(child.expect("reply"), "from child");
+}
+
+#[test]
+fn listings_show_the_server_pid_and_shape() {
+    let name = unique("listed");
+    let srv = server(&name, &["instances=3", "type=byte", "direction=in"]);
+    let p = npipe::query_pipe(name.as_str()).unwrap();
+    assert_eq!(p.server.pid, srv.pid());
+    assert_eq!(p.pipe_type, npipe::PipeType::Byte);
+    assert_eq!(p.direction, npipe::Direction::Inbound);
+    assert_eq!(p.max_instances, Some(3));
+    assert_eq!(p.cur_instances, 0);
+    assert_eq!(p.default_timeout, Duration::from_millis(50));
+    let all = npipe::list_pipes().unwrap();
+    assert!(all.iter().any(
+        |e| matches!(e, npipe::PipeEntry::Served(s) if s.name == name && s.server.pid == srv.pid())
+    ));
+}

@@ -1,0 +1,263 @@
+//! What child processes do. The parent starts this binary with
+//! `--exact roles::child_entry --ignored` and `NPIPE_TEST_ROLE` set; the
+//! child reports with `@@` lines on stdout.
+
+use std::io::{BufRead, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use npipe::{ClientOptions, Direction, PipeServer, PipeType, ServerOptions};
+
+#[test]
+#[ignore = "entry point for the child processes of the cross-process tests, not a test"]
+fn child_entry() {
+    let role = std::env::var("NPIPE_TEST_ROLE").expect("run by the parent tests only");
+    let args: Vec<String> = std::env::var("NPIPE_TEST_ARGS")
+        .unwrap_or_default()
+        .split('\u{1f}')
+        .map(str::to_string)
+        .collect();
+    match role.as_str() {
+        "serve" => serve(&args),
+        "create" => create(&args),
+        "open" => open(&args),
+        "wait_open" => wait_open(&args),
+        other => panic!("unknown role {other}"),
+    }
+    std::process::exit(0);
+}
+
+fn say(line: impl AsRef<str>) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "@@{}", line.as_ref()).unwrap();
+    out.flush().unwrap();
+}
+
+fn code(e: &npipe::Error) -> u32 {
+    e.win32_code()
+}
+
+fn opt<'a>(args: &'a [String], key: &str) -> Option<&'a str> {
+    args.iter()
+        .find_map(|a| a.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+fn server_options(args: &[String]) -> ServerOptions {
+    let mut o = ServerOptions::new();
+    if let Some(t) = opt(args, "type") {
+        o.pipe_type(if t == "byte" {
+            PipeType::Byte
+        } else {
+            PipeType::Message
+        });
+    }
+    if let Some(n) = opt(args, "instances") {
+        o.max_instances(n.parse().unwrap());
+    }
+    if let Some(d) = opt(args, "direction") {
+        o.direction(match d {
+            "in" => Direction::Inbound,
+            "out" => Direction::Outbound,
+            _ => Direction::Duplex,
+        });
+    }
+    if opt(args, "first").is_some() {
+        o.first_instance(true);
+    }
+    if let Some(n) = opt(args, "max_message") {
+        o.max_message_size(n.parse().unwrap());
+    }
+    if let Some(ms) = opt(args, "default_timeout_ms") {
+        o.default_timeout(Duration::from_millis(ms.parse().unwrap()));
+    }
+    if let Some(ms) = opt(args, "handshake_ms") {
+        o.handshake_timeout(Duration::from_millis(ms.parse().unwrap()));
+    }
+    o
+}
+
+/// `serve NAME [key=value...]`: a server whose per-connection behaviour is
+/// `mode=` echo (default), hold, disconnect, go, inbound, outbound.
+fn serve(args: &[String]) {
+    let name = &args[0];
+    let listener = match server_options(args).create(name.as_str()) {
+        Ok(l) => l,
+        Err(e) => {
+            say(format!("err {} {}", code(&e), e));
+            return;
+        }
+    };
+    let mode = opt(args, "mode").unwrap_or("echo").to_string();
+    say(format!("ready {}", std::process::id()));
+    // The parent closes our stdin to stop us politely (the listener then
+    // removes its socket); "go" lines are passed on to `mode=go` connections.
+    std::thread::spawn(|| {
+        for line in std::io::stdin().lock().lines() {
+            match line {
+                Ok(l) if l == "go" => GO.1.notify_all_after(|| *GO.0.lock().unwrap() = true),
+                _ => break,
+            }
+        }
+        STOP.store(true, Ordering::SeqCst);
+    });
+    while !STOP.load(Ordering::SeqCst) {
+        let conn = match listener.accept_timeout(Duration::from_millis(20)) {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(e) => {
+                say(format!("accept_err {}", code(&e)));
+                return;
+            }
+        };
+        say(format!(
+            "conn {} {} {}",
+            conn.client_process_id(),
+            conn.client_uid(),
+            conn.client_session_id().unwrap_or(0)
+        ));
+        let mode = mode.clone();
+        std::thread::spawn(move || handle(conn, &mode));
+    }
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+static GO: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+
+trait NotifyAfter {
+    fn notify_all_after(&self, f: impl FnOnce());
+}
+
+impl NotifyAfter for Condvar {
+    fn notify_all_after(&self, f: impl FnOnce()) {
+        f();
+        self.notify_all();
+    }
+}
+
+fn wait_for_go() {
+    let mut go = GO.0.lock().unwrap();
+    while !*go {
+        go = GO.1.wait(go).unwrap();
+    }
+}
+
+fn handle(mut conn: PipeServer, mode: &str) {
+    let message = conn.info().pipe_type == PipeType::Message;
+    match mode {
+        "echo" if message => loop {
+            match conn.recv_message() {
+                Ok(m) => {
+                    if let Err(e) = conn.write_message(&m) {
+                        say(format!("end {}", code(&e)));
+                        return;
+                    }
+                }
+                Err(e) => {
+                    say(format!("end {}", code(&e)));
+                    return;
+                }
+            }
+        },
+        "echo" => {
+            let mut buf = [0u8; 8192];
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) => {
+                        say("end eof");
+                        return;
+                    }
+                    Ok(n) => conn.write_all(&buf[..n]).unwrap(),
+                    Err(e) => {
+                        say(format!("end {e}"));
+                        return;
+                    }
+                }
+            }
+        }
+        "hold" => {
+            let mut buf = [0u8; 64];
+            while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+            say("closed");
+        }
+        "disconnect" => {
+            let m = conn.recv_message().unwrap();
+            say(format!("got {}", String::from_utf8_lossy(&m)));
+            conn.disconnect().unwrap();
+            say("disconnected");
+            let e = conn.recv_message().unwrap_err();
+            say(format!("after {}", code(&e)));
+        }
+        "go" => {
+            wait_for_go();
+            let mut total = 0usize;
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+            say(format!("read {total}"));
+        }
+        "inbound" => {
+            let e = conn.write_message(b"nope").unwrap_err();
+            say(format!("write_err {}", code(&e)));
+            while let Ok(m) = conn.recv_message() {
+                say(format!("msg {}", String::from_utf8_lossy(&m)));
+            }
+            say("closed");
+        }
+        "outbound" => {
+            let mut buf = [0u8; 16];
+            let e = conn.read_message(&mut buf).unwrap_err();
+            say(format!("read_err {}", code(&e)));
+            conn.write_message(b"hello from server").unwrap();
+            conn.flush_buffers().unwrap();
+            say("sent");
+        }
+        other => panic!("unknown mode {other}"),
+    }
+}
+
+/// `create NAME [first=1]`: create a server, report, and keep it until
+/// stdin closes.
+fn create(args: &[String]) {
+    match server_options(args).create(args[0].as_str()) {
+        Ok(_l) => {
+            say(format!("ok {}", npipe::namespace_directory().display()));
+            let mut sink = String::new();
+            let _ = std::io::stdin().read_to_string(&mut sink);
+        }
+        Err(e) => say(format!("err {} {}", code(&e), e)),
+    }
+}
+
+/// `open NAME`: connect as a client and report the server's pid.
+fn open(args: &[String]) {
+    match ClientOptions::new().open(args[0].as_str()) {
+        Ok(mut c) => {
+            say(format!("ok {}", c.server_process_id()));
+            if c.info().pipe_type == PipeType::Message {
+                let reply = c.transact(b"from child").unwrap();
+                say(format!("reply {}", String::from_utf8_lossy(&reply)));
+            }
+        }
+        Err(e) => say(format!("err {} {}", code(&e), e)),
+    }
+}
+
+/// `wait_open NAME`: connect, waiting for ever, and hold the pipe.
+fn wait_open(args: &[String]) {
+    let opened = ClientOptions::new()
+        .wait(npipe::Wait::Forever)
+        .open(args[0].as_str());
+    match opened {
+        Ok(c) => {
+            say(format!("ok {}", c.server_process_id()));
+            let mut sink = String::new();
+            let _ = std::io::stdin().read_to_string(&mut sink);
+        }
+        Err(e) => say(format!("err {} {}", code(&e), e)),
+    }
+}
