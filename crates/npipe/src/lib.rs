@@ -91,3 +91,8 @@ pub use options::{
     Access, ClientOptions, Direction, ImpersonationLevel, PipeType, ReadMode, ServerOptions, Wait,
     UNLIMITED_INSTANCES,
 };
+
+/// The README's Rust example, compiled and run as a doctest.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

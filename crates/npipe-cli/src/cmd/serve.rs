@@ -1,6 +1,7 @@
 //! `npipe serve`: an echo server, one thread per connected client.
 
 use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use clap::ValueEnum;
 use npipe::{Direction, ErrorCode, PipeServer, PipeType, ServerOptions, UNLIMITED_INSTANCES};
 
 use super::{direction_name, type_name, user_text, CmdResult};
-use crate::exit::Failure;
+use crate::exit::{Failure, Status};
 
 /// How long an outbound server waits for a client to read its greeting
 /// (`FlushFileBuffers`) before closing the connection anyway.
@@ -187,13 +188,15 @@ pub fn run(args: &Args) -> CmdResult {
         greeting: args.greeting.clone(),
         quiet: args.quiet,
     });
+    let stop = stop_on_signals()?;
     let mut next_id: u64 = 0;
-    loop {
+    while !stop.load(Ordering::Relaxed) {
         // `accept` fails only when the pipe itself stopped working; no
         // single client can make it fail.
-        let conn = listener.accept().map_err(|e| {
+        let accepted = listener.accept_timeout(SIGNAL_CHECK).map_err(|e| {
             Failure::from(e).hint("the pipe stopped accepting clients; restart the server")
         })?;
+        let Some(conn) = accepted else { continue };
         next_id += 1;
         let id = next_id;
         let config = Arc::clone(&config);
@@ -208,6 +211,28 @@ pub fn run(args: &Args) -> CmdResult {
             ));
         }
     }
+    // Dropping the listener removes the pipe's name; connected clients are
+    // cut off when the process exits.
+    log(format_args!("stopping: {} removed", listener.name()));
+    Ok(())
+}
+
+/// How often the accept loop looks for SIGINT / SIGTERM / SIGHUP.
+const SIGNAL_CHECK: Duration = Duration::from_millis(100);
+
+/// A flag raised by SIGINT, SIGTERM or SIGHUP, so the server can remove its
+/// socket on the way out instead of leaving a stale one behind.
+fn stop_on_signals() -> Result<Arc<AtomicBool>, Failure> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| Failure::new(Status::Other, format!("cannot handle signal {sig}: {e}")))?;
+    }
+    Ok(stop)
 }
 
 fn create_failure(err: npipe::Error, args: &Args) -> Failure {

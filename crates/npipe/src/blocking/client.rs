@@ -299,12 +299,13 @@ impl io::Write for PipeClient {
 ///
 /// let name = format!("doc-call-{}", std::process::id());
 /// let listener = ServerOptions::new().create(&name)?;
-/// std::thread::spawn(move || {
+/// let server = std::thread::spawn(move || {
 ///     let mut conn = listener.accept().unwrap();
 ///     let req = conn.recv_message().unwrap();
 ///     conn.write_message(&req.to_ascii_uppercase()).unwrap();
 /// });
 /// assert_eq!(npipe::call(&name, b"shout", Duration::from_secs(1))?, b"SHOUT");
+/// server.join().unwrap();
 /// # Ok::<(), npipe::Error>(())
 /// ```
 pub fn call(
