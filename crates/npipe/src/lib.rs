@@ -76,6 +76,7 @@ mod listing;
 mod name;
 mod namespace;
 mod options;
+mod policy;
 pub mod proto;
 mod sys;
 

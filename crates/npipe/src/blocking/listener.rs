@@ -23,11 +23,10 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::info::{max_instances_from_wire, ClientIdentity, End, PeerCredentials, PipeInfo};
 use crate::name::PipeName;
 use crate::namespace::{Namespace, Published};
-use crate::options::{Access, ImpersonationLevel, PipeType, ServerOptions, UNLIMITED_INSTANCES};
-use crate::proto::admission::{Admission, Arrival, Patience, Ticket};
-use crate::proto::handshake::{
-    Hello, HelloKind, PipeDescription, Reply, HELLO_MAX, WAIT_DEFAULT, WAIT_FOREVER, WAIT_NONE,
-};
+use crate::options::{Access, ImpersonationLevel, ServerOptions, UNLIMITED_INSTANCES};
+use crate::policy::{self, Verdict};
+use crate::proto::admission::{Admission, Arrival, Ticket};
+use crate::proto::handshake::{Hello, PipeDescription, Reply, HELLO_MAX};
 use crate::sys::{self, Events, PeerCred, PollEntry, Socket, Waker};
 
 /// Most connections the acceptor takes from the kernel per wake-up, so that
@@ -580,11 +579,7 @@ impl Acceptor {
         }
         for t in self.admission.expire(now) {
             if let Some(p) = self.pending.remove(&t) {
-                refuse(
-                    &p.socket,
-                    ErrorCode::Timeout,
-                    "every instance stayed busy for as long as the client would wait",
-                );
+                refuse(&p.socket, ErrorCode::Timeout, policy::TIMEOUT_REASON);
             }
         }
     }
@@ -681,98 +676,35 @@ impl Acceptor {
     }
 
     fn description(&self, granted: Access) -> PipeDescription {
-        let o = &self.shared.opts;
-        PipeDescription {
-            pipe_type: o.pipe_type,
-            direction: o.direction,
+        let shared = &self.shared;
+        policy::description(
+            &shared.opts,
+            &shared.name,
             granted,
-            max_instances: o.max_instances,
-            cur_instances: self.admission.active(),
-            in_buffer: o.in_buffer_size,
-            out_buffer: o.out_buffer_size,
-            max_message: o.max_message_size,
-            default_timeout_ms: millis(o.default_timeout),
-            handshake_timeout_ms: millis(o.handshake_timeout),
-            waiting: self.admission.waiting() as u32,
-            name: self.shared.name.name().to_string(),
-        }
+            self.admission.active(),
+            self.admission.waiting(),
+        )
     }
 
     fn on_hello(&mut self, ticket: Ticket, p: Pending, hello: Hello) {
-        let o = &self.shared.opts;
-        let anonymous_query = hello.kind == HelloKind::Query && hello.name.is_empty();
-        if hello.name != self.shared.name.canonical() && !anonymous_query {
-            refuse(
-                &p.socket,
-                ErrorCode::FileNotFound,
-                &format!(
-                    "this server serves {:?}, not {:?}",
-                    self.shared.name.name(),
-                    hello.name
-                ),
-            );
-            return;
-        }
-        if !hello.principal.is_empty() || !hello.computer.is_empty() {
-            // Remote identity is taken only from a trusted gateway, which
-            // this build does not have: a local peer claiming one is refused.
-            refuse(
-                &p.socket,
-                ErrorCode::AccessDenied,
-                "only a trusted npipe gateway may present a remote identity",
-            );
-            return;
-        }
-        let allowed = o.direction.client_access();
-        if hello.kind == HelloKind::Query {
-            send_reply(&p.socket, &Reply::Info(self.description(allowed)));
-            return;
-        }
-        let granted = hello.access.unwrap_or(allowed);
-        if !granted.within(allowed) {
-            refuse(
-                &p.socket,
-                ErrorCode::AccessDenied,
-                &format!(
-                    "the pipe is {:?}: a client may {}",
-                    o.direction,
-                    match allowed {
-                        Access::Read => "only read",
-                        Access::Write => "only write",
-                        Access::ReadWrite => "read and write",
+        let shared = &self.shared;
+        match policy::judge(&shared.opts, &shared.name, &hello, &p.cred, Instant::now()) {
+            Verdict::Refuse(code, reason) => refuse(&p.socket, code, &reason),
+            Verdict::Describe(allowed) => {
+                send_reply(&p.socket, &Reply::Info(self.description(allowed)));
+            }
+            Verdict::Connect { granted, patience } => {
+                match self.admission.arrive(ticket, patience) {
+                    Arrival::Granted => self.connect(p, hello, granted),
+                    Arrival::Busy => refuse(&p.socket, ErrorCode::PipeBusy, policy::BUSY_REASON),
+                    Arrival::Queued => {
+                        let stage = Stage::Waiting { hello, granted };
+                        self.pending.insert(ticket, Pending { stage, ..p });
                     }
-                ),
-            );
-            return;
-        }
-        if hello.pipelined && o.pipe_type == PipeType::Byte {
-            refuse(
-                &p.socket,
-                ErrorCode::BadPipe,
-                "a transaction needs a message-type pipe; this one is byte type",
-            );
-            return;
-        }
-        let now = Instant::now();
-        let patience = match hello.wait_ms {
-            WAIT_NONE => Patience::None,
-            WAIT_FOREVER => Patience::Forever,
-            WAIT_DEFAULT => Patience::Until(now + o.default_timeout),
-            ms => Patience::Until(now + Duration::from_millis(ms.into())),
-        };
-        match self.admission.arrive(ticket, patience) {
-            Arrival::Granted => self.connect(p, hello, granted),
-            Arrival::Busy => refuse(
-                &p.socket,
-                ErrorCode::PipeBusy,
-                "all pipe instances are busy (ask to wait, like WaitNamedPipe)",
-            ),
-            Arrival::Queued => {
-                let stage = Stage::Waiting { hello, granted };
-                self.pending.insert(ticket, Pending { stage, ..p });
+                }
+                self.publish_active();
             }
         }
-        self.publish_active();
     }
 
     /// Hands instances to waiters in order, skipping any that left.
@@ -839,10 +771,6 @@ impl Acceptor {
             .push_back(ready);
         self.shared.ready_cv.notify_one();
     }
-}
-
-fn millis(d: Duration) -> u32 {
-    d.as_millis().min(u128::from(u32::MAX - 2)) as u32
 }
 
 /// Sends a reply on a fresh connection without blocking; whether it all went.

@@ -1,0 +1,194 @@
+//! The server's verdict on a client's HELLO, and the pipe description it
+//! sends back: decisions shared by every front end (blocking, tokio), kept
+//! free of I/O so that they are the same everywhere.
+
+use std::time::{Duration, Instant};
+
+use crate::error::ErrorCode;
+use crate::name::PipeName;
+use crate::options::{Access, PipeType, ServerOptions};
+use crate::proto::admission::Patience;
+use crate::proto::handshake::{
+    Hello, HelloKind, PipeDescription, WAIT_DEFAULT, WAIT_FOREVER, WAIT_NONE,
+};
+use crate::sys::PeerCred;
+
+/// What the server does with a HELLO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// A query: describe the pipe (with the access a client could have).
+    Describe(Access),
+    /// A connect that may take an instance, with this access, waiting so long.
+    Connect {
+        /// The access the client gets.
+        granted: Access,
+        /// How long it waits for an instance.
+        patience: Patience,
+    },
+    /// Refuse with this code and reason.
+    Refuse(ErrorCode, String),
+}
+
+/// Judges a HELLO from a peer the kernel identified as `peer`, at `now`.
+pub(crate) fn judge(
+    opts: &ServerOptions,
+    name: &PipeName,
+    hello: &Hello,
+    _peer: &PeerCred,
+    now: Instant,
+) -> Verdict {
+    let anonymous_query = hello.kind == HelloKind::Query && hello.name.is_empty();
+    if hello.name != name.canonical() && !anonymous_query {
+        return Verdict::Refuse(
+            ErrorCode::FileNotFound,
+            format!("this server serves {:?}, not {:?}", name.name(), hello.name),
+        );
+    }
+    if !hello.principal.is_empty() || !hello.computer.is_empty() {
+        // Remote identity is taken only from a trusted gateway, which this
+        // build does not have: a local peer claiming one is refused.
+        return Verdict::Refuse(
+            ErrorCode::AccessDenied,
+            "only a trusted npipe gateway may present a remote identity".into(),
+        );
+    }
+    let allowed = opts.direction.client_access();
+    if hello.kind == HelloKind::Query {
+        return Verdict::Describe(allowed);
+    }
+    let granted = hello.access.unwrap_or(allowed);
+    if !granted.within(allowed) {
+        let may = match allowed {
+            Access::Read => "only read",
+            Access::Write => "only write",
+            Access::ReadWrite => "read and write",
+        };
+        return Verdict::Refuse(
+            ErrorCode::AccessDenied,
+            format!("the pipe is {:?}: a client may {may}", opts.direction),
+        );
+    }
+    if hello.pipelined && opts.pipe_type == PipeType::Byte {
+        return Verdict::Refuse(
+            ErrorCode::BadPipe,
+            "a transaction needs a message-type pipe; this one is byte type".into(),
+        );
+    }
+    let patience = match hello.wait_ms {
+        WAIT_NONE => Patience::None,
+        WAIT_FOREVER => Patience::Forever,
+        WAIT_DEFAULT => Patience::Until(now + opts.default_timeout),
+        ms => Patience::Until(now + Duration::from_millis(ms.into())),
+    };
+    Verdict::Connect { granted, patience }
+}
+
+/// The pipe as the server describes it in OK and INFO replies.
+pub(crate) fn description(
+    opts: &ServerOptions,
+    name: &PipeName,
+    granted: Access,
+    active: u32,
+    waiting: usize,
+) -> PipeDescription {
+    PipeDescription {
+        pipe_type: opts.pipe_type,
+        direction: opts.direction,
+        granted,
+        max_instances: opts.max_instances,
+        cur_instances: active,
+        in_buffer: opts.in_buffer_size,
+        out_buffer: opts.out_buffer_size,
+        max_message: opts.max_message_size,
+        default_timeout_ms: millis(opts.default_timeout),
+        handshake_timeout_ms: millis(opts.handshake_timeout),
+        waiting: u32::try_from(waiting).unwrap_or(u32::MAX),
+        name: name.name().to_string(),
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    d.as_millis().min(u128::from(u32::MAX - 2)) as u32
+}
+
+/// The refusal sent when no instance is free and the client will not wait.
+pub(crate) const BUSY_REASON: &str =
+    "all pipe instances are busy (ask to wait, like WaitNamedPipe)";
+/// The refusal sent when a waiter's time runs out.
+pub(crate) const TIMEOUT_REASON: &str =
+    "every instance stayed busy for as long as the client would wait";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::{Direction, ImpersonationLevel, ReadMode};
+
+    fn hello(name: &str) -> Hello {
+        Hello {
+            kind: HelloKind::Connect,
+            access: None,
+            read_mode: ReadMode::Message,
+            impersonation: ImpersonationLevel::Impersonation,
+            wait_ms: WAIT_NONE,
+            max_message: 1024,
+            pipelined: false,
+            name: name.into(),
+            principal: String::new(),
+            computer: String::new(),
+        }
+    }
+
+    const ME: PeerCred = PeerCred {
+        pid: 1,
+        uid: 0,
+        gid: 0,
+    };
+
+    #[test]
+    fn direction_decides_access() {
+        let name = PipeName::parse("Pipe").unwrap();
+        let mut opts = ServerOptions::new();
+        opts.direction(Direction::Inbound);
+        let now = Instant::now();
+        let v = judge(&opts, &name, &hello("pipe"), &ME, now);
+        assert_eq!(
+            v,
+            Verdict::Connect {
+                granted: Access::Write,
+                patience: Patience::None
+            }
+        );
+        let mut h = hello("pipe");
+        h.access = Some(Access::Read);
+        assert!(matches!(
+            judge(&opts, &name, &h, &ME, now),
+            Verdict::Refuse(ErrorCode::AccessDenied, _)
+        ));
+    }
+
+    #[test]
+    fn names_and_waits() {
+        let name = PipeName::parse("Pipe").unwrap();
+        let opts = ServerOptions::new();
+        let now = Instant::now();
+        assert!(matches!(
+            judge(&opts, &name, &hello("other"), &ME, now),
+            Verdict::Refuse(ErrorCode::FileNotFound, _)
+        ));
+        let mut h = hello("pipe");
+        h.wait_ms = WAIT_DEFAULT;
+        assert_eq!(
+            judge(&opts, &name, &h, &ME, now),
+            Verdict::Connect {
+                granted: Access::ReadWrite,
+                patience: Patience::Until(now + Duration::from_millis(50))
+            }
+        );
+        h.kind = HelloKind::Query;
+        h.name.clear();
+        assert_eq!(
+            judge(&opts, &name, &h, &ME, now),
+            Verdict::Describe(Access::ReadWrite)
+        );
+    }
+}
