@@ -61,12 +61,16 @@ enum Command {
     Call(cmd::call::Args),
     List(cmd::list::Args),
     Info(cmd::info::Args),
+    Bench(cmd::bench::Args),
     /// The demo's server process (started by `npipe demo`).
     #[command(hide = true)]
     DemoServer(cmd::demo::ServerArgs),
     /// The demo's client process (started by `npipe demo`).
     #[command(hide = true)]
     DemoClient(cmd::demo::ClientArgs),
+    /// The bench's server process (started by `npipe bench`).
+    #[command(hide = true)]
+    BenchPeer(cmd::bench::PeerArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,8 +82,10 @@ fn main() -> ExitCode {
         Command::Call(args) => cmd::call::run(args),
         Command::List(args) => cmd::list::run(args),
         Command::Info(args) => cmd::info::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
         Command::DemoServer(args) => cmd::demo::run_server(args),
         Command::DemoClient(args) => cmd::demo::run_client(args),
+        Command::BenchPeer(args) => cmd::bench::run_peer(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -495,3 +495,208 @@ fn every_command_has_help() {
     // The demo's worker commands stay out of the listing.
     assert!(!top.stdout.contains("demo-server"), "{}", top.stdout);
 }
+
+#[test]
+fn bench_smoke_prints_every_row_as_json_with_finite_figures() {
+    // Token amounts of work (--smoke): this checks the machinery and the
+    // output, never the speed.
+    let run = run(
+        &[
+            "bench",
+            "--quick",
+            "--json",
+            "--smoke",
+            "--rounds",
+            "1",
+            "msg_throughput_64b",
+            "transact",
+            "connect_rate",
+        ],
+        b"",
+    );
+    run.assert_success();
+    let rows = json_lines(&run.stdout);
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["case"].as_str()).collect();
+    for case in [
+        "msg_throughput_64b",
+        "transact_64b_blocking",
+        "connect_rate",
+    ] {
+        assert!(names.contains(&case), "no {case} in:\n{}", run.stdout);
+    }
+    for row in &rows {
+        for key in ["npipe", "raw", "ratio", "min_ratio", "max_ratio"] {
+            let v = row[key].as_f64().unwrap_or(f64::NAN);
+            assert!(v.is_finite() && v > 0.0, "{key} = {} in {row}", row[key]);
+        }
+        assert!(row["unit"].is_string(), "{row}");
+        assert!(
+            row["better"] == "lower" || row["better"] == "higher",
+            "{row}"
+        );
+        assert!(
+            row["min_ratio"].as_f64() <= row["ratio"].as_f64()
+                && row["ratio"].as_f64() <= row["max_ratio"].as_f64(),
+            "{row}"
+        );
+    }
+}
+
+/// Whether the tests run as root (needed to start a client as another user).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// A copy of the `npipe` binary any user may run (the build directory may
+/// sit under a home directory other users cannot enter).
+fn shared_npipe() -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    static EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("npipe-cli-exe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exe = dir.join("npipe");
+        std::fs::copy(env!("CARGO_BIN_EXE_npipe"), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        exe
+    })
+    .clone()
+}
+
+/// Runs `npipe ARGS...` as uid/gid 65534 (nobody), bounded by [`HANG`].
+fn run_as_nobody(args: &[&str]) -> Run {
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(shared_npipe())
+        .args(args)
+        .uid(65534)
+        .gid(65534)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start npipe as nobody");
+    let stdout = read_all(child.stdout.take().expect("stdout"));
+    let stderr = read_all(child.stderr.take().expect("stderr"));
+    let deadline = Instant::now() + HANG;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("npipe {args:?} as nobody hung");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    Run {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+#[test]
+fn whoami_reports_the_client_and_what_impersonation_did() {
+    if !is_root() {
+        eprintln!("SKIPPED LOUDLY: whoami test needs root to run a client as uid 65534");
+        return;
+    }
+    let name = unique("whoami");
+    let _server = Server::start(
+        &name,
+        &["--whoami", "--impersonate", "--allow", "everyone=rw"],
+    );
+    let me = run(&["call", &name, "who?"], b"");
+    me.assert_success();
+    assert!(
+        me.stdout.contains("uid=0 ") && me.stdout.contains("impersonating: euid=0"),
+        "{}",
+        me.stdout
+    );
+    let other = run_as_nobody(&["call", &name, "who?"]);
+    other.assert_success();
+    assert!(
+        other.stdout.contains("uid=65534 gid=65534 user=nobody"),
+        "{}",
+        other.stdout
+    );
+    assert!(
+        other
+            .stdout
+            .contains("impersonating: euid=65534 user=nobody"),
+        "{}",
+        other.stdout
+    );
+    let ident = run_as_nobody(&[
+        "call",
+        &name,
+        "who?",
+        "--impersonation-level",
+        "identification",
+    ]);
+    ident.assert_success();
+    assert!(
+        ident.stdout.contains("level=identification"),
+        "{}",
+        ident.stdout
+    );
+    assert!(
+        ident.stdout.contains("ERROR_CANNOT_IMPERSONATE (1368)"),
+        "{}",
+        ident.stdout
+    );
+}
+
+#[test]
+fn serve_security_flags_fence_out_other_users() {
+    if !is_root() {
+        eprintln!("SKIPPED LOUDLY: security flag test needs root to run a client as uid 65534");
+        return;
+    }
+    let private = unique("cuo");
+    let _a = Server::start(&private, &["--current-user-only"]);
+    run_as_nobody(&["call", &private, "x"]).assert_code(EXIT_ACCESS_DENIED);
+    run(&["call", &private, "x"], b"").assert_success();
+    let denied = unique("denyflag");
+    let _b = Server::start(
+        &denied,
+        &["--allow", "everyone=rw", "--deny", "user:nobody=w"],
+    );
+    let r = run_as_nobody(&["call", &denied, "x"]);
+    r.assert_code(EXIT_ACCESS_DENIED);
+    assert!(r.stderr.contains("security descriptor"), "{}", r.stderr);
+    // Squatting: root refuses a pipe served by nobody.
+    let squat = unique("squat");
+    let mut squatter = Command::new(shared_npipe());
+    {
+        use std::os::unix::process::CommandExt;
+        squatter.uid(65534).gid(65534).current_dir("/");
+    }
+    let mut child = squatter
+        .args(["serve", &squat])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + STARTUP;
+    while npipe::query_pipe(squat.as_str()).is_err() {
+        assert!(Instant::now() < deadline, "squatter did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let r = run(&["call", &squat, "x", "--expect-server-user", "root"], b"");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(npipe::namespace_directory().join(&squat));
+    r.assert_code(EXIT_ACCESS_DENIED);
+    assert!(
+        r.stderr.contains("not by the expected root"),
+        "{}",
+        r.stderr
+    );
+}

@@ -40,6 +40,10 @@ pub enum ErrorCode {
     MoreData,
     /// `ERROR_CANNOT_IMPERSONATE` (1368): the client did not grant impersonation.
     CannotImpersonate,
+    /// `ERROR_PRIVILEGE_NOT_HELD` (1314): the process lacks a privilege the
+    /// operation needs (impersonating another user needs root or
+    /// `CAP_SETUID`/`CAP_SETGID`).
+    PrivilegeNotHeld,
     /// `ERROR_NOT_SUPPORTED` (50): the operation is not supported here.
     NotSupported,
     /// Any other operating-system error; [`Error::code`] is then the Linux `errno`
@@ -67,12 +71,14 @@ impl ErrorCode {
             ErrorCode::PipeNotConnected => 233,
             ErrorCode::MoreData => 234,
             ErrorCode::CannotImpersonate => 1368,
+            ErrorCode::PrivilegeNotHeld => 1314,
         }
     }
 
     /// The code for a Win32 error number, if npipe knows it.
     pub fn from_win32(code: u32) -> Option<ErrorCode> {
-        const ALL: [ErrorCode; 15] = [
+        const ALL: [ErrorCode; 16] = [
+            ErrorCode::PrivilegeNotHeld,
             ErrorCode::FileNotFound,
             ErrorCode::AccessDenied,
             ErrorCode::Other,
@@ -110,6 +116,7 @@ impl ErrorCode {
             ErrorCode::PipeNotConnected => "ERROR_PIPE_NOT_CONNECTED",
             ErrorCode::MoreData => "ERROR_MORE_DATA",
             ErrorCode::CannotImpersonate => "ERROR_CANNOT_IMPERSONATE",
+            ErrorCode::PrivilegeNotHeld => "ERROR_PRIVILEGE_NOT_HELD",
         }
     }
 
@@ -117,9 +124,9 @@ impl ErrorCode {
     pub fn io_kind(self) -> io::ErrorKind {
         match self {
             ErrorCode::FileNotFound => io::ErrorKind::NotFound,
-            ErrorCode::AccessDenied | ErrorCode::CannotImpersonate => {
-                io::ErrorKind::PermissionDenied
-            }
+            ErrorCode::AccessDenied
+            | ErrorCode::CannotImpersonate
+            | ErrorCode::PrivilegeNotHeld => io::ErrorKind::PermissionDenied,
             ErrorCode::BadNetPath => io::ErrorKind::HostUnreachable,
             ErrorCode::InvalidParameter | ErrorCode::InvalidName => io::ErrorKind::InvalidInput,
             ErrorCode::BrokenPipe | ErrorCode::NoData => io::ErrorKind::BrokenPipe,

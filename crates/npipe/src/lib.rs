@@ -52,6 +52,11 @@
 //! | `GetNamedPipeClientSessionId` | [`PipeServer::client_session_id`] |
 //! | `GetNamedPipeClientComputerName` | [`PipeServer::client_computer_name`] |
 //! | `GetNamedPipeHandleState`'s user name | [`PipeServer::client_user_name`] |
+//! | `lpSecurityAttributes` (DACL) | [`ServerOptions::security`], [`SecurityDescriptor`] |
+//! | `PIPE_REJECT_REMOTE_CLIENTS` | [`ServerOptions::reject_remote_clients`] |
+//! | `ImpersonateNamedPipeClient` / `RevertToSelf` | [`PipeServer::impersonate`] (guard) / dropping the guard; [`PipeServer::run_as_client`] |
+//! | `SECURITY_IDENTIFICATION` / `SECURITY_IMPERSONATION` | [`ClientOptions::impersonation_level`], [`ImpersonationLevel`] |
+//! | (pipe squatting defence) | [`ClientOptions::expect_server_user`] |
 //! | `GetLastError()` | [`Error::code`], [`Error::win32_code`] |
 //! | Sysinternals PipeList | [`list_pipes`] |
 //!
@@ -78,10 +83,12 @@ mod namespace;
 mod options;
 mod policy;
 pub mod proto;
+mod security;
 mod sys;
 
 pub use blocking::{
-    call, MessageRead, Peek, PipeClient, PipeListener, PipeServer, PipeStream, ReadHalf, WriteHalf,
+    call, Impersonation, MessageRead, Peek, PipeClient, PipeListener, PipeServer, PipeStream,
+    ReadHalf, WriteHalf,
 };
 pub use error::{Error, ErrorCode, Result};
 pub use info::{ClientIdentity, End, PeerCredentials, PipeInfo};
@@ -92,6 +99,7 @@ pub use options::{
     Access, ClientOptions, Direction, ImpersonationLevel, PipeType, ReadMode, ServerOptions, Wait,
     UNLIMITED_INSTANCES,
 };
+pub use security::{user_id, Ace, AceKind, Rights, SecurityDescriptor, Subject, Trustee};
 
 /// The README's Rust example, compiled and run as a doctest.
 #[doc = include_str!("../../../README.md")]

@@ -342,8 +342,22 @@ impl Namespace {
         })
     }
 
-    /// Connects a new socket to a file in the namespace.
+    /// Connects a new socket to a file in the namespace. A symbolic link
+    /// there is refused rather than followed: only a server's own socket is
+    /// a pipe, and a link could redirect clients to anything.
     pub fn connect_file(&self, file: &str) -> Result<Socket> {
+        if let Ok(info) = self.dir.stat(file) {
+            if info.kind == FileKind::Symlink {
+                return Err(Error::new(
+                    ErrorCode::AccessDenied,
+                    format!(
+                        "{} is a symbolic link (owned by uid {}), not a pipe: refusing to follow it",
+                        self.dir.path().join(file).display(),
+                        info.uid
+                    ),
+                ));
+            }
+        }
         let socket = Socket::stream().map_err(|e| Error::os(e, "cannot create a socket"))?;
         socket
             .connect_in(&self.dir, file)

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::blocking::{PipeClient, PipeListener};
 use crate::error::{Error, Result};
 use crate::name::PipeName;
+use crate::security::SecurityDescriptor;
 
 /// `PIPE_UNLIMITED_INSTANCES`: pass to [`ServerOptions::max_instances`] for no limit.
 pub const UNLIMITED_INSTANCES: u32 = 255;
@@ -151,6 +152,8 @@ pub struct ServerOptions {
     pub(crate) first_instance: bool,
     pub(crate) handshake_timeout: Duration,
     pub(crate) accept_backlog: u32,
+    pub(crate) security: SecurityDescriptor,
+    pub(crate) reject_remote_clients: bool,
 }
 
 impl Default for ServerOptions {
@@ -175,7 +178,25 @@ impl ServerOptions {
             first_instance: false,
             handshake_timeout: Duration::from_secs(5),
             accept_backlog: 128,
+            security: SecurityDescriptor::default_for_pipes(),
+            reject_remote_clients: false,
         }
+    }
+
+    /// The pipe's security descriptor (`lpSecurityAttributes`), checked
+    /// against every client's kernel credentials when it connects. Default:
+    /// Windows' default for pipes, [`SecurityDescriptor::default_for_pipes`]
+    /// (owner and root full control, everyone read).
+    pub fn security(&mut self, descriptor: SecurityDescriptor) -> &mut Self {
+        self.security = descriptor;
+        self
+    }
+
+    /// `PIPE_REJECT_REMOTE_CLIENTS`: refuse clients that come through the
+    /// gateway from another machine.
+    pub fn reject_remote_clients(&mut self, reject: bool) -> &mut Self {
+        self.reject_remote_clients = reject;
+        self
     }
 
     /// The open mode: inbound, outbound or duplex (default).
@@ -313,6 +334,7 @@ pub struct ClientOptions {
     pub(crate) wait: Wait,
     pub(crate) impersonation: ImpersonationLevel,
     pub(crate) max_message_size: u32,
+    pub(crate) expect_server_uid: Option<u32>,
 }
 
 impl Default for ClientOptions {
@@ -331,7 +353,18 @@ impl ClientOptions {
             wait: Wait::NoWait,
             impersonation: ImpersonationLevel::Impersonation,
             max_message_size: 64 << 20,
+            expect_server_uid: None,
         }
+    }
+
+    /// Refuses to talk to the pipe unless its server runs as this user,
+    /// checked from the kernel (`SO_PEERCRED`) before anything is sent: the
+    /// defence against pipe squatting, which Windows leaves to the caller.
+    /// A server of anyone else gives *access denied*. [`crate::user_id`]
+    /// turns a user name into a uid.
+    pub fn expect_server_user(&mut self, uid: u32) -> &mut Self {
+        self.expect_server_uid = Some(uid);
+        self
     }
 
     /// Asks for exactly this access; the server refuses with *access denied*
@@ -365,6 +398,16 @@ impl ClientOptions {
     pub fn max_message_size(&mut self, bytes: u32) -> &mut Self {
         self.max_message_size = bytes;
         self
+    }
+
+    /// `CallNamedPipe` with these options: connects (waiting as set), sends
+    /// `request` as one message, returns the reply message, closes.
+    pub fn call(
+        &self,
+        name: impl TryInto<PipeName, Error = Error>,
+        request: &[u8],
+    ) -> Result<Vec<u8>> {
+        crate::blocking::call_with(self, &name.try_into()?, request)
     }
 
     /// Connects (`CreateFile` on the pipe name, after `WaitNamedPipe` if a

@@ -11,7 +11,19 @@ use crate::proto::admission::Patience;
 use crate::proto::handshake::{
     Hello, HelloKind, PipeDescription, WAIT_DEFAULT, WAIT_FOREVER, WAIT_NONE,
 };
+use crate::security::Subject;
 use crate::sys::PeerCred;
+
+/// A connecting peer as the kernel describes it.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    /// `SO_PEERCRED`.
+    pub cred: PeerCred,
+    /// `SO_PEERGROUPS`, fetched only when the descriptor names groups.
+    pub groups: Vec<u32>,
+    /// The uid the server runs as (the default owner).
+    pub server_uid: u32,
+}
 
 /// What the server does with a HELLO.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,12 +41,14 @@ pub(crate) enum Verdict {
     Refuse(ErrorCode, String),
 }
 
-/// Judges a HELLO from a peer the kernel identified as `peer`, at `now`.
+/// Judges a HELLO from a peer the kernel identified as `peer` (with its
+/// supplementary groups if the descriptor names groups), at `now`, for a
+/// server running as `server_uid`.
 pub(crate) fn judge(
     opts: &ServerOptions,
     name: &PipeName,
     hello: &Hello,
-    _peer: &PeerCred,
+    peer: &Peer,
     now: Instant,
 ) -> Verdict {
     let anonymous_query = hello.kind == HelloKind::Query && hello.name.is_empty();
@@ -67,6 +81,15 @@ pub(crate) fn judge(
             ErrorCode::AccessDenied,
             format!("the pipe is {:?}: a client may {may}", opts.direction),
         );
+    }
+    let subject = Subject {
+        uid: peer.cred.uid,
+        gid: peer.cred.gid,
+        groups: peer.groups.clone(),
+        remote: None,
+    };
+    if let Err(e) = opts.security.check(&subject, granted, peer.server_uid) {
+        return Verdict::Refuse(e.code(), e.message().to_string());
     }
     if hello.pipelined && opts.pipe_type == PipeType::Byte {
         return Verdict::Refuse(
@@ -138,10 +161,14 @@ mod tests {
         }
     }
 
-    const ME: PeerCred = PeerCred {
-        pid: 1,
-        uid: 0,
-        gid: 0,
+    const ME: Peer = Peer {
+        cred: PeerCred {
+            pid: 1,
+            uid: 0,
+            gid: 0,
+        },
+        groups: Vec::new(),
+        server_uid: 0,
     };
 
     #[test]
@@ -190,5 +217,31 @@ mod tests {
             judge(&opts, &name, &h, &ME, now),
             Verdict::Describe(Access::ReadWrite)
         );
+    }
+
+    #[test]
+    fn the_descriptor_is_checked_for_the_access_granted() {
+        let name = PipeName::parse("p").unwrap();
+        let opts = ServerOptions::new(); // default: everyone read
+        let nobody = Peer {
+            cred: PeerCred {
+                pid: 9,
+                uid: 65534,
+                gid: 65534,
+            },
+            groups: Vec::new(),
+            server_uid: 0,
+        };
+        let now = Instant::now();
+        assert!(matches!(
+            judge(&opts, &name, &hello("p"), &nobody, now),
+            Verdict::Refuse(ErrorCode::AccessDenied, _)
+        ));
+        let mut h = hello("p");
+        h.access = Some(Access::Read);
+        assert!(matches!(
+            judge(&opts, &name, &h, &nobody, now),
+            Verdict::Connect { .. }
+        ));
     }
 }

@@ -49,13 +49,28 @@ pub struct Args {
     /// Write the reply's bytes exactly, without a newline or text conversion
     #[arg(long)]
     pub raw: bool,
+
+    #[command(flatten)]
+    pub security: super::ClientSecurity,
+}
+
+/// The client options `call` uses: the wait and the security settings.
+fn options(args: &Args, timeout: Duration) -> Result<ClientOptions, Failure> {
+    let mut opts = ClientOptions::new();
+    opts.wait(if timeout.is_zero() {
+        Wait::NoWait
+    } else {
+        Wait::Timeout(timeout)
+    });
+    args.security.apply(&mut opts)?;
+    Ok(opts)
 }
 
 /// Runs `npipe call`.
 pub fn run(args: &Args) -> CmdResult {
     let timeout = Duration::from_millis(args.timeout);
     let request = args.data.as_bytes();
-    let (reply, is_message) = match npipe::call(args.name.as_str(), request, timeout) {
+    let (reply, is_message) = match options(args, timeout)?.call(args.name.as_str(), request) {
         Ok(reply) => (reply, true),
         // A byte pipe refuses a transaction; ask the server what it is.
         Err(e) if matches!(e.code(), ErrorCode::BadPipe | ErrorCode::InvalidParameter) => {
@@ -71,13 +86,7 @@ pub fn run(args: &Args) -> CmdResult {
 
 /// The byte-pipe form: write, half-close, read to the end.
 fn byte_call(args: &Args, timeout: Duration) -> Result<Vec<u8>, Failure> {
-    let mut opts = ClientOptions::new();
-    opts.wait(if timeout.is_zero() {
-        Wait::NoWait
-    } else {
-        Wait::Timeout(timeout)
-    });
-    let mut client = opts
+    let mut client = options(args, timeout)?
         .open(args.name.as_str())
         .map_err(|e| call_failure(e, args))?;
     let access = client.info().access;

@@ -56,12 +56,16 @@ pub struct Args {
     /// fails at once with ERROR_PIPE_BUSY.
     #[arg(verbatim_doc_comment, long, value_name = "MS|forever", value_parser = parse_wait)]
     pub wait: Option<Wait>,
+
+    #[command(flatten)]
+    pub security: super::ClientSecurity,
 }
 
 /// Runs `npipe client`.
 pub fn run(args: &Args) -> CmdResult {
     let mut opts = ClientOptions::new();
     opts.wait(args.wait.unwrap_or(Wait::NoWait));
+    args.security.apply(&mut opts)?;
     let mut client = opts.open(args.name.as_str())?;
     let info = client.info();
     match (info.pipe_type, info.access) {

@@ -1,5 +1,6 @@
 //! The commands, one module each, and the small helpers they share.
 
+pub mod bench;
 pub mod call;
 pub mod client;
 pub mod demo;
@@ -88,5 +89,49 @@ mod tests {
     fn instances_render() {
         assert_eq!(instances_text(1, Some(4)), "1/4");
         assert_eq!(instances_text(0, None), "0/unlimited");
+    }
+}
+
+/// What a client reveals and demands: shared by `client` and `call`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientSecurity {
+    /// Refuse the pipe unless its server runs as USER (a name or a uid)
+    ///
+    /// Checked from the kernel before anything is sent: the defence against
+    /// another user squatting the pipe's name. Fails with ERROR_ACCESS_DENIED.
+    #[arg(verbatim_doc_comment, long, value_name = "USER")]
+    pub expect_server_user: Option<String>,
+
+    /// What the server may do with your identity
+    #[arg(long, value_enum, value_name = "LEVEL", default_value_t = LevelArg::Impersonation)]
+    pub impersonation_level: LevelArg,
+}
+
+/// `SECURITY_IDENTIFICATION` or `SECURITY_IMPERSONATION`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LevelArg {
+    /// The server may learn who you are, but not act as you.
+    Identification,
+    /// The server may act as you (the Windows default).
+    Impersonation,
+}
+
+impl ClientSecurity {
+    /// Applies these settings to client options.
+    pub fn apply(&self, opts: &mut npipe::ClientOptions) -> Result<(), Failure> {
+        if let Some(user) = &self.expect_server_user {
+            let uid = npipe::user_id(user).ok_or_else(|| {
+                Failure::new(
+                    crate::exit::Status::Usage,
+                    format!("--expect-server-user: no such user {user:?}"),
+                )
+            })?;
+            opts.expect_server_user(uid);
+        }
+        opts.impersonation_level(match self.impersonation_level {
+            LevelArg::Identification => npipe::ImpersonationLevel::Identification,
+            LevelArg::Impersonation => npipe::ImpersonationLevel::Impersonation,
+        });
+        Ok(())
     }
 }

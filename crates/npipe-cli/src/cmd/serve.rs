@@ -7,7 +7,10 @@ use std::thread;
 use std::time::Duration;
 
 use clap::ValueEnum;
-use npipe::{Direction, ErrorCode, PipeServer, PipeType, ServerOptions, UNLIMITED_INSTANCES};
+use npipe::{
+    Direction, ErrorCode, PipeServer, PipeType, SecurityDescriptor, ServerOptions,
+    UNLIMITED_INSTANCES,
+};
 
 use super::{direction_name, type_name, user_text, CmdResult};
 use crate::exit::{Failure, Status};
@@ -121,6 +124,69 @@ pub struct Args {
     /// Log only errors, not every connection.
     #[arg(short, long)]
     pub quiet: bool,
+
+    /// Grant rights, added to the pipe's security descriptor (repeatable)
+    ///
+    /// TRUSTEE is user:NAME|UID, group:NAME|GID, everyone, owner or
+    /// remote:PRINCIPAL; RIGHTS is r, w, rw or full. E.g. --allow user:alice=rw
+    #[arg(verbatim_doc_comment, long, value_name = "TRUSTEE=RIGHTS")]
+    pub allow: Vec<String>,
+
+    /// Deny rights, added to the pipe's security descriptor (repeatable)
+    ///
+    /// A matching deny wins over any allow. E.g. --deny group:guests=w
+    #[arg(verbatim_doc_comment, long, value_name = "TRUSTEE=RIGHTS")]
+    pub deny: Vec<String>,
+
+    /// Only the user the server runs as may connect (.NET's CurrentUserOnly)
+    ///
+    /// The descriptor becomes `allow owner=full` (plus any --allow/--deny)
+    /// and the socket file mode 0600.
+    #[arg(verbatim_doc_comment, long, conflicts_with = "security")]
+    pub current_user_only: bool,
+
+    /// The whole security descriptor, as text or SDDL
+    ///
+    /// e.g. "allow owner=full; allow group:dev=rw; allow everyone=r" or
+    /// "D:(A;;GA;;;OW)(A;;GR;;;WD)". Without it (and without
+    /// --current-user-only) the base is Windows' default for pipes: owner and
+    /// root full control, everyone read. --allow/--deny add to the base.
+    #[arg(verbatim_doc_comment, long, value_name = "DESCRIPTOR")]
+    pub security: Option<String>,
+
+    /// Instead of echoing, answer each message with who the client is
+    ///
+    /// pid, uid, gid, user, groups and session, all from the kernel.
+    #[arg(verbatim_doc_comment, long)]
+    pub whoami: bool,
+
+    /// With --whoami: also act as the client (ImpersonateNamedPipeClient)
+    ///
+    /// The reply then tells the effective uid and user the serving thread has
+    /// while impersonating, or why the server may not (a client that granted
+    /// identification only gets ERROR_CANNOT_IMPERSONATE (1368)).
+    #[arg(verbatim_doc_comment, long, requires = "whoami")]
+    pub impersonate: bool,
+}
+
+/// The descriptor the flags describe.
+fn descriptor(args: &Args) -> Result<SecurityDescriptor, Failure> {
+    let usage = |e: npipe::Error| Failure::new(Status::Usage, e.to_string());
+    let base = match (&args.security, args.current_user_only) {
+        (Some(text), _) => text.parse().map_err(usage)?,
+        (None, true) => SecurityDescriptor::current_user_only(),
+        (None, false) => SecurityDescriptor::default_for_pipes(),
+    };
+    if args.allow.is_empty() && args.deny.is_empty() {
+        return Ok(base);
+    }
+    let mut text = base.to_string();
+    for (verb, specs) in [("allow", &args.allow), ("deny", &args.deny)] {
+        for spec in specs {
+            text.push_str(&format!("; {verb} {spec}"));
+        }
+    }
+    text.parse().map_err(usage)
 }
 
 fn parse_instances(s: &str) -> Result<u32, String> {
@@ -142,6 +208,8 @@ struct Config {
     direction: Direction,
     greeting: String,
     quiet: bool,
+    whoami: bool,
+    impersonate: bool,
 }
 
 /// Runs `npipe serve`.
@@ -163,6 +231,14 @@ pub fn run(args: &Args) -> CmdResult {
     if let Some(bytes) = args.max_message {
         opts.max_message_size(bytes);
     }
+    if args.whoami && (pipe_type != PipeType::Message || direction != Direction::Duplex) {
+        return Err(Failure::new(
+            Status::Usage,
+            "--whoami answers messages: it needs --type message and --direction duplex",
+        ));
+    }
+    let security = descriptor(args)?;
+    opts.security(security.clone());
     let listener = opts
         .create(args.name.as_str())
         .map_err(|e| create_failure(e, args))?;
@@ -181,12 +257,17 @@ pub fn run(args: &Args) -> CmdResult {
         instances,
         std::process::id()
     ));
+    if !args.quiet {
+        log(format_args!("security: {security}"));
+    }
 
     let config = Arc::new(Config {
         pipe_type,
         direction,
         greeting: args.greeting.clone(),
         quiet: args.quiet,
+        whoami: args.whoami,
+        impersonate: args.impersonate,
     });
     let stop = stop_on_signals()?;
     let mut next_id: u64 = 0;
@@ -273,6 +354,7 @@ fn serve_connection(id: u64, mut conn: PipeServer, config: &Config) {
         ));
     }
     let result = match (config.direction, config.pipe_type) {
+        _ if config.whoami => answer_whoami(&mut conn, config.impersonate),
         (Direction::Duplex, PipeType::Message) => echo_messages(&mut conn),
         (Direction::Duplex, PipeType::Byte) => echo_bytes(&mut conn),
         (Direction::Inbound, PipeType::Message) => print_messages(&mut conn),
@@ -284,6 +366,60 @@ fn serve_connection(id: u64, mut conn: PipeServer, config: &Config) {
         Ok(_) => {}
         Err(e) => log(format_args!("connection {id} (pid {pid}): {e}")),
     }
+}
+
+/// `--whoami`: answers each message with what the server knows of the client.
+fn answer_whoami(conn: &mut PipeServer, impersonate: bool) -> npipe::Result<String> {
+    let mut count: u64 = 0;
+    loop {
+        match conn.recv_message() {
+            Ok(_) => {
+                let reply = whoami_text(conn, impersonate);
+                conn.write_message(reply.as_bytes())?;
+                count += 1;
+            }
+            Err(e) if closed(&e) => return Ok(format!("closed after {count} message(s)")),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn whoami_text(conn: &PipeServer, impersonate: bool) -> String {
+    let id = conn.client_identity();
+    let c = id.credentials;
+    let groups: Vec<String> = id.groups.iter().map(u32::to_string).collect();
+    let mut text = format!(
+        "pid={} uid={} gid={} user={} groups={} session={} level={}",
+        c.pid,
+        c.uid,
+        c.gid,
+        id.user_name.as_deref().unwrap_or("?"),
+        groups.join(","),
+        id.session_id
+            .map_or_else(|| "?".to_string(), |s| s.to_string()),
+        match conn.client_impersonation_level() {
+            npipe::ImpersonationLevel::Identification => "identification",
+            npipe::ImpersonationLevel::Impersonation => "impersonation",
+        }
+    );
+    if impersonate {
+        // The thread's own effective uid, as the kernel sees it right now.
+        let seen = conn.run_as_client(|| rustix::process::geteuid().as_raw());
+        match seen {
+            Ok(euid) => text.push_str(&format!(
+                " impersonating: euid={euid} user={}",
+                npipe::PeerCredentials {
+                    pid: 0,
+                    uid: euid,
+                    gid: 0
+                }
+                .user_name()
+                .unwrap_or_else(|| "?".into())
+            )),
+            Err(e) => text.push_str(&format!(" impersonation refused: {}", e.code())),
+        }
+    }
+    text
 }
 
 /// Whether a read error means the client closed the pipe.

@@ -98,6 +98,9 @@ impl PipeClient {
             }
         })?;
         let socket = namespace.connect(name)?;
+        if let Some(expected) = opts.expect_server_uid {
+            check_server(name, &socket, expected)?;
+        }
 
         let hello = Hello {
             kind: HelloKind::Connect,
@@ -210,6 +213,30 @@ impl PipeClient {
     }
 }
 
+/// Refuses a server that runs as anyone but `expected`, before a byte is sent.
+fn check_server(name: &PipeName, socket: &Socket, expected: u32) -> Result<()> {
+    let cred = socket
+        .peer_cred()
+        .map_err(|e| Error::os(e, "cannot read the server's credentials"))?;
+    if cred.uid == expected {
+        return Ok(());
+    }
+    let who = |uid: u32| match crate::sys::user_name(uid) {
+        Some(n) => format!("{n} (uid {uid})"),
+        None => format!("uid {uid}"),
+    };
+    Err(Error::new(
+        ErrorCode::AccessDenied,
+        format!(
+            "{name} is served by {} (pid {}), not by the expected {}: refusing to talk to it \
+             (someone else may be squatting the name)",
+            who(cred.uid),
+            cred.pid,
+            who(expected)
+        ),
+    ))
+}
+
 fn send_all(socket: &Socket, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         let n = socket.send(buf)?;
@@ -313,18 +340,25 @@ pub fn call(
     request: &[u8],
     timeout: Duration,
 ) -> Result<Vec<u8>> {
-    let name = name.try_into()?;
-    let mut opts = ClientOptions::new();
-    opts.access(Access::ReadWrite).wait(if timeout.is_zero() {
-        Wait::NoWait
-    } else {
-        Wait::Timeout(timeout)
-    });
+    ClientOptions::new()
+        .wait(if timeout.is_zero() {
+            Wait::NoWait
+        } else {
+            Wait::Timeout(timeout)
+        })
+        .call(name, request)
+}
+
+/// `CallNamedPipe` with these options (wait, expected server user,
+/// impersonation level): see [`call`].
+pub(crate) fn call_with(opts: &ClientOptions, name: &PipeName, request: &[u8]) -> Result<Vec<u8>> {
+    let mut opts = opts.clone();
+    opts.access(Access::ReadWrite);
     let mut client = if request.len() <= PIPELINE_MAX {
         // The server refuses a pipelined request on a byte pipe with BadPipe.
-        PipeClient::connect(&name, &opts, Some(request))?
+        PipeClient::connect(name, &opts, Some(request))?
     } else {
-        let client = PipeClient::connect(&name, &opts, None)?;
+        let client = PipeClient::connect(name, &opts, None)?;
         if client.info().pipe_type == PipeType::Byte {
             return Err(Error::new(
                 ErrorCode::BadPipe,

@@ -24,7 +24,7 @@ use crate::info::{max_instances_from_wire, ClientIdentity, End, PeerCredentials,
 use crate::name::PipeName;
 use crate::namespace::{Namespace, Published};
 use crate::options::{Access, ImpersonationLevel, ServerOptions, UNLIMITED_INSTANCES};
-use crate::policy::{self, Verdict};
+use crate::policy::{self, Peer, Verdict};
 use crate::proto::admission::{Admission, Arrival, Ticket};
 use crate::proto::handshake::{Hello, PipeDescription, Reply, HELLO_MAX};
 use crate::sys::{self, Events, PeerCred, PollEntry, Socket, Waker};
@@ -64,6 +64,8 @@ struct Shared {
     shutdown: AtomicBool,
     /// Set by the acceptor if it stops on an error.
     failed: Mutex<Option<String>>,
+    /// The user the server runs as: the descriptor's default owner.
+    server_uid: u32,
 }
 
 impl Shared {
@@ -122,8 +124,10 @@ impl PipeListener {
                 ),
             ));
         }
+        let server_uid = sys::effective_uid();
         let namespace = Namespace::open_or_create()?;
-        let (socket, published) = namespace.bind(&name, opts.first_instance, 0o666)?;
+        let mode = opts.security.socket_mode(server_uid);
+        let (socket, published) = namespace.bind(&name, opts.first_instance, mode)?;
         socket
             .set_nonblocking(true)
             .map_err(|e| Error::os(e, "cannot make the listening socket non-blocking"))?;
@@ -138,6 +142,7 @@ impl PipeListener {
             active: AtomicU32::new(0),
             shutdown: AtomicBool::new(false),
             failed: Mutex::new(None),
+            server_uid,
         });
         let acceptor = Acceptor::new(Arc::clone(&shared), socket);
         let thread = std::thread::Builder::new()
@@ -383,11 +388,122 @@ impl PipeServer {
         self.impersonation
     }
 
+    /// `ImpersonateNamedPipeClient`: the calling thread, and no other, takes
+    /// the client's uid, gid and groups until the guard drops
+    /// (`RevertToSelf`).
+    ///
+    /// Fails with `ERROR_CANNOT_IMPERSONATE` (1368) if the client granted
+    /// identification only, and with `ERROR_PRIVILEGE_NOT_HELD` (1314) if
+    /// this process may not change user (it needs root, or `CAP_SETUID` and
+    /// `CAP_SETGID`, unless the client is its own user). If reverting ever
+    /// fails the process aborts: it never runs on as the wrong user. The
+    /// guard is not `Send`: it belongs to the thread it changed. Do not
+    /// `mem::forget` it.
+    ///
+    /// ```no_run
+    /// # fn serve(pipe: &npipe::PipeServer) -> npipe::Result<()> {
+    /// let guard = pipe.impersonate()?;
+    /// let data = std::fs::read("/home/client/report.txt"); // as the client
+    /// drop(guard); // RevertToSelf
+    /// # Ok(()) }
+    /// ```
+    pub fn impersonate(&self) -> Result<Impersonation<'_>> {
+        if self.impersonation != ImpersonationLevel::Impersonation {
+            return Err(Error::new(
+                ErrorCode::CannotImpersonate,
+                "the client granted identification only: it may be identified, not impersonated",
+            ));
+        }
+        let peer = self.stream.peer();
+        let groups = self.client_groups()?;
+        Impersonation::begin(peer.uid, peer.gid, groups)
+    }
+
+    /// Runs `f` on this thread as the client and reverts afterwards
+    /// (`ImpersonateNamedPipeClient` ... `RevertToSelf`), even if `f` panics.
+    pub fn run_as_client<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        let _guard = self.impersonate()?;
+        Ok(f())
+    }
+
+    /// The client's user name (`GetNamedPipeHandleState`'s `lpUserName`),
+    /// available at either impersonation level since it only identifies.
+    pub fn impersonation_user_name(&self) -> Result<String> {
+        let uid = self.client_uid();
+        self.client_user_name()
+            .ok_or_else(|| Error::new(ErrorCode::Other, format!("uid {uid} has no user name")))
+    }
+
     /// The pipe as this end sees it, with the current instance count.
     pub fn info(&self) -> PipeInfo {
         let mut info = self.stream.info();
         info.cur_instances = self.shared.active.load(Ordering::SeqCst);
         info
+    }
+}
+
+thread_local! {
+    static IMPERSONATING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The calling thread's impersonation of a pipe client, from
+/// [`PipeServer::impersonate`]; dropping it reverts (`RevertToSelf`).
+#[derive(Debug)]
+pub struct Impersonation<'a> {
+    saved: sys::ThreadIds,
+    /// Not `Send` or `Sync`: the identity belongs to this thread.
+    _thread: std::marker::PhantomData<*const ()>,
+    _pipe: std::marker::PhantomData<&'a PipeServer>,
+}
+
+impl Impersonation<'_> {
+    fn begin<'a>(uid: u32, gid: u32, groups: Vec<u32>) -> Result<Impersonation<'a>> {
+        if IMPERSONATING.with(|f| f.get()) {
+            return Err(Error::new(
+                ErrorCode::CannotImpersonate,
+                "this thread is already impersonating a client; revert first",
+            ));
+        }
+        let saved =
+            sys::thread_ids().map_err(|e| Error::os(e, "cannot read this thread's identity"))?;
+        let target = sys::ThreadIds {
+            euid: uid,
+            egid: gid,
+            groups,
+        };
+        if let Err(e) = sys::assume_thread_ids(&target) {
+            // Undo whatever part took effect before reporting.
+            revert_or_abort(&saved);
+            return Err(Error::new(
+                ErrorCode::PrivilegeNotHeld,
+                format!(
+                    "cannot act as uid {uid}: impersonating another user needs root or                      CAP_SETUID and CAP_SETGID ({e})"
+                ),
+            )
+            .with_source(e));
+        }
+        IMPERSONATING.with(|f| f.set(true));
+        Ok(Impersonation {
+            saved,
+            _thread: std::marker::PhantomData,
+            _pipe: std::marker::PhantomData,
+        })
+    }
+}
+
+fn revert_or_abort(saved: &sys::ThreadIds) {
+    if let Err(e) = sys::restore_thread_ids(saved) {
+        eprintln!(
+            "npipe: cannot revert impersonation ({e}); aborting rather than run as the wrong user"
+        );
+        std::process::abort();
+    }
+}
+
+impl Drop for Impersonation<'_> {
+    fn drop(&mut self) {
+        revert_or_abort(&self.saved);
+        IMPERSONATING.with(|f| f.set(false));
     }
 }
 
@@ -431,6 +547,8 @@ impl Drop for PipeServer {
 struct Pending {
     socket: Socket,
     cred: PeerCred,
+    /// Supplementary groups, fetched only if the descriptor names groups.
+    groups: Vec<u32>,
     buf: Vec<u8>,
     stage: Stage,
 }
@@ -604,6 +722,14 @@ impl Acceptor {
         let Ok(cred) = socket.peer_cred() else {
             return;
         };
+        let groups = if self.shared.opts.security.mentions_groups() {
+            match socket.peer_groups() {
+                Ok(g) => g,
+                Err(_) => return,
+            }
+        } else {
+            Vec::new()
+        };
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         let deadline = Instant::now() + self.shared.opts.handshake_timeout;
@@ -612,6 +738,7 @@ impl Acceptor {
             Pending {
                 socket,
                 cred,
+                groups,
                 buf: Vec::new(),
                 stage: Stage::Handshake { deadline },
             },
@@ -686,9 +813,14 @@ impl Acceptor {
         )
     }
 
-    fn on_hello(&mut self, ticket: Ticket, p: Pending, hello: Hello) {
+    fn on_hello(&mut self, ticket: Ticket, mut p: Pending, hello: Hello) {
         let shared = &self.shared;
-        match policy::judge(&shared.opts, &shared.name, &hello, &p.cred, Instant::now()) {
+        let peer = Peer {
+            cred: p.cred,
+            groups: std::mem::take(&mut p.groups),
+            server_uid: shared.server_uid,
+        };
+        match policy::judge(&shared.opts, &shared.name, &hello, &peer, Instant::now()) {
             Verdict::Refuse(code, reason) => refuse(&p.socket, code, &reason),
             Verdict::Describe(allowed) => {
                 send_reply(&p.socket, &Reply::Info(self.description(allowed)));

@@ -4,6 +4,7 @@ mod client;
 mod listener;
 mod stream;
 
+pub(crate) use client::call_with;
 pub use client::{call, PipeClient};
-pub use listener::{PipeListener, PipeServer};
+pub use listener::{Impersonation, PipeListener, PipeServer};
 pub use stream::{MessageRead, Peek, PipeStream, ReadHalf, WriteHalf};

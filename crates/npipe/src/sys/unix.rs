@@ -570,6 +570,138 @@ pub fn user_name(uid: u32) -> Option<String> {
     }
 }
 
+/// The uid of a user name, from the system's user database.
+pub fn uid_of_user(name: &str) -> Option<u32> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut buf: Vec<libc::c_char> = vec![0; 1024];
+    loop {
+        // SAFETY: all-zero bytes are a valid `passwd`; getpwnam_r overwrites it.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: `cname` is NUL-terminated; the other pointers are to live
+        // locals or to `buf`, whose length is passed.
+        let r = unsafe {
+            libc::getpwnam_r(
+                cname.as_ptr(),
+                &mut pwd,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if r == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        return (r == 0 && !result.is_null()).then_some(pwd.pw_uid);
+    }
+}
+
+/// The gid of a group name, from the system's group database.
+pub fn gid_of_group(name: &str) -> Option<u32> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut buf: Vec<libc::c_char> = vec![0; 4096];
+    loop {
+        // SAFETY: all-zero bytes are a valid `group`; getgrnam_r overwrites it.
+        let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: `cname` is NUL-terminated; the other pointers are to live
+        // locals or to `buf`, whose length is passed.
+        let r = unsafe {
+            libc::getgrnam_r(
+                cname.as_ptr(),
+                &mut grp,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if r == libc::ERANGE && buf.len() < 1 << 22 {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        return (r == 0 && !result.is_null()).then_some(grp.gr_gid);
+    }
+}
+
+/// The calling thread's effective ids and supplementary groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadIds {
+    /// Effective uid.
+    pub euid: u32,
+    /// Effective gid.
+    pub egid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+/// The calling thread's credentials (Linux keeps them per thread).
+pub fn thread_ids() -> io::Result<ThreadIds> {
+    Ok(ThreadIds {
+        euid: rustix::process::geteuid().as_raw(),
+        egid: rustix::process::getegid().as_raw(),
+        groups: rustix::process::getgroups()?
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect(),
+    })
+}
+
+fn same_groups(a: &[u32], b: &[u32]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort_unstable();
+    a.dedup();
+    b.sort_unstable();
+    b.dedup();
+    a == b
+}
+
+fn gids(ids: &ThreadIds) -> Vec<rustix::process::Gid> {
+    ids.groups
+        .iter()
+        .map(|&g| rustix::process::Gid::from_raw(g))
+        .collect()
+}
+
+/// Makes the calling thread, and no other, take `ids`: raw per-thread
+/// `setgroups`/`setresgid`/`setresuid` system calls, not libc's wrappers,
+/// which change every thread of the process. Groups and gid go first, while
+/// the thread still has the privilege; the real and saved ids stay, so
+/// [`restore_thread_ids`] can go back. Only what differs is changed, so
+/// taking one's own identity needs no privilege.
+pub fn assume_thread_ids(ids: &ThreadIds) -> io::Result<()> {
+    use rustix::process::{Gid, Uid};
+    let now = thread_ids()?;
+    if !same_groups(&now.groups, &ids.groups) {
+        rustix::thread::set_thread_groups(&gids(ids))?;
+    }
+    if now.egid != ids.egid {
+        rustix::thread::set_thread_res_gid(None, Gid::from_raw(ids.egid), None)?;
+    }
+    if now.euid != ids.euid {
+        rustix::thread::set_thread_res_uid(None, Uid::from_raw(ids.euid), None)?;
+    }
+    Ok(())
+}
+
+/// Returns the calling thread to `saved` (from [`thread_ids`] before
+/// [`assume_thread_ids`]): the effective uid first, which regains the
+/// privilege to restore groups and gid. Only what differs is changed.
+pub fn restore_thread_ids(saved: &ThreadIds) -> io::Result<()> {
+    use rustix::process::{Gid, Uid};
+    if rustix::process::geteuid().as_raw() != saved.euid {
+        rustix::thread::set_thread_res_uid(None, Uid::from_raw(saved.euid), None)?;
+    }
+    let now = thread_ids()?;
+    if !same_groups(&now.groups, &saved.groups) {
+        rustix::thread::set_thread_groups(&gids(saved))?;
+    }
+    if now.egid != saved.egid {
+        rustix::thread::set_thread_res_gid(None, Gid::from_raw(saved.egid), None)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

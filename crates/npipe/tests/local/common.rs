@@ -29,8 +29,42 @@ pub struct Child {
 
 /// Starts this test binary again as a child in `role`, with `env` set.
 pub fn spawn_with_env(role: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
-    let exe = std::env::current_exe().expect("current_exe");
+    spawn_child(role, args, env, None)
+}
+
+/// Starts a child in `role` running as `uid` (and the same gid, no
+/// supplementary groups). Needs root.
+pub fn spawn_as(uid: u32, role: &str, args: &[&str]) -> Child {
+    spawn_child(role, args, &[], Some(uid))
+}
+
+/// A copy of this test binary that any user may run (the build directory
+/// may sit under a home directory other users cannot enter).
+fn shared_exe() -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    static EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("npipe-test-exe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir for the shared test binary");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exe = dir.join("local-tests");
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).expect("copy the test binary");
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        exe
+    })
+    .clone()
+}
+
+fn spawn_child(role: &str, args: &[&str], env: &[(&str, &str)], uid: Option<u32>) -> Child {
+    let exe = match uid {
+        Some(_) => shared_exe(),
+        None => std::env::current_exe().expect("current_exe"),
+    };
     let mut cmd = Command::new(exe);
+    if let Some(uid) = uid {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(uid).gid(uid).current_dir("/");
+    }
     cmd.args([
         "--exact",
         "roles::child_entry",

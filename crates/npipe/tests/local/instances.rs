@@ -188,3 +188,21 @@ fn the_listener_removes_its_name_when_dropped() {
     let mut child = spawn("open", &[&name]);
     assert!(child.expect("err").starts_with("2 "));
 }
+
+#[test]
+fn racing_servers_cannot_both_win_a_name() {
+    let name = unique("race");
+    let mut racers: Vec<_> = (0..6)
+        .map(|_| spawn("create", &[&name, "first=1"]))
+        .collect();
+    let outcomes: Vec<String> = racers.iter_mut().map(|r| r.next_line()).collect();
+    let winners = outcomes.iter().filter(|o| o.starts_with("ok")).count();
+    assert_eq!(winners, 1, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .filter(|o| !o.starts_with("ok"))
+            .all(|o| o.starts_with("err 5 ")),
+        "the losers are told the name is taken: {outcomes:?}"
+    );
+}

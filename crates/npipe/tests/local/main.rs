@@ -10,3 +10,4 @@ mod handshake;
 mod instances;
 mod names;
 mod peers;
+mod security;

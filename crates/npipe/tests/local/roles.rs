@@ -23,6 +23,8 @@ fn child_entry() {
         "create" => create(&args),
         "open" => open(&args),
         "wait_open" => wait_open(&args),
+        "open_as" => open_as(&args),
+        "vandal" => vandal(&args),
         other => panic!("unknown role {other}"),
     }
     std::process::exit(0);
@@ -70,6 +72,9 @@ fn server_options(args: &[String]) -> ServerOptions {
     }
     if let Some(ms) = opt(args, "default_timeout_ms") {
         o.default_timeout(Duration::from_millis(ms.parse().unwrap()));
+    }
+    if let Some(sd) = opt(args, "sd") {
+        o.security(sd.parse().unwrap());
     }
     if let Some(ms) = opt(args, "handshake_ms") {
         o.handshake_timeout(Duration::from_millis(ms.parse().unwrap()));
@@ -216,8 +221,73 @@ fn handle(mut conn: PipeServer, mode: &str) {
             conn.flush_buffers().unwrap();
             say("sent");
         }
+        "impersonate" => impersonate(conn),
         other => panic!("unknown mode {other}"),
     }
+}
+
+/// Whether this thread can open `path` for reading.
+fn can_open(path: &str) -> &'static str {
+    match std::fs::File::open(path) {
+        Ok(_) => "ok",
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => "denied",
+        Err(_) => "error",
+    }
+}
+
+/// This thread's effective uid, from the kernel's per-thread view.
+fn thread_euid() -> u32 {
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    uids.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+/// Impersonates the client around a file open, while another thread of the
+/// same process opens the same file; reports what each could do.
+fn impersonate(conn: PipeServer) {
+    let path = std::env::var("NPIPE_TEST_SECRET").unwrap_or_else(|_| "/etc/shadow".into());
+    let _ = conn.client_uid();
+    let before = can_open(&path);
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let other_path = path.clone();
+    let other = std::thread::spawn(move || {
+        if go_rx.recv().is_err() {
+            return; // no impersonation happened
+        }
+        done_tx
+            .send((can_open(&other_path), thread_euid()))
+            .unwrap();
+    });
+    say(format!(
+        "ident uid={} user={} level={:?}",
+        conn.client_uid(),
+        conn.impersonation_user_name().unwrap_or_default(),
+        conn.client_impersonation_level()
+    ));
+    match conn.impersonate() {
+        Ok(guard) => {
+            let during = can_open(&path);
+            let euid = thread_euid();
+            go_tx.send(()).unwrap();
+            let (other_during, other_euid) = done_rx.recv().unwrap();
+            drop(guard);
+            let after = can_open(&path);
+            say(format!(
+                "imp before={before} during={during} euid={euid} other={other_during} \
+                 other_euid={other_euid} after={after} after_euid={}",
+                thread_euid()
+            ));
+            // The closure form reverts too.
+            let inside = conn.run_as_client(thread_euid).unwrap();
+            say(format!("closure inside={inside} after={}", thread_euid()));
+        }
+        Err(e) => {
+            drop(go_tx);
+            say(format!("imp_err {}", code(&e)));
+        }
+    }
+    let _ = other.join();
 }
 
 /// `create NAME [first=1]`: create a server, report, and keep it until
@@ -260,4 +330,58 @@ fn wait_open(args: &[String]) {
         }
         Err(e) => say(format!("err {} {}", code(&e), e)),
     }
+}
+
+/// `open_as NAME access=r|w|rw level=ident|imp [expect=UID]`: open the pipe
+/// (the parent starts us as another user), report, and hold it until stdin
+/// closes.
+fn open_as(args: &[String]) {
+    let mut o = ClientOptions::new();
+    match opt(args, "access") {
+        Some("r") => o.access(npipe::Access::Read),
+        Some("w") => o.access(npipe::Access::Write),
+        Some("rw") => o.access(npipe::Access::ReadWrite),
+        _ => &mut o,
+    };
+    if opt(args, "level") == Some("ident") {
+        o.impersonation_level(npipe::ImpersonationLevel::Identification);
+    }
+    if let Some(uid) = opt(args, "expect") {
+        o.expect_server_user(uid.parse().unwrap());
+    }
+    match o.open(args[0].as_str()) {
+        Ok(c) => {
+            say(format!("ok {}", c.server_process_id()));
+            let mut sink = String::new();
+            let _ = std::io::stdin().read_to_string(&mut sink);
+        }
+        Err(e) => say(format!("err {} {}", code(&e), e)),
+    }
+}
+
+/// `vandal DIR FILE`: as another user, try to remove, rename over and
+/// redirect a pipe's socket file; report each outcome.
+fn vandal(args: &[String]) {
+    let dir = std::path::Path::new(&args[0]);
+    let target = dir.join(&args[1]);
+    let outcome = |r: std::io::Result<()>| match r {
+        Ok(()) => "done".to_string(),
+        Err(e) => format!("refused:{}", e.raw_os_error().unwrap_or(0)),
+    };
+    say(format!("unlink {}", outcome(std::fs::remove_file(&target))));
+    let mine = dir.join(format!("vandal-{}", std::process::id()));
+    std::fs::write(&mine, b"x").unwrap();
+    say(format!(
+        "rename {}",
+        outcome(std::fs::rename(&mine, &target))
+    ));
+    let _ = std::fs::remove_file(&mine);
+    // Plant a symlink and a file under names a victim may use next.
+    let link = dir.join(format!("{}-next", args[1]));
+    say(format!(
+        "symlink {}",
+        outcome(std::os::unix::fs::symlink("/tmp/elsewhere.sock", &link))
+    ));
+    let file = dir.join(format!("{}-file", args[1]));
+    say(format!("file {}", outcome(std::fs::write(&file, b"squat"))));
 }

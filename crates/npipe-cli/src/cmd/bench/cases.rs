@@ -1,0 +1,288 @@
+//! The cases: what each measures, how much work a run does, and the client
+//! side of each through npipe. The server side is in `peer.rs`, the raw
+//! Unix-socket twin of both in `raw.rs`.
+//!
+//! Case names are published (JSON, README): keep them stable.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use npipe::{ClientOptions, MessageRead, PipeClient, Wait};
+
+use crate::exit::{Failure, Status};
+
+/// How long a client waits for the peer's pipe to take it.
+pub const CONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// The shape of a case's work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// A byte pipe: the client writes `count` chunks of `size` bytes, half
+    /// closes, the server reads to the end and answers one byte.
+    Bytes,
+    /// A message pipe: the client writes `count` messages of `size` bytes
+    /// and an empty one to end; the server reads them all and answers an
+    /// empty message.
+    Messages,
+    /// `count` request/reply round trips of `size` bytes each way on one
+    /// connection.
+    Transact,
+    /// `count` times: connect, handshake, one `size`-byte round trip, close.
+    Connect,
+}
+
+/// Which way is better for a figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    /// Throughput, rates.
+    Higher,
+    /// Latency.
+    Lower,
+}
+
+impl Better {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Better::Higher => "higher",
+            Better::Lower => "lower",
+        }
+    }
+}
+
+/// How much work a run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scale {
+    /// The default: figures worth quoting.
+    Full,
+    /// `--quick`: a quarter of the work.
+    Quick,
+    /// `--smoke` (hidden): a token amount, to check the machinery.
+    Smoke,
+}
+
+/// One case of the benchmark.
+#[derive(Debug, Clone, Copy)]
+pub struct Case {
+    /// The published name.
+    pub name: &'static str,
+    pub kind: Kind,
+    /// Bytes per write, message, request or reply.
+    pub size: usize,
+    /// Writes, messages, round trips or connections per run at full scale.
+    pub count: u64,
+    /// The figure's unit.
+    pub unit: Unit,
+    /// The target for npipe / raw, if the project set one.
+    pub target: Option<f64>,
+}
+
+/// The unit of a case's main figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    GibPerSec,
+    MsgPerSec,
+    Micros,
+    ConnPerSec,
+}
+
+impl Unit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::GibPerSec => "GiB/s",
+            Unit::MsgPerSec => "msg/s",
+            Unit::Micros => "us",
+            Unit::ConnPerSec => "conn/s",
+        }
+    }
+
+    pub fn better(self) -> Better {
+        match self {
+            Unit::Micros => Better::Lower,
+            _ => Better::Higher,
+        }
+    }
+}
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
+
+/// Every case, in the order they run.
+pub const CASES: &[Case] = &[
+    Case {
+        name: "byte_throughput_64k",
+        kind: Kind::Bytes,
+        size: 64 * KIB,
+        count: 16 * 1024, // 1 GiB
+        unit: Unit::GibPerSec,
+        target: Some(0.95),
+    },
+    Case {
+        name: "byte_throughput_4k",
+        kind: Kind::Bytes,
+        size: 4 * KIB,
+        count: 64 * 1024, // 256 MiB
+        unit: Unit::GibPerSec,
+        target: None,
+    },
+    Case {
+        name: "msg_throughput_64b",
+        kind: Kind::Messages,
+        size: 64,
+        count: 200_000,
+        unit: Unit::MsgPerSec,
+        target: Some(0.90),
+    },
+    Case {
+        name: "msg_throughput_4k",
+        kind: Kind::Messages,
+        size: 4 * KIB,
+        count: 64 * 1024, // 256 MiB
+        unit: Unit::MsgPerSec,
+        target: None,
+    },
+    Case {
+        name: "msg_throughput_1m",
+        kind: Kind::Messages,
+        size: MIB,
+        count: 512, // 512 MiB
+        unit: Unit::GibPerSec,
+        target: Some(0.90),
+    },
+    Case {
+        name: "transact_64b_blocking",
+        kind: Kind::Transact,
+        size: 64,
+        count: 20_000,
+        unit: Unit::Micros,
+        target: Some(1.10),
+    },
+    Case {
+        name: "connect_rate",
+        kind: Kind::Connect,
+        size: 64,
+        count: 5_000,
+        unit: Unit::ConnPerSec,
+        target: Some(0.60),
+    },
+];
+
+impl Case {
+    /// Units of work in one run at `scale`.
+    pub fn count_at(&self, scale: Scale) -> u64 {
+        match scale {
+            Scale::Full => self.count,
+            Scale::Quick => (self.count / 4).max(1),
+            Scale::Smoke => (self.count / 1000).clamp(2, 50),
+        }
+    }
+
+    /// The buffer a server needs for one read of this case.
+    pub fn server_buffer(&self) -> usize {
+        self.size.max(64 * KIB)
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// The main figure, in the case's unit.
+    pub value: f64,
+    /// For latency cases, the 99th percentile in the same unit.
+    pub p99: Option<f64>,
+}
+
+impl Sample {
+    /// A throughput or rate figure from work done in `elapsed`.
+    pub fn rate(case: &Case, count: u64, elapsed: Duration) -> Sample {
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        let value = match case.unit {
+            Unit::GibPerSec => (count as f64 * case.size as f64) / secs / (1u64 << 30) as f64,
+            Unit::MsgPerSec | Unit::ConnPerSec => count as f64 / secs,
+            Unit::Micros => unreachable!("latency cases use Sample::latency"),
+        };
+        Sample { value, p99: None }
+    }
+
+    /// Median and p99 of round-trip times, in microseconds.
+    pub fn latency(mut times: Vec<Duration>) -> Sample {
+        times.sort_unstable();
+        let at = |q: f64| {
+            let i = ((times.len() as f64 - 1.0) * q).round() as usize;
+            times[i.min(times.len() - 1)].as_secs_f64() * 1e6
+        };
+        Sample {
+            value: at(0.5),
+            p99: Some(at(0.99)),
+        }
+    }
+}
+
+fn open(name: &str) -> Result<PipeClient, Failure> {
+    Ok(ClientOptions::new()
+        .wait(Wait::Timeout(CONNECT_WAIT))
+        .open(name)?)
+}
+
+fn unexpected(what: &str) -> Failure {
+    Failure::new(Status::Other, format!("bench: {what}"))
+}
+
+/// One run of `case` through npipe, against the peer serving `name`.
+pub fn run_npipe(case: &Case, name: &str, count: u64) -> Result<Sample, Failure> {
+    match case.kind {
+        Kind::Bytes => {
+            let mut client = open(name)?;
+            let chunk = vec![0x5a_u8; case.size];
+            let start = Instant::now();
+            for _ in 0..count {
+                client.write_all(&chunk).map_err(Failure::pipe_io)?;
+            }
+            client.shutdown_write()?;
+            let mut ack = [0u8; 1];
+            client.read_exact(&mut ack).map_err(Failure::pipe_io)?;
+            Ok(Sample::rate(case, count, start.elapsed()))
+        }
+        Kind::Messages => {
+            let mut client = open(name)?;
+            let msg = vec![0x5a_u8; case.size];
+            let start = Instant::now();
+            for _ in 0..count {
+                client.write_message(&msg)?;
+            }
+            client.write_message(&[])?;
+            let mut ack = [0u8; 1];
+            if client.read_message(&mut ack)? != MessageRead::Complete(0) {
+                return Err(unexpected("the server's end-of-run answer was not empty"));
+            }
+            Ok(Sample::rate(case, count, start.elapsed()))
+        }
+        Kind::Transact => {
+            let mut client = open(name)?;
+            let request = vec![0x5a_u8; case.size];
+            let mut times = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                let start = Instant::now();
+                let reply = client.transact(&request)?;
+                times.push(start.elapsed());
+                if reply.len() != case.size {
+                    return Err(unexpected("a reply of the wrong size"));
+                }
+            }
+            Ok(Sample::latency(times))
+        }
+        Kind::Connect => {
+            let request = vec![0x5a_u8; case.size];
+            let mut opts = ClientOptions::new();
+            opts.wait(Wait::Timeout(CONNECT_WAIT));
+            let start = Instant::now();
+            for _ in 0..count {
+                let mut client = opts.open(name)?;
+                let reply = client.transact(&request)?;
+                if reply.len() != case.size {
+                    return Err(unexpected("a reply of the wrong size"));
+                }
+            }
+            Ok(Sample::rate(case, count, start.elapsed()))
+        }
+    }
+}

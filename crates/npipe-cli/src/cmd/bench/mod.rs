@@ -1,0 +1,273 @@
+//! `npipe bench`: npipe's speed beside the raw Unix socket's, in one run.
+//!
+//! Every case runs through npipe and through a plain Unix domain socket
+//! doing the same work by hand (`raw.rs`), interleaved round by round, the
+//! client in this process and the server in another (`peer.rs`), both
+//! pinned (`pin.rs`). The output (`report.rs`) gives both figures and their
+//! ratio, the median of the per-round ratios with min and max beside it.
+
+mod cases;
+mod peer;
+mod pin;
+mod raw;
+mod report;
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub use peer::{run as run_peer, PeerArgs};
+
+use self::cases::{Case, Scale, CASES};
+use self::peer::Peer;
+use self::pin::Pin;
+use self::report::{Rounds, Row, RunInfo};
+use super::CmdResult;
+use crate::exit::{Failure, Status};
+
+const LONG_ABOUT: &str = r"Measure npipe beside the raw Unix socket it runs on.
+
+Each case runs twice per round, interleaved: once through npipe, once through a
+plain Unix domain stream socket doing the same work the simple fast way (a
+4-byte length prefix and one writev per message, a 64 KiB buffered reader;
+plain write/read for bytes). The client runs in this process, the server in a
+second process of this program. The figures are medians over the rounds, and
+ratio = npipe / raw is the median of the per-round ratios, with the least and
+greatest beside it so the noise shows.
+
+Cases:
+  byte_throughput_64k    byte pipe, 64 KiB writes (GiB/s)
+  byte_throughput_4k     byte pipe, 4 KiB writes (GiB/s)
+  msg_throughput_64b     message pipe, 64-byte messages (messages/s)
+  msg_throughput_4k      message pipe, 4 KiB messages (messages/s)
+  msg_throughput_1m      message pipe, 1 MiB messages (GiB/s)
+  transact_64b_blocking  TransactNamedPipe round trip, 64 B each way
+                         (median µs; the _p99 row is the 99th percentile)
+  connect_rate           connect, handshake, one 64 B transact, close
+                         (connections/s; raw: connect, write, read, close)
+
+Placement matters more than anything else on a small virtual machine: two
+processes on one vCPU trade a message in a fraction of the time they take
+across vCPUs. --pin same (the default) puts both on one CPU; split puts them on
+two; none leaves them to the scheduler. The header says where they ran.
+Build with --release: a debug build's figures say nothing.";
+
+const AFTER_HELP: &str = r"Examples:
+  npipe bench                       every case, 10 rounds (about a minute)
+  npipe bench --quick --json        a quicker run, one JSON object per line
+  npipe bench transact connect      only the cases whose names contain these
+  npipe bench --pin split --rounds 20 msg_throughput_64b";
+
+/// Arguments of `npipe bench`.
+#[derive(Debug, clap::Args)]
+#[command(
+    about = "Measure npipe beside the raw Unix socket (throughput, latency, connections)",
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP
+)]
+pub struct Args {
+    /// A quarter of the work per run and 5 rounds: done in seconds
+    #[arg(long)]
+    pub quick: bool,
+
+    /// One JSON object per line and row instead of the table (no progress bar)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Where the two processes run: one CPU, two CPUs, or the scheduler's choice
+    #[arg(long, value_enum, default_value_t = Pin::Same)]
+    pub pin: Pin,
+
+    /// Rounds per case; each round runs npipe and raw once [default: 10; 5 with --quick]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rounds: Option<u32>,
+
+    /// Token amounts of work: checks the machinery, measures nothing
+    #[arg(long, hide = true)]
+    pub smoke: bool,
+
+    /// Run one side only, for profiling: no ratios (hidden)
+    #[arg(long, value_enum, hide = true)]
+    pub only: Option<Side>,
+
+    /// Run only the cases whose names contain one of these [default: all]
+    #[arg(value_name = "CASE")]
+    pub cases: Vec<String>,
+}
+
+/// One side of a comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Side {
+    Npipe,
+    Raw,
+}
+
+/// The cases `filters` select (every case if none).
+fn select(filters: &[String]) -> Result<Vec<&'static Case>, Failure> {
+    let chosen: Vec<&Case> = CASES
+        .iter()
+        .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
+        .collect();
+    if chosen.is_empty() {
+        let names: Vec<&str> = CASES.iter().map(|c| c.name).collect();
+        return Err(Failure::new(
+            Status::Usage,
+            format!("no case matches {}", filters.join(" ")),
+        )
+        .hint(format!("the cases are: {}", names.join(", "))));
+    }
+    Ok(chosen)
+}
+
+/// A private directory for the raw sockets, removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn create() -> Result<ScratchDir, Failure> {
+        let path = std::env::temp_dir().join(format!("npipe-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).map_err(|e| {
+            Failure::new(
+                Status::Other,
+                format!("bench: cannot create {}: {e}", path.display()),
+            )
+        })?;
+        Ok(ScratchDir(path))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn progress_bar(total: u64, hidden: bool) -> ProgressBar {
+    let target = if hidden {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let bar = ProgressBar::with_draw_target(Some(total), target);
+    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Runs one case: a peer process, a warm-up of each side, then `rounds`
+/// rounds of npipe and raw, alternating which goes first.
+fn run_case(
+    case: &Case,
+    count: u64,
+    rounds: u32,
+    server_cpu: Option<usize>,
+    scratch: &ScratchDir,
+    only: Option<Side>,
+    bar: &ProgressBar,
+) -> Result<Rounds, Failure> {
+    let npipe_on = only != Some(Side::Raw);
+    let raw_on = only != Some(Side::Npipe);
+    let name = format!("npipe-bench-{}-{}", std::process::id(), case.name);
+    let raw_path = scratch.0.join(format!("{}.sock", case.name));
+    let peer = Peer::start(case, &name, &raw_path, server_cpu)?;
+    let mut out = Rounds::default();
+
+    let warm = (count / 8).max(1);
+    if npipe_on {
+        cases::run_npipe(case, &name, warm)?;
+    }
+    if raw_on {
+        raw::run_raw(case, &raw_path, warm)?;
+    }
+
+    for round in 0..rounds {
+        bar.set_message(format!("{} round {}/{rounds}", case.name, round + 1));
+        let npipe_first = round % 2 == 0;
+        for step in 0..2 {
+            if (step == 0) == npipe_first {
+                if npipe_on {
+                    out.npipe.push(cases::run_npipe(case, &name, count)?);
+                }
+            } else if raw_on {
+                out.raw.push(raw::run_raw(case, &raw_path, count)?);
+            }
+            out.client_cpus.insert(pin::current_cpu());
+            bar.inc(1);
+        }
+        out.server_cpus.extend(pin::cpus_of(peer.pid()));
+    }
+    Ok(out)
+}
+
+/// Runs `npipe bench`.
+pub fn run(args: &Args) -> CmdResult {
+    let chosen = select(&args.cases)?;
+    let scale = if args.smoke {
+        Scale::Smoke
+    } else if args.quick {
+        Scale::Quick
+    } else {
+        Scale::Full
+    };
+    let rounds = args.rounds.unwrap_or(if args.quick { 5 } else { 10 });
+    let placement = pin::choose(args.pin)?;
+    // Pin before starting anything: peers start pinned here too, then move.
+    if let Some(cpu) = placement.client {
+        pin::pin_to(cpu)?;
+    }
+    let info = RunInfo {
+        pin: args.pin,
+        scale: match scale {
+            Scale::Full => "full",
+            Scale::Quick => "quick",
+            Scale::Smoke => "smoke",
+        },
+        release: !cfg!(debug_assertions),
+    };
+    let scratch = ScratchDir::create()?;
+    let bar = progress_bar(
+        chosen.len() as u64 * u64::from(rounds) * 2,
+        args.json || !std::io::stderr().is_terminal(),
+    );
+
+    let mut all: Vec<Row> = Vec::new();
+    for case in chosen {
+        let count = case.count_at(scale);
+        let measured = run_case(
+            case,
+            count,
+            rounds,
+            placement.server,
+            &scratch,
+            args.only,
+            &bar,
+        );
+        let measured = match measured {
+            Ok(m) => m,
+            Err(e) => {
+                bar.finish_and_clear();
+                return Err(e);
+            }
+        };
+        let rows = report::rows(case, count, &measured);
+        if args.json {
+            let mut out = std::io::stdout().lock();
+            for row in &rows {
+                writeln!(out, "{}", report::json_line(row, &info))
+                    .and_then(|()| out.flush())
+                    .map_err(Failure::stdout)?;
+            }
+        }
+        all.extend(rows);
+    }
+    bar.finish_and_clear();
+    if !args.json {
+        let mut out = std::io::stdout().lock();
+        out.write_all(report::table(&all, &info).as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(Failure::stdout)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! The server side, in a process of its own: `npipe bench-peer` (hidden).
+//!
+//! The bench re-executes its own binary once per case. The peer pins itself,
+//! creates an npipe server and a raw Unix socket listener, says `ready` on
+//! standard output, and serves both, one connection at a time each, until
+//! its standard input closes (the bench is done, or died).
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+
+use npipe::{MessageRead, PipeListener, PipeServer, PipeType, ServerOptions};
+
+use super::cases::{Case, Kind, CASES};
+use super::{pin, raw};
+use crate::cmd::CmdResult;
+use crate::exit::{Failure, Status};
+
+/// Arguments of the hidden `npipe bench-peer`.
+#[derive(Debug, clap::Args)]
+pub struct PeerArgs {
+    /// The case to serve.
+    #[arg(long)]
+    pub case: String,
+    /// The npipe name to create.
+    #[arg(long)]
+    pub name: String,
+    /// The raw socket's path.
+    #[arg(long)]
+    pub raw: PathBuf,
+    /// The CPU to pin to (none: not pinned).
+    #[arg(long)]
+    pub cpu: Option<usize>,
+}
+
+/// A running peer, stopped and reaped when dropped.
+pub struct Peer {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    raw: PathBuf,
+}
+
+impl Peer {
+    /// Starts the peer for `case` and waits until it serves.
+    pub fn start(case: &Case, name: &str, raw: &Path, cpu: Option<usize>) -> Result<Peer, Failure> {
+        let exe = std::env::current_exe().map_err(|e| {
+            Failure::new(
+                Status::Other,
+                format!("bench: cannot find this program to start the server side: {e}"),
+            )
+        })?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("bench-peer")
+            .arg("--case")
+            .arg(case.name)
+            .arg("--name")
+            .arg(name)
+            .arg("--raw")
+            .arg(raw);
+        if let Some(cpu) = cpu {
+            cmd.arg("--cpu").arg(cpu.to_string());
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| {
+                Failure::new(
+                    Status::Other,
+                    format!("bench: cannot start the server process: {e}"),
+                )
+            })?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut peer = Peer {
+            child,
+            stdin,
+            raw: raw.to_path_buf(),
+        };
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        if line.trim() != "ready" {
+            let status = peer.child.wait().ok();
+            return Err(Failure::new(
+                Status::Other,
+                format!(
+                    "bench: the server process for {} did not start ({})",
+                    case.name,
+                    status.map_or_else(|| "unknown status".to_string(), |s| s.to_string())
+                ),
+            ));
+        }
+        Ok(peer)
+    }
+
+    /// The peer's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // Closing its stdin tells the peer to clean up and exit.
+        drop(self.stdin.take());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(2))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&self.raw);
+    }
+}
+
+/// Runs the hidden `npipe bench-peer`.
+pub fn run(args: &PeerArgs) -> CmdResult {
+    let case = *CASES
+        .iter()
+        .find(|c| c.name == args.case)
+        .ok_or_else(|| Failure::new(Status::Usage, format!("no case {}", args.case)))?;
+    // Pin first: the threads started below inherit it.
+    if let Some(cpu) = args.cpu {
+        pin::pin_to(cpu)?;
+    }
+    let pipe_type = match case.kind {
+        Kind::Bytes => PipeType::Byte,
+        _ => PipeType::Message,
+    };
+    let listener = ServerOptions::new()
+        .pipe_type(pipe_type)
+        .create(args.name.as_str())?;
+    let _ = std::fs::remove_file(&args.raw);
+    let raw_listener = UnixListener::bind(&args.raw).map_err(|e| {
+        Failure::new(
+            Status::Other,
+            format!("bench: cannot bind {}: {e}", args.raw.display()),
+        )
+    })?;
+    std::thread::spawn(move || raw::serve(&case, raw_listener));
+    std::thread::spawn(move || serve(&case, &listener));
+
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "ready").and_then(|()| out.flush());
+    drop(out);
+
+    // Wait for the bench to close our stdin, then clean up. The npipe
+    // listener lives in its thread, blocked in accept: remove its socket
+    // file by hand, as a dropped listener would.
+    let mut sink = [0u8; 64];
+    let mut stdin = io::stdin().lock();
+    while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+    let _ = std::fs::remove_file(&args.raw);
+    if let Ok(name) = npipe::PipeName::parse(&args.name) {
+        let _ = std::fs::remove_file(npipe::namespace_directory().join(name.file_name()));
+    }
+    std::process::exit(0)
+}
+
+/// The npipe server side: one connection at a time, for ever.
+fn serve(case: &Case, listener: &PipeListener) {
+    let mut buf = vec![0u8; case.server_buffer()];
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        // A client that goes away mid-run is the bench's problem, not ours.
+        let _ = serve_one(case, conn, &mut buf);
+    }
+}
+
+fn serve_one(case: &Case, mut conn: PipeServer, buf: &mut [u8]) -> Result<(), Failure> {
+    match case.kind {
+        Kind::Bytes => {
+            while conn.read(buf).map_err(Failure::pipe_io)? > 0 {}
+            conn.write_all(&[1]).map_err(Failure::pipe_io)
+        }
+        Kind::Messages => {
+            loop {
+                match conn.read_message(buf)? {
+                    MessageRead::Complete(0) => break,
+                    MessageRead::Complete(_) => {}
+                    MessageRead::MoreData(_) => {
+                        return Err(Failure::new(Status::Other, "a message larger than planned"))
+                    }
+                }
+            }
+            Ok(conn.write_message(&[])?)
+        }
+        Kind::Transact => loop {
+            match conn.read_message(buf) {
+                Ok(MessageRead::Complete(n)) => conn.write_message(&buf[..n])?,
+                Ok(MessageRead::MoreData(_)) => {
+                    return Err(Failure::new(Status::Other, "a message larger than planned"))
+                }
+                // The client closes when its run is done.
+                Err(_) => return Ok(()),
+            }
+        },
+        Kind::Connect => match conn.read_message(buf)? {
+            MessageRead::Complete(n) => Ok(conn.write_message(&buf[..n])?),
+            MessageRead::MoreData(_) => {
+                Err(Failure::new(Status::Other, "a message larger than planned"))
+            }
+        },
+    }
+}

@@ -1,0 +1,150 @@
+//! Where the two processes run: pinning with `sched_setaffinity`, and
+//! finding out afterwards where they actually ran.
+//!
+//! On a 2-vCPU virtual machine a round trip between processes on one vCPU
+//! costs a fraction of one across vCPUs, and an unpinned pair lands either
+//! way (see `BENCHMARKING.md`), so comparisons pin both processes.
+
+use std::collections::BTreeSet;
+
+use rustix::thread::{sched_getaffinity, sched_getcpu, sched_setaffinity, CpuSet};
+
+use crate::exit::{Failure, Status};
+
+/// `--pin`: where to put the client (this process) and the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pin {
+    /// Both processes on one CPU (the stable default for comparisons).
+    Same,
+    /// The client on one CPU, the server on another.
+    Split,
+    /// Leave placement to the scheduler (results are often bimodal).
+    None,
+}
+
+impl Pin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pin::Same => "same",
+            Pin::Split => "split",
+            Pin::None => "none",
+        }
+    }
+}
+
+/// The CPUs chosen for each side; `None` means not pinned.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement {
+    pub client: Option<usize>,
+    pub server: Option<usize>,
+}
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Result<Vec<usize>, Failure> {
+    let set = sched_getaffinity(None).map_err(|e| {
+        Failure::new(
+            Status::Other,
+            format!("bench: cannot read the CPU affinity: {e}"),
+        )
+    })?;
+    Ok((0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect())
+}
+
+/// Picks the CPUs for `pin` from those this process may use.
+pub fn choose(pin: Pin) -> Result<Placement, Failure> {
+    let cpus = allowed_cpus()?;
+    let last = *cpus
+        .last()
+        .ok_or_else(|| Failure::new(Status::Other, "bench: no CPU is allowed"))?;
+    Ok(match pin {
+        Pin::None => Placement {
+            client: None,
+            server: None,
+        },
+        Pin::Same => Placement {
+            client: Some(last),
+            server: Some(last),
+        },
+        Pin::Split => {
+            if cpus.len() < 2 {
+                return Err(Failure::new(
+                    Status::Usage,
+                    "bench: --pin split needs two CPUs, and this process may use only one",
+                ));
+            }
+            Placement {
+                client: Some(cpus[0]),
+                server: Some(last),
+            }
+        }
+    })
+}
+
+/// Pins the calling thread (and the threads and processes it starts later)
+/// to `cpu`.
+pub fn pin_to(cpu: usize) -> Result<(), Failure> {
+    let mut set = CpuSet::new();
+    set.set(cpu);
+    sched_setaffinity(None, &set).map_err(|e| {
+        Failure::new(
+            Status::Other,
+            format!("bench: cannot pin to CPU {cpu}: {e}"),
+        )
+    })
+}
+
+/// The CPU the calling thread is on now.
+pub fn current_cpu() -> usize {
+    sched_getcpu()
+}
+
+/// The CPUs the threads of process `pid` last ran on (`/proc/PID/task/*/stat`,
+/// field 39).
+pub fn cpus_of(pid: u32) -> BTreeSet<usize> {
+    let mut cpus = BTreeSet::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return cpus;
+    };
+    for task in tasks.flatten() {
+        if let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) {
+            if let Some(cpu) = last_cpu(&stat) {
+                cpus.insert(cpu);
+            }
+        }
+    }
+    cpus
+}
+
+/// Field 39 (`processor`) of a `/proc/.../stat` line. The command name in
+/// field 2 may hold spaces and parentheses, so count from its closing one.
+fn last_cpu(stat: &str) -> Option<usize> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After ')' come fields 3, 4, ...: field 39 is the 37th.
+    rest.split_whitespace().nth(36)?.parse().ok()
+}
+
+/// A set of CPUs as text: `1`, `0,1`, or `?` if unknown.
+pub fn cpus_text(cpus: &BTreeSet<usize>) -> String {
+    if cpus.is_empty() {
+        return "?".to_string();
+    }
+    cpus.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processor_field_is_found_past_odd_names() {
+        let mut fields: Vec<String> = (3..=52).map(|i| i.to_string()).collect();
+        fields[39 - 3] = "7".to_string();
+        let line = format!("123 (a) b (c) {}", fields.join(" "));
+        assert_eq!(last_cpu(&line), Some(7));
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(last_cpu(&own).is_some());
+    }
+}

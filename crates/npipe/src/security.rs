@@ -1,0 +1,609 @@
+//! Security descriptors: who may connect to a pipe, and for what.
+//!
+//! A [`SecurityDescriptor`] is Windows' DACL for a pipe: ordered allow and
+//! deny entries for a user, a group, everyone, the pipe's owner, or a remote
+//! principal, each granting or denying read, write or both (full). It is
+//! checked when a client connects, against the client's credentials from the
+//! kernel (`SO_PEERCRED`, `SO_PEERGROUPS`) and the access it asked for; a
+//! matching deny wins over any allow. A refused client gets *access denied*
+//! (5) and the application's `accept` never sees it.
+//!
+//! The text form, for command lines and configuration files:
+//!
+//! ```text
+//! descriptor := entry (";" entry)*          whitespace around tokens is ignored
+//! entry      := ("allow" | "deny") " " trustee "=" rights
+//!             | "owner" " " user            (the owner; default: the server's user)
+//! trustee    := "user:" user | "group:" group | "everyone" | "owner" | "remote:" principal
+//! user       := a user name or a numeric uid
+//! group      := a group name or a numeric gid
+//! rights     := "r" | "w" | "rw" | "full"   ("full" = "rw")
+//! ```
+//!
+//! For example `allow owner=full; allow user:alice=rw; deny group:guests=w;
+//! allow everyone=r`. A common subset of Windows SDDL is read too:
+//! `D:(A;;GA;;;OW)(A;;GR;;;WD)` with the aces `A` (allow) and `D` (deny), the
+//! rights `GA`/`FA` (full), `GR`/`FR` (read), `GW`/`FW` (write), `GRGW`, and
+//! the trustees `OW` (owner), `WD` (everyone), `SY`/`BA` (root),
+//! `AU`/`IU` (everyone local), `NU` (every remote client).
+//!
+//! ```
+//! use npipe::{SecurityDescriptor, Trustee, Rights};
+//!
+//! let sd: SecurityDescriptor = "allow owner=full; deny user:65534=w; allow everyone=r".parse()?;
+//! assert_eq!(sd, SecurityDescriptor::empty()
+//!     .allow(Trustee::Owner, Rights::FULL)
+//!     .deny(Trustee::User(65534), Rights::WRITE)
+//!     .allow(Trustee::Everyone, Rights::READ));
+//! # Ok::<(), npipe::Error>(())
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::options::Access;
+use crate::sys;
+
+/// Rights on a pipe: read, write, or both (full control).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rights(u8);
+
+impl Rights {
+    /// `GENERIC_READ`: read from the pipe.
+    pub const READ: Rights = Rights(1);
+    /// `GENERIC_WRITE`: write to the pipe.
+    pub const WRITE: Rights = Rights(2);
+    /// `GENERIC_ALL`: read and write.
+    pub const FULL: Rights = Rights(3);
+
+    /// Whether every right in `other` is in `self`.
+    pub fn contains(self, other: Rights) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The rights a client's access needs.
+    pub fn for_access(access: Access) -> Rights {
+        match access {
+            Access::Read => Rights::READ,
+            Access::Write => Rights::WRITE,
+            Access::ReadWrite => Rights::FULL,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self.0 {
+            1 => "r",
+            2 => "w",
+            _ => "full",
+        }
+    }
+}
+
+/// Whom an entry is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Trustee {
+    /// A local user, by uid.
+    User(u32),
+    /// A local group, by gid: matches a client whose effective gid or any
+    /// supplementary group is this gid.
+    Group(u32),
+    /// Every client, local or remote.
+    Everyone,
+    /// The pipe's owner (by default the user the server runs as).
+    Owner,
+    /// A remote client with this principal (its certificate's name), as the
+    /// gateway authenticated it; `*` matches every remote client.
+    Remote(String),
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AceKind {
+    /// `ACCESS_ALLOWED_ACE`.
+    Allow,
+    /// `ACCESS_DENIED_ACE`: wins over any allow.
+    Deny,
+}
+
+/// One entry of a descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Ace {
+    /// Allow or deny.
+    pub kind: AceKind,
+    /// Whom it is about.
+    pub trustee: Trustee,
+    /// Which rights.
+    pub rights: Rights,
+}
+
+/// Who is asking, as the kernel (or the trusted gateway) says.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Subject {
+    /// Effective uid (for a remote client: the gateway's mapped user, if any).
+    pub uid: u32,
+    /// Effective gid.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// The remote principal, for a client that came through the gateway.
+    pub remote: Option<String>,
+}
+
+/// A pipe's security descriptor: an owner and ordered allow/deny entries.
+///
+/// ```
+/// use npipe::{ServerOptions, SecurityDescriptor};
+///
+/// // Only the user this server runs as may connect (as .NET's CurrentUserOnly).
+/// let name = format!("doc-sd-{}", std::process::id());
+/// let listener = ServerOptions::new()
+///     .security(SecurityDescriptor::current_user_only())
+///     .create(&name)?;
+/// # drop(listener);
+/// # Ok::<(), npipe::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SecurityDescriptor {
+    owner: Option<u32>,
+    entries: Vec<Ace>,
+}
+
+impl Default for SecurityDescriptor {
+    fn default() -> Self {
+        SecurityDescriptor::default_for_pipes()
+    }
+}
+
+impl SecurityDescriptor {
+    /// No entries: nobody may connect (not even the owner) until entries are
+    /// added.
+    pub fn empty() -> SecurityDescriptor {
+        SecurityDescriptor {
+            owner: None,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Windows' default for pipes: full control to the owner and to root
+    /// (`LocalSystem`, `Administrators`), read to everyone.
+    pub fn default_for_pipes() -> SecurityDescriptor {
+        SecurityDescriptor::empty()
+            .allow(Trustee::Owner, Rights::FULL)
+            .allow(Trustee::User(0), Rights::FULL)
+            .allow(Trustee::Everyone, Rights::READ)
+    }
+
+    /// Only the owner (the server's user), as .NET's
+    /// `PipeOptions.CurrentUserOnly`.
+    pub fn current_user_only() -> SecurityDescriptor {
+        SecurityDescriptor::empty().allow(Trustee::Owner, Rights::FULL)
+    }
+
+    /// Adds an allow entry.
+    pub fn allow(mut self, trustee: Trustee, rights: Rights) -> SecurityDescriptor {
+        self.entries.push(Ace {
+            kind: AceKind::Allow,
+            trustee,
+            rights,
+        });
+        self
+    }
+
+    /// Adds a deny entry.
+    pub fn deny(mut self, trustee: Trustee, rights: Rights) -> SecurityDescriptor {
+        self.entries.push(Ace {
+            kind: AceKind::Deny,
+            trustee,
+            rights,
+        });
+        self
+    }
+
+    /// Sets the owner (default: the user the server runs as).
+    pub fn owner(mut self, uid: u32) -> SecurityDescriptor {
+        self.owner = Some(uid);
+        self
+    }
+
+    /// The entries, in order.
+    pub fn entries(&self) -> &[Ace] {
+        &self.entries
+    }
+
+    /// The owner's uid, given the server's own uid for the default.
+    pub fn owner_uid(&self, server_uid: u32) -> u32 {
+        self.owner.unwrap_or(server_uid)
+    }
+
+    /// Whether any entry names a group (so the server needs the client's
+    /// supplementary groups).
+    pub fn mentions_groups(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|a| matches!(a.trustee, Trustee::Group(_)))
+    }
+
+    fn matches(trustee: &Trustee, who: &Subject, owner: u32) -> bool {
+        let local = who.remote.is_none();
+        match trustee {
+            Trustee::Everyone => true,
+            Trustee::User(uid) => local && who.uid == *uid,
+            Trustee::Owner => local && who.uid == owner,
+            Trustee::Group(gid) => local && (who.gid == *gid || who.groups.contains(gid)),
+            Trustee::Remote(p) => who
+                .remote
+                .as_deref()
+                .is_some_and(|r| p == "*" || r.eq_ignore_ascii_case(p)),
+        }
+    }
+
+    /// The rights `who` holds: what matching allows grant, less what matching
+    /// denies take away (denies win, whatever the order).
+    pub fn rights_of(&self, who: &Subject, server_uid: u32) -> Rights {
+        let owner = self.owner_uid(server_uid);
+        let (mut allowed, mut denied) = (0u8, 0u8);
+        for ace in &self.entries {
+            if Self::matches(&ace.trustee, who, owner) {
+                match ace.kind {
+                    AceKind::Allow => allowed |= ace.rights.0,
+                    AceKind::Deny => denied |= ace.rights.0,
+                }
+            }
+        }
+        Rights(allowed & !denied)
+    }
+
+    /// Checks that `who` may have `access`; `Err` is *access denied* with a
+    /// reason for the client.
+    pub fn check(&self, who: &Subject, access: Access, server_uid: u32) -> Result<()> {
+        let held = self.rights_of(who, server_uid);
+        let needed = Rights::for_access(access);
+        if held.contains(needed) {
+            return Ok(());
+        }
+        let asked = match access {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::ReadWrite => "read and write",
+        };
+        let who_text = match &who.remote {
+            Some(p) => format!("remote client {p}"),
+            None => format!("uid {}", who.uid),
+        };
+        Err(Error::new(
+            ErrorCode::AccessDenied,
+            format!("the pipe's security descriptor does not let {who_text} {asked}"),
+        ))
+    }
+
+    /// The socket file's mode, a second fence behind the descriptor: owner
+    /// read-write always, and group and others read-write only if the
+    /// descriptor can grant anything to anyone but the owner and root
+    /// (connecting needs write permission on the socket file, so the mode can
+    /// only keep out those the descriptor grants nothing).
+    pub fn socket_mode(&self, server_uid: u32) -> u32 {
+        let owner = self.owner_uid(server_uid);
+        let others = self.entries.iter().any(|a| {
+            a.kind == AceKind::Allow
+                && match a.trustee {
+                    Trustee::User(uid) => uid != owner && uid != 0,
+                    Trustee::Owner => false,
+                    Trustee::Everyone | Trustee::Group(_) | Trustee::Remote(_) => true,
+                }
+        });
+        if others {
+            0o666
+        } else {
+            0o600
+        }
+    }
+
+    /// Parses the text form, or the SDDL subset (see the module docs).
+    pub fn parse(text: &str) -> Result<SecurityDescriptor> {
+        let text = text.trim();
+        if text.starts_with("D:") || text.starts_with("O:") {
+            return parse_sddl(text);
+        }
+        let mut sd = SecurityDescriptor::empty();
+        for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+            let (verb, rest) = entry.split_once(char::is_whitespace).ok_or_else(|| {
+                bad(
+                    entry,
+                    "expected `allow TRUSTEE=RIGHTS`, `deny ...` or `owner USER`",
+                )
+            })?;
+            let rest = rest.trim();
+            match verb {
+                "owner" => sd.owner = Some(resolve_user(rest)?),
+                "allow" | "deny" => {
+                    let ace = parse_entry(rest)?;
+                    let kind = if verb == "allow" {
+                        AceKind::Allow
+                    } else {
+                        AceKind::Deny
+                    };
+                    sd.entries.push(Ace { kind, ..ace });
+                }
+                _ => return Err(bad(entry, "entries start with `allow`, `deny` or `owner`")),
+            }
+        }
+        Ok(sd)
+    }
+}
+
+/// The uid of a user name from the system's user database, or a numeric uid
+/// as is (for [`ClientOptions::expect_server_user`](crate::ClientOptions::expect_server_user)).
+pub fn user_id(user: &str) -> Option<u32> {
+    user.parse().ok().or_else(|| sys::uid_of_user(user))
+}
+
+fn bad(what: &str, why: &str) -> Error {
+    Error::new(
+        ErrorCode::InvalidParameter,
+        format!("invalid security descriptor entry {what:?}: {why}"),
+    )
+}
+
+fn resolve_user(s: &str) -> Result<u32> {
+    s.parse()
+        .ok()
+        .or_else(|| sys::uid_of_user(s))
+        .ok_or_else(|| bad(s, "no such user"))
+}
+
+fn resolve_group(s: &str) -> Result<u32> {
+    s.parse()
+        .ok()
+        .or_else(|| sys::gid_of_group(s))
+        .ok_or_else(|| bad(s, "no such group"))
+}
+
+/// Parses `TRUSTEE=RIGHTS` (the part after `allow`/`deny`, and the
+/// command line's `--allow`/`--deny` values). The kind is `Allow`.
+pub(crate) fn parse_entry(text: &str) -> Result<Ace> {
+    let (trustee, rights) = text
+        .rsplit_once('=')
+        .ok_or_else(|| bad(text, "expected TRUSTEE=RIGHTS, e.g. user:alice=rw"))?;
+    let rights = match rights.trim() {
+        "r" | "read" => Rights::READ,
+        "w" | "write" => Rights::WRITE,
+        "rw" | "wr" | "full" => Rights::FULL,
+        other => {
+            return Err(bad(
+                text,
+                &format!("rights {other:?} are not r, w, rw or full"),
+            ))
+        }
+    };
+    let trustee = trustee.trim();
+    let trustee = match trustee.split_once(':') {
+        None if trustee == "everyone" => Trustee::Everyone,
+        None if trustee == "owner" => Trustee::Owner,
+        Some(("user", u)) => Trustee::User(resolve_user(u)?),
+        Some(("group", g)) => Trustee::Group(resolve_group(g)?),
+        Some(("remote", p)) if !p.is_empty() => Trustee::Remote(p.to_string()),
+        _ => {
+            return Err(bad(
+                text,
+                "the trustee is user:NAME, group:NAME, everyone, owner or remote:PRINCIPAL",
+            ))
+        }
+    };
+    Ok(Ace {
+        kind: AceKind::Allow,
+        trustee,
+        rights,
+    })
+}
+
+fn parse_sddl(text: &str) -> Result<SecurityDescriptor> {
+    let mut sd = SecurityDescriptor::empty();
+    let mut rest = text;
+    if let Some(r) = rest.strip_prefix("O:") {
+        let end = r.find("D:").unwrap_or(r.len());
+        let owner = &r[..end];
+        sd.owner = match owner {
+            "SY" | "BA" => Some(0),
+            other => Some(resolve_user(other)?),
+        };
+        rest = &r[end..];
+    }
+    let Some(mut aces) = rest.strip_prefix("D:") else {
+        return Err(bad(text, "SDDL needs a D: part"));
+    };
+    // Flags such as P or AI before the first ace are accepted and ignored.
+    aces = aces.trim_start_matches(|c: char| c.is_ascii_uppercase());
+    while !aces.is_empty() {
+        let body = aces
+            .strip_prefix('(')
+            .and_then(|a| a.split_once(')'))
+            .ok_or_else(|| bad(aces, "SDDL aces look like (A;;GA;;;WD)"))?;
+        let fields: Vec<&str> = body.0.split(';').collect();
+        if fields.len() != 6 {
+            return Err(bad(body.0, "an SDDL ace has six fields"));
+        }
+        let kind = match fields[0] {
+            "A" => AceKind::Allow,
+            "D" => AceKind::Deny,
+            _ => return Err(bad(body.0, "only A and D aces are understood")),
+        };
+        let rights = match fields[2] {
+            "GA" | "FA" | "GRGW" | "GWGR" | "FRFW" => Rights::FULL,
+            "GR" | "FR" => Rights::READ,
+            "GW" | "FW" => Rights::WRITE,
+            _ => return Err(bad(body.0, "rights must be GA, GR, GW, FA, FR, FW or GRGW")),
+        };
+        let trustee = match fields[5] {
+            "WD" | "AU" | "IU" => Trustee::Everyone,
+            "OW" | "CO" => Trustee::Owner,
+            "SY" | "BA" => Trustee::User(0),
+            "NU" => Trustee::Remote("*".into()),
+            _ => {
+                return Err(bad(
+                    body.0,
+                    "trustees must be WD, AU, IU, OW, CO, SY, BA or NU",
+                ))
+            }
+        };
+        sd.entries.push(Ace {
+            kind,
+            trustee,
+            rights,
+        });
+        aces = body.1;
+    }
+    Ok(sd)
+}
+
+impl FromStr for SecurityDescriptor {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<SecurityDescriptor> {
+        SecurityDescriptor::parse(s)
+    }
+}
+
+impl fmt::Display for Trustee {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trustee::User(uid) => write!(f, "user:{uid}"),
+            Trustee::Group(gid) => write!(f, "group:{gid}"),
+            Trustee::Everyone => f.write_str("everyone"),
+            Trustee::Owner => f.write_str("owner"),
+            Trustee::Remote(p) => write!(f, "remote:{p}"),
+        }
+    }
+}
+
+impl fmt::Display for SecurityDescriptor {
+    /// The text form, which [`SecurityDescriptor::parse`] reads back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        if let Some(uid) = self.owner {
+            write!(f, "owner {uid}")?;
+            sep = "; ";
+        }
+        for ace in &self.entries {
+            let verb = match ace.kind {
+                AceKind::Allow => "allow",
+                AceKind::Deny => "deny",
+            };
+            write!(f, "{sep}{verb} {}={}", ace.trustee, ace.rights.name())?;
+            sep = "; ";
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(uid: u32, gid: u32, groups: &[u32]) -> Subject {
+        Subject {
+            uid,
+            gid,
+            groups: groups.to_vec(),
+            remote: None,
+        }
+    }
+
+    #[test]
+    fn default_gives_owner_and_root_full_and_everyone_read() {
+        let sd = SecurityDescriptor::default_for_pipes();
+        let server = 1000;
+        assert_eq!(sd.rights_of(&local(1000, 1000, &[]), server), Rights::FULL);
+        assert_eq!(sd.rights_of(&local(0, 0, &[]), server), Rights::FULL);
+        assert_eq!(
+            sd.rights_of(&local(65534, 65534, &[]), server),
+            Rights::READ
+        );
+        assert!(sd
+            .check(&local(65534, 65534, &[]), Access::Read, server)
+            .is_ok());
+        let e = sd
+            .check(&local(65534, 65534, &[]), Access::Write, server)
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::AccessDenied);
+        assert_eq!(sd.socket_mode(server), 0o666);
+    }
+
+    #[test]
+    fn current_user_only_refuses_everyone_else() {
+        let sd = SecurityDescriptor::current_user_only();
+        assert_eq!(sd.rights_of(&local(0, 0, &[]), 0), Rights::FULL);
+        assert_eq!(sd.rights_of(&local(65534, 0, &[0]), 0), Rights(0));
+        assert_eq!(sd.socket_mode(0), 0o600);
+    }
+
+    #[test]
+    fn denies_win_whatever_the_order() {
+        let sd = SecurityDescriptor::empty()
+            .allow(Trustee::Everyone, Rights::FULL)
+            .deny(Trustee::Group(50), Rights::WRITE);
+        assert_eq!(sd.rights_of(&local(7, 7, &[50]), 0), Rights::READ);
+        assert_eq!(sd.rights_of(&local(7, 50, &[]), 0), Rights::READ);
+        assert_eq!(sd.rights_of(&local(7, 7, &[]), 0), Rights::FULL);
+        assert!(sd.mentions_groups());
+    }
+
+    #[test]
+    fn remote_entries_match_only_remote_clients() {
+        let sd = SecurityDescriptor::empty()
+            .allow(Trustee::Remote("alice@corp".into()), Rights::READ)
+            .allow(Trustee::User(1000), Rights::FULL);
+        let remote = Subject {
+            uid: 1000,
+            remote: Some("ALICE@corp".into()),
+            ..Subject::default()
+        };
+        assert_eq!(
+            sd.rights_of(&remote, 0),
+            Rights::READ,
+            "a remote client is not the local user"
+        );
+        assert_eq!(sd.rights_of(&local(1000, 1, &[]), 0), Rights::FULL);
+    }
+
+    #[test]
+    fn text_form_round_trips() {
+        let text = "owner 1000; allow owner=full; allow user:0=rw; deny group:0=w; allow everyone=r; allow remote:bob=r";
+        let sd: SecurityDescriptor = text.parse().unwrap();
+        assert_eq!(sd.owner_uid(5), 1000);
+        assert_eq!(sd.entries().len(), 5);
+        let again: SecurityDescriptor = sd.to_string().parse().unwrap();
+        assert_eq!(again, sd);
+        let named: SecurityDescriptor = "allow user:root=full; allow group:root=r".parse().unwrap();
+        assert_eq!(named.entries()[0].trustee, Trustee::User(0));
+        assert_eq!(named.entries()[1].trustee, Trustee::Group(0));
+    }
+
+    #[test]
+    fn sddl_subset() {
+        let sd: SecurityDescriptor = "D:P(A;;GA;;;OW)(A;;GA;;;SY)(A;;GR;;;WD)(D;;GW;;;NU)"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            sd,
+            SecurityDescriptor::default_for_pipes()
+                .deny(Trustee::Remote("*".into()), Rights::WRITE)
+        );
+    }
+
+    #[test]
+    fn bad_text_is_a_clear_error() {
+        for bad in [
+            "allow",
+            "permit user:x=r",
+            "allow user:x",
+            "allow user:no-such-user-npipe=r",
+            "allow everyone=x",
+            "allow alien:1=r",
+            "D:(A;;GA;;WD)",
+            "D:(X;;GA;;;WD)",
+        ] {
+            let e = SecurityDescriptor::parse(bad).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidParameter, "{bad}");
+        }
+    }
+}

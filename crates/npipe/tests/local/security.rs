@@ -1,0 +1,212 @@
+//! Security, with real other users: each test starts a client or server
+//! process that runs as uid 65534 (nobody). They need root (CI runs as
+//! root); without it they say so loudly and do nothing.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use npipe::{ClientOptions, ErrorCode, ServerOptions};
+
+use crate::common::{is_root, server, spawn_as, spawn_with_env, unique, TempDir};
+
+const NOBODY: u32 = 65534;
+
+fn need_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED LOUDLY: {test} needs root to start a process as uid {NOBODY}");
+    false
+}
+
+fn still_serves(name: &str) {
+    assert_eq!(
+        npipe::call(name, b"alive", Duration::from_secs(5)).unwrap(),
+        b"alive"
+    );
+}
+
+#[test]
+fn a_descriptor_that_denies_a_user_refuses_it_and_serves_others() {
+    if !need_root("a_descriptor_that_denies_a_user_refuses_it_and_serves_others") {
+        return;
+    }
+    let name = unique("deny");
+    let mut srv = server(&name, &["sd=allow everyone=full; deny user:65534=full"]);
+    let mut nobody = spawn_as(NOBODY, "open_as", &[&name, "access=r"]);
+    let said = nobody.expect("err");
+    assert!(
+        said.starts_with("5 ") && said.contains("security descriptor"),
+        "{said}"
+    );
+    still_serves(&name);
+    // The application never saw the refused client: its first conn is ours.
+    let line = srv.expect("conn");
+    assert!(line.starts_with(&std::process::id().to_string()), "{line}");
+}
+
+#[test]
+fn the_default_descriptor_lets_others_read_but_not_write() {
+    if !need_root("the_default_descriptor_lets_others_read_but_not_write") {
+        return;
+    }
+    let name = unique("default-sd");
+    let _srv = server(&name, &["mode=hold"]);
+    let mut writer = spawn_as(NOBODY, "open_as", &[&name, "access=rw"]);
+    assert!(writer.expect("err").starts_with("5 "));
+    let mut writer = spawn_as(NOBODY, "open_as", &[&name, "access=w"]);
+    assert!(writer.expect("err").starts_with("5 "));
+    let mut reader = spawn_as(NOBODY, "open_as", &[&name, "access=r"]);
+    assert!(reader.expect("ok").parse::<u32>().is_ok());
+    // A read-only grant to another user: the socket file is 0666.
+    let path = npipe::namespace_directory().join(&name);
+    let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o666);
+}
+
+#[test]
+fn current_user_only_refuses_another_user() {
+    if !need_root("current_user_only_refuses_another_user") {
+        return;
+    }
+    let name = unique("cuo");
+    let _srv = server(&name, &["sd=allow owner=full"]);
+    let path = npipe::namespace_directory().join(&name);
+    let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the socket file fences others out too");
+    let mut other = spawn_as(NOBODY, "open_as", &[&name, "access=r"]);
+    assert!(other.expect("err").starts_with("5 "));
+    still_serves(&name);
+}
+
+#[test]
+fn impersonation_changes_only_the_serving_thread_and_reverts() {
+    if !need_root("impersonation_changes_only_the_serving_thread_and_reverts") {
+        return;
+    }
+    let tmp = TempDir::new("secret");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = tmp.path().join("root-only");
+    std::fs::write(&secret, b"s3cret").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let name = unique("impersonate");
+    let mut srv = spawn_with_env(
+        "serve",
+        &[&name, "mode=impersonate", "sd=allow everyone=full"],
+        &[("NPIPE_TEST_SECRET", secret.to_str().unwrap())],
+    );
+    srv.expect("ready");
+    let _client = spawn_as(NOBODY, "open_as", &[&name]);
+    srv.expect("conn");
+    assert_eq!(
+        srv.expect("ident"),
+        "uid=65534 user=nobody level=Impersonation"
+    );
+    assert_eq!(
+        srv.expect("imp"),
+        "before=ok during=denied euid=65534 other=ok other_euid=0 after=ok after_euid=0"
+    );
+    assert_eq!(srv.expect("closure"), "inside=65534 after=0");
+}
+
+#[test]
+fn an_identification_only_client_is_identified_not_impersonated() {
+    if !need_root("an_identification_only_client_is_identified_not_impersonated") {
+        return;
+    }
+    let name = unique("identify");
+    let mut srv = spawn_with_env(
+        "serve",
+        &[&name, "mode=impersonate", "sd=allow everyone=full"],
+        &[("NPIPE_TEST_SECRET", "/etc/shadow")],
+    );
+    srv.expect("ready");
+    let _client = spawn_as(NOBODY, "open_as", &[&name, "level=ident"]);
+    srv.expect("conn");
+    assert_eq!(
+        srv.expect("ident"),
+        "uid=65534 user=nobody level=Identification"
+    );
+    assert_eq!(srv.expect("imp_err"), "1368");
+}
+
+#[test]
+fn a_server_without_privilege_gets_a_clear_error() {
+    if !need_root("a_server_without_privilege_gets_a_clear_error") {
+        return;
+    }
+    // The server runs as nobody; the client is root: nobody may not become root.
+    let name = unique("noprivilege");
+    let mut srv = spawn_as(
+        NOBODY,
+        "serve",
+        &[&name, "mode=impersonate", "sd=allow everyone=full"],
+    );
+    srv.expect("ready");
+    let _c = ClientOptions::new().open(&name).unwrap();
+    srv.expect("conn");
+    srv.expect("ident");
+    assert_eq!(srv.expect("imp_err"), "1314");
+}
+
+#[test]
+fn expect_server_user_refuses_a_squatter() {
+    if !need_root("expect_server_user_refuses_a_squatter") {
+        return;
+    }
+    let name = unique("squatter");
+    let mut squatter = spawn_as(NOBODY, "serve", &[&name]);
+    squatter.expect("ready");
+    let e = ClientOptions::new()
+        .expect_server_user(0)
+        .open(&name)
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AccessDenied);
+    assert!(e.to_string().contains("uid 65534"), "{e}");
+    // The same check passes for the user that really serves it.
+    let c = ClientOptions::new()
+        .expect_server_user(NOBODY)
+        .open(&name)
+        .unwrap();
+    assert_eq!(c.server_uid(), NOBODY);
+    // first_instance keeps a second server off a live name.
+    let e = ServerOptions::new()
+        .first_instance(true)
+        .create(name.as_str())
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AccessDenied);
+}
+
+#[test]
+fn another_user_cannot_replace_or_redirect_pipes() {
+    if !need_root("another_user_cannot_replace_or_redirect_pipes") {
+        return;
+    }
+    let name = unique("vandalized");
+    let _srv = server(&name, &[]);
+    let dir = npipe::namespace_directory();
+    let mut vandal = spawn_as(NOBODY, "vandal", &[dir.to_str().unwrap(), &name]);
+    assert_eq!(
+        vandal.expect("unlink"),
+        "refused:1",
+        "sticky directory: EPERM"
+    );
+    assert_eq!(vandal.expect("rename"), "refused:1");
+    assert_eq!(vandal.expect("symlink"), "done");
+    assert_eq!(vandal.expect("file"), "done");
+    still_serves(&name);
+    // A server for the planted names refuses to replace them...
+    for (planted, client_sees) in [
+        (format!("{name}-next"), ErrorCode::AccessDenied),
+        (format!("{name}-file"), ErrorCode::FileNotFound),
+    ] {
+        let e = ServerOptions::new().create(planted.as_str()).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::AccessDenied, "{e}");
+        assert!(e.to_string().contains("not by a pipe"), "{e}");
+        // ...and a client neither follows the symbolic link nor talks to
+        // the file.
+        let e = ClientOptions::new().open(planted.as_str()).unwrap_err();
+        assert_eq!(e.code(), client_sees, "{e}");
+        let _ = std::fs::remove_file(dir.join(&planted));
+    }
+}
