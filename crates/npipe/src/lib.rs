@@ -82,6 +82,8 @@ mod name;
 mod namespace;
 mod options;
 mod policy;
+#[cfg(test)]
+mod props;
 pub mod proto;
 mod security;
 mod sys;

@@ -335,6 +335,7 @@ pub struct ClientOptions {
     pub(crate) impersonation: ImpersonationLevel,
     pub(crate) max_message_size: u32,
     pub(crate) expect_server_uid: Option<u32>,
+    pub(crate) wait_for_server: bool,
 }
 
 impl Default for ClientOptions {
@@ -354,7 +355,18 @@ impl ClientOptions {
             impersonation: ImpersonationLevel::Impersonation,
             max_message_size: 64 << 20,
             expect_server_uid: None,
+            wait_for_server: false,
         }
+    }
+
+    /// Also wait, within [`wait`](Self::wait), for the pipe to exist: a
+    /// pipe not created yet, or whose server died and is being restarted,
+    /// is tried again until the wait is over. (An npipe extension: Windows'
+    /// `WaitNamedPipe` fails at once with `ERROR_FILE_NOT_FOUND`, which stays
+    /// the default.) Without a wait this does nothing.
+    pub fn wait_for_server(&mut self, wait: bool) -> &mut Self {
+        self.wait_for_server = wait;
+        self
     }
 
     /// Refuses to talk to the pipe unless its server runs as this user,

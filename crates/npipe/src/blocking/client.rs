@@ -3,7 +3,7 @@
 
 use std::io;
 use std::ops::{Deref, DerefMut};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::blocking::stream::{PipeStream, Setup};
 use crate::error::{Error, ErrorCode, Result};
@@ -74,6 +74,37 @@ fn answer_deadline(wait: Wait) -> Option<Duration> {
 
 impl PipeClient {
     pub(crate) fn connect(
+        name: &PipeName,
+        opts: &ClientOptions,
+        pipelined: Option<&[u8]>,
+    ) -> Result<PipeClient> {
+        if !opts.wait_for_server || opts.wait == Wait::NoWait {
+            return Self::connect_once(name, opts, pipelined);
+        }
+        // Waiting for the pipe itself too: a missing pipe, or a server that
+        // died before answering, is tried again until the wait is over.
+        let start = Instant::now();
+        let limit = match opts.wait {
+            Wait::Timeout(d) => Some(d),
+            Wait::ServerDefault => Some(SERVER_DEFAULT_MAX),
+            Wait::Forever | Wait::NoWait => None,
+        };
+        loop {
+            let mut attempt = opts.clone();
+            if let (Wait::Timeout(_), Some(limit)) = (opts.wait, limit) {
+                let left = limit.saturating_sub(start.elapsed());
+                attempt.wait(Wait::Timeout(left.max(Duration::from_millis(1))));
+            }
+            match Self::connect_once(name, &attempt, pipelined) {
+                Err(e) if retry_while_waiting(&e) && limit.is_none_or(|l| start.elapsed() < l) => {
+                    std::thread::sleep(RECONNECT_PAUSE);
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn connect_once(
         name: &PipeName,
         opts: &ClientOptions,
         pipelined: Option<&[u8]>,
@@ -211,6 +242,15 @@ impl PipeClient {
     pub fn server_user_name(&self) -> Option<String> {
         self.stream.peer().user_name()
     }
+}
+
+/// How often a client that waits for a server to appear tries again.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
+
+/// Whether a failed connect is worth retrying for a client that waits for the
+/// server itself: the pipe is missing, or its server went away mid-handshake.
+fn retry_while_waiting(e: &Error) -> bool {
+    matches!(e.code(), ErrorCode::FileNotFound | ErrorCode::BrokenPipe)
 }
 
 /// Refuses a server that runs as anyone but `expected`, before a byte is sent.

@@ -567,6 +567,8 @@ struct Acceptor {
     pending: HashMap<Ticket, Pending>,
     next_ticket: Ticket,
     paused_until: Option<Instant>,
+    /// Held so that, out of descriptors, one can be freed to refuse clients.
+    spare_fd: Option<std::os::fd::OwnedFd>,
 }
 
 impl Acceptor {
@@ -581,6 +583,7 @@ impl Acceptor {
             pending: HashMap::new(),
             next_ticket: 0,
             paused_until: None,
+            spare_fd: sys::spare_fd().ok(),
         }
     }
 
@@ -708,14 +711,33 @@ impl Acceptor {
                 Ok(socket) => self.on_connection(socket),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
-                    // Out of descriptors: leave clients in the kernel's
-                    // backlog and try again shortly.
+                    // Out of descriptors: give the spare one up to take the
+                    // client and tell it so, rather than leave it hanging in
+                    // the kernel's backlog; then pause a little.
+                    self.refuse_for_lack_of_fds();
                     self.paused_until = Some(Instant::now() + FD_EXHAUSTED_PAUSE);
                     return;
                 }
                 Err(_) => return,
             }
         }
+    }
+
+    /// The classic spare-descriptor trick: close the spare, accept and refuse
+    /// every waiting client with *pipe busy*, take the spare back.
+    fn refuse_for_lack_of_fds(&mut self) {
+        if self.spare_fd.take().is_none() {
+            self.spare_fd = sys::spare_fd().ok();
+            return;
+        }
+        while let Ok(socket) = self.listener.accept_nonblocking() {
+            refuse(
+                &socket,
+                ErrorCode::PipeBusy,
+                "the server has run out of file descriptors; try again later",
+            );
+        }
+        self.spare_fd = sys::spare_fd().ok();
     }
 
     fn on_connection(&mut self, socket: Socket) {

@@ -527,6 +527,16 @@ impl Dir {
     }
 }
 
+/// A descriptor held in reserve (on `/dev/null`), to be given up when the
+/// process runs out of descriptors.
+pub fn spare_fd() -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        "/dev/null",
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
 /// The current process's effective user id.
 pub fn effective_uid() -> u32 {
     rustix::process::geteuid().as_raw()

@@ -6,8 +6,10 @@ mod common;
 mod roles;
 
 mod data;
+mod faults;
 mod handshake;
 mod instances;
 mod names;
 mod peers;
 mod security;
+mod soak;

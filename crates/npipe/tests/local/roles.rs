@@ -25,6 +25,7 @@ fn child_entry() {
         "wait_open" => wait_open(&args),
         "open_as" => open_as(&args),
         "vandal" => vandal(&args),
+        "big_writer" => big_writer(&args),
         other => panic!("unknown role {other}"),
     }
     std::process::exit(0);
@@ -72,6 +73,14 @@ fn server_options(args: &[String]) -> ServerOptions {
     }
     if let Some(ms) = opt(args, "default_timeout_ms") {
         o.default_timeout(Duration::from_millis(ms.parse().unwrap()));
+    }
+    if let Some(n) = opt(args, "nofile") {
+        let n: u64 = n.parse().unwrap();
+        let limit = rustix::process::Rlimit {
+            current: Some(n),
+            maximum: Some(n),
+        };
+        rustix::process::setrlimit(rustix::process::Resource::Nofile, limit).unwrap();
     }
     if let Some(sd) = opt(args, "sd") {
         o.security(sd.parse().unwrap());
@@ -222,6 +231,8 @@ fn handle(mut conn: PipeServer, mode: &str) {
             say("sent");
         }
         "impersonate" => impersonate(conn),
+        "chunks" => chunks(conn),
+        "verify" => verify(conn),
         other => panic!("unknown mode {other}"),
     }
 }
@@ -384,4 +395,85 @@ fn vandal(args: &[String]) {
     ));
     let file = dir.join(format!("{}-file", args[1]));
     say(format!("file {}", outcome(std::fs::write(&file, b"squat"))));
+}
+
+/// `mode=chunks`: reads messages 64 KiB at a time, says `partial` the first
+/// time a message arrives in part, acknowledges each whole message with its
+/// length, and reports how the connection ended and how many messages were
+/// whole.
+fn chunks(mut conn: PipeServer) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut whole, mut len, mut told) = (0u64, 0usize, false);
+    loop {
+        match conn.read_message(&mut buf) {
+            Ok(npipe::MessageRead::MoreData(n)) => {
+                len += n;
+                if !told {
+                    say("partial");
+                    told = true;
+                }
+            }
+            Ok(npipe::MessageRead::Complete(n)) => {
+                len += n;
+                whole += 1;
+                if conn.write_message(format!("ok:{len}").as_bytes()).is_err() {
+                    break;
+                }
+                len = 0;
+            }
+            Err(e) => {
+                say(format!("end {} {whole}", code(&e)));
+                return;
+            }
+        }
+    }
+    say(format!("end write {whole}"));
+}
+
+/// The message a flood sends as number `seq`: its sequence number, then
+/// bytes derived from it, so the reader can check every one.
+pub fn flood_message(seq: u64, len: usize) -> Vec<u8> {
+    let mut m = seq.to_le_bytes().to_vec();
+    m.extend(
+        (0..len.saturating_sub(8)).map(|i| (seq as usize).wrapping_mul(31).wrapping_add(i) as u8),
+    );
+    m
+}
+
+/// `mode=verify`: reads messages slowly, checks each is the next in sequence
+/// and intact, and reports the count (or the first bad one) at the end.
+fn verify(mut conn: PipeServer) {
+    let mut next = 0u64;
+    loop {
+        match conn.recv_message() {
+            Ok(m) => {
+                let seq = u64::from_le_bytes(m[..8].try_into().unwrap());
+                if seq != next || m != flood_message(seq, m.len()) {
+                    say(format!("bad {next} {seq}"));
+                    return;
+                }
+                next += 1;
+                if next % 64 == 0 {
+                    // A slow reader: the writer must wait, not the heap grow.
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            Err(e) => {
+                say(format!("end {} {next}", code(&e)));
+                return;
+            }
+        }
+    }
+}
+
+/// `big_writer NAME BYTES`: connect, say `writing`, and write one message of
+/// BYTES bytes (the parent kills us part way).
+fn big_writer(args: &[String]) {
+    let mut c = ClientOptions::new().open(args[0].as_str()).unwrap();
+    let n: usize = args[1].parse().unwrap();
+    say("writing");
+    let _ = c.write_message(&vec![0x5a; n]);
+    say("written");
+    let mut sink = String::new();
+    let _ = std::io::stdin().read_to_string(&mut sink);
 }

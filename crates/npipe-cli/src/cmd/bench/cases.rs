@@ -29,6 +29,9 @@ pub enum Kind {
     Transact,
     /// `count` times: connect, handshake, one `size`-byte round trip, close.
     Connect,
+    /// As `Connect`, through `npipe::call` (`CallNamedPipe`), which sends
+    /// the request with the handshake.
+    Call,
 }
 
 /// Which way is better for a figure.
@@ -164,6 +167,14 @@ pub const CASES: &[Case] = &[
         unit: Unit::ConnPerSec,
         target: Some(0.60),
     },
+    Case {
+        name: "call_rate",
+        kind: Kind::Call,
+        size: 64,
+        count: 5_000,
+        unit: Unit::ConnPerSec,
+        target: None,
+    },
 ];
 
 impl Case {
@@ -278,6 +289,17 @@ pub fn run_npipe(case: &Case, name: &str, count: u64) -> Result<Sample, Failure>
             for _ in 0..count {
                 let mut client = opts.open(name)?;
                 let reply = client.transact(&request)?;
+                if reply.len() != case.size {
+                    return Err(unexpected("a reply of the wrong size"));
+                }
+            }
+            Ok(Sample::rate(case, count, start.elapsed()))
+        }
+        Kind::Call => {
+            let request = vec![0x5a_u8; case.size];
+            let start = Instant::now();
+            for _ in 0..count {
+                let reply = npipe::call(name, &request, CONNECT_WAIT)?;
                 if reply.len() != case.size {
                     return Err(unexpected("a reply of the wrong size"));
                 }

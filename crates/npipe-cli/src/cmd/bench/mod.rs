@@ -46,6 +46,8 @@ Cases:
                          (median µs; the _p99 row is the 99th percentile)
   connect_rate           connect, handshake, one 64 B transact, close
                          (connections/s; raw: connect, write, read, close)
+  call_rate              the same through npipe::call (CallNamedPipe), which
+                         sends the request with the handshake (connections/s)
 
 Placement matters more than anything else on a small virtual machine: two
 processes on one vCPU trade a message in a fraction of the time they take

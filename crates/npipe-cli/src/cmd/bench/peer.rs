@@ -205,7 +205,7 @@ fn serve_one(case: &Case, mut conn: PipeServer, buf: &mut [u8]) -> Result<(), Fa
                 Err(_) => return Ok(()),
             }
         },
-        Kind::Connect => match conn.read_message(buf)? {
+        Kind::Connect | Kind::Call => match conn.read_message(buf)? {
             MessageRead::Complete(n) => Ok(conn.write_message(&buf[..n])?),
             MessageRead::MoreData(_) => {
                 Err(Failure::new(Status::Other, "a message larger than planned"))

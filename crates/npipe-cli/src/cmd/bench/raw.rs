@@ -101,7 +101,7 @@ pub fn run_raw(case: &Case, path: &Path, count: u64) -> Result<Sample, Failure> 
             }
             Ok(Sample::latency(times))
         }
-        Kind::Connect => {
+        Kind::Connect | Kind::Call => {
             let request = vec![0x5a_u8; case.size];
             let mut reply = vec![0u8; case.size];
             let start = Instant::now();
@@ -148,7 +148,7 @@ fn serve_one(case: &Case, mut stream: UnixStream, buf: &mut [u8]) -> io::Result<
             }
             Ok(())
         }
-        Kind::Connect => {
+        Kind::Connect | Kind::Call => {
             let request = &mut buf[..case.size];
             stream.read_exact(request)?;
             stream.write_all(request)

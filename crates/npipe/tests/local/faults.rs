@@ -1,0 +1,152 @@
+//! Faults with real processes and `SIGKILL`: clients and servers that die
+//! mid-way, floods, and running out of file descriptors. The server keeps
+//! serving, loses nothing it acknowledged, and never delivers a cut message.
+
+use std::time::Duration;
+
+use npipe::{ClientOptions, ErrorCode, Wait};
+
+use crate::common::{eventually, server, spawn, unique, HANG};
+use crate::roles::flood_message;
+
+/// The resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_client_killed_mid_message_breaks_only_its_own_pipe() {
+    let name = unique("killmid");
+    let mut srv = server(&name, &["mode=chunks"]);
+    let mut writer = spawn("big_writer", &[&name, "50000000"]);
+    srv.expect("conn");
+    writer.expect("writing");
+    assert_eq!(srv.expect("partial"), "");
+    writer.kill();
+    // The server sees a broken pipe, and zero whole messages: the cut one
+    // was never delivered as complete.
+    assert_eq!(srv.expect("end"), "109 0");
+    // Everyone else is still served, and whole messages are acknowledged.
+    let mut c = ClientOptions::new().open(&name).unwrap();
+    srv.expect("conn");
+    assert_eq!(c.transact(&[1u8; 200_000]).unwrap(), b"ok:200000");
+}
+
+#[test]
+fn a_killed_server_breaks_its_pipes_promptly_and_the_next_one_takes_over() {
+    let name = unique("killserver");
+    let mut first = server(&name, &["instances=1", "mode=hold"]);
+    let mut connected = ClientOptions::new().open(&name).unwrap();
+    first.expect("conn");
+    std::thread::scope(|s| {
+        // A client waiting for the only instance, for the pipe itself too.
+        let waiter = s.spawn(|| {
+            let mut c = ClientOptions::new()
+                .wait(Wait::Timeout(HANG))
+                .wait_for_server(true)
+                .open(name.as_str())
+                .unwrap();
+            let pid = c.server_process_id();
+            (pid, c.transact(b"after restart").unwrap())
+        });
+        eventually("the waiter to queue", || {
+            npipe::query_pipe(name.as_str())
+                .ok()
+                .filter(|p| p.waiting_clients == 1)
+        });
+        first.kill();
+        // The connected client is told at once (a read returns, no hang).
+        let e = connected.recv_message().unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BrokenPipe);
+        // A new server reclaims the name; the waiter reaches it.
+        let second = server(&name, &["instances=1"]);
+        let (pid, reply) = waiter.join().unwrap();
+        assert_eq!(pid, second.pid());
+        assert_eq!(reply, b"after restart");
+    });
+}
+
+#[test]
+fn a_flood_is_held_back_by_the_pipe_and_every_message_arrives() {
+    let name = unique("flood");
+    let mut srv = server(&name, &["mode=verify"]);
+    let mut c = ClientOptions::new().open(&name).unwrap();
+    srv.expect("conn");
+    let before = rss_kib(srv.pid());
+    const COUNT: u64 = 4000;
+    const SIZE: usize = 16 * 1024; // 64 MB in all
+    let mut peak = before;
+    for seq in 0..COUNT {
+        c.write_message(&flood_message(seq, SIZE)).unwrap();
+        if seq % 256 == 0 {
+            peak = peak.max(rss_kib(srv.pid()));
+        }
+    }
+    drop(c);
+    assert_eq!(
+        srv.expect("end"),
+        format!("109 {COUNT}"),
+        "every message, in order, intact"
+    );
+    // The writer was held back by the socket: the reader's memory did not
+    // grow with the 64 MB that went through it.
+    assert!(
+        peak - before < 16 * 1024,
+        "server RSS grew from {before} to {peak} KiB"
+    );
+}
+
+#[test]
+fn out_of_file_descriptors_the_server_refuses_cleanly_and_recovers() {
+    let name = unique("nofile");
+    let mut srv = server(&name, &["nofile=24", "mode=hold"]);
+    let mut held = Vec::new();
+    let mut refused = None;
+    for _ in 0..40 {
+        match ClientOptions::new().open(&name) {
+            Ok(c) => held.push(c),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("a 24-descriptor server cannot hold 40 clients");
+    assert_eq!(e.code(), ErrorCode::PipeBusy, "{e}");
+    assert!(e.to_string().contains("file descriptors"), "{e}");
+    assert!(!held.is_empty());
+    for _ in 0..held.len() {
+        srv.expect("conn");
+    }
+    drop(held);
+    // Once descriptors are free again, clients are served.
+    let c = eventually("the server to recover", || {
+        ClientOptions::new().open(&name).ok()
+    });
+    drop(c);
+}
+
+#[test]
+fn a_waiting_client_waits_for_a_server_that_is_not_up_yet() {
+    let name = unique("notyet");
+    std::thread::scope(|s| {
+        let early = s.spawn(|| {
+            ClientOptions::new()
+                .wait(Wait::Timeout(HANG))
+                .wait_for_server(true)
+                .open(name.as_str())
+                .map(|mut c| c.transact(b"early").unwrap())
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let _srv = server(&name, &[]);
+        assert_eq!(early.join().unwrap().unwrap(), b"early");
+    });
+    // Without wait_for_server, Windows' behaviour: not found at once.
+    let e = ClientOptions::new()
+        .wait(Wait::Timeout(HANG))
+        .open(unique("never").as_str())
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::FileNotFound);
+}
