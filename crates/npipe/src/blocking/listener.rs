@@ -849,7 +849,7 @@ impl Acceptor {
             }
             Verdict::Connect { granted, patience } => {
                 match self.admission.arrive(ticket, patience) {
-                    Arrival::Granted => self.connect(p, hello, granted),
+                    Arrival::Granted => self.connect(p.socket, p.buf, p.cred, hello, granted),
                     Arrival::Busy => refuse(&p.socket, ErrorCode::PipeBusy, policy::BUSY_REASON),
                     Arrival::Queued => {
                         let stage = Stage::Waiting { hello, granted };
@@ -879,15 +879,7 @@ impl Acceptor {
                 Stage::Waiting {
                     hello,
                     granted: access,
-                } => {
-                    let p = Pending {
-                        stage: Stage::Handshake {
-                            deadline: Instant::now(),
-                        },
-                        ..p
-                    };
-                    self.connect(p, hello, access);
-                }
+                } => self.connect(p.socket, p.buf, p.cred, hello, access),
                 Stage::Handshake { .. } => unreachable!("only waiters are queued"),
             }
         }
@@ -896,24 +888,29 @@ impl Acceptor {
 
     /// Sends OK and queues the connection for the application's `accept`.
     /// The admission has already counted the instance as taken.
-    fn connect(&mut self, p: Pending, hello: Hello, granted: Access) {
+    fn connect(
+        &mut self,
+        socket: Socket,
+        leftover: Vec<u8>,
+        cred: PeerCred,
+        hello: Hello,
+        granted: Access,
+    ) {
         let desc = self.description(granted);
         let cur_instances = desc.cur_instances;
-        if !send_reply(&p.socket, &Reply::Connected(desc))
-            || p.socket.set_nonblocking(false).is_err()
-        {
+        if !send_reply(&socket, &Reply::Connected(desc)) || socket.set_nonblocking(false).is_err() {
             let more = self.admission.release_unaccepted();
             self.grant_waiters(more);
             return;
         }
         let o = &self.shared.opts;
         if o.out_buffer_size > 0 {
-            let _ = p.socket.set_send_buffer(o.out_buffer_size as usize);
+            let _ = socket.set_send_buffer(o.out_buffer_size as usize);
         }
         let ready = Ready {
-            socket: p.socket,
-            leftover: p.buf,
-            cred: p.cred,
+            socket,
+            leftover,
+            cred,
             hello,
             granted,
             cur_instances,
