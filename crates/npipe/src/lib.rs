@@ -59,6 +59,13 @@
 //! | (pipe squatting defence) | [`ClientOptions::expect_server_user`] |
 //! | `GetLastError()` | [`Error::code`], [`Error::win32_code`] |
 //! | Sysinternals PipeList | [`list_pipes`] |
+//! | Overlapped I/O (`FILE_FLAG_OVERLAPPED`) | feature `tokio`: the `npipe::tokio` module, same types and semantics as async Rust |
+//! | `CreateNamedPipe` + overlapped `ConnectNamedPipe` | `ServerOptions::create_async` → `tokio::PipeListener`, `accept().await` (cancel-safe) |
+//! | `CreateFile` with `FILE_FLAG_OVERLAPPED` (+ `WaitNamedPipe`) | `ClientOptions::open_async(name).await` |
+//! | overlapped `ReadFile` / `WriteFile` | `tokio::io::AsyncRead` / `AsyncWrite` on `tokio::PipeServer` / `tokio::PipeClient`; `read_message`, `recv_message`, `write_message` `.await` |
+//! | `GetOverlappedResult` with `ERROR_MORE_DATA` | `read_message(..).await` → [`MessageRead::MoreData`] |
+//! | overlapped `TransactNamedPipe`, `CallNamedPipe` | `tokio::PipeStream::transact(..).await`, `npipe::tokio::call(..).await` |
+//! | `CancelIo`, `CancelIoEx` | dropping the future (each method documents its cancel safety) |
 //!
 //! ## Where Linux differs
 //!
@@ -75,6 +82,8 @@
 #![warn(missing_docs)]
 
 mod blocking;
+#[cfg(feature = "tokio")]
+mod connect_core;
 mod error;
 mod info;
 mod listing;
@@ -86,11 +95,13 @@ mod policy;
 mod props;
 pub mod proto;
 mod security;
+mod stream_core;
 mod sys;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 
 pub use blocking::{
-    call, Impersonation, MessageRead, Peek, PipeClient, PipeListener, PipeServer, PipeStream,
-    ReadHalf, WriteHalf,
+    call, Impersonation, PipeClient, PipeListener, PipeServer, PipeStream, ReadHalf, WriteHalf,
 };
 pub use error::{Error, ErrorCode, Result};
 pub use info::{ClientIdentity, End, PeerCredentials, PipeInfo};
@@ -102,6 +113,7 @@ pub use options::{
     UNLIMITED_INSTANCES,
 };
 pub use security::{user_id, Ace, AceKind, Rights, SecurityDescriptor, Subject, Trustee};
+pub use stream_core::{MessageRead, Peek};
 
 /// The README's Rust example, compiled and run as a doctest.
 #[doc = include_str!("../../../README.md")]

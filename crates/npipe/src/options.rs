@@ -304,6 +304,17 @@ impl ServerOptions {
     pub fn create(&self, name: impl TryInto<PipeName, Error = Error>) -> Result<PipeListener> {
         PipeListener::create(name.try_into()?, self.clone())
     }
+
+    /// Creates the pipe for tokio (`CreateNamedPipe` with overlapped I/O).
+    /// Call it within a tokio runtime with I/O and time enabled: the
+    /// server's acceptor runs as a task on it.
+    #[cfg(feature = "tokio")]
+    pub fn create_async(
+        &self,
+        name: impl TryInto<PipeName, Error = Error>,
+    ) -> Result<crate::tokio::PipeListener> {
+        crate::tokio::PipeListener::create(name.try_into()?, self.clone())
+    }
 }
 
 /// Options for opening the client end, like `CreateFile` plus `WaitNamedPipe`.
@@ -426,5 +437,29 @@ impl ClientOptions {
     /// wait is set).
     pub fn open(&self, name: impl TryInto<PipeName, Error = Error>) -> Result<PipeClient> {
         PipeClient::connect(&name.try_into()?, self, None)
+    }
+
+    /// Connects on tokio, waiting as [`wait`](Self::wait) says without
+    /// blocking the runtime: the same outcomes and errors as
+    /// [`open`](Self::open). Cancel-safe: dropped before it finished, no
+    /// connection is left behind (a server that already took it sees the
+    /// client leave).
+    #[cfg(feature = "tokio")]
+    pub async fn open_async(
+        &self,
+        name: impl TryInto<PipeName, Error = Error>,
+    ) -> Result<crate::tokio::PipeClient> {
+        crate::tokio::PipeClient::connect(&name.try_into()?, self, None).await
+    }
+
+    /// `CallNamedPipe` on tokio with these options: as
+    /// [`call`](Self::call), without blocking the runtime.
+    #[cfg(feature = "tokio")]
+    pub async fn call_async(
+        &self,
+        name: impl TryInto<PipeName, Error = Error>,
+        request: &[u8],
+    ) -> Result<Vec<u8>> {
+        crate::tokio::call_with(self, &name.try_into()?, request).await
     }
 }

@@ -7,4 +7,4 @@ mod stream;
 pub(crate) use client::call_with;
 pub use client::{call, PipeClient};
 pub use listener::{Impersonation, PipeListener, PipeServer};
-pub use stream::{MessageRead, Peek, PipeStream, ReadHalf, WriteHalf};
+pub use stream::{PipeStream, ReadHalf, WriteHalf};

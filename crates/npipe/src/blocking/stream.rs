@@ -1,96 +1,23 @@
 //! The connected pipe, common to both ends: reads and writes in byte and
 //! message mode, peek, flush, transact, timeouts.
+//!
+//! The decisions (buffering, framing, *more data*, broken streams) live in
+//! [`crate::stream_core`]; this file drives them with blocking socket calls.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::info::{End, PeerCredentials, PipeInfo};
-use crate::options::{Access, Direction, PipeType, ReadMode};
-use crate::proto::framing::{self, Decoder, HEADER_LEN};
+use crate::info::{PeerCredentials, PipeInfo};
+use crate::options::{Access, PipeType, ReadMode};
+use crate::stream_core::{
+    recv_error, send_error, Need, ReadCore, ReadMessage, ReadOp, ReadStd, RecvMessage, Step,
+    WriteCore,
+};
 use crate::sys::{RecvFlagsLite, Socket};
 
-/// The reader's buffer: enough to batch many small messages into one read.
-const READ_BUFFER: usize = 16 * 1024;
-/// Reads at least this large go straight into the caller's buffer.
-const DIRECT_READ: usize = 8 * 1024;
-/// The result of a message read (`ReadFile` on a message-mode pipe).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageRead {
-    /// The whole message (or its rest) was read: this many bytes.
-    Complete(usize),
-    /// The buffer filled first: this many bytes were read and more of the
-    /// same message follows (`ERROR_MORE_DATA`). The next read continues it.
-    MoreData(usize),
-}
-
-impl MessageRead {
-    /// Bytes read.
-    pub fn len(self) -> usize {
-        match self {
-            MessageRead::Complete(n) | MessageRead::MoreData(n) => n,
-        }
-    }
-    /// Whether no bytes were read.
-    pub fn is_empty(self) -> bool {
-        self.len() == 0
-    }
-    /// Whether the message ended with this read.
-    pub fn is_complete(self) -> bool {
-        matches!(self, MessageRead::Complete(_))
-    }
-}
-
-/// What [`PipeStream::peek`] saw (`PeekNamedPipe`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Peek {
-    /// Bytes copied into the caller's buffer.
-    pub copied: usize,
-    /// Bytes available to read in all (`lpTotalBytesAvail`). For message
-    /// pipes this counts payload this end has buffered plus what the kernel
-    /// holds, headers included for the latter.
-    pub available: usize,
-    /// Bytes left in the current (or next) message (`lpBytesLeftThisMessage`);
-    /// 0 on byte pipes.
-    pub message_left: usize,
-}
-
-/// Fixed facts about a connection, agreed in the handshake.
-#[derive(Debug, Clone)]
-pub(crate) struct Setup {
-    pub name: String,
-    pub end: End,
-    pub pipe_type: PipeType,
-    pub direction: Direction,
-    pub access: Access,
-    pub max_instances: Option<u32>,
-    pub cur_instances: u32,
-    pub in_buffer: u32,
-    pub out_buffer: u32,
-    pub max_message: u32,
-    pub peer_max_message: u32,
-    pub peer: PeerCredentials,
-}
-
-/// The reading side's state: buffered bytes and the position among messages.
-#[derive(Debug)]
-pub(crate) struct Reader {
-    buf: Vec<u8>,
-    pos: usize,
-    decoder: Option<Decoder>,
-    mode: ReadMode,
-    can_read: bool,
-    broken: Option<ErrorCode>,
-}
-
-/// The writing side's state.
-#[derive(Debug)]
-pub(crate) struct Writer {
-    message: bool,
-    can_write: bool,
-    peer_max: u32,
-    broken: bool,
-}
+pub(crate) use crate::stream_core::Setup;
+use crate::stream_core::{MessageRead, Peek};
 
 /// A connected pipe end: the part common to [`PipeServer`](crate::PipeServer)
 /// and [`PipeClient`](crate::PipeClient), which dereference to it.
@@ -124,8 +51,8 @@ pub(crate) struct Writer {
 #[derive(Debug)]
 pub struct PipeStream {
     socket: Socket,
-    reader: Reader,
-    writer: Writer,
+    reader: ReadCore,
+    writer: WriteCore,
     setup: Setup,
     disconnected: bool,
     write_timeout: Option<Duration>,
@@ -135,417 +62,82 @@ fn io_err(e: io::Error, what: &str) -> Error {
     Error::os(e, what)
 }
 
-impl Reader {
-    fn new(setup: &Setup, mode: ReadMode, leftover: Vec<u8>, can_read: bool) -> Reader {
-        let decoder =
-            (setup.pipe_type == PipeType::Message).then(|| Decoder::new(setup.max_message));
-        Reader {
-            buf: leftover,
-            pos: 0,
-            decoder,
-            mode,
-            can_read,
-            broken: None,
-        }
-    }
-
-    fn buffered(&self) -> &[u8] {
-        &self.buf[self.pos..]
-    }
-
-    fn check(&self) -> Result<()> {
-        if !self.can_read {
-            return Err(Error::new(
-                ErrorCode::AccessDenied,
-                "this end may not read: the pipe's direction or the access asked for forbids it",
-            ));
-        }
-        match self.broken {
-            Some(ErrorCode::BadPipe) => Err(Error::new(
-                ErrorCode::BadPipe,
-                "the peer broke the message framing earlier; the pipe cannot be read any more",
-            )),
-            Some(code) => Err(Error::new(code, "the pipe was closed mid-message earlier")),
-            None => Ok(()),
-        }
-    }
-
-    /// Reads more bytes into the buffer; `false` at end of stream.
-    fn fill(&mut self, sock: &Socket, flags: RecvFlagsLite) -> Result<bool> {
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        } else if self.pos > 0 && self.buf.capacity() - self.buf.len() < HEADER_LEN {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        if self.buf.capacity() - self.buf.len() < READ_BUFFER / 4 {
-            self.buf.reserve(READ_BUFFER);
-        }
-        match sock.recv_spare(&mut self.buf, flags) {
-            Ok(0) => Ok(false),
-            Ok(_) => Ok(true),
-            Err(e) => Err(recv_error(e)),
-        }
-    }
-
-    fn consume_buffered(&mut self, out: &mut [u8], n: usize) {
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-    }
-
-    /// Positions the decoder at the start of a message: `Ok(None)` at a clean
-    /// end of stream (between messages), else the message's length.
-    fn next_header(&mut self, sock: &Socket) -> Result<Option<u32>> {
-        loop {
-            let decoder = self.decoder.as_mut().expect("message pipe");
-            match decoder.start(&self.buf[self.pos..]) {
-                Ok(Some(len)) => {
-                    self.pos += HEADER_LEN;
-                    return Ok(Some(len));
-                }
-                Ok(None) => {
-                    if !self.fill(sock, RecvFlagsLite::Block)? {
-                        if self.buffered().is_empty() {
-                            return Ok(None);
-                        }
-                        self.broken = Some(ErrorCode::BrokenPipe);
-                        return Err(Error::broken_pipe("in the middle of a message header"));
-                    }
-                }
-                Err(e) => {
-                    self.broken = Some(ErrorCode::BadPipe);
-                    return Err(e.into());
-                }
+/// Drives a read to its end with blocking receives.
+fn run<O: ReadOp>(core: &mut ReadCore, sock: &Socket, op: &mut O) -> Result<O::Output> {
+    loop {
+        match op.step(core)? {
+            Step::Done(v) => return Ok(v),
+            Step::Need(Need::Fill) => {
+                let n = sock
+                    .recv_spare(core.fill_buf(), RecvFlagsLite::Block)
+                    .map_err(recv_error)?;
+                core.filled(n);
+            }
+            Step::Need(Need::Direct { at, len }) => {
+                let got = sock.recv(op.direct_target(at, len)).map_err(recv_error)?;
+                op.direct_done(core, got);
             }
         }
-    }
-
-    /// `ReadFile` in message mode: the rest of the current message or the
-    /// next one, as much as fits.
-    fn read_message(&mut self, sock: &Socket, out: &mut [u8]) -> Result<MessageRead> {
-        self.check()?;
-        let Some(decoder) = self.decoder.as_ref() else {
-            return Err(Error::new(
-                ErrorCode::InvalidParameter,
-                "message reads need a message-type pipe; this one is byte type",
-            ));
-        };
-        if !decoder.in_message() {
-            match self.next_header(sock)? {
-                None => return Err(Error::broken_pipe("(end of stream)")),
-                Some(0) => {
-                    self.decoder.as_mut().expect("message pipe").consume(0);
-                    return Ok(MessageRead::Complete(0));
-                }
-                Some(_) => {}
-            }
-        }
-        let mut n = 0;
-        loop {
-            let decoder = self.decoder.as_mut().expect("message pipe");
-            let take = decoder.take(self.buf.len() - self.pos).min(out.len() - n);
-            out[n..n + take].copy_from_slice(&self.buf[self.pos..self.pos + take]);
-            self.pos += take;
-            n += take;
-            if decoder.consume(take) {
-                return Ok(MessageRead::Complete(n));
-            }
-            if n == out.len() {
-                return Ok(MessageRead::MoreData(n));
-            }
-            // The buffer is drained and the message goes on.
-            let want = (decoder.remaining().unwrap_or(0) as usize).min(out.len() - n);
-            if want >= DIRECT_READ {
-                let got = sock.recv(&mut out[n..n + want]).map_err(recv_error)?;
-                if got == 0 {
-                    self.broken = Some(ErrorCode::BrokenPipe);
-                    return Err(Error::broken_pipe("in the middle of a message"));
-                }
-                n += got;
-                if decoder.consume(got) {
-                    return Ok(MessageRead::Complete(n));
-                }
-            } else if !self.fill(sock, RecvFlagsLite::Block)? {
-                self.broken = Some(ErrorCode::BrokenPipe);
-                return Err(Error::broken_pipe("in the middle of a message"));
-            }
-        }
-    }
-
-    /// The rest of the current message, or the next one, whole.
-    fn recv_message(&mut self, sock: &Socket) -> Result<Vec<u8>> {
-        self.check()?;
-        let decoder = self.decoder.as_ref().ok_or_else(|| {
-            Error::new(
-                ErrorCode::InvalidParameter,
-                "message reads need a message-type pipe",
-            )
-        })?;
-        let len = match decoder.remaining() {
-            Some(r) => r,
-            None => match self.next_header(sock)? {
-                None => return Err(Error::broken_pipe("(end of stream)")),
-                Some(0) => {
-                    self.decoder.as_mut().expect("message pipe").consume(0);
-                    return Ok(Vec::new());
-                }
-                Some(len) => len,
-            },
-        };
-        // `len` was checked against the maximum message size by the decoder.
-        let mut msg = vec![0; len as usize];
-        match self.read_message(sock, &mut msg)? {
-            MessageRead::Complete(n) if n == msg.len() => Ok(msg),
-            _ => unreachable!("a buffer of the message's exact length completes it"),
-        }
-    }
-
-    /// `std::io::Read` semantics over either pipe type and read mode.
-    fn read_std(&mut self, sock: &Socket, out: &mut [u8]) -> Result<usize> {
-        self.check()?;
-        if out.is_empty() {
-            return Ok(0);
-        }
-        if self.decoder.is_none() {
-            // Byte pipe: leftover bytes first, then the socket directly.
-            if !self.buffered().is_empty() {
-                let n = self.buffered().len().min(out.len());
-                self.consume_buffered(out, n);
-                return Ok(n);
-            }
-            return sock.recv(out).map_err(recv_error);
-        }
-        match self.mode {
-            ReadMode::Message => loop {
-                let at_boundary = !self.decoder.as_ref().expect("message pipe").in_message();
-                if at_boundary {
-                    match self.next_header(sock)? {
-                        None => return Ok(0),
-                        Some(0) => {
-                            // Skipped: `Ok(0)` would read as end of stream.
-                            self.decoder.as_mut().expect("message pipe").consume(0);
-                            continue;
-                        }
-                        Some(_) => {}
-                    }
-                }
-                return self.read_message(sock, out).map(MessageRead::len);
-            },
-            ReadMode::Byte => self.read_bytes_across(sock, out),
-        }
-    }
-
-    /// Byte read mode on a message pipe: payload bytes across message
-    /// boundaries, headers stripped. Blocks only when nothing is buffered.
-    fn read_bytes_across(&mut self, sock: &Socket, out: &mut [u8]) -> Result<usize> {
-        let mut n = 0;
-        loop {
-            let decoder = self.decoder.as_mut().expect("message pipe");
-            if decoder.in_message() {
-                let take = decoder.take(self.buf.len() - self.pos).min(out.len() - n);
-                out[n..n + take].copy_from_slice(&self.buf[self.pos..self.pos + take]);
-                self.pos += take;
-                n += take;
-                decoder.consume(take);
-                if n == out.len() {
-                    return Ok(n);
-                }
-                if decoder.in_message() {
-                    // Buffer drained mid-message.
-                    if n > 0 {
-                        return Ok(n);
-                    }
-                    if !self.fill(sock, RecvFlagsLite::Block)? {
-                        self.broken = Some(ErrorCode::BrokenPipe);
-                        return Err(Error::broken_pipe("in the middle of a message"));
-                    }
-                    continue;
-                }
-            }
-            // At a boundary: go on only with what is already buffered.
-            if n > 0 && self.buffered().len() < HEADER_LEN {
-                return Ok(n);
-            }
-            match self.next_header(sock)? {
-                None => return Ok(n),
-                Some(0) => {
-                    self.decoder.as_mut().expect("message pipe").consume(0);
-                }
-                Some(_) => {}
-            }
-        }
-    }
-
-    /// Takes in what has arrived without blocking, up to the buffer's size.
-    fn fill_available(&mut self, sock: &Socket) -> Result<bool> {
-        let mut eof = false;
-        while self.buf.len() - self.pos < 4 * READ_BUFFER {
-            match self.fill(sock, RecvFlagsLite::DontWait) {
-                Ok(true) => {}
-                Ok(false) => {
-                    eof = true;
-                    break;
-                }
-                Err(e) if e.code() == ErrorCode::Timeout => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(eof)
-    }
-
-    fn peek(&mut self, sock: &Socket, out: &mut [u8]) -> Result<Peek> {
-        self.check()?;
-        let eof = self.fill_available(sock)?;
-        let kernel = sock.readable_bytes().unwrap_or(0);
-        let buffered = &self.buf[self.pos..];
-        let peek = match &self.decoder {
-            None => {
-                let copied = buffered.len().min(out.len());
-                out[..copied].copy_from_slice(&buffered[..copied]);
-                Peek {
-                    copied,
-                    available: buffered.len() + kernel,
-                    message_left: 0,
-                }
-            }
-            Some(decoder) => {
-                let scan = decoder.scan(buffered);
-                let copied = copy_payload(decoder, buffered, out, self.mode == ReadMode::Message);
-                Peek {
-                    copied,
-                    available: scan.payload + kernel,
-                    message_left: scan.message_left as usize,
-                }
-            }
-        };
-        if eof && peek.available == 0 && peek.message_left == 0 {
-            return Err(Error::broken_pipe("(end of stream)"));
-        }
-        Ok(peek)
-    }
-
-    /// Whether anything is waiting to be read (for `transact`).
-    fn has_unread(&self, sock: &Socket) -> bool {
-        let mid = self.decoder.as_ref().is_some_and(Decoder::in_message);
-        mid || !self.buffered().is_empty() || sock.readable_bytes().unwrap_or(0) > 0
     }
 }
 
-/// Copies payload from buffered bytes, skipping headers: only the current
-/// message if `one_message`, else across messages.
-fn copy_payload(decoder: &Decoder, mut buf: &[u8], out: &mut [u8], one_message: bool) -> usize {
-    let mut copied = 0;
-    let mut remaining = decoder.remaining();
-    while copied < out.len() {
-        let r = match remaining {
-            Some(r) => r as usize,
-            None => match buf.first_chunk::<HEADER_LEN>() {
-                Some(h) => {
-                    buf = &buf[HEADER_LEN..];
-                    u32::from_le_bytes(*h) as usize
-                }
-                None => break,
-            },
+fn read_message(core: &mut ReadCore, sock: &Socket, out: &mut [u8]) -> Result<MessageRead> {
+    run(core, sock, &mut ReadMessage::new(out))
+}
+
+fn recv_message(core: &mut ReadCore, sock: &Socket) -> Result<Vec<u8>> {
+    run(core, sock, &mut RecvMessage::default())
+}
+
+fn read_std(core: &mut ReadCore, sock: &Socket, out: &mut [u8]) -> Result<usize> {
+    run(core, sock, &mut ReadStd::new(out))
+}
+
+/// Takes in what has arrived without blocking, then peeks.
+fn peek(core: &mut ReadCore, sock: &Socket, out: &mut [u8]) -> Result<Peek> {
+    core.check()?;
+    while core.peek_wants_input() {
+        match sock.recv_spare(core.fill_buf(), RecvFlagsLite::DontWait) {
+            Ok(n) => core.filled(n),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => return Err(recv_error(e)),
+        }
+    }
+    core.peek(out, sock.readable_bytes().unwrap_or(0))
+}
+
+/// Sends one message whole: header and payload in one `sendmsg`, looping
+/// on partial sends. A failure after part of it went out breaks the
+/// writer for good (the peer will see *broken pipe*, never a cut message).
+fn write_message(writer: &mut WriteCore, sock: &Socket, msg: &[u8]) -> Result<()> {
+    let mut op = writer.begin_message(msg)?;
+    while !op.is_done() {
+        let r = if op.header_rest().is_empty() {
+            sock.send(op.payload_rest(msg))
+        } else {
+            sock.send_vectored(&op.slices(msg))
         };
-        let n = r.min(buf.len()).min(out.len() - copied);
-        out[copied..copied + n].copy_from_slice(&buf[..n]);
-        copied += n;
-        buf = &buf[n..];
-        if one_message || n < r {
-            break;
-        }
-        remaining = None;
-    }
-    copied
-}
-
-fn recv_error(e: io::Error) -> Error {
-    match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            Error::new(ErrorCode::Timeout, "the read timed out").with_source(e)
-        }
-        _ => io_err(e, "read from the pipe failed"),
-    }
-}
-
-impl Writer {
-    fn check(&self, len: usize) -> Result<()> {
-        if !self.can_write {
-            return Err(Error::new(
-                ErrorCode::AccessDenied,
-                "this end may not write: the pipe's direction or the access asked for forbids it",
-            ));
-        }
-        if self.broken {
-            return Err(Error::new(
-                ErrorCode::BrokenPipe,
-                "an earlier write was cut off mid-message; the pipe cannot carry more messages",
-            ));
-        }
-        if self.message && len > self.peer_max as usize {
-            return Err(Error::new(
-                ErrorCode::InvalidParameter,
-                format!(
-                    "a {len}-byte message is larger than the other end accepts ({} bytes)",
-                    self.peer_max
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Sends one message whole: header and payload in one `sendmsg`, looping
-    /// on partial sends. A failure after part of it went out breaks the
-    /// writer for good (the peer will see *broken pipe*, never a cut message).
-    fn write_message(&mut self, sock: &Socket, msg: &[u8]) -> Result<()> {
-        if !self.message {
-            return Err(Error::new(
-                ErrorCode::InvalidParameter,
-                "message writes need a message-type pipe; this one is byte type",
-            ));
-        }
-        self.check(msg.len())?;
-        let header = framing::header(msg.len() as u32);
-        let total = HEADER_LEN + msg.len();
-        let mut sent = 0;
-        while sent < total {
-            let r = if sent < HEADER_LEN {
-                sock.send_vectored(&[IoSlice::new(&header[sent..]), IoSlice::new(msg)])
-            } else {
-                sock.send(&msg[sent - HEADER_LEN..])
-            };
-            match r {
-                Ok(n) => sent += n,
-                Err(e) => {
-                    if sent > 0 {
-                        self.broken = true;
-                    }
-                    return Err(send_error(e));
-                }
+        match r {
+            Ok(n) => op.advance(n),
+            Err(e) => {
+                writer.failed(&op);
+                return Err(send_error(e));
             }
         }
-        Ok(())
     }
-
-    fn write_bytes(&mut self, sock: &Socket, buf: &[u8]) -> Result<usize> {
-        self.check(0)?;
-        sock.send(buf).map_err(send_error)
-    }
+    Ok(())
 }
 
-fn send_error(e: io::Error) -> Error {
-    match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            Error::new(ErrorCode::Timeout, "the write timed out").with_source(e)
-        }
-        _ => match e.raw_os_error() {
-            Some(libc::EPIPE) | Some(libc::ECONNRESET) => {
-                Error::new(ErrorCode::NoData, "the other end has closed the pipe").with_source(e)
-            }
-            _ => io_err(e, "write to the pipe failed"),
-        },
-    }
+fn write_bytes(writer: &mut WriteCore, sock: &Socket, buf: &[u8]) -> Result<usize> {
+    writer.check(0)?;
+    sock.send(buf).map_err(send_error)
 }
 
 impl PipeStream {
@@ -555,21 +147,10 @@ impl PipeStream {
         read_mode: ReadMode,
         leftover: Vec<u8>,
     ) -> PipeStream {
-        let (can_read, can_write) = match setup.end {
-            End::Server => (
-                setup.direction.server_reads(),
-                setup.direction.server_writes(),
-            ),
-            End::Client => (setup.access.reads(), setup.access.writes()),
-        };
+        let (reader, writer) = setup.cores(read_mode, leftover);
         PipeStream {
-            reader: Reader::new(&setup, read_mode, leftover, can_read),
-            writer: Writer {
-                message: setup.pipe_type == PipeType::Message,
-                can_write,
-                peer_max: setup.peer_max_message,
-                broken: false,
-            },
+            reader,
+            writer,
             socket,
             setup,
             disconnected: false,
@@ -606,7 +187,7 @@ impl PipeStream {
     /// mid-message gives *broken pipe* too, never a cut message.
     pub fn read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
         self.connected()?;
-        self.reader.read_message(&self.socket, buf)
+        read_message(&mut self.reader, &self.socket, buf)
     }
 
     /// Reads the rest of the current message, or the next message, whole.
@@ -614,13 +195,13 @@ impl PipeStream {
     /// before anything was allocated.
     pub fn recv_message(&mut self) -> Result<Vec<u8>> {
         self.connected()?;
-        self.reader.recv_message(&self.socket)
+        recv_message(&mut self.reader, &self.socket)
     }
 
     /// Writes one message, whole and atomic (`WriteFile` on a message pipe).
     pub fn write_message(&mut self, msg: &[u8]) -> Result<()> {
         self.connected()?;
-        self.writer.write_message(&self.socket, msg)
+        write_message(&mut self.writer, &self.socket, msg)
     }
 
     /// Sends a message and reads the reply (`TransactNamedPipe`). Needs a
@@ -636,21 +217,24 @@ impl PipeStream {
         }
         self.reader.check()?;
         self.writer.check(request.len())?;
-        if self.reader.has_unread(&self.socket) {
+        if self
+            .reader
+            .has_unread(self.socket.readable_bytes().unwrap_or(0))
+        {
             return Err(Error::new(
                 ErrorCode::PipeBusy,
                 "transact refused: unread data is waiting in the pipe (read it first)",
             ));
         }
-        self.writer.write_message(&self.socket, request)?;
-        self.reader.recv_message(&self.socket)
+        write_message(&mut self.writer, &self.socket, request)?;
+        recv_message(&mut self.reader, &self.socket)
     }
 
     /// Copies waiting data without consuming it (`PeekNamedPipe`); never
     /// blocks. In message read mode it copies from the current message only.
     pub fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
         self.connected()?;
-        self.reader.peek(&self.socket, buf)
+        peek(&mut self.reader, &self.socket, buf)
     }
 
     /// Waits until the other end has read everything written so far
@@ -779,7 +363,7 @@ impl PipeStream {
 impl Read for PipeStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.connected()?;
-        Ok(self.reader.read_std(&self.socket, buf)?)
+        Ok(read_std(&mut self.reader, &self.socket, buf)?)
     }
 }
 
@@ -789,10 +373,10 @@ impl Write for PipeStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.connected()?;
         if self.writer.message {
-            self.writer.write_message(&self.socket, buf)?;
+            write_message(&mut self.writer, &self.socket, buf)?;
             Ok(buf.len())
         } else {
-            Ok(self.writer.write_bytes(&self.socket, buf)?)
+            Ok(write_bytes(&mut self.writer, &self.socket, buf)?)
         }
     }
 
@@ -807,7 +391,7 @@ impl Write for PipeStream {
 #[derive(Debug)]
 pub struct ReadHalf<'a> {
     socket: &'a Socket,
-    reader: &'a mut Reader,
+    reader: &'a mut ReadCore,
     disconnected: bool,
 }
 
@@ -815,7 +399,7 @@ pub struct ReadHalf<'a> {
 #[derive(Debug)]
 pub struct WriteHalf<'a> {
     socket: &'a Socket,
-    writer: &'a mut Writer,
+    writer: &'a mut WriteCore,
     disconnected: bool,
 }
 
@@ -831,13 +415,13 @@ impl ReadHalf<'_> {
     /// As [`PipeStream::read_message`].
     pub fn read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
         self.connected()?;
-        self.reader.read_message(self.socket, buf)
+        read_message(self.reader, self.socket, buf)
     }
 
     /// As [`PipeStream::recv_message`].
     pub fn recv_message(&mut self) -> Result<Vec<u8>> {
         self.connected()?;
-        self.reader.recv_message(self.socket)
+        recv_message(self.reader, self.socket)
     }
 }
 
@@ -847,7 +431,7 @@ impl WriteHalf<'_> {
         if self.disconnected {
             return Err(Error::not_connected());
         }
-        self.writer.write_message(self.socket, msg)
+        write_message(self.writer, self.socket, msg)
     }
 
     /// As [`PipeStream::shutdown_write`].
@@ -864,7 +448,7 @@ impl WriteHalf<'_> {
 impl Read for ReadHalf<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.connected()?;
-        Ok(self.reader.read_std(self.socket, buf)?)
+        Ok(read_std(self.reader, self.socket, buf)?)
     }
 }
 
@@ -874,10 +458,10 @@ impl Write for WriteHalf<'_> {
             return Err(Error::not_connected().into());
         }
         if self.writer.message {
-            self.writer.write_message(self.socket, buf)?;
+            write_message(self.writer, self.socket, buf)?;
             Ok(buf.len())
         } else {
-            Ok(self.writer.write_bytes(self.socket, buf)?)
+            Ok(write_bytes(self.writer, self.socket, buf)?)
         }
     }
 
@@ -889,6 +473,9 @@ impl Write for WriteHalf<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::info::End;
+    use crate::options::Direction;
+    use crate::proto::framing;
 
     fn pair(pipe_type: PipeType) -> (PipeStream, PipeStream) {
         let (a, b) = Socket::pair().unwrap();

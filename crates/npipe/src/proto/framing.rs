@@ -126,6 +126,14 @@ impl Decoder {
         }
     }
 
+    /// Sets the position back, for a front end undoing a read that stopped
+    /// before it returned (a cancelled future puts the bytes it took back
+    /// in front of its buffer): at a boundary (`None`), or inside a message
+    /// with `remaining` bytes of it still to consume.
+    pub fn rewind(&mut self, remaining: Option<u32>) {
+        self.remaining = remaining;
+    }
+
     /// Changes the largest message accepted from now on.
     pub fn set_max(&mut self, max: u32) {
         self.max = max;

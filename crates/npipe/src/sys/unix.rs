@@ -537,6 +537,11 @@ pub fn spare_fd() -> io::Result<OwnedFd> {
     )?)
 }
 
+/// `lstat` of a path: what it names, a symbolic link not followed.
+pub fn stat_nofollow(path: &Path) -> io::Result<FileInfo> {
+    Ok(file_info(&rustix::fs::lstat(path)?))
+}
+
 /// The current process's effective user id.
 pub fn effective_uid() -> u32 {
     rustix::process::geteuid().as_raw()

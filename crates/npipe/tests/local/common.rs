@@ -111,6 +111,49 @@ pub fn server(name: &str, opts: &[&str]) -> Child {
     c
 }
 
+/// Which front end plays a part: a server child runs the `serve` role
+/// (blocking) or the `serve_async` role (tokio), with the same options,
+/// modes and `@@` lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    Blocking,
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    Tokio,
+}
+
+/// Starts a server child on `front` and waits until it is ready.
+pub fn server_on(front: Front, name: &str, opts: &[&str]) -> Child {
+    let role = match front {
+        Front::Blocking => "serve",
+        Front::Tokio => "serve_async",
+    };
+    let mut args = vec![name];
+    args.extend_from_slice(opts);
+    let mut c = spawn(role, &args);
+    c.expect("ready");
+    c
+}
+
+/// Runs each `fn behaviour(server: Front)` once per server front end:
+/// tests `behaviour::blocking_server` and (with the `tokio` feature)
+/// `behaviour::tokio_server`.
+macro_rules! on_both_servers {
+    ($($behaviour:ident),* $(,)?) => {$(
+        mod $behaviour {
+            #[test]
+            fn blocking_server() {
+                super::$behaviour($crate::common::Front::Blocking)
+            }
+            #[cfg(feature = "tokio")]
+            #[test]
+            fn tokio_server() {
+                super::$behaviour($crate::common::Front::Tokio)
+            }
+        }
+    )*};
+}
+pub(crate) use on_both_servers;
+
 impl Child {
     /// The child's pid.
     pub fn pid(&self) -> u32 {

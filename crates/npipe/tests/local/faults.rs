@@ -6,8 +6,17 @@ use std::time::Duration;
 
 use npipe::{ClientOptions, ErrorCode, Wait};
 
-use crate::common::{eventually, server, spawn, unique, HANG};
+use crate::common::{eventually, on_both_servers, server_on, spawn, unique, Front, HANG};
 use crate::roles::flood_message;
+
+// Each fault, against the blocking and the tokio server.
+on_both_servers!(
+    a_client_killed_mid_message_breaks_only_its_own_pipe,
+    a_killed_server_breaks_its_pipes_promptly_and_the_next_one_takes_over,
+    a_flood_is_held_back_by_the_pipe_and_every_message_arrives,
+    out_of_file_descriptors_the_server_refuses_cleanly_and_recovers,
+    a_waiting_client_waits_for_a_server_that_is_not_up_yet,
+);
 
 /// The resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
@@ -16,15 +25,15 @@ fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-#[test]
-fn a_client_killed_mid_message_breaks_only_its_own_pipe() {
+fn a_client_killed_mid_message_breaks_only_its_own_pipe(front: Front) {
     let name = unique("killmid");
-    let mut srv = server(&name, &["mode=chunks"]);
+    let mut srv = server_on(front, &name, &["mode=chunks"]);
     let mut writer = spawn("big_writer", &[&name, "50000000"]);
     srv.expect("conn");
     writer.expect("writing");
     assert_eq!(srv.expect("partial"), "");
     writer.kill();
+    srv.tell("go");
     // The server sees a broken pipe, and zero whole messages: the cut one
     // was never delivered as complete.
     assert_eq!(srv.expect("end"), "109 0");
@@ -34,10 +43,9 @@ fn a_client_killed_mid_message_breaks_only_its_own_pipe() {
     assert_eq!(c.transact(&[1u8; 200_000]).unwrap(), b"ok:200000");
 }
 
-#[test]
-fn a_killed_server_breaks_its_pipes_promptly_and_the_next_one_takes_over() {
+fn a_killed_server_breaks_its_pipes_promptly_and_the_next_one_takes_over(front: Front) {
     let name = unique("killserver");
-    let mut first = server(&name, &["instances=1", "mode=hold"]);
+    let mut first = server_on(front, &name, &["instances=1", "mode=hold"]);
     let mut connected = ClientOptions::new().open(&name).unwrap();
     first.expect("conn");
     std::thread::scope(|s| {
@@ -61,17 +69,16 @@ fn a_killed_server_breaks_its_pipes_promptly_and_the_next_one_takes_over() {
         let e = connected.recv_message().unwrap_err();
         assert_eq!(e.code(), ErrorCode::BrokenPipe);
         // A new server reclaims the name; the waiter reaches it.
-        let second = server(&name, &["instances=1"]);
+        let second = server_on(front, &name, &["instances=1"]);
         let (pid, reply) = waiter.join().unwrap();
         assert_eq!(pid, second.pid());
         assert_eq!(reply, b"after restart");
     });
 }
 
-#[test]
-fn a_flood_is_held_back_by_the_pipe_and_every_message_arrives() {
+fn a_flood_is_held_back_by_the_pipe_and_every_message_arrives(front: Front) {
     let name = unique("flood");
-    let mut srv = server(&name, &["mode=verify"]);
+    let mut srv = server_on(front, &name, &["mode=verify"]);
     let mut c = ClientOptions::new().open(&name).unwrap();
     srv.expect("conn");
     let before = rss_kib(srv.pid());
@@ -98,10 +105,9 @@ fn a_flood_is_held_back_by_the_pipe_and_every_message_arrives() {
     );
 }
 
-#[test]
-fn out_of_file_descriptors_the_server_refuses_cleanly_and_recovers() {
+fn out_of_file_descriptors_the_server_refuses_cleanly_and_recovers(front: Front) {
     let name = unique("nofile");
-    let mut srv = server(&name, &["nofile=24", "mode=hold"]);
+    let mut srv = server_on(front, &name, &["nofile=24", "mode=hold"]);
     let mut held = Vec::new();
     let mut refused = None;
     for _ in 0..40 {
@@ -128,8 +134,7 @@ fn out_of_file_descriptors_the_server_refuses_cleanly_and_recovers() {
     drop(c);
 }
 
-#[test]
-fn a_waiting_client_waits_for_a_server_that_is_not_up_yet() {
+fn a_waiting_client_waits_for_a_server_that_is_not_up_yet(front: Front) {
     let name = unique("notyet");
     std::thread::scope(|s| {
         let early = s.spawn(|| {
@@ -140,7 +145,7 @@ fn a_waiting_client_waits_for_a_server_that_is_not_up_yet() {
                 .map(|mut c| c.transact(b"early").unwrap())
         });
         std::thread::sleep(Duration::from_millis(100));
-        let _srv = server(&name, &[]);
+        let _srv = server_on(front, &name, &[]);
         assert_eq!(early.join().unwrap().unwrap(), b"early");
     });
     // Without wait_for_server, Windows' behaviour: not found at once.

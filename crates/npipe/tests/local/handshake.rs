@@ -8,7 +8,18 @@ use std::time::Duration;
 use npipe::proto::handshake::{Hello, HelloKind, Reply};
 use npipe::{ClientOptions, ErrorCode, ImpersonationLevel, ReadMode};
 
-use crate::common::{server, unique, HANG};
+use crate::common::{on_both_servers, server_on, unique, Front, HANG};
+
+// Each behaviour, against the blocking and the tokio server.
+on_both_servers!(
+    garbage_gets_bad_pipe_and_others_are_served,
+    an_unknown_version_is_refused_with_not_supported,
+    an_oversized_length_is_refused_before_waiting_for_it,
+    a_message_larger_than_the_server_accepts_breaks_only_that_client,
+    silent_and_trickling_clients_do_not_delay_others,
+    a_wrong_name_in_the_hello_is_refused,
+    a_local_client_cannot_claim_a_remote_identity,
+);
 
 fn raw(name: &str) -> UnixStream {
     let path = npipe::namespace_directory().join(name.to_lowercase());
@@ -60,20 +71,18 @@ fn still_serves(name: &str) {
     );
 }
 
-#[test]
-fn garbage_gets_bad_pipe_and_others_are_served() {
+fn garbage_gets_bad_pipe_and_others_are_served(front: Front) {
     let name = unique("garbage");
-    let _srv = server(&name, &[]);
+    let _srv = server_on(front, &name, &[]);
     let mut s = raw(&name);
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(refused_code(&mut s), 230);
     still_serves(&name);
 }
 
-#[test]
-fn an_unknown_version_is_refused_with_not_supported() {
+fn an_unknown_version_is_refused_with_not_supported(front: Front) {
     let name = unique("version");
-    let _srv = server(&name, &[]);
+    let _srv = server_on(front, &name, &[]);
     let mut s = raw(&name);
     s.write_all(b"NPIP\x09rest-of-a-future-hello").unwrap();
     match read_reply(&mut s) {
@@ -86,10 +95,9 @@ fn an_unknown_version_is_refused_with_not_supported() {
     still_serves(&name);
 }
 
-#[test]
-fn an_oversized_length_is_refused_before_waiting_for_it() {
+fn an_oversized_length_is_refused_before_waiting_for_it(front: Front) {
     let name = unique("oversize");
-    let _srv = server(&name, &[]);
+    let _srv = server_on(front, &name, &[]);
     let mut bytes = Vec::new();
     hello(&name).encode(&mut bytes).unwrap();
     bytes.truncate(24);
@@ -100,10 +108,9 @@ fn an_oversized_length_is_refused_before_waiting_for_it() {
     still_serves(&name);
 }
 
-#[test]
-fn a_message_larger_than_the_server_accepts_breaks_only_that_client() {
+fn a_message_larger_than_the_server_accepts_breaks_only_that_client(front: Front) {
     let name = unique("bigmsg");
-    let mut srv = server(&name, &["max_message=1024"]);
+    let mut srv = server_on(front, &name, &["max_message=1024"]);
     let mut bytes = Vec::new();
     hello(&name).encode(&mut bytes).unwrap();
     let mut s = raw(&name);
@@ -120,10 +127,9 @@ fn a_message_larger_than_the_server_accepts_breaks_only_that_client() {
     still_serves(&name);
 }
 
-#[test]
-fn silent_and_trickling_clients_do_not_delay_others() {
+fn silent_and_trickling_clients_do_not_delay_others(front: Front) {
     let name = unique("slowloris");
-    let _srv = server(&name, &["handshake_ms=1500"]);
+    let _srv = server_on(front, &name, &["handshake_ms=1500"]);
     // Ten silent clients and one that sends a byte at a time.
     let silent: Vec<UnixStream> = (0..10).map(|_| raw(&name)).collect();
     let mut trickle = raw(&name);
@@ -147,10 +153,9 @@ fn silent_and_trickling_clients_do_not_delay_others() {
     assert_eq!(trickle.read(&mut b).unwrap(), 0);
 }
 
-#[test]
-fn a_wrong_name_in_the_hello_is_refused() {
+fn a_wrong_name_in_the_hello_is_refused(front: Front) {
     let name = unique("wrongname");
-    let _srv = server(&name, &[]);
+    let _srv = server_on(front, &name, &[]);
     let mut s = raw(&name);
     let mut bytes = Vec::new();
     hello("someone-else").encode(&mut bytes).unwrap();
@@ -159,10 +164,9 @@ fn a_wrong_name_in_the_hello_is_refused() {
     still_serves(&name);
 }
 
-#[test]
-fn a_local_client_cannot_claim_a_remote_identity() {
+fn a_local_client_cannot_claim_a_remote_identity(front: Front) {
     let name = unique("spoof");
-    let _srv = server(&name, &[]);
+    let _srv = server_on(front, &name, &[]);
     let mut s = raw(&name);
     let mut h = hello(&name);
     h.principal = "CN=admin".into();

@@ -6,16 +6,26 @@ use std::time::{Duration, Instant};
 
 use npipe::{ClientOptions, ErrorCode, ServerOptions, Wait};
 
-use crate::common::{eventually, server, spawn, unique, HANG};
+use crate::common::{eventually, on_both_servers, server_on, spawn, unique, Front, HANG};
+
+// Each behaviour, against the blocking and the tokio server.
+on_both_servers!(
+    busy_at_once_without_wait,
+    waiters_are_served_first_come_first_served,
+    wait_times_out_with_sem_timeout,
+    a_waiter_gets_the_instance_when_it_frees,
+    a_waiter_that_leaves_is_never_handed_to_the_server,
+    first_instance_refuses_a_served_name,
+    a_dead_servers_socket_is_reclaimed,
+);
 
 fn waiting(name: &str) -> u32 {
     npipe::query_pipe(name).unwrap().waiting_clients
 }
 
-#[test]
-fn busy_at_once_without_wait() {
+fn busy_at_once_without_wait(front: Front) {
     let name = unique("busy");
-    let _srv = server(&name, &["instances=2", "mode=hold"]);
+    let _srv = server_on(front, &name, &["instances=2", "mode=hold"]);
     let _a = ClientOptions::new().open(&name).unwrap();
     let _b = ClientOptions::new().open(&name).unwrap();
     let e = ClientOptions::new().open(&name).unwrap_err();
@@ -25,10 +35,9 @@ fn busy_at_once_without_wait() {
     assert_eq!((info.cur_instances, info.max_instances), (2, Some(2)));
 }
 
-#[test]
-fn waiters_are_served_first_come_first_served() {
+fn waiters_are_served_first_come_first_served(front: Front) {
     let name = unique("fifo");
-    let _srv = server(&name, &["instances=1"]);
+    let _srv = server_on(front, &name, &["instances=1"]);
     let holder = ClientOptions::new().open(&name).unwrap();
     let order = Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -53,10 +62,9 @@ fn waiters_are_served_first_come_first_served() {
     assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3]);
 }
 
-#[test]
-fn wait_times_out_with_sem_timeout() {
+fn wait_times_out_with_sem_timeout(front: Front) {
     let name = unique("waittimeout");
-    let _srv = server(&name, &["instances=1", "default_timeout_ms=100"]);
+    let _srv = server_on(front, &name, &["instances=1", "default_timeout_ms=100"]);
     let _holder = ClientOptions::new().open(&name).unwrap();
     let start = Instant::now();
     let e = ClientOptions::new()
@@ -81,10 +89,9 @@ fn wait_times_out_with_sem_timeout() {
     assert_eq!(waiting(&name), 0);
 }
 
-#[test]
-fn a_waiter_gets_the_instance_when_it_frees() {
+fn a_waiter_gets_the_instance_when_it_frees(front: Front) {
     let name = unique("waitok");
-    let _srv = server(&name, &["instances=1"]);
+    let _srv = server_on(front, &name, &["instances=1"]);
     let holder = ClientOptions::new().open(&name).unwrap();
     std::thread::scope(|s| {
         let w = s.spawn(|| {
@@ -101,10 +108,9 @@ fn a_waiter_gets_the_instance_when_it_frees() {
     });
 }
 
-#[test]
-fn a_waiter_that_leaves_is_never_handed_to_the_server() {
+fn a_waiter_that_leaves_is_never_handed_to_the_server(front: Front) {
     let name = unique("leaver");
-    let mut srv = server(&name, &["instances=1", "mode=hold"]);
+    let mut srv = server_on(front, &name, &["instances=1", "mode=hold"]);
     let holder = ClientOptions::new().open(&name).unwrap();
     srv.expect("conn");
     let mut waiter = spawn("wait_open", &[&name]);
@@ -127,10 +133,9 @@ fn a_waiter_that_leaves_is_never_handed_to_the_server() {
     assert_eq!(pid, std::process::id());
 }
 
-#[test]
-fn first_instance_refuses_a_served_name() {
+fn first_instance_refuses_a_served_name(front: Front) {
     let name = unique("first");
-    let _srv = server(&name, &[]);
+    let _srv = server_on(front, &name, &[]);
     let e = ServerOptions::new()
         .first_instance(true)
         .create(name.as_str())
@@ -147,10 +152,9 @@ fn first_instance_refuses_a_served_name() {
     );
 }
 
-#[test]
-fn a_dead_servers_socket_is_reclaimed() {
+fn a_dead_servers_socket_is_reclaimed(front: Front) {
     let name = unique("reclaim");
-    let mut srv = server(&name, &[]);
+    let mut srv = server_on(front, &name, &[]);
     let mut c = ClientOptions::new().open(&name).unwrap();
     srv.kill();
     // Its client learns at once.

@@ -9,6 +9,8 @@ mod data;
 mod faults;
 mod handshake;
 mod instances;
+#[cfg(feature = "tokio")]
+mod mixes;
 mod names;
 mod peers;
 mod security;

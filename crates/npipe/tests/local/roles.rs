@@ -20,6 +20,8 @@ fn child_entry() {
         .collect();
     match role.as_str() {
         "serve" => serve(&args),
+        #[cfg(feature = "tokio")]
+        "serve_async" => serve_async(&args),
         "create" => create(&args),
         "open" => open(&args),
         "wait_open" => wait_open(&args),
@@ -411,6 +413,9 @@ fn chunks(mut conn: PipeServer) {
                 if !told {
                     say("partial");
                     told = true;
+                    // Hold still until the parent has killed the writer, so
+                    // the message cannot finish first.
+                    wait_for_go();
                 }
             }
             Ok(npipe::MessageRead::Complete(n)) => {
@@ -476,4 +481,187 @@ fn big_writer(args: &[String]) {
     say("written");
     let mut sink = String::new();
     let _ = std::io::stdin().read_to_string(&mut sink);
+}
+
+#[cfg(feature = "tokio")]
+/// `serve_async NAME [key=value...]`: `serve` on the tokio front end, with
+/// the same options, modes and `@@` lines, for the tests that run each
+/// behaviour against both front ends (`mixes`).
+fn serve_async(args: &[String]) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let name = &args[0];
+        let listener = match server_options(args).create_async(name.as_str()) {
+            Ok(l) => l,
+            Err(e) => {
+                say(format!("err {} {}", code(&e), e));
+                return;
+            }
+        };
+        let mode = opt(args, "mode").unwrap_or("echo").to_string();
+        say(format!("ready {}", std::process::id()));
+        std::thread::spawn(|| {
+            for line in std::io::stdin().lock().lines() {
+                match line {
+                    Ok(l) if l == "go" => GO.1.notify_all_after(|| *GO.0.lock().unwrap() = true),
+                    _ => break,
+                }
+            }
+            STOP.store(true, Ordering::SeqCst);
+        });
+        while !STOP.load(Ordering::SeqCst) {
+            let accepted = tokio::time::timeout(Duration::from_millis(20), listener.accept()).await;
+            let conn = match accepted {
+                Ok(Ok(c)) => c,
+                Err(_) => continue,
+                Ok(Err(e)) => {
+                    say(format!("accept_err {}", code(&e)));
+                    return;
+                }
+            };
+            say(format!(
+                "conn {} {} {}",
+                conn.client_process_id(),
+                conn.client_uid(),
+                conn.client_session_id().unwrap_or(0)
+            ));
+            tokio::spawn(handle_async(conn, mode.clone()));
+        }
+    });
+}
+
+#[cfg(feature = "tokio")]
+/// `handle`'s modes on a tokio server end.
+async fn handle_async(mut conn: npipe::tokio::PipeServer, mode: String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let message = conn.info().pipe_type == PipeType::Message;
+    match mode.as_str() {
+        "echo" if message => loop {
+            let sent = match conn.recv_message().await {
+                Ok(m) => conn.write_message(&m).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
+                say(format!("end {}", code(&e)));
+                return;
+            }
+        },
+        "echo" => {
+            let mut buf = [0u8; 8192];
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) => {
+                        say("end eof");
+                        return;
+                    }
+                    Ok(n) => conn.write_all(&buf[..n]).await.unwrap(),
+                    Err(e) => {
+                        say(format!("end {e}"));
+                        return;
+                    }
+                }
+            }
+        }
+        "hold" => {
+            let mut buf = [0u8; 64];
+            while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+            say("closed");
+        }
+        "disconnect" => {
+            let m = conn.recv_message().await.unwrap();
+            say(format!("got {}", String::from_utf8_lossy(&m)));
+            conn.disconnect().unwrap();
+            say("disconnected");
+            let e = conn.recv_message().await.unwrap_err();
+            say(format!("after {}", code(&e)));
+        }
+        "go" => {
+            tokio::task::spawn_blocking(wait_for_go).await.unwrap();
+            let mut total = 0usize;
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+            say(format!("read {total}"));
+        }
+        "inbound" => {
+            let e = conn.write_message(b"nope").await.unwrap_err();
+            say(format!("write_err {}", code(&e)));
+            while let Ok(m) = conn.recv_message().await {
+                say(format!("msg {}", String::from_utf8_lossy(&m)));
+            }
+            say("closed");
+        }
+        "outbound" => {
+            let mut buf = [0u8; 16];
+            let e = conn.read_message(&mut buf).await.unwrap_err();
+            say(format!("read_err {}", code(&e)));
+            conn.write_message(b"hello from server").await.unwrap();
+            conn.flush_buffers().await.unwrap();
+            say("sent");
+        }
+        "chunks" => {
+            // As `chunks`: a message in 64 KiB parts, acknowledged whole.
+            let mut buf = vec![0u8; 64 * 1024];
+            let (mut whole, mut len, mut told) = (0u64, 0usize, false);
+            loop {
+                match conn.read_message(&mut buf).await {
+                    Ok(npipe::MessageRead::MoreData(n)) => {
+                        len += n;
+                        if !told {
+                            say("partial");
+                            told = true;
+                            // Hold still until the parent has killed the
+                            // writer, so the message cannot finish first.
+                            wait_for_go();
+                        }
+                    }
+                    Ok(npipe::MessageRead::Complete(n)) => {
+                        len += n;
+                        whole += 1;
+                        let ack = format!("ok:{len}");
+                        if conn.write_message(ack.as_bytes()).await.is_err() {
+                            break;
+                        }
+                        len = 0;
+                    }
+                    Err(e) => {
+                        say(format!("end {} {whole}", code(&e)));
+                        return;
+                    }
+                }
+            }
+            say(format!("end write {whole}"));
+        }
+        "verify" => {
+            // As `verify`: a slow reader checking every message of a flood.
+            let mut next = 0u64;
+            loop {
+                match conn.recv_message().await {
+                    Ok(m) => {
+                        let seq = u64::from_le_bytes(m[..8].try_into().unwrap());
+                        if seq != next || m != flood_message(seq, m.len()) {
+                            say(format!("bad {next} {seq}"));
+                            return;
+                        }
+                        next += 1;
+                        if next % 64 == 0 {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                    Err(e) => {
+                        say(format!("end {} {next}", code(&e)));
+                        return;
+                    }
+                }
+            }
+        }
+        other => panic!("unknown mode {other}"),
+    }
 }

@@ -5,6 +5,9 @@
 //! ```text
 //! NPIPE_SOAK_SECS=600 cargo test -p npipe --test local soak -- --ignored --nocapture
 //! ```
+//!
+//! With `--all-features` and `NPIPE_SOAK_SERVER=tokio`, it soaks the tokio
+//! server.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -13,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use npipe::{ClientOptions, Wait};
 
-use crate::common::{server, spawn, unique};
+use crate::common::{server_on, spawn, unique, Front};
 use crate::roles::flood_message;
 
 #[derive(Default)]
@@ -36,7 +39,13 @@ fn soak() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
     let name = unique("soak");
-    let srv = server(&name, &["handshake_ms=500", "max_message=8000000"]);
+    // NPIPE_SOAK_SERVER=tokio soaks the tokio server instead.
+    let front = match std::env::var("NPIPE_SOAK_SERVER").as_deref() {
+        #[cfg(feature = "tokio")]
+        Ok("tokio") => Front::Tokio,
+        _ => Front::Blocking,
+    };
+    let srv = server_on(front, &name, &["handshake_ms=500", "max_message=8000000"]);
     let start = rss(srv.pid());
     let counts = Counts::default();
     let stop = AtomicBool::new(false);

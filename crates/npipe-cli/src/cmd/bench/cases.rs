@@ -27,6 +27,8 @@ pub enum Kind {
     /// `count` request/reply round trips of `size` bytes each way on one
     /// connection.
     Transact,
+    /// As `Transact`, both ends on a current-thread tokio runtime.
+    TransactTokio,
     /// `count` times: connect, handshake, one `size`-byte round trip, close.
     Connect,
     /// As `Connect`, through `npipe::call` (`CallNamedPipe`), which sends
@@ -160,6 +162,14 @@ pub const CASES: &[Case] = &[
         target: Some(1.10),
     },
     Case {
+        name: "transact_64b_tokio",
+        kind: Kind::TransactTokio,
+        size: 64,
+        count: 20_000,
+        unit: Unit::Micros,
+        target: Some(1.15),
+    },
+    Case {
         name: "connect_rate",
         kind: Kind::Connect,
         size: 64,
@@ -238,6 +248,14 @@ fn unexpected(what: &str) -> Failure {
     Failure::new(Status::Other, format!("bench: {what}"))
 }
 
+/// A runtime for one side of a tokio case.
+pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(Status::Other, format!("bench: cannot start tokio: {e}")))
+}
+
 /// One run of `case` through npipe, against the peer serving `name`.
 pub fn run_npipe(case: &Case, name: &str, count: u64) -> Result<Sample, Failure> {
     match case.kind {
@@ -281,6 +299,23 @@ pub fn run_npipe(case: &Case, name: &str, count: u64) -> Result<Sample, Failure>
             }
             Ok(Sample::latency(times))
         }
+        Kind::TransactTokio => runtime()?.block_on(async {
+            let mut client = ClientOptions::new()
+                .wait(Wait::Timeout(CONNECT_WAIT))
+                .open_async(name)
+                .await?;
+            let request = vec![0x5a_u8; case.size];
+            let mut times = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                let start = Instant::now();
+                let reply = client.transact(&request).await?;
+                times.push(start.elapsed());
+                if reply.len() != case.size {
+                    return Err(unexpected("a reply of the wrong size"));
+                }
+            }
+            Ok(Sample::latency(times))
+        }),
         Kind::Connect => {
             let request = vec![0x5a_u8; case.size];
             let mut opts = ClientOptions::new();

@@ -44,6 +44,8 @@ Cases:
   msg_throughput_1m      message pipe, 1 MiB messages (GiB/s)
   transact_64b_blocking  TransactNamedPipe round trip, 64 B each way
                          (median µs; the _p99 row is the 99th percentile)
+  transact_64b_tokio     the same with both ends on a current-thread tokio
+                         runtime, against tokio's UnixStream (median µs)
   connect_rate           connect, handshake, one 64 B transact, close
                          (connections/s; raw: connect, write, read, close)
   call_rate              the same through npipe::call (CallNamedPipe), which
@@ -195,7 +197,7 @@ fn run_case(
             } else if raw_on {
                 out.raw.push(raw::run_raw(case, &raw_path, count)?);
             }
-            out.client_cpus.insert(pin::current_cpu());
+            out.client_cpus.extend(pin::current_cpu());
             bar.inc(1);
         }
         out.server_cpus.extend(pin::cpus_of(peer.pid()));
@@ -227,6 +229,7 @@ pub fn run(args: &Args) -> CmdResult {
             Scale::Smoke => "smoke",
         },
         release: !cfg!(debug_assertions),
+        load: report::load_average(),
     };
     let scratch = ScratchDir::create()?;
     let bar = progress_bar(

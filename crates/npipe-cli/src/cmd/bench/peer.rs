@@ -9,10 +9,11 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
 
 use npipe::{MessageRead, PipeListener, PipeServer, PipeType, ServerOptions};
 
-use super::cases::{Case, Kind, CASES};
+use super::cases::{self, Case, Kind, CASES};
 use super::{pin, raw};
 use crate::cmd::CmdResult;
 use crate::exit::{Failure, Status};
@@ -137,9 +138,18 @@ pub fn run(args: &PeerArgs) -> CmdResult {
         Kind::Bytes => PipeType::Byte,
         _ => PipeType::Message,
     };
-    let listener = ServerOptions::new()
-        .pipe_type(pipe_type)
-        .create(args.name.as_str())?;
+    if case.kind == Kind::TransactTokio {
+        let (tx, rx) = mpsc::channel();
+        let name = args.name.clone();
+        std::thread::spawn(move || serve_tokio(&case, &name, &tx));
+        rx.recv()
+            .map_err(|_| Failure::new(Status::Other, "bench: the tokio server thread died"))??;
+    } else {
+        let listener = ServerOptions::new()
+            .pipe_type(pipe_type)
+            .create(args.name.as_str())?;
+        std::thread::spawn(move || serve(&case, &listener));
+    }
     let _ = std::fs::remove_file(&args.raw);
     let raw_listener = UnixListener::bind(&args.raw).map_err(|e| {
         Failure::new(
@@ -148,7 +158,6 @@ pub fn run(args: &PeerArgs) -> CmdResult {
         )
     })?;
     std::thread::spawn(move || raw::serve(&case, raw_listener));
-    std::thread::spawn(move || serve(&case, &listener));
 
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "ready").and_then(|()| out.flush());
@@ -171,10 +180,42 @@ pub fn run(args: &PeerArgs) -> CmdResult {
 fn serve(case: &Case, listener: &PipeListener) {
     let mut buf = vec![0u8; case.server_buffer()];
     for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
+        // The listener failed: the bench's clients will say so.
+        let Ok(conn) = conn else { break };
         // A client that goes away mid-run is the bench's problem, not ours.
         let _ = serve_one(case, conn, &mut buf);
     }
+}
+
+/// The npipe server side of the tokio case, on a current-thread runtime;
+/// says on `ready` whether the pipe was created.
+fn serve_tokio(case: &Case, name: &str, ready: &mpsc::Sender<Result<(), Failure>>) {
+    let rt = match cases::runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    rt.block_on(async {
+        let listener = match ServerOptions::new().create_async(name) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(e.into()));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        let mut buf = vec![0u8; case.server_buffer()];
+        while let Ok(mut conn) = listener.accept().await {
+            // The client closes when its run is done.
+            while let Ok(MessageRead::Complete(n)) = conn.read_message(&mut buf).await {
+                if conn.write_message(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
 }
 
 fn serve_one(case: &Case, mut conn: PipeServer, buf: &mut [u8]) -> Result<(), Failure> {
@@ -195,7 +236,7 @@ fn serve_one(case: &Case, mut conn: PipeServer, buf: &mut [u8]) -> Result<(), Fa
             }
             Ok(conn.write_message(&[])?)
         }
-        Kind::Transact => loop {
+        Kind::Transact | Kind::TransactTokio => loop {
             match conn.read_message(buf) {
                 Ok(MessageRead::Complete(n)) => conn.write_message(&buf[..n])?,
                 Ok(MessageRead::MoreData(_)) => {

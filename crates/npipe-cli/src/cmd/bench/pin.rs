@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use rustix::thread::{sched_getaffinity, sched_getcpu, sched_setaffinity, CpuSet};
+use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
 
 use crate::exit::{Failure, Status};
 
@@ -93,9 +93,10 @@ pub fn pin_to(cpu: usize) -> Result<(), Failure> {
     })
 }
 
-/// The CPU the calling thread is on now.
-pub fn current_cpu() -> usize {
-    sched_getcpu()
+/// The CPU the calling thread last ran on (`/proc/thread-self/stat`, field
+/// 39, rather than `sched_getcpu`, whose vDSO lookup crashes under valgrind).
+pub fn current_cpu() -> Option<usize> {
+    last_cpu(&std::fs::read_to_string("/proc/thread-self/stat").ok()?)
 }
 
 /// The CPUs the threads of process `pid` last ran on (`/proc/PID/task/*/stat`,

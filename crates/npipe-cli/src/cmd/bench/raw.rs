@@ -53,6 +53,48 @@ pub fn read_message<R: Read>(reader: &mut R, buf: &mut [u8]) -> io::Result<Optio
     Ok(Some(len))
 }
 
+/// [`write_message`] on tokio: one `writev` per message.
+async fn write_message_async(
+    stream: &mut tokio::net::UnixStream,
+    payload: &[u8],
+) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let header = (payload.len() as u32).to_le_bytes();
+    let mut bufs = [IoSlice::new(&header), IoSlice::new(payload)];
+    let mut bufs = &mut bufs[..];
+    while !bufs.is_empty() {
+        let n = stream.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+/// [`read_message`] on tokio.
+async fn read_message_async<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut [u8],
+) -> io::Result<Option<usize>> {
+    use tokio::io::AsyncReadExt;
+    let mut header = [0u8; 4];
+    match reader.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(header) as usize;
+    if len > buf.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "message larger than the buffer",
+        ));
+    }
+    reader.read_exact(&mut buf[..len]).await?;
+    Ok(Some(len))
+}
+
 /// One run of `case` over the raw socket at `path`.
 pub fn run_raw(case: &Case, path: &Path, count: u64) -> Result<Sample, Failure> {
     let fail = |e| io_failure(e, "the run failed");
@@ -101,6 +143,27 @@ pub fn run_raw(case: &Case, path: &Path, count: u64) -> Result<Sample, Failure> 
             }
             Ok(Sample::latency(times))
         }
+        Kind::TransactTokio => super::cases::runtime()?.block_on(async {
+            let stream = tokio::net::UnixStream::connect(path).await.map_err(fail)?;
+            let mut reader = tokio::io::BufReader::with_capacity(READ_BUFFER, stream);
+            let request = vec![0x5a_u8; case.size];
+            let mut reply = vec![0u8; case.size];
+            let mut times = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                let start = Instant::now();
+                write_message_async(reader.get_mut(), &request)
+                    .await
+                    .map_err(fail)?;
+                let n = read_message_async(&mut reader, &mut reply)
+                    .await
+                    .map_err(fail)?;
+                times.push(start.elapsed());
+                if n != Some(case.size) {
+                    return Err(io_failure(io::ErrorKind::InvalidData.into(), "bad reply"));
+                }
+            }
+            Ok(Sample::latency(times))
+        }),
         Kind::Connect | Kind::Call => {
             let request = vec![0x5a_u8; case.size];
             let mut reply = vec![0u8; case.size];
@@ -119,11 +182,39 @@ pub fn run_raw(case: &Case, path: &Path, count: u64) -> Result<Sample, Failure> 
 /// for ever (the peer process exits when the bench is done).
 pub fn serve(case: &Case, listener: UnixListener) {
     let mut buf = vec![0u8; case.server_buffer()];
+    if case.kind == Kind::TransactTokio {
+        let _ = serve_tokio(listener, &mut buf);
+        return;
+    }
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         // A client that goes away mid-run is the bench's problem, not ours.
         let _ = serve_one(case, stream, &mut buf);
     }
+}
+
+/// The tokio twin of the transact server, on a current-thread runtime.
+fn serve_tokio(listener: UnixListener, buf: &mut [u8]) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::UnixListener::from_std(listener)?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let mut reader = tokio::io::BufReader::with_capacity(READ_BUFFER, stream);
+            // A client that goes away ends its connection, not the server.
+            while let Ok(Some(n)) = read_message_async(&mut reader, buf).await {
+                if write_message_async(reader.get_mut(), &buf[..n])
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    })
 }
 
 fn serve_one(case: &Case, mut stream: UnixStream, buf: &mut [u8]) -> io::Result<()> {
@@ -141,7 +232,7 @@ fn serve_one(case: &Case, mut stream: UnixStream, buf: &mut [u8]) -> io::Result<
             }
             write_message(&stream, &[])
         }
-        Kind::Transact => {
+        Kind::Transact | Kind::TransactTokio => {
             let mut reader = BufReader::with_capacity(READ_BUFFER, &stream);
             while let Some(n) = read_message(&mut reader, buf)? {
                 write_message(&stream, &buf[..n])?;

@@ -126,6 +126,19 @@ pub struct RunInfo {
     pub pin: Pin,
     pub scale: &'static str,
     pub release: bool,
+    /// The 1-minute load average when the run started: other work on the
+    /// machine shows here, and in the noise.
+    pub load: Option<f64>,
+}
+
+/// The 1-minute load average (`/proc/loadavg`).
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// One row as a JSON object.
@@ -148,6 +161,7 @@ pub fn json_line(row: &Row, info: &RunInfo) -> Value {
         "server_cpus": row.server_cpus.iter().collect::<Vec<_>>(),
         "scale": info.scale,
         "build": if info.release { "release" } else { "debug" },
+        "load_average": info.load,
     })
 }
 
@@ -171,9 +185,18 @@ fn figure(value: f64, unit: Unit) -> String {
     }
 }
 
+/// A ratio for people; `-` when there is none (one side only).
+fn ratio_text(ratio: f64) -> String {
+    if ratio.is_finite() {
+        format!("{ratio:.2}")
+    } else {
+        "-".to_string()
+    }
+}
+
 fn target_text(row: &Row) -> String {
     match (row.target, row.meets_target()) {
-        (Some(t), Some(ok)) => {
+        (Some(t), Some(ok)) if row.ratio.is_finite() => {
             let op = match row.better {
                 Better::Higher => ">=",
                 Better::Lower => "<=",
@@ -196,11 +219,13 @@ pub fn table(rows: &[Row], info: &RunInfo) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "npipe bench: {rounds} rounds per case ({} scale), npipe and raw Unix socket interleaved; \
-         pin {}: client ran on CPU {}, server on CPU {}{}\n\n",
+         pin {}: client ran on CPU {}, server on CPU {}; load average {} at the start{}\n\n",
         info.scale,
         info.pin.as_str(),
         cpus_text(&client),
         cpus_text(&server),
+        info.load
+            .map_or_else(|| "?".to_string(), |l| format!("{l:.2}")),
         if info.release {
             ""
         } else {
@@ -218,9 +243,9 @@ pub fn table(rows: &[Row], info: &RunInfo) -> String {
                 r.unit.as_str().to_string(),
                 figure(r.npipe, r.unit),
                 figure(r.raw, r.unit),
-                format!("{:.2}", r.ratio),
-                format!("{:.2}", r.min_ratio),
-                format!("{:.2}", r.max_ratio),
+                ratio_text(r.ratio),
+                ratio_text(r.min_ratio),
+                ratio_text(r.max_ratio),
                 r.better.as_str().to_string(),
                 target_text(r),
             ]

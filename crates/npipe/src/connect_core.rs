@@ -1,0 +1,235 @@
+//! The client's side of the handshake without I/O: the HELLO it sends, how
+//! long it waits for the answer, and what it makes of the REPLY. The tokio
+//! client drives these; the blocking client (`blocking/client.rs`) keeps
+//! its own copy of the same rules for now and can switch to these.
+
+use std::time::Duration;
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::info::{max_instances_from_wire, End, PeerCredentials};
+use crate::name::PipeName;
+use crate::options::{ClientOptions, PipeType, ReadMode, Wait};
+use crate::proto::framing;
+use crate::proto::handshake::{
+    Hello, HelloKind, PipeDescription, Reply, REPLY_MAX, WAIT_DEFAULT, WAIT_FOREVER, WAIT_NONE,
+};
+use crate::stream_core::Setup;
+use crate::sys::PeerCred;
+
+/// How long past its own wait a client gives a server that says nothing.
+/// The server decides every outcome and says so; this only bounds a hung one.
+const SERVER_SILENCE: Duration = Duration::from_secs(5);
+/// The longest server default wait a client expects when it asks for the
+/// server's default; a server with a longer one should be waited for with an
+/// explicit timeout.
+const SERVER_DEFAULT_MAX: Duration = Duration::from_secs(60);
+/// Requests up to this size ride in the same packet as HELLO in `call`.
+pub(crate) const PIPELINE_MAX: usize = 64 * 1024;
+
+/// The wire value of a wait.
+pub(crate) fn wait_ms(wait: Wait) -> u32 {
+    match wait {
+        Wait::NoWait => WAIT_NONE,
+        Wait::ServerDefault => WAIT_DEFAULT,
+        Wait::Forever => WAIT_FOREVER,
+        // Values that collide with the specials are clamped below them; a
+        // zero timeout means "no wait", and any other waits at least 1 ms.
+        Wait::Timeout(d) if d.is_zero() => WAIT_NONE,
+        Wait::Timeout(d) => d.as_millis().clamp(1, u128::from(WAIT_DEFAULT - 1)) as u32,
+    }
+}
+
+/// How long to wait for the server's answer before calling it hung.
+pub(crate) fn answer_deadline(wait: Wait) -> Option<Duration> {
+    match wait {
+        Wait::NoWait => Some(SERVER_SILENCE),
+        Wait::ServerDefault => Some(SERVER_DEFAULT_MAX + SERVER_SILENCE),
+        Wait::Timeout(d) => Some(d + SERVER_SILENCE),
+        Wait::Forever => None,
+    }
+}
+
+/// How often a client that waits for a server to appear tries again.
+pub(crate) const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
+
+/// How long a client that also waits for the pipe to exist
+/// (`wait_for_server`) keeps trying; `None` for ever.
+pub(crate) fn server_wait_limit(wait: Wait) -> Option<Duration> {
+    match wait {
+        Wait::Timeout(d) => Some(d),
+        Wait::ServerDefault => Some(SERVER_DEFAULT_MAX),
+        Wait::Forever | Wait::NoWait => None,
+    }
+}
+
+/// The options for one more try of a client that waits for the server
+/// itself: a timeout shrinks by what has passed.
+pub(crate) fn next_attempt(opts: &ClientOptions, left: Option<Duration>) -> ClientOptions {
+    let mut attempt = opts.clone();
+    if let (Wait::Timeout(_), Some(left)) = (opts.wait, left) {
+        attempt.wait(Wait::Timeout(left.max(Duration::from_millis(1))));
+    }
+    attempt
+}
+
+/// Whether a failed connect is worth retrying for a client that waits for the
+/// server itself: the pipe is missing, or its server went away mid-handshake.
+pub(crate) fn retry_while_waiting(e: &Error) -> bool {
+    matches!(e.code(), ErrorCode::FileNotFound | ErrorCode::BrokenPipe)
+}
+
+/// Fails for a name this build cannot reach.
+pub(crate) fn check_reachable(name: &PipeName) -> Result<()> {
+    match name.host() {
+        Some(host) => Err(Error::new(
+            ErrorCode::BadNetPath,
+            format!(
+                "{name}: remote pipes go through `npipe gateway` on {host}, which this \
+                 build cannot reach yet; use a local name (\\\\.\\pipe\\NAME)"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A missing namespace directory means the pipe does not exist.
+pub(crate) fn no_namespace(name: &PipeName, e: Error) -> Error {
+    if e.code() == ErrorCode::FileNotFound {
+        Error::new(
+            ErrorCode::FileNotFound,
+            format!("{name} does not exist: no server is serving it"),
+        )
+    } else {
+        e
+    }
+}
+
+/// Refuses a server that runs as anyone but `expected` (`expect_server_user`),
+/// before a byte is sent.
+pub(crate) fn check_server(name: &PipeName, cred: PeerCred, expected: u32) -> Result<()> {
+    if cred.uid == expected {
+        return Ok(());
+    }
+    let who = |uid: u32| match crate::sys::user_name(uid) {
+        Some(n) => format!("{n} (uid {uid})"),
+        None => format!("uid {uid}"),
+    };
+    Err(Error::new(
+        ErrorCode::AccessDenied,
+        format!(
+            "{name} is served by {} (pid {}), not by the expected {}: refusing to talk to it \
+             (someone else may be squatting the name)",
+            who(cred.uid),
+            cred.pid,
+            who(expected)
+        ),
+    ))
+}
+
+/// The bytes a client sends first: HELLO, and the pipelined request if any.
+pub(crate) fn opening(
+    name: &PipeName,
+    opts: &ClientOptions,
+    pipelined: Option<&[u8]>,
+) -> Result<Vec<u8>> {
+    let hello = Hello {
+        kind: HelloKind::Connect,
+        access: opts.access,
+        read_mode: opts.read_mode.unwrap_or(ReadMode::Byte),
+        impersonation: opts.impersonation,
+        wait_ms: wait_ms(opts.wait),
+        max_message: opts.max_message_size,
+        pipelined: pipelined.is_some(),
+        name: name.canonical().to_string(),
+        principal: String::new(),
+        computer: String::new(),
+    };
+    let mut out = Vec::with_capacity(64 + pipelined.map_or(0, |m| m.len() + 4));
+    hello.encode(&mut out).map_err(Error::from)?;
+    if let Some(msg) = pipelined {
+        out.extend_from_slice(&framing::header(msg.len() as u32));
+        out.extend_from_slice(msg);
+    }
+    Ok(out)
+}
+
+/// Looks for a whole REPLY at the front of `buf`; removes it if found.
+pub(crate) fn take_reply(buf: &mut Vec<u8>) -> Result<Option<Reply>> {
+    if let Some((reply, used)) = Reply::decode(buf).map_err(Error::from)? {
+        buf.drain(..used);
+        return Ok(Some(reply));
+    }
+    if buf.len() >= REPLY_MAX {
+        return Err(Error::new(
+            ErrorCode::BadPipe,
+            "the server's reply is too long",
+        ));
+    }
+    Ok(None)
+}
+
+/// The server closed the connection before answering.
+pub(crate) fn closed_before_reply() -> Error {
+    Error::new(
+        ErrorCode::BrokenPipe,
+        "the server closed the connection without answering (is it shutting down?)",
+    )
+}
+
+/// The server did not answer in time.
+pub(crate) fn silent_server() -> Error {
+    Error::new(
+        ErrorCode::Timeout,
+        "the server accepted the connection but did not answer the handshake (is it hung?)",
+    )
+}
+
+/// What a REPLY to a connect means: the pipe, or the server's refusal.
+pub(crate) fn connected(name: &PipeName, reply: Reply) -> Result<PipeDescription> {
+    match reply {
+        Reply::Connected(desc) => Ok(desc),
+        Reply::Refused { code, reason } => {
+            let code = ErrorCode::from_win32(code).unwrap_or(ErrorCode::Other);
+            Err(Error::new(code, format!("{name}: {reason}")))
+        }
+        Reply::Info(_) => Err(Error::new(
+            ErrorCode::BadPipe,
+            format!("{name}: the server answered a connect with pipe information"),
+        )),
+    }
+}
+
+/// The client end's setup and read mode from the server's description.
+pub(crate) fn client_setup(
+    name: &PipeName,
+    opts: &ClientOptions,
+    desc: PipeDescription,
+    peer: PeerCredentials,
+) -> Result<(Setup, ReadMode)> {
+    let read_mode = match (opts.read_mode, desc.pipe_type) {
+        (Some(ReadMode::Message), PipeType::Byte) => {
+            return Err(Error::new(
+                ErrorCode::InvalidParameter,
+                format!("{name} is a byte-type pipe: it cannot be read in message mode"),
+            ))
+        }
+        (Some(mode), _) => mode,
+        (None, PipeType::Byte) => ReadMode::Byte,
+        (None, PipeType::Message) => ReadMode::Message,
+    };
+    let setup = Setup {
+        name: desc.name,
+        end: End::Client,
+        pipe_type: desc.pipe_type,
+        direction: desc.direction,
+        access: desc.granted,
+        max_instances: max_instances_from_wire(desc.max_instances),
+        cur_instances: desc.cur_instances,
+        in_buffer: desc.in_buffer,
+        out_buffer: desc.out_buffer,
+        max_message: opts.max_message_size,
+        peer_max_message: desc.max_message,
+        peer,
+    };
+    Ok((setup, read_mode))
+}

@@ -1,0 +1,1047 @@
+//! The connected pipe's data path without I/O: what a read or a write of a
+//! connected end decides, shared by every front end (blocking, tokio).
+//!
+//! [`ReadCore`] holds the bytes received but not yet read and the position
+//! among messages; a read is an operation ([`ReadOp`]) that the front end
+//! drives step by step. Each step either finishes or says what input it
+//! needs ([`Need`]): bytes into the core's buffer, or bytes straight into the
+//! caller's buffer. A front end moves those bytes (a blocking `recv`, or a
+//! `recv` after tokio says the socket is readable) and steps again; it never
+//! parses them. After every step the core is consistent, so a front end may
+//! stop between steps (a non-blocking read that has something to return,
+//! a cancelled future) without losing or cutting anything: [`ReadOp::undo`]
+//! puts back what an unfinished operation took.
+//!
+//! [`WriteCore`] and [`WriteOp`] do the same for writes: the checks, the
+//! header and payload to send, partial sends, and the rule that a writer
+//! whose send failed after part of a message went out sends nothing more.
+
+use std::io::{self, IoSlice};
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::info::{End, PeerCredentials};
+use crate::options::{Access, Direction, PipeType, ReadMode};
+use crate::proto::framing::{self, Decoder, HEADER_LEN};
+
+/// The reader's buffer: enough to batch many small messages into one read.
+pub(crate) const READ_BUFFER: usize = 16 * 1024;
+/// Reads at least this large go straight into the caller's buffer.
+pub(crate) const DIRECT_READ: usize = 8 * 1024;
+
+/// The result of a message read (`ReadFile` on a message-mode pipe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageRead {
+    /// The whole message (or its rest) was read: this many bytes.
+    Complete(usize),
+    /// The buffer filled first: this many bytes were read and more of the
+    /// same message follows (`ERROR_MORE_DATA`). The next read continues it.
+    MoreData(usize),
+}
+
+impl MessageRead {
+    /// Bytes read.
+    pub fn len(self) -> usize {
+        match self {
+            MessageRead::Complete(n) | MessageRead::MoreData(n) => n,
+        }
+    }
+    /// Whether no bytes were read.
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+    /// Whether the message ended with this read.
+    pub fn is_complete(self) -> bool {
+        matches!(self, MessageRead::Complete(_))
+    }
+}
+
+/// What a `peek` saw (`PeekNamedPipe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Peek {
+    /// Bytes copied into the caller's buffer.
+    pub copied: usize,
+    /// Bytes available to read in all (`lpTotalBytesAvail`). For message
+    /// pipes this counts payload this end has buffered plus what the kernel
+    /// holds, headers included for the latter.
+    pub available: usize,
+    /// Bytes left in the current (or next) message (`lpBytesLeftThisMessage`);
+    /// 0 on byte pipes.
+    pub message_left: usize,
+}
+
+/// Fixed facts about a connection, agreed in the handshake.
+#[derive(Debug, Clone)]
+pub(crate) struct Setup {
+    pub name: String,
+    pub end: End,
+    pub pipe_type: PipeType,
+    pub direction: Direction,
+    pub access: Access,
+    pub max_instances: Option<u32>,
+    pub cur_instances: u32,
+    pub in_buffer: u32,
+    pub out_buffer: u32,
+    pub max_message: u32,
+    pub peer_max_message: u32,
+    pub peer: PeerCredentials,
+}
+
+impl Setup {
+    /// Whether this end may read and write.
+    pub fn rights(&self) -> (bool, bool) {
+        match self.end {
+            End::Server => (
+                self.direction.server_reads(),
+                self.direction.server_writes(),
+            ),
+            End::Client => (self.access.reads(), self.access.writes()),
+        }
+    }
+
+    /// The reading and writing state of a new connection.
+    pub fn cores(&self, read_mode: ReadMode, leftover: Vec<u8>) -> (ReadCore, WriteCore) {
+        let (can_read, can_write) = self.rights();
+        (
+            ReadCore::new(self, read_mode, leftover, can_read),
+            WriteCore {
+                message: self.pipe_type == PipeType::Message,
+                can_write,
+                peer_max: self.peer_max_message,
+                broken: false,
+            },
+        )
+    }
+}
+
+/// The input a read step needs before it can go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// Receive into the core's buffer ([`ReadCore::fill_buf`]), then report
+    /// the count with [`ReadCore::filled`] (0 = end of stream).
+    Fill,
+    /// Receive straight into the operation's buffer
+    /// ([`ReadOp::direct_target`]), then report with [`ReadOp::direct_done`].
+    Direct {
+        /// Offset in the operation's buffer.
+        at: usize,
+        /// Most bytes to receive.
+        len: usize,
+    },
+}
+
+/// One step of a read.
+#[derive(Debug)]
+pub(crate) enum Step<T> {
+    /// The read is over.
+    Done(T),
+    /// It needs input first.
+    Need(Need),
+}
+
+/// A read in progress, driven by a front end.
+pub(crate) trait ReadOp {
+    type Output;
+    /// Goes as far as the buffered bytes allow.
+    fn step(&mut self, core: &mut ReadCore) -> Result<Step<Self::Output>>;
+    /// Where a [`Need::Direct`] read goes.
+    fn direct_target(&mut self, at: usize, len: usize) -> &mut [u8];
+    /// Reports what a [`Need::Direct`] read received (0 = end of stream).
+    fn direct_done(&mut self, core: &mut ReadCore, got: usize);
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    /// What a non-blocking front end may return now instead of waiting,
+    /// having already taken some bytes (`std::io::Read` semantics).
+    fn partial(&self) -> Option<Self::Output> {
+        None
+    }
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    /// Puts back what an unfinished operation took, as if it never ran
+    /// (a cancelled future).
+    fn undo(&mut self, _core: &mut ReadCore) {}
+}
+
+/// The reading side's state: buffered bytes and the position among messages.
+#[derive(Debug)]
+pub(crate) struct ReadCore {
+    /// Received bytes; `buf[pos..]` are unread.
+    buf: Vec<u8>,
+    pos: usize,
+    decoder: Option<Decoder>,
+    pub mode: ReadMode,
+    pub can_read: bool,
+    broken: Option<ErrorCode>,
+    /// The peer closed its side: no more input will come.
+    eof: bool,
+    /// A message a cancelled `recv_message` had partly received, kept as it
+    /// was so that the next `recv_message` goes on with it at no cost; any
+    /// other read puts it back in front of the buffer first.
+    stash: Option<(Vec<u8>, MsgProgress)>,
+}
+
+/// What the front of the buffer holds at a message boundary.
+enum Header {
+    /// Not a whole header yet.
+    Need,
+    /// A clean end of stream between messages.
+    End,
+    /// A message of this length starts; its header was consumed.
+    Len(u32),
+}
+
+impl ReadCore {
+    fn new(setup: &Setup, mode: ReadMode, leftover: Vec<u8>, can_read: bool) -> ReadCore {
+        let decoder =
+            (setup.pipe_type == PipeType::Message).then(|| Decoder::new(setup.max_message));
+        ReadCore {
+            buf: leftover,
+            pos: 0,
+            decoder,
+            mode,
+            can_read,
+            broken: None,
+            eof: false,
+            stash: None,
+        }
+    }
+
+    fn buffered(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    /// Fails if this end may not read, or the stream broke earlier.
+    pub fn check(&self) -> Result<()> {
+        if !self.can_read {
+            return Err(Error::new(
+                ErrorCode::AccessDenied,
+                "this end may not read: the pipe's direction or the access asked for forbids it",
+            ));
+        }
+        match self.broken {
+            Some(ErrorCode::BadPipe) => Err(Error::new(
+                ErrorCode::BadPipe,
+                "the peer broke the message framing earlier; the pipe cannot be read any more",
+            )),
+            Some(code) => Err(Error::new(code, "the pipe was closed mid-message earlier")),
+            None => Ok(()),
+        }
+    }
+
+    /// The buffer to receive into (its spare capacity), made ready: drained
+    /// bytes dropped, room for a read reserved.
+    pub fn fill_buf(&mut self) -> &mut Vec<u8> {
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.pos > 0 && self.buf.capacity() - self.buf.len() < HEADER_LEN {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        if self.buf.capacity() - self.buf.len() < READ_BUFFER / 4 {
+            self.buf.reserve(READ_BUFFER);
+        }
+        &mut self.buf
+    }
+
+    /// Reports a receive into [`fill_buf`](Self::fill_buf): `n` bytes, 0 at
+    /// end of stream.
+    pub fn filled(&mut self, n: usize) {
+        if n == 0 {
+            self.eof = true;
+        }
+    }
+
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    /// Gives the buffer's memory back while nothing is buffered (an idle
+    /// connection then holds no read buffer).
+    pub fn release_idle(&mut self) {
+        if self.pos == self.buf.len() && self.buf.capacity() > 0 {
+            self.buf = Vec::new();
+            self.pos = 0;
+        }
+    }
+
+    /// At a boundary: the next message's header, if it is buffered.
+    fn header(&mut self) -> Result<Header> {
+        let decoder = self.decoder.as_mut().expect("message pipe");
+        match decoder.start(&self.buf[self.pos..]) {
+            Ok(Some(len)) => {
+                self.pos += HEADER_LEN;
+                Ok(Header::Len(len))
+            }
+            Ok(None) if !self.eof => Ok(Header::Need),
+            Ok(None) => {
+                if self.buffered().is_empty() {
+                    return Ok(Header::End);
+                }
+                self.broken = Some(ErrorCode::BrokenPipe);
+                Err(Error::broken_pipe("in the middle of a message header"))
+            }
+            Err(e) => {
+                self.broken = Some(ErrorCode::BadPipe);
+                Err(e.into())
+            }
+        }
+    }
+
+    fn in_message(&self) -> bool {
+        self.decoder.as_ref().is_some_and(Decoder::in_message)
+    }
+
+    fn require_message_pipe(&self, what: &str) -> Result<()> {
+        if self.decoder.is_none() {
+            return Err(Error::new(
+                ErrorCode::InvalidParameter,
+                format!("{what} need a message-type pipe; this one is byte type"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Starts a message read: `Ok(None)` once inside a message (its header
+    /// consumed now, or earlier), else what to return at once.
+    fn begin(&mut self, op: &mut MsgProgress) -> Result<Option<Step<MessageRead>>> {
+        if op.begun {
+            return Ok(None);
+        }
+        if !self.in_message() {
+            match self.header()? {
+                Header::Need => return Ok(Some(Step::Need(Need::Fill))),
+                Header::End => return Err(Error::broken_pipe("(end of stream)")),
+                Header::Len(0) => {
+                    self.decoder.as_mut().expect("message pipe").consume(0);
+                    op.begun = true;
+                    op.complete = true;
+                    return Ok(Some(Step::Done(MessageRead::Complete(0))));
+                }
+                Header::Len(len) => op.header = Some(len),
+            }
+        }
+        op.begun = true;
+        Ok(None)
+    }
+
+    /// Inside a message: copies what is buffered of it into `out[op.n..]`.
+    fn continue_message(
+        &mut self,
+        op: &mut MsgProgress,
+        out: &mut [u8],
+    ) -> Result<Step<MessageRead>> {
+        if op.complete {
+            return Ok(Step::Done(MessageRead::Complete(op.n)));
+        }
+        let decoder = self.decoder.as_mut().expect("message pipe");
+        let take = decoder
+            .take(self.buf.len() - self.pos)
+            .min(out.len() - op.n);
+        out[op.n..op.n + take].copy_from_slice(&self.buf[self.pos..self.pos + take]);
+        self.pos += take;
+        op.n += take;
+        if decoder.consume(take) {
+            op.complete = true;
+            return Ok(Step::Done(MessageRead::Complete(op.n)));
+        }
+        if op.n == out.len() {
+            return Ok(Step::Done(MessageRead::MoreData(op.n)));
+        }
+        // The buffer is drained and the message goes on.
+        if self.eof {
+            self.broken = Some(ErrorCode::BrokenPipe);
+            return Err(Error::broken_pipe("in the middle of a message"));
+        }
+        let want = (decoder.remaining().unwrap_or(0) as usize).min(out.len() - op.n);
+        Ok(Step::Need(if want >= DIRECT_READ {
+            Need::Direct {
+                at: op.n,
+                len: want,
+            }
+        } else {
+            Need::Fill
+        }))
+    }
+
+    /// Records a direct receive of `got` bytes of the current message.
+    fn direct_message(&mut self, op: &mut MsgProgress, got: usize) {
+        if got == 0 {
+            self.eof = true;
+            return;
+        }
+        op.n += got;
+        if self.decoder.as_mut().expect("message pipe").consume(got) {
+            op.complete = true;
+        }
+    }
+
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    /// Puts back the header and the first `delivered` bytes an unfinished
+    /// message read took.
+    fn unread(&mut self, op: &MsgProgress, delivered: &[u8]) {
+        if !op.begun || op.complete {
+            return;
+        }
+        let decoder = self.decoder.as_mut().expect("message pipe");
+        let mut front = Vec::with_capacity(HEADER_LEN + delivered.len());
+        match op.header {
+            Some(len) => {
+                front.extend_from_slice(&framing::header(len));
+                decoder.rewind(None);
+            }
+            None => {
+                let left = decoder.remaining().unwrap_or(0);
+                decoder.rewind(Some(left + delivered.len() as u32));
+            }
+        }
+        front.extend_from_slice(delivered);
+        if front.is_empty() {
+            return;
+        }
+        if self.pos >= front.len() {
+            self.pos -= front.len();
+            self.buf[self.pos..self.pos + front.len()].copy_from_slice(&front);
+        } else {
+            front.extend_from_slice(&self.buf[self.pos..]);
+            self.buf = front;
+            self.pos = 0;
+        }
+    }
+
+    /// Puts a stashed partial message back in front of the buffer, for any
+    /// read but `recv_message` (and for `peek`).
+    fn unstash(&mut self) {
+        if let Some((msg, p)) = self.stash.take() {
+            self.unread(&p, &msg[..p.n]);
+        }
+    }
+
+    /// Takes in no more input for `peek` once this much is buffered.
+    pub fn peek_wants_input(&mut self) -> bool {
+        self.unstash();
+        !self.eof && self.buf.len() - self.pos < 4 * READ_BUFFER
+    }
+
+    /// `PeekNamedPipe` over what is buffered, plus `kernel` bytes the socket
+    /// holds beyond that.
+    pub fn peek(&mut self, out: &mut [u8], kernel: usize) -> Result<Peek> {
+        self.check()?;
+        self.unstash();
+        let buffered = self.buffered();
+        let peek = match &self.decoder {
+            None => {
+                let copied = buffered.len().min(out.len());
+                out[..copied].copy_from_slice(&buffered[..copied]);
+                Peek {
+                    copied,
+                    available: buffered.len() + kernel,
+                    message_left: 0,
+                }
+            }
+            Some(decoder) => {
+                let scan = decoder.scan(buffered);
+                let copied = copy_payload(decoder, buffered, out, self.mode == ReadMode::Message);
+                Peek {
+                    copied,
+                    available: scan.payload + kernel,
+                    message_left: scan.message_left as usize,
+                }
+            }
+        };
+        if self.eof && peek.available == 0 && peek.message_left == 0 {
+            return Err(Error::broken_pipe("(end of stream)"));
+        }
+        Ok(peek)
+    }
+
+    /// Whether anything is waiting to be read, given `kernel` bytes in the
+    /// socket (for `transact`).
+    pub fn has_unread(&self, kernel: usize) -> bool {
+        self.in_message() || !self.buffered().is_empty() || kernel > 0
+    }
+}
+
+/// Where a message read stands.
+#[derive(Debug, Default)]
+struct MsgProgress {
+    /// Bytes delivered into the caller's buffer.
+    n: usize,
+    /// The header consumed by this read (it began at a boundary), for undo.
+    header: Option<u32>,
+    begun: bool,
+    complete: bool,
+}
+
+/// `ReadFile` in message read mode: the rest of the current message or the
+/// next one, as much as fits ([`MessageRead`]).
+pub(crate) struct ReadMessage<'a> {
+    out: &'a mut [u8],
+    p: MsgProgress,
+    checked: bool,
+}
+
+impl<'a> ReadMessage<'a> {
+    pub fn new(out: &'a mut [u8]) -> ReadMessage<'a> {
+        ReadMessage {
+            out,
+            p: MsgProgress::default(),
+            checked: false,
+        }
+    }
+}
+
+impl ReadOp for ReadMessage<'_> {
+    type Output = MessageRead;
+    fn step(&mut self, core: &mut ReadCore) -> Result<Step<MessageRead>> {
+        if !self.checked {
+            core.check()?;
+            core.unstash();
+            core.require_message_pipe("message reads")?;
+            self.checked = true;
+        }
+        if let Some(step) = core.begin(&mut self.p)? {
+            return Ok(step);
+        }
+        core.continue_message(&mut self.p, self.out)
+    }
+    fn direct_target(&mut self, at: usize, len: usize) -> &mut [u8] {
+        &mut self.out[at..at + len]
+    }
+    fn direct_done(&mut self, core: &mut ReadCore, got: usize) {
+        core.direct_message(&mut self.p, got);
+    }
+    fn undo(&mut self, core: &mut ReadCore) {
+        core.unread(&self.p, &self.out[..self.p.n]);
+    }
+}
+
+/// The rest of the current message, or the next one, whole.
+#[derive(Default)]
+pub(crate) struct RecvMessage {
+    msg: Vec<u8>,
+    p: MsgProgress,
+    checked: bool,
+}
+
+impl ReadOp for RecvMessage {
+    type Output = Vec<u8>;
+    fn step(&mut self, core: &mut ReadCore) -> Result<Step<Vec<u8>>> {
+        if !self.checked {
+            core.check()?;
+            core.require_message_pipe("message reads")?;
+            self.checked = true;
+            if let Some((msg, p)) = core.stash.take() {
+                // A cancelled recv_message left this message half-read.
+                self.msg = msg;
+                self.p = p;
+            }
+        }
+        if !self.p.begun {
+            if let Some(step) = core.begin(&mut self.p)? {
+                return Ok(match step {
+                    Step::Done(_) => Step::Done(Vec::new()),
+                    Step::Need(n) => Step::Need(n),
+                });
+            }
+            // The length was checked against the maximum message size by
+            // the decoder before this allocation.
+            let len = core
+                .decoder
+                .as_ref()
+                .and_then(Decoder::remaining)
+                .unwrap_or(0);
+            self.msg = vec![0; len as usize];
+        }
+        match core.continue_message(&mut self.p, &mut self.msg)? {
+            Step::Done(MessageRead::Complete(n)) if n == self.msg.len() => {
+                Ok(Step::Done(std::mem::take(&mut self.msg)))
+            }
+            Step::Done(_) => unreachable!("a buffer of the message's exact length completes it"),
+            Step::Need(n) => Ok(Step::Need(n)),
+        }
+    }
+    fn direct_target(&mut self, at: usize, len: usize) -> &mut [u8] {
+        &mut self.msg[at..at + len]
+    }
+    fn direct_done(&mut self, core: &mut ReadCore, got: usize) {
+        core.direct_message(&mut self.p, got);
+    }
+    fn undo(&mut self, core: &mut ReadCore) {
+        if self.p.begun && !self.p.complete {
+            core.stash = Some((std::mem::take(&mut self.msg), std::mem::take(&mut self.p)));
+        }
+    }
+}
+
+/// `std::io::Read` semantics over either pipe type and read mode: a byte
+/// pipe is the raw stream; in message read mode a read never crosses a
+/// message boundary and skips zero-length messages (`Ok(0)` means end of
+/// stream); in byte read mode it reads payload across messages.
+pub(crate) struct ReadStd<'a> {
+    out: &'a mut [u8],
+    p: MsgProgress,
+    checked: bool,
+    /// A byte pipe's direct read is over.
+    done: bool,
+}
+
+impl<'a> ReadStd<'a> {
+    pub fn new(out: &'a mut [u8]) -> ReadStd<'a> {
+        ReadStd {
+            out,
+            p: MsgProgress::default(),
+            checked: false,
+            done: false,
+        }
+    }
+
+    /// Byte read mode on a message pipe: payload bytes across message
+    /// boundaries, headers stripped. Waits only when nothing was taken.
+    fn across(&mut self, core: &mut ReadCore) -> Result<Step<usize>> {
+        let out = &mut *self.out;
+        let n = &mut self.p.n;
+        loop {
+            if core.in_message() {
+                let decoder = core.decoder.as_mut().expect("message pipe");
+                let take = decoder.take(core.buf.len() - core.pos).min(out.len() - *n);
+                out[*n..*n + take].copy_from_slice(&core.buf[core.pos..core.pos + take]);
+                core.pos += take;
+                *n += take;
+                decoder.consume(take);
+                if *n == out.len() {
+                    return Ok(Step::Done(*n));
+                }
+                if decoder.in_message() {
+                    // Buffer drained mid-message.
+                    if *n > 0 {
+                        return Ok(Step::Done(*n));
+                    }
+                    if core.eof {
+                        core.broken = Some(ErrorCode::BrokenPipe);
+                        return Err(Error::broken_pipe("in the middle of a message"));
+                    }
+                    return Ok(Step::Need(Need::Fill));
+                }
+            }
+            // At a boundary: go on only with what is already buffered.
+            if *n > 0 && core.buffered().len() < HEADER_LEN {
+                return Ok(Step::Done(*n));
+            }
+            match core.header()? {
+                Header::Need => return Ok(Step::Need(Need::Fill)),
+                Header::End => return Ok(Step::Done(*n)),
+                Header::Len(0) => {
+                    core.decoder.as_mut().expect("message pipe").consume(0);
+                }
+                Header::Len(_) => {}
+            }
+        }
+    }
+}
+
+impl ReadOp for ReadStd<'_> {
+    type Output = usize;
+    fn step(&mut self, core: &mut ReadCore) -> Result<Step<usize>> {
+        if !self.checked {
+            core.check()?;
+            core.unstash();
+            self.checked = true;
+        }
+        if self.out.is_empty() {
+            return Ok(Step::Done(0));
+        }
+        if core.decoder.is_none() {
+            // Byte pipe: leftover bytes first, then the socket directly.
+            if self.done {
+                return Ok(Step::Done(self.p.n));
+            }
+            if !core.buffered().is_empty() {
+                let n = core.buffered().len().min(self.out.len());
+                self.out[..n].copy_from_slice(&core.buf[core.pos..core.pos + n]);
+                core.pos += n;
+                return Ok(Step::Done(n));
+            }
+            if core.eof {
+                return Ok(Step::Done(0));
+            }
+            return Ok(Step::Need(Need::Direct {
+                at: 0,
+                len: self.out.len(),
+            }));
+        }
+        match core.mode {
+            ReadMode::Byte => self.across(core),
+            ReadMode::Message => {
+                while !self.p.begun {
+                    if core.in_message() {
+                        self.p.begun = true;
+                        break;
+                    }
+                    match core.header()? {
+                        Header::Need => return Ok(Step::Need(Need::Fill)),
+                        Header::End => return Ok(Step::Done(0)),
+                        // Skipped: `Ok(0)` would read as end of stream.
+                        Header::Len(0) => {
+                            core.decoder.as_mut().expect("message pipe").consume(0);
+                        }
+                        Header::Len(len) => {
+                            self.p.header = Some(len);
+                            self.p.begun = true;
+                        }
+                    }
+                }
+                Ok(match core.continue_message(&mut self.p, self.out)? {
+                    Step::Done(r) => Step::Done(r.len()),
+                    Step::Need(n) => Step::Need(n),
+                })
+            }
+        }
+    }
+    fn direct_target(&mut self, at: usize, len: usize) -> &mut [u8] {
+        &mut self.out[at..at + len]
+    }
+    fn direct_done(&mut self, core: &mut ReadCore, got: usize) {
+        if core.decoder.is_none() {
+            self.p.n = got;
+            self.done = true;
+        } else {
+            core.direct_message(&mut self.p, got);
+        }
+    }
+    fn partial(&self) -> Option<usize> {
+        (self.p.n > 0).then_some(self.p.n)
+    }
+}
+
+/// Copies payload from buffered bytes, skipping headers: only the current
+/// message if `one_message`, else across messages.
+fn copy_payload(decoder: &Decoder, mut buf: &[u8], out: &mut [u8], one_message: bool) -> usize {
+    let mut copied = 0;
+    let mut remaining = decoder.remaining();
+    while copied < out.len() {
+        let r = match remaining {
+            Some(r) => r as usize,
+            None => match buf.first_chunk::<HEADER_LEN>() {
+                Some(h) => {
+                    buf = &buf[HEADER_LEN..];
+                    u32::from_le_bytes(*h) as usize
+                }
+                None => break,
+            },
+        };
+        let n = r.min(buf.len()).min(out.len() - copied);
+        out[copied..copied + n].copy_from_slice(&buf[..n]);
+        copied += n;
+        buf = &buf[n..];
+        if one_message || n < r {
+            break;
+        }
+        remaining = None;
+    }
+    copied
+}
+
+/// A failed receive as an npipe error.
+pub(crate) fn recv_error(e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            Error::new(ErrorCode::Timeout, "the read timed out").with_source(e)
+        }
+        _ => Error::os(e, "read from the pipe failed"),
+    }
+}
+
+/// A failed send as an npipe error.
+pub(crate) fn send_error(e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            Error::new(ErrorCode::Timeout, "the write timed out").with_source(e)
+        }
+        _ => match e.raw_os_error() {
+            Some(libc::EPIPE) | Some(libc::ECONNRESET) => {
+                Error::new(ErrorCode::NoData, "the other end has closed the pipe").with_source(e)
+            }
+            _ => Error::os(e, "write to the pipe failed"),
+        },
+    }
+}
+
+/// The writing side's state.
+#[derive(Debug)]
+pub(crate) struct WriteCore {
+    pub message: bool,
+    pub can_write: bool,
+    peer_max: u32,
+    broken: bool,
+}
+
+/// One message being sent: its header, and how much of header and payload
+/// went out.
+#[derive(Debug)]
+pub(crate) struct WriteOp {
+    header: [u8; HEADER_LEN],
+    total: usize,
+    sent: usize,
+}
+
+impl WriteCore {
+    /// Fails if this end may not write, an earlier message was cut, or a
+    /// message of `len` bytes is more than the peer accepts.
+    pub fn check(&self, len: usize) -> Result<()> {
+        if !self.can_write {
+            return Err(Error::new(
+                ErrorCode::AccessDenied,
+                "this end may not write: the pipe's direction or the access asked for forbids it",
+            ));
+        }
+        if self.broken {
+            return Err(Error::new(
+                ErrorCode::BrokenPipe,
+                "an earlier write was cut off mid-message; the pipe cannot carry more messages",
+            ));
+        }
+        if self.message && len > self.peer_max as usize {
+            return Err(Error::new(
+                ErrorCode::InvalidParameter,
+                format!(
+                    "a {len}-byte message is larger than the other end accepts ({} bytes)",
+                    self.peer_max
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Starts sending `msg` as one message.
+    pub fn begin_message(&self, msg: &[u8]) -> Result<WriteOp> {
+        if !self.message {
+            return Err(Error::new(
+                ErrorCode::InvalidParameter,
+                "message writes need a message-type pipe; this one is byte type",
+            ));
+        }
+        self.check(msg.len())?;
+        Ok(WriteOp {
+            header: framing::header(msg.len() as u32),
+            total: HEADER_LEN + msg.len(),
+            sent: 0,
+        })
+    }
+
+    /// A send of `op` failed: if part of the message already went out, the
+    /// writer is broken for good (the peer sees *broken pipe*, never a cut
+    /// message).
+    pub fn failed(&mut self, op: &WriteOp) {
+        if op.sent > 0 && !op.is_done() {
+            self.broken = true;
+        }
+    }
+
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    /// The message under way was cut (abandoned mid-way, or its rest could
+    /// not be sent): nothing more may be sent.
+    pub fn cut(&mut self) {
+        self.broken = true;
+    }
+}
+
+impl WriteOp {
+    /// Whether the whole message went out.
+    pub fn is_done(&self) -> bool {
+        self.sent == self.total
+    }
+
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    /// Bytes sent so far, header included.
+    pub fn sent(&self) -> usize {
+        self.sent
+    }
+
+    /// Records `n` more bytes sent.
+    pub fn advance(&mut self, n: usize) {
+        self.sent = (self.sent + n).min(self.total);
+    }
+
+    /// What is left of the header (empty once it is out).
+    pub fn header_rest(&self) -> &[u8] {
+        &self.header[self.sent.min(HEADER_LEN)..]
+    }
+
+    /// What is left of the payload.
+    pub fn payload_rest<'a>(&self, msg: &'a [u8]) -> &'a [u8] {
+        &msg[self.sent.saturating_sub(HEADER_LEN)..]
+    }
+
+    /// The rest as slices for one vectored send.
+    pub fn slices<'a>(&'a self, msg: &'a [u8]) -> [IoSlice<'a>; 2] {
+        [
+            IoSlice::new(self.header_rest()),
+            IoSlice::new(self.payload_rest(msg)),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core(pipe_type: PipeType, mode: ReadMode, wire: &[u8]) -> ReadCore {
+        let setup = Setup {
+            name: "t".into(),
+            end: End::Client,
+            pipe_type,
+            direction: Direction::Duplex,
+            access: Access::ReadWrite,
+            max_instances: None,
+            cur_instances: 1,
+            in_buffer: 0,
+            out_buffer: 0,
+            max_message: 1 << 20,
+            peer_max_message: 1 << 20,
+            peer: PeerCredentials {
+                pid: 0,
+                uid: 0,
+                gid: 0,
+            },
+        };
+        let mut c = setup.cores(mode, wire.to_vec()).0;
+        c.eof = true;
+        c
+    }
+
+    fn frames(msgs: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in msgs {
+            out.extend_from_slice(&framing::header(m.len() as u32));
+            out.extend_from_slice(m);
+        }
+        out
+    }
+
+    /// Runs an op over a core whose input is all buffered.
+    fn run<O: ReadOp>(core: &mut ReadCore, op: &mut O) -> Result<O::Output> {
+        match op.step(core)? {
+            Step::Done(v) => Ok(v),
+            Step::Need(n) => panic!("needs {n:?} with everything buffered"),
+        }
+    }
+
+    #[test]
+    fn undo_puts_a_partial_message_back() {
+        let wire = frames(&[b"hello world", b"next"]);
+        let mut c = core(PipeType::Message, ReadMode::Message, &wire[..9]);
+        c.eof = false;
+        let mut buf = [0u8; 64];
+        let mut op = ReadMessage::new(&mut buf);
+        // 5 of 11 bytes arrived: the op took them and needs more.
+        assert!(matches!(op.step(&mut c).unwrap(), Step::Need(Need::Fill)));
+        op.undo(&mut c);
+        // As if nothing was read: the rest arrives and the message is whole.
+        c.fill_buf().extend_from_slice(&wire[9..]);
+        c.eof = true;
+        assert_eq!(
+            run(&mut c, &mut RecvMessage::default()).unwrap(),
+            b"hello world"
+        );
+        assert_eq!(run(&mut c, &mut RecvMessage::default()).unwrap(), b"next");
+    }
+
+    #[test]
+    fn undo_mid_message_restores_the_remaining_count() {
+        let wire = frames(&[b"0123456789"]);
+        let mut c = core(PipeType::Message, ReadMode::Message, &wire[..8]);
+        c.eof = false;
+        let mut small = [0u8; 2];
+        assert_eq!(
+            run(&mut c, &mut ReadMessage::new(&mut small)).unwrap(),
+            MessageRead::MoreData(2)
+        );
+        let mut rest = RecvMessage::default();
+        assert!(matches!(rest.step(&mut c).unwrap(), Step::Need(_)));
+        rest.undo(&mut c);
+        c.fill_buf().extend_from_slice(&wire[8..]);
+        assert_eq!(
+            run(&mut c, &mut RecvMessage::default()).unwrap(),
+            b"23456789"
+        );
+    }
+
+    #[test]
+    fn a_cancelled_recv_message_is_taken_up_again_or_put_back() {
+        let wire = frames(&[b"0123456789", b"x"]);
+        let mut c = core(PipeType::Message, ReadMode::Message, &wire[..9]);
+        c.eof = false;
+        // Cancelled with 5 of 10 bytes: kept aside as they are...
+        let mut op = RecvMessage::default();
+        assert!(matches!(op.step(&mut c).unwrap(), Step::Need(_)));
+        op.undo(&mut c);
+        assert!(c.stash.is_some());
+        assert!(c.has_unread(0));
+        c.fill_buf().extend_from_slice(&wire[9..]);
+        // ...and the next recv_message goes on with them.
+        assert_eq!(
+            run(&mut c, &mut RecvMessage::default()).unwrap(),
+            b"0123456789"
+        );
+        // Or another kind of read puts them back first.
+        let mut c = core(PipeType::Message, ReadMode::Message, &wire[..9]);
+        c.eof = false;
+        let mut op = RecvMessage::default();
+        assert!(matches!(op.step(&mut c).unwrap(), Step::Need(_)));
+        op.undo(&mut c);
+        let mut peeked = [0u8; 16];
+        assert_eq!(c.peek(&mut peeked, 0).unwrap().copied, 5);
+        c.fill_buf().extend_from_slice(&wire[9..]);
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            run(&mut c, &mut ReadMessage::new(&mut buf)).unwrap(),
+            MessageRead::MoreData(4)
+        );
+        assert_eq!(&buf, b"0123");
+        let mut c2 = RecvMessage::default();
+        assert_eq!(run(&mut c, &mut c2).unwrap(), b"456789");
+        assert_eq!(run(&mut c, &mut RecvMessage::default()).unwrap(), b"x");
+    }
+
+    #[test]
+    fn std_reads_skip_empty_messages_and_stop_at_boundaries() {
+        let wire = frames(&[b"", b"abc", b"", b"de"]);
+        let mut c = core(PipeType::Message, ReadMode::Message, &wire);
+        let mut buf = [0u8; 16];
+        assert_eq!(run(&mut c, &mut ReadStd::new(&mut buf)).unwrap(), 3);
+        assert_eq!(run(&mut c, &mut ReadStd::new(&mut buf)).unwrap(), 2);
+        assert_eq!(run(&mut c, &mut ReadStd::new(&mut buf)).unwrap(), 0);
+        let mut c = core(PipeType::Message, ReadMode::Byte, &wire);
+        assert_eq!(run(&mut c, &mut ReadStd::new(&mut buf)).unwrap(), 5);
+        assert_eq!(&buf[..5], b"abcde");
+    }
+
+    #[test]
+    fn a_cut_message_is_broken_not_data() {
+        let wire = frames(&[b"0123456789"]);
+        let mut c = core(PipeType::Message, ReadMode::Message, &wire[..7]);
+        let e = run(&mut c, &mut RecvMessage::default()).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BrokenPipe);
+        assert_eq!(c.check().unwrap_err().code(), ErrorCode::BrokenPipe);
+    }
+
+    #[test]
+    fn write_op_tracks_partial_sends() {
+        let w = WriteCore {
+            message: true,
+            can_write: true,
+            peer_max: 10,
+            broken: false,
+        };
+        assert_eq!(
+            w.begin_message(&[0; 11]).unwrap_err().code(),
+            ErrorCode::InvalidParameter
+        );
+        let msg = b"abc";
+        let mut op = w.begin_message(msg).unwrap();
+        op.advance(2);
+        assert_eq!(op.header_rest(), &[0, 0]);
+        assert_eq!(op.payload_rest(msg), b"abc");
+        op.advance(3);
+        assert_eq!(op.header_rest(), b"");
+        assert_eq!(op.payload_rest(msg), b"bc");
+        let mut w = w;
+        w.failed(&op);
+        assert_eq!(w.check(0).unwrap_err().code(), ErrorCode::BrokenPipe);
+    }
+}

@@ -1,0 +1,290 @@
+//! The client end on tokio: connecting (`CreateFile` + `WaitNamedPipe` in
+//! one step, without blocking the runtime) and `CallNamedPipe`.
+
+use std::future::poll_fn;
+use std::ops::{Deref, DerefMut};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use ::tokio::io::unix::AsyncFd;
+
+use super::stream::{register, PipeStream};
+use crate::connect_core::{self, PIPELINE_MAX};
+use crate::error::{Error, ErrorCode, Result};
+use crate::info::PeerCredentials;
+use crate::name::PipeName;
+use crate::namespace::Namespace;
+use crate::options::{Access, ClientOptions, PipeType, Wait};
+use crate::proto::handshake::{Reply, REPLY_MAX};
+use crate::sys::{Fd, RecvFlagsLite};
+
+/// The client end of a pipe on tokio. Reads, writes and everything common
+/// to both ends come from [`PipeStream`], to which it dereferences; it
+/// implements `AsyncRead` and `AsyncWrite` like it. Made by
+/// [`ClientOptions::open_async`](crate::ClientOptions::open_async).
+///
+/// ```
+/// use npipe::{ClientOptions, ServerOptions, Wait};
+/// use std::time::Duration;
+///
+/// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+/// # rt.block_on(async {
+/// let name = format!("doc-async-pipe-client-{}", std::process::id());
+/// let listener = ServerOptions::new().max_instances(1).create_async(&name)?;
+/// let mut client = ClientOptions::new().open_async(&name).await?;
+/// // GetNamedPipeServerProcessId, from the kernel:
+/// assert_eq!(client.server_process_id(), std::process::id());
+///
+/// // The only instance is taken: busy at once, or time out after waiting.
+/// let busy = ClientOptions::new().open_async(&name).await.unwrap_err();
+/// assert_eq!(busy.code(), npipe::ErrorCode::PipeBusy);
+/// let late = ClientOptions::new()
+///     .wait(Wait::Timeout(Duration::from_millis(20)))
+///     .open_async(&name)
+///     .await
+///     .unwrap_err();
+/// assert_eq!(late.code(), npipe::ErrorCode::Timeout);
+///
+/// let mut server = listener.accept().await?;
+/// client.write_message(b"request").await?;
+/// assert_eq!(server.recv_message().await?, b"request");
+/// # Ok::<(), npipe::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct PipeClient {
+    stream: PipeStream,
+}
+
+/// How long to pause while the server's connection backlog is full.
+const BACKLOG_PAUSE: Duration = Duration::from_millis(1);
+
+impl PipeClient {
+    pub(crate) async fn connect(
+        name: &PipeName,
+        opts: &ClientOptions,
+        pipelined: Option<&[u8]>,
+    ) -> Result<PipeClient> {
+        if !opts.wait_for_server || opts.wait == Wait::NoWait {
+            return Self::connect_once(name, opts, pipelined).await;
+        }
+        // Waiting for the pipe itself too: a missing pipe, or a server that
+        // died before answering, is tried again until the wait is over.
+        let start = Instant::now();
+        let limit = connect_core::server_wait_limit(opts.wait);
+        loop {
+            let left = limit.map(|l| l.saturating_sub(start.elapsed()));
+            let attempt = connect_core::next_attempt(opts, left);
+            match Self::connect_once(name, &attempt, pipelined).await {
+                Err(e)
+                    if connect_core::retry_while_waiting(&e)
+                        && limit.is_none_or(|l| start.elapsed() < l) =>
+                {
+                    ::tokio::time::sleep(connect_core::RECONNECT_PAUSE).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn connect_once(
+        name: &PipeName,
+        opts: &ClientOptions,
+        pipelined: Option<&[u8]>,
+    ) -> Result<PipeClient> {
+        connect_core::check_reachable(name)?;
+        let namespace =
+            Namespace::open_existing().map_err(|e| connect_core::no_namespace(name, e))?;
+        let socket = loop {
+            match namespace.try_connect(name)? {
+                Some(socket) => break socket,
+                // The server's kernel backlog is full; its acceptor drains it.
+                None => ::tokio::time::sleep(BACKLOG_PAUSE).await,
+            }
+        };
+        let fd = register(socket)?;
+        if let Some(expected) = opts.expect_server_uid {
+            let cred = fd
+                .get_ref()
+                .socket()
+                .peer_cred()
+                .map_err(|e| Error::os(e, "cannot read the server's credentials"))?;
+            connect_core::check_server(name, cred, expected)?;
+        }
+        let out = connect_core::opening(name, opts, pipelined)?;
+        let sent = send_all(&fd, &out).await;
+
+        let answer = read_reply(&fd);
+        let answer = match connect_core::answer_deadline(opts.wait) {
+            Some(limit) => ::tokio::time::timeout(limit, answer)
+                .await
+                .unwrap_or_else(|_| Err(connect_core::silent_server())),
+            None => answer.await,
+        };
+        let (reply, leftover) = answer.map_err(|e| match sent {
+            // The server hung up on us mid-send; its reply, if any, was
+            // read above, so report the send failure.
+            Err(ref s) if e.code() == ErrorCode::BrokenPipe => {
+                Error::new(ErrorCode::BrokenPipe, format!("{name}: {s}"))
+            }
+            _ => e,
+        })?;
+        let desc = connect_core::connected(name, reply)?;
+        sent.map_err(|e| Error::os(e, &format!("{name}: sending the handshake failed")))?;
+
+        let socket = fd.get_ref().socket();
+        if desc.in_buffer > 0 {
+            let _ = socket.set_send_buffer(desc.in_buffer as usize);
+        }
+        let peer: PeerCredentials = socket
+            .peer_cred()
+            .map_err(|e| Error::os(e, "cannot read the server's credentials"))?
+            .into();
+        let (setup, read_mode) = connect_core::client_setup(name, opts, desc, peer)?;
+        Ok(PipeClient {
+            stream: PipeStream::registered(fd, setup, read_mode, leftover),
+        })
+    }
+
+    /// The server's credentials from the kernel (`SO_PEERCRED`).
+    pub fn server_credentials(&self) -> PeerCredentials {
+        self.stream.peer()
+    }
+
+    /// `GetNamedPipeServerProcessId`.
+    pub fn server_process_id(&self) -> u32 {
+        self.stream.peer().pid
+    }
+
+    /// The server's effective user id.
+    pub fn server_uid(&self) -> u32 {
+        self.stream.peer().uid
+    }
+
+    /// The server's user name, if the user database has one.
+    pub fn server_user_name(&self) -> Option<String> {
+        self.stream.peer().user_name()
+    }
+}
+
+/// Sends all of `buf` on a fresh connection.
+async fn send_all(fd: &AsyncFd<Fd>, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let mut guard = fd.writable().await?;
+        match guard.try_io(|fd| fd.get_ref().socket().send(buf)) {
+            Ok(Ok(n)) => buf = &buf[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => continue,
+        }
+    }
+    Ok(())
+}
+
+/// Reads the server's REPLY; returns it and whatever arrived behind it.
+async fn read_reply(fd: &AsyncFd<Fd>) -> Result<(Reply, Vec<u8>)> {
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        if let Some(reply) = connect_core::take_reply(&mut buf)? {
+            return Ok((reply, buf));
+        }
+        buf.reserve(REPLY_MAX - buf.len());
+        let got = poll_fn(|cx| loop {
+            let mut guard = match fd.poll_read_ready(cx) {
+                Poll::Ready(Ok(guard)) => guard,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            match guard.try_io(|fd| {
+                fd.get_ref()
+                    .socket()
+                    .recv_spare(&mut buf, RecvFlagsLite::DontWait)
+            }) {
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        })
+        .await;
+        match got {
+            Ok(0) => return Err(connect_core::closed_before_reply()),
+            Ok(_) => {}
+            Err(e) => return Err(Error::os(e, "reading the server's answer failed")),
+        }
+    }
+}
+
+impl Deref for PipeClient {
+    type Target = PipeStream;
+    fn deref(&self) -> &PipeStream {
+        &self.stream
+    }
+}
+
+impl DerefMut for PipeClient {
+    fn deref_mut(&mut self) -> &mut PipeStream {
+        &mut self.stream
+    }
+}
+
+super::stream::delegate_async_io!(PipeClient);
+
+/// `CallNamedPipe` on tokio: connects to a message-type pipe (waiting up to
+/// `timeout` for a free instance), sends `request` as one message, returns
+/// the reply message, and closes. The request rides in the same packet as
+/// the handshake, so a call costs one round trip.
+///
+/// ```
+/// use npipe::ServerOptions;
+/// use std::time::Duration;
+///
+/// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+/// # rt.block_on(async {
+/// let name = format!("doc-async-call-{}", std::process::id());
+/// let listener = ServerOptions::new().create_async(&name)?;
+/// let server = tokio::spawn(async move {
+///     let mut conn = listener.accept().await.unwrap();
+///     let req = conn.recv_message().await.unwrap();
+///     conn.write_message(&req.to_ascii_uppercase()).await.unwrap();
+/// });
+/// let reply = npipe::tokio::call(&name, b"shout", Duration::from_secs(1)).await?;
+/// assert_eq!(reply, b"SHOUT");
+/// server.await.unwrap();
+/// # Ok::<(), npipe::Error>(())
+/// # }).unwrap();
+/// ```
+pub async fn call(
+    name: impl TryInto<PipeName, Error = Error>,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>> {
+    let name = name.try_into()?;
+    let mut opts = ClientOptions::new();
+    opts.wait(if timeout.is_zero() {
+        Wait::NoWait
+    } else {
+        Wait::Timeout(timeout)
+    });
+    call_with(&opts, &name, request).await
+}
+
+/// `CallNamedPipe` with these options: see [`call`].
+pub(crate) async fn call_with(
+    opts: &ClientOptions,
+    name: &PipeName,
+    request: &[u8],
+) -> Result<Vec<u8>> {
+    let mut opts = opts.clone();
+    opts.access(Access::ReadWrite);
+    if request.len() <= PIPELINE_MAX {
+        // The server refuses a pipelined request on a byte pipe with BadPipe.
+        let mut client = PipeClient::connect(name, &opts, Some(request)).await?;
+        return client.recv_message().await;
+    }
+    let mut client = PipeClient::connect(name, &opts, None).await?;
+    if client.info().pipe_type == PipeType::Byte {
+        return Err(Error::new(
+            ErrorCode::BadPipe,
+            format!("{name}: a transaction needs a message-type pipe; this one is byte type"),
+        ));
+    }
+    client.transact(request).await
+}

@@ -1,0 +1,629 @@
+//! The connected pipe on tokio, common to both ends: the same
+//! [`ReadCore`]/[`WriteCore`] decisions as the blocking `PipeStream`, driven
+//! by non-blocking socket calls after tokio reports readiness.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use ::tokio::io::unix::AsyncFd;
+use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::info::{PeerCredentials, PipeInfo};
+use crate::options::{Access, PipeType, ReadMode};
+use crate::stream_core::{
+    recv_error, send_error, MessageRead, Need, Peek, ReadCore, ReadMessage, ReadOp, ReadStd,
+    RecvMessage, Setup, Step, WriteCore, WriteOp,
+};
+use crate::sys::{self, Fd, RecvFlagsLite, Socket};
+
+/// Registers a socket with the current runtime's reactor.
+pub(crate) fn register(socket: Socket) -> Result<AsyncFd<Fd>> {
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| Error::os(e, "cannot make the pipe's socket non-blocking"))?;
+    sys::register_async(socket).map_err(|e| {
+        Error::os(
+            e,
+            "cannot register the pipe with tokio (is this a tokio runtime with I/O enabled?)",
+        )
+    })
+}
+
+/// A connected pipe end on tokio: the part common to
+/// [`PipeServer`](super::PipeServer) and [`PipeClient`](super::PipeClient),
+/// which dereference to it. The same semantics and errors as the blocking
+/// [`crate::PipeStream`]:
+///
+/// - On a byte-type pipe, [`AsyncRead`] and [`AsyncWrite`] are the raw
+///   socket's stream.
+/// - On a message-type pipe each [`AsyncWrite::poll_write`] sends one whole
+///   message, and [`AsyncRead::poll_read`] returns bytes of one message at a
+///   time, never crossing a boundary (a read returns what has arrived of the
+///   message; the next read continues it). Zero-length messages are skipped
+///   there, since `Ok(0)` means end of stream; [`read_message`](Self::read_message)
+///   returns them and says whether *more data* follows.
+///
+/// To read and write from two tasks at once, split it with
+/// `tokio::io::split` (each half takes a lock around the stream).
+///
+/// # Cancel safety
+///
+/// | method | cancel-safe? |
+/// |---|---|
+/// | [`read_message`](Self::read_message), [`recv_message`](Self::recv_message) | Yes: a read dropped before it finished puts back what it took, so the next read starts where it did. |
+/// | [`AsyncRead`] (`read`, `read_buf`) | Yes, as for any tokio stream. |
+/// | [`write_message`](Self::write_message), [`transact`](Self::transact) | **No**: dropped after part of the message went out, the message is cut, and the writer is broken for good (every later write fails with *broken pipe*, the peer sees *broken pipe*, never a cut message). Dropped before anything went out, nothing was sent. |
+/// | [`AsyncWrite`] (`write`, `write_all`) | Yes: a `poll_write` that sent part of a message reports it written and keeps the rest, which goes out while this end reads, and before the next write, `flush` or `shutdown`. The message is never cut by that. |
+/// | [`flush_buffers`](Self::flush_buffers) | Yes (it only waits). |
+///
+/// ```
+/// use npipe::{ClientOptions, MessageRead, ServerOptions};
+///
+/// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+/// # rt.block_on(async {
+/// let name = format!("doc-async-stream-{}", std::process::id());
+/// let listener = ServerOptions::new().create_async(&name)?; // message type
+/// let mut client = ClientOptions::new().open_async(&name).await?;
+/// let mut server = listener.accept().await?;
+///
+/// client.write_message(b"hello, world").await?;
+/// client.write_message(b"").await?;
+/// let mut buf = [0u8; 5];
+/// assert_eq!(server.read_message(&mut buf).await?, MessageRead::MoreData(5));
+/// assert_eq!(&buf, b"hello");
+/// assert_eq!(server.recv_message().await?, b", world");
+/// assert_eq!(server.read_message(&mut buf).await?, MessageRead::Complete(0));
+/// # Ok::<(), npipe::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct PipeStream {
+    io: AsyncFd<Fd>,
+    reader: ReadCore,
+    writer: WriteCore,
+    setup: Setup,
+    disconnected: bool,
+    /// What is left of a message that `poll_write` took but could not send
+    /// at once, framing included; it goes out before anything else.
+    tail: Vec<u8>,
+}
+
+/// Drives a read with non-blocking receives until it finishes or the socket
+/// has nothing more for now. With `partial`, a read that took some bytes
+/// returns them instead of waiting (`AsyncRead` semantics).
+fn poll_run<O: ReadOp>(
+    io: &AsyncFd<Fd>,
+    core: &mut ReadCore,
+    op: &mut O,
+    cx: &mut Context<'_>,
+    partial: bool,
+) -> Poll<Result<O::Output>> {
+    loop {
+        let need = match op.step(core)? {
+            Step::Done(v) => return Poll::Ready(Ok(v)),
+            Step::Need(need) => need,
+        };
+        loop {
+            let mut guard = match io.poll_read_ready(cx) {
+                Poll::Ready(Ok(guard)) => guard,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(recv_error(e))),
+                Poll::Pending => {
+                    if partial {
+                        if let Some(v) = op.partial() {
+                            return Poll::Ready(Ok(v));
+                        }
+                    }
+                    // An idle connection holds no read buffer.
+                    core.release_idle();
+                    return Poll::Pending;
+                }
+            };
+            let got = match need {
+                Need::Fill => guard
+                    .try_io(|fd| {
+                        fd.get_ref()
+                            .socket()
+                            .recv_spare(core.fill_buf(), RecvFlagsLite::DontWait)
+                    })
+                    .map(|r| r.map(|n| core.filled(n))),
+                Need::Direct { at, len } => guard
+                    .try_io(|fd| {
+                        fd.get_ref()
+                            .socket()
+                            .recv_nonblocking(op.direct_target(at, len))
+                    })
+                    .map(|r| r.map(|n| op.direct_done(core, n))),
+            };
+            match got {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => return Poll::Ready(Err(recv_error(e))),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// A read in progress as a future's state: if the future is dropped before
+/// the read finished, [`ReadOp::undo`] puts back what it took.
+struct ReadFuture<'a, O: ReadOp> {
+    io: &'a AsyncFd<Fd>,
+    core: &'a mut ReadCore,
+    writer: &'a mut WriteCore,
+    tail: &'a mut Vec<u8>,
+    op: O,
+    finished: bool,
+}
+
+impl<O: ReadOp> ReadFuture<'_, O> {
+    fn poll_op(&mut self, cx: &mut Context<'_>) -> Poll<Result<O::Output>> {
+        // The rest of a message `poll_write` took goes out meanwhile (the
+        // peer may be waiting for it before it answers).
+        let _ = poll_drain(self.io, self.writer, self.tail, cx);
+        let r = ready!(poll_run(self.io, self.core, &mut self.op, cx, false));
+        self.finished = true;
+        Poll::Ready(r)
+    }
+}
+
+impl<O: ReadOp> Drop for ReadFuture<'_, O> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.op.undo(self.core);
+        }
+    }
+}
+
+async fn read_op<O: ReadOp>(stream: &mut PipeStream, op: O) -> Result<O::Output> {
+    let mut f = ReadFuture {
+        io: &stream.io,
+        core: &mut stream.reader,
+        writer: &mut stream.writer,
+        tail: &mut stream.tail,
+        op,
+        finished: false,
+    };
+    poll_fn(|cx| f.poll_op(cx)).await
+}
+
+/// Sends what is left of a message `poll_write` took; a failure cuts it
+/// (the writer is broken from then on).
+fn poll_drain(
+    io: &AsyncFd<Fd>,
+    writer: &mut WriteCore,
+    tail: &mut Vec<u8>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<()>> {
+    while !tail.is_empty() {
+        let mut guard = match ready!(io.poll_write_ready(cx)) {
+            Ok(guard) => guard,
+            Err(e) => {
+                writer.cut();
+                *tail = Vec::new();
+                return Poll::Ready(Err(send_error(e)));
+            }
+        };
+        match guard.try_io(|fd| fd.get_ref().socket().send(tail)) {
+            Ok(Ok(n)) => {
+                tail.drain(..n);
+            }
+            Ok(Err(e)) => {
+                writer.cut();
+                *tail = Vec::new();
+                return Poll::Ready(Err(send_error(e)));
+            }
+            Err(_would_block) => continue,
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// A message write in progress: if the future is dropped after part of the
+/// message went out, the writer is broken (the peer never sees a cut
+/// message as whole).
+struct WriteFuture<'a> {
+    io: &'a AsyncFd<Fd>,
+    writer: &'a mut WriteCore,
+    op: WriteOp,
+    msg: &'a [u8],
+    finished: bool,
+}
+
+impl WriteFuture<'_> {
+    fn poll_op(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let r = ready!(poll_send(self.io, self.writer, &mut self.op, self.msg, cx));
+        self.finished = true;
+        Poll::Ready(r)
+    }
+}
+
+impl Drop for WriteFuture<'_> {
+    fn drop(&mut self) {
+        if !self.finished && self.op.sent() > 0 {
+            self.writer.cut();
+        }
+    }
+}
+
+/// Sends what is left of `op` until done or the socket is full.
+fn poll_send(
+    io: &AsyncFd<Fd>,
+    writer: &mut WriteCore,
+    op: &mut WriteOp,
+    msg: &[u8],
+    cx: &mut Context<'_>,
+) -> Poll<Result<()>> {
+    while !op.is_done() {
+        let mut guard = match ready!(io.poll_write_ready(cx)) {
+            Ok(guard) => guard,
+            Err(e) => {
+                writer.failed(op);
+                return Poll::Ready(Err(send_error(e)));
+            }
+        };
+        let r = guard.try_io(|fd| {
+            let sock = fd.get_ref().socket();
+            if op.header_rest().is_empty() {
+                sock.send(op.payload_rest(msg))
+            } else {
+                sock.send_vectored(&op.slices(msg))
+            }
+        });
+        match r {
+            Ok(Ok(n)) => op.advance(n),
+            Ok(Err(e)) => {
+                writer.failed(op);
+                return Poll::Ready(Err(send_error(e)));
+            }
+            Err(_would_block) => continue,
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
+impl PipeStream {
+    pub(crate) fn new(
+        socket: Socket,
+        setup: Setup,
+        read_mode: ReadMode,
+        leftover: Vec<u8>,
+    ) -> Result<PipeStream> {
+        Ok(PipeStream::registered(
+            register(socket)?,
+            setup,
+            read_mode,
+            leftover,
+        ))
+    }
+
+    /// A stream over a socket already registered with the reactor.
+    pub(crate) fn registered(
+        io: AsyncFd<Fd>,
+        setup: Setup,
+        read_mode: ReadMode,
+        leftover: Vec<u8>,
+    ) -> PipeStream {
+        let (reader, writer) = setup.cores(read_mode, leftover);
+        PipeStream {
+            io,
+            reader,
+            writer,
+            setup,
+            disconnected: false,
+            tail: Vec::new(),
+        }
+    }
+
+    pub(crate) fn socket(&self) -> &Socket {
+        self.io.get_ref().socket()
+    }
+
+    pub(crate) fn mark_disconnected(&mut self) {
+        self.disconnected = true;
+        self.tail = Vec::new();
+    }
+
+    fn connected(&self) -> Result<()> {
+        if self.disconnected {
+            Err(Error::not_connected())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The peer's credentials, from the kernel at connect time.
+    pub(crate) fn peer(&self) -> PeerCredentials {
+        self.setup.peer
+    }
+
+    fn poll_drain_tail(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        poll_drain(&self.io, &mut self.writer, &mut self.tail, cx)
+    }
+
+    /// Reads one message, or the rest of a message a short buffer cut
+    /// (`ReadFile` in message read mode). [`MessageRead::MoreData`] is
+    /// `ERROR_MORE_DATA`: the next read continues the same message.
+    /// Zero-length messages read as `Complete(0)`. A peer that closes
+    /// between messages gives *broken pipe*; one that dies mid-message gives
+    /// *broken pipe* too, never a cut message.
+    ///
+    /// Cancel-safe: dropped before it finished, it leaves the pipe as it
+    /// found it (the bytes it took are put back).
+    pub async fn read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
+        self.connected()?;
+        read_op(self, ReadMessage::new(buf)).await
+    }
+
+    /// Reads the rest of the current message, or the next message, whole.
+    /// Its size was checked against the largest message this end accepts
+    /// before anything was allocated.
+    ///
+    /// Cancel-safe, as [`read_message`](Self::read_message).
+    pub async fn recv_message(&mut self) -> Result<Vec<u8>> {
+        self.connected()?;
+        read_op(self, RecvMessage::default()).await
+    }
+
+    /// Writes one message, whole and atomic (`WriteFile` on a message pipe).
+    ///
+    /// **Not cancel-safe**: dropped after part of the message went out, it
+    /// breaks the writer (later writes fail with *broken pipe* and the peer
+    /// sees *broken pipe*, never a cut message). Wrap it in
+    /// `tokio::time::timeout` only if giving up on the pipe is acceptable.
+    pub async fn write_message(&mut self, msg: &[u8]) -> Result<()> {
+        self.connected()?;
+        poll_fn(|cx| self.poll_drain_tail(cx)).await?;
+        let op = self.writer.begin_message(msg)?;
+        let mut f = WriteFuture {
+            io: &self.io,
+            writer: &mut self.writer,
+            op,
+            msg,
+            finished: false,
+        };
+        poll_fn(|cx| f.poll_op(cx)).await
+    }
+
+    /// Sends a message and reads the reply (`TransactNamedPipe`). Needs a
+    /// message pipe in message read mode; fails with *pipe busy* if unread
+    /// data is waiting, as on Windows.
+    ///
+    /// Not cancel-safe while the request is being written (see
+    /// [`write_message`](Self::write_message)); cancel-safe while waiting
+    /// for the reply (the reply stays readable with
+    /// [`recv_message`](Self::recv_message)).
+    pub async fn transact(&mut self, request: &[u8]) -> Result<Vec<u8>> {
+        self.connected()?;
+        if self.setup.pipe_type != PipeType::Message || self.reader.mode != ReadMode::Message {
+            return Err(Error::new(
+                ErrorCode::BadPipe,
+                "transact needs a message-type pipe in message read mode",
+            ));
+        }
+        self.reader.check()?;
+        self.writer.check(request.len())?;
+        let kernel = self.socket().readable_bytes().unwrap_or(0);
+        if self.reader.has_unread(kernel) {
+            return Err(Error::new(
+                ErrorCode::PipeBusy,
+                "transact refused: unread data is waiting in the pipe (read it first)",
+            ));
+        }
+        self.write_message(request).await?;
+        self.recv_message().await
+    }
+
+    /// Copies waiting data without consuming it (`PeekNamedPipe`). It never
+    /// waits, so it is not `async`. In message read mode it copies from the
+    /// current message only.
+    pub fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
+        self.connected()?;
+        self.reader.check()?;
+        let sock = self.io.get_ref().socket();
+        while self.reader.peek_wants_input() {
+            match sock.recv_spare(self.reader.fill_buf(), RecvFlagsLite::DontWait) {
+                Ok(n) => self.reader.filled(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(recv_error(e)),
+            }
+        }
+        self.reader.peek(buf, sock.readable_bytes().unwrap_or(0))
+    }
+
+    /// Waits until the other end has read everything written so far
+    /// (`FlushFileBuffers`). Bound it with `tokio::time::timeout` if need be
+    /// (it is cancel-safe).
+    ///
+    /// This is not [`AsyncWrite::poll_flush`], which only sends what a
+    /// `poll_write` left over and does not wait for the peer.
+    pub async fn flush_buffers(&mut self) -> Result<()> {
+        self.connected()?;
+        poll_fn(|cx| self.poll_drain_tail(cx)).await?;
+        let mut pause = Duration::from_micros(50);
+        loop {
+            let unread = self
+                .socket()
+                .unread_by_peer()
+                .map_err(|e| Error::os(e, "cannot query the send queue"))?;
+            if unread == 0 {
+                return Ok(());
+            }
+            if self.socket().peer_hung_up() {
+                return Err(Error::broken_pipe("before reading everything"));
+            }
+            ::tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
+
+    /// Changes this end's read mode (`SetNamedPipeHandleState`). A byte-type
+    /// pipe refuses message mode with `ERROR_INVALID_PARAMETER`.
+    pub fn set_read_mode(&mut self, mode: ReadMode) -> Result<()> {
+        if mode == ReadMode::Message && self.setup.pipe_type == PipeType::Byte {
+            return Err(Error::new(
+                ErrorCode::InvalidParameter,
+                "a byte-type pipe cannot be read in message mode",
+            ));
+        }
+        self.reader.mode = mode;
+        Ok(())
+    }
+
+    /// This end's read mode.
+    pub fn read_mode(&self) -> ReadMode {
+        self.reader.mode
+    }
+
+    /// Closes this end's sending side after what was written: the other end
+    /// reads end of stream, and can still write back. (An npipe extension;
+    /// Windows pipes have no half-close.)
+    pub async fn shutdown_write(&mut self) -> Result<()> {
+        self.connected()?;
+        poll_fn(|cx| self.poll_drain_tail(cx)).await?;
+        self.socket()
+            .shutdown_write()
+            .map_err(|e| Error::os(e, "cannot shut down the sending side"))
+    }
+
+    /// The pipe as this end sees it (`GetNamedPipeInfo`,
+    /// `GetNamedPipeHandleState`).
+    pub fn info(&self) -> PipeInfo {
+        let s = &self.setup;
+        PipeInfo {
+            name: s.name.clone(),
+            end: s.end,
+            pipe_type: s.pipe_type,
+            direction: s.direction,
+            access: match (self.reader.can_read, self.writer.can_write) {
+                (true, false) => Access::Read,
+                (false, true) => Access::Write,
+                _ => Access::ReadWrite,
+            },
+            read_mode: self.reader.mode,
+            max_instances: s.max_instances,
+            cur_instances: s.cur_instances,
+            in_buffer_size: s.in_buffer,
+            out_buffer_size: s.out_buffer,
+            max_message_size: s.max_message,
+            peer_max_message_size: s.peer_max_message,
+        }
+    }
+}
+
+impl AsyncRead for PipeStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.connected()?;
+        // The rest of a message `poll_write` took goes out meanwhile.
+        let _ = poll_drain(&this.io, &mut this.writer, &mut this.tail, cx);
+        let n = {
+            let mut op = ReadStd::new(buf.initialize_unfilled());
+            ready!(poll_run(&this.io, &mut this.reader, &mut op, cx, true))?
+        };
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for PipeStream {
+    /// Byte pipe: writes some bytes. Message pipe: writes `buf` as one
+    /// message and returns its full length.
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.connected()?;
+        ready!(this.poll_drain_tail(cx))?;
+        if !this.writer.message {
+            this.writer.check(0)?;
+            loop {
+                let mut guard = ready!(this.io.poll_write_ready(cx))?;
+                match guard.try_io(|fd| fd.get_ref().socket().send(buf)) {
+                    Ok(r) => return Poll::Ready(r.map_err(|e| send_error(e).into())),
+                    Err(_would_block) => continue,
+                }
+            }
+        }
+        let mut op = this.writer.begin_message(buf)?;
+        match poll_send(&this.io, &mut this.writer, &mut op, buf, cx) {
+            Poll::Ready(r) => Poll::Ready(r.map(|()| buf.len()).map_err(Into::into)),
+            Poll::Pending if op.sent() == 0 => Poll::Pending,
+            Poll::Pending => {
+                // Part of the message went out: keep the rest, to send before
+                // anything else, and report the message as written.
+                this.tail.extend_from_slice(op.header_rest());
+                this.tail.extend_from_slice(op.payload_rest(buf));
+                Poll::Ready(Ok(buf.len()))
+            }
+        }
+    }
+
+    /// Sends what a `poll_write` left over; does not wait for the peer to
+    /// read (that is [`PipeStream::flush_buffers`]).
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.disconnected {
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Ready(ready!(this.poll_drain_tail(cx)).map_err(Into::into))
+    }
+
+    /// Sends what is left, then closes the sending side.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.connected()?;
+        ready!(this.poll_drain_tail(cx))?;
+        Poll::Ready(
+            this.socket()
+                .shutdown_write()
+                .map_err(|e| Error::os(e, "cannot shut down the sending side").into()),
+        )
+    }
+}
+
+/// `AsyncRead`/`AsyncWrite` for a type that dereferences to [`PipeStream`].
+macro_rules! delegate_async_io {
+    ($t:ty) => {
+        impl ::tokio::io::AsyncRead for $t {
+            fn poll_read(
+                self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+                buf: &mut ::tokio::io::ReadBuf<'_>,
+            ) -> ::std::task::Poll<::std::io::Result<()>> {
+                ::std::pin::Pin::new(&mut **self.get_mut()).poll_read(cx, buf)
+            }
+        }
+
+        impl ::tokio::io::AsyncWrite for $t {
+            fn poll_write(
+                self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+                buf: &[u8],
+            ) -> ::std::task::Poll<::std::io::Result<usize>> {
+                ::std::pin::Pin::new(&mut **self.get_mut()).poll_write(cx, buf)
+            }
+            fn poll_flush(
+                self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+            ) -> ::std::task::Poll<::std::io::Result<()>> {
+                ::std::pin::Pin::new(&mut **self.get_mut()).poll_flush(cx)
+            }
+            fn poll_shutdown(
+                self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+            ) -> ::std::task::Poll<::std::io::Result<()>> {
+                ::std::pin::Pin::new(&mut **self.get_mut()).poll_shutdown(cx)
+            }
+        }
+    };
+}
+pub(crate) use delegate_async_io;

@@ -1,0 +1,653 @@
+//! One behaviour suite run against both front ends, and every mix of them:
+//! each behaviour below runs four times, with a blocking or a tokio server
+//! (in a child process: the `serve` and `serve_async` roles) and a blocking
+//! or a tokio client (here, behind [`Client`]). Then futures dropped
+//! mid-operation: they leave the tokio server serving everyone else, and
+//! cancelled reads lose nothing.
+//!
+//! The server-side suites (`handshake`, `instances`, `faults`) run each test
+//! against both server front ends too (`common::on_both_servers!`).
+
+use std::io::{Read, Write};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use npipe::{
+    Access, ClientOptions, ErrorCode, MessageRead, Peek, PipeInfo, ReadMode, Result, Wait,
+};
+
+use crate::common::{eventually, server_on, unique, Child, Front, HANG};
+
+/// A server child of either front end, ready to take clients.
+fn serve(front: Front, name: &str, opts: &[&str]) -> Child {
+    server_on(front, name, opts)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A client end of either front end; the tokio one runs on a runtime of
+/// its own.
+pub struct Client {
+    rt: Option<tokio::runtime::Runtime>,
+    end: End,
+}
+
+enum End {
+    Blocking(npipe::PipeClient),
+    Tokio(npipe::tokio::PipeClient),
+}
+
+macro_rules! both {
+    ($self:ident, $c:ident => $blocking:expr, $tokio:expr) => {
+        match &mut $self.end {
+            End::Blocking($c) => $blocking,
+            End::Tokio($c) => $self.rt.as_ref().unwrap().block_on($tokio),
+        }
+    };
+}
+
+impl Client {
+    fn open(front: Front, name: &str, opts: &ClientOptions) -> Result<Client> {
+        match front {
+            Front::Blocking => Ok(Client {
+                rt: None,
+                end: End::Blocking(opts.open(name)?),
+            }),
+            Front::Tokio => {
+                let rt = runtime();
+                let c = rt.block_on(opts.open_async(name))?;
+                Ok(Client {
+                    rt: Some(rt),
+                    end: End::Tokio(c),
+                })
+            }
+        }
+    }
+
+    fn write_message(&mut self, m: &[u8]) -> Result<()> {
+        both!(self, c => c.write_message(m), c.write_message(m))
+    }
+
+    fn recv_message(&mut self) -> Result<Vec<u8>> {
+        both!(self, c => c.recv_message(), c.recv_message())
+    }
+
+    fn read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
+        both!(self, c => c.read_message(buf), c.read_message(buf))
+    }
+
+    fn transact(&mut self, m: &[u8]) -> Result<Vec<u8>> {
+        both!(self, c => c.transact(m), c.transact(m))
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        both!(self, c => c.read(buf), c.read(buf))
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncReadExt;
+        both!(self, c => c.read_exact(buf), async { c.read_exact(buf).await.map(drop) })
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        both!(self, c => c.write_all(buf), c.write_all(buf))
+    }
+
+    fn shutdown_write(&mut self) -> Result<()> {
+        both!(self, c => c.shutdown_write(), c.shutdown_write())
+    }
+
+    fn flush_buffers(&mut self) -> Result<()> {
+        both!(self, c => c.flush_buffers(), c.flush_buffers())
+    }
+
+    fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
+        match &mut self.end {
+            End::Blocking(c) => c.peek(buf),
+            End::Tokio(c) => c.peek(buf),
+        }
+    }
+
+    fn set_read_mode(&mut self, mode: ReadMode) -> Result<()> {
+        match &mut self.end {
+            End::Blocking(c) => c.set_read_mode(mode),
+            End::Tokio(c) => c.set_read_mode(mode),
+        }
+    }
+
+    fn info(&self) -> PipeInfo {
+        match &self.end {
+            End::Blocking(c) => c.info(),
+            End::Tokio(c) => c.info(),
+        }
+    }
+
+    fn server_process_id(&self) -> u32 {
+        match &self.end {
+            End::Blocking(c) => c.server_process_id(),
+            End::Tokio(c) => c.server_process_id(),
+        }
+    }
+}
+
+fn open(front: Front, name: &str) -> Result<Client> {
+    Client::open(front, name, &ClientOptions::new())
+}
+
+fn call(front: Front, name: &str, request: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+    match front {
+        Front::Blocking => npipe::call(name, request, timeout),
+        Front::Tokio => runtime().block_on(npipe::tokio::call(name, request, timeout)),
+    }
+}
+
+/// Four tests per behaviour: every server front end with every client one.
+macro_rules! mixes {
+    ($($behaviour:ident),* $(,)?) => {$(
+        mod $behaviour {
+            use super::Front::{Blocking, Tokio};
+            #[test]
+            fn blocking_server_blocking_client() {
+                super::$behaviour(Blocking, Blocking)
+            }
+            #[test]
+            fn blocking_server_tokio_client() {
+                super::$behaviour(Blocking, Tokio)
+            }
+            #[test]
+            fn tokio_server_blocking_client() {
+                super::$behaviour(Tokio, Blocking)
+            }
+            #[test]
+            fn tokio_server_tokio_client() {
+                super::$behaviour(Tokio, Tokio)
+            }
+        }
+    )*};
+}
+
+mixes!(
+    message_boundaries,
+    more_data,
+    byte_read_mode_on_a_message_pipe,
+    byte_pipe,
+    transact,
+    call_named_pipe,
+    peek,
+    busy_then_first_come_first_served,
+    inbound_direction,
+    outbound_direction,
+    disconnect,
+    peer_processes,
+    flush_waits_until_the_peer_has_read,
+);
+
+fn message_boundaries(server: Front, client: Front) {
+    let name = unique("mix-bounds");
+    let _srv = serve(server, &name, &[]);
+    let mut c = open(client, &name).unwrap();
+    let big = vec![0xabu8; 300_000];
+    let msgs: Vec<&[u8]> = vec![b"one", b"", b"three", &big, b"", b"x"];
+    for m in &msgs {
+        c.write_message(m).unwrap();
+    }
+    for m in &msgs {
+        assert_eq!(c.recv_message().unwrap(), *m);
+    }
+    // Through (Async)Write, each write is one message too.
+    c.write_all(b"via write").unwrap();
+    assert_eq!(c.recv_message().unwrap(), b"via write");
+    // A message larger than the socket buffers through (Async)Write: it is
+    // still one message, delivered whole while this end waits to read.
+    let large: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    c.write_all(&large).unwrap();
+    assert!(
+        c.recv_message().unwrap() == large,
+        "the large message changed"
+    );
+}
+
+fn more_data(server: Front, client: Front) {
+    let name = unique("mix-moredata");
+    let _srv = serve(server, &name, &[]);
+    let mut c = open(client, &name).unwrap();
+    c.write_message(b"0123456789").unwrap();
+    c.write_message(b"next").unwrap();
+    let mut buf = [0u8; 4];
+    assert_eq!(c.read_message(&mut buf).unwrap(), MessageRead::MoreData(4));
+    assert_eq!(&buf, b"0123");
+    assert_eq!(c.read_message(&mut buf).unwrap(), MessageRead::MoreData(4));
+    assert_eq!(&buf, b"4567");
+    assert_eq!(c.read_message(&mut buf).unwrap(), MessageRead::Complete(2));
+    assert_eq!(&buf[..2], b"89");
+    assert_eq!(c.read_message(&mut buf).unwrap(), MessageRead::Complete(4));
+    assert_eq!(&buf, b"next");
+    // (Async)Read in message mode never crosses a boundary, and skips
+    // zero-length messages.
+    c.write_message(b"abcdef").unwrap();
+    c.write_message(b"").unwrap();
+    c.write_message(b"gh").unwrap();
+    let mut big = [0u8; 64];
+    assert_eq!(c.read(&mut big).unwrap(), 6);
+    assert_eq!(c.read(&mut big).unwrap(), 2);
+    assert_eq!(&big[..2], b"gh");
+}
+
+fn byte_read_mode_on_a_message_pipe(server: Front, client: Front) {
+    let name = unique("mix-bytemode");
+    let _srv = serve(server, &name, &[]);
+    let mut opts = ClientOptions::new();
+    opts.read_mode(ReadMode::Byte);
+    let mut c = Client::open(client, &name, &opts).unwrap();
+    c.write_message(b"abc").unwrap();
+    c.write_message(b"").unwrap();
+    c.write_message(b"defg").unwrap();
+    let mut got = [0u8; 7];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"abcdefg");
+    c.set_read_mode(ReadMode::Message).unwrap();
+    c.write_message(b"whole").unwrap();
+    assert_eq!(c.recv_message().unwrap(), b"whole");
+}
+
+fn byte_pipe(server: Front, client: Front) {
+    let name = unique("mix-bytepipe");
+    let _srv = serve(server, &name, &["type=byte"]);
+    let mut opts = ClientOptions::new();
+    opts.read_mode(ReadMode::Message);
+    let e = Client::open(client, &name, &opts).err().unwrap();
+    assert_eq!(e.code(), ErrorCode::InvalidParameter);
+    let mut c = open(client, &name).unwrap();
+    assert_eq!(
+        c.set_read_mode(ReadMode::Message).unwrap_err().code(),
+        ErrorCode::InvalidParameter
+    );
+    assert_eq!(c.info().read_mode, ReadMode::Byte);
+    c.write_all(b"stream ").unwrap();
+    c.write_all(b"of bytes").unwrap();
+    let mut got = [0u8; 15];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"stream of bytes");
+    // A large transfer comes back whole through the raw stream.
+    let big: Vec<u8> = (0..400_000u32).map(|i| i as u8).collect();
+    c.write_all(&big).unwrap();
+    let mut back = vec![0u8; big.len()];
+    c.read_exact(&mut back).unwrap();
+    assert!(back == big, "the byte stream came back changed");
+    assert_eq!(
+        c.write_message(b"x").unwrap_err().code(),
+        ErrorCode::InvalidParameter
+    );
+}
+
+fn transact(server: Front, client: Front) {
+    let name = unique("mix-transact");
+    let _srv = serve(server, &name, &[]);
+    let mut c = open(client, &name).unwrap();
+    assert_eq!(c.transact(b"ping").unwrap(), b"ping");
+    assert_eq!(c.transact(b"").unwrap(), b"");
+    c.write_message(b"unread").unwrap();
+    eventually("the echo to arrive", || {
+        let p = c.peek(&mut []).unwrap();
+        (p.available > 0).then_some(())
+    });
+    assert_eq!(
+        c.transact(b"again").unwrap_err().code(),
+        ErrorCode::PipeBusy
+    );
+    assert_eq!(c.recv_message().unwrap(), b"unread");
+    assert_eq!(c.transact(b"again").unwrap(), b"again");
+    c.set_read_mode(ReadMode::Byte).unwrap();
+    assert_eq!(c.transact(b"x").unwrap_err().code(), ErrorCode::BadPipe);
+}
+
+fn call_named_pipe(server: Front, client: Front) {
+    let name = unique("mix-call");
+    let _srv = serve(server, &name, &[]);
+    let t = Duration::from_secs(5);
+    assert_eq!(call(client, &name, b"hello", t).unwrap(), b"hello");
+    let big = vec![7u8; 200_000]; // too big to ride with the handshake
+    assert_eq!(call(client, &name, &big, t).unwrap(), big);
+    let e = call(client, &unique("mix-call-nosuch"), b"x", t).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::FileNotFound);
+    let bytes = unique("mix-call-byte");
+    let _b = serve(server, &bytes, &["type=byte"]);
+    let e = call(client, &bytes, b"x", t).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::BadPipe);
+}
+
+fn peek(server: Front, client: Front) {
+    let name = unique("mix-peek");
+    let _srv = serve(server, &name, &[]);
+    let mut c = open(client, &name).unwrap();
+    let mut buf = [0u8; 16];
+    let p = c.peek(&mut buf).unwrap();
+    assert_eq!((p.copied, p.available, p.message_left), (0, 0, 0));
+    c.write_message(b"first").unwrap();
+    c.write_message(b"second!").unwrap();
+    let p = eventually("both echoes", || {
+        let p = c.peek(&mut buf).unwrap();
+        (p.available >= 12).then_some(p)
+    });
+    assert_eq!(p.copied, 5, "message mode peeks one message");
+    assert_eq!(&buf[..5], b"first");
+    assert_eq!((p.available, p.message_left), (12, 5));
+    assert_eq!(c.recv_message().unwrap(), b"first");
+    let p = c.peek(&mut buf).unwrap();
+    assert_eq!((p.copied, p.message_left), (7, 7));
+    assert_eq!(c.recv_message().unwrap(), b"second!");
+}
+
+fn waiting(name: &str) -> u32 {
+    npipe::query_pipe(name).unwrap().waiting_clients
+}
+
+fn busy_then_first_come_first_served(server: Front, client: Front) {
+    let name = unique("mix-fifo");
+    let _srv = serve(server, &name, &["instances=1"]);
+    let holder = open(client, &name).unwrap();
+    let e = open(client, &name).err().unwrap();
+    assert_eq!((e.code(), e.win32_code()), (ErrorCode::PipeBusy, 231));
+    let mut opts = ClientOptions::new();
+    opts.wait(Wait::Timeout(Duration::from_millis(100)));
+    let e = Client::open(client, &name, &opts).err().unwrap();
+    assert_eq!((e.code(), e.win32_code()), (ErrorCode::Timeout, 121));
+    let order = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for i in 0..3u32 {
+            let (name, order) = (&name, &order);
+            s.spawn(move || {
+                let mut opts = ClientOptions::new();
+                opts.wait(Wait::Forever);
+                let mut c = Client::open(client, name, &opts).unwrap();
+                order.lock().unwrap().push(i);
+                assert_eq!(c.transact(&i.to_le_bytes()).unwrap(), i.to_le_bytes());
+            });
+            eventually("the waiter to queue", || {
+                (waiting(name) == i + 1).then_some(())
+            });
+        }
+        drop(holder);
+    });
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
+}
+
+fn inbound_direction(server: Front, client: Front) {
+    let name = unique("mix-inbound");
+    let mut srv = serve(server, &name, &["direction=in", "mode=inbound"]);
+    for access in [Access::Read, Access::ReadWrite] {
+        let mut opts = ClientOptions::new();
+        opts.access(access);
+        let e = Client::open(client, &name, &opts).err().unwrap();
+        assert_eq!(e.code(), ErrorCode::AccessDenied);
+    }
+    let mut c = open(client, &name).unwrap();
+    assert_eq!(c.info().access, Access::Write);
+    srv.expect("conn");
+    assert_eq!(srv.expect("write_err"), "5");
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        c.read_message(&mut buf).unwrap_err().code(),
+        ErrorCode::AccessDenied
+    );
+    c.write_message(b"up").unwrap();
+    assert_eq!(srv.expect("msg"), "up");
+}
+
+fn outbound_direction(server: Front, client: Front) {
+    let name = unique("mix-outbound");
+    let mut srv = serve(server, &name, &["direction=out", "mode=outbound"]);
+    let mut opts = ClientOptions::new();
+    opts.access(Access::Write);
+    let e = Client::open(client, &name, &opts).err().unwrap();
+    assert_eq!(e.code(), ErrorCode::AccessDenied);
+    let mut c = open(client, &name).unwrap();
+    assert_eq!(c.info().access, Access::Read);
+    srv.expect("conn");
+    assert_eq!(srv.expect("read_err"), "5");
+    assert_eq!(
+        c.write_message(b"x").unwrap_err().code(),
+        ErrorCode::AccessDenied
+    );
+    assert_eq!(c.recv_message().unwrap(), b"hello from server");
+    assert_eq!(srv.expect("sent"), "");
+}
+
+fn disconnect(server: Front, client: Front) {
+    let name = unique("mix-disconnect");
+    let mut srv = serve(server, &name, &["instances=1", "mode=disconnect"]);
+    let mut c = open(client, &name).unwrap();
+    srv.expect("conn");
+    c.write_message(b"bye").unwrap();
+    assert_eq!(srv.expect("got"), "bye");
+    assert_eq!(srv.expect("disconnected"), "");
+    assert_eq!(srv.expect("after"), "233");
+    let e = c.recv_message().unwrap_err();
+    assert!(
+        matches!(
+            e.code(),
+            ErrorCode::BrokenPipe | ErrorCode::PipeNotConnected
+        ),
+        "{e}"
+    );
+    let mut opts = ClientOptions::new();
+    opts.wait(Wait::Timeout(HANG));
+    let mut c2 = Client::open(client, &name, &opts).unwrap();
+    srv.expect("conn");
+    c2.write_message(b"again").unwrap();
+    assert_eq!(srv.expect("got"), "again");
+}
+
+fn peer_processes(server: Front, client: Front) {
+    let name = unique("mix-peers");
+    let mut srv = serve(server, &name, &["mode=hold"]);
+    let c = open(client, &name).unwrap();
+    assert_eq!(c.server_process_id(), srv.pid());
+    let line = srv.expect("conn");
+    let pid: u32 = line.split(' ').next().unwrap().parse().unwrap();
+    assert_eq!(pid, std::process::id());
+}
+
+fn flush_waits_until_the_peer_has_read(server: Front, client: Front) {
+    let name = unique("mix-flush");
+    let mut srv = serve(server, &name, &["type=byte", "mode=go"]);
+    let mut c = open(client, &name).unwrap();
+    srv.expect("conn");
+    c.write_all(&vec![1u8; 100_000]).unwrap();
+    c.shutdown_write().unwrap();
+    std::thread::scope(|s| {
+        let flusher = s.spawn(|| c.flush_buffers());
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !flusher.is_finished(),
+            "flush returned before the server read"
+        );
+        srv.tell("go");
+        flusher.join().unwrap().unwrap();
+    });
+    assert_eq!(srv.expect("read"), "100000");
+}
+
+#[test]
+fn a_write_future_dropped_mid_message_breaks_only_that_pipe() {
+    let name = unique("mix-cutfuture");
+    let mut srv = serve(Front::Tokio, &name, &[]);
+    let rt = runtime();
+    let mut c = rt
+        .block_on(ClientOptions::new().open_async(name.as_str()))
+        .unwrap();
+    srv.expect("conn");
+    // A message much larger than the socket buffers, given no time to go out.
+    let big = vec![1u8; 48 << 20];
+    let cut =
+        rt.block_on(async { tokio::time::timeout(Duration::ZERO, c.write_message(&big)).await });
+    if cut.is_err() {
+        // Part went out: this pipe is broken for good, and its peer sees a
+        // broken pipe rather than a cut message.
+        let e = rt.block_on(c.write_message(b"more")).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BrokenPipe);
+        drop(c);
+        assert_eq!(srv.expect("end"), "109");
+    }
+    let mut other = open(Front::Blocking, &name).unwrap();
+    assert_eq!(other.transact(b"unaffected").unwrap(), b"unaffected");
+}
+
+/// An async server in this process, on its own thread and runtime, whose
+/// reads are cancelled over and over by short timeouts; what it receives
+/// must still be every message whole and in order.
+#[test]
+fn cancelled_reads_lose_nothing() {
+    let name = unique("mix-cancel");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn({
+        let name = name.clone();
+        move || {
+            runtime().block_on(async move {
+                let listener = npipe::ServerOptions::new()
+                    .create_async(name.as_str())
+                    .unwrap();
+                ready_tx.send(()).unwrap();
+                // accept is cancel-safe too: time out a few times first.
+                let mut conn = loop {
+                    let t = tokio::time::timeout(Duration::from_millis(1), listener.accept());
+                    if let Ok(conn) = t.await {
+                        break conn.unwrap();
+                    }
+                };
+                let mut cancelled = 0u32;
+                for round in 0..12u32 {
+                    // Whole messages through recv_message...
+                    let msg = loop {
+                        let t =
+                            tokio::time::timeout(Duration::from_micros(50), conn.recv_message());
+                        match t.await {
+                            Ok(m) => break m.unwrap(),
+                            Err(_) => cancelled += 1,
+                        }
+                    };
+                    // ...or pieced together from read_message's parts.
+                    let msg = if round % 2 == 0 {
+                        msg
+                    } else {
+                        let mut whole = msg;
+                        let mut buf = vec![0u8; 1000];
+                        loop {
+                            let t = tokio::time::timeout(
+                                Duration::from_micros(50),
+                                conn.read_message(&mut buf),
+                            );
+                            match t.await {
+                                Ok(Ok(r)) => {
+                                    whole.extend_from_slice(&buf[..r.len()]);
+                                    if r.is_complete() {
+                                        break whole;
+                                    }
+                                }
+                                Ok(Err(e)) => panic!("{e}"),
+                                Err(_) => cancelled += 1,
+                            }
+                        }
+                    };
+                    conn.write_message(&msg).await.unwrap();
+                }
+                cancelled
+            })
+        }
+    });
+    ready_rx.recv().unwrap();
+    let mut c = open(Front::Blocking, &name).unwrap();
+    for round in 0..12u32 {
+        let len = 200_000 + round as usize * 7919;
+        let msg: Vec<u8> = (0..len).map(|i| (i as u32 ^ round) as u8).collect();
+        // Odd rounds arrive as two messages: the first read whole, the
+        // second in parts; the echo is their concatenation.
+        if round % 2 == 0 {
+            c.write_message(&msg).unwrap();
+        } else {
+            let (a, b) = msg.split_at(len / 3);
+            c.write_message(a).unwrap();
+            c.write_message(b).unwrap();
+        }
+        assert!(c.recv_message().unwrap() == msg, "round {round} changed");
+    }
+    let cancelled = server.join().unwrap();
+    assert!(
+        cancelled > 0,
+        "no read was ever cancelled: the test proved nothing"
+    );
+}
+
+/// Many clients at once, blocking and tokio ones, against a tokio server on
+/// a multi-thread runtime in this process: every reply checked, order kept
+/// per client.
+#[test]
+fn many_clients_on_a_multi_thread_runtime() {
+    const CLIENTS: u32 = 64;
+    const MESSAGES: u32 = 100;
+    let name = unique("mix-many");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt.block_on(async {
+        npipe::ServerOptions::new()
+            .create_async(name.as_str())
+            .unwrap()
+    });
+    rt.spawn(async move {
+        loop {
+            let mut conn = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                while let Ok(m) = conn.recv_message().await {
+                    if conn.write_message(&m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let mut opts = ClientOptions::new();
+    opts.wait(Wait::Timeout(HANG));
+    // Half the clients are tokio tasks on the server's own runtime...
+    let tasks: Vec<_> = (0..CLIENTS / 2)
+        .map(|i| {
+            let (name, opts) = (name.clone(), opts.clone());
+            rt.spawn(async move {
+                let mut c = opts.open_async(name.as_str()).await.unwrap();
+                for seq in 0..MESSAGES {
+                    let m = format!("{i}:{seq}");
+                    assert_eq!(c.transact(m.as_bytes()).await.unwrap(), m.as_bytes());
+                }
+            })
+        })
+        .collect();
+    // ...and half are blocking clients on threads of their own.
+    std::thread::scope(|s| {
+        for i in CLIENTS / 2..CLIENTS {
+            let (name, opts) = (&name, &opts);
+            s.spawn(move || {
+                let mut c = opts.open(name.as_str()).unwrap();
+                for seq in 0..MESSAGES {
+                    c.write_message(format!("{i}:{seq}").as_bytes()).unwrap();
+                }
+                for seq in 0..MESSAGES {
+                    assert_eq!(c.recv_message().unwrap(), format!("{i}:{seq}").as_bytes());
+                }
+            });
+        }
+    });
+    rt.block_on(async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}
