@@ -1,16 +1,15 @@
 //! `npipe serve`: an echo server, one thread per connected client.
 
-use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::{self, Write};
 use std::sync::Arc;
-use std::thread;
 use std::time::Duration;
 
 use clap::ValueEnum;
+use npipe::tokio::PipeServer;
 use npipe::{
-    Direction, ErrorCode, PipeServer, PipeType, SecurityDescriptor, ServerOptions,
-    UNLIMITED_INSTANCES,
+    Direction, ErrorCode, PipeType, SecurityDescriptor, ServerOptions, UNLIMITED_INSTANCES,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{direction_name, type_name, user_text, CmdResult};
 use crate::exit::{Failure, Status};
@@ -239,10 +238,33 @@ pub fn run(args: &Args) -> CmdResult {
     }
     let security = descriptor(args)?;
     opts.security(security.clone());
-    let listener = opts
-        .create(args.name.as_str())
-        .map_err(|e| create_failure(e, args))?;
+    raise_fd_limit();
+    // One thread runs every connection: a task each, thousands at once with
+    // little memory (impersonation goes to the blocking pool).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(Status::Other, format!("cannot start the runtime: {e}")))?;
+    let config = Arc::new(Config {
+        pipe_type,
+        direction,
+        greeting: args.greeting.clone(),
+        quiet: args.quiet,
+        whoami: args.whoami,
+        impersonate: args.impersonate,
+    });
+    runtime.block_on(serve(args, &opts, security, config))
+}
 
+async fn serve(
+    args: &Args,
+    opts: &ServerOptions,
+    security: SecurityDescriptor,
+    config: Arc<Config>,
+) -> CmdResult {
+    let listener = opts
+        .create_async(args.name.as_str())
+        .map_err(|e| create_failure(e, args))?;
     let info = listener.info();
     let instances = match info.max_instances {
         None => "unlimited instances".to_string(),
@@ -260,37 +282,20 @@ pub fn run(args: &Args) -> CmdResult {
     if !args.quiet {
         log(format_args!("security: {security}"));
     }
-
-    let config = Arc::new(Config {
-        pipe_type,
-        direction,
-        greeting: args.greeting.clone(),
-        quiet: args.quiet,
-        whoami: args.whoami,
-        impersonate: args.impersonate,
-    });
-    let stop = stop_on_signals()?;
+    let mut stop = Signals::new()?;
     let mut next_id: u64 = 0;
-    while !stop.load(Ordering::Relaxed) {
-        // `accept` fails only when the pipe itself stopped working; no
-        // single client can make it fail.
-        let accepted = listener.accept_timeout(SIGNAL_CHECK).map_err(|e| {
-            Failure::from(e).hint("the pipe stopped accepting clients; restart the server")
-        })?;
-        let Some(conn) = accepted else { continue };
+    loop {
+        let conn = tokio::select! {
+            // `accept` fails only when the pipe itself stopped working; no
+            // single client can make it fail.
+            accepted = listener.accept() => accepted.map_err(|e| {
+                Failure::from(e).hint("the pipe stopped accepting clients; restart the server")
+            })?,
+            () = stop.recv() => break,
+        };
         next_id += 1;
-        let id = next_id;
         let config = Arc::clone(&config);
-        let spawned = thread::Builder::new()
-            .name(format!("npipe-conn-{id}"))
-            .spawn(move || serve_connection(id, conn, &config));
-        if let Err(e) = spawned {
-            // The connection went down with the closure: the client sees a
-            // broken pipe and the instance is free again.
-            log(format_args!(
-                "connection {id}: cannot start a thread for it ({e}); dropped the client"
-            ));
-        }
+        tokio::spawn(serve_connection(next_id, conn, config));
     }
     // Dropping the listener removes the pipe's name; connected clients are
     // cut off when the process exits.
@@ -298,22 +303,59 @@ pub fn run(args: &Args) -> CmdResult {
     Ok(())
 }
 
-/// How often the accept loop looks for SIGINT / SIGTERM / SIGHUP.
-const SIGNAL_CHECK: Duration = Duration::from_millis(100);
-
-/// A flag raised by SIGINT, SIGTERM or SIGHUP, so the server can remove its
-/// socket on the way out instead of leaving a stale one behind.
-fn stop_on_signals() -> Result<Arc<AtomicBool>, Failure> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .map_err(|e| Failure::new(Status::Other, format!("cannot handle signal {sig}: {e}")))?;
+/// Raises the limit on open files as far as allowed (to at least 65,536
+/// when the process may raise its hard limit, as root may), so that one
+/// server can hold as many clients as the system lets it.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    const WANTED: u64 = 65_536;
+    let limit = getrlimit(Resource::Nofile);
+    let hard = limit.maximum.map_or(WANTED, |h| h.max(WANTED));
+    let raised = Rlimit {
+        current: Some(hard),
+        maximum: Some(hard),
+    };
+    if setrlimit(Resource::Nofile, raised).is_err() && limit.current < limit.maximum {
+        let soft = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        let _ = setrlimit(Resource::Nofile, soft);
     }
-    Ok(stop)
+}
+
+/// SIGINT, SIGTERM or SIGHUP: stop, so the server removes its socket on the
+/// way out instead of leaving a stale one behind.
+struct Signals(Vec<tokio::signal::unix::Signal>);
+
+impl Signals {
+    fn new() -> Result<Signals, Failure> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let kinds = [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+        ];
+        let signals = kinds
+            .into_iter()
+            .map(|k| {
+                signal(k)
+                    .map_err(|e| Failure::new(Status::Other, format!("cannot handle signals: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Signals(signals))
+    }
+
+    async fn recv(&mut self) {
+        let [a, b, c] = &mut self.0[..] else {
+            unreachable!("three signals")
+        };
+        tokio::select! {
+            _ = a.recv() => {}
+            _ = b.recv() => {}
+            _ = c.recv() => {}
+        }
+    }
 }
 
 fn create_failure(err: npipe::Error, args: &Args) -> Failure {
@@ -340,8 +382,8 @@ fn create_failure(err: npipe::Error, args: &Args) -> Failure {
     }
 }
 
-/// Serves one client on its own thread; logs, never panics the server.
-fn serve_connection(id: u64, mut conn: PipeServer, config: &Config) {
+/// Serves one client in its own task; logs, never panics the server.
+async fn serve_connection(id: u64, mut conn: PipeServer, config: Arc<Config>) {
     let pid = conn.client_process_id();
     if !config.quiet {
         let session = conn
@@ -354,12 +396,12 @@ fn serve_connection(id: u64, mut conn: PipeServer, config: &Config) {
         ));
     }
     let result = match (config.direction, config.pipe_type) {
-        _ if config.whoami => answer_whoami(&mut conn, config.impersonate),
-        (Direction::Duplex, PipeType::Message) => echo_messages(&mut conn),
-        (Direction::Duplex, PipeType::Byte) => echo_bytes(&mut conn),
-        (Direction::Inbound, PipeType::Message) => print_messages(&mut conn),
-        (Direction::Inbound, PipeType::Byte) => print_bytes(&mut conn),
-        (Direction::Outbound, _) => greet(&mut conn, config),
+        _ if config.whoami => answer_whoami(&mut conn, config.impersonate).await,
+        (Direction::Duplex, PipeType::Message) => echo_messages(&mut conn).await,
+        (Direction::Duplex, PipeType::Byte) => echo_bytes(&mut conn).await,
+        (Direction::Inbound, PipeType::Message) => print_messages(&mut conn).await,
+        (Direction::Inbound, PipeType::Byte) => print_bytes(&mut conn).await,
+        (Direction::Outbound, _) => greet(&mut conn, &config).await,
     };
     match result {
         Ok(done) if !config.quiet => log(format_args!("connection {id} (pid {pid}): {done}")),
@@ -369,13 +411,13 @@ fn serve_connection(id: u64, mut conn: PipeServer, config: &Config) {
 }
 
 /// `--whoami`: answers each message with what the server knows of the client.
-fn answer_whoami(conn: &mut PipeServer, impersonate: bool) -> npipe::Result<String> {
+async fn answer_whoami(conn: &mut PipeServer, impersonate: bool) -> npipe::Result<String> {
     let mut count: u64 = 0;
     loop {
-        match conn.recv_message() {
+        match conn.recv_message().await {
             Ok(_) => {
-                let reply = whoami_text(conn, impersonate);
-                conn.write_message(reply.as_bytes())?;
+                let reply = whoami_text(conn, impersonate).await;
+                conn.write_message(reply.as_bytes()).await?;
                 count += 1;
             }
             Err(e) if closed(&e) => return Ok(format!("closed after {count} message(s)")),
@@ -384,7 +426,7 @@ fn answer_whoami(conn: &mut PipeServer, impersonate: bool) -> npipe::Result<Stri
     }
 }
 
-fn whoami_text(conn: &PipeServer, impersonate: bool) -> String {
+async fn whoami_text(conn: &PipeServer, impersonate: bool) -> String {
     let id = conn.client_identity();
     let c = id.credentials;
     let groups: Vec<String> = id.groups.iter().map(u32::to_string).collect();
@@ -404,7 +446,9 @@ fn whoami_text(conn: &PipeServer, impersonate: bool) -> String {
     );
     if impersonate {
         // The thread's own effective uid, as the kernel sees it right now.
-        let seen = conn.run_as_client(|| rustix::process::geteuid().as_raw());
+        let seen = conn
+            .run_as_client(|| rustix::process::geteuid().as_raw())
+            .await;
         match seen {
             Ok(euid) => text.push_str(&format!(
                 " impersonating: euid={euid} user={}",
@@ -427,12 +471,12 @@ fn closed(e: &npipe::Error) -> bool {
     e.code() == ErrorCode::BrokenPipe
 }
 
-fn echo_messages(conn: &mut PipeServer) -> npipe::Result<String> {
+async fn echo_messages(conn: &mut PipeServer) -> npipe::Result<String> {
     let mut count: u64 = 0;
     loop {
-        match conn.recv_message() {
+        match conn.recv_message().await {
             Ok(msg) => {
-                conn.write_message(&msg)?;
+                conn.write_message(&msg).await?;
                 count += 1;
             }
             Err(e) if closed(&e) => return Ok(format!("closed after {count} message(s)")),
@@ -441,25 +485,27 @@ fn echo_messages(conn: &mut PipeServer) -> npipe::Result<String> {
     }
 }
 
-fn echo_bytes(conn: &mut PipeServer) -> npipe::Result<String> {
+async fn echo_bytes(conn: &mut PipeServer) -> npipe::Result<String> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut total: u64 = 0;
     loop {
-        let n = match conn.read(&mut buf) {
+        let n = match conn.read(&mut buf).await {
             Ok(0) => return Ok(format!("end of stream after {total} byte(s); closed")),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(npipe::Error::from_io(e)),
         };
-        conn.write_all(&buf[..n]).map_err(npipe::Error::from_io)?;
+        conn.write_all(&buf[..n])
+            .await
+            .map_err(npipe::Error::from_io)?;
         total += n as u64;
     }
 }
 
-fn print_messages(conn: &mut PipeServer) -> npipe::Result<String> {
+async fn print_messages(conn: &mut PipeServer) -> npipe::Result<String> {
     let mut count: u64 = 0;
     loop {
-        match conn.recv_message() {
+        match conn.recv_message().await {
             Ok(msg) => {
                 let mut out = io::stdout().lock();
                 out.write_all(&msg)
@@ -474,11 +520,11 @@ fn print_messages(conn: &mut PipeServer) -> npipe::Result<String> {
     }
 }
 
-fn print_bytes(conn: &mut PipeServer) -> npipe::Result<String> {
+async fn print_bytes(conn: &mut PipeServer) -> npipe::Result<String> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut total: u64 = 0;
     loop {
-        let n = match conn.read(&mut buf) {
+        let n = match conn.read(&mut buf).await {
             Ok(0) => return Ok(format!("end of stream after {total} byte(s)")),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -492,18 +538,20 @@ fn print_bytes(conn: &mut PipeServer) -> npipe::Result<String> {
     }
 }
 
-fn greet(conn: &mut PipeServer, config: &Config) -> npipe::Result<String> {
+async fn greet(conn: &mut PipeServer, config: &Config) -> npipe::Result<String> {
     match config.pipe_type {
-        PipeType::Message => conn.write_message(config.greeting.as_bytes())?,
+        PipeType::Message => conn.write_message(config.greeting.as_bytes()).await?,
         PipeType::Byte => {
             let mut line = config.greeting.clone().into_bytes();
             line.push(b'\n');
-            conn.write_all(&line).map_err(npipe::Error::from_io)?;
+            conn.write_all(&line).await.map_err(npipe::Error::from_io)?;
         }
     }
     // As a Windows server would: FlushFileBuffers, then close.
-    conn.set_write_timeout(Some(GREETING_FLUSH))?;
-    conn.flush_buffers()?;
+    match tokio::time::timeout(GREETING_FLUSH, conn.flush_buffers()).await {
+        Ok(flushed) => flushed?,
+        Err(_) => return Ok("the client did not read the greeting in time; closed".to_string()),
+    }
     Ok("sent the greeting; closed".to_string())
 }
 

@@ -409,10 +409,7 @@ impl PipeServer {
     /// ```
     pub fn impersonate(&self) -> Result<Impersonation<'_>> {
         if self.impersonation != ImpersonationLevel::Impersonation {
-            return Err(Error::new(
-                ErrorCode::CannotImpersonate,
-                "the client granted identification only: it may be identified, not impersonated",
-            ));
+            return Err(cannot_impersonate());
         }
         let peer = self.stream.peer();
         let groups = self.client_groups()?;
@@ -442,6 +439,14 @@ impl PipeServer {
     }
 }
 
+/// The refusal for a client that granted identification only.
+pub(crate) fn cannot_impersonate() -> Error {
+    Error::new(
+        ErrorCode::CannotImpersonate,
+        "the client granted identification only: it may be identified, not impersonated",
+    )
+}
+
 thread_local! {
     static IMPERSONATING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -457,7 +462,7 @@ pub struct Impersonation<'a> {
 }
 
 impl Impersonation<'_> {
-    fn begin<'a>(uid: u32, gid: u32, groups: Vec<u32>) -> Result<Impersonation<'a>> {
+    pub(crate) fn begin<'a>(uid: u32, gid: u32, groups: Vec<u32>) -> Result<Impersonation<'a>> {
         if IMPERSONATING.with(|f| f.get()) {
             return Err(Error::new(
                 ErrorCode::CannotImpersonate,

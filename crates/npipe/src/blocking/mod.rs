@@ -6,5 +6,7 @@ mod stream;
 
 pub(crate) use client::call_with;
 pub use client::{call, PipeClient};
+#[cfg(feature = "tokio")]
+pub(crate) use listener::cannot_impersonate;
 pub use listener::{Impersonation, PipeListener, PipeServer};
 pub use stream::{PipeStream, ReadHalf, WriteHalf};

@@ -424,18 +424,45 @@ impl PipeServer {
         info
     }
 
-    // Impersonation (`ImpersonateNamedPipeClient`) belongs here, next to the
-    // client's identity, and is deliberately not offered yet. The blocking
-    // `PipeServer::impersonate` changes the calling thread's ids; on tokio
-    // that thread is a runtime worker shared by other tasks, which would
-    // then run as the client. The async form must therefore be
-    //     pub async fn run_as_client<T: Send + 'static>(
-    //         &self, f: impl FnOnce() -> T + Send + 'static) -> Result<T>
-    // doing the impersonation-level check here, then
-    // `tokio::task::spawn_blocking` with a closure that takes the client's
-    // uid/gid/groups (the blocking front end's `Impersonation`), runs `f`,
-    // and reverts before the thread goes back to the blocking pool. Never
-    // an impersonation guard held across an `.await`.
+    /// `ImpersonateNamedPipeClient` for async code: runs `f` as the client
+    /// on a thread of tokio's blocking pool (`spawn_blocking`), never on a
+    /// runtime worker, whose other tasks would then run as the client; the
+    /// thread reverts (`RevertToSelf`) before it goes back to the pool. The
+    /// identity is never held across an `.await`.
+    ///
+    /// Fails with `ERROR_CANNOT_IMPERSONATE` (1368) if the client granted
+    /// identification only, and `ERROR_PRIVILEGE_NOT_HELD` (1314) without
+    /// root or `CAP_SETUID`/`CAP_SETGID` (unless the client is this process's
+    /// own user).
+    ///
+    /// ```no_run
+    /// # async fn serve(pipe: &npipe::tokio::PipeServer) -> npipe::Result<()> {
+    /// let report = pipe
+    ///     .run_as_client(|| std::fs::read("/home/client/report.txt"))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn run_as_client<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.impersonation != ImpersonationLevel::Impersonation {
+            return Err(crate::blocking::cannot_impersonate());
+        }
+        let peer = self.stream.peer();
+        let groups = self.client_groups()?;
+        let task = ::tokio::task::spawn_blocking(move || {
+            let _guard = crate::blocking::Impersonation::begin(peer.uid, peer.gid, groups)?;
+            Ok(f())
+        });
+        task.await.map_err(|e| {
+            Error::new(
+                ErrorCode::Other,
+                format!("the impersonating task failed: {e}"),
+            )
+        })?
+    }
 }
 
 impl Deref for PipeServer {

@@ -218,7 +218,7 @@ pub fn table(rows: &[Row], info: &RunInfo) -> String {
     let rounds = rows.iter().map(|r| r.rounds).max().unwrap_or(0);
     let mut out = String::new();
     out.push_str(&format!(
-        "npipe bench: {rounds} rounds per case ({} scale), npipe and raw Unix socket interleaved; \
+        "npipe bench: {rounds} rounds per case ({} scale), npipe and raw Unix socket interleaved\n\
          pin {}: client ran on CPU {}, server on CPU {}; load average {} at the start{}\n\n",
         info.scale,
         info.pin.as_str(),
