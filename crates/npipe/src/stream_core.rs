@@ -514,9 +514,15 @@ impl ReadOp for ReadMessage<'_> {
 #[derive(Default)]
 pub(crate) struct RecvMessage {
     msg: Vec<u8>,
+    /// The message's full length, from its header.
+    total: usize,
     p: MsgProgress,
     checked: bool,
 }
+
+/// What `recv_message` allocates before any payload arrives; beyond this it
+/// grows with the bytes received.
+const RECV_FIRST_ALLOCATION: usize = 1 << 20;
 
 impl ReadOp for RecvMessage {
     type Output = Vec<u8>;
@@ -527,6 +533,12 @@ impl ReadOp for RecvMessage {
             self.checked = true;
             if let Some((msg, p)) = core.stash.take() {
                 // A cancelled recv_message left this message half-read.
+                self.total = p.n
+                    + core
+                        .decoder
+                        .as_ref()
+                        .and_then(Decoder::remaining)
+                        .unwrap_or(0) as usize;
                 self.msg = msg;
                 self.p = p;
             }
@@ -539,20 +551,31 @@ impl ReadOp for RecvMessage {
                 });
             }
             // The length was checked against the maximum message size by
-            // the decoder before this allocation.
+            // the decoder; even so, memory is committed only as the bytes
+            // arrive (a peer announcing a large message and sending little
+            // must not make the reader allocate it all).
             let len = core
                 .decoder
                 .as_ref()
                 .and_then(Decoder::remaining)
                 .unwrap_or(0);
-            self.msg = vec![0; len as usize];
+            self.total = len as usize;
+            self.msg = vec![0; self.total.min(RECV_FIRST_ALLOCATION)];
         }
-        match core.continue_message(&mut self.p, &mut self.msg)? {
-            Step::Done(MessageRead::Complete(n)) if n == self.msg.len() => {
-                Ok(Step::Done(std::mem::take(&mut self.msg)))
+        loop {
+            match core.continue_message(&mut self.p, &mut self.msg)? {
+                Step::Done(MessageRead::Complete(n)) => {
+                    debug_assert_eq!(n, self.total);
+                    self.msg.truncate(n);
+                    return Ok(Step::Done(std::mem::take(&mut self.msg)));
+                }
+                Step::Done(MessageRead::MoreData(_)) => {
+                    // Filled so far: grow, at most doubling, up to the length.
+                    let grown = (self.msg.len() * 2).clamp(1, self.total);
+                    self.msg.resize(grown, 0);
+                }
+                Step::Need(n) => return Ok(Step::Need(n)),
             }
-            Step::Done(_) => unreachable!("a buffer of the message's exact length completes it"),
-            Step::Need(n) => Ok(Step::Need(n)),
         }
     }
     fn direct_target(&mut self, at: usize, len: usize) -> &mut [u8] {

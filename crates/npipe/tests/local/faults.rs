@@ -16,6 +16,7 @@ on_both_servers!(
     a_flood_is_held_back_by_the_pipe_and_every_message_arrives,
     out_of_file_descriptors_the_server_refuses_cleanly_and_recovers,
     a_waiting_client_waits_for_a_server_that_is_not_up_yet,
+    announced_but_unsent_messages_cost_the_server_nothing,
 );
 
 /// The resident memory of a process, in KiB.
@@ -154,4 +155,56 @@ fn a_waiting_client_waits_for_a_server_that_is_not_up_yet(front: Front) {
         .open(unique("never").as_str())
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::FileNotFound);
+}
+
+/// Clients that announce 60 MB messages and send a few bytes of each must
+/// not make the server allocate what they announced.
+fn announced_but_unsent_messages_cost_the_server_nothing(front: Front) {
+    use std::io::Write;
+    let name = unique("announce");
+    let mut srv = server_on(front, &name, &[]);
+    // VmData, not VmRSS: zeroed allocations may not be touched, but they
+    // are committed to the process all the same.
+    let before = vm_data_kib(srv.pid());
+    let mut liars = Vec::new();
+    for _ in 0..20 {
+        let mut hello = Vec::new();
+        npipe::proto::handshake::Hello {
+            kind: npipe::proto::handshake::HelloKind::Connect,
+            access: None,
+            read_mode: npipe::ReadMode::Message,
+            impersonation: npipe::ImpersonationLevel::Impersonation,
+            wait_ms: 0,
+            max_message: 1 << 20,
+            pipelined: false,
+            name: name.clone(),
+            principal: String::new(),
+            computer: String::new(),
+        }
+        .encode(&mut hello)
+        .unwrap();
+        let path = npipe::namespace_directory().join(&name);
+        let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+        s.write_all(&hello).unwrap();
+        s.write_all(&(60u32 << 20).to_le_bytes()).unwrap();
+        s.write_all(b"only this").unwrap();
+        srv.expect("conn");
+        liars.push(s);
+    }
+    // The server is still serving, and 20 x 60 MB were never allocated.
+    let mut c = ClientOptions::new().open(&name).unwrap();
+    srv.expect("conn");
+    assert_eq!(c.transact(b"fine").unwrap(), b"fine");
+    let after = vm_data_kib(srv.pid());
+    assert!(
+        after - before < 256 * 1024,
+        "server data grew from {before} to {after} KiB"
+    );
+}
+
+/// The data segment (heap and anonymous mappings) of a process, in KiB.
+fn vm_data_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmData:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
