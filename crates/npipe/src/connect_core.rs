@@ -1,7 +1,6 @@
 //! The client's side of the handshake without I/O: the HELLO it sends, how
 //! long it waits for the answer, and what it makes of the REPLY. The tokio
-//! client drives these; the blocking client (`blocking/client.rs`) keeps
-//! its own copy of the same rules for now and can switch to these.
+//! client and the blocking client (`blocking/client.rs`) both drive these.
 
 use std::time::Duration;
 

@@ -82,7 +82,6 @@
 #![warn(missing_docs)]
 
 mod blocking;
-#[cfg(feature = "tokio")]
 mod connect_core;
 mod error;
 mod info;

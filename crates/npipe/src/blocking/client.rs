@@ -5,23 +5,15 @@ use std::io;
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
-use crate::blocking::stream::{PipeStream, Setup};
+use crate::blocking::stream::PipeStream;
+use crate::connect_core;
 use crate::error::{Error, ErrorCode, Result};
-use crate::info::{max_instances_from_wire, End, PeerCredentials};
+use crate::info::PeerCredentials;
 use crate::name::PipeName;
 use crate::namespace::Namespace;
-use crate::options::{Access, ClientOptions, PipeType, ReadMode, Wait};
-use crate::proto::framing;
-use crate::proto::handshake::{
-    Hello, HelloKind, PipeDescription, Reply, REPLY_MAX, WAIT_DEFAULT, WAIT_FOREVER, WAIT_NONE,
-};
+use crate::options::{Access, ClientOptions, PipeType, Wait};
+use crate::proto::handshake::{Reply, REPLY_MAX};
 use crate::sys::{RecvFlagsLite, Socket};
-
-/// How long past its own wait a client gives a server that says nothing.
-/// The server decides every outcome and says so; this only bounds a hung one.
-const SERVER_SILENCE: Duration = Duration::from_secs(5);
-/// Requests up to this size ride in the same packet as HELLO in [`call`].
-const PIPELINE_MAX: usize = 64 * 1024;
 
 /// The client end of a pipe. Reads, writes and everything common to both
 /// ends come from [`PipeStream`], to which it dereferences.
@@ -45,33 +37,6 @@ pub struct PipeClient {
     stream: PipeStream,
 }
 
-fn wait_ms(wait: Wait) -> u32 {
-    match wait {
-        Wait::NoWait => WAIT_NONE,
-        Wait::ServerDefault => WAIT_DEFAULT,
-        Wait::Forever => WAIT_FOREVER,
-        // Values that collide with the specials are clamped below them; a
-        // zero timeout means "no wait", and any other waits at least 1 ms.
-        Wait::Timeout(d) if d.is_zero() => WAIT_NONE,
-        Wait::Timeout(d) => d.as_millis().clamp(1, u128::from(WAIT_DEFAULT - 1)) as u32,
-    }
-}
-
-/// The longest server default wait a client expects when it asks for the
-/// server's default; a server with a longer one should be waited for with an
-/// explicit timeout.
-const SERVER_DEFAULT_MAX: Duration = Duration::from_secs(60);
-
-/// How long to wait for the server's answer before calling it hung.
-fn answer_deadline(wait: Wait) -> Option<Duration> {
-    match wait {
-        Wait::NoWait => Some(SERVER_SILENCE),
-        Wait::ServerDefault => Some(SERVER_DEFAULT_MAX + SERVER_SILENCE),
-        Wait::Timeout(d) => Some(d + SERVER_SILENCE),
-        Wait::Forever => None,
-    }
-}
-
 impl PipeClient {
     pub(crate) fn connect(
         name: &PipeName,
@@ -84,20 +49,15 @@ impl PipeClient {
         // Waiting for the pipe itself too: a missing pipe, or a server that
         // died before answering, is tried again until the wait is over.
         let start = Instant::now();
-        let limit = match opts.wait {
-            Wait::Timeout(d) => Some(d),
-            Wait::ServerDefault => Some(SERVER_DEFAULT_MAX),
-            Wait::Forever | Wait::NoWait => None,
-        };
+        let limit = connect_core::server_wait_limit(opts.wait);
         loop {
-            let mut attempt = opts.clone();
-            if let (Wait::Timeout(_), Some(limit)) = (opts.wait, limit) {
-                let left = limit.saturating_sub(start.elapsed());
-                attempt.wait(Wait::Timeout(left.max(Duration::from_millis(1))));
-            }
-            match Self::connect_once(name, &attempt, pipelined) {
-                Err(e) if retry_while_waiting(&e) && limit.is_none_or(|l| start.elapsed() < l) => {
-                    std::thread::sleep(RECONNECT_PAUSE);
+            let left = limit.map(|l| l.saturating_sub(start.elapsed()));
+            match Self::connect_once(name, &connect_core::next_attempt(opts, left), pipelined) {
+                Err(e)
+                    if connect_core::retry_while_waiting(&e)
+                        && left.is_none_or(|l| !l.is_zero()) =>
+                {
+                    std::thread::sleep(connect_core::RECONNECT_PAUSE);
                 }
                 r => return r,
             }
@@ -109,52 +69,19 @@ impl PipeClient {
         opts: &ClientOptions,
         pipelined: Option<&[u8]>,
     ) -> Result<PipeClient> {
-        if let Some(host) = name.host() {
-            return Err(Error::new(
-                ErrorCode::BadNetPath,
-                format!(
-                    "{name}: remote pipes go through `npipe gateway` on {host}, which this \
-                     build cannot reach yet; use a local name (\\\\.\\pipe\\NAME)"
-                ),
-            ));
-        }
-        let namespace = Namespace::open_existing().map_err(|e| {
-            if e.code() == ErrorCode::FileNotFound {
-                Error::new(
-                    ErrorCode::FileNotFound,
-                    format!("{name} does not exist: no server is serving it"),
-                )
-            } else {
-                e
-            }
-        })?;
+        connect_core::check_reachable(name)?;
+        let namespace =
+            Namespace::open_existing().map_err(|e| connect_core::no_namespace(name, e))?;
         let socket = namespace.connect(name)?;
         if let Some(expected) = opts.expect_server_uid {
-            check_server(name, &socket, expected)?;
+            let cred = socket
+                .peer_cred()
+                .map_err(|e| Error::os(e, "cannot read the server's credentials"))?;
+            connect_core::check_server(name, cred, expected)?;
         }
-
-        let hello = Hello {
-            kind: HelloKind::Connect,
-            access: opts.access,
-            read_mode: opts.read_mode.unwrap_or(ReadMode::Byte),
-            impersonation: opts.impersonation,
-            wait_ms: wait_ms(opts.wait),
-            max_message: opts.max_message_size,
-            pipelined: pipelined.is_some(),
-            name: name.canonical().to_string(),
-            principal: String::new(),
-            computer: String::new(),
-        };
-        let mut out = Vec::with_capacity(64 + pipelined.map_or(0, |m| m.len() + 4));
-        hello.encode(&mut out).map_err(Error::from)?;
-        if let Some(msg) = pipelined {
-            out.extend_from_slice(&framing::header(msg.len() as u32));
-            out.extend_from_slice(msg);
-        }
-        let sent = send_all(&socket, &out);
-
-        let (reply, leftover) =
-            read_reply(&socket, answer_deadline(opts.wait)).map_err(|e| match sent {
+        let sent = send_all(&socket, &connect_core::opening(name, opts, pipelined)?);
+        let (reply, leftover) = read_reply(&socket, connect_core::answer_deadline(opts.wait))
+            .map_err(|e| match sent {
                 // The server hung up on us mid-send; its reply, if any, was
                 // read above, so report the send failure.
                 Err(ref s) if e.code() == ErrorCode::BrokenPipe => {
@@ -162,41 +89,8 @@ impl PipeClient {
                 }
                 _ => e,
             })?;
-        let desc = match reply {
-            Reply::Connected(desc) => desc,
-            Reply::Refused { code, reason } => {
-                let code = ErrorCode::from_win32(code).unwrap_or(ErrorCode::Other);
-                return Err(Error::new(code, format!("{name}: {reason}")));
-            }
-            Reply::Info(_) => {
-                return Err(Error::new(
-                    ErrorCode::BadPipe,
-                    format!("{name}: the server answered a connect with pipe information"),
-                ))
-            }
-        };
+        let desc = connect_core::connected(name, reply)?;
         sent.map_err(|e| Error::os(e, &format!("{name}: sending the handshake failed")))?;
-        Self::from_reply(name, opts, socket, desc, leftover)
-    }
-
-    fn from_reply(
-        name: &PipeName,
-        opts: &ClientOptions,
-        socket: Socket,
-        desc: PipeDescription,
-        leftover: Vec<u8>,
-    ) -> Result<PipeClient> {
-        let read_mode = match (opts.read_mode, desc.pipe_type) {
-            (Some(ReadMode::Message), PipeType::Byte) => {
-                return Err(Error::new(
-                    ErrorCode::InvalidParameter,
-                    format!("{name} is a byte-type pipe: it cannot be read in message mode"),
-                ))
-            }
-            (Some(mode), _) => mode,
-            (None, PipeType::Byte) => ReadMode::Byte,
-            (None, PipeType::Message) => ReadMode::Message,
-        };
         if desc.in_buffer > 0 {
             let _ = socket.set_send_buffer(desc.in_buffer as usize);
         }
@@ -204,20 +98,7 @@ impl PipeClient {
             .peer_cred()
             .map_err(|e| Error::os(e, "cannot read the server's credentials"))?
             .into();
-        let setup = Setup {
-            name: desc.name,
-            end: End::Client,
-            pipe_type: desc.pipe_type,
-            direction: desc.direction,
-            access: desc.granted,
-            max_instances: max_instances_from_wire(desc.max_instances),
-            cur_instances: desc.cur_instances,
-            in_buffer: desc.in_buffer,
-            out_buffer: desc.out_buffer,
-            max_message: opts.max_message_size,
-            peer_max_message: desc.max_message,
-            peer,
-        };
+        let (setup, read_mode) = connect_core::client_setup(name, opts, desc, peer)?;
         Ok(PipeClient {
             stream: PipeStream::new(socket, setup, read_mode, leftover),
         })
@@ -244,39 +125,6 @@ impl PipeClient {
     }
 }
 
-/// How often a client that waits for a server to appear tries again.
-const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
-
-/// Whether a failed connect is worth retrying for a client that waits for the
-/// server itself: the pipe is missing, or its server went away mid-handshake.
-fn retry_while_waiting(e: &Error) -> bool {
-    matches!(e.code(), ErrorCode::FileNotFound | ErrorCode::BrokenPipe)
-}
-
-/// Refuses a server that runs as anyone but `expected`, before a byte is sent.
-fn check_server(name: &PipeName, socket: &Socket, expected: u32) -> Result<()> {
-    let cred = socket
-        .peer_cred()
-        .map_err(|e| Error::os(e, "cannot read the server's credentials"))?;
-    if cred.uid == expected {
-        return Ok(());
-    }
-    let who = |uid: u32| match crate::sys::user_name(uid) {
-        Some(n) => format!("{n} (uid {uid})"),
-        None => format!("uid {uid}"),
-    };
-    Err(Error::new(
-        ErrorCode::AccessDenied,
-        format!(
-            "{name} is served by {} (pid {}), not by the expected {}: refusing to talk to it \
-             (someone else may be squatting the name)",
-            who(cred.uid),
-            cred.pid,
-            who(expected)
-        ),
-    ))
-}
-
 fn send_all(socket: &Socket, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         let n = socket.send(buf)?;
@@ -292,31 +140,15 @@ fn read_reply(socket: &Socket, limit: Option<Duration>) -> Result<(Reply, Vec<u8
         .map_err(|e| Error::os(e, "cannot set a timeout"))?;
     let mut buf = Vec::with_capacity(256);
     let reply = loop {
-        if let Some((reply, used)) = Reply::decode(&buf).map_err(Error::from)? {
-            buf.drain(..used);
+        if let Some(reply) = connect_core::take_reply(&mut buf)? {
             break reply;
-        }
-        if buf.len() >= REPLY_MAX {
-            return Err(Error::new(
-                ErrorCode::BadPipe,
-                "the server's reply is too long",
-            ));
         }
         buf.reserve(REPLY_MAX - buf.len());
         match socket.recv_spare(&mut buf, RecvFlagsLite::Block) {
-            Ok(0) => {
-                return Err(Error::new(
-                    ErrorCode::BrokenPipe,
-                    "the server closed the connection without answering (is it shutting down?)",
-                ))
-            }
+            Ok(0) => return Err(connect_core::closed_before_reply()),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(Error::new(
-                    ErrorCode::Timeout,
-                    "the server accepted the connection but did not answer the handshake \
-                     (is it hung?)",
-                ))
+                return Err(connect_core::silent_server())
             }
             Err(e) => return Err(Error::os(e, "reading the server's answer failed")),
         }
@@ -394,7 +226,7 @@ pub fn call(
 pub(crate) fn call_with(opts: &ClientOptions, name: &PipeName, request: &[u8]) -> Result<Vec<u8>> {
     let mut opts = opts.clone();
     opts.access(Access::ReadWrite);
-    let mut client = if request.len() <= PIPELINE_MAX {
+    let mut client = if request.len() <= connect_core::PIPELINE_MAX {
         // The server refuses a pipelined request on a byte pipe with BadPipe.
         PipeClient::connect(name, &opts, Some(request))?
     } else {
@@ -407,7 +239,7 @@ pub(crate) fn call_with(opts: &ClientOptions, name: &PipeName, request: &[u8]) -
         }
         client
     };
-    if request.len() <= PIPELINE_MAX {
+    if request.len() <= connect_core::PIPELINE_MAX {
         client.recv_message()
     } else {
         client.transact(request)
