@@ -93,3 +93,71 @@ pub struct ClientIdentity {
     /// The client process's session id (`GetNamedPipeClientSessionId`).
     pub session_id: Option<u32>,
 }
+
+/// The server end's questions about its client, the same on every front end:
+/// expands, inside an `impl` of a type with a `stream` (with `peer()` and
+/// `socket()`) and an `impersonation` field, to the `client_*` methods.
+macro_rules! client_identity_methods {
+    () => {
+        /// The client's credentials from the kernel (`SO_PEERCRED`).
+        pub fn client_credentials(&self) -> $crate::PeerCredentials {
+            self.stream.peer()
+        }
+
+        /// `GetNamedPipeClientProcessId`.
+        pub fn client_process_id(&self) -> u32 {
+            self.stream.peer().pid
+        }
+
+        /// The client's effective user id.
+        pub fn client_uid(&self) -> u32 {
+            self.stream.peer().uid
+        }
+
+        /// The client's effective group id.
+        pub fn client_gid(&self) -> u32 {
+            self.stream.peer().gid
+        }
+
+        /// The client's supplementary groups (`SO_PEERGROUPS`).
+        pub fn client_groups(&self) -> $crate::Result<Vec<u32>> {
+            self.stream
+                .socket()
+                .peer_groups()
+                .map_err(|e| $crate::Error::os(e, "cannot read the client's groups"))
+        }
+
+        /// The client's user name (`GetNamedPipeHandleState`'s `lpUserName`).
+        /// It reads the user database, which may block briefly.
+        pub fn client_user_name(&self) -> Option<String> {
+            self.stream.peer().user_name()
+        }
+
+        /// `GetNamedPipeClientSessionId`: the client process's session id.
+        pub fn client_session_id(&self) -> Option<u32> {
+            self.stream.peer().session_id()
+        }
+
+        /// `GetNamedPipeClientComputerName`: `None` for a local client.
+        pub fn client_computer_name(&self) -> Option<String> {
+            None
+        }
+
+        /// Everything known about the client, in one go.
+        pub fn client_identity(&self) -> $crate::ClientIdentity {
+            let credentials = self.stream.peer();
+            $crate::ClientIdentity {
+                credentials,
+                groups: self.client_groups().unwrap_or_default(),
+                user_name: credentials.user_name(),
+                session_id: credentials.session_id(),
+            }
+        }
+
+        /// The level the client granted for its identity.
+        pub fn client_impersonation_level(&self) -> $crate::ImpersonationLevel {
+            self.impersonation
+        }
+    };
+}
+pub(crate) use client_identity_methods;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::blocking::stream::{PipeStream, Setup};
 use crate::error::{Error, ErrorCode, Result};
-use crate::info::{max_instances_from_wire, ClientIdentity, End, PeerCredentials, PipeInfo};
+use crate::info::{max_instances_from_wire, End, PipeInfo};
 use crate::name::PipeName;
 use crate::namespace::{Namespace, Published};
 use crate::options::{Access, ImpersonationLevel, ServerOptions, UNLIMITED_INSTANCES};
@@ -329,64 +329,7 @@ impl PipeServer {
         Ok(())
     }
 
-    /// The client's credentials from the kernel (`SO_PEERCRED`).
-    pub fn client_credentials(&self) -> PeerCredentials {
-        self.stream.peer()
-    }
-
-    /// `GetNamedPipeClientProcessId`.
-    pub fn client_process_id(&self) -> u32 {
-        self.stream.peer().pid
-    }
-
-    /// The client's effective user id.
-    pub fn client_uid(&self) -> u32 {
-        self.stream.peer().uid
-    }
-
-    /// The client's effective group id.
-    pub fn client_gid(&self) -> u32 {
-        self.stream.peer().gid
-    }
-
-    /// The client's supplementary groups (`SO_PEERGROUPS`).
-    pub fn client_groups(&self) -> Result<Vec<u32>> {
-        self.stream
-            .socket()
-            .peer_groups()
-            .map_err(|e| Error::os(e, "cannot read the client's groups"))
-    }
-
-    /// The client's user name (`GetNamedPipeHandleState`'s `lpUserName`).
-    pub fn client_user_name(&self) -> Option<String> {
-        self.stream.peer().user_name()
-    }
-
-    /// `GetNamedPipeClientSessionId`: the client process's session id.
-    pub fn client_session_id(&self) -> Option<u32> {
-        self.stream.peer().session_id()
-    }
-
-    /// `GetNamedPipeClientComputerName`: `None` for a local client.
-    pub fn client_computer_name(&self) -> Option<String> {
-        None
-    }
-
-    /// Everything known about the client, in one go.
-    pub fn client_identity(&self) -> ClientIdentity {
-        let credentials = self.stream.peer();
-        ClientIdentity {
-            credentials,
-            groups: self.client_groups().unwrap_or_default(),
-            user_name: credentials.user_name(),
-            session_id: credentials.session_id(),
-        }
-    }
-
-    /// The level the client granted for its identity.
-    pub fn client_impersonation_level(&self) -> ImpersonationLevel {
-        self.impersonation
-    }
+    crate::info::client_identity_methods!();
 
     /// `ImpersonateNamedPipeClient`: the calling thread, and no other, takes
     /// the client's uid, gid and groups until the guard drops
