@@ -97,8 +97,6 @@ impl Namespace {
     /// `npipe bench connect_rate`). Anything else (the directory removed,
     /// replaced, re-owned or re-moded, `$NPIPE_DIR` changed, another
     /// effective uid, as under impersonation) checks afresh.
-    // Unused until `PipeClient::connect` calls it instead of `open_existing`.
-    #[allow(dead_code)]
     pub fn open_existing_cached() -> Result<Arc<Namespace>> {
         static CACHE: Mutex<Option<CheckedNamespace>> = Mutex::new(None);
         let path = directory();

@@ -71,7 +71,7 @@ impl PipeClient {
     ) -> Result<PipeClient> {
         connect_core::check_reachable(name)?;
         let namespace =
-            Namespace::open_existing().map_err(|e| connect_core::no_namespace(name, e))?;
+            Namespace::open_existing_cached().map_err(|e| connect_core::no_namespace(name, e))?;
         let socket = namespace.connect(name)?;
         if let Some(expected) = opts.expect_server_uid {
             let cred = socket

@@ -655,7 +655,10 @@ impl Acceptor {
 
     fn accept_batch(&mut self) {
         for _ in 0..ACCEPT_BATCH {
-            match self.listener.accept_nonblocking() {
+            // The new socket is blocking, as the application will use it;
+            // the acceptor itself only ever reads and writes it with
+            // DONTWAIT, so it never waits on one client.
+            match self.listener.accept_blocking_socket() {
                 Ok(socket) => self.on_connection(socket),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
@@ -678,7 +681,7 @@ impl Acceptor {
             self.spare_fd = sys::spare_fd().ok();
             return;
         }
-        while let Ok(socket) = self.listener.accept_nonblocking() {
+        while let Ok(socket) = self.listener.accept_blocking_socket() {
             refuse(
                 &socket,
                 ErrorCode::PipeBusy,
@@ -846,7 +849,7 @@ impl Acceptor {
     ) {
         let desc = self.description(granted);
         let cur_instances = desc.cur_instances;
-        if !send_reply(&socket, &Reply::Connected(desc)) || socket.set_nonblocking(false).is_err() {
+        if !send_reply(&socket, &Reply::Connected(desc)) {
             let more = self.admission.release_unaccepted();
             self.grant_waiters(more);
             return;

@@ -116,6 +116,14 @@ impl Socket {
         Ok(Socket(fd))
     }
 
+    /// Accepts one connection (the listener's own mode decides whether this
+    /// waits); the new socket is blocking and close-on-exec. Callers that
+    /// must not block on it pass `DONTWAIT` per call.
+    pub fn accept_blocking_socket(&self) -> io::Result<Socket> {
+        let fd = retry(|| rustix::net::accept_with(&self.0, SocketFlags::CLOEXEC))?;
+        Ok(Socket(fd))
+    }
+
     /// Switches non-blocking mode.
     pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
         Ok(rustix::io::ioctl_fionbio(&self.0, on)?)

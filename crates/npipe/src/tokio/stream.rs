@@ -122,24 +122,47 @@ fn poll_run<O: ReadOp>(
                     return Poll::Pending;
                 }
             };
+            // Each arm returns whether the read came up short of the room it
+            // had: the socket is then drained, so readiness is cleared now
+            // instead of by a `recv` that fails with EAGAIN (as tokio's own
+            // UnixStream does).
             let got = match need {
                 Need::Fill => guard
                     .try_io(|fd| {
-                        fd.get_ref()
+                        let buf = core.fill_buf();
+                        let room = buf.capacity() - buf.len();
+                        let n = fd
+                            .get_ref()
                             .socket()
-                            .recv_spare(core.fill_buf(), RecvFlagsLite::DontWait)
+                            .recv_spare(buf, RecvFlagsLite::DontWait)?;
+                        Ok((n, room))
                     })
-                    .map(|r| r.map(|n| core.filled(n))),
+                    .map(|r| {
+                        r.map(|(n, room)| {
+                            core.filled(n);
+                            n > 0 && n < room
+                        })
+                    }),
                 Need::Direct { at, len } => guard
                     .try_io(|fd| {
                         fd.get_ref()
                             .socket()
                             .recv_nonblocking(op.direct_target(at, len))
                     })
-                    .map(|r| r.map(|n| op.direct_done(core, n))),
+                    .map(|r| {
+                        r.map(|n| {
+                            op.direct_done(core, n);
+                            n > 0 && n < len
+                        })
+                    }),
             };
             match got {
-                Ok(Ok(())) => break,
+                Ok(Ok(short)) => {
+                    if short {
+                        guard.clear_ready();
+                    }
+                    break;
+                }
                 Ok(Err(e)) => return Poll::Ready(Err(recv_error(e))),
                 Err(_would_block) => continue,
             }
