@@ -71,6 +71,12 @@ enum Command {
     /// The bench's server process (started by `npipe bench`).
     #[command(hide = true)]
     BenchPeer(cmd::bench::PeerArgs),
+    /// The raw side's server of `npipe bench scale` (started by the bench).
+    #[command(hide = true)]
+    BenchScalePeer {
+        /// The socket path to serve.
+        path: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +92,7 @@ fn main() -> ExitCode {
         Command::DemoServer(args) => cmd::demo::run_server(args),
         Command::DemoClient(args) => cmd::demo::run_client(args),
         Command::BenchPeer(args) => cmd::bench::run_peer(args),
+        Command::BenchScalePeer { path } => cmd::bench::run_scale_peer(path),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

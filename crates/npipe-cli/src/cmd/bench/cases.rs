@@ -88,6 +88,8 @@ pub enum Unit {
     MsgPerSec,
     Micros,
     ConnPerSec,
+    /// Memory, in bytes (per connection, for the scale case).
+    Bytes,
 }
 
 impl Unit {
@@ -97,12 +99,13 @@ impl Unit {
             Unit::MsgPerSec => "msg/s",
             Unit::Micros => "us",
             Unit::ConnPerSec => "conn/s",
+            Unit::Bytes => "bytes",
         }
     }
 
     pub fn better(self) -> Better {
         match self {
-            Unit::Micros => Better::Lower,
+            Unit::Micros | Unit::Bytes => Better::Lower,
             _ => Better::Higher,
         }
     }
@@ -219,7 +222,7 @@ impl Sample {
         let value = match case.unit {
             Unit::GibPerSec => (count as f64 * case.size as f64) / secs / (1u64 << 30) as f64,
             Unit::MsgPerSec | Unit::ConnPerSec => count as f64 / secs,
-            Unit::Micros => unreachable!("latency cases use Sample::latency"),
+            Unit::Micros | Unit::Bytes => unreachable!("rate() is for rates"),
         };
         Sample { value, p99: None }
     }

@@ -11,6 +11,7 @@ mod peer;
 mod pin;
 mod raw;
 mod report;
+mod scale;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use std::path::PathBuf;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub use peer::{run as run_peer, PeerArgs};
+pub use scale::run_peer as run_scale_peer;
 
 use self::cases::{Case, Scale, CASES};
 use self::peer::Peer;
@@ -50,6 +52,12 @@ Cases:
                          (connections/s; raw: connect, write, read, close)
   call_rate              the same through npipe::call (CallNamedPipe), which
                          sends the request with the handshake (connections/s)
+  scale                  many clients on one server process: `npipe serve`
+                         (tokio) against a hand-written tokio echo server;
+                         N clients connect (scale_connect_rate), sit idle
+                         (scale_idle_memory: server RSS per connection, in
+                         bytes), then all exchange messages at once
+                         (scale_msg_rate). N = 10,000 (1,000 with --quick).
 
 Placement matters more than anything else on a small virtual machine: two
 processes on one vCPU trade a message in a fraction of the time they take
@@ -108,20 +116,26 @@ pub enum Side {
 }
 
 /// The cases `filters` select (every case if none).
-fn select(filters: &[String]) -> Result<Vec<&'static Case>, Failure> {
+/// The cases the filters pick, and whether the scale case is among them.
+fn select(filters: &[String]) -> Result<(Vec<&'static Case>, bool), Failure> {
     let chosen: Vec<&Case> = CASES
         .iter()
         .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
         .collect();
-    if chosen.is_empty() {
-        let names: Vec<&str> = CASES.iter().map(|c| c.name).collect();
+    let scale = filters.is_empty()
+        || filters
+            .iter()
+            .any(|f| scale::NAME.contains(f.as_str()) || f.starts_with(scale::NAME));
+    if chosen.is_empty() && !scale {
+        let mut names: Vec<&str> = CASES.iter().map(|c| c.name).collect();
+        names.push(scale::NAME);
         return Err(Failure::new(
             Status::Usage,
             format!("no case matches {}", filters.join(" ")),
         )
         .hint(format!("the cases are: {}", names.join(", "))));
     }
-    Ok(chosen)
+    Ok((chosen, scale))
 }
 
 /// A private directory for the raw sockets, removed when dropped.
@@ -207,7 +221,7 @@ fn run_case(
 
 /// Runs `npipe bench`.
 pub fn run(args: &Args) -> CmdResult {
-    let chosen = select(&args.cases)?;
+    let (chosen, with_scale) = select(&args.cases)?;
     let scale = if args.smoke {
         Scale::Smoke
     } else if args.quick {
@@ -232,8 +246,11 @@ pub fn run(args: &Args) -> CmdResult {
         load: report::load_average(),
     };
     let scratch = ScratchDir::create()?;
+    // The scale case is long: at most three rounds of it.
+    let scale_rounds = rounds.min(3);
     let bar = progress_bar(
-        chosen.len() as u64 * u64::from(rounds) * 2,
+        (chosen.len() as u64 * u64::from(rounds) + u64::from(with_scale) * u64::from(scale_rounds))
+            * 2,
         args.json || !std::io::stderr().is_terminal(),
     );
 
@@ -257,6 +274,24 @@ pub fn run(args: &Args) -> CmdResult {
             }
         };
         let rows = report::rows(case, count, &measured);
+        if args.json {
+            let mut out = std::io::stdout().lock();
+            for row in &rows {
+                writeln!(out, "{}", report::json_line(row, &info))
+                    .and_then(|()| out.flush())
+                    .map_err(Failure::stdout)?;
+            }
+        }
+        all.extend(rows);
+    }
+    if with_scale && args.only.is_none() {
+        let rows = match scale::run(scale, scale_rounds, placement.server, &scratch, &bar) {
+            Ok(rows) => rows,
+            Err(e) => {
+                bar.finish_and_clear();
+                return Err(e);
+            }
+        };
         if args.json {
             let mut out = std::io::stdout().lock();
             for row in &rows {

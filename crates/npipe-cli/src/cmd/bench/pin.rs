@@ -93,6 +93,20 @@ pub fn pin_to(cpu: usize) -> Result<(), Failure> {
     })
 }
 
+/// Pins another process (all of its threads started afterwards) to `cpu`.
+pub fn pin_pid(pid: u32, cpu: usize) -> Result<(), Failure> {
+    let mut set = CpuSet::new();
+    set.set(cpu);
+    let pid = rustix::process::Pid::from_raw(pid as i32)
+        .ok_or_else(|| Failure::new(Status::Other, "bench: pid 0"))?;
+    sched_setaffinity(Some(pid), &set).map_err(|e| {
+        Failure::new(
+            Status::Other,
+            format!("bench: cannot pin process {pid:?} to CPU {cpu}: {e}"),
+        )
+    })
+}
+
 /// The CPU the calling thread last ran on (`/proc/thread-self/stat`, field
 /// 39, rather than `sched_getcpu`, whose vDSO lookup crashes under valgrind).
 pub fn current_cpu() -> Option<usize> {

@@ -72,28 +72,48 @@ fn row(
     r: &Rounds,
     pick: impl Fn(&Sample) -> f64,
 ) -> Row {
-    let npipe: Vec<f64> = r.npipe.iter().map(&pick).collect();
-    let raw: Vec<f64> = r.raw.iter().map(&pick).collect();
-    let ratios: Vec<f64> = if npipe.is_empty() || raw.is_empty() {
-        // One side only (profiling): no ratios.
-        vec![f64::NAN]
-    } else {
-        npipe.iter().zip(&raw).map(|(n, r)| n / r).collect()
-    };
-    Row {
-        case: name,
-        unit: case.unit,
-        better: case.unit.better(),
-        target,
-        npipe: median(&npipe),
-        raw: median(&raw),
-        ratio: median(&ratios),
-        min_ratio: ratios.iter().copied().fold(f64::INFINITY, f64::min),
-        max_ratio: ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-        rounds: npipe.len().max(raw.len()),
-        count,
-        client_cpus: r.client_cpus.clone(),
-        server_cpus: r.server_cpus.clone(),
+    let mut row = Row::from_rounds_with(name, case.unit, case.unit.better(), count, r, pick);
+    row.target = target;
+    row
+}
+
+impl Row {
+    /// A row from the main figure of each round's samples.
+    pub fn from_rounds(name: &str, unit: Unit, better: Better, count: u64, r: &Rounds) -> Row {
+        Row::from_rounds_with(name.to_string(), unit, better, count, r, |s| s.value)
+    }
+
+    fn from_rounds_with(
+        name: String,
+        unit: Unit,
+        better: Better,
+        count: u64,
+        r: &Rounds,
+        pick: impl Fn(&Sample) -> f64,
+    ) -> Row {
+        let npipe: Vec<f64> = r.npipe.iter().map(&pick).collect();
+        let raw: Vec<f64> = r.raw.iter().map(&pick).collect();
+        let ratios: Vec<f64> = if npipe.is_empty() || raw.is_empty() {
+            // One side only (profiling): no ratios.
+            vec![f64::NAN]
+        } else {
+            npipe.iter().zip(&raw).map(|(n, r)| n / r).collect()
+        };
+        Row {
+            case: name,
+            unit,
+            better,
+            target: None,
+            npipe: median(&npipe),
+            raw: median(&raw),
+            ratio: median(&ratios),
+            min_ratio: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            max_ratio: ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            rounds: npipe.len().max(raw.len()),
+            count,
+            client_cpus: r.client_cpus.clone(),
+            server_cpus: r.server_cpus.clone(),
+        }
     }
 }
 
@@ -180,7 +200,7 @@ fn figure(value: f64, unit: Unit) -> String {
             }
             out
         }
-        Unit::MsgPerSec | Unit::ConnPerSec => format!("{value:.0}"),
+        Unit::MsgPerSec | Unit::ConnPerSec | Unit::Bytes => format!("{value:.0}"),
         _ => format!("{value:.2}"),
     }
 }
