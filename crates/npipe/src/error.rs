@@ -148,6 +148,18 @@ impl fmt::Display for ErrorCode {
 
 /// An npipe error: a Windows [`ErrorCode`], a message that says what happened
 /// and what to do, and the operating-system error beneath, if any.
+///
+/// ```
+/// use npipe::{ClientOptions, ErrorCode};
+///
+/// let err = ClientOptions::new().open("no-such-pipe-for-this-example").unwrap_err();
+/// assert_eq!(err.code(), ErrorCode::FileNotFound);
+/// assert_eq!(err.win32_code(), 2); // what GetLastError() would say
+/// // It converts into std::io::Error with a fitting kind, and back.
+/// let io: std::io::Error = err.into();
+/// assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+/// assert_eq!(npipe::Error::from_io(io).code(), ErrorCode::FileNotFound);
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[error("{message} [{code}]")]
 pub struct Error {
