@@ -7,7 +7,21 @@ use std::time::Duration;
 
 use npipe::{ClientOptions, ErrorCode, ServerOptions};
 
-use crate::common::{is_root, server, spawn_as, spawn_with_env, unique, TempDir};
+use crate::common::{
+    is_root, on_both_servers, server_on, spawn_as, spawn_with_env, unique, Front, TempDir,
+};
+
+// The descriptor and namespace checks, against the blocking and the tokio
+// server (impersonation below is the blocking server's; the tokio server's
+// `run_as_client` is exercised through `npipe serve --whoami --impersonate`
+// in the CLI tests).
+on_both_servers!(
+    a_descriptor_that_denies_a_user_refuses_it_and_serves_others,
+    the_default_descriptor_lets_others_read_but_not_write,
+    current_user_only_refuses_another_user,
+    expect_server_user_refuses_a_squatter,
+    another_user_cannot_replace_or_redirect_pipes,
+);
 
 const NOBODY: u32 = 65534;
 
@@ -26,13 +40,16 @@ fn still_serves(name: &str) {
     );
 }
 
-#[test]
-fn a_descriptor_that_denies_a_user_refuses_it_and_serves_others() {
+fn a_descriptor_that_denies_a_user_refuses_it_and_serves_others(front: Front) {
     if !need_root("a_descriptor_that_denies_a_user_refuses_it_and_serves_others") {
         return;
     }
     let name = unique("deny");
-    let mut srv = server(&name, &["sd=allow everyone=full; deny user:65534=full"]);
+    let mut srv = server_on(
+        front,
+        &name,
+        &["sd=allow everyone=full; deny user:65534=full"],
+    );
     let mut nobody = spawn_as(NOBODY, "open_as", &[&name, "access=r"]);
     let said = nobody.expect("err");
     assert!(
@@ -45,13 +62,12 @@ fn a_descriptor_that_denies_a_user_refuses_it_and_serves_others() {
     assert!(line.starts_with(&std::process::id().to_string()), "{line}");
 }
 
-#[test]
-fn the_default_descriptor_lets_others_read_but_not_write() {
+fn the_default_descriptor_lets_others_read_but_not_write(front: Front) {
     if !need_root("the_default_descriptor_lets_others_read_but_not_write") {
         return;
     }
     let name = unique("default-sd");
-    let _srv = server(&name, &["mode=hold"]);
+    let _srv = server_on(front, &name, &["mode=hold"]);
     let mut writer = spawn_as(NOBODY, "open_as", &[&name, "access=rw"]);
     assert!(writer.expect("err").starts_with("5 "));
     let mut writer = spawn_as(NOBODY, "open_as", &[&name, "access=w"]);
@@ -64,13 +80,12 @@ fn the_default_descriptor_lets_others_read_but_not_write() {
     assert_eq!(mode, 0o666);
 }
 
-#[test]
-fn current_user_only_refuses_another_user() {
+fn current_user_only_refuses_another_user(front: Front) {
     if !need_root("current_user_only_refuses_another_user") {
         return;
     }
     let name = unique("cuo");
-    let _srv = server(&name, &["sd=allow owner=full"]);
+    let _srv = server_on(front, &name, &["sd=allow owner=full"]);
     let path = npipe::namespace_directory().join(&name);
     let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the socket file fences others out too");
@@ -149,13 +164,16 @@ fn a_server_without_privilege_gets_a_clear_error() {
     assert_eq!(srv.expect("imp_err"), "1314");
 }
 
-#[test]
-fn expect_server_user_refuses_a_squatter() {
+fn expect_server_user_refuses_a_squatter(front: Front) {
     if !need_root("expect_server_user_refuses_a_squatter") {
         return;
     }
     let name = unique("squatter");
-    let mut squatter = spawn_as(NOBODY, "serve", &[&name]);
+    let role = match front {
+        Front::Blocking => "serve",
+        Front::Tokio => "serve_async",
+    };
+    let mut squatter = spawn_as(NOBODY, role, &[&name]);
     squatter.expect("ready");
     let e = ClientOptions::new()
         .expect_server_user(0)
@@ -177,13 +195,12 @@ fn expect_server_user_refuses_a_squatter() {
     assert_eq!(e.code(), ErrorCode::AccessDenied);
 }
 
-#[test]
-fn another_user_cannot_replace_or_redirect_pipes() {
+fn another_user_cannot_replace_or_redirect_pipes(front: Front) {
     if !need_root("another_user_cannot_replace_or_redirect_pipes") {
         return;
     }
     let name = unique("vandalized");
-    let _srv = server(&name, &[]);
+    let _srv = server_on(front, &name, &[]);
     let dir = npipe::namespace_directory();
     let mut vandal = spawn_as(NOBODY, "vandal", &[dir.to_str().unwrap(), &name]);
     assert_eq!(

@@ -82,7 +82,10 @@ fn soak() {
                 }
             });
         }
-        // Faults, in turn, until the time is up.
+        // Faults, in turn, until the time is up; the traffic threads stop
+        // then, or if this loop fails (a panic here must not leave them
+        // running for ever).
+        let _stop_traffic = StopOnDrop(&stop);
         let mut round = 0u64;
         while Instant::now() < end {
             match round % 4 {
@@ -119,7 +122,6 @@ fn soak() {
             round += 1;
             std::thread::sleep(Duration::from_millis(20));
         }
-        stop.store(true, Ordering::Relaxed);
     });
     let peak = rss(srv.pid());
     let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -134,6 +136,15 @@ fn soak() {
         "every message sent came back intact"
     );
     assert_eq!(c(&counts.bad_echoes), 0);
+}
+
+/// Raises the flag when dropped, on the way out or in a panic.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 fn raw(name: &str) -> Option<UnixStream> {
