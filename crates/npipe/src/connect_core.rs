@@ -232,3 +232,22 @@ pub(crate) fn client_setup(
     };
     Ok((setup, read_mode))
 }
+
+/// The client end's setup once the server said OK: applies the server's
+/// in-buffer hint to the socket and reads the server's credentials from the
+/// kernel.
+pub(crate) fn finish(
+    name: &PipeName,
+    opts: &ClientOptions,
+    socket: &crate::sys::Socket,
+    desc: PipeDescription,
+) -> Result<(Setup, ReadMode)> {
+    if desc.in_buffer > 0 {
+        let _ = socket.set_send_buffer(desc.in_buffer as usize);
+    }
+    let peer: PeerCredentials = socket
+        .peer_cred()
+        .map_err(|e| Error::os(e, "cannot read the server's credentials"))?
+        .into();
+    client_setup(name, opts, desc, peer)
+}

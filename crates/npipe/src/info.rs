@@ -43,6 +43,34 @@ pub struct PipeInfo {
     pub peer_max_message_size: u32,
 }
 
+/// A listener's `GetNamedPipeInfo`: the pipe as created, with `active`
+/// instances in use.
+pub(crate) fn listener_info(
+    opts: &crate::options::ServerOptions,
+    name: &crate::name::PipeName,
+    active: u32,
+) -> PipeInfo {
+    let d = opts.direction;
+    PipeInfo {
+        name: name.name().to_string(),
+        end: End::Server,
+        pipe_type: opts.pipe_type,
+        direction: d,
+        access: match (d.server_reads(), d.server_writes()) {
+            (true, false) => Access::Read,
+            (false, true) => Access::Write,
+            _ => Access::ReadWrite,
+        },
+        read_mode: opts.effective_read_mode(),
+        max_instances: max_instances_from_wire(opts.max_instances),
+        cur_instances: active,
+        in_buffer_size: opts.in_buffer_size,
+        out_buffer_size: opts.out_buffer_size,
+        max_message_size: opts.max_message_size,
+        peer_max_message_size: 0,
+    }
+}
+
 pub(crate) fn max_instances_from_wire(n: u32) -> Option<u32> {
     (n != UNLIMITED_INSTANCES).then_some(n)
 }
@@ -161,3 +189,31 @@ macro_rules! client_identity_methods {
     };
 }
 pub(crate) use client_identity_methods;
+
+/// The client end's questions about its server, the same on every front
+/// end: expands, inside an `impl` of a type with a `stream` field (with
+/// `peer()`), to the `server_*` methods.
+macro_rules! server_identity_methods {
+    () => {
+        /// The server's credentials from the kernel (`SO_PEERCRED`).
+        pub fn server_credentials(&self) -> $crate::PeerCredentials {
+            self.stream.peer()
+        }
+
+        /// `GetNamedPipeServerProcessId`.
+        pub fn server_process_id(&self) -> u32 {
+            self.stream.peer().pid
+        }
+
+        /// The server's effective user id.
+        pub fn server_uid(&self) -> u32 {
+            self.stream.peer().uid
+        }
+
+        /// The server's user name, if the user database has one.
+        pub fn server_user_name(&self) -> Option<String> {
+            self.stream.peer().user_name()
+        }
+    };
+}
+pub(crate) use server_identity_methods;

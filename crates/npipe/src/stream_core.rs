@@ -177,6 +177,21 @@ pub(crate) struct ReadCore {
     stash: Option<(Vec<u8>, MsgProgress)>,
 }
 
+impl ReadCore {
+    /// Changes the read mode (`SetNamedPipeHandleState`); a byte-type pipe
+    /// (no decoder) refuses message mode with `ERROR_INVALID_PARAMETER`.
+    pub fn set_mode(&mut self, mode: ReadMode) -> Result<()> {
+        if mode == ReadMode::Message && self.decoder.is_none() {
+            return Err(Error::new(
+                ErrorCode::InvalidParameter,
+                "a byte-type pipe cannot be read in message mode",
+            ));
+        }
+        self.mode = mode;
+        Ok(())
+    }
+}
+
 /// What the front of the buffer holds at a message boundary.
 enum Header {
     /// Not a whole header yet.

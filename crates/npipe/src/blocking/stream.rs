@@ -274,14 +274,7 @@ impl PipeStream {
     /// Changes this end's read mode (`SetNamedPipeHandleState`). A byte-type
     /// pipe refuses message mode with `ERROR_INVALID_PARAMETER`.
     pub fn set_read_mode(&mut self, mode: ReadMode) -> Result<()> {
-        if mode == ReadMode::Message && self.setup.pipe_type == PipeType::Byte {
-            return Err(Error::new(
-                ErrorCode::InvalidParameter,
-                "a byte-type pipe cannot be read in message mode",
-            ));
-        }
-        self.reader.mode = mode;
-        Ok(())
+        self.reader.set_mode(mode)
     }
 
     /// This end's read mode.

@@ -11,7 +11,6 @@ use ::tokio::io::unix::AsyncFd;
 use super::stream::{register, PipeStream};
 use crate::connect_core::{self, PIPELINE_MAX};
 use crate::error::{Error, ErrorCode, Result};
-use crate::info::PeerCredentials;
 use crate::name::PipeName;
 use crate::namespace::Namespace;
 use crate::options::{Access, ClientOptions, PipeType, Wait};
@@ -132,39 +131,13 @@ impl PipeClient {
         let desc = connect_core::connected(name, reply)?;
         sent.map_err(|e| Error::os(e, &format!("{name}: sending the handshake failed")))?;
 
-        let socket = fd.get_ref().socket();
-        if desc.in_buffer > 0 {
-            let _ = socket.set_send_buffer(desc.in_buffer as usize);
-        }
-        let peer: PeerCredentials = socket
-            .peer_cred()
-            .map_err(|e| Error::os(e, "cannot read the server's credentials"))?
-            .into();
-        let (setup, read_mode) = connect_core::client_setup(name, opts, desc, peer)?;
+        let (setup, read_mode) = connect_core::finish(name, opts, fd.get_ref().socket(), desc)?;
         Ok(PipeClient {
             stream: PipeStream::registered(fd, setup, read_mode, leftover),
         })
     }
 
-    /// The server's credentials from the kernel (`SO_PEERCRED`).
-    pub fn server_credentials(&self) -> PeerCredentials {
-        self.stream.peer()
-    }
-
-    /// `GetNamedPipeServerProcessId`.
-    pub fn server_process_id(&self) -> u32 {
-        self.stream.peer().pid
-    }
-
-    /// The server's effective user id.
-    pub fn server_uid(&self) -> u32 {
-        self.stream.peer().uid
-    }
-
-    /// The server's user name, if the user database has one.
-    pub fn server_user_name(&self) -> Option<String> {
-        self.stream.peer().user_name()
-    }
+    crate::info::server_identity_methods!();
 }
 
 /// Sends all of `buf` on a fresh connection.

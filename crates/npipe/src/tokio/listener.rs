@@ -236,25 +236,8 @@ impl PipeListener {
 
     /// The pipe as the server sees it (`GetNamedPipeInfo`).
     pub fn info(&self) -> PipeInfo {
-        let o = &self.shared.opts;
-        PipeInfo {
-            name: self.shared.name.name().to_string(),
-            end: End::Server,
-            pipe_type: o.pipe_type,
-            direction: o.direction,
-            access: match (o.direction.server_reads(), o.direction.server_writes()) {
-                (true, false) => Access::Read,
-                (false, true) => Access::Write,
-                _ => Access::ReadWrite,
-            },
-            read_mode: o.effective_read_mode(),
-            max_instances: max_instances_from_wire(o.max_instances),
-            cur_instances: self.shared.active.load(Ordering::SeqCst),
-            in_buffer_size: o.in_buffer_size,
-            out_buffer_size: o.out_buffer_size,
-            max_message_size: o.max_message_size,
-            peer_max_message_size: 0,
-        }
+        let active = self.shared.active.load(Ordering::SeqCst);
+        crate::info::listener_info(&self.shared.opts, &self.shared.name, active)
     }
 }
 
