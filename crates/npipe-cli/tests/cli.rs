@@ -700,3 +700,31 @@ fn serve_security_flags_fence_out_other_users() {
         r.stderr
     );
 }
+
+#[test]
+fn list_prune_removes_dead_servers_sockets_only() {
+    let dead = unique("prune-dead");
+    let live = unique("prune-live");
+    let _live = Server::start(&live, &[]);
+    let mut server = Server::start(&dead, &[]);
+    // SIGKILL: the server has no chance to remove its socket.
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let path = npipe::namespace_directory().join(&dead);
+    assert!(path.exists(), "a killed server leaves its socket");
+    let r = run(&["list", "--prune"], b"");
+    r.assert_success();
+    assert!(
+        r.stderr.contains(&format!("removed stale socket {dead}")),
+        "{}",
+        r.stderr
+    );
+    assert!(!path.exists());
+    assert!(
+        r.stdout.contains(&live),
+        "the live pipe is listed: {}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains(&dead), "{}", r.stdout);
+    run(&["call", &live, "still here"], b"").assert_success();
+}

@@ -93,6 +93,26 @@ pub fn list_pipes() -> Result<Vec<PipeEntry>> {
         .collect())
 }
 
+/// Removes the sockets that dead servers left in the namespace directory
+/// (their `connect` is refused), as `npipe list --prune` does. Returns the
+/// file names removed, and those that could not be (another user's stale
+/// socket, which the sticky directory keeps) with the reason. A live pipe is
+/// never touched, and the next server of a name replaces a stale socket
+/// anyway: this only tidies listings.
+///
+/// ```
+/// let (removed, kept) = npipe::remove_stale_pipes()?;
+/// # let _ = (removed, kept);
+/// # Ok::<(), npipe::Error>(())
+/// ```
+pub fn remove_stale_pipes() -> Result<(Vec<String>, Vec<(String, String)>)> {
+    match Namespace::open_existing() {
+        Ok(ns) => ns.prune_stale(),
+        Err(e) if e.code() == ErrorCode::FileNotFound => Ok((Vec::new(), Vec::new())),
+        Err(e) => Err(e),
+    }
+}
+
 /// Describes one pipe without taking an instance (`GetNamedPipeInfo` from
 /// outside, as `npipe info` shows it).
 pub fn query_pipe(name: impl TryInto<PipeName, Error = Error>) -> Result<ServedPipe> {

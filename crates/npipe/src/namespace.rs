@@ -329,6 +329,36 @@ impl Namespace {
         }
     }
 
+    /// Removes the sockets of dead servers (connect refused), under the
+    /// directory lock so that no server is creating a name meanwhile; a
+    /// socket whose inode changed since it was probed is left alone. Returns
+    /// the removed file names, and the ones that could not be removed (another
+    /// user's, in the sticky directory) with why.
+    pub fn prune_stale(&self) -> Result<(Vec<String>, Vec<(String, String)>)> {
+        let _lock = self.lock()?;
+        let (mut removed, mut kept) = (Vec::new(), Vec::new());
+        for file in self.socket_files()? {
+            let Ok(before) = self.dir.stat(&file) else {
+                continue;
+            };
+            let probe = Socket::stream().map_err(|e| Error::os(e, "cannot create a socket"))?;
+            match probe.connect_in(&self.dir, &file) {
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {}
+                _ => continue, // live, or gone already
+            }
+            match self.dir.stat(&file) {
+                Ok(now) if now.dev == before.dev && now.ino == before.ino => {}
+                _ => continue,
+            }
+            match self.dir.unlink(&file) {
+                Ok(()) => removed.push(file),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => kept.push((file, format!("owned by uid {}: {e}", before.uid))),
+            }
+        }
+        Ok((removed, kept))
+    }
+
     fn lock(&self) -> Result<DirLock<'_>> {
         let start = Instant::now();
         loop {

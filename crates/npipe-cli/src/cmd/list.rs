@@ -17,7 +17,8 @@ the server. Asking takes no instance and disturbs no client.
 Columns: NAME, the server's PID and USER, TYPE (message or byte), DIRECTION
 (inbound, outbound or duplex, seen from the server) and INSTANCES in use out of
 the limit. A socket whose server died or does not answer is shown as
-`(stale: FILE, reason)`; the next server of that name replaces it.
+`(stale: FILE, reason)`; the next server of that name replaces it, and
+--prune removes it now.
 
 With --json, one JSON object per line:
   {name, file, pid, uid, user, type, direction, cur_instances, max_instances,
@@ -31,12 +32,19 @@ max_instances is null for unlimited; stale entries are
 #[command(
     about = "List the pipes on this machine (like Sysinternals PipeList)",
     long_about = LONG_ABOUT,
-    after_help = "Examples:\n  npipe list\n  npipe list --json | jq -r 'select(.pid == 1234) | .name'"
+    after_help = "Examples:\n  npipe list\n  npipe list --prune\n  npipe list --json | jq -r 'select(.pid == 1234) | .name'"
 )]
 pub struct Args {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
+
+    /// First remove the sockets of dead servers (connect refused)
+    ///
+    /// Live pipes are never touched; another user's stale socket cannot be
+    /// removed (the directory is sticky) and is reported instead.
+    #[arg(verbatim_doc_comment, long)]
+    pub prune: bool,
 }
 
 /// The JSON description of a served pipe, shared with `npipe info`.
@@ -61,6 +69,16 @@ pub fn served_json(p: &ServedPipe) -> Value {
 
 /// Runs `npipe list`.
 pub fn run(args: &Args) -> CmdResult {
+    if args.prune {
+        let (removed, kept) = npipe::remove_stale_pipes()?;
+        let mut err = io::stderr().lock();
+        for file in &removed {
+            let _ = writeln!(err, "removed stale socket {file}");
+        }
+        for (file, why) in &kept {
+            let _ = writeln!(err, "cannot remove stale socket {file}: {why}");
+        }
+    }
     let entries = npipe::list_pipes()?;
     let mut out = io::stdout().lock();
     let written = if args.json {
