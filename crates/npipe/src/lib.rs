@@ -104,7 +104,7 @@ pub use blocking::{
 };
 pub use error::{Error, ErrorCode, Result};
 pub use info::{ClientIdentity, End, PeerCredentials, PipeInfo};
-pub use listing::{list_pipes, query_pipe, remove_stale_pipes, PipeEntry, ServedPipe};
+pub use listing::{list_pipes, query_pipe, remove_stale_pipes, PipeEntry, Pruned, ServedPipe};
 pub use name::{PipeName, MAX_NAME_CHARS};
 pub use namespace::{directory as namespace_directory, DEFAULT_DIR};
 pub use options::{

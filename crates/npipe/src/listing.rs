@@ -101,16 +101,28 @@ pub fn list_pipes() -> Result<Vec<PipeEntry>> {
 /// anyway: this only tidies listings.
 ///
 /// ```
-/// let (removed, kept) = npipe::remove_stale_pipes()?;
-/// # let _ = (removed, kept);
+/// let pruned = npipe::remove_stale_pipes()?;
+/// for file in &pruned.removed {
+///     println!("removed {file}");
+/// }
 /// # Ok::<(), npipe::Error>(())
 /// ```
-pub fn remove_stale_pipes() -> Result<(Vec<String>, Vec<(String, String)>)> {
+pub fn remove_stale_pipes() -> Result<Pruned> {
     match Namespace::open_existing() {
         Ok(ns) => ns.prune_stale(),
-        Err(e) if e.code() == ErrorCode::FileNotFound => Ok((Vec::new(), Vec::new())),
+        Err(e) if e.code() == ErrorCode::FileNotFound => Ok(Pruned::default()),
         Err(e) => Err(e),
     }
+}
+
+/// What [`remove_stale_pipes`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// The stale socket files removed.
+    pub removed: Vec<String>,
+    /// Stale socket files that could not be removed, with why (another
+    /// user's, in the sticky directory).
+    pub kept: Vec<(String, String)>,
 }
 
 /// Describes one pipe without taking an instance (`GetNamedPipeInfo` from

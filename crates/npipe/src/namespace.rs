@@ -334,9 +334,9 @@ impl Namespace {
     /// socket whose inode changed since it was probed is left alone. Returns
     /// the removed file names, and the ones that could not be removed (another
     /// user's, in the sticky directory) with why.
-    pub fn prune_stale(&self) -> Result<(Vec<String>, Vec<(String, String)>)> {
+    pub fn prune_stale(&self) -> Result<crate::listing::Pruned> {
         let _lock = self.lock()?;
-        let (mut removed, mut kept) = (Vec::new(), Vec::new());
+        let mut pruned = crate::listing::Pruned::default();
         for file in self.socket_files()? {
             let Ok(before) = self.dir.stat(&file) else {
                 continue;
@@ -351,12 +351,14 @@ impl Namespace {
                 _ => continue,
             }
             match self.dir.unlink(&file) {
-                Ok(()) => removed.push(file),
+                Ok(()) => pruned.removed.push(file),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => kept.push((file, format!("owned by uid {}: {e}", before.uid))),
+                Err(e) => pruned
+                    .kept
+                    .push((file, format!("owned by uid {}: {e}", before.uid))),
             }
         }
-        Ok((removed, kept))
+        Ok(pruned)
     }
 
     fn lock(&self) -> Result<DirLock<'_>> {

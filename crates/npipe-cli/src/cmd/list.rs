@@ -70,12 +70,12 @@ pub fn served_json(p: &ServedPipe) -> Value {
 /// Runs `npipe list`.
 pub fn run(args: &Args) -> CmdResult {
     if args.prune {
-        let (removed, kept) = npipe::remove_stale_pipes()?;
+        let pruned = npipe::remove_stale_pipes()?;
         let mut err = io::stderr().lock();
-        for file in &removed {
+        for file in &pruned.removed {
             let _ = writeln!(err, "removed stale socket {file}");
         }
-        for (file, why) in &kept {
+        for (file, why) in &pruned.kept {
             let _ = writeln!(err, "cannot remove stale socket {file}: {why}");
         }
     }
