@@ -33,6 +33,49 @@ pub fn directory() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
 }
 
+/// A new server's socket, bound and listening under its pipe's name.
+#[derive(Debug)]
+pub(crate) struct ServerSocket {
+    pub namespace: Namespace,
+    /// Listening, non-blocking.
+    pub socket: Socket,
+    pub published: Published,
+    /// The user the server runs as: the descriptor's default owner.
+    pub server_uid: u32,
+}
+
+/// What every front end does to create a pipe: checks the options and the
+/// name, and binds the socket with the file mode the descriptor allows.
+pub(crate) fn create_server_socket(
+    name: &PipeName,
+    opts: &crate::options::ServerOptions,
+) -> Result<ServerSocket> {
+    opts.validate()?;
+    if !name.is_local() {
+        return Err(Error::new(
+            ErrorCode::InvalidName,
+            format!("{name}: a server can only create pipes on this machine (\\\\.\\pipe\\...)"),
+        ));
+    }
+    let server_uid = sys::effective_uid();
+    let namespace = Namespace::open_or_create()?;
+    let mode = opts.security.socket_mode(server_uid);
+    let (socket, published) = namespace.bind(name, opts.first_instance, mode)?;
+    if let Err(e) = socket.set_nonblocking(true) {
+        namespace.remove(&published);
+        return Err(Error::os(
+            e,
+            "cannot make the listening socket non-blocking",
+        ));
+    }
+    Ok(ServerSocket {
+        namespace,
+        socket,
+        published,
+        server_uid,
+    })
+}
+
 /// The open, checked namespace directory.
 #[derive(Debug)]
 pub(crate) struct Namespace {

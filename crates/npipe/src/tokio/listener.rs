@@ -35,7 +35,7 @@ use super::stream::{register, PipeStream};
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::{max_instances_from_wire, End, PipeInfo};
 use crate::name::PipeName;
-use crate::namespace::{Namespace, Published};
+use crate::namespace::{self, Namespace, Published, ServerSocket};
 use crate::options::{Access, ImpersonationLevel, ServerOptions, UNLIMITED_INSTANCES};
 use crate::policy::{self, Peer, Verdict};
 use crate::proto::admission::{Admission, Arrival, Ticket};
@@ -149,15 +149,6 @@ impl std::fmt::Debug for PipeListener {
 
 impl PipeListener {
     pub(crate) fn create(name: PipeName, opts: ServerOptions) -> Result<PipeListener> {
-        opts.validate()?;
-        if !name.is_local() {
-            return Err(Error::new(
-                ErrorCode::InvalidName,
-                format!(
-                    "{name}: a server can only create pipes on this machine (\\\\.\\pipe\\...)"
-                ),
-            ));
-        }
         let runtime = ::tokio::runtime::Handle::try_current().map_err(|_| {
             Error::new(
                 ErrorCode::NotSupported,
@@ -165,10 +156,12 @@ impl PipeListener {
                  (or use ServerOptions::create for the blocking server)",
             )
         })?;
-        let server_uid = sys::effective_uid();
-        let namespace = Namespace::open_or_create()?;
-        let mode = opts.security.socket_mode(server_uid);
-        let (socket, published) = namespace.bind(&name, opts.first_instance, mode)?;
+        let ServerSocket {
+            namespace,
+            socket,
+            published,
+            server_uid,
+        } = namespace::create_server_socket(&name, &opts)?;
         let listener = match register(socket) {
             Ok(l) => l,
             Err(e) => {
