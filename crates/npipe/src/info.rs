@@ -56,11 +56,7 @@ pub(crate) fn listener_info(
         end: End::Server,
         pipe_type: opts.pipe_type,
         direction: d,
-        access: match (d.server_reads(), d.server_writes()) {
-            (true, false) => Access::Read,
-            (false, true) => Access::Write,
-            _ => Access::ReadWrite,
-        },
+        access: Access::of(d.server_reads(), d.server_writes()),
         read_mode: opts.effective_read_mode(),
         max_instances: max_instances_from_wire(opts.max_instances),
         cur_instances: active,

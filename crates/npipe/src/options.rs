@@ -82,6 +82,15 @@ impl Access {
     pub fn writes(self) -> bool {
         matches!(self, Access::Write | Access::ReadWrite)
     }
+    /// The access of an end that may read and/or write (at least one).
+    pub(crate) fn of(reads: bool, writes: bool) -> Access {
+        match (reads, writes) {
+            (true, false) => Access::Read,
+            (false, true) => Access::Write,
+            _ => Access::ReadWrite,
+        }
+    }
+
     /// Whether every right in `self` is also in `other`.
     pub fn within(self, other: Access) -> bool {
         (!self.reads() || other.reads()) && (!self.writes() || other.writes())

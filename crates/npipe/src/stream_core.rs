@@ -19,7 +19,7 @@
 use std::io::{self, IoSlice};
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::info::{End, PeerCredentials};
+use crate::info::{End, PeerCredentials, PipeInfo};
 use crate::options::{Access, Direction, PipeType, ReadMode};
 use crate::proto::framing::{self, Decoder, HEADER_LEN};
 
@@ -87,6 +87,25 @@ pub(crate) struct Setup {
 }
 
 impl Setup {
+    /// The pipe as this end sees it (`GetNamedPipeInfo`,
+    /// `GetNamedPipeHandleState`), given its reading and writing state.
+    pub fn info(&self, reader: &ReadCore, writer: &WriteCore) -> PipeInfo {
+        PipeInfo {
+            name: self.name.clone(),
+            end: self.end,
+            pipe_type: self.pipe_type,
+            direction: self.direction,
+            access: Access::of(reader.can_read, writer.can_write),
+            read_mode: reader.mode,
+            max_instances: self.max_instances,
+            cur_instances: self.cur_instances,
+            in_buffer_size: self.in_buffer,
+            out_buffer_size: self.out_buffer,
+            max_message_size: self.max_message,
+            peer_max_message_size: self.peer_max_message,
+        }
+    }
+
     /// Whether this end may read and write.
     pub fn rights(&self) -> (bool, bool) {
         match self.end {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::{PeerCredentials, PipeInfo};
-use crate::options::{Access, PipeType, ReadMode};
+use crate::options::{PipeType, ReadMode};
 use crate::stream_core::{
     recv_error, send_error, Need, ReadCore, ReadMessage, ReadOp, ReadStd, RecvMessage, Step,
     WriteCore,
@@ -314,25 +314,7 @@ impl PipeStream {
     /// The pipe as this end sees it (`GetNamedPipeInfo`,
     /// `GetNamedPipeHandleState`).
     pub fn info(&self) -> PipeInfo {
-        let s = &self.setup;
-        PipeInfo {
-            name: s.name.clone(),
-            end: s.end,
-            pipe_type: s.pipe_type,
-            direction: s.direction,
-            access: match (self.reader.can_read, self.writer.can_write) {
-                (true, false) => Access::Read,
-                (false, true) => Access::Write,
-                _ => Access::ReadWrite,
-            },
-            read_mode: self.reader.mode,
-            max_instances: s.max_instances,
-            cur_instances: s.cur_instances,
-            in_buffer_size: s.in_buffer,
-            out_buffer_size: s.out_buffer,
-            max_message_size: s.max_message,
-            peer_max_message_size: s.peer_max_message,
-        }
+        self.setup.info(&self.reader, &self.writer)
     }
 
     /// Splits into a reading and a writing half that can be used from two
