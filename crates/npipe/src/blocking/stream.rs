@@ -449,7 +449,7 @@ impl Write for WriteHalf<'_> {
 mod tests {
     use super::*;
     use crate::info::End;
-    use crate::options::Direction;
+    use crate::options::{Access, Direction};
     use crate::proto::framing;
 
     fn pair(pipe_type: PipeType) -> (PipeStream, PipeStream) {
