@@ -290,7 +290,11 @@ impl Namespace {
         socket
             .listen(1024)
             .map_err(|e| Error::os(e, "cannot listen on the pipe's socket"))?;
-        let _lock = self.lock()?;
+        // The common case needs no lock: the link either takes a free name
+        // or fails. Only replacing a dead server's socket is done under the
+        // directory's lock, so that two servers cannot both reclaim it (and
+        // anyone holding that lock can delay only that, never a new name).
+        let mut lock = None;
         for _ in 0..4 {
             match self.dir.link(tmp, file) {
                 Ok(()) => {
@@ -301,11 +305,15 @@ impl Namespace {
                     return Ok((info.dev, info.ino));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if lock.is_none() {
+                        lock = Some(self.lock()?);
+                    }
                     self.reclaim(file, name, first_instance)?;
                 }
                 Err(e) => return Err(self.io_error(e, "cannot create the pipe in")),
             }
         }
+        drop(lock);
         Err(Error::new(
             ErrorCode::PipeBusy,
             format!("{name}: another server keeps taking this name; try again"),
@@ -336,8 +344,17 @@ impl Namespace {
                 ),
             ));
         }
-        let probe = Socket::stream().map_err(|e| Error::os(e, "cannot create a socket"))?;
+        let probe = self.probe_socket()?;
         match probe.connect_in(&self.dir, file) {
+            // A full backlog (EAGAIN) is a live server too, just a busy one.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(Error::new(
+                if first_instance {
+                    ErrorCode::AccessDenied
+                } else {
+                    ErrorCode::PipeBusy
+                },
+                format!("{name} is already being served (and its server is very busy)"),
+            )),
             Ok(()) => {
                 let who = probe
                     .peer_cred()
@@ -384,7 +401,7 @@ impl Namespace {
             let Ok(before) = self.dir.stat(&file) else {
                 continue;
             };
-            let probe = Socket::stream().map_err(|e| Error::os(e, "cannot create a socket"))?;
+            let probe = self.probe_socket()?;
             match probe.connect_in(&self.dir, &file) {
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {}
                 _ => continue, // live, or gone already
@@ -402,6 +419,16 @@ impl Namespace {
             }
         }
         Ok(pruned)
+    }
+
+    /// A socket to see whether a server listens on a name: non-blocking, so
+    /// that a squatter with a full backlog cannot make the probe wait.
+    fn probe_socket(&self) -> Result<Socket> {
+        let probe = Socket::stream().map_err(|e| Error::os(e, "cannot create a socket"))?;
+        probe
+            .set_nonblocking(true)
+            .map_err(|e| Error::os(e, "cannot make a socket non-blocking"))?;
+        Ok(probe)
     }
 
     fn lock(&self) -> Result<DirLock<'_>> {

@@ -283,12 +283,15 @@ impl SecurityDescriptor {
     /// (connecting needs write permission on the socket file, so the mode can
     /// only keep out those the descriptor grants nothing).
     pub fn socket_mode(&self, server_uid: u32) -> u32 {
+        // The socket file belongs to the server's user (who bound it), not
+        // to the descriptor's owner if that was set to someone else.
         let owner = self.owner_uid(server_uid);
+        let outsider = |uid: u32| uid != server_uid && uid != 0;
         let others = self.entries.iter().any(|a| {
             a.kind == AceKind::Allow
                 && match a.trustee {
-                    Trustee::User(uid) => uid != owner && uid != 0,
-                    Trustee::Owner => false,
+                    Trustee::User(uid) => outsider(uid),
+                    Trustee::Owner => outsider(owner),
                     Trustee::Everyone | Trustee::Group(_) | Trustee::Remote(_) => true,
                 }
         });
@@ -526,6 +529,21 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.code(), ErrorCode::AccessDenied);
         assert_eq!(sd.socket_mode(server), 0o666);
+    }
+
+    #[test]
+    fn the_socket_mode_lets_in_an_owner_who_is_not_the_server() {
+        // A root server whose descriptor's owner is uid 1000: the socket file
+        // is root's, so uid 1000 needs the "others" bits to connect at all.
+        let sd: SecurityDescriptor = "owner 1000; allow owner=full".parse().unwrap();
+        assert_eq!(sd.socket_mode(0), 0o666);
+        let sd: SecurityDescriptor = "allow user:1000=rw".parse().unwrap();
+        assert_eq!(sd.socket_mode(0), 0o666);
+        assert_eq!(sd.socket_mode(1000), 0o600);
+        assert_eq!(
+            SecurityDescriptor::current_user_only().socket_mode(1000),
+            0o600
+        );
     }
 
     #[test]

@@ -166,15 +166,13 @@ pub(crate) trait ReadOp {
     fn direct_target(&mut self, at: usize, len: usize) -> &mut [u8];
     /// Reports what a [`Need::Direct`] read received (0 = end of stream).
     fn direct_done(&mut self, core: &mut ReadCore, got: usize);
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    /// What a non-blocking front end may return now instead of waiting,
-    /// having already taken some bytes (`std::io::Read` semantics).
+    /// What a front end may return now instead of waiting (or instead of an
+    /// error), having already taken some bytes (`std::io::Read` semantics).
     fn partial(&self) -> Option<Self::Output> {
         None
     }
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    /// Puts back what an unfinished operation took, as if it never ran
-    /// (a cancelled future).
+    /// Puts back what an unfinished operation took, as if it never ran (a
+    /// cancelled future, or a blocking receive that timed out).
     fn undo(&mut self, _core: &mut ReadCore) {}
 }
 

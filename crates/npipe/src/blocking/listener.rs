@@ -169,8 +169,11 @@ impl PipeListener {
         loop {
             if let Some(ready) = queue.pop_front() {
                 let was_full = queue.len() + 1 >= shared.opts.accept_backlog as usize;
-                drop(queue);
+                // Counted under the lock, together with the pop: the acceptor
+                // never sees the queue shrink without the count that goes
+                // with it (else a waiter could stay queued beside free room).
                 shared.accepted.fetch_add(1, Ordering::SeqCst);
+                drop(queue);
                 if was_full {
                     shared.waker.wake();
                 }
@@ -220,12 +223,22 @@ fn unreachable_timeout() -> Error {
 
 impl Drop for PipeListener {
     fn drop(&mut self) {
+        // The name goes first, while the socket still listens: a server
+        // starting meanwhile finds a live pipe, never a stale one to reclaim
+        // (which this removal could then delete from under it).
+        self.namespace.remove(&self.published);
         self.shared.shutdown.store(true, Ordering::SeqCst);
         self.shared.waker.wake();
         if let Some(t) = self.acceptor.take() {
             let _ = t.join();
         }
-        self.namespace.remove(&self.published);
+        // Clients told OK but never accepted: close them, so they see a
+        // broken pipe now rather than wait on a server end nobody will take.
+        self.shared
+            .ready
+            .lock()
+            .expect("ready queue poisoned")
+            .clear();
     }
 }
 
@@ -509,7 +522,11 @@ impl Acceptor {
     }
 
     fn run(mut self) {
-        if let Err(e) = self.serve() {
+        let outcome = self.serve();
+        // Under the queue's lock, so that no accept() can check for a
+        // failure, miss this one and then wait for ever.
+        let _queue = self.shared.ready.lock().expect("ready queue poisoned");
+        if let Err(e) = outcome {
             *self.shared.failed.lock().expect("poisoned") = Some(e.to_string());
         }
         // Wake any accept() so it sees the failure or the shutdown.

@@ -62,21 +62,38 @@ fn io_err(e: io::Error, what: &str) -> Error {
     Error::os(e, what)
 }
 
-/// Drives a read to its end with blocking receives.
+/// Drives a read to its end with blocking receives. A receive that fails or
+/// times out part way loses nothing: a `std::io::Read` returns the bytes it
+/// already took, and a message read puts them back, so that the next read
+/// starts the same message again (never its tail as a whole message).
 fn run<O: ReadOp>(core: &mut ReadCore, sock: &Socket, op: &mut O) -> Result<O::Output> {
     loop {
-        match op.step(core)? {
+        let need = match op.step(core)? {
             Step::Done(v) => return Ok(v),
-            Step::Need(Need::Fill) => {
-                let n = sock
-                    .recv_spare(core.fill_buf(), RecvFlagsLite::Block)
-                    .map_err(recv_error)?;
-                core.filled(n);
+            Step::Need(need) => need,
+        };
+        let received = match need {
+            Need::Fill => match sock.recv_spare(core.fill_buf(), RecvFlagsLite::Block) {
+                Ok(n) => {
+                    core.filled(n);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            Need::Direct { at, len } => match sock.recv(op.direct_target(at, len)) {
+                Ok(got) => {
+                    op.direct_done(core, got);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = received {
+            if let Some(taken) = op.partial() {
+                return Ok(taken);
             }
-            Step::Need(Need::Direct { at, len }) => {
-                let got = sock.recv(op.direct_target(at, len)).map_err(recv_error)?;
-                op.direct_done(core, got);
-            }
+            op.undo(core);
+            return Err(recv_error(e));
         }
     }
 }
@@ -508,6 +525,47 @@ mod tests {
             b.read_message(&mut big).unwrap(),
             MessageRead::Complete(20_000)
         );
+    }
+
+    #[test]
+    fn a_read_that_times_out_mid_message_loses_nothing() {
+        let (a, mut b) = pair(PipeType::Message);
+        b.set_read_timeout(Some(std::time::Duration::from_millis(30)))
+            .unwrap();
+        // Half a message, then silence: both kinds of message read time out.
+        a.socket.send(&framing::header(10)).unwrap();
+        a.socket.send(b"01234").unwrap();
+        assert_eq!(b.recv_message().unwrap_err().code(), ErrorCode::Timeout);
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            b.read_message(&mut buf).unwrap_err().code(),
+            ErrorCode::Timeout
+        );
+        // The rest arrives: the whole message, not its tail.
+        a.socket.send(b"56789").unwrap();
+        assert_eq!(b.recv_message().unwrap(), b"0123456789");
+        // The same through read_message, and a direct read into a large buffer.
+        let big = vec![7u8; 20_000];
+        a.socket.send(&framing::header(big.len() as u32)).unwrap();
+        a.socket.send(&big[..9_000]).unwrap();
+        let mut out = vec![0u8; 30_000];
+        assert_eq!(
+            b.read_message(&mut out).unwrap_err().code(),
+            ErrorCode::Timeout
+        );
+        a.socket.send(&big[9_000..]).unwrap();
+        assert_eq!(
+            b.read_message(&mut out).unwrap(),
+            MessageRead::Complete(20_000)
+        );
+        assert_eq!(&out[..20_000], &big[..]);
+        // std::io::Read returns what it took rather than an error.
+        a.socket.send(&framing::header(6)).unwrap();
+        a.socket.send(b"abc").unwrap();
+        assert_eq!(b.read(&mut buf).unwrap(), 3);
+        a.socket.send(b"def").unwrap();
+        assert_eq!(b.read(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"def");
     }
 
     #[test]

@@ -90,6 +90,8 @@ struct Shared {
     failed: Mutex<Option<String>>,
     /// The user the server runs as: the descriptor's default owner.
     server_uid: u32,
+    /// The listener is gone: the acceptor queues nothing more.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -175,6 +177,7 @@ impl PipeListener {
             opts,
             ready: Mutex::new(VecDeque::new()),
             ready_notify: Notify::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
             events,
             active: AtomicU32::new(0),
             failed: Mutex::new(None),
@@ -240,6 +243,11 @@ impl Drop for PipeListener {
         // (with the listening socket, handshakes and waiters) stops.
         self.namespace.remove(&self.published);
         self.acceptor.abort();
+        // The acceptor may be mid-poll on another worker and queue one more
+        // connection before the abort lands: the flag, checked under the
+        // queue's lock, stops that; what is queued is closed now, so those
+        // clients see a broken pipe rather than wait for an `accept`.
+        self.shared.closed.store(true, Ordering::SeqCst);
         self.shared.ready.lock().expect("poisoned").clear();
     }
 }
@@ -249,11 +257,11 @@ impl Drop for PipeListener {
 /// [`PipeStream`], to which it dereferences; it implements `AsyncRead` and
 /// `AsyncWrite` like it.
 ///
-/// Impersonation (`ImpersonateNamedPipeClient`) is not offered yet. When it
-/// comes it will run the caller's closure on a blocking thread
-/// (`tokio::task::spawn_blocking`) that takes the client's ids for the
-/// closure's duration only, never on a runtime worker, whose other tasks
-/// would otherwise run as the client.
+/// Impersonation (`ImpersonateNamedPipeClient`) is
+/// [`run_as_client`](PipeServer::run_as_client): the caller's closure runs on
+/// a blocking thread (`tokio::task::spawn_blocking`) that takes the client's
+/// ids for the closure's duration only, never on a runtime worker, whose
+/// other tasks would otherwise run as the client.
 ///
 /// ```
 /// use npipe::{ClientOptions, ServerOptions};
@@ -724,15 +732,29 @@ impl Acceptor {
         if o.out_buffer_size > 0 {
             let _ = arrived.socket.set_send_buffer(o.out_buffer_size as usize);
         }
-        self.shared
-            .ready
-            .lock()
-            .expect("ready queue poisoned")
-            .push_back(Ready {
-                arrived,
-                granted,
-                cur_instances,
-            });
+        let mut ready = self.shared.ready.lock().expect("ready queue poisoned");
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return; // the listener is gone: closing `arrived` tells the client
+        }
+        ready.push_back(Ready {
+            arrived,
+            granted,
+            cur_instances,
+        });
+        drop(ready);
+        self.shared.ready_notify.notify_waiters();
+    }
+}
+
+impl Drop for Acceptor {
+    /// However the task ends (its listener dropped, its runtime shut down),
+    /// an `accept` waiting on another runtime must learn of it.
+    fn drop(&mut self) {
+        let mut failed = self.shared.failed.lock().unwrap_or_else(|e| e.into_inner());
+        failed.get_or_insert_with(|| {
+            "its acceptor task ended (was its runtime shut down?)".to_string()
+        });
+        drop(failed);
         self.shared.ready_notify.notify_waiters();
     }
 }

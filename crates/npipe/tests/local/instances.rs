@@ -10,6 +10,7 @@ use crate::common::{eventually, on_both_servers, server_on, spawn, unique, Front
 
 // Each behaviour, against the blocking and the tokio server.
 on_both_servers!(
+    a_dropped_listener_closes_clients_it_never_accepted,
     busy_at_once_without_wait,
     waiters_are_served_first_come_first_served,
     wait_times_out_with_sem_timeout,
@@ -209,4 +210,43 @@ fn racing_servers_cannot_both_win_a_name() {
             .all(|o| o.starts_with("err 5 ")),
         "the losers are told the name is taken: {outcomes:?}"
     );
+}
+
+fn a_dropped_listener_closes_clients_it_never_accepted(front: Front) {
+    let name = unique("droplistener");
+    let mode = match front {
+        Front::Blocking => "sync",
+        Front::Tokio => "async",
+    };
+    let mut srv = spawn("drop_listener", &[&name, mode]);
+    srv.expect("ready");
+    let _kept = ClientOptions::new().open(&name).unwrap();
+    srv.expect("accepted");
+    // Granted (OK received) but never accepted by the application.
+    let mut queued = ClientOptions::new().open(&name).unwrap();
+    queued.set_read_timeout(Some(HANG)).unwrap();
+    srv.tell("go");
+    srv.expect("dropped");
+    let e = queued.recv_message().unwrap_err();
+    assert_eq!(e.code(), ErrorCode::BrokenPipe, "{e}");
+}
+
+#[test]
+fn a_held_directory_lock_does_not_stop_new_pipes() {
+    use crate::common::{spawn_with_env, TempDir};
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new("flock");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    // Anyone may open the directory and flock it, for as long as they like.
+    let dir = std::fs::File::open(tmp.path()).unwrap();
+    dir.lock().unwrap();
+    let name = unique("locked-out");
+    let mut srv = spawn_with_env(
+        "create",
+        &[&name],
+        &[("NPIPE_DIR", tmp.path().to_str().unwrap())],
+    );
+    let said = srv.next_line();
+    assert!(said.starts_with("ok"), "{said}");
+    dir.unlock().unwrap();
 }

@@ -28,6 +28,7 @@ fn child_entry() {
         "open_as" => open_as(&args),
         "vandal" => vandal(&args),
         "big_writer" => big_writer(&args),
+        "drop_listener" => drop_listener(&args),
         other => panic!("unknown role {other}"),
     }
     std::process::exit(0);
@@ -664,4 +665,44 @@ async fn handle_async(mut conn: npipe::tokio::PipeServer, mode: String) {
         }
         other => panic!("unknown mode {other}"),
     }
+}
+
+/// `drop_listener NAME sync|async`: accept one client and keep it; on `go`
+/// drop the listener (with clients queued but never accepted), say
+/// `dropped`, and keep the accepted one until stdin closes.
+fn drop_listener(args: &[String]) {
+    let mut lines = std::io::stdin().lock().lines();
+    #[cfg(feature = "tokio")]
+    if args.get(1).map(String::as_str) == Some("async") {
+        drop(lines);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let name = args[0].clone();
+        rt.block_on(async move {
+            let listener = ServerOptions::new().create_async(name.as_str()).unwrap();
+            say("ready");
+            let kept = listener.accept().await.unwrap();
+            say("accepted");
+            // Wait for `go` off the runtime, which meanwhile keeps serving
+            // handshakes (the second client is granted, never accepted).
+            let read_line = || std::io::stdin().lock().lines().next();
+            let _ = tokio::task::spawn_blocking(read_line).await;
+            drop(listener);
+            say("dropped");
+            let _ = tokio::task::spawn_blocking(|| std::io::stdin().lock().lines().count()).await;
+            drop(kept);
+        });
+        return;
+    }
+    let listener = ServerOptions::new().create(args[0].as_str()).unwrap();
+    say("ready");
+    let kept = listener.accept().unwrap();
+    say("accepted");
+    let _ = lines.next();
+    drop(listener);
+    say("dropped");
+    let _ = lines.count();
+    drop(kept);
 }
