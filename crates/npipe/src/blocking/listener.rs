@@ -777,6 +777,9 @@ impl Acceptor {
     }
 
     fn on_hello(&mut self, ticket: Ticket, mut p: Pending, hello: Hello) {
+        // Instances freed since this turn of the loop began count for this
+        // client: a release's wake-up may not have been seen yet.
+        self.apply_counters();
         let shared = &self.shared;
         let peer = Peer {
             cred: p.cred,
