@@ -459,7 +459,7 @@ fn verify(mut conn: PipeServer) {
                     return;
                 }
                 next += 1;
-                if next % 64 == 0 {
+                if next.is_multiple_of(64) {
                     // A slow reader: the writer must wait, not the heap grow.
                     std::thread::sleep(Duration::from_millis(1));
                 }
@@ -652,7 +652,7 @@ async fn handle_async(mut conn: npipe::tokio::PipeServer, mode: String) {
                             return;
                         }
                         next += 1;
-                        if next % 64 == 0 {
+                        if next.is_multiple_of(64) {
                             tokio::time::sleep(Duration::from_millis(1)).await;
                         }
                     }
