@@ -220,10 +220,20 @@ async fn raw_send(s: &mut UnixStream, m: &[u8]) -> std::io::Result<()> {
     s.write_all(&frame).await
 }
 
+/// The largest message the raw side accepts (the case sends 64 bytes).
+const RAW_MAX: usize = 64 * 1024;
+
 async fn raw_recv(s: &mut UnixStream) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).await?;
-    let mut m = vec![0u8; u32::from_le_bytes(len) as usize];
+    let len = u32::from_le_bytes(len) as usize;
+    if len > RAW_MAX {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "message larger than the scale case sends",
+        ));
+    }
+    let mut m = vec![0u8; len];
     s.read_exact(&mut m).await?;
     Ok(m)
 }
