@@ -87,6 +87,56 @@ pub(crate) struct Setup {
 }
 
 impl Setup {
+    /// The server end's setup for a client the acceptor granted `granted`
+    /// access, when `cur_instances` were in use; `peer_max_message` is the
+    /// client's HELLO limit, `peer` its kernel credentials.
+    pub fn for_server(
+        opts: &crate::options::ServerOptions,
+        name: &crate::name::PipeName,
+        granted: Access,
+        cur_instances: u32,
+        peer_max_message: u32,
+        peer: PeerCredentials,
+    ) -> Setup {
+        Setup {
+            name: name.name().to_string(),
+            end: End::Server,
+            pipe_type: opts.pipe_type,
+            direction: opts.direction,
+            access: granted,
+            max_instances: crate::info::max_instances_from_wire(opts.max_instances),
+            cur_instances,
+            in_buffer: opts.in_buffer_size,
+            out_buffer: opts.out_buffer_size,
+            max_message: opts.max_message_size,
+            peer_max_message,
+            peer,
+        }
+    }
+
+    /// A duplex setup with 1 MiB message limits, for unit tests.
+    #[cfg(test)]
+    pub fn for_test(end: End, pipe_type: PipeType) -> Setup {
+        Setup {
+            name: "t".into(),
+            end,
+            pipe_type,
+            direction: Direction::Duplex,
+            access: Access::ReadWrite,
+            max_instances: None,
+            cur_instances: 1,
+            in_buffer: 0,
+            out_buffer: 0,
+            max_message: 1 << 20,
+            peer_max_message: 1 << 20,
+            peer: PeerCredentials {
+                pid: 0,
+                uid: 0,
+                gid: 0,
+            },
+        }
+    }
+
     /// The pipe as this end sees it (`GetNamedPipeInfo`,
     /// `GetNamedPipeHandleState`), given its reading and writing state.
     pub fn info(&self, reader: &ReadCore, writer: &WriteCore) -> PipeInfo {
@@ -936,24 +986,7 @@ mod tests {
     use super::*;
 
     fn core(pipe_type: PipeType, mode: ReadMode, wire: &[u8]) -> ReadCore {
-        let setup = Setup {
-            name: "t".into(),
-            end: End::Client,
-            pipe_type,
-            direction: Direction::Duplex,
-            access: Access::ReadWrite,
-            max_instances: None,
-            cur_instances: 1,
-            in_buffer: 0,
-            out_buffer: 0,
-            max_message: 1 << 20,
-            peer_max_message: 1 << 20,
-            peer: PeerCredentials {
-                pid: 0,
-                uid: 0,
-                gid: 0,
-            },
-        };
+        let setup = Setup::for_test(End::Client, pipe_type);
         let mut c = setup.cores(mode, wire.to_vec()).0;
         c.eof = true;
         c

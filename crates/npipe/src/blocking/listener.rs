@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::blocking::stream::{PipeStream, Setup};
 use crate::error::{Error, ErrorCode, Result};
-use crate::info::{max_instances_from_wire, End, PipeInfo};
+use crate::info::PipeInfo;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace, Published, ServerSocket};
 use crate::options::{Access, ImpersonationLevel, ServerOptions, UNLIMITED_INSTANCES};
@@ -277,20 +277,14 @@ impl std::fmt::Debug for PipeServer {
 impl PipeServer {
     fn new(shared: Arc<Shared>, ready: Ready) -> PipeServer {
         let o = &shared.opts;
-        let setup = Setup {
-            name: shared.name.name().to_string(),
-            end: End::Server,
-            pipe_type: o.pipe_type,
-            direction: o.direction,
-            access: ready.granted,
-            max_instances: max_instances_from_wire(o.max_instances),
-            cur_instances: ready.cur_instances,
-            in_buffer: o.in_buffer_size,
-            out_buffer: o.out_buffer_size,
-            max_message: o.max_message_size,
-            peer_max_message: ready.hello.max_message,
-            peer: ready.cred.into(),
-        };
+        let setup = Setup::for_server(
+            o,
+            &shared.name,
+            ready.granted,
+            ready.cur_instances,
+            ready.hello.max_message,
+            ready.cred.into(),
+        );
         let stream = PipeStream::new(ready.socket, setup, o.effective_read_mode(), ready.leftover);
         PipeServer {
             impersonation: ready.hello.impersonation,

@@ -466,29 +466,11 @@ impl Write for WriteHalf<'_> {
 mod tests {
     use super::*;
     use crate::info::End;
-    use crate::options::{Access, Direction};
     use crate::proto::framing;
 
     fn pair(pipe_type: PipeType) -> (PipeStream, PipeStream) {
         let (a, b) = Socket::pair().unwrap();
-        let setup = |end| Setup {
-            name: "t".into(),
-            end,
-            pipe_type,
-            direction: Direction::Duplex,
-            access: Access::ReadWrite,
-            max_instances: None,
-            cur_instances: 1,
-            in_buffer: 0,
-            out_buffer: 0,
-            max_message: 1 << 20,
-            peer_max_message: 1 << 20,
-            peer: PeerCredentials {
-                pid: 0,
-                uid: 0,
-                gid: 0,
-            },
-        };
+        let setup = |end| Setup::for_test(end, pipe_type);
         let mode = match pipe_type {
             PipeType::Byte => ReadMode::Byte,
             PipeType::Message => ReadMode::Message,

@@ -33,7 +33,7 @@ use ::tokio::time::Sleep;
 
 use super::stream::{register, PipeStream};
 use crate::error::{Error, ErrorCode, Result};
-use crate::info::{max_instances_from_wire, End, PipeInfo};
+use crate::info::PipeInfo;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace, Published, ServerSocket};
 use crate::options::{Access, ImpersonationLevel, ServerOptions, UNLIMITED_INSTANCES};
@@ -298,20 +298,14 @@ impl PipeServer {
     fn new(shared: Arc<Shared>, ready: Ready) -> Result<PipeServer> {
         let o = &shared.opts;
         let a = ready.arrived;
-        let setup = Setup {
-            name: shared.name.name().to_string(),
-            end: End::Server,
-            pipe_type: o.pipe_type,
-            direction: o.direction,
-            access: ready.granted,
-            max_instances: max_instances_from_wire(o.max_instances),
-            cur_instances: ready.cur_instances,
-            in_buffer: o.in_buffer_size,
-            out_buffer: o.out_buffer_size,
-            max_message: o.max_message_size,
-            peer_max_message: a.hello.max_message,
-            peer: a.cred.into(),
-        };
+        let setup = Setup::for_server(
+            o,
+            &shared.name,
+            ready.granted,
+            ready.cur_instances,
+            a.hello.max_message,
+            a.cred.into(),
+        );
         match PipeStream::new(a.socket, setup, o.effective_read_mode(), a.leftover) {
             Ok(stream) => Ok(PipeServer {
                 impersonation: a.hello.impersonation,

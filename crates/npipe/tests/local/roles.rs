@@ -107,17 +107,7 @@ fn serve(args: &[String]) {
     };
     let mode = opt(args, "mode").unwrap_or("echo").to_string();
     say(format!("ready {}", std::process::id()));
-    // The parent closes our stdin to stop us politely (the listener then
-    // removes its socket); "go" lines are passed on to `mode=go` connections.
-    std::thread::spawn(|| {
-        for line in std::io::stdin().lock().lines() {
-            match line {
-                Ok(l) if l == "go" => GO.1.notify_all_after(|| *GO.0.lock().unwrap() = true),
-                _ => break,
-            }
-        }
-        STOP.store(true, Ordering::SeqCst);
-    });
+    listen_to_parent();
     while !STOP.load(Ordering::SeqCst) {
         let conn = match listener.accept_timeout(Duration::from_millis(20)) {
             Ok(Some(c)) => c,
@@ -139,6 +129,21 @@ fn serve(args: &[String]) {
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
+
+/// The parent closes our stdin to stop us politely (a server then drops its
+/// listener, which removes its socket); `go` lines are passed on to
+/// `mode=go` connections.
+fn listen_to_parent() {
+    std::thread::spawn(|| {
+        for line in std::io::stdin().lock().lines() {
+            match line {
+                Ok(l) if l == "go" => GO.1.notify_all_after(|| *GO.0.lock().unwrap() = true),
+                _ => break,
+            }
+        }
+        STOP.store(true, Ordering::SeqCst);
+    });
+}
 static GO: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
 
 trait NotifyAfter {
@@ -504,15 +509,7 @@ fn serve_async(args: &[String]) {
         };
         let mode = opt(args, "mode").unwrap_or("echo").to_string();
         say(format!("ready {}", std::process::id()));
-        std::thread::spawn(|| {
-            for line in std::io::stdin().lock().lines() {
-                match line {
-                    Ok(l) if l == "go" => GO.1.notify_all_after(|| *GO.0.lock().unwrap() = true),
-                    _ => break,
-                }
-            }
-            STOP.store(true, Ordering::SeqCst);
-        });
+        listen_to_parent();
         while !STOP.load(Ordering::SeqCst) {
             let accepted = tokio::time::timeout(Duration::from_millis(20), listener.accept()).await;
             let conn = match accepted {

@@ -220,6 +220,17 @@ fn run_case(
 }
 
 /// Runs `npipe bench`.
+/// One JSON object per row on stdout, flushed as each case finishes.
+fn print_json(rows: &[Row], info: &RunInfo) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    for row in rows {
+        writeln!(out, "{}", report::json_line(row, info))
+            .and_then(|()| out.flush())
+            .map_err(Failure::stdout)?;
+    }
+    Ok(())
+}
+
 pub fn run(args: &Args) -> CmdResult {
     let (chosen, with_scale) = select(&args.cases)?;
     let scale = if args.smoke {
@@ -275,12 +286,7 @@ pub fn run(args: &Args) -> CmdResult {
         };
         let rows = report::rows(case, count, &measured);
         if args.json {
-            let mut out = std::io::stdout().lock();
-            for row in &rows {
-                writeln!(out, "{}", report::json_line(row, &info))
-                    .and_then(|()| out.flush())
-                    .map_err(Failure::stdout)?;
-            }
+            print_json(&rows, &info)?;
         }
         all.extend(rows);
     }
@@ -293,12 +299,7 @@ pub fn run(args: &Args) -> CmdResult {
             }
         };
         if args.json {
-            let mut out = std::io::stdout().lock();
-            for row in &rows {
-                writeln!(out, "{}", report::json_line(row, &info))
-                    .and_then(|()| out.flush())
-                    .map_err(Failure::stdout)?;
-            }
+            print_json(&rows, &info)?;
         }
         all.extend(rows);
     }
