@@ -561,10 +561,21 @@ pub fn process_id() -> u32 {
 }
 
 /// The session id of a process (`getsid`).
+///
+/// Zero is a real answer, not an error: a process whose session leader lives
+/// outside our pid namespace (containers, CI sandboxes) has session id 0 as
+/// seen from here. rustix's `getsid` asserts a positive id, so call libc.
 pub fn session_id(pid: u32) -> io::Result<u32> {
-    let pid = rustix::process::Pid::from_raw(pid as i32)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid 0"))?;
-    Ok(rustix::process::getsid(Some(pid))?.as_raw_pid() as u32)
+    let pid = libc::pid_t::try_from(pid)
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "invalid process id"))?;
+    // SAFETY: getsid takes a plain integer and touches no memory of ours.
+    let sid = unsafe { libc::getsid(pid) };
+    if sid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sid as u32)
 }
 
 /// The user name of `uid` from the system's user database, if it has one.

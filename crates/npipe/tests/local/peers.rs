@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use npipe::ClientOptions;
 
-use crate::common::{server, spawn, unique};
+use crate::common::{is_root, server, spawn, unique};
 
 #[test]
 fn the_server_sees_the_client_process_and_user() {
@@ -25,6 +25,44 @@ fn the_server_sees_the_client_process_and_user() {
     let after = &sid[sid.rfind(')').unwrap() + 2..];
     let session: u32 = after.split(' ').nth(3).unwrap().parse().unwrap();
     assert_eq!(fields[2], session, "client session id");
+}
+
+/// In a container the session leader often lives outside our pid namespace,
+/// so `getsid` answers 0. That is a session id like any other, not a reason
+/// to fail (or, as once in CI, to panic inside a dependency).
+#[test]
+fn a_client_whose_session_leader_is_out_of_view_has_session_zero() {
+    if !is_root() {
+        eprintln!("SKIPPED LOUDLY: a new pid namespace needs root");
+        return;
+    }
+    let name = unique("sessionzero");
+    let out = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "roles::child_entry", "--ignored", "--nocapture"])
+        .env("NPIPE_TEST_ROLE", "session_probe")
+        .env("NPIPE_TEST_ARGS", &name)
+        .output();
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("SKIPPED LOUDLY: cannot run unshare(1): {e}");
+            return;
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.find("@@").map(|at| &l[at + 2..]))
+        .unwrap_or_else(|| {
+            panic!(
+                "no report from the probe: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    // Pid 1: the probe is the first process of its namespace.
+    assert_eq!(line, "session 0 pid 1");
 }
 
 #[test]

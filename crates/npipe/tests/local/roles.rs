@@ -29,6 +29,7 @@ fn child_entry() {
         "vandal" => vandal(&args),
         "big_writer" => big_writer(&args),
         "drop_listener" => drop_listener(&args),
+        "session_probe" => session_probe(&args),
         other => panic!("unknown role {other}"),
     }
     std::process::exit(0);
@@ -333,6 +334,19 @@ fn open(args: &[String]) {
             }
         }
         Err(e) => say(format!("err {} {}", code(&e), e)),
+    }
+}
+
+/// `session_probe NAME`: serve and open one pipe inside this process and
+/// report the client's session id as the server sees it. The parent runs us
+/// in a new pid namespace, where our session leader is out of view.
+fn session_probe(args: &[String]) {
+    let listener = ServerOptions::new().create(args[0].as_str()).unwrap();
+    let _client = ClientOptions::new().open(args[0].as_str()).unwrap();
+    let conn = listener.accept().unwrap();
+    match conn.client_session_id() {
+        Some(sid) => say(format!("session {} pid {}", sid, conn.client_process_id())),
+        None => say("no session"),
     }
 }
 
