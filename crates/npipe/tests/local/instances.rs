@@ -180,6 +180,26 @@ fn a_dead_servers_socket_is_reclaimed(front: Front) {
         .is_some());
 }
 
+/// A release does not wake the acceptor unless someone waits (a context
+/// switch per connection saved), yet the counts stay true at once.
+#[test]
+fn instance_counts_follow_accept_and_release_at_once() {
+    let name = unique("counts");
+    let listener = ServerOptions::new().create(name.as_str()).unwrap();
+    let _a = ClientOptions::new().open(&name).unwrap();
+    let _b = ClientOptions::new().open(&name).unwrap();
+    let a = listener.accept().unwrap();
+    let b = listener.accept().unwrap();
+    assert_eq!(listener.info().cur_instances, 2);
+    drop(a);
+    assert_eq!(listener.info().cur_instances, 1);
+    assert_eq!(b.info().cur_instances, 1);
+    assert_eq!(npipe::query_pipe(name.as_str()).unwrap().cur_instances, 1);
+    drop(b);
+    assert_eq!(listener.info().cur_instances, 0);
+    assert_eq!(npipe::query_pipe(name.as_str()).unwrap().cur_instances, 0);
+}
+
 #[test]
 fn the_listener_removes_its_name_when_dropped() {
     let name = unique("dropped");
