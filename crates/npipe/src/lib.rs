@@ -85,6 +85,7 @@ mod blocking;
 mod connect_core;
 mod error;
 mod info;
+mod instance_counts;
 mod listing;
 mod name;
 mod namespace;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use crate::blocking::stream::{PipeStream, Setup};
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::PipeInfo;
+use crate::instance_counts::InstanceCounts;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace, Published, ServerSocket};
 use crate::options::{Access, ImpersonationLevel, ServerOptions, UNLIMITED_INSTANCES};
@@ -55,12 +56,10 @@ struct Shared {
     ready: Mutex<VecDeque<Ready>>,
     ready_cv: Condvar,
     waker: Waker,
-    /// Instances given back since the acceptor last looked.
-    released: AtomicU32,
+    /// Instances in use, and those given back since the acceptor last looked.
+    instances: InstanceCounts,
     /// Connections the application took since the acceptor last looked.
     accepted: AtomicU32,
-    /// Instances in use, for `info`.
-    active: AtomicU32,
     shutdown: AtomicBool,
     /// Set by the acceptor if it stops on an error.
     failed: Mutex<Option<String>>,
@@ -70,7 +69,7 @@ struct Shared {
 
 impl Shared {
     fn release_instance(&self) {
-        self.released.fetch_add(1, Ordering::SeqCst);
+        self.instances.release();
         self.waker.wake();
     }
 }
@@ -127,9 +126,8 @@ impl PipeListener {
             ready: Mutex::new(VecDeque::new()),
             ready_cv: Condvar::new(),
             waker: Waker::new().map_err(|e| Error::os(e, "cannot create an eventfd"))?,
-            released: AtomicU32::new(0),
+            instances: InstanceCounts::new(),
             accepted: AtomicU32::new(0),
-            active: AtomicU32::new(0),
             shutdown: AtomicBool::new(false),
             failed: Mutex::new(None),
             server_uid,
@@ -209,7 +207,7 @@ impl PipeListener {
 
     /// The pipe as the server sees it (`GetNamedPipeInfo`).
     pub fn info(&self) -> PipeInfo {
-        let active = self.shared.active.load(Ordering::SeqCst);
+        let active = self.shared.instances.active_now();
         crate::info::listener_info(&self.shared.opts, &self.shared.name, active)
     }
 }
@@ -357,7 +355,7 @@ impl PipeServer {
     /// The pipe as this end sees it, with the current instance count.
     pub fn info(&self) -> PipeInfo {
         let mut info = self.stream.info();
-        info.cur_instances = self.shared.active.load(Ordering::SeqCst);
+        info.cur_instances = self.shared.instances.active_now();
         info
     }
 }
@@ -600,7 +598,7 @@ impl Acceptor {
     }
 
     fn apply_counters(&mut self) {
-        let released = self.shared.released.swap(0, Ordering::SeqCst);
+        let released = self.shared.instances.released();
         let accepted = self.shared.accepted.swap(0, Ordering::SeqCst);
         let mut granted = Vec::new();
         if accepted > 0 {
@@ -609,14 +607,14 @@ impl Acceptor {
         for _ in 0..released {
             granted.extend(self.admission.release());
         }
-        self.publish_active();
+        self.shared
+            .instances
+            .publish(self.admission.active(), released);
         self.grant_waiters(granted);
     }
 
     fn publish_active(&self) {
-        self.shared
-            .active
-            .store(self.admission.active(), Ordering::SeqCst);
+        self.shared.instances.publish(self.admission.active(), 0);
     }
 
     fn expire(&mut self, now: Instant) {

@@ -21,7 +21,7 @@ use std::io;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -34,6 +34,7 @@ use ::tokio::time::Sleep;
 use super::stream::{register, PipeStream};
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::PipeInfo;
+use crate::instance_counts::InstanceCounts;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace, Published, ServerSocket};
 use crate::options::{Access, ImpersonationLevel, ServerOptions, UNLIMITED_INSTANCES};
@@ -85,7 +86,7 @@ struct Shared {
     ready_notify: Notify,
     events: mpsc::UnboundedSender<Event>,
     /// Instances in use, for `info`.
-    active: AtomicU32,
+    instances: InstanceCounts,
     /// Set by the acceptor if it stops on an error.
     failed: Mutex<Option<String>>,
     /// The user the server runs as: the descriptor's default owner.
@@ -98,6 +99,13 @@ impl Shared {
     fn tell(&self, event: Event) {
         // Fails only once the acceptor is gone, when nothing needs telling.
         let _ = self.events.send(event);
+    }
+
+    /// Gives an instance back: counted at once for `info`, and told to the
+    /// acceptor, whose `Released` event counts exactly this one release.
+    fn release_instance(&self) {
+        self.instances.release();
+        self.tell(Event::Released);
     }
 }
 
@@ -179,7 +187,7 @@ impl PipeListener {
             ready_notify: Notify::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
             events,
-            active: AtomicU32::new(0),
+            instances: InstanceCounts::new(),
             failed: Mutex::new(None),
             server_uid,
         });
@@ -232,7 +240,7 @@ impl PipeListener {
 
     /// The pipe as the server sees it (`GetNamedPipeInfo`).
     pub fn info(&self) -> PipeInfo {
-        let active = self.shared.active.load(Ordering::SeqCst);
+        let active = self.shared.instances.active_now();
         crate::info::listener_info(&self.shared.opts, &self.shared.name, active)
     }
 }
@@ -314,7 +322,7 @@ impl PipeServer {
                 holds_instance: true,
             }),
             Err(e) => {
-                shared.tell(Event::Released);
+                shared.release_instance();
                 Err(e)
             }
         }
@@ -331,7 +339,7 @@ impl PipeServer {
         let _ = self.stream.socket().shutdown_both();
         self.stream.mark_disconnected();
         self.holds_instance = false;
-        self.shared.tell(Event::Released);
+        self.shared.release_instance();
         Ok(())
     }
 
@@ -340,7 +348,7 @@ impl PipeServer {
     /// The pipe as this end sees it, with the current instance count.
     pub fn info(&self) -> PipeInfo {
         let mut info = self.stream.info();
-        info.cur_instances = self.shared.active.load(Ordering::SeqCst);
+        info.cur_instances = self.shared.instances.active_now();
         info
     }
 
@@ -403,7 +411,7 @@ super::stream::delegate_async_io!(PipeServer);
 impl Drop for PipeServer {
     fn drop(&mut self) {
         if self.holds_instance {
-            self.shared.tell(Event::Released);
+            self.shared.release_instance();
         }
     }
 }
@@ -479,6 +487,8 @@ impl Acceptor {
             match wake {
                 Wake::Event(Event::Released) => {
                     let granted = self.admission.release();
+                    // This event counts the one release its sender made.
+                    self.shared.instances.publish(self.admission.active(), 1);
                     self.grant_waiters(granted);
                 }
                 Wake::Event(Event::Accepted) => {
@@ -577,9 +587,7 @@ impl Acceptor {
     }
 
     fn publish_active(&self) {
-        self.shared
-            .active
-            .store(self.admission.active(), Ordering::SeqCst);
+        self.shared.instances.publish(self.admission.active(), 0);
     }
 
     fn expire(&mut self, now: Instant) {

@@ -200,6 +200,29 @@ fn instance_counts_follow_accept_and_release_at_once() {
     assert_eq!(npipe::query_pipe(name.as_str()).unwrap().cur_instances, 0);
 }
 
+#[cfg(feature = "tokio")]
+#[test]
+fn instance_counts_follow_accept_and_release_at_once_on_tokio() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let name = unique("counts-async");
+        let listener = ServerOptions::new().create_async(name.as_str()).unwrap();
+        let _a = ClientOptions::new().open_async(&name).await.unwrap();
+        let _b = ClientOptions::new().open_async(&name).await.unwrap();
+        let a = listener.accept().await.unwrap();
+        let mut b = listener.accept().await.unwrap();
+        assert_eq!(listener.info().cur_instances, 2);
+        drop(a);
+        assert_eq!(listener.info().cur_instances, 1);
+        assert_eq!(b.info().cur_instances, 1);
+        b.disconnect().unwrap();
+        assert_eq!(listener.info().cur_instances, 0);
+    });
+}
+
 #[test]
 fn the_listener_removes_its_name_when_dropped() {
     let name = unique("dropped");
