@@ -12,7 +12,7 @@ use crate::name::PipeName;
 use crate::namespace::Namespace;
 use crate::options::{Access, ClientOptions, PipeType, Wait};
 use crate::proto::handshake::{Reply, REPLY_MAX};
-use crate::sys::{RecvFlagsLite, Socket};
+use crate::sys::{Events, RecvFlagsLite, Socket};
 
 /// The client end of a pipe. Reads, writes and everything common to both
 /// ends come from [`PipeStream`], to which it dereferences.
@@ -108,28 +108,41 @@ fn send_all(socket: &Socket, mut buf: &[u8]) -> io::Result<()> {
 }
 
 /// Reads the server's REPLY; returns it and whatever arrived behind it.
+///
+/// The deadline is kept by `poll`, not `SO_RCVTIMEO`, which would cost a
+/// second syscall to clear again on every connection.
 fn read_reply(socket: &Socket, limit: Option<Duration>) -> Result<(Reply, Vec<u8>)> {
-    socket
-        .set_read_timeout(limit)
-        .map_err(|e| Error::os(e, "cannot set a timeout"))?;
+    let deadline = limit.map(|l| Instant::now() + l);
     let mut buf = Vec::with_capacity(256);
     let reply = loop {
         if let Some(reply) = connect_core::take_reply(&mut buf)? {
             break reply;
         }
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let seen = socket
+                .wait(Events::IN, Some(left))
+                .map_err(|e| Error::os(e, "waiting for the server's answer failed"))?;
+            if seen.is_empty() {
+                return Err(connect_core::silent_server());
+            }
+        }
         buf.reserve(REPLY_MAX - buf.len());
-        match socket.recv_spare(&mut buf, RecvFlagsLite::Block) {
+        // Blocking only without a deadline; else poll said data is there
+        // (or the peer hung up, which reads as 0 or an error).
+        let flags = if deadline.is_some() {
+            RecvFlagsLite::DontWait
+        } else {
+            RecvFlagsLite::Block
+        };
+        match socket.recv_spare(&mut buf, flags) {
             Ok(0) => return Err(connect_core::closed_before_reply()),
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(connect_core::silent_server())
-            }
+            // Woken for nothing: go round and wait out the rest.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(Error::os(e, "reading the server's answer failed")),
         }
     };
-    socket
-        .set_read_timeout(None)
-        .map_err(|e| Error::os(e, "cannot clear a timeout"))?;
     Ok((reply, buf))
 }
 

@@ -535,6 +535,20 @@ impl Dir {
     }
 }
 
+/// Puts the calling thread under `SCHED_BATCH`: the same share of the CPU,
+/// but its wake-ups do not preempt the running thread. Any thread may do
+/// this to itself without privilege.
+pub fn set_thread_batch_scheduling() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a live local the call
+    // only reads.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A descriptor held in reserve (on `/dev/null`), to be given up when the
 /// process runs out of descriptors.
 pub fn spare_fd() -> io::Result<OwnedFd> {
