@@ -5,11 +5,9 @@
 mod common;
 mod roles;
 
-mod data;
 mod faults;
 mod handshake;
 mod instances;
-#[cfg(feature = "tokio")]
 mod mixes;
 mod names;
 mod peers;

@@ -1,7 +1,8 @@
 //! One behaviour suite run against both front ends, and every mix of them:
 //! each behaviour below runs four times, with a blocking or a tokio server
 //! (in a child process: the `serve` and `serve_async` roles) and a blocking
-//! or a tokio client (here, behind [`Client`]). Then futures dropped
+//! or a tokio client (here, behind [`Client`]); built without the `tokio`
+//! feature, it runs blocking with blocking only. Then futures dropped
 //! mid-operation: they leave the tokio server serving everyone else, and
 //! cancelled reads lose nothing.
 //!
@@ -13,7 +14,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use npipe::{
-    Access, ClientOptions, ErrorCode, MessageRead, Peek, PipeInfo, ReadMode, Result, Wait,
+    Access, ClientOptions, ErrorCode, MessageRead, Peek, PipeInfo, PipeType, ReadMode, Result,
+    ServerOptions, Wait,
 };
 
 use crate::common::{eventually, server_on, unique, Child, Front, HANG};
@@ -23,6 +25,7 @@ fn serve(front: Front, name: &str, opts: &[&str]) -> Child {
     server_on(front, name, opts)
 }
 
+#[cfg(feature = "tokio")]
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -33,12 +36,14 @@ fn runtime() -> tokio::runtime::Runtime {
 /// A client end of either front end; the tokio one runs on a runtime of
 /// its own.
 pub struct Client {
+    #[cfg(feature = "tokio")]
     rt: Option<tokio::runtime::Runtime>,
     end: End,
 }
 
 enum End {
     Blocking(npipe::PipeClient),
+    #[cfg(feature = "tokio")]
     Tokio(npipe::tokio::PipeClient),
 }
 
@@ -46,7 +51,19 @@ macro_rules! both {
     ($self:ident, $c:ident => $blocking:expr, $tokio:expr) => {
         match &mut $self.end {
             End::Blocking($c) => $blocking,
+            #[cfg(feature = "tokio")]
             End::Tokio($c) => $self.rt.as_ref().unwrap().block_on($tokio),
+        }
+    };
+}
+
+/// The same for calls that do not wait.
+macro_rules! either {
+    ($self:expr, $c:ident => $call:expr) => {
+        match $self {
+            End::Blocking($c) => $call,
+            #[cfg(feature = "tokio")]
+            End::Tokio($c) => $call,
         }
     };
 }
@@ -55,9 +72,13 @@ impl Client {
     fn open(front: Front, name: &str, opts: &ClientOptions) -> Result<Client> {
         match front {
             Front::Blocking => Ok(Client {
+                #[cfg(feature = "tokio")]
                 rt: None,
                 end: End::Blocking(opts.open(name)?),
             }),
+            #[cfg(not(feature = "tokio"))]
+            Front::Tokio => unreachable!("built without the tokio feature"),
+            #[cfg(feature = "tokio")]
             Front::Tokio => {
                 let rt = runtime();
                 let c = rt.block_on(opts.open_async(name))?;
@@ -86,16 +107,19 @@ impl Client {
     }
 
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        #[cfg(feature = "tokio")]
         use tokio::io::AsyncReadExt;
         both!(self, c => c.read(buf), c.read(buf))
     }
 
     fn read_exact(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        #[cfg(feature = "tokio")]
         use tokio::io::AsyncReadExt;
         both!(self, c => c.read_exact(buf), async { c.read_exact(buf).await.map(drop) })
     }
 
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        #[cfg(feature = "tokio")]
         use tokio::io::AsyncWriteExt;
         both!(self, c => c.write_all(buf), c.write_all(buf))
     }
@@ -109,31 +133,19 @@ impl Client {
     }
 
     fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
-        match &mut self.end {
-            End::Blocking(c) => c.peek(buf),
-            End::Tokio(c) => c.peek(buf),
-        }
+        either!(&mut self.end, c => c.peek(buf))
     }
 
     fn set_read_mode(&mut self, mode: ReadMode) -> Result<()> {
-        match &mut self.end {
-            End::Blocking(c) => c.set_read_mode(mode),
-            End::Tokio(c) => c.set_read_mode(mode),
-        }
+        either!(&mut self.end, c => c.set_read_mode(mode))
     }
 
     fn info(&self) -> PipeInfo {
-        match &self.end {
-            End::Blocking(c) => c.info(),
-            End::Tokio(c) => c.info(),
-        }
+        either!(&self.end, c => c.info())
     }
 
     fn server_process_id(&self) -> u32 {
-        match &self.end {
-            End::Blocking(c) => c.server_process_id(),
-            End::Tokio(c) => c.server_process_id(),
-        }
+        either!(&self.end, c => c.server_process_id())
     }
 }
 
@@ -144,6 +156,9 @@ fn open(front: Front, name: &str) -> Result<Client> {
 fn call(front: Front, name: &str, request: &[u8], timeout: Duration) -> Result<Vec<u8>> {
     match front {
         Front::Blocking => npipe::call(name, request, timeout),
+        #[cfg(not(feature = "tokio"))]
+        Front::Tokio => unreachable!("built without the tokio feature"),
+        #[cfg(feature = "tokio")]
         Front::Tokio => runtime().block_on(npipe::tokio::call(name, request, timeout)),
     }
 }
@@ -152,19 +167,24 @@ fn call(front: Front, name: &str, request: &[u8], timeout: Duration) -> Result<V
 macro_rules! mixes {
     ($($behaviour:ident),* $(,)?) => {$(
         mod $behaviour {
-            use super::Front::{Blocking, Tokio};
+            use super::Front::Blocking;
+            #[cfg(feature = "tokio")]
+            use super::Front::Tokio;
             #[test]
             fn blocking_server_blocking_client() {
                 super::$behaviour(Blocking, Blocking)
             }
+            #[cfg(feature = "tokio")]
             #[test]
             fn blocking_server_tokio_client() {
                 super::$behaviour(Blocking, Tokio)
             }
+            #[cfg(feature = "tokio")]
             #[test]
             fn tokio_server_blocking_client() {
                 super::$behaviour(Tokio, Blocking)
             }
+            #[cfg(feature = "tokio")]
             #[test]
             fn tokio_server_tokio_client() {
                 super::$behaviour(Tokio, Tokio)
@@ -275,16 +295,27 @@ fn byte_pipe(server: Front, client: Front) {
     let mut got = [0u8; 15];
     c.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"stream of bytes");
-    // A large transfer comes back whole through the raw stream.
-    let big: Vec<u8> = (0..400_000u32).map(|i| i as u8).collect();
-    c.write_all(&big).unwrap();
+    // A large transfer comes back whole through the raw stream, in chunks:
+    // writing it all before reading any would deadlock against an echo
+    // server once both directions' socket buffers are full.
+    let big: Vec<u8> = (0..800_000u32).map(|i| i as u8).collect();
     let mut back = vec![0u8; big.len()];
-    c.read_exact(&mut back).unwrap();
+    for (out, into) in big.chunks(64 << 10).zip(back.chunks_mut(64 << 10)) {
+        c.write_all(out).unwrap();
+        c.read_exact(into).unwrap();
+    }
     assert!(back == big, "the byte stream came back changed");
     assert_eq!(
         c.write_message(b"x").unwrap_err().code(),
         ErrorCode::InvalidParameter
     );
+    // And a byte-type server is refused message read mode at creation.
+    let e = ServerOptions::new()
+        .pipe_type(PipeType::Byte)
+        .read_mode(ReadMode::Message)
+        .create(unique("mix-bytepipe-create").as_str())
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidParameter);
 }
 
 fn transact(server: Front, client: Front) {
@@ -317,6 +348,7 @@ fn call_named_pipe(server: Front, client: Front) {
     assert_eq!(call(client, &name, &big, t).unwrap(), big);
     let e = call(client, &unique("mix-call-nosuch"), b"x", t).unwrap_err();
     assert_eq!(e.code(), ErrorCode::FileNotFound);
+    assert!(e.to_string().contains("does not exist"), "{e}");
     let bytes = unique("mix-call-byte");
     let _b = serve(server, &bytes, &["type=byte"]);
     let e = call(client, &bytes, b"x", t).unwrap_err();
@@ -475,6 +507,7 @@ fn flush_waits_until_the_peer_has_read(server: Front, client: Front) {
     assert_eq!(srv.expect("read"), "100000");
 }
 
+#[cfg(feature = "tokio")]
 #[test]
 fn a_write_future_dropped_mid_message_breaks_only_that_pipe() {
     let name = unique("mix-cutfuture");
@@ -503,6 +536,7 @@ fn a_write_future_dropped_mid_message_breaks_only_that_pipe() {
 /// An async server in this process, on its own thread and runtime, whose
 /// reads are cancelled over and over by short timeouts; what it receives
 /// must still be every message whole and in order.
+#[cfg(feature = "tokio")]
 #[test]
 fn cancelled_reads_lose_nothing() {
     let name = unique("mix-cancel");
@@ -588,6 +622,7 @@ fn cancelled_reads_lose_nothing() {
 /// Many clients at once, blocking and tokio ones, against a tokio server on
 /// a multi-thread runtime in this process: every reply checked, order kept
 /// per client.
+#[cfg(feature = "tokio")]
 #[test]
 fn many_clients_on_a_multi_thread_runtime() {
     const CLIENTS: u32 = 64;
