@@ -2,23 +2,68 @@
 //! in a named role (see `roles.rs`), and the parent talks to it through the
 //! pipe under test and reads `@@` lines from its stdout.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 /// Stops a hung test; never a measure of speed.
 pub const HANG: Duration = Duration::from_secs(20);
 
-/// A pipe name no other test (or test run) uses.
+/// The longest a run of this test binary may take, beyond any soak it was
+/// asked for (`NPIPE_TEST_WATCHDOG_SECS` overrides it). A hang becomes a failure naming the pipes last made, instead
+/// of a CI job stuck until its own limit.
+const WATCHDOG: Duration = Duration::from_secs(15 * 60);
+
+/// A pipe name no other test (or test run) uses. Every test starts with
+/// one, so this also starts the watchdog and keeps its list of names.
 pub fn unique(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!(
+    let name = format!(
         "t-{tag}-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
-    )
+    );
+    watchdog(&name);
+    name
+}
+
+fn watchdog(name: &str) {
+    static RECENT: Mutex<VecDeque<String>> = Mutex::new(VecDeque::new());
+    static START: Once = Once::new();
+    {
+        let mut recent = RECENT.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == 16 {
+            recent.pop_front();
+        }
+        recent.push_back(name.to_string());
+    }
+    START.call_once(|| {
+        let soak = std::env::var("NPIPE_SOAK_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map_or(Duration::ZERO, Duration::from_secs);
+        let limit = std::env::var("NPIPE_TEST_WATCHDOG_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map_or(WATCHDOG, Duration::from_secs)
+            + soak;
+        std::thread::spawn(move || {
+            std::thread::sleep(limit);
+            let recent = RECENT.lock().unwrap_or_else(|e| e.into_inner());
+            // Straight to fd 2: libtest captures eprintln! in test threads
+            // and those they spawn, and would drop this with the process.
+            let _ = writeln!(
+                std::io::stderr(),
+                "\nWATCHDOG: the tests have run for {limit:?}; something hangs. \
+                 The pipes made last were: {recent:?}"
+            );
+            std::process::exit(101);
+        });
+    });
 }
 
 /// A child process running one role.
