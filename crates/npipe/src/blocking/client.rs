@@ -112,7 +112,8 @@ fn send_all(socket: &Socket, mut buf: &[u8]) -> io::Result<()> {
 /// The deadline is kept by `poll`, not `SO_RCVTIMEO`, which would cost a
 /// second syscall to clear again on every connection.
 fn read_reply(socket: &Socket, limit: Option<Duration>) -> Result<(Reply, Vec<u8>)> {
-    let deadline = limit.map(|l| Instant::now() + l);
+    // A wait too long to represent is no deadline at all.
+    let deadline = limit.and_then(|l| Instant::now().checked_add(l));
     let mut buf = Vec::with_capacity(256);
     let reply = loop {
         if let Some(reply) = connect_core::take_reply(&mut buf)? {

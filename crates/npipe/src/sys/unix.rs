@@ -535,18 +535,61 @@ impl Dir {
     }
 }
 
-/// Puts the calling thread under `SCHED_BATCH`: the same share of the CPU,
-/// but its wake-ups do not preempt the running thread. Any thread may do
-/// this to itself without privilege.
-pub fn set_thread_batch_scheduling() -> io::Result<()> {
+/// Puts the calling thread under `SCHED_BATCH` if it runs under the default
+/// `SCHED_OTHER`: the same share of the CPU, but its wake-ups do not preempt
+/// the running thread. A thread under a real-time or idle policy (inherited
+/// from the application) is left as it is: moving it would change how it
+/// competes with the application's own threads. Returns whether it moved.
+/// Raw syscalls, as musl's wrappers only return `ENOSYS`.
+pub fn set_thread_batch_scheduling() -> io::Result<bool> {
+    // SAFETY: pid 0 is the calling thread; the call reads nothing of ours.
+    let policy = unsafe { libc::syscall(libc::SYS_sched_getscheduler, 0) };
+    if policy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if (policy as libc::c_int) & !libc::SCHED_RESET_ON_FORK != libc::SCHED_OTHER {
+        return Ok(false);
+    }
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 is the calling thread; `param` is a live local the call
     // only reads.
-    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0,
+            libc::SCHED_BATCH,
+            &param as *const libc::sched_param,
+        )
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(())
+    Ok(true)
+}
+
+#[cfg(test)]
+mod scheduling_tests {
+    #[test]
+    fn a_default_thread_moves_to_batch_and_a_batch_one_stays() {
+        fn policy() -> libc::c_int {
+            // SAFETY: pid 0 is the calling thread; the call reads nothing.
+            let p = unsafe { libc::syscall(libc::SYS_sched_getscheduler, 0) };
+            p as libc::c_int & !libc::SCHED_RESET_ON_FORK
+        }
+        std::thread::spawn(|| {
+            if policy() != libc::SCHED_OTHER {
+                eprintln!("SKIPPED LOUDLY: the tests do not run under SCHED_OTHER");
+                assert!(!super::set_thread_batch_scheduling().unwrap());
+                return;
+            }
+            assert!(super::set_thread_batch_scheduling().unwrap());
+            assert_eq!(policy(), libc::SCHED_BATCH);
+            // Not SCHED_OTHER any more: left as it is.
+            assert!(!super::set_thread_batch_scheduling().unwrap());
+        })
+        .join()
+        .unwrap();
+    }
 }
 
 /// A descriptor held in reserve (on `/dev/null`), to be given up when the

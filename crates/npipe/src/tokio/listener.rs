@@ -725,6 +725,9 @@ impl Acceptor {
     fn connect(&mut self, arrived: Arrived, granted: Access) {
         let desc = self.description(granted);
         let cur_instances = desc.cur_instances;
+        // Counted before the client or `accept` can see the connection, so
+        // `info` never lags behind (a failed send below counts it back).
+        self.publish_active();
         if !send_reply(&arrived.socket, &Reply::Connected(desc)) {
             let more = self.admission.release_unaccepted();
             self.grant_waiters(more);

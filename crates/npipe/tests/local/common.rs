@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 pub const HANG: Duration = Duration::from_secs(20);
 
 /// The longest a run of this test binary may take, beyond any soak it was
-/// asked for (`NPIPE_TEST_WATCHDOG_SECS` overrides it). A hang becomes a failure naming the pipes last made, instead
+/// asked for (`NPIPE_TEST_WATCHDOG_SECS` overrides it; 0 turns it off). A hang becomes a failure naming the pipes last made, instead
 /// of a CI job stuck until its own limit.
 const WATCHDOG: Duration = Duration::from_secs(15 * 60);
 
@@ -30,6 +30,9 @@ pub fn unique(tag: &str) -> String {
     watchdog(&name);
     name
 }
+
+/// Child processes started, for the watchdog to kill.
+static CHILDREN: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
 fn watchdog(name: &str) {
     static RECENT: Mutex<VecDeque<String>> = Mutex::new(VecDeque::new());
@@ -49,8 +52,11 @@ fn watchdog(name: &str) {
         let limit = std::env::var("NPIPE_TEST_WATCHDOG_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .map_or(WATCHDOG, Duration::from_secs)
-            + soak;
+            .map_or(WATCHDOG, Duration::from_secs);
+        if limit.is_zero() {
+            return;
+        }
+        let limit = limit.saturating_add(soak);
         std::thread::spawn(move || {
             std::thread::sleep(limit);
             let recent = RECENT.lock().unwrap_or_else(|e| e.into_inner());
@@ -61,6 +67,12 @@ fn watchdog(name: &str) {
                 "\nWATCHDOG: the tests have run for {limit:?}; something hangs. \
                  The pipes made last were: {recent:?}"
             );
+            // Children outlive an exit; a hung one would hold the log open.
+            for pid in CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                if let Some(pid) = rustix::process::Pid::from_raw(*pid) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
             std::process::exit(101);
         });
     });
@@ -126,6 +138,10 @@ fn spawn_child(role: &str, args: &[&str], env: &[(&str, &str)], uid: Option<u32>
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn child");
+    CHILDREN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(child.id() as i32);
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -240,7 +256,14 @@ impl Child {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        reaped(self.child.id());
     }
+}
+
+/// A reaped child's pid may be reused: the watchdog must not kill it.
+fn reaped(pid: u32) {
+    let mut children = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+    children.retain(|&p| p != pid as i32);
 }
 
 impl Drop for Child {
@@ -251,6 +274,7 @@ impl Drop for Child {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(2) {
             if let Ok(Some(_)) = self.child.try_wait() {
+                reaped(self.child.id());
                 return;
             }
             std::thread::sleep(Duration::from_millis(2));
