@@ -6,6 +6,9 @@
 //! it started when it ends, pass or fail. Deadlines only stop hangs; nothing
 //! here measures speed.
 
+#[path = "../../npipe/tests/support/shared_copy.rs"]
+mod shared_copy;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -553,16 +556,10 @@ fn is_root() -> bool {
 /// A copy of the `npipe` binary any user may run (the build directory may
 /// sit under a home directory other users cannot enter).
 fn shared_npipe() -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
     static EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     EXE.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("npipe-cli-exe-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let exe = dir.join("npipe");
-        std::fs::copy(env!("CARGO_BIN_EXE_npipe"), &exe).unwrap();
-        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-        exe
+        let program = std::path::Path::new(env!("CARGO_BIN_EXE_npipe"));
+        shared_copy::shared_copy(program, "npipe-cli-exe-", "npipe")
     })
     .clone()
 }

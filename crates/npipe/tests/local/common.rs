@@ -98,16 +98,10 @@ pub fn spawn_as(uid: u32, role: &str, args: &[&str]) -> Child {
 /// A copy of this test binary that any user may run (the build directory
 /// may sit under a home directory other users cannot enter).
 fn shared_exe() -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
     static EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     EXE.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("npipe-test-exe-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("mkdir for the shared test binary");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let exe = dir.join("local-tests");
-        std::fs::copy(std::env::current_exe().unwrap(), &exe).expect("copy the test binary");
-        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-        exe
+        let me = std::env::current_exe().expect("current_exe");
+        crate::shared_copy::shared_copy(&me, "npipe-test-exe-", "local-tests")
     })
     .clone()
 }

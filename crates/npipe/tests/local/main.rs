@@ -4,6 +4,8 @@
 
 mod common;
 mod roles;
+#[path = "../support/shared_copy.rs"]
+mod shared_copy;
 
 mod faults;
 mod handshake;

@@ -1,0 +1,64 @@
+//! A copy of a test program that any user may run: tests that drop to uid
+//! 65534 cannot run it from a build directory under a home other users
+//! cannot enter. Shared by the library's and the tool's tests (each includes
+//! this file with `#[path]`).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Copies `program` to `<tmp>/<prefix><pid>/<file>`, mode 0755, in a
+/// temporary directory that is not mounted `noexec`; removes the copies
+/// that runs no longer alive left behind (there is no hook at the end of a
+/// test run to remove one's own).
+pub fn shared_copy(program: &Path, prefix: &str, file: &str) -> PathBuf {
+    let base = exec_temp_dir();
+    remove_dead_runs_copies(&base, prefix);
+    let dir = base.join(format!("{prefix}{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir for the shared test program");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.join(file);
+    std::fs::copy(program, &exe).expect("copy the test program");
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    exe
+}
+
+/// The system's temporary directory, unless it is mounted `noexec`; then
+/// `/var/tmp` or `/dev/shm`.
+fn exec_temp_dir() -> PathBuf {
+    let candidates = [std::env::temp_dir(), "/var/tmp".into(), "/dev/shm".into()];
+    for dir in &candidates {
+        if let Ok(fs) = rustix::fs::statvfs(dir) {
+            if !fs.f_flag.contains(rustix::fs::StatVfsMountFlags::NOEXEC) {
+                return dir.clone();
+            }
+        }
+    }
+    eprintln!("every temporary directory is noexec: tests run as another user will fail");
+    candidates[0].clone()
+}
+
+fn remove_dead_runs_copies(base: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // EPERM: alive, just not ours to signal.
+        let alive = rustix::process::Pid::from_raw(pid).is_some_and(|p| {
+            !matches!(
+                rustix::process::test_kill_process(p),
+                Err(rustix::io::Errno::SRCH)
+            )
+        });
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
