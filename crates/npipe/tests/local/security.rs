@@ -202,6 +202,8 @@ fn another_user_cannot_replace_or_redirect_pipes(front: Front) {
     let name = unique("vandalized");
     let _srv = server_on(front, &name, &[]);
     let dir = npipe::namespace_directory();
+    // What the vandal plants goes, pass or fail.
+    let _planted = [format!("{name}-next"), format!("{name}-file")].map(|p| Planted(dir.join(p)));
     let mut vandal = spawn_as(NOBODY, "vandal", &[dir.to_str().unwrap(), &name]);
     assert_eq!(
         vandal.expect("unlink"),
@@ -224,6 +226,14 @@ fn another_user_cannot_replace_or_redirect_pipes(front: Front) {
         // the file.
         let e = ClientOptions::new().open(planted.as_str()).unwrap_err();
         assert_eq!(e.code(), client_sees, "{e}");
-        let _ = std::fs::remove_file(dir.join(&planted));
+    }
+}
+
+/// A file planted in the pipe directory, removed when the test ends.
+struct Planted(std::path::PathBuf);
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
