@@ -564,6 +564,17 @@ fn shared_npipe() -> std::path::PathBuf {
     .clone()
 }
 
+/// The user name `/etc/passwd` gives `uid`, if any.
+fn passwd_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id: u32 = fields.nth(1)?.parse().ok()?;
+        (id == uid).then(|| name.to_string())
+    })
+}
+
 /// Runs `npipe ARGS...` as uid/gid 65534 (nobody), bounded by [`HANG`].
 fn run_as_nobody(args: &[&str]) -> Run {
     use std::os::unix::process::CommandExt;
@@ -618,17 +629,26 @@ fn whoami_reports_the_client_and_what_impersonation_did() {
     let other = run_as_nobody(&["call", &name, "who?"]);
     other.assert_success();
     assert!(
-        other.stdout.contains("uid=65534 gid=65534 user=nobody"),
+        other.stdout.contains("uid=65534 gid=65534 "),
         "{}",
         other.stdout
     );
     assert!(
-        other
-            .stdout
-            .contains("impersonating: euid=65534 user=nobody"),
+        other.stdout.contains("impersonating: euid=65534 "),
         "{}",
         other.stdout
     );
+    // The name, where the user database has one for uid 65534.
+    if let Some(user) = passwd_name(65534) {
+        assert!(
+            other.stdout.contains(&format!("gid=65534 user={user}"))
+                && other
+                    .stdout
+                    .contains(&format!("impersonating: euid=65534 user={user}")),
+            "{}",
+            other.stdout
+        );
+    }
     let ident = run_as_nobody(&[
         "call",
         &name,
@@ -660,10 +680,12 @@ fn serve_security_flags_fence_out_other_users() {
     run_as_nobody(&["call", &private, "x"]).assert_code(EXIT_ACCESS_DENIED);
     run(&["call", &private, "x"], b"").assert_success();
     let denied = unique("denyflag");
-    let _b = Server::start(
-        &denied,
-        &["--allow", "everyone=rw", "--deny", "user:nobody=w"],
+    // By name where the user database knows uid 65534 (testing the lookup).
+    let deny = format!(
+        "user:{}=w",
+        passwd_name(65534).unwrap_or_else(|| "65534".into())
     );
+    let _b = Server::start(&denied, &["--allow", "everyone=rw", "--deny", &deny]);
     let r = run_as_nobody(&["call", &denied, "x"]);
     r.assert_code(EXIT_ACCESS_DENIED);
     assert!(r.stderr.contains("security descriptor"), "{}", r.stderr);
