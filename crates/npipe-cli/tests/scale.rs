@@ -2,6 +2,9 @@
 //! clients at once, and a thousand clients sending a thousand messages each.
 //! The clients live in this test process on the async client API.
 
+#[path = "../../npipe/tests/support/procfs.rs"]
+mod procfs;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,14 +37,7 @@ impl Server {
 
     /// The server's resident memory, in bytes.
     fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            * 1024
+        procfs::child_status_kib(self.child.id(), "VmRSS") * 1024
     }
 }
 

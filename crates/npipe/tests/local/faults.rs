@@ -19,11 +19,9 @@ on_both_servers!(
     announced_but_unsent_messages_cost_the_server_nothing,
 );
 
-/// The resident memory of a process, in KiB.
+/// The resident memory of a child process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    crate::procfs::child_status_kib(pid, "VmRSS")
 }
 
 fn a_client_killed_mid_message_breaks_only_its_own_pipe(front: Front) {
@@ -202,9 +200,8 @@ fn announced_but_unsent_messages_cost_the_server_nothing(front: Front) {
     );
 }
 
-/// The data segment (heap and anonymous mappings) of a process, in KiB.
+/// The data segment (heap and anonymous mappings) of a child process, in
+/// KiB.
 fn vm_data_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmData:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    crate::procfs::child_status_kib(pid, "VmData")
 }

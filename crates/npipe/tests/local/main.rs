@@ -3,6 +3,8 @@
 //! child, see `common` and `roles`).
 
 mod common;
+#[path = "../support/procfs.rs"]
+mod procfs;
 mod roles;
 #[path = "../support/shared_copy.rs"]
 mod shared_copy;

@@ -20,10 +20,15 @@ fn the_server_sees_the_client_process_and_user() {
         std::os::unix::fs::MetadataExt::uid(&me),
         "client uid"
     );
-    // Session id: the same as ours (getsid), since the child shares it.
-    let sid = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let after = &sid[sid.rfind(')').unwrap() + 2..];
-    let session: u32 = after.split(' ').nth(3).unwrap().parse().unwrap();
+    // Session id: the same as ours, since the child shares it; as our pid
+    // namespace numbers it (the last `NSsid`), whichever namespace /proc
+    // belongs to.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let session: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSsid:"))
+        .and_then(|v| v.split_whitespace().last()?.parse().ok())
+        .expect("NSsid in /proc/self/status");
     assert_eq!(fields[2], session, "client session id");
 }
 

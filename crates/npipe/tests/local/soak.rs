@@ -152,7 +152,5 @@ fn raw(name: &str) -> Option<UnixStream> {
 }
 
 fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    crate::procfs::child_status_kib(pid, "VmRSS")
 }

@@ -9,6 +9,7 @@
 mod cases;
 mod peer;
 mod pin;
+mod procfs;
 mod raw;
 mod report;
 mod scale;

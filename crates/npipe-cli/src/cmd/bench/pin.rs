@@ -113,11 +113,11 @@ pub fn current_cpu() -> Option<usize> {
     last_cpu(&std::fs::read_to_string("/proc/thread-self/stat").ok()?)
 }
 
-/// The CPUs the threads of process `pid` last ran on (`/proc/PID/task/*/stat`,
-/// field 39).
+/// The CPUs the threads of child process `pid` last ran on
+/// (`/proc/PID/task/*/stat`, field 39).
 pub fn cpus_of(pid: u32) -> BTreeSet<usize> {
     let mut cpus = BTreeSet::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+    let Ok(tasks) = std::fs::read_dir(super::procfs::child_proc_dir(pid).join("task")) else {
         return cpus;
     };
     for task in tasks.flatten() {

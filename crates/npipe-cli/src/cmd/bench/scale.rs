@@ -59,7 +59,8 @@ impl Server {
 
     /// Resident memory in bytes.
     fn rss(&self) -> Result<u64, Failure> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+        let path = super::procfs::child_proc_dir(self.pid()).join("status");
+        let status = std::fs::read_to_string(path)
             .map_err(|e| failure(format!("cannot read the server's memory: {e}")))?;
         let kib: u64 = status
             .lines()
