@@ -545,14 +545,6 @@ fn bench_smoke_prints_every_row_as_json_with_finite_figures() {
     }
 }
 
-/// Whether the tests run as root (needed to start a client as another user).
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
-
 /// A copy of the `npipe` binary any user may run (the build directory may
 /// sit under a home directory other users cannot enter).
 fn shared_npipe() -> std::path::PathBuf {
@@ -610,8 +602,8 @@ fn run_as_nobody(args: &[&str]) -> Run {
 
 #[test]
 fn whoami_reports_the_client_and_what_impersonation_did() {
-    if !is_root() {
-        eprintln!("SKIPPED LOUDLY: whoami test needs root to run a client as uid 65534");
+    if let Some(why) = shared_copy::cannot_run_as(65534) {
+        eprintln!("SKIPPED LOUDLY: whoami test runs a client as uid 65534, and {why}");
         return;
     }
     let name = unique("whoami");
@@ -671,8 +663,8 @@ fn whoami_reports_the_client_and_what_impersonation_did() {
 
 #[test]
 fn serve_security_flags_fence_out_other_users() {
-    if !is_root() {
-        eprintln!("SKIPPED LOUDLY: security flag test needs root to run a client as uid 65534");
+    if let Some(why) = shared_copy::cannot_run_as(65534) {
+        eprintln!("SKIPPED LOUDLY: security flag test runs a client as uid 65534, and {why}");
         return;
     }
     let private = unique("cuo");

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use npipe::{ClientOptions, ErrorCode, ServerOptions};
 
-use crate::common::{
-    is_root, on_both_servers, server_on, spawn_as, spawn_with_env, unique, Front, TempDir,
-};
+use crate::common::{on_both_servers, server_on, spawn_as, spawn_with_env, unique, Front, TempDir};
 
 // The descriptor and namespace checks, against the blocking and the tokio
 // server (impersonation below is the blocking server's; the tokio server's
@@ -26,11 +24,13 @@ on_both_servers!(
 const NOBODY: u32 = 65534;
 
 fn need_root(test: &str) -> bool {
-    if is_root() {
-        return true;
+    match crate::shared_copy::cannot_run_as(NOBODY) {
+        None => true,
+        Some(why) => {
+            eprintln!("SKIPPED LOUDLY: {test} starts a process as uid {NOBODY}, and {why}");
+            false
+        }
     }
-    eprintln!("SKIPPED LOUDLY: {test} needs root to start a process as uid {NOBODY}");
-    false
 }
 
 fn still_serves(name: &str) {

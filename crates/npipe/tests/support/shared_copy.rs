@@ -62,3 +62,25 @@ fn remove_dead_runs_copies(base: &Path, prefix: &str) {
         }
     }
 }
+
+/// Why this process cannot start a child as `uid`, if it cannot: it must be
+/// root, and `uid` must exist in its user namespace (a rootless container
+/// maps only a few ids).
+pub fn cannot_run_as(uid: u32) -> Option<String> {
+    if rustix::process::geteuid().as_raw() != 0 {
+        return Some("it needs root".into());
+    }
+    let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    let mapped = map.lines().any(|line| {
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        f.len() == 3 && f[0] <= u64::from(uid) && u64::from(uid) < f[0] + f[2]
+    });
+    // No map at all: not a user namespace we can read; let the test try.
+    if !mapped && !map.is_empty() {
+        return Some(format!("uid {uid} is not mapped in this user namespace"));
+    }
+    None
+}
