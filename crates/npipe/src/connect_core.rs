@@ -91,18 +91,6 @@ pub(crate) fn check_reachable(name: &PipeName) -> Result<()> {
     }
 }
 
-/// A missing namespace directory means the pipe does not exist.
-pub(crate) fn no_namespace(name: &PipeName, e: Error) -> Error {
-    if e.code() == ErrorCode::FileNotFound {
-        Error::new(
-            ErrorCode::FileNotFound,
-            format!("{name} does not exist: no server is serving it"),
-        )
-    } else {
-        e
-    }
-}
-
 /// Refuses a server that runs as anyone but `expected` (`expect_server_user`),
 /// before a byte is sent.
 pub(crate) fn check_server(name: &PipeName, cred: PeerCred, expected: u32) -> Result<()> {

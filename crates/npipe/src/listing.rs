@@ -12,8 +12,7 @@ use crate::info::{max_instances_from_wire, PeerCredentials};
 use crate::name::PipeName;
 use crate::namespace::Namespace;
 use crate::options::{Direction, PipeType};
-use crate::proto::handshake::{Hello, HelloKind, Reply, REPLY_MAX, WAIT_NONE};
-use crate::sys::{RecvFlagsLite, Socket};
+use crate::proto::handshake::{Hello, HelloKind, Reply, WAIT_NONE};
 
 /// How long a listing waits for each server's answer.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -136,16 +135,8 @@ pub fn query_pipe(name: impl TryInto<PipeName, Error = Error>) -> Result<ServedP
         ));
     }
     let namespace = Namespace::open_existing()?;
-    query_file(&namespace, &name.file_name(), Some(&name)).map_err(|e| {
-        if e.code() == ErrorCode::FileNotFound {
-            Error::new(
-                ErrorCode::FileNotFound,
-                format!("{name} does not exist: no server is serving it"),
-            )
-        } else {
-            e
-        }
-    })
+    query_file(&namespace, &name.file_name(), Some(&name))
+        .map_err(|e| crate::namespace::not_served(&name, e))
 }
 
 fn query_file(namespace: &Namespace, file: &str, name: Option<&PipeName>) -> Result<ServedPipe> {
@@ -174,7 +165,8 @@ fn query_file(namespace: &Namespace, file: &str, name: Option<&PipeName>) -> Res
     socket
         .send(&out)
         .map_err(|e| Error::os(e, "cannot send the query"))?;
-    let reply = read_reply(&socket)?;
+    // The client's own reader, with the query's deadline.
+    let (reply, _) = crate::blocking::read_reply(&socket, Some(QUERY_TIMEOUT))?;
     match reply {
         Reply::Info(d) => Ok(ServedPipe {
             name: d.name,
@@ -199,39 +191,5 @@ fn query_file(namespace: &Namespace, file: &str, name: Option<&PipeName>) -> Res
             ErrorCode::BadPipe,
             "the server answered a query with a connection",
         )),
-    }
-}
-
-fn read_reply(socket: &Socket) -> Result<Reply> {
-    socket
-        .set_read_timeout(Some(QUERY_TIMEOUT))
-        .map_err(|e| Error::os(e, "cannot set a timeout"))?;
-    let mut buf = Vec::with_capacity(REPLY_MAX);
-    loop {
-        if let Some((reply, _)) = Reply::decode(&buf).map_err(Error::from)? {
-            return Ok(reply);
-        }
-        match socket.recv_spare(&mut buf, RecvFlagsLite::Block) {
-            Ok(0) => {
-                return Err(Error::new(
-                    ErrorCode::BrokenPipe,
-                    "the server closed the connection without answering",
-                ))
-            }
-            Ok(_) if buf.len() >= REPLY_MAX => {
-                return Err(Error::new(
-                    ErrorCode::BadPipe,
-                    "the server's answer is too long",
-                ))
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(Error::new(
-                    ErrorCode::Timeout,
-                    "the server did not answer (is it hung?)",
-                ))
-            }
-            Err(e) => return Err(Error::os(e, "cannot read the server's answer")),
-        }
     }
 }

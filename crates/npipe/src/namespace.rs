@@ -465,17 +465,8 @@ impl Namespace {
 
     /// Connects a new socket to the pipe's file.
     pub fn connect(&self, name: &PipeName) -> Result<Socket> {
-        self.connect_file(&name.file_name()).map_err(|e| {
-            let code = e.code();
-            if code == ErrorCode::FileNotFound {
-                Error::new(
-                    ErrorCode::FileNotFound,
-                    format!("{name} does not exist: no server is serving it"),
-                )
-            } else {
-                e
-            }
-        })
+        self.connect_file(&name.file_name())
+            .map_err(|e| not_served(name, e))
     }
 
     /// Connects a new non-blocking socket to the pipe's file without waiting:
@@ -484,6 +475,7 @@ impl Namespace {
     #[cfg(feature = "tokio")]
     pub fn try_connect(&self, name: &PipeName) -> Result<Option<Socket>> {
         let file = name.file_name();
+        self.refuse_symlink(&file)?;
         let socket = Socket::stream().map_err(|e| Error::os(e, "cannot create a socket"))?;
         socket
             .set_nonblocking(true)
@@ -491,24 +483,28 @@ impl Namespace {
         match socket.connect_in(&self.dir, &file) {
             Ok(()) => Ok(Some(socket)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => {
-                let e = Error::os(e, &format!("cannot connect to {file}"));
-                if e.code() == ErrorCode::FileNotFound {
-                    Err(Error::new(
-                        ErrorCode::FileNotFound,
-                        format!("{name} does not exist: no server is serving it"),
-                    ))
-                } else {
-                    Err(e)
-                }
-            }
+            Err(e) => Err(not_served(
+                name,
+                Error::os(e, &format!("cannot connect to {file}")),
+            )),
         }
     }
 
-    /// Connects a new socket to a file in the namespace. A symbolic link
-    /// there is refused rather than followed: only a server's own socket is
-    /// a pipe, and a link could redirect clients to anything.
+    /// Connects a new socket to a file in the namespace (see
+    /// [`refuse_symlink`](Self::refuse_symlink)).
     pub fn connect_file(&self, file: &str) -> Result<Socket> {
+        self.refuse_symlink(file)?;
+        let socket = Socket::stream().map_err(|e| Error::os(e, "cannot create a socket"))?;
+        socket
+            .connect_in(&self.dir, file)
+            .map_err(|e| Error::os(e, &format!("cannot connect to {file}")))?;
+        Ok(socket)
+    }
+
+    /// Every connect goes through here first: a symbolic link in the
+    /// namespace is refused rather than followed, as only a server's own
+    /// socket is a pipe, and a link could redirect clients to anything.
+    fn refuse_symlink(&self, file: &str) -> Result<()> {
         if let Ok(info) = self.dir.stat(file) {
             if info.kind == FileKind::Symlink {
                 return Err(Error::new(
@@ -521,11 +517,7 @@ impl Namespace {
                 ));
             }
         }
-        let socket = Socket::stream().map_err(|e| Error::os(e, "cannot create a socket"))?;
-        socket
-            .connect_in(&self.dir, file)
-            .map_err(|e| Error::os(e, &format!("cannot connect to {file}")))?;
-        Ok(socket)
+        Ok(())
     }
 
     /// The socket files in the namespace (temporary files left out).
@@ -556,6 +548,19 @@ struct DirLock<'a>(&'a Dir);
 impl Drop for DirLock<'_> {
     fn drop(&mut self) {
         let _ = self.0.unlock();
+    }
+}
+
+/// A missing namespace directory or socket file means the pipe does not
+/// exist: say so in those words, as `ERROR_FILE_NOT_FOUND`.
+pub(crate) fn not_served(name: &PipeName, e: Error) -> Error {
+    if e.code() == ErrorCode::FileNotFound {
+        Error::new(
+            ErrorCode::FileNotFound,
+            format!("{name} does not exist: no server is serving it"),
+        )
+    } else {
+        e
     }
 }
 

@@ -9,7 +9,7 @@ use crate::blocking::stream::PipeStream;
 use crate::connect_core;
 use crate::error::{Error, ErrorCode, Result};
 use crate::name::PipeName;
-use crate::namespace::Namespace;
+use crate::namespace::{self, Namespace};
 use crate::options::{Access, ClientOptions, PipeType, Wait};
 use crate::proto::handshake::{Reply, REPLY_MAX};
 use crate::sys::{Events, RecvFlagsLite, Socket};
@@ -70,7 +70,7 @@ impl PipeClient {
     ) -> Result<PipeClient> {
         connect_core::check_reachable(name)?;
         let namespace =
-            Namespace::open_existing_cached().map_err(|e| connect_core::no_namespace(name, e))?;
+            Namespace::open_existing_cached().map_err(|e| namespace::not_served(name, e))?;
         let socket = namespace.connect(name)?;
         if let Some(expected) = opts.expect_server_uid {
             let cred = socket
@@ -111,7 +111,7 @@ fn send_all(socket: &Socket, mut buf: &[u8]) -> io::Result<()> {
 ///
 /// The deadline is kept by `poll`, not `SO_RCVTIMEO`, which would cost a
 /// second syscall to clear again on every connection.
-fn read_reply(socket: &Socket, limit: Option<Duration>) -> Result<(Reply, Vec<u8>)> {
+pub(crate) fn read_reply(socket: &Socket, limit: Option<Duration>) -> Result<(Reply, Vec<u8>)> {
     // A wait too long to represent is no deadline at all.
     let deadline = limit.and_then(|l| Instant::now().checked_add(l));
     let mut buf = Vec::with_capacity(256);

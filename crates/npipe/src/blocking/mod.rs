@@ -4,8 +4,8 @@ mod client;
 mod listener;
 mod stream;
 
-pub(crate) use client::call_with;
 pub use client::{call, PipeClient};
+pub(crate) use client::{call_with, read_reply};
 #[cfg(feature = "tokio")]
 pub(crate) use listener::cannot_impersonate;
 pub use listener::{Impersonation, PipeListener, PipeServer};

@@ -12,7 +12,7 @@ use super::stream::{register, PipeStream};
 use crate::connect_core::{self, PIPELINE_MAX};
 use crate::error::{Error, ErrorCode, Result};
 use crate::name::PipeName;
-use crate::namespace::Namespace;
+use crate::namespace::{self, Namespace};
 use crate::options::{Access, ClientOptions, PipeType, Wait};
 use crate::proto::handshake::{Reply, REPLY_MAX};
 use crate::sys::{Fd, RecvFlagsLite};
@@ -93,7 +93,7 @@ impl PipeClient {
     ) -> Result<PipeClient> {
         connect_core::check_reachable(name)?;
         let namespace =
-            Namespace::open_existing_cached().map_err(|e| connect_core::no_namespace(name, e))?;
+            Namespace::open_existing_cached().map_err(|e| namespace::not_served(name, e))?;
         let socket = loop {
             match namespace.try_connect(name)? {
                 Some(socket) => break socket,

@@ -226,6 +226,18 @@ fn another_user_cannot_replace_or_redirect_pipes(front: Front) {
         // the file.
         let e = ClientOptions::new().open(planted.as_str()).unwrap_err();
         assert_eq!(e.code(), client_sees, "{e}");
+        // The async client goes the same way.
+        #[cfg(feature = "tokio")]
+        {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let e = rt
+                .block_on(ClientOptions::new().open_async(planted.as_str()))
+                .unwrap_err();
+            assert_eq!(e.code(), client_sees, "async: {e}");
+        }
     }
 }
 
