@@ -110,8 +110,8 @@ mod tests {
         });
     }
 
-    /// The types and their futures work on a multi-thread runtime and in
-    /// `tokio::spawn`.
+    /// The types and their futures are `Send` (and the types `Sync`), as a
+    /// multi-thread runtime and `tokio::spawn` need: checked at compile time.
     #[test]
     fn types_and_futures_cross_threads() {
         send_sync::<PipeListener>();

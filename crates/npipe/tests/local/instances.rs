@@ -180,8 +180,8 @@ fn a_dead_servers_socket_is_reclaimed(front: Front) {
         .is_some());
 }
 
-/// A release does not wake the acceptor unless someone waits (a context
-/// switch per connection saved), yet the counts stay true at once.
+/// The instance counts `info` reports follow accepts and releases at once,
+/// before the acceptor has counted them.
 #[test]
 fn instance_counts_follow_accept_and_release_at_once() {
     let name = unique("counts");

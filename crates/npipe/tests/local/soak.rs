@@ -136,6 +136,7 @@ fn soak() {
         "every message sent came back intact"
     );
     assert_eq!(c(&counts.bad_echoes), 0);
+    assert!(c(&counts.sent) > 0, "no message went through at all");
 }
 
 /// Raises the flag when dropped, on the way out or in a panic.
