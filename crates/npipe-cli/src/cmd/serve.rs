@@ -1,4 +1,5 @@
-//! `npipe serve`: an echo server, one thread per connected client.
+//! `npipe serve`: an echo server, on one thread with a tokio task per
+//! connected client.
 
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -21,8 +22,8 @@ const GREETING_FLUSH: Duration = Duration::from_secs(5);
 const LONG_ABOUT: &str = r"Serve a pipe: an echo server that runs until interrupted.
 
 Creates the pipe (CreateNamedPipe) and serves every client that connects, each
-on its own thread, until SIGINT or SIGTERM. What it does with a client depends
-on the pipe's direction and type:
+on a task of its own, until SIGINT, SIGTERM or SIGHUP. What it does with a
+client depends on the pipe's direction and type:
 
   duplex, message   reads each message and writes it back, until the client
                     closes the pipe
@@ -201,7 +202,7 @@ fn parse_instances(s: &str) -> Result<u32, String> {
     }
 }
 
-/// What every connection thread needs to know.
+/// What every connection's task needs to know.
 struct Config {
     pipe_type: PipeType,
     direction: Direction,

@@ -24,7 +24,7 @@ use crate::info::PipeInfo;
 use crate::instance_counts::InstanceCounts;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace, Published, ServerSocket};
-use crate::options::{Access, ImpersonationLevel, ServerOptions, UNLIMITED_INSTANCES};
+use crate::options::{Access, ImpersonationLevel, ServerOptions};
 use crate::policy::{self, Peer, Verdict};
 use crate::proto::admission::{Admission, Arrival, Ticket};
 use crate::proto::handshake::{Hello, PipeDescription, Reply, HELLO_MAX};
@@ -423,7 +423,8 @@ impl Impersonation<'_> {
             return Err(Error::new(
                 ErrorCode::PrivilegeNotHeld,
                 format!(
-                    "cannot act as uid {uid}: impersonating another user needs root or                      CAP_SETUID and CAP_SETGID ({e})"
+                    "cannot act as uid {uid}: impersonating another user needs root or \
+                     CAP_SETUID and CAP_SETGID ({e})"
                 ),
             )
             .with_source(e));
@@ -520,7 +521,7 @@ struct Acceptor {
 impl Acceptor {
     fn new(shared: Arc<Shared>, listener: Socket) -> Acceptor {
         let o = &shared.opts;
-        let limit = (o.max_instances != UNLIMITED_INSTANCES).then_some(o.max_instances);
+        let limit = crate::info::max_instances_from_wire(o.max_instances);
         let admission = Admission::new(limit, o.accept_backlog);
         Acceptor {
             shared,
@@ -907,7 +908,8 @@ impl Acceptor {
 }
 
 /// Sends a reply on a fresh connection without blocking; whether it all went.
-fn send_reply(socket: &Socket, reply: &Reply) -> bool {
+/// (The tokio acceptor answers with this too.)
+pub(crate) fn send_reply(socket: &Socket, reply: &Reply) -> bool {
     let mut out = Vec::with_capacity(128);
     if reply.encode(&mut out).is_err() {
         return false;
@@ -917,7 +919,8 @@ fn send_reply(socket: &Socket, reply: &Reply) -> bool {
     matches!(socket.send_nonblocking(&out), Ok(n) if n == out.len())
 }
 
-fn refuse(socket: &Socket, code: ErrorCode, reason: &str) {
+/// Refuses a fresh connection with `code`, saying why.
+pub(crate) fn refuse(socket: &Socket, code: ErrorCode, reason: &str) {
     send_reply(
         socket,
         &Reply::Refused {

@@ -7,6 +7,6 @@ mod stream;
 pub use client::{call, PipeClient};
 pub(crate) use client::{call_with, read_reply};
 #[cfg(feature = "tokio")]
-pub(crate) use listener::cannot_impersonate;
+pub(crate) use listener::{cannot_impersonate, refuse, send_reply};
 pub use listener::{Impersonation, PipeListener, PipeServer};
 pub use stream::{PipeStream, ReadHalf, WriteHalf};

@@ -210,16 +210,6 @@ impl Socket {
         )?)
     }
 
-    /// `SO_SNDBUF` as the kernel holds it.
-    pub fn send_buffer(&self) -> io::Result<usize> {
-        Ok(rustix::net::sockopt::socket_send_buffer_size(&self.0)?)
-    }
-
-    /// `SO_RCVBUF` as the kernel holds it.
-    pub fn recv_buffer(&self) -> io::Result<usize> {
-        Ok(rustix::net::sockopt::socket_recv_buffer_size(&self.0)?)
-    }
-
     /// The peer's credentials from the kernel (`SO_PEERCRED`).
     pub fn peer_cred(&self) -> io::Result<PeerCred> {
         let c = rustix::net::sockopt::socket_peercred(&self.0)?;

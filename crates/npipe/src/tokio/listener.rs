@@ -32,12 +32,13 @@ use ::tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use ::tokio::time::Sleep;
 
 use super::stream::{register, PipeStream};
+use crate::blocking::{refuse, send_reply};
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::PipeInfo;
 use crate::instance_counts::InstanceCounts;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace, Published, ServerSocket};
-use crate::options::{Access, ImpersonationLevel, ServerOptions, UNLIMITED_INSTANCES};
+use crate::options::{Access, ImpersonationLevel, ServerOptions};
 use crate::policy::{self, Peer, Verdict};
 use crate::proto::admission::{Admission, Arrival, Ticket};
 use crate::proto::handshake::{Hello, PipeDescription, Reply, HELLO_MAX};
@@ -450,7 +451,7 @@ struct Acceptor {
 impl Acceptor {
     fn new(shared: Arc<Shared>) -> Acceptor {
         let o = &shared.opts;
-        let limit = (o.max_instances != UNLIMITED_INSTANCES).then_some(o.max_instances);
+        let limit = crate::info::max_instances_from_wire(o.max_instances);
         let admission = Admission::new(limit, o.accept_backlog);
         Acceptor {
             shared,
@@ -823,25 +824,4 @@ async fn read_hello(
             Err(e) => return Some(Err(e)),
         }
     }
-}
-
-/// Sends a reply on a fresh connection without blocking; whether it all went.
-fn send_reply(socket: &Socket, reply: &Reply) -> bool {
-    let mut out = Vec::with_capacity(128);
-    if reply.encode(&mut out).is_err() {
-        return false;
-    }
-    // A new connection's send buffer is empty and the reply is small, so it
-    // goes in one call or the client is not worth waiting for.
-    matches!(socket.send_nonblocking(&out), Ok(n) if n == out.len())
-}
-
-fn refuse(socket: &Socket, code: ErrorCode, reason: &str) {
-    send_reply(
-        socket,
-        &Reply::Refused {
-            code: code.win32(),
-            reason: reason.to_string(),
-        },
-    );
 }

@@ -15,7 +15,7 @@ use crate::exit::{Failure, Status};
 pub const CONNECT_WAIT: Duration = Duration::from_secs(5);
 
 /// The shape of a case's work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// A byte pipe: the client writes `count` chunks of `size` bytes, half
     /// closes, the server reads to the end and answers one byte.

@@ -220,7 +220,6 @@ fn run_case(
     Ok(out)
 }
 
-/// Runs `npipe bench`.
 /// One JSON object per row on stdout, flushed as each case finishes.
 fn print_json(rows: &[Row], info: &RunInfo) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
@@ -232,6 +231,7 @@ fn print_json(rows: &[Row], info: &RunInfo) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Runs `npipe bench`.
 pub fn run(args: &Args) -> CmdResult {
     let (chosen, with_scale) = select(&args.cases)?;
     let scale = if args.smoke {
