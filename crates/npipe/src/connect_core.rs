@@ -93,7 +93,7 @@ pub(crate) fn check_reachable(name: &PipeName) -> Result<()> {
 
 /// Refuses a server that runs as anyone but `expected` (`expect_server_user`),
 /// before a byte is sent.
-pub(crate) fn check_server(name: &PipeName, cred: PeerCred, expected: u32) -> Result<()> {
+fn check_server(name: &PipeName, cred: PeerCred, expected: u32) -> Result<()> {
     if cred.uid == expected {
         return Ok(());
     }
@@ -221,21 +221,34 @@ pub(crate) fn client_setup(
     Ok((setup, read_mode))
 }
 
+/// The server's credentials from the kernel, read once right after the
+/// connect, and checked against `expect_server_user` before any byte goes
+/// out.
+pub(crate) fn server_cred(
+    name: &PipeName,
+    opts: &ClientOptions,
+    socket: &crate::sys::Socket,
+) -> Result<PeerCred> {
+    let cred = socket
+        .peer_cred()
+        .map_err(|e| Error::os(e, "cannot read the server's credentials"))?;
+    if let Some(expected) = opts.expect_server_uid {
+        check_server(name, cred, expected)?;
+    }
+    Ok(cred)
+}
+
 /// The client end's setup once the server said OK: applies the server's
-/// in-buffer hint to the socket and reads the server's credentials from the
-/// kernel.
+/// in-buffer hint to the socket.
 pub(crate) fn finish(
     name: &PipeName,
     opts: &ClientOptions,
     socket: &crate::sys::Socket,
+    cred: PeerCred,
     desc: PipeDescription,
 ) -> Result<(Setup, ReadMode)> {
     if desc.in_buffer > 0 {
         let _ = socket.set_send_buffer(desc.in_buffer as usize);
     }
-    let peer: PeerCredentials = socket
-        .peer_cred()
-        .map_err(|e| Error::os(e, "cannot read the server's credentials"))?
-        .into();
-    client_setup(name, opts, desc, peer)
+    client_setup(name, opts, desc, cred.into())
 }

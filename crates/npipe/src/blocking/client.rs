@@ -72,12 +72,7 @@ impl PipeClient {
         let namespace =
             Namespace::open_existing_cached().map_err(|e| namespace::not_served(name, e))?;
         let socket = namespace.connect(name)?;
-        if let Some(expected) = opts.expect_server_uid {
-            let cred = socket
-                .peer_cred()
-                .map_err(|e| Error::os(e, "cannot read the server's credentials"))?;
-            connect_core::check_server(name, cred, expected)?;
-        }
+        let cred = connect_core::server_cred(name, opts, &socket)?;
         let sent = send_all(&socket, &connect_core::opening(name, opts, pipelined)?);
         let (reply, leftover) = read_reply(&socket, connect_core::answer_deadline(opts.wait))
             .map_err(|e| match sent {
@@ -90,7 +85,7 @@ impl PipeClient {
             })?;
         let desc = connect_core::connected(name, reply)?;
         sent.map_err(|e| Error::os(e, &format!("{name}: sending the handshake failed")))?;
-        let (setup, read_mode) = connect_core::finish(name, opts, &socket, desc)?;
+        let (setup, read_mode) = connect_core::finish(name, opts, &socket, cred, desc)?;
         Ok(PipeClient {
             stream: PipeStream::new(socket, setup, read_mode, leftover),
         })

@@ -102,14 +102,7 @@ impl PipeClient {
             }
         };
         let fd = register(socket)?;
-        if let Some(expected) = opts.expect_server_uid {
-            let cred = fd
-                .get_ref()
-                .socket()
-                .peer_cred()
-                .map_err(|e| Error::os(e, "cannot read the server's credentials"))?;
-            connect_core::check_server(name, cred, expected)?;
-        }
+        let cred = connect_core::server_cred(name, opts, fd.get_ref().socket())?;
         let out = connect_core::opening(name, opts, pipelined)?;
         let sent = send_all(&fd, &out).await;
 
@@ -131,7 +124,8 @@ impl PipeClient {
         let desc = connect_core::connected(name, reply)?;
         sent.map_err(|e| Error::os(e, &format!("{name}: sending the handshake failed")))?;
 
-        let (setup, read_mode) = connect_core::finish(name, opts, fd.get_ref().socket(), desc)?;
+        let (setup, read_mode) =
+            connect_core::finish(name, opts, fd.get_ref().socket(), cred, desc)?;
         Ok(PipeClient {
             stream: PipeStream::registered(fd, setup, read_mode, leftover),
         })
