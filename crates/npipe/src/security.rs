@@ -606,6 +606,16 @@ mod tests {
             SecurityDescriptor::default_for_pipes()
                 .deny(Trustee::Remote("*".into()), Rights::WRITE)
         );
+        // The other spellings SECURITY.md lists read the same.
+        let same: SecurityDescriptor = "D:(A;;FA;;;CO)(A;;FA;;;BA)(A;;FR;;;AU)(D;;FW;;;NU)"
+            .parse()
+            .unwrap();
+        assert_eq!(same, sd);
+        let rw: SecurityDescriptor = "D:(A;;GRGW;;;IU)".parse().unwrap();
+        assert_eq!(
+            rw,
+            SecurityDescriptor::empty().allow(Trustee::Everyone, Rights::FULL)
+        );
     }
 
     #[test]

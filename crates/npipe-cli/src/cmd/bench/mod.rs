@@ -54,7 +54,9 @@ Cases:
   call_rate              the same through npipe::call (CallNamedPipe), which
                          sends the request with the handshake (connections/s)
   scale                  many clients on one server process: `npipe serve`
-                         (tokio) against a hand-written tokio echo server;
+                         (tokio) against a hand-written tokio echo server
+                         (a read_exact for each header and each body, not
+                         the buffered reader above);
                          N clients connect (scale_connect_rate), sit idle
                          (scale_idle_memory: server RSS per connection, in
                          bytes), then all exchange messages at once
