@@ -289,6 +289,19 @@ pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// The server of `name` still answers a call.
+pub fn still_serves(name: &str) {
+    assert_eq!(
+        npipe::call(name, b"alive", Duration::from_secs(5)).unwrap(),
+        b"alive"
+    );
+}
+
+/// Clients waiting for an instance of `name`, as the server counts them.
+pub fn waiting(name: &str) -> u32 {
+    npipe::query_pipe(name).unwrap().waiting_clients
+}
+
 /// Whether this process runs as root (tests that need another user say so
 /// loudly when they cannot run).
 pub fn is_root() -> bool {

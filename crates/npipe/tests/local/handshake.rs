@@ -3,12 +3,11 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
 
 use npipe::proto::handshake::{Hello, HelloKind, Reply};
 use npipe::{ClientOptions, ErrorCode, ImpersonationLevel, ReadMode};
 
-use crate::common::{on_both_servers, server_on, unique, Front, HANG};
+use crate::common::{on_both_servers, server_on, still_serves, unique, Front, HANG};
 
 // Each behaviour, against the blocking and the tokio server.
 on_both_servers!(
@@ -62,13 +61,6 @@ fn hello(name: &str) -> Hello {
         principal: String::new(),
         computer: String::new(),
     }
-}
-
-fn still_serves(name: &str) {
-    assert_eq!(
-        npipe::call(name, b"alive", Duration::from_secs(5)).unwrap(),
-        b"alive"
-    );
 }
 
 fn garbage_gets_bad_pipe_and_others_are_served(front: Front) {

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use npipe::{ClientOptions, ErrorCode, ServerOptions, Wait};
 
-use crate::common::{eventually, on_both_servers, server_on, spawn, unique, Front, HANG};
+use crate::common::{
+    eventually, on_both_servers, server_on, spawn, still_serves, unique, waiting, Front, HANG,
+};
 
 // Each behaviour, against the blocking and the tokio server.
 on_both_servers!(
@@ -19,10 +21,6 @@ on_both_servers!(
     first_instance_refuses_a_served_name,
     a_dead_servers_socket_is_reclaimed,
 );
-
-fn waiting(name: &str) -> u32 {
-    npipe::query_pipe(name).unwrap().waiting_clients
-}
 
 fn busy_at_once_without_wait(front: Front) {
     let name = unique("busy");
@@ -147,10 +145,7 @@ fn first_instance_refuses_a_served_name(front: Front) {
     assert_eq!(e.code(), ErrorCode::PipeBusy);
     assert!(e.to_string().contains("already being served"), "{e}");
     // The original server is untouched.
-    assert_eq!(
-        npipe::call(&name, b"still", Duration::from_secs(5)).unwrap(),
-        b"still"
-    );
+    still_serves(&name);
 }
 
 fn a_dead_servers_socket_is_reclaimed(front: Front) {

@@ -18,7 +18,7 @@ use npipe::{
     ServerOptions, Wait,
 };
 
-use crate::common::{eventually, server_on, unique, Child, Front, HANG};
+use crate::common::{eventually, server_on, unique, waiting, Child, Front, HANG};
 
 /// A server child of either front end, ready to take clients.
 fn serve(front: Front, name: &str, opts: &[&str]) -> Child {
@@ -375,10 +375,6 @@ fn peek(server: Front, client: Front) {
     let p = c.peek(&mut buf).unwrap();
     assert_eq!((p.copied, p.message_left), (7, 7));
     assert_eq!(c.recv_message().unwrap(), b"second!");
-}
-
-fn waiting(name: &str) -> u32 {
-    npipe::query_pipe(name).unwrap().waiting_clients
 }
 
 fn busy_then_first_come_first_served(server: Front, client: Front) {

@@ -3,11 +3,12 @@
 //! root); without it they say so loudly and do nothing.
 
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
 
 use npipe::{ClientOptions, ErrorCode, ServerOptions};
 
-use crate::common::{on_both_servers, server_on, spawn_as, spawn_with_env, unique, Front, TempDir};
+use crate::common::{
+    on_both_servers, server_on, spawn_as, spawn_with_env, still_serves, unique, Front, TempDir,
+};
 
 // The descriptor and namespace checks, against the blocking and the tokio
 // server (impersonation below is the blocking server's; the tokio server's
@@ -31,13 +32,6 @@ fn need_root(test: &str) -> bool {
             false
         }
     }
-}
-
-fn still_serves(name: &str) {
-    assert_eq!(
-        npipe::call(name, b"alive", Duration::from_secs(5)).unwrap(),
-        b"alive"
-    );
 }
 
 fn a_descriptor_that_denies_a_user_refuses_it_and_serves_others(front: Front) {
