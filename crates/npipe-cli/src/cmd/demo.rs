@@ -10,7 +10,7 @@ use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use npipe::{ClientOptions, ErrorCode, PipeClient, ServerOptions, Wait};
+use npipe::{ClientOptions, PipeClient, ServerOptions, Wait};
 
 use super::{direction_name, lossy, type_name, user_text, CmdResult};
 use crate::exit::{Failure, Status};
@@ -153,21 +153,13 @@ pub fn run_server(args: &ServerArgs) -> CmdResult {
 
 // ---------------------------------------------------------------- client ---
 
-/// Opens the pipe, retrying while it does not exist yet.
+/// Opens the pipe, waiting for it to exist too (the server process may not
+/// have created it yet).
 fn open_patiently(name: &str) -> npipe::Result<PipeClient> {
-    let deadline = Instant::now() + CONNECT_PATIENCE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let result = ClientOptions::new()
-            .wait(Wait::Timeout(left.max(Duration::from_millis(1))))
-            .open(name);
-        match result {
-            Err(e) if e.code() == ErrorCode::FileNotFound && Instant::now() < deadline => {
-                thread::sleep(Duration::from_millis(20));
-            }
-            other => return other,
-        }
-    }
+    ClientOptions::new()
+        .wait(Wait::Timeout(CONNECT_PATIENCE))
+        .wait_for_server(true)
+        .open(name)
 }
 
 /// Runs the hidden `npipe demo-client NAME MESSAGE`.
