@@ -2,7 +2,7 @@
 //! long it waits for the answer, and what it makes of the REPLY. The tokio
 //! client and the blocking client (`blocking/client.rs`) both drive these.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::{max_instances_from_wire, End, PeerCredentials};
@@ -72,9 +72,12 @@ pub(crate) fn next_attempt(opts: &ClientOptions, left: Option<Duration>) -> Clie
 }
 
 /// Whether a failed connect is worth retrying for a client that waits for the
-/// server itself: the pipe is missing, or its server went away mid-handshake.
-pub(crate) fn retry_while_waiting(e: &Error) -> bool {
+/// server itself (since `start`, for `limit`): the pipe is missing, or its
+/// server went away mid-handshake, and the wait is not over yet (looked at
+/// after the failure, not before the attempt).
+pub(crate) fn retry_while_waiting(e: &Error, start: Instant, limit: Option<Duration>) -> bool {
     matches!(e.code(), ErrorCode::FileNotFound | ErrorCode::BrokenPipe)
+        && limit.is_none_or(|l| start.elapsed() < l)
 }
 
 /// Fails for a name this build cannot reach.

@@ -52,10 +52,7 @@ impl PipeClient {
         loop {
             let left = limit.map(|l| l.saturating_sub(start.elapsed()));
             match Self::connect_once(name, &connect_core::next_attempt(opts, left), pipelined) {
-                Err(e)
-                    if connect_core::retry_while_waiting(&e)
-                        && left.is_none_or(|l| !l.is_zero()) =>
-                {
+                Err(e) if connect_core::retry_while_waiting(&e, start, limit) => {
                     std::thread::sleep(connect_core::RECONNECT_PAUSE);
                 }
                 r => return r,

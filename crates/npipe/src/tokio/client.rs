@@ -75,10 +75,7 @@ impl PipeClient {
             let left = limit.map(|l| l.saturating_sub(start.elapsed()));
             let attempt = connect_core::next_attempt(opts, left);
             match Self::connect_once(name, &attempt, pipelined).await {
-                Err(e)
-                    if connect_core::retry_while_waiting(&e)
-                        && limit.is_none_or(|l| start.elapsed() < l) =>
-                {
+                Err(e) if connect_core::retry_while_waiting(&e, start, limit) => {
                     ::tokio::time::sleep(connect_core::RECONNECT_PAUSE).await;
                 }
                 r => return r,
