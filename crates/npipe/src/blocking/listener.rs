@@ -417,7 +417,7 @@ impl Impersonation<'_> {
             egid: gid,
             groups,
         };
-        if let Err(e) = sys::assume_thread_ids(&target) {
+        if let Err(e) = sys::assume_thread_ids(&saved, &target) {
             // Undo whatever part took effect before reporting.
             revert_or_abort(&saved);
             return Err(Error::new(

@@ -756,11 +756,11 @@ fn gids(ids: &ThreadIds) -> Vec<rustix::process::Gid> {
 /// `setgroups`/`setresgid`/`setresuid` system calls, not libc's wrappers,
 /// which change every thread of the process. Groups and gid go first, while
 /// the thread still has the privilege; the real and saved ids stay, so
-/// [`restore_thread_ids`] can go back. Only what differs is changed, so
-/// taking one's own identity needs no privilege.
-pub fn assume_thread_ids(ids: &ThreadIds) -> io::Result<()> {
+/// [`restore_thread_ids`] can go back. Only what differs from `now` (the
+/// thread's ids, as the caller just read them to restore later) is changed,
+/// so taking one's own identity needs no privilege.
+pub fn assume_thread_ids(now: &ThreadIds, ids: &ThreadIds) -> io::Result<()> {
     use rustix::process::{Gid, Uid};
-    let now = thread_ids()?;
     if !same_groups(&now.groups, &ids.groups) {
         rustix::thread::set_thread_groups(&gids(ids))?;
     }
