@@ -159,8 +159,15 @@ fn read_all(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
 /// Runs `npipe ARGS...` with `input` on stdin (closed after it), and kills
 /// it if it hangs.
 fn run(args: &[&str], input: &[u8]) -> Run {
-    let mut child = npipe()
-        .args(args)
+    let mut cmd = npipe();
+    cmd.args(args);
+    run_cmd(cmd, args, input)
+}
+
+/// Runs `cmd` (an `npipe` command line, `args` for messages) as [`run`]
+/// does.
+fn run_cmd(mut cmd: Command, args: &[&str], input: &[u8]) -> Run {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -570,34 +577,9 @@ fn passwd_name(uid: u32) -> Option<String> {
 /// Runs `npipe ARGS...` as uid/gid 65534 (nobody), bounded by [`HANG`].
 fn run_as_nobody(args: &[&str]) -> Run {
     use std::os::unix::process::CommandExt;
-    let mut child = Command::new(shared_npipe())
-        .args(args)
-        .uid(65534)
-        .gid(65534)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start npipe as nobody");
-    let stdout = read_all(child.stdout.take().expect("stdout"));
-    let stderr = read_all(child.stderr.take().expect("stderr"));
-    let deadline = Instant::now() + HANG;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("npipe {args:?} as nobody hung");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    Run {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
+    let mut cmd = Command::new(shared_npipe());
+    cmd.args(args).uid(65534).gid(65534).current_dir("/");
+    run_cmd(cmd, args, b"")
 }
 
 #[test]
