@@ -341,12 +341,17 @@ impl ReadCore {
         }
     }
 
-    /// At a boundary: the next message's header, if it is buffered.
+    /// At a boundary: the next message's header, if it is buffered. A
+    /// zero-length message is whole with its header: the reader stays at a
+    /// boundary.
     fn header(&mut self) -> Result<Header> {
         let decoder = self.decoder.as_mut().expect("message pipe");
         match decoder.start(&self.buf[self.pos..]) {
             Ok(Some(len)) => {
                 self.pos += HEADER_LEN;
+                if len == 0 {
+                    decoder.consume(0);
+                }
                 Ok(Header::Len(len))
             }
             Ok(None) if !self.eof => Ok(Header::Need),
@@ -389,7 +394,6 @@ impl ReadCore {
                 Header::Need => return Ok(Some(Step::Need(Need::Fill))),
                 Header::End => return Err(Error::broken_pipe("(end of stream)")),
                 Header::Len(0) => {
-                    self.decoder.as_mut().expect("message pipe").consume(0);
                     op.begun = true;
                     op.complete = true;
                     return Ok(Some(Step::Done(MessageRead::Complete(0))));
@@ -730,9 +734,6 @@ impl<'a> ReadStd<'a> {
             match core.header()? {
                 Header::Need => return Ok(Step::Need(Need::Fill)),
                 Header::End => return Ok(Step::Done(*n)),
-                Header::Len(0) => {
-                    core.decoder.as_mut().expect("message pipe").consume(0);
-                }
                 Header::Len(_) => {}
             }
         }
@@ -781,9 +782,7 @@ impl ReadOp for ReadStd<'_> {
                         Header::Need => return Ok(Step::Need(Need::Fill)),
                         Header::End => return Ok(Step::Done(0)),
                         // Skipped: `Ok(0)` would read as end of stream.
-                        Header::Len(0) => {
-                            core.decoder.as_mut().expect("message pipe").consume(0);
-                        }
+                        Header::Len(0) => {}
                         Header::Len(len) => {
                             self.p.header = Some(len);
                             self.p.begun = true;
