@@ -9,4 +9,6 @@ pub(crate) use client::{call_with, read_reply};
 #[cfg(feature = "tokio")]
 pub(crate) use listener::{cannot_impersonate, refuse, send_reply};
 pub use listener::{Impersonation, PipeListener, PipeServer};
+#[cfg(feature = "tokio")]
+pub(crate) use stream::peek;
 pub use stream::{PipeStream, ReadHalf, WriteHalf};

@@ -158,8 +158,12 @@ fn read_std(
 }
 
 /// Takes in what has arrived without blocking, then peeks.
-fn peek(core: &mut ReadCore, sock: &Socket, out: &mut [u8]) -> Result<Peek> {
+/// (Never blocks, so the tokio stream peeks with it too.)
+pub(crate) fn peek(core: &mut ReadCore, sock: &Socket, out: &mut [u8]) -> Result<Peek> {
     core.check()?;
+    // What is left in the kernel: nothing once a receive found it empty;
+    // asked (FIONREAD) only if the buffer filled up first.
+    let mut kernel_empty = false;
     while core.peek_wants_input() {
         match sock.recv_spare(core.fill_buf(), RecvFlagsLite::DontWait) {
             Ok(n) => core.filled(n),
@@ -169,12 +173,18 @@ fn peek(core: &mut ReadCore, sock: &Socket, out: &mut [u8]) -> Result<Peek> {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                break
+                kernel_empty = true;
+                break;
             }
             Err(e) => return Err(recv_error(e)),
         }
     }
-    core.peek(out, sock.readable_bytes().unwrap_or(0))
+    let kernel = if kernel_empty {
+        0
+    } else {
+        sock.readable_bytes().unwrap_or(0)
+    };
+    core.peek(out, kernel)
 }
 
 /// Sends one message whole: header and payload in one `sendmsg`, looping

@@ -444,16 +444,7 @@ impl PipeStream {
     /// current message only.
     pub fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
         self.connected()?;
-        self.reader.check()?;
-        let sock = self.io.get_ref().socket();
-        while self.reader.peek_wants_input() {
-            match sock.recv_spare(self.reader.fill_buf(), RecvFlagsLite::DontWait) {
-                Ok(n) => self.reader.filled(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(recv_error(e)),
-            }
-        }
-        self.reader.peek(buf, sock.readable_bytes().unwrap_or(0))
+        crate::blocking::peek(&mut self.reader, self.io.get_ref().socket(), buf)
     }
 
     /// Waits until the other end has read everything written so far
