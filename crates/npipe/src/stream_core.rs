@@ -535,11 +535,38 @@ impl ReadCore {
         Ok(peek)
     }
 
-    /// Whether anything is waiting to be read, given `kernel` bytes in the
-    /// socket (for `transact`).
-    pub fn has_unread(&self, kernel: usize) -> bool {
-        self.in_message() || !self.buffered().is_empty() || kernel > 0
+    /// Whether anything is waiting to be read; `kernel` tells the bytes in
+    /// the socket, asked only when nothing is buffered here.
+    pub fn has_unread(&self, kernel: impl FnOnce() -> usize) -> bool {
+        self.in_message() || !self.buffered().is_empty() || kernel() > 0
     }
+}
+
+/// `TransactNamedPipe`'s rules, before anything is sent: a message pipe in
+/// message read mode, ends not broken, a request within the peer's limit,
+/// and no unread data (`kernel` as for [`ReadCore::has_unread`]).
+pub fn check_transact(
+    setup: &Setup,
+    reader: &ReadCore,
+    writer: &WriteCore,
+    request_len: usize,
+    kernel: impl FnOnce() -> usize,
+) -> Result<()> {
+    if setup.pipe_type != PipeType::Message || reader.mode != ReadMode::Message {
+        return Err(Error::new(
+            ErrorCode::BadPipe,
+            "transact needs a message-type pipe in message read mode",
+        ));
+    }
+    reader.check()?;
+    writer.check(request_len)?;
+    if reader.has_unread(kernel) {
+        return Err(Error::new(
+            ErrorCode::PipeBusy,
+            "transact refused: unread data is waiting in the pipe (read it first)",
+        ));
+    }
+    Ok(())
 }
 
 /// Where a message read stands.
@@ -1058,7 +1085,7 @@ mod tests {
         assert!(matches!(op.step(&mut c).unwrap(), Step::Need(_)));
         op.undo(&mut c);
         assert!(c.stash.is_some());
-        assert!(c.has_unread(0));
+        assert!(c.has_unread(|| 0));
         c.fill_buf().extend_from_slice(&wire[9..]);
         // ...and the next recv_message goes on with them.
         assert_eq!(

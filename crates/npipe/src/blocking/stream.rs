@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::{PeerCredentials, PipeInfo};
-use crate::options::{PipeType, ReadMode};
+use crate::options::ReadMode;
 use crate::stream_core::{
-    recv_error, send_error, Need, ReadCore, ReadMessage, ReadOp, ReadStd, RecvMessage, Step,
-    WriteCore,
+    check_transact, recv_error, send_error, Need, ReadCore, ReadMessage, ReadOp, ReadStd,
+    RecvMessage, Step, WriteCore,
 };
 use crate::sys::{Events, RecvFlagsLite, Socket};
 
@@ -290,23 +290,14 @@ impl PipeStream {
     /// data is waiting, as on Windows.
     pub fn transact(&mut self, request: &[u8]) -> Result<Vec<u8>> {
         self.connected()?;
-        if self.setup.pipe_type != PipeType::Message || self.reader.mode != ReadMode::Message {
-            return Err(Error::new(
-                ErrorCode::BadPipe,
-                "transact needs a message-type pipe in message read mode",
-            ));
-        }
-        self.reader.check()?;
-        self.writer.check(request.len())?;
-        if self
-            .reader
-            .has_unread(self.socket.readable_bytes().unwrap_or(0))
-        {
-            return Err(Error::new(
-                ErrorCode::PipeBusy,
-                "transact refused: unread data is waiting in the pipe (read it first)",
-            ));
-        }
+        let sock = &self.socket;
+        check_transact(
+            &self.setup,
+            &self.reader,
+            &self.writer,
+            request.len(),
+            || sock.readable_bytes().unwrap_or(0),
+        )?;
         write_message(&mut self.writer, &self.socket, request)?;
         recv_message(&mut self.reader, &self.socket, &mut self.read_wait)
     }
@@ -539,6 +530,7 @@ impl Write for WriteHalf<'_> {
 mod tests {
     use super::*;
     use crate::info::End;
+    use crate::options::PipeType;
     use crate::proto::framing;
 
     fn pair(pipe_type: PipeType) -> (PipeStream, PipeStream) {

@@ -11,12 +11,12 @@ use std::time::Duration;
 use ::tokio::io::unix::AsyncFd;
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, Result};
 use crate::info::{PeerCredentials, PipeInfo};
-use crate::options::{PipeType, ReadMode};
+use crate::options::ReadMode;
 use crate::stream_core::{
-    recv_error, send_error, MessageRead, Need, Peek, ReadCore, ReadMessage, ReadOp, ReadStd,
-    RecvMessage, Setup, Step, WriteCore, WriteOp,
+    check_transact, recv_error, send_error, MessageRead, Need, Peek, ReadCore, ReadMessage, ReadOp,
+    ReadStd, RecvMessage, Setup, Step, WriteCore, WriteOp,
 };
 use crate::sys::{self, Fd, RecvFlagsLite, Socket};
 
@@ -420,21 +420,14 @@ impl PipeStream {
     /// [`recv_message`](Self::recv_message)).
     pub async fn transact(&mut self, request: &[u8]) -> Result<Vec<u8>> {
         self.connected()?;
-        if self.setup.pipe_type != PipeType::Message || self.reader.mode != ReadMode::Message {
-            return Err(Error::new(
-                ErrorCode::BadPipe,
-                "transact needs a message-type pipe in message read mode",
-            ));
-        }
-        self.reader.check()?;
-        self.writer.check(request.len())?;
-        let kernel = self.socket().readable_bytes().unwrap_or(0);
-        if self.reader.has_unread(kernel) {
-            return Err(Error::new(
-                ErrorCode::PipeBusy,
-                "transact refused: unread data is waiting in the pipe (read it first)",
-            ));
-        }
+        let sock = self.io.get_ref().socket();
+        check_transact(
+            &self.setup,
+            &self.reader,
+            &self.writer,
+            request.len(),
+            || sock.readable_bytes().unwrap_or(0),
+        )?;
         self.write_message(request).await?;
         self.recv_message().await
     }
