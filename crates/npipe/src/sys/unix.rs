@@ -633,10 +633,29 @@ pub fn session_id(pid: u32) -> io::Result<u32> {
     Ok(sid as u32)
 }
 
+/// Runs a `get*_r` lookup with a buffer that doubles while the call says
+/// `ERANGE` (up to `max` bytes). `lookup` returns the call's result code and,
+/// when it found an entry, what it read of it while the buffer was alive.
+fn reentrant_lookup<T>(
+    start: usize,
+    max: usize,
+    mut lookup: impl FnMut(&mut [libc::c_char]) -> (libc::c_int, Option<T>),
+) -> Option<T> {
+    let mut buf: Vec<libc::c_char> = vec![0; start];
+    loop {
+        let (r, found) = lookup(&mut buf);
+        if r == libc::ERANGE && buf.len() < max {
+            let doubled = buf.len() * 2;
+            buf.resize(doubled, 0);
+            continue;
+        }
+        return if r == 0 { found } else { None };
+    }
+}
+
 /// The user name of `uid` from the system's user database, if it has one.
 pub fn user_name(uid: u32) -> Option<String> {
-    let mut buf: Vec<libc::c_char> = vec![0; 1024];
-    loop {
+    reentrant_lookup(1024, 1 << 20, |buf| {
         // SAFETY: all-zero bytes are a valid `passwd` (null pointers and zero
         // ids); getpwuid_r overwrites it before we read it.
         let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
@@ -645,25 +664,20 @@ pub fn user_name(uid: u32) -> Option<String> {
         // is passed; getpwuid_r writes strings only inside `buf`.
         let r =
             unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
-        if r == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        if r != 0 || result.is_null() || pwd.pw_name.is_null() {
-            return None;
-        }
-        // SAFETY: on success pw_name points at a NUL-terminated string inside
-        // `buf`, which is still alive.
-        let name = unsafe { CStr::from_ptr(pwd.pw_name) };
-        return Some(name.to_string_lossy().into_owned());
-    }
+        let name = (!result.is_null() && !pwd.pw_name.is_null()).then(|| {
+            // SAFETY: on success pw_name points at a NUL-terminated string
+            // inside `buf`, which is still alive.
+            let name = unsafe { CStr::from_ptr(pwd.pw_name) };
+            name.to_string_lossy().into_owned()
+        });
+        (r, name)
+    })
 }
 
 /// The uid of a user name, from the system's user database.
 pub fn uid_of_user(name: &str) -> Option<u32> {
     let cname = std::ffi::CString::new(name).ok()?;
-    let mut buf: Vec<libc::c_char> = vec![0; 1024];
-    loop {
+    reentrant_lookup(1024, 1 << 20, |buf| {
         // SAFETY: all-zero bytes are a valid `passwd`; getpwnam_r overwrites it.
         let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
         let mut result: *mut libc::passwd = std::ptr::null_mut();
@@ -678,19 +692,15 @@ pub fn uid_of_user(name: &str) -> Option<u32> {
                 &mut result,
             )
         };
-        if r == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        return (r == 0 && !result.is_null()).then_some(pwd.pw_uid);
-    }
+        (r, (!result.is_null()).then_some(pwd.pw_uid))
+    })
 }
 
 /// The gid of a group name, from the system's group database.
 pub fn gid_of_group(name: &str) -> Option<u32> {
     let cname = std::ffi::CString::new(name).ok()?;
-    let mut buf: Vec<libc::c_char> = vec![0; 4096];
-    loop {
+    // Groups list their members in the buffer: start larger.
+    reentrant_lookup(4096, 1 << 22, |buf| {
         // SAFETY: all-zero bytes are a valid `group`; getgrnam_r overwrites it.
         let mut grp: libc::group = unsafe { std::mem::zeroed() };
         let mut result: *mut libc::group = std::ptr::null_mut();
@@ -705,12 +715,8 @@ pub fn gid_of_group(name: &str) -> Option<u32> {
                 &mut result,
             )
         };
-        if r == libc::ERANGE && buf.len() < 1 << 22 {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        return (r == 0 && !result.is_null()).then_some(grp.gr_gid);
-    }
+        (r, (!result.is_null()).then_some(grp.gr_gid))
+    })
 }
 
 /// The calling thread's effective ids and supplementary groups.
@@ -823,5 +829,9 @@ mod tests {
     #[test]
     fn root_has_a_name() {
         assert_eq!(user_name(0).as_deref(), Some("root"));
+        assert_eq!(uid_of_user("root"), Some(0));
+        assert_eq!(gid_of_group("root"), Some(0));
+        assert_eq!(uid_of_user("no-such-user-npipe"), None);
+        assert_eq!(gid_of_group("no-such-group-npipe"), None);
     }
 }
