@@ -349,10 +349,7 @@ fn bad(what: &str, why: &str) -> Error {
 }
 
 fn resolve_user(s: &str) -> Result<u32> {
-    s.parse()
-        .ok()
-        .or_else(|| sys::uid_of_user(s))
-        .ok_or_else(|| bad(s, "no such user"))
+    user_id(s).ok_or_else(|| bad(s, "no such user"))
 }
 
 fn resolve_group(s: &str) -> Result<u32> {
