@@ -929,3 +929,26 @@ pub(crate) fn refuse(socket: &Socket, code: ErrorCode, reason: &str) {
         },
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{ClientOptions, ErrorCode, ServerOptions};
+
+    /// SECURITY.md: nested impersonation on one thread is refused, and the
+    /// thread can impersonate again once the guard is dropped. (A client of
+    /// the server's own user needs no privilege.)
+    #[test]
+    fn nested_impersonation_is_refused() {
+        let name = format!("unit-nested-imp-{}", std::process::id());
+        let listener = ServerOptions::new().create(name.as_str()).unwrap();
+        let _client = ClientOptions::new().open(name.as_str()).unwrap();
+        let server = listener.accept().unwrap();
+        let guard = server.impersonate().unwrap();
+        let Err(again) = server.impersonate() else {
+            panic!("nested impersonation was allowed");
+        };
+        assert_eq!(again.code(), ErrorCode::CannotImpersonate);
+        drop(guard);
+        drop(server.impersonate().unwrap());
+    }
+}
