@@ -222,6 +222,33 @@ fn pid_after(text: &str, prefix: &str) -> u32 {
 
 // ------------------------------------------------------------------ tests ---
 
+/// README: `npipe serve` removes its pipe on SIGINT, SIGTERM or SIGHUP, and
+/// exits cleanly.
+#[test]
+fn serve_removes_its_pipe_on_each_stop_signal() {
+    for signal in [
+        rustix::process::Signal::INT,
+        rustix::process::Signal::TERM,
+        rustix::process::Signal::HUP,
+    ] {
+        let name = unique("signal");
+        let mut server = Server::start(&name, &[]);
+        let pid = rustix::process::Pid::from_raw(server.pid() as i32).expect("a pid");
+        rustix::process::kill_process(pid, signal).expect("signal npipe serve");
+        let deadline = Instant::now() + HANG;
+        let status = loop {
+            if let Some(status) = server.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "npipe serve ignored {signal:?}");
+            thread::sleep(Duration::from_millis(10));
+        };
+        assert!(status.success(), "{signal:?}: {status}");
+        let e = npipe::query_pipe(name.as_str()).unwrap_err();
+        assert_eq!(e.code(), npipe::ErrorCode::FileNotFound, "{signal:?}: {e}");
+    }
+}
+
 #[test]
 fn demo_exits_zero_and_both_sides_report_each_others_pid() {
     let name = unique("demo");
