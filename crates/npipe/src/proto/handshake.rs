@@ -464,6 +464,46 @@ impl Reply {
 mod tests {
     use super::*;
 
+    /// PROTOCOL.md §8, byte for byte: the spec's worked examples are what
+    /// the encoders write.
+    #[test]
+    fn the_worked_examples_of_the_spec() {
+        let hello = Hello {
+            kind: HelloKind::Connect,
+            access: Some(Access::ReadWrite),
+            read_mode: ReadMode::Message,
+            impersonation: ImpersonationLevel::Impersonation,
+            wait_ms: WAIT_NONE,
+            max_message: 0x0400_0000,
+            pipelined: false,
+            name: "echo".into(),
+            principal: String::new(),
+            computer: String::new(),
+        };
+        let mut wire = Vec::new();
+        hello.encode(&mut wire).unwrap();
+        assert_eq!(
+            wire,
+            [
+                0x4E, 0x50, 0x49, 0x50, 0x01, 0x01, 0x03, 0x01, 0x02, 0x00, 0x04, 0x00, 0x00, 0x00,
+                0x00, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x65, 0x63, 0x68, 0x6F,
+            ]
+        );
+        let busy = Reply::Refused {
+            code: 231,
+            reason: "busy".into(),
+        };
+        let mut wire = Vec::new();
+        busy.encode(&mut wire).unwrap();
+        assert_eq!(
+            wire,
+            [
+                0x4E, 0x50, 0x49, 0x50, 0x01, 0x02, 0x00, 0x00, 0xE7, 0x00, 0x00, 0x00, 0x04, 0x00,
+                0x62, 0x75, 0x73, 0x79,
+            ]
+        );
+    }
+
     fn hello() -> Hello {
         Hello {
             kind: HelloKind::Connect,
