@@ -161,6 +161,8 @@ pub struct ServerOptions {
     pub(crate) first_instance: bool,
     pub(crate) handshake_timeout: Duration,
     pub(crate) accept_backlog: u32,
+    pub(crate) max_handshakes: u32,
+    pub(crate) max_handshakes_per_user: u32,
     pub(crate) security: SecurityDescriptor,
     pub(crate) reject_remote_clients: bool,
 }
@@ -187,6 +189,8 @@ impl ServerOptions {
             first_instance: false,
             handshake_timeout: Duration::from_secs(5),
             accept_backlog: 128,
+            max_handshakes: 128,
+            max_handshakes_per_user: 16,
             security: SecurityDescriptor::default_for_pipes(),
             reject_remote_clients: false,
         }
@@ -283,6 +287,33 @@ impl ServerOptions {
         self
     }
 
+    /// How many connections from users other than the server's own (and
+    /// root) may be in their handshake at once, in all (default 128). A
+    /// connection is in its handshake from `accept` until its HELLO arrives
+    /// or [`handshake_timeout`](Self::handshake_timeout) runs out; past this
+    /// cap new ones are refused with *pipe busy* at once, so that silent
+    /// connections cannot exhaust the server's file descriptors (OpenSSH's
+    /// `MaxStartups`). Clients of the server's own user are never counted.
+    ///
+    /// ```
+    /// let mut opts = npipe::ServerOptions::new();
+    /// opts.max_handshakes(64).max_handshakes_per_user(8);
+    /// ```
+    pub fn max_handshakes(&mut self, n: u32) -> &mut Self {
+        self.max_handshakes = n;
+        self
+    }
+
+    /// How many of those handshakes one user may have in flight (default
+    /// 16), so that one user cannot take the whole of
+    /// [`max_handshakes`](Self::max_handshakes) (systemd's
+    /// `MaxConnectionsPerSource`). Beyond it that user's new connections are
+    /// refused with *pipe busy*; other users are unaffected.
+    pub fn max_handshakes_per_user(&mut self, n: u32) -> &mut Self {
+        self.max_handshakes_per_user = n;
+        self
+    }
+
     /// The server end's read mode after defaults.
     pub(crate) fn effective_read_mode(&self) -> ReadMode {
         self.read_mode.unwrap_or(match self.pipe_type {
@@ -305,6 +336,11 @@ impl ServerOptions {
         }
         if self.accept_backlog == 0 {
             return Err(Error::invalid("accept_backlog must be at least 1"));
+        }
+        if self.max_handshakes == 0 || self.max_handshakes_per_user == 0 {
+            return Err(Error::invalid(
+                "max_handshakes and max_handshakes_per_user must be at least 1",
+            ));
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use crate::proto::admission::Patience;
 use crate::proto::handshake::{
     Hello, HelloKind, PipeDescription, WAIT_DEFAULT, WAIT_FOREVER, WAIT_NONE,
 };
-use crate::security::Subject;
+use crate::security::{Rights, Subject};
 use crate::sys::PeerCred;
 
 /// A connecting peer as the kernel describes it.
@@ -67,8 +67,15 @@ pub(crate) fn judge(
         );
     }
     let allowed = opts.direction.client_access();
+    let subject = subject(peer);
     if hello.kind == HelloKind::Query {
-        return Verdict::Describe(allowed);
+        // What this peer could really get: the direction's access as far as
+        // the descriptor grants it, not what the pipe offers in general.
+        let held = opts.security.rights_of(&subject, peer.server_uid);
+        return match access_within(held, allowed) {
+            Some(access) => Verdict::Describe(access),
+            None => Verdict::Refuse(ErrorCode::AccessDenied, nothing_granted(peer)),
+        };
     }
     let granted = hello.access.unwrap_or(allowed);
     if !granted.within(allowed) {
@@ -82,14 +89,17 @@ pub(crate) fn judge(
             format!("the pipe is {:?}: a client may {may}", opts.direction),
         );
     }
-    let subject = Subject {
-        uid: peer.cred.uid,
-        gid: peer.cred.gid,
-        groups: peer.groups.clone(),
-        remote: None,
-    };
     if let Err(e) = opts.security.check(&subject, granted, peer.server_uid) {
         return Verdict::Refuse(e.code(), e.message().to_string());
+    }
+    if hello.pipelined && !granted.writes() {
+        // The request behind the HELLO is a write the grant does not allow:
+        // answering it would let a reader write (the server never reads
+        // from a client without write access).
+        return Verdict::Refuse(
+            ErrorCode::AccessDenied,
+            "a transaction writes a request, and this client asked for read access only".into(),
+        );
     }
     if hello.pipelined && opts.pipe_type == PipeType::Byte {
         return Verdict::Refuse(
@@ -104,6 +114,46 @@ pub(crate) fn judge(
         ms => Patience::Until(now + Duration::from_millis(ms.into())),
     };
     Verdict::Connect { granted, patience }
+}
+
+/// Judges a peer at accept, from its kernel credentials alone: `Some(reason)`
+/// if the descriptor grants it nothing, so that it is refused before it can
+/// hold anything on the server (a socket, a handshake slot, a buffer).
+///
+/// A future gateway connects as its own (trusted) uid and names the remote
+/// client in HELLO; when it lands, its uid must pass here on the strength of
+/// the descriptor's remote entries.
+pub(crate) fn refuse_at_accept(opts: &ServerOptions, peer: &Peer) -> Option<String> {
+    let held = opts.security.rights_of(&subject(peer), peer.server_uid);
+    if held.contains(Rights::READ) || held.contains(Rights::WRITE) {
+        None
+    } else {
+        Some(nothing_granted(peer))
+    }
+}
+
+fn subject(peer: &Peer) -> Subject {
+    Subject {
+        uid: peer.cred.uid,
+        gid: peer.cred.gid,
+        groups: peer.groups.clone(),
+        remote: None,
+    }
+}
+
+fn nothing_granted(peer: &Peer) -> String {
+    format!(
+        "the pipe's security descriptor grants uid {} no access",
+        peer.cred.uid
+    )
+}
+
+/// The part of `allowed` (what the direction offers) that `held` (what the
+/// descriptor grants) covers; `None` if no part.
+fn access_within(held: Rights, allowed: Access) -> Option<Access> {
+    let reads = allowed.reads() && held.contains(Rights::READ);
+    let writes = allowed.writes() && held.contains(Rights::WRITE);
+    (reads || writes).then(|| Access::of(reads, writes))
 }
 
 /// The pipe as the server describes it in OK and INFO replies.
@@ -243,5 +293,78 @@ mod tests {
             judge(&opts, &name, &h, &nobody, now),
             Verdict::Connect { .. }
         ));
+    }
+
+    fn other(uid: u32) -> Peer {
+        Peer {
+            cred: PeerCred {
+                pid: 9,
+                uid,
+                gid: uid,
+            },
+            groups: Vec::new(),
+            server_uid: 0,
+        }
+    }
+
+    #[test]
+    fn a_pipelined_request_needs_write_access() {
+        let name = PipeName::parse("p").unwrap();
+        let opts = ServerOptions::new(); // default: everyone read
+        let mut h = hello("p");
+        h.access = Some(Access::Read);
+        h.pipelined = true;
+        for peer in [&ME, &other(65534)] {
+            assert!(matches!(
+                judge(&opts, &name, &h, peer, Instant::now()),
+                Verdict::Refuse(ErrorCode::AccessDenied, _)
+            ));
+        }
+        h.access = Some(Access::ReadWrite);
+        assert!(matches!(
+            judge(&opts, &name, &h, &ME, Instant::now()),
+            Verdict::Connect { .. }
+        ));
+    }
+
+    #[test]
+    fn a_query_reports_the_grant_the_peer_really_has() {
+        let name = PipeName::parse("p").unwrap();
+        let mut h = hello("p");
+        h.kind = HelloKind::Query;
+        let now = Instant::now();
+        let opts = ServerOptions::new(); // default: everyone read
+        assert_eq!(
+            judge(&opts, &name, &h, &other(65534), now),
+            Verdict::Describe(Access::Read)
+        );
+        assert_eq!(
+            judge(&opts, &name, &h, &ME, now),
+            Verdict::Describe(Access::ReadWrite)
+        );
+        let mut opts = ServerOptions::new();
+        opts.security("allow everyone=full; deny user:65534=w".parse().unwrap());
+        assert_eq!(
+            judge(&opts, &name, &h, &other(65534), now),
+            Verdict::Describe(Access::Read)
+        );
+        opts.security("allow everyone=full; deny user:65534=full".parse().unwrap());
+        assert!(matches!(
+            judge(&opts, &name, &h, &other(65534), now),
+            Verdict::Refuse(ErrorCode::AccessDenied, _)
+        ));
+    }
+
+    #[test]
+    fn a_peer_granted_nothing_is_refused_at_accept() {
+        let mut opts = ServerOptions::new();
+        assert_eq!(refuse_at_accept(&opts, &other(65534)), None);
+        opts.security("allow everyone=full; deny user:65534=full".parse().unwrap());
+        let why = refuse_at_accept(&opts, &other(65534)).unwrap();
+        assert!(why.contains("65534"), "{why}");
+        assert_eq!(refuse_at_accept(&opts, &other(1000)), None);
+        assert_eq!(refuse_at_accept(&opts, &ME), None);
+        opts.security(crate::SecurityDescriptor::current_user_only());
+        assert!(refuse_at_accept(&opts, &other(1000)).is_some());
     }
 }

@@ -156,13 +156,14 @@ impl Setup {
         }
     }
 
-    /// Whether this end may read and write.
+    /// Whether this end may read and write. The server end reads only what
+    /// the client's grant lets it write, and writes only what it lets it
+    /// read (the grant lies within the direction, so the direction is
+    /// honoured too): as on Windows, the access granted at connect bounds
+    /// every later operation.
     pub fn rights(&self) -> (bool, bool) {
         match self.end {
-            End::Server => (
-                self.direction.server_reads(),
-                self.direction.server_writes(),
-            ),
+            End::Server => (self.access.writes(), self.access.reads()),
             End::Client => (self.access.reads(), self.access.writes()),
         }
     }

@@ -117,6 +117,21 @@ pub struct Args {
     #[arg(verbatim_doc_comment, long, value_name = "BYTES")]
     pub max_message: Option<u32>,
 
+    /// Connections of other users that may be in their handshake at once
+    ///
+    /// A connection is in its handshake from accept until its first message
+    /// (at most 5 s); past this many, other users' new connections are
+    /// refused with ERROR_PIPE_BUSY, so silent connections cannot use up the
+    /// server's file descriptors. The server's own user is never counted.
+    #[arg(verbatim_doc_comment, long, value_name = "N", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_handshakes: u32,
+
+    /// How many of those handshakes one user may have at once
+    #[arg(long, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_handshakes_per_user: u32,
+
     /// What an outbound (--direction out) server sends each client.
     #[arg(long, value_name = "TEXT", default_value = "hello from npipe serve")]
     pub greeting: String,
@@ -227,7 +242,9 @@ pub fn run(args: &Args) -> CmdResult {
     opts.pipe_type(pipe_type)
         .direction(direction)
         .max_instances(args.instances)
-        .first_instance(args.first_instance);
+        .first_instance(args.first_instance)
+        .max_handshakes(args.max_handshakes)
+        .max_handshakes_per_user(args.max_handshakes_per_user);
     if let Some(bytes) = args.max_message {
         opts.max_message_size(bytes);
     }

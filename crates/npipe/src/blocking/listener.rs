@@ -28,6 +28,7 @@ use crate::options::{Access, ImpersonationLevel, ServerOptions};
 use crate::policy::{self, Peer, Verdict};
 use crate::proto::admission::{Admission, Arrival, Ticket};
 use crate::proto::handshake::{Hello, PipeDescription, Reply, HELLO_MAX};
+use crate::proto::startups::Startups;
 use crate::sys::{self, Events, PeerCred, PollEntry, Socket, Waker};
 
 /// Most connections the acceptor takes from the kernel per wake-up, so that
@@ -511,6 +512,8 @@ struct Acceptor {
     shared: Arc<Shared>,
     listener: Socket,
     admission: Admission,
+    /// Handshakes in flight per user (the `Handshake` stage of `pending`).
+    startups: Startups,
     pending: HashMap<Ticket, Pending>,
     next_ticket: Ticket,
     paused_until: Option<Instant>,
@@ -523,10 +526,16 @@ impl Acceptor {
         let o = &shared.opts;
         let limit = crate::info::max_instances_from_wire(o.max_instances);
         let admission = Admission::new(limit, o.accept_backlog);
+        let startups = Startups::new(
+            o.max_handshakes,
+            o.max_handshakes_per_user,
+            shared.server_uid,
+        );
         Acceptor {
             shared,
             listener,
             admission,
+            startups,
             pending: HashMap::new(),
             next_ticket: 0,
             paused_until: None,
@@ -660,7 +669,7 @@ impl Acceptor {
             .collect();
         for t in late {
             // Silent or too slow: drop it without a word.
-            self.pending.remove(&t);
+            self.end_handshake(t);
         }
         for t in self.admission.expire(now) {
             if let Some(p) = self.pending.remove(&t) {
@@ -718,16 +727,11 @@ impl Acceptor {
     }
 
     fn on_connection(&mut self, socket: Socket) {
-        let Ok(cred) = socket.peer_cred() else {
+        let shared = &self.shared;
+        let Some((cred, groups)) =
+            admit_connection(&socket, &shared.opts, shared.server_uid, &mut self.startups)
+        else {
             return;
-        };
-        let groups = if self.shared.opts.security.mentions_groups() {
-            match socket.peer_groups() {
-                Ok(g) => g,
-                Err(_) => return,
-            }
-        } else {
-            Vec::new()
         };
         let ticket = self.next_ticket;
         self.next_ticket += 1;
@@ -775,30 +779,38 @@ impl Acceptor {
             .recv_spare(&mut p.buf, sys::RecvFlagsLite::DontWait)
         {
             Ok(0) => {
-                self.pending.remove(&ticket);
+                self.end_handshake(ticket);
                 return;
             }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(_) => {
-                self.pending.remove(&ticket);
+                self.end_handshake(ticket);
                 return;
             }
         }
         match Hello::decode(&p.buf) {
             Ok(None) => {}
             Ok(Some((hello, used))) => {
-                let mut p = self.pending.remove(&ticket).expect("present");
+                let mut p = self.end_handshake(ticket).expect("present");
                 let leftover = p.buf.split_off(used);
                 p.buf = leftover;
                 self.on_hello(ticket, p, hello);
             }
             Err(e) => {
-                let p = self.pending.remove(&ticket).expect("present");
+                let p = self.end_handshake(ticket).expect("present");
                 let err: Error = e.into();
                 refuse(&p.socket, err.code(), err.message());
             }
         }
+    }
+
+    /// Takes a connection out of its handshake, however that ended, and
+    /// gives its user's handshake slot back.
+    fn end_handshake(&mut self, ticket: Ticket) -> Option<Pending> {
+        let p = self.pending.remove(&ticket)?;
+        self.startups.end(p.cred.uid);
+        Some(p)
     }
 
     fn description(&self, granted: Access) -> PipeDescription {
@@ -886,6 +898,8 @@ impl Acceptor {
             self.grant_waiters(more);
             return;
         }
+        let mut leftover = leftover;
+        fence_to_grant(&socket, granted, &mut leftover);
         let o = &self.shared.opts;
         if o.out_buffer_size > 0 {
             let _ = socket.set_send_buffer(o.out_buffer_size as usize);
@@ -917,6 +931,56 @@ pub(crate) fn send_reply(socket: &Socket, reply: &Reply) -> bool {
     // A new connection's send buffer is empty and the reply is small, so it
     // goes in one call or the client is not worth waiting for.
     matches!(socket.send_nonblocking(&out), Ok(n) if n == out.len())
+}
+
+/// Holds a granted connection to its grant in the kernel, not only in the
+/// server's own code: a client that may not write has the server's read side
+/// shut, so its writes fail with a broken pipe instead of queueing where the
+/// server will never read them, and whatever it sent behind its HELLO is
+/// dropped unread. (A client that may not read is never sent anything: the
+/// server end's writes fail with *access denied*, see `Setup::rights`.)
+pub(crate) fn fence_to_grant(socket: &Socket, granted: Access, leftover: &mut Vec<u8>) {
+    if !granted.writes() {
+        leftover.clear();
+        leftover.shrink_to_fit();
+        // Cannot fail on a connected socket; were it to, the server end
+        // still never reads (its reader has no right to).
+        let _ = socket.shutdown_read();
+    }
+}
+
+/// The first look at a new connection, before it may hold anything on the
+/// server: who the kernel says it is (`SO_PEERCRED`, and `SO_PEERGROUPS` if
+/// the descriptor names groups). A peer the descriptor grants nothing, or
+/// whose user already has its share of handshakes in flight, is refused at
+/// once (`None`; the caller drops the socket). Otherwise its handshake is
+/// counted in `startups` and the caller must end it there.
+pub(crate) fn admit_connection(
+    socket: &Socket,
+    opts: &ServerOptions,
+    server_uid: u32,
+    startups: &mut Startups,
+) -> Option<(PeerCred, Vec<u32>)> {
+    let cred = socket.peer_cred().ok()?;
+    let groups = if opts.security.mentions_groups() {
+        socket.peer_groups().ok()?
+    } else {
+        Vec::new()
+    };
+    let peer = Peer {
+        cred,
+        groups,
+        server_uid,
+    };
+    if let Some(reason) = policy::refuse_at_accept(opts, &peer) {
+        refuse(socket, ErrorCode::AccessDenied, &reason);
+        return None;
+    }
+    if let Err(r) = startups.begin(cred.uid) {
+        refuse(socket, ErrorCode::PipeBusy, &r.reason());
+        return None;
+    }
+    Some((cred, peer.groups))
 }
 
 /// Refuses a fresh connection with `code`, saying why.

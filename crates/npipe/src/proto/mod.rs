@@ -6,12 +6,14 @@
 //! - [`framing`]: message-type framing (a length header per message).
 //! - [`admission`]: which waiting client gets the next free instance, and when
 //!   a wait has run out.
+//! - [`startups`]: how many handshakes other users may have in flight.
 //!
 //! `docs/PROTOCOL.md` gives the exact bytes.
 
 pub mod admission;
 pub mod framing;
 pub mod handshake;
+pub mod startups;
 
 use crate::error::{Error, ErrorCode};
 

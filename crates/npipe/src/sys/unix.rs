@@ -178,6 +178,12 @@ impl Socket {
         Ok(rustix::net::shutdown(&self.0, Shutdown::Write)?)
     }
 
+    /// Shuts down the receiving side: the peer's later writes fail with
+    /// `EPIPE` (what it sent before stays queued, unread).
+    pub fn shutdown_read(&self) -> io::Result<()> {
+        Ok(rustix::net::shutdown(&self.0, Shutdown::Read)?)
+    }
+
     /// Shuts down both sides.
     pub fn shutdown_both(&self) -> io::Result<()> {
         Ok(rustix::net::shutdown(&self.0, Shutdown::Both)?)
@@ -281,10 +287,15 @@ impl Socket {
         })
     }
 
-    /// Whether the peer has hung up (without consuming anything).
+    /// Whether the peer has closed its end (without consuming anything).
+    /// Only `POLLHUP` and `POLLERR` count: a closing Unix-socket peer sets
+    /// both of our shutdown flags, which is `POLLHUP`, whereas `POLLRDHUP`
+    /// alone also shows when our own read side is shut (a server end fenced
+    /// to a read-only client) or the peer merely stopped writing, and
+    /// neither means it has gone.
     pub fn peer_hung_up(&self) -> bool {
-        self.wait(PollFlags::RDHUP, Some(Duration::ZERO))
-            .map(|r| r.intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR))
+        self.wait(PollFlags::empty(), Some(Duration::ZERO))
+            .map(|r| r.intersects(PollFlags::HUP | PollFlags::ERR))
             .unwrap_or(true)
     }
 }

@@ -28,11 +28,11 @@ use std::time::{Duration, Instant};
 
 use ::tokio::io::unix::AsyncFd;
 use ::tokio::sync::{mpsc, Notify};
-use ::tokio::task::{AbortHandle, JoinHandle, JoinSet};
+use ::tokio::task::{AbortHandle, Id as TaskId, JoinHandle, JoinSet};
 use ::tokio::time::Sleep;
 
 use super::stream::{register, PipeStream};
-use crate::blocking::{refuse, send_reply};
+use crate::blocking::{admit_connection, fence_to_grant, refuse, send_reply};
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::PipeInfo;
 use crate::instance_counts::InstanceCounts;
@@ -42,6 +42,7 @@ use crate::options::{Access, ImpersonationLevel, ServerOptions};
 use crate::policy::{self, Peer, Verdict};
 use crate::proto::admission::{Admission, Arrival, Ticket};
 use crate::proto::handshake::{Hello, PipeDescription, Reply, HELLO_MAX};
+use crate::proto::startups::Startups;
 use crate::proto::ProtoError;
 use crate::stream_core::Setup;
 use crate::sys::{self, Fd, PeerCred, RecvFlagsLite, Socket};
@@ -429,7 +430,8 @@ struct Waiter {
 enum Wake {
     Event(Event),
     Connections(Vec<Socket>),
-    Hello(Option<Arrived>),
+    /// A handshake task ended (its HELLO, if one came).
+    Hello(TaskId, Option<Arrived>),
     WaiterLeft(Ticket),
     Timer,
     Nothing,
@@ -441,6 +443,11 @@ struct Acceptor {
     admission: Admission,
     waiting: HashMap<Ticket, Waiter>,
     handshakes: JoinSet<Option<Arrived>>,
+    /// Each handshake task's uid, to give its slot in `startups` back
+    /// however the task ends.
+    handshake_uids: HashMap<TaskId, u32>,
+    /// Handshakes in flight per user.
+    startups: Startups,
     watches: JoinSet<Ticket>,
     next_ticket: Ticket,
     paused_until: Option<Instant>,
@@ -453,11 +460,18 @@ impl Acceptor {
         let o = &shared.opts;
         let limit = crate::info::max_instances_from_wire(o.max_instances);
         let admission = Admission::new(limit, o.accept_backlog);
+        let startups = Startups::new(
+            o.max_handshakes,
+            o.max_handshakes_per_user,
+            shared.server_uid,
+        );
         Acceptor {
             shared,
             admission,
             waiting: HashMap::new(),
             handshakes: JoinSet::new(),
+            handshake_uids: HashMap::new(),
+            startups,
             watches: JoinSet::new(),
             next_ticket: 0,
             paused_until: None,
@@ -501,14 +515,21 @@ impl Acceptor {
                         self.on_connection(socket);
                     }
                 }
-                Wake::Hello(Some(arrived)) => self.on_hello(arrived),
+                Wake::Hello(task, arrived) => {
+                    if let Some(uid) = self.handshake_uids.remove(&task) {
+                        self.startups.end(uid);
+                    }
+                    if let Some(arrived) = arrived {
+                        self.on_hello(arrived);
+                    }
+                }
                 Wake::WaiterLeft(ticket) => {
                     if self.waiting.remove(&ticket).is_some() {
                         self.admission.cancel(ticket);
                         self.publish_active();
                     }
                 }
-                Wake::Hello(None) | Wake::Timer | Wake::Nothing => {}
+                Wake::Timer | Wake::Nothing => {}
                 Wake::Failed(e) => {
                     *self.shared.failed.lock().expect("poisoned") = Some(e.to_string());
                     self.shared.ready_notify.notify_waiters();
@@ -529,8 +550,11 @@ impl Acceptor {
         if let Poll::Ready(Some(event)) = inbox.poll_recv(cx) {
             return Poll::Ready(Wake::Event(event));
         }
-        if let Poll::Ready(Some(done)) = self.handshakes.poll_join_next(cx) {
-            return Poll::Ready(Wake::Hello(done.ok().flatten()));
+        if let Poll::Ready(Some(done)) = self.handshakes.poll_join_next_with_id(cx) {
+            return Poll::Ready(match done {
+                Ok((task, arrived)) => Wake::Hello(task, arrived),
+                Err(e) => Wake::Hello(e.id(), None),
+            });
         }
         if let Poll::Ready(Some(done)) = self.watches.poll_join_next(cx) {
             // An aborted watch (its waiter got an instance) is not news.
@@ -607,20 +631,17 @@ impl Acceptor {
     }
 
     fn on_connection(&mut self, socket: Socket) {
-        let Ok(cred) = socket.peer_cred() else {
+        let shared = &self.shared;
+        let Some((cred, groups)) =
+            admit_connection(&socket, &shared.opts, shared.server_uid, &mut self.startups)
+        else {
             return;
         };
-        let groups = if self.shared.opts.security.mentions_groups() {
-            match socket.peer_groups() {
-                Ok(g) => g,
-                Err(_) => return,
-            }
-        } else {
-            Vec::new()
-        };
-        let deadline = Instant::now() + self.shared.opts.handshake_timeout;
-        self.handshakes
+        let deadline = Instant::now() + shared.opts.handshake_timeout;
+        let task = self
+            .handshakes
             .spawn(handshake(socket, cred, groups, deadline));
+        self.handshake_uids.insert(task.id(), cred.uid);
     }
 
     fn description(&self, granted: Access) -> PipeDescription {
@@ -734,6 +755,8 @@ impl Acceptor {
             self.grant_waiters(more);
             return;
         }
+        let mut arrived = arrived;
+        fence_to_grant(&arrived.socket, granted, &mut arrived.leftover);
         let o = &self.shared.opts;
         if o.out_buffer_size > 0 {
             let _ = arrived.socket.set_send_buffer(o.out_buffer_size as usize);

@@ -5,11 +5,14 @@
 mod common;
 #[path = "../support/procfs.rs"]
 mod procfs;
+#[path = "../support/raw_client.rs"]
+mod raw_client;
 mod roles;
 #[path = "../support/shared_copy.rs"]
 mod shared_copy;
 
 mod faults;
+mod grants;
 mod handshake;
 mod instances;
 mod mixes;
@@ -17,3 +20,4 @@ mod names;
 mod peers;
 mod security;
 mod soak;
+mod starvation;

@@ -30,6 +30,8 @@ fn child_entry() {
         "big_writer" => big_writer(&args),
         "drop_listener" => drop_listener(&args),
         "session_probe" => session_probe(&args),
+        "raw" => raw(&args),
+        "hog" => hog(&args),
         other => panic!("unknown role {other}"),
     }
     std::process::exit(0);
@@ -390,6 +392,62 @@ fn open_as(args: &[String]) {
         }
         Err(e) => say(format!("err {} {}", code(&e), e)),
     }
+}
+
+/// `raw NAME access=r|w|rw [pipelined] [query]`: a hand-written client (the parent
+/// may start us as another user). Reports the REPLY; if connected, writes
+/// frames until one fails (or 100 went), reports the last outcome, then
+/// whether anything came back (`echo yes|no`).
+fn raw(args: &[String]) {
+    use crate::raw_client::{self as rc, RawClient};
+    let access = match opt(args, "access") {
+        Some("r") => rc::READ,
+        Some("w") => rc::WRITE,
+        _ => rc::READ_WRITE,
+    };
+    let pipelined = args.iter().any(|a| a == "pipelined");
+    let kind = if args.iter().any(|a| a == "query") {
+        rc::QUERY
+    } else {
+        rc::CONNECT
+    };
+    let mut c = RawClient::connect(&args[0]).unwrap();
+    let flags = if pipelined { rc::PIPELINED } else { 0 };
+    let mut hello = rc::hello(&args[0], kind, access, flags);
+    if pipelined {
+        hello.extend(rc::frame(b"pipelined request"));
+    }
+    c.send(&hello).unwrap();
+    let reply = c.reply().unwrap();
+    say(format!("reply {reply:?}"));
+    if !matches!(reply, rc::Reply::Connected { .. }) {
+        return;
+    }
+    let mut outcome = String::new();
+    for _ in 0..100 {
+        outcome = rc::write_outcome(c.send(&rc::frame(b"written by a reader")));
+        if outcome != "ok" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    say(format!("write {outcome}"));
+    let echoed = c.read_some(Duration::from_millis(500)).is_some();
+    say(format!("echo {}", if echoed { "yes" } else { "no" }));
+}
+
+/// `hog NAME COUNT`: opens COUNT connections to the pipe and says nothing on
+/// any of them; reports how many connected, then holds them until stdin
+/// closes.
+fn hog(args: &[String]) {
+    let count: usize = args[1].parse().unwrap();
+    let held: Vec<_> = (0..count)
+        .filter_map(|_| crate::raw_client::RawClient::connect(&args[0]).ok())
+        .collect();
+    say(format!("held {}", held.len()));
+    let mut sink = String::new();
+    let _ = std::io::stdin().read_to_string(&mut sink);
+    drop(held);
 }
 
 /// `vandal DIR FILE`: as another user, try to remove, rename over and

@@ -1,0 +1,145 @@
+//! A hand-written npipe client for hostile tests. It writes HELLOs and
+//! frames byte by byte as `docs/PROTOCOL.md` gives them, with none of the
+//! library's client code, so that it can do what an honest client never
+//! would: write on a read-only grant, pipeline a request it may not send,
+//! connect and stay silent.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+/// HELLO access byte: read.
+pub const READ: u8 = 1;
+/// HELLO access byte: write.
+pub const WRITE: u8 = 2;
+/// HELLO access byte: read and write.
+pub const READ_WRITE: u8 = 3;
+/// HELLO flags bit 0: a framed request follows.
+pub const PIPELINED: u8 = 1;
+/// HELLO kind byte: connect.
+pub const CONNECT: u8 = 1;
+/// HELLO kind byte: query.
+pub const QUERY: u8 = 2;
+
+/// A HELLO (PROTOCOL.md §2) for `name` with no wait, impersonation allowed
+/// and a 1 MiB limit.
+pub fn hello(name: &str, kind: u8, access: u8, flags: u8) -> Vec<u8> {
+    let name = name.to_lowercase();
+    let mut b = Vec::with_capacity(24 + name.len());
+    b.extend_from_slice(b"NPIP");
+    b.push(1); // version
+    b.push(kind);
+    b.push(access);
+    b.push(1); // read mode: message
+    b.push(2); // impersonation
+    b.push(flags);
+    b.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes()); // wait: none
+    b.extend_from_slice(&(1u32 << 20).to_le_bytes()); // max_message
+    b.extend_from_slice(&0u16.to_le_bytes()); // principal_len
+    b.extend_from_slice(&0u16.to_le_bytes()); // computer_len
+    b.extend_from_slice(name.as_bytes());
+    b
+}
+
+/// One message-type frame: a u32 length, then the bytes.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut b = (payload.len() as u32).to_le_bytes().to_vec();
+    b.extend_from_slice(payload);
+    b
+}
+
+/// What the server answered (PROTOCOL.md §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// OK, with the access granted.
+    Connected { granted: u8 },
+    /// A query's answer, with the access this peer could get.
+    Info { granted: u8 },
+    /// A refusal with its Win32 code.
+    Refused { code: u32 },
+    /// The server closed the connection without a reply.
+    Closed,
+}
+
+/// A raw connection to a pipe's socket.
+pub struct RawClient {
+    pub stream: UnixStream,
+}
+
+impl RawClient {
+    /// Connects to the socket of `name` in the namespace directory.
+    pub fn connect(name: &str) -> io::Result<RawClient> {
+        let path = npipe::namespace_directory().join(name.to_lowercase());
+        let stream = UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(RawClient { stream })
+    }
+
+    /// Sends these bytes.
+    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Reads exactly one REPLY and nothing past it.
+    pub fn reply(&mut self) -> io::Result<Reply> {
+        let mut fixed = [0u8; 12];
+        if let Err(e) = self.stream.read_exact(&mut fixed) {
+            return match e.kind() {
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => Ok(Reply::Closed),
+                _ => Err(e),
+            };
+        }
+        assert_eq!(&fixed[..5], b"NPIP\x01", "not a REPLY: {fixed:?}");
+        let code = u32::from_le_bytes(fixed[8..12].try_into().unwrap());
+        match fixed[5] {
+            0 | 1 => {
+                let mut desc = [0u8; 38];
+                self.stream.read_exact(&mut desc)?;
+                let name_len = u16::from_le_bytes([desc[36], desc[37]]) as usize;
+                self.stream.read_exact(&mut vec![0u8; name_len])?;
+                let granted = desc[2];
+                Ok(if fixed[5] == 0 {
+                    Reply::Connected { granted }
+                } else {
+                    Reply::Info { granted }
+                })
+            }
+            2 => {
+                let mut len = [0u8; 2];
+                self.stream.read_exact(&mut len)?;
+                self.stream
+                    .read_exact(&mut vec![0u8; u16::from_le_bytes(len) as usize])?;
+                Ok(Reply::Refused { code })
+            }
+            s => panic!("unknown REPLY status {s}"),
+        }
+    }
+
+    /// Reads whatever comes next within `wait`: `Some(bytes)` if any came,
+    /// `None` on end of stream or silence.
+    pub fn read_some(&mut self, wait: Duration) -> Option<Vec<u8>> {
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let got = match self.stream.read(&mut buf) {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(buf[..n].to_vec()),
+        };
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        got
+    }
+}
+
+/// A short description of a write's outcome for `@@` lines and asserts:
+/// `ok`, `epipe`, or the error.
+pub fn write_outcome(r: io::Result<()>) -> String {
+    match r {
+        Ok(()) => "ok".into(),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => "epipe".into(),
+        Err(e) => format!("error {e}"),
+    }
+}
