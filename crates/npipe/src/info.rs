@@ -182,6 +182,40 @@ macro_rules! client_identity_methods {
         pub fn client_impersonation_level(&self) -> $crate::ImpersonationLevel {
             self.impersonation
         }
+
+        /// Starts `cmd` as the client, for good (`CreateProcessAsUser` with
+        /// the client's token): the child's real, effective and saved uid
+        /// and gid are the client's, its groups are the client's, it has no
+        /// capabilities and `no_new_privs` is set, so neither it nor what it
+        /// runs can regain the server's identity. A process started by other
+        /// means while impersonating keeps the server's real and saved uid
+        /// and could become the server again: use this instead.
+        ///
+        /// Needs root unless the client is the server's own user
+        /// (`ERROR_PRIVILEGE_NOT_HELD`, 1314), and a client that granted
+        /// impersonation (`ERROR_CANNOT_IMPERSONATE`, 1368).
+        ///
+        /// ```
+        /// # let name = format!("doc-spawn-as-client-{}", std::process::id());
+        /// # let listener = npipe::ServerOptions::new().create(&name)?;
+        /// # let _client = npipe::ClientOptions::new().open(&name)?;
+        /// let pipe = listener.accept()?;
+        /// let out = pipe
+        ///     .spawn_as_client(std::process::Command::new("id").arg("-u").stdout(std::process::Stdio::piped()))?
+        ///     .wait_with_output()?;
+        /// assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), pipe.client_uid().to_string());
+        /// # Ok::<(), Box<dyn std::error::Error>>(())
+        /// ```
+        pub fn spawn_as_client(
+            &self,
+            cmd: &mut std::process::Command,
+        ) -> $crate::Result<std::process::Child> {
+            if self.impersonation != $crate::ImpersonationLevel::Impersonation {
+                return Err($crate::blocking::cannot_impersonate());
+            }
+            let peer = self.stream.peer();
+            $crate::blocking::spawn_as_user(cmd, peer.uid, peer.gid, self.client_groups()?)
+        }
     };
 }
 pub(crate) use client_identity_methods;

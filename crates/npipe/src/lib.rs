@@ -55,6 +55,7 @@
 //! | `lpSecurityAttributes` (DACL) | [`ServerOptions::security`], [`SecurityDescriptor`] |
 //! | `PIPE_REJECT_REMOTE_CLIENTS` | [`ServerOptions::reject_remote_clients`] |
 //! | `ImpersonateNamedPipeClient` / `RevertToSelf` | [`PipeServer::impersonate`] (guard) / dropping the guard; [`PipeServer::run_as_client`] |
+//! | `CreateProcessAsUser` with the client's token | [`PipeServer::spawn_as_client`] |
 //! | `SECURITY_IDENTIFICATION` / `SECURITY_IMPERSONATION` | [`ClientOptions::impersonation_level`], [`ImpersonationLevel`] |
 //! | (pipe squatting defence) | [`ClientOptions::expect_server_user`] |
 //! | `GetLastError()` | [`Error::code`], [`Error::win32_code`] |

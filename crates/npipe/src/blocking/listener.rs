@@ -381,6 +381,36 @@ impl PipeServer {
     }
 }
 
+/// Starts `cmd` as the user `uid`/`gid` with `groups`, for good (see
+/// `spawn_as_client`, the public face of this on both front ends).
+pub(crate) fn spawn_as_user(
+    cmd: &mut std::process::Command,
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+) -> Result<std::process::Child> {
+    let ids = sys::ThreadIds {
+        euid: uid,
+        egid: gid,
+        groups,
+    };
+    sys::exec_as_user(cmd, &ids);
+    cmd.spawn().map_err(|e| {
+        if e.kind() == io::ErrorKind::PermissionDenied {
+            Error::new(
+                ErrorCode::PrivilegeNotHeld,
+                format!(
+                    "cannot start a process as uid {uid}: that needs root unless the client \
+                     is the server's own user ({e})"
+                ),
+            )
+            .with_source(e)
+        } else {
+            Error::os(e, "cannot start the process as the client")
+        }
+    })
+}
+
 /// The refusal for a client that granted identification only.
 pub(crate) fn cannot_impersonate() -> Error {
     Error::new(

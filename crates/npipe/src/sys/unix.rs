@@ -808,6 +808,68 @@ pub fn restore_thread_ids(saved: &ThreadIds) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes `cmd` start its process as the user `ids` describes, for good
+/// (`CreateProcessAsUser` with a client's token): in the child, between fork
+/// and exec, the real, effective and saved uid and gid all become the
+/// client's and the supplementary groups its groups, which clears every
+/// capability (effective, permitted, inheritable and ambient), and
+/// `no_new_privs` is set, so neither the program nor anything it runs can
+/// regain the server's identity (a set-user-ID program included).
+///
+/// The calling thread may itself be impersonating (effective uid the
+/// client's, real and saved the server's): the child first takes back the
+/// process's real uid as its effective one, which any thread may do and
+/// which regains the privilege to change groups.
+pub fn exec_as_user(cmd: &mut std::process::Command, ids: &ThreadIds) {
+    use rustix::process::{Gid, Uid};
+    use std::os::unix::process::CommandExt;
+    let uid = Uid::from_raw(ids.euid);
+    let gid = Gid::from_raw(ids.egid);
+    // Allocated here: between fork and exec nothing may allocate.
+    let groups = gids(ids);
+    let real = rustix::process::getuid();
+    let pre_exec = move || -> io::Result<()> {
+        rustix::thread::set_thread_res_uid(real, real, real).or_else(|e| {
+            // Unprivileged and already some other user: keep what we have.
+            if real.is_root() {
+                Err(e)
+            } else {
+                Ok(())
+            }
+        })?;
+        if real.is_root() {
+            rustix::thread::set_thread_groups(&groups)?;
+        } else if uid != real {
+            // Without privilege only one's own identity can be taken.
+            return Err(io::Error::from(io::ErrorKind::PermissionDenied));
+        }
+        rustix::thread::set_thread_res_gid(gid, gid, gid)?;
+        rustix::thread::set_thread_res_uid(uid, uid, uid)?;
+        // Leaving uid 0 already clears the capabilities, unless the server
+        // set SECBIT_NO_SETUID_FIXUP; clear them outright (dropping is
+        // always allowed), ambient ones included.
+        rustix::thread::clear_ambient_capability_set()?;
+        let none = rustix::thread::CapabilitySet::empty();
+        rustix::thread::set_capabilities(
+            None,
+            rustix::thread::CapabilitySets {
+                effective: none,
+                permitted: none,
+                inheritable: none,
+            },
+        )?;
+        rustix::thread::set_no_new_privs(true)?;
+        Ok(())
+    };
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe work is allowed: it makes raw system calls through
+    // rustix (no allocation, no locks, no libc state) on values computed
+    // before the fork, and returns.
+    unsafe {
+        cmd.pre_exec(pre_exec);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -355,10 +355,16 @@ impl PipeServer {
     }
 
     /// `ImpersonateNamedPipeClient` for async code: runs `f` as the client
-    /// on a thread of tokio's blocking pool (`spawn_blocking`), never on a
-    /// runtime worker, whose other tasks would then run as the client; the
-    /// thread reverts (`RevertToSelf`) before it goes back to the pool. The
-    /// identity is never held across an `.await`.
+    /// on a thread npipe starts for it and that ends with it, never on a
+    /// runtime worker (whose other tasks would run as the client) nor on
+    /// tokio's shared blocking pool: a thread created while impersonating
+    /// inherits the client's identity, so a pool thread that `f` made grow
+    /// the pool (what `tokio::fs` does) would serve the application's later
+    /// blocking work as the client. The thread is outside the runtime, so
+    /// `f` cannot reach the pool by accident (`Handle::current` panics
+    /// there); it reverts (`RevertToSelf`) before it ends. The identity is
+    /// never held across an `.await`. To run a program as the client, use
+    /// [`spawn_as_client`](Self::spawn_as_client).
     ///
     /// Fails with `ERROR_CANNOT_IMPERSONATE` (1368) if the client granted
     /// identification only, and `ERROR_PRIVILEGE_NOT_HELD` (1314) without
@@ -382,14 +388,23 @@ impl PipeServer {
         }
         let peer = self.stream.peer();
         let groups = self.client_groups()?;
-        let task = ::tokio::task::spawn_blocking(move || {
-            let _guard = crate::blocking::Impersonation::begin(peer.uid, peer.gid, groups)?;
-            Ok(f())
-        });
-        task.await.map_err(|e| {
+        let (done, result) = ::tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("npipe-impersonation".into())
+            .spawn(move || {
+                let run = || -> Result<T> {
+                    let _guard = crate::blocking::Impersonation::begin(peer.uid, peer.gid, groups)?;
+                    Ok(f())
+                };
+                // A panic in `f` unwinds through the guard, which reverts;
+                // the dropped sender then reports it.
+                let _ = done.send(run());
+            })
+            .map_err(|e| Error::os(e, "cannot start the impersonation thread"))?;
+        result.await.map_err(|_| {
             Error::new(
                 ErrorCode::Other,
-                format!("the impersonating task failed: {e}"),
+                "the closure run as the client panicked (the thread reverted first)",
             )
         })?
     }

@@ -97,7 +97,7 @@ pub fn spawn_as(uid: u32, role: &str, args: &[&str]) -> Child {
 
 /// A copy of this test binary that any user may run (the build directory
 /// may sit under a home directory other users cannot enter).
-fn shared_exe() -> std::path::PathBuf {
+pub fn shared_exe() -> std::path::PathBuf {
     static EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     EXE.get_or_init(|| {
         let me = std::env::current_exe().expect("current_exe");

@@ -31,6 +31,7 @@ fn child_entry() {
         "drop_listener" => drop_listener(&args),
         "session_probe" => session_probe(&args),
         "raw" => raw(&args),
+        "creds_probe" => creds_probe(),
         "hog" => hog(&args),
         other => panic!("unknown role {other}"),
     }
@@ -242,6 +243,10 @@ fn handle(mut conn: PipeServer, mode: &str) {
             say("sent");
         }
         "impersonate" => impersonate(conn),
+        "spawn_as_client" => {
+            let cmd = creds_probe_command();
+            report_probe(conn.spawn_as_client(&mut { cmd }));
+        }
         "chunks" => chunks(conn),
         "verify" => verify(conn),
         other => panic!("unknown mode {other}"),
@@ -448,6 +453,110 @@ fn hog(args: &[String]) {
     let mut sink = String::new();
     let _ = std::io::stdin().read_to_string(&mut sink);
     drop(held);
+}
+
+/// A command that runs this test binary (a copy any user may run) in the
+/// `creds_probe` role.
+fn creds_probe_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(crate::common::shared_exe());
+    cmd.args([
+        "--exact",
+        "roles::child_entry",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("NPIPE_TEST_ROLE", "creds_probe")
+    .current_dir("/")
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped());
+    cmd
+}
+
+/// Passes on the probe's `@@` lines, or says why it could not start.
+fn report_probe(child: npipe::Result<std::process::Child>) {
+    match child {
+        Ok(child) => {
+            let out = child.wait_with_output().unwrap();
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(at) = line.find("@@") {
+                    say(&line[at + 2..]);
+                }
+            }
+        }
+        Err(e) => say(format!("spawn_err {} {e}", code(&e))),
+    }
+}
+
+/// `creds_probe`: reports this process's ids, groups, capabilities and
+/// `no_new_privs` as the kernel shows them, then tries to become root again.
+fn creds_probe() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    for key in [
+        "Uid",
+        "Gid",
+        "Groups",
+        "CapInh",
+        "CapPrm",
+        "CapEff",
+        "CapAmb",
+        "NoNewPrivs",
+    ] {
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}:")))
+            .unwrap_or("?");
+        say(format!(
+            "{key} {}",
+            line.split_whitespace().collect::<Vec<_>>().join(" ")
+        ));
+    }
+    let root = rustix::process::Uid::ROOT;
+    let outcome = match rustix::thread::set_thread_res_uid(root, root, root) {
+        Ok(()) => "became root".to_string(),
+        Err(e) => format!("refused {e}"),
+    };
+    say(format!("setuid0 {outcome}"));
+}
+
+#[cfg(feature = "tokio")]
+/// `mode=imp_pool`: runs a closure as the client that, if it can reach the
+/// runtime, hands work to tokio's blocking pool (as `tokio::fs` would),
+/// making the pool grow while the client's identity is on; then runs
+/// unrelated blocking work and reports every effective uid it ran as.
+async fn impersonation_and_the_pool(conn: &npipe::tokio::PipeServer) {
+    let inside = conn
+        .run_as_client(|| {
+            let reached = match tokio::runtime::Handle::try_current() {
+                Ok(h) => {
+                    for _ in 0..4 {
+                        h.spawn_blocking(|| std::thread::sleep(Duration::from_millis(50)));
+                    }
+                    "reached"
+                }
+                Err(_) => "unreachable",
+            };
+            (rustix::process::geteuid().as_raw(), reached)
+        })
+        .await
+        .unwrap();
+    say(format!("inside {} pool {}", inside.0, inside.1));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            tokio::task::spawn_blocking(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                rustix::process::geteuid().as_raw()
+            })
+        })
+        .collect();
+    let mut uids = Vec::new();
+    for t in tasks {
+        uids.push(t.await.unwrap());
+    }
+    uids.sort_unstable();
+    uids.dedup();
+    say(format!("later {uids:?}"));
 }
 
 /// `vandal DIR FILE`: as another user, try to remove, rename over and
@@ -676,6 +785,11 @@ async fn handle_async(mut conn: npipe::tokio::PipeServer, mode: String) {
             conn.flush_buffers().await.unwrap();
             say("sent");
         }
+        "spawn_as_client" => {
+            let cmd = creds_probe_command();
+            report_probe(conn.spawn_as_client(&mut { cmd }));
+        }
+        "imp_pool" => impersonation_and_the_pool(&conn).await,
         "chunks" => {
             // As `chunks`: a message in 64 KiB parts, acknowledged whole.
             let mut buf = vec![0u8; 64 * 1024];

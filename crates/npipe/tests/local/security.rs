@@ -20,6 +20,7 @@ on_both_servers!(
     current_user_only_refuses_another_user,
     expect_server_user_refuses_a_squatter,
     another_user_cannot_replace_or_redirect_pipes,
+    a_process_spawned_as_the_client_cannot_become_the_server,
 );
 
 const NOBODY: u32 = 65534;
@@ -254,4 +255,44 @@ fn nobody_name() -> String {
     }
     .user_name()
     .unwrap_or_default()
+}
+
+/// `spawn_as_client` (`CreateProcessAsUser`): the child is the client for
+/// good: real, effective and saved ids the client's, no capabilities,
+/// `no_new_privs`; its attempt to become root again is refused.
+fn a_process_spawned_as_the_client_cannot_become_the_server(front: Front) {
+    if !need_root("a_process_spawned_as_the_client_cannot_become_the_server") {
+        return;
+    }
+    let name = unique("spawn-as-client");
+    let mut srv = server_on(front, &name, &["mode=spawn_as_client"]);
+    let _client = spawn_as(NOBODY, "open_as", &[&name, "access=r"]);
+    srv.expect("conn");
+    assert_eq!(srv.expect("Uid"), "65534 65534 65534 65534");
+    assert_eq!(srv.expect("Gid"), "65534 65534 65534 65534");
+    assert_eq!(srv.expect("Groups"), "");
+    for caps in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(srv.expect(caps), "0000000000000000", "{caps}");
+    }
+    assert_eq!(srv.expect("NoNewPrivs"), "1");
+    let setuid = srv.expect("setuid0");
+    assert!(setuid.starts_with("refused"), "{setuid}");
+}
+
+/// tokio's `run_as_client` runs on a thread npipe owns: work the closure
+/// would hand to the shared blocking pool cannot leave pool threads behind
+/// that run the server's later blocking work as the client.
+#[cfg(feature = "tokio")]
+#[test]
+fn async_impersonation_leaves_no_pool_thread_as_the_client() {
+    if !need_root("async_impersonation_leaves_no_pool_thread_as_the_client") {
+        return;
+    }
+    let name = unique("imp-pool");
+    let mut srv = server_on(Front::Tokio, &name, &["mode=imp_pool"]);
+    let _client = spawn_as(NOBODY, "open_as", &[&name, "access=r"]);
+    srv.expect("conn");
+    let inside = srv.expect("inside");
+    assert!(inside.starts_with("65534 "), "{inside}");
+    assert_eq!(srv.expect("later"), "[0]", "({inside})");
 }
