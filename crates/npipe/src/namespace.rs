@@ -1,36 +1,50 @@
 //! The local namespace: one directory holding a socket per pipe name.
 //!
-//! `$NPIPE_DIR`, or `/tmp/.npipe`, created mode 1777 like `/tmp/.X11-unix`.
-//! npipe refuses a directory that is not owned by root or the current user,
-//! or that others may write to without the sticky bit: whoever controls the
-//! directory controls every name in it. Sockets are created atomically
-//! (bound under a temporary name, then hard-linked to the final one, which
-//! fails if the name exists), so two servers racing for a name cannot both
-//! win; a leftover socket whose server died (connect refused) is replaced, a
-//! live one never.
+//! `$NPIPE_DIR`; else `/run/npipe` if it exists (made by `npipe setup` as
+//! root, at every boot through `tmpfiles.d`); else `/tmp/.npipe`, created
+//! mode 1777 like `/tmp/.X11-unix`. npipe refuses a directory that is not
+//! owned by root or the current user, or that others may write to without
+//! the sticky bit, and one with such a parent (OpenSSH's `StrictModes`):
+//! whoever controls the directory or a parent controls every name in it. The
+//! directory is opened once, walking down from `/` by descriptor, and every
+//! later operation goes through that descriptor (`*at` calls, and
+//! `/proc/self/fd/N/NAME` for `bind` and `connect`), so what was checked is
+//! what is used. Sockets are created atomically (bound under a temporary
+//! name, then hard-linked to the final one, which fails if the name exists),
+//! so two servers racing for a name cannot both win; a leftover socket whose
+//! server died (connect refused) is replaced by an atomic exchange that is
+//! undone if what it took out was not that socket, with no lock anyone else
+//! could hold; a live socket is never replaced.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::name::PipeName;
 use crate::sys::{self, Dir, FileInfo, FileKind, Socket};
 
-/// The namespace directory when `NPIPE_DIR` is not set.
+/// The namespace directory when `NPIPE_DIR` is not set and the system
+/// directory does not exist.
 pub const DEFAULT_DIR: &str = "/tmp/.npipe";
 
-/// How long a creator waits for another creator's directory lock.
-const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// The system's namespace directory, root-owned, mode 1777, made by
+/// `npipe setup` (and at every boot by its `tmpfiles.d` entry). Preferred
+/// when it exists: no user can take it over, as the first user to create
+/// `/tmp/.npipe` after a reboot can.
+pub const SYSTEM_DIR: &str = "/run/npipe";
 
-/// The namespace directory in effect: `$NPIPE_DIR` or [`DEFAULT_DIR`].
+/// The namespace directory in effect: `$NPIPE_DIR`, else [`SYSTEM_DIR`] if
+/// it exists, else [`DEFAULT_DIR`].
 pub fn directory() -> PathBuf {
-    std::env::var_os("NPIPE_DIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
+    if let Some(dir) = std::env::var_os("NPIPE_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if sys::stat_nofollow(Path::new(SYSTEM_DIR)).is_ok() {
+        return PathBuf::from(SYSTEM_DIR);
+    }
+    PathBuf::from(DEFAULT_DIR)
 }
 
 /// A new server's socket, bound and listening under its pipe's name.
@@ -102,7 +116,7 @@ impl Namespace {
     /// Opens the namespace, creating it if it does not exist (servers).
     pub fn open_or_create() -> Result<Namespace> {
         let path = directory();
-        match Dir::open_nofollow(&path) {
+        match Dir::open_walking(&path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 match Dir::create(&path, 0o1777) {
                     Ok(()) => {
@@ -147,16 +161,17 @@ impl Namespace {
         if let Ok(now) = sys::stat_nofollow(&path) {
             let cache = CACHE.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(c) = cache.as_ref() {
-                if c.euid == euid && c.seen == now && c.namespace.dir.path() == path {
+                if c.euid == euid && c.seen == now && c.path == path {
                     return Ok(Arc::clone(&c.namespace));
                 }
             }
         }
-        let namespace = Arc::new(Namespace::open_checked(path)?);
+        let namespace = Arc::new(Namespace::open_checked(path.clone())?);
         // What the checks saw, from the open directory itself.
         if let Ok(seen) = namespace.dir.info() {
             *CACHE.lock().unwrap_or_else(PoisonError::into_inner) = Some(CheckedNamespace {
                 namespace: Arc::clone(&namespace),
+                path,
                 seen,
                 euid,
             });
@@ -165,7 +180,7 @@ impl Namespace {
     }
 
     fn open_checked(path: PathBuf) -> Result<Namespace> {
-        let dir = Dir::open_nofollow(&path).map_err(|e| match e.raw_os_error() {
+        let (dir, ancestors) = Dir::open_walking(&path).map_err(|e| match e.raw_os_error() {
             Some(libc::ENOENT) => ns_error(
                 ErrorCode::FileNotFound,
                 format!(
@@ -192,15 +207,20 @@ impl Namespace {
             .info()
             .map_err(|e| Error::os(e, &format!("cannot stat {}", path.display())))?;
         let me = sys::effective_uid();
+        for (parent, pinfo) in &ancestors {
+            check_parent(&path, parent, pinfo, me)?;
+        }
         if info.uid != 0 && info.uid != me {
             return Err(ns_error(
                 ErrorCode::AccessDenied,
                 format!(
-                    "refusing the pipe directory {}: it belongs to uid {}, not to root or you \
-                     (uid {me}); whoever owns it controls every pipe name in it. Remove it as \
-                     root, or set NPIPE_DIR to a directory of your own",
+                    "refusing the pipe directory {}: it belongs to {}, not to root or you \
+                     (uid {me}), and whoever owns it controls every pipe name in it. Run \
+                     `sudo npipe setup` once to give this machine a root-owned pipe directory \
+                     ({SYSTEM_DIR}, made again at every boot), or set NPIPE_DIR to a directory \
+                     of your own",
                     path.display(),
-                    info.uid
+                    describe_user(info.uid)
                 ),
                 None,
             ));
@@ -240,19 +260,10 @@ impl Namespace {
     }
 
     fn bind_temporary(&self) -> Result<(Socket, String)> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
         let socket = Socket::stream().map_err(|e| Error::os(e, "cannot create a socket"))?;
         let mut last = None;
         for _ in 0..16 {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0);
-            let tmp = format!(
-                ".tmp.{}.{}.{nanos:x}",
-                sys::process_id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            );
+            let tmp = format!(".tmp.{}.{}", sys::process_id(), unique_suffix());
             match socket.bind_in(&self.dir, &tmp) {
                 Ok(()) => return Ok((socket, tmp)),
                 // Someone planted a file under our temporary name: pick another.
@@ -273,8 +284,8 @@ impl Namespace {
         )
     }
 
-    /// Takes the directory lock, links `tmp` to `file`, replacing a dead
-    /// server's socket if need be.
+    /// Links `tmp` to `file`, replacing a dead server's socket if need be;
+    /// returns the published socket file's device and inode.
     fn publish(
         &self,
         socket: &Socket,
@@ -290,42 +301,50 @@ impl Namespace {
         socket
             .listen(1024)
             .map_err(|e| Error::os(e, "cannot listen on the pipe's socket"))?;
-        // The common case needs no lock: the link either takes a free name
-        // or fails. Only replacing a dead server's socket is done under the
-        // directory's lock, so that two servers cannot both reclaim it (and
-        // anyone holding that lock can delay only that, never a new name).
-        let mut lock = None;
+        let ours = self
+            .dir
+            .stat(tmp)
+            .map_err(|e| self.io_error(e, "cannot stat the new socket in"))?;
+        // The common case: the link takes a free name, or fails because the
+        // name exists. No lock is taken, ever: a lock in a directory everyone
+        // may open is a lock anyone may hold for ever.
         for _ in 0..4 {
             match self.dir.link(tmp, file) {
-                Ok(()) => {
-                    let info = self
-                        .dir
-                        .stat(file)
-                        .map_err(|e| self.io_error(e, "cannot stat the new pipe in"))?;
-                    return Ok((info.dev, info.ino));
-                }
+                Ok(()) => return Ok((ours.dev, ours.ino)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    if lock.is_none() {
-                        lock = Some(self.lock()?);
+                    if self.reclaim(tmp, file, name, first_instance)? {
+                        return Ok((ours.dev, ours.ino));
                     }
-                    self.reclaim(file, name, first_instance)?;
                 }
                 Err(e) => return Err(self.io_error(e, "cannot create the pipe in")),
             }
         }
-        drop(lock);
         Err(Error::new(
             ErrorCode::PipeBusy,
             format!("{name}: another server keeps taking this name; try again"),
         ))
     }
 
-    /// The name exists: fail if a live server holds it, remove it if a dead
-    /// one left it behind.
-    fn reclaim(&self, file: &str, name: &PipeName, first_instance: bool) -> Result<()> {
+    /// The name exists: fail if a live server holds it; if a dead one left
+    /// it behind, put our socket (`tmp`) in its place. `Ok(true)`: ours is
+    /// published; `Ok(false)`: the name changed meanwhile, try the link
+    /// again.
+    ///
+    /// The replacement is an atomic exchange of the two names, verified
+    /// after: `tmp` then names what was taken out, and if that is not the
+    /// dead socket that was probed (another server reclaimed the name in
+    /// between), the exchange is undone. Two servers therefore never both
+    /// end up published, and no lock is needed.
+    fn reclaim(
+        &self,
+        tmp: &str,
+        file: &str,
+        name: &PipeName,
+        first_instance: bool,
+    ) -> Result<bool> {
         let info = match self.dir.stat(file) {
             Ok(info) => info,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(self.io_error(e, "cannot stat a pipe in")),
         };
         if info.kind != FileKind::Socket {
@@ -344,73 +363,101 @@ impl Namespace {
                 ),
             ));
         }
+        match self.probe(file)? {
+            Probe::Gone => return Ok(false),
+            Probe::Live(who) => return Err(served(name, first_instance, &who)),
+            Probe::Dead => {}
+        }
+        match self.dir.exchange(tmp, file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                // A file system without RENAME_EXCHANGE: remove the dead
+                // socket if it is still the one probed, and link again.
+                self.unlink_if_same(file, &info)
+                    .map_err(|e| self.cannot_remove(name, file, &info, e))?;
+                return Ok(false);
+            }
+            Err(e) => return Err(self.cannot_remove(name, file, &info, e)),
+        }
+        let taken_out = self.dir.stat(tmp);
+        if matches!(&taken_out, Ok(t) if t.dev == info.dev && t.ino == info.ino) {
+            // `tmp` now names the dead socket; the caller removes `tmp`.
+            return Ok(true);
+        }
+        // Someone else's socket came out: give its name back.
+        self.dir
+            .exchange(tmp, file)
+            .map_err(|e| self.io_error(e, "cannot undo an exchange in"))?;
+        Ok(false)
+    }
+
+    /// Removes `file` if it is still the file `seen` describes: moved aside
+    /// under a fresh name first, then checked, and moved back if it was not.
+    fn unlink_if_same(&self, file: &str, seen: &FileInfo) -> io::Result<()> {
+        let aside = format!(".dead.{}.{}", sys::process_id(), unique_suffix());
+        self.dir.rename_noreplace(file, &aside)?;
+        match self.dir.stat(&aside) {
+            Ok(now) if now.dev == seen.dev && now.ino == seen.ino => self.dir.unlink(&aside),
+            _ => {
+                let back = self.dir.rename_noreplace(&aside, file);
+                if back.is_err() {
+                    // The name was taken meanwhile: what we moved aside has
+                    // lost it anyway; do not leave it lying around.
+                    let _ = self.dir.unlink(&aside);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn cannot_remove(&self, name: &PipeName, file: &str, info: &FileInfo, e: io::Error) -> Error {
+        Error::os(
+            e,
+            &format!(
+                "{name}: a dead server of uid {} left its socket at {} and you may \
+                 not remove it; ask that user or root to delete it",
+                info.uid,
+                self.dir.path().join(file).display()
+            ),
+        )
+        .with_code(ErrorCode::AccessDenied)
+    }
+
+    /// Whether a server listens on `file`.
+    fn probe(&self, file: &str) -> Result<Probe> {
         let probe = self.probe_socket()?;
         match probe.connect_in(&self.dir, file) {
             // A full backlog (EAGAIN) is a live server too, just a busy one.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(Error::new(
-                if first_instance {
-                    ErrorCode::AccessDenied
-                } else {
-                    ErrorCode::PipeBusy
-                },
-                format!("{name} is already being served (and its server is very busy)"),
-            )),
-            Ok(()) => {
-                let who = probe
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Ok(Probe::Live(" (and its server is very busy)".into()))
+            }
+            Ok(()) => Ok(Probe::Live(
+                probe
                     .peer_cred()
                     .map(|c| format!(" by pid {} (uid {})", c.pid, c.uid))
-                    .unwrap_or_default();
-                let (code, how) = if first_instance {
-                    (ErrorCode::AccessDenied, "and first_instance was asked for")
-                } else {
-                    (ErrorCode::PipeBusy, "and only one process may serve a name")
-                };
-                Err(Error::new(
-                    code,
-                    format!("{name} is already being served{who}, {how}"),
-                ))
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => match self.dir.unlink(file) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(Error::os(
-                    e,
-                    &format!(
-                        "{name}: a dead server of uid {} left its socket at {} and you may \
-                             not remove it; ask that user or root to delete it",
-                        info.uid,
-                        self.dir.path().join(file).display()
-                    ),
-                )
-                .with_code(ErrorCode::AccessDenied)),
-            },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    .unwrap_or_default(),
+            )),
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(Probe::Dead),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Probe::Gone),
             Err(e) => Err(self.io_error(e, "cannot probe an existing pipe in")),
         }
     }
 
-    /// Removes the sockets of dead servers (connect refused), under the
-    /// directory lock so that no server is creating a name meanwhile; a
-    /// socket whose inode changed since it was probed is left alone. Returns
-    /// the removed file names, and the ones that could not be removed (another
-    /// user's, in the sticky directory) with why.
+    /// Removes the sockets of dead servers (connect refused); a socket that
+    /// changed since it was probed (a new server took the name) is left
+    /// alone. Returns the removed file names, and the ones that could not be
+    /// removed (another user's, in the sticky directory) with why.
     pub fn prune_stale(&self) -> Result<crate::listing::Pruned> {
-        let _lock = self.lock()?;
         let mut pruned = crate::listing::Pruned::default();
         for file in self.socket_files()? {
             let Ok(before) = self.dir.stat(&file) else {
                 continue;
             };
-            let probe = self.probe_socket()?;
-            match probe.connect_in(&self.dir, &file) {
-                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {}
-                _ => continue, // live, or gone already
+            if !matches!(self.probe(&file), Ok(Probe::Dead)) {
+                continue; // live, or gone already
             }
-            match self.dir.stat(&file) {
-                Ok(now) if now.dev == before.dev && now.ino == before.ino => {}
-                _ => continue,
-            }
-            match self.dir.unlink(&file) {
+            match self.unlink_if_same(&file, &before) {
                 Ok(()) => pruned.removed.push(file),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => pruned
@@ -429,29 +476,6 @@ impl Namespace {
             .set_nonblocking(true)
             .map_err(|e| Error::os(e, "cannot make a socket non-blocking"))?;
         Ok(probe)
-    }
-
-    fn lock(&self) -> Result<DirLock<'_>> {
-        let start = Instant::now();
-        loop {
-            match self.dir.try_lock() {
-                Ok(true) => return Ok(DirLock(&self.dir)),
-                Ok(false) if start.elapsed() < LOCK_WAIT => {
-                    std::thread::sleep(Duration::from_millis(2))
-                }
-                Ok(false) => {
-                    return Err(Error::new(
-                        ErrorCode::Timeout,
-                        format!(
-                            "another process has held the lock of {} for {}s; is something stuck?",
-                            self.dir.path().display(),
-                            LOCK_WAIT.as_secs()
-                        ),
-                    ))
-                }
-                Err(e) => return Err(self.io_error(e, "cannot lock")),
-            }
-        }
     }
 
     /// Removes a pipe's socket if it is still the one we created.
@@ -539,16 +563,78 @@ impl Namespace {
 /// A namespace a client checked, and what its directory was when checked.
 struct CheckedNamespace {
     namespace: Arc<Namespace>,
+    /// The path it was asked for (the namespace holds the resolved one).
+    path: PathBuf,
     seen: FileInfo,
     euid: u32,
 }
 
-struct DirLock<'a>(&'a Dir);
+/// What a probe connect found on a name.
+enum Probe {
+    /// A server accepts there (with who, for the error).
+    Live(String),
+    /// A socket no one listens on.
+    Dead,
+    /// Nothing there any more.
+    Gone,
+}
 
-impl Drop for DirLock<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.unlock();
+/// The error for a name a live server holds.
+fn served(name: &PipeName, first_instance: bool, who: &str) -> Error {
+    let (code, how) = if first_instance {
+        (ErrorCode::AccessDenied, "and first_instance was asked for")
+    } else {
+        (ErrorCode::PipeBusy, "and only one process may serve a name")
+    };
+    Error::new(code, format!("{name} is already being served{who}, {how}"))
+}
+
+/// A suffix no other name made by this process has.
+fn unique_suffix() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{}.{nanos:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A uid with its user name, for messages.
+fn describe_user(uid: u32) -> String {
+    match sys::user_name(uid) {
+        Some(n) => format!("{n} (uid {uid})"),
+        None => format!("uid {uid}"),
     }
+}
+
+/// OpenSSH's `StrictModes` for each parent of the pipe directory: it must
+/// belong to root or the current user, and if others may write to it, it
+/// must be sticky (as `/tmp` is), or they could swap the pipe directory for
+/// one of their own.
+fn check_parent(dir: &Path, parent: &Path, info: &FileInfo, me: u32) -> Result<()> {
+    let unsafe_owner = info.uid != 0 && info.uid != me;
+    let open_to_others = info.mode & 0o022 != 0 && info.mode & 0o1000 == 0;
+    if !unsafe_owner && !open_to_others {
+        return Ok(());
+    }
+    let why = if unsafe_owner {
+        format!(
+            "belongs to {}, not to root or you (uid {me})",
+            describe_user(info.uid)
+        )
+    } else {
+        "may be written by others and lacks the sticky bit".to_string()
+    };
+    Err(Error::new(
+        ErrorCode::AccessDenied,
+        format!(
+            "refusing the pipe directory {}: its parent {} {why}, so the pipe directory \
+             could be swapped for another. Use a directory whose parents only root and you \
+             control (set NPIPE_DIR), or run `sudo npipe setup`",
+            dir.display(),
+            parent.display()
+        ),
+    ))
 }
 
 /// A missing namespace directory or socket file means the pipe does not

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags, Timespec};
-use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::net::{
     AddressFamily, RecvFlags, SendAncillaryBuffer, SendFlags, Shutdown, SocketAddrUnix,
     SocketFlags, SocketType,
@@ -399,6 +399,16 @@ fn file_info(st: &rustix::fs::Stat) -> FileInfo {
     }
 }
 
+/// Whether `/proc/self/fd` reaches this process's descriptors (checked once).
+fn proc_fd_usable() -> bool {
+    static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USABLE.get_or_init(|| {
+        rustix::fs::statfs("/proc/self/fd")
+            .map(|fs| fs.f_type == libc::PROC_SUPER_MAGIC)
+            .unwrap_or(false)
+    })
+}
+
 /// An open directory, used for every operation inside it (no path games).
 #[derive(Debug)]
 pub struct Dir {
@@ -421,6 +431,42 @@ impl Dir {
             fd,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Opens the directory at `path` by walking down from `/` one component
+    /// at a time, each opened relative to its parent's descriptor with
+    /// `O_NOFOLLOW`, and returns it with what each ancestor was (from
+    /// `fstat` of the descriptor walked through, so what was checked is
+    /// what was used). `path` is made absolute and its symbolic links in
+    /// parents resolved first; a link met during the walk itself (a swap
+    /// after that) fails with `ELOOP`, one at the last component with
+    /// `ENOTDIR`.
+    pub fn open_walking(path: &Path) -> io::Result<(Dir, Vec<(PathBuf, FileInfo)>)> {
+        let last = path
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no directory name"))?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.canonicalize()?,
+            _ => std::env::current_dir()?,
+        };
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut at = PathBuf::from("/");
+        let mut fd = retry(|| rustix::fs::open("/", flags, Mode::empty()))?;
+        let mut ancestors = vec![(at.clone(), file_info(&rustix::fs::fstat(&fd)?))];
+        for part in parent.components().skip(1) {
+            fd = retry(|| rustix::fs::openat(&fd, part.as_os_str(), flags, Mode::empty()))?;
+            at.push(part);
+            ancestors.push((at.clone(), file_info(&rustix::fs::fstat(&fd)?)));
+        }
+        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = retry(|| rustix::fs::openat(&fd, last, dir_flags, Mode::empty()))?;
+        Ok((
+            Dir {
+                fd,
+                path: parent.join(last),
+            },
+            ancestors,
+        ))
     }
 
     /// Creates a directory with exactly `mode` (umask notwithstanding is done
@@ -481,19 +527,27 @@ impl Dir {
         Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())?)
     }
 
-    /// Takes the directory's exclusive `flock` if free; `Ok(false)` if another
-    /// process holds it.
-    pub fn try_lock(&self) -> io::Result<bool> {
-        match rustix::fs::flock(&self.fd, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(true),
-            Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+    /// Swaps two entries atomically (`RENAME_EXCHANGE`): each name then
+    /// names what the other did. `EINVAL` where the file system cannot.
+    pub fn exchange(&self, a: &str, b: &str) -> io::Result<()> {
+        Ok(rustix::fs::renameat_with(
+            &self.fd,
+            a,
+            &self.fd,
+            b,
+            rustix::fs::RenameFlags::EXCHANGE,
+        )?)
     }
 
-    /// Releases the `flock`.
-    pub fn unlock(&self) -> io::Result<()> {
-        Ok(rustix::fs::flock(&self.fd, FlockOperation::Unlock)?)
+    /// Renames `from` to `to`, failing with `EEXIST` if `to` exists.
+    pub fn rename_noreplace(&self, from: &str, to: &str) -> io::Result<()> {
+        Ok(rustix::fs::renameat_with(
+            &self.fd,
+            from,
+            &self.fd,
+            to,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )?)
     }
 
     /// The names of the entries (`.` and `..` left out) with their kinds.
@@ -517,22 +571,33 @@ impl Dir {
         Ok(out)
     }
 
-    /// The address of `file` in this directory. When the full path would not
-    /// fit in `sun_path`, the directory is reached through this process's
-    /// `/proc/self/fd/N` link to it instead, so long paths never reach the user.
+    /// The address of `file` in this directory, for `bind` and `connect`,
+    /// which have no `*at` form: the directory is reached through this
+    /// process's `/proc/self/fd/N` link to its open descriptor, so the
+    /// socket is the one in the directory that was opened and checked, even
+    /// if its path has been swapped since (and long paths never reach the
+    /// user). Any thread of the process may pass through that link, an
+    /// impersonating one included. Only where `/proc` is not mounted is the
+    /// path used, as it was checked.
     fn socket_addr(&self, file: &str) -> io::Result<SocketAddrUnix> {
-        let full = self.path.join(file);
-        if full.as_os_str().len() <= SUN_PATH_MAX {
-            return Ok(SocketAddrUnix::new(full.as_path())?);
+        if proc_fd_usable() {
+            let short = format!("/proc/self/fd/{}/{}", self.fd.as_raw_fd(), file);
+            if short.len() > SUN_PATH_MAX {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "socket file name too long even through /proc/self/fd",
+                ));
+            }
+            return Ok(SocketAddrUnix::new(short.as_str())?);
         }
-        let short = format!("/proc/self/fd/{}/{}", self.fd.as_raw_fd(), file);
-        if short.len() > SUN_PATH_MAX {
+        let full = self.path.join(file);
+        if full.as_os_str().len() > SUN_PATH_MAX {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "socket file name too long even through /proc/self/fd",
+                "the socket's path is too long and /proc is not mounted to shorten it",
             ));
         }
-        Ok(SocketAddrUnix::new(short.as_str())?)
+        Ok(SocketAddrUnix::new(full.as_path())?)
     }
 }
 
@@ -873,6 +938,56 @@ pub fn exec_as_user(cmd: &mut std::process::Command, ids: &ThreadIds) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `bind` and `connect` have no `*at` form: they must still reach the
+    /// directory that was opened and checked, not whatever its path names
+    /// by the time they run (a swapped directory with a decoy socket).
+    #[test]
+    fn bind_and_connect_go_through_the_open_directory() {
+        let base = std::env::temp_dir().join(format!("npipe-unit-swap-{}", process_id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("ns")).unwrap();
+        let dir = Dir::open_nofollow(&base.join("ns")).unwrap();
+        let ours = Socket::stream().unwrap();
+        ours.bind_in(&dir, "p").unwrap();
+        ours.listen(4).unwrap();
+        ours.set_nonblocking(true).unwrap();
+        std::fs::rename(base.join("ns"), base.join("moved")).unwrap();
+        std::fs::create_dir(base.join("ns")).unwrap();
+        let decoy = std::os::unix::net::UnixListener::bind(base.join("ns/p")).unwrap();
+        decoy.set_nonblocking(true).unwrap();
+        let client = Socket::stream().unwrap();
+        client.connect_in(&dir, "p").unwrap();
+        let reached_ours = ours.accept_nonblocking().is_ok();
+        let reached_decoy = decoy.accept().is_ok();
+        let _ = std::fs::remove_dir_all(&base);
+        assert!(reached_ours && !reached_decoy, "connect followed the path");
+    }
+
+    /// The walk reports every ancestor, and refuses a symbolic link at the
+    /// last component.
+    #[test]
+    fn the_walk_reports_each_ancestor() {
+        let base = std::env::temp_dir().join(format!("npipe-unit-walk-{}", process_id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("a/b")).unwrap();
+        std::os::unix::fs::symlink(base.join("a/b"), base.join("link")).unwrap();
+        let (dir, ancestors) = Dir::open_walking(&base.join("a/b")).unwrap();
+        let link = Dir::open_walking(&base.join("link")).map(|_| ());
+        let _ = std::fs::remove_dir_all(&base);
+        let canon = base.canonicalize().unwrap_or(base.clone());
+        assert_eq!(dir.path().file_name().unwrap(), "b");
+        let paths: Vec<_> = ancestors.iter().map(|(p, _)| p.clone()).collect();
+        assert_eq!(paths.first().unwrap(), Path::new("/"));
+        assert_eq!(paths.last().unwrap(), &canon.join("a"));
+        assert_eq!(paths.len(), canon.join("a").components().count());
+        // O_DIRECTORY | O_NOFOLLOW on a link: ENOTDIR (ELOOP without O_DIRECTORY).
+        let e = link.unwrap_err().raw_os_error();
+        assert!(
+            matches!(e, Some(libc::ENOTDIR) | Some(libc::ELOOP)),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn pair_credentials_are_ours() {

@@ -250,6 +250,28 @@ fn racing_servers_cannot_both_win_a_name() {
     );
 }
 
+/// Servers racing to reclaim one dead server's socket, with no lock among
+/// them: exactly one is published (the exchange is undone by any racer that
+/// took out a live socket instead of the dead one), and the name then works.
+#[test]
+fn racing_servers_cannot_both_reclaim_a_dead_name() {
+    for round in 0..3 {
+        let name = unique("race-reclaim");
+        let mut dead = server_on(Front::Blocking, &name, &[]);
+        dead.kill();
+        let mut racers: Vec<_> = (0..6)
+            .map(|_| spawn("create", &[&name, "first=1"]))
+            .collect();
+        let outcomes: Vec<String> = racers.iter_mut().map(|r| r.next_line()).collect();
+        let winners = outcomes.iter().filter(|o| o.starts_with("ok")).count();
+        assert_eq!(winners, 1, "round {round}: {outcomes:?}");
+        // The winner's acceptor answers (its role never accepts, but the
+        // connection is granted into the backlog).
+        let opened = ClientOptions::new().open(&name);
+        assert!(opened.is_ok(), "round {round}: {:?}", opened.err());
+    }
+}
+
 fn a_dropped_listener_closes_clients_it_never_accepted(front: Front) {
     let name = unique("droplistener");
     let mode = match front {
@@ -287,4 +309,33 @@ fn a_held_directory_lock_does_not_stop_new_pipes() {
     let said = srv.next_line();
     assert!(said.starts_with("ok"), "{said}");
     dir.unlock().unwrap();
+}
+
+/// A crashed server's restart over its own dead socket takes no lock that
+/// another user can hold: here uid 65534 holds an exclusive `flock` on the
+/// namespace directory and on everything in it it can open, and the restart
+/// still succeeds (it used to fail after 5 s, for as long as the lock was
+/// held).
+#[test]
+fn a_dead_servers_name_is_reclaimed_while_another_user_holds_every_lock() {
+    if let Some(why) = crate::shared_copy::cannot_run_as(65534) {
+        eprintln!(
+            "SKIPPED LOUDLY: a_dead_servers_name_is_reclaimed_while_another_user_holds_every_lock \
+             starts a process as uid 65534, and {why}"
+        );
+        return;
+    }
+    let name = unique("reclaim-locked");
+    let mut srv = server_on(Front::Blocking, &name, &[]);
+    srv.kill();
+    let mut locker = crate::common::spawn_as(65534, "lock_all", &[]);
+    let locked: u32 = locker.expect("locked").parse().unwrap();
+    assert!(locked >= 1, "the directory itself could not be locked");
+    let listener = ServerOptions::new().create(name.as_str()).unwrap();
+    let _c = ClientOptions::new().open(&name).unwrap();
+    assert!(listener
+        .accept_timeout(Duration::from_secs(5))
+        .unwrap()
+        .is_some());
+    drop(locker);
 }

@@ -140,6 +140,43 @@ fn a_namespace_directory_owned_by_another_user_is_refused() {
     );
 }
 
+/// OpenSSH's StrictModes for the pipe directory's parents: a directory
+/// another user owns above it could have the pipe directory swapped under
+/// every server and client, so it is refused and named.
+#[test]
+fn a_namespace_directory_under_another_users_directory_is_refused() {
+    if let Some(why) = crate::shared_copy::cannot_run_as(65534) {
+        eprintln!(
+            "SKIPPED LOUDLY: a_namespace_directory_under_another_users_directory_is_refused chowns to uid 65534, and {why}"
+        );
+        return;
+    }
+    let tmp = TempDir::new("nsparent");
+    let theirs = tmp.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let dir = theirs.join("pipes");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let line = create_in(dir.to_str().unwrap(), &unique("x"));
+    assert!(
+        line.starts_with("err 5 ") && line.contains("parent") && line.contains("uid 65534"),
+        "{line}"
+    );
+    // Others' write access without the sticky bit is refused the same way.
+    std::os::unix::fs::chown(&theirs, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let line = create_in(dir.to_str().unwrap(), &unique("x"));
+    assert!(
+        line.starts_with("err 5 ") && line.contains("sticky"),
+        "{line}"
+    );
+    // A sticky, root-owned parent (as /tmp is) is fine.
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let line = create_in(dir.to_str().unwrap(), &unique("x"));
+    assert!(line.starts_with("ok"), "{line}");
+}
+
 #[test]
 fn a_file_squatting_a_name_is_not_replaced() {
     let tmp = TempDir::new("squat");

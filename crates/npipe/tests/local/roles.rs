@@ -32,6 +32,7 @@ fn child_entry() {
         "session_probe" => session_probe(&args),
         "raw" => raw(&args),
         "creds_probe" => creds_probe(),
+        "lock_all" => lock_all(),
         "hog" => hog(&args),
         other => panic!("unknown role {other}"),
     }
@@ -557,6 +558,34 @@ async fn impersonation_and_the_pool(conn: &npipe::tokio::PipeServer) {
     uids.sort_unstable();
     uids.dedup();
     say(format!("later {uids:?}"));
+}
+
+/// `lock_all`: takes an exclusive `flock` on the namespace directory and on
+/// every entry in it that this user can open, reports how many, and holds
+/// them until stdin closes (a hostile user blocking whatever it can).
+fn lock_all() {
+    use rustix::fs::{flock, open, FlockOperation, Mode, OFlags};
+    let dir = npipe::namespace_directory();
+    let mut held = Vec::new();
+    let mut paths = vec![dir.clone()];
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        paths.extend(entries.flatten().map(|e| e.path()));
+    }
+    for path in paths {
+        let Ok(fd) = open(
+            &path,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        ) else {
+            continue;
+        };
+        if flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok() {
+            held.push(fd);
+        }
+    }
+    say(format!("locked {}", held.len()));
+    let mut sink = String::new();
+    let _ = std::io::stdin().read_to_string(&mut sink);
 }
 
 /// `vandal DIR FILE`: as another user, try to remove, rename over and
