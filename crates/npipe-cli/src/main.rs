@@ -20,7 +20,9 @@ npipe gives Linux the named pipes Windows services use (CreateNamedPipe,
 ConnectNamedPipe, CallNamedPipe, WaitNamedPipe, ...): message and byte pipes,
 inbound, outbound and duplex pipes, many instances of one name, clients that
 wait for a free instance, and the peer's process and user from the kernel.
-Pipes are Unix domain sockets in one directory, $NPIPE_DIR or /tmp/.npipe.
+Pipes are Unix domain sockets in one directory: $NPIPE_DIR, else /run/npipe
+if it exists (`sudo npipe setup` makes it, root-owned, at every boot), else
+/tmp/.npipe.
 
 Pipe names: \\.\pipe\NAME, //./pipe/NAME and a bare NAME all name the same
 local pipe. Names are case-insensitive, up to 256 characters, and may hold any
@@ -34,6 +36,7 @@ Quick start:
     npipe client echo       one message per line of input, prints each reply
     npipe list              the pipes on this machine, like Sysinternals PipeList
     npipe info echo         one pipe's type, direction, instances and owner
+    sudo npipe setup        a root-owned pipe directory no user can take over
 
 Errors print as `npipe: <message> [ERROR_NAME (win32 code)]`, with the Windows
 error a ported program would have seen from GetLastError().";
@@ -62,6 +65,7 @@ enum Command {
     List(cmd::list::Args),
     Info(cmd::info::Args),
     Bench(cmd::bench::Args),
+    Setup(cmd::setup::Args),
     /// The demo's server process (started by `npipe demo`).
     #[command(hide = true)]
     DemoServer(cmd::demo::ServerArgs),
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         Command::List(args) => cmd::list::run(args),
         Command::Info(args) => cmd::info::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::Setup(args) => cmd::setup::run(args),
         Command::DemoServer(args) => cmd::demo::run_server(args),
         Command::DemoClient(args) => cmd::demo::run_client(args),
         Command::BenchPeer(args) => cmd::bench::run_peer(args),

@@ -748,3 +748,54 @@ fn list_prune_removes_dead_servers_sockets_only() {
     assert!(!r.stdout.contains(&dead), "{}", r.stdout);
     run(&["call", &live, "still here"], b"").assert_success();
 }
+
+/// `npipe setup` makes a root-owned, sticky, world-writable directory and a
+/// tmpfiles.d entry that makes it at boot; run again it repairs the mode and
+/// owner; a user without privilege is told to run it as root.
+#[test]
+fn setup_makes_a_root_owned_sticky_directory_and_its_boot_entry() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if let Some(why) = shared_copy::cannot_run_as(65534) {
+        eprintln!(
+            "SKIPPED LOUDLY: setup test needs root to chown and runs as uid 65534, and {why}"
+        );
+        return;
+    }
+    let base = std::env::temp_dir().join(unique("setup"));
+    std::fs::create_dir_all(&base).unwrap();
+    let dir = base.join("run-npipe");
+    let etc = base.join("tmpfiles.d");
+    let (dir_s, etc_s) = (dir.to_str().unwrap(), etc.to_str().unwrap());
+    let args = ["setup", "--dir", dir_s, "--tmpfiles-dir", etc_s];
+    run(&args, b"").assert_success();
+    let m = std::fs::metadata(&dir).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 0, 0o1777));
+    let conf = std::fs::read_to_string(etc.join("npipe.conf")).unwrap();
+    assert!(
+        conf.contains(&format!("d {dir_s} 1777 root root -")),
+        "{conf}"
+    );
+    // Someone took it over meanwhile: setup gives it back to root.
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    run(&args, b"").assert_success();
+    let m = std::fs::metadata(&dir).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o1777));
+    // Without privilege: a clear error that says to use root.
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let other = base.join("other");
+    let denied = run_as_nobody(&[
+        "setup",
+        "--dir",
+        other.to_str().unwrap(),
+        "--tmpfiles-dir",
+        etc_s,
+    ]);
+    assert!(!denied.status.success());
+    assert!(
+        denied.stderr.contains("sudo npipe setup"),
+        "{}",
+        denied.stderr
+    );
+    let _ = std::fs::remove_dir_all(&base);
+}

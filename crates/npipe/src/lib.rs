@@ -70,8 +70,9 @@
 //!
 //! ## Where Linux differs
 //!
-//! - Pipes are Unix domain sockets in one directory, `$NPIPE_DIR` or
-//!   `/tmp/.npipe` (mode 1777). Names are case-insensitive and may be up to
+//! - Pipes are Unix domain sockets in one directory: `$NPIPE_DIR`, else
+//!   [`SYSTEM_DIR`] (`/run/npipe`, made by `sudo npipe setup`) if it exists,
+//!   else [`DEFAULT_DIR`] (`/tmp/.npipe`, mode 1777). Names are case-insensitive and may be up to
 //!   256 characters; long names map to hashed file names.
 //! - All instances of a name belong to one server process (Windows lets
 //!   several processes create instances of one name). A second process gets
@@ -108,7 +109,7 @@ pub use error::{Error, ErrorCode, Result};
 pub use info::{ClientIdentity, End, PeerCredentials, PipeInfo};
 pub use listing::{list_pipes, query_pipe, remove_stale_pipes, PipeEntry, Pruned, ServedPipe};
 pub use name::{PipeName, MAX_NAME_CHARS};
-pub use namespace::{directory as namespace_directory, DEFAULT_DIR};
+pub use namespace::{directory as namespace_directory, DEFAULT_DIR, SYSTEM_DIR};
 pub use options::{
     Access, ClientOptions, Direction, ImpersonationLevel, PipeType, ReadMode, ServerOptions, Wait,
     UNLIMITED_INSTANCES,

@@ -38,13 +38,22 @@ pub const SYSTEM_DIR: &str = "/run/npipe";
 /// The namespace directory in effect: `$NPIPE_DIR`, else [`SYSTEM_DIR`] if
 /// it exists, else [`DEFAULT_DIR`].
 pub fn directory() -> PathBuf {
-    if let Some(dir) = std::env::var_os("NPIPE_DIR").filter(|v| !v.is_empty()) {
-        return PathBuf::from(dir);
+    choose_directory(std::env::var_os("NPIPE_DIR"), || {
+        sys::stat_nofollow(Path::new(SYSTEM_DIR)).is_ok()
+    })
+}
+
+/// The rule behind [`directory`], given `NPIPE_DIR` and whether the system
+/// directory exists (asked only if it matters).
+fn choose_directory(
+    npipe_dir: Option<std::ffi::OsString>,
+    system_exists: impl FnOnce() -> bool,
+) -> PathBuf {
+    match npipe_dir.filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None if system_exists() => PathBuf::from(SYSTEM_DIR),
+        None => PathBuf::from(DEFAULT_DIR),
     }
-    if sys::stat_nofollow(Path::new(SYSTEM_DIR)).is_ok() {
-        return PathBuf::from(SYSTEM_DIR);
-    }
-    PathBuf::from(DEFAULT_DIR)
 }
 
 /// A new server's socket, bound and listening under its pipe's name.
@@ -653,6 +662,20 @@ pub(crate) fn not_served(name: &PipeName, e: Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn npipe_dir_then_the_system_directory_then_tmp() {
+        let set = Some(std::ffi::OsString::from("/srv/pipes"));
+        assert_eq!(
+            choose_directory(set.clone(), || true),
+            Path::new("/srv/pipes")
+        );
+        assert_eq!(choose_directory(set, || false), Path::new("/srv/pipes"));
+        let empty = Some(std::ffi::OsString::new());
+        assert_eq!(choose_directory(empty, || true), Path::new(SYSTEM_DIR));
+        assert_eq!(choose_directory(None, || true), Path::new(SYSTEM_DIR));
+        assert_eq!(choose_directory(None, || false), Path::new(DEFAULT_DIR));
+    }
 
     #[test]
     fn a_checked_directory_is_reused_while_unchanged() {

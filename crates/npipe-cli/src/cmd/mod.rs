@@ -7,6 +7,7 @@ pub mod demo;
 pub mod info;
 pub mod list;
 pub mod serve;
+pub mod setup;
 
 use std::time::Duration;
 
