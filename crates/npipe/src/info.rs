@@ -105,6 +105,94 @@ impl PeerCredentials {
     }
 }
 
+/// The client process as it was when it connected, captured once at accept:
+/// a pid is only a hint (it can be reused by another process, a set-user-ID
+/// program say, while the connection lives), so the server keeps a pidfd,
+/// which names the connecting process and no other, and the session id
+/// read at that moment.
+#[derive(Debug, Default)]
+pub(crate) struct PeerProcess {
+    pid: u32,
+    tracking: Tracking,
+    session: Option<u32>,
+}
+
+/// How the connecting process is told from a later holder of its pid.
+#[derive(Debug, Default)]
+enum Tracking {
+    /// Its pidfs inode (Linux 6.9): unique for the boot, so nothing is held.
+    Inode(u64),
+    /// Its pidfd, held open (older kernels: one more descriptor per
+    /// connection).
+    Pidfd(std::os::fd::OwnedFd),
+    /// The process had exited by the time it was accepted.
+    Gone,
+    /// No pidfds (before Linux 5.3).
+    #[default]
+    Unknown,
+}
+
+impl PeerProcess {
+    /// Captures the connecting process of `socket`, whose `SO_PEERCRED` pid
+    /// is `pid`: a pidfd from `SO_PEERPIDFD` where the kernel has it
+    /// (exact), else from `pidfd_open` right away (exact unless the pid was
+    /// reused in the instant since connect); its pidfs inode where there is
+    /// one (then the pidfd is closed), and the session, read while the
+    /// pidfd pins the process.
+    pub fn capture(socket: &sys::Socket, pid: u32) -> PeerProcess {
+        let Ok(pidfd) = socket.peer_pidfd().or_else(|_| sys::pidfd_of(pid)) else {
+            return PeerProcess {
+                pid,
+                tracking: Tracking::Unknown,
+                session: sys::session_id(pid).ok(),
+            };
+        };
+        let session = sys::session_id(pid).ok();
+        // Read after the session: if the process is still running now, the
+        // session read was its own, not a successor's.
+        if sys::pidfd_exited(&pidfd).unwrap_or(true) {
+            return PeerProcess {
+                pid,
+                tracking: Tracking::Gone,
+                session: None,
+            };
+        }
+        let tracking = match sys::pidfd_inode(&pidfd) {
+            Some(ino) => Tracking::Inode(ino),
+            None => Tracking::Pidfd(pidfd),
+        };
+        PeerProcess {
+            pid,
+            tracking,
+            session,
+        }
+    }
+
+    /// The session id read at accept.
+    pub fn session(&self) -> Option<u32> {
+        self.session
+    }
+
+    /// Whether the process that connected still runs: `None` if this
+    /// kernel cannot tell.
+    pub fn still_running(&self) -> Option<bool> {
+        match &self.tracking {
+            Tracking::Pidfd(fd) => sys::pidfd_exited(fd).ok().map(|exited| !exited),
+            Tracking::Inode(ino) => {
+                // Whatever has the pid now: the same process only if it is
+                // the same pidfs inode, and not exited (a zombie).
+                let Ok(now) = sys::pidfd_of(self.pid) else {
+                    return Some(false);
+                };
+                let same = sys::pidfd_inode(&now) == Some(*ino);
+                Some(same && !sys::pidfd_exited(&now).unwrap_or(true))
+            }
+            Tracking::Gone => Some(false),
+            Tracking::Unknown => None,
+        }
+    }
+}
+
 /// Everything a server knows about a connected client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientIdentity {
@@ -120,7 +208,8 @@ pub struct ClientIdentity {
 
 /// The server end's questions about its client, the same on every front end:
 /// expands, inside an `impl` of a type with a `stream` (with `peer()` and
-/// `socket()`) and an `impersonation` field, to the `client_*` methods.
+/// `socket()`), an `impersonation` and a `process` ([`PeerProcess`]) field,
+/// to the `client_*` methods.
 macro_rules! client_identity_methods {
     () => {
         /// The client's credentials from the kernel (`SO_PEERCRED`).
@@ -128,9 +217,24 @@ macro_rules! client_identity_methods {
             self.stream.peer()
         }
 
-        /// `GetNamedPipeClientProcessId`.
+        /// `GetNamedPipeClientProcessId`: the pid of the process that
+        /// connected, as the kernel gave it at connect. A pid is a hint,
+        /// never proof: once that process exits the number can name
+        /// another one. Ask
+        /// [`client_process_still_running`](Self::client_process_still_running)
+        /// before acting on the process behind it.
         pub fn client_process_id(&self) -> u32 {
             self.stream.peer().pid
+        }
+
+        /// Whether the process that connected still runs, so that
+        /// [`client_process_id`](Self::client_process_id) still names it:
+        /// `Some(false)` once it has exited (its pid may since belong to
+        /// another process), `None` where the kernel cannot tell (no
+        /// pidfds: before Linux 5.3). Tracked through a pidfd taken at
+        /// accept, not by looking the pid up again.
+        pub fn client_process_still_running(&self) -> Option<bool> {
+            self.process.still_running()
         }
 
         /// The client's effective user id.
@@ -157,9 +261,10 @@ macro_rules! client_identity_methods {
             self.stream.peer().user_name()
         }
 
-        /// `GetNamedPipeClientSessionId`: the client process's session id.
+        /// `GetNamedPipeClientSessionId`: the client process's session id,
+        /// read once, at accept (`None` if the process was already gone).
         pub fn client_session_id(&self) -> Option<u32> {
-            self.stream.peer().session_id()
+            self.process.session()
         }
 
         /// `GetNamedPipeClientComputerName`: `None` for a local client.
@@ -174,7 +279,7 @@ macro_rules! client_identity_methods {
                 credentials,
                 groups: self.client_groups().unwrap_or_default(),
                 user_name: credentials.user_name(),
-                session_id: credentials.session_id(),
+                session_id: self.process.session(),
             }
         }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::blocking::stream::{PipeStream, Setup};
 use crate::error::{Error, ErrorCode, Result};
-use crate::info::PipeInfo;
+use crate::info::{PeerProcess, PipeInfo};
 use crate::instance_counts::InstanceCounts;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace, Published, ServerSocket};
@@ -48,6 +48,7 @@ struct Ready {
     socket: Socket,
     leftover: Vec<u8>,
     cred: PeerCred,
+    process: PeerProcess,
     hello: Hello,
     granted: Access,
     cur_instances: u32,
@@ -279,6 +280,8 @@ pub struct PipeServer {
     stream: PipeStream,
     shared: Arc<Shared>,
     impersonation: ImpersonationLevel,
+    /// The connecting process, as captured at accept.
+    process: PeerProcess,
     holds_instance: bool,
 }
 
@@ -307,6 +310,7 @@ impl PipeServer {
         stream.poll_first_read();
         PipeServer {
             impersonation: ready.hello.impersonation,
+            process: ready.process,
             stream,
             shared,
             holds_instance: true,
@@ -525,6 +529,7 @@ impl Drop for PipeServer {
 struct Pending {
     socket: Socket,
     cred: PeerCred,
+    process: PeerProcess,
     /// Supplementary groups, fetched only if the descriptor names groups.
     groups: Vec<u32>,
     buf: Vec<u8>,
@@ -758,7 +763,7 @@ impl Acceptor {
 
     fn on_connection(&mut self, socket: Socket) {
         let shared = &self.shared;
-        let Some((cred, groups)) =
+        let Some((cred, groups, process)) =
             admit_connection(&socket, &shared.opts, shared.server_uid, &mut self.startups)
         else {
             return;
@@ -771,6 +776,7 @@ impl Acceptor {
             Pending {
                 socket,
                 cred,
+                process,
                 groups,
                 buf: Vec::new(),
                 stage: Stage::Handshake { deadline },
@@ -871,7 +877,9 @@ impl Acceptor {
             }
             Verdict::Connect { granted, patience } => {
                 match self.admission.arrive(ticket, patience) {
-                    Arrival::Granted => self.connect(p.socket, p.buf, p.cred, hello, granted),
+                    Arrival::Granted => {
+                        self.connect(p.socket, p.buf, (p.cred, p.process), hello, granted)
+                    }
                     Arrival::Busy => refuse(&p.socket, ErrorCode::PipeBusy, policy::BUSY_REASON),
                     Arrival::Queued => {
                         let stage = Stage::Waiting { hello, granted };
@@ -901,7 +909,7 @@ impl Acceptor {
                 Stage::Waiting {
                     hello,
                     granted: access,
-                } => self.connect(p.socket, p.buf, p.cred, hello, access),
+                } => self.connect(p.socket, p.buf, (p.cred, p.process), hello, access),
                 Stage::Handshake { .. } => unreachable!("only waiters are queued"),
             }
         }
@@ -914,7 +922,7 @@ impl Acceptor {
         &mut self,
         socket: Socket,
         leftover: Vec<u8>,
-        cred: PeerCred,
+        (cred, process): (PeerCred, PeerProcess),
         hello: Hello,
         granted: Access,
     ) {
@@ -938,6 +946,7 @@ impl Acceptor {
             socket,
             leftover,
             cred,
+            process,
             hello,
             granted,
             cur_instances,
@@ -990,7 +999,7 @@ pub(crate) fn admit_connection(
     opts: &ServerOptions,
     server_uid: u32,
     startups: &mut Startups,
-) -> Option<(PeerCred, Vec<u32>)> {
+) -> Option<(PeerCred, Vec<u32>, PeerProcess)> {
     let cred = socket.peer_cred().ok()?;
     let groups = if opts.security.mentions_groups() {
         socket.peer_groups().ok()?
@@ -1010,7 +1019,9 @@ pub(crate) fn admit_connection(
         refuse(socket, ErrorCode::PipeBusy, &r.reason());
         return None;
     }
-    Some((cred, peer.groups))
+    // Captured now, once: the pid could name another process later.
+    let process = PeerProcess::capture(socket, cred.pid);
+    Some((cred, peer.groups, process))
 }
 
 /// Refuses a fresh connection with `code`, saying why.

@@ -226,6 +226,36 @@ impl Socket {
         })
     }
 
+    /// A pidfd for the peer process as it was when it connected
+    /// (`SO_PEERPIDFD`, Linux 6.5): it names that process and no other for
+    /// as long as it is open, even once the pid is reused.
+    pub fn peer_pidfd(&self) -> io::Result<OwnedFd> {
+        /// `SO_PEERPIDFD` on every architecture but alpha, mips, parisc and
+        /// sparc, which npipe is not built for.
+        const SO_PEERPIDFD: libc::c_int = 77;
+        let mut fd: libc::c_int = -1;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `fd` is a live c_int of `len` bytes that the kernel fills
+        // with a new descriptor it opened for us; the socket is ours.
+        let r = unsafe {
+            libc::getsockopt(
+                self.0.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_PEERPIDFD,
+                (&mut fd as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if fd < 0 || len as usize != size_of::<libc::c_int>() {
+            return Err(io::Error::other("SO_PEERPIDFD returned no descriptor"));
+        }
+        // SAFETY: the kernel just opened `fd` for us and nothing else owns it.
+        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    }
+
     /// The peer's supplementary groups from the kernel (`SO_PEERGROUPS`).
     pub fn peer_groups(&self) -> io::Result<Vec<u32>> {
         // NGROUPS_MAX on Linux is 65536; the kernel tells us the size needed.
@@ -795,6 +825,39 @@ pub fn gid_of_group(name: &str) -> Option<u32> {
     })
 }
 
+/// A pidfd for process `pid` (`pidfd_open`, Linux 5.3), for kernels without
+/// `SO_PEERPIDFD`: it names whatever process has that pid now.
+pub fn pidfd_of(pid: u32) -> io::Result<OwnedFd> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "invalid process id"))?;
+    Ok(rustix::process::pidfd_open(
+        pid,
+        rustix::process::PidfdFlags::empty(),
+    )?)
+}
+
+/// The pidfs inode number of a pidfd (Linux 6.9): unique to one process
+/// for the whole boot, never reused, so `(pid, inode)` names one process
+/// without holding its pidfd open. `None` on older kernels, where pidfds
+/// share one anonymous inode.
+pub fn pidfd_inode(pidfd: &OwnedFd) -> Option<u64> {
+    /// `PID_FS_MAGIC`, the file system type of pidfs.
+    const PID_FS_MAGIC: i64 = 0x5049_4446;
+    let fs = rustix::fs::fstatfs(pidfd).ok()?;
+    if fs.f_type as i64 != PID_FS_MAGIC {
+        return None;
+    }
+    Some(rustix::fs::fstat(pidfd).ok()?.st_ino)
+}
+
+/// Whether the process a pidfd names has exited (its pidfd turns readable).
+pub fn pidfd_exited(pidfd: &OwnedFd) -> io::Result<bool> {
+    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+    Ok(poll(&mut fds, Some(Duration::ZERO))? > 0)
+}
+
 /// The calling thread's effective ids and supplementary groups.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThreadIds {
@@ -987,6 +1050,28 @@ mod tests {
             matches!(e, Some(libc::ENOTDIR) | Some(libc::ELOOP)),
             "{e:?}"
         );
+    }
+
+    /// The pidfd of a connected peer names that process: ours here, alive;
+    /// a child's, exited once it is reaped.
+    #[test]
+    fn pidfds_follow_the_process_not_the_pid() {
+        let (a, _b) = Socket::pair().unwrap();
+        match a.peer_pidfd() {
+            Ok(fd) => assert!(!pidfd_exited(&fd).unwrap()),
+            // Kernels before 6.5 have no SO_PEERPIDFD.
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENOPROTOOPT), "{e}"),
+        }
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let fd = pidfd_of(child.id()).unwrap();
+        child.wait().unwrap();
+        assert!(pidfd_exited(&fd).unwrap());
+        // Where pidfs gives inodes, two processes never share one.
+        let mine = pidfd_of(process_id()).unwrap();
+        if let (Some(a), Some(b)) = (pidfd_inode(&mine), pidfd_inode(&fd)) {
+            assert_ne!(a, b);
+            assert_eq!(pidfd_inode(&pidfd_of(process_id()).unwrap()), Some(a));
+        }
     }
 
     #[test]

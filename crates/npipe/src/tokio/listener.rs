@@ -34,7 +34,7 @@ use ::tokio::time::Sleep;
 use super::stream::{register, PipeStream};
 use crate::blocking::{admit_connection, fence_to_grant, refuse, send_reply};
 use crate::error::{Error, ErrorCode, Result};
-use crate::info::PipeInfo;
+use crate::info::{PeerProcess, PipeInfo};
 use crate::instance_counts::InstanceCounts;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace, Published, ServerSocket};
@@ -59,6 +59,7 @@ const FIRST_READ: usize = 4096;
 struct Arrived {
     socket: Socket,
     cred: PeerCred,
+    process: PeerProcess,
     /// Supplementary groups, fetched only if the descriptor names groups.
     groups: Vec<u32>,
     hello: Hello,
@@ -293,6 +294,8 @@ pub struct PipeServer {
     stream: PipeStream,
     shared: Arc<Shared>,
     impersonation: ImpersonationLevel,
+    /// The connecting process, as captured at accept.
+    process: PeerProcess,
     holds_instance: bool,
 }
 
@@ -319,6 +322,7 @@ impl PipeServer {
         match PipeStream::new(a.socket, setup, o.effective_read_mode(), a.leftover) {
             Ok(stream) => Ok(PipeServer {
                 impersonation: a.hello.impersonation,
+                process: a.process,
                 stream,
                 shared,
                 holds_instance: true,
@@ -647,7 +651,7 @@ impl Acceptor {
 
     fn on_connection(&mut self, socket: Socket) {
         let shared = &self.shared;
-        let Some((cred, groups)) =
+        let Some((cred, groups, process)) =
             admit_connection(&socket, &shared.opts, shared.server_uid, &mut self.startups)
         else {
             return;
@@ -655,7 +659,7 @@ impl Acceptor {
         let deadline = Instant::now() + shared.opts.handshake_timeout;
         let task = self
             .handshakes
-            .spawn(handshake(socket, cred, groups, deadline));
+            .spawn(handshake(socket, (cred, process), groups, deadline));
         self.handshake_uids.insert(task.id(), cred.uid);
     }
 
@@ -808,7 +812,7 @@ impl Drop for Acceptor {
 /// refused here.
 async fn handshake(
     socket: Socket,
-    cred: PeerCred,
+    (cred, process): (PeerCred, PeerProcess),
     groups: Vec<u32>,
     deadline: Instant,
 ) -> Option<Arrived> {
@@ -821,6 +825,7 @@ async fn handshake(
             Some(Arrived {
                 socket: fd.into_inner().into_socket(),
                 cred,
+                process,
                 groups,
                 hello,
                 leftover,

@@ -247,6 +247,16 @@ impl Child {
     }
 
     /// SIGKILL, and reap.
+    /// Waits for the child to exit by itself (bounded by [`HANG`]).
+    pub fn wait_exit(&mut self) {
+        let start = Instant::now();
+        while self.child.try_wait().expect("try_wait").is_none() {
+            assert!(start.elapsed() < HANG, "the child did not exit");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        reaped(self.child.id());
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

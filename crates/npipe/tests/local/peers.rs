@@ -4,7 +4,37 @@ use std::time::Duration;
 
 use npipe::ClientOptions;
 
-use crate::common::{is_root, server, spawn, unique};
+use crate::common::{is_root, on_both_servers, server, server_on, spawn, unique, Front};
+
+on_both_servers!(the_client_process_is_captured_at_connect_not_looked_up_later);
+
+/// A pid is a hint, never proof: the client process hands its connection to
+/// a child and exits. The server still reports the session it read at
+/// accept (looking the pid up again found nothing, or could find a new
+/// process with that pid), and says the process that connected is gone.
+fn the_client_process_is_captured_at_connect_not_looked_up_later(front: Front) {
+    let name = unique("pidhint");
+    let mut srv = server_on(front, &name, &["mode=peer_later"]);
+    let mut client = spawn("connect_and_leave", &[&name]);
+    let conn = srv.expect("conn");
+    let left = client.expect("left");
+    let mut words = left.split(' ');
+    let session: u32 = words.nth(1).unwrap().parse().unwrap();
+    let keeper: i32 = words.nth(1).unwrap().parse().unwrap();
+    client.wait_exit();
+    // Still there while its process was: the session from `conn`.
+    assert!(
+        conn.ends_with(&format!(" {session}")),
+        "{conn} vs {session}"
+    );
+    srv.tell("go");
+    let later = srv.expect("later");
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(keeper).unwrap(),
+        rustix::process::Signal::KILL,
+    );
+    assert_eq!(later, format!("session {session} running false"));
+}
 
 #[test]
 fn the_server_sees_the_client_process_and_user() {

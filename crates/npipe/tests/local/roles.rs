@@ -33,6 +33,7 @@ fn child_entry() {
         "raw" => raw(&args),
         "creds_probe" => creds_probe(),
         "lock_all" => lock_all(),
+        "connect_and_leave" => connect_and_leave(&args),
         "hog" => hog(&args),
         other => panic!("unknown role {other}"),
     }
@@ -247,6 +248,13 @@ fn handle(mut conn: PipeServer, mode: &str) {
         "spawn_as_client" => {
             let cmd = creds_probe_command();
             report_probe(conn.spawn_as_client(&mut { cmd }));
+        }
+        "peer_later" => {
+            wait_for_go();
+            say(peer_later(
+                conn.client_session_id(),
+                conn.client_process_still_running(),
+            ));
         }
         "chunks" => chunks(conn),
         "verify" => verify(conn),
@@ -560,6 +568,38 @@ async fn impersonation_and_the_pool(conn: &npipe::tokio::PipeServer) {
     say(format!("later {uids:?}"));
 }
 
+/// `mode=peer_later`'s report: what the server knows of a client process
+/// after it may have gone.
+fn peer_later(session: Option<u32>, running: Option<bool>) -> String {
+    let session = session.map_or("none".to_string(), |s| s.to_string());
+    let running = running.map_or("unknown".to_string(), |r| r.to_string());
+    format!("later session {session} running {running}")
+}
+
+/// `connect_and_leave NAME`: connects (by hand), hands the connection to a
+/// `sleep` child that keeps it open, reports our session and the child's
+/// pid, and exits: the server's client process is then gone while the
+/// connection lives on.
+fn connect_and_leave(args: &[String]) {
+    use crate::raw_client::{self as rc, RawClient};
+    use std::os::fd::AsFd;
+    let mut c = RawClient::connect(&args[0]).unwrap();
+    c.send(&rc::hello(&args[0], rc::CONNECT, rc::READ_WRITE, 0))
+        .unwrap();
+    assert!(matches!(c.reply().unwrap(), rc::Reply::Connected { .. }));
+    rustix::io::fcntl_setfd(c.stream.as_fd(), rustix::io::FdFlags::empty()).unwrap();
+    // Not waited for: it outlives us on purpose (the parent kills it).
+    #[allow(clippy::zombie_processes)]
+    let keeper = std::process::Command::new("sleep")
+        .arg("60")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let session = rustix::process::getsid(None).map_or(0, |p| p.as_raw_nonzero().get() as u32);
+    say(format!("left session {session} keeper {}", keeper.id()));
+}
+
 /// `lock_all`: takes an exclusive `flock` on the namespace directory and on
 /// every entry in it that this user can open, reports how many, and holds
 /// them until stdin closes (a hostile user blocking whatever it can).
@@ -817,6 +857,13 @@ async fn handle_async(mut conn: npipe::tokio::PipeServer, mode: String) {
         "spawn_as_client" => {
             let cmd = creds_probe_command();
             report_probe(conn.spawn_as_client(&mut { cmd }));
+        }
+        "peer_later" => {
+            tokio::task::spawn_blocking(wait_for_go).await.unwrap();
+            say(peer_later(
+                conn.client_session_id(),
+                conn.client_process_still_running(),
+            ));
         }
         "imp_pool" => impersonation_and_the_pool(&conn).await,
         "chunks" => {
