@@ -799,3 +799,25 @@ fn setup_makes_a_root_owned_sticky_directory_and_its_boot_entry() {
     );
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// `npipe serve` accepts messages up to 1 MiB unless told otherwise
+/// (`--max-message`, with `--memory-budget` for what clients may hold).
+#[test]
+fn serve_takes_messages_up_to_one_mib_by_default() {
+    let name = unique("maxmsg");
+    let _server = Server::start(&name, &[]);
+    let mut c = npipe::ClientOptions::new().open(name.as_str()).unwrap();
+    let just = vec![b'x'; 1 << 20];
+    assert_eq!(c.transact(&just).unwrap(), just);
+    // The server says its limit in OK: the client refuses to send more.
+    let e = c.write_message(&vec![b'x'; (1 << 20) + 1]).unwrap_err();
+    assert_eq!(e.code(), npipe::ErrorCode::InvalidParameter, "{e}");
+    let bigger = unique("maxmsg-set");
+    let _server = Server::start(
+        &bigger,
+        &["--max-message", "4194304", "--memory-budget", "8388608"],
+    );
+    let mut c = npipe::ClientOptions::new().open(bigger.as_str()).unwrap();
+    let large = vec![b'y'; 3 << 20];
+    assert_eq!(c.transact(&large).unwrap(), large);
+}

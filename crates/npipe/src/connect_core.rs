@@ -208,6 +208,7 @@ pub(crate) fn client_setup(
         (None, PipeType::Message) => ReadMode::Message,
     };
     let setup = Setup {
+        budget: None,
         name: desc.name,
         end: End::Client,
         pipe_type: desc.pipe_type,

@@ -84,6 +84,7 @@
 #![warn(missing_docs)]
 
 mod blocking;
+mod budget;
 mod connect_core;
 mod error;
 mod info;

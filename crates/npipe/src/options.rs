@@ -163,6 +163,7 @@ pub struct ServerOptions {
     pub(crate) accept_backlog: u32,
     pub(crate) max_handshakes: u32,
     pub(crate) max_handshakes_per_user: u32,
+    pub(crate) memory_budget: usize,
     pub(crate) security: SecurityDescriptor,
     pub(crate) reject_remote_clients: bool,
 }
@@ -175,7 +176,8 @@ impl Default for ServerOptions {
 
 impl ServerOptions {
     /// Duplex, message type and message read mode, unlimited instances,
-    /// system buffer sizes, a 50 ms default wait, 64 MiB largest message.
+    /// system buffer sizes, a 50 ms default wait, 64 MiB largest message,
+    /// 128 MiB for the messages being received from all clients together.
     pub fn new() -> ServerOptions {
         ServerOptions {
             direction: Direction::Duplex,
@@ -191,6 +193,7 @@ impl ServerOptions {
             accept_backlog: 128,
             max_handshakes: 128,
             max_handshakes_per_user: 16,
+            memory_budget: 128 << 20,
             security: SecurityDescriptor::default_for_pipes(),
             reject_remote_clients: false,
         }
@@ -311,6 +314,25 @@ impl ServerOptions {
     /// refused with *pipe busy*; other users are unaffected.
     pub fn max_handshakes_per_user(&mut self, n: u32) -> &mut Self {
         self.max_handshakes_per_user = n;
+        self
+    }
+
+    /// The memory, in bytes, that all of this pipe's connections together
+    /// may hold in partially received messages (default 128 MiB). A
+    /// message over 64 KiB reserves its whole length before
+    /// `recv_message` reads its body; while the budget cannot cover it the
+    /// server reads nothing from that client, whose writes then block
+    /// (backpressure, as a Windows pipe's buffer quota blocks a writer):
+    /// nothing is dropped. A message larger than the budget waits until
+    /// nothing else is reserved and goes alone. A blocking read waits at
+    /// most its read timeout for room.
+    ///
+    /// ```
+    /// let mut opts = npipe::ServerOptions::new();
+    /// opts.max_message_size(8 << 20).memory_budget(64 << 20);
+    /// ```
+    pub fn memory_budget(&mut self, bytes: usize) -> &mut Self {
+        self.memory_budget = bytes;
         self
     }
 

@@ -18,6 +18,7 @@
 
 use std::io::{self, IoSlice};
 
+use crate::budget::{MemoryBudget, Reservation, UNBUDGETED};
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::{End, PeerCredentials, PipeInfo};
 use crate::options::{Access, Direction, PipeType, ReadMode};
@@ -84,6 +85,8 @@ pub(crate) struct Setup {
     pub max_message: u32,
     pub peer_max_message: u32,
     pub peer: PeerCredentials,
+    /// The listener's budget for partially received messages (server ends).
+    pub budget: Option<std::sync::Arc<MemoryBudget>>,
 }
 
 impl Setup {
@@ -97,6 +100,7 @@ impl Setup {
         cur_instances: u32,
         peer_max_message: u32,
         peer: PeerCredentials,
+        budget: std::sync::Arc<MemoryBudget>,
     ) -> Setup {
         Setup {
             name: name.name().to_string(),
@@ -111,6 +115,7 @@ impl Setup {
             max_message: opts.max_message_size,
             peer_max_message,
             peer,
+            budget: Some(budget),
         }
     }
 
@@ -134,6 +139,7 @@ impl Setup {
                 uid: 0,
                 gid: 0,
             },
+            budget: None,
         }
     }
 
@@ -197,6 +203,13 @@ pub(crate) enum Need {
         /// Most bytes to receive.
         len: usize,
     },
+    /// Wait until the listener's memory budget has room for a message of
+    /// `len` bytes, receiving nothing meanwhile (backpressure), then step
+    /// again.
+    Budget {
+        /// The message's length.
+        len: usize,
+    },
 }
 
 /// One step of a read.
@@ -242,7 +255,13 @@ pub(crate) struct ReadCore {
     /// A message a cancelled `recv_message` had partly received, kept as it
     /// was so that the next `recv_message` goes on with it at no cost; any
     /// other read puts it back in front of the buffer first.
-    stash: Option<(Vec<u8>, MsgProgress)>,
+    stash: Option<(Vec<u8>, MsgProgress, Option<Reservation>)>,
+    /// The listener's budget for partially received messages (server ends).
+    budget: Option<std::sync::Arc<MemoryBudget>>,
+    /// The reservation of the last large message `recv_message` returned,
+    /// held until the next read on this end (or its end): the application
+    /// is working on that message meanwhile, so its memory still counts.
+    held: Option<Reservation>,
 }
 
 impl ReadCore {
@@ -283,11 +302,21 @@ impl ReadCore {
             broken: None,
             eof: false,
             stash: None,
+            budget: setup.budget.clone(),
+            held: None,
         }
     }
 
     fn buffered(&self) -> &[u8] {
         &self.buf[self.pos..]
+    }
+
+    /// The budget a [`Need::Budget`] waits on (only server ends have one,
+    /// and only they are asked to wait).
+    pub fn budget(&self) -> &MemoryBudget {
+        self.budget
+            .as_deref()
+            .expect("only an end with a budget waits for one")
     }
 
     /// Fails if this end may not read, or the stream broke earlier.
@@ -493,7 +522,7 @@ impl ReadCore {
     /// Puts a stashed partial message back in front of the buffer, for any
     /// read but `recv_message` (and for `peek`).
     fn unstash(&mut self) {
-        if let Some((msg, p)) = self.stash.take() {
+        if let Some((msg, p, _reservation)) = self.stash.take() {
             self.unread(&p, &msg[..p.n]);
         }
     }
@@ -604,6 +633,7 @@ impl ReadOp for ReadMessage<'_> {
     fn step(&mut self, core: &mut ReadCore) -> Result<Step<MessageRead>> {
         if !self.checked {
             core.check()?;
+            core.held = None;
             core.unstash();
             core.require_message_pipe("message reads")?;
             self.checked = true;
@@ -632,6 +662,8 @@ pub(crate) struct RecvMessage {
     total: usize,
     p: MsgProgress,
     checked: bool,
+    /// Room held in the listener's budget for this message.
+    reservation: Option<Reservation>,
 }
 
 /// What `recv_message` allocates before any payload arrives; beyond this it
@@ -643,9 +675,10 @@ impl ReadOp for RecvMessage {
     fn step(&mut self, core: &mut ReadCore) -> Result<Step<Vec<u8>>> {
         if !self.checked {
             core.check()?;
+            core.held = None;
             core.require_message_pipe("message reads")?;
             self.checked = true;
-            if let Some((msg, p)) = core.stash.take() {
+            if let Some((msg, p, reservation)) = core.stash.take() {
                 // A cancelled recv_message left this message half-read.
                 self.total = p.n
                     + core
@@ -655,6 +688,7 @@ impl ReadOp for RecvMessage {
                         .unwrap_or(0) as usize;
                 self.msg = msg;
                 self.p = p;
+                self.reservation = reservation;
             }
         }
         if !self.p.begun {
@@ -664,23 +698,51 @@ impl ReadOp for RecvMessage {
                     Step::Need(n) => Step::Need(n),
                 });
             }
-            // The length was checked against the maximum message size by
-            // the decoder; even so, memory is committed only as the bytes
-            // arrive (a peer announcing a large message and sending little
-            // must not make the reader allocate it all).
             let len = core
                 .decoder
                 .as_ref()
                 .and_then(Decoder::remaining)
                 .unwrap_or(0);
             self.total = len as usize;
-            self.msg = vec![0; self.total.min(RECV_FIRST_ALLOCATION)];
+        }
+        if self.msg.is_empty() && self.total > 0 {
+            // A large message on a server end first reserves its length in
+            // the listener's budget; without room nothing is read from this
+            // client (its writes block in the kernel) until there is.
+            if self.total > UNBUDGETED && self.reservation.is_none() {
+                if let Some(budget) = &core.budget {
+                    match budget.try_reserve(self.total) {
+                        Some(r) => self.reservation = Some(r),
+                        None => return Ok(Step::Need(Need::Budget { len: self.total })),
+                    }
+                }
+            }
+            // The length was checked against the maximum message size by
+            // the decoder; even so, unless the budget covers it, memory is
+            // committed only as the bytes arrive (a peer announcing a large
+            // message and sending little must not make the reader allocate
+            // it all). A reserved message is allocated whole: zeroed pages
+            // from the kernel cost nothing until written, and growing by
+            // doubling would leave the smaller buffers in the allocator's
+            // per-thread arenas (measured: twice the budget with sixteen
+            // blocking server threads).
+            let first = if self.reservation.is_some() {
+                self.total
+            } else {
+                self.total.min(RECV_FIRST_ALLOCATION)
+            };
+            self.msg = vec![0; first];
         }
         loop {
             match core.continue_message(&mut self.p, &mut self.msg)? {
                 Step::Done(MessageRead::Complete(n)) => {
                     debug_assert_eq!(n, self.total);
                     self.msg.truncate(n);
+                    // Whole, and the application's now; its room stays
+                    // taken until the next read on this end: an echo
+                    // server blocked writing it back to a client that never
+                    // reads still holds it, and must not take in more.
+                    core.held = self.reservation.take();
                     return Ok(Step::Done(std::mem::take(&mut self.msg)));
                 }
                 Step::Done(MessageRead::MoreData(_)) => {
@@ -700,7 +762,11 @@ impl ReadOp for RecvMessage {
     }
     fn undo(&mut self, core: &mut ReadCore) {
         if self.p.begun && !self.p.complete {
-            core.stash = Some((std::mem::take(&mut self.msg), std::mem::take(&mut self.p)));
+            core.stash = Some((
+                std::mem::take(&mut self.msg),
+                std::mem::take(&mut self.p),
+                self.reservation.take(),
+            ));
         }
     }
 }
@@ -773,6 +839,7 @@ impl ReadOp for ReadStd<'_> {
     fn step(&mut self, core: &mut ReadCore) -> Result<Step<usize>> {
         if !self.checked {
             core.check()?;
+            core.held = None;
             core.unstash();
             self.checked = true;
         }
@@ -1034,6 +1101,38 @@ mod tests {
             Step::Done(v) => Ok(v),
             Step::Need(n) => panic!("needs {n:?} with everything buffered"),
         }
+    }
+
+    /// A large message waits for room in the listener's budget before any
+    /// of its body is read, keeps its reservation across a cancelled read,
+    /// and gives it back at the next read once whole; small messages need
+    /// none.
+    #[test]
+    fn a_large_message_reserves_its_length_before_its_body_is_read() {
+        let big = vec![7u8; UNBUDGETED + 1];
+        let wire = frames(&[b"small", &big]);
+        let budget = std::sync::Arc::new(MemoryBudget::new(UNBUDGETED + 10));
+        let mut setup = Setup::for_test(End::Server, PipeType::Message);
+        setup.budget = Some(std::sync::Arc::clone(&budget));
+        let mut c = setup.cores(ReadMode::Message, wire).0;
+        c.eof = true;
+        let held = budget.try_reserve(20).unwrap();
+        assert_eq!(run(&mut c, &mut RecvMessage::default()).unwrap(), b"small");
+        let mut op = RecvMessage::default();
+        let need = op.step(&mut c).unwrap();
+        assert!(
+            matches!(need, Step::Need(Need::Budget { len }) if len == big.len()),
+            "{need:?}"
+        );
+        // Cancelled while waiting, then room frees: nothing was lost.
+        op.undo(&mut c);
+        drop(held);
+        let mut op = RecvMessage::default();
+        assert_eq!(run(&mut c, &mut op).unwrap(), big);
+        // Held while the application works on it, until its next read.
+        assert_eq!(budget.available(), 9);
+        let _end_of_stream = RecvMessage::default().step(&mut c);
+        assert_eq!(budget.available(), UNBUDGETED + 10);
     }
 
     #[test]

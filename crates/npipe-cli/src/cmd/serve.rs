@@ -111,11 +111,21 @@ pub struct Args {
     #[arg(verbatim_doc_comment, long)]
     pub first_instance: bool,
 
-    /// The largest message accepted from a client, in bytes [default: 64 MiB]
+    /// The largest message accepted from a client, in bytes
     ///
     /// A longer message is refused before anything is allocated for it.
-    #[arg(verbatim_doc_comment, long, value_name = "BYTES")]
-    pub max_message: Option<u32>,
+    /// (The library's default is 64 MiB; a shell-facing server needs less.)
+    #[arg(verbatim_doc_comment, long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub max_message: u32,
+
+    /// Memory all clients together may hold in messages being received
+    ///
+    /// A message over 64 KiB reserves its length before it is read; while
+    /// this budget cannot cover it, the server stops reading from that
+    /// client (its writes block) until others' messages are done. Nothing
+    /// is dropped. Default 128 MiB.
+    #[arg(verbatim_doc_comment, long, value_name = "BYTES", default_value_t = 128 << 20)]
+    pub memory_budget: usize,
 
     /// Connections of other users that may be in their handshake at once
     ///
@@ -245,9 +255,8 @@ pub fn run(args: &Args) -> CmdResult {
         .first_instance(args.first_instance)
         .max_handshakes(args.max_handshakes)
         .max_handshakes_per_user(args.max_handshakes_per_user);
-    if let Some(bytes) = args.max_message {
-        opts.max_message_size(bytes);
-    }
+    opts.max_message_size(args.max_message)
+        .memory_budget(args.memory_budget);
     if args.whoami && (pipe_type != PipeType::Message || direction != Direction::Duplex) {
         return Err(Failure::new(
             Status::Usage,

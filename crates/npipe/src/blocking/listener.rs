@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::blocking::stream::{PipeStream, Setup};
+use crate::budget::MemoryBudget;
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::{PeerProcess, PipeInfo};
 use crate::instance_counts::InstanceCounts;
@@ -72,6 +73,8 @@ struct Shared {
     failed: Mutex<Option<String>>,
     /// The user the server runs as: the descriptor's default owner.
     server_uid: u32,
+    /// Memory all connections may hold in partially received messages.
+    budget: Arc<MemoryBudget>,
 }
 
 impl Shared {
@@ -138,6 +141,7 @@ impl PipeListener {
             published,
             server_uid,
         } = namespace::create_server_socket(&name, &opts)?;
+        let budget = Arc::new(MemoryBudget::new(opts.memory_budget));
         let shared = Arc::new(Shared {
             name,
             opts,
@@ -150,6 +154,7 @@ impl PipeListener {
             shutdown: AtomicBool::new(false),
             failed: Mutex::new(None),
             server_uid,
+            budget,
         });
         let acceptor = Acceptor::new(Arc::clone(&shared), socket);
         let thread = std::thread::Builder::new()
@@ -303,6 +308,7 @@ impl PipeServer {
             ready.cur_instances,
             ready.hello.max_message,
             ready.cred.into(),
+            Arc::clone(&shared.budget),
         );
         let mut stream =
             PipeStream::new(ready.socket, setup, o.effective_read_mode(), ready.leftover);

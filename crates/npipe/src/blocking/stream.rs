@@ -109,6 +109,16 @@ fn run<O: ReadOp>(
             Step::Done(v) => return Ok(v),
             Step::Need(need) => need,
         };
+        if let Need::Budget { len } = need {
+            // Read nothing from this client until the listener's budget has
+            // room for its message: backpressure, within the read timeout.
+            let deadline = wait.timeout.map(|t| std::time::Instant::now() + t);
+            if core.budget().wait_for_room(len, deadline) {
+                continue;
+            }
+            op.undo(core);
+            return Err(recv_error(io::ErrorKind::WouldBlock.into()));
+        }
         let received = wait.before_recv(sock).and_then(|()| match need {
             Need::Fill => match sock.recv_spare(core.fill_buf(), RecvFlagsLite::Block) {
                 Ok(n) => {
@@ -124,6 +134,7 @@ fn run<O: ReadOp>(
                 }
                 Err(e) => Err(e),
             },
+            Need::Budget { .. } => unreachable!("waited for above"),
         });
         if let Err(e) = received {
             if let Some(taken) = op.partial() {

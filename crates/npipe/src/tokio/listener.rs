@@ -33,6 +33,7 @@ use ::tokio::time::Sleep;
 
 use super::stream::{register, PipeStream};
 use crate::blocking::{admit_connection, fence_to_grant, refuse, send_reply};
+use crate::budget::MemoryBudget;
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::{PeerProcess, PipeInfo};
 use crate::instance_counts::InstanceCounts;
@@ -94,6 +95,8 @@ struct Shared {
     failed: Mutex<Option<String>>,
     /// The user the server runs as: the descriptor's default owner.
     server_uid: u32,
+    /// Memory all connections may hold in partially received messages.
+    budget: Arc<MemoryBudget>,
     /// The listener is gone: the acceptor queues nothing more.
     closed: std::sync::atomic::AtomicBool,
 }
@@ -183,6 +186,7 @@ impl PipeListener {
             }
         };
         let (events, inbox) = mpsc::unbounded_channel();
+        let budget = Arc::new(MemoryBudget::new(opts.memory_budget));
         let shared = Arc::new(Shared {
             name,
             opts,
@@ -193,6 +197,7 @@ impl PipeListener {
             instances: InstanceCounts::new(),
             failed: Mutex::new(None),
             server_uid,
+            budget,
         });
         let acceptor = Acceptor::new(Arc::clone(&shared));
         let acceptor = runtime.spawn(acceptor.run(listener, inbox));
@@ -318,6 +323,7 @@ impl PipeServer {
             ready.cur_instances,
             a.hello.max_message,
             a.cred.into(),
+            Arc::clone(&shared.budget),
         );
         match PipeStream::new(a.socket, setup, o.effective_read_mode(), a.leftover) {
             Ok(stream) => Ok(PipeServer {

@@ -107,6 +107,14 @@ fn poll_run<O: ReadOp>(
             Step::Done(v) => return Poll::Ready(Ok(v)),
             Step::Need(need) => need,
         };
+        if let Need::Budget { len } = need {
+            // Read nothing from this client until the listener's budget has
+            // room for its message (backpressure); woken by a release.
+            if core.budget().wake_when_room(len, cx.waker()) {
+                continue;
+            }
+            return Poll::Pending;
+        }
         loop {
             let mut guard = match io.poll_read_ready(cx) {
                 Poll::Ready(Ok(guard)) => guard,
@@ -155,6 +163,7 @@ fn poll_run<O: ReadOp>(
                             n > 0 && n < len
                         })
                     }),
+                Need::Budget { .. } => unreachable!("waited for above"),
             };
             match got {
                 Ok(Ok(short)) => {

@@ -77,6 +77,9 @@ fn server_options(args: &[String]) -> ServerOptions {
     if opt(args, "first").is_some() {
         o.first_instance(true);
     }
+    if let Some(n) = opt(args, "budget") {
+        o.memory_budget(n.parse().unwrap());
+    }
     if let Some(n) = opt(args, "max_message") {
         o.max_message_size(n.parse().unwrap());
     }
@@ -208,6 +211,15 @@ fn handle(mut conn: PipeServer, mode: &str) {
             while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
             say("closed");
         }
+        "digest" => loop {
+            let reply = match conn.recv_message() {
+                Ok(m) => digest(&m),
+                Err(_) => return,
+            };
+            if conn.write_message(reply.as_bytes()).is_err() {
+                return;
+            }
+        },
         "disconnect" => {
             let m = conn.recv_message().unwrap();
             say(format!("got {}", String::from_utf8_lossy(&m)));
@@ -568,6 +580,12 @@ async fn impersonation_and_the_pool(conn: &npipe::tokio::PipeServer) {
     say(format!("later {uids:?}"));
 }
 
+/// `mode=digest`'s answer to a message: its length and the sum of its bytes.
+pub fn digest(m: &[u8]) -> String {
+    let sum = m.iter().fold(0u64, |s, &b| s.wrapping_add(u64::from(b)));
+    format!("{} {sum}", m.len())
+}
+
 /// `mode=peer_later`'s report: what the server knows of a client process
 /// after it may have gone.
 fn peer_later(session: Option<u32>, running: Option<bool>) -> String {
@@ -818,6 +836,15 @@ async fn handle_async(mut conn: npipe::tokio::PipeServer, mode: String) {
             while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
             say("closed");
         }
+        "digest" => loop {
+            let reply = match conn.recv_message().await {
+                Ok(m) => digest(&m),
+                Err(_) => return,
+            };
+            if conn.write_message(reply.as_bytes()).await.is_err() {
+                return;
+            }
+        },
         "disconnect" => {
             let m = conn.recv_message().await.unwrap();
             say(format!("got {}", String::from_utf8_lossy(&m)));
