@@ -845,8 +845,15 @@ pub fn pidfd_of(pid: u32) -> io::Result<OwnedFd> {
 pub fn pidfd_inode(pidfd: &OwnedFd) -> Option<u64> {
     /// `PID_FS_MAGIC`, the file system type of pidfs.
     const PID_FS_MAGIC: i64 = 0x5049_4446;
-    let fs = rustix::fs::fstatfs(pidfd).ok()?;
-    if fs.f_type as i64 != PID_FS_MAGIC {
+    // Whether pidfds live in pidfs is the kernel's, the same for every
+    // pidfd: asked once (a system call less per connection).
+    static PIDFS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // `f_type`'s integer type differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let pidfs = *PIDFS.get_or_init(|| {
+        rustix::fs::fstatfs(pidfd).is_ok_and(|fs| fs.f_type as i64 == PID_FS_MAGIC)
+    });
+    if !pidfs {
         return None;
     }
     Some(rustix::fs::fstat(pidfd).ok()?.st_ino)
