@@ -11,6 +11,7 @@ use crate::raw_client::{self as rc, RawClient, Reply};
 
 on_both_servers!(
     a_reader_that_writes_is_never_read,
+    a_writer_is_never_sent_anything,
     a_pipelined_request_on_a_read_grant_is_refused,
     a_writer_the_descriptor_denies_writing_is_never_read,
     a_query_reports_the_grant_the_user_really_has,
@@ -49,6 +50,23 @@ fn a_reader_that_writes_is_never_read(front: Front) {
     assert_eq!(outcome, "epipe", "a read-only client could keep writing");
     assert_eq!(c.read_some(Duration::from_millis(500)), None, "echoed");
     assert_eq!(srv.expect("end"), "5");
+    still_serves(&name);
+}
+
+/// The other direction: a client granted write only is never sent data.
+/// The echo server reads its message, and its write back fails with
+/// *access denied* instead of reaching a client that may not read.
+fn a_writer_is_never_sent_anything(front: Front) {
+    let name = unique("grant-writer");
+    let mut srv = server_on(front, &name, &[]);
+    let mut c = RawClient::connect(&name).unwrap();
+    c.send(&rc::hello(&name, rc::CONNECT, rc::WRITE, 0))
+        .unwrap();
+    assert_eq!(c.reply().unwrap(), Reply::Connected { granted: rc::WRITE });
+    srv.expect("conn");
+    c.send(&rc::frame(b"echo this to a writer")).unwrap();
+    assert_eq!(srv.expect("end"), "5");
+    assert_eq!(c.read_some(Duration::from_millis(500)), None, "sent data");
     still_serves(&name);
 }
 
