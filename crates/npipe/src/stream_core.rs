@@ -65,8 +65,9 @@ pub struct Peek {
     /// pipes this counts payload this end has buffered plus what the kernel
     /// holds, headers included for the latter.
     pub available: usize,
-    /// Bytes left in the current (or next) message (`lpBytesLeftThisMessage`);
-    /// 0 on byte pipes.
+    /// Bytes of the current (or next) message left beyond those copied
+    /// (`lpBytesLeftThisMessage`): a peek of 4 bytes into a 10-byte message
+    /// leaves 6, one that copies it whole leaves 0. 0 on byte pipes.
     pub message_left: usize,
 }
 
@@ -550,12 +551,14 @@ impl ReadCore {
                 }
             }
             Some(decoder) => {
+                // As on Windows, a peek on a message pipe copies from one
+                // message only, whatever this end's read mode.
                 let scan = decoder.scan(buffered);
-                let copied = copy_payload(decoder, buffered, out, self.mode == ReadMode::Message);
+                let copied = copy_message(decoder, buffered, out);
                 Peek {
                     copied,
                     available: scan.payload + kernel,
-                    message_left: scan.message_left as usize,
+                    message_left: (scan.message_left as usize).saturating_sub(copied),
                 }
             }
         };
@@ -907,32 +910,19 @@ impl ReadOp for ReadStd<'_> {
     }
 }
 
-/// Copies payload from buffered bytes, skipping headers: only the current
-/// message if `one_message`, else across messages.
-fn copy_payload(decoder: &Decoder, mut buf: &[u8], out: &mut [u8], one_message: bool) -> usize {
-    let mut copied = 0;
-    let mut remaining = decoder.remaining();
-    while copied < out.len() {
-        let r = match remaining {
-            Some(r) => r as usize,
-            None => match buf.first_chunk::<HEADER_LEN>() {
-                Some(h) => {
-                    buf = &buf[HEADER_LEN..];
-                    u32::from_le_bytes(*h) as usize
-                }
-                None => break,
-            },
-        };
-        let n = r.min(buf.len()).min(out.len() - copied);
-        out[copied..copied + n].copy_from_slice(&buf[..n]);
-        copied += n;
-        buf = &buf[n..];
-        if one_message || n < r {
-            break;
-        }
-        remaining = None;
-    }
-    copied
+/// Copies the current (or next) message's buffered payload into `out`,
+/// without consuming it and without crossing into the next message.
+fn copy_message(decoder: &Decoder, buf: &[u8], out: &mut [u8]) -> usize {
+    let (left, payload) = match decoder.remaining() {
+        Some(r) => (r as usize, buf),
+        None => match buf.first_chunk::<HEADER_LEN>() {
+            Some(h) => (u32::from_le_bytes(*h) as usize, &buf[HEADER_LEN..]),
+            None => return 0,
+        },
+    };
+    let n = left.min(payload.len()).min(out.len());
+    out[..n].copy_from_slice(&payload[..n]);
+    n
 }
 
 /// A failed receive as an npipe error.

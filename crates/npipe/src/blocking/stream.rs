@@ -314,7 +314,9 @@ impl PipeStream {
     }
 
     /// Copies waiting data without consuming it (`PeekNamedPipe`); never
-    /// blocks. In message read mode it copies from the current message only.
+    /// blocks. On a message pipe it copies from the current message only,
+    /// whatever the read mode, and `message_left` counts what is left of it
+    /// beyond the bytes copied (as Windows does).
     pub fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
         self.connected()?;
         peek(&mut self.reader, &self.socket, buf)
@@ -668,14 +670,14 @@ mod tests {
             Peek {
                 copied: 3,
                 available: 5,
-                message_left: 3
+                message_left: 0
             }
         );
         assert_eq!(&buf[..3], b"abc");
+        // Byte read mode: a peek still stops at the message's end.
         b.set_read_mode(ReadMode::Byte).unwrap();
         let p = b.peek(&mut buf).unwrap();
-        assert_eq!(p.copied, 5);
-        assert_eq!(&buf[..5], b"abcde");
+        assert_eq!((p.copied, p.available), (3, 5));
         let mut all = [0u8; 5];
         b.read_exact(&mut all).unwrap();
         assert_eq!(&all, b"abcde");

@@ -370,11 +370,44 @@ fn peek(server: Front, client: Front) {
     });
     assert_eq!(p.copied, 5, "message mode peeks one message");
     assert_eq!(&buf[..5], b"first");
-    assert_eq!((p.available, p.message_left), (12, 5));
+    // Windows: lpBytesLeftThisMessage counts what the peek did not copy.
+    assert_eq!((p.available, p.message_left), (12, 0));
     assert_eq!(c.recv_message().unwrap(), b"first");
     let p = c.peek(&mut buf).unwrap();
-    assert_eq!((p.copied, p.message_left), (7, 7));
+    assert_eq!((p.copied, p.message_left), (7, 0));
     assert_eq!(c.recv_message().unwrap(), b"second!");
+    // Windows (PeekNamedPipe on a 10-byte message): a 4-byte peek copies
+    // 4 and leaves 6.
+    c.write_message(b"0123456789").unwrap();
+    let mut four = [0u8; 4];
+    let p = eventually("the echo", || {
+        let p = c.peek(&mut four).unwrap();
+        (p.available >= 10).then_some(p)
+    });
+    assert_eq!((p.copied, p.message_left), (4, 6));
+    assert_eq!(c.recv_message().unwrap(), b"0123456789");
+    // Windows: after ReadFile took 10 bytes of a 20-byte message
+    // (ERROR_MORE_DATA), a 1-byte peek reports 9 left.
+    c.write_message(b"abcdefghijklmnopqrst").unwrap();
+    let mut ten = [0u8; 10];
+    assert_eq!(c.read_message(&mut ten).unwrap(), MessageRead::MoreData(10));
+    let mut one = [0u8; 1];
+    let p = c.peek(&mut one).unwrap();
+    assert_eq!((p.copied, p.message_left, one[0]), (1, 9, b'k'));
+    assert_eq!(c.read_message(&mut ten).unwrap(), MessageRead::Complete(10));
+    // Windows: a peek on a message pipe never crosses a message boundary,
+    // whatever the read mode: with 11 and 10 bytes queued, a 32-byte peek
+    // in byte read mode copies 11, and the total still counts 21.
+    c.write_message(b"eleven byte").unwrap();
+    c.write_message(b"ten bytes!").unwrap();
+    c.set_read_mode(ReadMode::Byte).unwrap();
+    let mut wide = [0u8; 32];
+    let p = eventually("both echoes", || {
+        let p = c.peek(&mut wide).unwrap();
+        (p.available >= 21).then_some(p)
+    });
+    assert_eq!((p.copied, p.available, p.message_left), (11, 21, 0));
+    assert_eq!(&wide[..11], b"eleven byte");
 }
 
 fn busy_then_first_come_first_served(server: Front, client: Front) {
