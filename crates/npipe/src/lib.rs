@@ -42,7 +42,7 @@
 //! | `WaitNamedPipe` | [`ClientOptions::wait`] with [`Wait`] (waiting and connecting are one step) |
 //! | `ReadFile` / `WriteFile` | [`std::io::Read`] / [`std::io::Write`], [`PipeStream::read_message`] / [`PipeStream::write_message`] |
 //! | `ERROR_MORE_DATA` | [`MessageRead::MoreData`] |
-//! | `TransactNamedPipe` | [`PipeStream::transact`] |
+//! | `TransactNamedPipe` | [`PipeStream::transact`] (reply as a `Vec`), [`PipeStream::transact_into`] (the caller's buffer; a short one gives [`MessageRead::MoreData`]) |
 //! | `CallNamedPipe` | [`call`] |
 //! | `PeekNamedPipe` | [`PipeStream::peek`] |
 //! | `FlushFileBuffers` | [`PipeStream::flush_buffers`] |

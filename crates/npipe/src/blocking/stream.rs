@@ -313,6 +313,47 @@ impl PipeStream {
         recv_message(&mut self.reader, &self.socket, &mut self.read_wait)
     }
 
+    /// `TransactNamedPipe` with the caller's reply buffer: sends `request`
+    /// and reads the reply into `reply`. If the reply is longer, it returns
+    /// [`MessageRead::MoreData`] (`ERROR_MORE_DATA`) with `reply` full, and
+    /// the rest of that message is left to read with
+    /// [`read_message`](Self::read_message). Same rules as
+    /// [`transact`](Self::transact).
+    ///
+    /// ```
+    /// use npipe::{ClientOptions, MessageRead, ServerOptions};
+    ///
+    /// let name = format!("doc-transact-into-{}", std::process::id());
+    /// let listener = ServerOptions::new().create(&name)?;
+    /// let echo = std::thread::spawn(move || -> npipe::Result<()> {
+    ///     let mut pipe = listener.accept()?;
+    ///     let request = pipe.recv_message()?;
+    ///     pipe.write_message(&request)
+    /// });
+    /// let mut client = ClientOptions::new().open(&name)?;
+    /// let mut reply = [0u8; 4];
+    /// assert_eq!(client.transact_into(b"ping pong", &mut reply)?, MessageRead::MoreData(4));
+    /// assert_eq!(&reply, b"ping");
+    /// let mut rest = [0u8; 16];
+    /// assert_eq!(client.read_message(&mut rest)?, MessageRead::Complete(5));
+    /// assert_eq!(&rest[..5], b" pong");
+    /// echo.join().unwrap()?;
+    /// # Ok::<(), npipe::Error>(())
+    /// ```
+    pub fn transact_into(&mut self, request: &[u8], reply: &mut [u8]) -> Result<MessageRead> {
+        self.connected()?;
+        let sock = &self.socket;
+        check_transact(
+            &self.setup,
+            &self.reader,
+            &self.writer,
+            request.len(),
+            || sock.readable_bytes().unwrap_or(0),
+        )?;
+        write_message(&mut self.writer, &self.socket, request)?;
+        read_message(&mut self.reader, &self.socket, &mut self.read_wait, reply)
+    }
+
     /// Copies waiting data without consuming it (`PeekNamedPipe`); never
     /// blocks. On a message pipe it copies from the current message only,
     /// whatever the read mode, and `message_left` counts what is left of it

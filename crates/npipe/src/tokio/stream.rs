@@ -441,9 +441,49 @@ impl PipeStream {
         self.recv_message().await
     }
 
+    /// `TransactNamedPipe` with the caller's reply buffer: sends `request`
+    /// and reads the reply into `reply`; a longer reply gives
+    /// [`MessageRead::MoreData`] (`ERROR_MORE_DATA`) with the rest left to
+    /// read with [`read_message`](Self::read_message). Same rules and
+    /// cancel safety as [`transact`](Self::transact).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use npipe::{ClientOptions, MessageRead, ServerOptions};
+    ///
+    /// let name = format!("doc-async-transact-into-{}", std::process::id());
+    /// let listener = ServerOptions::new().create_async(&name)?;
+    /// let echo = tokio::spawn(async move {
+    ///     let mut pipe = listener.accept().await?;
+    ///     let request = pipe.recv_message().await?;
+    ///     pipe.write_message(&request).await
+    /// });
+    /// let mut client = ClientOptions::new().open_async(&name).await?;
+    /// let mut reply = [0u8; 16];
+    /// assert_eq!(client.transact_into(b"ping", &mut reply).await?, MessageRead::Complete(4));
+    /// assert_eq!(&reply[..4], b"ping");
+    /// echo.await.unwrap()?;
+    /// # Ok::<(), npipe::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn transact_into(&mut self, request: &[u8], reply: &mut [u8]) -> Result<MessageRead> {
+        self.connected()?;
+        let sock = self.io.get_ref().socket();
+        check_transact(
+            &self.setup,
+            &self.reader,
+            &self.writer,
+            request.len(),
+            || sock.readable_bytes().unwrap_or(0),
+        )?;
+        self.write_message(request).await?;
+        self.read_message(reply).await
+    }
+
     /// Copies waiting data without consuming it (`PeekNamedPipe`). It never
-    /// waits, so it is not `async`. In message read mode it copies from the
-    /// current message only.
+    /// waits, so it is not `async`. On a message pipe it copies from the
+    /// current message only, whatever the read mode, and `message_left`
+    /// counts what is left of it beyond the bytes copied (as Windows does).
     pub fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
         self.connected()?;
         crate::blocking::peek(&mut self.reader, self.io.get_ref().socket(), buf)

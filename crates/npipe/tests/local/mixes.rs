@@ -106,6 +106,10 @@ impl Client {
         both!(self, c => c.transact(m), c.transact(m))
     }
 
+    fn transact_into(&mut self, m: &[u8], reply: &mut [u8]) -> Result<MessageRead> {
+        both!(self, c => c.transact_into(m, reply), c.transact_into(m, reply))
+    }
+
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         #[cfg(feature = "tokio")]
         use tokio::io::AsyncReadExt;
@@ -335,8 +339,27 @@ fn transact(server: Front, client: Front) {
     );
     assert_eq!(c.recv_message().unwrap(), b"unread");
     assert_eq!(c.transact(b"again").unwrap(), b"again");
+    // TransactNamedPipe into the caller's buffer: Windows fills the buffer
+    // and returns ERROR_MORE_DATA, the rest of the reply left to ReadFile.
+    let mut reply = [0u8; 5];
+    assert_eq!(
+        c.transact_into(b"a longer reply", &mut reply).unwrap(),
+        MessageRead::MoreData(5)
+    );
+    assert_eq!(&reply, b"a lon");
+    let mut rest = [0u8; 32];
+    assert_eq!(c.read_message(&mut rest).unwrap(), MessageRead::Complete(9));
+    assert_eq!(&rest[..9], b"ger reply");
+    assert_eq!(
+        c.transact_into(b"fits", &mut rest).unwrap(),
+        MessageRead::Complete(4)
+    );
     c.set_read_mode(ReadMode::Byte).unwrap();
     assert_eq!(c.transact(b"x").unwrap_err().code(), ErrorCode::BadPipe);
+    assert_eq!(
+        c.transact_into(b"x", &mut rest).unwrap_err().code(),
+        ErrorCode::BadPipe
+    );
 }
 
 fn call_named_pipe(server: Front, client: Front) {
