@@ -374,6 +374,13 @@ impl PipeStream {
         let start = Instant::now();
         let mut pause = Duration::from_micros(20);
         loop {
+            // A peer that closes drops what it had not read, so the queue
+            // then reads empty: that is told apart from a peer that read it
+            // all by the reset the kernel flags on such a close. Windows
+            // fails the flush with ERROR_BROKEN_PIPE then.
+            if self.socket.peer_dropped_unread() {
+                return Err(Error::broken_pipe("with data unread: the flush failed"));
+            }
             let unread = self
                 .socket
                 .unread_by_peer()

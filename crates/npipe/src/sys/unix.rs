@@ -328,6 +328,15 @@ impl Socket {
             .map(|r| r.intersects(PollFlags::HUP | PollFlags::ERR))
             .unwrap_or(true)
     }
+
+    /// Whether the peer closed while bytes we sent were still unread in
+    /// its socket: the kernel then drops them and flags this socket with
+    /// `ECONNRESET`, which `poll` shows as `POLLERR` (not consumed here).
+    pub fn peer_dropped_unread(&self) -> bool {
+        self.wait(PollFlags::empty(), Some(Duration::ZERO))
+            .map(|r| r.contains(PollFlags::ERR))
+            .unwrap_or(false)
+    }
 }
 
 /// Blocking or not, for [`Socket::recv_spare`].

@@ -500,6 +500,11 @@ impl PipeStream {
         poll_fn(|cx| self.poll_drain_tail(cx)).await?;
         let mut pause = Duration::from_micros(50);
         loop {
+            // As the blocking `flush_buffers`: a close with data unread
+            // first, then an empty queue, then a peer gone.
+            if self.socket().peer_dropped_unread() {
+                return Err(Error::broken_pipe("with data unread: the flush failed"));
+            }
             let unread = self
                 .socket()
                 .unread_by_peer()

@@ -211,6 +211,7 @@ mixes!(
     disconnect,
     peer_processes,
     flush_waits_until_the_peer_has_read,
+    flush_fails_when_the_reader_closes_with_data_unread,
 );
 
 fn message_boundaries(server: Front, client: Front) {
@@ -557,6 +558,25 @@ fn flush_waits_until_the_peer_has_read(server: Front, client: Front) {
         flusher.join().unwrap().unwrap();
     });
     assert_eq!(srv.expect("read"), "100000");
+}
+
+/// Windows: FlushFileBuffers returns when the reader goes away, failing
+/// with ERROR_BROKEN_PIPE (109) if it closed with data unread (it used to
+/// report success: the kernel drops the unread bytes, and the queue then
+/// read empty).
+fn flush_fails_when_the_reader_closes_with_data_unread(server: Front, client: Front) {
+    let name = unique("mix-flush-closed");
+    let mut srv = serve(server, &name, &["type=byte", "mode=close_unread"]);
+    let mut c = open(client, &name).unwrap();
+    srv.expect("conn");
+    c.write_all(&vec![1u8; 100_000]).unwrap();
+    std::thread::scope(|s| {
+        let flusher = s.spawn(|| c.flush_buffers());
+        srv.tell("go");
+        let e = flusher.join().unwrap().unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BrokenPipe, "{e}");
+    });
+    assert_eq!(srv.expect("closed_unread"), "");
 }
 
 #[cfg(feature = "tokio")]

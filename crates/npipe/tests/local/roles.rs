@@ -261,6 +261,11 @@ fn handle(mut conn: PipeServer, mode: &str) {
             let cmd = creds_probe_command();
             report_probe(conn.spawn_as_client(&mut { cmd }));
         }
+        "close_unread" => {
+            wait_for_go();
+            drop(conn);
+            say("closed_unread");
+        }
         "peer_later" => {
             wait_for_go();
             say(peer_later(
@@ -884,6 +889,11 @@ async fn handle_async(mut conn: npipe::tokio::PipeServer, mode: String) {
         "spawn_as_client" => {
             let cmd = creds_probe_command();
             report_probe(conn.spawn_as_client(&mut { cmd }));
+        }
+        "close_unread" => {
+            tokio::task::spawn_blocking(wait_for_go).await.unwrap();
+            drop(conn);
+            say("closed_unread");
         }
         "peer_later" => {
             tokio::task::spawn_blocking(wait_for_go).await.unwrap();
