@@ -250,6 +250,13 @@ impl Error {
         )
     }
 
+    pub(crate) fn disconnected_by_server() -> Error {
+        Error::new(
+            ErrorCode::PipeNotConnected,
+            "the server disconnected this client (DisconnectNamedPipe)",
+        )
+    }
+
     pub(crate) fn not_connected() -> Error {
         Error::new(
             ErrorCode::PipeNotConnected,

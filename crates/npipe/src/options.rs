@@ -261,9 +261,11 @@ impl ServerOptions {
     }
 
     /// The largest message this server accepts; a longer one is refused
-    /// before anything is allocated for it. Default 64 MiB.
+    /// before anything is allocated for it. Default 64 MiB; at most
+    /// `u32::MAX - 1` bytes (the one longer length is the wire's disconnect
+    /// mark).
     pub fn max_message_size(&mut self, bytes: u32) -> &mut Self {
-        self.max_message_size = bytes;
+        self.max_message_size = bytes.min(crate::proto::framing::MAX_MESSAGE_LIMIT);
         self
     }
 
@@ -484,9 +486,10 @@ impl ClientOptions {
         self
     }
 
-    /// The largest message this client accepts. Default 64 MiB.
+    /// The largest message this client accepts. Default 64 MiB; at most
+    /// `u32::MAX - 1` bytes.
     pub fn max_message_size(&mut self, bytes: u32) -> &mut Self {
-        self.max_message_size = bytes;
+        self.max_message_size = bytes.min(crate::proto::framing::MAX_MESSAGE_LIMIT);
         self
     }
 

@@ -292,8 +292,13 @@ enum Header {
 
 impl ReadCore {
     fn new(setup: &Setup, mode: ReadMode, leftover: Vec<u8>, can_read: bool) -> ReadCore {
-        let decoder =
-            (setup.pipe_type == PipeType::Message).then(|| Decoder::new(setup.max_message));
+        let decoder = (setup.pipe_type == PipeType::Message).then(|| {
+            let d = Decoder::new(setup.max_message);
+            match setup.end {
+                End::Client => d.honouring_disconnect_mark(),
+                End::Server => d,
+            }
+        });
         ReadCore {
             buf: leftover,
             pos: 0,
@@ -333,6 +338,7 @@ impl ReadCore {
                 ErrorCode::BadPipe,
                 "the peer broke the message framing earlier; the pipe cannot be read any more",
             )),
+            Some(ErrorCode::PipeNotConnected) => Err(Error::disconnected_by_server()),
             Some(code) => Err(Error::new(code, "the pipe was closed mid-message earlier")),
             None => Ok(()),
         }
@@ -394,8 +400,9 @@ impl ReadCore {
                 Err(Error::broken_pipe("in the middle of a message header"))
             }
             Err(e) => {
-                self.broken = Some(ErrorCode::BadPipe);
-                Err(e.into())
+                let e: Error = e.into();
+                self.broken = Some(e.code());
+                Err(e)
             }
         }
     }
@@ -562,10 +569,33 @@ impl ReadCore {
                 }
             }
         };
+        if peek.available == 0 && self.disconnected_by_server(&[]) {
+            return Err(Error::disconnected_by_server());
+        }
         if self.eof && peek.available == 0 && peek.message_left == 0 {
             return Err(Error::broken_pipe("(end of stream)"));
         }
         Ok(peek)
+    }
+
+    /// Whether the server disconnected this end: its mark was read, or
+    /// comes at a message boundary in what is buffered followed by
+    /// `kernel` (bytes peeked from the socket). For a failure whose cause
+    /// is in doubt (a write into a closed pipe): Windows reports
+    /// `ERROR_PIPE_NOT_CONNECTED` after `DisconnectNamedPipe`.
+    pub fn disconnected_by_server(&self, kernel: &[u8]) -> bool {
+        if self.broken == Some(ErrorCode::PipeNotConnected) {
+            return true;
+        }
+        let Some(decoder) = &self.decoder else {
+            return false;
+        };
+        if kernel.is_empty() {
+            return decoder.finds_disconnect(self.buffered());
+        }
+        let mut all = self.buffered().to_vec();
+        all.extend_from_slice(kernel);
+        decoder.finds_disconnect(&all)
     }
 
     /// Whether anything is waiting to be read; `kernel` tells the bytes in
@@ -916,6 +946,7 @@ fn copy_message(decoder: &Decoder, buf: &[u8], out: &mut [u8]) -> usize {
     let (left, payload) = match decoder.remaining() {
         Some(r) => (r as usize, buf),
         None => match buf.first_chunk::<HEADER_LEN>() {
+            Some(h) if u32::from_le_bytes(*h) == framing::DISCONNECT_MARK => return 0,
             Some(h) => (u32::from_le_bytes(*h) as usize, &buf[HEADER_LEN..]),
             None => return 0,
         },
@@ -957,6 +988,34 @@ pub(crate) struct WriteCore {
     pub can_write: bool,
     peer_max: u32,
     broken: bool,
+}
+
+impl WriteCore {
+    /// The bytes a server end sends when it disconnects its client, if any:
+    /// the disconnect mark, on a message pipe whose writer stands at a
+    /// message boundary (a broken writer's stream is cut mid-message, and
+    /// a mark there would read as data).
+    pub fn disconnect_mark(&self) -> Option<[u8; HEADER_LEN]> {
+        (self.message && !self.broken).then(|| framing::header(framing::DISCONNECT_MARK))
+    }
+}
+
+/// A write that failed because the peer is gone (`EPIPE`: *no data*, or a
+/// *broken pipe*) is *pipe not connected* if the server disconnected this
+/// end, as on Windows; `peeked` reads what the socket still holds, asked
+/// only for such a failure.
+pub(crate) fn explain_write_failure(
+    e: Error,
+    reader: &ReadCore,
+    peeked: impl FnOnce() -> Vec<u8>,
+) -> Error {
+    if matches!(e.code(), ErrorCode::NoData | ErrorCode::BrokenPipe)
+        && reader.disconnected_by_server(&peeked())
+    {
+        Error::disconnected_by_server()
+    } else {
+        e
+    }
 }
 
 /// One message being sent: its header, and how much of header and payload

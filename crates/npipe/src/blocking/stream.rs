@@ -11,8 +11,8 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::info::{PeerCredentials, PipeInfo};
 use crate::options::ReadMode;
 use crate::stream_core::{
-    check_transact, recv_error, send_error, Need, ReadCore, ReadMessage, ReadOp, ReadStd,
-    RecvMessage, Step, WriteCore,
+    check_transact, explain_write_failure, recv_error, send_error, Need, ReadCore, ReadMessage,
+    ReadOp, ReadStd, RecvMessage, Step, WriteCore,
 };
 use crate::sys::{Events, RecvFlagsLite, Socket};
 
@@ -254,8 +254,22 @@ impl PipeStream {
         &self.socket
     }
 
-    pub(crate) fn mark_disconnected(&mut self) {
+    /// `DisconnectNamedPipe` on the server end: on a message pipe the
+    /// disconnect mark goes out first (never blocking: where the socket has
+    /// no room the client sees *broken pipe* instead of *pipe not
+    /// connected*), then the connection is shut both ways.
+    pub(crate) fn disconnect_client(&mut self) {
+        if let Some(mark) = self.writer.disconnect_mark() {
+            let _ = self.socket.send_nonblocking(&mark);
+        }
+        let _ = self.socket.shutdown_both();
         self.disconnected = true;
+    }
+
+    /// A write's failure as the client should see it (see
+    /// [`explain_write_failure`]).
+    fn explain(&self, e: Error) -> Error {
+        explain_write_failure(e, &self.reader, || self.socket.peek_queued())
     }
 
     fn connected(&self) -> Result<()> {
@@ -293,7 +307,7 @@ impl PipeStream {
     /// Writes one message, whole and atomic (`WriteFile` on a message pipe).
     pub fn write_message(&mut self, msg: &[u8]) -> Result<()> {
         self.connected()?;
-        write_message(&mut self.writer, &self.socket, msg)
+        write_message(&mut self.writer, &self.socket, msg).map_err(|e| self.explain(e))
     }
 
     /// Sends a message and reads the reply (`TransactNamedPipe`). Needs a
@@ -309,7 +323,7 @@ impl PipeStream {
             request.len(),
             || sock.readable_bytes().unwrap_or(0),
         )?;
-        write_message(&mut self.writer, &self.socket, request)?;
+        write_message(&mut self.writer, &self.socket, request).map_err(|e| self.explain(e))?;
         recv_message(&mut self.reader, &self.socket, &mut self.read_wait)
     }
 
@@ -350,7 +364,7 @@ impl PipeStream {
             request.len(),
             || sock.readable_bytes().unwrap_or(0),
         )?;
-        write_message(&mut self.writer, &self.socket, request)?;
+        write_message(&mut self.writer, &self.socket, request).map_err(|e| self.explain(e))?;
         read_message(&mut self.reader, &self.socket, &mut self.read_wait, reply)
     }
 
@@ -381,6 +395,15 @@ impl PipeStream {
             if self.socket.peer_dropped_unread() {
                 return Err(Error::broken_pipe("with data unread: the flush failed"));
             }
+            // A disconnected client's flush fails even with nothing unread.
+            let gone = self
+                .socket
+                .peer_hung_up()
+                .then(|| self.explain(Error::broken_pipe("before reading everything")));
+            let gone = match gone {
+                Some(e) if e.code() == ErrorCode::PipeNotConnected => return Err(e),
+                other => other,
+            };
             let unread = self
                 .socket
                 .unread_by_peer()
@@ -388,8 +411,8 @@ impl PipeStream {
             if unread == 0 {
                 return Ok(());
             }
-            if self.socket.peer_hung_up() {
-                return Err(Error::broken_pipe("before reading everything"));
+            if let Some(e) = gone {
+                return Err(e);
             }
             if let Some(t) = self.write_timeout {
                 if start.elapsed() >= t {
@@ -489,7 +512,7 @@ impl Write for PipeStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.connected()?;
         if self.writer.message {
-            write_message(&mut self.writer, &self.socket, buf)?;
+            write_message(&mut self.writer, &self.socket, buf).map_err(|e| self.explain(e))?;
             Ok(buf.len())
         } else {
             Ok(write_bytes(&mut self.writer, &self.socket, buf)?)
@@ -605,6 +628,27 @@ mod tests {
             PipeStream::new(a, setup(End::Server), mode, Vec::new()),
             PipeStream::new(b, setup(End::Client), mode, Vec::new()),
         )
+    }
+
+    /// `DisconnectNamedPipe`: the client's write, flush, peek and read all
+    /// fail with *pipe not connected*; data sent before it stays readable.
+    #[test]
+    fn a_disconnected_client_is_told_not_connected() {
+        let (mut a, mut b) = pair(PipeType::Message);
+        a.write_message(b"before").unwrap();
+        a.disconnect_client();
+        let code = |r: Result<()>| r.unwrap_err().code();
+        assert_eq!(code(b.write_message(b"x")), ErrorCode::PipeNotConnected);
+        assert_eq!(code(b.flush_buffers()), ErrorCode::PipeNotConnected);
+        assert_eq!(b.recv_message().unwrap(), b"before");
+        assert_eq!(
+            b.peek(&mut [0u8; 4]).unwrap_err().code(),
+            ErrorCode::PipeNotConnected
+        );
+        assert_eq!(
+            b.recv_message().unwrap_err().code(),
+            ErrorCode::PipeNotConnected
+        );
     }
 
     #[test]
@@ -745,7 +789,7 @@ mod tests {
     #[test]
     fn oversize_header_is_bad_pipe() {
         let (a, mut b) = pair(PipeType::Message);
-        a.socket.send(&framing::header(u32::MAX)).unwrap();
+        a.socket.send(&framing::header(u32::MAX - 1)).unwrap();
         let e = b.recv_message().unwrap_err();
         assert_eq!(e.code(), ErrorCode::BadPipe);
         assert_eq!(b.recv_message().unwrap_err().code(), ErrorCode::BadPipe);

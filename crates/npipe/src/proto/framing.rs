@@ -10,6 +10,16 @@ use super::ProtoError;
 /// Bytes in a message header.
 pub const HEADER_LEN: usize = 4;
 
+/// The header value a server sends, in place of a message, right before it
+/// disconnects its client (`DisconnectNamedPipe`): no message can be this
+/// long (largest message sizes stop one short), so it is told apart from
+/// data, and the client reports *pipe not connected* instead of *broken
+/// pipe*, as on Windows.
+pub const DISCONNECT_MARK: u32 = u32::MAX;
+
+/// The largest message size a pipe may accept: one short of the mark.
+pub const MAX_MESSAGE_LIMIT: u32 = DISCONNECT_MARK - 1;
+
 /// The header for a message of `len` bytes.
 pub fn header(len: u32) -> [u8; HEADER_LEN] {
     len.to_le_bytes()
@@ -21,6 +31,9 @@ pub struct Decoder {
     max: u32,
     /// Bytes of the current message not yet consumed; `None` at a boundary.
     remaining: Option<u32>,
+    /// Whether [`DISCONNECT_MARK`] means the server disconnected this end
+    /// (a client's decoder); elsewhere it is an oversized length.
+    honours_mark: bool,
 }
 
 /// What [`Decoder::scan`] found in buffered bytes, without consuming them.
@@ -39,7 +52,17 @@ impl Decoder {
         Decoder {
             max,
             remaining: None,
+            honours_mark: false,
         }
+    }
+
+    /// A client end's decoder: the server's disconnect mark ends its
+    /// stream as *not connected*. (A server end never honours it: from a
+    /// client it is only an oversized length, so no client can make its
+    /// server think it was disconnected.)
+    pub fn honouring_disconnect_mark(mut self) -> Decoder {
+        self.honours_mark = true;
+        self
     }
 
     /// Whether the reader is inside a message.
@@ -64,6 +87,9 @@ impl Decoder {
             return Ok(None);
         };
         let len = u32::from_le_bytes(*h);
+        if len == DISCONNECT_MARK && self.honours_mark {
+            return Err(ProtoError::Disconnected);
+        }
         if len > self.max {
             return Err(ProtoError::MessageTooLarge { len, max: self.max });
         }
@@ -105,6 +131,10 @@ impl Decoder {
             let r = match remaining {
                 Some(r) => r,
                 None => match buf.first_chunk::<HEADER_LEN>() {
+                    // Nothing is readable past the disconnect mark.
+                    Some(h) if self.honours_mark && u32::from_le_bytes(*h) == DISCONNECT_MARK => {
+                        return scan
+                    }
                     Some(h) => {
                         buf = &buf[HEADER_LEN..];
                         u32::from_le_bytes(*h)
@@ -132,6 +162,32 @@ impl Decoder {
     /// with `remaining` bytes of it still to consume.
     pub fn rewind(&mut self, remaining: Option<u32>) {
         self.remaining = remaining;
+    }
+
+    /// Whether the disconnect mark comes in `buf` at a message boundary
+    /// (starting from where this decoder stands): the server disconnected
+    /// this end after sending the messages before it.
+    pub fn finds_disconnect(&self, mut buf: &[u8]) -> bool {
+        if !self.honours_mark {
+            return false;
+        }
+        let mut remaining = self.remaining;
+        loop {
+            if let Some(r) = remaining {
+                let Some(rest) = buf.get(r as usize..) else {
+                    return false;
+                };
+                buf = rest;
+            }
+            match buf.first_chunk::<HEADER_LEN>() {
+                Some(h) if u32::from_le_bytes(*h) == DISCONNECT_MARK => return true,
+                Some(h) => {
+                    remaining = Some(u32::from_le_bytes(*h));
+                    buf = &buf[HEADER_LEN..];
+                }
+                None => return false,
+            }
+        }
     }
 
     /// Changes the largest message accepted from now on.
@@ -201,13 +257,45 @@ mod tests {
         assert!(d.consume(1));
     }
 
+    /// The disconnect mark ends the stream as *not connected* wherever a
+    /// header is due, even for a reader that accepts the largest messages,
+    /// and is found behind whole messages, never inside one.
+    #[test]
+    fn the_disconnect_mark_is_not_a_message() {
+        let mark = header(DISCONNECT_MARK);
+        let client = |max| Decoder::new(max).honouring_disconnect_mark();
+        let mut d = client(MAX_MESSAGE_LIMIT);
+        assert_eq!(d.start(&mark), Err(ProtoError::Disconnected));
+        // A server's decoder: from a client the mark is only too long.
+        assert!(matches!(
+            Decoder::new(MAX_MESSAGE_LIMIT).start(&mark),
+            Err(ProtoError::MessageTooLarge { .. })
+        ));
+        let mut wire = frames(&[b"one", b"two"]);
+        assert!(!client(64).finds_disconnect(&wire));
+        wire.extend_from_slice(&mark);
+        assert!(client(64).finds_disconnect(&wire));
+        assert!(!Decoder::new(64).finds_disconnect(&wire));
+        assert_eq!(client(64).scan(&wire).payload, 6);
+        // The mark's bytes inside a message are data.
+        let inside = frames(&[&mark, b"x"]);
+        assert!(!client(64).finds_disconnect(&inside));
+        // From inside a message: what is left of it, then the mark.
+        let mut d = client(64);
+        d.start(&header(5)).unwrap();
+        d.consume(2);
+        let mut rest = b"cde".to_vec();
+        rest.extend_from_slice(&mark);
+        assert!(d.finds_disconnect(&rest));
+    }
+
     #[test]
     fn oversize_is_refused_before_allocation() {
         let mut d = Decoder::new(1024);
         assert_eq!(
-            d.start(&header(u32::MAX)),
+            d.start(&header(u32::MAX - 1)),
             Err(ProtoError::MessageTooLarge {
-                len: u32::MAX,
+                len: u32::MAX - 1,
                 max: 1024
             })
         );

@@ -52,6 +52,10 @@ pub enum ProtoError {
     /// A string that is not UTF-8.
     #[error("{0} is not valid UTF-8")]
     BadUtf8(&'static str),
+    /// The server's disconnect mark ([`framing::DISCONNECT_MARK`]) where a
+    /// message header was due: the server disconnected this client.
+    #[error("the server disconnected this client (DisconnectNamedPipe)")]
+    Disconnected,
     /// A message longer than the receiver accepts.
     #[error("the peer sent a {len}-byte message; this end accepts at most {max} bytes")]
     MessageTooLarge {
@@ -66,6 +70,7 @@ impl From<ProtoError> for Error {
     fn from(e: ProtoError) -> Error {
         let code = match e {
             ProtoError::BadVersion(_) => ErrorCode::NotSupported,
+            ProtoError::Disconnected => ErrorCode::PipeNotConnected,
             _ => ErrorCode::BadPipe,
         };
         Error::new(code, e.to_string())

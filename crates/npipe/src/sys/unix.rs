@@ -300,6 +300,19 @@ impl Socket {
         Ok(n.max(0) as usize)
     }
 
+    /// A copy of what the socket holds to be read, without consuming it
+    /// (empty if nothing, or on any failure).
+    pub fn peek_queued(&self) -> Vec<u8> {
+        let n = self.readable_bytes().unwrap_or(0);
+        let mut buf = vec![0u8; n];
+        let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+        match rustix::net::recv(&self.0, &mut buf[..], flags) {
+            Ok((got, _)) => buf.truncate(got),
+            Err(_) => buf.clear(),
+        }
+        buf
+    }
+
     /// Bytes waiting to be read (`FIONREAD`).
     pub fn readable_bytes(&self) -> io::Result<usize> {
         Ok(rustix::io::ioctl_fionread(&self.0)? as usize)

@@ -348,8 +348,7 @@ impl PipeServer {
         if !self.holds_instance {
             return Err(Error::not_connected());
         }
-        let _ = self.stream.socket().shutdown_both();
-        self.stream.mark_disconnected();
+        self.stream.disconnect_client();
         self.holds_instance = false;
         self.shared.release_instance();
         Ok(())

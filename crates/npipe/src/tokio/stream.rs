@@ -15,8 +15,8 @@ use crate::error::{Error, Result};
 use crate::info::{PeerCredentials, PipeInfo};
 use crate::options::ReadMode;
 use crate::stream_core::{
-    check_transact, recv_error, send_error, MessageRead, Need, Peek, ReadCore, ReadMessage, ReadOp,
-    ReadStd, RecvMessage, Setup, Step, WriteCore, WriteOp,
+    check_transact, explain_write_failure, recv_error, send_error, MessageRead, Need, Peek,
+    ReadCore, ReadMessage, ReadOp, ReadStd, RecvMessage, Setup, Step, WriteCore, WriteOp,
 };
 use crate::sys::{self, Fd, RecvFlagsLite, Socket};
 
@@ -353,9 +353,24 @@ impl PipeStream {
         self.io.get_ref().socket()
     }
 
-    pub(crate) fn mark_disconnected(&mut self) {
+    /// `DisconnectNamedPipe` on the server end, as the blocking
+    /// `disconnect_client`: the mark only at a message boundary (nothing
+    /// of a cut message left to send).
+    pub(crate) fn disconnect_client(&mut self) {
+        if self.tail.is_empty() {
+            if let Some(mark) = self.writer.disconnect_mark() {
+                let _ = self.socket().send_nonblocking(&mark);
+            }
+        }
+        let _ = self.socket().shutdown_both();
         self.disconnected = true;
         self.tail = Vec::new();
+    }
+
+    /// A write's failure as the client should see it (see
+    /// [`explain_write_failure`]).
+    fn explain(&self, e: Error) -> Error {
+        explain_write_failure(e, &self.reader, || self.socket().peek_queued())
     }
 
     fn connected(&self) -> Result<()> {
@@ -416,7 +431,9 @@ impl PipeStream {
             msg,
             finished: false,
         };
-        poll_fn(|cx| f.poll_op(cx)).await
+        let sent = poll_fn(|cx| f.poll_op(cx)).await;
+        drop(f);
+        sent.map_err(|e| self.explain(e))
     }
 
     /// Sends a message and reads the reply (`TransactNamedPipe`). Needs a
@@ -505,6 +522,14 @@ impl PipeStream {
             if self.socket().peer_dropped_unread() {
                 return Err(Error::broken_pipe("with data unread: the flush failed"));
             }
+            let gone = self
+                .socket()
+                .peer_hung_up()
+                .then(|| self.explain(Error::broken_pipe("before reading everything")));
+            let gone = match gone {
+                Some(e) if e.code() == crate::error::ErrorCode::PipeNotConnected => return Err(e),
+                other => other,
+            };
             let unread = self
                 .socket()
                 .unread_by_peer()
@@ -512,8 +537,8 @@ impl PipeStream {
             if unread == 0 {
                 return Ok(());
             }
-            if self.socket().peer_hung_up() {
-                return Err(Error::broken_pipe("before reading everything"));
+            if let Some(e) = gone {
+                return Err(e);
             }
             ::tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(5));
@@ -591,7 +616,9 @@ impl AsyncWrite for PipeStream {
         }
         let mut op = this.writer.begin_message(buf)?;
         match poll_send(&this.io, &mut this.writer, &mut op, buf, cx) {
-            Poll::Ready(r) => Poll::Ready(r.map(|()| buf.len()).map_err(Into::into)),
+            Poll::Ready(r) => {
+                Poll::Ready(r.map(|()| buf.len()).map_err(|e| this.explain(e).into()))
+            }
             Poll::Pending if op.sent() == 0 => Poll::Pending,
             Poll::Pending => {
                 // Part of the message went out: keep the rest, to send before

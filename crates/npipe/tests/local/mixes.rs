@@ -514,14 +514,18 @@ fn disconnect(server: Front, client: Front) {
     assert_eq!(srv.expect("got"), "bye");
     assert_eq!(srv.expect("disconnected"), "");
     assert_eq!(srv.expect("after"), "233");
+    // Windows: after DisconnectNamedPipe the client's writes, flushes,
+    // peeks and reads fail with ERROR_PIPE_NOT_CONNECTED (233).
+    let e = c.write_message(b"after").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::PipeNotConnected, "write: {e}");
+    let e = c.flush_buffers().unwrap_err();
+    assert_eq!(e.code(), ErrorCode::PipeNotConnected, "flush: {e}");
+    let e = c.peek(&mut [0u8; 4]).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::PipeNotConnected, "peek: {e}");
     let e = c.recv_message().unwrap_err();
-    assert!(
-        matches!(
-            e.code(),
-            ErrorCode::BrokenPipe | ErrorCode::PipeNotConnected
-        ),
-        "{e}"
-    );
+    assert_eq!(e.code(), ErrorCode::PipeNotConnected, "read: {e}");
+    let e = c.recv_message().unwrap_err();
+    assert_eq!(e.code(), ErrorCode::PipeNotConnected, "read again: {e}");
     let mut opts = ClientOptions::new();
     opts.wait(Wait::Timeout(HANG));
     let mut c2 = Client::open(client, &name, &opts).unwrap();
