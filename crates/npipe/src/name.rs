@@ -1,19 +1,27 @@
 //! Pipe names: `\\.\pipe\NAME`, `\\HOST\pipe\NAME` or a bare `NAME`.
 //!
-//! As on Windows, names are case-insensitive, at most 256 characters long and
-//! may hold any character but a backslash. `/` is accepted wherever `\` is, so
-//! `//./pipe/echo` and `echo` name the same pipe (and so neither may appear
-//! inside NAME). The local socket file a name maps to is never longer than
-//! the kernel's 108-byte `sun_path`: long or unusual names map to a hashed file
-//! name, and the server keeps the real name to answer listings.
+//! As on Windows, names are case-insensitive and at most 256 characters long,
+//! counted as Windows counts them: the whole `\\.\pipe\NAME`, so NAME has at
+//! most 247. NAME may be hierarchical (`\\.\pipe\sql\query`,
+//! `\\.\pipe\MSSQL$SQLEXPRESS\sql\query`): after `\\HOST\pipe\` every
+//! character but NUL belongs to it. `/` is accepted wherever `\` is, so
+//! `//./pipe/sql/query` names the same pipe. A bare NAME without the prefix
+//! is npipe's convenience for a local pipe. The local socket file a name maps
+//! to is never longer than the kernel's 108-byte `sun_path`: long or unusual
+//! names (hierarchical ones included) map to a hashed file name, and the
+//! server keeps the real name to answer listings.
 
 use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, ErrorCode, Result};
 
-/// The longest pipe name Windows accepts, in characters.
+/// The longest pipe name Windows accepts, in characters, counting the whole
+/// `\\.\pipe\NAME` (so NAME itself has at most 247).
 pub const MAX_NAME_CHARS: usize = 256;
+
+/// `\\.\pipe\`, which Windows counts in a name's length.
+const LOCAL_PREFIX_CHARS: usize = 9;
 
 /// The longest host name accepted in `\\HOST\pipe\NAME`.
 const MAX_HOST_CHARS: usize = 255;
@@ -62,6 +70,11 @@ impl PipeName {
                     ))
                 }
             }
+        } else if normalized.starts_with('\\') {
+            return Err(invalid(
+                input,
+                r"a name that starts with \ must be \\.\pipe\NAME or \\HOST\pipe\NAME",
+            ));
         } else {
             (".", normalized.as_str())
         };
@@ -168,17 +181,13 @@ fn validate_name(input: &str, name: &str) -> Result<()> {
     if name.is_empty() {
         return Err(invalid(input, "the pipe name is empty"));
     }
-    let chars = name.chars().count();
+    let chars = LOCAL_PREFIX_CHARS + name.chars().count();
     if chars > MAX_NAME_CHARS {
         return Err(invalid(
             input,
-            &format!("the name has {chars} characters; at most {MAX_NAME_CHARS} are allowed"),
-        ));
-    }
-    if name.contains('\\') || name.contains('/') {
-        return Err(invalid(
-            input,
-            "a pipe name may not contain \\ or / (they separate host, \"pipe\" and name)",
+            &format!(
+                r"\\.\pipe\ and the name make {chars} characters; Windows allows at most {MAX_NAME_CHARS}"
+            ),
         ));
     }
     if name.contains('\0') {
@@ -278,6 +287,30 @@ mod tests {
         assert_eq!(n.to_string(), r"\\server1\pipe\x");
     }
 
+    /// Windows accepts backslashes after `\\.\pipe\`, and programs rely on
+    /// them (`\\.\pipe\sql\query`, `\\.\pipe\MSSQL$SQLEXPRESS\sql\query`,
+    /// `\\.\pipe\LOCAL\x`).
+    #[test]
+    fn hierarchical_names() {
+        let n = PipeName::parse(r"\\.\pipe\MSSQL$SQLEXPRESS\sql\query").unwrap();
+        assert_eq!(n.name(), r"MSSQL$SQLEXPRESS\sql\query");
+        assert_eq!(n.to_string(), r"\\.\pipe\MSSQL$SQLEXPRESS\sql\query");
+        for same in [
+            "//./pipe/mssql$sqlexpress/SQL/query",
+            r"mssql$sqlexpress\sql\query",
+        ] {
+            assert_eq!(PipeName::parse(same).unwrap(), n, "{same}");
+        }
+        assert_ne!(
+            n,
+            PipeName::parse(r"\\.\pipe\mssql$sqlexpress\sql").unwrap()
+        );
+        let f = n.file_name();
+        assert!(f.starts_with('~') && !f.contains('\\'), "{f}");
+        let remote = PipeName::parse(r"\\db1\pipe\sql\query").unwrap();
+        assert_eq!((remote.host(), remote.name()), (Some("db1"), r"sql\query"));
+    }
+
     #[test]
     fn rejects_bad_names() {
         for bad in [
@@ -286,9 +319,7 @@ mod tests {
             r"\\.\pipe",
             r"\\.\notpipe\x",
             r"\\\pipe\x",
-            r"a\b",
-            "a/b",
-            r"\\.\pipe\a\b",
+            r"\pipe\x",
             "nul\0byte",
             r"\\bad host\pipe\x",
         ] {
@@ -297,17 +328,21 @@ mod tests {
         }
     }
 
+    /// Windows counts the whole name, `\\.\pipe\` included, against 256
+    /// characters.
     #[test]
-    fn length_limit_is_in_characters() {
-        let ok = "é".repeat(256);
+    fn length_limit_is_in_characters_of_the_whole_name() {
+        let ok = "é".repeat(247);
         assert!(PipeName::parse(&ok).is_ok());
-        let long = "é".repeat(257);
-        assert!(PipeName::parse(&long).is_err());
+        assert!(PipeName::parse(&format!(r"\\.\pipe\{ok}")).is_ok());
+        let long = "é".repeat(248);
+        let e = PipeName::parse(&long).unwrap_err();
+        assert!(e.message().contains("256"), "{e}");
     }
 
     #[test]
     fn long_and_odd_names_hash_to_short_files() {
-        let long = PipeName::parse(&"x".repeat(256)).unwrap();
+        let long = PipeName::parse(&"x".repeat(247)).unwrap();
         let f = long.file_name();
         assert!(f.starts_with('~') && f.len() == 33, "{f}");
         assert_eq!(PipeName::parse("has space").unwrap().file_name().len(), 33);
