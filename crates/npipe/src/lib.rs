@@ -67,19 +67,33 @@
 //! | `GetOverlappedResult` with `ERROR_MORE_DATA` | `read_message(..).await` → [`MessageRead::MoreData`] |
 //! | overlapped `TransactNamedPipe`, `CallNamedPipe` | `tokio::PipeStream::transact(..).await`, `npipe::tokio::call(..).await` |
 //! | `CancelIo`, `CancelIoEx` | dropping the future (each method documents its cancel safety) |
+//! | `nInBufferSize` / `nOutBufferSize` | [`ServerOptions::in_buffer_size`] / [`ServerOptions::out_buffer_size`]: hints, as on Windows (the out size sets the server socket's send buffer; the client uses the in size for its own) |
+//! | `dwDesiredAccess` (`GENERIC_READ`, `GENERIC_WRITE`) | [`ClientOptions::access`] with [`Access`]; the server end enforces the grant |
+//! | `CloseHandle` | dropping the [`PipeServer`], [`PipeClient`] or [`PipeListener`] |
+//! | `PIPE_NOWAIT` (nonblocking mode) | none: use the `tokio` front end, or read and write timeouts ([`PipeStream::set_read_timeout`]); Microsoft keeps `PIPE_NOWAIT` only for LAN Manager compatibility |
+//! | `CreateProcessAsUser` with the client's token | [`PipeServer::spawn_as_client`] |
 //!
 //! ## Where Linux differs
 //!
-//! - Pipes are Unix domain sockets in one directory: `$NPIPE_DIR`, else
-//!   [`SYSTEM_DIR`] (`/run/npipe`, made by `sudo npipe setup`) if it exists,
-//!   else [`DEFAULT_DIR`] (`/tmp/.npipe`, mode 1777). Names are case-insensitive and may be up to
-//!   256 characters; long names map to hashed file names.
-//! - All instances of a name belong to one server process (Windows lets
-//!   several processes create instances of one name). A second process gets
-//!   *pipe busy*, or *access denied* with `first_instance`.
-//! - [`PipeStream::shutdown_write`] half-closes a pipe, which Windows cannot.
-//! - [`std::io::Write::flush`] returns at once; [`PipeStream::flush_buffers`]
-//!   is `FlushFileBuffers`.
+//! Every deliberate difference from Windows, why, and what a ported program
+//! should do about it. Everything else behaves as on Windows, with the same
+//! error codes.
+//!
+//! | Difference | Why | What to do |
+//! |---|---|---|
+//! | Pipes are Unix domain sockets in one directory: `$NPIPE_DIR`, else [`SYSTEM_DIR`] (`/run/npipe`, made by `sudo npipe setup`) if it exists, else [`DEFAULT_DIR`] (`/tmp/.npipe`) | Linux has no pipe file system; a directory of sockets is what `/tmp/.X11-unix` is to X | On a shared machine run `sudo npipe setup` once, so no user can own the directory |
+//! | All instances of a name belong to one server process; a second process gets *pipe busy* (*access denied* with `first_instance`) | One listening socket per name: a second process cannot add instances to another's socket | Serve every instance from one process (threads or tasks); `max_instances` works as on Windows within it |
+//! | A bare `NAME` means `\\.\pipe\NAME` | A shell convenience | Nothing: the prefixed forms work too |
+//! | Session ids are Unix session ids (`getsid` of the client process, read at connect), not logon sessions; 0 when the client's session leader is outside its pid namespace | Linux has no Terminal Services sessions | Compare them only with each other, never with Windows session numbers |
+//! | A read on a server end whose client may not write fails at once with *access denied*, as a write to a client that may not read does | The grant is enforced by the server end, and waiting for data that can never come helps no one | Open clients with the access they use |
+//! | After `DisconnectNamedPipe`, messages the server wrote before it stay readable by the client, then its operations fail with *pipe not connected* | The client's socket already holds them; Windows discards them | Do not rely on unread data being dropped |
+//! | On a byte-type pipe a disconnected client sees *broken pipe* (109), not *pipe not connected* (233); so does a [`WriteHalf`]'s write on either type | Byte pipes carry no framing to mark the disconnect in, and a write half cannot look at the read side | Treat 109 and 233 alike as "the server is gone" |
+//! | [`std::io::Read`] skips zero-length messages (`Ok(0)` would mean end of stream); [`PipeStream::read_message`] and `recv_message` return them | Rust's `Read` contract | Use the message methods when empty messages matter |
+//! | [`PipeStream::shutdown_write`] half-closes a pipe | Sockets can; Windows pipes cannot | Optional; ported code never calls it |
+//! | [`std::io::Write::flush`] returns at once; [`PipeStream::flush_buffers`] is `FlushFileBuffers` | `flush` must not wait for the peer, or `BufWriter`-style code would hang | Call `flush_buffers` where the Windows code called `FlushFileBuffers` |
+//! | A server end exists only once connected: `ConnectNamedPipe` and the end it connects are one call, [`PipeListener::accept`] | Rust ownership: no unconnected handle to misuse | The unconnected-instance errors (`ERROR_PIPE_LISTENING`, impersonating with no client) cannot arise |
+//! | Each server limits what its clients' unfinished large messages hold ([`ServerOptions::memory_budget`]); past it the server stops reading from them | Windows bounds a pipe by its buffer quota, npipe by a budget per listener | Raise the budget for servers that take many large messages at once |
+//! | Names with `\` after the prefix hash to a socket file name; the full name travels in the handshake | `sun_path` is 108 bytes | Nothing: listings show the names as written |
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
