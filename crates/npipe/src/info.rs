@@ -208,8 +208,8 @@ pub struct ClientIdentity {
 
 /// The server end's questions about its client, the same on every front end:
 /// expands, inside an `impl` of a type with a `stream` (with `peer()` and
-/// `socket()`), an `impersonation` and a `process` ([`PeerProcess`]) field,
-/// to the `client_*` methods.
+/// `socket()`), an `impersonation`, a `process` ([`PeerProcess`]) and a
+/// `holds_instance` field, to the `client_*` methods.
 macro_rules! client_identity_methods {
     () => {
         /// The client's credentials from the kernel (`SO_PEERCRED`).
@@ -315,6 +315,9 @@ macro_rules! client_identity_methods {
             &self,
             cmd: &mut std::process::Command,
         ) -> $crate::Result<std::process::Child> {
+            if !self.holds_instance {
+                return Err($crate::blocking::no_client_to_impersonate());
+            }
             if self.impersonation != $crate::ImpersonationLevel::Impersonation {
                 return Err($crate::blocking::cannot_impersonate());
             }

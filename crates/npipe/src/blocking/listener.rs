@@ -359,6 +359,9 @@ impl PipeServer {
     /// # Ok(()) }
     /// ```
     pub fn impersonate(&self) -> Result<Impersonation<'_>> {
+        if !self.holds_instance {
+            return Err(no_client_to_impersonate());
+        }
         if self.impersonation != ImpersonationLevel::Impersonation {
             return Err(cannot_impersonate());
         }
@@ -388,6 +391,15 @@ impl PipeServer {
         info.cur_instances = self.shared.instances.active_now();
         info
     }
+}
+
+/// Impersonating after `disconnect`: no client is there to act as
+/// (`ERROR_CANNOT_IMPERSONATE`, as on Windows).
+pub(crate) fn no_client_to_impersonate() -> Error {
+    Error::new(
+        ErrorCode::CannotImpersonate,
+        "no client is connected to impersonate (this end was disconnected)",
+    )
 }
 
 /// Starts `cmd` as the user `uid`/`gid` with `groups`, for good (see

@@ -392,6 +392,9 @@ impl PipeServer {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        if !self.holds_instance {
+            return Err(crate::blocking::no_client_to_impersonate());
+        }
         if self.impersonation != ImpersonationLevel::Impersonation {
             return Err(crate::blocking::cannot_impersonate());
         }

@@ -514,6 +514,9 @@ fn disconnect(server: Front, client: Front) {
     assert_eq!(srv.expect("got"), "bye");
     assert_eq!(srv.expect("disconnected"), "");
     assert_eq!(srv.expect("after"), "233");
+    // Windows: ImpersonateNamedPipeClient with no client connected fails
+    // with ERROR_CANNOT_IMPERSONATE (1368); so does running a program as it.
+    assert_eq!(srv.expect("imp"), "1368 1368");
     // Windows: after DisconnectNamedPipe the client's writes, flushes,
     // peeks and reads fail with ERROR_PIPE_NOT_CONNECTED (233).
     let e = c.write_message(b"after").unwrap_err();

@@ -227,6 +227,13 @@ fn handle(mut conn: PipeServer, mode: &str) {
             say("disconnected");
             let e = conn.recv_message().unwrap_err();
             say(format!("after {}", code(&e)));
+            let imp = conn.impersonate().map(drop).unwrap_err();
+            let spawned = conn.spawn_as_client(&mut std::process::Command::new("true"));
+            say(format!(
+                "imp {} {}",
+                code(&imp),
+                code(&spawned.unwrap_err())
+            ));
         }
         "go" => {
             wait_for_go();
@@ -857,6 +864,13 @@ async fn handle_async(mut conn: npipe::tokio::PipeServer, mode: String) {
             say("disconnected");
             let e = conn.recv_message().await.unwrap_err();
             say(format!("after {}", code(&e)));
+            let imp = conn.run_as_client(|| ()).await.unwrap_err();
+            let spawned = conn.spawn_as_client(&mut std::process::Command::new("true"));
+            say(format!(
+                "imp {} {}",
+                code(&imp),
+                code(&spawned.unwrap_err())
+            ));
         }
         "go" => {
             tokio::task::spawn_blocking(wait_for_go).await.unwrap();
