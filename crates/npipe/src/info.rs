@@ -316,13 +316,13 @@ macro_rules! client_identity_methods {
             cmd: &mut std::process::Command,
         ) -> $crate::Result<std::process::Child> {
             if !self.holds_instance {
-                return Err($crate::blocking::no_client_to_impersonate());
+                return Err($crate::impersonation::no_client_to_impersonate());
             }
             if self.impersonation != $crate::ImpersonationLevel::Impersonation {
-                return Err($crate::blocking::cannot_impersonate());
+                return Err($crate::impersonation::cannot_impersonate());
             }
             let peer = self.stream.peer();
-            $crate::blocking::spawn_as_user(cmd, peer.uid, peer.gid, self.client_groups()?)
+            $crate::impersonation::spawn_as_user(cmd, peer.uid, peer.gid, self.client_groups()?)
         }
     };
 }

@@ -101,12 +101,15 @@ mod blocking;
 mod budget;
 mod connect_core;
 mod error;
+mod fresh_connection;
+mod impersonation;
 mod info;
 mod instance_counts;
 mod listing;
 mod name;
 mod namespace;
 mod options;
+mod peek_io;
 mod policy;
 #[cfg(test)]
 mod props;
@@ -117,10 +120,9 @@ mod sys;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 
-pub use blocking::{
-    call, Impersonation, PipeClient, PipeListener, PipeServer, PipeStream, ReadHalf, WriteHalf,
-};
+pub use blocking::{call, PipeClient, PipeListener, PipeServer, PipeStream, ReadHalf, WriteHalf};
 pub use error::{Error, ErrorCode, Result};
+pub use impersonation::Impersonation;
 pub use info::{ClientIdentity, End, PeerCredentials, PipeInfo};
 pub use listing::{list_pipes, query_pipe, remove_stale_pipes, PipeEntry, Pruned, ServedPipe};
 pub use name::{PipeName, MAX_NAME_CHARS};

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use crate::blocking::stream::{PipeStream, Setup};
 use crate::budget::MemoryBudget;
 use crate::error::{Error, ErrorCode, Result};
+use crate::fresh_connection::{admit_connection, fence_to_grant, refuse, send_reply};
+use crate::impersonation::{cannot_impersonate, no_client_to_impersonate, Impersonation};
 use crate::info::{PeerProcess, PipeInfo};
 use crate::instance_counts::InstanceCounts;
 use crate::name::PipeName;
@@ -390,119 +392,6 @@ impl PipeServer {
         let mut info = self.stream.info();
         info.cur_instances = self.shared.instances.active_now();
         info
-    }
-}
-
-/// Impersonating after `disconnect`: no client is there to act as
-/// (`ERROR_CANNOT_IMPERSONATE`, as on Windows).
-pub(crate) fn no_client_to_impersonate() -> Error {
-    Error::new(
-        ErrorCode::CannotImpersonate,
-        "no client is connected to impersonate (this end was disconnected)",
-    )
-}
-
-/// Starts `cmd` as the user `uid`/`gid` with `groups`, for good (see
-/// `spawn_as_client`, the public face of this on both front ends).
-pub(crate) fn spawn_as_user(
-    cmd: &mut std::process::Command,
-    uid: u32,
-    gid: u32,
-    groups: Vec<u32>,
-) -> Result<std::process::Child> {
-    let ids = sys::ThreadIds {
-        euid: uid,
-        egid: gid,
-        groups,
-    };
-    sys::exec_as_user(cmd, &ids);
-    cmd.spawn().map_err(|e| {
-        if e.kind() == io::ErrorKind::PermissionDenied {
-            Error::new(
-                ErrorCode::PrivilegeNotHeld,
-                format!(
-                    "cannot start a process as uid {uid}: that needs root unless the client \
-                     is the server's own user ({e})"
-                ),
-            )
-            .with_source(e)
-        } else {
-            Error::os(e, "cannot start the process as the client")
-        }
-    })
-}
-
-/// The refusal for a client that granted identification only.
-pub(crate) fn cannot_impersonate() -> Error {
-    Error::new(
-        ErrorCode::CannotImpersonate,
-        "the client granted identification only: it may be identified, not impersonated",
-    )
-}
-
-thread_local! {
-    static IMPERSONATING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// The calling thread's impersonation of a pipe client, from
-/// [`PipeServer::impersonate`]; dropping it reverts (`RevertToSelf`).
-#[derive(Debug)]
-pub struct Impersonation<'a> {
-    saved: sys::ThreadIds,
-    /// Not `Send` or `Sync`: the identity belongs to this thread.
-    _thread: std::marker::PhantomData<*const ()>,
-    _pipe: std::marker::PhantomData<&'a PipeServer>,
-}
-
-impl Impersonation<'_> {
-    pub(crate) fn begin<'a>(uid: u32, gid: u32, groups: Vec<u32>) -> Result<Impersonation<'a>> {
-        if IMPERSONATING.with(|f| f.get()) {
-            return Err(Error::new(
-                ErrorCode::CannotImpersonate,
-                "this thread is already impersonating a client; revert first",
-            ));
-        }
-        let saved =
-            sys::thread_ids().map_err(|e| Error::os(e, "cannot read this thread's identity"))?;
-        let target = sys::ThreadIds {
-            euid: uid,
-            egid: gid,
-            groups,
-        };
-        if let Err(e) = sys::assume_thread_ids(&saved, &target) {
-            // Undo whatever part took effect before reporting.
-            revert_or_abort(&saved);
-            return Err(Error::new(
-                ErrorCode::PrivilegeNotHeld,
-                format!(
-                    "cannot act as uid {uid}: impersonating another user needs root or \
-                     CAP_SETUID and CAP_SETGID ({e})"
-                ),
-            )
-            .with_source(e));
-        }
-        IMPERSONATING.with(|f| f.set(true));
-        Ok(Impersonation {
-            saved,
-            _thread: std::marker::PhantomData,
-            _pipe: std::marker::PhantomData,
-        })
-    }
-}
-
-fn revert_or_abort(saved: &sys::ThreadIds) {
-    if let Err(e) = sys::restore_thread_ids(saved) {
-        eprintln!(
-            "npipe: cannot revert impersonation ({e}); aborting rather than run as the wrong user"
-        );
-        std::process::abort();
-    }
-}
-
-impl Drop for Impersonation<'_> {
-    fn drop(&mut self) {
-        revert_or_abort(&self.saved);
-        IMPERSONATING.with(|f| f.set(false));
     }
 }
 
@@ -975,81 +864,6 @@ impl Acceptor {
             .push_back(ready);
         self.shared.ready_cv.notify_one();
     }
-}
-
-/// Sends a reply on a fresh connection without blocking; whether it all went.
-/// (The tokio acceptor answers with this too.)
-pub(crate) fn send_reply(socket: &Socket, reply: &Reply) -> bool {
-    let mut out = Vec::with_capacity(128);
-    if reply.encode(&mut out).is_err() {
-        return false;
-    }
-    // A new connection's send buffer is empty and the reply is small, so it
-    // goes in one call or the client is not worth waiting for.
-    matches!(socket.send_nonblocking(&out), Ok(n) if n == out.len())
-}
-
-/// Holds a granted connection to its grant in the kernel, not only in the
-/// server's own code: a client that may not write has the server's read side
-/// shut, so its writes fail with a broken pipe instead of queueing where the
-/// server will never read them, and whatever it sent behind its HELLO is
-/// dropped unread. (A client that may not read is never sent anything: the
-/// server end's writes fail with *access denied*, see `Setup::rights`.)
-pub(crate) fn fence_to_grant(socket: &Socket, granted: Access, leftover: &mut Vec<u8>) {
-    if !granted.writes() {
-        leftover.clear();
-        leftover.shrink_to_fit();
-        // Cannot fail on a connected socket; were it to, the server end
-        // still never reads (its reader has no right to).
-        let _ = socket.shutdown_read();
-    }
-}
-
-/// The first look at a new connection, before it may hold anything on the
-/// server: who the kernel says it is (`SO_PEERCRED`, and `SO_PEERGROUPS` if
-/// the descriptor names groups). A peer the descriptor grants nothing, or
-/// whose user already has its share of handshakes in flight, is refused at
-/// once (`None`; the caller drops the socket). Otherwise its handshake is
-/// counted in `startups` and the caller must end it there.
-pub(crate) fn admit_connection(
-    socket: &Socket,
-    opts: &ServerOptions,
-    server_uid: u32,
-    startups: &mut Startups,
-) -> Option<(PeerCred, Vec<u32>, PeerProcess)> {
-    let cred = socket.peer_cred().ok()?;
-    let groups = if opts.security.mentions_groups() {
-        socket.peer_groups().ok()?
-    } else {
-        Vec::new()
-    };
-    let peer = Peer {
-        cred,
-        groups,
-        server_uid,
-    };
-    if let Some(reason) = policy::refuse_at_accept(opts, &peer) {
-        refuse(socket, ErrorCode::AccessDenied, &reason);
-        return None;
-    }
-    if let Err(r) = startups.begin(cred.uid) {
-        refuse(socket, ErrorCode::PipeBusy, &r.reason());
-        return None;
-    }
-    // Captured now, once: the pid could name another process later.
-    let process = PeerProcess::capture(socket, cred.pid);
-    Some((cred, peer.groups, process))
-}
-
-/// Refuses a fresh connection with `code`, saying why.
-pub(crate) fn refuse(socket: &Socket, code: ErrorCode, reason: &str) {
-    send_reply(
-        socket,
-        &Reply::Refused {
-            code: code.win32(),
-            reason: reason.to_string(),
-        },
-    );
 }
 
 #[cfg(test)]

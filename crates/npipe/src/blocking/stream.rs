@@ -168,36 +168,6 @@ fn read_std(
     run(core, sock, wait, &mut ReadStd::new(out))
 }
 
-/// Takes in what has arrived without blocking, then peeks.
-/// (Never blocks, so the tokio stream peeks with it too.)
-pub(crate) fn peek(core: &mut ReadCore, sock: &Socket, out: &mut [u8]) -> Result<Peek> {
-    core.check()?;
-    // What is left in the kernel: nothing once a receive found it empty;
-    // asked (FIONREAD) only if the buffer filled up first.
-    let mut kernel_empty = false;
-    while core.peek_wants_input() {
-        match sock.recv_spare(core.fill_buf(), RecvFlagsLite::DontWait) {
-            Ok(n) => core.filled(n),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                kernel_empty = true;
-                break;
-            }
-            Err(e) => return Err(recv_error(e)),
-        }
-    }
-    let kernel = if kernel_empty {
-        0
-    } else {
-        sock.readable_bytes().unwrap_or(0)
-    };
-    core.peek(out, kernel)
-}
-
 /// Sends one message whole: header and payload in one `sendmsg`, looping
 /// on partial sends. A failure after part of it went out breaks the
 /// writer for good (the peer will see *broken pipe*, never a cut message).
@@ -374,7 +344,7 @@ impl PipeStream {
     /// beyond the bytes copied (as Windows does).
     pub fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
         self.connected()?;
-        peek(&mut self.reader, &self.socket, buf)
+        crate::peek_io::peek(&mut self.reader, &self.socket, buf)
     }
 
     /// Waits until the other end has read everything written so far
@@ -388,31 +358,34 @@ impl PipeStream {
         let start = Instant::now();
         let mut pause = Duration::from_micros(20);
         loop {
-            // A peer that closes drops what it had not read, so the queue
-            // then reads empty: that is told apart from a peer that read it
-            // all by the reset the kernel flags on such a close. Windows
-            // fails the flush with ERROR_BROKEN_PIPE then.
-            if self.socket.peer_dropped_unread() {
-                return Err(Error::broken_pipe("with data unread: the flush failed"));
-            }
-            // A disconnected client's flush fails even with nothing unread.
-            let gone = self
-                .socket
-                .peer_hung_up()
-                .then(|| self.explain(Error::broken_pipe("before reading everything")));
-            let gone = match gone {
-                Some(e) if e.code() == ErrorCode::PipeNotConnected => return Err(e),
-                other => other,
-            };
+            // Order matters: whether the peer hung up, then the queue; and
+            // the reset a close with our bytes unread leaves is looked at
+            // before anything (a peek for the disconnect mark) consumes it.
+            let hung = self.socket.peer_hung_up();
             let unread = self
                 .socket
                 .unread_by_peer()
                 .map_err(|e| io_err(e, "cannot query the send queue"))?;
             if unread == 0 {
+                // A peer that closes drops what it had not read, so the
+                // queue then reads empty too. The kernel flags such a close
+                // (ECONNRESET) before it drops the bytes, so a look now tells
+                // the two apart; Windows fails the flush with
+                // ERROR_BROKEN_PIPE then, and with ERROR_PIPE_NOT_CONNECTED
+                // after DisconnectNamedPipe.
+                if self.socket.peer_dropped_unread() {
+                    return Err(Error::broken_pipe("with data unread: the flush failed"));
+                }
+                if hung {
+                    let e = self.explain(Error::broken_pipe("before the flush"));
+                    if e.code() == ErrorCode::PipeNotConnected {
+                        return Err(e);
+                    }
+                }
                 return Ok(());
             }
-            if let Some(e) = gone {
-                return Err(e);
+            if hung {
+                return Err(self.explain(Error::broken_pipe("before reading everything")));
             }
             if let Some(t) = self.write_timeout {
                 if start.elapsed() >= t {

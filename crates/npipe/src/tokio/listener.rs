@@ -32,9 +32,9 @@ use ::tokio::task::{AbortHandle, Id as TaskId, JoinHandle, JoinSet};
 use ::tokio::time::Sleep;
 
 use super::stream::{register, PipeStream};
-use crate::blocking::{admit_connection, fence_to_grant, refuse, send_reply};
 use crate::budget::MemoryBudget;
 use crate::error::{Error, ErrorCode, Result};
+use crate::fresh_connection::{admit_connection, fence_to_grant, refuse, send_reply};
 use crate::info::{PeerProcess, PipeInfo};
 use crate::instance_counts::InstanceCounts;
 use crate::name::PipeName;
@@ -393,10 +393,10 @@ impl PipeServer {
         T: Send + 'static,
     {
         if !self.holds_instance {
-            return Err(crate::blocking::no_client_to_impersonate());
+            return Err(crate::impersonation::no_client_to_impersonate());
         }
         if self.impersonation != ImpersonationLevel::Impersonation {
-            return Err(crate::blocking::cannot_impersonate());
+            return Err(crate::impersonation::cannot_impersonate());
         }
         let peer = self.stream.peer();
         let groups = self.client_groups()?;
@@ -405,7 +405,8 @@ impl PipeServer {
             .name("npipe-impersonation".into())
             .spawn(move || {
                 let run = || -> Result<T> {
-                    let _guard = crate::blocking::Impersonation::begin(peer.uid, peer.gid, groups)?;
+                    let _guard =
+                        crate::impersonation::Impersonation::begin(peer.uid, peer.gid, groups)?;
                     Ok(f())
                 };
                 // A panic in `f` unwinds through the guard, which reverts;

@@ -503,7 +503,7 @@ impl PipeStream {
     /// counts what is left of it beyond the bytes copied (as Windows does).
     pub fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
         self.connected()?;
-        crate::blocking::peek(&mut self.reader, self.io.get_ref().socket(), buf)
+        crate::peek_io::peek(&mut self.reader, self.io.get_ref().socket(), buf)
     }
 
     /// Waits until the other end has read everything written so far
@@ -517,28 +517,34 @@ impl PipeStream {
         poll_fn(|cx| self.poll_drain_tail(cx)).await?;
         let mut pause = Duration::from_micros(50);
         loop {
-            // As the blocking `flush_buffers`: a close with data unread
-            // first, then an empty queue, then a peer gone.
-            if self.socket().peer_dropped_unread() {
-                return Err(Error::broken_pipe("with data unread: the flush failed"));
-            }
-            let gone = self
-                .socket()
-                .peer_hung_up()
-                .then(|| self.explain(Error::broken_pipe("before reading everything")));
-            let gone = match gone {
-                Some(e) if e.code() == crate::error::ErrorCode::PipeNotConnected => return Err(e),
-                other => other,
-            };
+            // Order matters: whether the peer hung up, then the queue; and
+            // the reset a close with our bytes unread leaves is looked at
+            // before anything (a peek for the disconnect mark) consumes it.
+            let hung = self.socket().peer_hung_up();
             let unread = self
                 .socket()
                 .unread_by_peer()
                 .map_err(|e| Error::os(e, "cannot query the send queue"))?;
             if unread == 0 {
+                // A peer that closes drops what it had not read, so the
+                // queue then reads empty too. The kernel flags such a close
+                // (ECONNRESET) before it drops the bytes, so a look now tells
+                // the two apart; Windows fails the flush with
+                // ERROR_BROKEN_PIPE then, and with ERROR_PIPE_NOT_CONNECTED
+                // after DisconnectNamedPipe.
+                if self.socket().peer_dropped_unread() {
+                    return Err(Error::broken_pipe("with data unread: the flush failed"));
+                }
+                if hung {
+                    let e = self.explain(Error::broken_pipe("before the flush"));
+                    if e.code() == crate::error::ErrorCode::PipeNotConnected {
+                        return Err(e);
+                    }
+                }
                 return Ok(());
             }
-            if let Some(e) = gone {
-                return Err(e);
+            if hung {
+                return Err(self.explain(Error::broken_pipe("before reading everything")));
             }
             ::tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(5));

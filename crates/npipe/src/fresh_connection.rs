@@ -1,0 +1,87 @@
+//! What both acceptors do to a fresh connection's socket before the
+//! application sees it: the first look at accept (kernel identity, the
+//! descriptor, the handshake caps), the one reply, and holding a granted
+//! connection to its grant in the kernel.
+
+use crate::error::ErrorCode;
+use crate::info::PeerProcess;
+use crate::options::{Access, ServerOptions};
+use crate::policy::{self, Peer};
+use crate::proto::handshake::Reply;
+use crate::proto::startups::Startups;
+use crate::sys::{PeerCred, Socket};
+
+/// Sends a reply on a fresh connection without blocking; whether it all went.
+/// (The tokio acceptor answers with this too.)
+pub(crate) fn send_reply(socket: &Socket, reply: &Reply) -> bool {
+    let mut out = Vec::with_capacity(128);
+    if reply.encode(&mut out).is_err() {
+        return false;
+    }
+    // A new connection's send buffer is empty and the reply is small, so it
+    // goes in one call or the client is not worth waiting for.
+    matches!(socket.send_nonblocking(&out), Ok(n) if n == out.len())
+}
+
+/// Holds a granted connection to its grant in the kernel, not only in the
+/// server's own code: a client that may not write has the server's read side
+/// shut, so its writes fail with a broken pipe instead of queueing where the
+/// server will never read them, and whatever it sent behind its HELLO is
+/// dropped unread. (A client that may not read is never sent anything: the
+/// server end's writes fail with *access denied*, see `Setup::rights`.)
+pub(crate) fn fence_to_grant(socket: &Socket, granted: Access, leftover: &mut Vec<u8>) {
+    if !granted.writes() {
+        leftover.clear();
+        leftover.shrink_to_fit();
+        // Cannot fail on a connected socket; were it to, the server end
+        // still never reads (its reader has no right to).
+        let _ = socket.shutdown_read();
+    }
+}
+
+/// The first look at a new connection, before it may hold anything on the
+/// server: who the kernel says it is (`SO_PEERCRED`, and `SO_PEERGROUPS` if
+/// the descriptor names groups). A peer the descriptor grants nothing, or
+/// whose user already has its share of handshakes in flight, is refused at
+/// once (`None`; the caller drops the socket). Otherwise its handshake is
+/// counted in `startups` and the caller must end it there.
+pub(crate) fn admit_connection(
+    socket: &Socket,
+    opts: &ServerOptions,
+    server_uid: u32,
+    startups: &mut Startups,
+) -> Option<(PeerCred, Vec<u32>, PeerProcess)> {
+    let cred = socket.peer_cred().ok()?;
+    let groups = if opts.security.mentions_groups() {
+        socket.peer_groups().ok()?
+    } else {
+        Vec::new()
+    };
+    let peer = Peer {
+        cred,
+        groups,
+        server_uid,
+    };
+    if let Some(reason) = policy::refuse_at_accept(opts, &peer) {
+        refuse(socket, ErrorCode::AccessDenied, &reason);
+        return None;
+    }
+    if let Err(r) = startups.begin(cred.uid) {
+        refuse(socket, ErrorCode::PipeBusy, &r.reason());
+        return None;
+    }
+    // Captured now, once: the pid could name another process later.
+    let process = PeerProcess::capture(socket, cred.pid);
+    Some((cred, peer.groups, process))
+}
+
+/// Refuses a fresh connection with `code`, saying why.
+pub(crate) fn refuse(socket: &Socket, code: ErrorCode, reason: &str) {
+    send_reply(
+        socket,
+        &Reply::Refused {
+            code: code.win32(),
+            reason: reason.to_string(),
+        },
+    );
+}
