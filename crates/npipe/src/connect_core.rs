@@ -94,13 +94,21 @@ pub(crate) fn check_reachable(name: &PipeName) -> Result<()> {
     }
 }
 
-/// Refuses a server that runs as anyone but `expected` (`expect_server_user`),
-/// before a byte is sent.
-fn check_server(name: &PipeName, cred: PeerCred, expected: u32) -> Result<()> {
+/// Refuses a server that runs as anyone but `expect_server_user` asked for,
+/// before a byte is sent; `user_name` names a uid for the message.
+pub(crate) fn check_server(
+    name: &PipeName,
+    opts: &ClientOptions,
+    cred: PeerCred,
+    user_name: impl Fn(u32) -> Option<String>,
+) -> Result<()> {
+    let Some(expected) = opts.expect_server_uid else {
+        return Ok(());
+    };
     if cred.uid == expected {
         return Ok(());
     }
-    let who = |uid: u32| match crate::sys::user_name(uid) {
+    let who = |uid: u32| match user_name(uid) {
         Some(n) => format!("{n} (uid {uid})"),
         None => format!("uid {uid}"),
     };
@@ -225,34 +233,15 @@ pub(crate) fn client_setup(
     Ok((setup, read_mode))
 }
 
-/// The server's credentials from the kernel, read once right after the
-/// connect, and checked against `expect_server_user` before any byte goes
-/// out.
-pub(crate) fn server_cred(
-    name: &PipeName,
-    opts: &ClientOptions,
-    socket: &crate::sys::Socket,
-) -> Result<PeerCred> {
-    let cred = socket
-        .peer_cred()
-        .map_err(|e| Error::os(e, "cannot read the server's credentials"))?;
-    if let Some(expected) = opts.expect_server_uid {
-        check_server(name, cred, expected)?;
-    }
-    Ok(cred)
-}
-
-/// The client end's setup once the server said OK: applies the server's
-/// in-buffer hint to the socket.
+/// The client end's setup once the server said OK, and the send buffer
+/// size the server's in-buffer hint asks for (applied by the caller).
 pub(crate) fn finish(
     name: &PipeName,
     opts: &ClientOptions,
-    socket: &crate::sys::Socket,
     cred: PeerCred,
     desc: PipeDescription,
-) -> Result<(Setup, ReadMode)> {
-    if desc.in_buffer > 0 {
-        let _ = socket.set_send_buffer(desc.in_buffer as usize);
-    }
-    client_setup(name, opts, desc, cred.into())
+) -> Result<(Setup, ReadMode, Option<usize>)> {
+    let send_buffer = (desc.in_buffer > 0).then_some(desc.in_buffer as usize);
+    let (setup, read_mode) = client_setup(name, opts, desc, cred.into())?;
+    Ok((setup, read_mode, send_buffer))
 }

@@ -99,6 +99,7 @@
 
 mod blocking;
 mod budget;
+mod client_socket;
 mod connect_core;
 mod error;
 mod fresh_connection;

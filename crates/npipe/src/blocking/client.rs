@@ -6,6 +6,7 @@ use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use crate::blocking::stream::PipeStream;
+use crate::client_socket;
 use crate::connect_core;
 use crate::error::{Error, ErrorCode, Result};
 use crate::name::PipeName;
@@ -69,7 +70,7 @@ impl PipeClient {
         let namespace =
             Namespace::open_existing_cached().map_err(|e| namespace::not_served(name, e))?;
         let socket = namespace.connect(name)?;
-        let cred = connect_core::server_cred(name, opts, &socket)?;
+        let cred = client_socket::server_cred(name, opts, &socket)?;
         let sent = send_all(&socket, &connect_core::opening(name, opts, pipelined)?);
         let (reply, leftover) = read_reply(&socket, connect_core::answer_deadline(opts.wait))
             .map_err(|e| match sent {
@@ -82,7 +83,8 @@ impl PipeClient {
             })?;
         let desc = connect_core::connected(name, reply)?;
         sent.map_err(|e| Error::os(e, &format!("{name}: sending the handshake failed")))?;
-        let (setup, read_mode) = connect_core::finish(name, opts, &socket, cred, desc)?;
+        let (setup, read_mode, send_buffer) = connect_core::finish(name, opts, cred, desc)?;
+        client_socket::apply_send_buffer(&socket, send_buffer);
         Ok(PipeClient {
             stream: PipeStream::new(socket, setup, read_mode, leftover),
         })

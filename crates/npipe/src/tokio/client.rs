@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ::tokio::io::unix::AsyncFd;
 
 use super::stream::{register, PipeStream};
+use crate::client_socket;
 use crate::connect_core::{self, PIPELINE_MAX};
 use crate::error::{Error, ErrorCode, Result};
 use crate::name::PipeName;
@@ -99,7 +100,7 @@ impl PipeClient {
             }
         };
         let fd = register(socket)?;
-        let cred = connect_core::server_cred(name, opts, fd.get_ref().socket())?;
+        let cred = client_socket::server_cred(name, opts, fd.get_ref().socket())?;
         let out = connect_core::opening(name, opts, pipelined)?;
         let sent = send_all(&fd, &out).await;
 
@@ -121,8 +122,8 @@ impl PipeClient {
         let desc = connect_core::connected(name, reply)?;
         sent.map_err(|e| Error::os(e, &format!("{name}: sending the handshake failed")))?;
 
-        let (setup, read_mode) =
-            connect_core::finish(name, opts, fd.get_ref().socket(), cred, desc)?;
+        let (setup, read_mode, send_buffer) = connect_core::finish(name, opts, cred, desc)?;
+        client_socket::apply_send_buffer(fd.get_ref().socket(), send_buffer);
         Ok(PipeClient {
             stream: PipeStream::registered(fd, setup, read_mode, leftover),
         })
