@@ -284,6 +284,13 @@ impl PipeStream {
     /// message pipe in message read mode; fails with *pipe busy* if unread
     /// data is waiting, as on Windows.
     pub fn transact(&mut self, request: &[u8]) -> Result<Vec<u8>> {
+        self.send_request(request)?;
+        recv_message(&mut self.reader, &self.socket, &mut self.read_wait)
+    }
+
+    /// A transaction's first half: `TransactNamedPipe`'s checks, then the
+    /// request.
+    fn send_request(&mut self, request: &[u8]) -> Result<()> {
         self.connected()?;
         let sock = &self.socket;
         check_transact(
@@ -293,8 +300,7 @@ impl PipeStream {
             request.len(),
             || sock.readable_bytes().unwrap_or(0),
         )?;
-        write_message(&mut self.writer, &self.socket, request).map_err(|e| self.explain(e))?;
-        recv_message(&mut self.reader, &self.socket, &mut self.read_wait)
+        write_message(&mut self.writer, &self.socket, request).map_err(|e| self.explain(e))
     }
 
     /// `TransactNamedPipe` with the caller's reply buffer: sends `request`
@@ -325,16 +331,7 @@ impl PipeStream {
     /// # Ok::<(), npipe::Error>(())
     /// ```
     pub fn transact_into(&mut self, request: &[u8], reply: &mut [u8]) -> Result<MessageRead> {
-        self.connected()?;
-        let sock = &self.socket;
-        check_transact(
-            &self.setup,
-            &self.reader,
-            &self.writer,
-            request.len(),
-            || sock.readable_bytes().unwrap_or(0),
-        )?;
-        write_message(&mut self.writer, &self.socket, request).map_err(|e| self.explain(e))?;
+        self.send_request(request)?;
         read_message(&mut self.reader, &self.socket, &mut self.read_wait, reply)
     }
 

@@ -445,6 +445,13 @@ impl PipeStream {
     /// for the reply (the reply stays readable with
     /// [`recv_message`](Self::recv_message)).
     pub async fn transact(&mut self, request: &[u8]) -> Result<Vec<u8>> {
+        self.send_request(request).await?;
+        self.recv_message().await
+    }
+
+    /// A transaction's first half: `TransactNamedPipe`'s checks, then the
+    /// request.
+    async fn send_request(&mut self, request: &[u8]) -> Result<()> {
         self.connected()?;
         let sock = self.io.get_ref().socket();
         check_transact(
@@ -454,8 +461,7 @@ impl PipeStream {
             request.len(),
             || sock.readable_bytes().unwrap_or(0),
         )?;
-        self.write_message(request).await?;
-        self.recv_message().await
+        self.write_message(request).await
     }
 
     /// `TransactNamedPipe` with the caller's reply buffer: sends `request`
@@ -484,16 +490,7 @@ impl PipeStream {
     /// # }).unwrap();
     /// ```
     pub async fn transact_into(&mut self, request: &[u8], reply: &mut [u8]) -> Result<MessageRead> {
-        self.connected()?;
-        let sock = self.io.get_ref().socket();
-        check_transact(
-            &self.setup,
-            &self.reader,
-            &self.writer,
-            request.len(),
-            || sock.readable_bytes().unwrap_or(0),
-        )?;
-        self.write_message(request).await?;
+        self.send_request(request).await?;
         self.read_message(reply).await
     }
 

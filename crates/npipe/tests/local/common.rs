@@ -78,6 +78,28 @@ fn watchdog(name: &str) {
     });
 }
 
+/// The arguments that make this test binary run one child role (named by
+/// `NPIPE_TEST_ROLE`).
+pub const CHILD_ARGS: [&str; 5] = [
+    "--exact",
+    "roles::child_entry",
+    "--ignored",
+    "--nocapture",
+    "--test-threads=1",
+];
+
+/// Whether this test may start a process as uid `uid`; if not it says so
+/// loudly (as `SKIPPED LOUDLY: ...`) and the test does nothing.
+pub fn can_run_as(uid: u32, test: &str) -> bool {
+    match crate::shared_copy::cannot_run_as(uid) {
+        None => true,
+        Some(why) => {
+            eprintln!("SKIPPED LOUDLY: {test} starts a process as uid {uid}, and {why}");
+            false
+        }
+    }
+}
+
 /// A child process running one role.
 pub struct Child {
     child: std::process::Child,
@@ -116,18 +138,12 @@ fn spawn_child(role: &str, args: &[&str], env: &[(&str, &str)], uid: Option<u32>
         use std::os::unix::process::CommandExt;
         cmd.uid(uid).gid(uid).current_dir("/");
     }
-    cmd.args([
-        "--exact",
-        "roles::child_entry",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("NPIPE_TEST_ROLE", role)
-    .env("NPIPE_TEST_ARGS", args.join("\u{1f}"))
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
+    cmd.args(CHILD_ARGS)
+        .env("NPIPE_TEST_ROLE", role)
+        .env("NPIPE_TEST_ARGS", args.join("\u{1f}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -20,13 +20,7 @@ on_both_servers!(
 const NOBODY: u32 = 65534;
 
 fn need_root(test: &str) -> bool {
-    match crate::shared_copy::cannot_run_as(NOBODY) {
-        None => true,
-        Some(why) => {
-            eprintln!("SKIPPED LOUDLY: {test} starts a process as uid {NOBODY}, and {why}");
-            false
-        }
-    }
+    crate::common::can_run_as(NOBODY, test)
 }
 
 /// The owner asks for read only, then writes frames to an echo server: its
@@ -39,14 +33,7 @@ fn a_reader_that_writes_is_never_read(front: Front) {
     c.send(&rc::hello(&name, rc::CONNECT, rc::READ, 0)).unwrap();
     assert_eq!(c.reply().unwrap(), Reply::Connected { granted: rc::READ });
     srv.expect("conn");
-    let mut outcome = String::new();
-    for _ in 0..100 {
-        outcome = rc::write_outcome(c.send(&rc::frame(b"not yours to write")));
-        if outcome != "ok" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let outcome = c.write_until_refused(b"not yours to write");
     assert_eq!(outcome, "epipe", "a read-only client could keep writing");
     assert_eq!(c.read_some(Duration::from_millis(500)), None, "echoed");
     assert_eq!(srv.expect("end"), "5");

@@ -461,14 +461,7 @@ fn raw(args: &[String]) {
     if !matches!(reply, rc::Reply::Connected { .. }) {
         return;
     }
-    let mut outcome = String::new();
-    for _ in 0..100 {
-        outcome = rc::write_outcome(c.send(&rc::frame(b"written by a reader")));
-        if outcome != "ok" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let outcome = c.write_until_refused(b"written by a reader");
     say(format!("write {outcome}"));
     let echoed = c.read_some(Duration::from_millis(500)).is_some();
     say(format!("echo {}", if echoed { "yes" } else { "no" }));
@@ -492,17 +485,11 @@ fn hog(args: &[String]) {
 /// `creds_probe` role.
 fn creds_probe_command() -> std::process::Command {
     let mut cmd = std::process::Command::new(crate::common::shared_exe());
-    cmd.args([
-        "--exact",
-        "roles::child_entry",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("NPIPE_TEST_ROLE", "creds_probe")
-    .current_dir("/")
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::piped());
+    cmd.args(crate::common::CHILD_ARGS)
+        .env("NPIPE_TEST_ROLE", "creds_probe")
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
     cmd
 }
 

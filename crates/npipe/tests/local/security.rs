@@ -26,13 +26,7 @@ on_both_servers!(
 const NOBODY: u32 = 65534;
 
 fn need_root(test: &str) -> bool {
-    match crate::shared_copy::cannot_run_as(NOBODY) {
-        None => true,
-        Some(why) => {
-            eprintln!("SKIPPED LOUDLY: {test} starts a process as uid {NOBODY}, and {why}");
-            false
-        }
-    }
+    crate::common::can_run_as(NOBODY, test)
 }
 
 fn a_descriptor_that_denies_a_user_refuses_it_and_serves_others(front: Front) {

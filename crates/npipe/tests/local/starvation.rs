@@ -18,13 +18,7 @@ const SERVER_NOFILE: &str = "nofile=96";
 const HOGGED: &str = "300";
 
 fn need_root(test: &str) -> bool {
-    match crate::shared_copy::cannot_run_as(NOBODY) {
-        None => true,
-        Some(why) => {
-            eprintln!("SKIPPED LOUDLY: {test} starts a process as uid {NOBODY}, and {why}");
-            false
-        }
-    }
+    crate::common::can_run_as(NOBODY, test)
 }
 
 /// Holds `HOGGED` silent connections as uid 65534 while the owner calls.

@@ -118,6 +118,21 @@ impl RawClient {
         }
     }
 
+    /// Writes frames until one fails (or 100 went, 10 ms apart: the server
+    /// may shut its side just after its OK), and says how the last one did
+    /// (see [`write_outcome`]).
+    pub fn write_until_refused(&mut self, payload: &[u8]) -> String {
+        let mut outcome = String::new();
+        for _ in 0..100 {
+            outcome = write_outcome(self.send(&frame(payload)));
+            if outcome != "ok" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        outcome
+    }
+
     /// Reads whatever comes next within `wait`: `Some(bytes)` if any came,
     /// `None` on end of stream or silence.
     pub fn read_some(&mut self, wait: Duration) -> Option<Vec<u8>> {
