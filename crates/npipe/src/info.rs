@@ -99,17 +99,54 @@ impl PeerCredentials {
         sys::user_name(self.uid)
     }
 
-    /// The session id of the peer process (`getsid`), if it still runs.
+    /// The logon session of the process with this pid now (see
+    /// [`PipeServer::client_session_id`](crate::PipeServer::client_session_id)
+    /// for what it means), if it still runs. Looked up now, by pid: a pid
+    /// is a hint, never proof; the server ends' `*_session_id` methods use
+    /// what was captured at connect instead.
     pub fn session_id(&self) -> Option<u32> {
-        sys::session_id(self.pid).ok()
+        let proc_pid = if sys::proc_numbers_like_us() {
+            self.pid
+        } else {
+            sys::proc_pid_of(&sys::pidfd_of(self.pid).ok()?).ok()?
+        };
+        sys::audit_session(proc_pid).ok().map(logon_session)
     }
 }
 
-/// The client process as it was when it connected, captured once at accept:
-/// a pid is only a hint (it can be reused by another process, a set-user-ID
-/// program say, while the connection lives), so the server keeps a pidfd,
-/// which names the connecting process and no other, and the session id
-/// read at that moment.
+/// A Windows-style logon session number from an audit session id: the
+/// audit session (shared by every process of one login, as a Windows logon
+/// session is), and 0 for a process that came from no login (`u32::MAX`,
+/// "unset": services and containers), as Windows' services live in
+/// session 0.
+pub(crate) fn logon_session(audit: u32) -> u32 {
+    if audit == u32::MAX {
+        0
+    } else {
+        audit
+    }
+}
+
+/// This process's own logon session (see [`logon_session`]).
+pub(crate) fn own_session() -> Option<u32> {
+    sys::own_audit_session().ok().map(logon_session)
+}
+
+/// The logon session of the process `pidfd` names, whose pid is `pid`.
+fn session_of(pid: u32, pidfd: &std::os::fd::OwnedFd) -> Option<u32> {
+    let proc_pid = if sys::proc_numbers_like_us() {
+        pid
+    } else {
+        sys::proc_pid_of(pidfd).ok()?
+    };
+    sys::audit_session(proc_pid).ok().map(logon_session)
+}
+
+/// The peer process as it was when it connected, captured once: a pid is
+/// only a hint (it can be reused by another process, a set-user-ID program
+/// say, while the connection lives), so this keeps what names the
+/// connecting process and no other (its pidfd, or the pidfd's pidfs inode)
+/// and the logon session read at that moment.
 #[derive(Debug, Default)]
 pub(crate) struct PeerProcess {
     pid: u32,
@@ -141,13 +178,16 @@ impl PeerProcess {
     /// pidfd pins the process.
     pub fn capture(socket: &sys::Socket, pid: u32) -> PeerProcess {
         let Ok(pidfd) = socket.peer_pidfd().or_else(|_| sys::pidfd_of(pid)) else {
+            let session = sys::proc_numbers_like_us()
+                .then(|| sys::audit_session(pid).ok().map(logon_session))
+                .flatten();
             return PeerProcess {
                 pid,
                 tracking: Tracking::Unknown,
-                session: sys::session_id(pid).ok(),
+                session,
             };
         };
-        let session = sys::session_id(pid).ok();
+        let session = session_of(pid, &pidfd);
         // Read after the session: if the process is still running now, the
         // session read was its own, not a successor's.
         if sys::pidfd_exited(&pidfd).unwrap_or(true) {
@@ -261,10 +301,32 @@ macro_rules! client_identity_methods {
             self.stream.peer().user_name()
         }
 
-        /// `GetNamedPipeClientSessionId`: the client process's session id,
-        /// read once, at accept (`None` if the process was already gone).
+        /// `GetNamedPipeClientSessionId`: the client process's logon
+        /// session, read once, at accept. On Linux that is its audit login
+        /// session (`/proc/PID/sessionid`: every process of one login
+        /// shares it, as a Windows logon session, and only a privileged
+        /// process can change it), and 0 for a process that came from no
+        /// login (services, containers), as Windows' services are in
+        /// session 0. `None` if the process was gone by the time it was
+        /// accepted, or after [`disconnect`](Self::disconnect) (Windows then
+        /// fails the call).
         pub fn client_session_id(&self) -> Option<u32> {
+            if !self.holds_instance {
+                return None;
+            }
             self.process.session()
+        }
+
+        /// `GetNamedPipeServerProcessId` on the server end: this process.
+        pub fn server_process_id(&self) -> u32 {
+            std::process::id()
+        }
+
+        /// `GetNamedPipeServerSessionId` on the server end: this process's
+        /// logon session (as [`client_session_id`](Self::client_session_id)
+        /// counts them).
+        pub fn server_session_id(&self) -> Option<u32> {
+            $crate::info::own_session()
         }
 
         /// `GetNamedPipeClientComputerName`: `None` for a local client.
@@ -351,6 +413,27 @@ macro_rules! server_identity_methods {
         /// The server's user name, if the user database has one.
         pub fn server_user_name(&self) -> Option<String> {
             self.stream.peer().user_name()
+        }
+
+        /// `GetNamedPipeServerSessionId`: the server process's logon session
+        /// (its audit login session; 0 for a process from no login, as
+        /// Windows' services are in session 0). The process is the one that
+        /// accepted this connection, named by the kernel (`SO_PEERPIDFD`),
+        /// not looked up by pid; `None` if it has exited.
+        pub fn server_session_id(&self) -> Option<u32> {
+            let socket = self.stream.socket();
+            $crate::info::PeerProcess::capture(socket, self.stream.peer().pid).session()
+        }
+
+        /// `GetNamedPipeClientProcessId` on the client end: this process.
+        pub fn client_process_id(&self) -> u32 {
+            std::process::id()
+        }
+
+        /// `GetNamedPipeClientSessionId` on the client end: this process's
+        /// logon session.
+        pub fn client_session_id(&self) -> Option<u32> {
+            $crate::info::own_session()
         }
     };
 }

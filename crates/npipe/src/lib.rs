@@ -47,9 +47,10 @@
 //! | `PeekNamedPipe` | [`PipeStream::peek`] |
 //! | `FlushFileBuffers` | [`PipeStream::flush_buffers`] |
 //! | `GetNamedPipeInfo`, `GetNamedPipeHandleState` | [`PipeStream::info`], [`PipeListener::info`], [`query_pipe`] |
-//! | `GetNamedPipeClientProcessId` | [`PipeServer::client_process_id`] |
-//! | `GetNamedPipeServerProcessId` | [`PipeClient::server_process_id`] |
-//! | `GetNamedPipeClientSessionId` | [`PipeServer::client_session_id`] |
+//! | `GetNamedPipeClientProcessId` | [`PipeServer::client_process_id`]; on the client end [`PipeClient::client_process_id`] (its own) |
+//! | `GetNamedPipeServerProcessId` | [`PipeClient::server_process_id`]; on the server end [`PipeServer::server_process_id`] (its own) |
+//! | `GetNamedPipeClientSessionId` | [`PipeServer::client_session_id`]; on the client end [`PipeClient::client_session_id`] (its own) |
+//! | `GetNamedPipeServerSessionId` | [`PipeClient::server_session_id`]; on the server end [`PipeServer::server_session_id`] (its own) |
 //! | `GetNamedPipeClientComputerName` | [`PipeServer::client_computer_name`] |
 //! | `GetNamedPipeHandleState`'s user name | [`PipeServer::client_user_name`] |
 //! | `lpSecurityAttributes` (DACL) | [`ServerOptions::security`], [`SecurityDescriptor`] |
@@ -84,7 +85,8 @@
 //! | Pipes are Unix domain sockets in one directory: `$NPIPE_DIR`, else [`SYSTEM_DIR`] (`/run/npipe`, made by `sudo npipe setup`) if it exists, else [`DEFAULT_DIR`] (`/tmp/.npipe`) | Linux has no pipe file system; a directory of sockets is what `/tmp/.X11-unix` is to X | On a shared machine run `sudo npipe setup` once, so no user can own the directory |
 //! | All instances of a name belong to one server process; a second process gets *pipe busy* (*access denied* with `first_instance`) | One listening socket per name: a second process cannot add instances to another's socket | Serve every instance from one process (threads or tasks); `max_instances` works as on Windows within it |
 //! | A bare `NAME` means `\\.\pipe\NAME` | A shell convenience | Nothing: the prefixed forms work too |
-//! | Session ids are Unix session ids (`getsid` of the client process, read at connect), not logon sessions; 0 when the client's session leader is outside its pid namespace | Linux has no Terminal Services sessions | Compare them only with each other, never with Windows session numbers |
+//! | A session id is the process's audit login session (`/proc/PID/sessionid`: shared by every process of one login, as a logon session is, and changed only by a privileged process), captured at connect; 0 for a process that came from no login (services, containers), as Windows' services are in session 0 | Linux has no Terminal Services sessions; the audit session is the kernel's own notion of one login | Compare them only with each other, never with Windows session numbers |
+//! | After `DisconnectNamedPipe`, `client_process_id` still returns the pid of the client that was connected (`client_session_id` returns `None`) | It returns a plain `u32`, which cannot fail | Do not ask about a client after disconnecting it |
 //! | A read on a server end whose client may not write fails at once with *access denied*, as a write to a client that may not read does | The grant is enforced by the server end, and waiting for data that can never come helps no one | Open clients with the access they use |
 //! | After `DisconnectNamedPipe`, messages the server wrote before it stay readable by the client, then its operations fail with *pipe not connected* | The client's socket already holds them; Windows discards them | Do not rely on unread data being dropped |
 //! | On a byte-type pipe a disconnected client sees *broken pipe* (109), not *pipe not connected* (233); so does a [`WriteHalf`]'s write on either type | Byte pipes carry no framing to mark the disconnect in, and a write half cannot look at the read side | Treat 109 and 233 alike as "the server is gone" |

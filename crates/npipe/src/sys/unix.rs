@@ -743,22 +743,50 @@ pub fn process_id() -> u32 {
     rustix::process::getpid().as_raw_pid() as u32
 }
 
-/// The session id of a process (`getsid`).
-///
-/// Zero is a real answer, not an error: a process whose session leader lives
-/// outside our pid namespace (containers, CI sandboxes) has session id 0 as
-/// seen from here. rustix's `getsid` asserts a positive id, so call libc.
-pub fn session_id(pid: u32) -> io::Result<u32> {
-    let pid = libc::pid_t::try_from(pid)
-        .ok()
-        .filter(|&p| p > 0)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "invalid process id"))?;
-    // SAFETY: getsid takes a plain integer and touches no memory of ours.
-    let sid = unsafe { libc::getsid(pid) };
-    if sid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(sid as u32)
+/// The audit login session of the process `/proc` numbers `proc_pid`
+/// (`/proc/PID/sessionid`): set once per login by `pam_loginuid` and shared
+/// by every process of that login, as a Windows logon session is; only a
+/// process with `CAP_AUDIT_CONTROL` can change it. `u32::MAX` means the
+/// process did not come from a login (a service, a container).
+pub fn audit_session(proc_pid: u32) -> io::Result<u32> {
+    read_session(&format!("/proc/{proc_pid}/sessionid"))
+}
+
+/// This process's own audit login session (see [`audit_session`]).
+pub fn own_audit_session() -> io::Result<u32> {
+    read_session("/proc/self/sessionid")
+}
+
+fn read_session(path: &str) -> io::Result<u32> {
+    std::fs::read_to_string(path)?
+        .trim()
+        .parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "unreadable sessionid"))
+}
+
+/// Whether `/proc` numbers processes as we do. In a pid namespace that
+/// `/proc` was not mounted for (some sandboxes), the pids the kernel hands
+/// us (`SO_PEERCRED`, `getpid`) are not `/proc`'s. Asked once.
+pub fn proc_numbers_like_us() -> bool {
+    static SAME: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SAME.get_or_init(|| {
+        std::fs::read_link("/proc/self")
+            .ok()
+            .and_then(|p| p.to_str()?.parse::<u32>().ok())
+            == Some(process_id())
+    })
+}
+
+/// The pid `/proc` uses for the process `pidfd` names: the `Pid:` line of
+/// the pidfd's `/proc/self/fdinfo`, which counts in `/proc`'s own pid
+/// namespace.
+pub fn proc_pid_of(pidfd: &OwnedFd) -> io::Result<u32> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .and_then(|p| u32::try_from(p).ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the process has exited"))
 }
 
 /// Runs a `get*_r` lookup with a buffer that doubles while the call says

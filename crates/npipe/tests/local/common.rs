@@ -108,13 +108,21 @@ pub struct Child {
 
 /// Starts this test binary again as a child in `role`, with `env` set.
 pub fn spawn_with_env(role: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
-    spawn_child(role, args, env, None)
+    spawn_child(role, args, env, None, false)
+}
+
+/// Starts a child in `role` in a login session of its own, as `pam_loginuid`
+/// starts one at a login: a shell writes its uid to `/proc/self/loginuid`
+/// (root only; elsewhere it stays in ours), then becomes the child, so that
+/// every thread of it is in that session.
+pub fn spawn_in_new_login(role: &str, args: &[&str]) -> Child {
+    spawn_child(role, args, &[], None, true)
 }
 
 /// Starts a child in `role` running as `uid` (and the same gid, no
 /// supplementary groups). Needs root.
 pub fn spawn_as(uid: u32, role: &str, args: &[&str]) -> Child {
-    spawn_child(role, args, &[], Some(uid))
+    spawn_child(role, args, &[], Some(uid), false)
 }
 
 /// A copy of this test binary that any user may run (the build directory
@@ -128,12 +136,28 @@ pub fn shared_exe() -> std::path::PathBuf {
     .clone()
 }
 
-fn spawn_child(role: &str, args: &[&str], env: &[(&str, &str)], uid: Option<u32>) -> Child {
+fn spawn_child(
+    role: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    uid: Option<u32>,
+    login: bool,
+) -> Child {
     let exe = match uid {
         Some(_) => shared_exe(),
         None => std::env::current_exe().expect("current_exe"),
     };
-    let mut cmd = Command::new(exe);
+    let mut cmd = if login {
+        let mut sh = Command::new("sh");
+        sh.args([
+            "-c",
+            "echo \"$(id -u)\" > /proc/self/loginuid 2>/dev/null; exec \"$0\" \"$@\"",
+        ])
+        .arg(exe);
+        sh
+    } else {
+        Command::new(exe)
+    };
     if let Some(uid) = uid {
         use std::os::unix::process::CommandExt;
         cmd.uid(uid).gid(uid).current_dir("/");

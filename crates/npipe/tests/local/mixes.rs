@@ -151,6 +151,26 @@ impl Client {
     fn server_process_id(&self) -> u32 {
         either!(&self.end, c => c.server_process_id())
     }
+
+    /// Both ends' processes and logon sessions as this client end sees
+    /// them: server pid and session, client pid and session.
+    fn ids(&self) -> String {
+        either!(&self.end, c => ids_line(
+            c.server_process_id(),
+            c.server_session_id(),
+            c.client_process_id(),
+            c.client_session_id()
+        ))
+    }
+}
+
+fn ids_line(
+    server: u32,
+    server_session: Option<u32>,
+    client: u32,
+    client_session: Option<u32>,
+) -> String {
+    format!("{server} {server_session:?} {client} {client_session:?}")
 }
 
 fn open(front: Front, name: &str) -> Result<Client> {
@@ -212,6 +232,7 @@ mixes!(
     peer_processes,
     flush_waits_until_the_peer_has_read,
     flush_fails_when_the_reader_closes_with_data_unread,
+    both_ends_know_both_processes_and_sessions,
 );
 
 fn message_boundaries(server: Front, client: Front) {
@@ -545,6 +566,39 @@ fn peer_processes(server: Front, client: Front) {
     let line = srv.expect("conn");
     let pid: u32 = line.split(' ').next().unwrap().parse().unwrap();
     assert_eq!(pid, std::process::id());
+}
+
+/// Windows: each end can ask for the client's and the server's process and
+/// session ids (GetNamedPipeClientProcessId on the client end is its own
+/// pid; GetNamedPipeServerSessionId exists). The server here runs in a
+/// login session of its own where the system allows one, so the two
+/// sessions differ.
+fn both_ends_know_both_processes_and_sessions(server: Front, client: Front) {
+    let name = unique("mix-ids");
+    let role = match server {
+        Front::Blocking => "serve",
+        Front::Tokio => "serve_async",
+    };
+    let mut srv = crate::common::spawn_in_new_login(role, &[&name, "mode=ids"]);
+    srv.expect("ready");
+    let c = open(client, &name).unwrap();
+    srv.expect("conn");
+    let from_server = srv.expect("ids");
+    let from_client = c.ids();
+    assert_eq!(from_server, from_client, "both ends agree");
+    let mine = crate::peers::own_logon_session();
+    let expected_tail = format!("{} Some({mine})", std::process::id());
+    assert!(
+        from_client.starts_with(&format!("{} Some(", srv.pid())),
+        "{from_client}"
+    );
+    assert!(from_client.ends_with(&expected_tail), "{from_client}");
+    if from_client.contains(&format!(" Some({mine}) ")) {
+        eprintln!(
+            "SKIPPED LOUDLY (in part): the server could not start a login session of its own \
+             here, so its session and ours are the same number: {from_client}"
+        );
+    }
 }
 
 fn flush_waits_until_the_peer_has_read(server: Front, client: Front) {

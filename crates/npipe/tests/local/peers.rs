@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use npipe::ClientOptions;
 
-use crate::common::{is_root, on_both_servers, server, server_on, spawn, unique, Front};
+use crate::common::{
+    is_root, on_both_servers, server, server_on, spawn, spawn_in_new_login, unique, Front,
+};
 
 on_both_servers!(the_client_process_is_captured_at_connect_not_looked_up_later);
 
@@ -50,30 +52,65 @@ fn the_server_sees_the_client_process_and_user() {
         std::os::unix::fs::MetadataExt::uid(&me),
         "client uid"
     );
-    // Session id: the same as ours, since the child shares it; as our pid
-    // namespace numbers it (the last `NSsid`), whichever namespace /proc
-    // belongs to.
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let session: u32 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSsid:"))
-        .and_then(|v| v.split_whitespace().last()?.parse().ok())
-        .expect("NSsid in /proc/self/status");
-    assert_eq!(fields[2], session, "client session id");
+    // Session id: our logon session (the child server shares it).
+    assert_eq!(fields[2], own_logon_session(), "client session id");
 }
 
-/// In a container the session leader often lives outside our pid namespace,
-/// so `getsid` answers 0. That is a session id like any other, not a reason
-/// to fail (or, as once in CI, to panic inside a dependency).
+/// Our own logon session as npipe counts them: the audit login session,
+/// and 0 for a process from no login (`/proc/self/sessionid` unset).
+pub fn own_logon_session() -> u32 {
+    let raw: u32 = std::fs::read_to_string("/proc/self/sessionid")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    if raw == u32::MAX {
+        0
+    } else {
+        raw
+    }
+}
+
+/// GetNamedPipeClientSessionId names the client's logon session: a client
+/// that logged in anew (wrote its `loginuid`, as `pam_loginuid` does at a
+/// login) is reported in its new session, not the server's.
 #[test]
-fn a_client_whose_session_leader_is_out_of_view_has_session_zero() {
+fn a_client_from_another_login_is_in_that_logon_session() {
+    if !is_root() {
+        eprintln!("SKIPPED LOUDLY: starting a login session needs root (CAP_AUDIT_CONTROL)");
+        return;
+    }
+    let name = unique("logon");
+    let mut srv = server(&name, &["mode=hold"]);
+    let mut client = spawn_in_new_login("login_open", &[&name]);
+    let said = client.expect("session");
+    if said == own_logon_session().to_string() {
+        eprintln!("SKIPPED LOUDLY: this system will not start an audit session (still {said})");
+        return;
+    }
+    let line = srv.expect("conn");
+    assert_eq!(line.split(' ').nth(2), Some(said.as_str()), "{line}");
+}
+
+/// A client in a pid namespace `/proc` was not mounted for (as in some
+/// sandboxes and containers) is still placed in its logon session: npipe
+/// finds its `/proc` entry through its pidfd, not by a pid that `/proc`
+/// numbers differently.
+#[test]
+fn a_client_in_another_pid_namespace_keeps_its_logon_session() {
     if !is_root() {
         eprintln!("SKIPPED LOUDLY: a new pid namespace needs root");
         return;
     }
     let name = unique("sessionzero");
-    let out = std::process::Command::new("unshare")
-        .args(["--pid", "--fork", "--"])
+    // A login session of its own first (the kernel allows that only
+    // outside a new pid namespace), so that a lookup that went to the wrong
+    // /proc entry could not give the right answer by chance.
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "echo 0 > /proc/self/loginuid 2>/dev/null; exec unshare --pid --fork -- \"$0\" \"$@\"",
+        ])
         .arg(std::env::current_exe().unwrap())
         .args(["--exact", "roles::child_entry", "--ignored", "--nocapture"])
         .env("NPIPE_TEST_ROLE", "session_probe")
@@ -97,8 +134,19 @@ fn a_client_whose_session_leader_is_out_of_view_has_session_zero() {
         .lines()
         .find_map(|l| l.find("@@").map(|at| &l[at + 2..]))
         .unwrap_or_else(|| panic!("no report from the probe: {stdout}\n{stderr}"));
-    // Pid 1: the probe is the first process of its namespace.
-    assert_eq!(line, "session 0 pid 1");
+    // Pid 1: the probe is the first process of its namespace; the session
+    // the server end found for it is the one it reads for itself.
+    let (session, own) = line
+        .strip_prefix("session ")
+        .and_then(|l| l.split_once(" pid 1 own "))
+        .unwrap_or_else(|| panic!("{line}"));
+    assert_eq!(session, own, "{line}");
+    if own == "0" {
+        eprintln!(
+            "SKIPPED LOUDLY (in part): no audit session could be started here, so the probe's \
+             session 0 cannot tell its own /proc entry from another's"
+        );
+    }
 }
 
 #[test]

@@ -34,6 +34,7 @@ fn child_entry() {
         "creds_probe" => creds_probe(),
         "lock_all" => lock_all(),
         "connect_and_leave" => connect_and_leave(&args),
+        "login_open" => login_open(&args),
         "hog" => hog(&args),
         other => panic!("unknown role {other}"),
     }
@@ -211,6 +212,17 @@ fn handle(mut conn: PipeServer, mode: &str) {
             while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
             say("closed");
         }
+        "ids" => {
+            say(format!(
+                "ids {} {:?} {} {:?}",
+                conn.server_process_id(),
+                conn.server_session_id(),
+                conn.client_process_id(),
+                conn.client_session_id()
+            ));
+            let mut buf = [0u8; 64];
+            while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+        }
         "digest" => loop {
             let reply = match conn.recv_message() {
                 Ok(m) => digest(&m),
@@ -384,8 +396,13 @@ fn session_probe(args: &[String]) {
     let listener = ServerOptions::new().create(args[0].as_str()).unwrap();
     let _client = ClientOptions::new().open(args[0].as_str()).unwrap();
     let conn = listener.accept().unwrap();
+    let own = crate::peers::own_logon_session();
     match conn.client_session_id() {
-        Some(sid) => say(format!("session {} pid {}", sid, conn.client_process_id())),
+        Some(sid) => say(format!(
+            "session {} pid {} own {own}",
+            sid,
+            conn.client_process_id()
+        )),
         None => say("no session"),
     }
 }
@@ -613,8 +630,17 @@ fn connect_and_leave(args: &[String]) {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let session = rustix::process::getsid(None).map_or(0, |p| p.as_raw_nonzero().get() as u32);
+    let session = crate::peers::own_logon_session();
     say(format!("left session {session} keeper {}", keeper.id()));
+}
+
+/// `login_open NAME`: reports its logon session (the parent starts it in a
+/// login of its own), then opens the pipe and holds it until stdin closes.
+fn login_open(args: &[String]) {
+    say(format!("session {}", crate::peers::own_logon_session()));
+    let _c = ClientOptions::new().open(args[0].as_str()).unwrap();
+    let mut sink = String::new();
+    let _ = std::io::stdin().read_to_string(&mut sink);
 }
 
 /// `lock_all`: takes an exclusive `flock` on the namespace directory and on
@@ -834,6 +860,17 @@ async fn handle_async(mut conn: npipe::tokio::PipeServer, mode: String) {
             let mut buf = [0u8; 64];
             while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
             say("closed");
+        }
+        "ids" => {
+            say(format!(
+                "ids {} {:?} {} {:?}",
+                conn.server_process_id(),
+                conn.server_session_id(),
+                conn.client_process_id(),
+                conn.client_session_id()
+            ));
+            let mut buf = [0u8; 64];
+            while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
         }
         "digest" => loop {
             let reply = match conn.recv_message().await {
