@@ -154,6 +154,42 @@ pub(crate) struct PeerProcess {
     session: Option<u32>,
 }
 
+/// The logon sessions of the processes that connected last, by pidfs inode.
+static SESSIONS: SessionCache = SessionCache::new();
+
+/// A small cache of logon sessions by pidfs inode (unique to one process
+/// for the whole boot, so an entry never names another process). A
+/// process's audit session changes only if a privileged process rewrites its
+/// `loginuid`, which a cached entry would not see.
+struct SessionCache(std::sync::Mutex<std::collections::VecDeque<(u64, u32)>>);
+
+impl SessionCache {
+    const SIZE: usize = 64;
+
+    const fn new() -> SessionCache {
+        SessionCache(std::sync::Mutex::new(std::collections::VecDeque::new()))
+    }
+
+    fn get(&self, inode: u64) -> Option<u32> {
+        let cache = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.iter().find(|&&(i, _)| i == inode).map(|&(_, s)| s)
+    }
+
+    fn put(&self, inode: u64, session: u32) {
+        let mut cache = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() == Self::SIZE {
+            cache.pop_front();
+        }
+        cache.push_back((inode, session));
+    }
+}
+
 /// How the connecting process is told from a later holder of its pid.
 #[derive(Debug, Default)]
 enum Tracking {
@@ -187,6 +223,17 @@ impl PeerProcess {
                 session,
             };
         };
+        let inode = sys::pidfd_inode(&pidfd);
+        // A process that connected before has its session remembered under
+        // its pidfs inode, which no other process ever has: a connection
+        // pool or a busy client costs no /proc read per connection.
+        if let Some((ino, session)) = inode.and_then(|i| Some((i, SESSIONS.get(i)?))) {
+            return PeerProcess {
+                pid,
+                tracking: Tracking::Inode(ino),
+                session: Some(session),
+            };
+        }
         let session = session_of(pid, &pidfd);
         // Read after the session: if the process is still running now, the
         // session read was its own, not a successor's.
@@ -197,8 +244,13 @@ impl PeerProcess {
                 session: None,
             };
         }
-        let tracking = match sys::pidfd_inode(&pidfd) {
-            Some(ino) => Tracking::Inode(ino),
+        let tracking = match inode {
+            Some(ino) => {
+                if let Some(session) = session {
+                    SESSIONS.put(ino, session);
+                }
+                Tracking::Inode(ino)
+            }
             None => Tracking::Pidfd(pidfd),
         };
         PeerProcess {
@@ -438,3 +490,40 @@ macro_rules! server_identity_methods {
     };
 }
 pub(crate) use server_identity_methods;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_cache_keeps_the_latest_processes() {
+        let cache = SessionCache::new();
+        for ino in 0..(SessionCache::SIZE as u64 + 10) {
+            cache.put(ino, ino as u32 + 1000);
+        }
+        assert_eq!(cache.get(0), None, "the oldest went");
+        assert_eq!(cache.get(9), None);
+        assert_eq!(cache.get(10), Some(1010));
+        let last = SessionCache::SIZE as u64 + 9;
+        assert_eq!(cache.get(last), Some(last as u32 + 1000));
+    }
+
+    #[test]
+    fn a_process_from_no_login_is_in_session_zero() {
+        assert_eq!(logon_session(u32::MAX), 0);
+        assert_eq!(logon_session(7), 7);
+    }
+
+    /// Our own process, captured as a peer through a socket pair: its
+    /// session is ours, it is running, and a second capture agrees.
+    #[test]
+    fn capturing_our_own_process() {
+        let (a, _b) = sys::Socket::pair().unwrap();
+        let me = std::process::id();
+        for _ in 0..2 {
+            let p = PeerProcess::capture(&a, me);
+            assert_eq!(p.session(), own_session());
+            assert_eq!(p.still_running(), Some(true));
+        }
+    }
+}
