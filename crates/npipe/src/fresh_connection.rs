@@ -1,15 +1,13 @@
 //! What both acceptors do to a fresh connection's socket before the
-//! application sees it: the first look at accept (kernel identity, the
-//! descriptor, the handshake caps), the one reply, and holding a granted
-//! connection to its grant in the kernel.
+//! application sees it: ask the kernel who the peer is, send the one reply,
+//! and hold a granted connection to its grant in the kernel. (What to do
+//! with it is the engine's `AcceptorCore`.)
 
 use crate::error::ErrorCode;
-use crate::info::PeerProcess;
 use crate::options::{Access, ServerOptions};
-use crate::policy::{self, Peer};
+use crate::policy::Peer;
 use crate::proto::handshake::Reply;
-use crate::proto::startups::Startups;
-use crate::sys::{PeerCred, Socket};
+use crate::sys::Socket;
 
 /// Sends a reply on a fresh connection without blocking; whether it all went.
 /// (The tokio acceptor answers with this too.)
@@ -39,40 +37,21 @@ pub(crate) fn fence_to_grant(socket: &Socket, granted: Access, leftover: &mut Ve
     }
 }
 
-/// The first look at a new connection, before it may hold anything on the
-/// server: who the kernel says it is (`SO_PEERCRED`, and `SO_PEERGROUPS` if
-/// the descriptor names groups). A peer the descriptor grants nothing, or
-/// whose user already has its share of handshakes in flight, is refused at
-/// once (`None`; the caller drops the socket). Otherwise its handshake is
-/// counted in `startups` and the caller must end it there.
-pub(crate) fn admit_connection(
-    socket: &Socket,
-    opts: &ServerOptions,
-    server_uid: u32,
-    startups: &mut Startups,
-) -> Option<(PeerCred, Vec<u32>, PeerProcess)> {
+/// Who the kernel says a new connection's peer is: `SO_PEERCRED`, and
+/// `SO_PEERGROUPS` if the descriptor names groups. `None` if the kernel
+/// will not say (the peer is already gone): drop it.
+pub(crate) fn peer_of(socket: &Socket, opts: &ServerOptions, server_uid: u32) -> Option<Peer> {
     let cred = socket.peer_cred().ok()?;
     let groups = if opts.security.mentions_groups() {
         socket.peer_groups().ok()?
     } else {
         Vec::new()
     };
-    let peer = Peer {
+    Some(Peer {
         cred,
         groups,
         server_uid,
-    };
-    if let Some(reason) = policy::refuse_at_accept(opts, &peer) {
-        refuse(socket, ErrorCode::AccessDenied, &reason);
-        return None;
-    }
-    if let Err(r) = startups.begin(cred.uid) {
-        refuse(socket, ErrorCode::PipeBusy, &r.reason());
-        return None;
-    }
-    // Captured now, once: the pid could name another process later.
-    let process = PeerProcess::capture(socket, cred.pid);
-    Some((cred, peer.groups, process))
+    })
 }
 
 /// Refuses a fresh connection with `code`, saying why.

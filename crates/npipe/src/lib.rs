@@ -103,6 +103,7 @@ mod blocking;
 mod budget;
 mod client_socket;
 mod connect_core;
+mod engine;
 mod error;
 mod fresh_connection;
 mod impersonation;

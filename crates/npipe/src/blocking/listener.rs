@@ -20,18 +20,18 @@ use std::time::{Duration, Instant};
 
 use crate::blocking::stream::{PipeStream, Setup};
 use crate::budget::MemoryBudget;
+use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
 use crate::error::{Error, ErrorCode, Result};
-use crate::fresh_connection::{admit_connection, fence_to_grant, refuse, send_reply};
+use crate::fresh_connection::{fence_to_grant, peer_of, refuse, send_reply};
 use crate::impersonation::{cannot_impersonate, no_client_to_impersonate, Impersonation};
 use crate::info::{PeerProcess, PipeInfo};
 use crate::instance_counts::InstanceCounts;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace, Published, ServerSocket};
 use crate::options::{Access, ImpersonationLevel, ServerOptions};
-use crate::policy::{self, Peer, Verdict};
-use crate::proto::admission::{Admission, Arrival, Ticket};
+use crate::policy::Peer;
+use crate::proto::admission::Ticket;
 use crate::proto::handshake::{Hello, PipeDescription, Reply, HELLO_MAX};
-use crate::proto::startups::Startups;
 use crate::sys::{self, Events, PeerCred, PollEntry, Socket, Waker};
 
 /// Most connections the acceptor takes from the kernel per wake-up, so that
@@ -431,32 +431,24 @@ impl Drop for PipeServer {
     }
 }
 
-/// A connection the acceptor is still handling.
+/// A connection the acceptor is still handling: its socket and what the
+/// kernel said of it. What to do with it is `core`'s.
 struct Pending {
     socket: Socket,
-    cred: PeerCred,
+    peer: Peer,
     process: PeerProcess,
-    /// Supplementary groups, fetched only if the descriptor names groups.
-    groups: Vec<u32>,
     buf: Vec<u8>,
-    stage: Stage,
+    /// Waiting for an instance (watched for hang-up), not in its handshake.
+    waiting: bool,
 }
 
-enum Stage {
-    /// Reading HELLO until the deadline.
-    Handshake { deadline: Instant },
-    /// Waiting for an instance.
-    Waiting { hello: Hello, granted: Access },
-}
-
+/// The acceptor thread: sockets and `poll`, driving the engine's
+/// [`AcceptorCore`], which makes every decision.
 struct Acceptor {
     shared: Arc<Shared>,
     listener: Socket,
-    admission: Admission,
-    /// Handshakes in flight per user (the `Handshake` stage of `pending`).
-    startups: Startups,
+    core: AcceptorCore,
     pending: HashMap<Ticket, Pending>,
-    next_ticket: Ticket,
     paused_until: Option<Instant>,
     /// Held so that, out of descriptors, one can be freed to refuse clients.
     spare_fd: Option<std::os::fd::OwnedFd>,
@@ -464,21 +456,12 @@ struct Acceptor {
 
 impl Acceptor {
     fn new(shared: Arc<Shared>, listener: Socket) -> Acceptor {
-        let o = &shared.opts;
-        let limit = crate::info::max_instances_from_wire(o.max_instances);
-        let admission = Admission::new(limit, o.accept_backlog);
-        let startups = Startups::new(
-            o.max_handshakes,
-            o.max_handshakes_per_user,
-            shared.server_uid,
-        );
+        let core = AcceptorCore::new(shared.name.clone(), shared.opts.clone(), shared.server_uid);
         Acceptor {
             shared,
             listener,
-            admission,
-            startups,
+            core,
             pending: HashMap::new(),
-            next_ticket: 0,
             paused_until: None,
             spare_fd: sys::spare_fd().ok(),
         }
@@ -530,10 +513,7 @@ impl Acceptor {
                 ));
                 for t in &tickets {
                     let p = &self.pending[t];
-                    let ev = match p.stage {
-                        Stage::Handshake { .. } => Events::IN,
-                        Stage::Waiting { .. } => Events::RDHUP,
-                    };
+                    let ev = if p.waiting { Events::RDHUP } else { Events::IN };
                     fds.push(PollEntry::new(&p.socket, ev));
                 }
                 sys::poll(&mut fds, timeout)?;
@@ -563,12 +543,9 @@ impl Acceptor {
     }
 
     fn next_timeout(&self, now: Instant) -> Option<Duration> {
-        let handshakes = self.pending.values().filter_map(|p| match p.stage {
-            Stage::Handshake { deadline } => Some(deadline),
-            Stage::Waiting { .. } => None,
-        });
-        handshakes
-            .chain(self.admission.next_deadline())
+        self.core
+            .next_deadline()
+            .into_iter()
             .chain(self.paused_until)
             .min()
             .map(|d| d.saturating_duration_since(now))
@@ -577,17 +554,15 @@ impl Acceptor {
     fn apply_counters(&mut self) {
         let released = self.shared.instances.released();
         let accepted = self.shared.accepted.swap(0, Ordering::SeqCst);
-        let mut granted = Vec::new();
+        let mut grants = Vec::new();
         if accepted > 0 {
-            granted.extend(self.admission.accepted(accepted));
+            grants.extend(self.core.accepted(accepted));
         }
-        for _ in 0..released {
-            granted.extend(self.admission.release());
+        if released > 0 {
+            grants.extend(self.core.released(released));
         }
-        self.shared
-            .instances
-            .publish(self.admission.active(), released);
-        self.grant_waiters(granted);
+        self.shared.instances.publish(self.core.active(), released);
+        self.connect_grants(grants);
     }
 
     /// Publishes the counts. Called after every arrival (so before the
@@ -596,25 +571,21 @@ impl Acceptor {
     /// published with the next change, and till then only costs a spare
     /// wake-up.
     fn publish_active(&self) {
-        let waiting = u32::try_from(self.admission.waiting()).unwrap_or(u32::MAX);
+        let waiting = u32::try_from(self.core.waiting()).unwrap_or(u32::MAX);
         self.shared.waiting.store(waiting, Ordering::SeqCst);
-        self.shared.instances.publish(self.admission.active(), 0);
+        self.shared.instances.publish(self.core.active(), 0);
     }
 
     fn expire(&mut self, now: Instant) {
-        let late: Vec<Ticket> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| matches!(p.stage, Stage::Handshake { deadline } if deadline <= now))
-            .map(|(t, _)| *t)
-            .collect();
-        for t in late {
+        let expired = self.core.expire(now);
+        for t in expired.silent {
             // Silent or too slow: drop it without a word.
-            self.end_handshake(t);
+            self.pending.remove(&t);
         }
-        for t in self.admission.expire(now) {
+        let (code, reason) = AcceptorCore::timeout_refusal();
+        for t in expired.timed_out {
             if let Some(p) = self.pending.remove(&t) {
-                refuse(&p.socket, ErrorCode::Timeout, policy::TIMEOUT_REASON);
+                refuse(&p.socket, code, reason);
             }
         }
     }
@@ -669,25 +640,26 @@ impl Acceptor {
 
     fn on_connection(&mut self, socket: Socket) {
         let shared = &self.shared;
-        let Some((cred, groups, process)) =
-            admit_connection(&socket, &shared.opts, shared.server_uid, &mut self.startups)
-        else {
+        let Some(peer) = peer_of(&socket, &shared.opts, shared.server_uid) else {
             return;
         };
-        let ticket = self.next_ticket;
-        self.next_ticket += 1;
-        let deadline = Instant::now() + self.shared.opts.handshake_timeout;
-        self.pending.insert(
-            ticket,
-            Pending {
-                socket,
-                cred,
-                process,
-                groups,
-                buf: Vec::new(),
-                stage: Stage::Handshake { deadline },
-            },
-        );
+        let deadline = Instant::now() + shared.opts.handshake_timeout;
+        let ticket = match self.core.arrive(&peer, Some(deadline)) {
+            Ok(ticket) => ticket,
+            Err((code, reason)) => return refuse(&socket, code, &reason),
+        };
+        // Captured now, once: the pid could name another process later.
+        let process = PeerProcess::capture(&socket, peer.cred.pid);
+        let buf = Vec::new();
+        let waiting = false;
+        let p = Pending {
+            socket,
+            peer,
+            process,
+            buf,
+            waiting,
+        };
+        self.pending.insert(ticket, p);
         // The client usually sent HELLO right behind connect: try it now.
         self.read_hello(ticket);
     }
@@ -696,15 +668,13 @@ impl Acceptor {
         let Some(p) = self.pending.get(&ticket) else {
             return;
         };
-        match p.stage {
-            Stage::Handshake { .. } => self.read_hello(ticket),
-            Stage::Waiting { .. } => {
-                if events.intersects(Events::RDHUP | Events::HUP | Events::ERR) {
-                    // The waiting client gave up.
-                    self.admission.cancel(ticket);
-                    self.pending.remove(&ticket);
-                }
-            }
+        if !p.waiting {
+            return self.read_hello(ticket);
+        }
+        if events.intersects(Events::RDHUP | Events::HUP | Events::ERR) {
+            // The waiting client gave up.
+            self.core.waiter_left(ticket);
+            self.pending.remove(&ticket);
         }
     }
 
@@ -734,7 +704,7 @@ impl Acceptor {
         match Hello::decode(&p.buf) {
             Ok(None) => {}
             Ok(Some((hello, used))) => {
-                let mut p = self.end_handshake(ticket).expect("present");
+                let mut p = self.pending.remove(&ticket).expect("present");
                 let leftover = p.buf.split_off(used);
                 p.buf = leftover;
                 self.on_hello(ticket, p, hello);
@@ -747,102 +717,64 @@ impl Acceptor {
         }
     }
 
-    /// Takes a connection out of its handshake, however that ended, and
-    /// gives its user's handshake slot back.
+    /// Takes a connection out of its handshake, however that ended.
     fn end_handshake(&mut self, ticket: Ticket) -> Option<Pending> {
-        let p = self.pending.remove(&ticket)?;
-        self.startups.end(p.cred.uid);
-        Some(p)
-    }
-
-    fn description(&self, granted: Access) -> PipeDescription {
-        let shared = &self.shared;
-        policy::description(
-            &shared.opts,
-            &shared.name,
-            granted,
-            self.admission.active(),
-            self.admission.waiting(),
-        )
+        self.core.handshake_ended(ticket);
+        self.pending.remove(&ticket)
     }
 
     fn on_hello(&mut self, ticket: Ticket, mut p: Pending, hello: Hello) {
         // Instances freed since this turn of the loop began count for this
         // client: a release's wake-up may not have been seen yet.
         self.apply_counters();
-        let shared = &self.shared;
-        let peer = Peer {
-            cred: p.cred,
-            groups: std::mem::take(&mut p.groups),
-            server_uid: shared.server_uid,
-        };
-        match policy::judge(&shared.opts, &shared.name, &hello, &peer, Instant::now()) {
-            Verdict::Refuse(code, reason) => refuse(&p.socket, code, &reason),
-            Verdict::Describe(allowed) => {
-                send_reply(&p.socket, &Reply::Info(self.description(allowed)));
+        match self.core.hello(ticket, &p.peer, &hello, Instant::now()) {
+            Answer::Refuse(code, reason) => refuse(&p.socket, code, &reason),
+            Answer::Describe(desc) => {
+                send_reply(&p.socket, &Reply::Info(desc));
             }
-            Verdict::Connect { granted, patience } => {
-                match self.admission.arrive(ticket, patience) {
-                    Arrival::Granted => {
-                        self.connect(p.socket, p.buf, (p.cred, p.process), hello, granted)
-                    }
-                    Arrival::Busy => refuse(&p.socket, ErrorCode::PipeBusy, policy::BUSY_REASON),
-                    Arrival::Queued => {
-                        let stage = Stage::Waiting { hello, granted };
-                        self.pending.insert(ticket, Pending { stage, ..p });
-                    }
-                }
-                self.publish_active();
+            Answer::Connect { desc, granted } => self.connect(p, hello, desc, granted),
+            Answer::Wait => {
+                p.waiting = true;
+                p.peer.groups = Vec::new();
+                self.pending.insert(ticket, p);
             }
         }
+        self.publish_active();
     }
 
-    /// Hands instances to waiters in order, skipping any that left.
-    fn grant_waiters(&mut self, mut granted: Vec<Ticket>) {
-        let mut i = 0;
-        while i < granted.len() {
-            let t = granted[i];
-            i += 1;
-            let Some(p) = self.pending.remove(&t) else {
-                granted.extend(self.admission.release_unaccepted());
-                continue;
-            };
-            if p.socket.peer_hung_up() {
-                granted.extend(self.admission.release_unaccepted());
-                continue;
-            }
-            match p.stage {
-                Stage::Waiting {
-                    hello,
-                    granted: access,
-                } => self.connect(p.socket, p.buf, (p.cred, p.process), hello, access),
-                Stage::Handshake { .. } => unreachable!("only waiters are queued"),
+    /// Connects waiters the core gave instances, skipping any that left.
+    fn connect_grants(&mut self, grants: Vec<Grant>) {
+        let mut todo = std::collections::VecDeque::from(grants);
+        while let Some(g) = todo.pop_front() {
+            match self.pending.remove(&g.ticket) {
+                Some(p) if !p.socket.peer_hung_up() => {
+                    self.connect(p, g.hello, g.desc, g.granted);
+                }
+                _ => todo.extend(self.core.grant_failed()),
             }
         }
         self.publish_active();
     }
 
     /// Sends OK and queues the connection for the application's `accept`.
-    /// The admission has already counted the instance as taken.
-    fn connect(
-        &mut self,
-        socket: Socket,
-        leftover: Vec<u8>,
-        (cred, process): (PeerCred, PeerProcess),
-        hello: Hello,
-        granted: Access,
-    ) {
-        let desc = self.description(granted);
+    /// The core has already counted the instance as taken.
+    fn connect(&mut self, p: Pending, hello: Hello, desc: PipeDescription, granted: Access) {
         let cur_instances = desc.cur_instances;
         // Counted before the client or `accept` can see the connection, so
         // `info` never lags behind (a failed send below counts it back).
         self.publish_active();
-        if !send_reply(&socket, &Reply::Connected(desc)) {
-            let more = self.admission.release_unaccepted();
-            self.grant_waiters(more);
+        if !send_reply(&p.socket, &Reply::Connected(desc)) {
+            let more = self.core.grant_failed();
+            self.connect_grants(more);
             return;
         }
-        let mut leftover = leftover;
+        let Pending {
+            socket,
+            peer,
+            process,
+            buf: mut leftover,
+            ..
+        } = p;
         fence_to_grant(&socket, granted, &mut leftover);
         let o = &self.shared.opts;
         if o.out_buffer_size > 0 {
@@ -851,7 +783,7 @@ impl Acceptor {
         let ready = Ready {
             socket,
             leftover,
-            cred,
+            cred: peer.cred,
             process,
             hello,
             granted,

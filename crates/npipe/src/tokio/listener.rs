@@ -33,20 +33,20 @@ use ::tokio::time::Sleep;
 
 use super::stream::{register, PipeStream};
 use crate::budget::MemoryBudget;
+use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
 use crate::error::{Error, ErrorCode, Result};
-use crate::fresh_connection::{admit_connection, fence_to_grant, refuse, send_reply};
+use crate::fresh_connection::{fence_to_grant, peer_of, refuse, send_reply};
 use crate::info::{PeerProcess, PipeInfo};
 use crate::instance_counts::InstanceCounts;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace, Published, ServerSocket};
 use crate::options::{Access, ImpersonationLevel, ServerOptions};
-use crate::policy::{self, Peer, Verdict};
-use crate::proto::admission::{Admission, Arrival, Ticket};
+use crate::policy::Peer;
+use crate::proto::admission::Ticket;
 use crate::proto::handshake::{Hello, PipeDescription, Reply, HELLO_MAX};
-use crate::proto::startups::Startups;
 use crate::proto::ProtoError;
 use crate::stream_core::Setup;
-use crate::sys::{self, Fd, PeerCred, RecvFlagsLite, Socket};
+use crate::sys::{self, Fd, RecvFlagsLite, Socket};
 
 /// Most connections the acceptor takes from the kernel per wake-up.
 const ACCEPT_BATCH: usize = 64;
@@ -59,10 +59,9 @@ const FIRST_READ: usize = 4096;
 /// A client whose HELLO arrived.
 struct Arrived {
     socket: Socket,
-    cred: PeerCred,
+    /// Who the kernel says the client is.
+    peer: Peer,
     process: PeerProcess,
-    /// Supplementary groups, fetched only if the descriptor names groups.
-    groups: Vec<u32>,
     hello: Hello,
     leftover: Vec<u8>,
 }
@@ -322,7 +321,7 @@ impl PipeServer {
             ready.granted,
             ready.cur_instances,
             a.hello.max_message,
-            a.cred.into(),
+            a.peer.cred.into(),
             Arc::clone(&shared.budget),
         );
         match PipeStream::new(a.socket, setup, o.effective_read_mode(), a.leftover) {
@@ -449,7 +448,6 @@ impl Drop for PipeServer {
 /// A client waiting for an instance.
 struct Waiter {
     arrived: Arrived,
-    granted: Access,
     /// The task watching for its hang-up.
     watch: Option<AbortHandle>,
 }
@@ -466,18 +464,17 @@ enum Wake {
     Failed(io::Error),
 }
 
+/// The acceptor task: readiness, handshake tasks and timers, driving the
+/// engine's [`AcceptorCore`], which makes every decision.
 struct Acceptor {
     shared: Arc<Shared>,
-    admission: Admission,
+    core: AcceptorCore,
     waiting: HashMap<Ticket, Waiter>,
     handshakes: JoinSet<Option<Arrived>>,
-    /// Each handshake task's uid, to give its slot in `startups` back
+    /// Each handshake task's ticket, to end its handshake in the core
     /// however the task ends.
-    handshake_uids: HashMap<TaskId, u32>,
-    /// Handshakes in flight per user.
-    startups: Startups,
+    handshake_tickets: HashMap<TaskId, Ticket>,
     watches: JoinSet<Ticket>,
-    next_ticket: Ticket,
     paused_until: Option<Instant>,
     /// Held so that, out of descriptors, one can be freed to refuse clients.
     spare_fd: Option<OwnedFd>,
@@ -485,23 +482,14 @@ struct Acceptor {
 
 impl Acceptor {
     fn new(shared: Arc<Shared>) -> Acceptor {
-        let o = &shared.opts;
-        let limit = crate::info::max_instances_from_wire(o.max_instances);
-        let admission = Admission::new(limit, o.accept_backlog);
-        let startups = Startups::new(
-            o.max_handshakes,
-            o.max_handshakes_per_user,
-            shared.server_uid,
-        );
+        let core = AcceptorCore::new(shared.name.clone(), shared.opts.clone(), shared.server_uid);
         Acceptor {
             shared,
-            admission,
+            core,
             waiting: HashMap::new(),
             handshakes: JoinSet::new(),
-            handshake_uids: HashMap::new(),
-            startups,
+            handshake_tickets: HashMap::new(),
             watches: JoinSet::new(),
-            next_ticket: 0,
             paused_until: None,
             spare_fd: sys::spare_fd().ok(),
         }
@@ -518,7 +506,7 @@ impl Acceptor {
                 self.paused_until = None;
             }
             let deadline = self
-                .admission
+                .core
                 .next_deadline()
                 .into_iter()
                 .chain(self.paused_until)
@@ -529,14 +517,14 @@ impl Acceptor {
                     .await;
             match wake {
                 Wake::Event(Event::Released) => {
-                    let granted = self.admission.release();
+                    let grants = self.core.released(1);
                     // This event counts the one release its sender made.
-                    self.shared.instances.publish(self.admission.active(), 1);
-                    self.grant_waiters(granted);
+                    self.shared.instances.publish(self.core.active(), 1);
+                    self.connect_grants(grants);
                 }
                 Wake::Event(Event::Accepted) => {
-                    let granted = self.admission.accepted(1);
-                    self.grant_waiters(granted);
+                    let grants = self.core.accepted(1);
+                    self.connect_grants(grants);
                 }
                 Wake::Connections(sockets) => {
                     for socket in sockets {
@@ -544,16 +532,16 @@ impl Acceptor {
                     }
                 }
                 Wake::Hello(task, arrived) => {
-                    if let Some(uid) = self.handshake_uids.remove(&task) {
-                        self.startups.end(uid);
-                    }
-                    if let Some(arrived) = arrived {
-                        self.on_hello(arrived);
+                    if let Some(ticket) = self.handshake_tickets.remove(&task) {
+                        match arrived {
+                            Some(arrived) => self.on_hello(ticket, arrived),
+                            None => self.core.handshake_ended(ticket),
+                        }
                     }
                 }
                 Wake::WaiterLeft(ticket) => {
                     if self.waiting.remove(&ticket).is_some() {
-                        self.admission.cancel(ticket);
+                        self.core.waiter_left(ticket);
                         self.publish_active();
                     }
                 }
@@ -640,91 +628,58 @@ impl Acceptor {
     }
 
     fn publish_active(&self) {
-        self.shared.instances.publish(self.admission.active(), 0);
+        self.shared.instances.publish(self.core.active(), 0);
     }
 
     fn expire(&mut self, now: Instant) {
-        for t in self.admission.expire(now) {
+        // Handshakes keep their own time in their tasks: only waits run out
+        // here.
+        let (code, reason) = AcceptorCore::timeout_refusal();
+        for t in self.core.expire(now).timed_out {
             if let Some(w) = self.waiting.remove(&t) {
                 if let Some(watch) = w.watch {
                     watch.abort();
                 }
-                refuse(
-                    &w.arrived.socket,
-                    ErrorCode::Timeout,
-                    policy::TIMEOUT_REASON,
-                );
+                refuse(&w.arrived.socket, code, reason);
             }
         }
     }
 
     fn on_connection(&mut self, socket: Socket) {
         let shared = &self.shared;
-        let Some((cred, groups, process)) =
-            admit_connection(&socket, &shared.opts, shared.server_uid, &mut self.startups)
-        else {
+        let Some(peer) = peer_of(&socket, &shared.opts, shared.server_uid) else {
             return;
         };
+        let ticket = match self.core.arrive(&peer, None) {
+            Ok(ticket) => ticket,
+            Err((code, reason)) => return refuse(&socket, code, &reason),
+        };
+        // Captured now, once: the pid could name another process later.
+        let process = PeerProcess::capture(&socket, peer.cred.pid);
         let deadline = Instant::now() + shared.opts.handshake_timeout;
         let task = self
             .handshakes
-            .spawn(handshake(socket, (cred, process), groups, deadline));
-        self.handshake_uids.insert(task.id(), cred.uid);
+            .spawn(handshake(socket, peer, process, deadline));
+        self.handshake_tickets.insert(task.id(), ticket);
     }
 
-    fn description(&self, granted: Access) -> PipeDescription {
-        let shared = &self.shared;
-        policy::description(
-            &shared.opts,
-            &shared.name,
-            granted,
-            self.admission.active(),
-            self.admission.waiting(),
-        )
-    }
-
-    fn on_hello(&mut self, mut arrived: Arrived) {
-        let ticket = self.next_ticket;
-        self.next_ticket += 1;
-        let shared = &self.shared;
-        let peer = Peer {
-            cred: arrived.cred,
-            groups: std::mem::take(&mut arrived.groups),
-            server_uid: shared.server_uid,
-        };
-        let verdict = policy::judge(
-            &shared.opts,
-            &shared.name,
-            &arrived.hello,
-            &peer,
-            Instant::now(),
-        );
-        match verdict {
-            Verdict::Refuse(code, reason) => refuse(&arrived.socket, code, &reason),
-            Verdict::Describe(allowed) => {
-                send_reply(&arrived.socket, &Reply::Info(self.description(allowed)));
+    fn on_hello(&mut self, ticket: Ticket, mut arrived: Arrived) {
+        let answer = self
+            .core
+            .hello(ticket, &arrived.peer, &arrived.hello, Instant::now());
+        match answer {
+            Answer::Refuse(code, reason) => refuse(&arrived.socket, code, &reason),
+            Answer::Describe(desc) => {
+                send_reply(&arrived.socket, &Reply::Info(desc));
             }
-            Verdict::Connect { granted, patience } => {
-                match self.admission.arrive(ticket, patience) {
-                    Arrival::Granted => self.connect(arrived, granted),
-                    Arrival::Busy => {
-                        refuse(&arrived.socket, ErrorCode::PipeBusy, policy::BUSY_REASON)
-                    }
-                    Arrival::Queued => {
-                        let watch = self.watch(ticket, &arrived.socket);
-                        self.waiting.insert(
-                            ticket,
-                            Waiter {
-                                arrived,
-                                granted,
-                                watch,
-                            },
-                        );
-                    }
-                }
-                self.publish_active();
+            Answer::Connect { desc, granted } => self.connect(arrived, desc, granted),
+            Answer::Wait => {
+                arrived.peer.groups = Vec::new();
+                let watch = self.watch(ticket, &arrived.socket);
+                self.waiting.insert(ticket, Waiter { arrived, watch });
             }
         }
+        self.publish_active();
     }
 
     /// Watches a waiting client for hang-up, through a duplicate of its
@@ -748,39 +703,36 @@ impl Acceptor {
         }))
     }
 
-    /// Hands instances to waiters in order, skipping any that left.
-    fn grant_waiters(&mut self, mut granted: Vec<Ticket>) {
-        let mut i = 0;
-        while i < granted.len() {
-            let t = granted[i];
-            i += 1;
-            let Some(w) = self.waiting.remove(&t) else {
-                granted.extend(self.admission.release_unaccepted());
+    /// Connects waiters the core gave instances, skipping any that left.
+    fn connect_grants(&mut self, grants: Vec<Grant>) {
+        let mut todo = std::collections::VecDeque::from(grants);
+        while let Some(g) = todo.pop_front() {
+            let Some(w) = self.waiting.remove(&g.ticket) else {
+                todo.extend(self.core.grant_failed());
                 continue;
             };
             if let Some(watch) = &w.watch {
                 watch.abort();
             }
             if w.arrived.socket.peer_hung_up() {
-                granted.extend(self.admission.release_unaccepted());
+                todo.extend(self.core.grant_failed());
                 continue;
             }
-            self.connect(w.arrived, w.granted);
+            self.connect(w.arrived, g.desc, g.granted);
         }
         self.publish_active();
     }
 
     /// Sends OK and queues the connection for the application's `accept`.
-    /// The admission has already counted the instance as taken.
-    fn connect(&mut self, arrived: Arrived, granted: Access) {
-        let desc = self.description(granted);
+    /// The core has already counted the instance as taken.
+    fn connect(&mut self, arrived: Arrived, desc: PipeDescription, granted: Access) {
         let cur_instances = desc.cur_instances;
         // Counted before the client or `accept` can see the connection, so
         // `info` never lags behind (a failed send below counts it back).
         self.publish_active();
         if !send_reply(&arrived.socket, &Reply::Connected(desc)) {
-            let more = self.admission.release_unaccepted();
-            self.grant_waiters(more);
+            let more = self.core.grant_failed();
+            self.connect_grants(more);
             return;
         }
         let mut arrived = arrived;
@@ -821,8 +773,8 @@ impl Drop for Acceptor {
 /// refused here.
 async fn handshake(
     socket: Socket,
-    (cred, process): (PeerCred, PeerProcess),
-    groups: Vec<u32>,
+    peer: Peer,
+    process: PeerProcess,
     deadline: Instant,
 ) -> Option<Arrived> {
     let fd = register(socket).ok()?;
@@ -833,9 +785,8 @@ async fn handshake(
             let leftover = buf.split_off(used);
             Some(Arrived {
                 socket: fd.into_inner().into_socket(),
-                cred,
+                peer,
                 process,
-                groups,
                 hello,
                 leftover,
             })
