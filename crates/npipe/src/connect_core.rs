@@ -51,33 +51,80 @@ pub(crate) fn answer_deadline(wait: Wait) -> Option<Duration> {
 /// How often a client that waits for a server to appear tries again.
 pub(crate) const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
 
-/// How long a client that also waits for the pipe to exist
-/// (`wait_for_server`) keeps trying; `None` for ever.
-pub(crate) fn server_wait_limit(wait: Wait) -> Option<Duration> {
-    match wait {
-        Wait::Timeout(d) => Some(d),
-        Wait::ServerDefault => Some(SERVER_DEFAULT_MAX),
-        Wait::Forever | Wait::NoWait => None,
+/// The tries of a client that also waits for the pipe to exist
+/// (`wait_for_server`): the options of each try, and whether a failure is
+/// worth another. Both clients drive it with the time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attempts {
+    start: Instant,
+    /// How long to keep trying; `None` for ever.
+    limit: Option<Duration>,
+}
+
+impl Attempts {
+    /// The tries of a client with `opts` starting at `now`; `None` if it
+    /// tries once (it does not wait for the server, or not at all).
+    pub fn new(opts: &ClientOptions, now: Instant) -> Option<Attempts> {
+        if !opts.wait_for_server || opts.wait == Wait::NoWait {
+            return None;
+        }
+        let limit = match opts.wait {
+            Wait::Timeout(d) => Some(d),
+            Wait::ServerDefault => Some(SERVER_DEFAULT_MAX),
+            Wait::Forever | Wait::NoWait => None,
+        };
+        Some(Attempts { start: now, limit })
+    }
+
+    /// The options for the try made at `now`: a timeout shrinks by what
+    /// has passed.
+    pub fn options(&self, opts: &ClientOptions, now: Instant) -> ClientOptions {
+        let mut attempt = opts.clone();
+        if let (Wait::Timeout(_), Some(limit)) = (opts.wait, self.limit) {
+            let left = limit.saturating_sub(now.saturating_duration_since(self.start));
+            attempt.wait(Wait::Timeout(left.max(Duration::from_millis(1))));
+        }
+        attempt
+    }
+
+    /// After a try failed with `e` at `now`: how long to pause before the
+    /// next, or `None` to give up with `e`. Worth another try while the pipe
+    /// is missing, or its server went away mid-handshake, and the wait is
+    /// not over (looked at after the failure, not before the try).
+    pub fn after_failure(&self, e: &Error, now: Instant) -> Option<Duration> {
+        let retry = matches!(e.code(), ErrorCode::FileNotFound | ErrorCode::BrokenPipe)
+            && self
+                .limit
+                .is_none_or(|l| now.saturating_duration_since(self.start) < l);
+        retry.then_some(RECONNECT_PAUSE)
     }
 }
 
-/// The options for one more try of a client that waits for the server
-/// itself: a timeout shrinks by what has passed.
-pub(crate) fn next_attempt(opts: &ClientOptions, left: Option<Duration>) -> ClientOptions {
-    let mut attempt = opts.clone();
-    if let (Wait::Timeout(_), Some(left)) = (opts.wait, left) {
-        attempt.wait(Wait::Timeout(left.max(Duration::from_millis(1))));
-    }
-    attempt
+/// What came of a handshake: the server's REPLY (with what was read past
+/// it), or, if the server hung up while we were still sending, that send's
+/// failure, which says more than the hang-up.
+pub(crate) fn settle(
+    name: &PipeName,
+    answer: Result<(Reply, Vec<u8>)>,
+    sent: std::io::Result<()>,
+) -> Result<(PipeDescription, Vec<u8>)> {
+    let (reply, leftover) = answer.map_err(|e| match &sent {
+        Err(s) if e.code() == ErrorCode::BrokenPipe => {
+            Error::new(ErrorCode::BrokenPipe, format!("{name}: {s}"))
+        }
+        _ => e,
+    })?;
+    let desc = connected(name, reply)?;
+    sent.map_err(|e| Error::os(e, &format!("{name}: sending the handshake failed")))?;
+    Ok((desc, leftover))
 }
 
-/// Whether a failed connect is worth retrying for a client that waits for the
-/// server itself (since `start`, for `limit`): the pipe is missing, or its
-/// server went away mid-handshake, and the wait is not over yet (looked at
-/// after the failure, not before the attempt).
-pub(crate) fn retry_while_waiting(e: &Error, start: Instant, limit: Option<Duration>) -> bool {
-    matches!(e.code(), ErrorCode::FileNotFound | ErrorCode::BrokenPipe)
-        && limit.is_none_or(|l| start.elapsed() < l)
+/// `CallNamedPipe` on a byte-type pipe.
+pub(crate) fn not_a_message_pipe(name: &PipeName) -> Error {
+    Error::new(
+        ErrorCode::BadPipe,
+        format!("{name}: a transaction needs a message-type pipe; this one is byte type"),
+    )
 }
 
 /// Fails for a name this build cannot reach.
@@ -244,4 +291,70 @@ pub(crate) fn finish(
     let send_buffer = (desc.in_buffer > 0).then_some(desc.in_buffer as usize);
     let (setup, read_mode) = client_setup(name, opts, desc, cred.into())?;
     Ok((setup, read_mode, send_buffer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(wait: Wait) -> ClientOptions {
+        let mut o = ClientOptions::new();
+        o.wait(wait).wait_for_server(true);
+        o
+    }
+
+    #[test]
+    fn a_client_that_does_not_wait_tries_once() {
+        let now = Instant::now();
+        assert!(Attempts::new(&ClientOptions::new(), now).is_none());
+        assert!(Attempts::new(&waiting(Wait::NoWait), now).is_none());
+        let mut no_server_wait = ClientOptions::new();
+        no_server_wait.wait(Wait::Forever);
+        assert!(Attempts::new(&no_server_wait, now).is_none());
+    }
+
+    #[test]
+    fn retries_while_the_pipe_is_missing_until_the_wait_is_over() {
+        let now = Instant::now();
+        let opts = waiting(Wait::Timeout(Duration::from_millis(100)));
+        let a = Attempts::new(&opts, now).unwrap();
+        let missing = Error::new(ErrorCode::FileNotFound, "x");
+        let denied = Error::new(ErrorCode::AccessDenied, "x");
+        assert_eq!(a.after_failure(&missing, now), Some(RECONNECT_PAUSE));
+        assert_eq!(a.after_failure(&denied, now), None, "only missing or gone");
+        let later = now + Duration::from_millis(100);
+        assert_eq!(a.after_failure(&missing, later), None, "the wait is over");
+        // Each try waits what is left, at least 1 ms.
+        let at = now + Duration::from_millis(60);
+        assert_eq!(
+            a.options(&opts, at).wait,
+            Wait::Timeout(Duration::from_millis(40))
+        );
+        assert_eq!(
+            a.options(&opts, later + Duration::from_secs(1)).wait,
+            Wait::Timeout(Duration::from_millis(1))
+        );
+        let forever = Attempts::new(&waiting(Wait::Forever), now).unwrap();
+        let much_later = now + Duration::from_secs(86_400);
+        assert_eq!(
+            forever.after_failure(&missing, much_later),
+            Some(RECONNECT_PAUSE)
+        );
+    }
+
+    #[test]
+    fn a_send_that_failed_before_the_server_hung_up_is_the_error() {
+        let name = PipeName::parse("p").unwrap();
+        let hung_up = Err(closed_before_reply());
+        let send = Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        let e = settle(&name, hung_up, send).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BrokenPipe);
+        assert!(e.message().contains("p"), "{e}");
+        let refused = Reply::Refused {
+            code: ErrorCode::PipeBusy.win32(),
+            reason: "busy".into(),
+        };
+        let e = settle(&name, Ok((refused, Vec::new())), Ok(())).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::PipeBusy);
+    }
 }

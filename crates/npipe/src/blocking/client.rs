@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::blocking::stream::PipeStream;
 use crate::client_socket;
 use crate::connect_core;
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, Result};
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace};
 use crate::options::{Access, ClientOptions, PipeType, Wait};
@@ -43,20 +43,19 @@ impl PipeClient {
         opts: &ClientOptions,
         pipelined: Option<&[u8]>,
     ) -> Result<PipeClient> {
-        if !opts.wait_for_server || opts.wait == Wait::NoWait {
+        let Some(attempts) = connect_core::Attempts::new(opts, Instant::now()) else {
             return Self::connect_once(name, opts, pipelined);
-        }
+        };
         // Waiting for the pipe itself too: a missing pipe, or a server that
         // died before answering, is tried again until the wait is over.
-        let start = Instant::now();
-        let limit = connect_core::server_wait_limit(opts.wait);
         loop {
-            let left = limit.map(|l| l.saturating_sub(start.elapsed()));
-            match Self::connect_once(name, &connect_core::next_attempt(opts, left), pipelined) {
-                Err(e) if connect_core::retry_while_waiting(&e, start, limit) => {
-                    std::thread::sleep(connect_core::RECONNECT_PAUSE);
-                }
-                r => return r,
+            let attempt = attempts.options(opts, Instant::now());
+            match Self::connect_once(name, &attempt, pipelined) {
+                Err(e) => match attempts.after_failure(&e, Instant::now()) {
+                    Some(pause) => std::thread::sleep(pause),
+                    None => return Err(e),
+                },
+                ok => return ok,
             }
         }
     }
@@ -72,17 +71,8 @@ impl PipeClient {
         let socket = namespace.connect(name)?;
         let cred = client_socket::server_cred(name, opts, &socket)?;
         let sent = send_all(&socket, &connect_core::opening(name, opts, pipelined)?);
-        let (reply, leftover) = read_reply(&socket, connect_core::answer_deadline(opts.wait))
-            .map_err(|e| match sent {
-                // The server hung up on us mid-send; its reply, if any, was
-                // read above, so report the send failure.
-                Err(ref s) if e.code() == ErrorCode::BrokenPipe => {
-                    Error::new(ErrorCode::BrokenPipe, format!("{name}: {s}"))
-                }
-                _ => e,
-            })?;
-        let desc = connect_core::connected(name, reply)?;
-        sent.map_err(|e| Error::os(e, &format!("{name}: sending the handshake failed")))?;
+        let answer = read_reply(&socket, connect_core::answer_deadline(opts.wait));
+        let (desc, leftover) = connect_core::settle(name, answer, sent)?;
         let (setup, read_mode, send_buffer) = connect_core::finish(name, opts, cred, desc)?;
         client_socket::apply_send_buffer(&socket, send_buffer);
         Ok(PipeClient {
@@ -214,10 +204,7 @@ pub(crate) fn call_with(opts: &ClientOptions, name: &PipeName, request: &[u8]) -
     } else {
         let client = PipeClient::connect(name, &opts, None)?;
         if client.info().pipe_type == PipeType::Byte {
-            return Err(Error::new(
-                ErrorCode::BadPipe,
-                format!("{name}: a transaction needs a message-type pipe; this one is byte type"),
-            ));
+            return Err(connect_core::not_a_message_pipe(name));
         }
         client
     };

@@ -11,7 +11,7 @@ use ::tokio::io::unix::AsyncFd;
 use super::stream::{register, PipeStream};
 use crate::client_socket;
 use crate::connect_core::{self, PIPELINE_MAX};
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, Result};
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace};
 use crate::options::{Access, ClientOptions, PipeType, Wait};
@@ -65,21 +65,19 @@ impl PipeClient {
         opts: &ClientOptions,
         pipelined: Option<&[u8]>,
     ) -> Result<PipeClient> {
-        if !opts.wait_for_server || opts.wait == Wait::NoWait {
+        let Some(attempts) = connect_core::Attempts::new(opts, Instant::now()) else {
             return Self::connect_once(name, opts, pipelined).await;
-        }
+        };
         // Waiting for the pipe itself too: a missing pipe, or a server that
         // died before answering, is tried again until the wait is over.
-        let start = Instant::now();
-        let limit = connect_core::server_wait_limit(opts.wait);
         loop {
-            let left = limit.map(|l| l.saturating_sub(start.elapsed()));
-            let attempt = connect_core::next_attempt(opts, left);
+            let attempt = attempts.options(opts, Instant::now());
             match Self::connect_once(name, &attempt, pipelined).await {
-                Err(e) if connect_core::retry_while_waiting(&e, start, limit) => {
-                    ::tokio::time::sleep(connect_core::RECONNECT_PAUSE).await;
-                }
-                r => return r,
+                Err(e) => match attempts.after_failure(&e, Instant::now()) {
+                    Some(pause) => ::tokio::time::sleep(pause).await,
+                    None => return Err(e),
+                },
+                ok => return ok,
             }
         }
     }
@@ -111,16 +109,7 @@ impl PipeClient {
                 .unwrap_or_else(|_| Err(connect_core::silent_server())),
             None => answer.await,
         };
-        let (reply, leftover) = answer.map_err(|e| match sent {
-            // The server hung up on us mid-send; its reply, if any, was
-            // read above, so report the send failure.
-            Err(ref s) if e.code() == ErrorCode::BrokenPipe => {
-                Error::new(ErrorCode::BrokenPipe, format!("{name}: {s}"))
-            }
-            _ => e,
-        })?;
-        let desc = connect_core::connected(name, reply)?;
-        sent.map_err(|e| Error::os(e, &format!("{name}: sending the handshake failed")))?;
+        let (desc, leftover) = connect_core::settle(name, answer, sent)?;
 
         let (setup, read_mode, send_buffer) = connect_core::finish(name, opts, cred, desc)?;
         client_socket::apply_send_buffer(fd.get_ref().socket(), send_buffer);
@@ -246,10 +235,7 @@ pub(crate) async fn call_with(
     }
     let mut client = PipeClient::connect(name, &opts, None).await?;
     if client.info().pipe_type == PipeType::Byte {
-        return Err(Error::new(
-            ErrorCode::BadPipe,
-            format!("{name}: a transaction needs a message-type pipe; this one is byte type"),
-        ));
+        return Err(connect_core::not_a_message_pipe(name));
     }
     client.transact(request).await
 }
