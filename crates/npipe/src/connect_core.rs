@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::{max_instances_from_wire, End, PeerCredentials};
 use crate::name::PipeName;
-use crate::options::{ClientOptions, PipeType, ReadMode, Wait};
+use crate::options::ClientOptions;
 use crate::proto::framing;
 use crate::proto::handshake::{
     Hello, HelloKind, PipeDescription, Reply, REPLY_MAX, WAIT_DEFAULT, WAIT_FOREVER, WAIT_NONE,
 };
 use crate::stream_core::Setup;
 use crate::sys::PeerCred;
+use crate::types::{PipeType, ReadMode, Wait};
 
 /// How long past its own wait a client gives a server that says nothing.
 /// The server decides every outcome and says so; this only bounds a hung one.

@@ -4,10 +4,11 @@
 //! with it is the engine's `AcceptorCore`.)
 
 use crate::error::ErrorCode;
-use crate::options::{Access, ServerOptions};
+use crate::options::ServerOptions;
 use crate::policy::Peer;
 use crate::proto::handshake::Reply;
 use crate::sys::Socket;
+use crate::types::Access;
 
 /// Sends a reply on a fresh connection without blocking; whether it all went.
 /// (The tokio acceptor answers with this too.)

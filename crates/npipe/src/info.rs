@@ -2,8 +2,8 @@
 //! `GetNamedPipeHandleState`) and about its peer (`GetNamedPipeClientProcessId`
 //! and friends).
 
-use crate::options::{Access, Direction, PipeType, ReadMode, UNLIMITED_INSTANCES};
 use crate::sys;
+use crate::types::{Access, Direction, PipeType, ReadMode, UNLIMITED_INSTANCES};
 
 /// Which end of a pipe a handle is (`PIPE_SERVER_END` / `PIPE_CLIENT_END`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -123,20 +123,22 @@ mod stream_core;
 mod sys;
 #[cfg(feature = "tokio")]
 pub mod tokio;
+mod types;
 
 pub use blocking::{call, PipeClient, PipeListener, PipeServer, PipeStream, ReadHalf, WriteHalf};
 pub use error::{Error, ErrorCode, Result};
 pub use impersonation::Impersonation;
 pub use info::{ClientIdentity, End, PeerCredentials, PipeInfo};
-pub use listing::{list_pipes, query_pipe, remove_stale_pipes, PipeEntry, Pruned, ServedPipe};
+pub use listing::{list_pipes, query_pipe, remove_stale_pipes, PipeEntry, ServedPipe};
 pub use name::{PipeName, MAX_NAME_CHARS};
+pub use namespace::Pruned;
 pub use namespace::{directory as namespace_directory, DEFAULT_DIR, SYSTEM_DIR};
-pub use options::{
-    Access, ClientOptions, Direction, ImpersonationLevel, PipeType, ReadMode, ServerOptions, Wait,
-    UNLIMITED_INSTANCES,
-};
+pub use options::{ClientOptions, ServerOptions};
 pub use security::{user_id, Ace, AceKind, Rights, SecurityDescriptor, Subject, Trustee};
 pub use stream_core::{MessageRead, Peek};
+pub use types::{
+    Access, Direction, ImpersonationLevel, PipeType, ReadMode, Wait, UNLIMITED_INSTANCES,
+};
 
 /// The README's Rust example, compiled and run as a doctest.
 #[doc = include_str!("../../../README.md")]

@@ -10,9 +10,9 @@ use std::time::Duration;
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::{max_instances_from_wire, PeerCredentials};
 use crate::name::PipeName;
-use crate::namespace::Namespace;
-use crate::options::{Direction, PipeType};
+use crate::namespace::{Namespace, Pruned};
 use crate::proto::handshake::{Hello, HelloKind, Reply, WAIT_NONE};
+use crate::types::{Direction, PipeType};
 
 /// How long a listing waits for each server's answer.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -114,16 +114,6 @@ pub fn remove_stale_pipes() -> Result<Pruned> {
     }
 }
 
-/// What [`remove_stale_pipes`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Pruned {
-    /// The stale socket files removed.
-    pub removed: Vec<String>,
-    /// Stale socket files that could not be removed, with why (another
-    /// user's, in the sticky directory).
-    pub kept: Vec<(String, String)>,
-}
-
 /// Describes one pipe without taking an instance (`GetNamedPipeInfo` from
 /// outside, as `npipe info` shows it).
 pub fn query_pipe(name: impl TryInto<PipeName, Error = Error>) -> Result<ServedPipe> {
@@ -151,8 +141,8 @@ fn query_file(namespace: &Namespace, file: &str, name: Option<&PipeName>) -> Res
     let hello = Hello {
         kind: HelloKind::Query,
         access: None,
-        read_mode: crate::options::ReadMode::Byte,
-        impersonation: crate::options::ImpersonationLevel::Identification,
+        read_mode: crate::types::ReadMode::Byte,
+        impersonation: crate::types::ImpersonationLevel::Identification,
         wait_ms: WAIT_NONE,
         max_message: 0,
         pipelined: false,

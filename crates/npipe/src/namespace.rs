@@ -457,8 +457,8 @@ impl Namespace {
     /// changed since it was probed (a new server took the name) is left
     /// alone. Returns the removed file names, and the ones that could not be
     /// removed (another user's, in the sticky directory) with why.
-    pub fn prune_stale(&self) -> Result<crate::listing::Pruned> {
-        let mut pruned = crate::listing::Pruned::default();
+    pub fn prune_stale(&self) -> Result<Pruned> {
+        let mut pruned = Pruned::default();
         for file in self.socket_files()? {
             let Ok(before) = self.dir.stat(&file) else {
                 continue;
@@ -576,6 +576,16 @@ struct CheckedNamespace {
     path: PathBuf,
     seen: FileInfo,
     euid: u32,
+}
+
+/// What [`remove_stale_pipes`](crate::remove_stale_pipes) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// The stale socket files removed.
+    pub removed: Vec<String>,
+    /// Stale socket files that could not be removed, with why (another
+    /// user's, in the sticky directory).
+    pub kept: Vec<(String, String)>,
 }
 
 /// What a probe connect found on a name.

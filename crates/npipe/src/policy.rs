@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 
 use crate::error::ErrorCode;
 use crate::name::PipeName;
-use crate::options::{Access, PipeType, ServerOptions};
+use crate::options::ServerOptions;
 use crate::proto::admission::Patience;
 use crate::proto::handshake::{
     Hello, HelloKind, PipeDescription, WAIT_DEFAULT, WAIT_FOREVER, WAIT_NONE,
 };
 use crate::security::{Rights, Subject};
 use crate::sys::PeerCred;
+use crate::types::{Access, PipeType};
 
 /// A connecting peer as the kernel describes it.
 #[derive(Debug, Clone)]
@@ -194,7 +195,7 @@ pub(crate) const TIMEOUT_REASON: &str =
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::options::{Direction, ImpersonationLevel, ReadMode};
+    use crate::types::{Direction, ImpersonationLevel, ReadMode};
 
     fn hello(name: &str) -> Hello {
         Hello {

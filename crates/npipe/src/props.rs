@@ -3,11 +3,11 @@
 
 use proptest::prelude::*;
 
-use crate::options::{Access, Direction, ImpersonationLevel, PipeType, ReadMode};
 use crate::proto::framing::{self, Decoder, HEADER_LEN};
 use crate::proto::handshake::{
     Hello, HelloKind, PipeDescription, Reply, HELLO_MAX, MAX_NAME_BYTES, REPLY_MAX,
 };
+use crate::types::{Access, Direction, ImpersonationLevel, PipeType, ReadMode};
 use crate::{PipeName, SecurityDescriptor};
 
 fn access() -> impl Strategy<Value = Option<Access>> {

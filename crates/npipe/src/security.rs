@@ -42,8 +42,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::options::Access;
 use crate::sys;
+use crate::types::Access;
 
 /// Rights on a pipe: read, write, or both (full control).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -21,8 +21,8 @@ use std::io::{self, IoSlice};
 use crate::budget::{MemoryBudget, Reservation, UNBUDGETED};
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::{End, PeerCredentials, PipeInfo};
-use crate::options::{Access, Direction, PipeType, ReadMode};
 use crate::proto::framing::{self, Decoder, HEADER_LEN};
+use crate::types::{Access, Direction, PipeType, ReadMode};
 
 /// The reader's buffer: enough to batch many small messages into one read.
 pub(crate) const READ_BUFFER: usize = 16 * 1024;

@@ -28,11 +28,12 @@ use crate::info::{PeerProcess, PipeInfo};
 use crate::instance_counts::InstanceCounts;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace, Published, ServerSocket};
-use crate::options::{Access, ImpersonationLevel, ServerOptions};
+use crate::options::ServerOptions;
 use crate::policy::Peer;
 use crate::proto::admission::Ticket;
 use crate::proto::handshake::{Hello, PipeDescription, Reply, HELLO_MAX};
 use crate::sys::{self, Events, PeerCred, PollEntry, Socket, Waker};
+use crate::types::{Access, ImpersonationLevel};
 
 /// Most connections the acceptor takes from the kernel per wake-up, so that
 /// handshakes in progress are not starved by a connect storm.

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::{PeerCredentials, PipeInfo};
-use crate::options::ReadMode;
 use crate::stream_core::{
     check_transact, explain_write_failure, recv_error, send_error, Need, ReadCore, ReadMessage,
     ReadOp, ReadStd, RecvMessage, Step, WriteCore,
 };
 use crate::sys::{Events, RecvFlagsLite, Socket};
+use crate::types::ReadMode;
 
 pub(crate) use crate::stream_core::Setup;
 use crate::stream_core::{MessageRead, Peek};
@@ -584,8 +584,8 @@ impl Write for WriteHalf<'_> {
 mod tests {
     use super::*;
     use crate::info::End;
-    use crate::options::PipeType;
     use crate::proto::framing;
+    use crate::types::PipeType;
 
     fn pair(pipe_type: PipeType) -> (PipeStream, PipeStream) {
         let (a, b) = Socket::pair().unwrap();

@@ -16,11 +16,12 @@ use std::time::Instant;
 
 use crate::error::ErrorCode;
 use crate::name::PipeName;
-use crate::options::{Access, ServerOptions};
+use crate::options::ServerOptions;
 use crate::policy::{self, Peer, Verdict};
 use crate::proto::admission::{Admission, Arrival, Ticket};
 use crate::proto::handshake::{Hello, PipeDescription};
 use crate::proto::startups::Startups;
+use crate::types::Access;
 
 /// What to send a connection and then do with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,9 +276,9 @@ impl AcceptorCore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::options::{ImpersonationLevel, ReadMode};
     use crate::proto::handshake::{HelloKind, WAIT_FOREVER, WAIT_NONE};
     use crate::sys::PeerCred;
+    use crate::types::{ImpersonationLevel, ReadMode};
     use std::time::Duration;
 
     fn peer(uid: u32) -> Peer {

@@ -7,7 +7,7 @@
 //! its first byte is wrong, so a peer sending garbage is told at once.
 
 use super::{ProtoError, MAGIC, VERSION};
-use crate::options::{Access, Direction, ImpersonationLevel, PipeType, ReadMode};
+use crate::types::{Access, Direction, ImpersonationLevel, PipeType, ReadMode};
 
 /// Most bytes a pipe name may take in UTF-8 (256 characters of up to 4 bytes).
 pub const MAX_NAME_BYTES: usize = 1024;

@@ -14,9 +14,10 @@ use crate::connect_core::{self, PIPELINE_MAX};
 use crate::error::{Error, Result};
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace};
-use crate::options::{Access, ClientOptions, PipeType, Wait};
+use crate::options::ClientOptions;
 use crate::proto::handshake::{Reply, REPLY_MAX};
 use crate::sys::{Fd, RecvFlagsLite};
+use crate::types::{Access, PipeType, Wait};
 
 /// The client end of a pipe on tokio. Reads, writes and everything common
 /// to both ends come from [`PipeStream`], to which it dereferences; it

@@ -40,13 +40,14 @@ use crate::info::{PeerProcess, PipeInfo};
 use crate::instance_counts::InstanceCounts;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace, Published, ServerSocket};
-use crate::options::{Access, ImpersonationLevel, ServerOptions};
+use crate::options::ServerOptions;
 use crate::policy::Peer;
 use crate::proto::admission::Ticket;
 use crate::proto::handshake::{Hello, PipeDescription, Reply, HELLO_MAX};
 use crate::proto::ProtoError;
 use crate::stream_core::Setup;
 use crate::sys::{self, Fd, RecvFlagsLite, Socket};
+use crate::types::{Access, ImpersonationLevel};
 
 /// Most connections the acceptor takes from the kernel per wake-up.
 const ACCEPT_BATCH: usize = 64;

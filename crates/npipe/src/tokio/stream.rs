@@ -13,12 +13,12 @@ use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::{Error, Result};
 use crate::info::{PeerCredentials, PipeInfo};
-use crate::options::ReadMode;
 use crate::stream_core::{
     check_transact, explain_write_failure, recv_error, send_error, MessageRead, Need, Peek,
     ReadCore, ReadMessage, ReadOp, ReadStd, RecvMessage, Setup, Step, WriteCore, WriteOp,
 };
 use crate::sys::{self, Fd, RecvFlagsLite, Socket};
+use crate::types::ReadMode;
 
 /// Registers a socket with the current runtime's reactor.
 pub(crate) fn register(socket: Socket) -> Result<AsyncFd<Fd>> {
