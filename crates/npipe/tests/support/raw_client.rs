@@ -138,9 +138,12 @@ impl RawClient {
     pub fn read_some(&mut self, wait: Duration) -> Option<Vec<u8>> {
         self.stream.set_read_timeout(Some(wait)).unwrap();
         let mut buf = vec![0u8; 4096];
-        let got = match self.stream.read(&mut buf) {
-            Ok(0) | Err(_) => None,
-            Ok(n) => Some(buf[..n].to_vec()),
+        let got = loop {
+            match self.stream.read(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(0) | Err(_) => break None,
+                Ok(n) => break Some(buf[..n].to_vec()),
+            }
         };
         self.stream
             .set_read_timeout(Some(Duration::from_secs(30)))
