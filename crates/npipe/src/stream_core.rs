@@ -190,6 +190,71 @@ impl Setup {
     }
 }
 
+/// What a connected end holds on either front end besides its I/O handle:
+/// the setup agreed in the handshake, the reading and writing state, and
+/// whether this end disconnected its client.
+#[derive(Debug)]
+pub(crate) struct EndCore {
+    pub setup: Setup,
+    pub reader: ReadCore,
+    pub writer: WriteCore,
+    /// This end disconnected its client (`DisconnectNamedPipe`): every
+    /// operation on it fails with *pipe not connected*.
+    pub disconnected: bool,
+}
+
+impl EndCore {
+    /// A new connected end.
+    pub fn new(setup: Setup, read_mode: ReadMode, leftover: Vec<u8>) -> EndCore {
+        let (reader, writer) = setup.cores(read_mode, leftover);
+        EndCore {
+            setup,
+            reader,
+            writer,
+            disconnected: false,
+        }
+    }
+
+    /// Fails once this end has disconnected its client.
+    pub fn connected(&self) -> Result<()> {
+        if self.disconnected {
+            Err(Error::not_connected())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The peer's credentials, from the kernel at connect time.
+    pub fn peer(&self) -> PeerCredentials {
+        self.setup.peer
+    }
+
+    /// The pipe as this end sees it (`GetNamedPipeInfo`,
+    /// `GetNamedPipeHandleState`).
+    pub fn info(&self) -> PipeInfo {
+        self.setup.info(&self.reader, &self.writer)
+    }
+
+    /// A write's failure as the client should see it (see
+    /// [`explain_write_failure`]); `peeked` reads what the socket holds.
+    pub fn explain(&self, e: Error, peeked: impl FnOnce() -> Vec<u8>) -> Error {
+        explain_write_failure(e, &self.reader, peeked)
+    }
+
+    /// `DisconnectNamedPipe` on a server end: marks this end disconnected,
+    /// and returns the disconnect mark to send first, if the writer stands
+    /// at a message boundary (`at_boundary`: nothing of a cut message is
+    /// left to send) on a message pipe.
+    pub fn disconnect(&mut self, at_boundary: bool) -> Option<[u8; HEADER_LEN]> {
+        self.disconnected = true;
+        if at_boundary {
+            self.writer.disconnect_mark()
+        } else {
+            None
+        }
+    }
+}
+
 /// The input a read step needs before it can go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Need {

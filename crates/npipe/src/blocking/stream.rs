@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::{PeerCredentials, PipeInfo};
 use crate::stream_core::{
-    check_transact, explain_write_failure, recv_error, send_error, Need, ReadCore, ReadMessage,
-    ReadOp, ReadStd, RecvMessage, Step, WriteCore,
+    check_transact, recv_error, send_error, EndCore, Need, ReadCore, ReadMessage, ReadOp, ReadStd,
+    RecvMessage, Step, WriteCore,
 };
 use crate::sys::{Events, RecvFlagsLite, Socket};
 use crate::types::ReadMode;
@@ -51,10 +51,7 @@ use crate::stream_core::{MessageRead, Peek};
 #[derive(Debug)]
 pub struct PipeStream {
     socket: Socket,
-    reader: ReadCore,
-    writer: WriteCore,
-    setup: Setup,
-    disconnected: bool,
+    end: EndCore,
     write_timeout: Option<Duration>,
     read_wait: ReadWait,
 }
@@ -202,13 +199,9 @@ impl PipeStream {
         read_mode: ReadMode,
         leftover: Vec<u8>,
     ) -> PipeStream {
-        let (reader, writer) = setup.cores(read_mode, leftover);
         PipeStream {
-            reader,
-            writer,
             socket,
-            setup,
-            disconnected: false,
+            end: EndCore::new(setup, read_mode, leftover),
             write_timeout: None,
             read_wait: ReadWait::default(),
         }
@@ -229,30 +222,24 @@ impl PipeStream {
     /// no room the client sees *broken pipe* instead of *pipe not
     /// connected*), then the connection is shut both ways.
     pub(crate) fn disconnect_client(&mut self) {
-        if let Some(mark) = self.writer.disconnect_mark() {
+        if let Some(mark) = self.end.disconnect(true) {
             let _ = self.socket.send_nonblocking(&mark);
         }
         let _ = self.socket.shutdown_both();
-        self.disconnected = true;
     }
 
-    /// A write's failure as the client should see it (see
-    /// [`explain_write_failure`]).
+    /// A write's failure as the client should see it.
     fn explain(&self, e: Error) -> Error {
-        explain_write_failure(e, &self.reader, || self.socket.peek_queued())
+        self.end.explain(e, || self.socket.peek_queued())
     }
 
     fn connected(&self) -> Result<()> {
-        if self.disconnected {
-            Err(Error::not_connected())
-        } else {
-            Ok(())
-        }
+        self.end.connected()
     }
 
     /// The peer's credentials, from the kernel at connect time.
     pub(crate) fn peer(&self) -> PeerCredentials {
-        self.setup.peer
+        self.end.peer()
     }
 
     /// Reads one message, or the rest of a message a short buffer cut
@@ -263,7 +250,7 @@ impl PipeStream {
     /// mid-message gives *broken pipe* too, never a cut message.
     pub fn read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
         self.connected()?;
-        read_message(&mut self.reader, &self.socket, &mut self.read_wait, buf)
+        read_message(&mut self.end.reader, &self.socket, &mut self.read_wait, buf)
     }
 
     /// Reads the rest of the current message, or the next message, whole.
@@ -271,13 +258,13 @@ impl PipeStream {
     /// before anything was allocated.
     pub fn recv_message(&mut self) -> Result<Vec<u8>> {
         self.connected()?;
-        recv_message(&mut self.reader, &self.socket, &mut self.read_wait)
+        recv_message(&mut self.end.reader, &self.socket, &mut self.read_wait)
     }
 
     /// Writes one message, whole and atomic (`WriteFile` on a message pipe).
     pub fn write_message(&mut self, msg: &[u8]) -> Result<()> {
         self.connected()?;
-        write_message(&mut self.writer, &self.socket, msg).map_err(|e| self.explain(e))
+        write_message(&mut self.end.writer, &self.socket, msg).map_err(|e| self.explain(e))
     }
 
     /// Sends a message and reads the reply (`TransactNamedPipe`). Needs a
@@ -285,7 +272,7 @@ impl PipeStream {
     /// data is waiting, as on Windows.
     pub fn transact(&mut self, request: &[u8]) -> Result<Vec<u8>> {
         self.send_request(request)?;
-        recv_message(&mut self.reader, &self.socket, &mut self.read_wait)
+        recv_message(&mut self.end.reader, &self.socket, &mut self.read_wait)
     }
 
     /// A transaction's first half: `TransactNamedPipe`'s checks, then the
@@ -294,13 +281,13 @@ impl PipeStream {
         self.connected()?;
         let sock = &self.socket;
         check_transact(
-            &self.setup,
-            &self.reader,
-            &self.writer,
+            &self.end.setup,
+            &self.end.reader,
+            &self.end.writer,
             request.len(),
             || sock.readable_bytes().unwrap_or(0),
         )?;
-        write_message(&mut self.writer, &self.socket, request).map_err(|e| self.explain(e))
+        write_message(&mut self.end.writer, &self.socket, request).map_err(|e| self.explain(e))
     }
 
     /// `TransactNamedPipe` with the caller's reply buffer: sends `request`
@@ -332,7 +319,12 @@ impl PipeStream {
     /// ```
     pub fn transact_into(&mut self, request: &[u8], reply: &mut [u8]) -> Result<MessageRead> {
         self.send_request(request)?;
-        read_message(&mut self.reader, &self.socket, &mut self.read_wait, reply)
+        read_message(
+            &mut self.end.reader,
+            &self.socket,
+            &mut self.read_wait,
+            reply,
+        )
     }
 
     /// Copies waiting data without consuming it (`PeekNamedPipe`); never
@@ -341,7 +333,7 @@ impl PipeStream {
     /// beyond the bytes copied (as Windows does).
     pub fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
         self.connected()?;
-        crate::peek_io::peek(&mut self.reader, &self.socket, buf)
+        crate::peek_io::peek(&mut self.end.reader, &self.socket, buf)
     }
 
     /// Waits until the other end has read everything written so far
@@ -400,12 +392,12 @@ impl PipeStream {
     /// Changes this end's read mode (`SetNamedPipeHandleState`). A byte-type
     /// pipe refuses message mode with `ERROR_INVALID_PARAMETER`.
     pub fn set_read_mode(&mut self, mode: ReadMode) -> Result<()> {
-        self.reader.set_mode(mode)
+        self.end.reader.set_mode(mode)
     }
 
     /// This end's read mode.
     pub fn read_mode(&self) -> ReadMode {
-        self.reader.mode
+        self.end.reader.mode
     }
 
     /// Bounds blocking reads (`None`: wait forever). A read that times out
@@ -442,7 +434,7 @@ impl PipeStream {
     /// The pipe as this end sees it (`GetNamedPipeInfo`,
     /// `GetNamedPipeHandleState`).
     pub fn info(&self) -> PipeInfo {
-        self.setup.info(&self.reader, &self.writer)
+        self.end.info()
     }
 
     /// Splits into a reading and a writing half that can be used from two
@@ -451,14 +443,14 @@ impl PipeStream {
         (
             ReadHalf {
                 socket: &self.socket,
-                reader: &mut self.reader,
+                reader: &mut self.end.reader,
                 wait: &mut self.read_wait,
-                disconnected: self.disconnected,
+                disconnected: self.end.disconnected,
             },
             WriteHalf {
                 socket: &self.socket,
-                writer: &mut self.writer,
-                disconnected: self.disconnected,
+                writer: &mut self.end.writer,
+                disconnected: self.end.disconnected,
             },
         )
     }
@@ -468,7 +460,7 @@ impl Read for PipeStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.connected()?;
         Ok(read_std(
-            &mut self.reader,
+            &mut self.end.reader,
             &self.socket,
             &mut self.read_wait,
             buf,
@@ -481,11 +473,11 @@ impl Write for PipeStream {
     /// message and returns its full length.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.connected()?;
-        if self.writer.message {
-            write_message(&mut self.writer, &self.socket, buf).map_err(|e| self.explain(e))?;
+        if self.end.writer.message {
+            write_message(&mut self.end.writer, &self.socket, buf).map_err(|e| self.explain(e))?;
             Ok(buf.len())
         } else {
-            Ok(write_bytes(&mut self.writer, &self.socket, buf)?)
+            Ok(write_bytes(&mut self.end.writer, &self.socket, buf)?)
         }
     }
 

@@ -14,8 +14,8 @@ use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::error::{Error, Result};
 use crate::info::{PeerCredentials, PipeInfo};
 use crate::stream_core::{
-    check_transact, explain_write_failure, recv_error, send_error, MessageRead, Need, Peek,
-    ReadCore, ReadMessage, ReadOp, ReadStd, RecvMessage, Setup, Step, WriteCore, WriteOp,
+    check_transact, recv_error, send_error, EndCore, MessageRead, Need, Peek, ReadCore,
+    ReadMessage, ReadOp, ReadStd, RecvMessage, Setup, Step, WriteCore, WriteOp,
 };
 use crate::sys::{self, Fd, RecvFlagsLite, Socket};
 use crate::types::ReadMode;
@@ -83,10 +83,7 @@ pub(crate) fn register(socket: Socket) -> Result<AsyncFd<Fd>> {
 #[derive(Debug)]
 pub struct PipeStream {
     io: AsyncFd<Fd>,
-    reader: ReadCore,
-    writer: WriteCore,
-    setup: Setup,
-    disconnected: bool,
+    end: EndCore,
     /// What is left of a message that `poll_write` took but could not send
     /// at once, framing included; it goes out before anything else.
     tail: Vec<u8>,
@@ -212,8 +209,8 @@ impl<O: ReadOp> Drop for ReadFuture<'_, O> {
 async fn read_op<O: ReadOp>(stream: &mut PipeStream, op: O) -> Result<O::Output> {
     let mut f = ReadFuture {
         io: &stream.io,
-        core: &mut stream.reader,
-        writer: &mut stream.writer,
+        core: &mut stream.end.reader,
+        writer: &mut stream.end.writer,
         tail: &mut stream.tail,
         op,
         finished: false,
@@ -338,13 +335,9 @@ impl PipeStream {
         read_mode: ReadMode,
         leftover: Vec<u8>,
     ) -> PipeStream {
-        let (reader, writer) = setup.cores(read_mode, leftover);
         PipeStream {
             io,
-            reader,
-            writer,
-            setup,
-            disconnected: false,
+            end: EndCore::new(setup, read_mode, leftover),
             tail: Vec::new(),
         }
     }
@@ -357,37 +350,29 @@ impl PipeStream {
     /// `disconnect_client`: the mark only at a message boundary (nothing
     /// of a cut message left to send).
     pub(crate) fn disconnect_client(&mut self) {
-        if self.tail.is_empty() {
-            if let Some(mark) = self.writer.disconnect_mark() {
-                let _ = self.socket().send_nonblocking(&mark);
-            }
+        if let Some(mark) = self.end.disconnect(self.tail.is_empty()) {
+            let _ = self.socket().send_nonblocking(&mark);
         }
         let _ = self.socket().shutdown_both();
-        self.disconnected = true;
         self.tail = Vec::new();
     }
 
-    /// A write's failure as the client should see it (see
-    /// [`explain_write_failure`]).
+    /// A write's failure as the client should see it.
     fn explain(&self, e: Error) -> Error {
-        explain_write_failure(e, &self.reader, || self.socket().peek_queued())
+        self.end.explain(e, || self.socket().peek_queued())
     }
 
     fn connected(&self) -> Result<()> {
-        if self.disconnected {
-            Err(Error::not_connected())
-        } else {
-            Ok(())
-        }
+        self.end.connected()
     }
 
     /// The peer's credentials, from the kernel at connect time.
     pub(crate) fn peer(&self) -> PeerCredentials {
-        self.setup.peer
+        self.end.peer()
     }
 
     fn poll_drain_tail(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        poll_drain(&self.io, &mut self.writer, &mut self.tail, cx)
+        poll_drain(&self.io, &mut self.end.writer, &mut self.tail, cx)
     }
 
     /// Reads one message, or the rest of a message a short buffer cut
@@ -423,10 +408,10 @@ impl PipeStream {
     pub async fn write_message(&mut self, msg: &[u8]) -> Result<()> {
         self.connected()?;
         poll_fn(|cx| self.poll_drain_tail(cx)).await?;
-        let op = self.writer.begin_message(msg)?;
+        let op = self.end.writer.begin_message(msg)?;
         let mut f = WriteFuture {
             io: &self.io,
-            writer: &mut self.writer,
+            writer: &mut self.end.writer,
             op,
             msg,
             finished: false,
@@ -455,9 +440,9 @@ impl PipeStream {
         self.connected()?;
         let sock = self.io.get_ref().socket();
         check_transact(
-            &self.setup,
-            &self.reader,
-            &self.writer,
+            &self.end.setup,
+            &self.end.reader,
+            &self.end.writer,
             request.len(),
             || sock.readable_bytes().unwrap_or(0),
         )?;
@@ -500,7 +485,7 @@ impl PipeStream {
     /// counts what is left of it beyond the bytes copied (as Windows does).
     pub fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
         self.connected()?;
-        crate::peek_io::peek(&mut self.reader, self.io.get_ref().socket(), buf)
+        crate::peek_io::peek(&mut self.end.reader, self.io.get_ref().socket(), buf)
     }
 
     /// Waits until the other end has read everything written so far
@@ -551,12 +536,12 @@ impl PipeStream {
     /// Changes this end's read mode (`SetNamedPipeHandleState`). A byte-type
     /// pipe refuses message mode with `ERROR_INVALID_PARAMETER`.
     pub fn set_read_mode(&mut self, mode: ReadMode) -> Result<()> {
-        self.reader.set_mode(mode)
+        self.end.reader.set_mode(mode)
     }
 
     /// This end's read mode.
     pub fn read_mode(&self) -> ReadMode {
-        self.reader.mode
+        self.end.reader.mode
     }
 
     /// Closes this end's sending side after what was written: the other end
@@ -573,7 +558,7 @@ impl PipeStream {
     /// The pipe as this end sees it (`GetNamedPipeInfo`,
     /// `GetNamedPipeHandleState`).
     pub fn info(&self) -> PipeInfo {
-        self.setup.info(&self.reader, &self.writer)
+        self.end.info()
     }
 }
 
@@ -586,10 +571,10 @@ impl AsyncRead for PipeStream {
         let this = self.get_mut();
         this.connected()?;
         // The rest of a message `poll_write` took goes out meanwhile.
-        let _ = poll_drain(&this.io, &mut this.writer, &mut this.tail, cx);
+        let _ = poll_drain(&this.io, &mut this.end.writer, &mut this.tail, cx);
         let n = {
             let mut op = ReadStd::new(buf.initialize_unfilled());
-            ready!(poll_run(&this.io, &mut this.reader, &mut op, cx, true))?
+            ready!(poll_run(&this.io, &mut this.end.reader, &mut op, cx, true))?
         };
         buf.advance(n);
         Poll::Ready(Ok(()))
@@ -607,8 +592,8 @@ impl AsyncWrite for PipeStream {
         let this = self.get_mut();
         this.connected()?;
         ready!(this.poll_drain_tail(cx))?;
-        if !this.writer.message {
-            this.writer.check(0)?;
+        if !this.end.writer.message {
+            this.end.writer.check(0)?;
             loop {
                 let mut guard = ready!(this.io.poll_write_ready(cx))?;
                 match guard.try_io(|fd| fd.get_ref().socket().send(buf)) {
@@ -617,8 +602,8 @@ impl AsyncWrite for PipeStream {
                 }
             }
         }
-        let mut op = this.writer.begin_message(buf)?;
-        match poll_send(&this.io, &mut this.writer, &mut op, buf, cx) {
+        let mut op = this.end.writer.begin_message(buf)?;
+        match poll_send(&this.io, &mut this.end.writer, &mut op, buf, cx) {
             Poll::Ready(r) => {
                 Poll::Ready(r.map(|()| buf.len()).map_err(|e| this.explain(e).into()))
             }
@@ -637,7 +622,7 @@ impl AsyncWrite for PipeStream {
     /// read (that is [`PipeStream::flush_buffers`]).
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.disconnected {
+        if this.end.disconnected {
             return Poll::Ready(Ok(()));
         }
         Poll::Ready(ready!(this.poll_drain_tail(cx)).map_err(Into::into))
