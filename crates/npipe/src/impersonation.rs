@@ -24,6 +24,23 @@ pub(crate) fn spawn_as_user(
     gid: u32,
     groups: Vec<u32>,
 ) -> Result<std::process::Child> {
+    if sys::real_uid() != 0 {
+        // Without privilege the child keeps this process's groups: that is
+        // the client's identity only if they are the client's groups too.
+        let ours = sys::thread_ids().map(|t| t.groups).unwrap_or_default();
+        let (mut a, mut b) = (ours, groups.clone());
+        a.sort_unstable();
+        b.sort_unstable();
+        if a != b {
+            return Err(Error::new(
+                ErrorCode::PrivilegeNotHeld,
+                format!(
+                    "cannot start a process as uid {uid} with its own groups: that needs root \
+                     (this process's groups differ from the client's)"
+                ),
+            ));
+        }
+    }
     let ids = sys::ThreadIds {
         euid: uid,
         egid: gid,

@@ -213,7 +213,21 @@ impl PeerProcess {
     /// one (then the pidfd is closed), and the session, read while the
     /// pidfd pins the process.
     pub fn capture(socket: &sys::Socket, pid: u32) -> PeerProcess {
-        let Ok(pidfd) = socket.peer_pidfd().or_else(|_| sys::pidfd_of(pid)) else {
+        // pidfd_open by pid only where the kernel lacks SO_PEERPIDFD: any
+        // other failure means the peer has gone, and its pid may already be
+        // another process's.
+        let pidfd = match socket.peer_pidfd() {
+            Ok(Some(fd)) => Ok(fd),
+            Ok(None) => sys::pidfd_of(pid),
+            Err(_) => {
+                return PeerProcess {
+                    pid,
+                    tracking: Tracking::Gone,
+                    session: None,
+                }
+            }
+        };
+        let Ok(pidfd) = pidfd else {
             let session = sys::proc_numbers_like_us()
                 .then(|| sys::audit_session(pid).ok().map(logon_session))
                 .flatten();

@@ -186,6 +186,8 @@ impl ServerOptions {
     /// cap new ones are refused with *pipe busy* at once, so that silent
     /// connections cannot exhaust the server's file descriptors (OpenSSH's
     /// `MaxStartups`). Clients of the server's own user are never counted.
+    /// The same caps apply, counted apart, to other users' clients waiting
+    /// for an instance (each holds a descriptor while it waits).
     ///
     /// ```
     /// let mut opts = npipe::ServerOptions::new();
@@ -247,6 +249,11 @@ impl ServerOptions {
         }
         if self.accept_backlog == 0 {
             return Err(Error::invalid("accept_backlog must be at least 1"));
+        }
+        if self.memory_budget == 0 {
+            return Err(Error::invalid(
+                "memory_budget must be at least 1 byte (it bounds memory; 0 would not)",
+            ));
         }
         if self.max_handshakes == 0 || self.max_handshakes_per_user == 0 {
             return Err(Error::invalid(

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
@@ -90,14 +90,26 @@ fn make_directory(dir: &Path) -> CmdResult {
             .map_err(|e| needs_root(format!("cannot create {}", dir.display()), e))?,
         Err(e) => return Err(needs_root(format!("cannot look at {}", dir.display()), e)),
     }
-    std::os::unix::fs::lchown(dir, Some(0), Some(0))
-        .map_err(|e| needs_root(format!("cannot give {} to root", dir.display()), e))?;
+    // Owner and mode are set through a descriptor opened without following
+    // a symbolic link, so that a link swapped in meanwhile (where --dir is
+    // somewhere others may write) is refused, not followed.
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(dir, flags, Mode::empty())
+        .map_err(|e| needs_root(format!("cannot open {}", dir.display()), e.into()))?;
+    let root = Some(rustix::process::Uid::ROOT);
+    rustix::fs::fchown(&fd, root, Some(rustix::process::Gid::ROOT))
+        .map_err(|e| needs_root(format!("cannot give {} to root", dir.display()), e.into()))?;
     // mkdir's mode went through the umask; set it exactly.
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o1777))
-        .map_err(|e| needs_root(format!("cannot set the mode of {}", dir.display()), e))?;
-    let m = fs::symlink_metadata(dir)
-        .map_err(|e| needs_root(format!("cannot look at {}", dir.display()), e))?;
-    if !m.file_type().is_dir() || m.uid() != 0 || m.mode() & 0o7777 != 0o1777 {
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o1777)).map_err(|e| {
+        needs_root(
+            format!("cannot set the mode of {}", dir.display()),
+            e.into(),
+        )
+    })?;
+    let st = rustix::fs::fstat(&fd)
+        .map_err(|e| needs_root(format!("cannot look at {}", dir.display()), e.into()))?;
+    if st.st_uid != 0 || st.st_mode & 0o7777 != 0o1777 {
         return Err(Failure::new(
             Status::Other,
             format!(

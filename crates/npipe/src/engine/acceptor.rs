@@ -73,7 +73,11 @@ enum Stage {
     /// Reading its HELLO, until `deadline` if the core keeps the time.
     Handshake { uid: u32, deadline: Option<Instant> },
     /// Waiting for an instance.
-    Waiting { hello: Hello, granted: Access },
+    Waiting {
+        hello: Hello,
+        granted: Access,
+        uid: u32,
+    },
 }
 
 /// The acceptor's decisions for one pipe.
@@ -83,6 +87,9 @@ pub(crate) struct AcceptorCore {
     opts: ServerOptions,
     admission: Admission,
     startups: Startups,
+    /// Clients of other users waiting for an instance, under the same caps
+    /// as handshakes: each holds a descriptor on the server while it waits.
+    waiters: Startups,
     conns: HashMap<Ticket, Stage>,
     next_ticket: Ticket,
 }
@@ -97,11 +104,17 @@ impl AcceptorCore {
             opts.max_handshakes_per_user,
             server_uid,
         );
+        let waiters = Startups::new(
+            opts.max_handshakes,
+            opts.max_handshakes_per_user,
+            server_uid,
+        );
         AcceptorCore {
             name,
             opts,
             admission,
             startups,
+            waiters,
             conns: HashMap::new(),
             next_ticket: 0,
         }
@@ -157,8 +170,18 @@ impl AcceptorCore {
                         Answer::Refuse(ErrorCode::PipeBusy, policy::BUSY_REASON.to_string())
                     }
                     Arrival::Queued => {
+                        let uid = peer.cred.uid;
+                        if let Err(r) = self.waiters.begin(uid) {
+                            self.admission.cancel(ticket);
+                            return Answer::Refuse(ErrorCode::PipeBusy, r.waiting_reason());
+                        }
                         let hello = hello.clone();
-                        self.conns.insert(ticket, Stage::Waiting { hello, granted });
+                        let stage = Stage::Waiting {
+                            hello,
+                            granted,
+                            uid,
+                        };
+                        self.conns.insert(ticket, stage);
                         Answer::Wait
                     }
                 }
@@ -193,7 +216,8 @@ impl AcceptorCore {
 
     /// A waiter hung up.
     pub fn waiter_left(&mut self, ticket: Ticket) {
-        if matches!(self.conns.get(&ticket), Some(Stage::Waiting { .. })) {
+        if let Some(Stage::Waiting { uid, .. }) = self.conns.get(&ticket) {
+            self.waiters.end(*uid);
             self.conns.remove(&ticket);
             self.admission.cancel(ticket);
         }
@@ -212,7 +236,9 @@ impl AcceptorCore {
         }
         let timed_out = self.admission.expire(now);
         for t in &timed_out {
-            self.conns.remove(t);
+            if let Some(Stage::Waiting { uid, .. }) = self.conns.remove(t) {
+                self.waiters.end(uid);
+            }
         }
         Expired { silent, timed_out }
     }
@@ -255,12 +281,19 @@ impl AcceptorCore {
         let mut out = Vec::with_capacity(tickets.len());
         for ticket in tickets {
             match self.conns.remove(&ticket) {
-                Some(Stage::Waiting { hello, granted }) => out.push(Grant {
-                    ticket,
+                Some(Stage::Waiting {
                     hello,
-                    desc: self.description(granted),
                     granted,
-                }),
+                    uid,
+                }) => {
+                    self.waiters.end(uid);
+                    out.push(Grant {
+                        ticket,
+                        hello,
+                        desc: self.description(granted),
+                        granted,
+                    });
+                }
                 // A waiter the core no longer knows (it left): its instance
                 // goes on at once.
                 _ => {
@@ -404,6 +437,36 @@ mod tests {
         c.handshake_ended(a);
         c.arrive(&peer(1000), d).unwrap();
         c.arrive(&peer(1000), d).unwrap();
+    }
+
+    /// Clients of other users waiting for an instance are capped as their
+    /// handshakes are: each holds a descriptor while it waits.
+    #[test]
+    fn other_users_waiters_are_capped() {
+        let now = Instant::now();
+        let mut opts = ServerOptions::new();
+        opts.max_instances(1).max_handshakes_per_user(2);
+        let mut c = core(&mut opts);
+        connect(&mut c, WAIT_NONE, now);
+        let wait = |c: &mut AcceptorCore, uid| {
+            let t = c.arrive(&peer(uid), None).unwrap();
+            let mut h = hello(WAIT_FOREVER);
+            h.access = Some(Access::Read);
+            (t, c.hello(t, &peer(uid), &h, now))
+        };
+        let (first, a) = wait(&mut c, 1000);
+        assert_eq!(a, Answer::Wait);
+        assert_eq!(wait(&mut c, 1000).1, Answer::Wait);
+        assert!(matches!(
+            wait(&mut c, 1000).1,
+            Answer::Refuse(ErrorCode::PipeBusy, _)
+        ));
+        assert_eq!(c.waiting(), 2, "the refused one is not queued");
+        // The server's own user is not counted; a waiter that leaves frees
+        // its place.
+        assert_eq!(connect(&mut c, WAIT_FOREVER, now).1, Answer::Wait);
+        c.waiter_left(first);
+        assert_eq!(wait(&mut c, 1000).1, Answer::Wait);
     }
 
     #[test]

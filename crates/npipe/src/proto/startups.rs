@@ -91,6 +91,20 @@ impl Startups {
 }
 
 impl Refusal {
+    /// The reason sent to a client refused a place among the waiters.
+    pub fn waiting_reason(self) -> String {
+        match self {
+            Refusal::PerUser(n) => format!(
+                "this user already has {n} connections waiting for an instance of the pipe; \
+                 try again when one is served"
+            ),
+            Refusal::Total(n) => format!(
+                "{n} connections from other users are already waiting for an instance; \
+                 try again later"
+            ),
+        }
+    }
+
     /// The reason sent to the refused client.
     pub fn reason(self) -> String {
         match self {

@@ -228,8 +228,10 @@ impl Socket {
 
     /// A pidfd for the peer process as it was when it connected
     /// (`SO_PEERPIDFD`, Linux 6.5): it names that process and no other for
-    /// as long as it is open, even once the pid is reused.
-    pub fn peer_pidfd(&self) -> io::Result<OwnedFd> {
+    /// as long as it is open, even once the pid is reused. `Ok(None)` where
+    /// the kernel does not have the option; an error when the peer has
+    /// gone.
+    pub fn peer_pidfd(&self) -> io::Result<Option<OwnedFd>> {
         /// `SO_PEERPIDFD` on every architecture but alpha, mips, parisc and
         /// sparc, which npipe is not built for.
         const SO_PEERPIDFD: libc::c_int = 77;
@@ -247,13 +249,22 @@ impl Socket {
             )
         };
         if r != 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENOPROTOOPT | libc::EOPNOTSUPP) => Ok(None),
+                _ => Err(e),
+            };
         }
-        if fd < 0 || len as usize != size_of::<libc::c_int>() {
+        if fd < 0 {
             return Err(io::Error::other("SO_PEERPIDFD returned no descriptor"));
         }
-        // SAFETY: the kernel just opened `fd` for us and nothing else owns it.
-        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        // SAFETY: the kernel just opened `fd` for us and nothing else owns it
+        // (owned at once, so that it is closed whatever follows).
+        let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        if len as usize != size_of::<libc::c_int>() {
+            return Err(io::Error::other("SO_PEERPIDFD returned a short answer"));
+        }
+        Ok(Some(owned))
     }
 
     /// The peer's supplementary groups from the kernel (`SO_PEERGROUPS`).
@@ -738,6 +749,11 @@ pub fn effective_uid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
+/// The process's real user id.
+pub fn real_uid() -> u32 {
+    rustix::process::getuid().as_raw()
+}
+
 /// The current process id.
 pub fn process_id() -> u32 {
     rustix::process::getpid().as_raw_pid() as u32
@@ -1026,7 +1042,7 @@ pub fn exec_as_user(cmd: &mut std::process::Command, ids: &ThreadIds) {
             rustix::thread::set_thread_groups(&groups)?;
         } else if uid != real {
             // Without privilege only one's own identity can be taken.
-            return Err(io::Error::from(io::ErrorKind::PermissionDenied));
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
         }
         rustix::thread::set_thread_res_gid(gid, gid, gid)?;
         rustix::thread::set_thread_res_uid(uid, uid, uid)?;
@@ -1114,10 +1130,9 @@ mod tests {
     #[test]
     fn pidfds_follow_the_process_not_the_pid() {
         let (a, _b) = Socket::pair().unwrap();
-        match a.peer_pidfd() {
-            Ok(fd) => assert!(!pidfd_exited(&fd).unwrap()),
-            // Kernels before 6.5 have no SO_PEERPIDFD.
-            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENOPROTOOPT), "{e}"),
+        // Kernels before 6.5 have no SO_PEERPIDFD (None).
+        if let Some(fd) = a.peer_pidfd().unwrap() {
+            assert!(!pidfd_exited(&fd).unwrap());
         }
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let fd = pidfd_of(child.id()).unwrap();

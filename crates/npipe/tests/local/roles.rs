@@ -36,6 +36,7 @@ fn child_entry() {
         "connect_and_leave" => connect_and_leave(&args),
         "login_open" => login_open(&args),
         "hog" => hog(&args),
+        "hog_waiting" => hog_waiting(&args),
         other => panic!("unknown role {other}"),
     }
     std::process::exit(0);
@@ -669,6 +670,25 @@ fn lock_all() {
     say(format!("locked {}", held.len()));
     let mut sink = String::new();
     let _ = std::io::stdin().read_to_string(&mut sink);
+}
+
+/// `hog_waiting NAME COUNT`: opens COUNT connections that each ask to wait
+/// for ever for an instance (read access), reports how many connected, then
+/// holds them until stdin closes.
+fn hog_waiting(args: &[String]) {
+    use crate::raw_client::{self as rc, RawClient};
+    let count: usize = args[1].parse().unwrap();
+    let held: Vec<_> = (0..count)
+        .filter_map(|_| {
+            let mut c = RawClient::connect(&args[0]).ok()?;
+            c.send(&rc::waiting_hello(&args[0], rc::READ)).ok()?;
+            Some(c)
+        })
+        .collect();
+    say(format!("held {}", held.len()));
+    let mut sink = String::new();
+    let _ = std::io::stdin().read_to_string(&mut sink);
+    drop(held);
 }
 
 /// `vandal DIR FILE`: as another user, try to remove, rename over and

@@ -9,6 +9,7 @@ use crate::common::{on_both_servers, server_on, spawn_as, still_serves, unique, 
 on_both_servers!(
     a_denied_user_cannot_exhaust_the_servers_descriptors,
     a_silent_user_cannot_exhaust_the_servers_descriptors,
+    a_waiting_user_cannot_exhaust_the_servers_descriptors,
 );
 
 const NOBODY: u32 = 65534;
@@ -39,6 +40,29 @@ fn a_denied_user_cannot_exhaust_the_servers_descriptors(front: Front) {
     let sd = "sd=allow everyone=full; deny user:65534=full";
     let _srv = server_on(front, &name, &[sd, SERVER_NOFILE]);
     owner_is_served_while_nobody_hogs(&name);
+}
+
+/// Clients waiting for an instance hold a descriptor each while they wait:
+/// another user's are capped like its handshakes (16 by default), the rest
+/// told *pipe busy*, and the server keeps answering.
+fn a_waiting_user_cannot_exhaust_the_servers_descriptors(front: Front) {
+    if !need_root("a_waiting_user_cannot_exhaust_the_servers_descriptors") {
+        return;
+    }
+    let name = unique("starve-waiting");
+    let _srv = server_on(front, &name, &[SERVER_NOFILE, "instances=1", "mode=hold"]);
+    let _holder = npipe::ClientOptions::new().open(name.as_str()).unwrap();
+    let mut hog = crate::common::spawn_as(NOBODY, "hog_waiting", &[&name, HOGGED]);
+    assert_eq!(hog.expect("held"), HOGGED);
+    let queued = crate::common::eventually("the waiters to be counted", || {
+        let q = npipe::query_pipe(name.as_str()).ok()?;
+        (q.waiting_clients >= 16).then_some(q.waiting_clients)
+    });
+    assert_eq!(queued, 16, "uid 65534's waiters are capped");
+    for _ in 0..5 {
+        assert_eq!(crate::common::waiting(&name), 16);
+    }
+    drop(hog);
 }
 
 fn a_silent_user_cannot_exhaust_the_servers_descriptors(front: Front) {

@@ -44,6 +44,13 @@ pub fn hello(name: &str, kind: u8, access: u8, flags: u8) -> Vec<u8> {
     b
 }
 
+/// [`hello`] for a client that waits for ever for a free instance.
+pub fn waiting_hello(name: &str, access: u8) -> Vec<u8> {
+    let mut b = hello(name, CONNECT, access, 0);
+    b[12..16].copy_from_slice(&u32::MAX.to_le_bytes()); // wait: forever
+    b
+}
+
 /// One message-type frame: a u32 length, then the bytes.
 pub fn frame(payload: &[u8]) -> Vec<u8> {
     let mut b = (payload.len() as u32).to_le_bytes().to_vec();
