@@ -247,6 +247,11 @@ impl EndCore {
     /// left to send) on a message pipe.
     pub fn disconnect(&mut self, at_boundary: bool) -> Option<[u8; HEADER_LEN]> {
         self.disconnected = true;
+        // Nothing more is read here: what this end held of the budget (a
+        // message the application had, or one a cancelled read left) goes
+        // back now, not when the end is dropped.
+        self.reader.held = None;
+        self.reader.stash = None;
         if at_boundary {
             self.writer.disconnect_mark()
         } else {
