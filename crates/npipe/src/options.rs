@@ -215,8 +215,10 @@ impl ServerOptions {
     /// server reads nothing from that client, whose writes then block
     /// (backpressure, as a Windows pipe's buffer quota blocks a writer):
     /// nothing is dropped. A message larger than the budget waits until
-    /// nothing else is reserved and goes alone. A blocking read waits at
-    /// most its read timeout for room.
+    /// nothing else is reserved and goes alone. One user other than the
+    /// server's own (and root) holds at most half the budget unless it
+    /// holds nothing yet, so one user's stalled writers cannot pin it all.
+    /// A blocking read waits at most its read timeout for room.
     ///
     /// ```
     /// let mut opts = npipe::ServerOptions::new();

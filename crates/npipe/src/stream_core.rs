@@ -329,6 +329,8 @@ pub(crate) struct ReadCore {
     stash: Option<(Vec<u8>, MsgProgress, Option<Reservation>)>,
     /// The listener's budget for partially received messages (server ends).
     budget: Option<std::sync::Arc<MemoryBudget>>,
+    /// The peer's uid, the user its reservations count against.
+    peer_uid: u32,
     /// The reservation of the last large message `recv_message` returned,
     /// held until the next read on this end (or its end): the application
     /// is working on that message meanwhile, so its memory still counts.
@@ -379,6 +381,7 @@ impl ReadCore {
             eof: false,
             stash: None,
             budget: setup.budget.clone(),
+            peer_uid: setup.peer.uid,
             held: None,
         }
     }
@@ -387,12 +390,24 @@ impl ReadCore {
         &self.buf[self.pos..]
     }
 
-    /// The budget a [`Need::Budget`] waits on (only server ends have one,
-    /// and only they are asked to wait).
-    pub fn budget(&self) -> &MemoryBudget {
+    fn budget(&self) -> &MemoryBudget {
         self.budget
             .as_deref()
             .expect("only an end with a budget waits for one")
+    }
+
+    /// For a blocking [`Need::Budget`]: waits until the listener's budget
+    /// has room for a message of `len` bytes from this end's client, at
+    /// most until `deadline`; whether it has.
+    pub fn wait_for_budget(&self, len: usize, deadline: Option<std::time::Instant>) -> bool {
+        self.budget().wait_for_room(len, self.peer_uid, deadline)
+    }
+
+    /// For an async [`Need::Budget`]: `true` if there is room now, else
+    /// `waker` is woken at the next release.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub fn wake_when_budget(&self, len: usize, waker: &std::task::Waker) -> bool {
+        self.budget().wake_when_room(len, self.peer_uid, waker)
     }
 
     /// Fails if this end may not read, or the stream broke earlier.
@@ -814,7 +829,7 @@ impl ReadOp for RecvMessage {
             // client (its writes block in the kernel) until there is.
             if self.total > UNBUDGETED && self.reservation.is_none() {
                 if let Some(budget) = &core.budget {
-                    match budget.try_reserve(self.total) {
+                    match budget.try_reserve(self.total, core.peer_uid) {
                         Some(r) => self.reservation = Some(r),
                         None => return Ok(Step::Need(Need::Budget { len: self.total })),
                     }
@@ -1230,12 +1245,12 @@ mod tests {
     fn a_large_message_reserves_its_length_before_its_body_is_read() {
         let big = vec![7u8; UNBUDGETED + 1];
         let wire = frames(&[b"small", &big]);
-        let budget = std::sync::Arc::new(MemoryBudget::new(UNBUDGETED + 10));
+        let budget = std::sync::Arc::new(MemoryBudget::new(UNBUDGETED + 10, 0));
         let mut setup = Setup::for_test(End::Server, PipeType::Message);
         setup.budget = Some(std::sync::Arc::clone(&budget));
         let mut c = setup.cores(ReadMode::Message, wire).0;
         c.eof = true;
-        let held = budget.try_reserve(20).unwrap();
+        let held = budget.try_reserve(20, 0).unwrap();
         assert_eq!(run(&mut c, &mut RecvMessage::default()).unwrap(), b"small");
         let mut op = RecvMessage::default();
         let need = op.step(&mut c).unwrap();

@@ -144,7 +144,7 @@ impl PipeListener {
             published,
             server_uid,
         } = namespace::create_server_socket(&name, &opts)?;
-        let budget = Arc::new(MemoryBudget::new(opts.memory_budget));
+        let budget = Arc::new(MemoryBudget::new(opts.memory_budget, server_uid));
         let shared = Arc::new(Shared {
             name,
             opts,

@@ -110,7 +110,7 @@ fn run<O: ReadOp>(
             // Read nothing from this client until the listener's budget has
             // room for its message: backpressure, within the read timeout.
             let deadline = wait.timeout.map(|t| std::time::Instant::now() + t);
-            if core.budget().wait_for_room(len, deadline) {
+            if core.wait_for_budget(len, deadline) {
                 continue;
             }
             op.undo(core);

@@ -186,7 +186,7 @@ impl PipeListener {
             }
         };
         let (events, inbox) = mpsc::unbounded_channel();
-        let budget = Arc::new(MemoryBudget::new(opts.memory_budget));
+        let budget = Arc::new(MemoryBudget::new(opts.memory_budget, server_uid));
         let shared = Arc::new(Shared {
             name,
             opts,

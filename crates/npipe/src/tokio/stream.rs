@@ -107,7 +107,7 @@ fn poll_run<O: ReadOp>(
         if let Need::Budget { len } = need {
             // Read nothing from this client until the listener's budget has
             // room for its message (backpressure); woken by a release.
-            if core.budget().wake_when_room(len, cx.waker()) {
+            if core.wake_when_budget(len, cx.waker()) {
                 continue;
             }
             return Poll::Pending;

@@ -6,11 +6,15 @@
 
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use crate::common::{on_both_servers, server_on, unique, Front};
 use crate::raw_client::{self as rc, RawClient};
 
-on_both_servers!(unfinished_large_messages_stay_within_the_budget);
+on_both_servers!(
+    unfinished_large_messages_stay_within_the_budget,
+    one_users_stalled_writers_cannot_pin_the_budget,
+);
 
 const CLIENTS: usize = 16;
 const TOTAL: usize = 48 << 20;
@@ -40,6 +44,33 @@ fn read_frame(c: &mut RawClient) -> Vec<u8> {
     let mut m = vec![0u8; u32::from_le_bytes(len) as usize];
     c.stream.read_exact(&mut m).unwrap();
     m
+}
+
+/// Uid 65534 sends the headers of two 48 MiB messages and stalls: it may
+/// hold at most half of a 100 MiB budget, so its second message waits and
+/// the owner's own 48 MiB message still goes through (without the share the
+/// stalled pair held 96 MiB and the owner's waited for ever).
+fn one_users_stalled_writers_cannot_pin_the_budget(front: Front) {
+    if let Some(why) = crate::shared_copy::cannot_run_as(65534) {
+        eprintln!("SKIPPED LOUDLY: this test writes as uid 65534, and {why}");
+        return;
+    }
+    let name = unique("budget-share");
+    let budget = format!("budget={}", 100 << 20);
+    let sd = "sd=allow everyone=full";
+    let _srv = server_on(front, &name, &["mode=digest", &budget, sd]);
+    let len = (48u32 << 20).to_string();
+    let mut staller = crate::common::spawn_as(65534, "stall_writers", &[&name, "2", &len]);
+    assert_eq!(staller.expect("stalled"), "2");
+    let mut c = npipe::ClientOptions::new().open(name.as_str()).unwrap();
+    c.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let message = vec![1u8; 48 << 20];
+    c.write_message(&message)
+        .expect("the owner's message could not go in");
+    let reply = String::from_utf8(c.recv_message().unwrap()).unwrap();
+    assert_eq!(reply, format!("{} {}", message.len(), message.len()));
+    drop(staller);
 }
 
 fn unfinished_large_messages_stay_within_the_budget(front: Front) {

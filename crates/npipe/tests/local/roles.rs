@@ -37,6 +37,7 @@ fn child_entry() {
         "login_open" => login_open(&args),
         "hog" => hog(&args),
         "hog_waiting" => hog_waiting(&args),
+        "stall_writers" => stall_writers(&args),
         other => panic!("unknown role {other}"),
     }
     std::process::exit(0);
@@ -686,6 +687,30 @@ fn hog_waiting(args: &[String]) {
         })
         .collect();
     say(format!("held {}", held.len()));
+    let mut sink = String::new();
+    let _ = std::io::stdin().read_to_string(&mut sink);
+    drop(held);
+}
+
+/// `stall_writers NAME COUNT LEN`: opens COUNT connections, on each sends
+/// the header of a LEN-byte message and 64 KiB of it, then stalls; reports
+/// how many, then holds them until stdin closes.
+fn stall_writers(args: &[String]) {
+    use crate::raw_client::{self as rc, RawClient};
+    let count: usize = args[1].parse().unwrap();
+    let len: u32 = args[2].parse().unwrap();
+    let held: Vec<_> = (0..count)
+        .filter_map(|_| {
+            let mut c = RawClient::connect(&args[0]).ok()?;
+            c.send(&rc::hello(&args[0], rc::CONNECT, rc::READ_WRITE, 0))
+                .ok()?;
+            matches!(c.reply().ok()?, rc::Reply::Connected { .. }).then_some(())?;
+            c.send(&len.to_le_bytes()).ok()?;
+            c.send(&vec![7u8; 64 * 1024]).ok()?;
+            Some(c)
+        })
+        .collect();
+    say(format!("stalled {}", held.len()));
     let mut sink = String::new();
     let _ = std::io::stdin().read_to_string(&mut sink);
     drop(held);
