@@ -167,12 +167,10 @@ fn run(args: &[&str], input: &[u8]) -> Run {
 /// Runs `cmd` (an `npipe` command line, `args` for messages) as [`run`]
 /// does.
 fn run_cmd(mut cmd: Command, args: &[&str], input: &[u8]) -> Run {
-    let mut child = cmd
-        .stdin(Stdio::piped())
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start npipe");
+        .stderr(Stdio::piped());
+    let mut child = shared_copy::spawn_retrying(&mut cmd).expect("start npipe");
     let stdout = read_all(child.stdout.take().expect("stdout"));
     let stderr = read_all(child.stderr.take().expect("stderr"));
     let mut stdin = child.stdin.take().expect("stdin");

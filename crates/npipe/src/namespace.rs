@@ -262,10 +262,48 @@ impl Namespace {
     ) -> Result<(Socket, Published)> {
         let file = name.file_name();
         let (socket, tmp) = self.bind_temporary()?;
-        let result = self.publish(&socket, &tmp, &file, name, first_instance, mode);
-        let _ = self.dir.unlink(&tmp);
+        let ours = match self.ready_to_publish(&socket, &tmp, mode) {
+            Ok(info) => info,
+            Err(e) => {
+                let _ = self.dir.unlink(&tmp);
+                return Err(e);
+            }
+        };
+        let result = self.publish(&tmp, &file, name, first_instance, &ours);
+        self.remove_temporary(&tmp, &ours);
         let (dev, ino) = result?;
         Ok((socket, Published { file, dev, ino }))
+    }
+
+    /// Gives the socket bound at `tmp` its file mode and starts it
+    /// listening, before anyone can reach it by the pipe's name; what `tmp`
+    /// names, to tell our socket from others later.
+    fn ready_to_publish(&self, socket: &Socket, tmp: &str, mode: u32) -> Result<FileInfo> {
+        self.dir
+            .chmod_entry(tmp, mode)
+            .map_err(|e| self.io_error(e, "cannot set the socket's mode in"))?;
+        socket
+            .listen(1024)
+            .map_err(|e| Error::os(e, "cannot listen on the pipe's socket"))?;
+        self.dir
+            .stat(tmp)
+            .map_err(|e| self.io_error(e, "cannot stat the new socket in"))
+    }
+
+    /// Removes the temporary name, which now names our socket (not
+    /// published), the dead socket ours replaced, or, had undoing an
+    /// exchange failed in a race of several servers, another server's live
+    /// socket: that one is never removed.
+    fn remove_temporary(&self, tmp: &str, ours: &FileInfo) {
+        let keep = match self.dir.stat(tmp) {
+            Ok(now) if (now.dev, now.ino) != (ours.dev, ours.ino) => {
+                matches!(self.probe(tmp), Ok(Probe::Live(_)))
+            }
+            _ => false,
+        };
+        if !keep {
+            let _ = self.dir.unlink(tmp);
+        }
     }
 
     fn bind_temporary(&self) -> Result<(Socket, String)> {
@@ -297,23 +335,12 @@ impl Namespace {
     /// returns the published socket file's device and inode.
     fn publish(
         &self,
-        socket: &Socket,
         tmp: &str,
         file: &str,
         name: &PipeName,
         first_instance: bool,
-        mode: u32,
+        ours: &FileInfo,
     ) -> Result<(u64, u64)> {
-        self.dir
-            .chmod_entry(tmp, mode)
-            .map_err(|e| self.io_error(e, "cannot set the socket's mode in"))?;
-        socket
-            .listen(1024)
-            .map_err(|e| Error::os(e, "cannot listen on the pipe's socket"))?;
-        let ours = self
-            .dir
-            .stat(tmp)
-            .map_err(|e| self.io_error(e, "cannot stat the new socket in"))?;
         // The common case: the link takes a free name, or fails because the
         // name exists. No lock is taken, ever: a lock in a directory everyone
         // may open is a lock anyone may hold for ever.

@@ -171,7 +171,7 @@ fn spawn_child(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn child");
+    let mut child = crate::shared_copy::spawn_retrying(&mut cmd).expect("spawn child");
     CHILDREN
         .lock()
         .unwrap_or_else(|e| e.into_inner())

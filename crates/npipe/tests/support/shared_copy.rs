@@ -84,3 +84,20 @@ pub fn cannot_run_as(uid: u32) -> Option<String> {
     }
     None
 }
+
+/// Starts `cmd`, going round again while the program is "busy": the copy
+/// above was just written, and a child another thread forked meanwhile may
+/// still hold the descriptor it was written through (`ETXTBSY`) until that
+/// child execs.
+pub fn spawn_retrying(cmd: &mut std::process::Command) -> std::io::Result<std::process::Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
