@@ -105,12 +105,7 @@ impl PeerCredentials {
     /// is a hint, never proof; the server ends' `*_session_id` methods use
     /// what was captured at connect instead.
     pub fn session_id(&self) -> Option<u32> {
-        let proc_pid = if sys::proc_numbers_like_us() {
-            self.pid
-        } else {
-            sys::proc_pid_of(&sys::pidfd_of(self.pid).ok()?).ok()?
-        };
-        sys::audit_session(proc_pid).ok().map(logon_session)
+        session_of(self.pid, sys::pidfd_of(self.pid).ok().as_ref())
     }
 }
 
@@ -132,12 +127,15 @@ pub(crate) fn own_session() -> Option<u32> {
     sys::own_audit_session().ok().map(logon_session)
 }
 
-/// The logon session of the process `pidfd` names, whose pid is `pid`.
-fn session_of(pid: u32, pidfd: &std::os::fd::OwnedFd) -> Option<u32> {
+/// The logon session of the process whose pid (as the kernel gave it to
+/// us) is `pid` and which `pidfd`, if any, names. Where `/proc` numbers
+/// processes differently from us, only the pidfd can say which `/proc`
+/// entry is that process's: without one there is no answer.
+fn session_of(pid: u32, pidfd: Option<&std::os::fd::OwnedFd>) -> Option<u32> {
     let proc_pid = if sys::proc_numbers_like_us() {
         pid
     } else {
-        sys::proc_pid_of(pidfd).ok()?
+        sys::proc_pid_of(pidfd?).ok()?
     };
     sys::audit_session(proc_pid).ok().map(logon_session)
 }
@@ -228,13 +226,10 @@ impl PeerProcess {
             }
         };
         let Ok(pidfd) = pidfd else {
-            let session = sys::proc_numbers_like_us()
-                .then(|| sys::audit_session(pid).ok().map(logon_session))
-                .flatten();
             return PeerProcess {
                 pid,
                 tracking: Tracking::Unknown,
-                session,
+                session: session_of(pid, None),
             };
         };
         let inode = sys::pidfd_inode(&pidfd);
@@ -248,7 +243,7 @@ impl PeerProcess {
                 session: Some(session),
             };
         }
-        let session = session_of(pid, &pidfd);
+        let session = session_of(pid, Some(&pidfd));
         // Read after the session: if the process is still running now, the
         // session read was its own, not a successor's.
         if sys::pidfd_exited(&pidfd).unwrap_or(true) {
@@ -422,7 +417,12 @@ macro_rules! client_identity_methods {
         /// capabilities and `no_new_privs` is set, so neither it nor what it
         /// runs can regain the server's identity. A process started by other
         /// means while impersonating keeps the server's real and saved uid
-        /// and could become the server again: use this instead.
+        /// and could become the server again: use this instead. The child
+        /// still inherits what `cmd` does not change: the server's
+        /// environment, working directory and standard streams (as
+        /// `CreateProcessAsUser` inherits the caller's environment); set
+        /// `env_clear`, `current_dir` and `stdin`/`stdout`/`stderr` on `cmd`
+        /// where those must not reach the client.
         ///
         /// Needs root unless the client is the server's own user
         /// (`ERROR_PRIVILEGE_NOT_HELD`, 1314), and a client that granted

@@ -114,7 +114,9 @@ impl Setup {
             in_buffer: opts.in_buffer_size,
             out_buffer: opts.out_buffer_size,
             max_message: opts.max_message_size,
-            peer_max_message,
+            // A client may announce any limit, u32::MAX included; a message
+            // that long would read as the disconnect mark.
+            peer_max_message: peer_max_message.min(framing::MAX_MESSAGE_LIMIT),
             peer,
             budget: Some(budget),
         }

@@ -487,14 +487,24 @@ fn raw(args: &[String]) {
 }
 
 /// `hog NAME COUNT`: opens COUNT connections to the pipe and says nothing on
-/// any of them; reports how many connected, then holds them until stdin
-/// closes.
+/// any of them; see [`hold_connections`].
 fn hog(args: &[String]) {
+    hold_connections("held", args, Some);
+}
+
+/// Opens `args[1]` raw connections to the pipe `args[0]`, each prepared by
+/// `prepare` (`None` drops it), says `label` and how many it holds, and
+/// holds them until stdin closes.
+fn hold_connections(
+    label: &str,
+    args: &[String],
+    prepare: impl Fn(crate::raw_client::RawClient) -> Option<crate::raw_client::RawClient>,
+) {
     let count: usize = args[1].parse().unwrap();
     let held: Vec<_> = (0..count)
-        .filter_map(|_| crate::raw_client::RawClient::connect(&args[0]).ok())
+        .filter_map(|_| prepare(crate::raw_client::RawClient::connect(&args[0]).ok()?))
         .collect();
-    say(format!("held {}", held.len()));
+    say(format!("{label} {}", held.len()));
     let mut sink = String::new();
     let _ = std::io::stdin().read_to_string(&mut sink);
     drop(held);
@@ -674,46 +684,29 @@ fn lock_all() {
 }
 
 /// `hog_waiting NAME COUNT`: opens COUNT connections that each ask to wait
-/// for ever for an instance (read access), reports how many connected, then
-/// holds them until stdin closes.
+/// for ever for an instance (read access); see [`hold_connections`].
 fn hog_waiting(args: &[String]) {
-    use crate::raw_client::{self as rc, RawClient};
-    let count: usize = args[1].parse().unwrap();
-    let held: Vec<_> = (0..count)
-        .filter_map(|_| {
-            let mut c = RawClient::connect(&args[0]).ok()?;
-            c.send(&rc::waiting_hello(&args[0], rc::READ)).ok()?;
-            Some(c)
-        })
-        .collect();
-    say(format!("held {}", held.len()));
-    let mut sink = String::new();
-    let _ = std::io::stdin().read_to_string(&mut sink);
-    drop(held);
+    use crate::raw_client as rc;
+    hold_connections("held", args, |mut c| {
+        c.send(&rc::waiting_hello(&args[0], rc::READ)).ok()?;
+        Some(c)
+    });
 }
 
 /// `stall_writers NAME COUNT LEN`: opens COUNT connections, on each sends
-/// the header of a LEN-byte message and 64 KiB of it, then stalls; reports
-/// how many, then holds them until stdin closes.
+/// the header of a LEN-byte message and 64 KiB of it, then stalls; see
+/// [`hold_connections`].
 fn stall_writers(args: &[String]) {
-    use crate::raw_client::{self as rc, RawClient};
-    let count: usize = args[1].parse().unwrap();
+    use crate::raw_client as rc;
     let len: u32 = args[2].parse().unwrap();
-    let held: Vec<_> = (0..count)
-        .filter_map(|_| {
-            let mut c = RawClient::connect(&args[0]).ok()?;
-            c.send(&rc::hello(&args[0], rc::CONNECT, rc::READ_WRITE, 0))
-                .ok()?;
-            matches!(c.reply().ok()?, rc::Reply::Connected { .. }).then_some(())?;
-            c.send(&len.to_le_bytes()).ok()?;
-            c.send(&vec![7u8; 64 * 1024]).ok()?;
-            Some(c)
-        })
-        .collect();
-    say(format!("stalled {}", held.len()));
-    let mut sink = String::new();
-    let _ = std::io::stdin().read_to_string(&mut sink);
-    drop(held);
+    hold_connections("stalled", args, |mut c| {
+        c.send(&rc::hello(&args[0], rc::CONNECT, rc::READ_WRITE, 0))
+            .ok()?;
+        matches!(c.reply().ok()?, rc::Reply::Connected { .. }).then_some(())?;
+        c.send(&len.to_le_bytes()).ok()?;
+        c.send(&vec![7u8; 64 * 1024]).ok()?;
+        Some(c)
+    });
 }
 
 /// `vandal DIR FILE`: as another user, try to remove, rename over and
