@@ -24,7 +24,7 @@ use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
 use crate::error::{Error, ErrorCode, Result};
 use crate::fresh_connection::{fence_to_grant, peer_of, refuse, send_reply};
 use crate::impersonation::{cannot_impersonate, no_client_to_impersonate, Impersonation};
-use crate::info::{PeerProcess, PipeInfo};
+use crate::info::{ClientProcess, PipeInfo};
 use crate::instance_counts::InstanceCounts;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace, Published, ServerSocket};
@@ -52,7 +52,6 @@ struct Ready {
     socket: Socket,
     leftover: Vec<u8>,
     cred: PeerCred,
-    process: PeerProcess,
     hello: Hello,
     granted: Access,
     cur_instances: u32,
@@ -288,8 +287,8 @@ pub struct PipeServer {
     stream: PipeStream,
     shared: Arc<Shared>,
     impersonation: ImpersonationLevel,
-    /// The connecting process, as captured at accept.
-    process: PeerProcess,
+    /// The connecting process.
+    process: ClientProcess,
     holds_instance: bool,
 }
 
@@ -313,13 +312,14 @@ impl PipeServer {
             ready.cred.into(),
             Arc::clone(&shared.budget),
         );
+        let process = ClientProcess::at_accept(&ready.socket, ready.cred.pid);
         let mut stream =
             PipeStream::new(ready.socket, setup, o.effective_read_mode(), ready.leftover);
         // The client may not have read our reply yet.
         stream.poll_first_read();
         PipeServer {
             impersonation: ready.hello.impersonation,
-            process: ready.process,
+            process,
             stream,
             shared,
             holds_instance: true,
@@ -437,7 +437,6 @@ impl Drop for PipeServer {
 struct Pending {
     socket: Socket,
     peer: Peer,
-    process: PeerProcess,
     buf: Vec<u8>,
     /// Waiting for an instance (watched for hang-up), not in its handshake.
     waiting: bool,
@@ -649,16 +648,11 @@ impl Acceptor {
             Ok(ticket) => ticket,
             Err((code, reason)) => return refuse(&socket, code, &reason),
         };
-        // Captured now, once: the pid could name another process later.
-        let process = PeerProcess::capture(&socket, peer.cred.pid);
-        let buf = Vec::new();
-        let waiting = false;
         let p = Pending {
             socket,
             peer,
-            process,
-            buf,
-            waiting,
+            buf: Vec::new(),
+            waiting: false,
         };
         self.pending.insert(ticket, p);
         // The client usually sent HELLO right behind connect: try it now.
@@ -772,7 +766,6 @@ impl Acceptor {
         let Pending {
             socket,
             peer,
-            process,
             buf: mut leftover,
             ..
         } = p;
@@ -785,7 +778,6 @@ impl Acceptor {
             socket,
             leftover,
             cred: peer.cred,
-            process,
             hello,
             granted,
             cur_instances,

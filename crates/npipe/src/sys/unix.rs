@@ -8,6 +8,7 @@ use std::ffi::CStr;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -19,6 +20,13 @@ use rustix::net::{
 
 /// The kernel's `sun_path` holds 108 bytes, NUL included.
 const SUN_PATH_MAX: usize = 107;
+
+/// What `SO_PEERPIDFD` calls have found of the kernel: unknown until the
+/// first, then present or absent for good.
+static PEER_PIDFD: AtomicU8 = AtomicU8::new(PEER_PIDFD_UNKNOWN);
+const PEER_PIDFD_UNKNOWN: u8 = 0;
+const PEER_PIDFD_PRESENT: u8 = 1;
+const PEER_PIDFD_ABSENT: u8 = 2;
 
 fn retry<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
     loop {
@@ -251,10 +259,14 @@ impl Socket {
         if r != 0 {
             let e = io::Error::last_os_error();
             return match e.raw_os_error() {
-                Some(libc::ENOPROTOOPT | libc::EOPNOTSUPP) => Ok(None),
+                Some(libc::ENOPROTOOPT | libc::EOPNOTSUPP) => {
+                    PEER_PIDFD.store(PEER_PIDFD_ABSENT, Ordering::Relaxed);
+                    Ok(None)
+                }
                 _ => Err(e),
             };
         }
+        PEER_PIDFD.store(PEER_PIDFD_PRESENT, Ordering::Relaxed);
         if fd < 0 {
             return Err(io::Error::other("SO_PEERPIDFD returned no descriptor"));
         }
@@ -265,6 +277,16 @@ impl Socket {
             return Err(io::Error::other("SO_PEERPIDFD returned a short answer"));
         }
         Ok(Some(owned))
+    }
+
+    /// Whether this kernel has `SO_PEERPIDFD`: found out once, on a socket
+    /// pair, unless a [`peer_pidfd`](Self::peer_pidfd) call already did.
+    pub fn kernel_names_peer_processes() -> bool {
+        if PEER_PIDFD.load(Ordering::Relaxed) == PEER_PIDFD_UNKNOWN {
+            // Records the answer; a pair we cannot make says nothing.
+            let _ = Socket::pair().map(|(a, _b)| a.peer_pidfd());
+        }
+        PEER_PIDFD.load(Ordering::Relaxed) == PEER_PIDFD_PRESENT
     }
 
     /// The peer's supplementary groups from the kernel (`SO_PEERGROUPS`).

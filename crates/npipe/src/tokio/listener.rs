@@ -36,7 +36,7 @@ use crate::budget::MemoryBudget;
 use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
 use crate::error::{Error, ErrorCode, Result};
 use crate::fresh_connection::{fence_to_grant, peer_of, refuse, send_reply};
-use crate::info::{PeerProcess, PipeInfo};
+use crate::info::{ClientProcess, PipeInfo};
 use crate::instance_counts::InstanceCounts;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace, Published, ServerSocket};
@@ -62,7 +62,6 @@ struct Arrived {
     socket: Socket,
     /// Who the kernel says the client is.
     peer: Peer,
-    process: PeerProcess,
     hello: Hello,
     leftover: Vec<u8>,
 }
@@ -299,8 +298,8 @@ pub struct PipeServer {
     stream: PipeStream,
     shared: Arc<Shared>,
     impersonation: ImpersonationLevel,
-    /// The connecting process, as captured at accept.
-    process: PeerProcess,
+    /// The connecting process.
+    process: ClientProcess,
     holds_instance: bool,
 }
 
@@ -325,10 +324,11 @@ impl PipeServer {
             a.peer.cred.into(),
             Arc::clone(&shared.budget),
         );
+        let process = ClientProcess::at_accept(&a.socket, a.peer.cred.pid);
         match PipeStream::new(a.socket, setup, o.effective_read_mode(), a.leftover) {
             Ok(stream) => Ok(PipeServer {
                 impersonation: a.hello.impersonation,
-                process: a.process,
+                process,
                 stream,
                 shared,
                 holds_instance: true,
@@ -655,12 +655,8 @@ impl Acceptor {
             Ok(ticket) => ticket,
             Err((code, reason)) => return refuse(&socket, code, &reason),
         };
-        // Captured now, once: the pid could name another process later.
-        let process = PeerProcess::capture(&socket, peer.cred.pid);
         let deadline = Instant::now() + shared.opts.handshake_timeout;
-        let task = self
-            .handshakes
-            .spawn(handshake(socket, peer, process, deadline));
+        let task = self.handshakes.spawn(handshake(socket, peer, deadline));
         self.handshake_tickets.insert(task.id(), ticket);
     }
 
@@ -772,12 +768,7 @@ impl Drop for Acceptor {
 /// A new connection's handshake: its HELLO within `deadline`, or nothing
 /// (silent, slow, or gone: dropped without a word). A malformed HELLO is
 /// refused here.
-async fn handshake(
-    socket: Socket,
-    peer: Peer,
-    process: PeerProcess,
-    deadline: Instant,
-) -> Option<Arrived> {
+async fn handshake(socket: Socket, peer: Peer, deadline: Instant) -> Option<Arrived> {
     let fd = register(socket).ok()?;
     let mut buf = Vec::new();
     let read = ::tokio::time::timeout_at(deadline.into(), read_hello(&fd, &mut buf)).await;
@@ -787,7 +778,6 @@ async fn handshake(
             Some(Arrived {
                 socket: fd.into_inner().into_socket(),
                 peer,
-                process,
                 hello,
                 leftover,
             })

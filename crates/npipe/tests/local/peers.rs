@@ -9,16 +9,20 @@ use crate::common::{
 };
 
 on_both_servers!(the_client_process_is_captured_at_connect_not_looked_up_later);
+on_both_servers!(a_client_first_asked_about_after_it_left_is_not_looked_up_by_pid);
 
-/// A pid is a hint, never proof: the client process hands its connection to
-/// a child and exits. The server still reports the session it read at
-/// accept (looking the pid up again found nothing, or could find a new
-/// process with that pid), and says the process that connected is gone.
+/// A pid is a hint, never proof: the server asks about its client (at
+/// accept, as servers do while the client waits), then the client process
+/// hands its connection to a child and exits. The server still reports the
+/// session it read (looking the pid up again found nothing, or could find
+/// a new process with that pid), and says the process that connected is
+/// gone.
 fn the_client_process_is_captured_at_connect_not_looked_up_later(front: Front) {
     let name = unique("pidhint");
     let mut srv = server_on(front, &name, &["mode=peer_later"]);
     let mut client = spawn("connect_and_leave", &[&name]);
     let conn = srv.expect("conn");
+    client.tell("go");
     let left = client.expect("left");
     let mut words = left.split(' ');
     let session: u32 = words.nth(1).unwrap().parse().unwrap();
@@ -36,6 +40,28 @@ fn the_client_process_is_captured_at_connect_not_looked_up_later(front: Front) {
         rustix::process::Signal::KILL,
     );
     assert_eq!(later, format!("session {session} running false"));
+}
+
+/// The server captures its client when first asked (where the kernel has
+/// `SO_PEERPIDFD`, from the process the socket recorded at connect): asked
+/// only after the client process has exited, it finds that process gone,
+/// never whatever has its pid now.
+fn a_client_first_asked_about_after_it_left_is_not_looked_up_by_pid(front: Front) {
+    let name = unique("pidlate");
+    let mut srv = server_on(front, &name, &["mode=peer_unasked"]);
+    let mut client = spawn("connect_and_leave", &[&name]);
+    srv.expect("conn");
+    client.tell("go");
+    let left = client.expect("left");
+    let keeper: i32 = left.split(' ').nth(3).unwrap().parse().unwrap();
+    client.wait_exit();
+    srv.tell("go");
+    let later = srv.expect("later");
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(keeper).unwrap(),
+        rustix::process::Signal::KILL,
+    );
+    assert_eq!(later, "session none running false");
 }
 
 #[test]

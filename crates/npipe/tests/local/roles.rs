@@ -129,11 +129,11 @@ fn serve(args: &[String]) {
                 return;
             }
         };
-        say(format!(
-            "conn {} {} {}",
+        say(conn_line(
+            &mode,
             conn.client_process_id(),
             conn.client_uid(),
-            conn.client_session_id().unwrap_or(0)
+            || conn.client_session_id(),
         ));
         let mode = mode.clone();
         std::thread::spawn(move || handle(conn, &mode));
@@ -287,7 +287,7 @@ fn handle(mut conn: PipeServer, mode: &str) {
             drop(conn);
             say("closed_unread");
         }
-        "peer_later" => {
+        "peer_later" | "peer_unasked" => {
             wait_for_go();
             say(peer_later(
                 conn.client_session_id(),
@@ -614,6 +614,15 @@ pub fn digest(m: &[u8]) -> String {
     format!("{} {sum}", m.len())
 }
 
+/// The line a server says for each connection: `conn PID UID SESSION`,
+/// where `mode=peer_unasked` leaves the session unasked (`-`) until later.
+fn conn_line(mode: &str, pid: u32, uid: u32, session: impl FnOnce() -> Option<u32>) -> String {
+    if mode == "peer_unasked" {
+        return format!("conn {pid} {uid} -");
+    }
+    format!("conn {pid} {uid} {}", session().unwrap_or(0))
+}
+
 /// `mode=peer_later`'s report: what the server knows of a client process
 /// after it may have gone.
 fn peer_later(session: Option<u32>, running: Option<bool>) -> String {
@@ -622,10 +631,11 @@ fn peer_later(session: Option<u32>, running: Option<bool>) -> String {
     format!("later session {session} running {running}")
 }
 
-/// `connect_and_leave NAME`: connects (by hand), hands the connection to a
-/// `sleep` child that keeps it open, reports our session and the child's
-/// pid, and exits: the server's client process is then gone while the
-/// connection lives on.
+/// `connect_and_leave NAME`: connects (by hand), waits for a line on
+/// stdin (the server has asked about us meanwhile), hands the connection
+/// to a `sleep` child that keeps it open, reports our session and the
+/// child's pid, and exits: the server's client process is then gone while
+/// the connection lives on.
 fn connect_and_leave(args: &[String]) {
     use crate::raw_client::{self as rc, RawClient};
     use std::os::fd::AsFd;
@@ -633,6 +643,8 @@ fn connect_and_leave(args: &[String]) {
     c.send(&rc::hello(&args[0], rc::CONNECT, rc::READ_WRITE, 0))
         .unwrap();
     assert!(matches!(c.reply().unwrap(), rc::Reply::Connected { .. }));
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go).unwrap();
     rustix::io::fcntl_setfd(c.stream.as_fd(), rustix::io::FdFlags::empty()).unwrap();
     // Not waited for: it outlives us on purpose (the parent kills it).
     #[allow(clippy::zombie_processes)]
@@ -851,11 +863,11 @@ fn serve_async(args: &[String]) {
                     return;
                 }
             };
-            say(format!(
-                "conn {} {} {}",
+            say(conn_line(
+                &mode,
                 conn.client_process_id(),
                 conn.client_uid(),
-                conn.client_session_id().unwrap_or(0)
+                || conn.client_session_id(),
             ));
             tokio::spawn(handle_async(conn, mode.clone()));
         }
@@ -971,7 +983,7 @@ async fn handle_async(mut conn: npipe::tokio::PipeServer, mode: String) {
             drop(conn);
             say("closed_unread");
         }
-        "peer_later" => {
+        "peer_later" | "peer_unasked" => {
             tokio::task::spawn_blocking(wait_for_go).await.unwrap();
             say(peer_later(
                 conn.client_session_id(),
