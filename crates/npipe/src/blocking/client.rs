@@ -67,9 +67,8 @@ impl PipeClient {
         pipelined: Option<&[u8]>,
     ) -> Result<PipeClient> {
         connect_core::check_reachable(name)?;
-        let namespace =
-            Namespace::open_existing_cached().map_err(|e| namespace::not_served(name, e))?;
-        let socket = namespace.connect(name)?;
+        let socket = Namespace::client_connect(|ns| ns.connect(name))
+            .map_err(|e| namespace::not_served(name, e))?;
         let cred = client_socket::server_cred(name, opts, &socket)?;
         let sent = send_all(&socket, &connect_core::opening(name, opts, pipelined)?);
         let answer = read_reply(&socket, connect_core::answer_deadline(opts.wait));

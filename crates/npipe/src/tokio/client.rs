@@ -89,10 +89,9 @@ impl PipeClient {
         pipelined: Option<&[u8]>,
     ) -> Result<PipeClient> {
         connect_core::check_reachable(name)?;
-        let namespace =
-            Namespace::open_existing_cached().map_err(|e| namespace::not_served(name, e))?;
         let socket = loop {
-            match namespace.try_connect(name)? {
+            let tried = Namespace::client_connect(|ns| ns.try_connect(name));
+            match tried.map_err(|e| namespace::not_served(name, e))? {
                 Some(socket) => break socket,
                 // The server's kernel backlog is full; its acceptor drains it.
                 None => ::tokio::time::sleep(BACKLOG_PAUSE).await,
