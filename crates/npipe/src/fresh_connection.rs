@@ -3,12 +3,69 @@
 //! and hold a granted connection to its grant in the kernel. (What to do
 //! with it is the engine's `AcceptorCore`.)
 
+use std::io;
+use std::time::Duration;
+
 use crate::error::ErrorCode;
 use crate::options::ServerOptions;
 use crate::policy::Peer;
-use crate::proto::handshake::Reply;
-use crate::sys::Socket;
+use crate::proto::handshake::{PipeDescription, Reply, HELLO_MAX};
+use crate::sys::{self, Socket};
 use crate::types::Access;
+
+/// Most connections an acceptor takes from the kernel per wake-up, so that
+/// handshakes in progress are not starved by a connect storm.
+pub(crate) const ACCEPT_BATCH: usize = 64;
+/// How long an acceptor stops accepting after running out of descriptors.
+pub(crate) const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
+/// Room for a handshake's first read: the HELLO is small, but a request may
+/// be pipelined behind it.
+pub(crate) const HELLO_READ: usize = HELLO_MAX + 4096;
+
+/// Tells a granted client OK and readies its socket for the application:
+/// held to its grant, and sized as the server's out-buffer asks. `false` if
+/// the client could not be told (it left): the instance is not taken.
+pub(crate) fn connect(
+    socket: &Socket,
+    desc: PipeDescription,
+    granted: Access,
+    leftover: &mut Vec<u8>,
+    opts: &ServerOptions,
+) -> bool {
+    if !send_reply(socket, &Reply::Connected(desc)) {
+        return false;
+    }
+    fence_to_grant(socket, granted, leftover);
+    if opts.out_buffer_size > 0 {
+        let _ = socket.set_send_buffer(opts.out_buffer_size as usize);
+    }
+    true
+}
+
+/// Whether an accept failed for want of descriptors.
+pub(crate) fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
+/// Out of descriptors, the classic spare-descriptor trick: gives `spare` up
+/// to accept every client waiting in the kernel's backlog and tell it
+/// *pipe busy* (rather than leave it hanging there), then takes a spare
+/// back. Where there was no spare, only tries to take one.
+pub(crate) fn refuse_while_out_of_descriptors(
+    spare: &mut Option<std::os::fd::OwnedFd>,
+    mut accept: impl FnMut() -> io::Result<Socket>,
+) {
+    if spare.take().is_some() {
+        while let Ok(socket) = accept() {
+            refuse(
+                &socket,
+                ErrorCode::PipeBusy,
+                "the server has run out of file descriptors; try again later",
+            );
+        }
+    }
+    *spare = sys::spare_fd().ok();
+}
 
 /// Sends a reply on a fresh connection without blocking; whether it all went.
 /// (The tokio acceptor answers with this too.)
@@ -28,7 +85,7 @@ pub(crate) fn send_reply(socket: &Socket, reply: &Reply) -> bool {
 /// server will never read them, and whatever it sent behind its HELLO is
 /// dropped unread. (A client that may not read is never sent anything: the
 /// server end's writes fail with *access denied*, see `Setup::rights`.)
-pub(crate) fn fence_to_grant(socket: &Socket, granted: Access, leftover: &mut Vec<u8>) {
+fn fence_to_grant(socket: &Socket, granted: Access, leftover: &mut Vec<u8>) {
     if !granted.writes() {
         leftover.clear();
         leftover.shrink_to_fit();

@@ -341,8 +341,9 @@ pub struct ClientIdentity {
 
 /// The server end's questions about its client, the same on every front end:
 /// expands, inside an `impl` of a type with a `stream` (with `peer()` and
-/// `socket()`), an `impersonation`, a `process` ([`ClientProcess`]) and a
-/// `holds_instance` field, to the `client_*` methods.
+/// `socket()`) and an `instance` field
+/// ([`ServerInstance`](crate::server_instance::ServerInstance)), to the
+/// `client_*` methods.
 macro_rules! client_identity_methods {
     () => {
         /// The client's credentials from the kernel (`SO_PEERCRED`).
@@ -368,7 +369,7 @@ macro_rules! client_identity_methods {
         /// kernel recorded at connect (`SO_PEERPIDFD`), never by looking
         /// the pid up again.
         pub fn client_process_still_running(&self) -> Option<bool> {
-            self.process.get(self.stream.socket()).still_running()
+            self.instance.process(self.stream.socket()).still_running()
         }
 
         /// The client's effective user id.
@@ -408,10 +409,10 @@ macro_rules! client_identity_methods {
         /// answer: ask while the client waits for you), or after
         /// [`disconnect`](Self::disconnect) (Windows then fails the call).
         pub fn client_session_id(&self) -> Option<u32> {
-            if !self.holds_instance {
+            if !self.instance.held() {
                 return None;
             }
-            self.process.get(self.stream.socket()).session()
+            self.instance.process(self.stream.socket()).session()
         }
 
         /// `GetNamedPipeServerProcessId` on the server end: this process.
@@ -438,13 +439,13 @@ macro_rules! client_identity_methods {
                 credentials,
                 groups: self.client_groups().unwrap_or_default(),
                 user_name: credentials.user_name(),
-                session_id: self.process.get(self.stream.socket()).session(),
+                session_id: self.instance.process(self.stream.socket()).session(),
             }
         }
 
         /// The level the client granted for its identity.
         pub fn client_impersonation_level(&self) -> $crate::ImpersonationLevel {
-            self.impersonation
+            self.instance.impersonation()
         }
 
         /// Starts `cmd` as the client, for good (`CreateProcessAsUser` with
@@ -479,12 +480,7 @@ macro_rules! client_identity_methods {
             &self,
             cmd: &mut std::process::Command,
         ) -> $crate::Result<std::process::Child> {
-            if !self.holds_instance {
-                return Err($crate::impersonation::no_client_to_impersonate());
-            }
-            if self.impersonation != $crate::ImpersonationLevel::Impersonation {
-                return Err($crate::impersonation::cannot_impersonate());
-            }
+            self.instance.may_impersonate()?;
             let peer = self.stream.peer();
             $crate::impersonation::spawn_as_user(cmd, peer.uid, peer.gid, self.client_groups()?)
         }

@@ -120,6 +120,7 @@ mod policy;
 mod props;
 pub mod proto;
 mod security;
+mod server_instance;
 mod stream_core;
 mod sys;
 #[cfg(feature = "tokio")]

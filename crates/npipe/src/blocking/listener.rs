@@ -22,30 +22,26 @@ use crate::blocking::stream::{PipeStream, Setup};
 use crate::budget::MemoryBudget;
 use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
 use crate::error::{Error, ErrorCode, Result};
-use crate::fresh_connection::{fence_to_grant, peer_of, refuse, send_reply};
-use crate::impersonation::{cannot_impersonate, no_client_to_impersonate, Impersonation};
-use crate::info::{ClientProcess, PipeInfo};
+use crate::fresh_connection::{
+    self, out_of_descriptors, peer_of, refuse, send_reply, ACCEPT_BATCH, FD_EXHAUSTED_PAUSE,
+    HELLO_READ,
+};
+use crate::impersonation::Impersonation;
+use crate::info::PipeInfo;
 use crate::instance_counts::InstanceCounts;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace, Published, ServerSocket};
 use crate::options::ServerOptions;
 use crate::policy::Peer;
 use crate::proto::admission::Ticket;
-use crate::proto::handshake::{Hello, PipeDescription, Reply, HELLO_MAX};
+use crate::proto::handshake::{Hello, PipeDescription, Reply};
+use crate::server_instance::{InstancePool, ServerInstance};
 use crate::sys::{self, Events, PeerCred, PollEntry, Socket, Waker};
-use crate::types::{Access, ImpersonationLevel};
+use crate::types::Access;
 
-/// Most connections the acceptor takes from the kernel per wake-up, so that
-/// handshakes in progress are not starved by a connect storm.
-const ACCEPT_BATCH: usize = 64;
 /// Handshakes in progress from which the acceptor takes connections in
 /// batches rather than one per wake-up.
 const STORM_PENDING: usize = 8;
-/// How long to stop accepting after running out of file descriptors.
-const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
-/// The first read of a handshake; the HELLO is small, but a request may be
-/// pipelined behind it.
-const FIRST_READ: usize = 4096;
 
 /// A client the acceptor connected, waiting for the application's `accept`.
 struct Ready {
@@ -79,7 +75,7 @@ struct Shared {
     budget: Arc<MemoryBudget>,
 }
 
-impl Shared {
+impl InstancePool for Shared {
     /// Gives an instance back. The acceptor is woken only if a client waits
     /// for one: otherwise it counts the release when it next looks (every
     /// arrival and query looks first), and waking it would cost two context
@@ -94,6 +90,10 @@ impl Shared {
         if self.waiting.load(Ordering::SeqCst) > 0 {
             self.waker.wake();
         }
+    }
+
+    fn active_now(&self) -> u32 {
+        self.instances.active_now()
     }
 }
 
@@ -285,11 +285,7 @@ impl Drop for PipeListener {
 /// ```
 pub struct PipeServer {
     stream: PipeStream,
-    shared: Arc<Shared>,
-    impersonation: ImpersonationLevel,
-    /// The connecting process.
-    process: ClientProcess,
-    holds_instance: bool,
+    instance: ServerInstance,
 }
 
 impl std::fmt::Debug for PipeServer {
@@ -312,18 +308,17 @@ impl PipeServer {
             ready.cred.into(),
             Arc::clone(&shared.budget),
         );
-        let process = ClientProcess::at_accept(&ready.socket, ready.cred.pid);
-        let mut stream =
-            PipeStream::new(ready.socket, setup, o.effective_read_mode(), ready.leftover);
+        let read_mode = o.effective_read_mode();
+        let instance = ServerInstance::new(
+            shared,
+            ready.hello.impersonation,
+            &ready.socket,
+            ready.cred.pid,
+        );
+        let mut stream = PipeStream::new(ready.socket, setup, read_mode, ready.leftover);
         // The client may not have read our reply yet.
         stream.poll_first_read();
-        PipeServer {
-            impersonation: ready.hello.impersonation,
-            process,
-            stream,
-            shared,
-            holds_instance: true,
-        }
+        PipeServer { stream, instance }
     }
 
     /// Drops the client (`DisconnectNamedPipe`): unread data is discarded,
@@ -331,13 +326,8 @@ impl PipeServer {
     /// operation fails (*pipe not connected* or *broken pipe*). Every later
     /// operation on this end fails with *pipe not connected*.
     pub fn disconnect(&mut self) -> Result<()> {
-        if !self.holds_instance {
-            return Err(Error::not_connected());
-        }
-        self.stream.disconnect_client();
-        self.holds_instance = false;
-        self.shared.release_instance();
-        Ok(())
+        let stream = &mut self.stream;
+        self.instance.disconnect(|| stream.disconnect_client())
     }
 
     crate::info::client_identity_methods!();
@@ -362,12 +352,7 @@ impl PipeServer {
     /// # Ok(()) }
     /// ```
     pub fn impersonate(&self) -> Result<Impersonation<'_>> {
-        if !self.holds_instance {
-            return Err(no_client_to_impersonate());
-        }
-        if self.impersonation != ImpersonationLevel::Impersonation {
-            return Err(cannot_impersonate());
-        }
+        self.instance.may_impersonate()?;
         let peer = self.stream.peer();
         let groups = self.client_groups()?;
         Impersonation::begin(peer.uid, peer.gid, groups)
@@ -391,7 +376,7 @@ impl PipeServer {
     /// The pipe as this end sees it, with the current instance count.
     pub fn info(&self) -> PipeInfo {
         let mut info = self.stream.info();
-        info.cur_instances = self.shared.instances.active_now();
+        info.cur_instances = self.instance.active_now();
         info
     }
 }
@@ -421,14 +406,6 @@ impl io::Write for PipeServer {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.stream.flush()
-    }
-}
-
-impl Drop for PipeServer {
-    fn drop(&mut self) {
-        if self.holds_instance {
-            self.shared.release_instance();
-        }
     }
 }
 
@@ -604,11 +581,11 @@ impl Acceptor {
             // DONTWAIT, so it never waits on one client.
             match self.listener.accept_blocking_socket() {
                 Ok(socket) => self.on_connection(socket),
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
-                    // Out of descriptors: give the spare one up to take the
-                    // client and tell it so, rather than leave it hanging in
-                    // the kernel's backlog; then pause a little.
-                    self.refuse_for_lack_of_fds();
+                Err(e) if out_of_descriptors(&e) => {
+                    let listener = &self.listener;
+                    fresh_connection::refuse_while_out_of_descriptors(&mut self.spare_fd, || {
+                        listener.accept_blocking_socket()
+                    });
                     self.paused_until = Some(Instant::now() + FD_EXHAUSTED_PAUSE);
                     return;
                 }
@@ -619,23 +596,6 @@ impl Acceptor {
                 return;
             }
         }
-    }
-
-    /// The classic spare-descriptor trick: close the spare, accept and refuse
-    /// every waiting client with *pipe busy*, take the spare back.
-    fn refuse_for_lack_of_fds(&mut self) {
-        if self.spare_fd.take().is_none() {
-            self.spare_fd = sys::spare_fd().ok();
-            return;
-        }
-        while let Ok(socket) = self.listener.accept_blocking_socket() {
-            refuse(
-                &socket,
-                ErrorCode::PipeBusy,
-                "the server has run out of file descriptors; try again later",
-            );
-        }
-        self.spare_fd = sys::spare_fd().ok();
     }
 
     fn on_connection(&mut self, socket: Socket) {
@@ -677,7 +637,7 @@ impl Acceptor {
         let Some(p) = self.pending.get_mut(&ticket) else {
             return;
         };
-        let room = (HELLO_MAX + FIRST_READ).saturating_sub(p.buf.len());
+        let room = HELLO_READ.saturating_sub(p.buf.len());
         if p.buf.capacity() - p.buf.len() < room {
             p.buf.reserve_exact(room);
         }
@@ -758,21 +718,16 @@ impl Acceptor {
         // Counted before the client or `accept` can see the connection, so
         // `info` never lags behind (a failed send below counts it back).
         self.publish_active();
-        if !send_reply(&p.socket, &Reply::Connected(desc)) {
-            let more = self.core.grant_failed();
-            self.connect_grants(more);
-            return;
-        }
         let Pending {
             socket,
             peer,
             buf: mut leftover,
             ..
         } = p;
-        fence_to_grant(&socket, granted, &mut leftover);
-        let o = &self.shared.opts;
-        if o.out_buffer_size > 0 {
-            let _ = socket.set_send_buffer(o.out_buffer_size as usize);
+        if !fresh_connection::connect(&socket, desc, granted, &mut leftover, &self.shared.opts) {
+            let more = self.core.grant_failed();
+            self.connect_grants(more);
+            return;
         }
         let ready = Ready {
             socket,

@@ -35,27 +35,23 @@ use super::stream::{register, PipeStream};
 use crate::budget::MemoryBudget;
 use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
 use crate::error::{Error, ErrorCode, Result};
-use crate::fresh_connection::{fence_to_grant, peer_of, refuse, send_reply};
-use crate::info::{ClientProcess, PipeInfo};
+use crate::fresh_connection::{
+    self, out_of_descriptors, peer_of, refuse, send_reply, ACCEPT_BATCH, FD_EXHAUSTED_PAUSE,
+    HELLO_READ,
+};
+use crate::info::PipeInfo;
 use crate::instance_counts::InstanceCounts;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace, Published, ServerSocket};
 use crate::options::ServerOptions;
 use crate::policy::Peer;
 use crate::proto::admission::Ticket;
-use crate::proto::handshake::{Hello, PipeDescription, Reply, HELLO_MAX};
+use crate::proto::handshake::{Hello, PipeDescription, Reply};
 use crate::proto::ProtoError;
+use crate::server_instance::{InstancePool, ServerInstance};
 use crate::stream_core::Setup;
 use crate::sys::{self, Fd, RecvFlagsLite, Socket};
-use crate::types::{Access, ImpersonationLevel};
-
-/// Most connections the acceptor takes from the kernel per wake-up.
-const ACCEPT_BATCH: usize = 64;
-/// How long to stop accepting after running out of file descriptors.
-const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
-/// The first read of a handshake; the HELLO is small, but a request may be
-/// pipelined behind it.
-const FIRST_READ: usize = 4096;
+use crate::types::Access;
 
 /// A client whose HELLO arrived.
 struct Arrived {
@@ -105,12 +101,18 @@ impl Shared {
         // Fails only once the acceptor is gone, when nothing needs telling.
         let _ = self.events.send(event);
     }
+}
 
+impl InstancePool for Shared {
     /// Gives an instance back: counted at once for `info`, and told to the
     /// acceptor, whose `Released` event counts exactly this one release.
     fn release_instance(&self) {
         self.instances.release();
         self.tell(Event::Released);
+    }
+
+    fn active_now(&self) -> u32 {
+        self.instances.active_now()
     }
 }
 
@@ -296,11 +298,7 @@ impl Drop for PipeListener {
 /// ```
 pub struct PipeServer {
     stream: PipeStream,
-    shared: Arc<Shared>,
-    impersonation: ImpersonationLevel,
-    /// The connecting process.
-    process: ClientProcess,
-    holds_instance: bool,
+    instance: ServerInstance,
 }
 
 impl std::fmt::Debug for PipeServer {
@@ -324,20 +322,12 @@ impl PipeServer {
             a.peer.cred.into(),
             Arc::clone(&shared.budget),
         );
-        let process = ClientProcess::at_accept(&a.socket, a.peer.cred.pid);
-        match PipeStream::new(a.socket, setup, o.effective_read_mode(), a.leftover) {
-            Ok(stream) => Ok(PipeServer {
-                impersonation: a.hello.impersonation,
-                process,
-                stream,
-                shared,
-                holds_instance: true,
-            }),
-            Err(e) => {
-                shared.release_instance();
-                Err(e)
-            }
-        }
+        // Made first: dropped on failure below, it gives the instance back.
+        let read_mode = o.effective_read_mode();
+        let instance =
+            ServerInstance::new(shared, a.hello.impersonation, &a.socket, a.peer.cred.pid);
+        let stream = PipeStream::new(a.socket, setup, read_mode, a.leftover)?;
+        Ok(PipeServer { stream, instance })
     }
 
     /// Drops the client (`DisconnectNamedPipe`): unread data is discarded,
@@ -345,13 +335,8 @@ impl PipeServer {
     /// operation fails (*pipe not connected* or *broken pipe*). Every later
     /// operation on this end fails with *pipe not connected*.
     pub fn disconnect(&mut self) -> Result<()> {
-        if !self.holds_instance {
-            return Err(Error::not_connected());
-        }
-        self.stream.disconnect_client();
-        self.holds_instance = false;
-        self.shared.release_instance();
-        Ok(())
+        let stream = &mut self.stream;
+        self.instance.disconnect(|| stream.disconnect_client())
     }
 
     crate::info::client_identity_methods!();
@@ -359,7 +344,7 @@ impl PipeServer {
     /// The pipe as this end sees it, with the current instance count.
     pub fn info(&self) -> PipeInfo {
         let mut info = self.stream.info();
-        info.cur_instances = self.shared.instances.active_now();
+        info.cur_instances = self.instance.active_now();
         info
     }
 
@@ -392,12 +377,7 @@ impl PipeServer {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        if !self.holds_instance {
-            return Err(crate::impersonation::no_client_to_impersonate());
-        }
-        if self.impersonation != ImpersonationLevel::Impersonation {
-            return Err(crate::impersonation::cannot_impersonate());
-        }
+        self.instance.may_impersonate()?;
         let peer = self.stream.peer();
         let groups = self.client_groups()?;
         let (done, result) = ::tokio::sync::oneshot::channel();
@@ -437,14 +417,6 @@ impl DerefMut for PipeServer {
 }
 
 super::stream::delegate_async_io!(PipeServer);
-
-impl Drop for PipeServer {
-    fn drop(&mut self) {
-        if self.holds_instance {
-            self.shared.release_instance();
-        }
-    }
-}
 
 /// A client waiting for an instance.
 struct Waiter {
@@ -591,28 +563,12 @@ impl Acceptor {
                             guard.clear_ready();
                             break;
                         }
-                        Err(e)
-                            if matches!(
-                                e.raw_os_error(),
-                                Some(libc::EMFILE) | Some(libc::ENFILE)
-                            ) =>
-                        {
-                            // Out of descriptors: give the spare one up to
-                            // take the waiting clients and tell them so,
-                            // rather than leave them hanging in the kernel's
-                            // backlog; then pause a little.
-                            if self.spare_fd.take().is_some() {
-                                while let Ok(socket) =
-                                    guard.get_inner().socket().accept_nonblocking()
-                                {
-                                    refuse(
-                                        &socket,
-                                        ErrorCode::PipeBusy,
-                                        "the server has run out of file descriptors; try again later",
-                                    );
-                                }
-                            }
-                            self.spare_fd = sys::spare_fd().ok();
+                        Err(e) if out_of_descriptors(&e) => {
+                            let listener = guard.get_inner().socket();
+                            fresh_connection::refuse_while_out_of_descriptors(
+                                &mut self.spare_fd,
+                                || listener.accept_nonblocking(),
+                            );
                             self.paused_until = Some(Instant::now() + FD_EXHAUSTED_PAUSE);
                             break;
                         }
@@ -727,16 +683,12 @@ impl Acceptor {
         // Counted before the client or `accept` can see the connection, so
         // `info` never lags behind (a failed send below counts it back).
         self.publish_active();
-        if !send_reply(&arrived.socket, &Reply::Connected(desc)) {
+        let mut arrived = arrived;
+        let o = &self.shared.opts;
+        if !fresh_connection::connect(&arrived.socket, desc, granted, &mut arrived.leftover, o) {
             let more = self.core.grant_failed();
             self.connect_grants(more);
             return;
-        }
-        let mut arrived = arrived;
-        fence_to_grant(&arrived.socket, granted, &mut arrived.leftover);
-        let o = &self.shared.opts;
-        if o.out_buffer_size > 0 {
-            let _ = arrived.socket.set_send_buffer(o.out_buffer_size as usize);
         }
         let mut ready = self.shared.ready.lock().expect("ready queue poisoned");
         if self.shared.closed.load(Ordering::SeqCst) {
@@ -798,7 +750,7 @@ async fn read_hello(
     buf: &mut Vec<u8>,
 ) -> Option<std::result::Result<(Hello, usize), ProtoError>> {
     loop {
-        let room = (HELLO_MAX + FIRST_READ).saturating_sub(buf.len());
+        let room = HELLO_READ.saturating_sub(buf.len());
         if buf.capacity() - buf.len() < room {
             buf.reserve_exact(room);
         }
