@@ -110,6 +110,7 @@ mod fresh_connection;
 mod impersonation;
 mod info;
 mod instance_counts;
+mod listener_state;
 mod listing;
 mod name;
 mod namespace;

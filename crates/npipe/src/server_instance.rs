@@ -27,6 +27,15 @@ pub(crate) struct ServerInstance {
     held: bool,
 }
 
+impl std::fmt::Debug for ServerInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerInstance")
+            .field("held", &self.held)
+            .field("impersonation", &self.impersonation)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ServerInstance {
     /// The instance of a connection fresh from accept, on `socket`, whose
     /// kernel pid is `pid`, which granted `impersonation`.

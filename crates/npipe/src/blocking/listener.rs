@@ -10,16 +10,15 @@
 //! them *timeout*. The server decides every outcome and tells the client, so
 //! a client is never handed to the application after it gave up.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::blocking::stream::{PipeStream, Setup};
-use crate::budget::MemoryBudget;
+use crate::blocking::stream::PipeStream;
 use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
 use crate::error::{Error, ErrorCode, Result};
 use crate::fresh_connection::{
@@ -28,51 +27,32 @@ use crate::fresh_connection::{
 };
 use crate::impersonation::Impersonation;
 use crate::info::PipeInfo;
-use crate::instance_counts::InstanceCounts;
+use crate::listener_state::{ListenerState, Publication, Ready};
 use crate::name::PipeName;
-use crate::namespace::{self, Namespace, Published, ServerSocket};
 use crate::options::ServerOptions;
 use crate::policy::Peer;
 use crate::proto::admission::Ticket;
 use crate::proto::handshake::{Hello, PipeDescription, Reply};
 use crate::server_instance::{InstancePool, ServerInstance};
-use crate::sys::{self, Events, PeerCred, PollEntry, Socket, Waker};
+use crate::sys::{self, Events, PollEntry, Socket, Waker};
 use crate::types::Access;
 
 /// Handshakes in progress from which the acceptor takes connections in
 /// batches rather than one per wake-up.
 const STORM_PENDING: usize = 8;
 
-/// A client the acceptor connected, waiting for the application's `accept`.
-struct Ready {
-    socket: Socket,
-    leftover: Vec<u8>,
-    cred: PeerCred,
-    hello: Hello,
-    granted: Access,
-    cur_instances: u32,
-}
-
 /// State shared by the listener, the acceptor thread and server ends.
 struct Shared {
-    name: PipeName,
-    opts: ServerOptions,
-    ready: Mutex<VecDeque<Ready>>,
+    state: ListenerState,
+    /// Signalled when a client joins `state.ready`.
     ready_cv: Condvar,
+    /// Wakes the acceptor thread from its `poll`.
     waker: Waker,
-    /// Instances in use, and those given back since the acceptor last looked.
-    instances: InstanceCounts,
     /// Connections the application took since the acceptor last looked.
     accepted: AtomicU32,
     /// Clients queued for an instance, as the acceptor last counted them.
     waiting: AtomicU32,
     shutdown: AtomicBool,
-    /// Set by the acceptor if it stops on an error.
-    failed: Mutex<Option<String>>,
-    /// The user the server runs as: the descriptor's default owner.
-    server_uid: u32,
-    /// Memory all connections may hold in partially received messages.
-    budget: Arc<MemoryBudget>,
 }
 
 impl InstancePool for Shared {
@@ -86,14 +66,14 @@ impl InstancePool for Shared {
     /// So either we see the waiter and wake the acceptor, or it sees the
     /// release.
     fn release_instance(&self) {
-        self.instances.release();
+        self.state.instances.release();
         if self.waiting.load(Ordering::SeqCst) > 0 {
             self.waker.wake();
         }
     }
 
     fn active_now(&self) -> u32 {
-        self.instances.active_now()
+        self.state.instances.active_now()
     }
 }
 
@@ -122,52 +102,42 @@ impl InstancePool for Shared {
 pub struct PipeListener {
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
-    namespace: Namespace,
-    published: Published,
+    publication: Publication,
 }
 
 impl std::fmt::Debug for PipeListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PipeListener")
-            .field("name", &self.shared.name.to_string())
-            .field("file", &self.published.file)
-            .finish()
+        self.publication.debug(&self.shared.state.name, f)
     }
 }
 
 impl PipeListener {
     pub(crate) fn create(name: PipeName, opts: ServerOptions) -> Result<PipeListener> {
-        let ServerSocket {
-            namespace,
-            socket,
-            published,
-            server_uid,
-        } = namespace::create_server_socket(&name, &opts)?;
-        let budget = Arc::new(MemoryBudget::new(opts.memory_budget, server_uid));
+        let waker = Waker::new().map_err(|e| Error::os(e, "cannot create an eventfd"))?;
+        let (publication, socket, server_uid) = Publication::create(&name, &opts)?;
         let shared = Arc::new(Shared {
-            name,
-            opts,
-            ready: Mutex::new(VecDeque::new()),
+            state: ListenerState::new(name, opts, server_uid),
             ready_cv: Condvar::new(),
-            waker: Waker::new().map_err(|e| Error::os(e, "cannot create an eventfd"))?,
-            instances: InstanceCounts::new(),
+            waker,
             waiting: AtomicU32::new(0),
             accepted: AtomicU32::new(0),
             shutdown: AtomicBool::new(false),
-            failed: Mutex::new(None),
-            server_uid,
-            budget,
         });
         let acceptor = Acceptor::new(Arc::clone(&shared), socket);
         let thread = std::thread::Builder::new()
             .name("npipe-acceptor".into())
-            .spawn(move || acceptor.run())
-            .map_err(|e| Error::os(e, "cannot start the acceptor thread"))?;
+            .spawn(move || acceptor.run());
+        let thread = match thread {
+            Ok(thread) => thread,
+            Err(e) => {
+                publication.remove();
+                return Err(Error::os(e, "cannot start the acceptor thread"));
+            }
+        };
         Ok(PipeListener {
             shared,
             acceptor: Some(thread),
-            namespace,
-            published,
+            publication,
         })
     }
 
@@ -189,10 +159,10 @@ impl PipeListener {
     fn accept_inner(&self, timeout: Option<Duration>) -> Result<Option<PipeServer>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let shared = &self.shared;
-        let mut queue = shared.ready.lock().expect("ready queue poisoned");
+        let mut queue = shared.state.ready.lock().expect("ready queue poisoned");
         loop {
             if let Some(ready) = queue.pop_front() {
-                let was_full = queue.len() + 1 >= shared.opts.accept_backlog as usize;
+                let was_full = queue.len() + 1 >= shared.state.opts.accept_backlog as usize;
                 // Counted under the lock, together with the pop: the acceptor
                 // never sees the queue shrink without the count that goes
                 // with it (else a waiter could stay queued beside free room).
@@ -203,12 +173,7 @@ impl PipeListener {
                 }
                 return Ok(Some(PipeServer::new(Arc::clone(shared), ready)));
             }
-            if let Some(msg) = shared.failed.lock().expect("poisoned").as_ref() {
-                return Err(Error::new(
-                    ErrorCode::Other,
-                    format!("the pipe stopped: {msg}"),
-                ));
-            }
+            shared.state.stopped()?;
             queue = match deadline {
                 None => shared.ready_cv.wait(queue).expect("ready queue poisoned"),
                 Some(d) => {
@@ -228,13 +193,12 @@ impl PipeListener {
 
     /// The pipe's name.
     pub fn name(&self) -> &PipeName {
-        &self.shared.name
+        &self.shared.state.name
     }
 
     /// The pipe as the server sees it (`GetNamedPipeInfo`).
     pub fn info(&self) -> PipeInfo {
-        let active = self.shared.instances.active_now();
-        crate::info::listener_info(&self.shared.opts, &self.shared.name, active)
+        self.shared.state.info()
     }
 }
 
@@ -250,7 +214,7 @@ impl Drop for PipeListener {
         // The name goes first, while the socket still listens: a server
         // starting meanwhile finds a live pipe, never a stale one to reclaim
         // (which this removal could then delete from under it).
-        self.namespace.remove(&self.published);
+        self.publication.remove();
         self.shared.shutdown.store(true, Ordering::SeqCst);
         self.shared.waker.wake();
         if let Some(t) = self.acceptor.take() {
@@ -259,6 +223,7 @@ impl Drop for PipeListener {
         // Clients told OK but never accepted: close them, so they see a
         // broken pipe now rather than wait on a server end nobody will take.
         self.shared
+            .state
             .ready
             .lock()
             .expect("ready queue poisoned")
@@ -283,32 +248,16 @@ impl Drop for PipeListener {
 /// # drop(client);
 /// # Ok::<(), npipe::Error>(())
 /// ```
+#[derive(Debug)]
 pub struct PipeServer {
     stream: PipeStream,
     instance: ServerInstance,
 }
 
-impl std::fmt::Debug for PipeServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PipeServer")
-            .field("stream", &self.stream)
-            .finish()
-    }
-}
-
 impl PipeServer {
     fn new(shared: Arc<Shared>, ready: Ready) -> PipeServer {
-        let o = &shared.opts;
-        let setup = Setup::for_server(
-            o,
-            &shared.name,
-            ready.granted,
-            ready.cur_instances,
-            ready.hello.max_message,
-            ready.cred.into(),
-            Arc::clone(&shared.budget),
-        );
-        let read_mode = o.effective_read_mode();
+        let setup = shared.state.setup_for(&ready);
+        let read_mode = shared.state.opts.effective_read_mode();
         let instance = ServerInstance::new(
             shared,
             ready.hello.impersonation,
@@ -433,7 +382,11 @@ struct Acceptor {
 
 impl Acceptor {
     fn new(shared: Arc<Shared>, listener: Socket) -> Acceptor {
-        let core = AcceptorCore::new(shared.name.clone(), shared.opts.clone(), shared.server_uid);
+        let core = AcceptorCore::new(
+            shared.state.name.clone(),
+            shared.state.opts.clone(),
+            shared.state.server_uid,
+        );
         Acceptor {
             shared,
             listener,
@@ -454,9 +407,14 @@ impl Acceptor {
         let outcome = self.serve();
         // Under the queue's lock, so that no accept() can check for a
         // failure, miss this one and then wait for ever.
-        let _queue = self.shared.ready.lock().expect("ready queue poisoned");
+        let _queue = self
+            .shared
+            .state
+            .ready
+            .lock()
+            .expect("ready queue poisoned");
         if let Err(e) = outcome {
-            *self.shared.failed.lock().expect("poisoned") = Some(e.to_string());
+            self.shared.state.fail(e.to_string());
         }
         // Wake any accept() so it sees the failure or the shutdown.
         self.shared.ready_cv.notify_all();
@@ -529,7 +487,7 @@ impl Acceptor {
     }
 
     fn apply_counters(&mut self) {
-        let released = self.shared.instances.released();
+        let released = self.shared.state.instances.released();
         let accepted = self.shared.accepted.swap(0, Ordering::SeqCst);
         let mut grants = Vec::new();
         if accepted > 0 {
@@ -538,7 +496,10 @@ impl Acceptor {
         if released > 0 {
             grants.extend(self.core.released(released));
         }
-        self.shared.instances.publish(self.core.active(), released);
+        self.shared
+            .state
+            .instances
+            .publish(self.core.active(), released);
         self.connect_grants(grants);
     }
 
@@ -550,7 +511,7 @@ impl Acceptor {
     fn publish_active(&self) {
         let waiting = u32::try_from(self.core.waiting()).unwrap_or(u32::MAX);
         self.shared.waiting.store(waiting, Ordering::SeqCst);
-        self.shared.instances.publish(self.core.active(), 0);
+        self.shared.state.instances.publish(self.core.active(), 0);
     }
 
     fn expire(&mut self, now: Instant) {
@@ -600,10 +561,10 @@ impl Acceptor {
 
     fn on_connection(&mut self, socket: Socket) {
         let shared = &self.shared;
-        let Some(peer) = peer_of(&socket, &shared.opts, shared.server_uid) else {
+        let Some(peer) = peer_of(&socket, &shared.state.opts, shared.state.server_uid) else {
             return;
         };
-        let deadline = Instant::now() + shared.opts.handshake_timeout;
+        let deadline = Instant::now() + shared.state.opts.handshake_timeout;
         let ticket = match self.core.arrive(&peer, Some(deadline)) {
             Ok(ticket) => ticket,
             Err((code, reason)) => return refuse(&socket, code, &reason),
@@ -724,7 +685,13 @@ impl Acceptor {
             buf: mut leftover,
             ..
         } = p;
-        if !fresh_connection::connect(&socket, desc, granted, &mut leftover, &self.shared.opts) {
+        if !fresh_connection::connect(
+            &socket,
+            desc,
+            granted,
+            &mut leftover,
+            &self.shared.state.opts,
+        ) {
             let more = self.core.grant_failed();
             self.connect_grants(more);
             return;
@@ -738,6 +705,7 @@ impl Acceptor {
             cur_instances,
         };
         self.shared
+            .state
             .ready
             .lock()
             .expect("ready queue poisoned")

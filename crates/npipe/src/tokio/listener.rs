@@ -14,7 +14,7 @@
 //! decides every outcome and tells the client, so a client is never handed
 //! to the application after it gave up.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::poll_fn;
 use std::future::Future;
 use std::io;
@@ -22,7 +22,7 @@ use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,6 @@ use ::tokio::task::{AbortHandle, Id as TaskId, JoinHandle, JoinSet};
 use ::tokio::time::Sleep;
 
 use super::stream::{register, PipeStream};
-use crate::budget::MemoryBudget;
 use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
 use crate::error::{Error, ErrorCode, Result};
 use crate::fresh_connection::{
@@ -40,16 +39,14 @@ use crate::fresh_connection::{
     HELLO_READ,
 };
 use crate::info::PipeInfo;
-use crate::instance_counts::InstanceCounts;
+use crate::listener_state::{ListenerState, Publication, Ready};
 use crate::name::PipeName;
-use crate::namespace::{self, Namespace, Published, ServerSocket};
 use crate::options::ServerOptions;
 use crate::policy::Peer;
 use crate::proto::admission::Ticket;
 use crate::proto::handshake::{Hello, PipeDescription, Reply};
 use crate::proto::ProtoError;
 use crate::server_instance::{InstancePool, ServerInstance};
-use crate::stream_core::Setup;
 use crate::sys::{self, Fd, RecvFlagsLite, Socket};
 use crate::types::Access;
 
@@ -62,13 +59,6 @@ struct Arrived {
     leftover: Vec<u8>,
 }
 
-/// A client the acceptor connected, waiting for the application's `accept`.
-struct Ready {
-    arrived: Arrived,
-    granted: Access,
-    cur_instances: u32,
-}
-
 /// What server ends and `accept` tell the acceptor.
 enum Event {
     /// An instance was given back (a connection closed or disconnected).
@@ -79,19 +69,11 @@ enum Event {
 
 /// State shared by the listener, the acceptor task and server ends.
 struct Shared {
-    name: PipeName,
-    opts: ServerOptions,
-    ready: Mutex<VecDeque<Ready>>,
+    state: ListenerState,
+    /// Notified when a client joins `state.ready` or the acceptor stops.
     ready_notify: Notify,
+    /// What server ends and `accept` tell the acceptor.
     events: mpsc::UnboundedSender<Event>,
-    /// Instances in use, for `info`.
-    instances: InstanceCounts,
-    /// Set by the acceptor if it stops on an error.
-    failed: Mutex<Option<String>>,
-    /// The user the server runs as: the descriptor's default owner.
-    server_uid: u32,
-    /// Memory all connections may hold in partially received messages.
-    budget: Arc<MemoryBudget>,
     /// The listener is gone: the acceptor queues nothing more.
     closed: std::sync::atomic::AtomicBool,
 }
@@ -107,12 +89,12 @@ impl InstancePool for Shared {
     /// Gives an instance back: counted at once for `info`, and told to the
     /// acceptor, whose `Released` event counts exactly this one release.
     fn release_instance(&self) {
-        self.instances.release();
+        self.state.instances.release();
         self.tell(Event::Released);
     }
 
     fn active_now(&self) -> u32 {
-        self.instances.active_now()
+        self.state.instances.active_now()
     }
 }
 
@@ -151,16 +133,12 @@ impl InstancePool for Shared {
 pub struct PipeListener {
     shared: Arc<Shared>,
     acceptor: JoinHandle<()>,
-    namespace: Namespace,
-    published: Published,
+    publication: Publication,
 }
 
 impl std::fmt::Debug for PipeListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PipeListener")
-            .field("name", &self.shared.name.to_string())
-            .field("file", &self.published.file)
-            .finish()
+        self.publication.debug(&self.shared.state.name, f)
     }
 }
 
@@ -173,40 +151,27 @@ impl PipeListener {
                  (or use ServerOptions::create for the blocking server)",
             )
         })?;
-        let ServerSocket {
-            namespace,
-            socket,
-            published,
-            server_uid,
-        } = namespace::create_server_socket(&name, &opts)?;
+        let (publication, socket, server_uid) = Publication::create(&name, &opts)?;
         let listener = match register(socket) {
             Ok(l) => l,
             Err(e) => {
-                namespace.remove(&published);
+                publication.remove();
                 return Err(e);
             }
         };
         let (events, inbox) = mpsc::unbounded_channel();
-        let budget = Arc::new(MemoryBudget::new(opts.memory_budget, server_uid));
         let shared = Arc::new(Shared {
-            name,
-            opts,
-            ready: Mutex::new(VecDeque::new()),
+            state: ListenerState::new(name, opts, server_uid),
             ready_notify: Notify::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
             events,
-            instances: InstanceCounts::new(),
-            failed: Mutex::new(None),
-            server_uid,
-            budget,
         });
         let acceptor = Acceptor::new(Arc::clone(&shared));
         let acceptor = runtime.spawn(acceptor.run(listener, inbox));
         Ok(PipeListener {
             shared,
             acceptor,
-            namespace,
-            published,
+            publication,
         })
     }
 
@@ -218,6 +183,7 @@ impl PipeListener {
             let mut notified = pin!(shared.ready_notify.notified());
             notified.as_mut().enable();
             let next = shared
+                .state
                 .ready
                 .lock()
                 .expect("ready queue poisoned")
@@ -226,12 +192,7 @@ impl PipeListener {
                 shared.tell(Event::Accepted);
                 return PipeServer::new(Arc::clone(shared), ready);
             }
-            if let Some(msg) = shared.failed.lock().expect("poisoned").as_ref() {
-                return Err(Error::new(
-                    ErrorCode::Other,
-                    format!("the pipe stopped: {msg}"),
-                ));
-            }
+            shared.state.stopped()?;
             if self.acceptor.is_finished() {
                 return Err(Error::new(
                     ErrorCode::Other,
@@ -244,13 +205,12 @@ impl PipeListener {
 
     /// The pipe's name.
     pub fn name(&self) -> &PipeName {
-        &self.shared.name
+        &self.shared.state.name
     }
 
     /// The pipe as the server sees it (`GetNamedPipeInfo`).
     pub fn info(&self) -> PipeInfo {
-        let active = self.shared.instances.active_now();
-        crate::info::listener_info(&self.shared.opts, &self.shared.name, active)
+        self.shared.state.info()
     }
 }
 
@@ -258,14 +218,14 @@ impl Drop for PipeListener {
     fn drop(&mut self) {
         // The name goes first, so no new client finds it; then the acceptor
         // (with the listening socket, handshakes and waiters) stops.
-        self.namespace.remove(&self.published);
+        self.publication.remove();
         self.acceptor.abort();
         // The acceptor may be mid-poll on another worker and queue one more
         // connection before the abort lands: the flag, checked under the
         // queue's lock, stops that; what is queued is closed now, so those
         // clients see a broken pipe rather than wait for an `accept`.
         self.shared.closed.store(true, Ordering::SeqCst);
-        self.shared.ready.lock().expect("poisoned").clear();
+        self.shared.state.ready.lock().expect("poisoned").clear();
     }
 }
 
@@ -296,37 +256,24 @@ impl Drop for PipeListener {
 /// # Ok::<(), npipe::Error>(())
 /// # }).unwrap();
 /// ```
+#[derive(Debug)]
 pub struct PipeServer {
     stream: PipeStream,
     instance: ServerInstance,
 }
 
-impl std::fmt::Debug for PipeServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PipeServer")
-            .field("stream", &self.stream)
-            .finish()
-    }
-}
-
 impl PipeServer {
     fn new(shared: Arc<Shared>, ready: Ready) -> Result<PipeServer> {
-        let o = &shared.opts;
-        let a = ready.arrived;
-        let setup = Setup::for_server(
-            o,
-            &shared.name,
-            ready.granted,
-            ready.cur_instances,
-            a.hello.max_message,
-            a.peer.cred.into(),
-            Arc::clone(&shared.budget),
-        );
+        let setup = shared.state.setup_for(&ready);
+        let read_mode = shared.state.opts.effective_read_mode();
         // Made first: dropped on failure below, it gives the instance back.
-        let read_mode = o.effective_read_mode();
-        let instance =
-            ServerInstance::new(shared, a.hello.impersonation, &a.socket, a.peer.cred.pid);
-        let stream = PipeStream::new(a.socket, setup, read_mode, a.leftover)?;
+        let instance = ServerInstance::new(
+            shared,
+            ready.hello.impersonation,
+            &ready.socket,
+            ready.cred.pid,
+        );
+        let stream = PipeStream::new(ready.socket, setup, read_mode, ready.leftover)?;
         Ok(PipeServer { stream, instance })
     }
 
@@ -455,7 +402,11 @@ struct Acceptor {
 
 impl Acceptor {
     fn new(shared: Arc<Shared>) -> Acceptor {
-        let core = AcceptorCore::new(shared.name.clone(), shared.opts.clone(), shared.server_uid);
+        let core = AcceptorCore::new(
+            shared.state.name.clone(),
+            shared.state.opts.clone(),
+            shared.state.server_uid,
+        );
         Acceptor {
             shared,
             core,
@@ -492,7 +443,7 @@ impl Acceptor {
                 Wake::Event(Event::Released) => {
                     let grants = self.core.released(1);
                     // This event counts the one release its sender made.
-                    self.shared.instances.publish(self.core.active(), 1);
+                    self.shared.state.instances.publish(self.core.active(), 1);
                     self.connect_grants(grants);
                 }
                 Wake::Event(Event::Accepted) => {
@@ -520,7 +471,7 @@ impl Acceptor {
                 }
                 Wake::Timer | Wake::Nothing => {}
                 Wake::Failed(e) => {
-                    *self.shared.failed.lock().expect("poisoned") = Some(e.to_string());
+                    self.shared.state.fail(e.to_string());
                     self.shared.ready_notify.notify_waiters();
                     return;
                 }
@@ -585,7 +536,7 @@ impl Acceptor {
     }
 
     fn publish_active(&self) {
-        self.shared.instances.publish(self.core.active(), 0);
+        self.shared.state.instances.publish(self.core.active(), 0);
     }
 
     fn expire(&mut self, now: Instant) {
@@ -604,14 +555,14 @@ impl Acceptor {
 
     fn on_connection(&mut self, socket: Socket) {
         let shared = &self.shared;
-        let Some(peer) = peer_of(&socket, &shared.opts, shared.server_uid) else {
+        let Some(peer) = peer_of(&socket, &shared.state.opts, shared.state.server_uid) else {
             return;
         };
         let ticket = match self.core.arrive(&peer, None) {
             Ok(ticket) => ticket,
             Err((code, reason)) => return refuse(&socket, code, &reason),
         };
-        let deadline = Instant::now() + shared.opts.handshake_timeout;
+        let deadline = Instant::now() + shared.state.opts.handshake_timeout;
         let task = self.handshakes.spawn(handshake(socket, peer, deadline));
         self.handshake_tickets.insert(task.id(), ticket);
     }
@@ -684,18 +635,26 @@ impl Acceptor {
         // `info` never lags behind (a failed send below counts it back).
         self.publish_active();
         let mut arrived = arrived;
-        let o = &self.shared.opts;
+        let o = &self.shared.state.opts;
         if !fresh_connection::connect(&arrived.socket, desc, granted, &mut arrived.leftover, o) {
             let more = self.core.grant_failed();
             self.connect_grants(more);
             return;
         }
-        let mut ready = self.shared.ready.lock().expect("ready queue poisoned");
+        let mut ready = self
+            .shared
+            .state
+            .ready
+            .lock()
+            .expect("ready queue poisoned");
         if self.shared.closed.load(Ordering::SeqCst) {
             return; // the listener is gone: closing `arrived` tells the client
         }
         ready.push_back(Ready {
-            arrived,
+            socket: arrived.socket,
+            leftover: arrived.leftover,
+            cred: arrived.peer.cred,
+            hello: arrived.hello,
             granted,
             cur_instances,
         });
@@ -708,11 +667,9 @@ impl Drop for Acceptor {
     /// However the task ends (its listener dropped, its runtime shut down),
     /// an `accept` waiting on another runtime must learn of it.
     fn drop(&mut self) {
-        let mut failed = self.shared.failed.lock().unwrap_or_else(|e| e.into_inner());
-        failed.get_or_insert_with(|| {
-            "its acceptor task ended (was its runtime shut down?)".to_string()
-        });
-        drop(failed);
+        self.shared
+            .state
+            .fail("its acceptor task ended (was its runtime shut down?)".to_string());
         self.shared.ready_notify.notify_waiters();
     }
 }

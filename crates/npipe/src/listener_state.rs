@@ -1,0 +1,136 @@
+//! What a listener shares with its acceptor and its server ends, whatever
+//! front end drives them: the pipe's name and options, the queue of
+//! connected clients waiting for `accept`, the instance counts, the memory
+//! budget, and why the acceptor stopped if it did. Each front end adds only
+//! how it wakes its acceptor and its `accept` callers.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use crate::budget::MemoryBudget;
+use crate::error::{Error, ErrorCode, Result};
+use crate::info::PipeInfo;
+use crate::instance_counts::InstanceCounts;
+use crate::name::PipeName;
+use crate::namespace::{self, Namespace, Published, ServerSocket};
+use crate::options::ServerOptions;
+use crate::proto::handshake::Hello;
+use crate::stream_core::Setup;
+use crate::sys::{PeerCred, Socket};
+use crate::types::Access;
+
+/// A client the acceptor connected (told OK), waiting for `accept`.
+pub(crate) struct Ready {
+    pub socket: Socket,
+    /// What the client sent behind its HELLO.
+    pub leftover: Vec<u8>,
+    pub cred: PeerCred,
+    pub hello: Hello,
+    pub granted: Access,
+    /// Instances in use when it connected, the one it took included.
+    pub cur_instances: u32,
+}
+
+/// The state every front end's listener shares with its acceptor.
+pub(crate) struct ListenerState {
+    pub name: PipeName,
+    pub opts: ServerOptions,
+    /// Connected clients, oldest first.
+    pub ready: Mutex<VecDeque<Ready>>,
+    /// Instances in use, and those given back since the acceptor last looked.
+    pub instances: InstanceCounts,
+    /// Set by the acceptor if it stops on an error.
+    pub failed: Mutex<Option<String>>,
+    /// The user the server runs as: the descriptor's default owner.
+    pub server_uid: u32,
+    /// Memory all connections may hold in partially received messages.
+    pub budget: Arc<MemoryBudget>,
+}
+
+impl ListenerState {
+    pub fn new(name: PipeName, opts: ServerOptions, server_uid: u32) -> ListenerState {
+        let budget = Arc::new(MemoryBudget::new(opts.memory_budget, server_uid));
+        ListenerState {
+            name,
+            opts,
+            ready: Mutex::new(VecDeque::new()),
+            instances: InstanceCounts::new(),
+            failed: Mutex::new(None),
+            server_uid,
+            budget,
+        }
+    }
+
+    /// The pipe as the server sees it (`GetNamedPipeInfo`).
+    pub fn info(&self) -> PipeInfo {
+        let active = self.instances.active_now();
+        crate::info::listener_info(&self.opts, &self.name, active)
+    }
+
+    /// Why `accept` can no longer succeed, if the acceptor stopped.
+    pub fn stopped(&self) -> Result<()> {
+        match self.failed.lock().expect("poisoned").as_ref() {
+            Some(msg) => Err(Error::new(
+                ErrorCode::Other,
+                format!("the pipe stopped: {msg}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Records why the acceptor stopped (the first reason stays).
+    pub fn fail(&self, why: String) {
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        failed.get_or_insert(why);
+    }
+
+    /// How a connected client's server end reads, writes and counts.
+    pub fn setup_for(&self, ready: &Ready) -> Setup {
+        Setup::for_server(
+            &self.opts,
+            &self.name,
+            ready.granted,
+            ready.cur_instances,
+            ready.hello.max_message,
+            ready.cred.into(),
+            Arc::clone(&self.budget),
+        )
+    }
+}
+
+/// The pipe's name in the namespace, held while its listener lives.
+pub(crate) struct Publication {
+    namespace: Namespace,
+    published: Published,
+}
+
+impl Publication {
+    /// Creates the pipe's listening socket under its name; returns it with
+    /// the user the server runs as.
+    pub fn create(name: &PipeName, opts: &ServerOptions) -> Result<(Publication, Socket, u32)> {
+        let ServerSocket {
+            namespace,
+            socket,
+            published,
+            server_uid,
+        } = namespace::create_server_socket(name, opts)?;
+        let publication = Publication {
+            namespace,
+            published,
+        };
+        Ok((publication, socket, server_uid))
+    }
+
+    /// Removes the name (if it is still ours).
+    pub fn remove(&self) {
+        self.namespace.remove(&self.published);
+    }
+
+    /// A listener's `Debug`: its pipe name and socket file.
+    pub fn debug(&self, name: &PipeName, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipeListener")
+            .field("name", &name.to_string())
+            .field("file", &self.published.file)
+            .finish()
+    }
+}
