@@ -4,3 +4,6 @@
 //! holds the order in which a server or a client applies them.
 
 pub(crate) mod acceptor;
+
+#[cfg(test)]
+mod sim;
