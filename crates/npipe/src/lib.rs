@@ -32,7 +32,7 @@
 //! | `CreateNamedPipe` | [`ServerOptions::create`] → [`PipeListener`] |
 //! | `PIPE_ACCESS_INBOUND` / `OUTBOUND` / `DUPLEX` | [`Direction`] |
 //! | `PIPE_TYPE_BYTE` / `PIPE_TYPE_MESSAGE` | [`PipeType`] |
-//! | `PIPE_READMODE_*`, `SetNamedPipeHandleState` | [`ReadMode`], [`PipeStream::set_read_mode`] |
+//! | `PIPE_READMODE_*`, `SetNamedPipeHandleState` | [`ReadMode`], [`PipeServer::set_read_mode`] |
 //! | `nMaxInstances`, `PIPE_UNLIMITED_INSTANCES` | [`ServerOptions::max_instances`], [`UNLIMITED_INSTANCES`] |
 //! | `nDefaultTimeOut` | [`ServerOptions::default_timeout`] |
 //! | `FILE_FLAG_FIRST_PIPE_INSTANCE` | [`ServerOptions::first_instance`] |
@@ -40,13 +40,13 @@
 //! | `DisconnectNamedPipe` | [`PipeServer::disconnect`] |
 //! | `CreateFile` on a pipe name | [`ClientOptions::open`] |
 //! | `WaitNamedPipe` | [`ClientOptions::wait`] with [`Wait`] (waiting and connecting are one step) |
-//! | `ReadFile` / `WriteFile` | [`std::io::Read`] / [`std::io::Write`], [`PipeStream::read_message`] / [`PipeStream::write_message`] |
+//! | `ReadFile` / `WriteFile` | [`std::io::Read`] / [`std::io::Write`], [`PipeServer::read_message`] / [`PipeServer::write_message`] |
 //! | `ERROR_MORE_DATA` | [`MessageRead::MoreData`] |
-//! | `TransactNamedPipe` | [`PipeStream::transact`] (reply as a `Vec`), [`PipeStream::transact_into`] (the caller's buffer; a short one gives [`MessageRead::MoreData`]) |
+//! | `TransactNamedPipe` | [`PipeServer::transact`] (reply as a `Vec`), [`PipeServer::transact_into`] (the caller's buffer; a short one gives [`MessageRead::MoreData`]) |
 //! | `CallNamedPipe` | [`call`] |
-//! | `PeekNamedPipe` | [`PipeStream::peek`] |
-//! | `FlushFileBuffers` | [`PipeStream::flush_buffers`] |
-//! | `GetNamedPipeInfo`, `GetNamedPipeHandleState` | [`PipeStream::info`], [`PipeListener::info`], [`query_pipe`] |
+//! | `PeekNamedPipe` | [`PipeServer::peek`] |
+//! | `FlushFileBuffers` | [`PipeServer::flush_buffers`] |
+//! | `GetNamedPipeInfo`, `GetNamedPipeHandleState` | [`PipeServer::info`], [`PipeListener::info`], [`query_pipe`] |
 //! | `GetNamedPipeClientProcessId` | [`PipeServer::client_process_id`]; on the client end [`PipeClient::client_process_id`] (its own) |
 //! | `GetNamedPipeServerProcessId` | [`PipeClient::server_process_id`]; on the server end [`PipeServer::server_process_id`] (its own) |
 //! | `GetNamedPipeClientSessionId` | [`PipeServer::client_session_id`]; on the client end [`PipeClient::client_session_id`] (its own) |
@@ -71,7 +71,7 @@
 //! | `nInBufferSize` / `nOutBufferSize` | [`ServerOptions::in_buffer_size`] / [`ServerOptions::out_buffer_size`]: hints, as on Windows (the out size sets the server socket's send buffer; the client uses the in size for its own) |
 //! | `dwDesiredAccess` (`GENERIC_READ`, `GENERIC_WRITE`) | [`ClientOptions::access`] with [`Access`]; the server end enforces the grant |
 //! | `CloseHandle` | dropping the [`PipeServer`], [`PipeClient`] or [`PipeListener`] |
-//! | `PIPE_NOWAIT` (nonblocking mode) | none: use the `tokio` front end, or read and write timeouts ([`PipeStream::set_read_timeout`]); Microsoft keeps `PIPE_NOWAIT` only for LAN Manager compatibility |
+//! | `PIPE_NOWAIT` (nonblocking mode) | none: use the `tokio` front end, or read and write timeouts ([`PipeServer::set_read_timeout`]); Microsoft keeps `PIPE_NOWAIT` only for LAN Manager compatibility |
 //! | `CreateProcessAsUser` with the client's token | [`PipeServer::spawn_as_client`] |
 //!
 //! ## Where Linux differs
@@ -91,9 +91,9 @@
 //! | A read on a server end whose client may not write fails at once with *access denied*, as a write to a client that may not read does | The grant is enforced by the server end, and waiting for data that can never come helps no one | Open clients with the access they use |
 //! | After `DisconnectNamedPipe`, messages the server wrote before it stay readable by the client, then its operations fail with *pipe not connected* | The client's socket already holds them; Windows discards them | Do not rely on unread data being dropped |
 //! | On a byte-type pipe a disconnected client sees *broken pipe* (109), not *pipe not connected* (233); so does a [`WriteHalf`]'s write on either type | Byte pipes carry no framing to mark the disconnect in, and a write half cannot look at the read side | Treat 109 and 233 alike as "the server is gone" |
-//! | [`std::io::Read`] skips zero-length messages (`Ok(0)` would mean end of stream); [`PipeStream::read_message`] and `recv_message` return them | Rust's `Read` contract | Use the message methods when empty messages matter |
-//! | [`PipeStream::shutdown_write`] half-closes a pipe | Sockets can; Windows pipes cannot | Optional; ported code never calls it |
-//! | [`std::io::Write::flush`] returns at once; [`PipeStream::flush_buffers`] is `FlushFileBuffers` | `flush` must not wait for the peer, or `BufWriter`-style code would hang | Call `flush_buffers` where the Windows code called `FlushFileBuffers` |
+//! | [`std::io::Read`] skips zero-length messages (`Ok(0)` would mean end of stream); [`PipeServer::read_message`] and `recv_message` return them | Rust's `Read` contract | Use the message methods when empty messages matter |
+//! | [`PipeServer::shutdown_write`] half-closes a pipe | Sockets can; Windows pipes cannot | Optional; ported code never calls it |
+//! | [`std::io::Write::flush`] returns at once; [`PipeServer::flush_buffers`] is `FlushFileBuffers` | `flush` must not wait for the peer, or `BufWriter`-style code would hang | Call `flush_buffers` where the Windows code called `FlushFileBuffers` |
 //! | A server end exists only once connected: `ConnectNamedPipe` and the end it connects are one call, [`PipeListener::accept`] | Rust ownership: no unconnected handle to misuse | The unconnected-instance errors (`ERROR_PIPE_LISTENING`, impersonating with no client) cannot arise |
 //! | Each server limits what its clients' unfinished large messages hold ([`ServerOptions::memory_budget`]); past it the server stops reading from them | Windows bounds a pipe by its buffer quota, npipe by a budget per listener | Raise the budget for servers that take many large messages at once |
 //! | Names with `\` after the prefix hash to a socket file name; the full name travels in the handshake | `sun_path` is 108 bytes | Nothing: listings show the names as written |
@@ -116,6 +116,7 @@ mod name;
 mod namespace;
 mod options;
 mod peek_io;
+mod pipe;
 mod policy;
 #[cfg(test)]
 mod props;
@@ -137,6 +138,7 @@ pub use name::{PipeName, MAX_NAME_CHARS};
 pub use namespace::Pruned;
 pub use namespace::{directory as namespace_directory, DEFAULT_DIR, SYSTEM_DIR};
 pub use options::{ClientOptions, ServerOptions};
+pub use pipe::{ClientEnd, Pipe, PipeIo, PipeRole, ServerEnd};
 pub use security::{user_id, Ace, AceKind, Rights, SecurityDescriptor, Subject, Trustee};
 pub use stream_core::{MessageRead, Peek};
 pub use types::{

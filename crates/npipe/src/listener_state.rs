@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use crate::budget::MemoryBudget;
+use crate::engine::acceptor::AcceptorCore;
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::PipeInfo;
 use crate::instance_counts::InstanceCounts;
@@ -15,7 +16,8 @@ use crate::name::PipeName;
 use crate::namespace::{self, Namespace, Published, ServerSocket};
 use crate::options::ServerOptions;
 use crate::proto::handshake::Hello;
-use crate::stream_core::Setup;
+use crate::server_instance::{InstancePool, ServerInstance};
+use crate::stream_core::{EndCore, Setup};
 use crate::sys::{PeerCred, Socket};
 use crate::types::Access;
 
@@ -84,9 +86,15 @@ impl ListenerState {
         failed.get_or_insert(why);
     }
 
-    /// How a connected client's server end reads, writes and counts.
-    pub fn setup_for(&self, ready: &Ready) -> Setup {
-        Setup::for_server(
+    /// A connected client's server end but for the front end's I/O: its
+    /// socket, its reads' and writes' state, and the instance it holds
+    /// (given back to `pool` when dropped).
+    pub fn open_end(
+        &self,
+        pool: Arc<dyn InstancePool>,
+        ready: Ready,
+    ) -> (Socket, EndCore, ServerInstance) {
+        let setup = Setup::for_server(
             &self.opts,
             &self.name,
             ready.granted,
@@ -94,7 +102,20 @@ impl ListenerState {
             ready.hello.max_message,
             ready.cred.into(),
             Arc::clone(&self.budget),
-        )
+        );
+        let instance = ServerInstance::new(
+            pool,
+            ready.hello.impersonation,
+            &ready.socket,
+            ready.cred.pid,
+        );
+        let end = EndCore::new(setup, self.opts.effective_read_mode(), ready.leftover);
+        (ready.socket, end, instance)
+    }
+
+    /// The acceptor's state machine for this pipe.
+    pub fn acceptor_core(&self) -> AcceptorCore {
+        AcceptorCore::new(self.name.clone(), self.opts.clone(), self.server_uid)
     }
 }
 

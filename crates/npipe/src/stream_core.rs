@@ -206,6 +206,12 @@ pub(crate) struct EndCore {
 }
 
 impl EndCore {
+    /// `TransactNamedPipe`'s checks before the request goes out (see
+    /// [`check_transact`]); `kernel` counts what the socket holds unread.
+    pub fn check_transact(&self, request_len: usize, kernel: impl FnOnce() -> usize) -> Result<()> {
+        check_transact(&self.setup, &self.reader, &self.writer, request_len, kernel)
+    }
+
     /// A new connected end.
     pub fn new(setup: Setup, read_mode: ReadMode, leftover: Vec<u8>) -> EndCore {
         let (reader, writer) = setup.cores(read_mode, leftover);

@@ -2,7 +2,6 @@
 //! and `CallNamedPipe`.
 
 use std::io;
-use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use crate::blocking::stream::PipeStream;
@@ -12,12 +11,13 @@ use crate::error::{Error, Result};
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace};
 use crate::options::ClientOptions;
+use crate::pipe::{ClientEnd, Pipe};
 use crate::proto::handshake::{Reply, REPLY_MAX};
+use crate::stream_core::EndCore;
 use crate::sys::{Events, RecvFlagsLite, Socket};
 use crate::types::{Access, PipeType, Wait};
 
-/// The client end of a pipe. Reads, writes and everything common to both
-/// ends come from [`PipeStream`], to which it dereferences.
+/// The client end of a pipe: reads and writes, and the server's identity.
 ///
 /// ```
 /// use npipe::{ServerOptions, ClientOptions};
@@ -33,12 +33,9 @@ use crate::types::{Access, PipeType, Wait};
 /// assert_eq!(server.recv_message()?, b"request");
 /// # Ok::<(), npipe::Error>(())
 /// ```
-#[derive(Debug)]
-pub struct PipeClient {
-    stream: PipeStream,
-}
+pub type PipeClient = Pipe<PipeStream, ClientEnd>;
 
-impl PipeClient {
+impl Pipe<PipeStream, ClientEnd> {
     pub(crate) fn connect(
         name: &PipeName,
         opts: &ClientOptions,
@@ -75,12 +72,11 @@ impl PipeClient {
         let (desc, leftover) = connect_core::settle(name, answer, sent)?;
         let (setup, read_mode, send_buffer) = connect_core::finish(name, opts, cred, desc)?;
         client_socket::apply_send_buffer(&socket, send_buffer);
-        Ok(PipeClient {
-            stream: PipeStream::new(socket, setup, read_mode, leftover),
+        Ok(Pipe {
+            io: PipeStream::new(socket, EndCore::new(setup, read_mode, leftover)),
+            role: ClientEnd::new(),
         })
     }
-
-    crate::info::server_identity_methods!();
 }
 
 fn send_all(socket: &Socket, mut buf: &[u8]) -> io::Result<()> {
@@ -129,34 +125,6 @@ pub(crate) fn read_reply(socket: &Socket, limit: Option<Duration>) -> Result<(Re
         }
     };
     Ok((reply, buf))
-}
-
-impl Deref for PipeClient {
-    type Target = PipeStream;
-    fn deref(&self) -> &PipeStream {
-        &self.stream
-    }
-}
-
-impl DerefMut for PipeClient {
-    fn deref_mut(&mut self) -> &mut PipeStream {
-        &mut self.stream
-    }
-}
-
-impl io::Read for PipeClient {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.stream.read(buf)
-    }
-}
-
-impl io::Write for PipeClient {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
-    }
 }
 
 /// `CallNamedPipe`: connects to a message-type pipe (waiting up to `timeout`

@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar};
 use std::thread::JoinHandle;
@@ -30,10 +29,11 @@ use crate::info::PipeInfo;
 use crate::listener_state::{ListenerState, Publication, Ready};
 use crate::name::PipeName;
 use crate::options::ServerOptions;
+use crate::pipe::{Pipe, ServerEnd};
 use crate::policy::Peer;
 use crate::proto::admission::Ticket;
 use crate::proto::handshake::{Hello, PipeDescription, Reply};
-use crate::server_instance::{InstancePool, ServerInstance};
+use crate::server_instance::InstancePool;
 use crate::sys::{self, Events, PollEntry, Socket, Waker};
 use crate::types::Access;
 
@@ -171,7 +171,7 @@ impl PipeListener {
                 if was_full {
                     shared.waker.wake();
                 }
-                return Ok(Some(PipeServer::new(Arc::clone(shared), ready)));
+                return Ok(Some(server_end(Arc::clone(shared), ready)));
             }
             shared.state.stopped()?;
             queue = match deadline {
@@ -231,9 +231,8 @@ impl Drop for PipeListener {
     }
 }
 
-/// The server end of one connected client (one pipe instance). Reads,
-/// writes and everything common to both ends come from [`PipeStream`], to
-/// which it dereferences.
+/// The server end of one connected client (one pipe instance): reads and
+/// writes, the client's identity, impersonation, `DisconnectNamedPipe`.
 ///
 /// ```
 /// use npipe::{ServerOptions, ClientOptions};
@@ -248,39 +247,21 @@ impl Drop for PipeListener {
 /// # drop(client);
 /// # Ok::<(), npipe::Error>(())
 /// ```
-#[derive(Debug)]
-pub struct PipeServer {
-    stream: PipeStream,
-    instance: ServerInstance,
+pub type PipeServer = Pipe<PipeStream, ServerEnd>;
+
+/// The server end of a connection the acceptor told OK.
+fn server_end(shared: Arc<Shared>, ready: Ready) -> PipeServer {
+    let (socket, end, instance) = shared.state.open_end(shared.clone(), ready);
+    let mut io = PipeStream::new(socket, end);
+    // The client may not have read our reply yet.
+    io.poll_first_read();
+    Pipe {
+        io,
+        role: ServerEnd { instance },
+    }
 }
 
-impl PipeServer {
-    fn new(shared: Arc<Shared>, ready: Ready) -> PipeServer {
-        let setup = shared.state.setup_for(&ready);
-        let read_mode = shared.state.opts.effective_read_mode();
-        let instance = ServerInstance::new(
-            shared,
-            ready.hello.impersonation,
-            &ready.socket,
-            ready.cred.pid,
-        );
-        let mut stream = PipeStream::new(ready.socket, setup, read_mode, ready.leftover);
-        // The client may not have read our reply yet.
-        stream.poll_first_read();
-        PipeServer { stream, instance }
-    }
-
-    /// Drops the client (`DisconnectNamedPipe`): unread data is discarded,
-    /// the instance is freed for the next client, and the client's next
-    /// operation fails (*pipe not connected* or *broken pipe*). Every later
-    /// operation on this end fails with *pipe not connected*.
-    pub fn disconnect(&mut self) -> Result<()> {
-        let stream = &mut self.stream;
-        self.instance.disconnect(|| stream.disconnect_client())
-    }
-
-    crate::info::client_identity_methods!();
-
+impl Pipe<PipeStream, ServerEnd> {
     /// `ImpersonateNamedPipeClient`: the calling thread, and no other, takes
     /// the client's uid, gid and groups until the guard drops
     /// (`RevertToSelf`).
@@ -301,8 +282,8 @@ impl PipeServer {
     /// # Ok(()) }
     /// ```
     pub fn impersonate(&self) -> Result<Impersonation<'_>> {
-        self.instance.may_impersonate()?;
-        let peer = self.stream.peer();
+        self.role.instance.may_impersonate()?;
+        let peer = self.io.peer();
         let groups = self.client_groups()?;
         Impersonation::begin(peer.uid, peer.gid, groups)
     }
@@ -312,49 +293,6 @@ impl PipeServer {
     pub fn run_as_client<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
         let _guard = self.impersonate()?;
         Ok(f())
-    }
-
-    /// The client's user name (`GetNamedPipeHandleState`'s `lpUserName`),
-    /// available at either impersonation level since it only identifies.
-    pub fn impersonation_user_name(&self) -> Result<String> {
-        let uid = self.client_uid();
-        self.client_user_name()
-            .ok_or_else(|| Error::new(ErrorCode::Other, format!("uid {uid} has no user name")))
-    }
-
-    /// The pipe as this end sees it, with the current instance count.
-    pub fn info(&self) -> PipeInfo {
-        let mut info = self.stream.info();
-        info.cur_instances = self.instance.active_now();
-        info
-    }
-}
-
-impl Deref for PipeServer {
-    type Target = PipeStream;
-    fn deref(&self) -> &PipeStream {
-        &self.stream
-    }
-}
-
-impl DerefMut for PipeServer {
-    fn deref_mut(&mut self) -> &mut PipeStream {
-        &mut self.stream
-    }
-}
-
-impl io::Read for PipeServer {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.stream.read(buf)
-    }
-}
-
-impl io::Write for PipeServer {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
     }
 }
 
@@ -382,11 +320,7 @@ struct Acceptor {
 
 impl Acceptor {
     fn new(shared: Arc<Shared>, listener: Socket) -> Acceptor {
-        let core = AcceptorCore::new(
-            shared.state.name.clone(),
-            shared.state.opts.clone(),
-            shared.state.server_uid,
-        );
+        let core = shared.state.acceptor_core();
         Acceptor {
             shared,
             listener,

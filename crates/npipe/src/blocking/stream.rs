@@ -8,46 +8,21 @@ use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::info::{PeerCredentials, PipeInfo};
+use crate::info::PeerCredentials;
+use crate::pipe::{sealed, Pipe, PipeIo, PipeRole};
 use crate::stream_core::{
-    check_transact, recv_error, send_error, EndCore, Need, ReadCore, ReadMessage, ReadOp, ReadStd,
-    RecvMessage, Step, WriteCore,
+    recv_error, send_error, EndCore, Need, ReadCore, ReadMessage, ReadOp, ReadStd, RecvMessage,
+    Step, WriteCore,
 };
 use crate::sys::{Events, RecvFlagsLite, Socket};
 use crate::types::ReadMode;
 
-pub(crate) use crate::stream_core::Setup;
 use crate::stream_core::{MessageRead, Peek};
 
-/// A connected pipe end: the part common to [`PipeServer`](crate::PipeServer)
-/// and [`PipeClient`](crate::PipeClient), which dereference to it.
-///
-/// On a byte-type pipe, [`Read`] and [`Write`] are the raw socket's stream.
-/// On a message-type pipe each [`Write::write`] sends one message, whole, and
-/// [`Read::read`] returns bytes of one message at a time (the next read
-/// continues it; zero-length messages are skipped, since `Ok(0)` means end of
-/// stream to `std`). [`PipeStream::read_message`] is the exact `ReadFile`:
-/// it says whether the message is complete or *more data* follows, and
-/// returns zero-length messages.
-///
-/// ```
-/// use npipe::{ServerOptions, ClientOptions, MessageRead};
-///
-/// let name = format!("doc-stream-{}", std::process::id());
-/// let listener = ServerOptions::new().create(&name)?; // message type
-/// let mut client = ClientOptions::new().open(&name)?;
-/// let mut server = listener.accept()?;
-///
-/// client.write_message(b"hello, world")?;
-/// client.write_message(b"")?;
-/// let mut buf = [0u8; 5];
-/// assert_eq!(server.read_message(&mut buf)?, MessageRead::MoreData(5));
-/// assert_eq!(&buf, b"hello");
-/// let rest = server.recv_message()?;
-/// assert_eq!(rest, b", world");
-/// assert_eq!(server.read_message(&mut buf)?, MessageRead::Complete(0));
-/// # Ok::<(), npipe::Error>(())
-/// ```
+/// The blocking front end's connection I/O: the `S` of
+/// [`PipeServer`](crate::PipeServer) and [`PipeClient`](crate::PipeClient)
+/// (`Pipe<PipeStream, _>`), which carry every method. You never hold one
+/// alone.
 #[derive(Debug)]
 pub struct PipeStream {
     socket: Socket,
@@ -193,15 +168,10 @@ fn write_bytes(writer: &mut WriteCore, sock: &Socket, buf: &[u8]) -> Result<usiz
 }
 
 impl PipeStream {
-    pub(crate) fn new(
-        socket: Socket,
-        setup: Setup,
-        read_mode: ReadMode,
-        leftover: Vec<u8>,
-    ) -> PipeStream {
+    pub(crate) fn new(socket: Socket, end: EndCore) -> PipeStream {
         PipeStream {
             socket,
-            end: EndCore::new(setup, read_mode, leftover),
+            end,
             write_timeout: None,
             read_wait: ReadWait::default(),
         }
@@ -211,10 +181,6 @@ impl PipeStream {
     /// in `poll` (see [`ReadWait`]).
     pub(crate) fn poll_first_read(&mut self) {
         self.read_wait.poll_first = true;
-    }
-
-    pub(crate) fn socket(&self) -> &Socket {
-        &self.socket
     }
 
     /// `DisconnectNamedPipe` on the server end: on a message pipe the
@@ -242,35 +208,22 @@ impl PipeStream {
         self.end.peer()
     }
 
-    /// Reads one message, or the rest of a message a short buffer cut
-    /// (`ReadFile` in message read mode). [`MessageRead::MoreData`] is
-    /// `ERROR_MORE_DATA`: the next read continues the same message.
-    /// Zero-length messages read as `Complete(0)`. A peer that closes
-    /// between messages gives *broken pipe*, as on Windows; one that dies
-    /// mid-message gives *broken pipe* too, never a cut message.
-    pub fn read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
+    pub(crate) fn read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
         self.connected()?;
         read_message(&mut self.end.reader, &self.socket, &mut self.read_wait, buf)
     }
 
-    /// Reads the rest of the current message, or the next message, whole.
-    /// Its size was checked against [`max_message_size`](crate::ServerOptions::max_message_size)
-    /// before anything was allocated.
-    pub fn recv_message(&mut self) -> Result<Vec<u8>> {
+    pub(crate) fn recv_message(&mut self) -> Result<Vec<u8>> {
         self.connected()?;
         recv_message(&mut self.end.reader, &self.socket, &mut self.read_wait)
     }
 
-    /// Writes one message, whole and atomic (`WriteFile` on a message pipe).
-    pub fn write_message(&mut self, msg: &[u8]) -> Result<()> {
+    pub(crate) fn write_message(&mut self, msg: &[u8]) -> Result<()> {
         self.connected()?;
         write_message(&mut self.end.writer, &self.socket, msg).map_err(|e| self.explain(e))
     }
 
-    /// Sends a message and reads the reply (`TransactNamedPipe`). Needs a
-    /// message pipe in message read mode; fails with *pipe busy* if unread
-    /// data is waiting, as on Windows.
-    pub fn transact(&mut self, request: &[u8]) -> Result<Vec<u8>> {
+    pub(crate) fn transact(&mut self, request: &[u8]) -> Result<Vec<u8>> {
         self.send_request(request)?;
         recv_message(&mut self.end.reader, &self.socket, &mut self.read_wait)
     }
@@ -280,44 +233,16 @@ impl PipeStream {
     fn send_request(&mut self, request: &[u8]) -> Result<()> {
         self.connected()?;
         let sock = &self.socket;
-        check_transact(
-            &self.end.setup,
-            &self.end.reader,
-            &self.end.writer,
-            request.len(),
-            || sock.readable_bytes().unwrap_or(0),
-        )?;
+        self.end
+            .check_transact(request.len(), || sock.readable_bytes().unwrap_or(0))?;
         write_message(&mut self.end.writer, &self.socket, request).map_err(|e| self.explain(e))
     }
 
-    /// `TransactNamedPipe` with the caller's reply buffer: sends `request`
-    /// and reads the reply into `reply`. If the reply is longer, it returns
-    /// [`MessageRead::MoreData`] (`ERROR_MORE_DATA`) with `reply` full, and
-    /// the rest of that message is left to read with
-    /// [`read_message`](Self::read_message). Same rules as
-    /// [`transact`](Self::transact).
-    ///
-    /// ```
-    /// use npipe::{ClientOptions, MessageRead, ServerOptions};
-    ///
-    /// let name = format!("doc-transact-into-{}", std::process::id());
-    /// let listener = ServerOptions::new().create(&name)?;
-    /// let echo = std::thread::spawn(move || -> npipe::Result<()> {
-    ///     let mut pipe = listener.accept()?;
-    ///     let request = pipe.recv_message()?;
-    ///     pipe.write_message(&request)
-    /// });
-    /// let mut client = ClientOptions::new().open(&name)?;
-    /// let mut reply = [0u8; 4];
-    /// assert_eq!(client.transact_into(b"ping pong", &mut reply)?, MessageRead::MoreData(4));
-    /// assert_eq!(&reply, b"ping");
-    /// let mut rest = [0u8; 16];
-    /// assert_eq!(client.read_message(&mut rest)?, MessageRead::Complete(5));
-    /// assert_eq!(&rest[..5], b" pong");
-    /// echo.join().unwrap()?;
-    /// # Ok::<(), npipe::Error>(())
-    /// ```
-    pub fn transact_into(&mut self, request: &[u8], reply: &mut [u8]) -> Result<MessageRead> {
+    pub(crate) fn transact_into(
+        &mut self,
+        request: &[u8],
+        reply: &mut [u8],
+    ) -> Result<MessageRead> {
         self.send_request(request)?;
         read_message(
             &mut self.end.reader,
@@ -327,22 +252,12 @@ impl PipeStream {
         )
     }
 
-    /// Copies waiting data without consuming it (`PeekNamedPipe`); never
-    /// blocks. On a message pipe it copies from the current message only,
-    /// whatever the read mode, and `message_left` counts what is left of it
-    /// beyond the bytes copied (as Windows does).
-    pub fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
+    pub(crate) fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
         self.connected()?;
         crate::peek_io::peek(&mut self.end.reader, &self.socket, buf)
     }
 
-    /// Waits until the other end has read everything written so far
-    /// (`FlushFileBuffers`). Bounded by the write timeout, if one is set.
-    ///
-    /// This is not [`Write::flush`], which returns at once (npipe buffers
-    /// nothing): waiting for the peer inside `flush` would hang code such as
-    /// `BufWriter` whose peer reads only later.
-    pub fn flush_buffers(&mut self) -> Result<()> {
+    pub(crate) fn flush_buffers(&mut self) -> Result<()> {
         self.connected()?;
         let start = Instant::now();
         let mut pause = Duration::from_micros(20);
@@ -389,20 +304,15 @@ impl PipeStream {
         }
     }
 
-    /// Changes this end's read mode (`SetNamedPipeHandleState`). A byte-type
-    /// pipe refuses message mode with `ERROR_INVALID_PARAMETER`.
-    pub fn set_read_mode(&mut self, mode: ReadMode) -> Result<()> {
+    pub(crate) fn set_read_mode(&mut self, mode: ReadMode) -> Result<()> {
         self.end.reader.set_mode(mode)
     }
 
-    /// This end's read mode.
-    pub fn read_mode(&self) -> ReadMode {
+    pub(crate) fn read_mode(&self) -> ReadMode {
         self.end.reader.mode
     }
 
-    /// Bounds blocking reads (`None`: wait forever). A read that times out
-    /// fails with `ERROR_SEM_TIMEOUT` and may be retried; nothing is lost.
-    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+    pub(crate) fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
         self.socket
             .set_read_timeout(timeout)
             .map_err(|e| io_err(e, "cannot set the read timeout"))?;
@@ -410,10 +320,7 @@ impl PipeStream {
         Ok(())
     }
 
-    /// Bounds blocking writes and [`flush_buffers`](Self::flush_buffers).
-    /// A message write that times out after sending part of a message breaks
-    /// the pipe (the peer sees *broken pipe*, never a cut message).
-    pub fn set_write_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+    pub(crate) fn set_write_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
         self.socket
             .set_write_timeout(timeout)
             .map_err(|e| io_err(e, "cannot set the write timeout"))?;
@@ -421,25 +328,14 @@ impl PipeStream {
         Ok(())
     }
 
-    /// Closes this end's sending side: the other end reads end of stream
-    /// after the data already sent, and can still write back. (An npipe
-    /// extension; Windows pipes have no half-close.)
-    pub fn shutdown_write(&mut self) -> Result<()> {
+    pub(crate) fn shutdown_write(&mut self) -> Result<()> {
         self.connected()?;
         self.socket
             .shutdown_write()
             .map_err(|e| io_err(e, "cannot shut down the sending side"))
     }
 
-    /// The pipe as this end sees it (`GetNamedPipeInfo`,
-    /// `GetNamedPipeHandleState`).
-    pub fn info(&self) -> PipeInfo {
-        self.end.info()
-    }
-
-    /// Splits into a reading and a writing half that can be used from two
-    /// threads at once (e.g. with `std::thread::scope`).
-    pub fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
+    pub(crate) fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
         (
             ReadHalf {
                 socket: &self.socket,
@@ -482,13 +378,13 @@ impl Write for PipeStream {
     }
 
     /// Returns at once: npipe keeps no write buffer. To wait until the peer
-    /// has read everything, use [`PipeStream::flush_buffers`].
+    /// has read everything, use [`PipeServer::flush_buffers`](crate::PipeServer::flush_buffers).
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }
 
-/// The reading half of a [`PipeStream`], from [`PipeStream::split`].
+/// The reading half of a [`PipeStream`], from [`PipeServer::split`](crate::PipeServer::split).
 #[derive(Debug)]
 pub struct ReadHalf<'a> {
     socket: &'a Socket,
@@ -497,7 +393,7 @@ pub struct ReadHalf<'a> {
     disconnected: bool,
 }
 
-/// The writing half of a [`PipeStream`], from [`PipeStream::split`].
+/// The writing half of a [`PipeStream`], from [`PipeServer::split`](crate::PipeServer::split).
 #[derive(Debug)]
 pub struct WriteHalf<'a> {
     socket: &'a Socket,
@@ -514,13 +410,13 @@ impl ReadHalf<'_> {
         }
     }
 
-    /// As [`PipeStream::read_message`].
+    /// As [`PipeServer::read_message`](crate::PipeServer::read_message).
     pub fn read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
         self.connected()?;
         read_message(self.reader, self.socket, self.wait, buf)
     }
 
-    /// As [`PipeStream::recv_message`].
+    /// As [`PipeServer::recv_message`](crate::PipeServer::recv_message).
     pub fn recv_message(&mut self) -> Result<Vec<u8>> {
         self.connected()?;
         recv_message(self.reader, self.socket, self.wait)
@@ -528,7 +424,7 @@ impl ReadHalf<'_> {
 }
 
 impl WriteHalf<'_> {
-    /// As [`PipeStream::write_message`].
+    /// As [`PipeServer::write_message`](crate::PipeServer::write_message).
     pub fn write_message(&mut self, msg: &[u8]) -> Result<()> {
         if self.disconnected {
             return Err(Error::not_connected());
@@ -536,7 +432,7 @@ impl WriteHalf<'_> {
         write_message(self.writer, self.socket, msg)
     }
 
-    /// As [`PipeStream::shutdown_write`].
+    /// As [`PipeServer::shutdown_write`](crate::PipeServer::shutdown_write).
     pub fn shutdown_write(&mut self) -> Result<()> {
         if self.disconnected {
             return Err(Error::not_connected());
@@ -572,10 +468,186 @@ impl Write for WriteHalf<'_> {
     }
 }
 
+/// Reads, writes and everything common to both blocking ends.
+///
+/// On a byte-type pipe, [`Read`] and [`Write`] are the raw socket's stream.
+/// On a message-type pipe each [`Write::write`] sends one message, whole, and
+/// [`Read::read`] returns bytes of one message at a time (the next read
+/// continues it; zero-length messages are skipped, since `Ok(0)` means end of
+/// stream to `std`). [`read_message`](Self::read_message) is the exact `ReadFile`:
+/// it says whether the message is complete or *more data* follows, and
+/// returns zero-length messages.
+///
+/// ```
+/// use npipe::{ServerOptions, ClientOptions, MessageRead};
+///
+/// let name = format!("doc-stream-{}", std::process::id());
+/// let listener = ServerOptions::new().create(&name)?; // message type
+/// let mut client = ClientOptions::new().open(&name)?;
+/// let mut server = listener.accept()?;
+///
+/// client.write_message(b"hello, world")?;
+/// client.write_message(b"")?;
+/// let mut buf = [0u8; 5];
+/// assert_eq!(server.read_message(&mut buf)?, MessageRead::MoreData(5));
+/// assert_eq!(&buf, b"hello");
+/// let rest = server.recv_message()?;
+/// assert_eq!(rest, b", world");
+/// assert_eq!(server.read_message(&mut buf)?, MessageRead::Complete(0));
+/// # Ok::<(), npipe::Error>(())
+/// ```
+impl<R: PipeRole> Pipe<PipeStream, R> {
+    /// Reads one message, or the rest of a message a short buffer cut
+    /// (`ReadFile` in message read mode). [`MessageRead::MoreData`] is
+    /// `ERROR_MORE_DATA`: the next read continues the same message.
+    /// Zero-length messages read as `Complete(0)`. A peer that closes
+    /// between messages gives *broken pipe*, as on Windows; one that dies
+    /// mid-message gives *broken pipe* too, never a cut message.
+    pub fn read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
+        self.io.read_message(buf)
+    }
+
+    /// Reads the rest of the current message, or the next message, whole.
+    /// Its size was checked against [`max_message_size`](crate::ServerOptions::max_message_size)
+    /// before anything was allocated.
+    pub fn recv_message(&mut self) -> Result<Vec<u8>> {
+        self.io.recv_message()
+    }
+
+    /// Writes one message, whole and atomic (`WriteFile` on a message pipe).
+    pub fn write_message(&mut self, msg: &[u8]) -> Result<()> {
+        self.io.write_message(msg)
+    }
+
+    /// Sends a message and reads the reply (`TransactNamedPipe`). Needs a
+    /// message pipe in message read mode; fails with *pipe busy* if unread
+    /// data is waiting, as on Windows.
+    pub fn transact(&mut self, request: &[u8]) -> Result<Vec<u8>> {
+        self.io.transact(request)
+    }
+
+    /// `TransactNamedPipe` with the caller's reply buffer: sends `request`
+    /// and reads the reply into `reply`. If the reply is longer, it returns
+    /// [`MessageRead::MoreData`] (`ERROR_MORE_DATA`) with `reply` full, and
+    /// the rest of that message is left to read with
+    /// [`read_message`](Self::read_message). Same rules as
+    /// [`transact`](Self::transact).
+    ///
+    /// ```
+    /// use npipe::{ClientOptions, MessageRead, ServerOptions};
+    ///
+    /// let name = format!("doc-transact-into-{}", std::process::id());
+    /// let listener = ServerOptions::new().create(&name)?;
+    /// let echo = std::thread::spawn(move || -> npipe::Result<()> {
+    ///     let mut pipe = listener.accept()?;
+    ///     let request = pipe.recv_message()?;
+    ///     pipe.write_message(&request)
+    /// });
+    /// let mut client = ClientOptions::new().open(&name)?;
+    /// let mut reply = [0u8; 4];
+    /// assert_eq!(client.transact_into(b"ping pong", &mut reply)?, MessageRead::MoreData(4));
+    /// assert_eq!(&reply, b"ping");
+    /// let mut rest = [0u8; 16];
+    /// assert_eq!(client.read_message(&mut rest)?, MessageRead::Complete(5));
+    /// assert_eq!(&rest[..5], b" pong");
+    /// echo.join().unwrap()?;
+    /// # Ok::<(), npipe::Error>(())
+    /// ```
+    pub fn transact_into(&mut self, request: &[u8], reply: &mut [u8]) -> Result<MessageRead> {
+        self.io.transact_into(request, reply)
+    }
+
+    /// Copies waiting data without consuming it (`PeekNamedPipe`); never
+    /// blocks. On a message pipe it copies from the current message only,
+    /// whatever the read mode, and `message_left` counts what is left of it
+    /// beyond the bytes copied (as Windows does).
+    pub fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
+        self.io.peek(buf)
+    }
+
+    /// Waits until the other end has read everything written so far
+    /// (`FlushFileBuffers`). Bounded by the write timeout, if one is set.
+    ///
+    /// This is not [`Write::flush`], which returns at once (npipe buffers
+    /// nothing): waiting for the peer inside `flush` would hang code such as
+    /// `BufWriter` whose peer reads only later.
+    pub fn flush_buffers(&mut self) -> Result<()> {
+        self.io.flush_buffers()
+    }
+
+    /// Changes this end's read mode (`SetNamedPipeHandleState`). A byte-type
+    /// pipe refuses message mode with `ERROR_INVALID_PARAMETER`.
+    pub fn set_read_mode(&mut self, mode: ReadMode) -> Result<()> {
+        self.io.set_read_mode(mode)
+    }
+
+    /// This end's read mode.
+    pub fn read_mode(&self) -> ReadMode {
+        self.io.read_mode()
+    }
+
+    /// Bounds blocking reads (`None`: wait forever). A read that times out
+    /// fails with `ERROR_SEM_TIMEOUT` and may be retried; nothing is lost.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        self.io.set_read_timeout(timeout)
+    }
+
+    /// Bounds blocking writes and [`flush_buffers`](Self::flush_buffers).
+    /// A message write that times out after sending part of a message breaks
+    /// the pipe (the peer sees *broken pipe*, never a cut message).
+    pub fn set_write_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        self.io.set_write_timeout(timeout)
+    }
+
+    /// Closes this end's sending side: the other end reads end of stream
+    /// after the data already sent, and can still write back. (An npipe
+    /// extension; Windows pipes have no half-close.)
+    pub fn shutdown_write(&mut self) -> Result<()> {
+        self.io.shutdown_write()
+    }
+
+    /// Splits into a reading and a writing half that can be used from two
+    /// threads at once (e.g. with `std::thread::scope`).
+    pub fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
+        self.io.split()
+    }
+}
+
+#[allow(private_interfaces)] // sealed: see `sealed::EndIo`
+impl sealed::EndIo for PipeStream {
+    fn end(&self) -> &EndCore {
+        &self.end
+    }
+    fn socket(&self) -> &Socket {
+        &self.socket
+    }
+    fn cut_client(&mut self) {
+        self.disconnect_client();
+    }
+}
+
+impl PipeIo for PipeStream {}
+
+impl<R: PipeRole> Read for Pipe<PipeStream, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.io.read(buf)
+    }
+}
+
+impl<R: PipeRole> Write for Pipe<PipeStream, R> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.io.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.io.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::info::End;
+    use crate::stream_core::Setup;
     use crate::proto::framing;
     use crate::types::PipeType;
 
@@ -587,8 +659,8 @@ mod tests {
             PipeType::Message => ReadMode::Message,
         };
         (
-            PipeStream::new(a, setup(End::Server), mode, Vec::new()),
-            PipeStream::new(b, setup(End::Client), mode, Vec::new()),
+            PipeStream::new(a, EndCore::new(setup(End::Server), mode, Vec::new())),
+            PipeStream::new(b, EndCore::new(setup(End::Client), mode, Vec::new())),
         )
     }
 

@@ -2,7 +2,6 @@
 //! one step, without blocking the runtime) and `CallNamedPipe`.
 
 use std::future::poll_fn;
-use std::ops::{Deref, DerefMut};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -15,13 +14,14 @@ use crate::error::{Error, Result};
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace};
 use crate::options::ClientOptions;
+use crate::pipe::{ClientEnd, Pipe};
 use crate::proto::handshake::{Reply, REPLY_MAX};
+use crate::stream_core::EndCore;
 use crate::sys::{Fd, RecvFlagsLite};
 use crate::types::{Access, PipeType, Wait};
 
-/// The client end of a pipe on tokio. Reads, writes and everything common
-/// to both ends come from [`PipeStream`], to which it dereferences; it
-/// implements `AsyncRead` and `AsyncWrite` like it. Made by
+/// The client end of a pipe on tokio: reads and writes (and
+/// `AsyncRead`/`AsyncWrite`), and the server's identity. Made by
 /// [`ClientOptions::open_async`](crate::ClientOptions::open_async).
 ///
 /// ```
@@ -52,15 +52,12 @@ use crate::types::{Access, PipeType, Wait};
 /// # Ok::<(), npipe::Error>(())
 /// # }).unwrap();
 /// ```
-#[derive(Debug)]
-pub struct PipeClient {
-    stream: PipeStream,
-}
+pub type PipeClient = Pipe<PipeStream, ClientEnd>;
 
 /// How long to pause while the server's connection backlog is full.
 const BACKLOG_PAUSE: Duration = Duration::from_millis(1);
 
-impl PipeClient {
+impl Pipe<PipeStream, ClientEnd> {
     pub(crate) async fn connect(
         name: &PipeName,
         opts: &ClientOptions,
@@ -113,12 +110,11 @@ impl PipeClient {
 
         let (setup, read_mode, send_buffer) = connect_core::finish(name, opts, cred, desc)?;
         client_socket::apply_send_buffer(fd.get_ref().socket(), send_buffer);
-        Ok(PipeClient {
-            stream: PipeStream::registered(fd, setup, read_mode, leftover),
+        Ok(Pipe {
+            io: PipeStream::registered(fd, EndCore::new(setup, read_mode, leftover)),
+            role: ClientEnd::new(),
         })
     }
-
-    crate::info::server_identity_methods!();
 }
 
 /// Sends all of `buf` on a fresh connection.
@@ -165,21 +161,6 @@ async fn read_reply(fd: &AsyncFd<Fd>) -> Result<(Reply, Vec<u8>)> {
         }
     }
 }
-
-impl Deref for PipeClient {
-    type Target = PipeStream;
-    fn deref(&self) -> &PipeStream {
-        &self.stream
-    }
-}
-
-impl DerefMut for PipeClient {
-    fn deref_mut(&mut self) -> &mut PipeStream {
-        &mut self.stream
-    }
-}
-
-super::stream::delegate_async_io!(PipeClient);
 
 /// `CallNamedPipe` on tokio: connects to a message-type pipe (waiting up to
 /// `timeout` for a free instance), sends `request` as one message, returns

@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::future::poll_fn;
 use std::future::Future;
 use std::io;
-use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering;
@@ -42,11 +41,12 @@ use crate::info::PipeInfo;
 use crate::listener_state::{ListenerState, Publication, Ready};
 use crate::name::PipeName;
 use crate::options::ServerOptions;
+use crate::pipe::{Pipe, ServerEnd};
 use crate::policy::Peer;
 use crate::proto::admission::Ticket;
 use crate::proto::handshake::{Hello, PipeDescription, Reply};
 use crate::proto::ProtoError;
-use crate::server_instance::{InstancePool, ServerInstance};
+use crate::server_instance::InstancePool;
 use crate::sys::{self, Fd, RecvFlagsLite, Socket};
 use crate::types::Access;
 
@@ -190,7 +190,7 @@ impl PipeListener {
                 .pop_front();
             if let Some(ready) = next {
                 shared.tell(Event::Accepted);
-                return PipeServer::new(Arc::clone(shared), ready);
+                return server_end(Arc::clone(shared), ready);
             }
             shared.state.stopped()?;
             if self.acceptor.is_finished() {
@@ -229,10 +229,9 @@ impl Drop for PipeListener {
     }
 }
 
-/// The server end of one connected client (one pipe instance) on tokio.
-/// Reads, writes and everything common to both ends come from
-/// [`PipeStream`], to which it dereferences; it implements `AsyncRead` and
-/// `AsyncWrite` like it.
+/// The server end of one connected client (one pipe instance) on tokio:
+/// reads and writes (and `AsyncRead`/`AsyncWrite`), the client's identity,
+/// impersonation, `DisconnectNamedPipe`.
 ///
 /// Impersonation (`ImpersonateNamedPipeClient`) is
 /// [`run_as_client`](PipeServer::run_as_client): the caller's closure runs on
@@ -256,45 +255,20 @@ impl Drop for PipeListener {
 /// # Ok::<(), npipe::Error>(())
 /// # }).unwrap();
 /// ```
-#[derive(Debug)]
-pub struct PipeServer {
-    stream: PipeStream,
-    instance: ServerInstance,
+pub type PipeServer = Pipe<PipeStream, ServerEnd>;
+
+/// The server end of a connection the acceptor told OK.
+fn server_end(shared: Arc<Shared>, ready: Ready) -> Result<PipeServer> {
+    // If the stream cannot be made, the instance, dropped, is given back.
+    let (socket, end, instance) = shared.state.open_end(shared.clone(), ready);
+    let io = PipeStream::new(socket, end)?;
+    Ok(Pipe {
+        io,
+        role: ServerEnd { instance },
+    })
 }
 
-impl PipeServer {
-    fn new(shared: Arc<Shared>, ready: Ready) -> Result<PipeServer> {
-        let setup = shared.state.setup_for(&ready);
-        let read_mode = shared.state.opts.effective_read_mode();
-        // Made first: dropped on failure below, it gives the instance back.
-        let instance = ServerInstance::new(
-            shared,
-            ready.hello.impersonation,
-            &ready.socket,
-            ready.cred.pid,
-        );
-        let stream = PipeStream::new(ready.socket, setup, read_mode, ready.leftover)?;
-        Ok(PipeServer { stream, instance })
-    }
-
-    /// Drops the client (`DisconnectNamedPipe`): unread data is discarded,
-    /// the instance is freed for the next client, and the client's next
-    /// operation fails (*pipe not connected* or *broken pipe*). Every later
-    /// operation on this end fails with *pipe not connected*.
-    pub fn disconnect(&mut self) -> Result<()> {
-        let stream = &mut self.stream;
-        self.instance.disconnect(|| stream.disconnect_client())
-    }
-
-    crate::info::client_identity_methods!();
-
-    /// The pipe as this end sees it, with the current instance count.
-    pub fn info(&self) -> PipeInfo {
-        let mut info = self.stream.info();
-        info.cur_instances = self.instance.active_now();
-        info
-    }
-
+impl Pipe<PipeStream, ServerEnd> {
     /// `ImpersonateNamedPipeClient` for async code: runs `f` as the client
     /// on a thread npipe starts for it and that ends with it, never on a
     /// runtime worker (whose other tasks would run as the client) nor on
@@ -324,8 +298,8 @@ impl PipeServer {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.instance.may_impersonate()?;
-        let peer = self.stream.peer();
+        self.role.instance.may_impersonate()?;
+        let peer = self.io.peer();
         let groups = self.client_groups()?;
         let (done, result) = ::tokio::sync::oneshot::channel();
         std::thread::Builder::new()
@@ -349,21 +323,6 @@ impl PipeServer {
         })?
     }
 }
-
-impl Deref for PipeServer {
-    type Target = PipeStream;
-    fn deref(&self) -> &PipeStream {
-        &self.stream
-    }
-}
-
-impl DerefMut for PipeServer {
-    fn deref_mut(&mut self) -> &mut PipeStream {
-        &mut self.stream
-    }
-}
-
-super::stream::delegate_async_io!(PipeServer);
 
 /// A client waiting for an instance.
 struct Waiter {
@@ -402,11 +361,7 @@ struct Acceptor {
 
 impl Acceptor {
     fn new(shared: Arc<Shared>) -> Acceptor {
-        let core = AcceptorCore::new(
-            shared.state.name.clone(),
-            shared.state.opts.clone(),
-            shared.state.server_uid,
-        );
+        let core = shared.state.acceptor_core();
         Acceptor {
             shared,
             core,

@@ -11,7 +11,7 @@
 //! | [`ServerOptions::create`](crate::ServerOptions::create) → [`crate::PipeListener`] | [`ServerOptions::create_async`](crate::ServerOptions::create_async) → [`PipeListener`] |
 //! | [`PipeListener::accept`](crate::PipeListener::accept) | [`PipeListener::accept`]`.await` (cancel-safe; time it out with `tokio::time::timeout`) |
 //! | [`ClientOptions::open`](crate::ClientOptions::open) | [`ClientOptions::open_async`](crate::ClientOptions::open_async)`.await` |
-//! | [`crate::PipeServer`], [`crate::PipeClient`], [`crate::PipeStream`] | [`PipeServer`], [`PipeClient`], [`PipeStream`] |
+//! | [`crate::PipeServer`], [`crate::PipeClient`] (`Pipe<PipeStream, _>`) | [`PipeServer`], [`PipeClient`] (`Pipe<tokio::PipeStream, _>`) |
 //! | `std::io::Read` / `Write` | `tokio::io::AsyncRead` / `AsyncWrite` |
 //! | [`crate::call`], [`ClientOptions::call`](crate::ClientOptions::call) | [`call`]`.await`, [`ClientOptions::call_async`](crate::ClientOptions::call_async)`.await` |
 //!
@@ -24,7 +24,8 @@
 //! The module is named `tokio` after the runtime it serves; inside code that
 //! also uses the `tokio` crate, refer to it as `npipe::tokio`.
 //!
-//! Cancel safety is documented on each method of [`PipeStream`]: reads and
+//! Cancel safety is documented on each method of [`PipeServer`] and
+//! [`PipeClient`] (a table heads their reads and writes): reads and
 //! `accept` are cancel-safe, message writes are not (a message cut mid-way
 //! breaks the writer, and the peer never sees it as whole).
 //!

@@ -12,10 +12,11 @@ use ::tokio::io::unix::AsyncFd;
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::{Error, Result};
-use crate::info::{PeerCredentials, PipeInfo};
+use crate::info::PeerCredentials;
+use crate::pipe::{sealed, Pipe, PipeIo, PipeRole};
 use crate::stream_core::{
-    check_transact, recv_error, send_error, EndCore, MessageRead, Need, Peek, ReadCore,
-    ReadMessage, ReadOp, ReadStd, RecvMessage, Setup, Step, WriteCore, WriteOp,
+    recv_error, send_error, EndCore, MessageRead, Need, Peek, ReadCore, ReadMessage, ReadOp,
+    ReadStd, RecvMessage, Step, WriteCore, WriteOp,
 };
 use crate::sys::{self, Fd, RecvFlagsLite, Socket};
 use crate::types::ReadMode;
@@ -33,53 +34,10 @@ pub(crate) fn register(socket: Socket) -> Result<AsyncFd<Fd>> {
     })
 }
 
-/// A connected pipe end on tokio: the part common to
-/// [`PipeServer`](super::PipeServer) and [`PipeClient`](super::PipeClient),
-/// which dereference to it. The same semantics and errors as the blocking
-/// [`crate::PipeStream`]:
-///
-/// - On a byte-type pipe, [`AsyncRead`] and [`AsyncWrite`] are the raw
-///   socket's stream.
-/// - On a message-type pipe each [`AsyncWrite::poll_write`] sends one whole
-///   message, and [`AsyncRead::poll_read`] returns bytes of one message at a
-///   time, never crossing a boundary (a read returns what has arrived of the
-///   message; the next read continues it). Zero-length messages are skipped
-///   there, since `Ok(0)` means end of stream; [`read_message`](Self::read_message)
-///   returns them and says whether *more data* follows.
-///
-/// To read and write from two tasks at once, split it with
-/// `tokio::io::split` (each half takes a lock around the stream).
-///
-/// # Cancel safety
-///
-/// | method | cancel-safe? |
-/// |---|---|
-/// | [`read_message`](Self::read_message), [`recv_message`](Self::recv_message) | Yes: a read dropped before it finished puts back what it took, so the next read starts where it did. |
-/// | [`AsyncRead`] (`read`, `read_buf`) | Yes, as for any tokio stream. |
-/// | [`write_message`](Self::write_message), [`transact`](Self::transact) | **No**: dropped after part of the message went out, the message is cut, and the writer is broken for good (every later write fails with *broken pipe*, the peer sees *broken pipe*, never a cut message). Dropped before anything went out, nothing was sent. |
-/// | [`AsyncWrite`] (`write`, `write_all`) | Yes: a `poll_write` that sent part of a message reports it written and keeps the rest, which goes out while this end reads, and before the next write, `flush` or `shutdown`. The message is never cut by that. |
-/// | [`flush_buffers`](Self::flush_buffers) | Yes (it only waits). |
-///
-/// ```
-/// use npipe::{ClientOptions, MessageRead, ServerOptions};
-///
-/// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-/// # rt.block_on(async {
-/// let name = format!("doc-async-stream-{}", std::process::id());
-/// let listener = ServerOptions::new().create_async(&name)?; // message type
-/// let mut client = ClientOptions::new().open_async(&name).await?;
-/// let mut server = listener.accept().await?;
-///
-/// client.write_message(b"hello, world").await?;
-/// client.write_message(b"").await?;
-/// let mut buf = [0u8; 5];
-/// assert_eq!(server.read_message(&mut buf).await?, MessageRead::MoreData(5));
-/// assert_eq!(&buf, b"hello");
-/// assert_eq!(server.recv_message().await?, b", world");
-/// assert_eq!(server.read_message(&mut buf).await?, MessageRead::Complete(0));
-/// # Ok::<(), npipe::Error>(())
-/// # }).unwrap();
-/// ```
+/// The tokio front end's connection I/O: the `S` of
+/// [`PipeServer`](super::PipeServer) and [`PipeClient`](super::PipeClient)
+/// (`Pipe<tokio::PipeStream, _>`), which carry every method. You never hold
+/// one alone.
 #[derive(Debug)]
 pub struct PipeStream {
     io: AsyncFd<Fd>,
@@ -314,30 +272,15 @@ fn poll_send(
 }
 
 impl PipeStream {
-    pub(crate) fn new(
-        socket: Socket,
-        setup: Setup,
-        read_mode: ReadMode,
-        leftover: Vec<u8>,
-    ) -> Result<PipeStream> {
-        Ok(PipeStream::registered(
-            register(socket)?,
-            setup,
-            read_mode,
-            leftover,
-        ))
+    pub(crate) fn new(socket: Socket, end: EndCore) -> Result<PipeStream> {
+        Ok(PipeStream::registered(register(socket)?, end))
     }
 
     /// A stream over a socket already registered with the reactor.
-    pub(crate) fn registered(
-        io: AsyncFd<Fd>,
-        setup: Setup,
-        read_mode: ReadMode,
-        leftover: Vec<u8>,
-    ) -> PipeStream {
+    pub(crate) fn registered(io: AsyncFd<Fd>, end: EndCore) -> PipeStream {
         PipeStream {
             io,
-            end: EndCore::new(setup, read_mode, leftover),
+            end,
             tail: Vec::new(),
         }
     }
@@ -375,37 +318,17 @@ impl PipeStream {
         poll_drain(&self.io, &mut self.end.writer, &mut self.tail, cx)
     }
 
-    /// Reads one message, or the rest of a message a short buffer cut
-    /// (`ReadFile` in message read mode). [`MessageRead::MoreData`] is
-    /// `ERROR_MORE_DATA`: the next read continues the same message.
-    /// Zero-length messages read as `Complete(0)`. A peer that closes
-    /// between messages gives *broken pipe*; one that dies mid-message gives
-    /// *broken pipe* too, never a cut message.
-    ///
-    /// Cancel-safe: dropped before it finished, it leaves the pipe as it
-    /// found it (the bytes it took are put back).
-    pub async fn read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
+    pub(crate) async fn read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
         self.connected()?;
         read_op(self, ReadMessage::new(buf)).await
     }
 
-    /// Reads the rest of the current message, or the next message, whole.
-    /// Its size was checked against the largest message this end accepts
-    /// before anything was allocated.
-    ///
-    /// Cancel-safe, as [`read_message`](Self::read_message).
-    pub async fn recv_message(&mut self) -> Result<Vec<u8>> {
+    pub(crate) async fn recv_message(&mut self) -> Result<Vec<u8>> {
         self.connected()?;
         read_op(self, RecvMessage::default()).await
     }
 
-    /// Writes one message, whole and atomic (`WriteFile` on a message pipe).
-    ///
-    /// **Not cancel-safe**: dropped after part of the message went out, it
-    /// breaks the writer (later writes fail with *broken pipe* and the peer
-    /// sees *broken pipe*, never a cut message). Wrap it in
-    /// `tokio::time::timeout` only if giving up on the pipe is acceptable.
-    pub async fn write_message(&mut self, msg: &[u8]) -> Result<()> {
+    pub(crate) async fn write_message(&mut self, msg: &[u8]) -> Result<()> {
         self.connected()?;
         poll_fn(|cx| self.poll_drain_tail(cx)).await?;
         let op = self.end.writer.begin_message(msg)?;
@@ -421,15 +344,7 @@ impl PipeStream {
         sent.map_err(|e| self.explain(e))
     }
 
-    /// Sends a message and reads the reply (`TransactNamedPipe`). Needs a
-    /// message pipe in message read mode; fails with *pipe busy* if unread
-    /// data is waiting, as on Windows.
-    ///
-    /// Not cancel-safe while the request is being written (see
-    /// [`write_message`](Self::write_message)); cancel-safe while waiting
-    /// for the reply (the reply stays readable with
-    /// [`recv_message`](Self::recv_message)).
-    pub async fn transact(&mut self, request: &[u8]) -> Result<Vec<u8>> {
+    pub(crate) async fn transact(&mut self, request: &[u8]) -> Result<Vec<u8>> {
         self.send_request(request).await?;
         self.recv_message().await
     }
@@ -439,62 +354,26 @@ impl PipeStream {
     async fn send_request(&mut self, request: &[u8]) -> Result<()> {
         self.connected()?;
         let sock = self.io.get_ref().socket();
-        check_transact(
-            &self.end.setup,
-            &self.end.reader,
-            &self.end.writer,
-            request.len(),
-            || sock.readable_bytes().unwrap_or(0),
-        )?;
+        self.end
+            .check_transact(request.len(), || sock.readable_bytes().unwrap_or(0))?;
         self.write_message(request).await
     }
 
-    /// `TransactNamedPipe` with the caller's reply buffer: sends `request`
-    /// and reads the reply into `reply`; a longer reply gives
-    /// [`MessageRead::MoreData`] (`ERROR_MORE_DATA`) with the rest left to
-    /// read with [`read_message`](Self::read_message). Same rules and
-    /// cancel safety as [`transact`](Self::transact).
-    ///
-    /// ```
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-    /// use npipe::{ClientOptions, MessageRead, ServerOptions};
-    ///
-    /// let name = format!("doc-async-transact-into-{}", std::process::id());
-    /// let listener = ServerOptions::new().create_async(&name)?;
-    /// let echo = tokio::spawn(async move {
-    ///     let mut pipe = listener.accept().await?;
-    ///     let request = pipe.recv_message().await?;
-    ///     pipe.write_message(&request).await
-    /// });
-    /// let mut client = ClientOptions::new().open_async(&name).await?;
-    /// let mut reply = [0u8; 16];
-    /// assert_eq!(client.transact_into(b"ping", &mut reply).await?, MessageRead::Complete(4));
-    /// assert_eq!(&reply[..4], b"ping");
-    /// echo.await.unwrap()?;
-    /// # Ok::<(), npipe::Error>(())
-    /// # }).unwrap();
-    /// ```
-    pub async fn transact_into(&mut self, request: &[u8], reply: &mut [u8]) -> Result<MessageRead> {
+    pub(crate) async fn transact_into(
+        &mut self,
+        request: &[u8],
+        reply: &mut [u8],
+    ) -> Result<MessageRead> {
         self.send_request(request).await?;
         self.read_message(reply).await
     }
 
-    /// Copies waiting data without consuming it (`PeekNamedPipe`). It never
-    /// waits, so it is not `async`. On a message pipe it copies from the
-    /// current message only, whatever the read mode, and `message_left`
-    /// counts what is left of it beyond the bytes copied (as Windows does).
-    pub fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
+    pub(crate) fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
         self.connected()?;
         crate::peek_io::peek(&mut self.end.reader, self.io.get_ref().socket(), buf)
     }
 
-    /// Waits until the other end has read everything written so far
-    /// (`FlushFileBuffers`). Bound it with `tokio::time::timeout` if need be
-    /// (it is cancel-safe).
-    ///
-    /// This is not [`AsyncWrite::poll_flush`], which only sends what a
-    /// `poll_write` left over and does not wait for the peer.
-    pub async fn flush_buffers(&mut self) -> Result<()> {
+    pub(crate) async fn flush_buffers(&mut self) -> Result<()> {
         self.connected()?;
         poll_fn(|cx| self.poll_drain_tail(cx)).await?;
         let mut pause = Duration::from_micros(50);
@@ -533,32 +412,20 @@ impl PipeStream {
         }
     }
 
-    /// Changes this end's read mode (`SetNamedPipeHandleState`). A byte-type
-    /// pipe refuses message mode with `ERROR_INVALID_PARAMETER`.
-    pub fn set_read_mode(&mut self, mode: ReadMode) -> Result<()> {
+    pub(crate) fn set_read_mode(&mut self, mode: ReadMode) -> Result<()> {
         self.end.reader.set_mode(mode)
     }
 
-    /// This end's read mode.
-    pub fn read_mode(&self) -> ReadMode {
+    pub(crate) fn read_mode(&self) -> ReadMode {
         self.end.reader.mode
     }
 
-    /// Closes this end's sending side after what was written: the other end
-    /// reads end of stream, and can still write back. (An npipe extension;
-    /// Windows pipes have no half-close.)
-    pub async fn shutdown_write(&mut self) -> Result<()> {
+    pub(crate) async fn shutdown_write(&mut self) -> Result<()> {
         self.connected()?;
         poll_fn(|cx| self.poll_drain_tail(cx)).await?;
         self.socket()
             .shutdown_write()
             .map_err(|e| Error::os(e, "cannot shut down the sending side"))
-    }
-
-    /// The pipe as this end sees it (`GetNamedPipeInfo`,
-    /// `GetNamedPipeHandleState`).
-    pub fn info(&self) -> PipeInfo {
-        self.end.info()
     }
 }
 
@@ -619,7 +486,7 @@ impl AsyncWrite for PipeStream {
     }
 
     /// Sends what a `poll_write` left over; does not wait for the peer to
-    /// read (that is [`PipeStream::flush_buffers`]).
+    /// read (that is [`PipeServer::flush_buffers`](super::PipeServer::flush_buffers)).
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.end.disconnected {
@@ -641,40 +508,199 @@ impl AsyncWrite for PipeStream {
     }
 }
 
-/// `AsyncRead`/`AsyncWrite` for a type that dereferences to [`PipeStream`].
-macro_rules! delegate_async_io {
-    ($t:ty) => {
-        impl ::tokio::io::AsyncRead for $t {
-            fn poll_read(
-                self: ::std::pin::Pin<&mut Self>,
-                cx: &mut ::std::task::Context<'_>,
-                buf: &mut ::tokio::io::ReadBuf<'_>,
-            ) -> ::std::task::Poll<::std::io::Result<()>> {
-                ::std::pin::Pin::new(&mut **self.get_mut()).poll_read(cx, buf)
-            }
-        }
+/// Reads, writes and everything common to both ends on tokio, with the same
+/// semantics and errors as the blocking ends:
+///
+/// - On a byte-type pipe, [`AsyncRead`] and [`AsyncWrite`] are the raw
+///   socket's stream.
+/// - On a message-type pipe each [`AsyncWrite::poll_write`] sends one whole
+///   message, and [`AsyncRead::poll_read`] returns bytes of one message at a
+///   time, never crossing a boundary (a read returns what has arrived of the
+///   message; the next read continues it). Zero-length messages are skipped
+///   there, since `Ok(0)` means end of stream; [`read_message`](Self::read_message)
+///   returns them and says whether *more data* follows.
+///
+/// To read and write from two tasks at once, split it with
+/// `tokio::io::split` (each half takes a lock around the stream).
+///
+/// # Cancel safety
+///
+/// | method | cancel-safe? |
+/// |---|---|
+/// | [`read_message`](Self::read_message), [`recv_message`](Self::recv_message) | Yes: a read dropped before it finished puts back what it took, so the next read starts where it did. |
+/// | [`AsyncRead`] (`read`, `read_buf`) | Yes, as for any tokio stream. |
+/// | [`write_message`](Self::write_message), [`transact`](Self::transact) | **No**: dropped after part of the message went out, the message is cut, and the writer is broken for good (every later write fails with *broken pipe*, the peer sees *broken pipe*, never a cut message). Dropped before anything went out, nothing was sent. |
+/// | [`AsyncWrite`] (`write`, `write_all`) | Yes: a `poll_write` that sent part of a message reports it written and keeps the rest, which goes out while this end reads, and before the next write, `flush` or `shutdown`. The message is never cut by that. |
+/// | [`flush_buffers`](Self::flush_buffers) | Yes (it only waits). |
+///
+/// ```
+/// use npipe::{ClientOptions, MessageRead, ServerOptions};
+///
+/// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+/// # rt.block_on(async {
+/// let name = format!("doc-async-stream-{}", std::process::id());
+/// let listener = ServerOptions::new().create_async(&name)?; // message type
+/// let mut client = ClientOptions::new().open_async(&name).await?;
+/// let mut server = listener.accept().await?;
+///
+/// client.write_message(b"hello, world").await?;
+/// client.write_message(b"").await?;
+/// let mut buf = [0u8; 5];
+/// assert_eq!(server.read_message(&mut buf).await?, MessageRead::MoreData(5));
+/// assert_eq!(&buf, b"hello");
+/// assert_eq!(server.recv_message().await?, b", world");
+/// assert_eq!(server.read_message(&mut buf).await?, MessageRead::Complete(0));
+/// # Ok::<(), npipe::Error>(())
+/// # }).unwrap();
+/// ```
+impl<R: PipeRole> Pipe<PipeStream, R> {
+    /// Reads one message, or the rest of a message a short buffer cut
+    /// (`ReadFile` in message read mode). [`MessageRead::MoreData`] is
+    /// `ERROR_MORE_DATA`: the next read continues the same message.
+    /// Zero-length messages read as `Complete(0)`. A peer that closes
+    /// between messages gives *broken pipe*; one that dies mid-message gives
+    /// *broken pipe* too, never a cut message.
+    ///
+    /// Cancel-safe: dropped before it finished, it leaves the pipe as it
+    /// found it (the bytes it took are put back).
+    pub async fn read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
+        self.io.read_message(buf).await
+    }
 
-        impl ::tokio::io::AsyncWrite for $t {
-            fn poll_write(
-                self: ::std::pin::Pin<&mut Self>,
-                cx: &mut ::std::task::Context<'_>,
-                buf: &[u8],
-            ) -> ::std::task::Poll<::std::io::Result<usize>> {
-                ::std::pin::Pin::new(&mut **self.get_mut()).poll_write(cx, buf)
-            }
-            fn poll_flush(
-                self: ::std::pin::Pin<&mut Self>,
-                cx: &mut ::std::task::Context<'_>,
-            ) -> ::std::task::Poll<::std::io::Result<()>> {
-                ::std::pin::Pin::new(&mut **self.get_mut()).poll_flush(cx)
-            }
-            fn poll_shutdown(
-                self: ::std::pin::Pin<&mut Self>,
-                cx: &mut ::std::task::Context<'_>,
-            ) -> ::std::task::Poll<::std::io::Result<()>> {
-                ::std::pin::Pin::new(&mut **self.get_mut()).poll_shutdown(cx)
-            }
-        }
-    };
+    /// Reads the rest of the current message, or the next message, whole.
+    /// Its size was checked against the largest message this end accepts
+    /// before anything was allocated.
+    ///
+    /// Cancel-safe, as [`read_message`](Self::read_message).
+    pub async fn recv_message(&mut self) -> Result<Vec<u8>> {
+        self.io.recv_message().await
+    }
+
+    /// Writes one message, whole and atomic (`WriteFile` on a message pipe).
+    ///
+    /// **Not cancel-safe**: dropped after part of the message went out, it
+    /// breaks the writer (later writes fail with *broken pipe* and the peer
+    /// sees *broken pipe*, never a cut message). Wrap it in
+    /// `tokio::time::timeout` only if giving up on the pipe is acceptable.
+    pub async fn write_message(&mut self, msg: &[u8]) -> Result<()> {
+        self.io.write_message(msg).await
+    }
+
+    /// Sends a message and reads the reply (`TransactNamedPipe`). Needs a
+    /// message pipe in message read mode; fails with *pipe busy* if unread
+    /// data is waiting, as on Windows.
+    ///
+    /// Not cancel-safe while the request is being written (see
+    /// [`write_message`](Self::write_message)); cancel-safe while waiting
+    /// for the reply (the reply stays readable with
+    /// [`recv_message`](Self::recv_message)).
+    pub async fn transact(&mut self, request: &[u8]) -> Result<Vec<u8>> {
+        self.io.transact(request).await
+    }
+
+    /// `TransactNamedPipe` with the caller's reply buffer: sends `request`
+    /// and reads the reply into `reply`; a longer reply gives
+    /// [`MessageRead::MoreData`] (`ERROR_MORE_DATA`) with the rest left to
+    /// read with [`read_message`](Self::read_message). Same rules and
+    /// cancel safety as [`transact`](Self::transact).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use npipe::{ClientOptions, MessageRead, ServerOptions};
+    ///
+    /// let name = format!("doc-async-transact-into-{}", std::process::id());
+    /// let listener = ServerOptions::new().create_async(&name)?;
+    /// let echo = tokio::spawn(async move {
+    ///     let mut pipe = listener.accept().await?;
+    ///     let request = pipe.recv_message().await?;
+    ///     pipe.write_message(&request).await
+    /// });
+    /// let mut client = ClientOptions::new().open_async(&name).await?;
+    /// let mut reply = [0u8; 16];
+    /// assert_eq!(client.transact_into(b"ping", &mut reply).await?, MessageRead::Complete(4));
+    /// assert_eq!(&reply[..4], b"ping");
+    /// echo.await.unwrap()?;
+    /// # Ok::<(), npipe::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn transact_into(&mut self, request: &[u8], reply: &mut [u8]) -> Result<MessageRead> {
+        self.io.transact_into(request, reply).await
+    }
+
+    /// Copies waiting data without consuming it (`PeekNamedPipe`). It never
+    /// waits, so it is not `async`. On a message pipe it copies from the
+    /// current message only, whatever the read mode, and `message_left`
+    /// counts what is left of it beyond the bytes copied (as Windows does).
+    pub fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
+        self.io.peek(buf)
+    }
+
+    /// Waits until the other end has read everything written so far
+    /// (`FlushFileBuffers`). Bound it with `tokio::time::timeout` if need be
+    /// (it is cancel-safe).
+    ///
+    /// This is not [`AsyncWrite::poll_flush`], which only sends what a
+    /// `poll_write` left over and does not wait for the peer.
+    pub async fn flush_buffers(&mut self) -> Result<()> {
+        self.io.flush_buffers().await
+    }
+
+    /// Changes this end's read mode (`SetNamedPipeHandleState`). A byte-type
+    /// pipe refuses message mode with `ERROR_INVALID_PARAMETER`.
+    pub fn set_read_mode(&mut self, mode: ReadMode) -> Result<()> {
+        self.io.set_read_mode(mode)
+    }
+
+    /// This end's read mode.
+    pub fn read_mode(&self) -> ReadMode {
+        self.io.read_mode()
+    }
+
+    /// Closes this end's sending side after what was written: the other end
+    /// reads end of stream, and can still write back. (An npipe extension;
+    /// Windows pipes have no half-close.)
+    pub async fn shutdown_write(&mut self) -> Result<()> {
+        self.io.shutdown_write().await
+    }
 }
-pub(crate) use delegate_async_io;
+
+#[allow(private_interfaces)] // sealed: see `sealed::EndIo`
+impl sealed::EndIo for PipeStream {
+    fn end(&self) -> &EndCore {
+        &self.end
+    }
+    fn socket(&self) -> &Socket {
+        self.io.get_ref().socket()
+    }
+    fn cut_client(&mut self) {
+        self.disconnect_client();
+    }
+}
+
+impl PipeIo for PipeStream {}
+
+impl<R: PipeRole + Unpin> AsyncRead for Pipe<PipeStream, R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<R: PipeRole + Unpin> AsyncWrite for Pipe<PipeStream, R> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
