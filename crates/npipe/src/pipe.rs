@@ -130,6 +130,24 @@ impl<S: PipeIo, R: PipeRole> Pipe<S, R> {
     }
 }
 
+#[cfg(unix)]
+impl<S: PipeIo, R: PipeRole> std::os::fd::AsFd for Pipe<S, R> {
+    /// The connection's socket, for `poll`, `epoll` or a reactor of your
+    /// own. Reading or writing it directly bypasses npipe's framing: on a
+    /// message pipe, do not.
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.io.socket().as_fd()
+    }
+}
+
+#[cfg(unix)]
+impl<S: PipeIo, R: PipeRole> std::os::fd::AsRawFd for Pipe<S, R> {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.as_fd().as_raw_fd()
+    }
+}
+
 impl<S: PipeIo> Pipe<S, ServerEnd> {
     /// Drops the client (`DisconnectNamedPipe`): unread data is discarded,
     /// the instance is freed for the next client, and the client's next

@@ -647,8 +647,8 @@ impl<R: PipeRole> Write for Pipe<PipeStream, R> {
 mod tests {
     use super::*;
     use crate::info::End;
-    use crate::stream_core::Setup;
     use crate::proto::framing;
+    use crate::stream_core::Setup;
     use crate::types::PipeType;
 
     fn pair(pipe_type: PipeType) -> (PipeStream, PipeStream) {

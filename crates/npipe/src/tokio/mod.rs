@@ -142,4 +142,65 @@ mod tests {
             send(server.flush_buffers());
         });
     }
+
+    /// The escape hatches: `try_*` calls that never wait and say so, the
+    /// readiness waits that go with them (data a read already buffered
+    /// counts as readable), and the socket's descriptor.
+    #[test]
+    fn try_calls_never_wait_and_readiness_wakes_them() {
+        use std::os::fd::AsRawFd;
+        let rt = ::tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let name = format!("unit-try-{}", std::process::id());
+            let listener = ServerOptions::new().create_async(name.as_str()).unwrap();
+            let mut client = ClientOptions::new()
+                .open_async(name.as_str())
+                .await
+                .unwrap();
+            let mut server = listener.accept().await.unwrap();
+            assert!(server.as_raw_fd() >= 0);
+            assert_ne!(server.as_raw_fd(), client.as_raw_fd());
+
+            let mut buf = [0u8; 8];
+            let e = server.try_read_message(&mut buf).unwrap_err();
+            assert_eq!(e.code(), crate::ErrorCode::NoData);
+            let e = server.try_read(&mut buf).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+
+            // Two messages in one burst: the first read buffers both, so
+            // the second must be found without the socket being readable.
+            assert_eq!(client.try_write(b"one").unwrap(), 3);
+            assert_eq!(client.try_write(b"two!").unwrap(), 4);
+            server.readable().await.unwrap();
+            assert_eq!(
+                server.try_read_message(&mut buf).unwrap(),
+                crate::MessageRead::Complete(3)
+            );
+            assert_eq!(&buf[..3], b"one");
+            tokio_timeout(server.readable()).await;
+            assert_eq!(server.try_recv_message().unwrap(), b"two!");
+
+            // A message cut by a short buffer: the rest is there at once.
+            client.try_write(b"abcdef").unwrap();
+            server.readable().await.unwrap();
+            let mut small = [0u8; 2];
+            assert_eq!(
+                server.try_read_message(&mut small).unwrap(),
+                crate::MessageRead::MoreData(2)
+            );
+            assert_eq!(server.try_recv_message().unwrap(), b"cdef");
+            client.writable().await.unwrap();
+        });
+    }
+
+    /// Fails the test if `f` waits (a readiness wait that should be done).
+    async fn tokio_timeout<F: std::future::Future<Output = crate::Result<()>>>(f: F) {
+        ::tokio::time::timeout(std::time::Duration::from_secs(5), f)
+            .await
+            .expect("waited although data was buffered")
+            .unwrap();
+    }
 }

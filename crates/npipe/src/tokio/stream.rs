@@ -277,6 +277,29 @@ impl PipeStream {
     }
 
     /// A stream over a socket already registered with the reactor.
+    /// Waits until a read would find something: data buffered here (a read
+    /// ahead of the application) or readiness on the socket.
+    pub(crate) async fn readable(&self) -> Result<()> {
+        if self.end.reader.has_unread(|| 0) {
+            return Ok(());
+        }
+        // The guard dropped keeps the readiness for the read that follows.
+        self.io
+            .readable()
+            .await
+            .map(drop)
+            .map_err(|e| Error::os(e, "waiting for the pipe to be readable failed"))
+    }
+
+    /// Waits until the socket has room for a write.
+    pub(crate) async fn writable(&self) -> Result<()> {
+        self.io
+            .writable()
+            .await
+            .map(drop)
+            .map_err(|e| Error::os(e, "waiting for the pipe to be writable failed"))
+    }
+
     pub(crate) fn registered(io: AsyncFd<Fd>, end: EndCore) -> PipeStream {
         PipeStream {
             io,
@@ -662,6 +685,82 @@ impl<R: PipeRole> Pipe<PipeStream, R> {
     pub async fn shutdown_write(&mut self) -> Result<()> {
         self.io.shutdown_write().await
     }
+
+    /// Waits until a read would not wait: data has arrived (or is buffered
+    /// here), or the peer closed. For use with the `try_*` reads, as
+    /// tokio's `NamedPipeServer::readable`. Cancel-safe.
+    pub async fn readable(&self) -> Result<()> {
+        self.io.readable().await
+    }
+
+    /// Waits until the socket has room for a write. For use with
+    /// [`try_write`](Self::try_write). Cancel-safe.
+    pub async fn writable(&self) -> Result<()> {
+        self.io.writable().await
+    }
+
+    /// [`read_message`](Self::read_message) if it would not wait: what is
+    /// there now, else `ERROR_NO_DATA` (232), as `ReadFile` on a
+    /// `PIPE_NOWAIT` pipe. Takes nothing when it fails that way.
+    ///
+    /// ```
+    /// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// # rt.block_on(async {
+    /// # let name = format!("doc-try-read-{}", std::process::id());
+    /// # let listener = npipe::ServerOptions::new().create_async(&name)?;
+    /// # let mut client = npipe::ClientOptions::new().open_async(&name).await?;
+    /// # let mut server = listener.accept().await?;
+    /// let mut buf = [0u8; 16];
+    /// let nothing = server.try_read_message(&mut buf).unwrap_err();
+    /// assert_eq!(nothing.code(), npipe::ErrorCode::NoData);
+    /// client.write_message(b"now").await?;
+    /// server.readable().await?;
+    /// assert_eq!(server.try_read_message(&mut buf)?, npipe::MessageRead::Complete(3));
+    /// # Ok::<(), npipe::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn try_read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
+        // A read is cancel-safe: dropped pending, it gave back what it took.
+        match poll_once(self.io.read_message(buf)) {
+            Poll::Ready(read) => read,
+            Poll::Pending => Err(nothing_yet()),
+        }
+    }
+
+    /// [`recv_message`](Self::recv_message) if it would not wait, else
+    /// `ERROR_NO_DATA` (232); a message only partly arrived stays whole for
+    /// the next read.
+    pub fn try_recv_message(&mut self) -> Result<Vec<u8>> {
+        match poll_once(self.io.recv_message()) {
+            Poll::Ready(read) => read,
+            Poll::Pending => Err(nothing_yet()),
+        }
+    }
+
+    /// `AsyncRead` without waiting, as tokio's `try_read`: the bytes there
+    /// now (of one message, on a message pipe), or `WouldBlock`.
+    pub fn try_read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut read = ReadBuf::new(buf);
+        match poll_once(std::future::poll_fn(|cx| {
+            Pin::new(&mut self.io).poll_read(cx, &mut read)
+        })) {
+            Poll::Ready(done) => done.map(|()| read.filled().len()),
+            Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    /// `AsyncWrite` without waiting, as tokio's `try_write`: on a message
+    /// pipe one whole message or `WouldBlock` (never part of one: what the
+    /// socket could not take yet goes out with the next call), on a byte
+    /// pipe the bytes the socket took.
+    pub fn try_write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match poll_once(std::future::poll_fn(|cx| {
+            Pin::new(&mut self.io).poll_write(cx, buf)
+        })) {
+            Poll::Ready(done) => done,
+            Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
+        }
+    }
 }
 
 #[allow(private_interfaces)] // sealed: see `sealed::EndIo`
@@ -703,4 +802,21 @@ impl<R: PipeRole + Unpin> AsyncWrite for Pipe<PipeStream, R> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
+}
+
+/// Polls `fut` once with a waker that does nothing: the `try_*` calls,
+/// which must not wait, over the futures that would.
+fn poll_once<F: std::future::Future>(fut: F) -> Poll<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    fut.as_mut()
+        .poll(&mut Context::from_waker(std::task::Waker::noop()))
+}
+
+/// What a `try_*` read that would wait says (`ReadFile` on a
+/// `PIPE_NOWAIT` pipe with nothing to read).
+fn nothing_yet() -> Error {
+    Error::new(
+        crate::ErrorCode::NoData,
+        "nothing to read yet (a try_ read never waits: await readable() first)",
+    )
 }
