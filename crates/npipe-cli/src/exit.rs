@@ -1,6 +1,7 @@
 //! Turning failures into a message on stderr, a hint, and an exit code.
 //!
-//! Every command returns `Result<(), Failure>`. A [`Failure`] carries the
+//! Every command returns `Result<(), Failure>` (`bench` returns an
+//! `npipe_bench::Error`, which converts into one). A [`Failure`] carries the
 //! message to print (`npipe: <message>`), an optional hint line, and the
 //! [`Status`] that picks the process exit code. The codes are documented in
 //! the top-level `--help` ([`EXIT_CODES_HELP`]); keep the two in step.
@@ -154,6 +155,20 @@ impl From<npipe::Error> for Failure {
             status: Status::of(code),
             hint: default_hint(code).map(str::to_string),
             quiet: false,
+        }
+    }
+}
+
+impl From<npipe_bench::Error> for Failure {
+    fn from(err: npipe_bench::Error) -> Failure {
+        match err {
+            npipe_bench::Error::Usage { message, hint } => Failure {
+                hint,
+                ..Failure::new(Status::Usage, message)
+            },
+            npipe_bench::Error::Npipe(err) => err.into(),
+            npipe_bench::Error::Stdout(err) => Failure::stdout(err),
+            npipe_bench::Error::Other(message) => Failure::new(Status::Other, message),
         }
     }
 }

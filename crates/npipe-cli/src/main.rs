@@ -1,7 +1,8 @@
 //! `npipe`: serve, call, list and inspect Windows-style named pipes on Linux.
 //!
 //! This file only parses the command line and dispatches; each command lives
-//! in `cmd/`, and `exit.rs` turns failures into messages and exit codes.
+//! in `cmd/` (`bench` in the npipe-bench crate), and `exit.rs` turns failures
+//! into messages and exit codes.
 
 #![forbid(unsafe_code)]
 
@@ -64,7 +65,7 @@ enum Command {
     Call(cmd::call::Args),
     List(cmd::list::Args),
     Info(cmd::info::Args),
-    Bench(cmd::bench::Args),
+    Bench(npipe_bench::Args),
     Setup(cmd::setup::Args),
     /// The demo's server process (started by `npipe demo`).
     #[command(hide = true)]
@@ -74,7 +75,7 @@ enum Command {
     DemoClient(cmd::demo::ClientArgs),
     /// The bench's server process (started by `npipe bench`).
     #[command(hide = true)]
-    BenchPeer(cmd::bench::PeerArgs),
+    BenchPeer(npipe_bench::PeerArgs),
     /// The raw side's server of `npipe bench scale` (started by the bench).
     #[command(hide = true)]
     BenchScalePeer {
@@ -92,12 +93,12 @@ fn main() -> ExitCode {
         Command::Call(args) => cmd::call::run(args),
         Command::List(args) => cmd::list::run(args),
         Command::Info(args) => cmd::info::run(args),
-        Command::Bench(args) => cmd::bench::run(args),
+        Command::Bench(args) => npipe_bench::run(args).map_err(Into::into),
         Command::Setup(args) => cmd::setup::run(args),
         Command::DemoServer(args) => cmd::demo::run_server(args),
         Command::DemoClient(args) => cmd::demo::run_client(args),
-        Command::BenchPeer(args) => cmd::bench::run_peer(args),
-        Command::BenchScalePeer { path } => cmd::bench::run_scale_peer(path),
+        Command::BenchPeer(args) => npipe_bench::run_peer(args).map_err(Into::into),
+        Command::BenchScalePeer { path } => npipe_bench::run_scale_peer(path).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

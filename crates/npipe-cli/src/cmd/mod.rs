@@ -1,6 +1,5 @@
 //! The commands, one module each, and the small helpers they share.
 
-pub mod bench;
 pub mod call;
 pub mod client;
 pub mod demo;

@@ -1,7 +1,7 @@
 //! `/proc/PID` of a child process, wherever `/proc` comes from. Shared by
 //! the library's and the tool's tests (each includes this file with
-//! `#[path]`); the tool's `bench` has the same lookup in
-//! `crates/npipe-cli/src/cmd/bench/procfs.rs`.
+//! `#[path]`); `npipe bench` has the same lookup in
+//! `crates/npipe-bench/src/procfs.rs`.
 
 use std::path::PathBuf;
 

@@ -17,11 +17,10 @@ use npipe::{ClientOptions, Wait};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use super::cases::{runtime, Scale};
+use super::cases::{runtime, Better, Scale, Unit};
 use super::report::{Rounds, Row};
 use super::{pin, ScratchDir};
-use crate::cmd::bench::cases::{Better, Unit};
-use crate::exit::{Failure, Status};
+use crate::Error;
 
 /// The scale case's published row names share this prefix.
 pub const NAME: &str = "scale";
@@ -45,8 +44,8 @@ struct Figures {
     idle_bytes_per_conn: f64,
 }
 
-fn failure(what: impl std::fmt::Display) -> Failure {
-    Failure::new(Status::Other, format!("bench scale: {what}"))
+fn failure(what: impl std::fmt::Display) -> Error {
+    Error::other(format!("bench scale: {what}"))
 }
 
 /// A server process, killed when dropped.
@@ -58,7 +57,7 @@ impl Server {
     }
 
     /// Resident memory in bytes.
-    fn rss(&self) -> Result<u64, Failure> {
+    fn rss(&self) -> Result<u64, Error> {
         let path = super::procfs::child_proc_dir(self.pid()).join("status");
         let status = std::fs::read_to_string(path)
             .map_err(|e| failure(format!("cannot read the server's memory: {e}")))?;
@@ -91,7 +90,7 @@ impl Drop for Server {
     }
 }
 
-fn spawn(args: &[&str], cpu: Option<usize>) -> Result<Server, Failure> {
+fn spawn(args: &[&str], cpu: Option<usize>) -> Result<Server, Error> {
     let exe = std::env::current_exe().map_err(|e| failure(format!("cannot find npipe: {e}")))?;
     let child = Command::new(exe)
         .args(args)
@@ -110,7 +109,7 @@ fn spawn(args: &[&str], cpu: Option<usize>) -> Result<Server, Failure> {
 }
 
 /// Waits until `ready` says the server serves.
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) -> Result<(), Failure> {
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !ready() {
         if Instant::now() > deadline {
@@ -122,7 +121,7 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) -> Result<(), Failure
 }
 
 /// Raises the open-file limit of this process so it can hold `n` clients.
-fn allow_open_files(n: u64) -> Result<(), Failure> {
+fn allow_open_files(n: u64) -> Result<(), Error> {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let limit = getrlimit(Resource::Nofile);
     if limit.current.is_none_or(|c| c >= n) {
@@ -160,7 +159,7 @@ fn npipe_round(
     clients: usize,
     msgs: usize,
     cpu: Option<usize>,
-) -> Result<Figures, Failure> {
+) -> Result<Figures, Error> {
     let server = spawn(&["serve", name, "--quiet"], cpu)?;
     wait_until("npipe serve", || npipe::query_pipe(name).is_ok())?;
     let base = server.rss()?;
@@ -194,7 +193,7 @@ fn npipe_round(
                     }
                     got += 1;
                 }
-                Ok::<_, Failure>(())
+                Ok::<_, Error>(())
             });
         }
         while let Some(done) = tasks.join_next().await {
@@ -245,7 +244,7 @@ fn raw_round(
     clients: usize,
     msgs: usize,
     cpu: Option<usize>,
-) -> Result<Figures, Failure> {
+) -> Result<Figures, Error> {
     let _ = std::fs::remove_file(path);
     let path_text = path
         .to_str()
@@ -307,7 +306,7 @@ pub fn run(
     server_cpu: Option<usize>,
     scratch: &ScratchDir,
     bar: &indicatif::ProgressBar,
-) -> Result<Vec<Row>, Failure> {
+) -> Result<Vec<Row>, Error> {
     let (clients, msgs) = shape(scale);
     allow_open_files(clients as u64 + 256)?;
     let name = format!("npipe-bench-{}-scale", std::process::id());
@@ -378,7 +377,7 @@ pub fn run(
 /// The hidden `npipe bench-scale-peer PATH`: the raw side's server, a
 /// current-thread runtime with a task per connection echoing
 /// length-prefixed messages, until killed.
-pub fn run_peer(path: &Path) -> crate::cmd::CmdResult {
+pub fn run_peer(path: &Path) -> Result<(), Error> {
     allow_open_files(65_536).or_else(|_| allow_open_files(20_000))?;
     runtime()?.block_on(async {
         let listener = tokio::net::UnixListener::bind(path)

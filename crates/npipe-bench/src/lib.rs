@@ -1,12 +1,21 @@
-//! `npipe bench`: npipe's speed beside the raw Unix socket's, in one run.
+//! The benchmark behind `npipe bench`: npipe beside the raw Unix socket it
+//! runs on, both measured in the same run.
 //!
 //! Every case runs through npipe and through a plain Unix domain socket
 //! doing the same work by hand (`raw.rs`), interleaved round by round, the
 //! client in this process and the server in another (`peer.rs`), both
 //! pinned (`pin.rs`). The output (`report.rs`) gives both figures and their
 //! ratio, the median of the per-round ratios with min and max beside it.
+//!
+//! The server processes are the running program itself, started again
+//! (`std::env::current_exe()`): a program that calls [`run`] must also
+//! dispatch `bench-peer` (with [`PeerArgs`]) to [`run_peer`],
+//! `bench-scale-peer PATH` to [`run_scale_peer`], and be `npipe` itself for
+//! `serve NAME --quiet`, the npipe side of the scale case. Failures come back
+//! as an [`Error`] for that program to report.
 
 mod cases;
+mod error;
 mod peer;
 mod pin;
 mod procfs;
@@ -19,6 +28,7 @@ use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+pub use error::Error;
 pub use peer::{run as run_peer, PeerArgs};
 pub use scale::run_peer as run_scale_peer;
 
@@ -26,8 +36,6 @@ use self::cases::{Case, Scale, CASES};
 use self::peer::Peer;
 use self::pin::Pin;
 use self::report::{Rounds, Row, RunInfo};
-use super::CmdResult;
-use crate::exit::{Failure, Status};
 
 const LONG_ABOUT: &str = r"Measure npipe beside the raw Unix socket it runs on.
 
@@ -84,43 +92,43 @@ const AFTER_HELP: &str = r"Examples:
 pub struct Args {
     /// A quarter of the work per run and 5 rounds: done in seconds
     #[arg(long)]
-    pub quick: bool,
+    pub(crate) quick: bool,
 
     /// One JSON object per line and row instead of the table (no progress bar)
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 
     /// Where the two processes run: one CPU, two CPUs, or the scheduler's choice
     #[arg(long, value_enum, default_value_t = Pin::Same)]
-    pub pin: Pin,
+    pub(crate) pin: Pin,
 
     /// Rounds per case; each round runs npipe and raw once [default: 10; 5 with --quick]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub rounds: Option<u32>,
+    pub(crate) rounds: Option<u32>,
 
     /// Token amounts of work: checks the machinery, measures nothing
     #[arg(long, hide = true)]
-    pub smoke: bool,
+    pub(crate) smoke: bool,
 
     /// Run one side only, for profiling: no ratios (hidden)
     #[arg(long, value_enum, hide = true)]
-    pub only: Option<Side>,
+    pub(crate) only: Option<Side>,
 
     /// Run only the cases whose names contain one of these [default: all]
     #[arg(value_name = "CASE")]
-    pub cases: Vec<String>,
+    pub(crate) cases: Vec<String>,
 }
 
 /// One side of a comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Side {
+pub(crate) enum Side {
     Npipe,
     Raw,
 }
 
 /// The cases `filters` select (every case if none).
 /// The cases the filters pick, and whether the scale case is among them.
-fn select(filters: &[String]) -> Result<(Vec<&'static Case>, bool), Failure> {
+fn select(filters: &[String]) -> Result<(Vec<&'static Case>, bool), Error> {
     let chosen: Vec<&Case> = CASES
         .iter()
         .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
@@ -132,11 +140,10 @@ fn select(filters: &[String]) -> Result<(Vec<&'static Case>, bool), Failure> {
     if chosen.is_empty() && !scale {
         let mut names: Vec<&str> = CASES.iter().map(|c| c.name).collect();
         names.push(scale::NAME);
-        return Err(Failure::new(
-            Status::Usage,
-            format!("no case matches {}", filters.join(" ")),
-        )
-        .hint(format!("the cases are: {}", names.join(", "))));
+        return Err(Error::Usage {
+            message: format!("no case matches {}", filters.join(" ")),
+            hint: Some(format!("the cases are: {}", names.join(", "))),
+        });
     }
     Ok((chosen, scale))
 }
@@ -145,15 +152,11 @@ fn select(filters: &[String]) -> Result<(Vec<&'static Case>, bool), Failure> {
 struct ScratchDir(PathBuf);
 
 impl ScratchDir {
-    fn create() -> Result<ScratchDir, Failure> {
+    fn create() -> Result<ScratchDir, Error> {
         let path = std::env::temp_dir().join(format!("npipe-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir(&path).map_err(|e| {
-            Failure::new(
-                Status::Other,
-                format!("bench: cannot create {}: {e}", path.display()),
-            )
-        })?;
+        std::fs::create_dir(&path)
+            .map_err(|e| Error::other(format!("bench: cannot create {}: {e}", path.display())))?;
         Ok(ScratchDir(path))
     }
 }
@@ -187,7 +190,7 @@ fn run_case(
     scratch: &ScratchDir,
     only: Option<Side>,
     bar: &ProgressBar,
-) -> Result<Rounds, Failure> {
+) -> Result<Rounds, Error> {
     let npipe_on = only != Some(Side::Raw);
     let raw_on = only != Some(Side::Npipe);
     let name = format!("npipe-bench-{}-{}", std::process::id(), case.name);
@@ -223,18 +226,18 @@ fn run_case(
 }
 
 /// One JSON object per row on stdout, flushed as each case finishes.
-fn print_json(rows: &[Row], info: &RunInfo) -> Result<(), Failure> {
+fn print_json(rows: &[Row], info: &RunInfo) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     for row in rows {
         writeln!(out, "{}", report::json_line(row, info))
             .and_then(|()| out.flush())
-            .map_err(Failure::stdout)?;
+            .map_err(Error::Stdout)?;
     }
     Ok(())
 }
 
 /// Runs `npipe bench`.
-pub fn run(args: &Args) -> CmdResult {
+pub fn run(args: &Args) -> Result<(), Error> {
     let (chosen, with_scale) = select(&args.cases)?;
     let scale = if args.smoke {
         Scale::Smoke
@@ -311,7 +314,7 @@ pub fn run(args: &Args) -> CmdResult {
         let mut out = std::io::stdout().lock();
         out.write_all(report::table(&all, &info).as_bytes())
             .and_then(|()| out.flush())
-            .map_err(Failure::stdout)?;
+            .map_err(Error::Stdout)?;
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 
 use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
 
-use crate::exit::{Failure, Status};
+use crate::Error;
 
 /// `--pin`: where to put the client (this process) and the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -42,22 +42,18 @@ pub struct Placement {
 }
 
 /// The CPUs this process may run on.
-fn allowed_cpus() -> Result<Vec<usize>, Failure> {
-    let set = sched_getaffinity(None).map_err(|e| {
-        Failure::new(
-            Status::Other,
-            format!("bench: cannot read the CPU affinity: {e}"),
-        )
-    })?;
+fn allowed_cpus() -> Result<Vec<usize>, Error> {
+    let set = sched_getaffinity(None)
+        .map_err(|e| Error::other(format!("bench: cannot read the CPU affinity: {e}")))?;
     Ok((0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect())
 }
 
 /// Picks the CPUs for `pin` from those this process may use.
-pub fn choose(pin: Pin) -> Result<Placement, Failure> {
+pub fn choose(pin: Pin) -> Result<Placement, Error> {
     let cpus = allowed_cpus()?;
     let last = *cpus
         .last()
-        .ok_or_else(|| Failure::new(Status::Other, "bench: no CPU is allowed"))?;
+        .ok_or_else(|| Error::other("bench: no CPU is allowed"))?;
     Ok(match pin {
         Pin::None => Placement {
             client: None,
@@ -69,8 +65,7 @@ pub fn choose(pin: Pin) -> Result<Placement, Failure> {
         },
         Pin::Split => {
             if cpus.len() < 2 {
-                return Err(Failure::new(
-                    Status::Usage,
+                return Err(Error::usage(
                     "bench: --pin split needs two CPUs, and this process may use only one",
                 ));
             }
@@ -84,28 +79,23 @@ pub fn choose(pin: Pin) -> Result<Placement, Failure> {
 
 /// Pins the calling thread (and the threads and processes it starts later)
 /// to `cpu`.
-pub fn pin_to(cpu: usize) -> Result<(), Failure> {
+pub fn pin_to(cpu: usize) -> Result<(), Error> {
     let mut set = CpuSet::new();
     set.set(cpu);
-    sched_setaffinity(None, &set).map_err(|e| {
-        Failure::new(
-            Status::Other,
-            format!("bench: cannot pin to CPU {cpu}: {e}"),
-        )
-    })
+    sched_setaffinity(None, &set)
+        .map_err(|e| Error::other(format!("bench: cannot pin to CPU {cpu}: {e}")))
 }
 
 /// Pins another process (all of its threads started afterwards) to `cpu`.
-pub fn pin_pid(pid: u32, cpu: usize) -> Result<(), Failure> {
+pub fn pin_pid(pid: u32, cpu: usize) -> Result<(), Error> {
     let mut set = CpuSet::new();
     set.set(cpu);
-    let pid = rustix::process::Pid::from_raw(pid as i32)
-        .ok_or_else(|| Failure::new(Status::Other, "bench: pid 0"))?;
+    let pid =
+        rustix::process::Pid::from_raw(pid as i32).ok_or_else(|| Error::other("bench: pid 0"))?;
     sched_setaffinity(Some(pid), &set).map_err(|e| {
-        Failure::new(
-            Status::Other,
-            format!("bench: cannot pin process {pid:?} to CPU {cpu}: {e}"),
-        )
+        Error::other(format!(
+            "bench: cannot pin process {pid:?} to CPU {cpu}: {e}"
+        ))
     })
 }
 

@@ -15,24 +15,23 @@ use npipe::{MessageRead, PipeListener, PipeServer, PipeType, ServerOptions};
 
 use super::cases::{self, Case, Kind, CASES};
 use super::{pin, raw};
-use crate::cmd::CmdResult;
-use crate::exit::{Failure, Status};
+use crate::Error;
 
 /// Arguments of the hidden `npipe bench-peer`.
 #[derive(Debug, clap::Args)]
 pub struct PeerArgs {
     /// The case to serve.
     #[arg(long)]
-    pub case: String,
+    pub(crate) case: String,
     /// The npipe name to create.
     #[arg(long)]
-    pub name: String,
+    pub(crate) name: String,
     /// The raw socket's path.
     #[arg(long)]
-    pub raw: PathBuf,
+    pub(crate) raw: PathBuf,
     /// The CPU to pin to (none: not pinned).
     #[arg(long)]
-    pub cpu: Option<usize>,
+    pub(crate) cpu: Option<usize>,
 }
 
 /// A running peer, stopped and reaped when dropped.
@@ -44,12 +43,11 @@ pub struct Peer {
 
 impl Peer {
     /// Starts the peer for `case` and waits until it serves.
-    pub fn start(case: &Case, name: &str, raw: &Path, cpu: Option<usize>) -> Result<Peer, Failure> {
+    pub fn start(case: &Case, name: &str, raw: &Path, cpu: Option<usize>) -> Result<Peer, Error> {
         let exe = std::env::current_exe().map_err(|e| {
-            Failure::new(
-                Status::Other,
-                format!("bench: cannot find this program to start the server side: {e}"),
-            )
+            Error::other(format!(
+                "bench: cannot find this program to start the server side: {e}"
+            ))
         })?;
         let mut cmd = Command::new(exe);
         cmd.arg("bench-peer")
@@ -67,12 +65,7 @@ impl Peer {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| {
-                Failure::new(
-                    Status::Other,
-                    format!("bench: cannot start the server process: {e}"),
-                )
-            })?;
+            .map_err(|e| Error::other(format!("bench: cannot start the server process: {e}")))?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut peer = Peer {
@@ -84,14 +77,11 @@ impl Peer {
         let _ = BufReader::new(stdout).read_line(&mut line);
         if line.trim() != "ready" {
             let status = peer.child.wait().ok();
-            return Err(Failure::new(
-                Status::Other,
-                format!(
-                    "bench: the server process for {} did not start ({})",
-                    case.name,
-                    status.map_or_else(|| "unknown status".to_string(), |s| s.to_string())
-                ),
-            ));
+            return Err(Error::other(format!(
+                "bench: the server process for {} did not start ({})",
+                case.name,
+                status.map_or_else(|| "unknown status".to_string(), |s| s.to_string())
+            )));
         }
         Ok(peer)
     }
@@ -125,11 +115,11 @@ impl Drop for Peer {
 }
 
 /// Runs the hidden `npipe bench-peer`.
-pub fn run(args: &PeerArgs) -> CmdResult {
+pub fn run(args: &PeerArgs) -> Result<(), Error> {
     let case = *CASES
         .iter()
         .find(|c| c.name == args.case)
-        .ok_or_else(|| Failure::new(Status::Usage, format!("no case {}", args.case)))?;
+        .ok_or_else(|| Error::usage(format!("no case {}", args.case)))?;
     // Pin first: the threads started below inherit it.
     if let Some(cpu) = args.cpu {
         pin::pin_to(cpu)?;
@@ -143,7 +133,7 @@ pub fn run(args: &PeerArgs) -> CmdResult {
         let name = args.name.clone();
         std::thread::spawn(move || serve_tokio(&case, &name, &tx));
         rx.recv()
-            .map_err(|_| Failure::new(Status::Other, "bench: the tokio server thread died"))??;
+            .map_err(|_| Error::other("bench: the tokio server thread died"))??;
     } else {
         let listener = ServerOptions::new()
             .pipe_type(pipe_type)
@@ -151,12 +141,8 @@ pub fn run(args: &PeerArgs) -> CmdResult {
         std::thread::spawn(move || serve(&case, &listener));
     }
     let _ = std::fs::remove_file(&args.raw);
-    let raw_listener = UnixListener::bind(&args.raw).map_err(|e| {
-        Failure::new(
-            Status::Other,
-            format!("bench: cannot bind {}: {e}", args.raw.display()),
-        )
-    })?;
+    let raw_listener = UnixListener::bind(&args.raw)
+        .map_err(|e| Error::other(format!("bench: cannot bind {}: {e}", args.raw.display())))?;
     std::thread::spawn(move || raw::serve(&case, raw_listener));
 
     let mut out = io::stdout().lock();
@@ -189,7 +175,7 @@ fn serve(case: &Case, listener: &PipeListener) {
 
 /// The npipe server side of the tokio case, on a current-thread runtime;
 /// says on `ready` whether the pipe was created.
-fn serve_tokio(case: &Case, name: &str, ready: &mpsc::Sender<Result<(), Failure>>) {
+fn serve_tokio(case: &Case, name: &str, ready: &mpsc::Sender<Result<(), Error>>) {
     let rt = match cases::runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -218,11 +204,11 @@ fn serve_tokio(case: &Case, name: &str, ready: &mpsc::Sender<Result<(), Failure>
     });
 }
 
-fn serve_one(case: &Case, mut conn: PipeServer, buf: &mut [u8]) -> Result<(), Failure> {
+fn serve_one(case: &Case, mut conn: PipeServer, buf: &mut [u8]) -> Result<(), Error> {
     match case.kind {
         Kind::Bytes => {
-            while conn.read(buf).map_err(Failure::pipe_io)? > 0 {}
-            conn.write_all(&[1]).map_err(Failure::pipe_io)
+            while conn.read(buf).map_err(Error::pipe_io)? > 0 {}
+            conn.write_all(&[1]).map_err(Error::pipe_io)
         }
         Kind::Messages => {
             loop {
@@ -230,7 +216,7 @@ fn serve_one(case: &Case, mut conn: PipeServer, buf: &mut [u8]) -> Result<(), Fa
                     MessageRead::Complete(0) => break,
                     MessageRead::Complete(_) => {}
                     MessageRead::MoreData(_) => {
-                        return Err(Failure::new(Status::Other, "a message larger than planned"))
+                        return Err(Error::other("a message larger than planned"))
                     }
                 }
             }
@@ -240,7 +226,7 @@ fn serve_one(case: &Case, mut conn: PipeServer, buf: &mut [u8]) -> Result<(), Fa
             match conn.read_message(buf) {
                 Ok(MessageRead::Complete(n)) => conn.write_message(&buf[..n])?,
                 Ok(MessageRead::MoreData(_)) => {
-                    return Err(Failure::new(Status::Other, "a message larger than planned"))
+                    return Err(Error::other("a message larger than planned"))
                 }
                 // The client closes when its run is done.
                 Err(_) => return Ok(()),
@@ -248,9 +234,7 @@ fn serve_one(case: &Case, mut conn: PipeServer, buf: &mut [u8]) -> Result<(), Fa
         },
         Kind::Connect | Kind::Call => match conn.read_message(buf)? {
             MessageRead::Complete(n) => Ok(conn.write_message(&buf[..n])?),
-            MessageRead::MoreData(_) => {
-                Err(Failure::new(Status::Other, "a message larger than planned"))
-            }
+            MessageRead::MoreData(_) => Err(Error::other("a message larger than planned")),
         },
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use npipe::{ClientOptions, MessageRead, PipeClient, Wait};
 
-use crate::exit::{Failure, Status};
+use crate::Error;
 
 /// How long a client waits for the peer's pipe to take it.
 pub const CONNECT_WAIT: Duration = Duration::from_secs(5);
@@ -241,37 +241,37 @@ impl Sample {
     }
 }
 
-fn open(name: &str) -> Result<PipeClient, Failure> {
+fn open(name: &str) -> Result<PipeClient, Error> {
     Ok(ClientOptions::new()
         .wait(Wait::Timeout(CONNECT_WAIT))
         .open(name)?)
 }
 
-fn unexpected(what: &str) -> Failure {
-    Failure::new(Status::Other, format!("bench: {what}"))
+fn unexpected(what: &str) -> Error {
+    Error::other(format!("bench: {what}"))
 }
 
 /// A runtime for one side of a tokio case.
-pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+pub fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Failure::new(Status::Other, format!("bench: cannot start tokio: {e}")))
+        .map_err(|e| Error::other(format!("bench: cannot start tokio: {e}")))
 }
 
 /// One run of `case` through npipe, against the peer serving `name`.
-pub fn run_npipe(case: &Case, name: &str, count: u64) -> Result<Sample, Failure> {
+pub fn run_npipe(case: &Case, name: &str, count: u64) -> Result<Sample, Error> {
     match case.kind {
         Kind::Bytes => {
             let mut client = open(name)?;
             let chunk = vec![0x5a_u8; case.size];
             let start = Instant::now();
             for _ in 0..count {
-                client.write_all(&chunk).map_err(Failure::pipe_io)?;
+                client.write_all(&chunk).map_err(Error::pipe_io)?;
             }
             client.shutdown_write()?;
             let mut ack = [0u8; 1];
-            client.read_exact(&mut ack).map_err(Failure::pipe_io)?;
+            client.read_exact(&mut ack).map_err(Error::pipe_io)?;
             Ok(Sample::rate(case, count, start.elapsed()))
         }
         Kind::Messages => {

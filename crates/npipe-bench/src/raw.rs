@@ -9,13 +9,13 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::cases::{Case, Kind, Sample};
-use crate::exit::{Failure, Status};
+use crate::Error;
 
 /// The reader's buffer, as a competent hand-written reader would size it.
 const READ_BUFFER: usize = 64 * 1024;
 
-fn io_failure(e: io::Error, what: &str) -> Failure {
-    Failure::new(Status::Other, format!("bench (raw socket): {what}: {e}"))
+fn io_failure(e: io::Error, what: &str) -> Error {
+    Error::other(format!("bench (raw socket): {what}: {e}"))
 }
 
 /// Sends one framed message with one `writev` (more only if the kernel
@@ -96,7 +96,7 @@ async fn read_message_async<R: tokio::io::AsyncRead + Unpin>(
 }
 
 /// One run of `case` over the raw socket at `path`.
-pub fn run_raw(case: &Case, path: &Path, count: u64) -> Result<Sample, Failure> {
+pub fn run_raw(case: &Case, path: &Path, count: u64) -> Result<Sample, Error> {
     let fail = |e| io_failure(e, "the run failed");
     match case.kind {
         Kind::Bytes => {
