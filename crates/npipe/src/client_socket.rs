@@ -5,9 +5,10 @@
 
 use crate::connect_core;
 use crate::error::{Error, Result};
+use crate::info::PeerCredentials;
 use crate::name::PipeName;
 use crate::options::ClientOptions;
-use crate::sys::{self, PeerCred, Socket};
+use crate::sys::{self, Socket};
 
 /// The server's credentials from the kernel (`SO_PEERCRED`), read once right
 /// after the connect, and checked against `expect_server_user`.
@@ -15,7 +16,7 @@ pub(crate) fn server_cred(
     name: &PipeName,
     opts: &ClientOptions,
     socket: &Socket,
-) -> Result<PeerCred> {
+) -> Result<PeerCredentials> {
     let cred = socket
         .peer_cred()
         .map_err(|e| Error::os(e, "cannot read the server's credentials"))?;

@@ -13,7 +13,6 @@ use crate::proto::handshake::{
     Hello, HelloKind, PipeDescription, Reply, REPLY_MAX, WAIT_DEFAULT, WAIT_FOREVER, WAIT_NONE,
 };
 use crate::stream_core::Setup;
-use crate::sys::PeerCred;
 use crate::types::{PipeType, ReadMode, Wait};
 
 /// How long past its own wait a client gives a server that says nothing.
@@ -147,7 +146,7 @@ pub(crate) fn check_reachable(name: &PipeName) -> Result<()> {
 pub(crate) fn check_server(
     name: &PipeName,
     opts: &ClientOptions,
-    cred: PeerCred,
+    cred: PeerCredentials,
     user_name: impl Fn(u32) -> Option<String>,
 ) -> Result<()> {
     let Some(expected) = opts.expect_server_uid else {
@@ -286,11 +285,11 @@ pub(crate) fn client_setup(
 pub(crate) fn finish(
     name: &PipeName,
     opts: &ClientOptions,
-    cred: PeerCred,
+    cred: PeerCredentials,
     desc: PipeDescription,
 ) -> Result<(Setup, ReadMode, Option<usize>)> {
     let send_buffer = (desc.in_buffer > 0).then_some(desc.in_buffer as usize);
-    let (setup, read_mode) = client_setup(name, opts, desc, cred.into())?;
+    let (setup, read_mode) = client_setup(name, opts, desc, cred)?;
     Ok((setup, read_mode, send_buffer))
 }
 

@@ -83,16 +83,6 @@ pub struct PeerCredentials {
     pub gid: u32,
 }
 
-impl From<sys::PeerCred> for PeerCredentials {
-    fn from(c: sys::PeerCred) -> Self {
-        PeerCredentials {
-            pid: c.pid,
-            uid: c.uid,
-            gid: c.gid,
-        }
-    }
-}
-
 impl PeerCredentials {
     /// The user name of `uid`, if the system's user database has one.
     pub fn user_name(&self) -> Option<String> {

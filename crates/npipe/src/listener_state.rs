@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use crate::budget::MemoryBudget;
 use crate::engine::acceptor::AcceptorCore;
 use crate::error::{Error, ErrorCode, Result};
+use crate::info::PeerCredentials;
 use crate::info::PipeInfo;
 use crate::instance_counts::InstanceCounts;
 use crate::name::PipeName;
@@ -18,7 +19,7 @@ use crate::options::ServerOptions;
 use crate::proto::handshake::Hello;
 use crate::server_instance::{InstancePool, ServerInstance};
 use crate::stream_core::{EndCore, Setup};
-use crate::sys::{PeerCred, Socket};
+use crate::sys::Socket;
 use crate::types::Access;
 
 /// A client the acceptor connected (told OK), waiting for `accept`.
@@ -26,7 +27,7 @@ pub(crate) struct Ready {
     pub socket: Socket,
     /// What the client sent behind its HELLO.
     pub leftover: Vec<u8>,
-    pub cred: PeerCred,
+    pub cred: PeerCredentials,
     pub hello: Hello,
     pub granted: Access,
     /// Instances in use when it connected, the one it took included.
@@ -100,7 +101,7 @@ impl ListenerState {
             ready.granted,
             ready.cur_instances,
             ready.hello.max_message,
-            ready.cred.into(),
+            ready.cred,
             Arc::clone(&self.budget),
         );
         let instance = ServerInstance::new(

@@ -133,8 +133,7 @@ fn query_file(namespace: &Namespace, file: &str, name: Option<&PipeName>) -> Res
     let socket = namespace.connect_file(file)?;
     let server: PeerCredentials = socket
         .peer_cred()
-        .map_err(|e| Error::os(e, "cannot read the server's credentials"))?
-        .into();
+        .map_err(|e| Error::os(e, "cannot read the server's credentials"))?;
     // For a listing the name is not known: an empty name asks the server to
     // describe whatever it serves there.
     let asked = name.map_or_else(String::new, |n| n.canonical().to_string());

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::error::ErrorCode;
+use crate::info::PeerCredentials;
 use crate::name::PipeName;
 use crate::options::ServerOptions;
 use crate::proto::admission::Patience;
@@ -12,14 +13,13 @@ use crate::proto::handshake::{
     Hello, HelloKind, PipeDescription, WAIT_DEFAULT, WAIT_FOREVER, WAIT_NONE,
 };
 use crate::security::{Rights, Subject};
-use crate::sys::PeerCred;
 use crate::types::{Access, PipeType};
 
 /// A connecting peer as the kernel describes it.
 #[derive(Debug, Clone)]
 pub(crate) struct Peer {
     /// `SO_PEERCRED`.
-    pub cred: PeerCred,
+    pub cred: PeerCredentials,
     /// `SO_PEERGROUPS`, fetched only when the descriptor names groups.
     pub groups: Vec<u32>,
     /// The uid the server runs as (the default owner).
@@ -213,7 +213,7 @@ mod tests {
     }
 
     const ME: Peer = Peer {
-        cred: PeerCred {
+        cred: PeerCredentials {
             pid: 1,
             uid: 0,
             gid: 0,
@@ -275,7 +275,7 @@ mod tests {
         let name = PipeName::parse("p").unwrap();
         let opts = ServerOptions::new(); // default: everyone read
         let nobody = Peer {
-            cred: PeerCred {
+            cred: PeerCredentials {
                 pid: 9,
                 uid: 65534,
                 gid: 65534,
@@ -298,7 +298,7 @@ mod tests {
 
     fn other(uid: u32) -> Peer {
         Peer {
-            cred: PeerCred {
+            cred: PeerCredentials {
                 pid: 9,
                 uid,
                 gid: uid,

@@ -309,14 +309,14 @@ impl AcceptorCore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::info::PeerCredentials;
     use crate::proto::handshake::{HelloKind, WAIT_FOREVER, WAIT_NONE};
-    use crate::sys::PeerCred;
     use crate::types::{ImpersonationLevel, ReadMode};
     use std::time::Duration;
 
     fn peer(uid: u32) -> Peer {
         Peer {
-            cred: PeerCred {
+            cred: PeerCredentials {
                 pid: 100 + uid,
                 uid,
                 gid: uid,

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use crate::connect_core;
 use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
 use crate::error::{ErrorCode, Result};
+use crate::info::PeerCredentials;
 use crate::name::PipeName;
 use crate::options::{ClientOptions, ServerOptions};
 use crate::policy::Peer;
 use crate::proto::admission::Ticket;
 use crate::proto::handshake::{Hello, PipeDescription, Reply};
-use crate::sys::PeerCred;
 use crate::types::Wait;
 
 /// One simulated connection's two byte streams and what became of it.
@@ -64,7 +64,7 @@ impl Sim {
 
     fn peer() -> Peer {
         Peer {
-            cred: PeerCred {
+            cred: PeerCredentials {
                 pid: 4242,
                 uid: 1000,
                 gid: 1000,

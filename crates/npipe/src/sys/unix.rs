@@ -9,6 +9,8 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::info::PeerCredentials;
 use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -35,17 +37,6 @@ fn retry<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
             r => return r.map_err(io::Error::from),
         }
     }
-}
-
-/// Credentials of a socket's peer, from `SO_PEERCRED`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerCred {
-    /// Process id at connect (client) or listen (server) time.
-    pub pid: u32,
-    /// Effective user id.
-    pub uid: u32,
-    /// Effective group id.
-    pub gid: u32,
 }
 
 /// A connected or listening Unix domain stream socket.
@@ -225,9 +216,9 @@ impl Socket {
     }
 
     /// The peer's credentials from the kernel (`SO_PEERCRED`).
-    pub fn peer_cred(&self) -> io::Result<PeerCred> {
+    pub fn peer_cred(&self) -> io::Result<PeerCredentials> {
         let c = rustix::net::sockopt::socket_peercred(&self.0)?;
-        Ok(PeerCred {
+        Ok(PeerCredentials {
             pid: c.pid.as_raw_pid() as u32,
             uid: c.uid.as_raw(),
             gid: c.gid.as_raw(),
