@@ -1,27 +1,18 @@
-//! What both clients do to their socket during the handshake, around the
-//! I/O-free rules of `connect_core`: read the server's kernel identity (and
-//! refuse a server of the wrong user before a byte goes out), and apply the
+//! What both clients do to their socket during the handshake the engine's
+//! `ConnectCore` drives: read the server's kernel identity, and apply the
 //! server's buffer hint once it said OK.
 
-use crate::connect_core;
 use crate::error::{Error, Result};
 use crate::info::PeerCredentials;
-use crate::name::PipeName;
-use crate::options::ClientOptions;
-use crate::sys::{self, Socket};
+use crate::sys::Socket;
 
 /// The server's credentials from the kernel (`SO_PEERCRED`), read once right
-/// after the connect, and checked against `expect_server_user`.
-pub(crate) fn server_cred(
-    name: &PipeName,
-    opts: &ClientOptions,
-    socket: &Socket,
-) -> Result<PeerCredentials> {
-    let cred = socket
+/// after the connect (the engine checks them against `expect_server_user`
+/// before a byte goes out).
+pub(crate) fn server_cred(socket: &Socket) -> Result<PeerCredentials> {
+    socket
         .peer_cred()
-        .map_err(|e| Error::os(e, "cannot read the server's credentials"))?;
-    connect_core::check_server(name, opts, cred, sys::user_name)?;
-    Ok(cred)
+        .map_err(|e| Error::os(e, "cannot read the server's credentials"))
 }
 
 /// Sizes the socket's send buffer as the server's in-buffer hint asks; a

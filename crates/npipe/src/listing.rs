@@ -155,7 +155,7 @@ fn query_file(namespace: &Namespace, file: &str, name: Option<&PipeName>) -> Res
         .send(&out)
         .map_err(|e| Error::os(e, "cannot send the query"))?;
     // The client's own reader, with the query's deadline.
-    let (reply, _) = crate::blocking::read_reply(&socket, Some(QUERY_TIMEOUT))?;
+    let reply = crate::blocking::read_reply(&socket, QUERY_TIMEOUT)?;
     match reply {
         Reply::Info(d) => Ok(ServedPipe {
             name: d.name,

@@ -7,14 +7,16 @@ use std::time::{Duration, Instant};
 use crate::blocking::stream::PipeStream;
 use crate::client_socket;
 use crate::connect_core;
+use crate::engine::connect::{Action, ConnectCore};
 use crate::error::{Error, Result};
+use crate::info::PeerCredentials;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace};
 use crate::options::ClientOptions;
 use crate::pipe::{ClientEnd, Pipe};
 use crate::proto::handshake::{Reply, REPLY_MAX};
 use crate::stream_core::EndCore;
-use crate::sys::{Events, RecvFlagsLite, Socket};
+use crate::sys::{self, Events, RecvFlagsLite, Socket};
 use crate::types::{Access, PipeType, Wait};
 
 /// The client end of a pipe: reads and writes, and the server's identity.
@@ -36,47 +38,80 @@ use crate::types::{Access, PipeType, Wait};
 pub type PipeClient = Pipe<PipeStream, ClientEnd>;
 
 impl Pipe<PipeStream, ClientEnd> {
+    /// Drives the engine's [`ConnectCore`] with blocking calls.
     pub(crate) fn connect(
         name: &PipeName,
         opts: &ClientOptions,
         pipelined: Option<&[u8]>,
     ) -> Result<PipeClient> {
-        let Some(attempts) = connect_core::Attempts::new(opts, Instant::now()) else {
-            return Self::connect_once(name, opts, pipelined);
-        };
-        // Waiting for the pipe itself too: a missing pipe, or a server that
-        // died before answering, is tried again until the wait is over.
+        let mut core = ConnectCore::new(name, opts, pipelined, Instant::now());
+        let mut socket: Option<Socket> = None;
+        let mut action = core.start();
         loop {
-            let attempt = attempts.options(opts, Instant::now());
-            match Self::connect_once(name, &attempt, pipelined) {
-                Err(e) => match attempts.after_failure(&e, Instant::now()) {
-                    Some(pause) => std::thread::sleep(pause),
-                    None => return Err(e),
+            action = match action {
+                Action::Connect => match connect_socket(name) {
+                    Ok((connected, cred)) => {
+                        socket = Some(connected);
+                        core.connected(cred, sys::user_name)
+                    }
+                    Err(e) => core.failed(e, Instant::now()),
                 },
-                ok => return ok,
+                Action::Send(bytes) => {
+                    let sent = send_all(socket.as_ref().expect("connected"), &bytes);
+                    core.sent(sent, Instant::now())
+                }
+                Action::Receive { deadline } => {
+                    let on = socket.as_ref().expect("connected");
+                    match receive(on, core.reply_buffer(), deadline) {
+                        Some(got) => core.received(got, Instant::now()),
+                        None => core.timed_out(Instant::now()),
+                    }
+                }
+                Action::Pause(pause) => {
+                    socket = None;
+                    std::thread::sleep(pause);
+                    core.resume(Instant::now())
+                }
+                Action::Done(c) => {
+                    let socket = socket.take().expect("connected");
+                    client_socket::apply_send_buffer(&socket, c.send_buffer);
+                    let end = EndCore::new(c.setup, c.read_mode, c.leftover);
+                    return Ok(Pipe {
+                        io: PipeStream::new(socket, end),
+                        role: ClientEnd::new(),
+                    });
+                }
+                Action::Fail(e) => return Err(e),
             }
         }
     }
+}
 
-    fn connect_once(
-        name: &PipeName,
-        opts: &ClientOptions,
-        pipelined: Option<&[u8]>,
-    ) -> Result<PipeClient> {
-        connect_core::check_reachable(name)?;
-        let socket = Namespace::client_connect(|ns| ns.connect(name))
-            .map_err(|e| namespace::not_served(name, e))?;
-        let cred = client_socket::server_cred(name, opts, &socket)?;
-        let sent = send_all(&socket, &connect_core::opening(name, opts, pipelined)?);
-        let answer = read_reply(&socket, connect_core::answer_deadline(opts.wait));
-        let (desc, leftover) = connect_core::settle(name, answer, sent)?;
-        let (setup, read_mode, send_buffer) = connect_core::finish(name, opts, cred, desc)?;
-        client_socket::apply_send_buffer(&socket, send_buffer);
-        Ok(Pipe {
-            io: PipeStream::new(socket, EndCore::new(setup, read_mode, leftover)),
-            role: ClientEnd::new(),
-        })
+/// Reads one REPLY within `limit`: a query's answer (`query_pipe`).
+pub(crate) fn read_reply(socket: &Socket, limit: Duration) -> Result<Reply> {
+    let deadline = Instant::now().checked_add(limit);
+    let mut buf = Vec::new();
+    loop {
+        if let Some(reply) = connect_core::take_reply(&mut buf)? {
+            return Ok(reply);
+        }
+        buf.reserve(REPLY_MAX - buf.len());
+        match receive(socket, &mut buf, deadline) {
+            None => return Err(connect_core::silent_server()),
+            Some(Ok(0)) => return Err(connect_core::closed_before_reply()),
+            Some(Ok(_)) => {}
+            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Some(Err(e)) => return Err(Error::os(e, "reading the server's answer failed")),
+        }
     }
+}
+
+/// A socket connected to the pipe, and its server's kernel credentials.
+fn connect_socket(name: &PipeName) -> Result<(Socket, PeerCredentials)> {
+    let socket = Namespace::client_connect(|ns| ns.connect(name))
+        .map_err(|e| namespace::not_served(name, e))?;
+    let cred = client_socket::server_cred(&socket)?;
+    Ok((socket, cred))
 }
 
 fn send_all(socket: &Socket, mut buf: &[u8]) -> io::Result<()> {
@@ -87,44 +122,26 @@ fn send_all(socket: &Socket, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads the server's REPLY; returns it and whatever arrived behind it.
-///
-/// The deadline is kept by `poll`, not `SO_RCVTIMEO`, which would cost a
-/// second syscall to clear again on every connection.
-pub(crate) fn read_reply(socket: &Socket, limit: Option<Duration>) -> Result<(Reply, Vec<u8>)> {
-    // A wait too long to represent is no deadline at all.
-    let deadline = limit.and_then(|l| Instant::now().checked_add(l));
-    let mut buf = Vec::with_capacity(256);
-    let reply = loop {
-        if let Some(reply) = connect_core::take_reply(&mut buf)? {
-            break reply;
-        }
-        if let Some(deadline) = deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let seen = socket
-                .wait(Events::IN, Some(left))
-                .map_err(|e| Error::os(e, "waiting for the server's answer failed"))?;
-            if seen.is_empty() {
-                return Err(connect_core::silent_server());
-            }
-        }
-        buf.reserve(REPLY_MAX - buf.len());
-        // Blocking only without a deadline; else poll said data is there
-        // (or the peer hung up, which reads as 0 or an error).
-        let flags = if deadline.is_some() {
-            RecvFlagsLite::DontWait
-        } else {
-            RecvFlagsLite::Block
-        };
-        match socket.recv_spare(&mut buf, flags) {
-            Ok(0) => return Err(connect_core::closed_before_reply()),
-            Ok(_) => {}
-            // Woken for nothing: go round and wait out the rest.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(Error::os(e, "reading the server's answer failed")),
-        }
+/// One read of the server's answer into `buf`'s spare room, waiting no
+/// later than `deadline`: `None` if it passed first. The deadline is kept
+/// by `poll`, not `SO_RCVTIMEO`, which would cost a second syscall to clear
+/// again on every connection.
+fn receive(
+    socket: &Socket,
+    buf: &mut Vec<u8>,
+    deadline: Option<Instant>,
+) -> Option<io::Result<usize>> {
+    let Some(deadline) = deadline else {
+        return Some(socket.recv_spare(buf, RecvFlagsLite::Block));
     };
-    Ok((reply, buf))
+    let left = deadline.saturating_duration_since(Instant::now());
+    match socket.wait(Events::IN, Some(left)) {
+        Ok(seen) if seen.is_empty() => None,
+        // Data, or the peer hung up (which reads as 0 or an error); a
+        // wake-up for nothing reads as `WouldBlock`, and the core waits on.
+        Ok(_) => Some(socket.recv_spare(buf, RecvFlagsLite::DontWait)),
+        Err(e) => Some(Err(e)),
+    }
 }
 
 /// `CallNamedPipe`: connects to a message-type pipe (waiting up to `timeout`

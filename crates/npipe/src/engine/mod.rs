@@ -4,6 +4,7 @@
 //! holds the order in which a server or a client applies them.
 
 pub(crate) mod acceptor;
+pub(crate) mod connect;
 
 #[cfg(test)]
 mod sim;

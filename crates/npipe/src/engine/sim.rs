@@ -1,17 +1,18 @@
-//! The engine's two halves against each other with no sockets: clients made
-//! of the client's handshake rules (`connect_core`: the HELLO it sends, how
-//! it reads the REPLY) and a server made of [`AcceptorCore`], joined by
-//! byte queues standing in for connections, on a clock the test moves.
-//! Every byte crosses the wire encoded and is decoded on the other side, so
-//! these tests pin the protocol as both ends speak it, not only the
-//! decisions.
+//! The engine's two halves against each other with no sockets: clients
+//! (the engine's [`ConnectCore`], as both real clients drive it, and the
+//! handshake rules of `connect_core` alone) and a server made of
+//! [`AcceptorCore`], joined by byte queues standing in for connections, on a
+//! clock the test moves. Every byte crosses the wire encoded and is decoded
+//! on the other side, so these tests pin the protocol as both ends speak
+//! it, not only the decisions.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::connect_core;
 use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
-use crate::error::{ErrorCode, Result};
+use crate::engine::connect::{Action, ConnectCore};
+use crate::error::{Error, ErrorCode, Result};
 use crate::info::PeerCredentials;
 use crate::name::PipeName;
 use crate::options::{ClientOptions, ServerOptions};
@@ -38,6 +39,11 @@ struct Sim {
     /// Connections told OK, in order, waiting for the application.
     ready: Vec<Ticket>,
     handshake_timeout: Duration,
+    /// Whether the pipe exists (a connect finds it).
+    serving: bool,
+    /// The server reads no HELLO (hung).
+    mute: bool,
+    last_hello: Option<Hello>,
 }
 
 /// What a client made of the server's answer.
@@ -59,6 +65,9 @@ impl Sim {
             wires: HashMap::new(),
             ready: Vec::new(),
             handshake_timeout: opts.handshake_timeout,
+            serving: true,
+            mute: false,
+            last_hello: None,
         }
     }
 
@@ -99,6 +108,7 @@ impl Sim {
         };
         wire.to_server.drain(..used);
         let answer = self.core.hello(t, &Self::peer(), &hello, self.now);
+        self.last_hello = Some(hello);
         match answer {
             Answer::Refuse(code, reason) => self.reply(
                 t,
@@ -349,4 +359,195 @@ fn a_waiter_that_leaves_passes_its_turn_on() {
     sim.close(a);
     assert_eq!(sim.outcome(gone), Outcome::Pending, "told nothing");
     sim.connected(next);
+}
+
+/// A client driven by the engine's [`ConnectCore`] against the simulated
+/// server: the same sequence both real clients drive.
+struct Client {
+    core: ConnectCore,
+    /// What it waits on, once [`Sim::step`] stops.
+    action: Option<Action>,
+    ticket: Option<Ticket>,
+}
+
+impl Sim {
+    fn client(&mut self, opts: &ClientOptions) -> Client {
+        let mut core = ConnectCore::new(&self.name.clone(), opts, None, self.now);
+        let action = Some(core.start());
+        let mut c = Client {
+            core,
+            action,
+            ticket: None,
+        };
+        self.step(&mut c);
+        c
+    }
+
+    /// Runs the client until it waits on something the test moves: an
+    /// answer not there yet, a pause, or the end.
+    fn step(&mut self, c: &mut Client) {
+        loop {
+            let now = self.now;
+            let next = match c.action.take().expect("an action") {
+                Action::Connect if !self.serving => c
+                    .core
+                    .failed(Error::new(ErrorCode::FileNotFound, "no such pipe"), now),
+                Action::Connect => {
+                    c.ticket = Some(self.connect());
+                    c.core.connected(Sim::peer().cred, |_| None)
+                }
+                Action::Send(bytes) => {
+                    let t = c.ticket.unwrap();
+                    self.wires.get_mut(&t).unwrap().to_server.extend(bytes);
+                    if !self.mute {
+                        self.server_reads(t);
+                    }
+                    c.core.sent(Ok(()), now)
+                }
+                Action::Receive { deadline } => {
+                    let wire = self.wires.get_mut(&c.ticket.unwrap()).unwrap();
+                    if !wire.to_client.is_empty() {
+                        let n = wire.to_client.len();
+                        c.core.reply_buffer().append(&mut wire.to_client);
+                        c.core.received(Ok(n), now)
+                    } else if wire.closed {
+                        c.core.received(Ok(0), now)
+                    } else if deadline.is_some_and(|d| now >= d) {
+                        c.core.timed_out(now)
+                    } else {
+                        c.action = Some(Action::Receive { deadline });
+                        return;
+                    }
+                }
+                waiting @ (Action::Pause(_) | Action::Done(_) | Action::Fail(_)) => {
+                    c.action = Some(waiting);
+                    return;
+                }
+            };
+            c.action = Some(next);
+        }
+    }
+
+    /// The client's pause is over: its next try.
+    fn resume(&mut self, c: &mut Client) {
+        assert!(matches!(c.action, Some(Action::Pause(_))), "{:?}", c.action);
+        c.action = Some(c.core.resume(self.now));
+        self.step(c);
+    }
+
+    /// The hello the server last decoded.
+    fn last_wait_ms(&self) -> u32 {
+        self.last_hello.as_ref().expect("a hello").wait_ms
+    }
+}
+
+fn failed_with(c: &Client) -> ErrorCode {
+    match &c.action {
+        Some(Action::Fail(e)) => e.code(),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+fn waiting_for_server(wait: Wait) -> ClientOptions {
+    let mut opts = ClientOptions::new();
+    opts.wait(wait).wait_for_server(true);
+    opts
+}
+
+#[test]
+fn a_waiting_client_finds_a_pipe_that_appears_and_waits_only_what_is_left() {
+    let mut sim = Sim::new(&ServerOptions::new());
+    sim.serving = false;
+    let mut c = sim.client(&waiting_for_server(Wait::Timeout(Duration::from_secs(1))));
+    assert!(matches!(c.action, Some(Action::Pause(_))), "{:?}", c.action);
+    sim.now += Duration::from_millis(300);
+    sim.resume(&mut c);
+    assert!(matches!(c.action, Some(Action::Pause(_))), "still missing");
+    sim.serving = true;
+    sim.now += Duration::from_millis(100);
+    sim.resume(&mut c);
+    assert!(matches!(c.action, Some(Action::Done(_))), "{:?}", c.action);
+    assert_eq!(sim.last_wait_ms(), 600, "the wait shrank by what passed");
+}
+
+#[test]
+fn a_waiting_client_gives_up_when_its_wait_is_over() {
+    let mut sim = Sim::new(&ServerOptions::new());
+    sim.serving = false;
+    let mut c = sim.client(&waiting_for_server(Wait::Timeout(Duration::from_millis(
+        50,
+    ))));
+    sim.now += Duration::from_millis(50);
+    sim.resume(&mut c);
+    assert_eq!(failed_with(&c), ErrorCode::FileNotFound);
+}
+
+#[test]
+fn a_client_that_does_not_wait_for_the_server_fails_at_once() {
+    let mut sim = Sim::new(&ServerOptions::new());
+    sim.serving = false;
+    let c = sim.client(&ClientOptions::new());
+    assert_eq!(failed_with(&c), ErrorCode::FileNotFound);
+}
+
+#[test]
+fn a_server_of_another_user_is_refused_before_a_byte_goes_out() {
+    let mut sim = Sim::new(&ServerOptions::new());
+    let mut opts = ClientOptions::new();
+    opts.expect_server_user(0);
+    let c = sim.client(&opts);
+    assert_eq!(failed_with(&c), ErrorCode::AccessDenied);
+    assert!(sim.wires[&c.ticket.unwrap()].to_server.is_empty());
+}
+
+#[test]
+fn a_silent_server_times_the_client_out_after_its_wait_and_some() {
+    let mut sim = Sim::new(&ServerOptions::new());
+    sim.mute = true;
+    let mut opts = ClientOptions::new();
+    opts.wait(Wait::Timeout(Duration::from_secs(1)));
+    let mut c = sim.client(&opts);
+    sim.now += Duration::from_secs(1);
+    sim.step(&mut c);
+    assert!(matches!(c.action, Some(Action::Receive { .. })), "not yet");
+    sim.now += Duration::from_secs(5);
+    sim.step(&mut c);
+    assert_eq!(failed_with(&c), ErrorCode::Timeout);
+}
+
+#[test]
+fn busy_at_once_or_connected_when_an_instance_frees() {
+    let mut sim = Sim::new(ServerOptions::new().max_instances(1));
+    let first = sim.client(&ClientOptions::new());
+    assert!(matches!(first.action, Some(Action::Done(_))));
+    let mut no_wait = ClientOptions::new();
+    no_wait.wait(Wait::NoWait);
+    assert_eq!(failed_with(&sim.client(&no_wait)), ErrorCode::PipeBusy);
+    let mut forever = ClientOptions::new();
+    forever.wait(Wait::Forever);
+    let mut waiting = sim.client(&forever);
+    assert!(matches!(
+        waiting.action,
+        Some(Action::Receive { deadline: None })
+    ));
+    let taken = sim.accept();
+    sim.close(taken);
+    sim.step(&mut waiting);
+    match &waiting.action {
+        Some(Action::Done(c)) => assert_eq!(c.setup.cur_instances, 1),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_server_gone_mid_handshake_is_tried_again_while_the_wait_lasts() {
+    let mut sim = Sim::new(&ServerOptions::new());
+    sim.mute = true;
+    let mut c = sim.client(&waiting_for_server(Wait::Timeout(Duration::from_secs(1))));
+    sim.wires.get_mut(&c.ticket.unwrap()).unwrap().closed = true;
+    sim.step(&mut c);
+    assert!(matches!(c.action, Some(Action::Pause(_))), "{:?}", c.action);
+    sim.mute = false;
+    sim.resume(&mut c);
+    assert!(matches!(c.action, Some(Action::Done(_))), "{:?}", c.action);
 }

@@ -10,14 +10,15 @@ use ::tokio::io::unix::AsyncFd;
 use super::stream::{register, PipeStream};
 use crate::client_socket;
 use crate::connect_core::{self, PIPELINE_MAX};
+use crate::engine::connect::{Action, ConnectCore};
 use crate::error::{Error, Result};
+use crate::info::PeerCredentials;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace};
 use crate::options::ClientOptions;
 use crate::pipe::{ClientEnd, Pipe};
-use crate::proto::handshake::{Reply, REPLY_MAX};
 use crate::stream_core::EndCore;
-use crate::sys::{Fd, RecvFlagsLite};
+use crate::sys::{self, Fd, RecvFlagsLite};
 use crate::types::{Access, PipeType, Wait};
 
 /// The client end of a pipe on tokio: reads and writes (and
@@ -58,63 +59,74 @@ pub type PipeClient = Pipe<PipeStream, ClientEnd>;
 const BACKLOG_PAUSE: Duration = Duration::from_millis(1);
 
 impl Pipe<PipeStream, ClientEnd> {
+    /// Drives the engine's [`ConnectCore`] with tokio's I/O and timers.
     pub(crate) async fn connect(
         name: &PipeName,
         opts: &ClientOptions,
         pipelined: Option<&[u8]>,
     ) -> Result<PipeClient> {
-        let Some(attempts) = connect_core::Attempts::new(opts, Instant::now()) else {
-            return Self::connect_once(name, opts, pipelined).await;
-        };
-        // Waiting for the pipe itself too: a missing pipe, or a server that
-        // died before answering, is tried again until the wait is over.
+        let mut core = ConnectCore::new(name, opts, pipelined, Instant::now());
+        let mut fd: Option<AsyncFd<Fd>> = None;
+        let mut action = core.start();
         loop {
-            let attempt = attempts.options(opts, Instant::now());
-            match Self::connect_once(name, &attempt, pipelined).await {
-                Err(e) => match attempts.after_failure(&e, Instant::now()) {
-                    Some(pause) => ::tokio::time::sleep(pause).await,
-                    None => return Err(e),
+            action = match action {
+                Action::Connect => match connect_registered(name).await {
+                    Ok((registered, cred)) => {
+                        fd = Some(registered);
+                        core.connected(cred, sys::user_name)
+                    }
+                    Err(e) => core.failed(e, Instant::now()),
                 },
-                ok => return ok,
+                Action::Send(bytes) => {
+                    let sent = send_all(fd.as_ref().expect("connected"), &bytes).await;
+                    core.sent(sent, Instant::now())
+                }
+                Action::Receive { deadline } => {
+                    let on = fd.as_ref().expect("connected");
+                    let read = recv_some(on, core.reply_buffer());
+                    let got = match deadline {
+                        Some(at) => ::tokio::time::timeout_at(at.into(), read).await.ok(),
+                        None => Some(read.await),
+                    };
+                    match got {
+                        Some(got) => core.received(got, Instant::now()),
+                        None => core.timed_out(Instant::now()),
+                    }
+                }
+                Action::Pause(pause) => {
+                    fd = None;
+                    ::tokio::time::sleep(pause).await;
+                    core.resume(Instant::now())
+                }
+                Action::Done(c) => {
+                    let fd = fd.take().expect("connected");
+                    client_socket::apply_send_buffer(fd.get_ref().socket(), c.send_buffer);
+                    let end = EndCore::new(c.setup, c.read_mode, c.leftover);
+                    return Ok(Pipe {
+                        io: PipeStream::registered(fd, end),
+                        role: ClientEnd::new(),
+                    });
+                }
+                Action::Fail(e) => return Err(e),
             }
         }
     }
+}
 
-    async fn connect_once(
-        name: &PipeName,
-        opts: &ClientOptions,
-        pipelined: Option<&[u8]>,
-    ) -> Result<PipeClient> {
-        connect_core::check_reachable(name)?;
-        let socket = loop {
-            let tried = Namespace::client_connect(|ns| ns.try_connect(name));
-            match tried.map_err(|e| namespace::not_served(name, e))? {
-                Some(socket) => break socket,
-                // The server's kernel backlog is full; its acceptor drains it.
-                None => ::tokio::time::sleep(BACKLOG_PAUSE).await,
-            }
-        };
-        let fd = register(socket)?;
-        let cred = client_socket::server_cred(name, opts, fd.get_ref().socket())?;
-        let out = connect_core::opening(name, opts, pipelined)?;
-        let sent = send_all(&fd, &out).await;
-
-        let answer = read_reply(&fd);
-        let answer = match connect_core::answer_deadline(opts.wait) {
-            Some(limit) => ::tokio::time::timeout(limit, answer)
-                .await
-                .unwrap_or_else(|_| Err(connect_core::silent_server())),
-            None => answer.await,
-        };
-        let (desc, leftover) = connect_core::settle(name, answer, sent)?;
-
-        let (setup, read_mode, send_buffer) = connect_core::finish(name, opts, cred, desc)?;
-        client_socket::apply_send_buffer(fd.get_ref().socket(), send_buffer);
-        Ok(Pipe {
-            io: PipeStream::registered(fd, EndCore::new(setup, read_mode, leftover)),
-            role: ClientEnd::new(),
-        })
-    }
+/// A socket connected to the pipe and registered with the reactor, and its
+/// server's kernel credentials.
+async fn connect_registered(name: &PipeName) -> Result<(AsyncFd<Fd>, PeerCredentials)> {
+    let socket = loop {
+        let tried = Namespace::client_connect(|ns| ns.try_connect(name));
+        match tried.map_err(|e| namespace::not_served(name, e))? {
+            Some(socket) => break socket,
+            // The server's kernel backlog is full; its acceptor drains it.
+            None => ::tokio::time::sleep(BACKLOG_PAUSE).await,
+        }
+    };
+    let fd = register(socket)?;
+    let cred = client_socket::server_cred(fd.get_ref().socket())?;
+    Ok((fd, cred))
 }
 
 /// Sends all of `buf` on a fresh connection.
@@ -130,36 +142,25 @@ async fn send_all(fd: &AsyncFd<Fd>, mut buf: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reads the server's REPLY; returns it and whatever arrived behind it.
-async fn read_reply(fd: &AsyncFd<Fd>) -> Result<(Reply, Vec<u8>)> {
-    let mut buf = Vec::with_capacity(256);
-    loop {
-        if let Some(reply) = connect_core::take_reply(&mut buf)? {
-            return Ok((reply, buf));
+/// One read of the server's answer into `buf`'s spare room, when the
+/// socket is readable.
+async fn recv_some(fd: &AsyncFd<Fd>, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    poll_fn(|cx| loop {
+        let mut guard = match fd.poll_read_ready(cx) {
+            Poll::Ready(Ok(guard)) => guard,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        match guard.try_io(|fd| {
+            fd.get_ref()
+                .socket()
+                .recv_spare(buf, RecvFlagsLite::DontWait)
+        }) {
+            Ok(r) => return Poll::Ready(r),
+            Err(_would_block) => continue,
         }
-        buf.reserve(REPLY_MAX - buf.len());
-        let got = poll_fn(|cx| loop {
-            let mut guard = match fd.poll_read_ready(cx) {
-                Poll::Ready(Ok(guard)) => guard,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            };
-            match guard.try_io(|fd| {
-                fd.get_ref()
-                    .socket()
-                    .recv_spare(&mut buf, RecvFlagsLite::DontWait)
-            }) {
-                Ok(r) => return Poll::Ready(r),
-                Err(_would_block) => continue,
-            }
-        })
-        .await;
-        match got {
-            Ok(0) => return Err(connect_core::closed_before_reply()),
-            Ok(_) => {}
-            Err(e) => return Err(Error::os(e, "reading the server's answer failed")),
-        }
-    }
+    })
+    .await
 }
 
 /// `CallNamedPipe` on tokio: connects to a message-type pipe (waiting up to
