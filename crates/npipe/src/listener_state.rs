@@ -50,6 +50,14 @@ pub(crate) struct ListenerState {
     pub budget: Arc<MemoryBudget>,
 }
 
+impl std::fmt::Debug for ListenerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerState")
+            .field("name", &self.name.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ListenerState {
     pub fn new(name: PipeName, opts: ServerOptions, server_uid: u32) -> ListenerState {
         let budget = Arc::new(MemoryBudget::new(opts.memory_budget, server_uid));
@@ -121,6 +129,7 @@ impl ListenerState {
 }
 
 /// The pipe's name in the namespace, held while its listener lives.
+#[derive(Debug)]
 pub(crate) struct Publication {
     namespace: Namespace,
     published: Published,
@@ -146,13 +155,5 @@ impl Publication {
     /// Removes the name (if it is still ours).
     pub fn remove(&self) {
         self.namespace.remove(&self.published);
-    }
-
-    /// A listener's `Debug`: its pipe name and socket file.
-    pub fn debug(&self, name: &PipeName, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PipeListener")
-            .field("name", &name.to_string())
-            .field("file", &self.published.file)
-            .finish()
     }
 }

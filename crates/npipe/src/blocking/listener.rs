@@ -42,6 +42,7 @@ use crate::types::Access;
 const STORM_PENDING: usize = 8;
 
 /// State shared by the listener, the acceptor thread and server ends.
+#[derive(Debug)]
 struct Shared {
     state: ListenerState,
     /// Signalled when a client joins `state.ready`.
@@ -99,16 +100,11 @@ impl InstancePool for Shared {
 /// server.join().unwrap()?;
 /// # Ok::<(), npipe::Error>(())
 /// ```
+#[derive(Debug)]
 pub struct PipeListener {
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
     publication: Publication,
-}
-
-impl std::fmt::Debug for PipeListener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.publication.debug(&self.shared.state.name, f)
-    }
 }
 
 impl PipeListener {

@@ -68,6 +68,7 @@ enum Event {
 }
 
 /// State shared by the listener, the acceptor task and server ends.
+#[derive(Debug)]
 struct Shared {
     state: ListenerState,
     /// Notified when a client joins `state.ready` or the acceptor stops.
@@ -130,16 +131,11 @@ impl InstancePool for Shared {
 /// # Ok::<(), npipe::Error>(())
 /// # }).unwrap();
 /// ```
+#[derive(Debug)]
 pub struct PipeListener {
     shared: Arc<Shared>,
     acceptor: JoinHandle<()>,
     publication: Publication,
-}
-
-impl std::fmt::Debug for PipeListener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.publication.debug(&self.shared.state.name, f)
-    }
 }
 
 impl PipeListener {
