@@ -75,27 +75,27 @@ enum State {
 
 /// A client's connect to one pipe name.
 #[derive(Debug)]
-pub(crate) struct ConnectCore {
+pub(crate) struct ConnectCore<'a> {
     name: PipeName,
     opts: ClientOptions,
     /// The options of the try in progress (a timeout shrinks by what has
     /// passed).
     attempt: ClientOptions,
     attempts: Option<Attempts>,
-    pipelined: Option<Vec<u8>>,
+    pipelined: Option<&'a [u8]>,
     reply: Vec<u8>,
     state: State,
 }
 
-impl ConnectCore {
+impl<'a> ConnectCore<'a> {
     /// A connect to `name` with `opts` starting at `now`, sending
     /// `pipelined` as one message behind the HELLO if given.
     pub fn new(
         name: &PipeName,
         opts: &ClientOptions,
-        pipelined: Option<&[u8]>,
+        pipelined: Option<&'a [u8]>,
         now: Instant,
-    ) -> ConnectCore {
+    ) -> ConnectCore<'a> {
         let attempts = Attempts::new(opts, now);
         let attempt = match &attempts {
             Some(a) => a.options(opts, now),
@@ -106,7 +106,7 @@ impl ConnectCore {
             opts: opts.clone(),
             attempt,
             attempts,
-            pipelined: pipelined.map(<[u8]>::to_vec),
+            pipelined,
             reply: Vec::new(),
             state: State::Connecting,
         }
@@ -131,7 +131,7 @@ impl ConnectCore {
         if let Err(e) = connect_core::check_server(&self.name, &self.attempt, cred, user_name) {
             return self.fail(e);
         }
-        let opening = connect_core::opening(&self.name, &self.attempt, self.pipelined.as_deref());
+        let opening = connect_core::opening(&self.name, &self.attempt, self.pipelined);
         match opening {
             Ok(bytes) => {
                 self.state = State::Sending { cred };

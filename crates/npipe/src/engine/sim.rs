@@ -364,7 +364,7 @@ fn a_waiter_that_leaves_passes_its_turn_on() {
 /// A client driven by the engine's [`ConnectCore`] against the simulated
 /// server: the same sequence both real clients drive.
 struct Client {
-    core: ConnectCore,
+    core: ConnectCore<'static>,
     /// What it waits on, once [`Sim::step`] stops.
     action: Option<Action>,
     ticket: Option<Ticket>,
