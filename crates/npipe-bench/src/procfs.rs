@@ -1,4 +1,7 @@
-//! `/proc/PID` of the bench's peer processes, wherever `/proc` comes from.
+//! `/proc/PID` of a child process, wherever `/proc` comes from: the one
+//! copy of this lookup, for the bench's peer processes and, included with
+//! `#[path]`, for the tests (`crates/npipe/tests/support/procfs.rs`). Only
+//! `std`, so that it can be included anywhere.
 
 use std::path::PathBuf;
 
@@ -6,8 +9,7 @@ use std::path::PathBuf;
 /// returned it. Where `/proc` belongs to an outer pid namespace (a sandbox
 /// that did not mount its own), its numbers are not ours: the child is the
 /// process whose parent is us, as `/proc` numbers us, and whose innermost
-/// pid (`NSpid`) is `pid`. (The tests have the same lookup in
-/// `crates/npipe/tests/support/procfs.rs`.)
+/// pid (`NSpid`) is `pid`.
 pub fn child_proc_dir(pid: u32) -> PathBuf {
     let direct = PathBuf::from(format!("/proc/{pid}"));
     let me = std::fs::read_link("/proc/self")
@@ -36,4 +38,14 @@ pub fn child_proc_dir(pid: u32) -> PathBuf {
         }
     }
     direct
+}
+
+/// A `kB` field of the child's `/proc/PID/status` (`VmRSS`, `VmHWM`, ...),
+/// in KiB: `None` if the file has no such field.
+pub fn child_status_kib(pid: u32, field: &str) -> std::io::Result<Option<u64>> {
+    let status = std::fs::read_to_string(child_proc_dir(pid).join("status"))?;
+    Ok(status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok()))
 }

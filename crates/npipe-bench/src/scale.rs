@@ -58,14 +58,8 @@ impl Server {
 
     /// Resident memory in bytes.
     fn rss(&self) -> Result<u64, Error> {
-        let path = super::procfs::child_proc_dir(self.pid()).join("status");
-        let status = std::fs::read_to_string(path)
-            .map_err(|e| failure(format!("cannot read the server's memory: {e}")))?;
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
+        let kib = super::procfs::child_status_kib(self.pid(), "VmRSS")
+            .map_err(|e| failure(format!("cannot read the server's memory: {e}")))?
             .ok_or_else(|| failure("no VmRSS in /proc/PID/status"))?;
         Ok(kib * 1024)
     }

@@ -1,53 +1,14 @@
-//! `/proc/PID` of a child process, wherever `/proc` comes from. Shared by
-//! the library's and the tool's tests (each includes this file with
-//! `#[path]`); `npipe bench` has the same lookup in
-//! `crates/npipe-bench/src/procfs.rs`.
+//! `/proc/PID` of a child process, wherever `/proc` comes from, for the
+//! library's and the tool's tests (each includes this file with `#[path]`):
+//! `npipe bench`'s lookup, the one copy, included in turn.
 
-use std::path::PathBuf;
-
-/// The `/proc` directory of `pid`, a child of this process as `fork`
-/// returned it. Where `/proc` belongs to an outer pid namespace (a sandbox
-/// that did not mount its own), its numbers are not ours: the child is the
-/// process whose parent is us, as `/proc` numbers us, and whose innermost
-/// pid (`NSpid`) is `pid`.
-pub fn child_proc_dir(pid: u32) -> PathBuf {
-    let direct = PathBuf::from(format!("/proc/{pid}"));
-    let me = std::fs::read_link("/proc/self")
-        .ok()
-        .and_then(|p| p.to_str()?.parse::<u32>().ok());
-    let Some(me) = me.filter(|&me| me != std::process::id()) else {
-        return direct;
-    };
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return direct;
-    };
-    let (me, pid) = (me.to_string(), pid.to_string());
-    for entry in entries.flatten() {
-        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
-            continue;
-        };
-        let last = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().last())
-                .map(str::to_string)
-        };
-        if last("PPid:").as_ref() == Some(&me) && last("NSpid:").as_ref() == Some(&pid) {
-            return entry.path();
-        }
-    }
-    direct
-}
+#[path = "../../../npipe-bench/src/procfs.rs"]
+mod lookup;
 
 /// A `kB` field of the child's `/proc/PID/status` (`VmRSS`, `VmData`, ...).
 pub fn child_status_kib(pid: u32, field: &str) -> u64 {
-    let path = child_proc_dir(pid).join("status");
-    let status = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in {}", path.display()))
+    let dir = lookup::child_proc_dir(pid);
+    lookup::child_status_kib(pid, field)
+        .unwrap_or_else(|e| panic!("cannot read {}/status: {e}", dir.display()))
+        .unwrap_or_else(|| panic!("no {field} in {}/status", dir.display()))
 }
