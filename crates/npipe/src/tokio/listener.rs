@@ -513,9 +513,43 @@ impl Acceptor {
             Ok(ticket) => ticket,
             Err((code, reason)) => return refuse(&socket, code, &reason),
         };
-        let deadline = Instant::now() + shared.state.opts.handshake_timeout;
-        let task = self.handshakes.spawn(handshake(socket, peer, deadline));
-        self.handshake_tickets.insert(task.id(), ticket);
+        // The client usually sent its HELLO right behind its connect: read
+        // it now, as the blocking acceptor does, and only a client whose
+        // HELLO is not all there yet gets a task (and a registration with
+        // the reactor) to wait for it.
+        let mut buf = Vec::with_capacity(HELLO_READ);
+        let read = socket.recv_spare(&mut buf, RecvFlagsLite::DontWait);
+        match read {
+            Ok(0) => return self.core.handshake_ended(ticket),
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
+                return self.core.handshake_ended(ticket)
+            }
+            _ => {}
+        }
+        match Hello::decode(&buf) {
+            Ok(Some((hello, used))) => {
+                let leftover = buf.split_off(used);
+                let arrived = Arrived {
+                    socket,
+                    peer,
+                    hello,
+                    leftover,
+                };
+                self.on_hello(ticket, arrived);
+            }
+            Ok(None) => {
+                let deadline = Instant::now() + shared.state.opts.handshake_timeout;
+                let task = self
+                    .handshakes
+                    .spawn(handshake(socket, peer, buf, deadline));
+                self.handshake_tickets.insert(task.id(), ticket);
+            }
+            Err(e) => {
+                self.core.handshake_ended(ticket);
+                let err: Error = e.into();
+                refuse(&socket, err.code(), err.message());
+            }
+        }
     }
 
     fn on_hello(&mut self, ticket: Ticket, mut arrived: Arrived) {
@@ -625,12 +659,17 @@ impl Drop for Acceptor {
     }
 }
 
-/// A new connection's handshake: its HELLO within `deadline`, or nothing
+/// A new connection's handshake, `buf` holding what arrived of its HELLO so
+/// far: the whole HELLO within `deadline`, or nothing
 /// (silent, slow, or gone: dropped without a word). A malformed HELLO is
 /// refused here.
-async fn handshake(socket: Socket, peer: Peer, deadline: Instant) -> Option<Arrived> {
+async fn handshake(
+    socket: Socket,
+    peer: Peer,
+    mut buf: Vec<u8>,
+    deadline: Instant,
+) -> Option<Arrived> {
     let fd = register(socket).ok()?;
-    let mut buf = Vec::new();
     let read = ::tokio::time::timeout_at(deadline.into(), read_hello(&fd, &mut buf)).await;
     match read {
         Ok(Some(Ok((hello, used)))) => {
