@@ -149,10 +149,10 @@ pub(crate) fn check_server(
     cred: PeerCredentials,
     user_name: impl Fn(u32) -> Option<String>,
 ) -> Result<()> {
-    let Some(expected) = opts.expect_server_uid else {
+    let Some(expected) = opts.expect_server else {
         return Ok(());
     };
-    if cred.uid == expected {
+    if cred.user == expected {
         return Ok(());
     }
     let who = |uid: u32| match user_name(uid) {
@@ -164,9 +164,9 @@ pub(crate) fn check_server(
         format!(
             "{name} is served by {} (pid {}), not by the expected {}: refusing to talk to it \
              (someone else may be squatting the name)",
-            who(cred.uid),
+            who(cred.user.0),
             cred.pid,
-            who(expected)
+            who(expected.0)
         ),
     ))
 }

@@ -2,6 +2,7 @@
 //! `GetNamedPipeHandleState`) and about its peer (`GetNamedPipeClientProcessId`
 //! and friends).
 
+use crate::identity::{LocalGroup, LocalUser};
 use crate::sys;
 use crate::types::{Access, Direction, PipeType, ReadMode, UNLIMITED_INSTANCES};
 
@@ -77,16 +78,16 @@ pub(crate) fn max_instances_from_wire(n: u32) -> Option<u32> {
 pub struct PeerCredentials {
     /// The peer's process id.
     pub pid: u32,
-    /// The peer's effective user id.
-    pub uid: u32,
-    /// The peer's effective group id.
-    pub gid: u32,
+    /// The peer's effective user.
+    pub user: LocalUser,
+    /// The peer's effective group.
+    pub group: LocalGroup,
 }
 
 impl PeerCredentials {
-    /// The user name of `uid`, if the system's user database has one.
+    /// The user's name, if the system's user database has one.
     pub fn user_name(&self) -> Option<String> {
-        sys::user_name(self.uid)
+        self.user.name()
     }
 
     /// The logon session of the process with this pid now (see

@@ -107,6 +107,7 @@ mod connect_core;
 mod engine;
 mod error;
 mod fresh_connection;
+mod identity;
 mod impersonation;
 mod info;
 mod instance_counts;
@@ -128,9 +129,12 @@ mod sys;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 mod types;
+#[cfg(unix)]
+pub mod unix;
 
 pub use blocking::{call, PipeClient, PipeListener, PipeServer, PipeStream, ReadHalf, WriteHalf};
 pub use error::{Error, ErrorCode, Result};
+pub use identity::{LocalGroup, LocalUser};
 pub use impersonation::Impersonation;
 pub use info::{ClientIdentity, End, PeerCredentials, PipeInfo};
 pub use listing::{list_pipes, query_pipe, remove_stale_pipes, PipeEntry, ServedPipe};
@@ -139,7 +143,7 @@ pub use namespace::Pruned;
 pub use namespace::{directory as namespace_directory, DEFAULT_DIR, SYSTEM_DIR};
 pub use options::{ClientOptions, ServerOptions};
 pub use pipe::{ClientEnd, Pipe, PipeIo, PipeRole, ServerEnd};
-pub use security::{user_id, Ace, AceKind, Rights, SecurityDescriptor, Subject, Trustee};
+pub use security::{Ace, AceKind, Rights, SecurityDescriptor, Subject, Trustee};
 pub use stream_core::{MessageRead, Peek};
 pub use types::{
     Access, Direction, ImpersonationLevel, PipeType, ReadMode, Wait, UNLIMITED_INSTANCES,

@@ -82,7 +82,7 @@ pub(crate) fn create_server_socket(
     }
     let server_uid = sys::effective_uid();
     let namespace = Namespace::open_or_create()?;
-    let mode = opts.security.socket_mode(server_uid);
+    let mode = opts.security.socket_mode(crate::LocalUser(server_uid));
     let (socket, published) = namespace.bind(name, opts.first_instance, mode)?;
     if let Err(e) = socket.set_nonblocking(true) {
         namespace.remove(&published);
@@ -475,7 +475,7 @@ impl Namespace {
             Ok(()) => Ok(Probe::Live(
                 probe
                     .peer_cred()
-                    .map(|c| format!(" by pid {} (uid {})", c.pid, c.uid))
+                    .map(|c| format!(" by pid {} (uid {})", c.pid, c.user.0))
                     .unwrap_or_default(),
             )),
             Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(Probe::Dead),

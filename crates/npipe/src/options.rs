@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::blocking::{PipeClient, PipeListener};
 use crate::error::{Error, Result};
+use crate::identity::LocalUser;
 use crate::name::PipeName;
 use crate::security::SecurityDescriptor;
 use crate::types::{
@@ -310,7 +311,7 @@ pub struct ClientOptions {
     pub(crate) wait: Wait,
     pub(crate) impersonation: ImpersonationLevel,
     pub(crate) max_message_size: u32,
-    pub(crate) expect_server_uid: Option<u32>,
+    pub(crate) expect_server: Option<LocalUser>,
     pub(crate) wait_for_server: bool,
 }
 
@@ -330,7 +331,7 @@ impl ClientOptions {
             wait: Wait::NoWait,
             impersonation: ImpersonationLevel::Impersonation,
             max_message_size: 64 << 20,
-            expect_server_uid: None,
+            expect_server: None,
             wait_for_server: false,
         }
     }
@@ -348,10 +349,11 @@ impl ClientOptions {
     /// Refuses to talk to the pipe unless its server runs as this user,
     /// checked from the kernel (`SO_PEERCRED`) before anything is sent: the
     /// defence against pipe squatting, which Windows leaves to the caller.
-    /// A server of anyone else gives *access denied*. [`crate::user_id`]
-    /// turns a user name into a uid.
-    pub fn expect_server_user(&mut self, uid: u32) -> &mut Self {
-        self.expect_server_uid = Some(uid);
+    /// A server of anyone else gives *access denied*.
+    /// [`LocalUser::by_name`] finds a user by name; on Unix a bare uid will
+    /// do (`expect_server_user(0)`).
+    pub fn expect_server_user(&mut self, user: impl Into<LocalUser>) -> &mut Self {
+        self.expect_server = Some(user.into());
         self
     }
 

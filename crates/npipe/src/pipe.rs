@@ -194,12 +194,12 @@ impl<S: PipeIo> Pipe<S, ServerEnd> {
 
     /// The client's effective user id.
     pub fn client_uid(&self) -> u32 {
-        self.io.peer().uid
+        self.io.peer().user.0
     }
 
     /// The client's effective group id.
     pub fn client_gid(&self) -> u32 {
-        self.io.peer().gid
+        self.io.peer().group.0
     }
 
     /// The client's supplementary groups (`SO_PEERGROUPS`).
@@ -302,7 +302,7 @@ impl<S: PipeIo> Pipe<S, ServerEnd> {
     ) -> crate::Result<std::process::Child> {
         self.role.instance.may_impersonate()?;
         let peer = self.io.peer();
-        crate::impersonation::spawn_as_user(cmd, peer.uid, peer.gid, self.client_groups()?)
+        crate::impersonation::spawn_as_user(cmd, peer.user.0, peer.group.0, self.client_groups()?)
     }
 }
 
@@ -319,7 +319,7 @@ impl<S: PipeIo> Pipe<S, ClientEnd> {
 
     /// The server's effective user id.
     pub fn server_uid(&self) -> u32 {
-        self.io.peer().uid
+        self.io.peer().user.0
     }
 
     /// The server's user name, if the user database has one.

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::error::ErrorCode;
+use crate::identity::{LocalGroup, LocalUser};
 use crate::info::PeerCredentials;
 use crate::name::PipeName;
 use crate::options::ServerOptions;
@@ -72,7 +73,9 @@ pub(crate) fn judge(
     if hello.kind == HelloKind::Query {
         // What this peer could really get: the direction's access as far as
         // the descriptor grants it, not what the pipe offers in general.
-        let held = opts.security.rights_of(&subject, peer.server_uid);
+        let held = opts
+            .security
+            .rights_of(&subject, LocalUser(peer.server_uid));
         return match access_within(held, allowed) {
             Some(access) => Verdict::Describe(access),
             None => Verdict::Refuse(ErrorCode::AccessDenied, nothing_granted(peer)),
@@ -90,7 +93,10 @@ pub(crate) fn judge(
             format!("the pipe is {:?}: a client may {may}", opts.direction),
         );
     }
-    if let Err(e) = opts.security.check(&subject, granted, peer.server_uid) {
+    if let Err(e) = opts
+        .security
+        .check(&subject, granted, LocalUser(peer.server_uid))
+    {
         return Verdict::Refuse(e.code(), e.message().to_string());
     }
     if hello.pipelined && !granted.writes() {
@@ -125,7 +131,9 @@ pub(crate) fn judge(
 /// client in HELLO; when it lands, its uid must pass here on the strength of
 /// the descriptor's remote entries.
 pub(crate) fn refuse_at_accept(opts: &ServerOptions, peer: &Peer) -> Option<String> {
-    let held = opts.security.rights_of(&subject(peer), peer.server_uid);
+    let held = opts
+        .security
+        .rights_of(&subject(peer), LocalUser(peer.server_uid));
     if held.contains(Rights::READ) || held.contains(Rights::WRITE) {
         None
     } else {
@@ -135,9 +143,9 @@ pub(crate) fn refuse_at_accept(opts: &ServerOptions, peer: &Peer) -> Option<Stri
 
 fn subject(peer: &Peer) -> Subject {
     Subject {
-        uid: peer.cred.uid,
-        gid: peer.cred.gid,
-        groups: peer.groups.clone(),
+        user: peer.cred.user,
+        group: peer.cred.group,
+        groups: peer.groups.iter().copied().map(LocalGroup).collect(),
         remote: None,
     }
 }
@@ -145,7 +153,7 @@ fn subject(peer: &Peer) -> Subject {
 fn nothing_granted(peer: &Peer) -> String {
     format!(
         "the pipe's security descriptor grants uid {} no access",
-        peer.cred.uid
+        peer.cred.user.0
     )
 }
 
@@ -215,8 +223,8 @@ mod tests {
     const ME: Peer = Peer {
         cred: PeerCredentials {
             pid: 1,
-            uid: 0,
-            gid: 0,
+            user: crate::LocalUser(0),
+            group: crate::LocalGroup(0),
         },
         groups: Vec::new(),
         server_uid: 0,
@@ -277,8 +285,8 @@ mod tests {
         let nobody = Peer {
             cred: PeerCredentials {
                 pid: 9,
-                uid: 65534,
-                gid: 65534,
+                user: crate::LocalUser(65534),
+                group: crate::LocalGroup(65534),
             },
             groups: Vec::new(),
             server_uid: 0,
@@ -300,8 +308,8 @@ mod tests {
         Peer {
             cred: PeerCredentials {
                 pid: 9,
-                uid,
-                gid: uid,
+                user: crate::LocalUser(uid),
+                group: crate::LocalGroup(uid),
             },
             groups: Vec::new(),
             server_uid: 0,

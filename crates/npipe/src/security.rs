@@ -33,7 +33,7 @@
 //! let sd: SecurityDescriptor = "allow owner=full; deny user:65534=w; allow everyone=r".parse()?;
 //! assert_eq!(sd, SecurityDescriptor::empty()
 //!     .allow(Trustee::Owner, Rights::FULL)
-//!     .deny(Trustee::User(65534), Rights::WRITE)
+//!     .deny(Trustee::User(65534.into()), Rights::WRITE)
 //!     .allow(Trustee::Everyone, Rights::READ));
 //! # Ok::<(), npipe::Error>(())
 //! ```
@@ -42,7 +42,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::sys;
+use crate::identity::{LocalGroup, LocalUser};
 use crate::types::Access;
 
 /// Rights on a pipe: read, write, or both (full control).
@@ -83,11 +83,11 @@ impl Rights {
 /// Whom an entry is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Trustee {
-    /// A local user, by uid.
-    User(u32),
-    /// A local group, by gid: matches a client whose effective gid or any
-    /// supplementary group is this gid.
-    Group(u32),
+    /// A local user.
+    User(LocalUser),
+    /// A local group: matches a client whose effective group or any
+    /// supplementary group is this one.
+    Group(LocalGroup),
     /// Every client, local or remote.
     Everyone,
     /// The pipe's owner (by default the user the server runs as).
@@ -118,14 +118,15 @@ pub struct Ace {
 }
 
 /// Who is asking, as the kernel (or the trusted gateway) says.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subject {
-    /// Effective uid (for a remote client: the gateway's mapped user, if any).
-    pub uid: u32,
-    /// Effective gid.
-    pub gid: u32,
+    /// The effective user (for a remote client: the gateway's mapped user,
+    /// if any).
+    pub user: LocalUser,
+    /// The effective group.
+    pub group: LocalGroup,
     /// Supplementary groups.
-    pub groups: Vec<u32>,
+    pub groups: Vec<LocalGroup>,
     /// The remote principal, for a client that came through the gateway.
     pub remote: Option<String>,
 }
@@ -145,7 +146,7 @@ pub struct Subject {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SecurityDescriptor {
-    owner: Option<u32>,
+    owner: Option<LocalUser>,
     entries: Vec<Ace>,
 }
 
@@ -170,7 +171,7 @@ impl SecurityDescriptor {
     pub fn default_for_pipes() -> SecurityDescriptor {
         SecurityDescriptor::empty()
             .allow(Trustee::Owner, Rights::FULL)
-            .allow(Trustee::User(0), Rights::FULL)
+            .allow(Trustee::User(LocalUser::ROOT), Rights::FULL)
             .allow(Trustee::Everyone, Rights::READ)
     }
 
@@ -201,8 +202,8 @@ impl SecurityDescriptor {
     }
 
     /// Sets the owner (default: the user the server runs as).
-    pub fn owner(mut self, uid: u32) -> SecurityDescriptor {
-        self.owner = Some(uid);
+    pub fn owner(mut self, user: impl Into<LocalUser>) -> SecurityDescriptor {
+        self.owner = Some(user.into());
         self
     }
 
@@ -211,9 +212,9 @@ impl SecurityDescriptor {
         &self.entries
     }
 
-    /// The owner's uid, given the server's own uid for the default.
-    pub fn owner_uid(&self, server_uid: u32) -> u32 {
-        self.owner.unwrap_or(server_uid)
+    /// The owner, given the server's own user for the default.
+    pub fn owner_of(&self, server: LocalUser) -> LocalUser {
+        self.owner.unwrap_or(server)
     }
 
     /// Whether any entry names a group (so the server needs the client's
@@ -224,13 +225,13 @@ impl SecurityDescriptor {
             .any(|a| matches!(a.trustee, Trustee::Group(_)))
     }
 
-    fn matches(trustee: &Trustee, who: &Subject, owner: u32) -> bool {
+    fn matches(trustee: &Trustee, who: &Subject, owner: LocalUser) -> bool {
         let local = who.remote.is_none();
         match trustee {
             Trustee::Everyone => true,
-            Trustee::User(uid) => local && who.uid == *uid,
-            Trustee::Owner => local && who.uid == owner,
-            Trustee::Group(gid) => local && (who.gid == *gid || who.groups.contains(gid)),
+            Trustee::User(user) => local && who.user == *user,
+            Trustee::Owner => local && who.user == owner,
+            Trustee::Group(group) => local && (who.group == *group || who.groups.contains(group)),
             Trustee::Remote(p) => who
                 .remote
                 .as_deref()
@@ -240,8 +241,8 @@ impl SecurityDescriptor {
 
     /// The rights `who` holds: what matching allows grant, less what matching
     /// denies take away (denies win, whatever the order).
-    pub fn rights_of(&self, who: &Subject, server_uid: u32) -> Rights {
-        let owner = self.owner_uid(server_uid);
+    pub fn rights_of(&self, who: &Subject, server: LocalUser) -> Rights {
+        let owner = self.owner_of(server);
         let (mut allowed, mut denied) = (0u8, 0u8);
         for ace in &self.entries {
             if Self::matches(&ace.trustee, who, owner) {
@@ -256,8 +257,8 @@ impl SecurityDescriptor {
 
     /// Checks that `who` may have `access`; `Err` is *access denied* with a
     /// reason for the client.
-    pub fn check(&self, who: &Subject, access: Access, server_uid: u32) -> Result<()> {
-        let held = self.rights_of(who, server_uid);
+    pub fn check(&self, who: &Subject, access: Access, server: LocalUser) -> Result<()> {
+        let held = self.rights_of(who, server);
         let needed = Rights::for_access(access);
         if held.contains(needed) {
             return Ok(());
@@ -269,7 +270,7 @@ impl SecurityDescriptor {
         };
         let who_text = match &who.remote {
             Some(p) => format!("remote client {p}"),
-            None => format!("uid {}", who.uid),
+            None => format!("uid {}", who.user.0),
         };
         Err(Error::new(
             ErrorCode::AccessDenied,
@@ -282,15 +283,15 @@ impl SecurityDescriptor {
     /// descriptor can grant anything to anyone but the owner and root
     /// (connecting needs write permission on the socket file, so the mode can
     /// only keep out those the descriptor grants nothing).
-    pub fn socket_mode(&self, server_uid: u32) -> u32 {
+    pub fn socket_mode(&self, server: LocalUser) -> u32 {
         // The socket file belongs to the server's user (who bound it), not
         // to the descriptor's owner if that was set to someone else.
-        let owner = self.owner_uid(server_uid);
-        let outsider = |uid: u32| uid != server_uid && uid != 0;
+        let owner = self.owner_of(server);
+        let outsider = |user: LocalUser| user != server && user != LocalUser::ROOT;
         let others = self.entries.iter().any(|a| {
             a.kind == AceKind::Allow
                 && match a.trustee {
-                    Trustee::User(uid) => outsider(uid),
+                    Trustee::User(user) => outsider(user),
                     Trustee::Owner => outsider(owner),
                     Trustee::Everyone | Trustee::Group(_) | Trustee::Remote(_) => true,
                 }
@@ -335,12 +336,6 @@ impl SecurityDescriptor {
     }
 }
 
-/// The uid of a user name from the system's user database, or a numeric uid
-/// as is (for [`ClientOptions::expect_server_user`](crate::ClientOptions::expect_server_user)).
-pub fn user_id(user: &str) -> Option<u32> {
-    user.parse().ok().or_else(|| sys::uid_of_user(user))
-}
-
 fn bad(what: &str, why: &str) -> Error {
     Error::new(
         ErrorCode::InvalidParameter,
@@ -348,15 +343,12 @@ fn bad(what: &str, why: &str) -> Error {
     )
 }
 
-fn resolve_user(s: &str) -> Result<u32> {
-    user_id(s).ok_or_else(|| bad(s, "no such user"))
+fn resolve_user(s: &str) -> Result<LocalUser> {
+    LocalUser::by_name(s).ok_or_else(|| bad(s, "no such user"))
 }
 
-fn resolve_group(s: &str) -> Result<u32> {
-    s.parse()
-        .ok()
-        .or_else(|| sys::gid_of_group(s))
-        .ok_or_else(|| bad(s, "no such group"))
+fn resolve_group(s: &str) -> Result<LocalGroup> {
+    LocalGroup::by_name(s).ok_or_else(|| bad(s, "no such group"))
 }
 
 /// Parses `TRUSTEE=RIGHTS` (the part after `allow`/`deny`, and the
@@ -404,7 +396,7 @@ fn parse_sddl(text: &str) -> Result<SecurityDescriptor> {
         let end = r.find("D:").unwrap_or(r.len());
         let owner = &r[..end];
         sd.owner = match owner {
-            "SY" | "BA" => Some(0),
+            "SY" | "BA" => Some(LocalUser::ROOT),
             other => Some(resolve_user(other)?),
         };
         rest = &r[end..];
@@ -437,7 +429,7 @@ fn parse_sddl(text: &str) -> Result<SecurityDescriptor> {
         let trustee = match fields[5] {
             "WD" | "AU" | "IU" => Trustee::Everyone,
             "OW" | "CO" => Trustee::Owner,
-            "SY" | "BA" => Trustee::User(0),
+            "SY" | "BA" => Trustee::User(LocalUser::ROOT),
             "NU" => Trustee::Remote("*".into()),
             _ => {
                 return Err(bad(
@@ -466,8 +458,8 @@ impl FromStr for SecurityDescriptor {
 impl fmt::Display for Trustee {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Trustee::User(uid) => write!(f, "user:{uid}"),
-            Trustee::Group(gid) => write!(f, "group:{gid}"),
+            Trustee::User(user) => write!(f, "user:{}", user.0),
+            Trustee::Group(group) => write!(f, "group:{}", group.0),
             Trustee::Everyone => f.write_str("everyone"),
             Trustee::Owner => f.write_str("owner"),
             Trustee::Remote(p) => write!(f, "remote:{p}"),
@@ -480,7 +472,7 @@ impl fmt::Display for SecurityDescriptor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut sep = "";
         if let Some(uid) = self.owner {
-            write!(f, "owner {uid}")?;
+            write!(f, "owner {}", uid.0)?;
             sep = "; ";
         }
         for ace in &self.entries {
@@ -501,9 +493,9 @@ mod tests {
 
     fn local(uid: u32, gid: u32, groups: &[u32]) -> Subject {
         Subject {
-            uid,
-            gid,
-            groups: groups.to_vec(),
+            user: LocalUser(uid),
+            group: LocalGroup(gid),
+            groups: groups.iter().copied().map(LocalGroup).collect(),
             remote: None,
         }
     }
@@ -511,7 +503,7 @@ mod tests {
     #[test]
     fn default_gives_owner_and_root_full_and_everyone_read() {
         let sd = SecurityDescriptor::default_for_pipes();
-        let server = 1000;
+        let server = LocalUser(1000);
         assert_eq!(sd.rights_of(&local(1000, 1000, &[]), server), Rights::FULL);
         assert_eq!(sd.rights_of(&local(0, 0, &[]), server), Rights::FULL);
         assert_eq!(
@@ -533,12 +525,12 @@ mod tests {
         // A root server whose descriptor's owner is uid 1000: the socket file
         // is root's, so uid 1000 needs the "others" bits to connect at all.
         let sd: SecurityDescriptor = "owner 1000; allow owner=full".parse().unwrap();
-        assert_eq!(sd.socket_mode(0), 0o666);
+        assert_eq!(sd.socket_mode(LocalUser(0)), 0o666);
         let sd: SecurityDescriptor = "allow user:1000=rw".parse().unwrap();
-        assert_eq!(sd.socket_mode(0), 0o666);
-        assert_eq!(sd.socket_mode(1000), 0o600);
+        assert_eq!(sd.socket_mode(LocalUser(0)), 0o666);
+        assert_eq!(sd.socket_mode(LocalUser(1000)), 0o600);
         assert_eq!(
-            SecurityDescriptor::current_user_only().socket_mode(1000),
+            SecurityDescriptor::current_user_only().socket_mode(LocalUser(1000)),
             0o600
         );
     }
@@ -546,19 +538,25 @@ mod tests {
     #[test]
     fn current_user_only_refuses_everyone_else() {
         let sd = SecurityDescriptor::current_user_only();
-        assert_eq!(sd.rights_of(&local(0, 0, &[]), 0), Rights::FULL);
-        assert_eq!(sd.rights_of(&local(65534, 0, &[0]), 0), Rights(0));
-        assert_eq!(sd.socket_mode(0), 0o600);
+        assert_eq!(sd.rights_of(&local(0, 0, &[]), LocalUser(0)), Rights::FULL);
+        assert_eq!(
+            sd.rights_of(&local(65534, 0, &[0]), LocalUser(0)),
+            Rights(0)
+        );
+        assert_eq!(sd.socket_mode(LocalUser(0)), 0o600);
     }
 
     #[test]
     fn denies_win_whatever_the_order() {
         let sd = SecurityDescriptor::empty()
             .allow(Trustee::Everyone, Rights::FULL)
-            .deny(Trustee::Group(50), Rights::WRITE);
-        assert_eq!(sd.rights_of(&local(7, 7, &[50]), 0), Rights::READ);
-        assert_eq!(sd.rights_of(&local(7, 50, &[]), 0), Rights::READ);
-        assert_eq!(sd.rights_of(&local(7, 7, &[]), 0), Rights::FULL);
+            .deny(Trustee::Group(LocalGroup(50)), Rights::WRITE);
+        assert_eq!(
+            sd.rights_of(&local(7, 7, &[50]), LocalUser(0)),
+            Rights::READ
+        );
+        assert_eq!(sd.rights_of(&local(7, 50, &[]), LocalUser(0)), Rights::READ);
+        assert_eq!(sd.rights_of(&local(7, 7, &[]), LocalUser(0)), Rights::FULL);
         assert!(sd.mentions_groups());
     }
 
@@ -566,31 +564,33 @@ mod tests {
     fn remote_entries_match_only_remote_clients() {
         let sd = SecurityDescriptor::empty()
             .allow(Trustee::Remote("alice@corp".into()), Rights::READ)
-            .allow(Trustee::User(1000), Rights::FULL);
+            .allow(Trustee::User(LocalUser(1000)), Rights::FULL);
         let remote = Subject {
-            uid: 1000,
             remote: Some("ALICE@corp".into()),
-            ..Subject::default()
+            ..local(1000, 1000, &[])
         };
         assert_eq!(
-            sd.rights_of(&remote, 0),
+            sd.rights_of(&remote, LocalUser(0)),
             Rights::READ,
             "a remote client is not the local user"
         );
-        assert_eq!(sd.rights_of(&local(1000, 1, &[]), 0), Rights::FULL);
+        assert_eq!(
+            sd.rights_of(&local(1000, 1, &[]), LocalUser(0)),
+            Rights::FULL
+        );
     }
 
     #[test]
     fn text_form_round_trips() {
         let text = "owner 1000; allow owner=full; allow user:0=rw; deny group:0=w; allow everyone=r; allow remote:bob=r";
         let sd: SecurityDescriptor = text.parse().unwrap();
-        assert_eq!(sd.owner_uid(5), 1000);
+        assert_eq!(sd.owner_of(LocalUser(5)), LocalUser(1000));
         assert_eq!(sd.entries().len(), 5);
         let again: SecurityDescriptor = sd.to_string().parse().unwrap();
         assert_eq!(again, sd);
         let named: SecurityDescriptor = "allow user:root=full; allow group:root=r".parse().unwrap();
-        assert_eq!(named.entries()[0].trustee, Trustee::User(0));
-        assert_eq!(named.entries()[1].trustee, Trustee::Group(0));
+        assert_eq!(named.entries()[0].trustee, Trustee::User(LocalUser::ROOT));
+        assert_eq!(named.entries()[1].trustee, Trustee::Group(LocalGroup(0)));
     }
 
     #[test]

@@ -139,8 +139,8 @@ impl Setup {
             peer_max_message: 1 << 20,
             peer: PeerCredentials {
                 pid: 0,
-                uid: 0,
-                gid: 0,
+                user: crate::LocalUser(0),
+                group: crate::LocalGroup(0),
             },
             budget: None,
         }
@@ -389,7 +389,7 @@ impl ReadCore {
             eof: false,
             stash: None,
             budget: setup.budget.clone(),
-            peer_uid: setup.peer.uid,
+            peer_uid: setup.peer.user.0,
             held: None,
         }
     }

@@ -2,6 +2,7 @@
 
 use std::io::{self, Write};
 
+use npipe::unix::LocalUserExt;
 use npipe::{PipeEntry, ServedPipe};
 use serde_json::{json, Value};
 
@@ -54,7 +55,7 @@ pub fn served_json(p: &ServedPipe) -> Value {
         "file": p.file,
         "state": "serving",
         "pid": p.server.pid,
-        "uid": p.server.uid,
+        "uid": p.server.user.uid(),
         "user": p.server_user,
         "type": type_name(p.pipe_type),
         "direction": direction_name(p.direction),
@@ -127,7 +128,7 @@ fn write_table(out: &mut impl Write, entries: &[PipeEntry]) -> io::Result<()> {
             PipeEntry::Served(p) => Some([
                 p.name.clone(),
                 p.server.pid.to_string(),
-                user_text(p.server_user.as_deref(), p.server.uid),
+                user_text(p.server_user.as_deref(), p.server.user.uid()),
                 type_name(p.pipe_type).to_string(),
                 direction_name(p.direction).to_string(),
                 instances_text(p.cur_instances, p.max_instances),

@@ -120,13 +120,13 @@ impl ClientSecurity {
     /// Applies these settings to client options.
     pub fn apply(&self, opts: &mut npipe::ClientOptions) -> Result<(), Failure> {
         if let Some(user) = &self.expect_server_user {
-            let uid = npipe::user_id(user).ok_or_else(|| {
+            let server = npipe::LocalUser::by_name(user).ok_or_else(|| {
                 Failure::new(
                     crate::exit::Status::Usage,
                     format!("--expect-server-user: no such user {user:?}"),
                 )
             })?;
-            opts.expect_server_user(uid);
+            opts.expect_server_user(server);
         }
         opts.impersonation_level(match self.impersonation_level {
             LevelArg::Identification => npipe::ImpersonationLevel::Identification,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use npipe::tokio::PipeServer;
+use npipe::unix::{LocalGroupExt, LocalUserExt};
 use npipe::{
     Direction, ErrorCode, PipeType, SecurityDescriptor, ServerOptions, UNLIMITED_INSTANCES,
 };
@@ -460,8 +461,8 @@ async fn whoami_text(conn: &PipeServer, impersonate: bool) -> String {
     let mut text = format!(
         "pid={} uid={} gid={} user={} groups={} session={} level={}",
         c.pid,
-        c.uid,
-        c.gid,
+        c.user.uid(),
+        c.group.gid(),
         id.user_name.as_deref().unwrap_or("?"),
         groups.join(","),
         id.session_id
@@ -479,13 +480,9 @@ async fn whoami_text(conn: &PipeServer, impersonate: bool) -> String {
         match seen {
             Ok(euid) => text.push_str(&format!(
                 " impersonating: euid={euid} user={}",
-                npipe::PeerCredentials {
-                    pid: 0,
-                    uid: euid,
-                    gid: 0
-                }
-                .user_name()
-                .unwrap_or_else(|| "?".into())
+                npipe::LocalUser::from_uid(euid)
+                    .name()
+                    .unwrap_or_else(|| "?".into())
             )),
             Err(e) => text.push_str(&format!(" impersonation refused: {}", e.code())),
         }

@@ -281,7 +281,7 @@ impl Pipe<PipeStream, ServerEnd> {
         self.role.instance.may_impersonate()?;
         let peer = self.io.peer();
         let groups = self.client_groups()?;
-        Impersonation::begin(peer.uid, peer.gid, groups)
+        Impersonation::begin(peer.user.0, peer.group.0, groups)
     }
 
     /// Runs `f` on this thread as the client and reverts afterwards

@@ -134,11 +134,11 @@ impl AcceptorCore {
             return Err((ErrorCode::AccessDenied, reason));
         }
         self.startups
-            .begin(peer.cred.uid)
+            .begin(peer.cred.user.0)
             .map_err(|r| (ErrorCode::PipeBusy, r.reason()))?;
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        let uid = peer.cred.uid;
+        let uid = peer.cred.user.0;
         self.conns
             .insert(ticket, Stage::Handshake { uid, deadline });
         Ok(ticket)
@@ -170,7 +170,7 @@ impl AcceptorCore {
                         Answer::Refuse(ErrorCode::PipeBusy, policy::BUSY_REASON.to_string())
                     }
                     Arrival::Queued => {
-                        let uid = peer.cred.uid;
+                        let uid = peer.cred.user.0;
                         if let Err(r) = self.waiters.begin(uid) {
                             self.admission.cancel(ticket);
                             return Answer::Refuse(ErrorCode::PipeBusy, r.waiting_reason());
@@ -318,8 +318,8 @@ mod tests {
         Peer {
             cred: PeerCredentials {
                 pid: 100 + uid,
-                uid,
-                gid: uid,
+                user: crate::LocalUser(uid),
+                group: crate::LocalGroup(uid),
             },
             groups: Vec::new(),
             server_uid: 0,

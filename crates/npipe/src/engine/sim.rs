@@ -75,8 +75,8 @@ impl Sim {
         Peer {
             cred: PeerCredentials {
                 pid: 4242,
-                uid: 1000,
-                gid: 1000,
+                user: crate::LocalUser(1000),
+                group: crate::LocalGroup(1000),
             },
             groups: Vec::new(),
             server_uid: 1000,

@@ -10,6 +10,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use crate::identity::{LocalGroup, LocalUser};
 use crate::info::PeerCredentials;
 use std::time::Duration;
 
@@ -220,8 +221,8 @@ impl Socket {
         let c = rustix::net::sockopt::socket_peercred(&self.0)?;
         Ok(PeerCredentials {
             pid: c.pid.as_raw_pid() as u32,
-            uid: c.uid.as_raw(),
-            gid: c.gid.as_raw(),
+            user: LocalUser(c.uid.as_raw()),
+            group: LocalGroup(c.gid.as_raw()),
         })
     }
 
@@ -1164,7 +1165,7 @@ mod tests {
         let (a, _b) = Socket::pair().unwrap();
         let c = a.peer_cred().unwrap();
         assert_eq!(c.pid, process_id());
-        assert_eq!(c.uid, effective_uid());
+        assert_eq!(c.user.0, effective_uid());
         // SO_PEERGROUPS: the supplementary groups we had at connect.
         let mut groups = a.peer_groups().unwrap();
         let mut ours = thread_ids().unwrap().groups;

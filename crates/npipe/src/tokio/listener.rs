@@ -302,8 +302,11 @@ impl Pipe<PipeStream, ServerEnd> {
             .name("npipe-impersonation".into())
             .spawn(move || {
                 let run = || -> Result<T> {
-                    let _guard =
-                        crate::impersonation::Impersonation::begin(peer.uid, peer.gid, groups)?;
+                    let _guard = crate::impersonation::Impersonation::begin(
+                        peer.user.0,
+                        peer.group.0,
+                        groups,
+                    )?;
                     Ok(f())
                 };
                 // A panic in `f` unwinds through the guard, which reverts;

@@ -439,7 +439,7 @@ fn open_as(args: &[String]) {
         o.impersonation_level(npipe::ImpersonationLevel::Identification);
     }
     if let Some(uid) = opt(args, "expect") {
-        o.expect_server_user(uid.parse().unwrap());
+        o.expect_server_user(uid.parse::<u32>().unwrap());
     }
     match o.open(args[0].as_str()) {
         Ok(c) => {

@@ -242,13 +242,7 @@ impl Drop for Planted {
 /// Uid 65534's name in the user database ("nobody" on most systems; the
 /// `ident` line of the `serve` role leaves it empty where there is none).
 fn nobody_name() -> String {
-    npipe::PeerCredentials {
-        pid: 0,
-        uid: NOBODY,
-        gid: NOBODY,
-    }
-    .user_name()
-    .unwrap_or_default()
+    npipe::LocalUser::from(NOBODY).name().unwrap_or_default()
 }
 
 /// `spawn_as_client` (`CreateProcessAsUser`): the child is the client for
