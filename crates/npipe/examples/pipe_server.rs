@@ -12,6 +12,7 @@
 
 use std::time::{Duration, Instant};
 
+use npipe::unix::ServerPipeExt;
 use npipe::{ClientOptions, ErrorCode, MessageRead, PipeServer, ServerOptions, Wait};
 
 const PIPE_NAME: &str = r"\\.\pipe\PipeServer";

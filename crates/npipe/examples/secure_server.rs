@@ -15,6 +15,7 @@
 
 use std::time::Duration;
 
+use npipe::unix::{ClientPipeExt, ServerPipeExt};
 use npipe::{ClientOptions, SecurityDescriptor, ServerOptions, Wait};
 
 fn main() -> npipe::Result<()> {

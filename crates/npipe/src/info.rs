@@ -320,10 +320,10 @@ impl PeerProcess {
 /// Everything a server knows about a connected client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientIdentity {
-    /// pid, uid and gid from `SO_PEERCRED`.
+    /// Process, user and group from `SO_PEERCRED`.
     pub credentials: PeerCredentials,
     /// Supplementary groups from `SO_PEERGROUPS`.
-    pub groups: Vec<u32>,
+    pub groups: Vec<LocalGroup>,
     /// The user's name, if the user database has one.
     pub user_name: Option<String>,
     /// The client process's session id (`GetNamedPipeClientSessionId`).

@@ -13,6 +13,7 @@
 //! `Deref`: every one is on the type the user holds.
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::identity::{LocalGroup, LocalUser};
 use crate::info::{PeerCredentials, PipeInfo};
 use crate::server_instance::ServerInstance;
 use crate::stream_core::EndCore;
@@ -161,9 +162,9 @@ impl<S: PipeIo> Pipe<S, ServerEnd> {
     /// The client's user name (`GetNamedPipeHandleState`'s `lpUserName`),
     /// available at either impersonation level since it only identifies.
     pub fn impersonation_user_name(&self) -> Result<String> {
-        let uid = self.client_uid();
-        self.client_user_name()
-            .ok_or_else(|| Error::new(ErrorCode::Other, format!("uid {uid} has no user name")))
+        let user = self.client_user();
+        user.name()
+            .ok_or_else(|| Error::new(ErrorCode::Other, format!("{user} has no user name")))
     }
 
     /// The client's credentials from the kernel (`SO_PEERCRED`).
@@ -192,21 +193,23 @@ impl<S: PipeIo> Pipe<S, ServerEnd> {
         self.role.instance.process(self.io.socket()).still_running()
     }
 
-    /// The client's effective user id.
-    pub fn client_uid(&self) -> u32 {
-        self.io.peer().user.0
+    /// The client's effective user (on Unix its uid:
+    /// [`unix::ServerPipeExt::client_uid`](crate::unix::ServerPipeExt::client_uid)).
+    pub fn client_user(&self) -> LocalUser {
+        self.io.peer().user
     }
 
-    /// The client's effective group id.
-    pub fn client_gid(&self) -> u32 {
-        self.io.peer().group.0
+    /// The client's effective group.
+    pub fn client_group(&self) -> LocalGroup {
+        self.io.peer().group
     }
 
     /// The client's supplementary groups (`SO_PEERGROUPS`).
-    pub fn client_groups(&self) -> crate::Result<Vec<u32>> {
+    pub fn client_groups(&self) -> crate::Result<Vec<LocalGroup>> {
         self.io
             .socket()
             .peer_groups()
+            .map(|gids| gids.into_iter().map(LocalGroup).collect())
             .map_err(|e| crate::Error::os(e, "cannot read the client's groups"))
     }
 
@@ -293,6 +296,7 @@ impl<S: PipeIo> Pipe<S, ServerEnd> {
     /// let out = pipe
     ///     .spawn_as_client(std::process::Command::new("id").arg("-u").stdout(std::process::Stdio::piped()))?
     ///     .wait_with_output()?;
+    /// use npipe::unix::ServerPipeExt;
     /// assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), pipe.client_uid().to_string());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -300,9 +304,17 @@ impl<S: PipeIo> Pipe<S, ServerEnd> {
         &self,
         cmd: &mut std::process::Command,
     ) -> crate::Result<std::process::Child> {
+        let (uid, gid, groups) = self.acting_ids()?;
+        crate::impersonation::spawn_as_user(cmd, uid, gid, groups)
+    }
+
+    /// The ids to act as the client with (uid, gid, groups), if this end
+    /// may: the client is still connected and granted impersonation.
+    pub(crate) fn acting_ids(&self) -> crate::Result<(u32, u32, Vec<u32>)> {
         self.role.instance.may_impersonate()?;
         let peer = self.io.peer();
-        crate::impersonation::spawn_as_user(cmd, peer.user.0, peer.group.0, self.client_groups()?)
+        let groups = self.client_groups()?.into_iter().map(|g| g.0).collect();
+        Ok((peer.user.0, peer.group.0, groups))
     }
 }
 
@@ -317,9 +329,10 @@ impl<S: PipeIo> Pipe<S, ClientEnd> {
         self.io.peer().pid
     }
 
-    /// The server's effective user id.
-    pub fn server_uid(&self) -> u32 {
-        self.io.peer().user.0
+    /// The server's effective user (on Unix its uid:
+    /// [`unix::ClientPipeExt::server_uid`](crate::unix::ClientPipeExt::server_uid)).
+    pub fn server_user(&self) -> LocalUser {
+        self.io.peer().user
     }
 
     /// The server's user name, if the user database has one.

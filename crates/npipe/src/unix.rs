@@ -1,5 +1,5 @@
 //! What only Unix has, the `std::os::unix` way: the numbers behind
-//! [`LocalUser`] and [`LocalGroup`].
+//! [`LocalUser`] and [`LocalGroup`], and the uid and gid of a pipe's peer.
 //!
 //! ```
 //! use npipe::unix::{LocalUserExt, LocalGroupExt};
@@ -12,6 +12,7 @@
 //! ```
 
 use crate::identity::{LocalGroup, LocalUser};
+use crate::pipe::{ClientEnd, Pipe, PipeIo, ServerEnd};
 
 /// A [`LocalUser`] as a uid.
 pub trait LocalUserExt {
@@ -58,5 +59,44 @@ impl From<u32> for LocalUser {
 impl From<u32> for LocalGroup {
     fn from(gid: u32) -> LocalGroup {
         LocalGroup(gid)
+    }
+}
+
+/// The client's uid and gid on a server end.
+///
+/// ```
+/// use npipe::unix::ServerPipeExt;
+/// # let name = format!("doc-unix-ext-{}", std::process::id());
+/// # let listener = npipe::ServerOptions::new().create(&name)?;
+/// # let _client = npipe::ClientOptions::new().open(&name)?;
+/// let pipe = listener.accept()?;
+/// assert_eq!(pipe.client_uid(), rustix::process::geteuid().as_raw());
+/// # Ok::<(), npipe::Error>(())
+/// ```
+pub trait ServerPipeExt {
+    /// The client's effective uid.
+    fn client_uid(&self) -> u32;
+    /// The client's effective gid.
+    fn client_gid(&self) -> u32;
+}
+
+/// The server's uid on a client end.
+pub trait ClientPipeExt {
+    /// The server's effective uid.
+    fn server_uid(&self) -> u32;
+}
+
+impl<S: PipeIo> ServerPipeExt for Pipe<S, ServerEnd> {
+    fn client_uid(&self) -> u32 {
+        self.client_user().uid()
+    }
+    fn client_gid(&self) -> u32 {
+        self.client_group().gid()
+    }
+}
+
+impl<S: PipeIo> ClientPipeExt for Pipe<S, ClientEnd> {
+    fn server_uid(&self) -> u32 {
+        self.server_user().uid()
     }
 }

@@ -10,6 +10,7 @@ use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use npipe::unix::{ClientPipeExt, ServerPipeExt};
 use npipe::{ClientOptions, PipeClient, ServerOptions, Wait};
 
 use super::{direction_name, lossy, type_name, user_text, CmdResult};

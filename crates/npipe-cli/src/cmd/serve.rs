@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use npipe::tokio::PipeServer;
-use npipe::unix::{LocalGroupExt, LocalUserExt};
+use npipe::unix::{LocalGroupExt, LocalUserExt, ServerPipeExt};
 use npipe::{
     Direction, ErrorCode, PipeType, SecurityDescriptor, ServerOptions, UNLIMITED_INSTANCES,
 };
@@ -457,7 +457,7 @@ async fn answer_whoami(conn: &mut PipeServer, impersonate: bool) -> npipe::Resul
 async fn whoami_text(conn: &PipeServer, impersonate: bool) -> String {
     let id = conn.client_identity();
     let c = id.credentials;
-    let groups: Vec<String> = id.groups.iter().map(u32::to_string).collect();
+    let groups: Vec<String> = id.groups.iter().map(|g| g.gid().to_string()).collect();
     let mut text = format!(
         "pid={} uid={} gid={} user={} groups={} session={} level={}",
         c.pid,

@@ -278,10 +278,8 @@ impl Pipe<PipeStream, ServerEnd> {
     /// # Ok(()) }
     /// ```
     pub fn impersonate(&self) -> Result<Impersonation<'_>> {
-        self.role.instance.may_impersonate()?;
-        let peer = self.io.peer();
-        let groups = self.client_groups()?;
-        Impersonation::begin(peer.user.0, peer.group.0, groups)
+        let (uid, gid, groups) = self.acting_ids()?;
+        Impersonation::begin(uid, gid, groups)
     }
 
     /// Runs `f` on this thread as the client and reverts afterwards

@@ -8,7 +8,6 @@ use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::info::PeerCredentials;
 use crate::pipe::{sealed, Pipe, PipeIo, PipeRole};
 use crate::stream_core::{
     recv_error, send_error, EndCore, Need, ReadCore, ReadMessage, ReadOp, ReadStd, RecvMessage,
@@ -201,11 +200,6 @@ impl PipeStream {
 
     fn connected(&self) -> Result<()> {
         self.end.connected()
-    }
-
-    /// The peer's credentials, from the kernel at connect time.
-    pub(crate) fn peer(&self) -> PeerCredentials {
-        self.end.peer()
     }
 
     pub(crate) fn read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {

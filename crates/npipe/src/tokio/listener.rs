@@ -294,19 +294,13 @@ impl Pipe<PipeStream, ServerEnd> {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.role.instance.may_impersonate()?;
-        let peer = self.io.peer();
-        let groups = self.client_groups()?;
+        let (uid, gid, groups) = self.acting_ids()?;
         let (done, result) = ::tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("npipe-impersonation".into())
             .spawn(move || {
                 let run = || -> Result<T> {
-                    let _guard = crate::impersonation::Impersonation::begin(
-                        peer.user.0,
-                        peer.group.0,
-                        groups,
-                    )?;
+                    let _guard = crate::impersonation::Impersonation::begin(uid, gid, groups)?;
                     Ok(f())
                 };
                 // A panic in `f` unwinds through the guard, which reverts;

@@ -12,7 +12,6 @@ use ::tokio::io::unix::AsyncFd;
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::{Error, Result};
-use crate::info::PeerCredentials;
 use crate::pipe::{sealed, Pipe, PipeIo, PipeRole};
 use crate::stream_core::{
     recv_error, send_error, EndCore, MessageRead, Need, Peek, ReadCore, ReadMessage, ReadOp,
@@ -330,11 +329,6 @@ impl PipeStream {
 
     fn connected(&self) -> Result<()> {
         self.end.connected()
-    }
-
-    /// The peer's credentials, from the kernel at connect time.
-    pub(crate) fn peer(&self) -> PeerCredentials {
-        self.end.peer()
     }
 
     fn poll_drain_tail(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use npipe::unix::ClientPipeExt;
 use npipe::ClientOptions;
 
 use crate::common::{

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
+use npipe::unix::ServerPipeExt;
 use npipe::{ClientOptions, Direction, PipeServer, PipeType, ServerOptions};
 
 #[test]
@@ -131,6 +132,7 @@ fn serve(args: &[String]) {
         };
         say(conn_line(
             &mode,
+            args,
             conn.client_process_id(),
             conn.client_uid(),
             || conn.client_session_id(),
@@ -615,9 +617,19 @@ pub fn digest(m: &[u8]) -> String {
 }
 
 /// The line a server says for each connection: `conn PID UID SESSION`,
-/// where `mode=peer_unasked` leaves the session unasked (`-`) until later.
-fn conn_line(mode: &str, pid: u32, uid: u32, session: impl FnOnce() -> Option<u32>) -> String {
-    if mode == "peer_unasked" {
+/// where `mode=peer_unasked` (and a server short of descriptors) leaves the
+/// session unasked (`-`).
+fn conn_line(
+    mode: &str,
+    args: &[String],
+    pid: u32,
+    uid: u32,
+    session: impl FnOnce() -> Option<u32>,
+) -> String {
+    // Asking the session takes two descriptors for a moment (the client's
+    // pidfd, its /proc file): a server kept short of descriptors (`nofile=`)
+    // must not race its own acceptor for them.
+    if mode == "peer_unasked" || opt(args, "nofile").is_some() {
         return format!("conn {pid} {uid} -");
     }
     format!("conn {pid} {uid} {}", session().unwrap_or(0))
@@ -865,6 +877,7 @@ fn serve_async(args: &[String]) {
             };
             say(conn_line(
                 &mode,
+                args,
                 conn.client_process_id(),
                 conn.client_uid(),
                 || conn.client_session_id(),

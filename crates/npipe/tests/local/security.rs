@@ -4,6 +4,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
+use npipe::unix::ClientPipeExt;
 use npipe::{ClientOptions, ErrorCode, ServerOptions};
 
 use crate::common::{
