@@ -169,9 +169,8 @@ impl ClientProcess {
     }
 
     /// The process, captured now if it was not yet.
-    pub fn get(&self, socket: &sys::Socket) -> &PeerProcess {
-        self.captured
-            .get_or_init(|| PeerProcess::capture(socket, self.pid))
+    pub fn get(&self, capture: impl FnOnce(u32) -> PeerProcess) -> &PeerProcess {
+        self.captured.get_or_init(|| capture(self.pid))
     }
 }
 

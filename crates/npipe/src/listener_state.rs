@@ -11,7 +11,7 @@ use crate::budget::MemoryBudget;
 use crate::engine::acceptor::AcceptorCore;
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::PeerCredentials;
-use crate::info::PipeInfo;
+use crate::info::{ClientProcess, PipeInfo};
 use crate::instance_counts::InstanceCounts;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace, Published, ServerSocket};
@@ -112,12 +112,8 @@ impl ListenerState {
             ready.cred,
             Arc::clone(&self.budget),
         );
-        let instance = ServerInstance::new(
-            pool,
-            ready.hello.impersonation,
-            &ready.socket,
-            ready.cred.pid,
-        );
+        let process = ClientProcess::at_accept(&ready.socket, ready.cred.pid);
+        let instance = ServerInstance::new(pool, ready.hello.impersonation, process);
         let end = EndCore::new(setup, self.opts.effective_read_mode(), ready.leftover);
         (ready.socket, end, instance)
     }

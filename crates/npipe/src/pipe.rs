@@ -14,7 +14,7 @@
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::identity::{LocalGroup, LocalUser};
-use crate::info::{PeerCredentials, PipeInfo};
+use crate::info::{PeerCredentials, PeerProcess, PipeInfo};
 use crate::server_instance::ServerInstance;
 use crate::stream_core::EndCore;
 use crate::sys::Socket;
@@ -87,10 +87,11 @@ pub(crate) mod sealed {
     pub trait EndIo {
         /// The end's reads' and writes' state.
         fn end(&self) -> &EndCore;
-        /// The connected socket.
-        fn socket(&self) -> &Socket;
         /// `DisconnectNamedPipe`'s cut: the disconnect mark, then shut.
         fn cut_client(&mut self);
+        /// The connected socket, on which the rest defaults (a backend
+        /// without one, Windows', overrides them).
+        fn socket(&self) -> &Socket;
 
         /// The peer's credentials from the kernel at connect time.
         fn peer(&self) -> PeerCredentials {
@@ -99,6 +100,14 @@ pub(crate) mod sealed {
         /// The pipe as this end sees it.
         fn stream_info(&self) -> PipeInfo {
             self.end().info()
+        }
+        /// The peer's supplementary groups, from the kernel.
+        fn peer_groups(&self) -> std::io::Result<Vec<u32>> {
+            self.socket().peer_groups()
+        }
+        /// The peer process, told apart from any later holder of `pid`.
+        fn capture_peer(&self, pid: u32) -> PeerProcess {
+            PeerProcess::capture(self.socket(), pid)
         }
     }
 
@@ -128,24 +137,6 @@ impl<S: PipeIo, R: PipeRole> Pipe<S, R> {
         let mut info = self.io.stream_info();
         self.role.complete_info(&mut info);
         info
-    }
-}
-
-#[cfg(unix)]
-impl<S: PipeIo, R: PipeRole> std::os::fd::AsFd for Pipe<S, R> {
-    /// The connection's socket, for `poll`, `epoll` or a reactor of your
-    /// own. Reading or writing it directly bypasses npipe's framing: on a
-    /// message pipe, do not.
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.io.socket().as_fd()
-    }
-}
-
-#[cfg(unix)]
-impl<S: PipeIo, R: PipeRole> std::os::fd::AsRawFd for Pipe<S, R> {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsFd;
-        self.as_fd().as_raw_fd()
     }
 }
 
@@ -190,7 +181,10 @@ impl<S: PipeIo> Pipe<S, ServerEnd> {
     /// kernel recorded at connect (`SO_PEERPIDFD`), never by looking
     /// the pid up again.
     pub fn client_process_still_running(&self) -> Option<bool> {
-        self.role.instance.process(self.io.socket()).still_running()
+        self.role
+            .instance
+            .process(|pid| self.io.capture_peer(pid))
+            .still_running()
     }
 
     /// The client's effective user (on Unix its uid:
@@ -207,7 +201,6 @@ impl<S: PipeIo> Pipe<S, ServerEnd> {
     /// The client's supplementary groups (`SO_PEERGROUPS`).
     pub fn client_groups(&self) -> crate::Result<Vec<LocalGroup>> {
         self.io
-            .socket()
             .peer_groups()
             .map(|gids| gids.into_iter().map(LocalGroup).collect())
             .map_err(|e| crate::Error::os(e, "cannot read the client's groups"))
@@ -235,7 +228,10 @@ impl<S: PipeIo> Pipe<S, ServerEnd> {
         if !self.role.instance.held() {
             return None;
         }
-        self.role.instance.process(self.io.socket()).session()
+        self.role
+            .instance
+            .process(|pid| self.io.capture_peer(pid))
+            .session()
     }
 
     /// `GetNamedPipeServerProcessId` on the server end: this process.
@@ -262,7 +258,11 @@ impl<S: PipeIo> Pipe<S, ServerEnd> {
             credentials,
             groups: self.client_groups().unwrap_or_default(),
             user_name: credentials.user_name(),
-            session_id: self.role.instance.process(self.io.socket()).session(),
+            session_id: self
+                .role
+                .instance
+                .process(|pid| self.io.capture_peer(pid))
+                .session(),
         }
     }
 
@@ -346,8 +346,7 @@ impl<S: PipeIo> Pipe<S, ClientEnd> {
     /// accepted this connection, named by the kernel (`SO_PEERPIDFD`),
     /// not looked up by pid; `None` if it has exited.
     pub fn server_session_id(&self) -> Option<u32> {
-        let socket = self.io.socket();
-        crate::info::PeerProcess::capture(socket, self.io.peer().pid).session()
+        self.io.capture_peer(self.io.peer().pid).session()
     }
 
     /// `GetNamedPipeClientProcessId` on the client end: this process.

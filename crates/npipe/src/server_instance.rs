@@ -7,7 +7,6 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::impersonation::{cannot_impersonate, no_client_to_impersonate};
 use crate::info::{ClientProcess, PeerProcess};
-use crate::sys::Socket;
 use crate::types::ImpersonationLevel;
 
 /// What a listener does for the instances its server ends hold.
@@ -37,18 +36,17 @@ impl std::fmt::Debug for ServerInstance {
 }
 
 impl ServerInstance {
-    /// The instance of a connection fresh from accept, on `socket`, whose
-    /// kernel pid is `pid`, which granted `impersonation`.
+    /// The instance of a connection fresh from accept, from `process`,
+    /// which granted `impersonation`.
     pub fn new(
         pool: Arc<dyn InstancePool>,
         impersonation: ImpersonationLevel,
-        socket: &Socket,
-        pid: u32,
+        process: ClientProcess,
     ) -> ServerInstance {
         ServerInstance {
             pool,
             impersonation,
-            process: ClientProcess::at_accept(socket, pid),
+            process,
             held: true,
         }
     }
@@ -93,9 +91,10 @@ impl ServerInstance {
         self.impersonation
     }
 
-    /// The connecting process, captured now if it was not yet.
-    pub fn process(&self, socket: &Socket) -> &PeerProcess {
-        self.process.get(socket)
+    /// The connecting process, captured now (by `capture`, given its
+    /// kernel pid) if it was not yet.
+    pub fn process(&self, capture: impl FnOnce(u32) -> PeerProcess) -> &PeerProcess {
+        self.process.get(capture)
     }
 }
 
@@ -126,8 +125,9 @@ mod tests {
 
     fn instance(level: ImpersonationLevel) -> (Arc<Pool>, ServerInstance) {
         let pool = Arc::new(Pool::default());
-        let (a, _b) = Socket::pair().unwrap();
-        let i = ServerInstance::new(pool.clone(), level, &a, std::process::id());
+        let (a, _b) = crate::sys::Socket::pair().unwrap();
+        let process = ClientProcess::at_accept(&a, std::process::id());
+        let i = ServerInstance::new(pool.clone(), level, process);
         (pool, i)
     }
 

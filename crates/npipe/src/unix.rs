@@ -12,7 +12,7 @@
 //! ```
 
 use crate::identity::{LocalGroup, LocalUser};
-use crate::pipe::{ClientEnd, Pipe, PipeIo, ServerEnd};
+use crate::pipe::{ClientEnd, Pipe, PipeIo, PipeRole, ServerEnd};
 
 /// A [`LocalUser`] as a uid.
 pub trait LocalUserExt {
@@ -98,5 +98,21 @@ impl<S: PipeIo> ServerPipeExt for Pipe<S, ServerEnd> {
 impl<S: PipeIo> ClientPipeExt for Pipe<S, ClientEnd> {
     fn server_uid(&self) -> u32 {
         self.server_user().uid()
+    }
+}
+
+impl<S: PipeIo, R: PipeRole> std::os::fd::AsFd for Pipe<S, R> {
+    /// The connection's socket, for `poll`, `epoll` or a reactor of your
+    /// own. Reading or writing it directly bypasses npipe's framing: on a
+    /// message pipe, do not.
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.io.socket().as_fd()
+    }
+}
+
+impl<S: PipeIo, R: PipeRole> std::os::fd::AsRawFd for Pipe<S, R> {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.as_fd().as_raw_fd()
     }
 }
