@@ -226,20 +226,11 @@ impl Error {
     /// Classifies an operating-system error, with `context` saying what npipe
     /// was doing.
     pub(crate) fn os(err: io::Error, context: &str) -> Error {
-        let code = match err.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => ErrorCode::FileNotFound,
-            Some(libc::EACCES) | Some(libc::EPERM) => ErrorCode::AccessDenied,
-            Some(libc::EPIPE) | Some(libc::ECONNRESET) => ErrorCode::BrokenPipe,
-            Some(libc::ENOTCONN) => ErrorCode::PipeNotConnected,
-            Some(libc::EAGAIN) | Some(libc::ETIMEDOUT) => ErrorCode::Timeout,
-            Some(libc::EINVAL) => ErrorCode::InvalidParameter,
-            Some(libc::ENAMETOOLONG) => ErrorCode::InvalidName,
-            _ => match err.kind() {
-                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ErrorCode::Timeout,
-                io::ErrorKind::BrokenPipe => ErrorCode::BrokenPipe,
-                _ => ErrorCode::Other,
-            },
-        };
+        let code = code_by_number(&err).unwrap_or(match err.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ErrorCode::Timeout,
+            io::ErrorKind::BrokenPipe => ErrorCode::BrokenPipe,
+            _ => ErrorCode::Other,
+        });
         Error::new(code, format!("{context}: {err}")).with_source(err)
     }
 
@@ -273,6 +264,18 @@ impl From<Error> for io::Error {
     fn from(err: Error) -> io::Error {
         io::Error::new(err.code.io_kind(), err)
     }
+}
+
+/// The backend's reading of an OS error's number (it knows its system's
+/// numbers); `None` sends the error to its kind.
+#[cfg(target_os = "linux")]
+fn code_by_number(err: &io::Error) -> Option<ErrorCode> {
+    err.raw_os_error().and_then(crate::sys::error_code_of)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn code_by_number(_: &io::Error) -> Option<ErrorCode> {
+    None
 }
 
 #[cfg(test)]

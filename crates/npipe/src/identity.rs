@@ -6,8 +6,6 @@
 
 use std::fmt;
 
-use crate::sys;
-
 /// A user of this machine.
 ///
 /// ```
@@ -29,8 +27,9 @@ impl LocalUser {
     pub const ROOT: LocalUser = LocalUser(0);
 
     /// The user this process acts as (its effective user).
+    #[cfg(target_os = "linux")]
     pub fn current() -> LocalUser {
-        LocalUser(sys::effective_uid())
+        LocalUser(crate::sys::effective_uid())
     }
 
     /// The user with this name in the system's user database, or with
@@ -38,13 +37,13 @@ impl LocalUser {
     pub fn by_name(name: &str) -> Option<LocalUser> {
         name.parse()
             .ok()
-            .or_else(|| sys::uid_of_user(name))
+            .or_else(|| lookup::uid_of_user(name))
             .map(LocalUser)
     }
 
     /// Its name in the system's user database, if it has one.
     pub fn name(&self) -> Option<String> {
-        sys::user_name(self.0)
+        lookup::user_name(self.0)
     }
 }
 
@@ -54,7 +53,7 @@ impl LocalGroup {
     pub fn by_name(name: &str) -> Option<LocalGroup> {
         name.parse()
             .ok()
-            .or_else(|| sys::gid_of_group(name))
+            .or_else(|| lookup::gid_of_group(name))
             .map(LocalGroup)
     }
 }
@@ -72,6 +71,26 @@ impl fmt::Display for LocalUser {
 impl fmt::Display for LocalGroup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "gid {}", self.0)
+    }
+}
+
+/// The user and group databases: the system's through the backend, and
+/// none (numbers only) where npipe has no backend yet.
+#[cfg(target_os = "linux")]
+mod lookup {
+    pub(super) use crate::sys::{gid_of_group, uid_of_user, user_name};
+}
+
+#[cfg(not(target_os = "linux"))]
+mod lookup {
+    pub(super) fn uid_of_user(_: &str) -> Option<u32> {
+        None
+    }
+    pub(super) fn gid_of_group(_: &str) -> Option<u32> {
+        None
+    }
+    pub(super) fn user_name(_: u32) -> Option<String> {
+        None
     }
 }
 

@@ -5,6 +5,11 @@
 //! the client's process and user from the kernel, and the Windows error codes
 //! ported code expects, over Unix domain sockets.
 //!
+//! Pipes need a backend: Linux has one (the emulation over Unix sockets).
+//! On other targets the crate builds its portable core alone (names,
+//! options, security descriptors, users and groups, the protocol) until
+//! their backend lands.
+//!
 //! ```
 //! use npipe::{ServerOptions, ClientOptions};
 //! use std::time::Duration;
@@ -99,55 +104,86 @@
 //! | Names with `\` after the prefix hash to a socket file name; the full name travels in the handshake | `sun_path` is 108 bytes | Nothing: listings show the names as written |
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+// Without a backend (every target but Linux, for now) nothing uses the
+// engine and the portable core: it is built there only to prove that it
+// stands on its own (CI checks the Windows target).
+#![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 
-mod blocking;
+// The portable core: names, options, security descriptors, the protocol and
+// the engine's state machines. It builds on every target (CI checks it for
+// Windows), so that nothing in it leans on the Unix backend unseen.
 mod budget;
-mod client_socket;
 mod connect_core;
 mod engine;
 mod error;
-mod fresh_connection;
 mod identity;
-mod impersonation;
 mod info;
 mod instance_counts;
-mod listener_state;
-mod listing;
 mod name;
-mod namespace;
 mod options;
-mod peek_io;
-mod pipe;
 mod policy;
 #[cfg(test)]
 mod props;
 pub mod proto;
 mod security;
-mod server_instance;
 mod stream_core;
-mod sys;
-#[cfg(feature = "tokio")]
-pub mod tokio;
 mod types;
-#[cfg(unix)]
+
+// The Unix backend: the emulation over Unix sockets (DESIGN-NOTES has the
+// contract a backend provides). On other targets npipe has only the
+// portable core until their backend lands.
+#[cfg(target_os = "linux")]
+mod blocking;
+#[cfg(target_os = "linux")]
+mod client_socket;
+#[cfg(target_os = "linux")]
+mod fresh_connection;
+#[cfg(target_os = "linux")]
+mod impersonation;
+#[cfg(target_os = "linux")]
+mod listener_state;
+#[cfg(target_os = "linux")]
+mod listing;
+#[cfg(target_os = "linux")]
+mod namespace;
+#[cfg(target_os = "linux")]
+mod peek_io;
+#[cfg(target_os = "linux")]
+mod peer_process;
+#[cfg(target_os = "linux")]
+mod pipe;
+#[cfg(target_os = "linux")]
+mod server_instance;
+#[cfg(target_os = "linux")]
+mod sys;
+#[cfg(all(target_os = "linux", feature = "tokio"))]
+pub mod tokio;
+#[cfg(target_os = "linux")]
 pub mod unix;
 
-pub use blocking::{call, PipeClient, PipeListener, PipeServer, PipeStream, ReadHalf, WriteHalf};
 pub use error::{Error, ErrorCode, Result};
 pub use identity::{LocalGroup, LocalUser};
-pub use impersonation::Impersonation;
 pub use info::{ClientIdentity, End, PeerCredentials, PipeInfo};
-pub use listing::{list_pipes, query_pipe, remove_stale_pipes, PipeEntry, ServedPipe};
 pub use name::{PipeName, MAX_NAME_CHARS};
-pub use namespace::Pruned;
-pub use namespace::{directory as namespace_directory, DEFAULT_DIR, SYSTEM_DIR};
 pub use options::{ClientOptions, ServerOptions};
-pub use pipe::{ClientEnd, Pipe, PipeIo, PipeRole, ServerEnd};
 pub use security::{Ace, AceKind, Rights, SecurityDescriptor, Subject, Trustee};
 pub use stream_core::{MessageRead, Peek};
 pub use types::{
     Access, Direction, ImpersonationLevel, PipeType, ReadMode, Wait, UNLIMITED_INSTANCES,
 };
+
+#[cfg(target_os = "linux")]
+pub use blocking::{call, PipeClient, PipeListener, PipeServer, PipeStream, ReadHalf, WriteHalf};
+#[cfg(target_os = "linux")]
+pub use impersonation::Impersonation;
+#[cfg(target_os = "linux")]
+pub use listing::{list_pipes, query_pipe, remove_stale_pipes, PipeEntry, ServedPipe};
+#[cfg(target_os = "linux")]
+pub use namespace::Pruned;
+#[cfg(target_os = "linux")]
+pub use namespace::{directory as namespace_directory, DEFAULT_DIR, SYSTEM_DIR};
+#[cfg(target_os = "linux")]
+pub use pipe::{ClientEnd, Pipe, PipeIo, PipeRole, ServerEnd};
 
 /// The README's Rust example, compiled and run as a doctest.
 #[doc = include_str!("../../../README.md")]

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+#[cfg(target_os = "linux")]
 use crate::blocking::{PipeClient, PipeListener};
 use crate::error::{Error, Result};
 use crate::identity::LocalUser;
@@ -267,6 +268,7 @@ impl ServerOptions {
     }
 
     /// Creates the pipe (`CreateNamedPipe`) and starts taking clients.
+    #[cfg(target_os = "linux")]
     pub fn create(&self, name: impl TryInto<PipeName, Error = Error>) -> Result<PipeListener> {
         PipeListener::create(name.try_into()?, self.clone())
     }
@@ -274,7 +276,7 @@ impl ServerOptions {
     /// Creates the pipe for tokio (`CreateNamedPipe` with overlapped I/O).
     /// Call it within a tokio runtime with I/O and time enabled: the
     /// server's acceptor runs as a task on it.
-    #[cfg(feature = "tokio")]
+    #[cfg(all(target_os = "linux", feature = "tokio"))]
     pub fn create_async(
         &self,
         name: impl TryInto<PipeName, Error = Error>,
@@ -393,6 +395,7 @@ impl ClientOptions {
 
     /// `CallNamedPipe` with these options: connects (waiting as set), sends
     /// `request` as one message, returns the reply message, closes.
+    #[cfg(target_os = "linux")]
     pub fn call(
         &self,
         name: impl TryInto<PipeName, Error = Error>,
@@ -403,6 +406,7 @@ impl ClientOptions {
 
     /// Connects (`CreateFile` on the pipe name, after `WaitNamedPipe` if a
     /// wait is set).
+    #[cfg(target_os = "linux")]
     pub fn open(&self, name: impl TryInto<PipeName, Error = Error>) -> Result<PipeClient> {
         PipeClient::connect(&name.try_into()?, self, None)
     }
@@ -412,7 +416,7 @@ impl ClientOptions {
     /// [`open`](Self::open). Cancel-safe: dropped before it finished, no
     /// connection is left behind (a server that already took it sees the
     /// client leave).
-    #[cfg(feature = "tokio")]
+    #[cfg(all(target_os = "linux", feature = "tokio"))]
     pub async fn open_async(
         &self,
         name: impl TryInto<PipeName, Error = Error>,
@@ -422,7 +426,7 @@ impl ClientOptions {
 
     /// `CallNamedPipe` on tokio with these options: as
     /// [`call`](Self::call), without blocking the runtime.
-    #[cfg(feature = "tokio")]
+    #[cfg(all(target_os = "linux", feature = "tokio"))]
     pub async fn call_async(
         &self,
         name: impl TryInto<PipeName, Error = Error>,

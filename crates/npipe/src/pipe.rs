@@ -14,7 +14,8 @@
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::identity::{LocalGroup, LocalUser};
-use crate::info::{PeerCredentials, PeerProcess, PipeInfo};
+use crate::info::{PeerCredentials, PipeInfo};
+use crate::peer_process::PeerProcess;
 use crate::server_instance::ServerInstance;
 use crate::stream_core::EndCore;
 use crate::sys::Socket;
@@ -243,7 +244,7 @@ impl<S: PipeIo> Pipe<S, ServerEnd> {
     /// logon session (as [`client_session_id`](Self::client_session_id)
     /// counts them).
     pub fn server_session_id(&self) -> Option<u32> {
-        crate::info::own_session()
+        crate::peer_process::own_session()
     }
 
     /// `GetNamedPipeClientComputerName`: `None` for a local client.
@@ -357,6 +358,6 @@ impl<S: PipeIo> Pipe<S, ClientEnd> {
     /// `GetNamedPipeClientSessionId` on the client end: this process's
     /// logon session.
     pub fn client_session_id(&self) -> Option<u32> {
-        crate::info::own_session()
+        crate::peer_process::own_session()
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::impersonation::{cannot_impersonate, no_client_to_impersonate};
-use crate::info::{ClientProcess, PeerProcess};
+use crate::peer_process::{ClientProcess, PeerProcess};
 use crate::types::ImpersonationLevel;
 
 /// What a listener does for the instances its server ends hold.

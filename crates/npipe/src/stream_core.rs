@@ -1065,12 +1065,10 @@ pub(crate) fn send_error(e: io::Error) -> Error {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
             Error::new(ErrorCode::Timeout, "the write timed out").with_source(e)
         }
-        _ => match e.raw_os_error() {
-            Some(libc::EPIPE) | Some(libc::ECONNRESET) => {
-                Error::new(ErrorCode::NoData, "the other end has closed the pipe").with_source(e)
-            }
-            _ => Error::os(e, "write to the pipe failed"),
-        },
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
+            Error::new(ErrorCode::NoData, "the other end has closed the pipe").with_source(e)
+        }
+        _ => Error::os(e, "write to the pipe failed"),
     }
 }
 

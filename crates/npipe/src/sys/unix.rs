@@ -10,6 +10,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use crate::error::ErrorCode;
 use crate::identity::{LocalGroup, LocalUser};
 use crate::info::PeerCredentials;
 use std::time::Duration;
@@ -756,6 +757,20 @@ pub fn spare_fd() -> io::Result<OwnedFd> {
 /// `lstat` of a path: what it names, a symbolic link not followed.
 pub fn stat_nofollow(path: &Path) -> io::Result<FileInfo> {
     Ok(file_info(&rustix::fs::lstat(path)?))
+}
+
+/// The Windows error code of an `errno`, where one says the same.
+pub fn error_code_of(errno: i32) -> Option<ErrorCode> {
+    Some(match errno {
+        libc::ENOENT | libc::ECONNREFUSED => ErrorCode::FileNotFound,
+        libc::EACCES | libc::EPERM => ErrorCode::AccessDenied,
+        libc::EPIPE | libc::ECONNRESET => ErrorCode::BrokenPipe,
+        libc::ENOTCONN => ErrorCode::PipeNotConnected,
+        libc::EAGAIN | libc::ETIMEDOUT => ErrorCode::Timeout,
+        libc::EINVAL => ErrorCode::InvalidParameter,
+        libc::ENAMETOOLONG => ErrorCode::InvalidName,
+        _ => return None,
+    })
 }
 
 /// The current process's effective user id.
