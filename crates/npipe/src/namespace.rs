@@ -8,8 +8,9 @@
 //! whoever controls the directory or a parent controls every name in it. The
 //! directory is opened once, walking down from `/` by descriptor, and every
 //! later operation goes through that descriptor (`*at` calls, and
-//! `/proc/self/fd/N/NAME` for `bind` and `connect`), so what was checked is
-//! what is used. Sockets are created atomically (bound under a temporary
+//! `/proc/self/fd/N/NAME` for `bind`), so what was checked is what is used;
+//! `connect` takes the checked path, which after those checks only root or
+//! the user itself can change. Sockets are created atomically (bound under a temporary
 //! name, then hard-linked to the final one, which fails if the name exists),
 //! so two servers racing for a name cannot both win; a leftover socket whose
 //! server died (connect refused) is replaced by an atomic exchange that is
