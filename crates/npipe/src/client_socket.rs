@@ -6,12 +6,17 @@ use crate::error::{Error, Result};
 use crate::info::PeerCredentials;
 use crate::sys::Socket;
 
-/// The server's credentials from the kernel (`SO_PEERCRED`), read once right
-/// after the connect (the engine checks them against `expect_server_user`
-/// before a byte goes out).
-pub(crate) fn server_cred(socket: &Socket) -> Result<PeerCredentials> {
+/// The server's credentials from the kernel (`SO_PEERCRED`), if `wanted`:
+/// right after the connect, for the engine to check against
+/// `expect_server_user` before a byte goes out. Otherwise the end reads
+/// them when first asked.
+pub(crate) fn server_cred(socket: &Socket, wanted: bool) -> Result<Option<PeerCredentials>> {
+    if !wanted {
+        return Ok(None);
+    }
     socket
         .peer_cred()
+        .map(Some)
         .map_err(|e| Error::os(e, "cannot read the server's credentials"))
 }
 

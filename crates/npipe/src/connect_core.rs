@@ -146,11 +146,17 @@ pub(crate) fn check_reachable(name: &PipeName) -> Result<()> {
 pub(crate) fn check_server(
     name: &PipeName,
     opts: &ClientOptions,
-    cred: PeerCredentials,
+    cred: Option<PeerCredentials>,
     user_name: impl Fn(u32) -> Option<String>,
 ) -> Result<()> {
     let Some(expected) = opts.expect_server else {
         return Ok(());
+    };
+    let Some(cred) = cred else {
+        return Err(Error::new(
+            ErrorCode::Other,
+            "npipe bug: the server's credentials were not read for expect_server_user",
+        ));
     };
     if cred.user == expected {
         return Ok(());
@@ -249,7 +255,7 @@ pub(crate) fn client_setup(
     name: &PipeName,
     opts: &ClientOptions,
     desc: PipeDescription,
-    peer: PeerCredentials,
+    peer: Option<PeerCredentials>,
 ) -> Result<(Setup, ReadMode)> {
     let read_mode = match (opts.read_mode, desc.pipe_type) {
         (Some(ReadMode::Message), PipeType::Byte) => {
@@ -275,7 +281,7 @@ pub(crate) fn client_setup(
         out_buffer: desc.out_buffer,
         max_message: opts.max_message_size,
         peer_max_message: desc.max_message,
-        peer,
+        peer: peer.map_or_else(Default::default, Into::into),
     };
     Ok((setup, read_mode))
 }
@@ -285,7 +291,7 @@ pub(crate) fn client_setup(
 pub(crate) fn finish(
     name: &PipeName,
     opts: &ClientOptions,
-    cred: PeerCredentials,
+    cred: Option<PeerCredentials>,
     desc: PipeDescription,
 ) -> Result<(Setup, ReadMode, Option<usize>)> {
     let send_buffer = (desc.in_buffer > 0).then_some(desc.in_buffer as usize);

@@ -84,6 +84,14 @@ pub struct PeerCredentials {
 }
 
 impl PeerCredentials {
+    /// What is said where the kernel would not tell: pid 0 and the ids
+    /// `(uid_t)-1`, which name no user or group.
+    pub(crate) const UNKNOWN: PeerCredentials = PeerCredentials {
+        pid: 0,
+        user: LocalUser(u32::MAX),
+        group: LocalGroup(u32::MAX),
+    };
+
     /// The user's name, if the system's user database has one.
     pub fn user_name(&self) -> Option<String> {
         self.user.name()

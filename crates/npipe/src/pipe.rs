@@ -94,9 +94,16 @@ pub(crate) mod sealed {
         /// without one, Windows', overrides them).
         fn socket(&self) -> &Socket;
 
-        /// The peer's credentials from the kernel at connect time.
+        /// The peer's credentials from the kernel at connect time (read
+        /// from the socket the first time where the connect did not).
         fn peer(&self) -> PeerCredentials {
-            self.end().peer()
+            self.end().peer(|| {
+                // SO_PEERCRED answers on any connected Unix socket, the
+                // peer gone or not; were it ever to fail, no uid is claimed.
+                self.socket()
+                    .peer_cred()
+                    .unwrap_or(PeerCredentials::UNKNOWN)
+            })
         }
         /// The pipe as this end sees it.
         fn stream_info(&self) -> PipeInfo {

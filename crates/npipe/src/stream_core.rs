@@ -85,7 +85,11 @@ pub(crate) struct Setup {
     pub out_buffer: u32,
     pub max_message: u32,
     pub peer_max_message: u32,
-    pub peer: PeerCredentials,
+    /// The peer's kernel credentials: known at accept on a server end; on a
+    /// client end read when first needed (`SO_PEERCRED` keeps them from
+    /// the connect, so a late read is as exact), unless the connect had to
+    /// check them (`expect_server_user`).
+    pub peer: std::sync::OnceLock<PeerCredentials>,
     /// The listener's budget for partially received messages (server ends).
     pub budget: Option<std::sync::Arc<MemoryBudget>>,
 }
@@ -117,7 +121,7 @@ impl Setup {
             // A client may announce any limit, u32::MAX included; a message
             // that long would read as the disconnect mark.
             peer_max_message: peer_max_message.min(framing::MAX_MESSAGE_LIMIT),
-            peer,
+            peer: peer.into(),
             budget: Some(budget),
         }
     }
@@ -141,7 +145,8 @@ impl Setup {
                 pid: 0,
                 user: crate::LocalUser(0),
                 group: crate::LocalGroup(0),
-            },
+            }
+            .into(),
             budget: None,
         }
     }
@@ -232,9 +237,10 @@ impl EndCore {
         }
     }
 
-    /// The peer's credentials, from the kernel at connect time.
-    pub fn peer(&self) -> PeerCredentials {
-        self.setup.peer
+    /// The peer's credentials, from the kernel at connect time: `read`
+    /// (from the socket) the first time if they were not known yet.
+    pub fn peer(&self, read: impl FnOnce() -> PeerCredentials) -> PeerCredentials {
+        *self.setup.peer.get_or_init(read)
     }
 
     /// The pipe as this end sees it (`GetNamedPipeInfo`,
@@ -389,7 +395,8 @@ impl ReadCore {
             eof: false,
             stash: None,
             budget: setup.budget.clone(),
-            peer_uid: setup.peer.user.0,
+            // Only a server end has a budget, and its peer is known.
+            peer_uid: setup.peer.get().map_or(u32::MAX, |p| p.user.0),
             held: None,
         }
     }

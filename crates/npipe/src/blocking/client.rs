@@ -49,7 +49,7 @@ impl Pipe<PipeStream, ClientEnd> {
         let mut action = core.start();
         loop {
             action = match action {
-                Action::Connect => match connect_socket(name) {
+                Action::Connect => match connect_socket(name, core.needs_server_cred()) {
                     Ok((connected, cred)) => {
                         socket = Some(connected);
                         core.connected(cred, sys::user_name)
@@ -106,11 +106,12 @@ pub(crate) fn read_reply(socket: &Socket, limit: Duration) -> Result<Reply> {
     }
 }
 
-/// A socket connected to the pipe, and its server's kernel credentials.
-fn connect_socket(name: &PipeName) -> Result<(Socket, PeerCredentials)> {
+/// A socket connected to the pipe, and its server's kernel credentials if
+/// they are needed now.
+fn connect_socket(name: &PipeName, cred: bool) -> Result<(Socket, Option<PeerCredentials>)> {
     let socket = Namespace::client_connect(|ns| ns.connect(name))
         .map_err(|e| namespace::not_served(name, e))?;
-    let cred = client_socket::server_cred(&socket)?;
+    let cred = client_socket::server_cred(&socket, cred)?;
     Ok((socket, cred))
 }
 

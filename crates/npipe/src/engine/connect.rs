@@ -21,8 +21,9 @@ use crate::types::ReadMode;
 #[derive(Debug)]
 pub(crate) enum Action {
     /// Connect a new socket to the pipe's name, then report
-    /// [`ConnectCore::connected`] with the server's kernel credentials, or
-    /// [`ConnectCore::failed`].
+    /// [`ConnectCore::connected`] with the server's kernel credentials if
+    /// [`ConnectCore::needs_server_cred`] (else `None`: they are read
+    /// later, when asked), or [`ConnectCore::failed`].
     Connect,
     /// Send these bytes whole on the socket (HELLO, and a pipelined
     /// request), then report [`ConnectCore::sent`].
@@ -60,10 +61,10 @@ enum State {
     /// Waiting for the socket.
     Connecting,
     /// The opening is going out.
-    Sending { cred: PeerCredentials },
+    Sending { cred: Option<PeerCredentials> },
     /// Reading the REPLY.
     Receiving {
-        cred: PeerCredentials,
+        cred: Option<PeerCredentials>,
         sent: std::io::Result<()>,
         deadline: Option<Instant>,
     },
@@ -121,11 +122,19 @@ impl<'a> ConnectCore<'a> {
         Action::Connect
     }
 
-    /// The socket is connected to a server the kernel says is `cred`;
-    /// `user_name` names a uid for an error message.
+    /// Whether [`connected`](Self::connected) needs the server's kernel
+    /// credentials now (to refuse a server of the wrong user before a byte
+    /// goes out); otherwise the end reads them when first asked, one
+    /// system call less per connect.
+    pub fn needs_server_cred(&self) -> bool {
+        self.attempt.expect_server.is_some()
+    }
+
+    /// The socket is connected to a server the kernel says is `cred` (if
+    /// read); `user_name` names a uid for an error message.
     pub fn connected(
         &mut self,
-        cred: PeerCredentials,
+        cred: Option<PeerCredentials>,
         user_name: impl Fn(u32) -> Option<String>,
     ) -> Action {
         if let Err(e) = connect_core::check_server(&self.name, &self.attempt, cred, user_name) {

@@ -394,7 +394,8 @@ impl Sim {
                     .failed(Error::new(ErrorCode::FileNotFound, "no such pipe"), now),
                 Action::Connect => {
                     c.ticket = Some(self.connect());
-                    c.core.connected(Sim::peer().cred, |_| None)
+                    let cred = c.core.needs_server_cred().then(|| Sim::peer().cred);
+                    c.core.connected(cred, |_| None)
                 }
                 Action::Send(bytes) => {
                     let t = c.ticket.unwrap();

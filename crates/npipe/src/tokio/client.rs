@@ -70,7 +70,7 @@ impl Pipe<PipeStream, ClientEnd> {
         let mut action = core.start();
         loop {
             action = match action {
-                Action::Connect => match connect_registered(name).await {
+                Action::Connect => match connect_registered(name, core.needs_server_cred()).await {
                     Ok((registered, cred)) => {
                         fd = Some(registered);
                         core.connected(cred, sys::user_name)
@@ -114,8 +114,11 @@ impl Pipe<PipeStream, ClientEnd> {
 }
 
 /// A socket connected to the pipe and registered with the reactor, and its
-/// server's kernel credentials.
-async fn connect_registered(name: &PipeName) -> Result<(AsyncFd<Fd>, PeerCredentials)> {
+/// server's kernel credentials if they are needed now.
+async fn connect_registered(
+    name: &PipeName,
+    cred: bool,
+) -> Result<(AsyncFd<Fd>, Option<PeerCredentials>)> {
     let socket = loop {
         let tried = Namespace::client_connect(|ns| ns.try_connect(name));
         match tried.map_err(|e| namespace::not_served(name, e))? {
@@ -125,7 +128,7 @@ async fn connect_registered(name: &PipeName) -> Result<(AsyncFd<Fd>, PeerCredent
         }
     };
     let fd = register(socket)?;
-    let cred = client_socket::server_cred(fd.get_ref().socket())?;
+    let cred = client_socket::server_cred(fd.get_ref().socket(), cred)?;
     Ok((fd, cred))
 }
 
