@@ -29,6 +29,8 @@ pub(crate) struct Ready {
     /// What the client sent behind its HELLO.
     pub leftover: Vec<u8>,
     pub cred: PeerCredentials,
+    /// The connecting process, as far as it was captured at accept.
+    pub process: ClientProcess,
     pub hello: Hello,
     pub granted: Access,
     /// Instances in use when it connected, the one it took included.
@@ -113,8 +115,7 @@ impl ListenerState {
             ready.cred,
             Arc::clone(&self.budget),
         );
-        let process = ClientProcess::at_accept(&ready.socket, ready.cred.pid);
-        let instance = ServerInstance::new(pool, ready.hello.impersonation, process);
+        let instance = ServerInstance::new(pool, ready.hello.impersonation, ready.process);
         let end = EndCore::new(setup, self.opts.effective_read_mode(), ready.leftover);
         (ready.socket, end, instance)
     }

@@ -8,9 +8,10 @@
 //! whoever controls the directory or a parent controls every name in it. The
 //! directory is opened once, walking down from `/` by descriptor, and every
 //! later operation goes through that descriptor (`*at` calls, and
-//! `/proc/self/fd/N/NAME` for `bind`), so what was checked is what is used;
-//! `connect` takes the checked path, which after those checks only root or
-//! the user itself can change. Sockets are created atomically (bound under a temporary
+//! `/proc/self/fd/N/NAME` for `bind` and `connect`), so what was checked is
+//! what is used; only where no other user can change what the path names
+//! (no ancestor writable by others, as for `/run/npipe`) does `connect`
+//! take the path. Sockets are created atomically (bound under a temporary
 //! name, then hard-linked to the final one, which fails if the name exists),
 //! so two servers racing for a name cannot both win; a leftover socket whose
 //! server died (connect refused) is replaced by an atomic exchange that is
@@ -194,35 +195,43 @@ impl Namespace {
     }
 
     fn open_checked(path: PathBuf) -> Result<Namespace> {
-        let (dir, ancestors) = Dir::open_walking(&path).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOENT) => ns_error(
-                ErrorCode::FileNotFound,
-                format!(
-                    "no pipes exist: the pipe directory {} does not exist",
-                    path.display()
+        let (mut dir, ancestors) =
+            Dir::open_walking(&path).map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOENT) => ns_error(
+                    ErrorCode::FileNotFound,
+                    format!(
+                        "no pipes exist: the pipe directory {} does not exist",
+                        path.display()
+                    ),
+                    Some(e),
                 ),
-                Some(e),
-            ),
-            Some(libc::ELOOP) | Some(libc::ENOTDIR) => ns_error(
-                ErrorCode::AccessDenied,
-                format!(
-                    "refusing the pipe directory {}: it is a symbolic link or not a directory \
+                Some(libc::ELOOP) | Some(libc::ENOTDIR) => ns_error(
+                    ErrorCode::AccessDenied,
+                    format!(
+                        "refusing the pipe directory {}: it is a symbolic link or not a directory \
                      (remove it, or set NPIPE_DIR)",
-                    path.display()
+                        path.display()
+                    ),
+                    Some(e),
                 ),
-                Some(e),
-            ),
-            _ => Error::os(
-                e,
-                &format!("cannot open the pipe directory {}", path.display()),
-            ),
-        })?;
+                _ => Error::os(
+                    e,
+                    &format!("cannot open the pipe directory {}", path.display()),
+                ),
+            })?;
         let info = dir
             .info()
             .map_err(|e| Error::os(e, &format!("cannot stat {}", path.display())))?;
         let me = sys::effective_uid();
         for (parent, pinfo) in &ancestors {
             check_parent(&path, parent, pinfo, me)?;
+        }
+        // Checked above: every ancestor is root's or ours. If none is also
+        // writable by others, no one else can make the path name another
+        // directory, and clients may connect by it (cheaper than through
+        // the descriptor).
+        if ancestors.iter().all(|(_, p)| p.mode & 0o022 == 0) {
+            dir.trust_path();
         }
         if info.uid != 0 && info.uid != me {
             return Err(ns_error(
@@ -735,5 +744,43 @@ mod tests {
         assert_eq!(tries.len(), 2, "tried once more in a fresh namespace");
         assert_eq!(tries[0], first);
         assert_ne!(tries[1], first, "opened and checked again");
+    }
+
+    /// A pipe directory under a parent others may write to (sticky `/tmp`)
+    /// is reached through its descriptor, never by path: once it is gone,
+    /// anyone may make a new one there. Under parents only root and we can
+    /// write, the path is trusted.
+    #[test]
+    fn only_a_path_no_one_else_can_change_is_trusted() {
+        let under_tmp =
+            std::env::temp_dir().join(format!("npipe-unit-trust-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&under_tmp);
+        std::fs::create_dir(&under_tmp).unwrap();
+        let ns = Namespace::open_checked(under_tmp.clone()).unwrap();
+        let tmp_mode = std::fs::metadata(std::env::temp_dir()).unwrap();
+        let tmp_open =
+            std::os::unix::fs::PermissionsExt::mode(&tmp_mode.permissions()) & 0o022 != 0;
+        assert_eq!(
+            ns.dir.path_trusted(),
+            !tmp_open,
+            "under {:?}",
+            std::env::temp_dir()
+        );
+        let _ = std::fs::remove_dir_all(&under_tmp);
+
+        let private = std::env::current_dir()
+            .unwrap()
+            .join("target")
+            .join(format!("npipe-unit-trust-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&private);
+        std::fs::create_dir_all(&private).unwrap();
+        let writable_by_others = private.ancestors().skip(1).any(|a| {
+            std::fs::metadata(a).is_ok_and(|m| {
+                std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o022 != 0
+            })
+        });
+        let ns = Namespace::open_checked(private.clone()).unwrap();
+        assert_eq!(ns.dir.path_trusted(), !writable_by_others);
+        let _ = std::fs::remove_dir_all(&private);
     }
 }

@@ -10,7 +10,7 @@ impl PeerCredentials {
     /// [`PipeServer::client_session_id`](crate::PipeServer::client_session_id)
     /// for what it means), if it still runs. Looked up now, by pid: a pid
     /// is a hint, never proof; the server ends' `*_session_id` methods use
-    /// what was captured at connect instead.
+    /// the process the kernel recorded at connect instead.
     pub fn session_id(&self) -> Option<u32> {
         session_of(self.pid, sys::pidfd_of(self.pid).ok().as_ref())
     }
@@ -84,9 +84,22 @@ impl ClientProcess {
         ClientProcess { pid, captured }
     }
 
-    /// The process, captured now if it was not yet.
-    pub fn get(&self, capture: impl FnOnce(u32) -> PeerProcess) -> &PeerProcess {
-        self.captured.get_or_init(|| capture(self.pid))
+    /// `f` of the process, captured now (by `capture`, given its kernel
+    /// pid) if it was not yet. A capture the kernel could not make just now
+    /// is answered from but not kept.
+    pub fn with<T>(
+        &self,
+        capture: impl FnOnce(u32) -> PeerProcess,
+        f: impl FnOnce(&PeerProcess) -> T,
+    ) -> T {
+        if let Some(kept) = self.captured.get() {
+            return f(kept);
+        }
+        let fresh = capture(self.pid);
+        if matches!(fresh.tracking, Tracking::NotNow) {
+            return f(&fresh);
+        }
+        f(self.captured.get_or_init(|| fresh))
     }
 }
 
@@ -134,11 +147,14 @@ enum Tracking {
     /// Its pidfd, held open (older kernels: one more descriptor per
     /// connection).
     Pidfd(std::os::fd::OwnedFd),
-    /// The process had exited by the time it was accepted.
+    /// The process had exited by the time it was captured.
     Gone,
     /// No pidfds (before Linux 5.3).
     #[default]
     Unknown,
+    /// The kernel would not say just now (out of descriptors or memory):
+    /// not kept, so that a later question asks again.
+    NotNow,
 }
 
 impl PeerProcess {
@@ -155,12 +171,19 @@ impl PeerProcess {
         let pidfd = match socket.peer_pidfd() {
             Ok(Some(fd)) => Ok(fd),
             Ok(None) => sys::pidfd_of(pid),
-            Err(_) => {
+            Err(e) => {
+                // ESRCH: the connector has gone. Anything else (EMFILE,
+                // ENOMEM) says nothing about it.
+                let tracking = if e.raw_os_error() == Some(libc::ESRCH) {
+                    Tracking::Gone
+                } else {
+                    Tracking::NotNow
+                };
                 return PeerProcess {
                     pid,
-                    tracking: Tracking::Gone,
+                    tracking,
                     session: None,
-                }
+                };
             }
         };
         let Ok(pidfd) = pidfd else {
@@ -227,7 +250,7 @@ impl PeerProcess {
                 Some(same && !sys::pidfd_exited(&now).unwrap_or(true))
             }
             Tracking::Gone => Some(false),
-            Tracking::Unknown => None,
+            Tracking::Unknown | Tracking::NotNow => None,
         }
     }
 }

@@ -191,8 +191,7 @@ impl<S: PipeIo> Pipe<S, ServerEnd> {
     pub fn client_process_still_running(&self) -> Option<bool> {
         self.role
             .instance
-            .process(|pid| self.io.capture_peer(pid))
-            .still_running()
+            .process(|pid| self.io.capture_peer(pid), PeerProcess::still_running)
     }
 
     /// The client's effective user (on Unix its uid:
@@ -238,8 +237,7 @@ impl<S: PipeIo> Pipe<S, ServerEnd> {
         }
         self.role
             .instance
-            .process(|pid| self.io.capture_peer(pid))
-            .session()
+            .process(|pid| self.io.capture_peer(pid), PeerProcess::session)
     }
 
     /// `GetNamedPipeServerProcessId` on the server end: this process.
@@ -266,11 +264,7 @@ impl<S: PipeIo> Pipe<S, ServerEnd> {
             credentials,
             groups: self.client_groups().unwrap_or_default(),
             user_name: credentials.user_name(),
-            session_id: self
-                .role
-                .instance
-                .process(|pid| self.io.capture_peer(pid))
-                .session(),
+            session_id: self.client_session_id(),
         }
     }
 

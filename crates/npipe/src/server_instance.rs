@@ -93,8 +93,12 @@ impl ServerInstance {
 
     /// The connecting process, captured now (by `capture`, given its
     /// kernel pid) if it was not yet.
-    pub fn process(&self, capture: impl FnOnce(u32) -> PeerProcess) -> &PeerProcess {
-        self.process.get(capture)
+    pub fn process<T>(
+        &self,
+        capture: impl FnOnce(u32) -> PeerProcess,
+        f: impl FnOnce(&PeerProcess) -> T,
+    ) -> T {
+        self.process.with(capture, f)
     }
 }
 

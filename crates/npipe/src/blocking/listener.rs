@@ -29,6 +29,7 @@ use crate::info::PipeInfo;
 use crate::listener_state::{ListenerState, Publication, Ready};
 use crate::name::PipeName;
 use crate::options::ServerOptions;
+use crate::peer_process::ClientProcess;
 use crate::pipe::{Pipe, ServerEnd};
 use crate::policy::Peer;
 use crate::proto::admission::Ticket;
@@ -295,6 +296,7 @@ impl Pipe<PipeStream, ServerEnd> {
 struct Pending {
     socket: Socket,
     peer: Peer,
+    process: ClientProcess,
     buf: Vec<u8>,
     /// Waiting for an instance (watched for hang-up), not in its handshake.
     waiting: bool,
@@ -497,9 +499,13 @@ impl Acceptor {
             Ok(ticket) => ticket,
             Err((code, reason)) => return refuse(&socket, code, &reason),
         };
+        // Where the kernel cannot name the connecting process later (no
+        // SO_PEERPIDFD), its pid is pinned now, before the HELLO.
+        let process = ClientProcess::at_accept(&socket, peer.cred.pid);
         let p = Pending {
             socket,
             peer,
+            process,
             buf: Vec::new(),
             waiting: false,
         };
@@ -610,6 +616,7 @@ impl Acceptor {
         let Pending {
             socket,
             peer,
+            process,
             buf: mut leftover,
             ..
         } = p;
@@ -628,6 +635,7 @@ impl Acceptor {
             socket,
             leftover,
             cred: peer.cred,
+            process,
             hello,
             granted,
             cur_instances,

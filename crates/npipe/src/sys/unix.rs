@@ -492,6 +492,9 @@ fn proc_fd_usable() -> bool {
 pub struct Dir {
     fd: OwnedFd,
     path: PathBuf,
+    /// Whether only root and this user can change what `path` names (see
+    /// [`Dir::trust_path`]).
+    path_trusted: bool,
 }
 
 impl Dir {
@@ -508,6 +511,7 @@ impl Dir {
         Ok(Dir {
             fd,
             path: path.to_path_buf(),
+            path_trusted: false,
         })
     }
 
@@ -542,6 +546,7 @@ impl Dir {
             Dir {
                 fd,
                 path: parent.join(last),
+                path_trusted: false,
             },
             ancestors,
         ))
@@ -649,17 +654,28 @@ impl Dir {
         Ok(out)
     }
 
+    /// Lets `connect` use the directory's path: the caller checked that
+    /// this directory and every ancestor belong to root or this user and
+    /// that no ancestor is writable by anyone else, so no other user can
+    /// make the path name another directory (sticky is not enough: in a
+    /// sticky `/tmp` anyone may make a new `.npipe` once the old one is
+    /// gone).
+    pub fn trust_path(&mut self) {
+        self.path_trusted = true;
+    }
+
+    /// Whether [`Dir::trust_path`] was called.
+    pub fn path_trusted(&self) -> bool {
+        self.path_trusted
+    }
+
     /// The address `connect` uses for `file` in this directory: its
-    /// checked absolute path where it fits. The namespace checked the
-    /// directory and every ancestor when it opened them (each owned by root
-    /// or by us, and writable by no one else unless sticky), so only root or
-    /// we could have swapped a component of the path since, and no other
-    /// user can (the threat model). Clients connect often: walking
-    /// `/proc/self/fd/N` instead cost about 1.5 µs per connect (`call_rate`
-    /// 0.58 -> 0.61 without it). A relative or too long path goes through
-    /// the descriptor as `bind` does.
+    /// absolute path where the path is trusted ([`Dir::trust_path`]) and
+    /// fits, as `/run/npipe` is; else through the descriptor, as `bind`
+    /// does. Clients connect often: walking `/proc/self/fd/N` cost about
+    /// 1.5 µs per connect (`call_rate` 0.58 -> 0.61 without it).
     fn connect_addr(&self, file: &str) -> io::Result<SocketAddrUnix> {
-        if self.path.is_absolute() {
+        if self.path_trusted && self.path.is_absolute() {
             let full = self.path.join(file);
             if full.as_os_str().len() <= SUN_PATH_MAX {
                 return Ok(SocketAddrUnix::new(full.as_path())?);
@@ -1123,13 +1139,13 @@ pub fn exec_as_user(cmd: &mut std::process::Command, ids: &ThreadIds) {
 mod tests {
     use super::*;
 
-    /// `bind` has no `*at` form: it must still make the socket in the
-    /// directory that was opened and checked, not in whatever its path
-    /// names by the time it runs (a swapped directory). `connect` takes the
-    /// checked path, which only root or the directory's owner (us) can swap:
-    /// after such a swap it follows the path, as this pins.
+    /// `bind` and `connect` have no `*at` form: they must still reach the
+    /// directory that was opened and checked, not whatever its path names
+    /// by the time they run (a swapped directory with a decoy socket);
+    /// only a path the caller trusted (no one else can change it) is
+    /// followed by `connect`.
     #[test]
-    fn bind_goes_through_the_open_directory_and_connect_by_its_path() {
+    fn bind_and_connect_go_through_the_open_directory_unless_its_path_is_trusted() {
         let base = std::env::temp_dir().join(format!("npipe-unit-swap-{}", process_id()));
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(base.join("ns")).unwrap();
@@ -1147,9 +1163,15 @@ mod tests {
         client.connect_in(&dir, "p").unwrap();
         let reached_ours = ours.accept_nonblocking().is_ok();
         let reached_decoy = decoy.accept().is_ok();
+        let mut trusted = dir;
+        trusted.trust_path();
+        let by_path = Socket::stream().unwrap();
+        by_path.connect_in(&trusted, "p").unwrap();
+        let trusted_reached_decoy = decoy.accept().is_ok();
         let _ = std::fs::remove_dir_all(&base);
         assert!(bound_in_opened, "bind followed the path");
-        assert!(reached_decoy && !reached_ours, "connect takes the path");
+        assert!(reached_ours && !reached_decoy, "connect followed the path");
+        assert!(trusted_reached_decoy, "a trusted path is followed");
     }
 
     /// The walk reports every ancestor, and refuses a symbolic link at the

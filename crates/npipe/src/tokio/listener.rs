@@ -2,11 +2,12 @@
 //! handshake, policy and admission as the blocking acceptor thread, and the
 //! server end of each connection.
 //!
-//! The acceptor task owns the listening socket and the [`Admission`] state.
-//! Each new connection gets a small handshake task that reads its HELLO
-//! (with the handshake timeout: a silent or slow client is dropped without
-//! a word and holds up no one) and hands it back. The acceptor judges it
-//! ([`policy::judge`]), asks [`Admission`] for an instance, and answers OK
+//! The acceptor task owns the listening socket and drives the engine's
+//! `AcceptorCore`. A new connection's HELLO is read at once if it is
+//! already there (it usually is); otherwise the connection gets a small
+//! handshake task that waits for it (with the handshake timeout: a silent
+//! or slow client is dropped without a word and holds up no one) and hands
+//! it back. The core judges it, finds it an instance, and answers OK
 //! (the connection goes to the queue [`PipeListener::accept`] takes from),
 //! *busy*, or queues the client, strictly first come, first served. A queued
 //! client is watched for hang-up; when an instance frees it goes to the head
@@ -41,6 +42,7 @@ use crate::info::PipeInfo;
 use crate::listener_state::{ListenerState, Publication, Ready};
 use crate::name::PipeName;
 use crate::options::ServerOptions;
+use crate::peer_process::ClientProcess;
 use crate::pipe::{Pipe, ServerEnd};
 use crate::policy::Peer;
 use crate::proto::admission::Ticket;
@@ -55,6 +57,7 @@ struct Arrived {
     socket: Socket,
     /// Who the kernel says the client is.
     peer: Peer,
+    process: ClientProcess,
     hello: Hello,
     leftover: Vec<u8>,
 }
@@ -510,6 +513,9 @@ impl Acceptor {
             Ok(ticket) => ticket,
             Err((code, reason)) => return refuse(&socket, code, &reason),
         };
+        // Where the kernel cannot name the connecting process later (no
+        // SO_PEERPIDFD), its pid is pinned now, before the HELLO.
+        let process = ClientProcess::at_accept(&socket, peer.cred.pid);
         // The client usually sent its HELLO right behind its connect: read
         // it now, as the blocking acceptor does, and only a client whose
         // HELLO is not all there yet gets a task (and a registration with
@@ -529,6 +535,7 @@ impl Acceptor {
                 let arrived = Arrived {
                     socket,
                     peer,
+                    process,
                     hello,
                     leftover,
                 };
@@ -538,7 +545,7 @@ impl Acceptor {
                 let deadline = Instant::now() + shared.state.opts.handshake_timeout;
                 let task = self
                     .handshakes
-                    .spawn(handshake(socket, peer, buf, deadline));
+                    .spawn(handshake(socket, peer, process, buf, deadline));
                 self.handshake_tickets.insert(task.id(), ticket);
             }
             Err(e) => {
@@ -636,6 +643,7 @@ impl Acceptor {
             socket: arrived.socket,
             leftover: arrived.leftover,
             cred: arrived.peer.cred,
+            process: arrived.process,
             hello: arrived.hello,
             granted,
             cur_instances,
@@ -663,6 +671,7 @@ impl Drop for Acceptor {
 async fn handshake(
     socket: Socket,
     peer: Peer,
+    process: ClientProcess,
     mut buf: Vec<u8>,
     deadline: Instant,
 ) -> Option<Arrived> {
@@ -674,6 +683,7 @@ async fn handshake(
             Some(Arrived {
                 socket: fd.into_inner().into_socket(),
                 peer,
+                process,
                 hello,
                 leftover,
             })
