@@ -1,6 +1,7 @@
 //! The client's side of the handshake without I/O: the HELLO it sends, how
-//! long it waits for the answer, and what it makes of the REPLY. The tokio
-//! client and the blocking client (`blocking/client.rs`) both drive these.
+//! long it waits for the answer, and what it makes of the REPLY. The
+//! engine's `ConnectCore` applies these rules in order; both clients drive
+//! it.
 
 use std::time::{Duration, Instant};
 

@@ -71,7 +71,7 @@
 //! | `CreateFile` with `FILE_FLAG_OVERLAPPED` (+ `WaitNamedPipe`) | `ClientOptions::open_async(name).await` |
 //! | overlapped `ReadFile` / `WriteFile` | `tokio::io::AsyncRead` / `AsyncWrite` on `tokio::PipeServer` / `tokio::PipeClient`; `read_message`, `recv_message`, `write_message` `.await` |
 //! | `GetOverlappedResult` with `ERROR_MORE_DATA` | `read_message(..).await` → [`MessageRead::MoreData`] |
-//! | overlapped `TransactNamedPipe`, `CallNamedPipe` | `tokio::PipeStream::transact(..).await`, `npipe::tokio::call(..).await` |
+//! | overlapped `TransactNamedPipe`, `CallNamedPipe` | `tokio::PipeClient::transact(..).await`, `npipe::tokio::call(..).await` |
 //! | `CancelIo`, `CancelIoEx` | dropping the future (each method documents its cancel safety) |
 //! | `nInBufferSize` / `nOutBufferSize` | [`ServerOptions::in_buffer_size`] / [`ServerOptions::out_buffer_size`]: hints, as on Windows (the out size sets the server socket's send buffer; the client uses the in size for its own) |
 //! | `dwDesiredAccess` (`GENERIC_READ`, `GENERIC_WRITE`) | [`ClientOptions::access`] with [`Access`]; the server end enforces the grant |

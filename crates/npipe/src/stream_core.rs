@@ -700,6 +700,24 @@ impl ReadCore {
 
     /// Whether anything is waiting to be read; `kernel` tells the bytes in
     /// the socket, asked only when nothing is buffered here.
+    /// Whether a read could make progress from what is buffered here alone,
+    /// with no more input: a whole message header at a boundary, payload
+    /// inside a message, any byte on a byte pipe, or an end or error to
+    /// report. (Not whether the memory budget has room for it.) The tokio
+    /// ends' `readable()` asks it.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub fn can_progress_from_buffer(&self) -> bool {
+        if self.eof || self.broken.is_some() {
+            return true;
+        }
+        let buffered = self.buffered().len();
+        match &self.decoder {
+            None => buffered > 0,
+            Some(d) if d.in_message() => buffered > 0,
+            Some(_) => buffered >= HEADER_LEN,
+        }
+    }
+
     pub fn has_unread(&self, kernel: impl FnOnce() -> usize) -> bool {
         self.in_message() || !self.buffered().is_empty() || kernel() > 0
     }
@@ -1248,6 +1266,36 @@ mod tests {
             Step::Done(v) => Ok(v),
             Step::Need(n) => panic!("needs {n:?} with everything buffered"),
         }
+    }
+
+    /// What a read can use without more input: a whole header at a
+    /// boundary, any payload inside a message, any byte on a byte pipe, or
+    /// an end to report; never a header cut short (a readiness wait on that
+    /// would spin).
+    #[test]
+    fn a_read_progresses_from_the_buffer_only_with_something_usable() {
+        let live = |pipe_type, wire: &[u8]| {
+            let setup = Setup::for_test(End::Client, pipe_type);
+            setup.cores(ReadMode::Message, wire.to_vec()).0
+        };
+        let whole = frames(&[b"abc"]);
+        assert!(live(PipeType::Message, &whole).can_progress_from_buffer());
+        assert!(!live(PipeType::Message, &whole[..2]).can_progress_from_buffer());
+        assert!(!live(PipeType::Message, b"").can_progress_from_buffer());
+        assert!(live(PipeType::Byte, b"x").can_progress_from_buffer());
+        // Inside a message, after the buffered part was read: nothing left.
+        let mut c = live(PipeType::Message, &whole[..5]);
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            run(&mut c, &mut ReadMessage::new(&mut buf)).unwrap(),
+            MessageRead::MoreData(1)
+        );
+        assert!(
+            !c.can_progress_from_buffer(),
+            "in a message, nothing buffered"
+        );
+        // The peer closed: a read has an end to report.
+        assert!(core(PipeType::Message, ReadMode::Message, b"").can_progress_from_buffer());
     }
 
     /// A large message waits for room in the listener's budget before any

@@ -276,10 +276,11 @@ impl PipeStream {
     }
 
     /// A stream over a socket already registered with the reactor.
-    /// Waits until a read would find something: data buffered here (a read
-    /// ahead of the application) or readiness on the socket.
+    /// Waits until a read would find something: data buffered here that a
+    /// read can use (a read ahead of the application) or readiness on the
+    /// socket.
     pub(crate) async fn readable(&self) -> Result<()> {
-        if self.end.reader.has_unread(|| 0) {
+        if self.end.reader.can_progress_from_buffer() {
             return Ok(());
         }
         // The guard dropped keeps the readiness for the read that follows.
@@ -290,8 +291,10 @@ impl PipeStream {
             .map_err(|e| Error::os(e, "waiting for the pipe to be readable failed"))
     }
 
-    /// Waits until the socket has room for a write.
-    pub(crate) async fn writable(&self) -> Result<()> {
+    /// Sends what is left of a message a `try_write` (or a cancelled
+    /// write) started, then waits until the socket has room for more.
+    pub(crate) async fn writable(&mut self) -> Result<()> {
+        poll_fn(|cx| self.poll_drain_tail(cx)).await?;
         self.io
             .writable()
             .await
@@ -687,9 +690,11 @@ impl<R: PipeRole> Pipe<PipeStream, R> {
         self.io.readable().await
     }
 
-    /// Waits until the socket has room for a write. For use with
-    /// [`try_write`](Self::try_write). Cancel-safe.
-    pub async fn writable(&self) -> Result<()> {
+    /// Sends whatever a [`try_write`](Self::try_write) left of its message
+    /// (a message is never left cut), then waits until the socket has room
+    /// for the next write. Await it after a `try_write` before waiting for
+    /// the peer's answer. Cancel-safe.
+    pub async fn writable(&mut self) -> Result<()> {
         self.io.writable().await
     }
 
@@ -744,9 +749,11 @@ impl<R: PipeRole> Pipe<PipeStream, R> {
     }
 
     /// `AsyncWrite` without waiting, as tokio's `try_write`: on a message
-    /// pipe one whole message or `WouldBlock` (never part of one: what the
-    /// socket could not take yet goes out with the next call), on a byte
-    /// pipe the bytes the socket took.
+    /// pipe one whole message or `WouldBlock`, on a byte pipe the bytes the
+    /// socket took. A message the socket could not take whole is kept and
+    /// sent, never cut, by the next [`writable`](Self::writable), write,
+    /// flush or read: await `writable()` (or `flush`) before waiting for an
+    /// answer, or the peer may never see all of it.
     pub fn try_write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match poll_once(std::future::poll_fn(|cx| {
             Pin::new(&mut self.io).poll_write(cx, buf)
