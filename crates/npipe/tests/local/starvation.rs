@@ -53,7 +53,11 @@ fn a_waiting_user_cannot_exhaust_the_servers_descriptors(front: Front) {
     let _srv = server_on(front, &name, &[SERVER_NOFILE, "instances=1", "mode=hold"]);
     let _holder = npipe::ClientOptions::new().open(name.as_str()).unwrap();
     let mut hog = crate::common::spawn_as(NOBODY, "hog_waiting", &[&name, HOGGED]);
-    assert_eq!(hog.expect("held"), HOGGED);
+    // A connection the server refused at accept (over the cap) before the
+    // hog sent its HELLO fails that send and is not counted: how many are
+    // held depends on timing, but far more than the cap must be.
+    let held: usize = hog.expect("held").parse().unwrap();
+    assert!(held > 100, "uid 65534 held only {held} waiting connections");
     let queued = crate::common::eventually("the waiters to be counted", || {
         let q = npipe::query_pipe(name.as_str()).ok()?;
         (q.waiting_clients >= 16).then_some(q.waiting_clients)
