@@ -37,6 +37,7 @@ Quick start:
     npipe client echo       one message per line of input, prints each reply
     npipe list              the pipes on this machine, like Sysinternals PipeList
     npipe info echo         one pipe's type, direction, instances and owner
+    npipe wait echo         WaitNamedPipe: until the pipe has a free instance
     sudo npipe setup        a root-owned pipe directory no user can take over
 
 Errors print as `npipe: <message> [ERROR_NAME (win32 code)]`, with the Windows
@@ -65,6 +66,7 @@ enum Command {
     Call(cmd::call::Args),
     List(cmd::list::Args),
     Info(cmd::info::Args),
+    Wait(cmd::wait::Args),
     Bench(npipe_bench::Args),
     Setup(cmd::setup::Args),
     /// The demo's server process (started by `npipe demo`).
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
         Command::Call(args) => cmd::call::run(args),
         Command::List(args) => cmd::list::run(args),
         Command::Info(args) => cmd::info::run(args),
+        Command::Wait(args) => cmd::wait::run(args),
         Command::Bench(args) => npipe_bench::run(args).map_err(Into::into),
         Command::Setup(args) => cmd::setup::run(args),
         Command::DemoServer(args) => cmd::demo::run_server(args),

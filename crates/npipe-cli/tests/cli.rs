@@ -452,6 +452,105 @@ fn busy_and_timeout_have_their_own_exit_codes() {
     assert_eq!(run.stdout, "free\n");
 }
 
+/// Runs `npipe ARGS...` with `input` on stdin and returns its exit status
+/// and stdout as bytes (binary replies).
+fn run_bytes(args: &[&str], input: &[u8]) -> (ExitStatus, Vec<u8>) {
+    let mut child = npipe()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start npipe");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_vec();
+    let writer = thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().expect("npipe output");
+    let _ = writer.join();
+    (out.status, out.stdout)
+}
+
+/// `call -` and `call @FILE` send their bytes unchanged (NUL bytes, `\r`,
+/// bytes that are not UTF-8), and `--literal` sends `-` as written.
+#[test]
+fn call_sends_stdin_and_files_byte_for_byte() {
+    let name = unique("callbytes");
+    let _server = Server::start(&name, &[]);
+    let request: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let (status, reply) = run_bytes(&["call", &name, "-", "--raw"], &request);
+    assert!(status.success(), "{status}");
+    assert_eq!(reply, request, "stdin went through unchanged");
+
+    let file = std::env::temp_dir().join(format!("{name}.bin"));
+    std::fs::write(&file, &request[..4096]).unwrap();
+    let at = format!("@{}", file.display());
+    let (status, reply) = run_bytes(&["call", &name, &at, "--raw"], b"");
+    let _ = std::fs::remove_file(&file);
+    assert!(status.success(), "{status}");
+    assert_eq!(reply, &request[..4096], "the file went through unchanged");
+
+    let (status, reply) = run_bytes(&["call", &name, "-", "--literal", "--raw"], b"ignored");
+    assert!(status.success(), "{status}");
+    assert_eq!(reply, b"-");
+
+    let missing = run(&["call", &name, "@/no/such/file"], b"");
+    missing.assert_code(EXIT_USAGE);
+    assert!(
+        missing.stderr.contains("/no/such/file"),
+        "{}",
+        missing.stderr
+    );
+}
+
+/// `npipe wait` (WaitNamedPipe) returns once the pipe has a free instance,
+/// waits for a server still starting, and times out with its own exit code;
+/// `call --wait-for-server` waits for the server the same way.
+#[test]
+fn wait_and_wait_for_server_let_scripts_start_servers() {
+    let name = unique("waitfor");
+    let missing = run(&["wait", &name, "--timeout", "100"], b"");
+    missing.assert_code(EXIT_TIMEOUT);
+    assert!(
+        missing.stderr.contains("did not appear"),
+        "{}",
+        missing.stderr
+    );
+
+    let starter = {
+        let name = name.clone();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(300));
+            Server::start(&name, &["--instances", "1"])
+        })
+    };
+    let waited = run(
+        &[
+            "call",
+            &name,
+            "early",
+            "--wait-for-server",
+            "--timeout",
+            "forever",
+        ],
+        b"",
+    );
+    let server = starter.join().expect("server started");
+    waited.assert_success();
+    assert_eq!(waited.stdout, "early\n");
+    run(&["wait", &name, "--timeout", "forever"], b"").assert_success();
+
+    // The only instance held: no free one within the timeout.
+    let holder = npipe::ClientOptions::new().open(name.as_str()).unwrap();
+    let busy = run(&["wait", &name, "--timeout", "100"], b"");
+    busy.assert_code(EXIT_TIMEOUT);
+    assert!(busy.stderr.contains("stayed busy"), "{}", busy.stderr);
+    drop(holder);
+    run(&["wait", &name, "--timeout", "5000"], b"").assert_success();
+    drop(server);
+}
+
 #[test]
 fn a_second_server_of_the_same_name_is_refused() {
     let name = unique("twice");

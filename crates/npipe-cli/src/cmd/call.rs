@@ -1,12 +1,11 @@
 //! `npipe call`: one request, one reply (`CallNamedPipe`).
 
 use std::io::{self, Read, Write};
-use std::time::Duration;
 
-use npipe::{ClientOptions, ErrorCode, PipeType, Wait};
+use npipe::{ClientOptions, ErrorCode, PipeType};
 
 use super::{lossy, CmdResult};
-use crate::exit::Failure;
+use crate::exit::{Failure, Status};
 
 const LONG_ABOUT: &str = r"Send one request and print the reply (CallNamedPipe).
 
@@ -18,13 +17,20 @@ On a byte pipe (where CallNamedPipe does not apply) it connects, writes DATA,
 closes its sending side and prints everything the server sends back until the
 server closes the pipe.
 
+DATA is sent exactly as given. `-` sends standard input and `@FILE` the
+file's contents instead, byte for byte (NUL bytes included, no argument length
+limit, up to 256 MiB); --literal sends `-` or `@...` as written.
+
 The reply is printed as text (invalid UTF-8 shown as U+FFFD) followed by a
 newline; --raw writes the reply's bytes exactly, nothing added.";
 
 const AFTER_HELP: &str = r"Examples:
   npipe call echo hello                   prints hello
   npipe call '\\.\pipe\echo' hello --timeout 5000
-  npipe call bytes-service ping --raw | xxd";
+  npipe call bytes-service ping --raw | xxd
+  head -c 4096 /dev/urandom | npipe call echo - --raw | cmp - ...
+  npipe call echo @request.bin --raw > reply.bin
+  npipe call echo hi --wait-for-server --timeout forever   (server not up yet)";
 
 /// Arguments of `npipe call`.
 #[derive(Debug, clap::Args)]
@@ -37,14 +43,30 @@ pub struct Args {
     /// The pipe's name: \\.\pipe\NAME, //./pipe/NAME or NAME.
     pub name: String,
 
-    /// The request to send (one message on a message pipe).
+    /// The request to send (one message on a message pipe); `-` reads it
+    /// from standard input and `@FILE` from FILE.
     pub data: String,
 
-    /// How long to wait for a free instance, in milliseconds (nTimeOut)
+    /// Send DATA as written, even when it is `-` or starts with `@`
+    #[arg(long)]
+    pub literal: bool,
+
+    /// How long to wait for a free instance: milliseconds, or `forever`
+    /// (nTimeOut)
     ///
     /// 0 does not wait: a busy pipe fails at once with ERROR_PIPE_BUSY.
-    #[arg(verbatim_doc_comment, long, value_name = "MS", default_value_t = 1000)]
-    pub timeout: u64,
+    #[arg(
+        verbatim_doc_comment,
+        long,
+        value_name = "MS|forever",
+        default_value = "1000"
+    )]
+    pub timeout: super::TimeoutArg,
+
+    /// Also wait (within --timeout) for a pipe that does not exist yet, as
+    /// for a server still starting
+    #[arg(long)]
+    pub wait_for_server: bool,
 
     /// Write the reply's bytes exactly, without a newline or text conversion
     #[arg(long)]
@@ -54,28 +76,62 @@ pub struct Args {
     pub security: super::ClientSecurity,
 }
 
+/// The most a request read from a file or standard input may hold: `call`
+/// keeps it in memory.
+const REQUEST_MAX: u64 = 256 << 20;
+
 /// The client options `call` uses: the wait and the security settings.
-fn options(args: &Args, timeout: Duration) -> Result<ClientOptions, Failure> {
+fn options(args: &Args) -> Result<ClientOptions, Failure> {
     let mut opts = ClientOptions::new();
-    opts.wait(if timeout.is_zero() {
-        Wait::NoWait
-    } else {
-        Wait::Timeout(timeout)
-    });
+    opts.wait(args.timeout.wait())
+        .wait_for_server(args.wait_for_server);
     args.security.apply(&mut opts)?;
     Ok(opts)
 }
 
+/// The request's bytes: DATA, standard input (`-`) or a file (`@FILE`).
+fn request(args: &Args) -> Result<Vec<u8>, Failure> {
+    let (mut source, what): (Box<dyn Read>, String) = match args.data.as_str() {
+        _ if args.literal => return Ok(args.data.as_bytes().to_vec()),
+        "-" => (Box::new(io::stdin().lock()), "standard input".to_string()),
+        file if file.starts_with('@') => {
+            let path = &file[1..];
+            let opened = std::fs::File::open(path).map_err(|e| {
+                Failure::new(
+                    Status::Usage,
+                    format!("cannot read the request from {path}: {e}"),
+                )
+                .hint("give a readable file after @, or --literal to send the text as is")
+            })?;
+            (Box::new(opened), path.to_string())
+        }
+        text => return Ok(text.as_bytes().to_vec()),
+    };
+    let mut data = Vec::new();
+    source
+        .by_ref()
+        .take(REQUEST_MAX + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| Failure::new(Status::Usage, format!("cannot read {what}: {e}")))?;
+    if data.len() as u64 > REQUEST_MAX {
+        return Err(Failure::new(
+            Status::Usage,
+            format!("the request in {what} is over 256 MiB, more than `call` holds"),
+        )
+        .hint("stream it with `npipe client` instead"));
+    }
+    Ok(data)
+}
+
 /// Runs `npipe call`.
 pub fn run(args: &Args) -> CmdResult {
-    let timeout = Duration::from_millis(args.timeout);
-    let request = args.data.as_bytes();
-    let (reply, is_message) = match options(args, timeout)?.call(args.name.as_str(), request) {
+    let request = request(args)?;
+    let (reply, is_message) = match options(args)?.call(args.name.as_str(), &request) {
         Ok(reply) => (reply, true),
         // A byte pipe refuses a transaction; ask the server what it is.
         Err(e) if matches!(e.code(), ErrorCode::BadPipe | ErrorCode::InvalidParameter) => {
             match npipe::query_pipe(args.name.as_str()) {
-                Ok(p) if p.pipe_type == PipeType::Byte => (byte_call(args, timeout)?, false),
+                Ok(p) if p.pipe_type == PipeType::Byte => (byte_call(args, &request)?, false),
                 _ => return Err(call_failure(e, args)),
             }
         }
@@ -85,15 +141,13 @@ pub fn run(args: &Args) -> CmdResult {
 }
 
 /// The byte-pipe form: write, half-close, read to the end.
-fn byte_call(args: &Args, timeout: Duration) -> Result<Vec<u8>, Failure> {
-    let mut client = options(args, timeout)?
+fn byte_call(args: &Args, request: &[u8]) -> Result<Vec<u8>, Failure> {
+    let mut client = options(args)?
         .open(args.name.as_str())
         .map_err(|e| call_failure(e, args))?;
     let access = client.info().access;
     if access.writes() {
-        client
-            .write_all(args.data.as_bytes())
-            .map_err(Failure::pipe_io)?;
+        client.write_all(request).map_err(Failure::pipe_io)?;
         client.shutdown_write()?;
     }
     let mut reply = Vec::new();
@@ -111,10 +165,14 @@ fn call_failure(err: npipe::Error, args: &Args) -> Failure {
             failure.hint("every instance is busy; give --timeout MS to wait for a free one")
         }
         ErrorCode::Timeout => failure.hint(format!(
-            "no instance became free within --timeout {} ms, or the server did not answer; \
+            "no instance became free within --timeout {}, or the server did not answer; \
              try a longer --timeout",
             args.timeout
         )),
+        ErrorCode::FileNotFound if !args.wait_for_server => failure.hint(
+            "no server serves it (`npipe list` shows the pipes there are); \
+                 --wait-for-server waits for one to start",
+        ),
         ErrorCode::AccessDenied => failure.hint(format!(
             "a call needs a duplex pipe, or the pipe's security refuses you; \
              `npipe info {}` shows its direction and owner",

@@ -6,9 +6,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use npipe::{Access, ClientOptions, ErrorCode, PipeClient, PipeType, ReadHalf, Wait, WriteHalf};
+use npipe::{Access, ClientOptions, ErrorCode, PipeClient, PipeType, ReadHalf, WriteHalf};
 
-use super::{parse_wait, CmdResult};
+use super::{CmdResult, TimeoutArg};
 use crate::exit::{Failure, Status};
 
 /// How often the stdin-to-pipe side checks whether the server has closed.
@@ -52,10 +52,22 @@ pub struct Args {
     /// Wait up to MS milliseconds (or `forever`) for a free instance
     ///
     /// As WaitNamedPipe, but waiting and connecting are one step, so no other
-    /// client can take the instance in between. Without --wait a busy pipe
-    /// fails at once with ERROR_PIPE_BUSY.
-    #[arg(verbatim_doc_comment, long, value_name = "MS|forever", value_parser = parse_wait)]
-    pub wait: Option<Wait>,
+    /// client can take the instance in between. 0 (the default) does not
+    /// wait: a busy pipe fails at once with ERROR_PIPE_BUSY. (--wait is the
+    /// same option's older name.)
+    #[arg(
+        verbatim_doc_comment,
+        long,
+        alias = "wait",
+        value_name = "MS|forever",
+        default_value = "0"
+    )]
+    pub timeout: TimeoutArg,
+
+    /// Also wait (within --timeout) for a pipe that does not exist yet, as
+    /// for a server still starting
+    #[arg(long)]
+    pub wait_for_server: bool,
 
     #[command(flatten)]
     pub security: super::ClientSecurity,
@@ -64,7 +76,8 @@ pub struct Args {
 /// Runs `npipe client`.
 pub fn run(args: &Args) -> CmdResult {
     let mut opts = ClientOptions::new();
-    opts.wait(args.wait.unwrap_or(Wait::NoWait));
+    opts.wait(args.timeout.wait())
+        .wait_for_server(args.wait_for_server);
     args.security.apply(&mut opts)?;
     let mut client = opts.open(args.name.as_str())?;
     let info = client.info();

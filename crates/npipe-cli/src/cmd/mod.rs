@@ -7,10 +7,9 @@ pub mod info;
 pub mod list;
 pub mod serve;
 pub mod setup;
+pub mod wait;
 
-use std::time::Duration;
-
-use npipe::{Direction, PipeType, Wait};
+use npipe::{Direction, PipeType};
 
 use crate::exit::Failure;
 
@@ -50,21 +49,6 @@ pub fn user_text(name: Option<&str>, uid: u32) -> String {
     }
 }
 
-/// Parses a wait: milliseconds, or `forever`.
-pub fn parse_wait(s: &str) -> Result<Wait, String> {
-    if s.eq_ignore_ascii_case("forever") {
-        return Ok(Wait::Forever);
-    }
-    let ms: u64 = s
-        .parse()
-        .map_err(|_| format!("expected milliseconds or `forever`, got `{s}`"))?;
-    Ok(if ms == 0 {
-        Wait::NoWait
-    } else {
-        Wait::Timeout(Duration::from_millis(ms))
-    })
-}
-
 /// Bytes as text for people: invalid UTF-8 becomes U+FFFD.
 pub fn lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(bytes)
@@ -73,22 +57,74 @@ pub fn lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use npipe::Wait;
+    use std::time::Duration;
 
     #[test]
     fn waits_parse() {
-        assert_eq!(parse_wait("forever"), Ok(Wait::Forever));
-        assert_eq!(parse_wait("0"), Ok(Wait::NoWait));
-        assert_eq!(
-            parse_wait("250"),
-            Ok(Wait::Timeout(Duration::from_millis(250)))
-        );
-        assert!(parse_wait("soon").is_err());
+        let wait = |s: &str| s.parse::<TimeoutArg>().map(TimeoutArg::wait);
+        assert_eq!(wait("forever"), Ok(Wait::Forever));
+        assert_eq!(wait("Forever"), Ok(Wait::Forever));
+        assert_eq!(wait("0"), Ok(Wait::NoWait));
+        assert_eq!(wait("250"), Ok(Wait::Timeout(Duration::from_millis(250))));
+        assert!(wait("soon").is_err());
+        assert_eq!("250".parse::<TimeoutArg>().unwrap().to_string(), "250 ms");
     }
 
     #[test]
     fn instances_render() {
         assert_eq!(instances_text(1, Some(4)), "1/4");
         assert_eq!(instances_text(0, None), "0/unlimited");
+    }
+}
+
+/// A wait on the command line: milliseconds (0: none) or `forever`, the
+/// `nTimeOut` of `WaitNamedPipe` and `CallNamedPipe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutArg {
+    /// This many milliseconds; 0 does not wait.
+    Ms(u64),
+    /// No limit (`NMPWAIT_WAIT_FOREVER`).
+    Forever,
+}
+
+impl TimeoutArg {
+    /// The library's wait.
+    pub fn wait(self) -> npipe::Wait {
+        match self {
+            TimeoutArg::Ms(0) => npipe::Wait::NoWait,
+            TimeoutArg::Ms(ms) => npipe::Wait::Timeout(std::time::Duration::from_millis(ms)),
+            TimeoutArg::Forever => npipe::Wait::Forever,
+        }
+    }
+
+    /// The limit as a duration; `None` for ever.
+    pub fn limit(self) -> Option<std::time::Duration> {
+        match self {
+            TimeoutArg::Ms(ms) => Some(std::time::Duration::from_millis(ms)),
+            TimeoutArg::Forever => None,
+        }
+    }
+}
+
+impl std::str::FromStr for TimeoutArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<TimeoutArg, String> {
+        if s.eq_ignore_ascii_case("forever") {
+            return Ok(TimeoutArg::Forever);
+        }
+        s.parse()
+            .map(TimeoutArg::Ms)
+            .map_err(|_| format!("expected milliseconds or `forever`, got `{s}`"))
+    }
+}
+
+impl std::fmt::Display for TimeoutArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TimeoutArg::Ms(ms) => write!(f, "{ms} ms"),
+            TimeoutArg::Forever => f.write_str("forever"),
+        }
     }
 }
 
