@@ -551,6 +551,27 @@ fn wait_and_wait_for_server_let_scripts_start_servers() {
     drop(server);
 }
 
+/// `serve --once` serves its first client, removes the name as soon as
+/// that client is connected, and exits with it.
+#[test]
+fn serve_once_serves_one_client_and_exits() {
+    let name = unique("once");
+    let mut server = Server::start(&name, &["--once"]);
+    let first = run(&["call", &name, "only"], b"");
+    first.assert_success();
+    assert_eq!(first.stdout, "only\n");
+    let deadline = Instant::now() + HANG;
+    let status = loop {
+        if let Some(status) = server.child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "serve --once did not exit");
+        thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}");
+    run(&["call", &name, "again"], b"").assert_code(EXIT_NOT_FOUND);
+}
+
 #[test]
 fn a_second_server_of_the_same_name_is_refused() {
     let name = unique("twice");

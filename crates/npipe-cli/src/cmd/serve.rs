@@ -151,6 +151,11 @@ pub struct Args {
     #[arg(short, long)]
     pub quiet: bool,
 
+    /// Serve one client, then exit: the pipe's name goes as soon as that
+    /// client is connected, and the command ends with its connection
+    #[arg(long)]
+    pub once: bool,
+
     /// Grant rights, added to the pipe's security descriptor (repeatable)
     ///
     /// TRUSTEE is user:NAME|UID, group:NAME|GID, everyone, owner or
@@ -312,6 +317,8 @@ async fn serve(
     }
     let mut stop = Signals::new()?;
     let mut next_id: u64 = 0;
+    // Connections still being served, to say at the end how many were cut.
+    let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let conn = tokio::select! {
             // `accept` fails only when the pipe itself stopped working; no
@@ -323,11 +330,31 @@ async fn serve(
         };
         next_id += 1;
         let config = Arc::clone(&config);
-        tokio::spawn(serve_connection(next_id, conn, config));
+        if args.once {
+            let name = listener.name().to_string();
+            drop(listener);
+            log(format_args!("serving one client (--once): {name} removed"));
+            tokio::select! {
+                () = serve_connection(next_id, conn, config) => {}
+                () = stop.recv() => log(format_args!("stopping: 1 client cut off")),
+            }
+            return Ok(());
+        }
+        let live = Arc::clone(&live);
+        live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::spawn(async move {
+            serve_connection(next_id, conn, config).await;
+            live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        });
     }
     // Dropping the listener removes the pipe's name; connected clients are
     // cut off when the process exits.
-    log(format_args!("stopping: {} removed", listener.name()));
+    let cut = live.load(std::sync::atomic::Ordering::SeqCst);
+    log(format_args!(
+        "stopping: {} removed; {cut} connected client{} cut off",
+        listener.name(),
+        if cut == 1 { "" } else { "s" }
+    ));
     Ok(())
 }
 
