@@ -368,7 +368,28 @@ fn client_echoes_each_line_of_piped_input() {
     let _server = Server::start(&name, &[]);
     let run = run(&["client", &name], b"one\ntwo\r\nthree\n");
     run.assert_success();
-    assert_eq!(run.stdout, "one\ntwo\nthree\n");
+    // Nothing but the newline is taken off a line: `\r` is the message's.
+    assert_eq!(run.stdout, "one\ntwo\r\nthree\n");
+}
+
+/// Binary messages through `--framing length` and `nul`, unchanged.
+#[test]
+fn client_framings_carry_binary_messages_unchanged() {
+    let name = unique("framing");
+    let _server = Server::start(&name, &[]);
+    let messages: Vec<Vec<u8>> = vec![b"".to_vec(), vec![0, 13, 10, 255, 0], vec![7; 70_000]];
+    let mut input = Vec::new();
+    for m in &messages {
+        input.extend_from_slice(&(m.len() as u32).to_le_bytes());
+        input.extend_from_slice(m);
+    }
+    let (status, out) = run_bytes(&["client", &name, "--framing", "length"], &input);
+    assert!(status.success(), "{status}");
+    assert_eq!(out, input, "every message came back framed as it went");
+
+    let (status, out) = run_bytes(&["client", &name, "--framing", "nul"], b"a\r\nb\0c\0");
+    assert!(status.success(), "{status}");
+    assert_eq!(out, b"a\r\nb\0c\0");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! `npipe client`: an interactive (or scripted) client over stdin/stdout.
 
-use std::io::{self, BufRead, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -20,23 +20,30 @@ Opens the pipe (CreateFile on \\.\pipe\NAME; with --wait, WaitNamedPipe first,
 in one step) and then, depending on what the server created:
 
   message pipe, duplex      each line of input is sent as one message (without
-                            its newline); the reply message is read and printed
-                            on a line of its own
+                            its newline, nothing else altered); every message
+                            the server sends is printed on a line of its own as
+                            it arrives (one reply, several, or none)
   message pipe, inbound     each line is sent as one message; nothing is read
   message pipe, outbound    every message the server sends is printed, one per
                             line, until the server closes the pipe
+
+  --framing nul|length|raw tells messages apart otherwise: NUL-terminated, a
+  4-byte little-endian length before each, or each read of input one message
+  (replies written as they are); binary data passes unchanged.
   byte pipe                 input is copied to the pipe and the pipe to the
                             output, both at once; at the end of input the
                             client closes its sending side and prints what
                             still comes back, until the server closes
 
-Works interactively and with piped input: it exits at the end of input after
-the last reply, or when the server closes the pipe.";
+Works interactively and with piped input. At the end of input it closes its
+sending side and exits when the server closes the pipe, or once every message
+has had a reply and half a second passed with nothing more.";
 
 const AFTER_HELP: &str = r"Examples:
   npipe client echo                       type lines, see the replies
   printf 'a\nb\nc\n' | npipe client echo  three messages, three replies
-  npipe client busy-service --wait 5000   wait up to 5 s for a free instance";
+  npipe client busy-service --timeout 5000   wait up to 5 s for a free instance
+  find . -print0 | npipe client indexer --framing nul";
 
 /// Arguments of `npipe client`.
 #[derive(Debug, clap::Args)]
@@ -69,6 +76,10 @@ pub struct Args {
     #[arg(long)]
     pub wait_for_server: bool,
 
+    /// On a message pipe, how messages are told apart on stdin and stdout
+    #[arg(long, value_enum, default_value_t = Framing::Line)]
+    pub framing: Framing,
+
     #[command(flatten)]
     pub security: super::ClientSecurity,
 }
@@ -82,63 +93,197 @@ pub fn run(args: &Args) -> CmdResult {
     let mut client = opts.open(args.name.as_str())?;
     let info = client.info();
     match (info.pipe_type, info.access) {
-        (PipeType::Message, Access::ReadWrite) => message_dialog(&mut client),
-        (PipeType::Message, Access::Write) => message_send(&mut client),
-        (PipeType::Message, Access::Read) => message_receive(&mut client),
+        (PipeType::Message, access) => message_io(&mut client, access, args.framing),
         (PipeType::Byte, access) => byte_copy(&mut client, access),
     }
 }
 
-/// Reads one line of stdin without its line ending; `None` at the end.
-fn next_line(stdin: &mut impl BufRead, line: &mut Vec<u8>) -> Result<bool, Failure> {
-    line.clear();
-    let n = stdin.read_until(b'\n', line).map_err(Failure::stdin)?;
-    if n == 0 {
-        return Ok(false);
-    }
-    if line.last() == Some(&b'\n') {
-        line.pop();
-        if line.last() == Some(&b'\r') {
-            line.pop();
+/// How messages are told apart on standard input and output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Framing {
+    /// One message per line; the newline is not part of it (anything else,
+    /// `\r` included, is)
+    Line,
+    /// Messages end with a NUL byte
+    Nul,
+    /// Each message is its length (4 bytes, little-endian) and its bytes
+    Length,
+    /// Each read of input is one message; replies are written as they are
+    Raw,
+}
+
+/// The most a `--framing length` prefix may announce: the client holds a
+/// message in memory.
+const FRAME_MAX: usize = 256 << 20;
+
+/// After the end of input, how long the client waits for more replies once
+/// every message it sent has had one (socat waits as long).
+const LINGER: Duration = Duration::from_millis(500);
+
+impl Framing {
+    /// Takes the next whole message off the front of `pending`; at the end
+    /// of input (`end`) what is left is the last message.
+    fn take(self, pending: &mut Vec<u8>, end: bool) -> Result<Option<Vec<u8>>, Failure> {
+        let cut = |at: usize, skip: usize, pending: &mut Vec<u8>| {
+            let mut msg: Vec<u8> = pending.drain(..at + skip).collect();
+            msg.truncate(at);
+            msg
+        };
+        match self {
+            Framing::Line | Framing::Nul => {
+                let delimiter = if self == Framing::Line { b'\n' } else { 0 };
+                if let Some(at) = pending.iter().position(|&b| b == delimiter) {
+                    return Ok(Some(cut(at, 1, pending)));
+                }
+                Ok((end && !pending.is_empty()).then(|| std::mem::take(pending)))
+            }
+            Framing::Length => {
+                let Some(prefix) = pending.first_chunk::<4>() else {
+                    return match end && !pending.is_empty() {
+                        true => Err(truncated()),
+                        false => Ok(None),
+                    };
+                };
+                let len = u32::from_le_bytes(*prefix) as usize;
+                if len > FRAME_MAX {
+                    return Err(Failure::new(
+                        Status::Usage,
+                        format!("a --framing length prefix announces {len} bytes, over 256 MiB"),
+                    ));
+                }
+                if pending.len() < 4 + len {
+                    return if end { Err(truncated()) } else { Ok(None) };
+                }
+                pending.drain(..4);
+                Ok(Some(cut(len, 0, pending)))
+            }
+            Framing::Raw => Ok((!pending.is_empty()).then(|| std::mem::take(pending))),
         }
     }
-    Ok(true)
-}
 
-fn print_line(bytes: &[u8]) -> CmdResult {
-    let mut out = io::stdout().lock();
-    out.write_all(bytes)
-        .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| out.flush())
-        .map_err(Failure::stdout)
-}
-
-fn message_dialog(client: &mut PipeClient) -> CmdResult {
-    let mut stdin = io::stdin().lock();
-    let mut line = Vec::new();
-    while next_line(&mut stdin, &mut line)? {
-        client.write_message(&line)?;
-        let reply = client.recv_message()?;
-        print_line(&reply)?;
+    /// Writes one message to standard output, framed.
+    fn print(self, msg: &[u8]) -> CmdResult {
+        let mut out = io::stdout().lock();
+        let written = match self {
+            Framing::Line => out.write_all(msg).and_then(|()| out.write_all(b"\n")),
+            Framing::Nul => out.write_all(msg).and_then(|()| out.write_all(b"\0")),
+            Framing::Length => out
+                .write_all(&(msg.len() as u32).to_le_bytes())
+                .and_then(|()| out.write_all(msg)),
+            Framing::Raw => out.write_all(msg),
+        };
+        written.and_then(|()| out.flush()).map_err(Failure::stdout)
     }
-    Ok(())
 }
 
-fn message_send(client: &mut PipeClient) -> CmdResult {
-    let mut stdin = io::stdin().lock();
-    let mut line = Vec::new();
-    while next_line(&mut stdin, &mut line)? {
-        client.write_message(&line)?;
-    }
-    Ok(())
+fn truncated() -> Failure {
+    Failure::new(
+        Status::Usage,
+        "the input ended inside a --framing length message",
+    )
 }
 
-fn message_receive(client: &mut PipeClient) -> CmdResult {
+/// Messages both ways at once: input framed into messages on one thread,
+/// every message the server sends printed as it arrives on this one (a
+/// reply, several, or one nobody asked for). At the end of input the client
+/// closes its sending side, then waits for the server to close, or, once
+/// every message has had a reply, for [`LINGER`] of quiet.
+fn message_io(client: &mut PipeClient, access: Access, framing: Framing) -> CmdResult {
+    // Short timed reads let the receiving side notice the end of input.
+    client.set_read_timeout(Some(POLL))?;
+    let (mut reader, mut writer) = client.split();
+    let sent = AtomicU64::new(0);
+    let input_done = AtomicBool::new(false);
+    let server_closed = AtomicBool::new(false);
+    thread::scope(|s| {
+        let sending = access.writes().then(|| {
+            s.spawn(|| {
+                let r = send_messages(&mut writer, framing, &sent, &server_closed);
+                input_done.store(true, Ordering::SeqCst);
+                r
+            })
+        });
+        let received = if access.reads() {
+            let r = receive_messages(&mut reader, framing, &sent, &input_done, access.writes());
+            server_closed.store(true, Ordering::SeqCst);
+            r
+        } else {
+            Ok(())
+        };
+        let sent = match sending {
+            Some(handle) => handle.join().unwrap_or_else(|_| {
+                Err(Failure::new(Status::Other, "the sending thread panicked"))
+            }),
+            None => Ok(()),
+        };
+        received.and(sent)
+    })
+}
+
+fn send_messages(
+    writer: &mut WriteHalf<'_>,
+    framing: Framing,
+    sent: &AtomicU64,
+    server_closed: &AtomicBool,
+) -> CmdResult {
+    let input = feed_stdin();
+    let mut pending = Vec::new();
     loop {
-        match client.recv_message() {
-            Ok(msg) => print_line(&msg)?,
+        let end = match input.recv_timeout(POLL) {
+            Ok(Input::Data(chunk)) => {
+                pending.extend_from_slice(&chunk);
+                false
+            }
+            Ok(Input::End) | Err(mpsc::RecvTimeoutError::Disconnected) => true,
+            Ok(Input::Failed(e)) => return Err(Failure::stdin(e)),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if server_closed.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        while let Some(msg) = framing.take(&mut pending, end)? {
+            writer.write_message(&msg)?;
+            sent.fetch_add(1, Ordering::SeqCst);
+        }
+        if end {
+            // The server sees the end of the client's messages, and can
+            // still answer.
+            let _ = writer.shutdown_write();
+            return Ok(());
+        }
+    }
+}
+
+fn receive_messages(
+    reader: &mut ReadHalf<'_>,
+    framing: Framing,
+    sent: &AtomicU64,
+    input_done: &AtomicBool,
+    linger: bool,
+) -> CmdResult {
+    let mut received: u64 = 0;
+    let mut quiet_since = std::time::Instant::now();
+    loop {
+        match reader.recv_message() {
+            Ok(msg) => {
+                framing.print(&msg)?;
+                received += 1;
+                quiet_since = std::time::Instant::now();
+            }
             // The server closed the pipe: everything it sent has been read.
             Err(e) if e.code() == ErrorCode::BrokenPipe => return Ok(()),
+            Err(e) if e.code() == ErrorCode::Timeout => {
+                let answered = received >= sent.load(Ordering::SeqCst);
+                if linger
+                    && input_done.load(Ordering::SeqCst)
+                    && answered
+                    && quiet_since.elapsed() >= LINGER
+                {
+                    return Ok(());
+                }
+            }
             Err(e) => return Err(e.into()),
         }
     }
