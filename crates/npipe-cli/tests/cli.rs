@@ -593,6 +593,31 @@ fn serve_once_serves_one_client_and_exits() {
     run(&["call", &name, "again"], b"").assert_code(EXIT_NOT_FOUND);
 }
 
+/// `serve --exec` runs a command per client: lines in and out are
+/// messages, the client's identity (from the kernel) is in its
+/// environment; on a byte pipe the bytes pass as they are.
+#[test]
+fn serve_exec_runs_a_command_for_each_client() {
+    let name = unique("exec");
+    let script = r#"while IFS= read -r l; do printf '%s:%s\n' "$NPIPE_CLIENT_UID" "$l"; done"#;
+    let _server = Server::start(&name, &["--exec", script]);
+    let me = rustix::process::geteuid().as_raw();
+    let run = run(&["call", &name, "hello"], b"");
+    run.assert_success();
+    assert_eq!(run.stdout, format!("{me}:hello\n"));
+    let dialog = self::run(&["client", &name], b"a\nb\n");
+    dialog.assert_success();
+    assert_eq!(dialog.stdout, format!("{me}:a\n{me}:b\n"));
+
+    let bytes = unique("execbytes");
+    let _server = Server::start(&bytes, &["--type", "byte", "--exec", "tr a-z A-Z"]);
+    let upper = self::run(&["call", &bytes, "shout", "--raw"], b"");
+    upper.assert_success();
+    assert_eq!(upper.stdout, "SHOUT");
+
+    self::run(&["serve", "x", "--impersonate"], b"").assert_code(EXIT_USAGE);
+}
+
 #[test]
 fn a_second_server_of_the_same_name_is_refused() {
     let name = unique("twice");

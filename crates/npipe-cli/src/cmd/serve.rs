@@ -56,6 +56,8 @@ const AFTER_HELP: &str = r"Examples:
   npipe serve '\\.\pipe\logs' --direction in     print what clients write
   npipe serve bytes --type byte --instances 4  byte echo, 4 clients at a time
   npipe serve hello --direction out --greeting 'service ready'
+  npipe serve tagged --exec 'sed -u s/^/got:/'   a command per client (inetd)
+  sudo npipe serve who --exec 'id -un' --impersonate   run as each client
   npipe serve echo 2> >(grep -m1 serving)      wait for the start line in scripts";
 
 /// The pipe type, as `CreateNamedPipe`'s `PIPE_TYPE_*`.
@@ -191,12 +193,26 @@ pub struct Args {
     #[arg(verbatim_doc_comment, long)]
     pub whoami: bool,
 
-    /// With --whoami: also act as the client (ImpersonateNamedPipeClient)
+    /// Instead of echoing, run CMD (with `sh -c`) for each client: messages
+    /// in are lines on its input, its lines out are messages (bytes as they
+    /// are on a byte pipe); NPIPE_CLIENT_PID, _UID, _GID, _USER and
+    /// _SESSION, from the kernel, and NPIPE_PIPE are in its environment
+    #[arg(
+        verbatim_doc_comment,
+        long,
+        value_name = "CMD",
+        conflicts_with = "whoami"
+    )]
+    pub exec: Option<String>,
+
+    /// With --whoami: also act as the client (ImpersonateNamedPipeClient);
+    /// with --exec: run the command as the client, for good (its real,
+    /// effective and saved ids and its groups the client's, no privileges)
     ///
-    /// The reply then tells the effective uid and user the serving thread has
-    /// while impersonating, or why the server may not (a client that granted
-    /// identification only gets ERROR_CANNOT_IMPERSONATE (1368)).
-    #[arg(verbatim_doc_comment, long, requires = "whoami")]
+    /// The whoami reply then tells the effective uid and user the serving
+    /// thread has while impersonating, or why the server may not (a client
+    /// that granted identification only gets ERROR_CANNOT_IMPERSONATE (1368)).
+    #[arg(verbatim_doc_comment, long)]
     pub impersonate: bool,
 }
 
@@ -241,10 +257,17 @@ struct Config {
     quiet: bool,
     whoami: bool,
     impersonate: bool,
+    exec: Option<String>,
 }
 
 /// Runs `npipe serve`.
 pub fn run(args: &Args) -> CmdResult {
+    if args.impersonate && !args.whoami && args.exec.is_none() {
+        return Err(Failure::new(
+            Status::Usage,
+            "--impersonate acts as the client for --whoami or --exec, and neither was given",
+        ));
+    }
     let pipe_type = match args.pipe_type {
         TypeArg::Message => PipeType::Message,
         TypeArg::Byte => PipeType::Byte,
@@ -285,6 +308,7 @@ pub fn run(args: &Args) -> CmdResult {
         quiet: args.quiet,
         whoami: args.whoami,
         impersonate: args.impersonate,
+        exec: args.exec.clone(),
     });
     runtime.block_on(serve(args, &opts, security, config))
 }
@@ -452,6 +476,10 @@ async fn serve_connection(id: u64, mut conn: PipeServer, config: Arc<Config>) {
     }
     let result = match (config.direction, config.pipe_type) {
         _ if config.whoami => answer_whoami(&mut conn, config.impersonate).await,
+        _ if config.exec.is_some() => {
+            let command = config.exec.as_deref().expect("checked");
+            super::exec::serve(&mut conn, command, config.impersonate).await
+        }
         (Direction::Duplex, PipeType::Message) => echo_messages(&mut conn).await,
         (Direction::Duplex, PipeType::Byte) => echo_bytes(&mut conn).await,
         (Direction::Inbound, PipeType::Message) => print_messages(&mut conn).await,
