@@ -210,14 +210,23 @@ fn message_io(client: &mut PipeClient, access: Access, framing: Framing) -> CmdR
         } else {
             Ok(())
         };
-        let sent = match sending {
-            Some(handle) => handle.join().unwrap_or_else(|_| {
-                Err(Failure::new(Status::Other, "the sending thread panicked"))
-            }),
-            None => Ok(()),
-        };
-        received.and(sent)
+        joined(received, sending)
     })
+}
+
+/// The end of a copy both ways: what the receiving side returned, then
+/// the sending thread's result.
+fn joined(
+    received: CmdResult,
+    sending: Option<thread::ScopedJoinHandle<'_, CmdResult>>,
+) -> CmdResult {
+    let sent = match sending {
+        Some(handle) => handle
+            .join()
+            .unwrap_or_else(|_| Err(Failure::new(Status::Other, "the sending thread panicked"))),
+        None => Ok(()),
+    };
+    received.and(sent)
 }
 
 fn send_messages(
@@ -337,13 +346,7 @@ fn byte_copy(client: &mut PipeClient, access: Access) -> CmdResult {
         } else {
             Ok(())
         };
-        let sent = match sending {
-            Some(handle) => handle.join().unwrap_or_else(|_| {
-                Err(Failure::new(Status::Other, "the sending thread panicked"))
-            }),
-            None => Ok(()),
-        };
-        received.and(sent)
+        joined(received, sending)
     })
 }
 
