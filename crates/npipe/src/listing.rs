@@ -14,8 +14,11 @@ use crate::namespace::{Namespace, Pruned};
 use crate::proto::handshake::{Hello, HelloKind, Reply, WAIT_NONE};
 use crate::types::{Direction, PipeType};
 
-/// How long a listing waits for each server's answer.
+/// How long a query waits for its server's answer, and a listing for all of
+/// them (they are asked side by side).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How many servers a listing asks at once.
+const LIST_PARALLEL: usize = 16;
 
 /// One pipe in the namespace, as its server describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,14 +51,34 @@ pub struct ServedPipe {
     pub default_timeout: Duration,
 }
 
-/// A namespace entry: a live pipe, or a socket nobody answers on.
+/// A namespace entry, and what its server (if any) said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PipeEntry {
     /// A server answered.
     Served(ServedPipe),
-    /// The socket file is there but no server is (its server died), or it
-    /// did not answer: the file name and why.
-    Unresponsive {
+    /// A server is there but will not describe its pipe to you: its
+    /// security descriptor (or the socket file's mode) grants you nothing.
+    Denied {
+        /// The socket's file name.
+        file: String,
+        /// What the server or the system said.
+        reason: String,
+    },
+    /// A server holds the socket but did not answer in time: hung, or
+    /// overloaded. It is not removed.
+    NotAnswering {
+        /// The socket's file name.
+        file: String,
+    },
+    /// No server: connecting is refused, its server died and left the file
+    /// ([`remove_stale_pipes`] removes it; the next server of the name
+    /// replaces it anyway).
+    Dead {
+        /// The socket's file name.
+        file: String,
+    },
+    /// Anything else that went wrong asking.
+    Unreadable {
         /// The socket's file name.
         file: String,
         /// What went wrong, for people.
@@ -63,7 +86,51 @@ pub enum PipeEntry {
     },
 }
 
-/// Every pipe in the namespace directory, in file-name order.
+impl PipeEntry {
+    /// The socket's file name in the namespace directory.
+    pub fn file(&self) -> &str {
+        match self {
+            PipeEntry::Served(p) => &p.file,
+            PipeEntry::Denied { file, .. }
+            | PipeEntry::NotAnswering { file }
+            | PipeEntry::Dead { file }
+            | PipeEntry::Unreadable { file, .. } => file,
+        }
+    }
+
+    /// The entry's state in one word or two: `serving`, `denied`,
+    /// `not answering`, `dead` or `unreadable`.
+    pub fn state(&self) -> &'static str {
+        match self {
+            PipeEntry::Served(_) => "serving",
+            PipeEntry::Denied { .. } => "denied",
+            PipeEntry::NotAnswering { .. } => "not answering",
+            PipeEntry::Dead { .. } => "dead",
+            PipeEntry::Unreadable { .. } => "unreadable",
+        }
+    }
+
+    /// What a failed query says of the entry.
+    fn from_failure(file: String, e: &Error) -> PipeEntry {
+        match e.code() {
+            // Connect refused (or the file went meanwhile): no server.
+            ErrorCode::FileNotFound => PipeEntry::Dead { file },
+            ErrorCode::AccessDenied => PipeEntry::Denied {
+                file,
+                reason: e.message().to_string(),
+            },
+            ErrorCode::Timeout => PipeEntry::NotAnswering { file },
+            _ => PipeEntry::Unreadable {
+                file,
+                reason: e.message().to_string(),
+            },
+        }
+    }
+}
+
+/// Every pipe in the namespace directory, in file-name order. Servers are
+/// asked side by side (16 at a time, each given a second), so hung ones
+/// cost a listing about a second, not a second each.
 ///
 /// ```
 /// let name = format!("doc-list-{}", std::process::id());
@@ -80,15 +147,27 @@ pub fn list_pipes() -> Result<Vec<PipeEntry>> {
         Err(e) => return Err(e),
     };
     let files = namespace.socket_files()?;
-    Ok(files
-        .into_iter()
-        .map(|file| match query_file(&namespace, &file, None) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let entries: Vec<std::sync::Mutex<Option<PipeEntry>>> =
+        files.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let ask = || loop {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(file) = files.get(i) else { return };
+        let entry = match query_file(&namespace, file, None) {
             Ok(p) => PipeEntry::Served(p),
-            Err(e) => PipeEntry::Unresponsive {
-                file,
-                reason: e.message().to_string(),
-            },
-        })
+            Err(e) => PipeEntry::from_failure(file.clone(), &e),
+        };
+        *entries[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(entry);
+    };
+    std::thread::scope(|s| {
+        for _ in 1..LIST_PARALLEL.min(files.len()) {
+            s.spawn(ask);
+        }
+        ask();
+    });
+    Ok(entries
+        .into_iter()
+        .filter_map(|e| e.into_inner().unwrap_or_else(|e| e.into_inner()))
         .collect())
 }
 

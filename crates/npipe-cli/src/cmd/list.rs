@@ -17,16 +17,21 @@ the server. Asking takes no instance and disturbs no client.
 
 Columns: NAME, the server's PID and USER, TYPE (message or byte), DIRECTION
 (inbound, outbound or duplex, seen from the server) and INSTANCES in use out of
-the limit. A socket whose server died or does not answer is shown as
-`(stale: FILE, reason)`; the next server of that name replaces it, and
---prune removes it now.
+the limit. Servers are asked side by side, a second each at most, so hung
+ones hold a listing up about a second in all. Below the table, every other
+socket and what it is:
+  (denied: FILE, reason)     a server is there but refuses to describe its
+                             pipe to you (its security grants you nothing)
+  (not answering: FILE)      a server holds it but did not reply: hung or busy
+  (dead: FILE)               no server; the next server of the name replaces
+                             it, and --prune removes it now (only these)
 
 With --json, one JSON object per line:
   {name, file, pid, uid, user, type, direction, cur_instances, max_instances,
    in_buffer_size, out_buffer_size, max_message_size, default_timeout_ms,
    state: "serving"}
-max_instances is null for unlimited; stale entries are
-  {file, state: "unresponsive", reason}"#;
+max_instances is null for unlimited; the other entries are
+  {file, state: "denied" | "not answering" | "dead" | "unreadable", reason?}"#;
 
 /// Arguments of `npipe list`.
 #[derive(Debug, clap::Args)]
@@ -94,10 +99,14 @@ fn write_json(out: &mut impl Write, entries: &[PipeEntry]) -> io::Result<()> {
     for entry in entries {
         let value = match entry {
             PipeEntry::Served(p) => served_json(p),
-            PipeEntry::Unresponsive { file, reason } => json!({
-                "file": file,
-                "state": "unresponsive",
+            PipeEntry::Denied { reason, .. } | PipeEntry::Unreadable { reason, .. } => json!({
+                "file": entry.file(),
+                "state": entry.state(),
                 "reason": reason,
+            }),
+            other => json!({
+                "file": other.file(),
+                "state": other.state(),
             }),
         };
         writeln!(out, "{value}")?;
@@ -111,13 +120,15 @@ fn write_table(out: &mut impl Write, entries: &[PipeEntry]) -> io::Result<()> {
         .iter()
         .filter(|e| matches!(e, PipeEntry::Served(_)))
         .count();
-    let stale = entries.len() - served;
     write!(out, "Pipes in {}: {served} serving", dir.display())?;
-    if stale > 0 {
-        write!(out, ", {stale} stale")?;
+    for state in ["denied", "not answering", "dead", "unreadable"] {
+        let n = entries.iter().filter(|e| e.state() == state).count();
+        if n > 0 {
+            write!(out, ", {n} {state}")?;
+        }
     }
     writeln!(out)?;
-    if served == 0 && stale == 0 {
+    if entries.is_empty() {
         return Ok(());
     }
 
@@ -146,10 +157,23 @@ fn write_table(out: &mut impl Write, entries: &[PipeEntry]) -> io::Result<()> {
     for row in rows.iter().flatten() {
         write_row(out, row, &widths)?;
     }
-    // Sockets left by servers that died, after the live pipes.
+    // The rest, after the live pipes: what each is, and what to do.
     for entry in entries {
-        if let PipeEntry::Unresponsive { file, reason } = entry {
-            writeln!(out, "(stale: {file}, {reason})")?;
+        let file = entry.file();
+        match entry {
+            PipeEntry::Served(_) => {}
+            PipeEntry::Denied { reason, .. } => writeln!(out, "(denied: {file}, {reason})")?,
+            PipeEntry::NotAnswering { .. } => writeln!(
+                out,
+                "(not answering: {file}; its server holds it but did not reply)"
+            )?,
+            PipeEntry::Dead { .. } => writeln!(
+                out,
+                "(dead: {file}; no server, `npipe list --prune` removes it)"
+            )?,
+            PipeEntry::Unreadable { reason, .. } => {
+                writeln!(out, "(unreadable: {file}, {reason})")?
+            }
         }
     }
     Ok(())

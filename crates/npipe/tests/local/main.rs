@@ -15,6 +15,7 @@ mod faults;
 mod grants;
 mod handshake;
 mod instances;
+mod listing;
 mod memory;
 mod mixes;
 mod names;

@@ -1,0 +1,82 @@
+//! What a listing says of each socket in the pipe directory: served,
+//! denied, not answering, or dead, each asked side by side.
+
+use std::os::unix::net::UnixListener;
+use std::time::{Duration, Instant};
+
+use npipe::PipeEntry;
+
+use crate::common::{server, unique};
+
+/// A socket that takes connections and never answers: a hung server.
+fn hung(name: &str) -> (UnixListener, std::path::PathBuf) {
+    let path = npipe::namespace_directory().join(name);
+    let _ = std::fs::remove_file(&path);
+    (UnixListener::bind(&path).unwrap(), path)
+}
+
+fn entry_of(entries: &[PipeEntry], file: &str) -> PipeEntry {
+    entries
+        .iter()
+        .find(|e| e.file() == file)
+        .unwrap_or_else(|| panic!("{file} is not listed"))
+        .clone()
+}
+
+/// Each state is told apart: a server that refuses you is `denied` (not
+/// dead: it must not be pruned), a socket nobody listens on is `dead`, one
+/// whose holder never answers is `not answering`.
+#[test]
+fn a_listing_tells_denied_hung_and_dead_apart() {
+    let denied = unique("list-denied");
+    let _srv = server(&denied, &["sd=allow user:65534=full"]);
+    let silent = unique("list-hung");
+    let (_hold, silent_path) = hung(&silent);
+    let dead = unique("list-dead");
+    let (listener, dead_path) = hung(&dead);
+    drop(listener); // the file stays; connecting is refused
+
+    let entries = npipe::list_pipes().unwrap();
+    assert!(matches!(
+        entry_of(&entries, &denied),
+        PipeEntry::Denied { .. }
+    ));
+    assert_eq!(
+        entry_of(&entries, &silent),
+        PipeEntry::NotAnswering {
+            file: silent.clone()
+        }
+    );
+    assert_eq!(
+        entry_of(&entries, &dead),
+        PipeEntry::Dead { file: dead.clone() }
+    );
+
+    let pruned = npipe::remove_stale_pipes().unwrap();
+    assert!(pruned.removed.contains(&dead), "{pruned:?}");
+    assert!(!pruned.removed.contains(&denied) && !pruned.removed.contains(&silent));
+    let _ = std::fs::remove_file(silent_path);
+    let _ = std::fs::remove_file(dead_path);
+}
+
+/// Hung servers are asked side by side: twenty of them hold a listing up
+/// about as long as one does (a second each, one after another, would be
+/// twenty). The bound only separates the two by far.
+#[test]
+fn hung_servers_are_asked_side_by_side() {
+    let hogs: Vec<_> = (0..20)
+        .map(|i| hung(&unique(&format!("list-hung{i}"))))
+        .collect();
+    let start = Instant::now();
+    let entries = npipe::list_pipes().unwrap();
+    let took = start.elapsed();
+    let silent = entries
+        .iter()
+        .filter(|e| matches!(e, PipeEntry::NotAnswering { .. }))
+        .count();
+    for (_, path) in &hogs {
+        let _ = std::fs::remove_file(path);
+    }
+    assert!(silent >= 20, "{silent} not answering");
+    assert!(took < Duration::from_secs(10), "a listing took {took:?}");
+}
