@@ -179,13 +179,15 @@ fn default_hint(code: ErrorCode) -> Option<&'static str> {
         ErrorCode::FileNotFound => {
             "is a server running? `npipe list` shows the pipes on this machine"
         }
-        ErrorCode::PipeBusy => "every instance is busy; try --wait MS to wait for a free one",
+        ErrorCode::PipeBusy => {
+            "every instance is busy; give --timeout MS (or `forever`) to wait for a free one"
+        }
         ErrorCode::AccessDenied => {
             "the pipe's direction or security descriptor refuses this access: an inbound pipe \
-             only takes writes from clients, an outbound one only reads (`npipe info NAME` shows \
-             its direction and owner)"
+             only takes writes from clients, an outbound one only reads (`npipe info` on the \
+             pipe shows its direction and owner)"
         }
-        ErrorCode::Timeout => "the server did not answer in time; wait longer (--wait / --timeout)",
+        ErrorCode::Timeout => "the server did not answer in time; give a longer --timeout",
         ErrorCode::BrokenPipe | ErrorCode::NoData => "the other end closed the pipe",
         ErrorCode::InvalidName => {
             r"a pipe name is \\.\pipe\NAME, //./pipe/NAME or a bare NAME (quote backslashes in the shell)"

@@ -370,6 +370,33 @@ fn client_echoes_each_line_of_piped_input() {
     run.assert_success();
     // Nothing but the newline is taken off a line: `\r` is the message's.
     assert_eq!(run.stdout, "one\ntwo\r\nthree\n");
+    assert!(
+        run.stderr.starts_with("npipe: connected to "),
+        "{}",
+        run.stderr
+    );
+    let quiet = self::run(&["client", &name, "-q"], b"x\n");
+    quiet.assert_success();
+    assert_eq!(quiet.stderr, "");
+}
+
+/// `serve --pid-file` holds the server's pid while it serves and is
+/// removed when it stops.
+#[test]
+fn serve_pid_file_names_the_server_while_it_serves() {
+    let name = unique("pidfile");
+    let file = std::env::temp_dir().join(format!("{name}.pid"));
+    let path = file.to_str().unwrap().to_string();
+    let mut server = Server::start(&name, &["--pid-file", &path]);
+    let written = std::fs::read_to_string(&file).expect("the pid file");
+    assert_eq!(written.trim(), server.pid().to_string());
+    // SIGTERM: a clean stop removes it.
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(server.pid() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    );
+    let _ = server.child.wait();
+    assert!(!file.exists(), "the pid file outlived the server");
 }
 
 /// Binary messages through `--framing length` and `nul`, unchanged.
@@ -880,6 +907,12 @@ fn serve_security_flags_fence_out_other_users() {
     r.assert_code(EXIT_ACCESS_DENIED);
     assert!(
         r.stderr.contains("not by the expected root"),
+        "{}",
+        r.stderr
+    );
+    // The hint speaks of squatting, not of the pipe's direction.
+    assert!(
+        r.stderr.contains("another user may hold the name") && !r.stderr.contains("duplex"),
         "{}",
         r.stderr
     );

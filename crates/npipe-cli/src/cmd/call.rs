@@ -159,6 +159,7 @@ fn byte_call(args: &Args, request: &[u8]) -> Result<Vec<u8>, Failure> {
 
 fn call_failure(err: npipe::Error, args: &Args) -> Failure {
     let code = err.code();
+    let err_copy = npipe::Error::new(code, err.message());
     let failure = Failure::from(err);
     match code {
         ErrorCode::PipeBusy => {
@@ -173,11 +174,10 @@ fn call_failure(err: npipe::Error, args: &Args) -> Failure {
             "no server serves it (`npipe list` shows the pipes there are); \
                  --wait-for-server waits for one to start",
         ),
-        ErrorCode::AccessDenied => failure.hint(format!(
-            "a call needs a duplex pipe, or the pipe's security refuses you; \
-             `npipe info {}` shows its direction and owner",
-            args.name
-        )),
+        ErrorCode::AccessDenied => {
+            let hint = super::access_hint(&err_copy, &args.name, "a call needs a duplex pipe");
+            failure.hint(hint.unwrap_or_default())
+        }
         _ => failure,
     }
 }

@@ -80,6 +80,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Framing::Line)]
     pub framing: Framing,
 
+    /// Do not say on stderr when the client is connected
+    #[arg(short, long)]
+    pub quiet: bool,
+
     #[command(flatten)]
     pub security: super::ClientSecurity,
 }
@@ -90,8 +94,24 @@ pub fn run(args: &Args) -> CmdResult {
     opts.wait(args.timeout.wait())
         .wait_for_server(args.wait_for_server);
     args.security.apply(&mut opts)?;
-    let mut client = opts.open(args.name.as_str())?;
+    let mut client = opts.open(args.name.as_str()).map_err(|e| {
+        let hint = super::access_hint(&e, &args.name, "the pipe's direction refuses this access");
+        let failure = Failure::from(e);
+        match hint {
+            Some(h) => failure.hint(h),
+            None => failure,
+        }
+    })?;
     let info = client.info();
+    if !args.quiet {
+        eprintln!(
+            "npipe: connected to {} (server pid {}, {} {} pipe)",
+            info.name,
+            client.server_process_id(),
+            super::direction_name(info.direction),
+            super::type_name(info.pipe_type),
+        );
+    }
     match (info.pipe_type, info.access) {
         (PipeType::Message, access) => message_io(&mut client, access, args.framing),
         (PipeType::Byte, access) => byte_copy(&mut client, access),

@@ -129,6 +129,25 @@ impl std::fmt::Display for TimeoutArg {
     }
 }
 
+/// The hint for a client refused access to `name`: a server of another
+/// user than `--expect-server-user` named (someone may be squatting the
+/// name), or the pipe's direction or security; `what` says what was asked.
+pub fn access_hint(err: &npipe::Error, name: &str, what: &str) -> Option<String> {
+    if err.code() != npipe::ErrorCode::AccessDenied {
+        return None;
+    }
+    if err.message().contains("not by the expected") {
+        return Some(format!(
+            "the server of {name} is not the user you expected: another user may hold the \
+             name; `npipe info {name}` shows who serves it"
+        ));
+    }
+    Some(format!(
+        "{what}, or the pipe's security refuses you; `npipe info {name}` shows its direction \
+         and owner"
+    ))
+}
+
 /// What a client reveals and demands: shared by `client` and `call`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientSecurity {

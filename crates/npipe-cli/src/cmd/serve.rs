@@ -158,6 +158,11 @@ pub struct Args {
     #[arg(long)]
     pub once: bool,
 
+    /// Write the server's pid to FILE once it is serving (removed when it
+    /// stops), for scripts and service managers
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<std::path::PathBuf>,
+
     /// Grant rights, added to the pipe's security descriptor (repeatable)
     ///
     /// TRUSTEE is user:NAME|UID, group:NAME|GID, everyone, owner or
@@ -339,6 +344,7 @@ async fn serve(
     if !args.quiet {
         log(format_args!("security: {security}"));
     }
+    let _pid_file = args.pid_file.as_deref().map(PidFile::write).transpose()?;
     let mut stop = Signals::new()?;
     let mut next_id: u64 = 0;
     // Connections still being served, to say at the end how many were cut.
@@ -380,6 +386,27 @@ async fn serve(
         if cut == 1 { "" } else { "s" }
     ));
     Ok(())
+}
+
+/// `--pid-file`: the server's pid in a file while it serves.
+struct PidFile(std::path::PathBuf);
+
+impl PidFile {
+    fn write(path: &std::path::Path) -> Result<PidFile, Failure> {
+        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|e| {
+            Failure::new(
+                Status::Usage,
+                format!("cannot write the pid file {}: {e}", path.display()),
+            )
+        })?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Raises the limit on open files as far as allowed (to at least 65,536
