@@ -645,6 +645,49 @@ fn serve_exec_runs_a_command_for_each_client() {
     self::run(&["serve", "x", "--impersonate"], b"").assert_code(EXIT_USAGE);
 }
 
+/// `serve --stdio` (as `ncat -l`): lines of its input go to the one client
+/// as messages, the client's messages come out as lines, and it exits when
+/// the client leaves.
+#[test]
+fn serve_stdio_bridges_one_client_to_the_terminal() {
+    let name = unique("stdio");
+    let mut child = npipe()
+        .args(["serve", &name, "--stdio"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start npipe serve --stdio");
+    let deadline = Instant::now() + STARTUP;
+    while npipe::query_pipe(name.as_str()).is_err() {
+        assert!(Instant::now() < deadline, "serve --stdio did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"to the client\n").unwrap();
+    let mut client = npipe::ClientOptions::new().open(name.as_str()).unwrap();
+    assert_eq!(client.recv_message().unwrap(), b"to the client");
+    client.write_message(b"from the client").unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "from the client\n");
+    drop(client);
+    let deadline = Instant::now() + HANG;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve --stdio did not exit with its client"
+        );
+        thread::sleep(Duration::from_millis(10));
+    };
+    drop(stdin);
+    assert!(status.success(), "{status}");
+}
+
 #[test]
 fn a_second_server_of_the_same_name_is_refused() {
     let name = unique("twice");

@@ -38,7 +38,10 @@ pub async fn serve(
     let stdin = ChildStdin::from_std(child.stdin.take().expect("piped")).map_err(io)?;
     let stdout = ChildStdout::from_std(child.stdout.take().expect("piped")).map_err(io)?;
     let bridged = match conn.info().pipe_type {
-        PipeType::Message => bridge_messages(conn, stdin, stdout).await,
+        PipeType::Message => {
+            let mut lines = BufReader::new(stdout);
+            bridge_messages(conn, Some(stdin), &mut lines, ClientGone::DrainOutput).await
+        }
         PipeType::Byte => bridge_bytes(conn, stdin, stdout).await,
     };
     // The command's output ended, or the client left and the command was
@@ -65,31 +68,54 @@ fn set_identity(cmd: &mut std::process::Command, conn: &PipeServer) {
         .env("NPIPE_PIPE", conn.info().name);
 }
 
-/// Messages in as lines on the command's input, its lines out as messages.
-async fn bridge_messages(
+/// What a message bridge does once its client has left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientGone {
+    /// Close the other side's input and read its output to the end (a
+    /// command finishing its work).
+    DrainOutput,
+    /// Stop at once (the next client takes over the other side).
+    Stop,
+}
+
+/// Messages in as lines on `input` (closed when the client leaves), the
+/// lines of `output` out as messages, until `output` ends (or, with
+/// [`ClientGone::Stop`], the client leaves).
+pub async fn bridge_messages<W, R>(
     conn: &mut PipeServer,
-    stdin: ChildStdin,
-    stdout: ChildStdout,
-) -> npipe::Result<String> {
-    let mut stdin = Some(stdin);
-    let mut lines = BufReader::new(stdout);
+    input: Option<W>,
+    output: &mut R,
+    gone: ClientGone,
+) -> npipe::Result<String>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    let mut stdin = input;
+    let lines = output;
     let mut line = Vec::new();
     let (mut inbound, mut outbound) = (0u64, 0u64);
     loop {
         tokio::select! {
             // Both cancel-safe: a message or a line half-read stays for the
             // next turn.
-            msg = conn.recv_message(), if stdin.is_some() => match msg {
+            msg = conn.recv_message(), if stdin.is_some() || gone == ClientGone::Stop => match msg {
                 Ok(mut msg) => {
                     msg.push(b'\n');
-                    let to = stdin.as_mut().expect("checked");
-                    if to.write_all(&msg).await.is_err() {
-                        stdin = None; // the command stopped reading
+                    if let Some(to) = stdin.as_mut() {
+                        if to.write_all(&msg).await.and(to.flush().await).is_err() {
+                            stdin = None; // the other side stopped reading
+                        }
                     }
                     inbound += 1;
                 }
                 // The client left: the command sees the end of its input.
-                Err(e) if e.code() == ErrorCode::BrokenPipe => stdin = None,
+                Err(e) if e.code() == ErrorCode::BrokenPipe => {
+                    if gone == ClientGone::Stop {
+                        break;
+                    }
+                    stdin = None;
+                }
                 Err(e) => return Err(e),
             },
             read = lines.read_until(b'\n', &mut line) => match read {

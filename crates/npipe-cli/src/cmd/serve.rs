@@ -158,6 +158,13 @@ pub struct Args {
     #[arg(long)]
     pub once: bool,
 
+    /// Serve one client by hand, as `ncat -l`: on a message pipe each line
+    /// of standard input goes to it as a message and each of its messages
+    /// comes out as a line; on a byte pipe bytes pass both ways. Exits when
+    /// the client leaves or, on a message pipe, at the end of input
+    #[arg(long, conflicts_with_all = ["exec", "whoami", "once"])]
+    pub stdio: bool,
+
     /// Write the server's pid to FILE once it is serving (removed when it
     /// stops), for scripts and service managers
     #[arg(long, value_name = "FILE")]
@@ -315,7 +322,12 @@ pub fn run(args: &Args) -> CmdResult {
         impersonate: args.impersonate,
         exec: args.exec.clone(),
     });
-    runtime.block_on(serve(args, &opts, security, config))
+    let result = runtime.block_on(serve(args, &opts, security, config));
+    // Without waiting for blocking work still pending (a read of standard
+    // input with --stdio never ends by itself): what was connected is cut
+    // off at exit, as the stop line said.
+    runtime.shutdown_background();
+    result
 }
 
 async fn serve(
@@ -360,6 +372,10 @@ async fn serve(
         };
         next_id += 1;
         let config = Arc::clone(&config);
+        if args.stdio {
+            drop(listener);
+            return serve_stdio(conn, &mut stop).await;
+        }
         if args.once {
             let name = listener.name().to_string();
             drop(listener);
@@ -385,6 +401,61 @@ async fn serve(
         listener.name(),
         if cut == 1 { "" } else { "s" }
     ));
+    Ok(())
+}
+
+/// `--stdio`: one client bridged to this process's standard input and
+/// output.
+async fn serve_stdio(mut conn: PipeServer, stop: &mut Signals) -> CmdResult {
+    let pid = conn.client_process_id();
+    log(format_args!(
+        "client pid {pid} connected; standard input goes to it"
+    ));
+    let bridged = async {
+        match conn.info().pipe_type {
+            PipeType::Message => {
+                let mut input = tokio::io::BufReader::new(tokio::io::stdin());
+                super::exec::bridge_messages(
+                    &mut conn,
+                    Some(tokio::io::stdout()),
+                    &mut input,
+                    super::exec::ClientGone::Stop,
+                )
+                .await
+            }
+            PipeType::Byte => {
+                let (mut from_client, mut to_client) = tokio::io::split(&mut conn);
+                let mut stdout = tokio::io::stdout();
+                let inbound = async {
+                    let n = tokio::io::copy(&mut from_client, &mut stdout).await;
+                    let _ = stdout.flush().await;
+                    n
+                };
+                let outbound = async {
+                    let n = tokio::io::copy(&mut tokio::io::stdin(), &mut to_client).await;
+                    let _ = to_client.shutdown().await;
+                    n
+                };
+                // The client leaving ends it; the end of input only
+                // half-closes.
+                tokio::pin!(inbound, outbound);
+                let mut input_ended = false;
+                loop {
+                    tokio::select! {
+                        n = &mut inbound => {
+                            break Ok(format!("{} byte(s) from the client", n.unwrap_or(0)))
+                        }
+                        _ = &mut outbound, if !input_ended => input_ended = true,
+                    }
+                }
+            }
+        }
+    };
+    let done = tokio::select! {
+        done = bridged => done?,
+        () = stop.recv() => "stopped".to_string(),
+    };
+    log(format_args!("client pid {pid}: {done}"));
     Ok(())
 }
 
