@@ -8,11 +8,12 @@
 //! ratio, the median of the per-round ratios with min and max beside it.
 //!
 //! The server processes are the running program itself, started again
-//! (`std::env::current_exe()`): a program that calls [`run`] must also
-//! dispatch `bench-peer` (with [`PeerArgs`]) to [`run_peer`],
-//! `bench-scale-peer PATH` to [`run_scale_peer`], and be `npipe` itself for
-//! `serve NAME --quiet`, the npipe side of the scale case. Failures come back
-//! as an [`Error`] for that program to report.
+//! (`std::env::current_exe()`) with [`INTERNAL_ROLE`] in their environment:
+//! a program that calls [`run`] must then also dispatch `bench-peer` (with
+//! [`PeerArgs`]) to [`run_peer`] and `bench-scale-peer PATH` to
+//! [`run_scale_peer`], and be `npipe` itself for `serve NAME --quiet`, the
+//! npipe side of the scale case. Failures come back as an [`Error`] for that
+//! program to report.
 
 mod cases;
 mod error;
@@ -29,6 +30,11 @@ use std::path::PathBuf;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub use error::Error;
+
+/// The environment variable set in the processes the bench starts of its
+/// own program, which run its internal roles (`bench-peer`,
+/// `bench-scale-peer`); a program's public command line need not list them.
+pub const INTERNAL_ROLE: &str = "NPIPE_INTERNAL_ROLE";
 pub use peer::{run as run_peer, PeerArgs};
 pub use scale::run_peer as run_scale_peer;
 

@@ -50,7 +50,8 @@ impl Peer {
             ))
         })?;
         let mut cmd = Command::new(exe);
-        cmd.arg("bench-peer")
+        cmd.env(crate::INTERNAL_ROLE, "1")
+            .arg("bench-peer")
             .arg("--case")
             .arg(case.name)
             .arg("--name")

@@ -87,6 +87,7 @@ impl Drop for Server {
 fn spawn(args: &[&str], cpu: Option<usize>) -> Result<Server, Error> {
     let exe = std::env::current_exe().map_err(|e| failure(format!("cannot find npipe: {e}")))?;
     let child = Command::new(exe)
+        .env(crate::INTERNAL_ROLE, "1")
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

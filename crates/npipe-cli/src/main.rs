@@ -69,24 +69,56 @@ enum Command {
     Wait(cmd::wait::Args),
     Bench(npipe_bench::Args),
     Setup(cmd::setup::Args),
+}
+
+/// The processes `npipe demo` and `npipe bench` start of this program: run
+/// only with [`INTERNAL_ROLE`] in the environment, so that the tool's own
+/// command line neither lists nor suggests them.
+#[derive(Debug, Parser)]
+#[command(name = "npipe")]
+struct Internal {
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Debug, Subcommand)]
+enum Role {
     /// The demo's server process (started by `npipe demo`).
-    #[command(hide = true)]
     DemoServer(cmd::demo::ServerArgs),
     /// The demo's client process (started by `npipe demo`).
-    #[command(hide = true)]
     DemoClient(cmd::demo::ClientArgs),
     /// The bench's server process (started by `npipe bench`).
-    #[command(hide = true)]
     BenchPeer(npipe_bench::PeerArgs),
     /// The raw side's server of `npipe bench scale` (started by the bench).
-    #[command(hide = true)]
     BenchScalePeer {
         /// The socket path to serve.
         path: std::path::PathBuf,
     },
 }
 
+/// Set by `npipe demo` and `npipe bench` for the processes they start.
+pub const INTERNAL_ROLE: &str = npipe_bench::INTERNAL_ROLE;
+
+/// Runs an internal role, if this process was started as one.
+fn run_internal() -> Option<cmd::CmdResult> {
+    std::env::var_os(INTERNAL_ROLE)?;
+    // A public command (the bench also starts `npipe serve`) is not a role.
+    let internal = Internal::try_parse().ok()?;
+    Some(match &internal.role {
+        Role::DemoServer(args) => cmd::demo::run_server(args),
+        Role::DemoClient(args) => cmd::demo::run_client(args),
+        Role::BenchPeer(args) => npipe_bench::run_peer(args).map_err(Into::into),
+        Role::BenchScalePeer { path } => npipe_bench::run_scale_peer(path).map_err(Into::into),
+    })
+}
+
 fn main() -> ExitCode {
+    if let Some(result) = run_internal() {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(failure) => failure.report(),
+        };
+    }
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Demo(args) => cmd::demo::run(args),
@@ -98,10 +130,6 @@ fn main() -> ExitCode {
         Command::Wait(args) => cmd::wait::run(args),
         Command::Bench(args) => npipe_bench::run(args).map_err(Into::into),
         Command::Setup(args) => cmd::setup::run(args),
-        Command::DemoServer(args) => cmd::demo::run_server(args),
-        Command::DemoClient(args) => cmd::demo::run_client(args),
-        Command::BenchPeer(args) => npipe_bench::run_peer(args).map_err(Into::into),
-        Command::BenchScalePeer { path } => npipe_bench::run_scale_peer(path).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

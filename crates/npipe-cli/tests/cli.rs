@@ -731,6 +731,10 @@ fn calling_a_missing_pipe_says_it_does_not_exist() {
 
 #[test]
 fn bad_arguments_are_usage_errors() {
+    // A typo is never told about the processes demo and bench start.
+    let typo = run(&["demo-serve"], b"");
+    typo.assert_code(EXIT_USAGE);
+    assert!(!typo.stderr.contains("demo-server"), "{}", typo.stderr);
     run(&["call", r"\a\b", "x"], b"").assert_code(EXIT_USAGE);
     run(&["serve", "x", "--instances", "0"], b"").assert_code(EXIT_USAGE);
     run(&["serve", "x", "--type", "stream"], b"").assert_code(EXIT_USAGE);

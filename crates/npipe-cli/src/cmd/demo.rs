@@ -304,14 +304,16 @@ pub fn run(args: &Args) -> CmdResult {
         exe.display()
     ));
 
-    let mut server = Running::spawn("server", Command::new(&exe).arg("demo-server").arg(&name))?;
+    let internal = |role: &str| {
+        let mut cmd = Command::new(&exe);
+        cmd.env(crate::INTERNAL_ROLE, "1").arg(role);
+        cmd
+    };
+    let mut server = Running::spawn("server", internal("demo-server").arg(&name))?;
     let server_out = server.forward_output();
     let mut client = Running::spawn(
         "client",
-        Command::new(&exe)
-            .arg("demo-client")
-            .arg(&name)
-            .arg(&args.message),
+        internal("demo-client").arg(&name).arg(&args.message),
     )?;
     let client_out = client.forward_output();
     say(format_args!(
