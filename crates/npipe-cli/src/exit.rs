@@ -139,6 +139,18 @@ impl Failure {
         }
         ExitCode::from(self.status.exit_code())
     }
+
+    /// Reports this and ends the process at once, whatever other threads
+    /// are doing (one stuck writing to a pipe nobody reads any more).
+    pub fn exit_now(&self) -> ! {
+        let code = if self.quiet {
+            0
+        } else {
+            self.status.exit_code()
+        };
+        let _ = self.report();
+        std::process::exit(i32::from(code))
+    }
 }
 
 impl fmt::Display for Failure {

@@ -688,6 +688,36 @@ fn serve_stdio_bridges_one_client_to_the_terminal() {
     assert!(status.success(), "{status}");
 }
 
+/// `serve --exec cat` answers a message larger than the pipes between
+/// server and command hold (its output is read while its input is fed),
+/// and a client whose output is closed (`| head -1`) stops at once.
+#[test]
+fn exec_takes_big_messages_and_a_closed_client_output_stops_the_client() {
+    let name = unique("execbig");
+    let _server = Server::start(&name, &["--exec", "cat"]);
+    let big = vec![b'x'; 600_000];
+    let (status, reply) = run_bytes(&["call", &name, "-", "--raw"], &big);
+    assert!(status.success(), "{status}");
+    assert_eq!(reply.len(), big.len());
+    assert_eq!(reply, big);
+
+    let echo = unique("headecho");
+    let _server = Server::start(&echo, &[]);
+    let exe = env!("CARGO_BIN_EXE_npipe");
+    let script = format!("yes | '{exe}' client {echo} -q | head -1");
+    let run = run_cmd(
+        {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(&script);
+            c
+        },
+        &["sh", "-c", &script],
+        b"",
+    );
+    run.assert_success();
+    assert_eq!(run.stdout, "y\n");
+}
+
 #[test]
 fn a_second_server_of_the_same_name_is_refused() {
     let name = unique("twice");

@@ -112,7 +112,7 @@ fn request(args: &Args) -> Result<Vec<u8>, Failure> {
         .by_ref()
         .take(REQUEST_MAX + 1)
         .read_to_end(&mut data)
-        .map_err(|e| Failure::new(Status::Usage, format!("cannot read {what}: {e}")))?;
+        .map_err(|e| Failure::new(Status::Other, format!("cannot read {what}: {e}")))?;
     if data.len() as u64 > REQUEST_MAX {
         return Err(Failure::new(
             Status::Usage,

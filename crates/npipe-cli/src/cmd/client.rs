@@ -16,7 +16,7 @@ const POLL: Duration = Duration::from_millis(50);
 
 const LONG_ABOUT: &str = r"Connect to a pipe and talk to it over stdin and stdout.
 
-Opens the pipe (CreateFile on \\.\pipe\NAME; with --wait, WaitNamedPipe first,
+Opens the pipe (CreateFile on \\.\pipe\NAME; with --timeout, WaitNamedPipe first,
 in one step) and then, depending on what the server created:
 
   message pipe, duplex      each line of input is sent as one message (without
@@ -59,17 +59,11 @@ pub struct Args {
     /// Wait up to MS milliseconds (or `forever`) for a free instance
     ///
     /// As WaitNamedPipe, but waiting and connecting are one step, so no other
-    /// client can take the instance in between. 0 (the default) does not
-    /// wait: a busy pipe fails at once with ERROR_PIPE_BUSY. (--wait is the
-    /// same option's older name.)
-    #[arg(
-        verbatim_doc_comment,
-        long,
-        alias = "wait",
-        value_name = "MS|forever",
-        default_value = "0"
-    )]
-    pub timeout: TimeoutArg,
+    /// client can take the instance in between. Without it a busy pipe
+    /// fails at once with ERROR_PIPE_BUSY (with --wait-for-server it waits
+    /// for ever). (--wait is the same option's older name.)
+    #[arg(verbatim_doc_comment, long, alias = "wait", value_name = "MS|forever")]
+    pub timeout: Option<TimeoutArg>,
 
     /// Also wait (within --timeout) for a pipe that does not exist yet, as
     /// for a server still starting
@@ -91,7 +85,13 @@ pub struct Args {
 /// Runs `npipe client`.
 pub fn run(args: &Args) -> CmdResult {
     let mut opts = ClientOptions::new();
-    opts.wait(args.timeout.wait())
+    // Waiting for a server to start means waiting, unless told how long.
+    let timeout = args.timeout.unwrap_or(if args.wait_for_server {
+        TimeoutArg::Forever
+    } else {
+        TimeoutArg::Ms(0)
+    });
+    opts.wait(timeout.wait())
         .wait_for_server(args.wait_for_server);
     args.security.apply(&mut opts)?;
     let mut client = opts.open(args.name.as_str()).map_err(|e| {
@@ -226,12 +226,22 @@ fn message_io(client: &mut PipeClient, access: Access, framing: Framing) -> CmdR
         let received = if access.reads() {
             let r = receive_messages(&mut reader, framing, &sent, &input_done, access.writes());
             server_closed.store(true, Ordering::SeqCst);
-            r
+            stop_if_failed(r)
         } else {
             Ok(())
         };
         joined(received, sending)
     })
+}
+
+/// A receiving side that failed (its output closed, as `| head` does)
+/// ends the process at once: the sending thread may be stuck writing to a
+/// server that, unread, stopped reading too.
+fn stop_if_failed(received: CmdResult) -> CmdResult {
+    if let Err(failure) = &received {
+        failure.exit_now();
+    }
+    received
 }
 
 /// The end of a copy both ways: what the receiving side returned, then
@@ -362,7 +372,7 @@ fn byte_copy(client: &mut PipeClient, access: Access) -> CmdResult {
         let received = if access.reads() {
             let r = pipe_to_stdout(&mut reader);
             server_closed.store(true, Ordering::SeqCst);
-            r
+            stop_if_failed(r)
         } else {
             Ok(())
         };

@@ -3,29 +3,52 @@
 //! and the client's identity, from the kernel, in its environment.
 
 use std::process::Stdio;
+use std::time::Duration;
 
 use npipe::tokio::PipeServer;
 use npipe::unix::{LocalGroupExt, LocalUserExt};
 use npipe::{Error, ErrorCode, PipeType};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, ChildStdout};
+
+/// How long a command may take to exit once its client has gone and its
+/// input and output are closed, before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// The longest line a command's output makes one message of; a longer one
+/// goes out in pieces of this size.
+const LINE_MAX: u64 = 1 << 20;
+/// Messages queued for a command's input while it is busy; past them the
+/// client is not read (backpressure).
+const QUEUE: usize = 64;
 
 /// Runs `command` (with `sh -c`) for the client on `conn`, as the client
 /// with `impersonate`: on a message pipe each message in is a line on its
 /// input and each line it writes a message out; on a byte pipe the bytes
-/// pass both ways as they are. Ends when the command's output ends (the
-/// connection is then closed) or, after the client left, when it exits.
+/// pass both ways as they are. Ends when the command's output ends or the
+/// client can no longer be written to; a command still running then is
+/// given [`EXIT_GRACE`] and killed.
 pub async fn serve(
     conn: &mut PipeServer,
     command: &str,
     impersonate: bool,
+    can_read: bool,
 ) -> npipe::Result<String> {
     let mut cmd = std::process::Command::new("sh");
     cmd.arg("-c")
         .arg(command)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .env_remove(crate::INTERNAL_ROLE);
+    if impersonate {
+        // A process of the client's must not see the server's environment
+        // (its secrets), directory or log: only what it needs.
+        cmd.env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .current_dir("/")
+            .stderr(Stdio::null());
+    } else {
+        cmd.stderr(Stdio::inherit());
+    }
     set_identity(&mut cmd, conn);
     let mut child = if impersonate {
         conn.spawn_as_client(&mut cmd)?
@@ -40,16 +63,23 @@ pub async fn serve(
     let bridged = match conn.info().pipe_type {
         PipeType::Message => {
             let mut lines = BufReader::new(stdout);
-            bridge_messages(conn, Some(stdin), &mut lines, ClientGone::DrainOutput).await
+            bridge_messages(conn, Some(stdin), &mut lines, can_read, false).await
         }
-        PipeType::Byte => bridge_bytes(conn, stdin, stdout).await,
+        PipeType::Byte => bridge_bytes(conn, stdin, stdout, can_read).await,
     };
-    // The command's output ended, or the client left and the command was
-    // told so by the end of its input: reap it without blocking the runtime.
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .map_err(|e| Error::new(ErrorCode::Other, e.to_string()))?
-        .map_err(io)?;
+    // Its input and output are closed now: a command that does not exit by
+    // itself is stopped.
+    let mut waited = Duration::ZERO;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(io)? {
+            break status;
+        }
+        if waited >= EXIT_GRACE {
+            let _ = child.kill();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
+    };
     let moved = bridged?;
     Ok(format!("command (pid {pid}) {status}; {moved}"))
 }
@@ -57,10 +87,11 @@ pub async fn serve(
 /// The client's identity, for the command: `NPIPE_CLIENT_*`.
 fn set_identity(cmd: &mut std::process::Command, conn: &PipeServer) {
     let id = conn.client_identity();
+    let user = id.user_name.unwrap_or_default();
     cmd.env("NPIPE_CLIENT_PID", id.credentials.pid.to_string())
         .env("NPIPE_CLIENT_UID", id.credentials.user.uid().to_string())
         .env("NPIPE_CLIENT_GID", id.credentials.group.gid().to_string())
-        .env("NPIPE_CLIENT_USER", id.user_name.unwrap_or_default())
+        .env("NPIPE_CLIENT_USER", &user)
         .env(
             "NPIPE_CLIENT_SESSION",
             id.session_id.map(|s| s.to_string()).unwrap_or_default(),
@@ -68,83 +99,107 @@ fn set_identity(cmd: &mut std::process::Command, conn: &PipeServer) {
         .env("NPIPE_PIPE", conn.info().name);
 }
 
-/// What a message bridge does once its client has left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientGone {
-    /// Close the other side's input and read its output to the end (a
-    /// command finishing its work).
-    DrainOutput,
-    /// Stop at once (the next client takes over the other side).
-    Stop,
-}
-
-/// Messages in as lines on `input` (closed when the client leaves), the
-/// lines of `output` out as messages, until `output` ends (or, with
-/// [`ClientGone::Stop`], the client leaves).
+/// Messages from the client as lines on `input`, the lines of `output` as
+/// messages to it, until `output` ends or the client can no longer be
+/// written to (when the client stops sending, `input` is closed). `input` is fed
+/// by a task of its own, so that `output` is read while the other side takes
+/// its time with its input; `can_read` is false on an outbound pipe, whose
+/// server end reads nothing; with `end_with_client` the bridge ends as soon
+/// as the client sends no more (a person at the other side's terminal has
+/// no more to say to it).
 pub async fn bridge_messages<W, R>(
     conn: &mut PipeServer,
     input: Option<W>,
     output: &mut R,
-    gone: ClientGone,
+    can_read: bool,
+    end_with_client: bool,
 ) -> npipe::Result<String>
 where
-    W: tokio::io::AsyncWrite + Unpin,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
     R: tokio::io::AsyncBufRead + Unpin,
 {
-    let mut stdin = input;
-    let lines = output;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(QUEUE);
+    let mut tx = input.is_some().then_some(tx);
+    if let Some(mut to) = input {
+        tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                if to.write_all(&line).await.is_err() || to.flush().await.is_err() {
+                    break; // the other side stopped reading
+                }
+            }
+            // Dropped here: the end of its input.
+        });
+    }
     let mut line = Vec::new();
     let (mut inbound, mut outbound) = (0u64, 0u64);
     loop {
+        let mut stopped_reading = false;
+        let mut limited = (&mut *output).take(LINE_MAX);
         tokio::select! {
-            // Both cancel-safe: a message or a line half-read stays for the
-            // next turn.
-            msg = conn.recv_message(), if stdin.is_some() || gone == ClientGone::Stop => match msg {
-                Ok(mut msg) => {
+            // Cancel-safe both: a message or a line half-read stays for the
+            // next turn, and a reserved place is only given back.
+            got = async {
+                let permit = tx.as_ref().expect("checked").reserve().await.ok()?;
+                Some((permit, conn.recv_message().await))
+            }, if tx.is_some() && can_read => match got {
+                None => stopped_reading = true, // the other side did
+                Some((permit, Ok(mut msg))) => {
                     msg.push(b'\n');
-                    if let Some(to) = stdin.as_mut() {
-                        if to.write_all(&msg).await.and(to.flush().await).is_err() {
-                            stdin = None; // the other side stopped reading
-                        }
-                    }
+                    permit.send(msg);
                     inbound += 1;
                 }
-                // The client left: the command sees the end of its input.
-                Err(e) if e.code() == ErrorCode::BrokenPipe => {
-                    if gone == ClientGone::Stop {
+                // The client sends no more (it may still read, after a
+                // half-close): the other side sees the end of its input
+                // and may still answer; a client that left altogether
+                // fails the next write, which ends the bridge.
+                Some((_, Err(e))) if e.code() == ErrorCode::BrokenPipe => {
+                    if end_with_client {
                         break;
                     }
-                    stdin = None;
+                    stopped_reading = true;
                 }
-                Err(e) => return Err(e),
+                Some((_, Err(e))) => return Err(e),
             },
-            read = lines.read_until(b'\n', &mut line) => match read {
+            read = limited.read_until(b'\n', &mut line) => match read {
                 Ok(0) => break,
                 Ok(_) => {
                     if line.last() == Some(&b'\n') {
                         line.pop();
                     }
-                    // A client that left no longer hears the command.
-                    if conn.write_message(&line).await.is_ok() {
-                        outbound += 1;
+                    if let Err(e) = conn.write_message(&line).await {
+                        if e.code() == ErrorCode::BrokenPipe || e.code() == ErrorCode::NoData {
+                            break; // the client left
+                        }
+                        return Err(e);
                     }
+                    outbound += 1;
                     line.clear();
                 }
-                Err(e) => return Err(Error::new(ErrorCode::Other, format!("the command's output: {e}"))),
+                Err(e) => {
+                    return Err(Error::new(ErrorCode::Other, format!("the output: {e}")))
+                }
             },
+        }
+        if stopped_reading {
+            tx = None;
         }
     }
     Ok(format!("{inbound} message(s) in, {outbound} out"))
 }
 
-/// Bytes both ways, as they come.
+/// Bytes both ways, as they come, until the client leaves or the command's
+/// output ends.
 async fn bridge_bytes(
     conn: &mut PipeServer,
     mut stdin: ChildStdin,
     mut stdout: ChildStdout,
+    can_read: bool,
 ) -> npipe::Result<String> {
     let (mut from_client, mut to_client) = tokio::io::split(conn);
     let inbound = async {
+        if !can_read {
+            return std::future::pending().await;
+        }
         let n = tokio::io::copy(&mut from_client, &mut stdin).await;
         drop(stdin); // end of the command's input
         n
@@ -154,10 +209,14 @@ async fn bridge_bytes(
         let _ = to_client.shutdown().await;
         n
     };
-    let (inbound, outbound) = tokio::join!(inbound, outbound);
-    Ok(format!(
-        "{} byte(s) in, {} out",
-        inbound.unwrap_or(0),
-        outbound.unwrap_or(0)
-    ))
+    tokio::pin!(inbound, outbound);
+    // The command's output ending ends it; the client's ending only closes
+    // the command's input, which may still answer.
+    let mut client_done = false;
+    loop {
+        tokio::select! {
+            n = &mut outbound => return Ok(format!("{} byte(s) out", n.unwrap_or(0))),
+            _ = &mut inbound, if !client_done => client_done = true,
+        }
+    }
 }

@@ -336,6 +336,9 @@ async fn serve(
     security: SecurityDescriptor,
     config: Arc<Config>,
 ) -> CmdResult {
+    // Signals first: a stop that comes right after the "serving" line or the
+    // pid file still removes both.
+    let mut stop = Signals::new()?;
     let listener = opts
         .create_async(args.name.as_str())
         .map_err(|e| create_failure(e, args))?;
@@ -357,7 +360,6 @@ async fn serve(
         log(format_args!("security: {security}"));
     }
     let _pid_file = args.pid_file.as_deref().map(PidFile::write).transpose()?;
-    let mut stop = Signals::new()?;
     let mut next_id: u64 = 0;
     // Connections still being served, to say at the end how many were cut.
     let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -415,11 +417,13 @@ async fn serve_stdio(mut conn: PipeServer, stop: &mut Signals) -> CmdResult {
         match conn.info().pipe_type {
             PipeType::Message => {
                 let mut input = tokio::io::BufReader::new(tokio::io::stdin());
+                let can_read = conn.info().direction != Direction::Outbound;
                 super::exec::bridge_messages(
                     &mut conn,
                     Some(tokio::io::stdout()),
                     &mut input,
-                    super::exec::ClientGone::Stop,
+                    can_read,
+                    true,
                 )
                 .await
             }
@@ -475,8 +479,14 @@ impl PidFile {
 }
 
 impl Drop for PidFile {
+    /// Removes the file if it still names this process (another server may
+    /// have written it since).
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let ours = std::fs::read_to_string(&self.0)
+            .is_ok_and(|text| text.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 
@@ -576,7 +586,8 @@ async fn serve_connection(id: u64, mut conn: PipeServer, config: Arc<Config>) {
         _ if config.whoami => answer_whoami(&mut conn, config.impersonate).await,
         _ if config.exec.is_some() => {
             let command = config.exec.as_deref().expect("checked");
-            super::exec::serve(&mut conn, command, config.impersonate).await
+            let can_read = config.direction != Direction::Outbound;
+            super::exec::serve(&mut conn, command, config.impersonate, can_read).await
         }
         (Direction::Duplex, PipeType::Message) => echo_messages(&mut conn).await,
         (Direction::Duplex, PipeType::Byte) => echo_bytes(&mut conn).await,
