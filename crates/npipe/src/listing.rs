@@ -14,9 +14,11 @@ use crate::namespace::{Namespace, Pruned};
 use crate::proto::handshake::{Hello, HelloKind, Reply, WAIT_NONE};
 use crate::types::{Direction, PipeType};
 
-/// How long a query waits for its server's answer, and a listing for all of
-/// them (they are asked side by side).
+/// How long a query waits for its server's answer.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a listing waits for all of them: a socket not asked by then (a
+/// directory full of hung ones) is listed as not answering.
+const LIST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many servers a listing asks at once.
 const LIST_PARALLEL: usize = 16;
 
@@ -129,8 +131,9 @@ impl PipeEntry {
 }
 
 /// Every pipe in the namespace directory, in file-name order. Servers are
-/// asked side by side (16 at a time, each given a second), so hung ones
-/// cost a listing about a second, not a second each.
+/// asked side by side (16 at a time, each given a second), and a listing
+/// takes two seconds at most however many hang: a socket not asked by then
+/// is listed as not answering.
 ///
 /// ```
 /// let name = format!("doc-list-{}", std::process::id());
@@ -147,15 +150,21 @@ pub fn list_pipes() -> Result<Vec<PipeEntry>> {
         Err(e) => return Err(e),
     };
     let files = namespace.socket_files()?;
+    let deadline = std::time::Instant::now() + LIST_TIMEOUT;
     let next = std::sync::atomic::AtomicUsize::new(0);
     let entries: Vec<std::sync::Mutex<Option<PipeEntry>>> =
         files.iter().map(|_| std::sync::Mutex::new(None)).collect();
     let ask = || loop {
         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some(file) = files.get(i) else { return };
-        let entry = match query_file(&namespace, file, None) {
-            Ok(p) => PipeEntry::Served(p),
-            Err(e) => PipeEntry::from_failure(file.clone(), &e),
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let entry = if left.is_zero() {
+            PipeEntry::NotAnswering { file: file.clone() }
+        } else {
+            match query_file(&namespace, file, None, left.min(QUERY_TIMEOUT)) {
+                Ok(p) => PipeEntry::Served(p),
+                Err(e) => PipeEntry::from_failure(file.clone(), &e),
+            }
         };
         *entries[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(entry);
     };
@@ -204,11 +213,16 @@ pub fn query_pipe(name: impl TryInto<PipeName, Error = Error>) -> Result<ServedP
         ));
     }
     let namespace = Namespace::open_existing()?;
-    query_file(&namespace, &name.file_name(), Some(&name))
+    query_file(&namespace, &name.file_name(), Some(&name), QUERY_TIMEOUT)
         .map_err(|e| crate::namespace::not_served(&name, e))
 }
 
-fn query_file(namespace: &Namespace, file: &str, name: Option<&PipeName>) -> Result<ServedPipe> {
+fn query_file(
+    namespace: &Namespace,
+    file: &str,
+    name: Option<&PipeName>,
+    timeout: Duration,
+) -> Result<ServedPipe> {
     let socket = namespace.connect_file(file)?;
     let server: PeerCredentials = socket
         .peer_cred()
@@ -234,7 +248,7 @@ fn query_file(namespace: &Namespace, file: &str, name: Option<&PipeName>) -> Res
         .send(&out)
         .map_err(|e| Error::os(e, "cannot send the query"))?;
     // The client's own reader, with the query's deadline.
-    let reply = crate::blocking::read_reply(&socket, QUERY_TIMEOUT)?;
+    let reply = crate::blocking::read_reply(&socket, timeout)?;
     match reply {
         Reply::Info(d) => Ok(ServedPipe {
             name: d.name,

@@ -59,12 +59,12 @@ fn a_listing_tells_denied_hung_and_dead_apart() {
     let _ = std::fs::remove_file(dead_path);
 }
 
-/// Hung servers are asked side by side: twenty of them hold a listing up
+/// Hung servers are asked side by side, within one deadline: forty of them hold a listing up
 /// about as long as one does (a second each, one after another, would be
-/// twenty). The bound only separates the two by far.
+/// forty). The bound only separates the two by far.
 #[test]
 fn hung_servers_are_asked_side_by_side() {
-    let hogs: Vec<_> = (0..20)
+    let hogs: Vec<_> = (0..40)
         .map(|i| hung(&unique(&format!("list-hung{i}"))))
         .collect();
     let start = Instant::now();
@@ -77,6 +77,6 @@ fn hung_servers_are_asked_side_by_side() {
     for (_, path) in &hogs {
         let _ = std::fs::remove_file(path);
     }
-    assert!(silent >= 20, "{silent} not answering");
+    assert!(silent >= 40, "{silent} not answering");
     assert!(took < Duration::from_secs(10), "a listing took {took:?}");
 }
