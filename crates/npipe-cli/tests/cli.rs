@@ -718,6 +718,34 @@ fn exec_takes_big_messages_and_a_closed_client_output_stops_the_client() {
     assert_eq!(run.stdout, "y\n");
 }
 
+/// `serve --stdio` whose input has ended still prints what the client
+/// answers (it waits for a quiet half second), then exits.
+#[test]
+fn serve_stdio_prints_the_answer_to_its_last_line() {
+    let name = unique("stdiolast");
+    let mut child = npipe()
+        .args(["serve", &name, "--stdio"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start npipe serve --stdio");
+    let deadline = Instant::now() + STARTUP;
+    while npipe::query_pipe(name.as_str()).is_err() {
+        assert!(Instant::now() < deadline, "serve --stdio did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let mut client = npipe::ClientOptions::new().open(name.as_str()).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"question\n").unwrap();
+    drop(stdin); // the end of its input
+    assert_eq!(client.recv_message().unwrap(), b"question");
+    client.write_message(b"answer").unwrap();
+    let out = child.wait_with_output().expect("serve --stdio output");
+    assert!(out.status.success(), "{}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "answer\n");
+}
+
 #[test]
 fn a_second_server_of_the_same_name_is_refused() {
     let name = unique("twice");

@@ -20,6 +20,9 @@ const LINE_MAX: u64 = 1 << 20;
 /// Messages queued for a command's input while it is busy; past them the
 /// client is not read (backpressure).
 const QUEUE: usize = 64;
+/// After `--stdio`'s input ends, how long a quiet client is given to send
+/// what it still has (socat waits as long).
+const LINGER: Duration = Duration::from_millis(500);
 
 /// Runs `command` (with `sh -c`) for the client on `conn`, as the client
 /// with `impersonate`: on a message pipe each message in is a line on its
@@ -120,7 +123,7 @@ where
 {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(QUEUE);
     let mut tx = input.is_some().then_some(tx);
-    if let Some(mut to) = input {
+    let feeder = input.map(|mut to| {
         tokio::spawn(async move {
             while let Some(line) = rx.recv().await {
                 if to.write_all(&line).await.is_err() || to.flush().await.is_err() {
@@ -128,13 +131,18 @@ where
                 }
             }
             // Dropped here: the end of its input.
-        });
-    }
+        })
+    });
     let mut line = Vec::new();
     let (mut inbound, mut outbound) = (0u64, 0u64);
+    // Once `output` has ended (with `end_with_client`: the person typing
+    // has no more to say), messages still coming are taken until the
+    // client closes or goes quiet for [`LINGER`].
+    let mut output_ended: Option<tokio::time::Instant> = None;
     loop {
         let mut stopped_reading = false;
         let mut limited = (&mut *output).take(LINE_MAX);
+        let quiet_until = output_ended.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
             // Cancel-safe both: a message or a line half-read stays for the
             // next turn, and a reserved place is only given back.
@@ -147,6 +155,9 @@ where
                     msg.push(b'\n');
                     permit.send(msg);
                     inbound += 1;
+                    if output_ended.is_some() {
+                        output_ended = Some(tokio::time::Instant::now() + LINGER);
+                    }
                 }
                 // The client sends no more (it may still read, after a
                 // half-close): the other side sees the end of its input
@@ -160,7 +171,11 @@ where
                 }
                 Some((_, Err(e))) => return Err(e),
             },
-            read = limited.read_until(b'\n', &mut line) => match read {
+            () = tokio::time::sleep_until(quiet_until), if output_ended.is_some() => break,
+            read = limited.read_until(b'\n', &mut line), if output_ended.is_none() => match read {
+                Ok(0) if end_with_client && tx.is_some() && can_read => {
+                    output_ended = Some(tokio::time::Instant::now() + LINGER);
+                }
                 Ok(0) => break,
                 Ok(_) => {
                     if line.last() == Some(&b'\n') {
@@ -182,6 +197,15 @@ where
         }
         if stopped_reading {
             tx = None;
+        }
+    }
+    // What was taken from the client is delivered before the end (a
+    // command that takes too long to read it is not waited for).
+    drop(tx);
+    if let Some(feeder) = feeder {
+        let abort = feeder.abort_handle();
+        if tokio::time::timeout(EXIT_GRACE, feeder).await.is_err() {
+            abort.abort();
         }
     }
     Ok(format!("{inbound} message(s) in, {outbound} out"))
