@@ -142,8 +142,15 @@ const LINGER: Duration = Duration::from_millis(500);
 
 impl Framing {
     /// Takes the next whole message off the front of `pending`; at the end
-    /// of input (`end`) what is left is the last message.
-    fn take(self, pending: &mut Vec<u8>, end: bool) -> Result<Option<Vec<u8>>, Failure> {
+    /// of input (`end`) what is left is the last message. `searched` is how
+    /// much of `pending` is known to hold no delimiter, so that a long line
+    /// arriving in many chunks is scanned once, not once per chunk.
+    fn take(
+        self,
+        pending: &mut Vec<u8>,
+        searched: &mut usize,
+        end: bool,
+    ) -> Result<Option<Vec<u8>>, Failure> {
         let cut = |at: usize, skip: usize, pending: &mut Vec<u8>| {
             let mut msg: Vec<u8> = pending.drain(..at + skip).collect();
             msg.truncate(at);
@@ -152,10 +159,16 @@ impl Framing {
         match self {
             Framing::Line | Framing::Nul => {
                 let delimiter = if self == Framing::Line { b'\n' } else { 0 };
-                if let Some(at) = pending.iter().position(|&b| b == delimiter) {
-                    return Ok(Some(cut(at, 1, pending)));
+                let from = (*searched).min(pending.len());
+                if let Some(at) = pending[from..].iter().position(|&b| b == delimiter) {
+                    *searched = 0;
+                    return Ok(Some(cut(from + at, 1, pending)));
                 }
-                Ok((end && !pending.is_empty()).then(|| std::mem::take(pending)))
+                *searched = pending.len();
+                Ok((end && !pending.is_empty()).then(|| {
+                    *searched = 0;
+                    std::mem::take(pending)
+                }))
             }
             Framing::Length => {
                 let Some(prefix) = pending.first_chunk::<4>() else {
@@ -267,6 +280,7 @@ fn send_messages(
 ) -> CmdResult {
     let input = feed_stdin();
     let mut pending = Vec::new();
+    let mut searched = 0;
     loop {
         let end = match input.recv_timeout(POLL) {
             Ok(Input::Data(chunk)) => {
@@ -282,7 +296,7 @@ fn send_messages(
                 continue;
             }
         };
-        while let Some(msg) = framing.take(&mut pending, end)? {
+        while let Some(msg) = framing.take(&mut pending, &mut searched, end)? {
             writer.write_message(&msg)?;
             sent.fetch_add(1, Ordering::SeqCst);
         }
@@ -413,5 +427,66 @@ fn pipe_to_stdout(reader: &mut ReadHalf<'_>) -> CmdResult {
         out.write_all(&buf[..n])
             .and_then(|()| out.flush())
             .map_err(Failure::stdout)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `chunks` as input arrives and takes every message out.
+    fn split(framing: Framing, chunks: &[&[u8]]) -> Vec<Vec<u8>> {
+        let (mut pending, mut searched, mut out) = (Vec::new(), 0, Vec::new());
+        for (i, chunk) in chunks.iter().enumerate() {
+            pending.extend_from_slice(chunk);
+            let end = i + 1 == chunks.len();
+            while let Some(msg) = framing.take(&mut pending, &mut searched, end).unwrap() {
+                out.push(msg);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn framings_split_input_however_it_arrives() {
+        let lines = split(Framing::Line, &[b"ab", b"c\r\nd", b"e\n\nlast"]);
+        assert_eq!(
+            lines,
+            vec![
+                b"abc\r".to_vec(),
+                b"de".to_vec(),
+                b"".to_vec(),
+                b"last".to_vec()
+            ]
+        );
+        let nul = split(Framing::Nul, &[b"a\nb\0", b"c\0"]);
+        assert_eq!(nul, vec![b"a\nb".to_vec(), b"c".to_vec()]);
+        let mut framed = 3u32.to_le_bytes().to_vec();
+        framed.extend_from_slice(b"xyz");
+        framed.extend_from_slice(&0u32.to_le_bytes());
+        let (a, b) = framed.split_at(5);
+        assert_eq!(
+            split(Framing::Length, &[a, b]),
+            vec![b"xyz".to_vec(), vec![]]
+        );
+        let (mut pending, mut searched) = (framed[..5].to_vec(), 0);
+        assert!(
+            Framing::Length
+                .take(&mut pending, &mut searched, true)
+                .is_err(),
+            "truncated"
+        );
+    }
+
+    /// A long line in many chunks: each byte is looked at once (the search
+    /// goes on from where it stopped), and the line comes out whole.
+    #[test]
+    fn a_long_line_is_scanned_once() {
+        let chunk = vec![b'x'; 4096];
+        let mut chunks: Vec<&[u8]> = vec![&chunk; 64];
+        chunks.push(b"\n");
+        let lines = split(Framing::Line, &chunks);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].len(), 4096 * 64);
     }
 }
