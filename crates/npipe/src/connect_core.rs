@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::identity::Identity;
 use crate::info::{max_instances_from_wire, End, PeerCredentials};
 use crate::name::PipeName;
 use crate::options::ClientOptions;
@@ -142,38 +143,43 @@ pub(crate) fn check_reachable(name: &PipeName) -> Result<()> {
     }
 }
 
-/// Refuses a server that runs as anyone but `expect_server_user` asked for,
-/// before a byte is sent; `user_name` names a uid for the message.
+/// Refuses a server that is anyone but `expect_server` asked for, before a
+/// byte is sent; `user_name` names a uid for the message.
 pub(crate) fn check_server(
     name: &PipeName,
     opts: &ClientOptions,
     cred: Option<PeerCredentials>,
     user_name: impl Fn(u32) -> Option<String>,
 ) -> Result<()> {
-    let Some(expected) = opts.expect_server else {
+    let Some(expected) = &opts.expect_server else {
         return Ok(());
     };
     let Some(cred) = cred else {
         return Err(Error::new(
             ErrorCode::Other,
-            "npipe bug: the server's credentials were not read for expect_server_user",
+            "npipe bug: the server's credentials were not read for expect_server",
         ));
     };
-    if cred.user == expected {
+    if expected.local_user() == Some(cred.user) {
         return Ok(());
     }
     let who = |uid: u32| match user_name(uid) {
         Some(n) => format!("{n} (uid {uid})"),
         None => format!("uid {uid}"),
     };
+    let wanted = match expected {
+        Identity::Local(user) => format!("the expected {}", who(user.0)),
+        Identity::Remote(p) => format!(
+            "the expected remote principal {p} (a local pipe's server is always a local user)"
+        ),
+    };
     Err(Error::new(
         ErrorCode::AccessDenied,
         format!(
-            "{name} is served by {} (pid {}), not by the expected {}: refusing to talk to it \
+            "{name} is served by {} (pid {}), not by {wanted}: refusing to talk to it \
              (someone else may be squatting the name)",
             who(cred.user.0),
             cred.pid,
-            who(expected.0)
         ),
     ))
 }

@@ -1,10 +1,131 @@
-//! Users and groups of this machine as typed values, not bare numbers: who
-//! a pipe's peer is (from the kernel), whom a security descriptor names,
-//! which server a client expects. On Unix they carry a uid and a gid
-//! ([`crate::unix`] reads and makes them); a Windows backend will carry
-//! SIDs, and remote peers a gateway's principal, behind the same types.
+//! Who is at the other end of a pipe, as typed values rather than bare
+//! numbers: [`Identity`] is a local user (from the kernel) or a remote
+//! principal (as a remote-pipe gateway authenticated it); [`LocalUser`] and
+//! [`LocalGroup`] are this machine's users and groups. On Unix they carry a
+//! uid and a gid ([`crate::unix`] reads and makes them); a Windows backend
+//! carries SIDs behind the same types.
 
 use std::fmt;
+
+/// Who a peer is, as something able to vouch for it said so: the kernel for
+/// a client or server on this machine, a remote-pipe gateway's TLS
+/// authentication for a client elsewhere. Never what the peer claims.
+///
+/// A security descriptor's [`Trustee`](crate::Trustee) names identities,
+/// [`ClientOptions::expect_server`](crate::ClientOptions::expect_server)
+/// takes one, and [`Pipe::peer_identity`](crate::Pipe::peer_identity) tells
+/// either end who the other is.
+///
+/// ```
+/// use npipe::{Identity, LocalUser, RemotePrincipal};
+///
+/// let me = Identity::from(LocalUser::current());
+/// assert_eq!(me.local_user(), Some(LocalUser::current()));
+///
+/// let far = Identity::Remote(RemotePrincipal::new("build-agent-7"));
+/// assert_eq!(far.local_user(), None);
+/// assert_eq!(far.to_string(), "remote principal build-agent-7");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Identity {
+    /// A user of this machine, as the kernel reports the peer's process.
+    Local(LocalUser),
+    /// A client on another machine, by the principal (its certificate's
+    /// name) a remote-pipe gateway authenticated.
+    Remote(RemotePrincipal),
+}
+
+impl Identity {
+    /// The local user, for a peer on this machine.
+    pub fn local_user(&self) -> Option<LocalUser> {
+        match self {
+            Identity::Local(user) => Some(*user),
+            Identity::Remote(_) => None,
+        }
+    }
+
+    /// The remote principal, for a peer that came through a gateway.
+    pub fn remote_principal(&self) -> Option<&RemotePrincipal> {
+        match self {
+            Identity::Local(_) => None,
+            Identity::Remote(p) => Some(p),
+        }
+    }
+}
+
+impl From<LocalUser> for Identity {
+    fn from(user: LocalUser) -> Identity {
+        Identity::Local(user)
+    }
+}
+
+impl From<RemotePrincipal> for Identity {
+    fn from(p: RemotePrincipal) -> Identity {
+        Identity::Remote(p)
+    }
+}
+
+/// On Unix a bare uid names a local user: `expect_server(0)`.
+#[cfg(unix)]
+impl From<u32> for Identity {
+    fn from(uid: u32) -> Identity {
+        Identity::Local(LocalUser(uid))
+    }
+}
+
+impl fmt::Display for Identity {
+    /// `alice (uid 1000)` or `remote principal build-agent-7`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Local(user) => user.fmt(f),
+            Identity::Remote(p) => write!(f, "remote principal {p}"),
+        }
+    }
+}
+
+/// A remote client's authenticated name: the subject of the certificate a
+/// remote-pipe gateway checked. Compared without regard to ASCII case, as
+/// host and account names are.
+///
+/// ```
+/// use npipe::RemotePrincipal;
+/// assert_eq!(RemotePrincipal::new("Agent-7"), RemotePrincipal::new("agent-7"));
+/// ```
+#[derive(Debug, Clone, Eq)]
+pub struct RemotePrincipal(String);
+
+impl RemotePrincipal {
+    /// A principal by name.
+    pub fn new(name: impl Into<String>) -> RemotePrincipal {
+        RemotePrincipal(name.into())
+    }
+
+    /// The name as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq for RemotePrincipal {
+    fn eq(&self, other: &RemotePrincipal) -> bool {
+        self.0.eq_ignore_ascii_case(&other.0)
+    }
+}
+
+impl std::hash::Hash for RemotePrincipal {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for b in self.0.bytes() {
+            state.write_u8(b.to_ascii_lowercase());
+        }
+    }
+}
+
+impl fmt::Display for RemotePrincipal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// A user of this machine.
 ///
@@ -105,5 +226,32 @@ mod tests {
         assert_eq!(LocalUser::by_name("no-such-user-npipe"), None);
         assert_eq!(LocalGroup::by_name("0"), Some(LocalGroup(0)));
         assert_eq!(LocalUser::ROOT.to_string(), "root (uid 0)");
+    }
+
+    #[test]
+    fn identities_say_which_kind_they_are() {
+        let local = Identity::from(LocalUser::ROOT);
+        assert_eq!(local.local_user(), Some(LocalUser::ROOT));
+        assert_eq!(local.remote_principal(), None);
+        assert_eq!(local.to_string(), "root (uid 0)");
+
+        let remote = Identity::Remote(RemotePrincipal::new("CI-Agent"));
+        assert_eq!(remote.local_user(), None);
+        assert_eq!(
+            remote.remote_principal().map(|p| p.as_str()),
+            Some("CI-Agent")
+        );
+        assert_ne!(local, remote);
+    }
+
+    #[test]
+    fn principals_compare_without_case_and_hash_alike() {
+        use std::collections::HashSet;
+        let a = RemotePrincipal::new("Agent-7");
+        let b = RemotePrincipal::new("agent-7");
+        assert_eq!(a, b);
+        assert_ne!(a, RemotePrincipal::new("agent-8"));
+        let set: HashSet<_> = [a, b].into_iter().collect();
+        assert_eq!(set.len(), 1);
     }
 }

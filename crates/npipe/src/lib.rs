@@ -58,12 +58,13 @@
 //! | `GetNamedPipeServerSessionId` | [`PipeClient::server_session_id`]; on the server end [`PipeServer::server_session_id`] (its own) |
 //! | `GetNamedPipeClientComputerName` | [`PipeServer::client_computer_name`] |
 //! | `GetNamedPipeHandleState`'s user name | [`PipeServer::client_user_name`] |
+//! | `GetTokenInformation(TokenUser)` on the client's token | [`PipeServer::peer_identity`] (an [`Identity`]), [`PipeServer::client_user`] |
 //! | `lpSecurityAttributes` (DACL) | [`ServerOptions::security`], [`SecurityDescriptor`] |
 //! | `PIPE_REJECT_REMOTE_CLIENTS` | [`ServerOptions::reject_remote_clients`] |
 //! | `ImpersonateNamedPipeClient` / `RevertToSelf` | [`PipeServer::impersonate`] (guard) / dropping the guard; [`PipeServer::run_as_client`] |
 //! | `CreateProcessAsUser` with the client's token | [`PipeServer::spawn_as_client`] |
 //! | `SECURITY_IDENTIFICATION` / `SECURITY_IMPERSONATION` | [`ClientOptions::impersonation_level`], [`ImpersonationLevel`] |
-//! | (pipe squatting defence) | [`ClientOptions::expect_server_user`] |
+//! | (pipe squatting defence) | [`ClientOptions::expect_server`] (an [`Identity`]), or `expect_server_user` |
 //! | `GetLastError()` | [`Error::code`], [`Error::win32_code`] |
 //! | Sysinternals PipeList | [`list_pipes`] |
 //! | Overlapped I/O (`FILE_FLAG_OVERLAPPED`) | feature `tokio`: the `npipe::tokio` module, same types and semantics as async Rust |
@@ -162,7 +163,7 @@ pub mod tokio;
 pub mod unix;
 
 pub use error::{Error, ErrorCode, Result};
-pub use identity::{LocalGroup, LocalUser};
+pub use identity::{Identity, LocalGroup, LocalUser, RemotePrincipal};
 pub use info::{ClientIdentity, End, PeerCredentials, PipeInfo};
 pub use name::{PipeName, MAX_NAME_CHARS};
 pub use options::{ClientOptions, ServerOptions};

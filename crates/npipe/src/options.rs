@@ -9,7 +9,7 @@ use std::time::Duration;
 #[cfg(target_os = "linux")]
 use crate::blocking::{PipeClient, PipeListener};
 use crate::error::{Error, Result};
-use crate::identity::LocalUser;
+use crate::identity::{Identity, LocalUser};
 use crate::name::PipeName;
 use crate::security::SecurityDescriptor;
 use crate::types::{
@@ -313,7 +313,7 @@ pub struct ClientOptions {
     pub(crate) wait: Wait,
     pub(crate) impersonation: ImpersonationLevel,
     pub(crate) max_message_size: u32,
-    pub(crate) expect_server: Option<LocalUser>,
+    pub(crate) expect_server: Option<Identity>,
     pub(crate) wait_for_server: bool,
 }
 
@@ -348,15 +348,38 @@ impl ClientOptions {
         self
     }
 
-    /// Refuses to talk to the pipe unless its server runs as this user,
-    /// checked from the kernel (`SO_PEERCRED`) before anything is sent: the
-    /// defence against pipe squatting, which Windows leaves to the caller.
-    /// A server of anyone else gives *access denied*.
-    /// [`LocalUser::by_name`] finds a user by name; on Unix a bare uid will
-    /// do (`expect_server_user(0)`).
-    pub fn expect_server_user(&mut self, user: impl Into<LocalUser>) -> &mut Self {
-        self.expect_server = Some(user.into());
+    /// Refuses to talk to the pipe unless its server is this identity,
+    /// checked from what vouches for the server (the kernel's
+    /// `SO_PEERCRED` for a local pipe) before anything is sent: the defence
+    /// against pipe squatting, which Windows leaves to the caller. A server
+    /// of anyone else gives *access denied*. A local pipe's server is always
+    /// a local user, so expecting a [remote principal](Identity::Remote)
+    /// refuses every local server.
+    ///
+    /// ```
+    /// use npipe::{ClientOptions, ErrorCode, Identity, LocalUser, ServerOptions};
+    ///
+    /// let name = format!("doc-expect-{}", std::process::id());
+    /// let _listener = ServerOptions::new().create(&name)?;
+    /// let mut opts = ClientOptions::new();
+    /// // The server runs as us, so expecting anyone else is refused.
+    /// let someone_else = LocalUser::by_name("65534").unwrap();
+    /// if LocalUser::current() != someone_else {
+    ///     let e = opts.expect_server(someone_else).open(&name).unwrap_err();
+    ///     assert_eq!(e.code(), ErrorCode::AccessDenied);
+    /// }
+    /// # Ok::<(), npipe::Error>(())
+    /// ```
+    pub fn expect_server(&mut self, who: impl Into<Identity>) -> &mut Self {
+        self.expect_server = Some(who.into());
         self
+    }
+
+    /// [`expect_server`](Self::expect_server) for a local user:
+    /// [`LocalUser::by_name`] finds one by name; on Unix a bare uid will do
+    /// (`expect_server_user(0)`).
+    pub fn expect_server_user(&mut self, user: impl Into<LocalUser>) -> &mut Self {
+        self.expect_server(user.into())
     }
 
     /// Asks for exactly this access; the server refuses with *access denied*

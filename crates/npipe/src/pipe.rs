@@ -13,7 +13,7 @@
 //! `Deref`: every one is on the type the user holds.
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::identity::{LocalGroup, LocalUser};
+use crate::identity::{Identity, LocalGroup, LocalUser};
 use crate::info::{PeerCredentials, PipeInfo};
 use crate::peer_process::PeerProcess;
 use crate::server_instance::ServerInstance;
@@ -145,6 +145,26 @@ impl<S: PipeIo, R: PipeRole> Pipe<S, R> {
         let mut info = self.io.stream_info();
         self.role.complete_info(&mut info);
         info
+    }
+
+    /// Who is at the other end, as the kernel says: on the server end the
+    /// client, on the client end the server. A local pipe's peer is always
+    /// a [`Identity::Local`] user; remote pipes will name a client by the
+    /// principal its gateway authenticated.
+    ///
+    /// ```
+    /// use npipe::{ClientOptions, Identity, LocalUser, ServerOptions};
+    ///
+    /// let name = format!("doc-peer-identity-{}", std::process::id());
+    /// let listener = ServerOptions::new().create(&name)?;
+    /// let client = ClientOptions::new().open(&name)?;
+    /// let server = listener.accept()?;
+    /// assert_eq!(server.peer_identity(), Identity::Local(LocalUser::current()));
+    /// assert_eq!(client.peer_identity(), Identity::Local(LocalUser::current()));
+    /// # Ok::<(), npipe::Error>(())
+    /// ```
+    pub fn peer_identity(&self) -> Identity {
+        Identity::Local(self.io.peer().user)
     }
 }
 

@@ -142,12 +142,11 @@ pub(crate) fn refuse_at_accept(opts: &ServerOptions, peer: &Peer) -> Option<Stri
 }
 
 fn subject(peer: &Peer) -> Subject {
-    Subject {
-        user: peer.cred.user,
-        group: peer.cred.group,
-        groups: peer.groups.iter().copied().map(LocalGroup).collect(),
-        remote: None,
-    }
+    Subject::local(
+        peer.cred.user,
+        peer.cred.group,
+        peer.groups.iter().copied().map(LocalGroup),
+    )
 }
 
 fn nothing_granted(peer: &Peer) -> String {

@@ -42,7 +42,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::identity::{LocalGroup, LocalUser};
+use crate::identity::{Identity, LocalGroup, LocalUser, RemotePrincipal};
 use crate::types::Access;
 
 /// Rights on a pipe: read, write, or both (full control).
@@ -97,6 +97,26 @@ pub enum Trustee {
     Remote(String),
 }
 
+/// An entry about one identity: a local user, or one remote principal.
+///
+/// ```
+/// use npipe::{Identity, LocalUser, RemotePrincipal, Trustee};
+///
+/// assert_eq!(Trustee::from(Identity::Local(LocalUser::ROOT)), Trustee::User(LocalUser::ROOT));
+/// assert_eq!(
+///     Trustee::from(Identity::Remote(RemotePrincipal::new("agent-7"))),
+///     Trustee::Remote("agent-7".into())
+/// );
+/// ```
+impl From<Identity> for Trustee {
+    fn from(who: Identity) -> Trustee {
+        match who {
+            Identity::Local(user) => Trustee::User(user),
+            Identity::Remote(p) => Trustee::Remote(p.as_str().to_string()),
+        }
+    }
+}
+
 /// Allow or deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AceKind {
@@ -117,18 +137,48 @@ pub struct Ace {
     pub rights: Rights,
 }
 
-/// Who is asking, as the kernel (or the trusted gateway) says.
+/// Who is asking, as the kernel (or the trusted gateway) says: what a
+/// descriptor's entries are matched against.
+///
+/// ```
+/// use npipe::{LocalGroup, LocalUser, Rights, SecurityDescriptor, Subject, Trustee};
+///
+/// let staff = LocalGroup::by_name("0").unwrap();
+/// let sd = SecurityDescriptor::empty().allow(Trustee::Group(staff), Rights::READ);
+/// let who = Subject::local(LocalUser::by_name("65534").unwrap(), staff, []);
+/// assert_eq!(sd.rights_of(&who, LocalUser::ROOT), Rights::READ);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subject {
-    /// The effective user (for a remote client: the gateway's mapped user,
-    /// if any).
-    pub user: LocalUser,
-    /// The effective group.
-    pub group: LocalGroup,
-    /// Supplementary groups.
+    /// Who it is.
+    pub identity: Identity,
+    /// A local user's groups, the effective one first, then the
+    /// supplementary ones; empty for a remote principal.
     pub groups: Vec<LocalGroup>,
-    /// The remote principal, for a client that came through the gateway.
-    pub remote: Option<String>,
+}
+
+impl Subject {
+    /// A local user with their effective group and supplementary groups.
+    pub fn local(
+        user: LocalUser,
+        group: LocalGroup,
+        supplementary: impl IntoIterator<Item = LocalGroup>,
+    ) -> Subject {
+        let mut groups = vec![group];
+        groups.extend(supplementary);
+        Subject {
+            identity: Identity::Local(user),
+            groups,
+        }
+    }
+
+    /// A remote client, by the principal its gateway authenticated.
+    pub fn remote(principal: RemotePrincipal) -> Subject {
+        Subject {
+            identity: Identity::Remote(principal),
+            groups: Vec::new(),
+        }
+    }
 }
 
 /// A pipe's security descriptor: an owner and ordered allow/deny entries.
@@ -226,16 +276,16 @@ impl SecurityDescriptor {
     }
 
     fn matches(trustee: &Trustee, who: &Subject, owner: LocalUser) -> bool {
-        let local = who.remote.is_none();
+        let user = who.identity.local_user();
         match trustee {
             Trustee::Everyone => true,
-            Trustee::User(user) => local && who.user == *user,
-            Trustee::Owner => local && who.user == owner,
-            Trustee::Group(group) => local && (who.group == *group || who.groups.contains(group)),
+            Trustee::User(u) => user == Some(*u),
+            Trustee::Owner => user == Some(owner),
+            Trustee::Group(group) => user.is_some() && who.groups.contains(group),
             Trustee::Remote(p) => who
-                .remote
-                .as_deref()
-                .is_some_and(|r| p == "*" || r.eq_ignore_ascii_case(p)),
+                .identity
+                .remote_principal()
+                .is_some_and(|r| p == "*" || r.as_str().eq_ignore_ascii_case(p)),
         }
     }
 
@@ -268,9 +318,9 @@ impl SecurityDescriptor {
             Access::Write => "write",
             Access::ReadWrite => "read and write",
         };
-        let who_text = match &who.remote {
-            Some(p) => format!("remote client {p}"),
-            None => format!("uid {}", who.user.0),
+        let who_text = match &who.identity {
+            Identity::Remote(p) => format!("remote client {p}"),
+            Identity::Local(user) => format!("uid {}", user.0),
         };
         Err(Error::new(
             ErrorCode::AccessDenied,
@@ -492,12 +542,11 @@ mod tests {
     use super::*;
 
     fn local(uid: u32, gid: u32, groups: &[u32]) -> Subject {
-        Subject {
-            user: LocalUser(uid),
-            group: LocalGroup(gid),
-            groups: groups.iter().copied().map(LocalGroup).collect(),
-            remote: None,
-        }
+        Subject::local(
+            LocalUser(uid),
+            LocalGroup(gid),
+            groups.iter().copied().map(LocalGroup),
+        )
     }
 
     #[test]
@@ -565,10 +614,7 @@ mod tests {
         let sd = SecurityDescriptor::empty()
             .allow(Trustee::Remote("alice@corp".into()), Rights::READ)
             .allow(Trustee::User(LocalUser(1000)), Rights::FULL);
-        let remote = Subject {
-            remote: Some("ALICE@corp".into()),
-            ..local(1000, 1000, &[])
-        };
+        let remote = Subject::remote(RemotePrincipal::new("ALICE@corp"));
         assert_eq!(
             sd.rights_of(&remote, LocalUser(0)),
             Rights::READ,

@@ -5,7 +5,7 @@
 use std::os::unix::fs::PermissionsExt;
 
 use npipe::unix::ClientPipeExt;
-use npipe::{ClientOptions, ErrorCode, ServerOptions};
+use npipe::{ClientOptions, ErrorCode, Identity, LocalUser, RemotePrincipal, ServerOptions};
 
 use crate::common::{
     on_both_servers, server_on, spawn_as, spawn_with_env, still_serves, unique, Front, TempDir,
@@ -177,6 +177,17 @@ fn expect_server_user_refuses_a_squatter(front: Front) {
         .open(&name)
         .unwrap();
     assert_eq!(c.server_uid(), NOBODY);
+    assert_eq!(c.peer_identity(), Identity::Local(LocalUser::from(NOBODY)));
+    // A local pipe's server is never a remote principal, whoever it is.
+    let e = ClientOptions::new()
+        .expect_server(RemotePrincipal::new("build-agent"))
+        .open(&name)
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AccessDenied);
+    assert!(
+        e.to_string().contains("remote principal build-agent"),
+        "{e}"
+    );
     // first_instance keeps a second server off a live name.
     let e = ServerOptions::new()
         .first_instance(true)
