@@ -128,6 +128,7 @@ mod props;
 pub mod proto;
 mod security;
 mod stream_core;
+mod transport;
 mod types;
 
 // The Unix backend: the emulation over Unix sockets (DESIGN-NOTES has the
@@ -155,6 +156,8 @@ mod peer_process;
 mod pipe;
 #[cfg(target_os = "linux")]
 mod server_instance;
+#[cfg(target_os = "linux")]
+mod socket_transport;
 #[cfg(target_os = "linux")]
 mod sys;
 #[cfg(all(target_os = "linux", feature = "tokio"))]

@@ -1,4 +1,4 @@
-//! `PeekNamedPipe` over a connected socket: take in what has arrived
+//! `PeekNamedPipe` over a connected transport: take in what has arrived
 //! without waiting, then look at it without consuming it. It never blocks,
 //! so both front ends peek with it.
 
@@ -6,16 +6,20 @@ use std::io;
 
 use crate::error::Result;
 use crate::stream_core::{recv_error, Peek, ReadCore};
-use crate::sys::{RecvFlagsLite, Socket};
+use crate::transport::{Recv, Transport};
 
 /// Takes in what has arrived without blocking, then peeks.
-pub(crate) fn peek(core: &mut ReadCore, sock: &Socket, out: &mut [u8]) -> Result<Peek> {
+pub(crate) fn peek<T: Transport + ?Sized>(
+    core: &mut ReadCore,
+    sock: &T,
+    out: &mut [u8],
+) -> Result<Peek> {
     core.check()?;
     // What is left in the kernel: nothing once a receive found it empty;
     // asked (FIONREAD) only if the buffer filled up first.
     let mut kernel_empty = false;
     while core.peek_wants_input() {
-        match sock.recv_spare(core.fill_buf(), RecvFlagsLite::DontWait) {
+        match sock.recv_spare(core.fill_buf(), Recv::DontWait) {
             Ok(n) => core.filled(n),
             Err(e)
                 if matches!(

@@ -22,6 +22,7 @@ use crate::budget::{MemoryBudget, Reservation, UNBUDGETED};
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::{End, PeerCredentials, PipeInfo};
 use crate::proto::framing::{self, Decoder, HEADER_LEN};
+use crate::transport::Delivery;
 use crate::types::{Access, Direction, PipeType, ReadMode};
 
 /// The reader's buffer: enough to batch many small messages into one read.
@@ -253,6 +254,40 @@ impl EndCore {
     /// [`explain_write_failure`]); `peeked` reads what the socket holds.
     pub fn explain(&self, e: Error, peeked: impl FnOnce() -> Vec<u8>) -> Error {
         explain_write_failure(e, &self.reader, peeked)
+    }
+
+    /// `FlushFileBuffers`' verdict on where this end's sent bytes stand:
+    /// `Ok(None)` once the peer has read them all, `Ok(Some(unread))` while
+    /// it has not (wait and look again), an error once it never will.
+    /// `peeked` is what this end could read now, not consumed (to find a
+    /// server's disconnect mark).
+    ///
+    /// A peer that closes drops what it had not read, so the queue then
+    /// reads empty too; the transport reports such a drop apart
+    /// ([`Delivery::peer_dropped_unread`]). Windows fails the flush with
+    /// `ERROR_BROKEN_PIPE` then, and with `ERROR_PIPE_NOT_CONNECTED` after
+    /// `DisconnectNamedPipe`.
+    pub fn flush_state(
+        &self,
+        delivery: Delivery,
+        peeked: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Option<usize>> {
+        if delivery.unread_by_peer == 0 {
+            if delivery.peer_dropped_unread {
+                return Err(Error::broken_pipe("with data unread: the flush failed"));
+            }
+            if delivery.peer_hung_up {
+                let e = self.explain(Error::broken_pipe("before the flush"), peeked);
+                if e.code() == ErrorCode::PipeNotConnected {
+                    return Err(e);
+                }
+            }
+            return Ok(None);
+        }
+        if delivery.peer_hung_up {
+            return Err(self.explain(Error::broken_pipe("before reading everything"), peeked));
+        }
+        Ok(Some(delivery.unread_by_peer))
     }
 
     /// `DisconnectNamedPipe` on a server end: marks this end disconnected,
@@ -1258,6 +1293,46 @@ mod tests {
             out.extend_from_slice(m);
         }
         out
+    }
+
+    #[test]
+    fn the_flush_waits_while_bytes_are_unread_and_fails_once_they_never_will_be() {
+        let setup = Setup::for_test(End::Client, PipeType::Message);
+        let end = EndCore::new(setup, ReadMode::Message, Vec::new());
+        let d = |unread_by_peer, peer_hung_up, peer_dropped_unread| Delivery {
+            unread_by_peer,
+            peer_hung_up,
+            peer_dropped_unread,
+        };
+        let nothing = Vec::new;
+        assert_eq!(end.flush_state(d(0, false, false), nothing).unwrap(), None);
+        assert_eq!(
+            end.flush_state(d(7, false, false), nothing).unwrap(),
+            Some(7)
+        );
+        // The peer read everything, then left: the flush is done.
+        assert_eq!(end.flush_state(d(0, true, false), nothing).unwrap(), None);
+        // It left without reading: broken pipe, whether the kernel still
+        // counts the bytes or already dropped them.
+        let code = |r: Result<Option<usize>>| r.unwrap_err().code();
+        assert_eq!(
+            code(end.flush_state(d(7, true, false), nothing)),
+            ErrorCode::BrokenPipe
+        );
+        assert_eq!(
+            code(end.flush_state(d(0, true, true), nothing)),
+            ErrorCode::BrokenPipe
+        );
+        // A server that disconnected this client left its mark to be read.
+        let mark = || framing::header(framing::DISCONNECT_MARK).to_vec();
+        assert_eq!(
+            code(end.flush_state(d(0, true, false), mark)),
+            ErrorCode::PipeNotConnected
+        );
+        assert_eq!(
+            code(end.flush_state(d(3, true, false), mark)),
+            ErrorCode::PipeNotConnected
+        );
     }
 
     /// Runs an op over a core whose input is all buffered.

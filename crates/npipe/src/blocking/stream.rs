@@ -13,7 +13,8 @@ use crate::stream_core::{
     recv_error, send_error, EndCore, Need, ReadCore, ReadMessage, ReadOp, ReadStd, RecvMessage,
     Step, WriteCore,
 };
-use crate::sys::{Events, RecvFlagsLite, Socket};
+use crate::sys::Socket;
+use crate::transport::{Recv, Transport};
 use crate::types::ReadMode;
 
 use crate::stream_core::{MessageRead, Peek};
@@ -49,11 +50,11 @@ struct ReadWait {
 impl ReadWait {
     /// Before a blocking receive: waits in `poll` if asked to. A timeout
     /// comes back as `WouldBlock`, as from a receive with `SO_RCVTIMEO`.
-    fn before_recv(&mut self, sock: &Socket) -> io::Result<()> {
+    fn before_recv<T: Transport + ?Sized>(&mut self, sock: &T) -> io::Result<()> {
         if !self.poll_first {
             return Ok(());
         }
-        if sock.wait(Events::IN, self.timeout)?.is_empty() {
+        if !sock.wait_readable(self.timeout)? {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         self.poll_first = false;
@@ -69,9 +70,9 @@ fn io_err(e: io::Error, what: &str) -> Error {
 /// times out part way loses nothing: a `std::io::Read` returns the bytes it
 /// already took, and a message read puts them back, so that the next read
 /// starts the same message again (never its tail as a whole message).
-fn run<O: ReadOp>(
+fn run<O: ReadOp, T: Transport + ?Sized>(
     core: &mut ReadCore,
-    sock: &Socket,
+    sock: &T,
     wait: &mut ReadWait,
     op: &mut O,
 ) -> Result<O::Output> {
@@ -91,14 +92,14 @@ fn run<O: ReadOp>(
             return Err(recv_error(io::ErrorKind::WouldBlock.into()));
         }
         let received = wait.before_recv(sock).and_then(|()| match need {
-            Need::Fill => match sock.recv_spare(core.fill_buf(), RecvFlagsLite::Block) {
+            Need::Fill => match sock.recv_spare(core.fill_buf(), Recv::Wait) {
                 Ok(n) => {
                     core.filled(n);
                     Ok(())
                 }
                 Err(e) => Err(e),
             },
-            Need::Direct { at, len } => match sock.recv(op.direct_target(at, len)) {
+            Need::Direct { at, len } => match sock.recv(op.direct_target(at, len), Recv::Wait) {
                 Ok(got) => {
                     op.direct_done(core, got);
                     Ok(())
@@ -117,22 +118,26 @@ fn run<O: ReadOp>(
     }
 }
 
-fn read_message(
+fn read_message<T: Transport + ?Sized>(
     core: &mut ReadCore,
-    sock: &Socket,
+    sock: &T,
     wait: &mut ReadWait,
     out: &mut [u8],
 ) -> Result<MessageRead> {
     run(core, sock, wait, &mut ReadMessage::new(out))
 }
 
-fn recv_message(core: &mut ReadCore, sock: &Socket, wait: &mut ReadWait) -> Result<Vec<u8>> {
+fn recv_message<T: Transport + ?Sized>(
+    core: &mut ReadCore,
+    sock: &T,
+    wait: &mut ReadWait,
+) -> Result<Vec<u8>> {
     run(core, sock, wait, &mut RecvMessage::default())
 }
 
-fn read_std(
+fn read_std<T: Transport + ?Sized>(
     core: &mut ReadCore,
-    sock: &Socket,
+    sock: &T,
     wait: &mut ReadWait,
     out: &mut [u8],
 ) -> Result<usize> {
@@ -142,7 +147,11 @@ fn read_std(
 /// Sends one message whole: header and payload in one `sendmsg`, looping
 /// on partial sends. A failure after part of it went out breaks the
 /// writer for good (the peer will see *broken pipe*, never a cut message).
-fn write_message(writer: &mut WriteCore, sock: &Socket, msg: &[u8]) -> Result<()> {
+fn write_message<T: Transport + ?Sized>(
+    writer: &mut WriteCore,
+    sock: &T,
+    msg: &[u8],
+) -> Result<()> {
     let mut op = writer.begin_message(msg)?;
     while !op.is_done() {
         let r = if op.header_rest().is_empty() {
@@ -161,12 +170,52 @@ fn write_message(writer: &mut WriteCore, sock: &Socket, msg: &[u8]) -> Result<()
     Ok(())
 }
 
-fn write_bytes(writer: &mut WriteCore, sock: &Socket, buf: &[u8]) -> Result<usize> {
+fn write_bytes<T: Transport + ?Sized>(
+    writer: &mut WriteCore,
+    sock: &T,
+    buf: &[u8],
+) -> Result<usize> {
     writer.check(0)?;
     sock.send(buf).map_err(send_error)
 }
 
+/// `FlushFileBuffers`: waits, polling with a growing pause, until the
+/// peer has read everything this end sent (the decisions are
+/// [`EndCore::flush_state`]'s).
+fn flush_buffers<T: Transport + ?Sized>(
+    end: &EndCore,
+    sock: &T,
+    write_timeout: Option<Duration>,
+) -> Result<()> {
+    let start = Instant::now();
+    let mut pause = Duration::from_micros(20);
+    loop {
+        let delivery = sock
+            .delivery()
+            .map_err(|e| io_err(e, "cannot query the send queue"))?;
+        let Some(unread) = end.flush_state(delivery, || sock.peek_queued())? else {
+            return Ok(());
+        };
+        if let Some(t) = write_timeout {
+            if start.elapsed() >= t {
+                return Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!("the other end has not read the last {unread} bytes in time"),
+                ));
+            }
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
+}
+
 impl PipeStream {
+    /// The socket through the transport contract, which the data path is
+    /// written against.
+    fn io(&self) -> &impl Transport {
+        &self.socket
+    }
+
     pub(crate) fn new(socket: Socket, end: EndCore) -> PipeStream {
         PipeStream {
             socket,
@@ -188,14 +237,14 @@ impl PipeStream {
     /// connected*), then the connection is shut both ways.
     pub(crate) fn disconnect_client(&mut self) {
         if let Some(mark) = self.end.disconnect(true) {
-            let _ = self.socket.send_nonblocking(&mark);
+            let _ = self.io().send_nonblocking(&mark);
         }
-        let _ = self.socket.shutdown_both();
+        let _ = self.io().shutdown_both();
     }
 
     /// A write's failure as the client should see it.
     fn explain(&self, e: Error) -> Error {
-        self.end.explain(e, || self.socket.peek_queued())
+        self.end.explain(e, || self.io().peek_queued())
     }
 
     fn connected(&self) -> Result<()> {
@@ -226,7 +275,7 @@ impl PipeStream {
     /// request.
     fn send_request(&mut self, request: &[u8]) -> Result<()> {
         self.connected()?;
-        let sock = &self.socket;
+        let sock = self.io();
         self.end
             .check_transact(request.len(), || sock.readable_bytes().unwrap_or(0))?;
         write_message(&mut self.end.writer, &self.socket, request).map_err(|e| self.explain(e))
@@ -253,49 +302,7 @@ impl PipeStream {
 
     pub(crate) fn flush_buffers(&mut self) -> Result<()> {
         self.connected()?;
-        let start = Instant::now();
-        let mut pause = Duration::from_micros(20);
-        loop {
-            // Order matters: whether the peer hung up, then the queue; and
-            // the reset a close with our bytes unread leaves is looked at
-            // before anything (a peek for the disconnect mark) consumes it.
-            let hung = self.socket.peer_hung_up();
-            let unread = self
-                .socket
-                .unread_by_peer()
-                .map_err(|e| io_err(e, "cannot query the send queue"))?;
-            if unread == 0 {
-                // A peer that closes drops what it had not read, so the
-                // queue then reads empty too. The kernel flags such a close
-                // (ECONNRESET) before it drops the bytes, so a look now tells
-                // the two apart; Windows fails the flush with
-                // ERROR_BROKEN_PIPE then, and with ERROR_PIPE_NOT_CONNECTED
-                // after DisconnectNamedPipe.
-                if self.socket.peer_dropped_unread() {
-                    return Err(Error::broken_pipe("with data unread: the flush failed"));
-                }
-                if hung {
-                    let e = self.explain(Error::broken_pipe("before the flush"));
-                    if e.code() == ErrorCode::PipeNotConnected {
-                        return Err(e);
-                    }
-                }
-                return Ok(());
-            }
-            if hung {
-                return Err(self.explain(Error::broken_pipe("before reading everything")));
-            }
-            if let Some(t) = self.write_timeout {
-                if start.elapsed() >= t {
-                    return Err(Error::new(
-                        ErrorCode::Timeout,
-                        format!("the other end has not read the last {unread} bytes in time"),
-                    ));
-                }
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(5));
-        }
+        flush_buffers(&self.end, &self.socket, self.write_timeout)
     }
 
     pub(crate) fn set_read_mode(&mut self, mode: ReadMode) -> Result<()> {
@@ -307,7 +314,7 @@ impl PipeStream {
     }
 
     pub(crate) fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
-        self.socket
+        self.io()
             .set_read_timeout(timeout)
             .map_err(|e| io_err(e, "cannot set the read timeout"))?;
         self.read_wait.timeout = timeout.filter(|t| !t.is_zero());
@@ -315,7 +322,7 @@ impl PipeStream {
     }
 
     pub(crate) fn set_write_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
-        self.socket
+        self.io()
             .set_write_timeout(timeout)
             .map_err(|e| io_err(e, "cannot set the write timeout"))?;
         self.write_timeout = timeout.filter(|t| !t.is_zero());
@@ -324,7 +331,7 @@ impl PipeStream {
 
     pub(crate) fn shutdown_write(&mut self) -> Result<()> {
         self.connected()?;
-        self.socket
+        self.io()
             .shutdown_write()
             .map_err(|e| io_err(e, "cannot shut down the sending side"))
     }
@@ -431,8 +438,7 @@ impl WriteHalf<'_> {
         if self.disconnected {
             return Err(Error::not_connected());
         }
-        self.socket
-            .shutdown_write()
+        Transport::shutdown_write(self.socket)
             .map_err(|e| io_err(e, "cannot shut down the sending side"))
     }
 }
@@ -656,6 +662,75 @@ mod tests {
             PipeStream::new(a, EndCore::new(setup(End::Server), mode, Vec::new())),
             PipeStream::new(b, EndCore::new(setup(End::Client), mode, Vec::new())),
         )
+    }
+
+    /// The data path over a transport that reads ahead (as TLS does): most
+    /// of what arrived sits in the transport, not the kernel, and no wait,
+    /// peek or transaction check may miss it. Each read waits first, as a
+    /// fresh server end's does, with a timeout that would fail it.
+    #[test]
+    fn bytes_held_inside_the_transport_are_never_waited_for() {
+        use crate::socket_transport::read_ahead::ReadAhead;
+
+        let (mut a, b) = pair(PipeType::Message);
+        let transport = ReadAhead::new(b.socket);
+        let EndCore { mut reader, .. } = b.end;
+        let waits = || ReadWait {
+            poll_first: true,
+            timeout: Some(Duration::from_millis(200)),
+        };
+        for m in [&b"first"[..], b"", b"third message", &[5u8; 300]] {
+            a.write_message(m).unwrap();
+        }
+        assert_eq!(
+            recv_message(&mut reader, &transport, &mut waits()).unwrap(),
+            b"first"
+        );
+        assert!(transport.held() > 0, "the transport read ahead");
+        // TransactNamedPipe refuses while unread data waits, even when only
+        // the transport holds it (a core with nothing buffered asks).
+        let setup = Setup::for_test(End::Client, PipeType::Message);
+        let fresh = EndCore::new(setup, ReadMode::Message, Vec::new());
+        let e = fresh
+            .check_transact(4, || transport.readable_bytes().unwrap())
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::PipeBusy, "{e}");
+        assert_eq!(
+            recv_message(&mut reader, &transport, &mut waits()).unwrap(),
+            b""
+        );
+
+        // A peek counts what the transport holds.
+        let mut two = [0u8; 2];
+        let seen = crate::peek_io::peek(&mut reader, &transport, &mut two).unwrap();
+        assert_eq!(&two, b"th");
+        assert_eq!(seen.message_left, 11);
+        assert!(seen.available >= 13, "{seen:?}");
+
+        let mut buf = [0u8; 5];
+        assert_eq!(
+            read_message(&mut reader, &transport, &mut waits(), &mut buf).unwrap(),
+            MessageRead::MoreData(5)
+        );
+        let mut rest = [0u8; 64];
+        assert_eq!(
+            read_message(&mut reader, &transport, &mut waits(), &mut rest).unwrap(),
+            MessageRead::Complete(8)
+        );
+        assert_eq!(&rest[..8], b" message");
+
+        assert_eq!(
+            recv_message(&mut reader, &transport, &mut waits()).unwrap(),
+            vec![5u8; 300]
+        );
+        assert_eq!(transport.held(), 0);
+        // Nothing left anywhere: now the wait does time out.
+        assert_eq!(
+            recv_message(&mut reader, &transport, &mut waits())
+                .unwrap_err()
+                .code(),
+            ErrorCode::Timeout
+        );
     }
 
     /// `DisconnectNamedPipe`: the client's write, flush, peek and read all

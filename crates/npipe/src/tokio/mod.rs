@@ -72,6 +72,7 @@
 mod client;
 mod listener;
 mod stream;
+mod transport;
 
 pub(crate) use client::call_with;
 pub use client::{call, PipeClient};

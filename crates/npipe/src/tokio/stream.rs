@@ -3,7 +3,7 @@
 //! by non-blocking socket calls after tokio reports readiness.
 
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -17,7 +17,8 @@ use crate::stream_core::{
     recv_error, send_error, EndCore, MessageRead, Need, Peek, ReadCore, ReadMessage, ReadOp,
     ReadStd, RecvMessage, Step, WriteCore, WriteOp,
 };
-use crate::sys::{self, Fd, RecvFlagsLite, Socket};
+use crate::sys::{self, Fd, Socket};
+use crate::transport::{AsyncTransport, Transport};
 use crate::types::ReadMode;
 
 /// Registers a socket with the current runtime's reactor.
@@ -46,11 +47,11 @@ pub struct PipeStream {
     tail: Vec<u8>,
 }
 
-/// Drives a read with non-blocking receives until it finishes or the socket
-/// has nothing more for now. With `partial`, a read that took some bytes
-/// returns them instead of waiting (`AsyncRead` semantics).
-fn poll_run<O: ReadOp>(
-    io: &AsyncFd<Fd>,
+/// Drives a read with non-blocking receives until it finishes or the
+/// transport has nothing more for now. With `partial`, a read that took
+/// some bytes returns them instead of waiting (`AsyncRead` semantics).
+fn poll_run<O: ReadOp, T: AsyncTransport>(
+    io: &T,
     core: &mut ReadCore,
     op: &mut O,
     cx: &mut Context<'_>,
@@ -69,65 +70,31 @@ fn poll_run<O: ReadOp>(
             }
             return Poll::Pending;
         }
-        loop {
-            let mut guard = match io.poll_read_ready(cx) {
-                Poll::Ready(Ok(guard)) => guard,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(recv_error(e))),
-                Poll::Pending => {
-                    if partial {
-                        if let Some(v) = op.partial() {
-                            return Poll::Ready(Ok(v));
-                        }
-                    }
-                    // An idle connection holds no read buffer.
-                    core.release_idle();
-                    return Poll::Pending;
-                }
-            };
-            // Each arm returns whether the read came up short of the room it
-            // had: the socket is then drained, so readiness is cleared now
-            // instead of by a `recv` that fails with EAGAIN (as tokio's own
-            // UnixStream does).
-            let got = match need {
-                Need::Fill => guard
-                    .try_io(|fd| {
-                        let buf = core.fill_buf();
-                        let room = buf.capacity() - buf.len();
-                        let n = fd
-                            .get_ref()
-                            .socket()
-                            .recv_spare(buf, RecvFlagsLite::DontWait)?;
-                        Ok((n, room))
-                    })
-                    .map(|r| {
-                        r.map(|(n, room)| {
-                            core.filled(n);
-                            n > 0 && n < room
-                        })
-                    }),
-                Need::Direct { at, len } => guard
-                    .try_io(|fd| {
-                        fd.get_ref()
-                            .socket()
-                            .recv_nonblocking(op.direct_target(at, len))
-                    })
-                    .map(|r| {
-                        r.map(|n| {
-                            op.direct_done(core, n);
-                            n > 0 && n < len
-                        })
-                    }),
+        // Readiness first, so that a read that must wait takes no buffer.
+        let got = match io.poll_readable(cx) {
+            Poll::Ready(Ok(())) => match need {
+                Need::Fill => io
+                    .poll_recv_spare(cx, core.fill_buf())
+                    .map_ok(|n| core.filled(n)),
+                Need::Direct { at, len } => io
+                    .poll_recv(cx, op.direct_target(at, len))
+                    .map_ok(|n| op.direct_done(core, n)),
                 Need::Budget { .. } => unreachable!("waited for above"),
-            };
-            match got {
-                Ok(Ok(short)) => {
-                    if short {
-                        guard.clear_ready();
+            },
+            other => other,
+        };
+        match got {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(recv_error(e))),
+            Poll::Pending => {
+                if partial {
+                    if let Some(v) = op.partial() {
+                        return Poll::Ready(Ok(v));
                     }
-                    break;
                 }
-                Ok(Err(e)) => return Poll::Ready(Err(recv_error(e))),
-                Err(_would_block) => continue,
+                // An idle connection holds no read buffer.
+                core.release_idle();
+                return Poll::Pending;
             }
         }
     }
@@ -177,31 +144,22 @@ async fn read_op<O: ReadOp>(stream: &mut PipeStream, op: O) -> Result<O::Output>
 
 /// Sends what is left of a message `poll_write` took; a failure cuts it
 /// (the writer is broken from then on).
-fn poll_drain(
-    io: &AsyncFd<Fd>,
+fn poll_drain<T: AsyncTransport>(
+    io: &T,
     writer: &mut WriteCore,
     tail: &mut Vec<u8>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<()>> {
     while !tail.is_empty() {
-        let mut guard = match ready!(io.poll_write_ready(cx)) {
-            Ok(guard) => guard,
+        match ready!(io.poll_send(cx, &[IoSlice::new(tail)])) {
+            Ok(n) => {
+                tail.drain(..n);
+            }
             Err(e) => {
                 writer.cut();
                 *tail = Vec::new();
                 return Poll::Ready(Err(send_error(e)));
             }
-        };
-        match guard.try_io(|fd| fd.get_ref().socket().send(tail)) {
-            Ok(Ok(n)) => {
-                tail.drain(..n);
-            }
-            Ok(Err(e)) => {
-                writer.cut();
-                *tail = Vec::new();
-                return Poll::Ready(Err(send_error(e)));
-            }
-            Err(_would_block) => continue,
         }
     }
     Poll::Ready(Ok(()))
@@ -234,37 +192,26 @@ impl Drop for WriteFuture<'_> {
     }
 }
 
-/// Sends what is left of `op` until done or the socket is full.
-fn poll_send(
-    io: &AsyncFd<Fd>,
+/// Sends what is left of `op` until done or the transport is full.
+fn poll_send<T: AsyncTransport>(
+    io: &T,
     writer: &mut WriteCore,
     op: &mut WriteOp,
     msg: &[u8],
     cx: &mut Context<'_>,
 ) -> Poll<Result<()>> {
     while !op.is_done() {
-        let mut guard = match ready!(io.poll_write_ready(cx)) {
-            Ok(guard) => guard,
+        let sent = if op.header_rest().is_empty() {
+            io.poll_send(cx, &[IoSlice::new(op.payload_rest(msg))])
+        } else {
+            io.poll_send(cx, &op.slices(msg))
+        };
+        match ready!(sent) {
+            Ok(n) => op.advance(n),
             Err(e) => {
                 writer.failed(op);
                 return Poll::Ready(Err(send_error(e)));
             }
-        };
-        let r = guard.try_io(|fd| {
-            let sock = fd.get_ref().socket();
-            if op.header_rest().is_empty() {
-                sock.send(op.payload_rest(msg))
-            } else {
-                sock.send_vectored(&op.slices(msg))
-            }
-        });
-        match r {
-            Ok(Ok(n)) => op.advance(n),
-            Ok(Err(e)) => {
-                writer.failed(op);
-                return Poll::Ready(Err(send_error(e)));
-            }
-            Err(_would_block) => continue,
         }
     }
     Poll::Ready(Ok(()))
@@ -283,11 +230,8 @@ impl PipeStream {
         if self.end.reader.can_progress_from_buffer() {
             return Ok(());
         }
-        // The guard dropped keeps the readiness for the read that follows.
-        self.io
-            .readable()
+        poll_fn(|cx| self.io.poll_readable(cx))
             .await
-            .map(drop)
             .map_err(|e| Error::os(e, "waiting for the pipe to be readable failed"))
     }
 
@@ -295,10 +239,8 @@ impl PipeStream {
     /// write) started, then waits until the socket has room for more.
     pub(crate) async fn writable(&mut self) -> Result<()> {
         poll_fn(|cx| self.poll_drain_tail(cx)).await?;
-        self.io
-            .writable()
+        poll_fn(|cx| self.io.poll_writable(cx))
             .await
-            .map(drop)
             .map_err(|e| Error::os(e, "waiting for the pipe to be writable failed"))
     }
 
@@ -310,8 +252,10 @@ impl PipeStream {
         }
     }
 
-    pub(crate) fn socket(&self) -> &Socket {
-        self.io.get_ref().socket()
+    /// The calls that never wait, through the transport contract the data
+    /// path is written against.
+    fn sync(&self) -> &impl Transport {
+        self.io.sync()
     }
 
     /// `DisconnectNamedPipe` on the server end, as the blocking
@@ -319,15 +263,15 @@ impl PipeStream {
     /// of a cut message left to send).
     pub(crate) fn disconnect_client(&mut self) {
         if let Some(mark) = self.end.disconnect(self.tail.is_empty()) {
-            let _ = self.socket().send_nonblocking(&mark);
+            let _ = self.sync().send_nonblocking(&mark);
         }
-        let _ = self.socket().shutdown_both();
+        let _ = self.sync().shutdown_both();
         self.tail = Vec::new();
     }
 
     /// A write's failure as the client should see it.
     fn explain(&self, e: Error) -> Error {
-        self.end.explain(e, || self.socket().peek_queued())
+        self.end.explain(e, || self.sync().peek_queued())
     }
 
     fn connected(&self) -> Result<()> {
@@ -373,7 +317,7 @@ impl PipeStream {
     /// request.
     async fn send_request(&mut self, request: &[u8]) -> Result<()> {
         self.connected()?;
-        let sock = self.io.get_ref().socket();
+        let sock = self.io.sync();
         self.end
             .check_transact(request.len(), || sock.readable_bytes().unwrap_or(0))?;
         self.write_message(request).await
@@ -390,7 +334,7 @@ impl PipeStream {
 
     pub(crate) fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
         self.connected()?;
-        crate::peek_io::peek(&mut self.end.reader, self.io.get_ref().socket(), buf)
+        crate::peek_io::peek(&mut self.end.reader, self.io.sync(), buf)
     }
 
     pub(crate) async fn flush_buffers(&mut self) -> Result<()> {
@@ -398,34 +342,16 @@ impl PipeStream {
         poll_fn(|cx| self.poll_drain_tail(cx)).await?;
         let mut pause = Duration::from_micros(50);
         loop {
-            // Order matters: whether the peer hung up, then the queue; and
-            // the reset a close with our bytes unread leaves is looked at
-            // before anything (a peek for the disconnect mark) consumes it.
-            let hung = self.socket().peer_hung_up();
-            let unread = self
-                .socket()
-                .unread_by_peer()
+            let delivery = self
+                .sync()
+                .delivery()
                 .map_err(|e| Error::os(e, "cannot query the send queue"))?;
-            if unread == 0 {
-                // A peer that closes drops what it had not read, so the
-                // queue then reads empty too. The kernel flags such a close
-                // (ECONNRESET) before it drops the bytes, so a look now tells
-                // the two apart; Windows fails the flush with
-                // ERROR_BROKEN_PIPE then, and with ERROR_PIPE_NOT_CONNECTED
-                // after DisconnectNamedPipe.
-                if self.socket().peer_dropped_unread() {
-                    return Err(Error::broken_pipe("with data unread: the flush failed"));
-                }
-                if hung {
-                    let e = self.explain(Error::broken_pipe("before the flush"));
-                    if e.code() == crate::error::ErrorCode::PipeNotConnected {
-                        return Err(e);
-                    }
-                }
+            if self
+                .end
+                .flush_state(delivery, || self.sync().peek_queued())?
+                .is_none()
+            {
                 return Ok(());
-            }
-            if hung {
-                return Err(self.explain(Error::broken_pipe("before reading everything")));
             }
             ::tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(5));
@@ -443,7 +369,7 @@ impl PipeStream {
     pub(crate) async fn shutdown_write(&mut self) -> Result<()> {
         self.connected()?;
         poll_fn(|cx| self.poll_drain_tail(cx)).await?;
-        self.socket()
+        self.sync()
             .shutdown_write()
             .map_err(|e| Error::os(e, "cannot shut down the sending side"))
     }
@@ -481,13 +407,8 @@ impl AsyncWrite for PipeStream {
         ready!(this.poll_drain_tail(cx))?;
         if !this.end.writer.message {
             this.end.writer.check(0)?;
-            loop {
-                let mut guard = ready!(this.io.poll_write_ready(cx))?;
-                match guard.try_io(|fd| fd.get_ref().socket().send(buf)) {
-                    Ok(r) => return Poll::Ready(r.map_err(|e| send_error(e).into())),
-                    Err(_would_block) => continue,
-                }
-            }
+            let sent = ready!(this.io.poll_send(cx, &[IoSlice::new(buf)]));
+            return Poll::Ready(sent.map_err(|e| send_error(e).into()));
         }
         let mut op = this.end.writer.begin_message(buf)?;
         match poll_send(&this.io, &mut this.end.writer, &mut op, buf, cx) {
@@ -521,8 +442,7 @@ impl AsyncWrite for PipeStream {
         this.connected()?;
         ready!(this.poll_drain_tail(cx))?;
         Poll::Ready(
-            this.socket()
-                .shutdown_write()
+            Transport::shutdown_write(this.sync())
                 .map_err(|e| Error::os(e, "cannot shut down the sending side").into()),
         )
     }
@@ -820,4 +740,70 @@ fn nothing_yet() -> Error {
         crate::ErrorCode::NoData,
         "nothing to read yet (a try_ read never waits: await readable() first)",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::info::End;
+    use crate::proto::framing;
+    use crate::stream_core::Setup;
+    use crate::tokio::transport::read_ahead::AsyncReadAhead;
+    use crate::types::PipeType;
+
+    /// The async data path over a transport that reads ahead (as TLS
+    /// does): bytes it holds are ready at once, though the reactor sees
+    /// nothing on the socket; each read is bounded so that a wait on the
+    /// socket for them fails the test instead of hanging it.
+    #[test]
+    fn bytes_held_inside_the_transport_are_never_waited_for() {
+        let rt = ::tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (a, b) = Socket::pair().unwrap();
+            let io = AsyncReadAhead::new(register(b).unwrap());
+            let setup = Setup::for_test(End::Client, PipeType::Message);
+            let mut core = setup.cores(ReadMode::Message, Vec::new()).0;
+            for m in [&b"first"[..], b"", b"third message", &[5u8; 300]] {
+                a.send(&framing::header(m.len() as u32)).unwrap();
+                a.send(m).unwrap();
+            }
+            let limit = Duration::from_millis(500);
+            macro_rules! read {
+                ($op:expr) => {{
+                    let mut op = $op;
+                    let read = poll_fn(|cx| poll_run(&io, &mut core, &mut op, cx, false));
+                    ::tokio::time::timeout(limit, read).await
+                }};
+            }
+            assert_eq!(read!(RecvMessage::default()).unwrap().unwrap(), b"first");
+            assert!(io.held() > 0, "the transport read ahead");
+            // Ready at once, with nothing on the socket.
+            let ready = poll_fn(|cx| io.poll_readable(cx));
+            ::tokio::time::timeout(limit, ready).await.unwrap().unwrap();
+            assert_eq!(read!(RecvMessage::default()).unwrap().unwrap(), b"");
+
+            let mut five = [0u8; 5];
+            let got = read!(ReadMessage::new(&mut five)).unwrap().unwrap();
+            assert_eq!((got, &five), (MessageRead::MoreData(5), b"third"));
+            // A peek counts what the transport holds.
+            let mut two = [0u8; 2];
+            let seen = crate::peek_io::peek(&mut core, io.sync(), &mut two).unwrap();
+            assert_eq!((&two, seen.message_left), (b" m", 6));
+            let mut rest = [0u8; 64];
+            let got = read!(ReadMessage::new(&mut rest)).unwrap().unwrap();
+            assert_eq!(
+                (got, &rest[..8]),
+                (MessageRead::Complete(8), &b" message"[..])
+            );
+
+            let last = read!(RecvMessage::default()).unwrap().unwrap();
+            assert_eq!(last, vec![5u8; 300]);
+            assert_eq!(io.held(), 0);
+            // Nothing left anywhere: now a read does wait.
+            assert!(read!(RecvMessage::default()).is_err(), "should still wait");
+        });
+    }
 }

@@ -1,0 +1,121 @@
+//! The byte transport under a connected pipe: the contract a front end's
+//! data path is written against, whatever carries the bytes (a Unix socket
+//! today; a TLS stream to a remote pipe or a shared-memory ring later). No
+//! I/O here: the traits and their rules; the Unix socket implements them in
+//! `socket_transport` (blocking) and `tokio::transport` (async).
+//!
+//! # The rule every transport keeps
+//!
+//! Bytes a transport has already taken in but not handed out (a TLS record
+//! decrypted whole of which the reader wanted part, a ring slot copied out)
+//! are *readable*: [`Transport::readable_bytes`] includes them, and
+//! [`Transport::wait_readable`] and [`AsyncTransport::poll_readable`] return
+//! at once while there are any. Otherwise a reader would wait on the kernel
+//! for data that is already here, and hang. A plain socket buffers nothing;
+//! the unit tests run the data path over one that reads ahead.
+//!
+//! The framing, *more data*, peeks and the flush's rules stay in
+//! [`crate::stream_core`]: a transport moves bytes and reports its queues,
+//! and never parses them.
+
+use std::io::{self, IoSlice};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// Whether a receive may wait for input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recv {
+    /// Wait, within the read timeout (`WouldBlock` when it passes).
+    Wait,
+    /// `WouldBlock` at once if nothing is there.
+    DontWait,
+}
+
+/// A connected, ordered, reliable byte stream with blocking calls: what the
+/// blocking front end's reads, writes, peeks and flushes use.
+pub(crate) trait Transport {
+    /// Receives into `buf`; 0 at end of stream.
+    fn recv(&self, buf: &mut [u8], how: Recv) -> io::Result<usize>;
+
+    /// Receives into `buf`'s spare capacity, growing its length by what
+    /// arrived; 0 at end of stream.
+    fn recv_spare(&self, buf: &mut Vec<u8>, how: Recv) -> io::Result<usize>;
+
+    /// Sends some of `buf`, waiting for room within the write timeout.
+    fn send(&self, buf: &[u8]) -> io::Result<usize>;
+
+    /// Sends some of `bufs` in order, as one call where the transport can.
+    fn send_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+
+    /// Sends what fits now, never waiting (the disconnect mark).
+    fn send_nonblocking(&self, buf: &[u8]) -> io::Result<usize>;
+
+    /// Bytes readable now: those the transport holds itself (see the
+    /// module's rule) and those the kernel holds.
+    fn readable_bytes(&self) -> io::Result<usize>;
+
+    /// A copy of what is readable now, not consumed (empty on failure).
+    fn peek_queued(&self) -> Vec<u8>;
+
+    /// Waits until a receive would not block (data, end of stream or an
+    /// error) or `timeout` passes: `false` if it passed. Returns at once
+    /// while the transport itself holds bytes.
+    fn wait_readable(&self, timeout: Option<Duration>) -> io::Result<bool>;
+
+    /// How long a waiting receive waits (`None`: for ever).
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+
+    /// How long a send waits for room (`None`: for ever).
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+
+    /// Ends the sending side: the peer reads end of stream.
+    fn shutdown_write(&self) -> io::Result<()>;
+
+    /// Ends both sides.
+    fn shutdown_both(&self) -> io::Result<()>;
+
+    /// What `FlushFileBuffers` needs to know, looked at without consuming
+    /// anything.
+    fn delivery(&self) -> io::Result<Delivery>;
+}
+
+/// Where the bytes this end sent stand: what a flush waits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Delivery {
+    /// Bytes sent that the peer has not read yet.
+    pub unread_by_peer: usize,
+    /// The peer has closed its end.
+    pub peer_hung_up: bool,
+    /// The peer closed with bytes of ours unread, which were dropped.
+    pub peer_dropped_unread: bool,
+}
+
+/// The same stream driven by readiness, for the async front end. Each
+/// `poll_` call tries once, and when it cannot go on registers `cx` to be
+/// woken and returns `Pending`. The calls that never wait (non-blocking
+/// sends, queue state, shutdowns) are the [`Transport`] from
+/// [`sync`](Self::sync), which must not block.
+pub(crate) trait AsyncTransport {
+    /// The non-blocking calls.
+    type Sync: Transport;
+
+    /// The non-blocking calls: every receive and send there is
+    /// [`Recv::DontWait`] and non-blocking.
+    fn sync(&self) -> &Self::Sync;
+
+    /// Receives into `buf`; 0 at end of stream.
+    fn poll_recv(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
+
+    /// Receives into `buf`'s spare capacity; 0 at end of stream.
+    fn poll_recv_spare(&self, cx: &mut Context<'_>, buf: &mut Vec<u8>) -> Poll<io::Result<usize>>;
+
+    /// Sends some of `bufs` in order.
+    fn poll_send(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>>;
+
+    /// Ready when a receive would not wait; at once while anything is
+    /// buffered.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Ready when a send would not wait.
+    fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
