@@ -273,7 +273,15 @@ fn code_by_number(err: &io::Error) -> Option<ErrorCode> {
     err.raw_os_error().and_then(crate::sys::error_code_of)
 }
 
-#[cfg(not(target_os = "linux"))]
+/// On Windows an OS error's number is the Win32 code itself.
+#[cfg(windows)]
+fn code_by_number(err: &io::Error) -> Option<ErrorCode> {
+    err.raw_os_error()
+        .and_then(|n| u32::try_from(n).ok())
+        .and_then(ErrorCode::from_win32)
+}
+
+#[cfg(not(any(target_os = "linux", windows)))]
 fn code_by_number(_: &io::Error) -> Option<ErrorCode> {
     None
 }
@@ -313,10 +321,14 @@ mod tests {
     }
 
     #[test]
+    #[cfg(any(target_os = "linux", windows))]
     fn os_errors_are_classified() {
-        let e = Error::os(io::Error::from_raw_os_error(libc::EPIPE), "write");
+        // EPIPE and ENOENT on Linux; ERROR_BROKEN_PIPE and
+        // ERROR_FILE_NOT_FOUND on Windows.
+        let (broken, missing) = if cfg!(windows) { (109, 2) } else { (32, 2) };
+        let e = Error::os(io::Error::from_raw_os_error(broken), "write");
         assert_eq!(e.code(), ErrorCode::BrokenPipe);
-        let e = Error::os(io::Error::from_raw_os_error(libc::ENOENT), "open");
+        let e = Error::os(io::Error::from_raw_os_error(missing), "open");
         assert_eq!(e.code(), ErrorCode::FileNotFound);
         assert!(e.to_string().contains("[ERROR_FILE_NOT_FOUND (2)]"));
     }

@@ -13,6 +13,7 @@ use crate::connect_core;
 use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
 use crate::engine::connect::{Action, ConnectCore};
 use crate::error::{Error, ErrorCode, Result};
+use crate::identity::LocalUser;
 use crate::info::PeerCredentials;
 use crate::name::PipeName;
 use crate::options::{ClientOptions, ServerOptions};
@@ -495,7 +496,7 @@ fn a_client_that_does_not_wait_for_the_server_fails_at_once() {
 fn a_server_of_another_user_is_refused_before_a_byte_goes_out() {
     let mut sim = Sim::new(&ServerOptions::new());
     let mut opts = ClientOptions::new();
-    opts.expect_server_user(0);
+    opts.expect_server_user(LocalUser::ROOT);
     let c = sim.client(&opts);
     assert_eq!(failed_with(&c), ErrorCode::AccessDenied);
     assert!(sim.wires[&c.ticket.unwrap()].to_server.is_empty());
