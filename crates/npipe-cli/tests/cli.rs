@@ -552,6 +552,50 @@ fn call_sends_stdin_and_files_byte_for_byte() {
     );
 }
 
+/// FNV-1a over the bytes: a checksum to name in failure messages.
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// 100 MiB of binary data (every byte value, NULs and `\r\n` included)
+/// through `call -` as one message and through `client --framing raw` on a
+/// byte pipe: what comes back is what went in.
+#[test]
+fn a_hundred_mib_of_binary_data_passes_call_and_client_unchanged() {
+    const SIZE: usize = 100 * 1024 * 1024;
+    let data: Vec<u8> = (0..SIZE as u64)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let sum = checksum(&data);
+
+    let name = unique("bigcall");
+    let limit = (SIZE + 1024).to_string();
+    let _server = Server::start(
+        &name,
+        &["--max-message", &limit, "--memory-budget", &limit],
+    );
+    let (status, reply) = run_bytes(&["call", &name, "-", "--raw"], &data);
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        (reply.len(), checksum(&reply)),
+        (SIZE, sum),
+        "call - changed the data"
+    );
+    drop(reply);
+
+    let name = unique("bigclient");
+    let _server = Server::start(&name, &["--type", "byte"]);
+    let (status, echoed) = run_bytes(&["client", &name, "--framing", "raw", "-q"], &data);
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        (echoed.len(), checksum(&echoed)),
+        (SIZE, sum),
+        "client --framing raw changed the data"
+    );
+}
+
 /// `npipe wait` (WaitNamedPipe) returns once the pipe has a free instance,
 /// waits for a server still starting, and times out with its own exit code;
 /// `call --wait-for-server` waits for the server the same way.

@@ -83,8 +83,11 @@ const REQUEST_MAX: u64 = 256 << 20;
 /// The client options `call` uses: the wait and the security settings.
 fn options(args: &Args) -> Result<ClientOptions, Failure> {
     let mut opts = ClientOptions::new();
+    // A reply may be as large as a request `call` sends (the library's
+    // default would refuse one over 64 MiB).
     opts.wait(args.timeout.wait())
-        .wait_for_server(args.wait_for_server);
+        .wait_for_server(args.wait_for_server)
+        .max_message_size(REQUEST_MAX as u32);
     args.security.apply(&mut opts)?;
     Ok(opts)
 }

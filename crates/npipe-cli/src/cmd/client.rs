@@ -91,8 +91,11 @@ pub fn run(args: &Args) -> CmdResult {
     } else {
         TimeoutArg::Ms(0)
     });
+    // Messages as large as the framings carry (the library's default
+    // would refuse one over 64 MiB).
     opts.wait(timeout.wait())
-        .wait_for_server(args.wait_for_server);
+        .wait_for_server(args.wait_for_server)
+        .max_message_size(FRAME_MAX as u32);
     args.security.apply(&mut opts)?;
     let mut client = opts.open(args.name.as_str()).map_err(|e| {
         let hint = super::access_hint(&e, &args.name, "the pipe's direction refuses this access");
