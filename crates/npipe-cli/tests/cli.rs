@@ -572,10 +572,7 @@ fn a_hundred_mib_of_binary_data_passes_call_and_client_unchanged() {
 
     let name = unique("bigcall");
     let limit = (SIZE + 1024).to_string();
-    let _server = Server::start(
-        &name,
-        &["--max-message", &limit, "--memory-budget", &limit],
-    );
+    let _server = Server::start(&name, &["--max-message", &limit, "--memory-budget", &limit]);
     let (status, reply) = run_bytes(&["call", &name, "-", "--raw"], &data);
     assert!(status.success(), "{status}");
     assert_eq!(

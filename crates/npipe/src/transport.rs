@@ -19,6 +19,7 @@
 //! and never parses them.
 
 use std::io::{self, IoSlice};
+#[cfg(feature = "tokio")]
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -95,6 +96,7 @@ pub(crate) struct Delivery {
 /// woken and returns `Pending`. The calls that never wait (non-blocking
 /// sends, queue state, shutdowns) are the [`Transport`] from
 /// [`sync`](Self::sync), which must not block.
+#[cfg(feature = "tokio")]
 pub(crate) trait AsyncTransport {
     /// The non-blocking calls.
     type Sync: Transport;
