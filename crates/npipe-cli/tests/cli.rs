@@ -659,6 +659,24 @@ fn serve_once_serves_one_client_and_exits() {
     };
     assert!(status.success(), "{status}");
     run(&["call", &name, "again"], b"").assert_code(EXIT_NOT_FOUND);
+
+    // A connection that fails makes the server's exit status say so.
+    let name = unique("oncefails");
+    let mut server = Server::start(&name, &["--once", "--max-message", "8"]);
+    let refused = run(&["call", &name, "longer than eight bytes"], b"");
+    assert!(!refused.status.success(), "the call went through");
+    let deadline = Instant::now() + HANG;
+    let status = loop {
+        if let Some(status) = server.child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "serve --once did not exit");
+        thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        !status.success(),
+        "serve --once exited 0 after its client failed"
+    );
 }
 
 /// `serve --exec` runs a command per client: lines in and out are

@@ -154,7 +154,8 @@ pub struct Args {
     pub quiet: bool,
 
     /// Serve one client, then exit: the pipe's name goes as soon as that
-    /// client is connected, and the command ends with its connection
+    /// client is connected, and the command ends with its connection,
+    /// exiting 0 if it ended well and with its error's code if not
     #[arg(long)]
     pub once: bool,
 
@@ -382,16 +383,23 @@ async fn serve(
             let name = listener.name().to_string();
             drop(listener);
             log(format_args!("serving one client (--once): {name} removed"));
-            tokio::select! {
-                () = serve_connection(next_id, conn, config) => {}
-                () = stop.recv() => log(format_args!("stopping: 1 client cut off")),
-            }
-            return Ok(());
+            // The exit status is the one connection's: a failure exits as
+            // its error's class, as a failed `call` would.
+            return tokio::select! {
+                served = serve_connection(next_id, conn, config) => served.map_err(|e| {
+                    Failure::from(e).hint("--once: the one client's connection failed (logged above)")
+                }),
+                () = stop.recv() => {
+                    log(format_args!("stopping: 1 client cut off"));
+                    Ok(())
+                }
+            };
         }
         let live = Arc::clone(&live);
         live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
-            serve_connection(next_id, conn, config).await;
+            // Logged there; the server goes on serving everyone else.
+            let _ = serve_connection(next_id, conn, config).await;
             live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         });
     }
@@ -570,7 +578,13 @@ fn create_failure(err: npipe::Error, args: &Args) -> Failure {
 }
 
 /// Serves one client in its own task; logs, never panics the server.
-async fn serve_connection(id: u64, mut conn: PipeServer, config: Arc<Config>) {
+/// Serves one connection to its end and logs how it ended; a failure is
+/// returned too (after it was logged), for `--once` to exit with.
+async fn serve_connection(
+    id: u64,
+    mut conn: PipeServer,
+    config: Arc<Config>,
+) -> Result<(), npipe::Error> {
     let pid = conn.client_process_id();
     if !config.quiet {
         let session = conn
@@ -596,9 +610,16 @@ async fn serve_connection(id: u64, mut conn: PipeServer, config: Arc<Config>) {
         (Direction::Outbound, _) => greet(&mut conn, &config).await,
     };
     match result {
-        Ok(done) if !config.quiet => log(format_args!("connection {id} (pid {pid}): {done}")),
-        Ok(_) => {}
-        Err(e) => log(format_args!("connection {id} (pid {pid}): {e}")),
+        Ok(done) => {
+            if !config.quiet {
+                log(format_args!("connection {id} (pid {pid}): {done}"));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            log(format_args!("connection {id} (pid {pid}): {e}"));
+            Err(e)
+        }
     }
 }
 
