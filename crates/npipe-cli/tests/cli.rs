@@ -500,6 +500,47 @@ fn busy_and_timeout_have_their_own_exit_codes() {
     assert_eq!(run.stdout, "free\n");
 }
 
+/// A server that accepts and then hangs, or that is stopped outright,
+/// fails a call after --reply-timeout with the timeout exit code, instead
+/// of holding it for ever (or 5 s).
+#[test]
+fn a_hung_or_stopped_server_fails_a_call_after_its_reply_timeout() {
+    let name = unique("hangs");
+    let _server = Server::start(&name, &["--exec", "sleep 30"]);
+    let hung = run(&["call", &name, "x", "--reply-timeout", "200"], b"");
+    hung.assert_code(EXIT_TIMEOUT);
+    assert!(
+        hung.stderr.contains("--reply-timeout 200"),
+        "{}",
+        hung.stderr
+    );
+
+    let name = unique("stopped");
+    let server = Server::start(&name, &[]);
+    let pid = server.pid().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(ok.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let stopped = run(
+        &[
+            "call",
+            &name,
+            "x",
+            "--timeout",
+            "0",
+            "--reply-timeout",
+            "200",
+        ],
+        b"",
+    );
+    signal("-CONT");
+    stopped.assert_code(EXIT_TIMEOUT);
+
+    run(&["call", &name, "x", "--reply-timeout", "0"], b"").assert_code(EXIT_USAGE);
+}
+
 /// Runs `npipe ARGS...` with `input` on stdin and returns its exit status
 /// and stdout as bytes (binary replies).
 fn run_bytes(args: &[&str], input: &[u8]) -> (ExitStatus, Vec<u8>) {

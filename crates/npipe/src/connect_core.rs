@@ -40,12 +40,15 @@ pub(crate) fn wait_ms(wait: Wait) -> u32 {
     }
 }
 
-/// How long to wait for the server's answer before calling it hung.
-pub(crate) fn answer_deadline(wait: Wait) -> Option<Duration> {
+/// How long to wait for the server's answer before calling it hung: the
+/// wait for an instance, and then the silence allowed (5 s, or the read
+/// timeout if that is shorter: a live acceptor answers in microseconds).
+pub(crate) fn answer_deadline(wait: Wait, read_timeout: Option<Duration>) -> Option<Duration> {
+    let silence = read_timeout.map_or(SERVER_SILENCE, |t| t.min(SERVER_SILENCE));
     match wait {
-        Wait::NoWait => Some(SERVER_SILENCE),
-        Wait::ServerDefault => Some(SERVER_DEFAULT_MAX + SERVER_SILENCE),
-        Wait::Timeout(d) => Some(d + SERVER_SILENCE),
+        Wait::NoWait => Some(silence),
+        Wait::ServerDefault => Some(SERVER_DEFAULT_MAX + silence),
+        Wait::Timeout(d) => Some(d + silence),
         Wait::Forever => None,
     }
 }
@@ -235,6 +238,18 @@ pub(crate) fn closed_before_reply() -> Error {
 }
 
 /// The server did not answer in time.
+/// A reply `call_async` waited for longer than its read timeout.
+#[cfg(feature = "tokio")]
+pub(crate) fn no_reply_in_time(limit: Duration) -> Error {
+    Error::new(
+        ErrorCode::Timeout,
+        format!(
+            "the server did not reply within the read timeout ({} ms): is it hung?",
+            limit.as_millis()
+        ),
+    )
+}
+
 pub(crate) fn silent_server() -> Error {
     Error::new(
         ErrorCode::Timeout,

@@ -315,6 +315,7 @@ pub struct ClientOptions {
     pub(crate) max_message_size: u32,
     pub(crate) expect_server: Option<Identity>,
     pub(crate) wait_for_server: bool,
+    pub(crate) read_timeout: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -335,6 +336,7 @@ impl ClientOptions {
             max_message_size: 64 << 20,
             expect_server: None,
             wait_for_server: false,
+            read_timeout: None,
         }
     }
 
@@ -406,6 +408,37 @@ impl ClientOptions {
     /// What the server may do with this client's identity.
     pub fn impersonation_level(&mut self, level: ImpersonationLevel) -> &mut Self {
         self.impersonation = level;
+        self
+    }
+
+    /// How long the server may keep this client waiting for an answer, once
+    /// no longer waiting for a free instance: its answer to the connect
+    /// (never more than 5 s in any case), and on the blocking ends every
+    /// read after (the connection starts
+    /// with this read timeout, as if
+    /// [`set_read_timeout`](crate::PipeClient::set_read_timeout) were
+    /// called), including the reply of [`call`](Self::call) and
+    /// [`call_async`](Self::call_async). A server that accepts and then
+    /// hangs fails the client with *timeout* instead of holding it for
+    /// ever. (An npipe extension: on Windows `CallNamedPipe` and `ReadFile`
+    /// wait for ever, and that stays the default; a connect's answer is then
+    /// given 5 s.) On the tokio ends it bounds the connect and `call_async`;
+    /// bound later reads with `tokio::time::timeout`.
+    ///
+    /// ```no_run
+    /// use npipe::ClientOptions;
+    /// use std::time::Duration;
+    ///
+    /// // A hung server fails this call after a second instead of never.
+    /// let reply = ClientOptions::new()
+    ///     .read_timeout(Duration::from_secs(1))
+    ///     .call("service", b"status")?;
+    /// # Ok::<(), npipe::Error>(())
+    /// ```
+    ///
+    /// A zero timeout sets none, as for `set_read_timeout`.
+    pub fn read_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.read_timeout = Some(timeout).filter(|t| !t.is_zero());
         self
     }
 

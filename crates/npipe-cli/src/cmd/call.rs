@@ -30,7 +30,8 @@ const AFTER_HELP: &str = r"Examples:
   npipe call bytes-service ping --raw | xxd
   head -c 4096 /dev/urandom | npipe call echo - --raw | cmp - ...
   npipe call echo @request.bin --raw > reply.bin
-  npipe call echo hi --wait-for-server --timeout forever   (server not up yet)";
+  npipe call echo hi --wait-for-server --timeout forever   (server not up yet)
+  npipe call svc ping --reply-timeout 500   (a hung server fails in half a second)";
 
 /// Arguments of `npipe call`.
 #[derive(Debug, clap::Args)]
@@ -63,6 +64,22 @@ pub struct Args {
     )]
     pub timeout: super::TimeoutArg,
 
+    /// How long the server may take to reply once connected: milliseconds,
+    /// or `forever`
+    ///
+    /// A server that accepts and then hangs fails the call after this with
+    /// ERROR_SEM_TIMEOUT (exit 6); its answer to the connect gets at most
+    /// 5 s, or this if shorter. So the whole call takes at most --timeout
+    /// plus --reply-timeout (plus 5 s). `forever` waits as CallNamedPipe
+    /// does.
+    #[arg(
+        verbatim_doc_comment,
+        long,
+        value_name = "MS|forever",
+        default_value = "30000"
+    )]
+    pub reply_timeout: super::TimeoutArg,
+
     /// Also wait (within --timeout) for a pipe that does not exist yet, as
     /// for a server still starting
     #[arg(long)]
@@ -88,6 +105,18 @@ fn options(args: &Args) -> Result<ClientOptions, Failure> {
     opts.wait(args.timeout.wait())
         .wait_for_server(args.wait_for_server)
         .max_message_size(REQUEST_MAX as u32);
+    match args.reply_timeout.limit() {
+        Some(limit) if limit.is_zero() => {
+            return Err(
+                Failure::new(Status::Usage, "--reply-timeout 0 would fail every call")
+                    .hint("give the server some milliseconds to reply, or `forever`"),
+            )
+        }
+        Some(limit) => {
+            opts.read_timeout(limit);
+        }
+        None => {}
+    }
     args.security.apply(&mut opts)?;
     Ok(opts)
 }
@@ -169,9 +198,9 @@ fn call_failure(err: npipe::Error, args: &Args) -> Failure {
             failure.hint("every instance is busy; give --timeout MS to wait for a free one")
         }
         ErrorCode::Timeout => failure.hint(format!(
-            "no instance became free within --timeout {}, or the server did not answer; \
-             try a longer --timeout",
-            args.timeout
+            "no instance became free within --timeout {}, or the server did not reply within \
+             --reply-timeout {}; give either more time",
+            args.timeout, args.reply_timeout
         )),
         ErrorCode::FileNotFound if !args.wait_for_server => failure.hint(
             "no server serves it (`npipe list` shows the pipes there are); \

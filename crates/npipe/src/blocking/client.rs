@@ -76,8 +76,12 @@ impl Pipe<PipeStream, ClientEnd> {
                     let socket = socket.take().expect("connected");
                     client_socket::apply_send_buffer(&socket, c.send_buffer);
                     let end = EndCore::new(c.setup, c.read_mode, c.leftover);
+                    let mut io = PipeStream::new(socket, end);
+                    if let Some(t) = opts.read_timeout {
+                        io.set_read_timeout(Some(t))?;
+                    }
                     return Ok(Pipe {
-                        io: PipeStream::new(socket, end),
+                        io,
                         role: ClientEnd::new(),
                     });
                 }

@@ -156,8 +156,8 @@ impl<'a> ConnectCore<'a> {
         let State::Sending { cred } = self.state else {
             return self.out_of_order("sent");
         };
-        let deadline =
-            connect_core::answer_deadline(self.attempt.wait).and_then(|l| now.checked_add(l));
+        let deadline = connect_core::answer_deadline(self.attempt.wait, self.attempt.read_timeout)
+            .and_then(|l| now.checked_add(l));
         self.reply = Vec::with_capacity(256);
         self.state = State::Receiving {
             cred,

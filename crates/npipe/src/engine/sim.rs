@@ -518,6 +518,22 @@ fn a_silent_server_times_the_client_out_after_its_wait_and_some() {
 }
 
 #[test]
+fn a_read_timeout_is_the_silence_a_client_allows_after_its_wait() {
+    let mut sim = Sim::new(&ServerOptions::new());
+    sim.mute = true;
+    let mut opts = ClientOptions::new();
+    opts.wait(Wait::Timeout(Duration::from_secs(1)))
+        .read_timeout(Duration::from_millis(200));
+    let mut c = sim.client(&opts);
+    sim.now += Duration::from_millis(1100);
+    sim.step(&mut c);
+    assert!(matches!(c.action, Some(Action::Receive { .. })), "not yet");
+    sim.now += Duration::from_millis(100);
+    sim.step(&mut c);
+    assert_eq!(failed_with(&c), ErrorCode::Timeout, "1.2 s, not 6 s");
+}
+
+#[test]
 fn busy_at_once_or_connected_when_an_instance_frees() {
     let mut sim = Sim::new(ServerOptions::new().max_instances(1));
     let first = sim.client(&ClientOptions::new());

@@ -216,11 +216,25 @@ pub(crate) async fn call_with(
     if request.len() <= PIPELINE_MAX {
         // The server refuses a pipelined request on a byte pipe with BadPipe.
         let mut client = PipeClient::connect(name, &opts, Some(request)).await?;
-        return client.recv_message().await;
+        return within(opts.read_timeout, client.recv_message()).await;
     }
     let mut client = PipeClient::connect(name, &opts, None).await?;
     if client.info().pipe_type == PipeType::Byte {
         return Err(connect_core::not_a_message_pipe(name));
     }
-    client.transact(request).await
+    within(opts.read_timeout, client.transact(request)).await
+}
+
+/// A reply awaited within the read timeout, if one is set (the blocking
+/// ends have it as their socket's).
+async fn within(
+    limit: Option<std::time::Duration>,
+    reply: impl std::future::Future<Output = Result<Vec<u8>>>,
+) -> Result<Vec<u8>> {
+    match limit {
+        Some(limit) => ::tokio::time::timeout(limit, reply)
+            .await
+            .unwrap_or_else(|_| Err(connect_core::no_reply_in_time(limit))),
+        None => reply.await,
+    }
 }

@@ -19,6 +19,43 @@ on_both_servers!(
     announced_but_unsent_messages_cost_the_server_nothing,
 );
 
+/// A server that accepts and then never answers fails a client that set a
+/// read timeout with *timeout*, through `call` (blocking and tokio) and a
+/// read of an opened pipe; without one, the call would wait for ever, as
+/// `CallNamedPipe` does.
+#[test]
+fn a_read_timeout_bounds_a_call_to_a_server_that_accepts_and_hangs() {
+    let name = unique("hangs");
+    let listener = npipe::ServerOptions::new().create(&name).unwrap();
+    let holder = std::thread::spawn(move || {
+        // Takes three clients and answers none of them.
+        let held: Vec<_> = (0..3).map(|_| listener.accept().unwrap()).collect();
+        std::thread::sleep(HANG);
+        drop(held);
+    });
+    let limit = Duration::from_millis(100);
+    let mut opts = ClientOptions::new();
+    opts.read_timeout(limit);
+
+    let e = opts.call(&name, b"anyone?").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Timeout, "{e}");
+
+    #[cfg(feature = "tokio")]
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = rt.block_on(opts.call_async(&name, b"anyone?")).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Timeout, "{e}");
+    }
+
+    let mut client = opts.open(&name).unwrap();
+    let e = client.recv_message().unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Timeout, "{e}");
+    drop(holder);
+}
+
 /// The resident memory of a child process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     crate::procfs::child_status_kib(pid, "VmRSS")
