@@ -745,6 +745,67 @@ fn serve_exec_runs_a_command_for_each_client() {
     self::run(&["serve", "x", "--impersonate"], b"").assert_code(EXIT_USAGE);
 }
 
+/// The command sees every identity variable, from the kernel: the client's
+/// pid (that of the `npipe client` process), uid, gid, user name and
+/// session, and the pipe's name.
+#[test]
+fn serve_exec_gives_the_command_the_clients_identity() {
+    let name = unique("execid");
+    let script = r#"read -r l; echo "$NPIPE_CLIENT_PID $NPIPE_CLIENT_UID $NPIPE_CLIENT_GID $NPIPE_CLIENT_USER $NPIPE_CLIENT_SESSION $NPIPE_PIPE""#;
+    let _server = Server::start(&name, &["--exec", script]);
+    let mut client = npipe()
+        .args(["client", &name, "-q"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start npipe client");
+    let pid = client.id();
+    client.stdin.take().unwrap().write_all(b"who?\n").unwrap();
+    let out = client.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", out.status);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let uid = rustix::process::geteuid().as_raw();
+    let gid = rustix::process::getegid().as_raw();
+    let session = std::fs::read_to_string(format!("/proc/{pid}/sessionid")).ok();
+    assert_eq!(fields.len(), 6, "{text:?}");
+    assert_eq!(fields[0], pid.to_string(), "{text:?}");
+    assert_eq!(fields[1], uid.to_string(), "{text:?}");
+    assert_eq!(fields[2], gid.to_string(), "{text:?}");
+    assert_eq!(Some(fields[3].to_string()), passwd_name(uid), "{text:?}");
+    if let Some(session) = session {
+        assert_eq!(fields[4], session.trim(), "{text:?}");
+    }
+    assert!(fields[5].ends_with(&name), "{text:?}");
+}
+
+/// --framing on --exec: with length or NUL framing a message holding
+/// newlines reaches the command whole and comes back whole; without
+/// --exec or --stdio the flag is refused.
+#[test]
+fn serve_exec_framings_keep_messages_whole() {
+    let name = unique("execlen");
+    let _server = Server::start(&name, &["--exec", "cat", "--framing", "length"]);
+    let messages: [&[u8]; 3] = [b"two\nlines", b"", b"\0\r\n\xff"];
+    let mut input = Vec::new();
+    for m in messages {
+        input.extend_from_slice(&(m.len() as u32).to_le_bytes());
+        input.extend_from_slice(m);
+    }
+    let (status, out) = run_bytes(&["client", &name, "--framing", "length", "-q"], &input);
+    assert!(status.success(), "{status}");
+    assert_eq!(out, input, "every message came back whole");
+
+    let name = unique("execnul");
+    let _server = Server::start(&name, &["--exec", "cat", "--framing", "nul"]);
+    let (status, out) = run_bytes(&["client", &name, "--framing", "nul", "-q"], b"a\nb\0c\0");
+    assert!(status.success(), "{status}");
+    assert_eq!(out, b"a\nb\0c\0");
+
+    run(&["serve", "x", "--framing", "nul"], b"").assert_code(EXIT_USAGE);
+}
+
 /// `serve --stdio` (as `ncat -l`): lines of its input go to the one client
 /// as messages, the client's messages come out as lines, and it exits when
 /// the client leaves.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use npipe::{Access, ClientOptions, ErrorCode, PipeClient, PipeType, ReadHalf, WriteHalf};
 
+use super::framing::{Framing, FRAME_MAX};
 use super::{CmdResult, TimeoutArg};
 use crate::exit::{Failure, Status};
 
@@ -121,102 +122,16 @@ pub fn run(args: &Args) -> CmdResult {
     }
 }
 
-/// How messages are told apart on standard input and output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Framing {
-    /// One message per line; the newline is not part of it (anything else,
-    /// `\r` included, is)
-    Line,
-    /// Messages end with a NUL byte
-    Nul,
-    /// Each message is its length (4 bytes, little-endian) and its bytes
-    Length,
-    /// Each read of input is one message; replies are written as they are
-    Raw,
-}
-
-/// The most a `--framing length` prefix may announce: the client holds a
-/// message in memory.
-const FRAME_MAX: usize = 256 << 20;
-
 /// After the end of input, how long the client waits for more replies once
 /// every message it sent has had one (socat waits as long).
 const LINGER: Duration = Duration::from_millis(500);
 
-impl Framing {
-    /// Takes the next whole message off the front of `pending`; at the end
-    /// of input (`end`) what is left is the last message. `searched` is how
-    /// much of `pending` is known to hold no delimiter, so that a long line
-    /// arriving in many chunks is scanned once, not once per chunk.
-    fn take(
-        self,
-        pending: &mut Vec<u8>,
-        searched: &mut usize,
-        end: bool,
-    ) -> Result<Option<Vec<u8>>, Failure> {
-        let cut = |at: usize, skip: usize, pending: &mut Vec<u8>| {
-            let mut msg: Vec<u8> = pending.drain(..at + skip).collect();
-            msg.truncate(at);
-            msg
-        };
-        match self {
-            Framing::Line | Framing::Nul => {
-                let delimiter = if self == Framing::Line { b'\n' } else { 0 };
-                let from = (*searched).min(pending.len());
-                if let Some(at) = pending[from..].iter().position(|&b| b == delimiter) {
-                    *searched = 0;
-                    return Ok(Some(cut(from + at, 1, pending)));
-                }
-                *searched = pending.len();
-                Ok((end && !pending.is_empty()).then(|| {
-                    *searched = 0;
-                    std::mem::take(pending)
-                }))
-            }
-            Framing::Length => {
-                let Some(prefix) = pending.first_chunk::<4>() else {
-                    return match end && !pending.is_empty() {
-                        true => Err(truncated()),
-                        false => Ok(None),
-                    };
-                };
-                let len = u32::from_le_bytes(*prefix) as usize;
-                if len > FRAME_MAX {
-                    return Err(Failure::new(
-                        Status::Usage,
-                        format!("a --framing length prefix announces {len} bytes, over 256 MiB"),
-                    ));
-                }
-                if pending.len() < 4 + len {
-                    return if end { Err(truncated()) } else { Ok(None) };
-                }
-                pending.drain(..4);
-                Ok(Some(cut(len, 0, pending)))
-            }
-            Framing::Raw => Ok((!pending.is_empty()).then(|| std::mem::take(pending))),
-        }
-    }
-
-    /// Writes one message to standard output, framed.
-    fn print(self, msg: &[u8]) -> CmdResult {
-        let mut out = io::stdout().lock();
-        let written = match self {
-            Framing::Line => out.write_all(msg).and_then(|()| out.write_all(b"\n")),
-            Framing::Nul => out.write_all(msg).and_then(|()| out.write_all(b"\0")),
-            Framing::Length => out
-                .write_all(&(msg.len() as u32).to_le_bytes())
-                .and_then(|()| out.write_all(msg)),
-            Framing::Raw => out.write_all(msg),
-        };
-        written.and_then(|()| out.flush()).map_err(Failure::stdout)
-    }
-}
-
-fn truncated() -> Failure {
-    Failure::new(
-        Status::Usage,
-        "the input ended inside a --framing length message",
-    )
+/// Writes one message to standard output, framed.
+fn print(framing: Framing, msg: &[u8]) -> CmdResult {
+    let mut out = io::stdout().lock();
+    out.write_all(&framing.frame(msg))
+        .and_then(|()| out.flush())
+        .map_err(Failure::stdout)
 }
 
 /// Messages both ways at once: input framed into messages on one thread,
@@ -299,7 +214,10 @@ fn send_messages(
                 continue;
             }
         };
-        while let Some(msg) = framing.take(&mut pending, &mut searched, end)? {
+        while let Some(msg) = framing
+            .take(&mut pending, &mut searched, end)
+            .map_err(|e| Failure::new(Status::Usage, e))?
+        {
             writer.write_message(&msg)?;
             sent.fetch_add(1, Ordering::SeqCst);
         }
@@ -324,7 +242,7 @@ fn receive_messages(
     loop {
         match reader.recv_message() {
             Ok(msg) => {
-                framing.print(&msg)?;
+                print(framing, &msg)?;
                 received += 1;
                 quiet_since = std::time::Instant::now();
             }
@@ -430,66 +348,5 @@ fn pipe_to_stdout(reader: &mut ReadHalf<'_>) -> CmdResult {
         out.write_all(&buf[..n])
             .and_then(|()| out.flush())
             .map_err(Failure::stdout)?;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Feeds `chunks` as input arrives and takes every message out.
-    fn split(framing: Framing, chunks: &[&[u8]]) -> Vec<Vec<u8>> {
-        let (mut pending, mut searched, mut out) = (Vec::new(), 0, Vec::new());
-        for (i, chunk) in chunks.iter().enumerate() {
-            pending.extend_from_slice(chunk);
-            let end = i + 1 == chunks.len();
-            while let Some(msg) = framing.take(&mut pending, &mut searched, end).unwrap() {
-                out.push(msg);
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn framings_split_input_however_it_arrives() {
-        let lines = split(Framing::Line, &[b"ab", b"c\r\nd", b"e\n\nlast"]);
-        assert_eq!(
-            lines,
-            vec![
-                b"abc\r".to_vec(),
-                b"de".to_vec(),
-                b"".to_vec(),
-                b"last".to_vec()
-            ]
-        );
-        let nul = split(Framing::Nul, &[b"a\nb\0", b"c\0"]);
-        assert_eq!(nul, vec![b"a\nb".to_vec(), b"c".to_vec()]);
-        let mut framed = 3u32.to_le_bytes().to_vec();
-        framed.extend_from_slice(b"xyz");
-        framed.extend_from_slice(&0u32.to_le_bytes());
-        let (a, b) = framed.split_at(5);
-        assert_eq!(
-            split(Framing::Length, &[a, b]),
-            vec![b"xyz".to_vec(), vec![]]
-        );
-        let (mut pending, mut searched) = (framed[..5].to_vec(), 0);
-        assert!(
-            Framing::Length
-                .take(&mut pending, &mut searched, true)
-                .is_err(),
-            "truncated"
-        );
-    }
-
-    /// A long line in many chunks: each byte is looked at once (the search
-    /// goes on from where it stopped), and the line comes out whole.
-    #[test]
-    fn a_long_line_is_scanned_once() {
-        let chunk = vec![b'x'; 4096];
-        let mut chunks: Vec<&[u8]> = vec![&chunk; 64];
-        chunks.push(b"\n");
-        let lines = split(Framing::Line, &chunks);
-        assert_eq!(lines.len(), 1);
-        assert_eq!(lines[0].len(), 4096 * 64);
     }
 }

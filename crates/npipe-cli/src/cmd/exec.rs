@@ -8,15 +8,19 @@ use std::time::Duration;
 use npipe::tokio::PipeServer;
 use npipe::unix::{LocalGroupExt, LocalUserExt};
 use npipe::{Error, ErrorCode, PipeType};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::framing::Framing;
 use tokio::process::{ChildStdin, ChildStdout};
 
 /// How long a command may take to exit once its client has gone and its
 /// input and output are closed, before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
-/// The longest line a command's output makes one message of; a longer one
-/// goes out in pieces of this size.
-const LINE_MAX: u64 = 1 << 20;
+/// The longest line (or NUL-ended piece) a command's output makes one
+/// message of; a longer one goes out in pieces of this size.
+const LINE_MAX: usize = 1 << 20;
+/// How much of a command's output is read at once.
+const CHUNK: usize = 64 * 1024;
 /// Messages queued for a command's input while it is busy; past them the
 /// client is not read (backpressure).
 const QUEUE: usize = 64;
@@ -25,9 +29,9 @@ const QUEUE: usize = 64;
 const LINGER: Duration = Duration::from_millis(500);
 
 /// Runs `command` (with `sh -c`) for the client on `conn`, as the client
-/// with `impersonate`: on a message pipe each message in is a line on its
-/// input and each line it writes a message out; on a byte pipe the bytes
-/// pass both ways as they are. Ends when the command's output ends or the
+/// with `impersonate`: on a message pipe each message in is framed on its
+/// input (a line, by default) and each one it writes is a message out; on
+/// a byte pipe the bytes pass both ways as they are. Ends when the command's output ends or the
 /// client can no longer be written to; a command still running then is
 /// given [`EXIT_GRACE`] and killed.
 pub async fn serve(
@@ -35,6 +39,7 @@ pub async fn serve(
     command: &str,
     impersonate: bool,
     can_read: bool,
+    framing: Framing,
 ) -> npipe::Result<String> {
     let mut cmd = std::process::Command::new("sh");
     cmd.arg("-c")
@@ -65,8 +70,8 @@ pub async fn serve(
     let stdout = ChildStdout::from_std(child.stdout.take().expect("piped")).map_err(io)?;
     let bridged = match conn.info().pipe_type {
         PipeType::Message => {
-            let mut lines = BufReader::new(stdout);
-            bridge_messages(conn, Some(stdin), &mut lines, can_read, false).await
+            let mut stdout = stdout;
+            bridge_messages(conn, Some(stdin), &mut stdout, can_read, false, framing).await
         }
         PipeType::Byte => bridge_bytes(conn, stdin, stdout, can_read).await,
     };
@@ -102,9 +107,10 @@ fn set_identity(cmd: &mut std::process::Command, conn: &PipeServer) {
         .env("NPIPE_PIPE", conn.info().name);
 }
 
-/// Messages from the client as lines on `input`, the lines of `output` as
-/// messages to it, until `output` ends or the client can no longer be
-/// written to (when the client stops sending, `input` is closed). `input` is fed
+/// Messages from the client framed on `input`, the messages framed on
+/// `output` to it (lines by default), until `output` ends or the client can
+/// no longer be written to (when the client stops sending, `input` is
+/// closed). `input` is fed
 /// by a task of its own, so that `output` is read while the other side takes
 /// its time with its input; `can_read` is false on an outbound pipe, whose
 /// server end reads nothing; with `end_with_client` the bridge ends as soon
@@ -116,10 +122,11 @@ pub async fn bridge_messages<W, R>(
     output: &mut R,
     can_read: bool,
     end_with_client: bool,
+    framing: Framing,
 ) -> npipe::Result<String>
 where
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
-    R: tokio::io::AsyncBufRead + Unpin,
+    R: tokio::io::AsyncRead + Unpin,
 {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(QUEUE);
     let mut tx = input.is_some().then_some(tx);
@@ -133,7 +140,7 @@ where
             // Dropped here: the end of its input.
         })
     });
-    let mut line = Vec::new();
+    let (mut pending, mut searched) = (Vec::new(), 0);
     let (mut inbound, mut outbound) = (0u64, 0u64);
     // Once `output` has ended (with `end_with_client`: the person typing
     // has no more to say), messages still coming are taken until the
@@ -141,19 +148,19 @@ where
     let mut output_ended: Option<tokio::time::Instant> = None;
     loop {
         let mut stopped_reading = false;
-        let mut limited = (&mut *output).take(LINE_MAX);
         let quiet_until = output_ended.unwrap_or_else(tokio::time::Instant::now);
+        pending.reserve(CHUNK);
         tokio::select! {
-            // Cancel-safe both: a message or a line half-read stays for the
-            // next turn, and a reserved place is only given back.
+            // Cancel-safe both: a message half-read stays for the next
+            // turn, a reserved place is only given back, and a read that
+            // loses the race has read nothing.
             got = async {
                 let permit = tx.as_ref().expect("checked").reserve().await.ok()?;
                 Some((permit, conn.recv_message().await))
             }, if tx.is_some() && can_read => match got {
                 None => stopped_reading = true, // the other side did
-                Some((permit, Ok(mut msg))) => {
-                    msg.push(b'\n');
-                    permit.send(msg);
+                Some((permit, Ok(msg))) => {
+                    permit.send(framing.frame(&msg));
                     inbound += 1;
                     if output_ended.is_some() {
                         output_ended = Some(tokio::time::Instant::now() + LINGER);
@@ -172,28 +179,35 @@ where
                 Some((_, Err(e))) => return Err(e),
             },
             () = tokio::time::sleep_until(quiet_until), if output_ended.is_some() => break,
-            read = limited.read_until(b'\n', &mut line), if output_ended.is_none() => match read {
-                Ok(0) if end_with_client && tx.is_some() && can_read => {
-                    output_ended = Some(tokio::time::Instant::now() + LINGER);
-                }
-                Ok(0) => break,
-                Ok(_) => {
-                    if line.last() == Some(&b'\n') {
-                        line.pop();
+            read = output.read_buf(&mut pending), if output_ended.is_none() => {
+                let end = match read {
+                    Ok(n) => n == 0,
+                    Err(e) => {
+                        return Err(Error::new(ErrorCode::Other, format!("the output: {e}")))
                     }
-                    if let Err(e) = conn.write_message(&line).await {
+                };
+                let mut delivered = true;
+                for msg in messages_in(framing, &mut pending, &mut searched, end)? {
+                    if let Err(e) = conn.write_message(&msg).await {
                         if e.code() == ErrorCode::BrokenPipe || e.code() == ErrorCode::NoData {
-                            break; // the client left
+                            delivered = false; // the client left
+                            break;
                         }
                         return Err(e);
                     }
                     outbound += 1;
-                    line.clear();
                 }
-                Err(e) => {
-                    return Err(Error::new(ErrorCode::Other, format!("the output: {e}")))
+                if !delivered {
+                    break;
                 }
-            },
+                if end {
+                    if end_with_client && tx.is_some() && can_read {
+                        output_ended = Some(tokio::time::Instant::now() + LINGER);
+                    } else {
+                        break;
+                    }
+                }
+            }
         }
         if stopped_reading {
             tx = None;
@@ -209,6 +223,30 @@ where
         }
     }
     Ok(format!("{inbound} message(s) in, {outbound} out"))
+}
+
+/// The whole messages `pending` holds, taken off it; at the end of output
+/// what is left is the last (a length-framed one cut short is an error).
+/// A line or NUL-ended piece longer than [`LINE_MAX`] goes in pieces.
+fn messages_in(
+    framing: Framing,
+    pending: &mut Vec<u8>,
+    searched: &mut usize,
+    end: bool,
+) -> npipe::Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    loop {
+        match framing.take(pending, searched, end) {
+            Ok(Some(msg)) => out.push(msg),
+            Ok(None) => break,
+            Err(e) => return Err(Error::new(ErrorCode::Other, format!("the output: {e}"))),
+        }
+    }
+    while matches!(framing, Framing::Line | Framing::Nul) && pending.len() >= LINE_MAX {
+        out.push(pending.drain(..LINE_MAX).collect());
+        *searched = 0;
+    }
+    Ok(out)
 }
 
 /// Bytes both ways, as they come, until the client leaves or the command's

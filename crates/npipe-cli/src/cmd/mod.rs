@@ -4,6 +4,7 @@ pub mod call;
 pub mod client;
 pub mod demo;
 pub mod exec;
+pub mod framing;
 pub mod info;
 pub mod list;
 pub mod serve;

@@ -13,6 +13,7 @@ use npipe::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::framing::Framing;
 use super::{direction_name, type_name, user_text, CmdResult};
 use crate::exit::{Failure, Status};
 
@@ -207,9 +208,10 @@ pub struct Args {
     pub whoami: bool,
 
     /// Instead of echoing, run CMD (with `sh -c`) for each client: messages
-    /// in are lines on its input, its lines out are messages (bytes as they
-    /// are on a byte pipe); NPIPE_CLIENT_PID, _UID, _GID, _USER and
-    /// _SESSION, from the kernel, and NPIPE_PIPE are in its environment
+    /// in are lines on its input, its lines out are messages (or as
+    /// --framing says; bytes as they are on a byte pipe); NPIPE_CLIENT_PID,
+    /// _UID, _GID, _USER and _SESSION, from the kernel, and NPIPE_PIPE are
+    /// in its environment
     #[arg(
         verbatim_doc_comment,
         long,
@@ -217,6 +219,16 @@ pub struct Args {
         conflicts_with = "whoami"
     )]
     pub exec: Option<String>,
+
+    /// With --exec or --stdio on a message pipe: how messages are told
+    /// apart on the command's (or the terminal's) input and output
+    ///
+    /// line: one message per line (a message holding a newline reads as
+    /// several lines); nul: each message ends with a NUL byte; length: each
+    /// is its length (4 bytes, little-endian) and its bytes, so any message
+    /// passes unchanged; raw: each read of output is one message.
+    #[arg(verbatim_doc_comment, long, value_enum, default_value_t = Framing::Line)]
+    pub framing: Framing,
 
     /// With --whoami: also act as the client (ImpersonateNamedPipeClient);
     /// with --exec: run the command as the client, for good (its real,
@@ -271,6 +283,7 @@ struct Config {
     whoami: bool,
     impersonate: bool,
     exec: Option<String>,
+    framing: Framing,
 }
 
 /// Runs `npipe serve`.
@@ -279,6 +292,12 @@ pub fn run(args: &Args) -> CmdResult {
         return Err(Failure::new(
             Status::Usage,
             "--impersonate acts as the client for --whoami or --exec, and neither was given",
+        ));
+    }
+    if args.framing != Framing::Line && args.exec.is_none() && !args.stdio {
+        return Err(Failure::new(
+            Status::Usage,
+            "--framing says how --exec or --stdio tell messages apart, and neither was given",
         ));
     }
     let pipe_type = match args.pipe_type {
@@ -322,6 +341,7 @@ pub fn run(args: &Args) -> CmdResult {
         whoami: args.whoami,
         impersonate: args.impersonate,
         exec: args.exec.clone(),
+        framing: args.framing,
     });
     let result = runtime.block_on(serve(args, &opts, security, config));
     // Without waiting for blocking work still pending (a read of standard
@@ -377,7 +397,7 @@ async fn serve(
         let config = Arc::clone(&config);
         if args.stdio {
             drop(listener);
-            return serve_stdio(conn, &mut stop).await;
+            return serve_stdio(conn, &mut stop, args.framing).await;
         }
         if args.once {
             let name = listener.name().to_string();
@@ -416,7 +436,7 @@ async fn serve(
 
 /// `--stdio`: one client bridged to this process's standard input and
 /// output.
-async fn serve_stdio(mut conn: PipeServer, stop: &mut Signals) -> CmdResult {
+async fn serve_stdio(mut conn: PipeServer, stop: &mut Signals, framing: Framing) -> CmdResult {
     let pid = conn.client_process_id();
     log(format_args!(
         "client pid {pid} connected; standard input goes to it"
@@ -424,7 +444,7 @@ async fn serve_stdio(mut conn: PipeServer, stop: &mut Signals) -> CmdResult {
     let bridged = async {
         match conn.info().pipe_type {
             PipeType::Message => {
-                let mut input = tokio::io::BufReader::new(tokio::io::stdin());
+                let mut input = tokio::io::stdin();
                 let can_read = conn.info().direction != Direction::Outbound;
                 super::exec::bridge_messages(
                     &mut conn,
@@ -432,6 +452,7 @@ async fn serve_stdio(mut conn: PipeServer, stop: &mut Signals) -> CmdResult {
                     &mut input,
                     can_read,
                     true,
+                    framing,
                 )
                 .await
             }
@@ -601,7 +622,14 @@ async fn serve_connection(
         _ if config.exec.is_some() => {
             let command = config.exec.as_deref().expect("checked");
             let can_read = config.direction != Direction::Outbound;
-            super::exec::serve(&mut conn, command, config.impersonate, can_read).await
+            super::exec::serve(
+                &mut conn,
+                command,
+                config.impersonate,
+                can_read,
+                config.framing,
+            )
+            .await
         }
         (Direction::Duplex, PipeType::Message) => echo_messages(&mut conn).await,
         (Direction::Duplex, PipeType::Byte) => echo_bytes(&mut conn).await,
