@@ -322,7 +322,17 @@ fn list_shows_the_pipe_and_its_server_pid() {
 #[test]
 fn info_json_describes_the_pipe() {
     let name = unique("info");
-    let server = Server::start(&name, &["--type", "byte", "--direction", "in"]);
+    let server = Server::start(
+        &name,
+        &[
+            "--type",
+            "byte",
+            "--direction",
+            "in",
+            "--allow",
+            "group:nogroup=rw",
+        ],
+    );
     let run = run(&["info", &name, "--json"], b"");
     run.assert_success();
     let v: Value = serde_json::from_str(run.stdout.trim()).expect("one JSON object");
@@ -336,6 +346,11 @@ fn info_json_describes_the_pipe() {
     assert_eq!(v["direction"], "inbound");
     assert_eq!(v["max_instances"], Value::Null);
     assert_eq!(v["default_timeout_ms"], 50);
+    // The descriptor as given: the group by name, `rw` as written.
+    assert_eq!(
+        v["security"],
+        "allow owner=full; allow user:0=full; allow everyone=r; allow group:nogroup=rw"
+    );
     for key in [
         "file",
         "user",
@@ -360,6 +375,13 @@ fn info_json_describes_the_pipe() {
         .stdout
         .lines()
         .any(|l| l.starts_with("max_instances:") && l.ends_with("unlimited")));
+    assert!(
+        text.stdout
+            .lines()
+            .any(|l| l.starts_with("security:") && l.ends_with("group:nogroup=rw")),
+        "{}",
+        text.stdout
+    );
 }
 
 #[test]
@@ -1147,6 +1169,18 @@ fn serve_security_flags_fence_out_other_users() {
     let r = run_as_nobody(&["call", &denied, "x"]);
     r.assert_code(EXIT_ACCESS_DENIED);
     assert!(r.stderr.contains("security descriptor"), "{}", r.stderr);
+    // The refused user may read the descriptor that refuses them, in the
+    // form the server was given it.
+    let shown = run_as_nobody(&["info", &denied, "--json"]);
+    shown.assert_success();
+    let v: Value = serde_json::from_str(shown.stdout.trim()).expect("one JSON object");
+    let security = v["security"].as_str().unwrap_or_default().to_string();
+    assert!(
+        security.ends_with(&format!("allow everyone=rw; deny {deny}")),
+        "{v}"
+    );
+    // A user the descriptor grants nothing is refused the description too.
+    run_as_nobody(&["info", &private]).assert_code(EXIT_ACCESS_DENIED);
     // Squatting: root refuses a pipe served by nobody.
     let squat = unique("squat");
     let mut squatter = Command::new(shared_npipe());

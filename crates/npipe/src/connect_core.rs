@@ -265,7 +265,7 @@ pub(crate) fn connected(name: &PipeName, reply: Reply) -> Result<PipeDescription
             let code = ErrorCode::from_win32(code).unwrap_or(ErrorCode::Other);
             Err(Error::new(code, format!("{name}: {reason}")))
         }
-        Reply::Info(_) => Err(Error::new(
+        Reply::Info { .. } => Err(Error::new(
             ErrorCode::BadPipe,
             format!("{name}: the server answered a connect with pipe information"),
         )),

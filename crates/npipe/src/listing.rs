@@ -51,6 +51,11 @@ pub struct ServedPipe {
     pub max_message_size: u32,
     /// The server's default wait.
     pub default_timeout: Duration,
+    /// The pipe's security descriptor, in the text form the server was
+    /// given it (users by name where they were named): who may connect and
+    /// do what. Every user a query is answered for may see it, as on
+    /// Windows, where read and write access both include `READ_CONTROL`.
+    pub security: String,
 }
 
 /// A namespace entry, and what its server (if any) said.
@@ -250,7 +255,7 @@ fn query_file(
     // The client's own reader, with the query's deadline.
     let reply = crate::blocking::read_reply(&socket, timeout)?;
     match reply {
-        Reply::Info(d) => Ok(ServedPipe {
+        Reply::Info { desc: d, security } => Ok(ServedPipe {
             name: d.name,
             file: file.to_string(),
             server,
@@ -264,6 +269,7 @@ fn query_file(
             out_buffer_size: d.out_buffer,
             max_message_size: d.max_message,
             default_timeout: Duration::from_millis(d.default_timeout_ms.into()),
+            security,
         }),
         Reply::Refused { code, reason } => Err(Error::new(
             ErrorCode::from_win32(code).unwrap_or(ErrorCode::Other),

@@ -79,7 +79,8 @@ prop_compose! {
 fn replies() -> impl Strategy<Value = Reply> {
     prop_oneof![
         descriptions().prop_map(Reply::Connected),
-        descriptions().prop_map(Reply::Info),
+        (descriptions(), "[ -~]{0,120}")
+            .prop_map(|(desc, security)| Reply::Info { desc, security }),
         (1u32..2000, "[ -~]{0,80}").prop_map(|(code, reason)| Reply::Refused { code, reason }),
     ]
 }

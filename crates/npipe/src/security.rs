@@ -194,10 +194,31 @@ impl Subject {
 /// # drop(listener);
 /// # Ok::<(), npipe::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 pub struct SecurityDescriptor {
     owner: Option<LocalUser>,
     entries: Vec<Ace>,
+    /// The text it was parsed from, which `Display` echoes (names and
+    /// rights as the user wrote them: `group:staff=rw`, not
+    /// `group:50=full`); any change made after parsing forgets it.
+    text: Option<String>,
+}
+
+/// Two descriptors are equal when they grant the same, whatever text they
+/// came from.
+impl PartialEq for SecurityDescriptor {
+    fn eq(&self, other: &SecurityDescriptor) -> bool {
+        (self.owner, &self.entries) == (other.owner, &other.entries)
+    }
+}
+
+impl Eq for SecurityDescriptor {}
+
+impl std::hash::Hash for SecurityDescriptor {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.owner.hash(state);
+        self.entries.hash(state);
+    }
 }
 
 impl Default for SecurityDescriptor {
@@ -213,6 +234,7 @@ impl SecurityDescriptor {
         SecurityDescriptor {
             owner: None,
             entries: Vec::new(),
+            text: None,
         }
     }
 
@@ -233,6 +255,7 @@ impl SecurityDescriptor {
 
     /// Adds an allow entry.
     pub fn allow(mut self, trustee: Trustee, rights: Rights) -> SecurityDescriptor {
+        self.text = None;
         self.entries.push(Ace {
             kind: AceKind::Allow,
             trustee,
@@ -243,6 +266,7 @@ impl SecurityDescriptor {
 
     /// Adds a deny entry.
     pub fn deny(mut self, trustee: Trustee, rights: Rights) -> SecurityDescriptor {
+        self.text = None;
         self.entries.push(Ace {
             kind: AceKind::Deny,
             trustee,
@@ -253,6 +277,7 @@ impl SecurityDescriptor {
 
     /// Sets the owner (default: the user the server runs as).
     pub fn owner(mut self, user: impl Into<LocalUser>) -> SecurityDescriptor {
+        self.text = None;
         self.owner = Some(user.into());
         self
     }
@@ -356,9 +381,16 @@ impl SecurityDescriptor {
     /// Parses the text form, or the SDDL subset (see the module docs).
     pub fn parse(text: &str) -> Result<SecurityDescriptor> {
         let text = text.trim();
-        if text.starts_with("D:") || text.starts_with("O:") {
-            return parse_sddl(text);
-        }
+        let mut sd = if text.starts_with("D:") || text.starts_with("O:") {
+            parse_sddl(text)?
+        } else {
+            Self::parse_entries(text)?
+        };
+        sd.text = Some(text.to_string());
+        Ok(sd)
+    }
+
+    fn parse_entries(text: &str) -> Result<SecurityDescriptor> {
         let mut sd = SecurityDescriptor::empty();
         for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
             let (verb, rest) = entry.split_once(char::is_whitespace).ok_or_else(|| {
@@ -518,8 +550,13 @@ impl fmt::Display for Trustee {
 }
 
 impl fmt::Display for SecurityDescriptor {
-    /// The text form, which [`SecurityDescriptor::parse`] reads back.
+    /// The text form, which [`SecurityDescriptor::parse`] reads back: the
+    /// text it was parsed from, if it was (and not changed since), else
+    /// the entries with users and groups by number.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(text) = &self.text {
+            return f.write_str(text);
+        }
         let mut sep = "";
         if let Some(uid) = self.owner {
             write!(f, "owner {}", uid.0)?;
@@ -641,6 +678,29 @@ mod tests {
             assert_eq!(named.entries()[0].trustee, Trustee::User(LocalUser::ROOT));
             assert_eq!(named.entries()[1].trustee, Trustee::Group(LocalGroup(0)));
         }
+    }
+
+    #[test]
+    fn a_parsed_descriptor_is_shown_as_it_was_written() {
+        let text = "allow owner=full; allow group:0=rw; deny everyone=w";
+        let sd: SecurityDescriptor = text.parse().unwrap();
+        assert_eq!(sd.to_string(), text);
+        let built = SecurityDescriptor::empty()
+            .allow(Trustee::Owner, Rights::FULL)
+            .allow(Trustee::Group(LocalGroup(0)), Rights::FULL)
+            .deny(Trustee::Everyone, Rights::WRITE);
+        assert_eq!(sd, built, "the same grants, whatever the text");
+        // Changed after parsing: the generated form.
+        let changed = sd.allow(Trustee::Everyone, Rights::READ);
+        assert_eq!(
+            changed.to_string(),
+            "allow owner=full; allow group:0=full; deny everyone=w; allow everyone=r"
+        );
+        let sddl = "D:P(A;;GA;;;OW)(A;;GR;;;WD)";
+        assert_eq!(
+            sddl.parse::<SecurityDescriptor>().unwrap().to_string(),
+            sddl
+        );
     }
 
     #[test]

@@ -15,7 +15,10 @@ client. The server's pid and user come from the kernel. Prints `key: value`
 lines, or with --json one JSON object, with the same keys as `npipe list --json`:
   name, file, state, pid, uid, user, type, direction, cur_instances,
   max_instances (unlimited, or null in JSON), in_buffer_size, out_buffer_size,
-  max_message_size, default_timeout_ms (the wait of NMPWAIT_USE_DEFAULT_WAIT)";
+  max_message_size, default_timeout_ms (the wait of NMPWAIT_USE_DEFAULT_WAIT),
+  security: the pipe's security descriptor, as its server was given it
+  (`allow owner=full; allow group:staff=rw`, or SDDL). Anyone the pipe answers
+  may see it, as on Windows; one it grants nothing is refused, and told so";
 
 /// Arguments of `npipe info`.
 #[derive(Debug, clap::Args)]
@@ -51,7 +54,7 @@ fn write_fields(out: &mut impl Write, value: &Value) -> io::Result<()> {
         return Ok(());
     };
     // In the order `served_json` builds them (serde_json sorts keys by default).
-    const ORDER: [&str; 14] = [
+    const ORDER: [&str; 15] = [
         "name",
         "file",
         "state",
@@ -66,6 +69,7 @@ fn write_fields(out: &mut impl Write, value: &Value) -> io::Result<()> {
         "out_buffer_size",
         "max_message_size",
         "default_timeout_ms",
+        "security",
     ];
     let width = ORDER.iter().map(|k| k.len()).max().unwrap_or(0) + 1;
     for key in ORDER {

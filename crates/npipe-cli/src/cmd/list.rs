@@ -29,7 +29,7 @@ socket and what it is:
 With --json, one JSON object per line:
   {name, file, pid, uid, user, type, direction, cur_instances, max_instances,
    in_buffer_size, out_buffer_size, max_message_size, default_timeout_ms,
-   state: "serving"}
+   security, state: "serving"}
 max_instances is null for unlimited; the other entries are
   {file, state: "denied" | "not answering" | "dead" | "unreadable", reason?}"#;
 
@@ -70,6 +70,7 @@ pub fn served_json(p: &ServedPipe) -> Value {
         "out_buffer_size": p.out_buffer_size,
         "max_message_size": p.max_message_size,
         "default_timeout_ms": u64::try_from(p.default_timeout.as_millis()).unwrap_or(u64::MAX),
+        "security": p.security,
     })
 }
 

@@ -579,8 +579,8 @@ impl Acceptor {
         self.apply_counters();
         match self.core.hello(ticket, &p.peer, &hello, Instant::now()) {
             Answer::Refuse(code, reason) => refuse(&p.socket, code, &reason),
-            Answer::Describe(desc) => {
-                send_reply(&p.socket, &Reply::Info(desc));
+            Answer::Describe { desc, security } => {
+                send_reply(&p.socket, &Reply::Info { desc, security });
             }
             Answer::Connect { desc, granted } => self.connect(p, hello, desc, granted),
             Answer::Wait => {

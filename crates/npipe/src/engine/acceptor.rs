@@ -29,7 +29,12 @@ pub(crate) enum Answer {
     /// Send this refusal, then close.
     Refuse(ErrorCode, String),
     /// Send this description (a query's answer), then close.
-    Describe(PipeDescription),
+    Describe {
+        /// The pipe as this peer could get it.
+        desc: PipeDescription,
+        /// The security descriptor's text.
+        security: String,
+    },
     /// Send OK with this description, hold the connection to `granted`, and
     /// queue it for the application's `accept`; if the OK cannot be sent,
     /// report [`AcceptorCore::grant_failed`].
@@ -159,7 +164,10 @@ impl AcceptorCore {
         self.handshake_ended(ticket);
         match policy::judge(&self.opts, &self.name, hello, peer, now) {
             Verdict::Refuse(code, reason) => Answer::Refuse(code, reason),
-            Verdict::Describe(allowed) => Answer::Describe(self.description(allowed)),
+            Verdict::Describe(allowed) => Answer::Describe {
+                desc: self.description(allowed),
+                security: self.opts.security.to_string(),
+            },
             Verdict::Connect { granted, patience } => {
                 match self.admission.arrive(ticket, patience) {
                     Arrival::Granted => Answer::Connect {
@@ -489,7 +497,10 @@ mod tests {
         let t = c.arrive(&peer(0), None).unwrap();
         let mut q = hello(WAIT_NONE);
         q.kind = HelloKind::Query;
-        assert!(matches!(c.hello(t, &peer(0), &q, now), Answer::Describe(_)));
+        assert!(matches!(
+            c.hello(t, &peer(0), &q, now),
+            Answer::Describe { .. }
+        ));
         let t = c.arrive(&peer(0), None).unwrap();
         let mut wrong = hello(WAIT_NONE);
         wrong.name = "other".into();

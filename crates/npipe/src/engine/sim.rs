@@ -118,7 +118,7 @@ impl Sim {
                     reason,
                 },
             ),
-            Answer::Describe(desc) => self.reply(t, Reply::Info(desc)),
+            Answer::Describe { desc, security } => self.reply(t, Reply::Info { desc, security }),
             Answer::Connect { desc, .. } => self.ok(t, desc),
             Answer::Wait => {}
         }

@@ -24,8 +24,11 @@ pub const HELLO_MAX: usize = HELLO_FIXED + MAX_NAME_BYTES + 2 * MAX_PRINCIPAL_BY
 pub const REPLY_FIXED: usize = 12;
 /// Fixed part of the pipe description that follows an OK or INFO status.
 const DESC_FIXED: usize = 38;
-/// The longest REPLY there can be.
-pub const REPLY_MAX: usize = REPLY_FIXED + DESC_FIXED + MAX_NAME_BYTES + MAX_REASON_BYTES;
+/// Most bytes of a security descriptor's text an INFO reply carries.
+pub const MAX_SECURITY_BYTES: usize = 1024;
+/// The longest REPLY there can be: an INFO with the longest name and
+/// descriptor (a refusal is shorter).
+pub const REPLY_MAX: usize = REPLY_FIXED + DESC_FIXED + MAX_NAME_BYTES + 2 + MAX_SECURITY_BYTES;
 
 /// The wait value meaning "no wait".
 pub const WAIT_NONE: u32 = 0;
@@ -104,8 +107,16 @@ pub struct PipeDescription {
 pub enum Reply {
     /// An instance took the client.
     Connected(PipeDescription),
-    /// Answer to a query.
-    Info(PipeDescription),
+    /// Answer to a query: the pipe, and its security descriptor's text
+    /// (which every peer a query is answered for may see, as Windows'
+    /// read and write access both include `READ_CONTROL`).
+    Info {
+        /// The pipe, as a client could get it.
+        desc: PipeDescription,
+        /// The descriptor, in its text form (cut at
+        /// [`MAX_SECURITY_BYTES`]).
+        security: String,
+    },
     /// Refused, with the Win32 code and a reason for humans.
     Refused {
         /// A Win32 error number (`ERROR_PIPE_BUSY`, `ERROR_ACCESS_DENIED`, ...).
@@ -312,6 +323,17 @@ impl Hello {
     }
 }
 
+/// Appends `text`'s length (u16) and bytes, cut at a character boundary at
+/// or below `max` bytes: texts for people (reasons, descriptors).
+fn push_cut(out: &mut Vec<u8>, text: &str, max: usize) {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.extend_from_slice(&(end as u16).to_le_bytes());
+    out.extend_from_slice(&text.as_bytes()[..end]);
+}
+
 impl Reply {
     /// Appends the encoded REPLY to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), ProtoError> {
@@ -319,14 +341,14 @@ impl Reply {
         out.push(VERSION);
         let (status, code) = match self {
             Reply::Connected(_) => (STATUS_CONNECTED, 0),
-            Reply::Info(_) => (STATUS_INFO, 0),
+            Reply::Info { .. } => (STATUS_INFO, 0),
             Reply::Refused { code, .. } => (STATUS_REFUSED, *code),
         };
         out.push(status);
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&code.to_le_bytes());
         match self {
-            Reply::Connected(d) | Reply::Info(d) => {
+            Reply::Connected(d) | Reply::Info { desc: d, .. } => {
                 let name_len = str_len(&d.name, MAX_NAME_BYTES, "name")?;
                 out.push(match d.pipe_type {
                     PipeType::Byte => 0,
@@ -354,15 +376,10 @@ impl Reply {
                 out.extend_from_slice(&name_len.to_le_bytes());
                 push_str(out, &d.name);
             }
-            Reply::Refused { reason, .. } => {
-                // Reasons are ours, but cut at a character boundary to the bound.
-                let mut end = reason.len().min(MAX_REASON_BYTES);
-                while !reason.is_char_boundary(end) {
-                    end -= 1;
-                }
-                out.extend_from_slice(&(end as u16).to_le_bytes());
-                out.extend_from_slice(&reason.as_bytes()[..end]);
-            }
+            Reply::Refused { reason, .. } => push_cut(out, reason, MAX_REASON_BYTES),
+        }
+        if let Reply::Info { security, .. } = self {
+            push_cut(out, security, MAX_SECURITY_BYTES);
         }
         Ok(())
     }
@@ -433,12 +450,19 @@ impl Reply {
                     waiting: u32_at(d, 32),
                     name: utf8(&buf[fixed..fixed + name_len], "name")?,
                 };
-                let reply = if status == STATUS_CONNECTED {
-                    Reply::Connected(desc)
-                } else {
-                    Reply::Info(desc)
-                };
-                Ok(Some((reply, fixed + name_len)))
+                let end = fixed + name_len;
+                if status == STATUS_CONNECTED {
+                    return Ok(Some((Reply::Connected(desc), end)));
+                }
+                if buf.len() < end + 2 {
+                    return Ok(None);
+                }
+                let len = bounded_len(u16_at(buf, end), MAX_SECURITY_BYTES, "security")?;
+                if buf.len() < end + 2 + len {
+                    return Ok(None);
+                }
+                let security = String::from_utf8_lossy(&buf[end + 2..end + 2 + len]).into_owned();
+                Ok(Some((Reply::Info { desc, security }, end + 2 + len)))
             }
             STATUS_REFUSED => {
                 if buf.len() < REPLY_FIXED + 2 {
@@ -610,7 +634,10 @@ mod tests {
     fn replies_round_trip() {
         for reply in [
             Reply::Connected(desc()),
-            Reply::Info(desc()),
+            Reply::Info {
+                desc: desc(),
+                security: "allow owner=full; allow everyone=r".into(),
+            },
             Reply::Refused {
                 code: 231,
                 reason: "all instances are busy".into(),

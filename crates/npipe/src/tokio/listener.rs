@@ -562,8 +562,8 @@ impl Acceptor {
             .hello(ticket, &arrived.peer, &arrived.hello, Instant::now());
         match answer {
             Answer::Refuse(code, reason) => refuse(&arrived.socket, code, &reason),
-            Answer::Describe(desc) => {
-                send_reply(&arrived.socket, &Reply::Info(desc));
+            Answer::Describe { desc, security } => {
+                send_reply(&arrived.socket, &Reply::Info { desc, security });
             }
             Answer::Connect { desc, granted } => self.connect(arrived, desc, granted),
             Answer::Wait => {

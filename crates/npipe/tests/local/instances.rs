@@ -32,6 +32,11 @@ fn busy_at_once_without_wait(front: Front) {
     assert_eq!(e.win32_code(), 231);
     let info = npipe::query_pipe(name.as_str()).unwrap();
     assert_eq!((info.cur_instances, info.max_instances), (2, Some(2)));
+    // The query tells the descriptor too: the default one here.
+    assert_eq!(
+        info.security,
+        npipe::SecurityDescriptor::default_for_pipes().to_string()
+    );
 }
 
 fn waiters_are_served_first_come_first_served(front: Front) {

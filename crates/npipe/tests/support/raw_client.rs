@@ -107,6 +107,13 @@ impl RawClient {
                 self.stream.read_exact(&mut desc)?;
                 let name_len = u16::from_le_bytes([desc[36], desc[37]]) as usize;
                 self.stream.read_exact(&mut vec![0u8; name_len])?;
+                if fixed[5] == 1 {
+                    // An INFO goes on with the descriptor's text.
+                    let mut len = [0u8; 2];
+                    self.stream.read_exact(&mut len)?;
+                    self.stream
+                        .read_exact(&mut vec![0u8; u16::from_le_bytes(len) as usize])?;
+                }
                 let granted = desc[2];
                 Ok(if fixed[5] == 0 {
                     Reply::Connected { granted }
