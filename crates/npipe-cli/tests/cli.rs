@@ -1218,6 +1218,87 @@ fn serve_security_flags_fence_out_other_users() {
     );
 }
 
+/// A listing run by another user (uid 65534) tells a live, a denied, a
+/// hung and a dead pipe apart at once, in the table and in JSON, and eight
+/// hung sockets cost it one deadline (about 2 s), not a second each.
+#[test]
+fn list_tells_live_denied_hung_and_dead_apart_within_one_deadline() {
+    if let Some(why) = shared_copy::cannot_run_as(65534) {
+        eprintln!("SKIPPED LOUDLY: the listing test lists as uid 65534, and {why}");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixListener;
+    let dir = npipe::namespace_directory();
+    let socket = |name: &str| {
+        let path = dir.join(name);
+        let listener = UnixListener::bind(&path).unwrap();
+        // Anyone may connect, so that what uid 65534 sees is the state.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        (listener, path)
+    };
+    struct Gone(Vec<std::path::PathBuf>);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let live = unique("lst-live");
+    let denied = unique("lst-denied");
+    let _live = Server::start(&live, &[]);
+    let _denied = Server::start(&denied, &["--current-user-only"]);
+    let hung: Vec<String> = (0..8).map(|i| unique(&format!("lst-hung{i}"))).collect();
+    let held: Vec<_> = hung.iter().map(|h| socket(h)).collect();
+    let dead = unique("lst-dead");
+    let (listener, dead_path) = socket(&dead);
+    drop(listener);
+    let _gone = Gone(
+        held.iter()
+            .map(|(_, p)| p.clone())
+            .chain([dead_path])
+            .collect(),
+    );
+
+    let started = Instant::now();
+    let json = run_as_nobody(&["list", "--json"]);
+    let took = started.elapsed();
+    json.assert_success();
+    let state_of = |file: &str| {
+        json_lines(&json.stdout)
+            .into_iter()
+            .find(|v| v["file"] == file)
+            .map(|v| v["state"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_else(|| panic!("{file} not listed:\n{}", json.stdout))
+    };
+    assert_eq!(state_of(&live), "serving");
+    assert_eq!(state_of(&denied), "denied");
+    for h in &hung {
+        assert_eq!(state_of(h), "not answering");
+    }
+    assert_eq!(state_of(&dead), "dead");
+    assert!(
+        took < Duration::from_secs(6),
+        "eight hung sockets held the listing up {took:?}: asked one after another?"
+    );
+
+    let table = run_as_nobody(&["list"]);
+    table.assert_success();
+    for line in [
+        format!("(denied: {denied}, "),
+        format!("(not answering: {}; ", hung[0]),
+        format!("(dead: {dead}; "),
+    ] {
+        assert!(
+            table.stdout.contains(&line),
+            "no {line:?} in\n{}",
+            table.stdout
+        );
+    }
+    drop(held);
+}
+
 #[test]
 fn list_prune_removes_dead_servers_sockets_only() {
     let dead = unique("prune-dead");
