@@ -83,6 +83,11 @@ pub enum PipeEntry {
     Dead {
         /// The socket's file name.
         file: String,
+        /// The pipe's name, where it can be told: the file's own name, or
+        /// for a hashed file name (`~...`, a long name or one with
+        /// characters a file name cannot carry) the note its server left
+        /// beside it.
+        name: Option<String>,
     },
     /// Anything else that went wrong asking.
     Unreadable {
@@ -100,7 +105,7 @@ impl PipeEntry {
             PipeEntry::Served(p) => &p.file,
             PipeEntry::Denied { file, .. }
             | PipeEntry::NotAnswering { file }
-            | PipeEntry::Dead { file }
+            | PipeEntry::Dead { file, .. }
             | PipeEntry::Unreadable { file, .. } => file,
         }
     }
@@ -118,10 +123,13 @@ impl PipeEntry {
     }
 
     /// What a failed query says of the entry.
-    fn from_failure(file: String, e: &Error) -> PipeEntry {
+    fn from_failure(namespace: &Namespace, file: String, e: &Error) -> PipeEntry {
         match e.code() {
             // Connect refused (or the file went meanwhile): no server.
-            ErrorCode::FileNotFound => PipeEntry::Dead { file },
+            ErrorCode::FileNotFound => PipeEntry::Dead {
+                name: namespace.recorded_name(&file),
+                file,
+            },
             ErrorCode::AccessDenied => PipeEntry::Denied {
                 file,
                 reason: e.message().to_string(),
@@ -168,7 +176,7 @@ pub fn list_pipes() -> Result<Vec<PipeEntry>> {
         } else {
             match query_file(&namespace, file, None, left.min(QUERY_TIMEOUT)) {
                 Ok(p) => PipeEntry::Served(p),
-                Err(e) => PipeEntry::from_failure(file.clone(), &e),
+                Err(e) => PipeEntry::from_failure(&namespace, file.clone(), &e),
             }
         };
         *entries[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(entry);

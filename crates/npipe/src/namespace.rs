@@ -286,7 +286,41 @@ impl Namespace {
         let result = self.publish(&tmp, &file, name, first_instance, &ours);
         self.remove_temporary(&tmp, &ours);
         let (dev, ino) = result?;
+        self.write_name_note(&file, name);
         Ok((socket, Published { file, dev, ino }))
+    }
+
+    /// Beside a socket whose file name is a hash (`~...`), a note of the
+    /// pipe's name as created, so that a listing can name the pipe even
+    /// once its server is dead. Best effort: a pipe works without it (a
+    /// note another user left under that name stays theirs, and wrong
+    /// notes are never believed: see [`recorded_name`](Self::recorded_name)).
+    fn write_name_note(&self, file: &str, name: &PipeName) {
+        if let Some(note) = name_note(file) {
+            let tmp = format!(".{note}.{}", unique_suffix());
+            let _ = self
+                .dir
+                .write_file(&tmp, &note, name.name().as_bytes(), 0o644);
+        }
+    }
+
+    /// The name a hashed socket's pipe was created with, from its note: only
+    /// a note owned by the socket's owner counts. For a plain file name,
+    /// the name is the file's.
+    pub fn recorded_name(&self, file: &str) -> Option<String> {
+        let Some(note) = name_note(file) else {
+            return Some(file.to_string());
+        };
+        let owner = self.dir.stat(file).ok()?.uid;
+        let (uid, bytes) = self.dir.read_small_file(&note, NAME_NOTE_MAX).ok()?;
+        (uid == owner).then(|| String::from_utf8(bytes).ok())?
+    }
+
+    /// Removes the name note of a socket file just removed.
+    fn remove_name_note(&self, file: &str) {
+        if let Some(note) = name_note(file) {
+            let _ = self.dir.unlink(&note);
+        }
     }
 
     /// Gives the socket bound at `tmp` its file mode and starts it
@@ -508,7 +542,10 @@ impl Namespace {
                 continue; // live, or gone already
             }
             match self.unlink_if_same(&file, &before) {
-                Ok(()) => pruned.removed.push(file),
+                Ok(()) => {
+                    self.remove_name_note(&file);
+                    pruned.removed.push(file);
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => pruned
                     .kept
@@ -531,8 +568,11 @@ impl Namespace {
     /// Removes a pipe's socket if it is still the one we created.
     pub fn remove(&self, bound: &Published) {
         if let Ok(info) = self.dir.stat(&bound.file) {
-            if info.dev == bound.dev && info.ino == bound.ino {
-                let _ = self.dir.unlink(&bound.file);
+            if info.dev == bound.dev
+                && info.ino == bound.ino
+                && self.dir.unlink(&bound.file).is_ok()
+            {
+                self.remove_name_note(&bound.file);
             }
         }
     }
@@ -628,6 +668,14 @@ pub struct Pruned {
     /// user's, in the sticky directory).
     pub kept: Vec<(String, String)>,
 }
+
+/// The note beside a hashed socket file that keeps its pipe's name.
+fn name_note(file: &str) -> Option<String> {
+    file.starts_with('~').then(|| format!("{file}.name"))
+}
+
+/// The longest name note believed: a name's bytes, and room to spare.
+const NAME_NOTE_MAX: usize = 4096;
 
 /// What a probe connect found on a name.
 enum Probe {

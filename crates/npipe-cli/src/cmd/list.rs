@@ -23,7 +23,7 @@ socket and what it is:
   (denied: FILE, reason)     a server is there but refuses to describe its
                              pipe to you (its security grants you nothing)
   (not answering: FILE)      a server holds it but did not reply: hung or busy
-  (dead: FILE)               no server; the next server of the name replaces
+  (dead: FILE, the pipe NAME) no server; the next server of the name replaces
                              it, and --prune removes it now (only these)
 
 With --json, one JSON object per line:
@@ -31,7 +31,10 @@ With --json, one JSON object per line:
    in_buffer_size, out_buffer_size, max_message_size, default_timeout_ms,
    security, state: "serving"}
 max_instances is null for unlimited; the other entries are
-  {file, state: "denied" | "not answering" | "dead" | "unreadable", reason?}"#;
+  {file, state: "denied" | "not answering" | "dead" | "unreadable", reason?}
+and a dead one has the pipe's name too where it can be told (null if not):
+a file name that is a hash (long names, capitals, spaces...) is named by a
+note its server left beside it."#;
 
 /// Arguments of `npipe list`.
 #[derive(Debug, clap::Args)]
@@ -105,6 +108,11 @@ fn write_json(out: &mut impl Write, entries: &[PipeEntry]) -> io::Result<()> {
                 "state": entry.state(),
                 "reason": reason,
             }),
+            PipeEntry::Dead { name, .. } => json!({
+                "file": entry.file(),
+                "state": entry.state(),
+                "name": name,
+            }),
             other => json!({
                 "file": other.file(),
                 "state": other.state(),
@@ -168,10 +176,17 @@ fn write_table(out: &mut impl Write, entries: &[PipeEntry]) -> io::Result<()> {
                 out,
                 "(not answering: {file}; its server holds it but did not reply)"
             )?,
-            PipeEntry::Dead { .. } => writeln!(
-                out,
-                "(dead: {file}; no server, `npipe list --prune` removes it)"
-            )?,
+            PipeEntry::Dead { name, .. } => {
+                // A hashed file name says nothing: name the pipe it was.
+                let was = match name {
+                    Some(name) if name != file => format!(", the pipe {name}"),
+                    _ => String::new(),
+                };
+                writeln!(
+                    out,
+                    "(dead: {file}{was}; no server, `npipe list --prune` removes it)"
+                )?
+            }
             PipeEntry::Unreadable { reason, .. } => {
                 writeln!(out, "(unreadable: {file}, {reason})")?
             }

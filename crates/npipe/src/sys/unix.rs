@@ -5,7 +5,7 @@
 //! `getpwuid_r`.
 
 use std::ffi::CStr;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -457,6 +457,8 @@ pub enum FileKind {
     Socket,
     /// A symbolic link.
     Symlink,
+    /// A regular file.
+    Regular,
     /// Anything else.
     Other,
 }
@@ -466,6 +468,7 @@ fn file_info(st: &rustix::fs::Stat) -> FileInfo {
         FileType::Directory => FileKind::Directory,
         FileType::Socket => FileKind::Socket,
         FileType::Symlink => FileKind::Symlink,
+        FileType::RegularFile => FileKind::Regular,
         _ => FileKind::Other,
     };
     FileInfo {
@@ -605,6 +608,45 @@ impl Dir {
         )?)
     }
 
+    /// Writes a small regular file `name` atomically: into a new file
+    /// `tmp` (never following or reusing anything there), then renamed over
+    /// `name`. The temporary file is removed if anything fails.
+    pub fn write_file(&self, tmp: &str, name: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&self.fd, tmp, flags, Mode::from_raw_mode(mode))?;
+        let written = std::fs::File::from(fd)
+            .write_all(bytes)
+            .and_then(|()| Ok(rustix::fs::renameat(&self.fd, tmp, &self.fd, name)?));
+        if written.is_err() {
+            let _ = self.unlink(tmp);
+        }
+        written
+    }
+
+    /// Reads a small regular file: its owner and at most `max` bytes
+    /// (`InvalidData` if it holds more). A link, a FIFO or anything but a
+    /// regular file is refused without blocking.
+    pub fn read_small_file(&self, name: &str, max: usize) -> io::Result<(u32, Vec<u8>)> {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&self.fd, name, flags, Mode::empty())?;
+        let st = rustix::fs::fstat(&fd)?;
+        if file_info(&st).kind != FileKind::Regular {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a regular file",
+            ));
+        }
+        let mut bytes = Vec::new();
+        std::fs::File::from(fd)
+            .take(max as u64 + 1)
+            .read_to_end(&mut bytes)?;
+        if bytes.len() > max {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "too large"));
+        }
+        Ok((st.st_uid, bytes))
+    }
+
     /// Removes an entry.
     pub fn unlink(&self, name: &str) -> io::Result<()> {
         Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())?)
@@ -647,6 +689,7 @@ impl Dir {
                 FileType::Directory => FileKind::Directory,
                 FileType::Socket => FileKind::Socket,
                 FileType::Symlink => FileKind::Symlink,
+                FileType::RegularFile => FileKind::Regular,
                 _ => FileKind::Other,
             };
             out.push((name, kind));

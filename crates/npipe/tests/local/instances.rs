@@ -166,7 +166,7 @@ fn a_dead_servers_socket_is_reclaimed(front: Front) {
     let entry = npipe::list_pipes()
         .unwrap()
         .into_iter()
-        .find(|e| matches!(e, npipe::PipeEntry::Dead { file } if *file == name));
+        .find(|e| matches!(e, npipe::PipeEntry::Dead { file, .. } if *file == name));
     assert!(entry.is_some(), "the stale socket shows in listings");
     // A new server (even with first_instance) takes the name over.
     let listener = ServerOptions::new()

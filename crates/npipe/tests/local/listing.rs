@@ -49,14 +49,64 @@ fn a_listing_tells_denied_hung_and_dead_apart() {
     );
     assert_eq!(
         entry_of(&entries, &dead),
-        PipeEntry::Dead { file: dead.clone() }
+        PipeEntry::Dead {
+            file: dead.clone(),
+            name: Some(dead.clone())
+        }
     );
 
+    // (Other tests prune side by side: the dead socket may go by theirs.)
     let pruned = npipe::remove_stale_pipes().unwrap();
-    assert!(pruned.removed.contains(&dead), "{pruned:?}");
+    assert!(!dead_path.exists(), "{pruned:?}");
     assert!(!pruned.removed.contains(&denied) && !pruned.removed.contains(&silent));
+    assert!(silent_path.exists(), "a hung server's socket was pruned");
     let _ = std::fs::remove_file(silent_path);
     let _ = std::fs::remove_file(dead_path);
+}
+
+/// A pipe whose file name is a hash (a name with capitals, spaces and a
+/// backslash) keeps its name in a note beside the socket: a listing names
+/// it even once its server is killed, and pruning the dead socket removes
+/// the note with it.
+#[test]
+fn a_dead_hashed_pipe_is_listed_by_its_name() {
+    let name = format!("Hashed Name\\with Spaces {}", std::process::id());
+    let file = npipe::PipeName::parse(&name).unwrap().file_name();
+    assert!(file.starts_with('~'), "{file}");
+    let note = npipe::namespace_directory().join(format!("{file}.name"));
+    let mut srv = server(&name, &[]);
+    assert!(note.exists(), "the server left no note");
+    let entries = npipe::list_pipes().unwrap();
+    assert!(
+        matches!(entry_of(&entries, &file), PipeEntry::Served(p) if p.name == name),
+        "{entries:?}"
+    );
+    srv.kill(); // no chance to remove its socket or note
+    let entries = npipe::list_pipes().unwrap();
+    assert_eq!(
+        entry_of(&entries, &file),
+        PipeEntry::Dead {
+            file: file.clone(),
+            name: Some(name.clone())
+        }
+    );
+    // (Other tests prune side by side: whichever prune takes the socket
+    // takes the note.)
+    npipe::remove_stale_pipes().unwrap();
+    assert!(!npipe::namespace_directory().join(&file).exists());
+    assert!(!note.exists(), "the note outlived its socket");
+}
+
+/// A pipe's note goes with it when its server closes it.
+#[test]
+fn a_hashed_pipes_note_goes_with_its_listener() {
+    let name = format!("Closed Hashed {}", std::process::id());
+    let file = npipe::PipeName::parse(&name).unwrap().file_name();
+    let note = npipe::namespace_directory().join(format!("{file}.name"));
+    let listener = npipe::ServerOptions::new().create(&name).unwrap();
+    assert_eq!(std::fs::read_to_string(&note).unwrap(), name);
+    drop(listener);
+    assert!(!note.exists(), "the note outlived its pipe");
 }
 
 /// Hung servers are asked side by side, within one deadline: forty of them hold a listing up
