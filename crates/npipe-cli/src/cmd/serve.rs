@@ -41,6 +41,14 @@ Once the pipe exists, one line goes to stderr, so scripts can wait for it:
 Connections and their errors are logged to stderr; a failing client never
 stops the server.
 
+How long it serves (ncat's -k is the default here):
+  (default)   every client, one after another and side by side, until a
+              signal; the pipe's name stays the whole time
+  --once      the first client only: the name goes as soon as it connects,
+              and the exit status is that connection's (0, or its error's)
+  --stdio     the first client only, bridged to this terminal; exits when
+              the client leaves (or, on a message pipe, at end of input)
+
 CreateNamedPipe to npipe serve:
   PIPE_TYPE_MESSAGE | PIPE_READMODE_MESSAGE   --type message (the default)
   PIPE_TYPE_BYTE | PIPE_READMODE_BYTE         --type byte
