@@ -268,17 +268,9 @@ impl From<Error> for io::Error {
 
 /// The backend's reading of an OS error's number (it knows its system's
 /// numbers); `None` sends the error to its kind.
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", windows))]
 fn code_by_number(err: &io::Error) -> Option<ErrorCode> {
     err.raw_os_error().and_then(crate::sys::error_code_of)
-}
-
-/// On Windows an OS error's number is the Win32 code itself.
-#[cfg(windows)]
-fn code_by_number(err: &io::Error) -> Option<ErrorCode> {
-    err.raw_os_error()
-        .and_then(|n| u32::try_from(n).ok())
-        .and_then(ErrorCode::from_win32)
 }
 
 #[cfg(not(any(target_os = "linux", windows)))]

@@ -158,12 +158,14 @@ mod pipe;
 mod server_instance;
 #[cfg(target_os = "linux")]
 mod socket_transport;
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", windows))]
 mod sys;
 #[cfg(all(target_os = "linux", feature = "tokio"))]
 pub mod tokio;
 #[cfg(target_os = "linux")]
 pub mod unix;
+#[cfg(windows)]
+mod windows;
 
 pub use error::{Error, ErrorCode, Result};
 pub use identity::{Identity, LocalGroup, LocalUser, RemotePrincipal};
@@ -188,6 +190,8 @@ pub use namespace::Pruned;
 pub use namespace::{directory as namespace_directory, DEFAULT_DIR, SYSTEM_DIR};
 #[cfg(target_os = "linux")]
 pub use pipe::{ClientEnd, Pipe, PipeIo, PipeRole, ServerEnd};
+#[cfg(windows)]
+pub use windows::{call, PipeClient, PipeListener, PipeServer};
 
 /// The README's Rust example, compiled and run as a doctest.
 #[doc = include_str!("../../../README.md")]

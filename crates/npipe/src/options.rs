@@ -15,6 +15,8 @@ use crate::security::SecurityDescriptor;
 use crate::types::{
     Access, Direction, ImpersonationLevel, PipeType, ReadMode, Wait, UNLIMITED_INSTANCES,
 };
+#[cfg(windows)]
+use crate::windows::{PipeClient, PipeListener};
 
 /// Options for creating a pipe server, like `CreateNamedPipe`'s parameters.
 ///
@@ -268,7 +270,7 @@ impl ServerOptions {
     }
 
     /// Creates the pipe (`CreateNamedPipe`) and starts taking clients.
-    #[cfg(target_os = "linux")]
+    #[cfg(any(target_os = "linux", windows))]
     pub fn create(&self, name: impl TryInto<PipeName, Error = Error>) -> Result<PipeListener> {
         PipeListener::create(name.try_into()?, self.clone())
     }
@@ -460,11 +462,29 @@ impl ClientOptions {
         crate::blocking::call_with(self, &name.try_into()?, request)
     }
 
+    /// `CallNamedPipe` with these options: connects (waiting as set), sends
+    /// `request` as one message, returns the reply message, closes.
+    #[cfg(windows)]
+    pub fn call(
+        &self,
+        name: impl TryInto<PipeName, Error = Error>,
+        request: &[u8],
+    ) -> Result<Vec<u8>> {
+        crate::windows::call_with(self, &name.try_into()?, request)
+    }
+
     /// Connects (`CreateFile` on the pipe name, after `WaitNamedPipe` if a
     /// wait is set).
     #[cfg(target_os = "linux")]
     pub fn open(&self, name: impl TryInto<PipeName, Error = Error>) -> Result<PipeClient> {
         PipeClient::connect(&name.try_into()?, self, None)
+    }
+
+    /// Connects (`CreateFile` on the pipe name, after `WaitNamedPipe` if a
+    /// wait is set).
+    #[cfg(windows)]
+    pub fn open(&self, name: impl TryInto<PipeName, Error = Error>) -> Result<PipeClient> {
+        PipeClient::connect(&name.try_into()?, self)
     }
 
     /// Connects on tokio, waiting as [`wait`](Self::wait) says without

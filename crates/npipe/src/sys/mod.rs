@@ -1,13 +1,20 @@
-//! Every system call and every `unsafe` block of the Unix backend lives
-//! here, behind a small interface (sockets, directories, credentials,
-//! polling), as in mio. The crate builds this module on Linux only
-//! (`lib.rs`); the portable core does not use it.
+//! Every system call and every `unsafe` block lives here, behind a small
+//! interface per backend, as in mio: on Linux the Unix backend's (sockets,
+//! directories, credentials, polling), on Windows the named pipe file
+//! system's own calls. The portable core does not use it.
 #![allow(unsafe_code)]
 
+#[cfg(target_os = "linux")]
 mod unix;
+#[cfg(target_os = "linux")]
 pub use unix::*;
 
-#[cfg(feature = "tokio")]
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub use windows::*;
+
+#[cfg(all(target_os = "linux", feature = "tokio"))]
 mod async_fd;
-#[cfg(feature = "tokio")]
+#[cfg(all(target_os = "linux", feature = "tokio"))]
 pub use async_fd::{register as register_async, register_owned as register_async_owned, Fd};

@@ -1,6 +1,11 @@
 //! Cross-process tests of the local pipe behaviour: every test runs the
 //! server and the client in different processes (this binary re-run as a
 //! child, see `common` and `roles`).
+//!
+//! They test the Linux emulation (its sockets, `/proc`, uid 65534); the
+//! Windows backend's tests are the library's own (`src/windows/tests.rs`),
+//! run under Wine by `tools/windows-tests`.
+#![cfg(target_os = "linux")]
 
 mod common;
 #[path = "../support/procfs.rs"]

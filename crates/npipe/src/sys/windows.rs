@@ -1,0 +1,407 @@
+//! The Windows backend's system calls: the kernel's named pipe file system
+//! (NPFS) through `kernel32`, each call wrapped once with its `unsafe`
+//! reasoned about here. Names, instances, waiting, message boundaries and
+//! *more data* are the kernel's; this file only carries them across.
+
+use std::io;
+use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
+use std::ptr;
+
+use windows_sys::Win32::Foundation::{
+    ERROR_MORE_DATA, ERROR_PIPE_CONNECTED, HANDLE, INVALID_HANDLE_VALUE,
+};
+use windows_sys::Win32::Storage::FileSystem::{
+    CreateFileW, FlushFileBuffers, ReadFile, WriteFile, FILE_FLAG_FIRST_PIPE_INSTANCE,
+    FILE_GENERIC_READ, FILE_GENERIC_WRITE, FILE_WRITE_ATTRIBUTES, OPEN_EXISTING,
+    PIPE_ACCESS_DUPLEX, PIPE_ACCESS_INBOUND, PIPE_ACCESS_OUTBOUND, SECURITY_IDENTIFICATION,
+    SECURITY_IMPERSONATION, SECURITY_SQOS_PRESENT,
+};
+use windows_sys::Win32::System::Pipes::{
+    ConnectNamedPipe, CreateNamedPipeW, DisconnectNamedPipe, GetNamedPipeClientProcessId,
+    GetNamedPipeClientSessionId, GetNamedPipeHandleStateW, GetNamedPipeInfo,
+    GetNamedPipeServerProcessId, GetNamedPipeServerSessionId, PeekNamedPipe,
+    SetNamedPipeHandleState, TransactNamedPipe, WaitNamedPipeW, PIPE_READMODE_BYTE,
+    PIPE_READMODE_MESSAGE, PIPE_REJECT_REMOTE_CLIENTS, PIPE_SERVER_END, PIPE_TYPE_BYTE,
+    PIPE_TYPE_MESSAGE, PIPE_WAIT,
+};
+use windows_sys::Win32::System::Threading::GetCurrentProcessId;
+
+use crate::error::ErrorCode;
+use crate::types::{Access, Direction, ImpersonationLevel, PipeType, ReadMode};
+
+/// The backend's reading of an OS error's number: on Windows it is the
+/// Win32 code itself.
+pub fn error_code_of(code: i32) -> Option<ErrorCode> {
+    u32::try_from(code).ok().and_then(ErrorCode::from_win32)
+}
+
+/// This process's id.
+pub fn process_id() -> u32 {
+    // SAFETY: GetCurrentProcessId takes nothing and cannot fail.
+    unsafe { GetCurrentProcessId() }
+}
+
+/// Whether this process runs under Wine (its `ntdll` exports
+/// `wine_get_version`), whose named pipes differ from Windows' in places
+/// the tests name.
+pub fn running_under_wine() -> bool {
+    use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleW, GetProcAddress};
+    let ntdll = wide("ntdll.dll");
+    // SAFETY: `ntdll` is NUL-terminated UTF-16 that outlives the call;
+    // ntdll is loaded in every process, and the handle is not freed.
+    let module = unsafe { GetModuleHandleW(ntdll.as_ptr()) };
+    if module.is_null() {
+        return false;
+    }
+    // SAFETY: a valid module handle and a NUL-terminated ASCII name; the
+    // function pointer is only tested, never called.
+    unsafe { GetProcAddress(module, c"wine_get_version".as_ptr().cast()) }.is_some()
+}
+
+/// A pipe name as the kernel takes it: UTF-16, NUL-terminated.
+pub fn wide(path: &str) -> Vec<u16> {
+    path.encode_utf16().chain(Some(0)).collect()
+}
+
+/// A handle to one end of a pipe instance, closed on drop.
+#[derive(Debug)]
+pub struct Pipe(OwnedHandle);
+
+impl Pipe {
+    fn raw(&self) -> HANDLE {
+        self.0.as_raw_handle()
+    }
+
+    /// Takes a handle a call returned, or its error.
+    fn from_call(h: HANDLE) -> io::Result<Pipe> {
+        if h == INVALID_HANDLE_VALUE || h.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `h` is a valid handle the call just opened for us, owned
+        // by nothing else: the `OwnedHandle` closes it once.
+        Ok(Pipe(unsafe { OwnedHandle::from_raw_handle(h) }))
+    }
+}
+
+/// What `CreateNamedPipeW` is asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct Instance {
+    pub direction: Direction,
+    pub pipe_type: PipeType,
+    pub read_mode: ReadMode,
+    pub max_instances: u32,
+    pub out_buffer: u32,
+    pub in_buffer: u32,
+    pub default_timeout_ms: u32,
+    pub first: bool,
+    pub reject_remote: bool,
+}
+
+/// `CreateNamedPipeW`: one more instance of the pipe at `path`, with the
+/// default security (the caller refuses descriptors it cannot apply).
+pub fn create_named_pipe(path: &[u16], i: &Instance) -> io::Result<Pipe> {
+    let mut open_mode = match i.direction {
+        Direction::Inbound => PIPE_ACCESS_INBOUND,
+        Direction::Outbound => PIPE_ACCESS_OUTBOUND,
+        Direction::Duplex => PIPE_ACCESS_DUPLEX,
+    };
+    if i.first {
+        open_mode |= FILE_FLAG_FIRST_PIPE_INSTANCE;
+    }
+    let mut pipe_mode = PIPE_WAIT
+        | match i.pipe_type {
+            PipeType::Byte => PIPE_TYPE_BYTE,
+            PipeType::Message => PIPE_TYPE_MESSAGE,
+        }
+        | match i.read_mode {
+            ReadMode::Byte => PIPE_READMODE_BYTE,
+            ReadMode::Message => PIPE_READMODE_MESSAGE,
+        };
+    if i.reject_remote {
+        pipe_mode |= PIPE_REJECT_REMOTE_CLIENTS;
+    }
+    // SAFETY: `path` is NUL-terminated UTF-16 that outlives the call; a
+    // null security attribute asks for the default descriptor.
+    let h = unsafe {
+        CreateNamedPipeW(
+            path.as_ptr(),
+            open_mode,
+            pipe_mode,
+            i.max_instances,
+            i.out_buffer,
+            i.in_buffer,
+            i.default_timeout_ms,
+            ptr::null(),
+        )
+    };
+    Pipe::from_call(h)
+}
+
+/// `ConnectNamedPipe`, blocking until a client connects; a client that
+/// connected before the call is no error (`ERROR_PIPE_CONNECTED`).
+pub fn connect_named_pipe(pipe: &Pipe) -> io::Result<()> {
+    // SAFETY: a valid pipe handle; no OVERLAPPED (the handle is synchronous).
+    if unsafe { ConnectNamedPipe(pipe.raw(), ptr::null_mut()) } != 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(ERROR_PIPE_CONNECTED as i32) {
+        return Ok(());
+    }
+    Err(e)
+}
+
+/// `WaitNamedPipeW`: until an instance of the pipe at `path` is free.
+pub fn wait_named_pipe(path: &[u16], timeout_ms: u32) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated UTF-16 that outlives the call.
+    if unsafe { WaitNamedPipeW(path.as_ptr(), timeout_ms) } != 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `CreateFileW` on a pipe: a client end with `access`, and the
+/// impersonation level the server may use.
+pub fn open_pipe(path: &[u16], access: Access, level: ImpersonationLevel) -> io::Result<Pipe> {
+    // Write attributes lets a read-only client set its read mode, as
+    // Windows' own documentation advises.
+    let desired = match access {
+        Access::Read => FILE_GENERIC_READ | FILE_WRITE_ATTRIBUTES,
+        Access::Write => FILE_GENERIC_WRITE,
+        Access::ReadWrite => FILE_GENERIC_READ | FILE_GENERIC_WRITE,
+    };
+    let sqos = SECURITY_SQOS_PRESENT
+        | match level {
+            ImpersonationLevel::Identification => SECURITY_IDENTIFICATION,
+            ImpersonationLevel::Impersonation => SECURITY_IMPERSONATION,
+        };
+    // SAFETY: `path` is NUL-terminated UTF-16 that outlives the call; no
+    // security attributes and no template handle.
+    let h = unsafe {
+        CreateFileW(
+            path.as_ptr(),
+            desired,
+            0,
+            ptr::null(),
+            OPEN_EXISTING,
+            sqos,
+            ptr::null_mut(),
+        )
+    };
+    Pipe::from_call(h)
+}
+
+/// `ReadFile`: bytes read, and whether more of the same message follows
+/// (`ERROR_MORE_DATA`).
+pub fn read(pipe: &Pipe, buf: &mut [u8]) -> io::Result<(usize, bool)> {
+    let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+    let mut got = 0u32;
+    // SAFETY: `buf` is valid for `len` bytes of writes; `got` is a live
+    // local; no OVERLAPPED (the handle is synchronous).
+    let ok = unsafe { ReadFile(pipe.raw(), buf.as_mut_ptr(), len, &mut got, ptr::null_mut()) };
+    more_data(ok, got)
+}
+
+/// `WriteFile`: bytes written (a message pipe takes a write whole).
+pub fn write(pipe: &Pipe, buf: &[u8]) -> io::Result<usize> {
+    let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+    let mut put = 0u32;
+    // SAFETY: `buf` is valid for `len` bytes of reads; `put` is a live
+    // local; no OVERLAPPED.
+    let ok = unsafe { WriteFile(pipe.raw(), buf.as_ptr(), len, &mut put, ptr::null_mut()) };
+    if ok != 0 {
+        Ok(put as usize)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `TransactNamedPipe`: the request out, the reply (or its first part) in.
+pub fn transact(pipe: &Pipe, request: &[u8], reply: &mut [u8]) -> io::Result<(usize, bool)> {
+    let (req_len, reply_len) = (
+        u32::try_from(request.len()).unwrap_or(u32::MAX),
+        u32::try_from(reply.len()).unwrap_or(u32::MAX),
+    );
+    let mut got = 0u32;
+    // SAFETY: both buffers are valid for their lengths (`request` read,
+    // `reply` written); `got` is a live local; no OVERLAPPED.
+    let ok = unsafe {
+        TransactNamedPipe(
+            pipe.raw(),
+            request.as_ptr().cast(),
+            req_len,
+            reply.as_mut_ptr().cast(),
+            reply_len,
+            &mut got,
+            ptr::null_mut(),
+        )
+    };
+    more_data(ok, got)
+}
+
+/// A read's outcome: `ERROR_MORE_DATA` is a partial message, not a failure.
+fn more_data(ok: i32, got: u32) -> io::Result<(usize, bool)> {
+    if ok != 0 {
+        return Ok((got as usize, false));
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(ERROR_MORE_DATA as i32) {
+        Ok((got as usize, true))
+    } else {
+        Err(e)
+    }
+}
+
+/// `PeekNamedPipe`: bytes copied, bytes available in all, bytes left of
+/// the current message beyond those copied.
+pub fn peek(pipe: &Pipe, buf: &mut [u8]) -> io::Result<(usize, usize, usize)> {
+    let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+    let (mut copied, mut avail, mut left) = (0u32, 0u32, 0u32);
+    // SAFETY: `buf` is valid for `len` bytes of writes; the counters are
+    // live locals.
+    let ok = unsafe {
+        PeekNamedPipe(
+            pipe.raw(),
+            buf.as_mut_ptr().cast(),
+            len,
+            &mut copied,
+            &mut avail,
+            &mut left,
+        )
+    };
+    if ok != 0 {
+        Ok((copied as usize, avail as usize, left as usize))
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `FlushFileBuffers`: until the other end has read everything written.
+pub fn flush(pipe: &Pipe) -> io::Result<()> {
+    // SAFETY: a valid pipe handle.
+    if unsafe { FlushFileBuffers(pipe.raw()) } != 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `DisconnectNamedPipe` on a server end.
+pub fn disconnect(pipe: &Pipe) -> io::Result<()> {
+    // SAFETY: a valid pipe handle.
+    if unsafe { DisconnectNamedPipe(pipe.raw()) } != 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `SetNamedPipeHandleState`: the read mode of this end.
+pub fn set_read_mode(pipe: &Pipe, mode: ReadMode) -> io::Result<()> {
+    let m = match mode {
+        ReadMode::Byte => PIPE_READMODE_BYTE,
+        ReadMode::Message => PIPE_READMODE_MESSAGE,
+    } | PIPE_WAIT;
+    // SAFETY: `m` is a live local; null leaves the collection settings.
+    if unsafe { SetNamedPipeHandleState(pipe.raw(), &m, ptr::null(), ptr::null()) } != 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `GetNamedPipeInfo`: whether this is the server end, the pipe's type,
+/// its buffer sizes (out, in) and instance limit.
+pub fn pipe_info(pipe: &Pipe) -> io::Result<(bool, PipeType, u32, u32, u32)> {
+    let (mut flags, mut out_size, mut in_size, mut max) = (0u32, 0u32, 0u32, 0u32);
+    // SAFETY: the out-parameters are live locals.
+    let ok = unsafe {
+        GetNamedPipeInfo(
+            pipe.raw(),
+            &mut flags,
+            &mut out_size,
+            &mut in_size,
+            &mut max,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let pipe_type = if flags & PIPE_TYPE_MESSAGE != 0 {
+        PipeType::Message
+    } else {
+        PipeType::Byte
+    };
+    Ok((
+        flags & PIPE_SERVER_END != 0,
+        pipe_type,
+        out_size,
+        in_size,
+        max,
+    ))
+}
+
+/// `GetNamedPipeHandleStateW`: the instances in use.
+pub fn cur_instances(pipe: &Pipe) -> io::Result<u32> {
+    let mut cur = 0u32;
+    // SAFETY: `cur` is a live local; the other out-parameters are null,
+    // which the call allows.
+    let ok = unsafe {
+        GetNamedPipeHandleStateW(
+            pipe.raw(),
+            ptr::null_mut(),
+            &mut cur,
+            ptr::null_mut(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            0,
+        )
+    };
+    if ok != 0 {
+        Ok(cur)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Which end's process or session a query asks about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Client,
+    Server,
+}
+
+/// `GetNamedPipeClientProcessId` / `GetNamedPipeServerProcessId`.
+pub fn process_of(pipe: &Pipe, which: Peer) -> io::Result<u32> {
+    let mut id = 0u32;
+    // SAFETY: `id` is a live local.
+    let ok = unsafe {
+        match which {
+            Peer::Client => GetNamedPipeClientProcessId(pipe.raw(), &mut id),
+            Peer::Server => GetNamedPipeServerProcessId(pipe.raw(), &mut id),
+        }
+    };
+    if ok != 0 {
+        Ok(id)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `GetNamedPipeClientSessionId` / `GetNamedPipeServerSessionId`.
+pub fn session_of(pipe: &Pipe, which: Peer) -> io::Result<u32> {
+    let mut id = 0u32;
+    // SAFETY: `id` is a live local.
+    let ok = unsafe {
+        match which {
+            Peer::Client => GetNamedPipeClientSessionId(pipe.raw(), &mut id),
+            Peer::Server => GetNamedPipeServerSessionId(pipe.raw(), &mut id),
+        }
+    };
+    if ok != 0 {
+        Ok(id)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
