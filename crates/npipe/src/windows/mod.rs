@@ -524,4 +524,6 @@ pub(crate) fn call_with(opts: &ClientOptions, name: &PipeName, request: &[u8]) -
 }
 
 #[cfg(test)]
+mod interop;
+#[cfg(test)]
 mod tests;
