@@ -191,7 +191,7 @@ pub use namespace::{directory as namespace_directory, DEFAULT_DIR, SYSTEM_DIR};
 #[cfg(target_os = "linux")]
 pub use pipe::{ClientEnd, Pipe, PipeIo, PipeRole, ServerEnd};
 #[cfg(windows)]
-pub use windows::{call, PipeClient, PipeListener, PipeServer};
+pub use windows::{call, Impersonation, PipeClient, PipeListener, PipeServer};
 
 /// The README's Rust example, compiled and run as a doctest.
 #[doc = include_str!("../../../README.md")]

@@ -19,12 +19,14 @@ use windows_sys::Win32::Storage::FileSystem::{
 use windows_sys::Win32::System::Pipes::{
     ConnectNamedPipe, CreateNamedPipeW, DisconnectNamedPipe, GetNamedPipeClientProcessId,
     GetNamedPipeClientSessionId, GetNamedPipeHandleStateW, GetNamedPipeInfo,
-    GetNamedPipeServerProcessId, GetNamedPipeServerSessionId, PeekNamedPipe,
-    SetNamedPipeHandleState, TransactNamedPipe, WaitNamedPipeW, PIPE_READMODE_BYTE,
+    GetNamedPipeServerProcessId, GetNamedPipeServerSessionId, ImpersonateNamedPipeClient,
+    PeekNamedPipe, SetNamedPipeHandleState, TransactNamedPipe, WaitNamedPipeW, PIPE_READMODE_BYTE,
     PIPE_READMODE_MESSAGE, PIPE_REJECT_REMOTE_CLIENTS, PIPE_SERVER_END, PIPE_TYPE_BYTE,
     PIPE_TYPE_MESSAGE, PIPE_WAIT,
 };
-use windows_sys::Win32::System::Threading::GetCurrentProcessId;
+use windows_sys::Win32::System::Threading::{
+    GetCurrentProcessId, GetCurrentThread, OpenThreadToken,
+};
 
 use crate::error::ErrorCode;
 use crate::types::{Access, Direction, ImpersonationLevel, PipeType, ReadMode};
@@ -404,4 +406,70 @@ pub fn session_of(pipe: &Pipe, which: Peer) -> io::Result<u32> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// `ImpersonateNamedPipeClient`: this thread takes the client's token.
+pub fn impersonate_client(pipe: &Pipe) -> io::Result<()> {
+    // SAFETY: a valid server-end pipe handle.
+    if unsafe { ImpersonateNamedPipeClient(pipe.raw()) } != 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `RevertToSelf`: this thread drops whatever token it impersonates.
+pub fn revert_to_self() -> io::Result<()> {
+    // SAFETY: takes nothing; affects only the calling thread.
+    if unsafe { windows_sys::Win32::Security::RevertToSelf() } != 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether this thread has a token of its own (is impersonating).
+pub fn thread_impersonates() -> bool {
+    let mut token: HANDLE = ptr::null_mut();
+    // SAFETY: the pseudo-handle of the current thread needs no closing;
+    // `token` is a live local that receives a handle we then close.
+    let ok = unsafe {
+        OpenThreadToken(
+            GetCurrentThread(),
+            windows_sys::Win32::Security::TOKEN_QUERY,
+            1,
+            &mut token,
+        )
+    };
+    if ok == 0 {
+        return false;
+    }
+    // SAFETY: `token` is the handle OpenThreadToken just opened for us.
+    unsafe { windows_sys::Win32::Foundation::CloseHandle(token) };
+    true
+}
+
+/// The client's user name, from `GetNamedPipeHandleStateW` on a server end
+/// (the kernel asks the client's token: it needs the client to allow
+/// impersonation).
+pub fn client_user_name(pipe: &Pipe) -> io::Result<String> {
+    let mut name = [0u16; 257];
+    // SAFETY: `name` is valid for its length in UTF-16 units, which is what
+    // the last argument says; the other out-parameters are null.
+    let ok = unsafe {
+        GetNamedPipeHandleStateW(
+            pipe.raw(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            name.as_mut_ptr(),
+            name.len() as u32,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+    Ok(String::from_utf16_lossy(&name[..len]))
 }

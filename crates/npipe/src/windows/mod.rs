@@ -7,7 +7,7 @@
 //! Not yet here (each refused at run time with [`ErrorCode::NotSupported`]
 //! rather than ignored): security descriptors other than the default,
 //! `expect_server`, read timeouts; and, absent at compile time, the tokio
-//! front end, impersonation and listings.
+//! front end, `spawn_as_client` and listings.
 
 use std::io::{self, Read, Write};
 use std::sync::Mutex;
@@ -411,6 +411,43 @@ end_methods!(PipeServer);
 end_methods!(PipeClient);
 
 impl PipeServer {
+    /// `ImpersonateNamedPipeClient`: this thread acts as the client until
+    /// the guard is dropped (`RevertToSelf`). One impersonation per thread
+    /// at a time, as on Linux: a nested one is refused.
+    ///
+    /// Differs from Linux: a client that allowed only identification is
+    /// impersonated at that level (Windows refuses what it then tries to
+    /// open with `ERROR_BAD_IMPERSONATION_LEVEL`), where Linux refuses the
+    /// impersonation itself with `ERROR_CANNOT_IMPERSONATE`.
+    pub fn impersonate(&self) -> Result<Impersonation<'_>> {
+        if sys::thread_impersonates() {
+            return Err(Error::new(
+                ErrorCode::CannotImpersonate,
+                "this thread is impersonating already: drop that guard first",
+            ));
+        }
+        sys::impersonate_client(&self.conn.pipe)
+            .map_err(|e| os(e, "cannot impersonate the client"))?;
+        Ok(Impersonation {
+            _server: self,
+            _not_send: std::marker::PhantomData,
+        })
+    }
+
+    /// Runs `f` as the client on this thread, then reverts.
+    pub fn run_as_client<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        let guard = self.impersonate()?;
+        let out = f();
+        drop(guard);
+        Ok(out)
+    }
+
+    /// The client's user name (`GetNamedPipeHandleState`'s `lpUserName`),
+    /// if the kernel could tell it (the client must allow impersonation).
+    pub fn client_user_name(&self) -> Option<String> {
+        sys::client_user_name(&self.conn.pipe).ok()
+    }
+
     /// `DisconnectNamedPipe`: the client's next call fails with *pipe not
     /// connected*; this end can be used no more.
     pub fn disconnect(&mut self) -> Result<()> {
@@ -423,6 +460,24 @@ impl PipeServer {
     /// Windows, where the kernel does not limit messages).
     pub fn max_message_size(&self) -> u32 {
         self.max_message_size
+    }
+}
+
+/// This thread acting as a pipe's client, from
+/// [`PipeServer::impersonate`]; dropping it reverts (`RevertToSelf`). It
+/// cannot leave the thread.
+#[derive(Debug)]
+pub struct Impersonation<'a> {
+    _server: &'a PipeServer,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for Impersonation<'_> {
+    fn drop(&mut self) {
+        // A thread that cannot revert must not go on as the client.
+        if let Err(e) = sys::revert_to_self() {
+            panic!("RevertToSelf failed ({e}): the thread would go on as the client");
+        }
     }
 }
 

@@ -260,3 +260,26 @@ fn what_is_not_supported_yet_is_refused() {
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::NotSupported, "{e}");
 }
+
+/// Wine has one user, so who the thread becomes cannot be told apart: what
+/// is checked is that the guard gives the thread the client's token and
+/// dropping it takes it away, that impersonation does not nest, and that
+/// `run_as_client` reverts too.
+#[test]
+fn impersonation_lasts_as_long_as_its_guard() {
+    let name = unique("impersonate");
+    let listener = ServerOptions::new().create(&name).unwrap();
+    let _c = ClientOptions::new().open(&name).unwrap();
+    let s = listener.accept().unwrap();
+    assert!(!sys::thread_impersonates());
+    {
+        let _guard = s.impersonate().unwrap();
+        assert!(sys::thread_impersonates(), "no client token on the thread");
+        let e = s.impersonate().unwrap_err();
+        assert_eq!(e.code(), ErrorCode::CannotImpersonate, "{e}");
+    }
+    assert!(!sys::thread_impersonates(), "the guard did not revert");
+    assert!(s.run_as_client(sys::thread_impersonates).unwrap());
+    assert!(!sys::thread_impersonates(), "run_as_client did not revert");
+    assert!(s.client_user_name().is_some_and(|n| !n.is_empty()));
+}
