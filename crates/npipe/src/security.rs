@@ -530,6 +530,65 @@ fn parse_sddl(text: &str) -> Result<SecurityDescriptor> {
     Ok(sd)
 }
 
+impl SecurityDescriptor {
+    /// The descriptor in SDDL, as Windows takes it
+    /// (`ConvertStringSecurityDescriptorToSecurityDescriptor`): what the
+    /// Windows backend applies to its pipes, and what [`parse`](Self::parse)
+    /// reads back. The owner is `OW` (the pipe's creator), root is
+    /// LocalSystem and the Administrators (`SY`, `BA`), everyone `WD`, remote
+    /// clients `NU`; full access is `GA`, read `GR`, write `GW`.
+    ///
+    /// A uid or gid other than root's, or one remote principal by name,
+    /// names no Windows account: that is *not supported* until identities
+    /// carry SIDs.
+    ///
+    /// ```
+    /// use npipe::SecurityDescriptor;
+    ///
+    /// let sd = SecurityDescriptor::default_for_pipes();
+    /// assert_eq!(sd.to_sddl()?, "D:P(A;;GA;;;OW)(A;;GA;;;SY)(A;;GA;;;BA)(A;;GR;;;WD)");
+    /// # Ok::<(), npipe::Error>(())
+    /// ```
+    pub fn to_sddl(&self) -> Result<String> {
+        let unsupported = |what: String| {
+            Error::new(
+                ErrorCode::NotSupported,
+                format!("{what} names no Windows account: SDDL has no SID for it"),
+            )
+        };
+        let mut out = String::new();
+        match self.owner {
+            None => {}
+            Some(LocalUser::ROOT) => out.push_str("O:SY"),
+            Some(user) => return Err(unsupported(format!("owner uid {}", user.0))),
+        }
+        // Protected: nothing is inherited from a parent, as for pipes.
+        out.push_str("D:P");
+        for ace in &self.entries {
+            let kind = match ace.kind {
+                AceKind::Allow => "A",
+                AceKind::Deny => "D",
+            };
+            let rights = match ace.rights.0 {
+                1 => "GR",
+                2 => "GW",
+                _ => "GA",
+            };
+            let sids: &[&str] = match &ace.trustee {
+                Trustee::Everyone => &["WD"],
+                Trustee::Owner => &["OW"],
+                Trustee::User(LocalUser::ROOT) => &["SY", "BA"],
+                Trustee::Remote(p) if p == "*" => &["NU"],
+                other => return Err(unsupported(format!("{other}"))),
+            };
+            for sid in sids {
+                out.push_str(&format!("({kind};;{rights};;;{sid})"));
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl FromStr for SecurityDescriptor {
     type Err = Error;
     fn from_str(s: &str) -> Result<SecurityDescriptor> {
@@ -701,6 +760,40 @@ mod tests {
             sddl.parse::<SecurityDescriptor>().unwrap().to_string(),
             sddl
         );
+    }
+
+    #[test]
+    fn descriptors_go_to_sddl_and_back() {
+        for sd in [
+            SecurityDescriptor::default_for_pipes(),
+            SecurityDescriptor::current_user_only(),
+            "deny everyone=w; allow everyone=full; allow remote:*=r"
+                .parse()
+                .unwrap(),
+        ] {
+            let sddl = sd.to_sddl().unwrap();
+            let back: SecurityDescriptor = sddl.parse().unwrap();
+            // The same grants to everyone (root comes back as two entries,
+            // LocalSystem and the Administrators).
+            let server = LocalUser(1000);
+            let who = [
+                local(1000, 1000, &[]),
+                local(0, 0, &[]),
+                local(65534, 65534, &[]),
+                Subject::remote(RemotePrincipal::new("far")),
+            ];
+            for w in &who {
+                assert_eq!(
+                    back.rights_of(w, server),
+                    sd.rights_of(w, server),
+                    "{sddl} {w:?}"
+                );
+            }
+        }
+        let named: SecurityDescriptor = "allow user:1000=r".parse().unwrap();
+        assert_eq!(named.to_sddl().unwrap_err().code(), ErrorCode::NotSupported);
+        let owned = SecurityDescriptor::empty().owner(LocalUser(5));
+        assert_eq!(owned.to_sddl().unwrap_err().code(), ErrorCode::NotSupported);
     }
 
     #[test]

@@ -99,9 +99,105 @@ pub struct Instance {
     pub reject_remote: bool,
 }
 
+/// A security descriptor made from SDDL, freed on drop.
+struct Descriptor(*mut core::ffi::c_void);
+
+impl Descriptor {
+    fn from_sddl(sddl: &str) -> io::Result<Descriptor> {
+        use windows_sys::Win32::Security::Authorization::{
+            ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
+        };
+        let text = wide(sddl);
+        let mut sd = ptr::null_mut();
+        // SAFETY: `text` is NUL-terminated UTF-16 that outlives the call;
+        // `sd` receives a LocalAlloc'd descriptor that `Drop` frees; the
+        // size out-parameter may be null.
+        let ok = unsafe {
+            ConvertStringSecurityDescriptorToSecurityDescriptorW(
+                text.as_ptr(),
+                SDDL_REVISION_1,
+                &mut sd,
+                ptr::null_mut(),
+            )
+        };
+        if ok == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Descriptor(sd))
+    }
+}
+
+impl Drop for Descriptor {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from ConvertStringSecurityDescriptor...,
+        // which says to free it with LocalFree, once.
+        unsafe { windows_sys::Win32::Foundation::LocalFree(self.0) };
+    }
+}
+
+/// The DACL of the pipe `pipe` is an end of, in SDDL (as the kernel keeps
+/// it: what was applied).
+pub fn dacl_sddl(pipe: &Pipe) -> io::Result<String> {
+    use windows_sys::Win32::Security::Authorization::{
+        ConvertSecurityDescriptorToStringSecurityDescriptorW, GetSecurityInfo, SDDL_REVISION_1,
+        SE_KERNEL_OBJECT,
+    };
+    use windows_sys::Win32::Security::DACL_SECURITY_INFORMATION;
+    let mut sd = ptr::null_mut();
+    // SAFETY: a valid handle; the pointers we do not want are null, and
+    // `sd` receives a LocalAlloc'd descriptor that the guard frees.
+    let err = unsafe {
+        GetSecurityInfo(
+            pipe.raw(),
+            SE_KERNEL_OBJECT,
+            DACL_SECURITY_INFORMATION,
+            ptr::null_mut(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            &mut sd,
+        )
+    };
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err as i32));
+    }
+    let sd = Descriptor(sd);
+    let mut text: *mut u16 = ptr::null_mut();
+    let mut len = 0u32;
+    // SAFETY: `sd.0` is a valid descriptor; `text` receives a LocalAlloc'd
+    // string of `len` UTF-16 units, freed below.
+    let ok = unsafe {
+        ConvertSecurityDescriptorToStringSecurityDescriptorW(
+            sd.0,
+            SDDL_REVISION_1,
+            DACL_SECURITY_INFORMATION,
+            &mut text,
+            &mut len,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let owned = Descriptor(text.cast());
+    // SAFETY: `text` points at `len` UTF-16 units (the NUL counted in
+    // some versions, so it is trimmed) that live until `owned` drops.
+    let units = unsafe { std::slice::from_raw_parts(text, len as usize) };
+    let out = String::from_utf16_lossy(units)
+        .trim_end_matches('\0')
+        .to_string();
+    drop(owned);
+    Ok(out)
+}
+
 /// `CreateNamedPipeW`: one more instance of the pipe at `path`, with the
-/// default security (the caller refuses descriptors it cannot apply).
-pub fn create_named_pipe(path: &[u16], i: &Instance) -> io::Result<Pipe> {
+/// security descriptor `sddl`.
+pub fn create_named_pipe(path: &[u16], i: &Instance, sddl: &str) -> io::Result<Pipe> {
+    let descriptor = Descriptor::from_sddl(sddl)?;
+    let attributes = windows_sys::Win32::Security::SECURITY_ATTRIBUTES {
+        nLength: std::mem::size_of::<windows_sys::Win32::Security::SECURITY_ATTRIBUTES>() as u32,
+        lpSecurityDescriptor: descriptor.0,
+        bInheritHandle: 0,
+    };
     let mut open_mode = match i.direction {
         Direction::Inbound => PIPE_ACCESS_INBOUND,
         Direction::Outbound => PIPE_ACCESS_OUTBOUND,
@@ -122,8 +218,8 @@ pub fn create_named_pipe(path: &[u16], i: &Instance) -> io::Result<Pipe> {
     if i.reject_remote {
         pipe_mode |= PIPE_REJECT_REMOTE_CLIENTS;
     }
-    // SAFETY: `path` is NUL-terminated UTF-16 that outlives the call; a
-    // null security attribute asks for the default descriptor.
+    // SAFETY: `path` is NUL-terminated UTF-16 and `attributes` points at a
+    // descriptor; both outlive the call (the kernel copies the descriptor).
     let h = unsafe {
         CreateNamedPipeW(
             path.as_ptr(),
@@ -133,9 +229,10 @@ pub fn create_named_pipe(path: &[u16], i: &Instance) -> io::Result<Pipe> {
             i.out_buffer,
             i.in_buffer,
             i.default_timeout_ms,
-            ptr::null(),
+            &attributes,
         )
     };
+    drop(descriptor);
     Pipe::from_call(h)
 }
 
@@ -164,12 +261,19 @@ pub fn wait_named_pipe(path: &[u16], timeout_ms: u32) -> io::Result<()> {
 }
 
 /// `CreateFileW` on a pipe: a client end with `access`, and the
-/// impersonation level the server may use.
-pub fn open_pipe(path: &[u16], access: Access, level: ImpersonationLevel) -> io::Result<Pipe> {
-    // Write attributes lets a read-only client set its read mode, as
-    // Windows' own documentation advises.
+/// impersonation level the server may use. A read-only client that will
+/// set its read mode (`set_mode`) also asks for `FILE_WRITE_ATTRIBUTES`,
+/// as Windows' documentation advises, which a descriptor denying write
+/// refuses; one that keeps byte mode asks for read alone.
+pub fn open_pipe(
+    path: &[u16],
+    access: Access,
+    level: ImpersonationLevel,
+    set_mode: bool,
+) -> io::Result<Pipe> {
     let desired = match access {
-        Access::Read => FILE_GENERIC_READ | FILE_WRITE_ATTRIBUTES,
+        Access::Read if set_mode => FILE_GENERIC_READ | FILE_WRITE_ATTRIBUTES,
+        Access::Read => FILE_GENERIC_READ,
         Access::Write => FILE_GENERIC_WRITE,
         Access::ReadWrite => FILE_GENERIC_READ | FILE_GENERIC_WRITE,
     };

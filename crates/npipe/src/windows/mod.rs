@@ -4,9 +4,11 @@
 //! keeps message boundaries and says *more data*, so the engine, framing
 //! and acceptor thread of the emulation have no part.
 //!
+//! Security descriptors are applied as SDDL
+//! ([`SecurityDescriptor::to_sddl`](crate::SecurityDescriptor::to_sddl)).
 //! Not yet here (each refused at run time with [`ErrorCode::NotSupported`]
-//! rather than ignored): security descriptors other than the default,
-//! `expect_server`, read timeouts; and, absent at compile time, the tokio
+//! rather than ignored): descriptors naming users by uid (until identities
+//! carry SIDs), `expect_server`, read timeouts; and, absent at compile time, the tokio
 //! front end, `spawn_as_client` and listings.
 
 use std::io::{self, Read, Write};
@@ -17,7 +19,6 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::info::{max_instances_from_wire, End, PipeInfo};
 use crate::name::PipeName;
 use crate::options::{ClientOptions, ServerOptions};
-use crate::security::SecurityDescriptor;
 use crate::stream_core::{MessageRead, Peek};
 use crate::sys::{self, Instance, Peer};
 use crate::types::{Access, Direction, PipeType, ReadMode, Wait};
@@ -52,6 +53,8 @@ pub struct PipeListener {
     name: PipeName,
     path: Vec<u16>,
     opts: ServerOptions,
+    /// The descriptor every instance gets, in SDDL.
+    sddl: String,
     /// The instance waiting for the next client, if one could be made.
     listening: Mutex<Option<sys::Pipe>>,
 }
@@ -59,16 +62,15 @@ pub struct PipeListener {
 impl PipeListener {
     pub(crate) fn create(name: PipeName, opts: ServerOptions) -> Result<PipeListener> {
         opts.validate()?;
-        if opts.security != SecurityDescriptor::default_for_pipes() {
-            return Err(not_yet("a security descriptor other than the default"));
-        }
+        let sddl = opts.security.to_sddl()?;
         let path = sys::wide(&name.to_string());
-        let first = sys::create_named_pipe(&path, &instance(&opts, opts.first_instance))
+        let first = sys::create_named_pipe(&path, &instance(&opts, opts.first_instance), &sddl)
             .map_err(|e| os(e, &format!("cannot create {name}")))?;
         Ok(PipeListener {
             name,
             path,
             opts,
+            sddl,
             listening: Mutex::new(Some(first)),
         })
     }
@@ -79,7 +81,8 @@ impl PipeListener {
         let pipe = self.take_listening()?;
         sys::connect_named_pipe(&pipe).map_err(|e| os(e, "waiting for a client failed"))?;
         // The next client can connect while this one is served.
-        let next = sys::create_named_pipe(&self.path, &instance(&self.opts, false)).ok();
+        let next =
+            sys::create_named_pipe(&self.path, &instance(&self.opts, false), &self.sddl).ok();
         *self.listening.lock().unwrap_or_else(|e| e.into_inner()) = next;
         Ok(PipeServer {
             conn: Conn::new(
@@ -104,7 +107,7 @@ impl PipeListener {
             return Ok(pipe);
         }
         loop {
-            match sys::create_named_pipe(&self.path, &instance(&self.opts, false)) {
+            match sys::create_named_pipe(&self.path, &instance(&self.opts, false), &self.sddl) {
                 Ok(pipe) => return Ok(pipe),
                 // Every instance is in use: wait for one to close.
                 Err(e) if code_of(&e) == Some(ErrorCode::PipeBusy) => {
@@ -498,7 +501,10 @@ impl PipeClient {
             _ => None,
         };
         let pipe = loop {
-            let e = match sys::open_pipe(&path, access, opts.impersonation) {
+            // Message read mode is set after opening unless asked for byte
+            // mode (an unset mode follows the pipe's type, not known yet).
+            let set_mode = opts.read_mode != Some(ReadMode::Byte);
+            let e = match sys::open_pipe(&path, access, opts.impersonation, set_mode) {
                 Ok(pipe) => break pipe,
                 Err(e) => e,
             };
