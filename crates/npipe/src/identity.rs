@@ -147,17 +147,18 @@ impl LocalUser {
     /// The superuser: root (where Windows' SYSTEM and Administrators map).
     pub const ROOT: LocalUser = LocalUser(0);
 
-    /// The user this process acts as (its effective user).
-    #[cfg(target_os = "linux")]
+    /// The user this process acts as (its effective user; on Windows its
+    /// token's user).
+    #[cfg(any(target_os = "linux", windows))]
     pub fn current() -> LocalUser {
         LocalUser(crate::sys::effective_uid())
     }
 
     /// The user with this name in the system's user database, or with
-    /// this number.
+    /// this number (a uid on Unix; on Windows an account name or a SID,
+    /// `S-1-5-...`, and `0` for LocalSystem).
     pub fn by_name(name: &str) -> Option<LocalUser> {
-        name.parse()
-            .ok()
+        lookup::number(name)
             .or_else(|| lookup::uid_of_user(name))
             .map(LocalUser)
     }
@@ -166,44 +167,114 @@ impl LocalUser {
     pub fn name(&self) -> Option<String> {
         lookup::user_name(self.0)
     }
+
+    /// The form [`by_name`](Self::by_name) reads back: the uid on Unix, the
+    /// SID on Windows.
+    pub(crate) fn id_text(&self) -> String {
+        lookup::id_text(self.0)
+    }
+
+    /// Its SID in string form, where the backend has one (Windows).
+    pub(crate) fn sid(&self) -> Option<String> {
+        lookup::sid(self.0)
+    }
 }
 
 impl LocalGroup {
     /// The group with this name in the system's group database, or with
-    /// this number.
+    /// this number (a gid on Unix, a SID on Windows).
     pub fn by_name(name: &str) -> Option<LocalGroup> {
-        name.parse()
-            .ok()
+        lookup::number(name)
             .or_else(|| lookup::gid_of_group(name))
             .map(LocalGroup)
+    }
+
+    /// The form [`by_name`](Self::by_name) reads back.
+    pub(crate) fn id_text(&self) -> String {
+        lookup::id_text(self.0)
+    }
+
+    /// Its SID in string form, where the backend has one (Windows).
+    pub(crate) fn sid(&self) -> Option<String> {
+        lookup::sid(self.0)
     }
 }
 
 impl fmt::Display for LocalUser {
-    /// `alice (uid 1000)`, or `uid 1000` for a user with no name.
+    /// `alice (uid 1000)`, or `uid 1000` for a user with no name; on
+    /// Windows `alice (S-1-5-21-...)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let id = lookup::user_label(self.0);
         match self.name() {
-            Some(name) => write!(f, "{name} (uid {})", self.0),
-            None => write!(f, "uid {}", self.0),
+            Some(name) => write!(f, "{name} ({id})"),
+            None => f.write_str(&id),
         }
     }
 }
 
 impl fmt::Display for LocalGroup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "gid {}", self.0)
+        f.write_str(&lookup::group_label(self.0))
     }
 }
 
 /// The user and group databases: the system's through the backend, and
-/// none (numbers only) where npipe has no backend yet.
-#[cfg(target_os = "linux")]
+/// none (numbers only) where npipe has no backend yet. On Unix a user is
+/// its uid; on Windows the number stands for a SID the backend keeps.
+#[cfg(any(target_os = "linux", windows))]
 mod lookup {
     pub(super) use crate::sys::{gid_of_group, uid_of_user, user_name};
+
+    #[cfg(unix)]
+    pub(super) fn number(name: &str) -> Option<u32> {
+        name.parse().ok()
+    }
+    #[cfg(unix)]
+    pub(super) fn id_text(id: u32) -> String {
+        id.to_string()
+    }
+    #[cfg(unix)]
+    pub(super) fn user_label(id: u32) -> String {
+        format!("uid {id}")
+    }
+    #[cfg(unix)]
+    pub(super) fn group_label(id: u32) -> String {
+        format!("gid {id}")
+    }
+    #[cfg(unix)]
+    pub(super) fn sid(_: u32) -> Option<String> {
+        None
+    }
+
+    /// Only `0` (LocalSystem) is a number on Windows; accounts go by name
+    /// or SID.
+    #[cfg(windows)]
+    pub(super) fn number(name: &str) -> Option<u32> {
+        (name == "0").then_some(0)
+    }
+    #[cfg(windows)]
+    pub(super) fn id_text(id: u32) -> String {
+        sid(id).unwrap_or_else(|| id.to_string())
+    }
+    #[cfg(windows)]
+    pub(super) fn user_label(id: u32) -> String {
+        id_text(id)
+    }
+    #[cfg(windows)]
+    pub(super) fn group_label(id: u32) -> String {
+        id_text(id)
+    }
+    #[cfg(windows)]
+    pub(super) fn sid(id: u32) -> Option<String> {
+        crate::sys::sid_string(id)
+    }
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", windows)))]
 mod lookup {
+    pub(super) fn number(name: &str) -> Option<u32> {
+        name.parse().ok()
+    }
     pub(super) fn uid_of_user(_: &str) -> Option<u32> {
         None
     }
@@ -213,6 +284,18 @@ mod lookup {
     pub(super) fn user_name(_: u32) -> Option<String> {
         None
     }
+    pub(super) fn id_text(id: u32) -> String {
+        id.to_string()
+    }
+    pub(super) fn user_label(id: u32) -> String {
+        format!("uid {id}")
+    }
+    pub(super) fn group_label(id: u32) -> String {
+        format!("gid {id}")
+    }
+    pub(super) fn sid(_: u32) -> Option<String> {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -220,8 +303,7 @@ mod tests {
     use super::*;
 
     /// The names come from the backend's user database: on Linux the
-    /// system's. (Windows' accounts, by SID, come with its backend; until
-    /// then only numbers are understood there.)
+    /// system's, by uid; on Windows the accounts', by SID.
     #[test]
     fn users_by_name_or_number() {
         assert_eq!(LocalUser::by_name("0"), Some(LocalUser::ROOT));
@@ -230,9 +312,25 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert_eq!(LocalUser::by_name("root"), Some(LocalUser::ROOT));
             assert_eq!(LocalUser::ROOT.to_string(), "root (uid 0)");
-        } else {
-            assert_eq!(LocalUser::ROOT.to_string(), "uid 0");
         }
+        if cfg!(windows) {
+            assert_eq!(LocalUser::by_name("S-1-5-18"), Some(LocalUser::ROOT));
+            assert_eq!(LocalUser::ROOT.id_text(), "S-1-5-18");
+            assert!(LocalUser::ROOT.to_string().ends_with("(S-1-5-18)"));
+        }
+    }
+
+    /// On Windows this process's user is a real account: a SID that reads
+    /// back to the same user, and a name that does too.
+    #[cfg(windows)]
+    #[test]
+    fn the_current_user_is_an_account() {
+        let me = LocalUser::current();
+        let sid = me.sid().expect("a SID");
+        assert!(sid.starts_with("S-1-5-"), "{sid}");
+        assert_eq!(LocalUser::by_name(&sid), Some(me));
+        let name = me.name().expect("a name");
+        assert_eq!(LocalUser::by_name(&name), Some(me), "{name}");
     }
 
     #[test]

@@ -351,23 +351,31 @@ mod tests {
             Verdict::Describe(Access::ReadWrite)
         );
         let mut opts = ServerOptions::new();
-        opts.security("allow everyone=full; deny user:65534=w".parse().unwrap());
+        opts.security(deny_nobody(Rights::WRITE));
         assert_eq!(
             judge(&opts, &name, &h, &other(65534), now),
             Verdict::Describe(Access::Read)
         );
-        opts.security("allow everyone=full; deny user:65534=full".parse().unwrap());
+        opts.security(deny_nobody(Rights::FULL));
         assert!(matches!(
             judge(&opts, &name, &h, &other(65534), now),
             Verdict::Refuse(ErrorCode::AccessDenied, _)
         ));
     }
 
+    /// Everyone full access, less `rights` for uid 65534 (built, not
+    /// parsed: uids in the text form are Unix's).
+    fn deny_nobody(rights: Rights) -> crate::SecurityDescriptor {
+        crate::SecurityDescriptor::empty()
+            .allow(crate::Trustee::Everyone, Rights::FULL)
+            .deny(crate::Trustee::User(LocalUser(65534)), rights)
+    }
+
     #[test]
     fn a_peer_granted_nothing_is_refused_at_accept() {
         let mut opts = ServerOptions::new();
         assert_eq!(refuse_at_accept(&opts, &other(65534)), None);
-        opts.security("allow everyone=full; deny user:65534=full".parse().unwrap());
+        opts.security(deny_nobody(Rights::FULL));
         let why = refuse_at_accept(&opts, &other(65534)).unwrap();
         assert!(why.contains("65534"), "{why}");
         assert_eq!(refuse_at_accept(&opts, &other(1000)), None);

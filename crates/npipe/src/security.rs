@@ -513,10 +513,15 @@ fn parse_sddl(text: &str) -> Result<SecurityDescriptor> {
             "OW" | "CO" => Trustee::Owner,
             "SY" | "BA" => Trustee::User(LocalUser::ROOT),
             "NU" => Trustee::Remote("*".into()),
+            // An account by SID, where the backend knows SIDs (Windows).
+            sid if sid.starts_with("S-1-") => match LocalUser::by_name(sid) {
+                Some(user) => Trustee::User(user),
+                None => return Err(bad(body.0, "a SID this system does not know")),
+            },
             _ => {
                 return Err(bad(
                     body.0,
-                    "trustees must be WD, AU, IU, OW, CO, SY, BA or NU",
+                    "trustees must be WD, AU, IU, OW, CO, SY, BA, NU or a SID",
                 ))
             }
         };
@@ -538,9 +543,9 @@ impl SecurityDescriptor {
     /// LocalSystem and the Administrators (`SY`, `BA`), everyone `WD`, remote
     /// clients `NU`; full access is `GA`, read `GR`, write `GW`.
     ///
-    /// A uid or gid other than root's, or one remote principal by name,
-    /// names no Windows account: that is *not supported* until identities
-    /// carry SIDs.
+    /// Other users and groups go by their SIDs on Windows; a uid or gid
+    /// (other than root's) names no Windows account, nor does one remote
+    /// principal by name: those are *not supported* in SDDL.
     ///
     /// ```
     /// use npipe::SecurityDescriptor;
@@ -560,7 +565,10 @@ impl SecurityDescriptor {
         match self.owner {
             None => {}
             Some(LocalUser::ROOT) => out.push_str("O:SY"),
-            Some(user) => return Err(unsupported(format!("owner uid {}", user.0))),
+            Some(user) => match user.sid() {
+                Some(sid) => out.push_str(&format!("O:{sid}")),
+                None => return Err(unsupported(format!("owner uid {}", user.0))),
+            },
         }
         // Protected: nothing is inherited from a parent, as for pipes.
         out.push_str("D:P");
@@ -574,12 +582,16 @@ impl SecurityDescriptor {
                 2 => "GW",
                 _ => "GA",
             };
-            let sids: &[&str] = match &ace.trustee {
-                Trustee::Everyone => &["WD"],
-                Trustee::Owner => &["OW"],
-                Trustee::User(LocalUser::ROOT) => &["SY", "BA"],
-                Trustee::Remote(p) if p == "*" => &["NU"],
-                other => return Err(unsupported(format!("{other}"))),
+            let account =
+                |sid: Option<String>| sid.ok_or_else(|| unsupported(ace.trustee.to_string()));
+            let sids: Vec<String> = match &ace.trustee {
+                Trustee::Everyone => vec!["WD".into()],
+                Trustee::Owner => vec!["OW".into()],
+                Trustee::User(LocalUser::ROOT) => vec!["SY".into(), "BA".into()],
+                Trustee::Remote(p) if p == "*" => vec!["NU".into()],
+                Trustee::User(user) => vec![account(user.sid())?],
+                Trustee::Group(group) => vec![account(group.sid())?],
+                Trustee::Remote(_) => return Err(unsupported(ace.trustee.to_string())),
             };
             for sid in sids {
                 out.push_str(&format!("({kind};;{rights};;;{sid})"));
@@ -599,8 +611,8 @@ impl FromStr for SecurityDescriptor {
 impl fmt::Display for Trustee {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Trustee::User(user) => write!(f, "user:{}", user.0),
-            Trustee::Group(group) => write!(f, "group:{}", group.0),
+            Trustee::User(user) => write!(f, "user:{}", user.id_text()),
+            Trustee::Group(group) => write!(f, "group:{}", group.id_text()),
             Trustee::Everyone => f.write_str("everyone"),
             Trustee::Owner => f.write_str("owner"),
             Trustee::Remote(p) => write!(f, "remote:{p}"),
@@ -617,8 +629,8 @@ impl fmt::Display for SecurityDescriptor {
             return f.write_str(text);
         }
         let mut sep = "";
-        if let Some(uid) = self.owner {
-            write!(f, "owner {}", uid.0)?;
+        if let Some(user) = self.owner {
+            write!(f, "owner {}", user.id_text())?;
             sep = "; ";
         }
         for ace in &self.entries {
@@ -665,6 +677,8 @@ mod tests {
         assert_eq!(sd.socket_mode(server), 0o666);
     }
 
+    /// Uids in the text form: Unix only (Windows names accounts by SID).
+    #[cfg(unix)]
     #[test]
     fn the_socket_mode_lets_in_an_owner_who_is_not_the_server() {
         // A root server whose descriptor's owner is uid 1000: the socket file
@@ -722,6 +736,8 @@ mod tests {
         );
     }
 
+    /// Uids in the text form: Unix only (Windows names accounts by SID).
+    #[cfg(unix)]
     #[test]
     fn text_form_round_trips() {
         let text = "owner 1000; allow owner=full; allow user:0=rw; deny group:0=w; allow everyone=r; allow remote:bob=r";
@@ -739,6 +755,8 @@ mod tests {
         }
     }
 
+    /// Uids in the text form: Unix only (Windows names accounts by SID).
+    #[cfg(unix)]
     #[test]
     fn a_parsed_descriptor_is_shown_as_it_was_written() {
         let text = "allow owner=full; allow group:0=rw; deny everyone=w";
@@ -762,6 +780,8 @@ mod tests {
         );
     }
 
+    /// Uids in the text form: Unix only (Windows names accounts by SID).
+    #[cfg(unix)]
     #[test]
     fn descriptors_go_to_sddl_and_back() {
         for sd in [
@@ -794,6 +814,23 @@ mod tests {
         assert_eq!(named.to_sddl().unwrap_err().code(), ErrorCode::NotSupported);
         let owned = SecurityDescriptor::empty().owner(LocalUser(5));
         assert_eq!(owned.to_sddl().unwrap_err().code(), ErrorCode::NotSupported);
+    }
+
+    /// Windows: users in the text form and in SDDL are SIDs, and go to SDDL
+    /// and back.
+    #[cfg(windows)]
+    #[test]
+    fn accounts_go_to_sddl_by_sid() {
+        let me = LocalUser::current();
+        let sid = me.sid().unwrap();
+        let sd: SecurityDescriptor = format!("allow user:{sid}=full; deny everyone=w")
+            .parse()
+            .unwrap();
+        let sddl = sd.to_sddl().unwrap();
+        assert_eq!(sddl, format!("D:P(A;;GA;;;{sid})(D;;GW;;;WD)"));
+        assert_eq!(sddl.parse::<SecurityDescriptor>().unwrap(), sd);
+        let shown = SecurityDescriptor::empty().allow(Trustee::User(me), Rights::READ);
+        assert_eq!(shown.to_string(), format!("allow user:{sid}=r"));
     }
 
     #[test]

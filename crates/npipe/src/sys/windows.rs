@@ -577,3 +577,254 @@ pub fn client_user_name(pipe: &Pipe) -> io::Result<String> {
     let len = name.iter().position(|&c| c == 0).unwrap_or(name.len());
     Ok(String::from_utf16_lossy(&name[..len]))
 }
+
+// ---- Accounts: SIDs behind `LocalUser` and `LocalGroup` ----------------
+//
+// A `LocalUser` (or `LocalGroup`) holds a small number; on Windows it is an
+// index into this process's table of the SIDs it has met, so the portable
+// types stay `Copy` and the table turns them back into SIDs. Nothing here
+// leaves the process: the protocol never carries a local identity.
+
+/// The SIDs met so far; index 0 is LocalSystem (`S-1-5-18`), `LocalUser::ROOT`.
+static SIDS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// LocalSystem's SID, in binary: revision 1, one sub-authority, NT
+/// authority (5), 18.
+const LOCAL_SYSTEM: [u8; 12] = [1, 1, 0, 0, 0, 0, 0, 5, 18, 0, 0, 0];
+
+fn sids() -> std::sync::MutexGuard<'static, Vec<Vec<u8>>> {
+    let mut table = SIDS.lock().unwrap_or_else(|e| e.into_inner());
+    if table.is_empty() {
+        table.push(LOCAL_SYSTEM.to_vec());
+    }
+    table
+}
+
+/// The number standing for `sid` in this process.
+fn intern(sid: &[u8]) -> u32 {
+    let mut table = sids();
+    if let Some(i) = table.iter().position(|s| s == sid) {
+        return i as u32;
+    }
+    table.push(sid.to_vec());
+    (table.len() - 1) as u32
+}
+
+/// The SID a number stands for.
+fn sid_of(id: u32) -> Option<Vec<u8>> {
+    sids().get(id as usize).cloned()
+}
+
+/// The bytes of the SID at `psid`.
+///
+/// # Safety
+/// `psid` points at a valid SID.
+unsafe fn sid_bytes(psid: *mut core::ffi::c_void) -> Vec<u8> {
+    // SAFETY: the caller vouches for `psid`; GetLengthSid reads its header.
+    let len = unsafe { windows_sys::Win32::Security::GetLengthSid(psid) } as usize;
+    // SAFETY: a valid SID is `len` readable bytes.
+    unsafe { std::slice::from_raw_parts(psid as *const u8, len) }.to_vec()
+}
+
+/// A SID in its string form (`S-1-5-21-...`).
+pub fn sid_string(id: u32) -> Option<String> {
+    use windows_sys::Win32::Security::Authorization::ConvertSidToStringSidW;
+    let mut sid = sid_of(id)?;
+    let mut text: *mut u16 = ptr::null_mut();
+    // SAFETY: `sid` holds a valid SID (it came from the system); `text`
+    // receives a LocalAlloc'd string, freed below.
+    if unsafe { ConvertSidToStringSidW(sid.as_mut_ptr().cast(), &mut text) } == 0 {
+        return None;
+    }
+    let owned = Descriptor(text.cast());
+    // SAFETY: `text` is NUL-terminated and lives until `owned` drops.
+    let len = (0..).take_while(|&i| unsafe { *text.add(i) } != 0).count();
+    // SAFETY: `len` units before the NUL, as just counted.
+    let out = String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(text, len) });
+    drop(owned);
+    Some(out)
+}
+
+/// The account named `name` (`alice`, `DOMAIN\alice`) or the SID `S-1-...`.
+fn account(name: &str) -> Option<u32> {
+    use windows_sys::Win32::Security::Authorization::ConvertStringSidToSidW;
+    use windows_sys::Win32::Security::LookupAccountNameW;
+    if name.starts_with("S-1-") {
+        let text = wide(name);
+        let mut psid = ptr::null_mut();
+        // SAFETY: `text` is NUL-terminated; `psid` receives a LocalAlloc'd
+        // SID that the guard frees after it is copied.
+        if unsafe { ConvertStringSidToSidW(text.as_ptr(), &mut psid) } == 0 {
+            return None;
+        }
+        let guard = Descriptor(psid);
+        // SAFETY: the call just made `psid` a valid SID.
+        let bytes = unsafe { sid_bytes(psid) };
+        drop(guard);
+        return Some(intern(&bytes));
+    }
+    let text = wide(name);
+    let mut sid = vec![0u8; 68]; // SECURITY_MAX_SID_SIZE
+    let mut sid_len = sid.len() as u32;
+    let mut domain = vec![0u16; 256];
+    let mut domain_len = domain.len() as u32;
+    let mut kind = 0;
+    // SAFETY: every buffer is valid for the length passed beside it; the
+    // system name is null (this machine).
+    let ok = unsafe {
+        LookupAccountNameW(
+            ptr::null(),
+            text.as_ptr(),
+            sid.as_mut_ptr().cast(),
+            &mut sid_len,
+            domain.as_mut_ptr(),
+            &mut domain_len,
+            &mut kind,
+        )
+    };
+    if ok == 0 {
+        return None;
+    }
+    sid.truncate(sid_len as usize);
+    Some(intern(&sid))
+}
+
+/// The user with this name or SID.
+pub fn uid_of_user(name: &str) -> Option<u32> {
+    account(name)
+}
+
+/// The group with this name or SID.
+pub fn gid_of_group(name: &str) -> Option<u32> {
+    account(name)
+}
+
+/// An account's name, from its SID.
+pub fn user_name(id: u32) -> Option<String> {
+    use windows_sys::Win32::Security::LookupAccountSidW;
+    let mut sid = sid_of(id)?;
+    let mut name = vec![0u16; 256];
+    let mut name_len = name.len() as u32;
+    let mut domain = vec![0u16; 256];
+    let mut domain_len = domain.len() as u32;
+    let mut kind = 0;
+    // SAFETY: `sid` is a valid SID; the buffers are valid for the lengths
+    // passed beside them; the system name is null (this machine).
+    let ok = unsafe {
+        LookupAccountSidW(
+            ptr::null(),
+            sid.as_mut_ptr().cast(),
+            name.as_mut_ptr(),
+            &mut name_len,
+            domain.as_mut_ptr(),
+            &mut domain_len,
+            &mut kind,
+        )
+    };
+    (ok != 0).then(|| String::from_utf16_lossy(&name[..name_len as usize]))
+}
+
+/// The user of a token.
+fn token_user(token: HANDLE) -> io::Result<u32> {
+    use windows_sys::Win32::Security::{GetTokenInformation, TokenUser, TOKEN_USER};
+    let mut buf = vec![0u64; 64]; // 512 bytes, aligned for TOKEN_USER
+    let mut len = 0u32;
+    // SAFETY: `buf` is valid for its size in bytes and aligned for
+    // TOKEN_USER; `len` is a live local.
+    let ok = unsafe {
+        GetTokenInformation(
+            token,
+            TokenUser,
+            buf.as_mut_ptr().cast(),
+            (buf.len() * 8) as u32,
+            &mut len,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the call filled a TOKEN_USER at the start of `buf`, whose
+    // SID pointer points into `buf`, alive here.
+    let sid = unsafe { sid_bytes((*(buf.as_ptr() as *const TOKEN_USER)).User.Sid) };
+    Ok(intern(&sid))
+}
+
+/// A handle closed on drop.
+struct Owned(HANDLE);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        // SAFETY: a handle we opened and own, closed once.
+        unsafe { windows_sys::Win32::Foundation::CloseHandle(self.0) };
+    }
+}
+
+/// The user this process runs as.
+pub fn effective_uid() -> u32 {
+    use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
+    let mut token: HANDLE = ptr::null_mut();
+    // SAFETY: the current-process pseudo-handle needs no closing; `token`
+    // receives a handle the guard closes.
+    if unsafe {
+        OpenProcessToken(
+            GetCurrentProcess(),
+            windows_sys::Win32::Security::TOKEN_QUERY,
+            &mut token,
+        )
+    } == 0
+    {
+        return 0;
+    }
+    let token = Owned(token);
+    token_user(token.0).unwrap_or(0)
+}
+
+/// The user of the process with this id (its token, as far as this
+/// process may ask).
+pub fn process_user(pid: u32) -> io::Result<u32> {
+    use windows_sys::Win32::System::Threading::{
+        OpenProcess, OpenProcessToken, PROCESS_QUERY_LIMITED_INFORMATION,
+    };
+    // SAFETY: plain call; the handle it returns is closed by the guard.
+    let process = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+    if process.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    let process = Owned(process);
+    let mut token: HANDLE = ptr::null_mut();
+    // SAFETY: a valid process handle; `token` receives a handle the guard
+    // closes.
+    if unsafe {
+        OpenProcessToken(
+            process.0,
+            windows_sys::Win32::Security::TOKEN_QUERY,
+            &mut token,
+        )
+    } == 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    let token = Owned(token);
+    token_user(token.0)
+}
+
+/// The user of the token this thread impersonates.
+pub fn impersonated_user() -> io::Result<u32> {
+    let mut token: HANDLE = ptr::null_mut();
+    // SAFETY: the current-thread pseudo-handle needs no closing; `token`
+    // receives a handle the guard closes. OpenAsSelf: the check is made
+    // against the process, not the (identification-level) client token.
+    let ok = unsafe {
+        OpenThreadToken(
+            GetCurrentThread(),
+            windows_sys::Win32::Security::TOKEN_QUERY,
+            1,
+            &mut token,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let token = Owned(token);
+    token_user(token.0)
+}

@@ -6,9 +6,9 @@
 //!
 //! Security descriptors are applied as SDDL
 //! ([`SecurityDescriptor::to_sddl`](crate::SecurityDescriptor::to_sddl)).
+//! Users and groups are SIDs behind [`LocalUser`] and `LocalGroup`.
 //! Not yet here (each refused at run time with [`ErrorCode::NotSupported`]
-//! rather than ignored): descriptors naming users by uid (until identities
-//! carry SIDs), `expect_server`, read timeouts; and, absent at compile time, the tokio
+//! rather than ignored): read timeouts; and, absent at compile time, the tokio
 //! front end, `spawn_as_client` and listings.
 
 use std::io::{self, Read, Write};
@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::identity::{Identity, LocalUser};
 use crate::info::{max_instances_from_wire, End, PipeInfo};
 use crate::name::PipeName;
 use crate::options::{ClientOptions, ServerOptions};
@@ -451,6 +452,23 @@ impl PipeServer {
         sys::client_user_name(&self.conn.pipe).ok()
     }
 
+    /// The client's user: its token's SID, read while impersonating it at
+    /// whatever level it allowed (identification suffices). A user that
+    /// cannot be told is [`PeerCredentials`](crate::PeerCredentials)'
+    /// unknown one, `u32::MAX` inside.
+    pub fn client_user(&self) -> LocalUser {
+        let user = self
+            .impersonate()
+            .ok()
+            .and_then(|_guard| sys::impersonated_user().ok());
+        LocalUser(user.unwrap_or(u32::MAX))
+    }
+
+    /// Who is at the other end: the client's user.
+    pub fn peer_identity(&self) -> Identity {
+        Identity::Local(self.client_user())
+    }
+
     /// `DisconnectNamedPipe`: the client's next call fails with *pipe not
     /// connected*; this end can be used no more.
     pub fn disconnect(&mut self) -> Result<()> {
@@ -485,12 +503,38 @@ impl Drop for Impersonation<'_> {
 }
 
 impl PipeClient {
+    /// The server's user: the token of the server's process.
+    pub fn server_user(&self) -> LocalUser {
+        let pid = self.server_process_id();
+        LocalUser(sys::process_user(pid).unwrap_or(u32::MAX))
+    }
+
+    /// Who is at the other end: the server's user.
+    pub fn peer_identity(&self) -> Identity {
+        Identity::Local(self.server_user())
+    }
+
+    /// Refuses a server that is not who `expect_server` named. Windows
+    /// connects before anyone can ask who the server is, so the check comes
+    /// right after `CreateFile`, before a byte is sent.
+    fn check_server(&self, name: &PipeName, expected: &Identity) -> Result<()> {
+        let server = self.server_user();
+        if expected.local_user() == Some(server) {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorCode::AccessDenied,
+            format!(
+                "{name} is served by {server} (pid {}), not by the expected {expected}: \
+                 refusing to talk to it (someone else may be squatting the name)",
+                self.server_process_id()
+            ),
+        ))
+    }
+
     /// `CreateFile` on the pipe, after `WaitNamedPipe` while every instance
     /// is busy, as `opts` says.
     pub(crate) fn connect(name: &PipeName, opts: &ClientOptions) -> Result<PipeClient> {
-        if opts.expect_server.is_some() {
-            return Err(not_yet("expect_server"));
-        }
         if opts.read_timeout.is_some() {
             return Err(not_yet("a read timeout"));
         }
@@ -560,9 +604,13 @@ impl PipeClient {
             sys::set_read_mode(&pipe, ReadMode::Message)
                 .map_err(|e| os(e, "cannot read the pipe in message mode"))?;
         }
-        Ok(PipeClient {
+        let client = PipeClient {
             conn: Conn::new(pipe, End::Client, name, read_mode),
-        })
+        };
+        if let Some(expected) = &opts.expect_server {
+            client.check_server(name, expected)?;
+        }
+        Ok(client)
     }
 }
 

@@ -7,7 +7,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::*;
-use crate::SecurityDescriptor;
+use crate::{Identity, LocalUser, SecurityDescriptor};
 
 fn unique(test: &str) -> String {
     format!("npipe-win-{test}-{}", std::process::id())
@@ -292,17 +292,50 @@ fn a_deny_entry_is_enforced() {
 #[test]
 fn what_is_not_supported_yet_is_refused() {
     let e = ServerOptions::new()
-        .security("allow user:1000=full".parse().unwrap())
-        .create(unique("sd-uid").as_str())
+        .security("allow remote:bob=full".parse().unwrap())
+        .create(unique("sd-remote").as_str())
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::NotSupported, "{e}");
-    let name = unique("expect");
+    let name = unique("timeout");
     let _listener = ServerOptions::new().create(&name).unwrap();
     let e = ClientOptions::new()
-        .expect_server_user(crate::LocalUser::ROOT)
+        .read_timeout(Duration::from_secs(1))
         .open(&name)
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::NotSupported, "{e}");
+}
+
+/// Users are SIDs: each end knows the other's from the kernel (the
+/// client's token while impersonated, the server process's token), a
+/// descriptor names a user by account name and the kernel keeps its SID,
+/// and `expect_server_user` refuses a server of anyone else.
+#[test]
+fn users_are_sids_from_the_kernel() {
+    let me = LocalUser::current();
+    let name = unique("sids");
+    let entry = format!("allow user:{}=full", me.name().unwrap());
+    let listener = ServerOptions::new()
+        .security(entry.parse().unwrap())
+        .create(&name)
+        .unwrap();
+    let c = ClientOptions::new()
+        .expect_server_user(me)
+        .open(&name)
+        .unwrap();
+    let s = listener.accept().unwrap();
+    assert_eq!(s.client_user(), me);
+    assert_eq!(c.server_user(), me);
+    assert_eq!(s.peer_identity(), Identity::Local(me));
+    let kept = sys::dacl_sddl(&s.conn.pipe).unwrap();
+    assert!(kept.contains(&me.sid().unwrap()), "{kept}");
+    drop((c, s));
+
+    let e = ClientOptions::new()
+        .expect_server_user(LocalUser::ROOT)
+        .open(&name)
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AccessDenied, "{e}");
+    assert!(e.to_string().contains("S-1-5-18"), "{e}");
 }
 
 /// Wine has one user, so who the thread becomes cannot be told apart: what
