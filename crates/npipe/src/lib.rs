@@ -190,6 +190,8 @@ pub use namespace::Pruned;
 pub use namespace::{directory as namespace_directory, DEFAULT_DIR, SYSTEM_DIR};
 #[cfg(target_os = "linux")]
 pub use pipe::{ClientEnd, Pipe, PipeIo, PipeRole, ServerEnd};
+#[cfg(all(windows, feature = "tokio"))]
+pub use windows::tokio;
 #[cfg(windows)]
 pub use windows::{call, Impersonation, PipeClient, PipeListener, PipeServer};
 

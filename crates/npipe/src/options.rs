@@ -132,13 +132,19 @@ impl ServerOptions {
         self
     }
 
-    /// The inbound buffer size in bytes, a hint as on Windows (0: the system's).
+    /// The inbound buffer size in bytes, a hint as on Windows (0: the
+    /// system's). On Windows npipe asks the kernel for 64 KiB when this is
+    /// 0, as tokio does: a pipe created with no buffer holds no write, so
+    /// every write would wait for its reader.
     pub fn in_buffer_size(&mut self, bytes: u32) -> &mut Self {
         self.in_buffer_size = bytes;
         self
     }
 
-    /// The outbound buffer size in bytes, a hint as on Windows (0: the system's).
+    /// The outbound buffer size in bytes, a hint as on Windows (0: the
+    /// system's). On Windows npipe asks the kernel for 64 KiB when this is
+    /// 0, as tokio does: a pipe created with no buffer holds no write, so
+    /// every write would wait for its reader.
     pub fn out_buffer_size(&mut self, bytes: u32) -> &mut Self {
         self.out_buffer_size = bytes;
         self
@@ -278,7 +284,7 @@ impl ServerOptions {
     /// Creates the pipe for tokio (`CreateNamedPipe` with overlapped I/O).
     /// Call it within a tokio runtime with I/O and time enabled: the
     /// server's acceptor runs as a task on it.
-    #[cfg(all(target_os = "linux", feature = "tokio"))]
+    #[cfg(all(any(target_os = "linux", windows), feature = "tokio"))]
     pub fn create_async(
         &self,
         name: impl TryInto<PipeName, Error = Error>,
@@ -500,9 +506,20 @@ impl ClientOptions {
         crate::tokio::PipeClient::connect(&name.try_into()?, self, None).await
     }
 
+    /// Connects on tokio (`CreateFile` with overlapped I/O), waiting as
+    /// [`wait`](Self::wait) says without blocking the runtime: the same
+    /// outcomes and errors as [`open`](Self::open).
+    #[cfg(all(windows, feature = "tokio"))]
+    pub async fn open_async(
+        &self,
+        name: impl TryInto<PipeName, Error = Error>,
+    ) -> Result<crate::tokio::PipeClient> {
+        crate::tokio::PipeClient::connect(&name.try_into()?, self).await
+    }
+
     /// `CallNamedPipe` on tokio with these options: as
     /// [`call`](Self::call), without blocking the runtime.
-    #[cfg(all(target_os = "linux", feature = "tokio"))]
+    #[cfg(all(any(target_os = "linux", windows), feature = "tokio"))]
     pub async fn call_async(
         &self,
         name: impl TryInto<PipeName, Error = Error>,

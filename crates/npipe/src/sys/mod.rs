@@ -13,6 +13,10 @@ pub use unix::*;
 mod windows;
 #[cfg(windows)]
 pub use windows::*;
+#[cfg(all(windows, feature = "tokio"))]
+mod overlapped;
+#[cfg(all(windows, feature = "tokio"))]
+pub use overlapped::{Done, OpKind, Overlapped};
 
 #[cfg(all(target_os = "linux", feature = "tokio"))]
 mod async_fd;

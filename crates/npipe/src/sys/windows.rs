@@ -12,9 +12,9 @@ use windows_sys::Win32::Foundation::{
 };
 use windows_sys::Win32::Storage::FileSystem::{
     CreateFileW, FlushFileBuffers, ReadFile, WriteFile, FILE_FLAG_FIRST_PIPE_INSTANCE,
-    FILE_GENERIC_READ, FILE_GENERIC_WRITE, FILE_WRITE_ATTRIBUTES, OPEN_EXISTING,
-    PIPE_ACCESS_DUPLEX, PIPE_ACCESS_INBOUND, PIPE_ACCESS_OUTBOUND, SECURITY_IDENTIFICATION,
-    SECURITY_IMPERSONATION, SECURITY_SQOS_PRESENT,
+    FILE_FLAG_OVERLAPPED, FILE_GENERIC_READ, FILE_GENERIC_WRITE, FILE_WRITE_ATTRIBUTES,
+    OPEN_EXISTING, PIPE_ACCESS_DUPLEX, PIPE_ACCESS_INBOUND, PIPE_ACCESS_OUTBOUND,
+    SECURITY_IDENTIFICATION, SECURITY_IMPERSONATION, SECURITY_SQOS_PRESENT,
 };
 use windows_sys::Win32::System::Pipes::{
     ConnectNamedPipe, CreateNamedPipeW, DisconnectNamedPipe, GetNamedPipeClientProcessId,
@@ -70,7 +70,7 @@ pub fn wide(path: &str) -> Vec<u16> {
 pub struct Pipe(OwnedHandle);
 
 impl Pipe {
-    fn raw(&self) -> HANDLE {
+    pub(super) fn raw(&self) -> HANDLE {
         self.0.as_raw_handle()
     }
 
@@ -97,6 +97,8 @@ pub struct Instance {
     pub default_timeout_ms: u32,
     pub first: bool,
     pub reject_remote: bool,
+    /// For overlapped I/O (the tokio front end).
+    pub overlapped: bool,
 }
 
 /// A security descriptor made from SDDL, freed on drop.
@@ -206,6 +208,9 @@ pub fn create_named_pipe(path: &[u16], i: &Instance, sddl: &str) -> io::Result<P
     if i.first {
         open_mode |= FILE_FLAG_FIRST_PIPE_INSTANCE;
     }
+    if i.overlapped {
+        open_mode |= FILE_FLAG_OVERLAPPED;
+    }
     let mut pipe_mode = PIPE_WAIT
         | match i.pipe_type {
             PipeType::Byte => PIPE_TYPE_BYTE,
@@ -264,12 +269,14 @@ pub fn wait_named_pipe(path: &[u16], timeout_ms: u32) -> io::Result<()> {
 /// impersonation level the server may use. A read-only client that will
 /// set its read mode (`set_mode`) also asks for `FILE_WRITE_ATTRIBUTES`,
 /// as Windows' documentation advises, which a descriptor denying write
-/// refuses; one that keeps byte mode asks for read alone.
+/// refuses; one that keeps byte mode asks for read alone. `overlapped`
+/// opens it for overlapped I/O (the tokio front end).
 pub fn open_pipe(
     path: &[u16],
     access: Access,
     level: ImpersonationLevel,
     set_mode: bool,
+    overlapped: bool,
 ) -> io::Result<Pipe> {
     let desired = match access {
         Access::Read if set_mode => FILE_GENERIC_READ | FILE_WRITE_ATTRIBUTES,
@@ -291,7 +298,7 @@ pub fn open_pipe(
             0,
             ptr::null(),
             OPEN_EXISTING,
-            sqos,
+            sqos | if overlapped { FILE_FLAG_OVERLAPPED } else { 0 },
             ptr::null_mut(),
         )
     };

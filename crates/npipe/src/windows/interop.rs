@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::*;
+use crate::*;
 
 const WORDS: [&str; 3] = [
     "hello",

@@ -7,6 +7,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::*;
+use crate::*;
 use crate::{Identity, LocalUser, SecurityDescriptor};
 
 fn unique(test: &str) -> String {
@@ -255,7 +256,7 @@ fn the_security_descriptor_is_applied() {
         .unwrap();
     let c = ClientOptions::new().open(&name).unwrap();
     let s = listener.accept().unwrap();
-    let kept = sys::dacl_sddl(&s.conn.pipe).unwrap();
+    let kept = sys::dacl_sddl(&s.conn.state.pipe).unwrap();
     let back: SecurityDescriptor = kept.parse().unwrap();
     assert_eq!(back, SecurityDescriptor::current_user_only(), "{kept}");
     drop(c);
@@ -326,7 +327,7 @@ fn users_are_sids_from_the_kernel() {
     assert_eq!(s.client_user(), me);
     assert_eq!(c.server_user(), me);
     assert_eq!(s.peer_identity(), Identity::Local(me));
-    let kept = sys::dacl_sddl(&s.conn.pipe).unwrap();
+    let kept = sys::dacl_sddl(&s.conn.state.pipe).unwrap();
     assert!(kept.contains(&me.sid().unwrap()), "{kept}");
     drop((c, s));
 

@@ -1,0 +1,321 @@
+//! The Windows backend's blocking front end: synchronous handles, each
+//! method one kernel call (or a loop of them for a whole message).
+
+use std::io::{self, Read, Write};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::end::{client_queries, end_queries, server_queries, EndState, Impersonation};
+use super::open::{Attempt, Opener, RECONNECT_PAUSE};
+use super::{os, Gather, Instances, FIRST_READ, INSTANCE_PAUSE};
+use crate::error::{Error, ErrorCode, Result};
+use crate::identity::{Identity, LocalUser};
+use crate::info::{End, PipeInfo};
+use crate::name::PipeName;
+use crate::options::{ClientOptions, ServerOptions};
+use crate::stream_core::{MessageRead, Peek};
+use crate::sys::{self, Peer};
+use crate::types::{Access, ReadMode, Wait};
+
+/// A named pipe server: the name and its instances (`CreateNamedPipe`).
+/// One instance always listens, so a client may connect while the
+/// application is not in [`accept`](Self::accept), as on Windows.
+#[derive(Debug)]
+pub struct PipeListener {
+    instances: Instances,
+    /// The instance waiting for the next client, if one could be made.
+    listening: Mutex<Option<sys::Pipe>>,
+}
+
+impl PipeListener {
+    pub(crate) fn create(name: PipeName, opts: ServerOptions) -> Result<PipeListener> {
+        let instances = Instances::new(name, opts, false)?;
+        let first = instances.first()?;
+        Ok(PipeListener {
+            instances,
+            listening: Mutex::new(Some(first)),
+        })
+    }
+
+    /// `ConnectNamedPipe`: waits for a client and returns its connection.
+    /// While every instance is in use it waits for one to close.
+    pub fn accept(&self) -> Result<PipeServer> {
+        let pipe = self.take_listening()?;
+        sys::connect_named_pipe(&pipe).map_err(|e| os(e, "waiting for a client failed"))?;
+        // The next client can connect while this one is served.
+        let next = self.instances.next().ok().flatten();
+        *self.listening.lock().unwrap_or_else(|e| e.into_inner()) = next;
+        let opts = &self.instances.opts;
+        Ok(PipeServer {
+            conn: Conn::new(EndState::new(
+                pipe,
+                End::Server,
+                &self.instances.name,
+                opts.effective_read_mode(),
+            )),
+            max_message_size: opts.max_message_size,
+        })
+    }
+
+    /// The instance to connect next: the listening one, or a new one once
+    /// an instance is free.
+    fn take_listening(&self) -> Result<sys::Pipe> {
+        if let Some(pipe) = self
+            .listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            return Ok(pipe);
+        }
+        loop {
+            match self.instances.next()? {
+                Some(pipe) => return Ok(pipe),
+                // Every instance is in use: wait for one to close.
+                None => std::thread::sleep(INSTANCE_PAUSE),
+            }
+        }
+    }
+
+    /// The pipe's name.
+    pub fn name(&self) -> &PipeName {
+        &self.instances.name
+    }
+}
+
+/// One end of a connected instance: the I/O both ends share.
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub(super) state: EndState,
+}
+
+impl Conn {
+    fn new(state: EndState) -> Conn {
+        Conn { state }
+    }
+
+    fn read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
+        self.state.connected()?;
+        let (n, more) = sys::read(&self.state.pipe, buf).map_err(|e| os(e, "read"))?;
+        Ok(if more {
+            MessageRead::MoreData(n)
+        } else {
+            MessageRead::Complete(n)
+        })
+    }
+
+    fn recv_message(&mut self) -> Result<Vec<u8>> {
+        self.gather(Gather::starting_with(Vec::new()))
+    }
+
+    /// Reads until the message `gather` holds the start of is whole.
+    fn gather(&mut self, mut gather: Gather) -> Result<Vec<u8>> {
+        loop {
+            let read = self.read_message(gather.space())?;
+            if let Some(msg) = gather.took(read) {
+                return Ok(msg);
+            }
+        }
+    }
+
+    fn write_message(&mut self, msg: &[u8]) -> Result<()> {
+        self.state.connected()?;
+        let mut sent = 0;
+        // A message pipe takes a write whole; a byte pipe may take part.
+        while sent < msg.len() || msg.is_empty() {
+            sent += sys::write(&self.state.pipe, &msg[sent..]).map_err(|e| os(e, "write"))?;
+            if msg.is_empty() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn transact_into(&mut self, request: &[u8], reply: &mut [u8]) -> Result<MessageRead> {
+        self.state.connected()?;
+        let (n, more) =
+            sys::transact(&self.state.pipe, request, reply).map_err(|e| os(e, "transact"))?;
+        Ok(if more {
+            MessageRead::MoreData(n)
+        } else {
+            MessageRead::Complete(n)
+        })
+    }
+
+    fn transact(&mut self, request: &[u8]) -> Result<Vec<u8>> {
+        let mut reply = vec![0u8; FIRST_READ];
+        let first = self.transact_into(request, &mut reply)?;
+        reply.truncate(first.len());
+        match first {
+            MessageRead::Complete(_) => Ok(reply),
+            MessageRead::MoreData(_) => self.gather(Gather::starting_with(reply)),
+        }
+    }
+
+    fn flush_buffers(&mut self) -> Result<()> {
+        self.state.connected()?;
+        sys::flush(&self.state.pipe).map_err(|e| os(e, "flush"))
+    }
+}
+
+impl Read for Conn {
+    /// Bytes of the current message (the next read continues it); on a
+    /// byte pipe, the stream's bytes.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.read_message(buf) {
+            Ok(r) => Ok(r.len()),
+            // The writer closed: end of stream, as `std` expects.
+            Err(e) if e.code() == ErrorCode::BrokenPipe => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_message(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The server end of a connected instance (`ConnectNamedPipe`'s handle).
+#[derive(Debug)]
+pub struct PipeServer {
+    pub(super) conn: Conn,
+    max_message_size: u32,
+}
+
+/// The client end (`CreateFile` on the pipe's name).
+#[derive(Debug)]
+pub struct PipeClient {
+    conn: Conn,
+}
+
+/// The I/O methods both ends share, written once.
+macro_rules! end_io {
+    ($t:ty) => {
+        impl $t {
+            /// `ReadFile` in message mode: one message, or its first part
+            /// with [`MessageRead::MoreData`] (`ERROR_MORE_DATA`).
+            pub fn read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
+                self.conn.read_message(buf)
+            }
+            /// One whole message, however long.
+            pub fn recv_message(&mut self) -> Result<Vec<u8>> {
+                self.conn.recv_message()
+            }
+            /// `WriteFile`: one message (whole) on a message pipe.
+            pub fn write_message(&mut self, msg: &[u8]) -> Result<()> {
+                self.conn.write_message(msg)
+            }
+            /// `TransactNamedPipe`: the request out, the whole reply back.
+            pub fn transact(&mut self, request: &[u8]) -> Result<Vec<u8>> {
+                self.conn.transact(request)
+            }
+            /// `TransactNamedPipe` into the caller's buffer.
+            pub fn transact_into(
+                &mut self,
+                request: &[u8],
+                reply: &mut [u8],
+            ) -> Result<MessageRead> {
+                self.conn.transact_into(request, reply)
+            }
+            /// `PeekNamedPipe`.
+            pub fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
+                self.conn.state.peek(buf)
+            }
+            /// `FlushFileBuffers`: until the other end has read everything.
+            pub fn flush_buffers(&mut self) -> Result<()> {
+                self.conn.flush_buffers()
+            }
+        }
+
+        impl Read for $t {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.conn.read(buf)
+            }
+        }
+
+        impl Write for $t {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.conn.write(buf)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+    };
+}
+
+end_io!(PipeServer);
+end_io!(PipeClient);
+end_queries!(PipeServer, conn.state);
+end_queries!(PipeClient, conn.state);
+server_queries!(PipeServer, conn.state);
+client_queries!(PipeClient, conn.state);
+
+impl PipeServer {
+    /// Runs `f` as the client on this thread, then reverts.
+    pub fn run_as_client<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        let guard = self.impersonate()?;
+        let out = f();
+        drop(guard);
+        Ok(out)
+    }
+
+    /// `DisconnectNamedPipe`: the client's next call fails with *pipe not
+    /// connected*; this end can be used no more.
+    pub fn disconnect(&mut self) -> Result<()> {
+        self.conn.state.disconnect()
+    }
+
+    /// The largest message the server was created to accept (advisory on
+    /// Windows, where the kernel does not limit messages).
+    pub fn max_message_size(&self) -> u32 {
+        self.max_message_size
+    }
+}
+
+impl PipeClient {
+    /// `CreateFile` on the pipe, after `WaitNamedPipe` while every instance
+    /// is busy, as `opts` says.
+    pub(crate) fn connect(name: &PipeName, opts: &ClientOptions) -> Result<PipeClient> {
+        let opener = Opener::new(name, opts, false)?;
+        let pipe = loop {
+            match opener.attempt()? {
+                Attempt::Open(pipe) => break pipe,
+                Attempt::WaitForInstance(ms) => {
+                    if let Err(e) = sys::wait_named_pipe(&opener.path, ms) {
+                        opener.wait_failed(e)?;
+                        std::thread::sleep(RECONNECT_PAUSE);
+                    }
+                }
+                Attempt::Pause => std::thread::sleep(RECONNECT_PAUSE),
+            }
+        };
+        Ok(PipeClient {
+            conn: Conn::new(opener.finish(pipe)?),
+        })
+    }
+}
+
+/// `CallNamedPipe`: connects (waiting up to `timeout` for a free
+/// instance), sends `request` as one message, returns the reply, closes.
+pub fn call(
+    name: impl TryInto<PipeName, Error = Error>,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>> {
+    let mut opts = ClientOptions::new();
+    opts.wait(Wait::Timeout(timeout));
+    call_with(&opts, &name.try_into()?, request)
+}
+
+pub(crate) fn call_with(opts: &ClientOptions, name: &PipeName, request: &[u8]) -> Result<Vec<u8>> {
+    let mut opts = opts.clone();
+    opts.access(Access::ReadWrite).read_mode(ReadMode::Message);
+    PipeClient::connect(name, &opts)?.transact(request)
+}

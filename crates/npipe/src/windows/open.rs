@@ -1,0 +1,151 @@
+//! The client's open sequence, written once for both front ends:
+//! `CreateFile`, and on *busy* or *not found* what to do next (wait with
+//! `WaitNamedPipe`, pause and look again, or give up), then the read mode
+//! and the server check. The front ends only carry out the waits, the
+//! blocking one on its thread and the tokio one without blocking.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use super::end::EndState;
+use super::{code_of, not_yet, os};
+use crate::error::{Error, ErrorCode, Result};
+use crate::info::End;
+use crate::name::PipeName;
+use crate::options::ClientOptions;
+use crate::sys;
+use crate::types::{Access, PipeType, ReadMode, Wait};
+
+/// How long to pause before looking again for a pipe not created yet, or
+/// after a wait Wine ended early.
+pub(crate) const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
+
+/// What an open attempt came to.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    /// Connected.
+    Open(sys::Pipe),
+    /// Every instance is busy: `WaitNamedPipe` this long (in its own
+    /// terms: 0 is the server's default, `u32::MAX` forever), then try
+    /// again.
+    WaitForInstance(u32),
+    /// Not there yet, and the client waits for it: pause, then try again.
+    Pause,
+}
+
+/// One client's way to its pipe.
+#[derive(Debug)]
+pub(crate) struct Opener<'a> {
+    name: &'a PipeName,
+    opts: &'a ClientOptions,
+    pub(crate) path: Vec<u16>,
+    deadline: Option<Instant>,
+    overlapped: bool,
+}
+
+impl<'a> Opener<'a> {
+    /// `overlapped` opens the handle for the tokio front end.
+    pub(crate) fn new(
+        name: &'a PipeName,
+        opts: &'a ClientOptions,
+        overlapped: bool,
+    ) -> Result<Self> {
+        if opts.read_timeout.is_some() {
+            return Err(not_yet("a read timeout"));
+        }
+        let deadline = match opts.wait {
+            Wait::Timeout(d) => Instant::now().checked_add(d),
+            _ => None,
+        };
+        Ok(Opener {
+            name,
+            opts,
+            path: sys::wide(&name.to_string()),
+            deadline,
+            overlapped,
+        })
+    }
+
+    /// How long is left of the client's wait, if it has a deadline.
+    fn left(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Whether the client's wait has run out.
+    pub(crate) fn expired(&self) -> bool {
+        self.left().is_some_and(|l| l.is_zero())
+    }
+
+    /// `CreateFile` once, and what to do if it did not connect.
+    pub(crate) fn attempt(&self) -> Result<Attempt> {
+        let access = self.opts.access.unwrap_or(Access::ReadWrite);
+        // Message read mode is set after opening unless asked for byte
+        // mode (an unset mode follows the pipe's type, not known yet).
+        let set_mode = self.opts.read_mode != Some(ReadMode::Byte);
+        let e = match sys::open_pipe(
+            &self.path,
+            access,
+            self.opts.impersonation,
+            set_mode,
+            self.overlapped,
+        ) {
+            Ok(pipe) => return Ok(Attempt::Open(pipe)),
+            Err(e) => e,
+        };
+        let name = self.name;
+        match (code_of(&e), self.opts.wait) {
+            (Some(ErrorCode::PipeBusy), Wait::NoWait) => Err(Error::new(
+                ErrorCode::PipeBusy,
+                format!("{name}: all instances are busy"),
+            )),
+            (Some(ErrorCode::PipeBusy), _) if self.expired() => Err(Error::new(
+                ErrorCode::Timeout,
+                format!("{name}: no instance became free in time"),
+            )),
+            (Some(ErrorCode::PipeBusy), wait) => Ok(Attempt::WaitForInstance(match wait {
+                Wait::ServerDefault => 0,  // NMPWAIT_USE_DEFAULT_WAIT
+                Wait::Forever => u32::MAX, // NMPWAIT_WAIT_FOREVER
+                _ => self.left().map_or(1, |l| {
+                    u32::try_from(l.as_millis()).unwrap_or(u32::MAX - 1).max(1)
+                }),
+            })),
+            (Some(ErrorCode::FileNotFound), wait)
+                if self.opts.wait_for_server && wait != Wait::NoWait && !self.expired() =>
+            {
+                Ok(Attempt::Pause)
+            }
+            _ => Err(os(e, &format!("cannot open {name}"))),
+        }
+    }
+
+    /// What a failed `WaitNamedPipe` means: the client's wait is over
+    /// (its error), or Wine ended it early when an instance closed (676),
+    /// so pause and look again.
+    pub(crate) fn wait_failed(&self, e: io::Error) -> Result<()> {
+        if code_of(&e) == Some(ErrorCode::Timeout) {
+            return Err(os(e, &format!("{}: no instance became free", self.name)));
+        }
+        Ok(())
+    }
+
+    /// The connected handle made an end: the read mode set, and the
+    /// server checked if `expect_server` asked for it.
+    pub(crate) fn finish(&self, pipe: sys::Pipe) -> Result<EndState> {
+        let (_, pipe_type, ..) =
+            sys::pipe_info(&pipe).map_err(|e| os(e, "cannot ask about the pipe"))?;
+        let read_mode = self.opts.read_mode.unwrap_or(match pipe_type {
+            PipeType::Byte => ReadMode::Byte,
+            PipeType::Message => ReadMode::Message,
+        });
+        if read_mode == ReadMode::Message {
+            sys::set_read_mode(&pipe, ReadMode::Message)
+                .map_err(|e| os(e, "cannot read the pipe in message mode"))?;
+        }
+        let state = EndState::new(pipe, End::Client, self.name, read_mode);
+        if let Some(expected) = &self.opts.expect_server {
+            state.check_server(self.name, expected)?;
+        }
+        Ok(state)
+    }
+}

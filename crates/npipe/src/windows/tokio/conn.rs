@@ -1,0 +1,343 @@
+//! A connected end's I/O on tokio, as overlapped operations kept in the end
+//! rather than in the futures that wait for them. So a dropped future loses
+//! nothing: a read the kernel finishes after its future is gone is kept for
+//! the next read, and a write, once started, finishes whole.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use super::super::end::EndState;
+use super::super::{os, Gather, FIRST_READ};
+use crate::error::{Error, ErrorCode, Result};
+use crate::stream_core::{MessageRead, Peek};
+use crate::sys::{self, OpKind, Overlapped};
+use crate::types::ReadMode;
+
+/// What a finished read returned that the caller has not taken yet: the
+/// rest of one message (or of the byte stream's chunk).
+#[derive(Debug, Default)]
+struct Held {
+    buf: Vec<u8>,
+    pos: usize,
+    /// A finished read is here, even one of zero bytes (an empty message).
+    present: bool,
+    /// The kernel holds more of the same message (`ERROR_MORE_DATA`).
+    more: bool,
+}
+
+impl Held {
+    fn remaining(&self) -> &[u8] {
+        if self.present {
+            &self.buf[self.pos..]
+        } else {
+            &[]
+        }
+    }
+}
+
+/// One end's handle and the operations in flight on it.
+#[derive(Debug)]
+pub(crate) struct AsyncConn {
+    pub(crate) state: EndState,
+    /// A read the kernel may still be filling.
+    reading: Option<Overlapped>,
+    held: Held,
+    /// A write in flight: `AsyncWrite`'s, or a message write whose future
+    /// was dropped. Its error is the next write's to report.
+    writing: Option<Overlapped>,
+}
+
+impl AsyncConn {
+    pub(crate) fn new(state: EndState) -> AsyncConn {
+        AsyncConn {
+            state,
+            reading: None,
+            held: Held::default(),
+            writing: None,
+        }
+    }
+
+    /// `ReadFile` in the end's read mode, into `buf`.
+    pub(crate) fn poll_read_message(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<Result<MessageRead>> {
+        self.state.connected()?;
+        loop {
+            if self.held.present {
+                return Poll::Ready(Ok(self.take_held(buf)));
+            }
+            if self.reading.is_none() {
+                let op = Overlapped::start(
+                    self.state.pipe.clone(),
+                    OpKind::Read(buf.len().max(FIRST_READ)),
+                );
+                self.reading = Some(op.map_err(|e| os(e, "read"))?);
+            }
+            let op = self.reading.as_mut().expect("started above");
+            let done = ready!(op.poll(cx));
+            self.reading = None;
+            let done = done.map_err(|e| os(e, "read"))?;
+            self.held = Held {
+                buf: done.buf,
+                pos: 0,
+                present: true,
+                more: done.more,
+            };
+        }
+    }
+
+    /// Moves what fits of the held read into `buf`: the message's end says
+    /// `Complete`, a part `MoreData` (in message read mode).
+    fn take_held(&mut self, buf: &mut [u8]) -> MessageRead {
+        let rest = self.held.remaining();
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.held.pos += n;
+        let all_taken = self.held.pos == self.held.buf.len();
+        let more = !all_taken || self.held.more;
+        if all_taken {
+            self.held = Held::default();
+        }
+        if more && self.state.read_mode == ReadMode::Message {
+            MessageRead::MoreData(n)
+        } else {
+            MessageRead::Complete(n)
+        }
+    }
+
+    pub(crate) async fn read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
+        poll_fn(|cx| self.poll_read_message(cx, buf)).await
+    }
+
+    /// One whole message, however long.
+    pub(crate) async fn recv_message(&mut self) -> Result<Vec<u8>> {
+        self.gather(Gather::starting_with(Vec::new())).await
+    }
+
+    /// Reads until the message `gather` holds the start of is whole.
+    async fn gather(&mut self, mut gather: Gather) -> Result<Vec<u8>> {
+        loop {
+            let read = self.read_message(gather.space()).await?;
+            if let Some(msg) = gather.took(read) {
+                return Ok(msg);
+            }
+        }
+    }
+
+    /// Waits for the write in flight, if any, and gives its outcome.
+    fn poll_write_done(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let Some(op) = self.writing.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let done = ready!(op.poll(cx));
+        self.writing = None;
+        Poll::Ready(done.map(|_| ()).map_err(|e| os(e, "write")))
+    }
+
+    /// Starts writing `bytes` (owned by the operation from here on).
+    fn start_write(&mut self, bytes: Vec<u8>) -> Result<()> {
+        let op = Overlapped::start(self.state.pipe.clone(), OpKind::Write(bytes));
+        self.writing = Some(op.map_err(|e| os(e, "write"))?);
+        Ok(())
+    }
+
+    /// `WriteFile`: one message, whole. Once started it finishes even if
+    /// this future is dropped.
+    pub(crate) async fn write_message(&mut self, msg: &[u8]) -> Result<()> {
+        self.state.connected()?;
+        poll_fn(|cx| self.poll_write_done(cx)).await?;
+        self.start_write(msg.to_vec())?;
+        poll_fn(|cx| self.poll_write_done(cx)).await
+    }
+
+    /// `TransactNamedPipe`'s rules here: nothing unread on this side.
+    /// (The kernel checks the pipe's type and read mode.)
+    fn check_transact(&mut self) -> Result<()> {
+        self.state.connected()?;
+        self.settle_read();
+        if self.held.present || self.reading.is_some() {
+            return Err(Error::new(
+                ErrorCode::PipeBusy,
+                "transact refused: unread data is waiting in the pipe (read it first)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `TransactNamedPipe` into `reply`.
+    pub(crate) async fn transact_into(
+        &mut self,
+        request: &[u8],
+        reply: &mut [u8],
+    ) -> Result<MessageRead> {
+        self.check_transact()?;
+        poll_fn(|cx| self.poll_write_done(cx)).await?;
+        let op = OpKind::Transact(request.to_vec(), reply.len());
+        let mut op =
+            Overlapped::start(self.state.pipe.clone(), op).map_err(|e| os(e, "transact"))?;
+        let done = poll_fn(|cx| op.poll(cx))
+            .await
+            .map_err(|e| os(e, "transact"))?;
+        reply[..done.bytes].copy_from_slice(&done.buf);
+        Ok(if done.more {
+            MessageRead::MoreData(done.bytes)
+        } else {
+            MessageRead::Complete(done.bytes)
+        })
+    }
+
+    /// `TransactNamedPipe`, and the rest of a long reply.
+    pub(crate) async fn transact(&mut self, request: &[u8]) -> Result<Vec<u8>> {
+        let mut reply = vec![0u8; FIRST_READ];
+        let first = self.transact_into(request, &mut reply).await?;
+        reply.truncate(first.len());
+        match first {
+            MessageRead::Complete(_) => Ok(reply),
+            MessageRead::MoreData(_) => self.gather(Gather::starting_with(reply)).await,
+        }
+    }
+
+    /// Takes a read the kernel finished while no one was waiting for it.
+    fn settle_read(&mut self) {
+        let Some(op) = self.reading.as_mut() else {
+            return;
+        };
+        if !op.is_done() {
+            return;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if let Poll::Ready(done) = op.poll(&mut cx) {
+            self.reading = None;
+            // An error comes again from the kernel on the next read.
+            if let Ok(done) = done {
+                self.held = Held {
+                    buf: done.buf,
+                    pos: 0,
+                    present: true,
+                    more: done.more,
+                };
+            }
+        }
+    }
+
+    /// `PeekNamedPipe`, counting first what a finished read holds here.
+    pub(crate) fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
+        self.state.connected()?;
+        self.settle_read();
+        if !self.held.present {
+            return self.state.peek(buf);
+        }
+        let held = self.held.remaining();
+        let n = held.len().min(buf.len());
+        buf[..n].copy_from_slice(&held[..n]);
+        // The kernel's first bytes continue the held message only if the
+        // read said *more data*; a peek stays within one message.
+        let continues = self.held.more;
+        let rest: &mut [u8] = if continues && n == held.len() {
+            &mut buf[n..]
+        } else {
+            &mut []
+        };
+        let kernel = self.state.peek(rest)?;
+        Ok(Peek {
+            copied: n + kernel.copied,
+            available: held.len() + kernel.available,
+            message_left: held.len() - n + if continues { kernel.message_left } else { 0 },
+        })
+    }
+
+    /// `FlushFileBuffers`: until the peer has read everything. It blocks in
+    /// the kernel, so it runs on tokio's blocking pool.
+    pub(crate) async fn flush_buffers(&mut self) -> Result<()> {
+        self.state.connected()?;
+        poll_fn(|cx| self.poll_write_done(cx)).await?;
+        let pipe = self.state.pipe.clone();
+        ::tokio::task::spawn_blocking(move || sys::flush(&pipe))
+            .await
+            .map_err(|e| Error::new(ErrorCode::Other, format!("flush did not finish: {e}")))?
+            .map_err(|e| os(e, "flush"))
+    }
+
+    /// `DisconnectNamedPipe`: operations in flight are cancelled first.
+    pub(crate) fn disconnect(&mut self) -> Result<()> {
+        self.reading = None;
+        self.writing = None;
+        self.held = Held::default();
+        self.state.disconnect()
+    }
+
+    /// `AsyncRead`: a message's bytes (the next read continues it), or the
+    /// stream's; a closed writer is the end of the stream.
+    pub(crate) fn poll_read_io(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ::tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match ready!(self.poll_read_message(cx, buf.initialize_unfilled())) {
+            Ok(r) => {
+                buf.advance(r.len());
+                Poll::Ready(Ok(()))
+            }
+            Err(e) if e.code() == ErrorCode::BrokenPipe => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(e.into())),
+        }
+    }
+
+    /// `AsyncWrite`: each write is one message, taken whole as soon as the
+    /// previous one is done (its error, if any, comes here).
+    pub(crate) fn poll_write_io(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.state.connected()?;
+        ready!(self.poll_write_done(cx))?;
+        self.start_write(buf.to_vec())?;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    /// `AsyncWrite::poll_flush`: until the write in flight is done.
+    pub(crate) fn poll_flush_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(ready!(self.poll_write_done(cx))?))
+    }
+}
+
+/// `AsyncRead` and `AsyncWrite` for an end keeping its [`AsyncConn`] in
+/// `conn`.
+macro_rules! async_io {
+    ($t:ty) => {
+        impl ::tokio::io::AsyncRead for $t {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ::tokio::io::ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                self.get_mut().conn.poll_read_io(cx, buf)
+            }
+        }
+
+        impl ::tokio::io::AsyncWrite for $t {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                self.get_mut().conn.poll_write_io(cx, buf)
+            }
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                self.get_mut().conn.poll_flush_io(cx)
+            }
+            /// Named pipes have no half-close: this only finishes the write
+            /// in flight.
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                self.get_mut().conn.poll_flush_io(cx)
+            }
+        }
+    };
+}
+
+pub(crate) use async_io;

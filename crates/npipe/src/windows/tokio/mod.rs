@@ -1,0 +1,360 @@
+//! The tokio front end on Windows (feature `tokio`): the kernel's named
+//! pipes with overlapped I/O, under the same names and methods as the
+//! Linux tokio front end.
+//!
+//! Each operation owns its buffers and its `OVERLAPPED` until the kernel
+//! is done with them; its task is woken from the thread pool's wait on the
+//! operation's event, so no thread is held per connection. Operations are
+//! kept in the end, not in the futures waiting for them, which makes reads
+//! and `accept` cancel-safe: a message the kernel delivers after its
+//! future was dropped waits for the next read. A message write, once
+//! started, finishes whole even if its future is dropped (its error, if
+//! any, is the next write's). `transact` is not cancel-safe: dropped, it is
+//! cancelled, and the request may have gone out.
+//!
+//! Unlike tokio's own `named_pipe`, which turns *more data* into a byte
+//! stream, reads keep message boundaries: [`PipeServer::read_message`]
+//! says [`MessageRead::MoreData`](crate::MessageRead::MoreData) as
+//! `ReadFile` does.
+//!
+//! ```
+//! use npipe::{ClientOptions, ServerOptions};
+//!
+//! # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+//! # rt.block_on(async {
+//! let name = format!(r"\\.\pipe\doc-async-win-{}", std::process::id());
+//! let listener = ServerOptions::new().create_async(&name)?; // CreateNamedPipe
+//! let server = tokio::spawn(async move {
+//!     let mut pipe = listener.accept().await?;              // ConnectNamedPipe
+//!     let request = pipe.recv_message().await?;              // ReadFile
+//!     pipe.write_message(&request).await                     // WriteFile
+//! });
+//! let mut client = ClientOptions::new().open_async(&name).await?; // CreateFile
+//! assert_eq!(client.transact(b"ping").await?, b"ping");           // TransactNamedPipe
+//! server.await.unwrap()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use super::end::{
+    client_queries, end_queries, impersonate_on_this_thread, revert, server_queries, EndState,
+    Impersonation,
+};
+use super::open::{Attempt, Opener, RECONNECT_PAUSE};
+use super::{code_of, os, Instances, INSTANCE_PAUSE};
+use crate::error::{Error, ErrorCode, Result};
+use crate::identity::{Identity, LocalUser};
+use crate::info::{End, PipeInfo};
+use crate::name::PipeName;
+use crate::options::{ClientOptions, ServerOptions};
+use crate::stream_core::{MessageRead, Peek};
+use crate::sys::{self, OpKind, Overlapped, Peer};
+use crate::types::{Access, ReadMode, Wait};
+
+mod conn;
+
+use conn::{async_io, AsyncConn};
+
+/// The longest slice of `WaitNamedPipe` one blocking-pool thread sits in,
+/// so a dropped connect leaves no long wait behind.
+const WAIT_SLICE_MS: u32 = 100;
+
+/// A named pipe server on tokio: the name and its instances
+/// (`CreateNamedPipe` with `FILE_FLAG_OVERLAPPED`). One instance always
+/// listens, so a client may connect while no one is in
+/// [`accept`](Self::accept).
+///
+/// ```
+/// use npipe::{ClientOptions, ServerOptions};
+///
+/// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+/// # rt.block_on(async {
+/// let name = format!("doc-async-listener-win-{}", std::process::id());
+/// let listener = ServerOptions::new().create_async(&name)?;
+/// let _client = ClientOptions::new().open_async(&name).await?;
+/// let server = listener.accept().await?; // the client connected first
+/// assert_eq!(server.client_process_id(), std::process::id());
+/// # Ok::<(), npipe::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct PipeListener {
+    instances: Instances,
+    /// The listening instance and its `ConnectNamedPipe` in flight, kept
+    /// here so a dropped `accept` loses no client.
+    listening: ::tokio::sync::Mutex<Listening>,
+}
+
+#[derive(Debug, Default)]
+struct Listening {
+    pipe: Option<Arc<sys::Pipe>>,
+    connecting: Option<Overlapped>,
+}
+
+impl PipeListener {
+    pub(crate) fn create(name: PipeName, opts: ServerOptions) -> Result<PipeListener> {
+        let instances = Instances::new(name, opts, true)?;
+        let first = instances.first()?;
+        Ok(PipeListener {
+            instances,
+            listening: ::tokio::sync::Mutex::new(Listening {
+                pipe: Some(Arc::new(first)),
+                connecting: None,
+            }),
+        })
+    }
+
+    /// `ConnectNamedPipe`: waits for a client and returns its connection.
+    /// While every instance is in use it waits for one to close.
+    ///
+    /// Cancel-safe: the wait stays with the listener, and a client that
+    /// connects after the future is dropped is the next `accept`'s.
+    pub async fn accept(&self) -> Result<PipeServer> {
+        let mut listening = self.listening.lock().await;
+        let l = &mut *listening;
+        loop {
+            let pipe = match &l.pipe {
+                Some(pipe) => pipe.clone(),
+                None => match self.instances.next()? {
+                    Some(pipe) => l.pipe.insert(Arc::new(pipe)).clone(),
+                    // Every instance is in use: wait for one to close.
+                    None => {
+                        ::tokio::time::sleep(INSTANCE_PAUSE).await;
+                        continue;
+                    }
+                },
+            };
+            let op = match l.connecting.take() {
+                Some(op) => Ok(op),
+                None => Overlapped::start(pipe, OpKind::Connect),
+            };
+            let outcome = match op {
+                Ok(op) => {
+                    let op = l.connecting.insert(op);
+                    let done = poll_fn(|cx| op.poll(cx)).await;
+                    l.connecting = None;
+                    done
+                }
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(_) => break,
+                // A client came and went before it was accepted: this
+                // instance is spent; listen on a fresh one.
+                Err(e) if code_of(&e) == Some(ErrorCode::NoData) => l.pipe = None,
+                Err(e) => return Err(os(e, "waiting for a client failed")),
+            }
+        }
+        let pipe = l.pipe.take().expect("connected above");
+        // The next client can connect while this one is served.
+        l.pipe = self.instances.next().ok().flatten().map(Arc::new);
+        let opts = &self.instances.opts;
+        Ok(PipeServer {
+            conn: AsyncConn::new(EndState::new(
+                pipe,
+                End::Server,
+                &self.instances.name,
+                opts.effective_read_mode(),
+            )),
+            max_message_size: opts.max_message_size,
+        })
+    }
+
+    /// The pipe's name.
+    pub fn name(&self) -> &PipeName {
+        &self.instances.name
+    }
+}
+
+/// The server end of a connected instance on tokio.
+///
+/// | method | cancel-safe |
+/// |---|---|
+/// | `read_message`, `recv_message`, `AsyncRead` | yes: what arrives later waits for the next read |
+/// | `write_message`, `AsyncWrite` | the message goes out whole once started |
+/// | `transact`, `transact_into` | no: cancelled, the request may have gone out |
+/// | `flush_buffers` | yes |
+#[derive(Debug)]
+pub struct PipeServer {
+    conn: AsyncConn,
+    max_message_size: u32,
+}
+
+/// The client end (`CreateFile` on the pipe's name, overlapped) on tokio;
+/// its methods' cancel safety is as [`PipeServer`]'s.
+#[derive(Debug)]
+pub struct PipeClient {
+    conn: AsyncConn,
+}
+
+/// The I/O both ends share, written once.
+macro_rules! end_io {
+    ($t:ty) => {
+        impl $t {
+            /// `ReadFile` in this end's read mode: one message, or its first
+            /// part with [`MessageRead::MoreData`] (`ERROR_MORE_DATA`).
+            pub async fn read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
+                self.conn.read_message(buf).await
+            }
+            /// One whole message, however long.
+            pub async fn recv_message(&mut self) -> Result<Vec<u8>> {
+                self.conn.recv_message().await
+            }
+            /// `WriteFile`: one message (whole) on a message pipe.
+            pub async fn write_message(&mut self, msg: &[u8]) -> Result<()> {
+                self.conn.write_message(msg).await
+            }
+            /// `TransactNamedPipe`: the request out, the whole reply back.
+            pub async fn transact(&mut self, request: &[u8]) -> Result<Vec<u8>> {
+                self.conn.transact(request).await
+            }
+            /// `TransactNamedPipe` into the caller's buffer.
+            pub async fn transact_into(
+                &mut self,
+                request: &[u8],
+                reply: &mut [u8],
+            ) -> Result<MessageRead> {
+                self.conn.transact_into(request, reply).await
+            }
+            /// `PeekNamedPipe` (what a finished read holds counts first).
+            pub fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
+                self.conn.peek(buf)
+            }
+            /// `FlushFileBuffers`: until the other end has read everything.
+            pub async fn flush_buffers(&mut self) -> Result<()> {
+                self.conn.flush_buffers().await
+            }
+        }
+    };
+}
+
+end_io!(PipeServer);
+end_io!(PipeClient);
+async_io!(PipeServer);
+async_io!(PipeClient);
+end_queries!(PipeServer, conn.state);
+end_queries!(PipeClient, conn.state);
+server_queries!(PipeServer, conn.state);
+client_queries!(PipeClient, conn.state);
+
+impl PipeServer {
+    /// Runs `f` as the client on a thread of its own
+    /// (`ImpersonateNamedPipeClient` there, then `RevertToSelf`), so the
+    /// runtime's threads never act as anyone else.
+    pub async fn run_as_client<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let pipe = self.conn.state.pipe.clone();
+        let (done, result) = ::tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("npipe-impersonation".into())
+            .spawn(move || {
+                let out = impersonate_on_this_thread(&pipe).map(|()| {
+                    // Reverts even if `f` panics.
+                    struct Revert;
+                    impl Drop for Revert {
+                        fn drop(&mut self) {
+                            revert();
+                        }
+                    }
+                    let _revert = Revert;
+                    f()
+                });
+                let _ = done.send(out);
+            })
+            .map_err(|e| Error::os(e, "cannot start the impersonation thread"))?;
+        result.await.map_err(|_| {
+            Error::new(
+                ErrorCode::Other,
+                "the closure run as the client panicked (the thread reverted first)",
+            )
+        })?
+    }
+
+    /// `DisconnectNamedPipe`: operations in flight are cancelled, the
+    /// client's next call fails with *pipe not connected*, and this end
+    /// can be used no more.
+    pub fn disconnect(&mut self) -> Result<()> {
+        self.conn.disconnect()
+    }
+
+    /// The largest message the server was created to accept (advisory on
+    /// Windows, where the kernel does not limit messages).
+    pub fn max_message_size(&self) -> u32 {
+        self.max_message_size
+    }
+}
+
+impl PipeClient {
+    /// `CreateFile` on the pipe, after `WaitNamedPipe` (on the blocking
+    /// pool, in slices) while every instance is busy, as `opts` says.
+    pub(crate) async fn connect(name: &PipeName, opts: &ClientOptions) -> Result<PipeClient> {
+        let opener = Opener::new(name, opts, true)?;
+        let pipe = loop {
+            match opener.attempt()? {
+                Attempt::Open(pipe) => break pipe,
+                Attempt::WaitForInstance(ms) => {
+                    // The server's default wait (0) is the kernel's to time;
+                    // any other is sliced, and `attempt` keeps the deadline.
+                    let slice = if ms == 0 { 0 } else { ms.min(WAIT_SLICE_MS) };
+                    let path = opener.path.clone();
+                    let waited =
+                        ::tokio::task::spawn_blocking(move || sys::wait_named_pipe(&path, slice))
+                            .await
+                            .map_err(|e| {
+                                Error::new(ErrorCode::Other, format!("the wait was lost: {e}"))
+                            })?;
+                    match waited {
+                        Ok(()) => {}
+                        Err(e) if slice < ms && code_of(&e) == Some(ErrorCode::Timeout) => {}
+                        Err(e) => {
+                            opener.wait_failed(e)?;
+                            ::tokio::time::sleep(RECONNECT_PAUSE).await;
+                        }
+                    }
+                }
+                Attempt::Pause => ::tokio::time::sleep(RECONNECT_PAUSE).await,
+            }
+        };
+        Ok(PipeClient {
+            conn: AsyncConn::new(opener.finish(pipe)?),
+        })
+    }
+}
+
+/// `CallNamedPipe` on tokio: connects (waiting up to `timeout` for a free
+/// instance), sends `request` as one message, returns the reply, closes.
+pub async fn call(
+    name: impl TryInto<PipeName, Error = Error>,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>> {
+    let mut opts = ClientOptions::new();
+    opts.wait(Wait::Timeout(timeout));
+    call_with(&opts, &name.try_into()?, request).await
+}
+
+pub(crate) async fn call_with(
+    opts: &ClientOptions,
+    name: &PipeName,
+    request: &[u8],
+) -> Result<Vec<u8>> {
+    let mut opts = opts.clone();
+    opts.access(Access::ReadWrite).read_mode(ReadMode::Message);
+    PipeClient::connect(name, &opts)
+        .await?
+        .transact(request)
+        .await
+}
+
+#[cfg(test)]
+mod tests;
