@@ -1,14 +1,17 @@
-//! # npipe: Windows named pipes for Rust, on Linux
+//! # npipe: Windows named pipes for Rust, on Linux and Windows
 //!
 //! Named endpoints (`\\.\pipe\NAME`), byte and message types, one-way or
 //! duplex, many instances of one name, clients that wait for a free instance,
 //! the client's process and user from the kernel, and the Windows error codes
-//! ported code expects, over Unix domain sockets.
+//! ported code expects.
 //!
-//! Pipes need a backend: Linux has one (the emulation over Unix sockets).
+//! Two backends carry the same API. On Linux, npipe emulates named pipes
+//! over Unix domain sockets. On Windows, each call is the kernel's own named
+//! pipe call (`CreateNamedPipe`, `ConnectNamedPipe`, overlapped I/O for the
+//! tokio front end), so npipe programs talk to any Windows program's pipes.
 //! On other targets the crate builds its portable core alone (names,
-//! options, security descriptors, users and groups, the protocol) until
-//! their backend lands.
+//! options, security descriptors, users and groups, the protocol). What
+//! differs by platform is in one table, [below](#where-the-platforms-differ).
 //!
 //! ```
 //! use npipe::{ServerOptions, ClientOptions};
@@ -80,29 +83,36 @@
 //! | `PIPE_NOWAIT` (nonblocking mode) | none: use the `tokio` front end, or read and write timeouts ([`PipeServer::set_read_timeout`]); Microsoft keeps `PIPE_NOWAIT` only for LAN Manager compatibility |
 //! | `CreateProcessAsUser` with the client's token | [`PipeServer::spawn_as_client`] |
 //!
-//! ## Where Linux differs
+//! ## Where the platforms differ
 //!
-//! Every deliberate difference from Windows, why, and what a ported program
-//! should do about it. Everything else behaves as on Windows, with the same
-//! error codes.
+//! Every deliberate difference from Windows' named pipes, on each
+//! platform, why, and what a ported program should do about it. Everything
+//! else behaves as on Windows, with the same error codes.
 //!
-//! | Difference | Why | What to do |
-//! |---|---|---|
-//! | Pipes are Unix domain sockets in one directory: `$NPIPE_DIR`, else [`SYSTEM_DIR`] (`/run/npipe`, made by `sudo npipe setup`) if it exists, else [`DEFAULT_DIR`] (`/tmp/.npipe`) | Linux has no pipe file system; a directory of sockets is what `/tmp/.X11-unix` is to X | On a shared machine run `sudo npipe setup` once, so no user can own the directory |
-//! | All instances of a name belong to one server process; a second process gets *pipe busy* (*access denied* with `first_instance`) | One listening socket per name: a second process cannot add instances to another's socket | Serve every instance from one process (threads or tasks); `max_instances` works as on Windows within it |
-//! | A bare `NAME` means `\\.\pipe\NAME` | A shell convenience | Nothing: the prefixed forms work too |
-//! | A session id is the process's audit login session (`/proc/PID/sessionid`: shared by every process of one login, as a logon session is, and changed only by a privileged process); 0 for a process that came from no login (services, containers), as Windows' services are in session 0 | Linux has no Terminal Services sessions; the audit session is the kernel's own notion of one login | Compare them only with each other, never with Windows session numbers |
-//! | The client's session is read when the server first asks (from the process the kernel recorded at connect, never looked up by pid), not stored at connect: asked only after the client process has exited, `client_session_id` is `None` | Reading it for every connection cost 8 % of the connection rate, and most servers never ask | Ask while the client waits for your answer, as servers do |
-//! | After `DisconnectNamedPipe`, `client_process_id` still returns the pid of the client that was connected (`client_session_id` returns `None`) | It returns a plain `u32`, which cannot fail | Do not ask about a client after disconnecting it |
-//! | A read on a server end whose client may not write fails at once with *access denied*, as a write to a client that may not read does | The grant is enforced by the server end, and waiting for data that can never come helps no one | Open clients with the access they use |
-//! | After `DisconnectNamedPipe`, messages the server wrote before it stay readable by the client, then its operations fail with *pipe not connected* | The client's socket already holds them; Windows discards them | Do not rely on unread data being dropped |
-//! | On a byte-type pipe a disconnected client sees *broken pipe* (109), not *pipe not connected* (233); so does a [`WriteHalf`]'s write on either type | Byte pipes carry no framing to mark the disconnect in, and a write half cannot look at the read side | Treat 109 and 233 alike as "the server is gone" |
-//! | [`std::io::Read`] skips zero-length messages (`Ok(0)` would mean end of stream); [`PipeServer::read_message`] and `recv_message` return them | Rust's `Read` contract | Use the message methods when empty messages matter |
-//! | [`PipeServer::shutdown_write`] half-closes a pipe | Sockets can; Windows pipes cannot | Optional; ported code never calls it |
-//! | [`std::io::Write::flush`] returns at once; [`PipeServer::flush_buffers`] is `FlushFileBuffers` | `flush` must not wait for the peer, or `BufWriter`-style code would hang | Call `flush_buffers` where the Windows code called `FlushFileBuffers` |
-//! | A server end exists only once connected: `ConnectNamedPipe` and the end it connects are one call, [`PipeListener::accept`] | Rust ownership: no unconnected handle to misuse | The unconnected-instance errors (`ERROR_PIPE_LISTENING`, impersonating with no client) cannot arise |
-//! | Each server limits what its clients' unfinished large messages hold ([`ServerOptions::memory_budget`]); past it the server stops reading from them | Windows bounds a pipe by its buffer quota, npipe by a budget per listener | Raise the budget for servers that take many large messages at once |
-//! | Names with `\` after the prefix hash to a socket file name; the full name travels in the handshake | `sun_path` is 108 bytes | Nothing: listings show the names as written |
+//! | On | Difference | Why | What to do |
+//! |---|---|---|---|
+//! | Linux | Pipes are Unix domain sockets in one directory: `$NPIPE_DIR`, else [`SYSTEM_DIR`] (`/run/npipe`, made by `sudo npipe setup`) if it exists, else [`DEFAULT_DIR`] (`/tmp/.npipe`) | Linux has no pipe file system; a directory of sockets is what `/tmp/.X11-unix` is to X | On a shared machine run `sudo npipe setup` once, so no user can own the directory |
+//! | Linux | All instances of a name belong to one server process; a second process gets *pipe busy* (*access denied* with `first_instance`) | One listening socket per name: a second process cannot add instances to another's socket | Serve every instance from one process (threads or tasks); `max_instances` works as on Windows within it |
+//! | Linux | A bare `NAME` means `\\.\pipe\NAME` | A shell convenience | Nothing: the prefixed forms work too |
+//! | Linux | A session id is the process's audit login session (`/proc/PID/sessionid`: shared by every process of one login, as a logon session is, and changed only by a privileged process); 0 for a process that came from no login (services, containers), as Windows' services are in session 0 | Linux has no Terminal Services sessions; the audit session is the kernel's own notion of one login | Compare them only with each other, never with Windows session numbers |
+//! | Linux | The client's session is read when the server first asks (from the process the kernel recorded at connect, never looked up by pid), not stored at connect: asked only after the client process has exited, `client_session_id` is `None` | Reading it for every connection cost 8 % of the connection rate, and most servers never ask | Ask while the client waits for your answer, as servers do |
+//! | Linux | After `DisconnectNamedPipe`, `client_process_id` still returns the pid of the client that was connected (`client_session_id` returns `None`) | It returns a plain `u32`, which cannot fail | Do not ask about a client after disconnecting it |
+//! | Linux | A read on a server end whose client may not write fails at once with *access denied*, as a write to a client that may not read does | The grant is enforced by the server end, and waiting for data that can never come helps no one | Open clients with the access they use |
+//! | Linux | After `DisconnectNamedPipe`, messages the server wrote before it stay readable by the client, then its operations fail with *pipe not connected* | The client's socket already holds them; Windows discards them | Do not rely on unread data being dropped |
+//! | Linux | On a byte-type pipe a disconnected client sees *broken pipe* (109), not *pipe not connected* (233); so does a [`WriteHalf`]'s write on either type | Byte pipes carry no framing to mark the disconnect in, and a write half cannot look at the read side | Treat 109 and 233 alike as "the server is gone" |
+//! | Linux | [`std::io::Read`] skips zero-length messages (`Ok(0)` would mean end of stream); [`PipeServer::read_message`] and `recv_message` return them | Rust's `Read` contract | Use the message methods when empty messages matter |
+//! | Linux | [`PipeServer::shutdown_write`] half-closes a pipe | Sockets can; Windows pipes cannot | Optional; ported code never calls it |
+//! | Linux | [`std::io::Write::flush`] returns at once; [`PipeServer::flush_buffers`] is `FlushFileBuffers` | `flush` must not wait for the peer, or `BufWriter`-style code would hang | Call `flush_buffers` where the Windows code called `FlushFileBuffers` |
+//! | Linux | A server end exists only once connected: `ConnectNamedPipe` and the end it connects are one call, [`PipeListener::accept`] | Rust ownership: no unconnected handle to misuse | The unconnected-instance errors (`ERROR_PIPE_LISTENING`, impersonating with no client) cannot arise |
+//! | Linux | Each server limits what its clients' unfinished large messages hold ([`ServerOptions::memory_budget`]); past it the server stops reading from them | Windows bounds a pipe by its buffer quota, npipe by a budget per listener | Raise the budget for servers that take many large messages at once |
+//! | Linux | Names with `\` after the prefix hash to a socket file name; the full name travels in the handshake | `sun_path` is 108 bytes | Nothing: listings show the names as written |
+//! | Windows | The ends are their own types with the same methods (not `Pipe<S, R>` aliases); not there yet: `accept_timeout`, `PipeListener::info`, read timeouts (refused with *not supported*), `shutdown_write`, `split`, `spawn_as_client`, `client_credentials` and groups, `list_pipes` and `query_pipe`, and the tokio ends' `readable`/`try_*` | The backend is new; each is a kernel call or two away | Put `tokio::time::timeout` around async reads; everything else ported code uses is there |
+//! | Windows | A buffer size of 0 asks the kernel for 64 KiB | A Windows pipe made with no buffer holds no write, so every write would wait for its reader; Linux's sockets always buffer | Set the sizes to have Windows' exact behaviour |
+//! | Windows | Users and groups are SIDs behind [`LocalUser`] and [`LocalGroup`] (ids index a per-process table, so they stay `Copy`; they are not uids) | Windows names principals by SID | Compare users with each other; their `Display` shows name and SID |
+//! | Windows | A client that allowed identification only is impersonated at that level (what the server then opens fails with `ERROR_BAD_IMPERSONATION_LEVEL`); Linux refuses the impersonation itself (`ERROR_CANNOT_IMPERSONATE`) | The kernel's rule | Check the result of what you do while impersonating |
+//! | Windows | `expect_server` is checked right after `CreateFile`, before a byte is sent | Windows connects before the server can be asked who it is | Nothing |
+//! | Windows | `\\HOST\pipe\NAME` goes to the host over SMB, as `CreateFile` does | It is Windows' own remote pipe | Nothing |
+//! | Windows under Wine | `FILE_FLAG_FIRST_PIPE_INSTANCE` and pipe DACLs are not enforced | Wine does not check them | Test security on Windows itself |
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 // Without a backend (every target but Linux, for now) nothing uses the
