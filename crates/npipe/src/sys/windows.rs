@@ -835,3 +835,65 @@ pub fn impersonated_user() -> io::Result<u32> {
     let token = Owned(token);
     token_user(token.0)
 }
+
+/// A pipe in the kernel's pipe file system, as a directory listing of
+/// `\\.\pipe\` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedPipe {
+    /// The name after `\\.\pipe\`.
+    pub name: String,
+    /// Instances that exist (NPFS reports them as the file's size).
+    pub cur_instances: u32,
+    /// The instance limit (NPFS reports it as the allocation size; 0 where
+    /// it is not told, -1 as `u32::MAX` for unlimited).
+    pub max_instances: u32,
+}
+
+/// Every pipe on this machine: `FindFirstFileW`/`FindNextFileW` on
+/// `\\.\pipe\*`, as Sysinternals PipeList does.
+pub fn list_pipes() -> io::Result<Vec<ListedPipe>> {
+    use windows_sys::Win32::Foundation::ERROR_NO_MORE_FILES;
+    use windows_sys::Win32::Storage::FileSystem::{
+        FindClose, FindFirstFileW, FindNextFileW, WIN32_FIND_DATAW,
+    };
+    let pattern = wide(r"\\.\pipe\*");
+    // SAFETY: WIN32_FIND_DATAW is plain data; zeros are a valid start.
+    let mut data: WIN32_FIND_DATAW = unsafe { std::mem::zeroed() };
+    // SAFETY: `pattern` is NUL-terminated UTF-16 and `data` a live local,
+    // both outliving the call.
+    let find = unsafe { FindFirstFileW(pattern.as_ptr(), &mut data) };
+    if find == INVALID_HANDLE_VALUE {
+        let e = io::Error::last_os_error();
+        // An empty directory.
+        if e.raw_os_error() == Some(ERROR_NO_MORE_FILES as i32)
+            || e.raw_os_error() == Some(windows_sys::Win32::Foundation::ERROR_FILE_NOT_FOUND as i32)
+        {
+            return Ok(Vec::new());
+        }
+        return Err(e);
+    }
+    let mut pipes = Vec::new();
+    loop {
+        let len = data
+            .cFileName
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(data.cFileName.len());
+        pipes.push(ListedPipe {
+            name: String::from_utf16_lossy(&data.cFileName[..len]),
+            cur_instances: data.nFileSizeLow,
+            max_instances: 0,
+        });
+        // SAFETY: `find` is the open search handle; `data` a live local.
+        if unsafe { FindNextFileW(find, &mut data) } == 0 {
+            break;
+        }
+    }
+    let e = io::Error::last_os_error();
+    // SAFETY: the search handle, closed once.
+    unsafe { FindClose(find) };
+    if e.raw_os_error() != Some(ERROR_NO_MORE_FILES as i32) {
+        return Err(e);
+    }
+    Ok(pipes)
+}
