@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::pipe::{sealed, Pipe, PipeIo, PipeRole};
+use crate::shm::link::Link;
 use crate::stream_core::{
     recv_error, send_error, EndCore, Need, ReadCore, ReadMessage, ReadOp, ReadStd, RecvMessage,
     Step, WriteCore,
@@ -25,7 +26,7 @@ use crate::stream_core::{MessageRead, Peek};
 /// alone.
 #[derive(Debug)]
 pub struct PipeStream {
-    socket: Socket,
+    link: Link,
     end: EndCore,
     write_timeout: Option<Duration>,
     read_wait: ReadWait,
@@ -213,12 +214,12 @@ impl PipeStream {
     /// The socket through the transport contract, which the data path is
     /// written against.
     fn io(&self) -> &impl Transport {
-        &self.socket
+        &self.link
     }
 
     pub(crate) fn new(socket: Socket, end: EndCore) -> PipeStream {
         PipeStream {
-            socket,
+            link: Link::Socket(socket),
             end,
             write_timeout: None,
             read_wait: ReadWait::default(),
@@ -253,22 +254,22 @@ impl PipeStream {
 
     pub(crate) fn read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
         self.connected()?;
-        read_message(&mut self.end.reader, &self.socket, &mut self.read_wait, buf)
+        read_message(&mut self.end.reader, &self.link, &mut self.read_wait, buf)
     }
 
     pub(crate) fn recv_message(&mut self) -> Result<Vec<u8>> {
         self.connected()?;
-        recv_message(&mut self.end.reader, &self.socket, &mut self.read_wait)
+        recv_message(&mut self.end.reader, &self.link, &mut self.read_wait)
     }
 
     pub(crate) fn write_message(&mut self, msg: &[u8]) -> Result<()> {
         self.connected()?;
-        write_message(&mut self.end.writer, &self.socket, msg).map_err(|e| self.explain(e))
+        write_message(&mut self.end.writer, &self.link, msg).map_err(|e| self.explain(e))
     }
 
     pub(crate) fn transact(&mut self, request: &[u8]) -> Result<Vec<u8>> {
         self.send_request(request)?;
-        recv_message(&mut self.end.reader, &self.socket, &mut self.read_wait)
+        recv_message(&mut self.end.reader, &self.link, &mut self.read_wait)
     }
 
     /// A transaction's first half: `TransactNamedPipe`'s checks, then the
@@ -278,7 +279,7 @@ impl PipeStream {
         let sock = self.io();
         self.end
             .check_transact(request.len(), || sock.readable_bytes().unwrap_or(0))?;
-        write_message(&mut self.end.writer, &self.socket, request).map_err(|e| self.explain(e))
+        write_message(&mut self.end.writer, &self.link, request).map_err(|e| self.explain(e))
     }
 
     pub(crate) fn transact_into(
@@ -287,22 +288,17 @@ impl PipeStream {
         reply: &mut [u8],
     ) -> Result<MessageRead> {
         self.send_request(request)?;
-        read_message(
-            &mut self.end.reader,
-            &self.socket,
-            &mut self.read_wait,
-            reply,
-        )
+        read_message(&mut self.end.reader, &self.link, &mut self.read_wait, reply)
     }
 
     pub(crate) fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
         self.connected()?;
-        crate::peek_io::peek(&mut self.end.reader, &self.socket, buf)
+        crate::peek_io::peek(&mut self.end.reader, &self.link, buf)
     }
 
     pub(crate) fn flush_buffers(&mut self) -> Result<()> {
         self.connected()?;
-        flush_buffers(&self.end, &self.socket, self.write_timeout)
+        flush_buffers(&self.end, &self.link, self.write_timeout)
     }
 
     pub(crate) fn set_read_mode(&mut self, mode: ReadMode) -> Result<()> {
@@ -339,13 +335,13 @@ impl PipeStream {
     pub(crate) fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
         (
             ReadHalf {
-                socket: &self.socket,
+                socket: &self.link,
                 reader: &mut self.end.reader,
                 wait: &mut self.read_wait,
                 disconnected: self.end.disconnected,
             },
             WriteHalf {
-                socket: &self.socket,
+                socket: &self.link,
                 writer: &mut self.end.writer,
                 disconnected: self.end.disconnected,
             },
@@ -358,7 +354,7 @@ impl Read for PipeStream {
         self.connected()?;
         Ok(read_std(
             &mut self.end.reader,
-            &self.socket,
+            &self.link,
             &mut self.read_wait,
             buf,
         )?)
@@ -371,10 +367,10 @@ impl Write for PipeStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.connected()?;
         if self.end.writer.message {
-            write_message(&mut self.end.writer, &self.socket, buf).map_err(|e| self.explain(e))?;
+            write_message(&mut self.end.writer, &self.link, buf).map_err(|e| self.explain(e))?;
             Ok(buf.len())
         } else {
-            Ok(write_bytes(&mut self.end.writer, &self.socket, buf)?)
+            Ok(write_bytes(&mut self.end.writer, &self.link, buf)?)
         }
     }
 
@@ -388,7 +384,7 @@ impl Write for PipeStream {
 /// The reading half of a [`PipeStream`], from [`PipeServer::split`](crate::PipeServer::split).
 #[derive(Debug)]
 pub struct ReadHalf<'a> {
-    socket: &'a Socket,
+    socket: &'a Link,
     reader: &'a mut ReadCore,
     wait: &'a mut ReadWait,
     disconnected: bool,
@@ -397,7 +393,7 @@ pub struct ReadHalf<'a> {
 /// The writing half of a [`PipeStream`], from [`PipeServer::split`](crate::PipeServer::split).
 #[derive(Debug)]
 pub struct WriteHalf<'a> {
-    socket: &'a Socket,
+    socket: &'a Link,
     writer: &'a mut WriteCore,
     disconnected: bool,
 }
@@ -619,7 +615,7 @@ impl sealed::EndIo for PipeStream {
         &self.end
     }
     fn socket(&self) -> &Socket {
-        &self.socket
+        self.link.socket()
     }
     fn cut_client(&mut self) {
         self.disconnect_client();
@@ -651,7 +647,10 @@ mod tests {
     use crate::stream_core::Setup;
     use crate::types::PipeType;
 
-    fn pair(pipe_type: PipeType) -> (PipeStream, PipeStream) {
+    /// A pair of connected ends, made one of two ways.
+    type Pair = fn(PipeType) -> (PipeStream, PipeStream);
+
+    fn socket_pair(pipe_type: PipeType) -> (PipeStream, PipeStream) {
         let (a, b) = Socket::pair().unwrap();
         let setup = |end| Setup::for_test(end, pipe_type);
         let mode = match pipe_type {
@@ -664,16 +663,63 @@ mod tests {
         )
     }
 
+    /// The same ends with their bytes in the shared-memory rings (64 KiB
+    /// each way, as much as a socket holds, so a test that writes before it
+    /// reads does not wait on itself).
+    fn shm_pair(pipe_type: PipeType) -> (PipeStream, PipeStream) {
+        let (a, b) = socket_pair(pipe_type);
+        let (Link::Socket(sa), Link::Socket(sb)) = (a.link, b.link) else {
+            unreachable!("a fresh pair is on sockets")
+        };
+        let (ta, tb) = crate::shm::transport::pair_over(sa, sb, 64 * 1024);
+        (
+            PipeStream {
+                link: Link::Shm(Box::new(ta)),
+                ..a
+            },
+            PipeStream {
+                link: Link::Shm(Box::new(tb)),
+                ..b
+            },
+        )
+    }
+
+    /// Every test of the data path runs over both links.
+    macro_rules! on_both_links {
+        ($($name:ident),* $(,)?) => {
+            mod over_sockets {
+                $( #[test] fn $name() { super::$name(super::socket_pair) } )*
+            }
+            mod over_shared_memory {
+                $( #[test] fn $name() { super::$name(super::shm_pair) } )*
+            }
+        };
+    }
+
+    on_both_links!(
+        a_disconnected_client_is_told_not_connected,
+        messages_keep_boundaries_in_process,
+        the_first_read_of_a_fresh_server_end_keeps_the_read_timeout,
+        a_read_that_times_out_mid_message_loses_nothing,
+        peek_does_not_consume,
+        cut_message_is_broken_pipe_not_data,
+        oversize_header_is_bad_pipe,
+    );
+
     /// The data path over a transport that reads ahead (as TLS does): most
     /// of what arrived sits in the transport, not the kernel, and no wait,
     /// peek or transaction check may miss it. Each read waits first, as a
     /// fresh server end's does, with a timeout that would fail it.
     #[test]
     fn bytes_held_inside_the_transport_are_never_waited_for() {
+        let pair = socket_pair;
         use crate::socket_transport::read_ahead::ReadAhead;
 
         let (mut a, b) = pair(PipeType::Message);
-        let transport = ReadAhead::new(b.socket);
+        let Link::Socket(socket) = b.link else {
+            unreachable!("a fresh pair is on sockets")
+        };
+        let transport = ReadAhead::new(socket);
         let EndCore { mut reader, .. } = b.end;
         let waits = || ReadWait {
             poll_first: true,
@@ -735,8 +781,7 @@ mod tests {
 
     /// `DisconnectNamedPipe`: the client's write, flush, peek and read all
     /// fail with *pipe not connected*; data sent before it stays readable.
-    #[test]
-    fn a_disconnected_client_is_told_not_connected() {
+    fn a_disconnected_client_is_told_not_connected(pair: Pair) {
         let (mut a, mut b) = pair(PipeType::Message);
         a.write_message(b"before").unwrap();
         a.disconnect_client();
@@ -754,8 +799,7 @@ mod tests {
         );
     }
 
-    #[test]
-    fn messages_keep_boundaries_in_process() {
+    fn messages_keep_boundaries_in_process(pair: Pair) {
         let (mut a, mut b) = pair(PipeType::Message);
         for m in [&b"one"[..], b"", b"three", &[9u8; 20_000]] {
             a.write_message(m).unwrap();
@@ -784,8 +828,7 @@ mod tests {
 
     /// A fresh server end waits for its first input in `poll`: the read
     /// timeout holds there too, and the data comes through whole after.
-    #[test]
-    fn the_first_read_of_a_fresh_server_end_keeps_the_read_timeout() {
+    fn the_first_read_of_a_fresh_server_end_keeps_the_read_timeout(pair: Pair) {
         let (mut a, mut b) = pair(PipeType::Message);
         b.poll_first_read();
         b.set_read_timeout(Some(std::time::Duration::from_millis(30)))
@@ -812,14 +855,13 @@ mod tests {
         writer.join().unwrap();
     }
 
-    #[test]
-    fn a_read_that_times_out_mid_message_loses_nothing() {
+    fn a_read_that_times_out_mid_message_loses_nothing(pair: Pair) {
         let (a, mut b) = pair(PipeType::Message);
         b.set_read_timeout(Some(std::time::Duration::from_millis(30)))
             .unwrap();
         // Half a message, then silence: both kinds of message read time out.
-        a.socket.send(&framing::header(10)).unwrap();
-        a.socket.send(b"01234").unwrap();
+        a.io().send(&framing::header(10)).unwrap();
+        a.io().send(b"01234").unwrap();
         assert_eq!(b.recv_message().unwrap_err().code(), ErrorCode::Timeout);
         let mut buf = [0u8; 64];
         assert_eq!(
@@ -827,34 +869,33 @@ mod tests {
             ErrorCode::Timeout
         );
         // The rest arrives: the whole message, not its tail.
-        a.socket.send(b"56789").unwrap();
+        a.io().send(b"56789").unwrap();
         assert_eq!(b.recv_message().unwrap(), b"0123456789");
         // The same through read_message, and a direct read into a large buffer.
         let big = vec![7u8; 20_000];
-        a.socket.send(&framing::header(big.len() as u32)).unwrap();
-        a.socket.send(&big[..9_000]).unwrap();
+        a.io().send(&framing::header(big.len() as u32)).unwrap();
+        a.io().send(&big[..9_000]).unwrap();
         let mut out = vec![0u8; 30_000];
         assert_eq!(
             b.read_message(&mut out).unwrap_err().code(),
             ErrorCode::Timeout
         );
-        a.socket.send(&big[9_000..]).unwrap();
+        a.io().send(&big[9_000..]).unwrap();
         assert_eq!(
             b.read_message(&mut out).unwrap(),
             MessageRead::Complete(20_000)
         );
         assert_eq!(&out[..20_000], &big[..]);
         // std::io::Read returns what it took rather than an error.
-        a.socket.send(&framing::header(6)).unwrap();
-        a.socket.send(b"abc").unwrap();
+        a.io().send(&framing::header(6)).unwrap();
+        a.io().send(b"abc").unwrap();
         assert_eq!(b.read(&mut buf).unwrap(), 3);
-        a.socket.send(b"def").unwrap();
+        a.io().send(b"def").unwrap();
         assert_eq!(b.read(&mut buf).unwrap(), 3);
         assert_eq!(&buf[..3], b"def");
     }
 
-    #[test]
-    fn peek_does_not_consume() {
+    fn peek_does_not_consume(pair: Pair) {
         let (mut a, mut b) = pair(PipeType::Message);
         a.write_message(b"abc").unwrap();
         a.write_message(b"de").unwrap();
@@ -878,21 +919,19 @@ mod tests {
         assert_eq!(&all, b"abcde");
     }
 
-    #[test]
-    fn cut_message_is_broken_pipe_not_data() {
+    fn cut_message_is_broken_pipe_not_data(pair: Pair) {
         let (a, mut b) = pair(PipeType::Message);
-        a.socket.send(&framing::header(10)).unwrap();
-        a.socket.send(b"12345").unwrap();
+        a.io().send(&framing::header(10)).unwrap();
+        a.io().send(b"12345").unwrap();
         drop(a);
         let mut buf = [0u8; 64];
         let e = b.read_message(&mut buf).unwrap_err();
         assert_eq!(e.code(), ErrorCode::BrokenPipe);
     }
 
-    #[test]
-    fn oversize_header_is_bad_pipe() {
+    fn oversize_header_is_bad_pipe(pair: Pair) {
         let (a, mut b) = pair(PipeType::Message);
-        a.socket.send(&framing::header(u32::MAX - 1)).unwrap();
+        a.io().send(&framing::header(u32::MAX - 1)).unwrap();
         let e = b.recv_message().unwrap_err();
         assert_eq!(e.code(), ErrorCode::BadPipe);
         assert_eq!(b.recv_message().unwrap_err().code(), ErrorCode::BadPipe);

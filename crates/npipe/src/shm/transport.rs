@@ -1,0 +1,402 @@
+//! The shared-memory rings as a [`Transport`]: a byte stream whose bytes go
+//! through the rings, while the socket stays for what only the kernel can
+//! do (credentials were taken at connect; it tells us the peer died, and it
+//! is what closes). Framing, *more data*, peeks and flushes stay in
+//! `stream_core`, exactly as over the socket.
+//!
+//! Waiting: a receiver (or a sender facing a full ring) first spins,
+//! within a budget learned from recent waits (halved each time spinning
+//! did not pay, so two ends sharing one CPU soon stop spinning at all),
+//! then sleeps on the ring's futex word after raising its "waiting" flag;
+//! the other side wakes it only when that flag is up, so a busy stream makes
+//! no system calls. Sleeps are cut into slices so a peer that died without
+//! a word is noticed through the socket.
+
+use std::io::{self, IoSlice};
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::ring::{Consumer, Layout, Producer};
+use crate::error::Error;
+use crate::sys::{futex_wait, futex_wake, ShmRegion, Socket};
+use crate::transport::{Delivery, Recv, Transport};
+
+/// The most a wait spins before it sleeps (`spin_loop` rounds).
+const MAX_SPIN: u32 = 4096;
+/// The longest one sleep lasts before the socket is asked whether the peer
+/// is still there.
+const SLEEP_SLICE: Duration = Duration::from_millis(50);
+
+/// Which end of the region this is: the creator sends on the first ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Creator,
+    Joiner,
+}
+
+/// One end of a connection whose data goes through shared memory.
+#[derive(Debug)]
+pub(crate) struct ShmTransport {
+    region: ShmRegion,
+    socket: Socket,
+    tx: Mutex<Producer>,
+    rx: Mutex<Consumer>,
+    read_timeout: Mutex<Option<Duration>>,
+    write_timeout: Mutex<Option<Duration>>,
+    /// How many rounds the next wait spins.
+    spin: AtomicU32,
+}
+
+/// A ring error as the data path sees I/O errors.
+fn io_error(e: Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl ShmTransport {
+    /// The region's size for rings of `capacity` bytes each way.
+    pub(crate) fn region_len(capacity: usize) -> usize {
+        2 * Layout::bytes(capacity)
+    }
+
+    /// This end's rings in `region`: `capacity` was agreed (and bounded)
+    /// before, and the region checked to be exactly that size.
+    pub(crate) fn new(region: ShmRegion, socket: Socket, capacity: usize, side: Side) -> Self {
+        assert_eq!(region.len(), Self::region_len(capacity));
+        let first = Layout::new(0, capacity);
+        let second = Layout::new(Layout::bytes(capacity), capacity);
+        let (tx, rx) = match side {
+            Side::Creator => (first, second),
+            Side::Joiner => (second, first),
+        };
+        ShmTransport {
+            region,
+            socket,
+            tx: Mutex::new(Producer::new(tx)),
+            rx: Mutex::new(Consumer::new(rx)),
+            read_timeout: Mutex::new(None),
+            write_timeout: Mutex::new(None),
+            spin: AtomicU32::new(MAX_SPIN),
+        }
+    }
+
+    /// The socket that came with the connection.
+    pub(crate) fn socket(&self) -> &Socket {
+        &self.socket
+    }
+
+    fn tx(&self) -> std::sync::MutexGuard<'_, Producer> {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn rx(&self) -> std::sync::MutexGuard<'_, Consumer> {
+        self.rx.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the peer is gone: it said so in the ring, or its socket
+    /// hung up.
+    fn peer_gone(&self, said: bool) -> bool {
+        said || self.socket.peer_hung_up()
+    }
+
+    /// Waits until `ready` (or the peer is gone, which `ready`'s caller
+    /// then finds), spinning first, then sleeping on `seq` with `waiting`
+    /// raised. `false` if `deadline` passed first.
+    fn wait(
+        &self,
+        deadline: Option<Instant>,
+        seq: &AtomicU32,
+        waiting: &AtomicU32,
+        mut ready: impl FnMut() -> io::Result<bool>,
+        gone: impl Fn() -> bool,
+    ) -> io::Result<bool> {
+        let budget = self.spin.load(Ordering::Relaxed);
+        for _ in 0..budget {
+            if ready()? {
+                return Ok(true);
+            }
+            std::hint::spin_loop();
+        }
+        // Spinning did not pay this time: spin less next time (but never
+        // stop looking altogether: a budget of 0 grows back on a hit).
+        self.spin.store(budget / 2, Ordering::Relaxed);
+        loop {
+            let seen = seq.load(Ordering::Acquire);
+            waiting.store(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if ready()? || gone() {
+                waiting.store(0, Ordering::Relaxed);
+                if budget == 0 {
+                    self.spin.store(64, Ordering::Relaxed);
+                }
+                return Ok(true);
+            }
+            let slice = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        waiting.store(0, Ordering::Relaxed);
+                        return Ok(false);
+                    }
+                    left.min(SLEEP_SLICE)
+                }
+                None => SLEEP_SLICE,
+            };
+            futex_wait(seq, seen, Some(slice));
+            waiting.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// After publishing: wakes the peer's reader if it sleeps.
+    fn wake_reader(&self, layout: Layout) {
+        fence(Ordering::SeqCst);
+        if layout
+            .consumer_waiting(&self.region)
+            .load(Ordering::Relaxed)
+            != 0
+        {
+            let seq = layout.data_seq(&self.region);
+            seq.fetch_add(1, Ordering::Release);
+            futex_wake(seq);
+        }
+    }
+
+    /// After consuming: wakes the peer's writer if it waits for room.
+    fn wake_writer(&self, layout: Layout) {
+        fence(Ordering::SeqCst);
+        if layout
+            .producer_waiting(&self.region)
+            .load(Ordering::Relaxed)
+            != 0
+        {
+            let seq = layout.space_seq(&self.region);
+            seq.fetch_add(1, Ordering::Release);
+            futex_wake(seq);
+        }
+    }
+
+    /// Copies what is there into `buf` without waiting: `None` if nothing.
+    fn take(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        let mut rx = self.rx();
+        let mut n = 0;
+        let mut freed = false;
+        while n < buf.len() {
+            match rx.read(&self.region, &mut buf[n..]).map_err(io_error)? {
+                Some(chunk) => {
+                    n += chunk.n;
+                    freed |= chunk.record_done;
+                }
+                None => break,
+            }
+        }
+        if freed {
+            self.wake_writer(rx.layout());
+        }
+        Ok((n > 0).then_some(n))
+    }
+
+    /// Whether a receive would not wait: data, or a peer that is gone.
+    fn receivable(&self) -> io::Result<bool> {
+        let mut rx = self.rx();
+        if rx.ready(&self.region).map_err(io_error)? {
+            return Ok(true);
+        }
+        Ok(rx.producer_closed(&self.region))
+    }
+
+    fn wait_receivable(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        let layout = self.rx().layout();
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        self.wait(
+            deadline,
+            layout.data_seq(&self.region),
+            layout.consumer_waiting(&self.region),
+            || self.receivable(),
+            || self.peer_gone(false),
+        )
+    }
+
+    /// Sends what fits of `parts`, waiting for room if `wait` says so.
+    fn send_parts(&self, parts: &[&[u8]], wait: bool) -> io::Result<usize> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total == 0 {
+            return Ok(0);
+        }
+        let deadline = self
+            .write_timeout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .and_then(|t| Instant::now().checked_add(t));
+        loop {
+            let mut tx = self.tx();
+            if tx.consumer_closed(&self.region) || self.socket.peer_hung_up() {
+                return Err(io::Error::from_raw_os_error(libc::EPIPE));
+            }
+            let sent = tx
+                .try_push_parts(&self.region, parts, total)
+                .map_err(io_error)?;
+            let layout = tx.layout();
+            drop(tx);
+            if sent > 0 {
+                self.wake_reader(layout);
+                return Ok(sent);
+            }
+            if !wait {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let has_room = || -> io::Result<bool> {
+                let mut tx = self.tx();
+                Ok(tx.free(&self.region).map_err(io_error)? >= 16
+                    || tx.consumer_closed(&self.region))
+            };
+            if !self.wait(
+                deadline,
+                layout.space_seq(&self.region),
+                layout.producer_waiting(&self.region),
+                has_room,
+                || self.peer_gone(false),
+            )? {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+        }
+    }
+}
+
+impl Transport for ShmTransport {
+    fn recv(&self, buf: &mut [u8], how: Recv) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if let Some(n) = self.take(buf)? {
+                return Ok(n);
+            }
+            // Nothing here: the end of the stream once the peer is done
+            // and nothing more came meanwhile.
+            let closed = self.rx().producer_closed(&self.region);
+            if closed || self.socket.peer_hung_up() {
+                return Ok(self.take(buf)?.unwrap_or(0));
+            }
+            if how == Recv::DontWait {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let timeout = *self.read_timeout.lock().unwrap_or_else(|e| e.into_inner());
+            if !self.wait_receivable(timeout)? {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+        }
+    }
+
+    fn recv_spare(&self, buf: &mut Vec<u8>, how: Recv) -> io::Result<usize> {
+        let start = buf.len();
+        let spare = (buf.capacity() - start).max(4096);
+        buf.resize(start + spare, 0);
+        let got = self.recv(&mut buf[start..], how);
+        buf.truncate(start + *got.as_ref().unwrap_or(&0));
+        got
+    }
+
+    fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        self.send_parts(&[buf], true)
+    }
+
+    fn send_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let parts: Vec<&[u8]> = bufs.iter().map(|b| &**b).collect();
+        self.send_parts(&parts, true)
+    }
+
+    fn send_nonblocking(&self, buf: &[u8]) -> io::Result<usize> {
+        self.send_parts(&[buf], false)
+    }
+
+    fn readable_bytes(&self) -> io::Result<usize> {
+        self.rx().readable(&self.region).map_err(io_error)
+    }
+
+    fn peek_queued(&self) -> Vec<u8> {
+        self.rx().peek(&self.region, usize::MAX).unwrap_or_default()
+    }
+
+    fn wait_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        if self.receivable()? {
+            return Ok(true);
+        }
+        self.wait_receivable(timeout)
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        *self.read_timeout.lock().unwrap_or_else(|e| e.into_inner()) = timeout;
+        Ok(())
+    }
+
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        *self.write_timeout.lock().unwrap_or_else(|e| e.into_inner()) = timeout;
+        Ok(())
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        let tx = self.tx();
+        tx.close(&self.region);
+        let layout = tx.layout();
+        drop(tx);
+        let seq = layout.data_seq(&self.region);
+        seq.fetch_add(1, Ordering::Release);
+        futex_wake(seq);
+        Ok(())
+    }
+
+    fn shutdown_both(&self) -> io::Result<()> {
+        self.shutdown_write()?;
+        let rx = self.rx();
+        rx.close(&self.region);
+        let seq = rx.layout().space_seq(&self.region);
+        drop(rx);
+        seq.fetch_add(1, Ordering::Release);
+        futex_wake(seq);
+        self.socket.shutdown_both()
+    }
+
+    fn delivery(&self) -> io::Result<Delivery> {
+        let mut tx = self.tx();
+        let unread_by_peer = tx.unread(&self.region).map_err(io_error)?;
+        let closed = tx.consumer_closed(&self.region);
+        drop(tx);
+        let peer_hung_up = self.peer_gone(closed);
+        Ok(Delivery {
+            unread_by_peer,
+            peer_hung_up,
+            peer_dropped_unread: peer_hung_up && unread_by_peer > 0,
+        })
+    }
+}
+
+impl Drop for ShmTransport {
+    /// A dropped end is gone for the peer at once, even before its socket
+    /// closes.
+    fn drop(&mut self) {
+        let _ = self.shutdown_write();
+        let rx = self.rx();
+        rx.close(&self.region);
+        let seq = rx.layout().space_seq(&self.region);
+        drop(rx);
+        seq.fetch_add(1, Ordering::Release);
+        futex_wake(seq);
+    }
+}
+
+/// Both ends of one region over `a` and `b`, as two processes have them
+/// after the handshake.
+#[cfg(test)]
+pub(crate) fn pair_over(a: Socket, b: Socket, capacity: usize) -> (ShmTransport, ShmTransport) {
+    let len = ShmTransport::region_len(capacity);
+    let region = ShmRegion::create(len).unwrap();
+    let fd = region.fd().try_clone_to_owned().unwrap();
+    let joined = ShmRegion::from_peer(fd, len).unwrap();
+    (
+        ShmTransport::new(region, a, capacity, Side::Creator),
+        ShmTransport::new(joined, b, capacity, Side::Joiner),
+    )
+}
+
+#[cfg(test)]
+mod tests;

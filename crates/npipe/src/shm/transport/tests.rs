@@ -1,0 +1,127 @@
+//! The rings as a byte transport between two threads: bytes in order under
+//! back-pressure, the end of the stream after what was sent, a peer that
+//! vanishes, timeouts.
+
+use std::sync::Arc;
+
+use super::*;
+
+/// Two ends of one region over a socket pair, as after the handshake.
+fn pair(capacity: usize) -> (ShmTransport, ShmTransport) {
+    let (a, b) = Socket::pair().unwrap();
+    pair_over(a, b, capacity)
+}
+
+#[test]
+fn a_megabyte_crosses_a_small_ring_in_order() {
+    let (a, b) = pair(4096);
+    let data: Vec<u8> = (0..1_000_003u32).map(|i| (i % 253) as u8).collect();
+    let writer = std::thread::spawn({
+        let data = data.clone();
+        move || {
+            let mut sent = 0;
+            while sent < data.len() {
+                let end = (sent + 1500).min(data.len());
+                sent += a.send(&data[sent..end]).unwrap();
+            }
+            a.shutdown_write().unwrap();
+            a
+        }
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 777];
+    loop {
+        let n = b.recv(&mut buf, Recv::Wait).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let _a = writer.join().unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "the bytes came out changed");
+}
+
+#[test]
+fn vectored_sends_arrive_as_one_stream() {
+    let (a, b) = pair(256);
+    let n = a
+        .send_vectored(&[
+            IoSlice::new(b"head"),
+            IoSlice::new(b"er+"),
+            IoSlice::new(b"body"),
+        ])
+        .unwrap();
+    assert_eq!(n, 11);
+    assert_eq!(b.readable_bytes().unwrap(), 11);
+    assert_eq!(b.peek_queued(), b"header+body");
+    let mut buf = [0u8; 32];
+    assert_eq!(b.recv(&mut buf, Recv::DontWait).unwrap(), 11);
+    assert_eq!(&buf[..11], b"header+body");
+    assert_eq!(
+        b.recv(&mut buf, Recv::DontWait).unwrap_err().kind(),
+        io::ErrorKind::WouldBlock
+    );
+}
+
+#[test]
+fn a_read_timeout_and_a_full_ring_give_would_block() {
+    let (a, b) = pair(64);
+    b.set_read_timeout(Some(Duration::from_millis(30))).unwrap();
+    assert_eq!(
+        b.recv(&mut [0u8; 8], Recv::Wait).unwrap_err().kind(),
+        io::ErrorKind::WouldBlock
+    );
+    assert!(!b.wait_readable(Some(Duration::from_millis(10))).unwrap());
+    // 64 bytes: one record of 56 fills it.
+    assert_eq!(a.send(&[1u8; 100]).unwrap(), 56);
+    assert_eq!(
+        a.send_nonblocking(&[2u8; 8]).unwrap_err().kind(),
+        io::ErrorKind::WouldBlock
+    );
+    a.set_write_timeout(Some(Duration::from_millis(30)))
+        .unwrap();
+    assert_eq!(
+        a.send(&[2u8; 8]).unwrap_err().kind(),
+        io::ErrorKind::WouldBlock
+    );
+    let delivery = a.delivery().unwrap();
+    assert!(delivery.unread_by_peer > 0 && !delivery.peer_hung_up);
+    assert!(b.wait_readable(None).unwrap());
+    assert_eq!(b.recv(&mut [0u8; 100], Recv::Wait).unwrap(), 56);
+    assert_eq!(a.delivery().unwrap().unread_by_peer, 0);
+}
+
+#[test]
+fn a_vanished_peer_ends_the_stream_after_its_data() {
+    let (a, b) = pair(1024);
+    a.send(b"last words").unwrap();
+    drop(a);
+    let mut buf = [0u8; 64];
+    assert_eq!(b.recv(&mut buf, Recv::Wait).unwrap(), 10);
+    assert_eq!(b.recv(&mut buf, Recv::Wait).unwrap(), 0);
+    let e = b.send(b"anyone?").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPIPE));
+    assert!(b.delivery().unwrap().peer_hung_up);
+}
+
+/// A peer that crashed never marks the ring closed: its socket closing is
+/// what wakes a reader asleep on the ring.
+#[test]
+fn a_peer_that_dies_without_a_word_is_noticed_through_its_socket() {
+    let (crashed, sb) = Socket::pair().unwrap();
+    let len = ShmTransport::region_len(1024);
+    let region = ShmRegion::create(len).unwrap();
+    let joined = ShmRegion::from_peer(region.fd().try_clone_to_owned().unwrap(), len).unwrap();
+    let b = Arc::new(ShmTransport::new(joined, sb, 1024, Side::Joiner));
+    let reader = std::thread::spawn({
+        let b = b.clone();
+        move || b.recv(&mut [0u8; 8], Recv::Wait)
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    drop(crashed);
+    assert_eq!(reader.join().unwrap().unwrap(), 0);
+    let e = b.send(b"anyone?").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPIPE));
+    drop(region);
+}

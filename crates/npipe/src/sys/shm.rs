@@ -1,0 +1,225 @@
+//! Shared memory for the fast data path: a sealed `memfd` mapped by both
+//! ends of a connection. The seals (no shrinking, no growing) mean a peer
+//! can never make our accesses fault (SIGBUS), and a received descriptor is
+//! taken only if it carries them; everything else about the memory's
+//! contents is untrusted, and the ring (`crate::shm`) bounds every value it
+//! reads through this interface.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::mm::{MapFlags, ProtFlags};
+
+/// The seals a region must carry before it is mapped: its size is fixed
+/// for good.
+const REQUIRED_SEALS: SealFlags = SealFlags::SHRINK
+    .union(SealFlags::GROW)
+    .union(SealFlags::SEAL);
+
+/// A shared, fixed-size, mapped memory region.
+#[derive(Debug)]
+pub struct ShmRegion {
+    fd: OwnedFd,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory shared by design; every access goes
+// through atomics or through copies that tolerate concurrent writers (see
+// `read` and `write`), so using it from several threads is as sound as
+// from several processes.
+unsafe impl Send for ShmRegion {}
+// SAFETY: as above.
+unsafe impl Sync for ShmRegion {}
+
+impl ShmRegion {
+    /// A new zeroed region of `len` bytes, sealed against resizing.
+    pub fn create(len: usize) -> io::Result<ShmRegion> {
+        let fd = rustix::fs::memfd_create(
+            c"npipe-ring",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )?;
+        rustix::fs::ftruncate(&fd, len as u64)?;
+        rustix::fs::fcntl_add_seals(&fd, REQUIRED_SEALS)?;
+        Self::map(fd, len)
+    }
+
+    /// Maps a region a peer sent, if it is what we agreed on: a sealed
+    /// memory file (so it can never shrink under us) of exactly `len`
+    /// bytes. Anything else is refused with `InvalidData`.
+    pub fn from_peer(fd: OwnedFd, len: usize) -> io::Result<ShmRegion> {
+        let refuse = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
+        // Seals exist only on memory files: a regular file fails here.
+        let seals = rustix::fs::fcntl_get_seals(&fd)
+            .map_err(|_| refuse("the peer's shared memory is not a sealed memory file"))?;
+        if !seals.contains(REQUIRED_SEALS) {
+            return Err(refuse("the peer's shared memory can still change size"));
+        }
+        let size = rustix::fs::fstat(&fd)?.st_size;
+        if u64::try_from(size).ok() != Some(len as u64) {
+            return Err(refuse("the peer's shared memory has the wrong size"));
+        }
+        Self::map(fd, len)
+    }
+
+    fn map(fd: OwnedFd, len: usize) -> io::Result<ShmRegion> {
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an empty region",
+            ));
+        }
+        // SAFETY: a fresh mapping (no address asked for) of `len` bytes of
+        // a file that is exactly `len` bytes and sealed against shrinking,
+        // so every page stays backed; it is unmapped once, in `Drop`.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )?
+        };
+        let ptr =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        Ok(ShmRegion { fd, ptr, len })
+    }
+
+    /// The region's size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The memory file, to send to the peer (`SCM_RIGHTS`).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Panics unless `[off, off + n)` lies in the region and `off` is
+    /// aligned to `align`: offsets come from the ring's own arithmetic,
+    /// never from the peer unchecked, so a failure here is a bug.
+    fn check(&self, off: usize, n: usize, align: usize) {
+        assert!(
+            off.is_multiple_of(align) && off.checked_add(n).is_some_and(|end| end <= self.len),
+            "shared memory access out of bounds: {off}+{n} of {}",
+            self.len
+        );
+    }
+
+    /// The 64-bit word at `off` (8-aligned), as an atomic.
+    pub fn u64_at(&self, off: usize) -> &AtomicU64 {
+        self.check(off, 8, 8);
+        // SAFETY: in bounds and aligned (checked), inside a mapping that
+        // lives as long as `self`; the memory is only ever accessed as this
+        // atomic at this offset by a well-behaved peer, and any bit
+        // pattern is a valid u64.
+        unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(off).cast()) }
+    }
+
+    /// The 32-bit word at `off` (4-aligned), as an atomic (also a futex
+    /// word shared with the peer).
+    pub fn u32_at(&self, off: usize) -> &AtomicU32 {
+        self.check(off, 4, 4);
+        // SAFETY: as for `u64_at`.
+        unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(off).cast()) }
+    }
+
+    /// Copies `out.len()` bytes from `off`.
+    pub fn read(&self, off: usize, out: &mut [u8]) {
+        self.check(off, out.len(), 1);
+        // SAFETY: in bounds (checked); `out` is our own memory and cannot
+        // overlap the mapping. A hostile peer may write these bytes while
+        // we copy them: we then get arbitrary bytes, which are still just
+        // bytes, and the ring never trusts a payload's content.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), out.as_mut_ptr(), out.len())
+        }
+    }
+
+    /// Copies `data` to `off`.
+    pub fn write(&self, off: usize, data: &[u8]) {
+        self.check(off, data.len(), 1);
+        // SAFETY: in bounds (checked); `data` is our own memory. The ring
+        // writes only where the peer has released the space.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(off), data.len())
+        }
+    }
+}
+
+impl Drop for ShmRegion {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once; no reference
+        // into it outlives `self` (accessors borrow `self`).
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Sleeps while the shared futex word at `word` still holds `expected`,
+/// for at most `timeout`. Not private: the peer is another process.
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<std::time::Duration>) {
+    use rustix::thread::futex;
+    let ts = timeout.map(|d| futex::Timespec {
+        tv_sec: d.as_secs().try_into().unwrap_or(i64::MAX),
+        tv_nsec: d.subsec_nanos().into(),
+    });
+    // Woken, timed out, interrupted or the value changed: the caller looks
+    // again in every case.
+    let _ = futex::wait(word, futex::Flags::empty(), expected, ts.as_ref());
+}
+
+/// Wakes every sleeper on the shared futex word `word`.
+pub fn futex_wake(word: &AtomicU32) {
+    use rustix::thread::futex;
+    let _ = futex::wake(word, futex::Flags::empty(), u32::MAX);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn a_region_is_sealed_and_shared_through_its_descriptor() {
+        let a = ShmRegion::create(4096).unwrap();
+        a.write(100, b"hello");
+        a.u64_at(8).store(42, Ordering::Release);
+        let b = ShmRegion::from_peer(a.fd().try_clone_to_owned().unwrap(), 4096).unwrap();
+        let mut got = [0u8; 5];
+        b.read(100, &mut got);
+        assert_eq!(&got, b"hello");
+        assert_eq!(b.u64_at(8).load(Ordering::Acquire), 42);
+        // The seals hold: nobody can shrink it under a mapping.
+        assert!(rustix::fs::ftruncate(a.fd(), 0).is_err());
+    }
+
+    #[test]
+    fn a_peer_region_that_is_not_what_was_agreed_is_refused() {
+        let a = ShmRegion::create(4096).unwrap();
+        let wrong_size = ShmRegion::from_peer(a.fd().try_clone_to_owned().unwrap(), 8192);
+        assert_eq!(wrong_size.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        // An unsealed memory file could shrink later (SIGBUS): refused.
+        let unsealed =
+            rustix::fs::memfd_create(c"x", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+                .unwrap();
+        rustix::fs::ftruncate(&unsealed, 4096).unwrap();
+        let e = ShmRegion::from_peer(unsealed, 4096).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        // A regular file has no seals at all.
+        let file = std::fs::File::open("/proc/self/exe").unwrap();
+        let e = ShmRegion::from_peer(file.into(), 4096).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    }
+
+    #[test]
+    #[should_panic(expected = "out of bounds")]
+    fn an_access_outside_the_region_is_a_bug_not_a_fault() {
+        let a = ShmRegion::create(4096).unwrap();
+        a.read(4090, &mut [0u8; 8]);
+    }
+}
