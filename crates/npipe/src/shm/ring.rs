@@ -317,6 +317,22 @@ impl Consumer {
         Ok(tail)
     }
 
+    /// The header of the record at `pos`, read once and bounded: known
+    /// flags only, and no longer than what was published up to `tail`.
+    fn header(&self, r: &ShmRegion, pos: u64, tail: u64) -> Result<(usize, bool)> {
+        let mut header = [0u8; RECORD_HEADER];
+        self.layout.read(r, pos, &mut header);
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        let flags = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        if flags & !MORE != 0 {
+            return Err(corrupt("a record has flags no version defines"));
+        }
+        if len > self.layout.max_record() || (RECORD_HEADER + pad8(len)) as u64 > tail - pos {
+            return Err(corrupt("a record is longer than what was published"));
+        }
+        Ok((len, flags & MORE != 0))
+    }
+
     /// The record at our position, once published: its header read once
     /// and bounded by what was published.
     fn current(&mut self, r: &ShmRegion) -> Result<Option<Record>> {
@@ -327,20 +343,10 @@ impl Consumer {
         if tail == self.head {
             return Ok(None);
         }
-        let published = (tail - self.head) as usize;
-        let mut header = [0u8; RECORD_HEADER];
-        self.layout.read(r, self.head, &mut header);
-        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-        let flags = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-        if flags & !MORE != 0 {
-            return Err(corrupt("a record has flags no version defines"));
-        }
-        if len > self.layout.max_record() || RECORD_HEADER + pad8(len) > published {
-            return Err(corrupt("a record is longer than what was published"));
-        }
+        let (len, more) = self.header(r, self.head, tail)?;
         let record = Record {
             len,
-            more: flags & MORE != 0,
+            more,
             taken: 0,
         };
         self.record = Some(record);
@@ -393,16 +399,7 @@ impl Consumer {
         }
         let mut pos = self.head + (RECORD_HEADER + pad8(first.len)) as u64;
         while pos < tail {
-            let mut header = [0u8; RECORD_HEADER];
-            self.layout.read(r, pos, &mut header);
-            let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-            let flags = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-            if flags & !MORE != 0
-                || len > self.layout.max_record()
-                || RECORD_HEADER as u64 + pad8(len) as u64 > tail - pos
-            {
-                return Err(corrupt("a record is longer than what was published"));
-            }
+            let (len, _) = self.header(r, pos, tail)?;
             if !each(pos + RECORD_HEADER as u64, len) {
                 break;
             }

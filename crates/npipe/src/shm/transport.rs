@@ -149,30 +149,18 @@ impl ShmTransport {
 
     /// After publishing: wakes the peer's reader if it sleeps.
     fn wake_reader(&self, layout: Layout) {
-        fence(Ordering::SeqCst);
-        if layout
-            .consumer_waiting(&self.region)
-            .load(Ordering::Relaxed)
-            != 0
-        {
-            let seq = layout.data_seq(&self.region);
-            seq.fetch_add(1, Ordering::Release);
-            futex_wake(seq);
-        }
+        wake_if_waiting(
+            layout.consumer_waiting(&self.region),
+            layout.data_seq(&self.region),
+        );
     }
 
     /// After consuming: wakes the peer's writer if it waits for room.
     fn wake_writer(&self, layout: Layout) {
-        fence(Ordering::SeqCst);
-        if layout
-            .producer_waiting(&self.region)
-            .load(Ordering::Relaxed)
-            != 0
-        {
-            let seq = layout.space_seq(&self.region);
-            seq.fetch_add(1, Ordering::Release);
-            futex_wake(seq);
-        }
+        wake_if_waiting(
+            layout.producer_waiting(&self.region),
+            layout.space_seq(&self.region),
+        );
     }
 
     /// Copies what is there into `buf` without waiting: `None` if nothing.
@@ -262,6 +250,22 @@ impl ShmTransport {
     }
 }
 
+/// Wakes a side asleep on `seq` if its `waiting` flag is up. The fence
+/// pairs with the sleeper's (it raises the flag, then looks): either it sees
+/// what we published, or we see its flag.
+fn wake_if_waiting(waiting: &AtomicU32, seq: &AtomicU32) {
+    fence(Ordering::SeqCst);
+    if waiting.load(Ordering::Relaxed) != 0 {
+        wake(seq);
+    }
+}
+
+/// Wakes whoever sleeps on `seq`, whatever it was waiting for.
+fn wake(seq: &AtomicU32) {
+    seq.fetch_add(1, Ordering::Release);
+    futex_wake(seq);
+}
+
 impl Transport for ShmTransport {
     fn recv(&self, buf: &mut [u8], how: Recv) -> io::Result<usize> {
         if buf.is_empty() {
@@ -339,9 +343,7 @@ impl Transport for ShmTransport {
         tx.close(&self.region);
         let layout = tx.layout();
         drop(tx);
-        let seq = layout.data_seq(&self.region);
-        seq.fetch_add(1, Ordering::Release);
-        futex_wake(seq);
+        wake(layout.data_seq(&self.region));
         Ok(())
     }
 
@@ -349,10 +351,9 @@ impl Transport for ShmTransport {
         self.shutdown_write()?;
         let rx = self.rx();
         rx.close(&self.region);
-        let seq = rx.layout().space_seq(&self.region);
+        let layout = rx.layout();
         drop(rx);
-        seq.fetch_add(1, Ordering::Release);
-        futex_wake(seq);
+        wake(layout.space_seq(&self.region));
         self.socket.shutdown_both()
     }
 
@@ -377,10 +378,9 @@ impl Drop for ShmTransport {
         let _ = self.shutdown_write();
         let rx = self.rx();
         rx.close(&self.region);
-        let seq = rx.layout().space_seq(&self.region);
+        let layout = rx.layout();
         drop(rx);
-        seq.fetch_add(1, Ordering::Release);
-        futex_wake(seq);
+        wake(layout.space_seq(&self.region));
     }
 }
 
