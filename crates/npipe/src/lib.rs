@@ -166,9 +166,7 @@ mod peer_process;
 mod pipe;
 #[cfg(target_os = "linux")]
 mod server_instance;
-// Until the transport uses it (issue 15, the commits after this one).
 #[cfg(target_os = "linux")]
-#[allow(dead_code)]
 mod shm;
 #[cfg(target_os = "linux")]
 mod socket_transport;

@@ -35,6 +35,9 @@ pub(crate) struct Ready {
     pub granted: Access,
     /// Instances in use when it connected, the one it took included.
     pub cur_instances: u32,
+    /// The client's shared memory and its rings' capacity, if the acceptor
+    /// took its offer (and said so in the OK).
+    pub shm: Option<(crate::sys::ShmRegion, usize)>,
 }
 
 /// The state every front end's listener shares with its acceptor.
@@ -106,6 +109,10 @@ impl ListenerState {
         pool: Arc<dyn InstancePool>,
         ready: Ready,
     ) -> (Socket, EndCore, ServerInstance) {
+        debug_assert!(
+            ready.shm.is_none(),
+            "the caller takes the shared memory first"
+        );
         let setup = Setup::for_server(
             &self.opts,
             &self.name,

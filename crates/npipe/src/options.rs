@@ -57,6 +57,7 @@ pub struct ServerOptions {
     pub(crate) memory_budget: usize,
     pub(crate) security: SecurityDescriptor,
     pub(crate) reject_remote_clients: bool,
+    pub(crate) shared_memory: bool,
 }
 
 impl Default for ServerOptions {
@@ -87,6 +88,7 @@ impl ServerOptions {
             memory_budget: 128 << 20,
             security: SecurityDescriptor::default_for_pipes(),
             reject_remote_clients: false,
+            shared_memory: true,
         }
     }
 
@@ -96,6 +98,17 @@ impl ServerOptions {
     /// (owner and root full control, everyone read).
     pub fn security(&mut self, descriptor: SecurityDescriptor) -> &mut Self {
         self.security = descriptor;
+        self
+    }
+
+    /// Whether a blocking server takes a client's offer to move the data
+    /// to shared memory (on by default; see
+    /// [`ClientOptions::shared_memory`]). The environment variable
+    /// `NPIPE_SHARED_MEMORY=off` turns it off for the whole process. The
+    /// tokio server does not take offers yet: its clients stay on the
+    /// socket.
+    pub fn shared_memory(&mut self, take: bool) -> &mut Self {
+        self.shared_memory = take;
         self
     }
 
@@ -324,6 +337,7 @@ pub struct ClientOptions {
     pub(crate) expect_server: Option<Identity>,
     pub(crate) wait_for_server: bool,
     pub(crate) read_timeout: Option<Duration>,
+    pub(crate) shared_memory: bool,
 }
 
 impl Default for ClientOptions {
@@ -345,7 +359,37 @@ impl ClientOptions {
             expect_server: None,
             wait_for_server: false,
             read_timeout: None,
+            shared_memory: false,
         }
+    }
+
+    /// Offers the server to carry this connection's data through shared
+    /// memory instead of the socket: a ring each way in a sealed memory
+    /// file that rides with the handshake (`SCM_RIGHTS`). A server that
+    /// takes it says so in its reply; one that does not (an older npipe,
+    /// the tokio server, or one with
+    /// [`ServerOptions::shared_memory`] off) keeps the socket, and so does
+    /// everything else. Reads, writes, message boundaries, *more data*,
+    /// peeks, `transact`, `flush_buffers` and every error are the same
+    /// either way; a request and reply between processes on different CPUs
+    /// costs microseconds instead of a kernel wake-up. Off by default for
+    /// now; blocking clients only. `NPIPE_SHARED_MEMORY=on` turns it on for
+    /// every blocking client of the process, `=off` off.
+    ///
+    /// ```
+    /// use npipe::{ClientOptions, ServerOptions};
+    ///
+    /// let name = format!("doc-shared-memory-{}", std::process::id());
+    /// let listener = ServerOptions::new().create(&name)?;
+    /// let mut client = ClientOptions::new().shared_memory(true).open(&name)?;
+    /// let mut server = listener.accept()?;
+    /// client.write_message(b"through the ring")?;
+    /// assert_eq!(server.recv_message()?, b"through the ring");
+    /// # Ok::<(), npipe::Error>(())
+    /// ```
+    pub fn shared_memory(&mut self, offer: bool) -> &mut Self {
+        self.shared_memory = offer;
+        self
     }
 
     /// Also wait, within [`wait`](Self::wait), for the pipe to exist: a
@@ -526,5 +570,32 @@ impl ClientOptions {
         request: &[u8],
     ) -> Result<Vec<u8>> {
         crate::tokio::call_with(self, &name.try_into()?, request).await
+    }
+}
+
+/// `NPIPE_SHARED_MEMORY`: `on` or `off` forces the shared-memory data path
+/// for the whole process (CI runs the suite both ways); unset or anything
+/// else leaves it to the options.
+pub(crate) fn shared_memory_override() -> Option<bool> {
+    static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| match std::env::var("NPIPE_SHARED_MEMORY").as_deref() {
+        Ok("on") => Some(true),
+        Ok("off") => Some(false),
+        _ => None,
+    })
+}
+
+impl ClientOptions {
+    /// Whether this client offers shared memory, the environment first.
+    pub(crate) fn offers_shared_memory(&self) -> bool {
+        shared_memory_override().unwrap_or(self.shared_memory)
+    }
+}
+
+impl ServerOptions {
+    /// Whether this server takes an offer: never if the environment says
+    /// off.
+    pub(crate) fn takes_shared_memory(&self) -> bool {
+        self.shared_memory && shared_memory_override() != Some(false)
     }
 }

@@ -185,6 +185,7 @@ pub(crate) fn description(
         handshake_timeout_ms: millis(opts.handshake_timeout),
         waiting: u32::try_from(waiting).unwrap_or(u32::MAX),
         name: name.name().to_string(),
+        shared_memory: false,
     }
 }
 

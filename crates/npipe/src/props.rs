@@ -72,6 +72,7 @@ prop_compose! {
             handshake_timeout_ms: nums[6],
             waiting: nums[7],
             name,
+            shared_memory: false,
         }
     }
 }

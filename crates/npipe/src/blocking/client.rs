@@ -8,15 +8,20 @@ use crate::blocking::stream::PipeStream;
 use crate::client_socket;
 use crate::connect_core;
 use crate::engine::connect::{Action, ConnectCore};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::info::PeerCredentials;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace};
 use crate::options::ClientOptions;
 use crate::pipe::{ClientEnd, Pipe};
 use crate::proto::handshake::{Reply, REPLY_MAX};
+use crate::shm::{
+    self,
+    link::Link,
+    transport::{ShmTransport, Side, OFFER_CAPACITY},
+};
 use crate::stream_core::EndCore;
-use crate::sys::{self, Events, RecvFlagsLite, Socket};
+use crate::sys::{self, Events, RecvFlagsLite, ShmRegion, Socket};
 use crate::types::{Access, PipeType, Wait};
 
 /// The client end of a pipe: reads and writes, and the server's identity.
@@ -46,6 +51,11 @@ impl Pipe<PipeStream, ClientEnd> {
     ) -> Result<PipeClient> {
         let mut core = ConnectCore::new(name, opts, pipelined, Instant::now());
         let mut socket: Option<Socket> = None;
+        // A pipelined request goes on the socket, so such a connect (a
+        // `call`) does not offer shared memory.
+        let offers = pipelined.is_none() && opts.offers_shared_memory();
+        // This attempt's offer: a fresh region each time.
+        let mut offer: Option<ShmRegion> = None;
         let mut action = core.start();
         loop {
             action = match action {
@@ -57,7 +67,12 @@ impl Pipe<PipeStream, ClientEnd> {
                     Err(e) => core.failed(e, Instant::now()),
                 },
                 Action::Send(bytes) => {
-                    let sent = send_all(socket.as_ref().expect("connected"), &bytes);
+                    let on = socket.as_ref().expect("connected");
+                    offer = offers.then(shm::transport::offer).and_then(|r| r.ok());
+                    let sent = match &offer {
+                        Some(region) => send_with_offer(on, &bytes, region),
+                        None => send_all(on, &bytes),
+                    };
                     core.sent(sent, Instant::now())
                 }
                 Action::Receive { deadline } => {
@@ -76,7 +91,25 @@ impl Pipe<PipeStream, ClientEnd> {
                     let socket = socket.take().expect("connected");
                     client_socket::apply_send_buffer(&socket, c.send_buffer);
                     let end = EndCore::new(c.setup, c.read_mode, c.leftover);
-                    let mut io = PipeStream::new(socket, end);
+                    let link = match (c.shared_memory, offer.take()) {
+                        (false, _) => Link::Socket(socket),
+                        (true, Some(region)) => Link::Shm(Box::new(ShmTransport::new(
+                            region,
+                            socket,
+                            OFFER_CAPACITY,
+                            Side::Creator,
+                        ))),
+                        (true, None) => {
+                            return Err(Error::new(
+                                ErrorCode::BadPipe,
+                                format!(
+                                    "{name}: the server claims shared memory this client \
+                                     never offered"
+                                ),
+                            ))
+                        }
+                    };
+                    let mut io = PipeStream::with_link(link, end);
                     if let Some(t) = opts.read_timeout {
                         io.set_read_timeout(Some(t))?;
                     }
@@ -117,6 +150,12 @@ fn connect_socket(name: &PipeName, cred: bool) -> Result<(Socket, Option<PeerCre
         .map_err(|e| namespace::not_served(name, e))?;
     let cred = client_socket::server_cred(&socket, cred)?;
     Ok((socket, cred))
+}
+
+/// Sends the HELLO with the offered region riding along (`SCM_RIGHTS`).
+fn send_with_offer(socket: &Socket, buf: &[u8], region: &ShmRegion) -> io::Result<()> {
+    let n = socket.send_with_fd(buf, region.fd())?;
+    send_all(socket, &buf[n..])
 }
 
 fn send_all(socket: &Socket, mut buf: &[u8]) -> io::Result<()> {

@@ -35,6 +35,8 @@ use crate::policy::Peer;
 use crate::proto::admission::Ticket;
 use crate::proto::handshake::{Hello, PipeDescription, Reply};
 use crate::server_instance::InstancePool;
+use crate::shm::link::Link;
+use crate::shm::transport::{take_offer, ShmTransport, Side};
 use crate::sys::{self, Events, PollEntry, Socket, Waker};
 use crate::types::Access;
 
@@ -247,9 +249,21 @@ impl Drop for PipeListener {
 pub type PipeServer = Pipe<PipeStream, ServerEnd>;
 
 /// The server end of a connection the acceptor told OK.
-fn server_end(shared: Arc<Shared>, ready: Ready) -> PipeServer {
+fn server_end(shared: Arc<Shared>, mut ready: Ready) -> PipeServer {
+    let shm = ready.shm.take();
     let (socket, end, instance) = shared.state.open_end(shared.clone(), ready);
-    let mut io = PipeStream::new(socket, end);
+    let mut io = match shm {
+        Some((region, capacity)) => PipeStream::with_link(
+            Link::Shm(Box::new(ShmTransport::new(
+                region,
+                socket,
+                capacity,
+                Side::Joiner,
+            ))),
+            end,
+        ),
+        None => PipeStream::new(socket, end),
+    };
     // The client may not have read our reply yet.
     io.poll_first_read();
     Pipe {
@@ -298,6 +312,9 @@ struct Pending {
     peer: Peer,
     process: ClientProcess,
     buf: Vec<u8>,
+    /// A memory file that rode with the HELLO: the client's offer to move
+    /// the data to shared memory.
+    offer: Option<std::os::fd::OwnedFd>,
     /// Waiting for an instance (watched for hang-up), not in its handshake.
     waiting: bool,
 }
@@ -507,6 +524,7 @@ impl Acceptor {
             peer,
             process,
             buf: Vec::new(),
+            offer: None,
             waiting: false,
         };
         self.pending.insert(ticket, p);
@@ -536,15 +554,17 @@ impl Acceptor {
         if p.buf.capacity() - p.buf.len() < room {
             p.buf.reserve_exact(room);
         }
-        match p
-            .socket
-            .recv_spare(&mut p.buf, sys::RecvFlagsLite::DontWait)
-        {
-            Ok(0) => {
+        match p.socket.recv_spare_with_fd(&mut p.buf) {
+            Ok((0, _)) => {
                 self.end_handshake(ticket);
                 return;
             }
-            Ok(_) => {}
+            Ok((_, fd)) => {
+                // Only the first offer counts; a later one is closed.
+                if p.offer.is_none() {
+                    p.offer = fd;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(_) => {
                 self.end_handshake(ticket);
@@ -618,15 +638,18 @@ impl Acceptor {
             peer,
             process,
             buf: mut leftover,
+            offer,
             ..
         } = p;
-        if !fresh_connection::connect(
-            &socket,
-            desc,
-            granted,
-            &mut leftover,
-            &self.shared.state.opts,
-        ) {
+        let opts = &self.shared.state.opts;
+        // An offer is taken only where nothing is pipelined behind the
+        // HELLO (that would be on the socket), and only if it is sound.
+        let shm = offer
+            .filter(|_| opts.takes_shared_memory() && leftover.is_empty())
+            .and_then(|fd| take_offer(fd).ok());
+        let mut desc = desc;
+        desc.shared_memory = shm.is_some();
+        if !fresh_connection::connect(&socket, desc, granted, &mut leftover, opts) {
             let more = self.core.grant_failed();
             self.connect_grants(more);
             return;
@@ -639,6 +662,7 @@ impl Acceptor {
             hello,
             granted,
             cur_instances,
+            shm,
         };
         self.shared
             .state

@@ -218,8 +218,13 @@ impl PipeStream {
     }
 
     pub(crate) fn new(socket: Socket, end: EndCore) -> PipeStream {
+        Self::with_link(Link::Socket(socket), end)
+    }
+
+    /// An end whose bytes go over `link` (the socket, or shared memory).
+    pub(crate) fn with_link(link: Link, end: EndCore) -> PipeStream {
         PipeStream {
-            link: Link::Socket(socket),
+            link,
             end,
             write_timeout: None,
             read_wait: ReadWait::default(),
@@ -493,6 +498,24 @@ impl Write for WriteHalf<'_> {
 /// # Ok::<(), npipe::Error>(())
 /// ```
 impl<R: PipeRole> Pipe<PipeStream, R> {
+    /// Whether this connection's data goes through shared memory (see
+    /// [`ClientOptions::shared_memory`](crate::ClientOptions::shared_memory))
+    /// rather than the socket. Nothing else differs.
+    ///
+    /// ```
+    /// # let name = format!("doc-uses-shared-memory-{}", std::process::id());
+    /// let listener = npipe::ServerOptions::new().create(&name)?;
+    /// let client = npipe::ClientOptions::new().shared_memory(true).open(&name)?;
+    /// let server = listener.accept()?;
+    /// # if std::env::var("NPIPE_SHARED_MEMORY").as_deref() != Ok("off") {
+    /// assert!(client.uses_shared_memory() && server.uses_shared_memory());
+    /// # }
+    /// # Ok::<(), npipe::Error>(())
+    /// ```
+    pub fn uses_shared_memory(&self) -> bool {
+        self.io.link.is_shared_memory()
+    }
+
     /// Reads one message, or the rest of a message a short buffer cut
     /// (`ReadFile` in message read mode). [`MessageRead::MoreData`] is
     /// `ERROR_MORE_DATA`: the next read continues the same message.

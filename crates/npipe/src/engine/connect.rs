@@ -53,6 +53,8 @@ pub(crate) struct Connected {
     pub send_buffer: Option<usize>,
     /// What the server sent behind its REPLY.
     pub leftover: Vec<u8>,
+    /// The server took the shared memory offered with the HELLO.
+    pub shared_memory: bool,
 }
 
 /// Where a connect stands.
@@ -228,6 +230,7 @@ impl<'a> ConnectCore<'a> {
         let leftover = std::mem::take(&mut self.reply);
         let settled = connect_core::settle(&self.name, answer.map(|r| (r, leftover)), sent);
         let done = settled.and_then(|(desc, leftover)| {
+            let shared_memory = desc.shared_memory;
             let (setup, read_mode, send_buffer) =
                 connect_core::finish(&self.name, &self.attempt, cred, desc)?;
             Ok(Connected {
@@ -235,6 +238,7 @@ impl<'a> ConnectCore<'a> {
                 read_mode,
                 send_buffer,
                 leftover,
+                shared_memory,
             })
         });
         match done {

@@ -100,6 +100,10 @@ pub struct PipeDescription {
     pub waiting: u32,
     /// The pipe's name as the server created it.
     pub name: String,
+    /// OK only: the server took the shared-memory region the client sent
+    /// with its HELLO, and the data goes through it from here on (REPLY
+    /// byte 6, bit 0). Always `false` in an INFO reply.
+    pub shared_memory: bool,
 }
 
 /// The server's answer to HELLO.
@@ -345,7 +349,11 @@ impl Reply {
             Reply::Refused { code, .. } => (STATUS_REFUSED, *code),
         };
         out.push(status);
-        out.extend_from_slice(&[0, 0]);
+        let flags = match self {
+            Reply::Connected(desc) => u8::from(desc.shared_memory),
+            _ => 0,
+        };
+        out.extend_from_slice(&[flags, 0]);
         out.extend_from_slice(&code.to_le_bytes());
         match self {
             Reply::Connected(d) | Reply::Info { desc: d, .. } => {
@@ -449,6 +457,9 @@ impl Reply {
                     handshake_timeout_ms: u32_at(d, 28),
                     waiting: u32_at(d, 32),
                     name: utf8(&buf[fixed..fixed + name_len], "name")?,
+                    // Byte 6 bit 0: a reserved byte in v1, which v1 never
+                    // sets; it answers an offer only a newer client makes.
+                    shared_memory: status == STATUS_CONNECTED && buf[6] & 1 != 0,
                 };
                 let end = fixed + name_len;
                 if status == STATUS_CONNECTED {
@@ -557,6 +568,7 @@ mod tests {
             handshake_timeout_ms: 5000,
             waiting: 7,
             name: "Echo".into(),
+            shared_memory: false,
         }
     }
 

@@ -187,7 +187,10 @@ impl Producer {
 
     /// Publishes one record of `payload` (at most
     /// [`Layout::max_record`] bytes), `more` if the message goes on in the
-    /// next record. `Ok(false)`: no room yet.
+    /// next record. `Ok(false)`: no room yet. (The transport carries a byte
+    /// stream, framed above it, and sends with [`Self::try_push_parts`];
+    /// the tests use records as messages.)
+    #[cfg(test)]
     pub(crate) fn try_push(&mut self, r: &ShmRegion, payload: &[u8], more: bool) -> Result<bool> {
         assert!(payload.len() <= self.layout.max_record());
         let need = RECORD_HEADER + pad8(payload.len());

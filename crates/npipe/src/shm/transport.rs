@@ -22,6 +22,40 @@ use crate::error::Error;
 use crate::sys::{futex_wait, futex_wake, ShmRegion, Socket};
 use crate::transport::{Delivery, Recv, Transport};
 
+/// Each ring's size in a client's offer: about what a Unix socket buffers
+/// (208 KiB by default), so a writer gets as far ahead of its reader as on
+/// the socket path. Pages are only touched as the ring goes round.
+pub(crate) const OFFER_CAPACITY: usize = 256 * 1024;
+/// The ring sizes a server takes (powers of two in between).
+const TAKEN_CAPACITIES: std::ops::RangeInclusive<usize> = 4096..=(4 << 20);
+
+/// A client's offer: a fresh region for rings of [`OFFER_CAPACITY`], made
+/// for one connection attempt (never reused: a server that saw it could
+/// write into it).
+pub(crate) fn offer() -> io::Result<ShmRegion> {
+    ShmRegion::create(ShmTransport::region_len(OFFER_CAPACITY))
+}
+
+/// A server's look at an offer: the region mapped, and its rings'
+/// capacity, if it is a sealed memory file of a size two rings of an
+/// allowed capacity take. Anything else is refused (and the server keeps
+/// the socket).
+pub(crate) fn take_offer(fd: std::os::fd::OwnedFd) -> io::Result<(ShmRegion, usize)> {
+    let len = ShmRegion::size_of(&fd)?;
+    let capacity = usize::try_from(len / 2)
+        .ok()
+        .and_then(|half| half.checked_sub(super::ring::CONTROL))
+        .filter(|c| len % 2 == 0 && c.is_power_of_two() && TAKEN_CAPACITIES.contains(c))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the offered shared memory is not two rings of an allowed size",
+            )
+        })?;
+    let region = ShmRegion::from_peer(fd, ShmTransport::region_len(capacity))?;
+    Ok((region, capacity))
+}
+
 /// The most a wait spins before it sleeps (`spin_loop` rounds).
 const MAX_SPIN: u32 = 4096;
 /// The longest one sleep lasts before the socket is asked whether the peer

@@ -9,7 +9,6 @@ mod unix;
 #[cfg(target_os = "linux")]
 pub use unix::*;
 #[cfg(target_os = "linux")]
-#[allow(dead_code)]
 mod shm;
 #[cfg(target_os = "linux")]
 pub use shm::{futex_wait, futex_wake, ShmRegion};

@@ -65,6 +65,12 @@ impl ShmRegion {
         Self::map(fd, len)
     }
 
+    /// The size of a memory file a peer sent, to learn what it offers.
+    pub fn size_of(fd: &OwnedFd) -> io::Result<u64> {
+        let size = rustix::fs::fstat(fd)?.st_size;
+        u64::try_from(size).map_err(|_| io::Error::other("a negative file size"))
+    }
+
     fn map(fd: OwnedFd, len: usize) -> io::Result<ShmRegion> {
         if len == 0 {
             return Err(io::Error::new(

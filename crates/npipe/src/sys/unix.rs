@@ -174,6 +174,61 @@ impl Socket {
         })
     }
 
+    /// Sends `buf` with `fd` riding along (`SCM_RIGHTS`), without
+    /// `SIGPIPE`: the descriptor arrives with the first of these bytes.
+    pub fn send_with_fd(&self, buf: &[u8], fd: BorrowedFd<'_>) -> io::Result<usize> {
+        use rustix::net::SendAncillaryMessage;
+        let fds = [fd];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+            return Err(io::Error::other("no room for a descriptor in the message"));
+        }
+        retry(|| {
+            rustix::net::sendmsg(
+                &self.0,
+                &[IoSlice::new(buf)],
+                &mut control,
+                SendFlags::NOSIGNAL,
+            )
+        })
+    }
+
+    /// Receives into the room `vec` has reserved without waiting, and the
+    /// first descriptor that rode along, if any (any others are closed at
+    /// once: a peer cannot make us hold descriptors it chose).
+    pub fn recv_spare_with_fd(&self, vec: &mut Vec<u8>) -> io::Result<(usize, Option<OwnedFd>)> {
+        use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage};
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        // recvmsg wants initialised memory: the spare room is zeroed once.
+        let start = vec.len();
+        vec.resize(vec.capacity().max(start + 1), 0);
+        let got = retry(|| {
+            let mut iov = [io::IoSliceMut::new(&mut vec[start..])];
+            rustix::net::recvmsg(
+                &self.0,
+                &mut iov,
+                &mut control,
+                RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+            )
+            .map(|r| r.bytes)
+        });
+        vec.truncate(start + *got.as_ref().unwrap_or(&0));
+        let n = got?;
+        let mut first = None;
+        for msg in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(fds) = msg {
+                for fd in fds {
+                    if first.is_none() {
+                        first = Some(fd);
+                    }
+                }
+            }
+        }
+        Ok((n, first))
+    }
+
     /// Shuts down the sending side (the peer reads end of stream).
     pub fn shutdown_write(&self) -> io::Result<()> {
         Ok(rustix::net::shutdown(&self.0, Shutdown::Write)?)

@@ -647,6 +647,9 @@ impl Acceptor {
             hello: arrived.hello,
             granted,
             cur_instances,
+            // The tokio acceptor reads HELLOs without descriptors: the
+            // kernel closes any offer, and the client keeps the socket.
+            shm: None,
         });
         drop(ready);
         self.shared.ready_notify.notify_waiters();

@@ -26,5 +26,6 @@ mod mixes;
 mod names;
 mod peers;
 mod security;
+mod shared_memory;
 mod soak;
 mod starvation;

@@ -87,6 +87,9 @@ fn server_options(args: &[String]) -> ServerOptions {
     if let Some(n) = opt(args, "max_message") {
         o.max_message_size(n.parse().unwrap());
     }
+    if opt(args, "shm") == Some("off") {
+        o.shared_memory(false);
+    }
     if let Some(ms) = opt(args, "default_timeout_ms") {
         o.default_timeout(Duration::from_millis(ms.parse().unwrap()));
     }
