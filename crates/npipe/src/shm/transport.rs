@@ -13,7 +13,7 @@
 //! a word is noticed through the socket.
 
 use std::io::{self, IoSlice};
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,10 @@ pub(crate) fn take_offer(fd: std::os::fd::OwnedFd) -> io::Result<(ShmRegion, usi
 
 /// The most a wait spins before it sleeps (`spin_loop` rounds).
 const MAX_SPIN: u32 = 4096;
+/// How often a wait with no spin budget spins anyway, to notice that the
+/// peer moved to another CPU, and for how long.
+const SPIN_PROBE_EVERY: u32 = 32;
+const SPIN_PROBE: u32 = 128;
 /// The longest one sleep lasts before the socket is asked whether the peer
 /// is still there.
 const SLEEP_SLICE: Duration = Duration::from_millis(50);
@@ -80,6 +84,10 @@ pub(crate) struct ShmTransport {
     write_timeout: Mutex<Option<Duration>>,
     /// How many rounds the next wait spins.
     spin: AtomicU32,
+    /// Waits since the budget ran out (for the occasional probe).
+    spin_probe: AtomicU32,
+    /// The peer's socket was found hung up: it is gone for good.
+    dead: AtomicBool,
 }
 
 /// A ring error as the data path sees I/O errors.
@@ -111,6 +119,8 @@ impl ShmTransport {
             read_timeout: Mutex::new(None),
             write_timeout: Mutex::new(None),
             spin: AtomicU32::new(MAX_SPIN),
+            spin_probe: AtomicU32::new(0),
+            dead: AtomicBool::new(false),
         }
     }
 
@@ -128,41 +138,46 @@ impl ShmTransport {
     }
 
     /// Whether the peer is gone: it said so in the ring, or its socket
-    /// hung up.
+    /// hung up (remembered: a dead peer stays dead).
     fn peer_gone(&self, said: bool) -> bool {
-        said || self.socket.peer_hung_up()
+        said || self.socket_hung_up()
+    }
+
+    /// Asks the socket whether the peer died (a system call: only where
+    /// the ring has nothing to say).
+    fn socket_hung_up(&self) -> bool {
+        if self.dead.load(Ordering::Relaxed) {
+            return true;
+        }
+        let dead = self.socket.peer_hung_up();
+        if dead {
+            self.dead.store(true, Ordering::Relaxed);
+        }
+        dead
     }
 
     /// Waits until `ready` (or the peer is gone, which `ready`'s caller
     /// then finds), spinning first, then sleeping on `seq` with `waiting`
-    /// raised. `false` if `deadline` passed first.
+    /// raised. `false` if `deadline` passed first. The peer's socket is
+    /// asked about only when a sleep ran its whole slice, so a busy
+    /// connection makes no system call for it.
     fn wait(
         &self,
         deadline: Option<Instant>,
         seq: &AtomicU32,
         waiting: &AtomicU32,
         mut ready: impl FnMut() -> io::Result<bool>,
-        gone: impl Fn() -> bool,
+        mut gone: impl FnMut() -> bool,
     ) -> io::Result<bool> {
-        let budget = self.spin.load(Ordering::Relaxed);
-        for _ in 0..budget {
-            if ready()? {
-                return Ok(true);
-            }
-            std::hint::spin_loop();
+        if self.spin_for(&mut ready)? {
+            return Ok(true);
         }
-        // Spinning did not pay this time: spin less next time (but never
-        // stop looking altogether: a budget of 0 grows back on a hit).
-        self.spin.store(budget / 2, Ordering::Relaxed);
         loop {
             let seen = seq.load(Ordering::Acquire);
             waiting.store(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
-            if ready()? || gone() {
+            if ready()? {
                 waiting.store(0, Ordering::Relaxed);
-                if budget == 0 {
-                    self.spin.store(64, Ordering::Relaxed);
-                }
                 return Ok(true);
             }
             let slice = match deadline {
@@ -176,9 +191,36 @@ impl ShmTransport {
                 }
                 None => SLEEP_SLICE,
             };
-            futex_wait(seq, seen, Some(slice));
+            let slept_through = futex_wait(seq, seen, Some(slice));
             waiting.store(0, Ordering::Relaxed);
+            if slept_through && gone() {
+                return Ok(true);
+            }
         }
+    }
+
+    /// Spins while that pays: the budget doubles when `ready` came true
+    /// within it and halves when it did not. At 0 (a peer on this same CPU
+    /// never answers while we spin) it is tried again only now and then.
+    fn spin_for(&self, ready: &mut impl FnMut() -> io::Result<bool>) -> io::Result<bool> {
+        let mut budget = self.spin.load(Ordering::Relaxed);
+        if budget == 0 {
+            let n = self.spin_probe.fetch_add(1, Ordering::Relaxed);
+            if !n.is_multiple_of(SPIN_PROBE_EVERY) {
+                return ready();
+            }
+            budget = SPIN_PROBE;
+        }
+        for _ in 0..budget {
+            if ready()? {
+                self.spin
+                    .store((budget * 2).clamp(SPIN_PROBE, MAX_SPIN), Ordering::Relaxed);
+                return Ok(true);
+            }
+            std::hint::spin_loop();
+        }
+        self.spin.store(budget / 2, Ordering::Relaxed);
+        Ok(false)
     }
 
     /// After publishing: wakes the peer's reader if it sleeps.
@@ -251,7 +293,10 @@ impl ShmTransport {
             .and_then(|t| Instant::now().checked_add(t));
         loop {
             let mut tx = self.tx();
-            if tx.consumer_closed(&self.region) || self.socket.peer_hung_up() {
+            // A reader that closed says so in the ring; one that died is
+            // found when there is no room and the socket is asked (as a
+            // socket's buffer, too, takes what a dead peer never reads).
+            if tx.consumer_closed(&self.region) || self.dead.load(Ordering::Relaxed) {
                 return Err(io::Error::from_raw_os_error(libc::EPIPE));
             }
             let sent = tx
@@ -271,12 +316,13 @@ impl ShmTransport {
                 Ok(tx.free(&self.region).map_err(io_error)? >= 16
                     || tx.consumer_closed(&self.region))
             };
+            let gone = || self.socket_hung_up();
             if !self.wait(
                 deadline,
                 layout.space_seq(&self.region),
                 layout.producer_waiting(&self.region),
                 has_room,
-                || self.peer_gone(false),
+                gone,
             )? {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
@@ -305,23 +351,29 @@ impl Transport for ShmTransport {
         if buf.is_empty() {
             return Ok(0);
         }
+        let mut woke = false;
         loop {
             if let Some(n) = self.take(buf)? {
                 return Ok(n);
             }
             // Nothing here: the end of the stream once the peer is done
-            // and nothing more came meanwhile.
+            // (or, woken with nothing, its socket says it died) and
+            // nothing more came meanwhile.
             let closed = self.rx().producer_closed(&self.region);
-            if closed || self.socket.peer_hung_up() {
+            if closed || (woke && self.socket_hung_up()) {
                 return Ok(self.take(buf)?.unwrap_or(0));
             }
             if how == Recv::DontWait {
+                if self.socket_hung_up() {
+                    return Ok(self.take(buf)?.unwrap_or(0));
+                }
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             let timeout = *self.read_timeout.lock().unwrap_or_else(|e| e.into_inner());
             if !self.wait_receivable(timeout)? {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
+            woke = true;
         }
     }
 

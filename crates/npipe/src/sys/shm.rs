@@ -167,16 +167,20 @@ impl Drop for ShmRegion {
 }
 
 /// Sleeps while the shared futex word at `word` still holds `expected`,
-/// for at most `timeout`. Not private: the peer is another process.
-pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<std::time::Duration>) {
+/// for at most `timeout`: `true` if the time ran out. Not private: the
+/// peer is another process.
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<std::time::Duration>) -> bool {
     use rustix::thread::futex;
     let ts = timeout.map(|d| futex::Timespec {
         tv_sec: d.as_secs().try_into().unwrap_or(i64::MAX),
         tv_nsec: d.subsec_nanos().into(),
     });
-    // Woken, timed out, interrupted or the value changed: the caller looks
-    // again in every case.
-    let _ = futex::wait(word, futex::Flags::empty(), expected, ts.as_ref());
+    // Woken, interrupted or the value changed: the caller looks again in
+    // every case, and asks after the peer only when the time ran out.
+    matches!(
+        futex::wait(word, futex::Flags::empty(), expected, ts.as_ref()),
+        Err(rustix::io::Errno::TIMEDOUT)
+    )
 }
 
 /// Wakes every sleeper on the shared futex word `word`.
