@@ -681,4 +681,39 @@ mod tests {
             _ => unreachable!(),
         }
     }
+
+    /// REPLY byte 6 bit 0 says an OK took the client's shared memory; an
+    /// INFO never does, whatever the byte says, and a v1 OK (byte 0) is
+    /// the socket.
+    #[test]
+    fn the_shared_memory_answer_rides_in_byte_6_of_an_ok() {
+        let mut taken = desc();
+        taken.shared_memory = true;
+        let mut out = Vec::new();
+        Reply::Connected(taken.clone()).encode(&mut out).unwrap();
+        assert_eq!(out[6], 1);
+        let (back, _) = Reply::decode(&out).unwrap().unwrap();
+        assert_eq!(back, Reply::Connected(taken));
+
+        let mut v1 = Vec::new();
+        Reply::Connected(desc()).encode(&mut v1).unwrap();
+        assert_eq!(v1[6], 0);
+        match Reply::decode(&v1).unwrap().unwrap().0 {
+            Reply::Connected(d) => assert!(!d.shared_memory),
+            other => panic!("{other:?}"),
+        }
+
+        let mut info = Vec::new();
+        Reply::Info {
+            desc: desc(),
+            security: String::new(),
+        }
+        .encode(&mut info)
+        .unwrap();
+        info[6] = 1;
+        match Reply::decode(&info).unwrap().unwrap().0 {
+            Reply::Info { desc, .. } => assert!(!desc.shared_memory),
+            other => panic!("{other:?}"),
+        }
+    }
 }
