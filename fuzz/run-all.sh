@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-60}
-for t in hello reply framing descriptor pipe_name; do
+for t in hello reply framing descriptor pipe_name ring; do
     mkdir -p "corpus/$t"
     echo "== $t for ${secs}s"
     RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$t" "corpus/$t" "seeds/$t" -- \

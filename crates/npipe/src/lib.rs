@@ -168,6 +168,12 @@ mod pipe;
 mod server_instance;
 #[cfg(target_os = "linux")]
 mod shm;
+/// For the fuzz targets only: not part of the API.
+#[cfg(target_os = "linux")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::shm::hostile::run as hostile_ring;
+}
 #[cfg(target_os = "linux")]
 mod socket_transport;
 #[cfg(any(target_os = "linux", windows))]

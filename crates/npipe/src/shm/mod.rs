@@ -4,6 +4,8 @@
 //! peer that sleeps. This module holds the rings; the memory itself is
 //! `sys::ShmRegion`.
 
+#[doc(hidden)]
+pub mod hostile;
 pub(crate) mod link;
 pub(crate) mod ring;
 pub(crate) mod transport;
