@@ -9,8 +9,9 @@
 //! did not pay, so two ends sharing one CPU soon stop spinning at all),
 //! then sleeps on the ring's futex word after raising its "waiting" flag;
 //! the other side wakes it only when that flag is up, so a busy stream makes
-//! no system calls. Sleeps are cut into slices so a peer that died without
-//! a word is noticed through the socket.
+//! no system calls. Sleeps are cut into slices (50 ms, doubling to 2 s
+//! while nothing happens) so a peer that died without a word is noticed
+//! through the socket, and an idle connection costs next to nothing.
 
 use std::io::{self, IoSlice};
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
@@ -62,9 +63,12 @@ const MAX_SPIN: u32 = 4096;
 /// peer moved to another CPU, and for how long.
 const SPIN_PROBE_EVERY: u32 = 32;
 const SPIN_PROBE: u32 = 128;
-/// The longest one sleep lasts before the socket is asked whether the peer
-/// is still there.
+/// The first sleep's length before the socket is asked whether the peer
+/// is still there; each sleep that runs out doubles it, up to the last, so
+/// an idle connection wakes about once in two seconds (a peer that closes
+/// says so in the ring and wakes us at once; only a crash waits for this).
 const SLEEP_SLICE: Duration = Duration::from_millis(50);
+const SLEEP_SLICE_MAX: Duration = Duration::from_secs(2);
 
 /// Which end of the region this is: the creator sends on the first ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +176,7 @@ impl ShmTransport {
         if self.spin_for(&mut ready)? {
             return Ok(true);
         }
+        let mut slice_len = SLEEP_SLICE;
         loop {
             let seen = seq.load(Ordering::Acquire);
             waiting.store(1, Ordering::SeqCst);
@@ -187,14 +192,17 @@ impl ShmTransport {
                         waiting.store(0, Ordering::Relaxed);
                         return Ok(false);
                     }
-                    left.min(SLEEP_SLICE)
+                    left.min(slice_len)
                 }
-                None => SLEEP_SLICE,
+                None => slice_len,
             };
             let slept_through = futex_wait(seq, seen, Some(slice));
             waiting.store(0, Ordering::Relaxed);
-            if slept_through && gone() {
-                return Ok(true);
+            if slept_through {
+                if gone() {
+                    return Ok(true);
+                }
+                slice_len = (slice_len * 2).min(SLEEP_SLICE_MAX);
             }
         }
     }
