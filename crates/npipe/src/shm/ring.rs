@@ -86,6 +86,11 @@ impl Layout {
         CONTROL + capacity
     }
 
+    /// Bytes of records the ring holds.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// The largest payload one record carries.
     pub(crate) fn max_record(&self) -> usize {
         self.capacity - RECORD_HEADER

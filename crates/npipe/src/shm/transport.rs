@@ -61,7 +61,7 @@ pub(crate) fn take_offer(fd: std::os::fd::OwnedFd) -> io::Result<(ShmRegion, usi
 const MAX_SPIN: u32 = 4096;
 /// How often a wait with no spin budget spins anyway, to notice that the
 /// peer moved to another CPU, and for how long.
-const SPIN_PROBE_EVERY: u32 = 32;
+const SPIN_PROBE_EVERY: u32 = 8;
 const SPIN_PROBE: u32 = 128;
 /// The first sleep's length before the socket is asked whether the peer
 /// is still there; each sleep that runs out doubles it, up to the last, so
@@ -86,10 +86,10 @@ pub(crate) struct ShmTransport {
     rx: Mutex<Consumer>,
     read_timeout: Mutex<Option<Duration>>,
     write_timeout: Mutex<Option<Duration>>,
-    /// How many rounds the next wait spins.
-    spin: AtomicU32,
-    /// Waits since the budget ran out (for the occasional probe).
-    spin_probe: AtomicU32,
+    /// How long waits for data spin.
+    read_spin: Spin,
+    /// How long waits for room spin.
+    write_spin: Spin,
     /// The peer's socket was found hung up: it is gone for good.
     dead: AtomicBool,
 }
@@ -122,8 +122,11 @@ impl ShmTransport {
             rx: Mutex::new(Consumer::new(rx)),
             read_timeout: Mutex::new(None),
             write_timeout: Mutex::new(None),
-            spin: AtomicU32::new(MAX_SPIN),
-            spin_probe: AtomicU32::new(0),
+            // A fresh connection spins as the process's last ones learned
+            // to: on a shared CPU a spin only delays the peer, and a
+            // short-lived connection would pay for it on every request.
+            read_spin: Spin::new(&READ_SPIN_HINT),
+            write_spin: Spin::new(&WRITE_SPIN_HINT),
             dead: AtomicBool::new(false),
         }
     }
@@ -167,13 +170,14 @@ impl ShmTransport {
     /// connection makes no system call for it.
     fn wait(
         &self,
+        spin: &Spin,
         deadline: Option<Instant>,
         seq: &AtomicU32,
         waiting: &AtomicU32,
         mut ready: impl FnMut() -> io::Result<bool>,
         mut gone: impl FnMut() -> bool,
     ) -> io::Result<bool> {
-        if self.spin_for(&mut ready)? {
+        if spin.run(&mut ready)? {
             return Ok(true);
         }
         let mut slice_len = SLEEP_SLICE;
@@ -207,30 +211,6 @@ impl ShmTransport {
         }
     }
 
-    /// Spins while that pays: the budget doubles when `ready` came true
-    /// within it and halves when it did not. At 0 (a peer on this same CPU
-    /// never answers while we spin) it is tried again only now and then.
-    fn spin_for(&self, ready: &mut impl FnMut() -> io::Result<bool>) -> io::Result<bool> {
-        let mut budget = self.spin.load(Ordering::Relaxed);
-        if budget == 0 {
-            let n = self.spin_probe.fetch_add(1, Ordering::Relaxed);
-            if !n.is_multiple_of(SPIN_PROBE_EVERY) {
-                return ready();
-            }
-            budget = SPIN_PROBE;
-        }
-        for _ in 0..budget {
-            if ready()? {
-                self.spin
-                    .store((budget * 2).clamp(SPIN_PROBE, MAX_SPIN), Ordering::Relaxed);
-                return Ok(true);
-            }
-            std::hint::spin_loop();
-        }
-        self.spin.store(budget / 2, Ordering::Relaxed);
-        Ok(false)
-    }
-
     /// After publishing: wakes the peer's reader if it sleeps.
     fn wake_reader(&self, layout: Layout) {
         wake_if_waiting(
@@ -245,6 +225,16 @@ impl ShmTransport {
             layout.producer_waiting(&self.region),
             layout.space_seq(&self.region),
         );
+    }
+
+    /// Says this end reads no more, waking a writer that waits for room
+    /// (it looks at the flag after raising its own).
+    fn close_reading(&self) {
+        let rx = self.rx();
+        rx.close(&self.region);
+        let layout = rx.layout();
+        drop(rx);
+        self.wake_writer(layout);
     }
 
     /// Copies what is there into `buf` without waiting: `None` if nothing.
@@ -280,6 +270,7 @@ impl ShmTransport {
         let layout = self.rx().layout();
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         self.wait(
+            &self.read_spin,
             deadline,
             layout.data_seq(&self.region),
             layout.consumer_waiting(&self.region),
@@ -307,8 +298,11 @@ impl ShmTransport {
             if tx.consumer_closed(&self.region) || self.dead.load(Ordering::Relaxed) {
                 return Err(io::Error::from_raw_os_error(libc::EPIPE));
             }
+            // Records of a quarter ring at most, so the reader frees space
+            // while the writer fills the rest (a record is freed whole).
+            let limit = total.min(tx.layout().capacity() / 4);
             let sent = tx
-                .try_push_parts(&self.region, parts, total)
+                .try_push_parts(&self.region, parts, limit)
                 .map_err(io_error)?;
             let layout = tx.layout();
             drop(tx);
@@ -326,6 +320,7 @@ impl ShmTransport {
             };
             let gone = || self.socket_hung_up();
             if !self.wait(
+                &self.write_spin,
                 deadline,
                 layout.space_seq(&self.region),
                 layout.producer_waiting(&self.region),
@@ -335,6 +330,61 @@ impl ShmTransport {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
         }
+    }
+}
+
+/// A spin budget learned from recent waits: this connection's, starting
+/// from what the process's connections learned last (`hint`), so a new
+/// connection between processes that answer each other within a spin
+/// spins at once, and one whose peer shares its CPU does not.
+#[derive(Debug)]
+struct Spin {
+    /// How many rounds the next wait spins.
+    budget: AtomicU32,
+    /// Waits since the budget ran out (for the occasional probe).
+    probes: AtomicU32,
+    hint: &'static AtomicU32,
+}
+
+/// What the process's waits for data and for room learned last.
+static READ_SPIN_HINT: AtomicU32 = AtomicU32::new(0);
+static WRITE_SPIN_HINT: AtomicU32 = AtomicU32::new(SPIN_PROBE);
+
+impl Spin {
+    fn new(hint: &'static AtomicU32) -> Spin {
+        Spin {
+            budget: AtomicU32::new(hint.load(Ordering::Relaxed)),
+            probes: AtomicU32::new(1),
+            hint,
+        }
+    }
+
+    fn learn(&self, budget: u32) {
+        self.budget.store(budget, Ordering::Relaxed);
+        self.hint.store(budget, Ordering::Relaxed);
+    }
+
+    /// Spins while that pays: the budget doubles when `ready` came true
+    /// within it and halves when it did not. At 0 (a peer on this same CPU
+    /// never answers while we spin) it is tried again only now and then.
+    fn run(&self, ready: &mut impl FnMut() -> io::Result<bool>) -> io::Result<bool> {
+        let mut budget = self.budget.load(Ordering::Relaxed);
+        if budget == 0 {
+            let n = self.probes.fetch_add(1, Ordering::Relaxed);
+            if !n.is_multiple_of(SPIN_PROBE_EVERY) {
+                return ready();
+            }
+            budget = SPIN_PROBE;
+        }
+        for _ in 0..budget {
+            if ready()? {
+                self.learn((budget * 2).clamp(SPIN_PROBE, MAX_SPIN));
+                return Ok(true);
+            }
+            std::hint::spin_loop();
+        }
+        self.learn(budget / 2);
+        Ok(false)
     }
 }
 
@@ -437,17 +487,15 @@ impl Transport for ShmTransport {
         tx.close(&self.region);
         let layout = tx.layout();
         drop(tx);
-        wake(layout.data_seq(&self.region));
+        // The reader looks at the closed flag after raising its own: a
+        // reader that does not sleep needs no system call.
+        self.wake_reader(layout);
         Ok(())
     }
 
     fn shutdown_both(&self) -> io::Result<()> {
         self.shutdown_write()?;
-        let rx = self.rx();
-        rx.close(&self.region);
-        let layout = rx.layout();
-        drop(rx);
-        wake(layout.space_seq(&self.region));
+        self.close_reading();
         self.socket.shutdown_both()
     }
 
@@ -470,11 +518,7 @@ impl Drop for ShmTransport {
     /// closes.
     fn drop(&mut self) {
         let _ = self.shutdown_write();
-        let rx = self.rx();
-        rx.close(&self.region);
-        let layout = rx.layout();
-        drop(rx);
-        wake(layout.space_seq(&self.region));
+        self.close_reading();
     }
 }
 
