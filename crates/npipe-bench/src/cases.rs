@@ -213,6 +213,10 @@ pub struct Sample {
     pub value: f64,
     /// For latency cases, the 99th percentile in the same unit.
     pub p99: Option<f64>,
+    /// CPU time both processes spent per unit of work (per round trip,
+    /// message, write or connection), in microseconds: what spinning and
+    /// system calls cost, which a latency alone hides.
+    pub cpu_us: Option<f64>,
 }
 
 impl Sample {
@@ -224,7 +228,11 @@ impl Sample {
             Unit::MsgPerSec | Unit::ConnPerSec => count as f64 / secs,
             Unit::Micros | Unit::Bytes => unreachable!("rate() is for rates"),
         };
-        Sample { value, p99: None }
+        Sample {
+            value,
+            p99: None,
+            cpu_us: None,
+        }
     }
 
     /// Median and p99 of round-trip times, in microseconds.
@@ -237,6 +245,7 @@ impl Sample {
         Sample {
             value: at(0.5),
             p99: Some(at(0.99)),
+            cpu_us: None,
         }
     }
 }

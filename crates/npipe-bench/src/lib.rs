@@ -60,7 +60,9 @@ Cases:
   msg_throughput_4k      message pipe, 4 KiB messages (messages/s)
   msg_throughput_1m      message pipe, 1 MiB messages (GiB/s)
   transact_64b_blocking  TransactNamedPipe round trip, 64 B each way
-                         (median µs; the _p99 row is the 99th percentile)
+                         (median µs; the _p99 row is the 99th percentile,
+                         the _cpu row the CPU time both processes spent per
+                         round trip, in µs: CPU seconds per million)
   transact_64b_tokio     the same with both ends on a current-thread tokio
                          runtime, against tokio's UnixStream (median µs)
   connect_rate           connect, handshake, one 64 B transact, close
@@ -212,16 +214,28 @@ fn run_case(
         raw::run_raw(case, &raw_path, warm)?;
     }
 
+    let peer_dir = procfs::child_proc_dir(peer.pid());
+    // CPU time of both processes over one run, per unit of work.
+    let with_cpu = |run: &mut dyn FnMut() -> Result<cases::Sample, Error>| {
+        let before = cpu_ns(std::path::Path::new("/proc/self")) + cpu_ns(&peer_dir);
+        let mut sample = run()?;
+        let used =
+            (cpu_ns(std::path::Path::new("/proc/self")) + cpu_ns(&peer_dir)).saturating_sub(before);
+        sample.cpu_us = Some(used as f64 / 1e3 / count.max(1) as f64);
+        Ok::<_, Error>(sample)
+    };
     for round in 0..rounds {
         bar.set_message(format!("{} round {}/{rounds}", case.name, round + 1));
         let npipe_first = round % 2 == 0;
         for step in 0..2 {
             if (step == 0) == npipe_first {
                 if npipe_on {
-                    out.npipe.push(cases::run_npipe(case, &name, count)?);
+                    out.npipe
+                        .push(with_cpu(&mut || cases::run_npipe(case, &name, count))?);
                 }
             } else if raw_on {
-                out.raw.push(raw::run_raw(case, &raw_path, count)?);
+                out.raw
+                    .push(with_cpu(&mut || raw::run_raw(case, &raw_path, count))?);
             }
             out.client_cpus.extend(pin::current_cpu());
             bar.inc(1);
@@ -229,6 +243,20 @@ fn run_case(
         out.server_cpus.extend(pin::cpus_of(peer.pid()));
     }
     Ok(out)
+}
+
+/// The CPU time, in nanoseconds, that the threads of the process whose
+/// `/proc` directory is `dir` have run (`task/*/schedstat`: exact, where
+/// `stat`'s clock ticks are 10 ms).
+fn cpu_ns(dir: &std::path::Path) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(dir.join("task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// One JSON object per row on stdout, flushed as each case finishes.

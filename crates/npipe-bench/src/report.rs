@@ -138,6 +138,18 @@ pub fn rows(case: &Case, count: u64, r: &Rounds) -> Vec<Row> {
             |s| s.p99.unwrap_or(f64::NAN),
         ));
     }
+    // Round trips: what each costs in CPU, both processes together (µs per
+    // round trip = CPU seconds per million), so spinning shows.
+    if case.unit == Unit::Micros && sides.clone().all(|s| s.cpu_us.is_some()) {
+        out.push(row(
+            case,
+            format!("{}_cpu", case.name),
+            None,
+            count,
+            r,
+            |s| s.cpu_us.unwrap_or(f64::NAN),
+        ));
+    }
     out
 }
 

@@ -334,10 +334,12 @@ pub fn run(
             rounds.npipe.push(super::cases::Sample {
                 value: pick.0,
                 p99: None,
+                cpu_us: None,
             });
             rounds.raw.push(super::cases::Sample {
                 value: pick.1,
                 p99: None,
+                cpu_us: None,
             });
             rounds.client_cpus.extend(pin::current_cpu());
             rounds.server_cpus.extend(server_cpu);
