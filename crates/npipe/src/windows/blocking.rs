@@ -81,6 +81,13 @@ impl PipeListener {
     pub fn name(&self) -> &PipeName {
         &self.instances.name
     }
+
+    /// The pipe as the server sees it (`GetNamedPipeInfo`,
+    /// `GetNamedPipeHandleState`): its shape, and the instances connected.
+    pub fn info(&self) -> PipeInfo {
+        let listening = self.listening.lock().unwrap_or_else(|e| e.into_inner());
+        self.instances.info(listening.as_ref())
+    }
 }
 
 /// One end of a connected instance: the I/O both ends share.

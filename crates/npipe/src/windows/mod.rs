@@ -100,6 +100,23 @@ impl Instances {
         }
     }
 
+    /// The pipe as the server sees it (`GetNamedPipeInfo` on the listening
+    /// instance): the kernel counts every instance, the listening one too,
+    /// so the connected ones are one fewer; with none listening, every
+    /// instance is in use.
+    fn info(&self, listening: Option<&sys::Pipe>) -> crate::PipeInfo {
+        let active = match listening {
+            Some(pipe) => sys::cur_instances(pipe).unwrap_or(1).saturating_sub(1),
+            None => self.opts.max_instances,
+        };
+        let mut info = crate::info::listener_info(&self.opts, &self.name, active);
+        if let Some((_, _, out_size, in_size, _)) = listening.and_then(|p| sys::pipe_info(p).ok()) {
+            info.out_buffer_size = out_size;
+            info.in_buffer_size = in_size;
+        }
+        info
+    }
+
     fn make(&self, first: bool) -> io::Result<sys::Pipe> {
         let opts = &self.opts;
         let instance = Instance {

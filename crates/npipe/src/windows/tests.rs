@@ -387,3 +387,25 @@ fn the_pipe_directory_lists_pipes_and_instances() {
         Err(e) => panic!("listing the pipe directory failed: {e}"),
     }
 }
+
+/// `PipeListener::info`: the shape the server created, and the instances
+/// connected (the kernel's count less the one listening).
+#[test]
+fn the_listener_describes_its_pipe_and_counts_connections() {
+    let name = unique("listener-info");
+    let listener = ServerOptions::new()
+        .max_instances(4)
+        .pipe_type(PipeType::Byte)
+        .create(&name)
+        .unwrap();
+    let info = listener.info();
+    assert_eq!(info.pipe_type, PipeType::Byte);
+    assert_eq!(info.max_instances, Some(4));
+    assert_eq!(info.cur_instances, 0);
+    assert_eq!(info.name, name);
+    let _c1 = ClientOptions::new().open(&name).unwrap();
+    let _s1 = listener.accept().unwrap();
+    let _c2 = ClientOptions::new().open(&name).unwrap();
+    let _s2 = listener.accept().unwrap();
+    assert_eq!(listener.info().cur_instances, 2);
+}

@@ -171,6 +171,17 @@ impl PipeListener {
     pub fn name(&self) -> &PipeName {
         &self.instances.name
     }
+
+    /// The pipe as the server sees it (`GetNamedPipeInfo`,
+    /// `GetNamedPipeHandleState`): its shape, and the instances connected.
+    /// While an `accept` holds the listening instance, it is counted as
+    /// listening still.
+    pub fn info(&self) -> PipeInfo {
+        match self.listening.try_lock() {
+            Ok(l) => self.instances.info(l.pipe.as_deref()),
+            Err(_) => self.instances.info(None),
+        }
+    }
 }
 
 /// The server end of a connected instance on tokio.

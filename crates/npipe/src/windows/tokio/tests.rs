@@ -107,6 +107,8 @@ fn busy_at_once_without_a_wait_and_a_waiting_client_gets_the_freed_instance() {
             .unwrap();
         let first = ClientOptions::new().open_async(&name).await.unwrap();
         let server = listener.accept().await.unwrap();
+        assert_eq!(listener.info().cur_instances, 1);
+        assert_eq!(listener.info().max_instances, Some(1));
         let e = ClientOptions::new()
             .wait(Wait::NoWait)
             .open_async(&name)
