@@ -29,7 +29,7 @@ pub fn run(data: &[u8]) {
         match op % 6 {
             0 if tx_ok => {
                 let payload = vec![op; arg];
-                match tx.try_push_parts(&region, &[&payload], arg) {
+                match tx.try_push_parts(&region, &[std::io::IoSlice::new(&payload)], arg) {
                     Ok(n) => assert!(n <= arg),
                     Err(e) => {
                         assert_eq!(e.code(), ErrorCode::BadPipe);

@@ -222,7 +222,7 @@ impl Producer {
     pub(crate) fn try_push_parts(
         &mut self,
         r: &ShmRegion,
-        parts: &[&[u8]],
+        parts: &[std::io::IoSlice<'_>],
         limit: usize,
     ) -> Result<usize> {
         let total: usize = parts.iter().map(|p| p.len()).sum();

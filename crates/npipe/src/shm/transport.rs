@@ -42,19 +42,18 @@ pub(crate) fn offer() -> io::Result<ShmRegion> {
 /// allowed capacity take. Anything else is refused (and the server keeps
 /// the socket).
 pub(crate) fn take_offer(fd: std::os::fd::OwnedFd) -> io::Result<(ShmRegion, usize)> {
-    let len = ShmRegion::size_of(&fd)?;
-    let capacity = usize::try_from(len / 2)
-        .ok()
-        .and_then(|half| half.checked_sub(super::ring::CONTROL))
-        .filter(|c| len % 2 == 0 && c.is_power_of_two() && TAKEN_CAPACITIES.contains(c))
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the offered shared memory is not two rings of an allowed size",
-            )
-        })?;
-    let region = ShmRegion::from_peer(fd, ShmTransport::region_len(capacity))?;
+    let region = ShmRegion::from_peer(fd, |len| offered_capacity(len).is_some())?;
+    let capacity = offered_capacity(region.len()).expect("checked by from_peer");
     Ok((region, capacity))
+}
+
+/// The rings' capacity in a region of `len` bytes, if it is two rings of a
+/// capacity a server takes.
+fn offered_capacity(len: usize) -> Option<usize> {
+    len.is_multiple_of(2)
+        .then(|| (len / 2).checked_sub(super::ring::CONTROL))
+        .flatten()
+        .filter(|c| c.is_power_of_two() && TAKEN_CAPACITIES.contains(c))
 }
 
 /// The most a wait spins before it sleeps (`spin_loop` rounds).
@@ -280,7 +279,7 @@ impl ShmTransport {
     }
 
     /// Sends what fits of `parts`, waiting for room if `wait` says so.
-    fn send_parts(&self, parts: &[&[u8]], wait: bool) -> io::Result<usize> {
+    fn send_parts(&self, parts: &[IoSlice<'_>], wait: bool) -> io::Result<usize> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         if total == 0 {
             return Ok(0);
@@ -445,16 +444,15 @@ impl Transport for ShmTransport {
     }
 
     fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        self.send_parts(&[buf], true)
+        self.send_parts(&[IoSlice::new(buf)], true)
     }
 
     fn send_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let parts: Vec<&[u8]> = bufs.iter().map(|b| &**b).collect();
-        self.send_parts(&parts, true)
+        self.send_parts(bufs, true)
     }
 
     fn send_nonblocking(&self, buf: &[u8]) -> io::Result<usize> {
-        self.send_parts(&[buf], false)
+        self.send_parts(&[IoSlice::new(buf)], false)
     }
 
     fn readable_bytes(&self) -> io::Result<usize> {
@@ -529,7 +527,7 @@ pub(crate) fn pair_over(a: Socket, b: Socket, capacity: usize) -> (ShmTransport,
     let len = ShmTransport::region_len(capacity);
     let region = ShmRegion::create(len).unwrap();
     let fd = region.fd().try_clone_to_owned().unwrap();
-    let joined = ShmRegion::from_peer(fd, len).unwrap();
+    let joined = ShmRegion::from_peer(fd, |n| n == len).unwrap();
     (
         ShmTransport::new(region, a, capacity, Side::Creator),
         ShmTransport::new(joined, b, capacity, Side::Joiner),

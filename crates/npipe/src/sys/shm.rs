@@ -47,10 +47,14 @@ impl ShmRegion {
         Self::map(fd, len)
     }
 
-    /// Maps a region a peer sent, if it is what we agreed on: a sealed
-    /// memory file (so it can never shrink under us) of exactly `len`
-    /// bytes. Anything else is refused with `InvalidData`.
-    pub fn from_peer(fd: OwnedFd, len: usize) -> io::Result<ShmRegion> {
+    /// Maps a region a peer sent, if it is what we can agree to: a sealed
+    /// memory file (so it can never shrink under us) whose size `fits`.
+    /// Anything else is refused with `InvalidData`.
+    ///
+    /// (A huge-page memory file could fault with SIGBUS when the pool runs
+    /// dry; such files come only in whole huge pages, a size no caller's
+    /// `fits` takes: two rings always add 384 bytes to a power of two.)
+    pub fn from_peer(fd: OwnedFd, fits: impl FnOnce(usize) -> bool) -> io::Result<ShmRegion> {
         let refuse = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
         // Seals exist only on memory files: a regular file fails here.
         let seals = rustix::fs::fcntl_get_seals(&fd)
@@ -58,17 +62,12 @@ impl ShmRegion {
         if !seals.contains(REQUIRED_SEALS) {
             return Err(refuse("the peer's shared memory can still change size"));
         }
-        let size = rustix::fs::fstat(&fd)?.st_size;
-        if u64::try_from(size).ok() != Some(len as u64) {
-            return Err(refuse("the peer's shared memory has the wrong size"));
-        }
-        Self::map(fd, len)
-    }
-
-    /// The size of a memory file a peer sent, to learn what it offers.
-    pub fn size_of(fd: &OwnedFd) -> io::Result<u64> {
-        let size = rustix::fs::fstat(fd)?.st_size;
-        u64::try_from(size).map_err(|_| io::Error::other("a negative file size"))
+        // Sealed, so this size is for good.
+        let size = usize::try_from(rustix::fs::fstat(&fd)?.st_size)
+            .ok()
+            .filter(|&size| fits(size))
+            .ok_or_else(|| refuse("the peer's shared memory has the wrong size"))?;
+        Self::map(fd, size)
     }
 
     fn map(fd: OwnedFd, len: usize) -> io::Result<ShmRegion> {
@@ -199,7 +198,7 @@ mod tests {
         let a = ShmRegion::create(4096).unwrap();
         a.write(100, b"hello");
         a.u64_at(8).store(42, Ordering::Release);
-        let b = ShmRegion::from_peer(a.fd().try_clone_to_owned().unwrap(), 4096).unwrap();
+        let b = ShmRegion::from_peer(a.fd().try_clone_to_owned().unwrap(), |n| n == 4096).unwrap();
         let mut got = [0u8; 5];
         b.read(100, &mut got);
         assert_eq!(&got, b"hello");
@@ -211,18 +210,18 @@ mod tests {
     #[test]
     fn a_peer_region_that_is_not_what_was_agreed_is_refused() {
         let a = ShmRegion::create(4096).unwrap();
-        let wrong_size = ShmRegion::from_peer(a.fd().try_clone_to_owned().unwrap(), 8192);
+        let wrong_size = ShmRegion::from_peer(a.fd().try_clone_to_owned().unwrap(), |n| n == 8192);
         assert_eq!(wrong_size.unwrap_err().kind(), io::ErrorKind::InvalidData);
         // An unsealed memory file could shrink later (SIGBUS): refused.
         let unsealed =
             rustix::fs::memfd_create(c"x", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
                 .unwrap();
         rustix::fs::ftruncate(&unsealed, 4096).unwrap();
-        let e = ShmRegion::from_peer(unsealed, 4096).unwrap_err();
+        let e = ShmRegion::from_peer(unsealed, |_| true).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
         // A regular file has no seals at all.
         let file = std::fs::File::open("/proc/self/exe").unwrap();
-        let e = ShmRegion::from_peer(file.into(), 4096).unwrap_err();
+        let e = ShmRegion::from_peer(file.into(), |_| true).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
     }
 

@@ -123,7 +123,8 @@ fn a_peer_that_dies_without_a_word_is_noticed_through_its_socket() {
     let (crashed, sb) = Socket::pair().unwrap();
     let len = ShmTransport::region_len(1024);
     let region = ShmRegion::create(len).unwrap();
-    let joined = ShmRegion::from_peer(region.fd().try_clone_to_owned().unwrap(), len).unwrap();
+    let joined =
+        ShmRegion::from_peer(region.fd().try_clone_to_owned().unwrap(), |n| n == len).unwrap();
     let b = Arc::new(ShmTransport::new(joined, sb, 1024, Side::Joiner));
     let reader = std::thread::spawn({
         let b = b.clone();
@@ -135,4 +136,29 @@ fn a_peer_that_dies_without_a_word_is_noticed_through_its_socket() {
     let e = b.send(b"anyone?").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EPIPE));
     drop(region);
+}
+
+/// A server takes only two rings of a power-of-two capacity in range, and
+/// only a sealed memory file of that size: anything else keeps the socket.
+#[test]
+fn only_a_sound_offer_is_taken() {
+    let rings = |c: usize| ShmTransport::region_len(c);
+    assert_eq!(offered_capacity(rings(4096)), Some(4096));
+    assert_eq!(offered_capacity(rings(4 << 20)), Some(4 << 20));
+    for len in [
+        0,
+        1,
+        rings(4096) + 1,
+        rings(2048),
+        rings(8 << 20),
+        2 * (192 + 5000),
+    ] {
+        assert_eq!(offered_capacity(len), None, "{len}");
+    }
+    let sound = offer().unwrap();
+    let (region, capacity) = take_offer(sound.fd().try_clone_to_owned().unwrap()).unwrap();
+    assert_eq!((region.len(), capacity), (sound.len(), OFFER_CAPACITY));
+    let odd = ShmRegion::create(rings(4096) + 8).unwrap();
+    let e = take_offer(odd.fd().try_clone_to_owned().unwrap()).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
 }
