@@ -5,7 +5,7 @@
 //! name and shape; its process and user come from the kernel (`SO_PEERCRED`
 //! on the query connection). A query takes no instance.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::{max_instances_from_wire, PeerCredentials};
@@ -236,7 +236,7 @@ fn query_file(
     name: Option<&PipeName>,
     timeout: Duration,
 ) -> Result<ServedPipe> {
-    let socket = namespace.connect_file(file)?;
+    let socket = namespace.connect_file_by(file, Instant::now() + timeout)?;
     let server: PeerCredentials = socket
         .peer_cred()
         .map_err(|e| Error::os(e, "cannot read the server's credentials"))?;

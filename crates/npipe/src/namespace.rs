@@ -22,6 +22,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::name::PipeName;
@@ -601,6 +602,37 @@ impl Namespace {
                 name,
                 Error::os(e, &format!("cannot connect to {file}")),
             )),
+        }
+    }
+
+    /// Connects to a file in the namespace for a query, giving up at
+    /// `deadline` while its server's backlog is full: anyone can bind a
+    /// socket that never accepts, and a blocking connect to it would wait
+    /// for ever (a listing must not).
+    pub fn connect_file_by(&self, file: &str, deadline: Instant) -> Result<Socket> {
+        self.refuse_symlink(file)?;
+        loop {
+            let socket = self.probe_socket()?;
+            match socket.connect_in(&self.dir, file) {
+                Ok(()) => {
+                    socket
+                        .set_nonblocking(false)
+                        .map_err(|e| Error::os(e, "cannot make a socket blocking"))?;
+                    return Ok(socket);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return Err(Error::new(
+                            ErrorCode::Timeout,
+                            format!(
+                                "{file}: its server takes no connections (its backlog is full)"
+                            ),
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(Error::os(e, &format!("cannot connect to {file}"))),
+            }
         }
     }
 

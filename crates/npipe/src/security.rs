@@ -506,6 +506,9 @@ fn parse_sddl(text: &str) -> Result<SecurityDescriptor> {
             "GA" | "FA" | "GRGW" | "GWGR" | "FRFW" => Rights::FULL,
             "GR" | "FR" => Rights::READ,
             "GW" | "FW" => Rights::WRITE,
+            // What `to_sddl` writes for users other than the server's own.
+            m if m.eq_ignore_ascii_case(PIPE_READ_WRITE) => Rights::FULL,
+            m if m.eq_ignore_ascii_case(PIPE_WRITE) => Rights::WRITE,
             _ => return Err(bad(body.0, "rights must be GA, GR, GW, FA, FR, FW or GRGW")),
         };
         let trustee = match fields[5] {
@@ -541,7 +544,11 @@ impl SecurityDescriptor {
     /// Windows backend applies to its pipes, and what [`parse`](Self::parse)
     /// reads back. The owner is `OW` (the pipe's creator), root is
     /// LocalSystem and the Administrators (`SY`, `BA`), everyone `WD`, remote
-    /// clients `NU`; full access is `GA`, read `GR`, write `GW`.
+    /// clients `NU`. Read is `GR`; write and full access are `GW` and `GA`
+    /// only for the owner, root and the server's own user, and exactly
+    /// reading and writing (`0x120112`, `0x12019B`) for anyone else, whom
+    /// `GENERIC_WRITE`'s `FILE_CREATE_PIPE_INSTANCE` would let serve the
+    /// pipe themselves.
     ///
     /// Other users and groups go by their SIDs on Windows; a uid or gid
     /// (other than root's) names no Windows account, nor does one remote
@@ -577,11 +584,7 @@ impl SecurityDescriptor {
                 AceKind::Allow => "A",
                 AceKind::Deny => "D",
             };
-            let rights = match ace.rights.0 {
-                1 => "GR",
-                2 => "GW",
-                _ => "GA",
-            };
+            let rights = sddl_rights(ace);
             let account =
                 |sid: Option<String>| sid.ok_or_else(|| unsupported(ace.trustee.to_string()));
             let sids: Vec<String> = match &ace.trustee {
@@ -598,6 +601,34 @@ impl SecurityDescriptor {
             }
         }
         Ok(out)
+    }
+}
+
+/// `FILE_GENERIC_WRITE` without `FILE_APPEND_DATA`, which on a pipe is
+/// `FILE_CREATE_PIPE_INSTANCE`: writing, not serving.
+const PIPE_WRITE: &str = "0x120112";
+/// `FILE_GENERIC_READ | PIPE_WRITE`: reading and writing, without creating
+/// instances or changing the descriptor (`GENERIC_ALL` would allow both).
+const PIPE_READ_WRITE: &str = "0x12019B";
+
+/// An entry's rights in SDDL. `GENERIC_WRITE` and `GENERIC_ALL` include
+/// `FILE_CREATE_PIPE_INSTANCE` (and `GENERIC_ALL` `WRITE_DAC`): a client
+/// allowed them could add its own instances of the pipe, take other
+/// clients and impersonate them. So only the pipe's owner, root and the
+/// server's own user are given them; everyone else is allowed exactly
+/// reading and writing. Deny entries stay generic: broader is safer there.
+fn sddl_rights(ace: &Ace) -> &'static str {
+    let serves = match &ace.trustee {
+        Trustee::Owner | Trustee::User(LocalUser::ROOT) => true,
+        Trustee::User(user) => *user == LocalUser::current(),
+        _ => false,
+    };
+    match (ace.rights.0, ace.kind == AceKind::Deny || serves) {
+        (1, _) => "GR",
+        (2, true) => "GW",
+        (2, false) => PIPE_WRITE,
+        (_, true) => "GA",
+        (_, false) => PIPE_READ_WRITE,
     }
 }
 
@@ -870,5 +901,25 @@ mod tests {
             let e = SecurityDescriptor::parse(bad).unwrap_err();
             assert_eq!(e.code(), ErrorCode::InvalidParameter, "{bad}");
         }
+    }
+
+    /// Write access must not let a client serve the pipe: only the owner,
+    /// root and the server's own user get GENERIC_WRITE/ALL (which include
+    /// FILE_CREATE_PIPE_INSTANCE); others get exactly read and write, and
+    /// the text reads back as the same rights.
+    #[test]
+    fn sddl_gives_others_no_right_to_create_instances() {
+        let sd: SecurityDescriptor = "allow owner=full; allow everyone=rw; allow everyone=w; \
+                                      deny everyone=w"
+            .parse()
+            .unwrap();
+        let sddl = sd.to_sddl().unwrap();
+        assert_eq!(
+            sddl,
+            "D:P(A;;GA;;;OW)(A;;0x12019B;;;WD)(A;;0x120112;;;WD)(D;;GW;;;WD)"
+        );
+        let back = SecurityDescriptor::parse(&sddl.replace("0x12019B", "0x12019b"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.to_sddl().unwrap(), sddl);
     }
 }

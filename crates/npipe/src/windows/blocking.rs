@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::end::{client_queries, end_queries, server_queries, EndState, Impersonation};
 use super::open::{Attempt, Opener, RECONNECT_PAUSE};
-use super::{os, Gather, Instances, FIRST_READ, INSTANCE_PAUSE};
+use super::{code_of, os, Gather, Instances, FIRST_READ, INSTANCE_PAUSE};
 use crate::error::{Error, ErrorCode, Result};
 use crate::identity::{Identity, LocalUser};
 use crate::info::{End, PipeInfo};
@@ -40,8 +40,17 @@ impl PipeListener {
     /// `ConnectNamedPipe`: waits for a client and returns its connection.
     /// While every instance is in use it waits for one to close.
     pub fn accept(&self) -> Result<PipeServer> {
-        let pipe = self.take_listening()?;
-        sys::connect_named_pipe(&pipe).map_err(|e| os(e, "waiting for a client failed"))?;
+        let pipe = loop {
+            let pipe = self.take_listening()?;
+            match sys::connect_named_pipe(&pipe) {
+                Ok(()) => break pipe,
+                // A client came and went before it was accepted: that
+                // instance is spent, and no client may stop the server by
+                // doing so. Listen on a fresh one.
+                Err(e) if code_of(&e) == Some(ErrorCode::NoData) => continue,
+                Err(e) => return Err(os(e, "waiting for a client failed")),
+            }
+        };
         // The next client can connect while this one is served.
         let next = self.instances.next().ok().flatten();
         *self.listening.lock().unwrap_or_else(|e| e.into_inner()) = next;

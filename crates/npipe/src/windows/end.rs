@@ -164,10 +164,12 @@ pub(crate) fn impersonate_on_this_thread(pipe: &sys::Pipe) -> Result<()> {
 }
 
 /// Reverts the calling thread to itself; a thread that cannot must not go
-/// on as the client.
+/// on as the client. Not a panic: a runtime that catches panics (tokio's
+/// workers do) would carry on with the client's token.
 pub(crate) fn revert() {
     if let Err(e) = sys::revert_to_self() {
-        panic!("RevertToSelf failed ({e}): the thread would go on as the client");
+        eprintln!("npipe: RevertToSelf failed ({e}): aborting rather than go on as the client");
+        std::process::abort();
     }
 }
 

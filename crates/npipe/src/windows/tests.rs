@@ -409,3 +409,27 @@ fn the_listener_describes_its_pipe_and_counts_connections() {
     let _s2 = listener.accept().unwrap();
     assert_eq!(listener.info().cur_instances, 2);
 }
+
+/// A client that connects and leaves before `accept` cannot stop a server
+/// that loops on `accept()?`: the spent instance is passed over.
+#[test]
+fn a_client_that_came_and_went_does_not_fail_accept() {
+    let name = unique("came-and-went");
+    let listener = ServerOptions::new().create(&name).unwrap();
+    drop(ClientOptions::new().open(&name).unwrap());
+    let late = thread::spawn({
+        let name = name.clone();
+        move || {
+            thread::sleep(Duration::from_millis(50));
+            let mut c = ClientOptions::new()
+                .wait(Wait::Timeout(Duration::from_secs(20)))
+                .open(&name)
+                .unwrap();
+            c.write_message(b"late").unwrap();
+            c
+        }
+    });
+    let mut s = listener.accept().unwrap();
+    assert_eq!(s.recv_message().unwrap(), b"late");
+    let _c = late.join().unwrap();
+}

@@ -130,3 +130,56 @@ fn hung_servers_are_asked_side_by_side() {
     assert!(silent >= 40, "{silent} not answering");
     assert!(took < Duration::from_secs(10), "a listing took {took:?}");
 }
+
+/// A socket that never accepts and whose backlog is full (anyone can bind
+/// one in the namespace): a blocking connect to it would wait for ever, so
+/// a query gives up within its deadline and a listing calls it not
+/// answering instead of hanging.
+#[test]
+fn a_full_backlog_does_not_hang_a_query_or_a_listing() {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let name = unique("full-backlog");
+    let path = npipe::namespace_directory().join(&name);
+    let listener = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let addr = SocketAddrUnix::new(&path).unwrap();
+    rustix::net::bind(&listener, &addr).unwrap();
+    rustix::net::listen(&listener, 0).unwrap();
+    let mut queued = Vec::new();
+    loop {
+        let c = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap();
+        match rustix::net::connect(&c, &addr) {
+            Ok(()) => queued.push(c),
+            Err(_) => break,
+        }
+        assert!(queued.len() < 64, "the backlog never filled");
+    }
+    let start = Instant::now();
+    let e = npipe::query_pipe(name.as_str()).unwrap_err();
+    assert_eq!(e.code(), npipe::ErrorCode::Timeout, "{e}");
+    let listed = npipe::list_pipes().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        listed
+            .iter()
+            .any(|p| matches!(p, PipeEntry::NotAnswering { file } if *file == name)),
+        "{listed:?}"
+    );
+    drop(queued);
+    let _ = std::fs::remove_file(&path);
+}
