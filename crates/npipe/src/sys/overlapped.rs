@@ -8,7 +8,7 @@ use std::cell::UnsafeCell;
 use std::ffi::c_void;
 use std::io;
 use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
-use std::ptr;
+use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -49,6 +49,12 @@ pub struct Done {
     pub buf: Vec<u8>,
 }
 
+/// The memory an operation shares with the kernel and the callback.
+struct Shared {
+    ov: UnsafeCell<OVERLAPPED>,
+    signal: Signal,
+}
+
 /// What the thread pool's callback shares with the operation's owner.
 struct Signal {
     fired: AtomicBool,
@@ -71,11 +77,12 @@ enum State {
 /// kernel to let go of its buffers).
 pub struct Overlapped {
     pipe: Arc<Pipe>,
-    /// The kernel writes here until the operation completes: boxed so its
-    /// address does not move.
-    ov: Box<UnsafeCell<OVERLAPPED>>,
-    /// Boxed for the same reason: the callback holds its address.
-    signal: Box<Signal>,
+    /// The `OVERLAPPED` the kernel writes until the operation completes,
+    /// and the signal the thread pool's callback sets: a heap block owned
+    /// through a raw pointer (from `Box::into_raw`, freed in `Drop`), not a
+    /// `Box` field, since moving a `Box` would claim exclusive access to
+    /// memory the kernel and the callback still use.
+    shared: NonNull<Shared>,
     /// Manual-reset, signalled by the kernel on completion.
     event: OwnedHandle,
     /// The thread pool's wait on `event`, or null before one is registered.
@@ -88,9 +95,11 @@ pub struct Overlapped {
 }
 
 // SAFETY: the raw pointers inside (`OVERLAPPED`'s event, the wait handle)
-// are process-wide handles, valid from any thread; the kernel's writes to
-// `ov` end before its event is signalled, and the owner reads `ov` only
-// after that (GetOverlappedResult) or after cancelling and waiting.
+// are process-wide handles, valid from any thread; the shared block is
+// owned by this value alone (the callback only reads its thread-safe
+// signal); the kernel's writes to the OVERLAPPED end before its event is
+// signalled, and the owner reads it only after that (GetOverlappedResult)
+// or after cancelling and waiting.
 unsafe impl Send for Overlapped {}
 // SAFETY: as above; a shared reference gives access to nothing mutable.
 unsafe impl Sync for Overlapped {}
@@ -156,11 +165,13 @@ impl Overlapped {
         };
         let mut op = Overlapped {
             pipe,
-            ov: Box::new(UnsafeCell::new(ov)),
-            signal: Box::new(Signal {
-                fired: AtomicBool::new(false),
-                waker: Mutex::new(None),
-            }),
+            shared: NonNull::from(Box::leak(Box::new(Shared {
+                ov: UnsafeCell::new(ov),
+                signal: Signal {
+                    fired: AtomicBool::new(false),
+                    waker: Mutex::new(None),
+                },
+            }))),
             event,
             wait: ptr::null_mut(),
             out: vec![0u8; out_len],
@@ -171,10 +182,27 @@ impl Overlapped {
         Ok(op)
     }
 
+    fn shared(&self) -> &Shared {
+        // SAFETY: `shared` came from `Box::leak` in `start` and is freed
+        // only in `Drop`; everything reached through `&Shared` is either
+        // an `UnsafeCell` (the OVERLAPPED, used only as a raw pointer) or
+        // thread-safe (the signal).
+        unsafe { self.shared.as_ref() }
+    }
+
+    /// The OVERLAPPED, as the calls take it.
+    fn ov(&self) -> *mut OVERLAPPED {
+        self.shared().ov.get()
+    }
+
+    fn signal(&self) -> &Signal {
+        &self.shared().signal
+    }
+
     /// Makes the call, and sets the state from what it said at once.
     fn issue(&mut self, call: Call) -> io::Result<()> {
         let h = self.pipe.raw();
-        let ov = self.ov.get();
+        let ov = self.ov();
         let out_len = u32::try_from(self.out.len()).unwrap_or(u32::MAX);
         let in_len = u32::try_from(self.input.len()).unwrap_or(u32::MAX);
         // SAFETY: every buffer and the OVERLAPPED are owned by `self` and
@@ -220,7 +248,7 @@ impl Overlapped {
 
     /// Asks the thread pool to call [`on_signal`] once the event is set.
     fn register_wait(&mut self) -> io::Result<()> {
-        let ctx: *const Signal = &*self.signal;
+        let ctx: *const Signal = self.signal();
         // SAFETY: `wait` receives the registration, unregistered in `Drop`
         // (waiting for a running callback) before `signal` or `event` is
         // freed, so the callback's context and the event outlive it.
@@ -249,7 +277,7 @@ impl Overlapped {
         let mut n = 0u32;
         // SAFETY: the operation has completed (its event is set, or the
         // call said so), so the kernel no longer writes `ov`; no wait.
-        let ok = unsafe { GetOverlappedResult(self.pipe.raw(), self.ov.get(), &mut n, 0) };
+        let ok = unsafe { GetOverlappedResult(self.pipe.raw(), self.ov(), &mut n, 0) };
         if ok != 0 {
             return Ok((n as usize, false));
         }
@@ -268,8 +296,12 @@ impl Overlapped {
             // The waker goes in before the flag is read, so a completion
             // in between finds it (the callback sets the flag, then takes
             // the waker).
-            *self.signal.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
-            if !self.signal.fired.load(Ordering::SeqCst) {
+            *self
+                .signal()
+                .waker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+            if !self.signal().fired.load(Ordering::SeqCst) {
                 return Poll::Pending;
             }
             self.state = State::Finished(self.result());
@@ -290,7 +322,7 @@ impl Overlapped {
 
     /// Whether the kernel is done with it (without taking the outcome).
     pub fn is_done(&self) -> bool {
-        !matches!(self.state, State::Pending) || self.signal.fired.load(Ordering::SeqCst)
+        !matches!(self.state, State::Pending) || self.signal().fired.load(Ordering::SeqCst)
     }
 
     /// Cancels the operation if it is still in flight and waits until the
@@ -304,8 +336,8 @@ impl Overlapped {
         // operation completed, cancelled or not, after which the kernel no
         // longer touches the buffers.
         unsafe {
-            CancelIoEx(h, self.ov.get());
-            GetOverlappedResult(h, self.ov.get(), &mut n, 1);
+            CancelIoEx(h, self.ov());
+            GetOverlappedResult(h, self.ov(), &mut n, 1);
         }
         self.state = State::Taken;
     }
@@ -322,5 +354,10 @@ impl Drop for Overlapped {
             // running, so `signal` is unused once this returns.
             unsafe { UnregisterWaitEx(self.wait, INVALID_HANDLE_VALUE) };
         }
+        // SAFETY: the kernel is done with the OVERLAPPED (completed, or
+        // cancelled and waited for above) and no callback can run any more
+        // (unregistered above, or never registered), so nothing else uses
+        // the block; it came from `Box::leak` and is freed once, here.
+        drop(unsafe { Box::from_raw(self.shared.as_ptr()) });
     }
 }
