@@ -421,6 +421,24 @@ fn serve_pid_file_names_the_server_while_it_serves() {
     assert!(!file.exists(), "the pid file outlived the server");
 }
 
+/// A pid file path where someone planted a symbolic link (as another user
+/// could in `/tmp`) is refused, and the link's target is left untouched.
+#[test]
+fn serve_pid_file_never_follows_a_planted_link() {
+    let name = unique("pidfile-link");
+    let dir = std::env::temp_dir();
+    let target = dir.join(format!("{name}.target"));
+    std::fs::write(&target, "precious\n").unwrap();
+    let link = dir.join(format!("{name}.pid"));
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = run(&["serve", &name, "--pid-file", link.to_str().unwrap()], b"");
+    assert!(!out.status.success(), "the server wrote through a link");
+    assert!(out.stderr.contains("pid file"), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+    let _ = std::fs::remove_file(&link);
+    let _ = std::fs::remove_file(&target);
+}
+
 /// Binary messages through `--framing length` and `nul`, unchanged.
 #[test]
 fn client_framings_carry_binary_messages_unchanged() {
@@ -783,6 +801,13 @@ fn serve_exec_gives_the_command_the_clients_identity() {
         .spawn()
         .expect("start npipe client");
     let pid = client.id();
+    // The client inherits this process's audit session (read here: once
+    // the client is reaped its /proc entry is gone). Unset (u32::MAX) is
+    // session 0, as for a Windows service.
+    let session = std::fs::read_to_string("/proc/self/sessionid")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .map(|s| if s == u32::MAX { 0 } else { s });
     client.stdin.take().unwrap().write_all(b"who?\n").unwrap();
     let out = client.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", out.status);
@@ -790,14 +815,13 @@ fn serve_exec_gives_the_command_the_clients_identity() {
     let fields: Vec<&str> = text.split_whitespace().collect();
     let uid = rustix::process::geteuid().as_raw();
     let gid = rustix::process::getegid().as_raw();
-    let session = std::fs::read_to_string(format!("/proc/{pid}/sessionid")).ok();
     assert_eq!(fields.len(), 6, "{text:?}");
     assert_eq!(fields[0], pid.to_string(), "{text:?}");
     assert_eq!(fields[1], uid.to_string(), "{text:?}");
     assert_eq!(fields[2], gid.to_string(), "{text:?}");
     assert_eq!(Some(fields[3].to_string()), passwd_name(uid), "{text:?}");
     if let Some(session) = session {
-        assert_eq!(fields[4], session.trim(), "{text:?}");
+        assert_eq!(fields[4], session.to_string(), "{text:?}");
     }
     assert!(fields[5].ends_with(&name), "{text:?}");
 }

@@ -314,7 +314,11 @@ impl Namespace {
         };
         let owner = self.dir.stat(file).ok()?.uid;
         let (uid, bytes) = self.dir.read_small_file(&note, NAME_NOTE_MAX).ok()?;
-        (uid == owner).then(|| String::from_utf8(bytes).ok())?
+        let named = (uid == owner).then(|| String::from_utf8(bytes).ok())??;
+        // Believed only if it names a pipe whose socket is this very file:
+        // a note linked or copied from another pipe's names something else.
+        let parsed = PipeName::parse(&named).ok()?;
+        (parsed.file_name() == file).then_some(named)
     }
 
     /// Removes the name note of a socket file just removed.

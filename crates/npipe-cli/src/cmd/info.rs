@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use serde_json::Value;
 
 use super::list::served_json;
-use super::CmdResult;
+use super::{printable, CmdResult};
 use crate::exit::Failure;
 
 const LONG_ABOUT: &str = r"Describe one pipe without connecting to it (GetNamedPipeInfo).
@@ -74,7 +74,7 @@ fn write_fields(out: &mut impl Write, value: &Value) -> io::Result<()> {
     let width = ORDER.iter().map(|k| k.len()).max().unwrap_or(0) + 1;
     for key in ORDER {
         let shown = match map.get(key) {
-            Some(Value::String(s)) => s.clone(),
+            Some(Value::String(s)) => printable(s).into_owned(),
             Some(Value::Null) if key == "max_instances" => "unlimited".to_string(),
             Some(Value::Null) | None => "-".to_string(),
             Some(v) => v.to_string(),

@@ -6,7 +6,7 @@ use npipe::unix::LocalUserExt;
 use npipe::{PipeEntry, ServedPipe};
 use serde_json::{json, Value};
 
-use super::{direction_name, instances_text, type_name, user_text, CmdResult};
+use super::{direction_name, instances_text, printable, type_name, user_text, CmdResult};
 use crate::exit::Failure;
 
 const LONG_ABOUT: &str = r#"List the pipes on this machine, like Sysinternals PipeList.
@@ -146,7 +146,7 @@ fn write_table(out: &mut impl Write, entries: &[PipeEntry]) -> io::Result<()> {
         .iter()
         .map(|e| match e {
             PipeEntry::Served(p) => Some([
-                p.name.clone(),
+                printable(&p.name).into_owned(),
                 p.server.pid.to_string(),
                 user_text(p.server_user.as_deref(), p.server.user.uid()),
                 type_name(p.pipe_type).to_string(),
@@ -168,10 +168,12 @@ fn write_table(out: &mut impl Write, entries: &[PipeEntry]) -> io::Result<()> {
     }
     // The rest, after the live pipes: what each is, and what to do.
     for entry in entries {
-        let file = entry.file();
+        let file = printable(entry.file());
         match entry {
             PipeEntry::Served(_) => {}
-            PipeEntry::Denied { reason, .. } => writeln!(out, "(denied: {file}, {reason})")?,
+            PipeEntry::Denied { reason, .. } => {
+                writeln!(out, "(denied: {file}, {})", printable(reason))?
+            }
             PipeEntry::NotAnswering { .. } => writeln!(
                 out,
                 "(not answering: {file}; its server holds it but did not reply)"
@@ -179,7 +181,9 @@ fn write_table(out: &mut impl Write, entries: &[PipeEntry]) -> io::Result<()> {
             PipeEntry::Dead { name, .. } => {
                 // A hashed file name says nothing: name the pipe it was.
                 let was = match name {
-                    Some(name) if name != file => format!(", the pipe {name}"),
+                    Some(name) if name != entry.file() => {
+                        format!(", the pipe {}", printable(name))
+                    }
                     _ => String::new(),
                 };
                 writeln!(
@@ -188,7 +192,7 @@ fn write_table(out: &mut impl Write, entries: &[PipeEntry]) -> io::Result<()> {
                 )?
             }
             PipeEntry::Unreadable { reason, .. } => {
-                writeln!(out, "(unreadable: {file}, {reason})")?
+                writeln!(out, "(unreadable: {file}, {})", printable(reason))?
             }
         }
     }

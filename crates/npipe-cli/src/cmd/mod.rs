@@ -192,3 +192,35 @@ impl ClientSecurity {
         Ok(())
     }
 }
+
+/// Text a peer or another user chose (a pipe's name, a server's reason, a
+/// file name in the shared namespace), made safe for a terminal: control
+/// characters are shown escaped, so nobody can forge table rows with a
+/// newline or move the cursor with an escape sequence.
+pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+#[cfg(test)]
+mod printable_tests {
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        assert_eq!(super::printable("plain name é"), "plain name é");
+        assert_eq!(
+            super::printable("evil\n12345 root\u{1b}[2J"),
+            "evil\\n12345 root\\u{1b}[2J"
+        );
+    }
+}

@@ -500,29 +500,74 @@ async fn serve_stdio(mut conn: PipeServer, stop: &mut Signals, framing: Framing)
     Ok(())
 }
 
-/// `--pid-file`: the server's pid in a file while it serves.
-struct PidFile(std::path::PathBuf);
+/// `--pid-file`: the server's pid in a file while it serves. The path may
+/// be in a directory others can write (a root server's in `/tmp`, say), so
+/// a symbolic link or anything but a regular file there is refused, never
+/// followed, and only the file this server wrote is removed.
+struct PidFile {
+    path: std::path::PathBuf,
+    /// The file written: (device, inode).
+    id: (u64, u64),
+}
+
+/// Opening flags that never follow a planted link nor wait on a FIFO.
+fn no_follow() -> i32 {
+    use rustix::fs::OFlags;
+    (OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32
+}
 
 impl PidFile {
     fn write(path: &std::path::Path) -> Result<PidFile, Failure> {
-        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|e| {
+        use std::io::Write as _;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let refused = |e: &dyn std::fmt::Display| {
             Failure::new(
                 Status::Usage,
                 format!("cannot write the pid file {}: {e}", path.display()),
             )
-        })?;
-        Ok(PidFile(path.to_path_buf()))
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(no_follow())
+            .open(path)
+            .map_err(|e| refused(&e))?;
+        let meta = file.metadata().map_err(|e| refused(&e))?;
+        if !meta.is_file() {
+            return Err(refused(&"it is not a regular file"));
+        }
+        writeln!(file, "{}", std::process::id()).map_err(|e| refused(&e))?;
+        Ok(PidFile {
+            path: path.to_path_buf(),
+            id: (meta.dev(), meta.ino()),
+        })
     }
 }
 
 impl Drop for PidFile {
-    /// Removes the file if it still names this process (another server may
-    /// have written it since).
+    /// Removes the file if it is still the one written and still names
+    /// this process (another server may have written it since).
     fn drop(&mut self) {
-        let ours = std::fs::read_to_string(&self.0)
-            .is_ok_and(|text| text.trim() == std::process::id().to_string());
+        use std::io::Read as _;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let Ok(mut file) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(no_follow())
+            .open(&self.path)
+        else {
+            return;
+        };
+        let same = file
+            .metadata()
+            .is_ok_and(|m| m.is_file() && (m.dev(), m.ino()) == self.id);
+        let mut text = String::new();
+        let ours = same
+            && (&mut file).take(32).read_to_string(&mut text).is_ok()
+            && text.trim() == std::process::id().to_string();
         if ours {
-            let _ = std::fs::remove_file(&self.0);
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
