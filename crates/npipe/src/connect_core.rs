@@ -204,6 +204,7 @@ pub(crate) fn opening(
         name: name.canonical().to_string(),
         principal: String::new(),
         computer: String::new(),
+        local_user: None,
     };
     let mut out = Vec::with_capacity(64 + pipelined.map_or(0, |m| m.len() + 4));
     hello.encode(&mut out).map_err(Error::from)?;

@@ -71,6 +71,18 @@ pub(crate) fn cannot_impersonate() -> Error {
     )
 }
 
+/// A remote client whose gateway mapped it to no local user: there is no
+/// one on this machine to act as.
+pub(crate) fn unmapped_remote(principal: &crate::identity::RemotePrincipal) -> Error {
+    Error::new(
+        ErrorCode::CannotImpersonate,
+        format!(
+            "remote principal {principal} maps to no local user on this machine: \
+             map it at the gateway (npipe gateway --map {principal}=USER) to impersonate it"
+        ),
+    )
+}
+
 thread_local! {
     static IMPERSONATING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }

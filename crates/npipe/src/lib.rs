@@ -165,6 +165,8 @@ mod peer_process;
 #[cfg(target_os = "linux")]
 mod pipe;
 #[cfg(target_os = "linux")]
+mod remote_peer;
+#[cfg(target_os = "linux")]
 mod server_instance;
 #[cfg(target_os = "linux")]
 mod shm;

@@ -18,6 +18,7 @@ use crate::namespace::{self, Namespace, Published, ServerSocket};
 use crate::options::ServerOptions;
 use crate::peer_process::ClientProcess;
 use crate::proto::handshake::Hello;
+use crate::remote_peer::RemotePeer;
 use crate::server_instance::{InstancePool, ServerInstance};
 use crate::stream_core::{EndCore, Setup};
 use crate::sys::Socket;
@@ -113,16 +114,22 @@ impl ListenerState {
             ready.shm.is_none(),
             "the caller takes the shared memory first"
         );
+        // A remote client is who its gateway named, not the gateway.
+        let remote = RemotePeer::from_hello(&ready.hello);
+        let cred = match &remote {
+            Some(r) => r.credentials(ready.cred.pid),
+            None => ready.cred,
+        };
         let setup = Setup::for_server(
             &self.opts,
             &self.name,
             ready.granted,
             ready.cur_instances,
             ready.hello.max_message,
-            ready.cred,
+            cred,
             Arc::clone(&self.budget),
         );
-        let instance = ServerInstance::new(pool, ready.hello.impersonation, ready.process);
+        let instance = ServerInstance::new(pool, ready.hello.impersonation, ready.process, remote);
         let end = EndCore::new(setup, self.opts.effective_read_mode(), ready.leftover);
         (ready.socket, end, instance)
     }

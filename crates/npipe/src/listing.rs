@@ -254,6 +254,7 @@ fn query_file(
         name: asked,
         principal: String::new(),
         computer: String::new(),
+        local_user: None,
     };
     let mut out = Vec::new();
     hello.encode(&mut out).map_err(Error::from)?;

@@ -57,6 +57,7 @@ pub struct ServerOptions {
     pub(crate) memory_budget: usize,
     pub(crate) security: SecurityDescriptor,
     pub(crate) reject_remote_clients: bool,
+    pub(crate) trusted_gateways: Vec<u32>,
     pub(crate) shared_memory: bool,
 }
 
@@ -88,6 +89,7 @@ impl ServerOptions {
             memory_budget: 128 << 20,
             security: SecurityDescriptor::default_for_pipes(),
             reject_remote_clients: false,
+            trusted_gateways: Vec::new(),
             shared_memory: true,
         }
     }
@@ -112,11 +114,35 @@ impl ServerOptions {
         self
     }
 
-    /// `PIPE_REJECT_REMOTE_CLIENTS`: refuse clients that come through the
-    /// gateway from another machine.
+    /// `PIPE_REJECT_REMOTE_CLIENTS`: refuse clients that come through a
+    /// remote-pipe gateway from another machine (`ERROR_ACCESS_DENIED`, 5).
     pub fn reject_remote_clients(&mut self, reject: bool) -> &mut Self {
         self.reject_remote_clients = reject;
         self
+    }
+
+    /// Believes the remote identities that a gateway running as `user`
+    /// presents (`npipe gateway`: a remote client's certificate name, its
+    /// address, the local user it maps to). Root is always believed; any
+    /// other local process that claims a remote identity is refused with
+    /// `ERROR_ACCESS_DENIED`, so trust only the user a gateway runs as.
+    ///
+    /// ```
+    /// use npipe::{LocalUser, ServerOptions};
+    ///
+    /// let mut opts = ServerOptions::new();
+    /// opts.trust_gateway(LocalUser::by_name("65534").unwrap());
+    /// ```
+    pub fn trust_gateway(&mut self, user: LocalUser) -> &mut Self {
+        if !self.trusted_gateways.contains(&user.0) {
+            self.trusted_gateways.push(user.0);
+        }
+        self
+    }
+
+    /// Whether a peer running as `uid` may present a remote identity.
+    pub(crate) fn trusts_gateway(&self, uid: u32) -> bool {
+        uid == 0 || self.trusted_gateways.contains(&uid)
     }
 
     /// The open mode: inbound, outbound or duplex (default).

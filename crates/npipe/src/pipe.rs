@@ -16,9 +16,11 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::identity::{Identity, LocalGroup, LocalUser};
 use crate::info::{PeerCredentials, PipeInfo};
 use crate::peer_process::PeerProcess;
+use crate::remote_peer::RemotePeer;
 use crate::server_instance::ServerInstance;
 use crate::stream_core::EndCore;
 use crate::sys::Socket;
+use sealed::Role as _;
 
 /// A connected pipe end: a front end's connection I/O `S` in a role `R`.
 /// Use it through the names each front end gives it:
@@ -122,12 +124,21 @@ pub(crate) mod sealed {
     /// What a role adds to the end's view of the pipe.
     pub trait Role {
         fn complete_info(&self, info: &mut PipeInfo);
+        /// The remote client a gateway connected for (server ends only).
+        #[allow(private_interfaces)]
+        fn remote(&self) -> Option<&RemotePeer> {
+            None
+        }
     }
 }
 
 impl sealed::Role for ServerEnd {
     fn complete_info(&self, info: &mut PipeInfo) {
         info.cur_instances = self.instance.active_now();
+    }
+    #[allow(private_interfaces)]
+    fn remote(&self) -> Option<&RemotePeer> {
+        self.instance.remote()
     }
 }
 impl PipeRole for ServerEnd {}
@@ -148,9 +159,11 @@ impl<S: PipeIo, R: PipeRole> Pipe<S, R> {
     }
 
     /// Who is at the other end, as the kernel says: on the server end the
-    /// client, on the client end the server. A local pipe's peer is always
-    /// a [`Identity::Local`] user; remote pipes will name a client by the
-    /// principal its gateway authenticated.
+    /// client, on the client end the server. A local peer is a
+    /// [`Identity::Local`] user; a client that came through a trusted
+    /// remote-pipe gateway is the [`Identity::Remote`] principal the
+    /// gateway authenticated (its certificate's name), whatever local user
+    /// the gateway mapped it to.
     ///
     /// ```
     /// use npipe::{ClientOptions, Identity, LocalUser, ServerOptions};
@@ -164,7 +177,10 @@ impl<S: PipeIo, R: PipeRole> Pipe<S, R> {
     /// # Ok::<(), npipe::Error>(())
     /// ```
     pub fn peer_identity(&self) -> Identity {
-        Identity::Local(self.io.peer().user)
+        match self.role.remote() {
+            Some(remote) => Identity::Remote(remote.principal.clone()),
+            None => Identity::Local(self.io.peer().user),
+        }
     }
 }
 
@@ -186,7 +202,10 @@ impl<S: PipeIo> Pipe<S, ServerEnd> {
             .ok_or_else(|| Error::new(ErrorCode::Other, format!("{user} has no user name")))
     }
 
-    /// The client's credentials from the kernel (`SO_PEERCRED`).
+    /// The client's credentials from the kernel (`SO_PEERCRED`). For a
+    /// remote client: the local user and group its gateway mapped it to
+    /// (ids that name no one if unmapped: uid and gid `u32::MAX`) and the
+    /// gateway's pid.
     pub fn client_credentials(&self) -> crate::PeerCredentials {
         self.io.peer()
     }
@@ -225,8 +244,13 @@ impl<S: PipeIo> Pipe<S, ServerEnd> {
         self.io.peer().group
     }
 
-    /// The client's supplementary groups (`SO_PEERGROUPS`).
+    /// The client's supplementary groups (`SO_PEERGROUPS`); for a remote
+    /// client its mapped user's groups from the user database (none if
+    /// unmapped).
     pub fn client_groups(&self) -> crate::Result<Vec<LocalGroup>> {
+        if let Some(remote) = self.role.remote() {
+            return Ok(remote.groups().iter().copied().map(LocalGroup).collect());
+        }
         self.io
             .peer_groups()
             .map(|gids| gids.into_iter().map(LocalGroup).collect())
@@ -251,8 +275,9 @@ impl<S: PipeIo> Pipe<S, ServerEnd> {
     /// (Windows, which stores the session at connect, would still
     /// answer: ask while the client waits for you), or after
     /// [`disconnect`](Self::disconnect) (Windows then fails the call).
+    /// `None` for a remote client: it has no session on this machine.
     pub fn client_session_id(&self) -> Option<u32> {
-        if !self.role.instance.held() {
+        if !self.role.instance.held() || self.role.remote().is_some() {
             return None;
         }
         self.role
@@ -272,9 +297,10 @@ impl<S: PipeIo> Pipe<S, ServerEnd> {
         crate::peer_process::own_session()
     }
 
-    /// `GetNamedPipeClientComputerName`: `None` for a local client.
+    /// `GetNamedPipeClientComputerName`: `None` for a local client; for a
+    /// remote one the address it connected to the gateway from.
     pub fn client_computer_name(&self) -> Option<String> {
-        None
+        self.role.remote().map(|r| r.computer.clone())
     }
 
     /// Everything known about the client, in one go.
@@ -334,6 +360,9 @@ impl<S: PipeIo> Pipe<S, ServerEnd> {
     /// may: the client is still connected and granted impersonation.
     pub(crate) fn acting_ids(&self) -> crate::Result<(u32, u32, Vec<u32>)> {
         self.role.instance.may_impersonate()?;
+        if let Some(account) = self.role.remote().and_then(RemotePeer::local_account) {
+            return Ok(account);
+        }
         let peer = self.io.peer();
         let groups = self.client_groups()?.into_iter().map(|g| g.0).collect();
         Ok((peer.user.0, peer.group.0, groups))

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::error::ErrorCode;
-use crate::identity::{LocalGroup, LocalUser};
+use crate::identity::{Identity, LocalGroup, LocalUser, RemotePrincipal};
 use crate::info::PeerCredentials;
 use crate::name::PipeName;
 use crate::options::ServerOptions;
@@ -60,16 +60,18 @@ pub(crate) fn judge(
             format!("this server serves {:?}, not {:?}", name.name(), hello.name),
         );
     }
-    if !hello.principal.is_empty() || !hello.computer.is_empty() {
-        // Remote identity is taken only from a trusted gateway, which this
-        // build does not have: a local peer claiming one is refused.
-        return Verdict::Refuse(
-            ErrorCode::AccessDenied,
-            "only a trusted npipe gateway may present a remote identity".into(),
-        );
+    let remote = !hello.principal.is_empty() || !hello.computer.is_empty();
+    if remote {
+        if let Some(refusal) = judge_gateway(opts, hello, peer) {
+            return refusal;
+        }
     }
     let allowed = opts.direction.client_access();
-    let subject = subject(peer);
+    let subject = if remote {
+        Subject::remote(RemotePrincipal::new(hello.principal.clone()))
+    } else {
+        subject(peer)
+    };
     if hello.kind == HelloKind::Query {
         // What this peer could really get: the direction's access as far as
         // the descriptor grants it, not what the pipe offers in general.
@@ -78,7 +80,7 @@ pub(crate) fn judge(
             .rights_of(&subject, LocalUser(peer.server_uid));
         return match access_within(held, allowed) {
             Some(access) => Verdict::Describe(access),
-            None => Verdict::Refuse(ErrorCode::AccessDenied, nothing_granted(peer)),
+            None => Verdict::Refuse(ErrorCode::AccessDenied, nothing_granted(&subject)),
         };
     }
     let granted = hello.access.unwrap_or(allowed);
@@ -123,21 +125,54 @@ pub(crate) fn judge(
     Verdict::Connect { granted, patience }
 }
 
+/// Whether a HELLO that names a remote client is refused: only a gateway
+/// the server trusts (by its kernel uid) may name one, it must name a
+/// principal, and the pipe may reject remote clients altogether.
+fn judge_gateway(opts: &ServerOptions, hello: &Hello, peer: &Peer) -> Option<Verdict> {
+    let uid = peer.cred.user.0;
+    if !opts.trusts_gateway(uid) {
+        return Some(Verdict::Refuse(
+            ErrorCode::AccessDenied,
+            format!(
+                "uid {uid} is not a remote-pipe gateway this server trusts, so it may not \
+                 present a remote identity (the server trusts root and the users it names \
+                 with ServerOptions::trust_gateway or npipe serve --trust-gateway)"
+            ),
+        ));
+    }
+    if hello.principal.is_empty() {
+        return Some(Verdict::Refuse(
+            ErrorCode::BadPipe,
+            "a remote client's HELLO names a computer but no principal".into(),
+        ));
+    }
+    if opts.reject_remote_clients {
+        return Some(Verdict::Refuse(
+            ErrorCode::AccessDenied,
+            "this pipe rejects remote clients (PIPE_REJECT_REMOTE_CLIENTS)".into(),
+        ));
+    }
+    None
+}
+
 /// Judges a peer at accept, from its kernel credentials alone: `Some(reason)`
 /// if the descriptor grants it nothing, so that it is refused before it can
 /// hold anything on the server (a socket, a handshake slot, a buffer).
 ///
-/// A future gateway connects as its own (trusted) uid and names the remote
-/// client in HELLO; when it lands, its uid must pass here on the strength of
-/// the descriptor's remote entries.
+/// A trusted gateway passes whatever the descriptor says of its own user:
+/// it connects for remote clients, who are judged by their principal when
+/// its HELLO names them (and as the gateway's own user when it names none).
 pub(crate) fn refuse_at_accept(opts: &ServerOptions, peer: &Peer) -> Option<String> {
+    if opts.trusts_gateway(peer.cred.user.0) {
+        return None;
+    }
     let held = opts
         .security
         .rights_of(&subject(peer), LocalUser(peer.server_uid));
     if held.contains(Rights::READ) || held.contains(Rights::WRITE) {
         None
     } else {
-        Some(nothing_granted(peer))
+        Some(nothing_granted(&subject(peer)))
     }
 }
 
@@ -149,11 +184,16 @@ fn subject(peer: &Peer) -> Subject {
     )
 }
 
-fn nothing_granted(peer: &Peer) -> String {
-    format!(
-        "the pipe's security descriptor grants uid {} no access",
-        peer.cred.user.0
-    )
+fn nothing_granted(who: &Subject) -> String {
+    match &who.identity {
+        Identity::Local(user) => format!(
+            "the pipe's security descriptor grants uid {} no access",
+            user.0
+        ),
+        Identity::Remote(p) => {
+            format!("the pipe's security descriptor grants remote client {p} no access")
+        }
+    }
 }
 
 /// The part of `allowed` (what the direction offers) that `held` (what the
@@ -217,6 +257,7 @@ mod tests {
             name: name.into(),
             principal: String::new(),
             computer: String::new(),
+            local_user: None,
         }
     }
 

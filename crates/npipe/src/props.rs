@@ -31,6 +31,7 @@ prop_compose! {
         name in "[a-zé ]{1,40}",
         principal in "[A-Za-z=@.]{0,20}",
         computer in "[a-z.-]{0,20}",
+        local_user in proptest::option::of(any::<u32>()),
     ) -> Hello {
         Hello {
             kind: if query { HelloKind::Query } else { HelloKind::Connect },
@@ -45,6 +46,7 @@ prop_compose! {
             max_message,
             pipelined,
             name,
+            local_user: local_user.filter(|_| !principal.is_empty()),
             principal,
             computer,
         }

@@ -14,7 +14,8 @@
 //! descriptor := entry (";" entry)*          whitespace around tokens is ignored
 //! entry      := ("allow" | "deny") " " trustee "=" rights
 //!             | "owner" " " user            (the owner; default: the server's user)
-//! trustee    := "user:" user | "group:" group | "everyone" | "owner" | "remote:" principal
+//! trustee    := "user:" user | "group:" group | "everyone" | "owner" | "network"
+//!             | "remote:" principal         ("network" = "remote:*", Windows' NU)
 //! user       := a user name or a numeric uid
 //! group      := a group name or a numeric gid
 //! rights     := "r" | "w" | "rw" | "full"   ("full" = "rw")
@@ -454,15 +455,15 @@ pub(crate) fn parse_entry(text: &str) -> Result<Ace> {
     let trustee = match trustee.split_once(':') {
         None if trustee == "everyone" => Trustee::Everyone,
         None if trustee == "owner" => Trustee::Owner,
+        // Windows' NETWORK (NU): every client that came through a gateway.
+        None if trustee == "network" => Trustee::Remote("*".into()),
         Some(("user", u)) => Trustee::User(resolve_user(u)?),
         Some(("group", g)) => Trustee::Group(resolve_group(g)?),
         Some(("remote", p)) if !p.is_empty() => Trustee::Remote(p.to_string()),
-        _ => {
-            return Err(bad(
-                text,
-                "the trustee is user:NAME, group:NAME, everyone, owner or remote:PRINCIPAL",
-            ))
-        }
+        _ => return Err(bad(
+            text,
+            "the trustee is user:NAME, group:NAME, everyone, owner, network or remote:PRINCIPAL",
+        )),
     };
     Ok(Ace {
         kind: AceKind::Allow,

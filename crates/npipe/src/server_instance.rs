@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::impersonation::{cannot_impersonate, no_client_to_impersonate};
 use crate::peer_process::{ClientProcess, PeerProcess};
+use crate::remote_peer::RemotePeer;
 use crate::types::ImpersonationLevel;
 
 /// What a listener does for the instances its server ends hold.
@@ -23,6 +24,8 @@ pub(crate) struct ServerInstance {
     impersonation: ImpersonationLevel,
     /// The connecting process.
     process: ClientProcess,
+    /// The remote client, when a trusted gateway connected on its behalf.
+    remote: Option<RemotePeer>,
     held: bool,
 }
 
@@ -36,19 +39,27 @@ impl std::fmt::Debug for ServerInstance {
 }
 
 impl ServerInstance {
-    /// The instance of a connection fresh from accept, from `process`,
-    /// which granted `impersonation`.
+    /// The instance of a connection fresh from accept, from `process`
+    /// (for a remote client: its gateway, connecting for `remote`), which
+    /// granted `impersonation`.
     pub fn new(
         pool: Arc<dyn InstancePool>,
         impersonation: ImpersonationLevel,
         process: ClientProcess,
+        remote: Option<RemotePeer>,
     ) -> ServerInstance {
         ServerInstance {
             pool,
             impersonation,
             process,
+            remote,
             held: true,
         }
+    }
+
+    /// The remote client, if a gateway connected for one.
+    pub fn remote(&self) -> Option<&RemotePeer> {
+        self.remote.as_ref()
     }
 
     /// Whether a client is still connected to this end.
@@ -75,13 +86,19 @@ impl ServerInstance {
     }
 
     /// Why this end may not act as its client, if it may not: the client
-    /// is gone (1368) or granted identification only (1368).
+    /// is gone (1368), granted identification only (1368), or is a remote
+    /// principal its gateway mapped to no local user (1368).
     pub fn may_impersonate(&self) -> Result<()> {
         if !self.held {
             return Err(no_client_to_impersonate());
         }
         if self.impersonation != ImpersonationLevel::Impersonation {
             return Err(cannot_impersonate());
+        }
+        if let Some(remote) = &self.remote {
+            if remote.local_account().is_none() {
+                return Err(crate::impersonation::unmapped_remote(&remote.principal));
+            }
         }
         Ok(())
     }
@@ -131,7 +148,7 @@ mod tests {
         let pool = Arc::new(Pool::default());
         let (a, _b) = crate::sys::Socket::pair().unwrap();
         let process = ClientProcess::at_accept(&a, std::process::id());
-        let i = ServerInstance::new(pool.clone(), level, process);
+        let i = ServerInstance::new(pool.clone(), level, process, None);
         (pool, i)
     }
 

@@ -346,6 +346,7 @@ mod tests {
             name: "p".into(),
             principal: String::new(),
             computer: String::new(),
+            local_user: None,
         }
     }
 

@@ -18,8 +18,12 @@ pub const MAX_REASON_BYTES: usize = 512;
 
 /// Fixed part of HELLO.
 pub const HELLO_FIXED: usize = 24;
-/// The longest HELLO there can be.
-pub const HELLO_MAX: usize = HELLO_FIXED + MAX_NAME_BYTES + 2 * MAX_PRINCIPAL_BYTES;
+/// The longest HELLO there can be (with a gateway's local user).
+pub const HELLO_MAX: usize = HELLO_FIXED + MAX_NAME_BYTES + 2 * MAX_PRINCIPAL_BYTES + 4;
+/// HELLO flag bit 0: a pipelined framed message follows.
+const FLAG_PIPELINED: u8 = 1;
+/// HELLO flag bit 1: a u32 local uid follows the strings (gateway only).
+const FLAG_LOCAL_USER: u8 = 2;
 /// Fixed part of a REPLY (status and code).
 pub const REPLY_FIXED: usize = 12;
 /// Fixed part of the pipe description that follows an OK or INFO status.
@@ -71,6 +75,10 @@ pub struct Hello {
     pub principal: String,
     /// The remote computer name, set only by the gateway.
     pub computer: String,
+    /// The local user a gateway mapped the remote principal to (the user
+    /// the server impersonates for it), set only by the gateway and only
+    /// with a principal.
+    pub local_user: Option<u32>,
 }
 
 /// The pipe as the server describes it in OK and INFO replies.
@@ -229,7 +237,14 @@ impl Hello {
             ImpersonationLevel::Identification => 1,
             ImpersonationLevel::Impersonation => 2,
         });
-        out.push(u8::from(self.pipelined)); // flags: bit 0 = pipelined message
+        let mut flags = 0;
+        if self.pipelined {
+            flags |= FLAG_PIPELINED;
+        }
+        if self.local_user.is_some() {
+            flags |= FLAG_LOCAL_USER;
+        }
+        out.push(flags);
         out.extend_from_slice(&name_len.to_le_bytes());
         out.extend_from_slice(&self.wait_ms.to_le_bytes());
         out.extend_from_slice(&self.max_message.to_le_bytes());
@@ -238,6 +253,9 @@ impl Hello {
         push_str(out, &self.name);
         push_str(out, &self.principal);
         push_str(out, &self.computer);
+        if let Some(uid) = self.local_user {
+            out.extend_from_slice(&uid.to_le_bytes());
+        }
         Ok(())
     }
 
@@ -279,19 +297,21 @@ impl Hello {
                 })
             }
         };
-        if buf[9] & !1 != 0 {
+        if buf[9] & !(FLAG_PIPELINED | FLAG_LOCAL_USER) != 0 {
             return Err(ProtoError::BadValue {
                 field: "flags",
                 value: buf[9].into(),
             });
         }
-        let pipelined = buf[9] & 1 != 0;
+        let pipelined = buf[9] & FLAG_PIPELINED != 0;
+        let has_local_user = buf[9] & FLAG_LOCAL_USER != 0;
         let name_len = bounded_len(u16_at(buf, 10), MAX_NAME_BYTES, "name")?;
         let wait_ms = u32_at(buf, 12);
         let max_message = u32_at(buf, 16);
         let principal_len = bounded_len(u16_at(buf, 20), MAX_PRINCIPAL_BYTES, "principal")?;
         let computer_len = bounded_len(u16_at(buf, 22), MAX_PRINCIPAL_BYTES, "computer")?;
-        let total = HELLO_FIXED + name_len + principal_len + computer_len;
+        let strings = HELLO_FIXED + name_len + principal_len + computer_len;
+        let total = strings + if has_local_user { 4 } else { 0 };
         if buf.len() < total {
             return Ok(None);
         }
@@ -304,6 +324,14 @@ impl Hello {
         let name = take(name_len, "name")?;
         let principal = take(principal_len, "principal")?;
         let computer = take(computer_len, "computer")?;
+        let local_user = has_local_user.then(|| u32_at(buf, strings));
+        if local_user.is_some() && principal.is_empty() {
+            // A local user maps a remote principal; alone it means nothing.
+            return Err(ProtoError::BadValue {
+                field: "flags",
+                value: buf[9].into(),
+            });
+        }
         // Only a query may leave the name empty ("describe what you serve").
         if name.is_empty() && kind == HelloKind::Connect {
             return Err(ProtoError::BadValue {
@@ -322,6 +350,7 @@ impl Hello {
             name,
             principal,
             computer,
+            local_user,
         };
         Ok(Some((hello, total)))
     }
@@ -514,6 +543,7 @@ mod tests {
             name: "echo".into(),
             principal: String::new(),
             computer: String::new(),
+            local_user: None,
         };
         let mut wire = Vec::new();
         hello.encode(&mut wire).unwrap();
@@ -551,6 +581,7 @@ mod tests {
             name: "échø".into(),
             principal: String::new(),
             computer: "host1".into(),
+            local_user: None,
         }
     }
 
@@ -588,6 +619,34 @@ mod tests {
         let (h, used) = Hello::decode(&out).unwrap().unwrap();
         assert_eq!(h, hello());
         assert_eq!(used, out.len());
+    }
+
+    #[test]
+    fn a_gateways_local_user_rides_behind_the_strings() {
+        let mut remote = hello();
+        remote.principal = "ci-agent".into();
+        remote.local_user = Some(65534);
+        let mut out = Vec::new();
+        remote.encode(&mut out).unwrap();
+        assert_eq!(out[9], FLAG_PIPELINED | FLAG_LOCAL_USER);
+        assert_eq!(out[out.len() - 4..], 65534u32.to_le_bytes());
+        for cut in 0..out.len() {
+            assert_eq!(Hello::decode(&out[..cut]).unwrap(), None, "cut {cut}");
+        }
+        let (h, used) = Hello::decode(&out).unwrap().unwrap();
+        assert_eq!((h, used), (remote, out.len()));
+    }
+
+    #[test]
+    fn a_local_user_without_a_principal_is_malformed() {
+        let mut lone = hello();
+        lone.local_user = Some(0);
+        let mut out = Vec::new();
+        lone.encode(&mut out).unwrap();
+        assert!(matches!(
+            Hello::decode(&out),
+            Err(ProtoError::BadValue { field: "flags", .. })
+        ));
     }
 
     #[test]
@@ -629,7 +688,7 @@ mod tests {
     fn bad_fields_are_refused() {
         let mut good = Vec::new();
         hello().encode(&mut good).unwrap();
-        for (at, v) in [(5, 9u8), (6, 4), (7, 2), (8, 0), (9, 2)] {
+        for (at, v) in [(5, 9u8), (6, 4), (7, 2), (8, 0), (9, 4)] {
             let mut b = good.clone();
             b[at] = v;
             assert!(

@@ -1008,6 +1008,46 @@ pub fn user_name(uid: u32) -> Option<String> {
     })
 }
 
+/// The primary group of `uid` from the system's user database, if it has
+/// the user.
+pub fn primary_group(uid: u32) -> Option<u32> {
+    reentrant_lookup(1024, 1 << 20, |buf| {
+        // SAFETY: all-zero bytes are a valid `passwd`; getpwuid_r overwrites it.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is to a live local or to `buf`, whose length
+        // is passed.
+        let r =
+            unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+        (r, (!result.is_null()).then_some(pwd.pw_gid))
+    })
+}
+
+/// The groups the user database gives `user` (whose primary group is
+/// `gid`, listed first), at most 65536 of them.
+pub fn group_list(user: &str, gid: u32) -> Vec<u32> {
+    let Ok(cname) = std::ffi::CString::new(user) else {
+        return vec![gid];
+    };
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut n = groups.len() as libc::c_int;
+        // SAFETY: `cname` is NUL-terminated; `groups` has room for `n`
+        // entries and getgrouplist writes at most `n` of them, reporting the
+        // number it needs in `n` when they do not fit.
+        let r = unsafe { libc::getgrouplist(cname.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        let n = usize::try_from(n).unwrap_or(0);
+        if r >= 0 {
+            groups.truncate(n);
+            return groups;
+        }
+        if n <= groups.len() || n > 65536 {
+            return vec![gid];
+        }
+        groups.resize(n, 0);
+    }
+}
+
 /// The uid of a user name, from the system's user database.
 pub fn uid_of_user(name: &str) -> Option<u32> {
     let cname = std::ffi::CString::new(name).ok()?;

@@ -215,6 +215,7 @@ fn announced_but_unsent_messages_cost_the_server_nothing(front: Front) {
             name: name.clone(),
             principal: String::new(),
             computer: String::new(),
+            local_user: None,
         }
         .encode(&mut hello)
         .unwrap();

@@ -25,6 +25,7 @@ mod memory;
 mod mixes;
 mod names;
 mod peers;
+mod remote_identity;
 mod security;
 mod shared_memory;
 mod soak;

@@ -32,6 +32,7 @@ fn child_entry() {
         "drop_listener" => drop_listener(&args),
         "session_probe" => session_probe(&args),
         "raw" => raw(&args),
+        "claim_remote" => claim_remote(&args),
         "creds_probe" => creds_probe(),
         "lock_all" => lock_all(),
         "connect_and_leave" => connect_and_leave(&args),
@@ -489,6 +490,16 @@ fn raw(args: &[String]) {
     say(format!("write {outcome}"));
     let echoed = c.read_some(Duration::from_millis(500)).is_some();
     say(format!("echo {}", if echoed { "yes" } else { "no" }));
+}
+
+/// `claim_remote NAME PRINCIPAL`: a local process that presents a remote
+/// identity in its HELLO, as only a trusted gateway may. Reports the REPLY.
+fn claim_remote(args: &[String]) {
+    use crate::raw_client::{self as rc, RawClient};
+    let mut c = RawClient::connect(&args[0]).unwrap();
+    c.send(&rc::remote_hello(&args[0], &args[1], "10.9.8.7", Some(0)))
+        .unwrap();
+    say(format!("reply {:?}", c.reply().unwrap()));
 }
 
 /// `hog NAME COUNT`: opens COUNT connections to the pipe and says nothing on

@@ -44,6 +44,30 @@ pub fn hello(name: &str, kind: u8, access: u8, flags: u8) -> Vec<u8> {
     b
 }
 
+/// HELLO flags bit 1: a u32 local uid follows the strings (gateway only).
+pub const LOCAL_USER: u8 = 2;
+
+/// A connect HELLO (read and write) that names a remote client, as a
+/// gateway sends it: its principal, its computer, and the local user it
+/// maps to, if any.
+pub fn remote_hello(
+    name: &str,
+    principal: &str,
+    computer: &str,
+    local_user: Option<u32>,
+) -> Vec<u8> {
+    let flags = if local_user.is_some() { LOCAL_USER } else { 0 };
+    let mut b = hello(name, CONNECT, READ_WRITE, flags);
+    b[20..22].copy_from_slice(&(principal.len() as u16).to_le_bytes());
+    b[22..24].copy_from_slice(&(computer.len() as u16).to_le_bytes());
+    b.extend_from_slice(principal.as_bytes());
+    b.extend_from_slice(computer.as_bytes());
+    if let Some(uid) = local_user {
+        b.extend_from_slice(&uid.to_le_bytes());
+    }
+    b
+}
+
 /// [`hello`] for a client that waits for ever for a free instance.
 pub fn waiting_hello(name: &str, access: u8) -> Vec<u8> {
     let mut b = hello(name, CONNECT, access, 0);
