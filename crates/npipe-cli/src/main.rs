@@ -39,6 +39,8 @@ Quick start:
     npipe info echo         one pipe's type, direction, instances and owner
     npipe wait echo         WaitNamedPipe: until the pipe has a free instance
     sudo npipe setup        a root-owned pipe directory no user can take over
+    npipe cert ca certs     a CA for remote pipes (then `npipe cert issue`)
+    sudo npipe gateway ...  serve this host's pipes to \\HOST\pipe\NAME clients
 
 Errors print as `npipe: <message> [ERROR_NAME (win32 code)]`, with the Windows
 error a ported program would have seen from GetLastError().";
@@ -69,6 +71,8 @@ enum Command {
     Wait(cmd::wait::Args),
     Bench(npipe_bench::Args),
     Setup(cmd::setup::Args),
+    Gateway(cmd::gateway::Args),
+    Cert(cmd::cert::Args),
 }
 
 /// The processes `npipe demo` and `npipe bench` start of this program: run
@@ -130,6 +134,8 @@ fn main() -> ExitCode {
         Command::Wait(args) => cmd::wait::run(args),
         Command::Bench(args) => npipe_bench::run(args).map_err(Into::into),
         Command::Setup(args) => cmd::setup::run(args),
+        Command::Gateway(args) => cmd::gateway::run(args),
+        Command::Cert(args) => cmd::cert::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

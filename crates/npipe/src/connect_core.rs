@@ -133,17 +133,30 @@ pub(crate) fn not_a_message_pipe(name: &PipeName) -> Error {
 }
 
 /// Fails for a name this build cannot reach.
-pub(crate) fn check_reachable(name: &PipeName) -> Result<()> {
-    match name.host() {
-        Some(host) => Err(Error::new(
+pub(crate) fn check_reachable(name: &PipeName, opts: &ClientOptions) -> Result<()> {
+    let Some(host) = name.host() else {
+        return Ok(());
+    };
+    if !cfg!(all(feature = "remote", target_os = "linux")) {
+        return Err(Error::new(
             ErrorCode::BadNetPath,
             format!(
-                "{name}: remote pipes go through `npipe gateway` on {host}, which this \
-                 build cannot reach yet; use a local name (\\\\.\\pipe\\NAME)"
+                "{name}: remote pipes go through `npipe gateway` on {host}, and this build of \
+                 npipe has no remote support (its `remote` feature is off); use a local \
+                 name (\\\\.\\pipe\\NAME)"
             ),
-        )),
-        None => Ok(()),
+        ));
     }
+    if opts.expect_server.is_some() {
+        return Err(Error::new(
+            ErrorCode::InvalidParameter,
+            format!(
+                "{name}: expect_server checks a local server's kernel credentials; a remote \
+                 pipe's gateway is vouched for by its certificate (checked against your CA)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses a server that is anyone but `expect_server` asked for, before a

@@ -164,6 +164,8 @@ mod peek_io;
 mod peer_process;
 #[cfg(target_os = "linux")]
 mod pipe;
+#[cfg(all(target_os = "linux", feature = "remote"))]
+pub mod remote;
 #[cfg(target_os = "linux")]
 mod remote_peer;
 #[cfg(target_os = "linux")]

@@ -364,6 +364,20 @@ pub struct ClientOptions {
     pub(crate) wait_for_server: bool,
     pub(crate) read_timeout: Option<Duration>,
     pub(crate) shared_memory: bool,
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
+    pub(crate) remote: RemoteClientOptions,
+}
+
+/// Where a client finds its credentials for remote pipes, and which port
+/// their gateways listen on; each unset one falls back on its environment
+/// variable (`NPIPE_CERT`, `NPIPE_KEY`, `NPIPE_CA`, `NPIPE_GATEWAY_PORT`).
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(not(feature = "remote"), allow(dead_code))]
+pub(crate) struct RemoteClientOptions {
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+    pub ca: Option<std::path::PathBuf>,
+    pub port: Option<u16>,
 }
 
 impl Default for ClientOptions {
@@ -386,7 +400,51 @@ impl ClientOptions {
             wait_for_server: false,
             read_timeout: None,
             shared_memory: false,
+            remote: RemoteClientOptions::default(),
         }
+    }
+
+    /// The certificate and key this client shows the gateway of a remote
+    /// pipe (`\\HOST\pipe\NAME`), as PEM files (`npipe cert issue`
+    /// makes them); the certificate's common name is who the remote
+    /// server sees. Unset: the files named by `NPIPE_CERT` and
+    /// `NPIPE_KEY`. Local pipes ignore it.
+    ///
+    /// ```no_run
+    /// use npipe::ClientOptions;
+    ///
+    /// let reply = ClientOptions::new()
+    ///     .remote_certificate("certs/alice.crt", "certs/alice.key")
+    ///     .remote_ca("certs/ca.crt")
+    ///     .call(r"\\build-host\pipe\echo", b"hi")?;
+    /// # Ok::<(), npipe::Error>(())
+    /// ```
+    #[cfg(all(feature = "remote", target_os = "linux"))]
+    pub fn remote_certificate(
+        &mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> &mut Self {
+        self.remote.cert = Some(cert.into());
+        self.remote.key = Some(key.into());
+        self
+    }
+
+    /// The CA (a PEM file) that must have issued a remote pipe's gateway
+    /// certificate, for the host this client dials. Unset: the file named
+    /// by `NPIPE_CA`.
+    #[cfg(all(feature = "remote", target_os = "linux"))]
+    pub fn remote_ca(&mut self, ca: impl Into<std::path::PathBuf>) -> &mut Self {
+        self.remote.ca = Some(ca.into());
+        self
+    }
+
+    /// The TCP port of remote pipes' gateways (default 4455, or
+    /// `NPIPE_GATEWAY_PORT`).
+    #[cfg(all(feature = "remote", target_os = "linux"))]
+    pub fn gateway_port(&mut self, port: u16) -> &mut Self {
+        self.remote.port = Some(port);
+        self
     }
 
     /// Offers the server to carry this connection's data through shared

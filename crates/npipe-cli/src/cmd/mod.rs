@@ -1,10 +1,12 @@
 //! The commands, one module each, and the small helpers they share.
 
 pub mod call;
+pub mod cert;
 pub mod client;
 pub mod demo;
 pub mod exec;
 pub mod framing;
+pub mod gateway;
 pub mod info;
 pub mod list;
 pub mod serve;
@@ -162,6 +164,25 @@ pub struct ClientSecurity {
     /// What the server may do with your identity
     #[arg(long, value_enum, value_name = "LEVEL", default_value_t = LevelArg::Impersonation)]
     pub impersonation_level: LevelArg,
+
+    /// Remote pipes (\\HOST\pipe\NAME): your certificate, shown to the
+    /// gateway (default: $NPIPE_CERT)
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+
+    /// Remote pipes: your certificate's private key (default: $NPIPE_KEY)
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+
+    /// Remote pipes: the CA that issued the gateway's certificate
+    /// (default: $NPIPE_CA)
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+
+    /// Remote pipes: the gateway's port (default: $NPIPE_GATEWAY_PORT, else
+    /// 4455)
+    #[arg(long, value_name = "PORT")]
+    pub gateway_port: Option<u16>,
 }
 
 /// `SECURITY_IDENTIFICATION` or `SECURITY_IMPERSONATION`.
@@ -189,6 +210,15 @@ impl ClientSecurity {
             LevelArg::Identification => npipe::ImpersonationLevel::Identification,
             LevelArg::Impersonation => npipe::ImpersonationLevel::Impersonation,
         });
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            opts.remote_certificate(cert, key);
+        }
+        if let Some(ca) = &self.ca {
+            opts.remote_ca(ca);
+        }
+        if let Some(port) = self.gateway_port {
+            opts.gateway_port(port);
+        }
         Ok(())
     }
 }

@@ -209,6 +209,20 @@ pub struct Args {
     #[arg(verbatim_doc_comment, long, value_name = "DESCRIPTOR")]
     pub security: Option<String>,
 
+    /// Believe remote identities presented by a gateway running as USER
+    /// (a name or uid; repeatable)
+    ///
+    /// `npipe gateway` names each remote client (its certificate's name,
+    /// its address, its mapped local user) when it connects for it. Root is
+    /// always believed; anyone else who claims a remote identity is refused.
+    #[arg(verbatim_doc_comment, long, value_name = "USER")]
+    pub trust_gateway: Vec<String>,
+
+    /// Refuse clients that come through a gateway from another machine
+    /// (PIPE_REJECT_REMOTE_CLIENTS)
+    #[arg(long)]
+    pub reject_remote_clients: bool,
+
     /// Instead of echoing, answer each message with who the client is
     ///
     /// pid, uid, gid, user, groups and session, all from the kernel.
@@ -334,6 +348,16 @@ pub fn run(args: &Args) -> CmdResult {
     }
     let security = descriptor(args)?;
     opts.security(security.clone());
+    opts.reject_remote_clients(args.reject_remote_clients);
+    for user in &args.trust_gateway {
+        let gateway = npipe::LocalUser::by_name(user).ok_or_else(|| {
+            Failure::new(
+                Status::Usage,
+                format!("--trust-gateway: no such user {user:?}"),
+            )
+        })?;
+        opts.trust_gateway(gateway);
+    }
     raise_fd_limit();
     // One thread runs every connection: a task each, thousands at once with
     // little memory (impersonation goes to the blocking pool).
@@ -575,7 +599,7 @@ impl Drop for PidFile {
 /// Raises the limit on open files as far as allowed (to at least 65,536
 /// when the process may raise its hard limit, as root may), so that one
 /// server can hold as many clients as the system lets it.
-fn raise_fd_limit() {
+pub(crate) fn raise_fd_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     const WANTED: u64 = 65_536;
     let limit = getrlimit(Resource::Nofile);
@@ -738,6 +762,12 @@ async fn whoami_text(conn: &PipeServer, impersonate: bool) -> String {
             npipe::ImpersonationLevel::Impersonation => "impersonation",
         }
     );
+    if let npipe::Identity::Remote(principal) = conn.peer_identity() {
+        text = format!(
+            "remote={principal} computer={} {text}",
+            conn.client_computer_name().unwrap_or_default()
+        );
+    }
     if impersonate {
         // The thread's own effective uid, as the kernel sees it right now.
         let seen = conn

@@ -59,7 +59,7 @@ impl Pipe<PipeStream, ClientEnd> {
         let mut action = core.start();
         loop {
             action = match action {
-                Action::Connect => match connect_socket(name, core.needs_server_cred()) {
+                Action::Connect => match connect_socket(name, opts, core.needs_server_cred()) {
                     Ok((connected, cred)) => {
                         socket = Some(connected);
                         core.connected(cred, sys::user_name)
@@ -144,8 +144,19 @@ pub(crate) fn read_reply(socket: &Socket, limit: Duration) -> Result<Reply> {
 }
 
 /// A socket connected to the pipe, and its server's kernel credentials if
-/// they are needed now.
-fn connect_socket(name: &PipeName, cred: bool) -> Result<(Socket, Option<PeerCredentials>)> {
+/// they are needed now. A remote pipe's socket is the local end of the
+/// relay to its gateway, whose server no kernel here can name.
+fn connect_socket(
+    name: &PipeName,
+    opts: &ClientOptions,
+    cred: bool,
+) -> Result<(Socket, Option<PeerCredentials>)> {
+    #[cfg(feature = "remote")]
+    if name.host().is_some() {
+        let socket = crate::remote::client::connect_blocking(name, opts)?;
+        return Ok((socket, Some(PeerCredentials::UNKNOWN)));
+    }
+    let _ = opts;
     let socket = Namespace::client_connect(|ns| ns.connect(name))
         .map_err(|e| namespace::not_served(name, e))?;
     let cred = client_socket::server_cred(&socket, cred)?;

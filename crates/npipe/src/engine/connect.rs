@@ -117,7 +117,7 @@ impl<'a> ConnectCore<'a> {
 
     /// The first action.
     pub fn start(&mut self) -> Action {
-        if let Err(e) = connect_core::check_reachable(&self.name) {
+        if let Err(e) = connect_core::check_reachable(&self.name, &self.attempt) {
             return self.fail(e);
         }
         self.state = State::Connecting;

@@ -70,13 +70,15 @@ impl Pipe<PipeStream, ClientEnd> {
         let mut action = core.start();
         loop {
             action = match action {
-                Action::Connect => match connect_registered(name, core.needs_server_cred()).await {
-                    Ok((registered, cred)) => {
-                        fd = Some(registered);
-                        core.connected(cred, sys::user_name)
+                Action::Connect => {
+                    match connect_registered(name, opts, core.needs_server_cred()).await {
+                        Ok((registered, cred)) => {
+                            fd = Some(registered);
+                            core.connected(cred, sys::user_name)
+                        }
+                        Err(e) => core.failed(e, Instant::now()),
                     }
-                    Err(e) => core.failed(e, Instant::now()),
-                },
+                }
                 Action::Send(bytes) => {
                     let sent = send_all(fd.as_ref().expect("connected"), &bytes).await;
                     core.sent(sent, Instant::now())
@@ -117,8 +119,17 @@ impl Pipe<PipeStream, ClientEnd> {
 /// server's kernel credentials if they are needed now.
 async fn connect_registered(
     name: &PipeName,
+    opts: &ClientOptions,
     cred: bool,
 ) -> Result<(AsyncFd<Fd>, Option<PeerCredentials>)> {
+    // A remote pipe's socket is the local end of the relay to its gateway,
+    // whose server no kernel here can name.
+    #[cfg(feature = "remote")]
+    if name.host().is_some() {
+        let socket = crate::remote::client::connect_async(name, opts).await?;
+        return Ok((register(socket)?, Some(PeerCredentials::UNKNOWN)));
+    }
+    let _ = opts;
     let socket = loop {
         let tried = Namespace::client_connect(|ns| ns.try_connect(name));
         match tried.map_err(|e| namespace::not_served(name, e))? {

@@ -1,0 +1,264 @@
+//! `npipe gateway`: serve this host's pipes to remote clients over TLS 1.3
+//! with client certificates (what the SMB server does for Windows).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use npipe::remote::{Gateway, GatewayOptions};
+use npipe::LocalUser;
+
+use super::CmdResult;
+use crate::exit::{Failure, Status};
+
+const LONG_ABOUT: &str = r"Serve this host's pipes to remote clients (\\HOST\pipe\NAME).
+
+Clients on other machines open \\HOST\pipe\NAME; their connection comes here,
+over TLS 1.3 on port 4455. Each must show a certificate from the CA given with
+--ca; its common name is the remote principal. The gateway opens the local
+pipe for the client and names it to the server: the principal, the client's
+address (GetNamedPipeClientComputerName) and the local user --map gives it,
+as whom the server impersonates it. Unmapped principals are remote
+identities only: servers can check them (`allow remote:NAME=rw`) but not
+impersonate them.
+
+Servers believe a gateway only if it runs as root or as a user they trust
+(npipe serve --trust-gateway USER, ServerOptions::trust_gateway). Run it as
+root, or give --non-root once the servers trust its user.
+
+--config FILE reads the same settings from TOML (flags win):
+    listen = '0.0.0.0:4455'
+    cert = '/etc/npipe/gateway.crt'
+    key = '/etc/npipe/gateway.key'
+    ca = '/etc/npipe/ca.crt'
+    [principals.alice]
+    user = 'alice'                     # impersonated as alice
+    pipes = ['echo', 'builds\*']       # and reaches only these pipes
+    [principals.ci-agent]
+    pipes = ['builds\*']               # a remote identity only";
+
+const AFTER_HELP: &str = r"Examples:
+  sudo npipe gateway --cert certs/gw.crt --key certs/gw.key --ca certs/ca.crt --map alice=alice
+  sudo npipe gateway --config /etc/npipe/gateway.toml
+  npipe gateway --listen 127.0.0.1:4455 --config gw.toml --non-root   (servers trust its user)
+
+docs/REMOTE.md sets up two hosts step by step and runs the gateway as a
+systemd service.";
+
+/// Arguments of `npipe gateway`.
+#[derive(Debug, clap::Args)]
+#[command(
+    about = "Serve this host's pipes to remote clients over TLS (\\\\HOST\\pipe\\NAME)",
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP
+)]
+pub struct Args {
+    /// Address and port to listen on [default: 0.0.0.0:4455]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// The gateway's certificate (PEM; its hosts as subject alternative
+    /// names: `npipe cert issue NAME --host H`)
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+
+    /// The certificate's private key (PEM)
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// The CA whose client certificates are accepted (PEM)
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// Map a principal to the local user servers impersonate it as
+    /// (repeatable)
+    #[arg(long, value_name = "PRINCIPAL=USER")]
+    pub map: Vec<String>,
+
+    /// Settings from a TOML file (see above); flags win
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Run as a user other than root (the servers must trust it:
+    /// npipe serve --trust-gateway USER)
+    #[arg(long)]
+    pub non_root: bool,
+
+    /// Print nothing per connection
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// The settings, from the config file with the flags over them.
+#[derive(Debug, Default)]
+struct Settings {
+    listen: Option<SocketAddr>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    /// (principal, user name, pipes)
+    principals: Vec<(String, Option<String>, Option<Vec<String>>)>,
+}
+
+fn usage(what: impl Into<String>) -> Failure {
+    Failure::new(Status::Usage, what.into())
+}
+
+/// Reads `--config`: the keys above, anything else refused by name.
+fn read_config(path: &PathBuf) -> Result<Settings, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| usage(format!("{} is not valid TOML: {e}", path.display())))?;
+    let bad = |key: &str, want: &str| usage(format!("{}: `{key}` must be {want}", path.display()));
+    let string = |key: &str, v: &toml::Value| {
+        v.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| bad(key, "a string"))
+    };
+    let mut s = Settings::default();
+    for (key, value) in &table {
+        match key.as_str() {
+            "listen" => {
+                s.listen = Some(
+                    string(key, value)?
+                        .parse()
+                        .map_err(|_| bad(key, "an ADDRESS:PORT"))?,
+                )
+            }
+            "cert" => s.cert = Some(string(key, value)?.into()),
+            "key" => s.key = Some(string(key, value)?.into()),
+            "ca" => s.ca = Some(string(key, value)?.into()),
+            "principals" => {
+                let principals = value.as_table().ok_or_else(|| bad(key, "a table"))?;
+                for (principal, entry) in principals {
+                    let entry = entry
+                        .as_table()
+                        .ok_or_else(|| bad(principal, "a table with user and pipes"))?;
+                    let mut user = None;
+                    let mut pipes = None;
+                    for (k, v) in entry {
+                        match k.as_str() {
+                            "user" => user = Some(string(k, v)?),
+                            "pipes" => {
+                                let list = v.as_array().ok_or_else(|| bad(k, "a list of names"))?;
+                                pipes = Some(
+                                    list.iter()
+                                        .map(|p| string(k, p))
+                                        .collect::<Result<Vec<_>, _>>()?,
+                                );
+                            }
+                            other => {
+                                return Err(bad(other, "user or pipes (no other key is known)"))
+                            }
+                        }
+                    }
+                    s.principals.push((principal.to_string(), user, pipes));
+                }
+            }
+            other => {
+                return Err(usage(format!(
+                    "{}: unknown key `{other}` (known: listen, cert, key, ca, principals)",
+                    path.display()
+                )))
+            }
+        }
+    }
+    Ok(s)
+}
+
+fn settings(args: &Args) -> Result<Settings, Failure> {
+    let mut s = match &args.config {
+        Some(path) => read_config(path)?,
+        None => Settings::default(),
+    };
+    s.listen = args.listen.or(s.listen);
+    s.cert = args.cert.clone().or(s.cert);
+    s.key = args.key.clone().or(s.key);
+    s.ca = args.ca.clone().or(s.ca);
+    for map in &args.map {
+        let (principal, user) = map
+            .split_once('=')
+            .filter(|(p, u)| !p.is_empty() && !u.is_empty())
+            .ok_or_else(|| usage(format!("--map {map:?}: expected PRINCIPAL=USER")))?;
+        s.principals
+            .push((principal.to_string(), Some(user.to_string()), None));
+    }
+    Ok(s)
+}
+
+fn options(s: Settings) -> Result<GatewayOptions, Failure> {
+    let need = |v: Option<PathBuf>, flag: &str| {
+        v.ok_or_else(|| {
+            usage(format!(
+                "the gateway needs {flag} (or `{}` in --config)",
+                &flag[2..]
+            ))
+            .hint("make certificates with `npipe cert ca DIR` and `npipe cert issue`")
+        })
+    };
+    let mut opts = GatewayOptions::new(
+        need(s.cert, "--cert")?,
+        need(s.key, "--key")?,
+        need(s.ca, "--ca")?,
+    );
+    if let Some(listen) = s.listen {
+        opts.listen(listen);
+    }
+    for (principal, user, pipes) in s.principals {
+        if let Some(name) = user {
+            let local = LocalUser::by_name(&name).ok_or_else(|| {
+                usage(format!(
+                    "principal {principal}: no such local user {name:?}"
+                ))
+            })?;
+            opts.map(&principal, Some(local));
+        }
+        if let Some(pipes) = pipes {
+            opts.only_pipes(&principal, pipes);
+        }
+    }
+    Ok(opts)
+}
+
+/// Runs `npipe gateway`.
+pub fn run(args: &Args) -> CmdResult {
+    let me = LocalUser::current();
+    if me != LocalUser::ROOT && !args.non_root {
+        return Err(Failure::new(
+            Status::Usage,
+            format!(
+                "npipe gateway runs as {}, and servers believe remote identities only from \
+                 root unless told to trust another user",
+                me.name().unwrap_or_else(|| "this user".into())
+            ),
+        )
+        .hint(
+            "run it as root, or start the servers with `npipe serve --trust-gateway USER` \
+             (ServerOptions::trust_gateway) and give the gateway --non-root",
+        ));
+    }
+    let opts = options(settings(args)?)?;
+    super::serve::raise_fd_limit();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(Status::Other, format!("cannot start the runtime: {e}")))?;
+    let quiet = args.quiet;
+    runtime.block_on(async move {
+        let gateway = Gateway::bind(opts).await?;
+        let addr = gateway.local_addr()?;
+        println!("npipe gateway: serving this host's pipes on {addr} (TLS 1.3, client certificates required)");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let serving = gateway.serve(move |event| {
+            if !quiet {
+                println!("{event}");
+            }
+        });
+        tokio::select! {
+            result = serving => result.map_err(Failure::from),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
+}

@@ -1,0 +1,430 @@
+//! The gateway (`npipe gateway`): what the SMB server is to Windows'
+//! remote pipes. It accepts TLS 1.3 connections that show a client
+//! certificate from its CA, reads each client's HELLO, names the client in
+//! it (the certificate's common name as the principal, the address it came
+//! from as the computer, and the local user the principal maps to), opens
+//! the local pipe on the client's behalf, and from then on relays bytes
+//! both ways. Servers believe that naming only from a gateway they trust
+//! (root, or `ServerOptions::trust_gateway`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ::tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio_rustls::TlsAcceptor;
+
+use super::tls::{self, TlsFiles};
+use super::x509;
+use crate::error::{Error, ErrorCode, Result};
+use crate::identity::LocalUser;
+use crate::name::PipeName;
+use crate::namespace::{self, Namespace};
+use crate::proto::handshake::{Hello, Reply, HELLO_MAX};
+
+/// What a gateway serves, and for whom.
+///
+/// ```no_run
+/// use npipe::remote::GatewayOptions;
+/// use npipe::LocalUser;
+///
+/// let mut opts = GatewayOptions::new("gw.crt", "gw.key", "ca.crt");
+/// opts.listen("0.0.0.0:4455".parse().unwrap())
+///     .map("alice", LocalUser::by_name("alice"))
+///     .only_pipes("alice", ["echo", "builds\\*"]);
+/// # Ok::<(), npipe::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    listen: SocketAddr,
+    files: TlsFiles,
+    principals: HashMap<String, Principal>,
+    handshake_timeout: Duration,
+}
+
+/// What the gateway knows of one principal (names compared without ASCII
+/// case, as certificate names are).
+#[derive(Debug, Clone, Default)]
+struct Principal {
+    user: Option<u32>,
+    /// `None`: any pipe. Names in canonical (lower) case; a trailing `*`
+    /// matches any rest.
+    pipes: Option<Vec<String>>,
+}
+
+impl GatewayOptions {
+    /// A gateway with this certificate and key (PEM), accepting clients
+    /// whose certificates `ca` issued, on port 4455 of every address.
+    pub fn new(
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+        ca: impl Into<std::path::PathBuf>,
+    ) -> GatewayOptions {
+        GatewayOptions {
+            listen: SocketAddr::from(([0, 0, 0, 0], super::client::DEFAULT_PORT)),
+            files: TlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+                ca: ca.into(),
+            },
+            principals: HashMap::new(),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The address to listen on.
+    pub fn listen(&mut self, addr: SocketAddr) -> &mut Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Maps a principal (a certificate's common name) to the local user
+    /// servers act as when they impersonate it. `None` (or no mapping)
+    /// leaves it a remote identity only: servers cannot impersonate it.
+    pub fn map(&mut self, principal: &str, user: Option<LocalUser>) -> &mut Self {
+        self.principals
+            .entry(principal.to_ascii_lowercase())
+            .or_default()
+            .user = user.map(|u| u.0);
+        self
+    }
+
+    /// Lets `principal` reach only these pipes (names without `\\.\pipe\`,
+    /// any case; a trailing `*` matches any rest). Unrestricted otherwise.
+    pub fn only_pipes<I, S>(&mut self, principal: &str, pipes: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let pipes = pipes
+            .into_iter()
+            .map(|p| p.as_ref().to_lowercase())
+            .collect();
+        self.principals
+            .entry(principal.to_ascii_lowercase())
+            .or_default()
+            .pipes = Some(pipes);
+        self
+    }
+
+    /// How long a client may take over TLS and its HELLO (default 10 s).
+    pub fn handshake_timeout(&mut self, limit: Duration) -> &mut Self {
+        self.handshake_timeout = limit;
+        self
+    }
+
+    fn principal(&self, name: &str) -> Principal {
+        self.principals
+            .get(&name.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Principal {
+    fn may_reach(&self, canonical: &str) -> bool {
+        match &self.pipes {
+            None => true,
+            Some(pipes) => pipes.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => canonical.starts_with(prefix),
+                None => canonical == p,
+            }),
+        }
+    }
+}
+
+/// A bound gateway, ready to [`serve`](Gateway::serve).
+pub struct Gateway {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    opts: Arc<GatewayOptions>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("listener", &self.listener)
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What happened to one connection, for the gateway's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayEvent {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The principal, once TLS has authenticated one.
+    pub principal: Option<String>,
+    /// What happened.
+    pub what: String,
+}
+
+impl std::fmt::Display for GatewayEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.principal {
+            Some(p) => write!(f, "{} ({p}): {}", self.peer, self.what),
+            None => write!(f, "{}: {}", self.peer, self.what),
+        }
+    }
+}
+
+impl Gateway {
+    /// Reads the certificates and binds the listening address. Call from
+    /// within a tokio runtime.
+    pub async fn bind(opts: GatewayOptions) -> Result<Gateway> {
+        let config = tls::server_config(&opts.files)?;
+        let listener = TcpListener::bind(opts.listen)
+            .await
+            .map_err(|e| Error::os(e, &format!("cannot listen on {}", opts.listen)))?;
+        Ok(Gateway {
+            listener,
+            acceptor: TlsAcceptor::from(config),
+            opts: Arc::new(opts),
+        })
+    }
+
+    /// The address it listens on (with the port the system chose for 0).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .map_err(|e| Error::os(e, "cannot read the gateway's address"))
+    }
+
+    /// Serves clients until the task is dropped, each on a task of its own;
+    /// `log` hears of each connection's end (refusals and failures
+    /// included).
+    pub async fn serve(self, log: impl Fn(GatewayEvent) + Send + Sync + 'static) -> Result<()> {
+        let log = Arc::new(log);
+        loop {
+            let (tcp, peer) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, say: others may still close.
+                    log(GatewayEvent {
+                        peer: self.opts.listen,
+                        principal: None,
+                        what: format!("accept failed: {e}"),
+                    });
+                    ::tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let acceptor = self.acceptor.clone();
+            let opts = Arc::clone(&self.opts);
+            let log = Arc::clone(&log);
+            ::tokio::spawn(async move {
+                let mut principal = None;
+                let what = match serve_one(tcp, peer, acceptor, &opts, &mut principal).await {
+                    Ok(what) => what,
+                    Err(e) => e.to_string(),
+                };
+                log(GatewayEvent {
+                    peer,
+                    principal,
+                    what,
+                });
+            });
+        }
+    }
+}
+
+/// One client, from TLS to the end of its relay: what became of it.
+async fn serve_one(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    opts: &GatewayOptions,
+    principal_out: &mut Option<String>,
+) -> Result<String> {
+    let _ = tcp.set_nodelay(true);
+    let limit = opts.handshake_timeout;
+    let mut tls = match ::tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return Ok(format!("refused during TLS: {e}")),
+        Err(_) => return Ok("refused: TLS took too long".into()),
+    };
+    let principal = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|cert| x509::subject_common_name(cert));
+    let Some(principal) = principal else {
+        let why = "the client certificate has no common name, which names the remote principal";
+        refuse(&mut tls, ErrorCode::AccessDenied, why).await;
+        return Ok(format!("refused: {why}"));
+    };
+    *principal_out = Some(principal.clone());
+    let (mut hello, rest) = match ::tokio::time::timeout(limit, read_hello(&mut tls)).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(why)) => {
+            refuse(&mut tls, ErrorCode::BadPipe, &why).await;
+            return Ok(format!("refused: {why}"));
+        }
+        Err(_) => return Ok("dropped: no HELLO in time".into()),
+    };
+    if let Some((code, why)) = judge(&hello, &principal, opts) {
+        refuse(&mut tls, code, &why).await;
+        return Ok(format!("refused: {why}"));
+    }
+    let mapped = opts.principal(&principal).user;
+    hello.principal = principal;
+    hello.computer = peer.ip().to_string();
+    hello.local_user = mapped;
+    let pipe = match connect_local(&hello.name).await {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            refuse(&mut tls, e.code(), e.message()).await;
+            return Ok(format!("refused: {e}"));
+        }
+    };
+    let mut opening = Vec::with_capacity(HELLO_MAX + rest.len());
+    hello
+        .encode(&mut opening)
+        .map_err(|e| Error::new(ErrorCode::BadPipe, e.to_string()))?;
+    opening.extend_from_slice(&rest);
+    let mut pipe = pipe;
+    pipe.write_all(&opening)
+        .await
+        .map_err(|e| Error::os(e, "cannot write to the local pipe"))?;
+    match ::tokio::io::copy_bidirectional(&mut tls, &mut pipe).await {
+        Ok((up, down)) => Ok(format!(
+            "{:?}: relayed {up} bytes in, {down} out",
+            hello.name
+        )),
+        Err(e) => Ok(format!("{:?}: relay ended: {e}", hello.name)),
+    }
+}
+
+/// Reads until a whole HELLO is in: it, and what came behind it (a
+/// pipelined request), or why the bytes are no HELLO.
+async fn read_hello<S: ::tokio::io::AsyncRead + Unpin>(
+    tls: &mut S,
+) -> std::result::Result<(Hello, Vec<u8>), String> {
+    // A HELLO, and room for a read that carries some of what follows.
+    let mut buf = Vec::with_capacity(HELLO_MAX + 16 * 1024);
+    loop {
+        match Hello::decode(&buf) {
+            Ok(Some((hello, used))) => return Ok((hello, buf.split_off(used))),
+            Ok(None) if buf.len() >= HELLO_MAX => {
+                return Err("the HELLO is longer than any HELLO can be".into())
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("malformed HELLO: {e}")),
+        }
+        let room = HELLO_MAX + 16 * 1024 - buf.len();
+        let mut chunk = vec![0u8; room];
+        match tls.read(&mut chunk).await {
+            Ok(0) => return Err("the client closed before its HELLO was whole".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("reading the HELLO failed: {e}")),
+        }
+    }
+}
+
+/// Why this HELLO from `principal` goes no further, if it does not.
+fn judge(hello: &Hello, principal: &str, opts: &GatewayOptions) -> Option<(ErrorCode, String)> {
+    if !hello.principal.is_empty() || !hello.computer.is_empty() || hello.local_user.is_some() {
+        return Some((
+            ErrorCode::AccessDenied,
+            "a remote client may not name a principal, computer or user: the gateway names it \
+             from its certificate"
+                .into(),
+        ));
+    }
+    if !opts.principal(principal).may_reach(&hello.name) {
+        return Some((
+            ErrorCode::AccessDenied,
+            format!(
+                "remote principal {principal} may not reach pipe {:?} through this gateway",
+                hello.name
+            ),
+        ));
+    }
+    None
+}
+
+/// Connects to the local pipe the HELLO names.
+async fn connect_local(canonical: &str) -> Result<UnixStream> {
+    let name = PipeName::parse(canonical)?;
+    if name.host().is_some() {
+        return Err(Error::new(
+            ErrorCode::BadNetPath,
+            "a gateway serves its own host's pipes only",
+        ));
+    }
+    let socket = loop {
+        let tried = Namespace::client_connect(|ns| ns.try_connect(&name));
+        match tried.map_err(|e| namespace::not_served(&name, e))? {
+            Some(socket) => break socket,
+            // The server's backlog is full; its acceptor drains it.
+            None => ::tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    };
+    let std = std::os::unix::net::UnixStream::from(OwnedFd::from(socket));
+    UnixStream::from_std(std).map_err(|e| Error::os(e, "cannot register the local pipe's socket"))
+}
+
+/// Answers the HELLO with a refusal and ends TLS.
+async fn refuse<S: ::tokio::io::AsyncWrite + Unpin>(tls: &mut S, code: ErrorCode, why: &str) {
+    let mut out = Vec::new();
+    let reply = Reply::Refused {
+        code: code.win32(),
+        reason: why.to_string(),
+    };
+    if reply.encode(&mut out).is_ok() {
+        let _ = tls.write_all(&out).await;
+    }
+    let _ = tls.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn principals_reach_the_pipes_they_are_allowed() {
+        let mut opts = GatewayOptions::new("c", "k", "ca");
+        opts.only_pipes("Alice", ["echo", "builds\\*"]);
+        let alice = opts.principal("ALICE");
+        assert!(alice.may_reach("echo"));
+        assert!(alice.may_reach("builds\\nightly"));
+        assert!(!alice.may_reach("echo2"));
+        assert!(!alice.may_reach("secrets"));
+        assert!(opts.principal("bob").may_reach("secrets"), "unrestricted");
+    }
+
+    #[test]
+    fn a_client_cannot_name_itself() {
+        let opts = GatewayOptions::new("c", "k", "ca");
+        let mut hello = Hello {
+            kind: crate::proto::handshake::HelloKind::Connect,
+            access: None,
+            read_mode: crate::ReadMode::Byte,
+            impersonation: crate::ImpersonationLevel::Impersonation,
+            wait_ms: 0,
+            max_message: 0,
+            pipelined: false,
+            name: "echo".into(),
+            principal: String::new(),
+            computer: String::new(),
+            local_user: None,
+        };
+        assert_eq!(judge(&hello, "alice", &opts), None);
+        hello.principal = "root".into();
+        let (code, _) = judge(&hello, "alice", &opts).unwrap();
+        assert_eq!(code, ErrorCode::AccessDenied);
+    }
+
+    #[test]
+    fn a_mapped_principal_keeps_its_user() {
+        let mut opts = GatewayOptions::new("c", "k", "ca");
+        opts.map("CI-Agent", Some(LocalUser(65534)));
+        assert_eq!(opts.principal("ci-agent").user, Some(65534));
+        assert_eq!(opts.principal("other").user, None);
+    }
+}

@@ -1,0 +1,58 @@
+//! Remote pipes: `\\HOST\pipe\NAME` over TLS 1.3 with client certificates
+//! (the `remote` feature, Linux).
+//!
+//! Windows carries remote pipes over SMB with the user's logon; npipe
+//! carries them to [`Gateway`] (`npipe gateway`) on HOST, port 4455:
+//!
+//! - A client opens or calls a remote name as any other; its certificate,
+//!   key and CA come from [`ClientOptions`](crate::ClientOptions)
+//!   (`remote_certificate`, `remote_ca`, `gateway_port`) or from
+//!   `NPIPE_CERT`, `NPIPE_KEY`, `NPIPE_CA` and `NPIPE_GATEWAY_PORT`.
+//!   Every pipe feature works remotely: the local connect and data path
+//!   run unchanged over a relay to the TLS connection.
+//! - The gateway verifies the client certificate against its CA, takes its
+//!   common name as the remote principal, opens the local pipe for it and
+//!   names it in the HELLO, with the client's address and the local user
+//!   the principal maps to.
+//! - Servers believe that only from a gateway they trust (root, or
+//!   [`ServerOptions::trust_gateway`](crate::ServerOptions::trust_gateway)),
+//!   refuse remote clients with
+//!   [`reject_remote_clients`](crate::ServerOptions::reject_remote_clients),
+//!   match `remote:PRINCIPAL` and `network` descriptor entries, and
+//!   impersonate a remote client as its mapped user (1368 without one).
+//!
+//! ```no_run
+//! # async fn run() -> npipe::Result<()> {
+//! use npipe::remote::{Gateway, GatewayOptions};
+//!
+//! let mut opts = GatewayOptions::new("gw.crt", "gw.key", "ca.crt");
+//! opts.map("alice", npipe::LocalUser::by_name("alice"));
+//! let gateway = Gateway::bind(opts).await?;
+//! gateway.serve(|event| eprintln!("{event}")).await
+//! # }
+//! ```
+//!
+//! `docs/REMOTE.md` sets it up step by step.
+
+pub(crate) mod client;
+mod gateway;
+mod tls;
+mod x509;
+
+pub use client::DEFAULT_PORT;
+pub use gateway::{Gateway, GatewayEvent, GatewayOptions};
+pub use tls::TlsFiles;
+
+/// The remote principal a certificate names (its subject's common name),
+/// read from the first certificate of a PEM file: who a client holding it
+/// is to servers behind a gateway.
+pub fn principal_of(pem_file: impl AsRef<std::path::Path>) -> crate::Result<String> {
+    let path = pem_file.as_ref();
+    let cert = tls::first_certificate(path)?;
+    x509::subject_common_name(&cert).ok_or_else(|| {
+        crate::Error::new(
+            crate::ErrorCode::InvalidParameter,
+            format!("{} names no common name", path.display()),
+        )
+    })
+}
