@@ -26,6 +26,8 @@ mod mixes;
 mod names;
 mod peers;
 mod remote_identity;
+#[cfg(feature = "remote")]
+mod remote_pipes;
 mod security;
 mod shared_memory;
 mod soak;

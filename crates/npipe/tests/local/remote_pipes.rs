@@ -1,0 +1,473 @@
+//! Remote pipes end to end on loopback: a client opens
+//! `\\127.0.0.1\pipe\NAME`, goes over TLS 1.3 to a gateway in this process,
+//! which opens the local pipe for it. Certificates come from a CA made
+//! here (rcgen); the server, the gateway and the client talk only through
+//! the kernel (TCP and Unix sockets).
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use npipe::remote::{Gateway, GatewayOptions};
+use npipe::{
+    ClientOptions, ErrorCode, Identity, LocalUser, MessageRead, PipeType, RemotePrincipal,
+    ServerOptions, Wait,
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+use crate::common::{unique, TempDir};
+
+/// A CA and certificates signed by it, as PEM files in a directory.
+struct Certs {
+    dir: TempDir,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Certs {
+    fn new(tag: &str) -> Certs {
+        let dir = TempDir::new(tag);
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("test CA {tag}"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("ca.crt"), cert.pem()).unwrap();
+        Certs {
+            dir,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// `NAME.crt` and `NAME.key`, for 127.0.0.1 and valid from a day ago
+    /// for `days` days (negative: expired).
+    fn issue(&self, name: &str, days: i64) -> (PathBuf, PathBuf) {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
+        let today = std::time::SystemTime::now();
+        params.not_before = (today - Duration::from_secs(2 * 86_400)).into();
+        params.not_after = if days < 0 {
+            (today - Duration::from_secs(86_400)).into()
+        } else {
+            (today + Duration::from_secs(days as u64 * 86_400)).into()
+        };
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (crt, pem_key) = (
+            self.dir.path().join(format!("{name}.crt")),
+            self.dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&crt, cert.pem()).unwrap();
+        std::fs::write(&pem_key, key.serialize_pem()).unwrap();
+        (crt, pem_key)
+    }
+}
+
+/// A gateway on a loopback port of its own, on a thread of its own.
+struct TestGateway {
+    addr: SocketAddr,
+    certs: Certs,
+}
+
+fn gateway(tag: &str, configure: impl FnOnce(&mut GatewayOptions)) -> TestGateway {
+    let certs = Certs::new(tag);
+    let (crt, key) = certs.issue("gateway", 30);
+    let mut opts = GatewayOptions::new(crt, key, certs.ca());
+    opts.listen("127.0.0.1:0".parse().unwrap());
+    configure(&mut opts);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let gateway = Gateway::bind(opts).await.unwrap();
+            tx.send(gateway.local_addr().unwrap()).unwrap();
+            gateway.serve(|_| ()).await.unwrap();
+        });
+    });
+    TestGateway {
+        addr: rx.recv().unwrap(),
+        certs,
+    }
+}
+
+impl TestGateway {
+    /// Client options with `who`'s certificate (made now) and this CA.
+    fn client(&self, who: &str) -> ClientOptions {
+        let (crt, key) = self.certs.issue(who, 30);
+        self.client_with(&crt, &key, &self.certs.ca())
+    }
+
+    fn client_with(&self, crt: &Path, key: &Path, ca: &Path) -> ClientOptions {
+        let mut o = ClientOptions::new();
+        o.remote_certificate(crt, key)
+            .remote_ca(ca)
+            .gateway_port(self.addr.port());
+        o
+    }
+}
+
+fn remote(name: &str) -> String {
+    format!(r"\\127.0.0.1\pipe\{name}")
+}
+
+/// A server as the gateway's servers are: it trusts this process's user
+/// (root is trusted anyway), with `sd` as its descriptor.
+fn server(sd: &str) -> ServerOptions {
+    let mut o = ServerOptions::new();
+    o.trust_gateway(LocalUser::current())
+        .security(sd.parse().unwrap());
+    o
+}
+
+/// Echoes every message of every connection, each on a thread.
+fn echo_server(listener: npipe::PipeListener) {
+    std::thread::spawn(move || {
+        while let Ok(mut conn) = listener.accept() {
+            std::thread::spawn(move || {
+                while let Ok(m) = conn.recv_message() {
+                    if conn.write_message(&m).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn a_call_through_the_gateway_is_answered_and_the_server_sees_the_principal() {
+    let gw = gateway("remote-call", |_| ());
+    let name = unique("remote-call");
+    let listener = server("allow owner=full; allow network=rw")
+        .create(&name)
+        .unwrap();
+    let seen = std::thread::spawn(move || {
+        let mut conn = listener.accept().unwrap();
+        let request = conn.recv_message().unwrap();
+        conn.write_message(&request).unwrap();
+        (conn.peer_identity(), conn.client_computer_name())
+    });
+    let reply = gw
+        .client("alice")
+        .call(remote(&name).as_str(), b"hi")
+        .unwrap();
+    assert_eq!(reply, b"hi");
+    let (who, computer) = seen.join().unwrap();
+    assert_eq!(who, Identity::Remote(RemotePrincipal::new("alice")));
+    assert_eq!(computer.as_deref(), Some("127.0.0.1"));
+}
+
+#[test]
+fn every_pipe_feature_works_remotely() {
+    let gw = gateway("remote-features", |_| ());
+    let opts = gw.client("alice");
+    // Messages: a large one whole, *more data*, peek, transact.
+    let name = unique("remote-msg");
+    echo_server(server("allow everyone=full").create(&name).unwrap());
+    let mut c = opts.open(remote(&name).as_str()).unwrap();
+    let big: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    c.write_message(&big).unwrap();
+    assert_eq!(c.recv_message().unwrap(), big);
+    c.write_message(b"0123456789").unwrap();
+    let mut peeked = [0u8; 4];
+    let p = loop {
+        let p = c.peek(&mut peeked).unwrap();
+        if p.copied > 0 {
+            break p;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!((&peeked[..], p.message_left), (&b"0123"[..], 6));
+    let mut buf = [0u8; 4];
+    assert_eq!(c.read_message(&mut buf).unwrap(), MessageRead::MoreData(4));
+    let mut rest = [0u8; 16];
+    assert_eq!(c.read_message(&mut rest).unwrap(), MessageRead::Complete(6));
+    assert_eq!(c.transact(b"ping").unwrap(), b"ping");
+    assert_eq!(c.info().pipe_type, PipeType::Message);
+
+    // A byte pipe: a stream both ways.
+    let name = unique("remote-bytes");
+    let listener = server("allow everyone=full")
+        .pipe_type(PipeType::Byte)
+        .create(&name)
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut conn = listener.accept().unwrap();
+        let mut all = Vec::new();
+        conn.read_to_end(&mut all).unwrap();
+        conn.write_all(&all).unwrap();
+    });
+    let mut c = opts.open(remote(&name).as_str()).unwrap();
+    c.write_all(b"a stream of bytes").unwrap();
+    c.shutdown_write().unwrap();
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"a stream of bytes");
+
+    // Waiting for a free instance (WaitNamedPipe) across the gateway.
+    let name = unique("remote-wait");
+    let listener = server("allow everyone=full")
+        .max_instances(1)
+        .create(&name)
+        .unwrap();
+    let first = opts.open(remote(&name).as_str()).unwrap();
+    let held = listener.accept().unwrap();
+    let busy = opts.open(remote(&name).as_str()).unwrap_err();
+    assert_eq!(busy.code(), ErrorCode::PipeBusy);
+    let mut waiting = opts.clone();
+    waiting.wait(Wait::Timeout(Duration::from_secs(20)));
+    let path = remote(&name);
+    let second = std::thread::spawn(move || waiting.open(path.as_str()).map(|_| ()));
+    std::thread::sleep(Duration::from_millis(100));
+    drop((first, held));
+    let _next = listener.accept().unwrap();
+    second.join().unwrap().unwrap();
+}
+
+#[test]
+fn certificates_the_gateway_does_not_accept_are_refused_during_tls() {
+    let gw = gateway("remote-refuse", |_| ());
+    let name = unique("remote-refuse");
+    echo_server(server("allow everyone=full").create(&name).unwrap());
+    let path = remote(&name);
+
+    let stranger = Certs::new("remote-stranger");
+    let (crt, key) = stranger.issue("eve", 30);
+    let e = gw
+        .client_with(&crt, &key, &gw.certs.ca())
+        .call(path.as_str(), b"x")
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AccessDenied, "{e}");
+    assert!(e.to_string().contains("during TLS"), "{e}");
+
+    let (crt, key) = gw.certs.issue("late", -1);
+    let e = gw
+        .client_with(&crt, &key, &gw.certs.ca())
+        .call(path.as_str(), b"x")
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AccessDenied, "{e}");
+    assert!(e.to_string().to_lowercase().contains("expired"), "{e}");
+
+    // This client does not trust the gateway's CA: it refuses the gateway.
+    let (crt, key) = gw.certs.issue("careful", 30);
+    let e = gw
+        .client_with(&crt, &key, &stranger.ca())
+        .call(path.as_str(), b"x")
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AccessDenied, "{e}");
+    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+
+    // No certificate at all: TLS itself, without npipe's client.
+    let e = no_certificate_hello(gw.addr, &gw.certs.ca(), &name);
+    assert!(e.contains("CertificateRequired"), "{e}");
+
+    // And a good one still goes through.
+    assert_eq!(
+        gw.client("alice").call(path.as_str(), b"ok").unwrap(),
+        b"ok"
+    );
+}
+
+/// Speaks TLS 1.3 to the gateway without a client certificate, sends a
+/// HELLO, and returns how reading the answer failed.
+fn no_certificate_hello(addr: SocketAddr, ca: &Path, name: &str) -> String {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let server_name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), server_name).unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let hello = crate::raw_client::hello(name, crate::raw_client::CONNECT, 3, 0);
+    match tls
+        .write_all(&hello)
+        .and_then(|()| tls.read(&mut [0u8; 64]))
+    {
+        Ok(n) => format!("read {n} bytes"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn reject_remote_clients_and_principal_entries_hold_through_the_gateway() {
+    let gw = gateway("remote-rules", |_| ());
+    let name = unique("remote-reject");
+    let mut o = server("allow everyone=full");
+    o.reject_remote_clients(true);
+    echo_server(o.create(&name).unwrap());
+    let e = gw
+        .client("alice")
+        .call(remote(&name).as_str(), b"x")
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AccessDenied);
+    assert!(e.to_string().contains("PIPE_REJECT_REMOTE_CLIENTS"), "{e}");
+
+    let name = unique("remote-entry");
+    echo_server(
+        server("allow owner=full; allow remote:alice=rw")
+            .create(&name)
+            .unwrap(),
+    );
+    let path = remote(&name);
+    assert_eq!(gw.client("alice").call(path.as_str(), b"a").unwrap(), b"a");
+    let e = gw.client("bob").call(path.as_str(), b"b").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AccessDenied);
+    assert!(e.to_string().contains("remote client bob"), "{e}");
+}
+
+#[test]
+fn the_gateway_keeps_principals_to_their_pipes() {
+    let gw = gateway("remote-only", |o| {
+        o.only_pipes("alice", ["t-remote-allowed*"]);
+    });
+    let allowed = unique("remote-allowed");
+    echo_server(server("allow everyone=full").create(&allowed).unwrap());
+    let other = unique("remote-other");
+    echo_server(server("allow everyone=full").create(&other).unwrap());
+    let alice = gw.client("alice");
+    assert_eq!(alice.call(remote(&allowed).as_str(), b"a").unwrap(), b"a");
+    let e = alice.call(remote(&other).as_str(), b"a").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AccessDenied);
+    assert!(e.to_string().contains("may not reach"), "{e}");
+}
+
+#[test]
+fn a_mapped_principal_is_impersonated_and_an_unmapped_one_is_not() {
+    if !crate::common::can_run_as(65534, "a_mapped_principal_is_impersonated") {
+        return;
+    }
+    let gw = gateway("remote-map", |o| {
+        o.map("alice", Some(LocalUser::from(65534)));
+    });
+    let name = unique("remote-map");
+    let listener = server("allow everyone=full").create(&name).unwrap();
+    let serving = std::thread::spawn(move || {
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            let mut conn = listener.accept().unwrap();
+            let _ = conn.recv_message().unwrap();
+            let answer = match conn.spawn_as_client(
+                std::process::Command::new("id")
+                    .arg("-u")
+                    .stdout(std::process::Stdio::piped()),
+            ) {
+                Ok(child) => {
+                    let out = child.wait_with_output().unwrap();
+                    String::from_utf8_lossy(&out.stdout).trim().to_string()
+                }
+                Err(e) => format!("refused {}", e.win32_code()),
+            };
+            conn.write_message(answer.as_bytes()).unwrap();
+            answers.push(answer);
+        }
+        answers
+    });
+    let path = remote(&name);
+    assert_eq!(
+        gw.client("alice").call(path.as_str(), b"?").unwrap(),
+        b"65534"
+    );
+    assert_eq!(
+        gw.client("bob").call(path.as_str(), b"?").unwrap(),
+        b"refused 1368"
+    );
+    serving.join().unwrap();
+}
+
+#[test]
+fn a_thousand_remote_clients_at_once_are_all_served() {
+    raise_fd_limit(16_384);
+    let gw = gateway("remote-1000", |_| ());
+    let name = unique("remote-1000");
+    let opts = gw.client("alice");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let listener = server("allow everyone=full").create_async(&name).unwrap();
+        tokio::spawn(async move {
+            loop {
+                let mut conn = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    while let Ok(m) = conn.recv_message().await {
+                        if conn.write_message(&m).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let path = remote(&name);
+        // All open at once, then each talks: every one held a connection
+        // through the gateway at the same time.
+        let opens = (0..1000).map(|_| {
+            let (opts, path) = (opts.clone(), path.clone());
+            tokio::spawn(async move {
+                let mut o = opts;
+                o.wait(Wait::Timeout(Duration::from_secs(60)));
+                o.open_async(path.as_str()).await
+            })
+        });
+        let mut clients = Vec::new();
+        for open in opens.collect::<Vec<_>>() {
+            clients.push(open.await.unwrap().unwrap());
+        }
+        let talks = clients.into_iter().enumerate().map(|(i, mut c)| {
+            tokio::spawn(async move {
+                let msg = format!("client {i}");
+                c.write_message(msg.as_bytes()).await.unwrap();
+                assert_eq!(c.recv_message().await.unwrap(), msg.as_bytes());
+            })
+        });
+        for talk in talks.collect::<Vec<_>>() {
+            talk.await.unwrap();
+        }
+    });
+}
+
+fn raise_fd_limit(wanted: u64) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let hard = limit.maximum.map_or(wanted, |h| h.max(wanted));
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        },
+    );
+}
