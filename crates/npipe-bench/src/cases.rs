@@ -34,6 +34,24 @@ pub enum Kind {
     /// As `Connect`, through `npipe::call` (`CallNamedPipe`), which sends
     /// the request with the handshake.
     Call,
+    /// As `Transact`, through the remote-pipe gateway (`remote.rs`), against
+    /// raw TLS 1.3 over TCP.
+    RemoteTransact,
+    /// As `Bytes`, through the gateway, against raw TLS.
+    RemoteBytes,
+    /// As `Connect`, through the gateway, against raw TLS (a TCP connect and
+    /// a TLS handshake each).
+    RemoteConnect,
+}
+
+impl Kind {
+    /// Whether the case goes through the gateway (`remote.rs`).
+    pub fn is_remote(self) -> bool {
+        matches!(
+            self,
+            Kind::RemoteTransact | Kind::RemoteBytes | Kind::RemoteConnect
+        )
+    }
 }
 
 /// Which way is better for a figure.
@@ -185,6 +203,33 @@ pub const CASES: &[Case] = &[
         kind: Kind::Call,
         size: 64,
         count: 5_000,
+        unit: Unit::ConnPerSec,
+        target: None,
+    },
+    // Remote pipes through the gateway, against raw TLS 1.3 on loopback.
+    // The targets are the remote-pipe issue's: the gateway adds one local
+    // hop.
+    Case {
+        name: "remote_transact_64b",
+        kind: Kind::RemoteTransact,
+        size: 64,
+        count: 5_000,
+        unit: Unit::Micros,
+        target: Some(1.5),
+    },
+    Case {
+        name: "remote_throughput_64k",
+        kind: Kind::RemoteBytes,
+        size: 64 * KIB,
+        count: 4 * 1024, // 256 MiB
+        unit: Unit::GibPerSec,
+        target: Some(0.80),
+    },
+    Case {
+        name: "remote_connect_rate",
+        kind: Kind::RemoteConnect,
+        size: 64,
+        count: 1_000,
         unit: Unit::ConnPerSec,
         target: None,
     },
@@ -352,6 +397,9 @@ pub fn run_npipe(case: &Case, name: &str, count: u64) -> Result<Sample, Error> {
                 }
             }
             Ok(Sample::rate(case, count, start.elapsed()))
+        }
+        Kind::RemoteTransact | Kind::RemoteBytes | Kind::RemoteConnect => {
+            Err(unexpected("a remote case runs through remote.rs"))
         }
     }
 }

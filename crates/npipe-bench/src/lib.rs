@@ -21,6 +21,7 @@ mod peer;
 mod pin;
 mod procfs;
 mod raw;
+mod remote;
 mod report;
 mod scale;
 
@@ -69,6 +70,13 @@ Cases:
                          (connections/s; raw: connect, write, read, close)
   call_rate              the same through npipe::call (CallNamedPipe), which
                          sends the request with the handshake (connections/s)
+  remote_transact_64b    \\127.0.0.1\pipe\NAME through the gateway (TLS 1.3
+                         with client certificates), against raw TLS 1.3 over
+                         TCP on loopback with the same rustls settings
+                         (median µs)
+  remote_throughput_64k  the same, a byte pipe, 64 KiB writes (GiB/s)
+  remote_connect_rate    the same, connect (TCP, TLS, HELLO), one 64 B
+                         transact, close (connections/s)
   scale                  many clients on one server process: `npipe serve`
                          (tokio) against a hand-written tokio echo server
                          (a read_exact for each header and each body, not
@@ -203,15 +211,43 @@ fn run_case(
     let raw_on = only != Some(Side::Npipe);
     let name = format!("npipe-bench-{}-{}", std::process::id(), case.name);
     let raw_path = scratch.0.join(format!("{}.sock", case.name));
-    let peer = Peer::start(case, &name, &raw_path, server_cpu)?;
+    let certs = if case.kind.is_remote() {
+        let dir = scratch.0.join(format!("{}-certs", case.name));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::other(format!("bench: cannot create {}: {e}", dir.display())))?;
+        Some(remote::Certs::create(&dir)?)
+    } else {
+        None
+    };
+    let peer = Peer::start(
+        case,
+        &name,
+        &raw_path,
+        server_cpu,
+        certs.as_ref().map(remote::Certs::dir),
+    )?;
+    let target = match (certs, peer.ports()) {
+        (Some(certs), Some((gateway, raw_tls))) => {
+            Some(remote::Target::new(certs, gateway, raw_tls)?)
+        }
+        _ => None,
+    };
+    let run_npipe = |count: u64| match &target {
+        Some(t) => remote::run_npipe(case, &name, t, count),
+        None => cases::run_npipe(case, &name, count),
+    };
+    let run_raw = |count: u64| match &target {
+        Some(t) => remote::run_raw(case, t, count),
+        None => raw::run_raw(case, &raw_path, count),
+    };
     let mut out = Rounds::default();
 
     let warm = (count / 8).max(1);
     if npipe_on {
-        cases::run_npipe(case, &name, warm)?;
+        run_npipe(warm)?;
     }
     if raw_on {
-        raw::run_raw(case, &raw_path, warm)?;
+        run_raw(warm)?;
     }
 
     let peer_dir = procfs::child_proc_dir(peer.pid());
@@ -230,12 +266,10 @@ fn run_case(
         for step in 0..2 {
             if (step == 0) == npipe_first {
                 if npipe_on {
-                    out.npipe
-                        .push(with_cpu(&mut || cases::run_npipe(case, &name, count))?);
+                    out.npipe.push(with_cpu(&mut || run_npipe(count))?);
                 }
             } else if raw_on {
-                out.raw
-                    .push(with_cpu(&mut || raw::run_raw(case, &raw_path, count))?);
+                out.raw.push(with_cpu(&mut || run_raw(count))?);
             }
             out.client_cpus.extend(pin::current_cpu());
             bar.inc(1);

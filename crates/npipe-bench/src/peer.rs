@@ -32,6 +32,10 @@ pub struct PeerArgs {
     /// The CPU to pin to (none: not pinned).
     #[arg(long)]
     pub(crate) cpu: Option<usize>,
+    /// The remote cases' certificates (a gateway and a raw TLS server are
+    /// started beside the pipe's server).
+    #[arg(long)]
+    pub(crate) certs: Option<PathBuf>,
 }
 
 /// A running peer, stopped and reaped when dropped.
@@ -39,11 +43,19 @@ pub struct Peer {
     child: Child,
     stdin: Option<ChildStdin>,
     raw: PathBuf,
+    /// The remote cases' gateway and raw TLS ports.
+    ports: Option<(u16, u16)>,
 }
 
 impl Peer {
     /// Starts the peer for `case` and waits until it serves.
-    pub fn start(case: &Case, name: &str, raw: &Path, cpu: Option<usize>) -> Result<Peer, Error> {
+    pub fn start(
+        case: &Case,
+        name: &str,
+        raw: &Path,
+        cpu: Option<usize>,
+        certs: Option<&Path>,
+    ) -> Result<Peer, Error> {
         let exe = std::env::current_exe().map_err(|e| {
             Error::other(format!(
                 "bench: cannot find this program to start the server side: {e}"
@@ -61,6 +73,9 @@ impl Peer {
         if let Some(cpu) = cpu {
             cmd.arg("--cpu").arg(cpu.to_string());
         }
+        if let Some(certs) = certs {
+            cmd.arg("--certs").arg(certs);
+        }
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -73,10 +88,17 @@ impl Peer {
             child,
             stdin,
             raw: raw.to_path_buf(),
+            ports: None,
         };
         let mut line = String::new();
         let _ = BufReader::new(stdout).read_line(&mut line);
-        if line.trim() != "ready" {
+        let mut words = line.split_whitespace();
+        let ready = words.next() == Some("ready");
+        let ports: Vec<u16> = words.filter_map(|w| w.parse().ok()).collect();
+        if let [gateway, raw_tls] = ports[..] {
+            peer.ports = Some((gateway, raw_tls));
+        }
+        if !ready || (certs.is_some() && peer.ports.is_none()) {
             let status = peer.child.wait().ok();
             return Err(Error::other(format!(
                 "bench: the server process for {} did not start ({})",
@@ -90,6 +112,11 @@ impl Peer {
     /// The peer's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The remote cases' gateway and raw TLS ports.
+    pub fn ports(&self) -> Option<(u16, u16)> {
+        self.ports
     }
 }
 
@@ -125,29 +152,47 @@ pub fn run(args: &PeerArgs) -> Result<(), Error> {
     if let Some(cpu) = args.cpu {
         pin::pin_to(cpu)?;
     }
+    let case: &'static Case = CASES
+        .iter()
+        .find(|c| c.name == case.name)
+        .expect("found above");
     let pipe_type = match case.kind {
-        Kind::Bytes => PipeType::Byte,
+        Kind::Bytes | Kind::RemoteBytes => PipeType::Byte,
         _ => PipeType::Message,
     };
     if case.kind == Kind::TransactTokio {
         let (tx, rx) = mpsc::channel();
         let name = args.name.clone();
-        std::thread::spawn(move || serve_tokio(&case, &name, &tx));
+        std::thread::spawn(move || serve_tokio(case, &name, &tx));
         rx.recv()
             .map_err(|_| Error::other("bench: the tokio server thread died"))??;
     } else {
-        let listener = ServerOptions::new()
-            .pipe_type(pipe_type)
-            .create(args.name.as_str())?;
-        std::thread::spawn(move || serve(&case, &listener));
+        let mut opts = ServerOptions::new();
+        opts.pipe_type(pipe_type);
+        if case.kind.is_remote() {
+            // The gateway below runs as this process's user, and remote
+            // clients need write access (the default grants others read).
+            opts.trust_gateway(npipe::LocalUser::current())
+                .security("allow everyone=full".parse()?);
+        }
+        let listener = opts.create(args.name.as_str())?;
+        std::thread::spawn(move || serve(case, &listener));
     }
+    let ports = match &args.certs {
+        Some(dir) => Some(super::remote::serve(case, &super::remote::Certs::at(dir))?),
+        None => None,
+    };
     let _ = std::fs::remove_file(&args.raw);
     let raw_listener = UnixListener::bind(&args.raw)
         .map_err(|e| Error::other(format!("bench: cannot bind {}: {e}", args.raw.display())))?;
-    std::thread::spawn(move || raw::serve(&case, raw_listener));
+    std::thread::spawn(move || raw::serve(case, raw_listener));
 
     let mut out = io::stdout().lock();
-    let _ = writeln!(out, "ready").and_then(|()| out.flush());
+    let _ = match ports {
+        Some((gateway, raw_tls)) => writeln!(out, "ready {gateway} {raw_tls}"),
+        None => writeln!(out, "ready"),
+    }
+    .and_then(|()| out.flush());
     drop(out);
 
     // Wait for the bench to close our stdin, then clean up. The npipe
@@ -207,7 +252,7 @@ fn serve_tokio(case: &Case, name: &str, ready: &mpsc::Sender<Result<(), Error>>)
 
 fn serve_one(case: &Case, mut conn: PipeServer, buf: &mut [u8]) -> Result<(), Error> {
     match case.kind {
-        Kind::Bytes => {
+        Kind::Bytes | Kind::RemoteBytes => {
             while conn.read(buf).map_err(Error::pipe_io)? > 0 {}
             conn.write_all(&[1]).map_err(Error::pipe_io)
         }
@@ -223,7 +268,7 @@ fn serve_one(case: &Case, mut conn: PipeServer, buf: &mut [u8]) -> Result<(), Er
             }
             Ok(conn.write_message(&[])?)
         }
-        Kind::Transact | Kind::TransactTokio => loop {
+        Kind::Transact | Kind::TransactTokio | Kind::RemoteTransact => loop {
             match conn.read_message(buf) {
                 Ok(MessageRead::Complete(n)) => conn.write_message(&buf[..n])?,
                 Ok(MessageRead::MoreData(_)) => {
@@ -233,7 +278,7 @@ fn serve_one(case: &Case, mut conn: PipeServer, buf: &mut [u8]) -> Result<(), Er
                 Err(_) => return Ok(()),
             }
         },
-        Kind::Connect | Kind::Call => match conn.read_message(buf)? {
+        Kind::Connect | Kind::Call | Kind::RemoteConnect => match conn.read_message(buf)? {
             MessageRead::Complete(n) => Ok(conn.write_message(&buf[..n])?),
             MessageRead::MoreData(_) => Err(Error::other("a message larger than planned")),
         },

@@ -164,6 +164,10 @@ pub fn run_raw(case: &Case, path: &Path, count: u64) -> Result<Sample, Error> {
             }
             Ok(Sample::latency(times))
         }),
+        Kind::RemoteTransact | Kind::RemoteBytes | Kind::RemoteConnect => Err(io_failure(
+            io::ErrorKind::Unsupported.into(),
+            "a remote case's baseline is raw TLS (remote.rs)",
+        )),
         Kind::Connect | Kind::Call => {
             let request = vec![0x5a_u8; case.size];
             let mut reply = vec![0u8; case.size];
@@ -244,5 +248,7 @@ fn serve_one(case: &Case, mut stream: UnixStream, buf: &mut [u8]) -> io::Result<
             stream.read_exact(request)?;
             stream.write_all(request)
         }
+        // Their baseline is raw TLS (remote.rs); nothing connects here.
+        Kind::RemoteTransact | Kind::RemoteBytes | Kind::RemoteConnect => Ok(()),
     }
 }

@@ -1053,6 +1053,7 @@ fn bench_smoke_prints_every_row_as_json_with_finite_figures() {
             "msg_throughput_64b",
             "transact",
             "connect_rate",
+            "remote_throughput",
         ],
         b"",
     );
@@ -1063,6 +1064,9 @@ fn bench_smoke_prints_every_row_as_json_with_finite_figures() {
         "msg_throughput_64b",
         "transact_64b_blocking",
         "connect_rate",
+        "remote_transact_64b",
+        "remote_throughput_64k",
+        "remote_connect_rate",
     ] {
         assert!(names.contains(&case), "no {case} in:\n{}", run.stdout);
     }

@@ -35,6 +35,9 @@ use crate::sys::Socket;
 /// The gateway's port unless the options or `NPIPE_GATEWAY_PORT` say.
 pub const DEFAULT_PORT: u16 = 4455;
 
+/// Bytes each way a relay moves per read.
+const RELAY_BUFFER: usize = 64 * 1024;
+
 /// How long reaching the gateway and the TLS handshake may take.
 const DIAL_LIMIT: Duration = Duration::from_secs(10);
 
@@ -224,10 +227,19 @@ async fn relay(tls: tokio_rustls::client::TlsStream<TcpStream>, local: UnixStrea
     let (mut tls_in, mut tls_out) = ::tokio::io::split(tls);
     let (mut local_in, mut local_out) = local.into_split();
     ::tokio::spawn(async move {
-        let _ = ::tokio::io::copy(&mut local_in, &mut tls_out).await;
+        let mut buf = vec![0u8; RELAY_BUFFER];
+        while let Ok(n) = local_in.read(&mut buf).await {
+            if n == 0 || tls_out.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            // rustls holds what it encrypted until flushed.
+            if tls_out.flush().await.is_err() {
+                break;
+            }
+        }
         let _ = tls_out.shutdown().await;
     });
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; RELAY_BUFFER];
     let mut answered = false;
     loop {
         match tls_in.read(&mut buf).await {

@@ -25,6 +25,9 @@ use crate::name::PipeName;
 use crate::namespace::{self, Namespace};
 use crate::proto::handshake::{Hello, Reply, HELLO_MAX};
 
+/// Bytes each way a relay moves per read.
+const RELAY_BUFFER: usize = 64 * 1024;
+
 /// What a gateway serves, and for whom.
 ///
 /// ```no_run
@@ -291,7 +294,16 @@ async fn serve_one(
     pipe.write_all(&opening)
         .await
         .map_err(|e| Error::os(e, "cannot write to the local pipe"))?;
-    match ::tokio::io::copy_bidirectional(&mut tls, &mut pipe).await {
+    // 64 KiB each way: a 64 KiB write crosses as one TLS record train, not
+    // eight 8 KiB pieces.
+    match ::tokio::io::copy_bidirectional_with_sizes(
+        &mut tls,
+        &mut pipe,
+        RELAY_BUFFER,
+        RELAY_BUFFER,
+    )
+    .await
+    {
         Ok((up, down)) => Ok(format!(
             "{:?}: relayed {up} bytes in, {down} out",
             hello.name

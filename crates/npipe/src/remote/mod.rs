@@ -41,6 +41,9 @@ mod x509;
 
 pub use client::DEFAULT_PORT;
 pub use gateway::{Gateway, GatewayEvent, GatewayOptions};
+/// The rustls npipe is built with, for [`TlsFiles::client_config`] and
+/// [`TlsFiles::server_config`].
+pub use rustls;
 pub use tls::TlsFiles;
 
 /// The remote principal a certificate names (its subject's common name),

@@ -24,6 +24,22 @@ pub struct TlsFiles {
     pub ca: PathBuf,
 }
 
+impl TlsFiles {
+    /// The client configuration npipe uses with these files: TLS 1.3 only,
+    /// ring, the gateway checked against `ca`, `cert` offered. For a
+    /// program that speaks to a gateway's TCP port itself, or measures
+    /// against raw TLS with the same settings.
+    pub fn client_config(&self) -> Result<Arc<ClientConfig>> {
+        client_config(self)
+    }
+
+    /// The gateway's configuration with these files: TLS 1.3 only, ring,
+    /// a client certificate issued by `ca` required.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>> {
+        server_config(self)
+    }
+}
+
 fn bad_file(path: &Path, what: &str, why: impl std::fmt::Display) -> Error {
     Error::new(
         ErrorCode::InvalidParameter,
