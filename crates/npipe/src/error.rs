@@ -229,6 +229,7 @@ impl Error {
         let code = code_by_number(&err).unwrap_or(match err.kind() {
             io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ErrorCode::Timeout,
             io::ErrorKind::BrokenPipe => ErrorCode::BrokenPipe,
+            io::ErrorKind::PermissionDenied => ErrorCode::AccessDenied,
             _ => ErrorCode::Other,
         });
         Error::new(code, format!("{context}: {err}")).with_source(err)

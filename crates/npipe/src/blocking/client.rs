@@ -49,6 +49,10 @@ impl Pipe<PipeStream, ClientEnd> {
         opts: &ClientOptions,
         pipelined: Option<&[u8]>,
     ) -> Result<PipeClient> {
+        #[cfg(feature = "remote")]
+        if name.host().is_some() {
+            return connect_remote(name, opts, pipelined);
+        }
         let mut core = ConnectCore::new(name, opts, pipelined, Instant::now());
         let mut socket: Option<Socket> = None;
         // A pipelined request goes on the socket, so such a connect (a
@@ -59,7 +63,7 @@ impl Pipe<PipeStream, ClientEnd> {
         let mut action = core.start();
         loop {
             action = match action {
-                Action::Connect => match connect_socket(name, opts, core.needs_server_cred()) {
+                Action::Connect => match connect_socket(name, core.needs_server_cred()) {
                     Ok((connected, cred)) => {
                         socket = Some(connected);
                         core.connected(cred, sys::user_name)
@@ -90,7 +94,6 @@ impl Pipe<PipeStream, ClientEnd> {
                 Action::Done(c) => {
                     let socket = socket.take().expect("connected");
                     client_socket::apply_send_buffer(&socket, c.send_buffer);
-                    let end = EndCore::new(c.setup, c.read_mode, c.leftover);
                     let link = match (c.shared_memory, offer.take()) {
                         (false, _) => Link::Socket(socket),
                         (true, Some(region)) => Link::Shm(Box::new(ShmTransport::new(
@@ -99,27 +102,102 @@ impl Pipe<PipeStream, ClientEnd> {
                             OFFER_CAPACITY,
                             Side::Creator,
                         ))),
-                        (true, None) => {
-                            return Err(Error::new(
-                                ErrorCode::BadPipe,
-                                format!(
-                                    "{name}: the server claims shared memory this client \
-                                     never offered"
-                                ),
-                            ))
-                        }
+                        (true, None) => return Err(unoffered(name)),
                     };
-                    let mut io = PipeStream::with_link(link, end);
-                    if let Some(t) = opts.read_timeout {
-                        io.set_read_timeout(Some(t))?;
-                    }
-                    return Ok(Pipe {
-                        io,
-                        role: ClientEnd::new(),
-                    });
+                    return connected_end(link, c, opts);
                 }
                 Action::Fail(e) => return Err(e),
             }
+        }
+    }
+}
+
+/// The server claimed shared memory the client never offered.
+fn unoffered(name: &PipeName) -> Error {
+    Error::new(
+        ErrorCode::BadPipe,
+        format!("{name}: the server claims shared memory this client never offered"),
+    )
+}
+
+/// The client end on `link`, as the engine's connect left it.
+fn connected_end(
+    link: Link,
+    c: crate::engine::connect::Connected,
+    opts: &ClientOptions,
+) -> Result<PipeClient> {
+    let end = EndCore::new(c.setup, c.read_mode, c.leftover);
+    let mut io = PipeStream::with_link(link, end);
+    if let Some(t) = opts.read_timeout {
+        io.set_read_timeout(Some(t))?;
+    }
+    Ok(Pipe {
+        io,
+        role: ClientEnd::new(),
+    })
+}
+
+/// The same connect to a remote pipe, on a TLS connection to its gateway
+/// (each try a new one); no kernel here can name the server.
+#[cfg(feature = "remote")]
+fn connect_remote(
+    name: &PipeName,
+    opts: &ClientOptions,
+    pipelined: Option<&[u8]>,
+) -> Result<PipeClient> {
+    use crate::remote::tls_transport::TlsTransport;
+    use crate::transport::{Recv, Transport};
+    let mut core = ConnectCore::new(name, opts, pipelined, Instant::now());
+    let mut tls: Option<TlsTransport> = None;
+    let mut action = core.start();
+    loop {
+        action = match action {
+            Action::Connect => match crate::remote::client::connect_blocking(name, opts) {
+                Ok(connected) => {
+                    tls = Some(connected);
+                    core.connected(Some(PeerCredentials::UNKNOWN), sys::user_name)
+                }
+                Err(e) => core.failed(e, Instant::now()),
+            },
+            Action::Send(bytes) => {
+                let on = tls.as_ref().expect("connected");
+                let mut left = &bytes[..];
+                let sent = loop {
+                    if left.is_empty() {
+                        break Ok(());
+                    }
+                    match on.send(left) {
+                        Ok(n) => left = &left[n..],
+                        Err(e) => break Err(e),
+                    }
+                };
+                core.sent(sent, Instant::now())
+            }
+            Action::Receive { deadline } => {
+                let on = tls.as_ref().expect("connected");
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                match on.wait_readable(left) {
+                    Ok(false) => core.timed_out(Instant::now()),
+                    Ok(true) => {
+                        let got = on.recv_spare(core.reply_buffer(), Recv::DontWait);
+                        core.received(got, Instant::now())
+                    }
+                    Err(e) => core.received(Err(e), Instant::now()),
+                }
+            }
+            Action::Pause(pause) => {
+                tls = None;
+                std::thread::sleep(pause);
+                core.resume(Instant::now())
+            }
+            Action::Done(c) => {
+                let on = tls.take().expect("connected");
+                if c.shared_memory {
+                    return Err(unoffered(name));
+                }
+                return connected_end(Link::Tls(Box::new(on)), c, opts);
+            }
+            Action::Fail(e) => return Err(e),
         }
     }
 }
@@ -144,19 +222,8 @@ pub(crate) fn read_reply(socket: &Socket, limit: Duration) -> Result<Reply> {
 }
 
 /// A socket connected to the pipe, and its server's kernel credentials if
-/// they are needed now. A remote pipe's socket is the local end of the
-/// relay to its gateway, whose server no kernel here can name.
-fn connect_socket(
-    name: &PipeName,
-    opts: &ClientOptions,
-    cred: bool,
-) -> Result<(Socket, Option<PeerCredentials>)> {
-    #[cfg(feature = "remote")]
-    if name.host().is_some() {
-        let socket = crate::remote::client::connect_blocking(name, opts)?;
-        return Ok((socket, Some(PeerCredentials::UNKNOWN)));
-    }
-    let _ = opts;
+/// they are needed now.
+fn connect_socket(name: &PipeName, cred: bool) -> Result<(Socket, Option<PeerCredentials>)> {
     let socket = Namespace::client_connect(|ns| ns.connect(name))
         .map_err(|e| namespace::not_served(name, e))?;
     let cred = client_socket::server_cred(&socket, cred)?;

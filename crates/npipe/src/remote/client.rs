@@ -1,11 +1,11 @@
 //! The client's side of a remote pipe: a TLS 1.3 connection to the gateway
-//! on the pipe's host, relayed to a local socket pair, so that both front
-//! ends run their usual connect and data path on the local end unchanged
-//! (HELLO, waits, modes, *more data*, peeks, transact).
-//!
-//! The TLS connections live on one background thread per process, a
-//! current-thread tokio runtime that only relays, so a blocking client
-//! needs no runtime of its own and an async one does not load its own.
+//! on the pipe's host. The blocking front end runs its connect and data
+//! path on it directly ([`TlsTransport`]). The tokio front end's end is
+//! relayed to a local socket pair, on which its usual connect and data
+//! path run unchanged (HELLO, waits, modes, *more data*, peeks, transact);
+//! those relays live on one background thread per process, a
+//! current-thread tokio runtime, so an async client's own runtime does not
+//! carry them.
 //!
 //! Failures say where they happened: the gateway cannot be reached
 //! (`ERROR_BAD_NETPATH`), the TLS handshake failed on this side (the
@@ -18,7 +18,7 @@
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ::tokio::net::{TcpStream, UnixStream};
@@ -26,6 +26,7 @@ use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
 use super::tls::{self, TlsFiles};
+use super::tls_transport::TlsTransport;
 use crate::error::{Error, ErrorCode, Result};
 use crate::name::PipeName;
 use crate::options::ClientOptions;
@@ -134,15 +135,113 @@ fn relays() -> &'static ::tokio::runtime::Handle {
     })
 }
 
-/// Connects to `name`'s gateway and returns the local end of the relay,
-/// blocking the calling thread.
-pub(crate) fn connect_blocking(name: &PipeName, opts: &ClientOptions) -> Result<Socket> {
+/// Connects to `name`'s gateway over TLS on the calling thread, with no
+/// relay: the blocking front end's data path runs on the TLS connection
+/// itself ([`TlsTransport`]).
+pub(crate) fn connect_blocking(name: &PipeName, opts: &ClientOptions) -> Result<TlsTransport> {
     let dial = Dial::of(name, opts)?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    relays().spawn(async move {
-        let _ = tx.send(open(dial).await);
-    });
-    rx.recv().unwrap_or_else(|_| Err(relay_gone()))
+    let at = format!("{}:{}", dial.host, dial.port);
+    let deadline = Instant::now() + DIAL_LIMIT;
+    let tcp = dial_tcp(&dial, &at)?;
+    let _ = tcp.set_nodelay(true);
+    let socket = Socket::from(OwnedFd::from(tcp));
+    let mut conn = rustls::ClientConnection::new(Arc::clone(&dial.config), dial.server_name()?)
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::InvalidParameter,
+                format!("TLS set-up failed: {e}"),
+            )
+        })?;
+    let tls_failed = |e: &dyn std::fmt::Display| {
+        Error::new(
+            ErrorCode::AccessDenied,
+            format!("TLS with the npipe gateway at {at} failed: {e}"),
+        )
+    };
+    while conn.is_handshaking() {
+        if conn.wants_write() {
+            match conn.write_tls(&mut NonBlocking(&socket)) {
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(tls_failed(&e)),
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::new(
+                ErrorCode::BadNetPath,
+                format!("the TLS handshake with {at} did not finish within {DIAL_LIMIT:?}"),
+            ));
+        }
+        let wanted = if conn.wants_write() {
+            crate::sys::Events::OUT
+        } else {
+            crate::sys::Events::IN
+        };
+        socket
+            .wait(wanted, Some(left))
+            .map_err(|e| Error::os(e, "waiting for the gateway failed"))?;
+        if !conn.wants_write() {
+            match conn.read_tls(&mut NonBlocking(&socket)) {
+                Ok(0) => return Err(tls_failed(&"the gateway closed the connection")),
+                Ok(_) => {
+                    if let Err(e) = conn.process_new_packets() {
+                        let _ = conn.write_tls(&mut NonBlocking(&socket));
+                        return Err(tls_failed(&e));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(tls_failed(&e)),
+            }
+        }
+    }
+    Ok(TlsTransport::new(socket, conn, at))
+}
+
+/// A TCP connection to the gateway, within [`DIAL_LIMIT`].
+fn dial_tcp(dial: &Dial, at: &str) -> Result<std::net::TcpStream> {
+    use std::net::ToSocketAddrs;
+    let unreachable = |e: &dyn std::fmt::Display| {
+        Error::new(
+            ErrorCode::BadNetPath,
+            format!(
+                "cannot reach the npipe gateway at {at}: {e} (is `npipe gateway` running there?)"
+            ),
+        )
+    };
+    let addrs = (dial.host.as_str(), dial.port)
+        .to_socket_addrs()
+        .map_err(|e| unreachable(&e))?;
+    let mut last = None;
+    for addr in addrs {
+        match std::net::TcpStream::connect_timeout(&addr, DIAL_LIMIT) {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => unreachable(&e),
+        None => unreachable(&"the name has no address"),
+    })
+}
+
+/// The socket as rustls' `Read`/`Write` during the handshake, never
+/// blocking.
+struct NonBlocking<'a>(&'a Socket);
+
+impl std::io::Read for NonBlocking<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.recv_nonblocking(buf)
+    }
+}
+
+impl std::io::Write for NonBlocking<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.send_nonblocking(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Connects to `name`'s gateway and returns the local end of the relay.

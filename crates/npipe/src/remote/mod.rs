@@ -37,6 +37,7 @@
 pub(crate) mod client;
 mod gateway;
 mod tls;
+pub(crate) mod tls_transport;
 mod x509;
 
 pub use client::DEFAULT_PORT;

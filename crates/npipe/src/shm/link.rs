@@ -16,6 +16,9 @@ pub(crate) enum Link {
     Socket(Socket),
     /// The rings (boxed: the transport is large and rare to move).
     Shm(Box<ShmTransport>),
+    /// A remote pipe: TLS to its gateway, over TCP.
+    #[cfg(feature = "remote")]
+    Tls(Box<crate::remote::tls_transport::TlsTransport>),
 }
 
 impl Link {
@@ -24,6 +27,8 @@ impl Link {
         match self {
             Link::Socket(s) => s,
             Link::Shm(t) => t.socket(),
+            #[cfg(feature = "remote")]
+            Link::Tls(t) => t.socket(),
         }
     }
 
@@ -36,6 +41,8 @@ impl Link {
         match self {
             Link::Socket(s) => s,
             Link::Shm(t) => &**t,
+            #[cfg(feature = "remote")]
+            Link::Tls(t) => &**t,
         }
     }
 }

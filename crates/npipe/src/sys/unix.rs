@@ -57,6 +57,14 @@ impl From<Socket> for OwnedFd {
     }
 }
 
+/// Any connected stream socket (a remote pipe's TCP connection too: the
+/// calls used on it, send, recv, poll and `SIOCOUTQ`, are the same).
+impl From<OwnedFd> for Socket {
+    fn from(fd: OwnedFd) -> Socket {
+        Socket(fd)
+    }
+}
+
 impl Socket {
     /// A new, unbound stream socket (close-on-exec).
     pub fn stream() -> io::Result<Socket> {

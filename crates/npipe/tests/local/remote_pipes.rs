@@ -321,6 +321,25 @@ fn no_certificate_hello(addr: SocketAddr, ca: &Path, name: &str) -> String {
 }
 
 #[test]
+fn a_host_with_no_gateway_is_a_bad_network_path() {
+    let gw = gateway("remote-nogw", |_| ());
+    // A port nothing listens on: bound, then closed.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let (crt, key) = gw.certs.issue("alice", 30);
+    let mut opts = gw.client_with(&crt, &key, &gw.certs.ca());
+    opts.gateway_port(port);
+    let e = opts.open(remote("anything").as_str()).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::BadNetPath, "{e}");
+    assert!(e.to_string().contains("npipe gateway"), "{e}");
+    let e = opts
+        .call(r"\\no-such-host.invalid\pipe\x", b"x")
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::BadNetPath, "{e}");
+}
+
+#[test]
 fn reject_remote_clients_and_principal_entries_hold_through_the_gateway() {
     let gw = gateway("remote-rules", |_| ());
     let name = unique("remote-reject");

@@ -1,0 +1,357 @@
+//! A blocking client's remote pipe straight over TLS: the [`Transport`] the
+//! data path is written against, on a rustls connection over the TCP socket
+//! to the gateway, with no relay between (a relay is a socket pair and a
+//! thread wake-up each way; the tokio client still uses one).
+//!
+//! Decrypted bytes the reader has not taken yet wait in `plain`, which
+//! counts as readable, as the transport contract requires: a readiness
+//! check never waits on the kernel for bytes already decrypted here.
+//!
+//! All socket calls are non-blocking; waits are `poll`s on the socket with
+//! the lock released, so a reader waiting for data never holds up a writer.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rustls::ClientConnection;
+
+use crate::sys::{Events, Socket};
+use crate::transport::{Delivery, Recv, Transport};
+
+/// Most decrypted bytes held for the reader before the socket is left to
+/// fill (TCP then pushes back on the sender, as a plain socket would).
+const PLAIN_MAX: usize = 256 * 1024;
+
+/// The state behind the lock.
+#[derive(Debug)]
+struct Tls {
+    conn: ClientConnection,
+    /// Decrypted, not yet handed out.
+    plain: VecDeque<u8>,
+    /// The gateway ended the stream (close_notify or TCP end).
+    ended: bool,
+    /// Why TLS failed, once it has (every later call reports it).
+    failed: Option<(io::ErrorKind, String)>,
+    /// Application bytes have come from the gateway (a failure before any
+    /// is the gateway refusing this client).
+    answered: bool,
+}
+
+/// A remote pipe's TLS connection, as a [`Transport`].
+#[derive(Debug)]
+pub(crate) struct TlsTransport {
+    socket: Socket,
+    tls: Mutex<Tls>,
+    read_timeout: Mutex<Option<Duration>>,
+    write_timeout: Mutex<Option<Duration>>,
+    /// The gateway's address, for errors.
+    at: String,
+}
+
+/// The socket as rustls' `Read`/`Write`, never blocking.
+struct Io<'a>(&'a Socket);
+
+impl Read for Io<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.recv_nonblocking(buf)
+    }
+}
+
+impl Write for Io<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.send_nonblocking(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn would_block() -> io::Error {
+    io::ErrorKind::WouldBlock.into()
+}
+
+impl TlsTransport {
+    /// Wraps a connection whose handshake is done, on `socket`.
+    pub fn new(socket: Socket, conn: ClientConnection, at: String) -> TlsTransport {
+        TlsTransport {
+            socket,
+            tls: Mutex::new(Tls {
+                conn,
+                plain: VecDeque::new(),
+                ended: false,
+                failed: None,
+                answered: false,
+            }),
+            read_timeout: Mutex::new(None),
+            write_timeout: Mutex::new(None),
+            at,
+        }
+    }
+
+    /// The TCP socket (its descriptor, and `SIOCOUTQ` for a flush).
+    pub fn socket(&self) -> &Socket {
+        &self.socket
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Tls> {
+        self.tls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn failure(&self, tls: &mut Tls, e: rustls::Error) -> io::Error {
+        let (kind, text) = if tls.answered {
+            (
+                io::ErrorKind::ConnectionAborted,
+                format!("TLS with the npipe gateway at {} failed: {e}", self.at),
+            )
+        } else {
+            (
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "the npipe gateway at {} refused this client during TLS: {e}",
+                    self.at
+                ),
+            )
+        };
+        tls.failed = Some((kind, text.clone()));
+        io::Error::new(kind, text)
+    }
+
+    /// Takes in what the socket holds now, without waiting: decrypts it
+    /// into `plain`, answers what TLS must answer. `Ok(false)` if the
+    /// socket had nothing.
+    fn pump(&self, tls: &mut Tls) -> io::Result<bool> {
+        if let Some((kind, text)) = &tls.failed {
+            return Err(io::Error::new(*kind, text.clone()));
+        }
+        if tls.ended || tls.plain.len() >= PLAIN_MAX {
+            return Ok(false);
+        }
+        let got = match tls.conn.read_tls(&mut Io(&self.socket)) {
+            Ok(0) => {
+                tls.ended = true;
+                true
+            }
+            Ok(_) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = tls.conn.process_new_packets() {
+            // Tell the gateway why, as TLS does, then report it.
+            let _ = tls.conn.write_tls(&mut Io(&self.socket));
+            return Err(self.failure(tls, e));
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match tls.conn.reader().read(&mut chunk) {
+                Ok(0) => {
+                    tls.ended = true;
+                    break;
+                }
+                Ok(n) => {
+                    tls.answered = true;
+                    tls.plain.extend(&chunk[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // The TCP stream ended without close_notify.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    tls.ended = true;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // A key update or an alert may want answering now.
+        self.write_out(tls, None).ok();
+        Ok(got)
+    }
+
+    /// Writes what rustls has encrypted, waiting for room until `deadline`
+    /// (`None`: not at all).
+    fn write_out(&self, tls: &mut Tls, deadline: Option<Option<Instant>>) -> io::Result<()> {
+        while tls.conn.wants_write() {
+            match tls.conn.write_tls(&mut Io(&self.socket)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let Some(deadline) = deadline else {
+                        return Err(would_block());
+                    };
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    if left == Some(Duration::ZERO) {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                    // Waiting for room with the lock held keeps writes in
+                    // order; readers still take what is decrypted.
+                    self.socket.wait(Events::OUT, left)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_deadline(&self) -> Option<Instant> {
+        let limit = *self.write_timeout.lock().unwrap_or_else(|e| e.into_inner());
+        limit.and_then(|l| Instant::now().checked_add(l))
+    }
+
+    /// Takes decrypted bytes into `out` (as many as fit, by `take`), waiting
+    /// as `how` says.
+    fn recv_with(
+        &self,
+        how: Recv,
+        mut take: impl FnMut(&mut VecDeque<u8>) -> usize,
+    ) -> io::Result<usize> {
+        let deadline = match how {
+            Recv::Wait => {
+                let limit = *self.read_timeout.lock().unwrap_or_else(|e| e.into_inner());
+                limit.and_then(|l| Instant::now().checked_add(l))
+            }
+            Recv::DontWait => None,
+        };
+        loop {
+            {
+                let mut tls = self.lock();
+                if tls.plain.is_empty() {
+                    self.pump(&mut tls)?;
+                }
+                if !tls.plain.is_empty() {
+                    return Ok(take(&mut tls.plain));
+                }
+                if tls.ended {
+                    return Ok(0);
+                }
+            }
+            if how == Recv::DontWait {
+                return Err(would_block());
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Err(would_block());
+            }
+            self.socket.wait(Events::IN, left)?;
+        }
+    }
+
+    fn write_plain(&self, bufs: &[IoSlice<'_>], wait: bool) -> io::Result<usize> {
+        let deadline = wait.then(|| self.write_deadline());
+        let mut tls = self.lock();
+        if let Some((kind, text)) = &tls.failed {
+            return Err(io::Error::new(*kind, text.clone()));
+        }
+        // Earlier records first: rustls' buffer is bounded.
+        self.write_out(&mut tls, deadline)?;
+        let n = tls.conn.writer().write_vectored(bufs)?;
+        match self.write_out(&mut tls, deadline) {
+            // What did not fit goes with the next write or flush.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
+            Err(e) => Err(e),
+            Ok(()) => Ok(n),
+        }
+    }
+}
+
+impl Transport for TlsTransport {
+    fn recv(&self, buf: &mut [u8], how: Recv) -> io::Result<usize> {
+        self.recv_with(how, |plain| {
+            let n = buf.len().min(plain.len());
+            for (slot, byte) in buf.iter_mut().zip(plain.drain(..n)) {
+                *slot = byte;
+            }
+            n
+        })
+    }
+
+    fn recv_spare(&self, buf: &mut Vec<u8>, how: Recv) -> io::Result<usize> {
+        let room = buf.capacity() - buf.len();
+        let room = if room == 0 { 16 * 1024 } else { room };
+        self.recv_with(how, |plain| {
+            let n = room.min(plain.len());
+            buf.extend(plain.drain(..n));
+            n
+        })
+    }
+
+    fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        self.write_plain(&[IoSlice::new(buf)], true)
+    }
+
+    fn send_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.write_plain(bufs, true)
+    }
+
+    fn send_nonblocking(&self, buf: &[u8]) -> io::Result<usize> {
+        self.write_plain(&[IoSlice::new(buf)], false)
+    }
+
+    fn readable_bytes(&self) -> io::Result<usize> {
+        let mut tls = self.lock();
+        while self.pump(&mut tls)? {}
+        Ok(tls.plain.len())
+    }
+
+    fn peek_queued(&self) -> Vec<u8> {
+        let mut tls = self.lock();
+        while matches!(self.pump(&mut tls), Ok(true)) {}
+        tls.plain.iter().copied().collect()
+    }
+
+    fn wait_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            {
+                let mut tls = self.lock();
+                self.pump(&mut tls)?;
+                if !tls.plain.is_empty() || tls.ended {
+                    return Ok(true);
+                }
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Ok(false);
+            }
+            if self.socket.wait(Events::IN, left)?.is_empty() {
+                return Ok(false);
+            }
+        }
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        *self.read_timeout.lock().unwrap_or_else(|e| e.into_inner()) = timeout;
+        Ok(())
+    }
+
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        *self.write_timeout.lock().unwrap_or_else(|e| e.into_inner()) = timeout;
+        Ok(())
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        let deadline = self.write_deadline();
+        let mut tls = self.lock();
+        tls.conn.send_close_notify();
+        self.write_out(&mut tls, Some(deadline))?;
+        self.socket.shutdown_write()
+    }
+
+    fn shutdown_both(&self) -> io::Result<()> {
+        {
+            let mut tls = self.lock();
+            tls.conn.send_close_notify();
+            let _ = self.write_out(&mut tls, None);
+        }
+        self.socket.shutdown_both()
+    }
+
+    fn delivery(&self) -> io::Result<Delivery> {
+        // What TCP has not had acknowledged, and what rustls still holds:
+        // the gateway's reader is out of sight.
+        let held = usize::from(self.lock().conn.wants_write());
+        Ok(Delivery {
+            unread_by_peer: self.socket.unread_by_peer()? + held,
+            peer_hung_up: self.socket.peer_hung_up(),
+            peer_dropped_unread: false,
+        })
+    }
+}
