@@ -23,7 +23,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::identity::LocalUser;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace};
-use crate::proto::handshake::{Hello, Reply, HELLO_MAX};
+use crate::proto::handshake::{Hello, Reply, HELLO_MAX, MAX_PRINCIPAL_BYTES};
 
 /// Bytes each way a relay moves per read.
 const RELAY_BUFFER: usize = 64 * 1024;
@@ -261,6 +261,11 @@ async fn serve_one(
         refuse(&mut tls, ErrorCode::AccessDenied, why).await;
         return Ok(format!("refused: {why}"));
     };
+    if principal.is_empty() || principal.len() > MAX_PRINCIPAL_BYTES {
+        let why = "the client certificate's common name must be 1 to 256 bytes";
+        refuse(&mut tls, ErrorCode::AccessDenied, why).await;
+        return Ok(format!("refused: {why}"));
+    }
     *principal_out = Some(principal.clone());
     let (mut hello, rest) = match ::tokio::time::timeout(limit, read_hello(&mut tls)).await {
         Ok(Ok(read)) => read,

@@ -207,6 +207,10 @@ fn every_pipe_feature_works_remotely() {
     assert_eq!(c.read_message(&mut rest).unwrap(), MessageRead::Complete(6));
     assert_eq!(c.transact(b"ping").unwrap(), b"ping");
     assert_eq!(c.info().pipe_type, PipeType::Message);
+    // No kernel here knows the remote server: nothing is made up.
+    assert_eq!(c.server_process_id(), 0);
+    assert_eq!(c.server_session_id(), None);
+    assert_eq!(c.server_user_name(), None);
 
     // A byte pipe: a stream both ways.
     let name = unique("remote-bytes");
