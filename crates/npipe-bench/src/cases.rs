@@ -313,21 +313,58 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         .map_err(|e| Error::other(format!("bench: cannot start tokio: {e}")))
 }
 
+/// `count` writes of `case.size` bytes, a half close, the server's one-byte
+/// answer: the throughput (the byte cases, local or remote).
+pub fn write_bytes(client: &mut PipeClient, case: &Case, count: u64) -> Result<Sample, Error> {
+    let chunk = vec![0x5a_u8; case.size];
+    let start = Instant::now();
+    for _ in 0..count {
+        client.write_all(&chunk).map_err(Error::pipe_io)?;
+    }
+    client.shutdown_write()?;
+    let mut ack = [0u8; 1];
+    client.read_exact(&mut ack).map_err(Error::pipe_io)?;
+    Ok(Sample::rate(case, count, start.elapsed()))
+}
+
+/// `count` round trips of `case.size` bytes on one connection: each one's
+/// time (the transact cases, local or remote).
+pub fn transact(client: &mut PipeClient, case: &Case, count: u64) -> Result<Sample, Error> {
+    let request = vec![0x5a_u8; case.size];
+    let mut times = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let start = Instant::now();
+        let reply = client.transact(&request)?;
+        times.push(start.elapsed());
+        if reply.len() != case.size {
+            return Err(unexpected("a reply of the wrong size"));
+        }
+    }
+    Ok(Sample::latency(times))
+}
+
+/// `count` times: a connection from `open`, one round trip, close: the rate
+/// (the connect cases, local or remote).
+pub fn connect_and_transact(
+    case: &Case,
+    count: u64,
+    open: impl Fn() -> Result<PipeClient, Error>,
+) -> Result<Sample, Error> {
+    let request = vec![0x5a_u8; case.size];
+    let start = Instant::now();
+    for _ in 0..count {
+        let mut client = open()?;
+        if client.transact(&request)?.len() != case.size {
+            return Err(unexpected("a reply of the wrong size"));
+        }
+    }
+    Ok(Sample::rate(case, count, start.elapsed()))
+}
+
 /// One run of `case` through npipe, against the peer serving `name`.
 pub fn run_npipe(case: &Case, name: &str, count: u64) -> Result<Sample, Error> {
     match case.kind {
-        Kind::Bytes => {
-            let mut client = open(name)?;
-            let chunk = vec![0x5a_u8; case.size];
-            let start = Instant::now();
-            for _ in 0..count {
-                client.write_all(&chunk).map_err(Error::pipe_io)?;
-            }
-            client.shutdown_write()?;
-            let mut ack = [0u8; 1];
-            client.read_exact(&mut ack).map_err(Error::pipe_io)?;
-            Ok(Sample::rate(case, count, start.elapsed()))
-        }
+        Kind::Bytes => write_bytes(&mut open(name)?, case, count),
         Kind::Messages => {
             let mut client = open(name)?;
             let msg = vec![0x5a_u8; case.size];
@@ -342,20 +379,7 @@ pub fn run_npipe(case: &Case, name: &str, count: u64) -> Result<Sample, Error> {
             }
             Ok(Sample::rate(case, count, start.elapsed()))
         }
-        Kind::Transact => {
-            let mut client = open(name)?;
-            let request = vec![0x5a_u8; case.size];
-            let mut times = Vec::with_capacity(count as usize);
-            for _ in 0..count {
-                let start = Instant::now();
-                let reply = client.transact(&request)?;
-                times.push(start.elapsed());
-                if reply.len() != case.size {
-                    return Err(unexpected("a reply of the wrong size"));
-                }
-            }
-            Ok(Sample::latency(times))
-        }
+        Kind::Transact => transact(&mut open(name)?, case, count),
         Kind::TransactTokio => runtime()?.block_on(async {
             let mut client = ClientOptions::new()
                 .wait(Wait::Timeout(CONNECT_WAIT))
@@ -374,18 +398,9 @@ pub fn run_npipe(case: &Case, name: &str, count: u64) -> Result<Sample, Error> {
             Ok(Sample::latency(times))
         }),
         Kind::Connect => {
-            let request = vec![0x5a_u8; case.size];
             let mut opts = ClientOptions::new();
             opts.wait(Wait::Timeout(CONNECT_WAIT));
-            let start = Instant::now();
-            for _ in 0..count {
-                let mut client = opts.open(name)?;
-                let reply = client.transact(&request)?;
-                if reply.len() != case.size {
-                    return Err(unexpected("a reply of the wrong size"));
-                }
-            }
-            Ok(Sample::rate(case, count, start.elapsed()))
+            connect_and_transact(case, count, || Ok(opts.open(name)?))
         }
         Kind::Call => {
             let request = vec![0x5a_u8; case.size];

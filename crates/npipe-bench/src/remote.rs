@@ -147,45 +147,13 @@ fn io_failure(e: io::Error) -> Error {
     Error::other(format!("bench: the raw TLS run failed: {e}"))
 }
 
-/// One run through the gateway.
+/// One run through the gateway: the local cases' loops on a remote pipe.
 pub fn run_npipe(case: &Case, name: &str, target: &Target, count: u64) -> Result<Sample, Error> {
-    let request = vec![0x5a_u8; case.size];
     match case.kind {
-        Kind::RemoteTransact => {
-            let mut client = target.open(name)?;
-            let mut times = Vec::with_capacity(count as usize);
-            for _ in 0..count {
-                let start = Instant::now();
-                let reply = client.transact(&request)?;
-                times.push(start.elapsed());
-                if reply.len() != case.size {
-                    return Err(unexpected("a reply of the wrong size"));
-                }
-            }
-            Ok(Sample::latency(times))
-        }
-        Kind::RemoteBytes => {
-            let mut client = target.open(name)?;
-            let start = Instant::now();
-            for _ in 0..count {
-                client.write_all(&request).map_err(Error::pipe_io)?;
-            }
-            client.shutdown_write()?;
-            let mut ack = [0u8; 1];
-            client.read_exact(&mut ack).map_err(Error::pipe_io)?;
-            Ok(Sample::rate(case, count, start.elapsed()))
-        }
+        Kind::RemoteTransact => crate::cases::transact(&mut target.open(name)?, case, count),
+        Kind::RemoteBytes => crate::cases::write_bytes(&mut target.open(name)?, case, count),
         Kind::RemoteConnect => {
-            let opts = target.options();
-            let path = format!(r"\\127.0.0.1\pipe\{name}");
-            let start = Instant::now();
-            for _ in 0..count {
-                let mut client = opts.open(path.as_str())?;
-                if client.transact(&request)?.len() != case.size {
-                    return Err(unexpected("a reply of the wrong size"));
-                }
-            }
-            Ok(Sample::rate(case, count, start.elapsed()))
+            crate::cases::connect_and_transact(case, count, || target.open(name))
         }
         _ => Err(unexpected("not a remote case")),
     }

@@ -126,10 +126,15 @@ fn make_ca(dir: &Path, days: u32) -> CmdResult {
 }
 
 fn issue(name: &str, ca_dir: &Path, out: &Path, hosts: &[String], days: u32) -> CmdResult {
-    if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+    // NAME names the files too: nothing that leaves OUTDIR or hides.
+    if name.is_empty()
+        || name.len() > 256
+        || name.starts_with('.')
+        || name.chars().any(|c| c.is_control() || c == '/')
+    {
         return Err(Failure::new(
             Status::Usage,
-            "NAME must be 1 to 256 bytes without control characters",
+            "NAME must be 1 to 256 bytes, without control characters or `/`, not starting with `.`",
         ));
     }
     let (crt, key_path) = (
@@ -203,9 +208,15 @@ fn refuse_existing(paths: &[&Path]) -> CmdResult {
 /// through a link).
 fn write_pair(dir: &Path, crt: &Path, crt_pem: &str, key: &Path, key_pem: &str) -> CmdResult {
     use std::io::Write;
+    use std::os::unix::fs::DirBuilderExt;
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(dir)
+    // A directory made here is ours alone, whatever the umask.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
         .map_err(|e| failure(format!("cannot create {}: {e}", dir.display())))?;
+    refuse_shared_dir(dir)?;
     let write = |path: &Path, text: &str, mode: u32| {
         std::fs::OpenOptions::new()
             .write(true)
@@ -217,6 +228,26 @@ fn write_pair(dir: &Path, crt: &Path, crt_pem: &str, key: &Path, key_pem: &str) 
     };
     write(key, key_pem, 0o600)?;
     write(crt, crt_pem, 0o644)
+}
+
+/// A key in a directory another user may write to could be replaced or
+/// swapped for a link before it is used: refuse one that is not ours alone.
+fn refuse_shared_dir(dir: &Path) -> CmdResult {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| failure(format!("cannot inspect {}: {e}", dir.display())))?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(Failure::new(
+            Status::Usage,
+            format!(
+                "{} is not a directory only you may write to: a key there could be replaced",
+                dir.display()
+            ),
+        )
+        .hint("write certificates and keys to a directory of your own (mode 0755 or 0700)"));
+    }
+    Ok(())
 }
 
 /// 32 random bits for a CA's name (not a secret: only told apart).

@@ -78,6 +78,12 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Most connections in their TLS handshake at once; past it new ones
+    /// are closed at once (anyone who reaches the port can stall one for
+    /// the 10 s handshake timeout)
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_handshakes: usize,
+
     /// Run as a user other than root (the servers must trust it:
     /// npipe serve --trust-gateway USER)
     #[arg(long)]
@@ -238,7 +244,8 @@ pub fn run(args: &Args) -> CmdResult {
              (ServerOptions::trust_gateway) and give the gateway --non-root",
         ));
     }
-    let opts = options(settings(args)?)?;
+    let mut opts = options(settings(args)?)?;
+    opts.max_handshakes(args.max_handshakes);
     super::serve::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -253,7 +260,9 @@ pub fn run(args: &Args) -> CmdResult {
         let _ = std::io::stdout().flush();
         let serving = gateway.serve(move |event| {
             if !quiet {
-                println!("{event}");
+                // Pipe names and reasons come from remote clients: no
+                // terminal escapes of theirs reach the operator's screen.
+                println!("{}", super::printable(&event.to_string()));
             }
         });
         tokio::select! {

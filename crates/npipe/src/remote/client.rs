@@ -152,12 +152,7 @@ pub(crate) fn connect_blocking(name: &PipeName, opts: &ClientOptions) -> Result<
                 format!("TLS set-up failed: {e}"),
             )
         })?;
-    let tls_failed = |e: &dyn std::fmt::Display| {
-        Error::new(
-            ErrorCode::AccessDenied,
-            format!("TLS with the npipe gateway at {at} failed: {e}"),
-        )
-    };
+    let tls_failed = |e: &dyn std::fmt::Display| tls_failed(&at, e);
     while conn.is_handshaking() {
         if conn.wants_write() {
             match conn.write_tls(&mut NonBlocking(&socket)) {
@@ -168,10 +163,7 @@ pub(crate) fn connect_blocking(name: &PipeName, opts: &ClientOptions) -> Result<
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(Error::new(
-                ErrorCode::BadNetPath,
-                format!("the TLS handshake with {at} did not finish within {DIAL_LIMIT:?}"),
-            ));
+            return Err(too_slow(&at, "finish the TLS handshake"));
         }
         let wanted = if conn.wants_write() {
             crate::sys::Events::OUT
@@ -201,17 +193,9 @@ pub(crate) fn connect_blocking(name: &PipeName, opts: &ClientOptions) -> Result<
 /// A TCP connection to the gateway, within [`DIAL_LIMIT`].
 fn dial_tcp(dial: &Dial, at: &str) -> Result<std::net::TcpStream> {
     use std::net::ToSocketAddrs;
-    let unreachable = |e: &dyn std::fmt::Display| {
-        Error::new(
-            ErrorCode::BadNetPath,
-            format!(
-                "cannot reach the npipe gateway at {at}: {e} (is `npipe gateway` running there?)"
-            ),
-        )
-    };
     let addrs = (dial.host.as_str(), dial.port)
         .to_socket_addrs()
-        .map_err(|e| unreachable(&e))?;
+        .map_err(|e| unreachable(at, &e))?;
     let mut last = None;
     for addr in addrs {
         match std::net::TcpStream::connect_timeout(&addr, DIAL_LIMIT) {
@@ -220,8 +204,8 @@ fn dial_tcp(dial: &Dial, at: &str) -> Result<std::net::TcpStream> {
         }
     }
     Err(match last {
-        Some(e) => unreachable(&e),
-        None => unreachable(&"the name has no address"),
+        Some(e) => unreachable(at, &e),
+        None => unreachable(at, &"the name has no address"),
     })
 }
 
@@ -254,6 +238,31 @@ pub(crate) async fn connect_async(name: &PipeName, opts: &ClientOptions) -> Resu
     rx.await.unwrap_or_else(|_| Err(relay_gone()))
 }
 
+/// The gateway at `at` cannot be reached (both front ends' dial).
+fn unreachable(at: &str, e: &dyn std::fmt::Display) -> Error {
+    Error::new(
+        ErrorCode::BadNetPath,
+        format!("cannot reach the npipe gateway at {at}: {e} (is `npipe gateway` running there?)"),
+    )
+}
+
+/// The gateway at `at` did not `what` within [`DIAL_LIMIT`].
+fn too_slow(at: &str, what: &str) -> Error {
+    Error::new(
+        ErrorCode::BadNetPath,
+        format!("the npipe gateway at {at} did not {what} within {DIAL_LIMIT:?}"),
+    )
+}
+
+/// TLS with the gateway at `at` failed on this side (its certificate is
+/// not from our CA, or not for this host).
+fn tls_failed(at: &str, e: &dyn std::fmt::Display) -> Error {
+    Error::new(
+        ErrorCode::AccessDenied,
+        format!("TLS with the npipe gateway at {at} failed: {e}"),
+    )
+}
+
 fn relay_gone() -> Error {
     Error::new(
         ErrorCode::Other,
@@ -272,20 +281,8 @@ async fn open(dial: Dial) -> Result<Socket> {
     .await
     {
         Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            return Err(Error::new(
-                ErrorCode::BadNetPath,
-                format!(
-                "cannot reach the npipe gateway at {at}: {e} (is `npipe gateway` running there?)"
-            ),
-            ))
-        }
-        Err(_) => {
-            return Err(Error::new(
-                ErrorCode::BadNetPath,
-                format!("the npipe gateway at {at} did not answer within {DIAL_LIMIT:?}"),
-            ))
-        }
+        Ok(Err(e)) => return Err(unreachable(&at, &e)),
+        Err(_) => return Err(too_slow(&at, "answer")),
     };
     let _ = tcp.set_nodelay(true);
     let connector = TlsConnector::from(Arc::clone(&dial.config));
@@ -293,18 +290,8 @@ async fn open(dial: Dial) -> Result<Socket> {
         .await
     {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            return Err(Error::new(
-                ErrorCode::AccessDenied,
-                format!("TLS with the npipe gateway at {at} failed: {e}"),
-            ))
-        }
-        Err(_) => {
-            return Err(Error::new(
-                ErrorCode::BadNetPath,
-                format!("the TLS handshake with {at} did not finish within {DIAL_LIMIT:?}"),
-            ))
-        }
+        Ok(Err(e)) => return Err(tls_failed(&at, &e)),
+        Err(_) => return Err(too_slow(&at, "finish the TLS handshake")),
     };
     let (mine, relay_end) =
         Socket::pair().map_err(|e| Error::os(e, "cannot create the relay's socket pair"))?;

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ::tokio::net::{TcpListener, TcpStream, UnixStream};
+use ::tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use super::tls::{self, TlsFiles};
@@ -46,6 +47,7 @@ pub struct GatewayOptions {
     files: TlsFiles,
     principals: HashMap<String, Principal>,
     handshake_timeout: Duration,
+    max_handshakes: usize,
 }
 
 /// What the gateway knows of one principal (names compared without ASCII
@@ -75,6 +77,7 @@ impl GatewayOptions {
             },
             principals: HashMap::new(),
             handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 4096,
         }
     }
 
@@ -119,6 +122,17 @@ impl GatewayOptions {
         self
     }
 
+    /// Most connections in their TLS handshake or HELLO at once (default
+    /// 4096: a burst of a thousand clients fits). Anyone who can reach the
+    /// port can open a connection and stay silent for the handshake
+    /// timeout; past this many, new connections are closed at once instead
+    /// of each holding a descriptor of the gateway's, as the servers' own
+    /// `max_handshakes` does. Authenticated connections do not count.
+    pub fn max_handshakes(&mut self, n: usize) -> &mut Self {
+        self.max_handshakes = n.max(1);
+        self
+    }
+
     fn principal(&self, name: &str) -> Principal {
         self.principals
             .get(&name.to_ascii_lowercase())
@@ -144,6 +158,8 @@ pub struct Gateway {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     opts: Arc<GatewayOptions>,
+    /// A permit per connection in its handshake.
+    handshakes: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -186,6 +202,7 @@ impl Gateway {
         Ok(Gateway {
             listener,
             acceptor: TlsAcceptor::from(config),
+            handshakes: Arc::new(Semaphore::new(opts.max_handshakes)),
             opts: Arc::new(opts),
         })
     }
@@ -216,12 +233,25 @@ impl Gateway {
                     continue;
                 }
             };
+            let Ok(permit) = Arc::clone(&self.handshakes).try_acquire_owned() else {
+                drop(tcp);
+                log(GatewayEvent {
+                    peer,
+                    principal: None,
+                    what: format!(
+                        "refused: {} connections are in their handshake already",
+                        self.opts.max_handshakes
+                    ),
+                });
+                continue;
+            };
             let acceptor = self.acceptor.clone();
             let opts = Arc::clone(&self.opts);
             let log = Arc::clone(&log);
             ::tokio::spawn(async move {
                 let mut principal = None;
-                let what = match serve_one(tcp, peer, acceptor, &opts, &mut principal).await {
+                let served = serve_one(tcp, peer, acceptor, &opts, permit, &mut principal);
+                let what = match served.await {
                     Ok(what) => what,
                     Err(e) => e.to_string(),
                 };
@@ -241,6 +271,7 @@ async fn serve_one(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     opts: &GatewayOptions,
+    handshake: OwnedSemaphorePermit,
     principal_out: &mut Option<String>,
 ) -> Result<String> {
     let _ = tcp.set_nodelay(true);
@@ -275,6 +306,8 @@ async fn serve_one(
         }
         Err(_) => return Ok("dropped: no HELLO in time".into()),
     };
+    // The handshake is over: the permit goes to the next connection.
+    drop(handshake);
     if let Some((code, why)) = judge(&hello, &principal, opts) {
         refuse(&mut tls, code, &why).await;
         return Ok(format!("refused: {why}"));
@@ -322,7 +355,8 @@ async fn serve_one(
 async fn read_hello<S: ::tokio::io::AsyncRead + Unpin>(
     tls: &mut S,
 ) -> std::result::Result<(Hello, Vec<u8>), String> {
-    // A HELLO, and room for a read that carries some of what follows.
+    // A HELLO, and room for a read that carries some of what follows; a
+    // read never needs more (the loop ends at HELLO_MAX).
     let mut buf = Vec::with_capacity(HELLO_MAX + 16 * 1024);
     loop {
         match Hello::decode(&buf) {
@@ -333,11 +367,9 @@ async fn read_hello<S: ::tokio::io::AsyncRead + Unpin>(
             Ok(None) => {}
             Err(e) => return Err(format!("malformed HELLO: {e}")),
         }
-        let room = HELLO_MAX + 16 * 1024 - buf.len();
-        let mut chunk = vec![0u8; room];
-        match tls.read(&mut chunk).await {
+        match tls.read_buf(&mut buf).await {
             Ok(0) => return Err("the client closed before its HELLO was whole".into()),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
             Err(e) => return Err(format!("reading the HELLO failed: {e}")),
         }
     }

@@ -379,3 +379,19 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Echoes every message of every connection `listener` accepts, a task
+/// each, until the runtime stops.
+#[cfg(feature = "tokio")]
+pub async fn echo_forever(listener: npipe::tokio::PipeListener) {
+    loop {
+        let mut conn = listener.accept().await.unwrap();
+        tokio::spawn(async move {
+            while let Ok(m) = conn.recv_message().await {
+                if conn.write_message(&m).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}

@@ -771,18 +771,7 @@ fn many_clients_on_a_multi_thread_runtime() {
             .create_async(name.as_str())
             .unwrap()
     });
-    rt.spawn(async move {
-        loop {
-            let mut conn = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                while let Ok(m) = conn.recv_message().await {
-                    if conn.write_message(&m).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    rt.spawn(crate::common::echo_forever(listener));
     let mut opts = ClientOptions::new();
     opts.wait(Wait::Timeout(HANG));
     // Half the clients are tokio tasks on the server's own runtime...

@@ -325,6 +325,42 @@ fn no_certificate_hello(addr: SocketAddr, ca: &Path, name: &str) -> String {
 }
 
 #[test]
+fn silent_connections_cannot_take_every_descriptor_of_the_gateway() {
+    let gw = gateway("remote-flood", |o| {
+        o.max_handshakes(1);
+    });
+    let name = unique("remote-flood");
+    echo_server(server("allow everyone=full").create(&name).unwrap());
+    // One connection that never says a word holds the only handshake slot.
+    let silent = std::net::TcpStream::connect(gw.addr).unwrap();
+    let mut late = std::net::TcpStream::connect(gw.addr).unwrap();
+    late.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let closed = late.read(&mut [0u8; 16]);
+    assert!(
+        matches!(closed, Ok(0))
+            || closed
+                .as_ref()
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
+        "the connection past the cap is closed at once, not left waiting: {closed:?}"
+    );
+    // Once the silent one goes, clients are served again.
+    drop(silent);
+    let alice = gw.client("alice");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match alice.call(remote(&name).as_str(), b"back") {
+            Ok(reply) => break assert_eq!(reply, b"back"),
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("the slot never came back: {e}"),
+        }
+    }
+}
+
+#[test]
 fn a_host_with_no_gateway_is_a_bad_network_path() {
     let gw = gateway("remote-nogw", |_| ());
     // A port nothing listens on: bound, then closed.
@@ -442,18 +478,7 @@ fn a_thousand_remote_clients_at_once_are_all_served() {
         .unwrap();
     rt.block_on(async move {
         let listener = server("allow everyone=full").create_async(&name).unwrap();
-        tokio::spawn(async move {
-            loop {
-                let mut conn = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    while let Ok(m) = conn.recv_message().await {
-                        if conn.write_message(&m).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
+        tokio::spawn(crate::common::echo_forever(listener));
         let path = remote(&name);
         // All open at once, then each talks: every one held a connection
         // through the gateway at the same time.
