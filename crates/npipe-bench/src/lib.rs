@@ -213,7 +213,10 @@ fn run_case(
     let raw_path = scratch.0.join(format!("{}.sock", case.name));
     let certs = if case.kind.is_remote() {
         let dir = scratch.0.join(format!("{}-certs", case.name));
-        std::fs::create_dir_all(&dir)
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
             .map_err(|e| Error::other(format!("bench: cannot create {}: {e}", dir.display())))?;
         Some(remote::Certs::create(&dir)?)
     } else {

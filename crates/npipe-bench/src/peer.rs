@@ -179,7 +179,11 @@ pub fn run(args: &PeerArgs) -> Result<(), Error> {
         std::thread::spawn(move || serve(case, &listener));
     }
     let ports = match &args.certs {
-        Some(dir) => Some(super::remote::serve(case, &super::remote::Certs::at(dir))?),
+        Some(dir) => Some(super::remote::serve(
+            case,
+            &super::remote::Certs::at(dir),
+            &args.name,
+        )?),
         None => None,
     };
     let _ = std::fs::remove_file(&args.raw);

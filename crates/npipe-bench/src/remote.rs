@@ -50,7 +50,7 @@ impl Certs {
         ];
         let ca_key = KeyPair::generate().map_err(cert_error)?;
         let ca_cert = ca.self_signed(&ca_key).map_err(cert_error)?;
-        std::fs::write(dir.join("ca.crt"), ca_cert.pem()).map_err(cert_error)?;
+        write_new(&dir.join("ca.crt"), &ca_cert.pem())?;
         let issuer = Issuer::new(ca, ca_key);
         for name in ["gateway", "client"] {
             let mut params = CertificateParams::default();
@@ -59,9 +59,8 @@ impl Certs {
             params.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
             let key = KeyPair::generate().map_err(cert_error)?;
             let cert = params.signed_by(&key, &issuer).map_err(cert_error)?;
-            std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).map_err(cert_error)?;
-            std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())
-                .map_err(cert_error)?;
+            write_new(&dir.join(format!("{name}.crt")), &cert.pem())?;
+            write_new(&dir.join(format!("{name}.key")), &key.serialize_pem())?;
         }
         Ok(Certs {
             dir: dir.to_path_buf(),
@@ -86,6 +85,19 @@ impl Certs {
             ca: self.dir.join("ca.crt"),
         }
     }
+}
+
+/// Writes a new file only this user may read (a key lets anyone who reads
+/// it through the run's gateway).
+fn write_new(path: &Path, text: &str) -> Result<(), Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(cert_error)
 }
 
 /// Where a remote run goes: the gateway's port and the raw TLS server's.
@@ -230,10 +242,14 @@ pub fn run_raw(case: &Case, target: &Target, count: u64) -> Result<Sample, Error
 
 /// The peer's side: a gateway for the pipe's server, and the raw TLS echo
 /// server; their ports.
-pub fn serve(case: &'static Case, certs: &Certs) -> Result<(u16, u16), Error> {
+pub fn serve(case: &'static Case, certs: &Certs, pipe: &str) -> Result<(u16, u16), Error> {
     let files = certs.files("gateway");
     let mut opts = GatewayOptions::new(&files.cert, &files.key, &files.ca);
-    opts.listen(([127, 0, 0, 1], 0).into());
+    // On loopback, and to the bench's own pipe only: run as root, this
+    // gateway is one every server on the host believes.
+    opts.listen(([127, 0, 0, 1], 0).into())
+        .only_pipes("client", [pipe])
+        .only_pipes("gateway", Vec::<String>::new());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = match crate::cases::runtime() {

@@ -1540,6 +1540,16 @@ fn remote_call_through_npipe_gateway_with_npipe_cert() {
         trust = vec!["--trust-gateway", me.as_str()];
     }
     let gw_args: Vec<&str> = gw_args.iter().map(String::as_str).collect();
+    // Mapping a principal to root takes a flag of its own.
+    let mut to_root = gw_args.clone();
+    to_root.extend(["--map", "alice=root"]);
+    let refused = run(&[&["gateway"], &to_root[..]].concat(), b"");
+    refused.assert_code(EXIT_USAGE);
+    assert!(
+        refused.stderr.contains("--allow-root-map"),
+        "{}",
+        refused.stderr
+    );
     let gateway = GatewayProcess::start(&gw_args);
 
     let echo = unique("remote-echo");

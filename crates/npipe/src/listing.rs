@@ -236,7 +236,9 @@ fn query_file(
     name: Option<&PipeName>,
     timeout: Duration,
 ) -> Result<ServedPipe> {
-    let socket = namespace.connect_file_by(file, Instant::now() + timeout)?;
+    // One deadline for the connect and the answer together.
+    let deadline = Instant::now() + timeout;
+    let socket = namespace.connect_file_by(file, deadline)?;
     let server: PeerCredentials = socket
         .peer_cred()
         .map_err(|e| Error::os(e, "cannot read the server's credentials"))?;
@@ -262,7 +264,8 @@ fn query_file(
         .send(&out)
         .map_err(|e| Error::os(e, "cannot send the query"))?;
     // The client's own reader, with the query's deadline.
-    let reply = crate::blocking::read_reply(&socket, timeout)?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    let reply = crate::blocking::read_reply(&socket, left)?;
     match reply {
         Reply::Info { desc: d, security } => Ok(ServedPipe {
             name: d.name,

@@ -125,7 +125,9 @@ impl ServerOptions {
     /// presents (`npipe gateway`: a remote client's certificate name, its
     /// address, the local user it maps to). Root is always believed; any
     /// other local process that claims a remote identity is refused with
-    /// `ERROR_ACCESS_DENIED`, so trust only the user a gateway runs as.
+    /// `ERROR_ACCESS_DENIED`, so trust only the user a gateway runs as. A
+    /// trusted gateway chooses whom the server impersonates for its
+    /// clients (any user but root, unless the gateway is root itself).
     ///
     /// ```
     /// use npipe::{LocalUser, ServerOptions};

@@ -146,6 +146,14 @@ fn judge_gateway(opts: &ServerOptions, hello: &Hello, peer: &Peer) -> Option<Ver
             "a remote client's HELLO names a computer but no principal".into(),
         ));
     }
+    if hello.local_user == Some(0) && uid != 0 {
+        // Whom a server impersonates is the gateway's to say: a gateway
+        // that is not root itself may not make it act as root.
+        return Some(Verdict::Refuse(
+            ErrorCode::AccessDenied,
+            format!("gateway uid {uid} may not map a remote client to root"),
+        ));
+    }
     if opts.reject_remote_clients {
         return Some(Verdict::Refuse(
             ErrorCode::AccessDenied,

@@ -39,7 +39,7 @@ pub enum What {
         /// Where to write them (created if missing)
         dir: PathBuf,
         /// How many days it is valid
-        #[arg(long, default_value_t = 3650)]
+        #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..=36_500))]
         days: u32,
     },
     /// A certificate the CA signs: OUTDIR/NAME.crt and OUTDIR/NAME.key
@@ -61,7 +61,7 @@ pub enum What {
         #[arg(long = "host", value_name = "H")]
         hosts: Vec<String>,
         /// How many days it is valid
-        #[arg(long, default_value_t = 825)]
+        #[arg(long, default_value_t = 825, value_parser = clap::value_parser!(u32).range(1..=36_500))]
         days: u32,
     },
 }
@@ -79,6 +79,9 @@ pub fn run(args: &Args) -> CmdResult {
         } => issue(name, ca, out, hosts, *days),
     }
 }
+
+/// The longest NAME: a principal fits a HELLO, and `NAME.crt` a file name.
+const NAME_MAX: usize = 251;
 
 fn failure(what: impl std::fmt::Display) -> Failure {
     Failure::new(Status::Other, what.to_string())
@@ -128,13 +131,16 @@ fn make_ca(dir: &Path, days: u32) -> CmdResult {
 fn issue(name: &str, ca_dir: &Path, out: &Path, hosts: &[String], days: u32) -> CmdResult {
     // NAME names the files too: nothing that leaves OUTDIR or hides.
     if name.is_empty()
-        || name.len() > 256
+        || name.len() > NAME_MAX
         || name.starts_with('.')
         || name.chars().any(|c| c.is_control() || c == '/')
     {
         return Err(Failure::new(
             Status::Usage,
-            "NAME must be 1 to 256 bytes, without control characters or `/`, not starting with `.`",
+            format!(
+                "NAME must be 1 to {NAME_MAX} bytes, without control characters or `/`, not \
+                 starting with `.`"
+            ),
         ));
     }
     let (crt, key_path) = (

@@ -81,8 +81,14 @@ pub struct Args {
     /// Most connections in their TLS handshake at once; past it new ones
     /// are closed at once (anyone who reaches the port can stall one for
     /// the 10 s handshake timeout)
-    #[arg(long, value_name = "N", default_value_t = 4096)]
-    pub max_handshakes: usize,
+    #[arg(long, value_name = "N", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_handshakes: u32,
+
+    /// Allow --map (or `user` in --config) to name root: remote clients
+    /// would then be impersonated with every privilege
+    #[arg(long)]
+    pub allow_root_map: bool,
 
     /// Run as a user other than root (the servers must trust it:
     /// npipe serve --trust-gateway USER)
@@ -193,7 +199,7 @@ fn settings(args: &Args) -> Result<Settings, Failure> {
     Ok(s)
 }
 
-fn options(s: Settings) -> Result<GatewayOptions, Failure> {
+fn options(s: Settings, allow_root_map: bool) -> Result<GatewayOptions, Failure> {
     let need = |v: Option<PathBuf>, flag: &str| {
         v.ok_or_else(|| {
             usage(format!(
@@ -218,6 +224,12 @@ fn options(s: Settings) -> Result<GatewayOptions, Failure> {
                     "principal {principal}: no such local user {name:?}"
                 ))
             })?;
+            if local == LocalUser::ROOT && !allow_root_map {
+                return Err(usage(format!(
+                    "principal {principal} maps to root: its servers would act as root for it"
+                ))
+                .hint("map it to a user of its own, or give --allow-root-map if you mean it"));
+            }
             opts.map(&principal, Some(local));
         }
         if let Some(pipes) = pipes {
@@ -244,8 +256,8 @@ pub fn run(args: &Args) -> CmdResult {
              (ServerOptions::trust_gateway) and give the gateway --non-root",
         ));
     }
-    let mut opts = options(settings(args)?)?;
-    opts.max_handshakes(args.max_handshakes);
+    let mut opts = options(settings(args)?, args.allow_root_map)?;
+    opts.max_handshakes(args.max_handshakes as usize);
     super::serve::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -215,6 +215,8 @@ pub struct Args {
     /// `npipe gateway` names each remote client (its certificate's name,
     /// its address, its mapped local user) when it connects for it. Root is
     /// always believed; anyone else who claims a remote identity is refused.
+    /// A trusted gateway chooses whom --impersonate acts as for its clients
+    /// (anyone but root, unless the gateway runs as root).
     #[arg(verbatim_doc_comment, long, value_name = "USER")]
     pub trust_gateway: Vec<String>,
 
@@ -553,7 +555,8 @@ impl PidFile {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
-            .truncate(true)
+            // Emptied only once it is known to be ours alone (below).
+            .truncate(false)
             .mode(0o644)
             .custom_flags(no_follow())
             .open(path)
@@ -562,6 +565,14 @@ impl PidFile {
         if !meta.is_file() {
             return Err(refused(&"it is not a regular file"));
         }
+        // A second link is another name someone else may read or keep; a
+        // file of another user's is theirs to rewrite under us.
+        if meta.nlink() != 1 || meta.uid() != rustix::process::geteuid().as_raw() {
+            return Err(refused(
+                &"it is linked elsewhere or belongs to another user",
+            ));
+        }
+        file.set_len(0).map_err(|e| refused(&e))?;
         writeln!(file, "{}", std::process::id()).map_err(|e| refused(&e))?;
         Ok(PidFile {
             path: path.to_path_buf(),

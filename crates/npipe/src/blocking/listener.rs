@@ -36,7 +36,8 @@ use crate::proto::admission::Ticket;
 use crate::proto::handshake::{Hello, PipeDescription, Reply};
 use crate::server_instance::InstancePool;
 use crate::shm::link::Link;
-use crate::shm::transport::{take_offer, ShmTransport, Side};
+use crate::shm::transport::{take_offer, PeerFd, ShmTransport, Side};
+use crate::sys::RecvFlagsLite;
 use crate::sys::{self, Events, PollEntry, Socket, Waker};
 use crate::types::Access;
 
@@ -314,7 +315,7 @@ struct Pending {
     buf: Vec<u8>,
     /// A memory file that rode with the HELLO: the client's offer to move
     /// the data to shared memory.
-    offer: Option<std::os::fd::OwnedFd>,
+    offer: Option<PeerFd>,
     /// Waiting for an instance (watched for hang-up), not in its handshake.
     waiting: bool,
 }
@@ -554,15 +555,25 @@ impl Acceptor {
         if p.buf.capacity() - p.buf.len() < room {
             p.buf.reserve_exact(room);
         }
-        match p.socket.recv_spare_with_fd(&mut p.buf) {
-            Ok((0, _)) => {
+        // An offer rides with the HELLO's first bytes: only the first read
+        // takes a descriptor in. Later ones stay with the kernel, which
+        // discards them, and no close of one runs on this thread.
+        let got = if p.buf.is_empty() {
+            p.socket.recv_spare_with_fd(&mut p.buf)
+        } else {
+            p.socket
+                .recv_spare(&mut p.buf, RecvFlagsLite::DontWait)
+                .map(|n| (n, None))
+        };
+        match got {
+            Ok((0, fd)) => {
+                drop(fd.map(PeerFd::new));
                 self.end_handshake(ticket);
                 return;
             }
             Ok((_, fd)) => {
-                // Only the first offer counts; a later one is closed.
-                if p.offer.is_none() {
-                    p.offer = fd;
+                if let Some(fd) = fd {
+                    p.offer = Some(PeerFd::new(fd));
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

@@ -314,19 +314,24 @@ impl PipeStream {
         self.end.reader.mode
     }
 
+    // A zero timeout sets none, as documented: normalised here once, for
+    // every transport (the socket's own call ignores zero; the rings would
+    // have taken it as "at once").
     pub(crate) fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        let timeout = timeout.filter(|t| !t.is_zero());
         self.io()
             .set_read_timeout(timeout)
             .map_err(|e| io_err(e, "cannot set the read timeout"))?;
-        self.read_wait.timeout = timeout.filter(|t| !t.is_zero());
+        self.read_wait.timeout = timeout;
         Ok(())
     }
 
     pub(crate) fn set_write_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        let timeout = timeout.filter(|t| !t.is_zero());
         self.io()
             .set_write_timeout(timeout)
             .map_err(|e| io_err(e, "cannot set the write timeout"))?;
-        self.write_timeout = timeout.filter(|t| !t.is_zero());
+        self.write_timeout = timeout;
         Ok(())
     }
 

@@ -27,8 +27,10 @@ use crate::transport::{Delivery, Recv, Transport};
 /// (208 KiB by default), so a writer gets as far ahead of its reader as on
 /// the socket path. Pages are only touched as the ring goes round.
 pub(crate) const OFFER_CAPACITY: usize = 256 * 1024;
-/// The ring sizes a server takes (powers of two in between).
-const TAKEN_CAPACITIES: std::ops::RangeInclusive<usize> = 4096..=(4 << 20);
+/// The ring sizes a server takes (powers of two in between): none larger
+/// than npipe's clients offer, so a client cannot make the server's writes
+/// pin more of its memory than a socket's buffer would.
+const TAKEN_CAPACITIES: std::ops::RangeInclusive<usize> = 4096..=OFFER_CAPACITY;
 
 /// A client's offer: a fresh region for rings of [`OFFER_CAPACITY`], made
 /// for one connection attempt (never reused: a server that saw it could
@@ -41,10 +43,34 @@ pub(crate) fn offer() -> io::Result<ShmRegion> {
 /// capacity, if it is a sealed memory file of a size two rings of an
 /// allowed capacity take. Anything else is refused (and the server keeps
 /// the socket).
-pub(crate) fn take_offer(fd: std::os::fd::OwnedFd) -> io::Result<(ShmRegion, usize)> {
+pub(crate) fn take_offer(fd: PeerFd) -> io::Result<(ShmRegion, usize)> {
+    let fd = fd.into_inner();
     let region = ShmRegion::from_peer(fd, |len| offered_capacity(len).is_some())?;
     let capacity = offered_capacity(region.len()).expect("checked by from_peer");
     Ok((region, capacity))
+}
+
+/// A descriptor a peer sent: whatever becomes of it, it is never closed on
+/// the thread that holds it ([`crate::sys::close_elsewhere`]).
+#[derive(Debug)]
+pub(crate) struct PeerFd(Option<std::os::fd::OwnedFd>);
+
+impl PeerFd {
+    pub(crate) fn new(fd: std::os::fd::OwnedFd) -> PeerFd {
+        PeerFd(Some(fd))
+    }
+
+    fn into_inner(mut self) -> std::os::fd::OwnedFd {
+        self.0.take().expect("held until taken")
+    }
+}
+
+impl Drop for PeerFd {
+    fn drop(&mut self) {
+        if let Some(fd) = self.0.take() {
+            crate::sys::close_elsewhere(fd);
+        }
+    }
 }
 
 /// The rings' capacity in a region of `len` bytes, if it is two rings of a

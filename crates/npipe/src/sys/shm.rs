@@ -55,19 +55,31 @@ impl ShmRegion {
     /// dry; such files come only in whole huge pages, a size no caller's
     /// `fits` takes: two rings always add 384 bytes to a power of two.)
     pub fn from_peer(fd: OwnedFd, fits: impl FnOnce(usize) -> bool) -> io::Result<ShmRegion> {
+        match Self::peer_size(fd.as_fd(), fits) {
+            Ok(size) => Self::map(fd, size),
+            // Not a sealed memory file of ours to take: it may be any file
+            // the peer chose, so it is not closed on this thread.
+            Err(e) => {
+                super::close_elsewhere(fd);
+                Err(e)
+            }
+        }
+    }
+
+    /// The size of a peer's memory file, if it is sealed and `fits`.
+    fn peer_size(fd: BorrowedFd<'_>, fits: impl FnOnce(usize) -> bool) -> io::Result<usize> {
         let refuse = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
         // Seals exist only on memory files: a regular file fails here.
-        let seals = rustix::fs::fcntl_get_seals(&fd)
+        let seals = rustix::fs::fcntl_get_seals(fd)
             .map_err(|_| refuse("the peer's shared memory is not a sealed memory file"))?;
         if !seals.contains(REQUIRED_SEALS) {
             return Err(refuse("the peer's shared memory can still change size"));
         }
         // Sealed, so this size is for good.
-        let size = usize::try_from(rustix::fs::fstat(&fd)?.st_size)
+        usize::try_from(rustix::fs::fstat(fd)?.st_size)
             .ok()
             .filter(|&size| fits(size))
-            .ok_or_else(|| refuse("the peer's shared memory has the wrong size"))?;
-        Self::map(fd, size)
+            .ok_or_else(|| refuse("the peer's shared memory has the wrong size"))
     }
 
     fn map(fd: OwnedFd, len: usize) -> io::Result<ShmRegion> {

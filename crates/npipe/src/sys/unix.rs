@@ -57,6 +57,31 @@ impl From<Socket> for OwnedFd {
     }
 }
 
+/// Closes a descriptor a peer sent us on a thread of its own. A peer
+/// chooses what it sends: closing a file on its FUSE mount waits on its own
+/// FUSE daemon, which may never answer, so such a close must not run on a
+/// thread that serves others (the acceptor). One thread closes them all, in
+/// order; if it cannot start, the descriptor is closed here.
+pub fn close_elsewhere(fd: OwnedFd) {
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::{Mutex, OnceLock};
+    static CLOSER: OnceLock<Option<Mutex<Sender<OwnedFd>>>> = OnceLock::new();
+    let closer = CLOSER.get_or_init(|| {
+        let (tx, rx) = channel::<OwnedFd>();
+        std::thread::Builder::new()
+            .name("npipe-closer".into())
+            .spawn(move || rx.into_iter().for_each(drop))
+            .ok()
+            .map(|_| Mutex::new(tx))
+    });
+    if let Some(tx) = closer {
+        let tx = tx.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(unsent) = tx.send(fd) {
+            drop(unsent.0);
+        }
+    }
+}
+
 /// Any connected stream socket (a remote pipe's TCP connection too: the
 /// calls used on it, send, recv, poll and `SIOCOUTQ`, are the same).
 impl From<OwnedFd> for Socket {
@@ -230,6 +255,8 @@ impl Socket {
                 for fd in fds {
                     if first.is_none() {
                         first = Some(fd);
+                    } else {
+                        close_elsewhere(fd);
                     }
                 }
             }

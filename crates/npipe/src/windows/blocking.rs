@@ -51,9 +51,14 @@ impl PipeListener {
                 Err(e) => return Err(os(e, "waiting for a client failed")),
             }
         };
-        // The next client can connect while this one is served.
-        let next = self.instances.next().ok().flatten();
-        *self.listening.lock().unwrap_or_else(|e| e.into_inner()) = next;
+        // The next client can connect while this one is served. Another
+        // accept on another thread may have put its instance there already,
+        // and a client may be connected to it: never drop that one.
+        let mut listening = self.listening.lock().unwrap_or_else(|e| e.into_inner());
+        if listening.is_none() {
+            *listening = self.instances.next().ok().flatten();
+        }
+        drop(listening);
         let opts = &self.instances.opts;
         Ok(PipeServer {
             conn: Conn::new(EndState::new(

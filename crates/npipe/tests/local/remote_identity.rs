@@ -181,4 +181,11 @@ fn a_user_the_server_trusts_as_a_gateway_may_name_remote_clients() {
     };
     let reply = claimant.expect("reply");
     assert!(reply.starts_with("Connected"), "{reply}");
+    // But a gateway that is not root may not make the server act as root.
+    let mut to_root = if as_root {
+        spawn_as(65534, "claim_remote", &[&name, "admin", "0"])
+    } else {
+        spawn("claim_remote", &[&name, "admin", "0"])
+    };
+    assert_eq!(to_root.expect("reply"), "Refused { code: 5 }");
 }

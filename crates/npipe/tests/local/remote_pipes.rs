@@ -245,7 +245,12 @@ fn every_pipe_feature_works_remotely() {
     waiting.wait(Wait::Timeout(Duration::from_secs(20)));
     let path = remote(&name);
     let second = std::thread::spawn(move || waiting.open(path.as_str()).map(|_| ()));
-    std::thread::sleep(Duration::from_millis(100));
+    // It waits in the server's queue, through the gateway, before the
+    // instance frees.
+    crate::common::eventually("the remote client to queue", || {
+        (crate::common::waiting(&name) == 1).then_some(())
+    });
+    assert!(!second.is_finished(), "it waited");
     drop((first, held));
     let _next = listener.accept().unwrap();
     second.join().unwrap().unwrap();
@@ -351,8 +356,7 @@ fn silent_connections_cannot_take_every_descriptor_of_the_gateway() {
     loop {
         match alice.call(remote(&name).as_str(), b"back") {
             Ok(reply) => break assert_eq!(reply, b"back"),
-            Err(e) if std::time::Instant::now() < deadline => {
-                let _ = e;
+            Err(_) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => panic!("the slot never came back: {e}"),

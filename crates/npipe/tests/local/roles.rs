@@ -492,13 +492,19 @@ fn raw(args: &[String]) {
     say(format!("echo {}", if echoed { "yes" } else { "no" }));
 }
 
-/// `claim_remote NAME PRINCIPAL`: a local process that presents a remote
+/// `claim_remote NAME PRINCIPAL [UID]`: a local process that presents a remote
 /// identity in its HELLO, as only a trusted gateway may. Reports the REPLY.
 fn claim_remote(args: &[String]) {
     use crate::raw_client::{self as rc, RawClient};
+    let maps_to = args.get(2).map_or(65534, |uid| uid.parse().unwrap());
     let mut c = RawClient::connect(&args[0]).unwrap();
-    c.send(&rc::remote_hello(&args[0], &args[1], "10.9.8.7", Some(0)))
-        .unwrap();
+    c.send(&rc::remote_hello(
+        &args[0],
+        &args[1],
+        "10.9.8.7",
+        Some(maps_to),
+    ))
+    .unwrap();
     say(format!("reply {:?}", c.reply().unwrap()));
 }
 
