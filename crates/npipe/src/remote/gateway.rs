@@ -9,15 +9,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
-use ::tokio::net::{TcpListener, TcpStream, UnixStream};
+use ::tokio::net::{TcpListener, TcpStream};
 use ::tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use super::relay;
 use super::tls::{self, TlsFiles};
 use super::x509;
 use crate::error::{Error, ErrorCode, Result};
@@ -25,9 +25,6 @@ use crate::identity::LocalUser;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace};
 use crate::proto::handshake::{Hello, Reply, HELLO_MAX, MAX_PRINCIPAL_BYTES};
-
-/// Bytes each way a relay moves per read.
-const RELAY_BUFFER: usize = 64 * 1024;
 
 /// What a gateway serves, and for whom.
 ///
@@ -328,23 +325,13 @@ async fn serve_one(
         .encode(&mut opening)
         .map_err(|e| Error::new(ErrorCode::BadPipe, e.to_string()))?;
     opening.extend_from_slice(&rest);
-    let mut pipe = pipe;
-    pipe.write_all(&opening)
-        .await
-        .map_err(|e| Error::os(e, "cannot write to the local pipe"))?;
-    // 64 KiB each way: a 64 KiB write crosses as one TLS record train, not
-    // eight 8 KiB pieces.
-    match ::tokio::io::copy_bidirectional_with_sizes(
-        &mut tls,
-        &mut pipe,
-        RELAY_BUFFER,
-        RELAY_BUFFER,
-    )
-    .await
-    {
-        Ok((up, down)) => Ok(format!(
-            "{:?}: relayed {up} bytes in, {down} out",
-            hello.name
+    // tokio-rustls did the handshake; the relay drives rustls itself (and
+    // takes any plaintext it holds past the HELLO).
+    let (tcp, conn) = tls.into_inner();
+    match relay::relay(tcp, conn, pipe, opening).await {
+        Ok(relayed) => Ok(format!(
+            "{:?}: relayed {} bytes in, {} out",
+            hello.name, relayed.up, relayed.down
         )),
         Err(e) => Ok(format!("{:?}: relay ended: {e}", hello.name)),
     }
@@ -398,7 +385,7 @@ fn judge(hello: &Hello, principal: &str, opts: &GatewayOptions) -> Option<(Error
 }
 
 /// Connects to the local pipe the HELLO names.
-async fn connect_local(canonical: &str) -> Result<UnixStream> {
+async fn connect_local(canonical: &str) -> Result<crate::sys::Socket> {
     let name = PipeName::parse(canonical)?;
     if name.host().is_some() {
         return Err(Error::new(
@@ -414,8 +401,7 @@ async fn connect_local(canonical: &str) -> Result<UnixStream> {
             None => ::tokio::time::sleep(Duration::from_millis(1)).await,
         }
     };
-    let std = std::os::unix::net::UnixStream::from(OwnedFd::from(socket));
-    UnixStream::from_std(std).map_err(|e| Error::os(e, "cannot register the local pipe's socket"))
+    Ok(socket)
 }
 
 /// Answers the HELLO with a refusal and ends TLS.

@@ -36,6 +36,7 @@
 
 pub(crate) mod client;
 mod gateway;
+mod relay;
 mod tls;
 pub(crate) mod tls_transport;
 mod x509;

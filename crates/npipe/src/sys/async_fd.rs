@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 use super::Socket;
 
@@ -35,11 +36,18 @@ impl AsRawFd for Fd {
 /// Registers `socket` with the current runtime's reactor for reading and
 /// writing. Needs a tokio runtime with I/O enabled.
 pub fn register(socket: Socket) -> io::Result<AsyncFd<Fd>> {
+    register_for(socket, Interest::READABLE | Interest::WRITABLE)
+}
+
+/// Registers `socket` for `interest` only: a socket registered for reading
+/// alone is not woken each time its peer makes room to write (a Unix
+/// stream socket signals that on every read its peer makes).
+pub fn register_for(socket: Socket, interest: Interest) -> io::Result<AsyncFd<Fd>> {
     // SAFETY: `Fd` owns the socket's `OwnedFd`, which nothing can close or
     // replace while the `AsyncFd` holds it (a `Socket` never swaps its
     // descriptor), so `as_raw_fd` names the same open descriptor until the
     // `AsyncFd` is dropped or `into_inner` gives the socket back.
-    unsafe { AsyncFd::register(Fd(socket)) }.map_err(|e| e.into_parts().1)
+    unsafe { AsyncFd::register_with_interest(Fd(socket), interest) }.map_err(|e| e.into_parts().1)
 }
 
 /// Registers a descriptor (a duplicate used only to watch for hang-up) for
@@ -47,6 +55,5 @@ pub fn register(socket: Socket) -> io::Result<AsyncFd<Fd>> {
 pub fn register_owned(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: the `AsyncFd` owns the `OwnedFd`, which stays open and the
     // same until the `AsyncFd` is dropped or gives it back.
-    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| e.into_parts().1)
 }

@@ -158,6 +158,11 @@ impl Socket {
         Ok(Socket(fd))
     }
 
+    /// A second descriptor for this socket (`dup`).
+    pub fn try_clone(&self) -> io::Result<Socket> {
+        Ok(Socket(self.0.try_clone()?))
+    }
+
     /// Switches non-blocking mode.
     pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
         Ok(rustix::io::ioctl_fionbio(&self.0, on)?)
