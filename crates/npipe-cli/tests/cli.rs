@@ -1621,6 +1621,76 @@ fn remote_call_through_npipe_gateway_with_npipe_cert() {
 }
 
 #[test]
+fn the_gateway_refuses_files_others_could_change_or_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(unique("gw-trust"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let certs = dir.to_str().unwrap();
+    run(&["cert", "ca", certs], b"").assert_success();
+    run(
+        &[
+            "cert",
+            "issue",
+            "gw",
+            "--ca",
+            certs,
+            "--out",
+            certs,
+            "--host",
+            "127.0.0.1",
+        ],
+        b"",
+    )
+    .assert_success();
+    let file = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let chmod = |f: &str, mode: u32| {
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let root = npipe::LocalUser::current() == npipe::LocalUser::ROOT;
+    let gateway = |extra: &[&str]| {
+        let (crt, key, ca) = (file("gw.crt"), file("gw.key"), file("ca.crt"));
+        let mut args = vec!["gateway", "--listen", "127.0.0.1:0"];
+        args.extend(["--cert", &crt, "--key", &key, "--ca", &ca]);
+        if !root {
+            args.push("--non-root");
+        }
+        args.extend(extra);
+        run(&args, b"")
+    };
+
+    // A key others may read: anyone could pose as the gateway.
+    chmod("gw.key", 0o644);
+    let refused = gateway(&[]);
+    assert!(!refused.status.success());
+    assert!(refused.stderr.contains("chmod 600"), "{}", refused.stderr);
+    chmod("gw.key", 0o600);
+
+    // A CA others may change: anyone could issue themselves a principal.
+    chmod("ca.crt", 0o666);
+    let refused = gateway(&[]);
+    assert!(!refused.status.success());
+    assert!(
+        refused.stderr.contains("the CA certificate"),
+        "{}",
+        refused.stderr
+    );
+    chmod("ca.crt", 0o644);
+
+    // A configuration others may change: anyone could map themselves.
+    let config = dir.join("gw.toml");
+    std::fs::write(&config, "[principals.alice]\nuser = 'nobody'\n").unwrap();
+    chmod("gw.toml", 0o666);
+    let refused = gateway(&["--config", config.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(
+        refused.stderr.contains("configuration"),
+        "{}",
+        refused.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn the_gateway_will_not_run_as_a_user_servers_do_not_trust() {
     if let Some(why) = shared_copy::cannot_run_as(65534) {
         eprintln!("SKIPPED LOUDLY: the gateway's user check runs it as uid 65534, and {why}");

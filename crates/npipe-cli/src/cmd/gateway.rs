@@ -117,6 +117,7 @@ fn usage(what: impl Into<String>) -> Failure {
 
 /// Reads `--config`: the keys above, anything else refused by name.
 fn read_config(path: &PathBuf) -> Result<Settings, Failure> {
+    npipe::remote::check_config_file(path)?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
     let table: toml::Table = text

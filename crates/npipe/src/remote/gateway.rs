@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::relay;
 use super::tls::{self, TlsFiles};
+use super::trust;
 use super::x509;
 use crate::error::{Error, ErrorCode, Result};
 use crate::identity::LocalUser;
@@ -191,7 +192,17 @@ impl std::fmt::Display for GatewayEvent {
 impl Gateway {
     /// Reads the certificates and binds the listening address. Call from
     /// within a tokio runtime.
+    ///
+    /// The CA, the certificate and the key are refused (ERROR_ACCESS_DENIED,
+    /// saying which and why) if anyone but root and this process's user
+    /// could change them or a directory above them, or if other users may
+    /// read the key: whoever can change the CA issues themselves any
+    /// principal, and whoever reads the key poses as this gateway.
     pub async fn bind(opts: GatewayOptions) -> Result<Gateway> {
+        let me = crate::sys::effective_uid();
+        for (path, what, kind) in trust::of(&opts.files) {
+            trust::check(&path, what, kind, me)?;
+        }
         let config = tls::server_config(&opts.files)?;
         let listener = TcpListener::bind(opts.listen)
             .await

@@ -39,6 +39,7 @@ mod gateway;
 mod relay;
 mod tls;
 pub(crate) mod tls_transport;
+pub(crate) mod trust;
 mod x509;
 
 pub use client::DEFAULT_PORT;
@@ -47,6 +48,25 @@ pub use gateway::{Gateway, GatewayEvent, GatewayOptions};
 /// [`TlsFiles::server_config`].
 pub use rustls;
 pub use tls::TlsFiles;
+
+/// Refuses a gateway's configuration file (ERROR_ACCESS_DENIED, saying
+/// why) that anyone but root and this process's user could change, or
+/// that lies in a directory they could: it says who reaches which pipes as
+/// whom. [`Gateway::bind`] checks its CA, certificate and key the same way;
+/// `npipe gateway --config` checks its file with this.
+///
+/// ```no_run
+/// npipe::remote::check_config_file("/etc/npipe/gateway.toml")?;
+/// # Ok::<(), npipe::Error>(())
+/// ```
+pub fn check_config_file(path: impl AsRef<std::path::Path>) -> crate::Result<()> {
+    trust::check(
+        path.as_ref(),
+        "the gateway's configuration",
+        trust::Kind::Public,
+        crate::sys::effective_uid(),
+    )
+}
 
 /// The remote principal a certificate names (its subject's common name),
 /// read from the first certificate of a PEM file: who a client holding it

@@ -19,6 +19,8 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
+use std::os::unix::fs::PermissionsExt;
+
 use crate::common::{unique, TempDir};
 
 /// A CA and certificates signed by it, as PEM files in a directory.
@@ -78,7 +80,9 @@ impl Certs {
             self.dir.path().join(format!("{name}.key")),
         );
         std::fs::write(&crt, cert.pem()).unwrap();
+        // Keys only their owner reads: the gateway refuses others.
         std::fs::write(&pem_key, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&pem_key, std::fs::Permissions::from_mode(0o600)).unwrap();
         (crt, pem_key)
     }
 }
