@@ -1121,7 +1121,9 @@ fn run_as_nobody(args: &[&str]) -> Run {
 #[test]
 fn whoami_reports_the_client_and_what_impersonation_did() {
     if let Some(why) = shared_copy::cannot_run_as(65534) {
-        eprintln!("SKIPPED LOUDLY: whoami test runs a client as uid 65534, and {why}");
+        crate::shared_copy::skipped(&format!(
+            "whoami test runs a client as uid 65534, and {why}"
+        ));
         return;
     }
     let name = unique("whoami");
@@ -1182,7 +1184,9 @@ fn whoami_reports_the_client_and_what_impersonation_did() {
 #[test]
 fn serve_security_flags_fence_out_other_users() {
     if let Some(why) = shared_copy::cannot_run_as(65534) {
-        eprintln!("SKIPPED LOUDLY: security flag test runs a client as uid 65534, and {why}");
+        crate::shared_copy::skipped(&format!(
+            "security flag test runs a client as uid 65534, and {why}"
+        ));
         return;
     }
     let private = unique("cuo");
@@ -1254,7 +1258,7 @@ fn serve_security_flags_fence_out_other_users() {
 #[test]
 fn list_tells_live_denied_hung_and_dead_apart_within_one_deadline() {
     if let Some(why) = shared_copy::cannot_run_as(65534) {
-        eprintln!("SKIPPED LOUDLY: the listing test lists as uid 65534, and {why}");
+        crate::shared_copy::skipped(&format!("the listing test lists as uid 65534, and {why}"));
         return;
     }
     use std::os::unix::fs::PermissionsExt;
@@ -1364,9 +1368,9 @@ fn list_prune_removes_dead_servers_sockets_only() {
 fn setup_makes_a_root_owned_sticky_directory_and_its_boot_entry() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     if let Some(why) = shared_copy::cannot_run_as(65534) {
-        eprintln!(
-            "SKIPPED LOUDLY: setup test needs root to chown and runs as uid 65534, and {why}"
-        );
+        crate::shared_copy::skipped(&format!(
+            "setup test needs root to chown and runs as uid 65534, and {why}"
+        ));
         return;
     }
     let base = std::env::temp_dir().join(unique("setup"));
@@ -1693,7 +1697,9 @@ fn the_gateway_refuses_files_others_could_change_or_read() {
 #[test]
 fn the_gateway_will_not_run_as_a_user_servers_do_not_trust() {
     if let Some(why) = shared_copy::cannot_run_as(65534) {
-        eprintln!("SKIPPED LOUDLY: the gateway's user check runs it as uid 65534, and {why}");
+        crate::shared_copy::skipped(&format!(
+            "the gateway's user check runs it as uid 65534, and {why}"
+        ));
         return;
     }
     let refused = run_as_nobody(&["gateway", "--cert", "x", "--key", "y", "--ca", "z"]);

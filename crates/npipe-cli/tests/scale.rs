@@ -4,6 +4,10 @@
 
 #[path = "../../npipe/tests/support/procfs.rs"]
 mod procfs;
+// For `skipped` alone.
+#[allow(dead_code)]
+#[path = "../../npipe/tests/support/shared_copy.rs"]
+mod shared_copy;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -93,7 +97,9 @@ fn opts() -> ClientOptions {
 fn ten_thousand_clients_at_once_with_bounded_memory() {
     const CLIENTS: usize = 10_000;
     if !allow_open_files(CLIENTS as u64 + 512) {
-        eprintln!("SKIPPED LOUDLY: cannot raise the open-file limit to {CLIENTS} clients");
+        crate::shared_copy::skipped(&format!(
+            "cannot raise the open-file limit to {CLIENTS} clients"
+        ));
         return;
     }
     let server = Server::start("10k");

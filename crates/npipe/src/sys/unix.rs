@@ -886,6 +886,8 @@ pub fn set_thread_batch_scheduling() -> io::Result<bool> {
 
 #[cfg(test)]
 mod scheduling_tests {
+    use super::tests::skipped;
+
     #[test]
     fn a_default_thread_moves_to_batch_and_a_batch_one_stays() {
         fn policy() -> libc::c_int {
@@ -895,7 +897,7 @@ mod scheduling_tests {
         }
         std::thread::spawn(|| {
             if policy() != libc::SCHED_OTHER {
-                eprintln!("SKIPPED LOUDLY: the tests do not run under SCHED_OTHER");
+                skipped("the tests do not run under SCHED_OTHER");
                 assert!(!super::set_thread_batch_scheduling().unwrap());
                 return;
             }
@@ -904,7 +906,7 @@ mod scheduling_tests {
                 // A sandbox (seccomp) may forbid it; the acceptor then
                 // simply keeps its policy.
                 Err(e) => {
-                    eprintln!("SKIPPED LOUDLY: sched_setscheduler is refused here: {e}");
+                    skipped(&format!("sched_setscheduler is refused here: {e}"));
                     return;
                 }
             }
@@ -1316,6 +1318,20 @@ pub fn exec_as_user(cmd: &mut std::process::Command, ids: &ThreadIds) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// As the integration tests' `shared_copy::skipped`: loudly, and into
+    /// the file `NPIPE_SKIPPED_LOG` names for `.ci/run` to print.
+    pub(super) fn skipped(why: &str) {
+        eprintln!("SKIPPED LOUDLY: {why}");
+        if let Some(log) = std::env::var_os("NPIPE_SKIPPED_LOG") {
+            use std::io::Write;
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .and_then(|mut f| writeln!(f, "{why}"));
+        }
+    }
 
     /// `bind` and `connect` have no `*at` form: they must still reach the
     /// directory that was opened and checked, not whatever its path names

@@ -94,7 +94,9 @@ pub fn can_run_as(uid: u32, test: &str) -> bool {
     match crate::shared_copy::cannot_run_as(uid) {
         None => true,
         Some(why) => {
-            eprintln!("SKIPPED LOUDLY: {test} starts a process as uid {uid}, and {why}");
+            crate::shared_copy::skipped(&format!(
+                "{test} starts a process as uid {uid}, and {why}"
+            ));
             false
         }
     }

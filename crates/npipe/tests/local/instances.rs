@@ -324,10 +324,10 @@ fn a_held_directory_lock_does_not_stop_new_pipes() {
 #[test]
 fn a_dead_servers_name_is_reclaimed_while_another_user_holds_every_lock() {
     if let Some(why) = crate::shared_copy::cannot_run_as(65534) {
-        eprintln!(
-            "SKIPPED LOUDLY: a_dead_servers_name_is_reclaimed_while_another_user_holds_every_lock \
+        crate::shared_copy::skipped(&format!(
+            "a_dead_servers_name_is_reclaimed_while_another_user_holds_every_lock \
              starts a process as uid 65534, and {why}"
-        );
+        ));
         return;
     }
     let name = unique("reclaim-locked");

@@ -159,9 +159,9 @@ fn a_namespace_directory_owned_by_another_user_is_refused() {
     // Giving a directory to uid 65534 takes what starting a process as it
     // takes: root, and the uid mapped.
     if let Some(why) = crate::shared_copy::cannot_run_as(65534) {
-        eprintln!(
-            "SKIPPED LOUDLY: a_namespace_directory_owned_by_another_user_is_refused chowns to uid 65534, and {why}"
-        );
+        crate::shared_copy::skipped(&format!(
+            "a_namespace_directory_owned_by_another_user_is_refused chowns to uid 65534, and {why}"
+        ));
         return;
     }
     let tmp = TempDir::new("nsother");
@@ -184,9 +184,8 @@ fn a_namespace_directory_owned_by_another_user_is_refused() {
 #[test]
 fn a_namespace_directory_under_another_users_directory_is_refused() {
     if let Some(why) = crate::shared_copy::cannot_run_as(65534) {
-        eprintln!(
-            "SKIPPED LOUDLY: a_namespace_directory_under_another_users_directory_is_refused chowns to uid 65534, and {why}"
-        );
+        crate::shared_copy::skipped(&format!("a_namespace_directory_under_another_users_directory_is_refused chowns to uid 65534, and {why}"
+        ));
         return;
     }
     let tmp = TempDir::new("nsparent");

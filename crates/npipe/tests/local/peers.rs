@@ -104,7 +104,7 @@ pub fn own_logon_session() -> u32 {
 #[test]
 fn a_client_from_another_login_is_in_that_logon_session() {
     if !is_root() {
-        eprintln!("SKIPPED LOUDLY: starting a login session needs root (CAP_AUDIT_CONTROL)");
+        crate::shared_copy::skipped("starting a login session needs root (CAP_AUDIT_CONTROL)");
         return;
     }
     let name = unique("logon");
@@ -112,7 +112,9 @@ fn a_client_from_another_login_is_in_that_logon_session() {
     let mut client = spawn_in_new_login("login_open", &[&name]);
     let said = client.expect("session");
     if said == own_logon_session().to_string() {
-        eprintln!("SKIPPED LOUDLY: this system will not start an audit session (still {said})");
+        crate::shared_copy::skipped(&format!(
+            "this system will not start an audit session (still {said})"
+        ));
         return;
     }
     let line = srv.expect("conn");
@@ -126,7 +128,7 @@ fn a_client_from_another_login_is_in_that_logon_session() {
 #[test]
 fn a_client_in_another_pid_namespace_keeps_its_logon_session() {
     if !is_root() {
-        eprintln!("SKIPPED LOUDLY: a new pid namespace needs root");
+        crate::shared_copy::skipped("a new pid namespace needs root");
         return;
     }
     let name = unique("sessionzero");
@@ -146,7 +148,7 @@ fn a_client_in_another_pid_namespace_keeps_its_logon_session() {
     let out = match out {
         Ok(out) => out,
         Err(e) => {
-            eprintln!("SKIPPED LOUDLY: cannot run unshare(1): {e}");
+            crate::shared_copy::skipped(&format!("cannot run unshare(1): {e}"));
             return;
         }
     };
@@ -154,7 +156,9 @@ fn a_client_in_another_pid_namespace_keeps_its_logon_session() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() && stderr.starts_with("unshare:") {
         // A sandbox that forbids new namespaces even to root.
-        eprintln!("SKIPPED LOUDLY: unshare(1) cannot make a pid namespace here: {stderr}");
+        crate::shared_copy::skipped(&format!(
+            "unshare(1) cannot make a pid namespace here: {stderr}"
+        ));
         return;
     }
     let line = stdout
@@ -169,9 +173,9 @@ fn a_client_in_another_pid_namespace_keeps_its_logon_session() {
         .unwrap_or_else(|| panic!("{line}"));
     assert_eq!(session, own, "{line}");
     if own == "0" {
-        eprintln!(
-            "SKIPPED LOUDLY (in part): no audit session could be started here, so the probe's \
-             session 0 cannot tell its own /proc entry from another's"
+        crate::shared_copy::skipped(
+            "(in part) no audit session could be started here, so the probe's \
+             session 0 cannot tell its own /proc entry from another's",
         );
     }
 }

@@ -67,6 +67,34 @@ fn remove_dead_runs_copies(base: &Path, prefix: &str) {
 /// root, and `uid` must exist in its user namespace (a rootless container
 /// maps only a few ids).
 pub fn cannot_run_as(uid: u32) -> Option<String> {
+    let why = why_not_as(uid)?;
+    if std::env::var_os("NPIPE_TESTS_STRICT").is_some() {
+        panic!(
+            "NPIPE_TESTS_STRICT is set (.ci/run sets it when it runs as root): this test acts \
+             as uid {uid} and must run, but {why}"
+        );
+    }
+    Some(why)
+}
+
+/// Says loudly that a test (or part of one) cannot run here: on standard
+/// error (which cargo shows for a failing test, or with --nocapture), and
+/// in the file `NPIPE_SKIPPED_LOG` names, which `.ci/run` prints at its end
+/// so a skip never passes unseen.
+pub fn skipped(why: &str) {
+    eprintln!("SKIPPED LOUDLY: {why}");
+    if let Some(log) = std::env::var_os("NPIPE_SKIPPED_LOG") {
+        use std::io::Write;
+        let line = format!("{}\n", why.replace('\n', " "));
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+    }
+}
+
+fn why_not_as(uid: u32) -> Option<String> {
     if rustix::process::geteuid().as_raw() != 0 {
         return Some("it needs root".into());
     }
