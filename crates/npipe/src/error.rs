@@ -225,7 +225,13 @@ impl Error {
 
     /// Classifies an operating-system error, with `context` saying what npipe
     /// was doing.
+    /// An npipe error carried inside `err` (a transport's own failure, such
+    /// as a corrupted shared-memory ring) comes back as itself, code and
+    /// all, not as an unclassified OS error.
     pub(crate) fn os(err: io::Error, context: &str) -> Error {
+        if err.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            return Error::from_io(err);
+        }
         let code = code_by_number(&err).unwrap_or(match err.kind() {
             io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ErrorCode::Timeout,
             io::ErrorKind::BrokenPipe => ErrorCode::BrokenPipe,
@@ -301,6 +307,16 @@ mod tests {
         for c in ErrorCode::ALL {
             assert_eq!(ErrorCode::from_win32(c.win32()), Some(c));
         }
+    }
+
+    #[test]
+    fn an_npipe_error_inside_an_io_error_keeps_its_code() {
+        // As a transport reports a corrupted ring: ERROR_BAD_PIPE, not 31.
+        let inner = Error::new(ErrorCode::BadPipe, "the ring is corrupt");
+        let io = io::Error::new(io::ErrorKind::InvalidData, inner);
+        let e = Error::os(io, "read");
+        assert_eq!(e.code(), ErrorCode::BadPipe);
+        assert!(e.message().contains("the ring is corrupt"), "{e}");
     }
 
     #[test]

@@ -191,7 +191,7 @@ impl ShmTransport {
     /// Waits until `ready` (or the peer is gone, which `ready`'s caller
     /// then finds), spinning first, then sleeping on `seq` with `waiting`
     /// raised. `false` if `deadline` passed first. The peer's socket is
-    /// asked about only when a sleep ran its whole slice, so a busy
+    /// asked about only once a sleep's slice of time has passed, so a busy
     /// connection makes no system call for it.
     fn wait(
         &self,
@@ -206,6 +206,7 @@ impl ShmTransport {
             return Ok(true);
         }
         let mut slice_len = SLEEP_SLICE;
+        let mut asked = Instant::now();
         loop {
             let seen = seq.load(Ordering::Acquire);
             waiting.store(1, Ordering::SeqCst);
@@ -227,10 +228,16 @@ impl ShmTransport {
             };
             let slept_through = futex_wait(seq, seen, Some(slice));
             waiting.store(0, Ordering::Relaxed);
-            if slept_through {
+            // A peer that is gone wakes no one, but whoever else holds the
+            // region (a process the peer handed it to) could bump the word
+            // for ever and so keep this from ever sleeping a whole slice:
+            // the socket is asked once a slice of time has passed, woken
+            // or not.
+            if slept_through || asked.elapsed() >= slice_len {
                 if gone() {
                     return Ok(true);
                 }
+                asked = Instant::now();
                 slice_len = (slice_len * 2).min(SLEEP_SLICE_MAX);
             }
         }

@@ -138,6 +138,44 @@ fn a_peer_that_dies_without_a_word_is_noticed_through_its_socket() {
     drop(region);
 }
 
+/// A peer that died after handing the region to someone who keeps waking
+/// the reader (bumping its futex word) is still noticed through its socket:
+/// the reader asks once a slice of time has passed, woken or not.
+#[test]
+fn a_dead_peer_is_noticed_even_while_someone_keeps_waking_the_reader() {
+    let (crashed, sb) = Socket::pair().unwrap();
+    let len = ShmTransport::region_len(1024);
+    let region = ShmRegion::create(len).unwrap();
+    let joined =
+        ShmRegion::from_peer(region.fd().try_clone_to_owned().unwrap(), |n| n == len).unwrap();
+    let b = ShmTransport::new(joined, sb, 1024, Side::Joiner);
+    let stop = Arc::new(AtomicBool::new(false));
+    let bumper = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            // The joiner reads the first ring.
+            let seq = Layout::new(0, 1024).data_seq(&region);
+            while !stop.load(Ordering::Relaxed) {
+                seq.fetch_add(1, Ordering::Release);
+                futex_wake(seq);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+    drop(crashed);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(b.recv(&mut [0u8; 8], Recv::Wait).map_err(|e| e.to_string()));
+    });
+    let got = rx.recv_timeout(Duration::from_secs(20));
+    stop.store(true, Ordering::Relaxed);
+    bumper.join().unwrap();
+    assert_eq!(
+        got.expect("the reader never noticed its peer was gone"),
+        Ok(0)
+    );
+}
+
 /// A server takes only two rings of a power-of-two capacity in range, and
 /// only a sealed memory file of that size: anything else keeps the socket.
 #[test]
