@@ -66,6 +66,7 @@ impl PipeListener {
                 End::Server,
                 &self.instances.name,
                 opts.effective_read_mode(),
+                opts.max_message_size,
             )),
             max_message_size: opts.max_message_size,
         })
@@ -126,14 +127,14 @@ impl Conn {
     }
 
     fn recv_message(&mut self) -> Result<Vec<u8>> {
-        self.gather(Gather::starting_with(Vec::new()))
+        self.gather(Gather::starting_with(Vec::new(), self.state.max_message))
     }
 
     /// Reads until the message `gather` holds the start of is whole.
     fn gather(&mut self, mut gather: Gather) -> Result<Vec<u8>> {
         loop {
-            let read = self.read_message(gather.space())?;
-            if let Some(msg) = gather.took(read) {
+            let read = self.read_message(gather.space()?)?;
+            if let Some(msg) = gather.took(read)? {
                 return Ok(msg);
             }
         }
@@ -169,7 +170,9 @@ impl Conn {
         reply.truncate(first.len());
         match first {
             MessageRead::Complete(_) => Ok(reply),
-            MessageRead::MoreData(_) => self.gather(Gather::starting_with(reply)),
+            MessageRead::MoreData(_) => {
+                self.gather(Gather::starting_with(reply, self.state.max_message))
+            }
         }
     }
 

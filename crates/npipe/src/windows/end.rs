@@ -23,6 +23,10 @@ pub(crate) struct EndState {
     pub(crate) name: String,
     pub(crate) read_mode: ReadMode,
     pub(crate) disconnected: bool,
+    /// The longest message `recv_message` and `transact` gather (the
+    /// end's `max_message_size`): a peer's endless message must not take
+    /// this process's memory.
+    pub(crate) max_message: u32,
 }
 
 impl EndState {
@@ -31,6 +35,7 @@ impl EndState {
         end: End,
         name: &PipeName,
         read_mode: ReadMode,
+        max_message: u32,
     ) -> Self {
         EndState {
             pipe: pipe.into(),
@@ -38,6 +43,7 @@ impl EndState {
             name: name.name().to_string(),
             read_mode,
             disconnected: false,
+            max_message,
         }
     }
 

@@ -137,40 +137,68 @@ impl Instances {
 }
 
 /// A whole message gathered from reads that may each say *more data*:
-/// the reading loop, without the reads, for both front ends.
+/// the reading loop, without the reads, for both front ends. It never
+/// holds more than the end's largest message: a peer that sends an endless
+/// message gets `ERROR_BAD_PIPE`, as the Linux ends' framing refuses one.
 #[derive(Debug)]
 struct Gather {
     msg: Vec<u8>,
     len: usize,
+    max: usize,
 }
 
 impl Gather {
-    /// Starts with what a first read (a transact's reply, say) returned.
-    fn starting_with(mut first: Vec<u8>) -> Gather {
+    /// Starts with what a first read (a transact's reply, say) returned;
+    /// `max` bytes at most.
+    fn starting_with(mut first: Vec<u8>, max: u32) -> Gather {
         let len = first.len();
-        first.resize(len.max(FIRST_READ / 2) * 2, 0);
-        Gather { msg: first, len }
+        let max = max as usize;
+        // Room for one more read at least (an empty message needs one).
+        first.resize((len.max(FIRST_READ / 2) * 2).min(max).max(len + 1), 0);
+        Gather {
+            msg: first,
+            len,
+            max,
+        }
     }
 
-    /// Where the next read goes.
-    fn space(&mut self) -> &mut [u8] {
-        &mut self.msg[self.len..]
+    /// Where the next read goes: never past the largest message the end
+    /// accepts.
+    fn space(&mut self) -> Result<&mut [u8], crate::Error> {
+        if self.len >= self.msg.len() {
+            return Err(self.too_long());
+        }
+        Ok(&mut self.msg[self.len..])
     }
 
     /// Takes a read's outcome: the whole message once it is complete.
-    fn took(&mut self, read: crate::MessageRead) -> Option<Vec<u8>> {
+    fn took(&mut self, read: crate::MessageRead) -> Result<Option<Vec<u8>>, crate::Error> {
         self.len += read.len();
         match read {
             crate::MessageRead::Complete(_) => {
                 self.msg.truncate(self.len);
-                Some(std::mem::take(&mut self.msg))
+                Ok(Some(std::mem::take(&mut self.msg)))
             }
             crate::MessageRead::MoreData(_) => {
-                let grown = self.msg.len() * 2;
+                if self.len >= self.max {
+                    return Err(self.too_long());
+                }
+                let grown = (self.msg.len() * 2).min(self.max);
                 self.msg.resize(grown, 0);
-                None
+                Ok(None)
             }
         }
+    }
+
+    fn too_long(&self) -> crate::Error {
+        crate::Error::new(
+            crate::ErrorCode::BadPipe,
+            format!(
+                "the peer sent a message longer than this end accepts ({} bytes, its \
+                 max_message_size); the rest is left in the pipe, for read_message to take in parts",
+                self.max
+            ),
+        )
     }
 }
 

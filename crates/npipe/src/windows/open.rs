@@ -142,7 +142,13 @@ impl<'a> Opener<'a> {
             sys::set_read_mode(&pipe, ReadMode::Message)
                 .map_err(|e| os(e, "cannot read the pipe in message mode"))?;
         }
-        let state = EndState::new(pipe, End::Client, self.name, read_mode);
+        let state = EndState::new(
+            pipe,
+            End::Client,
+            self.name,
+            read_mode,
+            self.opts.max_message_size,
+        );
         if let Some(expected) = &self.opts.expect_server {
             state.check_server(self.name, expected)?;
         }

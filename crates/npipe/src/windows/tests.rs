@@ -433,3 +433,70 @@ fn a_client_that_came_and_went_does_not_fail_accept() {
     assert_eq!(s.recv_message().unwrap(), b"late");
     let _c = late.join().unwrap();
 }
+
+#[test]
+fn gathering_stops_at_the_largest_message_the_end_accepts() {
+    for max in [100, FIRST_READ as u32 * 3 + 5] {
+        // A message that goes on for ever: every read fills what it is given.
+        let mut g = Gather::starting_with(Vec::new(), max);
+        let mut held = 0;
+        let e = loop {
+            let room = g.space().unwrap().len();
+            assert!(held + room <= max as usize, "room past the limit");
+            held += room;
+            match g.took(MessageRead::MoreData(room)) {
+                Ok(None) => {}
+                Ok(Some(_)) => panic!("an unfinished message came out whole"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(e.code(), ErrorCode::BadPipe);
+        assert_eq!(held, max as usize, "refused once it held the limit");
+        // A message of exactly the limit is whole.
+        let mut g = Gather::starting_with(Vec::new(), max);
+        let mut held = 0;
+        let msg = loop {
+            let room = g.space().unwrap().len();
+            held += room;
+            let read = if held == max as usize {
+                MessageRead::Complete(room)
+            } else {
+                MessageRead::MoreData(room)
+            };
+            if let Some(msg) = g.took(read).unwrap() {
+                break msg;
+            }
+        };
+        assert_eq!(msg.len(), max as usize);
+    }
+    // An empty message needs room for one read, whatever the limit.
+    let mut g = Gather::starting_with(Vec::new(), 0);
+    g.space().unwrap();
+    assert_eq!(g.took(MessageRead::Complete(0)).unwrap(), Some(vec![]));
+}
+
+#[test]
+fn a_message_longer_than_the_server_accepts_is_refused_not_gathered() {
+    let name = unique("too-long");
+    let mut opts = ServerOptions::new();
+    opts.max_message_size(1000);
+    let server = serve_one(&opts, &name, |mut s| {
+        let e = s.recv_message().unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadPipe, "{e}");
+        // What fits still comes through afterwards, in parts.
+        let mut buf = [0u8; 8192];
+        let mut rest = 0;
+        loop {
+            match s.read_message(&mut buf).unwrap() {
+                MessageRead::MoreData(n) => rest += n,
+                MessageRead::Complete(n) => break rest += n,
+            }
+        }
+        assert_eq!(rest, 5000 - 1000, "the rest stayed in the pipe");
+        assert_eq!(s.recv_message().unwrap(), b"short");
+    });
+    let mut c = ClientOptions::new().open(&name).unwrap();
+    c.write_message(&[7u8; 5000]).unwrap();
+    c.write_message(b"short").unwrap();
+    server.join().unwrap();
+}

@@ -115,14 +115,15 @@ impl AsyncConn {
 
     /// One whole message, however long.
     pub(crate) async fn recv_message(&mut self) -> Result<Vec<u8>> {
-        self.gather(Gather::starting_with(Vec::new())).await
+        self.gather(Gather::starting_with(Vec::new(), self.state.max_message))
+            .await
     }
 
     /// Reads until the message `gather` holds the start of is whole.
     async fn gather(&mut self, mut gather: Gather) -> Result<Vec<u8>> {
         loop {
-            let read = self.read_message(gather.space()).await?;
-            if let Some(msg) = gather.took(read) {
+            let read = self.read_message(gather.space()?).await?;
+            if let Some(msg) = gather.took(read)? {
                 return Ok(msg);
             }
         }
@@ -197,7 +198,10 @@ impl AsyncConn {
         reply.truncate(first.len());
         match first {
             MessageRead::Complete(_) => Ok(reply),
-            MessageRead::MoreData(_) => self.gather(Gather::starting_with(reply)).await,
+            MessageRead::MoreData(_) => {
+                self.gather(Gather::starting_with(reply, self.state.max_message))
+                    .await
+            }
         }
     }
 

@@ -162,6 +162,7 @@ impl PipeListener {
                 End::Server,
                 &self.instances.name,
                 opts.effective_read_mode(),
+                opts.max_message_size,
             )),
             max_message_size: opts.max_message_size,
         })
