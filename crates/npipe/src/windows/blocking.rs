@@ -282,6 +282,20 @@ server_queries!(PipeServer, conn.state);
 client_queries!(PipeClient, conn.state);
 
 impl PipeServer {
+    /// `ImpersonateNamedPipeClient`: this thread acts as the client until
+    /// the guard is dropped (`RevertToSelf`). One impersonation per thread
+    /// at a time, as on Linux: a nested one is refused. (The tokio server
+    /// has no such guard, as on Linux: a runtime's thread runs other tasks,
+    /// which must never run as the client. It has `run_as_client`.)
+    ///
+    /// Differs from Linux: a client that allowed only identification is
+    /// impersonated at that level (Windows refuses what it then tries to
+    /// open with `ERROR_BAD_IMPERSONATION_LEVEL`), where Linux refuses the
+    /// impersonation itself with `ERROR_CANNOT_IMPERSONATE`.
+    pub fn impersonate(&self) -> Result<Impersonation<'_>> {
+        self.conn.state.impersonate()
+    }
+
     /// Runs `f` as the client on this thread, then reverts.
     pub fn run_as_client<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
         let guard = self.impersonate()?;

@@ -234,19 +234,6 @@ macro_rules! end_queries {
 macro_rules! server_queries {
     ($t:ty, $($state:ident).+) => {
         impl $t {
-            /// `ImpersonateNamedPipeClient`: this thread acts as the client
-            /// until the guard is dropped (`RevertToSelf`). One
-            /// impersonation per thread at a time, as on Linux: a nested
-            /// one is refused.
-            ///
-            /// Differs from Linux: a client that allowed only
-            /// identification is impersonated at that level (Windows
-            /// refuses what it then tries to open with
-            /// `ERROR_BAD_IMPERSONATION_LEVEL`), where Linux refuses the
-            /// impersonation itself with `ERROR_CANNOT_IMPERSONATE`.
-            pub fn impersonate(&self) -> Result<Impersonation<'_>> {
-                self.$($state).+.impersonate()
-            }
             /// The client's user name (`GetNamedPipeHandleState`'s
             /// `lpUserName`), if the kernel could tell it (the client must
             /// allow impersonation).
