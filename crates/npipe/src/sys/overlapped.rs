@@ -325,6 +325,21 @@ impl Overlapped {
         !matches!(self.state, State::Pending) || self.signal().fired.load(Ordering::SeqCst)
     }
 
+    /// Waits, blocking the calling thread, until the kernel has finished
+    /// the operation (never cancelling it): for a write the application
+    /// was told had gone, whose end is being dropped. Its outcome has no
+    /// one left to hear it.
+    pub fn finish_blocking(mut self) {
+        if let State::Pending = self.state {
+            let mut n = 0u32;
+            // SAFETY: `ov` names this handle's operation, still owned by
+            // us; waiting on its result (bWait) returns once it completed,
+            // after which the kernel no longer touches the buffers.
+            unsafe { GetOverlappedResult(self.pipe.raw(), self.ov(), &mut n, 1) };
+            self.state = State::Taken;
+        }
+    }
+
     /// Cancels the operation if it is still in flight and waits until the
     /// kernel has let go of its buffers.
     fn cancel_and_wait(&mut self) {

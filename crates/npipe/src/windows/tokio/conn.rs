@@ -310,6 +310,23 @@ impl AsyncConn {
     }
 }
 
+impl Drop for AsyncConn {
+    /// A write in flight was reported done to the application (`AsyncWrite`
+    /// says so once it starts), so it is never cancelled: a thread of its
+    /// own waits for it to finish, keeping the handle open until then, as
+    /// a closed socket's peer still reads what was sent before the end.
+    fn drop(&mut self) {
+        if let Some(op) = self.writing.take() {
+            if !op.is_done() {
+                // Without a thread the operation is cancelled (its drop).
+                let _ = std::thread::Builder::new()
+                    .name("npipe-write-out".into())
+                    .spawn(move || op.finish_blocking());
+            }
+        }
+    }
+}
+
 /// `AsyncRead` and `AsyncWrite` for an end keeping its [`AsyncConn`] in
 /// `conn`.
 macro_rules! async_io {

@@ -406,3 +406,37 @@ fn identities_and_impersonation_on_tokio() {
         assert_eq!(e.code(), ErrorCode::AccessDenied, "{e}");
     });
 }
+
+/// `AsyncWrite` reports a write done once it has started; dropping the end
+/// right after must not cancel it: the reader still gets every byte, then
+/// the end of the pipe.
+#[test]
+fn a_write_reported_done_survives_dropping_its_end() {
+    run(async {
+        let name = unique("write-out");
+        let mut opts = ServerOptions::new();
+        opts.pipe_type(PipeType::Byte).out_buffer_size(4096);
+        let listener = opts.create_async(&name).unwrap();
+        let mut c = ClientOptions::new().open_async(&name).await.unwrap();
+        let mut s = listener.accept().await.unwrap();
+        let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+        // Far more than the pipe's buffer: the write cannot finish before
+        // the client reads, yet it is reported done.
+        assert_eq!(s.write(&data).await.unwrap(), data.len());
+        drop(s);
+        let mut got = Vec::new();
+        let read = timeout(LONG, async {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match c.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "the reader never saw the end");
+        assert_eq!(got.len(), data.len(), "bytes reported written were lost");
+        assert!(got == data);
+    });
+}
