@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use windows_sys::Win32::Foundation::{
-    ERROR_IO_PENDING, ERROR_MORE_DATA, ERROR_PIPE_CONNECTED, HANDLE, INVALID_HANDLE_VALUE,
+    ERROR_IO_PENDING, ERROR_MORE_DATA, ERROR_OPERATION_ABORTED, ERROR_PIPE_CONNECTED, HANDLE,
+    INVALID_HANDLE_VALUE,
 };
 use windows_sys::Win32::Storage::FileSystem::{ReadFile, WriteFile};
 use windows_sys::Win32::System::Pipes::{ConnectNamedPipe, TransactNamedPipe};
@@ -323,6 +324,35 @@ impl Overlapped {
     /// Whether the kernel is done with it (without taking the outcome).
     pub fn is_done(&self) -> bool {
         !matches!(self.state, State::Pending) || self.signal().fired.load(Ordering::SeqCst)
+    }
+
+    /// Cancels the operation unless the kernel finished it first, and
+    /// gives what it did: `None` if it was cancelled before it did
+    /// anything. (A read the kernel filled just before the cancel keeps
+    /// its bytes.)
+    pub fn cancel(mut self) -> io::Result<Option<Done>> {
+        if let State::Pending = self.state {
+            // SAFETY: `ov` names this handle's operation, still owned by
+            // us; cancelling one that already completed is harmless.
+            unsafe { CancelIoEx(self.pipe.raw(), self.ov()) };
+            let mut n = 0u32;
+            // SAFETY: waiting on the result (bWait) returns once the
+            // operation completed, cancelled or not; the kernel is then
+            // done with `ov` and the buffers.
+            let ok = unsafe { GetOverlappedResult(self.pipe.raw(), self.ov(), &mut n, 1) };
+            let e = io::Error::last_os_error();
+            self.state = State::Finished(match (ok != 0, e.raw_os_error().map(|c| c as u32)) {
+                (true, _) => Ok((n as usize, false)),
+                (false, Some(ERROR_MORE_DATA)) => Ok((n as usize, true)),
+                (false, Some(ERROR_OPERATION_ABORTED)) => return Ok(None),
+                (false, _) => Err(e),
+            });
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.poll(&mut cx) {
+            Poll::Ready(done) => done.map(Some),
+            Poll::Pending => unreachable!("finished above"),
+        }
     }
 
     /// Waits, blocking the calling thread, until the kernel has finished

@@ -159,8 +159,21 @@ impl AsyncConn {
     /// (The kernel checks the pipe's type and read mode.)
     fn check_transact(&mut self) -> Result<()> {
         self.state.connected()?;
-        self.settle_read();
-        if self.held.present || self.reading.is_some() {
+        // A read whose future was dropped: one the kernel has not filled
+        // yet is cancelled (nothing was read, so nothing is unread); one
+        // it filled keeps its bytes, which refuse the transact below.
+        if let Some(op) = self.reading.take() {
+            // An error comes again from the kernel on the next read.
+            if let Ok(Some(done)) = op.cancel() {
+                self.held = Held {
+                    buf: done.buf,
+                    pos: 0,
+                    present: true,
+                    more: done.more,
+                };
+            }
+        }
+        if self.held.present {
             return Err(Error::new(
                 ErrorCode::PipeBusy,
                 "transact refused: unread data is waiting in the pipe (read it first)",

@@ -440,3 +440,24 @@ fn a_write_reported_done_survives_dropping_its_end() {
         assert!(got == data);
     });
 }
+
+/// A read whose future was dropped before anything came took nothing: a
+/// transact after it goes ahead (it was refused as busy).
+#[test]
+fn a_dropped_read_that_took_nothing_does_not_refuse_a_transact() {
+    run(async {
+        let name = unique("transact-after-drop");
+        let listener = ServerOptions::new().create_async(&name).unwrap();
+        let server = ::tokio::spawn(async move {
+            let mut s = listener.accept().await.unwrap();
+            let req = s.recv_message().await.unwrap();
+            s.write_message(&req.to_ascii_uppercase()).await.unwrap();
+            s
+        });
+        let mut c = ClientOptions::new().open_async(&name).await.unwrap();
+        assert!(!poll_once_and_drop(c.read_message(&mut [0u8; 64])));
+        let reply = timeout(LONG, c.transact(b"after")).await.unwrap();
+        assert_eq!(reply.unwrap(), b"AFTER");
+        let _s = server.await.unwrap();
+    });
+}
