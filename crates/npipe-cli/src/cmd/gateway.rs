@@ -200,6 +200,42 @@ fn settings(args: &Args) -> Result<Settings, Failure> {
     Ok(s)
 }
 
+/// A principal as a certificate's common name can carry it in a HELLO.
+fn check_principal(principal: &str) -> Result<(), Failure> {
+    if principal.is_empty() || principal.len() > 256 || principal.chars().any(char::is_control) {
+        return Err(usage(format!(
+            "principal {:?}: a principal is a certificate's common name, 1 to 256 bytes \
+             without control characters",
+            super::printable(principal)
+        )));
+    }
+    Ok(())
+}
+
+/// A pipe a principal may reach: a name as clients give it after
+/// `\\HOST\pipe\`, or a prefix of names ending in `*`.
+fn check_pipe_pattern(principal: &str, pattern: &str) -> Result<(), Failure> {
+    let bad = |why: &str| {
+        usage(format!(
+            "principal {principal}: pipe {:?}: {why}",
+            super::printable(pattern)
+        ))
+    };
+    if pattern.starts_with('\\') || pattern.starts_with('/') {
+        return Err(bad(
+            "give the name alone, without \\\\.\\pipe\\ (`echo`, not \
+                        `\\\\.\\pipe\\echo`): it never matches otherwise",
+        ));
+    }
+    match pattern.find('*') {
+        Some(at) if at + 1 != pattern.len() => Err(bad("`*` may only end a pattern")),
+        Some(_) => Ok(()),
+        None => npipe::PipeName::parse(pattern)
+            .map(drop)
+            .map_err(|e| bad(e.message())),
+    }
+}
+
 fn options(s: Settings, allow_root_map: bool) -> Result<GatewayOptions, Failure> {
     let need = |v: Option<PathBuf>, flag: &str| {
         v.ok_or_else(|| {
@@ -219,6 +255,10 @@ fn options(s: Settings, allow_root_map: bool) -> Result<GatewayOptions, Failure>
         opts.listen(listen);
     }
     for (principal, user, pipes) in s.principals {
+        check_principal(&principal)?;
+        for pattern in pipes.iter().flatten() {
+            check_pipe_pattern(&principal, pattern)?;
+        }
         if let Some(name) = user {
             let local = LocalUser::by_name(&name).ok_or_else(|| {
                 usage(format!(
@@ -283,4 +323,24 @@ pub fn run(args: &Args) -> CmdResult {
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn principals_and_pipe_patterns_are_checked() {
+        assert!(check_principal("alice").is_ok());
+        assert!(check_principal("").is_err());
+        assert!(check_principal(&"a".repeat(257)).is_err());
+        assert!(check_principal("ali\nce").is_err());
+        assert!(check_pipe_pattern("alice", "echo").is_ok());
+        assert!(check_pipe_pattern("alice", "builds\\*").is_ok());
+        assert!(check_pipe_pattern("alice", "*").is_ok());
+        let prefixed = check_pipe_pattern("alice", "\\\\.\\pipe\\echo").unwrap_err();
+        assert!(prefixed.to_string().contains("without"), "{prefixed}");
+        assert!(check_pipe_pattern("alice", "bu*ilds").is_err());
+        assert!(check_pipe_pattern("alice", "").is_err());
+    }
 }
