@@ -111,6 +111,19 @@ pub enum Wait {
     Forever,
 }
 
+impl Wait {
+    /// The wait of a `call` given `timeout`: none at all for zero (busy at
+    /// once), else up to `timeout`. One rule for every `call`, blocking or
+    /// tokio, on Linux and on Windows.
+    pub(crate) fn for_call(timeout: Duration) -> Wait {
+        if timeout.is_zero() {
+            Wait::NoWait
+        } else {
+            Wait::Timeout(timeout)
+        }
+    }
+}
+
 /// What a client lets the server do with its identity
 /// (`SECURITY_IDENTIFICATION`, `SECURITY_IMPERSONATION`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

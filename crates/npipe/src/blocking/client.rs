@@ -271,6 +271,11 @@ fn receive(
 /// message, and closes. The request rides in the same packet as the
 /// handshake, so a call costs one round trip.
 ///
+/// A zero `timeout` does not wait: every instance busy is
+/// `ERROR_PIPE_BUSY` at once, on Linux and on Windows alike. (Windows'
+/// `CallNamedPipe` reads 0 as the server's default wait: for that, use
+/// `ClientOptions::new().wait(Wait::ServerDefault).call(..)`.)
+///
 /// ```
 /// use npipe::ServerOptions;
 /// use std::time::Duration;
@@ -292,11 +297,7 @@ pub fn call(
     timeout: Duration,
 ) -> Result<Vec<u8>> {
     ClientOptions::new()
-        .wait(if timeout.is_zero() {
-            Wait::NoWait
-        } else {
-            Wait::Timeout(timeout)
-        })
+        .wait(Wait::for_call(timeout))
         .call(name, request)
 }
 

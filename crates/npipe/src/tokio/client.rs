@@ -208,11 +208,7 @@ pub async fn call(
 ) -> Result<Vec<u8>> {
     let name = name.try_into()?;
     let mut opts = ClientOptions::new();
-    opts.wait(if timeout.is_zero() {
-        Wait::NoWait
-    } else {
-        Wait::Timeout(timeout)
-    });
+    opts.wait(Wait::for_call(timeout));
     call_with(&opts, &name, request).await
 }
 

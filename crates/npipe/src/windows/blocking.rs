@@ -342,13 +342,15 @@ impl PipeClient {
 
 /// `CallNamedPipe`: connects (waiting up to `timeout` for a free
 /// instance), sends `request` as one message, returns the reply, closes.
+/// A zero `timeout` does not wait (`ERROR_PIPE_BUSY` at once), as on
+/// Linux; `ClientOptions::wait(Wait::ServerDefault)` is the system's 0.
 pub fn call(
     name: impl TryInto<PipeName, Error = Error>,
     request: &[u8],
     timeout: Duration,
 ) -> Result<Vec<u8>> {
     let mut opts = ClientOptions::new();
-    opts.wait(Wait::Timeout(timeout));
+    opts.wait(Wait::for_call(timeout));
     call_with(&opts, &name.try_into()?, request)
 }
 

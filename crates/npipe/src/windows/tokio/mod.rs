@@ -351,7 +351,7 @@ pub async fn call(
     timeout: Duration,
 ) -> Result<Vec<u8>> {
     let mut opts = ClientOptions::new();
-    opts.wait(Wait::Timeout(timeout));
+    opts.wait(Wait::for_call(timeout));
     call_with(&opts, &name.try_into()?, request).await
 }
 
