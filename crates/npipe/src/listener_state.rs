@@ -39,6 +39,10 @@ pub(crate) struct Ready {
     /// The client's shared memory and its rings' capacity, if the acceptor
     /// took its offer (and said so in the OK).
     pub shm: Option<(crate::sys::ShmRegion, usize)>,
+    /// The remote client the HELLO names, if the acceptor looked its
+    /// mapped user up already (the tokio one does, off the runtime's
+    /// threads); else `open_end` does.
+    pub remote: Option<RemotePeer>,
 }
 
 /// The state every front end's listener shares with its acceptor.
@@ -115,7 +119,10 @@ impl ListenerState {
             "the caller takes the shared memory first"
         );
         // A remote client is who its gateway named, not the gateway.
-        let remote = RemotePeer::from_hello(&ready.hello);
+        let remote = match ready.remote {
+            Some(remote) => Some(remote),
+            None => RemotePeer::from_hello(&ready.hello),
+        };
         let cred = match &remote {
             Some(r) => r.credentials(ready.cred.pid),
             None => ready.cred,

@@ -674,6 +674,8 @@ impl Acceptor {
             granted,
             cur_instances,
             shm,
+            // Looked up by `accept`, on its caller's thread.
+            remote: None,
         };
         self.shared
             .state

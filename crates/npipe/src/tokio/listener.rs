@@ -48,6 +48,7 @@ use crate::policy::Peer;
 use crate::proto::admission::Ticket;
 use crate::proto::handshake::{Hello, PipeDescription, Reply};
 use crate::proto::ProtoError;
+use crate::remote_peer::RemotePeer;
 use crate::server_instance::InstancePool;
 use crate::sys::{self, Fd, RecvFlagsLite, Socket};
 use crate::types::Access;
@@ -630,16 +631,7 @@ impl Acceptor {
             self.connect_grants(more);
             return;
         }
-        let mut ready = self
-            .shared
-            .state
-            .ready
-            .lock()
-            .expect("ready queue poisoned");
-        if self.shared.closed.load(Ordering::SeqCst) {
-            return; // the listener is gone: closing `arrived` tells the client
-        }
-        ready.push_back(Ready {
+        let ready = Ready {
             socket: arrived.socket,
             leftover: arrived.leftover,
             cred: arrived.peer.cred,
@@ -650,9 +642,40 @@ impl Acceptor {
             // The tokio acceptor reads HELLOs without descriptors: the
             // kernel closes any offer, and the client keeps the socket.
             shm: None,
+            remote: None,
+        };
+        if ready.hello.local_user.is_none() {
+            self.shared.queue(ready);
+            return;
+        }
+        // A remote client mapped to a local user: its primary group comes
+        // from the user database (NSS: files, LDAP, ...), which may take
+        // its time, so it is read on the blocking pool, never on the
+        // runtime's threads, and the connection queued after.
+        let shared = Arc::clone(&self.shared);
+        ::tokio::spawn(async move {
+            let mut ready = ready;
+            let hello = ready.hello.clone();
+            let looked_up = ::tokio::task::spawn_blocking(move || RemotePeer::from_hello(&hello));
+            // If the pool is gone, `accept` looks it up itself.
+            if let Ok(remote) = looked_up.await {
+                ready.remote = remote;
+            }
+            shared.queue(ready);
         });
-        drop(ready);
-        self.shared.ready_notify.notify_waiters();
+    }
+}
+
+impl Shared {
+    /// Queues a connection told OK for the application's `accept`.
+    fn queue(&self, ready: Ready) {
+        let mut queue = self.state.ready.lock().expect("ready queue poisoned");
+        if self.closed.load(Ordering::SeqCst) {
+            return; // the listener is gone: closing the socket tells the client
+        }
+        queue.push_back(ready);
+        drop(queue);
+        self.ready_notify.notify_waiters();
     }
 }
 

@@ -189,3 +189,48 @@ fn a_user_the_server_trusts_as_a_gateway_may_name_remote_clients() {
     };
     assert_eq!(to_root.expect("reply"), "Refused { code: 5 }");
 }
+
+/// The tokio server looks the mapped user up on the blocking pool (the user
+/// database may be slow: LDAP), then queues the connection: the client is
+/// that user, with its groups, as from the blocking server.
+#[test]
+fn a_tokio_server_knows_a_mapped_principal_as_its_local_user() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let name = unique("remote-map-async");
+        let listener = trusting("allow everyone=full").create_async(&name).unwrap();
+        let hello_for = |principal: &str, user: Option<u32>| {
+            let name = name.clone();
+            let principal = principal.to_string();
+            tokio::task::spawn_blocking(move || {
+                let mut c = RawClient::connect(&name).unwrap();
+                c.send(&rc::remote_hello(&name, &principal, "192.0.2.7", user))
+                    .unwrap();
+                let reply = c.reply().unwrap();
+                (reply, c)
+            })
+        };
+        let (reply, _mapped) = hello_for("alice", Some(65534)).await.unwrap();
+        assert!(matches!(reply, rc::Reply::Connected { .. }), "{reply:?}");
+        let conn = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("the mapped client was never queued")
+            .unwrap();
+        assert_eq!(
+            conn.peer_identity(),
+            Identity::Remote(RemotePrincipal::new("alice"))
+        );
+        assert_eq!(conn.client_user(), LocalUser::from(65534));
+        // Its primary group was read from the user database.
+        assert_ne!(conn.client_group(), npipe::LocalGroup::from(u32::MAX));
+        assert!(!conn.client_groups().unwrap().is_empty());
+        // An unmapped one is queued as it arrives, beside it.
+        let (reply, _unmapped) = hello_for("bob", None).await.unwrap();
+        assert!(matches!(reply, rc::Reply::Connected { .. }), "{reply:?}");
+        let conn = listener.accept().await.unwrap();
+        assert_eq!(conn.client_user(), LocalUser::from(u32::MAX));
+    });
+}
