@@ -193,6 +193,7 @@ fn a_user_the_server_trusts_as_a_gateway_may_name_remote_clients() {
 /// The tokio server looks the mapped user up on the blocking pool (the user
 /// database may be slow: LDAP), then queues the connection: the client is
 /// that user, with its groups, as from the blocking server.
+#[cfg(feature = "tokio")]
 #[test]
 fn a_tokio_server_knows_a_mapped_principal_as_its_local_user() {
     let rt = tokio::runtime::Builder::new_current_thread()
