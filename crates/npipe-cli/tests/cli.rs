@@ -1483,27 +1483,22 @@ impl Drop for GatewayProcess {
     }
 }
 
-#[test]
-fn remote_call_through_npipe_gateway_with_npipe_cert() {
-    let dir = std::env::temp_dir().join(unique("remote-certs"));
+/// A fresh directory with a CA (`npipe cert ca`) and a gateway's
+/// certificate for 127.0.0.1 (`npipe cert issue gw`).
+fn gateway_certs(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(unique(tag));
     let _ = std::fs::remove_dir_all(&dir);
     let certs = dir.to_str().unwrap();
     run(&["cert", "ca", certs], b"").assert_success();
-    run(
-        &[
-            "cert",
-            "issue",
-            "gw",
-            "--ca",
-            certs,
-            "--out",
-            certs,
-            "--host",
-            "127.0.0.1",
-        ],
-        b"",
-    )
-    .assert_success();
+    let issue = ["cert", "issue", "gw", "--ca", certs, "--out", certs];
+    run(&[&issue[..], &["--host", "127.0.0.1"]].concat(), b"").assert_success();
+    dir
+}
+
+#[test]
+fn remote_call_through_npipe_gateway_with_npipe_cert() {
+    let dir = gateway_certs("remote-certs");
+    let certs = dir.to_str().unwrap();
     run(
         &["cert", "issue", "alice", "--ca", certs, "--out", certs],
         b"",
@@ -1627,25 +1622,7 @@ fn remote_call_through_npipe_gateway_with_npipe_cert() {
 #[test]
 fn the_gateway_refuses_files_others_could_change_or_read() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(unique("gw-trust"));
-    let _ = std::fs::remove_dir_all(&dir);
-    let certs = dir.to_str().unwrap();
-    run(&["cert", "ca", certs], b"").assert_success();
-    run(
-        &[
-            "cert",
-            "issue",
-            "gw",
-            "--ca",
-            certs,
-            "--out",
-            certs,
-            "--host",
-            "127.0.0.1",
-        ],
-        b"",
-    )
-    .assert_success();
+    let dir = gateway_certs("gw-trust");
     let file = |f: &str| dir.join(f).to_str().unwrap().to_string();
     let chmod = |f: &str, mode: u32| {
         std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(mode)).unwrap()
