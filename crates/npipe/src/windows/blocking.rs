@@ -59,16 +59,8 @@ impl PipeListener {
             *listening = self.instances.next().ok().flatten();
         }
         drop(listening);
-        let opts = &self.instances.opts;
         Ok(PipeServer {
-            conn: Conn::new(EndState::new(
-                pipe,
-                End::Server,
-                &self.instances.name,
-                opts.effective_read_mode(),
-                opts.max_message_size,
-            )),
-            max_message_size: opts.max_message_size,
+            conn: Conn::new(self.instances.server_end(pipe)),
         })
     }
 
@@ -209,7 +201,6 @@ impl Write for Conn {
 #[derive(Debug)]
 pub struct PipeServer {
     pub(super) conn: Conn,
-    max_message_size: u32,
 }
 
 /// The client end (`CreateFile` on the pipe's name).
@@ -310,10 +301,11 @@ impl PipeServer {
         self.conn.state.disconnect()
     }
 
-    /// The largest message the server was created to accept (advisory on
-    /// Windows, where the kernel does not limit messages).
+    /// The largest message the server was created to accept: the most
+    /// `recv_message` gathers (a longer one is `ERROR_BAD_PIPE`). The
+    /// kernel itself limits no message; `read_message` takes any in parts.
     pub fn max_message_size(&self) -> u32 {
-        self.max_message_size
+        self.conn.state.max_message
     }
 }
 

@@ -117,6 +117,17 @@ impl Instances {
         info
     }
 
+    /// A connected instance's server end, as the options say.
+    fn server_end(&self, pipe: impl Into<std::sync::Arc<sys::Pipe>>) -> end::EndState {
+        end::EndState::new(
+            pipe,
+            crate::info::End::Server,
+            &self.name,
+            self.opts.effective_read_mode(),
+            self.opts.max_message_size,
+        )
+    }
+
     fn make(&self, first: bool) -> io::Result<sys::Pipe> {
         let opts = &self.opts;
         let instance = Instance {

@@ -155,16 +155,8 @@ impl PipeListener {
         let pipe = l.pipe.take().expect("connected above");
         // The next client can connect while this one is served.
         l.pipe = self.instances.next().ok().flatten().map(Arc::new);
-        let opts = &self.instances.opts;
         Ok(PipeServer {
-            conn: AsyncConn::new(EndState::new(
-                pipe,
-                End::Server,
-                &self.instances.name,
-                opts.effective_read_mode(),
-                opts.max_message_size,
-            )),
-            max_message_size: opts.max_message_size,
+            conn: AsyncConn::new(self.instances.server_end(pipe)),
         })
     }
 
@@ -196,7 +188,6 @@ impl PipeListener {
 #[derive(Debug)]
 pub struct PipeServer {
     conn: AsyncConn,
-    max_message_size: u32,
 }
 
 /// The client end (`CreateFile` on the pipe's name, overlapped) on tokio;
@@ -299,10 +290,11 @@ impl PipeServer {
         self.conn.disconnect()
     }
 
-    /// The largest message the server was created to accept (advisory on
-    /// Windows, where the kernel does not limit messages).
+    /// The largest message the server was created to accept: the most
+    /// `recv_message` gathers (a longer one is `ERROR_BAD_PIPE`). The
+    /// kernel itself limits no message; `read_message` takes any in parts.
     pub fn max_message_size(&self) -> u32 {
-        self.max_message_size
+        self.conn.state.max_message
     }
 }
 
