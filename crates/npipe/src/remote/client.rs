@@ -20,11 +20,11 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
-use ::tokio::net::{TcpStream, UnixStream};
+use ::tokio::net::TcpStream;
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
+use super::relay;
 use super::tls::{self, TlsFiles};
 use super::tls_transport::TlsTransport;
 use crate::error::{Error, ErrorCode, Result};
@@ -35,9 +35,6 @@ use crate::sys::Socket;
 
 /// The gateway's port unless the options or `NPIPE_GATEWAY_PORT` say.
 pub const DEFAULT_PORT: u16 = 4455;
-
-/// Bytes each way a relay moves per read.
-const RELAY_BUFFER: usize = 64 * 1024;
 
 /// How long reaching the gateway and the TLS handshake may take.
 const DIAL_LIMIT: Duration = Duration::from_secs(10);
@@ -295,56 +292,20 @@ async fn open(dial: Dial) -> Result<Socket> {
     };
     let (mine, relay_end) =
         Socket::pair().map_err(|e| Error::os(e, "cannot create the relay's socket pair"))?;
-    let relay_end = std::os::unix::net::UnixStream::from(OwnedFd::from(relay_end));
-    relay_end
-        .set_nonblocking(true)
-        .map_err(|e| Error::os(e, "cannot make the relay's socket non-blocking"))?;
-    let local = UnixStream::from_std(relay_end)
-        .map_err(|e| Error::os(e, "cannot register the relay's socket"))?;
-    ::tokio::spawn(relay(tls, local, at));
+    // A TLS failure before the gateway said anything (it refused our
+    // certificate) becomes a refusal of the HELLO the client is waiting to
+    // have answered.
+    let refusal: relay::Refusal = Box::new(move |e| refusal(&at, e));
+    let (tcp, conn) = tls.into_inner();
+    let conn = rustls::Connection::Client(conn);
+    ::tokio::spawn(relay::relay(
+        tcp,
+        conn,
+        relay_end,
+        Vec::new(),
+        Some(refusal),
+    ));
     Ok(mine)
-}
-
-/// Copies both ways until each side has ended (the way out on a task of
-/// its own). A TLS failure before the gateway said anything (it refused
-/// our certificate) becomes a refusal of the HELLO the client is waiting
-/// to have answered.
-async fn relay(tls: tokio_rustls::client::TlsStream<TcpStream>, local: UnixStream, at: String) {
-    let (mut tls_in, mut tls_out) = ::tokio::io::split(tls);
-    let (mut local_in, mut local_out) = local.into_split();
-    ::tokio::spawn(async move {
-        let mut buf = vec![0u8; RELAY_BUFFER];
-        while let Ok(n) = local_in.read(&mut buf).await {
-            if n == 0 || tls_out.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
-            // rustls holds what it encrypted until flushed.
-            if tls_out.flush().await.is_err() {
-                break;
-            }
-        }
-        let _ = tls_out.shutdown().await;
-    });
-    let mut buf = vec![0u8; RELAY_BUFFER];
-    let mut answered = false;
-    loop {
-        match tls_in.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => {
-                answered = true;
-                if local_out.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-            Err(e) => {
-                if !answered {
-                    let _ = local_out.write_all(&refusal(&at, &e)).await;
-                }
-                break;
-            }
-        }
-    }
-    let _ = local_out.shutdown().await;
 }
 
 /// A REPLY refusing the HELLO, for a gateway that ended TLS before it

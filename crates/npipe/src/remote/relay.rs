@@ -1,6 +1,7 @@
-//! The gateway's relay: once a client's HELLO has gone to the local pipe,
-//! bytes between its TLS connection and the pipe's socket, both ways, on
-//! one task.
+//! The relay between a TLS connection and a local socket, both ways, on one
+//! task: the gateway's (a client's TLS to the local pipe, once its HELLO has
+//! gone there) and the tokio client's (the gateway's TLS to the local
+//! socket its pipe end runs on). Below, "up" is from TLS to the socket.
 //!
 //! Why not `tokio::io::copy_bidirectional` over tokio-rustls, which this
 //! replaced (same-CPU transact 20.3 µs, now see DESIGN-NOTES):
@@ -22,7 +23,7 @@ use std::task::{Context, Poll};
 use ::tokio::io::unix::AsyncFd;
 use ::tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use ::tokio::net::TcpStream;
-use rustls::ServerConnection;
+use rustls::Connection;
 
 use crate::sys::{self, Fd, Socket};
 
@@ -37,15 +38,22 @@ pub(crate) struct Relayed {
     pub down: u64,
 }
 
+/// What to tell the local socket if TLS fails before anything came over
+/// it (the gateway refused this client's certificate): the bytes to send.
+pub(crate) type Refusal = Box<dyn FnOnce(&io::Error) -> Vec<u8> + Send>;
+
 /// Relays between `tcp` (with its TLS state `conn`, the handshake done)
-/// and the local pipe `pipe`, writing `opening` (the HELLO and what came
-/// behind it) to the pipe first. Ends when both directions have ended
-/// (each passes its end of input on as a half close) or either fails.
+/// and the local socket `pipe`, writing `opening` (the HELLO and what came
+/// behind it, at the gateway) to it first. Ends when both directions have
+/// ended (each passes its end of input on as a half close) or either
+/// fails; a TLS failure before anything came over TLS sends what `refusal`
+/// makes of it to the local socket first.
 pub(crate) async fn relay(
     tcp: TcpStream,
-    conn: ServerConnection,
+    conn: Connection,
     pipe: Socket,
     opening: Vec<u8>,
+    refusal: Option<Refusal>,
 ) -> io::Result<Relayed> {
     pipe.set_nonblocking(true)?;
     let mut relay = Relay {
@@ -63,8 +71,14 @@ pub(crate) async fn relay(
         down_done: false,
         relayed: Relayed::default(),
     };
-    poll_fn(|cx| relay.poll(cx)).await?;
-    Ok(relay.relayed)
+    let relayed = poll_fn(|cx| relay.poll(cx)).await;
+    if let (Err(e), Some(refusal)) = (&relayed, refusal) {
+        if relay.relayed.up == 0 {
+            // Best effort: the socket is fresh, so its buffer has room.
+            let _ = relay.pipe.socket().send_nonblocking(&refusal(e));
+        }
+    }
+    relayed.map(|()| relay.relayed)
 }
 
 struct Relay {
@@ -247,7 +261,7 @@ impl Relay {
 /// The client's side: TCP and the TLS state on it.
 struct Tls {
     tcp: TcpStream,
-    conn: ServerConnection,
+    conn: Connection,
 }
 
 impl Tls {
@@ -458,7 +472,7 @@ mod tests {
                 .await
                 .unwrap();
             let (tcp, conn) = tls.into_inner();
-            relay(tcp, conn, pipe, opening).await
+            relay(tcp, Connection::Server(conn), pipe, opening, None).await
         });
         let tcp = TcpStream::connect(addr).await.unwrap();
         let client = tokio_rustls::TlsConnector::from(client_config)

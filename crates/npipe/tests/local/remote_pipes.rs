@@ -260,6 +260,35 @@ fn every_pipe_feature_works_remotely() {
     second.join().unwrap().unwrap();
 }
 
+/// A tokio client's remote pipe goes through the relay: one the gateway
+/// refuses during TLS hears why as the refusal of its HELLO, and one it
+/// accepts gets its messages both ways.
+#[test]
+fn a_tokio_client_is_refused_during_tls_and_served_through_its_relay() {
+    let gw = gateway("remote-async-refuse", |_| ());
+    let name = unique("remote-async-refuse");
+    echo_server(server("allow everyone=full").create(&name).unwrap());
+    let path = remote(&name);
+    let (late_crt, late_key) = gw.certs.issue("late", -1);
+    let late = gw.client_with(&late_crt, &late_key, &gw.certs.ca());
+    let good = gw.client("alice");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let e = late.open_async(path.as_str()).await.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::AccessDenied, "{e}");
+        assert!(e.to_string().contains("during TLS"), "{e}");
+        assert!(e.to_string().to_lowercase().contains("expired"), "{e}");
+        let mut c = good.open_async(path.as_str()).await.unwrap();
+        let big = vec![7u8; 300_000];
+        c.write_message(&big).await.unwrap();
+        assert_eq!(c.recv_message().await.unwrap(), big);
+        assert_eq!(c.transact(b"hi").await.unwrap(), b"hi");
+    });
+}
+
 #[test]
 fn certificates_the_gateway_does_not_accept_are_refused_during_tls() {
     let gw = gateway("remote-refuse", |_| ());
