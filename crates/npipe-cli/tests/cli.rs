@@ -1583,6 +1583,15 @@ fn remote_call_through_npipe_gateway_with_npipe_cert() {
     let hi = call(&echo, &alice);
     hi.assert_success();
     assert_eq!(hi.stdout, "hi\n");
+    // A byte pipe through the gateway: the call falls back to write,
+    // half-close, read (the pipe's type comes with the connection).
+    let bytes = unique("remote-bytes");
+    let mut bytes_args = vec!["--type", "byte", "--security", "allow everyone=full"];
+    bytes_args.extend(&trust);
+    let _bytes = Server::start(&bytes, &bytes_args);
+    let streamed = call(&bytes, &alice);
+    streamed.assert_success();
+    assert_eq!(streamed.stdout, "hi\n");
     let who = call(&whoami, &alice);
     who.assert_success();
     assert!(

@@ -160,11 +160,13 @@ pub fn run(args: &Args) -> CmdResult {
     let request = request(args)?;
     let (reply, is_message) = match options(args)?.call(args.name.as_str(), &request) {
         Ok(reply) => (reply, true),
-        // A byte pipe refuses a transaction; ask the server what it is.
+        // A byte pipe refuses a transaction: open it and see what it is
+        // (its type comes with the connection, so this works for remote
+        // pipes too).
         Err(e) if matches!(e.code(), ErrorCode::BadPipe | ErrorCode::InvalidParameter) => {
-            match npipe::query_pipe(args.name.as_str()) {
-                Ok(p) if p.pipe_type == PipeType::Byte => (byte_call(args, &request)?, false),
-                _ => return Err(call_failure(e, args)),
+            match byte_call(args, &request)? {
+                Some(reply) => (reply, false),
+                None => return Err(call_failure(e, args)),
             }
         }
         Err(e) => return Err(call_failure(e, args)),
@@ -172,12 +174,17 @@ pub fn run(args: &Args) -> CmdResult {
     print_reply(&reply, is_message, args.raw)
 }
 
-/// The byte-pipe form: write, half-close, read to the end.
-fn byte_call(args: &Args, request: &[u8]) -> Result<Vec<u8>, Failure> {
+/// The byte-pipe form: write, half-close, read to the end; `None` if the
+/// pipe is no byte pipe after all.
+fn byte_call(args: &Args, request: &[u8]) -> Result<Option<Vec<u8>>, Failure> {
     let mut client = options(args)?
         .open(args.name.as_str())
         .map_err(|e| call_failure(e, args))?;
-    let access = client.info().access;
+    let info = client.info();
+    if info.pipe_type != PipeType::Byte {
+        return Ok(None);
+    }
+    let access = info.access;
     if access.writes() {
         client.write_all(request).map_err(Failure::pipe_io)?;
         client.shutdown_write()?;
@@ -186,7 +193,7 @@ fn byte_call(args: &Args, request: &[u8]) -> Result<Vec<u8>, Failure> {
     if access.reads() {
         client.read_to_end(&mut reply).map_err(Failure::pipe_io)?;
     }
-    Ok(reply)
+    Ok(Some(reply))
 }
 
 fn call_failure(err: npipe::Error, args: &Args) -> Failure {
