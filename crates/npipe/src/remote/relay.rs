@@ -27,9 +27,12 @@ use rustls::Connection;
 
 use crate::sys::{self, Fd, Socket};
 
-/// Bytes a direction holds: a 64 KiB write crosses as one train of TLS
-/// records one way and one write to the pipe the other, not in pieces.
+/// Bytes a direction holds at most: a 64 KiB write crosses as one train of
+/// TLS records one way and one write to the pipe the other, not in pieces.
 const BUFFER: usize = 64 * 1024;
+/// ... and at first: a buffer grows (doubling) only when a read fills it,
+/// so a thousand quiet connections hold 8 KiB each, not 128.
+const FIRST_BUFFER: usize = 4 * 1024;
 
 /// Bytes relayed each way, for the gateway's log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -107,11 +110,11 @@ struct Buffer {
 }
 
 impl Buffer {
-    /// A buffer of [`BUFFER`] bytes (or more, for a longer `first`)
+    /// A buffer of [`FIRST_BUFFER`] bytes (or more, for a longer `first`)
     /// holding `first`.
     fn holding(mut first: Vec<u8>) -> Buffer {
         let end = first.len();
-        first.resize(end.max(BUFFER), 0);
+        first.resize(end.max(FIRST_BUFFER), 0);
         Buffer {
             data: first,
             start: 0,
@@ -139,6 +142,11 @@ impl Buffer {
 
     fn filled(&mut self, n: usize) {
         self.end += n;
+        if self.end == self.data.len() && self.data.len() < BUFFER {
+            // Full: more is coming than fits, so make room for it.
+            let grown = (self.data.len() * 2).min(BUFFER);
+            self.data.resize(grown, 0);
+        }
     }
 }
 
@@ -487,6 +495,26 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
+    }
+
+    #[test]
+    fn a_buffer_grows_only_when_a_read_fills_it_and_keeps_its_order() {
+        let mut b = Buffer::holding(b"open".to_vec());
+        assert_eq!(b.data.len(), FIRST_BUFFER, "starts small");
+        let room = b.spare().len();
+        b.spare().fill(7);
+        b.filled(room);
+        assert_eq!(b.data.len(), 2 * FIRST_BUFFER, "a full read makes room");
+        assert_eq!(&b.pending()[..4], b"open");
+        assert_eq!(b.pending().len(), FIRST_BUFFER);
+        b.consume(FIRST_BUFFER);
+        assert!(b.pending().is_empty());
+        for _ in 0..10 {
+            let room = b.spare().len();
+            b.filled(room);
+            b.consume(room);
+        }
+        assert_eq!(b.data.len(), BUFFER, "never past the most");
     }
 
     #[test]
