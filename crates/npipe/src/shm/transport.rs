@@ -469,7 +469,11 @@ impl Transport for ShmTransport {
 
     fn recv_spare(&self, buf: &mut Vec<u8>, how: Recv) -> io::Result<usize> {
         let start = buf.len();
-        let spare = (buf.capacity() - start).max(4096);
+        // Zeroed before the copy (no unsafe here), so no more than one
+        // receive takes: a ring never holds more than its capacity. (A
+        // 1 MiB message's buffer was zeroed whole at every receive.)
+        let ring = self.rx().layout().capacity();
+        let spare = (buf.capacity() - start).max(4096).min(ring);
         buf.resize(start + spare, 0);
         let got = self.recv(&mut buf[start..], how);
         buf.truncate(start + *got.as_ref().unwrap_or(&0));
