@@ -42,6 +42,32 @@ fn a_megabyte_crosses_a_small_ring_in_order() {
     assert!(got == data, "the bytes came out changed");
 }
 
+/// `recv_spare` appends straight into the vector's room (records that wrap
+/// round a small ring included), after what it held.
+#[test]
+fn recv_spare_appends_after_what_the_buffer_held() {
+    let (a, b) = pair(256);
+    let data: Vec<u8> = (0..5000u32).map(|i| (i % 241) as u8).collect();
+    let writer = std::thread::spawn({
+        let data = data.clone();
+        move || {
+            let mut sent = 0;
+            while sent < data.len() {
+                let end = (sent + 333).min(data.len());
+                sent += a.send(&data[sent..end]).unwrap();
+            }
+            a.shutdown_write().unwrap();
+            a
+        }
+    });
+    let mut got = b"head".to_vec();
+    while b.recv_spare(&mut got, Recv::Wait).unwrap() > 0 {}
+    let _a = writer.join().unwrap();
+    assert_eq!(&got[..4], b"head");
+    assert_eq!(got.len(), 4 + data.len());
+    assert!(got[4..] == data[..], "the bytes came out changed");
+}
+
 #[test]
 fn vectored_sends_arrive_as_one_stream() {
     let (a, b) = pair(256);
