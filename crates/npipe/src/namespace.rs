@@ -234,33 +234,34 @@ impl Namespace {
         if ancestors.iter().all(|(_, p)| p.mode & 0o022 == 0) {
             dir.trust_path();
         }
-        if info.uid != 0 && info.uid != me {
-            return Err(ns_error(
-                ErrorCode::AccessDenied,
-                format!(
-                    "refusing the pipe directory {}: it belongs to {}, not to root or you \
-                     (uid {me}), and whoever owns it controls every pipe name in it. Run \
-                     `sudo npipe setup` once to give this machine a root-owned pipe directory \
-                     ({SYSTEM_DIR}, made again at every boot), or set NPIPE_DIR to a directory \
-                     of your own",
-                    path.display(),
-                    describe_user(info.uid)
-                ),
-                None,
-            ));
-        }
-        let others_write = info.mode & 0o022 != 0;
-        let sticky = info.mode & 0o1000 != 0;
-        if others_write && !sticky {
-            return Err(ns_error(
-                ErrorCode::AccessDenied,
-                format!(
-                    "refusing the pipe directory {}: others may write to it and it lacks the \
+        match open_to_others(info.uid, info.mode, me, true) {
+            None => {}
+            Some(OpenTo::Owner(owner)) => {
+                return Err(ns_error(
+                    ErrorCode::AccessDenied,
+                    format!(
+                        "refusing the pipe directory {}: it belongs to {}, not to root or you \
+                         (uid {me}), and whoever owns it controls every pipe name in it. Run \
+                         `sudo npipe setup` once to give this machine a root-owned pipe \
+                         directory ({SYSTEM_DIR}, made again at every boot), or set NPIPE_DIR \
+                         to a directory of your own",
+                        path.display(),
+                        describe_user(owner)
+                    ),
+                    None,
+                ));
+            }
+            Some(OpenTo::Writers) => {
+                return Err(ns_error(
+                    ErrorCode::AccessDenied,
+                    format!(
+                        "refusing the pipe directory {}: others may write to it and it lacks the \
                      sticky bit, so they could replace pipes (chmod 1777 it)",
-                    path.display()
-                ),
-                None,
-            ));
+                        path.display()
+                    ),
+                    None,
+                ))
+            }
         }
         Ok(Namespace { dir })
     }
@@ -751,23 +752,39 @@ fn describe_user(uid: u32) -> String {
     }
 }
 
+/// Who besides root and `me` could change a file or directory with this
+/// owner and mode (OpenSSH's `StrictModes`): another owner, or its group
+/// and others through its write bits, unless `sticky_counts` and it is a
+/// sticky directory (where no one may replace what is not theirs).
+pub(crate) fn open_to_others(uid: u32, mode: u32, me: u32, sticky_counts: bool) -> Option<OpenTo> {
+    if uid != 0 && uid != me {
+        return Some(OpenTo::Owner(uid));
+    }
+    let sticky = sticky_counts && mode & 0o1000 != 0;
+    (mode & 0o022 != 0 && !sticky).then_some(OpenTo::Writers)
+}
+
+/// What [`open_to_others`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpenTo {
+    /// It belongs to this uid.
+    Owner(u32),
+    /// Its group or other users may write to it.
+    Writers,
+}
+
 /// OpenSSH's `StrictModes` for each parent of the pipe directory: it must
 /// belong to root or the current user, and if others may write to it, it
 /// must be sticky (as `/tmp` is), or they could swap the pipe directory for
 /// one of their own.
 fn check_parent(dir: &Path, parent: &Path, info: &FileInfo, me: u32) -> Result<()> {
-    let unsafe_owner = info.uid != 0 && info.uid != me;
-    let open_to_others = info.mode & 0o022 != 0 && info.mode & 0o1000 == 0;
-    if !unsafe_owner && !open_to_others {
-        return Ok(());
-    }
-    let why = if unsafe_owner {
-        format!(
+    let why = match open_to_others(info.uid, info.mode, me, true) {
+        None => return Ok(()),
+        Some(OpenTo::Owner(owner)) => format!(
             "belongs to {}, not to root or you (uid {me})",
-            describe_user(info.uid)
-        )
-    } else {
-        "may be written by others and lacks the sticky bit".to_string()
+            describe_user(owner)
+        ),
+        Some(OpenTo::Writers) => "may be written by others and lacks the sticky bit".to_string(),
     };
     Err(Error::new(
         ErrorCode::AccessDenied,

@@ -236,24 +236,14 @@ fn write_pair(dir: &Path, crt: &Path, crt_pem: &str, key: &Path, key_pem: &str) 
     write(crt, crt_pem, 0o644)
 }
 
-/// A key in a directory another user may write to could be replaced or
-/// swapped for a link before it is used: refuse one that is not ours alone.
+/// A key in a directory another user may write to (or above which one
+/// may) could be replaced or swapped for a link before it is used: the
+/// gateway's own rule for its files, applied before the key is written.
 fn refuse_shared_dir(dir: &Path) -> CmdResult {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(dir)
-        .map_err(|e| failure(format!("cannot inspect {}: {e}", dir.display())))?;
-    let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me || meta.mode() & 0o022 != 0 {
-        return Err(Failure::new(
-            Status::Usage,
-            format!(
-                "{} is not a directory only you may write to: a key there could be replaced",
-                dir.display()
-            ),
-        )
-        .hint("write certificates and keys to a directory of your own (mode 0755 or 0700)"));
-    }
-    Ok(())
+    npipe::remote::check_key_dir(dir).map_err(|e| {
+        Failure::new(Status::Usage, e.message().to_string())
+            .hint("write certificates and keys to a directory of your own (mode 0755 or 0700)")
+    })
 }
 
 /// 32 random bits for a CA's name (not a secret: only told apart).

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ::tokio::net::{TcpListener, TcpStream};
@@ -24,7 +24,6 @@ use super::x509;
 use crate::error::{Error, ErrorCode, Result};
 use crate::identity::LocalUser;
 use crate::name::PipeName;
-use crate::namespace::{self, Namespace};
 use crate::proto::handshake::{Hello, Reply, HELLO_MAX, MAX_PRINCIPAL_BYTES};
 
 /// What a gateway serves, and for whom.
@@ -103,9 +102,10 @@ impl GatewayOptions {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        // In the canonical form HELLOs carry: `/` is `\`, any case.
         let pipes = pipes
             .into_iter()
-            .map(|p| p.as_ref().to_lowercase())
+            .map(|p| p.as_ref().replace('/', "\\").to_lowercase())
             .collect();
         self.principals
             .entry(principal.to_ascii_lowercase())
@@ -324,7 +324,7 @@ async fn serve_one(
     hello.principal = principal;
     hello.computer = peer.ip().to_string();
     hello.local_user = mapped;
-    let pipe = match connect_local(&hello.name).await {
+    let pipe = match connect_local(&hello.name, Instant::now() + opts.handshake_timeout).await {
         Ok(pipe) => pipe,
         Err(e) => {
             refuse(&mut tls, e.code(), e.message()).await;
@@ -395,8 +395,9 @@ fn judge(hello: &Hello, principal: &str, opts: &GatewayOptions) -> Option<(Error
     None
 }
 
-/// Connects to the local pipe the HELLO names.
-async fn connect_local(canonical: &str) -> Result<crate::sys::Socket> {
+/// Connects to the local pipe the HELLO names, giving up at `deadline`
+/// (a server that never drains its backlog holds no task here for ever).
+async fn connect_local(canonical: &str, deadline: Instant) -> Result<crate::sys::Socket> {
     let name = PipeName::parse(canonical)?;
     if name.host().is_some() {
         return Err(Error::new(
@@ -404,15 +405,7 @@ async fn connect_local(canonical: &str) -> Result<crate::sys::Socket> {
             "a gateway serves its own host's pipes only",
         ));
     }
-    let socket = loop {
-        let tried = Namespace::client_connect(|ns| ns.try_connect(&name));
-        match tried.map_err(|e| namespace::not_served(&name, e))? {
-            Some(socket) => break socket,
-            // The server's backlog is full; its acceptor drains it.
-            None => ::tokio::time::sleep(Duration::from_millis(1)).await,
-        }
-    };
-    Ok(socket)
+    crate::tokio::client::connect_socket(&name, Some(deadline)).await
 }
 
 /// Answers the HELLO with a refusal and ends TLS.
@@ -441,6 +434,9 @@ mod tests {
         assert!(alice.may_reach("builds\\nightly"));
         assert!(!alice.may_reach("echo2"));
         assert!(!alice.may_reach("secrets"));
+        // Written with `/`, as clients may name it: the same pipes.
+        opts.only_pipes("carol", ["builds/*"]);
+        assert!(opts.principal("carol").may_reach("builds\\nightly"));
         assert!(opts.principal("bob").may_reach("secrets"), "unrestricted");
     }
 

@@ -68,6 +68,18 @@ pub fn check_config_file(path: impl AsRef<std::path::Path>) -> crate::Result<()>
     )
 }
 
+/// Refuses a directory to write keys and certificates into (as `npipe
+/// cert` does) unless only root and this process's user can change it and
+/// every directory above it: the rule [`Gateway::bind`] holds its files to.
+pub fn check_key_dir(path: impl AsRef<std::path::Path>) -> crate::Result<()> {
+    trust::check(
+        path.as_ref(),
+        "the directory for keys",
+        trust::Kind::Public,
+        crate::sys::effective_uid(),
+    )
+}
+
 /// The remote principal a certificate names (its subject's common name),
 /// read from the first certificate of a PEM file: who a client holding it
 /// is to servers behind a gateway.

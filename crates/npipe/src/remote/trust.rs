@@ -11,6 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::namespace::{open_to_others, OpenTo};
 
 /// What a file holds, for the checks and the messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,17 +47,25 @@ pub(crate) fn check(path: &Path, what: &str, kind: Kind, me: u32) -> Result<()> 
             // Its target is among the resolved directories.
             continue;
         }
-        let sticky = meta.mode() & 0o1000 != 0;
-        judge(&meta, me, sticky).map_err(|why| refusal(path, what, dir, &why))?;
+        judge(&meta, me, true).map_err(|why| refusal(path, what, dir, &why))?;
     }
     let meta = std::fs::metadata(&resolved)
         .map_err(|e| Error::os(e, &format!("cannot inspect {}", resolved.display())))?;
     judge(&meta, me, false).map_err(|why| refusal(path, what, &resolved, &why))?;
-    if kind == Kind::Secret && meta.mode() & 0o007 != 0 {
+    // Its group may read a key only if the group is root's or the
+    // gateway's own (a key `root:users 0640` is every user's).
+    let group_reads =
+        meta.mode() & 0o040 != 0 && meta.gid() != 0 && meta.gid() != crate::sys::effective_gid();
+    if kind == Kind::Secret && (meta.mode() & 0o007 != 0 || group_reads) {
+        let who = if group_reads {
+            format!("the members of group {}", meta.gid())
+        } else {
+            "other users".to_string()
+        };
         return Err(Error::new(
             ErrorCode::AccessDenied,
             format!(
-                "refusing {what} {}: other users may read it (mode {:o}), so they could pose \
+                "refusing {what} {}: {who} may read it (mode {:o}), so they could pose \
                  as this gateway; `chmod 600 {}` and make a new key if it has been read",
                 path.display(),
                 meta.mode() & 0o7777,
@@ -67,21 +76,19 @@ pub(crate) fn check(path: &Path, what: &str, kind: Kind, me: u32) -> Result<()> 
     Ok(())
 }
 
-/// Why a file (or directory) may be changed by someone other than root or `me`, if it may.
+/// Why a file (or directory) may be changed by someone other than root or
+/// `me`, if it may: the rule the pipe directory's parents are held to.
 fn judge(meta: &std::fs::Metadata, me: u32, sticky: bool) -> std::result::Result<(), String> {
-    if meta.uid() != 0 && meta.uid() != me {
-        return Err(format!(
-            "it belongs to uid {}, not to root or uid {me}",
-            meta.uid()
-        ));
-    }
-    if meta.mode() & 0o022 != 0 && !sticky {
-        return Err(format!(
+    match open_to_others(meta.uid(), meta.mode(), me, sticky) {
+        None => Ok(()),
+        Some(OpenTo::Owner(owner)) => Err(format!(
+            "it belongs to uid {owner}, not to root or uid {me}"
+        )),
+        Some(OpenTo::Writers) => Err(format!(
             "its group or other users may write to it (mode {:o})",
             meta.mode() & 0o7777
-        ));
+        )),
     }
-    Ok(())
 }
 
 fn refusal(path: &Path, what: &str, culprit: &Path, why: &str) -> Error {
@@ -198,6 +205,21 @@ mod tests {
         let link = dir.join("ca.crt");
         std::os::unix::fs::symlink(&target, &link).unwrap();
         check(&link, "the CA", Kind::Public, me()).unwrap_err();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_key_its_group_may_read_is_refused_unless_the_group_is_roots_or_ours() {
+        let dir = scratch("key-group");
+        let key = file(&dir, "gw.key", 0o640);
+        // Made by this process: its group is ours.
+        check(&key, "the key", Kind::Secret, me()).unwrap();
+        if me() == 0 {
+            // Another group (1: daemon) may read it: refused.
+            std::os::unix::fs::chown(&key, None, Some(1)).unwrap();
+            let e = check(&key, "the key", Kind::Secret, me()).unwrap_err();
+            assert!(e.message().contains("group 1"), "{e}");
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 

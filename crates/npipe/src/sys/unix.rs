@@ -953,6 +953,12 @@ pub fn effective_uid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
+/// This process's effective gid (the gateway's key check).
+#[cfg(feature = "remote")]
+pub fn effective_gid() -> u32 {
+    rustix::process::getegid().as_raw()
+}
+
 /// The process's real user id.
 pub fn real_uid() -> u32 {
     rustix::process::getuid().as_raw()

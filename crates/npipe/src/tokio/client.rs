@@ -11,14 +11,14 @@ use super::stream::{register, PipeStream};
 use crate::client_socket;
 use crate::connect_core::{self, PIPELINE_MAX};
 use crate::engine::connect::{Action, ConnectCore};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::info::PeerCredentials;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace};
 use crate::options::ClientOptions;
 use crate::pipe::{ClientEnd, Pipe};
 use crate::stream_core::EndCore;
-use crate::sys::{self, Fd, RecvFlagsLite};
+use crate::sys::{self, Fd, RecvFlagsLite, Socket};
 use crate::types::{Access, PipeType, Wait};
 
 /// The client end of a pipe on tokio: reads and writes (and
@@ -115,6 +115,25 @@ impl Pipe<PipeStream, ClientEnd> {
     }
 }
 
+/// A socket connected to the local pipe `name`, going round while the
+/// server's kernel backlog is full (its acceptor drains it), until
+/// `deadline` if there is one: then *pipe busy*.
+pub(crate) async fn connect_socket(name: &PipeName, deadline: Option<Instant>) -> Result<Socket> {
+    loop {
+        let tried = Namespace::client_connect(|ns| ns.try_connect(name));
+        if let Some(socket) = tried.map_err(|e| namespace::not_served(name, e))? {
+            return Ok(socket);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(Error::new(
+                ErrorCode::PipeBusy,
+                format!("{name}: its server's backlog stayed full"),
+            ));
+        }
+        ::tokio::time::sleep(BACKLOG_PAUSE).await;
+    }
+}
+
 /// A socket connected to the pipe and registered with the reactor, and its
 /// server's kernel credentials if they are needed now.
 async fn connect_registered(
@@ -130,14 +149,7 @@ async fn connect_registered(
         return Ok((register(socket)?, Some(PeerCredentials::UNKNOWN)));
     }
     let _ = opts;
-    let socket = loop {
-        let tried = Namespace::client_connect(|ns| ns.try_connect(name));
-        match tried.map_err(|e| namespace::not_served(name, e))? {
-            Some(socket) => break socket,
-            // The server's kernel backlog is full; its acceptor drains it.
-            None => ::tokio::time::sleep(BACKLOG_PAUSE).await,
-        }
-    };
+    let socket = connect_socket(name, None).await?;
     let fd = register(socket)?;
     let cred = client_socket::server_cred(fd.get_ref().socket(), cred)?;
     Ok((fd, cred))

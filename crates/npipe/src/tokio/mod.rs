@@ -69,7 +69,7 @@
 //! # }).unwrap();
 //! ```
 
-mod client;
+pub(crate) mod client;
 mod listener;
 mod stream;
 mod transport;
