@@ -332,41 +332,15 @@ impl Overlapped {
     /// its bytes.)
     pub fn cancel(mut self) -> io::Result<Option<Done>> {
         if let State::Pending = self.state {
-            // SAFETY: `ov` names this handle's operation, still owned by
-            // us; cancelling one that already completed is harmless.
-            unsafe { CancelIoEx(self.pipe.raw(), self.ov()) };
-            let mut n = 0u32;
-            // SAFETY: waiting on the result (bWait) returns once the
-            // operation completed, cancelled or not; the kernel is then
-            // done with `ov` and the buffers.
-            let ok = unsafe { GetOverlappedResult(self.pipe.raw(), self.ov(), &mut n, 1) };
-            let e = io::Error::last_os_error();
-            self.state = State::Finished(match (ok != 0, e.raw_os_error().map(|c| c as u32)) {
-                (true, _) => Ok((n as usize, false)),
-                (false, Some(ERROR_MORE_DATA)) => Ok((n as usize, true)),
-                (false, Some(ERROR_OPERATION_ABORTED)) => return Ok(None),
-                (false, _) => Err(e),
-            });
+            self.cancel_and_wait();
         }
         let mut cx = Context::from_waker(Waker::noop());
         match self.poll(&mut cx) {
+            Poll::Ready(Err(e)) if e.raw_os_error() == Some(ERROR_OPERATION_ABORTED as i32) => {
+                Ok(None)
+            }
             Poll::Ready(done) => done.map(Some),
             Poll::Pending => unreachable!("finished above"),
-        }
-    }
-
-    /// Waits, blocking the calling thread, until the kernel has finished
-    /// the operation (never cancelling it): for a write the application
-    /// was told had gone, whose end is being dropped. Its outcome has no
-    /// one left to hear it.
-    pub fn finish_blocking(mut self) {
-        if let State::Pending = self.state {
-            let mut n = 0u32;
-            // SAFETY: `ov` names this handle's operation, still owned by
-            // us; waiting on its result (bWait) returns once it completed,
-            // after which the kernel no longer touches the buffers.
-            unsafe { GetOverlappedResult(self.pipe.raw(), self.ov(), &mut n, 1) };
-            self.state = State::Taken;
         }
     }
 
@@ -384,7 +358,9 @@ impl Overlapped {
             CancelIoEx(h, self.ov());
             GetOverlappedResult(h, self.ov(), &mut n, 1);
         }
-        self.state = State::Taken;
+        // Done, cancelled or not: what it did (ERROR_OPERATION_ABORTED if
+        // nothing), for `cancel`.
+        self.state = State::Finished(self.result());
     }
 }
 

@@ -28,6 +28,16 @@ struct Held {
 }
 
 impl Held {
+    /// What a finished read returned, none of it taken yet.
+    fn of(done: sys::Done) -> Held {
+        Held {
+            buf: done.buf,
+            pos: 0,
+            present: true,
+            more: done.more,
+        }
+    }
+
     fn remaining(&self) -> &[u8] {
         if self.present {
             &self.buf[self.pos..]
@@ -81,12 +91,7 @@ impl AsyncConn {
             let done = ready!(op.poll(cx));
             self.reading = None;
             let done = done.map_err(|e| os(e, "read"))?;
-            self.held = Held {
-                buf: done.buf,
-                pos: 0,
-                present: true,
-                more: done.more,
-            };
+            self.held = Held::of(done);
         }
     }
 
@@ -165,12 +170,7 @@ impl AsyncConn {
         if let Some(op) = self.reading.take() {
             // An error comes again from the kernel on the next read.
             if let Ok(Some(done)) = op.cancel() {
-                self.held = Held {
-                    buf: done.buf,
-                    pos: 0,
-                    present: true,
-                    more: done.more,
-                };
+                self.held = Held::of(done);
             }
         }
         if self.held.present {
@@ -231,12 +231,7 @@ impl AsyncConn {
             self.reading = None;
             // An error comes again from the kernel on the next read.
             if let Ok(done) = done {
-                self.held = Held {
-                    buf: done.buf,
-                    pos: 0,
-                    present: true,
-                    more: done.more,
-                };
+                self.held = Held::of(done);
             }
         }
     }
@@ -325,17 +320,11 @@ impl AsyncConn {
 
 impl Drop for AsyncConn {
     /// A write in flight was reported done to the application (`AsyncWrite`
-    /// says so once it starts), so it is never cancelled: a thread of its
-    /// own waits for it to finish, keeping the handle open until then, as
-    /// a closed socket's peer still reads what was sent before the end.
+    /// says so once it starts), so it is not cancelled: the process's
+    /// write-out thread keeps it, and the handle, until it finishes.
     fn drop(&mut self) {
         if let Some(op) = self.writing.take() {
-            if !op.is_done() {
-                // Without a thread the operation is cancelled (its drop).
-                let _ = std::thread::Builder::new()
-                    .name("npipe-write-out".into())
-                    .spawn(move || op.finish_blocking());
-            }
+            super::write_out::keep(op);
         }
     }
 }

@@ -59,6 +59,7 @@ use crate::sys::{self, OpKind, Overlapped, Peer};
 use crate::types::{Access, ReadMode, Wait};
 
 mod conn;
+mod write_out;
 
 use conn::{async_io, AsyncConn};
 
