@@ -21,9 +21,9 @@ pub(crate) struct RemotePeer {
     pub principal: RemotePrincipal,
     /// The computer it connected from (the gateway says: its address).
     pub computer: String,
-    /// The mapped local user and its primary group (`None`: unmapped, or
-    /// the user database no longer has it).
-    local: Option<(u32, u32)>,
+    /// The mapped local user, its primary group and its name (`None`:
+    /// unmapped, or the user database no longer has it).
+    local: Option<(u32, u32, String)>,
     /// The mapped user's groups, read from the user database when first
     /// asked for.
     groups: OnceLock<Vec<u32>>,
@@ -36,9 +36,10 @@ impl RemotePeer {
         if hello.principal.is_empty() {
             return None;
         }
-        let local = hello
-            .local_user
-            .and_then(|uid| crate::sys::primary_group(uid).map(|gid| (uid, gid)));
+        let local = hello.local_user.and_then(|uid| {
+            let (name, gid) = crate::sys::user_entry(uid)?;
+            Some((uid, gid, name))
+        });
         Some(RemotePeer {
             principal: RemotePrincipal::new(hello.principal.clone()),
             computer: hello.computer.clone(),
@@ -51,10 +52,13 @@ impl RemotePeer {
     /// mapped user and group (or ids that name no one), and the pid of the
     /// gateway process, which is what connected here.
     pub fn credentials(&self, gateway_pid: u32) -> PeerCredentials {
-        let (uid, gid) = self.local.unwrap_or((
-            PeerCredentials::UNKNOWN.user.0,
-            PeerCredentials::UNKNOWN.group.0,
-        ));
+        let (uid, gid) = self.local.as_ref().map_or(
+            (
+                PeerCredentials::UNKNOWN.user.0,
+                PeerCredentials::UNKNOWN.group.0,
+            ),
+            |(uid, gid, _)| (*uid, *gid),
+        );
         PeerCredentials {
             pid: gateway_pid,
             user: LocalUser(uid),
@@ -64,17 +68,19 @@ impl RemotePeer {
 
     /// The mapped user's uid, gid and groups: whom the server acts as.
     pub fn local_account(&self) -> Option<(u32, u32, Vec<u32>)> {
-        let (uid, gid) = self.local?;
-        Some((uid, gid, self.groups().to_vec()))
+        let (uid, gid, _) = self.local.as_ref()?;
+        Some((*uid, *gid, self.groups().to_vec()))
+    }
+
+    /// Whether the gateway mapped it to a local user the database has.
+    pub fn is_mapped(&self) -> bool {
+        self.local.is_some()
     }
 
     /// The mapped user's groups (none for an unmapped principal).
     pub fn groups(&self) -> &[u32] {
-        self.groups.get_or_init(|| match self.local {
-            Some((uid, gid)) => match crate::sys::user_name(uid) {
-                Some(name) => crate::sys::group_list(&name, gid),
-                None => vec![gid],
-            },
+        self.groups.get_or_init(|| match &self.local {
+            Some((_, gid, name)) => crate::sys::group_list(name, *gid),
             None => Vec::new(),
         })
     }

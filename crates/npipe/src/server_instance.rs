@@ -96,7 +96,7 @@ impl ServerInstance {
             return Err(cannot_impersonate());
         }
         if let Some(remote) = &self.remote {
-            if remote.local_account().is_none() {
+            if !remote.is_mapped() {
                 return Err(crate::impersonation::unmapped_remote(&remote.principal));
             }
         }

@@ -396,7 +396,7 @@ impl Pipe {
         match self.socket().send_nonblocking(data) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             written => {
-                self.calm_writes += 1;
+                self.calm_writes = self.calm_writes.saturating_add(1);
                 if self.calm_writes >= CALM_WRITES {
                     self.writable = None;
                 }

@@ -1035,8 +1035,14 @@ fn reentrant_lookup<T>(
     }
 }
 
-/// The user name of `uid` from the system's user database, if it has one.
+/// The name of `uid` in the system's user database, if it has the user.
 pub fn user_name(uid: u32) -> Option<String> {
+    user_entry(uid).map(|(name, _)| name)
+}
+
+/// The name and primary group of `uid` from the system's user database,
+/// in one lookup, if it has the user.
+pub fn user_entry(uid: u32) -> Option<(String, u32)> {
     reentrant_lookup(1024, 1 << 20, |buf| {
         // SAFETY: all-zero bytes are a valid `passwd` (null pointers and zero
         // ids); getpwuid_r overwrites it before we read it.
@@ -1046,28 +1052,13 @@ pub fn user_name(uid: u32) -> Option<String> {
         // is passed; getpwuid_r writes strings only inside `buf`.
         let r =
             unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
-        let name = (!result.is_null() && !pwd.pw_name.is_null()).then(|| {
+        let entry = (!result.is_null() && !pwd.pw_name.is_null()).then(|| {
             // SAFETY: on success pw_name points at a NUL-terminated string
             // inside `buf`, which is still alive.
             let name = unsafe { CStr::from_ptr(pwd.pw_name) };
-            name.to_string_lossy().into_owned()
+            (name.to_string_lossy().into_owned(), pwd.pw_gid)
         });
-        (r, name)
-    })
-}
-
-/// The primary group of `uid` from the system's user database, if it has
-/// the user.
-pub fn primary_group(uid: u32) -> Option<u32> {
-    reentrant_lookup(1024, 1 << 20, |buf| {
-        // SAFETY: all-zero bytes are a valid `passwd`; getpwuid_r overwrites it.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer is to a live local or to `buf`, whose length
-        // is passed.
-        let r =
-            unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
-        (r, (!result.is_null()).then_some(pwd.pw_gid))
+        (r, entry)
     })
 }
 

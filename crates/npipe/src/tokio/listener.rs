@@ -653,16 +653,13 @@ impl Acceptor {
         // its time, so it is read on the blocking pool, never on the
         // runtime's threads, and the connection queued after.
         let shared = Arc::clone(&self.shared);
-        ::tokio::spawn(async move {
+        // (If the runtime is shutting down the task never runs, and the
+        // connection goes with it, as the acceptor does.)
+        drop(::tokio::task::spawn_blocking(move || {
             let mut ready = ready;
-            let hello = ready.hello.clone();
-            let looked_up = ::tokio::task::spawn_blocking(move || RemotePeer::from_hello(&hello));
-            // If the pool is gone, `accept` looks it up itself.
-            if let Ok(remote) = looked_up.await {
-                ready.remote = remote;
-            }
+            ready.remote = RemotePeer::from_hello(&ready.hello);
             shared.queue(ready);
-        });
+        }));
     }
 }
 
