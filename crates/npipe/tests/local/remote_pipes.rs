@@ -364,16 +364,18 @@ fn no_certificate_hello(addr: SocketAddr, ca: &Path, name: &str) -> String {
 
 #[test]
 fn silent_connections_cannot_take_every_descriptor_of_the_gateway() {
+    // A handshake timeout far past the read timeout below: only the cap
+    // can close the late connection in time.
     let gw = gateway("remote-flood", |o| {
-        o.max_handshakes(1);
+        o.max_handshakes(1)
+            .handshake_timeout(Duration::from_secs(120));
     });
     let name = unique("remote-flood");
     echo_server(server("allow everyone=full").create(&name).unwrap());
     // One connection that never says a word holds the only handshake slot.
     let silent = std::net::TcpStream::connect(gw.addr).unwrap();
     let mut late = std::net::TcpStream::connect(gw.addr).unwrap();
-    late.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let closed = late.read(&mut [0u8; 16]);
     assert!(
         matches!(closed, Ok(0))

@@ -95,6 +95,8 @@ fn a_server_that_dies_does_not_leave_its_client_waiting() {
     let mut srv = server(&name, &["mode=hold"]);
     let mut c = offering(&name);
     srv.expect("conn");
+    // The path this test is about (unless forced off for the whole run).
+    assert_eq!(c.uses_shared_memory(), !forced_off());
     let reader = std::thread::spawn(move || c.recv_message());
     std::thread::sleep(std::time::Duration::from_millis(100));
     srv.kill();
