@@ -8,7 +8,8 @@
 //! check never waits on the kernel for bytes already decrypted here.
 //!
 //! All socket calls are non-blocking; waits are `poll`s on the socket with
-//! the lock released, so a reader waiting for data never holds up a writer.
+//! the TLS state's lock released, so a reader waiting for data never holds
+//! up a writer, nor a writer waiting for room a reader.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
@@ -44,6 +45,9 @@ struct Tls {
 pub(crate) struct TlsTransport {
     socket: Socket,
     tls: Mutex<Tls>,
+    /// Held by a writer from its first byte to its last, so writes stay in
+    /// order while `tls` is let go for the waits between.
+    writing: Mutex<()>,
     read_timeout: Mutex<Option<Duration>>,
     write_timeout: Mutex<Option<Duration>>,
     /// The gateway's address, for errors.
@@ -84,6 +88,7 @@ impl TlsTransport {
                 failed: None,
                 answered: false,
             }),
+            writing: Mutex::new(()),
             read_timeout: Mutex::new(None),
             write_timeout: Mutex::new(None),
             at,
@@ -163,32 +168,43 @@ impl TlsTransport {
             }
         }
         // A key update or an alert may want answering now.
-        self.write_out(tls, None).ok();
+        self.send_tls(tls).ok();
         Ok(got)
     }
 
-    /// Writes what rustls has encrypted, waiting for room until `deadline`
-    /// (`None`: not at all).
-    fn write_out(&self, tls: &mut Tls, deadline: Option<Option<Instant>>) -> io::Result<()> {
+    /// Writes what rustls has encrypted as far as the socket takes it
+    /// now: whether all of it went.
+    fn send_tls(&self, tls: &mut Tls) -> io::Result<bool> {
         while tls.conn.wants_write() {
             match tls.conn.write_tls(&mut Io(&self.socket)) {
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let Some(deadline) = deadline else {
-                        return Err(would_block());
-                    };
-                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                    if left == Some(Duration::ZERO) {
-                        return Err(io::ErrorKind::TimedOut.into());
-                    }
-                    // Waiting for room with the lock held keeps writes in
-                    // order; readers still take what is decrypted.
-                    self.socket.wait(Events::OUT, left)?;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Writes what rustls has encrypted, waiting for room until `deadline`
+    /// with the TLS state let go meanwhile: a reader must go on decrypting
+    /// what the peer sends while we wait for it to read, or a peer that
+    /// answers as it reads would stop reading and both would wait for ever.
+    /// The caller holds `writing`, so writes stay in order.
+    fn write_out<'a>(
+        &'a self,
+        mut tls: MutexGuard<'a, Tls>,
+        deadline: Option<Instant>,
+    ) -> io::Result<MutexGuard<'a, Tls>> {
+        while !self.send_tls(&mut tls)? {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            drop(tls);
+            self.socket.wait(Events::OUT, left)?;
+            tls = self.lock();
+        }
+        Ok(tls)
     }
 
     fn write_deadline(&self) -> Option<Instant> {
@@ -235,20 +251,26 @@ impl TlsTransport {
     }
 
     fn write_plain(&self, bufs: &[IoSlice<'_>], wait: bool) -> io::Result<usize> {
-        let deadline = wait.then(|| self.write_deadline());
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let deadline = self.write_deadline();
         let mut tls = self.lock();
         if let Some((kind, text)) = &tls.failed {
             return Err(io::Error::new(*kind, text.clone()));
         }
         // Earlier records first: rustls' buffer is bounded.
-        self.write_out(&mut tls, deadline)?;
-        let n = tls.conn.writer().write_vectored(bufs)?;
-        match self.write_out(&mut tls, deadline) {
-            // What did not fit goes with the next write or flush.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
-            Err(e) => Err(e),
-            Ok(()) => Ok(n),
+        if wait {
+            tls = self.write_out(tls, deadline)?;
+        } else if !self.send_tls(&mut tls)? {
+            return Err(would_block());
         }
+        let n = tls.conn.writer().write_vectored(bufs)?;
+        if wait {
+            drop(self.write_out(tls, deadline)?);
+        } else {
+            // What did not fit goes with the next write or flush.
+            self.send_tls(&mut tls)?;
+        }
+        Ok(n)
     }
 }
 
@@ -328,10 +350,11 @@ impl Transport for TlsTransport {
     }
 
     fn shutdown_write(&self) -> io::Result<()> {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let deadline = self.write_deadline();
         let mut tls = self.lock();
         tls.conn.send_close_notify();
-        self.write_out(&mut tls, Some(deadline))?;
+        drop(self.write_out(tls, deadline)?);
         self.socket.shutdown_write()
     }
 
@@ -339,7 +362,7 @@ impl Transport for TlsTransport {
         {
             let mut tls = self.lock();
             tls.conn.send_close_notify();
-            let _ = self.write_out(&mut tls, None);
+            let _ = self.send_tls(&mut tls);
         }
         self.socket.shutdown_both()
     }

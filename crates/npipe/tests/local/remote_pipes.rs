@@ -362,6 +362,60 @@ fn no_certificate_hello(addr: SocketAddr, ca: &Path, name: &str) -> String {
     }
 }
 
+/// A client writing on one thread and reading on another, through the
+/// gateway, to a server that answers as it reads: a writer waiting for room
+/// must not hold up the reader, or the server, unread, stops reading and
+/// both wait for ever.
+#[test]
+fn a_remote_client_reads_while_its_writer_waits_for_room() {
+    let gw = gateway("remote-duplex", |_| ());
+    let name = unique("remote-duplex");
+    let mut opts = server("allow everyone=full");
+    opts.pipe_type(PipeType::Byte);
+    let listener = opts.create(&name).unwrap();
+    std::thread::spawn(move || {
+        while let Ok(mut conn) = listener.accept() {
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = conn.read(&mut buf) {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let mut c = gw.client("alice").open(remote(&name).as_str()).unwrap();
+    const TOTAL: usize = 32 << 20;
+    // On a thread of its own, so that a reader and writer holding each
+    // other up fail the test instead of hanging it (a read timeout cannot
+    // fire in a reader that waits for a lock).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        std::thread::scope(|s| {
+            let (mut r, mut w) = c.split();
+            s.spawn(move || {
+                let chunk = vec![9u8; 64 * 1024];
+                for _ in 0..TOTAL / chunk.len() {
+                    w.write_all(&chunk).unwrap();
+                }
+            });
+            let mut got = 0;
+            let mut buf = vec![0u8; 64 * 1024];
+            while got < TOTAL {
+                let n = r.read(&mut buf).unwrap();
+                assert!(n > 0, "the echo ended after {got} bytes");
+                got += n;
+            }
+            tx.send(got).unwrap();
+        });
+    });
+    let got = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the client's writer, waiting for room, held up its reader");
+    assert_eq!(got, TOTAL);
+}
+
 #[test]
 fn silent_connections_cannot_take_every_descriptor_of_the_gateway() {
     // A handshake timeout far past the read timeout below: only the cap
