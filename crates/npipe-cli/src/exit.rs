@@ -142,6 +142,7 @@ impl Failure {
 
     /// Reports this and ends the process at once, whatever other threads
     /// are doing (one stuck writing to a pipe nobody reads any more).
+    #[cfg(unix)]
     pub fn exit_now(&self) -> ! {
         let code = if self.quiet {
             0
@@ -171,6 +172,7 @@ impl From<npipe::Error> for Failure {
     }
 }
 
+#[cfg(target_os = "linux")]
 impl From<npipe_bench::Error> for Failure {
     fn from(err: npipe_bench::Error) -> Failure {
         match err {

@@ -1,4 +1,5 @@
-//! `npipe`: serve, call, list and inspect Windows-style named pipes on Linux.
+//! `npipe`: serve, call, list and inspect named pipes: Windows-style ones
+//! on Linux, the system's own on Windows.
 //!
 //! This file only parses the command line and dispatches; each command lives
 //! in `cmd/` (`bench` in the npipe-bench crate), and `exit.rs` turns failures
@@ -13,8 +14,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[cfg(target_os = "linux")]
 const ABOUT: &str = "Windows named pipes on Linux: serve, call, list and inspect them";
+#[cfg(not(target_os = "linux"))]
+const ABOUT: &str = "Named pipes: serve, call, list and inspect them";
 
+#[cfg(target_os = "linux")]
 const LONG_ABOUT: &str = r"Windows named pipes on Linux: serve, call, list and inspect them.
 
 npipe gives Linux the named pipes Windows services use (CreateNamedPipe,
@@ -45,6 +50,31 @@ Quick start:
 Errors print as `npipe: <message> [ERROR_NAME (win32 code)]`, with the Windows
 error a ported program would have seen from GetLastError().";
 
+#[cfg(not(target_os = "linux"))]
+const LONG_ABOUT: &str = r"Named pipes: serve, call, list and inspect them.
+
+On Windows npipe is the system's own named pipes (CreateNamedPipe,
+ConnectNamedPipe, CallNamedPipe, WaitNamedPipe, ...), with the same commands
+as on Linux, where npipe emulates them: scripts and habits carry over.
+
+Pipe names: \\.\pipe\NAME, //./pipe/NAME and a bare NAME all name the same
+local pipe; \\HOST\pipe\NAME reaches another machine over SMB.
+
+Quick start:
+    npipe demo              a server and a client process talk over a pipe
+    npipe serve echo        an echo server on \\.\pipe\echo
+    npipe call echo hello   CallNamedPipe: sends one message, prints the reply
+    npipe client echo       one message per line of input, prints each reply
+    npipe list              the pipes on this machine, like Sysinternals PipeList
+    npipe info echo         one pipe's entry in that list
+    npipe wait echo         WaitNamedPipe: until the pipe has a free instance
+
+Not on Windows: bench, setup, gateway and cert (Linux's emulation and its
+remote gateway), and `serve --exec --impersonate`.
+
+Errors print as `npipe: <message> [ERROR_NAME (win32 code)]`, with the error
+GetLastError() gave.";
+
 /// The top-level command line.
 #[derive(Debug, Parser)]
 #[command(
@@ -69,9 +99,13 @@ enum Command {
     List(cmd::list::Args),
     Info(cmd::info::Args),
     Wait(cmd::wait::Args),
+    #[cfg(target_os = "linux")]
     Bench(npipe_bench::Args),
+    #[cfg(target_os = "linux")]
     Setup(cmd::setup::Args),
+    #[cfg(target_os = "linux")]
     Gateway(cmd::gateway::Args),
+    #[cfg(target_os = "linux")]
     Cert(cmd::cert::Args),
 }
 
@@ -92,8 +126,10 @@ enum Role {
     /// The demo's client process (started by `npipe demo`).
     DemoClient(cmd::demo::ClientArgs),
     /// The bench's server process (started by `npipe bench`).
+    #[cfg(target_os = "linux")]
     BenchPeer(npipe_bench::PeerArgs),
     /// The raw side's server of `npipe bench scale` (started by the bench).
+    #[cfg(target_os = "linux")]
     BenchScalePeer {
         /// The socket path to serve.
         path: std::path::PathBuf,
@@ -101,7 +137,11 @@ enum Role {
 }
 
 /// Set by `npipe demo` and `npipe bench` for the processes they start.
+#[cfg(target_os = "linux")]
 pub const INTERNAL_ROLE: &str = npipe_bench::INTERNAL_ROLE;
+/// Set by `npipe demo` for the processes it starts (the bench's name).
+#[cfg(not(target_os = "linux"))]
+pub const INTERNAL_ROLE: &str = "NPIPE_INTERNAL_ROLE";
 
 /// Runs an internal role, if this process was started as one.
 fn run_internal() -> Option<cmd::CmdResult> {
@@ -111,7 +151,9 @@ fn run_internal() -> Option<cmd::CmdResult> {
     Some(match &internal.role {
         Role::DemoServer(args) => cmd::demo::run_server(args),
         Role::DemoClient(args) => cmd::demo::run_client(args),
+        #[cfg(target_os = "linux")]
         Role::BenchPeer(args) => npipe_bench::run_peer(args).map_err(Into::into),
+        #[cfg(target_os = "linux")]
         Role::BenchScalePeer { path } => npipe_bench::run_scale_peer(path).map_err(Into::into),
     })
 }
@@ -132,9 +174,13 @@ fn main() -> ExitCode {
         Command::List(args) => cmd::list::run(args),
         Command::Info(args) => cmd::info::run(args),
         Command::Wait(args) => cmd::wait::run(args),
+        #[cfg(target_os = "linux")]
         Command::Bench(args) => npipe_bench::run(args).map_err(Into::into),
+        #[cfg(target_os = "linux")]
         Command::Setup(args) => cmd::setup::run(args),
+        #[cfg(target_os = "linux")]
         Command::Gateway(args) => cmd::gateway::run(args),
+        #[cfg(target_os = "linux")]
         Command::Cert(args) => cmd::cert::run(args),
     };
     match result {

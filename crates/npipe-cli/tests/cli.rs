@@ -6,6 +6,9 @@
 //! it started when it ends, pass or fail. Deadlines only stop hangs; nothing
 //! here measures speed.
 
+// The tool on Windows is tested by `windows_tool.rs`.
+#![cfg(target_os = "linux")]
+
 #[path = "../../npipe/tests/support/shared_copy.rs"]
 mod shared_copy;
 

@@ -2,6 +2,9 @@
 //! clients at once, and a thousand clients sending a thousand messages each.
 //! The clients live in this test process on the async client API.
 
+// The tool on Windows is tested by `windows_tool.rs`.
+#![cfg(target_os = "linux")]
+
 #[path = "../../npipe/tests/support/procfs.rs"]
 mod procfs;
 // For `skipped` alone.

@@ -147,8 +147,9 @@ impl LocalUser {
     /// The superuser: root (where Windows' SYSTEM and Administrators map).
     pub const ROOT: LocalUser = LocalUser(0);
 
-    /// The user this process acts as (its effective user; on Windows its
-    /// token's user).
+    /// The user this thread acts as: its effective user (per thread on
+    /// Linux), on Windows the user of the token it impersonates, else of
+    /// its process's token. Inside an impersonation, the client.
     #[cfg(any(target_os = "linux", windows))]
     pub fn current() -> LocalUser {
         LocalUser(crate::sys::effective_uid())
@@ -168,9 +169,15 @@ impl LocalUser {
         lookup::user_name(self.0)
     }
 
-    /// The form [`by_name`](Self::by_name) reads back: the uid on Unix, the
-    /// SID on Windows.
-    pub(crate) fn id_text(&self) -> String {
+    /// Its id as text, the form [`by_name`](Self::by_name) reads back: the
+    /// uid on Unix, the SID (`S-1-5-...`) on Windows.
+    ///
+    /// ```
+    /// use npipe::LocalUser;
+    /// let me = LocalUser::current();
+    /// assert_eq!(LocalUser::by_name(&me.id_text()), Some(me));
+    /// ```
+    pub fn id_text(&self) -> String {
         lookup::id_text(self.0)
     }
 
@@ -189,8 +196,9 @@ impl LocalGroup {
             .map(LocalGroup)
     }
 
-    /// The form [`by_name`](Self::by_name) reads back.
-    pub(crate) fn id_text(&self) -> String {
+    /// Its id as text, the form [`by_name`](Self::by_name) reads back: the
+    /// gid on Unix, the SID on Windows.
+    pub fn id_text(&self) -> String {
         lookup::id_text(self.0)
     }
 

@@ -110,7 +110,10 @@
 //! | Linux | Names with `\` after the prefix hash to a socket file name; the full name travels in the handshake | `sun_path` is 108 bytes | Nothing: listings show the names as written |
 //! | Linux | `\\HOST\pipe\NAME` goes over TLS 1.3 with a client certificate to `npipe gateway` on HOST (the `remote` feature), not over SMB; a remote client is known by its certificate's name and impersonated as the local user the gateway maps it to | Linux has no SMB logon to carry | Issue certificates with `npipe cert`, run the gateway, trust it on the servers (root is trusted): `docs/REMOTE.md` |
 //! | Linux | On a remote pipe's client end the server's pid and user are unknown (0, a uid that names no one), `expect_server` is refused, and `flush_buffers` waits until TCP has the bytes acknowledged (a tokio client: until its local relay has them), not until the remote reader has read them | No kernel on the client's machine knows the server | The gateway's certificate, checked against your CA, vouches for the host |
-//! | Windows | The ends are their own types with the same methods (not `Pipe<S, R>` aliases); not there yet: `accept_timeout`, read timeouts (refused with *not supported*), `shutdown_write`, `split`, `spawn_as_client`, `client_credentials` and groups, `list_pipes` and `query_pipe`, and the tokio ends' `readable`/`try_*` | The backend is new; each is a kernel call or two away | Put `tokio::time::timeout` around async reads; everything else ported code uses is there |
+//! | Windows | The ends are their own types with the same methods (not `Pipe<S, R>` aliases); not there yet: `accept_timeout`, read timeouts (refused with *not supported*), `split`, `spawn_as_client`, and the tokio ends' `readable`/`try_*` | The backend is new; each is a kernel call or two away | Put `tokio::time::timeout` around async reads (they are cancel-safe); everything else ported code uses is there |
+//! | Windows | No `shutdown_write` | A Windows pipe cannot be half-closed | Mark the end of a request in the protocol, or close |
+//! | Windows | `list_pipes` and `query_pipe` give a `ListedPipe`: name and instance count, as Sysinternals PipeList shows; `wait_named_pipe` is `WaitNamedPipe` itself | Anything more would connect to the server and take an instance | Ask the server, if it offers a way |
+//! | Windows | A client's credentials and groups come from its token, read while impersonating it at the level it allowed (unknown ids if the kernel refuses) | Windows keeps them in the token, not on the pipe | Nothing |
 //! | Windows | A buffer size of 0 asks the kernel for 64 KiB | A Windows pipe made with no buffer holds no write, so every write would wait for its reader; Linux's sockets always buffer | Set the sizes to have Windows' exact behaviour |
 //! | Windows | Users and groups are SIDs behind [`LocalUser`] and [`LocalGroup`] (ids index a per-process table, so they stay `Copy`; they are not uids) | Windows names principals by SID | Compare users with each other; their `Display` shows name and SID |
 //! | Windows | A client that allowed identification only is impersonated at that level (what the server then opens fails with `ERROR_BAD_IMPERSONATION_LEVEL`); Linux refuses the impersonation itself (`ERROR_CANNOT_IMPERSONATE`) | The kernel's rule | Check the result of what you do while impersonating |
@@ -219,7 +222,10 @@ pub use pipe::{ClientEnd, Pipe, PipeIo, PipeRole, ServerEnd};
 #[cfg(all(windows, feature = "tokio"))]
 pub use windows::tokio;
 #[cfg(windows)]
-pub use windows::{call, Impersonation, PipeClient, PipeListener, PipeServer};
+pub use windows::{
+    call, list_pipes, query_pipe, wait_named_pipe, Impersonation, ListedPipe, PipeClient,
+    PipeListener, PipeServer,
+};
 
 /// The README's Rust example, compiled and run as a doctest.
 #[doc = include_str!("../../../README.md")]

@@ -2,7 +2,9 @@
 
 use std::io::{self, Read, Write};
 
-use npipe::{ClientOptions, ErrorCode, PipeType};
+#[cfg(unix)]
+use npipe::PipeType;
+use npipe::{ClientOptions, ErrorCode};
 
 use super::{lossy, CmdResult};
 use crate::exit::{Failure, Status};
@@ -112,9 +114,13 @@ fn options(args: &Args) -> Result<ClientOptions, Failure> {
                     .hint("give the server some milliseconds to reply, or `forever`"),
             )
         }
+        // Windows ends have no read timeout: `call_pipe` bounds the wait.
+        #[cfg(unix)]
         Some(limit) => {
             opts.read_timeout(limit);
         }
+        #[cfg(windows)]
+        Some(_) => {}
         None => {}
     }
     args.security.apply(&mut opts)?;
@@ -158,7 +164,7 @@ fn request(args: &Args) -> Result<Vec<u8>, Failure> {
 /// Runs `npipe call`.
 pub fn run(args: &Args) -> CmdResult {
     let request = request(args)?;
-    let (reply, is_message) = match options(args)?.call(args.name.as_str(), &request) {
+    let (reply, is_message) = match call_pipe(args, &request)? {
         Ok(reply) => (reply, true),
         // A byte pipe refuses a transaction: open it and see what it is
         // (its type comes with the connection, so this works for remote
@@ -174,8 +180,39 @@ pub fn run(args: &Args) -> CmdResult {
     print_reply(&reply, is_message, args.raw)
 }
 
+/// `CallNamedPipe` with the command line's options.
+#[cfg(unix)]
+fn call_pipe(args: &Args, request: &[u8]) -> Result<npipe::Result<Vec<u8>>, Failure> {
+    Ok(options(args)?.call(args.name.as_str(), request))
+}
+
+/// `CallNamedPipe` with the command line's options, on overlapped I/O so
+/// that `--reply-timeout` can end the wait for the reply (a transaction
+/// given up is cancelled before its buffers go).
+#[cfg(windows)]
+fn call_pipe(args: &Args, request: &[u8]) -> Result<npipe::Result<Vec<u8>>, Failure> {
+    let opts = options(args)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(Status::Other, format!("cannot start a runtime: {e}")))?;
+    Ok(runtime.block_on(async {
+        let call = opts.call_async(args.name.as_str(), request);
+        match args.reply_timeout.limit() {
+            Some(limit) => tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+                Err(npipe::Error::new(
+                    ErrorCode::Timeout,
+                    format!("{} did not reply within {}", args.name, args.reply_timeout),
+                ))
+            }),
+            None => call.await,
+        }
+    }))
+}
+
 /// The byte-pipe form: write, half-close, read to the end; `None` if the
 /// pipe is no byte pipe after all.
+#[cfg(unix)]
 fn byte_call(args: &Args, request: &[u8]) -> Result<Option<Vec<u8>>, Failure> {
     let mut client = options(args)?
         .open(args.name.as_str())
@@ -194,6 +231,13 @@ fn byte_call(args: &Args, request: &[u8]) -> Result<Option<Vec<u8>>, Failure> {
         client.read_to_end(&mut reply).map_err(Failure::pipe_io)?;
     }
     Ok(Some(reply))
+}
+
+/// The byte-pipe form on Windows, where a pipe cannot be half-closed:
+/// write, then read until the server closes or goes quiet.
+#[cfg(windows)]
+fn byte_call(args: &Args, request: &[u8]) -> Result<Option<Vec<u8>>, Failure> {
+    super::client_windows::byte_call(&options(args)?, args.name.as_str(), request)
 }
 
 fn call_failure(err: npipe::Error, args: &Args) -> Failure {

@@ -1,18 +1,27 @@
 //! `npipe client`: an interactive (or scripted) client over stdin/stdout.
 
+#[cfg(unix)]
 use std::io::{self, Read, Write};
+#[cfg(unix)]
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+#[cfg(unix)]
 use std::sync::mpsc;
+#[cfg(unix)]
 use std::thread;
 use std::time::Duration;
 
-use npipe::{Access, ClientOptions, ErrorCode, PipeClient, PipeType, ReadHalf, WriteHalf};
+#[cfg(unix)]
+use npipe::{Access, ErrorCode, PipeClient, PipeType, ReadHalf, WriteHalf};
+use npipe::{ClientOptions, PipeInfo};
 
 use super::framing::{Framing, FRAME_MAX};
 use super::{CmdResult, TimeoutArg};
-use crate::exit::{Failure, Status};
+use crate::exit::Failure;
+#[cfg(unix)]
+use crate::exit::Status;
 
 /// How often the stdin-to-pipe side checks whether the server has closed.
+#[cfg(unix)]
 const POLL: Duration = Duration::from_millis(50);
 
 const LONG_ABOUT: &str = r"Connect to a pipe and talk to it over stdin and stdout.
@@ -98,35 +107,50 @@ pub fn run(args: &Args) -> CmdResult {
         .wait_for_server(args.wait_for_server)
         .max_message_size(FRAME_MAX as u32);
     args.security.apply(&mut opts)?;
-    let mut client = opts.open(args.name.as_str()).map_err(|e| {
-        let hint = super::access_hint(&e, &args.name, "the pipe's direction refuses this access");
-        let failure = Failure::from(e);
-        match hint {
-            Some(h) => failure.hint(h),
-            None => failure,
+    #[cfg(windows)]
+    return super::client_windows::run(&opts, args);
+    #[cfg(unix)]
+    {
+        let mut client = opts
+            .open(args.name.as_str())
+            .map_err(|e| open_failure(e, &args.name))?;
+        let info = client.info();
+        announce(&info, client.server_process_id(), args.quiet);
+        match (info.pipe_type, info.access) {
+            (PipeType::Message, access) => message_io(&mut client, access, args.framing),
+            (PipeType::Byte, access) => byte_copy(&mut client, access),
         }
-    })?;
-    let info = client.info();
-    if !args.quiet {
+    }
+}
+
+/// A failed open, with what to do about a refused access.
+pub(super) fn open_failure(e: npipe::Error, name: &str) -> Failure {
+    let hint = super::access_hint(&e, name, "the pipe's direction refuses this access");
+    let failure = Failure::from(e);
+    match hint {
+        Some(h) => failure.hint(h),
+        None => failure,
+    }
+}
+
+/// Says on stderr what the client connected to, unless `quiet`.
+pub(super) fn announce(info: &PipeInfo, server_pid: u32, quiet: bool) {
+    if !quiet {
         eprintln!(
-            "npipe: connected to {} (server pid {}, {} {} pipe)",
+            "npipe: connected to {} (server pid {server_pid}, {} {} pipe)",
             info.name,
-            client.server_process_id(),
             super::direction_name(info.direction),
             super::type_name(info.pipe_type),
         );
-    }
-    match (info.pipe_type, info.access) {
-        (PipeType::Message, access) => message_io(&mut client, access, args.framing),
-        (PipeType::Byte, access) => byte_copy(&mut client, access),
     }
 }
 
 /// After the end of input, how long the client waits for more replies once
 /// every message it sent has had one (socat waits as long).
-const LINGER: Duration = Duration::from_millis(500);
+pub(super) const LINGER: Duration = Duration::from_millis(500);
 
 /// Writes one message to standard output, framed.
+#[cfg(unix)]
 fn print(framing: Framing, msg: &[u8]) -> CmdResult {
     let mut out = io::stdout().lock();
     out.write_all(&framing.frame(msg))
@@ -139,6 +163,7 @@ fn print(framing: Framing, msg: &[u8]) -> CmdResult {
 /// reply, several, or one nobody asked for). At the end of input the client
 /// closes its sending side, then waits for the server to close, or, once
 /// every message has had a reply, for [`LINGER`] of quiet.
+#[cfg(unix)]
 fn message_io(client: &mut PipeClient, access: Access, framing: Framing) -> CmdResult {
     // Short timed reads let the receiving side notice the end of input.
     client.set_read_timeout(Some(POLL))?;
@@ -168,6 +193,7 @@ fn message_io(client: &mut PipeClient, access: Access, framing: Framing) -> CmdR
 /// A receiving side that failed (its output closed, as `| head` does)
 /// ends the process at once: the sending thread may be stuck writing to a
 /// server that, unread, stopped reading too.
+#[cfg(unix)]
 fn stop_if_failed(received: CmdResult) -> CmdResult {
     if let Err(failure) = &received {
         failure.exit_now();
@@ -177,6 +203,7 @@ fn stop_if_failed(received: CmdResult) -> CmdResult {
 
 /// The end of a copy both ways: what the receiving side returned, then
 /// the sending thread's result.
+#[cfg(unix)]
 fn joined(
     received: CmdResult,
     sending: Option<thread::ScopedJoinHandle<'_, CmdResult>>,
@@ -190,6 +217,7 @@ fn joined(
     received.and(sent)
 }
 
+#[cfg(unix)]
 fn send_messages(
     writer: &mut WriteHalf<'_>,
     framing: Framing,
@@ -230,6 +258,7 @@ fn send_messages(
     }
 }
 
+#[cfg(unix)]
 fn receive_messages(
     reader: &mut ReadHalf<'_>,
     framing: Framing,
@@ -264,6 +293,7 @@ fn receive_messages(
 }
 
 /// A chunk of standard input, read by the feeder thread.
+#[cfg(unix)]
 enum Input {
     Data(Vec<u8>),
     End,
@@ -273,6 +303,7 @@ enum Input {
 /// Reads stdin on a thread of its own, so that the pipe side can stop when
 /// the server closes even while a terminal read is still pending (that
 /// thread is left behind; the process exits without it).
+#[cfg(unix)]
 fn feed_stdin() -> mpsc::Receiver<Input> {
     let (tx, rx) = mpsc::sync_channel(4);
     thread::spawn(move || {
@@ -297,6 +328,7 @@ fn feed_stdin() -> mpsc::Receiver<Input> {
     rx
 }
 
+#[cfg(unix)]
 fn byte_copy(client: &mut PipeClient, access: Access) -> CmdResult {
     let (mut reader, mut writer) = client.split();
     let server_closed = AtomicBool::new(false);
@@ -315,6 +347,7 @@ fn byte_copy(client: &mut PipeClient, access: Access) -> CmdResult {
     })
 }
 
+#[cfg(unix)]
 fn stdin_to_pipe(writer: &mut WriteHalf<'_>, server_closed: &AtomicBool) -> CmdResult {
     let input = feed_stdin();
     loop {
@@ -335,6 +368,7 @@ fn stdin_to_pipe(writer: &mut WriteHalf<'_>, server_closed: &AtomicBool) -> CmdR
     }
 }
 
+#[cfg(unix)]
 fn pipe_to_stdout(reader: &mut ReadHalf<'_>) -> CmdResult {
     let mut buf = vec![0u8; 64 * 1024];
     loop {

@@ -6,7 +6,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use npipe::tokio::PipeServer;
-use npipe::unix::{LocalGroupExt, LocalUserExt};
 use npipe::{Error, ErrorCode, PipeType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -41,8 +40,9 @@ pub async fn serve(
     can_read: bool,
     framing: Framing,
 ) -> npipe::Result<String> {
-    let mut cmd = std::process::Command::new("sh");
-    cmd.arg("-c")
+    let [shell, flag] = super::os::SHELL;
+    let mut cmd = std::process::Command::new(shell);
+    cmd.arg(flag)
         .arg(command)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -51,15 +51,15 @@ pub async fn serve(
         // A process of the client's must not see the server's environment
         // (its secrets), directory or log: only what it needs.
         cmd.env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .current_dir("/")
+            .envs(super::os::CLIENT_ENV.iter().copied())
+            .current_dir(super::os::CLIENT_DIR)
             .stderr(Stdio::null());
     } else {
         cmd.stderr(Stdio::inherit());
     }
     set_identity(&mut cmd, conn);
     let mut child = if impersonate {
-        conn.spawn_as_client(&mut cmd)?
+        super::os::spawn_as_client(conn, &mut cmd)?
     } else {
         cmd.spawn()
             .map_err(|e| Error::new(ErrorCode::Other, format!("cannot run `{command}`: {e}")))?
@@ -97,8 +97,8 @@ fn set_identity(cmd: &mut std::process::Command, conn: &PipeServer) {
     let id = conn.client_identity();
     let user = id.user_name.unwrap_or_default();
     cmd.env("NPIPE_CLIENT_PID", id.credentials.pid.to_string())
-        .env("NPIPE_CLIENT_UID", id.credentials.user.uid().to_string())
-        .env("NPIPE_CLIENT_GID", id.credentials.group.gid().to_string())
+        .env("NPIPE_CLIENT_UID", id.credentials.user.id_text())
+        .env("NPIPE_CLIENT_GID", id.credentials.group.id_text())
         .env("NPIPE_CLIENT_USER", &user)
         .env(
             "NPIPE_CLIENT_SESSION",

@@ -299,7 +299,7 @@ pub fn run(args: &Args) -> CmdResult {
     }
     let mut opts = options(settings(args)?, args.allow_root_map)?;
     opts.max_handshakes(args.max_handshakes as usize);
-    super::serve::raise_fd_limit();
+    super::os::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -4,7 +4,6 @@ use std::io::{self, Write};
 
 use serde_json::Value;
 
-use super::list::served_json;
 use super::{printable, CmdResult};
 use crate::exit::Failure;
 
@@ -39,7 +38,10 @@ pub struct Args {
 /// Runs `npipe info`.
 pub fn run(args: &Args) -> CmdResult {
     let pipe = npipe::query_pipe(args.name.as_str())?;
-    let value = served_json(&pipe);
+    #[cfg(unix)]
+    let value = super::list::served_json(&pipe);
+    #[cfg(windows)]
+    let value = super::list::listed_json(&pipe);
     let mut out = io::stdout().lock();
     let written = if args.json {
         writeln!(out, "{value}")
@@ -76,7 +78,9 @@ fn write_fields(out: &mut impl Write, value: &Value) -> io::Result<()> {
         let shown = match map.get(key) {
             Some(Value::String(s)) => printable(s).into_owned(),
             Some(Value::Null) if key == "max_instances" => "unlimited".to_string(),
-            Some(Value::Null) | None => "-".to_string(),
+            Some(Value::Null) => "-".to_string(),
+            // Not told on this system (Windows lists less).
+            None => continue,
             Some(v) => v.to_string(),
         };
         writeln!(out, "{:width$} {shown}", format!("{key}:"))?;

@@ -2,11 +2,15 @@
 
 use std::io::{self, Write};
 
+#[cfg(unix)]
 use npipe::unix::LocalUserExt;
+#[cfg(unix)]
 use npipe::{PipeEntry, ServedPipe};
 use serde_json::{json, Value};
 
-use super::{direction_name, instances_text, printable, type_name, user_text, CmdResult};
+#[cfg(unix)]
+use super::{direction_name, type_name, user_text};
+use super::{instances_text, printable, CmdResult};
 use crate::exit::Failure;
 
 const LONG_ABOUT: &str = r#"List the pipes on this machine, like Sysinternals PipeList.
@@ -57,6 +61,7 @@ pub struct Args {
 }
 
 /// The JSON description of a served pipe, shared with `npipe info`.
+#[cfg(unix)]
 pub fn served_json(p: &ServedPipe) -> Value {
     json!({
         "name": p.name,
@@ -78,6 +83,7 @@ pub fn served_json(p: &ServedPipe) -> Value {
 }
 
 /// Runs `npipe list`.
+#[cfg(unix)]
 pub fn run(args: &Args) -> CmdResult {
     if args.prune {
         let pruned = npipe::remove_stale_pipes()?;
@@ -99,6 +105,7 @@ pub fn run(args: &Args) -> CmdResult {
     written.and_then(|()| out.flush()).map_err(Failure::stdout)
 }
 
+#[cfg(unix)]
 fn write_json(out: &mut impl Write, entries: &[PipeEntry]) -> io::Result<()> {
     for entry in entries {
         let value = match entry {
@@ -123,6 +130,7 @@ fn write_json(out: &mut impl Write, entries: &[PipeEntry]) -> io::Result<()> {
     Ok(())
 }
 
+#[cfg(unix)]
 fn write_table(out: &mut impl Write, entries: &[PipeEntry]) -> io::Result<()> {
     let dir = npipe::namespace_directory();
     let served = entries
@@ -199,7 +207,11 @@ fn write_table(out: &mut impl Write, entries: &[PipeEntry]) -> io::Result<()> {
     Ok(())
 }
 
-fn write_row(out: &mut impl Write, row: &[String; 6], widths: &[usize; 6]) -> io::Result<()> {
+fn write_row<const N: usize>(
+    out: &mut impl Write,
+    row: &[String; N],
+    widths: &[usize; N],
+) -> io::Result<()> {
     let mut line = String::new();
     for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
         if i + 1 == row.len() {
@@ -211,4 +223,71 @@ fn write_row(out: &mut impl Write, row: &[String; 6], widths: &[usize; 6]) -> io
         }
     }
     writeln!(out, "{line}")
+}
+
+/// A pipe as Windows lists it, shared with `npipe info`: the listing has
+/// its name and instances; the rest only its server knows, and asking it
+/// would take an instance.
+#[cfg(windows)]
+pub fn listed_json(p: &npipe::ListedPipe) -> Value {
+    json!({
+        "name": p.name,
+        "state": "listed",
+        "cur_instances": p.cur_instances,
+        "max_instances": p.max_instances,
+    })
+}
+
+/// Runs `npipe list`: the directory listing of `\\.\pipe\`.
+#[cfg(windows)]
+pub fn run(args: &Args) -> CmdResult {
+    if args.prune {
+        return Err(Failure::new(
+            crate::exit::Status::Usage,
+            "--prune has nothing to do on Windows: a pipe goes with its last instance",
+        ));
+    }
+    let pipes = npipe::list_pipes()?;
+    let mut out = io::stdout().lock();
+    let written = if args.json {
+        pipes
+            .iter()
+            .try_for_each(|p| writeln!(out, "{}", listed_json(p)))
+    } else {
+        write_listing(&mut out, &pipes)
+    };
+    written.and_then(|()| out.flush()).map_err(Failure::stdout)
+}
+
+#[cfg(windows)]
+fn write_listing(out: &mut impl Write, pipes: &[npipe::ListedPipe]) -> io::Result<()> {
+    writeln!(out, "Pipes on this machine: {}", pipes.len())?;
+    if pipes.is_empty() {
+        return Ok(());
+    }
+    let header = ["NAME", "INSTANCES"];
+    let rows: Vec<[String; 2]> = pipes
+        .iter()
+        .map(|p| {
+            let max = p.max_instances.map_or("?".to_string(), |m| m.to_string());
+            [
+                printable(&p.name).into_owned(),
+                match p.max_instances {
+                    Some(u32::MAX) => instances_text(p.cur_instances, None),
+                    _ => format!("{}/{max}", p.cur_instances),
+                },
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    write_row(out, &header.map(String::from), &widths)?;
+    for row in &rows {
+        write_row(out, row, &widths)?;
+    }
+    Ok(())
 }

@@ -1,15 +1,21 @@
 //! The commands, one module each, and the small helpers they share.
 
 pub mod call;
+#[cfg(target_os = "linux")]
 pub mod cert;
 pub mod client;
+#[cfg(windows)]
+pub mod client_windows;
 pub mod demo;
 pub mod exec;
 pub mod framing;
+#[cfg(target_os = "linux")]
 pub mod gateway;
 pub mod info;
 pub mod list;
+pub mod os;
 pub mod serve;
+#[cfg(target_os = "linux")]
 pub mod setup;
 pub mod wait;
 
@@ -46,6 +52,7 @@ pub fn instances_text(cur: u32, max: Option<u32>) -> String {
 }
 
 /// A user name, or `uid N` when the user database has none.
+#[cfg(unix)]
 pub fn user_text(name: Option<&str>, uid: u32) -> String {
     match name {
         Some(name) => name.to_string(),
@@ -210,6 +217,12 @@ impl ClientSecurity {
             LevelArg::Identification => npipe::ImpersonationLevel::Identification,
             LevelArg::Impersonation => npipe::ImpersonationLevel::Impersonation,
         });
+        self.apply_remote(opts)
+    }
+
+    /// `--cert`, `--key`, `--ca`, `--gateway-port`: npipe's remote pipes.
+    #[cfg(target_os = "linux")]
+    fn apply_remote(&self, opts: &mut npipe::ClientOptions) -> Result<(), Failure> {
         if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
             opts.remote_certificate(cert, key);
         }
@@ -218,6 +231,20 @@ impl ClientSecurity {
         }
         if let Some(port) = self.gateway_port {
             opts.gateway_port(port);
+        }
+        Ok(())
+    }
+
+    /// Windows reaches `\\HOST\pipe\NAME` over SMB with the user's logon:
+    /// the gateway's options have nothing to do there.
+    #[cfg(not(target_os = "linux"))]
+    fn apply_remote(&self, _: &mut npipe::ClientOptions) -> Result<(), Failure> {
+        if self.cert.is_some() || self.ca.is_some() || self.gateway_port.is_some() {
+            return Err(Failure::new(
+                crate::exit::Status::Usage,
+                "--cert, --key, --ca and --gateway-port are for npipe's gateway on Linux; \
+                 on Windows \\\\HOST\\pipe\\NAME goes over SMB with your logon",
+            ));
         }
         Ok(())
     }

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use npipe::tokio::PipeServer;
-use npipe::unix::{LocalGroupExt, LocalUserExt, ServerPipeExt};
 use npipe::{
     Direction, ErrorCode, PipeType, SecurityDescriptor, ServerOptions, UNLIMITED_INSTANCES,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::framing::Framing;
-use super::{direction_name, type_name, user_text, CmdResult};
+use super::os::{raise_fd_limit, PidFile, Signals};
+use super::{direction_name, type_name, CmdResult};
 use crate::exit::{Failure, Status};
 
 /// How long an outbound server waits for a client to read its greeting
@@ -526,142 +526,6 @@ async fn serve_stdio(mut conn: PipeServer, stop: &mut Signals, framing: Framing)
     Ok(())
 }
 
-/// `--pid-file`: the server's pid in a file while it serves. The path may
-/// be in a directory others can write (a root server's in `/tmp`, say), so
-/// a symbolic link or anything but a regular file there is refused, never
-/// followed, and only the file this server wrote is removed.
-struct PidFile {
-    path: std::path::PathBuf,
-    /// The file written: (device, inode).
-    id: (u64, u64),
-}
-
-/// Opening flags that never follow a planted link nor wait on a FIFO.
-fn no_follow() -> i32 {
-    use rustix::fs::OFlags;
-    (OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32
-}
-
-impl PidFile {
-    fn write(path: &std::path::Path) -> Result<PidFile, Failure> {
-        use std::io::Write as _;
-        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-        let refused = |e: &dyn std::fmt::Display| {
-            Failure::new(
-                Status::Usage,
-                format!("cannot write the pid file {}: {e}", path.display()),
-            )
-        };
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            // Emptied only once it is known to be ours alone (below).
-            .truncate(false)
-            .mode(0o644)
-            .custom_flags(no_follow())
-            .open(path)
-            .map_err(|e| refused(&e))?;
-        let meta = file.metadata().map_err(|e| refused(&e))?;
-        if !meta.is_file() {
-            return Err(refused(&"it is not a regular file"));
-        }
-        // A second link is another name someone else may read or keep; a
-        // file of another user's is theirs to rewrite under us.
-        if meta.nlink() != 1 || meta.uid() != rustix::process::geteuid().as_raw() {
-            return Err(refused(
-                &"it is linked elsewhere or belongs to another user",
-            ));
-        }
-        file.set_len(0).map_err(|e| refused(&e))?;
-        writeln!(file, "{}", std::process::id()).map_err(|e| refused(&e))?;
-        Ok(PidFile {
-            path: path.to_path_buf(),
-            id: (meta.dev(), meta.ino()),
-        })
-    }
-}
-
-impl Drop for PidFile {
-    /// Removes the file if it is still the one written and still names
-    /// this process (another server may have written it since).
-    fn drop(&mut self) {
-        use std::io::Read as _;
-        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-        let Ok(mut file) = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(no_follow())
-            .open(&self.path)
-        else {
-            return;
-        };
-        let same = file
-            .metadata()
-            .is_ok_and(|m| m.is_file() && (m.dev(), m.ino()) == self.id);
-        let mut text = String::new();
-        let ours = same
-            && (&mut file).take(32).read_to_string(&mut text).is_ok()
-            && text.trim() == std::process::id().to_string();
-        if ours {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// Raises the limit on open files as far as allowed (to at least 65,536
-/// when the process may raise its hard limit, as root may), so that one
-/// server can hold as many clients as the system lets it.
-pub(crate) fn raise_fd_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    const WANTED: u64 = 65_536;
-    let limit = getrlimit(Resource::Nofile);
-    let hard = limit.maximum.map_or(WANTED, |h| h.max(WANTED));
-    let raised = Rlimit {
-        current: Some(hard),
-        maximum: Some(hard),
-    };
-    if setrlimit(Resource::Nofile, raised).is_err() && limit.current < limit.maximum {
-        let soft = Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        };
-        let _ = setrlimit(Resource::Nofile, soft);
-    }
-}
-
-/// SIGINT, SIGTERM or SIGHUP: stop, so the server removes its socket on the
-/// way out instead of leaving a stale one behind.
-struct Signals(Vec<tokio::signal::unix::Signal>);
-
-impl Signals {
-    fn new() -> Result<Signals, Failure> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let kinds = [
-            SignalKind::interrupt(),
-            SignalKind::terminate(),
-            SignalKind::hangup(),
-        ];
-        let signals = kinds
-            .into_iter()
-            .map(|k| {
-                signal(k)
-                    .map_err(|e| Failure::new(Status::Other, format!("cannot handle signals: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Signals(signals))
-    }
-
-    async fn recv(&mut self) {
-        let [a, b, c] = &mut self.0[..] else {
-            unreachable!("three signals")
-        };
-        tokio::select! {
-            _ = a.recv() => {}
-            _ = b.recv() => {}
-            _ = c.recv() => {}
-        }
-    }
-}
-
 fn create_failure(err: npipe::Error, args: &Args) -> Failure {
     let name = &args.name;
     let hint = match err.code() {
@@ -672,6 +536,7 @@ fn create_failure(err: npipe::Error, args: &Args) -> Failure {
         ErrorCode::AccessDenied if args.first_instance => Some(format!(
             "--first-instance: the name is already served (`npipe info {name}` shows by whom)"
         )),
+        #[cfg(unix)]
         ErrorCode::AccessDenied => Some(format!(
             "cannot create the pipe in {}; check that directory's owner and mode, or set \
              NPIPE_DIR to another directory",
@@ -700,9 +565,8 @@ async fn serve_connection(
             .client_session_id()
             .map_or_else(|| "unknown".to_string(), |s| s.to_string());
         log(format_args!(
-            "connection {id}: client pid {pid}, user {} (uid {}), session {session}",
-            user_text(conn.client_user_name().as_deref(), conn.client_uid()),
-            conn.client_uid(),
+            "connection {id}: client pid {pid}, user {}, session {session}",
+            conn.client_user(),
         ));
     }
     let result = match (config.direction, config.pipe_type) {
@@ -758,12 +622,12 @@ async fn answer_whoami(conn: &mut PipeServer, impersonate: bool) -> npipe::Resul
 async fn whoami_text(conn: &PipeServer, impersonate: bool) -> String {
     let id = conn.client_identity();
     let c = id.credentials;
-    let groups: Vec<String> = id.groups.iter().map(|g| g.gid().to_string()).collect();
+    let groups: Vec<String> = id.groups.iter().map(npipe::LocalGroup::id_text).collect();
     let mut text = format!(
         "pid={} uid={} gid={} user={} groups={} session={} level={}",
         c.pid,
-        c.user.uid(),
-        c.group.gid(),
+        c.user.id_text(),
+        c.group.id_text(),
         id.user_name.as_deref().unwrap_or("?"),
         groups.join(","),
         id.session_id
@@ -780,16 +644,13 @@ async fn whoami_text(conn: &PipeServer, impersonate: bool) -> String {
         );
     }
     if impersonate {
-        // The thread's own effective uid, as the kernel sees it right now.
-        let seen = conn
-            .run_as_client(|| rustix::process::geteuid().as_raw())
-            .await;
+        // The thread's own effective user, as the kernel sees it right now.
+        let seen = conn.run_as_client(npipe::LocalUser::current).await;
         match seen {
-            Ok(euid) => text.push_str(&format!(
-                " impersonating: euid={euid} user={}",
-                npipe::LocalUser::from_uid(euid)
-                    .name()
-                    .unwrap_or_else(|| "?".into())
+            Ok(user) => text.push_str(&format!(
+                " impersonating: euid={} user={}",
+                user.id_text(),
+                user.name().unwrap_or_else(|| "?".into())
             )),
             Err(e) => text.push_str(&format!(" impersonation refused: {}", e.code())),
         }

@@ -38,17 +38,8 @@ pub struct Args {
 pub fn run(args: &Args) -> CmdResult {
     let deadline = args.timeout.limit().map(|l| Instant::now() + l);
     loop {
-        let why = match npipe::query_pipe(args.name.as_str()) {
-            Ok(p) if p.max_instances.is_none_or(|m| p.cur_instances < m) => return Ok(()),
-            Ok(p) => format!(
-                "all {} instances of {} stayed busy",
-                p.cur_instances, args.name
-            ),
-            // Not there (yet), or its server is going away: ask again.
-            Err(e) if matches!(e.code(), ErrorCode::FileNotFound | ErrorCode::BrokenPipe) => {
-                format!("{} did not appear", args.name)
-            }
-            Err(e) => return Err(e.into()),
+        let Some(why) = busy(&args.name)? else {
+            return Ok(());
         };
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
@@ -60,5 +51,38 @@ pub fn run(args: &Args) -> CmdResult {
         }
         let pause = deadline.map_or(POLL, |d| POLL.min(d - now));
         std::thread::sleep(pause);
+    }
+}
+
+/// Why the pipe has no instance free right now, or `None` if it has one:
+/// its server's own count.
+#[cfg(unix)]
+fn busy(name: &str) -> npipe::Result<Option<String>> {
+    match npipe::query_pipe(name) {
+        Ok(p) if p.max_instances.is_none_or(|m| p.cur_instances < m) => Ok(None),
+        Ok(p) => Ok(Some(format!(
+            "all {} instances of {name} stayed busy",
+            p.cur_instances
+        ))),
+        // Not there (yet), or its server is going away: ask again.
+        Err(e) if matches!(e.code(), ErrorCode::FileNotFound | ErrorCode::BrokenPipe) => {
+            Ok(Some(format!("{name} did not appear")))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Why the pipe has no instance free right now, or `None` if it has one:
+/// the kernel's `WaitNamedPipe`, for one [`POLL`] at a time (it fails at
+/// once for a name no server has made yet).
+#[cfg(windows)]
+fn busy(name: &str) -> npipe::Result<Option<String>> {
+    match npipe::wait_named_pipe(name, Some(POLL)) {
+        Ok(()) => Ok(None),
+        Err(e) if e.code() == ErrorCode::Timeout => {
+            Ok(Some(format!("every instance of {name} stayed busy")))
+        }
+        Err(e) if e.code() == ErrorCode::FileNotFound => Ok(Some(format!("{name} did not appear"))),
+        Err(e) => Err(e),
     }
 }

@@ -766,9 +766,13 @@ impl Drop for Owned {
     }
 }
 
-/// The user this process runs as.
+/// The user this thread acts as: the token it impersonates, else its
+/// process's (as a Linux thread's effective uid is its own).
 pub fn effective_uid() -> u32 {
     use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
+    if let Ok(user) = impersonated_user() {
+        return user;
+    }
     let mut token: HANDLE = ptr::null_mut();
     // SAFETY: the current-process pseudo-handle needs no closing; `token`
     // receives a handle the guard closes.
@@ -834,6 +838,117 @@ pub fn impersonated_user() -> io::Result<u32> {
     }
     let token = Owned(token);
     token_user(token.0)
+}
+
+/// What the token this thread impersonates says of its user: the user,
+/// its primary group, its groups and the level it allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenFacts {
+    pub user: u32,
+    pub group: u32,
+    pub groups: Vec<u32>,
+    pub level: ImpersonationLevel,
+}
+
+/// The token this thread impersonates, as [`TokenFacts`].
+pub fn impersonated_token() -> io::Result<TokenFacts> {
+    use windows_sys::Win32::Security::{
+        SecurityImpersonation, TokenGroups, TokenImpersonationLevel, TokenPrimaryGroup,
+        TOKEN_GROUPS, TOKEN_PRIMARY_GROUP,
+    };
+    let mut token: HANDLE = ptr::null_mut();
+    // SAFETY: as in `impersonated_user`: the pseudo-handle needs no
+    // closing, `token` receives a handle the guard closes.
+    let ok = unsafe {
+        OpenThreadToken(
+            GetCurrentThread(),
+            windows_sys::Win32::Security::TOKEN_QUERY,
+            1,
+            &mut token,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let token = Owned(token);
+    let user = token_user(token.0)?;
+    let primary = token_information(token.0, TokenPrimaryGroup)?;
+    // SAFETY: the call filled a TOKEN_PRIMARY_GROUP at the start of the
+    // buffer, whose SID pointer points into the same live buffer.
+    let group = intern(&unsafe {
+        sid_bytes((*(primary.as_ptr() as *const TOKEN_PRIMARY_GROUP)).PrimaryGroup)
+    });
+    let list = token_information(token.0, TokenGroups)?;
+    let header = list.as_ptr() as *const TOKEN_GROUPS;
+    // SAFETY: the call filled a TOKEN_GROUPS: a count, then that many
+    // SID_AND_ATTRIBUTES whose SIDs point into the same live buffer.
+    let groups = unsafe {
+        let count = (*header).GroupCount as usize;
+        let first = std::ptr::addr_of!((*header).Groups)
+            .cast::<windows_sys::Win32::Security::SID_AND_ATTRIBUTES>();
+        (0..count)
+            .map(|i| intern(&sid_bytes((*first.add(i)).Sid)))
+            .collect()
+    };
+    let level = token_information(token.0, TokenImpersonationLevel)?;
+    // SAFETY: the call wrote a SECURITY_IMPERSONATION_LEVEL (an i32) at the
+    // start of the buffer.
+    let level = unsafe { *(level.as_ptr() as *const i32) };
+    Ok(TokenFacts {
+        user,
+        group,
+        groups,
+        level: if level >= SecurityImpersonation {
+            ImpersonationLevel::Impersonation
+        } else {
+            ImpersonationLevel::Identification
+        },
+    })
+}
+
+/// `GetTokenInformation` of one class, in a buffer sized by asking first
+/// (8-byte aligned, as every TOKEN_* structure needs).
+fn token_information(
+    token: HANDLE,
+    class: windows_sys::Win32::Security::TOKEN_INFORMATION_CLASS,
+) -> io::Result<Vec<u64>> {
+    use windows_sys::Win32::Security::GetTokenInformation;
+    let mut len = 0u32;
+    // SAFETY: a null buffer of length 0 asks for the size, written to `len`.
+    unsafe { GetTokenInformation(token, class, ptr::null_mut(), 0, &mut len) };
+    // A token's groups are bounded by the system; never size past 1 MiB.
+    let words = (len as usize).clamp(8, 1 << 20).div_ceil(8);
+    let mut buf = vec![0u64; words];
+    // SAFETY: `buf` is valid and aligned for `words * 8` bytes, as passed.
+    let ok = unsafe {
+        GetTokenInformation(
+            token,
+            class,
+            buf.as_mut_ptr().cast(),
+            (words * 8) as u32,
+            &mut len,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(buf)
+}
+
+/// `GetNamedPipeClientComputerNameW`: the client's computer, for a client
+/// that came over the network (an error for a local one).
+pub fn client_computer_name(pipe: &Pipe) -> io::Result<String> {
+    use windows_sys::Win32::System::Pipes::GetNamedPipeClientComputerNameW;
+    let mut name = [0u16; 256];
+    // SAFETY: `name` is valid for the byte length passed.
+    let ok = unsafe {
+        GetNamedPipeClientComputerNameW(pipe.raw(), name.as_mut_ptr(), (name.len() * 2) as u32)
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+    Ok(String::from_utf16_lossy(&name[..len]))
 }
 
 /// A pipe in the kernel's pipe file system, as a directory listing of

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use super::os;
 use crate::error::{Error, ErrorCode, Result};
-use crate::identity::{Identity, LocalUser};
+use crate::identity::{Identity, LocalGroup, LocalUser};
+use crate::info::PeerCredentials;
 use crate::info::{max_instances_from_wire, End, PipeInfo};
 use crate::name::PipeName;
 use crate::stream_core::Peek;
@@ -132,6 +133,30 @@ impl EndState {
         LocalUser(user.unwrap_or(u32::MAX))
     }
 
+    /// What the client's token says (user, primary group, groups, the
+    /// level it allows), read while impersonating it at whatever level it
+    /// allowed; `None` if the kernel would not let this thread take it.
+    pub(crate) fn client_token(&self) -> Option<sys::TokenFacts> {
+        let _guard = self.impersonate().ok()?;
+        sys::impersonated_token().ok()
+    }
+
+    /// The client's process and token, as the portable credentials.
+    pub(crate) fn client_credentials(&self) -> PeerCredentials {
+        let pid = self.process_of(Peer::Client);
+        match self.client_token() {
+            Some(t) => PeerCredentials {
+                pid,
+                user: LocalUser(t.user),
+                group: LocalGroup(t.group),
+            },
+            None => PeerCredentials {
+                pid,
+                ..PeerCredentials::UNKNOWN
+            },
+        }
+    }
+
     /// The server's user: the token of the server's process.
     pub(crate) fn server_user(&self) -> LocalUser {
         let pid = self.process_of(Peer::Server);
@@ -252,6 +277,48 @@ macro_rules! server_queries {
             pub fn peer_identity(&self) -> Identity {
                 Identity::Local(self.client_user())
             }
+            /// The client's process (`GetNamedPipeClientProcessId`), user
+            /// and primary group (from its token). What cannot be told is
+            /// [`PeerCredentials`](crate::PeerCredentials)' unknown ids.
+            pub fn client_credentials(&self) -> crate::PeerCredentials {
+                self.$($state).+.client_credentials()
+            }
+            /// The client's primary group (its token's).
+            pub fn client_group(&self) -> crate::LocalGroup {
+                self.client_credentials().group
+            }
+            /// The groups of the client's token.
+            pub fn client_groups(&self) -> Result<Vec<crate::LocalGroup>> {
+                let facts = self.$($state).+.client_token().ok_or_else(|| {
+                    crate::Error::new(
+                        crate::ErrorCode::CannotImpersonate,
+                        "cannot read the client's token (ImpersonateNamedPipeClient failed)",
+                    )
+                })?;
+                Ok(facts.groups.into_iter().map(crate::LocalGroup).collect())
+            }
+            /// Everything known about the client, in one go.
+            pub fn client_identity(&self) -> crate::ClientIdentity {
+                crate::ClientIdentity {
+                    credentials: self.client_credentials(),
+                    groups: self.client_groups().unwrap_or_default(),
+                    user_name: self.client_user_name(),
+                    session_id: self.client_session_id(),
+                }
+            }
+            /// The level the client allows for its identity (its token's
+            /// impersonation level: identification, or impersonation and
+            /// above).
+            pub fn client_impersonation_level(&self) -> crate::ImpersonationLevel {
+                self.$($state).+
+                    .client_token()
+                    .map_or(crate::ImpersonationLevel::Identification, |t| t.level)
+            }
+            /// `GetNamedPipeClientComputerName`: `None` for a client on
+            /// this machine.
+            pub fn client_computer_name(&self) -> Option<String> {
+                crate::sys::client_computer_name(&self.$($state).+.pipe).ok()
+            }
         }
     };
 }
@@ -263,6 +330,10 @@ macro_rules! client_queries {
             /// The server's user: the token of the server's process.
             pub fn server_user(&self) -> LocalUser {
                 self.$($state).+.server_user()
+            }
+            /// The server's user name, if the system can tell it.
+            pub fn server_user_name(&self) -> Option<String> {
+                self.server_user().name()
             }
             /// Who is at the other end: the server's user.
             pub fn peer_identity(&self) -> Identity {

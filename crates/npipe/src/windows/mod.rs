@@ -25,6 +25,7 @@ use crate::sys::{self, Instance};
 
 mod blocking;
 mod end;
+mod listing;
 mod open;
 #[cfg(feature = "tokio")]
 pub mod tokio;
@@ -32,6 +33,7 @@ pub mod tokio;
 pub(crate) use blocking::call_with;
 pub use blocking::{call, PipeClient, PipeListener, PipeServer};
 pub use end::Impersonation;
+pub use listing::{list_pipes, query_pipe, wait_named_pipe, ListedPipe};
 
 /// How often `accept` tries again for an instance while all are in use.
 const INSTANCE_PAUSE: Duration = Duration::from_millis(10);
