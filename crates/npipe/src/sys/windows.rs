@@ -936,9 +936,16 @@ fn token_information(
 }
 
 /// `GetNamedPipeClientComputerNameW`: the client's computer, for a client
-/// that came over the network (an error for a local one).
+/// that came over the network (an error for a local one: `ERROR_PIPE_LOCAL`).
+/// Wine 8 has the function as a stub that aborts the process, and no
+/// network pipes: there every client is local.
 pub fn client_computer_name(pipe: &Pipe) -> io::Result<String> {
     use windows_sys::Win32::System::Pipes::GetNamedPipeClientComputerNameW;
+    /// The client is on this machine.
+    const ERROR_PIPE_LOCAL: i32 = 229;
+    if running_under_wine() {
+        return Err(io::Error::from_raw_os_error(ERROR_PIPE_LOCAL));
+    }
     let mut name = [0u16; 256];
     // SAFETY: `name` is valid for the byte length passed.
     let ok = unsafe {

@@ -503,3 +503,102 @@ fn a_message_longer_than_the_server_accepts_is_refused_not_gathered() {
     c.write_message(b"short").unwrap();
     server.join().unwrap();
 }
+
+/// The client's credentials, groups and level come from its token: the
+/// same user as this process (one process, both ends), its primary group
+/// among its groups, and the level the client allowed.
+#[test]
+fn the_client_is_known_from_its_token() {
+    let name = unique("token");
+    let listener = ServerOptions::new().create(&name).unwrap();
+    let _c = ClientOptions::new().open(&name).unwrap();
+    let s = listener.accept().unwrap();
+    let id = s.client_identity();
+    assert_eq!(id.credentials.pid, std::process::id());
+    assert_eq!(id.credentials.user, LocalUser::current());
+    assert!(id.credentials.group.id_text().starts_with("S-1-"), "{id:?}");
+    assert!(id.groups.contains(&id.credentials.group), "{id:?}");
+    assert_eq!(id.user_name, s.client_user_name());
+    assert_eq!(
+        s.client_impersonation_level(),
+        ImpersonationLevel::Impersonation
+    );
+    assert_eq!(
+        s.client_computer_name(),
+        None,
+        "a local client has no computer name"
+    );
+
+    let name = unique("token-ident");
+    let listener = ServerOptions::new().create(&name).unwrap();
+    let _c = ClientOptions::new()
+        .impersonation_level(ImpersonationLevel::Identification)
+        .open(&name)
+        .unwrap();
+    let s = listener.accept().unwrap();
+    assert_eq!(s.client_credentials().user, LocalUser::current());
+    let level = s.client_impersonation_level();
+    if sys::running_under_wine() && level == ImpersonationLevel::Impersonation {
+        eprintln!(
+            "SKIPPED LOUDLY: Wine gives the server an impersonation-level token whatever \
+             level the client asked for; the identification level is checked on Windows only"
+        );
+    } else {
+        assert_eq!(level, ImpersonationLevel::Identification);
+    }
+}
+
+/// `LocalUser::current` is the thread's user: inside an impersonation, the
+/// client's token's (the same user here, but read from the thread token).
+#[test]
+fn the_current_user_inside_an_impersonation_is_the_tokens() {
+    let name = unique("current");
+    let listener = ServerOptions::new().create(&name).unwrap();
+    let _c = ClientOptions::new().open(&name).unwrap();
+    let s = listener.accept().unwrap();
+    let inside = s
+        .run_as_client(|| (sys::thread_impersonates(), LocalUser::current()))
+        .unwrap();
+    assert_eq!(inside, (true, s.client_user()));
+}
+
+/// `wait_named_pipe` is `WaitNamedPipe`: at once for a pipe with an
+/// instance listening, not found for a name nobody made, a timeout while
+/// every instance is busy.
+#[test]
+fn wait_named_pipe_waits_as_windows_does() {
+    let name = unique("wait");
+    let e = wait_named_pipe(name.as_str(), Some(Duration::from_millis(50))).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::FileNotFound, "{e}");
+    let listener = ServerOptions::new().max_instances(1).create(&name).unwrap();
+    wait_named_pipe(name.as_str(), Some(Duration::from_secs(5))).unwrap();
+    let _c = ClientOptions::new().open(&name).unwrap();
+    let _s = listener.accept().unwrap();
+    let e = wait_named_pipe(name.as_str(), Some(Duration::from_millis(100))).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Timeout, "{e}");
+}
+
+/// `query_pipe` finds a pipe in the listing, and says not found for none;
+/// under Wine, which cannot list, it says so.
+#[test]
+fn query_pipe_reads_the_listing() {
+    let name = unique("query");
+    let listener = ServerOptions::new().max_instances(2).create(&name).unwrap();
+    let _c = ClientOptions::new().open(&name).unwrap();
+    let _s = listener.accept().unwrap();
+    match query_pipe(name.as_str()) {
+        Ok(p) => {
+            assert_eq!(p.cur_instances, 2, "{p:?}");
+            let e = query_pipe(unique("nobody").as_str()).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::FileNotFound, "{e}");
+        }
+        Err(e) if sys::running_under_wine() => {
+            assert_eq!(e.code(), ErrorCode::NotSupported, "{e}");
+            assert!(e.to_string().contains("Wine cannot list"), "{e}");
+            eprintln!("SKIPPED LOUDLY: Wine cannot list the pipe file system ({e})");
+        }
+        Err(e) => panic!("query_pipe failed: {e}"),
+    }
+    let e = query_pipe(r"\\elsewhere\pipe\x").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotSupported, "{e}");
+}
