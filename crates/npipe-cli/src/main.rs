@@ -70,7 +70,7 @@ Quick start:
     npipe wait echo         WaitNamedPipe: until the pipe has a free instance
 
 Not on Windows: bench, setup, gateway and cert (Linux's emulation and its
-remote gateway), and `serve --exec --impersonate`.
+remote gateway).
 
 Errors print as `npipe: <message> [ERROR_NAME (win32 code)]`, with the error
 GetLastError() gave.";

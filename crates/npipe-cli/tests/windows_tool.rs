@@ -168,14 +168,29 @@ fn serve_exec_runs_a_command_per_client() {
     assert_eq!(reply.trim_end(), format!("client {pid}"));
 }
 
-/// `--exec --impersonate` needs `CreateProcessAsUser`, not there yet: it
-/// is refused with a clear error rather than run as the server.
+/// `--exec --impersonate`: the command runs with the client's token
+/// (`CreateProcessAsUser`), with only the environment the server gives it.
 #[test]
-fn serve_exec_as_the_client_is_refused_until_supported() {
+fn serve_exec_as_the_client_runs_with_its_token() {
     let name = unique("exec-as");
-    let _server = serve(&name, &["--exec", "echo no", "--impersonate"]);
-    let out = run(&["call", &name, "x"], b"");
-    assert!(!out.status.success(), "ran: {}", text(&out.stdout));
+    let _server = serve(
+        &name,
+        &[
+            "--exec",
+            "echo as %NPIPE_CLIENT_USER% [%TEMP%]",
+            "--impersonate",
+        ],
+    );
+    let reply = ok(&run(&["call", &name, "x"], b""));
+    // The server's TEMP does not reach it (an unset variable is echoed as
+    // written); the client's user name does, from its token.
+    let me = std::env::var("USERNAME").expect("USERNAME");
+    assert!(
+        reply
+            .trim_end()
+            .eq_ignore_ascii_case(&format!("as {me} [%TEMP%]")),
+        "{reply}"
+    );
 }
 
 #[test]

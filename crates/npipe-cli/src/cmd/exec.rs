@@ -58,16 +58,19 @@ pub async fn serve(
         cmd.stderr(Stdio::inherit());
     }
     set_identity(&mut cmd, conn);
-    let mut child = if impersonate {
-        super::os::spawn_as_client(conn, &mut cmd)?
-    } else {
-        cmd.spawn()
-            .map_err(|e| Error::new(ErrorCode::Other, format!("cannot run `{command}`: {e}")))?
-    };
+    let mut child =
+        if impersonate {
+            super::os::spawn_as_client(conn, &mut cmd)?
+        } else {
+            super::os::Running::Server(cmd.spawn().map_err(|e| {
+                Error::new(ErrorCode::Other, format!("cannot run `{command}`: {e}"))
+            })?)
+        };
     let pid = child.id();
     let io = |e: std::io::Error| Error::new(ErrorCode::Other, format!("the command's pipes: {e}"));
-    let stdin = ChildStdin::from_std(child.stdin.take().expect("piped")).map_err(io)?;
-    let stdout = ChildStdout::from_std(child.stdout.take().expect("piped")).map_err(io)?;
+    let (stdin, stdout) = child.take_pipes();
+    let stdin = ChildStdin::from_std(stdin).map_err(io)?;
+    let stdout = ChildStdout::from_std(stdout).map_err(io)?;
     let bridged = match conn.info().pipe_type {
         PipeType::Message => {
             let mut stdout = stdout;

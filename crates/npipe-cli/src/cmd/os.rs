@@ -21,12 +21,46 @@ mod unix {
     /// The directory a command run as the client starts in.
     pub(crate) const CLIENT_DIR: &str = "/";
 
+    /// A command `--exec` started: on Linux always std's child.
+    pub(crate) enum Running {
+        /// Started by std, as the server or (through npipe) as the client.
+        Server(std::process::Child),
+    }
+
     /// Starts `cmd` as the pipe's client, for good.
     pub(crate) fn spawn_as_client(
         conn: &npipe::tokio::PipeServer,
         cmd: &mut std::process::Command,
-    ) -> npipe::Result<std::process::Child> {
-        conn.spawn_as_client(cmd)
+    ) -> npipe::Result<Running> {
+        conn.spawn_as_client(cmd).map(Running::Server)
+    }
+
+    impl Running {
+        pub(crate) fn id(&self) -> u32 {
+            let Running::Server(c) = self;
+            c.id()
+        }
+
+        /// Its standard input and output, set to be piped.
+        pub(crate) fn take_pipes(
+            &mut self,
+        ) -> (std::process::ChildStdin, std::process::ChildStdout) {
+            let Running::Server(c) = self;
+            (
+                c.stdin.take().expect("piped"),
+                c.stdout.take().expect("piped"),
+            )
+        }
+
+        pub(crate) fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+            let Running::Server(c) = self;
+            c.try_wait()
+        }
+
+        pub(crate) fn kill(&mut self) -> std::io::Result<()> {
+            let Running::Server(c) = self;
+            c.kill()
+        }
     }
 
     /// `--pid-file`: the server's pid in a file while it serves. The path may
@@ -184,18 +218,56 @@ mod windows {
     /// The directory a command run as the client starts in.
     pub(crate) const CLIENT_DIR: &str = r"C:\";
 
-    /// Starts `cmd` as the pipe's client: not on Windows yet, where a
-    /// process of another user's needs `CreateProcessAsUser` and its own
-    /// handles for standard input and output.
+    /// A command `--exec` started: by std as the server, or by npipe as
+    /// the client (`CreateProcessAsUser`, which std cannot do).
+    pub(crate) enum Running {
+        Server(std::process::Child),
+        Client(npipe::ClientProcess),
+    }
+
+    /// Starts `cmd` as the pipe's client, for good. Its standard error is
+    /// dropped, as `--exec --impersonate` sends it nowhere.
     pub(crate) fn spawn_as_client(
-        _: &npipe::tokio::PipeServer,
-        _: &mut std::process::Command,
-    ) -> npipe::Result<std::process::Child> {
-        Err(npipe::Error::new(
-            npipe::ErrorCode::NotSupported,
-            "--exec with --impersonate is not supported on Windows yet: \
-             run the command without --impersonate, or use impersonation in your own server",
-        ))
+        conn: &npipe::tokio::PipeServer,
+        cmd: &mut std::process::Command,
+    ) -> npipe::Result<Running> {
+        let mut child = conn.spawn_as_client(cmd)?;
+        drop(child.stderr.take());
+        Ok(Running::Client(child))
+    }
+
+    impl Running {
+        pub(crate) fn id(&self) -> u32 {
+            match self {
+                Running::Server(c) => c.id(),
+                Running::Client(c) => c.id(),
+            }
+        }
+
+        /// Its standard input and output, set to be piped.
+        pub(crate) fn take_pipes(
+            &mut self,
+        ) -> (std::process::ChildStdin, std::process::ChildStdout) {
+            let (stdin, stdout) = match self {
+                Running::Server(c) => (c.stdin.take(), c.stdout.take()),
+                Running::Client(c) => (c.stdin.take(), c.stdout.take()),
+            };
+            (stdin.expect("piped"), stdout.expect("piped"))
+        }
+
+        pub(crate) fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+            match self {
+                Running::Server(c) => c.try_wait(),
+                Running::Client(c) => c.try_wait(),
+            }
+        }
+
+        pub(crate) fn kill(&mut self) -> std::io::Result<()> {
+            match self {
+                Running::Server(c) => c.kill(),
+                Running::Client(c) => c.kill(),
+            }
+        }
     }
 
     /// `--pid-file`: the server's pid in a file while it serves; removed on

@@ -17,6 +17,10 @@ pub use shm::{futex_wait, futex_wake, ShmRegion};
 mod windows;
 #[cfg(windows)]
 pub use windows::*;
+#[cfg(windows)]
+mod windows_spawn;
+#[cfg(windows)]
+pub use windows_spawn::*;
 #[cfg(all(windows, feature = "tokio"))]
 mod overlapped;
 #[cfg(all(windows, feature = "tokio"))]

@@ -314,6 +314,29 @@ macro_rules! server_queries {
                     .client_token()
                     .map_or(crate::ImpersonationLevel::Identification, |t| t.level)
             }
+            /// Starts `cmd` as the client (`CreateProcessAsUser` with the
+            /// client's token made primary), for good: the process runs as
+            /// the client's user with its groups and privileges. It gets
+            /// only the environment variables set on `cmd` (as if
+            /// `env_clear` had been called: a process of the client's must
+            /// not see the server's secrets), the directory set on `cmd`
+            /// or the server's, and pipes for its standard input, output
+            /// and error ([`ClientProcess`](crate::ClientProcess)'s
+            /// fields); `cmd`'s standard stream settings are not read.
+            ///
+            /// Needs `SeAssignPrimaryTokenPrivilege` (a service running as
+            /// LocalSystem has it) unless the client is the server's own
+            /// user (`ERROR_PRIVILEGE_NOT_HELD`, 1314), and a client that
+            /// allowed impersonation (`ERROR_CANNOT_IMPERSONATE`, 1368).
+            /// The client's token is taken on the calling thread, which
+            /// must not be impersonating already.
+            pub fn spawn_as_client(
+                &self,
+                cmd: &mut std::process::Command,
+            ) -> Result<crate::ClientProcess> {
+                self.$($state).+.connected()?;
+                crate::windows::spawn::spawn_as_client(&self.$($state).+.pipe, cmd)
+            }
             /// `GetNamedPipeClientComputerName`: `None` for a client on
             /// this machine.
             pub fn client_computer_name(&self) -> Option<String> {

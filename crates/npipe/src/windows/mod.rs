@@ -12,8 +12,7 @@
 //! ([`SecurityDescriptor::to_sddl`](crate::SecurityDescriptor::to_sddl)).
 //! Users and groups are SIDs behind [`LocalUser`](crate::LocalUser) and
 //! `LocalGroup`. Not yet here (each refused at run time with
-//! [`ErrorCode::NotSupported`] rather than ignored): read timeouts; and,
-//! absent at compile time, `spawn_as_client` and listings.
+//! [`ErrorCode::NotSupported`] rather than ignored): read timeouts.
 
 use std::io;
 use std::time::Duration;
@@ -27,6 +26,7 @@ mod blocking;
 mod end;
 mod listing;
 mod open;
+mod spawn;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 
@@ -34,6 +34,7 @@ pub(crate) use blocking::call_with;
 pub use blocking::{call, PipeClient, PipeListener, PipeServer};
 pub use end::Impersonation;
 pub use listing::{list_pipes, query_pipe, wait_named_pipe, ListedPipe};
+pub use spawn::ClientProcess;
 
 /// How often `accept` tries again for an instance while all are in use.
 const INSTANCE_PAUSE: Duration = Duration::from_millis(10);

@@ -602,3 +602,92 @@ fn query_pipe_reads_the_listing() {
     let e = query_pipe(r"\\elsewhere\pipe\x").unwrap_err();
     assert_eq!(e.code(), ErrorCode::NotSupported, "{e}");
 }
+
+/// `spawn_as_client`: the child runs with the client's token, gets only
+/// the variables set on the `Command` (the server's own, PATH among them,
+/// do not reach it), and talks through pipes. Wine has one user, so the
+/// user it runs as cannot be told apart: the plumbing is what is checked.
+#[test]
+fn spawn_as_client_starts_a_process_with_the_clients_token() {
+    use std::process::Command;
+    let name = unique("spawn");
+    let listener = ServerOptions::new().create(&name).unwrap();
+    let _c = ClientOptions::new().open(&name).unwrap();
+    let s = listener.accept().unwrap();
+    let mut cmd = Command::new("cmd.exe");
+    cmd.args(["/C", "echo [%NPIPE_GIVEN%] [%PATH%]"])
+        .env("NPIPE_GIVEN", "given value")
+        .env("SystemRoot", r"C:\windows");
+    let child = s.spawn_as_client(&mut cmd).unwrap();
+    assert!(child.id() != 0 && child.id() != std::process::id());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // An unset variable is echoed as written.
+    assert_eq!(text.trim_end(), "[given value] [%PATH%]", "{out:?}");
+    assert!(
+        !sys::thread_impersonates(),
+        "spawning left the thread as the client"
+    );
+
+    // Standard input reaches it; kill and try_wait work. (No PATH was
+    // given: programs go by their full names.)
+    let mut child = s
+        .spawn_as_client(Command::new("cmd.exe").args([
+            "/V:ON",
+            "/C",
+            "set /p LINE=& echo got [!LINE!]",
+        ]))
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a line in\r\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.trim_end(), "got [a line in]", "{out:?}");
+    let mut long = s
+        .spawn_as_client(Command::new(r"C:\windows\system32\ping.exe").args([
+            "-n",
+            "30",
+            "127.0.0.1",
+        ]))
+        .unwrap();
+    assert!(long.try_wait().unwrap().is_none());
+    long.kill().unwrap();
+    assert!(!long.wait().unwrap().success());
+}
+
+/// A client that allowed identification only cannot be acted as, and a
+/// thread already impersonating cannot spawn as another client.
+#[test]
+fn spawn_as_client_is_refused_where_impersonation_is() {
+    use std::process::Command;
+    let name = unique("spawn-refused");
+    let listener = ServerOptions::new().create(&name).unwrap();
+    let _c = ClientOptions::new()
+        .impersonation_level(ImpersonationLevel::Identification)
+        .open(&name)
+        .unwrap();
+    let s = listener.accept().unwrap();
+    let mut cmd = Command::new("cmd.exe");
+    cmd.args(["/C", "exit 0"]);
+    {
+        let _guard = s.impersonate().unwrap();
+        let e = s.spawn_as_client(&mut cmd).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::CannotImpersonate, "{e}");
+    }
+    match s.spawn_as_client(&mut cmd) {
+        Err(e) => assert_eq!(e.code(), ErrorCode::CannotImpersonate, "{e}"),
+        Ok(mut child) if sys::running_under_wine() => {
+            child.wait().unwrap();
+            eprintln!(
+                "SKIPPED LOUDLY: Wine gives an identification-only client's server an \
+                 impersonation token; the refusal is checked on Windows only"
+            );
+        }
+        Ok(_) => panic!("an identification-only client was acted as"),
+    }
+}
