@@ -210,7 +210,7 @@ fn reply_timeout_ends_a_call_the_server_does_not_answer() {
     let out = run(&["call", &name, "x", "--reply-timeout", "300"], b"");
     assert_eq!(out.status.code(), Some(EXIT_TIMEOUT), "{out:?}");
     assert!(
-        text(&out.stderr).contains("did not reply within 300 ms"),
+        text(&out.stderr).contains("read timeout (300 ms)"),
         "{out:?}"
     );
 }

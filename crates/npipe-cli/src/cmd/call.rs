@@ -114,13 +114,9 @@ fn options(args: &Args) -> Result<ClientOptions, Failure> {
                     .hint("give the server some milliseconds to reply, or `forever`"),
             )
         }
-        // Windows ends have no read timeout: `call_pipe` bounds the wait.
-        #[cfg(unix)]
         Some(limit) => {
             opts.read_timeout(limit);
         }
-        #[cfg(windows)]
-        Some(_) => {}
         None => {}
     }
     args.security.apply(&mut opts)?;
@@ -181,33 +177,8 @@ pub fn run(args: &Args) -> CmdResult {
 }
 
 /// `CallNamedPipe` with the command line's options.
-#[cfg(unix)]
 fn call_pipe(args: &Args, request: &[u8]) -> Result<npipe::Result<Vec<u8>>, Failure> {
     Ok(options(args)?.call(args.name.as_str(), request))
-}
-
-/// `CallNamedPipe` with the command line's options, on overlapped I/O so
-/// that `--reply-timeout` can end the wait for the reply (a transaction
-/// given up is cancelled before its buffers go).
-#[cfg(windows)]
-fn call_pipe(args: &Args, request: &[u8]) -> Result<npipe::Result<Vec<u8>>, Failure> {
-    let opts = options(args)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::new(Status::Other, format!("cannot start a runtime: {e}")))?;
-    Ok(runtime.block_on(async {
-        let call = opts.call_async(args.name.as_str(), request);
-        match args.reply_timeout.limit() {
-            Some(limit) => tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
-                Err(npipe::Error::new(
-                    ErrorCode::Timeout,
-                    format!("{} did not reply within {}", args.name, args.reply_timeout),
-                ))
-            }),
-            None => call.await,
-        }
-    }))
 }
 
 /// The byte-pipe form: write, half-close, read to the end; `None` if the

@@ -143,7 +143,6 @@ pub fn run_server(args: &ServerArgs) -> CmdResult {
 }
 
 /// The client, within [`ACCEPT_PATIENCE`].
-#[cfg(unix)]
 fn accept_patiently(listener: &npipe::PipeListener) -> Result<npipe::PipeServer, Failure> {
     listener.accept_timeout(ACCEPT_PATIENCE)?.ok_or_else(|| {
         Failure::new(
@@ -154,15 +153,6 @@ fn accept_patiently(listener: &npipe::PipeListener) -> Result<npipe::PipeServer,
             ),
         )
     })
-}
-
-/// The client: the Windows listener has no timed accept (a synchronous
-/// `ConnectNamedPipe` waits for ever), so the parent's deadline stops a
-/// server no client reaches.
-#[cfg(windows)]
-fn accept_patiently(listener: &npipe::PipeListener) -> Result<npipe::PipeServer, Failure> {
-    let _ = ACCEPT_PATIENCE;
-    Ok(listener.accept()?)
 }
 
 // ---------------------------------------------------------------- client ---

@@ -97,8 +97,6 @@ pub struct Instance {
     pub default_timeout_ms: u32,
     pub first: bool,
     pub reject_remote: bool,
-    /// For overlapped I/O (the tokio front end).
-    pub overlapped: bool,
 }
 
 /// A security descriptor made from SDDL, freed on drop.
@@ -208,9 +206,9 @@ pub fn create_named_pipe(path: &[u16], i: &Instance, sddl: &str) -> io::Result<P
     if i.first {
         open_mode |= FILE_FLAG_FIRST_PIPE_INSTANCE;
     }
-    if i.overlapped {
-        open_mode |= FILE_FLAG_OVERLAPPED;
-    }
+    // Every handle is overlapped: the blocking front end waits for its
+    // calls with a timeout, the tokio one is woken by their events.
+    open_mode |= FILE_FLAG_OVERLAPPED;
     let mut pipe_mode = PIPE_WAIT
         | match i.pipe_type {
             PipeType::Byte => PIPE_TYPE_BYTE,
@@ -241,20 +239,6 @@ pub fn create_named_pipe(path: &[u16], i: &Instance, sddl: &str) -> io::Result<P
     Pipe::from_call(h)
 }
 
-/// `ConnectNamedPipe`, blocking until a client connects; a client that
-/// connected before the call is no error (`ERROR_PIPE_CONNECTED`).
-pub fn connect_named_pipe(pipe: &Pipe) -> io::Result<()> {
-    // SAFETY: a valid pipe handle; no OVERLAPPED (the handle is synchronous).
-    if unsafe { ConnectNamedPipe(pipe.raw(), ptr::null_mut()) } != 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(ERROR_PIPE_CONNECTED as i32) {
-        return Ok(());
-    }
-    Err(e)
-}
-
 /// `WaitNamedPipeW`: until an instance of the pipe at `path` is free.
 pub fn wait_named_pipe(path: &[u16], timeout_ms: u32) -> io::Result<()> {
     // SAFETY: `path` is NUL-terminated UTF-16 that outlives the call.
@@ -269,14 +253,13 @@ pub fn wait_named_pipe(path: &[u16], timeout_ms: u32) -> io::Result<()> {
 /// impersonation level the server may use. A read-only client that will
 /// set its read mode (`set_mode`) also asks for `FILE_WRITE_ATTRIBUTES`,
 /// as Windows' documentation advises, which a descriptor denying write
-/// refuses; one that keeps byte mode asks for read alone. `overlapped`
-/// opens it for overlapped I/O (the tokio front end).
+/// refuses; one that keeps byte mode asks for read alone. The handle is
+/// for overlapped I/O, as every handle here.
 pub fn open_pipe(
     path: &[u16],
     access: Access,
     level: ImpersonationLevel,
     set_mode: bool,
-    overlapped: bool,
 ) -> io::Result<Pipe> {
     let desired = match access {
         Access::Read if set_mode => FILE_GENERIC_READ | FILE_WRITE_ATTRIBUTES,
@@ -298,71 +281,126 @@ pub fn open_pipe(
             0,
             ptr::null(),
             OPEN_EXISTING,
-            sqos | if overlapped { FILE_FLAG_OVERLAPPED } else { 0 },
+            sqos | FILE_FLAG_OVERLAPPED,
             ptr::null_mut(),
         )
     };
     Pipe::from_call(h)
 }
 
-/// `ReadFile`: bytes read, and whether more of the same message follows
-/// (`ERROR_MORE_DATA`).
-pub fn read(pipe: &Pipe, buf: &mut [u8]) -> io::Result<(usize, bool)> {
-    let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-    let mut got = 0u32;
-    // SAFETY: `buf` is valid for `len` bytes of writes; `got` is a live
-    // local; no OVERLAPPED (the handle is synchronous).
-    let ok = unsafe { ReadFile(pipe.raw(), buf.as_mut_ptr(), len, &mut got, ptr::null_mut()) };
-    more_data(ok, got)
+/// One call the blocking front end waits for, with the buffers it lends
+/// the kernel for that long.
+pub enum Call<'a> {
+    /// `ConnectNamedPipe` on a server instance.
+    Connect,
+    /// `ReadFile` into this buffer.
+    Read(&'a mut [u8]),
+    /// `WriteFile` of these bytes.
+    Write(&'a [u8]),
+    /// `TransactNamedPipe`: this request out, the reply into that buffer.
+    Transact(&'a [u8], &'a mut [u8]),
 }
 
-/// `WriteFile`: bytes written (a message pipe takes a write whole).
-pub fn write(pipe: &Pipe, buf: &[u8]) -> io::Result<usize> {
-    let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-    let mut put = 0u32;
-    // SAFETY: `buf` is valid for `len` bytes of reads; `put` is a live
-    // local; no OVERLAPPED.
-    let ok = unsafe { WriteFile(pipe.raw(), buf.as_ptr(), len, &mut put, ptr::null_mut()) };
-    if ok != 0 {
-        Ok(put as usize)
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// `TransactNamedPipe`: the request out, the reply (or its first part) in.
-pub fn transact(pipe: &Pipe, request: &[u8], reply: &mut [u8]) -> io::Result<(usize, bool)> {
-    let (req_len, reply_len) = (
-        u32::try_from(request.len()).unwrap_or(u32::MAX),
-        u32::try_from(reply.len()).unwrap_or(u32::MAX),
-    );
-    let mut got = 0u32;
-    // SAFETY: both buffers are valid for their lengths (`request` read,
-    // `reply` written); `got` is a live local; no OVERLAPPED.
-    let ok = unsafe {
-        TransactNamedPipe(
-            pipe.raw(),
-            request.as_ptr().cast(),
-            req_len,
-            reply.as_mut_ptr().cast(),
-            reply_len,
-            &mut got,
-            ptr::null_mut(),
-        )
+thread_local! {
+    /// The event this thread's waited calls signal (manual reset; each call
+    /// resets it as it starts): one per thread, made once.
+    static EVENT: io::Result<OwnedHandle> = {
+        use windows_sys::Win32::System::Threading::CreateEventW;
+        // SAFETY: no attributes, manual reset, not signalled, no name; the
+        // handle is owned right below.
+        let h = unsafe { CreateEventW(ptr::null(), 1, 0, ptr::null()) };
+        if h.is_null() {
+            Err(io::Error::last_os_error())
+        } else {
+            // SAFETY: CreateEventW just gave us this handle.
+            Ok(unsafe { OwnedHandle::from_raw_handle(h) })
+        }
     };
-    more_data(ok, got)
 }
 
-/// A read's outcome: `ERROR_MORE_DATA` is a partial message, not a failure.
-fn more_data(ok: i32, got: u32) -> io::Result<(usize, bool)> {
-    if ok != 0 {
-        return Ok((got as usize, false));
+/// Runs `call` on an overlapped handle and waits for it, `timeout` at most
+/// (`None`: for ever). `Ok(None)` when the time ran out: the call was
+/// cancelled and the kernel has let go of its buffers, having moved
+/// nothing. Otherwise bytes moved, and whether more of the same message
+/// follows (`ERROR_MORE_DATA`). A connect that finds its client already
+/// there (`ERROR_PIPE_CONNECTED`) succeeded.
+pub fn waited(
+    pipe: &Pipe,
+    call: Call<'_>,
+    timeout: Option<std::time::Duration>,
+) -> io::Result<Option<(usize, bool)>> {
+    use windows_sys::Win32::Foundation::{ERROR_IO_PENDING, ERROR_OPERATION_ABORTED, WAIT_TIMEOUT};
+    use windows_sys::Win32::System::Threading::{WaitForSingleObject, INFINITE};
+    use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
+    let event = EVENT.with(|e| match e {
+        Ok(h) => Ok(h.as_raw_handle()),
+        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+    })?;
+    // SAFETY: OVERLAPPED is plain data; zeros are a valid start.
+    let mut ov: OVERLAPPED = unsafe { std::mem::zeroed() };
+    ov.hEvent = event;
+    let h = pipe.raw();
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    // SAFETY: the buffers and `ov` live on this frame, and this function
+    // does not return before the kernel is done with them: it waits for
+    // completion below (after cancelling on a timeout) on every path that
+    // left the call pending.
+    let ok = unsafe {
+        match call {
+            Call::Connect => ConnectNamedPipe(h, &mut ov),
+            Call::Read(buf) => ReadFile(
+                h,
+                buf.as_mut_ptr(),
+                len(buf.len()),
+                ptr::null_mut(),
+                &mut ov,
+            ),
+            Call::Write(buf) => {
+                WriteFile(h, buf.as_ptr(), len(buf.len()), ptr::null_mut(), &mut ov)
+            }
+            Call::Transact(request, reply) => TransactNamedPipe(
+                h,
+                request.as_ptr().cast(),
+                len(request.len()),
+                reply.as_mut_ptr().cast(),
+                len(reply.len()),
+                ptr::null_mut(),
+                &mut ov,
+            ),
+        }
+    };
+    if ok == 0 {
+        let e = io::Error::last_os_error();
+        match e.raw_os_error().map(|c| c as u32) {
+            Some(ERROR_IO_PENDING) | Some(ERROR_MORE_DATA) => {}
+            Some(ERROR_PIPE_CONNECTED) => return Ok(Some((0, false))),
+            // Failed at once: the kernel holds nothing of ours.
+            _ => return Err(e),
+        }
+    }
+    let ms = timeout.map_or(INFINITE, |t| {
+        u32::try_from(t.as_millis())
+            .unwrap_or(INFINITE - 1)
+            .min(INFINITE - 1)
+    });
+    // SAFETY: a live event handle.
+    let timed_out = unsafe { WaitForSingleObject(event, ms) } == WAIT_TIMEOUT;
+    if timed_out {
+        // SAFETY: `ov` is the call's own, still in flight or just done.
+        unsafe { CancelIoEx(h, &ov) };
+    }
+    let mut n = 0u32;
+    // SAFETY: waits (bWait) until the kernel is done with `ov` and the
+    // buffers: completed, failed or cancelled.
+    let done = unsafe { GetOverlappedResult(h, &ov, &mut n, 1) };
+    if done != 0 {
+        return Ok(Some((n as usize, false)));
     }
     let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(ERROR_MORE_DATA as i32) {
-        Ok((got as usize, true))
-    } else {
-        Err(e)
+    match e.raw_os_error().map(|c| c as u32) {
+        Some(ERROR_MORE_DATA) => Ok(Some((n as usize, true))),
+        Some(ERROR_OPERATION_ABORTED) if timed_out => Ok(None),
+        _ => Err(e),
     }
 }
 

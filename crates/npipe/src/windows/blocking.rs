@@ -1,9 +1,11 @@
-//! The Windows backend's blocking front end: synchronous handles, each
-//! method one kernel call (or a loop of them for a whole message).
+//! The Windows backend's blocking front end: each method one kernel call
+//! (or a loop of them for a whole message), issued overlapped and waited
+//! for on the calling thread, so that reads and `accept` can be given a
+//! timeout and a read and a write can wait at once on one handle.
 
 use std::io::{self, Read, Write};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::end::{client_queries, end_queries, server_queries, EndState, Impersonation};
 use super::open::{Attempt, Opener, RECONNECT_PAUSE};
@@ -29,7 +31,7 @@ pub struct PipeListener {
 
 impl PipeListener {
     pub(crate) fn create(name: PipeName, opts: ServerOptions) -> Result<PipeListener> {
-        let instances = Instances::new(name, opts, false)?;
+        let instances = Instances::new(name, opts)?;
         let first = instances.first()?;
         Ok(PipeListener {
             instances,
@@ -40,10 +42,28 @@ impl PipeListener {
     /// `ConnectNamedPipe`: waits for a client and returns its connection.
     /// While every instance is in use it waits for one to close.
     pub fn accept(&self) -> Result<PipeServer> {
+        Ok(self.accept_until(None)?.expect("no deadline"))
+    }
+
+    /// Waits up to `timeout` for a client: `Ok(None)` if none came. The
+    /// instance keeps listening (a client may connect to it before the
+    /// next `accept`), as on Linux.
+    pub fn accept_timeout(&self, timeout: Duration) -> Result<Option<PipeServer>> {
+        self.accept_until(Instant::now().checked_add(timeout))
+    }
+
+    fn accept_until(&self, deadline: Option<Instant>) -> Result<Option<PipeServer>> {
+        let left = || deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let pipe = loop {
-            let pipe = self.take_listening()?;
-            match sys::connect_named_pipe(&pipe) {
-                Ok(()) => break pipe,
+            let Some(pipe) = self.take_listening(deadline)? else {
+                return Ok(None);
+            };
+            match sys::waited(&pipe, sys::Call::Connect, left()) {
+                Ok(Some(_)) => break pipe,
+                Ok(None) => {
+                    self.put_back(pipe);
+                    return Ok(None);
+                }
                 // A client came and went before it was accepted: that
                 // instance is spent, and no client may stop the server by
                 // doing so. Listen on a fresh one.
@@ -59,28 +79,39 @@ impl PipeListener {
             *listening = self.instances.next().ok().flatten();
         }
         drop(listening);
-        Ok(PipeServer {
-            conn: Conn::new(self.instances.server_end(pipe)),
-        })
+        Ok(Some(PipeServer {
+            conn: Conn::new(self.instances.server_end(pipe), None),
+        }))
     }
 
     /// The instance to connect next: the listening one, or a new one once
-    /// an instance is free.
-    fn take_listening(&self) -> Result<sys::Pipe> {
+    /// an instance is free; `None` if none was by the deadline.
+    fn take_listening(&self, deadline: Option<Instant>) -> Result<Option<sys::Pipe>> {
         if let Some(pipe) = self
             .listening
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
         {
-            return Ok(pipe);
+            return Ok(Some(pipe));
         }
         loop {
             match self.instances.next()? {
-                Some(pipe) => return Ok(pipe),
+                Some(pipe) => return Ok(Some(pipe)),
+                None if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(None),
                 // Every instance is in use: wait for one to close.
                 None => std::thread::sleep(INSTANCE_PAUSE),
             }
+        }
+    }
+
+    /// An instance no client reached in time listens on, unless another
+    /// `accept` put one there meanwhile (then this one goes: a client may
+    /// be connected to that one, never to this).
+    fn put_back(&self, pipe: sys::Pipe) {
+        let mut listening = self.listening.lock().unwrap_or_else(|e| e.into_inner());
+        if listening.is_none() {
+            *listening = Some(pipe);
         }
     }
 
@@ -101,16 +132,36 @@ impl PipeListener {
 #[derive(Debug)]
 pub(super) struct Conn {
     pub(super) state: EndState,
+    /// How long a read (or a transaction's reply) may wait.
+    read_timeout: Option<Duration>,
 }
 
 impl Conn {
-    fn new(state: EndState) -> Conn {
-        Conn { state }
+    fn new(state: EndState, read_timeout: Option<Duration>) -> Conn {
+        Conn {
+            state,
+            read_timeout,
+        }
+    }
+
+    /// A read that ran out of time: nothing was taken, and it may be
+    /// tried again.
+    fn timed_out(&self, what: &str) -> Error {
+        Error::new(
+            ErrorCode::Timeout,
+            format!(
+                "{what} on {}: nothing came within the read timeout ({} ms)",
+                self.state.name,
+                self.read_timeout.unwrap_or_default().as_millis()
+            ),
+        )
     }
 
     fn read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
         self.state.connected()?;
-        let (n, more) = sys::read(&self.state.pipe, buf).map_err(|e| os(e, "read"))?;
+        let (n, more) = sys::waited(&self.state.pipe, sys::Call::Read(buf), self.read_timeout)
+            .map_err(|e| os(e, "read"))?
+            .ok_or_else(|| self.timed_out("read"))?;
         Ok(if more {
             MessageRead::MoreData(n)
         } else {
@@ -137,7 +188,10 @@ impl Conn {
         let mut sent = 0;
         // A message pipe takes a write whole; a byte pipe may take part.
         while sent < msg.len() || msg.is_empty() {
-            sent += sys::write(&self.state.pipe, &msg[sent..]).map_err(|e| os(e, "write"))?;
+            let (n, _) = sys::waited(&self.state.pipe, sys::Call::Write(&msg[sent..]), None)
+                .map_err(|e| os(e, "write"))?
+                .expect("no deadline");
+            sent += n;
             if msg.is_empty() {
                 break;
             }
@@ -147,8 +201,13 @@ impl Conn {
 
     fn transact_into(&mut self, request: &[u8], reply: &mut [u8]) -> Result<MessageRead> {
         self.state.connected()?;
-        let (n, more) =
-            sys::transact(&self.state.pipe, request, reply).map_err(|e| os(e, "transact"))?;
+        let (n, more) = sys::waited(
+            &self.state.pipe,
+            sys::Call::Transact(request, reply),
+            self.read_timeout,
+        )
+        .map_err(|e| os(e, "transact"))?
+        .ok_or_else(|| self.timed_out("transact"))?;
         Ok(if more {
             MessageRead::MoreData(n)
         } else {
@@ -295,6 +354,14 @@ impl PipeServer {
         Ok(out)
     }
 
+    /// Bounds blocking reads and transactions' replies (`None`, or zero:
+    /// wait for ever). A read that times out fails with `ERROR_SEM_TIMEOUT`
+    /// and may be retried; nothing is lost.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        self.conn.read_timeout = timeout.filter(|t| !t.is_zero());
+        Ok(())
+    }
+
     /// `DisconnectNamedPipe`: the client's next call fails with *pipe not
     /// connected*; this end can be used no more.
     pub fn disconnect(&mut self) -> Result<()> {
@@ -313,7 +380,7 @@ impl PipeClient {
     /// `CreateFile` on the pipe, after `WaitNamedPipe` while every instance
     /// is busy, as `opts` says.
     pub(crate) fn connect(name: &PipeName, opts: &ClientOptions) -> Result<PipeClient> {
-        let opener = Opener::new(name, opts, false)?;
+        let opener = Opener::new(name, opts)?;
         let pipe = loop {
             match opener.attempt()? {
                 Attempt::Open(pipe) => break pipe,
@@ -327,8 +394,17 @@ impl PipeClient {
             }
         };
         Ok(PipeClient {
-            conn: Conn::new(opener.finish(pipe)?),
+            conn: Conn::new(opener.finish(pipe)?, opts.read_timeout),
         })
+    }
+
+    /// Bounds blocking reads and transactions' replies (`None`, or zero:
+    /// wait for ever); the connection starts with
+    /// [`ClientOptions::read_timeout`]. A read that times out fails with
+    /// `ERROR_SEM_TIMEOUT` and may be retried; nothing is lost.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        self.conn.read_timeout = timeout.filter(|t| !t.is_zero());
+        Ok(())
     }
 }
 

@@ -11,8 +11,7 @@
 //! Security descriptors are applied as SDDL
 //! ([`SecurityDescriptor::to_sddl`](crate::SecurityDescriptor::to_sddl)).
 //! Users and groups are SIDs behind [`LocalUser`](crate::LocalUser) and
-//! `LocalGroup`. Not yet here (each refused at run time with
-//! [`ErrorCode::NotSupported`] rather than ignored): read timeouts.
+//! `LocalGroup`.
 
 use std::io;
 use std::time::Duration;
@@ -52,13 +51,6 @@ fn code_of(e: &io::Error) -> Option<ErrorCode> {
     e.raw_os_error().and_then(sys::error_code_of)
 }
 
-fn not_yet(what: &str) -> Error {
-    Error::new(
-        ErrorCode::NotSupported,
-        format!("{what} is not supported by the Windows backend yet"),
-    )
-}
-
 /// A server's way to make instances of its pipe (`CreateNamedPipe`), for
 /// both front ends.
 #[derive(Debug)]
@@ -68,12 +60,10 @@ struct Instances {
     opts: ServerOptions,
     /// The descriptor every instance gets, in SDDL.
     sddl: String,
-    /// Instances are for overlapped I/O (the tokio front end).
-    overlapped: bool,
 }
 
 impl Instances {
-    fn new(name: PipeName, opts: ServerOptions, overlapped: bool) -> crate::Result<Self> {
+    fn new(name: PipeName, opts: ServerOptions) -> crate::Result<Self> {
         opts.validate()?;
         let sddl = opts.security.to_sddl()?;
         Ok(Instances {
@@ -81,7 +71,6 @@ impl Instances {
             name,
             opts,
             sddl,
-            overlapped,
         })
     }
 
@@ -144,7 +133,6 @@ impl Instances {
                 .unwrap_or(u32::MAX - 2),
             first,
             reject_remote: opts.reject_remote_clients,
-            overlapped: self.overlapped,
         };
         sys::create_named_pipe(&self.path, &instance, &self.sddl)
     }

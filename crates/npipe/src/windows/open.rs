@@ -8,7 +8,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use super::end::EndState;
-use super::{code_of, not_yet, os};
+use super::{code_of, os};
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::End;
 use crate::name::PipeName;
@@ -40,19 +40,10 @@ pub(crate) struct Opener<'a> {
     opts: &'a ClientOptions,
     pub(crate) path: Vec<u16>,
     deadline: Option<Instant>,
-    overlapped: bool,
 }
 
 impl<'a> Opener<'a> {
-    /// `overlapped` opens the handle for the tokio front end.
-    pub(crate) fn new(
-        name: &'a PipeName,
-        opts: &'a ClientOptions,
-        overlapped: bool,
-    ) -> Result<Self> {
-        if opts.read_timeout.is_some() {
-            return Err(not_yet("a read timeout"));
-        }
+    pub(crate) fn new(name: &'a PipeName, opts: &'a ClientOptions) -> Result<Self> {
         let deadline = match opts.wait {
             Wait::Timeout(d) => Instant::now().checked_add(d),
             _ => None,
@@ -62,7 +53,6 @@ impl<'a> Opener<'a> {
             opts,
             path: sys::wide(&name.to_string()),
             deadline,
-            overlapped,
         })
     }
 
@@ -83,13 +73,7 @@ impl<'a> Opener<'a> {
         // Message read mode is set after opening unless asked for byte
         // mode (an unset mode follows the pipe's type, not known yet).
         let set_mode = self.opts.read_mode != Some(ReadMode::Byte);
-        let e = match sys::open_pipe(
-            &self.path,
-            access,
-            self.opts.impersonation,
-            set_mode,
-            self.overlapped,
-        ) {
+        let e = match sys::open_pipe(&self.path, access, self.opts.impersonation, set_mode) {
             Ok(pipe) => return Ok(Attempt::Open(pipe)),
             Err(e) => e,
         };

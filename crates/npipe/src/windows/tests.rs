@@ -300,13 +300,86 @@ fn what_is_not_supported_yet_is_refused() {
         .create(unique("sd-remote").as_str())
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::NotSupported, "{e}");
-    let name = unique("timeout");
-    let _listener = ServerOptions::new().create(&name).unwrap();
-    let e = ClientOptions::new()
-        .read_timeout(Duration::from_secs(1))
+}
+
+/// A read timeout ends a read (and a transaction's wait for its reply)
+/// that nothing answers with *timeout*, takes nothing, and the next read
+/// gets what comes later, whole.
+#[test]
+fn a_read_timeout_ends_the_wait_and_loses_nothing() {
+    let name = unique("read-timeout");
+    let listener = ServerOptions::new().create(&name).unwrap();
+    let mut c = ClientOptions::new()
+        .read_timeout(Duration::from_millis(100))
         .open(&name)
-        .unwrap_err();
-    assert_eq!(e.code(), ErrorCode::NotSupported, "{e}");
+        .unwrap();
+    let mut s = listener.accept().unwrap();
+    let e = c.recv_message().unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Timeout, "{e}");
+    let e = c.transact(b"anyone?").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Timeout, "{e}");
+    assert_eq!(s.recv_message().unwrap(), b"anyone?");
+    s.write_message(b"late, but whole").unwrap();
+    assert_eq!(c.recv_message().unwrap(), b"late, but whole");
+    // The server's reads time out too once set, and not before.
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    assert_eq!(s.recv_message().unwrap_err().code(), ErrorCode::Timeout);
+    c.set_read_timeout(None).unwrap();
+    let reader = thread::spawn(move || c.recv_message().map(|m| (m, c)));
+    thread::sleep(Duration::from_millis(200));
+    assert!(!reader.is_finished(), "a read without a timeout gave up");
+    s.write_message(b"x").unwrap();
+    assert_eq!(reader.join().unwrap().unwrap().0, b"x");
+}
+
+/// `accept_timeout` gives up when no client comes, and the instance keeps
+/// listening: a client that connects afterwards is accepted next.
+#[test]
+fn accept_timeout_gives_up_and_keeps_listening() {
+    let name = unique("accept-timeout");
+    let listener = ServerOptions::new().create(&name).unwrap();
+    assert!(listener
+        .accept_timeout(Duration::from_millis(50))
+        .unwrap()
+        .is_none());
+    let mut c = ClientOptions::new().open(&name).unwrap();
+    let mut s = listener
+        .accept_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("the client that connected meanwhile");
+    c.write_message(b"hello").unwrap();
+    assert_eq!(s.recv_message().unwrap(), b"hello");
+}
+
+/// With overlapped handles a read and a write wait at once on one end: a
+/// reader thread blocked on the server end does not hold up its writer.
+#[test]
+fn a_pending_read_does_not_block_a_write_on_another_thread() {
+    let name = unique("read-and-write");
+    let listener = ServerOptions::new().create(&name).unwrap();
+    let mut c = ClientOptions::new().open(&name).unwrap();
+    let s = std::sync::Arc::new(std::sync::Mutex::new(listener.accept().unwrap()));
+    // The reader holds its own end: a second client end would be another
+    // instance, so the test shares one end's handle through the kernel.
+    let pipe = s.lock().unwrap().conn.state.pipe.clone();
+    let reader = thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        sys::waited(
+            &pipe,
+            sys::Call::Read(&mut buf),
+            Some(Duration::from_secs(10)),
+        )
+        .map(|r| r.map(|(n, _)| buf[..n].to_vec()))
+    });
+    thread::sleep(Duration::from_millis(100));
+    s.lock()
+        .unwrap()
+        .write_message(b"written while a read waits")
+        .unwrap();
+    assert_eq!(c.recv_message().unwrap(), b"written while a read waits");
+    c.write_message(b"now the read").unwrap();
+    let got = reader.join().unwrap().unwrap();
+    assert_eq!(got.as_deref(), Some(&b"now the read"[..]));
 }
 
 /// Users are SIDs: each end knows the other's from the kernel (the

@@ -101,7 +101,7 @@ struct Listening {
 
 impl PipeListener {
     pub(crate) fn create(name: PipeName, opts: ServerOptions) -> Result<PipeListener> {
-        let instances = Instances::new(name, opts, true)?;
+        let instances = Instances::new(name, opts)?;
         let first = instances.first()?;
         Ok(PipeListener {
             instances,
@@ -303,7 +303,7 @@ impl PipeClient {
     /// `CreateFile` on the pipe, after `WaitNamedPipe` (on the blocking
     /// pool, in slices) while every instance is busy, as `opts` says.
     pub(crate) async fn connect(name: &PipeName, opts: &ClientOptions) -> Result<PipeClient> {
-        let opener = Opener::new(name, opts, true)?;
+        let opener = Opener::new(name, opts)?;
         let pipe = loop {
             match opener.attempt()? {
                 Attempt::Open(pipe) => break pipe,
@@ -355,10 +355,19 @@ pub(crate) async fn call_with(
 ) -> Result<Vec<u8>> {
     let mut opts = opts.clone();
     opts.access(Access::ReadWrite).read_mode(ReadMode::Message);
-    PipeClient::connect(name, &opts)
-        .await?
-        .transact(request)
+    let mut client = PipeClient::connect(name, &opts).await?;
+    let Some(limit) = opts.read_timeout else {
+        return client.transact(request).await;
+    };
+    // A transaction given up is cancelled before its buffers go.
+    ::tokio::time::timeout(limit, client.transact(request))
         .await
+        .unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorCode::Timeout,
+                format!("{name} did not reply within the read timeout"),
+            ))
+        })
 }
 
 #[cfg(test)]

@@ -461,3 +461,31 @@ fn a_dropped_read_that_took_nothing_does_not_refuse_a_transact() {
         let _s = server.await.unwrap();
     });
 }
+
+/// `ClientOptions::read_timeout` bounds `call_async`'s wait for the reply,
+/// as on Linux: a server that reads and never answers fails the call with
+/// *timeout*, and the server still got the request.
+#[test]
+fn a_read_timeout_bounds_call_async() {
+    run(async {
+        let name = unique("call-timeout");
+        let listener = ServerOptions::new().create_async(&name).unwrap();
+        let server = ::tokio::spawn(async move {
+            let mut s = listener.accept().await.unwrap();
+            let request = s.recv_message().await.unwrap();
+            // Hold the connection without answering until the client goes.
+            let _ = s.recv_message().await;
+            request
+        });
+        let e = ClientOptions::new()
+            .read_timeout(Duration::from_millis(100))
+            .call_async(name.as_str(), b"are you there")
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Timeout, "{e}");
+        assert_eq!(
+            timeout(LONG, server).await.unwrap().unwrap(),
+            b"are you there"
+        );
+    });
+}
