@@ -110,7 +110,7 @@
 //! | Linux | Names with `\` after the prefix hash to a socket file name; the full name travels in the handshake | `sun_path` is 108 bytes | Nothing: listings show the names as written |
 //! | Linux | `\\HOST\pipe\NAME` goes over TLS 1.3 with a client certificate to `npipe gateway` on HOST (the `remote` feature), not over SMB; a remote client is known by its certificate's name and impersonated as the local user the gateway maps it to | Linux has no SMB logon to carry | Issue certificates with `npipe cert`, run the gateway, trust it on the servers (root is trusted): `docs/REMOTE.md` |
 //! | Linux | On a remote pipe's client end the server's pid and user are unknown (0, a uid that names no one), `expect_server` is refused, and `flush_buffers` waits until TCP has the bytes acknowledged (a tokio client: until its local relay has them), not until the remote reader has read them | No kernel on the client's machine knows the server | The gateway's certificate, checked against your CA, vouches for the host |
-//! | Windows | The ends are their own types with the same methods (not `Pipe<S, R>` aliases); not there yet: write timeouts, `split`, and the tokio ends' `readable`/`try_*` | The backend is new; each is a kernel call or two away | Put `tokio::time::timeout` around async reads (they are cancel-safe); everything else ported code uses is there |
+//! | Windows | The ends are their own types with the same methods (not `Pipe<S, R>` aliases); not there yet: write timeouts, and the tokio ends' `readable`/`try_*` | The backend is new; each is a kernel call or two away | Put `tokio::time::timeout` around async reads (they are cancel-safe); everything else ported code uses is there |
 //! | Windows | `spawn_as_client` returns a `ClientProcess` (std's `Child` cannot be made from a process std did not start); the child gets only the environment variables set on the `Command` and pipes for its standard streams | `Command` does not tell whether `env_clear` was called nor how its streams were set, and a client's process must not see the server's environment | Set every variable the command needs (`SystemRoot` and `PATH` among them) |
 //! | Windows | No `shutdown_write` | A Windows pipe cannot be half-closed | Mark the end of a request in the protocol, or close |
 //! | Windows | `list_pipes` and `query_pipe` give a `ListedPipe`: name and instance count, as Sysinternals PipeList shows; `wait_named_pipe` is `WaitNamedPipe` itself | Anything more would connect to the server and take an instance | Ask the server, if it offers a way |
@@ -225,7 +225,7 @@ pub use windows::tokio;
 #[cfg(windows)]
 pub use windows::{
     call, list_pipes, query_pipe, wait_named_pipe, ClientProcess, Impersonation, ListedPipe,
-    PipeClient, PipeListener, PipeServer,
+    PipeClient, PipeListener, PipeServer, ReadHalf, WriteHalf,
 };
 
 /// The README's Rust example, compiled and run as a doctest.

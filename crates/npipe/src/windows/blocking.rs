@@ -157,7 +157,7 @@ impl Conn {
         )
     }
 
-    fn read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
+    fn read_message(&self, buf: &mut [u8]) -> Result<MessageRead> {
         self.state.connected()?;
         let (n, more) = sys::waited(&self.state.pipe, sys::Call::Read(buf), self.read_timeout)
             .map_err(|e| os(e, "read"))?
@@ -169,12 +169,12 @@ impl Conn {
         })
     }
 
-    fn recv_message(&mut self) -> Result<Vec<u8>> {
+    fn recv_message(&self) -> Result<Vec<u8>> {
         self.gather(Gather::starting_with(Vec::new(), self.state.max_message))
     }
 
     /// Reads until the message `gather` holds the start of is whole.
-    fn gather(&mut self, mut gather: Gather) -> Result<Vec<u8>> {
+    fn gather(&self, mut gather: Gather) -> Result<Vec<u8>> {
         loop {
             let read = self.read_message(gather.space()?)?;
             if let Some(msg) = gather.took(read)? {
@@ -183,7 +183,7 @@ impl Conn {
         }
     }
 
-    fn write_message(&mut self, msg: &[u8]) -> Result<()> {
+    fn write_message(&self, msg: &[u8]) -> Result<()> {
         self.state.connected()?;
         let mut sent = 0;
         // A message pipe takes a write whole; a byte pipe may take part.
@@ -233,10 +233,10 @@ impl Conn {
     }
 }
 
-impl Read for Conn {
-    /// Bytes of the current message (the next read continues it); on a
-    /// byte pipe, the stream's bytes.
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl Conn {
+    /// `Read::read`: bytes of the current message (the next read continues
+    /// it); on a byte pipe, the stream's bytes.
+    fn read_bytes(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self.read_message(buf) {
             Ok(r) => Ok(r.len()),
             // The writer closed: end of stream, as `std` expects.
@@ -244,12 +244,56 @@ impl Read for Conn {
             Err(e) => Err(e.into()),
         }
     }
-}
 
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+    /// `Write::write`: the whole buffer, as one message on a message pipe.
+    fn write_bytes(&self, buf: &[u8]) -> io::Result<usize> {
         self.write_message(buf)?;
         Ok(buf.len())
+    }
+}
+
+/// The reading half of a [`PipeServer`] or [`PipeClient`] from `split`:
+/// reads on one thread while the [`WriteHalf`] writes on another (each
+/// call is overlapped, so neither waits for the other).
+#[derive(Debug)]
+pub struct ReadHalf<'a> {
+    conn: &'a Conn,
+}
+
+/// The writing half from `split`. A Windows pipe cannot be half-closed:
+/// there is no `shutdown_write`.
+#[derive(Debug)]
+pub struct WriteHalf<'a> {
+    conn: &'a Conn,
+}
+
+impl ReadHalf<'_> {
+    /// As the end's `read_message`.
+    pub fn read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
+        self.conn.read_message(buf)
+    }
+    /// As the end's `recv_message`.
+    pub fn recv_message(&mut self) -> Result<Vec<u8>> {
+        self.conn.recv_message()
+    }
+}
+
+impl WriteHalf<'_> {
+    /// As the end's `write_message`.
+    pub fn write_message(&mut self, msg: &[u8]) -> Result<()> {
+        self.conn.write_message(msg)
+    }
+}
+
+impl Read for ReadHalf<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.conn.read_bytes(buf)
+    }
+}
+
+impl Write for WriteHalf<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.conn.write_bytes(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -305,17 +349,25 @@ macro_rules! end_io {
             pub fn flush_buffers(&mut self) -> Result<()> {
                 self.conn.flush_buffers()
             }
+            /// Splits into a reading and a writing half that can be used
+            /// from two threads at once (e.g. with `std::thread::scope`).
+            pub fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
+                (
+                    ReadHalf { conn: &self.conn },
+                    WriteHalf { conn: &self.conn },
+                )
+            }
         }
 
         impl Read for $t {
             fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                self.conn.read(buf)
+                self.conn.read_bytes(buf)
             }
         }
 
         impl Write for $t {
             fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-                self.conn.write(buf)
+                self.conn.write_bytes(buf)
             }
             fn flush(&mut self) -> io::Result<()> {
                 Ok(())

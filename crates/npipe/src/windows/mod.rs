@@ -30,7 +30,7 @@ mod spawn;
 pub mod tokio;
 
 pub(crate) use blocking::call_with;
-pub use blocking::{call, PipeClient, PipeListener, PipeServer};
+pub use blocking::{call, PipeClient, PipeListener, PipeServer, ReadHalf, WriteHalf};
 pub use end::Impersonation;
 pub use listing::{list_pipes, query_pipe, wait_named_pipe, ListedPipe};
 pub use spawn::ClientProcess;

@@ -351,35 +351,25 @@ fn accept_timeout_gives_up_and_keeps_listening() {
     assert_eq!(s.recv_message().unwrap(), b"hello");
 }
 
-/// With overlapped handles a read and a write wait at once on one end: a
-/// reader thread blocked on the server end does not hold up its writer.
+/// `split`: a read waiting on one thread does not hold up a write on
+/// another through the same end (each call is overlapped).
 #[test]
-fn a_pending_read_does_not_block_a_write_on_another_thread() {
-    let name = unique("read-and-write");
+fn split_halves_read_and_write_at_once() {
+    let name = unique("split");
     let listener = ServerOptions::new().create(&name).unwrap();
     let mut c = ClientOptions::new().open(&name).unwrap();
-    let s = std::sync::Arc::new(std::sync::Mutex::new(listener.accept().unwrap()));
-    // The reader holds its own end: a second client end would be another
-    // instance, so the test shares one end's handle through the kernel.
-    let pipe = s.lock().unwrap().conn.state.pipe.clone();
-    let reader = thread::spawn(move || {
-        let mut buf = [0u8; 64];
-        sys::waited(
-            &pipe,
-            sys::Call::Read(&mut buf),
-            Some(Duration::from_secs(10)),
-        )
-        .map(|r| r.map(|(n, _)| buf[..n].to_vec()))
+    let mut s = listener.accept().unwrap();
+    let (mut reader, mut writer) = s.split();
+    thread::scope(|scope| {
+        let read = scope.spawn(move || reader.recv_message());
+        thread::sleep(Duration::from_millis(100));
+        writer.write_message(b"written while a read waits").unwrap();
+        writer.write_all(b"and bytes").unwrap();
+        assert_eq!(c.recv_message().unwrap(), b"written while a read waits");
+        assert_eq!(c.recv_message().unwrap(), b"and bytes");
+        c.write_message(b"now the read").unwrap();
+        assert_eq!(read.join().unwrap().unwrap(), b"now the read");
     });
-    thread::sleep(Duration::from_millis(100));
-    s.lock()
-        .unwrap()
-        .write_message(b"written while a read waits")
-        .unwrap();
-    assert_eq!(c.recv_message().unwrap(), b"written while a read waits");
-    c.write_message(b"now the read").unwrap();
-    let got = reader.join().unwrap().unwrap();
-    assert_eq!(got.as_deref(), Some(&b"now the read"[..]));
 }
 
 /// Users are SIDs: each end knows the other's from the kernel (the
