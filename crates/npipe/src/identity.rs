@@ -13,7 +13,7 @@ use std::fmt;
 ///
 /// A security descriptor's [`Trustee`](crate::Trustee) names identities,
 /// [`ClientOptions::expect_server`](crate::ClientOptions::expect_server)
-/// takes one, and [`Pipe::peer_identity`](crate::Pipe::peer_identity) tells
+/// takes one, and each end's `peer_identity` tells
 /// either end who the other is.
 ///
 /// ```
