@@ -318,17 +318,27 @@ thread_local! {
     };
 }
 
+/// How a waited call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    /// Bytes moved, and whether more of the same message follows
+    /// (`ERROR_MORE_DATA`).
+    Done(usize, bool),
+    /// The time ran out: the call was cancelled and the kernel has let go
+    /// of its buffers. A read moved nothing; a write's reader may have
+    /// taken part of it (the count is what the kernel reported, which Wine
+    /// leaves at 0 even then).
+    TimedOut(usize),
+}
+
 /// Runs `call` on an overlapped handle and waits for it, `timeout` at most
-/// (`None`: for ever). `Ok(None)` when the time ran out: the call was
-/// cancelled and the kernel has let go of its buffers, having moved
-/// nothing. Otherwise bytes moved, and whether more of the same message
-/// follows (`ERROR_MORE_DATA`). A connect that finds its client already
-/// there (`ERROR_PIPE_CONNECTED`) succeeded.
+/// (`None`: for ever). A connect that finds its client already there
+/// (`ERROR_PIPE_CONNECTED`) succeeded.
 pub fn waited(
     pipe: &Pipe,
     call: Call<'_>,
     timeout: Option<std::time::Duration>,
-) -> io::Result<Option<(usize, bool)>> {
+) -> io::Result<Waited> {
     use windows_sys::Win32::Foundation::{ERROR_IO_PENDING, ERROR_OPERATION_ABORTED, WAIT_TIMEOUT};
     use windows_sys::Win32::System::Threading::{WaitForSingleObject, INFINITE};
     use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
@@ -373,7 +383,7 @@ pub fn waited(
         let e = io::Error::last_os_error();
         match e.raw_os_error().map(|c| c as u32) {
             Some(ERROR_IO_PENDING) | Some(ERROR_MORE_DATA) => {}
-            Some(ERROR_PIPE_CONNECTED) => return Ok(Some((0, false))),
+            Some(ERROR_PIPE_CONNECTED) => return Ok(Waited::Done(0, false)),
             // Failed at once: the kernel holds nothing of ours.
             _ => return Err(e),
         }
@@ -394,12 +404,12 @@ pub fn waited(
     // buffers: completed, failed or cancelled.
     let done = unsafe { GetOverlappedResult(h, &ov, &mut n, 1) };
     if done != 0 {
-        return Ok(Some((n as usize, false)));
+        return Ok(Waited::Done(n as usize, false));
     }
     let e = io::Error::last_os_error();
     match e.raw_os_error().map(|c| c as u32) {
-        Some(ERROR_MORE_DATA) => Ok(Some((n as usize, true))),
-        Some(ERROR_OPERATION_ABORTED) if timed_out => Ok(None),
+        Some(ERROR_MORE_DATA) => Ok(Waited::Done(n as usize, true)),
+        Some(ERROR_OPERATION_ABORTED) if timed_out => Ok(Waited::TimedOut(n as usize)),
         _ => Err(e),
     }
 }

@@ -4,6 +4,7 @@
 //! timeout and a read and a write can wait at once on one handle.
 
 use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -59,8 +60,8 @@ impl PipeListener {
                 return Ok(None);
             };
             match sys::waited(&pipe, sys::Call::Connect, left()) {
-                Ok(Some(_)) => break pipe,
-                Ok(None) => {
+                Ok(sys::Waited::Done(..)) => break pipe,
+                Ok(sys::Waited::TimedOut(_)) => {
                     self.put_back(pipe);
                     return Ok(None);
                 }
@@ -134,6 +135,12 @@ pub(super) struct Conn {
     pub(super) state: EndState,
     /// How long a read (or a transaction's reply) may wait.
     read_timeout: Option<Duration>,
+    /// How long a write may wait for its reader.
+    write_timeout: Option<Duration>,
+    /// A write timed out: its reader may have taken part of it (the kernel
+    /// does not always say), so the stream may be cut, and this end
+    /// refuses to go on as if it were not.
+    broken: AtomicBool,
 }
 
 impl Conn {
@@ -141,27 +148,55 @@ impl Conn {
         Conn {
             state,
             read_timeout,
+            write_timeout: None,
+            broken: AtomicBool::new(false),
         }
     }
 
-    /// A read that ran out of time: nothing was taken, and it may be
-    /// tried again.
-    fn timed_out(&self, what: &str) -> Error {
-        Error::new(
-            ErrorCode::Timeout,
-            format!(
-                "{what} on {}: nothing came within the read timeout ({} ms)",
-                self.state.name,
-                self.read_timeout.unwrap_or_default().as_millis()
-            ),
-        )
+    /// Refuses I/O on an end that was disconnected or cut.
+    fn usable(&self) -> Result<()> {
+        self.state.connected()?;
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(Error::new(
+                ErrorCode::BrokenPipe,
+                "a write on this end timed out, and its reader may have taken part of it: \
+                 the pipe is cut",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs `call`, waiting `timeout` at most: bytes moved and whether
+    /// more of the message follows, or *timeout* (nothing was taken, and
+    /// it may be tried again).
+    fn wait_for(
+        &self,
+        call: sys::Call<'_>,
+        timeout: Option<Duration>,
+        what: &str,
+    ) -> Result<(usize, bool)> {
+        let write = matches!(call, sys::Call::Write(_));
+        match sys::waited(&self.state.pipe, call, timeout).map_err(|e| os(e, what))? {
+            sys::Waited::Done(n, more) => Ok((n, more)),
+            sys::Waited::TimedOut(_) => {
+                if write {
+                    self.broken.store(true, Ordering::Relaxed);
+                }
+                Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "{what} on {}: not done within its timeout ({} ms)",
+                        self.state.name,
+                        timeout.unwrap_or_default().as_millis()
+                    ),
+                ))
+            }
+        }
     }
 
     fn read_message(&self, buf: &mut [u8]) -> Result<MessageRead> {
-        self.state.connected()?;
-        let (n, more) = sys::waited(&self.state.pipe, sys::Call::Read(buf), self.read_timeout)
-            .map_err(|e| os(e, "read"))?
-            .ok_or_else(|| self.timed_out("read"))?;
+        self.usable()?;
+        let (n, more) = self.wait_for(sys::Call::Read(buf), self.read_timeout, "read")?;
         Ok(if more {
             MessageRead::MoreData(n)
         } else {
@@ -184,13 +219,12 @@ impl Conn {
     }
 
     fn write_message(&self, msg: &[u8]) -> Result<()> {
-        self.state.connected()?;
+        self.usable()?;
         let mut sent = 0;
         // A message pipe takes a write whole; a byte pipe may take part.
         while sent < msg.len() || msg.is_empty() {
-            let (n, _) = sys::waited(&self.state.pipe, sys::Call::Write(&msg[sent..]), None)
-                .map_err(|e| os(e, "write"))?
-                .expect("no deadline");
+            let write = sys::Call::Write(&msg[sent..]);
+            let (n, _) = self.wait_for(write, self.write_timeout, "write")?;
             sent += n;
             if msg.is_empty() {
                 break;
@@ -200,14 +234,9 @@ impl Conn {
     }
 
     fn transact_into(&mut self, request: &[u8], reply: &mut [u8]) -> Result<MessageRead> {
-        self.state.connected()?;
-        let (n, more) = sys::waited(
-            &self.state.pipe,
-            sys::Call::Transact(request, reply),
-            self.read_timeout,
-        )
-        .map_err(|e| os(e, "transact"))?
-        .ok_or_else(|| self.timed_out("transact"))?;
+        self.usable()?;
+        let transact = sys::Call::Transact(request, reply);
+        let (n, more) = self.wait_for(transact, self.read_timeout, "transact")?;
         Ok(if more {
             MessageRead::MoreData(n)
         } else {
@@ -228,7 +257,7 @@ impl Conn {
     }
 
     fn flush_buffers(&mut self) -> Result<()> {
-        self.state.connected()?;
+        self.usable()?;
         sys::flush(&self.state.pipe).map_err(|e| os(e, "flush"))
     }
 }
@@ -348,6 +377,17 @@ macro_rules! end_io {
             /// `FlushFileBuffers`: until the other end has read everything.
             pub fn flush_buffers(&mut self) -> Result<()> {
                 self.conn.flush_buffers()
+            }
+            /// Bounds blocking writes (`None`, or zero: wait for ever): a
+            /// write its reader does not take in time fails with
+            /// `ERROR_SEM_TIMEOUT` and leaves the pipe cut, since the
+            /// reader may have taken part of it (the kernel does not always
+            /// say how much): this end's later calls fail with *broken
+            /// pipe*, never carry on from the middle of a message. Drop
+            /// the end. (`flush_buffers` is not bounded on Windows.)
+            pub fn set_write_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+                self.conn.write_timeout = timeout.filter(|t| !t.is_zero());
+                Ok(())
             }
             /// Splits into a reading and a writing half that can be used
             /// from two threads at once (e.g. with `std::thread::scope`).

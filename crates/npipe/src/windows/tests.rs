@@ -754,3 +754,32 @@ fn spawn_as_client_is_refused_where_impersonation_is() {
         Ok(_) => panic!("an identification-only client was acted as"),
     }
 }
+
+/// A write timeout: a write nobody reads in time fails with *timeout*,
+/// and the end is cut from then on (its reader may have taken part of the
+/// message), while a write that is read in time is not bounded by it.
+#[test]
+fn a_write_timeout_gives_up_and_cuts_the_pipe() {
+    let name = unique("write-timeout");
+    let listener = ServerOptions::new()
+        .in_buffer_size(4096)
+        .out_buffer_size(4096)
+        .create(&name)
+        .unwrap();
+    let mut c = ClientOptions::new().open(&name).unwrap();
+    let mut s = listener.accept().unwrap();
+    s.set_write_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let big = vec![7u8; 1 << 20];
+    thread::scope(|scope| {
+        let reader = scope.spawn(|| c.recv_message());
+        s.write_message(&big).unwrap();
+        assert_eq!(reader.join().unwrap().unwrap().len(), big.len());
+    });
+    let e = s.write_message(&big).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Timeout, "{e}");
+    let e = s.write_message(b"after the cut").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::BrokenPipe, "{e}");
+    let e = s.recv_message().unwrap_err();
+    assert_eq!(e.code(), ErrorCode::BrokenPipe, "{e}");
+}
