@@ -182,10 +182,15 @@ impl Conn {
                 if write {
                     self.broken.store(true, Ordering::Relaxed);
                 }
+                let (waited_for, which) = if write {
+                    ("its reader did not take it", "write")
+                } else {
+                    ("nothing came", "read")
+                };
                 Err(Error::new(
                     ErrorCode::Timeout,
                     format!(
-                        "{what} on {}: not done within its timeout ({} ms)",
+                        "{what} on {}: {waited_for} within the {which} timeout ({} ms)",
                         self.state.name,
                         timeout.unwrap_or_default().as_millis()
                     ),

@@ -192,6 +192,12 @@ impl Gather {
         }
     }
 
+    /// What was gathered so far.
+    fn into_prefix(mut self) -> Vec<u8> {
+        self.msg.truncate(self.len);
+        self.msg
+    }
+
     fn too_long(&self) -> crate::Error {
         crate::Error::new(
             crate::ErrorCode::BadPipe,

@@ -316,6 +316,106 @@ impl AsyncConn {
     pub(crate) fn poll_flush_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(ready!(self.poll_write_done(cx))?))
     }
+
+    /// Until a read would not wait: a finished read is held here (its
+    /// bytes, an empty message, or the error the next read reports).
+    pub(crate) async fn readable(&mut self) -> Result<()> {
+        self.state.connected()?;
+        poll_fn(|cx| {
+            if self.held.present {
+                return Poll::Ready(Ok(()));
+            }
+            if self.reading.is_none() {
+                let op = Overlapped::start(self.state.pipe.clone(), OpKind::Read(FIRST_READ));
+                self.reading = Some(op.map_err(|e| os(e, "read"))?);
+            }
+            let op = self.reading.as_mut().expect("started above");
+            if op.is_done() {
+                return Poll::Ready(Ok(()));
+            }
+            // Woken when the kernel finishes it; the read stays in flight.
+            op.poll(cx).map(|done| {
+                self.reading = None;
+                self.held = Held::of(done.map_err(|e| os(e, "read"))?);
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Until the write in flight (a `try_write`'s) is done: its error, if
+    /// any, comes here.
+    pub(crate) async fn writable(&mut self) -> Result<()> {
+        self.state.connected()?;
+        poll_fn(|cx| self.poll_write_done(cx)).await
+    }
+
+    /// `read_message` if it would not wait, else `ERROR_NO_DATA`; a read
+    /// it had to start stays in flight for the next one.
+    pub(crate) fn try_read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
+        match self.poll_read_message(&mut noop_context(), buf) {
+            Poll::Ready(read) => read,
+            Poll::Pending => Err(nothing_yet()),
+        }
+    }
+
+    /// `recv_message` if the whole message is there, else `ERROR_NO_DATA`
+    /// with the part read so far held again, whole, for the next read.
+    pub(crate) fn try_recv_message(&mut self) -> Result<Vec<u8>> {
+        let mut gather = Gather::starting_with(Vec::new(), self.state.max_message);
+        loop {
+            let space = gather.space()?;
+            let read = match self.poll_read_message(&mut noop_context(), space) {
+                Poll::Ready(read) => read?,
+                Poll::Pending => {
+                    let prefix = gather.into_prefix();
+                    if !prefix.is_empty() {
+                        self.held = Held {
+                            buf: prefix,
+                            pos: 0,
+                            present: true,
+                            more: true,
+                        };
+                    }
+                    return Err(nothing_yet());
+                }
+            };
+            if let Some(msg) = gather.took(read)? {
+                return Ok(msg);
+            }
+        }
+    }
+
+    /// `AsyncRead` without waiting: the bytes there now, or `WouldBlock`.
+    pub(crate) fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut read = ::tokio::io::ReadBuf::new(buf);
+        match self.poll_read_io(&mut noop_context(), &mut read) {
+            Poll::Ready(done) => done.map(|()| read.filled().len()),
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    /// `AsyncWrite` without waiting: the whole buffer, started as one
+    /// write (it finishes whole; [`writable`](Self::writable) waits for it),
+    /// or `WouldBlock` while the previous write is in flight.
+    pub(crate) fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.poll_write_io(&mut noop_context(), buf) {
+            Poll::Ready(done) => done,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+/// A context whose waker does nothing: for the `try_*` calls, which poll
+/// once and never wait.
+fn noop_context() -> Context<'static> {
+    Context::from_waker(std::task::Waker::noop())
+}
+
+/// What a `try_*` read says when nothing is there yet, as `ReadFile` on a
+/// `PIPE_NOWAIT` pipe.
+fn nothing_yet() -> Error {
+    Error::new(ErrorCode::NoData, "no data is waiting in the pipe yet")
 }
 
 impl Drop for AsyncConn {

@@ -235,6 +235,46 @@ macro_rules! end_io {
             pub async fn flush_buffers(&mut self) -> Result<()> {
                 self.conn.flush_buffers().await
             }
+            /// Waits until a read would not wait: a read has finished (with
+            /// data, an empty message, or the error the next read reports).
+            /// For use with the `try_*` reads. Cancel-safe: the read it
+            /// starts stays in flight for the next read. (`&mut self` here,
+            /// where Linux's takes `&self`: it starts that read.)
+            pub async fn readable(&mut self) -> Result<()> {
+                self.conn.readable().await
+            }
+            /// Waits until the write in flight (a `try_write`'s) is done,
+            /// and gives its error if it failed. Cancel-safe.
+            pub async fn writable(&mut self) -> Result<()> {
+                self.conn.writable().await
+            }
+            /// [`read_message`](Self::read_message) if it would not wait:
+            /// what is there now, else `ERROR_NO_DATA` (232), as `ReadFile`
+            /// on a `PIPE_NOWAIT` pipe. Takes nothing when it fails that
+            /// way (a read it started stays in flight for the next one).
+            pub fn try_read_message(&mut self, buf: &mut [u8]) -> Result<MessageRead> {
+                self.conn.try_read_message(buf)
+            }
+            /// [`recv_message`](Self::recv_message) if the whole message is
+            /// there, else `ERROR_NO_DATA` (232); a message only partly
+            /// read stays whole for the next read.
+            pub fn try_recv_message(&mut self) -> Result<Vec<u8>> {
+                self.conn.try_recv_message()
+            }
+            /// `AsyncRead` without waiting, as tokio's `try_read`: the bytes
+            /// there now (of one message, on a message pipe), or
+            /// `WouldBlock`.
+            pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.conn.try_read(buf)
+            }
+            /// `AsyncWrite` without waiting, as tokio's `try_write`: the
+            /// whole buffer, started as one write that finishes whole
+            /// (await [`writable`](Self::writable) before waiting for an
+            /// answer), or `WouldBlock` while the previous one is in
+            /// flight.
+            pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.conn.try_write(buf)
+            }
         }
     };
 }

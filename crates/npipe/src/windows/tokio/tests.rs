@@ -489,3 +489,52 @@ fn a_read_timeout_bounds_call_async() {
         );
     });
 }
+
+/// The non-waiting calls, as on Linux: `try_read_message` says
+/// `ERROR_NO_DATA` and takes nothing, `readable` waits for data,
+/// `try_recv_message` takes a whole message only, `try_write` starts a
+/// write that `writable` waits for.
+#[test]
+fn the_try_calls_never_wait_and_lose_nothing() {
+    run(async {
+        let name = unique("try");
+        let listener = ServerOptions::new().create_async(&name).unwrap();
+        let mut c = ClientOptions::new().open_async(&name).await.unwrap();
+        let mut s = listener.accept().await.unwrap();
+        let mut buf = [0u8; 16];
+        let e = s.try_read_message(&mut buf).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::NoData, "{e}");
+        assert_eq!(
+            s.try_read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        c.write_message(b"now").await.unwrap();
+        timeout(LONG, s.readable()).await.unwrap().unwrap();
+        assert_eq!(
+            s.try_read_message(&mut buf).unwrap(),
+            MessageRead::Complete(3)
+        );
+        assert_eq!(&buf[..3], b"now");
+
+        // A message longer than one read comes whole or not at all. (Its
+        // write finishes once read: it is started, and waited for last.)
+        let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        assert_eq!(c.try_write(&big).unwrap(), big.len());
+        timeout(LONG, s.readable()).await.unwrap().unwrap();
+        let got = loop {
+            match s.try_recv_message() {
+                Ok(msg) => break msg,
+                Err(e) if e.code() == ErrorCode::NoData => {
+                    timeout(LONG, s.readable()).await.unwrap().unwrap()
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(got, big);
+        timeout(LONG, c.writable()).await.unwrap().unwrap();
+
+        assert_eq!(s.try_write(b"reply").unwrap(), 5);
+        timeout(LONG, s.writable()).await.unwrap().unwrap();
+        assert_eq!(c.recv_message().await.unwrap(), b"reply");
+    });
+}
