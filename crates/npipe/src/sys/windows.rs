@@ -349,7 +349,11 @@ pub fn waited(
     // SAFETY: OVERLAPPED is plain data; zeros are a valid start.
     let mut ov: OVERLAPPED = unsafe { std::mem::zeroed() };
     ov.hEvent = event;
+    // One pointer for every call: the kernel writes through it while the
+    // call is in flight, so no reference to `ov` is made meanwhile.
+    let ovp: *mut OVERLAPPED = &mut ov;
     let h = pipe.raw();
+    let reads = !matches!(call, Call::Write(_) | Call::Connect);
     let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     // SAFETY: the buffers and `ov` live on this frame, and this function
     // does not return before the kernel is done with them: it waits for
@@ -357,17 +361,9 @@ pub fn waited(
     // left the call pending.
     let ok = unsafe {
         match call {
-            Call::Connect => ConnectNamedPipe(h, &mut ov),
-            Call::Read(buf) => ReadFile(
-                h,
-                buf.as_mut_ptr(),
-                len(buf.len()),
-                ptr::null_mut(),
-                &mut ov,
-            ),
-            Call::Write(buf) => {
-                WriteFile(h, buf.as_ptr(), len(buf.len()), ptr::null_mut(), &mut ov)
-            }
+            Call::Connect => ConnectNamedPipe(h, ovp),
+            Call::Read(buf) => ReadFile(h, buf.as_mut_ptr(), len(buf.len()), ptr::null_mut(), ovp),
+            Call::Write(buf) => WriteFile(h, buf.as_ptr(), len(buf.len()), ptr::null_mut(), ovp),
             Call::Transact(request, reply) => TransactNamedPipe(
                 h,
                 request.as_ptr().cast(),
@@ -375,7 +371,7 @@ pub fn waited(
                 reply.as_mut_ptr().cast(),
                 len(reply.len()),
                 ptr::null_mut(),
-                &mut ov,
+                ovp,
             ),
         }
     };
@@ -396,19 +392,23 @@ pub fn waited(
     // SAFETY: a live event handle.
     let timed_out = unsafe { WaitForSingleObject(event, ms) } == WAIT_TIMEOUT;
     if timed_out {
-        // SAFETY: `ov` is the call's own, still in flight or just done.
-        unsafe { CancelIoEx(h, &ov) };
+        // SAFETY: `ovp` is the call's own, still in flight or just done.
+        unsafe { CancelIoEx(h, ovp) };
     }
     let mut n = 0u32;
     // SAFETY: waits (bWait) until the kernel is done with `ov` and the
     // buffers: completed, failed or cancelled.
-    let done = unsafe { GetOverlappedResult(h, &ov, &mut n, 1) };
+    let done = unsafe { GetOverlappedResult(h, ovp, &mut n, 1) };
     if done != 0 {
         return Ok(Waited::Done(n as usize, false));
     }
     let e = io::Error::last_os_error();
     match e.raw_os_error().map(|c| c as u32) {
         Some(ERROR_MORE_DATA) => Ok(Waited::Done(n as usize, true)),
+        // A read the cancel cut after it took bytes: they are the caller's.
+        Some(ERROR_OPERATION_ABORTED) if timed_out && reads && n > 0 => {
+            Ok(Waited::Done(n as usize, false))
+        }
         Some(ERROR_OPERATION_ABORTED) if timed_out => Ok(Waited::TimedOut(n as usize)),
         _ => Err(e),
     }
@@ -587,25 +587,45 @@ pub fn revert_to_self() -> io::Result<()> {
     }
 }
 
-/// Whether this thread has a token of its own (is impersonating).
+/// Whether this thread has a token of its own (is impersonating). A
+/// thread token that cannot be opened still counts: only "no token" says
+/// the thread acts as its process, so a nested impersonation is never
+/// stacked on one this call could not see.
 pub fn thread_impersonates() -> bool {
+    !matches!(
+        open_thread_token(windows_sys::Win32::Security::TOKEN_QUERY),
+        Ok(None)
+    )
+}
+
+/// The token this thread impersonates, opened for `access` (checked
+/// against the process, not the client: OpenAsSelf), or `None` if the
+/// thread has none (`ERROR_NO_TOKEN`).
+pub(crate) fn open_thread_token(
+    access: windows_sys::Win32::Security::TOKEN_ACCESS_MASK,
+) -> io::Result<Option<OwnedHandle>> {
+    use windows_sys::Win32::Foundation::ERROR_NO_TOKEN;
     let mut token: HANDLE = ptr::null_mut();
-    // SAFETY: the pseudo-handle of the current thread needs no closing;
-    // `token` is a live local that receives a handle we then close.
-    let ok = unsafe {
-        OpenThreadToken(
-            GetCurrentThread(),
-            windows_sys::Win32::Security::TOKEN_QUERY,
-            1,
-            &mut token,
-        )
-    };
+    // SAFETY: the current-thread pseudo-handle needs no closing; `token`
+    // receives a handle owned right below.
+    let ok = unsafe { OpenThreadToken(GetCurrentThread(), access, 1, &mut token) };
     if ok == 0 {
-        return false;
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(ERROR_NO_TOKEN as i32) {
+            return Ok(None);
+        }
+        return Err(e);
     }
-    // SAFETY: `token` is the handle OpenThreadToken just opened for us.
-    unsafe { windows_sys::Win32::Foundation::CloseHandle(token) };
-    true
+    // SAFETY: OpenThreadToken just gave us this handle.
+    Ok(Some(unsafe { OwnedHandle::from_raw_handle(token) }))
+}
+
+/// The token this thread impersonates; "no token" is an error here.
+fn impersonated(
+    access: windows_sys::Win32::Security::TOKEN_ACCESS_MASK,
+) -> io::Result<OwnedHandle> {
+    use windows_sys::Win32::Foundation::ERROR_NO_TOKEN;
+    open_thread_token(access)?.ok_or_else(|| io::Error::from_raw_os_error(ERROR_NO_TOKEN as i32))
 }
 
 /// The client's user name, from `GetNamedPipeHandleStateW` on a server end
@@ -781,23 +801,8 @@ pub fn user_name(id: u32) -> Option<String> {
 
 /// The user of a token.
 fn token_user(token: HANDLE) -> io::Result<u32> {
-    use windows_sys::Win32::Security::{GetTokenInformation, TokenUser, TOKEN_USER};
-    let mut buf = vec![0u64; 64]; // 512 bytes, aligned for TOKEN_USER
-    let mut len = 0u32;
-    // SAFETY: `buf` is valid for its size in bytes and aligned for
-    // TOKEN_USER; `len` is a live local.
-    let ok = unsafe {
-        GetTokenInformation(
-            token,
-            TokenUser,
-            buf.as_mut_ptr().cast(),
-            (buf.len() * 8) as u32,
-            &mut len,
-        )
-    };
-    if ok == 0 {
-        return Err(io::Error::last_os_error());
-    }
+    use windows_sys::Win32::Security::{TokenUser, TOKEN_USER};
+    let buf = token_information(token, TokenUser)?;
     // SAFETY: the call filled a TOKEN_USER at the start of `buf`, whose
     // SID pointer points into `buf`, alive here.
     let sid = unsafe { sid_bytes((*(buf.as_ptr() as *const TOKEN_USER)).User.Sid) };
@@ -818,8 +823,12 @@ impl Drop for Owned {
 /// process's (as a Linux thread's effective uid is its own).
 pub fn effective_uid() -> u32 {
     use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
-    if let Ok(user) = impersonated_user() {
-        return user;
+    match open_thread_token(windows_sys::Win32::Security::TOKEN_QUERY) {
+        Ok(Some(token)) => return token_user(token.as_raw_handle()).unwrap_or(u32::MAX),
+        Ok(None) => {}
+        // Impersonating someone this thread may not look at: not the
+        // process's user, and no one else either.
+        Err(_) => return u32::MAX,
     }
     let mut token: HANDLE = ptr::null_mut();
     // SAFETY: the current-process pseudo-handle needs no closing; `token`
@@ -869,23 +878,8 @@ pub fn process_user(pid: u32) -> io::Result<u32> {
 
 /// The user of the token this thread impersonates.
 pub fn impersonated_user() -> io::Result<u32> {
-    let mut token: HANDLE = ptr::null_mut();
-    // SAFETY: the current-thread pseudo-handle needs no closing; `token`
-    // receives a handle the guard closes. OpenAsSelf: the check is made
-    // against the process, not the (identification-level) client token.
-    let ok = unsafe {
-        OpenThreadToken(
-            GetCurrentThread(),
-            windows_sys::Win32::Security::TOKEN_QUERY,
-            1,
-            &mut token,
-        )
-    };
-    if ok == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let token = Owned(token);
-    token_user(token.0)
+    let token = impersonated(windows_sys::Win32::Security::TOKEN_QUERY)?;
+    token_user(token.as_raw_handle())
 }
 
 /// What the token this thread impersonates says of its user: the user,
@@ -904,29 +898,16 @@ pub fn impersonated_token() -> io::Result<TokenFacts> {
         SecurityImpersonation, TokenGroups, TokenImpersonationLevel, TokenPrimaryGroup,
         TOKEN_GROUPS, TOKEN_PRIMARY_GROUP,
     };
-    let mut token: HANDLE = ptr::null_mut();
-    // SAFETY: as in `impersonated_user`: the pseudo-handle needs no
-    // closing, `token` receives a handle the guard closes.
-    let ok = unsafe {
-        OpenThreadToken(
-            GetCurrentThread(),
-            windows_sys::Win32::Security::TOKEN_QUERY,
-            1,
-            &mut token,
-        )
-    };
-    if ok == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let token = Owned(token);
-    let user = token_user(token.0)?;
-    let primary = token_information(token.0, TokenPrimaryGroup)?;
+    let token = impersonated(windows_sys::Win32::Security::TOKEN_QUERY)?;
+    let raw = token.as_raw_handle();
+    let user = token_user(raw)?;
+    let primary = token_information(raw, TokenPrimaryGroup)?;
     // SAFETY: the call filled a TOKEN_PRIMARY_GROUP at the start of the
     // buffer, whose SID pointer points into the same live buffer.
     let group = intern(&unsafe {
         sid_bytes((*(primary.as_ptr() as *const TOKEN_PRIMARY_GROUP)).PrimaryGroup)
     });
-    let list = token_information(token.0, TokenGroups)?;
+    let list = token_information(raw, TokenGroups)?;
     let header = list.as_ptr() as *const TOKEN_GROUPS;
     // SAFETY: the call filled a TOKEN_GROUPS: a count, then that many
     // SID_AND_ATTRIBUTES whose SIDs point into the same live buffer.
@@ -938,7 +919,7 @@ pub fn impersonated_token() -> io::Result<TokenFacts> {
             .map(|i| intern(&sid_bytes((*first.add(i)).Sid)))
             .collect()
     };
-    let level = token_information(token.0, TokenImpersonationLevel)?;
+    let level = token_information(raw, TokenImpersonationLevel)?;
     // SAFETY: the call wrote a SECURITY_IMPERSONATION_LEVEL (an i32) at the
     // start of the buffer.
     let level = unsafe { *(level.as_ptr() as *const i32) };

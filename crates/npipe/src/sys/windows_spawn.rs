@@ -11,21 +11,23 @@ use windows_sys::Win32::Foundation::{
     SetHandleInformation, HANDLE, HANDLE_FLAG_INHERIT, WAIT_OBJECT_0, WAIT_TIMEOUT,
 };
 use windows_sys::Win32::Security::{
-    DuplicateTokenEx, SecurityImpersonation, TokenPrimary, SECURITY_ATTRIBUTES,
-    TOKEN_ADJUST_DEFAULT, TOKEN_ADJUST_SESSIONID, TOKEN_ASSIGN_PRIMARY, TOKEN_DUPLICATE,
-    TOKEN_QUERY,
+    DuplicateTokenEx, SecurityImpersonation, TokenPrimary, TOKEN_ADJUST_DEFAULT,
+    TOKEN_ADJUST_SESSIONID, TOKEN_ASSIGN_PRIMARY, TOKEN_DUPLICATE, TOKEN_QUERY,
 };
 use windows_sys::Win32::System::Pipes::CreatePipe;
 use windows_sys::Win32::System::Threading::{
-    CreateProcessAsUserW, DeleteProcThreadAttributeList, GetCurrentThread, GetExitCodeProcess,
-    InitializeProcThreadAttributeList, OpenThreadToken, TerminateProcess,
-    UpdateProcThreadAttribute, WaitForSingleObject, CREATE_NO_WINDOW, CREATE_UNICODE_ENVIRONMENT,
+    CreateProcessAsUserW, DeleteProcThreadAttributeList, GetExitCodeProcess,
+    InitializeProcThreadAttributeList, TerminateProcess, UpdateProcThreadAttribute,
+    WaitForSingleObject, CREATE_NO_WINDOW, CREATE_UNICODE_ENVIRONMENT,
     EXTENDED_STARTUPINFO_PRESENT, PROCESS_INFORMATION, PROC_THREAD_ATTRIBUTE_HANDLE_LIST,
     STARTF_USESTDHANDLES, STARTUPINFOEXW,
 };
 
 /// What to start: all UTF-16 and NUL-terminated as the call wants them.
 pub struct SpawnSpec {
+    /// The program's full path, found by the caller (never searched for
+    /// by `CreateProcess`, which would look in the server's directories).
+    pub application: Vec<u16>,
     /// The whole command line (`CreateProcess` may write into it).
     pub command_line: Vec<u16>,
     /// `NAME=VALUE\0...\0\0`, sorted as Windows wants.
@@ -48,23 +50,9 @@ pub struct Spawned {
 /// process can be started with. `ERROR_BAD_IMPERSONATION_LEVEL` when the
 /// client allowed identification only.
 pub fn thread_token_as_primary() -> io::Result<OwnedHandle> {
-    let mut token: HANDLE = ptr::null_mut();
-    // SAFETY: the current-thread pseudo-handle needs no closing; `token`
-    // receives a handle owned right below. OpenAsSelf: the access check is
-    // against the process, not the client's token.
-    let ok = unsafe {
-        OpenThreadToken(
-            GetCurrentThread(),
-            TOKEN_DUPLICATE | TOKEN_QUERY,
-            1,
-            &mut token,
-        )
-    };
-    if ok == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: OpenThreadToken just gave us this handle.
-    let token = unsafe { OwnedHandle::from_raw_handle(token) };
+    use windows_sys::Win32::Foundation::ERROR_NO_TOKEN;
+    let token = super::windows::open_thread_token(TOKEN_DUPLICATE | TOKEN_QUERY)?
+        .ok_or_else(|| io::Error::from_raw_os_error(ERROR_NO_TOKEN as i32))?;
     let mut primary: HANDLE = ptr::null_mut();
     // SAFETY: `token` is a live token handle; `primary` receives a new
     // handle, owned right below; no attributes (not inheritable).
@@ -89,18 +77,13 @@ pub fn thread_token_as_primary() -> io::Result<OwnedHandle> {
     Ok(unsafe { OwnedHandle::from_raw_handle(primary) })
 }
 
-/// An anonymous pipe whose `child` end (0: read, 1: write) alone may be
-/// inherited: (ours, the child's).
+/// An anonymous pipe for one of the child's standard streams: (ours, the
+/// child's), neither inheritable yet.
 fn stdio_pipe(child_reads: bool) -> io::Result<(OwnedHandle, OwnedHandle)> {
-    let attributes = SECURITY_ATTRIBUTES {
-        nLength: std::mem::size_of::<SECURITY_ATTRIBUTES>() as u32,
-        lpSecurityDescriptor: ptr::null_mut(),
-        bInheritHandle: 1,
-    };
     let (mut read, mut write): (HANDLE, HANDLE) = (ptr::null_mut(), ptr::null_mut());
-    // SAFETY: both out-pointers are live locals; `attributes` outlives the
-    // call.
-    if unsafe { CreatePipe(&mut read, &mut write, &attributes, 0) } == 0 {
+    // SAFETY: both out-pointers are live locals; no attributes, so neither
+    // handle is inheritable.
+    if unsafe { CreatePipe(&mut read, &mut write, ptr::null(), 0) } == 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: CreatePipe just gave us both handles.
@@ -110,21 +93,28 @@ fn stdio_pipe(child_reads: bool) -> io::Result<(OwnedHandle, OwnedHandle)> {
             OwnedHandle::from_raw_handle(write),
         )
     };
-    let (ours, theirs) = if child_reads {
+    Ok(if child_reads {
         (write, read)
     } else {
         (read, write)
-    };
-    // SAFETY: a live handle of ours; only its inherit flag changes.
-    if unsafe { SetHandleInformation(ours.as_raw_handle(), HANDLE_FLAG_INHERIT, 0) } == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((ours, theirs))
+    })
 }
 
-/// A process thread attribute list naming the only handles the child may
-/// inherit, so that a process another thread starts meanwhile cannot take
-/// the child's pipe ends (nor this one anything else of ours).
+/// Makes `handle` inheritable, or not.
+fn set_inheritable(handle: &OwnedHandle, yes: bool) -> io::Result<()> {
+    let flags = if yes { HANDLE_FLAG_INHERIT } else { 0 };
+    // SAFETY: a live handle of ours; only its inherit flag changes.
+    if unsafe { SetHandleInformation(handle.as_raw_handle(), HANDLE_FLAG_INHERIT, flags) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A process thread attribute list naming the only handles this child may
+/// inherit, so that it takes nothing else of ours that happens to be
+/// inheritable. (A process another thread starts in the moment the child's
+/// ends are inheritable could still inherit them: std's own lock against
+/// that is private to std.)
 struct HandleList {
     buf: Vec<u64>,
     /// The handles the list points at: they must stay put while it lives.
@@ -179,11 +169,14 @@ impl Drop for HandleList {
 /// standard input, output and error are pipes whose other ends come back.
 /// `ERROR_PRIVILEGE_NOT_HELD` (1314) unless this process may assign
 /// primary tokens (`SeAssignPrimaryTokenPrivilege`, as services running as
-/// LocalSystem have) or the token is its own user's.
+/// LocalSystem have) or the token is a restricted form of its own.
 pub fn create_process_as_user(token: &OwnedHandle, spec: &mut SpawnSpec) -> io::Result<Spawned> {
     let (stdin, child_in) = stdio_pipe(true)?;
     let (stdout, child_out) = stdio_pipe(false)?;
     let (stderr, child_err) = stdio_pipe(false)?;
+    for end in [&child_in, &child_out, &child_err] {
+        set_inheritable(end, true)?;
+    }
     let list = HandleList::new([
         child_in.as_raw_handle(),
         child_out.as_raw_handle(),
@@ -210,7 +203,7 @@ pub fn create_process_as_user(token: &OwnedHandle, spec: &mut SpawnSpec) -> io::
     let ok = unsafe {
         CreateProcessAsUserW(
             token.as_raw_handle(),
-            ptr::null(),
+            spec.application.as_ptr(),
             spec.command_line.as_mut_ptr(),
             ptr::null(),
             ptr::null(),
@@ -222,9 +215,12 @@ pub fn create_process_as_user(token: &OwnedHandle, spec: &mut SpawnSpec) -> io::
             &mut process,
         )
     };
+    let failed = (ok == 0).then(io::Error::last_os_error);
     drop(list);
-    if ok == 0 {
-        return Err(io::Error::last_os_error());
+    // The child has its copies: ours close now, inheritable for no longer.
+    drop((child_in, child_out, child_err));
+    if let Some(e) = failed {
+        return Err(e);
     }
     // SAFETY: the call gave us both handles; the thread's is not needed.
     let (handle, thread) = unsafe {
@@ -268,4 +264,18 @@ pub fn terminate_process(process: &OwnedHandle) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The system directory (`GetSystemDirectoryW`: `C:\Windows\System32`,
+/// wherever Windows is).
+pub fn system_directory() -> io::Result<std::path::PathBuf> {
+    use std::os::windows::ffi::OsStringExt;
+    use windows_sys::Win32::System::SystemInformation::GetSystemDirectoryW;
+    let mut buf = vec![0u16; 512];
+    // SAFETY: `buf` is valid for its length in UTF-16 units, as passed.
+    let n = unsafe { GetSystemDirectoryW(buf.as_mut_ptr(), buf.len() as u32) } as usize;
+    if n == 0 || n >= buf.len() {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(std::ffi::OsString::from_wide(&buf[..n]).into())
 }

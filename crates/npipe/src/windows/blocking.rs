@@ -26,8 +26,10 @@ use crate::types::{Access, ReadMode, Wait};
 #[derive(Debug)]
 pub struct PipeListener {
     instances: Instances,
-    /// The instance waiting for the next client, if one could be made.
-    listening: Mutex<Option<sys::Pipe>>,
+    /// Instances listening for the next clients: one, or more after an
+    /// `accept_timeout` gave up while another `accept` had made a new one
+    /// (a client may have connected to either, so neither is dropped).
+    listening: Mutex<Vec<sys::Pipe>>,
 }
 
 impl PipeListener {
@@ -36,7 +38,7 @@ impl PipeListener {
         let first = instances.first()?;
         Ok(PipeListener {
             instances,
-            listening: Mutex::new(Some(first)),
+            listening: Mutex::new(vec![first]),
         })
     }
 
@@ -73,11 +75,10 @@ impl PipeListener {
             }
         };
         // The next client can connect while this one is served. Another
-        // accept on another thread may have put its instance there already,
-        // and a client may be connected to it: never drop that one.
+        // accept on another thread may have put its instance there already.
         let mut listening = self.listening.lock().unwrap_or_else(|e| e.into_inner());
-        if listening.is_none() {
-            *listening = self.instances.next().ok().flatten();
+        if listening.is_empty() {
+            listening.extend(self.instances.next().ok().flatten());
         }
         drop(listening);
         Ok(Some(PipeServer {
@@ -92,7 +93,7 @@ impl PipeListener {
             .listening
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take()
+            .pop()
         {
             return Ok(Some(pipe));
         }
@@ -106,14 +107,11 @@ impl PipeListener {
         }
     }
 
-    /// An instance no client reached in time listens on, unless another
-    /// `accept` put one there meanwhile (then this one goes: a client may
-    /// be connected to that one, never to this).
+    /// An instance no client reached in time listens on: a client may
+    /// connect to it before the next `accept`, which takes it first.
     fn put_back(&self, pipe: sys::Pipe) {
         let mut listening = self.listening.lock().unwrap_or_else(|e| e.into_inner());
-        if listening.is_none() {
-            *listening = Some(pipe);
-        }
+        listening.push(pipe);
     }
 
     /// The pipe's name.
@@ -125,8 +123,16 @@ impl PipeListener {
     /// `GetNamedPipeHandleState`): its shape, and the instances connected.
     pub fn info(&self) -> PipeInfo {
         let listening = self.listening.lock().unwrap_or_else(|e| e.into_inner());
-        self.instances.info(listening.as_ref())
+        self.instances.info(listening.first())
     }
+}
+
+/// What a waited call was, for its timeout's consequences and message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+    Transact,
 }
 
 /// One end of a connected instance: the I/O both ends share.
@@ -175,17 +181,27 @@ impl Conn {
         timeout: Option<Duration>,
         what: &str,
     ) -> Result<(usize, bool)> {
-        let write = matches!(call, sys::Call::Write(_));
+        let call_kind = match call {
+            sys::Call::Write(_) => Kind::Write,
+            sys::Call::Transact(..) => Kind::Transact,
+            _ => Kind::Read,
+        };
+        // A write, or a transaction's request, may be cut: the reader may
+        // have taken part of it.
+        let write = call_kind != Kind::Read;
         match sys::waited(&self.state.pipe, call, timeout).map_err(|e| os(e, what))? {
             sys::Waited::Done(n, more) => Ok((n, more)),
             sys::Waited::TimedOut(_) => {
                 if write {
                     self.broken.store(true, Ordering::Relaxed);
                 }
-                let (waited_for, which) = if write {
-                    ("its reader did not take it", "write")
-                } else {
-                    ("nothing came", "read")
+                let (waited_for, which) = match call_kind {
+                    Kind::Write => ("its reader did not take it", "write"),
+                    Kind::Transact => (
+                        "no reply came (the pipe is cut: the request may have gone in part)",
+                        "read",
+                    ),
+                    Kind::Read => ("nothing came", "read"),
                 };
                 Err(Error::new(
                     ErrorCode::Timeout,
@@ -230,6 +246,12 @@ impl Conn {
         while sent < msg.len() || msg.is_empty() {
             let write = sys::Call::Write(&msg[sent..]);
             let (n, _) = self.wait_for(write, self.write_timeout, "write")?;
+            if n == 0 && !msg.is_empty() {
+                return Err(Error::new(
+                    ErrorCode::BrokenPipe,
+                    "the pipe took no bytes of a write",
+                ));
+            }
             sent += n;
             if msg.is_empty() {
                 break;

@@ -324,12 +324,20 @@ macro_rules! server_queries {
             /// and error ([`ClientProcess`](crate::ClientProcess)'s
             /// fields); `cmd`'s standard stream settings are not read.
             ///
+            /// The program is looked for in the `PATH` set on `cmd` and the
+            /// system directory, never in the server's directories; batch
+            /// files are refused (run them as `cmd.exe /C`). The child runs
+            /// on the server's window station and desktop, which a client's
+            /// token may not be allowed to use (a service's: the child then
+            /// fails to start, `0xC0000142`).
+            ///
             /// Needs `SeAssignPrimaryTokenPrivilege` (a service running as
-            /// LocalSystem has it) unless the client is the server's own
-            /// user (`ERROR_PRIVILEGE_NOT_HELD`, 1314), and a client that
-            /// allowed impersonation (`ERROR_CANNOT_IMPERSONATE`, 1368).
-            /// The client's token is taken on the calling thread, which
-            /// must not be impersonating already.
+            /// LocalSystem has it; a client of the server's own logon
+            /// session does without), else `ERROR_PRIVILEGE_NOT_HELD`
+            /// (1314), and a client that allowed impersonation
+            /// (`ERROR_CANNOT_IMPERSONATE`, 1368). The client's token is
+            /// taken on the calling thread, which must not be impersonating
+            /// already.
             pub fn spawn_as_client(
                 &self,
                 cmd: &mut std::process::Command,

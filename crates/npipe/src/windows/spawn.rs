@@ -11,6 +11,7 @@ use std::io::{self, Read};
 use std::os::windows::ffi::OsStrExt;
 use std::os::windows::io::OwnedHandle;
 use std::os::windows::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Output};
 
 use super::end::{impersonate_on_this_thread, revert};
@@ -88,6 +89,7 @@ impl ClientProcess {
 /// thread for as long as it takes to copy it.
 pub(crate) fn spawn_as_client(pipe: &sys::Pipe, cmd: &Command) -> Result<ClientProcess> {
     let mut spec = sys::SpawnSpec {
+        application: wide(find_program(cmd)?.as_os_str()),
         command_line: command_line(cmd),
         environment: environment_block(cmd),
         current_dir: cmd.get_current_dir().map(|d| wide(d.as_os_str())),
@@ -111,7 +113,7 @@ pub(crate) fn spawn_as_client(pipe: &sys::Pipe, cmd: &Command) -> Result<ClientP
                 format!(
                     "cannot start {program} as the client: CreateProcessAsUser needs \
                      SeAssignPrimaryTokenPrivilege (a service running as LocalSystem has it) \
-                     unless the client is this process's own user"
+                     for a client of another logon session"
                 ),
             )
         } else {
@@ -125,6 +127,58 @@ pub(crate) fn spawn_as_client(pipe: &sys::Pipe, cmd: &Command) -> Result<ClientP
         stdout: Some(ChildStdout::from(spawned.stdout)),
         stderr: Some(ChildStderr::from(spawned.stderr)),
     })
+}
+
+/// The program to start: a name with a directory as it is; a bare name
+/// (`.exe` added if it has no extension) looked for in the `PATH` set on
+/// `cmd`, then in the system directory, and never in the server's own
+/// directory, its current directory or its `PATH` (where `CreateProcess`
+/// would look, and another user might have put a program of that name).
+/// Batch files are refused: `cmd.exe` would read their arguments by rules
+/// of its own.
+fn find_program(cmd: &Command) -> Result<PathBuf> {
+    let program = Path::new(cmd.get_program());
+    let ext = program
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    if matches!(ext.as_deref(), Some("bat" | "cmd")) {
+        return Err(Error::new(
+            ErrorCode::InvalidParameter,
+            format!(
+                "{}: a batch file is not started as the client; run it as \
+                 `cmd.exe /C` and its arguments",
+                program.display()
+            ),
+        ));
+    }
+    let text = program.as_os_str().to_string_lossy();
+    if text.contains(['\\', '/', ':']) {
+        return Ok(program.to_path_buf());
+    }
+    let name = match ext {
+        Some(_) => program.to_path_buf(),
+        None => program.with_extension("exe"),
+    };
+    let path = cmd
+        .get_envs()
+        .find(|(k, _)| k.eq_ignore_ascii_case("PATH"))
+        .and_then(|(_, v)| v.map(|v| v.to_os_string()));
+    let system =
+        sys::system_directory().map_err(|e| Error::os(e, "cannot find the system directory"))?;
+    path.iter()
+        .flat_map(std::env::split_paths)
+        .chain(Some(system))
+        .map(|dir| dir.join(&name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::FileNotFound,
+                format!(
+                    "{}: not found in the PATH set on the command nor in the system directory",
+                    program.display()
+                ),
+            )
+        })
 }
 
 /// The client allowed identification only.
@@ -226,6 +280,32 @@ mod tests {
         );
         assert_eq!(line("a", &[r"C:\plain\path"]), r"a C:\plain\path");
         assert_eq!(line("a", &[r#"x\"y z"#]), r#"a "x\\\"y z""#);
+    }
+
+    /// A bare name is found in the command's PATH or the system directory,
+    /// never where the server happens to be; a batch file is refused.
+    #[test]
+    fn programs_are_found_where_the_command_says_or_the_system_keeps_them() {
+        let found = find_program(&Command::new("cmd")).unwrap();
+        assert!(
+            found.is_absolute() && found.ends_with("cmd.exe"),
+            "{found:?}"
+        );
+        let e = find_program(&Command::new("npipe-no-such-program")).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::FileNotFound, "{e}");
+        let e = find_program(&Command::new(r"C:\tools\run.BAT")).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidParameter, "{e}");
+        let dir = std::env::temp_dir().join(format!("npipe-path-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("npipe-on-path.exe"), b"").unwrap();
+        let mut cmd = Command::new("npipe-on-path");
+        assert!(
+            find_program(&cmd).is_err(),
+            "found without the command's PATH"
+        );
+        cmd.env("Path", &dir);
+        assert_eq!(find_program(&cmd).unwrap(), dir.join("npipe-on-path.exe"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
