@@ -414,6 +414,41 @@ pub fn waited(
     }
 }
 
+/// The pipe's direction, seen from the server (`NtQueryInformationFile`'s
+/// `FilePipeLocalInformation`: Win32 has no call that tells it).
+pub fn pipe_direction(pipe: &Pipe) -> io::Result<Direction> {
+    use windows_sys::Wdk::Storage::FileSystem::{
+        FilePipeLocalInformation, NtQueryInformationFile, FILE_PIPE_LOCAL_INFORMATION,
+    };
+    use windows_sys::Win32::Foundation::RtlNtStatusToDosError;
+    use windows_sys::Win32::System::IO::IO_STATUS_BLOCK;
+    // SAFETY: both are plain data; zeros are a valid start.
+    let (mut status, mut info): (IO_STATUS_BLOCK, FILE_PIPE_LOCAL_INFORMATION) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    // SAFETY: a valid handle; `info` is valid for the size passed and
+    // `status` is a live local; a synchronous query.
+    let nt = unsafe {
+        NtQueryInformationFile(
+            pipe.raw(),
+            &mut status,
+            (&mut info as *mut FILE_PIPE_LOCAL_INFORMATION).cast(),
+            std::mem::size_of::<FILE_PIPE_LOCAL_INFORMATION>() as u32,
+            FilePipeLocalInformation,
+        )
+    };
+    if nt < 0 {
+        // SAFETY: a pure translation of a status code.
+        let code = unsafe { RtlNtStatusToDosError(nt) };
+        return Err(io::Error::from_raw_os_error(code as i32));
+    }
+    // FILE_PIPE_INBOUND 0, FILE_PIPE_OUTBOUND 1, FILE_PIPE_FULL_DUPLEX 2.
+    Ok(match info.NamedPipeConfiguration {
+        0 => Direction::Inbound,
+        1 => Direction::Outbound,
+        _ => Direction::Duplex,
+    })
+}
+
 /// `PeekNamedPipe`: bytes copied, bytes available in all, bytes left of
 /// the current message beyond those copied.
 pub fn peek(pipe: &Pipe, buf: &mut [u8]) -> io::Result<(usize, usize, usize)> {

@@ -24,6 +24,11 @@ pub(crate) struct EndState {
     pub(crate) name: String,
     pub(crate) read_mode: ReadMode,
     pub(crate) disconnected: bool,
+    /// What this handle may do: the server's from the pipe's direction, a
+    /// client's as it was opened.
+    pub(crate) access: Access,
+    /// The pipe's direction, seen from the server.
+    pub(crate) direction: Direction,
     /// The longest message `recv_message` and `transact` gather (the
     /// end's `max_message_size`): a peer's endless message must not take
     /// this process's memory.
@@ -37,6 +42,8 @@ impl EndState {
         name: &PipeName,
         read_mode: ReadMode,
         max_message: u32,
+        direction: Direction,
+        access: Access,
     ) -> Self {
         EndState {
             pipe: pipe.into(),
@@ -45,6 +52,8 @@ impl EndState {
             read_mode,
             disconnected: false,
             max_message,
+            access,
+            direction,
         }
     }
 
@@ -91,10 +100,11 @@ impl EndState {
             name: self.name.clone(),
             end: self.end,
             pipe_type,
-            // The kernel keeps the direction and this handle's access to
-            // itself; a duplex pipe is what both ends can use.
-            direction: Direction::Duplex,
-            access: Access::ReadWrite,
+            // The kernel keeps them to itself: what the server created, or
+            // what the client's open was granted (a client that asked for
+            // less than a duplex pipe offers sees it as one-way).
+            direction: self.direction,
+            access: self.access,
             read_mode: self.read_mode,
             max_instances: max_instances_from_wire(max),
             cur_instances: sys::cur_instances(&self.pipe).unwrap_or(0),

@@ -20,6 +20,7 @@ use crate::error::{Error, ErrorCode};
 use crate::name::PipeName;
 use crate::options::ServerOptions;
 use crate::sys::{self, Instance};
+use crate::types::{Access, Direction};
 
 mod blocking;
 mod end;
@@ -117,6 +118,12 @@ impl Instances {
             &self.name,
             self.opts.effective_read_mode(),
             self.opts.max_message_size,
+            self.opts.direction,
+            match self.opts.direction {
+                Direction::Inbound => Access::Read,
+                Direction::Outbound => Access::Write,
+                Direction::Duplex => Access::ReadWrite,
+            },
         )
     }
 

@@ -14,17 +14,24 @@ use crate::info::End;
 use crate::name::PipeName;
 use crate::options::ClientOptions;
 use crate::sys;
-use crate::types::{Access, PipeType, ReadMode, Wait};
+use crate::types::{Access, Direction, PipeType, ReadMode, Wait};
 
 /// How long to pause before looking again for a pipe not created yet, or
 /// after a wait Wine ended early.
 pub(crate) const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
 
+/// A handle `CreateFile` gave, and the access it was opened for.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    pipe: sys::Pipe,
+    access: Access,
+}
+
 /// What an open attempt came to.
 #[derive(Debug)]
 pub(crate) enum Attempt {
-    /// Connected.
-    Open(sys::Pipe),
+    /// Connected, with this access.
+    Open(Opened),
     /// Every instance is busy: `WaitNamedPipe` this long (in its own
     /// terms: 0 is the server's default, `u32::MAX` forever), then try
     /// again.
@@ -67,16 +74,30 @@ impl<'a> Opener<'a> {
         self.left().is_some_and(|l| l.is_zero())
     }
 
-    /// `CreateFile` once, and what to do if it did not connect.
+    /// `CreateFile` once, and what to do if it did not connect. With no
+    /// access asked for, the pipe's direction decides, as on Linux: read
+    /// and write, else write alone (an inbound pipe), else read alone (an
+    /// outbound one); a pipe refusing all three is *access denied*.
     pub(crate) fn attempt(&self) -> Result<Attempt> {
-        let access = self.opts.access.unwrap_or(Access::ReadWrite);
+        let choices: &[Access] = match self.opts.access {
+            Some(access) => &[access][..],
+            None => &[Access::ReadWrite, Access::Write, Access::Read],
+        };
         // Message read mode is set after opening unless asked for byte
         // mode (an unset mode follows the pipe's type, not known yet).
         let set_mode = self.opts.read_mode != Some(ReadMode::Byte);
-        let e = match sys::open_pipe(&self.path, access, self.opts.impersonation, set_mode) {
-            Ok(pipe) => return Ok(Attempt::Open(pipe)),
-            Err(e) => e,
-        };
+        let mut last = None;
+        for &access in choices {
+            match sys::open_pipe(&self.path, access, self.opts.impersonation, set_mode) {
+                Ok(pipe) => return Ok(Attempt::Open(Opened { pipe, access })),
+                Err(e) if code_of(&e) == Some(ErrorCode::AccessDenied) => last = Some(e),
+                Err(e) => {
+                    last = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = last.expect("at least one access was tried");
         let name = self.name;
         match (code_of(&e), self.opts.wait) {
             (Some(ErrorCode::PipeBusy), Wait::NoWait) => Err(Error::new(
@@ -115,7 +136,20 @@ impl<'a> Opener<'a> {
 
     /// The connected handle made an end: the read mode set, and the
     /// server checked if `expect_server` asked for it.
-    pub(crate) fn finish(&self, pipe: sys::Pipe) -> Result<EndState> {
+    pub(crate) fn finish(&self, opened: Opened) -> Result<EndState> {
+        let Opened { pipe, access } = opened;
+        // What the pipe lets a client do, whatever the handle was granted
+        // (Wine grants both ways on a one-way pipe).
+        let direction = sys::pipe_direction(&pipe).unwrap_or(match access {
+            Access::Write => Direction::Inbound,
+            Access::Read => Direction::Outbound,
+            Access::ReadWrite => Direction::Duplex,
+        });
+        let access = match direction {
+            Direction::Inbound if access.writes() => Access::Write,
+            Direction::Outbound if access.reads() => Access::Read,
+            _ => access,
+        };
         let (_, pipe_type, ..) =
             sys::pipe_info(&pipe).map_err(|e| os(e, "cannot ask about the pipe"))?;
         let read_mode = self.opts.read_mode.unwrap_or(match pipe_type {
@@ -132,6 +166,8 @@ impl<'a> Opener<'a> {
             self.name,
             read_mode,
             self.opts.max_message_size,
+            direction,
+            access,
         );
         if let Some(expected) = &self.opts.expect_server {
             state.check_server(self.name, expected)?;

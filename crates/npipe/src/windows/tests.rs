@@ -790,3 +790,38 @@ fn a_write_timeout_gives_up_and_cuts_the_pipe() {
     let e = s.recv_message().unwrap_err();
     assert_eq!(e.code(), ErrorCode::BrokenPipe, "{e}");
 }
+
+/// A client that asks for no access gets what the pipe's direction
+/// allows, as on Linux: write alone on an inbound pipe, read alone on an
+/// outbound one, and its info says so.
+#[test]
+fn a_client_of_a_one_way_pipe_gets_the_access_its_direction_allows() {
+    for (direction, access) in [
+        (Direction::Inbound, Access::Write),
+        (Direction::Outbound, Access::Read),
+        (Direction::Duplex, Access::ReadWrite),
+    ] {
+        let name = unique(&format!("one-way-{direction:?}"));
+        let listener = ServerOptions::new()
+            .direction(direction)
+            .create(&name)
+            .unwrap();
+        let mut c = ClientOptions::new().open(&name).unwrap();
+        let mut s = listener.accept().unwrap();
+        let info = c.info();
+        assert_eq!(
+            (info.direction, info.access),
+            (direction, access),
+            "{info:?}"
+        );
+        assert_eq!(s.info().direction, direction);
+        if access.writes() {
+            c.write_message(b"to the server").unwrap();
+            assert_eq!(s.recv_message().unwrap(), b"to the server");
+        }
+        if access.reads() {
+            s.write_message(b"to the client").unwrap();
+            assert_eq!(c.recv_message().unwrap(), b"to the client");
+        }
+    }
+}
