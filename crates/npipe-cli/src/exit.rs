@@ -142,7 +142,6 @@ impl Failure {
 
     /// Reports this and ends the process at once, whatever other threads
     /// are doing (one stuck writing to a pipe nobody reads any more).
-    #[cfg(unix)]
     pub fn exit_now(&self) -> ! {
         let code = if self.quiet {
             0

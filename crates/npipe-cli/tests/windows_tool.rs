@@ -248,3 +248,70 @@ fn list_and_info_show_the_pipe_or_say_why_not() {
     assert!(info.contains(&name), "{info}");
     assert!(info.contains("cur_instances:"), "{info}");
 }
+
+/// Piped input far larger than the pipe's buffers, to an echo server that
+/// answers as it reads: the client reads while it writes, so neither side
+/// waits for the other for ever.
+#[test]
+fn client_streams_more_than_the_pipe_holds_without_deadlock() {
+    let name = unique("stream");
+    let _server = serve(&name, &[]);
+    let line = "x".repeat(99);
+    let input: String = (0..3000).map(|i| format!("{i} {line}\n")).collect();
+    let out = run(&["client", &name, "--quiet"], input.as_bytes());
+    assert_eq!(ok(&out), input);
+}
+
+/// One-way pipes: the client opens with the access the direction allows,
+/// writes to an inbound pipe and reads from an outbound one.
+#[test]
+fn client_talks_to_one_way_pipes() {
+    let name = unique("inbound");
+    let _server = serve(&name, &["--direction", "in"]);
+    let out = run(&["client", &name], b"for the server\n");
+    ok(&out);
+    assert!(
+        text(&out.stderr).contains("inbound message pipe"),
+        "{out:?}"
+    );
+
+    let name = unique("outbound");
+    let _server = serve(&name, &["--direction", "out", "--greeting", "hello reader"]);
+    let out = run(&["client", &name], b"");
+    assert_eq!(ok(&out), "hello reader\n");
+    assert!(
+        text(&out.stderr).contains("outbound message pipe"),
+        "{out:?}"
+    );
+}
+
+/// A server that never answers: at the end of input the client waits a
+/// while for what it is owed (the server cannot see the input end), then
+/// leaves instead of waiting for ever; `call` on a silent byte pipe gives
+/// up at `--reply-timeout`.
+#[test]
+fn client_and_byte_call_give_up_on_a_silent_server() {
+    let name = unique("mute");
+    let _server = serve(&name, &["--exec", "ping -n 60 127.0.0.1 >NUL"]);
+    ok(&run(&["client", &name, "--quiet"], b"anyone?\n"));
+
+    let name = unique("mute-bytes");
+    let _server = serve(
+        &name,
+        &["--type", "byte", "--exec", "ping -n 60 127.0.0.1 >NUL"],
+    );
+    let out = run(&["call", &name, "x", "--reply-timeout", "300"], b"");
+    assert_eq!(out.status.code(), Some(EXIT_TIMEOUT), "{out:?}");
+}
+
+/// `--pid-file`: the server's pid while it serves.
+#[test]
+fn serve_writes_its_pid_file() {
+    let name = unique("pidfile");
+    let path = std::env::temp_dir().join(format!("{name}.pid"));
+    let server = serve(&name, &["--pid-file", path.to_str().unwrap()]);
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(written.trim(), server.0.id().to_string());
+    drop(server);
+    let _ = std::fs::remove_file(&path);
+}

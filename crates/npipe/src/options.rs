@@ -564,8 +564,8 @@ impl ClientOptions {
     /// wait for ever, and that stays the default; a connect's answer is then
     /// given 5 s.) On the tokio ends it bounds the connect and `call_async`;
     /// bound later reads with `tokio::time::timeout`. On Windows the
-    /// kernel connects at once: there it bounds the reads (and
-    /// `call_async`'s reply) alone.
+    /// kernel connects at once: there it bounds the blocking ends' reads
+    /// and `call_async`'s reply.
     ///
     /// ```no_run
     /// use npipe::ClientOptions;

@@ -2,9 +2,7 @@
 
 use std::io::{self, Read, Write};
 
-#[cfg(unix)]
-use npipe::PipeType;
-use npipe::{ClientOptions, ErrorCode};
+use npipe::{ClientOptions, ErrorCode, PipeType};
 
 use super::{lossy, CmdResult};
 use crate::exit::{Failure, Status};
@@ -17,7 +15,9 @@ request rides with the connection handshake, so a call is one round trip.
 
 On a byte pipe (where CallNamedPipe does not apply) it connects, writes DATA,
 closes its sending side and prints everything the server sends back until the
-server closes the pipe.
+server closes the pipe. (On Windows, where a pipe cannot be half-closed, it
+prints what comes back until the server closes or half a second passes with
+nothing more; the first bytes may take --reply-timeout.)
 
 DATA is sent exactly as given. `-` sends standard input and `@FILE` the
 file's contents instead, byte for byte (NUL bytes included, no argument length
@@ -205,10 +205,39 @@ fn byte_call(args: &Args, request: &[u8]) -> Result<Option<Vec<u8>>, Failure> {
 }
 
 /// The byte-pipe form on Windows, where a pipe cannot be half-closed:
-/// write, then read until the server closes or goes quiet.
+/// write, then read what comes back (the first bytes within
+/// `--reply-timeout`) until the server closes or is quiet for
+/// [`LINGER`](super::client::LINGER); `None` if the pipe is no byte pipe.
 #[cfg(windows)]
 fn byte_call(args: &Args, request: &[u8]) -> Result<Option<Vec<u8>>, Failure> {
-    super::client_windows::byte_call(&options(args)?, args.name.as_str(), request)
+    let mut client = options(args)?
+        .open(args.name.as_str())
+        .map_err(|e| call_failure(e, args))?;
+    let info = client.info();
+    if info.pipe_type != PipeType::Byte {
+        return Ok(None);
+    }
+    if info.access.writes() {
+        client.write_all(request).map_err(Failure::pipe_io)?;
+    }
+    let mut reply = Vec::new();
+    if !info.access.reads() {
+        return Ok(Some(reply));
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match client.read(&mut buf) {
+            Ok(0) => return Ok(Some(reply)),
+            Ok(n) => {
+                reply.extend_from_slice(&buf[..n]);
+                client.set_read_timeout(Some(super::client::LINGER))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut && !reply.is_empty() => {
+                return Ok(Some(reply))
+            }
+            Err(e) => return Err(call_failure(npipe::Error::from_io(e), args)),
+        }
+    }
 }
 
 fn call_failure(err: npipe::Error, args: &Args) -> Failure {

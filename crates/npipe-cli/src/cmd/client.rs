@@ -1,27 +1,20 @@
 //! `npipe client`: an interactive (or scripted) client over stdin/stdout.
 
-#[cfg(unix)]
 use std::io::{self, Read, Write};
-#[cfg(unix)]
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-#[cfg(unix)]
 use std::sync::mpsc;
-#[cfg(unix)]
 use std::thread;
 use std::time::Duration;
 
-#[cfg(unix)]
 use npipe::{Access, ErrorCode, PipeClient, PipeType, ReadHalf, WriteHalf};
 use npipe::{ClientOptions, PipeInfo};
 
 use super::framing::{Framing, FRAME_MAX};
 use super::{CmdResult, TimeoutArg};
 use crate::exit::Failure;
-#[cfg(unix)]
 use crate::exit::Status;
 
 /// How often the stdin-to-pipe side checks whether the server has closed.
-#[cfg(unix)]
 const POLL: Duration = Duration::from_millis(50);
 
 const LONG_ABOUT: &str = r"Connect to a pipe and talk to it over stdin and stdout.
@@ -47,7 +40,12 @@ in one step) and then, depending on what the server created:
 
 Works interactively and with piped input. At the end of input it closes its
 sending side and exits when the server closes the pipe, or once every message
-has had a reply and half a second passed with nothing more.";
+has had a reply and half a second passed with nothing more.
+
+On Windows a pipe cannot be half-closed, so the server never sees the end of
+the input: there the client exits half a second after the last thing it read
+once every message has had a reply (five seconds while replies are still
+owed), and on a byte pipe half a second after the last bytes.";
 
 const AFTER_HELP: &str = r"Examples:
   npipe client echo                       type lines, see the replies
@@ -107,24 +105,19 @@ pub fn run(args: &Args) -> CmdResult {
         .wait_for_server(args.wait_for_server)
         .max_message_size(FRAME_MAX as u32);
     args.security.apply(&mut opts)?;
-    #[cfg(windows)]
-    return super::client_windows::run(&opts, args);
-    #[cfg(unix)]
-    {
-        let mut client = opts
-            .open(args.name.as_str())
-            .map_err(|e| open_failure(e, &args.name))?;
-        let info = client.info();
-        announce(&info, client.server_process_id(), args.quiet);
-        match (info.pipe_type, info.access) {
-            (PipeType::Message, access) => message_io(&mut client, access, args.framing),
-            (PipeType::Byte, access) => byte_copy(&mut client, access),
-        }
+    let mut client = opts
+        .open(args.name.as_str())
+        .map_err(|e| open_failure(e, &args.name))?;
+    let info = client.info();
+    announce(&info, client.server_process_id(), args.quiet);
+    match (info.pipe_type, info.access) {
+        (PipeType::Message, access) => message_io(&mut client, access, args.framing),
+        (PipeType::Byte, access) => byte_copy(&mut client, access),
     }
 }
 
 /// A failed open, with what to do about a refused access.
-pub(super) fn open_failure(e: npipe::Error, name: &str) -> Failure {
+fn open_failure(e: npipe::Error, name: &str) -> Failure {
     let hint = super::access_hint(&e, name, "the pipe's direction refuses this access");
     let failure = Failure::from(e);
     match hint {
@@ -134,7 +127,7 @@ pub(super) fn open_failure(e: npipe::Error, name: &str) -> Failure {
 }
 
 /// Says on stderr what the client connected to, unless `quiet`.
-pub(super) fn announce(info: &PipeInfo, server_pid: u32, quiet: bool) {
+fn announce(info: &PipeInfo, server_pid: u32, quiet: bool) {
     if !quiet {
         eprintln!(
             "npipe: connected to {} (server pid {server_pid}, {} {} pipe)",
@@ -149,8 +142,16 @@ pub(super) fn announce(info: &PipeInfo, server_pid: u32, quiet: bool) {
 /// every message it sent has had one (socat waits as long).
 pub(super) const LINGER: Duration = Duration::from_millis(500);
 
+/// Where a pipe cannot be half-closed (Windows), how long after the end of
+/// input the client waits for replies still owed: the server cannot learn
+/// that the input ended, so it never closes for that reason.
+const OWED_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Whether this system's pipes can be half-closed (Linux's can; Windows'
+/// cannot), so that the server sees the end of the input.
+const HALF_CLOSE: bool = cfg!(unix);
+
 /// Writes one message to standard output, framed.
-#[cfg(unix)]
 fn print(framing: Framing, msg: &[u8]) -> CmdResult {
     let mut out = io::stdout().lock();
     out.write_all(&framing.frame(msg))
@@ -162,8 +163,8 @@ fn print(framing: Framing, msg: &[u8]) -> CmdResult {
 /// every message the server sends printed as it arrives on this one (a
 /// reply, several, or one nobody asked for). At the end of input the client
 /// closes its sending side, then waits for the server to close, or, once
-/// every message has had a reply, for [`LINGER`] of quiet.
-#[cfg(unix)]
+/// every message has had a reply, for [`LINGER`] of quiet (where it cannot
+/// half-close, for [`OWED_PATIENCE`] of quiet while replies are owed).
 fn message_io(client: &mut PipeClient, access: Access, framing: Framing) -> CmdResult {
     // Short timed reads let the receiving side notice the end of input.
     client.set_read_timeout(Some(POLL))?;
@@ -193,7 +194,6 @@ fn message_io(client: &mut PipeClient, access: Access, framing: Framing) -> CmdR
 /// A receiving side that failed (its output closed, as `| head` does)
 /// ends the process at once: the sending thread may be stuck writing to a
 /// server that, unread, stopped reading too.
-#[cfg(unix)]
 fn stop_if_failed(received: CmdResult) -> CmdResult {
     if let Err(failure) = &received {
         failure.exit_now();
@@ -203,7 +203,6 @@ fn stop_if_failed(received: CmdResult) -> CmdResult {
 
 /// The end of a copy both ways: what the receiving side returned, then
 /// the sending thread's result.
-#[cfg(unix)]
 fn joined(
     received: CmdResult,
     sending: Option<thread::ScopedJoinHandle<'_, CmdResult>>,
@@ -217,7 +216,6 @@ fn joined(
     received.and(sent)
 }
 
-#[cfg(unix)]
 fn send_messages(
     writer: &mut WriteHalf<'_>,
     framing: Framing,
@@ -252,13 +250,13 @@ fn send_messages(
         if end {
             // The server sees the end of the client's messages, and can
             // still answer.
+            #[cfg(unix)]
             let _ = writer.shutdown_write();
             return Ok(());
         }
     }
 }
 
-#[cfg(unix)]
 fn receive_messages(
     reader: &mut ReadHalf<'_>,
     framing: Framing,
@@ -279,11 +277,13 @@ fn receive_messages(
             Err(e) if e.code() == ErrorCode::BrokenPipe => return Ok(()),
             Err(e) if e.code() == ErrorCode::Timeout => {
                 let answered = received >= sent.load(Ordering::SeqCst);
-                if linger
-                    && input_done.load(Ordering::SeqCst)
-                    && answered
-                    && quiet_since.elapsed() >= LINGER
-                {
+                let quiet = quiet_since.elapsed();
+                let waited = if answered {
+                    quiet >= LINGER
+                } else {
+                    !HALF_CLOSE && quiet >= OWED_PATIENCE
+                };
+                if linger && input_done.load(Ordering::SeqCst) && waited {
                     return Ok(());
                 }
             }
@@ -293,7 +293,6 @@ fn receive_messages(
 }
 
 /// A chunk of standard input, read by the feeder thread.
-#[cfg(unix)]
 enum Input {
     Data(Vec<u8>),
     End,
@@ -303,7 +302,6 @@ enum Input {
 /// Reads stdin on a thread of its own, so that the pipe side can stop when
 /// the server closes even while a terminal read is still pending (that
 /// thread is left behind; the process exits without it).
-#[cfg(unix)]
 fn feed_stdin() -> mpsc::Receiver<Input> {
     let (tx, rx) = mpsc::sync_channel(4);
     thread::spawn(move || {
@@ -328,16 +326,24 @@ fn feed_stdin() -> mpsc::Receiver<Input> {
     rx
 }
 
-#[cfg(unix)]
 fn byte_copy(client: &mut PipeClient, access: Access) -> CmdResult {
+    if !HALF_CLOSE {
+        // The reading side must notice the end of input by itself.
+        client.set_read_timeout(Some(POLL))?;
+    }
     let (mut reader, mut writer) = client.split();
     let server_closed = AtomicBool::new(false);
+    let input_done = AtomicBool::new(!access.writes());
     thread::scope(|s| {
-        let sending = access
-            .writes()
-            .then(|| s.spawn(|| stdin_to_pipe(&mut writer, &server_closed)));
+        let sending = access.writes().then(|| {
+            s.spawn(|| {
+                let r = stdin_to_pipe(&mut writer, &server_closed);
+                input_done.store(true, Ordering::SeqCst);
+                r
+            })
+        });
         let received = if access.reads() {
-            let r = pipe_to_stdout(&mut reader);
+            let r = pipe_to_stdout(&mut reader, &input_done);
             server_closed.store(true, Ordering::SeqCst);
             stop_if_failed(r)
         } else {
@@ -347,7 +353,6 @@ fn byte_copy(client: &mut PipeClient, access: Access) -> CmdResult {
     })
 }
 
-#[cfg(unix)]
 fn stdin_to_pipe(writer: &mut WriteHalf<'_>, server_closed: &AtomicBool) -> CmdResult {
     let input = feed_stdin();
     loop {
@@ -355,8 +360,12 @@ fn stdin_to_pipe(writer: &mut WriteHalf<'_>, server_closed: &AtomicBool) -> CmdR
             Ok(Input::Data(chunk)) => writer.write_all(&chunk).map_err(Failure::pipe_io)?,
             Ok(Input::End) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 // End of input: half-close, so the server sees end of stream
-                // and can still answer.
+                // and can still answer. (Windows cannot: there the reading
+                // side lingers, then the client closes.)
+                #[cfg(unix)]
                 return writer.shutdown_write().map_err(Failure::from);
+                #[cfg(not(unix))]
+                return Ok(());
             }
             Ok(Input::Failed(e)) => return Err(Failure::stdin(e)),
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -368,16 +377,26 @@ fn stdin_to_pipe(writer: &mut WriteHalf<'_>, server_closed: &AtomicBool) -> CmdR
     }
 }
 
-#[cfg(unix)]
-fn pipe_to_stdout(reader: &mut ReadHalf<'_>) -> CmdResult {
+/// The pipe's bytes to stdout until the server closes; where the pipe
+/// cannot be half-closed, also once the input ended and [`LINGER`] passed
+/// with nothing more.
+fn pipe_to_stdout(reader: &mut ReadHalf<'_>, input_done: &AtomicBool) -> CmdResult {
     let mut buf = vec![0u8; 64 * 1024];
+    let mut quiet_since = std::time::Instant::now();
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                if input_done.load(Ordering::SeqCst) && quiet_since.elapsed() >= LINGER {
+                    return Ok(());
+                }
+                continue;
+            }
             Err(e) => return Err(Failure::pipe_io(e)),
         };
+        quiet_since = std::time::Instant::now();
         let mut out = io::stdout().lock();
         out.write_all(&buf[..n])
             .and_then(|()| out.flush())

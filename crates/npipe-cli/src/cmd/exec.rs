@@ -51,8 +51,8 @@ pub async fn serve(
         // A process of the client's must not see the server's environment
         // (its secrets), directory or log: only what it needs.
         cmd.env_clear()
-            .envs(super::os::CLIENT_ENV.iter().copied())
-            .current_dir(super::os::CLIENT_DIR)
+            .envs(super::os::client_env())
+            .current_dir(super::os::client_dir())
             .stderr(Stdio::null());
     } else {
         cmd.stderr(Stdio::inherit());

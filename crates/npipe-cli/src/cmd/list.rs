@@ -9,8 +9,8 @@ use npipe::{PipeEntry, ServedPipe};
 use serde_json::{json, Value};
 
 #[cfg(unix)]
-use super::{direction_name, type_name, user_text};
-use super::{instances_text, printable, CmdResult};
+use super::{direction_name, instances_text, type_name, user_text};
+use super::{printable, CmdResult};
 use crate::exit::Failure;
 
 const LONG_ABOUT: &str = r#"List the pipes on this machine, like Sysinternals PipeList.
@@ -234,7 +234,6 @@ pub fn listed_json(p: &npipe::ListedPipe) -> Value {
         "name": p.name,
         "state": "listed",
         "cur_instances": p.cur_instances,
-        "max_instances": p.max_instances,
     })
 }
 
@@ -268,16 +267,7 @@ fn write_listing(out: &mut impl Write, pipes: &[npipe::ListedPipe]) -> io::Resul
     let header = ["NAME", "INSTANCES"];
     let rows: Vec<[String; 2]> = pipes
         .iter()
-        .map(|p| {
-            let max = p.max_instances.map_or("?".to_string(), |m| m.to_string());
-            [
-                printable(&p.name).into_owned(),
-                match p.max_instances {
-                    Some(u32::MAX) => instances_text(p.cur_instances, None),
-                    _ => format!("{}/{max}", p.cur_instances),
-                },
-            ]
-        })
+        .map(|p| [printable(&p.name).into_owned(), p.cur_instances.to_string()])
         .collect();
     let mut widths = header.map(str::len);
     for row in &rows {

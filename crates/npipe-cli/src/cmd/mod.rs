@@ -4,8 +4,6 @@ pub mod call;
 #[cfg(target_os = "linux")]
 pub mod cert;
 pub mod client;
-#[cfg(windows)]
-pub mod client_windows;
 pub mod demo;
 pub mod exec;
 pub mod framing;
@@ -44,6 +42,7 @@ pub fn direction_name(d: Direction) -> &'static str {
 }
 
 /// `cur/max` or `cur/unlimited`.
+#[cfg(unix)]
 pub fn instances_text(cur: u32, max: Option<u32>) -> String {
     match max {
         Some(max) => format!("{cur}/{max}"),
@@ -82,6 +81,7 @@ mod tests {
         assert_eq!("250".parse::<TimeoutArg>().unwrap().to_string(), "250 ms");
     }
 
+    #[cfg(unix)]
     #[test]
     fn instances_render() {
         assert_eq!(instances_text(1, Some(4)), "1/4");

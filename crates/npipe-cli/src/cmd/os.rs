@@ -16,10 +16,14 @@ mod unix {
     pub(crate) const SHELL: [&str; 2] = ["sh", "-c"];
 
     /// The whole environment of a command run as the client.
-    pub(crate) const CLIENT_ENV: &[(&str, &str)] = &[("PATH", "/usr/local/bin:/usr/bin:/bin")];
+    pub(crate) fn client_env() -> Vec<(String, String)> {
+        vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())]
+    }
 
     /// The directory a command run as the client starts in.
-    pub(crate) const CLIENT_DIR: &str = "/";
+    pub(crate) fn client_dir() -> std::path::PathBuf {
+        "/".into()
+    }
 
     /// A command `--exec` started: on Linux always std's child.
     pub(crate) enum Running {
@@ -208,15 +212,27 @@ mod windows {
     /// The shell `--exec` hands its command to, and the flag before it.
     pub(crate) const SHELL: [&str; 2] = ["cmd.exe", "/C"];
 
+    /// Where Windows is (`%SystemRoot%`, no secret of the server's).
+    fn system_root() -> String {
+        std::env::var("SystemRoot").unwrap_or_else(|_| r"C:\Windows".into())
+    }
+
     /// The whole environment of a command run as the client: the system's
     /// own directories, and where the system is (programs fail without it).
-    pub(crate) const CLIENT_ENV: &[(&str, &str)] = &[
-        ("PATH", r"C:\Windows\system32;C:\Windows"),
-        ("SystemRoot", r"C:\Windows"),
-    ];
+    pub(crate) fn client_env() -> Vec<(String, String)> {
+        let root = system_root();
+        vec![
+            ("PATH".into(), format!(r"{root}\System32;{root}")),
+            ("SystemRoot".into(), root),
+        ]
+    }
 
-    /// The directory a command run as the client starts in.
-    pub(crate) const CLIENT_DIR: &str = r"C:\";
+    /// The directory a command run as the client starts in: the system
+    /// drive's root.
+    pub(crate) fn client_dir() -> std::path::PathBuf {
+        let drive = std::env::var("SystemDrive").unwrap_or_else(|_| "C:".into());
+        format!(r"{drive}\").into()
+    }
 
     /// A command `--exec` started: by std as the server, or by npipe as
     /// the client (`CreateProcessAsUser`, which std cannot do).
@@ -271,21 +287,39 @@ mod windows {
     }
 
     /// `--pid-file`: the server's pid in a file while it serves; removed on
-    /// the way out if it still names this process. Windows has no symbolic
-    /// links an unprivileged user can plant, and a new file inherits its
-    /// directory's access list.
+    /// the way out if it still names this process. The path may be in a
+    /// folder others can write, so a link there (a junction or symbolic
+    /// link, which some users may make) is refused, never followed.
     pub(crate) struct PidFile {
         path: std::path::PathBuf,
     }
 
     impl PidFile {
         pub(crate) fn write(path: &std::path::Path) -> Result<PidFile, Failure> {
-            std::fs::write(path, format!("{}\n", std::process::id())).map_err(|e| {
+            use std::io::Write as _;
+            use std::os::windows::fs::OpenOptionsExt;
+            /// Opens a link itself instead of what it points at.
+            const FILE_FLAG_OPEN_REPARSE_POINT: u32 = 0x0020_0000;
+            let refused = |e: &dyn std::fmt::Display| {
                 Failure::new(
                     Status::Usage,
                     format!("cannot write the pid file {}: {e}", path.display()),
                 )
-            })?;
+            };
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                // Emptied only once it is known to be a plain file.
+                .truncate(false)
+                .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT)
+                .open(path)
+                .map_err(|e| refused(&e))?;
+            let meta = file.metadata().map_err(|e| refused(&e))?;
+            if !meta.is_file() || meta.file_type().is_symlink() {
+                return Err(refused(&"it is a link or not a regular file"));
+            }
+            file.set_len(0).map_err(|e| refused(&e))?;
+            writeln!(file, "{}", std::process::id()).map_err(|e| refused(&e))?;
             Ok(PidFile {
                 path: path.to_path_buf(),
             })

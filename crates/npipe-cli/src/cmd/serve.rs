@@ -231,11 +231,14 @@ pub struct Args {
     #[arg(verbatim_doc_comment, long)]
     pub whoami: bool,
 
-    /// Instead of echoing, run CMD (with `sh -c`) for each client: messages
-    /// in are lines on its input, its lines out are messages (or as
-    /// --framing says; bytes as they are on a byte pipe); NPIPE_CLIENT_PID,
-    /// _UID, _GID, _USER and _SESSION, from the kernel, and NPIPE_PIPE are
-    /// in its environment
+    /// Instead of echoing, run CMD (with `sh -c`; on Windows `cmd.exe /C`)
+    /// for each client: messages in are lines on its input, its lines out
+    /// are messages (or as --framing says; bytes as they are on a byte
+    /// pipe); NPIPE_CLIENT_PID, _UID, _GID, _USER and _SESSION, from the
+    /// kernel (on Windows _UID and _GID are SIDs), and NPIPE_PIPE are in
+    /// its environment. Quote them ("$NPIPE_CLIENT_USER"): a user name may
+    /// hold spaces; cmd.exe expands %NPIPE_CLIENT_USER% before it reads the
+    /// line, so a name with & or ^ in it changes the command there
     #[arg(
         verbatim_doc_comment,
         long,
@@ -397,6 +400,8 @@ async fn serve(
     let listener = opts
         .create_async(args.name.as_str())
         .map_err(|e| create_failure(e, args))?;
+    // Before the "serving" line, so a script that waits for it finds both.
+    let _pid_file = args.pid_file.as_deref().map(PidFile::write).transpose()?;
     let info = listener.info();
     let instances = match info.max_instances {
         None => "unlimited instances".to_string(),
@@ -414,7 +419,6 @@ async fn serve(
     if !args.quiet {
         log(format_args!("security: {security}"));
     }
-    let _pid_file = args.pid_file.as_deref().map(PidFile::write).transpose()?;
     let mut next_id: u64 = 0;
     // Connections still being served, to say at the end how many were cut.
     let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));

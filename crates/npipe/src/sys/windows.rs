@@ -1030,9 +1030,6 @@ pub struct ListedPipe {
     pub name: String,
     /// Instances that exist (NPFS reports them as the file's size).
     pub cur_instances: u32,
-    /// The instance limit (NPFS reports it as the allocation size; 0 where
-    /// it is not told, -1 as `u32::MAX` for unlimited).
-    pub max_instances: u32,
 }
 
 /// Every pipe on this machine: `FindFirstFileW`/`FindNextFileW` on
@@ -1068,7 +1065,6 @@ pub fn list_pipes() -> io::Result<Vec<ListedPipe>> {
         pipes.push(ListedPipe {
             name: String::from_utf16_lossy(&data.cFileName[..len]),
             cur_instances: data.nFileSizeLow,
-            max_instances: 0,
         });
         // SAFETY: `find` is the open search handle; `data` a live local.
         if unsafe { FindNextFileW(find, &mut data) } == 0 {

@@ -16,10 +16,9 @@ use crate::sys;
 pub struct ListedPipe {
     /// The name after `\\.\pipe\`.
     pub name: String,
-    /// Instances that exist, connected or listening.
+    /// Instances that exist, connected or listening. (The instance limit
+    /// is not in this listing: `FindFirstFile` does not carry it.)
     pub cur_instances: u32,
-    /// The instance limit, where the listing tells it.
-    pub max_instances: Option<u32>,
 }
 
 /// Every pipe on this machine (`FindFirstFile` on `\\.\pipe\*`), in name
@@ -49,7 +48,6 @@ pub fn list_pipes() -> Result<Vec<ListedPipe>> {
         .map(|p| ListedPipe {
             name: p.name,
             cur_instances: p.cur_instances,
-            max_instances: (p.max_instances != 0).then_some(p.max_instances),
         })
         .collect();
     pipes.sort_by_cached_key(|p| p.name.to_lowercase());
