@@ -57,6 +57,12 @@ pub(crate) struct AsyncConn {
     /// A write in flight: `AsyncWrite`'s, or a message write whose future
     /// was dropped. Its error is the next write's to report.
     writing: Option<Overlapped>,
+    /// A whole-message read (`recv_message`, a long transaction's reply)
+    /// that waited for the rest of its message: what it gathered, kept
+    /// here rather than in its future, so a dropped future loses none of
+    /// it. The next `recv_message` goes on with it; any other read gets it
+    /// first, as the start of the message.
+    partial: Option<Gather>,
 }
 
 impl AsyncConn {
@@ -66,11 +72,42 @@ impl AsyncConn {
             reading: None,
             held: Held::default(),
             writing: None,
+            partial: None,
+        }
+    }
+
+    /// What a whole-message read gathered before it was dropped, held
+    /// again as the start of the message for whatever reads next. The
+    /// kernel's held bytes were all taken before it gathered more, so
+    /// nothing is held here meanwhile.
+    fn unfold_partial(&mut self) {
+        let Some(gather) = self.partial.take() else {
+            return;
+        };
+        let prefix = gather.into_prefix();
+        if !prefix.is_empty() {
+            debug_assert!(!self.held.present);
+            self.held = Held {
+                buf: prefix,
+                pos: 0,
+                present: true,
+                more: true,
+            };
         }
     }
 
     /// `ReadFile` in the end's read mode, into `buf`.
     pub(crate) fn poll_read_message(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<Result<MessageRead>> {
+        self.unfold_partial();
+        self.poll_read_part(cx, buf)
+    }
+
+    /// One read, for a caller that keeps what came before (a gather).
+    fn poll_read_part(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut [u8],
@@ -118,18 +155,34 @@ impl AsyncConn {
         poll_fn(|cx| self.poll_read_message(cx, buf)).await
     }
 
-    /// One whole message, however long.
+    /// One whole message, however long. Cancel-safe: what it gathered
+    /// stays in the end ([`AsyncConn::partial`]).
     pub(crate) async fn recv_message(&mut self) -> Result<Vec<u8>> {
-        self.gather(Gather::starting_with(Vec::new(), self.state.max_message))
-            .await
+        poll_fn(|cx| self.poll_recv_message(cx)).await
     }
 
-    /// Reads until the message `gather` holds the start of is whole.
-    async fn gather(&mut self, mut gather: Gather) -> Result<Vec<u8>> {
+    fn poll_recv_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Vec<u8>>> {
+        let max = self.state.max_message;
+        let gather = self
+            .partial
+            .take()
+            .unwrap_or_else(|| Gather::starting_with(Vec::new(), max));
+        self.poll_gather(cx, gather)
+    }
+
+    /// Reads until the message `gather` holds the start of is whole; while
+    /// it waits, `gather` is kept in the end.
+    fn poll_gather(&mut self, cx: &mut Context<'_>, mut gather: Gather) -> Poll<Result<Vec<u8>>> {
         loop {
-            let read = self.read_message(gather.space()?).await?;
+            let read = match self.poll_read_part(cx, gather.space()?) {
+                Poll::Ready(read) => read?,
+                Poll::Pending => {
+                    self.partial = Some(gather);
+                    return Poll::Pending;
+                }
+            };
             if let Some(msg) = gather.took(read)? {
-                return Ok(msg);
+                return Poll::Ready(Ok(msg));
             }
         }
     }
@@ -164,6 +217,7 @@ impl AsyncConn {
     /// (The kernel checks the pipe's type and read mode.)
     fn check_transact(&mut self) -> Result<()> {
         self.state.connected()?;
+        self.unfold_partial();
         // A read whose future was dropped: one the kernel has not filled
         // yet is cancelled (nothing was read, so nothing is unread); one
         // it filled keeps its bytes, which refuse the transact below.
@@ -212,8 +266,13 @@ impl AsyncConn {
         match first {
             MessageRead::Complete(_) => Ok(reply),
             MessageRead::MoreData(_) => {
-                self.gather(Gather::starting_with(reply, self.state.max_message))
-                    .await
+                let mut gather = Some(Gather::starting_with(reply, self.state.max_message));
+                poll_fn(|cx| match gather.take() {
+                    Some(g) => self.poll_gather(cx, g),
+                    // Woken again: the gather waits in the end.
+                    None => self.poll_recv_message(cx),
+                })
+                .await
             }
         }
     }
@@ -239,6 +298,7 @@ impl AsyncConn {
     /// `PeekNamedPipe`, counting first what a finished read holds here.
     pub(crate) fn peek(&mut self, buf: &mut [u8]) -> Result<Peek> {
         self.state.connected()?;
+        self.unfold_partial();
         self.settle_read();
         if !self.held.present {
             return self.state.peek(buf);
@@ -276,6 +336,7 @@ impl AsyncConn {
 
     /// `DisconnectNamedPipe`: operations in flight are cancelled first.
     pub(crate) fn disconnect(&mut self) -> Result<()> {
+        self.partial = None;
         self.reading = None;
         self.writing = None;
         self.held = Held::default();
@@ -321,6 +382,7 @@ impl AsyncConn {
     /// bytes, an empty message, or the error the next read reports).
     pub(crate) async fn readable(&mut self) -> Result<()> {
         self.state.connected()?;
+        self.unfold_partial();
         poll_fn(|cx| {
             if self.held.present {
                 return Poll::Ready(Ok(()));
@@ -360,29 +422,11 @@ impl AsyncConn {
     }
 
     /// `recv_message` if the whole message is there, else `ERROR_NO_DATA`
-    /// with the part read so far held again, whole, for the next read.
+    /// with the part read so far kept, whole, for the next read.
     pub(crate) fn try_recv_message(&mut self) -> Result<Vec<u8>> {
-        let mut gather = Gather::starting_with(Vec::new(), self.state.max_message);
-        loop {
-            let space = gather.space()?;
-            let read = match self.poll_read_message(&mut noop_context(), space) {
-                Poll::Ready(read) => read?,
-                Poll::Pending => {
-                    let prefix = gather.into_prefix();
-                    if !prefix.is_empty() {
-                        self.held = Held {
-                            buf: prefix,
-                            pos: 0,
-                            present: true,
-                            more: true,
-                        };
-                    }
-                    return Err(nothing_yet());
-                }
-            };
-            if let Some(msg) = gather.took(read)? {
-                return Ok(msg);
-            }
+        match self.poll_recv_message(&mut noop_context()) {
+            Poll::Ready(msg) => msg,
+            Poll::Pending => Err(nothing_yet()),
         }
     }
 

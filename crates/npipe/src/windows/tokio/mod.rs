@@ -182,7 +182,8 @@ impl PipeListener {
 ///
 /// | method | cancel-safe |
 /// |---|---|
-/// | `read_message`, `recv_message`, `AsyncRead` | yes: what arrives later waits for the next read |
+/// | `read_message`, `recv_message`, `AsyncRead` | yes: what arrives later waits for the next read, and a message `recv_message` gathered in part stays in the end for the next |
+/// | `readable`, `writable` | yes |
 /// | `write_message`, `AsyncWrite` | the message goes out whole once started |
 /// | `transact`, `transact_into` | no: cancelled, the request may have gone out |
 /// | `flush_buffers` | yes |
