@@ -5,7 +5,7 @@
 
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::end::{client_queries, end_queries, server_queries, EndState, Impersonation};
@@ -29,7 +29,10 @@ pub struct PipeListener {
     /// Instances listening for the next clients: one, or more after an
     /// `accept_timeout` gave up while another `accept` had made a new one
     /// (a client may have connected to either, so neither is dropped).
-    listening: Mutex<Vec<sys::Pipe>>,
+    listening: Mutex<Vec<Arc<sys::Pipe>>>,
+    /// Instances an `accept` waits on right now: still listening, and
+    /// what `info` asks the kernel through while none is idle.
+    connecting: Mutex<Vec<Arc<sys::Pipe>>>,
 }
 
 impl PipeListener {
@@ -38,7 +41,8 @@ impl PipeListener {
         let first = instances.first()?;
         Ok(PipeListener {
             instances,
-            listening: Mutex::new(vec![first]),
+            listening: Mutex::new(vec![Arc::new(first)]),
+            connecting: Mutex::new(Vec::new()),
         })
     }
 
@@ -61,7 +65,10 @@ impl PipeListener {
             let Some(pipe) = self.take_listening(deadline)? else {
                 return Ok(None);
             };
-            match sys::waited(&pipe, sys::Call::Connect, left()) {
+            lock(&self.connecting).push(pipe.clone());
+            let connected = sys::waited(&pipe, sys::Call::Connect, left());
+            lock(&self.connecting).retain(|p| !Arc::ptr_eq(p, &pipe));
+            match connected {
                 Ok(sys::Waited::Done(..)) => break pipe,
                 Ok(sys::Waited::TimedOut(_)) => {
                     self.put_back(pipe);
@@ -76,9 +83,9 @@ impl PipeListener {
         };
         // The next client can connect while this one is served. Another
         // accept on another thread may have put its instance there already.
-        let mut listening = self.listening.lock().unwrap_or_else(|e| e.into_inner());
+        let mut listening = lock(&self.listening);
         if listening.is_empty() {
-            listening.extend(self.instances.next().ok().flatten());
+            listening.extend(self.instances.next().ok().flatten().map(Arc::new));
         }
         drop(listening);
         Ok(Some(PipeServer {
@@ -88,18 +95,13 @@ impl PipeListener {
 
     /// The instance to connect next: the listening one, or a new one once
     /// an instance is free; `None` if none was by the deadline.
-    fn take_listening(&self, deadline: Option<Instant>) -> Result<Option<sys::Pipe>> {
-        if let Some(pipe) = self
-            .listening
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-        {
+    fn take_listening(&self, deadline: Option<Instant>) -> Result<Option<Arc<sys::Pipe>>> {
+        if let Some(pipe) = lock(&self.listening).pop() {
             return Ok(Some(pipe));
         }
         loop {
             match self.instances.next()? {
-                Some(pipe) => return Ok(Some(pipe)),
+                Some(pipe) => return Ok(Some(Arc::new(pipe))),
                 None if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(None),
                 // Every instance is in use: wait for one to close.
                 None => std::thread::sleep(INSTANCE_PAUSE),
@@ -109,9 +111,8 @@ impl PipeListener {
 
     /// An instance no client reached in time listens on: a client may
     /// connect to it before the next `accept`, which takes it first.
-    fn put_back(&self, pipe: sys::Pipe) {
-        let mut listening = self.listening.lock().unwrap_or_else(|e| e.into_inner());
-        listening.push(pipe);
+    fn put_back(&self, pipe: Arc<sys::Pipe>) {
+        lock(&self.listening).push(pipe);
     }
 
     /// The pipe's name.
@@ -122,9 +123,15 @@ impl PipeListener {
     /// The pipe as the server sees it (`GetNamedPipeInfo`,
     /// `GetNamedPipeHandleState`): its shape, and the instances connected.
     pub fn info(&self) -> PipeInfo {
-        let listening = self.listening.lock().unwrap_or_else(|e| e.into_inner());
-        self.instances.info(listening.first())
+        let listening = lock(&self.listening).first().cloned();
+        let probe = listening.or_else(|| lock(&self.connecting).first().cloned());
+        self.instances.info(probe.as_deref())
     }
+}
+
+/// A lock that a panicked holder did not poison for the rest.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What a waited call was, for its timeout's consequences and message.

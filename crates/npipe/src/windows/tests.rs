@@ -825,3 +825,18 @@ fn a_client_of_a_one_way_pipe_gets_the_access_its_direction_allows() {
         }
     }
 }
+
+/// `info` while an `accept` waits counts what is connected, not every
+/// instance (the waiting one is still listening).
+#[test]
+fn the_listener_counts_connections_while_accept_waits() {
+    let name = unique("info-accepting");
+    let listener = ServerOptions::new().max_instances(3).create(&name).unwrap();
+    thread::scope(|scope| {
+        let waiting = scope.spawn(|| listener.accept_timeout(Duration::from_millis(500)));
+        thread::sleep(Duration::from_millis(100));
+        let info = listener.info();
+        assert_eq!(info.cur_instances, 0, "{info:?}");
+        assert!(waiting.join().unwrap().unwrap().is_none());
+    });
+}
