@@ -181,34 +181,8 @@ fn call_pipe(args: &Args, request: &[u8]) -> Result<npipe::Result<Vec<u8>>, Fail
     Ok(options(args)?.call(args.name.as_str(), request))
 }
 
-/// The byte-pipe form: write, half-close, read to the end; `None` if the
-/// pipe is no byte pipe after all.
-#[cfg(unix)]
-fn byte_call(args: &Args, request: &[u8]) -> Result<Option<Vec<u8>>, Failure> {
-    let mut client = options(args)?
-        .open(args.name.as_str())
-        .map_err(|e| call_failure(e, args))?;
-    let info = client.info();
-    if info.pipe_type != PipeType::Byte {
-        return Ok(None);
-    }
-    let access = info.access;
-    if access.writes() {
-        client.write_all(request).map_err(Failure::pipe_io)?;
-        client.shutdown_write()?;
-    }
-    let mut reply = Vec::new();
-    if access.reads() {
-        client.read_to_end(&mut reply).map_err(Failure::pipe_io)?;
-    }
-    Ok(Some(reply))
-}
-
-/// The byte-pipe form on Windows, where a pipe cannot be half-closed:
-/// write, then read what comes back (the first bytes within
-/// `--reply-timeout`) until the server closes or is quiet for
-/// [`LINGER`](super::client::LINGER); `None` if the pipe is no byte pipe.
-#[cfg(windows)]
+/// The byte-pipe form: write, end the request, read the reply; `None` if
+/// the pipe is no byte pipe after all.
 fn byte_call(args: &Args, request: &[u8]) -> Result<Option<Vec<u8>>, Failure> {
     let mut client = options(args)?
         .open(args.name.as_str())
@@ -219,23 +193,50 @@ fn byte_call(args: &Args, request: &[u8]) -> Result<Option<Vec<u8>>, Failure> {
     }
     if info.access.writes() {
         client.write_all(request).map_err(Failure::pipe_io)?;
+        end_request(&mut client)?;
     }
     let mut reply = Vec::new();
-    if !info.access.reads() {
-        return Ok(Some(reply));
+    if info.access.reads() {
+        read_reply(&mut client, &mut reply)
+            .map_err(|e| call_failure(npipe::Error::from_io(e), args))?;
     }
+    Ok(Some(reply))
+}
+
+/// The end of the request: a half-close, so the server reads end of
+/// stream and can still answer.
+#[cfg(unix)]
+fn end_request(client: &mut npipe::PipeClient) -> Result<(), Failure> {
+    Ok(client.shutdown_write()?)
+}
+
+/// A Windows pipe cannot be half-closed: the server sees no end.
+#[cfg(windows)]
+fn end_request(_: &mut npipe::PipeClient) -> Result<(), Failure> {
+    Ok(())
+}
+
+/// Everything until the server closes.
+#[cfg(unix)]
+fn read_reply(client: &mut npipe::PipeClient, reply: &mut Vec<u8>) -> io::Result<()> {
+    client.read_to_end(reply).map(|_| ())
+}
+
+/// What comes back (the first bytes within the read timeout,
+/// `--reply-timeout`) until the server closes or is quiet for
+/// [`LINGER`](super::client::LINGER): it never saw the request end.
+#[cfg(windows)]
+fn read_reply(client: &mut npipe::PipeClient, reply: &mut Vec<u8>) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match client.read(&mut buf) {
-            Ok(0) => return Ok(Some(reply)),
+            Ok(0) => return Ok(()),
             Ok(n) => {
                 reply.extend_from_slice(&buf[..n]);
                 client.set_read_timeout(Some(super::client::LINGER))?;
             }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut && !reply.is_empty() => {
-                return Ok(Some(reply))
-            }
-            Err(e) => return Err(call_failure(npipe::Error::from_io(e), args)),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut && !reply.is_empty() => return Ok(()),
+            Err(e) => return Err(e),
         }
     }
 }

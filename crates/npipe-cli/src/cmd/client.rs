@@ -333,7 +333,9 @@ fn byte_copy(client: &mut PipeClient, access: Access) -> CmdResult {
     }
     let (mut reader, mut writer) = client.split();
     let server_closed = AtomicBool::new(false);
-    let input_done = AtomicBool::new(!access.writes());
+    // Only the end of input ends the wait early: a client that only reads
+    // waits for the server to close, as on Linux.
+    let input_done = AtomicBool::new(false);
     thread::scope(|s| {
         let sending = access.writes().then(|| {
             s.spawn(|| {

@@ -17,7 +17,10 @@ lines, or with --json one JSON object, with the same keys as `npipe list --json`
   max_message_size, default_timeout_ms (the wait of NMPWAIT_USE_DEFAULT_WAIT),
   security: the pipe's security descriptor, as its server was given it
   (`allow owner=full; allow group:staff=rw`, or SDDL). Anyone the pipe answers
-  may see it, as on Windows; one it grants nothing is refused, and told so";
+  may see it, as on Windows; one it grants nothing is refused, and told so
+
+On Windows: the pipe's entry in the listing of \\.\pipe\ (name, state
+`listed` and cur_instances), as `npipe list` shows it.";
 
 /// Arguments of `npipe info`.
 #[derive(Debug, clap::Args)]

@@ -38,7 +38,12 @@ max_instances is null for unlimited; the other entries are
   {file, state: "denied" | "not answering" | "dead" | "unreadable", reason?}
 and a dead one has the pipe's name too where it can be told (null if not):
 a file name that is a hash (long names, capitals, spaces...) is named by a
-note its server left beside it."#;
+note its server left beside it.
+
+On Windows it lists \\.\pipe\ as PipeList does: each pipe's NAME and the
+INSTANCES that exist. The server, type, direction and instance limit are not
+in that listing (asking the server would take an instance), and --json gives
+{name, state: "listed", cur_instances}. There is nothing to --prune."#;
 
 /// Arguments of `npipe list`.
 #[derive(Debug, clap::Args)]

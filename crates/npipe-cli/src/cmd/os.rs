@@ -212,9 +212,13 @@ mod windows {
     /// The shell `--exec` hands its command to, and the flag before it.
     pub(crate) const SHELL: [&str; 2] = ["cmd.exe", "/C"];
 
-    /// Where Windows is (`%SystemRoot%`, no secret of the server's).
+    /// Where Windows is (`%SystemRoot%`, no secret of the server's), if
+    /// it is a full path.
     fn system_root() -> String {
-        std::env::var("SystemRoot").unwrap_or_else(|_| r"C:\Windows".into())
+        std::env::var("SystemRoot")
+            .ok()
+            .filter(|root| std::path::Path::new(root).is_absolute())
+            .unwrap_or_else(|| r"C:\Windows".into())
     }
 
     /// The whole environment of a command run as the client: the system's
@@ -230,8 +234,10 @@ mod windows {
     /// The directory a command run as the client starts in: the system
     /// drive's root.
     pub(crate) fn client_dir() -> std::path::PathBuf {
-        let drive = std::env::var("SystemDrive").unwrap_or_else(|_| "C:".into());
-        format!(r"{drive}\").into()
+        let root = std::path::PathBuf::from(system_root());
+        root.ancestors()
+            .last()
+            .map_or_else(|| r"C:\".into(), std::path::Path::to_path_buf)
     }
 
     /// A command `--exec` started: by std as the server, or by npipe as
@@ -288,8 +294,10 @@ mod windows {
 
     /// `--pid-file`: the server's pid in a file while it serves; removed on
     /// the way out if it still names this process. The path may be in a
-    /// folder others can write, so a link there (a junction or symbolic
-    /// link, which some users may make) is refused, never followed.
+    /// folder others can write, so the file is always made anew by this
+    /// server (`create_new`): whatever was there (an old pid file, a link,
+    /// a hard link to someone's file) is removed first, never written
+    /// through, and a name that cannot be removed is refused.
     pub(crate) struct PidFile {
         path: std::path::PathBuf,
     }
@@ -297,28 +305,26 @@ mod windows {
     impl PidFile {
         pub(crate) fn write(path: &std::path::Path) -> Result<PidFile, Failure> {
             use std::io::Write as _;
-            use std::os::windows::fs::OpenOptionsExt;
-            /// Opens a link itself instead of what it points at.
-            const FILE_FLAG_OPEN_REPARSE_POINT: u32 = 0x0020_0000;
             let refused = |e: &dyn std::fmt::Display| {
                 Failure::new(
                     Status::Usage,
                     format!("cannot write the pid file {}: {e}", path.display()),
                 )
             };
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                // Emptied only once it is known to be a plain file.
-                .truncate(false)
-                .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT)
-                .open(path)
-                .map_err(|e| refused(&e))?;
-            let meta = file.metadata().map_err(|e| refused(&e))?;
-            if !meta.is_file() || meta.file_type().is_symlink() {
-                return Err(refused(&"it is a link or not a regular file"));
-            }
-            file.set_len(0).map_err(|e| refused(&e))?;
+            let create = || {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(path)
+            };
+            let mut file = match create() {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    // Removing a link removes the link, not its target.
+                    std::fs::remove_file(path).map_err(|e| refused(&e))?;
+                    create().map_err(|e| refused(&e))?
+                }
+                other => other.map_err(|e| refused(&e))?,
+            };
             writeln!(file, "{}", std::process::id()).map_err(|e| refused(&e))?;
             Ok(PidFile {
                 path: path.to_path_buf(),

@@ -236,9 +236,10 @@ pub struct Args {
     /// are messages (or as --framing says; bytes as they are on a byte
     /// pipe); NPIPE_CLIENT_PID, _UID, _GID, _USER and _SESSION, from the
     /// kernel (on Windows _UID and _GID are SIDs), and NPIPE_PIPE are in
-    /// its environment. Quote them ("$NPIPE_CLIENT_USER"): a user name may
-    /// hold spaces; cmd.exe expands %NPIPE_CLIENT_USER% before it reads the
-    /// line, so a name with & or ^ in it changes the command there
+    /// its environment. Quote them: a user name may hold spaces or worse.
+    /// With sh, "$NPIPE_CLIENT_USER"; with cmd.exe, "%NPIPE_CLIENT_USER%"
+    /// in double quotes (it expands %VAR% before it reads the line, and
+    /// only the quotes keep a & or ^ in a name from changing the command)
     #[arg(
         verbatim_doc_comment,
         long,

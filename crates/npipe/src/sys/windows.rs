@@ -264,7 +264,11 @@ pub fn open_pipe(
     let desired = match access {
         Access::Read if set_mode => FILE_GENERIC_READ | FILE_WRITE_ATTRIBUTES,
         Access::Read => FILE_GENERIC_READ,
-        Access::Write => FILE_GENERIC_WRITE,
+        // GetNamedPipeInfo and GetNamedPipeHandleState need it on a
+        // write-only handle, as Windows' documentation says.
+        Access::Write => {
+            FILE_GENERIC_WRITE | windows_sys::Win32::Storage::FileSystem::FILE_READ_ATTRIBUTES
+        }
         Access::ReadWrite => FILE_GENERIC_READ | FILE_GENERIC_WRITE,
     };
     let sqos = SECURITY_SQOS_PRESENT
@@ -353,7 +357,7 @@ pub fn waited(
     // call is in flight, so no reference to `ov` is made meanwhile.
     let ovp: *mut OVERLAPPED = &mut ov;
     let h = pipe.raw();
-    let reads = !matches!(call, Call::Write(_) | Call::Connect);
+    let plain_read = matches!(call, Call::Read(_));
     let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     // SAFETY: the buffers and `ov` live on this frame, and this function
     // does not return before the kernel is done with them: it waits for
@@ -405,9 +409,11 @@ pub fn waited(
     let e = io::Error::last_os_error();
     match e.raw_os_error().map(|c| c as u32) {
         Some(ERROR_MORE_DATA) => Ok(Waited::Done(n as usize, true)),
-        // A read the cancel cut after it took bytes: they are the caller's.
-        Some(ERROR_OPERATION_ABORTED) if timed_out && reads && n > 0 => {
-            Ok(Waited::Done(n as usize, false))
+        // A read the cancel cut after it took bytes: they are the caller's,
+        // and the kernel says whether the rest of their message waits.
+        Some(ERROR_OPERATION_ABORTED) if timed_out && plain_read && n > 0 => {
+            let more = peek(pipe, &mut []).is_ok_and(|(_, _, left)| left > 0);
+            Ok(Waited::Done(n as usize, more))
         }
         Some(ERROR_OPERATION_ABORTED) if timed_out => Ok(Waited::TimedOut(n as usize)),
         _ => Err(e),
@@ -418,7 +424,8 @@ pub fn waited(
 /// `FilePipeLocalInformation`: Win32 has no call that tells it).
 pub fn pipe_direction(pipe: &Pipe) -> io::Result<Direction> {
     use windows_sys::Wdk::Storage::FileSystem::{
-        FilePipeLocalInformation, NtQueryInformationFile, FILE_PIPE_LOCAL_INFORMATION,
+        FilePipeLocalInformation, NtQueryInformationFile, FILE_PIPE_INBOUND,
+        FILE_PIPE_LOCAL_INFORMATION, FILE_PIPE_OUTBOUND,
     };
     use windows_sys::Win32::Foundation::RtlNtStatusToDosError;
     use windows_sys::Win32::System::IO::IO_STATUS_BLOCK;
@@ -436,15 +443,16 @@ pub fn pipe_direction(pipe: &Pipe) -> io::Result<Direction> {
             FilePipeLocalInformation,
         )
     };
-    if nt < 0 {
+    // Only STATUS_SUCCESS filled `info` (a query of this class never
+    // pends; anything else is no answer).
+    if nt != 0 {
         // SAFETY: a pure translation of a status code.
         let code = unsafe { RtlNtStatusToDosError(nt) };
         return Err(io::Error::from_raw_os_error(code as i32));
     }
-    // FILE_PIPE_INBOUND 0, FILE_PIPE_OUTBOUND 1, FILE_PIPE_FULL_DUPLEX 2.
     Ok(match info.NamedPipeConfiguration {
-        0 => Direction::Inbound,
-        1 => Direction::Outbound,
+        FILE_PIPE_INBOUND => Direction::Inbound,
+        FILE_PIPE_OUTBOUND => Direction::Outbound,
         _ => Direction::Duplex,
     })
 }

@@ -29,10 +29,18 @@ pub struct PipeListener {
     /// Instances listening for the next clients: one, or more after an
     /// `accept_timeout` gave up while another `accept` had made a new one
     /// (a client may have connected to either, so neither is dropped).
-    listening: Mutex<Vec<Arc<sys::Pipe>>>,
-    /// Instances an `accept` waits on right now: still listening, and
-    /// what `info` asks the kernel through while none is idle.
-    connecting: Mutex<Vec<Arc<sys::Pipe>>>,
+    ///
+    /// Instances an `accept` waits on right now are listening too: `info`
+    /// counts them out of the connected ones, and asks the kernel through
+    /// one while none is idle. One lock, so an instance is always in one
+    /// list or the other.
+    listening: Mutex<Listening>,
+}
+
+#[derive(Debug, Default)]
+struct Listening {
+    idle: std::collections::VecDeque<Arc<sys::Pipe>>,
+    connecting: Vec<Arc<sys::Pipe>>,
 }
 
 impl PipeListener {
@@ -41,8 +49,10 @@ impl PipeListener {
         let first = instances.first()?;
         Ok(PipeListener {
             instances,
-            listening: Mutex::new(vec![Arc::new(first)]),
-            connecting: Mutex::new(Vec::new()),
+            listening: Mutex::new(Listening {
+                idle: [Arc::new(first)].into(),
+                connecting: Vec::new(),
+            }),
         })
     }
 
@@ -62,17 +72,27 @@ impl PipeListener {
     fn accept_until(&self, deadline: Option<Instant>) -> Result<Option<PipeServer>> {
         let left = || deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let pipe = loop {
-            let Some(pipe) = self.take_listening(deadline)? else {
+            let Some((pipe, others)) = self.take_listening(deadline)? else {
                 return Ok(None);
             };
-            lock(&self.connecting).push(pipe.clone());
-            let connected = sys::waited(&pipe, sys::Call::Connect, left());
-            lock(&self.connecting).retain(|p| !Arc::ptr_eq(p, &pipe));
+            // With other instances listening too, a client may come to any:
+            // wait on each in turn, a slice at a time.
+            let wait = match (left(), others) {
+                (left, false) => left,
+                (Some(left), true) => Some(left.min(ROTATION)),
+                (None, true) => Some(ROTATION),
+            };
+            let connected = sys::waited(&pipe, sys::Call::Connect, wait);
+            lock(&self.listening)
+                .connecting
+                .retain(|p| !Arc::ptr_eq(p, &pipe));
             match connected {
                 Ok(sys::Waited::Done(..)) => break pipe,
                 Ok(sys::Waited::TimedOut(_)) => {
                     self.put_back(pipe);
-                    return Ok(None);
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Ok(None);
+                    }
                 }
                 // A client came and went before it was accepted: that
                 // instance is spent, and no client may stop the server by
@@ -84,8 +104,9 @@ impl PipeListener {
         // The next client can connect while this one is served. Another
         // accept on another thread may have put its instance there already.
         let mut listening = lock(&self.listening);
-        if listening.is_empty() {
-            listening.extend(self.instances.next().ok().flatten().map(Arc::new));
+        if listening.idle.is_empty() {
+            let next = self.instances.next().ok().flatten().map(Arc::new);
+            listening.idle.extend(next);
         }
         drop(listening);
         Ok(Some(PipeServer {
@@ -95,13 +116,22 @@ impl PipeListener {
 
     /// The instance to connect next: the listening one, or a new one once
     /// an instance is free; `None` if none was by the deadline.
-    fn take_listening(&self, deadline: Option<Instant>) -> Result<Option<Arc<sys::Pipe>>> {
-        if let Some(pipe) = lock(&self.listening).pop() {
-            return Ok(Some(pipe));
+    /// With it, whether other instances are idle (listening, no `accept`
+    /// waiting on them).
+    fn take_listening(&self, deadline: Option<Instant>) -> Result<Option<(Arc<sys::Pipe>, bool)>> {
+        let mut listening = lock(&self.listening);
+        if let Some(pipe) = listening.idle.pop_front() {
+            listening.connecting.push(pipe.clone());
+            return Ok(Some((pipe, !listening.idle.is_empty())));
         }
+        drop(listening);
         loop {
             match self.instances.next()? {
-                Some(pipe) => return Ok(Some(Arc::new(pipe))),
+                Some(pipe) => {
+                    let pipe = Arc::new(pipe);
+                    lock(&self.listening).connecting.push(pipe.clone());
+                    return Ok(Some((pipe, false)));
+                }
                 None if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(None),
                 // Every instance is in use: wait for one to close.
                 None => std::thread::sleep(INSTANCE_PAUSE),
@@ -112,7 +142,7 @@ impl PipeListener {
     /// An instance no client reached in time listens on: a client may
     /// connect to it before the next `accept`, which takes it first.
     fn put_back(&self, pipe: Arc<sys::Pipe>) {
-        lock(&self.listening).push(pipe);
+        lock(&self.listening).idle.push_back(pipe);
     }
 
     /// The pipe's name.
@@ -123,11 +153,16 @@ impl PipeListener {
     /// The pipe as the server sees it (`GetNamedPipeInfo`,
     /// `GetNamedPipeHandleState`): its shape, and the instances connected.
     pub fn info(&self) -> PipeInfo {
-        let listening = lock(&self.listening).first().cloned();
-        let probe = listening.or_else(|| lock(&self.connecting).first().cloned());
-        self.instances.info(probe.as_deref())
+        let listening = lock(&self.listening);
+        let all = || listening.idle.iter().chain(&listening.connecting);
+        let probe = all().next().map(|p| &**p);
+        self.instances.info(probe, all().count() as u32)
     }
 }
+
+/// How long an `accept` waits on one of several idle instances before it
+/// looks at the next (a client may have come to any of them).
+const ROTATION: Duration = Duration::from_millis(20);
 
 /// A lock that a panicked holder did not poison for the rest.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -172,8 +207,8 @@ impl Conn {
         if self.broken.load(Ordering::Relaxed) {
             return Err(Error::new(
                 ErrorCode::BrokenPipe,
-                "a write on this end timed out, and its reader may have taken part of it: \
-                 the pipe is cut",
+                "a write or transaction on this end timed out, and its reader may have taken \
+                 part of the request: the pipe is cut",
             ));
         }
         Ok(())
@@ -223,8 +258,12 @@ impl Conn {
     }
 
     fn read_message(&self, buf: &mut [u8]) -> Result<MessageRead> {
+        self.read_within(buf, self.read_timeout)
+    }
+
+    fn read_within(&self, buf: &mut [u8], timeout: Option<Duration>) -> Result<MessageRead> {
         self.usable()?;
-        let (n, more) = self.wait_for(sys::Call::Read(buf), self.read_timeout, "read")?;
+        let (n, more) = self.wait_for(sys::Call::Read(buf), timeout, "read")?;
         Ok(if more {
             MessageRead::MoreData(n)
         } else {
@@ -236,10 +275,19 @@ impl Conn {
         self.gather(Gather::starting_with(Vec::new(), self.state.max_message))
     }
 
-    /// Reads until the message `gather` holds the start of is whole.
+    /// Reads until the message `gather` holds the start of is whole. Only
+    /// a message's first part waits within the read timeout: a timeout
+    /// after that would leave its parts read here lost, and the rest come
+    /// as if a message of their own.
     fn gather(&self, mut gather: Gather) -> Result<Vec<u8>> {
+        let mut timeout = if gather.is_empty() {
+            self.read_timeout
+        } else {
+            None
+        };
         loop {
-            let read = self.read_message(gather.space()?)?;
+            let read = self.read_within(gather.space()?, timeout)?;
+            timeout = None;
             if let Some(msg) = gather.took(read)? {
                 return Ok(msg);
             }
@@ -482,7 +530,9 @@ impl PipeServer {
 
     /// Bounds blocking reads and transactions' replies (`None`, or zero:
     /// wait for ever). A read that times out fails with `ERROR_SEM_TIMEOUT`
-    /// and may be retried; nothing is lost.
+    /// and may be retried; nothing is lost. A transaction that times out
+    /// leaves the end cut (*broken pipe* after): its request may have gone
+    /// in part.
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
         self.conn.read_timeout = timeout.filter(|t| !t.is_zero());
         Ok(())
@@ -527,7 +577,9 @@ impl PipeClient {
     /// Bounds blocking reads and transactions' replies (`None`, or zero:
     /// wait for ever); the connection starts with
     /// [`ClientOptions::read_timeout`]. A read that times out fails with
-    /// `ERROR_SEM_TIMEOUT` and may be retried; nothing is lost.
+    /// `ERROR_SEM_TIMEOUT` and may be retried; nothing is lost. A
+    /// transaction that times out leaves the end cut (*broken pipe*
+    /// after): its request may have gone in part.
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
         self.conn.read_timeout = timeout.filter(|t| !t.is_zero());
         Ok(())

@@ -93,17 +93,19 @@ impl Instances {
         }
     }
 
-    /// The pipe as the server sees it (`GetNamedPipeInfo` on the listening
-    /// instance): the kernel counts every instance, the listening one too,
-    /// so the connected ones are one fewer; with none listening, every
-    /// instance is in use.
-    fn info(&self, listening: Option<&sys::Pipe>) -> crate::PipeInfo {
-        let active = match listening {
-            Some(pipe) => sys::cur_instances(pipe).unwrap_or(1).saturating_sub(1),
+    /// The pipe as the server sees it (`GetNamedPipeInfo` on a listening
+    /// instance, `probe`): the kernel counts every instance, the
+    /// `listening` ones too, so the connected ones are that many fewer;
+    /// with none listening, every instance is in use.
+    fn info(&self, probe: Option<&sys::Pipe>, listening: u32) -> crate::PipeInfo {
+        let active = match probe {
+            Some(pipe) => sys::cur_instances(pipe)
+                .unwrap_or(listening)
+                .saturating_sub(listening),
             None => self.opts.max_instances,
         };
         let mut info = crate::info::listener_info(&self.opts, &self.name, active);
-        if let Some((_, _, out_size, in_size, _)) = listening.and_then(|p| sys::pipe_info(p).ok()) {
+        if let Some((_, _, out_size, in_size, _)) = probe.and_then(|p| sys::pipe_info(p).ok()) {
             info.out_buffer_size = out_size;
             info.in_buffer_size = in_size;
         }
@@ -197,6 +199,11 @@ impl Gather {
                 Ok(None)
             }
         }
+    }
+
+    /// Whether nothing of the message was read yet.
+    fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// What was gathered so far.

@@ -138,7 +138,13 @@ pub(crate) fn spawn_as_client(pipe: &sys::Pipe, cmd: &Command) -> Result<ClientP
 /// of its own.
 fn find_program(cmd: &Command) -> Result<PathBuf> {
     let program = Path::new(cmd.get_program());
-    let ext = program
+    // Windows drops a name's trailing dots and spaces: `run.bat.` is
+    // `run.bat`.
+    let file_name = program
+        .file_name()
+        .map(|n| n.to_string_lossy().trim_end_matches(['.', ' ']).to_string())
+        .unwrap_or_default();
+    let ext = Path::new(&file_name)
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase());
     if matches!(ext.as_deref(), Some("bat" | "cmd")) {
@@ -151,14 +157,37 @@ fn find_program(cmd: &Command) -> Result<PathBuf> {
             ),
         ));
     }
+    // `CreateProcess` adds `.exe` to a name without an extension, and so
+    // does this.
+    let with_exe = |p: &Path| match ext {
+        Some(_) => p.to_path_buf(),
+        None => p.with_extension("exe"),
+    };
     let text = program.as_os_str().to_string_lossy();
     if text.contains(['\\', '/', ':']) {
-        return Ok(program.to_path_buf());
+        // A relative path goes from the command's directory, never the
+        // server's.
+        let path = match cmd.get_current_dir() {
+            _ if program.is_absolute() => program.to_path_buf(),
+            Some(dir) if dir.is_absolute() => dir.join(program),
+            _ => {
+                return Err(Error::new(
+                    ErrorCode::InvalidParameter,
+                    format!(
+                        "{}: a relative path needs an absolute current_dir on the command, \
+                         or give the program's full path",
+                        program.display()
+                    ),
+                ))
+            }
+        };
+        return Ok(if path.is_file() {
+            path
+        } else {
+            with_exe(&path)
+        });
     }
-    let name = match ext {
-        Some(_) => program.to_path_buf(),
-        None => program.with_extension("exe"),
-    };
+    let name = with_exe(program);
     let path = cmd
         .get_envs()
         .find(|(k, _)| k.eq_ignore_ascii_case("PATH"))
@@ -167,6 +196,8 @@ fn find_program(cmd: &Command) -> Result<PathBuf> {
         sys::system_directory().map_err(|e| Error::os(e, "cannot find the system directory"))?;
     path.iter()
         .flat_map(std::env::split_paths)
+        // An empty or relative entry would be the server's own directory.
+        .filter(|dir| dir.is_absolute())
         .chain(Some(system))
         .map(|dir| dir.join(&name))
         .find(|p| p.is_file())
@@ -293,7 +324,11 @@ mod tests {
         );
         let e = find_program(&Command::new("npipe-no-such-program")).unwrap_err();
         assert_eq!(e.code(), ErrorCode::FileNotFound, "{e}");
-        let e = find_program(&Command::new(r"C:\tools\run.BAT")).unwrap_err();
+        for batch in [r"C:\tools\run.BAT", r"C:\tools\run.bat. ", "run.cmd..."] {
+            let e = find_program(&Command::new(batch)).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidParameter, "{batch}: {e}");
+        }
+        let e = find_program(&Command::new(r"bin\tool.exe")).unwrap_err();
         assert_eq!(e.code(), ErrorCode::InvalidParameter, "{e}");
         let dir = std::env::temp_dir().join(format!("npipe-path-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -303,8 +338,25 @@ mod tests {
             find_program(&cmd).is_err(),
             "found without the command's PATH"
         );
+        // An empty entry is no directory: it would be the server's current
+        // one, where this plants a program of that name.
+        let planted = std::env::current_dir().unwrap().join("npipe-on-path.exe");
+        std::fs::write(&planted, b"").unwrap();
+        cmd.env("Path", ";");
+        let found = find_program(&cmd);
+        std::fs::remove_file(&planted).unwrap();
+        assert!(
+            found.is_err(),
+            "found through an empty PATH entry: {found:?}"
+        );
         cmd.env("Path", &dir);
         assert_eq!(find_program(&cmd).unwrap(), dir.join("npipe-on-path.exe"));
+        let mut relative = Command::new(r".\npipe-on-path");
+        relative.current_dir(&dir);
+        assert_eq!(
+            find_program(&relative).unwrap(),
+            dir.join("npipe-on-path.exe")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -833,10 +833,17 @@ fn the_listener_counts_connections_while_accept_waits() {
     let name = unique("info-accepting");
     let listener = ServerOptions::new().max_instances(3).create(&name).unwrap();
     thread::scope(|scope| {
-        let waiting = scope.spawn(|| listener.accept_timeout(Duration::from_millis(500)));
+        let waiting: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| listener.accept_timeout(Duration::from_millis(500))))
+            .collect();
         thread::sleep(Duration::from_millis(100));
         let info = listener.info();
         assert_eq!(info.cur_instances, 0, "{info:?}");
-        assert!(waiting.join().unwrap().unwrap().is_none());
+        for w in waiting {
+            assert!(w.join().unwrap().unwrap().is_none());
+        }
     });
+    let _c = ClientOptions::new().open(&name).unwrap();
+    let _s = listener.accept().unwrap();
+    assert_eq!(listener.info().cur_instances, 1);
 }

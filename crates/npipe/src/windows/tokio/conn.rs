@@ -77,23 +77,46 @@ impl AsyncConn {
     }
 
     /// What a whole-message read gathered before it was dropped, held
-    /// again as the start of the message for whatever reads next. The
-    /// kernel's held bytes were all taken before it gathered more, so
-    /// nothing is held here meanwhile.
+    /// again as the start of the message, before whatever is held already
+    /// (what a read finished since then: the message's next part), for
+    /// whatever reads next.
     fn unfold_partial(&mut self) {
         let Some(gather) = self.partial.take() else {
             return;
         };
-        let prefix = gather.into_prefix();
-        if !prefix.is_empty() {
-            debug_assert!(!self.held.present);
-            self.held = Held {
-                buf: prefix,
-                pos: 0,
-                present: true,
-                more: true,
-            };
+        let mut prefix = gather.into_prefix();
+        if prefix.is_empty() {
+            return;
         }
+        let more = if self.held.present {
+            prefix.extend_from_slice(self.held.remaining());
+            self.held.more
+        } else {
+            true
+        };
+        self.held = Held {
+            buf: prefix,
+            pos: 0,
+            present: true,
+            more,
+        };
+    }
+
+    /// Keeps what a finished read returned after whatever is held already
+    /// (the start of the same message), never in its place.
+    fn hold(&mut self, done: sys::Done) {
+        if !self.held.present {
+            self.held = Held::of(done);
+            return;
+        }
+        let mut buf = self.held.remaining().to_vec();
+        buf.extend_from_slice(&done.buf);
+        self.held = Held {
+            buf,
+            pos: 0,
+            present: true,
+            more: done.more,
+        };
     }
 
     /// `ReadFile` in the end's read mode, into `buf`.
@@ -128,7 +151,7 @@ impl AsyncConn {
             let done = ready!(op.poll(cx));
             self.reading = None;
             let done = done.map_err(|e| os(e, "read"))?;
-            self.held = Held::of(done);
+            self.hold(done);
         }
     }
 
@@ -224,7 +247,7 @@ impl AsyncConn {
         if let Some(op) = self.reading.take() {
             // An error comes again from the kernel on the next read.
             if let Ok(Some(done)) = op.cancel() {
-                self.held = Held::of(done);
+                self.hold(done);
             }
         }
         if self.held.present {
@@ -290,7 +313,7 @@ impl AsyncConn {
             self.reading = None;
             // An error comes again from the kernel on the next read.
             if let Ok(done) = done {
-                self.held = Held::of(done);
+                self.hold(done);
             }
         }
     }
@@ -382,14 +405,19 @@ impl AsyncConn {
     /// bytes, an empty message, or the error the next read reports).
     pub(crate) async fn readable(&mut self) -> Result<()> {
         self.state.connected()?;
-        self.unfold_partial();
         poll_fn(|cx| {
+            // Held data is readable; a message gathered in part is not
+            // until more of it came.
             if self.held.present {
                 return Poll::Ready(Ok(()));
             }
             if self.reading.is_none() {
                 let op = Overlapped::start(self.state.pipe.clone(), OpKind::Read(FIRST_READ));
-                self.reading = Some(op.map_err(|e| os(e, "read"))?);
+                match op {
+                    Ok(op) => self.reading = Some(op),
+                    // The read would fail at once: the next read reports it.
+                    Err(_) => return Poll::Ready(Ok(())),
+                }
             }
             let op = self.reading.as_mut().expect("started above");
             if op.is_done() {
@@ -398,7 +426,10 @@ impl AsyncConn {
             // Woken when the kernel finishes it; the read stays in flight.
             op.poll(cx).map(|done| {
                 self.reading = None;
-                self.held = Held::of(done.map_err(|e| os(e, "read"))?);
+                // An error comes again from the kernel on the next read.
+                if let Ok(done) = done {
+                    self.hold(done);
+                }
                 Ok(())
             })
         })

@@ -91,6 +91,9 @@ pub struct PipeListener {
     /// The listening instance and its `ConnectNamedPipe` in flight, kept
     /// here so a dropped `accept` loses no client.
     listening: ::tokio::sync::Mutex<Listening>,
+    /// The listening instance, for `info` while an `accept` holds the
+    /// lock above.
+    probe: std::sync::Mutex<Option<Arc<sys::Pipe>>>,
 }
 
 #[derive(Debug, Default)]
@@ -102,11 +105,12 @@ struct Listening {
 impl PipeListener {
     pub(crate) fn create(name: PipeName, opts: ServerOptions) -> Result<PipeListener> {
         let instances = Instances::new(name, opts)?;
-        let first = instances.first()?;
+        let first = Arc::new(instances.first()?);
         Ok(PipeListener {
             instances,
+            probe: std::sync::Mutex::new(Some(first.clone())),
             listening: ::tokio::sync::Mutex::new(Listening {
-                pipe: Some(Arc::new(first)),
+                pipe: Some(first),
                 connecting: None,
             }),
         })
@@ -124,7 +128,11 @@ impl PipeListener {
             let pipe = match &l.pipe {
                 Some(pipe) => pipe.clone(),
                 None => match self.instances.next()? {
-                    Some(pipe) => l.pipe.insert(Arc::new(pipe)).clone(),
+                    Some(pipe) => {
+                        let pipe = l.pipe.insert(Arc::new(pipe)).clone();
+                        self.publish(Some(&pipe));
+                        pipe
+                    }
                     // Every instance is in use: wait for one to close.
                     None => {
                         ::tokio::time::sleep(INSTANCE_PAUSE).await;
@@ -149,13 +157,17 @@ impl PipeListener {
                 Ok(_) => break,
                 // A client came and went before it was accepted: this
                 // instance is spent; listen on a fresh one.
-                Err(e) if code_of(&e) == Some(ErrorCode::NoData) => l.pipe = None,
+                Err(e) if code_of(&e) == Some(ErrorCode::NoData) => {
+                    l.pipe = None;
+                    self.publish(None);
+                }
                 Err(e) => return Err(os(e, "waiting for a client failed")),
             }
         }
         let pipe = l.pipe.take().expect("connected above");
         // The next client can connect while this one is served.
         l.pipe = self.instances.next().ok().flatten().map(Arc::new);
+        self.publish(l.pipe.as_ref());
         Ok(PipeServer {
             conn: AsyncConn::new(self.instances.server_end(pipe)),
         })
@@ -171,10 +183,13 @@ impl PipeListener {
     /// While an `accept` holds the listening instance, it is counted as
     /// listening still.
     pub fn info(&self) -> PipeInfo {
-        match self.listening.try_lock() {
-            Ok(l) => self.instances.info(l.pipe.as_deref()),
-            Err(_) => self.instances.info(None),
-        }
+        let probe = self.probe.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.instances.info(probe.as_deref(), 1)
+    }
+
+    /// Says which instance listens now, for `info`.
+    fn publish(&self, pipe: Option<&Arc<sys::Pipe>>) {
+        *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = pipe.cloned();
     }
 }
 

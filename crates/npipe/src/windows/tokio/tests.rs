@@ -538,3 +538,27 @@ fn the_try_calls_never_wait_and_lose_nothing() {
         assert_eq!(c.recv_message().await.unwrap(), b"reply");
     });
 }
+
+/// `info` while an `accept` waits (holding the listener's lock) counts what
+/// is connected, not every instance.
+#[test]
+fn the_listener_counts_connections_while_accept_waits() {
+    run(async {
+        let name = unique("info-accepting");
+        let listener = std::sync::Arc::new(
+            ServerOptions::new()
+                .max_instances(3)
+                .create_async(&name)
+                .unwrap(),
+        );
+        let waiting = ::tokio::spawn({
+            let listener = listener.clone();
+            async move { listener.accept().await }
+        });
+        ::tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(listener.info().cur_instances, 0);
+        let _c = ClientOptions::new().open_async(&name).await.unwrap();
+        let _s = timeout(LONG, waiting).await.unwrap().unwrap().unwrap();
+        assert_eq!(listener.info().cur_instances, 1);
+    });
+}
