@@ -218,6 +218,7 @@ pub(crate) fn opening(
         principal: String::new(),
         computer: String::new(),
         local_user: None,
+        local_groups: Vec::new(),
     };
     let mut out = Vec::with_capacity(64 + pipelined.map_or(0, |m| m.len() + 4));
     hello.encode(&mut out).map_err(Error::from)?;

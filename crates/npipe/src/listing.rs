@@ -257,6 +257,7 @@ fn query_file(
         principal: String::new(),
         computer: String::new(),
         local_user: None,
+        local_groups: Vec::new(),
     };
     let mut out = Vec::new();
     hello.encode(&mut out).map_err(Error::from)?;

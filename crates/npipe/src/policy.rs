@@ -68,7 +68,15 @@ pub(crate) fn judge(
     }
     let allowed = opts.direction.client_access();
     let subject = if remote {
-        Subject::remote(RemotePrincipal::new(hello.principal.clone()))
+        let principal = RemotePrincipal::new(hello.principal.clone());
+        match hello.local_user {
+            Some(uid) => Subject::remote_as(
+                principal,
+                LocalUser(uid),
+                hello.local_groups.iter().copied().map(LocalGroup),
+            ),
+            None => Subject::remote(principal),
+        }
     } else {
         subject(peer)
     };
@@ -266,6 +274,7 @@ mod tests {
             principal: String::new(),
             computer: String::new(),
             local_user: None,
+            local_groups: Vec::new(),
         }
     }
 

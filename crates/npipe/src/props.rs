@@ -32,7 +32,9 @@ prop_compose! {
         principal in "[A-Za-z=@.]{0,20}",
         computer in "[a-z.-]{0,20}",
         local_user in proptest::option::of(any::<u32>()),
+        local_groups in proptest::collection::vec(any::<u32>(), 0..8),
     ) -> Hello {
+        let local_user = local_user.filter(|_| !principal.is_empty());
         Hello {
             kind: if query { HelloKind::Query } else { HelloKind::Connect },
             access,
@@ -46,7 +48,8 @@ prop_compose! {
             max_message,
             pipelined,
             name,
-            local_user: local_user.filter(|_| !principal.is_empty()),
+            local_groups: if local_user.is_some() { local_groups } else { Vec::new() },
+            local_user,
             principal,
             computer,
         }

@@ -105,6 +105,7 @@ mod tests {
             principal: principal.into(),
             computer: "10.0.0.7".into(),
             local_user,
+            local_groups: Vec::new(),
         }
     }
 

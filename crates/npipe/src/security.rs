@@ -154,8 +154,15 @@ pub struct Subject {
     /// Who it is.
     pub identity: Identity,
     /// A local user's groups, the effective one first, then the
-    /// supplementary ones; empty for a remote principal.
+    /// supplementary ones; for a remote principal, those of the local user
+    /// its gateway mapped it to (`acts_as`), else none.
     pub groups: Vec<LocalGroup>,
+    /// For a remote principal, the local user its gateway mapped it to: the
+    /// user the server acts as for it. Deny entries naming that user, or
+    /// one of its `groups`, reach the principal too (coming through a
+    /// gateway must not get a user past a deny); allow entries do not (a
+    /// remote client is not the local user, and is granted as a principal).
+    pub acts_as: Option<LocalUser>,
 }
 
 impl Subject {
@@ -170,6 +177,7 @@ impl Subject {
         Subject {
             identity: Identity::Local(user),
             groups,
+            acts_as: None,
         }
     }
 
@@ -178,6 +186,22 @@ impl Subject {
         Subject {
             identity: Identity::Remote(principal),
             groups: Vec::new(),
+            acts_as: None,
+        }
+    }
+
+    /// A remote client its gateway mapped to a local user with these
+    /// groups: granted as the principal, denied as the principal or as
+    /// that user.
+    pub fn remote_as(
+        principal: RemotePrincipal,
+        user: LocalUser,
+        groups: impl IntoIterator<Item = LocalGroup>,
+    ) -> Subject {
+        Subject {
+            identity: Identity::Remote(principal),
+            groups: groups.into_iter().collect(),
+            acts_as: Some(user),
         }
     }
 }
@@ -301,8 +325,12 @@ impl SecurityDescriptor {
             .any(|a| matches!(a.trustee, Trustee::Group(_)))
     }
 
-    fn matches(trustee: &Trustee, who: &Subject, owner: LocalUser) -> bool {
-        let user = who.identity.local_user();
+    fn matches(trustee: &Trustee, who: &Subject, owner: LocalUser, kind: AceKind) -> bool {
+        // A deny reaches a remote principal through its mapped user too.
+        let user = match kind {
+            AceKind::Deny => who.identity.local_user().or(who.acts_as),
+            AceKind::Allow => who.identity.local_user(),
+        };
         match trustee {
             Trustee::Everyone => true,
             Trustee::User(u) => user == Some(*u),
@@ -321,7 +349,7 @@ impl SecurityDescriptor {
         let owner = self.owner_of(server);
         let (mut allowed, mut denied) = (0u8, 0u8);
         for ace in &self.entries {
-            if Self::matches(&ace.trustee, who, owner) {
+            if Self::matches(&ace.trustee, who, owner, ace.kind) {
                 match ace.kind {
                     AceKind::Allow => allowed |= ace.rights.0,
                     AceKind::Deny => denied |= ace.rights.0,
@@ -687,6 +715,51 @@ mod tests {
             LocalGroup(gid),
             groups.iter().copied().map(LocalGroup),
         )
+    }
+
+    /// A remote principal mapped to a local user is denied as that user
+    /// and its groups, never granted as them.
+    #[test]
+    fn a_mapped_principal_meets_its_users_denies_not_its_allows() {
+        let mapped = |groups: &[u32]| {
+            Subject::remote_as(
+                RemotePrincipal::new("laptop"),
+                LocalUser(1000),
+                groups.iter().copied().map(LocalGroup),
+            )
+        };
+        let deny_user = SecurityDescriptor::empty()
+            .allow(Trustee::Everyone, Rights::FULL)
+            .deny(Trustee::User(LocalUser(1000)), Rights::FULL);
+        assert_eq!(deny_user.rights_of(&mapped(&[]), LocalUser(0)), Rights(0));
+        let deny_group = SecurityDescriptor::empty()
+            .allow(Trustee::Everyone, Rights::FULL)
+            .deny(Trustee::Group(LocalGroup(50)), Rights::WRITE);
+        assert_eq!(
+            deny_group.rights_of(&mapped(&[1000, 50]), LocalUser(0)),
+            Rights::READ
+        );
+        assert_eq!(
+            deny_group.rights_of(&mapped(&[1000]), LocalUser(0)),
+            Rights::FULL
+        );
+        let deny_owner = SecurityDescriptor::empty()
+            .allow(Trustee::Everyone, Rights::READ)
+            .deny(Trustee::Owner, Rights::FULL);
+        assert_eq!(
+            deny_owner.rights_of(&mapped(&[]), LocalUser(1000)),
+            Rights(0)
+        );
+        let allow_user = SecurityDescriptor::empty()
+            .allow(Trustee::User(LocalUser(1000)), Rights::FULL)
+            .allow(Trustee::Group(LocalGroup(50)), Rights::FULL);
+        assert_eq!(
+            allow_user.rights_of(&mapped(&[50]), LocalUser(0)),
+            Rights(0)
+        );
+        // An unmapped principal meets neither.
+        let unmapped = Subject::remote(RemotePrincipal::new("laptop"));
+        assert_eq!(deny_user.rights_of(&unmapped, LocalUser(0)), Rights::FULL);
     }
 
     #[test]

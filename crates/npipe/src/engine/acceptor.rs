@@ -347,6 +347,7 @@ mod tests {
             principal: String::new(),
             computer: String::new(),
             local_user: None,
+            local_groups: Vec::new(),
         }
     }
 

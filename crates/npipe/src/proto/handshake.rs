@@ -18,12 +18,20 @@ pub const MAX_REASON_BYTES: usize = 512;
 
 /// Fixed part of HELLO.
 pub const HELLO_FIXED: usize = 24;
-/// The longest HELLO there can be (with a gateway's local user).
-pub const HELLO_MAX: usize = HELLO_FIXED + MAX_NAME_BYTES + 2 * MAX_PRINCIPAL_BYTES + 4;
+/// Most groups a gateway may send for the local user it mapped a remote
+/// principal to (the user's primary group among them).
+pub const MAX_LOCAL_GROUPS: usize = 256;
+/// The longest HELLO there can be (with a gateway's local user and its
+/// groups).
+pub const HELLO_MAX: usize =
+    HELLO_FIXED + MAX_NAME_BYTES + 2 * MAX_PRINCIPAL_BYTES + 4 + 2 + 4 * MAX_LOCAL_GROUPS;
 /// HELLO flag bit 0: a pipelined framed message follows.
 const FLAG_PIPELINED: u8 = 1;
 /// HELLO flag bit 1: a u32 local uid follows the strings (gateway only).
 const FLAG_LOCAL_USER: u8 = 2;
+/// HELLO flag bit 2: after the local uid, a u16 count and that many u32
+/// gids, the local user's groups (gateway only, with bit 1).
+const FLAG_LOCAL_GROUPS: u8 = 4;
 /// Fixed part of a REPLY (status and code).
 pub const REPLY_FIXED: usize = 12;
 /// Fixed part of the pipe description that follows an OK or INFO status.
@@ -79,6 +87,10 @@ pub struct Hello {
     /// the server impersonates for it), set only by the gateway and only
     /// with a principal.
     pub local_user: Option<u32>,
+    /// That local user's groups, its primary group first, as the gateway
+    /// read them (at most [`MAX_LOCAL_GROUPS`]); set only with
+    /// `local_user`. Empty from an older gateway.
+    pub local_groups: Vec<u32>,
 }
 
 /// The pipe as the server describes it in OK and INFO replies.
@@ -244,6 +256,15 @@ impl Hello {
         if self.local_user.is_some() {
             flags |= FLAG_LOCAL_USER;
         }
+        if !self.local_groups.is_empty() {
+            if self.local_user.is_none() || self.local_groups.len() > MAX_LOCAL_GROUPS {
+                return Err(ProtoError::BadValue {
+                    field: "local groups",
+                    value: self.local_groups.len() as u64,
+                });
+            }
+            flags |= FLAG_LOCAL_GROUPS;
+        }
         out.push(flags);
         out.extend_from_slice(&name_len.to_le_bytes());
         out.extend_from_slice(&self.wait_ms.to_le_bytes());
@@ -255,6 +276,12 @@ impl Hello {
         push_str(out, &self.computer);
         if let Some(uid) = self.local_user {
             out.extend_from_slice(&uid.to_le_bytes());
+        }
+        if !self.local_groups.is_empty() {
+            out.extend_from_slice(&(self.local_groups.len() as u16).to_le_bytes());
+            for gid in &self.local_groups {
+                out.extend_from_slice(&gid.to_le_bytes());
+            }
         }
         Ok(())
     }
@@ -297,7 +324,7 @@ impl Hello {
                 })
             }
         };
-        if buf[9] & !(FLAG_PIPELINED | FLAG_LOCAL_USER) != 0 {
+        if buf[9] & !(FLAG_PIPELINED | FLAG_LOCAL_USER | FLAG_LOCAL_GROUPS) != 0 {
             return Err(ProtoError::BadValue {
                 field: "flags",
                 value: buf[9].into(),
@@ -305,13 +332,35 @@ impl Hello {
         }
         let pipelined = buf[9] & FLAG_PIPELINED != 0;
         let has_local_user = buf[9] & FLAG_LOCAL_USER != 0;
+        let has_local_groups = buf[9] & FLAG_LOCAL_GROUPS != 0;
+        if has_local_groups && !has_local_user {
+            return Err(ProtoError::BadValue {
+                field: "flags",
+                value: buf[9].into(),
+            });
+        }
         let name_len = bounded_len(u16_at(buf, 10), MAX_NAME_BYTES, "name")?;
         let wait_ms = u32_at(buf, 12);
         let max_message = u32_at(buf, 16);
         let principal_len = bounded_len(u16_at(buf, 20), MAX_PRINCIPAL_BYTES, "principal")?;
         let computer_len = bounded_len(u16_at(buf, 22), MAX_PRINCIPAL_BYTES, "computer")?;
         let strings = HELLO_FIXED + name_len + principal_len + computer_len;
-        let total = strings + if has_local_user { 4 } else { 0 };
+        let mut total = strings + if has_local_user { 4 } else { 0 };
+        let mut groups_at = total;
+        if has_local_groups {
+            if buf.len() < total + 2 {
+                return Ok(None);
+            }
+            let count = bounded_len(u16_at(buf, total), MAX_LOCAL_GROUPS, "local groups")?;
+            if count == 0 {
+                return Err(ProtoError::BadValue {
+                    field: "local groups",
+                    value: 0,
+                });
+            }
+            groups_at = total + 2;
+            total = groups_at + 4 * count;
+        }
         if buf.len() < total {
             return Ok(None);
         }
@@ -325,6 +374,14 @@ impl Hello {
         let principal = take(principal_len, "principal")?;
         let computer = take(computer_len, "computer")?;
         let local_user = has_local_user.then(|| u32_at(buf, strings));
+        let local_groups = if has_local_groups {
+            (groups_at..total)
+                .step_by(4)
+                .map(|at| u32_at(buf, at))
+                .collect()
+        } else {
+            Vec::new()
+        };
         if local_user.is_some() && principal.is_empty() {
             // A local user maps a remote principal; alone it means nothing.
             return Err(ProtoError::BadValue {
@@ -351,6 +408,7 @@ impl Hello {
             principal,
             computer,
             local_user,
+            local_groups,
         };
         Ok(Some((hello, total)))
     }
@@ -544,6 +602,7 @@ mod tests {
             principal: String::new(),
             computer: String::new(),
             local_user: None,
+            local_groups: Vec::new(),
         };
         let mut wire = Vec::new();
         hello.encode(&mut wire).unwrap();
@@ -582,6 +641,7 @@ mod tests {
             principal: String::new(),
             computer: "host1".into(),
             local_user: None,
+            local_groups: Vec::new(),
         }
     }
 
@@ -635,6 +695,47 @@ mod tests {
         }
         let (h, used) = Hello::decode(&out).unwrap().unwrap();
         assert_eq!((h, used), (remote, out.len()));
+    }
+
+    #[test]
+    fn the_local_users_groups_ride_behind_it_bounded() {
+        let mut remote = hello();
+        remote.principal = "ci-agent".into();
+        remote.local_user = Some(65534);
+        remote.local_groups = vec![65534, 100, 27];
+        let mut out = Vec::new();
+        remote.encode(&mut out).unwrap();
+        assert_eq!(out[9], FLAG_PIPELINED | FLAG_LOCAL_USER | FLAG_LOCAL_GROUPS);
+        for cut in 0..out.len() {
+            assert_eq!(Hello::decode(&out[..cut]).unwrap(), None, "cut {cut}");
+        }
+        let (h, used) = Hello::decode(&out).unwrap().unwrap();
+        assert_eq!((h, used), (remote.clone(), out.len()));
+
+        // Groups without a local user, none said to follow, or more than
+        // the bound: malformed, and nothing is sized past the bound.
+        let mut no_user = out.clone();
+        no_user[9] &= !FLAG_LOCAL_USER;
+        assert!(Hello::decode(&no_user).is_err());
+        let count_at = out.len() - 2 - 4 * 3;
+        let mut none = out.clone();
+        none[count_at..count_at + 2].copy_from_slice(&0u16.to_le_bytes());
+        assert!(Hello::decode(&none).is_err());
+        let mut many = out.clone();
+        many[count_at..count_at + 2].copy_from_slice(&u16::MAX.to_le_bytes());
+        assert!(matches!(
+            Hello::decode(&many),
+            Err(ProtoError::TooLong {
+                field: "local groups",
+                ..
+            })
+        ));
+        remote.local_groups = vec![1; MAX_LOCAL_GROUPS + 1];
+        assert!(remote.encode(&mut Vec::new()).is_err());
+        remote.local_groups = vec![1; MAX_LOCAL_GROUPS];
+        let mut out = Vec::new();
+        remote.encode(&mut out).unwrap();
+        assert!(out.len() <= HELLO_MAX);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::x509;
 use crate::error::{Error, ErrorCode, Result};
 use crate::identity::LocalUser;
 use crate::name::PipeName;
-use crate::proto::handshake::{Hello, Reply, HELLO_MAX, MAX_PRINCIPAL_BYTES};
+use crate::proto::handshake::{Hello, Reply, HELLO_MAX, MAX_LOCAL_GROUPS, MAX_PRINCIPAL_BYTES};
 
 /// What a gateway serves, and for whom.
 ///
@@ -321,9 +321,28 @@ async fn serve_one(
         return Ok(format!("refused: {why}"));
     }
     let mapped = opts.principal(&principal).user;
+    // The mapped user's groups go with it, so the server's deny entries
+    // for them reach this client (read on the blocking pool: the user
+    // database may be LDAP).
+    let groups = match mapped {
+        Some(uid) => ::tokio::task::spawn_blocking(move || mapped_groups(uid))
+            .await
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    if groups.len() > MAX_LOCAL_GROUPS {
+        let why = format!(
+            "the local user {principal} maps to is in {} groups, more than a HELLO carries \
+             ({MAX_LOCAL_GROUPS}); map the principal to a user in fewer groups",
+            groups.len()
+        );
+        refuse(&mut tls, ErrorCode::AccessDenied, &why).await;
+        return Ok(format!("refused: {why}"));
+    }
     hello.principal = principal;
     hello.computer = peer.ip().to_string();
     hello.local_user = mapped;
+    hello.local_groups = groups;
     let pipe = match connect_local(&hello.name, Instant::now() + opts.handshake_timeout).await {
         Ok(pipe) => pipe,
         Err(e) => {
@@ -375,7 +394,11 @@ async fn read_hello<S: ::tokio::io::AsyncRead + Unpin>(
 
 /// Why this HELLO from `principal` goes no further, if it does not.
 fn judge(hello: &Hello, principal: &str, opts: &GatewayOptions) -> Option<(ErrorCode, String)> {
-    if !hello.principal.is_empty() || !hello.computer.is_empty() || hello.local_user.is_some() {
+    if !hello.principal.is_empty()
+        || !hello.computer.is_empty()
+        || hello.local_user.is_some()
+        || !hello.local_groups.is_empty()
+    {
         return Some((
             ErrorCode::AccessDenied,
             "a remote client may not name a principal, computer or user: the gateway names it \
@@ -421,6 +444,19 @@ async fn refuse<S: ::tokio::io::AsyncWrite + Unpin>(tls: &mut S, code: ErrorCode
     let _ = tls.shutdown().await;
 }
 
+/// The groups of local user `uid` from the user database, its primary
+/// group first; none if the database has no such user (the server then
+/// treats the principal as unmapped).
+fn mapped_groups(uid: u32) -> Vec<u32> {
+    let Some((name, gid)) = crate::sys::user_entry(uid) else {
+        return Vec::new();
+    };
+    let mut groups = crate::sys::group_list(&name, gid);
+    groups.retain(|&g| g != gid);
+    groups.insert(0, gid);
+    groups
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,6 +491,7 @@ mod tests {
             principal: String::new(),
             computer: String::new(),
             local_user: None,
+            local_groups: Vec::new(),
         };
         assert_eq!(judge(&hello, "alice", &opts), None);
         hello.principal = "root".into();

@@ -332,8 +332,9 @@ struct Waiter {
 enum Wake {
     Event(Event),
     Connections(Vec<Socket>),
-    /// A handshake task ended (its HELLO, if one came).
-    Hello(TaskId, Option<Arrived>),
+    /// A handshake task ended (its HELLO, if one came; boxed, as a HELLO
+    /// with a gateway's groups is large beside the other wake-ups).
+    Hello(TaskId, Option<Box<Arrived>>),
     WaiterLeft(Ticket),
     Timer,
     Nothing,
@@ -410,7 +411,7 @@ impl Acceptor {
                 Wake::Hello(task, arrived) => {
                     if let Some(ticket) = self.handshake_tickets.remove(&task) {
                         match arrived {
-                            Some(arrived) => self.on_hello(ticket, arrived),
+                            Some(arrived) => self.on_hello(ticket, *arrived),
                             None => self.core.handshake_ended(ticket),
                         }
                     }
@@ -444,7 +445,7 @@ impl Acceptor {
         }
         if let Poll::Ready(Some(done)) = self.handshakes.poll_join_next_with_id(cx) {
             return Poll::Ready(match done {
-                Ok((task, arrived)) => Wake::Hello(task, arrived),
+                Ok((task, arrived)) => Wake::Hello(task, arrived.map(Box::new)),
                 Err(e) => Wake::Hello(e.id(), None),
             });
         }

@@ -216,6 +216,7 @@ fn announced_but_unsent_messages_cost_the_server_nothing(front: Front) {
             principal: String::new(),
             computer: String::new(),
             local_user: None,
+            local_groups: Vec::new(),
         }
         .encode(&mut hello)
         .unwrap();

@@ -61,6 +61,7 @@ fn hello(name: &str) -> Hello {
         principal: String::new(),
         computer: String::new(),
         local_user: None,
+        local_groups: Vec::new(),
     }
 }
 

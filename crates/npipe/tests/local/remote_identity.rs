@@ -116,6 +116,52 @@ fn descriptor_entries_for_a_principal_allow_it_and_deny_others() {
     assert_eq!(mallory, rc::Reply::Refused { code: 5 });
 }
 
+/// Coming through a gateway gets no one past a deny: a principal mapped to
+/// a local user meets the deny entries for that user and for the groups
+/// the gateway sent, while allow entries for them grant it nothing (it is
+/// granted as a principal).
+#[test]
+fn a_mapped_principal_meets_the_denies_of_its_user_and_groups() {
+    let send = |name: &str, uid: u32, groups: &[u32]| {
+        let mut c = RawClient::connect(name).unwrap();
+        c.send(&rc::remote_hello_with_groups(
+            name,
+            "laptop",
+            "192.0.2.7",
+            uid,
+            groups,
+        ))
+        .unwrap();
+        c.reply().unwrap()
+    };
+    let name = unique("remote-deny-user");
+    let _l = trusting("allow everyone=rw; deny user:65534=full")
+        .create(&name)
+        .unwrap();
+    assert_eq!(send(&name, 65534, &[65534]), rc::Reply::Refused { code: 5 });
+    assert!(matches!(
+        send(&name, 12345, &[12345]),
+        rc::Reply::Connected { .. }
+    ));
+
+    let name = unique("remote-deny-group");
+    let _l = trusting("allow everyone=rw; deny group:4242=full")
+        .create(&name)
+        .unwrap();
+    assert_eq!(
+        send(&name, 12345, &[12345, 4242]),
+        rc::Reply::Refused { code: 5 }
+    );
+    assert!(matches!(
+        send(&name, 12345, &[12345]),
+        rc::Reply::Connected { .. }
+    ));
+
+    let name = unique("remote-allow-user");
+    let _l = trusting("allow user:65534=full").create(&name).unwrap();
+    assert_eq!(send(&name, 65534, &[65534]), rc::Reply::Refused { code: 5 });
+}
+
 #[test]
 fn reject_remote_clients_refuses_them_and_serves_local_ones() {
     let name = unique("remote-reject");

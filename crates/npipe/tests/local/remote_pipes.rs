@@ -558,6 +558,37 @@ fn a_mapped_principal_is_impersonated_and_an_unmapped_one_is_not() {
     serving.join().unwrap();
 }
 
+/// The gateway sends the mapped user's groups, so a server's deny of one
+/// of them reaches the principal: alice maps to 65534, whose primary
+/// group the user database gives (its gid is read here the same way).
+#[test]
+fn a_deny_of_the_mapped_users_group_reaches_its_principal() {
+    let entry = std::process::Command::new("getent")
+        .args(["passwd", "65534"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let Some(gid) = entry.trim().split(':').nth(3).filter(|g| !g.is_empty()) else {
+        crate::shared_copy::skipped(
+            "a_deny_of_the_mapped_users_group_reaches_its_principal: \
+             uid 65534 is not in this machine's user database",
+        );
+        return;
+    };
+    let gw = gateway("remote-deny-group", |o| {
+        o.map("alice", Some(LocalUser::from(65534)));
+    });
+    let name = unique("remote-deny-group");
+    let sd = format!("allow everyone=full; deny group:{gid}=full");
+    let _listener = server(&sd).create(&name).unwrap();
+    let path = remote(&name);
+    let e = gw.client("alice").open(path.as_str()).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AccessDenied, "{e}");
+    // bob is unmapped: no group of a local user stands behind him.
+    let _served = std::thread::spawn(move || _listener.accept().map(|_| ()));
+    gw.client("bob").open(path.as_str()).unwrap();
+}
+
 #[test]
 fn a_thousand_remote_clients_at_once_are_all_served() {
     raise_fd_limit(16_384);

@@ -68,6 +68,26 @@ pub fn remote_hello(
     b
 }
 
+/// HELLO flag bit 2: the local user's groups follow its uid.
+pub const LOCAL_GROUPS: u8 = 4;
+
+/// [`remote_hello`] with the mapped user's groups, as a gateway sends them.
+pub fn remote_hello_with_groups(
+    name: &str,
+    principal: &str,
+    computer: &str,
+    local_user: u32,
+    groups: &[u32],
+) -> Vec<u8> {
+    let mut b = remote_hello(name, principal, computer, Some(local_user));
+    b[9] |= LOCAL_GROUPS;
+    b.extend_from_slice(&(groups.len() as u16).to_le_bytes());
+    for gid in groups {
+        b.extend_from_slice(&gid.to_le_bytes());
+    }
+    b
+}
+
 /// [`hello`] for a client that waits for ever for a free instance.
 pub fn waiting_hello(name: &str, access: u8) -> Vec<u8> {
     let mut b = hello(name, CONNECT, access, 0);
