@@ -57,29 +57,59 @@ impl From<Socket> for OwnedFd {
     }
 }
 
+/// Descriptors handed to the closer thread and not closed yet.
+static CLOSES_PENDING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Past this many pending closes, descriptors a peer sends are not taken
+/// in at all ([`Socket::recv_spare_with_fd`]): the kernel drops them, and
+/// a peer whose files hang their closes cannot make this process hold
+/// descriptors without end.
+const MAX_CLOSES_PENDING: usize = 256;
+
 /// Closes a descriptor a peer sent us on a thread of its own. A peer
 /// chooses what it sends: closing a file on its FUSE mount waits on its own
 /// FUSE daemon, which may never answer, so such a close must not run on a
-/// thread that serves others (the acceptor). One thread closes them all, in
-/// order; if it cannot start, the descriptor is closed here.
+/// thread that serves others (the acceptor). A memory file (what a peer is
+/// meant to send) has no one to wait for and is closed here. One thread
+/// closes the rest, in order; if it cannot start, the descriptor is closed
+/// here.
 pub fn close_elsewhere(fd: OwnedFd) {
+    use std::sync::atomic::Ordering;
     use std::sync::mpsc::{channel, Sender};
     use std::sync::{Mutex, OnceLock};
+    // Only memory files have seals: their close never waits.
+    if rustix::fs::fcntl_get_seals(&fd).is_ok() {
+        drop(fd);
+        return;
+    }
     static CLOSER: OnceLock<Option<Mutex<Sender<OwnedFd>>>> = OnceLock::new();
     let closer = CLOSER.get_or_init(|| {
         let (tx, rx) = channel::<OwnedFd>();
         std::thread::Builder::new()
             .name("npipe-closer".into())
-            .spawn(move || rx.into_iter().for_each(drop))
+            .spawn(move || {
+                for fd in rx {
+                    drop(fd);
+                    CLOSES_PENDING.fetch_sub(1, Ordering::SeqCst);
+                }
+            })
             .ok()
             .map(|_| Mutex::new(tx))
     });
     if let Some(tx) = closer {
         let tx = tx.lock().unwrap_or_else(|e| e.into_inner());
+        CLOSES_PENDING.fetch_add(1, Ordering::SeqCst);
         if let Err(unsent) = tx.send(fd) {
+            CLOSES_PENDING.fetch_sub(1, Ordering::SeqCst);
             drop(unsent.0);
         }
     }
+}
+
+/// Whether the closer thread is so far behind that no more descriptors
+/// should be taken from peers.
+fn closer_backlogged() -> bool {
+    CLOSES_PENDING.load(std::sync::atomic::Ordering::SeqCst) >= MAX_CLOSES_PENDING
 }
 
 /// Any connected stream socket (a remote pipe's TCP connection too: the
@@ -234,11 +264,28 @@ impl Socket {
 
     /// Receives into the room `vec` has reserved without waiting, and the
     /// first descriptor that rode along, if any (any others are closed at
-    /// once: a peer cannot make us hold descriptors it chose).
+    /// once: a peer cannot make us hold descriptors it chose). While the
+    /// closer thread is far behind (peers' files hang their closes), no
+    /// descriptor is taken in: the kernel drops it, and an offer of shared
+    /// memory is declined by its absence.
     pub fn recv_spare_with_fd(&self, vec: &mut Vec<u8>) -> io::Result<(usize, Option<OwnedFd>)> {
+        self.recv_spare_taking_fds(vec, !closer_backlogged())
+    }
+
+    /// [`recv_spare_with_fd`](Self::recv_spare_with_fd), taking descriptors
+    /// in only if `take_fds`.
+    fn recv_spare_taking_fds(
+        &self,
+        vec: &mut Vec<u8>,
+        take_fds: bool,
+    ) -> io::Result<(usize, Option<OwnedFd>)> {
         use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage};
         let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut control = if !take_fds {
+            RecvAncillaryBuffer::new(&mut [])
+        } else {
+            RecvAncillaryBuffer::new(&mut space)
+        };
         // recvmsg wants initialised memory: the spare room is zeroed once.
         let start = vec.len();
         vec.resize(vec.capacity().max(start + 1), 0);
@@ -1315,6 +1362,22 @@ pub fn exec_as_user(cmd: &mut std::process::Command, ids: &ThreadIds) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// While the closer is backlogged a descriptor a peer sends is not
+    /// taken in (the kernel drops it) and the data still arrives; else the
+    /// first one is.
+    #[test]
+    fn descriptors_are_taken_in_only_while_the_closer_keeps_up() {
+        let (a, b) = Socket::pair().unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        for take in [false, true] {
+            a.send_with_fd(b"hello", file.as_fd()).unwrap();
+            let mut buf = Vec::with_capacity(64);
+            let (n, fd) = b.recv_spare_taking_fds(&mut buf, take).unwrap();
+            assert_eq!((n, &buf[..]), (5, &b"hello"[..]));
+            assert_eq!(fd.is_some(), take);
+        }
+    }
 
     /// As the integration tests' `shared_copy::skipped`: loudly, and into
     /// the file `NPIPE_SKIPPED_LOG` names for `.ci/run` to print.
