@@ -85,6 +85,12 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_handshakes: u32,
 
+    /// Most connections one principal may have through the gateway at
+    /// once; past it its next is refused as busy (231)
+    #[arg(long, value_name = "N", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections_per_principal: u32,
+
     /// Allow --map (or `user` in --config) to name root: remote clients
     /// would then be impersonated with every privilege
     #[arg(long)]
@@ -299,6 +305,7 @@ pub fn run(args: &Args) -> CmdResult {
     }
     let mut opts = options(settings(args)?, args.allow_root_map)?;
     opts.max_handshakes(args.max_handshakes as usize);
+    opts.max_connections_per_principal(args.max_connections_per_principal as usize);
     super::os::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

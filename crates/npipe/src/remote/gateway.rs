@@ -45,6 +45,7 @@ pub struct GatewayOptions {
     principals: HashMap<String, Principal>,
     handshake_timeout: Duration,
     max_handshakes: usize,
+    max_per_principal: usize,
 }
 
 /// What the gateway knows of one principal (names compared without ASCII
@@ -75,6 +76,7 @@ impl GatewayOptions {
             principals: HashMap::new(),
             handshake_timeout: Duration::from_secs(10),
             max_handshakes: 4096,
+            max_per_principal: 4096,
         }
     }
 
@@ -131,6 +133,15 @@ impl GatewayOptions {
         self
     }
 
+    /// Most connections one principal may have through the gateway at once
+    /// (default 4096). Past it, its next connection is refused with
+    /// `ERROR_PIPE_BUSY` (231) saying why: one authenticated client cannot
+    /// take every descriptor and task of the gateway from the others.
+    pub fn max_connections_per_principal(&mut self, n: usize) -> &mut Self {
+        self.max_per_principal = n.max(1);
+        self
+    }
+
     fn principal(&self, name: &str) -> Principal {
         self.principals
             .get(&name.to_ascii_lowercase())
@@ -158,6 +169,47 @@ pub struct Gateway {
     opts: Arc<GatewayOptions>,
     /// A permit per connection in its handshake.
     handshakes: Arc<Semaphore>,
+    /// Connections per principal, past their handshake.
+    per_principal: Arc<PerPrincipal>,
+}
+
+/// How many connections each principal has through the gateway.
+#[derive(Debug, Default)]
+struct PerPrincipal(std::sync::Mutex<HashMap<String, usize>>);
+
+/// One of a principal's connections, counted until dropped.
+struct Counted {
+    count: Arc<PerPrincipal>,
+    principal: String,
+}
+
+impl PerPrincipal {
+    /// Counts one more connection of `principal`, unless it has `max`.
+    fn enter(this: &Arc<PerPrincipal>, principal: &str, max: usize) -> Option<Counted> {
+        let key = principal.to_ascii_lowercase();
+        let mut counts = this.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(key.clone()).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Counted {
+            count: Arc::clone(this),
+            principal: key,
+        })
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut counts = self.count.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.principal) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.principal);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Gateway {
@@ -211,6 +263,7 @@ impl Gateway {
             listener,
             acceptor: TlsAcceptor::from(config),
             handshakes: Arc::new(Semaphore::new(opts.max_handshakes)),
+            per_principal: Arc::default(),
             opts: Arc::new(opts),
         })
     }
@@ -256,9 +309,10 @@ impl Gateway {
             let acceptor = self.acceptor.clone();
             let opts = Arc::clone(&self.opts);
             let log = Arc::clone(&log);
+            let counts = Arc::clone(&self.per_principal);
             ::tokio::spawn(async move {
                 let mut principal = None;
-                let served = serve_one(tcp, peer, acceptor, &opts, permit, &mut principal);
+                let served = serve_one(tcp, peer, acceptor, &opts, &counts, permit, &mut principal);
                 let what = match served.await {
                     Ok(what) => what,
                     Err(e) => e.to_string(),
@@ -279,6 +333,7 @@ async fn serve_one(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     opts: &GatewayOptions,
+    counts: &Arc<PerPrincipal>,
     handshake: OwnedSemaphorePermit,
     principal_out: &mut Option<String>,
 ) -> Result<String> {
@@ -306,6 +361,14 @@ async fn serve_one(
         return Ok(format!("refused: {why}"));
     }
     *principal_out = Some(principal.clone());
+    let Some(_counted) = PerPrincipal::enter(counts, &principal, opts.max_per_principal) else {
+        let why = format!(
+            "{principal} has {} connections through this gateway already, its most",
+            opts.max_per_principal
+        );
+        refuse(&mut tls, ErrorCode::PipeBusy, &why).await;
+        return Ok(format!("refused: {why}"));
+    };
     let (mut hello, rest) = match ::tokio::time::timeout(limit, read_hello(&mut tls)).await {
         Ok(Ok(read)) => read,
         Ok(Err(why)) => {

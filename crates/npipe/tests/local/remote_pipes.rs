@@ -589,6 +589,42 @@ fn a_deny_of_the_mapped_users_group_reaches_its_principal() {
     gw.client("bob").open(path.as_str()).unwrap();
 }
 
+/// One principal may hold only so many connections through a gateway:
+/// past them its next is busy, while others still get through, and a
+/// closed one frees its place.
+#[test]
+fn a_principal_has_at_most_its_share_of_connections() {
+    let gw = gateway("remote-per-principal", |o| {
+        o.max_connections_per_principal(2);
+    });
+    let name = unique("remote-per-principal");
+    echo_server(server("allow everyone=full").create(&name).unwrap());
+    let path = remote(&name);
+    let mut first = gw.client("alice").open(path.as_str()).unwrap();
+    let _second = gw.client("ALICE").open(path.as_str()).unwrap();
+    let e = gw.client("alice").open(path.as_str()).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::PipeBusy, "{e}");
+    assert!(
+        e.to_string().contains("connections through this gateway"),
+        "{e}"
+    );
+    gw.client("bob").open(path.as_str()).unwrap();
+    // The place frees once the gateway has seen the first one end.
+    first.write_message(b"bye").unwrap();
+    assert_eq!(first.recv_message().unwrap(), b"bye");
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match gw.client("alice").open(path.as_str()) {
+            Ok(_) => break,
+            Err(e) if e.code() == ErrorCode::PipeBusy && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("the freed place was not given back: {e}"),
+        }
+    }
+}
+
 #[test]
 fn a_thousand_remote_clients_at_once_are_all_served() {
     raise_fd_limit(16_384);
