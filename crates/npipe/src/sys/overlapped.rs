@@ -14,11 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use windows_sys::Win32::Foundation::{
-    ERROR_IO_PENDING, ERROR_MORE_DATA, ERROR_OPERATION_ABORTED, ERROR_PIPE_CONNECTED, HANDLE,
-    INVALID_HANDLE_VALUE,
+    ERROR_MORE_DATA, ERROR_OPERATION_ABORTED, HANDLE, INVALID_HANDLE_VALUE,
 };
-use windows_sys::Win32::Storage::FileSystem::{ReadFile, WriteFile};
-use windows_sys::Win32::System::Pipes::{ConnectNamedPipe, TransactNamedPipe};
 use windows_sys::Win32::System::Threading::{
     CreateEventW, RegisterWaitForSingleObject, UnregisterWaitEx, INFINITE, WT_EXECUTEONLYONCE,
 };
@@ -202,47 +199,31 @@ impl Overlapped {
 
     /// Makes the call, and sets the state from what it said at once.
     fn issue(&mut self, call: Call) -> io::Result<()> {
-        let h = self.pipe.raw();
-        let ov = self.ov();
-        let out_len = u32::try_from(self.out.len()).unwrap_or(u32::MAX);
-        let in_len = u32::try_from(self.input.len()).unwrap_or(u32::MAX);
+        use super::windows::{begin, Began, RawCall};
+        let raw = match call {
+            Call::Connect => RawCall::Connect,
+            Call::Read => RawCall::Read(self.out.as_mut_ptr(), self.out.len()),
+            Call::Write => RawCall::Write(self.input.as_ptr(), self.input.len()),
+            Call::Transact => RawCall::Transact(
+                self.input.as_ptr(),
+                self.input.len(),
+                self.out.as_mut_ptr(),
+                self.out.len(),
+            ),
+        };
         // SAFETY: every buffer and the OVERLAPPED are owned by `self` and
         // heap-allocated, so they stay where they are until the operation
         // completes: `Drop` cancels and waits for it before freeing them.
-        // The byte-count out-parameters are null, as advised for
-        // overlapped calls (GetOverlappedResult reports the count).
-        let ok = unsafe {
-            match call {
-                Call::Connect => ConnectNamedPipe(h, ov),
-                Call::Read => ReadFile(h, self.out.as_mut_ptr(), out_len, ptr::null_mut(), ov),
-                Call::Write => WriteFile(h, self.input.as_ptr(), in_len, ptr::null_mut(), ov),
-                Call::Transact => TransactNamedPipe(
-                    h,
-                    self.input.as_ptr().cast(),
-                    in_len,
-                    self.out.as_mut_ptr().cast(),
-                    out_len,
-                    ptr::null_mut(),
-                    ov,
-                ),
-            }
-        };
-        let error = io::Error::last_os_error();
-        let code = error.raw_os_error().map(|c| c as u32);
-        self.state = match (ok != 0, code) {
+        self.state = match unsafe { begin(self.pipe.raw(), raw, self.ov()) } {
             // A client connected between CreateNamedPipe and this call:
             // nothing was queued, and it is a success.
-            (false, Some(ERROR_PIPE_CONNECTED)) if matches!(call, Call::Connect) => {
-                State::Finished(Ok((0, false)))
-            }
-            (false, Some(ERROR_IO_PENDING)) => {
+            Began::Connected => State::Finished(Ok((0, false))),
+            Began::Pending => {
                 self.register_wait()?;
                 State::Pending
             }
-            // Done already (a partial message counts): the count is in the
-            // OVERLAPPED.
-            (true, _) | (false, Some(ERROR_MORE_DATA)) => State::Finished(self.result()),
-            (false, _) => return Err(error),
+            Began::Done => State::Finished(self.result()),
+            Began::Failed(e) => return Err(e),
         };
         Ok(())
     }

@@ -322,6 +322,77 @@ thread_local! {
     };
 }
 
+/// One overlapped call, with the buffers it lends the kernel as raw parts
+/// (pointer, length) that its caller keeps alive and unmoved.
+pub(crate) enum RawCall {
+    /// `ConnectNamedPipe`.
+    Connect,
+    /// `ReadFile` into these bytes.
+    Read(*mut u8, usize),
+    /// `WriteFile` of these bytes.
+    Write(*const u8, usize),
+    /// `TransactNamedPipe`: the request, then the reply's room.
+    Transact(*const u8, usize, *mut u8, usize),
+}
+
+/// How an overlapped call began.
+pub(crate) enum Began {
+    /// A connect found its client there already: done, nothing queued.
+    Connected,
+    /// The kernel has it; the OVERLAPPED's event says when it is done.
+    Pending,
+    /// Done at once (a partial message too): the count is in the
+    /// OVERLAPPED, for `GetOverlappedResult`.
+    Done,
+    /// Refused at once: the kernel holds nothing.
+    Failed(io::Error),
+}
+
+/// Makes `call` on `h` with `ov`, and says how it began. The byte-count
+/// out-parameters are null, as advised for overlapped calls.
+///
+/// # Safety
+/// `h` is a live handle opened for overlapped I/O; `ov` and every buffer
+/// in `call` stay valid and unmoved until the kernel is done with the call
+/// (it completed, or it was cancelled and waited for), and nothing else
+/// touches them meanwhile.
+pub(crate) unsafe fn begin(
+    h: HANDLE,
+    call: RawCall,
+    ov: *mut windows_sys::Win32::System::IO::OVERLAPPED,
+) -> Began {
+    use windows_sys::Win32::Foundation::ERROR_IO_PENDING;
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let connect = matches!(call, RawCall::Connect);
+    // SAFETY: the caller vouches for the handle, the buffers and `ov`.
+    let ok = unsafe {
+        match call {
+            RawCall::Connect => ConnectNamedPipe(h, ov),
+            RawCall::Read(buf, n) => ReadFile(h, buf, len(n), ptr::null_mut(), ov),
+            RawCall::Write(buf, n) => WriteFile(h, buf, len(n), ptr::null_mut(), ov),
+            RawCall::Transact(req, req_n, reply, reply_n) => TransactNamedPipe(
+                h,
+                req.cast(),
+                len(req_n),
+                reply.cast(),
+                len(reply_n),
+                ptr::null_mut(),
+                ov,
+            ),
+        }
+    };
+    if ok != 0 {
+        return Began::Done;
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error().map(|c| c as u32) {
+        Some(ERROR_IO_PENDING) => Began::Pending,
+        Some(ERROR_MORE_DATA) => Began::Done,
+        Some(ERROR_PIPE_CONNECTED) if connect => Began::Connected,
+        _ => Began::Failed(e),
+    }
+}
+
 /// How a waited call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Waited {
@@ -343,7 +414,7 @@ pub fn waited(
     call: Call<'_>,
     timeout: Option<std::time::Duration>,
 ) -> io::Result<Waited> {
-    use windows_sys::Win32::Foundation::{ERROR_IO_PENDING, ERROR_OPERATION_ABORTED, WAIT_TIMEOUT};
+    use windows_sys::Win32::Foundation::{ERROR_OPERATION_ABORTED, WAIT_TIMEOUT};
     use windows_sys::Win32::System::Threading::{WaitForSingleObject, INFINITE};
     use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
     let event = EVENT.with(|e| match e {
@@ -358,35 +429,25 @@ pub fn waited(
     let ovp: *mut OVERLAPPED = &mut ov;
     let h = pipe.raw();
     let plain_read = matches!(call, Call::Read(_));
-    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    // SAFETY: the buffers and `ov` live on this frame, and this function
-    // does not return before the kernel is done with them: it waits for
-    // completion below (after cancelling on a timeout) on every path that
-    // left the call pending.
-    let ok = unsafe {
-        match call {
-            Call::Connect => ConnectNamedPipe(h, ovp),
-            Call::Read(buf) => ReadFile(h, buf.as_mut_ptr(), len(buf.len()), ptr::null_mut(), ovp),
-            Call::Write(buf) => WriteFile(h, buf.as_ptr(), len(buf.len()), ptr::null_mut(), ovp),
-            Call::Transact(request, reply) => TransactNamedPipe(
-                h,
-                request.as_ptr().cast(),
-                len(request.len()),
-                reply.as_mut_ptr().cast(),
-                len(reply.len()),
-                ptr::null_mut(),
-                ovp,
-            ),
-        }
+    let raw = match call {
+        Call::Connect => RawCall::Connect,
+        Call::Read(buf) => RawCall::Read(buf.as_mut_ptr(), buf.len()),
+        Call::Write(buf) => RawCall::Write(buf.as_ptr(), buf.len()),
+        Call::Transact(request, reply) => RawCall::Transact(
+            request.as_ptr(),
+            request.len(),
+            reply.as_mut_ptr(),
+            reply.len(),
+        ),
     };
-    if ok == 0 {
-        let e = io::Error::last_os_error();
-        match e.raw_os_error().map(|c| c as u32) {
-            Some(ERROR_IO_PENDING) | Some(ERROR_MORE_DATA) => {}
-            Some(ERROR_PIPE_CONNECTED) => return Ok(Waited::Done(0, false)),
-            // Failed at once: the kernel holds nothing of ours.
-            _ => return Err(e),
-        }
+    // SAFETY: the buffers (borrowed for this call) and `ov` live on this
+    // frame, and this function does not return before the kernel is done
+    // with them: it waits for completion below (after cancelling on a
+    // timeout) on every path that left the call pending.
+    match unsafe { begin(h, raw, ovp) } {
+        Began::Connected => return Ok(Waited::Done(0, false)),
+        Began::Failed(e) => return Err(e),
+        Began::Pending | Began::Done => {}
     }
     let ms = timeout.map_or(INFINITE, |t| {
         u32::try_from(t.as_millis())

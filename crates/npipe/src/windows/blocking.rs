@@ -13,7 +13,7 @@ use super::open::{Attempt, Opener, RECONNECT_PAUSE};
 use super::{code_of, os, Gather, Instances, FIRST_READ, INSTANCE_PAUSE};
 use crate::error::{Error, ErrorCode, Result};
 use crate::identity::{Identity, LocalUser};
-use crate::info::{End, PipeInfo};
+use crate::info::PipeInfo;
 use crate::name::PipeName;
 use crate::options::{ClientOptions, ServerOptions};
 use crate::stream_core::{MessageRead, Peek};

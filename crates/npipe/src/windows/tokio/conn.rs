@@ -5,7 +5,6 @@
 
 use std::future::poll_fn;
 use std::io;
-use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use super::super::end::EndState;

@@ -43,15 +43,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use super::end::{
-    client_queries, end_queries, impersonate_on_this_thread, revert, server_queries, EndState,
-    Impersonation,
-};
+use super::end::{client_queries, end_queries, impersonate_on_this_thread, revert, server_queries};
 use super::open::{Attempt, Opener, RECONNECT_PAUSE};
 use super::{code_of, os, Instances, INSTANCE_PAUSE};
 use crate::error::{Error, ErrorCode, Result};
 use crate::identity::{Identity, LocalUser};
-use crate::info::{End, PipeInfo};
+use crate::info::PipeInfo;
 use crate::name::PipeName;
 use crate::options::{ClientOptions, ServerOptions};
 use crate::stream_core::{MessageRead, Peek};
