@@ -150,6 +150,7 @@ pub struct Ace {
 /// assert_eq!(sd.rights_of(&who, LocalUser::ROOT), Rights::READ);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Subject {
     /// Who it is.
     pub identity: Identity,

@@ -385,12 +385,26 @@ async fn serve_one(
     }
     let mapped = opts.principal(&principal).user;
     // The mapped user's groups go with it, so the server's deny entries
-    // for them reach this client (read on the blocking pool: the user
-    // database may be LDAP).
+    // for them reach this client (read on the blocking pool, within the
+    // handshake's time: the user database may be LDAP). A lookup that
+    // fails refuses the client: sending the user without its groups would
+    // let it past a deny of one of them.
     let groups = match mapped {
-        Some(uid) => ::tokio::task::spawn_blocking(move || mapped_groups(uid))
-            .await
-            .unwrap_or_default(),
+        Some(uid) => {
+            let lookup = ::tokio::task::spawn_blocking(move || mapped_groups(uid));
+            match ::tokio::time::timeout(limit, lookup).await {
+                Ok(Ok(Some(groups))) => groups,
+                _ => {
+                    let why = format!(
+                        "cannot read the groups of uid {uid}, the local user {principal} maps \
+                         to, from the user database; the client is refused rather than let \
+                         past a deny of one of them"
+                    );
+                    refuse(&mut tls, ErrorCode::AccessDenied, &why).await;
+                    return Ok(format!("refused: {why}"));
+                }
+            }
+        }
         None => Vec::new(),
     };
     if groups.len() > MAX_LOCAL_GROUPS {
@@ -508,21 +522,35 @@ async fn refuse<S: ::tokio::io::AsyncWrite + Unpin>(tls: &mut S, code: ErrorCode
 }
 
 /// The groups of local user `uid` from the user database, its primary
-/// group first; none if the database has no such user (the server then
-/// treats the principal as unmapped).
-fn mapped_groups(uid: u32) -> Vec<u32> {
-    let Some((name, gid)) = crate::sys::user_entry(uid) else {
-        return Vec::new();
-    };
-    let mut groups = crate::sys::group_list(&name, gid);
+/// group first, each once; `None` if the database has no such user or
+/// could not say.
+fn mapped_groups(uid: u32) -> Option<Vec<u32>> {
+    let (name, gid) = crate::sys::user_entry(uid)?;
+    let mut groups = crate::sys::try_group_list(&name, gid)?;
+    groups.sort_unstable();
+    groups.dedup();
     groups.retain(|&g| g != gid);
     groups.insert(0, gid);
-    groups
+    Some(groups)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The groups sent for a mapped user: its primary group first, each
+    /// once; none at all (so the client is refused) for a user the
+    /// database does not have.
+    #[test]
+    fn a_mapped_users_groups_are_read_or_the_client_refused() {
+        let root = mapped_groups(0).expect("root is in every user database");
+        assert_eq!(root.first(), Some(&0));
+        let mut sorted = root.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), root.len(), "{root:?}");
+        assert_eq!(mapped_groups(4_000_000_123), None);
+    }
 
     #[test]
     fn principals_reach_the_pipes_they_are_allowed() {

@@ -77,7 +77,8 @@ pub fn close_elsewhere(fd: OwnedFd) {
     use std::sync::atomic::Ordering;
     use std::sync::mpsc::{channel, Sender};
     use std::sync::{Mutex, OnceLock};
-    // Only memory files have seals: their close never waits.
+    // Only memory files (tmpfs, hugetlbfs) answer for seals, and their
+    // close never waits on anyone; a FUSE file cannot answer this call.
     if rustix::fs::fcntl_get_seals(&fd).is_ok() {
         drop(fd);
         return;
@@ -1110,10 +1111,17 @@ pub fn user_entry(uid: u32) -> Option<(String, u32)> {
 }
 
 /// The groups the user database gives `user` (whose primary group is
-/// `gid`, listed first), at most 65536 of them.
+/// `gid`, listed first), at most 65536 of them; just `gid` if it cannot
+/// say (acting as a user, fewer groups is the safe side).
 pub fn group_list(user: &str, gid: u32) -> Vec<u32> {
+    try_group_list(user, gid).unwrap_or_else(|| vec![gid])
+}
+
+/// [`group_list`], or `None` if the database could not say (for a check
+/// against deny entries, where fewer groups is not the safe side).
+pub fn try_group_list(user: &str, gid: u32) -> Option<Vec<u32>> {
     let Ok(cname) = std::ffi::CString::new(user) else {
-        return vec![gid];
+        return None;
     };
     let mut groups: Vec<libc::gid_t> = vec![0; 64];
     loop {
@@ -1125,10 +1133,10 @@ pub fn group_list(user: &str, gid: u32) -> Vec<u32> {
         let n = usize::try_from(n).unwrap_or(0);
         if r >= 0 {
             groups.truncate(n);
-            return groups;
+            return Some(groups);
         }
         if n <= groups.len() || n > 65536 {
-            return vec![gid];
+            return None;
         }
         groups.resize(n, 0);
     }
