@@ -559,7 +559,7 @@ impl Acceptor {
         // takes a descriptor in. Later ones stay with the kernel, which
         // discards them, and no close of one runs on this thread.
         let got = if p.buf.is_empty() {
-            p.socket.recv_spare_with_fd(&mut p.buf)
+            p.socket.recv_spare_with_fd(&mut p.buf, p.peer.cred.user.0)
         } else {
             p.socket
                 .recv_spare(&mut p.buf, RecvFlagsLite::DontWait)

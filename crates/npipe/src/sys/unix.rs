@@ -57,41 +57,65 @@ impl From<Socket> for OwnedFd {
     }
 }
 
-/// Descriptors handed to the closer thread and not closed yet.
-static CLOSES_PENDING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Closes handed to the closer thread and not done yet: in all, and per
+/// user that sent the descriptors.
+#[derive(Default)]
+struct ClosesPending {
+    total: usize,
+    by_sender: std::collections::HashMap<u32, usize>,
+}
 
-/// Past this many pending closes, descriptors a peer sends are not taken
-/// in at all ([`Socket::recv_spare_with_fd`]): the kernel drops them, and
-/// a peer whose files hang their closes cannot make this process hold
-/// descriptors without end.
-const MAX_CLOSES_PENDING: usize = 256;
+static CLOSES_PENDING: std::sync::Mutex<Option<ClosesPending>> = std::sync::Mutex::new(None);
+
+/// Past this many pending closes of one user's descriptors, no more of that
+/// user's are taken in ([`Socket::recv_spare_with_fd`]): the kernel drops
+/// them. A user whose files hang their closes (a FUSE daemon that never
+/// answers) stalls only itself.
+const MAX_CLOSES_PENDING_PER_SENDER: usize = 32;
+/// Past this many pending closes in all, no one's are taken in.
+const MAX_CLOSES_PENDING: usize = 1024;
+
+fn closes_pending<T>(f: impl FnOnce(&mut ClosesPending) -> T) -> T {
+    let mut guard = CLOSES_PENDING.lock().unwrap_or_else(|e| e.into_inner());
+    f(guard.get_or_insert_with(ClosesPending::default))
+}
+
+/// Whether a memory file (tmpfs, hugetlbfs): only those answer for seals,
+/// their close never waits on anyone, and a FUSE file cannot answer.
+fn is_memory_file(fd: &OwnedFd) -> bool {
+    rustix::fs::fcntl_get_seals(fd).is_ok()
+}
 
 /// Closes a descriptor a peer sent us on a thread of its own. A peer
 /// chooses what it sends: closing a file on its FUSE mount waits on its own
 /// FUSE daemon, which may never answer, so such a close must not run on a
 /// thread that serves others (the acceptor). A memory file (what a peer is
-/// meant to send) has no one to wait for and is closed here. One thread
-/// closes the rest, in order; if it cannot start, the descriptor is closed
-/// here.
+/// meant to send) has no one to wait for and is closed here.
 pub fn close_elsewhere(fd: OwnedFd) {
-    use std::sync::atomic::Ordering;
+    close_sent_by(fd, None);
+}
+
+/// [`close_elsewhere`], counted against `sender` (a uid) while pending. One
+/// thread closes them all, in order; if it cannot start, the descriptor is
+/// closed here.
+fn close_sent_by(fd: OwnedFd, sender: Option<u32>) {
     use std::sync::mpsc::{channel, Sender};
     use std::sync::{Mutex, OnceLock};
-    // Only memory files (tmpfs, hugetlbfs) answer for seals, and their
-    // close never waits on anyone; a FUSE file cannot answer this call.
-    if rustix::fs::fcntl_get_seals(&fd).is_ok() {
+    if is_memory_file(&fd) {
         drop(fd);
         return;
     }
-    static CLOSER: OnceLock<Option<Mutex<Sender<OwnedFd>>>> = OnceLock::new();
+    /// A descriptor to close, and who sent it.
+    type ToClose = (OwnedFd, Option<u32>);
+    static CLOSER: OnceLock<Option<Mutex<Sender<ToClose>>>> = OnceLock::new();
     let closer = CLOSER.get_or_init(|| {
-        let (tx, rx) = channel::<OwnedFd>();
+        let (tx, rx) = channel::<ToClose>();
         std::thread::Builder::new()
             .name("npipe-closer".into())
             .spawn(move || {
-                for fd in rx {
+                for (fd, sender) in rx {
                     drop(fd);
-                    CLOSES_PENDING.fetch_sub(1, Ordering::SeqCst);
+                    closes_pending(|p| p.done(sender));
                 }
             })
             .ok()
@@ -99,18 +123,39 @@ pub fn close_elsewhere(fd: OwnedFd) {
     });
     if let Some(tx) = closer {
         let tx = tx.lock().unwrap_or_else(|e| e.into_inner());
-        CLOSES_PENDING.fetch_add(1, Ordering::SeqCst);
-        if let Err(unsent) = tx.send(fd) {
-            CLOSES_PENDING.fetch_sub(1, Ordering::SeqCst);
+        closes_pending(|p| p.begin(sender));
+        if let Err(unsent) = tx.send((fd, sender)) {
+            closes_pending(|p| p.done(sender));
             drop(unsent.0);
         }
     }
 }
 
-/// Whether the closer thread is so far behind that no more descriptors
-/// should be taken from peers.
-fn closer_backlogged() -> bool {
-    CLOSES_PENDING.load(std::sync::atomic::Ordering::SeqCst) >= MAX_CLOSES_PENDING
+impl ClosesPending {
+    fn begin(&mut self, sender: Option<u32>) {
+        self.total += 1;
+        if let Some(uid) = sender {
+            *self.by_sender.entry(uid).or_default() += 1;
+        }
+    }
+
+    fn done(&mut self, sender: Option<u32>) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(uid) = sender {
+            if let Some(n) = self.by_sender.get_mut(&uid) {
+                *n -= 1;
+                if *n == 0 {
+                    self.by_sender.remove(&uid);
+                }
+            }
+        }
+    }
+
+    /// Whether `sender`'s descriptors should be left to the kernel.
+    fn backlogged(&self, sender: u32) -> bool {
+        self.total >= MAX_CLOSES_PENDING
+            || self.by_sender.get(&sender).copied().unwrap_or(0) >= MAX_CLOSES_PENDING_PER_SENDER
+    }
 }
 
 /// Any connected stream socket (a remote pipe's TCP connection too: the
@@ -264,13 +309,19 @@ impl Socket {
     }
 
     /// Receives into the room `vec` has reserved without waiting, and the
-    /// first descriptor that rode along, if any (any others are closed at
-    /// once: a peer cannot make us hold descriptors it chose). While the
-    /// closer thread is far behind (peers' files hang their closes), no
-    /// descriptor is taken in: the kernel drops it, and an offer of shared
-    /// memory is declined by its absence.
-    pub fn recv_spare_with_fd(&self, vec: &mut Vec<u8>) -> io::Result<(usize, Option<OwnedFd>)> {
-        self.recv_spare_taking_fds(vec, !closer_backlogged())
+    /// first descriptor that rode along if it is a memory file (what a
+    /// shared-memory offer is); any other descriptor is closed elsewhere,
+    /// counted against `sender` (the peer's uid), so a peer cannot make us
+    /// hold descriptors it chose. While `sender`'s closes (or everyone's)
+    /// are far behind, no descriptor is taken in: the kernel drops it, and
+    /// an offer is declined by its absence.
+    pub fn recv_spare_with_fd(
+        &self,
+        vec: &mut Vec<u8>,
+        sender: u32,
+    ) -> io::Result<(usize, Option<OwnedFd>)> {
+        let take = !closes_pending(|p| p.backlogged(sender));
+        self.recv_spare_taking_fds(vec, take, sender)
     }
 
     /// [`recv_spare_with_fd`](Self::recv_spare_with_fd), taking descriptors
@@ -279,6 +330,7 @@ impl Socket {
         &self,
         vec: &mut Vec<u8>,
         take_fds: bool,
+        sender: u32,
     ) -> io::Result<(usize, Option<OwnedFd>)> {
         use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage};
         let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -306,10 +358,10 @@ impl Socket {
         for msg in control.drain() {
             if let RecvAncillaryMessage::ScmRights(fds) = msg {
                 for fd in fds {
-                    if first.is_none() {
+                    if first.is_none() && is_memory_file(&fd) {
                         first = Some(fd);
                     } else {
-                        close_elsewhere(fd);
+                        close_sent_by(fd, Some(sender));
                     }
                 }
             }
@@ -1371,20 +1423,45 @@ pub fn exec_as_user(cmd: &mut std::process::Command, ids: &ThreadIds) {
 mod tests {
     use super::*;
 
-    /// While the closer is backlogged a descriptor a peer sends is not
-    /// taken in (the kernel drops it) and the data still arrives; else the
-    /// first one is.
+    /// While a sender's closes are backlogged a descriptor it sends is not
+    /// taken in (the kernel drops it) and the data still arrives; else a
+    /// memory file is, and any other file is not (it is closed elsewhere,
+    /// never handed on as an offer).
     #[test]
-    fn descriptors_are_taken_in_only_while_the_closer_keeps_up() {
+    fn descriptors_are_taken_in_only_as_memory_files_while_the_closer_keeps_up() {
         let (a, b) = Socket::pair().unwrap();
-        let file = std::fs::File::open("/dev/null").unwrap();
-        for take in [false, true] {
-            a.send_with_fd(b"hello", file.as_fd()).unwrap();
+        let memory =
+            rustix::fs::memfd_create("npipe-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let other = std::fs::File::open("/dev/null").unwrap();
+        for (fd, take, offered) in [
+            (memory.as_fd(), false, false),
+            (memory.as_fd(), true, true),
+            (other.as_fd(), true, false),
+        ] {
+            a.send_with_fd(b"hello", fd).unwrap();
             let mut buf = Vec::with_capacity(64);
-            let (n, fd) = b.recv_spare_taking_fds(&mut buf, take).unwrap();
+            let (n, got) = b.recv_spare_taking_fds(&mut buf, take, 4242).unwrap();
             assert_eq!((n, &buf[..]), (5, &b"hello"[..]));
-            assert_eq!(fd.is_some(), take);
+            assert_eq!(got.is_some(), offered, "take {take}");
         }
+    }
+
+    /// One sender's pending closes gate that sender alone, until everyone's
+    /// together reach the bound.
+    #[test]
+    fn a_senders_backlog_gates_that_sender() {
+        let mut p = ClosesPending::default();
+        for _ in 0..MAX_CLOSES_PENDING_PER_SENDER {
+            assert!(!p.backlogged(1));
+            p.begin(Some(1));
+        }
+        assert!(p.backlogged(1) && !p.backlogged(2));
+        p.done(Some(1));
+        assert!(!p.backlogged(1));
+        for _ in 0..MAX_CLOSES_PENDING {
+            p.begin(None);
+        }
+        assert!(p.backlogged(2), "everyone's together past the bound");
     }
 
     /// As the integration tests' `shared_copy::skipped`: loudly, and into
