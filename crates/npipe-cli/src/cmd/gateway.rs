@@ -91,6 +91,13 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections_per_principal: u32,
 
+    /// Most authenticated connections at once, all principals together;
+    /// past it the next is refused as busy (231) [default: what the limit
+    /// on open files leaves, each connection holding two]
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub max_connections: Option<u32>,
+
     /// Allow --map (or `user` in --config) to name root: remote clients
     /// would then be impersonated with every privilege
     #[arg(long)]
@@ -306,6 +313,9 @@ pub fn run(args: &Args) -> CmdResult {
     let mut opts = options(settings(args)?, args.allow_root_map)?;
     opts.max_handshakes(args.max_handshakes as usize);
     opts.max_connections_per_principal(args.max_connections_per_principal as usize);
+    if let Some(n) = args.max_connections {
+        opts.max_connections(n as usize);
+    }
     super::os::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -46,6 +46,8 @@ pub struct GatewayOptions {
     handshake_timeout: Duration,
     max_handshakes: usize,
     max_per_principal: usize,
+    /// `None`: from the limit on open files, when the gateway binds.
+    max_connections: Option<usize>,
 }
 
 /// What the gateway knows of one principal (names compared without ASCII
@@ -77,6 +79,7 @@ impl GatewayOptions {
             handshake_timeout: Duration::from_secs(10),
             max_handshakes: 4096,
             max_per_principal: 4096,
+            max_connections: None,
         }
     }
 
@@ -142,6 +145,16 @@ impl GatewayOptions {
         self
     }
 
+    /// Most authenticated connections through the gateway at once, all
+    /// principals together. Past it the next is refused as busy (231), so
+    /// the gateway keeps descriptors for new handshakes and its own files.
+    /// Default: what the limit on open files leaves (each connection holds
+    /// two: TCP and the local pipe), read when the gateway binds.
+    pub fn max_connections(&mut self, n: usize) -> &mut Self {
+        self.max_connections = Some(n.max(1));
+        self
+    }
+
     fn principal(&self, name: &str) -> Principal {
         self.principals
             .get(&name.to_ascii_lowercase())
@@ -171,6 +184,24 @@ pub struct Gateway {
     handshakes: Arc<Semaphore>,
     /// Connections per principal, past their handshake.
     per_principal: Arc<PerPrincipal>,
+    /// A permit per authenticated connection, all principals together.
+    connections: Arc<Semaphore>,
+    /// How many permits `connections` started with.
+    max_connections: usize,
+}
+
+/// The gateway's bounds on authenticated connections, for each one's task.
+struct Limits {
+    per_principal: Arc<PerPrincipal>,
+    connections: Arc<Semaphore>,
+    max_connections: usize,
+}
+
+/// The default most connections: each holds two descriptors (TCP and the
+/// local pipe); a quarter of the limit stays for handshakes and files.
+fn default_max_connections(open_files: u64) -> usize {
+    let usable = open_files.saturating_mul(3) / 4 / 2;
+    usize::try_from(usable).unwrap_or(usize::MAX).max(16)
 }
 
 /// How many connections each principal has through the gateway.
@@ -256,6 +287,9 @@ impl Gateway {
             trust::check(&path, what, kind, me)?;
         }
         let config = tls::server_config(&opts.files)?;
+        let max_connections = opts
+            .max_connections
+            .unwrap_or_else(|| default_max_connections(crate::sys::open_file_limit()));
         let listener = TcpListener::bind(opts.listen)
             .await
             .map_err(|e| Error::os(e, &format!("cannot listen on {}", opts.listen)))?;
@@ -264,6 +298,8 @@ impl Gateway {
             acceptor: TlsAcceptor::from(config),
             handshakes: Arc::new(Semaphore::new(opts.max_handshakes)),
             per_principal: Arc::default(),
+            connections: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
             opts: Arc::new(opts),
         })
     }
@@ -309,10 +345,14 @@ impl Gateway {
             let acceptor = self.acceptor.clone();
             let opts = Arc::clone(&self.opts);
             let log = Arc::clone(&log);
-            let counts = Arc::clone(&self.per_principal);
+            let limits = Limits {
+                per_principal: Arc::clone(&self.per_principal),
+                connections: Arc::clone(&self.connections),
+                max_connections: self.max_connections,
+            };
             ::tokio::spawn(async move {
                 let mut principal = None;
-                let served = serve_one(tcp, peer, acceptor, &opts, &counts, permit, &mut principal);
+                let served = serve_one(tcp, peer, acceptor, &opts, &limits, permit, &mut principal);
                 let what = match served.await {
                     Ok(what) => what,
                     Err(e) => e.to_string(),
@@ -333,7 +373,7 @@ async fn serve_one(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     opts: &GatewayOptions,
-    counts: &Arc<PerPrincipal>,
+    limits: &Limits,
     handshake: OwnedSemaphorePermit,
     principal_out: &mut Option<String>,
 ) -> Result<String> {
@@ -361,7 +401,17 @@ async fn serve_one(
         return Ok(format!("refused: {why}"));
     }
     *principal_out = Some(principal.clone());
-    let Some(_counted) = PerPrincipal::enter(counts, &principal, opts.max_per_principal) else {
+    let Ok(_connection) = Arc::clone(&limits.connections).try_acquire_owned() else {
+        let why = format!(
+            "the gateway has {} connections, its most; try again later",
+            limits.max_connections
+        );
+        refuse(&mut tls, ErrorCode::PipeBusy, &why).await;
+        return Ok(format!("refused: {why}"));
+    };
+    let Some(_counted) =
+        PerPrincipal::enter(&limits.per_principal, &principal, opts.max_per_principal)
+    else {
         let why = format!(
             "{principal} has {} connections through this gateway already, its most",
             opts.max_per_principal
@@ -537,6 +587,16 @@ fn mapped_groups(uid: u32) -> Option<Vec<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each connection holds two descriptors; a quarter of the limit stays
+    /// for handshakes and files; never fewer than 16.
+    #[test]
+    fn the_default_connection_bound_follows_the_open_file_limit() {
+        assert_eq!(default_max_connections(1024), 384);
+        assert_eq!(default_max_connections(65_536), 24_576);
+        assert_eq!(default_max_connections(10), 16);
+        assert!(default_max_connections(u64::MAX) > 1 << 40);
+    }
 
     /// The groups sent for a mapped user: its primary group first, each
     /// once; none at all (so the client is refused) for a user the

@@ -1053,6 +1053,15 @@ pub fn effective_uid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
+/// This process's limit on open files (its soft limit), for the gateway's
+/// default bounds.
+#[cfg(feature = "remote")]
+pub fn open_file_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
+}
+
 /// This process's effective gid (the gateway's key check).
 #[cfg(feature = "remote")]
 pub fn effective_gid() -> u32 {

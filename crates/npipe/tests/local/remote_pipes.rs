@@ -625,6 +625,23 @@ fn a_principal_has_at_most_its_share_of_connections() {
     }
 }
 
+/// All principals together may hold only so many connections: past them
+/// the next, anyone's, is busy.
+#[test]
+fn the_gateway_has_at_most_its_connections() {
+    let gw = gateway("remote-max-connections", |o| {
+        o.max_connections(2);
+    });
+    let name = unique("remote-max-connections");
+    echo_server(server("allow everyone=full").create(&name).unwrap());
+    let path = remote(&name);
+    let _a = gw.client("alice").open(path.as_str()).unwrap();
+    let _b = gw.client("bob").open(path.as_str()).unwrap();
+    let e = gw.client("carol").open(path.as_str()).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::PipeBusy, "{e}");
+    assert!(e.to_string().contains("connections, its most"), "{e}");
+}
+
 #[test]
 fn a_thousand_remote_clients_at_once_are_all_served() {
     raise_fd_limit(16_384);
