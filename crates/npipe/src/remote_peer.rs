@@ -24,8 +24,9 @@ pub(crate) struct RemotePeer {
     /// The mapped local user, its primary group and its name (`None`:
     /// unmapped, or the user database no longer has it).
     local: Option<(u32, u32, String)>,
-    /// The mapped user's groups, read from the user database when first
-    /// asked for.
+    /// The mapped user's groups: those the gateway sent (read from the
+    /// same user database, and the ones the descriptor was judged by), else
+    /// read from the database when first asked for (an older gateway).
     groups: OnceLock<Vec<u32>>,
 }
 
@@ -40,11 +41,15 @@ impl RemotePeer {
             let (name, gid) = crate::sys::user_entry(uid)?;
             Some((uid, gid, name))
         });
+        let groups = OnceLock::new();
+        if local.is_some() && !hello.local_groups.is_empty() {
+            let _ = groups.set(hello.local_groups.clone());
+        }
         Some(RemotePeer {
             principal: RemotePrincipal::new(hello.principal.clone()),
             computer: hello.computer.clone(),
             local,
-            groups: OnceLock::new(),
+            groups,
         })
     }
 
@@ -136,5 +141,15 @@ mod tests {
         assert_eq!(cred.group, PeerCredentials::UNKNOWN.group);
         assert!(peer.local_account().is_none());
         assert!(peer.groups().is_empty());
+    }
+
+    /// The groups the gateway sent are those the server acts with (and
+    /// judged by), without reading the user database again.
+    #[test]
+    fn a_gateways_groups_are_the_ones_acted_with() {
+        let mut h = hello("agent", Some(0));
+        h.local_groups = vec![0, 4242];
+        let peer = RemotePeer::from_hello(&h).unwrap();
+        assert_eq!(peer.local_account().unwrap().2, vec![0, 4242]);
     }
 }

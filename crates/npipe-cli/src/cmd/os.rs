@@ -3,10 +3,20 @@
 //! files, the shell `--exec` runs commands with, and the user a thread acts
 //! as. Everything else in the commands is portable.
 
+use crate::exit::{Failure, Status};
+
 #[cfg(unix)]
 pub(crate) use unix::*;
 #[cfg(windows)]
 pub(crate) use windows::*;
+
+/// Why `--pid-file` could not be written, for both systems.
+fn pid_file_refused(path: &std::path::Path, why: &dyn std::fmt::Display) -> Failure {
+    Failure::new(
+        Status::Usage,
+        format!("cannot write the pid file {}: {why}", path.display()),
+    )
+}
 
 #[cfg(unix)]
 mod unix {
@@ -87,12 +97,7 @@ mod unix {
         pub(crate) fn write(path: &std::path::Path) -> Result<PidFile, Failure> {
             use std::io::Write as _;
             use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-            let refused = |e: &dyn std::fmt::Display| {
-                Failure::new(
-                    Status::Usage,
-                    format!("cannot write the pid file {}: {e}", path.display()),
-                )
-            };
+            let refused = |e: &dyn std::fmt::Display| super::pid_file_refused(path, e);
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
@@ -305,12 +310,7 @@ mod windows {
     impl PidFile {
         pub(crate) fn write(path: &std::path::Path) -> Result<PidFile, Failure> {
             use std::io::Write as _;
-            let refused = |e: &dyn std::fmt::Display| {
-                Failure::new(
-                    Status::Usage,
-                    format!("cannot write the pid file {}: {e}", path.display()),
-                )
-            };
+            let refused = |e: &dyn std::fmt::Display| super::pid_file_refused(path, e);
             let create = || {
                 std::fs::OpenOptions::new()
                     .write(true)

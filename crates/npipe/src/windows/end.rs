@@ -153,8 +153,14 @@ impl EndState {
 
     /// The client's process and token, as the portable credentials.
     pub(crate) fn client_credentials(&self) -> PeerCredentials {
+        self.credentials_from(self.client_token().as_ref())
+    }
+
+    /// The credentials `token` (the client's, as read) says, with the
+    /// client's process.
+    pub(crate) fn credentials_from(&self, token: Option<&sys::TokenFacts>) -> PeerCredentials {
         let pid = self.process_of(Peer::Client);
-        match self.client_token() {
+        match token {
             Some(t) => PeerCredentials {
                 pid,
                 user: LocalUser(t.user),
@@ -307,11 +313,15 @@ macro_rules! server_queries {
                 })?;
                 Ok(facts.groups.into_iter().map(crate::LocalGroup).collect())
             }
-            /// Everything known about the client, in one go.
+            /// Everything known about the client, in one go (its token
+            /// read once).
             pub fn client_identity(&self) -> crate::ClientIdentity {
+                let token = self.$($state).+.client_token();
                 crate::ClientIdentity {
-                    credentials: self.client_credentials(),
-                    groups: self.client_groups().unwrap_or_default(),
+                    credentials: self.$($state).+.credentials_from(token.as_ref()),
+                    groups: token
+                        .map(|t| t.groups.into_iter().map(crate::LocalGroup).collect())
+                        .unwrap_or_default(),
                     user_name: self.client_user_name(),
                     session_id: self.client_session_id(),
                 }
