@@ -103,12 +103,10 @@ impl ServerOptions {
         self
     }
 
-    /// Whether a blocking server takes a client's offer to move the data
-    /// to shared memory (on by default; see
+    /// Whether the server (blocking or tokio) takes a client's offer to
+    /// move the data to shared memory (on by default; see
     /// [`ClientOptions::shared_memory`]). The environment variable
-    /// `NPIPE_SHARED_MEMORY=off` turns it off for the whole process. The
-    /// tokio server does not take offers yet: its clients stay on the
-    /// socket.
+    /// `NPIPE_SHARED_MEMORY=off` turns it off for the whole process.
     pub fn shared_memory(&mut self, take: bool) -> &mut Self {
         self.shared_memory = take;
         self
@@ -453,16 +451,18 @@ impl ClientOptions {
     /// memory instead of the socket: a ring each way in a sealed memory
     /// file that rides with the handshake (`SCM_RIGHTS`). A server that
     /// takes it says so in its reply; one that does not (an older npipe,
-    /// the tokio server, or one with
-    /// [`ServerOptions::shared_memory`] off) keeps the socket, and so does
-    /// everything else. Reads, writes, message boundaries, *more data*,
+    /// or one with [`ServerOptions::shared_memory`] off) keeps the socket,
+    /// and so does everything else. Reads, writes, message boundaries, *more data*,
     /// peeks, `transact`, `flush_buffers` and every error are the same
     /// either way; a request and reply between processes on different CPUs
     /// took 1.8 µs instead of the socket's 12 on the machine the README
     /// measured. Off by default: making the region per connection halved
-    /// the connection rate there. Blocking clients only; a `call` whose
-    /// request rides with the handshake does not offer it. `NPIPE_SHARED_MEMORY=on` turns it on for
-    /// every blocking client of the process, `=off` off.
+    /// the connection rate there. Blocking and tokio clients alike (a tokio
+    /// end that must wait is woken through the socket, as its reactor
+    /// cannot wait on the rings); a `call` whose request rides with the
+    /// handshake does not offer it, nor does a client of a remote pipe.
+    /// `NPIPE_SHARED_MEMORY=on` turns it on for every client of the
+    /// process, `=off` off.
     ///
     /// ```
     /// use npipe::{ClientOptions, ServerOptions};

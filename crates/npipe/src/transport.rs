@@ -121,3 +121,63 @@ pub(crate) trait AsyncTransport {
     /// Ready when a send would not wait.
     fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
+
+/// Writes out a [`Transport`] impl that hands every call to
+/// `self.$via()` (a `&dyn Transport` or any `&impl Transport`): for the
+/// enums that choose a connection's carrier.
+#[cfg(target_os = "linux")]
+macro_rules! forward_transport {
+    ($via:ident) => {
+        fn recv(&self, buf: &mut [u8], how: $crate::transport::Recv) -> ::std::io::Result<usize> {
+            self.$via().recv(buf, how)
+        }
+        fn recv_spare(
+            &self,
+            buf: &mut Vec<u8>,
+            how: $crate::transport::Recv,
+        ) -> ::std::io::Result<usize> {
+            self.$via().recv_spare(buf, how)
+        }
+        fn send(&self, buf: &[u8]) -> ::std::io::Result<usize> {
+            self.$via().send(buf)
+        }
+        fn send_vectored(&self, bufs: &[::std::io::IoSlice<'_>]) -> ::std::io::Result<usize> {
+            self.$via().send_vectored(bufs)
+        }
+        fn send_nonblocking(&self, buf: &[u8]) -> ::std::io::Result<usize> {
+            self.$via().send_nonblocking(buf)
+        }
+        fn readable_bytes(&self) -> ::std::io::Result<usize> {
+            self.$via().readable_bytes()
+        }
+        fn peek_queued(&self) -> Vec<u8> {
+            self.$via().peek_queued()
+        }
+        fn wait_readable(&self, timeout: Option<::std::time::Duration>) -> ::std::io::Result<bool> {
+            self.$via().wait_readable(timeout)
+        }
+        fn set_read_timeout(
+            &self,
+            timeout: Option<::std::time::Duration>,
+        ) -> ::std::io::Result<()> {
+            self.$via().set_read_timeout(timeout)
+        }
+        fn set_write_timeout(
+            &self,
+            timeout: Option<::std::time::Duration>,
+        ) -> ::std::io::Result<()> {
+            self.$via().set_write_timeout(timeout)
+        }
+        fn shutdown_write(&self) -> ::std::io::Result<()> {
+            self.$via().shutdown_write()
+        }
+        fn shutdown_both(&self) -> ::std::io::Result<()> {
+            self.$via().shutdown_both()
+        }
+        fn delivery(&self) -> ::std::io::Result<$crate::transport::Delivery> {
+            self.$via().delivery()
+        }
+    };
+}
+#[cfg(target_os = "linux")]
+pub(crate) use forward_transport;

@@ -8,7 +8,7 @@ use crate::blocking::stream::PipeStream;
 use crate::client_socket;
 use crate::connect_core;
 use crate::engine::connect::{Action, ConnectCore};
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, Result};
 use crate::info::PeerCredentials;
 use crate::name::PipeName;
 use crate::namespace::{self, Namespace};
@@ -94,15 +94,14 @@ impl Pipe<PipeStream, ClientEnd> {
                 Action::Done(c) => {
                     let socket = socket.take().expect("connected");
                     client_socket::apply_send_buffer(&socket, c.send_buffer);
-                    let link = match (c.shared_memory, offer.take()) {
-                        (false, _) => Link::Socket(socket),
-                        (true, Some(region)) => Link::Shm(Box::new(ShmTransport::new(
+                    let link = match shm::transport::agreed(c.shared_memory, offer.take(), name)? {
+                        None => Link::Socket(socket),
+                        Some(region) => Link::Shm(Box::new(ShmTransport::new(
                             region,
                             socket,
                             OFFER_CAPACITY,
                             Side::Creator,
                         ))),
-                        (true, None) => return Err(unoffered(name)),
                     };
                     return connected_end(link, c, opts);
                 }
@@ -110,14 +109,6 @@ impl Pipe<PipeStream, ClientEnd> {
             }
         }
     }
-}
-
-/// The server claimed shared memory the client never offered.
-fn unoffered(name: &PipeName) -> Error {
-    Error::new(
-        ErrorCode::BadPipe,
-        format!("{name}: the server claims shared memory this client never offered"),
-    )
 }
 
 /// The client end on `link`, as the engine's connect left it.
@@ -192,9 +183,7 @@ fn connect_remote(
             }
             Action::Done(c) => {
                 let on = tls.take().expect("connected");
-                if c.shared_memory {
-                    return Err(unoffered(name));
-                }
+                shm::transport::agreed(c.shared_memory, None, name)?;
                 return connected_end(Link::Tls(Box::new(on)), c, opts);
             }
             Action::Fail(e) => return Err(e),

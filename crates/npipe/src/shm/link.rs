@@ -1,13 +1,25 @@
-//! What carries a blocking end's bytes: its socket, or the shared-memory
-//! rings with the socket kept beside them. The data path is written against
-//! [`Transport`] and does not know which.
+//! What carries an end's bytes: its socket, or the shared-memory rings
+//! with the socket kept beside them (and, for a blocking client, TLS to a
+//! remote pipe's gateway). The data path is written against [`Transport`]
+//! (and a tokio end's against [`AsyncTransport`]) and does not know which.
 
+#[cfg(feature = "tokio")]
 use std::io::{self, IoSlice};
-use std::time::Duration;
+#[cfg(feature = "tokio")]
+use std::task::{Context, Poll};
 
+#[cfg(feature = "tokio")]
+use ::tokio::io::unix::AsyncFd;
+
+#[cfg(feature = "tokio")]
+use super::transport::async_end::AsyncShm;
 use super::transport::ShmTransport;
+#[cfg(feature = "tokio")]
+use crate::sys::Fd;
 use crate::sys::Socket;
-use crate::transport::{Delivery, Recv, Transport};
+#[cfg(feature = "tokio")]
+use crate::transport::AsyncTransport;
+use crate::transport::{forward_transport, Transport};
 
 /// A connection's byte carrier.
 #[derive(Debug)]
@@ -48,43 +60,89 @@ impl Link {
 }
 
 impl Transport for Link {
-    fn recv(&self, buf: &mut [u8], how: Recv) -> io::Result<usize> {
-        self.transport().recv(buf, how)
+    forward_transport!(transport);
+}
+
+/// A tokio end's byte carrier: its socket registered with the reactor, or
+/// the rings beside it.
+#[cfg(feature = "tokio")]
+#[derive(Debug)]
+pub(crate) enum AsyncLink {
+    /// The kernel's socket, as every connection starts.
+    Socket(AsyncFd<Fd>),
+    /// The rings (boxed, as [`Link::Shm`]).
+    Shm(Box<AsyncShm>),
+}
+
+#[cfg(feature = "tokio")]
+impl AsyncLink {
+    /// The connection's socket (credentials, descriptors, closing).
+    pub(crate) fn socket(&self) -> &Socket {
+        match self {
+            AsyncLink::Socket(fd) => fd.get_ref().socket(),
+            AsyncLink::Shm(t) => t.socket(),
+        }
     }
-    fn recv_spare(&self, buf: &mut Vec<u8>, how: Recv) -> io::Result<usize> {
-        self.transport().recv_spare(buf, how)
+
+    /// Whether the data goes through shared memory.
+    pub(crate) fn is_shared_memory(&self) -> bool {
+        matches!(self, AsyncLink::Shm(_))
     }
-    fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        self.transport().send(buf)
+
+    fn transport(&self) -> &dyn Transport {
+        match self {
+            AsyncLink::Socket(fd) => fd.sync(),
+            AsyncLink::Shm(t) => t.sync(),
+        }
     }
-    fn send_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.transport().send_vectored(bufs)
+}
+
+/// The calls that never wait.
+#[cfg(feature = "tokio")]
+impl Transport for AsyncLink {
+    forward_transport!(transport);
+}
+
+#[cfg(feature = "tokio")]
+impl AsyncTransport for AsyncLink {
+    type Sync = AsyncLink;
+
+    fn sync(&self) -> &AsyncLink {
+        self
     }
-    fn send_nonblocking(&self, buf: &[u8]) -> io::Result<usize> {
-        self.transport().send_nonblocking(buf)
+
+    fn poll_recv(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match self {
+            AsyncLink::Socket(fd) => fd.poll_recv(cx, buf),
+            AsyncLink::Shm(t) => t.poll_recv(cx, buf),
+        }
     }
-    fn readable_bytes(&self) -> io::Result<usize> {
-        self.transport().readable_bytes()
+
+    fn poll_recv_spare(&self, cx: &mut Context<'_>, buf: &mut Vec<u8>) -> Poll<io::Result<usize>> {
+        match self {
+            AsyncLink::Socket(fd) => fd.poll_recv_spare(cx, buf),
+            AsyncLink::Shm(t) => t.poll_recv_spare(cx, buf),
+        }
     }
-    fn peek_queued(&self) -> Vec<u8> {
-        self.transport().peek_queued()
+
+    fn poll_send(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        match self {
+            AsyncLink::Socket(fd) => fd.poll_send(cx, bufs),
+            AsyncLink::Shm(t) => t.poll_send(cx, bufs),
+        }
     }
-    fn wait_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        self.transport().wait_readable(timeout)
+
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            AsyncLink::Socket(fd) => fd.poll_readable(cx),
+            AsyncLink::Shm(t) => t.poll_readable(cx),
+        }
     }
-    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.transport().set_read_timeout(timeout)
-    }
-    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.transport().set_write_timeout(timeout)
-    }
-    fn shutdown_write(&self) -> io::Result<()> {
-        self.transport().shutdown_write()
-    }
-    fn shutdown_both(&self) -> io::Result<()> {
-        self.transport().shutdown_both()
-    }
-    fn delivery(&self) -> io::Result<Delivery> {
-        self.transport().delivery()
+
+    fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            AsyncLink::Socket(fd) => fd.poll_writable(cx),
+            AsyncLink::Shm(t) => t.poll_writable(cx),
+        }
     }
 }

@@ -22,8 +22,8 @@
 //! | 64 | consumer | `head`: bytes consumed in all (u64) |
 //! | 72 | consumer | `closed`: 1 once the consumer is gone (u32) |
 //! | 76 | consumer | `space_seq`: bumped to wake a sleeping producer (futex) |
-//! | 128 | consumer | `waiting`: the consumer sleeps, or is about to (u32) |
-//! | 132 | producer | `waiting`: the producer sleeps, or is about to (u32) |
+//! | 128 | consumer | `waiting`: the consumer sleeps, or is about to (u32: [`ASLEEP_ON_FUTEX`] or [`ASLEEP_ON_SOCKET`]) |
+//! | 132 | producer | `waiting`: the producer sleeps, or is about to (the same values) |
 //! | 192.. | both | `capacity` bytes of records |
 //!
 //! A record is an 8-byte header (payload length u32, flags u32, little
@@ -43,6 +43,13 @@ const CONSUMER_CLOSED: usize = 72;
 const SPACE_SEQ: usize = 76;
 const CONSUMER_WAITING: usize = 128;
 const PRODUCER_WAITING: usize = 132;
+/// A `waiting` flag's value for a side asleep on the other side's futex
+/// word (a blocking end): bump the word and wake it.
+pub(crate) const ASLEEP_ON_FUTEX: u32 = 1;
+/// A `waiting` flag's value for a side that waits for its socket to become
+/// readable (a tokio end, whose reactor cannot wait on a futex): whoever
+/// clears the flag from this value sends one byte on the socket.
+pub(crate) const ASLEEP_ON_SOCKET: u32 = 2;
 /// The control block before the records.
 pub(crate) const CONTROL: usize = 192;
 /// A record's header: payload length and flags.

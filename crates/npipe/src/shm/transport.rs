@@ -18,7 +18,7 @@ use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::ring::{Consumer, Layout, Producer};
+use super::ring::{Consumer, Layout, Producer, ASLEEP_ON_FUTEX, ASLEEP_ON_SOCKET};
 use crate::error::Error;
 use crate::sys::{futex_wait, futex_wake, ShmRegion, Socket};
 use crate::transport::{Delivery, Recv, Transport};
@@ -37,6 +37,24 @@ const TAKEN_CAPACITIES: std::ops::RangeInclusive<usize> = 4096..=OFFER_CAPACITY;
 /// write into it).
 pub(crate) fn offer() -> io::Result<ShmRegion> {
     ShmRegion::create(ShmTransport::region_len(OFFER_CAPACITY))
+}
+
+/// What a client's connect leaves of its offer: the region to make rings
+/// in if the server took it (`taken`, the REPLY's bit), `None` if it kept
+/// the socket. A server that claims an offer never made is refused.
+pub(crate) fn agreed(
+    taken: bool,
+    offer: Option<ShmRegion>,
+    name: &crate::name::PipeName,
+) -> crate::error::Result<Option<ShmRegion>> {
+    match (taken, offer) {
+        (false, _) => Ok(None),
+        (true, Some(region)) => Ok(Some(region)),
+        (true, None) => Err(Error::new(
+            crate::error::ErrorCode::BadPipe,
+            format!("{name}: the server claims shared memory this client never offered"),
+        )),
+    }
 }
 
 /// A server's look at an offer: the region mapped, and its rings'
@@ -102,11 +120,24 @@ pub(crate) enum Side {
     Joiner,
 }
 
-/// One end of a connection whose data goes through shared memory.
+/// What holds a shared-memory end's socket: the socket itself (a blocking
+/// end), or its registration with tokio's reactor (a tokio end).
+pub(crate) trait HoldsSocket {
+    fn socket(&self) -> &Socket;
+}
+
+impl HoldsSocket for Socket {
+    fn socket(&self) -> &Socket {
+        self
+    }
+}
+
+/// One end of a connection whose data goes through shared memory, its
+/// socket held by `S`.
 #[derive(Debug)]
-pub(crate) struct ShmTransport {
+pub(crate) struct ShmTransport<S: HoldsSocket = Socket> {
     region: ShmRegion,
-    socket: Socket,
+    socket: S,
     tx: Mutex<Producer>,
     rx: Mutex<Consumer>,
     read_timeout: Mutex<Option<Duration>>,
@@ -129,11 +160,16 @@ impl ShmTransport {
     pub(crate) fn region_len(capacity: usize) -> usize {
         2 * Layout::bytes(capacity)
     }
+}
 
+impl<S: HoldsSocket> ShmTransport<S> {
     /// This end's rings in `region`: `capacity` was agreed (and bounded)
     /// before, and the region checked to be exactly that size.
-    pub(crate) fn new(region: ShmRegion, socket: Socket, capacity: usize, side: Side) -> Self {
-        assert_eq!(region.len(), Self::region_len(capacity));
+    pub(crate) fn new(mut region: ShmRegion, socket: S, capacity: usize, side: Side) -> Self {
+        assert_eq!(region.len(), ShmTransport::region_len(capacity));
+        // Both sides have the memory mapped now: its descriptor has done
+        // its work, and a connection holds only its socket.
+        region.close_fd();
         let first = Layout::new(0, capacity);
         let second = Layout::new(Layout::bytes(capacity), capacity);
         let (tx, rx) = match side {
@@ -158,6 +194,12 @@ impl ShmTransport {
 
     /// The socket that came with the connection.
     pub(crate) fn socket(&self) -> &Socket {
+        self.socket.socket()
+    }
+
+    /// What holds the socket.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn holder(&self) -> &S {
         &self.socket
     }
 
@@ -181,7 +223,7 @@ impl ShmTransport {
         if self.dead.load(Ordering::Relaxed) {
             return true;
         }
-        let dead = self.socket.peer_hung_up();
+        let dead = self.socket().peer_hung_up();
         if dead {
             self.dead.store(true, Ordering::Relaxed);
         }
@@ -209,7 +251,7 @@ impl ShmTransport {
         let mut asked = Instant::now();
         loop {
             let seen = seq.load(Ordering::Acquire);
-            waiting.store(1, Ordering::SeqCst);
+            waiting.store(ASLEEP_ON_FUTEX, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             if ready()? {
                 waiting.store(0, Ordering::Relaxed);
@@ -245,7 +287,7 @@ impl ShmTransport {
 
     /// After publishing: wakes the peer's reader if it sleeps.
     fn wake_reader(&self, layout: Layout) {
-        wake_if_waiting(
+        self.wake_if_waiting(
             layout.consumer_waiting(&self.region),
             layout.data_seq(&self.region),
         );
@@ -253,10 +295,37 @@ impl ShmTransport {
 
     /// After consuming: wakes the peer's writer if it waits for room.
     fn wake_writer(&self, layout: Layout) {
-        wake_if_waiting(
+        self.wake_if_waiting(
             layout.producer_waiting(&self.region),
             layout.space_seq(&self.region),
         );
+    }
+
+    /// Wakes a side asleep on `seq` if its `waiting` flag is up. The fence
+    /// pairs with the sleeper's (it raises the flag, then looks): either it
+    /// sees what we published, or we see its flag. A side that waits on its
+    /// socket gets one byte there, sent by whoever takes its flag down (so
+    /// one byte per sleep, however many publish meanwhile); a full socket
+    /// buffer is already a wake-up, and a peer that is gone wakes no one.
+    fn wake_if_waiting(&self, waiting: &AtomicU32, seq: &AtomicU32) {
+        fence(Ordering::SeqCst);
+        match waiting.load(Ordering::Relaxed) {
+            0 => {}
+            ASLEEP_ON_SOCKET => {
+                let took = waiting.compare_exchange(
+                    ASLEEP_ON_SOCKET,
+                    0,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                if took.is_ok() {
+                    let _ = self.socket().send_nonblocking(&[0]);
+                }
+            }
+            // ASLEEP_ON_FUTEX, or whatever a peer wrote: a futex wake is
+            // harmless either way.
+            _ => wake(seq),
+        }
     }
 
     /// Says this end reads no more, waking a writer that waits for room
@@ -287,6 +356,30 @@ impl ShmTransport {
             self.wake_writer(rx.layout());
         }
         Ok((n > 0).then_some(n))
+    }
+
+    /// A receive that never waits and makes no system call: what is there,
+    /// the end of the stream once the peer is done (said so in the ring, or
+    /// already found gone), or `None`.
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        if let Some(n) = self.take(buf)? {
+            return Ok(Some(n));
+        }
+        // Nothing here: the end of the stream once the peer is done, and
+        // nothing more came meanwhile.
+        if self.rx().producer_closed(&self.region) || self.dead.load(Ordering::Relaxed) {
+            return Ok(Some(self.take(buf)?.unwrap_or(0)));
+        }
+        Ok(None)
+    }
+
+    /// Whether a send would not wait: room for a record, or a reader that
+    /// is gone (the send then fails).
+    fn has_room(&self) -> io::Result<bool> {
+        let mut tx = self.tx();
+        Ok(tx.free(&self.region).map_err(io_error)? >= 16
+            || tx.consumer_closed(&self.region)
+            || self.dead.load(Ordering::Relaxed))
     }
 
     /// Whether a receive would not wait: data, or a peer that is gone.
@@ -345,18 +438,13 @@ impl ShmTransport {
             if !wait {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            let has_room = || -> io::Result<bool> {
-                let mut tx = self.tx();
-                Ok(tx.free(&self.region).map_err(io_error)? >= 16
-                    || tx.consumer_closed(&self.region))
-            };
             let gone = || self.socket_hung_up();
             if !self.wait(
                 &self.write_spin,
                 deadline,
                 layout.space_seq(&self.region),
                 layout.producer_waiting(&self.region),
-                has_room,
+                || self.has_room(),
                 gone,
             )? {
                 return Err(io::ErrorKind::WouldBlock.into());
@@ -376,6 +464,8 @@ struct Spin {
     /// Waits since the budget ran out (for the occasional probe).
     probes: AtomicU32,
     hint: &'static AtomicU32,
+    /// The most a wait spins.
+    max: u32,
 }
 
 /// What the process's waits for data and for room learned last.
@@ -388,7 +478,16 @@ impl Spin {
             budget: AtomicU32::new(hint.load(Ordering::Relaxed)),
             probes: AtomicU32::new(1),
             hint,
+            max: MAX_SPIN,
         }
+    }
+
+    /// Spins at most `max` rounds a wait.
+    #[cfg(feature = "tokio")]
+    fn cap(&mut self, max: u32) {
+        self.max = max.max(SPIN_PROBE);
+        let budget = self.budget.get_mut();
+        *budget = (*budget).min(self.max);
     }
 
     fn learn(&self, budget: u32) {
@@ -410,7 +509,7 @@ impl Spin {
         }
         for _ in 0..budget {
             if ready()? {
-                self.learn((budget * 2).clamp(SPIN_PROBE, MAX_SPIN));
+                self.learn((budget * 2).clamp(SPIN_PROBE, self.max));
                 return Ok(true);
             }
             std::hint::spin_loop();
@@ -420,37 +519,24 @@ impl Spin {
     }
 }
 
-/// Wakes a side asleep on `seq` if its `waiting` flag is up. The fence
-/// pairs with the sleeper's (it raises the flag, then looks): either it sees
-/// what we published, or we see its flag.
-fn wake_if_waiting(waiting: &AtomicU32, seq: &AtomicU32) {
-    fence(Ordering::SeqCst);
-    if waiting.load(Ordering::Relaxed) != 0 {
-        wake(seq);
-    }
-}
-
 /// Wakes whoever sleeps on `seq`, whatever it was waiting for.
 fn wake(seq: &AtomicU32) {
     seq.fetch_add(1, Ordering::Release);
     futex_wake(seq);
 }
 
-impl Transport for ShmTransport {
+impl<S: HoldsSocket> Transport for ShmTransport<S> {
     fn recv(&self, buf: &mut [u8], how: Recv) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
         let mut woke = false;
         loop {
-            if let Some(n) = self.take(buf)? {
+            if let Some(n) = self.try_recv(buf)? {
                 return Ok(n);
             }
-            // Nothing here: the end of the stream once the peer is done
-            // (or, woken with nothing, its socket says it died) and
-            // nothing more came meanwhile.
-            let closed = self.rx().producer_closed(&self.region);
-            if closed || (woke && self.socket_hung_up()) {
+            // Woken with nothing: the peer's socket may say it died.
+            if woke && self.socket_hung_up() {
                 return Ok(self.take(buf)?.unwrap_or(0));
             }
             if how == Recv::DontWait {
@@ -531,7 +617,7 @@ impl Transport for ShmTransport {
     fn shutdown_both(&self) -> io::Result<()> {
         self.shutdown_write()?;
         self.close_reading();
-        self.socket.shutdown_both()
+        self.socket().shutdown_both()
     }
 
     fn delivery(&self) -> io::Result<Delivery> {
@@ -548,7 +634,7 @@ impl Transport for ShmTransport {
     }
 }
 
-impl Drop for ShmTransport {
+impl<S: HoldsSocket> Drop for ShmTransport<S> {
     /// A dropped end is gone for the peer at once, even before its socket
     /// closes.
     fn drop(&mut self) {
@@ -561,15 +647,26 @@ impl Drop for ShmTransport {
 /// after the handshake.
 #[cfg(test)]
 pub(crate) fn pair_over(a: Socket, b: Socket, capacity: usize) -> (ShmTransport, ShmTransport) {
-    let len = ShmTransport::region_len(capacity);
-    let region = ShmRegion::create(len).unwrap();
-    let fd = region.fd().try_clone_to_owned().unwrap();
-    let joined = ShmRegion::from_peer(fd, |n| n == len).unwrap();
+    let (region, joined) = test_regions(capacity);
     (
         ShmTransport::new(region, a, capacity, Side::Creator),
         ShmTransport::new(joined, b, capacity, Side::Joiner),
     )
 }
 
+/// One region for rings of `capacity`, mapped twice: the creator's and the
+/// joiner's.
+#[cfg(test)]
+pub(crate) fn test_regions(capacity: usize) -> (ShmRegion, ShmRegion) {
+    let len = ShmTransport::region_len(capacity);
+    let region = ShmRegion::create(len).unwrap();
+    let fd = region.fd().try_clone_to_owned().unwrap();
+    let joined = ShmRegion::from_peer(fd, |n| n == len).unwrap();
+    (region, joined)
+}
+
 #[cfg(test)]
 mod tests;
+
+#[cfg(feature = "tokio")]
+pub(crate) mod async_end;

@@ -22,7 +22,9 @@ const REQUIRED_SEALS: SealFlags = SealFlags::SHRINK
 /// A shared, fixed-size, mapped memory region.
 #[derive(Debug)]
 pub struct ShmRegion {
-    fd: OwnedFd,
+    /// The memory file, until the rings are made: the mapping does not
+    /// need it, and a connection should hold one descriptor, not two.
+    fd: Option<OwnedFd>,
     ptr: NonNull<u8>,
     len: usize,
 }
@@ -104,7 +106,11 @@ impl ShmRegion {
         };
         let ptr =
             NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
-        Ok(ShmRegion { fd, ptr, len })
+        Ok(ShmRegion {
+            fd: Some(fd),
+            ptr,
+            len,
+        })
     }
 
     /// The region's size in bytes.
@@ -112,9 +118,19 @@ impl ShmRegion {
         self.len
     }
 
-    /// The memory file, to send to the peer (`SCM_RIGHTS`).
+    /// The memory file, to send to the peer (`SCM_RIGHTS`). Panics once
+    /// [`close_fd`](Self::close_fd) closed it (a bug: only a region not in
+    /// use yet is sent).
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.fd
+            .as_ref()
+            .expect("the memory file was closed once the rings were made")
+            .as_fd()
+    }
+
+    /// Closes the memory file; the mapping stays.
+    pub fn close_fd(&mut self) {
+        self.fd = None;
     }
 
     /// Panics unless `[off, off + n)` lies in the region and `off` is
@@ -217,6 +233,13 @@ mod tests {
         assert_eq!(b.u64_at(8).load(Ordering::Acquire), 42);
         // The seals hold: nobody can shrink it under a mapping.
         assert!(rustix::fs::ftruncate(a.fd(), 0).is_err());
+        // Without their descriptors the two mappings still share.
+        let (mut a, mut b) = (a, b);
+        a.close_fd();
+        b.close_fd();
+        b.write(200, b"after");
+        a.read(200, &mut got);
+        assert_eq!(&got, b"after");
     }
 
     #[test]

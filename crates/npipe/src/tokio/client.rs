@@ -17,8 +17,12 @@ use crate::name::PipeName;
 use crate::namespace::{self, Namespace};
 use crate::options::ClientOptions;
 use crate::pipe::{ClientEnd, Pipe};
+use crate::shm;
+use crate::shm::link::AsyncLink;
+use crate::shm::transport::async_end::AsyncShm;
+use crate::shm::transport::{Side, OFFER_CAPACITY};
 use crate::stream_core::EndCore;
-use crate::sys::{self, Fd, RecvFlagsLite, Socket};
+use crate::sys::{self, Fd, RecvFlagsLite, ShmRegion, Socket};
 use crate::types::{Access, PipeType, Wait};
 
 /// The client end of a pipe on tokio: reads and writes (and
@@ -67,6 +71,12 @@ impl Pipe<PipeStream, ClientEnd> {
     ) -> Result<PipeClient> {
         let mut core = ConnectCore::new(name, opts, pipelined, Instant::now());
         let mut fd: Option<AsyncFd<Fd>> = None;
+        // As the blocking client: a pipelined request rides on the socket,
+        // and a remote pipe's socket is a relay to its gateway, so neither
+        // offers shared memory.
+        let offers = pipelined.is_none() && opts.offers_shared_memory() && !is_remote(name);
+        // This attempt's offer: a fresh region each time.
+        let mut offer: Option<ShmRegion> = None;
         let mut action = core.start();
         loop {
             action = match action {
@@ -80,7 +90,12 @@ impl Pipe<PipeStream, ClientEnd> {
                     }
                 }
                 Action::Send(bytes) => {
-                    let sent = send_all(fd.as_ref().expect("connected"), &bytes).await;
+                    let on = fd.as_ref().expect("connected");
+                    offer = offers.then(shm::transport::offer).and_then(|r| r.ok());
+                    let sent = match &offer {
+                        Some(region) => send_with_offer(on, &bytes, region).await,
+                        None => send_all(on, &bytes).await,
+                    };
                     core.sent(sent, Instant::now())
                 }
                 Action::Receive { deadline } => {
@@ -103,9 +118,16 @@ impl Pipe<PipeStream, ClientEnd> {
                 Action::Done(c) => {
                     let fd = fd.take().expect("connected");
                     client_socket::apply_send_buffer(fd.get_ref().socket(), c.send_buffer);
+                    let link = match shm::transport::agreed(c.shared_memory, offer.take(), name)? {
+                        None => AsyncLink::Socket(fd),
+                        Some(region) => {
+                            let rings = AsyncShm::new(region, fd, OFFER_CAPACITY, Side::Creator);
+                            AsyncLink::Shm(Box::new(rings))
+                        }
+                    };
                     let end = EndCore::new(c.setup, c.read_mode, c.leftover);
                     return Ok(Pipe {
-                        io: PipeStream::registered(fd, end),
+                        io: PipeStream::with_link(link, end),
                         role: ClientEnd::new(),
                     });
                 }
@@ -153,6 +175,29 @@ async fn connect_registered(
     let fd = register(socket)?;
     let cred = client_socket::server_cred(fd.get_ref().socket(), cred)?;
     Ok((fd, cred))
+}
+
+/// Whether `name` is a remote pipe's.
+fn is_remote(name: &PipeName) -> bool {
+    #[cfg(feature = "remote")]
+    return name.host().is_some();
+    #[cfg(not(feature = "remote"))]
+    {
+        let _ = name;
+        false
+    }
+}
+
+/// Sends the HELLO with the shared-memory offer riding on its first bytes.
+async fn send_with_offer(fd: &AsyncFd<Fd>, buf: &[u8], region: &ShmRegion) -> std::io::Result<()> {
+    let n = loop {
+        let mut guard = fd.writable().await?;
+        match guard.try_io(|fd| fd.get_ref().socket().send_with_fd(buf, region.fd())) {
+            Ok(sent) => break sent?,
+            Err(_would_block) => continue,
+        }
+    };
+    send_all(fd, &buf[n..]).await
 }
 
 /// Sends all of `buf` on a fresh connection.

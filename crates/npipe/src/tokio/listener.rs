@@ -50,6 +50,9 @@ use crate::proto::handshake::{Hello, PipeDescription, Reply};
 use crate::proto::ProtoError;
 use crate::remote_peer::RemotePeer;
 use crate::server_instance::InstancePool;
+use crate::shm::link::AsyncLink;
+use crate::shm::transport::async_end::AsyncShm;
+use crate::shm::transport::{take_offer, PeerFd, Side};
 use crate::sys::{self, Fd, RecvFlagsLite, Socket};
 use crate::types::Access;
 
@@ -61,6 +64,9 @@ struct Arrived {
     process: ClientProcess,
     hello: Hello,
     leftover: Vec<u8>,
+    /// A descriptor that rode with the HELLO's first bytes: the client's
+    /// shared-memory offer, if it is one (PROTOCOL.md §6a).
+    offer: Option<PeerFd>,
 }
 
 /// What server ends and `accept` tell the acceptor.
@@ -258,10 +264,17 @@ impl Drop for PipeListener {
 pub type PipeServer = Pipe<PipeStream, ServerEnd>;
 
 /// The server end of a connection the acceptor told OK.
-fn server_end(shared: Arc<Shared>, ready: Ready) -> Result<PipeServer> {
+fn server_end(shared: Arc<Shared>, mut ready: Ready) -> Result<PipeServer> {
     // If the stream cannot be made, the instance, dropped, is given back.
+    let shm = ready.shm.take();
     let (socket, end, instance) = shared.state.open_end(shared.clone(), ready);
-    let io = PipeStream::new(socket, end)?;
+    let io = match shm {
+        Some((region, capacity)) => {
+            let rings = AsyncShm::new(region, register(socket)?, capacity, Side::Joiner);
+            PipeStream::with_link(AsyncLink::Shm(Box::new(rings)), end)
+        }
+        None => PipeStream::new(socket, end)?,
+    };
     Ok(Pipe {
         io,
         role: ServerEnd { instance },
@@ -523,14 +536,20 @@ impl Acceptor {
         // HELLO is not all there yet gets a task (and a registration with
         // the reactor) to wait for it.
         let mut buf = Vec::with_capacity(HELLO_READ);
-        let read = socket.recv_spare(&mut buf, RecvFlagsLite::DontWait);
-        match read {
-            Ok(0) => return self.core.handshake_ended(ticket),
+        // An offer rides with the HELLO's first bytes: only the first read
+        // takes a descriptor in (closed elsewhere unless it becomes rings).
+        let read = socket.recv_spare_with_fd(&mut buf, peer.cred.user.0);
+        let offer = match read {
+            Ok((0, fd)) => {
+                drop(fd.map(PeerFd::new));
+                return self.core.handshake_ended(ticket);
+            }
             Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
                 return self.core.handshake_ended(ticket)
             }
-            _ => {}
-        }
+            Ok((_, fd)) => fd.map(PeerFd::new),
+            Err(_) => None,
+        };
         match Hello::decode(&buf) {
             Ok(Some((hello, used))) => {
                 let leftover = buf.split_off(used);
@@ -540,14 +559,20 @@ impl Acceptor {
                     process,
                     hello,
                     leftover,
+                    offer,
                 };
                 self.on_hello(ticket, arrived);
             }
             Ok(None) => {
                 let deadline = Instant::now() + shared.state.opts.handshake_timeout;
+                let first = Handshake {
+                    buf,
+                    offer,
+                    deadline,
+                };
                 let task = self
                     .handshakes
-                    .spawn(handshake(socket, peer, process, buf, deadline));
+                    .spawn(handshake(socket, peer, process, first));
                 self.handshake_tickets.insert(task.id(), ticket);
             }
             Err(e) => {
@@ -620,13 +645,21 @@ impl Acceptor {
 
     /// Sends OK and queues the connection for the application's `accept`.
     /// The core has already counted the instance as taken.
-    fn connect(&mut self, arrived: Arrived, desc: PipeDescription, granted: Access) {
+    fn connect(&mut self, arrived: Arrived, mut desc: PipeDescription, granted: Access) {
         let cur_instances = desc.cur_instances;
         // Counted before the client or `accept` can see the connection, so
         // `info` never lags behind (a failed send below counts it back).
         self.publish_active();
         let mut arrived = arrived;
         let o = &self.shared.state.opts;
+        // An offer is taken only where nothing is pipelined behind the
+        // HELLO (that would be on the socket), and only if it is sound.
+        let shm = arrived
+            .offer
+            .take()
+            .filter(|_| o.takes_shared_memory() && arrived.leftover.is_empty())
+            .and_then(|fd| take_offer(fd).ok());
+        desc.shared_memory = shm.is_some();
         if !fresh_connection::connect(&arrived.socket, desc, granted, &mut arrived.leftover, o) {
             let more = self.core.grant_failed();
             self.connect_grants(more);
@@ -640,9 +673,7 @@ impl Acceptor {
             hello: arrived.hello,
             granted,
             cur_instances,
-            // The tokio acceptor reads HELLOs without descriptors: the
-            // kernel closes any offer, and the client keeps the socket.
-            shm: None,
+            shm,
             remote: None,
         };
         if ready.hello.local_user.is_none() {
@@ -688,19 +719,34 @@ impl Drop for Acceptor {
     }
 }
 
-/// A new connection's handshake, `buf` holding what arrived of its HELLO so
-/// far: the whole HELLO within `deadline`, or nothing
-/// (silent, slow, or gone: dropped without a word). A malformed HELLO is
-/// refused here.
+/// Where a handshake stands when the acceptor hands it to a task.
+struct Handshake {
+    /// What arrived of the HELLO so far.
+    buf: Vec<u8>,
+    /// A descriptor that came with its first bytes.
+    offer: Option<PeerFd>,
+    /// When the whole HELLO must be in.
+    deadline: Instant,
+}
+
+/// A new connection's handshake: the whole HELLO within its deadline, or
+/// nothing (silent, slow, or gone: dropped without a word). A malformed
+/// HELLO is refused here.
 async fn handshake(
     socket: Socket,
     peer: Peer,
     process: ClientProcess,
-    mut buf: Vec<u8>,
-    deadline: Instant,
+    first: Handshake,
 ) -> Option<Arrived> {
+    let Handshake {
+        mut buf,
+        mut offer,
+        deadline,
+    } = first;
     let fd = register(socket).ok()?;
-    let read = ::tokio::time::timeout_at(deadline.into(), read_hello(&fd, &mut buf)).await;
+    let sender = peer.cred.user.0;
+    let read = read_hello(&fd, &mut buf, &mut offer, sender);
+    let read = ::tokio::time::timeout_at(deadline.into(), read).await;
     match read {
         Ok(Some(Ok((hello, used)))) => {
             let leftover = buf.split_off(used);
@@ -710,6 +756,7 @@ async fn handshake(
                 process,
                 hello,
                 leftover,
+                offer,
             })
         }
         Ok(Some(Err(e))) => {
@@ -722,10 +769,14 @@ async fn handshake(
 }
 
 /// Reads until `buf` starts with a whole HELLO (or a malformed one); `None`
-/// if the client closed or failed first.
+/// if the client closed or failed first. The first bytes' descriptor, if
+/// none was read yet, goes to `offer` (from `sender`'s budget of pending
+/// closes).
 async fn read_hello(
     fd: &AsyncFd<Fd>,
     buf: &mut Vec<u8>,
+    offer: &mut Option<PeerFd>,
+    sender: u32,
 ) -> Option<std::result::Result<(Hello, usize), ProtoError>> {
     loop {
         let room = HELLO_READ.saturating_sub(buf.len());
@@ -733,13 +784,19 @@ async fn read_hello(
             buf.reserve_exact(room);
         }
         let mut guard = fd.readable().await.ok()?;
+        let first = buf.is_empty();
         match guard.try_io(|fd| {
-            fd.get_ref()
-                .socket()
-                .recv_spare(buf, RecvFlagsLite::DontWait)
+            let socket = fd.get_ref().socket();
+            if first {
+                socket.recv_spare_with_fd(buf, sender)
+            } else {
+                socket
+                    .recv_spare(buf, RecvFlagsLite::DontWait)
+                    .map(|n| (n, None))
+            }
         }) {
-            Ok(Ok(0)) | Ok(Err(_)) => return None,
-            Ok(Ok(_)) => {}
+            Ok(Ok((0, _))) | Ok(Err(_)) => return None,
+            Ok(Ok((_, fd))) => *offer = fd.map(PeerFd::new).or(offer.take()),
             Err(_would_block) => continue,
         }
         match Hello::decode(buf) {

@@ -13,6 +13,7 @@ use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::{Error, Result};
 use crate::pipe::{sealed, Pipe, PipeIo, PipeRole};
+use crate::shm::link::AsyncLink;
 use crate::stream_core::{
     recv_error, send_error, EndCore, MessageRead, Need, Peek, ReadCore, ReadMessage, ReadOp,
     ReadStd, RecvMessage, Step, WriteCore, WriteOp,
@@ -40,7 +41,7 @@ pub(crate) fn register(socket: Socket) -> Result<AsyncFd<Fd>> {
 /// one alone.
 #[derive(Debug)]
 pub struct PipeStream {
-    io: AsyncFd<Fd>,
+    io: AsyncLink,
     end: EndCore,
     /// What is left of a message that `poll_write` took but could not send
     /// at once, framing included; it goes out before anything else.
@@ -103,7 +104,7 @@ fn poll_run<O: ReadOp, T: AsyncTransport>(
 /// A read in progress as a future's state: if the future is dropped before
 /// the read finished, [`ReadOp::undo`] puts back what it took.
 struct ReadFuture<'a, O: ReadOp> {
-    io: &'a AsyncFd<Fd>,
+    io: &'a AsyncLink,
     core: &'a mut ReadCore,
     writer: &'a mut WriteCore,
     tail: &'a mut Vec<u8>,
@@ -169,7 +170,7 @@ fn poll_drain<T: AsyncTransport>(
 /// message went out, the writer is broken (the peer never sees a cut
 /// message as whole).
 struct WriteFuture<'a> {
-    io: &'a AsyncFd<Fd>,
+    io: &'a AsyncLink,
     writer: &'a mut WriteCore,
     op: WriteOp,
     msg: &'a [u8],
@@ -245,6 +246,11 @@ impl PipeStream {
     }
 
     pub(crate) fn registered(io: AsyncFd<Fd>, end: EndCore) -> PipeStream {
+        PipeStream::with_link(AsyncLink::Socket(io), end)
+    }
+
+    /// A stream whose bytes go through `io`.
+    pub(crate) fn with_link(io: AsyncLink, end: EndCore) -> PipeStream {
         PipeStream {
             io,
             end,
@@ -494,6 +500,32 @@ impl AsyncWrite for PipeStream {
 /// # }).unwrap();
 /// ```
 impl<R: PipeRole> Pipe<PipeStream, R> {
+    /// Whether this connection's data goes through shared memory (see
+    /// [`ClientOptions::shared_memory`](crate::ClientOptions::shared_memory))
+    /// rather than the socket. Nothing else differs.
+    ///
+    /// ```
+    /// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// # rt.block_on(async {
+    /// # let name = format!("doc-async-uses-shared-memory-{}", std::process::id());
+    /// let listener = npipe::ServerOptions::new().create_async(&name)?;
+    /// let mut client = npipe::ClientOptions::new()
+    ///     .shared_memory(true)
+    ///     .open_async(&name)
+    ///     .await?;
+    /// let mut server = listener.accept().await?;
+    /// # if std::env::var("NPIPE_SHARED_MEMORY").as_deref() != Ok("off") {
+    /// assert!(client.uses_shared_memory() && server.uses_shared_memory());
+    /// # }
+    /// client.write_message(b"through the ring").await?;
+    /// assert_eq!(server.recv_message().await?, b"through the ring");
+    /// # Ok::<(), npipe::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn uses_shared_memory(&self) -> bool {
+        self.io.io.is_shared_memory()
+    }
+
     /// Reads one message, or the rest of a message a short buffer cut
     /// (`ReadFile` in message read mode). [`MessageRead::MoreData`] is
     /// `ERROR_MORE_DATA`: the next read continues the same message.
@@ -690,7 +722,7 @@ impl sealed::EndIo for PipeStream {
         &self.end
     }
     fn socket(&self) -> &Socket {
-        self.io.get_ref().socket()
+        self.io.socket()
     }
     fn cut_client(&mut self) {
         self.disconnect_client();

@@ -1,7 +1,7 @@
 //! The shared-memory data path between two processes: taken when both
 //! sides agree, declined (keeping the socket) when either does not, the
-//! same behaviour over it, and a server that dies while a client waits on
-//! the ring.
+//! same behaviour over it on blocking and tokio ends, and a server that
+//! dies while a client waits on the ring.
 
 use npipe::{ClientOptions, ErrorCode, MessageRead, PipeClient};
 
@@ -20,10 +20,10 @@ fn forced_off() -> bool {
     std::env::var("NPIPE_SHARED_MEMORY").as_deref() == Ok("off")
 }
 
-#[test]
-fn a_blocking_server_takes_the_offer_and_messages_stay_messages() {
+/// Either server takes a blocking client's offer.
+fn messages_stay_messages(front: Front) {
     let name = unique("shm-msg");
-    let mut srv = server(&name, &[]);
+    let mut srv = server_on(front, &name, &[]);
     let mut c = offering(&name);
     srv.expect("conn");
     assert_eq!(c.uses_shared_memory(), !forced_off());
@@ -48,6 +48,8 @@ fn a_blocking_server_takes_the_offer_and_messages_stay_messages() {
     assert_eq!(c.recv_message().unwrap(), b"");
 }
 
+on_both_servers!(messages_stay_messages);
+
 #[test]
 fn a_byte_pipe_streams_through_the_rings() {
     use std::io::{Read, Write};
@@ -69,17 +71,17 @@ fn a_byte_pipe_streams_through_the_rings() {
     });
 }
 
-/// A server that does not take the offer (turned off, or the tokio one)
+/// A server that does not take the offer (turned off, on either front end)
 /// keeps the socket, and the client works the same.
 #[test]
 fn a_declined_offer_keeps_the_socket() {
-    let mut servers = vec![("off", Front::Blocking, &["shm=off"][..])];
+    let mut servers = vec![("off", Front::Blocking)];
     if cfg!(feature = "tokio") {
-        servers.push(("tokio", Front::Tokio, &[][..]));
+        servers.push(("tokio-off", Front::Tokio));
     }
-    for (tag, front, opts) in servers {
+    for (tag, front) in servers {
         let name = unique(&format!("shm-declined-{tag}"));
-        let mut srv = server_on(front, &name, opts);
+        let mut srv = server_on(front, &name, &["shm=off"]);
         let mut c = offering(&name);
         srv.expect("conn");
         assert!(!c.uses_shared_memory(), "{tag}: the offer was taken");
@@ -102,4 +104,110 @@ fn a_server_that_dies_does_not_leave_its_client_waiting() {
     srv.kill();
     let e = reader.join().unwrap().unwrap_err();
     assert_eq!(e.code(), ErrorCode::BrokenPipe, "{e}");
+}
+
+/// tokio clients on the rings: the same behaviour against either server,
+/// streams both ways at once through split halves, and a server that dies.
+#[cfg(feature = "tokio")]
+mod tokio_clients {
+    use npipe::tokio::PipeClient;
+    use npipe::{ClientOptions, ErrorCode, MessageRead};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::forced_off;
+    use crate::common::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    async fn offering(name: &str) -> PipeClient {
+        ClientOptions::new()
+            .shared_memory(true)
+            .wait(npipe::Wait::Timeout(HANG))
+            .open_async(name)
+            .await
+            .unwrap()
+    }
+
+    fn messages_stay_messages(front: Front) {
+        let name = unique("shm-tokio-msg");
+        let mut srv = server_on(front, &name, &[]);
+        runtime().block_on(async {
+            let mut c = offering(&name).await;
+            srv.expect("conn");
+            assert_eq!(c.uses_shared_memory(), !forced_off());
+            for i in 0..2_000u32 {
+                let m = i.to_le_bytes().repeat(16);
+                assert_eq!(c.transact(&m).await.unwrap(), m);
+            }
+            // Larger than a ring (256 KiB) both ways: each side waits for
+            // room and for data on its socket.
+            let big: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
+            c.write_message(&big).await.unwrap();
+            assert!(
+                c.recv_message().await.unwrap() == big,
+                "a large message came back changed"
+            );
+            c.write_message(b"a longer message").await.unwrap();
+            let mut buf = [0u8; 8];
+            let first = c.read_message(&mut buf).await.unwrap();
+            assert_eq!(first, MessageRead::MoreData(8));
+            let rest = c.read_message(&mut buf).await.unwrap();
+            assert_eq!(rest, MessageRead::Complete(8));
+            assert_eq!(&buf, b" message");
+            c.write_message(b"").await.unwrap();
+            assert_eq!(c.recv_message().await.unwrap(), b"");
+        });
+    }
+
+    /// A byte pipe's halves on two tasks: one writes 700 KB while the other
+    /// reads the echo, both waiting on the one socket for their wake-ups.
+    fn split_halves_stream_both_ways(front: Front) {
+        let name = unique("shm-tokio-split");
+        let mut srv = server_on(front, &name, &["type=byte"]);
+        runtime().block_on(async {
+            let c = offering(&name).await;
+            srv.expect("conn");
+            assert_eq!(c.uses_shared_memory(), !forced_off());
+            let (mut r, mut w) = tokio::io::split(c);
+            let data: Vec<u8> = (0..700_001u32).map(|i| (i % 253) as u8).collect();
+            let expected = data.clone();
+            let writer = tokio::spawn(async move { w.write_all(&data).await.unwrap() });
+            let mut back = vec![0u8; 700_001];
+            r.read_exact(&mut back).await.unwrap();
+            writer.await.unwrap();
+            assert!(back == expected, "the stream came back changed");
+        });
+    }
+
+    /// A server killed while a tokio client waits on the ring: the kernel
+    /// closes the socket, which wakes the client at once.
+    fn a_server_that_dies_ends_the_wait(front: Front) {
+        let name = unique("shm-tokio-kill");
+        let mut srv = server_on(front, &name, &["mode=hold"]);
+        runtime().block_on(async {
+            let mut c = offering(&name).await;
+            srv.expect("conn");
+            assert_eq!(c.uses_shared_memory(), !forced_off());
+            let reading = tokio::spawn(async move { c.recv_message().await });
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            srv.kill();
+            let e = tokio::time::timeout(HANG, reading)
+                .await
+                .expect("the client still waits")
+                .unwrap()
+                .unwrap_err();
+            assert_eq!(e.code(), ErrorCode::BrokenPipe, "{e}");
+        });
+    }
+
+    on_both_servers!(
+        messages_stay_messages,
+        split_halves_stream_both_ways,
+        a_server_that_dies_ends_the_wait,
+    );
 }

@@ -1,0 +1,523 @@
+//! A shared-memory end on tokio: the rings as an [`AsyncTransport`].
+//!
+//! tokio's reactor cannot wait on a futex, so a task that must wait (for
+//! data, or for room) spins a little as a blocking end does, then raises
+//! its `waiting` flag as [`ASLEEP_ON_SOCKET`] and waits for its socket to
+//! become readable. The peer, blocking or tokio, sends one byte there when
+//! it takes that flag down after publishing (PROTOCOL.md §6a); a peer that
+//! dies closes the socket, which makes it readable too, so a tokio end
+//! learns of a crash at once and an idle one costs nothing. The socket
+//! carries nothing else after the handshake: whatever is read from it is a
+//! wake-up, however many bytes (a peer that sends more only wakes us more).
+//!
+//! tokio keeps one waker for a registration's read readiness, but two
+//! tasks may wait on this one socket (the read and write halves of
+//! `tokio::io::split`, one for data and one for room), so the reactor is
+//! handed a waker of our own ([`Waiters`]) that wakes every task waiting.
+
+use std::io::{self, IoSlice};
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll, Wake, Waker};
+
+use ::tokio::io::unix::AsyncFd;
+
+use super::{HoldsSocket, ShmTransport, Side};
+use crate::shm::ring::ASLEEP_ON_SOCKET;
+use crate::sys::{Fd, ShmRegion, Socket};
+use crate::transport::{AsyncTransport, Recv, Transport};
+
+/// The most a tokio end's wait spins (`spin_loop` rounds): a spin holds the
+/// runtime's thread, which other tasks may need.
+const ASYNC_MAX_SPIN: u32 = 512;
+/// How many reads one wake-up drains from the socket at most: a peer that
+/// floods it cannot keep a task in the loop.
+const DRAIN_READS: usize = 16;
+
+impl HoldsSocket for AsyncFd<Fd> {
+    fn socket(&self) -> &Socket {
+        self.get_ref().socket()
+    }
+}
+
+/// The tasks waiting on one end's socket, woken together.
+#[derive(Debug, Default)]
+struct Waiters(Mutex<Vec<Waker>>);
+
+/// More tasks than this never wait on one end at once (a reader, a writer,
+/// and a `readable`/`writable` call); past it, the list is woken and
+/// emptied rather than grown.
+const MAX_WAITERS: usize = 8;
+
+impl Waiters {
+    fn add(&self, waker: &Waker) {
+        let mut list = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if list.iter().any(|w| w.will_wake(waker)) {
+            return;
+        }
+        if list.len() >= MAX_WAITERS {
+            list.drain(..).for_each(Waker::wake);
+        }
+        list.push(waker.clone());
+    }
+
+    /// Wakes every waiting task but `me`: a wake-up `me` drained from the
+    /// socket may have been meant for them.
+    fn wake_others(&self, me: &Waker) {
+        let list = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in list {
+            if !w.will_wake(me) {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl Wake for Waiters {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let list = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        list.into_iter().for_each(Waker::wake);
+    }
+}
+
+/// What a task waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Data,
+    Room,
+}
+
+/// One end of a shared-memory connection on tokio.
+#[derive(Debug)]
+pub(crate) struct AsyncShm {
+    t: ShmTransport<AsyncFd<Fd>>,
+    waiters: Arc<Waiters>,
+    /// What the reactor wakes: every task in `waiters`.
+    all: Waker,
+}
+
+impl AsyncShm {
+    /// This end's rings in `region` (see [`ShmTransport::new`]), its socket
+    /// registered with the reactor.
+    pub(crate) fn new(region: ShmRegion, io: AsyncFd<Fd>, capacity: usize, side: Side) -> Self {
+        let mut t = ShmTransport::new(region, io, capacity, side);
+        t.read_spin.cap(ASYNC_MAX_SPIN);
+        t.write_spin.cap(ASYNC_MAX_SPIN);
+        let waiters = Arc::new(Waiters::default());
+        AsyncShm {
+            t,
+            all: Waker::from(waiters.clone()),
+            waiters,
+        }
+    }
+
+    /// The connection's socket.
+    pub(crate) fn socket(&self) -> &Socket {
+        self.t.socket()
+    }
+
+    fn is_ready(&self, want: Want) -> io::Result<bool> {
+        match want {
+            Want::Data => Ok(self.t.receivable()? || self.t.dead.load(Ordering::Relaxed)),
+            Want::Room => self.t.has_room(),
+        }
+    }
+
+    fn flag(&self, want: Want) -> &AtomicU32 {
+        match want {
+            Want::Data => self.t.rx().layout().consumer_waiting(&self.t.region),
+            Want::Room => self.t.tx().layout().producer_waiting(&self.t.region),
+        }
+    }
+
+    /// Ready once `want` may have come true (the caller looks again):
+    /// after a spin, or a wake-up through the socket. Pending with the
+    /// flag raised and the socket's readiness registered.
+    fn poll_wait(&self, cx: &mut Context<'_>, want: Want) -> Poll<io::Result<()>> {
+        let spin = match want {
+            Want::Data => &self.t.read_spin,
+            Want::Room => &self.t.write_spin,
+        };
+        if spin.run(&mut || self.is_ready(want))? {
+            return Poll::Ready(Ok(()));
+        }
+        // Registered before the flag goes up: a wake-up another of our
+        // tasks drains from the socket wakes this one.
+        self.waiters.add(cx.waker());
+        let flag = self.flag(want);
+        flag.store(ASLEEP_ON_SOCKET, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if self.is_ready(want)? {
+            flag.store(0, Ordering::Relaxed);
+            return Poll::Ready(Ok(()));
+        }
+        let mut all = Context::from_waker(&self.all);
+        loop {
+            let mut guard = ready!(self.t.holder().poll_read_ready(&mut all))?;
+            let (woken, drained) = self.drain();
+            if drained {
+                guard.clear_ready();
+            }
+            if woken {
+                flag.store(0, Ordering::Relaxed);
+                self.waiters.wake_others(cx.waker());
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+
+    /// Reads what the peer sent on the socket: whether anything came (or
+    /// the peer is gone, remembered as dead), and whether the socket was
+    /// read empty (its readiness may be cleared).
+    fn drain(&self) -> (bool, bool) {
+        let mut scratch = [0u8; 64];
+        let mut woken = false;
+        for _ in 0..DRAIN_READS {
+            match self.socket().recv_nonblocking(&mut scratch) {
+                Ok(0) => return (self.found_dead(), false),
+                Ok(_) => woken = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (woken, true),
+                Err(_) => return (self.found_dead(), false),
+            }
+        }
+        (woken, false)
+    }
+
+    /// The socket ended: the peer is gone for good.
+    fn found_dead(&self) -> bool {
+        self.t.dead.store(true, Ordering::Relaxed);
+        true
+    }
+
+    /// Waits until `want` is true.
+    fn poll_until(&self, cx: &mut Context<'_>, want: Want) -> Poll<io::Result<()>> {
+        while !self.is_ready(want)? {
+            ready!(self.poll_wait(cx, want))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncTransport for AsyncShm {
+    type Sync = ShmTransport<AsyncFd<Fd>>;
+
+    fn sync(&self) -> &Self::Sync {
+        &self.t
+    }
+
+    fn poll_recv(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        loop {
+            if let Some(n) = self.t.try_recv(buf)? {
+                return Poll::Ready(Ok(n));
+            }
+            ready!(self.poll_wait(cx, Want::Data))?;
+        }
+    }
+
+    /// Once there is something to take, the non-waiting receive takes it
+    /// (it asks nothing of the kernel then).
+    fn poll_recv_spare(&self, cx: &mut Context<'_>, buf: &mut Vec<u8>) -> Poll<io::Result<usize>> {
+        ready!(self.poll_until(cx, Want::Data))?;
+        Poll::Ready(self.t.recv_spare(buf, Recv::DontWait))
+    }
+
+    fn poll_send(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        loop {
+            match self.t.send_parts(bufs, false) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+            ready!(self.poll_wait(cx, Want::Room))?;
+        }
+    }
+
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_until(cx, Want::Data)
+    }
+
+    fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_until(cx, Want::Room)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::{poll_fn, Future};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::shm::transport::test_regions;
+
+    /// Rings this small fill after a few writes.
+    const SMALL: usize = 4096;
+    /// Long enough that only a lost wake-up runs into it.
+    const HANG: Duration = Duration::from_secs(10);
+
+    fn runtime() -> ::tokio::runtime::Runtime {
+        ::tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A tokio end (the creator) and a blocking one over one region and a
+    /// socket pair, as a tokio client and a blocking server have them.
+    fn tokio_and_blocking(capacity: usize) -> (AsyncShm, ShmTransport) {
+        let (a, b) = Socket::pair().unwrap();
+        let (region, joined) = test_regions(capacity);
+        a.set_nonblocking(true).unwrap();
+        let io = crate::sys::register_async(a).unwrap();
+        (
+            AsyncShm::new(region, io, capacity, Side::Creator),
+            ShmTransport::new(joined, b, capacity, Side::Joiner),
+        )
+    }
+
+    /// Runs `a` and `b` on this task until both are done (`tokio::join!`
+    /// without the macros feature).
+    async fn both<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+        let (mut a, mut b) = (std::pin::pin!(a), std::pin::pin!(b));
+        let (mut ra, mut rb) = (None, None);
+        poll_fn(|cx| {
+            if ra.is_none() {
+                if let Poll::Ready(v) = a.as_mut().poll(cx) {
+                    ra = Some(v);
+                }
+            }
+            if rb.is_none() {
+                if let Poll::Ready(v) = b.as_mut().poll(cx) {
+                    rb = Some(v);
+                }
+            }
+            match (ra.take(), rb.take()) {
+                (Some(x), Some(y)) => Poll::Ready((x, y)),
+                (x, y) => {
+                    (ra, rb) = (x, y);
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// `f`, failing if it has not finished within [`HANG`]. (Not
+    /// `tokio::time::timeout`, which polls `f` once more at the deadline
+    /// and so would hide a lost wake-up.)
+    async fn within<F: Future>(f: F) -> F::Output {
+        let (mut f, mut limit) = (
+            std::pin::pin!(f),
+            std::pin::pin!(::tokio::time::sleep(HANG)),
+        );
+        poll_fn(|cx| {
+            assert!(limit.as_mut().poll(cx).is_pending(), "a wake-up was lost");
+            f.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    async fn recv(end: &AsyncShm, buf: &mut [u8]) -> io::Result<usize> {
+        within(poll_fn(|cx| end.poll_recv(cx, buf))).await
+    }
+
+    async fn send(end: &AsyncShm, buf: &[u8]) -> io::Result<usize> {
+        within(poll_fn(|cx| end.poll_send(cx, &[IoSlice::new(buf)]))).await
+    }
+
+    /// The flag the tokio end raises to wait for data, as its peer sees it.
+    fn reader_flag(peer: &ShmTransport) -> &AtomicU32 {
+        peer.tx().layout().consumer_waiting(&peer.region)
+    }
+
+    /// Waits until the tokio end sleeps on its socket.
+    fn until_asleep(flag: &AtomicU32) {
+        while flag.load(Ordering::SeqCst) != ASLEEP_ON_SOCKET {
+            std::thread::yield_now();
+        }
+    }
+
+    /// A tokio reader asleep says so with its flag, and a blocking writer
+    /// wakes it through the socket (one byte, the flag taken down).
+    #[test]
+    fn a_blocking_writer_wakes_a_tokio_reader_through_the_socket() {
+        runtime().block_on(async {
+            let (a, b) = tokio_and_blocking(SMALL);
+            let writer = std::thread::spawn(move || {
+                until_asleep(reader_flag(&b));
+                b.send(b"wake up").unwrap();
+                assert_eq!(reader_flag(&b).load(Ordering::SeqCst), 0);
+                b
+            });
+            let mut buf = [0u8; 16];
+            let n = recv(&a, &mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"wake up");
+            drop(writer.join().unwrap());
+        });
+    }
+
+    /// The flag the tokio end raises to wait for room, as its peer sees it.
+    fn writer_flag(peer: &ShmTransport) -> &AtomicU32 {
+        peer.rx().layout().producer_waiting(&peer.region)
+    }
+
+    /// A tokio writer facing a full ring sleeps on its socket, and a
+    /// blocking reader that frees room wakes it.
+    #[test]
+    fn a_blocking_reader_wakes_a_tokio_writer_waiting_for_room() {
+        runtime().block_on(async {
+            let (a, b) = tokio_and_blocking(SMALL);
+            let total = 8 * SMALL;
+            let reader = std::thread::spawn(move || {
+                until_asleep(writer_flag(&b));
+                let mut got = Vec::new();
+                while got.len() < total {
+                    let mut buf = [0u8; 1024];
+                    let n = b.recv(&mut buf, Recv::Wait).unwrap();
+                    got.extend_from_slice(&buf[..n]);
+                }
+                got
+            });
+            let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+            let mut left = &data[..];
+            while !left.is_empty() {
+                let n = send(&a, left).await.unwrap();
+                left = &left[n..];
+            }
+            assert!(
+                reader.join().unwrap() == data,
+                "the bytes came through changed"
+            );
+        });
+    }
+
+    /// Two tasks wait on one end's socket at once, one for data and one for
+    /// room (the halves of `tokio::io::split`): the reactor keeps one waker
+    /// for read readiness, yet each is woken when its wake-up comes.
+    #[test]
+    fn a_reader_and_a_writer_waiting_on_one_socket_are_both_woken() {
+        runtime().block_on(async {
+            let (a, b) = tokio_and_blocking(SMALL);
+            let total = 3 * SMALL;
+            let peer = std::thread::spawn(move || {
+                until_asleep(reader_flag(&b));
+                until_asleep(writer_flag(&b));
+                b.send(b"for the reader").unwrap();
+                let mut drained = 0;
+                while drained < total {
+                    let mut buf = [0u8; 1024];
+                    drained += b.recv(&mut buf, Recv::Wait).unwrap();
+                }
+                b
+            });
+            // Two tasks, so two wakers (one task polling both would be
+            // woken by either wake-up).
+            let a = Arc::new(a);
+            let reading = ::tokio::spawn({
+                let a = a.clone();
+                async move {
+                    let mut buf = [0u8; 64];
+                    let n = recv(&a, &mut buf).await.unwrap();
+                    buf[..n].to_vec()
+                }
+            });
+            let writing = ::tokio::spawn({
+                let a = a.clone();
+                async move {
+                    let chunk = [7u8; 512];
+                    let mut sent = 0;
+                    while sent < total {
+                        sent += send(&a, &chunk[..(total - sent).min(512)]).await.unwrap();
+                    }
+                }
+            });
+            let (got, wrote) = both(reading, writing).await;
+            wrote.unwrap();
+            let got = got.unwrap();
+            assert_eq!(got, b"for the reader");
+            drop(peer.join().unwrap());
+        });
+    }
+
+    /// A peer whose process died says nothing in the ring, but the kernel
+    /// closes its socket: a tokio end waiting on it reads the end at once.
+    #[test]
+    fn a_peer_that_dies_ends_a_tokio_wait() {
+        runtime().block_on(async {
+            let (a, b) = tokio_and_blocking(SMALL);
+            let killer = std::thread::spawn(move || {
+                until_asleep(reader_flag(&b));
+                // What the kernel does for a process that died; the ring
+                // is left as it was.
+                b.socket().shutdown_both().unwrap();
+                b
+            });
+            let mut buf = [0u8; 16];
+            assert_eq!(recv(&a, &mut buf).await.unwrap(), 0);
+            let e = send(&a, b"anyone?").await.unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EPIPE));
+            drop(killer.join().unwrap());
+        });
+    }
+
+    /// Bytes on the socket are only ever a wake-up: with nothing in the
+    /// ring the reader waits on, and gets what is written after.
+    #[test]
+    fn bytes_on_the_socket_alone_are_no_data() {
+        runtime().block_on(async {
+            let (a, b) = tokio_and_blocking(SMALL);
+            b.socket().send(b"not data").unwrap();
+            let mut buf = [0u8; 16];
+            let read = poll_fn(|cx| a.poll_recv(cx, &mut buf));
+            let waited = ::tokio::time::timeout(Duration::from_millis(100), read).await;
+            assert!(waited.is_err(), "a socket byte read as data: {waited:?}");
+            b.send(b"data").unwrap();
+            let n = recv(&a, &mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"data");
+        });
+    }
+
+    /// Two tokio ends (a tokio client and server) stream both ways at once
+    /// through small rings, each waking the other through the socket.
+    #[test]
+    fn two_tokio_ends_stream_both_ways() {
+        runtime().block_on(async {
+            let (sa, sb) = Socket::pair().unwrap();
+            let (region, joined) = test_regions(SMALL);
+            let end = |s: Socket, region, side| {
+                s.set_nonblocking(true).unwrap();
+                AsyncShm::new(region, crate::sys::register_async(s).unwrap(), SMALL, side)
+            };
+            let a = end(sa, region, Side::Creator);
+            let b = end(sb, joined, Side::Joiner);
+            let total = 64 * SMALL;
+            let data: Vec<u8> = (0..total).map(|i| (i % 241) as u8).collect();
+            async fn stream_out(end: &AsyncShm, data: &[u8]) {
+                let mut left = data;
+                while !left.is_empty() {
+                    let n = send(end, left).await.unwrap();
+                    left = &left[n..];
+                }
+            }
+            async fn stream_in(end: &AsyncShm, len: usize) -> Vec<u8> {
+                let mut got = Vec::new();
+                while got.len() < len {
+                    let mut buf = [0u8; 700];
+                    let n = recv(end, &mut buf).await.unwrap();
+                    assert!(n > 0, "end of stream after {} bytes", got.len());
+                    got.extend_from_slice(&buf[..n]);
+                }
+                got
+            }
+            let outs = both(stream_out(&a, &data), stream_out(&b, &data));
+            let ins = both(stream_in(&b, total), stream_in(&a, total));
+            let (_, (to_b, to_a)) = both(outs, ins).await;
+            assert!(
+                to_b == data && to_a == data,
+                "the bytes came through changed"
+            );
+        });
+    }
+}
