@@ -242,6 +242,7 @@ pub(crate) fn description(
         waiting: u32::try_from(waiting).unwrap_or(u32::MAX),
         name: name.name().to_string(),
         shared_memory: false,
+        socket_wakes: false,
     }
 }
 

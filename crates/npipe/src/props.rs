@@ -78,6 +78,7 @@ prop_compose! {
             waiting: nums[7],
             name,
             shared_memory: false,
+            socket_wakes: false,
         }
     }
 }

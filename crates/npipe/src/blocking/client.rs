@@ -94,7 +94,7 @@ impl Pipe<PipeStream, ClientEnd> {
                 Action::Done(c) => {
                     let socket = socket.take().expect("connected");
                     client_socket::apply_send_buffer(&socket, c.send_buffer);
-                    let link = match shm::transport::agreed(c.shared_memory, offer.take(), name)? {
+                    let link = match shm::transport::agreed(&c, offer.take(), name, false)? {
                         None => Link::Socket(socket),
                         Some(region) => Link::Shm(Box::new(ShmTransport::new(
                             region,
@@ -183,7 +183,7 @@ fn connect_remote(
             }
             Action::Done(c) => {
                 let on = tls.take().expect("connected");
-                shm::transport::agreed(c.shared_memory, None, name)?;
+                shm::transport::agreed(&c, None, name, false)?;
                 return connected_end(Link::Tls(Box::new(on)), c, opts);
             }
             Action::Fail(e) => return Err(e),

@@ -657,9 +657,9 @@ impl Acceptor {
         // HELLO (that would be on the socket), and only if it is sound.
         let shm = offer
             .filter(|_| opts.takes_shared_memory() && leftover.is_empty())
-            .and_then(|fd| take_offer(fd).ok());
+            .and_then(|fd| take_offer(fd, false).ok());
         let mut desc = desc;
-        desc.shared_memory = shm.is_some();
+        desc.rings_taken(shm.is_some());
         if !fresh_connection::connect(&socket, desc, granted, &mut leftover, opts) {
             let more = self.core.grant_failed();
             self.connect_grants(more);

@@ -55,6 +55,8 @@ pub(crate) struct Connected {
     pub leftover: Vec<u8>,
     /// The server took the shared memory offered with the HELLO.
     pub shared_memory: bool,
+    /// The server wakes a client asleep on its socket (REPLY bit 1).
+    pub socket_wakes: bool,
 }
 
 /// Where a connect stands.
@@ -230,7 +232,7 @@ impl<'a> ConnectCore<'a> {
         let leftover = std::mem::take(&mut self.reply);
         let settled = connect_core::settle(&self.name, answer.map(|r| (r, leftover)), sent);
         let done = settled.and_then(|(desc, leftover)| {
-            let shared_memory = desc.shared_memory;
+            let (shared_memory, socket_wakes) = (desc.shared_memory, desc.socket_wakes);
             let (setup, read_mode, send_buffer) =
                 connect_core::finish(&self.name, &self.attempt, cred, desc)?;
             Ok(Connected {
@@ -239,6 +241,7 @@ impl<'a> ConnectCore<'a> {
                 send_buffer,
                 leftover,
                 shared_memory,
+                socket_wakes,
             })
         });
         match done {

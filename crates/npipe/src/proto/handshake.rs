@@ -124,6 +124,20 @@ pub struct PipeDescription {
     /// with its HELLO, and the data goes through it from here on (REPLY
     /// byte 6, bit 0). Always `false` in an INFO reply.
     pub shared_memory: bool,
+    /// OK only, with `shared_memory`: the server sends a byte on the
+    /// socket to a client end asleep that way (byte 6, bit 1; PROTOCOL.md
+    /// §6a), as a tokio client needs. Every server that sets bit 0 sets
+    /// this one too; one from before the rule sets bit 0 alone.
+    pub socket_wakes: bool,
+}
+
+impl PipeDescription {
+    /// Says in the OK whether the server took the client's shared memory
+    /// (and so, being of this version, wakes it through the socket).
+    pub fn rings_taken(&mut self, taken: bool) {
+        self.shared_memory = taken;
+        self.socket_wakes = taken;
+    }
 }
 
 /// The server's answer to HELLO.
@@ -437,7 +451,9 @@ impl Reply {
         };
         out.push(status);
         let flags = match self {
-            Reply::Connected(desc) => u8::from(desc.shared_memory),
+            Reply::Connected(desc) => {
+                u8::from(desc.shared_memory) | u8::from(desc.socket_wakes) << 1
+            }
             _ => 0,
         };
         out.extend_from_slice(&[flags, 0]);
@@ -547,6 +563,7 @@ impl Reply {
                     // Byte 6 bit 0: a reserved byte in v1, which v1 never
                     // sets; it answers an offer only a newer client makes.
                     shared_memory: status == STATUS_CONNECTED && buf[6] & 1 != 0,
+                    socket_wakes: status == STATUS_CONNECTED && buf[6] & 2 != 0,
                 };
                 let end = fixed + name_len;
                 if status == STATUS_CONNECTED {
@@ -660,6 +677,7 @@ mod tests {
             waiting: 7,
             name: "Echo".into(),
             shared_memory: false,
+            socket_wakes: false,
         }
     }
 
@@ -848,12 +866,18 @@ mod tests {
     #[test]
     fn the_shared_memory_answer_rides_in_byte_6_of_an_ok() {
         let mut taken = desc();
-        taken.shared_memory = true;
+        taken.rings_taken(true);
         let mut out = Vec::new();
         Reply::Connected(taken.clone()).encode(&mut out).unwrap();
-        assert_eq!(out[6], 1);
+        assert_eq!(out[6], 0b11, "taken, and wakes through the socket");
         let (back, _) = Reply::decode(&out).unwrap().unwrap();
         assert_eq!(back, Reply::Connected(taken));
+        // A server from before the socket rule set bit 0 alone.
+        out[6] = 1;
+        match Reply::decode(&out).unwrap().unwrap().0 {
+            Reply::Connected(d) => assert!(d.shared_memory && !d.socket_wakes),
+            other => panic!("{other:?}"),
+        }
 
         let mut v1 = Vec::new();
         Reply::Connected(desc()).encode(&mut v1).unwrap();
@@ -870,9 +894,9 @@ mod tests {
         }
         .encode(&mut info)
         .unwrap();
-        info[6] = 1;
+        info[6] = 0b11;
         match Reply::decode(&info).unwrap().unwrap().0 {
-            Reply::Info { desc, .. } => assert!(!desc.shared_memory),
+            Reply::Info { desc, .. } => assert!(!desc.shared_memory && !desc.socket_wakes),
             other => panic!("{other:?}"),
         }
     }

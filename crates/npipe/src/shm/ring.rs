@@ -24,6 +24,7 @@
 //! | 76 | consumer | `space_seq`: bumped to wake a sleeping producer (futex) |
 //! | 128 | consumer | `waiting`: the consumer sleeps, or is about to (u32: [`ASLEEP_ON_FUTEX`] or [`ASLEEP_ON_SOCKET`]) |
 //! | 132 | producer | `waiting`: the producer sleeps, or is about to (the same values) |
+//! | 136 | the client, before it offers (first ring only) | `features`: [`WAKES_BY_SOCKET`] |
 //! | 192.. | both | `capacity` bytes of records |
 //!
 //! A record is an 8-byte header (payload length u32, flags u32, little
@@ -43,6 +44,10 @@ const CONSUMER_CLOSED: usize = 72;
 const SPACE_SEQ: usize = 76;
 const CONSUMER_WAITING: usize = 128;
 const PRODUCER_WAITING: usize = 132;
+const FEATURES: usize = 136;
+/// A `features` bit: the client sends a byte on its socket to a side whose
+/// flag says [`ASLEEP_ON_SOCKET`] (a tokio server needs it).
+pub(crate) const WAKES_BY_SOCKET: u32 = 1;
 /// A `waiting` flag's value for a side asleep on the other side's futex
 /// word (a blocking end): bump the word and wake it.
 pub(crate) const ASLEEP_ON_FUTEX: u32 = 1;
@@ -141,6 +146,12 @@ impl Layout {
     /// The consumer's "I sleep" flag.
     pub(crate) fn consumer_waiting<'r>(&self, r: &'r ShmRegion) -> &'r AtomicU32 {
         r.u32_at(self.word(CONSUMER_WAITING))
+    }
+
+    /// The client's `features` word (meaningful in the first ring only):
+    /// written before the offer, read once by the server.
+    pub(crate) fn features<'r>(&self, r: &'r ShmRegion) -> &'r AtomicU32 {
+        r.u32_at(self.word(FEATURES))
     }
 
     /// The producer's "I sleep" flag.

@@ -18,7 +18,7 @@ use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::ring::{Consumer, Layout, Producer, ASLEEP_ON_FUTEX, ASLEEP_ON_SOCKET};
+use super::ring::{Consumer, Layout, Producer, ASLEEP_ON_FUTEX, ASLEEP_ON_SOCKET, WAKES_BY_SOCKET};
 use crate::error::Error;
 use crate::sys::{futex_wait, futex_wake, ShmRegion, Socket};
 use crate::transport::{Delivery, Recv, Transport};
@@ -36,35 +36,61 @@ const TAKEN_CAPACITIES: std::ops::RangeInclusive<usize> = 4096..=OFFER_CAPACITY;
 /// for one connection attempt (never reused: a server that saw it could
 /// write into it).
 pub(crate) fn offer() -> io::Result<ShmRegion> {
-    ShmRegion::create(ShmTransport::region_len(OFFER_CAPACITY))
+    let region = ShmRegion::create(ShmTransport::region_len(OFFER_CAPACITY))?;
+    // Every end of this version wakes a peer through its socket when asked.
+    Layout::new(0, OFFER_CAPACITY)
+        .features(&region)
+        .store(WAKES_BY_SOCKET, Ordering::Relaxed);
+    Ok(region)
 }
 
 /// What a client's connect leaves of its offer: the region to make rings
-/// in if the server took it (`taken`, the REPLY's bit), `None` if it kept
-/// the socket. A server that claims an offer never made is refused.
+/// in if the server took it, `None` if it kept the socket. A server that
+/// claims an offer never made is refused, and so is one that took it but
+/// cannot wake a peer through its socket (an npipe from before that rule)
+/// when this end must be woken so (`socket_woken`: a tokio client).
 pub(crate) fn agreed(
-    taken: bool,
+    c: &crate::engine::connect::Connected,
     offer: Option<ShmRegion>,
     name: &crate::name::PipeName,
+    socket_woken: bool,
 ) -> crate::error::Result<Option<ShmRegion>> {
-    match (taken, offer) {
-        (false, _) => Ok(None),
-        (true, Some(region)) => Ok(Some(region)),
-        (true, None) => Err(Error::new(
+    let refuse = |why: &str| {
+        Err(Error::new(
             crate::error::ErrorCode::BadPipe,
-            format!("{name}: the server claims shared memory this client never offered"),
-        )),
+            format!("{name}: {why}"),
+        ))
+    };
+    match (c.shared_memory, offer) {
+        (false, _) => Ok(None),
+        (true, None) => refuse("the server claims shared memory this client never offered"),
+        (true, Some(_)) if socket_woken && !c.socket_wakes => refuse(
+            "the server took shared memory but cannot wake a tokio client (an older npipe): \
+             turn ClientOptions::shared_memory off for it",
+        ),
+        (true, Some(region)) => Ok(Some(region)),
     }
 }
 
 /// A server's look at an offer: the region mapped, and its rings'
 /// capacity, if it is a sealed memory file of a size two rings of an
-/// allowed capacity take. Anything else is refused (and the server keeps
-/// the socket).
-pub(crate) fn take_offer(fd: PeerFd) -> io::Result<(ShmRegion, usize)> {
+/// allowed capacity take, from a client that wakes its peer through the
+/// socket if this end must be woken so (`socket_woken`: a tokio server).
+/// Anything else is refused (and the server keeps the socket).
+pub(crate) fn take_offer(fd: PeerFd, socket_woken: bool) -> io::Result<(ShmRegion, usize)> {
     let fd = fd.into_inner();
     let region = ShmRegion::from_peer(fd, |len| offered_capacity(len).is_some())?;
     let capacity = offered_capacity(region.len()).expect("checked by from_peer");
+    // Read once: what the client may write there later changes nothing.
+    let features = Layout::new(0, capacity)
+        .features(&region)
+        .load(Ordering::Relaxed);
+    if socket_woken && features & WAKES_BY_SOCKET == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the client cannot wake a tokio end through the socket",
+        ));
+    }
     Ok((region, capacity))
 }
 

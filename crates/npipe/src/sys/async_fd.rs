@@ -33,15 +33,10 @@ impl AsRawFd for Fd {
     }
 }
 
-/// Registers `socket` with the current runtime's reactor for reading and
-/// writing. Needs a tokio runtime with I/O enabled.
-pub fn register(socket: Socket) -> io::Result<AsyncFd<Fd>> {
-    register_for(socket, Interest::READABLE | Interest::WRITABLE)
-}
-
-/// Registers `socket` for `interest` only: a socket registered for reading
-/// alone is not woken each time its peer makes room to write (a Unix
-/// stream socket signals that on every read its peer makes).
+/// Registers `socket` with the current runtime's reactor for `interest`
+/// (needs a tokio runtime with I/O enabled). A socket registered for
+/// reading alone is not woken each time its peer makes room to write (a
+/// Unix stream socket signals that on every read its peer makes).
 pub fn register_for(socket: Socket, interest: Interest) -> io::Result<AsyncFd<Fd>> {
     // SAFETY: `Fd` owns the socket's `OwnedFd`, which nothing can close or
     // replace while the `AsyncFd` holds it (a `Socket` never swaps its

@@ -29,7 +29,6 @@ pub use overlapped::{Done, OpKind, Overlapped};
 #[cfg(all(target_os = "linux", feature = "tokio"))]
 mod async_fd;
 #[cfg(all(target_os = "linux", feature = "tokio"))]
-pub use async_fd::{register as register_async, register_owned as register_async_owned, Fd};
-// For the gateway's relay, which registers a socket for reading alone.
-#[cfg(all(target_os = "linux", feature = "remote"))]
-pub use async_fd::register_for as register_async_for;
+pub use async_fd::{
+    register_for as register_async_for, register_owned as register_async_owned, Fd,
+};

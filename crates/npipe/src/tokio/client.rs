@@ -118,7 +118,7 @@ impl Pipe<PipeStream, ClientEnd> {
                 Action::Done(c) => {
                     let fd = fd.take().expect("connected");
                     client_socket::apply_send_buffer(fd.get_ref().socket(), c.send_buffer);
-                    let link = match shm::transport::agreed(c.shared_memory, offer.take(), name)? {
+                    let link = match shm::transport::agreed(&c, offer.take(), name, true)? {
                         None => AsyncLink::Socket(fd),
                         Some(region) => {
                             let rings = AsyncShm::new(region, fd, OFFER_CAPACITY, Side::Creator);

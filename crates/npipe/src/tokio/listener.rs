@@ -31,7 +31,7 @@ use ::tokio::sync::{mpsc, Notify};
 use ::tokio::task::{AbortHandle, Id as TaskId, JoinHandle, JoinSet};
 use ::tokio::time::Sleep;
 
-use super::stream::{register, PipeStream};
+use super::stream::{register, register_for_wakes, PipeStream};
 use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
 use crate::error::{Error, ErrorCode, Result};
 use crate::fresh_connection::{
@@ -270,7 +270,8 @@ fn server_end(shared: Arc<Shared>, mut ready: Ready) -> Result<PipeServer> {
     let (socket, end, instance) = shared.state.open_end(shared.clone(), ready);
     let io = match shm {
         Some((region, capacity)) => {
-            let rings = AsyncShm::new(region, register(socket)?, capacity, Side::Joiner);
+            let io = register_for_wakes(socket)?;
+            let rings = AsyncShm::new(region, io, capacity, Side::Joiner);
             PipeStream::with_link(AsyncLink::Shm(Box::new(rings)), end)
         }
         None => PipeStream::new(socket, end)?,
@@ -658,8 +659,8 @@ impl Acceptor {
             .offer
             .take()
             .filter(|_| o.takes_shared_memory() && arrived.leftover.is_empty())
-            .and_then(|fd| take_offer(fd).ok());
-        desc.shared_memory = shm.is_some();
+            .and_then(|fd| take_offer(fd, true).ok());
+        desc.rings_taken(shm.is_some());
         if !fresh_connection::connect(&arrived.socket, desc, granted, &mut arrived.leftover, o) {
             let more = self.core.grant_failed();
             self.connect_grants(more);

@@ -9,6 +9,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use ::tokio::io::unix::AsyncFd;
+use ::tokio::io::Interest;
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::{Error, Result};
@@ -24,10 +25,22 @@ use crate::types::ReadMode;
 
 /// Registers a socket with the current runtime's reactor.
 pub(crate) fn register(socket: Socket) -> Result<AsyncFd<Fd>> {
+    register_for(socket, Interest::READABLE | Interest::WRITABLE)
+}
+
+/// Registers the socket of a connection whose data goes through shared
+/// memory, where the socket only ever wakes us: for reading alone (a Unix
+/// socket is writable again each time its peer reads, which would wake the
+/// reactor for nothing).
+pub(crate) fn register_for_wakes(socket: Socket) -> Result<AsyncFd<Fd>> {
+    register_for(socket, Interest::READABLE)
+}
+
+fn register_for(socket: Socket, interest: Interest) -> Result<AsyncFd<Fd>> {
     socket
         .set_nonblocking(true)
         .map_err(|e| Error::os(e, "cannot make the pipe's socket non-blocking"))?;
-    sys::register_async(socket).map_err(|e| {
+    sys::register_async_for(socket, interest).map_err(|e| {
         Error::os(
             e,
             "cannot register the pipe with tokio (is this a tokio runtime with I/O enabled?)",

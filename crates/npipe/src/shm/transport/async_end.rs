@@ -152,39 +152,50 @@ impl AsyncShm {
         flag.store(ASLEEP_ON_SOCKET, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if self.is_ready(want)? {
-            flag.store(0, Ordering::Relaxed);
+            self.stop_waiting(flag, cx);
             return Poll::Ready(Ok(()));
         }
         let mut all = Context::from_waker(&self.all);
         loop {
             let mut guard = ready!(self.t.holder().poll_read_ready(&mut all))?;
-            let (woken, drained) = self.drain();
+            let (woken, drained) = self.drain()?;
             if drained {
                 guard.clear_ready();
             }
             if woken {
-                flag.store(0, Ordering::Relaxed);
-                self.waiters.wake_others(cx.waker());
+                self.stop_waiting(flag, cx);
                 return Poll::Ready(Ok(()));
             }
         }
     }
 
+    /// Takes our flag down. Another of our tasks may wait under the same
+    /// flag (two `readable` calls), and with it down the peer sends no
+    /// byte for it: it is woken to look for itself, as is any task whose
+    /// wake-up we may have drained.
+    fn stop_waiting(&self, flag: &AtomicU32, cx: &Context<'_>) {
+        flag.store(0, Ordering::Relaxed);
+        self.waiters.wake_others(cx.waker());
+    }
+
     /// Reads what the peer sent on the socket: whether anything came (or
     /// the peer is gone, remembered as dead), and whether the socket was
-    /// read empty (its readiness may be cleared).
-    fn drain(&self) -> (bool, bool) {
+    /// read empty (its readiness may be cleared). Another failure (out of
+    /// memory, ...) is the caller's error, and the peer is not taken for
+    /// dead.
+    fn drain(&self) -> io::Result<(bool, bool)> {
         let mut scratch = [0u8; 64];
         let mut woken = false;
         for _ in 0..DRAIN_READS {
             match self.socket().recv_nonblocking(&mut scratch) {
-                Ok(0) => return (self.found_dead(), false),
+                Ok(0) => return Ok((self.found_dead(), false)),
                 Ok(_) => woken = true,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (woken, true),
-                Err(_) => return (self.found_dead(), false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((woken, true)),
+                Err(e) if peer_gone(&e) => return Ok((self.found_dead(), false)),
+                Err(e) => return Err(e),
             }
         }
-        (woken, false)
+        Ok((woken, false))
     }
 
     /// The socket ended: the peer is gone for good.
@@ -195,11 +206,32 @@ impl AsyncShm {
 
     /// Waits until `want` is true.
     fn poll_until(&self, cx: &mut Context<'_>, want: Want) -> Poll<io::Result<()>> {
-        while !self.is_ready(want)? {
+        loop {
+            ready!(spend_budget(cx));
+            if self.is_ready(want)? {
+                return Poll::Ready(Ok(()));
+            }
             ready!(self.poll_wait(cx, want))?;
         }
-        Poll::Ready(Ok(()))
     }
+}
+
+/// Whether a socket error says the peer is gone.
+fn peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNRESET | libc::EPIPE | libc::ENOTCONN)
+    )
+}
+
+/// One turn of a loop that goes on while the peer keeps the ring busy
+/// (or fills it with records of nothing): spends the task's tokio budget,
+/// as a socket's readiness does, so no peer can keep the task from
+/// yielding to the others on its thread.
+fn spend_budget(cx: &mut Context<'_>) -> Poll<()> {
+    let coop = ready!(::tokio::task::coop::poll_proceed(cx));
+    coop.made_progress();
+    Poll::Ready(())
 }
 
 impl AsyncTransport for AsyncShm {
@@ -211,6 +243,7 @@ impl AsyncTransport for AsyncShm {
 
     fn poll_recv(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         loop {
+            ready!(spend_budget(cx));
             if let Some(n) = self.t.try_recv(buf)? {
                 return Poll::Ready(Ok(n));
             }
@@ -219,14 +252,21 @@ impl AsyncTransport for AsyncShm {
     }
 
     /// Once there is something to take, the non-waiting receive takes it
-    /// (it asks nothing of the kernel then).
+    /// (it asks nothing of the kernel then). What a peer's empty records
+    /// seemed to offer is waited past.
     fn poll_recv_spare(&self, cx: &mut Context<'_>, buf: &mut Vec<u8>) -> Poll<io::Result<usize>> {
-        ready!(self.poll_until(cx, Want::Data))?;
-        Poll::Ready(self.t.recv_spare(buf, Recv::DontWait))
+        loop {
+            ready!(self.poll_until(cx, Want::Data))?;
+            match self.t.recv_spare(buf, Recv::DontWait) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+        }
     }
 
     fn poll_send(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         loop {
+            ready!(spend_budget(cx));
             match self.t.send_parts(bufs, false) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 done => return Poll::Ready(done),
@@ -270,7 +310,7 @@ mod tests {
         let (a, b) = Socket::pair().unwrap();
         let (region, joined) = test_regions(capacity);
         a.set_nonblocking(true).unwrap();
-        let io = crate::sys::register_async(a).unwrap();
+        let io = crate::sys::register_async_for(a, ::tokio::io::Interest::READABLE).unwrap();
         (
             AsyncShm::new(region, io, capacity, Side::Creator),
             ShmTransport::new(joined, b, capacity, Side::Joiner),
@@ -488,7 +528,8 @@ mod tests {
             let (region, joined) = test_regions(SMALL);
             let end = |s: Socket, region, side| {
                 s.set_nonblocking(true).unwrap();
-                AsyncShm::new(region, crate::sys::register_async(s).unwrap(), SMALL, side)
+                let io = crate::sys::register_async_for(s, ::tokio::io::Interest::READABLE);
+                AsyncShm::new(region, io.unwrap(), SMALL, side)
             };
             let a = end(sa, region, Side::Creator);
             let b = end(sb, joined, Side::Joiner);
@@ -518,6 +559,75 @@ mod tests {
                 to_b == data && to_a == data,
                 "the bytes came through changed"
             );
+        });
+    }
+
+    /// A reader the peer never lets wait (records of one byte, or of
+    /// nothing, always there) still yields to its thread's other tasks:
+    /// it spends tokio's budget as a socket's reader does, so within one
+    /// poll of its task it turns pending after at most 128 receives.
+    #[test]
+    fn a_ring_that_never_runs_dry_spends_the_tasks_budget() {
+        runtime().block_on(async {
+            let (a, b) = tokio_and_blocking(SMALL);
+            // 150 pairs of records, 24 bytes a pair: a 4 KiB ring holds them.
+            for _ in 0..150 {
+                let mut tx = b.tx();
+                assert!(tx.try_push(&b.region, &[], false).unwrap());
+                assert!(tx.try_push(&b.region, b"x", false).unwrap());
+            }
+            let (mut got, mut pending) = (0, 0);
+            poll_fn(|cx| {
+                for _ in 0..150 {
+                    let mut one = [0u8; 1];
+                    match a.poll_recv(cx, &mut one) {
+                        Poll::Ready(n) => got += n.unwrap(),
+                        Poll::Pending => pending += 1,
+                    }
+                }
+                Poll::Ready(())
+            })
+            .await;
+            assert!(pending > 0, "{got} receives in one poll, and no yield");
+            assert!(got <= 128, "{got} receives in one poll");
+        });
+    }
+
+    /// Two tasks wait for data on one end at once (two `readable` calls,
+    /// on a runtime of two threads), round after round: each is woken,
+    /// whichever of them takes the flag down.
+    #[test]
+    fn two_tasks_waiting_for_data_are_both_woken() {
+        let rt = ::tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (a, b) = tokio_and_blocking(SMALL);
+            let a = Arc::new(a);
+            let b = Arc::new(b);
+            for round in 0..300u32 {
+                let waiting = |a: Arc<AsyncShm>| {
+                    ::tokio::spawn(async move {
+                        within(poll_fn(|cx| a.poll_readable(cx))).await.unwrap()
+                    })
+                };
+                let (x, y) = (waiting(a.clone()), waiting(a.clone()));
+                let peer = b.clone();
+                let writer = std::thread::spawn(move || {
+                    if round % 2 == 0 {
+                        until_asleep(reader_flag(&peer));
+                    }
+                    peer.send(&round.to_le_bytes()).unwrap();
+                });
+                x.await.unwrap();
+                y.await.unwrap();
+                writer.join().unwrap();
+                let mut buf = [0u8; 4];
+                assert_eq!(recv(&a, &mut buf).await.unwrap(), 4);
+                assert_eq!(u32::from_le_bytes(buf), round);
+            }
         });
     }
 }

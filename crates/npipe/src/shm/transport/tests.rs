@@ -227,9 +227,52 @@ fn only_a_sound_offer_is_taken() {
     }
     let sound = offer().unwrap();
     let (region, capacity) =
-        take_offer(PeerFd::new(sound.fd().try_clone_to_owned().unwrap())).unwrap();
+        take_offer(PeerFd::new(sound.fd().try_clone_to_owned().unwrap()), false).unwrap();
     assert_eq!((region.len(), capacity), (sound.len(), OFFER_CAPACITY));
+    // A tokio server takes only an offer whose client wakes it through the
+    // socket: every offer of this version says so, one from before does not.
+    take_offer(PeerFd::new(sound.fd().try_clone_to_owned().unwrap()), true).unwrap();
+    let older = ShmRegion::create(sound.len()).unwrap();
+    let e = take_offer(PeerFd::new(older.fd().try_clone_to_owned().unwrap()), true).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
+    take_offer(PeerFd::new(older.fd().try_clone_to_owned().unwrap()), false).unwrap();
     let odd = ShmRegion::create(rings(4096) + 8).unwrap();
-    let e = take_offer(PeerFd::new(odd.fd().try_clone_to_owned().unwrap())).unwrap_err();
+    let e = take_offer(PeerFd::new(odd.fd().try_clone_to_owned().unwrap()), false).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+}
+
+/// What a client makes of the server's answer to its offer: rings only on
+/// an offer it made, and for a tokio client only from a server that wakes
+/// it through the socket.
+#[test]
+fn a_client_takes_rings_only_as_agreed() {
+    use crate::engine::connect::Connected;
+    use crate::info::End;
+    use crate::stream_core::Setup;
+    use crate::types::{PipeType, ReadMode};
+    let name = crate::name::PipeName::parse("agreed").unwrap();
+    let answer = |shared_memory, socket_wakes| Connected {
+        setup: Setup::for_test(End::Client, PipeType::Message),
+        read_mode: ReadMode::Message,
+        send_buffer: None,
+        leftover: Vec::new(),
+        shared_memory,
+        socket_wakes,
+    };
+    let kept = agreed(&answer(false, false), Some(offer().unwrap()), &name, true);
+    assert!(kept.unwrap().is_none(), "declined: the socket stays");
+    let e = agreed(&answer(true, true), None, &name, false).unwrap_err();
+    assert!(e.message().contains("never offered"), "{e}");
+    assert!(
+        agreed(&answer(true, false), Some(offer().unwrap()), &name, false)
+            .unwrap()
+            .is_some()
+    );
+    let e = agreed(&answer(true, false), Some(offer().unwrap()), &name, true).unwrap_err();
+    assert!(e.message().contains("cannot wake a tokio client"), "{e}");
+    assert!(
+        agreed(&answer(true, true), Some(offer().unwrap()), &name, true)
+            .unwrap()
+            .is_some()
+    );
 }
