@@ -189,6 +189,10 @@ impl AsyncShm {
         for _ in 0..DRAIN_READS {
             match self.socket().recv_nonblocking(&mut scratch) {
                 Ok(0) => return Ok((self.found_dead(), false)),
+                // Short of the room: the socket was read empty (a stream
+                // socket hands over all it holds), so no second receive is
+                // needed to learn it.
+                Ok(n) if n < scratch.len() => return Ok((true, true)),
                 Ok(_) => woken = true,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((woken, true)),
                 Err(e) if peer_gone(&e) => return Ok((self.found_dead(), false)),
