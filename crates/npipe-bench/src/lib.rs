@@ -96,6 +96,7 @@ const AFTER_HELP: &str = r"Examples:
   npipe bench                       every case, 10 rounds (about a minute)
   npipe bench --quick --json        a quicker run, one JSON object per line
   npipe bench transact connect      only the cases whose names contain these
+  npipe bench =connect_rate         only the case of exactly this name
   npipe bench --pin split --rounds 20 msg_throughput_64b";
 
 /// Arguments of `npipe bench`.
@@ -142,12 +143,18 @@ pub(crate) enum Side {
     Raw,
 }
 
-/// The cases `filters` select (every case if none).
-/// The cases the filters pick, and whether the scale case is among them.
+/// The cases the filters pick (every case if none), and whether the scale
+/// case is among them. A filter picks the cases whose names contain it, or
+/// with a leading `=` the case of exactly that name (`=connect_rate`
+/// leaves out `remote_connect_rate`).
 fn select(filters: &[String]) -> Result<(Vec<&'static Case>, bool), Error> {
+    let picks = |name: &str, f: &str| match f.strip_prefix('=') {
+        Some(exact) => name == exact,
+        None => name.contains(f),
+    };
     let chosen: Vec<&Case> = CASES
         .iter()
-        .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
+        .filter(|c| filters.is_empty() || filters.iter().any(|f| picks(c.name, f)))
         .collect();
     let scale = filters.is_empty()
         || filters
@@ -388,4 +395,24 @@ pub fn run(args: &Args) -> Result<(), Error> {
             .map_err(Error::Stdout)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::select;
+
+    fn names(filters: &[&str]) -> Vec<&'static str> {
+        let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+        select(&filters).unwrap().0.iter().map(|c| c.name).collect()
+    }
+
+    #[test]
+    fn a_filter_picks_by_part_of_a_name_or_by_the_whole_name() {
+        assert_eq!(
+            names(&["connect_rate"]),
+            ["connect_rate", "remote_connect_rate"]
+        );
+        assert_eq!(names(&["=connect_rate"]), ["connect_rate"]);
+        assert!(select(&["=connect".to_string()]).is_err());
+    }
 }
