@@ -676,9 +676,17 @@ pub(crate) fn shared_memory_override() -> Option<bool> {
 }
 
 impl ClientOptions {
-    /// Whether this client offers shared memory, the environment first.
-    pub(crate) fn offers_shared_memory(&self) -> bool {
-        shared_memory_override().unwrap_or(self.shared_memory)
+    /// Whether a connect to `name` offers shared memory (the environment
+    /// first): never with a request pipelined behind the HELLO (it rides on
+    /// the socket), nor to a remote pipe (its socket leads to a gateway).
+    pub(crate) fn offers_shared_memory_to(
+        &self,
+        name: &crate::name::PipeName,
+        pipelined: Option<&[u8]>,
+    ) -> bool {
+        pipelined.is_none()
+            && name.host().is_none()
+            && shared_memory_override().unwrap_or(self.shared_memory)
     }
 }
 

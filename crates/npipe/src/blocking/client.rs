@@ -55,9 +55,7 @@ impl Pipe<PipeStream, ClientEnd> {
         }
         let mut core = ConnectCore::new(name, opts, pipelined, Instant::now());
         let mut socket: Option<Socket> = None;
-        // A pipelined request goes on the socket, so such a connect (a
-        // `call`) does not offer shared memory.
-        let offers = pipelined.is_none() && opts.offers_shared_memory();
+        let offers = opts.offers_shared_memory_to(name, pipelined);
         // This attempt's offer: a fresh region each time.
         let mut offer: Option<ShmRegion> = None;
         let mut action = core.start();

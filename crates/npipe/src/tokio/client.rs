@@ -71,10 +71,7 @@ impl Pipe<PipeStream, ClientEnd> {
     ) -> Result<PipeClient> {
         let mut core = ConnectCore::new(name, opts, pipelined, Instant::now());
         let mut fd: Option<AsyncFd<Fd>> = None;
-        // As the blocking client: a pipelined request rides on the socket,
-        // and a remote pipe's socket is a relay to its gateway, so neither
-        // offers shared memory.
-        let offers = pipelined.is_none() && opts.offers_shared_memory() && !is_remote(name);
+        let offers = opts.offers_shared_memory_to(name, pipelined);
         // This attempt's offer: a fresh region each time.
         let mut offer: Option<ShmRegion> = None;
         let mut action = core.start();
@@ -175,17 +172,6 @@ async fn connect_registered(
     let fd = register(socket)?;
     let cred = client_socket::server_cred(fd.get_ref().socket(), cred)?;
     Ok((fd, cred))
-}
-
-/// Whether `name` is a remote pipe's.
-fn is_remote(name: &PipeName) -> bool {
-    #[cfg(feature = "remote")]
-    return name.host().is_some();
-    #[cfg(not(feature = "remote"))]
-    {
-        let _ = name;
-        false
-    }
 }
 
 /// Sends the HELLO with the shared-memory offer riding on its first bytes.
