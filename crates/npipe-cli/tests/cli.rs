@@ -405,6 +405,29 @@ fn client_echoes_each_line_of_piped_input() {
     assert_eq!(quiet.stderr, "");
 }
 
+/// `client --shared-memory` moves the data into shared memory when the
+/// server takes it, and says so; `serve --no-shared-memory` declines, and
+/// the client goes on over the socket. (Unless CI's run forces the path
+/// on or off for every process: then the flags cannot change it.)
+#[test]
+fn client_shared_memory_is_taken_or_declined() {
+    let forced = std::env::var("NPIPE_SHARED_MEMORY").ok();
+    let name = unique("client-shm");
+    let _server = Server::start(&name, &[]);
+    let run = run(&["client", &name, "--shared-memory"], b"one\ntwo\n");
+    run.assert_success();
+    assert_eq!(run.stdout, "one\ntwo\n");
+    let said = run.stderr.contains("through shared memory");
+    assert_eq!(said, forced.as_deref() != Some("off"), "{}", run.stderr);
+
+    let name = unique("client-no-shm");
+    let _server = Server::start(&name, &["--no-shared-memory"]);
+    let run = self::run(&["client", &name, "--shared-memory"], b"one\n");
+    run.assert_success();
+    assert_eq!(run.stdout, "one\n");
+    assert!(!run.stderr.contains("shared memory"), "{}", run.stderr);
+}
+
 /// `serve --pid-file` holds the server's pid while it serves and is
 /// removed when it stops.
 #[test]

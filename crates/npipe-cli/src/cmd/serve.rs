@@ -225,6 +225,11 @@ pub struct Args {
     #[arg(long)]
     pub reject_remote_clients: bool,
 
+    /// Keep every client on the socket: decline their offers to move the
+    /// data into shared memory (Linux; taken by default)
+    #[arg(long)]
+    pub no_shared_memory: bool,
+
     /// Instead of echoing, answer each message with who the client is
     ///
     /// pid, uid, gid, user, groups and session, all from the kernel.
@@ -354,7 +359,8 @@ pub fn run(args: &Args) -> CmdResult {
     }
     let security = descriptor(args)?;
     opts.security(security.clone());
-    opts.reject_remote_clients(args.reject_remote_clients);
+    opts.reject_remote_clients(args.reject_remote_clients)
+        .shared_memory(!args.no_shared_memory);
     for user in &args.trust_gateway {
         let gateway = npipe::LocalUser::by_name(user).ok_or_else(|| {
             Failure::new(
