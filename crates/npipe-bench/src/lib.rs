@@ -159,7 +159,7 @@ fn select(filters: &[String]) -> Result<(Vec<&'static Case>, bool), Error> {
     let scale = filters.is_empty()
         || filters
             .iter()
-            .any(|f| scale::NAME.contains(f.as_str()) || f.starts_with(scale::NAME));
+            .any(|f| picks(scale::NAME, f) || f.starts_with(scale::NAME));
     if chosen.is_empty() && !scale {
         let mut names: Vec<&str> = CASES.iter().map(|c| c.name).collect();
         names.push(scale::NAME);
@@ -414,5 +414,9 @@ mod tests {
         );
         assert_eq!(names(&["=connect_rate"]), ["connect_rate"]);
         assert!(select(&["=connect".to_string()]).is_err());
+        assert!(
+            select(&["=scale".to_string()]).unwrap().1,
+            "=scale picks scale"
+        );
     }
 }

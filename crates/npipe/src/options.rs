@@ -452,7 +452,10 @@ impl ClientOptions {
     /// file that rides with the handshake (`SCM_RIGHTS`). A server that
     /// takes it says so in its reply; one that does not (an older npipe,
     /// or one with [`ServerOptions::shared_memory`] off) keeps the socket,
-    /// and so does everything else. Reads, writes, message boundaries, *more data*,
+    /// and so does everything else. (A tokio client refuses, with
+    /// `ERROR_BAD_PIPE`, a server that took its offer without saying it
+    /// can wake a tokio end: an unreleased npipe from before tokio ends
+    /// took part.) Reads, writes, message boundaries, *more data*,
     /// peeks, `transact`, `flush_buffers` and every error are the same
     /// either way; a request and reply between processes on different CPUs
     /// took 1.8 µs instead of the socket's 12 on the machine the README

@@ -65,8 +65,9 @@ pub(crate) fn agreed(
         (false, _) => Ok(None),
         (true, None) => refuse("the server claims shared memory this client never offered"),
         (true, Some(_)) if socket_woken && !c.socket_wakes => refuse(
-            "the server took shared memory but cannot wake a tokio client (an older npipe): \
-             turn ClientOptions::shared_memory off for it",
+            "the server took shared memory but cannot wake a tokio client (an npipe from \
+             before that rule): turn shared memory off for this client \
+             (ClientOptions::shared_memory(false), and NPIPE_SHARED_MEMORY not `on`)",
         ),
         (true, Some(region)) => Ok(Some(region)),
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ::tokio::io::unix::AsyncFd;
 
-use super::stream::{register, PipeStream};
+use super::stream::{register, register_for_wakes, PipeStream};
 use crate::client_socket;
 use crate::connect_core::{self, PIPELINE_MAX};
 use crate::engine::connect::{Action, ConnectCore};
@@ -118,7 +118,10 @@ impl Pipe<PipeStream, ClientEnd> {
                     let link = match shm::transport::agreed(&c, offer.take(), name, true)? {
                         None => AsyncLink::Socket(fd),
                         Some(region) => {
-                            let rings = AsyncShm::new(region, fd, OFFER_CAPACITY, Side::Creator);
+                            // Its socket only wakes it now: watched for
+                            // reading alone (see `register_for_wakes`).
+                            let io = register_for_wakes(fd.into_inner().into_socket())?;
+                            let rings = AsyncShm::new(region, io, OFFER_CAPACITY, Side::Creator);
                             AsyncLink::Shm(Box::new(rings))
                         }
                     };
