@@ -336,21 +336,27 @@ impl<S: HoldsSocket> ShmTransport<S> {
     /// buffer is already a wake-up, and a peer that is gone wakes no one.
     fn wake_if_waiting(&self, waiting: &AtomicU32, seq: &AtomicU32) {
         fence(Ordering::SeqCst);
+        let take_down = |how| {
+            waiting
+                .compare_exchange(how, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        };
         match waiting.load(Ordering::Relaxed) {
             0 => {}
             ASLEEP_ON_SOCKET => {
-                let took = waiting.compare_exchange(
-                    ASLEEP_ON_SOCKET,
-                    0,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-                if took.is_ok() {
+                if take_down(ASLEEP_ON_SOCKET) {
                     let _ = self.socket().send_nonblocking(&[0]);
                 }
             }
-            // ASLEEP_ON_FUTEX, or whatever a peer wrote: a futex wake is
-            // harmless either way.
+            // Taken down by the one wake-up: until the sleeper runs and
+            // looks (on one CPU, not before this side sleeps), every later
+            // publish would otherwise make a system call for nothing.
+            ASLEEP_ON_FUTEX => {
+                if take_down(ASLEEP_ON_FUTEX) {
+                    wake(seq);
+                }
+            }
+            // Whatever else a peer wrote: a futex wake is harmless.
             _ => wake(seq),
         }
     }
