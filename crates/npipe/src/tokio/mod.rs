@@ -70,6 +70,8 @@
 //! ```
 
 pub(crate) mod client;
+#[cfg(test)]
+pub(crate) mod join;
 mod listener;
 mod stream;
 mod transport;

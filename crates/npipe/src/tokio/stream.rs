@@ -793,8 +793,10 @@ mod tests {
     use crate::info::End;
     use crate::proto::framing;
     use crate::stream_core::Setup;
+    use crate::tokio::join::both;
     use crate::tokio::transport::read_ahead::AsyncReadAhead;
     use crate::types::PipeType;
+    use crate::ErrorCode;
 
     /// The async data path over a transport that reads ahead (as TLS
     /// does): bytes it holds are ready at once, though the reactor sees
@@ -850,5 +852,194 @@ mod tests {
             // Nothing left anywhere: now a read does wait.
             assert!(read!(RecvMessage::default()).is_err(), "should still wait");
         });
+    }
+
+    /// A connected pair of tokio ends (`a` the server), over the socket or
+    /// over the shared-memory rings: the same data path either way.
+    type Pair = fn(PipeType) -> (PipeStream, PipeStream);
+
+    fn ends(pipe_type: PipeType) -> (EndCore, EndCore) {
+        let mode = match pipe_type {
+            PipeType::Byte => ReadMode::Byte,
+            PipeType::Message => ReadMode::Message,
+        };
+        let end = |e| EndCore::new(Setup::for_test(e, pipe_type), mode, Vec::new());
+        (end(End::Server), end(End::Client))
+    }
+
+    fn socket_pair(pipe_type: PipeType) -> (PipeStream, PipeStream) {
+        let (sa, sb) = Socket::pair().unwrap();
+        let (ea, eb) = ends(pipe_type);
+        (
+            PipeStream::new(sa, ea).unwrap(),
+            PipeStream::new(sb, eb).unwrap(),
+        )
+    }
+
+    /// Rings of 64 KiB each way, as much as a socket holds, so a test that
+    /// writes before it reads does not wait on itself.
+    fn shm_pair(pipe_type: PipeType) -> (PipeStream, PipeStream) {
+        use crate::shm::link::AsyncLink;
+        use crate::shm::transport::async_end::AsyncShm;
+        use crate::shm::transport::{test_regions, Side};
+        const RING: usize = 64 * 1024;
+        let (sa, sb) = Socket::pair().unwrap();
+        let (ra, rb) = test_regions(RING);
+        let (ea, eb) = ends(pipe_type);
+        let link = |s, r, side| {
+            let rings = AsyncShm::new(r, register_for_wakes(s).unwrap(), RING, side);
+            AsyncLink::Shm(Box::new(rings))
+        };
+        (
+            PipeStream::with_link(link(sa, ra, Side::Joiner), ea),
+            PipeStream::with_link(link(sb, rb, Side::Creator), eb),
+        )
+    }
+
+    /// Every test of the tokio data path runs over both links, each on a
+    /// runtime of its own.
+    macro_rules! on_both_links {
+        ($($name:ident),* $(,)?) => {
+            mod over_sockets {
+                $( #[test] fn $name() { super::run(super::$name(super::socket_pair)) } )*
+            }
+            mod over_shared_memory {
+                $( #[test] fn $name() { super::run(super::$name(super::shm_pair)) } )*
+            }
+        };
+    }
+
+    fn run(test: impl std::future::Future<Output = ()>) {
+        ::tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(test)
+    }
+
+    on_both_links!(
+        messages_keep_boundaries,
+        peek_does_not_consume,
+        transact_refuses_while_unread_data_waits,
+        a_disconnected_client_is_told_not_connected,
+        cut_message_is_broken_pipe_not_data,
+        oversize_header_is_bad_pipe,
+        flush_buffers_waits_until_the_peer_has_read,
+    );
+
+    async fn messages_keep_boundaries(pair: Pair) {
+        let (mut a, mut b) = pair(PipeType::Message);
+        let big = vec![3u8; 200_000];
+        let writer = async {
+            for m in [&b"hello, world"[..], b"", &big] {
+                a.write_message(m).await.unwrap();
+            }
+            a
+        };
+        let reader = async {
+            let mut five = [0u8; 5];
+            let first = b.read_message(&mut five).await.unwrap();
+            assert_eq!((first, &five), (MessageRead::MoreData(5), b"hello"));
+            assert_eq!(b.recv_message().await.unwrap(), b", world");
+            assert_eq!(
+                b.read_message(&mut five).await.unwrap(),
+                MessageRead::Complete(0)
+            );
+            assert!(
+                b.recv_message().await.unwrap() == big,
+                "the large message changed"
+            );
+        };
+        let (_a, ()) = both(writer, reader).await;
+    }
+
+    async fn peek_does_not_consume(pair: Pair) {
+        let (mut a, mut b) = pair(PipeType::Message);
+        a.write_message(b"abc").await.unwrap();
+        a.write_message(b"de").await.unwrap();
+        b.readable().await.unwrap();
+        let mut buf = [0u8; 10];
+        let p = b.peek(&mut buf).unwrap();
+        assert_eq!((p.copied, p.message_left), (3, 0));
+        assert_eq!(&buf[..3], b"abc");
+        let mut two = [0u8; 2];
+        let p = b.peek(&mut two).unwrap();
+        assert_eq!((p.copied, p.message_left), (2, 1));
+        assert_eq!(b.recv_message().await.unwrap(), b"abc");
+        assert_eq!(b.recv_message().await.unwrap(), b"de");
+    }
+
+    async fn transact_refuses_while_unread_data_waits(pair: Pair) {
+        let (mut a, mut b) = pair(PipeType::Message);
+        a.write_message(b"unasked").await.unwrap();
+        b.readable().await.unwrap();
+        let e = b.transact(b"request").await.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::PipeBusy);
+        assert_eq!(b.recv_message().await.unwrap(), b"unasked");
+        let server = async {
+            let request = a.recv_message().await.unwrap();
+            a.write_message(&request).await.unwrap();
+        };
+        let ((), reply) = both(server, b.transact(b"request")).await;
+        assert_eq!(reply.unwrap(), b"request");
+    }
+
+    /// `DisconnectNamedPipe`: the client's write, flush and reads fail with
+    /// *pipe not connected*; data sent before it stays readable.
+    async fn a_disconnected_client_is_told_not_connected(pair: Pair) {
+        let (mut a, mut b) = pair(PipeType::Message);
+        a.write_message(b"before").await.unwrap();
+        a.disconnect_client();
+        let code = |r: Result<()>| r.unwrap_err().code();
+        assert_eq!(
+            code(b.write_message(b"x").await),
+            ErrorCode::PipeNotConnected
+        );
+        assert_eq!(code(b.flush_buffers().await), ErrorCode::PipeNotConnected);
+        assert_eq!(b.recv_message().await.unwrap(), b"before");
+        let after = b.recv_message().await.unwrap_err();
+        assert_eq!(after.code(), ErrorCode::PipeNotConnected);
+    }
+
+    async fn cut_message_is_broken_pipe_not_data(pair: Pair) {
+        let (a, mut b) = pair(PipeType::Message);
+        a.sync().send(&framing::header(10)).unwrap();
+        a.sync().send(b"12345").unwrap();
+        drop(a);
+        let mut buf = [0u8; 64];
+        let e = b.read_message(&mut buf).await.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BrokenPipe);
+    }
+
+    async fn oversize_header_is_bad_pipe(pair: Pair) {
+        let (a, mut b) = pair(PipeType::Message);
+        a.sync().send(&framing::header(u32::MAX - 1)).unwrap();
+        assert_eq!(
+            b.recv_message().await.unwrap_err().code(),
+            ErrorCode::BadPipe
+        );
+        assert_eq!(
+            b.recv_message().await.unwrap_err().code(),
+            ErrorCode::BadPipe
+        );
+    }
+
+    /// `FlushFileBuffers` returns once the peer has read what was sent,
+    /// not before.
+    async fn flush_buffers_waits_until_the_peer_has_read(pair: Pair) {
+        let (mut a, mut b) = pair(PipeType::Message);
+        a.write_message(&[9u8; 1000]).await.unwrap();
+        let flushed = std::cell::Cell::new(false);
+        let flushing = async {
+            a.flush_buffers().await.unwrap();
+            flushed.set(true);
+        };
+        let reading = async {
+            ::tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(!flushed.get(), "the flush returned before the peer read");
+            assert_eq!(b.recv_message().await.unwrap().len(), 1000);
+        };
+        both(flushing, reading).await;
+        assert!(flushed.get());
     }
 }

@@ -295,6 +295,7 @@ mod tests {
 
     use super::*;
     use crate::shm::transport::test_regions;
+    use crate::tokio::join::both;
 
     /// Rings this small fill after a few writes.
     const SMALL: usize = 4096;
@@ -319,33 +320,6 @@ mod tests {
             AsyncShm::new(region, io, capacity, Side::Creator),
             ShmTransport::new(joined, b, capacity, Side::Joiner),
         )
-    }
-
-    /// Runs `a` and `b` on this task until both are done (`tokio::join!`
-    /// without the macros feature).
-    async fn both<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
-        let (mut a, mut b) = (std::pin::pin!(a), std::pin::pin!(b));
-        let (mut ra, mut rb) = (None, None);
-        poll_fn(|cx| {
-            if ra.is_none() {
-                if let Poll::Ready(v) = a.as_mut().poll(cx) {
-                    ra = Some(v);
-                }
-            }
-            if rb.is_none() {
-                if let Poll::Ready(v) = b.as_mut().poll(cx) {
-                    rb = Some(v);
-                }
-            }
-            match (ra.take(), rb.take()) {
-                (Some(x), Some(y)) => Poll::Ready((x, y)),
-                (x, y) => {
-                    (ra, rb) = (x, y);
-                    Poll::Pending
-                }
-            }
-        })
-        .await
     }
 
     /// `f`, failing if it has not finished within [`HANG`]. (Not
