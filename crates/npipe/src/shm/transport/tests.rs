@@ -302,3 +302,42 @@ fn a_sleeper_is_woken_once_however_many_publish() {
         "one wake-up"
     );
 }
+
+/// A peer on our own CPU never answers while we spin: once the budget is
+/// 0 a probe that fails costs one spin of [`SPIN_PROBE`] rounds and puts
+/// the budget straight back to 0 (not to half the probe, which had cost
+/// about 30 rounds a wait), and the probes come less and less often; one
+/// that pays brings the spinning back at once.
+#[test]
+fn failed_probes_go_back_to_no_spin_and_come_less_often() {
+    static HINT: AtomicU32 = AtomicU32::new(0);
+    let spin = Spin::new(&HINT);
+    let looks = std::cell::Cell::new(0u32);
+    let mut never = || {
+        looks.set(looks.get() + 1);
+        Ok(false)
+    };
+    // 1,024 waits: 1 look each, but a probe's SPIN_PROBE + 1 every 8, 16,
+    // 32, ... waits (at most 128 apart).
+    for _ in 0..1024 {
+        assert!(!spin.run(&mut never).unwrap());
+        assert_eq!(spin.budget.load(Ordering::Relaxed), 0);
+    }
+    let probes = (looks.get() - 1024) / SPIN_PROBE;
+    assert!((6..=12).contains(&probes), "{probes} probes in 1,024 waits");
+    assert_eq!(
+        spin.probe_every.load(Ordering::Relaxed),
+        SPIN_PROBE_EVERY_MAX
+    );
+    // The peer moves to another CPU: the next probe sees it answer within
+    // its spin, which brings the spin and the frequent probes back.
+    spin.probes.store(0, Ordering::Relaxed); // this wait probes
+    let mut soon = 0;
+    let mut answers = || {
+        soon += 1;
+        Ok(soon > 3)
+    };
+    assert!(spin.run(&mut answers).unwrap());
+    assert!(spin.budget.load(Ordering::Relaxed) >= SPIN_PROBE);
+    assert_eq!(spin.probe_every.load(Ordering::Relaxed), SPIN_PROBE_EVERY);
+}
