@@ -345,6 +345,38 @@ mod tests {
         within(poll_fn(|cx| end.poll_send(cx, &[IoSlice::new(buf)]))).await
     }
 
+    /// Sends all of `data` from a tokio end.
+    async fn send_all(end: &AsyncShm, mut data: &[u8]) {
+        while !data.is_empty() {
+            let n = send(end, data).await.unwrap();
+            data = &data[n..];
+        }
+    }
+
+    /// Receives `len` bytes on a tokio end.
+    async fn receive_all(end: &AsyncShm, len: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        while got.len() < len {
+            let mut buf = [0u8; 700];
+            let n = recv(end, &mut buf).await.unwrap();
+            assert!(n > 0, "end of stream after {} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    /// Receives `len` bytes on a blocking end.
+    fn receive_blocking(end: &ShmTransport, len: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        while got.len() < len {
+            let mut buf = [0u8; 1024];
+            let n = end.recv(&mut buf, Recv::Wait).unwrap();
+            assert!(n > 0, "end of stream after {} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
     /// The flag the tokio end raises to wait for data, as its peer sees it.
     fn reader_flag(peer: &ShmTransport) -> &AtomicU32 {
         peer.tx().layout().consumer_waiting(&peer.region)
@@ -390,20 +422,10 @@ mod tests {
             let total = 8 * SMALL;
             let reader = std::thread::spawn(move || {
                 until_asleep(writer_flag(&b));
-                let mut got = Vec::new();
-                while got.len() < total {
-                    let mut buf = [0u8; 1024];
-                    let n = b.recv(&mut buf, Recv::Wait).unwrap();
-                    got.extend_from_slice(&buf[..n]);
-                }
-                got
+                receive_blocking(&b, total)
             });
             let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
-            let mut left = &data[..];
-            while !left.is_empty() {
-                let n = send(&a, left).await.unwrap();
-                left = &left[n..];
-            }
+            send_all(&a, &data).await;
             assert!(
                 reader.join().unwrap() == data,
                 "the bytes came through changed"
@@ -423,11 +445,7 @@ mod tests {
                 until_asleep(reader_flag(&b));
                 until_asleep(writer_flag(&b));
                 b.send(b"for the reader").unwrap();
-                let mut drained = 0;
-                while drained < total {
-                    let mut buf = [0u8; 1024];
-                    drained += b.recv(&mut buf, Recv::Wait).unwrap();
-                }
+                receive_blocking(&b, total);
                 b
             });
             // Two tasks, so two wakers (one task polling both would be
@@ -443,13 +461,7 @@ mod tests {
             });
             let writing = ::tokio::spawn({
                 let a = a.clone();
-                async move {
-                    let chunk = [7u8; 512];
-                    let mut sent = 0;
-                    while sent < total {
-                        sent += send(&a, &chunk[..(total - sent).min(512)]).await.unwrap();
-                    }
-                }
+                async move { send_all(&a, &vec![7u8; total]).await }
             });
             let (got, wrote) = both(reading, writing).await;
             wrote.unwrap();
@@ -513,25 +525,8 @@ mod tests {
             let b = end(sb, joined, Side::Joiner);
             let total = 64 * SMALL;
             let data: Vec<u8> = (0..total).map(|i| (i % 241) as u8).collect();
-            async fn stream_out(end: &AsyncShm, data: &[u8]) {
-                let mut left = data;
-                while !left.is_empty() {
-                    let n = send(end, left).await.unwrap();
-                    left = &left[n..];
-                }
-            }
-            async fn stream_in(end: &AsyncShm, len: usize) -> Vec<u8> {
-                let mut got = Vec::new();
-                while got.len() < len {
-                    let mut buf = [0u8; 700];
-                    let n = recv(end, &mut buf).await.unwrap();
-                    assert!(n > 0, "end of stream after {} bytes", got.len());
-                    got.extend_from_slice(&buf[..n]);
-                }
-                got
-            }
-            let outs = both(stream_out(&a, &data), stream_out(&b, &data));
-            let ins = both(stream_in(&b, total), stream_in(&a, total));
+            let outs = both(send_all(&a, &data), send_all(&b, &data));
+            let ins = both(receive_all(&b, total), receive_all(&a, total));
             let (_, (to_b, to_a)) = both(outs, ins).await;
             assert!(
                 to_b == data && to_a == data,
