@@ -125,12 +125,15 @@ impl GatewayOptions {
         self
     }
 
-    /// Most connections in their TLS handshake or HELLO at once (default
+    /// Most connections in their TLS handshake, HELLO or the lookup of
+    /// their mapped user's groups at once (default
     /// 4096: a burst of a thousand clients fits). Anyone who can reach the
     /// port can open a connection and stay silent for the handshake
     /// timeout; past this many, new connections are closed at once instead
     /// of each holding a descriptor of the gateway's, as the servers' own
-    /// `max_handshakes` does. Authenticated connections do not count.
+    /// `max_handshakes` does, and one principal's slow group lookups cannot
+    /// fill the blocking pool. Connections past their handshake do not
+    /// count.
     pub fn max_handshakes(&mut self, n: usize) -> &mut Self {
         self.max_handshakes = n.max(1);
         self
@@ -182,18 +185,17 @@ pub struct Gateway {
     opts: Arc<GatewayOptions>,
     /// A permit per connection in its handshake.
     handshakes: Arc<Semaphore>,
+    /// The bounds on authenticated connections, shared with each one's task.
+    limits: Arc<Limits>,
+}
+
+/// The gateway's bounds on authenticated connections.
+struct Limits {
     /// Connections per principal, past their handshake.
     per_principal: Arc<PerPrincipal>,
     /// A permit per authenticated connection, all principals together.
     connections: Arc<Semaphore>,
     /// How many permits `connections` started with.
-    max_connections: usize,
-}
-
-/// The gateway's bounds on authenticated connections, for each one's task.
-struct Limits {
-    per_principal: Arc<PerPrincipal>,
-    connections: Arc<Semaphore>,
     max_connections: usize,
 }
 
@@ -297,9 +299,11 @@ impl Gateway {
             listener,
             acceptor: TlsAcceptor::from(config),
             handshakes: Arc::new(Semaphore::new(opts.max_handshakes)),
-            per_principal: Arc::default(),
-            connections: Arc::new(Semaphore::new(max_connections)),
-            max_connections,
+            limits: Arc::new(Limits {
+                per_principal: Arc::default(),
+                connections: Arc::new(Semaphore::new(max_connections)),
+                max_connections,
+            }),
             opts: Arc::new(opts),
         })
     }
@@ -345,11 +349,7 @@ impl Gateway {
             let acceptor = self.acceptor.clone();
             let opts = Arc::clone(&self.opts);
             let log = Arc::clone(&log);
-            let limits = Limits {
-                per_principal: Arc::clone(&self.per_principal),
-                connections: Arc::clone(&self.connections),
-                max_connections: self.max_connections,
-            };
+            let limits = Arc::clone(&self.limits);
             ::tokio::spawn(async move {
                 let mut principal = None;
                 let served = serve_one(tcp, peer, acceptor, &opts, &limits, permit, &mut principal);
@@ -378,8 +378,10 @@ async fn serve_one(
     principal_out: &mut Option<String>,
 ) -> Result<String> {
     let _ = tcp.set_nodelay(true);
-    let limit = opts.handshake_timeout;
-    let mut tls = match ::tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+    // TLS, the HELLO and the mapped user's groups: the whole handshake,
+    // within one timeout, holding one of the `max_handshakes` permits.
+    let deadline = ::tokio::time::Instant::now() + opts.handshake_timeout;
+    let mut tls = match ::tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return Ok(format!("refused during TLS: {e}")),
         Err(_) => return Ok("refused: TLS took too long".into()),
@@ -419,7 +421,7 @@ async fn serve_one(
         refuse(&mut tls, ErrorCode::PipeBusy, &why).await;
         return Ok(format!("refused: {why}"));
     };
-    let (mut hello, rest) = match ::tokio::time::timeout(limit, read_hello(&mut tls)).await {
+    let (mut hello, rest) = match ::tokio::time::timeout_at(deadline, read_hello(&mut tls)).await {
         Ok(Ok(read)) => read,
         Ok(Err(why)) => {
             refuse(&mut tls, ErrorCode::BadPipe, &why).await;
@@ -427,8 +429,6 @@ async fn serve_one(
         }
         Err(_) => return Ok("dropped: no HELLO in time".into()),
     };
-    // The handshake is over: the permit goes to the next connection.
-    drop(handshake);
     if let Some((code, why)) = judge(&hello, &principal, opts) {
         refuse(&mut tls, code, &why).await;
         return Ok(format!("refused: {why}"));
@@ -436,13 +436,14 @@ async fn serve_one(
     let mapped = opts.principal(&principal).user;
     // The mapped user's groups go with it, so the server's deny entries
     // for them reach this client (read on the blocking pool, within the
-    // handshake's time: the user database may be LDAP). A lookup that
-    // fails refuses the client: sending the user without its groups would
-    // let it past a deny of one of them.
+    // handshake's time and under its permit: the user database may be
+    // LDAP, and one principal's slow lookups must not fill the pool for
+    // everyone). A lookup that fails refuses the client: sending the user
+    // without its groups would let it past a deny of one of them.
     let groups = match mapped {
         Some(uid) => {
             let lookup = ::tokio::task::spawn_blocking(move || mapped_groups(uid));
-            match ::tokio::time::timeout(limit, lookup).await {
+            match ::tokio::time::timeout_at(deadline, lookup).await {
                 Ok(Ok(Some(groups))) => groups,
                 _ => {
                     let why = format!(
@@ -466,6 +467,8 @@ async fn serve_one(
         refuse(&mut tls, ErrorCode::AccessDenied, &why).await;
         return Ok(format!("refused: {why}"));
     }
+    // The handshake is over: the permit goes to the next connection.
+    drop(handshake);
     hello.principal = principal;
     hello.computer = peer.ip().to_string();
     hello.local_user = mapped;
@@ -521,11 +524,8 @@ async fn read_hello<S: ::tokio::io::AsyncRead + Unpin>(
 
 /// Why this HELLO from `principal` goes no further, if it does not.
 fn judge(hello: &Hello, principal: &str, opts: &GatewayOptions) -> Option<(ErrorCode, String)> {
-    if !hello.principal.is_empty()
-        || !hello.computer.is_empty()
-        || hello.local_user.is_some()
-        || !hello.local_groups.is_empty()
-    {
+    // (A HELLO with groups but no local user does not decode.)
+    if !hello.principal.is_empty() || !hello.computer.is_empty() || hello.local_user.is_some() {
         return Some((
             ErrorCode::AccessDenied,
             "a remote client may not name a principal, computer or user: the gateway names it \

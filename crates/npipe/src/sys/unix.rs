@@ -62,10 +62,13 @@ impl From<Socket> for OwnedFd {
 #[derive(Default)]
 struct ClosesPending {
     total: usize,
-    by_sender: std::collections::HashMap<u32, usize>,
+    by_sender: std::collections::BTreeMap<u32, usize>,
 }
 
-static CLOSES_PENDING: std::sync::Mutex<Option<ClosesPending>> = std::sync::Mutex::new(None);
+static CLOSES_PENDING: std::sync::Mutex<ClosesPending> = std::sync::Mutex::new(ClosesPending {
+    total: 0,
+    by_sender: std::collections::BTreeMap::new(),
+});
 
 /// Past this many pending closes of one user's descriptors, no more of that
 /// user's are taken in ([`Socket::recv_spare_with_fd`]): the kernel drops
@@ -76,8 +79,7 @@ const MAX_CLOSES_PENDING_PER_SENDER: usize = 32;
 const MAX_CLOSES_PENDING: usize = 1024;
 
 fn closes_pending<T>(f: impl FnOnce(&mut ClosesPending) -> T) -> T {
-    let mut guard = CLOSES_PENDING.lock().unwrap_or_else(|e| e.into_inner());
-    f(guard.get_or_insert_with(ClosesPending::default))
+    f(&mut CLOSES_PENDING.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// Whether a memory file (tmpfs, hugetlbfs): only those answer for seals,
@@ -92,19 +94,19 @@ fn is_memory_file(fd: &OwnedFd) -> bool {
 /// thread that serves others (the acceptor). A memory file (what a peer is
 /// meant to send) has no one to wait for and is closed here.
 pub fn close_elsewhere(fd: OwnedFd) {
-    close_sent_by(fd, None);
-}
-
-/// [`close_elsewhere`], counted against `sender` (a uid) while pending. One
-/// thread closes them all, in order; if it cannot start, the descriptor is
-/// closed here.
-fn close_sent_by(fd: OwnedFd, sender: Option<u32>) {
-    use std::sync::mpsc::{channel, Sender};
-    use std::sync::{Mutex, OnceLock};
     if is_memory_file(&fd) {
         drop(fd);
-        return;
+    } else {
+        queue_close(fd, None);
     }
+}
+
+/// Hands a descriptor that is not a memory file to the closer thread,
+/// counted against `sender` (a uid) while pending. One thread closes them
+/// all, in order; if it cannot start, the descriptor is closed here.
+fn queue_close(fd: OwnedFd, sender: Option<u32>) {
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::{Mutex, OnceLock};
     /// A descriptor to close, and who sent it.
     type ToClose = (OwnedFd, Option<u32>);
     static CLOSER: OnceLock<Option<Mutex<Sender<ToClose>>>> = OnceLock::new();
@@ -358,10 +360,11 @@ impl Socket {
         for msg in control.drain() {
             if let RecvAncillaryMessage::ScmRights(fds) = msg {
                 for fd in fds {
-                    if first.is_none() && is_memory_file(&fd) {
-                        first = Some(fd);
-                    } else {
-                        close_sent_by(fd, Some(sender));
+                    match is_memory_file(&fd) {
+                        true if first.is_none() => first = Some(fd),
+                        // A second memory file: nothing to wait for.
+                        true => drop(fd),
+                        false => queue_close(fd, Some(sender)),
                     }
                 }
             }
