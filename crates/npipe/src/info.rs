@@ -56,7 +56,7 @@ pub(crate) fn listener_info(
         end: End::Server,
         pipe_type: opts.pipe_type,
         direction: d,
-        access: Access::of(d.server_reads(), d.server_writes()),
+        access: d.server_access(),
         read_mode: opts.effective_read_mode(),
         max_instances: max_instances_from_wire(opts.max_instances),
         cur_instances: active,

@@ -29,6 +29,10 @@ impl Direction {
     pub fn server_writes(self) -> bool {
         matches!(self, Direction::Outbound | Direction::Duplex)
     }
+    /// The access the server end has on a pipe of this direction.
+    pub fn server_access(self) -> Access {
+        Access::of(self.server_reads(), self.server_writes())
+    }
     /// The access a client is allowed on a pipe of this direction.
     pub fn client_access(self) -> Access {
         match self {

@@ -239,10 +239,9 @@ mod windows {
     /// The directory a command run as the client starts in: the system
     /// drive's root.
     pub(crate) fn client_dir() -> std::path::PathBuf {
-        let root = std::path::PathBuf::from(system_root());
-        root.ancestors()
-            .last()
-            .map_or_else(|| r"C:\".into(), std::path::Path::to_path_buf)
+        let mut root = std::path::PathBuf::from(system_root());
+        while root.pop() {}
+        root
     }
 
     /// A command `--exec` started: by std as the server, or by npipe as

@@ -725,7 +725,7 @@ pub(crate) fn open_thread_token(
 }
 
 /// The token this thread impersonates; "no token" is an error here.
-fn impersonated(
+pub(super) fn impersonated(
     access: windows_sys::Win32::Security::TOKEN_ACCESS_MASK,
 ) -> io::Result<OwnedHandle> {
     use windows_sys::Win32::Foundation::ERROR_NO_TOKEN;

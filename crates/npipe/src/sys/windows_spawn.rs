@@ -50,9 +50,7 @@ pub struct Spawned {
 /// process can be started with. `ERROR_BAD_IMPERSONATION_LEVEL` when the
 /// client allowed identification only.
 pub fn thread_token_as_primary() -> io::Result<OwnedHandle> {
-    use windows_sys::Win32::Foundation::ERROR_NO_TOKEN;
-    let token = super::windows::open_thread_token(TOKEN_DUPLICATE | TOKEN_QUERY)?
-        .ok_or_else(|| io::Error::from_raw_os_error(ERROR_NO_TOKEN as i32))?;
+    let token = super::windows::impersonated(TOKEN_DUPLICATE | TOKEN_QUERY)?;
     let mut primary: HANDLE = ptr::null_mut();
     // SAFETY: `token` is a live token handle; `primary` receives a new
     // handle, owned right below; no attributes (not inheritable).

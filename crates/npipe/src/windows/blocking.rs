@@ -169,14 +169,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// What a waited call was, for its timeout's consequences and message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Read,
-    Write,
-    Transact,
-}
-
 /// One end of a connected instance: the I/O both ends share.
 #[derive(Debug)]
 pub(super) struct Conn {
@@ -223,28 +215,24 @@ impl Conn {
         timeout: Option<Duration>,
         what: &str,
     ) -> Result<(usize, bool)> {
-        let call_kind = match call {
-            sys::Call::Write(_) => Kind::Write,
-            sys::Call::Transact(..) => Kind::Transact,
-            _ => Kind::Read,
+        // What a timeout means for this call: whether it cuts the stream
+        // (a write, or a transaction's request: the reader may have taken
+        // part of it), and how to say what was waited for.
+        let (cuts, waited_for, which) = match call {
+            sys::Call::Write(_) => (true, "its reader did not take it", "write"),
+            sys::Call::Transact(..) => (
+                true,
+                "no reply came (the pipe is cut: the request may have gone in part)",
+                "read",
+            ),
+            _ => (false, "nothing came", "read"),
         };
-        // A write, or a transaction's request, may be cut: the reader may
-        // have taken part of it.
-        let write = call_kind != Kind::Read;
         match sys::waited(&self.state.pipe, call, timeout).map_err(|e| os(e, what))? {
             sys::Waited::Done(n, more) => Ok((n, more)),
             sys::Waited::TimedOut(_) => {
-                if write {
+                if cuts {
                     self.broken.store(true, Ordering::Relaxed);
                 }
-                let (waited_for, which) = match call_kind {
-                    Kind::Write => ("its reader did not take it", "write"),
-                    Kind::Transact => (
-                        "no reply came (the pipe is cut: the request may have gone in part)",
-                        "read",
-                    ),
-                    Kind::Read => ("nothing came", "read"),
-                };
                 Err(Error::new(
                     ErrorCode::Timeout,
                     format!(

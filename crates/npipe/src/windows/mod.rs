@@ -20,7 +20,6 @@ use crate::error::{Error, ErrorCode};
 use crate::name::PipeName;
 use crate::options::ServerOptions;
 use crate::sys::{self, Instance};
-use crate::types::{Access, Direction};
 
 mod blocking;
 mod end;
@@ -121,11 +120,7 @@ impl Instances {
             self.opts.effective_read_mode(),
             self.opts.max_message_size,
             self.opts.direction,
-            match self.opts.direction {
-                Direction::Inbound => Access::Read,
-                Direction::Outbound => Access::Write,
-                Direction::Duplex => Access::ReadWrite,
-            },
+            self.opts.direction.server_access(),
         )
     }
 

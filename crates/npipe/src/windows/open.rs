@@ -145,10 +145,13 @@ impl<'a> Opener<'a> {
             Access::Read => Direction::Outbound,
             Access::ReadWrite => Direction::Duplex,
         });
-        let access = match direction {
-            Direction::Inbound if access.writes() => Access::Write,
-            Direction::Outbound if access.reads() => Access::Read,
-            _ => access,
+        // Narrowed to what the direction allows, if that is within what
+        // was granted.
+        let allowed = direction.client_access();
+        let access = if allowed.within(access) {
+            allowed
+        } else {
+            access
         };
         let (_, pipe_type, ..) =
             sys::pipe_info(&pipe).map_err(|e| os(e, "cannot ask about the pipe"))?;

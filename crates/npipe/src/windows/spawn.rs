@@ -333,18 +333,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("npipe-path-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("npipe-on-path.exe"), b"").unwrap();
-        let mut cmd = Command::new("npipe-on-path");
-        assert!(
-            find_program(&cmd).is_err(),
-            "found without the command's PATH"
-        );
-        // An empty entry is no directory: it would be the server's current
-        // one, where this plants a program of that name.
+        // A program of that name planted in the server's current directory,
+        // where CreateProcess would look: found neither without the
+        // command's PATH nor through an empty entry (no directory, so the
+        // current one).
         let planted = std::env::current_dir().unwrap().join("npipe-on-path.exe");
         std::fs::write(&planted, b"").unwrap();
+        let mut cmd = Command::new("npipe-on-path");
+        let without = find_program(&cmd);
         cmd.env("Path", ";");
         let found = find_program(&cmd);
         std::fs::remove_file(&planted).unwrap();
+        assert!(without.is_err(), "found without the command's PATH");
         assert!(
             found.is_err(),
             "found through an empty PATH entry: {found:?}"

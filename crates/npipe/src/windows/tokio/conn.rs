@@ -29,11 +29,18 @@ struct Held {
 impl Held {
     /// What a finished read returned, none of it taken yet.
     fn of(done: sys::Done) -> Held {
+        Held::joined(done.buf, &[], done.more)
+    }
+
+    /// `front` then `back`, one part of a message, none of it taken yet;
+    /// `more` if the kernel holds more of it.
+    fn joined(mut front: Vec<u8>, back: &[u8], more: bool) -> Held {
+        front.extend_from_slice(back);
         Held {
-            buf: done.buf,
+            buf: front,
             pos: 0,
             present: true,
-            more: done.more,
+            more,
         }
     }
 
@@ -83,22 +90,14 @@ impl AsyncConn {
         let Some(gather) = self.partial.take() else {
             return;
         };
-        let mut prefix = gather.into_prefix();
+        let prefix = gather.into_prefix();
         if prefix.is_empty() {
             return;
         }
-        let more = if self.held.present {
-            prefix.extend_from_slice(self.held.remaining());
-            self.held.more
-        } else {
-            true
-        };
-        self.held = Held {
-            buf: prefix,
-            pos: 0,
-            present: true,
-            more,
-        };
+        // What is held already is the message's next part; nothing held,
+        // the kernel has the rest.
+        let more = !self.held.present || self.held.more;
+        self.held = Held::joined(prefix, self.held.remaining(), more);
     }
 
     /// Keeps what a finished read returned after whatever is held already
@@ -108,14 +107,7 @@ impl AsyncConn {
             self.held = Held::of(done);
             return;
         }
-        let mut buf = self.held.remaining().to_vec();
-        buf.extend_from_slice(&done.buf);
-        self.held = Held {
-            buf,
-            pos: 0,
-            present: true,
-            more: done.more,
-        };
+        self.held = Held::joined(self.held.remaining().to_vec(), &done.buf, done.more);
     }
 
     /// `ReadFile` in the end's read mode, into `buf`.
