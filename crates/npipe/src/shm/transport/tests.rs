@@ -305,8 +305,8 @@ fn a_sleeper_is_woken_once_however_many_publish() {
 
 /// A peer on our own CPU never answers while we spin: once the budget is
 /// 0 a probe that fails costs one spin of [`SPIN_PROBE`] rounds and puts
-/// the budget straight back to 0 (not to half the probe, which had cost
-/// about 30 rounds a wait), and the probes come less and less often; one
+/// the budget straight back to 0 (not to half the probe, which spun 127
+/// more rounds over the next 7 waits), and the probes come less and less often; one
 /// that pays brings the spinning back at once.
 #[test]
 fn failed_probes_go_back_to_no_spin_and_come_less_often() {
