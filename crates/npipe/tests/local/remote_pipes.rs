@@ -592,6 +592,43 @@ fn a_deny_of_the_mapped_users_group_reaches_its_principal() {
     gw.client("bob").open(path.as_str()).unwrap();
 }
 
+/// A principal mapped to a user the user database does not know is
+/// refused by the gateway itself: without the user's groups, a server's
+/// deny of one of them could not reach it. The refusal says why and names
+/// the uid, and the server never sees the client.
+#[test]
+fn a_principal_mapped_to_an_unknown_user_is_refused_by_the_gateway() {
+    const NOBODY_KNOWS: u32 = 3_999_999;
+    let known = std::process::Command::new("getent")
+        .args(["passwd", &NOBODY_KNOWS.to_string()])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if known {
+        crate::shared_copy::skipped(
+            "a_principal_mapped_to_an_unknown_user_is_refused_by_the_gateway: \
+             uid 3999999 is in this machine's user database",
+        );
+        return;
+    }
+    let gw = gateway("remote-unknown-user", |o| {
+        o.map("alice", Some(LocalUser::from(NOBODY_KNOWS)));
+    });
+    let name = unique("remote-unknown-user");
+    let listener = server("allow everyone=full").create(&name).unwrap();
+    let path = remote(&name);
+    let e = gw.client("alice").open(path.as_str()).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AccessDenied, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("cannot read the groups of uid 3999999"),
+        "{e}"
+    );
+    assert!(listener.accept_timeout(Duration::ZERO).unwrap().is_none());
+    // bob is unmapped: nothing to look up, and he gets through.
+    let _served = std::thread::spawn(move || listener.accept().map(|_| ()));
+    gw.client("bob").open(path.as_str()).unwrap();
+}
+
 /// One principal may hold only so many connections through a gateway:
 /// past them its next is busy, while others still get through, and a
 /// closed one frees its place.
