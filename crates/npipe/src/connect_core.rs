@@ -55,6 +55,13 @@ pub(crate) fn answer_deadline(wait: Wait, read_timeout: Option<Duration>) -> Opt
 
 /// How often a client that waits for a server to appear tries again.
 pub(crate) const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
+/// The longest pause between a remote client's tries. Each remote try is a
+/// TCP connection and a TLS handshake on both the client and the gateway
+/// (a local try is one failed `connect`), so a remote client waiting for a
+/// pipe doubles its pause from [`RECONNECT_PAUSE`] up to this, rather than
+/// hold the gateway to a hundred handshakes a second for as long as it
+/// waits.
+pub(crate) const REMOTE_RECONNECT_PAUSE_MAX: Duration = Duration::from_millis(500);
 
 /// The tries of a client that also waits for the pipe to exist
 /// (`wait_for_server`): the options of each try, and whether a failure is
@@ -64,12 +71,18 @@ pub(crate) struct Attempts {
     start: Instant,
     /// How long to keep trying; `None` for ever.
     limit: Option<Duration>,
+    /// The pause after the next failure.
+    pause: Duration,
+    /// The most `pause` grows to: [`RECONNECT_PAUSE`] (no growth) for a
+    /// local pipe.
+    pause_max: Duration,
 }
 
 impl Attempts {
-    /// The tries of a client with `opts` starting at `now`; `None` if it
-    /// tries once (it does not wait for the server, or not at all).
-    pub fn new(opts: &ClientOptions, now: Instant) -> Option<Attempts> {
+    /// The tries of a client with `opts` starting at `now`, to a remote
+    /// pipe if `remote`; `None` if it tries once (it does not wait for the
+    /// server, or not at all).
+    pub fn new(opts: &ClientOptions, remote: bool, now: Instant) -> Option<Attempts> {
         if !opts.wait_for_server || opts.wait == Wait::NoWait {
             return None;
         }
@@ -78,7 +91,17 @@ impl Attempts {
             Wait::ServerDefault => Some(SERVER_DEFAULT_MAX),
             Wait::Forever | Wait::NoWait => None,
         };
-        Some(Attempts { start: now, limit })
+        let pause_max = if remote {
+            REMOTE_RECONNECT_PAUSE_MAX
+        } else {
+            RECONNECT_PAUSE
+        };
+        Some(Attempts {
+            start: now,
+            limit,
+            pause: RECONNECT_PAUSE,
+            pause_max,
+        })
     }
 
     /// The options for the try made at `now`: a timeout shrinks by what
@@ -96,12 +119,23 @@ impl Attempts {
     /// next, or `None` to give up with `e`. Worth another try while the pipe
     /// is missing, or its server went away mid-handshake, and the wait is
     /// not over (looked at after the failure, not before the try).
-    pub fn after_failure(&self, e: &Error, now: Instant) -> Option<Duration> {
-        let retry = matches!(e.code(), ErrorCode::FileNotFound | ErrorCode::BrokenPipe)
-            && self
-                .limit
-                .is_none_or(|l| now.saturating_duration_since(self.start) < l);
-        retry.then_some(RECONNECT_PAUSE)
+    ///
+    /// A remote client's pause doubles with each failure, up to
+    /// [`REMOTE_RECONNECT_PAUSE_MAX`]; no pause runs past the end of the
+    /// wait, so the last try comes when the wait ends, not after it.
+    pub fn after_failure(&mut self, e: &Error, now: Instant) -> Option<Duration> {
+        if !matches!(e.code(), ErrorCode::FileNotFound | ErrorCode::BrokenPipe) {
+            return None;
+        }
+        let passed = now.saturating_duration_since(self.start);
+        let left = match self.limit {
+            Some(limit) if passed >= limit => return None,
+            Some(limit) => limit - passed,
+            None => Duration::MAX,
+        };
+        let pause = self.pause.min(left);
+        self.pause = (self.pause * 2).min(self.pause_max);
+        Some(pause)
     }
 }
 
@@ -349,18 +383,18 @@ mod tests {
     #[test]
     fn a_client_that_does_not_wait_tries_once() {
         let now = Instant::now();
-        assert!(Attempts::new(&ClientOptions::new(), now).is_none());
-        assert!(Attempts::new(&waiting(Wait::NoWait), now).is_none());
+        assert!(Attempts::new(&ClientOptions::new(), false, now).is_none());
+        assert!(Attempts::new(&waiting(Wait::NoWait), false, now).is_none());
         let mut no_server_wait = ClientOptions::new();
         no_server_wait.wait(Wait::Forever);
-        assert!(Attempts::new(&no_server_wait, now).is_none());
+        assert!(Attempts::new(&no_server_wait, false, now).is_none());
     }
 
     #[test]
     fn retries_while_the_pipe_is_missing_until_the_wait_is_over() {
         let now = Instant::now();
         let opts = waiting(Wait::Timeout(Duration::from_millis(100)));
-        let a = Attempts::new(&opts, now).unwrap();
+        let mut a = Attempts::new(&opts, false, now).unwrap();
         let missing = Error::new(ErrorCode::FileNotFound, "x");
         let denied = Error::new(ErrorCode::AccessDenied, "x");
         assert_eq!(a.after_failure(&missing, now), Some(RECONNECT_PAUSE));
@@ -377,11 +411,43 @@ mod tests {
             a.options(&opts, later + Duration::from_secs(1)).wait,
             Wait::Timeout(Duration::from_millis(1))
         );
-        let forever = Attempts::new(&waiting(Wait::Forever), now).unwrap();
+        let mut forever = Attempts::new(&waiting(Wait::Forever), false, now).unwrap();
         let much_later = now + Duration::from_secs(86_400);
+        for _ in 0..5 {
+            assert_eq!(
+                forever.after_failure(&missing, much_later),
+                Some(RECONNECT_PAUSE),
+                "a local client's pause stays short"
+            );
+        }
+    }
+
+    /// A remote try costs the gateway a TLS handshake: the pause doubles
+    /// up to its bound, and never runs past the end of the wait.
+    #[test]
+    fn a_remote_client_backs_off_but_tries_again_when_its_wait_ends() {
+        let now = Instant::now();
+        let missing = Error::new(ErrorCode::FileNotFound, "x");
+        let mut forever = Attempts::new(&waiting(Wait::Forever), true, now).unwrap();
+        let pauses: Vec<u64> = (0..9)
+            .map(|_| forever.after_failure(&missing, now).unwrap().as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 500, 500, 500]);
+
+        let opts = waiting(Wait::Timeout(Duration::from_millis(1000)));
+        let mut a = Attempts::new(&opts, true, now).unwrap();
+        for _ in 0..6 {
+            a.after_failure(&missing, now);
+        }
+        // 500 ms due, 300 left: the pause ends with the wait.
+        let at = now + Duration::from_millis(700);
         assert_eq!(
-            forever.after_failure(&missing, much_later),
-            Some(RECONNECT_PAUSE)
+            a.after_failure(&missing, at),
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(
+            a.after_failure(&missing, now + Duration::from_millis(1000)),
+            None
         );
     }
 

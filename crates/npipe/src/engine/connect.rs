@@ -101,7 +101,7 @@ impl<'a> ConnectCore<'a> {
         pipelined: Option<&'a [u8]>,
         now: Instant,
     ) -> ConnectCore<'a> {
-        let attempts = Attempts::new(opts, now);
+        let attempts = Attempts::new(opts, name.host().is_some(), now);
         let attempt = match &attempts {
             Some(a) => a.options(opts, now),
             None => opts.clone(),
@@ -253,7 +253,7 @@ impl<'a> ConnectCore<'a> {
     fn retry_or_fail(&mut self, e: Error, now: Instant) -> Action {
         match self
             .attempts
-            .as_ref()
+            .as_mut()
             .and_then(|a| a.after_failure(&e, now))
         {
             Some(pause) => {
