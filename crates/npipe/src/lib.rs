@@ -147,6 +147,8 @@ mod policy;
 mod props;
 pub mod proto;
 mod security;
+#[cfg(test)]
+mod skipped;
 mod stream_core;
 mod transport;
 mod types;

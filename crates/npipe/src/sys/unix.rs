@@ -989,7 +989,7 @@ pub fn set_thread_batch_scheduling() -> io::Result<bool> {
 
 #[cfg(test)]
 mod scheduling_tests {
-    use super::tests::skipped;
+    use crate::skipped::skipped;
 
     #[test]
     fn a_default_thread_moves_to_batch_and_a_batch_one_stays() {
@@ -1474,20 +1474,6 @@ mod tests {
             p.begin(None);
         }
         assert!(p.backlogged(2), "everyone's together past the bound");
-    }
-
-    /// As the integration tests' `shared_copy::skipped`: loudly, and into
-    /// the file `NPIPE_SKIPPED_LOG` names for `.ci/run` to print.
-    pub(super) fn skipped(why: &str) {
-        eprintln!("SKIPPED LOUDLY: {why}");
-        if let Some(log) = std::env::var_os("NPIPE_SKIPPED_LOG") {
-            use std::io::Write;
-            let _ = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .and_then(|mut f| writeln!(f, "{why}"));
-        }
     }
 
     /// `bind` and `connect` have no `*at` form: they must still reach the

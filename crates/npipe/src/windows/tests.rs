@@ -137,9 +137,9 @@ fn a_second_first_instance_is_refused() {
     let _one = opts.create(&name).unwrap();
     let second = opts.create(&name);
     if sys::running_under_wine() {
-        eprintln!(
-            "SKIPPED LOUDLY: Wine ignores FILE_FLAG_FIRST_PIPE_INSTANCE; \
-             the refusal is checked on Windows only"
+        crate::skipped::skipped(
+            "Wine ignores FILE_FLAG_FIRST_PIPE_INSTANCE; \
+             the refusal is checked on Windows only",
         );
         return;
     }
@@ -277,9 +277,9 @@ fn a_deny_entry_is_enforced() {
         .unwrap();
     let refused = ClientOptions::new().open(&name);
     if sys::running_under_wine() && refused.is_ok() {
-        eprintln!(
-            "SKIPPED LOUDLY: Wine does not check a pipe's DACL when a client opens it; \
-             the refusal is checked on Windows only"
+        crate::skipped::skipped(
+            "Wine does not check a pipe's DACL when a client opens it; \
+             the refusal is checked on Windows only",
         );
         return;
     }
@@ -452,10 +452,10 @@ fn the_pipe_directory_lists_pipes_and_instances() {
         }
         Err(e) if sys::running_under_wine() => {
             assert_eq!(e.raw_os_error(), Some(66), "{e}");
-            eprintln!(
-                "SKIPPED LOUDLY: Wine cannot list the pipe directory ({e}); \
+            crate::skipped::skipped(&format!(
+                "Wine cannot list the pipe directory ({e}); \
                  the listing is checked on Windows only"
-            );
+            ));
         }
         Err(e) => panic!("listing the pipe directory failed: {e}"),
     }
@@ -609,9 +609,9 @@ fn the_client_is_known_from_its_token() {
     assert_eq!(s.client_credentials().user, LocalUser::current());
     let level = s.client_impersonation_level();
     if sys::running_under_wine() && level == ImpersonationLevel::Impersonation {
-        eprintln!(
-            "SKIPPED LOUDLY: Wine gives the server an impersonation-level token whatever \
-             level the client asked for; the identification level is checked on Windows only"
+        crate::skipped::skipped(
+            "Wine gives the server an impersonation-level token whatever \
+             level the client asked for; the identification level is checked on Windows only",
         );
     } else {
         assert_eq!(level, ImpersonationLevel::Identification);
@@ -665,7 +665,7 @@ fn query_pipe_reads_the_listing() {
         Err(e) if sys::running_under_wine() => {
             assert_eq!(e.code(), ErrorCode::NotSupported, "{e}");
             assert!(e.to_string().contains("Wine cannot list"), "{e}");
-            eprintln!("SKIPPED LOUDLY: Wine cannot list the pipe file system ({e})");
+            crate::skipped::skipped(&format!("Wine cannot list the pipe file system ({e})"));
         }
         Err(e) => panic!("query_pipe failed: {e}"),
     }
@@ -753,9 +753,9 @@ fn spawn_as_client_is_refused_where_impersonation_is() {
         Err(e) => assert_eq!(e.code(), ErrorCode::CannotImpersonate, "{e}"),
         Ok(mut child) if sys::running_under_wine() => {
             child.wait().unwrap();
-            eprintln!(
-                "SKIPPED LOUDLY: Wine gives an identification-only client's server an \
-                 impersonation token; the refusal is checked on Windows only"
+            crate::skipped::skipped(
+                "Wine gives an identification-only client's server an \
+                 impersonation token; the refusal is checked on Windows only",
             );
         }
         Ok(_) => panic!("an identification-only client was acted as"),
