@@ -13,6 +13,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+// Says loudly that a check did not run here, into the log `.ci/run` prints
+// (`tools/windows-tests` gives the Windows processes its Windows path).
+#[path = "../../npipe/src/skipped.rs"]
+mod skipped_log;
+use skipped_log::skipped;
+
 /// How long a server may take to say it serves.
 const STARTUP: Duration = Duration::from_secs(30);
 
@@ -314,20 +320,4 @@ fn serve_writes_its_pid_file() {
     assert_eq!(written.trim(), server.0.id().to_string());
     drop(server);
     let _ = std::fs::remove_file(&path);
-}
-
-/// Says loudly that a check did not run here: on standard error, and into
-/// the file `NPIPE_SKIPPED_LOG` names (`tools/windows-tests` gives its
-/// Windows path), which `.ci/run` prints at its end.
-fn skipped(why: &str) {
-    eprintln!("SKIPPED LOUDLY: {why}");
-    if let Some(log) = std::env::var_os("NPIPE_SKIPPED_LOG") {
-        use std::io::Write;
-        let line = format!("{}\n", why.replace('\n', " "));
-        let _ = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .and_then(|mut f| f.write_all(line.as_bytes()));
-    }
 }

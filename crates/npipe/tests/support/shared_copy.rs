@@ -77,22 +77,11 @@ pub fn cannot_run_as(uid: u32) -> Option<String> {
     Some(why)
 }
 
-/// Says loudly that a test (or part of one) cannot run here: on standard
-/// error (which cargo shows for a failing test, or with --nocapture), and
-/// in the file `NPIPE_SKIPPED_LOG` names, which `.ci/run` prints at its end
-/// so a skip never passes unseen.
-pub fn skipped(why: &str) {
-    eprintln!("SKIPPED LOUDLY: {why}");
-    if let Some(log) = std::env::var_os("NPIPE_SKIPPED_LOG") {
-        use std::io::Write;
-        let line = format!("{}\n", why.replace('\n', " "));
-        let _ = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .and_then(|mut f| f.write_all(line.as_bytes()));
-    }
-}
+// Says loudly that a test (or part of one) cannot run here: the library's
+// own unit tests' helper, one copy for every test crate.
+#[path = "../../src/skipped.rs"]
+mod skipped_log;
+pub use skipped_log::skipped;
 
 fn why_not_as(uid: u32) -> Option<String> {
     if rustix::process::geteuid().as_raw() != 0 {
