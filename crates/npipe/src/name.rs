@@ -55,7 +55,11 @@ pub struct PipeName {
 impl PipeName {
     /// Parses and validates a pipe name.
     pub fn parse(input: &str) -> Result<PipeName> {
-        let normalized = input.replace('/', "\\");
+        let normalized: std::borrow::Cow<'_, str> = if input.contains('/') {
+            input.replace('/', "\\").into()
+        } else {
+            input.into()
+        };
         let (host, name) = if let Some(rest) = normalized.strip_prefix("\\\\") {
             let mut parts = rest.splitn(3, '\\');
             let host = parts.next().unwrap_or_default();
@@ -76,13 +80,13 @@ impl PipeName {
                 r"a name that starts with \ must be \\.\pipe\NAME or \\HOST\pipe\NAME",
             ));
         } else {
-            (".", normalized.as_str())
+            (".", &*normalized)
         };
         validate_host(input, host)?;
         validate_name(input, name)?;
         Ok(PipeName {
             host: (host != ".").then(|| host.to_ascii_lowercase()),
-            canonical: name.to_lowercase(),
+            canonical: canonical(name),
             name: name.to_string(),
         })
     }
@@ -92,7 +96,7 @@ impl PipeName {
         validate_name(name, name)?;
         Ok(PipeName {
             host: None,
-            canonical: name.to_lowercase(),
+            canonical: canonical(name),
             name: name.to_string(),
         })
     }
@@ -254,6 +258,16 @@ impl TryFrom<&PipeName> for PipeName {
     type Error = Error;
     fn try_from(n: &PipeName) -> Result<PipeName> {
         Ok(n.clone())
+    }
+}
+
+/// A name's canonical form: lower case (ASCII's shortcut where it is all
+/// ASCII, as names usually are: this runs on every open).
+fn canonical(name: &str) -> String {
+    if name.is_ascii() {
+        name.to_ascii_lowercase()
+    } else {
+        name.to_lowercase()
     }
 }
 

@@ -10,7 +10,6 @@
 //! them *timeout*. The server decides every outcome and tells the client, so
 //! a client is never handed to the application after it gave up.
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar};
@@ -19,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::blocking::stream::PipeStream;
 use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
+use crate::engine::ticket_map::TicketMap;
 use crate::error::{Error, ErrorCode, Result};
 use crate::fresh_connection::{
     self, out_of_descriptors, peer_of, refuse, send_reply, ACCEPT_BATCH, FD_EXHAUSTED_PAUSE,
@@ -326,10 +326,12 @@ struct Acceptor {
     shared: Arc<Shared>,
     listener: Socket,
     core: AcceptorCore,
-    pending: HashMap<Ticket, Pending>,
+    pending: TicketMap<Pending>,
     paused_until: Option<Instant>,
     /// Held so that, out of descriptors, one can be freed to refuse clients.
     spare_fd: Option<std::os::fd::OwnedFd>,
+    /// Where each client's first read lands ([`HELLO_READ`] bytes).
+    scratch: Box<[u8]>,
 }
 
 impl Acceptor {
@@ -339,9 +341,10 @@ impl Acceptor {
             shared,
             listener,
             core,
-            pending: HashMap::new(),
+            pending: TicketMap::default(),
             paused_until: None,
             spare_fd: sys::spare_fd().ok(),
+            scratch: vec![0; HELLO_READ].into_boxed_slice(),
         }
     }
 
@@ -551,16 +554,22 @@ impl Acceptor {
         let Some(p) = self.pending.get_mut(&ticket) else {
             return;
         };
-        let room = HELLO_READ.saturating_sub(p.buf.len());
-        if p.buf.capacity() - p.buf.len() < room {
-            p.buf.reserve_exact(room);
-        }
         // An offer rides with the HELLO's first bytes: only the first read
         // takes a descriptor in. Later ones stay with the kernel, which
-        // discards them, and no close of one runs on this thread.
+        // discards them, and no close of one runs on this thread. The first
+        // read (usually the whole HELLO) goes through the acceptor's own
+        // buffer, zeroed once, and keeps only what came.
         let got = if p.buf.is_empty() {
-            p.socket.recv_spare_with_fd(&mut p.buf, p.peer.cred.user.0)
+            let got = p.socket.recv_with_fd(&mut self.scratch, p.peer.cred.user.0);
+            if let Ok((n, _)) = &got {
+                p.buf.extend_from_slice(&self.scratch[..*n]);
+            }
+            got
         } else {
+            let room = HELLO_READ.saturating_sub(p.buf.len());
+            if p.buf.capacity() - p.buf.len() < room {
+                p.buf.reserve_exact(room);
+            }
             p.socket
                 .recv_spare(&mut p.buf, RecvFlagsLite::DontWait)
                 .map(|n| (n, None))

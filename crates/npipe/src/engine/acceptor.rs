@@ -11,9 +11,9 @@
 //! and when handshakes and waits run out. The front ends keep the sockets,
 //! keyed by the [`Ticket`] the core hands out.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
+use crate::engine::ticket_map::TicketMap;
 use crate::error::ErrorCode;
 use crate::name::PipeName;
 use crate::options::ServerOptions;
@@ -95,7 +95,7 @@ pub(crate) struct AcceptorCore {
     /// Clients of other users waiting for an instance, under the same caps
     /// as handshakes: each holds a descriptor on the server while it waits.
     waiters: Startups,
-    conns: HashMap<Ticket, Stage>,
+    conns: TicketMap<Stage>,
     next_ticket: Ticket,
 }
 
@@ -120,7 +120,7 @@ impl AcceptorCore {
             admission,
             startups,
             waiters,
-            conns: HashMap::new(),
+            conns: TicketMap::default(),
             next_ticket: 0,
         }
     }

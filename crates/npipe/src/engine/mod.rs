@@ -5,6 +5,7 @@
 
 pub(crate) mod acceptor;
 pub(crate) mod connect;
+pub(crate) mod ticket_map;
 
 #[cfg(test)]
 mod sim;

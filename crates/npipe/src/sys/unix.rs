@@ -311,26 +311,43 @@ impl Socket {
     }
 
     /// Receives into the room `vec` has reserved without waiting, and the
-    /// first descriptor that rode along if it is a memory file (what a
-    /// shared-memory offer is); any other descriptor is closed elsewhere,
-    /// counted against `sender` (the peer's uid), so a peer cannot make us
-    /// hold descriptors it chose. While `sender`'s closes (or everyone's)
-    /// are far behind, no descriptor is taken in: the kernel drops it, and
-    /// an offer is declined by its absence.
+    /// first descriptor that rode along if it is a memory file (see
+    /// [`recv_with_fd`](Self::recv_with_fd)). The room is zeroed first
+    /// (`recvmsg` wants initialised memory): for a buffer that lives on,
+    /// `recv_with_fd` into memory zeroed once costs less.
     pub fn recv_spare_with_fd(
         &self,
         vec: &mut Vec<u8>,
         sender: u32,
     ) -> io::Result<(usize, Option<OwnedFd>)> {
-        let take = !closes_pending(|p| p.backlogged(sender));
-        self.recv_spare_taking_fds(vec, take, sender)
+        let start = vec.len();
+        vec.resize(vec.capacity().max(start + 1), 0);
+        let got = self.recv_with_fd(&mut vec[start..], sender);
+        vec.truncate(start + got.as_ref().map_or(0, |(n, _)| *n));
+        got
     }
 
-    /// [`recv_spare_with_fd`](Self::recv_spare_with_fd), taking descriptors
-    /// in only if `take_fds`.
-    fn recv_spare_taking_fds(
+    /// Receives into `buf` without waiting, and the first descriptor that
+    /// rode along if it is a memory file (what a shared-memory offer is);
+    /// any other descriptor is closed elsewhere, counted against `sender`
+    /// (the peer's uid), so a peer cannot make us hold descriptors it
+    /// chose. While `sender`'s closes (or everyone's) are far behind, no
+    /// descriptor is taken in: the kernel drops it, and an offer is
+    /// declined by its absence.
+    pub fn recv_with_fd(
         &self,
-        vec: &mut Vec<u8>,
+        buf: &mut [u8],
+        sender: u32,
+    ) -> io::Result<(usize, Option<OwnedFd>)> {
+        let take = !closes_pending(|p| p.backlogged(sender));
+        self.recv_taking_fds(buf, take, sender)
+    }
+
+    /// [`recv_with_fd`](Self::recv_with_fd), taking descriptors in only if
+    /// `take_fds`.
+    fn recv_taking_fds(
+        &self,
+        buf: &mut [u8],
         take_fds: bool,
         sender: u32,
     ) -> io::Result<(usize, Option<OwnedFd>)> {
@@ -341,11 +358,8 @@ impl Socket {
         } else {
             RecvAncillaryBuffer::new(&mut space)
         };
-        // recvmsg wants initialised memory: the spare room is zeroed once.
-        let start = vec.len();
-        vec.resize(vec.capacity().max(start + 1), 0);
-        let got = retry(|| {
-            let mut iov = [io::IoSliceMut::new(&mut vec[start..])];
+        let n = retry(|| {
+            let mut iov = [io::IoSliceMut::new(&mut *buf)];
             rustix::net::recvmsg(
                 &self.0,
                 &mut iov,
@@ -353,9 +367,7 @@ impl Socket {
                 RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
             )
             .map(|r| r.bytes)
-        });
-        vec.truncate(start + *got.as_ref().unwrap_or(&0));
-        let n = got?;
+        })?;
         let mut first = None;
         for msg in control.drain() {
             if let RecvAncillaryMessage::ScmRights(fds) = msg {
@@ -935,14 +947,18 @@ impl Dir {
     /// was checked.
     fn socket_addr(&self, file: &str) -> io::Result<SocketAddrUnix> {
         if proc_fd_usable() {
-            let short = format!("/proc/self/fd/{}/{}", self.fd.as_raw_fd(), file);
-            if short.len() > SUN_PATH_MAX {
+            // Written on the stack: this runs for every connect.
+            use std::io::Write;
+            let mut short = [0u8; SUN_PATH_MAX];
+            let mut room = &mut short[..];
+            if write!(room, "/proc/self/fd/{}/{}", self.fd.as_raw_fd(), file).is_err() {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     "socket file name too long even through /proc/self/fd",
                 ));
             }
-            return Ok(SocketAddrUnix::new(short.as_str())?);
+            let len = SUN_PATH_MAX - room.len();
+            return Ok(SocketAddrUnix::new(&short[..len])?);
         }
         let full = self.path.join(file);
         if full.as_os_str().len() > SUN_PATH_MAX {
@@ -1451,9 +1467,9 @@ mod tests {
             (other.as_fd(), true, false),
         ] {
             a.send_with_fd(b"hello", fd).unwrap();
-            let mut buf = Vec::with_capacity(64);
-            let (n, got) = b.recv_spare_taking_fds(&mut buf, take, 4242).unwrap();
-            assert_eq!((n, &buf[..]), (5, &b"hello"[..]));
+            let mut buf = [0u8; 64];
+            let (n, got) = b.recv_taking_fds(&mut buf, take, 4242).unwrap();
+            assert_eq!(&buf[..n], b"hello");
             assert_eq!(got.is_some(), offered, "take {take}");
         }
     }

@@ -33,6 +33,7 @@ use ::tokio::time::Sleep;
 
 use super::stream::{register, register_for_wakes, PipeStream};
 use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
+use crate::engine::ticket_map::TicketMap;
 use crate::error::{Error, ErrorCode, Result};
 use crate::fresh_connection::{
     self, out_of_descriptors, peer_of, refuse, send_reply, ACCEPT_BATCH, FD_EXHAUSTED_PAUSE,
@@ -360,7 +361,7 @@ enum Wake {
 struct Acceptor {
     shared: Arc<Shared>,
     core: AcceptorCore,
-    waiting: HashMap<Ticket, Waiter>,
+    waiting: TicketMap<Waiter>,
     handshakes: JoinSet<Option<Arrived>>,
     /// Each handshake task's ticket, to end its handshake in the core
     /// however the task ends.
@@ -369,6 +370,8 @@ struct Acceptor {
     paused_until: Option<Instant>,
     /// Held so that, out of descriptors, one can be freed to refuse clients.
     spare_fd: Option<OwnedFd>,
+    /// Where each client's first read lands ([`HELLO_READ`] bytes).
+    scratch: Box<[u8]>,
 }
 
 impl Acceptor {
@@ -377,12 +380,13 @@ impl Acceptor {
         Acceptor {
             shared,
             core,
-            waiting: HashMap::new(),
+            waiting: TicketMap::default(),
             handshakes: JoinSet::new(),
             handshake_tickets: HashMap::new(),
             watches: JoinSet::new(),
             paused_until: None,
             spare_fd: sys::spare_fd().ok(),
+            scratch: vec![0; HELLO_READ].into_boxed_slice(),
         }
     }
 
@@ -536,10 +540,15 @@ impl Acceptor {
         // it now, as the blocking acceptor does, and only a client whose
         // HELLO is not all there yet gets a task (and a registration with
         // the reactor) to wait for it.
-        let mut buf = Vec::with_capacity(HELLO_READ);
         // An offer rides with the HELLO's first bytes: only the first read
         // takes a descriptor in (closed elsewhere unless it becomes rings).
-        let read = socket.recv_spare_with_fd(&mut buf, peer.cred.user.0);
+        // It lands in the acceptor's own buffer, zeroed once; the
+        // connection keeps only what came.
+        let read = socket.recv_with_fd(&mut self.scratch, peer.cred.user.0);
+        let mut buf = match &read {
+            Ok((n, _)) => self.scratch[..*n].to_vec(),
+            Err(_) => Vec::new(),
+        };
         let offer = match read {
             Ok((0, fd)) => {
                 drop(fd.map(PeerFd::new));
