@@ -13,13 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use windows_sys::Win32::Foundation::{
-    ERROR_MORE_DATA, ERROR_OPERATION_ABORTED, HANDLE, INVALID_HANDLE_VALUE,
-};
+use windows_sys::Win32::Foundation::{ERROR_OPERATION_ABORTED, HANDLE, INVALID_HANDLE_VALUE};
 use windows_sys::Win32::System::Threading::{
     CreateEventW, RegisterWaitForSingleObject, UnregisterWaitEx, INFINITE, WT_EXECUTEONLYONCE,
 };
-use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
+use windows_sys::Win32::System::IO::{CancelIoEx, OVERLAPPED};
 
 use super::windows::Pipe;
 
@@ -254,21 +252,27 @@ impl Overlapped {
         Ok(())
     }
 
-    /// The finished operation's byte count and *more data* flag.
+    /// The finished operation's byte count and *more data* flag. A read
+    /// cancelled after it took bytes keeps them, as a blocking read cut by
+    /// its timeout does (`sys::windows::waited`).
     fn result(&self) -> io::Result<(usize, bool)> {
-        let mut n = 0u32;
-        // SAFETY: the operation has completed (its event is set, or the
-        // call said so), so the kernel no longer writes `ov`; no wait.
-        let ok = unsafe { GetOverlappedResult(self.pipe.raw(), self.ov(), &mut n, 0) };
-        if ok != 0 {
-            return Ok((n as usize, false));
+        use super::windows::{cut_read, finished, Finished};
+        // SAFETY: the operation began on this handle with this OVERLAPPED
+        // and has completed (its event is set, or the call said so, or it
+        // was cancelled and waited for), so there is nothing to wait for.
+        match unsafe { finished(self.pipe.raw(), self.ov(), false) } {
+            Finished::Done(n, more) => Ok((n, more)),
+            Finished::Aborted(n) if n > 0 && self.is_plain_read() => Ok(cut_read(&self.pipe, n)),
+            Finished::Aborted(_) => {
+                Err(io::Error::from_raw_os_error(ERROR_OPERATION_ABORTED as i32))
+            }
+            Finished::Failed(e) => Err(e),
         }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(ERROR_MORE_DATA as i32) {
-            Ok((n as usize, true))
-        } else {
-            Err(e)
-        }
+    }
+
+    /// Whether this is a `ReadFile` (a buffer to read into, nothing sent).
+    fn is_plain_read(&self) -> bool {
+        !self.out.is_empty() && self.input.is_empty()
     }
 
     /// Polls for completion. Once it is ready, the operation is spent:
@@ -309,8 +313,8 @@ impl Overlapped {
 
     /// Cancels the operation unless the kernel finished it first, and
     /// gives what it did: `None` if it was cancelled before it did
-    /// anything. (A read the kernel filled just before the cancel keeps
-    /// its bytes.)
+    /// anything. (A read the kernel filled just before the cancel, or that
+    /// the cancel cut after it took bytes, keeps them.)
     pub fn cancel(mut self) -> io::Result<Option<Done>> {
         if let State::Pending = self.state {
             self.cancel_and_wait();
@@ -329,15 +333,14 @@ impl Overlapped {
     /// kernel has let go of its buffers.
     fn cancel_and_wait(&mut self) {
         let h = self.pipe.raw();
-        let mut n = 0u32;
         // SAFETY: `ov` names this handle's operation, still owned by us;
         // cancelling one that already completed is harmless (it fails with
-        // ERROR_NOT_FOUND). Waiting on the result (bWait) returns once the
+        // ERROR_NOT_FOUND). Waiting on the result returns once the
         // operation completed, cancelled or not, after which the kernel no
         // longer touches the buffers.
         unsafe {
             CancelIoEx(h, self.ov());
-            GetOverlappedResult(h, self.ov(), &mut n, 1);
+            super::windows::finished(h, self.ov(), true);
         }
         // Done, cancelled or not: what it did (ERROR_OPERATION_ABORTED if
         // nothing), for `cancel`.

@@ -393,6 +393,57 @@ pub(crate) unsafe fn begin(
     }
 }
 
+/// How a call that began ([`begin`]) ended, as `GetOverlappedResult`
+/// tells it: what both the blocking wait and the tokio operations make of
+/// a finished call.
+pub(crate) enum Finished {
+    /// Bytes moved, and whether more of the same message waits
+    /// (`ERROR_MORE_DATA`).
+    Done(usize, bool),
+    /// Cancelled (`ERROR_OPERATION_ABORTED`), after moving this many bytes:
+    /// a read the cancel cut after it took some keeps them.
+    Aborted(usize),
+    /// Failed.
+    Failed(io::Error),
+}
+
+/// The outcome of the call made on `h` with `ov`, waiting for it if `wait`.
+///
+/// # Safety
+/// `ov` is the OVERLAPPED of a call that began on `h` ([`Began::Pending`]
+/// or [`Began::Done`]). Without `wait`, the call has completed (its event
+/// is set); with it, this returns only once the kernel is done with `ov`
+/// and the call's buffers.
+pub(crate) unsafe fn finished(
+    h: HANDLE,
+    ov: *mut windows_sys::Win32::System::IO::OVERLAPPED,
+    wait: bool,
+) -> Finished {
+    use windows_sys::Win32::Foundation::ERROR_OPERATION_ABORTED;
+    use windows_sys::Win32::System::IO::GetOverlappedResult;
+    let mut n = 0u32;
+    // SAFETY: the caller vouches for `h` and `ov`, and for the call having
+    // completed when not waiting.
+    let ok = unsafe { GetOverlappedResult(h, ov, &mut n, i32::from(wait)) };
+    if ok != 0 {
+        return Finished::Done(n as usize, false);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error().map(|c| c as u32) {
+        Some(ERROR_MORE_DATA) => Finished::Done(n as usize, true),
+        Some(ERROR_OPERATION_ABORTED) => Finished::Aborted(n as usize),
+        _ => Finished::Failed(e),
+    }
+}
+
+/// The outcome of a read the cancel cut after it took `n` bytes: they are
+/// the caller's, and the kernel says whether the rest of their message
+/// waits.
+pub(crate) fn cut_read(pipe: &Pipe, n: usize) -> (usize, bool) {
+    let more = peek(pipe, &mut []).is_ok_and(|(_, _, left)| left > 0);
+    (n, more)
+}
+
 /// How a waited call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Waited {
@@ -416,7 +467,7 @@ pub fn waited(
 ) -> io::Result<Waited> {
     use windows_sys::Win32::Foundation::{ERROR_OPERATION_ABORTED, WAIT_TIMEOUT};
     use windows_sys::Win32::System::Threading::{WaitForSingleObject, INFINITE};
-    use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
+    use windows_sys::Win32::System::IO::{CancelIoEx, OVERLAPPED};
     let event = EVENT.with(|e| match e {
         Ok(h) => Ok(h.as_raw_handle()),
         Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
@@ -460,24 +511,17 @@ pub fn waited(
         // SAFETY: `ovp` is the call's own, still in flight or just done.
         unsafe { CancelIoEx(h, ovp) };
     }
-    let mut n = 0u32;
     // SAFETY: waits (bWait) until the kernel is done with `ov` and the
     // buffers: completed, failed or cancelled.
-    let done = unsafe { GetOverlappedResult(h, ovp, &mut n, 1) };
-    if done != 0 {
-        return Ok(Waited::Done(n as usize, false));
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error().map(|c| c as u32) {
-        Some(ERROR_MORE_DATA) => Ok(Waited::Done(n as usize, true)),
-        // A read the cancel cut after it took bytes: they are the caller's,
-        // and the kernel says whether the rest of their message waits.
-        Some(ERROR_OPERATION_ABORTED) if timed_out && plain_read && n > 0 => {
-            let more = peek(pipe, &mut []).is_ok_and(|(_, _, left)| left > 0);
-            Ok(Waited::Done(n as usize, more))
+    match unsafe { finished(h, ovp, true) } {
+        Finished::Done(n, more) => Ok(Waited::Done(n, more)),
+        Finished::Aborted(n) if timed_out && plain_read && n > 0 => {
+            let (n, more) = cut_read(pipe, n);
+            Ok(Waited::Done(n, more))
         }
-        Some(ERROR_OPERATION_ABORTED) if timed_out => Ok(Waited::TimedOut(n as usize)),
-        _ => Err(e),
+        Finished::Aborted(n) if timed_out => Ok(Waited::TimedOut(n)),
+        Finished::Aborted(_) => Err(io::Error::from_raw_os_error(ERROR_OPERATION_ABORTED as i32)),
+        Finished::Failed(e) => Err(e),
     }
 }
 
