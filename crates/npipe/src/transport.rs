@@ -120,6 +120,14 @@ pub(crate) trait AsyncTransport {
 
     /// Ready when a send would not wait.
     fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Ready once what sends took has left for the peer: at once where a
+    /// send hands its bytes to the kernel or the rings; a transport that
+    /// holds some (TLS records a full socket did not take) sends them.
+    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let _ = cx;
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// Writes out a [`Transport`] impl that hands every call to

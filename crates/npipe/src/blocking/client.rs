@@ -21,7 +21,8 @@ use crate::shm::{
     transport::{ShmTransport, Side, OFFER_CAPACITY},
 };
 use crate::stream_core::EndCore;
-use crate::sys::{self, Events, RecvFlagsLite, ShmRegion, Socket};
+use crate::sys::{self, ShmRegion, Socket};
+use crate::transport::{Recv, Transport};
 use crate::types::{Access, PipeType, Wait};
 
 /// The client end of a pipe: reads and writes, and the server's identity.
@@ -53,12 +54,11 @@ impl Pipe<PipeStream, ClientEnd> {
         if name.host().is_some() {
             return connect_remote(name, opts, pipelined);
         }
-        let mut core = ConnectCore::new(name, opts, pipelined, Instant::now());
+        let (mut core, mut action) = ConnectCore::begin(name, opts, pipelined, Instant::now());
         let mut socket: Option<Socket> = None;
         let offers = opts.offers_shared_memory_to(name, pipelined);
         // This attempt's offer: a fresh region each time.
         let mut offer: Option<ShmRegion> = None;
-        let mut action = core.start();
         loop {
             action = match action {
                 Action::Connect => match connect_socket(name, core.needs_server_cred()) {
@@ -79,10 +79,8 @@ impl Pipe<PipeStream, ClientEnd> {
                 }
                 Action::Receive { deadline } => {
                     let on = socket.as_ref().expect("connected");
-                    match receive(on, core.reply_buffer(), deadline) {
-                        Some(got) => core.received(got, Instant::now()),
-                        None => core.timed_out(Instant::now()),
-                    }
+                    let got = receive(on, core.reply_buffer(), deadline);
+                    core.read_ended(got, Instant::now())
                 }
                 Action::Pause(pause) => {
                     socket = None;
@@ -135,44 +133,22 @@ fn connect_remote(
     pipelined: Option<&[u8]>,
 ) -> Result<PipeClient> {
     use crate::remote::tls_transport::TlsTransport;
-    use crate::transport::{Recv, Transport};
-    let mut core = ConnectCore::new(name, opts, pipelined, Instant::now());
+    let (mut core, mut action) = ConnectCore::begin(name, opts, pipelined, Instant::now());
     let mut tls: Option<TlsTransport> = None;
-    let mut action = core.start();
     loop {
         action = match action {
-            Action::Connect => match crate::remote::client::connect_blocking(name, opts) {
-                Ok(connected) => {
-                    tls = Some(connected);
-                    core.connected(Some(PeerCredentials::UNKNOWN), sys::user_name)
-                }
-                Err(e) => core.failed(e, Instant::now()),
-            },
+            Action::Connect => {
+                let dialled = crate::remote::client::connect_blocking(name, opts);
+                core.gateway_dialled(dialled, &mut tls, sys::user_name, Instant::now())
+            }
             Action::Send(bytes) => {
                 let on = tls.as_ref().expect("connected");
-                let mut left = &bytes[..];
-                let sent = loop {
-                    if left.is_empty() {
-                        break Ok(());
-                    }
-                    match on.send(left) {
-                        Ok(n) => left = &left[n..],
-                        Err(e) => break Err(e),
-                    }
-                };
-                core.sent(sent, Instant::now())
+                core.sent(send_all(on, &bytes), Instant::now())
             }
             Action::Receive { deadline } => {
                 let on = tls.as_ref().expect("connected");
-                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                match on.wait_readable(left) {
-                    Ok(false) => core.timed_out(Instant::now()),
-                    Ok(true) => {
-                        let got = on.recv_spare(core.reply_buffer(), Recv::DontWait);
-                        core.received(got, Instant::now())
-                    }
-                    Err(e) => core.received(Err(e), Instant::now()),
-                }
+                let got = receive(on, core.reply_buffer(), deadline);
+                core.read_ended(got, Instant::now())
             }
             Action::Pause(pause) => {
                 tls = None;
@@ -223,9 +199,9 @@ fn send_with_offer(socket: &Socket, buf: &[u8], region: &ShmRegion) -> io::Resul
     send_all(socket, &buf[n..])
 }
 
-fn send_all(socket: &Socket, mut buf: &[u8]) -> io::Result<()> {
+fn send_all<T: Transport + ?Sized>(on: &T, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
-        let n = socket.send(buf)?;
+        let n = on.send(buf)?;
         buf = &buf[n..];
     }
     Ok(())
@@ -234,21 +210,21 @@ fn send_all(socket: &Socket, mut buf: &[u8]) -> io::Result<()> {
 /// One read of the server's answer into `buf`'s spare room, waiting no
 /// later than `deadline`: `None` if it passed first. The deadline is kept
 /// by `poll`, not `SO_RCVTIMEO`, which would cost a second syscall to clear
-/// again on every connection.
-fn receive(
-    socket: &Socket,
+/// again on every connection. (A socket, or a remote pipe's TLS.)
+fn receive<T: Transport + ?Sized>(
+    on: &T,
     buf: &mut Vec<u8>,
     deadline: Option<Instant>,
 ) -> Option<io::Result<usize>> {
     let Some(deadline) = deadline else {
-        return Some(socket.recv_spare(buf, RecvFlagsLite::Block));
+        return Some(on.recv_spare(buf, Recv::Wait));
     };
     let left = deadline.saturating_duration_since(Instant::now());
-    match socket.wait(Events::IN, Some(left)) {
-        Ok(seen) if seen.is_empty() => None,
+    match on.wait_readable(Some(left)) {
+        Ok(false) => None,
         // Data, or the peer hung up (which reads as 0 or an error); a
         // wake-up for nothing reads as `WouldBlock`, and the core waits on.
-        Ok(_) => Some(socket.recv_spare(buf, RecvFlagsLite::DontWait)),
+        Ok(true) => Some(on.recv_spare(buf, Recv::DontWait)),
         Err(e) => Some(Err(e)),
     }
 }

@@ -117,6 +117,18 @@ impl<'a> ConnectCore<'a> {
         }
     }
 
+    /// A connect to `name` started at `now`, and its first action.
+    pub fn begin(
+        name: &PipeName,
+        opts: &ClientOptions,
+        pipelined: Option<&'a [u8]>,
+        now: Instant,
+    ) -> (ConnectCore<'a>, Action) {
+        let mut core = ConnectCore::new(name, opts, pipelined, now);
+        let first = core.start();
+        (core, first)
+    }
+
     /// The first action.
     pub fn start(&mut self) -> Action {
         if let Err(e) = connect_core::check_reachable(&self.name, &self.attempt) {
@@ -202,9 +214,38 @@ impl<'a> ConnectCore<'a> {
         self.answered(answer, now)
     }
 
+    /// The read ended: with `got`, or with nothing by its deadline
+    /// (`None`), at `now`.
+    pub fn read_ended(&mut self, got: Option<std::io::Result<usize>>, now: Instant) -> Action {
+        match got {
+            Some(got) => self.received(got, now),
+            None => self.timed_out(now),
+        }
+    }
+
     /// The deadline of [`Action::Receive`] passed with no whole answer.
     pub fn timed_out(&mut self, now: Instant) -> Action {
         self.answered(Err(connect_core::silent_server()), now)
+    }
+
+    /// A remote pipe's gateway was dialled, at `now`: its connection (kept
+    /// in `into`), or why not. No kernel here can name the server behind
+    /// it.
+    #[cfg(feature = "remote")]
+    pub fn gateway_dialled<T>(
+        &mut self,
+        dialled: Result<T>,
+        into: &mut Option<T>,
+        user_name: impl Fn(u32) -> Option<String>,
+        now: Instant,
+    ) -> Action {
+        match dialled {
+            Ok(connection) => {
+                *into = Some(connection);
+                self.connected(Some(PeerCredentials::UNKNOWN), user_name)
+            }
+            Err(e) => self.failed(e, now),
+        }
     }
 
     /// The socket could not be made or connected (`e`), at `now`.

@@ -1,36 +1,31 @@
 //! The client's side of a remote pipe: a TLS 1.3 connection to the gateway
-//! on the pipe's host. The blocking front end runs its connect and data
-//! path on it directly ([`TlsTransport`]). The tokio front end's end is
-//! relayed to a local socket pair, on which its usual connect and data
-//! path run unchanged (HELLO, waits, modes, *more data*, peeks, transact);
-//! those relays live on one background thread per process, a
-//! current-thread tokio runtime, so an async client's own runtime does not
-//! carry them.
+//! on the pipe's host, on which either front end runs its connect and data
+//! path directly (HELLO, waits, modes, *more data*, peeks, transact): the
+//! blocking one through [`TlsTransport`], the tokio one through
+//! [`AsyncTls`](super::async_tls::AsyncTls) on the caller's runtime.
 //!
 //! Failures say where they happened: the gateway cannot be reached
 //! (`ERROR_BAD_NETPATH`), the TLS handshake failed on this side (the
 //! gateway's certificate is not from our CA, or not for this host:
 //! `ERROR_ACCESS_DENIED`), or the gateway refused our certificate, which
-//! TLS 1.3 reports only after the handshake: the relay then answers the
-//! HELLO itself with a refusal that quotes the alert, so the caller gets
-//! an error and not a bare hang-up.
+//! TLS 1.3 reports only after the handshake: the transport then fails the
+//! wait for the HELLO's answer with the alert (`ERROR_ACCESS_DENIED`), so
+//! the caller gets an error and not a bare hang-up.
 
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::tokio::net::TcpStream;
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
-use super::relay;
 use super::tls::{self, TlsFiles};
 use super::tls_transport::TlsTransport;
 use crate::error::{Error, ErrorCode, Result};
 use crate::name::PipeName;
 use crate::options::ClientOptions;
-use crate::proto::handshake::Reply;
 use crate::sys::Socket;
 
 /// The gateway's port unless the options or `NPIPE_GATEWAY_PORT` say.
@@ -112,24 +107,6 @@ impl Dial {
             )
         })
     }
-}
-
-/// The runtime the relays run on: one thread, started at the first remote
-/// connect, alive for the rest of the process.
-fn relays() -> &'static ::tokio::runtime::Handle {
-    static HANDLE: OnceLock<::tokio::runtime::Handle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let runtime = ::tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("cannot start the remote pipes' runtime");
-        let handle = runtime.handle().clone();
-        std::thread::Builder::new()
-            .name("npipe-remote".into())
-            .spawn(move || runtime.block_on(std::future::pending::<()>()))
-            .expect("cannot start the remote pipes' thread");
-        handle
-    })
 }
 
 /// Connects to `name`'s gateway over TLS on the calling thread, with no
@@ -225,14 +202,42 @@ impl std::io::Write for NonBlocking<'_> {
     }
 }
 
-/// Connects to `name`'s gateway and returns the local end of the relay.
-pub(crate) async fn connect_async(name: &PipeName, opts: &ClientOptions) -> Result<Socket> {
+/// Connects to `name`'s gateway over TLS on the caller's runtime, with no
+/// relay: a tokio end's data path runs on the connection itself
+/// ([`AsyncTls`](super::async_tls::AsyncTls)).
+pub(crate) async fn connect_async(name: &PipeName, opts: &ClientOptions) -> Result<TlsTransport> {
     let dial = Dial::of(name, opts)?;
-    let (tx, rx) = ::tokio::sync::oneshot::channel();
-    relays().spawn(async move {
-        let _ = tx.send(open(dial).await);
-    });
-    rx.await.unwrap_or_else(|_| Err(relay_gone()))
+    let at = format!("{}:{}", dial.host, dial.port);
+    let tcp = match ::tokio::time::timeout(
+        DIAL_LIMIT,
+        TcpStream::connect((dial.host.as_str(), dial.port)),
+    )
+    .await
+    {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return Err(unreachable(&at, &e)),
+        Err(_) => return Err(too_slow(&at, "answer")),
+    };
+    let _ = tcp.set_nodelay(true);
+    let connector = TlsConnector::from(Arc::clone(&dial.config));
+    let tls = match ::tokio::time::timeout(DIAL_LIMIT, connector.connect(dial.server_name()?, tcp))
+        .await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return Err(tls_failed(&at, &e)),
+        Err(_) => return Err(too_slow(&at, "finish the TLS handshake")),
+    };
+    // tokio-rustls did the handshake; the transport drives rustls itself
+    // (and takes whatever rustls already holds).
+    let (tcp, conn) = tls.into_inner();
+    let tcp = tcp
+        .into_std()
+        .map_err(|e| Error::os(e, "cannot take the gateway's socket back from tokio"))?;
+    Ok(TlsTransport::new(
+        Socket::from(OwnedFd::from(tcp)),
+        conn,
+        at,
+    ))
 }
 
 /// The gateway at `at` cannot be reached (both front ends' dial).
@@ -258,64 +263,4 @@ fn tls_failed(at: &str, e: &dyn std::fmt::Display) -> Error {
         ErrorCode::AccessDenied,
         format!("TLS with the npipe gateway at {at} failed: {e}"),
     )
-}
-
-fn relay_gone() -> Error {
-    Error::new(
-        ErrorCode::Other,
-        "the remote pipes' relay thread has stopped",
-    )
-}
-
-/// Dials the gateway, shakes hands, and starts relaying it to a new socket
-/// pair, one end of which it returns.
-async fn open(dial: Dial) -> Result<Socket> {
-    let at = format!("{}:{}", dial.host, dial.port);
-    let tcp = match ::tokio::time::timeout(
-        DIAL_LIMIT,
-        TcpStream::connect((dial.host.as_str(), dial.port)),
-    )
-    .await
-    {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return Err(unreachable(&at, &e)),
-        Err(_) => return Err(too_slow(&at, "answer")),
-    };
-    let _ = tcp.set_nodelay(true);
-    let connector = TlsConnector::from(Arc::clone(&dial.config));
-    let tls = match ::tokio::time::timeout(DIAL_LIMIT, connector.connect(dial.server_name()?, tcp))
-        .await
-    {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return Err(tls_failed(&at, &e)),
-        Err(_) => return Err(too_slow(&at, "finish the TLS handshake")),
-    };
-    let (mine, relay_end) =
-        Socket::pair().map_err(|e| Error::os(e, "cannot create the relay's socket pair"))?;
-    // A TLS failure before the gateway said anything (it refused our
-    // certificate) becomes a refusal of the HELLO the client is waiting to
-    // have answered.
-    let refusal: relay::Refusal = Box::new(move |e| refusal(&at, e));
-    let (tcp, conn) = tls.into_inner();
-    let conn = rustls::Connection::Client(conn);
-    ::tokio::spawn(relay::relay(
-        tcp,
-        conn,
-        relay_end,
-        Vec::new(),
-        Some(refusal),
-    ));
-    Ok(mine)
-}
-
-/// A REPLY refusing the HELLO, for a gateway that ended TLS before it
-/// answered.
-fn refusal(at: &str, e: &std::io::Error) -> Vec<u8> {
-    let reply = Reply::Refused {
-        code: ErrorCode::AccessDenied.win32(),
-        reason: format!("the npipe gateway at {at} refused this client during TLS: {e}"),
-    };
-    let mut out = Vec::new();
-    reply.encode(&mut out).expect("a refusal always encodes");
-    out
 }

@@ -488,7 +488,7 @@ async fn serve_one(
     // tokio-rustls did the handshake; the relay drives rustls itself (and
     // takes any plaintext it holds past the HELLO).
     let (tcp, conn) = tls.into_inner();
-    match relay::relay(tcp, rustls::Connection::Server(conn), pipe, opening, None).await {
+    match relay::relay(tcp, rustls::Connection::Server(conn), pipe, opening).await {
         Ok(relayed) => Ok(format!(
             "{:?}: relayed {} bytes in, {} out",
             hello.name, relayed.up, relayed.down

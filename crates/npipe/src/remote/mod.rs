@@ -8,8 +8,9 @@
 //!   key and CA come from [`ClientOptions`](crate::ClientOptions)
 //!   (`remote_certificate`, `remote_ca`, `gateway_port`) or from
 //!   `NPIPE_CERT`, `NPIPE_KEY`, `NPIPE_CA` and `NPIPE_GATEWAY_PORT`.
-//!   Every pipe feature works remotely: the local connect and data path
-//!   run unchanged over a relay to the TLS connection.
+//!   Every pipe feature works remotely: both front ends run their connect
+//!   and data path on the TLS connection itself, through the transport
+//!   abstraction their local pipes use.
 //! - The gateway verifies the client certificate against its CA, takes its
 //!   common name as the remote principal, opens the local pipe for it and
 //!   names it in the HELLO, with the client's address and the local user
@@ -34,6 +35,7 @@
 //!
 //! `docs/REMOTE.md` sets it up step by step.
 
+pub(crate) mod async_tls;
 pub(crate) mod client;
 mod gateway;
 mod relay;

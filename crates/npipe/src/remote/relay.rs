@@ -1,7 +1,7 @@
-//! The relay between a TLS connection and a local socket, both ways, on one
-//! task: the gateway's (a client's TLS to the local pipe, once its HELLO has
-//! gone there) and the tokio client's (the gateway's TLS to the local
-//! socket its pipe end runs on). Below, "up" is from TLS to the socket.
+//! The gateway's relay between a client's TLS connection and the local
+//! pipe (once the client's HELLO has gone there), both ways, on one task.
+//! Below, "up" is from TLS to the pipe. (Clients need none: both front ends
+//! run their pipe end on the TLS connection itself.)
 //!
 //! Why not `tokio::io::copy_bidirectional` over tokio-rustls, which this
 //! replaced (same-CPU transact 20.3 µs, now see DESIGN-NOTES):
@@ -41,22 +41,15 @@ pub(crate) struct Relayed {
     pub down: u64,
 }
 
-/// What to tell the local socket if TLS fails before anything came over
-/// it (the gateway refused this client's certificate): the bytes to send.
-pub(crate) type Refusal = Box<dyn FnOnce(&io::Error) -> Vec<u8> + Send>;
-
 /// Relays between `tcp` (with its TLS state `conn`, the handshake done)
 /// and the local socket `pipe`, writing `opening` (the HELLO and what came
-/// behind it, at the gateway) to it first. Ends when both directions have
-/// ended (each passes its end of input on as a half close) or either
-/// fails; a TLS failure before anything came over TLS sends what `refusal`
-/// makes of it to the local socket first.
+/// behind it) to it first. Ends when both directions have ended (each
+/// passes its end of input on as a half close) or either fails.
 pub(crate) async fn relay(
     tcp: TcpStream,
     conn: Connection,
     pipe: Socket,
     opening: Vec<u8>,
-    refusal: Option<Refusal>,
 ) -> io::Result<Relayed> {
     pipe.set_nonblocking(true)?;
     let mut relay = Relay {
@@ -74,14 +67,8 @@ pub(crate) async fn relay(
         down_done: false,
         relayed: Relayed::default(),
     };
-    let relayed = poll_fn(|cx| relay.poll(cx)).await;
-    if let (Err(e), Some(refusal)) = (&relayed, refusal) {
-        if relay.relayed.up == 0 {
-            // Best effort: the socket is fresh, so its buffer has room.
-            let _ = relay.pipe.socket().send_nonblocking(&refusal(e));
-        }
-    }
-    relayed.map(|()| relay.relayed)
+    poll_fn(|cx| relay.poll(cx)).await?;
+    Ok(relay.relayed)
 }
 
 struct Relay {
@@ -424,7 +411,7 @@ impl Pipe {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -436,7 +423,7 @@ mod tests {
 
     /// A server and a client configuration that trust one self-signed
     /// certificate (the relay does not care who the client is).
-    fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    pub(in crate::remote) fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
             .unwrap()
@@ -480,7 +467,7 @@ mod tests {
                 .await
                 .unwrap();
             let (tcp, conn) = tls.into_inner();
-            relay(tcp, Connection::Server(conn), pipe, opening, None).await
+            relay(tcp, Connection::Server(conn), pipe, opening).await
         });
         let tcp = TcpStream::connect(addr).await.unwrap();
         let client = tokio_rustls::TlsConnector::from(client_config)
@@ -490,7 +477,7 @@ mod tests {
         (client, relay)
     }
 
-    fn runtime() -> ::tokio::runtime::Runtime {
+    pub(in crate::remote) fn runtime() -> ::tokio::runtime::Runtime {
         ::tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

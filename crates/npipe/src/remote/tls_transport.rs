@@ -52,6 +52,9 @@ pub(crate) struct TlsTransport {
     write_timeout: Mutex<Option<Duration>>,
     /// The gateway's address, for errors.
     at: String,
+    /// A tokio end's: no call waits (a wait would hold the runtime's
+    /// thread); what must wait is the async side's (`remote::async_tls`).
+    never_wait: bool,
 }
 
 /// The socket as rustls' `Read`/`Write`, never blocking.
@@ -92,7 +95,44 @@ impl TlsTransport {
             read_timeout: Mutex::new(None),
             write_timeout: Mutex::new(None),
             at,
+            never_wait: false,
         }
+    }
+
+    /// The same, for a tokio end: its calls never wait (see
+    /// [`Self::flush`], [`Self::pump_socket`]).
+    pub fn never_waiting(mut self) -> TlsTransport {
+        self.never_wait = true;
+        self
+    }
+
+    /// Takes in what the socket holds now, without waiting: `Ok(false)`
+    /// once the socket had nothing (so its readiness may be cleared).
+    pub fn pump_socket(&self) -> io::Result<bool> {
+        let mut tls = self.lock();
+        self.pump(&mut tls)
+    }
+
+    /// Whether a receive would not wait: decrypted bytes are held, the
+    /// stream ended, or TLS failed (the receive reports it).
+    pub fn has_input(&self) -> bool {
+        let tls = self.lock();
+        !tls.plain.is_empty() || tls.ended || tls.failed.is_some()
+    }
+
+    /// Writes what rustls has encrypted as far as the socket takes it now:
+    /// whether all of it went.
+    pub fn flush(&self) -> io::Result<bool> {
+        let mut tls = self.lock();
+        if let Some((kind, text)) = &tls.failed {
+            return Err(io::Error::new(*kind, text.clone()));
+        }
+        self.send_tls(&mut tls)
+    }
+
+    /// Whether rustls holds bytes the socket has not taken yet.
+    pub fn holds_unsent(&self) -> bool {
+        self.lock().conn.wants_write()
     }
 
     /// The TCP socket (its descriptor, and `SIOCOUTQ` for a flush).
@@ -219,6 +259,7 @@ impl TlsTransport {
         how: Recv,
         mut take: impl FnMut(&mut VecDeque<u8>) -> usize,
     ) -> io::Result<usize> {
+        let how = if self.never_wait { Recv::DontWait } else { how };
         let deadline = match how {
             Recv::Wait => {
                 let limit = *self.read_timeout.lock().unwrap_or_else(|e| e.into_inner());
@@ -251,6 +292,7 @@ impl TlsTransport {
     }
 
     fn write_plain(&self, bufs: &[IoSlice<'_>], wait: bool) -> io::Result<usize> {
+        let wait = wait && !self.never_wait;
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let deadline = self.write_deadline();
         let mut tls = self.lock();
@@ -320,6 +362,11 @@ impl Transport for TlsTransport {
     }
 
     fn wait_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        let timeout = if self.never_wait {
+            Some(Duration::ZERO)
+        } else {
+            timeout
+        };
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             {
@@ -354,7 +401,14 @@ impl Transport for TlsTransport {
         let deadline = self.write_deadline();
         let mut tls = self.lock();
         tls.conn.send_close_notify();
-        drop(self.write_out(tls, deadline)?);
+        if self.never_wait {
+            // A tokio end flushed everything before it asked; if the
+            // close_notify does not fit now, the gateway sees TCP end
+            // without it, which it takes as the end all the same.
+            let _ = self.send_tls(&mut tls);
+        } else {
+            drop(self.write_out(tls, deadline)?);
+        }
         self.socket.shutdown_write()
     }
 

@@ -1,6 +1,6 @@
 //! What carries an end's bytes: its socket, or the shared-memory rings
-//! with the socket kept beside them (and, for a blocking client, TLS to a
-//! remote pipe's gateway). The data path is written against [`Transport`]
+//! with the socket kept beside them (and, for a client, TLS to a remote
+//! pipe's gateway). The data path is written against [`Transport`]
 //! (and a tokio end's against [`AsyncTransport`]) and does not know which.
 
 #[cfg(feature = "tokio")]
@@ -72,6 +72,9 @@ pub(crate) enum AsyncLink {
     Socket(AsyncFd<Fd>),
     /// The rings (boxed, as [`Link::Shm`]).
     Shm(Box<AsyncShm>),
+    /// A remote pipe: TLS to its gateway, over TCP.
+    #[cfg(feature = "remote")]
+    Tls(Box<crate::remote::async_tls::AsyncTls>),
 }
 
 #[cfg(feature = "tokio")]
@@ -81,6 +84,8 @@ impl AsyncLink {
         match self {
             AsyncLink::Socket(fd) => fd.get_ref().socket(),
             AsyncLink::Shm(t) => t.socket(),
+            #[cfg(feature = "remote")]
+            AsyncLink::Tls(t) => t.sync().socket(),
         }
     }
 
@@ -93,6 +98,8 @@ impl AsyncLink {
         match self {
             AsyncLink::Socket(fd) => fd.sync(),
             AsyncLink::Shm(t) => t.sync(),
+            #[cfg(feature = "remote")]
+            AsyncLink::Tls(t) => t.sync(),
         }
     }
 }
@@ -115,6 +122,8 @@ impl AsyncTransport for AsyncLink {
         match self {
             AsyncLink::Socket(fd) => fd.poll_recv(cx, buf),
             AsyncLink::Shm(t) => t.poll_recv(cx, buf),
+            #[cfg(feature = "remote")]
+            AsyncLink::Tls(t) => t.poll_recv(cx, buf),
         }
     }
 
@@ -122,6 +131,8 @@ impl AsyncTransport for AsyncLink {
         match self {
             AsyncLink::Socket(fd) => fd.poll_recv_spare(cx, buf),
             AsyncLink::Shm(t) => t.poll_recv_spare(cx, buf),
+            #[cfg(feature = "remote")]
+            AsyncLink::Tls(t) => t.poll_recv_spare(cx, buf),
         }
     }
 
@@ -129,6 +140,8 @@ impl AsyncTransport for AsyncLink {
         match self {
             AsyncLink::Socket(fd) => fd.poll_send(cx, bufs),
             AsyncLink::Shm(t) => t.poll_send(cx, bufs),
+            #[cfg(feature = "remote")]
+            AsyncLink::Tls(t) => t.poll_send(cx, bufs),
         }
     }
 
@@ -136,6 +149,8 @@ impl AsyncTransport for AsyncLink {
         match self {
             AsyncLink::Socket(fd) => fd.poll_readable(cx),
             AsyncLink::Shm(t) => t.poll_readable(cx),
+            #[cfg(feature = "remote")]
+            AsyncLink::Tls(t) => t.poll_readable(cx),
         }
     }
 
@@ -143,6 +158,17 @@ impl AsyncTransport for AsyncLink {
         match self {
             AsyncLink::Socket(fd) => fd.poll_writable(cx),
             AsyncLink::Shm(t) => t.poll_writable(cx),
+            #[cfg(feature = "remote")]
+            AsyncLink::Tls(t) => t.poll_writable(cx),
+        }
+    }
+
+    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            AsyncLink::Socket(fd) => fd.poll_flush(cx),
+            AsyncLink::Shm(t) => t.poll_flush(cx),
+            #[cfg(feature = "remote")]
+            AsyncLink::Tls(t) => t.poll_flush(cx),
         }
     }
 }

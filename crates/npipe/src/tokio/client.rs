@@ -23,6 +23,8 @@ use crate::shm::transport::async_end::AsyncShm;
 use crate::shm::transport::{Side, OFFER_CAPACITY};
 use crate::stream_core::EndCore;
 use crate::sys::{self, Fd, RecvFlagsLite, ShmRegion, Socket};
+#[cfg(feature = "remote")]
+use crate::transport::AsyncTransport;
 use crate::types::{Access, PipeType, Wait};
 
 /// The client end of a pipe on tokio: reads and writes (and
@@ -69,12 +71,15 @@ impl Pipe<PipeStream, ClientEnd> {
         opts: &ClientOptions,
         pipelined: Option<&[u8]>,
     ) -> Result<PipeClient> {
-        let mut core = ConnectCore::new(name, opts, pipelined, Instant::now());
+        #[cfg(feature = "remote")]
+        if name.host().is_some() {
+            return connect_remote(name, opts, pipelined).await;
+        }
+        let (mut core, mut action) = ConnectCore::begin(name, opts, pipelined, Instant::now());
         let mut fd: Option<AsyncFd<Fd>> = None;
         let offers = opts.offers_shared_memory_to(name, pipelined);
         // This attempt's offer: a fresh region each time.
         let mut offer: Option<ShmRegion> = None;
-        let mut action = core.start();
         loop {
             action = match action {
                 Action::Connect => {
@@ -97,15 +102,8 @@ impl Pipe<PipeStream, ClientEnd> {
                 }
                 Action::Receive { deadline } => {
                     let on = fd.as_ref().expect("connected");
-                    let read = recv_some(on, core.reply_buffer());
-                    let got = match deadline {
-                        Some(at) => ::tokio::time::timeout_at(at.into(), read).await.ok(),
-                        None => Some(read.await),
-                    };
-                    match got {
-                        Some(got) => core.received(got, Instant::now()),
-                        None => core.timed_out(Instant::now()),
-                    }
+                    let got = by_deadline(deadline, recv_some(on, core.reply_buffer())).await;
+                    core.read_ended(got, Instant::now())
                 }
                 Action::Pause(pause) => {
                     fd = None;
@@ -137,6 +135,87 @@ impl Pipe<PipeStream, ClientEnd> {
     }
 }
 
+/// A remote pipe (`\\HOST\pipe\NAME`): the engine's connect driven on a TLS
+/// connection to HOST's gateway, which then carries the data too. Its
+/// server is the gateway's to name: no kernel here can.
+#[cfg(feature = "remote")]
+async fn connect_remote(
+    name: &PipeName,
+    opts: &ClientOptions,
+    pipelined: Option<&[u8]>,
+) -> Result<PipeClient> {
+    use crate::remote::async_tls::AsyncTls;
+    let (mut core, mut action) = ConnectCore::begin(name, opts, pipelined, Instant::now());
+    let mut tls: Option<AsyncTls> = None;
+    loop {
+        action = match action {
+            Action::Connect => {
+                let dialled = dial(name, opts).await;
+                core.gateway_dialled(dialled, &mut tls, sys::user_name, Instant::now())
+            }
+            Action::Send(bytes) => {
+                let on = tls.as_ref().expect("connected");
+                core.sent(send_all_on(on, &bytes).await, Instant::now())
+            }
+            Action::Receive { deadline } => {
+                let on = tls.as_ref().expect("connected");
+                let buf = core.reply_buffer();
+                let got = by_deadline(deadline, poll_fn(|cx| on.poll_recv_spare(cx, buf))).await;
+                core.read_ended(got, Instant::now())
+            }
+            Action::Pause(pause) => {
+                tls = None;
+                ::tokio::time::sleep(pause).await;
+                core.resume(Instant::now())
+            }
+            Action::Done(c) => {
+                let on = tls.take().expect("connected");
+                shm::transport::agreed(&c, None, name, true)?;
+                let end = EndCore::new(c.setup, c.read_mode, c.leftover);
+                return Ok(Pipe {
+                    io: PipeStream::with_link(AsyncLink::Tls(Box::new(on)), end),
+                    role: ClientEnd::new(),
+                });
+            }
+            Action::Fail(e) => return Err(e),
+        }
+    }
+}
+
+/// TLS to `name`'s gateway, registered with this runtime.
+#[cfg(feature = "remote")]
+async fn dial(name: &PipeName, opts: &ClientOptions) -> Result<crate::remote::async_tls::AsyncTls> {
+    let tls = crate::remote::client::connect_async(name, opts).await?;
+    crate::remote::async_tls::AsyncTls::new(tls).map_err(|e| {
+        Error::os(
+            e,
+            "cannot register the connection with tokio (is this a tokio runtime with I/O enabled?)",
+        )
+    })
+}
+
+/// Sends all of `buf` on a fresh connection's transport, and what the
+/// transport holds of it.
+#[cfg(feature = "remote")]
+async fn send_all_on<T: AsyncTransport>(on: &T, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = poll_fn(|cx| on.poll_send(cx, &[std::io::IoSlice::new(buf)])).await?;
+        buf = &buf[n..];
+    }
+    poll_fn(|cx| on.poll_flush(cx)).await
+}
+
+/// `read`, given up at `deadline` if there is one (then `None`).
+async fn by_deadline<F: std::future::Future>(
+    deadline: Option<Instant>,
+    read: F,
+) -> Option<F::Output> {
+    match deadline {
+        Some(at) => ::tokio::time::timeout_at(at.into(), read).await.ok(),
+        None => Some(read.await),
+    }
+}
+
 /// A socket connected to the local pipe `name`, going round while the
 /// server's kernel backlog is full (its acceptor drains it), until
 /// `deadline` if there is one: then *pipe busy*.
@@ -163,13 +242,6 @@ async fn connect_registered(
     opts: &ClientOptions,
     cred: bool,
 ) -> Result<(AsyncFd<Fd>, Option<PeerCredentials>)> {
-    // A remote pipe's socket is the local end of the relay to its gateway,
-    // whose server no kernel here can name.
-    #[cfg(feature = "remote")]
-    if name.host().is_some() {
-        let socket = crate::remote::client::connect_async(name, opts).await?;
-        return Ok((register(socket)?, Some(PeerCredentials::UNKNOWN)));
-    }
     let _ = opts;
     let socket = connect_socket(name, None).await?;
     let fd = register(socket)?;

@@ -156,8 +156,8 @@ async fn read_op<O: ReadOp>(stream: &mut PipeStream, op: O) -> Result<O::Output>
     poll_fn(|cx| f.poll_op(cx)).await
 }
 
-/// Sends what is left of a message `poll_write` took; a failure cuts it
-/// (the writer is broken from then on).
+/// Sends what is left of a message `poll_write` took, then what the
+/// transport holds; a failure cuts it (the writer is broken from then on).
 fn poll_drain<T: AsyncTransport>(
     io: &T,
     writer: &mut WriteCore,
@@ -176,6 +176,8 @@ fn poll_drain<T: AsyncTransport>(
             }
         }
     }
+    // And what the transport itself still holds (TLS records).
+    ready!(io.poll_flush(cx)).map_err(send_error)?;
     Poll::Ready(Ok(()))
 }
 

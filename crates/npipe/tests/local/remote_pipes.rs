@@ -260,11 +260,11 @@ fn every_pipe_feature_works_remotely() {
     second.join().unwrap().unwrap();
 }
 
-/// A tokio client's remote pipe goes through the relay: one the gateway
-/// refuses during TLS hears why as the refusal of its HELLO, and one it
-/// accepts gets its messages both ways.
+/// A tokio client's remote pipe runs on its TLS connection: one the
+/// gateway refuses during TLS hears why when it waits for the HELLO's
+/// answer, and one it accepts gets its messages both ways.
 #[test]
-fn a_tokio_client_is_refused_during_tls_and_served_through_its_relay() {
+fn a_tokio_client_is_refused_during_tls_and_served_over_it() {
     let gw = gateway("remote-async-refuse", |_| ());
     let name = unique("remote-async-refuse");
     echo_server(server("allow everyone=full").create(&name).unwrap());
