@@ -53,7 +53,8 @@ pub(crate) fn answer_deadline(wait: Wait, read_timeout: Option<Duration>) -> Opt
     }
 }
 
-/// How often a client that waits for a server to appear tries again.
+/// A waiting client's first pause before it tries again for a server to
+/// appear, and every pause of a local client's.
 pub(crate) const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
 /// The longest pause between a remote client's tries. Each remote try is a
 /// TCP connection and a TLS handshake on both the client and the gateway
@@ -66,7 +67,7 @@ pub(crate) const REMOTE_RECONNECT_PAUSE_MAX: Duration = Duration::from_millis(50
 /// The tries of a client that also waits for the pipe to exist
 /// (`wait_for_server`): the options of each try, and whether a failure is
 /// worth another. Both clients drive it with the time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Attempts {
     start: Instant,
     /// How long to keep trying; `None` for ever.
@@ -399,6 +400,12 @@ mod tests {
         let denied = Error::new(ErrorCode::AccessDenied, "x");
         assert_eq!(a.after_failure(&missing, now), Some(RECONNECT_PAUSE));
         assert_eq!(a.after_failure(&denied, now), None, "only missing or gone");
+        // No pause runs past the end of the wait: 5 ms left, 5 ms paused.
+        let near_end = now + Duration::from_millis(95);
+        assert_eq!(
+            a.after_failure(&missing, near_end),
+            Some(Duration::from_millis(5))
+        );
         let later = now + Duration::from_millis(100);
         assert_eq!(a.after_failure(&missing, later), None, "the wait is over");
         // Each try waits what is left, at least 1 ms.

@@ -22,6 +22,35 @@ pub(crate) const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 /// be pipelined behind it.
 pub(crate) const HELLO_READ: usize = HELLO_MAX + 4096;
 
+/// Where an acceptor's first read of each connection lands: zeroed once
+/// (`recvmsg` wants initialised memory) instead of a fresh buffer zeroed
+/// per connection; only what came is kept.
+pub(crate) struct FirstRead(Box<[u8]>);
+
+impl FirstRead {
+    pub(crate) fn new() -> FirstRead {
+        FirstRead(vec![0; HELLO_READ].into_boxed_slice())
+    }
+
+    /// Reads what `socket` holds without waiting: the bytes, and a memory
+    /// file that rode with them (a shared-memory offer; any other
+    /// descriptor is closed elsewhere, counted against `sender`).
+    pub(crate) fn take(
+        &mut self,
+        socket: &Socket,
+        sender: u32,
+    ) -> io::Result<(Vec<u8>, Option<std::os::fd::OwnedFd>)> {
+        let (n, fd) = socket.recv_with_fd(&mut self.0, sender)?;
+        Ok((self.0[..n].to_vec(), fd))
+    }
+}
+
+impl std::fmt::Debug for FirstRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FirstRead")
+    }
+}
+
 /// Tells a granted client OK and readies its socket for the application:
 /// held to its grant, and sized as the server's out-buffer asks. `false` if
 /// the client could not be told (it left): the instance is not taken.

@@ -488,8 +488,8 @@ impl ClientOptions {
     /// is tried again until the wait is over. (An npipe extension: Windows'
     /// `WaitNamedPipe` fails at once with `ERROR_FILE_NOT_FOUND`, which stays
     /// the default.) Without a wait this does nothing. A local pipe is
-    /// tried every 10 ms; a remote one (each try a TLS handshake with the
-    /// gateway) after pauses that double from 10 ms to 500 ms.
+    /// tried every 10 ms; on Linux a remote one (each try a TLS handshake
+    /// with its gateway) after pauses that double from 10 ms to 500 ms.
     pub fn wait_for_server(&mut self, wait: bool) -> &mut Self {
         self.wait_for_server = wait;
         self

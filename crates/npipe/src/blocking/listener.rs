@@ -21,8 +21,8 @@ use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
 use crate::engine::ticket_map::TicketMap;
 use crate::error::{Error, ErrorCode, Result};
 use crate::fresh_connection::{
-    self, out_of_descriptors, peer_of, refuse, send_reply, ACCEPT_BATCH, FD_EXHAUSTED_PAUSE,
-    HELLO_READ,
+    self, out_of_descriptors, peer_of, refuse, send_reply, FirstRead, ACCEPT_BATCH,
+    FD_EXHAUSTED_PAUSE, HELLO_READ,
 };
 use crate::impersonation::Impersonation;
 use crate::info::PipeInfo;
@@ -330,8 +330,8 @@ struct Acceptor {
     paused_until: Option<Instant>,
     /// Held so that, out of descriptors, one can be freed to refuse clients.
     spare_fd: Option<std::os::fd::OwnedFd>,
-    /// Where each client's first read lands ([`HELLO_READ`] bytes).
-    scratch: Box<[u8]>,
+    /// Where each client's first read lands.
+    first_read: FirstRead,
 }
 
 impl Acceptor {
@@ -344,7 +344,7 @@ impl Acceptor {
             pending: TicketMap::default(),
             paused_until: None,
             spare_fd: sys::spare_fd().ok(),
-            scratch: vec![0; HELLO_READ].into_boxed_slice(),
+            first_read: FirstRead::new(),
         }
     }
 
@@ -560,11 +560,12 @@ impl Acceptor {
         // read (usually the whole HELLO) goes through the acceptor's own
         // buffer, zeroed once, and keeps only what came.
         let got = if p.buf.is_empty() {
-            let got = p.socket.recv_with_fd(&mut self.scratch, p.peer.cred.user.0);
-            if let Ok((n, _)) = &got {
-                p.buf.extend_from_slice(&self.scratch[..*n]);
-            }
-            got
+            self.first_read
+                .take(&p.socket, p.peer.cred.user.0)
+                .map(|(bytes, fd)| {
+                    p.buf = bytes;
+                    (p.buf.len(), fd)
+                })
         } else {
             let room = HELLO_READ.saturating_sub(p.buf.len());
             if p.buf.capacity() - p.buf.len() < room {

@@ -456,6 +456,33 @@ fn waiting_for_server(wait: Wait) -> ClientOptions {
     opts
 }
 
+/// A remote client's tries each cost its gateway a TLS handshake: the
+/// engine pauses longer after each one it finds no pipe behind, where a
+/// local client keeps its short pause.
+#[cfg(feature = "remote")]
+#[test]
+fn a_remote_client_waiting_for_its_pipe_backs_off() {
+    let now = Instant::now();
+    let pauses = |name: &str| {
+        let name = PipeName::parse(name).unwrap();
+        let opts = waiting_for_server(Wait::Forever);
+        let (mut core, mut action) = ConnectCore::begin(&name, &opts, None, now);
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            assert!(matches!(action, Action::Connect), "{action:?}");
+            let missing = Error::new(ErrorCode::FileNotFound, "no such pipe");
+            match core.failed(missing, now) {
+                Action::Pause(p) => seen.push(p.as_millis()),
+                other => panic!("expected a pause, got {other:?}"),
+            }
+            action = core.resume(now);
+        }
+        seen
+    };
+    assert_eq!(pauses(r"\\gateway-host\pipe\x"), [10, 20, 40]);
+    assert_eq!(pauses(r"\\.\pipe\x"), [10, 10, 10]);
+}
+
 #[test]
 fn a_waiting_client_finds_a_pipe_that_appears_and_waits_only_what_is_left() {
     let mut sim = Sim::new(&ServerOptions::new());

@@ -2,8 +2,11 @@
 //! never a value a client chooses, so its maps need no hash built to resist
 //! chosen keys: std's SipHash was a tenth of the acceptor's work per
 //! connection (its insert, lookups and removal in two maps). Multiplying by
-//! the golden ratio spreads consecutive tickets over the high bits, which
-//! the map's groups are picked by.
+//! the golden ratio (odd, so no two tickets below 2^k share their low k
+//! bits) spreads consecutive tickets over the low bits, which pick a
+//! bucket, and the top seven, the map's tag; folding the high half into
+//! the low one keeps tickets that differ only in high bits (a stride of
+//! 2^k) from sharing a bucket.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -34,7 +37,7 @@ impl Hasher for TicketHasher {
     }
 
     fn finish(&self) -> u64 {
-        self.0
+        self.0 ^ (self.0 >> 32)
     }
 }
 
@@ -56,6 +59,9 @@ mod tests {
         assert!(tops.len() > 64, "top bits: {}", tops.len());
         let lows: std::collections::HashSet<u64> = (0..128).map(|t| hash(t) & 127).collect();
         assert!(lows.len() > 64, "low bits: {}", lows.len());
+        let strided: std::collections::HashSet<u64> =
+            (0..128).map(|t| hash(t << 20) & 127).collect();
+        assert!(strided.len() > 64, "strided low bits: {}", strided.len());
         let mut map = TicketMap::default();
         for t in 0..1000u64 {
             map.insert(t, t * 2);

@@ -947,7 +947,8 @@ impl Dir {
     /// was checked.
     fn socket_addr(&self, file: &str) -> io::Result<SocketAddrUnix> {
         if proc_fd_usable() {
-            // Written on the stack: this runs for every connect.
+            // Written on the stack: this runs for every connect to a
+            // directory whose path is not trusted.
             use std::io::Write;
             let mut short = [0u8; SUN_PATH_MAX];
             let mut room = &mut short[..];

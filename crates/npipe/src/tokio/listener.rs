@@ -36,8 +36,8 @@ use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
 use crate::engine::ticket_map::TicketMap;
 use crate::error::{Error, ErrorCode, Result};
 use crate::fresh_connection::{
-    self, out_of_descriptors, peer_of, refuse, send_reply, ACCEPT_BATCH, FD_EXHAUSTED_PAUSE,
-    HELLO_READ,
+    self, out_of_descriptors, peer_of, refuse, send_reply, FirstRead, ACCEPT_BATCH,
+    FD_EXHAUSTED_PAUSE, HELLO_READ,
 };
 use crate::info::PipeInfo;
 use crate::listener_state::{ListenerState, Publication, Ready};
@@ -370,8 +370,8 @@ struct Acceptor {
     paused_until: Option<Instant>,
     /// Held so that, out of descriptors, one can be freed to refuse clients.
     spare_fd: Option<OwnedFd>,
-    /// Where each client's first read lands ([`HELLO_READ`] bytes).
-    scratch: Box<[u8]>,
+    /// Where each client's first read lands.
+    first_read: FirstRead,
 }
 
 impl Acceptor {
@@ -386,7 +386,7 @@ impl Acceptor {
             watches: JoinSet::new(),
             paused_until: None,
             spare_fd: sys::spare_fd().ok(),
-            scratch: vec![0; HELLO_READ].into_boxed_slice(),
+            first_read: FirstRead::new(),
         }
     }
 
@@ -542,23 +542,16 @@ impl Acceptor {
         // the reactor) to wait for it.
         // An offer rides with the HELLO's first bytes: only the first read
         // takes a descriptor in (closed elsewhere unless it becomes rings).
-        // It lands in the acceptor's own buffer, zeroed once; the
-        // connection keeps only what came.
-        let read = socket.recv_with_fd(&mut self.scratch, peer.cred.user.0);
-        let mut buf = match &read {
-            Ok((n, _)) => self.scratch[..*n].to_vec(),
-            Err(_) => Vec::new(),
-        };
-        let offer = match read {
-            Ok((0, fd)) => {
+        let (mut buf, offer) = match self.first_read.take(&socket, peer.cred.user.0) {
+            Ok((bytes, fd)) if bytes.is_empty() => {
                 drop(fd.map(PeerFd::new));
                 return self.core.handshake_ended(ticket);
             }
             Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
                 return self.core.handshake_ended(ticket)
             }
-            Ok((_, fd)) => fd.map(PeerFd::new),
-            Err(_) => None,
+            Ok((bytes, fd)) => (bytes, fd.map(PeerFd::new)),
+            Err(_) => (Vec::new(), None),
         };
         match Hello::decode(&buf) {
             Ok(Some((hello, used))) => {
