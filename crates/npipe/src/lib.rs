@@ -198,6 +198,8 @@ mod sys;
 pub mod tokio;
 #[cfg(target_os = "linux")]
 pub mod unix;
+#[cfg(all(feature = "tokio", target_os = "linux"))]
+mod waiters;
 #[cfg(windows)]
 mod windows;
 

@@ -1,8 +1,9 @@
 //! The byte transport under a connected pipe: the contract a front end's
-//! data path is written against, whatever carries the bytes (a Unix socket
-//! today; a TLS stream to a remote pipe or a shared-memory ring later). No
-//! I/O here: the traits and their rules; the Unix socket implements them in
-//! `socket_transport` (blocking) and `tokio::transport` (async).
+//! data path is written against, whatever carries the bytes: a Unix socket
+//! (`socket_transport`, blocking, and `tokio::transport`, async), the
+//! shared-memory rings (`shm::transport`), or TLS to a remote pipe's
+//! gateway (`remote::tls_transport` and `remote::async_tls`). No I/O here:
+//! the traits and their rules.
 //!
 //! # The rule every transport keeps
 //!
@@ -127,6 +128,14 @@ pub(crate) trait AsyncTransport {
     fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let _ = cx;
         Poll::Ready(Ok(()))
+    }
+
+    /// Ends the sending side once what sends took has left: at once where
+    /// that is the transport's own `shutdown_write`; TLS sends close_notify
+    /// first, waiting for room as a send does.
+    fn poll_shutdown_write(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let _ = cx;
+        Poll::Ready(self.sync().shutdown_write())
     }
 }
 

@@ -1,15 +1,17 @@
-//! A blocking client's remote pipe straight over TLS: the [`Transport`] the
-//! data path is written against, on a rustls connection over the TCP socket
-//! to the gateway, with no relay between (a relay is a socket pair and a
-//! thread wake-up each way; the tokio client still uses one).
+//! A client's remote pipe straight over TLS: the [`Transport`] the data
+//! path is written against, on a rustls connection over the TCP socket to
+//! the gateway, with no relay between (a relay is a socket pair and a
+//! thread wake-up each way). A tokio client runs on it too, registered
+//! with the reactor by `remote::async_tls`, with every call made never to
+//! wait ([`TlsTransport::never_waiting`]).
 //!
 //! Decrypted bytes the reader has not taken yet wait in `plain`, which
 //! counts as readable, as the transport contract requires: a readiness
 //! check never waits on the kernel for bytes already decrypted here.
 //!
-//! All socket calls are non-blocking; waits are `poll`s on the socket with
-//! the TLS state's lock released, so a reader waiting for data never holds
-//! up a writer, nor a writer waiting for room a reader.
+//! All socket calls are non-blocking; a blocking end's waits are `poll`s on
+//! the socket with the TLS state's lock released, so a reader waiting for
+//! data never holds up a writer, nor a writer waiting for room a reader.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
@@ -106,8 +108,10 @@ impl TlsTransport {
         self
     }
 
-    /// Takes in what the socket holds now, without waiting: `Ok(false)`
-    /// once the socket had nothing (so its readiness may be cleared).
+    /// Takes in what the socket holds now, without waiting: `Ok(true)` if
+    /// it gave something (decrypted or not), `Ok(false)` if it had nothing
+    /// or was not read (the stream ended, or `PLAIN_MAX` is held: then
+    /// [`Self::has_input`] is true).
     pub fn pump_socket(&self) -> io::Result<bool> {
         let mut tls = self.lock();
         self.pump(&mut tls)
@@ -130,7 +134,14 @@ impl TlsTransport {
         self.send_tls(&mut tls)
     }
 
+    /// Queues close_notify (once, however often asked); [`Self::flush`]
+    /// sends it.
+    pub fn queue_close_notify(&self) {
+        self.lock().conn.send_close_notify();
+    }
+
     /// Whether rustls holds bytes the socket has not taken yet.
+    #[cfg(test)]
     pub fn holds_unsent(&self) -> bool {
         self.lock().conn.wants_write()
     }

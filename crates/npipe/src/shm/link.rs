@@ -171,4 +171,13 @@ impl AsyncTransport for AsyncLink {
             AsyncLink::Tls(t) => t.poll_flush(cx),
         }
     }
+
+    fn poll_shutdown_write(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            AsyncLink::Socket(fd) => fd.poll_shutdown_write(cx),
+            AsyncLink::Shm(t) => t.poll_shutdown_write(cx),
+            #[cfg(feature = "remote")]
+            AsyncLink::Tls(t) => t.poll_shutdown_write(cx),
+        }
+    }
 }

@@ -326,7 +326,13 @@ impl PipeStream {
         };
         let sent = poll_fn(|cx| f.poll_op(cx)).await;
         drop(f);
-        sent.map_err(|e| self.explain(e))
+        sent.map_err(|e| self.explain(e))?;
+        // Whole, as a socket's send is once the kernel has it: a transport
+        // that holds records back (TLS, where the socket was full) sends
+        // them now, not at the next call.
+        poll_fn(|cx| self.io.poll_flush(cx))
+            .await
+            .map_err(|e| self.explain(send_error(e)))
     }
 
     pub(crate) async fn transact(&mut self, request: &[u8]) -> Result<Vec<u8>> {
@@ -390,8 +396,8 @@ impl PipeStream {
     pub(crate) async fn shutdown_write(&mut self) -> Result<()> {
         self.connected()?;
         poll_fn(|cx| self.poll_drain_tail(cx)).await?;
-        self.sync()
-            .shutdown_write()
+        poll_fn(|cx| self.io.poll_shutdown_write(cx))
+            .await
             .map_err(|e| Error::os(e, "cannot shut down the sending side"))
     }
 }
@@ -463,7 +469,7 @@ impl AsyncWrite for PipeStream {
         this.connected()?;
         ready!(this.poll_drain_tail(cx))?;
         Poll::Ready(
-            Transport::shutdown_write(this.sync())
+            ready!(this.io.poll_shutdown_write(cx))
                 .map_err(|e| Error::os(e, "cannot shut down the sending side").into()),
         )
     }

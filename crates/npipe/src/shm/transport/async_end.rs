@@ -17,8 +17,8 @@
 
 use std::io::{self, IoSlice};
 use std::sync::atomic::{fence, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll, Wake, Waker};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll, Waker};
 
 use ::tokio::io::unix::AsyncFd;
 
@@ -26,6 +26,7 @@ use super::{HoldsSocket, ShmTransport, Side};
 use crate::shm::ring::ASLEEP_ON_SOCKET;
 use crate::sys::{Fd, ShmRegion, Socket};
 use crate::transport::{AsyncTransport, Recv, Transport};
+use crate::waiters::Waiters;
 
 /// The most a tokio end's wait spins (`spin_loop` rounds): a spin holds the
 /// runtime's thread, which other tasks may need.
@@ -37,50 +38,6 @@ const DRAIN_READS: usize = 16;
 impl HoldsSocket for AsyncFd<Fd> {
     fn socket(&self) -> &Socket {
         self.get_ref().socket()
-    }
-}
-
-/// The tasks waiting on one end's socket, woken together.
-#[derive(Debug, Default)]
-struct Waiters(Mutex<Vec<Waker>>);
-
-/// More tasks than this never wait on one end at once (a reader, a writer,
-/// and a `readable`/`writable` call); past it, the list is woken and
-/// emptied rather than grown.
-const MAX_WAITERS: usize = 8;
-
-impl Waiters {
-    fn add(&self, waker: &Waker) {
-        let mut list = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if list.iter().any(|w| w.will_wake(waker)) {
-            return;
-        }
-        if list.len() >= MAX_WAITERS {
-            list.drain(..).for_each(Waker::wake);
-        }
-        list.push(waker.clone());
-    }
-
-    /// Wakes every waiting task but `me`: a wake-up `me` drained from the
-    /// socket may have been meant for them.
-    fn wake_others(&self, me: &Waker) {
-        let list = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
-        for w in list {
-            if !w.will_wake(me) {
-                w.wake();
-            }
-        }
-    }
-}
-
-impl Wake for Waiters {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        let list = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
-        list.into_iter().for_each(Waker::wake);
     }
 }
 

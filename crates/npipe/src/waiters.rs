@@ -1,0 +1,54 @@
+//! The tasks waiting on one tokio registration, woken together. tokio keeps
+//! one waker per direction of a registration's readiness, but two tasks
+//! may wait on one connection in the same direction (the read and write
+//! halves of `tokio::io::split`: for the shared-memory rings both wait on
+//! the socket's read readiness; on TLS, a reader that sends what a full
+//! socket held back waits on write readiness beside the writer). So the
+//! reactor is handed a waker of ours, which wakes every task waiting.
+
+use std::sync::{Arc, Mutex};
+use std::task::{Wake, Waker};
+
+/// The tasks waiting on one end's socket, woken together.
+#[derive(Debug, Default)]
+pub(crate) struct Waiters(Mutex<Vec<Waker>>);
+
+/// More tasks than this never wait on one end at once (a reader, a writer,
+/// and a `readable`/`writable` call); past it, the list is woken and
+/// emptied rather than grown.
+const MAX_WAITERS: usize = 8;
+
+impl Waiters {
+    pub(crate) fn add(&self, waker: &Waker) {
+        let mut list = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if list.iter().any(|w| w.will_wake(waker)) {
+            return;
+        }
+        if list.len() >= MAX_WAITERS {
+            list.drain(..).for_each(Waker::wake);
+        }
+        list.push(waker.clone());
+    }
+
+    /// Wakes every waiting task but `me`: a wake-up `me` drained from the
+    /// socket may have been meant for them.
+    pub(crate) fn wake_others(&self, me: &Waker) {
+        let list = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in list {
+            if !w.will_wake(me) {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl Wake for Waiters {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let list = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        list.into_iter().for_each(Waker::wake);
+    }
+}
