@@ -459,7 +459,7 @@ fn waiting_for_server(wait: Wait) -> ClientOptions {
 /// A remote client's tries each cost its gateway a TLS handshake: the
 /// engine pauses longer after each one it finds no pipe behind, where a
 /// local client keeps its short pause.
-#[cfg(feature = "remote")]
+#[cfg(all(feature = "remote", target_os = "linux"))]
 #[test]
 fn a_remote_client_waiting_for_its_pipe_backs_off() {
     let now = Instant::now();
