@@ -33,6 +33,9 @@ struct Tls {
     conn: ClientConnection,
     /// Decrypted, not yet handed out.
     plain: VecDeque<u8>,
+    /// Where rustls' plaintext is read into on its way to `plain`: zeroed
+    /// once, not at every read.
+    chunk: Box<[u8]>,
     /// The gateway ended the stream (close_notify or TCP end).
     ended: bool,
     /// Why TLS failed, once it has (every later call reports it).
@@ -72,6 +75,11 @@ impl Write for Io<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.send_nonblocking(buf)
     }
+    // rustls hands over its queued records together: one system call for
+    // them all, not one a record.
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.send_vectored_nonblocking(bufs)
+    }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -89,6 +97,7 @@ impl TlsTransport {
             tls: Mutex::new(Tls {
                 conn,
                 plain: VecDeque::new(),
+                chunk: vec![0; 16 * 1024].into_boxed_slice(),
                 ended: false,
                 failed: None,
                 answered: false,
@@ -198,16 +207,16 @@ impl TlsTransport {
             let _ = tls.conn.write_tls(&mut Io(&self.socket));
             return Err(self.failure(tls, e));
         }
-        let mut chunk = [0u8; 16 * 1024];
         loop {
-            match tls.conn.reader().read(&mut chunk) {
+            let Tls { conn, chunk, .. } = &mut *tls;
+            match conn.reader().read(chunk) {
                 Ok(0) => {
                     tls.ended = true;
                     break;
                 }
                 Ok(n) => {
                     tls.answered = true;
-                    tls.plain.extend(&chunk[..n]);
+                    tls.plain.extend(&tls.chunk[..n]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // The TCP stream ended without close_notify.
@@ -327,14 +336,31 @@ impl TlsTransport {
     }
 }
 
+/// Hands at most `most` bytes from the front of `plain` to `put`, in the
+/// one or two slices the deque holds them in (a copy each, not a step a
+/// byte), then drops them: how many.
+fn take_front(plain: &mut VecDeque<u8>, most: usize, mut put: impl FnMut(&[u8])) -> usize {
+    let n = most.min(plain.len());
+    let (front, back) = plain.as_slices();
+    let first = n.min(front.len());
+    if first > 0 {
+        put(&front[..first]);
+    }
+    if n > first {
+        put(&back[..n - first]);
+    }
+    plain.drain(..n);
+    n
+}
+
 impl Transport for TlsTransport {
     fn recv(&self, buf: &mut [u8], how: Recv) -> io::Result<usize> {
         self.recv_with(how, |plain| {
-            let n = buf.len().min(plain.len());
-            for (slot, byte) in buf.iter_mut().zip(plain.drain(..n)) {
-                *slot = byte;
-            }
-            n
+            let mut at = 0;
+            take_front(plain, buf.len(), |part| {
+                buf[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            })
         })
     }
 
@@ -342,9 +368,7 @@ impl Transport for TlsTransport {
         let room = buf.capacity() - buf.len();
         let room = if room == 0 { 16 * 1024 } else { room };
         self.recv_with(how, |plain| {
-            let n = room.min(plain.len());
-            buf.extend(plain.drain(..n));
-            n
+            take_front(plain, room, |part| buf.extend_from_slice(part))
         })
     }
 
@@ -441,5 +465,28 @@ impl Transport for TlsTransport {
             peer_hung_up: self.socket.peer_hung_up(),
             peer_dropped_unread: false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes come off the front in order, across the deque's wrap, and
+    /// never more than asked or held.
+    #[test]
+    fn take_front_keeps_order_across_the_wrap() {
+        let mut plain: VecDeque<u8> = VecDeque::with_capacity(8);
+        plain.extend(0..6u8);
+        plain.drain(..4);
+        plain.extend(6..12u8); // wraps: 4 5 | 6 .. 11
+        assert!(!plain.as_slices().1.is_empty(), "the test needs a wrap");
+        let mut out = Vec::new();
+        assert_eq!(take_front(&mut plain, 5, |p| out.extend_from_slice(p)), 5);
+        assert_eq!(out, [4, 5, 6, 7, 8]);
+        out.clear();
+        assert_eq!(take_front(&mut plain, 100, |p| out.extend_from_slice(p)), 3);
+        assert_eq!(out, [9, 10, 11]);
+        assert_eq!(take_front(&mut plain, 100, |_| panic!("nothing left")), 0);
     }
 }

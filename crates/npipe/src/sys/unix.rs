@@ -256,6 +256,19 @@ impl Socket {
         retry(|| rustix::net::send(&self.0, buf, SendFlags::NOSIGNAL | SendFlags::DONTWAIT))
     }
 
+    /// Sends what of several buffers fits now, in one call (`sendmsg`),
+    /// never waiting, without `SIGPIPE`.
+    pub fn send_vectored_nonblocking(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        retry(|| {
+            rustix::net::sendmsg(
+                &self.0,
+                bufs,
+                &mut SendAncillaryBuffer::default(),
+                SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+            )
+        })
+    }
+
     /// Sends several buffers in one call (`sendmsg`), without `SIGPIPE`.
     pub fn send_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         retry(|| {
