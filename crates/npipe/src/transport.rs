@@ -95,8 +95,10 @@ pub(crate) struct Delivery {
 /// The same stream driven by readiness, for the async front end. Each
 /// `poll_` call tries once, and when it cannot go on registers `cx` to be
 /// woken and returns `Pending`. The calls that never wait (non-blocking
-/// sends, queue state, shutdowns) are the [`Transport`] from
-/// [`sync`](Self::sync), which must not block.
+/// sends, queue state, `shutdown_both`) are the [`Transport`] from
+/// [`sync`](Self::sync), which must not block; ending the sending side,
+/// which may have to wait for room (TLS), is
+/// [`poll_shutdown_write`](Self::poll_shutdown_write).
 #[cfg(feature = "tokio")]
 pub(crate) trait AsyncTransport {
     /// The non-blocking calls.

@@ -26,7 +26,6 @@
 //! [`poll_flush`]: AsyncTransport::poll_flush
 
 use std::io::{self, IoSlice};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 
@@ -37,6 +36,12 @@ use super::tls_transport::TlsTransport;
 use crate::sys::{self, Fd};
 use crate::transport::{AsyncTransport, Recv, Transport};
 use crate::waiters::Waiters;
+
+/// How long a dropped end's task keeps sending what rustls still held: a
+/// gateway that stopped reading does not keep it (its descriptor and
+/// buffers) for the rest of the runtime's life. (A tokio client needs a
+/// runtime with timers already: its connect is timed.)
+const DROPPED_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The connection: rustls over the socket, and a second descriptor of the
 /// socket registered with the reactor (readiness is the socket's, whichever
@@ -95,8 +100,6 @@ pub(crate) struct AsyncTls {
     /// gets: it wakes them all.
     waiters: Arc<Waiters>,
     all: Waker,
-    /// A shutdown has queued close_notify: no send takes more.
-    closing: AtomicBool,
 }
 
 impl AsyncTls {
@@ -115,7 +118,6 @@ impl AsyncTls {
             }),
             all: Waker::from(Arc::clone(&waiters)),
             waiters,
-            closing: AtomicBool::new(false),
         })
     }
 
@@ -175,9 +177,7 @@ impl AsyncTransport for AsyncTls {
     }
 
     fn poll_send(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        if self.closing.load(Ordering::Relaxed) {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
+        // After a shutdown the transport refuses (close_notify is queued).
         loop {
             // Takes nothing new while earlier records wait for room.
             match self.tls().send_vectored(bufs) {
@@ -207,17 +207,18 @@ impl AsyncTransport for AsyncTls {
     }
 
     fn poll_shutdown_write(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.closing.store(true, Ordering::Relaxed);
         self.waiting(cx, Conn::poll_shutdown_write)
     }
 }
 
 impl Drop for AsyncTls {
     /// Records the socket has not taken yet still go, from a task of their
-    /// own, as a socket's buffered bytes go after `close`, for as long as
-    /// the runtime runs (a task of a runtime that shuts down is dropped,
-    /// and the connection closes with it). Outside a runtime, what does not
-    /// go at once is lost.
+    /// own, as a socket's buffered bytes go after `close`: for 30 s at
+    /// most, and while the runtime runs (a task of a runtime that shuts
+    /// down is dropped, and the connection closes with it). Outside a
+    /// runtime, what does not go at once is lost. As with any TCP
+    /// connection, closing with replies unread makes Linux reset it, which
+    /// drops what the kernel has not sent yet.
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else {
             return;
@@ -232,7 +233,11 @@ impl Drop for AsyncTls {
         };
         // `Conn` has no `Drop`: however this task ends, nothing spawns again.
         runtime.spawn(async move {
-            let _ = std::future::poll_fn(|cx| conn.poll_shutdown_write(cx)).await;
+            let _ = ::tokio::time::timeout(
+                DROPPED_FLUSH_LIMIT,
+                std::future::poll_fn(|cx| conn.poll_shutdown_write(cx)),
+            )
+            .await;
         });
     }
 }

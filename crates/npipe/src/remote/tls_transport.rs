@@ -27,8 +27,8 @@ use crate::transport::{Delivery, Recv, Transport};
 /// fill (TCP then pushes back on the sender, as a plain socket would).
 const PLAIN_MAX: usize = 256 * 1024;
 
-/// The state behind the lock.
-#[derive(Debug)]
+/// The state behind the lock. Its `Debug` shows sizes and flags only:
+/// `plain` and `chunk` hold the application's data.
 struct Tls {
     conn: ClientConnection,
     /// Decrypted, not yet handed out.
@@ -38,11 +38,26 @@ struct Tls {
     chunk: Box<[u8]>,
     /// The gateway ended the stream (close_notify or TCP end).
     ended: bool,
+    /// close_notify is queued: no application data may follow it.
+    closed: bool,
     /// Why TLS failed, once it has (every later call reports it).
     failed: Option<(io::ErrorKind, String)>,
     /// Application bytes have come from the gateway (a failure before any
     /// is the gateway refusing this client).
     answered: bool,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("plain_bytes", &self.plain.len())
+            .field("unsent_records", &self.conn.wants_write())
+            .field("ended", &self.ended)
+            .field("closed", &self.closed)
+            .field("failed", &self.failed)
+            .field("answered", &self.answered)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A remote pipe's TLS connection, as a [`Transport`].
@@ -90,18 +105,24 @@ fn would_block() -> io::Error {
 }
 
 impl TlsTransport {
-    /// Wraps a connection whose handshake is done, on `socket`.
+    /// Wraps a connection whose handshake is done, on `socket`. What
+    /// rustls decrypted during the handshake (a peer that spoke first) is
+    /// taken at once, so readiness checks see it.
     pub fn new(socket: Socket, conn: ClientConnection, at: String) -> TlsTransport {
+        let mut tls = Tls {
+            conn,
+            plain: VecDeque::new(),
+            chunk: vec![0; 16 * 1024].into_boxed_slice(),
+            closed: false,
+            ended: false,
+            failed: None,
+            answered: false,
+        };
+        // A failure here comes back at the first read, which takes again.
+        let _ = Self::take_plaintext(&mut tls);
         TlsTransport {
             socket,
-            tls: Mutex::new(Tls {
-                conn,
-                plain: VecDeque::new(),
-                chunk: vec![0; 16 * 1024].into_boxed_slice(),
-                ended: false,
-                failed: None,
-                answered: false,
-            }),
+            tls: Mutex::new(tls),
             writing: Mutex::new(()),
             read_timeout: Mutex::new(None),
             write_timeout: Mutex::new(None),
@@ -146,7 +167,9 @@ impl TlsTransport {
     /// Queues close_notify (once, however often asked); [`Self::flush`]
     /// sends it.
     pub fn queue_close_notify(&self) {
-        self.lock().conn.send_close_notify();
+        let mut tls = self.lock();
+        tls.closed = true;
+        tls.conn.send_close_notify();
     }
 
     /// Whether rustls holds bytes the socket has not taken yet.
@@ -185,7 +208,8 @@ impl TlsTransport {
 
     /// Takes in what the socket holds now, without waiting: decrypts it
     /// into `plain`, answers what TLS must answer. `Ok(false)` if the
-    /// socket had nothing.
+    /// socket had nothing, or was not read (the stream ended, or
+    /// `PLAIN_MAX` is held).
     fn pump(&self, tls: &mut Tls) -> io::Result<bool> {
         if let Some((kind, text)) = &tls.failed {
             return Err(io::Error::new(*kind, text.clone()));
@@ -207,6 +231,14 @@ impl TlsTransport {
             let _ = tls.conn.write_tls(&mut Io(&self.socket));
             return Err(self.failure(tls, e));
         }
+        Self::take_plaintext(tls)?;
+        // A key update or an alert may want answering now.
+        self.send_tls(tls).ok();
+        Ok(got)
+    }
+
+    /// Moves what rustls has decrypted into `plain`.
+    fn take_plaintext(tls: &mut Tls) -> io::Result<()> {
         loop {
             let Tls { conn, chunk, .. } = &mut *tls;
             match conn.reader().read(chunk) {
@@ -227,9 +259,7 @@ impl TlsTransport {
                 Err(e) => return Err(e),
             }
         }
-        // A key update or an alert may want answering now.
-        self.send_tls(tls).ok();
-        Ok(got)
+        Ok(())
     }
 
     /// Writes what rustls has encrypted as far as the socket takes it
@@ -318,6 +348,11 @@ impl TlsTransport {
         let mut tls = self.lock();
         if let Some((kind, text)) = &tls.failed {
             return Err(io::Error::new(*kind, text.clone()));
+        }
+        // Nothing may follow close_notify (the gateway would drop it): a
+        // write that lost the race with a shutdown fails instead.
+        if tls.closed {
+            return Err(io::ErrorKind::BrokenPipe.into());
         }
         // Earlier records first: rustls' buffer is bounded.
         if wait {
@@ -435,10 +470,11 @@ impl Transport for TlsTransport {
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let deadline = self.write_deadline();
         let mut tls = self.lock();
+        tls.closed = true;
         tls.conn.send_close_notify();
         if self.never_wait {
-            // A tokio end flushed everything before it asked; if the
-            // close_notify does not fit now, the gateway sees TCP end
+            // Not a tokio end's way (`AsyncTls` waits for room itself); if
+            // the close_notify does not fit now, the gateway sees TCP's end
             // without it, which it takes as the end all the same.
             let _ = self.send_tls(&mut tls);
         } else {
@@ -479,7 +515,7 @@ mod tests {
         let mut plain: VecDeque<u8> = VecDeque::with_capacity(8);
         plain.extend(0..6u8);
         plain.drain(..4);
-        plain.extend(6..12u8); // wraps: 4 5 | 6 .. 11
+        plain.extend(6..12u8); // wraps: 4 5 6 7 | 8 .. 11
         assert!(!plain.as_slices().1.is_empty(), "the test needs a wrap");
         let mut out = Vec::new();
         assert_eq!(take_front(&mut plain, 5, |p| out.extend_from_slice(p)), 5);

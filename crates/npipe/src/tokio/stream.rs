@@ -496,7 +496,7 @@ impl AsyncWrite for PipeStream {
 /// |---|---|
 /// | [`read_message`](Self::read_message), [`recv_message`](Self::recv_message) | Yes: a read dropped before it finished puts back what it took, so the next read starts where it did. |
 /// | [`AsyncRead`] (`read`, `read_buf`) | Yes, as for any tokio stream. |
-/// | [`write_message`](Self::write_message), [`transact`](Self::transact) | **No**: dropped after part of the message went out, the message is cut, and the writer is broken for good (every later write fails with *broken pipe*, the peer sees *broken pipe*, never a cut message). Dropped before anything went out, nothing was sent. |
+/// | [`write_message`](Self::write_message), [`transact`](Self::transact) | **No**: dropped after part of the message went out, the message is cut, and the writer is broken for good (every later write fails with *broken pipe*, the peer sees *broken pipe*, never a cut message). Dropped before anything went out, nothing was sent. Dropped while the whole message waits in a remote pipe's TLS for the socket to take it (the write's last step), it is not cut: it goes out before the next read or write. |
 /// | [`AsyncWrite`] (`write`, `write_all`) | Yes: a `poll_write` that sent part of a message reports it written and keeps the rest, which goes out while this end reads, and before the next write, `flush` or `shutdown`. The message is never cut by that. |
 /// | [`flush_buffers`](Self::flush_buffers) | Yes (it only waits). |
 ///

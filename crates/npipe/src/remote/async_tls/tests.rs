@@ -238,3 +238,45 @@ fn a_record_is_read_whole_whether_it_comes_at_once_or_in_halves() {
         assert_eq!(reading.await.unwrap(), vec![2u8; 15_000]);
     });
 }
+
+/// Shutting down sends what rustls held, then close_notify, then TCP's
+/// end (the server's `read_to_end` fails on an end without close_notify);
+/// a send after it is refused, not dropped after the close_notify.
+#[test]
+fn a_shutdown_sends_the_held_records_then_close_notify() {
+    runtime().block_on(async {
+        let (client, mut server) = pair().await;
+        let took = send_past_the_socket(&client, 4).await;
+        let reading = ::tokio::spawn(async move {
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.map(|_| got)
+        });
+        ::tokio::time::timeout(HANG, poll_fn(|cx| client.poll_shutdown_write(cx)))
+            .await
+            .expect("the shutdown never finished")
+            .unwrap();
+        let got = reading
+            .await
+            .unwrap()
+            .expect("no close_notify before the end");
+        assert_eq!(got.len(), took);
+        let late = poll_fn(|cx| client.poll_send(cx, &[IoSlice::new(b"late")])).await;
+        assert_eq!(late.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+    });
+}
+
+/// A transport's `Debug` shows sizes, never the application's bytes (a
+/// `{:?}` of a remote pipe end must not print what went through it).
+#[test]
+fn debug_shows_no_plaintext() {
+    runtime().block_on(async {
+        let (client, mut server) = pair().await;
+        server.write_all(&[0xAB; 300]).await.unwrap();
+        server.flush().await.unwrap();
+        let mut one = [0u8; 1];
+        poll_fn(|cx| client.poll_recv(cx, &mut one)).await.unwrap();
+        let shown = format!("{client:?}");
+        assert!(!shown.contains("171"), "plaintext in Debug: {shown}");
+        assert!(shown.len() < 1000, "{shown}");
+    });
+}
