@@ -13,9 +13,10 @@ use std::task::{Wake, Waker};
 #[derive(Debug, Default)]
 pub(crate) struct Waiters(Mutex<Vec<Waker>>);
 
-/// More tasks than this never wait on one end at once (a reader, a writer,
-/// and a `readable`/`writable` call); past it, the list is woken and
-/// emptied rather than grown.
+/// A few tasks wait on one end at once (a reader, a writer, and a
+/// `readable`/`writable` call), and a task may stay listed after it
+/// stopped waiting (it is woken once for nothing); past this many, the
+/// list is woken and emptied rather than grown.
 const MAX_WAITERS: usize = 8;
 
 impl Waiters {
@@ -24,10 +25,15 @@ impl Waiters {
         if list.iter().any(|w| w.will_wake(waker)) {
             return;
         }
-        if list.len() >= MAX_WAITERS {
-            list.drain(..).for_each(Waker::wake);
-        }
+        let full = if list.len() >= MAX_WAITERS {
+            std::mem::take(&mut *list)
+        } else {
+            Vec::new()
+        };
         list.push(waker.clone());
+        drop(list);
+        // Woken with the lock let go: a waker may poll its task at once.
+        full.into_iter().for_each(Waker::wake);
     }
 
     /// Wakes every waiting task but `me`: a wake-up `me` drained from the
