@@ -184,6 +184,73 @@ fn a_call_through_the_gateway_is_answered_and_the_server_sees_the_principal() {
     assert_eq!(computer.as_deref(), Some("127.0.0.1"));
 }
 
+/// The same features from a tokio client, whose pipe runs on its TLS
+/// connection: a large message whole, a peek once readable, *more data*,
+/// transact, flush_buffers, and a byte pipe's stream ended by
+/// `shutdown_write` (close_notify, then TCP's end, through the gateway to
+/// the server's end of stream).
+#[test]
+fn every_pipe_feature_works_remotely_from_tokio() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = gateway("remote-features-async", |_| ());
+    let opts = gw.client("alice");
+    let messages = unique("remote-msg-async");
+    echo_server(server("allow everyone=full").create(&messages).unwrap());
+    let bytes = unique("remote-bytes-async");
+    let listener = server("allow everyone=full")
+        .pipe_type(PipeType::Byte)
+        .create(&bytes)
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut conn = listener.accept().unwrap();
+        let mut all = Vec::new();
+        conn.read_to_end(&mut all).unwrap();
+        conn.write_all(&all).unwrap();
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = opts.open_async(remote(&messages).as_str()).await.unwrap();
+        let big: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        c.write_message(&big).await.unwrap();
+        assert_eq!(c.recv_message().await.unwrap(), big);
+        c.write_message(b"0123456789").await.unwrap();
+        c.flush_buffers().await.unwrap();
+        c.readable().await.unwrap();
+        let mut peeked = [0u8; 4];
+        let p = loop {
+            let p = c.peek(&mut peeked).unwrap();
+            if p.copied > 0 {
+                break p;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert_eq!((&peeked[..], p.message_left), (&b"0123"[..], 6));
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            c.read_message(&mut buf).await.unwrap(),
+            MessageRead::MoreData(4)
+        );
+        let mut rest = [0u8; 16];
+        assert_eq!(
+            c.read_message(&mut rest).await.unwrap(),
+            MessageRead::Complete(6)
+        );
+        assert_eq!(c.transact(b"ping").await.unwrap(), b"ping");
+        assert_eq!(c.server_process_id(), 0);
+
+        let mut c = opts.open_async(remote(&bytes).as_str()).await.unwrap();
+        let stream: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        c.write_all(&stream).await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).await.unwrap();
+        assert!(back == stream, "the stream came back changed");
+    });
+}
+
 #[test]
 fn every_pipe_feature_works_remotely() {
     let gw = gateway("remote-features", |_| ());
