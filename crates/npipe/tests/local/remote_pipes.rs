@@ -146,6 +146,21 @@ fn server(sd: &str) -> ServerOptions {
     o
 }
 
+/// A byte pipe `name` whose first client gets back all it sent, once it
+/// ended its stream.
+fn byte_echo_once(name: &str) {
+    let listener = server("allow everyone=full")
+        .pipe_type(PipeType::Byte)
+        .create(name)
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut conn = listener.accept().unwrap();
+        let mut all = Vec::new();
+        conn.read_to_end(&mut all).unwrap();
+        conn.write_all(&all).unwrap();
+    });
+}
+
 /// Echoes every message of every connection, each on a thread.
 fn echo_server(listener: npipe::PipeListener) {
     std::thread::spawn(move || {
@@ -197,16 +212,7 @@ fn every_pipe_feature_works_remotely_from_tokio() {
     let messages = unique("remote-msg-async");
     echo_server(server("allow everyone=full").create(&messages).unwrap());
     let bytes = unique("remote-bytes-async");
-    let listener = server("allow everyone=full")
-        .pipe_type(PipeType::Byte)
-        .create(&bytes)
-        .unwrap();
-    std::thread::spawn(move || {
-        let mut conn = listener.accept().unwrap();
-        let mut all = Vec::new();
-        conn.read_to_end(&mut all).unwrap();
-        conn.write_all(&all).unwrap();
-    });
+    byte_echo_once(&bytes);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -285,16 +291,7 @@ fn every_pipe_feature_works_remotely() {
 
     // A byte pipe: a stream both ways.
     let name = unique("remote-bytes");
-    let listener = server("allow everyone=full")
-        .pipe_type(PipeType::Byte)
-        .create(&name)
-        .unwrap();
-    std::thread::spawn(move || {
-        let mut conn = listener.accept().unwrap();
-        let mut all = Vec::new();
-        conn.read_to_end(&mut all).unwrap();
-        conn.write_all(&all).unwrap();
-    });
+    byte_echo_once(&name);
     let mut c = opts.open(remote(&name).as_str()).unwrap();
     c.write_all(b"a stream of bytes").unwrap();
     c.shutdown_write().unwrap();
