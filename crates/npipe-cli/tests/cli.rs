@@ -1564,20 +1564,32 @@ fn remote_call_through_npipe_gateway_with_npipe_cert() {
         gw_args.push("--non-root".into());
         trust = vec!["--trust-gateway", me.as_str()];
     }
+    // The gateway forwards to `echo` only if its server is ours, and to
+    // `squat` only if its server is uid 65534, which it will not be.
+    let echo = unique("remote-echo");
+    let squat = unique("remote-squat");
+    gw_args.extend([
+        "--expect-server".into(),
+        format!("{echo}={me}"),
+        "--expect-server".into(),
+        format!("{squat}=65534"),
+    ]);
     let gw_args: Vec<&str> = gw_args.iter().map(String::as_str).collect();
-    // Mapping a principal to root takes a flag of its own.
-    let mut to_root = gw_args.clone();
-    to_root.extend(["--map", "alice=root"]);
-    let refused = run(&[&["gateway"], &to_root[..]].concat(), b"");
-    refused.assert_code(EXIT_USAGE);
-    assert!(
-        refused.stderr.contains("--allow-root-map"),
-        "{}",
-        refused.stderr
+    // Usage errors before anything listens: the flags, and what it says.
+    let refused = |extra: [&str; 2], says: &str| {
+        let args = [&["gateway"], &gw_args[..], &extra[..]].concat();
+        let refused = run(&args, b"");
+        refused.assert_code(EXIT_USAGE);
+        assert!(refused.stderr.contains(says), "{}", refused.stderr);
+    };
+    refused(
+        ["--expect-server", "x=no-such-user-anywhere"],
+        "no such local user",
     );
+    // Mapping a principal to root takes a flag of its own.
+    refused(["--map", "alice=root"], "--allow-root-map");
     let gateway = GatewayProcess::start(&gw_args);
 
-    let echo = unique("remote-echo");
     let mut serve_args = vec!["--security", "allow everyone=full"];
     serve_args.extend(&trust);
     let _echo = Server::start(&echo, &serve_args);
@@ -1609,6 +1621,14 @@ fn remote_call_through_npipe_gateway_with_npipe_cert() {
     let hi = call(&echo, &alice);
     hi.assert_success();
     assert_eq!(hi.stdout, "hi\n");
+    let _squat = Server::start(&squat, &serve_args);
+    let squatted = call(&squat, &alice);
+    assert!(!squatted.status.success());
+    assert!(
+        squatted.stderr.contains("not by uid 65534") || squatted.stderr.contains("not by nobody"),
+        "{}",
+        squatted.stderr
+    );
     // A byte pipe through the gateway: the call falls back to write,
     // half-close, read (the pipe's type comes with the connection).
     let bytes = unique("remote-bytes");

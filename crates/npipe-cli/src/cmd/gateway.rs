@@ -34,7 +34,13 @@ root, or give --non-root once the servers trust its user.
     user = 'alice'                     # impersonated as alice
     pipes = ['echo', 'builds\*']       # and reaches only these pipes
     [principals.ci-agent]
-    pipes = ['builds\*']               # a remote identity only";
+    pipes = ['builds\*']               # a remote identity only
+    [servers]
+    'builds\*' = 'builder'             # forwarded only to builder's servers
+
+--expect-server PIPE=USER (or [servers]) forwards clients to those pipes only
+if the kernel says their server runs as USER: a local user who takes a
+remote pipe's name before its server does is refused, not reached.";
 
 const AFTER_HELP: &str = r"Examples:
   sudo npipe gateway --cert certs/gw.crt --key certs/gw.key --ca certs/ca.crt --map alice=alice
@@ -73,6 +79,11 @@ pub struct Args {
     /// (repeatable)
     #[arg(long, value_name = "PRINCIPAL=USER")]
     pub map: Vec<String>,
+
+    /// Forward clients to PIPE (a name, or a prefix ending in `*`) only if
+    /// its server runs as USER (repeatable; the first that matches decides)
+    #[arg(long, value_name = "PIPE=USER")]
+    pub expect_server: Vec<String>,
 
     /// Settings from a TOML file (see above); flags win
     #[arg(long, value_name = "FILE")]
@@ -122,6 +133,8 @@ struct Settings {
     ca: Option<PathBuf>,
     /// (principal, user name, pipes)
     principals: Vec<(String, Option<String>, Option<Vec<String>>)>,
+    /// (pipe pattern, user name): whose server each pipe must have
+    servers: Vec<(String, String)>,
 }
 
 fn usage(what: impl Into<String>) -> Failure {
@@ -182,9 +195,16 @@ fn read_config(path: &PathBuf) -> Result<Settings, Failure> {
                     s.principals.push((principal.to_string(), user, pipes));
                 }
             }
+            "servers" => {
+                let servers = value.as_table().ok_or_else(|| bad(key, "a table"))?;
+                for (pattern, user) in servers {
+                    s.servers
+                        .push((pattern.to_string(), string(pattern, user)?));
+                }
+            }
             other => {
                 return Err(usage(format!(
-                    "{}: unknown key `{other}` (known: listen, cert, key, ca, principals)",
+                    "{}: unknown key `{other}` (known: listen, cert, key, ca, principals, servers)",
                     path.display()
                 )))
             }
@@ -210,6 +230,13 @@ fn settings(args: &Args) -> Result<Settings, Failure> {
         s.principals
             .push((principal.to_string(), Some(user.to_string()), None));
     }
+    for expect in &args.expect_server {
+        let (pipe, user) = expect
+            .split_once('=')
+            .filter(|(p, u)| !p.is_empty() && !u.is_empty())
+            .ok_or_else(|| usage(format!("--expect-server {expect:?}: expected PIPE=USER")))?;
+        s.servers.push((pipe.to_string(), user.to_string()));
+    }
     Ok(s)
 }
 
@@ -225,12 +252,13 @@ fn check_principal(principal: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-/// A pipe a principal may reach: a name as clients give it after
-/// `\\HOST\pipe\`, or a prefix of names ending in `*`.
-fn check_pipe_pattern(principal: &str, pattern: &str) -> Result<(), Failure> {
+/// A pipe pattern (what a principal may reach, or whose server is
+/// checked): a name as clients give it after `\\HOST\pipe\`, or a prefix
+/// of names ending in `*`. `context` starts the error.
+fn check_pipe_pattern(context: &str, pattern: &str) -> Result<(), Failure> {
     let bad = |why: &str| {
         usage(format!(
-            "principal {principal}: pipe {:?}: {why}",
+            "{context}: pipe {:?}: {why}",
             super::printable(pattern)
         ))
     };
@@ -270,7 +298,7 @@ fn options(s: Settings, allow_root_map: bool) -> Result<GatewayOptions, Failure>
     for (principal, user, pipes) in s.principals {
         check_principal(&principal)?;
         for pattern in pipes.iter().flatten() {
-            check_pipe_pattern(&principal, pattern)?;
+            check_pipe_pattern(&format!("principal {principal}"), pattern)?;
         }
         if let Some(name) = user {
             let local = LocalUser::by_name(&name).ok_or_else(|| {
@@ -289,6 +317,15 @@ fn options(s: Settings, allow_root_map: bool) -> Result<GatewayOptions, Failure>
         if let Some(pipes) = pipes {
             opts.only_pipes(&principal, pipes);
         }
+    }
+    for (pattern, name) in s.servers {
+        check_pipe_pattern("--expect-server", &pattern)?;
+        let user = LocalUser::by_name(&name).ok_or_else(|| {
+            usage(format!(
+                "--expect-server {pattern}: no such local user {name:?}"
+            ))
+        })?;
+        opts.expect_server(&pattern, user);
     }
     Ok(opts)
 }

@@ -48,6 +48,9 @@ pub struct GatewayOptions {
     max_per_principal: usize,
     /// `None`: from the limit on open files, when the gateway binds.
     max_connections: Option<usize>,
+    /// Pipes (names or `prefix*`, canonical) and the one user whose server
+    /// the gateway forwards them to.
+    servers: Vec<(String, u32)>,
 }
 
 /// What the gateway knows of one principal (names compared without ASCII
@@ -80,6 +83,7 @@ impl GatewayOptions {
             max_handshakes: 4096,
             max_per_principal: 4096,
             max_connections: None,
+            servers: Vec::new(),
         }
     }
 
@@ -139,6 +143,36 @@ impl GatewayOptions {
         self
     }
 
+    /// Forwards clients to the pipes `pattern` names (a name as clients give
+    /// it after `\\HOST\pipe\`, or a prefix ending in `*`) only if their
+    /// server runs as `user`, as the kernel says of the pipe's socket; a
+    /// client is refused with `ERROR_ACCESS_DENIED` otherwise. The defence
+    /// against a local user who takes a remote pipe's name before its
+    /// server does (pipe squatting): without it the gateway connects to
+    /// whoever serves the name. The first pattern that matches decides;
+    /// pipes no pattern matches are not checked.
+    ///
+    /// ```
+    /// use npipe::remote::GatewayOptions;
+    /// use npipe::LocalUser;
+    ///
+    /// let mut opts = GatewayOptions::new("gw.crt", "gw.key", "ca.crt");
+    /// opts.expect_server("builds\\*", LocalUser::ROOT);
+    /// ```
+    pub fn expect_server(&mut self, pattern: &str, user: LocalUser) -> &mut Self {
+        let pattern = pattern.replace('/', "\\").to_lowercase();
+        self.servers.push((pattern, user.0));
+        self
+    }
+
+    /// The user whose server `canonical` must have, if one is expected.
+    fn expected_server(&self, canonical: &str) -> Option<u32> {
+        self.servers
+            .iter()
+            .find(|(pattern, _)| pattern_matches(pattern, canonical))
+            .map(|&(_, uid)| uid)
+    }
+
     /// Most connections one principal may have through the gateway at once
     /// (default 4096). Past it, its next connection is refused with
     /// `ERROR_PIPE_BUSY` (231) saying why: one authenticated client cannot
@@ -170,11 +204,17 @@ impl Principal {
     fn may_reach(&self, canonical: &str) -> bool {
         match &self.pipes {
             None => true,
-            Some(pipes) => pipes.iter().any(|p| match p.strip_suffix('*') {
-                Some(prefix) => canonical.starts_with(prefix),
-                None => canonical == p,
-            }),
+            Some(pipes) => pipes.iter().any(|p| pattern_matches(p, canonical)),
         }
+    }
+}
+
+/// Whether a pipe pattern (a canonical name, or a prefix ending in `*`)
+/// names the pipe `canonical`.
+fn pattern_matches(pattern: &str, canonical: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => canonical.starts_with(prefix),
+        None => canonical == pattern,
     }
 }
 
@@ -480,6 +520,10 @@ async fn serve_one(
             return Ok(format!("refused: {e}"));
         }
     };
+    if let Err(why) = check_server(&pipe, &hello.name, opts.expected_server(&hello.name)) {
+        refuse(&mut tls, ErrorCode::AccessDenied, &why).await;
+        return Ok(format!("refused: {why}"));
+    }
     let mut opening = Vec::with_capacity(HELLO_MAX + rest.len());
     hello
         .encode(&mut opening)
@@ -556,6 +600,35 @@ async fn connect_local(canonical: &str, deadline: Instant) -> Result<crate::sys:
         ));
     }
     crate::tokio::client::connect_socket(&name, Some(deadline)).await
+}
+
+/// Whether the local pipe's server (its socket's peer, as the kernel says)
+/// runs as the user the gateway expects for `name`, if it expects one.
+fn check_server(
+    pipe: &crate::sys::Socket,
+    name: &str,
+    expected: Option<u32>,
+) -> std::result::Result<(), String> {
+    let Some(uid) = expected else {
+        return Ok(());
+    };
+    let served_by = pipe
+        .peer_cred()
+        .map_err(|e| format!("cannot ask the kernel who serves pipe {name:?}: {e}"))?
+        .user;
+    if served_by.0 == uid {
+        return Ok(());
+    }
+    let who = |u: LocalUser| match u.name() {
+        Some(n) => format!("{n} (uid {})", u.0),
+        None => format!("uid {}", u.0),
+    };
+    Err(format!(
+        "pipe {name:?} on this host is served by {}, not by {} as this gateway expects: \
+         the client is not forwarded to it",
+        who(served_by),
+        who(LocalUser(uid))
+    ))
 }
 
 /// Answers the HELLO with a refusal and ends TLS.

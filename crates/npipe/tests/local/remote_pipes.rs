@@ -690,6 +690,32 @@ fn a_principal_mapped_to_an_unknown_user_is_refused_by_the_gateway() {
     gw.client("bob").open(path.as_str()).unwrap();
 }
 
+/// A gateway told which user serves a pipe forwards clients only to a
+/// server of that user: a squatter (here, the test's own user where
+/// nobody was expected) is refused, the expected server is reached, and
+/// pipes no pattern names are not checked.
+#[test]
+fn a_gateway_forwards_only_to_the_server_it_expects() {
+    let me = LocalUser::current();
+    let nobody = LocalUser::from(65534);
+    let gw = gateway("remote-expect-server", |o| {
+        o.expect_server("t-squatted-*", nobody)
+            .expect_server("t-mine-*", me);
+    });
+    // An echo server of ours under a fresh name with `tag`, called.
+    let call = |tag: &str| {
+        let name = unique(tag);
+        echo_server(server("allow everyone=full").create(&name).unwrap());
+        gw.client("alice").call(remote(&name).as_str(), b"hi")
+    };
+    let e = call("squatted").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AccessDenied, "{e}");
+    assert!(e.to_string().contains("not by"), "{e}");
+    assert!(e.to_string().contains("uid 65534"), "{e}");
+    assert_eq!(call("mine").unwrap(), b"hi");
+    assert_eq!(call("unchecked").unwrap(), b"hi");
+}
+
 /// One principal may hold only so many connections through a gateway:
 /// past them its next is busy, while others still get through, and a
 /// closed one frees its place.
