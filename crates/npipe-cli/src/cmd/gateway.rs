@@ -397,4 +397,47 @@ mod tests {
         assert!(check_pipe_pattern("alice", "bu*ilds").is_err());
         assert!(check_pipe_pattern("alice", "").is_err());
     }
+
+    /// `[servers]` in the config and `--expect-server` become expected
+    /// servers: a pattern and a user each, both checked.
+    #[test]
+    fn expected_servers_come_from_the_config_and_the_flags() {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let dir = std::env::temp_dir().join(format!("npipe-gw-servers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        let path = dir.join("gw.toml");
+        let mut file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut file, b"[servers]\n'builds\\*' = 'root'\n").unwrap();
+        let from_file = read_config(&path).unwrap();
+        assert_eq!(
+            from_file.servers,
+            [("builds\\*".to_string(), "root".to_string())]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let settings = |expect: &str| Settings {
+            cert: Some("c".into()),
+            key: Some("k".into()),
+            ca: Some("a".into()),
+            servers: vec![(
+                expect.split('=').next().unwrap().into(),
+                expect.split('=').nth(1).unwrap().into(),
+            )],
+            ..Settings::default()
+        };
+        assert!(options(settings("echo=root"), false).is_ok());
+        let unknown = options(settings("echo=no-such-user-anywhere"), false).unwrap_err();
+        assert!(
+            unknown.to_string().contains("no such local user"),
+            "{unknown}"
+        );
+        let bad = options(settings("\\\\.\\pipe\\echo=root"), false).unwrap_err();
+        assert!(bad.to_string().contains("--expect-server"), "{bad}");
+    }
 }
