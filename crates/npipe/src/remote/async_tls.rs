@@ -216,9 +216,10 @@ impl Drop for AsyncTls {
     /// own, as a socket's buffered bytes go after `close`: for 30 s at
     /// most, and while the runtime runs (a task of a runtime that shuts
     /// down is dropped, and the connection closes with it). Outside a
-    /// runtime, what does not go at once is lost. As with any TCP
-    /// connection, closing with replies unread makes Linux reset it, which
-    /// drops what the kernel has not sent yet.
+    /// runtime, what does not go at once is lost. Replies never read are
+    /// read away before the socket closes (`TlsTransport`'s `Drop`): Linux
+    /// resets a connection closed with unread input, which would drop what
+    /// the kernel has not sent yet.
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else {
             return;

@@ -371,6 +371,27 @@ impl TlsTransport {
     }
 }
 
+/// At most this much unread input is read and dropped when an end closes.
+const CLOSE_DRAIN_MAX: usize = 1 << 20;
+
+impl Drop for TlsTransport {
+    /// Reads away what the gateway sent that nobody read, without waiting,
+    /// before the socket closes: Linux answers a close with unread input by
+    /// resetting the connection, which throws away what this end sent that
+    /// is still in the kernel's queue (a last message, close_notify). What
+    /// arrives after this, or past [`CLOSE_DRAIN_MAX`], still resets it.
+    fn drop(&mut self) {
+        let mut sink = [0u8; 16 * 1024];
+        let mut drained = 0;
+        while drained < CLOSE_DRAIN_MAX {
+            match self.socket.recv_nonblocking(&mut sink) {
+                Ok(n) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
+    }
+}
+
 /// Hands at most `most` bytes from the front of `plain` to `put`, in the
 /// one or two slices the deque holds them in (a copy each, not a step a
 /// byte), then drops them: how many.

@@ -280,3 +280,31 @@ fn debug_shows_no_plaintext() {
         assert!(shown.len() < 1000, "{shown}");
     });
 }
+
+/// An end dropped with input it never read still delivers what it sent:
+/// Linux resets a connection closed with unread input, which throws away
+/// what is still in the kernel's send queue (the server's `read_to_end`
+/// then fails), so the unread input is read away first.
+#[test]
+fn a_drop_with_unread_input_still_delivers_what_was_sent() {
+    runtime().block_on(async {
+        let (client, mut server) = pair().await;
+        server.write_all(b"never read").await.unwrap();
+        server.flush().await.unwrap();
+        ::tokio::time::sleep(Duration::from_millis(50)).await;
+        let took = send_past_the_socket(&client, 8).await;
+        drop(client);
+        // Take all but the last few KiB, then stop while the dropped end's
+        // task hands the rest to the kernel and closes: the rest is still
+        // in the kernel's queues when it does.
+        let mut got = vec![0u8; took - 12_000];
+        server.read_exact(&mut got).await.unwrap();
+        ::tokio::time::sleep(Duration::from_millis(300)).await;
+        ::tokio::time::timeout(HANG, server.read_to_end(&mut got))
+            .await
+            .expect("the rest never came")
+            .expect("the connection was reset, or ended without close_notify");
+        assert_eq!(got.len(), took);
+        assert!(got.iter().all(|&b| b == 8));
+    });
+}
