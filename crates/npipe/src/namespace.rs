@@ -745,7 +745,7 @@ fn unique_suffix() -> String {
 }
 
 /// A uid with its user name, for messages.
-fn describe_user(uid: u32) -> String {
+pub(crate) fn describe_user(uid: u32) -> String {
     match sys::user_name(uid) {
         Some(n) => format!("{n} (uid {uid})"),
         None => format!("uid {uid}"),

@@ -24,6 +24,7 @@ use super::x509;
 use crate::error::{Error, ErrorCode, Result};
 use crate::identity::LocalUser;
 use crate::name::PipeName;
+use crate::namespace::describe_user;
 use crate::proto::handshake::{Hello, Reply, HELLO_MAX, MAX_LOCAL_GROUPS, MAX_PRINCIPAL_BYTES};
 
 /// What a gateway serves, and for whom.
@@ -469,6 +470,18 @@ async fn serve_one(
         }
         Err(_) => return Ok("dropped: no HELLO in time".into()),
     };
+    // Judged, checked and opened by its canonical form: a real server
+    // refuses a name spelled otherwise (another case, `/` for `\`), but a
+    // squatter takes it, so a spelling must not slip past the principal's
+    // pipes or the expected server.
+    let name = match local_pipe(&hello.name) {
+        Ok(name) => name,
+        Err(e) => {
+            refuse(&mut tls, e.code(), e.message()).await;
+            return Ok(format!("refused: {e}"));
+        }
+    };
+    hello.name = name.canonical().to_string();
     if let Some((code, why)) = judge(&hello, &principal, opts) {
         refuse(&mut tls, code, &why).await;
         return Ok(format!("refused: {why}"));
@@ -513,7 +526,10 @@ async fn serve_one(
     hello.computer = peer.ip().to_string();
     hello.local_user = mapped;
     hello.local_groups = groups;
-    let pipe = match connect_local(&hello.name, Instant::now() + opts.handshake_timeout).await {
+    // Within a time of its own: a server that never drains its backlog
+    // holds no task here for ever.
+    let connect_by = Instant::now() + opts.handshake_timeout;
+    let pipe = match crate::tokio::client::connect_socket(&name, Some(connect_by)).await {
         Ok(pipe) => pipe,
         Err(e) => {
             refuse(&mut tls, e.code(), e.message()).await;
@@ -589,17 +605,17 @@ fn judge(hello: &Hello, principal: &str, opts: &GatewayOptions) -> Option<(Error
     None
 }
 
-/// Connects to the local pipe the HELLO names, giving up at `deadline`
-/// (a server that never drains its backlog holds no task here for ever).
-async fn connect_local(canonical: &str, deadline: Instant) -> Result<crate::sys::Socket> {
-    let name = PipeName::parse(canonical)?;
+/// The local pipe a HELLO's name means (a gateway serves its own host's
+/// pipes only).
+fn local_pipe(name: &str) -> Result<PipeName> {
+    let name = PipeName::parse(name)?;
     if name.host().is_some() {
         return Err(Error::new(
             ErrorCode::BadNetPath,
             "a gateway serves its own host's pipes only",
         ));
     }
-    crate::tokio::client::connect_socket(&name, Some(deadline)).await
+    Ok(name)
 }
 
 /// Whether the local pipe's server (its socket's peer, as the kernel says)
@@ -619,15 +635,11 @@ fn check_server(
     if served_by.0 == uid {
         return Ok(());
     }
-    let who = |u: LocalUser| match u.name() {
-        Some(n) => format!("{n} (uid {})", u.0),
-        None => format!("uid {}", u.0),
-    };
     Err(format!(
         "pipe {name:?} on this host is served by {}, not by {} as this gateway expects: \
          the client is not forwarded to it",
-        who(served_by),
-        who(LocalUser(uid))
+        describe_user(served_by.0),
+        describe_user(uid)
     ))
 }
 

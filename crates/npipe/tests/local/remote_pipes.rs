@@ -400,30 +400,55 @@ fn certificates_the_gateway_does_not_accept_are_refused_during_tls() {
 /// Speaks TLS 1.3 to the gateway without a client certificate, sends a
 /// HELLO, and returns how reading the answer failed.
 fn no_certificate_hello(addr: SocketAddr, ca: &Path, name: &str) -> String {
+    match hand_written_hello(addr, ca, None, name) {
+        Ok(reply) => format!("read {} bytes", reply.len()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A HELLO for `name` written by hand over TLS to the gateway at `addr`
+/// (trusting `ca`, showing the certificate and key in `client` if any),
+/// as a client that is not npipe's would: what came back first.
+fn hand_written_hello(
+    addr: SocketAddr,
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+    name: &str,
+) -> std::io::Result<Vec<u8>> {
     use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match client {
+        None => config.with_no_client_auth(),
+        Some((crt, key)) => config
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(crt)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+    };
     let server_name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), server_name).unwrap();
     let tcp = std::net::TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     let hello = crate::raw_client::hello(name, crate::raw_client::CONNECT, 3, 0);
-    match tls
-        .write_all(&hello)
-        .and_then(|()| tls.read(&mut [0u8; 64]))
-    {
-        Ok(n) => format!("read {n} bytes"),
-        Err(e) => e.to_string(),
-    }
+    tls.write_all(&hello)?;
+    let mut reply = vec![0u8; 1024];
+    let n = tls.read(&mut reply)?;
+    reply.truncate(n);
+    Ok(reply)
 }
 
 /// A client writing on one thread and reading on another, through the
@@ -714,6 +739,17 @@ fn a_gateway_forwards_only_to_the_server_it_expects() {
     assert!(e.to_string().contains("uid 65534"), "{e}");
     assert_eq!(call("mine").unwrap(), b"hi");
     assert_eq!(call("unchecked").unwrap(), b"hi");
+
+    // A client that spells the squatted name otherwise (here with the
+    // `\\.\pipe\` prefix, which names the same pipe) is checked all the
+    // same: the gateway judges the canonical name, the pipe it opens.
+    let squatted = unique("squatted");
+    echo_server(server("allow everyone=full").create(&squatted).unwrap());
+    let (crt, key) = gw.certs.issue("alice", 30);
+    let spelled = format!(r"\\.\pipe\{squatted}");
+    let reply = hand_written_hello(gw.addr, &gw.certs.ca(), Some((&crt, &key)), &spelled).unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.contains("not by"), "{reply}");
 }
 
 /// One principal may hold only so many connections through a gateway:
