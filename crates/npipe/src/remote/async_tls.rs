@@ -203,6 +203,11 @@ impl AsyncTransport for AsyncTls {
     }
 
     fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Polled beside every read: nothing to send is the usual answer,
+        // and it registers no waiter.
+        if self.tls().flush()? {
+            return Poll::Ready(Ok(()));
+        }
         self.waiting(cx, Conn::poll_flush)
     }
 

@@ -14,7 +14,7 @@
 //! data never holds up a writer, nor a writer waiting for room a reader.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -33,9 +33,6 @@ struct Tls {
     conn: ClientConnection,
     /// Decrypted, not yet handed out.
     plain: VecDeque<u8>,
-    /// Where rustls' plaintext is read into on its way to `plain`: zeroed
-    /// once, not at every read.
-    chunk: Box<[u8]>,
     /// The gateway ended the stream (close_notify or TCP end).
     ended: bool,
     /// close_notify is queued: no application data may follow it.
@@ -112,7 +109,6 @@ impl TlsTransport {
         let mut tls = Tls {
             conn,
             plain: VecDeque::new(),
-            chunk: vec![0; 16 * 1024].into_boxed_slice(),
             closed: false,
             ended: false,
             failed: None,
@@ -240,15 +236,19 @@ impl TlsTransport {
     /// Moves what rustls has decrypted into `plain`.
     fn take_plaintext(tls: &mut Tls) -> io::Result<()> {
         loop {
-            let Tls { conn, chunk, .. } = &mut *tls;
-            match conn.reader().read(chunk) {
-                Ok(0) => {
+            // Straight from rustls' buffer (`BufRead`), no copy between.
+            let Tls { conn, plain, .. } = &mut *tls;
+            let mut reader = conn.reader();
+            match reader.fill_buf() {
+                Ok([]) => {
                     tls.ended = true;
                     break;
                 }
-                Ok(n) => {
+                Ok(chunk) => {
+                    let n = chunk.len();
+                    plain.extend(chunk);
+                    reader.consume(n);
                     tls.answered = true;
-                    tls.plain.extend(&tls.chunk[..n]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // The TCP stream ended without close_notify.

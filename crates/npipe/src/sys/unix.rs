@@ -259,26 +259,16 @@ impl Socket {
     /// Sends what of several buffers fits now, in one call (`sendmsg`),
     /// never waiting, without `SIGPIPE`.
     pub fn send_vectored_nonblocking(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        retry(|| {
-            rustix::net::sendmsg(
-                &self.0,
-                bufs,
-                &mut SendAncillaryBuffer::default(),
-                SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
-            )
-        })
+        self.sendmsg(bufs, SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
     }
 
     /// Sends several buffers in one call (`sendmsg`), without `SIGPIPE`.
     pub fn send_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        retry(|| {
-            rustix::net::sendmsg(
-                &self.0,
-                bufs,
-                &mut SendAncillaryBuffer::default(),
-                SendFlags::NOSIGNAL,
-            )
-        })
+        self.sendmsg(bufs, SendFlags::NOSIGNAL)
+    }
+
+    fn sendmsg(&self, bufs: &[IoSlice<'_>], flags: SendFlags) -> io::Result<usize> {
+        retry(|| rustix::net::sendmsg(&self.0, bufs, &mut SendAncillaryBuffer::default(), flags))
     }
 
     /// Receives into `buf`; 0 at end of stream.

@@ -77,6 +77,23 @@ async fn send_past_the_socket(client: &AsyncTls, byte: u8) -> usize {
     took
 }
 
+/// Reads to the end of the server's stream after `got`, which must end
+/// cleanly (close_notify, no reset) within [`HANG`], and checks it is
+/// `took` bytes of `byte`.
+async fn read_to_a_clean_end(
+    server: &mut tokio_rustls::server::TlsStream<TcpStream>,
+    mut got: Vec<u8>,
+    took: usize,
+    byte: u8,
+) {
+    ::tokio::time::timeout(HANG, server.read_to_end(&mut got))
+        .await
+        .expect("the rest never came")
+        .expect("the connection was reset, or ended without close_notify");
+    assert_eq!(got.len(), took);
+    assert!(got.iter().all(|&b| b == byte));
+}
+
 /// A read sends the records a full socket held back while it waits: the
 /// server, waiting for the whole request before it answers, would never
 /// answer otherwise.
@@ -112,13 +129,7 @@ fn records_held_when_the_end_drops_still_go() {
         let (client, mut server) = pair().await;
         let took = send_past_the_socket(&client, 9).await;
         drop(client);
-        let mut got = Vec::new();
-        ::tokio::time::timeout(HANG, server.read_to_end(&mut got))
-            .await
-            .expect("the held records never came")
-            .unwrap();
-        assert_eq!(got.len(), took);
-        assert!(got.iter().all(|&b| b == 9));
+        read_to_a_clean_end(&mut server, Vec::new(), took, 9).await;
     });
 }
 
@@ -247,19 +258,15 @@ fn a_shutdown_sends_the_held_records_then_close_notify() {
     runtime().block_on(async {
         let (client, mut server) = pair().await;
         let took = send_past_the_socket(&client, 4).await;
-        let reading = ::tokio::spawn(async move {
-            let mut got = Vec::new();
-            server.read_to_end(&mut got).await.map(|_| got)
-        });
+        let reading =
+            ::tokio::spawn(
+                async move { read_to_a_clean_end(&mut server, Vec::new(), took, 4).await },
+            );
         ::tokio::time::timeout(HANG, poll_fn(|cx| client.poll_shutdown_write(cx)))
             .await
             .expect("the shutdown never finished")
             .unwrap();
-        let got = reading
-            .await
-            .unwrap()
-            .expect("no close_notify before the end");
-        assert_eq!(got.len(), took);
+        reading.await.unwrap();
         let late = poll_fn(|cx| client.poll_send(cx, &[IoSlice::new(b"late")])).await;
         assert_eq!(late.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
     });
@@ -300,11 +307,6 @@ fn a_drop_with_unread_input_still_delivers_what_was_sent() {
         let mut got = vec![0u8; took - 12_000];
         server.read_exact(&mut got).await.unwrap();
         ::tokio::time::sleep(Duration::from_millis(300)).await;
-        ::tokio::time::timeout(HANG, server.read_to_end(&mut got))
-            .await
-            .expect("the rest never came")
-            .expect("the connection was reset, or ended without close_notify");
-        assert_eq!(got.len(), took);
-        assert!(got.iter().all(|&b| b == 8));
+        read_to_a_clean_end(&mut server, got, took, 8).await;
     });
 }
