@@ -64,6 +64,10 @@ Cases:
                          (median µs; the _p99 row is the 99th percentile,
                          the _cpu row the CPU time both processes spent per
                          round trip, in µs: CPU seconds per million)
+  transact_64b_split     the same with client and server on two CPUs,
+                         whatever --pin says (skipped, saying so, where
+                         there is one CPU): what the shared-memory path
+                         (NPIPE_SHARED_MEMORY=on) saves in wake-ups
   transact_64b_tokio     the same with both ends on a current-thread tokio
                          runtime, against tokio's UnixStream (median µs)
   connect_rate           connect, handshake, one 64 B transact, close
@@ -325,7 +329,8 @@ pub fn run(args: &Args) -> Result<(), Error> {
         Scale::Full
     };
     let rounds = args.rounds.unwrap_or(if args.quick { 5 } else { 10 });
-    let placement = pin::choose(args.pin)?;
+    let cpus = pin::allowed_cpus()?;
+    let placement = pin::choose(args.pin, &cpus)?;
     // Pin before starting anything: peers start pinned here too, then move.
     if let Some(cpu) = placement.client {
         pin::pin_to(cpu)?;
@@ -352,15 +357,34 @@ pub fn run(args: &Args) -> Result<(), Error> {
     let mut all: Vec<Row> = Vec::new();
     for case in chosen {
         let count = case.count_at(scale);
-        let measured = run_case(
-            case,
-            count,
-            rounds,
-            placement.server,
-            &scratch,
-            args.only,
-            &bar,
-        );
+        // A case with a placement of its own runs there, then the client
+        // goes back where --pin put it.
+        let own = case.pin.filter(|&p| p != args.pin);
+        let here = match own {
+            Some(p) => match pin::choose(p, &cpus) {
+                Ok(here) => {
+                    pin::place_client(here, &cpus)?;
+                    here
+                }
+                Err(_) => {
+                    bar.suspend(|| {
+                        eprintln!(
+                            "npipe bench: SKIPPED {}: it runs with --pin {}, which needs two \
+                             CPUs, and this process may use only {}",
+                            case.name,
+                            p.as_str(),
+                            cpus.len()
+                        )
+                    });
+                    continue;
+                }
+            },
+            None => placement,
+        };
+        let measured = run_case(case, count, rounds, here.server, &scratch, args.only, &bar);
+        if own.is_some() {
+            pin::place_client(placement, &cpus)?;
+        }
         let measured = match measured {
             Ok(m) => m,
             Err(e) => {
@@ -368,7 +392,7 @@ pub fn run(args: &Args) -> Result<(), Error> {
                 return Err(e);
             }
         };
-        let rows = report::rows(case, count, &measured);
+        let rows = report::rows(case, count, &measured, own);
         if args.json {
             print_json(&rows, &info)?;
         }

@@ -41,16 +41,16 @@ pub struct Placement {
     pub server: Option<usize>,
 }
 
-/// The CPUs this process may run on.
-fn allowed_cpus() -> Result<Vec<usize>, Error> {
+/// The CPUs this process may run on, read once before anything is pinned
+/// (afterwards the affinity says only where this run put us).
+pub fn allowed_cpus() -> Result<Vec<usize>, Error> {
     let set = sched_getaffinity(None)
         .map_err(|e| Error::other(format!("bench: cannot read the CPU affinity: {e}")))?;
     Ok((0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect())
 }
 
-/// Picks the CPUs for `pin` from those this process may use.
-pub fn choose(pin: Pin) -> Result<Placement, Error> {
-    let cpus = allowed_cpus()?;
+/// Picks the CPUs for `pin` from `cpus`, those this process may use.
+pub fn choose(pin: Pin, cpus: &[usize]) -> Result<Placement, Error> {
     let last = *cpus
         .last()
         .ok_or_else(|| Error::other("bench: no CPU is allowed"))?;
@@ -75,6 +75,22 @@ pub fn choose(pin: Pin) -> Result<Placement, Error> {
             }
         }
     })
+}
+
+/// Puts the calling thread where `placement` wants the client: on its CPU,
+/// or on any of `cpus` when it is not pinned.
+pub fn place_client(placement: Placement, cpus: &[usize]) -> Result<(), Error> {
+    match placement.client {
+        Some(cpu) => pin_to(cpu),
+        None => {
+            let mut set = CpuSet::new();
+            for &cpu in cpus {
+                set.set(cpu);
+            }
+            sched_setaffinity(None, &set)
+                .map_err(|e| Error::other(format!("bench: cannot unpin: {e}")))
+        }
+    }
 }
 
 /// Pins the calling thread (and the threads and processes it starts later)

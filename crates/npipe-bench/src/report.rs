@@ -37,6 +37,9 @@ pub struct Row {
     pub count: u64,
     pub client_cpus: BTreeSet<usize>,
     pub server_cpus: BTreeSet<usize>,
+    /// Where the case ran, when not where `--pin` said (a case with a
+    /// placement of its own).
+    pub pin: Option<Pin>,
 }
 
 impl Row {
@@ -113,12 +116,14 @@ impl Row {
             count,
             client_cpus: r.client_cpus.clone(),
             server_cpus: r.server_cpus.clone(),
+            pin: None,
         }
     }
 }
 
-/// The rows of one case: its main figure, and its p99 for latency cases.
-pub fn rows(case: &Case, count: u64, r: &Rounds) -> Vec<Row> {
+/// The rows of one case: its main figure, and its p99 for latency cases;
+/// `pin` if the case ran elsewhere than `--pin` said.
+pub fn rows(case: &Case, count: u64, r: &Rounds, pin: Option<Pin>) -> Vec<Row> {
     let mut out = vec![row(
         case,
         case.name.to_string(),
@@ -149,6 +154,9 @@ pub fn rows(case: &Case, count: u64, r: &Rounds) -> Vec<Row> {
             r,
             |s| s.cpu_us.unwrap_or(f64::NAN),
         ));
+    }
+    for row in &mut out {
+        row.pin = pin;
     }
     out
 }
@@ -188,7 +196,7 @@ pub fn json_line(row: &Row, info: &RunInfo) -> Value {
         "meets_target": row.meets_target(),
         "rounds": row.rounds,
         "count": row.count,
-        "pin": info.pin.as_str(),
+        "pin": row.pin.unwrap_or(info.pin).as_str(),
         "client_cpus": row.client_cpus.iter().collect::<Vec<_>>(),
         "server_cpus": row.server_cpus.iter().collect::<Vec<_>>(),
         "scale": info.scale,
@@ -239,31 +247,20 @@ fn target_text(row: &Row) -> String {
     }
 }
 
-/// The results as a table, with a header saying where the processes ran.
+/// The results as a table, with a header saying where the processes ran:
+/// the rows that ran where `--pin` said first, then each placement a case
+/// chose for itself under a header of its own.
 pub fn table(rows: &[Row], info: &RunInfo) -> String {
-    let mut client = BTreeSet::new();
-    let mut server = BTreeSet::new();
-    for r in rows {
-        client.extend(&r.client_cpus);
-        server.extend(&r.server_cpus);
-    }
     let rounds = rows.iter().map(|r| r.rounds).max().unwrap_or(0);
-    let mut out = String::new();
-    out.push_str(&format!(
-        "npipe bench: {rounds} rounds per case ({} scale), npipe and raw Unix socket interleaved\n\
-         pin {}: client ran on CPU {}, server on CPU {}; load average {} at the start{}\n\n",
+    let mut out = format!(
+        "npipe bench: {rounds} rounds per case ({} scale), npipe and raw Unix socket interleaved{}\n",
         info.scale,
-        info.pin.as_str(),
-        cpus_text(&client),
-        cpus_text(&server),
-        info.load
-            .map_or_else(|| "?".to_string(), |l| format!("{l:.2}")),
         if info.release {
             ""
         } else {
             "\nWARNING: a debug build; its figures say nothing about speed (use --release)"
         }
-    ));
+    );
     let header = [
         "case", "unit", "npipe", "raw", "ratio", "min", "max", "better", "target",
     ];
@@ -301,12 +298,37 @@ pub fn table(rows: &[Row], info: &RunInfo) -> String {
         }
         s.trim_end().to_string() + "\n"
     };
-    out.push_str(&line(header.to_vec()));
-    for row in &cells {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    let mut placements: Vec<Option<Pin>> = Vec::new();
+    for r in rows {
+        if !placements.contains(&r.pin) {
+            placements.push(r.pin);
+        }
+    }
+    placements.sort_by_key(Option::is_some);
+    for pin in placements {
+        let group: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].pin == pin).collect();
+        let mut client = BTreeSet::new();
+        let mut server = BTreeSet::new();
+        for &i in &group {
+            client.extend(&rows[i].client_cpus);
+            server.extend(&rows[i].server_cpus);
+        }
+        out.push_str(&format!(
+            "pin {}: client ran on CPU {}, server on CPU {}; load average {} at the start\n\n",
+            pin.unwrap_or(info.pin).as_str(),
+            cpus_text(&client),
+            cpus_text(&server),
+            info.load
+                .map_or_else(|| "?".to_string(), |l| format!("{l:.2}")),
+        ));
+        out.push_str(&line(header.to_vec()));
+        for &i in &group {
+            out.push_str(&line(cells[i].iter().map(String::as_str).collect()));
+        }
+        out.push('\n');
     }
     out.push_str(
-        "\nratio = npipe / raw, the median of the per-round ratios (min and max beside it); \
+        "ratio = npipe / raw, the median of the per-round ratios (min and max beside it); \
          figures are medians over rounds.\n",
     );
     out
@@ -321,6 +343,45 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(&[]).is_nan());
+    }
+
+    fn row_at(case: &str, pin: Option<Pin>, cpus: [usize; 2]) -> Row {
+        let r = Rounds {
+            npipe: vec![Sample::latency(vec![std::time::Duration::from_micros(2)])],
+            raw: vec![Sample::latency(vec![std::time::Duration::from_micros(4)])],
+            client_cpus: BTreeSet::from([cpus[0]]),
+            server_cpus: BTreeSet::from([cpus[1]]),
+        };
+        let mut row = Row::from_rounds(case, Unit::Micros, Better::Lower, 1, &r);
+        row.pin = pin;
+        row
+    }
+
+    #[test]
+    fn a_case_placed_elsewhere_gets_a_header_of_its_own() {
+        let info = RunInfo {
+            pin: Pin::Same,
+            scale: "quick",
+            release: true,
+            load: None,
+        };
+        let rows = [
+            row_at("before", None, [1, 1]),
+            row_at("split_case", Some(Pin::Split), [0, 1]),
+            row_at("after", None, [1, 1]),
+        ];
+        let text = table(&rows, &info);
+        let same = text
+            .find("pin same: client ran on CPU 1, server on CPU 1")
+            .unwrap();
+        let split = text
+            .find("pin split: client ran on CPU 0, server on CPU 1")
+            .unwrap();
+        assert!(same < text.find("before").unwrap());
+        assert!(text.find("after").unwrap() < split, "{text}");
+        assert!(split < text.find("split_case").unwrap(), "{text}");
+        assert_eq!(json_line(&rows[1], &info)["pin"], "split");
+        assert_eq!(json_line(&rows[0], &info)["pin"], "same");
     }
 
     #[test]

@@ -1096,6 +1096,20 @@ fn bench_smoke_prints_every_row_as_json_with_finite_figures() {
     ] {
         assert!(names.contains(&case), "no {case} in:\n{}", run.stdout);
     }
+    // The split case runs on two CPUs whatever --pin says, or says loudly
+    // that it cannot.
+    match rows.iter().find(|r| r["case"] == "transact_64b_split") {
+        Some(split) => {
+            assert_eq!(split["pin"], "split", "{split}");
+            assert_ne!(split["client_cpus"], split["server_cpus"], "{split}");
+        }
+        None => assert!(
+            run.stderr.contains("SKIPPED transact_64b_split"),
+            "neither a split row nor a word why:\n{}{}",
+            run.stdout,
+            run.stderr
+        ),
+    }
     for row in &rows {
         for key in ["npipe", "raw", "ratio", "min_ratio", "max_ratio"] {
             let v = row[key].as_f64().unwrap_or(f64::NAN);
