@@ -221,7 +221,8 @@ impl Drop for AsyncTls {
     /// own, as a socket's buffered bytes go after `close`: for 30 s at
     /// most, and while the runtime runs (a task of a runtime that shuts
     /// down is dropped, and the connection closes with it). Outside a
-    /// runtime, what does not go at once is lost. Replies never read are
+    /// runtime a thread of its own does the same, as a socket would not
+    /// lose them there either. Replies never read are
     /// read away before the socket closes (`TlsTransport`'s `Drop`): Linux
     /// resets a connection closed with unread input, which would drop what
     /// the kernel has not sent yet.
@@ -235,6 +236,15 @@ impl Drop for AsyncTls {
             return;
         }
         let Ok(runtime) = ::tokio::runtime::Handle::try_current() else {
+            // If no thread can be had, the records are lost as before.
+            let _ = std::thread::Builder::new()
+                .name("npipe-tls-flush".into())
+                .spawn(move || {
+                    let deadline = std::time::Instant::now() + DROPPED_FLUSH_LIMIT;
+                    if conn.tls.flush_until(deadline).is_ok() {
+                        let _ = conn.tls.socket().shutdown_write();
+                    }
+                });
             return;
         };
         // `Conn` has no `Drop`: however this task ends, nothing spawns again.

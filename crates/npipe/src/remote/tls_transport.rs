@@ -160,6 +160,19 @@ impl TlsTransport {
         self.send_tls(&mut tls)
     }
 
+    /// Writes what rustls has encrypted, waiting for room (this thread
+    /// blocks) until `deadline`: a dropped tokio end's last records when
+    /// no runtime is left to send them.
+    pub fn flush_until(&self, deadline: Instant) -> io::Result<()> {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let tls = self.lock();
+        if let Some((kind, text)) = &tls.failed {
+            return Err(io::Error::new(*kind, text.clone()));
+        }
+        drop(self.write_out(tls, Some(deadline))?);
+        Ok(())
+    }
+
     /// Queues close_notify (once, however often asked); [`Self::flush`]
     /// sends it.
     pub fn queue_close_notify(&self) {

@@ -133,6 +133,21 @@ fn records_held_when_the_end_drops_still_go() {
     });
 }
 
+/// Outside a runtime no task can send a dropped end's held records: a
+/// thread of its own does, then close_notify (the records were lost
+/// before: the server's read ended short, or without close_notify).
+#[test]
+fn records_held_when_the_end_drops_outside_a_runtime_still_go() {
+    let rt = runtime();
+    let (client, mut server, took) = rt.block_on(async {
+        let (client, server) = pair().await;
+        let took = send_past_the_socket(&client, 4).await;
+        (client, server, took)
+    });
+    std::thread::spawn(move || drop(client)).join().unwrap();
+    rt.block_on(read_to_a_clean_end(&mut server, Vec::new(), took, 4));
+}
+
 /// A runtime that shuts down while a dropped end's records wait drops the
 /// task that sends them, once, and the connection closes: nothing spawns
 /// again from the drop (that used to recurse until the stack ran out).
