@@ -14,11 +14,14 @@
 //! data never holds up a writer, nor a writer waiting for room a reader.
 
 use std::collections::VecDeque;
-use std::io::{self, BufRead, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustls::ClientConnection;
+
+use super::record_layer::RecordLayer;
+use super::session::Session;
 
 use crate::sys::{Events, Socket};
 use crate::transport::{Delivery, Recv, Transport};
@@ -30,7 +33,7 @@ const PLAIN_MAX: usize = 256 * 1024;
 /// The state behind the lock. Its `Debug` shows sizes and flags only:
 /// `plain` and `chunk` hold the application's data.
 struct Tls {
-    conn: ClientConnection,
+    conn: Session,
     /// Decrypted, not yet handed out.
     plain: VecDeque<u8>,
     /// The gateway ended the stream (close_notify or TCP end).
@@ -67,8 +70,9 @@ pub(crate) struct TlsTransport {
     writing: Mutex<()>,
     read_timeout: Mutex<Option<Duration>>,
     write_timeout: Mutex<Option<Duration>>,
-    /// The gateway's address, for errors.
-    at: String,
+    /// Who is at the other end, for errors: "the npipe gateway at
+    /// HOST:PORT", or a handed-over connection's remote client.
+    peer: String,
     /// A tokio end's: no call waits (a wait would hold the runtime's
     /// thread); what must wait is the async side's (`remote::async_tls`).
     never_wait: bool,
@@ -106,13 +110,29 @@ impl TlsTransport {
     /// rustls decrypted during the handshake (a peer that spoke first) is
     /// taken at once, so readiness checks see it.
     pub fn new(socket: Socket, conn: ClientConnection, at: String) -> TlsTransport {
+        Self::over(
+            socket,
+            Session::Client(Box::new(conn)),
+            format!("the npipe gateway at {at}"),
+            false,
+        )
+    }
+
+    /// A server's end of a connection its gateway handed over (`layer`
+    /// holds its keys) with `peer`, the remote client, at the other end.
+    #[allow(dead_code)] // Wired to the gateway's hand-over next.
+    pub fn handed(socket: Socket, layer: RecordLayer, peer: String) -> TlsTransport {
+        Self::over(socket, Session::Handed(layer), peer, true)
+    }
+
+    fn over(socket: Socket, conn: Session, peer: String, answered: bool) -> TlsTransport {
         let mut tls = Tls {
             conn,
             plain: VecDeque::new(),
             closed: false,
             ended: false,
             failed: None,
-            answered: false,
+            answered,
         };
         // A failure here comes back at the first read, which takes again.
         let _ = Self::take_plaintext(&mut tls);
@@ -122,7 +142,7 @@ impl TlsTransport {
             writing: Mutex::new(()),
             read_timeout: Mutex::new(None),
             write_timeout: Mutex::new(None),
-            at,
+            peer,
             never_wait: false,
         }
     }
@@ -196,19 +216,16 @@ impl TlsTransport {
         self.tls.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn failure(&self, tls: &mut Tls, e: rustls::Error) -> io::Error {
+    fn failure(&self, tls: &mut Tls, e: String) -> io::Error {
         let (kind, text) = if tls.answered {
             (
                 io::ErrorKind::ConnectionAborted,
-                format!("TLS with the npipe gateway at {} failed: {e}", self.at),
+                format!("TLS with {} failed: {e}", self.peer),
             )
         } else {
             (
                 io::ErrorKind::PermissionDenied,
-                format!(
-                    "the npipe gateway at {} refused this client during TLS: {e}",
-                    self.at
-                ),
+                format!("{} refused this client during TLS: {e}", self.peer),
             )
         };
         tls.failed = Some((kind, text.clone()));
@@ -235,43 +252,21 @@ impl TlsTransport {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
             Err(e) => return Err(e),
         };
-        if let Err(e) = tls.conn.process_new_packets() {
-            // Tell the gateway why, as TLS does, then report it.
+        if let Err(e) = Self::take_plaintext(tls) {
+            // Tell the peer why, as TLS does, then report it.
             let _ = tls.conn.write_tls(&mut Io(&self.socket));
             return Err(self.failure(tls, e));
         }
-        Self::take_plaintext(tls)?;
         // A key update or an alert may want answering now.
         self.send_tls(tls).ok();
         Ok(got)
     }
 
-    /// Moves what rustls has decrypted into `plain`.
-    fn take_plaintext(tls: &mut Tls) -> io::Result<()> {
-        loop {
-            // Straight from rustls' buffer (`BufRead`), no copy between.
-            let Tls { conn, plain, .. } = &mut *tls;
-            let mut reader = conn.reader();
-            match reader.fill_buf() {
-                Ok([]) => {
-                    tls.ended = true;
-                    break;
-                }
-                Ok(chunk) => {
-                    let n = chunk.len();
-                    plain.extend(chunk);
-                    reader.consume(n);
-                    tls.answered = true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // The TCP stream ended without close_notify.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    tls.ended = true;
-                    break;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+    /// Decrypts what came into `plain`.
+    fn take_plaintext(tls: &mut Tls) -> Result<(), String> {
+        let got = tls.conn.process(&mut tls.plain)?;
+        tls.answered |= got.data;
+        tls.ended |= got.closed;
         Ok(())
     }
 
@@ -373,7 +368,7 @@ impl TlsTransport {
         } else if !self.send_tls(&mut tls)? {
             return Err(would_block());
         }
-        let n = tls.conn.writer().write_vectored(bufs)?;
+        let n = tls.conn.write_plain(bufs)?;
         if wait {
             drop(self.write_out(tls, deadline)?);
         } else {

@@ -1,0 +1,400 @@
+//! A TLS 1.3 connection's record layer alone, from the traffic keys of a
+//! handshake done elsewhere: what a pipe server runs a remote client's
+//! connection on once the gateway has handed it over (PROTOCOL.md §10). No
+//! I/O: ciphertext in, plaintext out and back, as a rustls connection
+//! does; the cipher is rustls' own (the suite's `Tls13AeadAlgorithm`), so
+//! no cryptography is written here, only the framing of RFC 8446 §5.
+//!
+//! It carries application data and close_notify both ways. A key update
+//! cannot be followed (the traffic secrets stayed with the gateway; only
+//! the keys came), so one ends the connection with a clear error, as do a
+//! record that does not decrypt, any other alert, and reaching the suite's
+//! confidentiality limit (2^23 to 2^24 records, 128 GiB or more each way).
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+
+use rustls::crypto::cipher::{
+    AeadKey, InboundOpaqueMessage, Iv, MessageDecrypter, MessageEncrypter, OutboundChunks,
+    OutboundPlainMessage,
+};
+use rustls::{
+    CipherSuite, ConnectionTrafficSecrets, ContentType, ExtractedSecrets, ProtocolVersion,
+    SupportedCipherSuite,
+};
+
+/// A record's header: type, legacy version, length.
+const HEADER: usize = 5;
+/// The most plaintext a record carries (RFC 8446 §5.1).
+const MAX_PLAINTEXT: usize = 16 * 1024;
+/// The longest record a peer may send (RFC 8446 §5.2).
+const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
+/// Ciphertext read ahead of decryption at most: a few records.
+const READ_AHEAD: usize = 64 * 1024;
+/// Plaintext one `write_plain` takes at most (rustls' own default bound).
+const WRITE_MAX: usize = 64 * 1024;
+
+/// Alert descriptions sent before a fatal error (RFC 8446 §6).
+const CLOSE_NOTIFY: u8 = 0;
+const UNEXPECTED_MESSAGE: u8 = 10;
+const BAD_RECORD_MAC: u8 = 20;
+const RECORD_OVERFLOW: u8 = 22;
+/// The handshake message type of a key update.
+const KEY_UPDATE: u8 = 24;
+
+/// One direction's traffic keys: the next record's sequence number, the
+/// AEAD key and the IV. Only suites with 256-bit keys are carried
+/// (rustls builds a key from 32 bytes only). Zeroed when dropped; `Debug`
+/// shows the sequence number alone.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct TrafficKeys {
+    pub seq: u64,
+    pub key: [u8; 32],
+    pub iv: [u8; 12],
+}
+
+impl std::fmt::Debug for TrafficKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrafficKeys")
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for TrafficKeys {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.key.zeroize();
+        self.iv.zeroize();
+    }
+}
+
+/// A connection's keys both ways, and its cipher suite (IANA number).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SessionKeys {
+    pub suite: u16,
+    pub tx: TrafficKeys,
+    pub rx: TrafficKeys,
+}
+
+impl SessionKeys {
+    /// The keys rustls extracted from a connection that negotiated
+    /// `suite`: `None` for a suite this layer cannot carry (AES-128-GCM,
+    /// whose 16-byte key rustls' public API cannot rebuild).
+    pub fn from_extracted(suite: CipherSuite, secrets: ExtractedSecrets) -> Option<SessionKeys> {
+        let one = |(seq, secrets): (u64, ConnectionTrafficSecrets)| {
+            let (key, iv) = match secrets {
+                ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+                | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key, iv),
+                _ => return None,
+            };
+            Some(TrafficKeys {
+                seq,
+                key: key.as_ref().try_into().ok()?,
+                iv: iv.as_ref().try_into().ok()?,
+            })
+        };
+        Some(SessionKeys {
+            suite: u16::from(suite),
+            tx: one(secrets.tx)?,
+            rx: one(secrets.rx)?,
+        })
+    }
+}
+
+/// What [`RecordLayer::process`] found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Received {
+    /// Plaintext came.
+    pub data: bool,
+    /// The peer sent close_notify: nothing follows.
+    pub closed: bool,
+}
+
+/// The record layer of one connection (see the module's doc).
+pub(crate) struct RecordLayer {
+    encrypter: Box<dyn MessageEncrypter>,
+    decrypter: Box<dyn MessageDecrypter>,
+    tx_seq: u64,
+    rx_seq: u64,
+    /// Records each way at most (the suite's confidentiality limit).
+    limit: u64,
+    /// Ciphertext from `start` on, not yet whole records.
+    incoming: Vec<u8>,
+    start: usize,
+    /// Encoded records not yet written; `sent` bytes of the first went.
+    outgoing: VecDeque<Vec<u8>>,
+    sent: usize,
+    peer_closed: bool,
+    close_sent: bool,
+    /// Why the connection failed, once it has.
+    failed: Option<String>,
+}
+
+impl std::fmt::Debug for RecordLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordLayer")
+            .field("tx_seq", &self.tx_seq)
+            .field("rx_seq", &self.rx_seq)
+            .field("incoming_bytes", &(self.incoming.len() - self.start))
+            .field("outgoing_records", &self.outgoing.len())
+            .field("peer_closed", &self.peer_closed)
+            .field("close_sent", &self.close_sent)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The TLS 1.3 suites of rustls' ring provider that carry 256-bit keys.
+fn suite_by_number(number: u16) -> Option<&'static rustls::Tls13CipherSuite> {
+    rustls::crypto::ring::ALL_CIPHER_SUITES
+        .iter()
+        .find_map(|s| match s {
+            SupportedCipherSuite::Tls13(t)
+                if u16::from(t.common.suite) == number && t.aead_alg.key_len() == 32 =>
+            {
+                Some(*t)
+            }
+            _ => None,
+        })
+}
+
+impl RecordLayer {
+    /// The record layer for `keys`; an error names a suite it cannot carry.
+    pub fn new(keys: &SessionKeys) -> Result<RecordLayer, String> {
+        let suite = suite_by_number(keys.suite).ok_or_else(|| {
+            format!(
+                "cipher suite {:#06x} cannot be handed over (TLS 1.3 with a 256-bit key only)",
+                keys.suite
+            )
+        })?;
+        let aead = suite.aead_alg;
+        Ok(RecordLayer {
+            encrypter: aead.encrypter(AeadKey::from(keys.tx.key), Iv::from(keys.tx.iv)),
+            decrypter: aead.decrypter(AeadKey::from(keys.rx.key), Iv::from(keys.rx.iv)),
+            tx_seq: keys.tx.seq,
+            rx_seq: keys.rx.seq,
+            limit: suite.common.confidentiality_limit,
+            incoming: Vec::new(),
+            start: 0,
+            outgoing: VecDeque::new(),
+            sent: 0,
+            peer_closed: false,
+            close_sent: false,
+            failed: None,
+        })
+    }
+
+    /// Reads ciphertext from `rd` (as rustls' `read_tls`): `Ok(0)` at the
+    /// end of its input. Reads nothing more while [`READ_AHEAD`] bytes wait
+    /// for [`Self::process`] (a `WouldBlock`, so a caller waits for the
+    /// reader, not the socket).
+    pub fn read_tls(&mut self, rd: &mut dyn Read) -> io::Result<usize> {
+        if self.start > 0 {
+            self.incoming.drain(..self.start);
+            self.start = 0;
+        }
+        let held = self.incoming.len();
+        if held >= READ_AHEAD {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.incoming.resize(READ_AHEAD + MAX_CIPHERTEXT, 0);
+        let n = rd.read(&mut self.incoming[held..]);
+        self.incoming.truncate(held + *n.as_ref().unwrap_or(&0));
+        n
+    }
+
+    /// Decrypts the whole records that came, appending their application
+    /// data to `plain`. An error ends the connection: the alert that says
+    /// why is queued for the peer (write it with [`Self::write_tls`]).
+    pub fn process(&mut self, plain: &mut VecDeque<u8>) -> Result<Received, String> {
+        if let Some(why) = &self.failed {
+            return Err(why.clone());
+        }
+        let mut got = Received {
+            closed: self.peer_closed,
+            ..Received::default()
+        };
+        loop {
+            let rest = &self.incoming[self.start..];
+            if rest.len() < HEADER {
+                break;
+            }
+            let len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+            if len > MAX_CIPHERTEXT {
+                return Err(self.fail(RECORD_OVERFLOW, "a TLS record longer than TLS allows"));
+            }
+            if rest[0] != u8::from(ContentType::ApplicationData) {
+                return Err(self.fail(UNEXPECTED_MESSAGE, "an unencrypted TLS record"));
+            }
+            if rest.len() < HEADER + len {
+                break;
+            }
+            let at = self.start;
+            self.start += HEADER + len;
+            if self.peer_closed {
+                return Err(self.fail(UNEXPECTED_MESSAGE, "a TLS record after close_notify"));
+            }
+            if self.rx_seq >= self.limit {
+                return Err(self.fail(
+                    CLOSE_NOTIFY,
+                    "the connection reached its cipher's record limit",
+                ));
+            }
+            let record = &mut self.incoming[at..at + HEADER + len];
+            let (header, payload) = record.split_at_mut(HEADER);
+            let message = InboundOpaqueMessage::new(
+                ContentType::from(header[0]),
+                ProtocolVersion::from(u16::from_be_bytes([header[1], header[2]])),
+                payload,
+            );
+            let opened = match self.decrypter.decrypt(message, self.rx_seq) {
+                Ok(opened) => opened,
+                Err(_) => {
+                    return Err(self.fail(BAD_RECORD_MAC, "a TLS record that does not decrypt"))
+                }
+            };
+            self.rx_seq += 1;
+            match opened.typ {
+                ContentType::ApplicationData => {
+                    plain.extend(opened.payload);
+                    got.data |= !opened.payload.is_empty();
+                }
+                // Whatever its level (RFC 8446 §6.1).
+                ContentType::Alert if opened.payload.get(1) == Some(&CLOSE_NOTIFY) => {
+                    self.peer_closed = true;
+                    got.closed = true;
+                }
+                ContentType::Alert => {
+                    let why = format!(
+                        "the peer sent TLS alert {}",
+                        opened.payload.get(1).copied().unwrap_or(0)
+                    );
+                    self.failed = Some(why.clone());
+                    return Err(why);
+                }
+                ContentType::Handshake if opened.payload.first() == Some(&KEY_UPDATE) => {
+                    return Err(self.fail(
+                        UNEXPECTED_MESSAGE,
+                        "the peer updated its TLS keys, which a connection handed over by \
+                         a gateway cannot follow",
+                    ));
+                }
+                _ => {
+                    return Err(self.fail(UNEXPECTED_MESSAGE, "an unexpected TLS message"));
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    /// Encrypts application data from `bufs` (as rustls' writer): the
+    /// bytes taken, at most [`WRITE_MAX`] at once.
+    pub fn write_plain(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if let Some(why) = &self.failed {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                why.clone(),
+            ));
+        }
+        if self.close_sent {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut left = total.min(WRITE_MAX);
+        let taken = left;
+        let mut parts = bufs.iter().map(|b| &b[..]).filter(|b| !b.is_empty());
+        let mut carry: &[u8] = &[];
+        while left > 0 {
+            // One record's worth of the slices, without copying them.
+            let mut chunks: Vec<&[u8]> = Vec::new();
+            let mut room = left.min(MAX_PLAINTEXT);
+            while room > 0 {
+                if carry.is_empty() {
+                    carry = parts.next().expect("bytes left to take");
+                }
+                let n = room.min(carry.len());
+                chunks.push(&carry[..n]);
+                carry = &carry[n..];
+                room -= n;
+                left -= n;
+            }
+            self.seal(ContentType::ApplicationData, &chunks)?;
+        }
+        Ok(taken)
+    }
+
+    /// Queues close_notify, once; nothing is sent after it.
+    pub fn send_close_notify(&mut self) {
+        if !self.close_sent && self.failed.is_none() {
+            let _ = self.seal(ContentType::Alert, &[&[1, CLOSE_NOTIFY]]);
+        }
+        self.close_sent = true;
+    }
+
+    /// Whether records wait to be written.
+    pub fn wants_write(&self) -> bool {
+        !self.outgoing.is_empty()
+    }
+
+    /// Writes queued records to `wr` (as rustls' `write_tls`), several in
+    /// one vectored write: the bytes it took.
+    pub fn write_tls(&mut self, wr: &mut dyn Write) -> io::Result<usize> {
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(self.outgoing.len().min(64));
+        for (i, record) in self.outgoing.iter().take(64).enumerate() {
+            let from = if i == 0 { self.sent } else { 0 };
+            slices.push(IoSlice::new(&record[from..]));
+        }
+        let mut n = wr.write_vectored(&slices)?;
+        let wrote = n;
+        while n > 0 {
+            let front = self.outgoing.front().expect("written bytes were queued");
+            let rest = front.len() - self.sent;
+            if n < rest {
+                self.sent += n;
+                break;
+            }
+            n -= rest;
+            self.sent = 0;
+            self.outgoing.pop_front();
+        }
+        Ok(wrote)
+    }
+
+    /// Encrypts one record of `typ` holding `chunks` and queues it.
+    fn seal(&mut self, typ: ContentType, chunks: &[&[u8]]) -> io::Result<()> {
+        if self.tx_seq >= self.limit {
+            let why = "the connection reached its cipher's record limit".to_string();
+            self.failed = Some(why.clone());
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, why));
+        }
+        let message = OutboundPlainMessage {
+            typ,
+            version: ProtocolVersion::TLSv1_2,
+            payload: OutboundChunks::new(chunks),
+        };
+        let sealed = self
+            .encrypter
+            .encrypt(message, self.tx_seq)
+            .map_err(|e| io::Error::other(format!("TLS encryption failed: {e}")))?;
+        self.tx_seq += 1;
+        self.outgoing.push_back(sealed.encode());
+        Ok(())
+    }
+
+    /// Ends the connection for `why`, queuing the fatal alert that says so
+    /// (close_notify for a limit reached: nothing was wrong).
+    fn fail(&mut self, alert: u8, why: &str) -> String {
+        if !self.close_sent {
+            let level = if alert == CLOSE_NOTIFY { 1 } else { 2 };
+            let _ = self.seal(ContentType::Alert, &[&[level, alert]]);
+            self.close_sent = true;
+        }
+        let why = format!("TLS failed: {why}");
+        self.failed = Some(why.clone());
+        why
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,302 @@
+//! The record layer against a real rustls client, in memory: the server's
+//! side of a handshake rustls did, its keys extracted and handed to a
+//! `RecordLayer`, as a gateway hands a connection to a pipe server.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use rustls::{ClientConnection, ServerConnection};
+
+use super::*;
+use crate::remote::relay::tests::configs;
+
+/// Moves everything `from` has to send into `to`, as TCP would.
+fn shuttle(from: &mut dyn FnMut(&mut Vec<u8>), to: &mut dyn FnMut(&[u8])) {
+    let mut wire = Vec::new();
+    from(&mut wire);
+    if !wire.is_empty() {
+        to(&wire);
+    }
+}
+
+/// A client and a server through their handshake (and the server's
+/// session tickets); the server's side becomes a record layer.
+fn handshake_with(
+    server_config: rustls::ServerConfig,
+    client_config: Arc<rustls::ClientConfig>,
+) -> (ClientConnection, Option<SessionKeys>) {
+    let mut server_config = server_config;
+    server_config.enable_secret_extraction = true;
+    let mut server = ServerConnection::new(Arc::new(server_config)).unwrap();
+    let mut client = ClientConnection::new(client_config, "localhost".try_into().unwrap()).unwrap();
+    while client.is_handshaking()
+        || server.is_handshaking()
+        || client.wants_write()
+        || server.wants_write()
+    {
+        shuttle(
+            &mut |w| {
+                while client.wants_write() {
+                    client.write_tls(w).unwrap();
+                }
+            },
+            &mut |bytes| {
+                let mut rd = bytes;
+                while !rd.is_empty() {
+                    server.read_tls(&mut rd).unwrap();
+                }
+                server.process_new_packets().unwrap();
+            },
+        );
+        shuttle(
+            &mut |w| {
+                while server.wants_write() {
+                    server.write_tls(w).unwrap();
+                }
+            },
+            &mut |bytes| {
+                let mut rd = bytes;
+                while !rd.is_empty() {
+                    client.read_tls(&mut rd).unwrap();
+                }
+                client.process_new_packets().unwrap();
+            },
+        );
+    }
+    let suite = server.negotiated_cipher_suite().unwrap().suite();
+    let keys = SessionKeys::from_extracted(suite, server.dangerous_extract_secrets().unwrap());
+    (client, keys)
+}
+
+fn handshake() -> (ClientConnection, RecordLayer) {
+    let (server_config, client_config) = configs();
+    let (client, keys) = handshake_with((*server_config).clone(), client_config);
+    (
+        client,
+        RecordLayer::new(&keys.expect("a 256-bit suite")).unwrap(),
+    )
+}
+
+/// What the layer has queued, as the bytes it writes.
+fn sent(layer: &mut RecordLayer) -> Vec<u8> {
+    let mut wire = Vec::new();
+    while layer.wants_write() {
+        layer.write_tls(&mut wire).unwrap();
+    }
+    wire
+}
+
+/// Feeds `wire` to the client and reads its plaintext; `Err` if TLS failed.
+fn client_reads(client: &mut ClientConnection, wire: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+    let mut rd = wire;
+    let mut out = Vec::new();
+    while !rd.is_empty() {
+        client.read_tls(&mut rd).unwrap();
+        client.process_new_packets()?;
+        let _ = client.reader().read_to_end(&mut out);
+    }
+    Ok(out)
+}
+
+/// What the client has queued, as bytes on the wire.
+fn client_sends(client: &mut ClientConnection) -> Vec<u8> {
+    let mut wire = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut wire).unwrap();
+    }
+    wire
+}
+
+/// Feeds `wire` to the layer in reads of `step` bytes at most.
+fn layer_reads(
+    layer: &mut RecordLayer,
+    wire: &[u8],
+    step: usize,
+) -> (Vec<u8>, Result<Received, String>) {
+    let mut plain = VecDeque::new();
+    let mut last = Ok(Received::default());
+    for piece in wire.chunks(step) {
+        let mut rd = piece;
+        while !rd.is_empty() {
+            layer.read_tls(&mut rd).unwrap();
+            last = layer.process(&mut plain);
+            if last.is_err() {
+                return (plain.into(), last);
+            }
+        }
+    }
+    (plain.into(), last)
+}
+
+#[test]
+fn application_data_crosses_both_ways() {
+    let (mut client, mut layer) = handshake();
+    // 200 KB from the layer: many records, in several writes.
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let mut at = 0;
+    while at < big.len() {
+        at += layer.write_plain(&[IoSlice::new(&big[at..])]).unwrap();
+    }
+    assert_eq!(client_reads(&mut client, &sent(&mut layer)).unwrap(), big);
+
+    // From the client, gathered from two slices, arriving in odd pieces.
+    use std::io::Write as _;
+    client.writer().write_all(&big[..60_000]).unwrap();
+    let wire = client_sends(&mut client);
+    let (got, last) = layer_reads(&mut layer, &wire, 7_777);
+    assert_eq!(got, &big[..60_000]);
+    assert!(!last.unwrap().closed);
+
+    // A write gathered from several slices is one stream.
+    let n = layer
+        .write_plain(&[IoSlice::new(b"ab"), IoSlice::new(b""), IoSlice::new(b"cd")])
+        .unwrap();
+    assert_eq!(n, 4);
+    assert_eq!(
+        client_reads(&mut client, &sent(&mut layer)).unwrap(),
+        b"abcd"
+    );
+}
+
+#[test]
+fn a_record_read_a_byte_at_a_time_still_decrypts() {
+    let (mut client, mut layer) = handshake();
+    use std::io::Write as _;
+    client.writer().write_all(b"one byte at a time").unwrap();
+    let (got, last) = layer_reads(&mut layer, &client_sends(&mut client), 1);
+    assert_eq!(got, b"one byte at a time");
+    last.unwrap();
+}
+
+#[test]
+fn close_notify_ends_each_way() {
+    let (mut client, mut layer) = handshake();
+    client.send_close_notify();
+    let (got, last) = layer_reads(&mut layer, &client_sends(&mut client), 1 << 20);
+    assert!(got.is_empty());
+    assert!(last.unwrap().closed);
+
+    layer.send_close_notify();
+    layer.send_close_notify(); // once only
+    let wire = sent(&mut layer);
+    client_reads(&mut client, &wire).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(
+        client.reader().read_to_end(&mut rest).unwrap(),
+        0,
+        "a clean end"
+    );
+    // Nothing may follow it.
+    let late = layer.write_plain(&[IoSlice::new(b"late")]).unwrap_err();
+    assert_eq!(late.kind(), io::ErrorKind::BrokenPipe);
+}
+
+#[test]
+fn a_key_update_ends_the_connection_with_a_word_why() {
+    let (mut client, mut layer) = handshake();
+    client.refresh_traffic_keys().unwrap();
+    use std::io::Write as _;
+    client.writer().write_all(b"under new keys").unwrap();
+    let (got, last) = layer_reads(&mut layer, &client_sends(&mut client), 1 << 20);
+    assert!(got.is_empty());
+    let why = last.unwrap_err();
+    assert!(why.contains("updated its TLS keys"), "{why}");
+    // The client is told (an alert), and the layer stays failed.
+    assert!(client_reads(&mut client, &sent(&mut layer)).is_err());
+    assert!(layer.write_plain(&[IoSlice::new(b"x")]).is_err());
+    assert_eq!(layer.process(&mut VecDeque::new()).unwrap_err(), why);
+}
+
+#[test]
+fn a_tampered_record_fails_and_the_client_is_told() {
+    let (mut client, mut layer) = handshake();
+    use std::io::Write as _;
+    client.writer().write_all(b"precious").unwrap();
+    let mut wire = client_sends(&mut client);
+    let last = wire.len() - 1;
+    wire[last] ^= 1;
+    let (got, result) = layer_reads(&mut layer, &wire, 1 << 20);
+    assert!(got.is_empty());
+    assert!(result.unwrap_err().contains("does not decrypt"));
+    let told = client_reads(&mut client, &sent(&mut layer)).unwrap_err();
+    assert!(format!("{told}").contains("BadRecordMac"), "{told}");
+}
+
+#[test]
+fn records_that_break_the_rules_are_refused_before_anything_is_sized() {
+    for (wire, why) in [
+        (vec![23, 3, 3, 0xff, 0xff], "longer than TLS allows"),
+        (vec![22, 3, 3, 0, 4, 1, 2, 3, 4], "unencrypted"),
+        (vec![21, 3, 3, 0, 2, 1, 0], "unencrypted"),
+    ] {
+        let (_client, mut layer) = handshake();
+        let (_, result) = layer_reads(&mut layer, &wire, 1 << 20);
+        let got = result.unwrap_err();
+        assert!(got.contains(why), "{got}");
+    }
+}
+
+#[test]
+fn a_suite_with_a_128_bit_key_is_not_carried() {
+    let (_, client_config) = configs();
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .retain(|s| s.suite() == CipherSuite::TLS13_AES_128_GCM_SHA256);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    // The client trusts a different certificate: the handshake cannot be
+    // done with these configurations, so build one that trusts this one.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let client =
+        rustls::ClientConfig::builder_with_provider(client_config.crypto_provider().clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let (_, keys) = handshake_with(server, Arc::new(client));
+    assert!(keys.is_none());
+    let mut unknown = SessionKeys {
+        suite: u16::from(CipherSuite::TLS13_AES_128_GCM_SHA256),
+        tx: TrafficKeys {
+            seq: 0,
+            key: [7; 32],
+            iv: [7; 12],
+        },
+        rx: TrafficKeys {
+            seq: 0,
+            key: [7; 32],
+            iv: [7; 12],
+        },
+    };
+    assert!(RecordLayer::new(&unknown).unwrap_err().contains("0x1301"));
+    unknown.suite = u16::from(CipherSuite::TLS13_AES_256_GCM_SHA384);
+    assert!(RecordLayer::new(&unknown).is_ok());
+}
+
+#[test]
+fn debug_shows_no_key() {
+    let keys = TrafficKeys {
+        seq: 5,
+        key: [0xab; 32],
+        iv: [0xcd; 12],
+    };
+    let text = format!("{keys:?}");
+    assert!(
+        text.contains('5') && !text.contains("171") && !text.contains("ab"),
+        "{text}"
+    );
+}
