@@ -61,10 +61,16 @@ pub(crate) fn connect(
     leftover: &mut Vec<u8>,
     opts: &ServerOptions,
 ) -> bool {
+    let rings = desc.shared_memory;
     if !send_reply(socket, &Reply::Connected(desc)) {
         return false;
     }
-    fence_to_grant(socket, granted, leftover);
+    // Over the rings the socket carries wake-ups both ways, so it stays
+    // open for reading: what a client that may not write puts in its ring
+    // is never read (the reader has no right to), and the ring is bounded.
+    if !rings {
+        fence_to_grant(socket, granted, leftover);
+    }
     if opts.out_buffer_size > 0 {
         let _ = socket.set_send_buffer(opts.out_buffer_size as usize);
     }
@@ -108,9 +114,10 @@ pub(crate) fn send_reply(socket: &Socket, reply: &Reply) -> bool {
     matches!(socket.send_nonblocking(&out), Ok(n) if n == out.len())
 }
 
-/// Holds a granted connection to its grant in the kernel, not only in the
-/// server's own code: a client that may not write has the server's read side
-/// shut, so its writes fail with a broken pipe instead of queueing where the
+/// Holds a granted socket connection to its grant in the kernel, not only
+/// in the server's own code (over the rings the socket carries wake-ups and
+/// stays open): a client that may not write has the server's read side shut,
+/// so its writes fail with a broken pipe instead of queueing where the
 /// server will never read them, and whatever it sent behind its HELLO is
 /// dropped unread. (A client that may not read is never sent anything: the
 /// server end's writes fail with *access denied*, see `Setup::rights`.)

@@ -381,6 +381,14 @@ impl<S: HoldsSocket> ShmTransport<S> {
         let mut freed = false;
         while n < buf.len() {
             match rx.read(&self.region, &mut buf[n..]).map_err(io_error)? {
+                // This version never sends an empty record, and records
+                // taken without a byte would let a peer that keeps
+                // publishing them hold this loop (and its thread) for ever.
+                Some(chunk) if chunk.n == 0 => {
+                    return Err(io_error(super::ring::corrupt(
+                        "an empty record (no version sends one)",
+                    )));
+                }
                 Some(chunk) => {
                     n += chunk.n;
                     freed |= chunk.record_done;

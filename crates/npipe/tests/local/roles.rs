@@ -182,6 +182,11 @@ fn wait_for_go() {
     }
 }
 
+/// What the `speak` mode writes: 1.5 MB, more than a shared-memory ring.
+pub fn spoken() -> Vec<u8> {
+    (0..1_500_000u32).map(|i| (i % 241) as u8).collect()
+}
+
 fn handle(mut conn: PipeServer, mode: &str) {
     let message = conn.info().pipe_type == PipeType::Message;
     match mode {
@@ -215,6 +220,11 @@ fn handle(mut conn: PipeServer, mode: &str) {
                 }
             }
         }
+        // Writes a message larger than a ring, then says how it went.
+        "speak" => match conn.write_message(&spoken()) {
+            Ok(()) => say("spoke"),
+            Err(e) => say(format!("speak_err {}", code(&e))),
+        },
         "hold" => {
             let mut buf = [0u8; 64];
             while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
@@ -939,6 +949,10 @@ async fn handle_async(mut conn: npipe::tokio::PipeServer, mode: String) {
                 }
             }
         }
+        "speak" => match conn.write_message(&spoken()).await {
+            Ok(()) => say("spoke"),
+            Err(e) => say(format!("speak_err {}", code(&e))),
+        },
         "hold" => {
             let mut buf = [0u8; 64];
             while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}

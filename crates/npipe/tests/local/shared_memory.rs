@@ -50,6 +50,28 @@ fn messages_stay_messages(front: Front) {
 
 on_both_servers!(messages_stay_messages);
 
+/// A client that may only read takes the rings too, and the server's
+/// writes reach it whole, however many times the ring fills. (The server
+/// once shut its socket's reading side for such a client, as it does for a
+/// socket connection; a tokio server, woken through that socket, then took
+/// the shut socket for a dead client and failed its write.)
+fn a_read_only_client_gets_a_message_larger_than_a_ring(front: Front) {
+    let name = unique("shm-read-only");
+    let mut srv = server_on(front, &name, &["direction=out", "mode=speak"]);
+    let mut c = ClientOptions::new()
+        .shared_memory(true)
+        .access(npipe::Access::Read)
+        .wait(npipe::Wait::Timeout(HANG))
+        .open(&name)
+        .unwrap();
+    srv.expect("conn");
+    assert_eq!(c.uses_shared_memory(), !forced_off());
+    assert!(c.recv_message().unwrap() == crate::roles::spoken());
+    srv.expect("spoke");
+}
+
+on_both_servers!(a_read_only_client_gets_a_message_larger_than_a_ring);
+
 #[test]
 fn a_byte_pipe_streams_through_the_rings() {
     use std::io::{Read, Write};

@@ -341,3 +341,21 @@ fn failed_probes_go_back_to_no_spin_and_come_less_often() {
     assert!(spin.budget.load(Ordering::Relaxed) >= SPIN_PROBE);
     assert_eq!(spin.probe_every.load(Ordering::Relaxed), SPIN_PROBE_EVERY);
 }
+
+/// An empty record breaks the connection at once: no version sends one,
+/// and a peer that kept publishing them would otherwise hold a receive
+/// (and the thread or the runtime's worker it runs on) for ever.
+#[test]
+fn an_empty_record_is_a_broken_pipe_not_a_loop() {
+    let (a, b) = pair(4096);
+    {
+        let mut tx = b.tx();
+        for _ in 0..100 {
+            assert!(tx.try_push(&b.region, &[], false).unwrap());
+        }
+    }
+    let mut buf = [0u8; 64];
+    let e = a.recv(&mut buf, Recv::Wait).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    assert!(e.to_string().contains("empty record"), "{e}");
+}
