@@ -254,6 +254,7 @@ pub(crate) fn opening(
         computer: String::new(),
         local_user: None,
         local_groups: Vec::new(),
+        hand_off: false,
     };
     let mut out = Vec::with_capacity(64 + pipelined.map_or(0, |m| m.len() + 4));
     hello.encode(&mut out).map_err(Error::from)?;

@@ -61,14 +61,15 @@ pub(crate) fn connect(
     leftover: &mut Vec<u8>,
     opts: &ServerOptions,
 ) -> bool {
-    let rings = desc.shared_memory;
+    let keep_reading = desc.shared_memory || desc.handed_over;
     if !send_reply(socket, &Reply::Connected(desc)) {
         return false;
     }
-    // Over the rings the socket carries wake-ups both ways, so it stays
-    // open for reading: what a client that may not write puts in its ring
-    // is never read (the reader has no right to), and the ring is bounded.
-    if !rings {
+    // Over the rings the socket carries wake-ups both ways, and a gateway
+    // that hands the connection over sends the HAND-OFF on it, so it stays
+    // open for reading: what a client that may not write sends is never
+    // read (the reader has no right to), and the ring or TCP bounds it.
+    if !keep_reading {
         fence_to_grant(socket, granted, leftover);
     }
     if opts.out_buffer_size > 0 {

@@ -43,6 +43,74 @@ pub(crate) struct Ready {
     /// mapped user up already (the tokio one does, off the runtime's
     /// threads); else `open_end` does.
     pub remote: Option<RemotePeer>,
+    /// What the gateway said after an OK that took its offer to hand the
+    /// connection over (`None`: no offer was taken).
+    #[cfg(feature = "remote")]
+    pub settled: Option<crate::remote::handed::Settled>,
+}
+
+impl Ready {
+    /// Whether the OK took a gateway's offer: its HAND-OFF is read before
+    /// the connection is queued for `accept` (see `remote::handed`).
+    #[cfg(feature = "remote")]
+    pub fn awaits_hand_off(&self, opts: &ServerOptions) -> bool {
+        self.settled.is_none() && crate::policy::takes_hand_off(opts, &self.hello)
+    }
+
+    /// Reads the HAND-OFF on tokio's reactor (at most
+    /// `remote::handed::HAND_OFF_WAIT`).
+    #[cfg(all(feature = "remote", feature = "tokio"))]
+    pub async fn settle_async(&mut self) {
+        use crate::remote::handed;
+        let deadline = std::time::Instant::now() + handed::HAND_OFF_WAIT;
+        self.settled = Some(handed::receive_async(&self.socket, deadline).await);
+    }
+
+    /// Reads the HAND-OFF, blocking this thread (at most
+    /// `remote::handed::HAND_OFF_WAIT`).
+    #[cfg(feature = "remote")]
+    pub fn settle_blocking(&mut self) {
+        use crate::remote::handed;
+        let deadline = std::time::Instant::now() + handed::HAND_OFF_WAIT;
+        self.settled = Some(handed::receive_blocking(&self.socket, deadline));
+    }
+}
+
+/// What a server end's data runs on.
+#[derive(Debug)]
+pub(crate) enum Carrier {
+    /// The connection's socket.
+    Socket(Socket),
+    /// A remote client's TLS connection, handed over by its gateway.
+    #[cfg(feature = "remote")]
+    Handed(Box<crate::remote::tls_transport::TlsTransport>),
+}
+
+/// The carrier after the gateway's word: the handed-over connection, or
+/// the socket (for a hand-over that went wrong, shut, so the end sees its
+/// client gone rather than the gateway's stray bytes).
+#[cfg(feature = "remote")]
+fn carrier(
+    socket: Socket,
+    settled: Option<crate::remote::handed::Settled>,
+    hello: &Hello,
+) -> Carrier {
+    use crate::remote::handed::{self, Settled};
+    let peer = format!("remote client {} at {}", hello.principal, hello.computer);
+    match settled {
+        None | Some(Settled::Relayed) => Carrier::Socket(socket),
+        Some(Settled::Handed(tcp, keys)) => match handed::transport(tcp, &keys, socket, peer) {
+            Ok(t) => Carrier::Handed(Box::new(t)),
+            Err((socket, _why)) => {
+                let _ = socket.shutdown_both();
+                Carrier::Socket(socket)
+            }
+        },
+        Some(Settled::Broken(_why)) => {
+            let _ = socket.shutdown_both();
+            Carrier::Socket(socket)
+        }
+    }
 }
 
 /// The state every front end's listener shares with its acceptor.
@@ -107,17 +175,22 @@ impl ListenerState {
     }
 
     /// A connected client's server end but for the front end's I/O: its
-    /// socket, its reads' and writes' state, and the instance it holds
-    /// (given back to `pool` when dropped).
+    /// carrier (its socket, or a handed-over TLS connection), its reads'
+    /// and writes' state, and the instance it holds (given back to `pool`
+    /// when dropped).
     pub fn open_end(
         &self,
         pool: Arc<dyn InstancePool>,
         ready: Ready,
-    ) -> (Socket, EndCore, ServerInstance) {
+    ) -> (Carrier, EndCore, ServerInstance) {
         debug_assert!(
             ready.shm.is_none(),
             "the caller takes the shared memory first"
         );
+        #[cfg(feature = "remote")]
+        let carrier = carrier(ready.socket, ready.settled, &ready.hello);
+        #[cfg(not(feature = "remote"))]
+        let carrier = Carrier::Socket(ready.socket);
         // A remote client is who its gateway named, not the gateway.
         let remote = match ready.remote {
             Some(remote) => Some(remote),
@@ -138,7 +211,7 @@ impl ListenerState {
         );
         let instance = ServerInstance::new(pool, ready.hello.impersonation, ready.process, remote);
         let end = EndCore::new(setup, self.opts.effective_read_mode(), ready.leftover);
-        (ready.socket, end, instance)
+        (carrier, end, instance)
     }
 
     /// The acceptor's state machine for this pipe.

@@ -258,6 +258,7 @@ fn query_file(
         computer: String::new(),
         local_user: None,
         local_groups: Vec::new(),
+        hand_off: false,
     };
     let mut out = Vec::new();
     hello.encode(&mut out).map_err(Error::from)?;

@@ -59,6 +59,7 @@ pub struct ServerOptions {
     pub(crate) reject_remote_clients: bool,
     pub(crate) trusted_gateways: Vec<u32>,
     pub(crate) shared_memory: bool,
+    pub(crate) remote_hand_off: bool,
 }
 
 impl Default for ServerOptions {
@@ -91,6 +92,7 @@ impl ServerOptions {
             reject_remote_clients: false,
             trusted_gateways: Vec::new(),
             shared_memory: true,
+            remote_hand_off: true,
         }
     }
 
@@ -137,6 +139,23 @@ impl ServerOptions {
         if !self.trusted_gateways.contains(&user.0) {
             self.trusted_gateways.push(user.0);
         }
+        self
+    }
+
+    /// Whether a remote client's connection is taken over when its gateway
+    /// offers it (default: yes). Taken, the gateway leaves the data path:
+    /// after the OK it hands this process the client's TCP connection and
+    /// its TLS keys, and the client talks TLS with this process directly,
+    /// as fast as over a direct TLS connection; the gateway still counts
+    /// the connection until it ends. Off, the gateway relays every byte.
+    /// Linux with the `remote` feature (elsewhere there is nothing to take).
+    ///
+    /// ```
+    /// let mut opts = npipe::ServerOptions::new();
+    /// opts.remote_hand_off(false); // every byte through the gateway
+    /// ```
+    pub fn remote_hand_off(&mut self, take: bool) -> &mut Self {
+        self.remote_hand_off = take;
         self
     }
 

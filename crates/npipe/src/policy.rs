@@ -243,7 +243,19 @@ pub(crate) fn description(
         name: name.name().to_string(),
         shared_memory: false,
         socket_wakes: false,
+        handed_over: false,
     }
+}
+
+/// Whether the server takes a connection its gateway offers to hand over:
+/// only a HELLO `judge` let connect with a remote identity (so from a
+/// gateway the server trusts) can offer, and only where remote pipes are
+/// built in.
+pub(crate) fn takes_hand_off(opts: &ServerOptions, hello: &Hello) -> bool {
+    cfg!(all(feature = "remote", target_os = "linux"))
+        && opts.remote_hand_off
+        && hello.hand_off
+        && !hello.principal.is_empty()
 }
 
 fn millis(d: Duration) -> u32 {
@@ -276,6 +288,7 @@ mod tests {
             computer: String::new(),
             local_user: None,
             local_groups: Vec::new(),
+            hand_off: false,
         }
     }
 

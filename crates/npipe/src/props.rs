@@ -33,8 +33,10 @@ prop_compose! {
         computer in "[a-z.-]{0,20}",
         local_user in proptest::option::of(any::<u32>()),
         local_groups in proptest::collection::vec(any::<u32>(), 0..8),
+        hand_off in any::<bool>(),
     ) -> Hello {
         let local_user = local_user.filter(|_| !principal.is_empty());
+        let hand_off = hand_off && !principal.is_empty() && !query;
         Hello {
             kind: if query { HelloKind::Query } else { HelloKind::Connect },
             access,
@@ -52,6 +54,7 @@ prop_compose! {
             local_user,
             principal,
             computer,
+            hand_off,
         }
     }
 }
@@ -79,6 +82,7 @@ prop_compose! {
             name,
             shared_memory: false,
             socket_wakes: false,
+            handed_over: false,
         }
     }
 }

@@ -111,6 +111,7 @@ mod tests {
             computer: "10.0.0.7".into(),
             local_user,
             local_groups: Vec::new(),
+            hand_off: false,
         }
     }
 

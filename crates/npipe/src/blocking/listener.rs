@@ -26,7 +26,7 @@ use crate::fresh_connection::{
 };
 use crate::impersonation::Impersonation;
 use crate::info::PipeInfo;
-use crate::listener_state::{ListenerState, Publication, Ready};
+use crate::listener_state::{Carrier, ListenerState, Publication, Ready};
 use crate::name::PipeName;
 use crate::options::ServerOptions;
 use crate::peer_process::ClientProcess;
@@ -171,6 +171,17 @@ impl PipeListener {
                 if was_full {
                     shared.waker.wake();
                 }
+                // A connection its gateway hands over: the HAND-OFF is read
+                // here, on the caller's thread (microseconds after the OK;
+                // a few seconds at most), not on the acceptor's.
+                #[cfg(feature = "remote")]
+                let ready = {
+                    let mut ready = ready;
+                    if ready.awaits_hand_off(&shared.state.opts) {
+                        ready.settle_blocking();
+                    }
+                    ready
+                };
                 return Ok(Some(server_end(Arc::clone(shared), ready)));
             }
             shared.state.stopped()?;
@@ -252,9 +263,9 @@ pub type PipeServer = Pipe<PipeStream, ServerEnd>;
 /// The server end of a connection the acceptor told OK.
 fn server_end(shared: Arc<Shared>, mut ready: Ready) -> PipeServer {
     let shm = ready.shm.take();
-    let (socket, end, instance) = shared.state.open_end(shared.clone(), ready);
-    let mut io = match shm {
-        Some((region, capacity)) => PipeStream::with_link(
+    let (carrier, end, instance) = shared.state.open_end(shared.clone(), ready);
+    let mut io = match (carrier, shm) {
+        (Carrier::Socket(socket), Some((region, capacity))) => PipeStream::with_link(
             Link::Shm(Box::new(ShmTransport::new(
                 region,
                 socket,
@@ -263,7 +274,9 @@ fn server_end(shared: Arc<Shared>, mut ready: Ready) -> PipeServer {
             ))),
             end,
         ),
-        None => PipeStream::new(socket, end),
+        (Carrier::Socket(socket), None) => PipeStream::new(socket, end),
+        #[cfg(feature = "remote")]
+        (Carrier::Handed(tls), _) => PipeStream::with_link(Link::Tls(tls), end),
     };
     // The client may not have read our reply yet.
     io.poll_first_read();
@@ -686,14 +699,22 @@ impl Acceptor {
             shm,
             // Looked up by `accept`, on its caller's thread.
             remote: None,
+            #[cfg(feature = "remote")]
+            settled: None,
         };
-        self.shared
-            .state
+        self.shared.queue(ready);
+    }
+}
+
+impl Shared {
+    /// Queues a connection told OK for the application's `accept`.
+    fn queue(&self, ready: Ready) {
+        self.state
             .ready
             .lock()
             .expect("ready queue poisoned")
             .push_back(ready);
-        self.shared.ready_cv.notify_one();
+        self.ready_cv.notify_one();
     }
 }
 

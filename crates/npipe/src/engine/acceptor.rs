@@ -171,7 +171,7 @@ impl AcceptorCore {
             Verdict::Connect { granted, patience } => {
                 match self.admission.arrive(ticket, patience) {
                     Arrival::Granted => Answer::Connect {
-                        desc: self.description(granted),
+                        desc: self.ok_description(granted, hello),
                         granted,
                     },
                     Arrival::Busy => {
@@ -285,6 +285,14 @@ impl AcceptorCore {
         )
     }
 
+    /// An OK's description: says whether the gateway's offer to hand the
+    /// connection over is taken.
+    fn ok_description(&self, granted: Access, hello: &Hello) -> PipeDescription {
+        let mut desc = self.description(granted);
+        desc.handed_over = policy::takes_hand_off(&self.opts, hello);
+        desc
+    }
+
     fn grants(&mut self, tickets: Vec<Ticket>) -> Vec<Grant> {
         let mut out = Vec::with_capacity(tickets.len());
         for ticket in tickets {
@@ -297,8 +305,8 @@ impl AcceptorCore {
                     self.waiters.end(uid);
                     out.push(Grant {
                         ticket,
+                        desc: self.ok_description(granted, &hello),
                         hello,
-                        desc: self.description(granted),
                         granted,
                     });
                 }
@@ -348,6 +356,7 @@ mod tests {
             computer: String::new(),
             local_user: None,
             local_groups: Vec::new(),
+            hand_off: false,
         }
     }
 

@@ -32,6 +32,9 @@ const FLAG_LOCAL_USER: u8 = 2;
 /// HELLO flag bit 2: after the local uid, a u16 count and that many u32
 /// gids, the local user's groups (gateway only, with bit 1).
 const FLAG_LOCAL_GROUPS: u8 = 4;
+/// Flag: the gateway offers to hand the connection over (PROTOCOL §10);
+/// only with a principal, only for a connect.
+const FLAG_HAND_OFF: u8 = 8;
 /// Fixed part of a REPLY (status and code).
 pub const REPLY_FIXED: usize = 12;
 /// Fixed part of the pipe description that follows an OK or INFO status.
@@ -91,6 +94,10 @@ pub struct Hello {
     /// read them (at most [`MAX_LOCAL_GROUPS`]); set only with
     /// `local_user`. Empty from an older gateway.
     pub local_groups: Vec<u32>,
+    /// The gateway offers to hand this connection over once the server
+    /// says OK (PROTOCOL §10): set only by a gateway, only with a
+    /// principal, only for a connect.
+    pub hand_off: bool,
 }
 
 /// The pipe as the server describes it in OK and INFO replies.
@@ -129,6 +136,10 @@ pub struct PipeDescription {
     /// §6a), as a tokio client needs. Every server that sets bit 0 sets
     /// this one too; one from before the rule sets bit 0 alone.
     pub socket_wakes: bool,
+    /// OK only: the server took its gateway's offer to hand the
+    /// connection over; a HAND-OFF follows (byte 6, bit 2; PROTOCOL §10).
+    /// A client ignores it.
+    pub handed_over: bool,
 }
 
 impl PipeDescription {
@@ -270,6 +281,15 @@ impl Hello {
         if self.local_user.is_some() {
             flags |= FLAG_LOCAL_USER;
         }
+        if self.hand_off {
+            if self.principal.is_empty() || self.kind != HelloKind::Connect {
+                return Err(ProtoError::BadValue {
+                    field: "flags",
+                    value: FLAG_HAND_OFF.into(),
+                });
+            }
+            flags |= FLAG_HAND_OFF;
+        }
         if !self.local_groups.is_empty() {
             if self.local_user.is_none() || self.local_groups.len() > MAX_LOCAL_GROUPS {
                 return Err(ProtoError::BadValue {
@@ -338,7 +358,7 @@ impl Hello {
                 })
             }
         };
-        if buf[9] & !(FLAG_PIPELINED | FLAG_LOCAL_USER | FLAG_LOCAL_GROUPS) != 0 {
+        if buf[9] & !(FLAG_PIPELINED | FLAG_LOCAL_USER | FLAG_LOCAL_GROUPS | FLAG_HAND_OFF) != 0 {
             return Err(ProtoError::BadValue {
                 field: "flags",
                 value: buf[9].into(),
@@ -347,7 +367,8 @@ impl Hello {
         let pipelined = buf[9] & FLAG_PIPELINED != 0;
         let has_local_user = buf[9] & FLAG_LOCAL_USER != 0;
         let has_local_groups = buf[9] & FLAG_LOCAL_GROUPS != 0;
-        if has_local_groups && !has_local_user {
+        let hand_off = buf[9] & FLAG_HAND_OFF != 0;
+        if (has_local_groups && !has_local_user) || (hand_off && kind != HelloKind::Connect) {
             return Err(ProtoError::BadValue {
                 field: "flags",
                 value: buf[9].into(),
@@ -396,8 +417,9 @@ impl Hello {
         } else {
             Vec::new()
         };
-        if local_user.is_some() && principal.is_empty() {
-            // A local user maps a remote principal; alone it means nothing.
+        if (local_user.is_some() || hand_off) && principal.is_empty() {
+            // A local user maps a remote principal, and only a gateway
+            // hands a connection over; alone they mean nothing.
             return Err(ProtoError::BadValue {
                 field: "flags",
                 value: buf[9].into(),
@@ -423,6 +445,7 @@ impl Hello {
             computer,
             local_user,
             local_groups,
+            hand_off,
         };
         Ok(Some((hello, total)))
     }
@@ -452,7 +475,9 @@ impl Reply {
         out.push(status);
         let flags = match self {
             Reply::Connected(desc) => {
-                u8::from(desc.shared_memory) | u8::from(desc.socket_wakes) << 1
+                u8::from(desc.shared_memory)
+                    | u8::from(desc.socket_wakes) << 1
+                    | u8::from(desc.handed_over) << 2
             }
             _ => 0,
         };
@@ -564,6 +589,7 @@ impl Reply {
                     // sets; it answers an offer only a newer client makes.
                     shared_memory: status == STATUS_CONNECTED && buf[6] & 1 != 0,
                     socket_wakes: status == STATUS_CONNECTED && buf[6] & 2 != 0,
+                    handed_over: status == STATUS_CONNECTED && buf[6] & 4 != 0,
                 };
                 let end = fixed + name_len;
                 if status == STATUS_CONNECTED {
@@ -620,6 +646,7 @@ mod tests {
             computer: String::new(),
             local_user: None,
             local_groups: Vec::new(),
+            hand_off: false,
         };
         let mut wire = Vec::new();
         hello.encode(&mut wire).unwrap();
@@ -659,6 +686,7 @@ mod tests {
             computer: "host1".into(),
             local_user: None,
             local_groups: Vec::new(),
+            hand_off: false,
         }
     }
 
@@ -678,6 +706,7 @@ mod tests {
             name: "Echo".into(),
             shared_memory: false,
             socket_wakes: false,
+            handed_over: false,
         }
     }
 
@@ -766,6 +795,46 @@ mod tests {
             Hello::decode(&out),
             Err(ProtoError::BadValue { field: "flags", .. })
         ));
+    }
+
+    /// A gateway's offer to hand the connection over: flag 8, only with a
+    /// principal and only for a connect; the server's answer is bit 2 of
+    /// an OK's byte 6, which an INFO never carries.
+    #[test]
+    fn a_hand_off_offer_and_its_answer() {
+        let mut offer = hello();
+        offer.principal = "alice".into();
+        offer.hand_off = true;
+        let mut out = Vec::new();
+        offer.encode(&mut out).unwrap();
+        assert_eq!(out[9] & FLAG_HAND_OFF, FLAG_HAND_OFF);
+        assert_eq!(Hello::decode(&out).unwrap().unwrap().0, offer);
+
+        // Without a principal, or for a query: refused either way.
+        for (principal, kind) in [("", HelloKind::Connect), ("alice", HelloKind::Query)] {
+            let mut bad = offer.clone();
+            bad.principal = principal.into();
+            bad.kind = kind;
+            assert!(bad.encode(&mut Vec::new()).is_err());
+            let mut raw = Vec::new();
+            bad.hand_off = false;
+            bad.encode(&mut raw).unwrap();
+            raw[9] |= FLAG_HAND_OFF;
+            assert!(matches!(
+                Hello::decode(&raw),
+                Err(ProtoError::BadValue { field: "flags", .. })
+            ));
+        }
+
+        let mut taken = desc();
+        taken.handed_over = true;
+        let mut reply = Vec::new();
+        Reply::Connected(taken.clone()).encode(&mut reply).unwrap();
+        assert_eq!(reply[6], 0b100);
+        assert_eq!(
+            Reply::decode(&reply).unwrap().unwrap().0,
+            Reply::Connected(taken)
+        );
     }
 
     #[test]

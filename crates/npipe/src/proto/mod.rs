@@ -7,11 +7,15 @@
 //! - [`admission`]: which waiting client gets the next free instance, and when
 //!   a wait has run out.
 //! - [`startups`]: how many handshakes other users may have in flight.
+//! - `handoff`: a gateway handing a remote client's connection to the
+//!   pipe's server (the `remote` feature).
 //!
 //! `docs/PROTOCOL.md` gives the exact bytes.
 
 pub mod admission;
 pub mod framing;
+#[cfg(all(feature = "remote", target_os = "linux"))]
+pub mod handoff;
 pub mod handshake;
 pub mod startups;
 

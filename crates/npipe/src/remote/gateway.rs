@@ -52,6 +52,8 @@ pub struct GatewayOptions {
     /// Pipes (names or `prefix*`, canonical) and the one user whose server
     /// the gateway forwards them to.
     servers: Vec<(String, u32)>,
+    /// Offer servers the connections (PROTOCOL §10).
+    hand_off: bool,
 }
 
 /// What the gateway knows of one principal (names compared without ASCII
@@ -85,7 +87,24 @@ impl GatewayOptions {
             max_per_principal: 4096,
             max_connections: None,
             servers: Vec::new(),
+            hand_off: true,
         }
+    }
+
+    /// Whether to offer each pipe's server its remote clients' connections
+    /// (default: yes). A server that takes one (the default for servers of
+    /// this version, [`ServerOptions::remote_hand_off`]) gets the client's
+    /// TCP connection and TLS keys after its OK, and talks TLS with the
+    /// client itself: the gateway leaves the data path, and holds only a
+    /// socket to the server, to count the connection until it ends.
+    /// Connections whose client sent a request with its HELLO (`call`) are
+    /// relayed all the same. Off, every byte goes through the gateway (a
+    /// server older than this offer refuses a HELLO that makes it).
+    ///
+    /// [`ServerOptions::remote_hand_off`]: crate::ServerOptions::remote_hand_off
+    pub fn hand_off(&mut self, offer: bool) -> &mut Self {
+        self.hand_off = offer;
+        self
     }
 
     /// The address to listen on.
@@ -329,7 +348,9 @@ impl Gateway {
         for (path, what, kind) in trust::of(&opts.files) {
             trust::check(&path, what, kind, me)?;
         }
-        let config = tls::server_config(&opts.files)?;
+        let mut config = tls::server_config(&opts.files)?;
+        // A connection handed over takes its keys with it.
+        Arc::make_mut(&mut config).enable_secret_extraction = opts.hand_off;
         let max_connections = opts
             .max_connections
             .unwrap_or_else(|| default_max_connections(crate::sys::open_file_limit()));
@@ -540,6 +561,7 @@ async fn serve_one(
         refuse(&mut tls, ErrorCode::AccessDenied, &why).await;
         return Ok(format!("refused: {why}"));
     }
+    hello.hand_off = opts.hand_off && can_hand_over(tls.get_mut().1, &rest);
     let mut opening = Vec::with_capacity(HELLO_MAX + rest.len());
     hello
         .encode(&mut opening)
@@ -548,13 +570,77 @@ async fn serve_one(
     // tokio-rustls did the handshake; the relay drives rustls itself (and
     // takes any plaintext it holds past the HELLO).
     let (tcp, conn) = tls.into_inner();
-    match relay::relay(tcp, rustls::Connection::Server(conn), pipe, opening).await {
-        Ok(relayed) => Ok(format!(
+    let conn = rustls::Connection::Server(conn);
+    match relay::relay(tcp, conn, pipe, opening, hello.hand_off).await {
+        Ok(relay::Outcome::Relayed(relayed)) => Ok(format!(
             "{:?}: relayed {} bytes in, {} out",
             hello.name, relayed.up, relayed.down
         )),
+        Ok(relay::Outcome::HandOver(handing)) => Ok(hand_over(handing, &hello.name).await),
         Err(e) => Ok(format!("{:?}: relay ended: {e}", hello.name)),
     }
+}
+
+/// Whether a connection can be handed over: nothing came behind the HELLO
+/// (a pipelined request is relayed), and its suite is one the server's
+/// record layer carries (TLS 1.3 with a 256-bit key).
+fn can_hand_over(conn: &mut rustls::ServerConnection, rest: &[u8]) -> bool {
+    rest.is_empty()
+        && conn
+            .process_new_packets()
+            .is_ok_and(|io| io.plaintext_bytes_to_read() == 0)
+        && matches!(
+            conn.negotiated_cipher_suite(),
+            Some(rustls::SupportedCipherSuite::Tls13(s)) if s.aead_alg.key_len() == 32
+        )
+}
+
+/// Hands a connection whose OK took the offer to the pipe's server: its
+/// keys in a HAND-OFF, its TCP socket beside it. Then holds the socket to
+/// the server until the server's end closes it, so the connection counts
+/// against the gateway's limits as long as it lives. What became of it.
+async fn hand_over(handing: Box<relay::HandOver>, name: &str) -> String {
+    use crate::proto::handoff::HandOff;
+    use std::os::fd::AsFd;
+    let relay::HandOver { tcp, conn, pipe } = *handing;
+    let suite = conn.negotiated_cipher_suite().map(|s| s.suite());
+    let keys = match (suite, conn.dangerous_extract_secrets()) {
+        (Some(suite), Ok(secrets)) => super::record_layer::keys_from_extracted(suite, secrets),
+        _ => None,
+    };
+    // Without keys there is nothing to hand over, nor TLS to go on with:
+    // both ends see the connection close.
+    let Some(keys) = keys else {
+        return format!("{name:?}: the connection's keys could not be taken for the hand-over");
+    };
+    let mut message = Vec::with_capacity(crate::proto::handoff::LEN);
+    HandOff::Handed(keys).encode(&mut message);
+    // A fresh message on a socket the server has only read from: it goes
+    // whole, or the server is gone.
+    match pipe.send_with_fd(&message, tcp.as_fd()) {
+        Ok(n) if n == message.len() => {}
+        Ok(_) | Err(_) => return format!("{name:?}: the server went before the hand-over"),
+    }
+    drop(tcp);
+    // The lease: the server's end closes its side when it ends.
+    let watch = match pipe
+        .try_clone()
+        .and_then(|dup| crate::sys::register_async_owned(dup.into()))
+    {
+        Ok(watch) => watch,
+        Err(e) => return format!("{name:?}: handed over; cannot watch its end: {e}"),
+    };
+    let mut sink = [0u8; 64];
+    loop {
+        let Ok(mut guard) = watch.readable().await else {
+            break;
+        };
+        match guard.try_io(|_| pipe.recv_nonblocking(&mut sink)) {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
+    format!("{name:?}: handed over to the pipe's server; its end has closed")
 }
 
 /// Reads until a whole HELLO is in: it, and what came behind it (a
@@ -728,6 +814,7 @@ mod tests {
             computer: String::new(),
             local_user: None,
             local_groups: Vec::new(),
+            hand_off: false,
         };
         assert_eq!(judge(&hello, "alice", &opts), None);
         hello.principal = "root".into();

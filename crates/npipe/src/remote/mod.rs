@@ -38,6 +38,7 @@
 pub(crate) mod async_tls;
 pub(crate) mod client;
 mod gateway;
+pub(crate) mod handed;
 // Wired to the gateway's hand-over in the next commits.
 #[cfg_attr(not(test), allow(dead_code))]
 mod record_layer;

@@ -23,6 +23,8 @@ use rustls::{
     SupportedCipherSuite,
 };
 
+pub(crate) use crate::proto::handoff::{SessionKeys, TrafficKeys};
+
 /// A record's header: type, legacy version, length.
 const HEADER: usize = 5;
 /// The most plaintext a record carries (RFC 8446 §5.1).
@@ -42,64 +44,30 @@ const RECORD_OVERFLOW: u8 = 22;
 /// The handshake message type of a key update.
 const KEY_UPDATE: u8 = 24;
 
-/// One direction's traffic keys: the next record's sequence number, the
-/// AEAD key and the IV. Only suites with 256-bit keys are carried
-/// (rustls builds a key from 32 bytes only). Zeroed when dropped; `Debug`
-/// shows the sequence number alone.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct TrafficKeys {
-    pub seq: u64,
-    pub key: [u8; 32],
-    pub iv: [u8; 12],
-}
-
-impl std::fmt::Debug for TrafficKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrafficKeys")
-            .field("seq", &self.seq)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Drop for TrafficKeys {
-    fn drop(&mut self) {
-        use zeroize::Zeroize;
-        self.key.zeroize();
-        self.iv.zeroize();
-    }
-}
-
-/// A connection's keys both ways, and its cipher suite (IANA number).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SessionKeys {
-    pub suite: u16,
-    pub tx: TrafficKeys,
-    pub rx: TrafficKeys,
-}
-
-impl SessionKeys {
-    /// The keys rustls extracted from a connection that negotiated
-    /// `suite`: `None` for a suite this layer cannot carry (AES-128-GCM,
-    /// whose 16-byte key rustls' public API cannot rebuild).
-    pub fn from_extracted(suite: CipherSuite, secrets: ExtractedSecrets) -> Option<SessionKeys> {
-        let one = |(seq, secrets): (u64, ConnectionTrafficSecrets)| {
-            let (key, iv) = match secrets {
-                ConnectionTrafficSecrets::Aes256Gcm { key, iv }
-                | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key, iv),
-                _ => return None,
-            };
-            Some(TrafficKeys {
-                seq,
-                key: key.as_ref().try_into().ok()?,
-                iv: iv.as_ref().try_into().ok()?,
-            })
+/// The keys rustls extracted from a connection that negotiated `suite`:
+/// `None` for a suite this layer cannot carry (AES-128-GCM, whose 16-byte
+/// key rustls' public API cannot rebuild).
+pub(crate) fn keys_from_extracted(
+    suite: CipherSuite,
+    secrets: ExtractedSecrets,
+) -> Option<SessionKeys> {
+    let one = |(seq, secrets): (u64, ConnectionTrafficSecrets)| {
+        let (key, iv) = match secrets {
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+            | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key, iv),
+            _ => return None,
         };
-        Some(SessionKeys {
-            suite: u16::from(suite),
-            tx: one(secrets.tx)?,
-            rx: one(secrets.rx)?,
+        Some(TrafficKeys {
+            seq,
+            key: key.as_ref().try_into().ok()?,
+            iv: iv.as_ref().try_into().ok()?,
         })
-    }
+    };
+    Some(SessionKeys {
+        suite: u16::from(suite),
+        tx: one(secrets.tx)?,
+        rx: one(secrets.rx)?,
+    })
 }
 
 /// What [`RecordLayer::process`] found.

@@ -14,6 +14,13 @@
 //! - Plaintext from several TLS records goes to the pipe in one write: a
 //!   64 KiB message wakes the pipe's server once instead of at each 16 KiB
 //!   record.
+//!
+//! Where the gateway offered to hand the connection over (PROTOCOL §10),
+//! the relay reads nothing from the client until the server's REPLY has
+//! passed (the client says nothing before it; what it sends early stays in
+//! TCP and goes with the connection), watching only for it to hang up. An
+//! OK that took the offer ends the relay with the connection, once the OK
+//! has gone out whole; the gateway then hands it over.
 
 use std::future::poll_fn;
 use std::io::{self, Read, Write};
@@ -25,6 +32,8 @@ use ::tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use ::tokio::net::TcpStream;
 use rustls::Connection;
 
+use crate::proto::handoff::HandOff;
+use crate::proto::handshake::Reply;
 use crate::sys::{self, Fd, Socket};
 
 /// Bytes a direction holds at most: a 64 KiB write crosses as one train of
@@ -41,16 +50,36 @@ pub(crate) struct Relayed {
     pub down: u64,
 }
 
+/// How a relay ended.
+pub(crate) enum Outcome {
+    /// Both directions ended.
+    Relayed(Relayed),
+    /// The server took the offer to hand the connection over, and its OK
+    /// went out: the connection, for the hand-over.
+    HandOver(Box<HandOver>),
+}
+
+/// A connection to hand over: TCP with its TLS state (nothing left to
+/// send), and the socket to the pipe's server.
+pub(crate) struct HandOver {
+    pub tcp: TcpStream,
+    pub conn: Connection,
+    pub pipe: Socket,
+}
+
 /// Relays between `tcp` (with its TLS state `conn`, the handshake done)
 /// and the local socket `pipe`, writing `opening` (the HELLO and what came
 /// behind it) to it first. Ends when both directions have ended (each
-/// passes its end of input on as a half close) or either fails.
+/// passes its end of input on as a half close) or either fails, or, if the
+/// HELLO offered to hand the connection over (`offered`), when the
+/// server's OK took the offer.
 pub(crate) async fn relay(
     tcp: TcpStream,
     conn: Connection,
     pipe: Socket,
     opening: Vec<u8>,
-) -> io::Result<Relayed> {
+    offered: bool,
+) -> io::Result<Outcome> {
     pipe.set_nonblocking(true)?;
     let mut relay = Relay {
         tls: Tls { tcp, conn },
@@ -66,9 +95,20 @@ pub(crate) async fn relay(
         pipe_eof: false,
         down_done: false,
         relayed: Relayed::default(),
+        awaiting_reply: offered,
+        spoke_early: false,
+        hand_over: false,
     };
-    poll_fn(|cx| relay.poll(cx)).await?;
-    Ok(relay.relayed)
+    if poll_fn(|cx| relay.poll(cx)).await? {
+        return Ok(Outcome::Relayed(relay.relayed));
+    }
+    let Relay { tls, pipe, .. } = relay;
+    drop(pipe.writable);
+    Ok(Outcome::HandOver(Box::new(HandOver {
+        tcp: tls.tcp,
+        conn: tls.conn,
+        pipe: pipe.readable.into_inner().into_socket(),
+    })))
 }
 
 struct Relay {
@@ -87,6 +127,14 @@ struct Relay {
     /// ... and everything is sent and the TCP write side shut.
     down_done: bool,
     relayed: Relayed,
+    /// The HELLO offered a hand-over and the server's REPLY has not come
+    /// whole yet: nothing is read from the client meanwhile.
+    awaiting_reply: bool,
+    /// The client sent something before the REPLY (found by a peek): it
+    /// stays in TCP, and the peeking stops.
+    spoke_early: bool,
+    /// The REPLY took the offer: the relay ends once it has gone out.
+    hand_over: bool,
 }
 
 /// Bytes read and not yet written on: `data[start..end]`.
@@ -127,6 +175,20 @@ impl Buffer {
         &mut self.data[self.end..]
     }
 
+    /// Puts `bytes` before what it holds (the gateway's word to the
+    /// server, ahead of the client's data).
+    fn push_front(&mut self, bytes: &[u8]) {
+        let mut data = bytes.to_vec();
+        data.extend_from_slice(self.pending());
+        let end = data.len();
+        data.resize(end.max(self.data.len()), 0);
+        *self = Buffer {
+            data,
+            start: 0,
+            end,
+        };
+    }
+
     fn filled(&mut self, n: usize) {
         self.end += n;
         if self.end == self.data.len() && self.data.len() < BUFFER {
@@ -146,7 +208,9 @@ enum Step {
 }
 
 impl Relay {
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Ready with `true` once both directions ended, `false` once the
+    /// connection is to be handed over.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         loop {
             let mut moved = false;
             if !self.up_done {
@@ -155,12 +219,58 @@ impl Relay {
             if !self.down_done {
                 moved |= matches!(self.down(cx)?, Step::Moved);
             }
+            if self.hand_over && self.down.pending().is_empty() && !self.tls.conn.wants_write() {
+                return Poll::Ready(Ok(false));
+            }
             if self.up_done && self.down_done {
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(true));
             }
             if !moved {
                 return Poll::Pending;
             }
+        }
+    }
+
+    /// While the REPLY is awaited: whether the client hung up (a waiting
+    /// client may leave), found by a peek that takes nothing.
+    fn watch_client(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.spoke_early || self.client_eof {
+            return Ok(());
+        }
+        let mut one = [0u8; 1];
+        match self.tls.tcp.poll_peek(cx, &mut ReadBuf::new(&mut one)) {
+            Poll::Ready(Ok(0)) => self.client_eof = true,
+            Poll::Ready(Ok(_)) => self.spoke_early = true,
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => {}
+        }
+        Ok(())
+    }
+
+    /// The REPLY, once whole at the front of what the pipe's server sent:
+    /// the relay stops holding the client back, and ends for the
+    /// hand-over if the OK took the offer and nothing stands in the way
+    /// (else the server is told the gateway relays after all).
+    fn reply_came(&mut self) {
+        let (reply, used) = match Reply::decode(self.down.pending()) {
+            Ok(Some(whole)) => whole,
+            Ok(None) if !self.pipe_eof => return,
+            // Not a REPLY, or cut short: passed on as it is.
+            _ => {
+                self.awaiting_reply = false;
+                return;
+            }
+        };
+        self.awaiting_reply = false;
+        if !matches!(reply, Reply::Connected(ref d) if d.handed_over) {
+            return;
+        }
+        if self.client_eof || self.down.pending().len() > used || !self.up.pending().is_empty() {
+            let mut relayed = Vec::new();
+            HandOff::Relayed.encode(&mut relayed);
+            self.up.push_front(&relayed);
+        } else {
+            self.hand_over = true;
         }
     }
 
@@ -169,7 +279,14 @@ impl Relay {
     /// a 64 KiB message wakes the pipe's server once, not at each 16 KiB
     /// record.
     fn up(&mut self, cx: &mut Context<'_>) -> io::Result<Step> {
-        while !self.client_eof && !self.up.spare().is_empty() {
+        if self.awaiting_reply || self.hand_over {
+            self.watch_client(cx)?;
+        }
+        while !self.client_eof
+            && !self.awaiting_reply
+            && !self.hand_over
+            && !self.up.spare().is_empty()
+        {
             match self.tls.conn.reader().read(self.up.spare()) {
                 // close_notify: the client has no more to say.
                 Ok(0) => self.client_eof = true,
@@ -210,6 +327,13 @@ impl Relay {
 
     /// Pipe to client: read, hand to rustls, send what it made.
     fn down(&mut self, cx: &mut Context<'_>) -> io::Result<Step> {
+        if self.awaiting_reply {
+            self.reply_came();
+            if self.awaiting_reply {
+                // Not whole yet: read more of it.
+                return self.read_pipe(cx);
+            }
+        }
         if !self.down.pending().is_empty() {
             let n = self.tls.conn.writer().write(self.down.pending())?;
             self.down.consume(n);
@@ -238,10 +362,21 @@ impl Relay {
                 Poll::Pending => Ok(Step::Blocked),
             };
         }
+        if self.hand_over {
+            // Nothing more goes this way: the server talks TLS itself.
+            return Ok(Step::Blocked);
+        }
+        self.read_pipe(cx)
+    }
+
+    /// Reads what the pipe's server sent into `down`.
+    fn read_pipe(&mut self, cx: &mut Context<'_>) -> io::Result<Step> {
         match self.pipe.poll_read(cx, self.down.spare())? {
             Poll::Ready(0) => {
                 self.pipe_eof = true;
-                self.tls.conn.send_close_notify();
+                if !self.awaiting_reply {
+                    self.tls.conn.send_close_notify();
+                }
                 Ok(Step::Moved)
             }
             Poll::Ready(n) => {
@@ -467,7 +602,10 @@ pub(super) mod tests {
                 .await
                 .unwrap();
             let (tcp, conn) = tls.into_inner();
-            relay(tcp, Connection::Server(conn), pipe, opening).await
+            match relay(tcp, Connection::Server(conn), pipe, opening, false).await? {
+                Outcome::Relayed(relayed) => Ok(relayed),
+                Outcome::HandOver(_) => unreachable!("nothing was offered"),
+            }
         });
         let tcp = TcpStream::connect(addr).await.unwrap();
         let client = tokio_rustls::TlsConnector::from(client_config)

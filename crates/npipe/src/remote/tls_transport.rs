@@ -76,6 +76,10 @@ pub(crate) struct TlsTransport {
     /// A tokio end's: no call waits (a wait would hold the runtime's
     /// thread); what must wait is the async side's (`remote::async_tls`).
     never_wait: bool,
+    /// A handed-over end's socket to its gateway, held open and unused
+    /// while the end lives: its closing tells the gateway the connection
+    /// ended (the gateway counts connections until then).
+    lease: Option<Socket>,
 }
 
 /// The socket as rustls' `Read`/`Write`, never blocking.
@@ -120,7 +124,6 @@ impl TlsTransport {
 
     /// A server's end of a connection its gateway handed over (`layer`
     /// holds its keys) with `peer`, the remote client, at the other end.
-    #[allow(dead_code)] // Wired to the gateway's hand-over next.
     pub fn handed(socket: Socket, layer: RecordLayer, peer: String) -> TlsTransport {
         Self::over(socket, Session::Handed(layer), peer, true)
     }
@@ -144,7 +147,14 @@ impl TlsTransport {
             write_timeout: Mutex::new(None),
             peer,
             never_wait: false,
+            lease: None,
         }
+    }
+
+    /// Holds `lease` (see the field) while this transport lives.
+    pub fn holding(mut self, lease: Socket) -> TlsTransport {
+        self.lease = Some(lease);
+        self
     }
 
     /// The same, for a tokio end: its calls never wait (see

@@ -88,6 +88,18 @@ fn is_memory_file(fd: &OwnedFd) -> bool {
     rustix::fs::fcntl_get_seals(fd).is_ok()
 }
 
+/// Whether a TCP stream socket (IPv4 or IPv6) with a peer.
+#[cfg(feature = "remote")]
+fn is_connected_tcp(fd: &OwnedFd) -> bool {
+    use rustix::net::{sockopt, AddressFamily, SocketType};
+    matches!(sockopt::socket_type(fd), Ok(SocketType::STREAM))
+        && matches!(
+            sockopt::socket_domain(fd),
+            Ok(AddressFamily::INET | AddressFamily::INET6)
+        )
+        && rustix::net::getpeername(fd).is_ok()
+}
+
 /// Closes a descriptor a peer sent us on a thread of its own. A peer
 /// chooses what it sends: closing a file on its FUSE mount waits on its own
 /// FUSE daemon, which may never answer, so such a close must not run on a
@@ -354,6 +366,41 @@ impl Socket {
         take_fds: bool,
         sender: u32,
     ) -> io::Result<(usize, Option<OwnedFd>)> {
+        let mut first = None;
+        let n = self.recv_fds(buf, take_fds, |fd| match is_memory_file(&fd) {
+            true if first.is_none() => first = Some(fd),
+            // A second memory file: nothing to wait for.
+            true => drop(fd),
+            false => queue_close(fd, Some(sender)),
+        })?;
+        Ok((n, first))
+    }
+
+    /// Receives without waiting, and the first descriptor that rode along
+    /// if it is a connected TCP socket: a gateway handing a remote client's
+    /// connection over (the caller has judged the sender a trusted
+    /// gateway). Any other descriptor is closed elsewhere.
+    #[cfg(feature = "remote")]
+    pub fn recv_with_tcp_socket(&self, buf: &mut [u8]) -> io::Result<(usize, Option<Socket>)> {
+        let mut first = None;
+        let n = self.recv_fds(buf, true, |fd| {
+            if first.is_none() && is_connected_tcp(&fd) {
+                first = Some(Socket(fd));
+            } else {
+                queue_close(fd, None);
+            }
+        })?;
+        Ok((n, first))
+    }
+
+    /// Receives without waiting into `buf`, handing each descriptor that
+    /// rode along (room for one, if `take_fds`) to `each`.
+    fn recv_fds(
+        &self,
+        buf: &mut [u8],
+        take_fds: bool,
+        mut each: impl FnMut(OwnedFd),
+    ) -> io::Result<usize> {
         use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage};
         let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = if !take_fds {
@@ -371,20 +418,12 @@ impl Socket {
             )
             .map(|r| r.bytes)
         })?;
-        let mut first = None;
         for msg in control.drain() {
             if let RecvAncillaryMessage::ScmRights(fds) = msg {
-                for fd in fds {
-                    match is_memory_file(&fd) {
-                        true if first.is_none() => first = Some(fd),
-                        // A second memory file: nothing to wait for.
-                        true => drop(fd),
-                        false => queue_close(fd, Some(sender)),
-                    }
-                }
+                fds.for_each(&mut each);
             }
         }
-        Ok((n, first))
+        Ok(n)
     }
 
     /// Shuts down the sending side (the peer reads end of stream).

@@ -40,7 +40,7 @@ use crate::fresh_connection::{
     FD_EXHAUSTED_PAUSE, HELLO_READ,
 };
 use crate::info::PipeInfo;
-use crate::listener_state::{ListenerState, Publication, Ready};
+use crate::listener_state::{Carrier, ListenerState, Publication, Ready};
 use crate::name::PipeName;
 use crate::options::ServerOptions;
 use crate::peer_process::ClientProcess;
@@ -268,14 +268,20 @@ pub type PipeServer = Pipe<PipeStream, ServerEnd>;
 fn server_end(shared: Arc<Shared>, mut ready: Ready) -> Result<PipeServer> {
     // If the stream cannot be made, the instance, dropped, is given back.
     let shm = ready.shm.take();
-    let (socket, end, instance) = shared.state.open_end(shared.clone(), ready);
-    let io = match shm {
-        Some((region, capacity)) => {
+    let (carrier, end, instance) = shared.state.open_end(shared.clone(), ready);
+    let io = match (carrier, shm) {
+        (Carrier::Socket(socket), Some((region, capacity))) => {
             let io = register_for_wakes(socket)?;
             let rings = AsyncShm::new(region, io, capacity, Side::Joiner);
             PipeStream::with_link(AsyncLink::Shm(Box::new(rings)), end)
         }
-        None => PipeStream::new(socket, end)?,
+        (Carrier::Socket(socket), None) => PipeStream::new(socket, end)?,
+        #[cfg(feature = "remote")]
+        (Carrier::Handed(tls), _) => {
+            let tls = crate::remote::async_tls::AsyncTls::new((*tls).never_waiting())
+                .map_err(|e| Error::os(e, "cannot register a handed-over connection with tokio"))?;
+            PipeStream::with_link(AsyncLink::Tls(Box::new(tls)), end)
+        }
     };
     Ok(Pipe {
         io,
@@ -678,24 +684,42 @@ impl Acceptor {
             cur_instances,
             shm,
             remote: None,
+            #[cfg(feature = "remote")]
+            settled: None,
         };
-        if ready.hello.local_user.is_none() {
-            self.shared.queue(ready);
+        let shared = Arc::clone(&self.shared);
+        #[cfg(feature = "remote")]
+        if ready.awaits_hand_off(&shared.state.opts) {
+            // The gateway's HAND-OFF is read by a task of its own, so one
+            // slow to send it holds up no other client. (If the runtime is
+            // shutting down the task never runs, and the connection goes
+            // with it, as the acceptor does.)
+            drop(::tokio::spawn(async move {
+                let mut ready = ready;
+                ready.settle_async().await;
+                queue_looked_up(shared, ready);
+            }));
             return;
         }
-        // A remote client mapped to a local user: its primary group comes
-        // from the user database (NSS: files, LDAP, ...), which may take
-        // its time, so it is read on the blocking pool, never on the
-        // runtime's threads, and the connection queued after.
-        let shared = Arc::clone(&self.shared);
-        // (If the runtime is shutting down the task never runs, and the
-        // connection goes with it, as the acceptor does.)
-        drop(::tokio::task::spawn_blocking(move || {
-            let mut ready = ready;
-            ready.remote = RemotePeer::from_hello(&ready.hello);
-            shared.queue(ready);
-        }));
+        queue_looked_up(shared, ready);
     }
+}
+
+/// Queues a connection for `accept`. A remote client mapped to a local
+/// user first has its primary group read from the user database (NSS:
+/// files, LDAP, ...), which may take its time, so on the blocking pool,
+/// never on the runtime's threads. (If the runtime is shutting down the
+/// task never runs, and the connection goes with it, as the acceptor does.)
+fn queue_looked_up(shared: Arc<Shared>, ready: Ready) {
+    if ready.hello.local_user.is_none() {
+        shared.queue(ready);
+        return;
+    }
+    drop(::tokio::task::spawn_blocking(move || {
+        let mut ready = ready;
+        ready.remote = RemotePeer::from_hello(&ready.hello);
+        shared.queue(ready);
+    }));
 }
 
 impl Shared {

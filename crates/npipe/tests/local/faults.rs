@@ -217,6 +217,7 @@ fn announced_but_unsent_messages_cost_the_server_nothing(front: Front) {
             computer: String::new(),
             local_user: None,
             local_groups: Vec::new(),
+            hand_off: false,
         }
         .encode(&mut hello)
         .unwrap();

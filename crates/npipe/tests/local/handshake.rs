@@ -62,6 +62,7 @@ fn hello(name: &str) -> Hello {
         computer: String::new(),
         local_user: None,
         local_groups: Vec::new(),
+        hand_off: false,
     }
 }
 

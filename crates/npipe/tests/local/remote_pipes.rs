@@ -91,6 +91,8 @@ impl Certs {
 struct TestGateway {
     addr: SocketAddr,
     certs: Certs,
+    /// What it said of each connection that ended.
+    events: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 fn gateway(tag: &str, configure: impl FnOnce(&mut GatewayOptions)) -> TestGateway {
@@ -100,24 +102,45 @@ fn gateway(tag: &str, configure: impl FnOnce(&mut GatewayOptions)) -> TestGatewa
     opts.listen("127.0.0.1:0".parse().unwrap());
     configure(&mut opts);
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let gateway = Gateway::bind(opts).await.unwrap();
-            tx.send(gateway.local_addr().unwrap()).unwrap();
-            gateway.serve(|_| ()).await.unwrap();
-        });
+    let events: std::sync::Arc<std::sync::Mutex<Vec<String>>> = std::sync::Arc::default();
+    let heard = std::sync::Arc::clone(&events);
+    on_a_runtime_thread(async move {
+        let gateway = Gateway::bind(opts).await.unwrap();
+        tx.send(gateway.local_addr().unwrap()).unwrap();
+        let log = move |e: npipe::remote::GatewayEvent| {
+            heard.lock().unwrap().push(e.to_string());
+        };
+        gateway.serve(log).await.unwrap();
     });
     TestGateway {
         addr: rx.recv().unwrap(),
         certs,
+        events,
     }
 }
 
+/// Runs `task` on a current-thread runtime of its own thread, for ever.
+fn on_a_runtime_thread(task: impl std::future::Future<Output = ()> + Send + 'static) {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(task)
+    });
+}
+
 impl TestGateway {
+    /// What the gateway said of the connection to pipe `name` when it
+    /// ended (waiting for it to end).
+    fn ended(&self, name: &str) -> String {
+        let name = name.to_lowercase();
+        crate::common::eventually(&format!("the gateway's word on {name}"), || {
+            let events = self.events.lock().unwrap();
+            events.iter().find(|e| e.contains(&name)).cloned()
+        })
+    }
+
     /// Client options with `who`'s certificate (made now) and this CA.
     fn client(&self, who: &str) -> ClientOptions {
         let (crt, key) = self.certs.issue(who, 30);
@@ -858,4 +881,184 @@ fn raise_fd_limit(wanted: u64) {
             maximum: Some(hard),
         },
     );
+}
+
+/// A remote client's connection is handed to its pipe's server, which
+/// then talks TLS with the client itself: the client sees no difference,
+/// the server end still knows who it is, and the gateway counts the
+/// connection until the server's end closes.
+#[test]
+fn a_remote_connection_is_handed_over_to_its_server() {
+    let gw = gateway("hand-over", |_| ());
+    let name = unique("handed");
+    let listener = server("allow everyone=full").create(&name).unwrap();
+    let mut c = gw.client("alice").open(remote(&name).as_str()).unwrap();
+    let mut s = listener.accept().unwrap();
+    assert_eq!(
+        s.peer_identity(),
+        Identity::Remote(RemotePrincipal::new("alice"))
+    );
+    assert_eq!(s.client_computer_name().as_deref(), Some("127.0.0.1"));
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    c.write_message(&big).unwrap();
+    assert!(s.recv_message().unwrap() == big);
+    s.write_message(b"from the server itself").unwrap();
+    assert_eq!(c.recv_message().unwrap(), b"from the server itself");
+    drop(c);
+    assert!(
+        s.recv_message().is_err(),
+        "the client's end reached the server"
+    );
+    drop(s);
+    let said = gw.ended(&name);
+    assert!(said.contains("handed over"), "{said}");
+}
+
+/// A tokio server takes a handed-over connection as well.
+#[test]
+fn a_tokio_server_takes_a_handed_over_connection() {
+    let gw = gateway("hand-over-tokio", |_| ());
+    let name = unique("handed-tokio");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let serving = name.clone();
+    on_a_runtime_thread(async move {
+        let listener = server("allow everyone=full")
+            .create_async(serving.as_str())
+            .unwrap();
+        tx.send(()).unwrap();
+        crate::common::echo_forever(listener).await;
+    });
+    rx.recv().unwrap();
+    let mut c = gw.client("alice").open(remote(&name).as_str()).unwrap();
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 241) as u8).collect();
+    c.write_message(&big).unwrap();
+    assert!(
+        c.recv_message().unwrap() == big,
+        "the echo came back changed"
+    );
+    assert_eq!(c.transact(b"ping").unwrap(), b"ping");
+    drop(c);
+    let said = gw.ended(&name);
+    assert!(said.contains("handed over"), "{said}");
+}
+
+/// Where the server does not take the offer, the gateway does not make
+/// it, or the client sent its request with the HELLO (`call`), every byte
+/// goes through the gateway, and all works the same.
+#[test]
+fn connections_are_relayed_where_no_hand_over_is_taken() {
+    /// Serves `name` with `opts`, talks to it through `gw` (a transact, or
+    /// a call), and checks what the gateway did.
+    fn relayed(gw: &TestGateway, name: &str, opts: &mut ServerOptions, call: bool) {
+        echo_server(opts.create(name).unwrap());
+        let client = gw.client("alice");
+        if call {
+            assert_eq!(client.call(remote(name).as_str(), b"x").unwrap(), b"x");
+        } else {
+            let mut c = client.open(remote(name).as_str()).unwrap();
+            assert_eq!(c.transact(b"relayed").unwrap(), b"relayed");
+        }
+        let said = gw.ended(name);
+        assert!(said.contains("relayed"), "{said}");
+    }
+    let gw = gateway("relayed", |_| ());
+    let mut declining = server("allow everyone=full");
+    declining.remote_hand_off(false);
+    relayed(&gw, &unique("not-taken"), &mut declining, false);
+    relayed(
+        &gw,
+        &unique("called"),
+        &mut server("allow everyone=full"),
+        true,
+    );
+    let quiet = gateway("no-offer", |o| {
+        o.hand_off(false);
+    });
+    relayed(
+        &quiet,
+        &unique("not-offered"),
+        &mut server("allow everyone=full"),
+        false,
+    );
+}
+
+/// A HAND-OFF as a gateway writes it (PROTOCOL.md §10), with keys that
+/// need not work.
+fn hand_off_bytes() -> Vec<u8> {
+    let mut b = b"NPHO".to_vec();
+    b.push(1); // version
+    b.push(1); // handed
+    b.extend_from_slice(&0x1302u16.to_le_bytes()); // TLS_AES_256_GCM_SHA384
+    for _ in 0..2 {
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.extend_from_slice(&[7; 32]);
+        b.extend_from_slice(&[9; 12]);
+    }
+    assert_eq!(b.len(), 112);
+    b
+}
+
+/// Sends `bytes` with `fd` beside them (`SCM_RIGHTS`).
+fn send_with_fd(on: &std::os::unix::net::UnixStream, bytes: &[u8], fd: std::os::fd::BorrowedFd) {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let fds = [fd];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+    let n = rustix::net::sendmsg(
+        on,
+        &[std::io::IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::empty(),
+    )
+    .unwrap();
+    assert_eq!(n, bytes.len());
+}
+
+/// A gateway's hand-over that is no hand-over (a socket that is not a TCP
+/// connection, or bytes that are no HAND-OFF) breaks only that connection:
+/// its server end finds its client gone, and the server goes on serving.
+/// (The gateway here is this process, which the server trusts.)
+#[test]
+fn a_broken_hand_over_breaks_only_its_connection() {
+    use crate::raw_client::{self as rc, RawClient};
+    let name = unique("bad-hand-over");
+    let listener = server("allow everyone=full").create(&name).unwrap();
+    for case in ["a unix socket", "garbage"] {
+        let mut gateway = RawClient::connect(&name).unwrap();
+        let mut hello = rc::remote_hello(&name, "mallory", "10.9.8.7", None);
+        hello[9] |= 8; // the gateway offers to hand the connection over
+        gateway.send(&hello).unwrap();
+        assert_eq!(
+            gateway.reply().unwrap(),
+            rc::Reply::Connected { granted: 3 }
+        );
+        // The other end of the socket stays open: an end that took the
+        // socket would wait on it for ever.
+        let mut other_end = None;
+        match case {
+            "a unix socket" => {
+                let (not_tcp, other) = std::os::unix::net::UnixStream::pair().unwrap();
+                use std::os::fd::AsFd;
+                send_with_fd(&gateway.stream, &hand_off_bytes(), not_tcp.as_fd());
+                other_end = Some(other);
+            }
+            _ => gateway.send(&[b'X'; 112]).unwrap(),
+        }
+        let mut end = listener.accept().unwrap();
+        end.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let e = end.recv_message().unwrap_err();
+        assert!(
+            matches!(
+                e.code(),
+                ErrorCode::BrokenPipe | ErrorCode::PipeNotConnected
+            ),
+            "{case}: {e}"
+        );
+        drop(other_end);
+    }
+    let mut c = ClientOptions::new().open(&name).unwrap();
+    let mut end = listener.accept().unwrap();
+    c.write_message(b"still served").unwrap();
+    assert_eq!(end.recv_message().unwrap(), b"still served");
 }

@@ -64,7 +64,7 @@ fn handshake_with(
         );
     }
     let suite = server.negotiated_cipher_suite().unwrap().suite();
-    let keys = SessionKeys::from_extracted(suite, server.dangerous_extract_secrets().unwrap());
+    let keys = keys_from_extracted(suite, server.dangerous_extract_secrets().unwrap());
     (client, keys)
 }
 
