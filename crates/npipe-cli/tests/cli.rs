@@ -1478,6 +1478,8 @@ fn serve_takes_messages_up_to_one_mib_by_default() {
 struct GatewayProcess {
     child: Child,
     addr: String,
+    /// What it prints after its first line: a line per connection.
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl GatewayProcess {
@@ -1508,11 +1510,29 @@ impl GatewayProcess {
             .and_then(|rest| rest.split(' ').next())
             .unwrap_or_else(|| panic!("no address in {first:?}"))
             .to_string();
-        GatewayProcess { child, addr }
+        GatewayProcess {
+            child,
+            addr,
+            lines: rx,
+        }
     }
 
     fn port(&self) -> &str {
         self.addr.rsplit(':').next().expect("ADDR:PORT")
+    }
+
+    /// The next line it prints that holds `needle` (lines before it are
+    /// passed over).
+    fn said(&self, needle: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(STARTUP)
+                .unwrap_or_else(|_| panic!("the gateway never said {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
     }
 }
 
@@ -1635,6 +1655,19 @@ fn remote_call_through_npipe_gateway_with_npipe_cert() {
     let hi = call(&echo, &alice);
     hi.assert_success();
     assert_eq!(hi.stdout, "hi\n");
+    // A call's request rides with its HELLO: relayed. A client that opens
+    // the pipe is handed over to the server after its OK.
+    assert!(gateway.said("relayed").contains(&echo), "the call's line");
+    let target = remote(&echo);
+    let mut client = npipe();
+    client.args(["client", target.as_str()]);
+    for (k, v) in &alice {
+        client.env(k, v);
+    }
+    let talked = run_cmd(client, &["client", &target], b"over\n");
+    talked.assert_success();
+    assert!(talked.stdout.contains("over"), "{}", talked.stdout);
+    assert!(gateway.said("handed over").contains(&echo));
     let _squat = Server::start(&squat, &serve_args);
     let squatted = call(&squat, &alice);
     assert!(!squatted.status.success());

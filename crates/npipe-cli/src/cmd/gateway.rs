@@ -119,6 +119,11 @@ pub struct Args {
     #[arg(long)]
     pub non_root: bool,
 
+    /// Relay every byte instead of handing each connection to its pipe's
+    /// server after the OK (servers older than this offer refuse it)
+    #[arg(long)]
+    pub no_hand_off: bool,
+
     /// Print nothing per connection
     #[arg(long, short)]
     pub quiet: bool,
@@ -350,6 +355,7 @@ pub fn run(args: &Args) -> CmdResult {
     let mut opts = options(settings(args)?, args.allow_root_map)?;
     opts.max_handshakes(args.max_handshakes as usize);
     opts.max_connections_per_principal(args.max_connections_per_principal as usize);
+    opts.hand_off(!args.no_hand_off);
     if let Some(n) = args.max_connections {
         opts.max_connections(n as usize);
     }

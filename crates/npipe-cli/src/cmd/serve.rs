@@ -230,6 +230,11 @@ pub struct Args {
     #[arg(long)]
     pub no_shared_memory: bool,
 
+    /// Let the gateway relay every byte of remote clients: decline its
+    /// offers to hand their connections over (Linux; taken by default)
+    #[arg(long)]
+    pub no_remote_hand_off: bool,
+
     /// Instead of echoing, answer each message with who the client is
     ///
     /// pid, uid, gid, user, groups and session, all from the kernel.
@@ -360,7 +365,8 @@ pub fn run(args: &Args) -> CmdResult {
     let security = descriptor(args)?;
     opts.security(security.clone());
     opts.reject_remote_clients(args.reject_remote_clients)
-        .shared_memory(!args.no_shared_memory);
+        .shared_memory(!args.no_shared_memory)
+        .remote_hand_off(!args.no_remote_hand_off);
     for user in &args.trust_gateway {
         let gateway = npipe::LocalUser::by_name(user).ok_or_else(|| {
             Failure::new(

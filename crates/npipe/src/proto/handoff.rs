@@ -1,4 +1,4 @@
-//! The HAND-OFF message (PROTOCOL.md §10): a gateway's word to a pipe
+//! The HAND-OFF message (PROTOCOL.md §6c): a gateway's word to a pipe
 //! server that took its offer to hand a remote client's connection over.
 //! Either the connection itself (its TCP socket rides beside the message
 //! as `SCM_RIGHTS`, and the message holds the TLS 1.3 traffic keys both

@@ -32,7 +32,7 @@ const FLAG_LOCAL_USER: u8 = 2;
 /// HELLO flag bit 2: after the local uid, a u16 count and that many u32
 /// gids, the local user's groups (gateway only, with bit 1).
 const FLAG_LOCAL_GROUPS: u8 = 4;
-/// Flag: the gateway offers to hand the connection over (PROTOCOL §10);
+/// Flag: the gateway offers to hand the connection over (PROTOCOL §6c);
 /// only with a principal, only for a connect.
 const FLAG_HAND_OFF: u8 = 8;
 /// Fixed part of a REPLY (status and code).
@@ -95,7 +95,7 @@ pub struct Hello {
     /// `local_user`. Empty from an older gateway.
     pub local_groups: Vec<u32>,
     /// The gateway offers to hand this connection over once the server
-    /// says OK (PROTOCOL §10): set only by a gateway, only with a
+    /// says OK (PROTOCOL §6c): set only by a gateway, only with a
     /// principal, only for a connect.
     pub hand_off: bool,
 }
@@ -137,7 +137,7 @@ pub struct PipeDescription {
     /// this one too; one from before the rule sets bit 0 alone.
     pub socket_wakes: bool,
     /// OK only: the server took its gateway's offer to hand the
-    /// connection over; a HAND-OFF follows (byte 6, bit 2; PROTOCOL §10).
+    /// connection over; a HAND-OFF follows (byte 6, bit 2; PROTOCOL §6c).
     /// A client ignores it.
     pub handed_over: bool,
 }

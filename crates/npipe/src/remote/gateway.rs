@@ -52,7 +52,7 @@ pub struct GatewayOptions {
     /// Pipes (names or `prefix*`, canonical) and the one user whose server
     /// the gateway forwards them to.
     servers: Vec<(String, u32)>,
-    /// Offer servers the connections (PROTOCOL §10).
+    /// Offer servers the connections (PROTOCOL §6c).
     hand_off: bool,
 }
 

@@ -1,4 +1,4 @@
-//! A pipe server's side of a gateway's hand-over (PROTOCOL.md §10): after
+//! A pipe server's side of a gateway's hand-over (PROTOCOL.md §6c): after
 //! an OK that took the offer, the HAND-OFF is read from the gateway's
 //! socket (the remote client's TCP socket rides beside it), and the end
 //! runs on that connection with the keys it brought, the gateway's socket

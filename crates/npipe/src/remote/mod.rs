@@ -21,6 +21,11 @@
 //!   [`reject_remote_clients`](crate::ServerOptions::reject_remote_clients),
 //!   match `remote:PRINCIPAL` and `network` descriptor entries, and
 //!   impersonate a remote client as its mapped user (1368 without one).
+//! - After the server's OK the gateway hands the connection over: the
+//!   client's TCP socket and its TLS keys go to the server, which talks
+//!   TLS with the client itself, at raw TLS's speed, while the gateway
+//!   still counts the connection ([`GatewayOptions::hand_off`],
+//!   [`ServerOptions::remote_hand_off`](crate::ServerOptions::remote_hand_off)).
 //!
 //! ```no_run
 //! # async fn run() -> npipe::Result<()> {

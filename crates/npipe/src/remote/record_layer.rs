@@ -1,6 +1,6 @@
 //! A TLS 1.3 connection's record layer alone, from the traffic keys of a
 //! handshake done elsewhere: what a pipe server runs a remote client's
-//! connection on once the gateway has handed it over (PROTOCOL.md §10). No
+//! connection on once the gateway has handed it over (PROTOCOL.md §6c). No
 //! I/O: ciphertext in, plaintext out and back, as a rustls connection
 //! does; the cipher is rustls' own (the suite's `Tls13AeadAlgorithm`), so
 //! no cryptography is written here, only the framing of RFC 8446 §5.

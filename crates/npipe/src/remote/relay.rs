@@ -15,7 +15,7 @@
 //!   64 KiB message wakes the pipe's server once instead of at each 16 KiB
 //!   record.
 //!
-//! Where the gateway offered to hand the connection over (PROTOCOL §10),
+//! Where the gateway offered to hand the connection over (PROTOCOL §6c),
 //! the relay reads nothing from the client until the server's REPLY has
 //! passed (the client says nothing before it; what it sends early stays in
 //! TCP and goes with the connection), watching only for it to hang up. An

@@ -982,7 +982,7 @@ fn connections_are_relayed_where_no_hand_over_is_taken() {
     );
 }
 
-/// A HAND-OFF as a gateway writes it (PROTOCOL.md §10), with keys that
+/// A HAND-OFF as a gateway writes it (PROTOCOL.md §6c), with keys that
 /// need not work.
 fn hand_off_bytes() -> Vec<u8> {
     let mut b = b"NPHO".to_vec();
