@@ -249,12 +249,14 @@ pub(crate) fn description(
 
 /// Whether the server takes a connection its gateway offers to hand over:
 /// only a HELLO `judge` let connect with a remote identity (so from a
-/// gateway the server trusts) can offer, and only where remote pipes are
-/// built in.
+/// gateway the server trusts) can offer, not one with a request behind it
+/// (that is on this socket, not the client's), and only where remote pipes
+/// are built in.
 pub(crate) fn takes_hand_off(opts: &ServerOptions, hello: &Hello) -> bool {
     cfg!(all(feature = "remote", target_os = "linux"))
         && opts.remote_hand_off
         && hello.hand_off
+        && !hello.pipelined
         && !hello.principal.is_empty()
 }
 

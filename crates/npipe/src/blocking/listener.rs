@@ -146,7 +146,10 @@ impl PipeListener {
         self.accept_inner(None)?.ok_or_else(unreachable_timeout)
     }
 
-    /// Waits up to `timeout` for a client: `Ok(None)` if none came.
+    /// Waits up to `timeout` for a client: `Ok(None)` if none came. (A
+    /// remote client whose gateway hands its connection over is taken over
+    /// here, after it came: microseconds as a rule, 5 s at most, beyond
+    /// `timeout`.)
     pub fn accept_timeout(&self, timeout: Duration) -> Result<Option<PipeServer>> {
         self.accept_inner(Some(timeout))
     }

@@ -25,7 +25,9 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::identity::LocalUser;
 use crate::name::PipeName;
 use crate::namespace::describe_user;
-use crate::proto::handshake::{Hello, Reply, HELLO_MAX, MAX_LOCAL_GROUPS, MAX_PRINCIPAL_BYTES};
+use crate::proto::handshake::{
+    Hello, HelloKind, Reply, HELLO_MAX, MAX_LOCAL_GROUPS, MAX_PRINCIPAL_BYTES,
+};
 
 /// What a gateway serves, and for whom.
 ///
@@ -561,7 +563,10 @@ async fn serve_one(
         refuse(&mut tls, ErrorCode::AccessDenied, &why).await;
         return Ok(format!("refused: {why}"));
     }
-    hello.hand_off = opts.hand_off && can_hand_over(tls.get_mut().1, &rest);
+    hello.hand_off = opts.hand_off
+        && hello.kind == HelloKind::Connect
+        && !hello.pipelined
+        && can_hand_over(tls.get_mut().1, &rest);
     let mut opening = Vec::with_capacity(HELLO_MAX + rest.len());
     hello
         .encode(&mut opening)
@@ -582,7 +587,8 @@ async fn serve_one(
 }
 
 /// Whether a connection can be handed over: nothing came behind the HELLO
-/// (a pipelined request is relayed), and its suite is one the server's
+/// (a pipelined request is relayed; a connect whose HELLO says none is
+/// coming is asked for first), and its suite is one the server's
 /// record layer carries (TLS 1.3 with a 256-bit key).
 fn can_hand_over(conn: &mut rustls::ServerConnection, rest: &[u8]) -> bool {
     rest.is_empty()

@@ -3,9 +3,10 @@
 //! socket (the remote client's TCP socket rides beside it), and the end
 //! runs on that connection with the keys it brought, the gateway's socket
 //! held open beside it so the gateway can count the connection until it
-//! ends. Both acceptors read it off their own threads (a thread, or a
-//! task, per handed connection), so a gateway that is slow to send it
-//! holds up only its own client.
+//! ends. Neither acceptor waits for it: the blocking front end reads it in
+//! `accept`, on the caller's thread (a gateway slow to send it holds that
+//! `accept` up, 5 s at most), the tokio one in a task of its own per
+//! connection.
 
 use std::time::{Duration, Instant};
 

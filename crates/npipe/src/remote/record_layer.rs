@@ -33,6 +33,8 @@ const MAX_PLAINTEXT: usize = 16 * 1024;
 const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
 /// Ciphertext read ahead of decryption at most: a few records.
 const READ_AHEAD: usize = 64 * 1024;
+/// The read buffer's first size: one whole record.
+const FIRST_ROOM: usize = HEADER + MAX_CIPHERTEXT;
 /// Plaintext one `write_plain` takes at most (rustls' own default bound).
 const WRITE_MAX: usize = 64 * 1024;
 
@@ -87,9 +89,12 @@ pub(crate) struct RecordLayer {
     rx_seq: u64,
     /// Records each way at most (the suite's confidentiality limit).
     limit: u64,
-    /// Ciphertext from `start` on, not yet whole records.
+    /// Ciphertext in `start..end`, not yet whole records; the buffer
+    /// grows (zeroed once) from one record's room to [`READ_AHEAD`] and a
+    /// record while reads fill it.
     incoming: Vec<u8>,
     start: usize,
+    end: usize,
     /// Encoded records not yet written; `sent` bytes of the first went.
     outgoing: VecDeque<Vec<u8>>,
     sent: usize,
@@ -104,7 +109,7 @@ impl std::fmt::Debug for RecordLayer {
         f.debug_struct("RecordLayer")
             .field("tx_seq", &self.tx_seq)
             .field("rx_seq", &self.rx_seq)
-            .field("incoming_bytes", &(self.incoming.len() - self.start))
+            .field("incoming_bytes", &(self.end - self.start))
             .field("outgoing_records", &self.outgoing.len())
             .field("peer_closed", &self.peer_closed)
             .field("close_sent", &self.close_sent)
@@ -145,6 +150,7 @@ impl RecordLayer {
             limit: suite.common.confidentiality_limit,
             incoming: Vec::new(),
             start: 0,
+            end: 0,
             outgoing: VecDeque::new(),
             sent: 0,
             peer_closed: false,
@@ -159,17 +165,20 @@ impl RecordLayer {
     /// reader, not the socket).
     pub fn read_tls(&mut self, rd: &mut dyn Read) -> io::Result<usize> {
         if self.start > 0 {
-            self.incoming.drain(..self.start);
+            self.incoming.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
-        let held = self.incoming.len();
-        if held >= READ_AHEAD {
+        if self.end >= READ_AHEAD {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        self.incoming.resize(READ_AHEAD + MAX_CIPHERTEXT, 0);
-        let n = rd.read(&mut self.incoming[held..]);
-        self.incoming.truncate(held + *n.as_ref().unwrap_or(&0));
-        n
+        if self.end == self.incoming.len() {
+            let grown = (2 * self.incoming.len()).clamp(FIRST_ROOM, READ_AHEAD + MAX_CIPHERTEXT);
+            self.incoming.resize(grown, 0);
+        }
+        let n = rd.read(&mut self.incoming[self.end..])?;
+        self.end += n;
+        Ok(n)
     }
 
     /// Decrypts the whole records that came, appending their application
@@ -184,7 +193,7 @@ impl RecordLayer {
             ..Received::default()
         };
         loop {
-            let rest = &self.incoming[self.start..];
+            let rest = &self.incoming[self.start..self.end];
             if rest.len() < HEADER {
                 break;
             }

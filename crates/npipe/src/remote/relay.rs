@@ -16,11 +16,13 @@
 //!   record.
 //!
 //! Where the gateway offered to hand the connection over (PROTOCOL §6c),
-//! the relay reads nothing from the client until the server's REPLY has
-//! passed (the client says nothing before it; what it sends early stays in
-//! TCP and goes with the connection), watching only for it to hang up. An
-//! OK that took the offer ends the relay with the connection, once the OK
-//! has gone out whole; the gateway then hands it over.
+//! what the client sends before the server's REPLY (it should send
+//! nothing; a waiting client that gives up sends close_notify) is held
+//! back from the pipe, where the server expects the gateway's word on the
+//! offer first; anything that came makes that word "relayed". An OK that
+//! took the offer, with nothing from the client, ends the relay with the
+//! connection, once the OK has gone out whole; the gateway then hands it
+//! over.
 
 use std::future::poll_fn;
 use std::io::{self, Read, Write};
@@ -81,6 +83,7 @@ pub(crate) async fn relay(
     offered: bool,
 ) -> io::Result<Outcome> {
     pipe.set_nonblocking(true)?;
+    let opening_len = opening.len();
     let mut relay = Relay {
         tls: Tls { tcp, conn },
         pipe: Pipe {
@@ -97,6 +100,7 @@ pub(crate) async fn relay(
         relayed: Relayed::default(),
         awaiting_reply: offered,
         spoke_early: false,
+        opening_left: opening_len,
         hand_over: false,
     };
     if poll_fn(|cx| relay.poll(cx)).await? {
@@ -130,9 +134,11 @@ struct Relay {
     /// The HELLO offered a hand-over and the server's REPLY has not come
     /// whole yet: nothing is read from the client meanwhile.
     awaiting_reply: bool,
-    /// The client sent something before the REPLY (found by a peek): it
-    /// stays in TCP, and the peeking stops.
+    /// Something came from the client before the REPLY: the connection
+    /// is relayed after all.
     spoke_early: bool,
+    /// Bytes of the opening not yet written to the pipe.
+    opening_left: usize,
     /// The REPLY took the offer: the relay ends once it has gone out.
     hand_over: bool,
 }
@@ -231,22 +237,6 @@ impl Relay {
         }
     }
 
-    /// While the REPLY is awaited: whether the client hung up (a waiting
-    /// client may leave), found by a peek that takes nothing.
-    fn watch_client(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        if self.spoke_early || self.client_eof {
-            return Ok(());
-        }
-        let mut one = [0u8; 1];
-        match self.tls.tcp.poll_peek(cx, &mut ReadBuf::new(&mut one)) {
-            Poll::Ready(Ok(0)) => self.client_eof = true,
-            Poll::Ready(Ok(_)) => self.spoke_early = true,
-            Poll::Ready(Err(e)) => return Err(e),
-            Poll::Pending => {}
-        }
-        Ok(())
-    }
-
     /// The REPLY, once whole at the front of what the pipe's server sent:
     /// the relay stops holding the client back, and ends for the
     /// hand-over if the OK took the offer and nothing stands in the way
@@ -265,7 +255,11 @@ impl Relay {
         if !matches!(reply, Reply::Connected(ref d) if d.handed_over) {
             return;
         }
-        if self.client_eof || self.down.pending().len() > used || !self.up.pending().is_empty() {
+        if self.spoke_early
+            || self.client_eof
+            || self.down.pending().len() > used
+            || !self.up.pending().is_empty()
+        {
             let mut relayed = Vec::new();
             HandOff::Relayed.encode(&mut relayed);
             self.up.push_front(&relayed);
@@ -279,21 +273,19 @@ impl Relay {
     /// a 64 KiB message wakes the pipe's server once, not at each 16 KiB
     /// record.
     fn up(&mut self, cx: &mut Context<'_>) -> io::Result<Step> {
-        if self.awaiting_reply || self.hand_over {
-            self.watch_client(cx)?;
-        }
-        while !self.client_eof
-            && !self.awaiting_reply
-            && !self.hand_over
-            && !self.up.spare().is_empty()
-        {
+        // Once the connection is to be handed over, nothing more is read.
+        while !self.client_eof && !self.hand_over && !self.up.spare().is_empty() {
             match self.tls.conn.reader().read(self.up.spare()) {
                 // close_notify: the client has no more to say.
                 Ok(0) => self.client_eof = true,
                 Ok(n) => self.up.filled(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Step::Blocked = self.tls.poll_receive(cx)? {
-                        break;
+                    match self.tls.poll_receive(cx)? {
+                        Step::Blocked => break,
+                        // Whatever came before the REPLY (a close_notify, a
+                        // request, part of a record) is now rustls', not
+                        // TCP's: the connection can no longer be handed over.
+                        Step::Moved => self.spoke_early |= self.awaiting_reply,
                     }
                 }
                 // A TCP end without close_notify: the pipe's server sees
@@ -302,17 +294,26 @@ impl Relay {
                 Err(e) => return Err(e),
             }
         }
-        if !self.up.pending().is_empty() {
-            return Ok(match self.pipe.poll_write(cx, self.up.pending())? {
+        // Before the REPLY only the opening goes to the pipe: what the
+        // client sent early waits behind the gateway's word on the offer.
+        let pending = self.up.pending();
+        let ready = if self.awaiting_reply {
+            &pending[..pending.len().min(self.opening_left)]
+        } else {
+            pending
+        };
+        if !ready.is_empty() {
+            return Ok(match self.pipe.poll_write(cx, ready)? {
                 Poll::Ready(n) => {
                     self.up.consume(n);
+                    self.opening_left = self.opening_left.saturating_sub(n);
                     self.relayed.up += n as u64;
                     Step::Moved
                 }
                 Poll::Pending => Step::Blocked,
             });
         }
-        if self.client_eof {
+        if self.client_eof && self.up.pending().is_empty() {
             self.end_up();
             return Ok(Step::Moved);
         }

@@ -528,6 +528,11 @@ impl Transport for TlsTransport {
             tls.conn.send_close_notify();
             let _ = self.send_tls(&mut tls);
         }
+        // A handed-over end's gateway stops counting the connection now
+        // (`DisconnectNamedPipe`), not when the end is dropped.
+        if let Some(lease) = &self.lease {
+            let _ = lease.shutdown_both();
+        }
         self.socket.shutdown_both()
     }
 

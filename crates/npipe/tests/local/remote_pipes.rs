@@ -423,20 +423,21 @@ fn certificates_the_gateway_does_not_accept_are_refused_during_tls() {
 /// Speaks TLS 1.3 to the gateway without a client certificate, sends a
 /// HELLO, and returns how reading the answer failed.
 fn no_certificate_hello(addr: SocketAddr, ca: &Path, name: &str) -> String {
-    match hand_written_hello(addr, ca, None, name) {
+    match hand_written_hello(addr, ca, None, name, crate::raw_client::CONNECT) {
         Ok(reply) => format!("read {} bytes", reply.len()),
         Err(e) => e.to_string(),
     }
 }
 
-/// A HELLO for `name` written by hand over TLS to the gateway at `addr`
-/// (trusting `ca`, showing the certificate and key in `client` if any),
-/// as a client that is not npipe's would: what came back first.
+/// A HELLO of `kind` for `name` written by hand over TLS to the gateway
+/// at `addr` (trusting `ca`, showing the certificate and key in `client`
+/// if any), as a client that is not npipe's would: what came back first.
 fn hand_written_hello(
     addr: SocketAddr,
     ca: &Path,
     client: Option<(&Path, &Path)>,
     name: &str,
+    kind: u8,
 ) -> std::io::Result<Vec<u8>> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -466,7 +467,7 @@ fn hand_written_hello(
     let tcp = std::net::TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let hello = crate::raw_client::hello(name, crate::raw_client::CONNECT, 3, 0);
+    let hello = crate::raw_client::hello(name, kind, 3, 0);
     tls.write_all(&hello)?;
     let mut reply = vec![0u8; 1024];
     let n = tls.read(&mut reply)?;
@@ -770,7 +771,14 @@ fn a_gateway_forwards_only_to_the_server_it_expects() {
     echo_server(server("allow everyone=full").create(&squatted).unwrap());
     let (crt, key) = gw.certs.issue("alice", 30);
     let spelled = format!(r"\\.\pipe\{squatted}");
-    let reply = hand_written_hello(gw.addr, &gw.certs.ca(), Some((&crt, &key)), &spelled).unwrap();
+    let reply = hand_written_hello(
+        gw.addr,
+        &gw.certs.ca(),
+        Some((&crt, &key)),
+        &spelled,
+        crate::raw_client::CONNECT,
+    )
+    .unwrap();
     let reply = String::from_utf8_lossy(&reply);
     assert!(reply.contains("not by"), "{reply}");
 }
@@ -904,14 +912,13 @@ fn a_remote_connection_is_handed_over_to_its_server() {
     assert!(s.recv_message().unwrap() == big);
     s.write_message(b"from the server itself").unwrap();
     assert_eq!(c.recv_message().unwrap(), b"from the server itself");
-    drop(c);
-    assert!(
-        s.recv_message().is_err(),
-        "the client's end reached the server"
-    );
-    drop(s);
+    // DisconnectNamedPipe ends the connection for the gateway too, though
+    // the server end lives on.
+    s.disconnect().unwrap();
     let said = gw.ended(&name);
     assert!(said.contains("handed over"), "{said}");
+    assert!(c.recv_message().is_err(), "the client is cut off");
+    drop(s);
 }
 
 /// A tokio server takes a handed-over connection as well.
@@ -1061,4 +1068,68 @@ fn a_broken_hand_over_breaks_only_its_connection() {
     let mut end = listener.accept().unwrap();
     c.write_message(b"still served").unwrap();
     assert_eq!(end.recv_message().unwrap(), b"still served");
+}
+
+/// A remote client that gives up while it waits for an instance leaves
+/// the server's queue at once, though its gateway offered the hand-over:
+/// the close_notify a dropped tokio end sends, then TCP's end, reach the
+/// server as a hang-up. (While the offer stood the gateway once only
+/// peeked, and stopped at the first byte: the waiter stayed queued for
+/// the minute it had asked for.)
+#[test]
+fn a_remote_waiter_that_gives_up_leaves_the_queue() {
+    let gw = gateway("waiter-leaves", |_| ());
+    let name = unique("remote-waiter-leaves");
+    let listener = server("allow everyone=full")
+        .max_instances(1)
+        .create(&name)
+        .unwrap();
+    let opts = gw.client("alice");
+    let _first = opts.open(remote(&name).as_str()).unwrap();
+    let _held = listener.accept().unwrap();
+    let mut patient = opts.clone();
+    patient.wait(Wait::Timeout(Duration::from_secs(60)));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let path = remote(&name);
+        let client = tokio::spawn(async move { patient.open_async(path.as_str()).await.map(drop) });
+        for _ in 0..1000 {
+            if crate::common::waiting(&name) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(crate::common::waiting(&name), 1, "it waits in the queue");
+        // It gives up: the future is dropped, and its end with it.
+        client.abort();
+        assert!(client.await.unwrap_err().is_cancelled());
+    });
+    crate::common::eventually("the waiter that gave up to leave the queue", || {
+        (crate::common::waiting(&name) == 0).then_some(())
+    });
+}
+
+/// A query through the gateway (a client other than npipe's may send
+/// one) is answered: only a connect is offered for a hand-over. (An offer
+/// on a query's HELLO cannot be written, and the gateway once dropped such
+/// a client without a word.)
+#[test]
+fn a_remote_query_is_answered_not_offered() {
+    let gw = gateway("remote-query", |_| ());
+    let name = unique("remote-query");
+    let _listener = server("allow everyone=full").create(&name).unwrap();
+    let (crt, key) = gw.certs.issue("alice", 30);
+    let reply = hand_written_hello(
+        gw.addr,
+        &gw.certs.ca(),
+        Some((&crt, &key)),
+        &name,
+        crate::raw_client::QUERY,
+    )
+    .unwrap();
+    assert!(reply.len() > 12 && &reply[..4] == b"NPIP", "{reply:?}");
+    assert_eq!(reply[5], 1, "an INFO reply");
 }
