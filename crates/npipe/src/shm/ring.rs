@@ -1,7 +1,7 @@
 //! One direction of the shared-memory data path: a single-producer,
-//! single-consumer ring of records in a [`ShmRegion`], one message per
-//! record (or several records for a message larger than the ring, each but
-//! the last marked *more*).
+//! single-consumer ring of records in a [`ShmRegion`], each a run of the
+//! byte stream the pipe's framing rides on (the transport writes no
+//! flags; the *more* bit is kept for tests that carry messages as records).
 //!
 //! The peer is untrusted. Each side keeps its own position locally and only
 //! publishes it; the peer's position and every record header are read once,

@@ -1,6 +1,7 @@
 //! The connected pipe on tokio, common to both ends: the same
 //! [`ReadCore`]/[`WriteCore`] decisions as the blocking `PipeStream`, driven
-//! by non-blocking socket calls after tokio reports readiness.
+//! by non-blocking calls on its link (the socket, the shared-memory rings,
+//! or a remote pipe's TLS) after tokio reports readiness.
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
@@ -497,7 +498,7 @@ impl AsyncWrite for PipeStream {
 /// | [`read_message`](Self::read_message), [`recv_message`](Self::recv_message) | Yes: a read dropped before it finished puts back what it took, so the next read starts where it did. |
 /// | [`AsyncRead`] (`read`, `read_buf`) | Yes, as for any tokio stream. |
 /// | [`write_message`](Self::write_message), [`transact`](Self::transact) | **No**: dropped after part of the message went out, the message is cut, and the writer is broken for good (every later write fails with *broken pipe*, the peer sees *broken pipe*, never a cut message). Dropped before anything went out, nothing was sent. Dropped while the whole message waits in a remote pipe's TLS for the socket to take it (the write's last step), it is not cut: it goes out before the next read or write. |
-/// | [`AsyncWrite`] (`write`, `write_all`) | Yes: a `poll_write` that sent part of a message reports it written and keeps the rest, which goes out while this end reads, and before the next write, `flush` or `shutdown`. The message is never cut by that. |
+/// | [`AsyncWrite`] (`write`, `write_all`) | Yes: a `poll_write` that sent part of a message reports it written and keeps the rest, which goes out while this end reads, and before the next write, `flush` or `shutdown`. The message is never cut by that, unless the end is dropped first: as with a buffered writer, `flush` (or `shutdown`) before dropping, or the peer sees the message cut (*broken pipe*). |
 /// | [`flush_buffers`](Self::flush_buffers) | Yes (it only waits). |
 ///
 /// ```

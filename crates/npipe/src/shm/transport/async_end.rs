@@ -9,6 +9,8 @@
 //! learns of a crash at once and an idle one costs nothing. The socket
 //! carries nothing else after the handshake: whatever is read from it is a
 //! wake-up, however many bytes (a peer that sends more only wakes us more).
+//! (So the server keeps its reading side open over the rings, whatever
+//! the client's grant: a side shut by a fence would read as a dead peer.)
 //!
 //! tokio keeps one waker for a registration's read readiness, but two
 //! tasks may wait on this one socket (the read and write halves of
@@ -203,6 +205,11 @@ impl AsyncTransport for AsyncShm {
     }
 
     fn poll_recv(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        // Nothing to take into: a socket's receive says 0 at once too
+        // (else a record there would keep the wait ready for ever).
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
         loop {
             ready!(spend_budget(cx));
             if let Some(n) = self.t.try_recv(buf)? {
@@ -495,6 +502,26 @@ mod tests {
     /// nothing, always there) still yields to its thread's other tasks:
     /// it spends tokio's budget as a socket's reader does, so within one
     /// poll of its task it turns pending after at most 128 receives.
+    /// A receive into no room says 0 at once, as a socket's does, with a
+    /// record waiting (it used to wait past it for ever, the record
+    /// keeping the wait ready).
+    #[test]
+    fn a_receive_into_no_room_returns_at_once() {
+        runtime().block_on(async {
+            let (a, b) = tokio_and_blocking(SMALL);
+            assert!(b.tx().try_push(&b.region, b"x", false).unwrap());
+            let got = ::tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                poll_fn(|cx| a.poll_recv(cx, &mut [])),
+            )
+            .await
+            .expect("the receive never returned");
+            assert_eq!(got.unwrap(), 0);
+            let mut one = [0u8; 1];
+            assert_eq!(poll_fn(|cx| a.poll_recv(cx, &mut one)).await.unwrap(), 1);
+        });
+    }
+
     #[test]
     fn a_ring_that_never_runs_dry_spends_the_tasks_budget() {
         runtime().block_on(async {
