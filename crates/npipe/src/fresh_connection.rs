@@ -122,7 +122,7 @@ pub(crate) fn send_reply(socket: &Socket, reply: &Reply) -> bool {
 /// server will never read them, and whatever it sent behind its HELLO is
 /// dropped unread. (A client that may not read is never sent anything: the
 /// server end's writes fail with *access denied*, see `Setup::rights`.)
-fn fence_to_grant(socket: &Socket, granted: Access, leftover: &mut Vec<u8>) {
+pub(crate) fn fence_to_grant(socket: &Socket, granted: Access, leftover: &mut Vec<u8>) {
     if !granted.writes() {
         leftover.clear();
         leftover.shrink_to_fit();

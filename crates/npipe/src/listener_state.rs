@@ -94,11 +94,18 @@ fn carrier(
     socket: Socket,
     settled: Option<crate::remote::handed::Settled>,
     hello: &Hello,
+    granted: Access,
 ) -> Carrier {
     use crate::remote::handed::{self, Settled};
     let peer = format!("remote client {} at {}", hello.principal, hello.computer);
     match settled {
-        None | Some(Settled::Relayed) => Carrier::Socket(socket),
+        None => Carrier::Socket(socket),
+        Some(Settled::Relayed) => {
+            // Held to its grant now, as the OK did not (the HAND-OFF came
+            // on this socket).
+            crate::fresh_connection::fence_to_grant(&socket, granted, &mut Vec::new());
+            Carrier::Socket(socket)
+        }
         Some(Settled::Handed(tcp, keys)) => match handed::transport(tcp, &keys, socket, peer) {
             Ok(t) => Carrier::Handed(Box::new(t)),
             Err((socket, _why)) => {
@@ -188,7 +195,7 @@ impl ListenerState {
             "the caller takes the shared memory first"
         );
         #[cfg(feature = "remote")]
-        let carrier = carrier(ready.socket, ready.settled, &ready.hello);
+        let carrier = carrier(ready.socket, ready.settled, &ready.hello, ready.granted);
         #[cfg(not(feature = "remote"))]
         let carrier = Carrier::Socket(ready.socket);
         // A remote client is who its gateway named, not the gateway.

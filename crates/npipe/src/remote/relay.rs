@@ -99,6 +99,7 @@ pub(crate) async fn relay(
         down_done: false,
         relayed: Relayed::default(),
         awaiting_reply: offered,
+        close_notified: false,
         spoke_early: false,
         opening_left: opening_len,
         hand_over: false,
@@ -132,8 +133,11 @@ struct Relay {
     down_done: bool,
     relayed: Relayed,
     /// The HELLO offered a hand-over and the server's REPLY has not come
-    /// whole yet: nothing is read from the client meanwhile.
+    /// whole yet: what the client sends meanwhile is held back from the
+    /// server.
     awaiting_reply: bool,
+    /// close_notify is queued (once the pipe's output ended).
+    close_notified: bool,
     /// Something came from the client before the REPLY: the connection
     /// is relayed after all.
     spoke_early: bool,
@@ -165,6 +169,12 @@ impl Buffer {
 
     fn pending(&self) -> &[u8] {
         &self.data[self.start..self.end]
+    }
+
+    /// Drops what it holds.
+    fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
     }
 
     fn consume(&mut self, n: usize) {
@@ -294,6 +304,12 @@ impl Relay {
                 Err(e) => return Err(e),
             }
         }
+        // A client that ended before its REPLY hangs up at once (a waiter
+        // that gave up leaves the server's queue): what it sent before,
+        // held back, goes nowhere.
+        if self.client_eof && self.awaiting_reply && self.opening_left == 0 {
+            self.up.clear();
+        }
         // Before the REPLY only the opening goes to the pipe: what the
         // client sent early waits behind the gateway's word on the offer.
         let pending = self.up.pending();
@@ -303,7 +319,23 @@ impl Relay {
             pending
         };
         if !ready.is_empty() {
-            return Ok(match self.pipe.poll_write(cx, ready)? {
+            let written = match self.pipe.poll_write(cx, ready) {
+                // The server closed (after a refusal, say): what the client
+                // sends goes nowhere, and what the server said still goes
+                // to the client.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    self.up.clear();
+                    self.up_done = true;
+                    return Ok(Step::Moved);
+                }
+                written => written?,
+            };
+            return Ok(match written {
                 Poll::Ready(n) => {
                     self.up.consume(n);
                     self.opening_left = self.opening_left.saturating_sub(n);
@@ -353,6 +385,13 @@ impl Relay {
             return Err(io::Error::other("TLS refused to take more plaintext"));
         }
         if self.pipe_eof {
+            if !self.close_notified {
+                // After everything the server sent (the REPLY included),
+                // however the end came: the client hears a clean end.
+                self.tls.conn.send_close_notify();
+                self.close_notified = true;
+                return Ok(Step::Moved);
+            }
             return match Pin::new(&mut self.tls.tcp).poll_shutdown(cx) {
                 Poll::Ready(result) => {
                     // The client may have gone: nothing left to tell it.
@@ -375,9 +414,6 @@ impl Relay {
         match self.pipe.poll_read(cx, self.down.spare())? {
             Poll::Ready(0) => {
                 self.pipe_eof = true;
-                if !self.awaiting_reply {
-                    self.tls.conn.send_close_notify();
-                }
                 Ok(Step::Moved)
             }
             Poll::Ready(n) => {
@@ -592,6 +628,25 @@ pub(super) mod tests {
         tokio_rustls::client::TlsStream<TcpStream>,
         ::tokio::task::JoinHandle<io::Result<Relayed>>,
     ) {
+        let (client, relay) = client_and_offering_relay(pipe, opening, false).await;
+        let relay = ::tokio::spawn(async move {
+            match relay.await.unwrap()? {
+                Outcome::Relayed(relayed) => Ok(relayed),
+                Outcome::HandOver(_) => unreachable!("nothing was offered"),
+            }
+        });
+        (client, relay)
+    }
+
+    /// The same, the relay's HELLO having offered a hand-over if `offered`.
+    async fn client_and_offering_relay(
+        pipe: Socket,
+        opening: &[u8],
+        offered: bool,
+    ) -> (
+        tokio_rustls::client::TlsStream<TcpStream>,
+        ::tokio::task::JoinHandle<io::Result<Outcome>>,
+    ) {
         let (server_config, client_config) = configs();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -603,10 +658,7 @@ pub(super) mod tests {
                 .await
                 .unwrap();
             let (tcp, conn) = tls.into_inner();
-            match relay(tcp, Connection::Server(conn), pipe, opening, false).await? {
-                Outcome::Relayed(relayed) => Ok(relayed),
-                Outcome::HandOver(_) => unreachable!("nothing was offered"),
-            }
+            relay(tcp, Connection::Server(conn), pipe, opening, offered).await
         });
         let tcp = TcpStream::connect(addr).await.unwrap();
         let client = tokio_rustls::TlsConnector::from(client_config)
@@ -742,6 +794,111 @@ pub(super) mod tests {
                 matches!(relayed, Ok(Relayed { up: 12, .. }) | Err(_)),
                 "{relayed:?}"
             );
+        });
+    }
+
+    /// What the server's side of the pipe reads until its end of input
+    /// (at most 10 s: a hang fails the test).
+    fn read_to_end_of_pipe(server_end: &Socket) -> Vec<u8> {
+        server_end
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match server_end.recv(&mut buf) {
+                Ok(0) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("the pipe's input never ended ({e}) after {got:?}"),
+            }
+        }
+    }
+
+    /// An offered relay whose client writes and then ends before its
+    /// REPLY: the server's queue hears the hang-up at once, and what the
+    /// client sent, held back behind the awaited REPLY, goes nowhere (it
+    /// used to wait for the REPLY, so a waiter that gave up stayed queued).
+    #[test]
+    fn a_client_that_ends_before_its_reply_hangs_up_at_once() {
+        runtime().block_on(async {
+            let (gateway_end, server_end) = Socket::pair().unwrap();
+            let (mut client, relay) = client_and_offering_relay(gateway_end, b"HELLO", true).await;
+            client.write_all(b"early").await.unwrap();
+            client.shutdown().await.unwrap();
+            let got = ::tokio::task::spawn_blocking(move || {
+                let got = read_to_end_of_pipe(&server_end);
+                drop(server_end);
+                got
+            })
+            .await
+            .unwrap();
+            assert_eq!(got, b"HELLO", "the opening, then the end");
+            assert!(matches!(relay.await.unwrap().unwrap(), Outcome::Relayed(_)));
+        });
+    }
+
+    /// An offered relay whose server refuses and closes while the client's
+    /// early bytes are held back: the refusal still reaches the client,
+    /// then close_notify (the bytes the server will never read are
+    /// dropped, where the failed write used to end the relay first).
+    #[test]
+    fn a_refusal_reaches_the_client_past_bytes_held_back() {
+        runtime().block_on(async {
+            let (gateway_end, server_end) = Socket::pair().unwrap();
+            let (mut client, relay) = client_and_offering_relay(gateway_end, b"HELLO", true).await;
+            client.write_all(b"early").await.unwrap();
+            client.flush().await.unwrap();
+            let mut refusal = Vec::new();
+            Reply::Refused {
+                code: 231,
+                reason: "all busy".into(),
+            }
+            .encode(&mut refusal)
+            .unwrap();
+            let said = refusal.clone();
+            ::tokio::task::spawn_blocking(move || {
+                let mut hello = [0u8; 5];
+                server_end
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let mut got = 0;
+                while got < hello.len() {
+                    got += server_end.recv(&mut hello[got..]).unwrap();
+                }
+                assert_eq!(&hello, b"HELLO");
+                // Wait for the early bytes to reach the relay first.
+                std::thread::sleep(Duration::from_millis(100));
+                server_end.send(&said).unwrap();
+                drop(server_end);
+            })
+            .await
+            .unwrap();
+            let mut back = Vec::new();
+            ::tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut back))
+                .await
+                .expect("the relay never ended")
+                .expect("no clean end (close_notify) after the refusal");
+            assert_eq!(back, refusal);
+            relay.await.unwrap().unwrap();
+        });
+    }
+
+    /// An offered relay whose server closes without a whole REPLY: the
+    /// client still hears a clean end (close_notify), as without an offer.
+    #[test]
+    fn a_server_that_closes_before_its_reply_ends_the_client_cleanly() {
+        runtime().block_on(async {
+            let (gateway_end, server_end) = Socket::pair().unwrap();
+            let (mut client, relay) = client_and_offering_relay(gateway_end, b"HELLO", true).await;
+            server_end.send(b"NPIP").unwrap();
+            drop(server_end);
+            let mut back = Vec::new();
+            ::tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut back))
+                .await
+                .expect("the relay never ended")
+                .expect("no close_notify");
+            assert_eq!(back, b"NPIP");
+            relay.await.unwrap().unwrap();
         });
     }
 }

@@ -1133,3 +1133,29 @@ fn a_remote_query_is_answered_not_offered() {
     assert!(reply.len() > 12 && &reply[..4] == b"NPIP", "{reply:?}");
     assert_eq!(reply[5], 1, "an INFO reply");
 }
+
+/// A read-only remote client whose gateway relays after all (a HAND-OFF
+/// of kind 2) is held to its grant as any other: its writes fail with a
+/// broken pipe, where the OK that took the offer had left the socket open
+/// for the HAND-OFF.
+#[test]
+fn a_relayed_read_only_client_is_held_to_its_grant() {
+    use crate::raw_client::{self as rc, RawClient};
+    let name = unique("relayed-read-only");
+    let listener = server("allow everyone=full").create(&name).unwrap();
+    let mut gateway = RawClient::connect(&name).unwrap();
+    let mut hello = rc::remote_hello(&name, "reader", "10.9.8.7", None);
+    hello[6] = rc::READ; // read only
+    hello[9] |= 8; // the hand-over offered
+    gateway.send(&hello).unwrap();
+    assert_eq!(
+        gateway.reply().unwrap(),
+        rc::Reply::Connected { granted: 1 }
+    );
+    let mut relayed = b"NPHO".to_vec();
+    relayed.extend_from_slice(&[1, 2]); // version 1, kind 2: relayed
+    relayed.resize(112, 0);
+    gateway.send(&relayed).unwrap();
+    let _end = listener.accept().unwrap();
+    assert_eq!(gateway.write_until_refused(b"not yours to write"), "epipe");
+}
