@@ -12,14 +12,18 @@ pub const MAGIC: [u8; 4] = *b"NPHO";
 /// Its version.
 const VERSION: u8 = 1;
 /// Its size, whatever it says.
-pub const LEN: usize = 112;
+pub const LEN: usize = 210;
+/// The longest traffic secret (SHA-384's output).
+pub const SECRET_MAX: usize = 48;
 
 const HANDED: u8 = 1;
 const RELAYED: u8 = 2;
 
 /// One direction's traffic keys: the next record's sequence number, the
-/// AEAD key and the IV (suites with 256-bit keys only). Zeroed when
-/// dropped; `Debug` shows the sequence number alone.
+/// AEAD key and the IV (suites with 256-bit keys only), and the traffic
+/// secret they come from where the gateway had it (so the server can
+/// follow a key update). Zeroed when dropped; `Debug` shows the sequence
+/// number alone.
 #[derive(Clone, PartialEq, Eq)]
 pub struct TrafficKeys {
     /// The next record's sequence number.
@@ -28,6 +32,8 @@ pub struct TrafficKeys {
     pub key: [u8; 32],
     /// The IV the record's nonce is made from.
     pub iv: [u8; 12],
+    /// The traffic secret (32 or 48 bytes), or empty.
+    pub secret: Vec<u8>,
 }
 
 impl std::fmt::Debug for TrafficKeys {
@@ -43,6 +49,7 @@ impl Drop for TrafficKeys {
         use zeroize::Zeroize;
         self.key.zeroize();
         self.iv.zeroize();
+        self.secret.zeroize();
     }
 }
 
@@ -84,6 +91,16 @@ impl HandOff {
                     out.extend_from_slice(&one.key);
                     out.extend_from_slice(&one.iv);
                 }
+                for one in [&keys.tx, &keys.rx] {
+                    let secret = if one.secret.len() <= SECRET_MAX {
+                        &one.secret[..]
+                    } else {
+                        &[]
+                    };
+                    out.push(secret.len() as u8);
+                    out.extend_from_slice(secret);
+                    out.resize(out.len() + SECRET_MAX - secret.len(), 0);
+                }
             }
             HandOff::Relayed => out.push(RELAYED),
         }
@@ -105,16 +122,26 @@ impl HandOff {
         if buf[4] != VERSION {
             return Err(ProtoError::BadVersion(buf[4]));
         }
-        let keys = |at: usize| TrafficKeys {
-            seq: u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes")),
-            key: buf[at + 8..at + 40].try_into().expect("32 bytes"),
-            iv: buf[at + 40..at + 52].try_into().expect("12 bytes"),
+        let keys = |at: usize, secret_at: usize| {
+            let len = usize::from(buf[secret_at]);
+            if !matches!(len, 0 | 32 | SECRET_MAX) {
+                return Err(ProtoError::BadValue {
+                    field: "traffic secret length",
+                    value: len as u64,
+                });
+            }
+            Ok(TrafficKeys {
+                seq: u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes")),
+                key: buf[at + 8..at + 40].try_into().expect("32 bytes"),
+                iv: buf[at + 40..at + 52].try_into().expect("12 bytes"),
+                secret: buf[secret_at + 1..secret_at + 1 + len].to_vec(),
+            })
         };
         match buf[5] {
             HANDED => Ok(Some(HandOff::Handed(SessionKeys {
                 suite: u16::from_le_bytes([buf[6], buf[7]]),
-                tx: keys(8),
-                rx: keys(60),
+                tx: keys(8, 112)?,
+                rx: keys(60, 112 + 1 + SECRET_MAX)?,
             }))),
             RELAYED => Ok(Some(HandOff::Relayed)),
             other => Err(ProtoError::BadValue {
@@ -136,11 +163,13 @@ mod tests {
                 seq: 3,
                 key: [1; 32],
                 iv: [2; 12],
+                secret: vec![5; 48],
             },
             rx: TrafficKeys {
                 seq: u64::MAX - 1,
                 key: [3; 32],
                 iv: [4; 12],
+                secret: Vec::new(),
             },
         }
     }
@@ -173,6 +202,17 @@ mod tests {
         assert!(matches!(
             HandOff::decode(&bad),
             Err(ProtoError::BadValue { .. })
+        ));
+        // A secret of a length no suite has.
+        let mut handed = Vec::new();
+        HandOff::Handed(keys()).encode(&mut handed);
+        handed[112] = 47;
+        assert!(matches!(
+            HandOff::decode(&handed),
+            Err(ProtoError::BadValue {
+                field: "traffic secret length",
+                ..
+            })
         ));
     }
 

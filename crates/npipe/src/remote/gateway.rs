@@ -18,6 +18,7 @@ use ::tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use super::relay;
+use super::secret_log::SecretLog;
 use super::tls::{self, TlsFiles};
 use super::trust;
 use super::x509;
@@ -249,6 +250,8 @@ pub struct Gateway {
     handshakes: Arc<Semaphore>,
     /// The bounds on authenticated connections, shared with each one's task.
     limits: Arc<Limits>,
+    /// The connections' traffic secrets, for their hand-over.
+    secrets: Arc<SecretLog>,
 }
 
 /// The gateway's bounds on authenticated connections.
@@ -351,8 +354,14 @@ impl Gateway {
             trust::check(&path, what, kind, me)?;
         }
         let mut config = tls::server_config(&opts.files)?;
-        // A connection handed over takes its keys with it.
-        Arc::make_mut(&mut config).enable_secret_extraction = opts.hand_off;
+        // A connection handed over takes its keys with it, and the secrets
+        // they come from (rustls logs those as it makes them).
+        let secrets = Arc::new(SecretLog::default());
+        if opts.hand_off {
+            let config = Arc::make_mut(&mut config);
+            config.enable_secret_extraction = true;
+            config.key_log = Arc::clone(&secrets) as Arc<dyn rustls::KeyLog>;
+        }
         let max_connections = opts
             .max_connections
             .unwrap_or_else(|| default_max_connections(crate::sys::open_file_limit()));
@@ -369,6 +378,7 @@ impl Gateway {
                 max_connections,
             }),
             opts: Arc::new(opts),
+            secrets,
         })
     }
 
@@ -414,9 +424,17 @@ impl Gateway {
             let opts = Arc::clone(&self.opts);
             let log = Arc::clone(&log);
             let limits = Arc::clone(&self.limits);
+            let secrets = Arc::clone(&self.secrets);
             ::tokio::spawn(async move {
                 let mut principal = None;
-                let served = serve_one(tcp, peer, acceptor, &opts, &limits, permit, &mut principal);
+                let served = serve_one(
+                    tcp,
+                    peer,
+                    acceptor,
+                    (&opts, &limits, &secrets),
+                    permit,
+                    &mut principal,
+                );
                 let what = match served.await {
                     Ok(what) => what,
                     Err(e) => e.to_string(),
@@ -436,8 +454,7 @@ async fn serve_one(
     tcp: TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
-    opts: &GatewayOptions,
-    limits: &Limits,
+    (opts, limits, secrets): (&GatewayOptions, &Limits, &SecretLog),
     handshake: OwnedSemaphorePermit,
     principal_out: &mut Option<String>,
 ) -> Result<String> {
@@ -581,7 +598,7 @@ async fn serve_one(
             "{:?}: relayed {} bytes in, {} out",
             hello.name, relayed.up, relayed.down
         )),
-        Ok(relay::Outcome::HandOver(handing)) => Ok(hand_over(handing, &hello.name).await),
+        Ok(relay::Outcome::HandOver(handing)) => Ok(hand_over(handing, &hello.name, secrets).await),
         Err(e) => Ok(format!("{:?}: relay ended: {e}", hello.name)),
     }
 }
@@ -605,7 +622,7 @@ fn can_hand_over(conn: &mut rustls::ServerConnection, rest: &[u8]) -> bool {
 /// keys in a HAND-OFF, its TCP socket beside it. Then holds the socket to
 /// the server until the server's end closes it, so the connection counts
 /// against the gateway's limits as long as it lives. What became of it.
-async fn hand_over(handing: Box<relay::HandOver>, name: &str) -> String {
+async fn hand_over(handing: Box<relay::HandOver>, name: &str, secrets: &SecretLog) -> String {
     use crate::proto::handoff::HandOff;
     use std::os::fd::AsFd;
     let relay::HandOver { tcp, conn, pipe } = *handing;
@@ -616,9 +633,15 @@ async fn hand_over(handing: Box<relay::HandOver>, name: &str) -> String {
     };
     // Without keys there is nothing to hand over, nor TLS to go on with:
     // both ends see the connection close.
-    let Some(keys) = keys else {
+    let Some(mut keys) = keys else {
         return format!("{name:?}: the connection's keys could not be taken for the hand-over");
     };
+    // With the secrets the server can follow a key update (without, the
+    // connection ends at the first).
+    if let Some((client, server)) = secrets.take(&keys.tx.key) {
+        keys.tx.secret = server;
+        keys.rx.secret = client;
+    }
     let mut message = Vec::with_capacity(crate::proto::handoff::LEN);
     HandOff::Handed(keys).encode(&mut message);
     // A fresh message on a socket the server has only read from: it goes

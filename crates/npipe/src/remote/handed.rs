@@ -187,6 +187,7 @@ mod tests {
             seq: 1,
             key: [5; 32],
             iv: [6; 12],
+            secret: Vec::new(),
         };
         SessionKeys {
             suite: 0x1302,

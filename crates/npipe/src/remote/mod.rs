@@ -48,6 +48,7 @@ pub(crate) mod handed;
 #[cfg_attr(not(test), allow(dead_code))]
 mod record_layer;
 mod relay;
+mod secret_log;
 // The handed-over variant is wired to the gateway's hand-over next.
 #[cfg_attr(not(test), allow(dead_code))]
 mod session;

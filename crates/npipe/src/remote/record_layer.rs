@@ -5,11 +5,14 @@
 //! does; the cipher is rustls' own (the suite's `Tls13AeadAlgorithm`), so
 //! no cryptography is written here, only the framing of RFC 8446 §5.
 //!
-//! It carries application data and close_notify both ways. A key update
-//! cannot be followed (the traffic secrets stayed with the gateway; only
-//! the keys came), so one ends the connection with a clear error, as do a
-//! record that does not decrypt, any other alert, and reaching the suite's
-//! confidentiality limit (2^23 to 2^24 records, 128 GiB or more each way).
+//! It carries application data and close_notify both ways, and key
+//! updates (RFC 8446 §4.6.3) where the gateway sent the traffic secrets
+//! beside the keys: the peer's are followed (answered when asked), and
+//! this side updates its own before its cipher's record limit (2^23
+//! records for AES-256-GCM, after which rustls peers update theirs too).
+//! Without the secrets a key update ends the connection with a clear
+//! error, as do a record that does not decrypt, any other alert, and
+//! reaching the record limit.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
@@ -18,6 +21,7 @@ use rustls::crypto::cipher::{
     AeadKey, InboundOpaqueMessage, Iv, MessageDecrypter, MessageEncrypter, OutboundChunks,
     OutboundPlainMessage,
 };
+use rustls::crypto::tls13::{HkdfExpander, OkmBlock};
 use rustls::{
     CipherSuite, ConnectionTrafficSecrets, ContentType, ExtractedSecrets, ProtocolVersion,
     SupportedCipherSuite,
@@ -45,10 +49,14 @@ const BAD_RECORD_MAC: u8 = 20;
 const RECORD_OVERFLOW: u8 = 22;
 /// The handshake message type of a key update.
 const KEY_UPDATE: u8 = 24;
+/// A key update's `request_update`: the peer need not answer, or must.
+const UPDATE_NOT_REQUESTED: u8 = 0;
+const UPDATE_REQUESTED: u8 = 1;
 
-/// The keys rustls extracted from a connection that negotiated `suite`:
-/// `None` for a suite this layer cannot carry (AES-128-GCM, whose 16-byte
-/// key rustls' public API cannot rebuild).
+/// The keys rustls extracted from a connection that negotiated `suite`
+/// (without their secrets, which rustls does not give: see
+/// `remote::secret_log`): `None` for a suite this layer cannot carry
+/// (AES-128-GCM, whose 16-byte key rustls' public API cannot rebuild).
 pub(crate) fn keys_from_extracted(
     suite: CipherSuite,
     secrets: ExtractedSecrets,
@@ -63,6 +71,7 @@ pub(crate) fn keys_from_extracted(
             seq,
             key: key.as_ref().try_into().ok()?,
             iv: iv.as_ref().try_into().ok()?,
+            secret: Vec::new(),
         })
     };
     Some(SessionKeys {
@@ -83,8 +92,13 @@ pub(crate) struct Received {
 
 /// The record layer of one connection (see the module's doc).
 pub(crate) struct RecordLayer {
+    suite: &'static rustls::Tls13CipherSuite,
     encrypter: Box<dyn MessageEncrypter>,
     decrypter: Box<dyn MessageDecrypter>,
+    /// The traffic secrets the keys come from, where the gateway had them:
+    /// what a key update derives the next keys from.
+    tx_secret: Option<Secret>,
+    rx_secret: Option<Secret>,
     tx_seq: u64,
     rx_seq: u64,
     /// Records each way at most (the suite's confidentiality limit).
@@ -118,6 +132,63 @@ impl std::fmt::Debug for RecordLayer {
     }
 }
 
+/// A traffic secret, zeroed when dropped.
+struct Secret(Vec<u8>);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.0.zeroize();
+    }
+}
+
+/// `HKDF-Expand-Label(secret, label, "", out.len())` (RFC 8446 §7.1) with
+/// the suite's own HKDF.
+fn expand_label(expander: &dyn HkdfExpander, label: &[u8], out: &mut [u8]) {
+    let length = (out.len() as u16).to_be_bytes();
+    let label_len = [(b"tls13 ".len() + label.len()) as u8];
+    let no_context = [0u8];
+    expander
+        .expand_slice(&[&length, &label_len, b"tls13 ", label, &no_context], out)
+        .expect("a key or IV is far shorter than HKDF's limit");
+}
+
+/// The AEAD key and IV a traffic secret gives (RFC 8446 §7.3).
+fn keys_of(suite: &rustls::Tls13CipherSuite, secret: &[u8]) -> ([u8; 32], [u8; 12]) {
+    let expander = suite.hkdf_provider.expander_for_okm(&OkmBlock::new(secret));
+    let (mut key, mut iv) = ([0u8; 32], [0u8; 12]);
+    expand_label(&*expander, b"key", &mut key);
+    expand_label(&*expander, b"iv", &mut iv);
+    (key, iv)
+}
+
+/// The traffic secret after a key update (RFC 8446 §7.2).
+fn next_secret(suite: &rustls::Tls13CipherSuite, secret: &[u8]) -> Secret {
+    let expander = suite.hkdf_provider.expander_for_okm(&OkmBlock::new(secret));
+    let mut next = vec![0u8; expander.hash_len()];
+    expand_label(&*expander, b"traffic upd", &mut next);
+    Secret(next)
+}
+
+/// The secret of `keys`, if it came and gives those very keys.
+fn checked_secret(suite: &rustls::Tls13CipherSuite, keys: &TrafficKeys) -> Option<Secret> {
+    (keys.secret.len() == suite.common.hash_provider.output_len()
+        && keys_of(suite, &keys.secret) == (keys.key, keys.iv))
+        .then(|| Secret(keys.secret.clone()))
+}
+
+/// The key a traffic secret of a 256-bit suite gives, told apart by the
+/// secret's length (SHA-384's for AES-256-GCM, SHA-256's for
+/// ChaCha20-Poly1305): how the gateway finds a connection's secrets.
+pub(crate) fn key_of_secret(secret: &[u8]) -> Option<[u8; 32]> {
+    let suite = match secret.len() {
+        48 => CipherSuite::TLS13_AES_256_GCM_SHA384,
+        32 => CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+        _ => return None,
+    };
+    Some(keys_of(suite_by_number(u16::from(suite))?, secret).0)
+}
+
 /// The TLS 1.3 suites of rustls' ring provider that carry 256-bit keys.
 fn suite_by_number(number: u16) -> Option<&'static rustls::Tls13CipherSuite> {
     rustls::crypto::ring::ALL_CIPHER_SUITES
@@ -143,8 +214,11 @@ impl RecordLayer {
         })?;
         let aead = suite.aead_alg;
         Ok(RecordLayer {
+            suite,
             encrypter: aead.encrypter(AeadKey::from(keys.tx.key), Iv::from(keys.tx.iv)),
             decrypter: aead.decrypter(AeadKey::from(keys.rx.key), Iv::from(keys.rx.iv)),
+            tx_secret: checked_secret(suite, &keys.tx),
+            rx_secret: checked_secret(suite, &keys.rx),
             tx_seq: keys.tx.seq,
             rx_seq: keys.rx.seq,
             limit: suite.common.confidentiality_limit,
@@ -251,11 +325,13 @@ impl RecordLayer {
                     return Err(why);
                 }
                 ContentType::Handshake if opened.payload.first() == Some(&KEY_UPDATE) => {
-                    return Err(self.fail(
-                        UNEXPECTED_MESSAGE,
-                        "the peer updated its TLS keys, which a connection handed over by \
-                         a gateway cannot follow",
-                    ));
+                    let request = match opened.payload {
+                        [KEY_UPDATE, 0, 0, 1, r @ (UPDATE_NOT_REQUESTED | UPDATE_REQUESTED)] => *r,
+                        _ => return Err(self.fail(UNEXPECTED_MESSAGE, "a malformed key update")),
+                    };
+                    if let Err(why) = self.update_rx(request == UPDATE_REQUESTED) {
+                        return Err(self.fail(UNEXPECTED_MESSAGE, why));
+                    }
                 }
                 _ => {
                     return Err(self.fail(UNEXPECTED_MESSAGE, "an unexpected TLS message"));
@@ -338,8 +414,63 @@ impl RecordLayer {
         Ok(wrote)
     }
 
-    /// Encrypts one record of `typ` holding `chunks` and queues it.
+    /// Follows the peer's key update, and answers with one of ours if it
+    /// asked (before any more data goes).
+    fn update_rx(&mut self, answer: bool) -> Result<(), &'static str> {
+        let Some(secret) = &self.rx_secret else {
+            return Err(
+                "the peer updated its TLS keys, which a connection handed over without its \
+                 secrets cannot follow",
+            );
+        };
+        let next = next_secret(self.suite, &secret.0);
+        let (key, iv) = keys_of(self.suite, &next.0);
+        self.decrypter = self
+            .suite
+            .aead_alg
+            .decrypter(AeadKey::from(key), Iv::from(iv));
+        self.rx_secret = Some(next);
+        self.rx_seq = 0;
+        if answer && !self.close_sent {
+            self.update_tx()
+                .map_err(|_| "the answer to a key update could not be sent")?;
+        }
+        Ok(())
+    }
+
+    /// Sends a key update (not asking the peer for one) under the current
+    /// keys, then moves to the next: `Err` without the secret.
+    fn update_tx(&mut self) -> io::Result<()> {
+        let Some(secret) = &self.tx_secret else {
+            return Err(io::ErrorKind::Unsupported.into());
+        };
+        let next = next_secret(self.suite, &secret.0);
+        self.seal_now(
+            ContentType::Handshake,
+            &[&[KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED]],
+        )?;
+        let (key, iv) = keys_of(self.suite, &next.0);
+        self.encrypter = self
+            .suite
+            .aead_alg
+            .encrypter(AeadKey::from(key), Iv::from(iv));
+        self.tx_secret = Some(next);
+        self.tx_seq = 0;
+        Ok(())
+    }
+
+    /// Encrypts one record of `typ` holding `chunks` and queues it, first
+    /// updating the keys if this would be the last record they may seal
+    /// (the update itself takes that one).
     fn seal(&mut self, typ: ContentType, chunks: &[&[u8]]) -> io::Result<()> {
+        if self.tx_secret.is_some() && self.tx_seq.saturating_add(1) >= self.limit {
+            self.update_tx()?;
+        }
+        self.seal_now(typ, chunks)
+    }
+
+    /// Encrypts one record and queues it, under the current keys.
+    fn seal_now(&mut self, typ: ContentType, chunks: &[&[u8]]) -> io::Result<()> {
         if self.tx_seq >= self.limit {
             let why = "the connection reached its cipher's record limit".to_string();
             self.failed = Some(why.clone());
@@ -364,7 +495,7 @@ impl RecordLayer {
     fn fail(&mut self, alert: u8, why: &str) -> String {
         if !self.close_sent {
             let level = if alert == CLOSE_NOTIFY { 1 } else { 2 };
-            let _ = self.seal(ContentType::Alert, &[&[level, alert]]);
+            let _ = self.seal_now(ContentType::Alert, &[&[level, alert]]);
             self.close_sent = true;
         }
         let why = format!("TLS failed: {why}");

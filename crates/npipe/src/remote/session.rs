@@ -14,7 +14,7 @@ pub(crate) enum Session {
     /// A client's rustls connection to its gateway.
     Client(Box<rustls::ClientConnection>),
     /// A server's connection handed over by its gateway.
-    Handed(RecordLayer),
+    Handed(Box<RecordLayer>),
 }
 
 impl Session {

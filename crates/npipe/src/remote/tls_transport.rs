@@ -125,7 +125,7 @@ impl TlsTransport {
     /// A server's end of a connection its gateway handed over (`layer`
     /// holds its keys) with `peer`, the remote client, at the other end.
     pub fn handed(socket: Socket, layer: RecordLayer, peer: String) -> TlsTransport {
-        Self::over(socket, Session::Handed(layer), peer, true)
+        Self::over(socket, Session::Handed(Box::new(layer)), peer, true)
     }
 
     fn over(socket: Socket, conn: Session, peer: String, answered: bool) -> TlsTransport {

@@ -1001,7 +1001,8 @@ fn hand_off_bytes() -> Vec<u8> {
         b.extend_from_slice(&[7; 32]);
         b.extend_from_slice(&[9; 12]);
     }
-    assert_eq!(b.len(), 112);
+    // No traffic secrets (their lengths 0, their room zeros).
+    b.resize(210, 0);
     b
 }
 
@@ -1050,7 +1051,7 @@ fn a_broken_hand_over_breaks_only_its_connection() {
                 send_with_fd(&gateway.stream, &hand_off_bytes(), not_tcp.as_fd());
                 other_end = Some(other);
             }
-            _ => gateway.send(&[b'X'; 112]).unwrap(),
+            _ => gateway.send(&[b'X'; 210]).unwrap(),
         }
         let mut end = listener.accept().unwrap();
         end.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -1154,8 +1155,69 @@ fn a_relayed_read_only_client_is_held_to_its_grant() {
     );
     let mut relayed = b"NPHO".to_vec();
     relayed.extend_from_slice(&[1, 2]); // version 1, kind 2: relayed
-    relayed.resize(112, 0);
+    relayed.resize(210, 0);
     gateway.send(&relayed).unwrap();
     let _end = listener.accept().unwrap();
     assert_eq!(gateway.write_until_refused(b"not yours to write"), "epipe");
+}
+
+/// A handed-over connection follows its client's TLS key updates (the
+/// gateway hands the traffic secrets over with the keys): a rustls client
+/// that updates its keys twice after the OK is still echoed.
+#[test]
+fn a_handed_over_connection_follows_key_updates() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let gw = gateway("key-update", |_| ());
+    let name = unique("key-update");
+    echo_server(server("allow everyone=full").create(&name).unwrap());
+    let (crt, key) = gw.certs.issue("alice", 30);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(gw.certs.ca()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            CertificateDer::pem_file_iter(&crt)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect(),
+            PrivateKeyDer::from_pem_file(&key).unwrap(),
+        )
+        .unwrap();
+    let server_name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), server_name).unwrap();
+    let tcp = std::net::TcpStream::connect(gw.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(&crate::raw_client::hello(
+        &name,
+        crate::raw_client::CONNECT,
+        3,
+        0,
+    ))
+    .unwrap();
+    let mut reply = [0u8; 12];
+    tls.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[5], 0, "OK");
+    // The OK's description: 38 bytes, then the name.
+    let mut desc = [0u8; 38];
+    tls.read_exact(&mut desc).unwrap();
+    let mut pipe_name = vec![0u8; usize::from(u16::from_le_bytes([desc[36], desc[37]]))];
+    tls.read_exact(&mut pipe_name).unwrap();
+    for round in 0..2u8 {
+        tls.conn.refresh_traffic_keys().unwrap();
+        let message = [round; 32];
+        tls.write_all(&crate::raw_client::frame(&message)).unwrap();
+        let mut echoed = [0u8; 36];
+        tls.read_exact(&mut echoed).unwrap();
+        assert_eq!(&echoed[4..], &message, "round {round}");
+    }
+    drop(tls);
+    let said = gw.ended(&name);
+    assert!(said.contains("handed over"), "{said}");
 }

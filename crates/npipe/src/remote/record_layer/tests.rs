@@ -27,6 +27,8 @@ fn handshake_with(
 ) -> (ClientConnection, Option<SessionKeys>) {
     let mut server_config = server_config;
     server_config.enable_secret_extraction = true;
+    let log = Arc::new(crate::remote::secret_log::SecretLog::default());
+    server_config.key_log = Arc::clone(&log) as Arc<dyn rustls::KeyLog>;
     let mut server = ServerConnection::new(Arc::new(server_config)).unwrap();
     let mut client = ClientConnection::new(client_config, "localhost".try_into().unwrap()).unwrap();
     while client.is_handshaking()
@@ -64,17 +66,30 @@ fn handshake_with(
         );
     }
     let suite = server.negotiated_cipher_suite().unwrap().suite();
-    let keys = keys_from_extracted(suite, server.dangerous_extract_secrets().unwrap());
+    let mut keys = keys_from_extracted(suite, server.dangerous_extract_secrets().unwrap());
+    // The secrets as a gateway finds them (remote::secret_log).
+    if let Some(keys) = &mut keys {
+        let (client_secret, server_secret) = log.take(&keys.tx.key).expect("logged");
+        keys.tx.secret = server_secret;
+        keys.rx.secret = client_secret;
+    }
     (client, keys)
 }
 
-fn handshake() -> (ClientConnection, RecordLayer) {
+/// A handed-over connection's record layer, with its secrets or not.
+fn handshake_keeping(secrets: bool) -> (ClientConnection, RecordLayer) {
     let (server_config, client_config) = configs();
     let (client, keys) = handshake_with((*server_config).clone(), client_config);
-    (
-        client,
-        RecordLayer::new(&keys.expect("a 256-bit suite")).unwrap(),
-    )
+    let mut keys = keys.expect("a 256-bit suite");
+    if !secrets {
+        keys.tx.secret.clear();
+        keys.rx.secret.clear();
+    }
+    (client, RecordLayer::new(&keys).unwrap())
+}
+
+fn handshake() -> (ClientConnection, RecordLayer) {
+    handshake_keeping(true)
 }
 
 /// What the layer has queued, as the bytes it writes.
@@ -191,9 +206,54 @@ fn close_notify_ends_each_way() {
     assert_eq!(late.kind(), io::ErrorKind::BrokenPipe);
 }
 
+/// The peer's key update, asking for ours, is followed and answered:
+/// data crosses both ways under the new keys, again and again.
 #[test]
-fn a_key_update_ends_the_connection_with_a_word_why() {
+fn key_updates_are_followed_and_answered() {
     let (mut client, mut layer) = handshake();
+    use std::io::Write as _;
+    for round in 0..3u8 {
+        client.refresh_traffic_keys().unwrap();
+        client.writer().write_all(&[round; 100]).unwrap();
+        let (got, last) = layer_reads(&mut layer, &client_sends(&mut client), 1 << 20);
+        last.unwrap();
+        assert_eq!(got, [round; 100]);
+        layer
+            .write_plain(&[IoSlice::new(b"under new keys")])
+            .unwrap();
+        assert_eq!(
+            client_reads(&mut client, &sent(&mut layer)).unwrap(),
+            b"under new keys"
+        );
+    }
+}
+
+/// This side updates its keys before its cipher's record limit (here
+/// made small), and the peer follows.
+#[test]
+fn keys_are_updated_before_the_record_limit() {
+    let (mut client, mut layer) = handshake();
+    layer.limit = layer.tx_seq + 3;
+    let mut wire = Vec::new();
+    for i in 0..20u8 {
+        layer.write_plain(&[IoSlice::new(&[i; 10])]).unwrap();
+        wire.extend(sent(&mut layer));
+    }
+    // Twenty records through a limit of three: only under new keys.
+    let expected: Vec<u8> = (0..20u8).flat_map(|i| [i; 10]).collect();
+    assert_eq!(client_reads(&mut client, &wire).unwrap(), expected);
+    // Without the secrets, the limit ends the connection instead.
+    let (_client, mut layer) = handshake_keeping(false);
+    layer.limit = layer.tx_seq + 3;
+    let ended = (0..20u8).find_map(|i| layer.write_plain(&[IoSlice::new(&[i; 10])]).err());
+    assert!(ended.unwrap().to_string().contains("record limit"));
+}
+
+/// Without its secrets (a gateway that did not have them), a handed-over
+/// connection cannot follow a key update: it ends, saying why.
+#[test]
+fn a_key_update_without_the_secrets_ends_the_connection_with_a_word_why() {
+    let (mut client, mut layer) = handshake_keeping(false);
     client.refresh_traffic_keys().unwrap();
     use std::io::Write as _;
     client.writer().write_all(b"under new keys").unwrap();
@@ -275,11 +335,13 @@ fn a_suite_with_a_128_bit_key_is_not_carried() {
             seq: 0,
             key: [7; 32],
             iv: [7; 12],
+            secret: Vec::new(),
         },
         rx: TrafficKeys {
             seq: 0,
             key: [7; 32],
             iv: [7; 12],
+            secret: Vec::new(),
         },
     };
     assert!(RecordLayer::new(&unknown).unwrap_err().contains("0x1301"));
@@ -293,6 +355,7 @@ fn debug_shows_no_key() {
         seq: 5,
         key: [0xab; 32],
         iv: [0xcd; 12],
+        secret: vec![0xef; 48],
     };
     let text = format!("{keys:?}");
     assert!(
