@@ -9,8 +9,8 @@ use super::ProtoError;
 
 /// The four bytes that open a HAND-OFF.
 pub const MAGIC: [u8; 4] = *b"NPHO";
-/// Its version.
-const VERSION: u8 = 1;
+/// Its version (1 had no traffic secrets, and 112 bytes).
+const VERSION: u8 = 2;
 /// Its size, whatever it says.
 pub const LEN: usize = 210;
 /// The longest traffic secret (SHA-384's output).
@@ -195,8 +195,8 @@ mod tests {
         assert_eq!(HandOff::decode(b"NPIP"), Err(ProtoError::BadMagic));
         assert_eq!(HandOff::decode(b"X"), Err(ProtoError::BadMagic));
         let mut bad = good.clone();
-        bad[4] = 2;
-        assert_eq!(HandOff::decode(&bad), Err(ProtoError::BadVersion(2)));
+        bad[4] = 1;
+        assert_eq!(HandOff::decode(&bad), Err(ProtoError::BadVersion(1)));
         let mut bad = good;
         bad[5] = 0;
         assert!(matches!(

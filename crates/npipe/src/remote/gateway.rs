@@ -18,7 +18,7 @@ use ::tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use super::relay;
-use super::secret_log::SecretLog;
+use super::secret_log::ConnectionSecrets;
 use super::tls::{self, TlsFiles};
 use super::trust;
 use super::x509;
@@ -250,8 +250,9 @@ pub struct Gateway {
     handshakes: Arc<Semaphore>,
     /// The bounds on authenticated connections, shared with each one's task.
     limits: Arc<Limits>,
-    /// The connections' traffic secrets, for their hand-over.
-    secrets: Arc<SecretLog>,
+    /// Its TLS configuration, which a connection that may be handed over
+    /// gets a copy of with a key log of its own.
+    config: Arc<rustls::ServerConfig>,
 }
 
 /// The gateway's bounds on authenticated connections.
@@ -354,13 +355,10 @@ impl Gateway {
             trust::check(&path, what, kind, me)?;
         }
         let mut config = tls::server_config(&opts.files)?;
-        // A connection handed over takes its keys with it, and the secrets
-        // they come from (rustls logs those as it makes them).
-        let secrets = Arc::new(SecretLog::default());
+        // A connection handed over takes its keys with it (and the secrets
+        // they come from: each connection's own log, `acceptor_for`).
         if opts.hand_off {
-            let config = Arc::make_mut(&mut config);
-            config.enable_secret_extraction = true;
-            config.key_log = Arc::clone(&secrets) as Arc<dyn rustls::KeyLog>;
+            Arc::make_mut(&mut config).enable_secret_extraction = true;
         }
         let max_connections = opts
             .max_connections
@@ -370,7 +368,8 @@ impl Gateway {
             .map_err(|e| Error::os(e, &format!("cannot listen on {}", opts.listen)))?;
         Ok(Gateway {
             listener,
-            acceptor: TlsAcceptor::from(config),
+            acceptor: TlsAcceptor::from(Arc::clone(&config)),
+            config,
             handshakes: Arc::new(Semaphore::new(opts.max_handshakes)),
             limits: Arc::new(Limits {
                 per_principal: Arc::default(),
@@ -378,8 +377,21 @@ impl Gateway {
                 max_connections,
             }),
             opts: Arc::new(opts),
-            secrets,
         })
+    }
+
+    /// The TLS acceptor for a new connection, and where its traffic
+    /// secrets are logged if it may be handed over: a copy of the
+    /// configuration with a key log of the connection's own, so no entry
+    /// can be another connection's and none outlives it.
+    fn acceptor_for(&self) -> (TlsAcceptor, Option<Arc<ConnectionSecrets>>) {
+        if !self.opts.hand_off {
+            return (self.acceptor.clone(), None);
+        }
+        let secrets = Arc::new(ConnectionSecrets::default());
+        let mut config = (*self.config).clone();
+        config.key_log = Arc::clone(&secrets) as Arc<dyn rustls::KeyLog>;
+        (TlsAcceptor::from(Arc::new(config)), Some(secrets))
     }
 
     /// The address it listens on (with the port the system chose for 0).
@@ -420,18 +432,17 @@ impl Gateway {
                 });
                 continue;
             };
-            let acceptor = self.acceptor.clone();
+            let (acceptor, secrets) = self.acceptor_for();
             let opts = Arc::clone(&self.opts);
             let log = Arc::clone(&log);
             let limits = Arc::clone(&self.limits);
-            let secrets = Arc::clone(&self.secrets);
             ::tokio::spawn(async move {
                 let mut principal = None;
                 let served = serve_one(
                     tcp,
                     peer,
                     acceptor,
-                    (&opts, &limits, &secrets),
+                    (&opts, &limits, secrets),
                     permit,
                     &mut principal,
                 );
@@ -454,7 +465,7 @@ async fn serve_one(
     tcp: TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
-    (opts, limits, secrets): (&GatewayOptions, &Limits, &SecretLog),
+    (opts, limits, secrets): (&GatewayOptions, &Limits, Option<Arc<ConnectionSecrets>>),
     handshake: OwnedSemaphorePermit,
     principal_out: &mut Option<String>,
 ) -> Result<String> {
@@ -598,7 +609,9 @@ async fn serve_one(
             "{:?}: relayed {} bytes in, {} out",
             hello.name, relayed.up, relayed.down
         )),
-        Ok(relay::Outcome::HandOver(handing)) => Ok(hand_over(handing, &hello.name, secrets).await),
+        Ok(relay::Outcome::HandOver(handing)) => {
+            Ok(hand_over(handing, &hello.name, secrets.as_deref()).await)
+        }
         Err(e) => Ok(format!("{:?}: relay ended: {e}", hello.name)),
     }
 }
@@ -622,7 +635,11 @@ fn can_hand_over(conn: &mut rustls::ServerConnection, rest: &[u8]) -> bool {
 /// keys in a HAND-OFF, its TCP socket beside it. Then holds the socket to
 /// the server until the server's end closes it, so the connection counts
 /// against the gateway's limits as long as it lives. What became of it.
-async fn hand_over(handing: Box<relay::HandOver>, name: &str, secrets: &SecretLog) -> String {
+async fn hand_over(
+    handing: Box<relay::HandOver>,
+    name: &str,
+    secrets: Option<&ConnectionSecrets>,
+) -> String {
     use crate::proto::handoff::HandOff;
     use std::os::fd::AsFd;
     let relay::HandOver { tcp, conn, pipe } = *handing;
@@ -638,11 +655,11 @@ async fn hand_over(handing: Box<relay::HandOver>, name: &str, secrets: &SecretLo
     };
     // With the secrets the server can follow a key update (without, the
     // connection ends at the first).
-    if let Some((client, server)) = secrets.take(&keys.tx.key) {
+    if let Some((client, server)) = secrets.and_then(ConnectionSecrets::take) {
         keys.tx.secret = server;
         keys.rx.secret = client;
     }
-    let mut message = Vec::with_capacity(crate::proto::handoff::LEN);
+    let mut message = zeroize::Zeroizing::new(Vec::with_capacity(crate::proto::handoff::LEN));
     HandOff::Handed(keys).encode(&mut message);
     // A fresh message on a socket the server has only read from: it goes
     // whole, or the server is gone.

@@ -41,6 +41,14 @@ pub(crate) struct Incoming {
     socket: Option<Socket>,
 }
 
+impl Drop for Incoming {
+    /// The HAND-OFF holds keys and secrets.
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.buf.zeroize();
+    }
+}
+
 impl Default for Incoming {
     fn default() -> Self {
         Incoming {

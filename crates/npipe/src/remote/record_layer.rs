@@ -52,6 +52,9 @@ const KEY_UPDATE: u8 = 24;
 /// A key update's `request_update`: the peer need not answer, or must.
 const UPDATE_NOT_REQUESTED: u8 = 0;
 const UPDATE_REQUESTED: u8 = 1;
+/// The peer's key updates in a row (no application data between) past
+/// which the connection ends (rustls' own bound).
+const MAX_UPDATES_IN_A_ROW: u32 = 32;
 
 /// The keys rustls extracted from a connection that negotiated `suite`
 /// (without their secrets, which rustls does not give: see
@@ -99,6 +102,12 @@ pub(crate) struct RecordLayer {
     /// what a key update derives the next keys from.
     tx_secret: Option<Secret>,
     rx_secret: Option<Secret>,
+    /// The peer asked for our key update: it goes before our next
+    /// application data (one however many asked, RFC 8446 §4.6.3).
+    update_owed: bool,
+    /// The peer's key updates since its last application data: a peer
+    /// that sends nothing else may send only so many (as rustls allows).
+    updates_in_a_row: u32,
     tx_seq: u64,
     rx_seq: u64,
     /// Records each way at most (the suite's confidentiality limit).
@@ -177,18 +186,6 @@ fn checked_secret(suite: &rustls::Tls13CipherSuite, keys: &TrafficKeys) -> Optio
         .then(|| Secret(keys.secret.clone()))
 }
 
-/// The key a traffic secret of a 256-bit suite gives, told apart by the
-/// secret's length (SHA-384's for AES-256-GCM, SHA-256's for
-/// ChaCha20-Poly1305): how the gateway finds a connection's secrets.
-pub(crate) fn key_of_secret(secret: &[u8]) -> Option<[u8; 32]> {
-    let suite = match secret.len() {
-        48 => CipherSuite::TLS13_AES_256_GCM_SHA384,
-        32 => CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
-        _ => return None,
-    };
-    Some(keys_of(suite_by_number(u16::from(suite))?, secret).0)
-}
-
 /// The TLS 1.3 suites of rustls' ring provider that carry 256-bit keys.
 fn suite_by_number(number: u16) -> Option<&'static rustls::Tls13CipherSuite> {
     rustls::crypto::ring::ALL_CIPHER_SUITES
@@ -219,6 +216,8 @@ impl RecordLayer {
             decrypter: aead.decrypter(AeadKey::from(keys.rx.key), Iv::from(keys.rx.iv)),
             tx_secret: checked_secret(suite, &keys.tx),
             rx_secret: checked_secret(suite, &keys.rx),
+            update_owed: false,
+            updates_in_a_row: 0,
             tx_seq: keys.tx.seq,
             rx_seq: keys.rx.seq,
             limit: suite.common.confidentiality_limit,
@@ -310,6 +309,7 @@ impl RecordLayer {
                 ContentType::ApplicationData => {
                     plain.extend(opened.payload);
                     got.data |= !opened.payload.is_empty();
+                    self.updates_in_a_row = 0;
                 }
                 // Whatever its level (RFC 8446 §6.1).
                 ContentType::Alert if opened.payload.get(1) == Some(&CLOSE_NOTIFY) => {
@@ -329,9 +329,14 @@ impl RecordLayer {
                         [KEY_UPDATE, 0, 0, 1, r @ (UPDATE_NOT_REQUESTED | UPDATE_REQUESTED)] => *r,
                         _ => return Err(self.fail(UNEXPECTED_MESSAGE, "a malformed key update")),
                     };
-                    if let Err(why) = self.update_rx(request == UPDATE_REQUESTED) {
+                    self.updates_in_a_row += 1;
+                    if self.updates_in_a_row > MAX_UPDATES_IN_A_ROW {
+                        return Err(self.fail(UNEXPECTED_MESSAGE, "too many key updates in a row"));
+                    }
+                    if let Err(why) = self.update_rx() {
                         return Err(self.fail(UNEXPECTED_MESSAGE, why));
                     }
+                    self.update_owed |= request == UPDATE_REQUESTED;
                 }
                 _ => {
                     return Err(self.fail(UNEXPECTED_MESSAGE, "an unexpected TLS message"));
@@ -414,9 +419,8 @@ impl RecordLayer {
         Ok(wrote)
     }
 
-    /// Follows the peer's key update, and answers with one of ours if it
-    /// asked (before any more data goes).
-    fn update_rx(&mut self, answer: bool) -> Result<(), &'static str> {
+    /// Follows the peer's key update.
+    fn update_rx(&mut self) -> Result<(), &'static str> {
         let Some(secret) = &self.rx_secret else {
             return Err(
                 "the peer updated its TLS keys, which a connection handed over without its \
@@ -431,10 +435,6 @@ impl RecordLayer {
             .decrypter(AeadKey::from(key), Iv::from(iv));
         self.rx_secret = Some(next);
         self.rx_seq = 0;
-        if answer && !self.close_sent {
-            self.update_tx()
-                .map_err(|_| "the answer to a key update could not be sent")?;
-        }
         Ok(())
     }
 
@@ -460,10 +460,13 @@ impl RecordLayer {
     }
 
     /// Encrypts one record of `typ` holding `chunks` and queues it, first
-    /// updating the keys if this would be the last record they may seal
-    /// (the update itself takes that one).
+    /// updating the keys if the peer asked (before application data), or
+    /// if this would be the last record they may seal (the update itself
+    /// takes that one).
     fn seal(&mut self, typ: ContentType, chunks: &[&[u8]]) -> io::Result<()> {
-        if self.tx_secret.is_some() && self.tx_seq.saturating_add(1) >= self.limit {
+        let owed = self.update_owed && typ == ContentType::ApplicationData;
+        if owed || (self.tx_secret.is_some() && self.tx_seq.saturating_add(1) >= self.limit) {
+            self.update_owed = false;
             self.update_tx()?;
         }
         self.seal_now(typ, chunks)

@@ -993,7 +993,7 @@ fn connections_are_relayed_where_no_hand_over_is_taken() {
 /// need not work.
 fn hand_off_bytes() -> Vec<u8> {
     let mut b = b"NPHO".to_vec();
-    b.push(1); // version
+    b.push(2); // version
     b.push(1); // handed
     b.extend_from_slice(&0x1302u16.to_le_bytes()); // TLS_AES_256_GCM_SHA384
     for _ in 0..2 {
@@ -1154,7 +1154,7 @@ fn a_relayed_read_only_client_is_held_to_its_grant() {
         rc::Reply::Connected { granted: 1 }
     );
     let mut relayed = b"NPHO".to_vec();
-    relayed.extend_from_slice(&[1, 2]); // version 1, kind 2: relayed
+    relayed.extend_from_slice(&[2, 2]); // version 2, kind 2: relayed
     relayed.resize(210, 0);
     gateway.send(&relayed).unwrap();
     let _end = listener.accept().unwrap();

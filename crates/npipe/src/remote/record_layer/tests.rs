@@ -27,7 +27,7 @@ fn handshake_with(
 ) -> (ClientConnection, Option<SessionKeys>) {
     let mut server_config = server_config;
     server_config.enable_secret_extraction = true;
-    let log = Arc::new(crate::remote::secret_log::SecretLog::default());
+    let log = Arc::new(crate::remote::secret_log::ConnectionSecrets::default());
     server_config.key_log = Arc::clone(&log) as Arc<dyn rustls::KeyLog>;
     let mut server = ServerConnection::new(Arc::new(server_config)).unwrap();
     let mut client = ClientConnection::new(client_config, "localhost".try_into().unwrap()).unwrap();
@@ -69,7 +69,7 @@ fn handshake_with(
     let mut keys = keys_from_extracted(suite, server.dangerous_extract_secrets().unwrap());
     // The secrets as a gateway finds them (remote::secret_log).
     if let Some(keys) = &mut keys {
-        let (client_secret, server_secret) = log.take(&keys.tx.key).expect("logged");
+        let (client_secret, server_secret) = log.take().expect("logged");
         keys.tx.secret = server_secret;
         keys.rx.secret = client_secret;
     }
@@ -362,4 +362,29 @@ fn debug_shows_no_key() {
         text.contains('5') && !text.contains("171") && !text.contains("ab"),
         "{text}"
     );
+}
+
+/// Key updates that ask for ours, sent by a peer that reads nothing, get
+/// one answer before our next data, not one each (they used to queue a
+/// record each, without bound); past 32 in a row the connection ends.
+#[test]
+fn many_key_updates_get_one_answer_and_a_bound() {
+    let (mut client, mut layer) = handshake();
+    for _ in 0..10 {
+        client.refresh_traffic_keys().unwrap();
+    }
+    let (_, last) = layer_reads(&mut layer, &client_sends(&mut client), 1 << 20);
+    last.unwrap();
+    assert!(!layer.wants_write(), "nothing sent before our next data");
+    layer.write_plain(&[IoSlice::new(b"after ten")]).unwrap();
+    assert_eq!(layer.outgoing.len(), 2, "one key update, then the data");
+    assert_eq!(
+        client_reads(&mut client, &sent(&mut layer)).unwrap(),
+        b"after ten"
+    );
+    for _ in 0..33 {
+        client.refresh_traffic_keys().unwrap();
+    }
+    let (_, last) = layer_reads(&mut layer, &client_sends(&mut client), 1 << 20);
+    assert!(last.unwrap_err().contains("too many key updates"));
 }
