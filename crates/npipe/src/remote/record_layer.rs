@@ -171,12 +171,16 @@ fn keys_of(suite: &rustls::Tls13CipherSuite, secret: &[u8]) -> ([u8; 32], [u8; 1
     (key, iv)
 }
 
-/// The traffic secret after a key update (RFC 8446 §7.2).
-fn next_secret(suite: &rustls::Tls13CipherSuite, secret: &[u8]) -> Secret {
-    let expander = suite.hkdf_provider.expander_for_okm(&OkmBlock::new(secret));
+/// The traffic secret after a key update (RFC 8446 §7.2), and the key
+/// and IV it gives.
+fn next_keys(suite: &rustls::Tls13CipherSuite, secret: &Secret) -> (Secret, AeadKey, Iv) {
+    let expander = suite
+        .hkdf_provider
+        .expander_for_okm(&OkmBlock::new(&secret.0));
     let mut next = vec![0u8; expander.hash_len()];
     expand_label(&*expander, b"traffic upd", &mut next);
-    Secret(next)
+    let (key, iv) = keys_of(suite, &next);
+    (Secret(next), AeadKey::from(key), Iv::from(iv))
 }
 
 /// The secret of `keys`, if it came and gives those very keys.
@@ -427,12 +431,8 @@ impl RecordLayer {
                  secrets cannot follow",
             );
         };
-        let next = next_secret(self.suite, &secret.0);
-        let (key, iv) = keys_of(self.suite, &next.0);
-        self.decrypter = self
-            .suite
-            .aead_alg
-            .decrypter(AeadKey::from(key), Iv::from(iv));
+        let (next, key, iv) = next_keys(self.suite, secret);
+        self.decrypter = self.suite.aead_alg.decrypter(key, iv);
         self.rx_secret = Some(next);
         self.rx_seq = 0;
         Ok(())
@@ -444,16 +444,12 @@ impl RecordLayer {
         let Some(secret) = &self.tx_secret else {
             return Err(io::ErrorKind::Unsupported.into());
         };
-        let next = next_secret(self.suite, &secret.0);
+        let (next, key, iv) = next_keys(self.suite, secret);
         self.seal_now(
             ContentType::Handshake,
             &[&[KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED]],
         )?;
-        let (key, iv) = keys_of(self.suite, &next.0);
-        self.encrypter = self
-            .suite
-            .aead_alg
-            .encrypter(AeadKey::from(key), Iv::from(iv));
+        self.encrypter = self.suite.aead_alg.encrypter(key, iv);
         self.tx_secret = Some(next);
         self.tx_seq = 0;
         Ok(())

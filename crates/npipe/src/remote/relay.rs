@@ -814,6 +814,19 @@ pub(super) mod tests {
         }
     }
 
+    /// What the client reads until a clean end (close_notify), within
+    /// 10 s: a hang or a cut end fails the test.
+    async fn read_to_a_clean_end(
+        client: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    ) -> Vec<u8> {
+        let mut back = Vec::new();
+        ::tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut back))
+            .await
+            .expect("the relay never ended")
+            .expect("no clean end (close_notify)");
+        back
+    }
+
     /// An offered relay whose client writes and then ends before its
     /// REPLY: the server's queue hears the hang-up at once, and what the
     /// client sent, held back behind the awaited REPLY, goes nowhere (it
@@ -873,12 +886,7 @@ pub(super) mod tests {
             })
             .await
             .unwrap();
-            let mut back = Vec::new();
-            ::tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut back))
-                .await
-                .expect("the relay never ended")
-                .expect("no clean end (close_notify) after the refusal");
-            assert_eq!(back, refusal);
+            assert_eq!(read_to_a_clean_end(&mut client).await, refusal);
             relay.await.unwrap().unwrap();
         });
     }
@@ -892,12 +900,7 @@ pub(super) mod tests {
             let (mut client, relay) = client_and_offering_relay(gateway_end, b"HELLO", true).await;
             server_end.send(b"NPIP").unwrap();
             drop(server_end);
-            let mut back = Vec::new();
-            ::tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut back))
-                .await
-                .expect("the relay never ended")
-                .expect("no close_notify");
-            assert_eq!(back, b"NPIP");
+            assert_eq!(read_to_a_clean_end(&mut client).await, b"NPIP");
             relay.await.unwrap().unwrap();
         });
     }

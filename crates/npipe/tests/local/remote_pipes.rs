@@ -439,6 +439,23 @@ fn hand_written_hello(
     name: &str,
     kind: u8,
 ) -> std::io::Result<Vec<u8>> {
+    let mut tls = hand_written_tls(addr, ca, client);
+    let hello = crate::raw_client::hello(name, kind, 3, 0);
+    tls.write_all(&hello)?;
+    let mut reply = vec![0u8; 1024];
+    let n = tls.read(&mut reply)?;
+    reply.truncate(n);
+    Ok(reply)
+}
+
+/// A TLS 1.3 client of the gateway at `addr` that is not npipe's: plain
+/// rustls trusting `ca`, showing the certificate and key in `client` if
+/// any.
+fn hand_written_tls(
+    addr: SocketAddr,
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
@@ -466,13 +483,7 @@ fn hand_written_hello(
     let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), server_name).unwrap();
     let tcp = std::net::TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let hello = crate::raw_client::hello(name, kind, 3, 0);
-    tls.write_all(&hello)?;
-    let mut reply = vec![0u8; 1024];
-    let n = tls.read(&mut reply)?;
-    reply.truncate(n);
-    Ok(reply)
+    rustls::StreamOwned::new(conn, tcp)
 }
 
 /// A client writing on one thread and reading on another, through the
@@ -1166,34 +1177,11 @@ fn a_relayed_read_only_client_is_held_to_its_grant() {
 /// that updates its keys twice after the OK is still echoed.
 #[test]
 fn a_handed_over_connection_follows_key_updates() {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let gw = gateway("key-update", |_| ());
     let name = unique("key-update");
     echo_server(server("allow everyone=full").create(&name).unwrap());
     let (crt, key) = gw.certs.issue("alice", 30);
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(gw.certs.ca()).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            CertificateDer::pem_file_iter(&crt)
-                .unwrap()
-                .map(Result::unwrap)
-                .collect(),
-            PrivateKeyDer::from_pem_file(&key).unwrap(),
-        )
-        .unwrap();
-    let server_name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), server_name).unwrap();
-    let tcp = std::net::TcpStream::connect(gw.addr).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut tls = hand_written_tls(gw.addr, &gw.certs.ca(), Some((&crt, &key)));
     tls.write_all(&crate::raw_client::hello(
         &name,
         crate::raw_client::CONNECT,

@@ -11,11 +11,17 @@ use super::*;
 use crate::remote::relay::tests::configs;
 
 /// Moves everything `from` has to send into `to`, as TCP would.
-fn shuttle(from: &mut dyn FnMut(&mut Vec<u8>), to: &mut dyn FnMut(&[u8])) {
+fn shuttle<A, B>(from: &mut rustls::ConnectionCommon<A>, to: &mut rustls::ConnectionCommon<B>) {
     let mut wire = Vec::new();
-    from(&mut wire);
+    while from.wants_write() {
+        from.write_tls(&mut wire).unwrap();
+    }
+    let mut rd = &wire[..];
+    while !rd.is_empty() {
+        to.read_tls(&mut rd).unwrap();
+    }
     if !wire.is_empty() {
-        to(&wire);
+        to.process_new_packets().unwrap();
     }
 }
 
@@ -36,34 +42,8 @@ fn handshake_with(
         || client.wants_write()
         || server.wants_write()
     {
-        shuttle(
-            &mut |w| {
-                while client.wants_write() {
-                    client.write_tls(w).unwrap();
-                }
-            },
-            &mut |bytes| {
-                let mut rd = bytes;
-                while !rd.is_empty() {
-                    server.read_tls(&mut rd).unwrap();
-                }
-                server.process_new_packets().unwrap();
-            },
-        );
-        shuttle(
-            &mut |w| {
-                while server.wants_write() {
-                    server.write_tls(w).unwrap();
-                }
-            },
-            &mut |bytes| {
-                let mut rd = bytes;
-                while !rd.is_empty() {
-                    client.read_tls(&mut rd).unwrap();
-                }
-                client.process_new_packets().unwrap();
-            },
-        );
+        shuttle(&mut *client, &mut *server);
+        shuttle(&mut *server, &mut *client);
     }
     let suite = server.negotiated_cipher_suite().unwrap().suite();
     let mut keys = keys_from_extracted(suite, server.dangerous_extract_secrets().unwrap());
