@@ -43,20 +43,17 @@ pub(crate) struct Ready {
     /// mapped user up already (the tokio one does, off the runtime's
     /// threads); else `open_end` does.
     pub remote: Option<RemotePeer>,
-    /// What the gateway said after an OK that took its offer to hand the
-    /// connection over (`None`: no offer was taken).
+    /// The OK took a gateway's offer to hand the connection over (what
+    /// the engine decided, as the OK said): its HAND-OFF is read before the
+    /// end is made (see `remote::handed`).
+    #[cfg(feature = "remote")]
+    pub handed_over: bool,
+    /// What the gateway said after that OK (`None` until read).
     #[cfg(feature = "remote")]
     pub settled: Option<crate::remote::handed::Settled>,
 }
 
 impl Ready {
-    /// Whether the OK took a gateway's offer: its HAND-OFF is read before
-    /// the connection is queued for `accept` (see `remote::handed`).
-    #[cfg(feature = "remote")]
-    pub fn awaits_hand_off(&self, opts: &ServerOptions) -> bool {
-        self.settled.is_none() && crate::policy::takes_hand_off(opts, &self.hello)
-    }
-
     /// Reads the HAND-OFF on tokio's reactor (at most
     /// `remote::handed::HAND_OFF_WAIT`).
     #[cfg(all(feature = "remote", feature = "tokio"))]
@@ -97,7 +94,6 @@ fn carrier(
     granted: Access,
 ) -> Carrier {
     use crate::remote::handed::{self, Settled};
-    let peer = format!("remote client {} at {}", hello.principal, hello.computer);
     match settled {
         None => Carrier::Socket(socket),
         Some(Settled::Relayed) => {
@@ -106,13 +102,16 @@ fn carrier(
             crate::fresh_connection::fence_to_grant(&socket, granted, &mut Vec::new());
             Carrier::Socket(socket)
         }
-        Some(Settled::Handed(tcp, keys)) => match handed::transport(tcp, &keys, socket, peer) {
-            Ok(t) => Carrier::Handed(Box::new(t)),
-            Err((socket, _why)) => {
-                let _ = socket.shutdown_both();
-                Carrier::Socket(socket)
+        Some(Settled::Handed(tcp, keys)) => {
+            let peer = format!("remote client {} at {}", hello.principal, hello.computer);
+            match handed::transport(tcp, &keys, socket, peer) {
+                Ok(t) => Carrier::Handed(Box::new(t)),
+                Err((socket, _why)) => {
+                    let _ = socket.shutdown_both();
+                    Carrier::Socket(socket)
+                }
             }
-        },
+        }
         Some(Settled::Broken(_why)) => {
             let _ = socket.shutdown_both();
             Carrier::Socket(socket)

@@ -180,7 +180,7 @@ impl PipeListener {
                 #[cfg(feature = "remote")]
                 let ready = {
                     let mut ready = ready;
-                    if ready.awaits_hand_off(&shared.state.opts) {
+                    if ready.handed_over {
                         ready.settle_blocking();
                     }
                     ready
@@ -686,6 +686,8 @@ impl Acceptor {
             .and_then(|fd| take_offer(fd, false).ok());
         let mut desc = desc;
         desc.rings_taken(shm.is_some());
+        #[cfg(feature = "remote")]
+        let handed_over = desc.handed_over;
         if !fresh_connection::connect(&socket, desc, granted, &mut leftover, opts) {
             let more = self.core.grant_failed();
             self.connect_grants(more);
@@ -702,6 +704,8 @@ impl Acceptor {
             shm,
             // Looked up by `accept`, on its caller's thread.
             remote: None,
+            #[cfg(feature = "remote")]
+            handed_over,
             #[cfg(feature = "remote")]
             settled: None,
         };

@@ -655,9 +655,9 @@ async fn hand_over(
     };
     // With the secrets the server can follow a key update (without, the
     // connection ends at the first).
-    if let Some((client, server)) = secrets.and_then(ConnectionSecrets::take) {
-        keys.tx.secret = server;
-        keys.rx.secret = client;
+    if let Some((mut client, mut server)) = secrets.and_then(ConnectionSecrets::take) {
+        keys.tx.secret = std::mem::take(&mut *server);
+        keys.rx.secret = std::mem::take(&mut *client);
     }
     let mut message = zeroize::Zeroizing::new(Vec::with_capacity(crate::proto::handoff::LEN));
     HandOff::Handed(keys).encode(&mut message);
@@ -682,8 +682,10 @@ async fn hand_over(
             break;
         };
         match guard.try_io(|_| pipe.recv_nonblocking(&mut sink)) {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(_)) | Err(_) => {}
+            // A server sends nothing here: one that does (a squatter, say)
+            // ends the watch rather than keep the gateway reading it.
+            Ok(Ok(_)) | Ok(Err(_)) => break,
+            Err(_) => {}
         }
     }
     format!("{name:?}: handed over to the pipe's server; its end has closed")

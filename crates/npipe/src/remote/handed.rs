@@ -36,23 +36,16 @@ pub(crate) enum Settled {
 /// socket that rode along.
 #[derive(Debug)]
 pub(crate) struct Incoming {
-    buf: [u8; LEN],
+    /// Zeroed when dropped: the HAND-OFF holds keys and secrets.
+    buf: zeroize::Zeroizing<[u8; LEN]>,
     got: usize,
     socket: Option<Socket>,
-}
-
-impl Drop for Incoming {
-    /// The HAND-OFF holds keys and secrets.
-    fn drop(&mut self) {
-        use zeroize::Zeroize;
-        self.buf.zeroize();
-    }
 }
 
 impl Default for Incoming {
     fn default() -> Self {
         Incoming {
-            buf: [0; LEN],
+            buf: zeroize::Zeroizing::new([0; LEN]),
             got: 0,
             socket: None,
         }

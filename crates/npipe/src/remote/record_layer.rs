@@ -41,6 +41,11 @@ const READ_AHEAD: usize = 64 * 1024;
 const FIRST_ROOM: usize = HEADER + MAX_CIPHERTEXT;
 /// Plaintext one `write_plain` takes at most (rustls' own default bound).
 const WRITE_MAX: usize = 64 * 1024;
+/// Slices gathered into one record at most (a message's header and
+/// payload are two).
+const RECORD_PIECES: usize = 8;
+/// Records one `write_tls` hands the socket at most.
+const WRITE_RECORDS: usize = 64;
 
 /// Alert descriptions sent before a fatal error (RFC 8446 §6).
 const CLOSE_NOTIFY: u8 = 0;
@@ -142,14 +147,7 @@ impl std::fmt::Debug for RecordLayer {
 }
 
 /// A traffic secret, zeroed when dropped.
-struct Secret(Vec<u8>);
-
-impl Drop for Secret {
-    fn drop(&mut self) {
-        use zeroize::Zeroize;
-        self.0.zeroize();
-    }
-}
+type Secret = zeroize::Zeroizing<Vec<u8>>;
 
 /// `HKDF-Expand-Label(secret, label, "", out.len())` (RFC 8446 §7.1) with
 /// the suite's own HKDF.
@@ -174,20 +172,18 @@ fn keys_of(suite: &rustls::Tls13CipherSuite, secret: &[u8]) -> ([u8; 32], [u8; 1
 /// The traffic secret after a key update (RFC 8446 §7.2), and the key
 /// and IV it gives.
 fn next_keys(suite: &rustls::Tls13CipherSuite, secret: &Secret) -> (Secret, AeadKey, Iv) {
-    let expander = suite
-        .hkdf_provider
-        .expander_for_okm(&OkmBlock::new(&secret.0));
+    let expander = suite.hkdf_provider.expander_for_okm(&OkmBlock::new(secret));
     let mut next = vec![0u8; expander.hash_len()];
     expand_label(&*expander, b"traffic upd", &mut next);
     let (key, iv) = keys_of(suite, &next);
-    (Secret(next), AeadKey::from(key), Iv::from(iv))
+    (Secret::new(next), AeadKey::from(key), Iv::from(iv))
 }
 
 /// The secret of `keys`, if it came and gives those very keys.
 fn checked_secret(suite: &rustls::Tls13CipherSuite, keys: &TrafficKeys) -> Option<Secret> {
     (keys.secret.len() == suite.common.hash_provider.output_len()
         && keys_of(suite, &keys.secret) == (keys.key, keys.iv))
-        .then(|| Secret(keys.secret.clone()))
+        .then(|| Secret::new(keys.secret.clone()))
 }
 
 /// The TLS 1.3 suites of rustls' ring provider that carry 256-bit keys.
@@ -312,8 +308,11 @@ impl RecordLayer {
             match opened.typ {
                 ContentType::ApplicationData => {
                     plain.extend(opened.payload);
-                    got.data |= !opened.payload.is_empty();
-                    self.updates_in_a_row = 0;
+                    if !opened.payload.is_empty() {
+                        got.data = true;
+                        // An empty record is no data between updates.
+                        self.updates_in_a_row = 0;
+                    }
                 }
                 // Whatever its level (RFC 8446 §6.1).
                 ContentType::Alert if opened.payload.get(1) == Some(&CLOSE_NOTIFY) => {
@@ -368,20 +367,23 @@ impl RecordLayer {
         let mut parts = bufs.iter().map(|b| &b[..]).filter(|b| !b.is_empty());
         let mut carry: &[u8] = &[];
         while left > 0 {
-            // One record's worth of the slices, without copying them.
-            let mut chunks: Vec<&[u8]> = Vec::new();
+            // One record's worth of the slices, without copying them or
+            // allocating (a record of many small slices ends early).
+            let mut chunks: [&[u8]; RECORD_PIECES] = [&[]; RECORD_PIECES];
+            let mut used = 0;
             let mut room = left.min(MAX_PLAINTEXT);
-            while room > 0 {
+            while room > 0 && used < RECORD_PIECES {
                 if carry.is_empty() {
                     carry = parts.next().expect("bytes left to take");
                 }
                 let n = room.min(carry.len());
-                chunks.push(&carry[..n]);
+                chunks[used] = &carry[..n];
+                used += 1;
                 carry = &carry[n..];
                 room -= n;
                 left -= n;
             }
-            self.seal(ContentType::ApplicationData, &chunks)?;
+            self.seal(ContentType::ApplicationData, &chunks[..used])?;
         }
         Ok(taken)
     }
@@ -402,12 +404,14 @@ impl RecordLayer {
     /// Writes queued records to `wr` (as rustls' `write_tls`), several in
     /// one vectored write: the bytes it took.
     pub fn write_tls(&mut self, wr: &mut dyn Write) -> io::Result<usize> {
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(self.outgoing.len().min(64));
-        for (i, record) in self.outgoing.iter().take(64).enumerate() {
+        let mut slices = [IoSlice::new(&[]); WRITE_RECORDS];
+        let mut used = 0;
+        for (i, record) in self.outgoing.iter().take(WRITE_RECORDS).enumerate() {
             let from = if i == 0 { self.sent } else { 0 };
-            slices.push(IoSlice::new(&record[from..]));
+            slices[i] = IoSlice::new(&record[from..]);
+            used = i + 1;
         }
-        let mut n = wr.write_vectored(&slices)?;
+        let mut n = wr.write_vectored(&slices[..used])?;
         let wrote = n;
         while n > 0 {
             let front = self.outgoing.front().expect("written bytes were queued");

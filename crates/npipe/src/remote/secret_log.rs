@@ -12,21 +12,18 @@
 
 use std::sync::Mutex;
 
+use zeroize::Zeroizing;
+
+/// A secret, zeroed when dropped (or replaced).
+type Secret = Zeroizing<Vec<u8>>;
+
 const CLIENT: &str = "CLIENT_TRAFFIC_SECRET_0";
 const SERVER: &str = "SERVER_TRAFFIC_SECRET_0";
 
 #[derive(Default)]
 struct Pair {
-    client: Option<Vec<u8>>,
-    server: Option<Vec<u8>>,
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        use zeroize::Zeroize;
-        self.client.zeroize();
-        self.server.zeroize();
-    }
+    client: Option<Secret>,
+    server: Option<Secret>,
 }
 
 /// The log of one connection (see the module's doc). `Debug` shows which
@@ -46,7 +43,7 @@ impl std::fmt::Debug for ConnectionSecrets {
 
 impl ConnectionSecrets {
     /// Takes the secrets, once: (the client's, the server's).
-    pub fn take(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+    pub fn take(&self) -> Option<(Secret, Secret)> {
         let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let client = p.client.take();
         let server = p.server.take();
@@ -62,8 +59,8 @@ impl rustls::KeyLog for ConnectionSecrets {
     fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
         let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match label {
-            CLIENT => p.client = Some(secret.to_vec()),
-            SERVER => p.server = Some(secret.to_vec()),
+            CLIENT => p.client = Some(Zeroizing::new(secret.to_vec())),
+            SERVER => p.server = Some(Zeroizing::new(secret.to_vec())),
             _ => {}
         }
     }
@@ -82,7 +79,8 @@ mod tests {
         assert_eq!(log.take(), None, "half a pair is none");
         log.log(CLIENT, b"random", &[1; 48]);
         log.log(SERVER, b"random", &[2; 48]);
-        assert_eq!(log.take(), Some((vec![1; 48], vec![2; 48])));
+        let (client, server) = log.take().unwrap();
+        assert_eq!((&client[..], &server[..]), (&[1u8; 48][..], &[2u8; 48][..]));
         assert_eq!(log.take(), None, "taken once");
         log.log(SERVER, b"random", &[2; 48]);
         assert!(!format!("{log:?}").contains("[2"), "no secret shows");

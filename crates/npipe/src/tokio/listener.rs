@@ -278,7 +278,7 @@ fn server_end(shared: Arc<Shared>, mut ready: Ready) -> Result<PipeServer> {
         (Carrier::Socket(socket), None) => PipeStream::new(socket, end)?,
         #[cfg(feature = "remote")]
         (Carrier::Handed(tls), _) => {
-            let tls = crate::remote::async_tls::AsyncTls::new((*tls).never_waiting())
+            let tls = crate::remote::async_tls::AsyncTls::new(*tls)
                 .map_err(|e| Error::os(e, "cannot register a handed-over connection with tokio"))?;
             PipeStream::with_link(AsyncLink::Tls(Box::new(tls)), end)
         }
@@ -669,6 +669,8 @@ impl Acceptor {
             .filter(|_| o.takes_shared_memory() && arrived.leftover.is_empty())
             .and_then(|fd| take_offer(fd, true).ok());
         desc.rings_taken(shm.is_some());
+        #[cfg(feature = "remote")]
+        let handed_over = desc.handed_over;
         if !fresh_connection::connect(&arrived.socket, desc, granted, &mut arrived.leftover, o) {
             let more = self.core.grant_failed();
             self.connect_grants(more);
@@ -685,11 +687,13 @@ impl Acceptor {
             shm,
             remote: None,
             #[cfg(feature = "remote")]
+            handed_over,
+            #[cfg(feature = "remote")]
             settled: None,
         };
         let shared = Arc::clone(&self.shared);
         #[cfg(feature = "remote")]
-        if ready.awaits_hand_off(&shared.state.opts) {
+        if ready.handed_over {
             // The gateway's HAND-OFF is read by a task of its own, so one
             // slow to send it holds up no other client. (If the runtime is
             // shutting down the task never runs, and the connection goes

@@ -1046,7 +1046,7 @@ fn a_broken_hand_over_breaks_only_its_connection() {
     for case in ["a unix socket", "garbage"] {
         let mut gateway = RawClient::connect(&name).unwrap();
         let mut hello = rc::remote_hello(&name, "mallory", "10.9.8.7", None);
-        hello[9] |= 8; // the gateway offers to hand the connection over
+        hello[9] |= rc::HAND_OFF;
         gateway.send(&hello).unwrap();
         assert_eq!(
             gateway.reply().unwrap(),
@@ -1158,7 +1158,7 @@ fn a_relayed_read_only_client_is_held_to_its_grant() {
     let mut gateway = RawClient::connect(&name).unwrap();
     let mut hello = rc::remote_hello(&name, "reader", "10.9.8.7", None);
     hello[6] = rc::READ; // read only
-    hello[9] |= 8; // the hand-over offered
+    hello[9] |= rc::HAND_OFF;
     gateway.send(&hello).unwrap();
     assert_eq!(
         gateway.reply().unwrap(),

@@ -68,6 +68,10 @@ pub fn remote_hello(
     b
 }
 
+/// HELLO flag bit 3: the gateway offers to hand the connection over
+/// (PROTOCOL.md §6c; a connect with a principal only).
+pub const HAND_OFF: u8 = 8;
+
 /// HELLO flag bit 2: the local user's groups follow its uid.
 pub const LOCAL_GROUPS: u8 = 4;
 

@@ -49,9 +49,9 @@ fn handshake_with(
     let mut keys = keys_from_extracted(suite, server.dangerous_extract_secrets().unwrap());
     // The secrets as a gateway finds them (remote::secret_log).
     if let Some(keys) = &mut keys {
-        let (client_secret, server_secret) = log.take().expect("logged");
-        keys.tx.secret = server_secret;
-        keys.rx.secret = client_secret;
+        let (mut client_secret, mut server_secret) = log.take().expect("logged");
+        keys.tx.secret = std::mem::take(&mut *server_secret);
+        keys.rx.secret = std::mem::take(&mut *client_secret);
     }
     (client, keys)
 }
@@ -367,4 +367,49 @@ fn many_key_updates_get_one_answer_and_a_bound() {
     }
     let (_, last) = layer_reads(&mut layer, &client_sends(&mut client), 1 << 20);
     assert!(last.unwrap_err().contains("too many key updates"));
+}
+
+/// A write of many small slices still crosses whole and in order (a record
+/// gathers at most a few of them, and the next takes the rest).
+#[test]
+fn a_write_of_many_small_slices_crosses_whole() {
+    let (mut client, mut layer) = handshake();
+    let pieces: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 3]).collect();
+    let slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+    assert_eq!(layer.write_plain(&slices).unwrap(), 120);
+    assert_eq!(
+        client_reads(&mut client, &sent(&mut layer)).unwrap(),
+        pieces.concat()
+    );
+}
+
+/// Empty application records between key updates are no data: a peer
+/// that sends one after every 32 updates still meets the bound (it used to
+/// reset the count, for unbounded key derivations).
+#[test]
+fn empty_records_do_not_reset_the_key_update_bound() {
+    let (server_config, client_config) = configs();
+    let (_client, keys) = handshake_with((*server_config).clone(), client_config);
+    let keys = keys.expect("a 256-bit suite");
+    let mut server = RecordLayer::new(&keys).unwrap();
+    // The client's side of the same connection, as a record layer.
+    let swapped = SessionKeys {
+        suite: keys.suite,
+        tx: keys.rx.clone(),
+        rx: keys.tx.clone(),
+    };
+    let mut peer = RecordLayer::new(&swapped).unwrap();
+    let mut ended = None;
+    for _ in 0..3 {
+        for _ in 0..16 {
+            peer.update_tx().unwrap();
+        }
+        peer.seal_now(ContentType::ApplicationData, &[]).unwrap();
+        let (_, last) = layer_reads(&mut server, &sent(&mut peer), 1 << 20);
+        if let Err(why) = last {
+            ended = Some(why);
+            break;
+        }
+    }
+    assert!(ended.expect("never ended").contains("too many key updates"));
 }
