@@ -38,7 +38,7 @@ pub(crate) struct Ready {
     pub cur_instances: u32,
     /// The client's shared memory and its rings' capacity, if the acceptor
     /// took its offer (and said so in the OK).
-    pub shm: Option<(crate::sys::ShmRegion, usize)>,
+    pub shm: Option<crate::shm::transport::Rings>,
     /// The remote client the HELLO names, if the acceptor looked its
     /// mapped user up already (the tokio one does, off the runtime's
     /// threads); else `open_end` does.

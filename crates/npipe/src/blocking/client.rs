@@ -15,11 +15,7 @@ use crate::namespace::{self, Namespace};
 use crate::options::ClientOptions;
 use crate::pipe::{ClientEnd, Pipe};
 use crate::proto::handshake::{Reply, REPLY_MAX};
-use crate::shm::{
-    self,
-    link::Link,
-    transport::{ShmTransport, Side, OFFER_CAPACITY},
-};
+use crate::shm::{self, link::Link, transport::ShmTransport};
 use crate::stream_core::EndCore;
 use crate::sys::{self, ShmRegion, Socket};
 use crate::transport::{Recv, Transport};
@@ -92,12 +88,7 @@ impl Pipe<PipeStream, ClientEnd> {
                     client_socket::apply_send_buffer(&socket, c.send_buffer);
                     let link = match shm::transport::agreed(&c, offer.take(), name, false)? {
                         None => Link::Socket(socket),
-                        Some(region) => Link::Shm(Box::new(ShmTransport::new(
-                            region,
-                            socket,
-                            OFFER_CAPACITY,
-                            Side::Creator,
-                        ))),
+                        Some(rings) => Link::Shm(Box::new(ShmTransport::new(rings, socket))),
                     };
                     return connected_end(link, c, opts);
                 }

@@ -36,7 +36,7 @@ use crate::proto::admission::Ticket;
 use crate::proto::handshake::{Hello, PipeDescription, Reply};
 use crate::server_instance::InstancePool;
 use crate::shm::link::Link;
-use crate::shm::transport::{take_offer, PeerFd, ShmTransport, Side};
+use crate::shm::transport::{take_offer, PeerFd, ShmTransport};
 use crate::sys::RecvFlagsLite;
 use crate::sys::{self, Events, PollEntry, Socket, Waker};
 use crate::types::Access;
@@ -268,15 +268,9 @@ fn server_end(shared: Arc<Shared>, mut ready: Ready) -> PipeServer {
     let shm = ready.shm.take();
     let (carrier, end, instance) = shared.state.open_end(shared.clone(), ready);
     let mut io = match (carrier, shm) {
-        (Carrier::Socket(socket), Some((region, capacity))) => PipeStream::with_link(
-            Link::Shm(Box::new(ShmTransport::new(
-                region,
-                socket,
-                capacity,
-                Side::Joiner,
-            ))),
-            end,
-        ),
+        (Carrier::Socket(socket), Some(rings)) => {
+            PipeStream::with_link(Link::Shm(Box::new(ShmTransport::new(rings, socket))), end)
+        }
         (Carrier::Socket(socket), None) => PipeStream::new(socket, end),
         #[cfg(feature = "remote")]
         (Carrier::Handed(tls), _) => PipeStream::with_link(Link::Tls(tls), end),

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::ring::{Consumer, Layout, Producer, CONTROL};
+use super::ring::{Consumer, Layout, Producer, CONTROL, MARKS_RECORDS};
 use crate::error::ErrorCode;
 use crate::sys::ShmRegion;
 
@@ -20,7 +20,16 @@ const CAPACITY: usize = 256;
 pub fn run(data: &[u8]) {
     let region = ShmRegion::create(Layout::bytes(CAPACITY)).expect("a memfd");
     let layout = Layout::new(0, CAPACITY);
-    let (mut tx, mut rx) = (Producer::new(layout), Consumer::new(layout));
+    // The first byte says whether the consumer watches the headers (a
+    // producer that marks its records) or the tail (one from before).
+    let features = match data.first() {
+        Some(b) if b & 1 != 0 => MARKS_RECORDS,
+        _ => 0,
+    };
+    let (mut tx, mut rx) = (
+        Producer::new(layout, features),
+        Consumer::new(layout, features),
+    );
     let (mut tx_ok, mut rx_ok) = (true, true);
     let mut bytes = data.iter().copied();
     let mut next = || bytes.next();

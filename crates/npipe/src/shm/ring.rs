@@ -11,8 +11,9 @@
 //! value that fails is [`corrupt`]: that connection ends with
 //! `ERROR_BAD_PIPE`, and nothing outside the region is ever touched.
 //!
-//! Layout of one ring (offsets from its base; each side's words on their
-//! own cache line, so the two sides do not share one):
+//! Layout of one ring (offsets from its base; each side's busy words on
+//! their own cache line, so the two sides do not share one, and the words
+//! that change only when there is news on a third):
 //!
 //! | offset | written by | word |
 //! |---|---|---|
@@ -24,14 +25,23 @@
 //! | 76 | consumer | `space_seq`: bumped to wake a sleeping producer (futex) |
 //! | 128 | consumer | `waiting`: the consumer sleeps, or is about to (u32: [`ASLEEP_ON_FUTEX`] or [`ASLEEP_ON_SOCKET`]) |
 //! | 132 | producer | `waiting`: the producer sleeps, or is about to (the same values) |
-//! | 136 | the client, before it offers (first ring only) | `features`: [`WAKES_BY_SOCKET`] |
+//! | 136 | the client, before it offers (first ring only) | `features`: [`WAKES_BY_SOCKET`], [`MARKS_RECORDS`] |
+//! | 140 | the server, before it answers (first ring only) | the server's `features` |
+//! | 144 | producer | `closed` again, where a side that [`MARKS_RECORDS`] looks |
+//! | 148 | consumer | `closed` again, likewise |
 //! | 192.. | both | `capacity` bytes of records |
 //!
 //! A record is an 8-byte header (payload length u32, flags u32, little
 //! endian) and the payload, padded to 8 bytes; headers never wrap, payloads
-//! may.
+//! may. This version's producer writes an empty header (eight zero bytes)
+//! where the next record will go before it writes a record's own header,
+//! so a consumer whose producer [`MARKS_RECORDS`] learns that a record is
+//! there from its header alone: across CPUs the record's first bytes and
+//! the news that it exists then come in one cache-line transfer, where the
+//! `tail` cost a second.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::sys::ShmRegion;
@@ -45,9 +55,19 @@ const SPACE_SEQ: usize = 76;
 const CONSUMER_WAITING: usize = 128;
 const PRODUCER_WAITING: usize = 132;
 const FEATURES: usize = 136;
+const SERVER_FEATURES: usize = 140;
+const PRODUCER_CLOSED_APART: usize = 144;
+const CONSUMER_CLOSED_APART: usize = 148;
 /// A `features` bit: the client sends a byte on its socket to a side whose
 /// flag says [`ASLEEP_ON_SOCKET`] (a tokio server needs it).
 pub(crate) const WAKES_BY_SOCKET: u32 = 1;
+/// A `features` bit: this side's producer writes an empty header ahead of
+/// each record before the record's own (so its consumer may watch the
+/// headers, not `tail`), and both its sides write their `closed` flags at
+/// 144 and 148 too (so its peer may watch those, not the busy lines).
+pub(crate) const MARKS_RECORDS: u32 = 2;
+/// The features of this version's ends.
+pub(crate) const FEATURES_OF_THIS_VERSION: u32 = WAKES_BY_SOCKET | MARKS_RECORDS;
 /// A `waiting` flag's value for a side asleep on the other side's futex
 /// word (a blocking end): bump the word and wake it.
 pub(crate) const ASLEEP_ON_FUTEX: u32 = 1;
@@ -103,8 +123,15 @@ impl Layout {
         self.capacity
     }
 
-    /// The largest payload one record carries.
+    /// The largest payload one record of this version carries: room is
+    /// left for the empty header that follows it.
     pub(crate) fn max_record(&self) -> usize {
+        self.capacity - 2 * RECORD_HEADER
+    }
+
+    /// The largest payload a consumer takes (a producer from before the
+    /// empty headers wrote no header behind a record).
+    fn max_received(&self) -> usize {
         self.capacity - RECORD_HEADER
     }
 
@@ -154,6 +181,18 @@ impl Layout {
         r.u32_at(self.word(FEATURES))
     }
 
+    /// The server's `features` word (meaningful in the first ring only):
+    /// written before its OK, read once by the client after it (0 from a
+    /// server from before the word).
+    pub(crate) fn server_features<'r>(&self, r: &'r ShmRegion) -> &'r AtomicU32 {
+        r.u32_at(self.word(SERVER_FEATURES))
+    }
+
+    /// The record header word at ring position `pos` (8-aligned).
+    fn header_word<'r>(&self, r: &'r ShmRegion, pos: u64) -> &'r AtomicU64 {
+        r.u64_at(self.data(pos))
+    }
+
     /// The producer's "I sleep" flag.
     pub(crate) fn producer_waiting<'r>(&self, r: &'r ShmRegion) -> &'r AtomicU32 {
         r.u32_at(self.word(PRODUCER_WAITING))
@@ -168,14 +207,19 @@ pub(crate) struct Producer {
     tail: u64,
     /// The consumer's position as last read and accepted.
     head_seen: u64,
+    /// The consumer [`MARKS_RECORDS`]: its `closed` flag is read at 148,
+    /// not beside the `head` it moves on every record.
+    closed_apart: bool,
 }
 
 impl Producer {
-    pub(crate) fn new(layout: Layout) -> Producer {
+    /// The producer of a ring whose consumer has `consumer_features`.
+    pub(crate) fn new(layout: Layout, consumer_features: u32) -> Producer {
         Producer {
             layout,
             tail: 0,
             head_seen: 0,
+            closed_apart: consumer_features & MARKS_RECORDS != 0,
         }
     }
 
@@ -202,6 +246,27 @@ impl Producer {
         Ok(self.layout.capacity - (self.tail - head) as usize)
     }
 
+    /// Whether a record of one byte fits (with the empty header behind it):
+    /// the consumer's position read afresh.
+    pub(crate) fn has_room(&mut self, r: &ShmRegion) -> Result<bool> {
+        Ok(self.free(r)? >= RECORD_HEADER + 8 + RECORD_HEADER)
+    }
+
+    /// Bytes free for records, at least `need` if there are: the consumer's
+    /// position as last seen while that leaves room enough, read afresh
+    /// only when it does not. A stale position only understates the room,
+    /// and not reading the consumer's cache line on every push keeps it
+    /// in the consumer's cache: across CPUs each read of it was a transfer
+    /// on the writer's path and made the consumer's next store to it wait
+    /// for another.
+    fn room_for(&mut self, r: &ShmRegion, need: usize) -> Result<usize> {
+        let known = self.layout.capacity - (self.tail - self.head_seen) as usize;
+        if known >= need {
+            return Ok(known);
+        }
+        self.free(r)
+    }
+
     /// Bytes published and not yet consumed (records and headers).
     pub(crate) fn unread(&mut self, r: &ShmRegion) -> Result<usize> {
         let head = self.head(r)?;
@@ -215,22 +280,59 @@ impl Producer {
     /// the tests use records as messages.)
     #[cfg(test)]
     pub(crate) fn try_push(&mut self, r: &ShmRegion, payload: &[u8], more: bool) -> Result<bool> {
-        assert!(payload.len() <= self.layout.max_record());
-        let need = RECORD_HEADER + pad8(payload.len());
-        if self.free(r)? < need {
+        // An empty record with no flags would look like none to a consumer
+        // that watches the headers (one with *more* is a hostile peer's,
+        // for the tests).
+        assert!((!payload.is_empty() || more) && payload.len() <= self.layout.max_record());
+        // The record, and the empty header behind it.
+        let need = RECORD_HEADER + pad8(payload.len()) + RECORD_HEADER;
+        if self.room_for(r, need)? < need {
             return Ok(false);
         }
-        let mut header = [0u8; RECORD_HEADER];
-        header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        header[4..].copy_from_slice(&(if more { MORE } else { 0 }).to_le_bytes());
-        self.layout.write(r, self.tail, &header);
         self.layout
             .write(r, self.tail + RECORD_HEADER as u64, payload);
-        self.tail += need as u64;
-        // The records are visible to whoever sees the new tail.
+        self.mark_next(r, payload.len());
+        self.publish(r, payload.len(), if more { MORE } else { 0 });
+        Ok(true)
+    }
+
+    /// Writes the empty header behind the record of `len` bytes being
+    /// written, before the record's own header makes both visible.
+    fn mark_next(&self, r: &ShmRegion, len: usize) {
+        let next = self.tail + (RECORD_HEADER + pad8(len)) as u64;
+        self.layout.header_word(r, next).store(0, Ordering::Relaxed);
+    }
+
+    /// Publishes the record whose `len` payload bytes (and the empty header
+    /// behind) are written: its header, then `tail`, each making what came
+    /// before visible to whoever sees it (Release).
+    fn publish(&mut self, r: &ShmRegion, len: usize, flags: u32) {
+        let header = u64::from(len as u32) | u64::from(flags) << 32;
+        self.layout
+            .header_word(r, self.tail)
+            .store(header.to_le(), Ordering::Release);
+        self.tail += (RECORD_HEADER + pad8(len)) as u64;
         r.u64_at(self.layout.word(TAIL))
             .store(self.tail, Ordering::Release);
-        Ok(true)
+    }
+
+    /// Copies bytes `range` of `parts` laid end to end to their place in
+    /// the record being written.
+    fn write_parts(&self, r: &ShmRegion, parts: &[std::io::IoSlice<'_>], range: Range<usize>) {
+        let base = self.tail + RECORD_HEADER as u64;
+        let mut start = 0;
+        for part in parts {
+            let end = start + part.len();
+            let (from, to) = (range.start.max(start), range.end.min(end));
+            if from < to {
+                self.layout
+                    .write(r, base + from as u64, &part[from - start..to - start]);
+            }
+            if end >= range.end {
+                break;
+            }
+            start = end;
+        }
     }
 
     /// Publishes one record of the first `limit` bytes (at most
@@ -244,44 +346,44 @@ impl Producer {
         limit: usize,
     ) -> Result<usize> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        let free = self.free(r)?;
-        let room = free.saturating_sub(RECORD_HEADER) / 8 * 8;
-        let len = total.min(limit).min(self.layout.max_record()).min(room);
+        let wanted = total.min(limit).min(self.layout.max_record());
+        // The record, and the empty header behind it.
+        let free = self.room_for(r, RECORD_HEADER + pad8(wanted) + RECORD_HEADER)?;
+        let room = free.saturating_sub(2 * RECORD_HEADER) / 8 * 8;
+        let len = wanted.min(room);
         if len == 0 {
             return Ok(0);
         }
-        let mut header = [0u8; RECORD_HEADER];
-        header[..4].copy_from_slice(&(len as u32).to_le_bytes());
-        self.layout.write(r, self.tail, &header);
-        let mut at = self.tail + RECORD_HEADER as u64;
-        let mut left = len;
-        for part in parts {
-            if left == 0 {
-                break;
-            }
-            let n = part.len().min(left);
-            self.layout.write(r, at, &part[..n]);
-            at += n as u64;
-            left -= n;
-        }
-        self.tail += (RECORD_HEADER + pad8(len)) as u64;
-        r.u64_at(self.layout.word(TAIL))
-            .store(self.tail, Ordering::Release);
+        // The payload bytes that share the header's cache line go last,
+        // just before the header: a consumer watching that line (across
+        // CPUs) then takes it from us once, whole, where writing them first
+        // had it fetch the line after them and again after the header.
+        let line_end = (self.tail | 63) + 1;
+        let with_header = (line_end - self.tail) as usize - RECORD_HEADER;
+        let with_header = with_header.min(len);
+        self.write_parts(r, parts, with_header..len);
+        self.mark_next(r, len);
+        self.write_parts(r, parts, 0..with_header);
+        self.publish(r, len, 0);
         Ok(len)
     }
 
     /// Says the producer is done: the consumer reads what is left, then
-    /// sees the end.
+    /// sees the end (at either place it may look).
     pub(crate) fn close(&self, r: &ShmRegion) {
-        r.u32_at(self.layout.word(PRODUCER_CLOSED))
-            .store(1, Ordering::Release);
+        for at in [PRODUCER_CLOSED_APART, PRODUCER_CLOSED] {
+            r.u32_at(self.layout.word(at)).store(1, Ordering::Release);
+        }
     }
 
     /// Whether the consumer is gone.
     pub(crate) fn consumer_closed(&self, r: &ShmRegion) -> bool {
-        r.u32_at(self.layout.word(CONSUMER_CLOSED))
-            .load(Ordering::Acquire)
-            != 0
+        let at = if self.closed_apart {
+            CONSUMER_CLOSED_APART
+        } else {
+            CONSUMER_CLOSED
+        };
+        r.u32_at(self.layout.word(at)).load(Ordering::Acquire) != 0
     }
 }
 
@@ -310,18 +412,24 @@ pub(crate) struct Consumer {
     layout: Layout,
     /// Our position: the truth, whatever the shared word says.
     head: u64,
-    /// The producer's position as last read and accepted.
+    /// The producer's position as last read and accepted (not read where
+    /// the producer marks its records).
     tail_seen: u64,
     record: Option<Record>,
+    /// The producer [`MARKS_RECORDS`]: a record is there once its header
+    /// is not empty, and the producer's `closed` flag is read at 144.
+    marked: bool,
 }
 
 impl Consumer {
-    pub(crate) fn new(layout: Layout) -> Consumer {
+    /// The consumer of a ring whose producer has `producer_features`.
+    pub(crate) fn new(layout: Layout, producer_features: u32) -> Consumer {
         Consumer {
             layout,
             head: 0,
             tail_seen: 0,
             record: None,
+            marked: producer_features & MARKS_RECORDS != 0,
         }
     }
 
@@ -343,20 +451,29 @@ impl Consumer {
         Ok(tail)
     }
 
-    /// The header of the record at `pos`, read once and bounded: known
-    /// flags only, and no longer than what was published up to `tail`.
-    fn header(&self, r: &ShmRegion, pos: u64, tail: u64) -> Result<(usize, bool)> {
-        let mut header = [0u8; RECORD_HEADER];
-        self.layout.read(r, pos, &mut header);
-        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-        let flags = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    /// The header at `pos`, read once: `None` if it is empty (where the
+    /// producer marks its records: no record there yet). Its length is
+    /// bounded by what was published up to `tail`, or, where records are
+    /// marked, by the ring (a record and the empty header behind it never
+    /// take more than the ring from our position); known flags only.
+    fn header(&self, r: &ShmRegion, pos: u64, tail: Option<u64>) -> Result<Option<(usize, bool)>> {
+        let header = u64::from_le(self.layout.header_word(r, pos).load(Ordering::Acquire));
+        if header == 0 && tail.is_none() {
+            return Ok(None);
+        }
+        let len = header as u32 as usize;
+        let flags = (header >> 32) as u32;
         if flags & !MORE != 0 {
             return Err(corrupt("a record has flags no version defines"));
         }
-        if len > self.layout.max_record() || (RECORD_HEADER + pad8(len)) as u64 > tail - pos {
+        let published = match tail {
+            Some(tail) => tail - pos,
+            None => self.layout.capacity as u64 - (pos - self.head) - RECORD_HEADER as u64,
+        };
+        if len > self.layout.max_received() || (RECORD_HEADER + pad8(len)) as u64 > published {
             return Err(corrupt("a record is longer than what was published"));
         }
-        Ok((len, flags & MORE != 0))
+        Ok(Some((len, flags & MORE != 0)))
     }
 
     /// The record at our position, once published: its header read once
@@ -365,11 +482,27 @@ impl Consumer {
         if let Some(record) = self.record {
             return Ok(Some(record));
         }
-        let tail = self.tail(r)?;
-        if tail == self.head {
+        let tail = if self.marked {
+            // The cache line after the header's, read beside it: a record
+            // that runs into it (a 64-byte message does) then arrives in
+            // one transfer across CPUs, not two one after the other.
+            let next_line = (self.head | 63) + 1;
+            std::hint::black_box(
+                self.layout
+                    .header_word(r, next_line)
+                    .load(Ordering::Relaxed),
+            );
+            None
+        } else {
+            let tail = self.tail(r)?;
+            if tail == self.head {
+                return Ok(None);
+            }
+            Some(tail)
+        };
+        let Some((len, more)) = self.header(r, self.head, tail)? else {
             return Ok(None);
-        }
-        let (len, more) = self.header(r, self.head, tail)?;
+        };
         let record = Record {
             len,
             more,
@@ -418,14 +551,19 @@ impl Consumer {
         let Some(first) = self.current(r)? else {
             return Ok(());
         };
-        let tail = self.tail_seen;
+        let tail = (!self.marked).then_some(self.tail_seen);
         let at = self.head + (RECORD_HEADER + first.taken) as u64;
         if !each(at, first.len - first.taken) {
             return Ok(());
         }
         let mut pos = self.head + (RECORD_HEADER + pad8(first.len)) as u64;
-        while pos < tail {
-            let (len, _) = self.header(r, pos, tail)?;
+        // Unmarked: up to the tail seen. Marked: up to an empty header,
+        // within the ring (a marked record leaves room for one behind it).
+        let end = tail.unwrap_or(self.head + self.layout.capacity as u64 - RECORD_HEADER as u64);
+        while pos < end {
+            let Some((len, _)) = self.header(r, pos, tail)? else {
+                break;
+            };
             if !each(pos + RECORD_HEADER as u64, len) {
                 break;
             }
@@ -458,17 +596,22 @@ impl Consumer {
         Ok(out)
     }
 
-    /// Says the consumer is gone: the producer's next push fails.
+    /// Says the consumer is gone: the producer's next push fails (at
+    /// either place the producer may look).
     pub(crate) fn close(&self, r: &ShmRegion) {
-        r.u32_at(self.layout.word(CONSUMER_CLOSED))
-            .store(1, Ordering::Release);
+        for at in [CONSUMER_CLOSED_APART, CONSUMER_CLOSED] {
+            r.u32_at(self.layout.word(at)).store(1, Ordering::Release);
+        }
     }
 
     /// Whether the producer is done (what it published may still be read).
     pub(crate) fn producer_closed(&self, r: &ShmRegion) -> bool {
-        r.u32_at(self.layout.word(PRODUCER_CLOSED))
-            .load(Ordering::Acquire)
-            != 0
+        let at = if self.marked {
+            PRODUCER_CLOSED_APART
+        } else {
+            PRODUCER_CLOSED
+        };
+        r.u32_at(self.layout.word(at)).load(Ordering::Acquire) != 0
     }
 }
 

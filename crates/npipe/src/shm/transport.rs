@@ -18,7 +18,10 @@ use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::ring::{Consumer, Layout, Producer, ASLEEP_ON_FUTEX, ASLEEP_ON_SOCKET, WAKES_BY_SOCKET};
+use super::ring::{
+    Consumer, Layout, Producer, ASLEEP_ON_FUTEX, ASLEEP_ON_SOCKET, FEATURES_OF_THIS_VERSION,
+    WAKES_BY_SOCKET,
+};
 use crate::error::Error;
 use crate::sys::{futex_wait, futex_wake, ShmRegion, Socket};
 use crate::transport::{Delivery, Recv, Transport};
@@ -37,15 +40,42 @@ const TAKEN_CAPACITIES: std::ops::RangeInclusive<usize> = 4096..=OFFER_CAPACITY;
 /// write into it).
 pub(crate) fn offer() -> io::Result<ShmRegion> {
     let region = ShmRegion::create(ShmTransport::region_len(OFFER_CAPACITY))?;
-    // Every end of this version wakes a peer through its socket when asked.
+    // Every end of this version wakes a peer through its socket when asked,
+    // and marks its records.
     Layout::new(0, OFFER_CAPACITY)
         .features(&region)
-        .store(WAKES_BY_SOCKET, Ordering::Relaxed);
+        .store(FEATURES_OF_THIS_VERSION, Ordering::Relaxed);
     Ok(region)
 }
 
-/// What a client's connect leaves of its offer: the region to make rings
-/// in if the server took it, `None` if it kept the socket. A server that
+/// A region both ends agreed to carry a connection's data through: the
+/// rings' capacity (agreed and bounded), which end this is, and what the
+/// peer said it does (its `features` word, read once).
+#[derive(Debug)]
+pub(crate) struct Rings {
+    region: ShmRegion,
+    capacity: usize,
+    side: Side,
+    peer_features: u32,
+}
+
+impl Rings {
+    /// The rings' capacity.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The region.
+    #[cfg(test)]
+    pub(crate) fn region(&self) -> &ShmRegion {
+        &self.region
+    }
+}
+
+/// What a client's connect leaves of its offer: the rings, if the server
+/// took it (with the server's `features` word, read once: a server from
+/// before the word leaves it 0), `None` if it kept the socket. A server that
 /// claims an offer never made is refused, and so is one that took it but
 /// cannot wake a peer through its socket (an npipe from before that rule)
 /// when this end must be woken so (`socket_woken`: a tokio client).
@@ -54,7 +84,7 @@ pub(crate) fn agreed(
     offer: Option<ShmRegion>,
     name: &crate::name::PipeName,
     socket_woken: bool,
-) -> crate::error::Result<Option<ShmRegion>> {
+) -> crate::error::Result<Option<Rings>> {
     let refuse = |why: &str| {
         Err(Error::new(
             crate::error::ErrorCode::BadPipe,
@@ -69,7 +99,17 @@ pub(crate) fn agreed(
              before that rule): turn shared memory off for this client \
              (ClientOptions::shared_memory(false), and NPIPE_SHARED_MEMORY not `on`)",
         ),
-        (true, Some(region)) => Ok(Some(region)),
+        (true, Some(region)) => {
+            let peer_features = Layout::new(0, OFFER_CAPACITY)
+                .server_features(&region)
+                .load(Ordering::Relaxed);
+            Ok(Some(Rings {
+                region,
+                capacity: OFFER_CAPACITY,
+                side: Side::Creator,
+                peer_features,
+            }))
+        }
     }
 }
 
@@ -77,22 +117,31 @@ pub(crate) fn agreed(
 /// capacity, if it is a sealed memory file of a size two rings of an
 /// allowed capacity take, from a client that wakes its peer through the
 /// socket if this end must be woken so (`socket_woken`: a tokio server).
-/// Anything else is refused (and the server keeps the socket).
-pub(crate) fn take_offer(fd: PeerFd, socket_woken: bool) -> io::Result<(ShmRegion, usize)> {
+/// Anything else is refused (and the server keeps the socket). A region
+/// taken gets the server's `features` word, for the client to read after
+/// the OK.
+pub(crate) fn take_offer(fd: PeerFd, socket_woken: bool) -> io::Result<Rings> {
     let fd = fd.into_inner();
     let region = ShmRegion::from_peer(fd, |len| offered_capacity(len).is_some())?;
     let capacity = offered_capacity(region.len()).expect("checked by from_peer");
+    let first = Layout::new(0, capacity);
     // Read once: what the client may write there later changes nothing.
-    let features = Layout::new(0, capacity)
-        .features(&region)
-        .load(Ordering::Relaxed);
-    if socket_woken && features & WAKES_BY_SOCKET == 0 {
+    let peer_features = first.features(&region).load(Ordering::Relaxed);
+    if socket_woken && peer_features & WAKES_BY_SOCKET == 0 {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "the client cannot wake a tokio end through the socket",
         ));
     }
-    Ok((region, capacity))
+    first
+        .server_features(&region)
+        .store(FEATURES_OF_THIS_VERSION, Ordering::Relaxed);
+    Ok(Rings {
+        region,
+        capacity,
+        side: Side::Joiner,
+        peer_features,
+    })
 }
 
 /// A descriptor a peer sent: whatever becomes of it, it is never closed on
@@ -193,9 +242,15 @@ impl ShmTransport {
 }
 
 impl<S: HoldsSocket> ShmTransport<S> {
-    /// This end's rings in `region`: `capacity` was agreed (and bounded)
-    /// before, and the region checked to be exactly that size.
-    pub(crate) fn new(mut region: ShmRegion, socket: S, capacity: usize, side: Side) -> Self {
+    /// This end of `rings` (whose region was checked to be exactly the
+    /// size their capacity takes), its socket held by `socket`.
+    pub(crate) fn new(rings: Rings, socket: S) -> Self {
+        let Rings {
+            mut region,
+            capacity,
+            side,
+            peer_features,
+        } = rings;
         assert_eq!(region.len(), ShmTransport::region_len(capacity));
         // Both sides have the memory mapped now: its descriptor has done
         // its work, and a connection holds only its socket.
@@ -209,8 +264,8 @@ impl<S: HoldsSocket> ShmTransport<S> {
         ShmTransport {
             region,
             socket,
-            tx: Mutex::new(Producer::new(tx)),
-            rx: Mutex::new(Consumer::new(rx)),
+            tx: Mutex::new(Producer::new(tx, peer_features)),
+            rx: Mutex::new(Consumer::new(rx, peer_features)),
             read_timeout: Mutex::new(None),
             write_timeout: Mutex::new(None),
             // A fresh connection spins as the process's last ones learned
@@ -421,7 +476,7 @@ impl<S: HoldsSocket> ShmTransport<S> {
     /// is gone (the send then fails).
     fn has_room(&self) -> io::Result<bool> {
         let mut tx = self.tx();
-        Ok(tx.free(&self.region).map_err(io_error)? >= 16
+        Ok(tx.has_room(&self.region).map_err(io_error)?
             || tx.consumer_closed(&self.region)
             || self.dead.load(Ordering::Relaxed))
     }
@@ -708,22 +763,39 @@ impl<S: HoldsSocket> Drop for ShmTransport<S> {
 /// after the handshake.
 #[cfg(test)]
 pub(crate) fn pair_over(a: Socket, b: Socket, capacity: usize) -> (ShmTransport, ShmTransport) {
-    let (region, joined) = test_regions(capacity);
-    (
-        ShmTransport::new(region, a, capacity, Side::Creator),
-        ShmTransport::new(joined, b, capacity, Side::Joiner),
-    )
+    let (creator, joiner) = test_rings(capacity);
+    (ShmTransport::new(creator, a), ShmTransport::new(joiner, b))
 }
 
 /// One region for rings of `capacity`, mapped twice: the creator's and the
-/// joiner's.
+/// joiner's, both of this version.
 #[cfg(test)]
-pub(crate) fn test_regions(capacity: usize) -> (ShmRegion, ShmRegion) {
+pub(crate) fn test_rings(capacity: usize) -> (Rings, Rings) {
+    test_rings_of(capacity, FEATURES_OF_THIS_VERSION, FEATURES_OF_THIS_VERSION)
+}
+
+/// As [`test_rings`], the creator's end saying `creator` and the joiner's
+/// `joiner` of what they do (an end from before [`MARKS_RECORDS`] says 0
+/// or [`WAKES_BY_SOCKET`]; the records and flags are written as this
+/// version writes them, which such an end's peer ignores).
+///
+/// [`MARKS_RECORDS`]: super::ring::MARKS_RECORDS
+#[cfg(test)]
+pub(crate) fn test_rings_of(capacity: usize, creator: u32, joiner: u32) -> (Rings, Rings) {
     let len = ShmTransport::region_len(capacity);
     let region = ShmRegion::create(len).unwrap();
     let fd = region.fd().try_clone_to_owned().unwrap();
     let joined = ShmRegion::from_peer(fd, |n| n == len).unwrap();
-    (region, joined)
+    let end = |region, side, peer_features| Rings {
+        region,
+        capacity,
+        side,
+        peer_features,
+    };
+    (
+        end(region, Side::Creator, joiner),
+        end(joined, Side::Joiner, creator),
+    )
 }
 
 #[cfg(test)]

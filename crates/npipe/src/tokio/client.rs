@@ -20,7 +20,6 @@ use crate::pipe::{ClientEnd, Pipe};
 use crate::shm;
 use crate::shm::link::AsyncLink;
 use crate::shm::transport::async_end::AsyncShm;
-use crate::shm::transport::{Side, OFFER_CAPACITY};
 use crate::stream_core::EndCore;
 use crate::sys::{self, Fd, RecvFlagsLite, ShmRegion, Socket};
 #[cfg(feature = "remote")]
@@ -115,11 +114,11 @@ impl Pipe<PipeStream, ClientEnd> {
                     client_socket::apply_send_buffer(fd.get_ref().socket(), c.send_buffer);
                     let link = match shm::transport::agreed(&c, offer.take(), name, true)? {
                         None => AsyncLink::Socket(fd),
-                        Some(region) => {
+                        Some(rings) => {
                             // Its socket only wakes it now: watched for
                             // reading alone (see `register_for_wakes`).
                             let io = register_for_wakes(fd.into_inner().into_socket())?;
-                            let rings = AsyncShm::new(region, io, OFFER_CAPACITY, Side::Creator);
+                            let rings = AsyncShm::new(rings, io);
                             AsyncLink::Shm(Box::new(rings))
                         }
                     };

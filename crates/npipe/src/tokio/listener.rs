@@ -53,7 +53,7 @@ use crate::remote_peer::RemotePeer;
 use crate::server_instance::InstancePool;
 use crate::shm::link::AsyncLink;
 use crate::shm::transport::async_end::AsyncShm;
-use crate::shm::transport::{take_offer, PeerFd, Side};
+use crate::shm::transport::{take_offer, PeerFd};
 use crate::sys::{self, Fd, RecvFlagsLite, Socket};
 use crate::types::Access;
 
@@ -270,9 +270,9 @@ fn server_end(shared: Arc<Shared>, mut ready: Ready) -> Result<PipeServer> {
     let shm = ready.shm.take();
     let (carrier, end, instance) = shared.state.open_end(shared.clone(), ready);
     let io = match (carrier, shm) {
-        (Carrier::Socket(socket), Some((region, capacity))) => {
+        (Carrier::Socket(socket), Some(rings)) => {
             let io = register_for_wakes(socket)?;
-            let rings = AsyncShm::new(region, io, capacity, Side::Joiner);
+            let rings = AsyncShm::new(rings, io);
             PipeStream::with_link(AsyncLink::Shm(Box::new(rings)), end)
         }
         (Carrier::Socket(socket), None) => PipeStream::new(socket, end)?,

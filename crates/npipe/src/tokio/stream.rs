@@ -890,18 +890,18 @@ mod tests {
     fn shm_pair(pipe_type: PipeType) -> (PipeStream, PipeStream) {
         use crate::shm::link::AsyncLink;
         use crate::shm::transport::async_end::AsyncShm;
-        use crate::shm::transport::{test_regions, Side};
+        use crate::shm::transport::test_rings;
         const RING: usize = 64 * 1024;
         let (sa, sb) = Socket::pair().unwrap();
-        let (ra, rb) = test_regions(RING);
+        let (creator, joiner) = test_rings(RING);
         let (ea, eb) = ends(pipe_type);
-        let link = |s, r, side| {
-            let rings = AsyncShm::new(r, register_for_wakes(s).unwrap(), RING, side);
+        let link = |s, rings| {
+            let rings = AsyncShm::new(rings, register_for_wakes(s).unwrap());
             AsyncLink::Shm(Box::new(rings))
         };
         (
-            PipeStream::with_link(link(sa, ra, Side::Joiner), ea),
-            PipeStream::with_link(link(sb, rb, Side::Creator), eb),
+            PipeStream::with_link(link(sa, joiner), ea),
+            PipeStream::with_link(link(sb, creator), eb),
         )
     }
 

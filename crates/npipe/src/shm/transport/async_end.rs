@@ -24,9 +24,9 @@ use std::task::{ready, Context, Poll, Waker};
 
 use ::tokio::io::unix::AsyncFd;
 
-use super::{HoldsSocket, ShmTransport, Side};
+use super::{HoldsSocket, Rings, ShmTransport};
 use crate::shm::ring::ASLEEP_ON_SOCKET;
-use crate::sys::{Fd, ShmRegion, Socket};
+use crate::sys::{Fd, Socket};
 use crate::transport::{AsyncTransport, Recv, Transport};
 use crate::waiters::Waiters;
 
@@ -60,10 +60,10 @@ pub(crate) struct AsyncShm {
 }
 
 impl AsyncShm {
-    /// This end's rings in `region` (see [`ShmTransport::new`]), its socket
+    /// This end of `rings` (see [`ShmTransport::new`]), its socket
     /// registered with the reactor.
-    pub(crate) fn new(region: ShmRegion, io: AsyncFd<Fd>, capacity: usize, side: Side) -> Self {
-        let mut t = ShmTransport::new(region, io, capacity, side);
+    pub(crate) fn new(rings: Rings, io: AsyncFd<Fd>) -> Self {
+        let mut t = ShmTransport::new(rings, io);
         t.read_spin.cap(ASYNC_MAX_SPIN);
         t.write_spin.cap(ASYNC_MAX_SPIN);
         let waiters = Arc::new(Waiters::default());
@@ -257,7 +257,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::shm::transport::test_regions;
+    use crate::shm::transport::test_rings;
     use crate::tokio::join::both;
 
     /// Rings this small fill after a few writes.
@@ -276,13 +276,10 @@ mod tests {
     /// socket pair, as a tokio client and a blocking server have them.
     fn tokio_and_blocking(capacity: usize) -> (AsyncShm, ShmTransport) {
         let (a, b) = Socket::pair().unwrap();
-        let (region, joined) = test_regions(capacity);
+        let (creator, joiner) = test_rings(capacity);
         a.set_nonblocking(true).unwrap();
         let io = crate::sys::register_async_for(a, ::tokio::io::Interest::READABLE).unwrap();
-        (
-            AsyncShm::new(region, io, capacity, Side::Creator),
-            ShmTransport::new(joined, b, capacity, Side::Joiner),
-        )
+        (AsyncShm::new(creator, io), ShmTransport::new(joiner, b))
     }
 
     /// `f`, failing if it has not finished within [`HANG`]. (Not
@@ -478,14 +475,14 @@ mod tests {
     fn two_tokio_ends_stream_both_ways() {
         runtime().block_on(async {
             let (sa, sb) = Socket::pair().unwrap();
-            let (region, joined) = test_regions(SMALL);
-            let end = |s: Socket, region, side| {
+            let (creator, joiner) = test_rings(SMALL);
+            let end = |s: Socket, rings| {
                 s.set_nonblocking(true).unwrap();
                 let io = crate::sys::register_async_for(s, ::tokio::io::Interest::READABLE);
-                AsyncShm::new(region, io.unwrap(), SMALL, side)
+                AsyncShm::new(rings, io.unwrap())
             };
-            let a = end(sa, region, Side::Creator);
-            let b = end(sb, joined, Side::Joiner);
+            let a = end(sa, creator);
+            let b = end(sb, joiner);
             let total = 64 * SMALL;
             let data: Vec<u8> = (0..total).map(|i| (i % 241) as u8).collect();
             let outs = both(send_all(&a, &data), send_all(&b, &data));
