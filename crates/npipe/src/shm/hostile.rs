@@ -48,7 +48,7 @@ pub fn run(data: &[u8]) {
             }
             1 if rx_ok => {
                 let mut buf = vec![0u8; arg];
-                match rx.read(&region, &mut buf) {
+                match rx.read_into(&region, &mut super::ring::SliceSink::new(&mut buf)) {
                     Ok(Some(chunk)) => assert!(chunk.n <= buf.len()),
                     Ok(None) => {}
                     Err(e) => {

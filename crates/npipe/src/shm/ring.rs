@@ -152,6 +152,14 @@ impl Layout {
         r.read(self.base + CONTROL, &mut out[first..]);
     }
 
+    /// Appends `n` bytes from ring position `pos` to `out`, wrapping.
+    fn append(&self, r: &ShmRegion, pos: u64, n: usize, out: &mut Vec<u8>) {
+        let start = pos as usize & (self.capacity - 1);
+        let first = n.min(self.capacity - start);
+        r.append(self.data(pos), first, out);
+        r.append(self.base + CONTROL, n - first, out);
+    }
+
     /// Copies `data` to ring position `pos`, wrapping.
     fn write(&self, r: &ShmRegion, pos: u64, data: &[u8]) {
         let start = pos as usize & (self.capacity - 1);
@@ -395,6 +403,61 @@ struct Record {
     taken: usize,
 }
 
+/// Where a read puts what it takes from a ring.
+pub(crate) trait Sink {
+    /// Bytes it takes yet.
+    fn room(&self) -> usize;
+    /// Takes `n` bytes (at most [`Self::room`]) from ring position `pos`.
+    fn take(&mut self, layout: &Layout, r: &ShmRegion, pos: u64, n: usize);
+}
+
+/// A slice, filled from its start.
+pub(crate) struct SliceSink<'a> {
+    buf: &'a mut [u8],
+    filled: usize,
+}
+
+impl<'a> SliceSink<'a> {
+    pub(crate) fn new(buf: &'a mut [u8]) -> Self {
+        SliceSink { buf, filled: 0 }
+    }
+}
+
+impl Sink for SliceSink<'_> {
+    fn room(&self) -> usize {
+        self.buf.len() - self.filled
+    }
+
+    fn take(&mut self, layout: &Layout, r: &ShmRegion, pos: u64, n: usize) {
+        layout.read(r, pos, &mut self.buf[self.filled..self.filled + n]);
+        self.filled += n;
+    }
+}
+
+/// The end of a vector, up to a length: it grows as bytes come, with no
+/// zeroing first (a receive of a few bytes used to zero 16 KiB of room).
+pub(crate) struct VecSink<'a> {
+    vec: &'a mut Vec<u8>,
+    limit: usize,
+}
+
+impl<'a> VecSink<'a> {
+    /// Appends to `vec` until it is `limit` long.
+    pub(crate) fn new(vec: &'a mut Vec<u8>, limit: usize) -> Self {
+        VecSink { vec, limit }
+    }
+}
+
+impl Sink for VecSink<'_> {
+    fn room(&self) -> usize {
+        self.limit.saturating_sub(self.vec.len())
+    }
+
+    fn take(&mut self, layout: &Layout, r: &ShmRegion, pos: u64, n: usize) {
+        layout.append(r, pos, n, self.vec);
+    }
+}
+
 /// What one [`Consumer::read`] moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Chunk {
@@ -519,13 +582,24 @@ impl Consumer {
 
     /// Copies what fits of the current record into `buf`; `None` if no
     /// record is published. A record used up gives its space back.
+    #[cfg(test)]
     pub(crate) fn read(&mut self, r: &ShmRegion, buf: &mut [u8]) -> Result<Option<Chunk>> {
+        self.read_into(r, &mut SliceSink::new(buf))
+    }
+
+    /// Moves what `sink` takes of the current record into it; `None` if no
+    /// record is published. A record used up gives its space back.
+    pub(crate) fn read_into(
+        &mut self,
+        r: &ShmRegion,
+        sink: &mut impl Sink,
+    ) -> Result<Option<Chunk>> {
         let Some(mut record) = self.current(r)? else {
             return Ok(None);
         };
-        let n = buf.len().min(record.len - record.taken);
+        let n = sink.room().min(record.len - record.taken);
         let at = self.head + (RECORD_HEADER + record.taken) as u64;
-        self.layout.read(r, at, &mut buf[..n]);
+        sink.take(&self.layout, r, at, n);
         record.taken += n;
         let record_done = record.taken == record.len;
         if record_done {
@@ -588,9 +662,7 @@ impl Consumer {
         let layout = self.layout;
         self.scan(r, |pos, len| {
             let n = len.min(max - out.len());
-            let start = out.len();
-            out.resize(start + n, 0);
-            layout.read(r, pos, &mut out[start..]);
+            layout.append(r, pos, n, &mut out);
             out.len() < max
         })?;
         Ok(out)

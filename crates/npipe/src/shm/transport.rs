@@ -19,8 +19,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::ring::{
-    Consumer, Layout, Producer, ASLEEP_ON_FUTEX, ASLEEP_ON_SOCKET, FEATURES_OF_THIS_VERSION,
-    WAKES_BY_SOCKET,
+    Consumer, Layout, Producer, Sink, SliceSink, VecSink, ASLEEP_ON_FUTEX, ASLEEP_ON_SOCKET,
+    FEATURES_OF_THIS_VERSION, WAKES_BY_SOCKET,
 };
 use crate::error::Error;
 use crate::sys::{futex_wait, futex_wake, ShmRegion, Socket};
@@ -429,13 +429,13 @@ impl<S: HoldsSocket> ShmTransport<S> {
         self.wake_writer(layout);
     }
 
-    /// Copies what is there into `buf` without waiting: `None` if nothing.
-    fn take(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    /// Moves what is there into `sink` without waiting: `None` if nothing.
+    fn take(&self, sink: &mut impl Sink) -> io::Result<Option<usize>> {
         let mut rx = self.rx();
         let mut n = 0;
         let mut freed = false;
-        while n < buf.len() {
-            match rx.read(&self.region, &mut buf[n..]).map_err(io_error)? {
+        while sink.room() > 0 {
+            match rx.read_into(&self.region, sink).map_err(io_error)? {
                 // This version never sends an empty record, and records
                 // taken without a byte would let a peer that keeps
                 // publishing them hold this loop (and its thread) for ever.
@@ -460,16 +460,41 @@ impl<S: HoldsSocket> ShmTransport<S> {
     /// A receive that never waits and makes no system call: what is there,
     /// the end of the stream once the peer is done (said so in the ring, or
     /// already found gone), or `None`.
-    fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        if let Some(n) = self.take(buf)? {
+    fn try_recv(&self, sink: &mut impl Sink) -> io::Result<Option<usize>> {
+        if let Some(n) = self.take(sink)? {
             return Ok(Some(n));
         }
         // Nothing here: the end of the stream once the peer is done, and
         // nothing more came meanwhile.
         if self.rx().producer_closed(&self.region) || self.dead.load(Ordering::Relaxed) {
-            return Ok(Some(self.take(buf)?.unwrap_or(0)));
+            return Ok(Some(self.take(sink)?.unwrap_or(0)));
         }
         Ok(None)
+    }
+
+    /// A receive into `sink` (which has room), waiting as `how` says.
+    fn recv_into(&self, sink: &mut impl Sink, how: Recv) -> io::Result<usize> {
+        let mut woke = false;
+        loop {
+            if let Some(n) = self.try_recv(sink)? {
+                return Ok(n);
+            }
+            // Woken with nothing: the peer's socket may say it died.
+            if woke && self.socket_hung_up() {
+                return Ok(self.take(sink)?.unwrap_or(0));
+            }
+            if how == Recv::DontWait {
+                if self.socket_hung_up() {
+                    return Ok(self.take(sink)?.unwrap_or(0));
+                }
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let timeout = *self.read_timeout.lock().unwrap_or_else(|e| e.into_inner());
+            if !self.wait_receivable(timeout)? {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            woke = true;
+        }
     }
 
     /// Whether a send would not wait: room for a record, or a reader that
@@ -646,38 +671,18 @@ impl<S: HoldsSocket> Transport for ShmTransport<S> {
         if buf.is_empty() {
             return Ok(0);
         }
-        let mut woke = false;
-        loop {
-            if let Some(n) = self.try_recv(buf)? {
-                return Ok(n);
-            }
-            // Woken with nothing: the peer's socket may say it died.
-            if woke && self.socket_hung_up() {
-                return Ok(self.take(buf)?.unwrap_or(0));
-            }
-            if how == Recv::DontWait {
-                if self.socket_hung_up() {
-                    return Ok(self.take(buf)?.unwrap_or(0));
-                }
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            let timeout = *self.read_timeout.lock().unwrap_or_else(|e| e.into_inner());
-            if !self.wait_receivable(timeout)? {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            woke = true;
-        }
+        self.recv_into(&mut SliceSink::new(buf), how)
     }
 
+    /// Appends to `buf` what its room holds (at least 4 KiB, at most a
+    /// ring: a ring never holds more), growing it as the bytes come, never
+    /// zeroing room first (a 64-byte message used to zero 16 KiB).
     fn recv_spare(&self, buf: &mut Vec<u8>, how: Recv) -> io::Result<usize> {
         let start = buf.len();
-        // Zeroed before the copy (no unsafe here), so no more than one
-        // receive takes: a ring never holds more than its capacity. (A
-        // 1 MiB message's buffer was zeroed whole at every receive.)
         let ring = self.rx().layout().capacity();
         let spare = (buf.capacity() - start).max(4096).min(ring);
-        buf.resize(start + spare, 0);
-        let got = self.recv(&mut buf[start..], how);
+        let got = self.recv_into(&mut VecSink::new(buf, start + spare), how);
+        // A ring found broken part way through gives nothing.
         buf.truncate(start + *got.as_ref().unwrap_or(&0));
         got
     }

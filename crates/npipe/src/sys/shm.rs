@@ -174,6 +174,22 @@ impl ShmRegion {
         }
     }
 
+    /// Appends the `n` bytes at `off` to `out`, without zeroing its new
+    /// room first.
+    pub fn append(&self, off: usize, n: usize, out: &mut Vec<u8>) {
+        self.check(off, n, 1);
+        out.reserve(n);
+        let len = out.len();
+        // SAFETY: in bounds (checked); `reserve` made room for `n` more
+        // bytes in `out`, our own memory, which cannot overlap the mapping.
+        // Every one of them is written before `set_len` counts them (bytes
+        // a hostile peer changes meanwhile are still initialized bytes).
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), out.as_mut_ptr().add(len), n);
+            out.set_len(len + n);
+        }
+    }
+
     /// Copies `data` to `off`.
     pub fn write(&self, off: usize, data: &[u8]) {
         self.check(off, data.len(), 1);

@@ -25,7 +25,7 @@ use std::task::{ready, Context, Poll, Waker};
 use ::tokio::io::unix::AsyncFd;
 
 use super::{HoldsSocket, Rings, ShmTransport};
-use crate::shm::ring::ASLEEP_ON_SOCKET;
+use crate::shm::ring::{SliceSink, ASLEEP_ON_SOCKET};
 use crate::sys::{Fd, Socket};
 use crate::transport::{AsyncTransport, Recv, Transport};
 use crate::waiters::Waiters;
@@ -212,7 +212,7 @@ impl AsyncTransport for AsyncShm {
         }
         loop {
             ready!(spend_budget(cx));
-            if let Some(n) = self.t.try_recv(buf)? {
+            if let Some(n) = self.t.try_recv(&mut SliceSink::new(buf))? {
                 return Poll::Ready(Ok(n));
             }
             ready!(self.poll_wait(cx, Want::Data))?;
