@@ -254,10 +254,13 @@ impl Producer {
         Ok(self.layout.capacity - (self.tail - head) as usize)
     }
 
-    /// Whether a record of one byte fits (with the empty header behind it):
-    /// the consumer's position read afresh.
+    /// Whether a writer that found no room may go on: three quarters of
+    /// the ring free (the consumer's position read afresh). A consumer
+    /// that knows this producer waits for that much
+    /// ([`MARKS_RECORDS`]) wakes it only then
+    /// ([`Consumer::writer_would_go_on`]).
     pub(crate) fn has_room(&mut self, r: &ShmRegion) -> Result<bool> {
-        Ok(self.free(r)? >= RECORD_HEADER + 8 + RECORD_HEADER)
+        Ok(self.free(r)? >= self.layout.capacity - self.layout.capacity / 4)
     }
 
     /// Bytes free for records, at least `need` if there are: the consumer's
@@ -573,6 +576,19 @@ impl Consumer {
         };
         self.record = Some(record);
         Ok(Some(record))
+    }
+
+    /// Whether a producer waiting for room would go on now: a quarter of
+    /// the ring or less left unread ([`Producer::has_room`]), or it may
+    /// wait for less (one from before [`MARKS_RECORDS`]: woken at every
+    /// record freed). Reads the producer's `tail`, so only for one found
+    /// waiting; a nonsense `tail` only costs that producer its wake-up.
+    pub(crate) fn writer_would_go_on(&self, r: &ShmRegion) -> bool {
+        if !self.marked {
+            return true;
+        }
+        let tail = r.u64_at(self.layout.word(TAIL)).load(Ordering::Acquire);
+        tail.wrapping_sub(self.head) <= (self.layout.capacity / 4) as u64
     }
 
     /// Whether a record is there to read.

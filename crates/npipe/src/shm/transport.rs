@@ -375,14 +375,20 @@ impl<S: HoldsSocket> ShmTransport<S> {
         self.wake_if_waiting(
             layout.consumer_waiting(&self.region),
             layout.data_seq(&self.region),
+            || true,
         );
     }
 
-    /// After consuming: wakes the peer's writer if it waits for room.
-    fn wake_writer(&self, layout: Layout) {
+    /// After consuming (`rx` held, to see what the peer's writer waits
+    /// for) or closing: wakes the peer's writer if it waits for room and
+    /// the room it waits for is there (a quarter of the ring left unread,
+    /// where it says so), or, with `gone`, whatever the room.
+    fn wake_writer(&self, rx: &mut Consumer, gone: bool) {
+        let layout = rx.layout();
         self.wake_if_waiting(
             layout.producer_waiting(&self.region),
             layout.space_seq(&self.region),
+            || gone || rx.writer_would_go_on(&self.region),
         );
     }
 
@@ -392,15 +398,26 @@ impl<S: HoldsSocket> ShmTransport<S> {
     /// socket gets one byte there, sent by whoever takes its flag down (so
     /// one byte per sleep, however many publish meanwhile); a full socket
     /// buffer is already a wake-up, and a peer that is gone wakes no one.
-    fn wake_if_waiting(&self, waiting: &AtomicU32, seq: &AtomicU32) {
+    fn wake_if_waiting(
+        &self,
+        waiting: &AtomicU32,
+        seq: &AtomicU32,
+        worth_it: impl FnOnce() -> bool,
+    ) {
         fence(Ordering::SeqCst);
+        let flag = waiting.load(Ordering::Relaxed);
+        // `worth_it` is asked only of a side found waiting (it may read
+        // the peer's busy words): one whose wait is not over yet stays
+        // asleep, its flag up, for the next look.
+        if flag == 0 || !worth_it() {
+            return;
+        }
         let take_down = |how| {
             waiting
                 .compare_exchange(how, 0, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         };
-        match waiting.load(Ordering::Relaxed) {
-            0 => {}
+        match flag {
             ASLEEP_ON_SOCKET => {
                 if take_down(ASLEEP_ON_SOCKET) {
                     let _ = self.socket().send_nonblocking(&[0]);
@@ -422,11 +439,9 @@ impl<S: HoldsSocket> ShmTransport<S> {
     /// Says this end reads no more, waking a writer that waits for room
     /// (it looks at the flag after raising its own).
     fn close_reading(&self) {
-        let rx = self.rx();
+        let mut rx = self.rx();
         rx.close(&self.region);
-        let layout = rx.layout();
-        drop(rx);
-        self.wake_writer(layout);
+        self.wake_writer(&mut rx, true);
     }
 
     /// Moves what is there into `sink` without waiting: `None` if nothing.
@@ -452,7 +467,7 @@ impl<S: HoldsSocket> ShmTransport<S> {
             }
         }
         if freed {
-            self.wake_writer(rx.layout());
+            self.wake_writer(&mut rx, false);
         }
         Ok((n > 0).then_some(n))
     }
@@ -497,8 +512,11 @@ impl<S: HoldsSocket> ShmTransport<S> {
         }
     }
 
-    /// Whether a send would not wait: room for a record, or a reader that
-    /// is gone (the send then fails).
+    /// Whether a send that found no room may go on: three quarters of the
+    /// ring free (as a Unix socket wakes its writer once a quarter of its
+    /// buffer is left: on one CPU each wake-up is two context switches,
+    /// and waking for each record freed made one per 64 KiB), or a reader
+    /// that is gone (the send then fails).
     fn has_room(&self) -> io::Result<bool> {
         let mut tx = self.tx();
         Ok(tx.has_room(&self.region).map_err(io_error)?

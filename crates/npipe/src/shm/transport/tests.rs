@@ -370,3 +370,55 @@ fn an_empty_record_is_a_broken_pipe_not_a_loop() {
         assert!(e.to_string().contains("empty record"), "{e}");
     }
 }
+
+/// A writer asleep for room is woken once three quarters of the ring are
+/// free, as a Unix socket wakes its writer, not at every record read (on
+/// one CPU each wake-up is two context switches); a consumer whose
+/// producer does not say it waits for that much (an npipe from before)
+/// wakes it at every record, as before.
+#[test]
+fn a_writer_waiting_for_room_is_woken_at_three_quarters_free() {
+    const CAPACITY: usize = 4096;
+    for (features, woken_at_first_record) in
+        [(FEATURES_OF_THIS_VERSION, false), (WAKES_BY_SOCKET, true)]
+    {
+        let (sa, sb) = Socket::pair().unwrap();
+        let (creator, joiner) = test_rings_of(CAPACITY, features, features);
+        let (a, b) = (
+            ShmTransport::new(creator, sa),
+            Arc::new(ShmTransport::new(joiner, sb)),
+        );
+        let data: Vec<u8> = (0..3 * CAPACITY).map(|i| (i % 251) as u8).collect();
+        let writer = std::thread::spawn({
+            let (b, data) = (b.clone(), data.clone());
+            move || {
+                let mut sent = 0;
+                while sent < data.len() {
+                    sent += b.send(&data[sent..]).unwrap();
+                }
+            }
+        });
+        let flag = b.tx().layout().producer_waiting(&b.region);
+        let asleep = Instant::now();
+        while flag.load(Ordering::SeqCst) != ASLEEP_ON_FUTEX {
+            assert!(
+                asleep.elapsed() < Duration::from_secs(20),
+                "the writer never slept"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // One record (a quarter ring at most) read: a quarter or more free.
+        let mut got = vec![0u8; CAPACITY / 4];
+        let n = a.recv(&mut got, Recv::Wait).unwrap();
+        got.truncate(n);
+        let still_asleep = flag.load(Ordering::SeqCst) == ASLEEP_ON_FUTEX;
+        assert_eq!(still_asleep, !woken_at_first_record, "features {features}");
+        while got.len() < data.len() {
+            let mut buf = vec![0u8; 1000];
+            let n = a.recv(&mut buf, Recv::Wait).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        writer.join().unwrap();
+        assert!(got == data, "the bytes crossed in order");
+    }
+}
