@@ -7,9 +7,12 @@ use std::io;
 use std::time::Duration;
 
 use crate::error::ErrorCode;
+use crate::listener_state::Ready;
 use crate::options::ServerOptions;
+use crate::peer_process::ClientProcess;
 use crate::policy::Peer;
-use crate::proto::handshake::{PipeDescription, Reply, HELLO_MAX};
+use crate::proto::handshake::{Hello, PipeDescription, Reply, HELLO_MAX};
+use crate::shm::transport::{take_offer, PeerFd};
 use crate::sys::{self, Socket};
 use crate::types::Access;
 
@@ -51,10 +54,72 @@ impl std::fmt::Debug for FirstRead {
     }
 }
 
+/// A client whose HELLO an acceptor read, as both acceptors hold it until
+/// the engine grants it an instance.
+#[derive(Debug)]
+pub(crate) struct Arrived {
+    pub socket: Socket,
+    /// Who the kernel says the client is.
+    pub peer: Peer,
+    pub process: ClientProcess,
+    pub hello: Hello,
+    /// What the client sent behind its HELLO.
+    pub leftover: Vec<u8>,
+    /// A descriptor that rode with the HELLO's first bytes: the client's
+    /// shared-memory offer, if it is one (PROTOCOL.md §6a).
+    pub offer: Option<PeerFd>,
+}
+
+impl Arrived {
+    /// Tells the granted client OK, taking its shared-memory offer where
+    /// that is sound and wanted (by a server end woken through its socket
+    /// if `socket_woken`: a tokio one), and makes it ready for `accept`.
+    /// `None` if it could not be told (it left): the instance is not taken.
+    pub(crate) fn tell_ok(
+        mut self,
+        mut desc: PipeDescription,
+        granted: Access,
+        opts: &ServerOptions,
+        socket_woken: bool,
+    ) -> Option<Ready> {
+        let cur_instances = desc.cur_instances;
+        // An offer is taken only where nothing is pipelined behind the
+        // HELLO (that would be on the socket), and only if it is sound.
+        let shm = self
+            .offer
+            .take()
+            .filter(|_| opts.takes_shared_memory() && self.leftover.is_empty())
+            .and_then(|fd| take_offer(fd, socket_woken).ok());
+        desc.rings_taken(shm.is_some());
+        #[cfg(feature = "remote")]
+        let handed_over = desc.handed_over;
+        if !connect(&self.socket, desc, granted, &mut self.leftover, opts) {
+            return None;
+        }
+        Some(Ready {
+            socket: self.socket,
+            leftover: self.leftover,
+            cred: self.peer.cred,
+            process: self.process,
+            hello: self.hello,
+            granted,
+            cur_instances,
+            shm,
+            // Looked up by `accept`, on its caller's thread (the tokio
+            // acceptor looks it up before, off the runtime's threads).
+            remote: None,
+            #[cfg(feature = "remote")]
+            handed_over,
+            #[cfg(feature = "remote")]
+            settled: None,
+        })
+    }
+}
+
 /// Tells a granted client OK and readies its socket for the application:
 /// held to its grant, and sized as the server's out-buffer asks. `false` if
 /// the client could not be told (it left): the instance is not taken.
-pub(crate) fn connect(
+fn connect(
     socket: &Socket,
     desc: PipeDescription,
     granted: Access,

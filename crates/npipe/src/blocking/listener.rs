@@ -21,7 +21,7 @@ use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
 use crate::engine::ticket_map::TicketMap;
 use crate::error::{Error, ErrorCode, Result};
 use crate::fresh_connection::{
-    self, out_of_descriptors, peer_of, refuse, send_reply, FirstRead, ACCEPT_BATCH,
+    self, out_of_descriptors, peer_of, refuse, send_reply, Arrived, FirstRead, ACCEPT_BATCH,
     FD_EXHAUSTED_PAUSE, HELLO_READ,
 };
 use crate::impersonation::Impersonation;
@@ -36,7 +36,7 @@ use crate::proto::admission::Ticket;
 use crate::proto::handshake::{Hello, PipeDescription, Reply};
 use crate::server_instance::InstancePool;
 use crate::shm::link::Link;
-use crate::shm::transport::{take_offer, PeerFd, ShmTransport};
+use crate::shm::transport::{PeerFd, ShmTransport};
 use crate::sys::RecvFlagsLite;
 use crate::sys::{self, Events, PollEntry, Socket, Waker};
 use crate::types::Access;
@@ -660,50 +660,24 @@ impl Acceptor {
     /// Sends OK and queues the connection for the application's `accept`.
     /// The core has already counted the instance as taken.
     fn connect(&mut self, p: Pending, hello: Hello, desc: PipeDescription, granted: Access) {
-        let cur_instances = desc.cur_instances;
         // Counted before the client or `accept` can see the connection, so
         // `info` never lags behind (a failed send below counts it back).
         self.publish_active();
-        let Pending {
-            socket,
-            peer,
-            process,
-            buf: mut leftover,
-            offer,
-            ..
-        } = p;
-        let opts = &self.shared.state.opts;
-        // An offer is taken only where nothing is pipelined behind the
-        // HELLO (that would be on the socket), and only if it is sound.
-        let shm = offer
-            .filter(|_| opts.takes_shared_memory() && leftover.is_empty())
-            .and_then(|fd| take_offer(fd, false).ok());
-        let mut desc = desc;
-        desc.rings_taken(shm.is_some());
-        #[cfg(feature = "remote")]
-        let handed_over = desc.handed_over;
-        if !fresh_connection::connect(&socket, desc, granted, &mut leftover, opts) {
-            let more = self.core.grant_failed();
-            self.connect_grants(more);
-            return;
-        }
-        let ready = Ready {
-            socket,
-            leftover,
-            cred: peer.cred,
-            process,
+        let arrived = Arrived {
+            socket: p.socket,
+            peer: p.peer,
+            process: p.process,
             hello,
-            granted,
-            cur_instances,
-            shm,
-            // Looked up by `accept`, on its caller's thread.
-            remote: None,
-            #[cfg(feature = "remote")]
-            handed_over,
-            #[cfg(feature = "remote")]
-            settled: None,
+            leftover: p.buf,
+            offer: p.offer,
         };
-        self.shared.queue(ready);
+        match arrived.tell_ok(desc, granted, &self.shared.state.opts, false) {
+            Some(ready) => self.shared.queue(ready),
+            None => {
+                let more = self.core.grant_failed();
+                self.connect_grants(more);
+            }
+        }
     }
 }
 

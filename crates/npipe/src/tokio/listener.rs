@@ -36,7 +36,7 @@ use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
 use crate::engine::ticket_map::TicketMap;
 use crate::error::{Error, ErrorCode, Result};
 use crate::fresh_connection::{
-    self, out_of_descriptors, peer_of, refuse, send_reply, FirstRead, ACCEPT_BATCH,
+    self, out_of_descriptors, peer_of, refuse, send_reply, Arrived, FirstRead, ACCEPT_BATCH,
     FD_EXHAUSTED_PAUSE, HELLO_READ,
 };
 use crate::info::PipeInfo;
@@ -53,22 +53,9 @@ use crate::remote_peer::RemotePeer;
 use crate::server_instance::InstancePool;
 use crate::shm::link::AsyncLink;
 use crate::shm::transport::async_end::AsyncShm;
-use crate::shm::transport::{take_offer, PeerFd};
+use crate::shm::transport::PeerFd;
 use crate::sys::{self, Fd, RecvFlagsLite, Socket};
 use crate::types::Access;
-
-/// A client whose HELLO arrived.
-struct Arrived {
-    socket: Socket,
-    /// Who the kernel says the client is.
-    peer: Peer,
-    process: ClientProcess,
-    hello: Hello,
-    leftover: Vec<u8>,
-    /// A descriptor that rode with the HELLO's first bytes: the client's
-    /// shared-memory offer, if it is one (PROTOCOL.md §6a).
-    offer: Option<PeerFd>,
-}
 
 /// What server ends and `accept` tell the acceptor.
 enum Event {
@@ -654,42 +641,14 @@ impl Acceptor {
 
     /// Sends OK and queues the connection for the application's `accept`.
     /// The core has already counted the instance as taken.
-    fn connect(&mut self, arrived: Arrived, mut desc: PipeDescription, granted: Access) {
-        let cur_instances = desc.cur_instances;
+    fn connect(&mut self, arrived: Arrived, desc: PipeDescription, granted: Access) {
         // Counted before the client or `accept` can see the connection, so
         // `info` never lags behind (a failed send below counts it back).
         self.publish_active();
-        let mut arrived = arrived;
-        let o = &self.shared.state.opts;
-        // An offer is taken only where nothing is pipelined behind the
-        // HELLO (that would be on the socket), and only if it is sound.
-        let shm = arrived
-            .offer
-            .take()
-            .filter(|_| o.takes_shared_memory() && arrived.leftover.is_empty())
-            .and_then(|fd| take_offer(fd, true).ok());
-        desc.rings_taken(shm.is_some());
-        #[cfg(feature = "remote")]
-        let handed_over = desc.handed_over;
-        if !fresh_connection::connect(&arrived.socket, desc, granted, &mut arrived.leftover, o) {
+        let Some(ready) = arrived.tell_ok(desc, granted, &self.shared.state.opts, true) else {
             let more = self.core.grant_failed();
             self.connect_grants(more);
             return;
-        }
-        let ready = Ready {
-            socket: arrived.socket,
-            leftover: arrived.leftover,
-            cred: arrived.peer.cred,
-            process: arrived.process,
-            hello: arrived.hello,
-            granted,
-            cur_instances,
-            shm,
-            remote: None,
-            #[cfg(feature = "remote")]
-            handed_over,
-            #[cfg(feature = "remote")]
-            settled: None,
         };
         let shared = Arc::clone(&self.shared);
         #[cfg(feature = "remote")]
