@@ -161,6 +161,8 @@ mod blocking;
 #[cfg(target_os = "linux")]
 mod client_socket;
 #[cfg(target_os = "linux")]
+mod dial;
+#[cfg(target_os = "linux")]
 mod fresh_connection;
 #[cfg(target_os = "linux")]
 mod impersonation;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::blocking::stream::PipeStream;
 use crate::client_socket;
 use crate::connect_core;
-use crate::engine::connect::{Action, ConnectCore};
+use crate::dial::{self, run_blocking, Dialer, Got, Offer};
 use crate::error::{Error, Result};
 use crate::info::PeerCredentials;
 use crate::name::PipeName;
@@ -17,7 +17,7 @@ use crate::pipe::{ClientEnd, Pipe};
 use crate::proto::handshake::{Reply, REPLY_MAX};
 use crate::shm::{self, link::Link, transport::ShmTransport};
 use crate::stream_core::EndCore;
-use crate::sys::{self, ShmRegion, Socket};
+use crate::sys::{ShmRegion, Socket};
 use crate::transport::{Recv, Transport};
 use crate::types::{Access, PipeType, Wait};
 
@@ -40,61 +40,72 @@ use crate::types::{Access, PipeType, Wait};
 pub type PipeClient = Pipe<PipeStream, ClientEnd>;
 
 impl Pipe<PipeStream, ClientEnd> {
-    /// Drives the engine's [`ConnectCore`] with blocking calls.
+    /// Drives the engine's [`ConnectCore`](crate::engine::connect::ConnectCore)
+    /// with blocking calls.
     pub(crate) fn connect(
         name: &PipeName,
         opts: &ClientOptions,
         pipelined: Option<&[u8]>,
     ) -> Result<PipeClient> {
-        #[cfg(feature = "remote")]
-        if name.host().is_some() {
-            return connect_remote(name, opts, pipelined);
-        }
-        let (mut core, mut action) = ConnectCore::begin(name, opts, pipelined, Instant::now());
-        let mut socket: Option<Socket> = None;
         let offers = opts.offers_shared_memory_to(name, pipelined);
-        // This attempt's offer: a fresh region each time.
-        let mut offer: Option<ShmRegion> = None;
-        loop {
-            action = match action {
-                Action::Connect => match connect_socket(name, core.needs_server_cred()) {
-                    Ok((connected, cred)) => {
-                        socket = Some(connected);
-                        core.connected(cred, sys::user_name)
-                    }
-                    Err(e) => core.failed(e, Instant::now()),
-                },
-                Action::Send(bytes) => {
-                    let on = socket.as_ref().expect("connected");
-                    offer = offers.then(shm::transport::offer).and_then(|r| r.ok());
-                    let sent = match &offer {
-                        Some(region) => send_with_offer(on, &bytes, region),
-                        None => send_all(on, &bytes),
-                    };
-                    core.sent(sent, Instant::now())
+        let mut dialer = Blocking {
+            name,
+            #[cfg(feature = "remote")]
+            opts,
+        };
+        let d = run_blocking(dial::drive(&mut dialer, name, opts, pipelined, offers))?;
+        let link = match (
+            d.conn,
+            shm::transport::agreed(&d.connected, d.offer, name, false)?,
+        ) {
+            (Link::Socket(socket), rings) => {
+                client_socket::apply_send_buffer(&socket, d.connected.send_buffer);
+                match rings {
+                    Some(rings) => Link::Shm(Box::new(ShmTransport::new(rings, socket))),
+                    None => Link::Socket(socket),
                 }
-                Action::Receive { deadline } => {
-                    let on = socket.as_ref().expect("connected");
-                    let got = receive(on, core.reply_buffer(), deadline);
-                    core.read_ended(got, Instant::now())
-                }
-                Action::Pause(pause) => {
-                    socket = None;
-                    std::thread::sleep(pause);
-                    core.resume(Instant::now())
-                }
-                Action::Done(c) => {
-                    let socket = socket.take().expect("connected");
-                    client_socket::apply_send_buffer(&socket, c.send_buffer);
-                    let link = match shm::transport::agreed(&c, offer.take(), name, false)? {
-                        None => Link::Socket(socket),
-                        Some(rings) => Link::Shm(Box::new(ShmTransport::new(rings, socket))),
-                    };
-                    return connected_end(link, c, opts);
-                }
-                Action::Fail(e) => return Err(e),
             }
+            // A gateway's TLS (which offers no shared memory).
+            (link, _) => link,
+        };
+        connected_end(link, d.connected, opts)
+    }
+}
+
+/// A connect with blocking calls: the local pipe's socket, or TLS to a
+/// remote pipe's gateway (a new connection each try).
+struct Blocking<'a> {
+    name: &'a PipeName,
+    #[cfg(feature = "remote")]
+    opts: &'a ClientOptions,
+}
+
+impl Dialer for Blocking<'_> {
+    type Conn = Link;
+
+    async fn dial(&mut self, cred: bool) -> Result<(Link, Option<PeerCredentials>)> {
+        #[cfg(feature = "remote")]
+        if self.name.host().is_some() {
+            let tls = crate::remote::client::connect_blocking(self.name, self.opts)?;
+            return Ok((Link::Tls(Box::new(tls)), Some(PeerCredentials::UNKNOWN)));
         }
+        let (socket, cred) = connect_socket(self.name, cred)?;
+        Ok((Link::Socket(socket), cred))
+    }
+
+    async fn send(&mut self, on: &Link, bytes: &[u8], offer: Offer<'_>) -> io::Result<()> {
+        match (on, offer) {
+            (Link::Socket(socket), Some(region)) => send_with_offer(socket, bytes, region),
+            _ => send_all(on, bytes),
+        }
+    }
+
+    async fn receive(&mut self, on: &Link, buf: &mut Vec<u8>, by: Option<Instant>) -> Got {
+        receive(on, buf, by)
+    }
+
+    async fn pause(&mut self, pause: Duration) {
+        std::thread::sleep(pause);
     }
 }
 
@@ -113,47 +124,6 @@ fn connected_end(
         io,
         role: ClientEnd::new(),
     })
-}
-
-/// The same connect to a remote pipe, on a TLS connection to its gateway
-/// (each try a new one); no kernel here can name the server.
-#[cfg(feature = "remote")]
-fn connect_remote(
-    name: &PipeName,
-    opts: &ClientOptions,
-    pipelined: Option<&[u8]>,
-) -> Result<PipeClient> {
-    use crate::remote::tls_transport::TlsTransport;
-    let (mut core, mut action) = ConnectCore::begin(name, opts, pipelined, Instant::now());
-    let mut tls: Option<TlsTransport> = None;
-    loop {
-        action = match action {
-            Action::Connect => {
-                let dialled = crate::remote::client::connect_blocking(name, opts);
-                core.gateway_dialled(dialled, &mut tls, sys::user_name, Instant::now())
-            }
-            Action::Send(bytes) => {
-                let on = tls.as_ref().expect("connected");
-                core.sent(send_all(on, &bytes), Instant::now())
-            }
-            Action::Receive { deadline } => {
-                let on = tls.as_ref().expect("connected");
-                let got = receive(on, core.reply_buffer(), deadline);
-                core.read_ended(got, Instant::now())
-            }
-            Action::Pause(pause) => {
-                tls = None;
-                std::thread::sleep(pause);
-                core.resume(Instant::now())
-            }
-            Action::Done(c) => {
-                let on = tls.take().expect("connected");
-                shm::transport::agreed(&c, None, name, false)?;
-                return connected_end(Link::Tls(Box::new(on)), c, opts);
-            }
-            Action::Fail(e) => return Err(e),
-        }
-    }
 }
 
 /// Reads one REPLY within `limit`: a query's answer (`query_pipe`).

@@ -228,26 +228,6 @@ impl<'a> ConnectCore<'a> {
         self.answered(Err(connect_core::silent_server()), now)
     }
 
-    /// A remote pipe's gateway was dialled, at `now`: its connection (kept
-    /// in `into`), or why not. No kernel here can name the server behind
-    /// it.
-    #[cfg(feature = "remote")]
-    pub fn gateway_dialled<T>(
-        &mut self,
-        dialled: Result<T>,
-        into: &mut Option<T>,
-        user_name: impl Fn(u32) -> Option<String>,
-        now: Instant,
-    ) -> Action {
-        match dialled {
-            Ok(connection) => {
-                *into = Some(connection);
-                self.connected(Some(PeerCredentials::UNKNOWN), user_name)
-            }
-            Err(e) => self.failed(e, now),
-        }
-    }
-
     /// The socket could not be made or connected (`e`), at `now`.
     pub fn failed(&mut self, e: Error, now: Instant) -> Action {
         self.retry_or_fail(e, now)

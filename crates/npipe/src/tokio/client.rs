@@ -2,7 +2,7 @@
 //! one step, without blocking the runtime) and `CallNamedPipe`.
 
 use std::future::poll_fn;
-use std::task::Poll;
+use std::io;
 use std::time::{Duration, Instant};
 
 use ::tokio::io::unix::AsyncFd;
@@ -10,7 +10,7 @@ use ::tokio::io::unix::AsyncFd;
 use super::stream::{register, register_for_wakes, PipeStream};
 use crate::client_socket;
 use crate::connect_core::{self, PIPELINE_MAX};
-use crate::engine::connect::{Action, ConnectCore};
+use crate::dial::{self, Dialer, Got, Offer};
 use crate::error::{Error, ErrorCode, Result};
 use crate::info::PeerCredentials;
 use crate::name::PipeName;
@@ -21,8 +21,7 @@ use crate::shm;
 use crate::shm::link::AsyncLink;
 use crate::shm::transport::async_end::AsyncShm;
 use crate::stream_core::EndCore;
-use crate::sys::{self, Fd, RecvFlagsLite, ShmRegion, Socket};
-#[cfg(feature = "remote")]
+use crate::sys::{Fd, ShmRegion, Socket};
 use crate::transport::AsyncTransport;
 use crate::types::{Access, PipeType, Wait};
 
@@ -64,126 +63,95 @@ pub type PipeClient = Pipe<PipeStream, ClientEnd>;
 const BACKLOG_PAUSE: Duration = Duration::from_millis(1);
 
 impl Pipe<PipeStream, ClientEnd> {
-    /// Drives the engine's [`ConnectCore`] with tokio's I/O and timers.
+    /// Drives the engine's [`ConnectCore`](crate::engine::connect::ConnectCore)
+    /// with tokio's I/O and timers.
     pub(crate) async fn connect(
         name: &PipeName,
         opts: &ClientOptions,
         pipelined: Option<&[u8]>,
     ) -> Result<PipeClient> {
-        #[cfg(feature = "remote")]
-        if name.host().is_some() {
-            return connect_remote(name, opts, pipelined).await;
-        }
-        let (mut core, mut action) = ConnectCore::begin(name, opts, pipelined, Instant::now());
-        let mut fd: Option<AsyncFd<Fd>> = None;
         let offers = opts.offers_shared_memory_to(name, pipelined);
-        // This attempt's offer: a fresh region each time.
-        let mut offer: Option<ShmRegion> = None;
-        loop {
-            action = match action {
-                Action::Connect => {
-                    match connect_registered(name, opts, core.needs_server_cred()).await {
-                        Ok((registered, cred)) => {
-                            fd = Some(registered);
-                            core.connected(cred, sys::user_name)
-                        }
-                        Err(e) => core.failed(e, Instant::now()),
+        let mut dialer = Tokio {
+            name,
+            #[cfg(feature = "remote")]
+            opts,
+        };
+        let d = dial::drive(&mut dialer, name, opts, pipelined, offers).await?;
+        let link = match (
+            d.conn,
+            shm::transport::agreed(&d.connected, d.offer, name, true)?,
+        ) {
+            (AsyncLink::Socket(fd), rings) => {
+                client_socket::apply_send_buffer(fd.get_ref().socket(), d.connected.send_buffer);
+                match rings {
+                    // Its socket only wakes it now: watched for reading
+                    // alone (see `register_for_wakes`).
+                    Some(rings) => {
+                        let io = register_for_wakes(fd.into_inner().into_socket())?;
+                        AsyncLink::Shm(Box::new(AsyncShm::new(rings, io)))
                     }
+                    None => AsyncLink::Socket(fd),
                 }
-                Action::Send(bytes) => {
-                    let on = fd.as_ref().expect("connected");
-                    offer = offers.then(shm::transport::offer).and_then(|r| r.ok());
-                    let sent = match &offer {
-                        Some(region) => send_with_offer(on, &bytes, region).await,
-                        None => send_all(on, &bytes).await,
-                    };
-                    core.sent(sent, Instant::now())
-                }
-                Action::Receive { deadline } => {
-                    let on = fd.as_ref().expect("connected");
-                    let got = by_deadline(deadline, recv_some(on, core.reply_buffer())).await;
-                    core.read_ended(got, Instant::now())
-                }
-                Action::Pause(pause) => {
-                    fd = None;
-                    ::tokio::time::sleep(pause).await;
-                    core.resume(Instant::now())
-                }
-                Action::Done(c) => {
-                    let fd = fd.take().expect("connected");
-                    client_socket::apply_send_buffer(fd.get_ref().socket(), c.send_buffer);
-                    let link = match shm::transport::agreed(&c, offer.take(), name, true)? {
-                        None => AsyncLink::Socket(fd),
-                        Some(rings) => {
-                            // Its socket only wakes it now: watched for
-                            // reading alone (see `register_for_wakes`).
-                            let io = register_for_wakes(fd.into_inner().into_socket())?;
-                            let rings = AsyncShm::new(rings, io);
-                            AsyncLink::Shm(Box::new(rings))
-                        }
-                    };
-                    let end = EndCore::new(c.setup, c.read_mode, c.leftover);
-                    return Ok(Pipe {
-                        io: PipeStream::with_link(link, end),
-                        role: ClientEnd::new(),
-                    });
-                }
-                Action::Fail(e) => return Err(e),
             }
-        }
+            // A gateway's TLS (which offers no shared memory).
+            (link, _) => link,
+        };
+        let c = d.connected;
+        let end = EndCore::new(c.setup, c.read_mode, c.leftover);
+        Ok(Pipe {
+            io: PipeStream::with_link(link, end),
+            role: ClientEnd::new(),
+        })
     }
 }
 
-/// A remote pipe (`\\HOST\pipe\NAME`): the engine's connect driven on a TLS
-/// connection to HOST's gateway, which then carries the data too. Its
-/// server is the gateway's to name: no kernel here can.
-#[cfg(feature = "remote")]
-async fn connect_remote(
-    name: &PipeName,
-    opts: &ClientOptions,
-    pipelined: Option<&[u8]>,
-) -> Result<PipeClient> {
-    use crate::remote::async_tls::AsyncTls;
-    let (mut core, mut action) = ConnectCore::begin(name, opts, pipelined, Instant::now());
-    let mut tls: Option<AsyncTls> = None;
-    loop {
-        action = match action {
-            Action::Connect => {
-                let dialled = dial(name, opts).await;
-                core.gateway_dialled(dialled, &mut tls, sys::user_name, Instant::now())
-            }
-            Action::Send(bytes) => {
-                let on = tls.as_ref().expect("connected");
-                core.sent(send_all_on(on, &bytes).await, Instant::now())
-            }
-            Action::Receive { deadline } => {
-                let on = tls.as_ref().expect("connected");
-                let buf = core.reply_buffer();
-                let got = by_deadline(deadline, poll_fn(|cx| on.poll_recv_spare(cx, buf))).await;
-                core.read_ended(got, Instant::now())
-            }
-            Action::Pause(pause) => {
-                tls = None;
-                ::tokio::time::sleep(pause).await;
-                core.resume(Instant::now())
-            }
-            Action::Done(c) => {
-                let on = tls.take().expect("connected");
-                shm::transport::agreed(&c, None, name, true)?;
-                let end = EndCore::new(c.setup, c.read_mode, c.leftover);
-                return Ok(Pipe {
-                    io: PipeStream::with_link(AsyncLink::Tls(Box::new(on)), end),
-                    role: ClientEnd::new(),
-                });
-            }
-            Action::Fail(e) => return Err(e),
+/// A connect on tokio: the local pipe's socket registered with the
+/// runtime's reactor, or TLS to a remote pipe's gateway (a new connection
+/// each try).
+struct Tokio<'a> {
+    name: &'a PipeName,
+    #[cfg(feature = "remote")]
+    opts: &'a ClientOptions,
+}
+
+impl Dialer for Tokio<'_> {
+    type Conn = AsyncLink;
+
+    async fn dial(&mut self, cred: bool) -> Result<(AsyncLink, Option<PeerCredentials>)> {
+        #[cfg(feature = "remote")]
+        if self.name.host().is_some() {
+            let tls = dial_gateway(self.name, self.opts).await?;
+            return Ok((
+                AsyncLink::Tls(Box::new(tls)),
+                Some(PeerCredentials::UNKNOWN),
+            ));
         }
+        let (fd, cred) = connect_registered(self.name, cred).await?;
+        Ok((AsyncLink::Socket(fd), cred))
+    }
+
+    async fn send(&mut self, on: &AsyncLink, bytes: &[u8], offer: Offer<'_>) -> io::Result<()> {
+        match (on, offer) {
+            (AsyncLink::Socket(fd), Some(region)) => send_with_offer(fd, bytes, region).await,
+            _ => send_all_on(on, bytes).await,
+        }
+    }
+
+    async fn receive(&mut self, on: &AsyncLink, buf: &mut Vec<u8>, by: Option<Instant>) -> Got {
+        by_deadline(by, poll_fn(|cx| on.poll_recv_spare(cx, buf))).await
+    }
+
+    async fn pause(&mut self, pause: Duration) {
+        ::tokio::time::sleep(pause).await;
     }
 }
 
 /// TLS to `name`'s gateway, registered with this runtime.
 #[cfg(feature = "remote")]
-async fn dial(name: &PipeName, opts: &ClientOptions) -> Result<crate::remote::async_tls::AsyncTls> {
+async fn dial_gateway(
+    name: &PipeName,
+    opts: &ClientOptions,
+) -> Result<crate::remote::async_tls::AsyncTls> {
     let tls = crate::remote::client::connect_async(name, opts).await?;
     crate::remote::async_tls::AsyncTls::new(tls).map_err(|e| {
         Error::os(
@@ -195,7 +163,6 @@ async fn dial(name: &PipeName, opts: &ClientOptions) -> Result<crate::remote::as
 
 /// Sends all of `buf` on a fresh connection's transport, and what the
 /// transport holds of it.
-#[cfg(feature = "remote")]
 async fn send_all_on<T: AsyncTransport>(on: &T, mut buf: &[u8]) -> std::io::Result<()> {
     while !buf.is_empty() {
         let n = poll_fn(|cx| on.poll_send(cx, &[std::io::IoSlice::new(buf)])).await?;
@@ -238,10 +205,8 @@ pub(crate) async fn connect_socket(name: &PipeName, deadline: Option<Instant>) -
 /// server's kernel credentials if they are needed now.
 async fn connect_registered(
     name: &PipeName,
-    opts: &ClientOptions,
     cred: bool,
 ) -> Result<(AsyncFd<Fd>, Option<PeerCredentials>)> {
-    let _ = opts;
     let socket = connect_socket(name, None).await?;
     let fd = register(socket)?;
     let cred = client_socket::server_cred(fd.get_ref().socket(), cred)?;
@@ -257,41 +222,7 @@ async fn send_with_offer(fd: &AsyncFd<Fd>, buf: &[u8], region: &ShmRegion) -> st
             Err(_would_block) => continue,
         }
     };
-    send_all(fd, &buf[n..]).await
-}
-
-/// Sends all of `buf` on a fresh connection.
-async fn send_all(fd: &AsyncFd<Fd>, mut buf: &[u8]) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        let mut guard = fd.writable().await?;
-        match guard.try_io(|fd| fd.get_ref().socket().send(buf)) {
-            Ok(Ok(n)) => buf = &buf[n..],
-            Ok(Err(e)) => return Err(e),
-            Err(_would_block) => continue,
-        }
-    }
-    Ok(())
-}
-
-/// One read of the server's answer into `buf`'s spare room, when the
-/// socket is readable.
-async fn recv_some(fd: &AsyncFd<Fd>, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    poll_fn(|cx| loop {
-        let mut guard = match fd.poll_read_ready(cx) {
-            Poll::Ready(Ok(guard)) => guard,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => return Poll::Pending,
-        };
-        match guard.try_io(|fd| {
-            fd.get_ref()
-                .socket()
-                .recv_spare(buf, RecvFlagsLite::DontWait)
-        }) {
-            Ok(r) => return Poll::Ready(r),
-            Err(_would_block) => continue,
-        }
-    })
-    .await
+    send_all_on(fd, &buf[n..]).await
 }
 
 /// `CallNamedPipe` on tokio: connects to a message-type pipe (waiting up to
@@ -360,5 +291,23 @@ async fn within(
             .await
             .unwrap_or_else(|_| Err(connect_core::no_reply_in_time(limit))),
         None => reply.await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connect or a call can be spawned on a multi-threaded runtime: the
+    /// connect loop shared with the blocking front end (`dial::drive`)
+    /// keeps tokio's futures `Send`.
+    #[test]
+    fn connect_and_call_futures_are_send() {
+        fn spawnable<T: Send>(_: T) {}
+        let opts = ClientOptions::new();
+        spawnable(opts.open_async("send-check"));
+        spawnable(call("send-check", b"", Duration::ZERO));
+        #[cfg(feature = "remote")]
+        spawnable(opts.open_async(r"\\gateway\pipe\send-check"));
     }
 }
