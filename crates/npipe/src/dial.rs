@@ -3,8 +3,13 @@
 //! makes the calls (blocking ones, or tokio's), and [`drive`] feeds the one
 //! to the other. The loop is an `async fn` so that tokio can await it; the
 //! blocking front end runs it with [`run_blocking`], where every call
-//! completes before its future is first polled, so nothing ever waits on a
-//! waker. (The two loops were near-copies, local and remote alike.)
+//! completes inside its future's first poll (it blocks there), so nothing
+//! ever waits on a waker. (The two loops were near-copies, local and remote
+//! alike.) So nothing may be awaited in [`drive`] but the dialer's calls:
+//! anything else that can be pending (a tokio timer, a yield) would panic
+//! in the blocking front end, whose every arm the integration tests reach
+//! (connects, refusals, waits for an instance or for the pipe, remote
+//! pipes).
 
 use std::future::Future;
 use std::io;
@@ -27,8 +32,9 @@ pub(crate) trait Dialer {
     type Conn;
 
     /// A fresh connection, and the server's kernel credentials if `cred`
-    /// asks for them (a gateway's: [`PeerCredentials::UNKNOWN`], as no
-    /// kernel here can name the server behind it).
+    /// asks for them (`None` otherwise: read later, if at all). A gateway's
+    /// are always [`PeerCredentials::UNKNOWN`]: no kernel here can name the
+    /// server behind it.
     async fn dial(&mut self, cred: bool) -> Result<(Self::Conn, Option<PeerCredentials>)>;
 
     /// Sends all of `bytes` (the HELLO, and a pipelined request), with
@@ -69,6 +75,8 @@ pub(crate) async fn drive<D: Dialer>(
     pipelined: Option<&[u8]>,
     offers: bool,
 ) -> Result<Dialled<D::Conn>> {
+    // Shared memory is offered on a local pipe's socket only.
+    debug_assert!(!offers || name.host().is_none());
     let (mut core, mut action) = ConnectCore::begin(name, opts, pipelined, Instant::now());
     let mut conn: Option<D::Conn> = None;
     let mut offer: Option<ShmRegion> = None;
@@ -96,6 +104,7 @@ pub(crate) async fn drive<D: Dialer>(
             }
             Action::Pause(pause) => {
                 conn = None;
+                offer = None;
                 dialer.pause(pause).await;
                 core.resume(Instant::now())
             }

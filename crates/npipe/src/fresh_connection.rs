@@ -1,7 +1,8 @@
 //! What both acceptors do to a fresh connection's socket before the
 //! application sees it: ask the kernel who the peer is, send the one reply,
-//! and hold a granted connection to its grant in the kernel. (What to do
-//! with it is the engine's `AcceptorCore`.)
+//! and, for a granted client, take its shared-memory offer if sound, hold
+//! it to its grant in the kernel and make it ready for `accept`. (What to
+//! do with it is the engine's `AcceptorCore`.)
 
 use std::io;
 use std::time::Duration;

@@ -65,8 +65,9 @@ impl Pipe<PipeStream, ClientEnd> {
                     None => Link::Socket(socket),
                 }
             }
-            // A gateway's TLS (which offers no shared memory).
-            (link, _) => link,
+            // A gateway's TLS: shared memory is never offered there.
+            (link, None) => link,
+            (_, Some(_)) => unreachable!("rings agreed on a connection that never offered them"),
         };
         connected_end(link, d.connected, opts)
     }
