@@ -7,7 +7,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::ring::{Consumer, Layout, Producer, CONTROL, MARKS_RECORDS};
+use super::ring::{Consumer, Layout, Producer, VecSink, CONTROL, MARKS_RECORDS};
 use crate::error::ErrorCode;
 use crate::sys::ShmRegion;
 
@@ -35,7 +35,7 @@ pub fn run(data: &[u8]) {
     let mut next = || bytes.next();
     while let Some(op) = next() {
         let arg = next().unwrap_or(0) as usize;
-        match op % 6 {
+        match op % 9 {
             0 if tx_ok => {
                 let payload = vec![op; arg];
                 match tx.try_push_parts(&region, &[std::io::IoSlice::new(&payload)], arg) {
@@ -58,12 +58,13 @@ pub fn run(data: &[u8]) {
                 }
             }
             2 => {
-                // The peer sets a position word to anything.
+                // The peer sets any word of the control block (positions,
+                // closed flags, waiting flags, features) to anything.
                 let mut word = [0u8; 8];
                 for b in &mut word {
                     *b = next().unwrap_or(0);
                 }
-                let at = if arg.is_multiple_of(2) { 0 } else { 64 };
+                let at = arg * 8 % CONTROL;
                 region
                     .u64_at(at)
                     .store(u64::from_le_bytes(word), Ordering::Release);
@@ -89,6 +90,26 @@ pub fn run(data: &[u8]) {
                     rx_ok = false;
                 }
             },
+            6 if tx_ok => {
+                if let Err(e) = tx.has_room(&region) {
+                    assert_eq!(e.code(), ErrorCode::BadPipe);
+                    tx_ok = false;
+                }
+            }
+            7 => {
+                let _ = rx.writer_would_go_on(&region);
+            }
+            8 if rx_ok => {
+                // A receive that appends to a vector, up to `arg` more.
+                let mut out = vec![7u8; 3];
+                match rx.read_into(&region, &mut VecSink::new(&mut out, 3 + arg)) {
+                    Ok(_) => assert!(out.len() <= 3 + arg && out[..3] == [7, 7, 7]),
+                    Err(e) => {
+                        assert_eq!(e.code(), ErrorCode::BadPipe);
+                        rx_ok = false;
+                    }
+                }
+            }
             _ => {}
         }
     }

@@ -63,8 +63,10 @@ const CONSUMER_CLOSED_APART: usize = 148;
 pub(crate) const WAKES_BY_SOCKET: u32 = 1;
 /// A `features` bit: this side's producer writes an empty header ahead of
 /// each record before the record's own (so its consumer may watch the
-/// headers, not `tail`), and both its sides write their `closed` flags at
-/// 144 and 148 too (so its peer may watch those, not the busy lines).
+/// headers, not `tail`), both its sides write their `closed` flags at 144
+/// and 148 too (so its peer may watch those, not the busy lines), and its
+/// producer, short of room, waits for three quarters of the ring free (so
+/// its consumer wakes it only then: [`Consumer::writer_would_go_on`]).
 pub(crate) const MARKS_RECORDS: u32 = 2;
 /// The features of this version's ends.
 pub(crate) const FEATURES_OF_THIS_VERSION: u32 = WAKES_BY_SOCKET | MARKS_RECORDS;

@@ -31,7 +31,7 @@ pub struct ShmRegion {
 
 // SAFETY: the mapping is plain memory shared by design; every access goes
 // through atomics or through copies that tolerate concurrent writers (see
-// `read` and `write`), so using it from several threads is as sound as
+// `read`, `append` and `write`), so using it from several threads is as sound as
 // from several processes.
 unsafe impl Send for ShmRegion {}
 // SAFETY: as above.
