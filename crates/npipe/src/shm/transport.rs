@@ -219,6 +219,9 @@ pub(crate) struct ShmTransport<S: HoldsSocket = Socket> {
     socket: S,
     tx: Mutex<Producer>,
     rx: Mutex<Consumer>,
+    /// Where each ring lies (as in `tx` and `rx`, without their locks).
+    tx_layout: Layout,
+    rx_layout: Layout,
     read_timeout: Mutex<Option<Duration>>,
     write_timeout: Mutex<Option<Duration>>,
     /// How long waits for data spin.
@@ -266,6 +269,8 @@ impl<S: HoldsSocket> ShmTransport<S> {
             socket,
             tx: Mutex::new(Producer::new(tx, peer_features)),
             rx: Mutex::new(Consumer::new(rx, peer_features)),
+            tx_layout: tx,
+            rx_layout: rx,
             read_timeout: Mutex::new(None),
             write_timeout: Mutex::new(None),
             // A fresh connection spins as the process's last ones learned

@@ -88,8 +88,8 @@ impl AsyncShm {
 
     fn flag(&self, want: Want) -> &AtomicU32 {
         match want {
-            Want::Data => self.t.rx().layout().consumer_waiting(&self.t.region),
-            Want::Room => self.t.tx().layout().producer_waiting(&self.t.region),
+            Want::Data => self.t.rx_layout.consumer_waiting(&self.t.region),
+            Want::Room => self.t.tx_layout.producer_waiting(&self.t.region),
         }
     }
 
@@ -236,7 +236,17 @@ impl AsyncTransport for AsyncShm {
             ready!(spend_budget(cx));
             match self.t.send_parts(bufs, false) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                done => return Poll::Ready(done),
+                done => {
+                    // Sent after a wait that no byte ended (another of our
+                    // tasks' wake-up polled us again): the flag comes down
+                    // with it, or the peer would go on looking at its
+                    // `tail` at every record and send a byte for nothing.
+                    let flag = self.flag(Want::Room);
+                    if flag.load(Ordering::Relaxed) == ASLEEP_ON_SOCKET {
+                        self.stop_waiting(flag, cx);
+                    }
+                    return Poll::Ready(done);
+                }
             }
             ready!(self.poll_wait(cx, Want::Room))?;
         }
@@ -391,6 +401,35 @@ mod tests {
                 "the bytes came through changed"
             );
         });
+    }
+
+    /// A tokio writer that waited for room and is polled again by some other
+    /// wake-up than its peer's byte (another of its tasks woken), and then
+    /// sends, takes its flag down: its peer stops watching for it.
+    #[test]
+    fn a_tokio_writer_that_sends_after_a_wait_takes_its_flag_down() {
+        runtime().block_on(async {
+            let (a, b) = tokio_and_blocking(SMALL);
+            let record = vec![7u8; SMALL];
+            let waker = futures_noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            // Fill the ring until a send waits, its flag up.
+            while a.poll_send(&mut cx, &[IoSlice::new(&record)]).is_ready() {}
+            assert_eq!(writer_flag(&b).load(Ordering::SeqCst), ASLEEP_ON_SOCKET);
+            // One record read: room for one, but not the three quarters
+            // the peer wakes a writer for, so no byte comes.
+            let mut buf = vec![0u8; SMALL / 4];
+            assert!(b.recv(&mut buf, Recv::Wait).unwrap() > 0);
+            assert_eq!(writer_flag(&b).load(Ordering::SeqCst), ASLEEP_ON_SOCKET);
+            let sent = a.poll_send(&mut cx, &[IoSlice::new(&record[..16])]);
+            assert!(matches!(sent, Poll::Ready(Ok(16))), "{sent:?}");
+            assert_eq!(writer_flag(&b).load(Ordering::SeqCst), 0);
+        });
+    }
+
+    /// A waker that does nothing: the test polls by hand.
+    fn futures_noop_waker() -> Waker {
+        Waker::noop().clone()
     }
 
     /// Two tasks wait on one end's socket at once, one for data and one for
