@@ -539,7 +539,7 @@ impl<S: HoldsSocket> ShmTransport<S> {
     }
 
     fn wait_receivable(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        let layout = self.rx().layout();
+        let layout = self.rx_layout;
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         self.wait(
             &self.read_spin,
@@ -572,7 +572,7 @@ impl<S: HoldsSocket> ShmTransport<S> {
             }
             // Records of a quarter ring at most, so the reader frees space
             // while the writer fills the rest (a record is freed whole).
-            let limit = total.min(tx.layout().capacity() / 4);
+            let limit = total.min(self.tx_layout.capacity() / 4);
             let sent = tx
                 .try_push_parts(&self.region, parts, limit)
                 .map_err(io_error)?;
@@ -702,7 +702,7 @@ impl<S: HoldsSocket> Transport for ShmTransport<S> {
     /// zeroing room first (a 64-byte message used to zero 16 KiB).
     fn recv_spare(&self, buf: &mut Vec<u8>, how: Recv) -> io::Result<usize> {
         let start = buf.len();
-        let ring = self.rx().layout().capacity();
+        let ring = self.rx_layout.capacity();
         let spare = (buf.capacity() - start).max(4096).min(ring);
         let got = self.recv_into(&mut VecSink::new(buf, start + spare), how);
         // A ring found broken part way through gives nothing.
