@@ -501,10 +501,6 @@ impl Consumer {
         }
     }
 
-    pub(crate) fn layout(&self) -> Layout {
-        self.layout
-    }
-
     /// The producer's position, if it is one it could have: 8-aligned, not
     /// behind what we saw, and at most the ring's size ahead of us.
     fn tail(&mut self, r: &ShmRegion) -> Result<u64> {

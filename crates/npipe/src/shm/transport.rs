@@ -388,8 +388,8 @@ impl<S: HoldsSocket> ShmTransport<S> {
     /// for) or closing: wakes the peer's writer if it waits for room and
     /// the room it waits for is there (a quarter of the ring left unread,
     /// where it says so), or, with `gone`, whatever the room.
-    fn wake_writer(&self, rx: &mut Consumer, gone: bool) {
-        let layout = rx.layout();
+    fn wake_writer(&self, rx: &Consumer, gone: bool) {
+        let layout = self.rx_layout;
         self.wake_if_waiting(
             layout.producer_waiting(&self.region),
             layout.space_seq(&self.region),
@@ -444,9 +444,9 @@ impl<S: HoldsSocket> ShmTransport<S> {
     /// Says this end reads no more, waking a writer that waits for room
     /// (it looks at the flag after raising its own).
     fn close_reading(&self) {
-        let mut rx = self.rx();
+        let rx = self.rx();
         rx.close(&self.region);
-        self.wake_writer(&mut rx, true);
+        self.wake_writer(&rx, true);
     }
 
     /// Moves what is there into `sink` without waiting: `None` if nothing.
@@ -472,7 +472,7 @@ impl<S: HoldsSocket> ShmTransport<S> {
             }
         }
         if freed {
-            self.wake_writer(&mut rx, false);
+            self.wake_writer(&rx, false);
         }
         Ok((n > 0).then_some(n))
     }

@@ -172,9 +172,22 @@ impl AsyncShm {
         loop {
             ready!(spend_budget(cx));
             if self.is_ready(want)? {
+                self.done_waiting(want, cx);
                 return Poll::Ready(Ok(()));
             }
             ready!(self.poll_wait(cx, want))?;
+        }
+    }
+
+    /// What a task waited for came without a byte ending its wait (it was
+    /// polled again by another of our tasks' wake-up): the flag comes down
+    /// as `poll_wait` takes it down when a byte comes. Left up, the peer
+    /// would go on looking for us (a writer's: reading its `tail` at every
+    /// record) and then send a byte for nothing.
+    fn done_waiting(&self, want: Want, cx: &Context<'_>) {
+        let flag = self.flag(want);
+        if flag.load(Ordering::Relaxed) == ASLEEP_ON_SOCKET {
+            self.stop_waiting(flag, cx);
         }
     }
 }
@@ -213,6 +226,7 @@ impl AsyncTransport for AsyncShm {
         loop {
             ready!(spend_budget(cx));
             if let Some(n) = self.t.try_recv(&mut SliceSink::new(buf))? {
+                self.done_waiting(Want::Data, cx);
                 return Poll::Ready(Ok(n));
             }
             ready!(self.poll_wait(cx, Want::Data))?;
@@ -237,14 +251,7 @@ impl AsyncTransport for AsyncShm {
             match self.t.send_parts(bufs, false) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 done => {
-                    // Sent after a wait that no byte ended (another of our
-                    // tasks' wake-up polled us again): the flag comes down
-                    // with it, or the peer would go on looking at its
-                    // `tail` at every record and send a byte for nothing.
-                    let flag = self.flag(Want::Room);
-                    if flag.load(Ordering::Relaxed) == ASLEEP_ON_SOCKET {
-                        self.stop_waiting(flag, cx);
-                    }
+                    self.done_waiting(Want::Room, cx);
                     return Poll::Ready(done);
                 }
             }
@@ -380,7 +387,7 @@ mod tests {
 
     /// The flag the tokio end raises to wait for room, as its peer sees it.
     fn writer_flag(peer: &ShmTransport) -> &AtomicU32 {
-        peer.rx().layout().producer_waiting(&peer.region)
+        peer.rx_layout.producer_waiting(&peer.region)
     }
 
     /// A tokio writer facing a full ring sleeps on its socket, and a
@@ -403,6 +410,24 @@ mod tests {
         });
     }
 
+    /// The same for a reader: data that came without its byte (published
+    /// here with no wake-up) and is taken when the task is polled again
+    /// takes its flag down.
+    #[test]
+    fn a_tokio_reader_that_receives_after_a_wait_takes_its_flag_down() {
+        runtime().block_on(async {
+            let (a, b) = tokio_and_blocking(SMALL);
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut buf = [0u8; 8];
+            assert!(a.poll_recv(&mut cx, &mut buf).is_pending());
+            assert_eq!(reader_flag(&b).load(Ordering::SeqCst), ASLEEP_ON_SOCKET);
+            assert!(b.tx().try_push(&b.region, b"x", false).unwrap());
+            let got = a.poll_recv(&mut cx, &mut buf);
+            assert!(matches!(got, Poll::Ready(Ok(1))), "{got:?}");
+            assert_eq!(reader_flag(&b).load(Ordering::SeqCst), 0);
+        });
+    }
+
     /// A tokio writer that waited for room and is polled again by some other
     /// wake-up than its peer's byte (another of its tasks woken), and then
     /// sends, takes its flag down: its peer stops watching for it.
@@ -411,10 +436,11 @@ mod tests {
         runtime().block_on(async {
             let (a, b) = tokio_and_blocking(SMALL);
             let record = vec![7u8; SMALL];
-            let waker = futures_noop_waker();
-            let mut cx = Context::from_waker(&waker);
+            let mut cx = Context::from_waker(Waker::noop());
             // Fill the ring until a send waits, its flag up.
-            while a.poll_send(&mut cx, &[IoSlice::new(&record)]).is_ready() {}
+            while let Poll::Ready(sent) = a.poll_send(&mut cx, &[IoSlice::new(&record)]) {
+                sent.unwrap();
+            }
             assert_eq!(writer_flag(&b).load(Ordering::SeqCst), ASLEEP_ON_SOCKET);
             // One record read: room for one, but not the three quarters
             // the peer wakes a writer for, so no byte comes.
@@ -425,11 +451,6 @@ mod tests {
             assert!(matches!(sent, Poll::Ready(Ok(16))), "{sent:?}");
             assert_eq!(writer_flag(&b).load(Ordering::SeqCst), 0);
         });
-    }
-
-    /// A waker that does nothing: the test polls by hand.
-    fn futures_noop_waker() -> Waker {
-        Waker::noop().clone()
     }
 
     /// Two tasks wait on one end's socket at once, one for data and one for

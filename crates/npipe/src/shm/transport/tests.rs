@@ -337,7 +337,7 @@ fn an_end_from_before_marked_records_talks_with_this_version() {
 #[test]
 fn a_sleeper_is_woken_once_however_many_publish() {
     let (a, b) = pair(64 * 1024);
-    let layout = b.rx().layout();
+    let layout = b.rx_layout;
     let (flag, seq) = (
         layout.consumer_waiting(&b.region),
         layout.data_seq(&b.region),
