@@ -60,7 +60,8 @@ impl Ready {
     pub async fn settle_async(&mut self) {
         use crate::remote::handed;
         let deadline = std::time::Instant::now() + handed::HAND_OFF_WAIT;
-        self.settled = Some(handed::receive_async(&self.socket, deadline).await);
+        let sender = self.cred.user.0;
+        self.settled = Some(handed::receive_async(&self.socket, sender, deadline).await);
     }
 
     /// Reads the HAND-OFF, blocking this thread (at most
@@ -69,7 +70,8 @@ impl Ready {
     pub fn settle_blocking(&mut self) {
         use crate::remote::handed;
         let deadline = std::time::Instant::now() + handed::HAND_OFF_WAIT;
-        self.settled = Some(handed::receive_blocking(&self.socket, deadline));
+        let sender = self.cred.user.0;
+        self.settled = Some(handed::receive_blocking(&self.socket, sender, deadline));
     }
 }
 

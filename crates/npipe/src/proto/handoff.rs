@@ -216,9 +216,13 @@ mod tests {
         ));
     }
 
+    /// `Debug` shows the sequence numbers, never a key, an IV or a secret.
     #[test]
     fn debug_shows_no_key() {
         let text = format!("{:?}", HandOff::Handed(keys()));
-        assert!(!text.contains("[1, 1") && !text.contains("key:"), "{text}");
+        assert!(text.contains("seq: 3"), "{text}");
+        for secret in ["[1, 1", "[2, 2", "[5, 5", "key:", "iv:", "secret:"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
     }
 }

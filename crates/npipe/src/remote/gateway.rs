@@ -663,25 +663,19 @@ async fn hand_over(
     HandOff::Handed(keys).encode(&mut message);
     // A fresh message on a socket the server has only read from: it goes
     // whole, or the server is gone.
-    match pipe.send_with_fd(&message, tcp.as_fd()) {
+    match pipe.get_ref().socket().send_with_fd(&message, tcp.as_fd()) {
         Ok(n) if n == message.len() => {}
         Ok(_) | Err(_) => return format!("{name:?}: the server went before the hand-over"),
     }
     drop(tcp);
-    // The lease: the server's end closes its side when it ends.
-    let watch = match pipe
-        .try_clone()
-        .and_then(|dup| crate::sys::register_async_owned(dup.into()))
-    {
-        Ok(watch) => watch,
-        Err(e) => return format!("{name:?}: handed over; cannot watch its end: {e}"),
-    };
+    // The lease: the server's end closes its side when it ends. The
+    // relay's registration of the socket serves to watch it.
     let mut sink = [0u8; 64];
     loop {
-        let Ok(mut guard) = watch.readable().await else {
+        let Ok(mut guard) = pipe.readable().await else {
             break;
         };
-        match guard.try_io(|_| pipe.recv_nonblocking(&mut sink)) {
+        match guard.try_io(|fd| fd.get_ref().socket().recv_nonblocking(&mut sink)) {
             // A server sends nothing here: one that does (a squatter, say)
             // ends the watch rather than keep the gateway reading it.
             Ok(Ok(_)) | Ok(Err(_)) => break,

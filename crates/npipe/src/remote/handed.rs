@@ -90,33 +90,55 @@ impl Incoming {
     }
 }
 
-/// Reads the HAND-OFF on `local`, the gateway's socket, waiting until
-/// `deadline` (this thread blocks).
-pub(crate) fn receive_blocking(local: &Socket, deadline: Instant) -> Settled {
+/// One read of the HAND-OFF from `local`, the gateway's socket (`sender`
+/// its uid): what came after the OK once it is whole or cannot be,
+/// `Ok(None)` for more, `WouldBlock` if nothing was there.
+fn read_some(
+    local: &Socket,
+    sender: u32,
+    incoming: &mut Incoming,
+) -> std::io::Result<Option<Settled>> {
+    match local.recv_with_tcp_socket(incoming.room(), sender) {
+        Ok((n, socket)) => Ok(incoming.took(n, socket)),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(e),
+        Err(e) => Ok(Some(Settled::Broken(format!(
+            "reading the hand-over failed: {e}"
+        )))),
+    }
+}
+
+/// Reads the HAND-OFF on `local`, the gateway's socket (`sender` its uid),
+/// waiting until `deadline` (this thread blocks). It is usually there
+/// already: read first, waited for only if not.
+pub(crate) fn receive_blocking(local: &Socket, sender: u32, deadline: Instant) -> Settled {
     let mut incoming = Incoming::default();
     loop {
+        match read_some(local, sender, &mut incoming) {
+            Ok(Some(settled)) => return settled,
+            Ok(None) => continue,
+            Err(_would_block) => {}
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         match local.wait_readable(Some(left)) {
             Ok(true) => {}
             Ok(false) => return timed_out(),
             Err(e) => return Settled::Broken(format!("waiting for the hand-over failed: {e}")),
         }
-        match local.recv_with_tcp_socket(incoming.room()) {
-            Ok((n, socket)) => {
-                if let Some(settled) = incoming.took(n, socket) {
-                    return settled;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Settled::Broken(format!("reading the hand-over failed: {e}")),
-        }
     }
 }
 
-/// The same on tokio's reactor (a duplicate of `local` registered to
-/// hear that it is readable).
+/// The same on tokio's reactor. It is usually there already: only if not
+/// is a duplicate of `local` registered to hear that it is readable.
 #[cfg(feature = "tokio")]
-pub(crate) async fn receive_async(local: &Socket, deadline: Instant) -> Settled {
+pub(crate) async fn receive_async(local: &Socket, sender: u32, deadline: Instant) -> Settled {
+    let mut incoming = Incoming::default();
+    loop {
+        match read_some(local, sender, &mut incoming) {
+            Ok(Some(settled)) => return settled,
+            Ok(None) => continue,
+            Err(_would_block) => break,
+        }
+    }
     let watch = match local
         .try_clone()
         .and_then(|dup| crate::sys::register_async_owned(dup.into()))
@@ -124,22 +146,18 @@ pub(crate) async fn receive_async(local: &Socket, deadline: Instant) -> Settled 
         Ok(watch) => watch,
         Err(e) => return Settled::Broken(format!("cannot wait for the hand-over: {e}")),
     };
-    let mut incoming = Incoming::default();
     let read = async {
         loop {
             let mut guard = match watch.readable().await {
                 Ok(guard) => guard,
                 Err(e) => return Settled::Broken(format!("waiting for the hand-over failed: {e}")),
             };
-            match guard.try_io(|_| local.recv_with_tcp_socket(incoming.room())) {
-                Ok(Ok((n, socket))) => {
-                    if let Some(settled) = incoming.took(n, socket) {
-                        return settled;
-                    }
-                }
+            match guard.try_io(|_| read_some(local, sender, &mut incoming)) {
+                Ok(Ok(Some(settled))) => return settled,
+                Ok(Ok(None)) => {}
                 Ok(Err(e)) => return Settled::Broken(format!("reading the hand-over failed: {e}")),
                 // Not readable after all: readiness was cleared; wait again.
-                Err(_) => {}
+                Err(_would_block) => {}
             }
         }
     };

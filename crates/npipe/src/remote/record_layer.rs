@@ -210,12 +210,21 @@ impl RecordLayer {
             )
         })?;
         let aead = suite.aead_alg;
+        // Both secrets or neither: with the receiving one alone, a peer's
+        // request to update would be followed and never answered.
+        let (tx_secret, rx_secret) = match (
+            checked_secret(suite, &keys.tx),
+            checked_secret(suite, &keys.rx),
+        ) {
+            (Some(tx), Some(rx)) => (Some(tx), Some(rx)),
+            _ => (None, None),
+        };
         Ok(RecordLayer {
             suite,
             encrypter: aead.encrypter(AeadKey::from(keys.tx.key), Iv::from(keys.tx.iv)),
             decrypter: aead.decrypter(AeadKey::from(keys.rx.key), Iv::from(keys.rx.iv)),
-            tx_secret: checked_secret(suite, &keys.tx),
-            rx_secret: checked_secret(suite, &keys.rx),
+            tx_secret,
+            rx_secret,
             update_owed: false,
             updates_in_a_row: 0,
             tx_seq: keys.tx.seq,
@@ -501,7 +510,8 @@ impl RecordLayer {
             let _ = self.seal_now(ContentType::Alert, &[&[level, alert]]);
             self.close_sent = true;
         }
-        let why = format!("TLS failed: {why}");
+        // The transport says whose TLS failed, and that it did.
+        let why = why.to_string();
         self.failed = Some(why.clone());
         why
     }

@@ -62,11 +62,12 @@ pub(crate) enum Outcome {
 }
 
 /// A connection to hand over: TCP with its TLS state (nothing left to
-/// send), and the socket to the pipe's server.
+/// send), and the socket to the pipe's server, still registered for
+/// reading (the gateway watches it as the lease).
 pub(crate) struct HandOver {
     pub tcp: TcpStream,
     pub conn: Connection,
-    pub pipe: Socket,
+    pub pipe: AsyncFd<Fd>,
 }
 
 /// Relays between `tcp` (with its TLS state `conn`, the handshake done)
@@ -112,7 +113,7 @@ pub(crate) async fn relay(
     Ok(Outcome::HandOver(Box::new(HandOver {
         tcp: tls.tcp,
         conn: tls.conn,
-        pipe: pipe.readable.into_inner().into_socket(),
+        pipe: pipe.readable,
     })))
 }
 

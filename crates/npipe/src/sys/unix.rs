@@ -379,15 +379,24 @@ impl Socket {
     /// Receives without waiting, and the first descriptor that rode along
     /// if it is a connected TCP socket: a gateway handing a remote client's
     /// connection over (the caller has judged the sender a trusted
-    /// gateway). Any other descriptor is closed elsewhere.
+    /// gateway). Any other descriptor is closed elsewhere, counted against
+    /// `sender` (the gateway's uid), and while its closes (or everyone's)
+    /// are far behind none is taken in, as for
+    /// [`recv_with_fd`](Self::recv_with_fd): a gateway that is not root
+    /// cannot stall everyone's offers with descriptors that never close.
     #[cfg(feature = "remote")]
-    pub fn recv_with_tcp_socket(&self, buf: &mut [u8]) -> io::Result<(usize, Option<Socket>)> {
+    pub fn recv_with_tcp_socket(
+        &self,
+        buf: &mut [u8],
+        sender: u32,
+    ) -> io::Result<(usize, Option<Socket>)> {
+        let take = !closes_pending(|p| p.backlogged(sender));
         let mut first = None;
-        let n = self.recv_fds(buf, true, |fd| {
+        let n = self.recv_fds(buf, take, |fd| {
             if first.is_none() && is_connected_tcp(&fd) {
                 first = Some(Socket(fd));
             } else {
-                queue_close(fd, None);
+                queue_close(fd, Some(sender));
             }
         })?;
         Ok((n, first))

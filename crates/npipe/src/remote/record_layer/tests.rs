@@ -10,12 +10,44 @@ use rustls::{ClientConnection, ServerConnection};
 use super::*;
 use crate::remote::relay::tests::configs;
 
+/// A side that queues TLS records for the wire: a rustls connection, or
+/// the record layer.
+trait Queues {
+    fn wants_write(&self) -> bool;
+    fn write_tls(&mut self, out: &mut Vec<u8>);
+}
+
+impl<D> Queues for rustls::ConnectionCommon<D> {
+    fn wants_write(&self) -> bool {
+        let state: &rustls::CommonState = self;
+        state.wants_write()
+    }
+    fn write_tls(&mut self, out: &mut Vec<u8>) {
+        rustls::ConnectionCommon::write_tls(self, out).unwrap();
+    }
+}
+
+impl Queues for RecordLayer {
+    fn wants_write(&self) -> bool {
+        RecordLayer::wants_write(self)
+    }
+    fn write_tls(&mut self, out: &mut Vec<u8>) {
+        RecordLayer::write_tls(self, out).unwrap();
+    }
+}
+
+/// What `side` has queued, as the bytes it writes.
+fn drained(side: &mut impl Queues) -> Vec<u8> {
+    let mut wire = Vec::new();
+    while side.wants_write() {
+        side.write_tls(&mut wire);
+    }
+    wire
+}
+
 /// Moves everything `from` has to send into `to`, as TCP would.
 fn shuttle<A, B>(from: &mut rustls::ConnectionCommon<A>, to: &mut rustls::ConnectionCommon<B>) {
-    let mut wire = Vec::new();
-    while from.wants_write() {
-        from.write_tls(&mut wire).unwrap();
-    }
+    let wire = drained(from);
     let mut rd = &wire[..];
     while !rd.is_empty() {
         to.read_tls(&mut rd).unwrap();
@@ -56,29 +88,28 @@ fn handshake_with(
     (client, keys)
 }
 
-/// A handed-over connection's record layer, with its secrets or not.
-fn handshake_keeping(secrets: bool) -> (ClientConnection, RecordLayer) {
+/// A handed-over connection's record layer, with the secrets for sending
+/// (`tx`) and receiving (`rx`) or without.
+fn handshake_keeping(tx: bool, rx: bool) -> (ClientConnection, RecordLayer) {
     let (server_config, client_config) = configs();
     let (client, keys) = handshake_with((*server_config).clone(), client_config);
     let mut keys = keys.expect("a 256-bit suite");
-    if !secrets {
+    if !tx {
         keys.tx.secret.clear();
+    }
+    if !rx {
         keys.rx.secret.clear();
     }
     (client, RecordLayer::new(&keys).unwrap())
 }
 
 fn handshake() -> (ClientConnection, RecordLayer) {
-    handshake_keeping(true)
+    handshake_keeping(true, true)
 }
 
 /// What the layer has queued, as the bytes it writes.
 fn sent(layer: &mut RecordLayer) -> Vec<u8> {
-    let mut wire = Vec::new();
-    while layer.wants_write() {
-        layer.write_tls(&mut wire).unwrap();
-    }
-    wire
+    drained(layer)
 }
 
 /// Feeds `wire` to the client and reads its plaintext; `Err` if TLS failed.
@@ -95,11 +126,7 @@ fn client_reads(client: &mut ClientConnection, wire: &[u8]) -> Result<Vec<u8>, r
 
 /// What the client has queued, as bytes on the wire.
 fn client_sends(client: &mut ClientConnection) -> Vec<u8> {
-    let mut wire = Vec::new();
-    while client.wants_write() {
-        client.write_tls(&mut wire).unwrap();
-    }
-    wire
+    drained(&mut **client)
 }
 
 /// Feeds `wire` to the layer in reads of `step` bytes at most.
@@ -223,28 +250,32 @@ fn keys_are_updated_before_the_record_limit() {
     let expected: Vec<u8> = (0..20u8).flat_map(|i| [i; 10]).collect();
     assert_eq!(client_reads(&mut client, &wire).unwrap(), expected);
     // Without the secrets, the limit ends the connection instead.
-    let (_client, mut layer) = handshake_keeping(false);
+    let (_client, mut layer) = handshake_keeping(false, false);
     layer.limit = layer.tx_seq + 3;
     let ended = (0..20u8).find_map(|i| layer.write_plain(&[IoSlice::new(&[i; 10])]).err());
     assert!(ended.unwrap().to_string().contains("record limit"));
 }
 
 /// Without its secrets (a gateway that did not have them), a handed-over
-/// connection cannot follow a key update: it ends, saying why.
+/// connection cannot follow a key update: it ends, saying why. With one of
+/// the two alone it does the same (with the receiving one alone it used to
+/// follow the update and never answer it).
 #[test]
 fn a_key_update_without_the_secrets_ends_the_connection_with_a_word_why() {
-    let (mut client, mut layer) = handshake_keeping(false);
-    client.refresh_traffic_keys().unwrap();
-    use std::io::Write as _;
-    client.writer().write_all(b"under new keys").unwrap();
-    let (got, last) = layer_reads(&mut layer, &client_sends(&mut client), 1 << 20);
-    assert!(got.is_empty());
-    let why = last.unwrap_err();
-    assert!(why.contains("updated its TLS keys"), "{why}");
-    // The client is told (an alert), and the layer stays failed.
-    assert!(client_reads(&mut client, &sent(&mut layer)).is_err());
-    assert!(layer.write_plain(&[IoSlice::new(b"x")]).is_err());
-    assert_eq!(layer.process(&mut VecDeque::new()).unwrap_err(), why);
+    for (tx, rx) in [(false, false), (false, true), (true, false)] {
+        let (mut client, mut layer) = handshake_keeping(tx, rx);
+        client.refresh_traffic_keys().unwrap();
+        use std::io::Write as _;
+        client.writer().write_all(b"under new keys").unwrap();
+        let (got, last) = layer_reads(&mut layer, &client_sends(&mut client), 1 << 20);
+        assert!(got.is_empty(), "{tx} {rx}");
+        let why = last.unwrap_err();
+        assert!(why.contains("updated its TLS keys"), "{why}");
+        // The client is told (an alert), and the layer stays failed.
+        assert!(client_reads(&mut client, &sent(&mut layer)).is_err());
+        assert!(layer.write_plain(&[IoSlice::new(b"x")]).is_err());
+        assert_eq!(layer.process(&mut VecDeque::new()).unwrap_err(), why);
+    }
 }
 
 #[test]
@@ -327,21 +358,6 @@ fn a_suite_with_a_128_bit_key_is_not_carried() {
     assert!(RecordLayer::new(&unknown).unwrap_err().contains("0x1301"));
     unknown.suite = u16::from(CipherSuite::TLS13_AES_256_GCM_SHA384);
     assert!(RecordLayer::new(&unknown).is_ok());
-}
-
-#[test]
-fn debug_shows_no_key() {
-    let keys = TrafficKeys {
-        seq: 5,
-        key: [0xab; 32],
-        iv: [0xcd; 12],
-        secret: vec![0xef; 48],
-    };
-    let text = format!("{keys:?}");
-    assert!(
-        text.contains('5') && !text.contains("171") && !text.contains("ab"),
-        "{text}"
-    );
 }
 
 /// Key updates that ask for ours, sent by a peer that reads nothing, get
