@@ -40,7 +40,10 @@ pub struct PipeStream {
 /// every thread asleep in `recv` on the socket, whatever it waits for; with
 /// both processes on one CPU that wake-up preempts the client, for nothing.
 /// A `poll` for input is not woken by it. Measured: 5 % of `connect_rate`.
-/// Later receives block in `recv` as usual (one syscall).
+/// The first input is often there already (the client ran while the
+/// server end was being made), so it is first received without waiting,
+/// and polled for only if missing. Later receives block in `recv` as usual
+/// (one syscall).
 #[derive(Debug, Default)]
 struct ReadWait {
     poll_first: bool,
@@ -49,17 +52,39 @@ struct ReadWait {
 }
 
 impl ReadWait {
-    /// Before a blocking receive: waits in `poll` if asked to. A timeout
-    /// comes back as `WouldBlock`, as from a receive with `SO_RCVTIMEO`.
-    fn before_recv<T: Transport + ?Sized>(&mut self, sock: &T) -> io::Result<()> {
-        if !self.poll_first {
-            return Ok(());
+    /// How the next receive goes: at once while the first input is still
+    /// to come, blocking after.
+    fn how(&self) -> Recv {
+        if self.poll_first {
+            Recv::DontWait
+        } else {
+            Recv::Wait
         }
-        if !sock.wait_readable(self.timeout)? {
-            return Err(io::ErrorKind::WouldBlock.into());
+    }
+
+    /// After a receive: whether it is to be tried again, having waited in
+    /// `poll` (a first receive that found nothing). A timeout comes back as
+    /// `WouldBlock`, as from a receive with `SO_RCVTIMEO`.
+    fn after_recv<T: Transport + ?Sized, R>(
+        &mut self,
+        sock: &T,
+        got: &io::Result<R>,
+    ) -> io::Result<bool> {
+        if !std::mem::take(&mut self.poll_first) {
+            return Ok(false);
         }
-        self.poll_first = false;
-        Ok(())
+        match got {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if sock.wait_readable(self.timeout)? {
+                    Ok(true)
+                } else {
+                    // Still the first input's to wait for, next time.
+                    self.poll_first = true;
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+            }
+            _ => Ok(false),
+        }
     }
 }
 
@@ -92,23 +117,23 @@ fn run<O: ReadOp, T: Transport + ?Sized>(
             op.undo(core);
             return Err(recv_error(io::ErrorKind::WouldBlock.into()));
         }
-        let received = wait.before_recv(sock).and_then(|()| match need {
-            Need::Fill => match sock.recv_spare(core.fill_buf(), Recv::Wait) {
-                Ok(n) => {
-                    core.filled(n);
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            },
-            Need::Direct { at, len } => match sock.recv(op.direct_target(at, len), Recv::Wait) {
-                Ok(got) => {
-                    op.direct_done(core, got);
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            },
-            Need::Budget { .. } => unreachable!("waited for above"),
-        });
+        let received = loop {
+            let how = wait.how();
+            let got = match need {
+                Need::Fill => sock.recv_spare(core.fill_buf(), how),
+                Need::Direct { at, len } => sock.recv(op.direct_target(at, len), how),
+                Need::Budget { .. } => unreachable!("waited for above"),
+            };
+            match wait.after_recv(sock, &got) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => break Err(e),
+            }
+            break got.map(|n| match need {
+                Need::Fill => core.filled(n),
+                _ => op.direct_done(core, n),
+            });
+        };
         if let Err(e) = received {
             if let Some(taken) = op.partial() {
                 return Ok(taken);
