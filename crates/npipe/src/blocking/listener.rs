@@ -1,18 +1,26 @@
 //! The server: a listener whose acceptor thread runs every handshake side by
 //! side, and the server end of each connection.
 //!
-//! The acceptor owns the listening socket. It reads each client's HELLO
-//! without blocking (a slow or silent client holds up no one and is dropped
-//! after the handshake timeout), checks it, and asks [`Admission`] whether an
-//! instance is free. Granted clients get OK and go to a queue that
-//! [`PipeListener::accept`] takes from; waiting clients stay with the acceptor
-//! until an instance frees or their wait runs out, when the acceptor tells
-//! them *timeout*. The server decides every outcome and tells the client, so
-//! a client is never handed to the application after it gave up.
+//! The acceptor owns the handshakes. It reads each client's HELLO without
+//! blocking (a slow or silent client holds up no one and is dropped after
+//! the handshake timeout), checks it, and asks the engine's
+//! [`AcceptorCore`] whether an instance is free. Granted clients get OK and
+//! go to a queue that [`PipeListener::accept`] takes from; waiting clients
+//! stay with the acceptor until an instance frees or their wait runs out,
+//! when the acceptor tells them *timeout*. The server decides every outcome
+//! and tells the client, so a client is never handed to the application
+//! after it gave up.
+//!
+//! An `accept()` that finds the queue empty borrows the listener meanwhile
+//! ([`Lender`]): it takes the next connection itself and, if the HELLO is
+//! there and an instance free, tells it OK and returns it, without the
+//! acceptor thread waking at all. Anything slower (no HELLO yet, a wait for
+//! an instance) it leaves to the acceptor thread, through the engine.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Condvar};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -38,12 +46,19 @@ use crate::server_instance::InstancePool;
 use crate::shm::link::Link;
 use crate::shm::transport::{PeerFd, ShmTransport};
 use crate::sys::RecvFlagsLite;
-use crate::sys::{self, Events, PollEntry, Socket, Waker};
+use crate::sys::{self, Events, ListenSet, PollEntry, Socket, Timer, Waker};
 use crate::types::Access;
 
 /// Handshakes in progress from which the acceptor takes connections in
 /// batches rather than one per wake-up.
 const STORM_PENDING: usize = 8;
+
+/// How long a lender keeps the listener after its `accept()` returns: an
+/// application that calls `accept()` again within this time lends it on,
+/// and the acceptor thread is not woken at all; one that does not gets it
+/// back at the end (a client that connects meanwhile waits that long for
+/// its OK at most).
+const LEASE: Duration = Duration::from_millis(1);
 
 /// State shared by the listener, the acceptor thread and server ends.
 #[derive(Debug)]
@@ -53,6 +68,32 @@ struct Shared {
     ready_cv: Condvar,
     /// Wakes the acceptor thread from its `poll`.
     waker: Waker,
+    /// Wakes an `accept()` that lends the listener from its `poll`.
+    lender_waker: Waker,
+    /// An `accept()` lends the listener now. Read and written under the
+    /// `state.ready` lock, so a connection queued for `accept` always wakes
+    /// the lender, who then finds it.
+    lending: AtomicBool,
+    /// The listener, as the acceptor thread polls it: a lending `accept()`
+    /// switches the watch off (which wakes no one), and the acceptor thread
+    /// back on when the lease runs out.
+    listen_set: ListenSet,
+    /// Whether `listen_set` watches the listener. Under the `state.ready`
+    /// lock, as `lending` is. Off only while lent or leased: while it is
+    /// off and nobody lends, `lease` is armed.
+    watched: AtomicBool,
+    /// Runs out when a lender's lease on the listener may have.
+    lease: Timer,
+    /// Whether `lease` is armed (under the `state.ready` lock): a lender
+    /// that is done arms it only if not, so that an application accepting
+    /// in a loop arms it once a lease, not once a connection (arming a timer
+    /// costs about 1.2 us here, a trap to the hypervisor).
+    lease_armed: AtomicBool,
+    /// When the last lender was done, for the acceptor to tell whether the
+    /// lease ran out (under the `state.ready` lock).
+    lent_until: Mutex<Option<Instant>>,
+    /// The decisions, under one lock for the acceptor thread and a lender.
+    engine: Mutex<Engine>,
     /// Connections the application took since the acceptor last looked.
     accepted: AtomicU32,
     /// Clients queued for an instance, as the acceptor last counted them.
@@ -107,23 +148,55 @@ impl InstancePool for Shared {
 #[derive(Debug)]
 pub struct PipeListener {
     shared: Arc<Shared>,
+    /// The listening socket: the acceptor thread's, lent to an `accept()`
+    /// meanwhile. It closes when both are done with it.
+    listener: Arc<Socket>,
     acceptor: Option<JoinHandle<()>>,
     publication: Publication,
 }
 
 impl PipeListener {
     pub(crate) fn create(name: PipeName, opts: ServerOptions) -> Result<PipeListener> {
-        let waker = Waker::new().map_err(|e| Error::os(e, "cannot create an eventfd"))?;
+        let eventfd = || Waker::new().map_err(|e| Error::os(e, "cannot create an eventfd"));
+        let (waker, lender_waker) = (eventfd()?, eventfd()?);
         let (publication, socket, server_uid) = Publication::create(&name, &opts)?;
+        let (listen_set, lease) =
+            match ListenSet::new(&socket).and_then(|set| Ok((set, Timer::new()?))) {
+                Ok(both) => both,
+                Err(e) => {
+                    publication.remove();
+                    return Err(Error::os(
+                        e,
+                        "cannot create the acceptor's epoll set or timer",
+                    ));
+                }
+            };
+        let state = ListenerState::new(name, opts, server_uid);
+        let engine = Mutex::new(Engine {
+            core: state.acceptor_core(),
+            first_read: FirstRead::new(),
+            handed: Vec::new(),
+            grants: VecDeque::new(),
+            paused_until: None,
+        });
         let shared = Arc::new(Shared {
-            state: ListenerState::new(name, opts, server_uid),
+            state,
             ready_cv: Condvar::new(),
             waker,
+            lender_waker,
+            lending: AtomicBool::new(false),
+            listen_set,
+            watched: AtomicBool::new(true),
+            lease,
+            lease_armed: AtomicBool::new(false),
+            lent_until: Mutex::new(None),
+            engine,
             waiting: AtomicU32::new(0),
             accepted: AtomicU32::new(0),
             shutdown: AtomicBool::new(false),
         });
-        let acceptor = Acceptor::new(Arc::clone(&shared), socket);
+        let listener = Arc::new(socket);
+        let acceptor = Acceptor::new(Arc::clone(&shared), Arc::clone(&listener));
         let thread = std::thread::Builder::new()
             .name("npipe-acceptor".into())
             .spawn(move || acceptor.run());
@@ -136,6 +209,7 @@ impl PipeListener {
         };
         Ok(PipeListener {
             shared,
+            listener,
             acceptor: Some(thread),
             publication,
         })
@@ -174,35 +248,63 @@ impl PipeListener {
                 if was_full {
                     shared.waker.wake();
                 }
-                // A connection its gateway hands over: the HAND-OFF is read
-                // here, on the caller's thread (microseconds after the OK;
-                // a few seconds at most), not on the acceptor's.
-                #[cfg(feature = "remote")]
-                let ready = {
-                    let mut ready = ready;
-                    if ready.handed_over {
-                        ready.settle_blocking();
-                    }
-                    ready
-                };
-                return Ok(Some(server_end(Arc::clone(shared), ready)));
+                return Ok(Some(self.server_end(ready)));
             }
             shared.state.stopped()?;
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            if !shared.lending.load(Ordering::Relaxed) {
+                shared.lending.store(true, Ordering::Relaxed);
+                let watched = shared.watched.swap(false, Ordering::Relaxed);
+                drop(queue);
+                let lent = Lender {
+                    shared,
+                    listener: &self.listener,
+                }
+                .lend(deadline, watched);
+                queue = shared.state.ready.lock().expect("ready queue poisoned");
+                shared.lease_listener(&self.listener);
+                shared.lending.store(false, Ordering::Relaxed);
+                match lent {
+                    Lent::Connected(ready) => {
+                        drop(queue);
+                        return Ok(Some(self.server_end(ready)));
+                    }
+                    Lent::Nothing => continue,
+                    // Wait as if no lender could be: the acceptor thread
+                    // polls the listener again.
+                    Lent::CannotLend => {}
+                }
+            }
             queue = match deadline {
                 None => shared.ready_cv.wait(queue).expect("ready queue poisoned"),
                 Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return Ok(None);
-                    }
                     shared
                         .ready_cv
-                        .wait_timeout(queue, d - now)
+                        .wait_timeout(queue, d.saturating_duration_since(Instant::now()))
                         .expect("ready queue poisoned")
                         .0
                 }
             };
         }
+    }
+
+    /// The server end of a connection told OK, for the application.
+    fn server_end(&self, ready: Ready) -> PipeServer {
+        // A connection its gateway hands over: the HAND-OFF is read here,
+        // on the caller's thread (microseconds after the OK; a few seconds
+        // at most), not on the acceptor's.
+        #[cfg(feature = "remote")]
+        let ready = {
+            let mut ready = ready;
+            if ready.handed_over {
+                ready.settle_blocking();
+            }
+            ready
+        };
+        server_end(Arc::clone(&self.shared), ready)
     }
 
     /// The pipe's name.
@@ -316,8 +418,9 @@ impl Pipe<PipeStream, ServerEnd> {
     }
 }
 
-/// A connection the acceptor is still handling: its socket and what the
-/// kernel said of it. What to do with it is `core`'s.
+/// A connection in its handshake, or waiting for an instance: its socket
+/// and what the kernel said of it. What to do with it is the engine's.
+#[derive(Debug)]
 struct Pending {
     socket: Socket,
     peer: Peer,
@@ -330,31 +433,435 @@ struct Pending {
     waiting: bool,
 }
 
-/// The acceptor thread: sockets and `poll`, driving the engine's
-/// [`AcceptorCore`], which makes every decision.
-struct Acceptor {
-    shared: Arc<Shared>,
-    listener: Socket,
+/// What a step of a connection's handshake left of it.
+// Returned once per step and moved on at once: boxing the connection would
+// cost an allocation per connection for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Progress {
+    /// Nothing: it was answered, refused or went away.
+    Ended,
+    /// Still reading its HELLO, or waiting for an instance: watch it.
+    Held(Pending),
+    /// Told OK: for the application's `accept`.
+    Connected(Ready),
+}
+
+/// The acceptor's decisions and what goes with them, under one lock for the
+/// acceptor thread and a lending `accept()`. Every step here is the same
+/// whichever thread takes it; only where a held connection and a grant go
+/// differs (the acceptor thread keeps the sockets it watches).
+#[derive(Debug)]
+struct Engine {
     core: AcceptorCore,
-    pending: TicketMap<Pending>,
-    paused_until: Option<Instant>,
-    /// Held so that, out of descriptors, one can be freed to refuse clients.
-    spare_fd: Option<std::os::fd::OwnedFd>,
     /// Where each client's first read lands.
     first_read: FirstRead,
+    /// Connections a lender started but could not finish at once, for the
+    /// acceptor thread to watch.
+    handed: Vec<(Ticket, Pending)>,
+    /// Waiters given instances, in order, for the acceptor thread (which
+    /// holds their sockets) to connect.
+    grants: VecDeque<Grant>,
+    /// No accepting until then (out of descriptors).
+    paused_until: Option<Instant>,
+}
+
+impl Engine {
+    /// Counts what the application did since the last look (accepts and
+    /// released instances), which may grant waiters instances.
+    fn apply_counters(&mut self, shared: &Shared) {
+        let released = shared.state.instances.released();
+        let accepted = shared.accepted.swap(0, Ordering::SeqCst);
+        if accepted > 0 {
+            let grants = self.core.accepted(accepted);
+            self.grants.extend(grants);
+        }
+        if released > 0 {
+            let grants = self.core.released(released);
+            self.grants.extend(grants);
+        }
+        shared.state.instances.publish(self.core.active(), released);
+    }
+
+    /// Publishes the counts. Called after every arrival (so before the
+    /// acceptor's next `apply_counters` and sleep, see
+    /// [`Shared::release_instance`]); a waiter that leaves or times out is
+    /// published with the next change, and till then only costs a spare
+    /// wake-up.
+    fn publish_active(&self, shared: &Shared) {
+        let waiting = u32::try_from(self.core.waiting()).unwrap_or(u32::MAX);
+        shared.waiting.store(waiting, Ordering::SeqCst);
+        shared.state.instances.publish(self.core.active(), 0);
+    }
+
+    /// A socket fresh from the listener: its ticket, or nothing if it is
+    /// refused at once (or the kernel cannot say who it is).
+    fn arrive(&mut self, shared: &Shared, socket: Socket) -> Option<(Ticket, Pending)> {
+        let peer = peer_of(&socket, &shared.state.opts, shared.state.server_uid)?;
+        let deadline = Instant::now() + shared.state.opts.handshake_timeout;
+        let ticket = match self.core.arrive(&peer, Some(deadline)) {
+            Ok(ticket) => ticket,
+            Err((code, reason)) => {
+                refuse(&socket, code, &reason);
+                return None;
+            }
+        };
+        // Where the kernel cannot name the connecting process later (no
+        // SO_PEERPIDFD), its pid is pinned now, before the HELLO.
+        let process = ClientProcess::at_accept(&socket, peer.cred.pid);
+        let p = Pending {
+            socket,
+            peer,
+            process,
+            buf: Vec::new(),
+            offer: None,
+            waiting: false,
+        };
+        Some((ticket, p))
+    }
+
+    /// Reads what a connection in its handshake has sent and, once its
+    /// HELLO is whole, answers it.
+    fn advance(&mut self, shared: &Shared, ticket: Ticket, mut p: Pending) -> Progress {
+        // An offer rides with the HELLO's first bytes: only the first read
+        // takes a descriptor in. Later ones stay with the kernel, which
+        // discards them, and no close of one runs on this thread. The first
+        // read (usually the whole HELLO) goes through the engine's own
+        // buffer, zeroed once, and keeps only what came.
+        let got = if p.buf.is_empty() {
+            self.first_read
+                .take(&p.socket, p.peer.cred.user.0)
+                .map(|(bytes, fd)| {
+                    p.buf = bytes;
+                    (p.buf.len(), fd)
+                })
+        } else {
+            let room = HELLO_READ.saturating_sub(p.buf.len());
+            if p.buf.capacity() - p.buf.len() < room {
+                p.buf.reserve_exact(room);
+            }
+            p.socket
+                .recv_spare(&mut p.buf, RecvFlagsLite::DontWait)
+                .map(|n| (n, None))
+        };
+        match got {
+            Ok((0, fd)) => {
+                drop(fd.map(PeerFd::new));
+                self.core.handshake_ended(ticket);
+                return Progress::Ended;
+            }
+            Ok((_, fd)) => {
+                if let Some(fd) = fd {
+                    p.offer = Some(PeerFd::new(fd));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::Held(p),
+            Err(_) => {
+                self.core.handshake_ended(ticket);
+                return Progress::Ended;
+            }
+        }
+        match Hello::decode(&p.buf) {
+            Ok(None) => Progress::Held(p),
+            Ok(Some((hello, used))) => {
+                let leftover = p.buf.split_off(used);
+                p.buf = leftover;
+                self.on_hello(shared, ticket, p, hello)
+            }
+            Err(e) => {
+                self.core.handshake_ended(ticket);
+                let err: Error = e.into();
+                refuse(&p.socket, err.code(), err.message());
+                Progress::Ended
+            }
+        }
+    }
+
+    fn on_hello(
+        &mut self,
+        shared: &Shared,
+        ticket: Ticket,
+        mut p: Pending,
+        hello: Hello,
+    ) -> Progress {
+        // Instances freed since the acceptor last looked count for this
+        // client: a release's wake-up may not have been seen yet.
+        self.apply_counters(shared);
+        let progress = match self.core.hello(ticket, &p.peer, &hello, Instant::now()) {
+            Answer::Refuse(code, reason) => {
+                refuse(&p.socket, code, &reason);
+                Progress::Ended
+            }
+            Answer::Describe { desc, security } => {
+                send_reply(&p.socket, &Reply::Info { desc, security });
+                Progress::Ended
+            }
+            Answer::Connect { desc, granted } => self.connect(shared, p, hello, desc, granted),
+            Answer::Wait => {
+                p.waiting = true;
+                p.peer.groups = Vec::new();
+                Progress::Held(p)
+            }
+        };
+        self.publish_active(shared);
+        progress
+    }
+
+    /// Sends OK. The core has already counted the instance as taken; if the
+    /// client is gone, the instance goes to the next waiters.
+    fn connect(
+        &mut self,
+        shared: &Shared,
+        p: Pending,
+        hello: Hello,
+        desc: PipeDescription,
+        granted: Access,
+    ) -> Progress {
+        // Counted before the client or `accept` can see the connection, so
+        // `info` never lags behind (a failed send below counts it back).
+        self.publish_active(shared);
+        let arrived = Arrived {
+            socket: p.socket,
+            peer: p.peer,
+            process: p.process,
+            hello,
+            leftover: p.buf,
+            offer: p.offer,
+        };
+        match arrived.tell_ok(desc, granted, &shared.state.opts, false) {
+            Some(ready) => Progress::Connected(ready),
+            None => {
+                let more = self.core.grant_failed();
+                self.grants.extend(more);
+                Progress::Ended
+            }
+        }
+    }
+
+    /// Whether the acceptor thread has work a lender left it.
+    fn has_work_for_acceptor(&self) -> bool {
+        !self.handed.is_empty() || !self.grants.is_empty()
+    }
+}
+
+impl Shared {
+    /// Queues a connection told OK for the application's `accept`.
+    fn queue(&self, ready: Ready) {
+        let mut queue = self.state.ready.lock().expect("ready queue poisoned");
+        queue.push_back(ready);
+        if self.lending.load(Ordering::Relaxed) {
+            self.lender_waker.wake();
+        }
+        drop(queue);
+        self.ready_cv.notify_one();
+    }
+
+    /// Starts the lease of a lender that is done (under the queue's lock):
+    /// the acceptor thread takes the listener back when it runs out, unless
+    /// an `accept()` lends it again first.
+    fn lease_listener(&self, listener: &Socket) {
+        let until = Instant::now() + LEASE;
+        *self.lent_until.lock().expect("lease poisoned") = Some(until);
+        if self.lease_armed.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.lease.arm(LEASE).is_ok() {
+            self.lease_armed.store(true, Ordering::Relaxed);
+        } else {
+            self.take_back_listener(listener);
+        }
+    }
+
+    /// The lease timer ran out (under the queue's lock): the listener goes
+    /// back to the acceptor if the last lease did, and nobody lends it now.
+    /// Else the timer is armed again for the rest of the lease; while a
+    /// lender lends, not at all (it arms the timer when done), so an idle
+    /// server blocked in `accept()` costs no wake-ups.
+    fn lease_ran_out(&self, listener: &Socket) {
+        self.lease_armed.store(false, Ordering::Relaxed);
+        if self.lending.load(Ordering::Relaxed) {
+            return;
+        }
+        let until = *self.lent_until.lock().expect("lease poisoned");
+        let now = Instant::now();
+        match until {
+            Some(until) if until > now && self.lease.arm(until - now).is_ok() => {
+                self.lease_armed.store(true, Ordering::Relaxed);
+            }
+            _ => self.take_back_listener(listener),
+        }
+    }
+
+    /// The acceptor's set watches the listener again (under the queue's
+    /// lock), unless an `accept()` lends it.
+    fn take_back_listener(&self, listener: &Socket) {
+        if self.lending.load(Ordering::Relaxed) || self.watched.load(Ordering::Relaxed) {
+            return;
+        }
+        match self.listen_set.watch(listener, true) {
+            Ok(()) => self.watched.store(true, Ordering::Relaxed),
+            // The acceptor would never see a connection again.
+            Err(e) => self.state.fail(format!("cannot watch the listener: {e}")),
+        }
+    }
+
+    fn engine(&self) -> MutexGuard<'_, Engine> {
+        self.engine.lock().expect("engine poisoned")
+    }
+}
+
+/// What a lending `accept()` came back with.
+#[allow(clippy::large_enum_variant)] // as `Progress`
+enum Lent {
+    /// A connection it told OK itself.
+    Connected(Ready),
+    /// None: the queue may have one, the time may be up; look again.
+    Nothing,
+    /// The listener could not be lent; wait for the acceptor thread.
+    CannotLend,
+}
+
+/// An `accept()` that found no connection queued, lending the listener: it
+/// polls the listener itself while the acceptor thread's set does not
+/// watch it, and takes the next connection the fast way (its HELLO is
+/// there, an instance free: OK and back to the application, with no thread
+/// woken). This saves, per connection, the acceptor's hand-over to the
+/// thread in `accept()`: two context switches and two futex calls.
+struct Lender<'a> {
+    shared: &'a Shared,
+    listener: &'a Socket,
+}
+
+impl Lender<'_> {
+    /// Lends the listener until a connection is told OK, one is queued for
+    /// `accept`, or `deadline`. `watched`: the acceptor's set still watches
+    /// it (the lease ran out since the last lender).
+    fn lend(&self, deadline: Option<Instant>, watched: bool) -> Lent {
+        let shared = self.shared;
+        // (The engine's lock is taken without the queue's, which the
+        // acceptor takes inside the engine's.) Not while the acceptor
+        // pauses for want of descriptors: it refuses clients meanwhile.
+        let now = Instant::now();
+        if shared.engine().paused_until.is_some_and(|t| now < t) {
+            return Lent::CannotLend;
+        }
+        if watched && shared.listen_set.watch(self.listener, false).is_err() {
+            return Lent::CannotLend;
+        }
+        let mut lent = Lent::Nothing;
+        loop {
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if timeout == Some(Duration::ZERO) {
+                break;
+            }
+            let mut fds = [
+                PollEntry::new(self.listener, Events::IN),
+                PollEntry::new(&shared.lender_waker, Events::IN),
+            ];
+            match sys::poll(&mut fds, timeout) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(_) => {
+                    lent = Lent::CannotLend;
+                    break;
+                }
+            }
+            if !fds[1].revents().is_empty() {
+                // Something was queued (or the acceptor stopped).
+                shared.lender_waker.drain();
+                break;
+            }
+            if fds[0].revents().is_empty() {
+                continue;
+            }
+            match self.take_one() {
+                Ok(Some(ready)) => {
+                    lent = Lent::Connected(ready);
+                    break;
+                }
+                Ok(None) => {}
+                Err(()) => break,
+            }
+        }
+        lent
+    }
+
+    /// Takes one connection from the kernel and carries its handshake as far
+    /// as it goes now: `Err` if accepting must stop (out of descriptors: the
+    /// acceptor thread refuses clients while it pauses).
+    fn take_one(&self) -> std::result::Result<Option<Ready>, ()> {
+        let shared = self.shared;
+        let socket = match self.listener.accept_blocking_socket() {
+            Ok(socket) => socket,
+            Err(e) if out_of_descriptors(&e) => {
+                shared.engine().paused_until = Some(Instant::now() + FD_EXHAUSTED_PAUSE);
+                return Err(());
+            }
+            // WouldBlock (the acceptor took it), or the client left.
+            Err(_) => return Ok(None),
+        };
+        let Some((ticket, p)) = shared.engine().arrive(shared, socket) else {
+            return Ok(None);
+        };
+        let mut progress = shared.engine().advance(shared, ticket, p);
+        if let Progress::Held(p) = progress {
+            progress = match nothing_came_yet(&p) {
+                // The connect woke us (on one CPU, preempting the client)
+                // before the client sent its HELLO: let it run, rather than
+                // hand its handshake to the acceptor thread, which would
+                // cost two wake-ups more (measured: a lender that handed it
+                // over every time lost 25 % of `connect_rate` to this). The
+                // acceptor thread is batch-scheduled for the same reason;
+                // an application's thread is not ours to move.
+                true => {
+                    std::thread::yield_now();
+                    shared.engine().advance(shared, ticket, p)
+                }
+                false => Progress::Held(p),
+            };
+        }
+        let mut engine = shared.engine();
+        let ready = match progress {
+            Progress::Connected(ready) => {
+                // Accepted as it was told OK: it never sits in the queue.
+                let grants = engine.core.accepted(1);
+                engine.grants.extend(grants);
+                Some(ready)
+            }
+            Progress::Held(p) => {
+                engine.handed.push((ticket, p));
+                None
+            }
+            Progress::Ended => None,
+        };
+        if engine.has_work_for_acceptor() {
+            shared.waker.wake();
+        }
+        Ok(ready)
+    }
+}
+
+/// Whether a connection in its handshake has sent nothing yet.
+fn nothing_came_yet(p: &Pending) -> bool {
+    !p.waiting && p.buf.is_empty()
+}
+
+/// The acceptor thread: the sockets of handshakes in progress and of
+/// waiters, and `poll`, driving the engine, which makes every decision.
+struct Acceptor {
+    shared: Arc<Shared>,
+    listener: Arc<Socket>,
+    pending: TicketMap<Pending>,
+    /// Held so that, out of descriptors, one can be freed to refuse clients.
+    spare_fd: Option<std::os::fd::OwnedFd>,
 }
 
 impl Acceptor {
-    fn new(shared: Arc<Shared>, listener: Socket) -> Acceptor {
-        let core = shared.state.acceptor_core();
+    fn new(shared: Arc<Shared>, listener: Arc<Socket>) -> Acceptor {
         Acceptor {
             shared,
             listener,
-            core,
             pending: TicketMap::default(),
-            paused_until: None,
             spare_fd: sys::spare_fd().ok(),
-            first_read: FirstRead::new(),
         }
     }
 
@@ -379,28 +886,33 @@ impl Acceptor {
         }
         // Wake any accept() so it sees the failure or the shutdown.
         self.shared.ready_cv.notify_all();
+        self.shared.lender_waker.wake();
     }
 
     fn serve(&mut self) -> io::Result<()> {
+        let shared = Arc::clone(&self.shared);
         let mut tickets: Vec<Ticket> = Vec::new();
-        while !self.shared.shutdown.load(Ordering::SeqCst) {
-            self.apply_counters();
+        while !shared.shutdown.load(Ordering::SeqCst) {
             let now = Instant::now();
-            self.expire(now);
+            let (accepting, timeout) = {
+                let mut engine = shared.engine();
+                self.take_over(&mut engine);
+                engine.apply_counters(&shared);
+                self.connect_grants(&mut engine);
+                self.expire(&mut engine, now);
+                let engine = &mut *engine;
+                let (accepting, wake) = engine.core.turn(&mut engine.paused_until, now);
+                (accepting, wake.map(|d| d.saturating_duration_since(now)))
+            };
 
             tickets.clear();
             tickets.extend(self.pending.keys().copied());
-            let accepting = self.paused_until.is_none_or(|t| now >= t);
-            if accepting {
-                self.paused_until = None;
-            }
-            let timeout = self.next_timeout(now);
-
-            let (waker_ready, listener_ready, ready_tickets) = {
-                let mut fds = Vec::with_capacity(2 + tickets.len());
-                fds.push(PollEntry::new(&self.shared.waker, Events::IN));
+            let (waker_ready, lease_over, listener_ready, ready_tickets) = {
+                let mut fds = Vec::with_capacity(3 + tickets.len());
+                fds.push(PollEntry::new(&shared.waker, Events::IN));
+                fds.push(PollEntry::new(&shared.lease, Events::IN));
                 fds.push(PollEntry::new(
-                    &self.listener,
+                    &shared.listen_set,
                     if accepting {
                         Events::IN
                     } else {
@@ -415,68 +927,58 @@ impl Acceptor {
                 sys::poll(&mut fds, timeout)?;
                 let ready: Vec<(Ticket, Events)> = tickets
                     .iter()
-                    .zip(&fds[2..])
+                    .zip(&fds[3..])
                     .filter(|(_, f)| !f.revents().is_empty())
                     .map(|(t, f)| (*t, f.revents()))
                     .collect();
                 (
                     !fds[0].revents().is_empty(),
                     !fds[1].revents().is_empty(),
+                    !fds[2].revents().is_empty(),
                     ready,
                 )
             };
             if waker_ready {
-                self.shared.waker.drain();
+                shared.waker.drain();
             }
+            if lease_over {
+                shared.lease.drain();
+                let _queue = shared.state.ready.lock().expect("ready queue poisoned");
+                shared.lease_ran_out(&self.listener);
+            }
+            let mut engine = shared.engine();
             for (t, ev) in ready_tickets {
-                self.on_event(t, ev);
+                self.on_event(&mut engine, t, ev);
             }
             if listener_ready {
-                self.accept_some();
+                self.accept_some(&mut engine);
             }
+            self.take_over(&mut engine);
+            self.connect_grants(&mut engine);
         }
         Ok(())
     }
 
-    fn next_timeout(&self, now: Instant) -> Option<Duration> {
-        self.core
-            .next_deadline()
-            .into_iter()
-            .chain(self.paused_until)
-            .min()
-            .map(|d| d.saturating_duration_since(now))
-    }
-
-    fn apply_counters(&mut self) {
-        let released = self.shared.state.instances.released();
-        let accepted = self.shared.accepted.swap(0, Ordering::SeqCst);
-        let mut grants = Vec::new();
-        if accepted > 0 {
-            grants.extend(self.core.accepted(accepted));
+    /// Takes over the connections a lender left.
+    fn take_over(&mut self, engine: &mut Engine) {
+        for (ticket, p) in engine.handed.drain(..) {
+            self.pending.insert(ticket, p);
         }
-        if released > 0 {
-            grants.extend(self.core.released(released));
+    }
+
+    /// Keeps, queues or forgets a connection after a step of its handshake.
+    fn settle(&mut self, ticket: Ticket, progress: Progress) {
+        match progress {
+            Progress::Ended => {}
+            Progress::Held(p) => {
+                self.pending.insert(ticket, p);
+            }
+            Progress::Connected(ready) => self.shared.queue(ready),
         }
-        self.shared
-            .state
-            .instances
-            .publish(self.core.active(), released);
-        self.connect_grants(grants);
     }
 
-    /// Publishes the counts. Called after every arrival (so before the
-    /// loop's next `apply_counters` and sleep, see
-    /// [`Shared::release_instance`]); a waiter that leaves or times out is
-    /// published with the next change, and till then only costs a spare
-    /// wake-up.
-    fn publish_active(&self) {
-        let waiting = u32::try_from(self.core.waiting()).unwrap_or(u32::MAX);
-        self.shared.waiting.store(waiting, Ordering::SeqCst);
-        self.shared.state.instances.publish(self.core.active(), 0);
-    }
-
-    fn expire(&mut self, now: Instant) {
-        let expired = self.core.expire(now);
+    fn expire(&mut self, engine: &mut Engine, now: Instant) {
+        let expired = engine.core.expire(now);
         for t in expired.silent {
             // Silent or too slow: drop it without a word.
             self.pending.remove(&t);
@@ -496,19 +998,26 @@ impl Acceptor {
     /// connection when they come one at a time (measured: 3-4 % of
     /// `connect_rate`), while in a connect storm a turn per connection
     /// would cost a poll of every pending socket each.
-    fn accept_some(&mut self) {
+    fn accept_some(&mut self, engine: &mut Engine) {
         for _ in 0..ACCEPT_BATCH {
             // The new socket is blocking, as the application will use it;
             // the acceptor itself only ever reads and writes it with
             // DONTWAIT, so it never waits on one client.
             match self.listener.accept_blocking_socket() {
-                Ok(socket) => self.on_connection(socket),
+                Ok(socket) => {
+                    if let Some((ticket, p)) = engine.arrive(&self.shared, socket) {
+                        // The client usually sent HELLO right behind
+                        // connect: try it now.
+                        let progress = engine.advance(&self.shared, ticket, p);
+                        self.settle(ticket, progress);
+                    }
+                }
                 Err(e) if out_of_descriptors(&e) => {
                     let listener = &self.listener;
                     fresh_connection::refuse_while_out_of_descriptors(&mut self.spare_fd, || {
                         listener.accept_blocking_socket()
                     });
-                    self.paused_until = Some(Instant::now() + FD_EXHAUSTED_PAUSE);
+                    engine.paused_until = Some(Instant::now() + FD_EXHAUSTED_PAUSE);
                     return;
                 }
                 // WouldBlock (all taken), or the client left.
@@ -520,182 +1029,96 @@ impl Acceptor {
         }
     }
 
-    fn on_connection(&mut self, socket: Socket) {
-        let shared = &self.shared;
-        let Some(peer) = peer_of(&socket, &shared.state.opts, shared.state.server_uid) else {
-            return;
-        };
-        let deadline = Instant::now() + shared.state.opts.handshake_timeout;
-        let ticket = match self.core.arrive(&peer, Some(deadline)) {
-            Ok(ticket) => ticket,
-            Err((code, reason)) => return refuse(&socket, code, &reason),
-        };
-        // Where the kernel cannot name the connecting process later (no
-        // SO_PEERPIDFD), its pid is pinned now, before the HELLO.
-        let process = ClientProcess::at_accept(&socket, peer.cred.pid);
-        let p = Pending {
-            socket,
-            peer,
-            process,
-            buf: Vec::new(),
-            offer: None,
-            waiting: false,
-        };
-        self.pending.insert(ticket, p);
-        // The client usually sent HELLO right behind connect: try it now.
-        self.read_hello(ticket);
-    }
-
-    fn on_event(&mut self, ticket: Ticket, events: Events) {
-        let Some(p) = self.pending.get(&ticket) else {
+    fn on_event(&mut self, engine: &mut Engine, ticket: Ticket, events: Events) {
+        let Some(p) = self.pending.remove(&ticket) else {
             return;
         };
         if !p.waiting {
-            return self.read_hello(ticket);
+            let progress = engine.advance(&self.shared, ticket, p);
+            return self.settle(ticket, progress);
         }
         if events.intersects(Events::RDHUP | Events::HUP | Events::ERR) {
             // The waiting client gave up.
-            self.core.waiter_left(ticket);
-            self.pending.remove(&ticket);
-        }
-    }
-
-    fn read_hello(&mut self, ticket: Ticket) {
-        let Some(p) = self.pending.get_mut(&ticket) else {
-            return;
-        };
-        // An offer rides with the HELLO's first bytes: only the first read
-        // takes a descriptor in. Later ones stay with the kernel, which
-        // discards them, and no close of one runs on this thread. The first
-        // read (usually the whole HELLO) goes through the acceptor's own
-        // buffer, zeroed once, and keeps only what came.
-        let got = if p.buf.is_empty() {
-            self.first_read
-                .take(&p.socket, p.peer.cred.user.0)
-                .map(|(bytes, fd)| {
-                    p.buf = bytes;
-                    (p.buf.len(), fd)
-                })
+            engine.core.waiter_left(ticket);
         } else {
-            let room = HELLO_READ.saturating_sub(p.buf.len());
-            if p.buf.capacity() - p.buf.len() < room {
-                p.buf.reserve_exact(room);
-            }
-            p.socket
-                .recv_spare(&mut p.buf, RecvFlagsLite::DontWait)
-                .map(|n| (n, None))
-        };
-        match got {
-            Ok((0, fd)) => {
-                drop(fd.map(PeerFd::new));
-                self.end_handshake(ticket);
-                return;
-            }
-            Ok((_, fd)) => {
-                if let Some(fd) = fd {
-                    p.offer = Some(PeerFd::new(fd));
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(_) => {
-                self.end_handshake(ticket);
-                return;
-            }
+            self.pending.insert(ticket, p);
         }
-        match Hello::decode(&p.buf) {
-            Ok(None) => {}
-            Ok(Some((hello, used))) => {
-                let mut p = self.pending.remove(&ticket).expect("present");
-                let leftover = p.buf.split_off(used);
-                p.buf = leftover;
-                self.on_hello(ticket, p, hello);
-            }
-            Err(e) => {
-                let p = self.end_handshake(ticket).expect("present");
-                let err: Error = e.into();
-                refuse(&p.socket, err.code(), err.message());
-            }
-        }
-    }
-
-    /// Takes a connection out of its handshake, however that ended.
-    fn end_handshake(&mut self, ticket: Ticket) -> Option<Pending> {
-        self.core.handshake_ended(ticket);
-        self.pending.remove(&ticket)
-    }
-
-    fn on_hello(&mut self, ticket: Ticket, mut p: Pending, hello: Hello) {
-        // Instances freed since this turn of the loop began count for this
-        // client: a release's wake-up may not have been seen yet.
-        self.apply_counters();
-        match self.core.hello(ticket, &p.peer, &hello, Instant::now()) {
-            Answer::Refuse(code, reason) => refuse(&p.socket, code, &reason),
-            Answer::Describe { desc, security } => {
-                send_reply(&p.socket, &Reply::Info { desc, security });
-            }
-            Answer::Connect { desc, granted } => self.connect(p, hello, desc, granted),
-            Answer::Wait => {
-                p.waiting = true;
-                p.peer.groups = Vec::new();
-                self.pending.insert(ticket, p);
-            }
-        }
-        self.publish_active();
     }
 
     /// Connects waiters the core gave instances, skipping any that left.
-    fn connect_grants(&mut self, grants: Vec<Grant>) {
-        let mut todo = std::collections::VecDeque::from(grants);
-        while let Some(g) = todo.pop_front() {
+    fn connect_grants(&mut self, engine: &mut Engine) {
+        if engine.grants.is_empty() {
+            return;
+        }
+        while let Some(g) = engine.grants.pop_front() {
             match self.pending.remove(&g.ticket) {
                 Some(p) if !p.socket.peer_hung_up() => {
-                    self.connect(p, g.hello, g.desc, g.granted);
+                    let progress = engine.connect(&self.shared, p, g.hello, g.desc, g.granted);
+                    self.settle(g.ticket, progress);
                 }
-                _ => todo.extend(self.core.grant_failed()),
+                _ => {
+                    let more = engine.core.grant_failed();
+                    engine.grants.extend(more);
+                }
             }
         }
-        self.publish_active();
-    }
-
-    /// Sends OK and queues the connection for the application's `accept`.
-    /// The core has already counted the instance as taken.
-    fn connect(&mut self, p: Pending, hello: Hello, desc: PipeDescription, granted: Access) {
-        // Counted before the client or `accept` can see the connection, so
-        // `info` never lags behind (a failed send below counts it back).
-        self.publish_active();
-        let arrived = Arrived {
-            socket: p.socket,
-            peer: p.peer,
-            process: p.process,
-            hello,
-            leftover: p.buf,
-            offer: p.offer,
-        };
-        match arrived.tell_ok(desc, granted, &self.shared.state.opts, false) {
-            Some(ready) => self.shared.queue(ready),
-            None => {
-                let more = self.core.grant_failed();
-                self.connect_grants(more);
-            }
-        }
-    }
-}
-
-impl Shared {
-    /// Queues a connection told OK for the application's `accept`.
-    fn queue(&self, ready: Ready) {
-        self.state
-            .ready
-            .lock()
-            .expect("ready queue poisoned")
-            .push_back(ready);
-        self.ready_cv.notify_one();
+        engine.publish_active(&self.shared);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::{ClientOptions, ErrorCode, ServerOptions};
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    use crate::{ClientOptions, ErrorCode, ServerOptions, Wait};
+
+    fn eventually(what: &str, f: impl Fn() -> bool) {
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < give_up, "gave up waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A client that connects while `accept()` is pending is answered by
+    /// that `accept()` (the acceptor's set does not watch the listener
+    /// meanwhile); once the lease after it runs out, the acceptor thread
+    /// answers clients again while no `accept()` is pending.
+    #[test]
+    fn a_lent_listener_goes_back_to_the_acceptor_when_the_lease_runs_out() {
+        let name = format!("unit-lease-{}", std::process::id());
+        let listener = ServerOptions::new().create(name.as_str()).unwrap();
+        let shared = &listener.shared;
+        let open = || {
+            ClientOptions::new()
+                .wait(Wait::Timeout(Duration::from_secs(10)))
+                .open(name.as_str())
+                .unwrap()
+        };
+        for round in 0..3 {
+            std::thread::scope(|s| {
+                let server = s.spawn(|| listener.accept().unwrap());
+                eventually("accept() to lend the listener", || {
+                    shared.lending.load(Ordering::Relaxed)
+                });
+                assert!(!shared.watched.load(Ordering::Relaxed), "round {round}");
+                let mut client = open();
+                let mut server = server.join().unwrap();
+                client.write_message(b"ping").unwrap();
+                assert_eq!(server.recv_message().unwrap(), b"ping");
+            });
+            eventually("the acceptor to take the listener back", || {
+                shared.watched.load(Ordering::Relaxed)
+            });
+            // Nobody in accept(): the acceptor thread tells this one OK.
+            let _client = open();
+            let _server = listener
+                .accept_timeout(Duration::from_secs(10))
+                .unwrap()
+                .unwrap();
+        }
+    }
 
     /// SECURITY.md: nested impersonation on one thread is refused, and the
     /// thread can impersonate again once the guard is dropped. (A client of

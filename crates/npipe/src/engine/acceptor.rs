@@ -260,6 +260,22 @@ impl AcceptorCore {
         handshakes.chain(self.admission.next_deadline()).min()
     }
 
+    /// A front end's turn at `now`: whether it accepts connections (not
+    /// while `paused_until`, which is cleared once past), and when it must
+    /// wake at the latest (a deadline here, or the pause's end).
+    pub fn turn(
+        &self,
+        paused_until: &mut Option<Instant>,
+        now: Instant,
+    ) -> (bool, Option<Instant>) {
+        let accepting = paused_until.is_none_or(|t| now >= t);
+        if accepting {
+            *paused_until = None;
+        }
+        let wake = self.next_deadline().into_iter().chain(*paused_until).min();
+        (accepting, wake)
+    }
+
     /// Connections holding an instance.
     pub fn active(&self) -> u32 {
         self.admission.active()
@@ -368,6 +384,25 @@ mod tests {
     fn connect(c: &mut AcceptorCore, wait_ms: u32, now: Instant) -> (Ticket, Answer) {
         let t = c.arrive(&peer(0), None).unwrap();
         (t, c.hello(t, &peer(0), &hello(wait_ms), now))
+    }
+
+    /// A turn under a pause does not accept and wakes at the pause's end
+    /// (or a handshake's deadline before it); past the pause it accepts and
+    /// the pause is gone.
+    #[test]
+    fn a_turn_accepts_only_past_a_pause_and_wakes_at_the_earliest_time() {
+        let now = Instant::now();
+        let mut c = core(&mut ServerOptions::new());
+        let pause = now + Duration::from_millis(100);
+        let mut paused = Some(pause);
+        assert_eq!(c.turn(&mut paused, now), (false, Some(pause)));
+        assert_eq!(paused, Some(pause));
+        let handshake = now + Duration::from_millis(50);
+        c.arrive(&peer(0), Some(handshake)).unwrap();
+        assert_eq!(c.turn(&mut paused, now), (false, Some(handshake)));
+        let later = pause + Duration::from_millis(1);
+        assert_eq!(c.turn(&mut paused, later), (true, Some(handshake)));
+        assert_eq!(paused, None);
     }
 
     #[test]

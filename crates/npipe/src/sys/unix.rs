@@ -694,6 +694,101 @@ impl Waker {
     }
 }
 
+/// An epoll set that holds one listening socket: a thread that polls the
+/// set (nested in its own `poll` set) is woken by connections only while
+/// the set watches the listener, and another thread switches the watch off
+/// and on without waking it (`EPOLL_CTL_MOD`; switching it on while a
+/// connection is waiting does wake it).
+#[derive(Debug)]
+pub struct ListenSet(OwnedFd);
+
+impl AsFd for ListenSet {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl ListenSet {
+    /// A set watching `listener` for connections.
+    pub fn new(listener: &Socket) -> io::Result<ListenSet> {
+        use rustix::event::epoll;
+        let set = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        epoll::add(
+            &set,
+            listener,
+            epoll::EventData::new_u64(0),
+            epoll::EventFlags::IN,
+        )?;
+        Ok(ListenSet(set))
+    }
+
+    /// Watches `listener` (the one the set was made with) for connections,
+    /// or stops watching it.
+    pub fn watch(&self, listener: &Socket, on: bool) -> io::Result<()> {
+        use rustix::event::epoll;
+        let flags = if on {
+            epoll::EventFlags::IN
+        } else {
+            epoll::EventFlags::empty()
+        };
+        Ok(epoll::modify(
+            &self.0,
+            listener,
+            epoll::EventData::new_u64(0),
+            flags,
+        )?)
+    }
+}
+
+/// A one-shot timer a thread can poll (a `timerfd` on the monotonic clock):
+/// armed by one thread, it wakes another when it runs out, and arming it
+/// again before then only moves the time.
+#[derive(Debug)]
+pub struct Timer(OwnedFd);
+
+impl AsFd for Timer {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl Timer {
+    /// A timer, not armed.
+    pub fn new() -> io::Result<Timer> {
+        use rustix::time::{timerfd_create, TimerfdClockId, TimerfdFlags};
+        let fd = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
+        )?;
+        Ok(Timer(fd))
+    }
+
+    /// Runs out `after` from now (not zero: that would disarm it), whatever
+    /// it was set to before.
+    pub fn arm(&self, after: Duration) -> io::Result<()> {
+        use rustix::time::{timerfd_settime, Itimerspec, TimerfdTimerFlags};
+        let after = after.max(Duration::from_nanos(1));
+        let spec = Itimerspec {
+            it_interval: Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: Timespec {
+                tv_sec: after.as_secs().min(i64::MAX as u64) as i64,
+                tv_nsec: after.subsec_nanos().into(),
+            },
+        };
+        timerfd_settime(&self.0, TimerfdTimerFlags::empty(), &spec)?;
+        Ok(())
+    }
+
+    /// Clears the signal of a timer that ran out.
+    pub fn drain(&self) {
+        let mut buf = [0u8; 8];
+        let _ = retry(|| rustix::io::read(&self.0, &mut buf));
+    }
+}
+
 /// What `stat` says of a file, as far as npipe cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileInfo {

@@ -389,16 +389,7 @@ impl Acceptor {
         loop {
             let now = Instant::now();
             self.expire(now);
-            let accepting = self.paused_until.is_none_or(|t| now >= t);
-            if accepting {
-                self.paused_until = None;
-            }
-            let deadline = self
-                .core
-                .next_deadline()
-                .into_iter()
-                .chain(self.paused_until)
-                .min();
+            let (accepting, deadline) = self.core.turn(&mut self.paused_until, now);
             timer.as_mut().reset(deadline.unwrap_or_else(far).into());
             let wake =
                 poll_fn(|cx| self.poll_wake(cx, &listener, &mut inbox, accepting, timer.as_mut()))

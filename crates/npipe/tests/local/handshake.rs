@@ -16,6 +16,7 @@ on_both_servers!(
     an_oversized_length_is_refused_before_waiting_for_it,
     a_message_larger_than_the_server_accepts_breaks_only_that_client,
     silent_and_trickling_clients_do_not_delay_others,
+    a_hello_sent_late_and_in_pieces_is_answered,
     a_wrong_name_in_the_hello_is_refused,
     a_local_client_cannot_claim_a_remote_identity,
 );
@@ -140,6 +141,28 @@ fn silent_and_trickling_clients_do_not_delay_others(front: Front) {
         assert_eq!(read_once(&mut s), 0, "dropped at the handshake timeout");
     }
     assert_eq!(read_once(&mut trickle), 0);
+}
+
+/// A client that connects while the server waits in `accept` but sends its
+/// HELLO only later, and in two pieces, is told OK all the same (the
+/// blocking server's `accept` takes the connection and leaves the rest of
+/// the handshake to the acceptor thread), and the server goes on serving.
+fn a_hello_sent_late_and_in_pieces_is_answered(front: Front) {
+    let name = unique("latehello");
+    let _srv = server_on(front, &name, &[]);
+    still_serves(&name);
+    let mut s = raw(&name);
+    let mut bytes = Vec::new();
+    hello(&name).encode(&mut bytes).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    s.write_all(&bytes[..5]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    s.write_all(&bytes[5..]).unwrap();
+    match read_reply(&mut s) {
+        Some(Reply::Connected(_)) => {}
+        other => panic!("expected OK, got {other:?}"),
+    }
+    still_serves(&name);
 }
 
 /// One read, gone round again if a signal interrupted it (CI once saw
