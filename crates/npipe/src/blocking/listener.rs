@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -78,6 +78,9 @@ struct Shared {
     /// switches the watch off (which wakes no one), and the acceptor thread
     /// back on when the lease runs out.
     listen_set: ListenSet,
+    /// `accept()` calls asleep on `ready_cv` (under the `state.ready` lock):
+    /// a lender that returns with a connection wakes one to lend on.
+    sleepers: AtomicU32,
     /// Whether `listen_set` watches the listener. Under the `state.ready`
     /// lock, as `lending` is. Off only while lent or leased: while it is
     /// off and nobody lends, `lease` is armed.
@@ -178,6 +181,7 @@ impl PipeListener {
             handed: Vec::new(),
             grants: VecDeque::new(),
             paused_until: None,
+            out_of_descriptors: false,
         });
         let shared = Arc::new(Shared {
             state,
@@ -186,6 +190,7 @@ impl PipeListener {
             lender_waker,
             lending: AtomicBool::new(false),
             listen_set,
+            sleepers: AtomicU32::new(0),
             watched: AtomicBool::new(true),
             lease,
             lease_armed: AtomicBool::new(false),
@@ -259,14 +264,17 @@ impl PipeListener {
                 shared.lending.store(true, Ordering::Relaxed);
                 let watched = shared.watched.swap(false, Ordering::Relaxed);
                 drop(queue);
+                let loan = Loan {
+                    shared,
+                    listener: &self.listener,
+                    ended: false,
+                };
                 let lent = Lender {
                     shared,
                     listener: &self.listener,
                 }
                 .lend(deadline, watched);
-                queue = shared.state.ready.lock().expect("ready queue poisoned");
-                shared.lease_listener(&self.listener);
-                shared.lending.store(false, Ordering::Relaxed);
+                queue = loan.end(&lent);
                 match lent {
                     Lent::Connected(ready) => {
                         drop(queue);
@@ -278,6 +286,7 @@ impl PipeListener {
                     Lent::CannotLend => {}
                 }
             }
+            shared.sleepers.fetch_add(1, Ordering::Relaxed);
             queue = match deadline {
                 None => shared.ready_cv.wait(queue).expect("ready queue poisoned"),
                 Some(d) => {
@@ -288,6 +297,7 @@ impl PipeListener {
                         .0
                 }
             };
+            shared.sleepers.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -463,6 +473,9 @@ struct Engine {
     grants: VecDeque<Grant>,
     /// No accepting until then (out of descriptors).
     paused_until: Option<Instant>,
+    /// A lender ran out of descriptors: the acceptor, which holds the
+    /// spare one, refuses the clients waiting in the backlog.
+    out_of_descriptors: bool,
 }
 
 impl Engine {
@@ -482,11 +495,11 @@ impl Engine {
         shared.state.instances.publish(self.core.active(), released);
     }
 
-    /// Publishes the counts. Called after every arrival (so before the
-    /// acceptor's next `apply_counters` and sleep, see
-    /// [`Shared::release_instance`]); a waiter that leaves or times out is
-    /// published with the next change, and till then only costs a spare
-    /// wake-up.
+    /// Publishes the counts. Called after every arrival, by the acceptor or
+    /// a lender (so before the acceptor's next `apply_counters` and sleep,
+    /// see [`Shared::release_instance`]: a lender that queues a waiter
+    /// wakes the acceptor); a waiter that leaves or times out is published
+    /// with the next change, and till then only costs a spare wake-up.
     fn publish_active(&self, shared: &Shared) {
         let waiting = u32::try_from(self.core.waiting()).unwrap_or(u32::MAX);
         shared.waiting.store(waiting, Ordering::SeqCst);
@@ -655,6 +668,18 @@ impl Shared {
         self.ready_cv.notify_one();
     }
 
+    /// A lender is done (under the queue's lock): nobody lends now, and the
+    /// listener is leased, or given back to the acceptor at once if the
+    /// loan went wrong (`give_back`).
+    fn end_loan(&self, listener: &Socket, give_back: bool) {
+        self.lending.store(false, Ordering::Relaxed);
+        if give_back {
+            self.take_back_listener(listener);
+        } else {
+            self.lease_listener(listener);
+        }
+    }
+
     /// Starts the lease of a lender that is done (under the queue's lock):
     /// the acceptor thread takes the listener back when it runs out, unless
     /// an `accept()` lends it again first.
@@ -699,13 +724,21 @@ impl Shared {
         }
         match self.listen_set.watch(listener, true) {
             Ok(()) => self.watched.store(true, Ordering::Relaxed),
-            // The acceptor would never see a connection again.
-            Err(e) => self.state.fail(format!("cannot watch the listener: {e}")),
+            // The acceptor would never see a connection again: stop, and
+            // tell every `accept()` so.
+            Err(e) => {
+                self.state.fail(format!("cannot watch the listener: {e}"));
+                self.ready_cv.notify_all();
+                self.lender_waker.wake();
+            }
         }
     }
 
+    /// The engine. A panic that poisoned it (a bug, now on the application's
+    /// thread too) does not stop the pipe: its counts may be off, but every
+    /// state it can hold is one it may.
     fn engine(&self) -> MutexGuard<'_, Engine> {
-        self.engine.lock().expect("engine poisoned")
+        self.engine.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -718,6 +751,45 @@ enum Lent {
     Nothing,
     /// The listener could not be lent; wait for the acceptor thread.
     CannotLend,
+}
+
+/// An `accept()`'s loan of the listener. Ended (or unwound by a panic), it
+/// leaves nobody lending and the listener leased or given back: never off
+/// the acceptor's watch with no lender and no lease to end it.
+struct Loan<'a> {
+    shared: &'a Shared,
+    listener: &'a Socket,
+    ended: bool,
+}
+
+impl<'a> Loan<'a> {
+    /// Ends the loan after `lent`, under the queue's lock, which it returns.
+    fn end(mut self, lent: &Lent) -> MutexGuard<'a, VecDeque<Ready>> {
+        self.ended = true;
+        let shared = self.shared;
+        let queue = shared.state.ready.lock().expect("ready queue poisoned");
+        shared.end_loan(self.listener, matches!(lent, Lent::CannotLend));
+        // Another accept() asleep meanwhile lends on while this one's
+        // caller handles its connection.
+        if matches!(lent, Lent::Connected(_)) && shared.sleepers.load(Ordering::Relaxed) > 0 {
+            shared.ready_cv.notify_one();
+        }
+        queue
+    }
+}
+
+impl Drop for Loan<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _queue = self
+                .shared
+                .state
+                .ready
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.shared.end_loan(self.listener, true);
+        }
+    }
 }
 
 /// An `accept()` that found no connection queued, lending the listener: it
@@ -793,7 +865,13 @@ impl Lender<'_> {
         let socket = match self.listener.accept_blocking_socket() {
             Ok(socket) => socket,
             Err(e) if out_of_descriptors(&e) => {
-                shared.engine().paused_until = Some(Instant::now() + FD_EXHAUSTED_PAUSE);
+                // The acceptor holds the spare descriptor that lets it refuse
+                // the clients waiting; the loan ends and gives it the
+                // listener back.
+                let mut engine = shared.engine();
+                engine.paused_until = Some(Instant::now() + FD_EXHAUSTED_PAUSE);
+                engine.out_of_descriptors = true;
+                shared.waker.wake();
                 return Err(());
             }
             // WouldBlock (the acceptor took it), or the client left.
@@ -802,7 +880,8 @@ impl Lender<'_> {
         let Some((ticket, p)) = shared.engine().arrive(shared, socket) else {
             return Ok(None);
         };
-        let mut progress = shared.engine().advance(shared, ticket, p);
+        let mut engine = shared.engine();
+        let mut progress = engine.advance(shared, ticket, p);
         if let Progress::Held(p) = progress {
             progress = match nothing_came_yet(&p) {
                 // The connect woke us (on one CPU, preempting the client)
@@ -812,14 +891,20 @@ impl Lender<'_> {
                 // over every time lost 25 % of `connect_rate` to this). The
                 // acceptor thread is batch-scheduled for the same reason;
                 // an application's thread is not ours to move.
+                // (Without the engine's lock: a connection still in its
+                // handshake cannot be granted or expire meanwhile.)
                 true => {
+                    drop(engine);
                     std::thread::yield_now();
-                    shared.engine().advance(shared, ticket, p)
+                    engine = shared.engine();
+                    engine.advance(shared, ticket, p)
                 }
                 false => Progress::Held(p),
             };
         }
-        let mut engine = shared.engine();
+        // Still under the lock the step was decided under: a waiter handed
+        // over later could be granted, or time out, before the acceptor
+        // holds its socket, and be lost.
         let ready = match progress {
             Progress::Connected(ready) => {
                 // Accepted as it was told OK: it never sits in the queue.
@@ -959,11 +1044,24 @@ impl Acceptor {
         Ok(())
     }
 
-    /// Takes over the connections a lender left.
+    /// Takes over the connections a lender left, and refuses the backlog
+    /// for a lender that ran out of descriptors.
     fn take_over(&mut self, engine: &mut Engine) {
         for (ticket, p) in engine.handed.drain(..) {
             self.pending.insert(ticket, p);
         }
+        if std::mem::take(&mut engine.out_of_descriptors) {
+            self.refuse_backlog();
+        }
+    }
+
+    /// Out of descriptors: refuses the clients waiting in the backlog with
+    /// the spare descriptor (until the process has none again).
+    fn refuse_backlog(&mut self) {
+        let listener = &self.listener;
+        fresh_connection::refuse_while_out_of_descriptors(&mut self.spare_fd, || {
+            listener.accept_blocking_socket()
+        });
     }
 
     /// Keeps, queues or forgets a connection after a step of its handshake.
@@ -1013,10 +1111,7 @@ impl Acceptor {
                     }
                 }
                 Err(e) if out_of_descriptors(&e) => {
-                    let listener = &self.listener;
-                    fresh_connection::refuse_while_out_of_descriptors(&mut self.spare_fd, || {
-                        listener.accept_blocking_socket()
-                    });
+                    self.refuse_backlog();
                     engine.paused_until = Some(Instant::now() + FD_EXHAUSTED_PAUSE);
                     return;
                 }
