@@ -820,6 +820,13 @@ impl Lender<'_> {
             return Lent::CannotLend;
         }
         let mut lent = Lent::Nothing;
+        // A client that connected while the application was busy is taken
+        // without a poll first: with both on one CPU, the usual case.
+        match self.take_one() {
+            Ok(Some(ready)) => return Lent::Connected(ready),
+            Ok(None) => {}
+            Err(()) => return Lent::CannotLend,
+        }
         loop {
             let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if timeout == Some(Duration::ZERO) {
