@@ -80,6 +80,31 @@ pub trait PipeIo: sealed::EndIo {}
 /// A pipe end's role. Sealed: [`ServerEnd`] or [`ClientEnd`].
 pub trait PipeRole: sealed::Role {}
 
+/// The sealed [`sealed::EndIo`] and [`PipeIo`] of a Unix front end's
+/// stream: its `end` field, the socket its `$link` field carries, and its
+/// `disconnect_client` as `DisconnectNamedPipe`'s cut.
+#[cfg(target_os = "linux")]
+macro_rules! socket_end_io {
+    ($stream:ty, $link:ident) => {
+        #[allow(private_interfaces)] // sealed: see `sealed::EndIo`
+        impl $crate::pipe::sealed::EndIo for $stream {
+            fn end(&self) -> &$crate::stream_core::EndCore {
+                &self.end
+            }
+            fn socket(&self) -> &$crate::sys::Socket {
+                self.$link.socket()
+            }
+            fn cut_client(&mut self) {
+                self.disconnect_client();
+            }
+        }
+
+        impl $crate::pipe::PipeIo for $stream {}
+    };
+}
+#[cfg(target_os = "linux")]
+pub(crate) use socket_end_io;
+
 pub(crate) mod sealed {
     use super::*;
 

@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::pipe::{sealed, Pipe, PipeIo, PipeRole};
+use crate::pipe::{Pipe, PipeRole};
 use crate::shm::link::Link;
 use crate::stream_core::{
     recv_error, send_error, EndCore, Need, ReadCore, ReadMessage, ReadOp, ReadStd, RecvMessage,
@@ -662,20 +662,7 @@ impl<R: PipeRole> Pipe<PipeStream, R> {
     }
 }
 
-#[allow(private_interfaces)] // sealed: see `sealed::EndIo`
-impl sealed::EndIo for PipeStream {
-    fn end(&self) -> &EndCore {
-        &self.end
-    }
-    fn socket(&self) -> &Socket {
-        self.link.socket()
-    }
-    fn cut_client(&mut self) {
-        self.disconnect_client();
-    }
-}
-
-impl PipeIo for PipeStream {}
+crate::pipe::socket_end_io!(PipeStream, link);
 
 impl<R: PipeRole> Read for Pipe<PipeStream, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

@@ -14,7 +14,7 @@ use ::tokio::io::Interest;
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::{Error, Result};
-use crate::pipe::{sealed, Pipe, PipeIo, PipeRole};
+use crate::pipe::{Pipe, PipeRole};
 use crate::shm::link::AsyncLink;
 use crate::stream_core::{
     recv_error, send_error, EndCore, MessageRead, Need, Peek, ReadCore, ReadMessage, ReadOp,
@@ -738,20 +738,7 @@ impl<R: PipeRole> Pipe<PipeStream, R> {
     }
 }
 
-#[allow(private_interfaces)] // sealed: see `sealed::EndIo`
-impl sealed::EndIo for PipeStream {
-    fn end(&self) -> &EndCore {
-        &self.end
-    }
-    fn socket(&self) -> &Socket {
-        self.io.socket()
-    }
-    fn cut_client(&mut self) {
-        self.disconnect_client();
-    }
-}
-
-impl PipeIo for PipeStream {}
+crate::pipe::socket_end_io!(PipeStream, io);
 
 impl<R: PipeRole + Unpin> AsyncRead for Pipe<PipeStream, R> {
     fn poll_read(
