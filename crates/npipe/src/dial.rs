@@ -31,11 +31,18 @@ pub(crate) trait Dialer {
     /// What carries the handshake and then the pipe.
     type Conn;
 
-    /// A fresh connection, and the server's kernel credentials if `cred`
-    /// asks for them (`None` otherwise: read later, if at all). A gateway's
-    /// are always [`PeerCredentials::UNKNOWN`]: no kernel here can name the
-    /// server behind it.
-    async fn dial(&mut self, cred: bool) -> Result<(Self::Conn, Option<PeerCredentials>)>;
+    /// A fresh connection to the local pipe `name`, and the server's kernel
+    /// credentials if `cred` asks for them (`None` otherwise: read later,
+    /// if at all).
+    async fn dial_local(
+        &mut self,
+        name: &PipeName,
+        cred: bool,
+    ) -> Result<(Self::Conn, Option<PeerCredentials>)>;
+
+    /// A fresh TLS connection to the gateway of the remote pipe `name`.
+    #[cfg(feature = "remote")]
+    async fn dial_gateway(&mut self, name: &PipeName, opts: &ClientOptions) -> Result<Self::Conn>;
 
     /// Sends all of `bytes` (the HELLO, and a pipelined request), with
     /// `offer` riding on the first of them (`SCM_RIGHTS`) if there is one.
@@ -82,7 +89,7 @@ pub(crate) async fn drive<D: Dialer>(
     let mut offer: Option<ShmRegion> = None;
     loop {
         action = match action {
-            Action::Connect => match dialer.dial(core.needs_server_cred()).await {
+            Action::Connect => match dial(dialer, name, opts, core.needs_server_cred()).await {
                 Ok((dialled, cred)) => {
                     conn = Some(dialled);
                     core.connected(cred, sys::user_name)
@@ -118,6 +125,24 @@ pub(crate) async fn drive<D: Dialer>(
             Action::Fail(e) => return Err(e),
         }
     }
+}
+
+/// A fresh connection: to the remote pipe's gateway, whose server no kernel
+/// here can name ([`PeerCredentials::UNKNOWN`]), or to the local pipe.
+async fn dial<D: Dialer>(
+    dialer: &mut D,
+    name: &PipeName,
+    opts: &ClientOptions,
+    cred: bool,
+) -> Result<(D::Conn, Option<PeerCredentials>)> {
+    #[cfg(feature = "remote")]
+    if name.host().is_some() {
+        let conn = dialer.dial_gateway(name, opts).await?;
+        return Ok((conn, Some(PeerCredentials::UNKNOWN)));
+    }
+    #[cfg(not(feature = "remote"))]
+    let _ = opts;
+    dialer.dial_local(name, cred).await
 }
 
 /// Runs `f` on this thread, for a future whose every await completes when

@@ -48,12 +48,7 @@ impl Pipe<PipeStream, ClientEnd> {
         pipelined: Option<&[u8]>,
     ) -> Result<PipeClient> {
         let offers = opts.offers_shared_memory_to(name, pipelined);
-        let mut dialer = Blocking {
-            name,
-            #[cfg(feature = "remote")]
-            opts,
-        };
-        let d = run_blocking(dial::drive(&mut dialer, name, opts, pipelined, offers))?;
+        let d = run_blocking(dial::drive(&mut Blocking, name, opts, pipelined, offers))?;
         let link = match (
             d.conn,
             shm::transport::agreed(&d.connected, d.offer, name, false)?,
@@ -75,23 +70,24 @@ impl Pipe<PipeStream, ClientEnd> {
 
 /// A connect with blocking calls: the local pipe's socket, or TLS to a
 /// remote pipe's gateway (a new connection each try).
-struct Blocking<'a> {
-    name: &'a PipeName,
-    #[cfg(feature = "remote")]
-    opts: &'a ClientOptions,
-}
+struct Blocking;
 
-impl Dialer for Blocking<'_> {
+impl Dialer for Blocking {
     type Conn = Link;
 
-    async fn dial(&mut self, cred: bool) -> Result<(Link, Option<PeerCredentials>)> {
-        #[cfg(feature = "remote")]
-        if self.name.host().is_some() {
-            let tls = crate::remote::client::connect_blocking(self.name, self.opts)?;
-            return Ok((Link::Tls(Box::new(tls)), Some(PeerCredentials::UNKNOWN)));
-        }
-        let (socket, cred) = connect_socket(self.name, cred)?;
+    async fn dial_local(
+        &mut self,
+        name: &PipeName,
+        cred: bool,
+    ) -> Result<(Link, Option<PeerCredentials>)> {
+        let (socket, cred) = connect_socket(name, cred)?;
         Ok((Link::Socket(socket), cred))
+    }
+
+    #[cfg(feature = "remote")]
+    async fn dial_gateway(&mut self, name: &PipeName, opts: &ClientOptions) -> Result<Link> {
+        let tls = crate::remote::client::connect_blocking(name, opts)?;
+        Ok(Link::Tls(Box::new(tls)))
     }
 
     async fn send(&mut self, on: &Link, bytes: &[u8], offer: Offer<'_>) -> io::Result<()> {

@@ -71,12 +71,7 @@ impl Pipe<PipeStream, ClientEnd> {
         pipelined: Option<&[u8]>,
     ) -> Result<PipeClient> {
         let offers = opts.offers_shared_memory_to(name, pipelined);
-        let mut dialer = Tokio {
-            name,
-            #[cfg(feature = "remote")]
-            opts,
-        };
-        let d = dial::drive(&mut dialer, name, opts, pipelined, offers).await?;
+        let d = dial::drive(&mut Tokio, name, opts, pipelined, offers).await?;
         let link = match (
             d.conn,
             shm::transport::agreed(&d.connected, d.offer, name, true)?,
@@ -109,26 +104,24 @@ impl Pipe<PipeStream, ClientEnd> {
 /// A connect on tokio: the local pipe's socket registered with the
 /// runtime's reactor, or TLS to a remote pipe's gateway (a new connection
 /// each try).
-struct Tokio<'a> {
-    name: &'a PipeName,
-    #[cfg(feature = "remote")]
-    opts: &'a ClientOptions,
-}
+struct Tokio;
 
-impl Dialer for Tokio<'_> {
+impl Dialer for Tokio {
     type Conn = AsyncLink;
 
-    async fn dial(&mut self, cred: bool) -> Result<(AsyncLink, Option<PeerCredentials>)> {
-        #[cfg(feature = "remote")]
-        if self.name.host().is_some() {
-            let tls = dial_gateway(self.name, self.opts).await?;
-            return Ok((
-                AsyncLink::Tls(Box::new(tls)),
-                Some(PeerCredentials::UNKNOWN),
-            ));
-        }
-        let (fd, cred) = connect_registered(self.name, cred).await?;
+    async fn dial_local(
+        &mut self,
+        name: &PipeName,
+        cred: bool,
+    ) -> Result<(AsyncLink, Option<PeerCredentials>)> {
+        let (fd, cred) = connect_registered(name, cred).await?;
         Ok((AsyncLink::Socket(fd), cred))
+    }
+
+    #[cfg(feature = "remote")]
+    async fn dial_gateway(&mut self, name: &PipeName, opts: &ClientOptions) -> Result<AsyncLink> {
+        let tls = dial_gateway(name, opts).await?;
+        Ok(AsyncLink::Tls(Box::new(tls)))
     }
 
     async fn send(&mut self, on: &AsyncLink, bytes: &[u8], offer: Offer<'_>) -> io::Result<()> {
