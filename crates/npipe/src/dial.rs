@@ -89,17 +89,22 @@ pub(crate) async fn drive<D: Dialer>(
     let mut offer: Option<ShmRegion> = None;
     loop {
         action = match action {
-            Action::Connect => match dial(dialer, name, opts, core.needs_server_cred()).await {
-                Ok((dialled, cred)) => {
-                    conn = Some(dialled);
-                    core.connected(cred, sys::user_name)
-                }
-                Err(e) => core.failed(e, Instant::now()),
-            },
-            Action::Send(bytes) => {
-                // A fresh region for each try: a server that saw one could
-                // write into it later.
+            Action::Connect => {
+                // A fresh region for each try (a server that saw one could
+                // write into it later), made before the connect: the server
+                // is woken by the connect and reads the HELLO at once, which
+                // the region's making would hold up (measured: a lending
+                // server found no HELLO and yielded on every connection).
                 offer = offers.then(shm::transport::offer).and_then(|r| r.ok());
+                match dial(dialer, name, opts, core.needs_server_cred()).await {
+                    Ok((dialled, cred)) => {
+                        conn = Some(dialled);
+                        core.connected(cred, sys::user_name)
+                    }
+                    Err(e) => core.failed(e, Instant::now()),
+                }
+            }
+            Action::Send(bytes) => {
                 let on = conn.as_ref().expect("connected");
                 let sent = dialer.send(on, &bytes, offer.as_ref()).await;
                 core.sent(sent, Instant::now())
