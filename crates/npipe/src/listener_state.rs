@@ -87,37 +87,38 @@ pub(crate) enum Carrier {
 
 /// The carrier after the gateway's word: the handed-over connection, or
 /// the socket (for a hand-over that went wrong, shut, so the end sees its
-/// client gone rather than the gateway's stray bytes).
+/// client gone rather than the gateway's stray bytes, with why).
 #[cfg(feature = "remote")]
 fn carrier(
     socket: Socket,
     settled: Option<crate::remote::handed::Settled>,
     hello: &Hello,
     granted: Access,
-) -> Carrier {
+) -> (Carrier, Option<String>) {
     use crate::remote::handed::{self, Settled};
+    let broken = |socket: Socket, why: String| {
+        let _ = socket.shutdown_both();
+        (
+            Carrier::Socket(socket),
+            Some(format!("the gateway's hand-over failed: {why}")),
+        )
+    };
     match settled {
-        None => Carrier::Socket(socket),
+        None => (Carrier::Socket(socket), None),
         Some(Settled::Relayed) => {
             // Held to its grant now, as the OK did not (the HAND-OFF came
             // on this socket).
             crate::fresh_connection::fence_to_grant(&socket, granted, &mut Vec::new());
-            Carrier::Socket(socket)
+            (Carrier::Socket(socket), None)
         }
         Some(Settled::Handed(tcp, keys)) => {
             let peer = format!("remote client {} at {}", hello.principal, hello.computer);
             match handed::transport(tcp, &keys, socket, peer) {
-                Ok(t) => Carrier::Handed(Box::new(t)),
-                Err((socket, _why)) => {
-                    let _ = socket.shutdown_both();
-                    Carrier::Socket(socket)
-                }
+                Ok(t) => (Carrier::Handed(Box::new(t)), None),
+                Err((socket, why)) => broken(socket, why),
             }
         }
-        Some(Settled::Broken(_why)) => {
-            let _ = socket.shutdown_both();
-            Carrier::Socket(socket)
-        }
+        Some(Settled::Broken(why)) => broken(socket, why),
     }
 }
 
@@ -196,9 +197,9 @@ impl ListenerState {
             "the caller takes the shared memory first"
         );
         #[cfg(feature = "remote")]
-        let carrier = carrier(ready.socket, ready.settled, &ready.hello, ready.granted);
+        let (carrier, broken) = carrier(ready.socket, ready.settled, &ready.hello, ready.granted);
         #[cfg(not(feature = "remote"))]
-        let carrier = Carrier::Socket(ready.socket);
+        let (carrier, broken) = (Carrier::Socket(ready.socket), None);
         // A remote client is who its gateway named, not the gateway.
         let remote = match ready.remote {
             Some(remote) => Some(remote),
@@ -218,7 +219,10 @@ impl ListenerState {
             Arc::clone(&self.budget),
         );
         let instance = ServerInstance::new(pool, ready.hello.impersonation, ready.process, remote);
-        let end = EndCore::new(setup, self.opts.effective_read_mode(), ready.leftover);
+        let mut end = EndCore::new(setup, self.opts.effective_read_mode(), ready.leftover);
+        if let Some(why) = broken {
+            end.broken_because(why);
+        }
         (carrier, end, instance)
     }
 

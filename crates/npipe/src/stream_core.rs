@@ -229,6 +229,12 @@ impl EndCore {
         }
     }
 
+    /// Says why the connection was broken before the application saw it:
+    /// its reads' end-of-stream errors give the reason.
+    pub fn broken_because(&mut self, why: String) {
+        self.reader.broken_because = Some(why.into_boxed_str());
+    }
+
     /// Fails once this end has disconnected its client.
     pub fn connected(&self) -> Result<()> {
         if self.disconnected {
@@ -372,6 +378,9 @@ pub(crate) struct ReadCore {
     broken: Option<ErrorCode>,
     /// The peer closed its side: no more input will come.
     eof: bool,
+    /// Why the connection was broken before the application saw it (a
+    /// gateway's hand-over that went wrong), for its end-of-stream error.
+    broken_because: Option<Box<str>>,
     /// A message a cancelled `recv_message` had partly received, kept as it
     /// was so that the next `recv_message` goes on with it at no cost; any
     /// other read puts it back in front of the buffer first.
@@ -428,11 +437,20 @@ impl ReadCore {
             can_read,
             broken: None,
             eof: false,
+            broken_because: None,
             stash: None,
             budget: setup.budget.clone(),
             // Only a server end has a budget, and its peer is known.
             peer_uid: setup.peer.get().map_or(u32::MAX, |p| p.user.0),
             held: None,
+        }
+    }
+
+    /// The error of a read that finds the stream ended between messages.
+    fn end_of_stream(&self) -> Error {
+        match &self.broken_because {
+            Some(why) => Error::broken_pipe(&format!("(end of stream: {why})")),
+            None => Error::broken_pipe("(end of stream)"),
         }
     }
 
@@ -565,7 +583,7 @@ impl ReadCore {
         if !self.in_message() {
             match self.header()? {
                 Header::Need => return Ok(Some(Step::Need(Need::Fill))),
-                Header::End => return Err(Error::broken_pipe("(end of stream)")),
+                Header::End => return Err(self.end_of_stream()),
                 Header::Len(0) => {
                     op.begun = true;
                     op.complete = true;
@@ -708,7 +726,7 @@ impl ReadCore {
             return Err(Error::disconnected_by_server());
         }
         if self.eof && peek.available == 0 && peek.message_left == 0 {
-            return Err(Error::broken_pipe("(end of stream)"));
+            return Err(self.end_of_stream());
         }
         Ok(peek)
     }
