@@ -87,6 +87,7 @@ pub(crate) async fn drive<D: Dialer>(
     let (mut core, mut action) = ConnectCore::begin(name, opts, pipelined, Instant::now());
     let mut conn: Option<D::Conn> = None;
     let mut offer: Option<ShmRegion> = None;
+    let mut offering = offers;
     loop {
         action = match action {
             Action::Connect => {
@@ -95,8 +96,18 @@ pub(crate) async fn drive<D: Dialer>(
                 // is woken by the connect and reads the HELLO at once, which
                 // the region's making would hold up (measured: a lending
                 // server found no HELLO and yielded on every connection).
-                offer = offers.then(shm::transport::offer).and_then(|r| r.ok());
-                match dial(dialer, name, opts, core.needs_server_cred()).await {
+                offer = offering.then(shm::transport::offer).and_then(|r| r.ok());
+                let cred = core.needs_server_cred();
+                let mut dialled = dial(dialer, name, opts, cred).await;
+                if offer.is_some() && dialled.as_ref().is_err_and(lacks_descriptors) {
+                    // The region's descriptor may be the one the connect
+                    // lacked: this connection goes without shared memory,
+                    // as it would have with the region made after it.
+                    offer = None;
+                    offering = false;
+                    dialled = dial(dialer, name, opts, cred).await;
+                }
+                match dialled {
                     Ok((dialled, cred)) => {
                         conn = Some(dialled);
                         core.connected(cred, sys::user_name)
@@ -130,6 +141,13 @@ pub(crate) async fn drive<D: Dialer>(
             Action::Fail(e) => return Err(e),
         }
     }
+}
+
+/// Whether a connect failed for want of a file descriptor.
+fn lacks_descriptors(e: &crate::error::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<io::Error>())
+        .is_some_and(crate::fresh_connection::out_of_descriptors)
 }
 
 /// A fresh connection: to the remote pipe's gateway, whose server no kernel

@@ -858,7 +858,10 @@ impl Lender<'_> {
                     break;
                 }
                 Ok(None) => {}
-                Err(()) => break,
+                Err(()) => {
+                    lent = Lent::CannotLend;
+                    break;
+                }
             }
         }
         lent
@@ -884,10 +887,10 @@ impl Lender<'_> {
             // WouldBlock (the acceptor took it), or the client left.
             Err(_) => return Ok(None),
         };
-        let Some((ticket, p)) = shared.engine().arrive(shared, socket) else {
+        let mut engine = shared.engine();
+        let Some((ticket, p)) = engine.arrive(shared, socket) else {
             return Ok(None);
         };
-        let mut engine = shared.engine();
         let mut progress = engine.advance(shared, ticket, p);
         if let Progress::Held(p) = progress {
             progress = match nothing_came_yet(&p) {
@@ -899,12 +902,17 @@ impl Lender<'_> {
                 // acceptor thread is batch-scheduled for the same reason;
                 // an application's thread is not ours to move.
                 // (Without the engine's lock: a connection still in its
-                // handshake cannot be granted or expire meanwhile.)
+                // handshake cannot be granted meanwhile, but the acceptor
+                // may end it at its deadline, set as short as one likes.)
                 true => {
                     drop(engine);
                     std::thread::yield_now();
                     engine = shared.engine();
-                    engine.advance(shared, ticket, p)
+                    if engine.core.in_handshake(ticket) {
+                        engine.advance(shared, ticket, p)
+                    } else {
+                        Progress::Ended
+                    }
                 }
                 false => Progress::Held(p),
             };

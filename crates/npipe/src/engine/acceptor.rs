@@ -149,6 +149,11 @@ impl AcceptorCore {
         Ok(ticket)
     }
 
+    /// Whether `ticket` is still in its handshake (not ended, nor expired).
+    pub fn in_handshake(&self, ticket: Ticket) -> bool {
+        matches!(self.conns.get(&ticket), Some(Stage::Handshake { .. }))
+    }
+
     /// A handshake ended without a HELLO: the client closed, failed or was
     /// too slow, or sent a malformed one (the front end refuses that with
     /// the decoder's error). Idempotent.
@@ -384,6 +389,23 @@ mod tests {
     fn connect(c: &mut AcceptorCore, wait_ms: u32, now: Instant) -> (Ticket, Answer) {
         let t = c.arrive(&peer(0), None).unwrap();
         (t, c.hello(t, &peer(0), &hello(wait_ms), now))
+    }
+
+    /// A ticket is in its handshake from its arrival until its HELLO or its
+    /// deadline, and not after.
+    #[test]
+    fn a_ticket_is_in_its_handshake_until_its_hello_or_its_deadline() {
+        let now = Instant::now();
+        let mut c = core(&mut ServerOptions::new());
+        let late = c
+            .arrive(&peer(0), Some(now + Duration::from_millis(5)))
+            .unwrap();
+        let greets = c.arrive(&peer(0), None).unwrap();
+        assert!(c.in_handshake(late) && c.in_handshake(greets));
+        c.hello(greets, &peer(0), &hello(WAIT_NONE), now);
+        assert!(!c.in_handshake(greets));
+        assert_eq!(c.expire(now + Duration::from_millis(6)).silent, vec![late]);
+        assert!(!c.in_handshake(late));
     }
 
     /// A turn under a pause does not accept and wakes at the pause's end
