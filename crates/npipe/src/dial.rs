@@ -87,16 +87,23 @@ pub(crate) async fn drive<D: Dialer>(
     let (mut core, mut action) = ConnectCore::begin(name, opts, pipelined, Instant::now());
     let mut conn: Option<D::Conn> = None;
     let mut offer: Option<ShmRegion> = None;
+    // Whether a server may have seen `offer` (it was sent).
+    let mut offer_sent = false;
     let mut offering = offers;
     loop {
         action = match action {
             Action::Connect => {
-                // A fresh region for each try (a server that saw one could
-                // write into it later), made before the connect: the server
-                // is woken by the connect and reads the HELLO at once, which
-                // the region's making would hold up (measured: a lending
-                // server found no HELLO and yielded on every connection).
-                offer = offering.then(shm::transport::offer).and_then(|r| r.ok());
+                // A fresh region for each try a server may have seen the
+                // last one (it could write into it later; one never sent is
+                // kept for the next try), made before the connect: the
+                // server is woken by the connect and reads the HELLO at
+                // once, which the region's making would hold up (measured:
+                // a lending server found no HELLO and yielded on every
+                // connection).
+                if offer_sent || offer.is_none() {
+                    offer = offering.then(shm::transport::offer).and_then(|r| r.ok());
+                    offer_sent = false;
+                }
                 let cred = core.needs_server_cred();
                 let mut dialled = dial(dialer, name, opts, cred).await;
                 if offer.is_some() && dialled.as_ref().is_err_and(lacks_descriptors) {
@@ -117,6 +124,7 @@ pub(crate) async fn drive<D: Dialer>(
             }
             Action::Send(bytes) => {
                 let on = conn.as_ref().expect("connected");
+                offer_sent = offer.is_some();
                 let sent = dialer.send(on, &bytes, offer.as_ref()).await;
                 core.sent(sent, Instant::now())
             }
@@ -127,7 +135,9 @@ pub(crate) async fn drive<D: Dialer>(
             }
             Action::Pause(pause) => {
                 conn = None;
-                offer = None;
+                if offer_sent {
+                    offer = None;
+                }
                 dialer.pause(pause).await;
                 core.resume(Instant::now())
             }
