@@ -26,6 +26,7 @@ fn child_entry() {
         "create" => create(&args),
         "open" => open(&args),
         "wait_open" => wait_open(&args),
+        "open_at_fd_limit" => open_at_fd_limit(&args),
         "open_as" => open_as(&args),
         "vandal" => vandal(&args),
         "big_writer" => big_writer(&args),
@@ -436,6 +437,37 @@ fn wait_open(args: &[String]) {
             let mut sink = String::new();
             let _ = std::io::stdin().read_to_string(&mut sink);
         }
+        Err(e) => say(format!("err {} {}", code(&e), e)),
+    }
+}
+
+/// `open_at_fd_limit NAME`: opens the pipe once (the pipe directory is then
+/// cached), then again offering shared memory with one descriptor number
+/// left below the limit; reports `ok` and whether the rings were taken, or
+/// the error.
+fn open_at_fd_limit(args: &[String]) {
+    let name = args[0].as_str();
+    let offering = || ClientOptions::new().shared_memory(true).open(name);
+    drop(offering().unwrap());
+    let listed: Vec<u64> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
+    // read_dir's own descriptor is listed, and closed again now.
+    let used: std::collections::BTreeSet<u64> = listed
+        .into_iter()
+        .filter(|n| std::fs::read_link(format!("/proc/self/fd/{n}")).is_ok())
+        .collect();
+    let mut free = (0u64..).filter(|n| !used.contains(n));
+    let _first_free = free.next();
+    let limit = free.next().unwrap();
+    let limit = rustix::process::Rlimit {
+        current: Some(limit),
+        ..rustix::process::getrlimit(rustix::process::Resource::Nofile)
+    };
+    rustix::process::setrlimit(rustix::process::Resource::Nofile, limit).unwrap();
+    match offering() {
+        Ok(c) => say(format!("ok {}", c.uses_shared_memory())),
         Err(e) => say(format!("err {} {}", code(&e), e)),
     }
 }

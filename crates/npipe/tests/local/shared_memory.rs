@@ -233,3 +233,20 @@ mod tokio_clients {
         a_server_that_dies_ends_the_wait,
     );
 }
+
+/// A client with one descriptor to spare connects, without shared memory,
+/// rather than fail: its region's descriptor would have been the one its
+/// socket needed (the region is made before the connect).
+#[test]
+fn a_client_short_of_descriptors_connects_without_shared_memory() {
+    if forced_off() {
+        crate::shared_copy::skipped(
+            "NPIPE_SHARED_MEMORY=off: no client makes a region, so none can run it short",
+        );
+        return;
+    }
+    let name = unique("shm-fd-limit");
+    let _srv = server_on(Front::Blocking, &name, &[]);
+    let mut c = spawn("open_at_fd_limit", &[&name]);
+    assert_eq!(c.expect("ok"), "false");
+}
