@@ -52,6 +52,7 @@ const CLOSE_NOTIFY: u8 = 0;
 const UNEXPECTED_MESSAGE: u8 = 10;
 const BAD_RECORD_MAC: u8 = 20;
 const RECORD_OVERFLOW: u8 = 22;
+const DECODE_ERROR: u8 = 50;
 /// The handshake message type of a key update.
 const KEY_UPDATE: u8 = 24;
 /// A key update's `request_update`: the peer need not answer, or must.
@@ -324,18 +325,20 @@ impl RecordLayer {
                     }
                 }
                 // Whatever its level (RFC 8446 §6.1).
-                ContentType::Alert if opened.payload.get(1) == Some(&CLOSE_NOTIFY) => {
-                    self.peer_closed = true;
-                    got.closed = true;
-                }
-                ContentType::Alert => {
-                    let why = format!(
-                        "the peer sent TLS alert {}",
-                        opened.payload.get(1).copied().unwrap_or(0)
-                    );
-                    self.failed = Some(why.clone());
-                    return Err(why);
-                }
+                ContentType::Alert => match opened.payload {
+                    [_, CLOSE_NOTIFY] => {
+                        self.peer_closed = true;
+                        got.closed = true;
+                    }
+                    [_, description] => {
+                        let why = format!("the peer sent TLS alert {description}");
+                        self.failed = Some(why.clone());
+                        return Err(why);
+                    }
+                    // An alert is two bytes (RFC 8446 §6): read as one, a
+                    // short record once said "alert 0" (close_notify's).
+                    _ => return Err(self.fail(DECODE_ERROR, "a malformed alert")),
+                },
                 ContentType::Handshake if opened.payload.first() == Some(&KEY_UPDATE) => {
                     let request = match opened.payload {
                         [KEY_UPDATE, 0, 0, 1, r @ (UPDATE_NOT_REQUESTED | UPDATE_REQUESTED)] => *r,

@@ -307,6 +307,32 @@ fn records_that_break_the_rules_are_refused_before_anything_is_sized() {
     }
 }
 
+/// An alert is two bytes: a record of another length ends the connection
+/// as malformed (it once read as alert 0, close_notify's number), and a
+/// two-byte one is named.
+#[test]
+fn an_alert_of_the_wrong_length_is_malformed() {
+    let (server_config, client_config) = configs();
+    let (_client, keys) = handshake_with((*server_config).clone(), client_config);
+    let keys = keys.expect("a 256-bit suite");
+    // The client's side, as a second record layer with the keys mirrored.
+    let mut mirrored = keys.clone();
+    std::mem::swap(&mut mirrored.tx, &mut mirrored.rx);
+    for (alert, why) in [
+        (&[2u8][..], "a malformed alert"),
+        (&[2, 40, 0][..], "a malformed alert"),
+        (&[][..], "a malformed alert"),
+        (&[2, 40][..], "the peer sent TLS alert 40"),
+    ] {
+        let mut layer = RecordLayer::new(&keys).unwrap();
+        let mut client = RecordLayer::new(&mirrored).unwrap();
+        client.seal_now(ContentType::Alert, &[alert]).unwrap();
+        let (_, result) = layer_reads(&mut layer, &sent(&mut client), 1 << 20);
+        let got = result.unwrap_err();
+        assert!(got.contains(why), "{alert:?}: {got}");
+    }
+}
+
 #[test]
 fn a_suite_with_a_128_bit_key_is_not_carried() {
     let (_, client_config) = configs();
