@@ -16,6 +16,12 @@ pub const LEN: usize = 210;
 /// The longest traffic secret (SHA-384's output).
 pub const SECRET_MAX: usize = 48;
 
+/// Whether a traffic secret of `len` bytes is carried: none, or a suite's
+/// (SHA-256's or SHA-384's output). Encode and decode agree on it.
+fn carried(len: usize) -> bool {
+    matches!(len, 0 | 32 | SECRET_MAX)
+}
+
 const HANDED: u8 = 1;
 const RELAYED: u8 = 2;
 
@@ -92,7 +98,10 @@ impl HandOff {
                     out.extend_from_slice(&one.iv);
                 }
                 for one in [&keys.tx, &keys.rx] {
-                    let secret = if one.secret.len() <= SECRET_MAX {
+                    // One of a length decode refuses goes as none: the
+                    // server then follows no key update, and says so if
+                    // one comes, rather than refuse the whole hand-over.
+                    let secret = if carried(one.secret.len()) {
                         &one.secret[..]
                     } else {
                         &[]
@@ -124,7 +133,7 @@ impl HandOff {
         }
         let keys = |at: usize, secret_at: usize| {
             let len = usize::from(buf[secret_at]);
-            if !matches!(len, 0 | 32 | SECRET_MAX) {
+            if !carried(len) {
                 return Err(ProtoError::BadValue {
                     field: "traffic secret length",
                     value: len as u64,
@@ -214,6 +223,24 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// A secret of a length the HAND-OFF does not carry is sent as none,
+    /// never as bytes the server would refuse.
+    #[test]
+    fn a_secret_of_no_suite_s_length_goes_as_none() {
+        for len in [1, 20, 47, 49, 64] {
+            let mut odd = keys();
+            odd.tx.secret = vec![7; len];
+            let mut out = Vec::new();
+            HandOff::Handed(odd.clone()).encode(&mut out);
+            odd.tx.secret.clear();
+            assert_eq!(
+                HandOff::decode(&out),
+                Ok(Some(HandOff::Handed(odd))),
+                "{len}"
+            );
+        }
     }
 
     /// `Debug` shows the sequence numbers, never a key, an IV or a secret.
