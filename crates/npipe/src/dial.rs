@@ -135,9 +135,6 @@ pub(crate) async fn drive<D: Dialer>(
             }
             Action::Pause(pause) => {
                 conn = None;
-                if offer_sent {
-                    offer = None;
-                }
                 dialer.pause(pause).await;
                 core.resume(Instant::now())
             }

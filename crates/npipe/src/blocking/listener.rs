@@ -256,8 +256,7 @@ impl PipeListener {
                 return Ok(Some(self.server_end(ready)));
             }
             shared.state.stopped()?;
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(None);
             }
             if !shared.lending.load(Ordering::Relaxed) {
@@ -281,6 +280,9 @@ impl PipeListener {
                         return Ok(Some(self.server_end(ready)));
                     }
                     Lent::Nothing => continue,
+                    // The acceptor may have queued one meanwhile (its wake
+                    // went to the lender, who has gone).
+                    Lent::CannotLend if !queue.is_empty() => continue,
                     // Wait as if no lender could be: the acceptor thread
                     // polls the listener again.
                     Lent::CannotLend => {}

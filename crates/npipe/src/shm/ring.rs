@@ -233,6 +233,7 @@ impl Producer {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn layout(&self) -> Layout {
         self.layout
     }

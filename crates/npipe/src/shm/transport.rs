@@ -576,8 +576,8 @@ impl<S: HoldsSocket> ShmTransport<S> {
             let sent = tx
                 .try_push_parts(&self.region, parts, limit)
                 .map_err(io_error)?;
-            let layout = tx.layout();
             drop(tx);
+            let layout = self.tx_layout;
             if sent > 0 {
                 self.wake_reader(layout);
                 return Ok(sent);
@@ -748,13 +748,10 @@ impl<S: HoldsSocket> Transport for ShmTransport<S> {
     }
 
     fn shutdown_write(&self) -> io::Result<()> {
-        let tx = self.tx();
-        tx.close(&self.region);
-        let layout = tx.layout();
-        drop(tx);
+        self.tx().close(&self.region);
         // The reader looks at the closed flag after raising its own: a
         // reader that does not sleep needs no system call.
-        self.wake_reader(layout);
+        self.wake_reader(self.tx_layout);
         Ok(())
     }
 

@@ -354,34 +354,13 @@ impl Socket {
         buf: &mut [u8],
         sender: u32,
     ) -> io::Result<(usize, Option<OwnedFd>)> {
-        let take = !closes_pending(|p| p.backlogged(sender));
-        self.recv_taking_fds(buf, take, sender)
-    }
-
-    /// [`recv_with_fd`](Self::recv_with_fd), taking descriptors in only if
-    /// `take_fds`.
-    fn recv_taking_fds(
-        &self,
-        buf: &mut [u8],
-        take_fds: bool,
-        sender: u32,
-    ) -> io::Result<(usize, Option<OwnedFd>)> {
-        let mut first = None;
-        let n = self.recv_fds(buf, take_fds, |fd| match is_memory_file(&fd) {
-            true if first.is_none() => first = Some(fd),
-            // A second memory file: nothing to wait for.
-            true => drop(fd),
-            false => queue_close(fd, Some(sender)),
-        })?;
-        Ok((n, first))
+        self.recv_first_fd(buf, sender, is_memory_file)
     }
 
     /// Receives without waiting, and the first descriptor that rode along
     /// if it is a connected TCP socket: a gateway handing a remote client's
     /// connection over (the caller has judged the sender a trusted
-    /// gateway). Any other descriptor is closed elsewhere, counted against
-    /// `sender` (the gateway's uid), and while its closes (or everyone's)
-    /// are far behind none is taken in, as for
+    /// gateway). Anything else is handled as by
     /// [`recv_with_fd`](Self::recv_with_fd): a gateway that is not root
     /// cannot stall everyone's offers with descriptors that never close.
     #[cfg(feature = "remote")]
@@ -390,11 +369,37 @@ impl Socket {
         buf: &mut [u8],
         sender: u32,
     ) -> io::Result<(usize, Option<Socket>)> {
+        let (n, fd) = self.recv_first_fd(buf, sender, is_connected_tcp)?;
+        Ok((n, fd.map(Socket)))
+    }
+
+    /// Receives without waiting, and the first descriptor that rode along
+    /// if it is `wanted`; any other is closed elsewhere, counted against
+    /// `sender`, and while `sender`'s closes (or everyone's) are far behind
+    /// none is taken in (the kernel drops it).
+    fn recv_first_fd(
+        &self,
+        buf: &mut [u8],
+        sender: u32,
+        wanted: fn(&OwnedFd) -> bool,
+    ) -> io::Result<(usize, Option<OwnedFd>)> {
         let take = !closes_pending(|p| p.backlogged(sender));
+        self.recv_taking_fds(buf, take, sender, wanted)
+    }
+
+    /// [`recv_first_fd`](Self::recv_first_fd), taking descriptors in only
+    /// if `take_fds`.
+    fn recv_taking_fds(
+        &self,
+        buf: &mut [u8],
+        take_fds: bool,
+        sender: u32,
+        wanted: fn(&OwnedFd) -> bool,
+    ) -> io::Result<(usize, Option<OwnedFd>)> {
         let mut first = None;
-        let n = self.recv_fds(buf, take, |fd| {
-            if first.is_none() && is_connected_tcp(&fd) {
-                first = Some(Socket(fd));
+        let n = self.recv_fds(buf, take_fds, |fd| {
+            if first.is_none() && wanted(&fd) {
+                first = Some(fd);
             } else {
                 queue_close(fd, Some(sender));
             }
@@ -1615,7 +1620,9 @@ mod tests {
         ] {
             a.send_with_fd(b"hello", fd).unwrap();
             let mut buf = [0u8; 64];
-            let (n, got) = b.recv_taking_fds(&mut buf, take, 4242).unwrap();
+            let (n, got) = b
+                .recv_taking_fds(&mut buf, take, 4242, is_memory_file)
+                .unwrap();
             assert_eq!(&buf[..n], b"hello");
             assert_eq!(got.is_some(), offered, "take {take}");
         }

@@ -356,7 +356,7 @@ mod tests {
 
     /// The flag the tokio end raises to wait for data, as its peer sees it.
     fn reader_flag(peer: &ShmTransport) -> &AtomicU32 {
-        peer.tx().layout().consumer_waiting(&peer.region)
+        peer.tx_layout.consumer_waiting(&peer.region)
     }
 
     /// Waits until the tokio end sleeps on its socket.

@@ -451,7 +451,7 @@ fn a_writer_waiting_for_room_is_woken_at_three_quarters_free() {
                 }
             }
         });
-        let layout = b.tx().layout();
+        let layout = b.tx_layout;
         let flag = layout.producer_waiting(&b.region);
         let asleep = Instant::now();
         while flag.load(Ordering::SeqCst) != ASLEEP_ON_FUTEX {
