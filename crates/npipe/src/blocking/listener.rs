@@ -55,9 +55,10 @@ const STORM_PENDING: usize = 8;
 
 /// How long a lender keeps the listener after its `accept()` returns: an
 /// application that calls `accept()` again within this time lends it on,
-/// and the acceptor thread is not woken at all; one that does not gets it
-/// back at the end (a client that connects meanwhile waits that long for
-/// its OK at most).
+/// and the acceptor thread is not woken for it (only when a lease timer
+/// runs out, about once a millisecond while it accepts in a loop); one
+/// that does not gets it back at the end (a client that connects meanwhile
+/// waits that long for its OK at most).
 const LEASE: Duration = Duration::from_millis(1);
 
 /// State shared by the listener, the acceptor thread and server ends.
