@@ -92,6 +92,12 @@ impl Arrived {
             .filter(|_| opts.takes_shared_memory() && self.leftover.is_empty())
             .and_then(|fd| take_offer(fd, socket_woken).ok());
         desc.rings_taken(shm.is_some());
+        // A blocking end that kept the socket takes an offer later (a tokio
+        // one waits on its socket, where wake-ups would meet the data; a
+        // gateway's hand-over is not a local client).
+        desc.late_offers =
+            opts.takes_shared_memory() && shm.is_none() && !socket_woken && !desc.handed_over;
+        let late_offers = desc.late_offers;
         #[cfg(feature = "remote")]
         let handed_over = desc.handed_over;
         if !connect(&self.socket, desc, granted, &mut self.leftover, opts) {
@@ -106,6 +112,7 @@ impl Arrived {
             granted,
             cur_instances,
             shm,
+            late_offers,
             // Looked up by `accept`, on its caller's thread (the tokio
             // acceptor looks it up before, off the runtime's threads).
             remote: None,

@@ -39,6 +39,9 @@ pub(crate) struct Ready {
     /// The client's shared memory and its rings' capacity, if the acceptor
     /// took its offer (and said so in the OK).
     pub shm: Option<crate::shm::transport::Rings>,
+    /// The OK said this server takes shared memory offered in mid-stream
+    /// (PROTOCOL §6d): the end reads its socket watching for the offer.
+    pub late_offers: bool,
     /// The remote client the HELLO names, if the acceptor looked its
     /// mapped user up already (the tokio one does, off the runtime's
     /// threads); else `open_end` does.

@@ -383,6 +383,7 @@ pub struct ClientOptions {
     pub(crate) wait_for_server: bool,
     pub(crate) read_timeout: Option<Duration>,
     pub(crate) shared_memory: bool,
+    pub(crate) shared_memory_after: Option<u32>,
     #[cfg_attr(not(feature = "remote"), allow(dead_code))]
     pub(crate) remote: RemoteClientOptions,
 }
@@ -419,6 +420,7 @@ impl ClientOptions {
             wait_for_server: false,
             read_timeout: None,
             shared_memory: false,
+            shared_memory_after: Some(LATE_OFFER_AFTER_WRITES),
             remote: RemoteClientOptions::default(),
         }
     }
@@ -466,25 +468,27 @@ impl ClientOptions {
         self
     }
 
-    /// Offers the server to carry this connection's data through shared
-    /// memory instead of the socket: a ring each way in a sealed memory
-    /// file that rides with the handshake (`SCM_RIGHTS`). A server that
-    /// takes it says so in its reply; one that does not (an older npipe,
-    /// or one with [`ServerOptions::shared_memory`] off) keeps the socket,
-    /// and so does everything else. (A tokio client refuses, with
-    /// `ERROR_BAD_PIPE`, a server that took its offer without saying it
+    /// Offers the server, with the handshake, to carry this connection's
+    /// data through shared memory from its first byte: a ring each way in
+    /// a sealed memory file that rides with the HELLO (`SCM_RIGHTS`). A
+    /// server that takes it says so in its reply; one that does not (an
+    /// older npipe, or one with [`ServerOptions::shared_memory`] off) keeps
+    /// the socket, and so does everything else. (A tokio client refuses,
+    /// with `ERROR_BAD_PIPE`, a server that took its offer without saying it
     /// can wake a tokio end: an unreleased npipe from before tokio ends
-    /// took part.) Reads, writes, message boundaries, *more data*,
-    /// peeks, `transact`, `flush_buffers` and every error are the same
-    /// either way; a request and reply between processes on different CPUs
-    /// took 1.8 µs instead of the socket's 12 on the machine the README
-    /// measured. Off by default: making the region per connection halved
-    /// the connection rate there. Blocking and tokio clients alike (a tokio
-    /// end that must wait is woken through the socket, as its reactor
-    /// cannot wait on the rings); a `call` whose request rides with the
-    /// handshake does not offer it, nor does a client of a remote pipe.
-    /// `NPIPE_SHARED_MEMORY=on` turns it on for every client of the
-    /// process, `=off` off.
+    /// took part.) Reads, writes, message boundaries, *more data*, peeks,
+    /// `transact`, `flush_buffers` and every error are the same either way;
+    /// a request and reply between processes on different CPUs took 1.8 µs
+    /// instead of the socket's 12 on the machine the README measured.
+    ///
+    /// Off by default: making the region for every connection halved the
+    /// connection rate there. A blocking client moves a connection that
+    /// proves busy instead ([`shared_memory_after`](Self::shared_memory_after)).
+    /// Blocking and tokio clients alike (a tokio end that must wait is
+    /// woken through the socket, as its reactor cannot wait on the rings); a
+    /// `call` whose request rides with the handshake does not offer it, nor
+    /// does a client of a remote pipe. `NPIPE_SHARED_MEMORY=on` turns it on
+    /// for every client of the process, `=off` off.
     ///
     /// ```
     /// use npipe::{ClientOptions, ServerOptions};
@@ -499,6 +503,47 @@ impl ClientOptions {
     /// ```
     pub fn shared_memory(&mut self, offer: bool) -> &mut Self {
         self.shared_memory = offer;
+        self
+    }
+
+    /// Moves a busy connection to shared memory: after this many writes on
+    /// the socket (16 by default), a blocking client offers the server a
+    /// ring each way, in mid-stream (PROTOCOL §6d), and both ends' data go
+    /// through the rings from there on, each direction from a marker byte
+    /// the reader steps over. A short connection (a `call`, a request and a
+    /// reply) never pays for a region; a busy one pays once. `None` keeps
+    /// the socket for good.
+    ///
+    /// Only between a blocking client and a blocking server of this
+    /// version, which says in its reply that it takes such an offer: a tokio
+    /// end waits on its socket, where the peer's wake-ups would land in the
+    /// middle of the data before the move (use
+    /// [`shared_memory`](Self::shared_memory) there). Nothing else changes:
+    /// the same bytes, boundaries, peeks and errors. Only a client that
+    /// writes offers: on a pipe only the server writes to, the socket
+    /// stays. `NPIPE_SHARED_MEMORY=off` turns it off for the whole process,
+    /// `=late` makes it offer after the first write (CI runs the suite so,
+    /// to move every connection that writes twice).
+    ///
+    /// ```
+    /// use npipe::{ClientOptions, ServerOptions};
+    ///
+    /// let name = format!("doc-shared-memory-after-{}", std::process::id());
+    /// let listener = ServerOptions::new().create(&name)?;
+    /// let mut client = ClientOptions::new().shared_memory_after(Some(2)).open(&name)?;
+    /// let mut server = listener.accept()?;
+    /// for i in 0..4u8 {
+    ///     client.write_message(&[i; 3])?;
+    ///     assert_eq!(server.recv_message()?, [i; 3]);
+    ///     server.write_message(&[i])?;
+    ///     assert_eq!(client.recv_message()?, [i]);
+    /// }
+    /// // The third write offered the rings: both ends use them now.
+    /// assert!(client.uses_shared_memory() && server.uses_shared_memory());
+    /// # Ok::<(), npipe::Error>(())
+    /// ```
+    pub fn shared_memory_after(&mut self, writes: Option<u32>) -> &mut Self {
+        self.shared_memory_after = writes;
         self
     }
 
@@ -687,30 +732,62 @@ impl ClientOptions {
     }
 }
 
-/// `NPIPE_SHARED_MEMORY`: `on` or `off` forces the shared-memory data path
-/// for the whole process (CI runs the suite both ways); unset or anything
-/// else leaves it to the options.
-pub(crate) fn shared_memory_override() -> Option<bool> {
-    static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+/// By default, a blocking client offers the rings before its 17th write
+/// (so a request and reply, or a few, never pay for a region).
+const LATE_OFFER_AFTER_WRITES: u32 = 16;
+
+/// `NPIPE_SHARED_MEMORY`, which CI sets to run the suite each way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SharedMemoryForced {
+    /// `on`: every client offers with its handshake.
+    On,
+    /// `off`: no one offers or takes.
+    Off,
+    /// `late`: a blocking client that did not offer with its handshake
+    /// offers after its first write.
+    Late,
+}
+
+/// `NPIPE_SHARED_MEMORY`: `on`, `off` or `late` forces the shared-memory
+/// data path for the whole process; unset or anything else leaves it to
+/// the options.
+pub(crate) fn shared_memory_override() -> Option<SharedMemoryForced> {
+    static FORCED: std::sync::OnceLock<Option<SharedMemoryForced>> = std::sync::OnceLock::new();
     *FORCED.get_or_init(|| match std::env::var("NPIPE_SHARED_MEMORY").as_deref() {
-        Ok("on") => Some(true),
-        Ok("off") => Some(false),
+        Ok("on") => Some(SharedMemoryForced::On),
+        Ok("off") => Some(SharedMemoryForced::Off),
+        Ok("late") => Some(SharedMemoryForced::Late),
         _ => None,
     })
 }
 
 impl ClientOptions {
-    /// Whether a connect to `name` offers shared memory (the environment
-    /// first): never with a request pipelined behind the HELLO (it rides on
-    /// the socket), nor to a remote pipe (its socket leads to a gateway).
+    /// Whether a connect to `name` offers shared memory with its HELLO (the
+    /// environment first): never with a request pipelined behind the HELLO
+    /// (it rides on the socket), nor to a remote pipe (its socket leads to
+    /// a gateway).
     pub(crate) fn offers_shared_memory_to(
         &self,
         name: &crate::name::PipeName,
         pipelined: Option<&[u8]>,
     ) -> bool {
-        pipelined.is_none()
-            && name.host().is_none()
-            && shared_memory_override().unwrap_or(self.shared_memory)
+        let wanted = match shared_memory_override() {
+            Some(SharedMemoryForced::On) => true,
+            Some(SharedMemoryForced::Off) => false,
+            Some(SharedMemoryForced::Late) | None => self.shared_memory,
+        };
+        pipelined.is_none() && name.host().is_none() && wanted
+    }
+
+    /// After how many writes a blocking client that kept the socket offers
+    /// the rings in mid-stream (the environment first), if it does.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn late_offer_after(&self) -> Option<u32> {
+        match shared_memory_override() {
+            Some(SharedMemoryForced::Off) => None,
+            Some(SharedMemoryForced::Late) => Some(1),
+            _ => self.shared_memory_after,
+        }
     }
 }
 
@@ -718,6 +795,6 @@ impl ServerOptions {
     /// Whether this server takes an offer: never if the environment says
     /// off.
     pub(crate) fn takes_shared_memory(&self) -> bool {
-        self.shared_memory && shared_memory_override() != Some(false)
+        self.shared_memory && shared_memory_override() != Some(SharedMemoryForced::Off)
     }
 }

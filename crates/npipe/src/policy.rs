@@ -244,6 +244,7 @@ pub(crate) fn description(
         shared_memory: false,
         socket_wakes: false,
         handed_over: false,
+        late_offers: false,
     }
 }
 

@@ -83,6 +83,7 @@ prop_compose! {
             shared_memory: false,
             socket_wakes: false,
             handed_over: false,
+            late_offers: false,
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::namespace::{self, Namespace};
 use crate::options::ClientOptions;
 use crate::pipe::{ClientEnd, Pipe};
 use crate::proto::handshake::{Reply, REPLY_MAX};
-use crate::shm::{self, link::Link, transport::ShmTransport};
+use crate::shm::{self, late::LateShm, link::Link, transport::ShmTransport};
 use crate::stream_core::EndCore;
 use crate::sys::{ShmRegion, Socket};
 use crate::transport::{Recv, Transport};
@@ -55,9 +55,12 @@ impl Pipe<PipeStream, ClientEnd> {
         ) {
             (Link::Socket(socket), rings) => {
                 client_socket::apply_send_buffer(&socket, d.connected.send_buffer);
-                match rings {
-                    Some(rings) => Link::Shm(Box::new(ShmTransport::new(rings, socket))),
-                    None => Link::Socket(socket),
+                match (rings, opts.late_offer_after()) {
+                    (Some(rings), _) => Link::Shm(Box::new(ShmTransport::new(rings, socket))),
+                    (None, Some(after)) if d.connected.late_offers => {
+                        Link::Late(Box::new(LateShm::offerer(socket, after)))
+                    }
+                    (None, _) => Link::Socket(socket),
                 }
             }
             // A gateway's TLS: shared memory is never offered there.

@@ -43,6 +43,7 @@ use crate::policy::Peer;
 use crate::proto::admission::Ticket;
 use crate::proto::handshake::{Hello, PipeDescription, Reply};
 use crate::server_instance::InstancePool;
+use crate::shm::late::LateShm;
 use crate::shm::link::Link;
 use crate::shm::transport::{PeerFd, ShmTransport};
 use crate::sys::RecvFlagsLite;
@@ -381,12 +382,18 @@ pub type PipeServer = Pipe<PipeStream, ServerEnd>;
 /// The server end of a connection the acceptor told OK.
 fn server_end(shared: Arc<Shared>, mut ready: Ready) -> PipeServer {
     let shm = ready.shm.take();
+    let late = ready.late_offers.then_some(ready.cred.user.0);
     let (carrier, end, instance) = shared.state.open_end(shared.clone(), ready);
     let mut io = match (carrier, shm) {
         (Carrier::Socket(socket), Some(rings)) => {
             PipeStream::with_link(Link::Shm(Box::new(ShmTransport::new(rings, socket))), end)
         }
-        (Carrier::Socket(socket), None) => PipeStream::new(socket, end),
+        (Carrier::Socket(socket), None) => match late {
+            Some(uid) => {
+                PipeStream::with_link(Link::Late(Box::new(LateShm::taker(socket, uid))), end)
+            }
+            None => PipeStream::new(socket, end),
+        },
         #[cfg(feature = "remote")]
         (Carrier::Handed(tls), _) => PipeStream::with_link(Link::Tls(tls), end),
     };

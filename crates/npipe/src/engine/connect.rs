@@ -57,6 +57,8 @@ pub(crate) struct Connected {
     pub shared_memory: bool,
     /// The server wakes a client asleep on its socket (REPLY bit 1).
     pub socket_wakes: bool,
+    /// The server takes shared memory offered in mid-stream (REPLY bit 3).
+    pub late_offers: bool,
 }
 
 /// Where a connect stands.
@@ -253,7 +255,8 @@ impl<'a> ConnectCore<'a> {
         let leftover = std::mem::take(&mut self.reply);
         let settled = connect_core::settle(&self.name, answer.map(|r| (r, leftover)), sent);
         let done = settled.and_then(|(desc, leftover)| {
-            let (shared_memory, socket_wakes) = (desc.shared_memory, desc.socket_wakes);
+            let (shared_memory, socket_wakes, late_offers) =
+                (desc.shared_memory, desc.socket_wakes, desc.late_offers);
             let (setup, read_mode, send_buffer) =
                 connect_core::finish(&self.name, &self.attempt, cred, desc)?;
             Ok(Connected {
@@ -263,6 +266,7 @@ impl<'a> ConnectCore<'a> {
                 leftover,
                 shared_memory,
                 socket_wakes,
+                late_offers,
             })
         });
         match done {

@@ -140,6 +140,11 @@ pub struct PipeDescription {
     /// connection over; a HAND-OFF follows (byte 6, bit 2; PROTOCOL §6c).
     /// A client ignores it.
     pub handed_over: bool,
+    /// OK only: the server takes a shared-memory region the client offers
+    /// later, in mid-stream, once the connection has proved busy (byte 6,
+    /// bit 3; PROTOCOL §6d). A server sets it only where it did not take an
+    /// offer with the HELLO; a client from before it ignores the bit.
+    pub late_offers: bool,
 }
 
 impl PipeDescription {
@@ -478,6 +483,7 @@ impl Reply {
                 u8::from(desc.shared_memory)
                     | u8::from(desc.socket_wakes) << 1
                     | u8::from(desc.handed_over) << 2
+                    | u8::from(desc.late_offers) << 3
             }
             _ => 0,
         };
@@ -590,6 +596,7 @@ impl Reply {
                     shared_memory: status == STATUS_CONNECTED && buf[6] & 1 != 0,
                     socket_wakes: status == STATUS_CONNECTED && buf[6] & 2 != 0,
                     handed_over: status == STATUS_CONNECTED && buf[6] & 4 != 0,
+                    late_offers: status == STATUS_CONNECTED && buf[6] & 8 != 0,
                 };
                 let end = fixed + name_len;
                 if status == STATUS_CONNECTED {
@@ -707,6 +714,7 @@ mod tests {
             shared_memory: false,
             socket_wakes: false,
             handed_over: false,
+            late_offers: false,
         }
     }
 
@@ -956,6 +964,12 @@ mod tests {
             other => panic!("{other:?}"),
         }
 
+        let info = info_with_flags(0b11);
+        assert!(!info.shared_memory && !info.socket_wakes);
+    }
+
+    /// An INFO reply whose byte 6 says `flags`, decoded.
+    fn info_with_flags(flags: u8) -> PipeDescription {
         let mut info = Vec::new();
         Reply::Info {
             desc: desc(),
@@ -963,10 +977,25 @@ mod tests {
         }
         .encode(&mut info)
         .unwrap();
-        info[6] = 0b11;
+        info[6] = flags;
         match Reply::decode(&info).unwrap().unwrap().0 {
-            Reply::Info { desc, .. } => assert!(!desc.shared_memory && !desc.socket_wakes),
+            Reply::Info { desc, .. } => desc,
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Bit 3 of byte 6 says an OK's server takes a late offer (PROTOCOL
+    /// §6d); an INFO never does.
+    #[test]
+    fn a_server_that_takes_late_offers_says_so_in_bit_3() {
+        let mut late = desc();
+        late.late_offers = true;
+        let mut out = Vec::new();
+        Reply::Connected(late.clone()).encode(&mut out).unwrap();
+        assert_eq!(out[6], 0b1000);
+        let (back, _) = Reply::decode(&out).unwrap().unwrap();
+        assert_eq!(back, Reply::Connected(late));
+
+        assert!(!info_with_flags(0b1000).late_offers);
     }
 }

@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 #[cfg(feature = "tokio")]
 use ::tokio::io::unix::AsyncFd;
 
+use super::late::LateShm;
 #[cfg(feature = "tokio")]
 use super::transport::async_end::AsyncShm;
 use super::transport::ShmTransport;
@@ -28,6 +29,9 @@ pub(crate) enum Link {
     Socket(Socket),
     /// The rings (boxed: the transport is large and rare to move).
     Shm(Box<ShmTransport>),
+    /// The socket until the connection proves busy, the rings after (a
+    /// late offer, `shm::late`).
+    Late(Box<LateShm>),
     /// A remote pipe: TLS to its gateway, over TCP.
     #[cfg(feature = "remote")]
     Tls(Box<crate::remote::tls_transport::TlsTransport>),
@@ -39,20 +43,27 @@ impl Link {
         match self {
             Link::Socket(s) => s,
             Link::Shm(t) => t.socket(),
+            Link::Late(t) => t.socket(),
             #[cfg(feature = "remote")]
             Link::Tls(t) => t.socket(),
         }
     }
 
-    /// Whether the data goes through shared memory.
+    /// Whether the data goes through shared memory (a late offer's once it
+    /// was made or taken).
     pub(crate) fn is_shared_memory(&self) -> bool {
-        matches!(self, Link::Shm(_))
+        match self {
+            Link::Shm(_) => true,
+            Link::Late(t) => t.has_rings(),
+            _ => false,
+        }
     }
 
     fn transport(&self) -> &dyn Transport {
         match self {
             Link::Socket(s) => s,
             Link::Shm(t) => &**t,
+            Link::Late(t) => &**t,
             #[cfg(feature = "remote")]
             Link::Tls(t) => &**t,
         }

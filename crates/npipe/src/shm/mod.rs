@@ -6,6 +6,7 @@
 
 #[doc(hidden)]
 pub mod hostile;
+pub(crate) mod late;
 pub(crate) mod link;
 pub(crate) mod ring;
 pub(crate) mod transport;

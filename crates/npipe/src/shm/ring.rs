@@ -29,6 +29,7 @@
 //! | 140 | the server, before it answers (first ring only) | the server's `features` |
 //! | 144 | producer | `closed` again, where a side that [`MARKS_RECORDS`] looks |
 //! | 148 | consumer | `closed` again, likewise |
+//! | 152 | producer, before its switch marker (a late offer, PROTOCOL §6d) | `switched_at`: 1 + the bytes it sent on the socket before the marker (u64; 0: still on the socket) |
 //! | 192.. | both | `capacity` bytes of records |
 //!
 //! A record is an 8-byte header (payload length u32, flags u32, little
@@ -58,6 +59,7 @@ const FEATURES: usize = 136;
 const SERVER_FEATURES: usize = 140;
 const PRODUCER_CLOSED_APART: usize = 144;
 const CONSUMER_CLOSED_APART: usize = 148;
+const SWITCHED_AT: usize = 152;
 /// A `features` bit: the client sends a byte on its socket to a side whose
 /// flag says [`ASLEEP_ON_SOCKET`] (a tokio server needs it).
 pub(crate) const WAKES_BY_SOCKET: u32 = 1;
@@ -196,6 +198,13 @@ impl Layout {
     /// server from before the word).
     pub(crate) fn server_features<'r>(&self, r: &'r ShmRegion) -> &'r AtomicU32 {
         r.u32_at(self.word(SERVER_FEATURES))
+    }
+
+    /// Where this ring's producer left the socket (a late offer, PROTOCOL
+    /// §6d): 1 + the bytes it sent there before its marker byte, written
+    /// before the marker is sent; 0 while it still writes to the socket.
+    pub(crate) fn switched_at<'r>(&self, r: &'r ShmRegion) -> &'r AtomicU64 {
+        r.u64_at(self.word(SWITCHED_AT))
     }
 
     /// The record header word at ring position `pos` (8-aligned).

@@ -60,6 +60,26 @@ pub(crate) struct Rings {
 }
 
 impl Rings {
+    /// The client's end of a region it offers in mid-stream (PROTOCOL §6d),
+    /// to a server that said in its OK that it takes such offers: one of
+    /// this version, whose `features` are this version's.
+    pub(crate) fn offered_late(region: ShmRegion) -> Rings {
+        Rings {
+            region,
+            capacity: OFFER_CAPACITY,
+            side: Side::Creator,
+            peer_features: FEATURES_OF_THIS_VERSION,
+        }
+    }
+
+    /// Where the client says it left the socket: 1 + the bytes it sent
+    /// there before its marker (0: it has not said), read once.
+    pub(crate) fn client_switched_at(&self) -> u64 {
+        Layout::new(0, self.capacity)
+            .switched_at(&self.region)
+            .load(Ordering::Acquire)
+    }
+
     /// The rings' capacity.
     #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
@@ -211,6 +231,14 @@ impl HoldsSocket for Socket {
     }
 }
 
+/// A socket shared with what carried the connection before the rings (a
+/// late offer's: `shm::late`).
+impl HoldsSocket for std::sync::Arc<Socket> {
+    fn socket(&self) -> &Socket {
+        self
+    }
+}
+
 /// One end of a connection whose data goes through shared memory, its
 /// socket held by `S`.
 #[derive(Debug)]
@@ -285,6 +313,27 @@ impl<S: HoldsSocket> ShmTransport<S> {
     /// The socket that came with the connection.
     pub(crate) fn socket(&self) -> &Socket {
         self.socket.socket()
+    }
+
+    /// Where the peer said it left the socket for the ring it writes to
+    /// (PROTOCOL §6d): the bytes it sent there before its marker byte, or
+    /// `None` while it has not said.
+    pub(crate) fn peer_switched_at(&self) -> Option<u64> {
+        let said = self
+            .rx_layout
+            .switched_at(&self.region)
+            .load(Ordering::Acquire);
+        said.checked_sub(1)
+    }
+
+    /// Says where this end leaves the socket for its ring (`Some`: after
+    /// `sent` bytes there, its marker next), or that it stays (`None`: a
+    /// marker that could not be sent).
+    pub(crate) fn say_switched_at(&self, sent: Option<u64>) {
+        let word = sent.map_or(0, |n| n + 1);
+        self.tx_layout
+            .switched_at(&self.region)
+            .store(word, Ordering::Release);
     }
 
     /// What holds the socket.
@@ -552,7 +601,7 @@ impl<S: HoldsSocket> ShmTransport<S> {
     }
 
     /// Sends what fits of `parts`, waiting for room if `wait` says so.
-    fn send_parts(&self, parts: &[IoSlice<'_>], wait: bool) -> io::Result<usize> {
+    pub(crate) fn send_parts(&self, parts: &[IoSlice<'_>], wait: bool) -> io::Result<usize> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         if total == 0 {
             return Ok(0);

@@ -440,6 +440,41 @@ impl Socket {
         Ok(n)
     }
 
+    /// Receives into `buf`, watching for a descriptor riding along (a late
+    /// shared-memory offer, PROTOCOL §6d): see [`recv_watching`].
+    pub fn recv_watching(
+        &self,
+        buf: &mut [u8],
+        how: Watch,
+        sender: u32,
+    ) -> io::Result<(usize, Rode)> {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes while
+        // borrowed here, and initialised already.
+        unsafe { recv_watching(self, buf.as_mut_ptr(), buf.len(), how, sender) }
+    }
+
+    /// As [`recv_watching`](Self::recv_watching), into the spare capacity
+    /// of `vec` (never zeroed first), growing its length by what arrived.
+    pub fn recv_spare_watching(
+        &self,
+        vec: &mut Vec<u8>,
+        how: Watch,
+        sender: u32,
+    ) -> io::Result<(usize, Rode)> {
+        let spare = vec.spare_capacity_mut();
+        // SAFETY: the spare capacity is valid for writes of its length
+        // while `vec` is borrowed; the kernel writes bytes only, and only
+        // the `n` it reports are made part of the vector below.
+        let got =
+            unsafe { recv_watching(self, spare.as_mut_ptr().cast(), spare.len(), how, sender) };
+        if let Ok((n, _)) = &got {
+            // SAFETY: `recvmsg` initialised the first `n` bytes of the
+            // spare capacity (n never exceeds the length it was given).
+            unsafe { vec.set_len(vec.len() + n) };
+        }
+        got
+    }
+
     /// Shuts down the sending side (the peer reads end of stream).
     pub fn shutdown_write(&self) -> io::Result<()> {
         Ok(rustix::net::shutdown(&self.0, Shutdown::Write)?)
@@ -642,6 +677,126 @@ impl Socket {
             .map(|r| r.contains(PollFlags::ERR))
             .unwrap_or(false)
     }
+}
+
+/// How [`Socket::recv_watching`] receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    /// Wait for data, within the socket's read timeout.
+    Wait,
+    /// `WouldBlock` at once if nothing is there.
+    DontWait,
+    /// Look without consuming, never waiting (a descriptor that rode along
+    /// comes back as a copy: the socket keeps its own).
+    Peek,
+}
+
+/// What rode along with the bytes of a [`Socket::recv_watching`].
+#[derive(Debug)]
+pub enum Rode {
+    /// No descriptor.
+    Nothing,
+    /// A memory file, the first descriptor that came.
+    MemoryFile(OwnedFd),
+    /// A descriptor of another kind (closed elsewhere), or one the kernel
+    /// dropped because closes are far behind: the bytes it rode with
+    /// carried one, which this end cannot use.
+    Unusable,
+}
+
+/// `recvmsg(2)` into `len` bytes at `ptr`, with room for one descriptor.
+/// The kernel never glues the bytes after a descriptor's to them, so one
+/// that came rode with the last byte received. The first memory file is
+/// handed back; any other descriptor is closed elsewhere, counted against
+/// `sender` (the peer's uid); while `sender`'s closes (or everyone's) are
+/// far behind none is taken in and the kernel drops it, seen as a
+/// truncated control message.
+///
+/// # Safety
+///
+/// `ptr` must be valid for writes of `len` bytes for the call's duration.
+unsafe fn recv_watching(
+    socket: &Socket,
+    ptr: *mut u8,
+    len: usize,
+    how: Watch,
+    sender: u32,
+) -> io::Result<(usize, Rode)> {
+    let take = !closes_pending(|p| p.backlogged(sender));
+    // Room for one `SCM_RIGHTS` of one descriptor, aligned for `cmsghdr`.
+    let mut space = [0u64; 4];
+    let mut iov = libc::iovec {
+        iov_base: ptr.cast(),
+        iov_len: len,
+    };
+    // SAFETY: an all-zero `msghdr` is a valid empty one (null pointers,
+    // zero lengths); the fields set below point at live locals.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if take {
+        msg.msg_control = space.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&space) as _;
+    }
+    let flags = libc::MSG_CMSG_CLOEXEC
+        | match how {
+            Watch::Wait => 0,
+            Watch::DontWait => libc::MSG_DONTWAIT,
+            Watch::Peek => libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        };
+    let n = loop {
+        // SAFETY: `msg` points at `iov` (the caller's `len` writable bytes)
+        // and at `space` (its own length), all live for the call.
+        let n = unsafe { libc::recvmsg(socket.0.as_raw_fd(), &mut msg, flags) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let mut rode = if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        Rode::Unusable
+    } else {
+        Rode::Nothing
+    };
+    if !take || msg.msg_controllen == 0 {
+        return Ok((n, rode));
+    }
+    // SAFETY: `msg` was filled in by the kernel, its control pointing at
+    // `space`; the CMSG_ macros walk only within `msg_controllen` of it.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: `cmsg` is non-null and within the control buffer.
+        let header = unsafe { &*cmsg };
+        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: the data of this header lies within it, its length
+            // given by cmsg_len.
+            let data = unsafe { libc::CMSG_DATA(cmsg) };
+            let bytes = header.cmsg_len as usize - (data as usize - cmsg as usize);
+            for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
+                // SAFETY: within the data just bounded; unaligned read, as
+                // CMSG_DATA promises no alignment.
+                let raw = unsafe { data.cast::<libc::c_int>().add(i).read_unaligned() };
+                // SAFETY: the kernel installed this descriptor for us
+                // (SCM_RIGHTS), and nothing else owns it.
+                let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+                if matches!(rode, Rode::Nothing) && is_memory_file(&fd) {
+                    rode = Rode::MemoryFile(fd);
+                } else {
+                    rode = match rode {
+                        Rode::MemoryFile(f) => Rode::MemoryFile(f),
+                        _ => Rode::Unusable,
+                    };
+                    queue_close(fd, Some(sender));
+                }
+            }
+        }
+        // SAFETY: as for CMSG_FIRSTHDR: bounded by `msg`.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+    }
+    Ok((n, rode))
 }
 
 /// Blocking or not, for [`Socket::recv_spare`].

@@ -250,3 +250,44 @@ fn a_client_short_of_descriptors_connects_without_shared_memory() {
     let mut c = spawn("open_at_fd_limit", &[&name]);
     assert_eq!(c.expect("ok"), "false");
 }
+
+/// By default a blocking client moves a busy connection to the rings in
+/// mid-stream (its 17th write offers them, PROTOCOL §6d) when its server is
+/// a blocking one, and keeps the socket with a tokio server, which takes no
+/// late offer; either way every reply comes back whole across the move, a
+/// message larger than a ring included. (`NPIPE_SHARED_MEMORY=on` offers
+/// with the handshake instead, `=late` after the first write.)
+fn a_busy_connection_moves_to_the_rings(front: Front) {
+    let forced = std::env::var("NPIPE_SHARED_MEMORY").ok();
+    let at_connect = forced.as_deref() == Some("on");
+    let late = front == Front::Blocking && !forced_off();
+    let name = unique("shm-late");
+    let mut srv = server_on(front, &name, &[]);
+    let mut c = ClientOptions::new()
+        .wait(npipe::Wait::Timeout(HANG))
+        .open(&name)
+        .unwrap();
+    srv.expect("conn");
+    assert_eq!(c.uses_shared_memory(), at_connect);
+    c.write_message(b"first").unwrap();
+    assert_eq!(c.recv_message().unwrap(), b"first");
+    for i in 1..16u32 {
+        let m = i.to_le_bytes().repeat(i as usize);
+        assert_eq!(c.transact(&m).unwrap(), m);
+    }
+    let after_first = forced.as_deref() == Some("late") && late;
+    assert_eq!(c.uses_shared_memory(), at_connect || after_first);
+    let big: Vec<u8> = (0..600_000u32).map(|i| (i % 249) as u8).collect();
+    c.write_message(&big).unwrap();
+    assert!(
+        c.recv_message().unwrap() == big,
+        "the large message came back changed"
+    );
+    assert_eq!(c.uses_shared_memory(), at_connect || late);
+    for i in 0..200u32 {
+        let m = i.to_le_bytes().repeat(1 + i as usize % 40);
+        assert_eq!(c.transact(&m).unwrap(), m);
+    }
+}
+
+on_both_servers!(a_busy_connection_moves_to_the_rings);

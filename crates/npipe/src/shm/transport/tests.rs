@@ -258,6 +258,7 @@ fn a_client_takes_rings_only_as_agreed() {
         leftover: Vec::new(),
         shared_memory,
         socket_wakes,
+        late_offers: false,
     };
     let kept = agreed(&answer(false, false), Some(offer().unwrap()), &name, true);
     assert!(kept.unwrap().is_none(), "declined: the socket stays");

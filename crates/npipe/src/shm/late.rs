@@ -1,0 +1,525 @@
+//! A connection that starts on its socket and moves its data to the
+//! shared-memory rings once it has proved busy: a *late offer* (PROTOCOL
+//! §6d). Making, sealing, mapping and unmapping a region costs about what a
+//! whole socket connection does (DESIGN-NOTES), so a short connection never
+//! pays for it and a busy one pays once.
+//!
+//! Each direction moves on its own, at a marker byte on the socket. The
+//! client, after a number of writes, makes a region and sends it with its
+//! marker (`SCM_RIGHTS`); everything it writes after goes into the first
+//! ring. The server reads the socket up to the marker (the kernel never
+//! glues the bytes after a descriptor's to them, so the marker is the last
+//! byte of the receive the region came with), takes the region, and reads
+//! the first ring from there; its own writes move at its next send, behind
+//! a marker of its own. Before sending its marker each side writes into its
+//! ring's `switched_at` word how many bytes it sent on the socket: the
+//! server checks the client's against where the region came, and the
+//! client learns from the server's which byte is the marker (its own
+//! marker carries nothing else to tell it by).
+//!
+//! Only a blocking client offers, and only a blocking server takes: an end
+//! whose writer sleeps on its socket (a tokio end) would need the peer's
+//! wake-up bytes, which before the peer's marker would land in the middle
+//! of its data. Both tokio ends still take part in the offer made with the
+//! HELLO (`shm::transport`).
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use super::ring::Layout;
+use super::transport::{self, PeerFd, Rings, ShmTransport, OFFER_CAPACITY};
+use crate::error::{Error, ErrorCode};
+use crate::sys::{Rode, Socket, Watch};
+use crate::transport::{Delivery, Recv, Transport};
+
+/// The byte that marks where a side left the socket (PROTOCOL §6d).
+pub(crate) const MARKER: u8 = b'S';
+
+/// Which part this end plays.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    /// A client: offers the rings before write number `after` + 1.
+    Offerer { after: u32 },
+    /// A server: takes an offer from the client whose uid is `peer_uid`
+    /// (descriptors it sends that are not an offer are closed elsewhere,
+    /// counted against it).
+    Taker { peer_uid: u32 },
+}
+
+/// The sending side: what went out on the socket.
+#[derive(Debug, Default)]
+struct Tx {
+    /// Bytes sent on the socket (the marker not counted).
+    socket_bytes: u64,
+    /// Sends that went out on the socket.
+    writes: u32,
+    /// A region could not be made: this end keeps the socket.
+    no_offer: bool,
+}
+
+/// A connection's bytes, on its socket until they move to the rings.
+#[derive(Debug)]
+pub(crate) struct LateShm {
+    socket: Arc<Socket>,
+    role: Role,
+    /// Made by the client's offer, or by the server's taking it.
+    rings: OnceLock<ShmTransport<Arc<Socket>>>,
+    /// Held across a send on the socket: only senders take it.
+    tx: Mutex<Tx>,
+    /// This end's writes go into the rings.
+    tx_on_rings: AtomicBool,
+    /// Bytes received on the socket, the peer's marker counted (never held
+    /// across a receive: one reader at a time, and peeks read it).
+    rx_socket_bytes: Mutex<u64>,
+    /// This end reads from the rings (it has passed the peer's marker).
+    rx_on_rings: AtomicBool,
+    /// The read and write timeouts, for rings made later.
+    timeouts: Mutex<(Option<Duration>, Option<Duration>)>,
+}
+
+/// Where a receive puts what it takes.
+enum Dest<'a> {
+    Slice(&'a mut [u8]),
+    /// A vector's spare capacity, its length before the receive.
+    Spare(&'a mut Vec<u8>, usize),
+}
+
+impl Dest<'_> {
+    fn recv_socket(&mut self, socket: &Socket, how: Recv) -> io::Result<usize> {
+        match self {
+            Dest::Slice(buf) => Transport::recv(socket, buf, how),
+            Dest::Spare(vec, _) => Transport::recv_spare(socket, vec, how),
+        }
+    }
+
+    fn recv_watching(&mut self, socket: &Socket, how: Recv, uid: u32) -> io::Result<(usize, Rode)> {
+        let how = match how {
+            Recv::Wait => Watch::Wait,
+            Recv::DontWait => Watch::DontWait,
+        };
+        match self {
+            Dest::Slice(buf) => socket.recv_watching(buf, how, uid),
+            Dest::Spare(vec, _) => socket.recv_spare_watching(vec, how, uid),
+        }
+    }
+
+    fn recv_rings(&mut self, rings: &ShmTransport<Arc<Socket>>, how: Recv) -> io::Result<usize> {
+        match self {
+            Dest::Slice(buf) => rings.recv(buf, how),
+            Dest::Spare(vec, _) => rings.recv_spare(vec, how),
+        }
+    }
+
+    /// Byte `i` of what the last receive took.
+    fn byte(&self, i: usize) -> u8 {
+        match self {
+            Dest::Slice(buf) => buf[i],
+            Dest::Spare(vec, start) => vec[*start + i],
+        }
+    }
+
+    /// Keeps the first `n` bytes of what the last receive took.
+    fn keep(&mut self, n: usize) {
+        if let Dest::Spare(vec, start) = self {
+            vec.truncate(*start + n);
+        }
+    }
+}
+
+/// The error for a peer that broke the late offer's rules.
+fn bad(why: impl std::fmt::Display) -> io::Error {
+    let e = Error::new(
+        ErrorCode::BadPipe,
+        format!("the peer's move to shared memory failed ({why}): the connection is closed"),
+    );
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl LateShm {
+    /// A client's end, on `socket` until its write number `after` + 1,
+    /// before which it offers the rings (the server said in its OK that it
+    /// takes such offers).
+    pub(crate) fn offerer(socket: Socket, after: u32) -> LateShm {
+        LateShm::new(socket, Role::Offerer { after })
+    }
+
+    /// A server's end, which told its client (uid `peer_uid`) in the OK
+    /// that it takes a late offer.
+    pub(crate) fn taker(socket: Socket, peer_uid: u32) -> LateShm {
+        LateShm::new(socket, Role::Taker { peer_uid })
+    }
+
+    fn new(socket: Socket, role: Role) -> LateShm {
+        LateShm {
+            socket: Arc::new(socket),
+            role,
+            rings: OnceLock::new(),
+            tx: Mutex::new(Tx::default()),
+            tx_on_rings: AtomicBool::new(false),
+            rx_socket_bytes: Mutex::new(0),
+            rx_on_rings: AtomicBool::new(false),
+            timeouts: Mutex::new((None, None)),
+        }
+    }
+
+    /// The connection's socket.
+    pub(crate) fn socket(&self) -> &Socket {
+        &self.socket
+    }
+
+    /// Whether the rings were offered (a client) or taken (a server).
+    pub(crate) fn has_rings(&self) -> bool {
+        self.rings.get().is_some()
+    }
+
+    fn tx(&self) -> MutexGuard<'_, Tx> {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn rx_socket_bytes(&self) -> MutexGuard<'_, u64> {
+        self.rx_socket_bytes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The rings, once made, with this end's timeouts.
+    fn install(&self, rings: Rings) -> &ShmTransport<Arc<Socket>> {
+        let t = ShmTransport::new(rings, Arc::clone(&self.socket));
+        let (read, write) = *self.timeouts.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = t.set_read_timeout(read);
+        let _ = t.set_write_timeout(write);
+        // Only one thread makes them: the sender (a client) under `tx`, or
+        // the one reader (a server).
+        let _ = self.rings.set(t);
+        self.rings.get().expect("just set")
+    }
+
+    // ---- sending ----
+
+    /// Sends `parts` on the socket or the rings, moving to the rings first
+    /// where it is time. `wait`: whether a send may wait for room.
+    fn send_parts(&self, parts: &[IoSlice<'_>], wait: bool) -> io::Result<usize> {
+        let mut tx = self.tx();
+        if !self.tx_on_rings.load(Ordering::Relaxed) {
+            self.maybe_move(&mut tx, wait)?;
+        }
+        if let (true, Some(rings)) = (self.tx_on_rings.load(Ordering::Relaxed), self.rings.get()) {
+            drop(tx);
+            return rings.send_parts(parts, wait);
+        }
+        let n = if wait {
+            self.socket.send_vectored(parts)?
+        } else {
+            self.socket.send_vectored_nonblocking(parts)?
+        };
+        tx.socket_bytes += n as u64;
+        tx.writes = tx.writes.saturating_add(1);
+        Ok(n)
+    }
+
+    /// Moves this end's writes to the rings if it is time: a client's after
+    /// its writes on the socket, a server's once it took the offer.
+    fn maybe_move(&self, tx: &mut Tx, wait: bool) -> io::Result<()> {
+        match self.role {
+            // A send that may not wait (the disconnect mark) never offers.
+            Role::Offerer { after } if wait && !tx.no_offer && tx.writes >= after => self.offer(tx),
+            Role::Taker { .. } => match self.rings.get() {
+                Some(rings) => self.follow(rings, tx, wait),
+                None => Ok(()),
+            },
+            Role::Offerer { .. } => Ok(()),
+        }
+    }
+
+    /// A client's offer: a fresh region, the socket bytes sent so far
+    /// written into it, and the marker sent with it. A region that cannot
+    /// be made leaves the connection on the socket for good; a marker that
+    /// cannot be sent fails this send (the peer is gone, or the write
+    /// timeout passed: the next send tries again).
+    fn offer(&self, tx: &mut Tx) -> io::Result<()> {
+        let region = match transport::offer() {
+            Ok(region) => region,
+            Err(_) => {
+                tx.no_offer = true;
+                return Ok(());
+            }
+        };
+        Layout::new(0, OFFER_CAPACITY)
+            .switched_at(&region)
+            .store(tx.socket_bytes + 1, Ordering::Release);
+        let sent = self.socket.send_with_fd(&[MARKER], region.fd().as_fd())?;
+        if sent != 1 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.install(Rings::offered_late(region));
+        self.tx_on_rings.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A server that took the offer moves its writes too: where it left
+    /// the socket written into its ring, then its marker.
+    fn follow(&self, rings: &ShmTransport<Arc<Socket>>, tx: &mut Tx, wait: bool) -> io::Result<()> {
+        rings.say_switched_at(Some(tx.socket_bytes));
+        let sent = if wait {
+            self.socket.send(&[MARKER])
+        } else {
+            self.socket.send_nonblocking(&[MARKER])
+        };
+        match sent {
+            Ok(1) => {
+                self.tx_on_rings.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            other => {
+                // Not moved: the word must not point at a byte that will
+                // be data.
+                rings.say_switched_at(None);
+                Err(other
+                    .err()
+                    .unwrap_or_else(|| io::ErrorKind::WriteZero.into()))
+            }
+        }
+    }
+
+    // ---- receiving ----
+
+    /// A receive into `dest`, from the socket until the peer's marker and
+    /// from the rings after it.
+    fn recv_to(&self, dest: &mut Dest<'_>, how: Recv) -> io::Result<usize> {
+        loop {
+            if self.rx_on_rings.load(Ordering::Acquire) {
+                let rings = self.rings.get().expect("reading the rings that were made");
+                return dest.recv_rings(rings, how);
+            }
+            let start = *self.rx_socket_bytes();
+            let (n, rode) = match self.role {
+                Role::Offerer { .. } => (dest.recv_socket(&self.socket, how)?, Rode::Nothing),
+                Role::Taker { peer_uid } => dest.recv_watching(&self.socket, how, peer_uid)?,
+            };
+            if n == 0 {
+                return Ok(0);
+            }
+            let end = start + n as u64;
+            let Some(at) = self.marker_in(start, end, rode)? else {
+                *self.rx_socket_bytes() = end;
+                return Ok(n);
+            };
+            let data = (at - start) as usize;
+            if dest.byte(data) != MARKER {
+                return Err(bad(
+                    "the byte where the peer said it left the socket is not its marker",
+                ));
+            }
+            // Anything after the marker is a wake-up byte (no version of
+            // the socket path follows the marker with data).
+            dest.keep(data);
+            *self.rx_socket_bytes() = at + 1;
+            self.rx_on_rings.store(true, Ordering::Release);
+            if data > 0 {
+                return Ok(data);
+            }
+        }
+    }
+
+    /// Where the peer's marker lies among socket bytes `start..end` just
+    /// received (or peeked), if among them; a server takes the offer here.
+    fn marker_in(&self, start: u64, end: u64, rode: Rode) -> io::Result<Option<u64>> {
+        match (self.role, rode) {
+            (Role::Offerer { .. }, _) => {
+                let Some(at) = self.rings.get().and_then(|r| r.peer_switched_at()) else {
+                    return Ok(None);
+                };
+                if at < start {
+                    return Err(bad(
+                        "the server says it left the socket before bytes already read",
+                    ));
+                }
+                Ok((at < end).then_some(at))
+            }
+            (Role::Taker { .. }, Rode::Nothing) => Ok(None),
+            (Role::Taker { .. }, Rode::Unusable) => Err(bad(
+                "a descriptor came that is not a memory file, or this server had too many \
+                 of the client's descriptors still to close to take it in",
+            )),
+            (Role::Taker { .. }, Rode::MemoryFile(fd)) => {
+                let at = end - 1;
+                self.take(fd, at)?;
+                Ok(Some(at))
+            }
+        }
+    }
+
+    /// A server takes the client's region, which came with socket byte
+    /// `at`: sound (sealed, of a size it takes) and saying it left the
+    /// socket there. A region taken already (by a peek) leaves this copy
+    /// to be closed.
+    fn take(&self, fd: OwnedFd, at: u64) -> io::Result<()> {
+        let fd = PeerFd::new(fd);
+        if self.rings.get().is_some() {
+            return Ok(());
+        }
+        let rings = transport::take_offer(fd, false).map_err(|e| bad(format_args!("{e}")))?;
+        if rings.client_switched_at() != at + 1 {
+            return Err(bad(
+                "the client's region does not say it left the socket where it did",
+            ));
+        }
+        self.install(rings);
+        Ok(())
+    }
+
+    /// What the socket holds before the peer's marker (all of it if the
+    /// marker is not there), and whether the marker is there.
+    fn peek_socket(&self) -> io::Result<(Vec<u8>, bool)> {
+        let start = *self.rx_socket_bytes();
+        let queued = self.socket.readable_bytes()?;
+        let mut buf = Vec::with_capacity(queued.max(1));
+        let rode = match self.role {
+            Role::Offerer { .. } => {
+                buf = self.socket.peek_queued();
+                Rode::Nothing
+            }
+            Role::Taker { peer_uid } => {
+                self.socket
+                    .recv_spare_watching(&mut buf, Watch::Peek, peer_uid)?
+                    .1
+            }
+        };
+        if buf.is_empty() {
+            return Ok((buf, false));
+        }
+        match self.marker_in(start, start + buf.len() as u64, rode)? {
+            Some(at) => {
+                buf.truncate((at - start) as usize);
+                Ok((buf, true))
+            }
+            None => Ok((buf, false)),
+        }
+    }
+}
+
+impl Transport for LateShm {
+    fn recv(&self, buf: &mut [u8], how: Recv) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        self.recv_to(&mut Dest::Slice(buf), how)
+    }
+
+    fn recv_spare(&self, buf: &mut Vec<u8>, how: Recv) -> io::Result<usize> {
+        if buf.capacity() == buf.len() {
+            buf.reserve(4096);
+        }
+        let start = buf.len();
+        self.recv_to(&mut Dest::Spare(buf, start), how)
+    }
+
+    fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        self.send_parts(&[IoSlice::new(buf)], true)
+    }
+
+    fn send_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.send_parts(bufs, true)
+    }
+
+    fn send_nonblocking(&self, buf: &[u8]) -> io::Result<usize> {
+        self.send_parts(&[IoSlice::new(buf)], false)
+    }
+
+    fn readable_bytes(&self) -> io::Result<usize> {
+        if let (true, Some(rings)) = (self.rx_on_rings.load(Ordering::Acquire), self.rings.get()) {
+            return rings.readable_bytes();
+        }
+        if self.socket.readable_bytes()? == 0 {
+            return Ok(0);
+        }
+        let (before, marker) = self.peek_socket()?;
+        let after = match (marker, self.rings.get()) {
+            (true, Some(rings)) => rings.readable_bytes()?,
+            _ => 0,
+        };
+        Ok(before.len() + after)
+    }
+
+    fn peek_queued(&self) -> Vec<u8> {
+        if let (true, Some(rings)) = (self.rx_on_rings.load(Ordering::Acquire), self.rings.get()) {
+            return rings.peek_queued();
+        }
+        let Ok((mut before, marker)) = self.peek_socket() else {
+            return Vec::new();
+        };
+        if let (true, Some(rings)) = (marker, self.rings.get()) {
+            before.extend(rings.peek_queued());
+        }
+        before
+    }
+
+    /// Before the peer's marker, the socket's readiness: when the marker is
+    /// all there is, that says readable although a receive that does not
+    /// wait then finds nothing (it has moved to the rings).
+    fn wait_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        if let (true, Some(rings)) = (self.rx_on_rings.load(Ordering::Acquire), self.rings.get()) {
+            return rings.wait_readable(timeout);
+        }
+        Transport::wait_readable(&*self.socket, timeout)
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.timeouts.lock().unwrap_or_else(|e| e.into_inner()).0 = timeout;
+        if let Some(rings) = self.rings.get() {
+            rings.set_read_timeout(timeout)?;
+        }
+        self.socket.set_read_timeout(timeout)
+    }
+
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.timeouts.lock().unwrap_or_else(|e| e.into_inner()).1 = timeout;
+        if let Some(rings) = self.rings.get() {
+            rings.set_write_timeout(timeout)?;
+        }
+        self.socket.set_write_timeout(timeout)
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        let tx = self.tx();
+        match (self.tx_on_rings.load(Ordering::Relaxed), self.rings.get()) {
+            (true, Some(rings)) => rings.shutdown_write(),
+            _ => {
+                drop(tx);
+                self.socket.shutdown_write()
+            }
+        }
+    }
+
+    fn shutdown_both(&self) -> io::Result<()> {
+        match self.rings.get() {
+            Some(rings) => rings.shutdown_both(),
+            None => self.socket.shutdown_both(),
+        }
+    }
+
+    /// On the rings, what the peer has not read is what it left on the
+    /// socket and in the ring. Our marker counts while unread, and rightly:
+    /// the bytes of the send that wrote it follow it in the ring, unread
+    /// too.
+    fn delivery(&self) -> io::Result<Delivery> {
+        let rings = match (self.tx_on_rings.load(Ordering::Relaxed), self.rings.get()) {
+            (true, Some(rings)) => rings,
+            _ => return self.socket.delivery(),
+        };
+        let on_socket = self.socket.unread_by_peer()?;
+        let ring = rings.delivery()?;
+        let unread_by_peer = on_socket + ring.unread_by_peer;
+        Ok(Delivery {
+            unread_by_peer,
+            peer_hung_up: ring.peer_hung_up,
+            peer_dropped_unread: ring.peer_hung_up && unread_by_peer > 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,224 @@
+//! The late offer over a socket pair in one process: the bytes around each
+//! side's marker, peeks and flushes across it, and peers that break its
+//! rules.
+
+use std::io::{ErrorKind, IoSlice};
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::*;
+use crate::sys::{effective_uid, Socket};
+
+/// A client that offers before its write number `after` + 1, and its server.
+fn pair(after: u32) -> (LateShm, LateShm) {
+    let (a, b) = Socket::pair().unwrap();
+    (
+        LateShm::offerer(a, after),
+        LateShm::taker(b, effective_uid()),
+    )
+}
+
+/// A server over `b` and the raw socket `a` its client writes with.
+fn raw_client() -> (Socket, LateShm) {
+    let (a, b) = Socket::pair().unwrap();
+    (a, LateShm::taker(b, effective_uid()))
+}
+
+fn read_exactly(t: &impl Transport, n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let mut buf = vec![0u8; n - out.len()];
+        let got = t.recv(&mut buf, Recv::Wait).unwrap();
+        assert!(got > 0, "end of stream after {} of {n} bytes", out.len());
+        out.extend_from_slice(&buf[..got]);
+    }
+    out
+}
+
+#[test]
+fn each_direction_moves_at_its_marker_and_no_byte_is_lost_or_doubled() {
+    let (client, server) = pair(2);
+    client.send(b"one").unwrap();
+    client.send(b"two").unwrap();
+    assert!(!client.has_rings(), "two writes stay on the socket");
+    // The server answers before it has read the offer: on the socket.
+    server.send(b"early").unwrap();
+    client.send(b"three").unwrap();
+    assert!(client.has_rings() && client.tx_on_rings.load(Ordering::Relaxed));
+    client.send(b"four").unwrap();
+    assert_eq!(read_exactly(&server, 15), b"onetwothreefour");
+    assert!(
+        server.rx_on_rings.load(Ordering::Relaxed),
+        "past the marker"
+    );
+    assert!(
+        !server.tx_on_rings.load(Ordering::Relaxed),
+        "moves at its next send"
+    );
+    server.send(b"late").unwrap();
+    assert!(server.tx_on_rings.load(Ordering::Relaxed));
+    server.send(b"r").unwrap();
+    assert_eq!(read_exactly(&client, 10), b"earlylater");
+    assert!(client.rx_on_rings.load(Ordering::Relaxed));
+    // Both ways on the rings now.
+    client.send(b"x").unwrap();
+    assert_eq!(read_exactly(&server, 1), b"x");
+    assert_eq!(server.socket().readable_bytes().unwrap(), 0);
+}
+
+#[test]
+fn a_first_write_that_offers_goes_whole_into_the_ring() {
+    let (client, server) = pair(0);
+    client.send(b"all in the ring").unwrap();
+    assert!(client.has_rings());
+    // The marker alone is on the socket: a receive that does not wait
+    // steps over it and finds the ring's bytes.
+    let mut buf = [0u8; 64];
+    let n = server.recv(&mut buf, Recv::DontWait).unwrap();
+    assert_eq!(&buf[..n], b"all in the ring");
+    let mut spare = Vec::with_capacity(8);
+    assert_eq!(
+        server
+            .recv_spare(&mut spare, Recv::DontWait)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::WouldBlock
+    );
+}
+
+#[test]
+fn peeks_see_both_sides_of_the_marker_without_the_marker() {
+    let (client, server) = pair(1);
+    client.send(b"ab").unwrap();
+    client.send(b"cd").unwrap();
+    assert!(client.has_rings());
+    // The server's peek takes the offer to see past the marker.
+    assert_eq!(server.readable_bytes().unwrap(), 4);
+    assert_eq!(server.peek_queued(), b"abcd");
+    assert!(server.has_rings() && !server.rx_on_rings.load(Ordering::Relaxed));
+    assert_eq!(read_exactly(&server, 4), b"abcd");
+
+    server.send(b"ef").unwrap();
+    server.send(b"gh").unwrap();
+    assert_eq!(client.readable_bytes().unwrap(), 4);
+    assert_eq!(client.peek_queued(), b"efgh");
+    let mut v = Vec::with_capacity(16);
+    while v.len() < 4 {
+        client.recv_spare(&mut v, Recv::Wait).unwrap();
+    }
+    assert_eq!(v, b"efgh");
+}
+
+/// A flush waits for the socket's bytes and the ring's (the socket counts
+/// its buffers' memory, not bytes: only "none" is exact).
+#[test]
+fn a_flush_waits_for_both_sides_of_the_marker() {
+    let (client, server) = pair(1);
+    client.send(b"ab").unwrap();
+    client.send(b"cd").unwrap();
+    assert!(client.delivery().unwrap().unread_by_peer > 0);
+    let mut two = [0u8; 2];
+    assert_eq!(server.recv(&mut two, Recv::Wait).unwrap(), 2);
+    assert!(
+        client.delivery().unwrap().unread_by_peer > 0,
+        "cd is unread"
+    );
+    assert_eq!(read_exactly(&server, 2), b"cd");
+    let d = client.delivery().unwrap();
+    assert_eq!((d.unread_by_peer, d.peer_hung_up), (0, false));
+}
+
+#[test]
+fn a_client_that_closes_after_its_offer_ends_the_stream_after_its_bytes() {
+    let (client, server) = pair(1);
+    client.send(b"ab").unwrap();
+    client.send(b"cd").unwrap();
+    drop(client);
+    assert_eq!(read_exactly(&server, 4), b"abcd");
+    let mut buf = [0u8; 4];
+    assert_eq!(server.recv(&mut buf, Recv::Wait).unwrap(), 0);
+}
+
+#[test]
+fn timeouts_set_before_the_move_hold_on_the_rings() {
+    let (client, server) = pair(0);
+    server
+        .set_read_timeout(Some(Duration::from_millis(30)))
+        .unwrap();
+    client.send(b"x").unwrap();
+    assert_eq!(read_exactly(&server, 1), b"x");
+    let mut buf = [0u8; 1];
+    let e = server.recv(&mut buf, Recv::Wait).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WouldBlock);
+}
+
+/// The client's region must say it left the socket where its marker came.
+#[test]
+fn a_region_that_misplaces_the_marker_breaks_the_connection() {
+    for said in [0u64, 1, 2, 4, 100] {
+        // Right would be 3: two bytes before the marker, plus one.
+        let (raw, server) = raw_client();
+        raw.send(b"ab").unwrap();
+        let region = transport::offer().unwrap();
+        Layout::new(0, OFFER_CAPACITY)
+            .switched_at(&region)
+            .store(said, Ordering::Release);
+        raw.send_with_fd(&[MARKER], region.fd().as_fd()).unwrap();
+        let mut buf = [0u8; 16];
+        let e = server.recv(&mut buf, Recv::Wait).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidData, "said {said}: {e}");
+        assert!(e.to_string().contains("does not say"), "{e}");
+    }
+}
+
+#[test]
+fn a_descriptor_that_is_no_memory_file_breaks_the_connection() {
+    let (raw, server) = raw_client();
+    let (other, _keep) = Socket::pair().unwrap();
+    raw.send_with_fd(b"x", other.as_fd()).unwrap();
+    let mut buf = [0u8; 16];
+    let e = server.recv(&mut buf, Recv::Wait).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
+}
+
+#[test]
+fn a_marker_byte_that_is_not_one_breaks_the_connection() {
+    let (raw, server) = raw_client();
+    let region = transport::offer().unwrap();
+    Layout::new(0, OFFER_CAPACITY)
+        .switched_at(&region)
+        .store(1, Ordering::Release);
+    raw.send_with_fd(b"?", region.fd().as_fd()).unwrap();
+    let mut buf = [0u8; 16];
+    let e = server.recv(&mut buf, Recv::Wait).unwrap_err();
+    assert!(e.to_string().contains("not its marker"), "{e}");
+}
+
+/// A server whose ring says it left the socket before bytes the client
+/// already read is caught, not believed.
+#[test]
+fn a_server_that_points_behind_what_was_read_breaks_the_connection() {
+    let (client, server) = pair(0);
+    server.send(b"abcd").unwrap();
+    client.send(b"offer").unwrap();
+    assert_eq!(read_exactly(&client, 4), b"abcd");
+    assert_eq!(read_exactly(&server, 5), b"offer");
+    // What an honest server writes before its marker is 4; this one says 1
+    // and sends more on the socket.
+    server.rings.get().unwrap().say_switched_at(Some(1));
+    Transport::send(server.socket(), b"zz").unwrap();
+    let mut buf = [0u8; 8];
+    let e = client.recv(&mut buf, Recv::Wait).unwrap_err();
+    assert!(e.to_string().contains("before bytes already read"), "{e}");
+}
+
+#[test]
+fn vectored_sends_count_every_byte_on_the_socket() {
+    let (client, server) = pair(1);
+    let parts = [IoSlice::new(b"ab"), IoSlice::new(b"cde")];
+    assert_eq!(client.send_vectored(&parts).unwrap(), 5);
+    client.send_vectored(&parts).unwrap();
+    assert_eq!(read_exactly(&server, 10), b"abcdeabcde");
+    assert!(server.rx_on_rings.load(Ordering::Relaxed));
+}
