@@ -92,11 +92,9 @@ impl Arrived {
             .filter(|_| opts.takes_shared_memory() && self.leftover.is_empty())
             .and_then(|fd| take_offer(fd, socket_woken).ok());
         desc.rings_taken(shm.is_some());
-        // A blocking end that kept the socket takes an offer later (a tokio
-        // one waits on its socket, where wake-ups would meet the data; a
-        // gateway's hand-over is not a local client).
-        desc.late_offers =
-            opts.takes_shared_memory() && shm.is_none() && !socket_woken && !desc.handed_over;
+        // An end that kept the socket takes an offer later (a gateway's
+        // hand-over is not a local client).
+        desc.late_offers = opts.takes_shared_memory() && shm.is_none() && !desc.handed_over;
         let late_offers = desc.late_offers;
         #[cfg(feature = "remote")]
         let handed_over = desc.handed_over;

@@ -514,11 +514,11 @@ impl ClientOptions {
     /// reply) never pays for a region; a busy one pays once. `None` keeps
     /// the socket for good.
     ///
-    /// Only between a blocking client and a blocking server of this
-    /// version, which says in its reply that it takes such an offer: a tokio
-    /// end waits on its socket, where the peer's wake-ups would land in the
-    /// middle of the data before the move (use
-    /// [`shared_memory`](Self::shared_memory) there). Nothing else changes:
+    /// A blocking client only, to a server of this version (blocking or
+    /// tokio), which says in its reply that it takes such an offer: a tokio
+    /// client waits on its socket, where the server's wake-ups would land in
+    /// the middle of the data before the move (use
+    /// [`shared_memory`](Self::shared_memory) there). Linux only. Nothing else changes:
     /// the same bytes, boundaries, peeks and errors. Only a client that
     /// writes offers: on a pipe only the server writes to, the socket
     /// stays. `NPIPE_SHARED_MEMORY=off` turns it off for the whole process,

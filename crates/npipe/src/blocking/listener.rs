@@ -389,9 +389,10 @@ fn server_end(shared: Arc<Shared>, mut ready: Ready) -> PipeServer {
             PipeStream::with_link(Link::Shm(Box::new(ShmTransport::new(rings, socket))), end)
         }
         (Carrier::Socket(socket), None) => match late {
-            Some(uid) => {
-                PipeStream::with_link(Link::Late(Box::new(LateShm::taker(socket, uid))), end)
-            }
+            Some(uid) => PipeStream::with_link(
+                Link::Late(Box::new(LateShm::taker(Arc::new(socket), uid))),
+                end,
+            ),
             None => PipeStream::new(socket, end),
         },
         #[cfg(feature = "remote")]

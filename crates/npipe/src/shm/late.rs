@@ -17,11 +17,13 @@
 //! client learns from the server's which byte is the marker (its own
 //! marker carries nothing else to tell it by).
 //!
-//! Only a blocking client offers, and only a blocking server takes: an end
-//! whose writer sleeps on its socket (a tokio end) would need the peer's
-//! wake-up bytes, which before the peer's marker would land in the middle
-//! of its data. Both tokio ends still take part in the offer made with the
-//! HELLO (`shm::transport`).
+//! Only a blocking client offers: a client whose writer sleeps on its
+//! socket (a tokio end) would need the server's wake-up bytes while the
+//! server's data still come through that socket. A server of either kind
+//! takes; a tokio one, which takes what its socket holds for wake-ups once
+//! on the rings, moves its writes only after its reads have passed the
+//! client's marker (so does a blocking one: one rule). Both tokio ends still
+//! take part in the offer made with the HELLO (`shm::transport`).
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, OwnedFd};
@@ -30,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use super::ring::Layout;
-use super::transport::{self, PeerFd, Rings, ShmTransport, OFFER_CAPACITY};
+use super::transport::{self, HoldsSocket, PeerFd, Rings, ShmTransport, OFFER_CAPACITY};
 use crate::error::{Error, ErrorCode};
 use crate::sys::{Rode, Socket, Watch};
 use crate::transport::{Delivery, Recv, Transport};
@@ -60,13 +62,37 @@ struct Tx {
     no_offer: bool,
 }
 
-/// A connection's bytes, on its socket until they move to the rings.
+/// The rings a late end moves to, as a blocking end has them
+/// (`ShmTransport`) or a tokio one (`AsyncShm`), over the socket's holder
+/// `H` it shares with the late end.
+pub(crate) trait RingEnd<H: HoldsSocket> {
+    /// This kind of end over `t`.
+    fn over(t: ShmTransport<H>) -> Self;
+    /// The rings' non-waiting calls, which every kind has.
+    fn rings(&self) -> &ShmTransport<H>;
+}
+
+impl RingEnd<Arc<Socket>> for ShmTransport<Arc<Socket>> {
+    fn over(t: ShmTransport<Arc<Socket>>) -> Self {
+        t
+    }
+
+    fn rings(&self) -> &ShmTransport<Arc<Socket>> {
+        self
+    }
+}
+
+/// A blocking end's: its socket, then the rings beside it.
+pub(crate) type LateShm = Late<Arc<Socket>, ShmTransport<Arc<Socket>>>;
+
+/// A connection's bytes, on its socket (held by `H`) until they move to
+/// the rings (`R`).
 #[derive(Debug)]
-pub(crate) struct LateShm {
-    socket: Arc<Socket>,
+pub(crate) struct Late<H, R> {
+    socket: H,
     role: Role,
     /// Made by the client's offer, or by the server's taking it.
-    rings: OnceLock<ShmTransport<Arc<Socket>>>,
+    rings: OnceLock<R>,
     /// Held across a send on the socket: only senders take it.
     tx: Mutex<Tx>,
     /// This end's writes go into the rings.
@@ -106,7 +132,11 @@ impl Dest<'_> {
         }
     }
 
-    fn recv_rings(&mut self, rings: &ShmTransport<Arc<Socket>>, how: Recv) -> io::Result<usize> {
+    fn recv_rings<H: HoldsSocket>(
+        &mut self,
+        rings: &ShmTransport<H>,
+        how: Recv,
+    ) -> io::Result<usize> {
         match self {
             Dest::Slice(buf) => rings.recv(buf, how),
             Dest::Spare(vec, _) => rings.recv_spare(vec, how),
@@ -139,22 +169,24 @@ fn bad(why: impl std::fmt::Display) -> io::Error {
 }
 
 impl LateShm {
-    /// A client's end, on `socket` until its write number `after` + 1,
-    /// before which it offers the rings (the server said in its OK that it
-    /// takes such offers).
+    /// A blocking client's end, on `socket` until its write number
+    /// `after` + 1, before which it offers the rings (the server said in its
+    /// OK that it takes such offers).
     pub(crate) fn offerer(socket: Socket, after: u32) -> LateShm {
-        LateShm::new(socket, Role::Offerer { after })
+        Late::new(Arc::new(socket), Role::Offerer { after })
+    }
+}
+
+impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
+    /// A server's end over the socket `socket` holds, which told its client
+    /// (uid `peer_uid`) in the OK that it takes a late offer.
+    pub(crate) fn taker(socket: H, peer_uid: u32) -> Self {
+        Late::new(socket, Role::Taker { peer_uid })
     }
 
-    /// A server's end, which told its client (uid `peer_uid`) in the OK
-    /// that it takes a late offer.
-    pub(crate) fn taker(socket: Socket, peer_uid: u32) -> LateShm {
-        LateShm::new(socket, Role::Taker { peer_uid })
-    }
-
-    fn new(socket: Socket, role: Role) -> LateShm {
-        LateShm {
-            socket: Arc::new(socket),
+    fn new(socket: H, role: Role) -> Self {
+        Late {
+            socket,
             role,
             rings: OnceLock::new(),
             tx: Mutex::new(Tx::default()),
@@ -167,12 +199,39 @@ impl LateShm {
 
     /// The connection's socket.
     pub(crate) fn socket(&self) -> &Socket {
+        self.socket.socket()
+    }
+
+    /// What holds the socket.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn holder(&self) -> &H {
         &self.socket
     }
 
     /// Whether the rings were offered (a client) or taken (a server).
     pub(crate) fn has_rings(&self) -> bool {
         self.rings.get().is_some()
+    }
+
+    /// The rings, once made, as this kind of end has them.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn ring_end(&self) -> Option<&R> {
+        self.rings.get()
+    }
+
+    /// The rings' non-waiting calls, once made.
+    fn ring_t(&self) -> Option<&ShmTransport<H>> {
+        self.rings.get().map(R::rings)
+    }
+
+    /// This end's writes go into the rings.
+    pub(crate) fn sends_on_rings(&self) -> bool {
+        self.tx_on_rings.load(Ordering::Relaxed)
+    }
+
+    /// This end reads from the rings (it has passed the peer's marker).
+    pub(crate) fn reads_rings(&self) -> bool {
+        self.rx_on_rings.load(Ordering::Acquire)
     }
 
     fn tx(&self) -> MutexGuard<'_, Tx> {
@@ -186,34 +245,33 @@ impl LateShm {
     }
 
     /// The rings, once made, with this end's timeouts.
-    fn install(&self, rings: Rings) -> &ShmTransport<Arc<Socket>> {
-        let t = ShmTransport::new(rings, Arc::clone(&self.socket));
+    fn install(&self, rings: Rings) {
+        let t = ShmTransport::new(rings, self.socket.clone());
         let (read, write) = *self.timeouts.lock().unwrap_or_else(|e| e.into_inner());
         let _ = t.set_read_timeout(read);
         let _ = t.set_write_timeout(write);
         // Only one thread makes them: the sender (a client) under `tx`, or
         // the one reader (a server).
-        let _ = self.rings.set(t);
-        self.rings.get().expect("just set")
+        let _ = self.rings.set(R::over(t));
     }
 
     // ---- sending ----
 
     /// Sends `parts` on the socket or the rings, moving to the rings first
     /// where it is time. `wait`: whether a send may wait for room.
-    fn send_parts(&self, parts: &[IoSlice<'_>], wait: bool) -> io::Result<usize> {
+    pub(crate) fn send_parts(&self, parts: &[IoSlice<'_>], wait: bool) -> io::Result<usize> {
         let mut tx = self.tx();
-        if !self.tx_on_rings.load(Ordering::Relaxed) {
+        if !self.sends_on_rings() {
             self.maybe_move(&mut tx, wait)?;
         }
-        if let (true, Some(rings)) = (self.tx_on_rings.load(Ordering::Relaxed), self.rings.get()) {
+        if let (true, Some(rings)) = (self.sends_on_rings(), self.ring_t()) {
             drop(tx);
             return rings.send_parts(parts, wait);
         }
         let n = if wait {
-            self.socket.send_vectored(parts)?
+            self.socket().send_vectored(parts)?
         } else {
-            self.socket.send_vectored_nonblocking(parts)?
+            self.socket().send_vectored_nonblocking(parts)?
         };
         tx.socket_bytes += n as u64;
         tx.writes = tx.writes.saturating_add(1);
@@ -221,14 +279,17 @@ impl LateShm {
     }
 
     /// Moves this end's writes to the rings if it is time: a client's after
-    /// its writes on the socket, a server's once it took the offer.
+    /// its writes on the socket, a server's once it has read past the
+    /// client's marker (a tokio server's writer, waiting for room, takes
+    /// what its socket holds for wake-ups: only past the marker is that
+    /// so).
     fn maybe_move(&self, tx: &mut Tx, wait: bool) -> io::Result<()> {
         match self.role {
             // A send that may not wait (the disconnect mark) never offers.
             Role::Offerer { after } if wait && !tx.no_offer && tx.writes >= after => self.offer(tx),
-            Role::Taker { .. } => match self.rings.get() {
-                Some(rings) => self.follow(rings, tx, wait),
-                None => Ok(()),
+            Role::Taker { .. } => match (self.reads_rings(), self.ring_t()) {
+                (true, Some(rings)) => self.follow(rings, tx, wait),
+                _ => Ok(()),
             },
             Role::Offerer { .. } => Ok(()),
         }
@@ -250,7 +311,7 @@ impl LateShm {
         Layout::new(0, OFFER_CAPACITY)
             .switched_at(&region)
             .store(tx.socket_bytes + 1, Ordering::Release);
-        let sent = self.socket.send_with_fd(&[MARKER], region.fd().as_fd())?;
+        let sent = self.socket().send_with_fd(&[MARKER], region.fd().as_fd())?;
         if sent != 1 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -261,12 +322,12 @@ impl LateShm {
 
     /// A server that took the offer moves its writes too: where it left
     /// the socket written into its ring, then its marker.
-    fn follow(&self, rings: &ShmTransport<Arc<Socket>>, tx: &mut Tx, wait: bool) -> io::Result<()> {
+    fn follow(&self, rings: &ShmTransport<H>, tx: &mut Tx, wait: bool) -> io::Result<()> {
         rings.say_switched_at(Some(tx.socket_bytes));
         let sent = if wait {
-            self.socket.send(&[MARKER])
+            self.socket().send(&[MARKER])
         } else {
-            self.socket.send_nonblocking(&[MARKER])
+            self.socket().send_nonblocking(&[MARKER])
         };
         match sent {
             Ok(1) => {
@@ -290,14 +351,14 @@ impl LateShm {
     /// from the rings after it.
     fn recv_to(&self, dest: &mut Dest<'_>, how: Recv) -> io::Result<usize> {
         loop {
-            if self.rx_on_rings.load(Ordering::Acquire) {
-                let rings = self.rings.get().expect("reading the rings that were made");
+            if self.reads_rings() {
+                let rings = self.ring_t().expect("reading the rings that were made");
                 return dest.recv_rings(rings, how);
             }
             let start = *self.rx_socket_bytes();
             let (n, rode) = match self.role {
-                Role::Offerer { .. } => (dest.recv_socket(&self.socket, how)?, Rode::Nothing),
-                Role::Taker { peer_uid } => dest.recv_watching(&self.socket, how, peer_uid)?,
+                Role::Offerer { .. } => (dest.recv_socket(self.socket(), how)?, Rode::Nothing),
+                Role::Taker { peer_uid } => dest.recv_watching(self.socket(), how, peer_uid)?,
             };
             if n == 0 {
                 return Ok(0);
@@ -329,7 +390,7 @@ impl LateShm {
     fn marker_in(&self, start: u64, end: u64, rode: Rode) -> io::Result<Option<u64>> {
         match (self.role, rode) {
             (Role::Offerer { .. }, _) => {
-                let Some(at) = self.rings.get().and_then(|r| r.peer_switched_at()) else {
+                let Some(at) = self.ring_t().and_then(|r| r.peer_switched_at()) else {
                     return Ok(None);
                 };
                 if at < start {
@@ -375,15 +436,15 @@ impl LateShm {
     /// marker is not there), and whether the marker is there.
     fn peek_socket(&self) -> io::Result<(Vec<u8>, bool)> {
         let start = *self.rx_socket_bytes();
-        let queued = self.socket.readable_bytes()?;
+        let queued = self.socket().readable_bytes()?;
         let mut buf = Vec::with_capacity(queued.max(1));
         let rode = match self.role {
             Role::Offerer { .. } => {
-                buf = self.socket.peek_queued();
+                buf = self.socket().peek_queued();
                 Rode::Nothing
             }
             Role::Taker { peer_uid } => {
-                self.socket
+                self.socket()
                     .recv_spare_watching(&mut buf, Watch::Peek, peer_uid)?
                     .1
             }
@@ -401,7 +462,7 @@ impl LateShm {
     }
 }
 
-impl Transport for LateShm {
+impl<H: HoldsSocket + Clone, R: RingEnd<H>> Transport for Late<H, R> {
     fn recv(&self, buf: &mut [u8], how: Recv) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
@@ -430,14 +491,14 @@ impl Transport for LateShm {
     }
 
     fn readable_bytes(&self) -> io::Result<usize> {
-        if let (true, Some(rings)) = (self.rx_on_rings.load(Ordering::Acquire), self.rings.get()) {
+        if let (true, Some(rings)) = (self.reads_rings(), self.ring_t()) {
             return rings.readable_bytes();
         }
-        if self.socket.readable_bytes()? == 0 {
+        if self.socket().readable_bytes()? == 0 {
             return Ok(0);
         }
         let (before, marker) = self.peek_socket()?;
-        let after = match (marker, self.rings.get()) {
+        let after = match (marker, self.ring_t()) {
             (true, Some(rings)) => rings.readable_bytes()?,
             _ => 0,
         };
@@ -445,13 +506,13 @@ impl Transport for LateShm {
     }
 
     fn peek_queued(&self) -> Vec<u8> {
-        if let (true, Some(rings)) = (self.rx_on_rings.load(Ordering::Acquire), self.rings.get()) {
+        if let (true, Some(rings)) = (self.reads_rings(), self.ring_t()) {
             return rings.peek_queued();
         }
         let Ok((mut before, marker)) = self.peek_socket() else {
             return Vec::new();
         };
-        if let (true, Some(rings)) = (marker, self.rings.get()) {
+        if let (true, Some(rings)) = (marker, self.ring_t()) {
             before.extend(rings.peek_queued());
         }
         before
@@ -461,43 +522,43 @@ impl Transport for LateShm {
     /// all there is, that says readable although a receive that does not
     /// wait then finds nothing (it has moved to the rings).
     fn wait_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        if let (true, Some(rings)) = (self.rx_on_rings.load(Ordering::Acquire), self.rings.get()) {
+        if let (true, Some(rings)) = (self.reads_rings(), self.ring_t()) {
             return rings.wait_readable(timeout);
         }
-        Transport::wait_readable(&*self.socket, timeout)
+        Transport::wait_readable(self.socket(), timeout)
     }
 
     fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.timeouts.lock().unwrap_or_else(|e| e.into_inner()).0 = timeout;
-        if let Some(rings) = self.rings.get() {
+        if let Some(rings) = self.ring_t() {
             rings.set_read_timeout(timeout)?;
         }
-        self.socket.set_read_timeout(timeout)
+        self.socket().set_read_timeout(timeout)
     }
 
     fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.timeouts.lock().unwrap_or_else(|e| e.into_inner()).1 = timeout;
-        if let Some(rings) = self.rings.get() {
+        if let Some(rings) = self.ring_t() {
             rings.set_write_timeout(timeout)?;
         }
-        self.socket.set_write_timeout(timeout)
+        self.socket().set_write_timeout(timeout)
     }
 
     fn shutdown_write(&self) -> io::Result<()> {
         let tx = self.tx();
-        match (self.tx_on_rings.load(Ordering::Relaxed), self.rings.get()) {
+        match (self.sends_on_rings(), self.ring_t()) {
             (true, Some(rings)) => rings.shutdown_write(),
             _ => {
                 drop(tx);
-                self.socket.shutdown_write()
+                self.socket().shutdown_write()
             }
         }
     }
 
     fn shutdown_both(&self) -> io::Result<()> {
-        match self.rings.get() {
+        match self.ring_t() {
             Some(rings) => rings.shutdown_both(),
-            None => self.socket.shutdown_both(),
+            None => self.socket().shutdown_both(),
         }
     }
 
@@ -506,11 +567,11 @@ impl Transport for LateShm {
     /// the bytes of the send that wrote it follow it in the ring, unread
     /// too.
     fn delivery(&self) -> io::Result<Delivery> {
-        let rings = match (self.tx_on_rings.load(Ordering::Relaxed), self.rings.get()) {
+        let rings = match (self.sends_on_rings(), self.ring_t()) {
             (true, Some(rings)) => rings,
-            _ => return self.socket.delivery(),
+            _ => return self.socket().delivery(),
         };
-        let on_socket = self.socket.unread_by_peer()?;
+        let on_socket = self.socket().unread_by_peer()?;
         let ring = rings.delivery()?;
         let unread_by_peer = on_socket + ring.unread_by_peer;
         Ok(Delivery {
@@ -520,6 +581,9 @@ impl Transport for LateShm {
         })
     }
 }
+
+#[cfg(feature = "tokio")]
+pub(crate) mod async_end;
 
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,8 @@ use std::task::{Context, Poll};
 #[cfg(feature = "tokio")]
 use ::tokio::io::unix::AsyncFd;
 
+#[cfg(feature = "tokio")]
+use super::late::async_end::AsyncLate;
 use super::late::LateShm;
 #[cfg(feature = "tokio")]
 use super::transport::async_end::AsyncShm;
@@ -83,6 +85,9 @@ pub(crate) enum AsyncLink {
     Socket(AsyncFd<Fd>),
     /// The rings (boxed, as [`Link::Shm`]).
     Shm(Box<AsyncShm>),
+    /// A server's socket until the client's late offer, the rings after
+    /// (`shm::late`).
+    Late(Box<AsyncLate>),
     /// A remote pipe: TLS to its gateway, over TCP.
     #[cfg(feature = "remote")]
     Tls(Box<crate::remote::async_tls::AsyncTls>),
@@ -95,20 +100,27 @@ impl AsyncLink {
         match self {
             AsyncLink::Socket(fd) => fd.get_ref().socket(),
             AsyncLink::Shm(t) => t.socket(),
+            AsyncLink::Late(t) => t.socket(),
             #[cfg(feature = "remote")]
             AsyncLink::Tls(t) => t.sync().socket(),
         }
     }
 
-    /// Whether the data goes through shared memory.
+    /// Whether the data goes through shared memory (a late offer's once
+    /// taken).
     pub(crate) fn is_shared_memory(&self) -> bool {
-        matches!(self, AsyncLink::Shm(_))
+        match self {
+            AsyncLink::Shm(_) => true,
+            AsyncLink::Late(t) => t.has_rings(),
+            _ => false,
+        }
     }
 
     fn transport(&self) -> &dyn Transport {
         match self {
             AsyncLink::Socket(fd) => fd.sync(),
             AsyncLink::Shm(t) => t.sync(),
+            AsyncLink::Late(t) => t.sync(),
             #[cfg(feature = "remote")]
             AsyncLink::Tls(t) => t.sync(),
         }
@@ -133,6 +145,7 @@ impl AsyncTransport for AsyncLink {
         match self {
             AsyncLink::Socket(fd) => fd.poll_recv(cx, buf),
             AsyncLink::Shm(t) => t.poll_recv(cx, buf),
+            AsyncLink::Late(t) => t.poll_recv(cx, buf),
             #[cfg(feature = "remote")]
             AsyncLink::Tls(t) => t.poll_recv(cx, buf),
         }
@@ -142,6 +155,7 @@ impl AsyncTransport for AsyncLink {
         match self {
             AsyncLink::Socket(fd) => fd.poll_recv_spare(cx, buf),
             AsyncLink::Shm(t) => t.poll_recv_spare(cx, buf),
+            AsyncLink::Late(t) => t.poll_recv_spare(cx, buf),
             #[cfg(feature = "remote")]
             AsyncLink::Tls(t) => t.poll_recv_spare(cx, buf),
         }
@@ -151,6 +165,7 @@ impl AsyncTransport for AsyncLink {
         match self {
             AsyncLink::Socket(fd) => fd.poll_send(cx, bufs),
             AsyncLink::Shm(t) => t.poll_send(cx, bufs),
+            AsyncLink::Late(t) => t.poll_send(cx, bufs),
             #[cfg(feature = "remote")]
             AsyncLink::Tls(t) => t.poll_send(cx, bufs),
         }
@@ -160,6 +175,7 @@ impl AsyncTransport for AsyncLink {
         match self {
             AsyncLink::Socket(fd) => fd.poll_readable(cx),
             AsyncLink::Shm(t) => t.poll_readable(cx),
+            AsyncLink::Late(t) => t.poll_readable(cx),
             #[cfg(feature = "remote")]
             AsyncLink::Tls(t) => t.poll_readable(cx),
         }
@@ -169,6 +185,7 @@ impl AsyncTransport for AsyncLink {
         match self {
             AsyncLink::Socket(fd) => fd.poll_writable(cx),
             AsyncLink::Shm(t) => t.poll_writable(cx),
+            AsyncLink::Late(t) => t.poll_writable(cx),
             #[cfg(feature = "remote")]
             AsyncLink::Tls(t) => t.poll_writable(cx),
         }
@@ -178,6 +195,7 @@ impl AsyncTransport for AsyncLink {
         match self {
             AsyncLink::Socket(fd) => fd.poll_flush(cx),
             AsyncLink::Shm(t) => t.poll_flush(cx),
+            AsyncLink::Late(t) => t.poll_flush(cx),
             #[cfg(feature = "remote")]
             AsyncLink::Tls(t) => t.poll_flush(cx),
         }
@@ -187,6 +205,7 @@ impl AsyncTransport for AsyncLink {
         match self {
             AsyncLink::Socket(fd) => fd.poll_shutdown_write(cx),
             AsyncLink::Shm(t) => t.poll_shutdown_write(cx),
+            AsyncLink::Late(t) => t.poll_shutdown_write(cx),
             #[cfg(feature = "remote")]
             AsyncLink::Tls(t) => t.poll_shutdown_write(cx),
         }

@@ -233,9 +233,9 @@ impl HoldsSocket for Socket {
 
 /// A socket shared with what carried the connection before the rings (a
 /// late offer's: `shm::late`).
-impl HoldsSocket for std::sync::Arc<Socket> {
+impl<T: HoldsSocket> HoldsSocket for std::sync::Arc<T> {
     fn socket(&self) -> &Socket {
-        self
+        T::socket(self)
     }
 }
 

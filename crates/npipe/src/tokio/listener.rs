@@ -51,6 +51,7 @@ use crate::proto::handshake::{Hello, PipeDescription, Reply};
 use crate::proto::ProtoError;
 use crate::remote_peer::RemotePeer;
 use crate::server_instance::InstancePool;
+use crate::shm::late::async_end::AsyncLate;
 use crate::shm::link::AsyncLink;
 use crate::shm::transport::async_end::AsyncShm;
 use crate::shm::transport::PeerFd;
@@ -255,6 +256,7 @@ pub type PipeServer = Pipe<PipeStream, ServerEnd>;
 fn server_end(shared: Arc<Shared>, mut ready: Ready) -> Result<PipeServer> {
     // If the stream cannot be made, the instance, dropped, is given back.
     let shm = ready.shm.take();
+    let late = ready.late_offers.then_some(ready.cred.user.0);
     let (carrier, end, instance) = shared.state.open_end(shared.clone(), ready);
     let io = match (carrier, shm) {
         (Carrier::Socket(socket), Some(rings)) => {
@@ -262,7 +264,13 @@ fn server_end(shared: Arc<Shared>, mut ready: Ready) -> Result<PipeServer> {
             let rings = AsyncShm::new(rings, io);
             PipeStream::with_link(AsyncLink::Shm(Box::new(rings)), end)
         }
-        (Carrier::Socket(socket), None) => PipeStream::new(socket, end)?,
+        (Carrier::Socket(socket), None) => match late {
+            Some(uid) => {
+                let late = AsyncLate::taker(Arc::new(register(socket)?), uid);
+                PipeStream::with_link(AsyncLink::Late(Box::new(late)), end)
+            }
+            None => PipeStream::new(socket, end)?,
+        },
         #[cfg(feature = "remote")]
         (Carrier::Handed(tls), _) => {
             let tls = crate::remote::async_tls::AsyncTls::new(*tls)

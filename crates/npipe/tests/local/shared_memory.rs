@@ -252,15 +252,14 @@ fn a_client_short_of_descriptors_connects_without_shared_memory() {
 }
 
 /// By default a blocking client moves a busy connection to the rings in
-/// mid-stream (its 17th write offers them, PROTOCOL §6d) when its server is
-/// a blocking one, and keeps the socket with a tokio server, which takes no
-/// late offer; either way every reply comes back whole across the move, a
+/// mid-stream (its 17th write offers them, PROTOCOL §6d), to a blocking or
+/// a tokio server, and every reply comes back whole across the move, a
 /// message larger than a ring included. (`NPIPE_SHARED_MEMORY=on` offers
 /// with the handshake instead, `=late` after the first write.)
 fn a_busy_connection_moves_to_the_rings(front: Front) {
     let forced = std::env::var("NPIPE_SHARED_MEMORY").ok();
     let at_connect = forced.as_deref() == Some("on");
-    let late = front == Front::Blocking && !forced_off();
+    let late = !forced_off();
     let name = unique("shm-late");
     let mut srv = server_on(front, &name, &[]);
     let mut c = ClientOptions::new()

@@ -15,14 +15,14 @@ fn pair(after: u32) -> (LateShm, LateShm) {
     let (a, b) = Socket::pair().unwrap();
     (
         LateShm::offerer(a, after),
-        LateShm::taker(b, effective_uid()),
+        LateShm::taker(std::sync::Arc::new(b), effective_uid()),
     )
 }
 
 /// A server over `b` and the raw socket `a` its client writes with.
 fn raw_client() -> (Socket, LateShm) {
     let (a, b) = Socket::pair().unwrap();
-    (a, LateShm::taker(b, effective_uid()))
+    (a, LateShm::taker(std::sync::Arc::new(b), effective_uid()))
 }
 
 fn read_exactly(t: &impl Transport, n: usize) -> Vec<u8> {
@@ -97,17 +97,20 @@ fn peeks_see_both_sides_of_the_marker_without_the_marker() {
     assert_eq!(server.readable_bytes().unwrap(), 4);
     assert_eq!(server.peek_queued(), b"abcd");
     assert!(server.has_rings() && !server.rx_on_rings.load(Ordering::Relaxed));
+    // Its writes stay on the socket until its reads pass the marker.
+    server.send(b"<").unwrap();
+    assert!(!server.sends_on_rings());
     assert_eq!(read_exactly(&server, 4), b"abcd");
 
     server.send(b"ef").unwrap();
     server.send(b"gh").unwrap();
-    assert_eq!(client.readable_bytes().unwrap(), 4);
-    assert_eq!(client.peek_queued(), b"efgh");
+    assert_eq!(client.readable_bytes().unwrap(), 5);
+    assert_eq!(client.peek_queued(), b"<efgh");
     let mut v = Vec::with_capacity(16);
-    while v.len() < 4 {
+    while v.len() < 5 {
         client.recv_spare(&mut v, Recv::Wait).unwrap();
     }
-    assert_eq!(v, b"efgh");
+    assert_eq!(v, b"<efgh");
 }
 
 /// A flush waits for the socket's bytes and the ring's (the socket counts

@@ -53,7 +53,7 @@ enum Want {
 /// One end of a shared-memory connection on tokio.
 #[derive(Debug)]
 pub(crate) struct AsyncShm {
-    t: ShmTransport<AsyncFd<Fd>>,
+    t: ShmTransport<Arc<AsyncFd<Fd>>>,
     waiters: Arc<Waiters>,
     /// What the reactor wakes: every task in `waiters`.
     all: Waker,
@@ -63,7 +63,12 @@ impl AsyncShm {
     /// This end of `rings` (see [`ShmTransport::new`]), its socket
     /// registered with the reactor.
     pub(crate) fn new(rings: Rings, io: AsyncFd<Fd>) -> Self {
-        let mut t = ShmTransport::new(rings, io);
+        AsyncShm::over(ShmTransport::new(rings, Arc::new(io)))
+    }
+
+    /// The tokio end of `t`, whose socket's registration may be shared
+    /// (a late offer's: `shm::late`).
+    pub(crate) fn over(mut t: ShmTransport<Arc<AsyncFd<Fd>>>) -> Self {
         t.read_spin.cap(ASYNC_MAX_SPIN);
         t.write_spin.cap(ASYNC_MAX_SPIN);
         let waiters = Arc::new(Waiters::default());
@@ -211,7 +216,7 @@ fn spend_budget(cx: &mut Context<'_>) -> Poll<()> {
 }
 
 impl AsyncTransport for AsyncShm {
-    type Sync = ShmTransport<AsyncFd<Fd>>;
+    type Sync = ShmTransport<Arc<AsyncFd<Fd>>>;
 
     fn sync(&self) -> &Self::Sync {
         &self.t
@@ -269,7 +274,7 @@ impl AsyncTransport for AsyncShm {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::future::{poll_fn, Future};
     use std::time::Duration;
 
@@ -280,9 +285,10 @@ mod tests {
     /// Rings this small fill after a few writes.
     const SMALL: usize = 4096;
     /// Long enough that only a lost wake-up runs into it.
-    const HANG: Duration = Duration::from_secs(10);
+    pub(crate) const HANG: Duration = Duration::from_secs(10);
 
-    fn runtime() -> ::tokio::runtime::Runtime {
+    /// A current-thread runtime with timers.
+    pub(crate) fn runtime() -> ::tokio::runtime::Runtime {
         ::tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
