@@ -208,9 +208,9 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
         &self.socket
     }
 
-    /// Whether the rings were offered (a client) or taken (a server).
+    /// Whether either direction has moved to the rings.
     pub(crate) fn has_rings(&self) -> bool {
-        self.rings.get().is_some()
+        self.sends_on_rings() || self.reads_rings()
     }
 
     /// The rings, once made, as this kind of end has them.
@@ -297,9 +297,9 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
 
     /// A client's offer: a fresh region, the socket bytes sent so far
     /// written into it, and the marker sent with it. A region that cannot
-    /// be made leaves the connection on the socket for good; a marker that
-    /// cannot be sent fails this send (the peer is gone, or the write
-    /// timeout passed: the next send tries again).
+    /// be made leaves the connection on the socket for good; so does a
+    /// marker that cannot be sent, which fails this send (the peer is gone,
+    /// or the write timeout passed).
     fn offer(&self, tx: &mut Tx) -> io::Result<()> {
         let region = match transport::offer() {
             Ok(region) => region,
@@ -311,13 +311,34 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
         Layout::new(0, OFFER_CAPACITY)
             .switched_at(&region)
             .store(tx.socket_bytes + 1, Ordering::Release);
-        let sent = self.socket().send_with_fd(&[MARKER], region.fd().as_fd())?;
-        if sent != 1 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
+        // The rings are in place before the marker goes: the server may
+        // answer with its own marker at once, and a reader on another
+        // thread finds where by them. (Making them closes the region's
+        // descriptor, so a copy goes with the marker.)
+        let copy = match region.fd().try_clone_to_owned() {
+            Ok(copy) => copy,
+            Err(_) => {
+                tx.no_offer = true;
+                return Ok(());
+            }
+        };
         self.install(Rings::offered_late(region));
-        self.tx_on_rings.store(true, Ordering::Relaxed);
-        Ok(())
+        let sent = self.socket().send_with_fd(&[MARKER], copy.as_fd());
+        drop(copy);
+        match sent {
+            Ok(1) => {
+                self.tx_on_rings.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            other => {
+                // Never offered: the server never writes into these rings,
+                // so they say nothing to the reader, and the socket stays.
+                tx.no_offer = true;
+                Err(other
+                    .err()
+                    .unwrap_or_else(|| io::ErrorKind::WriteZero.into()))
+            }
+        }
     }
 
     /// A server that took the offer moves its writes too: where it left

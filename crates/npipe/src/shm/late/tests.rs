@@ -96,7 +96,7 @@ fn peeks_see_both_sides_of_the_marker_without_the_marker() {
     // The server's peek takes the offer to see past the marker.
     assert_eq!(server.readable_bytes().unwrap(), 4);
     assert_eq!(server.peek_queued(), b"abcd");
-    assert!(server.has_rings() && !server.rx_on_rings.load(Ordering::Relaxed));
+    assert!(server.rings.get().is_some() && !server.has_rings());
     // Its writes stay on the socket until its reads pass the marker.
     server.send(b"<").unwrap();
     assert!(!server.sends_on_rings());
@@ -224,4 +224,17 @@ fn vectored_sends_count_every_byte_on_the_socket() {
     client.send_vectored(&parts).unwrap();
     assert_eq!(read_exactly(&server, 10), b"abcdeabcde");
     assert!(server.rx_on_rings.load(Ordering::Relaxed));
+}
+
+/// An offer whose marker cannot go (the server is gone) fails that send
+/// and leaves the connection on the socket, not half moved.
+#[test]
+fn an_offer_that_cannot_be_sent_leaves_the_socket() {
+    let (client, server) = pair(0);
+    drop(server);
+    let e = client.send(b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPIPE), "{e}");
+    assert!(!client.has_rings() && client.tx().no_offer);
+    let mut buf = [0u8; 4];
+    assert_eq!(client.recv(&mut buf, Recv::Wait).unwrap(), 0);
 }
