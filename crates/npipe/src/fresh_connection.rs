@@ -92,9 +92,14 @@ impl Arrived {
             .filter(|_| opts.takes_shared_memory() && self.leftover.is_empty())
             .and_then(|fd| take_offer(fd, socket_woken).ok());
         desc.rings_taken(shm.is_some());
-        // An end that kept the socket takes an offer later (a gateway's
-        // hand-over is not a local client).
-        desc.late_offers = opts.takes_shared_memory() && shm.is_none() && !desc.handed_over;
+        // An end that kept the socket takes an offer later; not a gateway's
+        // hand-over (no local client), nor a connection with a request
+        // pipelined behind the HELLO (part of it may still be on the socket,
+        // where the client's count of its socket bytes does not include it).
+        desc.late_offers = opts.takes_shared_memory()
+            && shm.is_none()
+            && !desc.handed_over
+            && !self.hello.pipelined;
         let late_offers = desc.late_offers;
         #[cfg(feature = "remote")]
         let handed_over = desc.handed_over;

@@ -506,24 +506,28 @@ impl ClientOptions {
         self
     }
 
-    /// Moves a busy connection to shared memory: after this many writes on
-    /// the socket (16 by default), a blocking client offers the server a
-    /// ring each way, in mid-stream (PROTOCOL §6d), and both ends' data go
-    /// through the rings from there on, each direction from a marker byte
-    /// the reader steps over. A short connection (a `call`, a request and a
-    /// reply) never pays for a region; a busy one pays once. `None` keeps
-    /// the socket for good.
+    /// Moves a busy connection to shared memory: after this many sends on
+    /// the socket (16 by default; a large message may take several), a
+    /// blocking client offers the server a ring each way, in mid-stream
+    /// (PROTOCOL §6d), and both ends' data go through the rings from there
+    /// on, each direction from a marker byte the reader steps over. A short
+    /// connection (a `call`, a request and a reply) never pays for a region;
+    /// a busy one pays once. `None` keeps the socket for good.
     ///
     /// A blocking client only, to a server of this version (blocking or
     /// tokio), which says in its reply that it takes such an offer: a tokio
     /// client waits on its socket, where the server's wake-ups would land in
     /// the middle of the data before the move (use
-    /// [`shared_memory`](Self::shared_memory) there). Linux only. Nothing else changes:
-    /// the same bytes, boundaries, peeks and errors. Only a client that
-    /// writes offers: on a pipe only the server writes to, the socket
-    /// stays. `NPIPE_SHARED_MEMORY=off` turns it off for the whole process,
-    /// `=late` makes it offer after the first write (CI runs the suite so,
-    /// to move every connection that writes twice).
+    /// [`shared_memory`](Self::shared_memory) there). Linux only. The bytes,
+    /// message boundaries, peeks and errors are the socket's, with two
+    /// differences: a move that goes wrong (a region the server cannot map,
+    /// or a peer that breaks the protocol) ends the connection with
+    /// `ERROR_BAD_PIPE`, and once moved, writes to a peer that crashed land
+    /// in the ring until it is full, as over the socket they land in its
+    /// buffer. Only a client that writes offers: on a pipe only the server
+    /// writes to, the socket stays. `NPIPE_SHARED_MEMORY=off` turns it off
+    /// for the whole process, `=late` makes it offer after the first send
+    /// (CI runs the suite so, to move every connection that writes twice).
     ///
     /// ```
     /// use npipe::{ClientOptions, ServerOptions};

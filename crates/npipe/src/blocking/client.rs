@@ -58,7 +58,10 @@ impl Pipe<PipeStream, ClientEnd> {
                 match (rings, opts.late_offer_after()) {
                     (Some(rings), _) => Link::Shm(Box::new(ShmTransport::new(rings, socket))),
                     (None, Some(after)) if d.connected.late_offers => {
-                        Link::Late(Box::new(LateShm::offerer(socket, after)))
+                        // What came behind the REPLY, read with it, counts
+                        // among the server's socket bytes.
+                        let read = d.connected.leftover.len() as u64;
+                        Link::Late(Box::new(LateShm::offerer(socket, after, read)))
                     }
                     (None, _) => Link::Socket(socket),
                 }

@@ -46,8 +46,8 @@ enum Role {
     /// A client: offers the rings before write number `after` + 1.
     Offerer { after: u32 },
     /// A server: takes an offer from the client whose uid is `peer_uid`
-    /// (descriptors it sends that are not an offer are closed elsewhere,
-    /// counted against it).
+    /// (a descriptor it sends that is not an offer is closed elsewhere,
+    /// counted against it, and ends the connection).
     Taker { peer_uid: u32 },
 }
 
@@ -66,6 +66,9 @@ struct Tx {
 /// (`ShmTransport`) or a tokio one (`AsyncShm`), over the socket's holder
 /// `H` it shares with the late end.
 pub(crate) trait RingEnd<H: HoldsSocket> {
+    /// Whether this kind of end waits on its socket (a tokio end), so takes
+    /// only a region whose client wakes it so.
+    const WOKEN_BY_SOCKET: bool;
     /// This kind of end over `t`.
     fn over(t: ShmTransport<H>) -> Self;
     /// The rings' non-waiting calls, which every kind has.
@@ -73,6 +76,8 @@ pub(crate) trait RingEnd<H: HoldsSocket> {
 }
 
 impl RingEnd<Arc<Socket>> for ShmTransport<Arc<Socket>> {
+    const WOKEN_BY_SOCKET: bool = false;
+
     fn over(t: ShmTransport<Arc<Socket>>) -> Self {
         t
     }
@@ -104,6 +109,9 @@ pub(crate) struct Late<H, R> {
     rx_on_rings: AtomicBool,
     /// The read and write timeouts, for rings made later.
     timeouts: Mutex<(Option<Duration>, Option<Duration>)>,
+    /// The move failed: the connection was shut, and every later call
+    /// fails.
+    broken: AtomicBool,
 }
 
 /// Where a receive puts what it takes.
@@ -169,11 +177,14 @@ fn bad(why: impl std::fmt::Display) -> io::Error {
 }
 
 impl LateShm {
-    /// A blocking client's end, on `socket` until its write number
+    /// A blocking client's end, on `socket` until its send number
     /// `after` + 1, before which it offers the rings (the server said in its
-    /// OK that it takes such offers).
-    pub(crate) fn offerer(socket: Socket, after: u32) -> LateShm {
-        Late::new(Arc::new(socket), Role::Offerer { after })
+    /// OK that it takes such offers). `read`: the server's bytes already
+    /// read with its OK.
+    pub(crate) fn offerer(socket: Socket, after: u32, read: u64) -> LateShm {
+        let end = Late::new(Arc::new(socket), Role::Offerer { after });
+        *end.rx_socket_bytes() = read;
+        end
     }
 }
 
@@ -194,6 +205,7 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
             rx_socket_bytes: Mutex::new(0),
             rx_on_rings: AtomicBool::new(false),
             timeouts: Mutex::new((None, None)),
+            broken: AtomicBool::new(false),
         }
     }
 
@@ -255,11 +267,35 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
         let _ = self.rings.set(R::over(t));
     }
 
+    /// Fails once the move has failed.
+    fn not_broken(&self) -> io::Result<()> {
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(bad("it failed earlier"));
+        }
+        Ok(())
+    }
+
+    /// A move that failed: the connection is shut both ways (the peer sees
+    /// it end), and `e` is what this call and every later one say.
+    fn broken_by(&self, e: io::Error) -> io::Error {
+        self.broken.store(true, Ordering::Relaxed);
+        match self.ring_t() {
+            Some(rings) => {
+                let _ = rings.shutdown_both();
+            }
+            None => {
+                let _ = self.socket().shutdown_both();
+            }
+        }
+        e
+    }
+
     // ---- sending ----
 
     /// Sends `parts` on the socket or the rings, moving to the rings first
     /// where it is time. `wait`: whether a send may wait for room.
     pub(crate) fn send_parts(&self, parts: &[IoSlice<'_>], wait: bool) -> io::Result<usize> {
+        self.not_broken()?;
         let mut tx = self.tx();
         if !self.sends_on_rings() {
             self.maybe_move(&mut tx, wait)?;
@@ -371,6 +407,7 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
     /// A receive into `dest`, from the socket until the peer's marker and
     /// from the rings after it.
     fn recv_to(&self, dest: &mut Dest<'_>, how: Recv) -> io::Result<usize> {
+        self.not_broken()?;
         loop {
             if self.reads_rings() {
                 let rings = self.ring_t().expect("reading the rings that were made");
@@ -385,16 +422,20 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
                 return Ok(0);
             }
             let end = start + n as u64;
-            let Some(at) = self.marker_in(start, end, rode)? else {
+            let marker = self.marker_in(start, end, rode).and_then(|at| match at {
+                Some(at) if dest.byte((at - start) as usize) != MARKER => Err(bad(
+                    "the byte where the peer said it left the socket is not its marker",
+                )),
+                at => Ok(at),
+            });
+            let Some(at) = marker
+                .inspect_err(|_| dest.keep(0))
+                .map_err(|e| self.broken_by(e))?
+            else {
                 *self.rx_socket_bytes() = end;
                 return Ok(n);
             };
             let data = (at - start) as usize;
-            if dest.byte(data) != MARKER {
-                return Err(bad(
-                    "the byte where the peer said it left the socket is not its marker",
-                ));
-            }
             // Anything after the marker is a wake-up byte (no version of
             // the socket path follows the marker with data).
             dest.keep(data);
@@ -443,7 +484,8 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
         if self.rings.get().is_some() {
             return Ok(());
         }
-        let rings = transport::take_offer(fd, false).map_err(|e| bad(format_args!("{e}")))?;
+        let rings =
+            transport::take_offer(fd, R::WOKEN_BY_SOCKET).map_err(|e| bad(format_args!("{e}")))?;
         if rings.client_switched_at() != at + 1 {
             return Err(bad(
                 "the client's region does not say it left the socket where it did",
@@ -473,7 +515,8 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
         if buf.is_empty() {
             return Ok((buf, false));
         }
-        match self.marker_in(start, start + buf.len() as u64, rode)? {
+        let marker = self.marker_in(start, start + buf.len() as u64, rode);
+        match marker.map_err(|e| self.broken_by(e))? {
             Some(at) => {
                 buf.truncate((at - start) as usize);
                 Ok((buf, true))

@@ -165,6 +165,11 @@ impl ClosesPending {
         }
     }
 
+    /// Whether `sender`'s own closes are far behind.
+    fn sender_backlogged(&self, sender: u32) -> bool {
+        self.by_sender.get(&sender).copied().unwrap_or(0) >= MAX_CLOSES_PENDING_PER_SENDER
+    }
+
     /// Whether `sender`'s descriptors should be left to the kernel.
     fn backlogged(&self, sender: u32) -> bool {
         self.total >= MAX_CLOSES_PENDING
@@ -708,9 +713,9 @@ pub enum Rode {
 /// The kernel never glues the bytes after a descriptor's to them, so one
 /// that came rode with the last byte received. The first memory file is
 /// handed back; any other descriptor is closed elsewhere, counted against
-/// `sender` (the peer's uid); while `sender`'s closes (or everyone's) are
-/// far behind none is taken in and the kernel drops it, seen as a
-/// truncated control message.
+/// `sender` (the peer's uid); while `sender`'s own closes are far behind
+/// none is taken in and the kernel drops it, seen as a truncated control
+/// message.
 ///
 /// # Safety
 ///
@@ -722,9 +727,15 @@ unsafe fn recv_watching(
     how: Watch,
     sender: u32,
 ) -> io::Result<(usize, Rode)> {
-    let take = !closes_pending(|p| p.backlogged(sender));
-    // Room for one `SCM_RIGHTS` of one descriptor, aligned for `cmsghdr`.
+    // Only the sender's own backlog counts: a connection takes in at most
+    // one descriptor before it moves or breaks, and an honest client's
+    // offer must not be dropped for what other users' files do.
+    let take = !closes_pending(|p| p.sender_backlogged(sender));
+    // Room for one `SCM_RIGHTS` of exactly one descriptor, aligned for
+    // `cmsghdr` (a longer control length would let the kernel put in more).
     let mut space = [0u64; 4];
+    // SAFETY: CMSG_LEN only computes a length.
+    let one = unsafe { libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) } as usize;
     let mut iov = libc::iovec {
         iov_base: ptr.cast(),
         iov_len: len,
@@ -736,7 +747,7 @@ unsafe fn recv_watching(
     msg.msg_iovlen = 1;
     if take {
         msg.msg_control = space.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&space) as _;
+        msg.msg_controllen = one.min(std::mem::size_of_val(&space)) as _;
     }
     let flags = libc::MSG_CMSG_CLOEXEC
         | match how {
@@ -774,7 +785,7 @@ unsafe fn recv_watching(
             // SAFETY: the data of this header lies within it, its length
             // given by cmsg_len.
             let data = unsafe { libc::CMSG_DATA(cmsg) };
-            let bytes = header.cmsg_len as usize - (data as usize - cmsg as usize);
+            let bytes = (header.cmsg_len as usize).saturating_sub(data as usize - cmsg as usize);
             for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
                 // SAFETY: within the data just bounded; unaligned read, as
                 // CMSG_DATA promises no alignment.

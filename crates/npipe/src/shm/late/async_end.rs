@@ -24,6 +24,8 @@ use crate::sys::Fd;
 use crate::transport::{AsyncTransport, Recv, Transport};
 
 impl RingEnd<Arc<AsyncFd<Fd>>> for AsyncShm {
+    const WOKEN_BY_SOCKET: bool = true;
+
     fn over(t: ShmTransport<Arc<AsyncFd<Fd>>>) -> Self {
         AsyncShm::over(t)
     }

@@ -14,7 +14,7 @@ use crate::sys::{effective_uid, Socket};
 fn pair(after: u32) -> (LateShm, LateShm) {
     let (a, b) = Socket::pair().unwrap();
     (
-        LateShm::offerer(a, after),
+        LateShm::offerer(a, after, 0),
         LateShm::taker(std::sync::Arc::new(b), effective_uid()),
     )
 }
@@ -168,11 +168,45 @@ fn a_region_that_misplaces_the_marker_breaks_the_connection() {
             .switched_at(&region)
             .store(said, Ordering::Release);
         raw.send_with_fd(&[MARKER], region.fd().as_fd()).unwrap();
-        let mut buf = [0u8; 16];
-        let e = server.recv(&mut buf, Recv::Wait).unwrap_err();
+        // Into a vector: what the failed receive took is not left there.
+        let mut v = Vec::with_capacity(16);
+        let e = server.recv_spare(&mut v, Recv::Wait).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidData, "said {said}: {e}");
         assert!(e.to_string().contains("does not say"), "{e}");
+        assert!(v.is_empty(), "said {said}: {v:?} kept");
+        // The connection is over: for every later call, and for the peer.
+        let mut buf = [0u8; 16];
+        let again = server.recv(&mut buf, Recv::DontWait).unwrap_err();
+        assert_eq!(again.kind(), ErrorKind::InvalidData);
+        assert_eq!(
+            server.send(b"x").unwrap_err().kind(),
+            ErrorKind::InvalidData
+        );
+        assert_eq!(raw.recv(&mut buf).unwrap(), 0, "the client reads the end");
     }
+}
+
+/// What the client read with its OK counts among the server's socket
+/// bytes: a server that wrote first moves at a marker the client still
+/// finds.
+#[test]
+fn bytes_read_with_the_ok_count_toward_the_servers_marker() {
+    let (a, b) = Socket::pair().unwrap();
+    let server = LateShm::taker(std::sync::Arc::new(b), effective_uid());
+    server.send(b"banner").unwrap();
+    // The client's connect read these with the REPLY.
+    let mut with_reply = [0u8; 6];
+    assert_eq!(a.recv(&mut with_reply).unwrap(), 6);
+    let client = LateShm::offerer(a, 0, 6);
+    // Counted wrong, the marker reads as data and the rest never comes.
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.send(b"x").unwrap();
+    assert_eq!(read_exactly(&server, 1), b"x");
+    server.send(b"yz").unwrap();
+    assert!(server.sends_on_rings());
+    assert_eq!(read_exactly(&client, 2), b"yz");
 }
 
 #[test]

@@ -21,7 +21,7 @@ fn pair(after: u32) -> (LateShm, AsyncLate) {
     b.set_nonblocking(true).unwrap();
     let io = crate::sys::register_async_for(b, Interest::READABLE | Interest::WRITABLE).unwrap();
     (
-        LateShm::offerer(a, after),
+        LateShm::offerer(a, after, 0),
         AsyncLate::taker(Arc::new(io), effective_uid()),
     )
 }
