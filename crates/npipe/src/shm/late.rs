@@ -27,7 +27,7 @@
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -96,23 +96,25 @@ pub(crate) type LateShm = Late<Arc<Socket>, ShmTransport<Arc<Socket>>>;
 pub(crate) struct Late<H, R> {
     socket: H,
     role: Role,
-    /// Made by the client's offer, or by the server's taking it.
-    rings: OnceLock<R>,
+    /// Made by the client's offer, or by the server's taking it (boxed: a
+    /// connection that never moves, an idle one on a busy server, pays a
+    /// pointer for them, not the rings' size).
+    rings: OnceLock<Box<R>>,
     /// Held across a send on the socket: only senders take it.
     tx: Mutex<Tx>,
-    /// This end's writes go into the rings.
-    tx_on_rings: AtomicBool,
-    /// Bytes received on the socket, the peer's marker counted (never held
-    /// across a receive: one reader at a time, and peeks read it).
-    rx_socket_bytes: Mutex<u64>,
-    /// This end reads from the rings (it has passed the peer's marker).
-    rx_on_rings: AtomicBool,
-    /// The read and write timeouts, for rings made later.
-    timeouts: Mutex<(Option<Duration>, Option<Duration>)>,
-    /// The move failed: the connection was shut, and every later call
-    /// fails.
-    broken: AtomicBool,
+    /// [`TX_ON_RINGS`], [`RX_ON_RINGS`], [`BROKEN`].
+    state: AtomicU8,
+    /// Bytes received on the socket, the peer's marker counted (one reader
+    /// at a time; peeks read it).
+    rx_socket_bytes: AtomicU64,
 }
+
+/// This end's writes go into the rings.
+const TX_ON_RINGS: u8 = 1;
+/// This end reads from the rings (it has passed the peer's marker).
+const RX_ON_RINGS: u8 = 2;
+/// The move failed: the connection was shut, and every later call fails.
+const BROKEN: u8 = 4;
 
 /// Where a receive puts what it takes.
 enum Dest<'a> {
@@ -183,7 +185,7 @@ impl LateShm {
     /// read with its OK.
     pub(crate) fn offerer(socket: Socket, after: u32, read: u64) -> LateShm {
         let end = Late::new(Arc::new(socket), Role::Offerer { after });
-        *end.rx_socket_bytes() = read;
+        end.rx_socket_bytes.store(read, Ordering::Relaxed);
         end
     }
 }
@@ -201,11 +203,8 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
             role,
             rings: OnceLock::new(),
             tx: Mutex::new(Tx::default()),
-            tx_on_rings: AtomicBool::new(false),
-            rx_socket_bytes: Mutex::new(0),
-            rx_on_rings: AtomicBool::new(false),
-            timeouts: Mutex::new((None, None)),
-            broken: AtomicBool::new(false),
+            state: AtomicU8::new(0),
+            rx_socket_bytes: AtomicU64::new(0),
         }
     }
 
@@ -228,48 +227,42 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
     /// The rings, once made, as this kind of end has them.
     #[cfg(feature = "tokio")]
     pub(crate) fn ring_end(&self) -> Option<&R> {
-        self.rings.get()
+        self.rings.get().map(|r| &**r)
     }
 
     /// The rings' non-waiting calls, once made.
     fn ring_t(&self) -> Option<&ShmTransport<H>> {
-        self.rings.get().map(R::rings)
+        self.rings.get().map(|r| r.rings())
     }
 
     /// This end's writes go into the rings.
     pub(crate) fn sends_on_rings(&self) -> bool {
-        self.tx_on_rings.load(Ordering::Relaxed)
+        self.state.load(Ordering::Relaxed) & TX_ON_RINGS != 0
     }
 
     /// This end reads from the rings (it has passed the peer's marker).
     pub(crate) fn reads_rings(&self) -> bool {
-        self.rx_on_rings.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) & RX_ON_RINGS != 0
     }
 
     fn tx(&self) -> MutexGuard<'_, Tx> {
         self.tx.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn rx_socket_bytes(&self) -> MutexGuard<'_, u64> {
-        self.rx_socket_bytes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The rings, once made, with this end's timeouts.
+    /// The rings, once made, with the socket's timeouts.
     fn install(&self, rings: Rings) {
         let t = ShmTransport::new(rings, self.socket.clone());
-        let (read, write) = *self.timeouts.lock().unwrap_or_else(|e| e.into_inner());
+        let (read, write) = self.socket().timeouts().unwrap_or((None, None));
         let _ = t.set_read_timeout(read);
         let _ = t.set_write_timeout(write);
         // Only one thread makes them: the sender (a client) under `tx`, or
         // the one reader (a server).
-        let _ = self.rings.set(R::over(t));
+        let _ = self.rings.set(Box::new(R::over(t)));
     }
 
     /// Fails once the move has failed.
     fn not_broken(&self) -> io::Result<()> {
-        if self.broken.load(Ordering::Relaxed) {
+        if self.state.load(Ordering::Relaxed) & BROKEN != 0 {
             return Err(bad("it failed earlier"));
         }
         Ok(())
@@ -278,7 +271,7 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
     /// A move that failed: the connection is shut both ways (the peer sees
     /// it end), and `e` is what this call and every later one say.
     fn broken_by(&self, e: io::Error) -> io::Error {
-        self.broken.store(true, Ordering::Relaxed);
+        self.state.fetch_or(BROKEN, Ordering::Relaxed);
         match self.ring_t() {
             Some(rings) => {
                 let _ = rings.shutdown_both();
@@ -363,7 +356,7 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
         drop(copy);
         match sent {
             Ok(1) => {
-                self.tx_on_rings.store(true, Ordering::Relaxed);
+                self.state.fetch_or(TX_ON_RINGS, Ordering::Relaxed);
                 Ok(())
             }
             other => {
@@ -388,7 +381,7 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
         };
         match sent {
             Ok(1) => {
-                self.tx_on_rings.store(true, Ordering::Relaxed);
+                self.state.fetch_or(TX_ON_RINGS, Ordering::Relaxed);
                 Ok(())
             }
             other => {
@@ -413,7 +406,7 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
                 let rings = self.ring_t().expect("reading the rings that were made");
                 return dest.recv_rings(rings, how);
             }
-            let start = *self.rx_socket_bytes();
+            let start = self.rx_socket_bytes.load(Ordering::Relaxed);
             let (n, rode) = match self.role {
                 Role::Offerer { .. } => (dest.recv_socket(self.socket(), how)?, Rode::Nothing),
                 Role::Taker { peer_uid } => dest.recv_watching(self.socket(), how, peer_uid)?,
@@ -432,15 +425,15 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
                 .inspect_err(|_| dest.keep(0))
                 .map_err(|e| self.broken_by(e))?
             else {
-                *self.rx_socket_bytes() = end;
+                self.rx_socket_bytes.store(end, Ordering::Relaxed);
                 return Ok(n);
             };
             let data = (at - start) as usize;
             // Anything after the marker is a wake-up byte (no version of
             // the socket path follows the marker with data).
             dest.keep(data);
-            *self.rx_socket_bytes() = at + 1;
-            self.rx_on_rings.store(true, Ordering::Release);
+            self.rx_socket_bytes.store(at + 1, Ordering::Relaxed);
+            self.state.fetch_or(RX_ON_RINGS, Ordering::Release);
             if data > 0 {
                 return Ok(data);
             }
@@ -498,7 +491,7 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
     /// What the socket holds before the peer's marker (all of it if the
     /// marker is not there), and whether the marker is there.
     fn peek_socket(&self) -> io::Result<(Vec<u8>, bool)> {
-        let start = *self.rx_socket_bytes();
+        let start = self.rx_socket_bytes.load(Ordering::Relaxed);
         let queued = self.socket().readable_bytes()?;
         let mut buf = Vec::with_capacity(queued.max(1));
         let rode = match self.role {
@@ -593,7 +586,6 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Transport for Late<H, R> {
     }
 
     fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.timeouts.lock().unwrap_or_else(|e| e.into_inner()).0 = timeout;
         if let Some(rings) = self.ring_t() {
             rings.set_read_timeout(timeout)?;
         }
@@ -601,7 +593,6 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Transport for Late<H, R> {
     }
 
     fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.timeouts.lock().unwrap_or_else(|e| e.into_inner()).1 = timeout;
         if let Some(rings) = self.ring_t() {
             rings.set_write_timeout(timeout)?;
         }

@@ -506,6 +506,15 @@ impl Socket {
         )?)
     }
 
+    /// `SO_RCVTIMEO` and `SO_SNDTIMEO` as set (`None`: for ever).
+    pub fn timeouts(&self) -> io::Result<(Option<Duration>, Option<Duration>)> {
+        use rustix::net::sockopt::{socket_timeout, Timeout};
+        Ok((
+            socket_timeout(&self.0, Timeout::Recv)?,
+            socket_timeout(&self.0, Timeout::Send)?,
+        ))
+    }
+
     /// Sets `SO_SNDTIMEO`.
     pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         let t = t.filter(|d| !d.is_zero());

@@ -45,22 +45,16 @@ fn each_direction_moves_at_its_marker_and_no_byte_is_lost_or_doubled() {
     // The server answers before it has read the offer: on the socket.
     server.send(b"early").unwrap();
     client.send(b"three").unwrap();
-    assert!(client.has_rings() && client.tx_on_rings.load(Ordering::Relaxed));
+    assert!(client.has_rings() && client.sends_on_rings());
     client.send(b"four").unwrap();
     assert_eq!(read_exactly(&server, 15), b"onetwothreefour");
-    assert!(
-        server.rx_on_rings.load(Ordering::Relaxed),
-        "past the marker"
-    );
-    assert!(
-        !server.tx_on_rings.load(Ordering::Relaxed),
-        "moves at its next send"
-    );
+    assert!(server.reads_rings(), "past the marker");
+    assert!(!server.sends_on_rings(), "moves at its next send");
     server.send(b"late").unwrap();
-    assert!(server.tx_on_rings.load(Ordering::Relaxed));
+    assert!(server.sends_on_rings());
     server.send(b"r").unwrap();
     assert_eq!(read_exactly(&client, 10), b"earlylater");
-    assert!(client.rx_on_rings.load(Ordering::Relaxed));
+    assert!(client.reads_rings());
     // Both ways on the rings now.
     client.send(b"x").unwrap();
     assert_eq!(read_exactly(&server, 1), b"x");
@@ -257,7 +251,7 @@ fn vectored_sends_count_every_byte_on_the_socket() {
     assert_eq!(client.send_vectored(&parts).unwrap(), 5);
     client.send_vectored(&parts).unwrap();
     assert_eq!(read_exactly(&server, 10), b"abcdeabcde");
-    assert!(server.rx_on_rings.load(Ordering::Relaxed));
+    assert!(server.reads_rings());
 }
 
 /// An offer whose marker cannot go (the server is gone) fails that send
