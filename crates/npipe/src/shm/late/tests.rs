@@ -266,3 +266,56 @@ fn an_offer_that_cannot_be_sent_leaves_the_socket() {
     let mut buf = [0u8; 4];
     assert_eq!(client.recv(&mut buf, Recv::Wait).unwrap(), 0);
 }
+
+mod hostile_server {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// A server that took the offer writes any `switched_at` and sends
+        /// any bytes on its socket: the client reads them as data, or fails
+        /// with `ERROR_BAD_PIPE`'s kind, and never panics or hangs.
+        #[test]
+        fn any_switched_at_and_socket_bytes_are_data_or_an_error(
+            word in prop_oneof![0u64..16, any::<u64>()],
+            bytes in prop::collection::vec(prop_oneof![Just(MARKER), any::<u8>()], 1..12),
+        ) {
+            let (client, server) = pair(0);
+            client.send(b"go").unwrap();
+            prop_assert_eq!(read_exactly(&server, 2), b"go");
+            // The raw word, whatever it is (0: not moved).
+            server.ring_t().unwrap().say_switched_at(word.checked_sub(1));
+            Transport::send(server.socket(), &bytes).unwrap();
+            client.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            let mut got = Vec::new();
+            let mut failed = false;
+            loop {
+                let mut buf = [0u8; 16];
+                match client.recv(&mut buf, Recv::Wait) {
+                    Ok(0) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        prop_assert_eq!(e.kind(), ErrorKind::InvalidData);
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            // The bytes before the place the word names are data, the byte
+            // there must be the marker (else nothing is delivered and the
+            // connection fails), and a word past them all is not news yet.
+            match word.checked_sub(1).map(|at| at as usize) {
+                Some(at) if at < bytes.len() && bytes[at] == MARKER => {
+                    prop_assert!(!failed);
+                    prop_assert_eq!(&got[..], &bytes[..at]);
+                }
+                Some(at) if at < bytes.len() => prop_assert!(failed && got.is_empty()),
+                _ => prop_assert!(!failed && got == bytes),
+            }
+        }
+    }
+}
