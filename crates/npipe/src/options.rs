@@ -507,8 +507,9 @@ impl ClientOptions {
     }
 
     /// Moves a busy connection to shared memory: after this many sends on
-    /// the socket (16 by default; a large message may take several), a
-    /// blocking client offers the server a ring each way, in mid-stream
+    /// the socket (16 by default; a large message may take several), or
+    /// once 256 KiB have gone through it, whichever comes first, a blocking
+    /// client offers the server a ring each way, in mid-stream
     /// (PROTOCOL §6d), and both ends' data go through the rings from there
     /// on, each direction from a marker byte the reader steps over. A short
     /// connection (a `call`, a request and a reply) never pays for a region;

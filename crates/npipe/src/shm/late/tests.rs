@@ -319,3 +319,29 @@ mod hostile_server {
         }
     }
 }
+
+/// A client offers once 256 KiB went through the socket, however few its
+/// sends: a stream of large messages moves at its second.
+#[test]
+fn bytes_enough_prove_a_connection_busy() {
+    let (client, server) = pair(1000);
+    let big = vec![7u8; 300 * 1024];
+    let reader = std::thread::spawn(move || {
+        let got = read_exactly(&server, 2 * big.len() + 1);
+        assert!(got[..2 * big.len()].iter().all(|&b| b == 7) && got[2 * big.len()] == 9);
+        server
+    });
+    let big = vec![7u8; 300 * 1024];
+    let mut sent = 0;
+    while sent < big.len() {
+        sent += client.send(&big[sent..]).unwrap();
+    }
+    assert!(!client.has_rings(), "one send's bytes are not yet enough");
+    let mut sent = 0;
+    while sent < big.len() {
+        sent += client.send(&big[sent..]).unwrap();
+        assert!(client.has_rings(), "256 KiB went through the socket");
+    }
+    client.send(&[9]).unwrap();
+    assert!(reader.join().unwrap().reads_rings());
+}
