@@ -159,6 +159,13 @@ pub(crate) fn out_of_descriptors(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
 
+/// Whether an accept failed for want of descriptors or of kernel memory
+/// (`ENOBUFS`, `ENOMEM`): the listener stays readable, so an acceptor that
+/// only tried again would spin; it pauses instead, as out of descriptors.
+pub(crate) fn accept_starved(e: &io::Error) -> bool {
+    out_of_descriptors(e) || matches!(e.raw_os_error(), Some(libc::ENOBUFS) | Some(libc::ENOMEM))
+}
+
 /// Out of descriptors, the classic spare-descriptor trick: gives `spare` up
 /// to accept every client waiting in the kernel's backlog and tell it
 /// *pipe busy* (rather than leave it hanging there), then takes a spare
@@ -234,4 +241,27 @@ pub(crate) fn refuse(socket: &Socket, code: ErrorCode, reason: &str) {
             reason: reason.to_string(),
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errno(n: i32) -> io::Error {
+        io::Error::from_raw_os_error(n)
+    }
+
+    /// Both acceptors pause on these, where trying again at once would
+    /// spin on a listener that stays readable; a client's fallback (a dial
+    /// without its region) is for descriptors alone.
+    #[test]
+    fn an_accept_short_of_kernel_memory_pauses_as_one_short_of_descriptors() {
+        for n in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(accept_starved(&errno(n)), "errno {n}");
+        }
+        for n in [libc::EAGAIN, libc::ECONNABORTED, libc::EINTR, libc::EPROTO] {
+            assert!(!accept_starved(&errno(n)), "errno {n}");
+        }
+        assert!(!out_of_descriptors(&errno(libc::ENOBUFS)));
+    }
 }

@@ -29,7 +29,7 @@ use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
 use crate::engine::ticket_map::TicketMap;
 use crate::error::{Error, ErrorCode, Result};
 use crate::fresh_connection::{
-    self, out_of_descriptors, peer_of, refuse, send_reply, Arrived, FirstRead, ACCEPT_BATCH,
+    self, accept_starved, peer_of, refuse, send_reply, Arrived, FirstRead, ACCEPT_BATCH,
     FD_EXHAUSTED_PAUSE, HELLO_READ,
 };
 use crate::impersonation::Impersonation;
@@ -879,13 +879,13 @@ impl Lender<'_> {
     }
 
     /// Takes one connection from the kernel and carries its handshake as far
-    /// as it goes now: `Err` if accepting must stop (out of descriptors: the
-    /// acceptor thread refuses clients while it pauses).
+    /// as it goes now: `Err` if accepting must stop (out of descriptors or
+    /// kernel memory: the acceptor thread refuses clients while it pauses).
     fn take_one(&self) -> std::result::Result<Option<Ready>, ()> {
         let shared = self.shared;
         let socket = match self.listener.accept_blocking_socket() {
             Ok(socket) => socket,
-            Err(e) if out_of_descriptors(&e) => {
+            Err(e) if accept_starved(&e) => {
                 // The acceptor holds the spare descriptor that lets it refuse
                 // the clients waiting; the loan ends and gives it the
                 // listener back.
@@ -1136,7 +1136,7 @@ impl Acceptor {
                         self.settle(ticket, progress);
                     }
                 }
-                Err(e) if out_of_descriptors(&e) => {
+                Err(e) if accept_starved(&e) => {
                     self.refuse_backlog();
                     engine.paused_until = Some(Instant::now() + FD_EXHAUSTED_PAUSE);
                     return;

@@ -36,7 +36,7 @@ use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
 use crate::engine::ticket_map::TicketMap;
 use crate::error::{Error, ErrorCode, Result};
 use crate::fresh_connection::{
-    self, out_of_descriptors, peer_of, refuse, send_reply, Arrived, FirstRead, ACCEPT_BATCH,
+    self, accept_starved, peer_of, refuse, send_reply, Arrived, FirstRead, ACCEPT_BATCH,
     FD_EXHAUSTED_PAUSE, HELLO_READ,
 };
 use crate::info::PipeInfo;
@@ -477,7 +477,7 @@ impl Acceptor {
                             guard.clear_ready();
                             break;
                         }
-                        Err(e) if out_of_descriptors(&e) => {
+                        Err(e) if accept_starved(&e) => {
                             let listener = guard.get_inner().socket();
                             fresh_connection::refuse_while_out_of_descriptors(
                                 &mut self.spare_fd,
