@@ -428,6 +428,22 @@ fn client_shared_memory_is_taken_or_declined() {
     assert!(!run.stderr.contains("shared memory"), "{}", run.stderr);
 }
 
+/// A busy `client` session moves to shared memory in mid-stream (a
+/// blocking client offers after 16 writes, and `serve` takes it), while
+/// the client reads the echoes on another thread: every line still comes
+/// back, whole and in order.
+#[test]
+fn a_busy_client_session_moves_and_loses_nothing() {
+    let name = unique("client-late");
+    let _server = Server::start(&name, &[]);
+    let input: String = (0..400)
+        .map(|i| format!("line {i} {}\n", "x".repeat(i % 97)))
+        .collect();
+    let run = run(&["client", &name], input.as_bytes());
+    run.assert_success();
+    assert!(run.stdout == input, "{}", run.stderr);
+}
+
 /// `serve --pid-file` holds the server's pid while it serves and is
 /// removed when it stops.
 #[test]

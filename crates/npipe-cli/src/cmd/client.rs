@@ -86,10 +86,12 @@ pub struct Args {
     #[arg(short, long)]
     pub quiet: bool,
 
-    /// Offer to move the data into shared memory, a ring each way, once
-    /// connected (Linux): faster than the socket, the same otherwise. The
-    /// server may decline (npipe serve takes it unless --no-shared-memory);
-    /// the connected line says which. NPIPE_SHARED_MEMORY=on|off overrides
+    /// Offer to move the data into shared memory, a ring each way, with
+    /// the handshake (Linux): faster than the socket, the same otherwise.
+    /// Without it a busy session moves anyway, after 16 writes or 256 KiB.
+    /// The server may decline (npipe serve takes it unless
+    /// --no-shared-memory); the connected line says which.
+    /// NPIPE_SHARED_MEMORY=on|off|late overrides
     #[arg(long)]
     pub shared_memory: bool,
 

@@ -226,7 +226,8 @@ pub struct Args {
     pub reject_remote_clients: bool,
 
     /// Keep every client on the socket: decline their offers to move the
-    /// data into shared memory (Linux; taken by default)
+    /// data into shared memory, with the handshake or once busy (Linux;
+    /// taken by default)
     #[arg(long)]
     pub no_shared_memory: bool,
 
