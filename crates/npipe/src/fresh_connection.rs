@@ -86,6 +86,7 @@ impl Arrived {
         let cur_instances = desc.cur_instances;
         // An offer is taken only where nothing is pipelined behind the
         // HELLO (that would be on the socket), and only if it is sound.
+        let offered = self.offer.is_some();
         let shm = self
             .offer
             .take()
@@ -96,10 +97,11 @@ impl Arrived {
         // hand-over (no local client), nor a connection with a request
         // pipelined behind the HELLO (part of it may still be on the socket,
         // where the client's count of its socket bytes does not include it).
-        desc.late_offers = opts.takes_shared_memory()
-            && shm.is_none()
-            && !desc.handed_over
-            && !self.hello.pipelined;
+        // Nor one whose offer with the HELLO was not taken: what failed
+        // then (a mapping, a descriptor) would fail again later, and a late
+        // offer cannot be declined.
+        desc.late_offers =
+            opts.takes_shared_memory() && !offered && !desc.handed_over && !self.hello.pipelined;
         let late_offers = desc.late_offers;
         #[cfg(feature = "remote")]
         let handed_over = desc.handed_over;

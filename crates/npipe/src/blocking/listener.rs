@@ -29,8 +29,8 @@ use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
 use crate::engine::ticket_map::TicketMap;
 use crate::error::{Error, ErrorCode, Result};
 use crate::fresh_connection::{
-    self, accept_starved, peer_of, refuse, send_reply, Arrived, FirstRead, ACCEPT_BATCH,
-    FD_EXHAUSTED_PAUSE, HELLO_READ,
+    self, accept_starved, out_of_descriptors, peer_of, refuse, send_reply, Arrived, FirstRead,
+    ACCEPT_BATCH, FD_EXHAUSTED_PAUSE, HELLO_READ,
 };
 use crate::impersonation::Impersonation;
 use crate::info::PipeInfo;
@@ -887,11 +887,12 @@ impl Lender<'_> {
             Ok(socket) => socket,
             Err(e) if accept_starved(&e) => {
                 // The acceptor holds the spare descriptor that lets it refuse
-                // the clients waiting; the loan ends and gives it the
+                // the clients waiting (out of descriptors; out of kernel
+                // memory it only pauses); the loan ends and gives it the
                 // listener back.
                 let mut engine = shared.engine();
                 engine.paused_until = Some(Instant::now() + FD_EXHAUSTED_PAUSE);
-                engine.out_of_descriptors = true;
+                engine.out_of_descriptors = out_of_descriptors(&e);
                 shared.waker.wake();
                 return Err(());
             }
@@ -1137,7 +1138,11 @@ impl Acceptor {
                     }
                 }
                 Err(e) if accept_starved(&e) => {
-                    self.refuse_backlog();
+                    // Out of descriptors, the clients waiting are told so;
+                    // out of kernel memory a spare descriptor frees none.
+                    if out_of_descriptors(&e) {
+                        self.refuse_backlog();
+                    }
                     engine.paused_until = Some(Instant::now() + FD_EXHAUSTED_PAUSE);
                     return;
                 }

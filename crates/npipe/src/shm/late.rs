@@ -379,9 +379,20 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
                 // Never offered: the server never writes into these rings,
                 // so they say nothing to the reader, and the socket stays.
                 tx.no_offer = true;
-                Err(other
+                let e = other
                     .err()
-                    .unwrap_or_else(|| io::ErrorKind::WriteZero.into()))
+                    .unwrap_or_else(|| io::ErrorKind::WriteZero.into());
+                // A peer that is gone, or the write timeout, is this send's
+                // error; anything else is the marker's alone (too many
+                // descriptors in flight, no buffer for one): the data go on
+                // the socket.
+                let ends_the_send = e.kind() == io::ErrorKind::WouldBlock
+                    || matches!(e.raw_os_error(), Some(libc::EPIPE) | Some(libc::ECONNRESET));
+                if ends_the_send {
+                    Err(e)
+                } else {
+                    Ok(())
+                }
             }
         }
     }
@@ -633,16 +644,22 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Transport for Late<H, R> {
         }
     }
 
-    /// On the rings, what the peer has not read is what it left on the
-    /// socket and in the ring. Our marker counts while unread, and rightly:
-    /// the bytes of the send that wrote it follow it in the ring, unread
-    /// too.
+    /// On the rings, what the peer has not read is what it left in the
+    /// ring and, until it has read from the ring, on the socket. Our marker
+    /// counts while unread, and rightly: the bytes of the send that wrote it
+    /// follow it in the ring, unread too. Once the peer has read from the
+    /// ring it is past the marker, and what the socket still holds of ours
+    /// is wake-up bytes (a tokio peer drains them only when it next sleeps).
     fn delivery(&self) -> io::Result<Delivery> {
         let rings = match (self.sends_on_rings(), self.ring_t()) {
             (true, Some(rings)) => rings,
             _ => return self.socket().delivery(),
         };
-        let on_socket = self.socket().unread_by_peer()?;
+        let on_socket = if rings.peer_read_any()? {
+            0
+        } else {
+            self.socket().unread_by_peer()?
+        };
         let ring = rings.delivery()?;
         let unread_by_peer = on_socket + ring.unread_by_peer;
         Ok(Delivery {

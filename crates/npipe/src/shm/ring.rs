@@ -296,6 +296,11 @@ impl Producer {
         Ok((self.tail - head) as usize)
     }
 
+    /// Whether the reader has consumed anything of this ring yet.
+    pub(crate) fn read_any(&mut self, r: &ShmRegion) -> Result<bool> {
+        Ok(self.head(r)? > 0)
+    }
+
     /// Publishes one record of `payload` (at most
     /// [`Layout::max_record`] bytes), `more` if the message goes on in the
     /// next record. `Ok(false)`: no room yet. (The transport carries a byte

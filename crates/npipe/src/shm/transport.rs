@@ -326,6 +326,21 @@ impl<S: HoldsSocket> ShmTransport<S> {
         said.checked_sub(1)
     }
 
+    /// Whether the peer has read anything of the ring this end writes (so,
+    /// after a late move, it has passed this end's marker).
+    pub(crate) fn peer_read_any(&self) -> io::Result<bool> {
+        self.tx().read_any(&self.region).map_err(io_error)
+    }
+
+    /// As a tokio peer's reader asleep on its socket would: says so in the
+    /// ring this end writes, so that the next publish sends a wake-up byte.
+    #[cfg(test)]
+    pub(crate) fn peer_reader_sleeps_on_its_socket(&self) {
+        self.tx_layout
+            .consumer_waiting(&self.region)
+            .store(ASLEEP_ON_SOCKET, Ordering::SeqCst);
+    }
+
     /// Says where this end leaves the socket for its ring (`Some`: after
     /// `sent` bytes there, its marker next), or that it stays (`None`: a
     /// marker that could not be sent).

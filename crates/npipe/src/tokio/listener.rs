@@ -36,8 +36,8 @@ use crate::engine::acceptor::{AcceptorCore, Answer, Grant};
 use crate::engine::ticket_map::TicketMap;
 use crate::error::{Error, ErrorCode, Result};
 use crate::fresh_connection::{
-    self, accept_starved, peer_of, refuse, send_reply, Arrived, FirstRead, ACCEPT_BATCH,
-    FD_EXHAUSTED_PAUSE, HELLO_READ,
+    self, accept_starved, out_of_descriptors, peer_of, refuse, send_reply, Arrived, FirstRead,
+    ACCEPT_BATCH, FD_EXHAUSTED_PAUSE, HELLO_READ,
 };
 use crate::info::PipeInfo;
 use crate::listener_state::{Carrier, ListenerState, Publication, Ready};
@@ -478,11 +478,15 @@ impl Acceptor {
                             break;
                         }
                         Err(e) if accept_starved(&e) => {
-                            let listener = guard.get_inner().socket();
-                            fresh_connection::refuse_while_out_of_descriptors(
-                                &mut self.spare_fd,
-                                || listener.accept_nonblocking(),
-                            );
+                            // Out of kernel memory a spare descriptor frees
+                            // none: only the pause.
+                            if out_of_descriptors(&e) {
+                                let listener = guard.get_inner().socket();
+                                fresh_connection::refuse_while_out_of_descriptors(
+                                    &mut self.spare_fd,
+                                    || listener.accept_nonblocking(),
+                                );
+                            }
                             self.paused_until = Some(Instant::now() + FD_EXHAUSTED_PAUSE);
                             break;
                         }

@@ -345,3 +345,21 @@ fn bytes_enough_prove_a_connection_busy() {
     client.send(&[9]).unwrap();
     assert!(reader.join().unwrap().reads_rings());
 }
+
+/// Once the peer reads from the ring it is past our marker: what our
+/// socket still holds for it is wake-up bytes (a tokio server drains them
+/// only when it next sleeps), and a flush does not wait on them.
+#[test]
+fn a_flush_does_not_wait_on_wake_up_bytes_left_on_the_socket() {
+    let (client, server) = pair(0);
+    client.send(b"a").unwrap();
+    assert_eq!(read_exactly(&server, 1), b"a");
+    // As a tokio server's reader asleep on its socket: the next publish
+    // sends it a byte there, which this (blocking) server never drains.
+    client.ring_t().unwrap().peer_reader_sleeps_on_its_socket();
+    client.send(b"b").unwrap();
+    assert_eq!(server.socket().readable_bytes().unwrap(), 1, "the wake-up");
+    assert_eq!(read_exactly(&server, 1), b"b");
+    let d = client.delivery().unwrap();
+    assert_eq!((d.unread_by_peer, d.peer_hung_up), (0, false));
+}
