@@ -516,20 +516,19 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
     }
 
     /// What the socket holds before the peer's marker (all of it if the
-    /// marker is not there), and whether the marker is there.
-    fn peek_socket(&self) -> io::Result<(Vec<u8>, bool)> {
+    /// marker is not there), and whether the marker is there; `queued`:
+    /// the socket's count (`FIONREAD`).
+    fn peek_socket(&self, queued: usize) -> io::Result<(Vec<u8>, bool)> {
         let start = self.rx_socket_bytes.load(Ordering::Relaxed);
-        let queued = self.socket().readable_bytes()?;
-        let mut buf = Vec::with_capacity(queued.max(1));
-        let rode = match self.role {
-            Role::Offerer { .. } => {
-                buf = self.socket().peek_queued();
-                Rode::Nothing
-            }
+        let (mut buf, rode) = match self.role {
+            Role::Offerer { .. } => (self.socket().peek_queued(), Rode::Nothing),
             Role::Taker { peer_uid } => {
-                self.socket()
+                let mut buf = Vec::with_capacity(queued.max(1));
+                let rode = self
+                    .socket()
                     .recv_spare_watching(&mut buf, Watch::Peek, peer_uid)?
-                    .1
+                    .1;
+                (buf, rode)
             }
         };
         if buf.is_empty() {
@@ -543,6 +542,23 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
             }
             None => Ok((buf, false)),
         }
+    }
+
+    /// How many of the socket's `queued` bytes come before the peer's
+    /// marker, and whether the marker is among them. A client counts by
+    /// the server's `switched_at` word, copying nothing; a server must peek
+    /// to find the offer's descriptor.
+    fn count_socket(&self, queued: usize) -> io::Result<(usize, bool)> {
+        if let Role::Taker { .. } = self.role {
+            let (before, marker) = self.peek_socket(queued)?;
+            return Ok((before.len(), marker));
+        }
+        let start = self.rx_socket_bytes.load(Ordering::Relaxed);
+        let marker = self.marker_in(start, start + queued as u64, Rode::Nothing);
+        Ok(match marker.map_err(|e| self.broken_by(e))? {
+            Some(at) => ((at - start) as usize, true),
+            None => (queued, false),
+        })
     }
 }
 
@@ -578,22 +594,24 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Transport for Late<H, R> {
         if let (true, Some(rings)) = (self.reads_rings(), self.ring_t()) {
             return rings.readable_bytes();
         }
-        if self.socket().readable_bytes()? == 0 {
+        let queued = self.socket().readable_bytes()?;
+        if queued == 0 {
             return Ok(0);
         }
-        let (before, marker) = self.peek_socket()?;
+        let (before, marker) = self.count_socket(queued)?;
         let after = match (marker, self.ring_t()) {
             (true, Some(rings)) => rings.readable_bytes()?,
             _ => 0,
         };
-        Ok(before.len() + after)
+        Ok(before + after)
     }
 
     fn peek_queued(&self) -> Vec<u8> {
         if let (true, Some(rings)) = (self.reads_rings(), self.ring_t()) {
             return rings.peek_queued();
         }
-        let Ok((mut before, marker)) = self.peek_socket() else {
+        let queued = self.socket().readable_bytes().unwrap_or(0);
+        let Ok((mut before, marker)) = self.peek_socket(queued) else {
             return Vec::new();
         };
         if let (true, Some(rings)) = (marker, self.ring_t()) {

@@ -418,31 +418,20 @@ impl Socket {
         &self,
         buf: &mut [u8],
         take_fds: bool,
-        mut each: impl FnMut(OwnedFd),
+        each: impl FnMut(OwnedFd),
     ) -> io::Result<usize> {
-        use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage};
-        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-        let mut control = if !take_fds {
-            RecvAncillaryBuffer::new(&mut [])
-        } else {
-            RecvAncillaryBuffer::new(&mut space)
-        };
-        let n = retry(|| {
-            let mut iov = [io::IoSliceMut::new(&mut *buf)];
-            rustix::net::recvmsg(
-                &self.0,
-                &mut iov,
-                &mut control,
-                RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+        // SAFETY: `buf` is valid for writes of its length while borrowed.
+        let got = unsafe {
+            recvmsg_fds(
+                self,
+                buf.as_mut_ptr(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+                take_fds,
+                each,
             )
-            .map(|r| r.bytes)
-        })?;
-        for msg in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(fds) = msg {
-                fds.for_each(&mut each);
-            }
-        }
-        Ok(n)
+        };
+        got.map(|(n, _)| n)
     }
 
     /// Receives into `buf`, watching for a descriptor riding along (a late
@@ -740,6 +729,48 @@ unsafe fn recv_watching(
     // one descriptor before it moves or breaks, and an honest client's
     // offer must not be dropped for what other users' files do.
     let take = !closes_pending(|p| p.sender_backlogged(sender));
+    let flags = match how {
+        Watch::Wait => 0,
+        Watch::DontWait => libc::MSG_DONTWAIT,
+        Watch::Peek => libc::MSG_PEEK | libc::MSG_DONTWAIT,
+    };
+    let mut rode = Rode::Nothing;
+    // SAFETY: the caller's promise for `ptr` and `len`, passed on.
+    let (n, truncated) = unsafe {
+        recvmsg_fds(socket, ptr, len, flags, take, |fd| {
+            if matches!(rode, Rode::Nothing) && is_memory_file(&fd) {
+                rode = Rode::MemoryFile(fd);
+            } else {
+                queue_close(fd, Some(sender));
+                if !matches!(rode, Rode::MemoryFile(_)) {
+                    rode = Rode::Unusable;
+                }
+            }
+        })
+    }?;
+    if truncated && matches!(rode, Rode::Nothing) {
+        rode = Rode::Unusable;
+    }
+    Ok((n, rode))
+}
+
+/// `recvmsg(2)` into `len` bytes at `ptr` with `flags` (and
+/// `MSG_CMSG_CLOEXEC`), retried on `EINTR`, with room for exactly one
+/// descriptor if `take` (none otherwise: the kernel drops any). Each
+/// descriptor taken in goes to `each`; also says whether the kernel
+/// truncated the control data (a descriptor it dropped).
+///
+/// # Safety
+///
+/// `ptr` must be valid for writes of `len` bytes for the call's duration.
+unsafe fn recvmsg_fds(
+    socket: &Socket,
+    ptr: *mut u8,
+    len: usize,
+    flags: libc::c_int,
+    take: bool,
+    mut each: impl FnMut(OwnedFd),
+) -> io::Result<(usize, bool)> {
     // Room for one `SCM_RIGHTS` of exactly one descriptor, aligned for
     // `cmsghdr` (a longer control length would let the kernel put in more).
     let mut space = [0u64; 4];
@@ -758,16 +789,16 @@ unsafe fn recv_watching(
         msg.msg_control = space.as_mut_ptr().cast();
         msg.msg_controllen = one.min(std::mem::size_of_val(&space)) as _;
     }
-    let flags = libc::MSG_CMSG_CLOEXEC
-        | match how {
-            Watch::Wait => 0,
-            Watch::DontWait => libc::MSG_DONTWAIT,
-            Watch::Peek => libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        };
     let n = loop {
         // SAFETY: `msg` points at `iov` (the caller's `len` writable bytes)
         // and at `space` (its own length), all live for the call.
-        let n = unsafe { libc::recvmsg(socket.0.as_raw_fd(), &mut msg, flags) };
+        let n = unsafe {
+            libc::recvmsg(
+                socket.0.as_raw_fd(),
+                &mut msg,
+                flags | libc::MSG_CMSG_CLOEXEC,
+            )
+        };
         if n >= 0 {
             break n as usize;
         }
@@ -776,13 +807,9 @@ unsafe fn recv_watching(
             return Err(e);
         }
     };
-    let mut rode = if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        Rode::Unusable
-    } else {
-        Rode::Nothing
-    };
+    let truncated = msg.msg_flags & libc::MSG_CTRUNC != 0;
     if !take || msg.msg_controllen == 0 {
-        return Ok((n, rode));
+        return Ok((n, truncated));
     }
     // SAFETY: `msg` was filled in by the kernel, its control pointing at
     // `space`; the CMSG_ macros walk only within `msg_controllen` of it.
@@ -801,22 +828,13 @@ unsafe fn recv_watching(
                 let raw = unsafe { data.cast::<libc::c_int>().add(i).read_unaligned() };
                 // SAFETY: the kernel installed this descriptor for us
                 // (SCM_RIGHTS), and nothing else owns it.
-                let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-                if matches!(rode, Rode::Nothing) && is_memory_file(&fd) {
-                    rode = Rode::MemoryFile(fd);
-                } else {
-                    rode = match rode {
-                        Rode::MemoryFile(f) => Rode::MemoryFile(f),
-                        _ => Rode::Unusable,
-                    };
-                    queue_close(fd, Some(sender));
-                }
+                each(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
             }
         }
         // SAFETY: as for CMSG_FIRSTHDR: bounded by `msg`.
         cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
     }
-    Ok((n, rode))
+    Ok((n, truncated))
 }
 
 /// Blocking or not, for [`Socket::recv_spare`].
