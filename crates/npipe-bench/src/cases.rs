@@ -163,7 +163,9 @@ pub const CASES: &[Case] = &[
         size: 64,
         count: 200_000,
         unit: Unit::MsgPerSec,
-        target: Some(0.90),
+        // The shared-memory issue's target (a busy connection moves to the
+        // rings, PROTOCOL §6d); through the socket alone it is about 1.
+        target: Some(2.0),
         pin: None,
     },
     Case {
@@ -181,7 +183,9 @@ pub const CASES: &[Case] = &[
         size: MIB,
         count: 512, // 512 MiB
         unit: Unit::GibPerSec,
-        target: Some(0.90),
+        // The shared-memory issue's: one copy in and one out, with no
+        // system call between, against the socket's two copies and calls.
+        target: Some(1.5),
         pin: None,
     },
     Case {
@@ -190,7 +194,9 @@ pub const CASES: &[Case] = &[
         size: 64,
         count: 20_000,
         unit: Unit::Micros,
-        target: Some(1.10),
+        // No worse than the socket when both ends share a CPU (where the
+        // rings must not spin: the peer cannot run until we sleep).
+        target: Some(1.00),
         pin: None,
     },
     Case {
@@ -199,9 +205,10 @@ pub const CASES: &[Case] = &[
         size: 64,
         count: 20_000,
         unit: Unit::Micros,
-        // The shared-memory path's target (NPIPE_SHARED_MEMORY=on): across
-        // CPUs a socket's round trip wakes a halted vCPU twice, which the
-        // rings' brief spin saves. Through the socket the ratio is about 1.
+        // The shared-memory path's target (the connection moves to the rings
+        // at its 17th send): across CPUs a socket's round trip wakes a
+        // halted vCPU twice, which the rings' brief spin saves. Through the
+        // socket alone (NPIPE_SHARED_MEMORY=off) the ratio is about 1.
         target: Some(0.05),
         pin: Some(Pin::Split),
     },
