@@ -223,6 +223,47 @@ fn pid_after(text: &str, prefix: &str) -> u32 {
 
 // ------------------------------------------------------------------ tests ---
 
+/// A stopped `npipe serve` says how many clients it cut off: those still
+/// connected, not those that came and went (each connection's task counts
+/// itself until it ends).
+#[test]
+fn serve_counts_the_clients_it_cuts_off() {
+    let name = unique("cutoff");
+    let mut child = npipe()
+        .args(["serve", &name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start npipe serve");
+    let mut said = std::io::BufReader::new(child.stderr.take().expect("piped"));
+    let mut line = String::new();
+    let mut said_line = |needle: &str| loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut said, &mut line).expect("server stderr");
+        assert!(n > 0, "npipe serve ended before saying {needle:?}");
+        if line.contains(needle) {
+            return line.clone();
+        }
+    };
+    said_line("serving");
+    let mut stays = npipe::ClientOptions::new().open(name.as_str()).unwrap();
+    let mut leaves = npipe::ClientOptions::new().open(name.as_str()).unwrap();
+    assert_eq!(stays.transact(b"one").unwrap(), b"one");
+    assert_eq!(leaves.transact(b"two").unwrap(), b"two");
+    drop(leaves);
+    said_line("closed after 1 message(s)");
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("signal");
+    let stopping = said_line("stopping");
+    assert!(
+        stopping.contains("1 connected client cut off"),
+        "npipe serve said: {stopping}"
+    );
+    assert!(child.wait().expect("wait").success());
+    drop(stays);
+}
+
 /// README: `npipe serve` removes its pipe on SIGINT, SIGTERM or SIGHUP, and
 /// exits cleanly.
 #[test]

@@ -458,7 +458,7 @@ async fn serve(
             // The exit status is the one connection's: a failure exits as
             // its error's class, as a failed `call` would.
             return tokio::select! {
-                served = serve_connection(next_id, conn, config) => served.map_err(|e| {
+                served = serve_connection(next_id, conn, config, None) => served.map_err(|e| {
                     Failure::from(e).hint("--once: the one client's connection failed (logged above)")
                 }),
                 () = stop.recv() => {
@@ -467,13 +467,14 @@ async fn serve(
                 }
             };
         }
-        let live = Arc::clone(&live);
-        live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        tokio::spawn(async move {
-            // Logged there; the server goes on serving everyone else.
-            let _ = serve_connection(next_id, conn, config).await;
-            live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        });
+        // Spawned as it is: a block awaiting it would hold it twice (the
+        // captured copy's room stays beside the awaited one).
+        tokio::spawn(serve_connection(
+            next_id,
+            conn,
+            config,
+            Some(Live::enter(&live)),
+        ));
     }
     // Dropping the listener removes the pipe's name; connected clients are
     // cut off when the process exits.
@@ -569,57 +570,82 @@ fn create_failure(err: npipe::Error, args: &Args) -> Failure {
     }
 }
 
-/// Serves one client in its own task; logs, never panics the server.
+/// A connection counted among the live ones until it is dropped (ended,
+/// or cut off with its task).
+struct Live(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Live {
+    fn enter(live: &Arc<std::sync::atomic::AtomicUsize>) -> Live {
+        live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Live(Arc::clone(live))
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Serves one connection to its end and logs how it ended; a failure is
 /// returned too (after it was logged), for `--once` to exit with.
-async fn serve_connection(
+/// `live`: counted among the connected clients until it ends.
+// Not an `async fn`: one keeps a copy of each argument beside the body's
+// (rust-lang/rust#62958), and the connection is 512 bytes; the block
+// captures it once.
+#[allow(clippy::manual_async_fn)]
+fn serve_connection(
     id: u64,
     mut conn: PipeServer,
     config: Arc<Config>,
-) -> Result<(), npipe::Error> {
-    let pid = conn.client_process_id();
-    if !config.quiet {
-        let session = conn
-            .client_session_id()
-            .map_or_else(|| "unknown".to_string(), |s| s.to_string());
-        log(format_args!(
-            "connection {id}: client pid {pid}, user {}, session {session}",
-            conn.client_user(),
-        ));
-    }
-    let result = match (config.direction, config.pipe_type) {
-        _ if config.whoami => answer_whoami(&mut conn, config.impersonate).await,
-        _ if config.exec.is_some() => {
-            let command = config.exec.as_deref().expect("checked");
-            let can_read = config.direction != Direction::Outbound;
-            // Boxed: its state (a child process and its pipes) would
-            // otherwise sit in every connection's task, echo or not (an idle
-            // connection cost 3.3 KB against 1.8 KB before --exec came).
-            Box::pin(super::exec::serve(
-                &mut conn,
-                command,
-                config.impersonate,
-                can_read,
-                config.framing,
-            ))
-            .await
+    live: Option<Live>,
+) -> impl std::future::Future<Output = Result<(), npipe::Error>> {
+    async move {
+        let _live = live;
+        let pid = conn.client_process_id();
+        if !config.quiet {
+            let session = conn
+                .client_session_id()
+                .map_or_else(|| "unknown".to_string(), |s| s.to_string());
+            log(format_args!(
+                "connection {id}: client pid {pid}, user {}, session {session}",
+                conn.client_user(),
+            ));
         }
-        (Direction::Duplex, PipeType::Message) => echo_messages(&mut conn).await,
-        (Direction::Duplex, PipeType::Byte) => echo_bytes(&mut conn).await,
-        (Direction::Inbound, PipeType::Message) => print_messages(&mut conn).await,
-        (Direction::Inbound, PipeType::Byte) => print_bytes(&mut conn).await,
-        (Direction::Outbound, _) => greet(&mut conn, &config).await,
-    };
-    match result {
-        Ok(done) => {
-            if !config.quiet {
-                log(format_args!("connection {id} (pid {pid}): {done}"));
+        let result = match (config.direction, config.pipe_type) {
+            _ if config.whoami => answer_whoami(&mut conn, config.impersonate).await,
+            _ if config.exec.is_some() => {
+                let command = config.exec.as_deref().expect("checked");
+                let can_read = config.direction != Direction::Outbound;
+                // Boxed: its state (a child process and its pipes) would
+                // otherwise sit in every connection's task, echo or not (an idle
+                // connection cost 3.3 KB against 1.8 KB before --exec came).
+                Box::pin(super::exec::serve(
+                    &mut conn,
+                    command,
+                    config.impersonate,
+                    can_read,
+                    config.framing,
+                ))
+                .await
             }
-            Ok(())
-        }
-        Err(e) => {
-            log(format_args!("connection {id} (pid {pid}): {e}"));
-            Err(e)
+            (Direction::Duplex, PipeType::Message) => echo_messages(&mut conn).await,
+            (Direction::Duplex, PipeType::Byte) => echo_bytes(&mut conn).await,
+            (Direction::Inbound, PipeType::Message) => print_messages(&mut conn).await,
+            (Direction::Inbound, PipeType::Byte) => print_bytes(&mut conn).await,
+            (Direction::Outbound, _) => greet(&mut conn, &config).await,
+        };
+        match result {
+            Ok(done) => {
+                if !config.quiet {
+                    log(format_args!("connection {id} (pid {pid}): {done}"));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                log(format_args!("connection {id} (pid {pid}): {e}"));
+                Err(e)
+            }
         }
     }
 }
