@@ -343,7 +343,7 @@ pub(crate) fn client_setup(
     };
     let setup = Setup {
         budget: None,
-        name: desc.name,
+        name: desc.name.into(),
         end: End::Client,
         pipe_type: desc.pipe_type,
         direction: desc.direction,

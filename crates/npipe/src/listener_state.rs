@@ -128,6 +128,9 @@ fn carrier(
 /// The state every front end's listener shares with its acceptor.
 pub(crate) struct ListenerState {
     pub name: PipeName,
+    /// The name as each connection's `GetNamedPipeInfo` gives it, shared
+    /// by them all (an idle connection holds no copy of its own).
+    info_name: Arc<str>,
     pub opts: ServerOptions,
     /// Connected clients, oldest first.
     pub ready: Mutex<VecDeque<Ready>>,
@@ -153,6 +156,7 @@ impl ListenerState {
     pub fn new(name: PipeName, opts: ServerOptions, server_uid: u32) -> ListenerState {
         let budget = Arc::new(MemoryBudget::new(opts.memory_budget, server_uid));
         ListenerState {
+            info_name: name.name().into(),
             name,
             opts,
             ready: Mutex::new(VecDeque::new()),
@@ -214,7 +218,7 @@ impl ListenerState {
         };
         let setup = Setup::for_server(
             &self.opts,
-            &self.name,
+            Arc::clone(&self.info_name),
             ready.granted,
             ready.cur_instances,
             ready.hello.max_message,

@@ -24,8 +24,9 @@ pub(crate) struct ServerInstance {
     impersonation: ImpersonationLevel,
     /// The connecting process.
     process: ClientProcess,
-    /// The remote client, when a trusted gateway connected on its behalf.
-    remote: Option<RemotePeer>,
+    /// The remote client, when a trusted gateway connected on its behalf
+    /// (boxed: rare, and every idle local connection would carry its room).
+    remote: Option<Box<RemotePeer>>,
     held: bool,
 }
 
@@ -52,14 +53,14 @@ impl ServerInstance {
             pool,
             impersonation,
             process,
-            remote,
+            remote: remote.map(Box::new),
             held: true,
         }
     }
 
     /// The remote client, if a gateway connected for one.
     pub fn remote(&self) -> Option<&RemotePeer> {
-        self.remote.as_ref()
+        self.remote.as_deref()
     }
 
     /// Whether a client is still connected to this end.

@@ -75,7 +75,9 @@ pub struct Peek {
 /// Fixed facts about a connection, agreed in the handshake.
 #[derive(Debug, Clone)]
 pub(crate) struct Setup {
-    pub name: String,
+    /// The pipe's name as `GetNamedPipeInfo` gives it (a server's ends
+    /// share their listener's).
+    pub name: std::sync::Arc<str>,
     pub end: End,
     pub pipe_type: PipeType,
     pub direction: Direction,
@@ -98,10 +100,11 @@ pub(crate) struct Setup {
 impl Setup {
     /// The server end's setup for a client the acceptor granted `granted`
     /// access, when `cur_instances` were in use; `peer_max_message` is the
-    /// client's HELLO limit, `peer` its kernel credentials.
+    /// client's HELLO limit, `peer` its kernel credentials; `name`: the
+    /// pipe's, as `GetNamedPipeInfo` gives it.
     pub fn for_server(
         opts: &crate::options::ServerOptions,
-        name: &crate::name::PipeName,
+        name: std::sync::Arc<str>,
         granted: Access,
         cur_instances: u32,
         peer_max_message: u32,
@@ -109,7 +112,7 @@ impl Setup {
         budget: std::sync::Arc<MemoryBudget>,
     ) -> Setup {
         Setup {
-            name: name.name().to_string(),
+            name,
             end: End::Server,
             pipe_type: opts.pipe_type,
             direction: opts.direction,
@@ -156,7 +159,7 @@ impl Setup {
     /// `GetNamedPipeHandleState`), given its reading and writing state.
     pub fn info(&self, reader: &ReadCore, writer: &WriteCore) -> PipeInfo {
         PipeInfo {
-            name: self.name.clone(),
+            name: self.name.to_string(),
             end: self.end,
             pipe_type: self.pipe_type,
             direction: self.direction,
@@ -383,8 +386,9 @@ pub(crate) struct ReadCore {
     broken_because: Option<Box<str>>,
     /// A message a cancelled `recv_message` had partly received, kept as it
     /// was so that the next `recv_message` goes on with it at no cost; any
-    /// other read puts it back in front of the buffer first.
-    stash: Option<(Vec<u8>, MsgProgress, Option<Reservation>)>,
+    /// other read puts it back in front of the buffer first. (Boxed: rare,
+    /// and every idle connection would carry its room.)
+    stash: Option<Box<Stashed>>,
     /// The listener's budget for partially received messages (server ends).
     budget: Option<std::sync::Arc<MemoryBudget>>,
     /// The peer's uid, the user its reservations count against.
@@ -409,6 +413,10 @@ impl ReadCore {
         Ok(())
     }
 }
+
+/// A message a cancelled `recv_message` had partly received: its bytes so
+/// far, how far it got, and its memory reservation.
+type Stashed = (Vec<u8>, MsgProgress, Option<Reservation>);
 
 /// What the front of the buffer holds at a message boundary.
 enum Header {
@@ -683,7 +691,7 @@ impl ReadCore {
     /// Puts a stashed partial message back in front of the buffer, for any
     /// read but `recv_message` (and for `peek`).
     fn unstash(&mut self) {
-        if let Some((msg, p, _reservation)) = self.stash.take() {
+        if let Some((msg, p, _reservation)) = self.stash.take().map(|s| *s) {
             self.unread(&p, &msg[..p.n]);
         }
     }
@@ -882,7 +890,7 @@ impl ReadOp for RecvMessage {
             core.held = None;
             core.require_message_pipe("message reads")?;
             self.checked = true;
-            if let Some((msg, p, reservation)) = core.stash.take() {
+            if let Some((msg, p, reservation)) = core.stash.take().map(|s| *s) {
                 // A cancelled recv_message left this message half-read.
                 self.total = p.n
                     + core
@@ -966,11 +974,11 @@ impl ReadOp for RecvMessage {
     }
     fn undo(&mut self, core: &mut ReadCore) {
         if self.p.begun && !self.p.complete {
-            core.stash = Some((
+            core.stash = Some(Box::new((
                 std::mem::take(&mut self.msg),
                 std::mem::take(&mut self.p),
                 self.reservation.take(),
-            ));
+            )));
         }
     }
 }
