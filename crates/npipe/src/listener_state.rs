@@ -203,6 +203,11 @@ impl ListenerState {
             ready.shm.is_none(),
             "the caller takes the shared memory first"
         );
+        // Past the HELLO a client hands the server no descriptor, unless
+        // the server takes a late offer (which refuses them once taken).
+        if !ready.late_offers {
+            ready.socket.refuse_descriptors();
+        }
         #[cfg(feature = "remote")]
         let (carrier, broken) = carrier(ready.socket, ready.settled, &ready.hello, ready.granted);
         #[cfg(not(feature = "remote"))]

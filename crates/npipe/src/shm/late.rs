@@ -512,6 +512,9 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
             ));
         }
         self.install(rings);
+        // The one descriptor a connection takes: any later one (with
+        // wake-up bytes, say) the client's kernel refuses.
+        self.socket().refuse_descriptors();
         Ok(())
     }
 

@@ -100,6 +100,25 @@ fn is_connected_tcp(fd: &OwnedFd) -> bool {
         && rustix::net::getpeername(fd).is_ok()
 }
 
+/// `SO_PASSRIGHTS` (Linux 6.16), where it has the generic socket options
+/// number (the libc crate does not name it for these targets yet).
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64"
+))]
+const SO_PASSRIGHTS: Option<libc::c_int> = Some(83);
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64"
+)))]
+const SO_PASSRIGHTS: Option<libc::c_int> = None;
+
 /// Closes a descriptor a peer sent us on a thread of its own. A peer
 /// chooses what it sends: closing a file on its FUSE mount waits on its own
 /// FUSE daemon, which may never answer, so such a close must not run on a
@@ -483,6 +502,32 @@ impl Socket {
     /// Shuts down both sides.
     pub fn shutdown_both(&self) -> io::Result<()> {
         Ok(rustix::net::shutdown(&self.0, Shutdown::Both)?)
+    }
+
+    /// Refuses descriptors from the peer from now on (`SO_PASSRIGHTS` off,
+    /// Linux 6.16): its `sendmsg` with `SCM_RIGHTS` fails with `EPERM`.
+    /// Without this, descriptors a peer sends that a receive has no room
+    /// for are dropped by the kernel on the receiving thread, and a file's
+    /// `release` can wait on its FUSE daemon (one that caches writes).
+    /// `false` where the kernel has no such option: the receive's rules
+    /// (room for one, the closer thread) are then all there is.
+    pub fn refuse_descriptors(&self) -> bool {
+        let Some(option) = SO_PASSRIGHTS else {
+            return false;
+        };
+        let off: libc::c_int = 0;
+        // SAFETY: a valid socket descriptor, and a pointer to a live c_int
+        // with its exact size, which the kernel only reads.
+        let set = unsafe {
+            libc::setsockopt(
+                self.0.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                std::ptr::from_ref(&off).cast(),
+                std::mem::size_of_val(&off) as libc::socklen_t,
+            )
+        };
+        set == 0
     }
 
     /// Sets `SO_RCVTIMEO`.

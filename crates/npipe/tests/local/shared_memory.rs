@@ -290,3 +290,71 @@ fn a_busy_connection_moves_to_the_rings(front: Front) {
 }
 
 on_both_servers!(a_busy_connection_moves_to_the_rings);
+
+/// Sends one byte with a descriptor riding along (`/dev/null`) on the
+/// client's socket, as a hostile client would.
+fn send_a_descriptor(c: &PipeClient) -> std::io::Result<usize> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::os::fd::AsFd;
+    let file = std::fs::File::open("/dev/null")?;
+    let fds = [file.as_fd()];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+    let bytes = [std::io::IoSlice::new(b"x")];
+    Ok(rustix::net::sendmsg(
+        c.as_fd(),
+        &bytes,
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?)
+}
+
+/// Whether this kernel has `SO_PASSRIGHTS` (Linux 6.16 and later); if
+/// not, says so loudly.
+fn kernel_refuses_descriptors(test: &str) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = release.trim();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let has = (major, minor) >= (6, 16);
+    if !has {
+        crate::shared_copy::skipped(&format!(
+            "{test}: Linux {release} has no SO_PASSRIGHTS (6.16), so a server cannot \
+             refuse a client's descriptors"
+        ));
+    }
+    has
+}
+
+/// Once a server end can take no more descriptors (from the start on a
+/// server that takes no late offer; after the move on one that does), the
+/// client's kernel refuses any it sends (`SO_PASSRIGHTS` off): none reaches
+/// the server to be dropped there, where a file's release could wait on
+/// its FUSE daemon. The connection goes on as before.
+fn a_client_cannot_hand_the_server_descriptors(front: Front) {
+    if !kernel_refuses_descriptors("a_client_cannot_hand_the_server_descriptors") {
+        return;
+    }
+    for server_opts in [&["shm=off"][..], &[]] {
+        let name = unique("shm-nofd");
+        let mut srv = server_on(front, &name, server_opts);
+        let mut c = ClientOptions::new()
+            .wait(npipe::Wait::Timeout(HANG))
+            .open(&name)
+            .unwrap();
+        srv.expect("conn");
+        // Past the 17th write a busy connection has moved (a late offer,
+        // the one descriptor its server takes).
+        for i in 0..20u32 {
+            let m = i.to_le_bytes();
+            assert_eq!(c.transact(&m).unwrap(), m);
+        }
+        let e = send_a_descriptor(&c).expect_err("the server's kernel took a descriptor");
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{server_opts:?}: {e}");
+        assert_eq!(c.transact(b"still here").unwrap(), b"still here");
+    }
+}
+
+on_both_servers!(a_client_cannot_hand_the_server_descriptors);
