@@ -515,11 +515,9 @@ impl ClientOptions {
     /// connection (a `call`, a request and a reply) never pays for a region;
     /// a busy one pays once. `None` keeps the socket for good.
     ///
-    /// A blocking client only, to a server of this version (blocking or
-    /// tokio), which says in its reply that it takes such an offer: a tokio
-    /// client waits on its socket, where the server's wake-ups would land in
-    /// the middle of the data before the move (use
-    /// [`shared_memory`](Self::shared_memory) there). Linux only. The bytes,
+    /// A client of either kind (blocking, or tokio's `open_async`), to a
+    /// server of this version (blocking or tokio), which says in its reply
+    /// that it takes such an offer. Linux only. The bytes,
     /// message boundaries, peeks and errors are the socket's, with two
     /// differences: a move that goes wrong (a region the server cannot map,
     /// or a peer that breaks the protocol) ends the connection with
@@ -786,7 +784,7 @@ impl ClientOptions {
         pipelined.is_none() && name.host().is_none() && wanted
     }
 
-    /// After how many writes a blocking client that kept the socket offers
+    /// After how many writes a client that kept the socket offers
     /// the rings in mid-stream (the environment first), if it does.
     #[cfg(target_os = "linux")]
     pub(crate) fn late_offer_after(&self) -> Option<u32> {

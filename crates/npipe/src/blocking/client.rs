@@ -2,6 +2,7 @@
 //! and `CallNamedPipe`.
 
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::blocking::stream::PipeStream;
@@ -61,7 +62,7 @@ impl Pipe<PipeStream, ClientEnd> {
                         // What came behind the REPLY, read with it, counts
                         // among the server's socket bytes.
                         let read = d.connected.leftover.len() as u64;
-                        Link::Late(Box::new(LateShm::offerer(socket, after, read)))
+                        Link::Late(Box::new(LateShm::offerer(Arc::new(socket), after, read)))
                     }
                     (None, _) => Link::Socket(socket),
                 }

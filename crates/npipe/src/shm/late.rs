@@ -17,13 +17,13 @@
 //! client learns from the server's which byte is the marker (its own
 //! marker carries nothing else to tell it by).
 //!
-//! Only a blocking client offers: a client whose writer sleeps on its
-//! socket (a tokio end) would need the server's wake-up bytes while the
-//! server's data still come through that socket. A server of either kind
-//! takes; a tokio one, which takes what its socket holds for wake-ups once
-//! on the rings, moves its writes only after its reads have passed the
-//! client's marker (so does a blocking one: one rule). Both tokio ends still
-//! take part in the offer made with the HELLO (`shm::transport`).
+//! Clients of both kinds offer. A client's writer may wait for room before
+//! its reads have passed the server's marker, while the server's data still
+//! come through the socket; a tokio one then sleeps on the futex through a
+//! helper thread instead of on its socket (`async_end`). A server of either
+//! kind takes; a tokio one, which takes what its socket holds for wake-ups
+//! once on the rings, moves its writes only after its reads have passed the
+//! client's marker (so does a blocking one: one rule).
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, OwnedFd};
@@ -102,10 +102,11 @@ pub(crate) type LateShm = Late<Arc<Socket>, ShmTransport<Arc<Socket>>>;
 pub(crate) struct Late<H, R> {
     socket: H,
     role: Role,
-    /// Made by the client's offer, or by the server's taking it (boxed: a
-    /// connection that never moves, an idle one on a busy server, pays a
-    /// pointer for them, not the rings' size).
-    rings: OnceLock<Box<R>>,
+    /// Made by the client's offer, or by the server's taking it (behind a
+    /// pointer: a connection that never moves, an idle one on a busy
+    /// server, pays a pointer for them, not the rings' size; shared, so that
+    /// a tokio client's helper thread can wait on them).
+    rings: OnceLock<Arc<R>>,
     /// Held across a send on the socket: only senders take it.
     tx: Mutex<Tx>,
     /// [`TX_ON_RINGS`], [`RX_ON_RINGS`], [`BROKEN`].
@@ -192,19 +193,17 @@ fn bad(why: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-impl LateShm {
-    /// A blocking client's end, on `socket` until its send number
-    /// `after` + 1, before which it offers the rings (the server said in its
-    /// OK that it takes such offers). `read`: the server's bytes already
-    /// read with its OK.
-    pub(crate) fn offerer(socket: Socket, after: u32, read: u64) -> LateShm {
-        let end = Late::new(Arc::new(socket), Role::Offerer { after });
+impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
+    /// A client's end over the socket `socket` holds, on the socket until
+    /// its send number `after` + 1, before which it offers the rings (the
+    /// server said in its OK that it takes such offers). `read`: the
+    /// server's bytes already read with its OK.
+    pub(crate) fn offerer(socket: H, after: u32, read: u64) -> Self {
+        let end = Late::new(socket, Role::Offerer { after });
         end.rx_socket_bytes.store(read, Ordering::Relaxed);
         end
     }
-}
 
-impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
     /// A server's end over the socket `socket` holds, which told its client
     /// (uid `peer_uid`) in the OK that it takes a late offer.
     pub(crate) fn taker(socket: H, peer_uid: u32) -> Self {
@@ -240,8 +239,14 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
 
     /// The rings, once made, as this kind of end has them.
     #[cfg(feature = "tokio")]
-    pub(crate) fn ring_end(&self) -> Option<&R> {
-        self.rings.get().map(|r| &**r)
+    pub(crate) fn ring_end(&self) -> Option<&Arc<R>> {
+        self.rings.get()
+    }
+
+    /// Whether this end is a client's (the one that offers).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn offers(&self) -> bool {
+        matches!(self.role, Role::Offerer { .. })
     }
 
     /// The rings' non-waiting calls, once made.
@@ -271,7 +276,7 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
         let _ = t.set_write_timeout(write);
         // Only one thread makes them: the sender (a client) under `tx`, or
         // the one reader (a server).
-        let _ = self.rings.set(Box::new(R::over(t)));
+        let _ = self.rings.set(Arc::new(R::over(t)));
     }
 
     /// Fails once the move has failed.
@@ -300,12 +305,24 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
     // ---- sending ----
 
     /// Sends `parts` on the socket or the rings, moving to the rings first
-    /// where it is time. `wait`: whether a send may wait for room.
+    /// where it is time. `wait`: whether a send may wait for room (one that
+    /// may not, the disconnect mark, never offers).
     pub(crate) fn send_parts(&self, parts: &[IoSlice<'_>], wait: bool) -> io::Result<usize> {
+        self.send_parts_as(parts, wait, wait)
+    }
+
+    /// A tokio end's send: never waiting, but a client's may offer (its
+    /// marker goes only where the socket has room for it at once).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn send_parts_now(&self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.send_parts_as(parts, false, true)
+    }
+
+    fn send_parts_as(&self, parts: &[IoSlice<'_>], wait: bool, offer: bool) -> io::Result<usize> {
         self.not_broken()?;
         let mut tx = self.tx();
         if !self.sends_on_rings() {
-            self.maybe_move(&mut tx, wait)?;
+            self.maybe_move(&mut tx, wait, offer)?;
         }
         if let (true, Some(rings)) = (self.sends_on_rings(), self.ring_t()) {
             drop(tx);
@@ -322,14 +339,21 @@ impl<H: HoldsSocket + Clone, R: RingEnd<H>> Late<H, R> {
     }
 
     /// Moves this end's writes to the rings if it is time: a client's after
-    /// its writes on the socket, a server's once it has read past the
-    /// client's marker (a tokio server's writer, waiting for room, takes
-    /// what its socket holds for wake-ups: only past the marker is that
-    /// so).
-    fn maybe_move(&self, tx: &mut Tx, wait: bool) -> io::Result<()> {
+    /// its writes on the socket (if `offer`), a server's once it has read
+    /// past the client's marker (a tokio server's writer, waiting for room,
+    /// takes what its socket holds for wake-ups: only past the marker is
+    /// that so).
+    fn maybe_move(&self, tx: &mut Tx, wait: bool, offer: bool) -> io::Result<()> {
         match self.role {
-            // A send that may not wait (the disconnect mark) never offers.
-            Role::Offerer { after } if wait && !tx.no_offer && tx.proved_busy(after) => {
+            // One that may not wait offers only where the marker fits at
+            // once (the rings are in place before it goes, and cannot be
+            // made again).
+            Role::Offerer { after }
+                if offer
+                    && !tx.no_offer
+                    && tx.proved_busy(after)
+                    && (wait || self.socket().has_room_for_a_marker()) =>
+            {
                 self.offer(tx)
             }
             Role::Taker { .. } => match (self.reads_rings(), self.ring_t()) {

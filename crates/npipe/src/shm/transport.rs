@@ -646,21 +646,24 @@ impl<S: HoldsSocket> ShmTransport<S> {
                 self.wake_reader(layout);
                 return Ok(sent);
             }
-            if !wait {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            let gone = || self.socket_hung_up();
-            if !self.wait(
-                &self.write_spin,
-                deadline,
-                layout.space_seq(&self.region),
-                layout.producer_waiting(&self.region),
-                || self.has_room(),
-                gone,
-            )? {
+            if !wait || !self.wait_for_room(deadline)? {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
         }
+    }
+
+    /// Waits (spinning, then on the futex) until a send that found no room
+    /// may go on; `false` if `deadline` passed first.
+    pub(crate) fn wait_for_room(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        let layout = self.tx_layout;
+        self.wait(
+            &self.write_spin,
+            deadline,
+            layout.space_seq(&self.region),
+            layout.producer_waiting(&self.region),
+            || self.has_room(),
+            || self.socket_hung_up(),
+        )
     }
 }
 

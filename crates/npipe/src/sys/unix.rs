@@ -675,6 +675,20 @@ impl Socket {
         Ok(n.max(0) as usize)
     }
 
+    /// Whether a send of one byte with a descriptor would go out at once:
+    /// what this end has queued (`SIOCOUTQ`, which counts the kernel's
+    /// memory for it) leaves a page of the send buffer free. `false` if
+    /// either cannot be read.
+    pub fn has_room_for_a_marker(&self) -> bool {
+        let Ok(queued) = self.unread_by_peer() else {
+            return false;
+        };
+        match rustix::net::sockopt::socket_send_buffer_size(&self.0) {
+            Ok(room) => queued + 4096 <= room,
+            Err(_) => false,
+        }
+    }
+
     /// A copy of what the socket holds to be read, without consuming it
     /// (empty if nothing, or on any failure).
     pub fn peek_queued(&self) -> Vec<u8> {

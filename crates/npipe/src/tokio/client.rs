@@ -3,6 +3,7 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::tokio::io::unix::AsyncFd;
@@ -18,6 +19,7 @@ use crate::namespace::{self, Namespace};
 use crate::options::ClientOptions;
 use crate::pipe::{ClientEnd, Pipe};
 use crate::shm;
+use crate::shm::late::async_end::AsyncLate;
 use crate::shm::link::AsyncLink;
 use crate::shm::transport::async_end::AsyncShm;
 use crate::stream_core::EndCore;
@@ -78,14 +80,21 @@ impl Pipe<PipeStream, ClientEnd> {
         ) {
             (AsyncLink::Socket(fd), rings) => {
                 client_socket::apply_send_buffer(fd.get_ref().socket(), d.connected.send_buffer);
-                match rings {
+                match (rings, opts.late_offer_after()) {
                     // Its socket only wakes it now: watched for reading
                     // alone (see `register_for_wakes`).
-                    Some(rings) => {
+                    (Some(rings), _) => {
                         let io = register_for_wakes(fd.into_inner().into_socket())?;
                         AsyncLink::Shm(Box::new(AsyncShm::new(rings, io)))
                     }
-                    None => AsyncLink::Socket(fd),
+                    (None, Some(after)) if d.connected.late_offers => {
+                        // What came behind the REPLY, read with it, counts
+                        // among the server's socket bytes.
+                        let read = d.connected.leftover.len() as u64;
+                        let late = AsyncLate::offerer(Arc::new(fd), after, read);
+                        AsyncLink::Late(Box::new(late))
+                    }
+                    (None, _) => AsyncLink::Socket(fd),
                 }
             }
             // A gateway's TLS: shared memory is never offered there.

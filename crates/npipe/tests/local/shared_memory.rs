@@ -227,10 +227,52 @@ mod tokio_clients {
         });
     }
 
+    /// A tokio client with the default options moves to the rings in
+    /// mid-stream as a blocking one does (its 17th write offers them), to a
+    /// blocking or a tokio server. Its 17th message is 3 MB, twelve rings'
+    /// worth, which the server reads whole before it answers: the client's
+    /// writer fills its ring again and again while its reads have not
+    /// passed the server's marker (the window, where a helper thread sleeps
+    /// on the futex for it), and every reply comes back right after.
+    fn a_busy_tokio_client_moves_to_the_rings(front: Front) {
+        let forced = std::env::var("NPIPE_SHARED_MEMORY").ok();
+        let at_connect = forced.as_deref() == Some("on");
+        let name = unique("shm-tokio-late");
+        let mut srv = server_on(front, &name, &["mode=digest"]);
+        runtime().block_on(async {
+            let mut c = ClientOptions::new()
+                .wait(npipe::Wait::Timeout(HANG))
+                .open_async(&name)
+                .await
+                .unwrap();
+            srv.expect("conn");
+            assert_eq!(c.uses_shared_memory(), at_connect);
+            for i in 0..16u32 {
+                let m = i.to_le_bytes().repeat(1 + i as usize);
+                let reply = c.transact(&m).await.unwrap();
+                assert_eq!(reply, crate::roles::digest(&m).into_bytes());
+            }
+            let big: Vec<u8> = (0..3_000_001u32).map(|i| (i % 247) as u8).collect();
+            tokio::time::timeout(HANG, c.write_message(&big))
+                .await
+                .expect("a writer in the window was never woken")
+                .unwrap();
+            assert_eq!(c.uses_shared_memory(), !forced_off());
+            let reply = c.recv_message().await.unwrap();
+            assert_eq!(reply, crate::roles::digest(&big).into_bytes());
+            for i in 0..100u32 {
+                let m = i.to_le_bytes().repeat(1 + i as usize % 30);
+                let reply = c.transact(&m).await.unwrap();
+                assert_eq!(reply, crate::roles::digest(&m).into_bytes());
+            }
+        });
+    }
+
     on_both_servers!(
         messages_stay_messages,
         split_halves_stream_both_ways,
         a_server_that_dies_ends_the_wait,
+        a_busy_tokio_client_moves_to_the_rings,
     );
 }
 

@@ -1,15 +1,20 @@
-//! A tokio server's late end: the socket registered with the reactor until
-//! the client's marker, the rings (`AsyncShm`) after, sharing that one
+//! A tokio end's late offer: the socket registered with the reactor until
+//! the peer's marker, the rings (`AsyncShm`) after, sharing that one
 //! registration. Each `poll_` call waits the socket's way (readiness, the
 //! non-waiting call, readiness cleared when the socket had nothing) while
 //! its direction is on the socket, and the rings' way once it has moved.
 //!
 //! A tokio end waits on its socket for the peer's wake-up bytes, and takes
-//! whatever its socket holds for them; so this end's writes move only once
-//! its reads have passed the client's marker, after which the client sends
-//! nothing but wake-ups there (`Late::maybe_move`). Only a tokio server
-//! takes part: a tokio client would need the server's wake-ups while the
-//! server's data still come through the socket.
+//! whatever its socket holds for them. A server's writes move only once its
+//! reads have passed the client's marker, after which the client sends
+//! nothing but wake-ups there (`Late::maybe_move`). A client's writes move
+//! first, at its offer, while the server's data still come through the
+//! socket until the server's marker: in that window its writer, short of
+//! room, cannot sleep on the socket (a wake-up byte there would be taken
+//! for data, and the reader's data keep it readable), so a helper thread
+//! sleeps on the futex for it (`AsyncShm::poll_room_off_socket`), as a
+//! blocking client's writer would itself. The window ends when its reads
+//! pass the server's marker (and the last helper is done).
 
 use std::io::{self, IoSlice};
 use std::sync::Arc;
@@ -41,12 +46,29 @@ pub(crate) type AsyncLate = Late<Arc<AsyncFd<Fd>>, AsyncShm>;
 impl AsyncLate {
     /// The rings, once this end reads from them.
     fn reading_rings(&self) -> Option<&AsyncShm> {
-        self.ring_end().filter(|_| self.reads_rings())
+        self.ring_end().map(|r| &**r).filter(|_| self.reads_rings())
     }
 
     /// The rings, once this end writes into them.
-    fn sending_rings(&self) -> Option<&AsyncShm> {
+    fn sending_rings(&self) -> Option<&Arc<AsyncShm>> {
         self.ring_end().filter(|_| self.sends_on_rings())
+    }
+
+    /// Whether a writer short of room must wait off the socket: a client's
+    /// before its reads passed the server's marker, or while a helper that
+    /// began so still sleeps (it shares the flag a socket wait raises).
+    fn in_the_window(&self, rings: &AsyncShm) -> bool {
+        self.offers() && (!self.reads_rings() || rings.helping())
+    }
+
+    /// Ready once the rings may have room, waited for off the socket while
+    /// in the window, the socket's way after it.
+    fn poll_room(&self, cx: &mut Context<'_>, rings: &Arc<AsyncShm>) -> Poll<io::Result<()>> {
+        if self.in_the_window(rings) {
+            rings.poll_room_off_socket(cx)
+        } else {
+            rings.poll_writable(cx)
+        }
     }
 
     /// Drives a receive (`recv`, never waiting) on the socket until it
@@ -106,10 +128,19 @@ impl AsyncTransport for AsyncLate {
     fn poll_send(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         loop {
             if let Some(rings) = self.sending_rings() {
-                return rings.poll_send(cx, bufs);
+                if !self.in_the_window(rings) {
+                    return rings.poll_send(cx, bufs);
+                }
+                match rings.sync().send_parts(bufs, false) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        ready!(self.poll_room(cx, rings))?;
+                        continue;
+                    }
+                    done => return Poll::Ready(done),
+                }
             }
             let mut guard = ready!(self.holder().poll_write_ready(cx))?;
-            match self.send_parts(bufs, false) {
+            match self.send_parts_now(bufs) {
                 // Still on the socket: its buffer is full. (A send that
                 // moved and found the ring full waits in the rings.)
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -133,7 +164,7 @@ impl AsyncTransport for AsyncLate {
 
     fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.sending_rings() {
-            Some(rings) => rings.poll_writable(cx),
+            Some(rings) => self.poll_room(cx, rings),
             None => self.holder().poll_write_ready(cx).map_ok(drop),
         }
     }

@@ -14,7 +14,7 @@ use crate::sys::{effective_uid, Socket};
 fn pair(after: u32) -> (LateShm, LateShm) {
     let (a, b) = Socket::pair().unwrap();
     (
-        LateShm::offerer(a, after, 0),
+        LateShm::offerer(Arc::new(a), after, 0),
         LateShm::taker(std::sync::Arc::new(b), effective_uid()),
     )
 }
@@ -191,7 +191,7 @@ fn bytes_read_with_the_ok_count_toward_the_servers_marker() {
     // The client's connect read these with the REPLY.
     let mut with_reply = [0u8; 6];
     assert_eq!(a.recv(&mut with_reply).unwrap(), 6);
-    let client = LateShm::offerer(a, 0, 6);
+    let client = LateShm::offerer(Arc::new(a), 0, 6);
     // Counted wrong, the marker reads as data and the rest never comes.
     client
         .set_read_timeout(Some(Duration::from_secs(10)))

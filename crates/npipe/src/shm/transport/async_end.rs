@@ -18,9 +18,10 @@
 //! handed a waker of our own ([`Waiters`]) that wakes every task waiting.
 
 use std::io::{self, IoSlice};
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use ::tokio::io::unix::AsyncFd;
 
@@ -36,6 +37,10 @@ const ASYNC_MAX_SPIN: u32 = 512;
 /// How many reads one wake-up drains from the socket at most: a peer that
 /// floods it cannot keep a task in the loop.
 const DRAIN_READS: usize = 16;
+/// The longest a helper thread sleeps on the futex for a task waiting for
+/// room off its socket: a task that gave up (a dropped write) holds a
+/// thread of the blocking pool no longer than this.
+const OFF_SOCKET_SLICE: Duration = Duration::from_millis(100);
 
 impl HoldsSocket for AsyncFd<Fd> {
     fn socket(&self) -> &Socket {
@@ -57,6 +62,9 @@ pub(crate) struct AsyncShm {
     waiters: Arc<Waiters>,
     /// What the reactor wakes: every task in `waiters`.
     all: Waker,
+    /// A helper thread sleeps on the futex for room
+    /// ([`poll_room_off_socket`](Self::poll_room_off_socket)).
+    helping: AtomicBool,
 }
 
 impl AsyncShm {
@@ -76,7 +84,43 @@ impl AsyncShm {
             t,
             all: Waker::from(waiters.clone()),
             waiters,
+            helping: AtomicBool::new(false),
         }
+    }
+
+    /// Ready once a send may find room, waiting without the socket: a
+    /// thread of the blocking pool sleeps on the ring's futex (a slice at a
+    /// time) as a blocking end does, and wakes the waiting tasks. For a
+    /// client whose socket still carries the server's data (a late offer's
+    /// window, `shm::late::async_end`), where neither a wake-up byte nor
+    /// the socket's readiness could be told from that data. The peer wakes
+    /// the thread as it would a blocking end: no rule changes for it.
+    pub(crate) fn poll_room_off_socket(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.waiters.add(cx.waker());
+        if self.t.has_room()? {
+            return Poll::Ready(Ok(()));
+        }
+        if !self.helping.swap(true, Ordering::AcqRel) {
+            let me = Arc::clone(self);
+            drop(::tokio::task::spawn_blocking(move || {
+                let _ =
+                    me.t.wait_for_room(Instant::now().checked_add(OFF_SOCKET_SLICE));
+                // The futex flag is down again (the wait takes it down), so
+                // a task may now wait the socket's way.
+                me.helping.store(false, Ordering::Release);
+                me.all.wake_by_ref();
+            }));
+        }
+        Poll::Pending
+    }
+
+    /// Whether a helper thread is still asleep for room: until it is done,
+    /// no task may raise the flag it shares (its end would take it down).
+    pub(crate) fn helping(&self) -> bool {
+        self.helping.load(Ordering::Acquire)
     }
 
     /// The connection's socket.
@@ -286,6 +330,15 @@ pub(crate) mod tests {
     const SMALL: usize = 4096;
     /// Long enough that only a lost wake-up runs into it.
     pub(crate) const HANG: Duration = Duration::from_secs(10);
+
+    /// A runtime of two threads, with timers.
+    pub(crate) fn two_threads() -> ::tokio::runtime::Runtime {
+        ::tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
 
     /// A current-thread runtime with timers.
     pub(crate) fn runtime() -> ::tokio::runtime::Runtime {
@@ -616,12 +669,7 @@ pub(crate) mod tests {
     /// whichever of them takes the flag down.
     #[test]
     fn two_tasks_waiting_for_data_are_both_woken() {
-        let rt = ::tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        two_threads().block_on(async {
             let (a, b) = tokio_and_blocking(SMALL);
             let a = Arc::new(a);
             let b = Arc::new(b);

@@ -1,6 +1,8 @@
-//! A blocking client (on a thread of its own) and a tokio server over a
-//! socket pair: the offer taken, both directions moved, and the wake-ups
-//! that then come through the socket never taken for data.
+//! Tokio ends of a late offer over a socket pair, with a blocking peer on a
+//! thread of its own or a tokio one: the offer taken, both directions
+//! moved, the wake-ups that then come through the socket never taken for
+//! data, and a tokio client's writer woken in the window before the
+//! server's marker.
 
 use std::future::poll_fn;
 use std::io::IoSlice;
@@ -11,18 +13,24 @@ use ::tokio::io::Interest;
 
 use super::*;
 use crate::shm::late::LateShm;
-use crate::shm::transport::async_end::tests::{runtime, HANG};
+use crate::shm::transport::async_end::tests::{runtime, two_threads, HANG};
 use crate::sys::{effective_uid, Socket};
+
+/// `socket` registered with the runtime's reactor (inside a runtime), as a
+/// tokio end's.
+fn registered(socket: Socket) -> Arc<AsyncFd<Fd>> {
+    socket.set_nonblocking(true).unwrap();
+    let both = Interest::READABLE | Interest::WRITABLE;
+    Arc::new(crate::sys::register_async_for(socket, both).unwrap())
+}
 
 /// A blocking client that offers before write `after` + 1, and a tokio
 /// server end (made inside a runtime).
 fn pair(after: u32) -> (LateShm, AsyncLate) {
     let (a, b) = Socket::pair().unwrap();
-    b.set_nonblocking(true).unwrap();
-    let io = crate::sys::register_async_for(b, Interest::READABLE | Interest::WRITABLE).unwrap();
     (
-        LateShm::offerer(a, after, 0),
-        AsyncLate::taker(Arc::new(io), effective_uid()),
+        LateShm::offerer(Arc::new(a), after, 0),
+        AsyncLate::taker(registered(b), effective_uid()),
     )
 }
 
@@ -51,6 +59,21 @@ async fn send_all_async(t: &AsyncLate, mut data: &[u8]) {
     }
 }
 
+/// Echoes `total` bytes back as they come.
+async fn echo_async(server: &AsyncLate, total: usize) {
+    let mut echoed = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    while echoed < total {
+        let n = ::tokio::time::timeout(HANG, poll_fn(|cx| server.poll_recv(cx, &mut buf)))
+            .await
+            .expect("a lost wake-up")
+            .unwrap();
+        assert!(n > 0);
+        send_all_async(server, &buf[..n]).await;
+        echoed += n;
+    }
+}
+
 #[test]
 fn a_tokio_server_takes_the_offer_and_echoes_across_the_move() {
     let messages: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 1 + i as usize * 1500]).collect();
@@ -69,17 +92,7 @@ fn a_tokio_server_takes_the_offer_and_echoes_across_the_move() {
             }
             assert!(client.sends_on_rings() && client.reads_rings());
         });
-        let mut echoed = 0;
-        while echoed < total {
-            let mut buf = vec![0u8; 64 * 1024];
-            let n = ::tokio::time::timeout(HANG, poll_fn(|cx| server.poll_recv(cx, &mut buf)))
-                .await
-                .expect("a lost wake-up")
-                .unwrap();
-            assert!(n > 0);
-            send_all_async(&server, &buf[..n]).await;
-            echoed += n;
-        }
+        echo_async(&server, total).await;
         assert!(server.reads_rings() && server.sends_on_rings());
         client.join().unwrap();
     });
@@ -122,5 +135,89 @@ fn a_tokio_writer_waiting_for_room_is_woken_through_the_socket() {
             .unwrap();
         assert_eq!(&buf[..n], b"done");
         client.join().unwrap();
+    });
+}
+
+/// A tokio client that offers before write `after` + 1 (made inside a
+/// runtime), and a blocking server end.
+fn tokio_client_pair(after: u32) -> (AsyncLate, LateShm) {
+    let (a, b) = Socket::pair().unwrap();
+    (
+        AsyncLate::offerer(registered(a), after, 0),
+        LateShm::taker(Arc::new(b), effective_uid()),
+    )
+}
+
+async fn recv_exactly_async(t: &AsyncLate, n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let got = ::tokio::time::timeout(HANG, poll_fn(|cx| t.poll_recv_spare(cx, &mut out)))
+            .await
+            .expect("a lost wake-up")
+            .unwrap();
+        assert!(got > 0, "end of stream after {} of {n} bytes", out.len());
+    }
+    out
+}
+
+/// The window: a tokio client has moved its writes and fills its ring
+/// (3 MB, twelve rings' worth) before it reads anything, while the server's
+/// data before its marker wait unread on the socket. Its writer cannot
+/// sleep on the socket then; a helper sleeps on the futex and the blocking
+/// server's reads wake it. Every byte arrives, both ways, in order.
+#[test]
+fn a_tokio_client_fills_its_ring_before_reading_the_servers_marker() {
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    runtime().block_on(async {
+        let (client, server) = tokio_client_pair(0);
+        let expect = big.clone();
+        let server = std::thread::spawn(move || {
+            server.set_read_timeout(Some(HANG)).unwrap();
+            // Before it reads: data the client will find before the marker.
+            send_all(&server, b"early");
+            let got = recv_exactly(&server, expect.len());
+            assert!(got == expect, "the upload came back changed");
+            assert!(server.reads_rings());
+            send_all(&server, b"late reply");
+            assert!(server.sends_on_rings());
+            // The client's last word, on the rings.
+            assert_eq!(recv_exactly(&server, 4), b"done");
+        });
+        ::tokio::time::timeout(HANG, send_all_async(&client, &big))
+            .await
+            .expect("a writer in the window was never woken");
+        assert!(client.sends_on_rings() && !client.reads_rings());
+        assert_eq!(recv_exactly_async(&client, 5).await, b"early");
+        assert_eq!(recv_exactly_async(&client, 10).await, b"late reply");
+        assert!(client.reads_rings());
+        send_all_async(&client, b"done").await;
+        server.join().unwrap();
+    });
+}
+
+/// A tokio client and a tokio server both move, request after request,
+/// with messages of all sizes across the move.
+#[test]
+fn a_tokio_client_and_a_tokio_server_move_together() {
+    let messages: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 1 + i as usize * 9000]).collect();
+    two_threads().block_on(async {
+        let (a, b) = Socket::pair().unwrap();
+        let client = Arc::new(AsyncLate::offerer(registered(a), 2, 0));
+        let server = Arc::new(AsyncLate::taker(registered(b), effective_uid()));
+        let total: usize = messages.iter().map(Vec::len).sum();
+        let echo = {
+            let server = Arc::clone(&server);
+            ::tokio::spawn(async move { echo_async(&server, total).await })
+        };
+        for m in &messages {
+            send_all_async(&client, m).await;
+            assert!(
+                recv_exactly_async(&client, m.len()).await == *m,
+                "an echo came back changed"
+            );
+        }
+        echo.await.unwrap();
+        assert!(client.sends_on_rings() && client.reads_rings());
+        assert!(server.sends_on_rings() && server.reads_rings());
     });
 }
