@@ -412,7 +412,21 @@ impl Relay {
 
     /// Reads what the pipe's server sent into `down`.
     fn read_pipe(&mut self, cx: &mut Context<'_>) -> io::Result<Step> {
-        match self.pipe.poll_read(cx, self.down.spare())? {
+        let got = match self.pipe.poll_read(cx, self.down.spare()) {
+            // A server that closed with bytes of ours unread (the client's,
+            // relayed just after a refusal, say): the kernel says so once
+            // everything the server sent has been read, so this is the end
+            // of its output, and the client still hears a clean end. It
+            // has closed, not just ended its output: what the client sends
+            // from now on goes nowhere, so the relay waits for none of it.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                self.up.clear();
+                self.up_done = true;
+                Poll::Ready(0)
+            }
+            got => got?,
+        };
+        match got {
             Poll::Ready(0) => {
                 self.pipe_eof = true;
                 Ok(Step::Moved)
@@ -889,6 +903,43 @@ pub(super) mod tests {
             .unwrap();
             assert_eq!(read_to_a_clean_end(&mut client).await, refusal);
             relay.await.unwrap().unwrap();
+        });
+    }
+
+    /// A server that closes with the client's bytes unread in its socket
+    /// (relayed just after its refusal, as a loaded machine can order it):
+    /// the relay's next read of the pipe fails with `ECONNRESET`, after
+    /// everything the server said, and the client still gets all of that
+    /// and a clean end (it used to get a TCP end without close_notify);
+    /// the relay then ends without waiting for the client to close.
+    #[test]
+    fn a_server_that_closes_with_bytes_unread_ends_the_client_cleanly() {
+        runtime().block_on(async {
+            let (gateway_end, server_end) = Socket::pair().unwrap();
+            let (mut client, relay) = client_and_offering_relay(gateway_end, b"HELLO", false).await;
+            client.write_all(b"unread").await.unwrap();
+            client.flush().await.unwrap();
+            ::tokio::task::spawn_blocking(move || {
+                // Until the client's bytes are there, behind the HELLO,
+                // then a last word and a close that leaves them unread.
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while server_end.readable_bytes().unwrap() < b"HELLOunread".len() {
+                    assert!(std::time::Instant::now() < deadline, "nothing relayed");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                server_end.send(b"goodbye").unwrap();
+                drop(server_end);
+            })
+            .await
+            .unwrap();
+            assert_eq!(read_to_a_clean_end(&mut client).await, b"goodbye");
+            // The client has not closed: the relay ends anyway, its server
+            // being gone.
+            ::tokio::time::timeout(Duration::from_secs(10), relay)
+                .await
+                .expect("the relay waited on a client whose server is gone")
+                .unwrap()
+                .unwrap();
         });
     }
 
